@@ -1,0 +1,35 @@
+# Two entry points (see README): `make demo` and `make test`.
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install lint check bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,fast]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Reproduce the seed incident in simulation, with the mechanism and the proven fixes.
+demo: install
+	$(BIN)/tcpreuse simulate seed --fixes
+
+lint: install
+	$(BIN)/ruff check tcpreuse tests bench
+	$(BIN)/mypy
+
+## Install everything (system tools too, when root) and run the whole test suite.
+test: install
+	bash scripts/system-deps.sh
+	$(MAKE) lint
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/sim_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the system tools the tests drive (as root, from Debian's packages), when missing.
+# Without root or apt-get it only reports; tests that need a missing tool are skipped.
+set -euo pipefail
+need=()
+command -v nft      >/dev/null || need+=(nftables)
+command -v tcpdump  >/dev/null || need+=(tcpdump)
+command -v tshark   >/dev/null || need+=(tshark)
+command -v ip       >/dev/null || need+=(iproute2)
+command -v wrk      >/dev/null || need+=(wrk)
+command -v nginx    >/dev/null || need+=(nginx-light)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "system-deps: missing ${need[*]} (not root or no apt-get); tests needing them will be skipped" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+echo "system-deps: installing ${need[*]}" >&2
+apt-get update -qq >/dev/null 2>&1 || true
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -1,0 +1,277 @@
+"""TIME_WAIT mini-sockets: creation, lifetime, segments arriving, and reuse by connect().
+
+Pure rules, no clock of their own: callers pass the times. Section numbers refer to
+../shared/reference/linux-timewait-spec.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .seq import MASK32, after, before, s32
+
+TCP_TIMEWAIT_LEN = 60.0  # include/net/tcp.h: (60*HZ), not tunable
+TCP_PAWS_24DAYS = 60 * 60 * 24 * 24
+TCP_PAWS_MSL = 60
+TCP_PAWS_WINDOW = 1
+
+# tw_substate
+TIME_WAIT = 0
+FIN_WAIT2 = 1
+
+# tcp_timewait_state_process() verdicts
+TW_SUCCESS = 0  # segment consumed (dropped), nothing sent
+TW_ACK = 1  # answer with an ACK for the old connection (seq=tw_snd_nxt, ack=tw_rcv_nxt)
+TW_ACK_SKIPPED = 2  # the ACK was due but rate-limited (tcp_oow_rate_limited)
+TW_RST = 3  # answer with RST and kill the TW
+TW_SYN = 4  # accept the SYN: TW killed, hand it to the listener with isn
+
+
+@dataclass(slots=True)
+class TimeWaitSock:
+    """struct tcp_timewait_sock fields the rules read (spec §11.2)."""
+
+    rcv_nxt: int  # tw_rcv_nxt
+    snd_nxt: int  # tw_snd_nxt
+    ts_recent: int  # tw_ts_recent: last TSval received from the peer
+    ts_recent_stamp: int  # tw_ts_recent_stamp: seconds clock when stored; 0 = no TS
+    ts_offset: int = 0  # tw_ts_offset
+    entry_stamp_ms: int = 0  # tw_entry_stamp (6.14+)
+    expires: float = 0.0  # when the timer fires (sim seconds)
+    substate: int = TIME_WAIT
+    last_oow_ack_time: float = -1.0  # tw_last_oow_ack_time (-1: never)
+    rcv_wnd: int = 65535  # tw_rcv_wnd
+    loopback: bool = False
+    kill: bool = False  # tw_kill: scheduled with timeo <= 4 s (counted TWKilled)
+    alive: bool = True
+
+
+@dataclass(slots=True)
+class Segment:
+    syn: bool = False
+    ack: bool = False
+    rst: bool = False
+    fin: bool = False
+    seq: int = 0
+    end_seq: int = 0  # seq + SYN + FIN + payload length
+    has_ts: bool = False
+    tsval: int = 0
+    tsecr: int = 0
+
+
+@dataclass(slots=True)
+class TwDecision:
+    verdict: int
+    isn: int = 0  # for TW_SYN: the new connection's ISN
+    paws_reject: bool = False
+    reschedule: bool = False  # timer reset to TCP_TIMEWAIT_LEN
+    killed: bool = False
+    counters: tuple[str, ...] = ()
+
+
+def tcp_in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
+    """mirrors tcp_in_window(), net/ipv4/tcp_minisocks.c"""
+    if seq == s_win:
+        return True
+    if after(end_seq, s_win) and before(seq, e_win):
+        return True
+    return seq == e_win and seq == end_seq
+
+
+def tcp_paws_check(ts_recent: int, ts_recent_stamp: int, tsval: int, paws_win: int, now_sec: int) -> bool:
+    """mirrors tcp_paws_check(), include/net/tcp.h, 2.6.32-6.18: True = acceptable"""
+    if s32(ts_recent - tsval) <= paws_win:
+        return True
+    if now_sec >= ts_recent_stamp + TCP_PAWS_24DAYS:
+        return True
+    # Some OSes send SYN and SYN-ACK with tsval=0 (ts_recent stays 0).
+    return not ts_recent
+
+
+def tcp_paws_reject(ts_recent: int, ts_recent_stamp: int, tsval: int, rst: bool, now_sec: int) -> bool:
+    """mirrors tcp_paws_reject(), include/net/tcp.h, 2.6.32-6.18"""
+    if tcp_paws_check(ts_recent, ts_recent_stamp, tsval, 0, now_sec):
+        return False
+    # RST segments are not recommended to carry timestamp, and, if they do, it is
+    # recommended to ignore PAWS because "their cleanup function should take precedence".
+    return not (rst and now_sec >= ts_recent_stamp + TCP_PAWS_MSL)
+
+
+def tcp_timewait_state_process(
+    tw: TimeWaitSock,
+    seg: Segment,
+    now: float,
+    now_sec: int,
+    *,
+    timestamps_sysctl: int,
+    rfc1337: int,
+    oow_ratelimit_s: float | None,
+    el6: bool = False,
+    paws_counter: str = "PAWSEstab",
+) -> TwDecision:
+    """mirrors tcp_timewait_state_process(), net/ipv4/tcp_minisocks.c (spec §3.3).
+
+    Structure from v6.18 (K6.18); the same in 4.9 (K4.9), 5.x and 2.6.32 (EL6) except:
+    the out-of-window ACK rate limit exists from ~4.0 (`oow_ratelimit_s` None before),
+    PAWS rejects count PAWSTimewait from ~6.15 (`paws_counter`), and EL6 also re-arms the
+    timer when a valid RST is ignored under tcp_rfc1337 (`el6`).
+    Only the TIME_WAIT substate is driven by the engine; FIN_WAIT2 follows the same
+    verdict table for in-window FIN/SYN handling.
+    """
+    paws_reject = False
+    saw_ts = False
+    # TS parsed only if the old connection used TS and tcp_timestamps != 0 (estab=0).
+    if seg.has_ts and tw.ts_recent_stamp and timestamps_sysctl:
+        saw_ts = True
+        paws_reject = tcp_paws_reject(tw.ts_recent, tw.ts_recent_stamp, seg.tsval, seg.rst, now_sec)
+
+    if tw.substate == FIN_WAIT2:
+        in_window = tcp_in_window(seg.seq, seg.end_seq, tw.rcv_nxt, (tw.rcv_nxt + tw.rcv_wnd) & MASK32)
+        if paws_reject or not in_window:
+            return _oow_ack(tw, seg, now, oow_ratelimit_s, paws_reject, "TCPACKSkippedFinWait2")
+        if seg.rst:
+            tw.alive = False
+            return TwDecision(TW_SUCCESS, killed=True)
+        if seg.syn and not before(seg.seq, tw.rcv_nxt):
+            tw.alive = False
+            return TwDecision(TW_RST, killed=True)
+        if not seg.ack or not after(seg.end_seq, tw.rcv_nxt) or seg.end_seq == seg.seq:
+            return TwDecision(TW_SUCCESS)
+        if not seg.fin or seg.end_seq != ((tw.rcv_nxt + 1) & MASK32):
+            tw.alive = False
+            return TwDecision(TW_RST, killed=True)
+        tw.substate = TIME_WAIT
+        tw.rcv_nxt = seg.end_seq
+        if saw_ts:
+            tw.ts_recent, tw.ts_recent_stamp = seg.tsval, now_sec
+        return TwDecision(TW_ACK, reschedule=True)
+
+    # Real TIME_WAIT: an in-window duplicate (bare ACK / retransmitted FIN) or RST.
+    if not paws_reject and seg.seq == tw.rcv_nxt and (seg.seq == seg.end_seq or seg.rst):
+        resched = False
+        if seg.rst:
+            if rfc1337 == 0:
+                tw.alive = False  # "TIME_WAIT assassination"
+                return TwDecision(TW_SUCCESS, killed=True)
+            resched = el6  # EL6 re-arms here; 4.x/6.x do not
+        else:
+            resched = True
+        if saw_ts:
+            tw.ts_recent, tw.ts_recent_stamp = seg.tsval, now_sec
+        return TwDecision(TW_SUCCESS, reschedule=resched)
+
+    # "RFC check is that it has newer sequence number works at rates <40Mbit/sec.
+    #  However, if paws works, it is reliable and even more, we even may relax silly
+    #  seq space cutoff." (comment in the source)
+    if (
+        seg.syn
+        and not seg.rst
+        and not seg.ack
+        and not paws_reject
+        and (after(seg.seq, tw.rcv_nxt) or (saw_ts and s32(tw.ts_recent - seg.tsval) < 0))
+    ):
+        isn = (tw.snd_nxt + 65535 + 2) & MASK32 or 1
+        tw.alive = False
+        return TwDecision(TW_SYN, isn=isn, killed=True)
+
+    counters: tuple[str, ...] = (paws_counter,) if paws_reject else ()
+    if not seg.rst:
+        # "In this case we must reset the TIMEWAIT timer. If it is ACKless SYN it may be
+        #  both old duplicate and new good SYN with random sequence number <rcv_nxt.
+        #  Do not reschedule in the last case."
+        resched = paws_reject or seg.ack
+        d = _oow_ack(tw, seg, now, oow_ratelimit_s, paws_reject, "TCPACKSkippedTimeWait")
+        d.reschedule = resched
+        d.counters = counters + d.counters
+        return d
+    return TwDecision(TW_SUCCESS, paws_reject=paws_reject, counters=counters)
+
+
+def _oow_ack(tw: TimeWaitSock, seg: Segment, now: float, ratelimit_s: float | None,
+             paws_reject: bool, skipped_counter: str) -> TwDecision:
+    """mirrors tcp_oow_rate_limited() (net/ipv4/tcp_input.c, ~4.0+) for a TW socket."""
+    if ratelimit_s is not None and not ((seg.seq != seg.end_seq) and not seg.syn):
+        if tw.last_oow_ack_time >= 0:
+            elapsed = now - tw.last_oow_ack_time
+            if 0 <= elapsed < ratelimit_s:
+                return TwDecision(TW_ACK_SKIPPED, paws_reject=paws_reject, counters=(skipped_counter,))
+        tw.last_oow_ack_time = now
+    return TwDecision(TW_ACK, paws_reject=paws_reject)
+
+
+# ---- lifetime (tcp_time_wait) ---------------------------------------------------------
+
+def rto_jiffies_35(rto_s: float, hz: int) -> int:
+    """`(icsk_rto << 2) - (icsk_rto >> 1)`: 3.5 x RTO in integer jiffies (tcp_time_wait())."""
+    rto = max(int(rto_s * hz), hz // 5)  # icsk_rto >= TCP_RTO_MIN (HZ/5)
+    return (rto << 2) - (rto >> 1)
+
+
+def tw_timeout_s(rto_s: float, hz: int, recycle_ok: bool) -> float:
+    """mirrors tcp_time_wait() (net/ipv4/tcp_minisocks.c) for state TCP_TIME_WAIT, timeo=0:
+    TCP_TIMEWAIT_LEN, or 3.5 x RTO when tcp_tw_recycle applies (<= 4.11, spec §2.2)."""
+    if recycle_ok:
+        return rto_jiffies_35(rto_s, hz) / hz
+    return TCP_TIMEWAIT_LEN
+
+
+def deathrow_expiry(now: float, timeo: float, hz: int, phase: float) -> tuple[float, bool]:
+    """When a TW scheduled at `now` is reaped under the pre-4.1 central death row, and
+    whether it went to the recycle calendar (counted TWKilled). mirrors
+    inet_twsk_schedule(), net/ipv4/inet_timewait_sock.c, 2.6.32-4.0 (spec §2.4)."""
+    tick_bits = 7 if hz > 512 else (6 if hz > 256 else 5)  # INET_TWDR_RECYCLE_TICK for HZ
+    jiffies = int(round(timeo * hz))
+    slot = (jiffies + (1 << tick_bits) - 1) >> tick_bits
+    if slot < 32:  # INET_TWDR_RECYCLE_SLOTS
+        return now + (slot << tick_bits) / hz, True
+    period = TCP_TIMEWAIT_LEN / 8  # INET_TWDR_TWKILL_SLOTS = 8 -> 7.5 s
+    if timeo >= period * 7:
+        cells = 7
+    else:
+        cells = min(-(-timeo // period), 7)
+    # The hangman ticks every `period` at a per-host phase; the cell `cells` ahead of the
+    # current one is reaped `cells` ticks after the next one.
+    k = (now - phase) // period + 1
+    next_tick = phase + k * period
+    return next_tick + cells * period, False
+
+
+def time_after32_ms(now_ms: int, thresh_ms: int) -> bool:
+    return s32(thresh_ms - now_ms) < 0
+
+
+def tcp_twsk_unique(
+    tw: TimeWaitSock,
+    bound_port: bool,
+    now_ms: int,
+    now_sec: int,
+    *,
+    rule: str,
+    tw_reuse: int,
+    tw_reuse_delay_ms: int,
+) -> bool:
+    """mirrors tcp_twsk_unique(), net/ipv4/tcp_ipv4.c (spec §4.2): may connect() take over
+    this TIME_WAIT 4-tuple?
+
+    rule gt1s (<= 4.18): `get_seconds() - tw_ts_recent_stamp > 1`;
+    rule after_s (4.19-6.13): `time_after32(ktime_get_seconds(), tw_ts_recent_stamp)`;
+    rule delay_ms (6.14+): `time_after32(tcp_clock_ms(), tw_entry_stamp + tcp_tw_reuse_delay)`,
+    FIN_WAIT2 mini-sockets excluded. A socket with a bound port (`twp == NULL`) reuses
+    any TW that has timestamp state, whatever the sysctl.
+    """
+    if not tw.ts_recent_stamp:
+        return False
+    if bound_port:
+        return True
+    reuse = tw_reuse
+    if rule == "delay_ms" and tw.substate == FIN_WAIT2:
+        reuse = 0
+    if reuse == 2 and not tw.loopback:
+        reuse = 0
+    if not reuse:
+        return False
+    if rule == "delay_ms":
+        return time_after32_ms(now_ms, tw.entry_stamp_ms + tw_reuse_delay_ms)
+    if rule == "after_s":
+        return s32(tw.ts_recent_stamp - now_sec) < 0
+    return now_sec - tw.ts_recent_stamp > 1

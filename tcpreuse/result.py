@@ -1,0 +1,392 @@
+"""RunResult: the one schema every source of evidence produces.
+
+`simulate` (the model), `lab` (the real kernel) and `analyze` (a capture, per attempt)
+all end in a :class:`RunResult`, so diagnosis and reports never care where the numbers
+came from. Attempts are stored columnar (numpy arrays plus small vocabularies), because
+a run holds millions of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+OK = "ok"
+SCHEMA_VERSION = 1
+
+# Column name -> (numpy dtype, vocabulary name or None). Vocabulary columns hold
+# small integer codes into RunResult.attempts.vocab[<vocabulary name>]; -1 means "none".
+COLUMNS: dict[str, tuple[str, str | None]] = {
+    "t": ("f8", None),  # start time of the attempt, s since run start
+    "connect_ms": ("f8", None),  # connect() latency in ms; NaN if it never connected
+    "syn_tries": ("i2", None),  # SYNs sent by the client for this attempt
+    "outcome": ("i2", "outcome"),  # "ok" or the errno name the application saw
+    "reason": ("i2", "reason"),  # reason code (see REASONS)
+    "workload": ("i2", "workload"),
+    "client": ("i4", "host"),  # client host instance
+    "server": ("i4", "host"),  # back end that answered (-1: none)
+    "src": ("i4", "addr"),  # client address as the client sees it
+    "sport": ("i4", None),  # client port (0: none was allocated)
+    "dst": ("i4", "addr"),  # address the client connected to (VIP or server)
+    "dport": ("i4", None),
+    "srv_src": ("i4", "addr"),  # source address as the server saw it (after NAT/LB)
+    "srv_sport": ("i4", None),
+    "srv_dst": ("i4", "addr"),
+    "srv_dport": ("i4", None),
+}
+
+# Reason codes shared by sim, lab and analyze. Keep them stable: they are in JSON output.
+REASONS: dict[str, str] = {
+    "ok": "connected at the first SYN and completed",
+    "ok_after_syn_retry": "connected, but only after at least one SYN retransmission",
+    "ok_after_app_retry": "completed by an application-level retry of a failed attempt",
+    "local_ports_exhausted": "connect() found no usable local port for this 4-tuple",
+    "syn_hit_timewait": "SYN reached a TIME_WAIT socket for the same 4-tuple and was answered "
+    "with an ACK for the old connection",
+    "syn_paws_timewait": "SYN rejected by PAWS at a TIME_WAIT socket (older TSval)",
+    "syn_dropped_recycle": "SYN silently dropped by tcp_tw_recycle's per-peer timestamp check",
+    "syn_dropped_listen_overflow": "SYN dropped: listen queue full",
+    "ack_dropped_listen_overflow": "handshake completed by the client but the server's accept "
+    "queue was full",
+    "syn_dropped_nat": "SYN dropped by a NAT/SNAT device (no free port or table full)",
+    "syn_dropped_lb": "SYN dropped by the load balancer",
+    "syn_dropped_path": "SYN lost on the path",
+    "refused": "SYN answered with RST (no listener)",
+    "reset": "connection reset after it was established",
+    "connect_timeout": "no SYN-ACK before the SYN retries or the application's timeout ran out",
+    "request_timeout": "connected, but no complete answer before the application's timeout",
+    "other": "other failure",
+}
+
+
+def _empty(dtype: str) -> np.ndarray:
+    return np.zeros(0, dtype=dtype)
+
+
+@dataclass
+class AttemptTable:
+    """Per-attempt records, columnar. Row i is the i-th attempt in start order."""
+
+    cols: dict[str, np.ndarray] = field(
+        default_factory=lambda: {k: _empty(d) for k, (d, _) in COLUMNS.items()}
+    )
+    vocab: dict[str, list[str]] = field(
+        default_factory=lambda: {"outcome": [], "reason": [], "workload": [], "host": [], "addr": []}
+    )
+
+    def __len__(self) -> int:
+        return int(self.cols["t"].shape[0])
+
+    def name(self, column: str, code: int) -> str:
+        voc = COLUMNS[column][1]
+        assert voc is not None
+        return "" if code < 0 else self.vocab[voc][code]
+
+    def column(self, column: str) -> list[Any]:
+        """A column decoded to Python values (names for vocabulary columns)."""
+        arr = self.cols[column]
+        voc = COLUMNS[column][1]
+        if voc is None:
+            return arr.tolist()
+        names = self.vocab[voc]
+        return ["" if c < 0 else names[c] for c in arr.tolist()]
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        decoded = {k: self.column(k) for k in COLUMNS}
+        for i in range(len(self)):
+            yield {k: decoded[k][i] for k in COLUMNS}
+
+    def code(self, column: str, name: str) -> int:
+        """The code of `name` in a vocabulary column, or -2 if it never occurs."""
+        voc = self.vocab[COLUMNS[column][1] or ""]
+        return voc.index(name) if name in voc else -2
+
+    def failed_mask(self) -> np.ndarray:
+        ok = self.code("outcome", OK)
+        return np.asarray(self.cols["outcome"] != ok)
+
+    def counts(self, column: str) -> dict[str, int]:
+        arr = self.cols[column]
+        if arr.size == 0:
+            return {}
+        codes, n = np.unique(arr, return_counts=True)
+        return {self.name(column, int(c)): int(k) for c, k in zip(codes, n, strict=True)}
+
+    def write_csv(self, out: IO[str]) -> None:
+        w = csv.writer(out)
+        w.writerow(list(COLUMNS))
+        decoded = [self.column(k) for k in COLUMNS]
+        for row in zip(*decoded, strict=True):
+            w.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vocab": self.vocab,
+            "cols": {
+                k: [None if isinstance(v, float) and math.isnan(v) else v for v in a.tolist()]
+                for k, a in self.cols.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttemptTable:
+        cols = {}
+        for k, (dtype, _) in COLUMNS.items():
+            vals = data["cols"].get(k, [])
+            if dtype == "f8":
+                vals = [math.nan if v is None else v for v in vals]
+            cols[k] = np.asarray(vals, dtype=dtype)
+        return cls(cols=cols, vocab={k: list(v) for k, v in data["vocab"].items()})
+
+
+class AttemptBuilder:
+    """Appends attempts row by row (cheap Python lists) and freezes into an AttemptTable.
+
+    Rows may be updated after they are added (an attempt's outcome is known only when
+    its SYNs have been answered or have timed out), so they are addressed by index.
+    """
+
+    def __init__(self) -> None:
+        self._c: dict[str, list[Any]] = {k: [] for k in COLUMNS}
+        self._voc: dict[str, dict[str, int]] = {
+            "outcome": {},
+            "reason": {},
+            "workload": {},
+            "host": {},
+            "addr": {},
+        }
+
+    def intern(self, vocabulary: str, name: str) -> int:
+        voc = self._voc[vocabulary]
+        code = voc.get(name)
+        if code is None:
+            code = voc[name] = len(voc)
+        return code
+
+    def add(self, **values: Any) -> int:
+        """Add one row; vocabulary columns take names, missing columns take defaults."""
+        idx = len(self._c["t"])
+        for k, (dtype, voc) in COLUMNS.items():
+            v = values.get(k)
+            if voc is not None:
+                v = -1 if v is None or v == "" else self.intern(voc, v)
+            elif v is None:
+                v = math.nan if dtype == "f8" else 0
+            self._c[k].append(v)
+        return idx
+
+    def set(self, idx: int, **values: Any) -> None:
+        for k, v in values.items():
+            voc = COLUMNS[k][1]
+            if voc is not None:
+                v = -1 if v is None or v == "" else self.intern(voc, v)
+            self._c[k][idx] = v
+
+    def get(self, idx: int, column: str) -> Any:
+        return self._c[column][idx]
+
+    def __len__(self) -> int:
+        return len(self._c["t"])
+
+    def freeze(self) -> AttemptTable:
+        cols = {k: np.asarray(self._c[k], dtype=d) for k, (d, _) in COLUMNS.items()}
+        vocab = {k: list(v) for k, v in self._voc.items()}
+        return AttemptTable(cols=cols, vocab=vocab)
+
+
+@dataclass
+class PortSeries:
+    """Local ports in use toward one destination from one source address, over time."""
+
+    host: str
+    src: str
+    dst: str  # "addr:port"
+    budget: int  # usable ports for this (src, dst) under the host's rules
+    in_use: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Timeline:
+    """Per-step series (default 1 s). Index k covers [t[k], t[k] + step_s)."""
+
+    step_s: float = 1.0
+    t: list[float] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)
+    ok: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    delayed: list[int] = field(default_factory=list)
+    # host -> series name ("time_wait", "established", ...) -> values sampled at t[k] + step
+    hosts: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    ports: dict[str, PortSeries] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "step_s": self.step_s,
+            "t": self.t,
+            "attempts": self.attempts,
+            "ok": self.ok,
+            "failed": self.failed,
+            "delayed": self.delayed,
+            "hosts": self.hosts,
+            "ports": {
+                k: {"host": p.host, "src": p.src, "dst": p.dst, "budget": p.budget, "in_use": p.in_use}
+                for k, p in self.ports.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Timeline:
+        return cls(
+            step_s=d.get("step_s", 1.0),
+            t=d.get("t", []),
+            attempts=d.get("attempts", []),
+            ok=d.get("ok", []),
+            failed=d.get("failed", []),
+            delayed=d.get("delayed", []),
+            hosts=d.get("hosts", {}),
+            ports={k: PortSeries(**v) for k, v in d.get("ports", {}).items()},
+        )
+
+
+@dataclass
+class HostInfo:
+    name: str
+    group: str
+    role: str  # client | server | nat | lb
+    profile: str  # profile name, e.g. "linux-2.6.32-el6", "windows-2012r2"
+    addresses: list[str] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # effective sysctls / OS settings
+
+
+@dataclass
+class RunResult:
+    source: str  # "simulate" | "lab" | "analyze"
+    scenario: str
+    duration_s: float
+    attempts: AttemptTable = field(default_factory=AttemptTable)
+    timeline: Timeline = field(default_factory=Timeline)
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> nstat name -> delta
+    hosts: dict[str, HostInfo] = field(default_factory=dict)
+    seed: int | None = None
+    notes: list[str] = field(default_factory=list)  # warnings worth showing a person
+    meta: dict[str, Any] = field(default_factory=dict)  # kernel version, engine stats, ...
+
+    # ---- summaries -------------------------------------------------------------------
+    def outcomes(self) -> dict[str, int]:
+        return self.attempts.counts("outcome")
+
+    def reasons(self) -> dict[str, int]:
+        return self.attempts.counts("reason")
+
+    def failure_rate(self) -> float:
+        n = len(self.attempts)
+        return float(self.attempts.failed_mask().sum()) / n if n else 0.0
+
+    def delayed_rate(self) -> float:
+        """Share of attempts that succeeded only after a SYN retransmission or retry."""
+        n = len(self.attempts)
+        if not n:
+            return 0.0
+        codes = [self.attempts.code("reason", r) for r in ("ok_after_syn_retry", "ok_after_app_retry")]
+        return float(np.isin(self.attempts.cols["reason"], codes).sum()) / n
+
+    def first_failure(self) -> dict[str, Any] | None:
+        mask = self.attempts.failed_mask()
+        if not mask.any():
+            return None
+        i = int(np.argmax(mask))
+        return {
+            "index": i,
+            "time_s": round(float(self.attempts.cols["t"][i]), 6),
+            "outcome": self.attempts.name("outcome", int(self.attempts.cols["outcome"][i])),
+            "reason": self.attempts.name("reason", int(self.attempts.cols["reason"][i])),
+        }
+
+    def connect_percentiles(self, outcome_ok_only: bool = True) -> dict[str, float | None]:
+        lat = self.attempts.cols["connect_ms"]
+        if outcome_ok_only:
+            lat = lat[~self.attempts.failed_mask()]
+        lat = lat[~np.isnan(lat)]
+        if lat.size == 0:
+            return {"p50": None, "p90": None, "p99": None, "p99.9": None, "max": None}
+        qs = np.percentile(lat, [50, 90, 99, 99.9])
+        return {
+            "p50": round(float(qs[0]), 3),
+            "p90": round(float(qs[1]), 3),
+            "p99": round(float(qs[2]), 3),
+            "p99.9": round(float(qs[3]), 3),
+            "max": round(float(lat.max()), 3),
+        }
+
+    def host_counter(self, name: str, role: str | None = None) -> int:
+        """Sum of one counter over all hosts (optionally of one role)."""
+        return sum(
+            c.get(name, 0)
+            for h, c in self.counters.items()
+            if role is None or (h in self.hosts and self.hosts[h].role == role)
+        )
+
+    # ---- serialisation ---------------------------------------------------------------
+    def to_json(self, records: bool = False) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "source": self.source,
+            "scenario": self.scenario,
+            "seed": self.seed,
+            "duration_s": self.duration_s,
+            "attempts": len(self.attempts),
+            "outcomes": self.outcomes(),
+            "reasons": self.reasons(),
+            "failure_rate": round(self.failure_rate(), 6),
+            "delayed_rate": round(self.delayed_rate(), 6),
+            "first_failure": self.first_failure(),
+            "connect_ms": self.connect_percentiles(),
+            "timeline": self.timeline.to_json(),
+            "counters": self.counters,
+            "hosts": {k: vars(v) for k, v in self.hosts.items()},
+            "notes": self.notes,
+            "meta": self.meta,
+        }
+        if records:
+            d["records"] = self.attempts.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunResult:
+        attempts = AttemptTable.from_json(d["records"]) if "records" in d else AttemptTable()
+        return cls(
+            source=d["source"],
+            scenario=d["scenario"],
+            duration_s=d["duration_s"],
+            attempts=attempts,
+            timeline=Timeline.from_json(d.get("timeline", {})),
+            counters=d.get("counters", {}),
+            hosts={k: HostInfo(**v) for k, v in d.get("hosts", {}).items()},
+            seed=d.get("seed"),
+            notes=d.get("notes", []),
+            meta=d.get("meta", {}),
+        )
+
+    def save(self, path: Path, records: bool = True) -> None:
+        path.write_text(json.dumps(self.to_json(records=records), default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, set | tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, indent=None)
