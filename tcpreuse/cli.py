@@ -5,6 +5,7 @@ not loaded by the others. User errors (TcpreuseError) become one clear message."
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click

@@ -29,6 +29,7 @@ COLUMNS: dict[str, tuple[str, str | None]] = {
     "syn_tries": ("i2", None),  # SYNs sent by the client for this attempt
     "outcome": ("i2", "outcome"),  # "ok" or the errno name the application saw
     "reason": ("i2", "reason"),  # reason code (see REASONS)
+    "cause": ("i2", "reason"),  # first problem met, even if the attempt then succeeded
     "workload": ("i2", "workload"),
     "client": ("i4", "host"),  # client host instance
     "server": ("i4", "host"),  # back end that answered (-1: none)
@@ -50,6 +51,8 @@ REASONS: dict[str, str] = {
     "local_ports_exhausted": "connect() found no usable local port for this 4-tuple",
     "syn_hit_timewait": "SYN reached a TIME_WAIT socket for the same 4-tuple and was answered "
     "with an ACK for the old connection",
+    "syn_hit_established": "SYN reached a 4-tuple the server still had open (a NAT/LB reused it) "
+    "and got a challenge ACK",
     "syn_paws_timewait": "SYN rejected by PAWS at a TIME_WAIT socket (older TSval)",
     "syn_dropped_recycle": "SYN silently dropped by tcp_tw_recycle's per-peer timestamp check",
     "syn_dropped_listen_overflow": "SYN dropped: listen queue full",
@@ -138,8 +141,11 @@ class AttemptTable:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AttemptTable:
         cols = {}
-        for k, (dtype, _) in COLUMNS.items():
-            vals = data["cols"].get(k, [])
+        n = len(data["cols"].get("t", []))
+        for k, (dtype, voc) in COLUMNS.items():
+            vals = data["cols"].get(k)
+            if vals is None:  # a column this file predates: empty for every row
+                vals = [math.nan if dtype == "f8" else (-1 if voc else 0)] * n
             if dtype == "f8":
                 vals = [math.nan if v is None else v for v in vals]
             cols[k] = np.asarray(vals, dtype=dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 
 from ..errors import ProfileError
 
@@ -48,14 +48,14 @@ class Profile:
     aliases: tuple[str, ...] = field(default=(), compare=False)
 
     # ---- Linux rule switches, each with its source ---------------------------------
-    @property
+    @cached_property
     def is_linux(self) -> bool:
         return self.os == "linux"
 
     def at_least(self, *v: int) -> bool:
         return self.is_linux and self.version >= (*v, 0, 0)[:3]
 
-    @property
+    @cached_property
     def port_alg(self) -> str:
         """__inet_hash_connect() variant (spec §6.3).
 
@@ -75,12 +75,12 @@ class Profile:
             return "perturb256"
         return "perturb64k"
 
-    @property
+    @cached_property
     def port_secret_epoch_s(self) -> float | None:
         """5.18+: secure_ipv4_port_ephemeral() re-salts every EPHEMERAL_PORT_SHUFFLE_PERIOD."""
         return 10.0 if self.at_least(5, 18) else None
 
-    @property
+    @cached_property
     def tw_reuse_rule(self) -> str:
         """tcp_twsk_unique() timing rule (spec §4.2).
 
@@ -94,17 +94,17 @@ class Profile:
             return "after_s"
         return "gt1s"
 
-    @property
+    @cached_property
     def has_tw_recycle(self) -> bool:
         """Removed in 4.12 by 4396e46187ca "tcp: remove tcp_tw_recycle"."""
         return self.is_linux and not self.at_least(4, 12)
 
-    @property
+    @cached_property
     def recycle_cache_key(self) -> str:
         """2.6.32: inet_peer keyed by remote IP; ~3.5+: tcp_metrics keyed by (local, remote)."""
         return "addr_pair" if self.at_least(3, 5) else "peer"
 
-    @property
+    @cached_property
     def recycle_drops_tsless_syn(self) -> bool:
         """tcp_peer_is_proven(): `|| !timestamps` rejects TS-less SYNs from a fresh peer.
 
@@ -113,12 +113,12 @@ class Profile:
         """
         return self.at_least(3, 17) and not self.el6
 
-    @property
+    @cached_property
     def ts_clock(self) -> str:
         """TS option clock: jiffies until 4.12, 1 ms (TCP_TS_HZ) from 4.13 (9a568de4818d)."""
         return "ms" if self.at_least(4, 13) else "jiffies"
 
-    @property
+    @cached_property
     def ts_offset(self) -> str:
         """Random TS offsets (spec §7): none <= 4.9; per 4-tuple in 4.10 (95a22caee396);
         per (saddr, daddr) 4.11+ (28ee1b746f49); per 4-tuple again in the 2026 fix
@@ -131,12 +131,12 @@ class Profile:
             return "4tuple"
         return "hostpair"
 
-    @property
+    @cached_property
     def tw_timer(self) -> str:
         """<= 4.0: central death-row calendar (7.5 s slots); 4.1+: one timer per TW (789f558cfb36)."""
         return "per_socket" if self.at_least(4, 1) else "deathrow"
 
-    @property
+    @cached_property
     def tw_count_at(self) -> str:
         """When TcpExtTW / TWKilled are counted: at reaping (<= 4.0), timer expiry
         (4.1 - 5.17, early kills uncounted), or scheduling (5.18+, P-twcnt)."""
@@ -144,18 +144,18 @@ class Profile:
             return "schedule"
         return "expiry" if self.at_least(4, 1) else "reap"
 
-    @property
+    @cached_property
     def oow_ratelimit(self) -> bool:
         """tcp_oow_rate_limited() on TW ACKs (tcp_invalid_ratelimit, ~4.0); EL6 has none."""
         return self.at_least(4, 0)
 
-    @property
+    @cached_property
     def synsent_fast_rearm(self) -> bool:
         """SYN-SENT: an unacceptable ACK re-arms the SYN timer to TCP_TIMEOUT_MIN (2 jiffies)
         if nothing was retransmitted yet (SeongJae Park / Eric Dumazet, 2020, ~5.7) [S]."""
         return self.at_least(5, 7)
 
-    @property
+    @cached_property
     def initial_rto_s(self) -> float:
         """TCP_TIMEOUT_INIT: 1 s since 3.1 (RFC 6298, 9ad7c049) and in EL6; vanilla 2.6.32: 3 s."""
         if self.os == "windows":
@@ -164,41 +164,41 @@ class Profile:
             return 1.0
         return 1.0 if (self.el6 or self.at_least(3, 1)) else 3.0
 
-    @property
+    @cached_property
     def has_counter_tw_overflow(self) -> bool:
         """TCPTimeWaitOverflow: absent in EL6/2.6.32 (log line only), present in 4.x+ [V]."""
         return self.at_least(3, 0) and not self.el6
 
-    @property
+    @cached_property
     def has_counter_paws_timewait(self) -> bool:
         """PAWSTimewait takes TW PAWS rejects off PAWSEstab (~6.15)."""
         return self.at_least(6, 15)
 
-    @property
+    @cached_property
     def has_reqq_counters(self) -> bool:
         """TCPReqQFullDrop / TCPReqQFullDoCookies (absent in 2.6.32)."""
         return self.at_least(3, 0)
 
-    @property
+    @cached_property
     def listen_counts_on_syn(self) -> bool:
         """2.6.32 drops SYNs on a full queue without a counter (spec §8.2)."""
         return self.at_least(3, 0) and not self.el6
 
-    @property
+    @cached_property
     def default_syn_retries(self) -> int:
         """TCP_SYN_RETRIES: 5 until 3.7 (6c9ff979d1921e9 raised it to 6) and in EL6 [S]."""
         return 6 if (self.at_least(3, 7) and not self.el6) else 5
 
-    @property
+    @cached_property
     def default_port_range(self) -> tuple[int, int]:
         """32768-61000 on older kernels; 32768-60999 in EL6 and 4.6+ (parity advice)."""
         return (32768, 60999) if (self.el6 or self.at_least(4, 6)) else (32768, 61000)
 
-    @property
+    @cached_property
     def default_somaxconn(self) -> int:
         return 4096 if self.at_least(5, 4) else 128
 
-    @property
+    @cached_property
     def default_tw_reuse(self) -> int:
         """2 (loopback only) since 4.18 (79e9fed46038); 0 before."""
         return 2 if self.at_least(4, 18) else 0

@@ -6,6 +6,7 @@ Pure rules, no clock of their own: callers pass the times. Section numbers refer
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .seq import MASK32, after, before, s32
@@ -107,7 +108,7 @@ def tcp_timewait_state_process(
     rfc1337: int,
     oow_ratelimit_s: float | None,
     el6: bool = False,
-    paws_counter: str = "PAWSEstab",
+    paws_counter: str = "TcpExtPAWSEstab",
 ) -> TwDecision:
     """mirrors tcp_timewait_state_process(), net/ipv4/tcp_minisocks.c (spec §3.3).
 
@@ -128,7 +129,7 @@ def tcp_timewait_state_process(
     if tw.substate == FIN_WAIT2:
         in_window = tcp_in_window(seg.seq, seg.end_seq, tw.rcv_nxt, (tw.rcv_nxt + tw.rcv_wnd) & MASK32)
         if paws_reject or not in_window:
-            return _oow_ack(tw, seg, now, oow_ratelimit_s, paws_reject, "TCPACKSkippedFinWait2")
+            return _oow_ack(tw, seg, now, oow_ratelimit_s, paws_reject, "TcpExtTCPACKSkippedFinWait2")
         if seg.rst:
             tw.alive = False
             return TwDecision(TW_SUCCESS, killed=True)
@@ -180,7 +181,7 @@ def tcp_timewait_state_process(
         #  both old duplicate and new good SYN with random sequence number <rcv_nxt.
         #  Do not reschedule in the last case."
         resched = paws_reject or seg.ack
-        d = _oow_ack(tw, seg, now, oow_ratelimit_s, paws_reject, "TCPACKSkippedTimeWait")
+        d = _oow_ack(tw, seg, now, oow_ratelimit_s, paws_reject, "TcpExtTCPACKSkippedTimeWait")
         d.reschedule = resched
         d.counters = counters + d.counters
         return d
@@ -225,10 +226,7 @@ def deathrow_expiry(now: float, timeo: float, hz: int, phase: float) -> tuple[fl
     if slot < 32:  # INET_TWDR_RECYCLE_SLOTS
         return now + (slot << tick_bits) / hz, True
     period = TCP_TIMEWAIT_LEN / 8  # INET_TWDR_TWKILL_SLOTS = 8 -> 7.5 s
-    if timeo >= period * 7:
-        cells = 7
-    else:
-        cells = min(-(-timeo // period), 7)
+    cells = 7 if timeo >= period * 7 else min(math.ceil(timeo / period), 7)
     # The hangman ticks every `period` at a per-host phase; the cell `cells` ahead of the
     # current one is reaped `cells` ticks after the next one.
     k = (now - phase) // period + 1

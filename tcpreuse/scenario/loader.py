@@ -226,11 +226,49 @@ def load_scenario(ref: str, overrides: dict[str, Any] | None = None) -> Scenario
 
 def load_text(text: str, origin: str = "<scenario>", overrides: dict[str, Any] | None = None) -> Scenario:
     where = _Where(origin, text)
+    data = _parse(text, origin)
+    if "extends" in data:
+        data, where = _extend(data, where)
+    return from_data(data, where, overrides)
+
+
+def _parse(text: str, origin: str) -> dict[str, Any]:
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{origin}: not valid TOML: {e}") from None
-    return from_data(data, where, overrides)
+
+
+def _extend(data: dict[str, Any], where: _Where, depth: int = 0) -> tuple[dict[str, Any], _Where]:
+    """`extends = "BASE"` (a built-in name or a path relative to the file) plus a `[set]`
+    table of `--set`-style overrides: a variant without copying its base."""
+    if depth > 8:
+        raise where.error(("extends",), "scenarios extend each other in a loop")
+    base_ref = data.pop("extends")
+    if not isinstance(base_ref, str):
+        raise where.error(("extends",), "expected the name or path of the base scenario")
+    sets = data.pop("set", {})
+    if not isinstance(sets, dict):
+        raise where.error(("set",), "expected a table of KEY = VALUE overrides")
+    ref = base_ref
+    if not ref.endswith(".toml") and ref not in builtin_names():
+        raise where.error(("extends",), f"no built-in scenario named {ref!r}")
+    if ref.endswith(".toml") and not Path(ref).is_absolute() and not where.origin.startswith("<"):
+        ref = str(Path(where.origin).parent / ref)
+    origin, text = read_source(ref)
+    base = _parse(text, origin)
+    base_where = _Where(origin, text)
+    if "extends" in base:
+        base, base_where = _extend(base, base_where, depth + 1)
+    for k, v in sets.items():
+        try:
+            apply_override(base, k, v)
+        except ScenarioError as e:
+            raise where.error(("set", k), e.message.split(": ", 1)[-1], hint=e.hint) from None
+    base.pop("notes", None) if "notes" in data else None
+    for k, v in data.items():
+        base[k] = v
+    return base, where
 
 
 def from_data(data: dict[str, Any], where: _Where | None = None,

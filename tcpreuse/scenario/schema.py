@@ -89,7 +89,9 @@ class LoadBalancer(_Strict):
     # A10 "ignore-tcp-msl": reclaim the session and SNAT port immediately at close.
     ignore_msl: bool = False
     # What the LB does with a new SYN whose tuple still has a (closing/held) session.
-    held_session_syn: Literal["same_backend", "new_session", "drop"] = "same_backend"
+    # drop_then_new: IPVS conn_reuse_mode=1 (< 5.9): the first SYN is dropped and the
+    # stale entry expired, so the retransmitted SYN is scheduled anew (1 s delay).
+    held_session_syn: Literal["same_backend", "new_session", "drop", "drop_then_new"] = "same_backend"
     # Whether a client RST ends the LB session at once (the retransmitted SYN is then
     # scheduled anew, possibly to another back end).
     rst_ends_session: bool = True
@@ -102,11 +104,17 @@ class Workload(_Strict):
     clients: str = Field(description="client group that runs it")
     target: str = Field(description="'lb' (the VIP) or a server group name")
     arrival: Literal["constant", "poisson", "ramp"] = "constant"
-    rate: float = Field(100.0, gt=0, description="new connections per second over the whole group")
+    # Requests per second over the whole group; new connections per second are
+    # rate / requests_per_connection (1 by default: one connection per request).
+    rate: float = Field(100.0, gt=0, description="requests per second over the whole group")
     ramp_from: float = Field(0.0, ge=0)
     start_s: float = Field(0.0, ge=0)
     duration_s: float | None = Field(None, gt=0)
     count: int | None = Field(None, ge=1, description="stop after this many connections")
+
+    @property
+    def connection_rate(self) -> float:
+        return self.rate / self.requests_per_connection
     requests_per_connection: int = Field(1, ge=1)
     request_bytes: int = Field(64, ge=0)
     response_bytes: int = Field(64, ge=0)
@@ -142,7 +150,7 @@ class Scenario(_Strict):
     nat: Nat | None = None
     lb: LoadBalancer | None = None
     workload: list[Workload] = Field(min_length=1)
-    path: Path = Field(default_factory=Path)
+    path: Path = Field(default_factory=lambda: Path())
     # Free-form notes kept with the scenario (why each value, with references).
     notes: dict[str, str] = Field(default_factory=dict)
 

@@ -1,0 +1,92 @@
+"""`tcpreuse simulate`: run a scenario on the model, diagnose it, prove the fixes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from ..diagnose.base import Evidence, diagnose
+from ..diagnose.whatif import prove_fixes, summarize
+from ..errors import TcpreuseError
+from ..result import dumps
+from ..scenario.loader import load_scenario, parse_sets
+
+
+@click.command()
+@click.argument("scenario")
+@click.option("--duration", type=float, help="Override the scenario's duration (s).")
+@click.option("--seed", type=int, help="Override the scenario's seed.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a scenario value, e.g. --set workload.rate=3000, "
+              "--set server:net.ipv4.tcp_tw_recycle=0, --set lb.ignore_msl=true.")
+@click.option("--fixes", is_flag=True, help="Re-simulate every candidate fix and rank them.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
+@click.option("--result", "result_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the full RunResult (with per-attempt records) as JSON.")
+@click.option("--attempts-csv", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every attempt as CSV.")
+@click.option("--workers", type=int, default=None, help="Processes for --fixes (default: cores).")
+def simulate(scenario: str, duration: float | None, seed: int | None, sets: tuple[str, ...], fixes: bool,
+             as_json: bool, result_path: Path | None, attempts_csv: Path | None, workers: int | None) -> None:
+    """Run SCENARIO (a .toml file or a built-in name) on the kernel-faithful model."""
+    from ..sim.engine import Engine
+
+    overrides: dict[str, Any] = parse_sets(sets)
+    if duration is not None:
+        overrides["duration_s"] = duration
+    if seed is not None:
+        overrides["seed"] = seed
+    sc = load_scenario(scenario, overrides)
+    err = Console(stderr=True)
+    show_progress = sys.stderr.isatty() and not as_json
+    if show_progress:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("simulating {task.description}"), BarColumn(), TextColumn("{task.fields[n]:,} attempts"),
+                      TimeRemainingColumn(), console=err, transient=True) as prog:
+            task = prog.add_task(sc.name, total=sc.duration_s, n=0)
+            run = Engine(sc, progress=lambda t, n: prog.update(task, completed=t, n=n)).run()
+    else:
+        run = Engine(sc).run()
+    ev = Evidence(source="simulate", run=run, scenario=sc)
+    findings = diagnose(ev)
+    ranked = None
+    if fixes:
+        base = summarize(run)
+        if show_progress:
+            from rich.progress import Progress
+
+            with Progress(console=err, transient=True) as prog:
+                task = prog.add_task("proving fixes", total=None)
+                ranked = prove_fixes(scenario, overrides, base, findings, workers,
+                                     progress=lambda i, n: prog.update(task, completed=i, total=n))
+        else:
+            ranked = prove_fixes(scenario, overrides, base, findings, workers)
+    if result_path is not None:
+        try:
+            result_path.write_text(dumps({**run.to_json(records=True), "findings": [f.to_json() for f in findings]}))
+        except OSError as e:
+            raise TcpreuseError(f"cannot write {result_path}: {e.strerror}") from None
+    if attempts_csv is not None:
+        try:
+            with attempts_csv.open("w", newline="") as fh:
+                run.attempts.write_csv(fh)
+        except OSError as e:
+            raise TcpreuseError(f"cannot write {attempts_csv}: {e.strerror}") from None
+    if as_json:
+        out = run.to_json()
+        out["summary"] = sc.summary
+        out["findings"] = [f.to_json() for f in findings]
+        if ranked is not None:
+            out["fixes_ranked"] = [{"id": f.id, "title": f.title, "set": f.set,
+                                    "effect": None if f.effect is None else vars(f.effect)} for f in ranked]
+        click.echo(dumps(out))
+        return
+    from ..report.terminal import render_simulation
+
+    render_simulation(Console(width=None if sys.stdout.isatty() else 120), run, findings, ranked,
+                      summary=sc.summary)

@@ -1,0 +1,89 @@
+"""Numbers the run-based rules share, computed once from a RunResult (+ scenario)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..result import RunResult
+    from ..scenario.schema import HostGroup, Scenario
+
+
+@dataclass
+class CauseStats:
+    cause: str
+    attempts: int  # attempts that met this problem
+    failed: int  # ... and failed
+    delayed: int  # ... and succeeded late
+    first_index: int
+    first_t: float
+    errnos: dict[str, int] = field(default_factory=dict)
+    connect_ms_p50: float | None = None  # of the delayed ones
+
+
+def cause_stats(run: RunResult, cause: str) -> CauseStats | None:
+    a = run.attempts
+    code = a.code("reason", cause)
+    if code < 0:
+        return None
+    mask = (a.cols["cause"] == code) | (a.cols["reason"] == code)
+    n = int(mask.sum())
+    if n == 0:
+        return None
+    failed = a.failed_mask() & mask
+    delayed = mask & ~failed
+    first = int(np.argmax(mask))
+    sub = a.cols["outcome"][failed]
+    errnos: dict[str, int] = {}
+    if sub.size:
+        codes, counts = np.unique(sub, return_counts=True)
+        errnos = {a.name("outcome", int(c)): int(k) for c, k in zip(codes, counts, strict=True)}
+    lat = a.cols["connect_ms"][delayed]
+    lat = lat[~np.isnan(lat)]
+    return CauseStats(
+        cause=cause, attempts=n, failed=int(failed.sum()), delayed=int(delayed.sum()),
+        first_index=first, first_t=float(a.cols["t"][first]), errnos=errnos,
+        connect_ms_p50=float(np.median(lat)) if lat.size else None,
+    )
+
+
+def tw_at(run: RunResult, host: str, t: float) -> int | None:
+    s = run.timeline.hosts.get(host, {}).get("time_wait")
+    if not s:
+        return None
+    k = min(max(int(t / run.timeline.step_s), 0), len(s) - 1)
+    return int(s[k])
+
+
+def tw_at_role(run: RunResult, role: str, t: float) -> int:
+    return sum(tw_at(run, h, t) or 0 for h, info in run.hosts.items() if info.role == role)
+
+
+def groups(sc: Scenario | None, role: str) -> list[HostGroup]:
+    return [g for g in sc.host if g.role == role] if sc is not None else []
+
+
+def timestamps_on(settings: dict[str, Any], os: str) -> bool:
+    """Does a host offer TCP timestamps in its SYNs?"""
+    if os == "windows":
+        return settings.get("netsh.tcp.timestamps") == "enabled"
+    if os == "macos":
+        return int(settings.get("net.inet.tcp.rfc1323", 1)) == 1
+    return int(settings.get("net.ipv4.tcp_timestamps", 1)) != 0
+
+
+def os_of(profile: str) -> str:
+    return "windows" if profile.startswith("windows") else ("macos" if profile.startswith("macos") else "linux")
+
+
+def client_rate_per_host(sc: Scenario, group: str) -> float:
+    g = sc.group(group)
+    total = sum(w.connection_rate for w in sc.workload if w.clients == group)
+    return total / g.count
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.2f} %" if x < 0.1 else f"{x * 100:.1f} %"

@@ -1,0 +1,82 @@
+"""ISN generation, timestamp clocks and offsets, and the seconds clock PAWS uses.
+
+Secrets are per host, derived from the scenario seed, so runs are reproducible. Python's
+hash of a tuple of ints is stable across processes (only str/bytes hashing is salted), so
+it serves as the keyed hash (siphash / md5 in the kernel); its quality is ample for
+choosing offsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .profiles import Profile
+from .seq import MASK32
+
+INITIAL_JIFFIES_S = -300  # include/linux/jiffies.h: INITIAL_JIFFIES = -300*HZ (wraps 5 min after boot)
+
+
+def derive_secret(*parts: object) -> int:
+    """A 64-bit secret from the seed and names (stable across processes)."""
+    h = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8)
+    return int.from_bytes(h.digest(), "little")
+
+
+def keyed32(secret: int, *vals: int) -> int:
+    return hash((secret, *vals)) & MASK32
+
+
+def keyed64(secret: int, *vals: int) -> int:
+    return hash((secret, *vals)) & 0xFFFFFFFFFFFFFFFF
+
+
+def linux_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, wall_s: float) -> int:
+    """mirrors secure_tcp_seq(), net/core/secure_seq.c (4.x-6.x; md5 in 2.6.32):
+    keyed hash of the 4-tuple + seq_scale(): ktime_get_real_ns() >> 6 (15.625 M/s),
+    monotonic for one 4-tuple (RFC 6528)."""
+    return (keyed32(secret, saddr, daddr, sport, dport) + (int(wall_s * 1e9) >> 6)) & MASK32
+
+
+def rfc6528_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, t_s: float) -> int:
+    """RFC 6528: ISN = M + F(4-tuple, secret), M a 4 microsecond timer (non-Linux stacks)."""
+    return (keyed32(secret, saddr, daddr, sport, dport) + int(t_s * 250_000)) & MASK32
+
+
+def ts_offset(p: Profile, secret: int, timestamps_sysctl: int, saddr: int, daddr: int,
+              sport: int, dport: int) -> int:
+    """TS offset of a connection (spec §7): none <= 4.9 or with tcp_timestamps=2; per 4-tuple
+    in 4.10 and again with 165573e41f2f (6.18 here); per (saddr, daddr) 4.11-2026
+    (secure_tcp_ts_off()). Non-Linux stacks: none (their clock base is the host's)."""
+    if not p.is_linux or timestamps_sysctl != 1:
+        return 0
+    mode = p.ts_offset
+    if mode == "none":
+        return 0
+    if mode == "hostpair":
+        return keyed32(secret, saddr, daddr)
+    return keyed32(secret ^ 0x5EED, saddr, daddr, sport, dport)
+
+
+def tsval_clock(p: Profile, hz: int, uptime_s: float, t: float) -> int:
+    """The host's TS option clock at sim time t, before the per-connection offset.
+
+    <= 4.12: tcp_time_stamp = (u32)jiffies (jiffies start at INITIAL_JIFFIES); 4.13+:
+    tcp_clock_ms() = monotonic ms since boot (TCP_TS_HZ 1000). Non-Linux: a 1 kHz clock
+    since boot [I]."""
+    up = uptime_s + t
+    if p.is_linux and p.ts_clock == "jiffies":
+        return int((up + INITIAL_JIFFIES_S) * hz) & MASK32
+    return int(up * 1000) & MASK32
+
+
+def clock_ms(uptime_s: float, t: float) -> int:
+    """tcp_clock_ms(): monotonic ms since boot (tw_entry_stamp, tcp_tw_reuse_delay)."""
+    return int((uptime_s + t) * 1000)
+
+
+def seconds_clock(p: Profile, uptime_s: float, wall0_s: float, t: float) -> int:
+    """The seconds clock of ts_recent_stamp / PAWS: get_seconds() (wall) until ~4.18,
+    ktime_get_seconds() (monotonic since boot) after [V EL6/K4.9 vs ML-mini5/K6.18]."""
+    if p.is_linux and not p.at_least(4, 19):
+        return int(wall0_s + t)
+    return int(uptime_s + t)

@@ -1,0 +1,158 @@
+"""A layer-4 load balancer: VIP -> back end, optionally with source NAT (path-elements §4).
+
+Sessions are keyed by the client tuple as the LB sees it. After a connection closes the
+session (and its SNAT port) is held for `session_hold_s` unless `ignore_msl` (A10
+"ignore-tcp-msl": "reclaim TCP resource immediately without MSL"). What a new SYN does on
+a held session, and whether a client RST ends a session at once, are undocumented
+vendor behaviour [I] and therefore parameters.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+ACTIVE = 0
+HELD = 1
+
+ClientKey = tuple[int, int]  # (client addr, client port) as seen by the LB
+
+
+@dataclass(slots=True)
+class Session:
+    client: ClientKey
+    backend: int  # index into the back-end list
+    src: int  # source address toward the back end (client's, or an SNAT address)
+    sport: int
+    state: int = ACTIVE
+    expires: float = 0.0
+
+
+class L4LoadBalancer:
+    def __init__(self, backends: list[tuple[int, int]], scheduler: str, snat: list[int] | None,
+                 snat_port_order: str, snat_port_range: tuple[int, int], session_hold_s: float,
+                 ignore_msl: bool, held_session_syn: str, rst_ends_session: bool,
+                 drop_server_ack_to_syn: bool, rng: random.Random) -> None:
+        self.backends = backends  # [(addr, port)]
+        self.scheduler = scheduler
+        self.snat = snat
+        self.snat_order = snat_port_order
+        self.lo, self.hi = snat_port_range
+        self.hold = 0.0 if ignore_msl else session_hold_s
+        self.held_session_syn = held_session_syn
+        self.rst_ends_session = rst_ends_session
+        self.drop_server_ack_to_syn = drop_server_ack_to_syn
+        self.rng = rng
+        self.rr = 0
+        self.rover: dict[int, int] = {}
+        self.sessions: dict[ClientKey, Session] = {}
+        self.snat_used: dict[tuple[int, int, int], Session] = {}  # (backend, addr, port)
+        self.active = [0] * len(backends)
+        self.stats = {"sessions": 0, "snat_failed": 0, "held_reused": 0, "held_dropped": 0}
+
+    def _remove(self, s: Session) -> None:
+        if self.sessions.get(s.client) is s:
+            del self.sessions[s.client]
+        if self.snat is not None:
+            k = (s.backend, s.src, s.sport)
+            if self.snat_used.get(k) is s:
+                del self.snat_used[k]
+        if s.state == ACTIVE:
+            self.active[s.backend] -= 1
+
+    def _schedule(self, client: ClientKey) -> int:
+        n = len(self.backends)
+        if self.scheduler == "round_robin":
+            b = self.rr % n
+            self.rr += 1
+            return b
+        if self.scheduler == "random":
+            return self.rng.randrange(n)
+        if self.scheduler == "source_hash":
+            return hash((0x4C42, client[0])) % n
+        return min(range(n), key=lambda i: (self.active[i], i))  # least_conn
+
+    def _snat_port(self, backend: int, client: ClientKey, now: float) -> tuple[int, int] | None:
+        assert self.snat is not None
+        addr = self.snat[hash((0x534E, client[0])) % len(self.snat)]
+        lo, hi = self.lo, self.hi
+        size = hi - lo + 1
+
+        def free(port: int) -> bool:
+            s = self.snat_used.get((backend, addr, port))
+            if s is None:
+                return True
+            if s.state == HELD and s.expires <= now:
+                self._remove(s)
+                return True
+            return False
+
+        if self.snat_order == "preserve" and lo <= client[1] <= hi and free(client[1]):
+            return addr, client[1]
+        off = self.rng.randrange(size) if self.snat_order == "random" else self.rover.get(addr, 0)
+        for i in range(size):
+            port = lo + (off + i) % size
+            if free(port):
+                if self.snat_order != "random":
+                    self.rover[addr] = (off + i + 1) % size
+                return addr, port
+        return None
+
+    def syn(self, client: ClientKey, now: float) -> Session | None:
+        """A client SYN to the VIP: the session it belongs to, or None (dropped)."""
+        s = self.sessions.get(client)
+        if s is not None:
+            if s.state == ACTIVE:
+                return s  # a retransmission, or a new SYN on a tuple the LB thinks is open
+            if s.expires > now:
+                if self.held_session_syn == "same_backend":
+                    s.state = ACTIVE
+                    self.active[s.backend] += 1
+                    self.stats["held_reused"] += 1
+                    return s
+                if self.held_session_syn == "drop":
+                    self.stats["held_dropped"] += 1
+                    return None
+                if self.held_session_syn == "drop_then_new":
+                    # ip_vs "drop first packet to redirect conntrack" (f719e3754ee2)
+                    self.stats["held_dropped"] += 1
+                    self._remove(s)
+                    return None
+            self._remove(s)
+        b = self._schedule(client)
+        if self.snat is not None:
+            got = self._snat_port(b, client, now)
+            if got is None:
+                self.stats["snat_failed"] += 1
+                return None
+            src, sport = got
+        else:
+            src, sport = client
+        s = Session(client, b, src, sport)
+        self.sessions[client] = s
+        if self.snat is not None:
+            self.snat_used[(b, src, sport)] = s
+        self.active[b] += 1
+        self.stats["sessions"] += 1
+        return s
+
+    def close(self, s: Session, now: float) -> None:
+        """The connection closed (FIN exchange seen): hold the session, or reclaim it."""
+        if s.state != ACTIVE:
+            return
+        if self.hold <= 0:
+            self._remove(s)
+            return
+        self.active[s.backend] -= 1
+        s.state = HELD
+        s.expires = now + self.hold
+
+    def client_rst(self, s: Session, now: float) -> None:
+        if self.rst_ends_session:
+            if s.state == ACTIVE:
+                self._remove(s)
+        else:
+            self.close(s, now)
+
+    def held_sessions(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.state == HELD)

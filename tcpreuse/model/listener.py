@@ -1,0 +1,84 @@
+"""A listening socket's SYN and accept queues (spec §8).
+
+`conn_request()` mirrors the order of checks in tcp_conn_request() (net/ipv4/tcp_input.c,
+4.x-6.x; tcp_v4_conn_request() in 2.6.32) for one SYN; `syn_recv_sock_ok()` the
+accept-queue test when the handshake's final ACK arrives (tcp_v4_syn_recv_sock()).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .profiles import Profile
+
+# verdicts
+SYNACK = 0
+DROP = 1
+COOKIE = 2  # SYN-ACK with a syncookie, no request sock kept
+
+
+@dataclass(slots=True)
+class Listener:
+    backlog: int  # listen() argument
+    somaxconn: int
+    accept_queue: int = 0  # sk_ack_backlog: established children not yet accept()ed
+    syn_queue: int = 0  # request socks (SYN_RECV) still waiting
+    synflood_warned: bool = False
+
+    @property
+    def max_ack_backlog(self) -> int:
+        """listen(): sk_max_ack_backlog = min(backlog, net.core.somaxconn)"""
+        return min(self.backlog, self.somaxconn)
+
+    def acceptq_is_full(self) -> bool:
+        """mirrors sk_acceptq_is_full(): strictly greater, so backlog + 1 children fit"""
+        return self.accept_queue > self.max_ack_backlog
+
+
+@dataclass(slots=True)
+class ConnRequestVerdict:
+    verdict: int
+    reason: str = ""
+    counters: tuple[str, ...] = field(default_factory=tuple)
+
+
+def conn_request(
+    lst: Listener,
+    p: Profile,
+    *,
+    from_timewait: bool,
+    syncookies: int,
+    recycle_reject: bool,
+) -> ConnRequestVerdict:
+    """mirrors tcp_conn_request() for one SYN (spec §8.2). `from_timewait`: the SYN was
+    accepted by a TIME_WAIT socket (isn != 0): "TW buckets are converted to open requests
+    without limitations" (SYN-queue test skipped, accept-queue test kept). `recycle_reject`
+    is the outcome of the tcp_tw_recycle passive PAWS check (PeerCache.syn_rejected)."""
+    counts = p.listen_counts_on_syn
+    if (syncookies == 2 or lst.syn_queue >= lst.max_ack_backlog) and not from_timewait:
+        if syncookies:
+            return ConnRequestVerdict(COOKIE, "syncookie",
+                                      ("TcpExtTCPReqQFullDoCookies",) if p.has_reqq_counters else ())
+        c: tuple[str, ...] = ("TcpExtTCPReqQFullDrop", "TcpExtListenDrops") if counts else ()
+        return ConnRequestVerdict(DROP, "syn_dropped_listen_overflow", c)
+    if p.el6 or not p.at_least(3, 0):
+        # 2.6.32: sk_acceptq_is_full(sk) && inet_csk_reqsk_queue_young(sk) > 1 -> silent drop
+        full = lst.acceptq_is_full() and lst.syn_queue > 1
+    else:
+        full = lst.acceptq_is_full()
+    if full:
+        c = ("TcpExtListenOverflows", "TcpExtListenDrops") if counts else ()
+        return ConnRequestVerdict(DROP, "syn_dropped_listen_overflow", c)
+    if recycle_reject and not from_timewait:
+        c = ("TcpExtPAWSPassive",) + (("TcpExtListenDrops",) if counts else ())
+        return ConnRequestVerdict(DROP, "syn_dropped_recycle", c)
+    return ConnRequestVerdict(SYNACK)
+
+
+def syn_recv_sock_ok(lst: Listener) -> tuple[bool, tuple[str, ...]]:
+    """The final ACK of the handshake: tcp_v4_syn_recv_sock() refuses to create the child
+    when the accept queue is full (ListenOverflows, ListenDrops; counted in 2.6.32 too).
+    With tcp_abort_on_overflow=0 the request is kept (acked=1) and retried."""
+    if lst.acceptq_is_full():
+        return False, ("TcpExtListenOverflows", "TcpExtListenDrops")
+    return True, ()

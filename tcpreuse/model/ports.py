@@ -1,0 +1,216 @@
+"""Ephemeral port selection.
+
+Linux connect() autoselect (`__inet_hash_connect()`, net/ipv4/inet_hashtables.c) in its
+four generations (spec §6.3), bind(addr, 0) (`inet_csk_find_open_port()`, §6.6), and the
+host-wide pools of Windows and macOS (path-elements §1.2, §1.8).
+
+The allocators are sans-I/O: the caller passes `check(port)`, which answers from the
+host's tables whether connect() may use that port for this 4-tuple:
+PORT_BUSY (bind-owned, or the 4-tuple is taken), PORT_FREE, or PORT_TW_REUSE (a TIME_WAIT
+holds the 4-tuple and tcp_twsk_unique() lets connect() take it over).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from .seq import MASK32
+
+PORT_BUSY = 0
+PORT_FREE = 1
+PORT_TW_REUSE = 2
+
+GOLDEN_RATIO_32 = 0x61C88647
+
+
+def hash_32(val: int, bits: int) -> int:
+    """mirrors hash_32(), include/linux/hash.h"""
+    return ((val * GOLDEN_RATIO_32) & MASK32) >> (32 - bits)
+
+
+class LinuxConnectPorts:
+    """Per-netns state of connect() autoselect: the static `hint` (<= 5.11) or the
+    RFC 6056 `table_perturb[]` (5.12+, 256 entries; 5.18+, 65536 entries)."""
+
+    __slots__ = ("alg", "hint", "rng", "table", "table_secret")
+
+    def __init__(self, alg: str, rng: random.Random, table_secret: int) -> None:
+        self.alg = alg
+        self.hint = 0
+        self.table: dict[int, int] = {}  # sparse table_perturb; unset entries are random
+        self.table_secret = table_secret
+        self.rng = rng
+
+    def _perturb(self, idx: int) -> int:
+        v = self.table.get(idx)
+        if v is None:  # net_get_random_once(table_perturb, ...)
+            v = hash((self.table_secret, idx)) & MASK32
+        return v
+
+    def autoselect(
+        self,
+        low: int,
+        high: int,
+        reserved: frozenset[int],
+        port_offset: int,
+        check: Callable[[int], int],
+    ) -> tuple[int, int] | None:
+        """(port, PORT_FREE | PORT_TW_REUSE) or None for -EADDRNOTAVAIL.
+
+        `port_offset` is secure_ipv4_port_ephemeral(saddr, daddr, dport): 32 bits up to
+        5.17, 64 bits from 5.18. `low`/`high` are ip_local_port_range (inclusive).
+        """
+        alg = self.alg
+        if alg == "hint":
+            # vanilla 2.6.32 - 4.1: for (i = 1; i <= remaining; i++)
+            #   port = low + (i + offset) % remaining; ... ok: hint += i;
+            remaining = high - low + 1
+            offset = (self.hint + port_offset) & MASK32
+            for i in range(1, remaining + 1):
+                port = low + (i + offset) % remaining
+                if port in reserved:
+                    continue
+                r = check(port)
+                if r:
+                    self.hint = (self.hint + i) & MASK32
+                    return port, r
+            return None
+        if alg == "hint_even":
+            # EL6 (2.6.32-642) backport: offset &= ~1 ("start with an even number ...
+            # leave about 50% for bind(0)"); for (i = 0; ...); ok: hint += (i + 2) & ~1
+            remaining = high - low + 1
+            offset = ((self.hint + port_offset) & MASK32) & ~1
+            for i in range(remaining):
+                port = low + (i + offset) % remaining
+                if port in reserved:
+                    continue
+                r = check(port)
+                if r:
+                    self.hint = (self.hint + ((i + 2) & ~1)) & MASK32
+                    return port, r
+            return None
+
+        # 4.2+ (07f4c90062f8 / 1580ab63fc9a): ports of @low parity first, then the other.
+        high += 1
+        remaining = high - low
+        if remaining > 1:
+            remaining &= ~1
+        idx = 0
+        if alg == "parity":
+            offset = ((self.hint + port_offset) & MASK32) % remaining
+        elif alg == "perturb256":
+            idx = hash_32(port_offset & MASK32, 8)
+            offset = ((self._perturb(idx) + port_offset) & MASK32) % remaining
+        else:  # perturb64k, 5.18+
+            idx = port_offset & 0xFFFF
+            offset = ((self._perturb(idx) + (port_offset >> 32)) & MASK32) % remaining
+        offset &= ~1
+        while True:  # other_parity_scan
+            port = low + offset
+            i = 0
+            while i < remaining:
+                if port >= high:
+                    port -= remaining
+                if port not in reserved:
+                    r = check(port)
+                    if r:
+                        self._advance(idx, i)
+                        return port, r
+                i += 2
+                port += 2
+            offset += 1
+            if (offset & 1) and remaining > 1:
+                continue
+            return None
+
+    def _advance(self, idx: int, i: int) -> None:
+        """ok: hint += i + 2 (<= 5.11); table_perturb[index] += i + 2 (5.12-5.17);
+        5.18+: i = max(i, get_random_u32_below(8) * step) first."""
+        if self.alg == "parity":
+            self.hint = (self.hint + i + 2) & MASK32
+        elif self.alg == "perturb256":
+            self.table[idx] = (self._perturb(idx) + i + 2) & MASK32
+        else:
+            i = max(i, self.rng.randrange(8) * 2)
+            self.table[idx] = (self._perturb(idx) + i + 2) & MASK32
+
+
+def find_open_port(
+    low: int,
+    high: int,
+    reserved: frozenset[int],
+    unowned: Callable[[int], bool],
+    rng: random.Random,
+) -> int | None:
+    """bind(addr, 0) without IP_BIND_ADDRESS_NO_PORT: mirrors inet_csk_find_open_port(),
+    net/ipv4/inet_connection_sock.c (4.6+; spec §6.6): random odd-parity start ("We do
+    the opposite" of connect()), step 2, then the other parity; a port is taken only if it
+    has no owner at all on that address (relax=false: TIME_WAIT owners conflict too)."""
+    high += 1
+    remaining = high - low
+    if remaining > 1:
+        remaining &= ~1
+    offset = rng.getrandbits(32) % remaining
+    offset |= 1
+    while True:
+        port = low + offset
+        for _ in range(0, remaining, 2):
+            if port >= high:
+                port -= remaining
+            if port not in reserved and unowned(port):
+                return port
+            port += 2
+        offset -= 1  # "offset--; if (!(offset & 1)) goto other_parity_scan;"
+        if not (offset & 1):
+            continue
+        return None
+
+
+class HostPortPool:
+    """A host-wide ephemeral pool (Windows, macOS/BSD): a local port is unique per host
+    across all destinations while any socket, TIME_WAIT included, holds it
+    (path-elements §1.2: "Windows normally does not hand out a port that is in local
+    TIME_WAIT"; BSD in_pcb_lport). `order` sequential (a rover) or random (probe from a
+    random start) — an inference, a parameter."""
+
+    __slots__ = ("first", "in_use", "last", "n", "order", "rng", "rover", "used")
+
+    def __init__(self, first: int, num: int, order: str, rng: random.Random) -> None:
+        self.first = first
+        self.n = num
+        self.last = first + num - 1
+        self.order = order
+        self.rng = rng
+        self.rover = 0
+        self.in_use: dict[int, int] = {}  # port -> sockets holding it
+        self.used = 0  # ports with in_use > 0
+
+    def allocate(self) -> int | None:
+        n = self.n
+        if self.used >= n:
+            return None
+        start = self.rover if self.order == "sequential" else self.rng.randrange(n)
+        in_use = self.in_use
+        first = self.first
+        for k in range(n):
+            off = (start + k) % n
+            port = first + off
+            if not in_use.get(port):
+                self.rover = (off + 1) % n
+                return port
+        return None
+
+    def hold(self, port: int) -> None:
+        c = self.in_use.get(port, 0)
+        if c == 0:
+            self.used += 1
+        self.in_use[port] = c + 1
+
+    def release(self, port: int) -> None:
+        c = self.in_use.get(port, 0) - 1
+        if c <= 0:
+            self.in_use.pop(port, None)
+            self.used -= 1
+        else:
+            self.in_use[port] = c

@@ -1,0 +1,183 @@
+"""A simulated host: the kernel tables and clocks the model rules read and write.
+
+Everything here is state; the rules are in tcpreuse/model and the sequencing in engine.py.
+Keys of `ehash` and `tw` are 4-tuples from this host's point of view:
+(local addr, local port, remote addr, remote port).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any
+
+from ..model import clocks
+from ..model.listener import Listener
+from ..model.ports import HostPortPool, LinuxConnectPorts
+from ..model.profiles import Profile
+from ..model.recycle import PeerCache
+from ..model.stacks import ClientStack, client_stack, port_range
+from ..model.timewait import TimeWaitSock
+
+Key = tuple[int, int, int, int]
+
+
+def counter_names(p: Profile) -> list[str]:
+    """The /proc/net/{snmp,netstat} counters this kernel has, of those the model moves."""
+    if not p.is_linux:
+        return []
+    names = [
+        "TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpEstabResets", "TcpOutRsts",
+        "TcpExtTW", "TcpExtTWKilled", "TcpExtTWRecycled", "TcpExtPAWSActive", "TcpExtPAWSEstab",
+        "TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPAbortOnData", "TcpExtSyncookiesSent",
+    ]
+    if p.has_tw_recycle:
+        names.append("TcpExtPAWSPassive")  # gone with tcp_tw_recycle in 4.12
+    if p.has_counter_tw_overflow:
+        names.append("TcpExtTCPTimeWaitOverflow")
+    if p.has_counter_paws_timewait:
+        names.append("TcpExtPAWSTimewait")
+    if p.has_reqq_counters:
+        names += ["TcpExtTCPReqQFullDrop", "TcpExtTCPReqQFullDoCookies"]
+    if p.oow_ratelimit:
+        names.append("TcpExtTCPACKSkippedTimeWait")
+    return names
+
+
+class SimHost:
+    def __init__(self, name: str, group: str, role: str, profile: Profile, settings: dict[str, Any],
+                 params: dict[str, Any], addrs: list[int], seed: int, rng: random.Random) -> None:
+        self.name, self.group, self.role = name, group, role
+        self.p = profile
+        self.settings = settings
+        self.params = params
+        self.addrs = addrs
+        self.addr = addrs[0]
+        self.rng = rng
+        self.is_linux = profile.is_linux
+        self.hz = int(params.get("hz") or 1000)
+        up = params.get("uptime_s")
+        self.uptime = float(up) if up is not None else rng.uniform(3600.0, 30 * 86400.0)
+        self.wall0 = 1_700_000_000.0 + rng.uniform(0, 86400.0)
+        self.deathrow_phase = rng.uniform(0, 7.5)
+        self._init_clocks()
+        self.isn_secret = clocks.derive_secret(seed, name, "isn")
+        self.port_secret = clocks.derive_secret(seed, name, "port")
+        self.ts_secret = clocks.derive_secret(seed, name, "ts")
+        self.counters: dict[str, int] = dict.fromkeys(counter_names(profile), 0)
+        self.ehash: dict[Key, Any] = {}
+        self.tw: dict[Key, TimeWaitSock] = {}
+        self.tw_fifo: dict[float, deque[tuple[float, Key, TimeWaitSock]]] = {}
+
+        s = settings
+        if self.is_linux:
+            self.tw_reuse = int(s["net.ipv4.tcp_tw_reuse"])
+            self.tw_reuse_delay = int(s.get("net.ipv4.tcp_tw_reuse_delay", 1000))
+            self.tw_recycle = int(s.get("net.ipv4.tcp_tw_recycle", 0))
+            self.timestamps = int(s["net.ipv4.tcp_timestamps"])
+            self.max_tw = int(s["net.ipv4.tcp_max_tw_buckets"])
+            self.rfc1337 = int(s["net.ipv4.tcp_rfc1337"])
+            self.syncookies = int(s["net.ipv4.tcp_syncookies"])
+            self.somaxconn = int(s["net.core.somaxconn"])
+            self.oow_s = int(s["net.ipv4.tcp_invalid_ratelimit"]) / 1000.0 if profile.oow_ratelimit else None
+            self.reserved: frozenset[int] = s["net.ipv4.ip_local_reserved_ports"]
+        else:
+            self.tw_reuse = self.tw_reuse_delay = self.tw_recycle = 0
+            self.timestamps = 1
+            self.max_tw = 1 << 30
+            self.rfc1337 = 0
+            self.syncookies = 0
+            self.somaxconn = 1 << 16
+            self.oow_s = None
+            self.reserved = frozenset()
+        self.reuse_rule = profile.tw_reuse_rule
+        self.paws_tw_counter = "TcpExtPAWSTimewait" if profile.has_counter_paws_timewait else "TcpExtPAWSEstab"
+        self.tw_count_at = profile.tw_count_at if self.is_linux else "schedule"
+        self.deathrow = self.is_linux and profile.tw_timer == "deathrow"
+
+        # client side
+        self.stack: ClientStack | None = None
+        self.low, self.high = port_range(profile, settings)
+        self.connect_ports: LinuxConnectPorts | None = None
+        self.pool: HostPortPool | None = None
+        self.bind_owned: dict[tuple[int, int], int] = {}  # (addr, port) -> bind()/listen owners
+        self.bound_ports: set[int] = set()  # ports with a bind()-created bucket (any addr)
+        self.owners: dict[tuple[int, int], int] = {}  # (addr, port) -> sockets (incl. TW)
+        self.dest_use: dict[tuple[int, int, int], int] = {}  # (laddr, raddr, rport) -> ports held
+        self._budget_key = -1
+        self._budget = 0
+        if role == "client":
+            self.stack = client_stack(profile, settings, params)
+            if self.is_linux:
+                self.connect_ports = LinuxConnectPorts(profile.port_alg, rng, self.port_secret ^ 0x7AB1E)
+            else:
+                self.pool = HostPortPool(self.low, self.high - self.low + 1,
+                                         str(params.get("port_order", "sequential")), rng)
+        # server side
+        self.listeners: dict[tuple[int, int], Listener] = {}
+        self.workers = 0
+        self.busy = 0
+        self.accept_q: deque[Any] = deque()
+        self.recycle_cache = PeerCache(profile.recycle_cache_key) if self.tw_recycle else None
+
+    # ---- clocks (model.clocks, with the per-host constants folded in) ------------------------
+    def _init_clocks(self) -> None:
+        self.sec_base = self.wall0 if (self.is_linux and not self.p.at_least(4, 19)) else self.uptime
+        if self.is_linux and self.p.ts_clock == "jiffies":
+            self.ts_base, self.ts_rate = (self.uptime + clocks.INITIAL_JIFFIES_S) * self.hz, float(self.hz)
+        else:
+            self.ts_base, self.ts_rate = self.uptime * 1000.0, 1000.0
+
+    def sec(self, t: float) -> int:
+        """clocks.seconds_clock()"""
+        return int(self.sec_base + t)
+
+    def ms(self, t: float) -> int:
+        """clocks.clock_ms()"""
+        return int((self.uptime + t) * 1000)
+
+    def tsval(self, t: float) -> int:
+        """clocks.tsval_clock()"""
+        return int(self.ts_base + t * self.ts_rate) & 0xFFFFFFFF
+
+    def inc(self, name: str, n: int = 1) -> None:
+        if name in self.counters:
+            self.counters[name] += n
+
+    # ---- local port accounting (clients) ---------------------------------------------------
+    def hold_port(self, key: Key) -> None:
+        la, lp, ra, rp = key
+        d = (la, ra, rp)
+        self.dest_use[d] = self.dest_use.get(d, 0) + 1
+        o = (la, lp)
+        self.owners[o] = self.owners.get(o, 0) + 1
+        if self.pool is not None:
+            self.pool.hold(lp)
+
+    def release_port(self, key: Key) -> None:
+        la, lp, ra, rp = key
+        d = (la, ra, rp)
+        self.dest_use[d] -= 1
+        o = (la, lp)
+        c = self.owners[o] - 1
+        if c:
+            self.owners[o] = c
+        else:
+            del self.owners[o]
+        if self.pool is not None:
+            self.pool.release(lp)
+
+    def port_budget_cached(self, daddr: int) -> int:
+        """port_budget(), recomputed only when the set of bind()-owned ports changes."""
+        key = len(self.bound_ports)
+        if self._budget_key != key:
+            self._budget_key, self._budget = key, self.port_budget()
+        return self._budget
+
+    def port_budget(self) -> int:
+        """Ports connect() may use toward one destination (Linux), or the host-wide pool."""
+        if self.pool is not None:
+            return self.pool.n
+        return sum(
+            1 for p in range(self.low, self.high + 1) if p not in self.reserved and p not in self.bound_ports
+        )
