@@ -1,0 +1,180 @@
+"""`tcpreuse load HOST:PORT`: short-connection load with diagnostic output.
+
+Thin: options become a LoadConfig, tcpreuse.load.runner does the work, this renders.
+The lab runs `python -m tcpreuse load ... --result FILE` inside network namespaces and
+merges the files, so --result, --host-name and the RunResult layout are a contract.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..load.errors import LoadError
+
+
+def _fmt_ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _render_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    con.print(
+        f"[bold]{s['target']}[/] {s['mode']} loop"
+        + (f", {s['arrival']} {s['rate_target']}/s" if s["mode"] == "open" else f", {s['concurrency']} in flight")
+        + f", {s['protocol']}, close={s['close']}, {s['workers']} worker(s)"
+    )
+    con.print(
+        f"{s['attempts']} attempts in {s['duration_s']:.2f} s: {s['ok']} ok, {s['failed']} failed; "
+        f"{s['attempts_per_s']:.1f} attempts/s, {s['ok_per_s']:.1f} ok/s"
+        + (f"; {s['ok_after_syn_retry']} ok only after a SYN retransmission" if s["ok_after_syn_retry"] else "")
+    )
+    t = Table(box=None, header_style="bold")
+    for c in ("outcome", "count", "sample 4-tuple", "first s", "last s"):
+        t.add_column(c, justify="right" if c in ("count", "first s", "last s") else "left")
+    for name, d in s["outcomes"].items():
+        t.add_row(name if name == "ok" else f"[red]{name}[/]", str(d["count"]), d["sample"],
+                  f"{d['first_s']:.3f}", f"{d['last_s']:.3f}")
+    con.print(t)
+    lat = Table(box=None, header_style="bold")
+    for c in ("latency ms", "count", "p50", "p90", "p99", "p99.9", "max"):
+        lat.add_column(c, justify="left" if c == "latency ms" else "right")
+    for label, key in (("connect (from due time)", "connect_ms"), ("request", "request_ms")):
+        d = s[key]
+        lat.add_row(label, str(d["count"]), *(_fmt_ms(d[q]) for q in ("p50", "p90", "p99", "p99.9", "max")))
+    con.print(lat)
+    tw = s["per_second"]["time_wait"]
+    if tw:
+        con.print(f"TIME_WAIT in this namespace, per second: max {max(tw)}, last {tw[-1]}")
+    if s["counters"]:
+        interesting = [k for k in s["counters"] if k.startswith(("TcpExtTW", "TcpExtPAWS", "TcpExtListen",
+                                                                  "TcpExtTCPTimeWait", "TcpAttemptFails",
+                                                                  "TcpActiveOpens", "TcpOutRsts",
+                                                                  "TcpRetransSegs", "TcpExtTCPSynRetrans"))]
+        if interesting:
+            con.print("counters: " + ", ".join(f"{k} {s['counters'][k]:+d}" for k in interesting))
+    for n in s["notes"]:
+        con.print(f"[yellow]note:[/] {n}")
+
+
+class _Live:
+    """A one-line live view on a terminal (rich), nothing otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.live: Any = None
+
+    def __enter__(self) -> _Live:
+        if self.enabled:
+            from rich.console import Console
+            from rich.live import Live
+
+            self.live = Live("starting...", refresh_per_second=4, transient=True,
+                             console=Console(stderr=True))
+            self.live.__enter__()
+        return self
+
+    def update(self, p: Any) -> None:
+        if self.live is None:
+            return
+        errs = ", ".join(f"{k} {v}" for k, v in sorted(p.errors.items(), key=lambda kv: -kv[1])) or "none"
+        self.live.update(
+            f"{p.elapsed:6.1f} s  {p.rate:8.0f} attempts/s  ok {p.ok}  failed {p.failed} ({errs})  "
+            f"TIME_WAIT {p.time_wait}"
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+
+@click.command()
+@click.argument("target", metavar="HOST:PORT")
+@click.option("--rate", type=float, help="Open loop: new connections per second (split across workers).")
+@click.option("--concurrency", type=int, help="Closed loop: connections in flight, as wrk -c.")
+@click.option("--duration", type=float, help="Seconds to run (start no attempt after this).")
+@click.option("--count", type=int, help="Attempts to make in all (stops at duration or count).")
+@click.option("--arrival", type=click.Choice(["constant", "poisson", "ramp"]), default="constant",
+              show_default=True, help="Open-loop arrivals: evenly spaced, Poisson, or a linear ramp.")
+@click.option("--ramp-from", type=float, default=0.0, show_default=True,
+              help="Ramp start rate; the ramp reaches --rate at --duration.")
+@click.option("--close", "close", type=click.Choice(["client", "server", "rst"]), default="client",
+              show_default=True,
+              help="client: FIN first after the answer; server: wait for the server's FIN; "
+              "rst: SO_LINGER {1,0}, RST instead of FIN (no TIME_WAIT).")
+@click.option("--requests-per-conn", type=int, default=1, show_default=True,
+              help="Requests per connection (> 1: keep-alive).")
+@click.option("--protocol", type=click.Choice(["line", "http"]), default="line", show_default=True,
+              help="line: VERIFY <id> -> OK <code>; http: GET (Connection: close unless keep-alive).")
+@click.option("--path", default="/", show_default=True, help="HTTP request target.")
+@click.option("--source", "sources", multiple=True, metavar="ADDR|A-B|CIDR",
+              help="Local source address(es), used in turn (repeatable).")
+@click.option("--bind", type=click.Choice(["none", "address_no_port", "bind0"]),
+              help="How sockets get their source: none; bind(addr) with IP_BIND_ADDRESS_NO_PORT "
+              "(port chosen per 4-tuple at connect; default with --source); bind0: bind(addr, 0), "
+              "one port per socket.")
+@click.option("--local-port-range", metavar="LO-HI",
+              help="Per-socket IP_LOCAL_PORT_RANGE (Linux 6.3+).")
+@click.option("--connect-timeout", type=float, default=5.0, show_default=True,
+              help="Application connect timeout, s.")
+@click.option("--request-timeout", type=float, default=5.0, show_default=True,
+              help="Application timeout per request (and for the server's FIN), s.")
+@click.option("--workers", type=int, help="Worker processes (default: number of CPUs).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Poisson arrivals.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (the summary).")
+@click.option("--result", "result_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the full RunResult (per-attempt records) as JSON to this file.")
+@click.option("--host-name", help="Name of this host in the RunResult (default: hostname).")
+@click.option("--scenario", default="load", show_default=True, help="Scenario label in the RunResult.")
+@click.option("--workload", default="load", show_default=True, help="Workload label of the attempts.")
+@click.option("--quiet", is_flag=True, help="No live progress.")
+def load(target: str, rate: float | None, concurrency: int | None, duration: float | None,
+         count: int | None, arrival: str, ramp_from: float, close: str, requests_per_conn: int,
+         protocol: str, path: str, sources: tuple[str, ...], bind: str | None,
+         local_port_range: str | None, connect_timeout: float, request_timeout: float,
+         workers: int | None, seed: int, as_json: bool, result_path: Path | None,
+         host_name: str | None, scenario: str, workload: str, quiet: bool) -> None:
+    """Open HOST:PORT short connections at a rate (open loop) or concurrency (closed loop).
+
+    Reports outcomes by errno with a sample 4-tuple, connect and request latency
+    (HdrHistogram), SYN retransmissions per attempt (TCP_INFO), TIME_WAIT per second and
+    the kernel's TCP counter deltas. Always bounded: give --duration and/or --count.
+    """
+    import socket
+
+    from ..load.runner import LoadConfig, run_load
+    from ..load.target import parse_port_range, parse_sources, resolve
+
+    cfg = LoadConfig(
+        target=resolve(target),
+        rate=rate, concurrency=concurrency, duration=duration, count=count, arrival=arrival,
+        ramp_from=ramp_from, close=close, requests_per_conn=requests_per_conn, protocol=protocol,
+        path=path, sources=parse_sources(list(sources)), bind=bind,
+        local_port_range=parse_port_range(local_port_range) if local_port_range else None,
+        connect_timeout=connect_timeout, request_timeout=request_timeout, workers=workers,
+        seed=seed, host_name=host_name or socket.gethostname(), scenario=scenario, workload=workload,
+    )
+    if result_path is not None:
+        try:
+            result_path.parent.mkdir(parents=True, exist_ok=True)
+            with result_path.open("a"):
+                pass
+        except OSError as e:
+            raise LoadError(f"cannot write --result {result_path}: {e.strerror}") from None
+    live = not quiet and not as_json and sys.stderr.isatty()
+    with _Live(live) as view:
+        run = run_load(cfg, on_progress=view.update if live else None)
+    if result_path is not None:
+        run.result.save(result_path, records=True)
+    if as_json:
+        from ..result import dumps
+
+        click.echo(dumps(run.summary))
+    else:
+        _render_summary(run.summary)

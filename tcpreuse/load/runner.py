@@ -1,0 +1,465 @@
+"""A load run: worker processes, per-second sampling, merged results.
+
+The parent process does no connection work. It forks the workers (each with its share of
+the rate, count or concurrency and a common start time on the monotonic clock), samples
+this namespace's TIME_WAIT count once per second on the second, relays the workers'
+progress to a callback, and on Ctrl-C/SIGTERM tells them to stop and keeps what they did.
+Results merge exactly: records are concatenated and sorted by due time, histograms add
+bucket by bucket, counts add.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import multiprocessing as mp
+import os
+import platform
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any, cast
+
+import numpy as np
+
+from ..result import COLUMNS, AttemptTable, HostInfo, RunResult, Timeline
+from . import kstat
+from .arrival import ARRIVALS, split_count
+from .errors import LoadError
+from .sockopt import check_local_port_range, check_sources_local, raise_nofile
+from .target import Endpoint, format_addr
+from .worker import (
+    BIND_MODES,
+    CLOSE_POLICIES,
+    WorkerPlan,
+    WorkerResult,
+    merge_hists,
+    percentiles,
+    run_in_child,
+)
+
+PROTOCOLS = ("line", "http")
+
+
+@dataclass
+class LoadConfig:
+    """What the user asked for, validated by :meth:`check`."""
+
+    target: Endpoint
+    rate: float | None = None
+    concurrency: int | None = None
+    duration: float | None = None
+    count: int | None = None
+    arrival: str = "constant"
+    ramp_from: float = 0.0
+    close: str = "client"
+    requests_per_conn: int = 1
+    protocol: str = "line"
+    path: str = "/"
+    sources: list[str] = field(default_factory=list)  # expanded addresses
+    bind: str | None = None  # None: address_no_port with sources, else none
+    local_port_range: tuple[int, int] | None = None
+    connect_timeout: float = 5.0
+    request_timeout: float = 5.0
+    workers: int | None = None
+    seed: int = 0
+    host_name: str = field(default_factory=socket.gethostname)
+    scenario: str = "load"
+    workload: str = "load"
+
+    @property
+    def mode(self) -> str:
+        return "closed" if self.concurrency else "open"
+
+    def check(self) -> None:
+        """Every mistake a user can make here becomes one LoadError, before any work."""
+        if self.rate is None and not self.concurrency:
+            raise LoadError("give --rate R (open loop) or --concurrency N (closed loop)")
+        if self.rate is not None and self.concurrency:
+            raise LoadError("--rate and --concurrency exclude each other (open or closed loop)")
+        if self.rate is not None and not (self.rate > 0 and math.isfinite(self.rate)):
+            raise LoadError(f"--rate must be a positive number, not {self.rate}")
+        if self.concurrency is not None and self.concurrency < 0:
+            raise LoadError("--concurrency must be positive")
+        if self.duration is None and self.count is None:
+            raise LoadError("a load run must be bounded: give --duration S and/or --count N")
+        if self.duration is not None and not (0 < self.duration < 7 * 86400):
+            raise LoadError(f"--duration must be between 0 and a week, not {self.duration}")
+        if self.count is not None and self.count <= 0:
+            raise LoadError("--count must be positive")
+        if self.arrival not in ARRIVALS:
+            raise LoadError(f"--arrival must be one of {', '.join(ARRIVALS)}")
+        if self.arrival == "ramp":
+            if self.duration is None:
+                raise LoadError("--arrival ramp needs --duration (the ramp spans it)")
+            if self.ramp_from < 0:
+                raise LoadError("--ramp-from must be >= 0")
+        if self.mode == "closed" and self.arrival != "constant":
+            raise LoadError("--arrival applies to the open loop (--rate), not to --concurrency")
+        if self.close not in CLOSE_POLICIES:
+            raise LoadError(f"--close must be one of {', '.join(CLOSE_POLICIES)}")
+        if self.protocol not in PROTOCOLS:
+            raise LoadError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+        if self.requests_per_conn < 1:
+            raise LoadError("--requests-per-conn must be at least 1")
+        if self.connect_timeout <= 0 or self.request_timeout <= 0:
+            raise LoadError("timeouts must be positive")
+        if self.bind is not None and self.bind not in BIND_MODES:
+            raise LoadError(f"--bind must be one of {', '.join(BIND_MODES)}")
+        if self.bind == "none" and self.sources:
+            raise LoadError("--bind none ignores --source: use address_no_port or bind0")
+        if self.workers is not None and not 1 <= self.workers <= 1024:
+            raise LoadError("--workers must be between 1 and 1024")
+        if self.sources:
+            check_sources_local(self.sources, self.target.family)
+        if self.local_port_range:
+            check_local_port_range(*self.local_port_range, family=self.target.family)
+
+    def effective_bind(self) -> str:
+        if self.bind is not None:
+            return self.bind
+        return "address_no_port" if self.sources else "none"
+
+    def effective_workers(self) -> int:
+        w = self.workers or os.cpu_count() or 1
+        if self.count is not None:
+            w = min(w, self.count)
+        if self.concurrency:
+            w = min(w, self.concurrency)
+        return max(1, w)
+
+
+@dataclass
+class Progress:
+    """What the live view shows; the runner calls back with it about twice a second."""
+
+    elapsed: float
+    started: int
+    ok: int
+    failed: int
+    errors: dict[str, int]
+    time_wait: int
+    rate: float  # attempts/s over the last interval
+
+
+@dataclass
+class LoadRun:
+    """The merged outcome of a load run."""
+
+    config: LoadConfig
+    result: RunResult
+    summary: dict[str, Any]
+
+
+def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None = None,
+             tick_s: float = 0.5) -> LoadRun:
+    config.check()
+    nofile = raise_nofile()
+    workers = config.effective_workers()
+    bind = config.effective_bind()
+    counters_before = kstat.read_counters()
+    settings = kstat.read_sysctls()
+    started_wall = time.time()
+    t0 = time.monotonic() + 0.05 + 0.01 * workers  # time to fork before the first attempt
+
+    plans = []
+    for i in range(workers):
+        plans.append(WorkerPlan(
+            target=config.target, protocol=config.protocol, path=config.path, close=config.close,
+            requests_per_conn=config.requests_per_conn, sources=config.sources, bind=bind,
+            local_port_range=config.local_port_range, connect_timeout=config.connect_timeout,
+            request_timeout=config.request_timeout, mode=config.mode, arrival=config.arrival,
+            rate=config.rate or 0.0, ramp_from=config.ramp_from,
+            concurrency=split_count(config.concurrency, workers, i) or 0 if config.concurrency else 0,
+            duration=config.duration,
+            count=config.count if config.mode == "open" else split_count(config.count, workers, i),
+            seed=config.seed, index=i, workers=workers, t0=t0, tick_s=tick_s,
+        ))
+
+    ctx = mp.get_context("fork")
+    procs: list[Any] = []
+    pipes: dict[Connection, int] = {}
+    results: dict[int, WorkerResult] = {}
+    errors: list[str] = []
+    ticks: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
+    tw_samples: list[int] = []
+    interrupted = False
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        for plan in plans:
+            parent, child = ctx.Pipe(duplex=True)
+            pr = ctx.Process(target=run_in_child, args=(plan, child), daemon=True,
+                             name=f"tcpreuse-load-{plan.index}")
+            pr.start()
+            child.close()
+            procs.append(pr)
+            pipes[parent] = plan.index
+
+        next_sample = t0 + 1.0
+        next_progress = t0 + tick_s
+        last_started, last_t = 0, t0
+        stop_sent_at: float | None = None
+        while pipes:
+            now = time.monotonic()
+            timeout = max(0.0, min(next_sample, next_progress) - now)
+            if stop_sent_at is not None:
+                timeout = min(timeout, 0.2)
+                if now - stop_sent_at > 10:  # workers that do not answer are not waited for
+                    for pr in procs:
+                        if pr.is_alive():
+                            pr.kill()
+                    errors.append("a worker did not stop within 10 s and was killed")
+                    break
+            try:
+                ready = cast(list[Connection], wait(list(pipes), timeout=timeout))
+                for c in ready:
+                    try:
+                        msg = c.recv()
+                    except (EOFError, OSError):
+                        idx = pipes.pop(c)
+                        if idx not in results:
+                            errors.append(f"worker {idx} ended without a result")
+                        continue
+                    kind, idx = msg[0], msg[1]
+                    if kind == "tick":
+                        ticks[idx] = (msg[2], msg[3])
+                    elif kind == "result":
+                        results[idx] = msg[2]
+                        pipes.pop(c, None)
+                        c.close()
+                    elif kind == "error":
+                        errors.append(f"worker {idx} failed:\n{msg[2]}")
+                        pipes.pop(c, None)
+                        c.close()
+                now = time.monotonic()
+                while now >= next_sample:
+                    tw_samples.append(kstat.read_time_wait())
+                    next_sample += 1.0
+                if now >= next_progress and on_progress is not None:
+                    started = sum(t[0]["started"] for t in ticks.values())
+                    ok = sum(t[0]["ok"] for t in ticks.values())
+                    failed = sum(t[0]["failed"] for t in ticks.values())
+                    errs: dict[str, int] = {}
+                    for _, e in ticks.values():
+                        for k, v in e.items():
+                            errs[k] = errs.get(k, 0) + v
+                    rate = (started - last_started) / max(1e-9, now - last_t)
+                    last_started, last_t = started, now
+                    on_progress(Progress(now - t0, started, ok, failed, errs,
+                                         tw_samples[-1] if tw_samples else kstat.read_time_wait(),
+                                         rate))
+                if now >= next_progress:
+                    next_progress = now + tick_s
+            except KeyboardInterrupt:
+                if stop_sent_at is None:
+                    interrupted = True
+                    stop_sent_at = time.monotonic()
+                    for c in list(pipes):
+                        with contextlib.suppress(OSError):
+                            c.send("stop")
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        for pr in procs:
+            pr.join(timeout=5)
+            if pr.is_alive():
+                pr.kill()
+                pr.join(timeout=5)
+
+    end_time = time.monotonic()
+    tw_samples.append(kstat.read_time_wait())
+    counters = kstat.deltas(counters_before, kstat.read_counters())
+    if not results:
+        raise LoadError("no worker returned a result" + (": " + errors[0] if errors else ""))
+    merged = _merge(config, [results[i] for i in sorted(results)], tw_samples, counters,
+                    settings, workers, bind, interrupted or any(r.interrupted for r in results.values()),
+                    errors, nofile, started_wall, end_time - t0)
+    return merged
+
+
+def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
+           counters: dict[str, int], settings: dict[str, str], workers: int, bind: str,
+           interrupted: bool, errors: list[str], nofile: int, started_wall: float,
+           wall_s: float) -> LoadRun:
+    outcome_voc: list[str] = []
+    reason_voc: list[str] = []
+    addr_voc: list[str] = [config.target.host]
+
+    def remap(local: list[str], voc: list[str], codes: np.ndarray) -> np.ndarray:
+        table = np.empty(len(local) + 1, dtype=np.int32)
+        table[-1] = -1  # code -1 (none) stays -1
+        for i, name in enumerate(local):
+            if name not in voc:
+                voc.append(name)
+            table[i] = voc.index(name)
+        return table[codes]
+
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in COLUMNS}
+    for r in parts:
+        n = len(r.t)
+        cols["t"].append(np.frombuffer(r.t, dtype="f8") if n else np.zeros(0))
+        cols["connect_ms"].append(np.frombuffer(r.connect_ms, dtype="f8") if n else np.zeros(0))
+        cols["syn_tries"].append(np.asarray(r.syn_tries, dtype="i2"))
+        cols["outcome"].append(remap(r.outcomes, outcome_voc, np.asarray(r.outcome, dtype=np.int64)))
+        cols["reason"].append(remap(r.reasons, reason_voc, np.asarray(r.reason, dtype=np.int64)))
+        cols["src"].append(remap(r.addrs, addr_voc, np.asarray(r.src, dtype=np.int64)))
+        cols["sport"].append(np.asarray(r.sport, dtype="i4"))
+    total = sum(len(r.t) for r in parts)
+    out: dict[str, np.ndarray] = {}
+    for k, (dtype, _) in COLUMNS.items():
+        if cols[k]:
+            out[k] = np.concatenate(cols[k]).astype(dtype) if total else np.zeros(0, dtype=dtype)
+    order = np.argsort(out["t"], kind="stable")
+    for k in list(out):
+        out[k] = out[k][order]
+    out["workload"] = np.zeros(total, dtype="i2")
+    out["client"] = np.zeros(total, dtype="i4")
+    out["server"] = np.full(total, -1, dtype="i4")
+    out["dst"] = np.zeros(total, dtype="i4")
+    out["dport"] = np.full(total, config.target.port, dtype="i4")
+    for k in ("srv_src", "srv_dst"):
+        out[k] = np.full(total, -1, dtype="i4")
+    for k in ("srv_sport", "srv_dport"):
+        out[k] = np.zeros(total, dtype="i4")
+    # keep only vocabulary entries that occur, in first-use order: nothing else to do,
+    # the remap above appended only names the workers used
+    table = AttemptTable(cols=out, vocab={
+        "outcome": outcome_voc, "reason": reason_voc, "workload": [config.workload],
+        "host": [config.host_name], "addr": addr_voc,
+    })
+
+    elapsed = max((r.end for r in parts), default=0.0)
+    if config.duration is not None and not interrupted:
+        elapsed = max(elapsed, min(config.duration, wall_s))
+    elapsed = max(elapsed, 1e-6)
+
+    # per-second timeline, bucketed by due time
+    nsec = math.ceil(float(out["t"].max()) + 1e-9) if total else 1
+    if config.duration is not None and not interrupted:
+        nsec = max(nsec, math.ceil(config.duration - 1e-9))
+    nsec = max(1, nsec)
+    sec = np.clip(np.floor(out["t"]).astype(np.int64), 0, nsec - 1)
+    ok_code = table.code("outcome", "ok")
+    retry_code = table.code("reason", "ok_after_syn_retry")
+    okm = out["outcome"] == ok_code
+    tl = Timeline(step_s=1.0)
+    tl.t = [float(i) for i in range(nsec)]
+    tl.attempts = np.bincount(sec, minlength=nsec).tolist()
+    tl.ok = np.bincount(sec[okm], minlength=nsec).tolist()
+    tl.failed = np.bincount(sec[~okm], minlength=nsec).tolist()
+    tl.delayed = np.bincount(sec[out["reason"] == retry_code], minlength=nsec).tolist()
+    tw = list(tw_samples[:nsec])
+    while len(tw) < nsec:
+        tw.append(tw_samples[-1] if tw_samples else 0)
+    tl.hosts = {config.host_name: {"time_wait": tw}}
+
+    connect_h = merge_hists([r.connect_hist for r in parts])
+    request_h = merge_hists([r.request_hist for r in parts])
+    http_status: dict[int, int] = {}
+    for r in parts:
+        for status, v in r.http_status.items():
+            http_status[status] = http_status.get(status, 0) + v
+    requests = sum(r.requests for r in parts)
+    lag_max = max((r.lag_max_ms for r in parts), default=0.0)
+    late = sum(r.late_starts for r in parts)
+
+    notes: list[str] = []
+    if interrupted:
+        notes.append("interrupted: the results cover the attempts made until the stop "
+                     "(attempts in flight are recorded as ECANCELED)")
+    notes.extend(errors)
+    if config.mode == "open" and total and late > 0.01 * total:
+        notes.append(f"{late} of {total} attempts started more than 1 ms after they were due "
+                     f"(worst {lag_max:.1f} ms): the generator did not keep up with the rate; "
+                     "their latency counts from the due time")
+    outcomes_counts = table.counts("outcome")
+    for fd_err in ("EMFILE", "ENFILE"):
+        if fd_err in outcomes_counts:
+            notes.append(f"{fd_err}: the load generator ran out of file descriptors "
+                         f"(RLIMIT_NOFILE {nofile}); lower the rate or the timeouts, or raise the limit")
+    notes.append("time_wait counts every TIME_WAIT socket of this network namespace, "
+                 "the server's too if it runs here")
+
+    # outcome details: count, sample 4-tuple, first and last time
+    details: dict[str, dict[str, Any]] = {}
+    for name, n in sorted(outcomes_counts.items(), key=lambda kv: (kv[0] != "ok", -kv[1])):
+        idx = np.flatnonzero(out["outcome"] == table.code("outcome", name))
+        i = int(idx[0])
+        src = table.name("src", int(out["src"][i])) or "?"
+        sport = int(out["sport"][i])
+        details[name] = {
+            "count": n,
+            "sample": f"{format_addr(src, sport or None)} -> {config.target}",
+            "first_s": round(float(out["t"][i]), 6),
+            "last_s": round(float(out["t"][idx[-1]]), 6),
+        }
+
+    ok_n = int(okm.sum())
+    syn_retry_n = int((out["reason"] == retry_code).sum()) if total else 0
+    nonzero = {k: v for k, v in counters.items() if v}
+    summary: dict[str, Any] = {
+        "target": str(config.target),
+        "mode": config.mode,
+        "arrival": config.arrival if config.mode == "open" else None,
+        "rate_target": config.rate,
+        "ramp_from": config.ramp_from if config.arrival == "ramp" else None,
+        "concurrency": config.concurrency,
+        "protocol": config.protocol,
+        "close": config.close,
+        "requests_per_conn": config.requests_per_conn,
+        "workers": workers,
+        "bind": bind,
+        "sources": len(config.sources),
+        "duration_s": round(elapsed, 6),
+        "attempts": total,
+        "ok": ok_n,
+        "failed": total - ok_n,
+        "attempts_per_s": round(total / elapsed, 3),
+        "ok_per_s": round(ok_n / elapsed, 3),
+        "requests": requests,
+        "ok_after_syn_retry": syn_retry_n,
+        "outcomes": details,
+        "reasons": table.counts("reason"),
+        "connect_ms": percentiles(connect_h),
+        "request_ms": percentiles(request_h),
+        "http_status": {str(k): v for k, v in sorted(http_status.items())},
+        "start_lag": {"late_starts": late, "max_ms": round(lag_max, 3)},
+        "per_second": {
+            "attempts": tl.attempts, "ok": tl.ok, "failed": tl.failed, "delayed": tl.delayed,
+            "time_wait": tw,
+        },
+        "counters": nonzero,
+        "interrupted": interrupted,
+        "host": config.host_name,
+        "notes": notes,
+    }
+
+    from ..model.profiles import get_profile
+
+    try:
+        profile = get_profile("linux-native").name
+    except Exception:  # an unparsable kernel release must not lose the run
+        profile = "linux"
+    hosts = {config.host_name: HostInfo(
+        name=config.host_name, group=config.workload, role="client", profile=profile,
+        addresses=[a for a in addr_voc[1:] if a not in ("0.0.0.0", "::")] or list(config.sources),
+        settings=dict(settings),
+    )}
+    result = RunResult(
+        source="load", scenario=config.scenario, duration_s=round(elapsed, 6), attempts=table,
+        timeline=tl, counters={config.host_name: counters}, hosts=hosts, seed=config.seed,
+        notes=notes, meta={
+            "kernel": platform.release(),
+            "started_unix": round(started_wall, 3),
+            "load": {k: v for k, v in summary.items() if k not in ("per_second", "notes", "counters")},
+            "histograms": {"connect_us": connect_h.encode().decode() if connect_h.get_total_count() else "",
+                           "request_us": request_h.encode().decode() if request_h.get_total_count() else ""},
+        },
+    )
+    return LoadRun(config=config, result=result, summary=summary)
