@@ -8,6 +8,7 @@ links are created inside namespaces or moved into them at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -67,10 +68,8 @@ class Namespace:
         # Killing the processes inside first lets the namespace go away at once.
         pids = _ip("netns", "pids", self.name, check=False).stdout.split()
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), 9)
-            except (ProcessLookupError, ValueError):
-                pass
         _ip("netns", "del", self.name, check=False)
 
     def __enter__(self) -> Namespace:
@@ -91,7 +90,7 @@ class Namespace:
         return r
 
     def popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.cmd(argv), **kw)  # type: ignore[call-overload, no-any-return]
+        return subprocess.Popen(self.cmd(argv), **kw)  # type: ignore[call-overload]
 
     def sysctl(self, key: str, value: str | int) -> None:
         """Write a sysctl inside the namespace (never the host's)."""
@@ -102,6 +101,42 @@ class Namespace:
 
     def read(self, path: str) -> str:
         return self.run(["cat", path]).stdout
+
+    def batch(self, lines: Sequence[str]) -> None:
+        """Several `ip` commands in one process (`ip -n NS -batch -`)."""
+        if not lines:
+            return
+        try:
+            r = subprocess.run(["ip", "-n", self.name, "-batch", "-"], input="\n".join(lines) + "\n",
+                               capture_output=True, text=True, timeout=30)
+        except FileNotFoundError:
+            raise LabError("the `ip` command (iproute2) is not installed") from None
+        if r.returncode != 0:
+            raise LabError(f"[{self.name}] ip -batch: {r.stderr.strip() or 'failed'}")
+
+    def write_sysctls(self, values: dict[str, str]) -> None:
+        """Write several sysctls inside the namespace in one process (never the host's)."""
+        if values:
+            self.run(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items())])
+
+    def read_sysctls(self, names: Sequence[str]) -> dict[str, str]:
+        """Current values inside the namespace; whitespace normalised ("32768 60999")."""
+        if not names:
+            return {}
+        paths = {"/proc/sys/" + k.replace(".", "/"): k for k in names}
+        r = self.run(["grep", "-H", "-s", "", *paths], check=False)  # "path:value" lines
+        out = {}
+        for line in r.stdout.splitlines():
+            path, _, value = line.partition(":")
+            if path in paths:
+                out[paths[path]] = " ".join(value.split())
+        return out
+
+    def nft(self, ruleset: str) -> None:
+        """Load an nftables ruleset inside the namespace (tables named tcpr-*)."""
+        if shutil.which("nft") is None:
+            raise LabError("the `nft` command (nftables) is not installed; NAT, LB and loss need it")
+        self.run(["nft", "-f", "-"], input=ruleset)
 
 
 def veth_pair(a: Namespace, a_if: str, b: Namespace, b_if: str) -> None:

@@ -1,0 +1,177 @@
+"""Merge the per-client `load` results and the lab's own measurements into one RunResult.
+
+Each `load` process writes a RunResult for one client instance and one workload, with
+times relative to its own start. The lab shifts them onto the run's clock (t = 0 when the
+first load was launched), names client and workload as the simulator does, fills the
+server-side view of each 4-tuple where the lab knows it (no NAT/LB: unchanged; through
+NAT or the LB: from the conntrack tables read at the end of the run), and adds what only
+the lab sees: every namespace's counters and TIME_WAIT samples. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..result import COLUMNS, OK, AttemptTable, PortSeries, RunResult, Timeline
+from .flows import FlowKey, FlowVal, view
+from .plan import LabPlan, Load
+
+
+@dataclass
+class Part:
+    load: Load
+    result: RunResult | None
+    offset_s: float  # load's t = 0 on the run's clock
+
+
+@dataclass
+class Observed:
+    """What the lab measured itself."""
+
+    duration_s: float
+    step_s: float = 1.0
+    samples: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # host -> series
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> deltas
+    nat: dict[FlowKey, set[FlowVal]] = field(default_factory=dict)  # see flows.py
+    lb: dict[FlowKey, set[FlowVal]] = field(default_factory=dict)
+
+
+def _concat(parts: list[tuple[AttemptTable, dict[str, str], float]]) -> AttemptTable:
+    """Concatenate tables, re-coding vocabularies; `fixed` overrides vocabulary columns."""
+    vocab: dict[str, list[str]] = {k: [] for k in ("outcome", "reason", "workload", "host", "addr")}
+    index: dict[str, dict[str, int]] = {k: {} for k in vocab}
+
+    def code(voc: str, name: str) -> int:
+        d = index[voc]
+        if name not in d:
+            d[name] = len(vocab[voc])
+            vocab[voc].append(name)
+        return d[name]
+
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in COLUMNS}
+    for table, fixed, offset in parts:
+        n = len(table)
+        for k, (dtype, voc) in COLUMNS.items():
+            arr = table.cols.get(k, np.zeros(n, dtype=dtype))
+            if arr.shape[0] != n:
+                arr = np.zeros(n, dtype=dtype) if dtype != "f8" else np.full(n, math.nan)
+            if k in fixed:
+                v = fixed[k]
+                arr = np.full(n, code(voc, str(v)) if voc else v, dtype=dtype)
+            elif voc is not None:
+                remap = np.array([code(voc, s) for s in table.vocab.get(voc, [])] + [-1],
+                                 dtype=dtype)
+                arr = remap[np.where(arr < 0, len(remap) - 1, arr)]
+            elif k == "t":
+                arr = arr + offset
+            cols[k].append(np.asarray(arr, dtype=dtype))
+    out = {k: (np.concatenate(v) if v else np.zeros(0, dtype=COLUMNS[k][0])) for k, v in cols.items()}
+    order = np.argsort(out["t"], kind="stable")
+    return AttemptTable(cols={k: v[order] for k, v in out.items()}, vocab=vocab)
+
+
+def _server_view(table: AttemptTable, plan: LabPlan, obs: Observed) -> int:
+    """Fill srv_* and server from the lab's knowledge; returns how many stayed unknown."""
+    c = table.cols
+    voc_addr = table.vocab["addr"]
+    voc_host = table.vocab["host"]
+    addr_idx = {a: i for i, a in enumerate(voc_addr)}
+    host_idx = {h: i for i, h in enumerate(voc_host)}
+
+    def acode(a: str) -> int:
+        if a not in addr_idx:
+            addr_idx[a] = len(voc_addr)
+            voc_addr.append(a)
+        return addr_idx[a]
+
+    def hcode(h: str) -> int:
+        if h not in host_idx:
+            host_idx[h] = len(voc_host)
+            voc_host.append(h)
+        return host_idx[h]
+
+    natted = {link.lower for link in plan.links if plan.hosts[link.upper].role == "nat"}
+    backends = {a for link in plan.links if plan.hosts[link.upper].role == "lb"
+                for a in plan.hosts[link.lower].addresses}
+    ok = table.code("outcome", OK)
+    unknown = 0
+    for i in range(len(table)):
+        if c["sport"][i] <= 0 or c["src"][i] < 0 or c["dst"][i] < 0:
+            continue  # never left the client (no port): nothing reached a server
+        t = (voc_addr[c["src"][i]], int(c["sport"][i]), voc_addr[c["dst"][i]], int(c["dport"][i]))
+        if voc_host[c["client"][i]] in natted:
+            v = view(obs.nat, t[0], t[1], {t[2]}.__contains__)
+            if v is None:
+                unknown += 1
+                continue
+            t = (v[1], v[2], t[2], t[3])  # as the NAT sends it on
+        if plan.vip is not None and (t[2], t[3]) == plan.vip:
+            v = view(obs.lb, t[0], t[1], backends.__contains__)
+            if v is None or plan.backend_port is None:
+                unknown += 1
+                continue
+            t = (v[1], v[2], v[0], plan.backend_port)
+        c["srv_src"][i], c["srv_sport"][i] = acode(t[0]), t[1]
+        c["srv_dst"][i], c["srv_dport"][i] = acode(t[2]), t[3]
+        owner = plan.owner.get(t[2])
+        if owner is not None and plan.hosts[owner].role == "server" and c["outcome"][i] == ok:
+            c["server"][i] = hcode(owner)
+    return unknown
+
+
+def _shift(series: list[int], steps: int, n: int) -> list[int]:
+    s = ([0] * steps + list(series)) if steps >= 0 else list(series)[-steps:]
+    return (s + [s[-1] if s else 0] * n)[:n]
+
+
+def merge(plan: LabPlan, parts: list[Part], obs: Observed, *, seed: int | None,
+          notes: list[str], meta: dict[str, object]) -> RunResult:
+    tables = [
+        (p.result.attempts, {"client": p.load.host, "workload": p.load.workload}, p.offset_s)
+        for p in parts if p.result is not None
+    ]
+    table = _concat(tables)
+    unknown = _server_view(table, plan, obs)
+    if unknown:
+        notes = [*notes, f"{unknown} attempt(s) whose server-side 4-tuple is unknown (not "
+                 "recorded by the NAT/LB, or their client 4-tuple was reused and went elsewhere)"]
+
+    step = obs.step_s
+    n = max(1, math.ceil(obs.duration_s / step - 1e-9))
+    t = table.cols["t"]
+    k = np.clip((t / step).astype(int), 0, n - 1) if len(t) else np.zeros(0, dtype=int)
+    failed = table.failed_mask()
+    delayed_codes = [table.code("reason", r) for r in ("ok_after_syn_retry", "ok_after_app_retry")]
+    delayed = np.isin(table.cols["reason"], delayed_codes) & ~failed
+    tl = Timeline(
+        step_s=step,
+        t=[round(i * step, 6) for i in range(n)],
+        attempts=np.bincount(k, minlength=n).tolist(),
+        ok=np.bincount(k[~failed], minlength=n).tolist(),
+        failed=np.bincount(k[failed], minlength=n).tolist(),
+        delayed=np.bincount(k[delayed], minlength=n).tolist(),
+        hosts={h: {name: _shift(v, 0, n) for name, v in series.items()}
+               for h, series in obs.samples.items()},
+    )
+    for p in parts:
+        if p.result is None:
+            continue
+        steps = round(p.offset_s / step)
+        for key, ps in p.result.timeline.ports.items():
+            name = key if key.startswith(p.load.host) else f"{p.load.host}:{key}"
+            tl.ports[name] = PortSeries(host=p.load.host, src=ps.src, dst=ps.dst, budget=ps.budget,
+                                        in_use=_shift(ps.in_use, steps, n))
+    return RunResult(
+        source="lab",
+        scenario=plan.scenario,
+        duration_s=round(obs.duration_s, 3),
+        attempts=table,
+        timeline=tl,
+        counters=obs.counters,
+        seed=seed,
+        notes=notes,
+        meta=meta,
+    )

@@ -1,0 +1,515 @@
+"""Run a scenario on the real kernel: build, serve, load, measure, merge, always tear down.
+
+The order matters for what the numbers mean:
+  1. topology (namespaces, links, sysctls, nftables), then `serve` in every server
+     namespace, ready when its sockets are in LISTEN;
+  2. tcpdump per interface when asked, ready when it says "listening";
+  3. counters of every namespace (before), t = 0, `load` in every client namespace (each
+     at its workload's start_s), TIME_WAIT/conntrack sampled every second;
+  4. loads end (or their deadline passes), 0.5 s for the last FIN/ACKs, counters (after),
+     the flows NAT/LB recorded (flows.py), captures stopped (files complete), servers stopped;
+  5. everything removed: on success, error, Ctrl-C, SIGTERM/SIGHUP (handlers + finally +
+     atexit). A SIGKILLed run leaves a state file for `tcpreuse lab cleanup`.
+An interrupted run still returns what was measured (partial results, marked).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LabError, TcpreuseError
+from ..model.profiles import get_profile
+from ..model.settings import SETTINGS, known_settings
+from ..result import HostInfo, RunResult
+from ..scenario.schema import Scenario
+from . import state
+from .flows import SET, parse_flows
+from .merge import Observed, Part, merge
+from .netns import PREFIX, require_root
+from .plan import LabPlan, Load, Serve, build_plan
+from .procnet import ProcNet
+from .realise import Realisation, realise
+from .topology import Topology
+
+SETTLE_S = 0.5
+READY_TIMEOUT_S = 20.0
+
+
+class LabInterrupted(TcpreuseError):
+    """Stopped by a signal before anything could be measured."""
+
+    exit_code = 130
+
+
+class _Signal(BaseException):
+    """Raised in the main thread by SIGTERM/SIGHUP, like KeyboardInterrupt for SIGINT."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@dataclass
+class LabOptions:
+    approximate: bool = False
+    capture: Path | None = None
+    python: str = field(default_factory=lambda: sys.executable)
+    step_s: float = 1.0
+    progress: Callable[[str], None] | None = None
+    # extra seconds a load may run past its duration before it is stopped
+    grace_s: float | None = None
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Signal(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def _no_signals() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP while tearing down, so cleanup always completes."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+def serve_argv(python: str, s: Serve) -> list[str]:
+    argv = [python, "-m", "tcpreuse", "serve"]
+    for a, p in s.listen:
+        argv += ["--listen", f"{a}:{p}"]
+    return [*argv, "--backlog", str(s.backlog), "--close", s.close, "--delay-ms",
+            _fmt(s.delay_ms), "--idle-timeout", "30", "--workers", "1"]
+
+
+def load_argv(python: str, ld: Load, result: Path, scenario: str) -> list[str]:
+    argv = [python, "-m", "tcpreuse", "load", f"{ld.target[0]}:{ld.target[1]}",
+            "--rate", _fmt(ld.rate), "--duration", _fmt(ld.duration_s), "--arrival", ld.arrival,
+            "--close", ld.close, "--requests-per-conn", str(ld.requests_per_conn),
+            "--protocol", "line", "--bind", ld.bind, "--workers", "1",
+            "--host-name", ld.host, "--result", str(result), "--workload", ld.workload,
+            "--scenario", scenario, "--seed", str(ld.seed), "--quiet",
+            "--connect-timeout", _fmt(ld.connect_timeout_s),
+            "--request-timeout", _fmt(ld.request_timeout_s)]
+    if ld.count is not None:
+        argv += ["--count", str(ld.count)]
+    if ld.arrival == "ramp":
+        argv += ["--ramp-from", _fmt(ld.ramp_from)]
+    if ld.bind != "none":  # bind none: the kernel picks the (primary) source, as in simulate
+        for a in ld.sources:
+            argv += ["--source", a]
+    return argv
+
+
+def _tail(path: Path, n: int = 400) -> str:
+    try:
+        return path.read_text(errors="replace")[-n:].strip()
+    except OSError:
+        return ""
+
+
+class LabRun:
+    """One run. Use run() once; teardown() is idempotent and also registered with atexit."""
+
+    def __init__(self, sc: Scenario, opts: LabOptions, r: Realisation) -> None:
+        self.sc, self.opts, self.r = sc, opts, r
+        self.run_id = secrets.token_hex(3)
+        self.plan: LabPlan = build_plan(sc, r, self.run_id)
+        self.topo = Topology(self.plan)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"{PREFIX}lab-{self.run_id}-"))
+        self.serves: dict[str, subprocess.Popen[bytes]] = {}
+        self.loads: list[tuple[Load, subprocess.Popen[bytes] | None, Path, float]] = []
+        self.captures: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.notes: list[str] = []
+        self.interrupted: str | None = None
+        self._torn_down = False
+        self._samples: dict[str, dict[str, list[int]]] = {}
+        self._stop_sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    # ---- helpers ----------------------------------------------------------------------
+    def _say(self, msg: str) -> None:
+        if self.opts.progress:
+            self.opts.progress(msg)
+
+    def _log(self, name: str) -> Path:
+        return self.scratch / f"{name}.log"
+
+    def _popen(self, host: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            return self.topo.ns[host].popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _wait_until(self, what: str, ok: Callable[[], bool], alive: Callable[[], bool],
+                    log: Path) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not ok():
+            if not alive():
+                raise LabError(f"{what} exited at start: {_tail(log) or 'no output'}")
+            if time.monotonic() > deadline:
+                raise LabError(f"{what} not ready after {READY_TIMEOUT_S:g} s: {_tail(log) or 'no output'}")
+            time.sleep(0.05)
+
+    # ---- phases -----------------------------------------------------------------------
+    def _start_serves(self) -> None:
+        for s in self.plan.serves:
+            log = self._log(f"serve-{s.host}")
+            p = self._popen(s.host, serve_argv(self.opts.python, s), log)
+            self.serves[s.host] = p
+        for s in self.plan.serves:
+            p, pn, want = self.serves[s.host], self.topo.procnet(s.host), set(s.listen)
+            self._wait_until(f"serve on {s.host}", _listening(pn, want), _alive(p),
+                             self._log(f"serve-{s.host}"))
+
+    def _start_captures(self, where: Path) -> None:
+        if shutil.which("tcpdump") is None:
+            raise LabError("--capture needs tcpdump, which is not installed")
+        where.mkdir(parents=True, exist_ok=True)
+        for h in self.plan.hosts.values():
+            for dev in ([h.uplink] if h.uplink else []) + list(h.downlinks):
+                path = where / f"{h.key}-{dev}.pcap"
+                log = self._log(f"tcpdump-{h.key}-{dev}")
+                p = self._popen(h.key, ["tcpdump", "-i", dev, "-n", "-U", "-s", "256", "-Z", "root",
+                                        "-w", str(path)], log)
+                self.captures.append((p, path))
+        for p, path in self.captures:
+            log = self._log(f"tcpdump-{path.stem}")
+            self._wait_until(f"tcpdump ({path.name})", _says(log, "listening on"), _alive(p), log)
+
+    def _sample(self, t0: float) -> None:
+        hosts = [h for h in self.plan.hosts.values() if h.role != "router"]
+        for h in hosts:
+            self._samples[h.key] = {"time_wait": [], "tcp_inuse": []}
+            if h.role in ("nat", "lb"):
+                self._samples[h.key]["conntrack"] = []
+        k = 1
+        while not self._stop_sampling.wait(max(0.0, t0 + k * self.opts.step_s - time.monotonic())):
+            for h in hosts:
+                pn = self.topo.procnet(h.key)
+                st = pn.sockstat()
+                series = self._samples[h.key]
+                series["time_wait"].append(st.time_wait)
+                series["tcp_inuse"].append(st.tcp_inuse)
+                if "conntrack" in series:
+                    series["conntrack"].append(pn.conntrack_count())
+            k += 1
+
+    def _run_loads(self, t0: float) -> None:
+        pending = sorted(self.plan.loads, key=lambda ld: ld.start_s)
+        grace = self.opts.grace_s
+        deadline = t0 + max((ld.start_s + ld.duration_s + (
+            grace if grace is not None else ld.connect_timeout_s + ld.request_timeout_s + 5.0))
+            for ld in pending) if pending else t0
+        running: list[subprocess.Popen[bytes]] = []
+        self._say(f"load running for {max((ld.start_s + ld.duration_s) for ld in pending):g} s"
+                  if pending else "no load to run")
+        while pending or any(p.poll() is None for p in running):
+            now = time.monotonic()
+            while pending and t0 + pending[0].start_s <= now:
+                ld = pending.pop(0)
+                name = f"load-{ld.host}-{ld.workload}"
+                res = self.scratch / f"{name}.json"
+                p = self._popen(ld.host, load_argv(self.opts.python, ld, res, self.plan.scenario), self._log(name))
+                self.loads.append((ld, p, res, time.monotonic() - t0))
+                running.append(p)
+            if now > deadline:
+                self.notes.append("a load ran past its deadline and was stopped; its attempts "
+                                  "still in flight are lost")
+                self._stop_loads()
+                break
+            time.sleep(0.05)
+
+    def _stop_loads(self, timeout: float = 10.0) -> None:
+        for _, p, _, _ in self.loads:
+            if p is not None and p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+        end = time.monotonic() + timeout
+        for _, p, _, _ in self.loads:
+            if p is None:
+                continue
+            try:
+                p.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def _stop(self, procs: list[subprocess.Popen[bytes]], sig: int, timeout: float) -> None:
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(sig)
+        end = time.monotonic() + timeout
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=2)
+
+    # ---- the run ----------------------------------------------------------------------
+    def run(self) -> RunResult:
+        state.register(self.run_id, self.plan.ns_names(), str(self.scratch))
+        atexit.register(self.teardown)
+        t0 = time.monotonic()
+        t0_unix = time.time()
+        before: dict[str, dict[str, int]] = {}
+        started = False
+        try:
+            with _signals():
+                try:
+                    self._say(f"building {len(self.plan.hosts)} network namespaces (run {self.run_id})")
+                    self.topo.build()
+                    self.read_settings()
+                    self.notes += self.topo.notes
+                    self._say(f"starting serve on {len(self.plan.serves)} server(s)")
+                    self._start_serves()
+                    if self.opts.capture is not None:
+                        self._start_captures(self.opts.capture)
+                    before = {k: self.topo.procnet(k).counters() for k in self.plan.hosts if k != "router"}
+                    t0 = time.monotonic()
+                    t0_unix = time.time()
+                    started = True
+                    self._sampler = threading.Thread(target=self._sample, args=(t0,), daemon=True)
+                    self._sampler.start()
+                    self._run_loads(t0)
+                    time.sleep(SETTLE_S)
+                except (KeyboardInterrupt, _Signal) as e:
+                    self.interrupted = ("SIGINT" if isinstance(e, KeyboardInterrupt)
+                                        else signal.Signals(e.signum).name)
+                    self._say(f"interrupted ({self.interrupted}); collecting what was measured")
+                    self._stop_loads()
+                    if not started:
+                        raise LabInterrupted(f"lab run interrupted by {self.interrupted} before "
+                                             "any load started; everything it created is removed") from None
+                return self._collect(t0, t0_unix, before)
+        finally:
+            self.teardown()
+
+    def _collect(self, t0: float, t0_unix: float, before: dict[str, dict[str, int]]) -> RunResult:
+        duration = time.monotonic() - t0
+        self._stop_sampling.set()
+        if self._sampler is not None:
+            self._sampler.join(timeout=5)
+        obs = Observed(duration_s=duration, step_s=self.opts.step_s)
+        end: dict[str, dict[str, int]] = {}
+        for k, h in self.plan.hosts.items():
+            if k == "router":
+                continue
+            pn = self.topo.procnet(k)
+            obs.counters[k] = {n: v for n, v in _deltas(before.get(k, {}), pn.counters()).items()}
+            st = pn.sockstat()
+            end[k] = {"time_wait": st.time_wait, "tcp_inuse": st.tcp_inuse}
+            if h.role in ("nat", "lb"):
+                end[k]["conntrack"] = pn.conntrack_count()
+                r = self.topo.ns[k].run(["nft", "-j", "list", "set", "ip", f"tcpr-{h.role}", SET],
+                                        check=False, timeout=120)
+                flows = parse_flows(r.stdout)
+                if h.role == "nat":
+                    obs.nat = flows
+                else:
+                    obs.lb = flows
+        obs.samples = {k: {n: list(v) for n, v in s.items()} for k, s in self._samples.items()}
+        self._stop([p for p, _ in self.captures], signal.SIGINT, 5.0)
+        self._stop(list(self.serves.values()), signal.SIGTERM, 5.0)
+
+        parts = []
+        for ld, p, res, launched in self.loads:
+            rc = p.returncode if p is not None else None
+            result = None
+            if res.exists():
+                try:
+                    result = RunResult.from_json(json.loads(res.read_text()))
+                except Exception as e:  # a half-written file from a killed load
+                    self.notes.append(f"load on {ld.host} ({ld.workload}): unreadable result ({e})")
+            if result is None:
+                self.notes.append(f"load on {ld.host} ({ld.workload}) produced no result "
+                                  f"(exit {rc}): {_tail(self._log(f'load-{ld.host}-{ld.workload}'))}")
+                parts.append(Part(ld, None, launched))
+                continue
+            offset = launched
+            t_start = result.meta.get("t0_unix", result.meta.get("started_unix"))
+            if isinstance(t_start, int | float) and abs(t_start - t0_unix - launched) < 30:
+                offset = float(t_start) - t0_unix
+            parts.append(Part(ld, result, offset))
+        if self.plan.loads and all(p.result is None for p in parts) and not self.interrupted:
+            raise LabError("no load produced a result: " + "; ".join(self.notes[-len(parts):]))
+
+        out = merge(self.plan, parts, obs, seed=self.sc.seed, notes=self._notes(),
+                    meta=self._meta(t0_unix, end, parts))
+        out.hosts = self._hosts()
+        return out
+
+    def _notes(self) -> list[str]:
+        out = list(self.r.notes)
+        if self.opts.approximate:
+            out += [f"approximation: {d}" for d in self.r.differences]
+        out += self.notes
+        if self.interrupted:
+            out.append(f"interrupted by {self.interrupted}: partial results")
+        return out
+
+    def _meta(self, t0_unix: float, end: dict[str, dict[str, int]], parts: list[Part]) -> dict[str, Any]:
+        captures = [str(path) for _, path in self.captures if path.exists()]
+        return {
+            "kernel": platform.release(),
+            "run_id": self.run_id,
+            "t0_unix": round(t0_unix, 6),
+            "approximate": self.opts.approximate,
+            "approximations": list(self.r.differences) if self.opts.approximate else [],
+            "interrupted": self.interrupted,
+            "topology": {
+                k: {"ns": h.ns, "role": h.role, "addresses": h.addresses,
+                    "via": next((link.upper for link in self.plan.links if link.lower == k), None)}
+                for k, h in self.plan.hosts.items()
+            },
+            "nftables": {k: h.nft for k, h in self.plan.hosts.items() if h.nft},
+            "loads": [
+                {"host": p.load.host, "workload": p.load.workload,
+                 "target": f"{p.load.target[0]}:{p.load.target[1]}",
+                 "rate": round(p.load.rate, 6), "duration_s": p.load.duration_s,
+                 "count": p.load.count, "offset_s": round(p.offset_s, 4),
+                 "attempts": len(p.result.attempts) if p.result else None}
+                for p in parts
+            ],
+            "serve_close": {s.host: s.close for s in self.plan.serves},
+            "end": end,
+            "captures": captures,
+        }
+
+    def _hosts(self) -> dict[str, HostInfo]:
+        kernel = self.r.kernel
+        names = [s.name for s in known_settings(kernel) if not s.name.startswith("net.netfilter.")]
+        out = {}
+        for k, h in self.plan.hosts.items():
+            if k == "router":
+                continue
+            keys = names if h.role in ("client", "server") else sorted(h.sysctls)
+            raw = self.topo.settings.get(k, {})
+            settings: dict[str, Any] = {}
+            for n in keys:
+                if n not in raw:
+                    continue
+                s = SETTINGS.get(n)
+                try:
+                    v = s.validate(raw[n], kernel) if s else raw[n]
+                except (ValueError, TypeError):
+                    v = raw[n]
+                settings[n] = sorted(v) if isinstance(v, frozenset) else v  # JSON has no sets
+            if h.role in ("client", "server"):
+                prof = get_profile(h.profile)
+                exact = prof.os == "linux" and not any(
+                    f"group {h.group!r}" in d for d in self.r.differences)
+                profile = prof.name if exact else kernel.name
+            else:
+                profile = f"nftables on {kernel.name}"
+            out[k] = HostInfo(name=k, group=h.group, role=h.role, profile=profile,
+                              addresses=list(h.addresses), settings=settings)
+        return out
+
+    def read_settings(self) -> None:
+        kernel = self.r.kernel
+        names = [s.name for s in known_settings(kernel) if not s.name.startswith("net.netfilter.")]
+        self.topo.read_settings({k: (names if h.role in ("client", "server") else sorted(h.sysctls))
+                                 for k, h in self.plan.hosts.items() if k != "router"})
+
+    def teardown(self) -> None:
+        if self._torn_down:
+            return
+        with _no_signals():
+            self._stop_sampling.set()
+            procs = [p for _, p, _, _ in self.loads if p is not None]
+            procs += [p for p, _ in self.captures] + list(self.serves.values())
+            for p in procs:
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+            self.topo.teardown()
+            state.unregister(self.run_id)
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self._torn_down = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.teardown)
+
+
+def _alive(p: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: p.poll() is None
+
+
+def _listening(pn: ProcNet, want: set[tuple[str, int]]) -> Callable[[], bool]:
+    return lambda: want <= pn.listening()
+
+
+def _says(log: Path, text: str) -> Callable[[], bool]:
+    return lambda: text in _tail(log, 4000)
+
+
+def _deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def check_tools(plan: LabPlan, capture: bool) -> None:
+    require_root()
+    if any(h.nft for h in plan.hosts.values()) and shutil.which("nft") is None:
+        raise LabError("this scenario needs nftables (NAT, LB or loss), and `nft` is not installed")
+    if capture and shutil.which("tcpdump") is None:
+        raise LabError("--capture needs tcpdump, which is not installed")
+    if shutil.which("sysctl") is None:
+        raise LabError("the `sysctl` command (procps) is not installed")
+
+
+def run_lab(sc: Scenario, opts: LabOptions | None = None) -> RunResult:
+    """Run `sc` on the running kernel; raise UnsupportedError when it cannot (see realise)."""
+    opts = opts or LabOptions()
+    r = realise(sc)
+    r.check(opts.approximate)
+    run = LabRun(sc, opts, r)
+    try:
+        check_tools(run.plan, opts.capture is not None)
+    except BaseException:
+        shutil.rmtree(run.scratch, ignore_errors=True)
+        raise
+    return run.run()
+
+
+def scratch_leftovers() -> list[str]:
+    """Scratch directories of lab runs (for tests and cleanup reporting)."""
+    base = Path(tempfile.gettempdir())
+    return sorted(str(p) for p in base.glob(f"{PREFIX}lab-*") if p.is_dir())
+

@@ -1,0 +1,347 @@
+"""The lab's decisions without a kernel: what it refuses, the topology it plans, how it
+parses /proc and merges results. (The real-kernel runs are in test_lab_kernel.py.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tcpreuse.errors import LabError, TcpreuseError, UnsupportedError
+from tcpreuse.lab.flows import parse_flows, view
+from tcpreuse.lab.merge import Observed, Part, merge
+from tcpreuse.lab.plan import GW_LB, GW_NAT, GW_ROUTER, MAX_NAMESPACES, build_plan
+from tcpreuse.lab.procnet import (
+    counters,
+    parse_ct_stat,
+    parse_listening,
+    parse_sockstat,
+)
+from tcpreuse.lab.realise import realise
+from tcpreuse.model.profiles import get_profile
+from tcpreuse.result import AttemptBuilder, RunResult
+from tcpreuse.scenario.loader import load_text
+
+K618 = get_profile("linux-6.18")
+
+BASE = """
+name = "t"
+duration_s = 5
+[[host]]
+name = "client"
+role = "client"
+profile = "{cprof}"
+{csettings}
+[[host]]
+name = "server"
+role = "server"
+count = {scount}
+profile = "{sprof}"
+port = 8080
+{ssettings}
+{extra}
+[[workload]]
+name = "w"
+clients = "client"
+target = "{target}"
+rate = 100
+close = "{close}"
+"""
+
+
+def scen(cprof: str = "linux-6.18", sprof: str = "linux-6.18", csettings: str = "",
+         ssettings: str = "", scount: int = 1, extra: str = "", target: str = "server",
+         close: str = "client", overrides: dict[str, object] | None = None):
+    text = BASE.format(cprof=cprof, sprof=sprof, csettings=csettings, ssettings=ssettings,
+                       scount=scount, extra=extra, target=target, close=close)
+    return load_text(text, "<test>", overrides)
+
+
+# ---- refusals -----------------------------------------------------------------------
+
+def test_tw_recycle_is_refused_even_with_approximate():
+    sc = scen(sprof="linux-4.9", ssettings='[host.settings]\n"net.ipv4.tcp_tw_recycle" = 1')
+    r = realise(sc, K618)
+    with pytest.raises(UnsupportedError) as e:
+        r.check(approximate=True)
+    msg = str(e.value)
+    assert "tcp_tw_recycle does not exist on Linux 6.18" in msg
+    assert "removed in 4.12" in msg
+    assert "the lab cannot run this scenario" in msg
+    assert "simulate" in msg
+
+
+def test_other_kernel_profile_needs_approximate_and_says_what_differs():
+    sc = scen(sprof="linux-4.9")
+    r = realise(sc, K618)
+    with pytest.raises(UnsupportedError) as e:
+        r.check(approximate=False)
+    msg = str(e.value)
+    assert "linux-4.9" in msg and "--approximate" in msg
+    assert "tcp_tw_reuse timing rule" in msg and "TCP timestamp random offsets" in msg
+    r.check(approximate=True)  # runs, with the profile's defaults written
+    assert r.sysctls["server"]["net.ipv4.tcp_tw_reuse"] == 0
+    assert r.sysctls["server"]["net.core.somaxconn"] == 128
+
+
+def test_running_kernel_profile_is_exact():
+    r = realise(scen(), get_profile("linux-6.18.44"))
+    r.check(approximate=False)
+    assert not r.differences and not r.refusals
+
+
+def test_windows_client_is_approximated_with_stated_differences():
+    sc = scen(cprof="windows-2012r2", close="server")
+    r = realise(sc, K618)
+    with pytest.raises(UnsupportedError):
+        r.check(approximate=False)
+    r.check(approximate=True)
+    s = r.sysctls["client"]
+    assert s["net.ipv4.tcp_timestamps"] == 0
+    assert s["net.ipv4.ip_local_port_range"] == (49152, 65535)
+    assert s["net.ipv4.tcp_tw_reuse"] == 0
+    text = " ".join(r.differences)
+    for words in ("TIME_WAIT lasts 60 s", "ISN generator", "SYN schedule", "port allocation"):
+        assert words in text
+
+
+def test_windows_timestamps_enabled_maps_to_linux_timestamps():
+    sc = scen(cprof="windows-2012r2", csettings='[host.settings]\n"netsh.tcp.timestamps" = "enabled"')
+    assert realise(sc, K618).sysctls["client"]["net.ipv4.tcp_timestamps"] == 1
+
+
+def test_global_sysctl_is_a_difference():
+    sc = scen(ssettings='[host.settings]\n"net.netfilter.nf_conntrack_max" = 1000')
+    r = realise(sc, K618)
+    assert any("nf_conntrack_max is global" in d for d in r.differences)
+
+
+def test_conflicting_close_policies_on_one_server_group_are_refused():
+    extra = """
+[[workload]]
+name = "w2"
+clients = "client"
+target = "server"
+close = "server"
+"""
+    r = realise(scen(extra=extra, close="client"), K618)
+    with pytest.raises(UnsupportedError, match="close both as"):
+        r.check(approximate=True)
+
+
+def test_close_policies_map_to_serve_and_load():
+    for close, srv, ld in (("server", "server", "server"), ("client", "client", "client"),
+                           ("client_rst", "client", "rst"), ("server_rst", "rst", "client")):
+        r = realise(scen(close=close), K618)
+        assert r.serve_close["server"] == srv and r.load_close["w"] == ld
+
+
+# ---- plan ---------------------------------------------------------------------------
+
+NAT_LB = """
+[nat]
+clients = ["client"]
+addresses = 2
+port_policy = "random"
+time_wait_s = 30
+[lb]
+backends = "server"
+port = 80
+scheduler = "random"
+snat = true
+snat_port_order = "preserve"
+"""
+
+
+def test_plan_nat_and_lb():
+    sc = scen(scount=2, extra=NAT_LB, target="lb")
+    r = realise(sc, K618)
+    r.check(approximate=False)
+    p = build_plan(sc, r, "abc123")
+    assert set(p.hosts) == {"router", "nat", "lb", "client", "server-1", "server-2"}
+    assert all(h.ns.startswith("tcpr-labc123-") for h in p.hosts.values())
+    assert p.hosts["client"].gateway == GW_NAT
+    assert p.hosts["server-1"].gateway == GW_LB
+    assert p.hosts["nat"].gateway == GW_ROUTER
+    # the router routes the NAT pool, never the client's own address
+    routed = [a for lst in p.hosts["router"].downlinks.values() for a in lst]
+    assert "198.51.100.1" in routed and "198.51.100.2" in routed
+    assert p.hosts["client"].addresses[0] not in routed
+    assert "fully-random" in (p.hosts["nat"].nft or "")
+    assert "198.51.100.1-198.51.100.2" in (p.hosts["nat"].nft or "")
+    assert p.hosts["nat"].sysctls["net.netfilter.nf_conntrack_tcp_timeout_time_wait"] == "30"
+    lb = p.hosts["lb"].nft or ""
+    assert "numgen random mod 2" in lb and "snat ip to 192.0.2.1" in lb
+    assert p.vip == ("203.0.113.10", 80)
+    (ld,) = p.loads
+    assert ld.target == ("203.0.113.10", 80) and ld.close == "client"
+    assert {s.host for s in p.serves} == {"server-1", "server-2"}
+    # back ends are reachable directly through the LB
+    assert any(a == "10.100.0.1" and dev == "lb0" for a, dev, _ in p.hosts["router"].routes_via)
+
+
+def test_plan_splits_rate_and_count_and_spreads_clients_over_servers():
+    sc = scen(scount=2, overrides={"host.client.count": 3, "workload.count": 10})
+    r = realise(sc, K618)
+    p = build_plan(sc, r, "abc123")
+    assert [ld.count for ld in p.loads] == [4, 3, 3]
+    assert all(math.isclose(ld.rate, 100 / 3) for ld in p.loads)
+    assert [ld.target_host for ld in p.loads] == ["server-1", "server-2", "server-1"]
+    assert len({ld.seed for ld in p.loads}) == 3
+
+
+def test_plan_uses_scenario_addresses_and_refuses_collisions():
+    sc = scen(overrides={"host.client.address": "192.0.2.10", "host.server.address": "198.51.100.1"})
+    p = build_plan(sc, realise(sc, K618), "abc123")
+    assert p.hosts["client"].addresses == ["192.0.2.10"]
+    assert p.loads[0].target == ("198.51.100.1", 8080)
+    sc = scen(overrides={"host.client.address": "192.0.2.10", "host.server.address": "192.0.2.10"})
+    with pytest.raises(TcpreuseError, match="used twice"):
+        build_plan(sc, realise(sc, K618), "abc123")
+
+
+def test_plan_refuses_too_many_namespaces():
+    sc = scen(overrides={"host.client.count": MAX_NAMESPACES})
+    with pytest.raises(LabError, match="network namespaces"):
+        build_plan(sc, realise(sc, K618), "abc123")
+
+
+def test_plan_loss_uses_nftables_on_the_router():
+    sc = scen(overrides={"path.loss": 0.01})
+    p = build_plan(sc, realise(sc, K618), "abc123")
+    assert "numgen random mod 1000000 < 10000 drop" in (p.hosts["router"].nft or "")
+
+
+# ---- /proc parsers --------------------------------------------------------------------
+
+NETSTAT = """TcpExt: SyncookiesSent TW TWRecycled PAWSActive
+TcpExt: 0 5 2 1
+IpExt: InNoRoutes InOctets
+IpExt: 0 100
+"""
+SNMP = """Ip: Forwarding DefaultTTL
+Ip: 1 64
+Tcp: RtoAlgorithm RtoMin ActiveOpens PassiveOpens CurrEstab OutRsts
+Tcp: 1 200 10 3 4 7
+"""
+
+
+def test_counters_use_nstat_names_and_skip_gauges():
+    c = counters(NETSTAT, SNMP)
+    assert c == {"TcpExtSyncookiesSent": 0, "TcpExtTW": 5, "TcpExtTWRecycled": 2,
+                 "TcpExtPAWSActive": 1, "TcpActiveOpens": 10, "TcpPassiveOpens": 3,
+                 "TcpOutRsts": 7}
+
+
+def test_sockstat_conntrack_listening_parsers():
+    st = parse_sockstat("sockets: used 9\nTCP: inuse 3 orphan 1 tw 812 alloc 5 mem 2\nUDP: inuse 0\n")
+    assert (st.tcp_inuse, st.orphan, st.time_wait) == (3, 1, 812)
+    assert parse_ct_stat("entries  clashres found\n0000001f  0 0\n0000001f  0 0\n") == 31
+    nft = json.dumps({"nftables": [
+        {"metainfo": {"version": "1.0.6"}},
+        {"set": {"family": "ip", "name": "flows", "table": "tcpr-lb", "elem": [
+            {"concat": ["10.1.0.1", 40001, "10.100.0.2", "192.0.2.1", 40001]},
+            {"elem": {"val": {"concat": ["10.1.0.1", 40001, "10.100.0.1", "192.0.2.1", 40001]},
+                      "timeout": 5}},
+            {"concat": ["10.1.0.2", 40002, "10.100.0.1", "192.0.2.1", 1024]},
+            {"concat": ["10.1.0.3", 40003, "10.100.0.1", "192.0.2.1", 1025]},
+            {"concat": ["10.1.0.3", 40003, "10.9.9.9", "10.1.0.3", 40003]},
+        ]}}]})
+    flows = parse_flows(nft)
+    assert flows[("10.1.0.2", 40002)] == {("10.100.0.1", "192.0.2.1", 1024)}
+    backends = {"10.100.0.1", "10.100.0.2"}.__contains__
+    assert view(flows, "10.1.0.1", 40001, backends) is None  # reused toward both: ambiguous
+    assert view(flows, "10.1.0.3", 40003, backends) == ("10.100.0.1", "192.0.2.1", 1025)
+    assert view(flows, "10.1.0.9", 1, backends) is None
+    assert parse_flows("") == {} and parse_flows("not json") == {}
+    import sys
+
+    ip = bytes([10, 100, 0, 1])
+    h = int.from_bytes(ip, sys.byteorder)
+    tcp = ("  sl  local_address rem_address   st\n"
+           f"   0: {h:08X}:1F90 00000000:0000 0A 00000000:00000000\n"
+           f"   1: {h:08X}:1F91 0100007F:0050 01 00000000:00000000\n")
+    assert parse_listening(tcp) == {("10.100.0.1", 8080)}
+
+
+# ---- merge ----------------------------------------------------------------------------
+
+def _part_result(host: str, rows: list[tuple[float, str, str, int]]) -> RunResult:
+    b = AttemptBuilder()
+    for t, outcome, src, sport in rows:
+        b.add(t=t, connect_ms=0.2 if outcome == "ok" else None, syn_tries=1, outcome=outcome,
+              reason="ok" if outcome == "ok" else "local_ports_exhausted", client=host,
+              src=src, sport=sport if outcome == "ok" else 0, dst="203.0.113.10", dport=80,
+              workload="load")
+    return RunResult(source="lab", scenario="x", duration_s=3, attempts=b.freeze())
+
+
+def test_merge_orders_attempts_and_fills_the_server_view_from_conntrack():
+    sc = scen(scount=2, extra=NAT_LB, target="lb", overrides={"host.client.count": 2})
+    r = realise(sc, K618)
+    p = build_plan(sc, r, "abc123")
+    l1, l2 = p.loads
+    a = _part_result("client-1", [(0.1, "ok", "10.1.0.1", 40001), (1.5, "EADDRNOTAVAIL", "10.1.0.1", 0)])
+    b = _part_result("whatever", [(0.05, "ok", "10.1.0.2", 40002)])
+    obs = Observed(duration_s=2.2)
+    obs.nat = {("10.1.0.1", 40001): {("203.0.113.10", "198.51.100.1", 50001)},
+               ("10.1.0.2", 40002): {("203.0.113.10", "198.51.100.2", 50002)}}
+    obs.lb = {("198.51.100.1", 50001): {("10.100.0.2", "192.0.2.1", 50001)}}
+    obs.samples = {"server-1": {"time_wait": [1, 2]}}
+    obs.counters = {"server-1": {"TcpExtTW": 3}}
+    res = merge(p, [Part(l1, a, 0.5), Part(l2, b, 0.0)], obs, seed=1, notes=[], meta={})
+    rows = list(res.attempts.rows())
+    assert [round(x["t"], 3) for x in rows] == [0.05, 0.6, 2.0]
+    assert [x["client"] for x in rows] == ["client-2", "client-1", "client-1"]
+    assert [x["workload"] for x in rows] == ["w", "w", "w"]
+    assert rows[1]["srv_src"] == "192.0.2.1" and rows[1]["srv_dst"] == "10.100.0.2"
+    assert rows[1]["srv_sport"] == 50001 and rows[1]["srv_dport"] == 8080
+    assert rows[1]["server"] == "server-2"
+    assert rows[0]["srv_src"] == "" and rows[0]["server"] == ""  # the LB recorded no flow: unknown
+    assert any("unknown" in n for n in res.notes)
+    assert res.timeline.attempts == [2, 0, 1] and res.timeline.failed == [0, 0, 1]
+    assert res.timeline.hosts["server-1"]["time_wait"] == [1, 2, 2]
+    assert res.counters["server-1"]["TcpExtTW"] == 3
+    assert res.outcomes() == {"ok": 2, "EADDRNOTAVAIL": 1}
+    assert np.isnan(res.attempts.cols["connect_ms"][2])
+    back = RunResult.from_json(res.to_json(records=True))
+    assert len(back.attempts) == 3
+
+
+# ---- the command: refusals are one clear line, before anything is built -------------------
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tcpreuse", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_refuses_tw_recycle_in_one_line(tmp_path):
+    f = tmp_path / "recycle.toml"
+    f.write_text(BASE.format(cprof="linux-6.18", sprof="linux-4.9", csettings="",
+                             ssettings='[host.settings]\n"net.ipv4.tcp_tw_recycle" = 1',
+                             scount=1, extra="", target="server", close="server"))
+    r = _cli(["lab", str(f), "--approximate"])
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "tcp_tw_recycle does not exist on Linux" in r.stderr
+    assert "use `tcpreuse simulate`" in r.stderr
+
+
+def test_cli_windows_without_approximate_says_how(tmp_path):
+    f = tmp_path / "win.toml"
+    f.write_text(BASE.format(cprof="windows-2016", sprof="linux-6.18", csettings="", ssettings="",
+                             scount=1, extra="", target="server", close="server"))
+    r = _cli(["lab", str(f)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--approximate" in r.stderr and "windows-2016" in r.stderr
+
+
+def test_cli_bad_scenario_and_bad_set_are_clear(tmp_path):
+    r = _cli(["lab", str(tmp_path / "missing.toml")])
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "cannot read" in r.stderr
+    r = _cli(["lab", "client-exhaustion", "--set", "nonsense"])
+    assert r.returncode == 2 and "KEY=VALUE" in r.stderr
