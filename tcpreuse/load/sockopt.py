@@ -34,9 +34,13 @@ def total_retrans(sock: socket.socket) -> int:
                               TCPI_TOTAL_RETRANS_OFF)[0])
 
 
-def local_port_range_value(lo: int, hi: int) -> int:
-    """IP_LOCAL_PORT_RANGE takes one u32: low 16 bits the first port, high 16 the last."""
-    return (hi << 16) | lo
+def local_port_range_value(lo: int, hi: int) -> bytes:
+    """IP_LOCAL_PORT_RANGE takes one u32: low 16 bits the first port, high 16 the last.
+
+    Packed as bytes: above port 32767 the value no longer fits the C int that Python's
+    setsockopt() passes for an int argument.
+    """
+    return struct.pack("=I", (hi << 16) | lo)
 
 
 def check_local_port_range(lo: int, hi: int, family: int = socket.AF_INET) -> None:

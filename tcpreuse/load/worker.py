@@ -225,7 +225,7 @@ class Worker:
         close_policy = p.close
         wait_fin = close_policy == "server"
         rst = close_policy == "rst"
-        port_range = local_port_range_value(*p.local_port_range) if p.local_port_range else 0
+        port_range = local_port_range_value(*p.local_port_range) if p.local_port_range else b""
         sources = p.sources
         nsrc = len(sources)
         src_i = p.index % nsrc if nsrc else 0

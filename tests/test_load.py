@@ -1,0 +1,237 @@
+"""`tcpreuse load` on loopback against `tcpreuse serve`: rates, bounds, outcome accounting,
+JSON and RunResult shapes, keep-alive, source rotation, errors and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tcpreuse.load.procs import ServeProcess
+from tcpreuse.load.worker import merge_hists
+from tcpreuse.result import RunResult
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def load(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([sys.executable, "-m", "tcpreuse", "load", *args], capture_output=True,
+                       text=True, timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def load_json(*args: str) -> dict[str, Any]:
+    return dict(json.loads(load(*args, "--json").stdout))
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServeProcess]:
+    with ServeProcess(["--listen", "127.0.0.1:0"]) as srv:
+        yield srv
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port with no listener (bound, so nobody else takes it meanwhile)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    yield int(s.getsockname()[1])
+    s.close()
+
+
+def test_open_loop_rate_is_kept(server: ServeProcess, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    s = load_json(f"127.0.0.1:{server.port}", "--rate", "400", "--duration", "2", "--workers", "2",
+                  "--result", str(out))
+    assert s["attempts"] == 800 and s["ok"] == 800 and s["failed"] == 0
+    assert s["per_second"]["attempts"] == [400, 400]
+    assert s["attempts_per_s"] == pytest.approx(400, rel=0.02)
+    t = RunResult.from_json(json.loads(out.read_text())).attempts.cols["t"]
+    # due times, not start times: exactly the schedule, merged from both workers in order
+    assert np.all(np.diff(t) >= 0)
+    assert np.diff(t) == pytest.approx(np.full(799, 1 / 400), abs=1e-9)
+
+
+def test_ramp_and_poisson_arrivals(server: ServeProcess) -> None:
+    s = load_json(f"127.0.0.1:{server.port}", "--arrival", "ramp", "--ramp-from", "0", "--rate", "400",
+                  "--duration", "2", "--workers", "1")
+    per = s["per_second"]["attempts"]
+    assert sum(per) == pytest.approx(400, abs=2) and per[1] > 2 * per[0]
+    s = load_json(f"127.0.0.1:{server.port}", "--arrival", "poisson", "--rate", "500", "--duration", "2",
+                  "--seed", "7")
+    assert s["attempts"] == pytest.approx(1000, rel=0.12) and s["failed"] == 0
+
+
+def test_count_bounds_both_loops(server: ServeProcess) -> None:
+    s = load_json(f"127.0.0.1:{server.port}", "--rate", "5000", "--count", "37", "--duration", "30")
+    assert s["attempts"] == 37 and s["duration_s"] < 5
+    s = load_json(f"127.0.0.1:{server.port}", "--concurrency", "5", "--count", "25")
+    assert s["attempts"] == 25 and s["ok"] == 25 and s["mode"] == "closed"
+
+
+def test_refused_is_counted_with_a_sample_tuple(closed_port: int, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    s = load_json(f"127.0.0.1:{closed_port}", "--rate", "200", "--count", "20", "--result", str(out))
+    assert s["ok"] == 0 and s["failed"] == 20
+    d = s["outcomes"]["ECONNREFUSED"]
+    assert d["count"] == 20 and 0 <= d["first_s"] <= d["last_s"] < 0.2
+    m = re.fullmatch(r"127\.0\.0\.1:(\d+) -> 127\.0\.0\.1:(\d+)", d["sample"])
+    assert m and int(m[1]) > 0 and int(m[2]) == closed_port
+    assert s["reasons"] == {"refused": 20}
+    rr = RunResult.from_json(json.loads(out.read_text()))
+    rows = list(rr.attempts.rows())
+    assert {r["outcome"] for r in rows} == {"ECONNREFUSED"}
+    assert all(r["sport"] > 0 and r["src"] == "127.0.0.1" and r["dport"] == closed_port for r in rows)
+    assert all(r["syn_tries"] == 1 for r in rows)
+    assert rr.counters[s["host"]]["TcpAttemptFails"] >= 20 or rr.counters[s["host"]]["TcpOutRsts"] >= 20
+
+
+def test_json_and_result_contract(server: ServeProcess, tmp_path: Path) -> None:
+    out = tmp_path / "sub" / "r.json"
+    s = load_json(f"127.0.0.1:{server.port}", "--rate", "300", "--duration", "2", "--workers", "2",
+                  "--host-name", "client-1", "--scenario", "seedling", "--workload", "verify",
+                  "--result", str(out))
+    for key in ("target", "attempts", "ok", "failed", "outcomes", "reasons", "connect_ms", "request_ms",
+                "per_second", "counters", "start_lag", "notes"):
+        assert key in s
+    assert s["connect_ms"]["count"] == s["ok"] == 600 and s["request_ms"]["count"] == 600
+    assert s["connect_ms"]["p50"] <= s["connect_ms"]["p99"] <= s["connect_ms"]["max"]
+    data = json.loads(out.read_text())
+    rr = RunResult.from_json(data)
+    assert RunResult.from_json(rr.to_json(records=True)).to_json(records=True) == rr.to_json(records=True)
+    assert rr.source == "load" and rr.scenario == "seedling" and len(rr.attempts) == 600
+    assert set(rr.counters) == {"client-1"} and rr.counters["client-1"]["TcpActiveOpens"] >= 600
+    assert "TcpExtTW" in rr.counters["client-1"] and "TcpExtPAWSActive" in rr.counters["client-1"]
+    tl = rr.timeline
+    assert tl.t == [0.0, 1.0] and tl.attempts == [300, 300] and tl.ok == [300, 300]
+    assert len(tl.hosts["client-1"]["time_wait"]) == len(tl.t)
+    assert rr.hosts["client-1"].role == "client" and "net.ipv4.tcp_tw_reuse" in rr.hosts["client-1"].settings
+    row = next(rr.attempts.rows())
+    assert row["client"] == "client-1" and row["workload"] == "verify" and row["reason"] == "ok"
+    assert row["srv_src"] == "" and row["srv_sport"] == 0 and row["server"] == ""
+    assert row["syn_tries"] == 1 and row["connect_ms"] > 0
+    # the merged histogram in the result is the sum of the two workers' histograms
+    h = merge_hists([data["meta"]["histograms"]["connect_us"]])
+    assert h.get_total_count() == 600
+    assert h.get_value_at_percentile(99) / 1000 == pytest.approx(s["connect_ms"]["p99"], abs=0.001)
+    recs = rr.attempts.cols["connect_ms"]
+    assert np.percentile(recs, 50) == pytest.approx(s["connect_ms"]["p50"], rel=0.05, abs=0.01)
+
+
+def test_keep_alive_http_requests_per_connection(tmp_path: Path) -> None:
+    with ServeProcess(["--listen", "127.0.0.1:0"]) as srv:
+        s = load_json(f"127.0.0.1:{srv.port}", "--protocol", "http", "--requests-per-conn", "3",
+                      "--rate", "100", "--count", "30", "--close", "server")
+        summary = srv.stop()
+    assert s["ok"] == 30 and s["requests"] == 90 and s["http_status"] == {"200": 90}
+    assert summary["connections"] == 30 and summary["answers"] == 90
+    assert summary["server_closed_first"] == 30  # the last request said Connection: close
+
+
+def test_line_keep_alive_and_client_close(tmp_path: Path) -> None:
+    with ServeProcess(["--listen", "127.0.0.1:0", "--close", "client"]) as srv:
+        s = load_json(f"127.0.0.1:{srv.port}", "--requests-per-conn", "4", "--rate", "100",
+                      "--count", "20", "--close", "client")
+        time.sleep(0.3)
+        summary = srv.stop()
+    assert s["ok"] == 20 and s["requests"] == 80
+    assert summary["answers"] == 80 and summary["client_closed_first"] == 20
+
+
+def test_sources_rotate_with_address_no_port(server: ServeProcess, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    s = load_json(f"127.0.0.1:{server.port}", "--source", "127.0.0.2-127.0.0.4", "--rate", "300",
+                  "--count", "30", "--workers", "1", "--result", str(out))
+    assert s["ok"] == 30 and s["bind"] == "address_no_port" and s["sources"] == 3
+    rr = RunResult.from_json(json.loads(out.read_text()))
+    srcs = rr.attempts.column("src")
+    assert srcs[:6] == ["127.0.0.2", "127.0.0.3", "127.0.0.4"] * 2
+    assert srcs.count("127.0.0.3") == 10
+
+
+def test_user_errors_are_one_line(server: ServeProcess) -> None:
+    cases = [
+        (["127.0.0.1:1", "--rate", "10"], "bounded"),
+        (["127.0.0.1:1", "--duration", "1"], "--rate R"),
+        (["127.0.0.1:1", "--rate", "10", "--concurrency", "2", "--count", "1"], "exclude"),
+        (["no-such-host.invalid:80", "--rate", "1", "--count", "1"], "cannot resolve"),
+        (["127.0.0.1:99999", "--rate", "1", "--count", "1"], "out of range"),
+        ([f"127.0.0.1:{server.port}", "--rate", "1", "--count", "1", "--source", "192.0.2.9"],
+         "not an address of this host"),
+        ([f"127.0.0.1:{server.port}", "--rate", "1", "--count", "1", "--local-port-range", "9-2"],
+         "--local-port-range"),
+        ([f"127.0.0.1:{server.port}", "--rate", "1", "--count", "1", "--source", "127.0.0.1",
+          "--bind", "none"], "--bind none"),
+    ]
+    for args, text in cases:
+        r = load(*args, check=False)
+        assert r.returncode == 2, (args, r.stderr)
+        assert text in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_sigint_keeps_partial_results(server: ServeProcess, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    p = subprocess.Popen([sys.executable, "-m", "tcpreuse", "load", f"127.0.0.1:{server.port}",
+                          "--rate", "200", "--duration", "30", "--json", "--result", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 0, stderr
+    s = json.loads(stdout)
+    assert s["interrupted"] and 150 < s["attempts"] < 600
+    assert any("interrupted" in n for n in s["notes"])
+    rr = RunResult.from_json(json.loads(out.read_text()))
+    assert len(rr.attempts) == s["attempts"]
+
+
+def test_request_timeout_and_server_without_answer() -> None:
+    with ServeProcess(["--listen", "127.0.0.1:0", "--delay-ms", "1500"]) as srv:
+        s = load_json(f"127.0.0.1:{srv.port}", "--rate", "50", "--count", "3", "--request-timeout", "0.3")
+    assert s["outcomes"]["ETIMEDOUT"]["count"] == 3 and s["reasons"] == {"request_timeout": 3}
+    assert s["connect_ms"]["count"] == 3  # they did connect
+    # a server that closes without answering, and one that answers something else
+    for reply in (b"", b"HELLO\n"):
+        lsock = socket.create_server(("127.0.0.1", 0))
+        port = lsock.getsockname()[1]
+
+        def rude(lsock: socket.socket = lsock, reply: bytes = reply) -> None:
+            for _ in range(2):
+                c, _ = lsock.accept()
+                c.recv(100)
+                c.sendall(reply)
+                c.close()
+
+        th = threading.Thread(target=rude, daemon=True)
+        th.start()
+        s = load_json(f"127.0.0.1:{port}", "--rate", "50", "--count", "2", "--request-timeout", "3")
+        th.join(5)
+        lsock.close()
+        assert s["ok"] == 0 and s["outcomes"]["EPROTO"]["count"] == 2 and s["reasons"] == {"other": 2}
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_ipv6_loopback() -> None:
+    try:
+        srv = ServeProcess(["--listen", "[::1]:0"]).start()
+    except Exception as e:  # ::1 not configured here
+        pytest.skip(f"no IPv6 loopback: {e}")
+    try:
+        s = load_json(f"[::1]:{srv.port}", "--rate", "100", "--count", "10", "--protocol", "http")
+    finally:
+        srv.stop()
+    assert s["ok"] == 10 and s["outcomes"]["ok"]["sample"].startswith("[::1]:")
