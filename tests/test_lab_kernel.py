@@ -119,10 +119,19 @@ def client(topo: Topology, peer: Path, dst: str, port: int, n: int) -> dict:
     return json.loads(r.stdout)
 
 
+def host_state() -> tuple[str, str, str, str]:
+    """What the lab must never change in the host's own namespace."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    names = "\n".join(sorted(line.split(":")[1].strip() for line in links.splitlines()))
+    rules = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return (names, rules, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(),
+            Path("/proc/sys/net/ipv4/tcp_tw_reuse").read_text())
+
+
 def test_port_range_of_one_namespace_gives_exactly_its_ports(tmp_path):
     """1,000 ports, tw_reuse=0, the client closes first: 1,000 connects, then EADDRNOTAVAIL.
-    The host's own ip_local_port_range is untouched."""
-    host_range = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+    The host's own links, nftables tables and sysctls are untouched."""
+    before = host_state()
     sc = scenario(client='[host.settings]\n"net.ipv4.ip_local_port_range" = "40000 40999"\n'
                   '"net.ipv4.tcp_tw_reuse" = 0')
     with topology(sc, tmp_path) as (topo, peer):
@@ -133,7 +142,7 @@ def test_port_range_of_one_namespace_gives_exactly_its_ports(tmp_path):
         assert out["first_fail"] == 1000
         assert topo.procnet("client").sockstat().time_wait == 1000
         assert topo.procnet("server").sockstat().time_wait == 0
-    assert Path("/proc/sys/net/ipv4/ip_local_port_range").read_text() == host_range
+    assert host_state() == before
 
 
 def test_snat_server_sees_the_nat_address(tmp_path):

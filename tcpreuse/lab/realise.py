@@ -121,7 +121,7 @@ def behaviour_differences(profile: Profile, kernel: Profile) -> list[str]:
     for prop, words in BEHAVIOURS.items():
         a, b = getattr(profile, prop), getattr(kernel, prop)
         if a != b:
-            out.append(f"{words}: {_fmt(a)} on {profile.name}, {_fmt(b)} here")
+            out.append(f"{words}: {_fmt(a)} vs {_fmt(b)} here")
     return out
 
 
@@ -157,8 +157,8 @@ def _linux_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation,
                 r.notes.append(f"{g.name}: tcp_tw_recycle = 0 is how {here} behaves anyway "
                                "(removed in 4.12)")
                 continue
-            r.refusals.append(f"{name.rsplit('.', 1)[-1]} does not exist on {here}"
-                              f" (it exists in {s.since})")
+            when = f"only in Linux {s.since}" if " to " in s.since else f"from Linux {s.since} on"
+            r.refusals.append(f"{name.rsplit('.', 1)[-1]} does not exist on {here}; it exists {when}")
             continue
         if name in GLOBAL_ONLY:
             r.differences.append(f"{g.name}: {name} is global (read-only in a network "

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import math
 import platform
 import secrets
 import shutil
@@ -345,7 +346,10 @@ class LabRun:
                     obs.nat = flows
                 else:
                     obs.lb = flows
-        obs.samples = {k: {n: list(v) for n, v in s.items()} for k, s in self._samples.items()}
+        # the last step's sample is the state at the end (the sampler stopped before it)
+        steps = max(1, math.ceil(duration / self.opts.step_s - 1e-9))
+        obs.samples = {k: {n: list(v) + [end[k].get(n, v[-1] if v else 0)] * (steps - len(v))
+                           for n, v in s.items()} for k, s in self._samples.items()}
         self._stop([p for p, _ in self.captures], signal.SIGINT, 5.0)
         self._stop(list(self.serves.values()), signal.SIGTERM, 5.0)
 
