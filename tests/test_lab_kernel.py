@@ -224,3 +224,21 @@ def still_running(pids: list[int], wait_s: float = 5.0) -> list[int]:
         if not alive or time.monotonic() > end:
             return alive
         time.sleep(0.05)
+
+
+def test_a_run_that_fails_to_start_removes_everything():
+    """serve cannot start (here: no such interpreter): a clear LabError, and the namespaces,
+    state file and scratch directory are gone."""
+    from tcpreuse.errors import LabError
+    from tcpreuse.lab import state
+    from tcpreuse.lab.run import LabOptions, run_lab
+
+    def lab_ns() -> set[str]:
+        return {n for n in list_namespaces() if state.LAB_NS.match(n)}
+
+    before = lab_ns()
+    runs_before = {r.run_id for r in state.runs()}
+    with pytest.raises(LabError, match="serve on server exited at start"):
+        run_lab(scenario(), LabOptions(python="/nonexistent/python"))
+    assert lab_ns() <= before
+    assert {r.run_id for r in state.runs()} <= runs_before

@@ -222,7 +222,10 @@ class LabRun:
         k = 1
         while not self._stop_sampling.wait(max(0.0, t0 + k * self.opts.step_s - time.monotonic())):
             for h in hosts:
-                pn = self.topo.procnet(h.key)
+                try:
+                    pn = self.topo.procnet(h.key)
+                except KeyError:  # torn down under us (error path): stop quietly
+                    return
                 st = pn.sockstat()
                 series = self._samples[h.key]
                 series["time_wait"].append(st.time_wait)
@@ -458,6 +461,8 @@ class LabRun:
             return
         with _no_signals():
             self._stop_sampling.set()
+            if self._sampler is not None:
+                self._sampler.join(timeout=5)
             procs = [p for _, p, _, _ in self.loads if p is not None]
             procs += [p for p, _ in self.captures] + list(self.serves.values())
             for p in procs:
