@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -90,21 +91,31 @@ def wait_ready(env: Env, port: int, timeout: float = 10.0) -> None:
     raise SystemExit("nginx did not start listening")
 
 
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the children we have waited for, workers included."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_wrk(env: Env, url: str, threads: int, conns: int, duration: float) -> dict[str, float]:
+    cpu = children_cpu()
     out = subprocess.run(
         env.cmd(["wrk", f"-t{threads}", f"-c{conns}", f"-d{int(duration)}s", "-H", "Connection: close", url]),
         capture_output=True, text=True, timeout=duration + 60,
     ).stdout
+    cpu = children_cpu() - cpu
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not m:
+    r = re.search(r"(\d+) requests in", out)
+    if not m or not r:
         raise SystemExit(f"cannot parse wrk output:\n{out}")
     errs = re.search(r"Socket errors: (.*)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"conn_per_s": float(m[1]), "errors": errs[1] if errs else "",  # type: ignore[dict-item]
-            "non2xx": int(non2xx[1]) if non2xx else 0}
+            "non2xx": int(non2xx[1]) if non2xx else 0, "cpu_us": cpu / max(1, int(r[1])) * 1e6}
 
 
 def run_load(env: Env, port: int, workers: int, conns: int, duration: float) -> dict[str, float]:
+    cpu = children_cpu()
     out = subprocess.run(
         env.cmd([sys.executable, "-m", "tcpreuse", "load", f"127.0.0.1:{port}", "--protocol", "http",
                  "--concurrency", str(conns), "--duration", str(duration), "--workers", str(workers),
@@ -112,11 +123,12 @@ def run_load(env: Env, port: int, workers: int, conns: int, duration: float) -> 
         capture_output=True, text=True, timeout=duration + 120,
         cwd=Path(__file__).resolve().parent.parent,
     )
+    cpu = children_cpu() - cpu
     if out.returncode != 0:
         raise SystemExit(f"tcpreuse load failed:\n{out.stderr}")
     d = json.loads(out.stdout)
     return {"conn_per_s": d["ok_per_s"], "failed": d["failed"],
-            "connect_p99_ms": d["connect_ms"]["p99"]}
+            "connect_p99_ms": d["connect_ms"]["p99"], "cpu_us": cpu / max(1, d["attempts"]) * 1e6}
 
 
 def main() -> int:
@@ -152,24 +164,30 @@ def main() -> int:
 
         wrk_rates: list[float] = []
         load_rates: list[float] = []
+        wrk_cpu: list[float] = []
+        load_cpu: list[float] = []
         for i in range(args.runs):
             order = ("wrk", "load") if i % 2 == 0 else ("load", "wrk")
             for tool in order:
                 if tool == "wrk":
                     r = run_wrk(env, url, args.threads, args.connections, args.duration)
                     wrk_rates.append(r["conn_per_s"])
-                    print(f"run {i + 1} wrk:      {r['conn_per_s']:10.0f} conn/s"
+                    wrk_cpu.append(r["cpu_us"])
+                    print(f"run {i + 1} wrk:      {r['conn_per_s']:10.0f} conn/s  client CPU {r['cpu_us']:5.1f} us/conn"
                           + (f"  socket errors: {r['errors']}" if r["errors"] else ""))
                 else:
                     r = run_load(env, port, args.threads, args.connections, args.duration)
                     load_rates.append(r["conn_per_s"])
-                    print(f"run {i + 1} tcpreuse: {r['conn_per_s']:10.0f} conn/s  failed {int(r['failed'])}"
-                          f"  connect p99 {r['connect_p99_ms']} ms")
+                    load_cpu.append(r["cpu_us"])
+                    print(f"run {i + 1} tcpreuse: {r['conn_per_s']:10.0f} conn/s  client CPU {r['cpu_us']:5.1f} us/conn"
+                          f"  failed {int(r['failed'])}  connect p99 {r['connect_p99_ms']} ms")
         mw, ml = statistics.median(wrk_rates), statistics.median(load_rates)
         ratio = ml / mw if mw else 0.0
         per_run = [lr / wr for lr, wr in zip(load_rates, wrk_rates, strict=True) if wr]
         print(f"median wrk:      {mw:10.0f} conn/s")
         print(f"median tcpreuse: {ml:10.0f} conn/s")
+        print(f"client CPU per connection (user+sys, incl. start-up), median: wrk "
+              f"{statistics.median(wrk_cpu):.1f} us, tcpreuse {statistics.median(load_cpu):.1f} us")
         print(f"ratio tcpreuse/wrk: {ratio:.3f} (per run: {', '.join(f'{x:.3f}' for x in per_run)}); "
               f"target >= {args.target:.2f}: {'met' if ratio >= args.target else 'NOT met'}")
         return 0

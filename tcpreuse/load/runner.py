@@ -429,7 +429,9 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         "connect_ms": percentiles(connect_h),
         "request_ms": percentiles(request_h),
         "http_status": {str(k): v for k, v in sorted(http_status.items())},
-        "start_lag": {"late_starts": late, "max_ms": round(lag_max, 3)},
+        # how late the generator itself started attempts (open loop; part of connect_ms)
+        "start_lag": {"late_starts": late, **{k: v for k, v in percentiles(
+            merge_hists([r.lag_hist for r in parts])).items() if k in ("p50", "p99", "max")}},
         "per_second": {
             "attempts": tl.attempts, "ok": tl.ok, "failed": tl.failed, "delayed": tl.delayed,
             "time_wait": tw,
