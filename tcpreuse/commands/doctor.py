@@ -1,0 +1,115 @@
+"""`tcpreuse doctor`: what is wrong with short-lived connections on this host, now.
+
+Reads the live host (or a network namespace, a snapshot, pasted command output), read-only,
+and prints findings with their numbers and the commands that fix them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import TYPE_CHECKING
+
+import click
+
+# The doctor does no linear algebra; numpy's OpenBLAS would start one thread per CPU at
+# import, which costs 50-200 ms of a run that should take a few hundred. Set before numpy
+# is imported (this module is only imported when `doctor` runs).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from ..errors import HostError
+
+if TYPE_CHECKING:
+    from ..diagnose.base import Evidence
+    from ..findings import Finding
+
+
+@click.command()
+@click.option("--netns", metavar="NAME", help="Diagnose this network namespace (ip netns) instead of the host.")
+@click.option("--interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds between the two samples that give rates (0: one sample, no rates).")
+@click.option("--from", "froms", multiple=True, metavar="FILE",
+              help="Diagnose a snapshot (.tar.gz from --save) or pasted output (sysctl -a, nstat -az, "
+                   "netstat -s, ss -tanoe, netsh ..., netstat -ano). Repeatable; files of one host merge.")
+@click.option("--save", metavar="FILE.tar.gz", help="Also write what was read to a snapshot archive.")
+@click.option("--json", "as_json", is_flag=True, help="Print findings and host facts as JSON.")
+@click.option("--watch", type=click.FloatRange(min=0.1), metavar="N", help="Refresh every N seconds.")
+@click.option("--count", type=click.IntRange(min=1), help="With --watch: stop after this many refreshes.")
+@click.option("--role", type=click.Choice(["client", "server", "nat", "lb"]),
+              help="The host's role, if the inference from its sockets is wrong.")
+@click.option("--profile", metavar="NAME",
+              help="Kernel profile for pasted input without a kernel version (e.g. centos-6, linux-4.9).")
+@click.option("--processes", is_flag=True, help="Attribute sockets to processes (walks /proc/*/fd).")
+@click.option("--name", metavar="NAME", help="Host name to show (default: the host name).")
+def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str | None, as_json: bool,
+           watch: float | None, count: int | None, role: str | None, profile: str | None,
+           processes: bool, name: str | None) -> None:
+    """Diagnose a live host (or --netns, or --from snapshots and pasted text): TIME_WAIT,
+    ephemeral port budgets per destination, tw_reuse/tw_recycle/timestamps, listen queues,
+    conntrack, PAWS. Read-only."""
+    from ..diagnose.base import diagnose
+    from ..host import evidence_of, sources_for
+    from ..model.profiles import get_profile
+
+    if froms and (netns or save or watch):
+        raise HostError("--from replays recorded input; it cannot be combined with --netns, --save or --watch")
+    if count is not None and watch is None:
+        raise HostError("--count needs --watch")
+    if profile:
+        get_profile(profile)  # a clear error for a bad name, before any work
+    sources = sources_for(list(froms), netns=netns, interval=interval, processes=processes, role=role,
+                          profile=profile, name=name)
+
+    def once() -> tuple[Evidence, list[Finding]]:
+        observed = [s.observe() for s in sources]
+        ev = evidence_of(observed)
+        return ev, diagnose(ev)
+
+    from rich.console import Console
+    from rich.text import Text
+
+    from ..host.render import render, to_json
+
+    # Everything rendered is Text/Table built by render(): no markup or emoji parsing needed.
+    console = Console(markup=False, emoji=False, highlight=False)
+    if watch is None:
+        ev, findings = once()
+        if save:
+            _save(sources[0], save)
+        if as_json:
+            click.echo(json.dumps(to_json(ev, findings), indent=2, default=str))
+        else:
+            console.print(render(ev, findings))
+        return
+
+    n = 0
+    try:
+        while count is None or n < count:
+            t0 = time.monotonic()
+            ev, findings = once()
+            n += 1
+            if save and n == 1:
+                _save(sources[0], save)
+            if as_json:
+                click.echo(json.dumps(to_json(ev, findings), default=str))
+            else:
+                console.clear()
+                console.print(render(ev, findings))
+                console.print(Text(f"refresh {n}{'/' + str(count) if count else ''}, every {watch:g} s; "
+                                   "Ctrl-C stops", style="dim"))
+            if count is not None and n >= count:
+                break
+            time.sleep(max(0.0, watch - (time.monotonic() - t0)))
+    except KeyboardInterrupt:
+        return
+
+
+def _save(source: object, path: str) -> None:
+    from ..host.snapshot import save
+    from ..host.source import LiveCollector
+
+    if not isinstance(source, LiveCollector) or source.last_raw is None:
+        raise HostError("--save needs a live collection")
+    p = save(source.last_raw, path)
+    click.echo(f"snapshot written to {p}", err=True)

@@ -1,0 +1,327 @@
+"""Doctor checks on the live tables: port budgets, TIME_WAIT, listen queues, conntrack.
+
+They read the aggregation of tcpreuse.host.facts (tuples, listeners, counter rates) and
+say, with the numbers, what runs out, when, and what to change.
+"""
+
+from __future__ import annotations
+
+from ...diagnose.base import Evidence, HostFacts, TupleUse, rule
+from ...findings import EvidenceItem, Finding
+from ...host.judge import Fix, linux_hosts, num, pressure, profile_of, rate, sysctl_fix, tuple_label
+
+TOP_TUPLES = 3
+
+
+def _tuple_fixes(h: HostFacts, t: TupleUse, d: dict) -> list[Fix]:
+    fixes = [Fix(id="reuse-connections", title="Reuse connections: HTTP keep-alive or a connection pool",
+                 caveat="The only fix that removes the churn itself; everything below buys headroom.")]
+    reuse = h.settings.get("net.ipv4.tcp_tw_reuse", 0)
+    ts = h.settings.get("net.ipv4.tcp_timestamps", 1)
+    if not d.get("tw_reuse_applies") and t.time_wait:
+        values = {"net.ipv4.tcp_tw_reuse": 1}
+        if not ts:
+            values["net.ipv4.tcp_timestamps"] = 1
+        why = "loopback-only (2) today" if reuse == 2 else f"{reuse} today"
+        fixes.append(sysctl_fix(
+            "tw-reuse", f"Let connect() reuse TIME_WAIT entries older than 1 s (tcp_tw_reuse=1; {why})",
+            h, "client", values,
+            caveat="Outgoing connections only; needs timestamps on both ends. Never tcp_tw_recycle."))
+    b = h.extra.get("port_budget", {})
+    lo, hi = b.get("range", [32768, 60999])
+    if hi - lo + 1 < 60000:
+        fixes.append(sysctl_fix("widen-port-range", "Widen the ephemeral port range to 1024-65535",
+                                h, "client", {"net.ipv4.ip_local_port_range": "1024 65535"},
+                                caveat="Reserve every port a service listens on first "
+                                       "(net.ipv4.ip_local_reserved_ports)."))
+    fixes.append(Fix(id="more-addresses",
+                     title="Spread over more source addresses (bind() with IP_BIND_ADDRESS_NO_PORT) "
+                           "or more destination addresses/ports",
+                     caveat=f"Each (source, destination) pair has its own {t.budget:,}-port budget; "
+                            f"{d.get('sources_to_destination', 1)} source address(es) are used toward "
+                            f"{t.dst}:{t.dport} now."))
+    return fixes
+
+
+@rule("host-tuple-exhaustion", needs={"hosts"})
+def tuple_exhaustion(ev: Evidence) -> list[Finding]:
+    out = []
+    for h in linux_hosts(ev):
+        details = h.extra.get("tuple_detail") or [{} for _ in h.tuples]  # facts from elsewhere: no details
+        active = rate(h, "TcpActiveOpens")
+        for t, d in list(zip(h.tuples, details, strict=False))[:TOP_TUPLES]:
+            pr = pressure(t)
+            ste = t.seconds_to_exhaustion
+            if pr < 0.5 and ste is None:
+                continue
+            critical = pr >= 0.9 or (ste is not None and ste <= 60)
+            items = [
+                EvidenceItem("tuple", tuple_label(t)),
+                EvidenceItem("ports in use", t.in_use, f"{pr:.0%} of the {t.budget:,} connect() may use"),
+                EvidenceItem("established", t.established),
+                EvidenceItem("TIME_WAIT", t.time_wait, "this host closed first; each holds its port 60 s"),
+                EvidenceItem("other states", t.other),
+            ]
+            if t.rate_per_s is not None:
+                items.append(EvidenceItem("new connections per s (this tuple)", round(t.rate_per_s, 1)))
+            if active is not None:
+                items.append(EvidenceItem("TcpActiveOpens per s (host)", round(active, 1)))
+            items.append(EvidenceItem("seconds to exhaustion",
+                                      "now" if ste == 0 else (round(ste, 1) if ste is not None else "not at this rate")))
+            if t.next_free_in_s is not None:
+                items.append(EvidenceItem("oldest TIME_WAIT frees in s", round(t.next_free_in_s, 1),
+                                          f"{d.get('tw_free_within_10s', 0):,} free within 10 s"))
+            if d.get("sustainable_rate_per_s") is not None:
+                items.append(EvidenceItem("sustainable new connections per s",
+                                          round(d["sustainable_rate_per_s"], 1),
+                                          f"free ports / {d.get('hold_s', 60):g} s hold"))
+            items.append(EvidenceItem("tcp_tw_reuse applies", d.get("tw_reuse_applies", False)))
+            when = ("it is exhausted now" if ste == 0 else
+                    f"at {t.rate_per_s:,.0f} new connections/s the last free port goes in {ste:.0f} s"
+                    if ste is not None and t.rate_per_s else
+                    "a burst above the sustainable rate exhausts it")
+            out.append(Finding(
+                id="tuple-port-exhaustion",
+                title=f"{tuple_label(t)}: {t.in_use:,} of {t.budget:,} local ports in use"
+                      + (f", exhausted in {ste:.{1 if ste < 10 else 0}f} s at {t.rate_per_s:,.0f}/s" if ste and t.rate_per_s else
+                         " (exhausted)" if ste == 0 else ""),
+                severity="critical" if critical else "warning",
+                cause=(f"connect() from {t.src} to {t.dst}:{t.dport} may choose among {t.budget:,} local "
+                       "ports (ip_local_port_range minus reserved and listening ports); the 4-tuple must "
+                       f"be unique. {t.established:,} are established and {t.time_wait:,} wait in TIME_WAIT "
+                       f"after this host closed first; {when}. Then connect() fails with EADDRNOTAVAIL "
+                       "(\"Cannot assign requested address\"), and before that it slows down scanning "
+                       "for a free port."),
+                evidence=items, confidence=0.9 if t.rate_per_s is not None or pr >= 0.9 else 0.75,
+                fixes=_tuple_fixes(h, t, d), hosts=[h.name]))
+    return out
+
+
+@rule("host-connect-slow-path", needs={"hosts"})
+def connect_slow_path(ev: Evidence) -> list[Finding]:
+    out = []
+    for h in linux_hosts(ev):
+        b = h.extra.get("port_budget", {})
+        if b.get("port_alg") not in ("parity", "perturb256", "perturb64k", "hint_even") or not h.tuples:
+            continue
+        t = h.tuples[0]
+        fast = b.get("fast_parity", 0)
+        if not fast or t.in_use <= fast or pressure(t) >= 0.9:
+            continue
+        out.append(Finding(
+            id="connect-slow-path",
+            title=f"{tuple_label(t)}: {t.in_use:,} ports in use, more than the {fast:,} of connect()'s "
+                  "preferred parity",
+            severity="warning",
+            cause=("__inet_hash_connect() tries the ports with the parity of the range's low bound first "
+                   "(4.2+) and only then the other half. With more connections to one destination than "
+                   "that half holds, every connect() walks the whole first half, taking the bind-hash "
+                   "lock for each port, before it finds a free one: connect latency and system CPU grow "
+                   "with the number of ports in use."),
+            evidence=[EvidenceItem("ports in use", t.in_use),
+                      EvidenceItem("ports of the preferred parity", fast),
+                      EvidenceItem("usable ports", b.get("usable")),
+                      EvidenceItem("port selection", b.get("port_alg"))],
+            confidence=0.8,
+            fixes=_tuple_fixes(h, t, (h.extra.get("tuple_detail") or [{}])[0]), hosts=[h.name]))
+    return out
+
+
+@rule("host-tw-overflow", needs={"hosts"})
+def tw_overflow(ev: Evidence) -> list[Finding]:
+    out = []
+    for h in linux_hosts(ev):
+        maxb = h.settings.get("net.ipv4.tcp_max_tw_buckets")
+        mini = h.extra.get("tw_minisockets", h.time_wait)
+        name = "TcpExtTCPTimeWaitOverflow"
+        r = rate(h, name)
+        total = h.counters_absolute.get(name)
+        absent = name in h.counters_absent
+        full_now = isinstance(maxb, int) and mini is not None and mini >= maxb
+        if not ((r or 0) > 0 or full_now or (r is None and (total or 0) > 0)):
+            continue
+        rising = (r or 0) > 0
+        client_side = bool(h.tuples) and h.tuples[0].time_wait > 0
+        items = [EvidenceItem("net.ipv4.tcp_max_tw_buckets", maxb),
+                 EvidenceItem("TIME_WAIT + FIN_WAIT2 mini-sockets now", mini)]
+        if absent:
+            items.append(EvidenceItem(name, "absent on this kernel",
+                                      "look for 'TCP: time wait bucket table overflow' in dmesg"))
+        else:
+            items.append(EvidenceItem(f"{name} since boot", total))
+            if r is not None:
+                items.append(EvidenceItem(f"{name} per s", round(r, 1)))
+        new_max = max(262144, 2 * int(mini or 0), 2 * int(maxb or 0))
+        out.append(Finding(
+            id="timewait-bucket-overflow",
+            title=(f"TIME_WAIT table full ({num(mini)} of {num(maxb)}): "
+                   + (f"{r:,.0f} sockets/s close without TIME_WAIT" if rising else
+                      "closing sockets skip TIME_WAIT" if full_now else
+                      f"overflowed {num(total)} times since boot")),
+            severity="critical" if rising and client_side else "warning" if (rising or full_now) else "info",
+            cause=("When tcp_max_tw_buckets mini-sockets exist, tcp_time_wait() cannot allocate one and the "
+                   "closing socket is destroyed at once (TCPTimeWaitOverflow): no TIME_WAIT, no packet. "
+                   "The 4-tuple is free immediately, so a retransmitted FIN from the peer is answered "
+                   "with RST, and old duplicates can reach a new connection on the same 4-tuple. "
+                   + ("Here the closing side opens the connections, so ports come back unprotected."
+                      if client_side else "On a server this mainly trades safety for memory.")),
+            evidence=items, confidence=0.9 if rising else 0.7,
+            fixes=[sysctl_fix("raise-tw-buckets", f"Raise tcp_max_tw_buckets to {new_max:,}", h,
+                              "client" if client_side else "server", {"net.ipv4.tcp_max_tw_buckets": new_max},
+                              caveat="Each TIME_WAIT mini-socket costs a few hundred bytes; the limit "
+                                     "exists against memory exhaustion, not as a TIME_WAIT tuning knob.")],
+            hosts=[h.name]))
+    return out
+
+
+@rule("host-listen-overflow", needs={"hosts"})
+def listen_overflow(ev: Evidence) -> list[Finding]:
+    out = []
+    for h in linux_hosts(ev):
+        ro, rd = rate(h, "TcpExtListenOverflows"), rate(h, "TcpExtListenDrops")
+        ao, ad = h.counters_absolute.get("TcpExtListenOverflows"), h.counters_absolute.get("TcpExtListenDrops")
+        full = [lu for lu in h.listeners if lu.backlog and lu.queue >= max(1, int(0.9 * lu.backlog))]
+        rising = (ro or 0) > 0 or (rd or 0) > 0
+        since_boot_only = ro is None and ((ao or 0) > 0 or (ad or 0) > 0)
+        if not (rising or full or since_boot_only):
+            continue
+        somax = h.settings.get("net.core.somaxconn")
+        items = []
+        for lu in (full or h.listeners)[:5]:
+            items.append(EvidenceItem(f"listener {lu.addr}:{lu.port}", f"{lu.queue} queued / backlog {lu.backlog}",
+                                      "accept queue (ss Recv-Q / Send-Q)"))
+        for n, r, a in (("ListenOverflows", ro, ao), ("ListenDrops", rd, ad)):
+            if r is not None:
+                items.append(EvidenceItem(f"TcpExt{n} per s", round(r, 1)))
+            if a is not None:
+                items.append(EvidenceItem(f"TcpExt{n} since boot", a))
+        items.append(EvidenceItem("net.core.somaxconn", somax))
+        items.append(EvidenceItem("net.ipv4.tcp_abort_on_overflow", h.settings.get("net.ipv4.tcp_abort_on_overflow")))
+        items.append(EvidenceItem("net.ipv4.tcp_syncookies", h.settings.get("net.ipv4.tcp_syncookies")))
+        worst = full[0] if full else None  # counters alone do not say which listener
+        clamp = worst is not None and isinstance(somax, int) and worst.backlog >= somax
+        biggest = max((lu.backlog for lu in h.listeners), default=128)
+        new_backlog = max(4096, 4 * (worst.backlog if worst else biggest))
+        fixes = [Fix(id="raise-backlog",
+                     title=f"Raise the listen backlog to {new_backlog:,} (application listen() and somaxconn)",
+                     set={"host.server.backlog": new_backlog},
+                     commands=[f"sysctl -w net.core.somaxconn={max(new_backlog, somax or 0)}",
+                               "raise the backlog the server passes to listen() (nginx: listen ... backlog=N)"],
+                     caveat="A bigger queue absorbs bursts; if the server accepts too slowly on average, "
+                            "add workers instead.")]
+        fixes.append(Fix(id="accept-faster", title="Accept faster: more workers or threads calling accept()"))
+        title_where = f" on {worst.addr}:{worst.port}" if worst else ""
+        out.append(Finding(
+            id="listen-queue-overflow",
+            title=(f"Listen queue overflowing{title_where}: "
+                   + (f"{ro:,.1f} overflows/s" if ro else f"{rd:,.1f} drops/s" if rd else
+                      f"{worst.queue} of {worst.backlog} queued" if full and worst else
+                      f"{num(ao)} overflows since boot")),
+            severity="critical" if rising else "warning",
+            cause=("The accept queue of a listener holds at most its backlog (min(listen() argument, "
+                   "somaxconn)) connections the application has not accept()ed yet. When it is full the "
+                   "kernel drops new SYNs and the final ACK of handshakes (ListenOverflows, ListenDrops): "
+                   "the client retransmits after 1 s, 3 s, ... or, having seen the SYN-ACK, thinks it is "
+                   "connected while the server retransmits its SYN-ACK."
+                   + (" The backlog is clamped by net.core.somaxconn." if clamp else "")
+                   + (" Nothing is rising during the sample; the counters show it happened before."
+                      if since_boot_only and not full else "")),
+            evidence=items, confidence=0.9 if rising or full else 0.6, fixes=fixes, hosts=[h.name]))
+    return out
+
+
+_PAWS = {
+    "TcpExtPAWSPassive": "SYNs dropped by tcp_tw_recycle's per-peer timestamp cache",
+    "TcpExtPAWSActive": "SYN-ACKs whose echoed timestamp does not match the SYN: the connect() is reset",
+    "TcpExtPAWSEstab": "segments of established connections (and, before ~6.15, TIME_WAIT) with an older "
+                       "timestamp than the last one seen on that 4-tuple",
+    "TcpExtPAWSTimewait": "segments (often new SYNs) reaching a TIME_WAIT socket with an older timestamp",
+}
+
+
+@rule("host-paws", needs={"hosts"})
+def paws_rising(ev: Evidence) -> list[Finding]:
+    out = []
+    for h in linux_hosts(ev):
+        rising = {n: r for n in _PAWS if (r := rate(h, n)) is not None and r > 0}
+        if h.settings.get("net.ipv4.tcp_tw_recycle") == 1:
+            rising.pop("TcpExtPAWSPassive", None)  # the tw_recycle finding owns it
+        if not rising:
+            continue
+        items = [EvidenceItem(f"{n} per s", round(r, 2), _PAWS[n]) for n, r in rising.items()]
+        items += [EvidenceItem(f"{n} since boot", h.counters_absolute[n]) for n in rising
+                  if n in h.counters_absolute]
+        absent = sorted(n for n in _PAWS if n in h.counters_absent)
+        if absent:
+            items.append(EvidenceItem("absent on this kernel", ", ".join(absent)))
+        out.append(Finding(
+            id="paws-rejects-rising",
+            title="PAWS rejections rising: " + ", ".join(f"{n[6:]} {r:,.1f}/s" for n, r in rising.items()),
+            severity="warning",
+            cause=("PAWS drops segments whose TCP timestamp is older than the last one seen for the same "
+                   "4-tuple (or, with tcp_tw_recycle, the same peer). Rising counts mean 4-tuples are "
+                   "reused by senders with unrelated timestamp clocks: several clients behind one NAT or "
+                   "load-balancer SNAT address, or a load balancer reusing a back-end 4-tuple still in "
+                   "TIME_WAIT. The counters are host-wide; a capture names the peers."),
+            evidence=items, confidence=0.7,
+            fixes=[Fix(id="capture-and-analyze", title="Capture SYNs and let `tcpreuse analyze` name the peers",
+                       commands=["tcpdump -ni any -w syn.pcap 'tcp[tcpflags] & (tcp-syn|tcp-rst) != 0' -c 200000",
+                                 "tcpreuse analyze syn.pcap"],
+                       caveat="Do not turn timestamps off to silence PAWS: it also disables tcp_tw_reuse "
+                              "and the protection PAWS gives.")],
+            hosts=[h.name]))
+    return out
+
+
+@rule("host-conntrack", needs={"hosts"})
+def conntrack_full(ev: Evidence) -> list[Finding]:
+    out = []
+    for h in linux_hosts(ev):
+        ct = h.conntrack or {}
+        count, cmax = ct.get("count"), ct.get("max")
+        if not count or not cmax or count < 0.75 * cmax:
+            continue
+        tw_to = h.settings.get("net.netfilter.nf_conntrack_tcp_timeout_time_wait")
+        values: dict[str, object] = {"net.netfilter.nf_conntrack_max": 2 * cmax}
+        out.append(Finding(
+            id="conntrack-near-full", title=f"conntrack table {count / cmax:.0%} full ({count:,} of {cmax:,})",
+            severity="critical" if count >= 0.9 * cmax else "warning",
+            cause=("When nf_conntrack_count reaches nf_conntrack_max, new flows are dropped ('nf_conntrack: "
+                   "table full, dropping packet'): SYNs vanish and clients retransmit. Short connections "
+                   "keep their entry for nf_conntrack_tcp_timeout_time_wait after closing."),
+            evidence=[EvidenceItem("nf_conntrack_count", count), EvidenceItem("nf_conntrack_max", cmax),
+                      EvidenceItem("nf_conntrack_tcp_timeout_time_wait", tw_to)],
+            confidence=0.9,
+            fixes=[sysctl_fix("raise-conntrack-max", f"Raise nf_conntrack_max to {2 * cmax:,}", h, "server",
+                              values, caveat="Each entry costs about 300 bytes of kernel memory."),
+                   Fix(id="shorter-conntrack-timewait", title="Shorten conntrack's TIME_WAIT hold",
+                       commands=["sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait=30"])],
+            hosts=[h.name]))
+    return out
+
+
+@rule("host-server-timewait", needs={"hosts"})
+def server_timewait(ev: Evidence) -> list[Finding]:
+    """Answers the FAQ "too many TIME_WAIT on my server" when nothing is actually at risk."""
+    out = []
+    for h in linux_hosts(ev):
+        if h.role != "server" or (h.time_wait or 0) < 10000:
+            continue
+        if any(pressure(t) >= 0.5 for t in h.tuples):
+            continue
+        maxb = h.settings.get("net.ipv4.tcp_max_tw_buckets")
+        p = profile_of(h)
+        out.append(Finding(
+            id="server-timewait-harmless",
+            title=f"{h.time_wait:,} TIME_WAIT sockets on a server: they do not use ephemeral ports",
+            severity="info",
+            cause=("The server closes first, so it holds the TIME_WAIT. Those sockets sit on the listening "
+                   "port, each with a different client address/port: they consume no ephemeral ports and "
+                   "about a few hundred bytes each. They only matter if a client (or a NAT/load balancer) "
+                   "reuses the same 4-tuple within 60 s: then its SYN meets the TIME_WAIT (see the "
+                   "timestamp findings)."),
+            evidence=[EvidenceItem("TIME_WAIT sockets", h.time_wait),
+                      EvidenceItem("net.ipv4.tcp_max_tw_buckets", maxb),
+                      EvidenceItem("kernel", p.name if p else "unknown")],
+            confidence=0.8, hosts=[h.name]))
+    return out

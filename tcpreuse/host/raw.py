@@ -1,0 +1,93 @@
+"""Raw collections: the files and socket tables exactly as read, and how to parse them.
+
+A :class:`RawHost` is what a live collection read (the text of every /proc file, the
+socket tables, a few facts about the reading process). It is what ``--save`` writes and
+``--from snap.tar.gz`` reads back, so a snapshot is diagnosed by the very same parsing
+path as the live host (:func:`to_observed`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .observed import (
+    COUNTER_FILES,
+    COUNTER_SECTIONS,
+    SYSCTLS,
+    CounterSample,
+    Observed,
+    ProcessInfo,
+    SocketSample,
+    parse_proc_counters,
+    sysctl_path,
+)
+from .sockets import SockTable
+
+
+@dataclass
+class RawSample:
+    t: float  # monotonic seconds on the observed host
+    files: dict[str, str] = field(default_factory=dict)  # path -> text
+    unreadable: dict[str, str] = field(default_factory=dict)  # path -> reason
+    sockets: SockTable | None = None
+    socket_error: str | None = None
+
+
+@dataclass
+class RawHost:
+    meta: dict[str, Any] = field(default_factory=dict)
+    samples: list[RawSample] = field(default_factory=list)
+    processes: list[ProcessInfo] | None = None
+
+
+def to_observed(raw: RawHost, origin: str) -> Observed:
+    """Parse a raw collection. Missing pieces become notes, never exceptions."""
+    m = raw.meta
+    obs = Observed(name=str(m.get("name") or m.get("hostname") or "host"), netns=m.get("netns"),
+                   taken_at=m.get("taken_at"), role=m.get("role"), inputs=[origin])
+    rl = m.get("rlimit_nofile")
+    if isinstance(rl, list | tuple) and len(rl) == 2:
+        obs.rlimit_nofile = (int(rl[0]), int(rl[1]))
+    obs.nat_tables = m.get("nat_tables")
+    obs.notes.extend(str(n) for n in m.get("notes", []))
+    obs.processes = raw.processes
+    if not raw.samples:
+        obs.notes.append(f"{origin}: no samples recorded")
+        return obs
+    first = raw.samples[0]
+    for name in SYSCTLS:
+        path = sysctl_path(name)
+        if path in first.files:
+            obs.sysctls[name] = first.files[path].strip()
+        elif path in first.unreadable and first.unreadable[path] != "absent":
+            obs.unreadable[name] = first.unreadable[path]
+    obs.kernel_release = obs.sysctls.pop("kernel.osrelease", None) or m.get("kernel_release")
+    hostname = obs.sysctls.pop("kernel.hostname", None)
+    if not m.get("name") and hostname:
+        obs.name = hostname
+    for s in raw.samples:
+        values: dict[str, int] = {}
+        unread: set[str] = set()
+        got = False
+        for path in COUNTER_FILES:
+            if path in s.files:
+                v, notes = parse_proc_counters(s.files[path], path)
+                values.update(v)
+                obs.notes.extend(notes)
+                got = True
+            else:
+                unread |= COUNTER_SECTIONS[path]
+                if path in s.unreadable:
+                    obs.unreadable[path] = s.unreadable[path]
+        if got:
+            obs.counters.append(CounterSample(t=s.t, values=values, unread=unread))
+        if s.sockets is not None:
+            obs.sockets.append(SocketSample(t=s.t, table=s.sockets))
+        elif s.socket_error:
+            obs.unreadable["socket table"] = s.socket_error
+    for path, why in obs.unreadable.items():
+        obs.notes.append(f"could not read {path}: {why}")
+    # The same file unreadable in both samples is reported once.
+    obs.notes = list(dict.fromkeys(obs.notes))
+    return obs

@@ -1,0 +1,350 @@
+"""Host sources (psutil style): one interface, a live Linux reader and replayed ones.
+
+``HostSource.observe()`` returns an :class:`~.observed.Observed`. The live reader
+(:class:`LinuxSource`) reads /proc and netlink of the running kernel, or of a network
+namespace it enters with setns(2) for the duration of the reads (so `--netns` works for
+containers and tests without re-executing anything). :class:`FixtureSource` runs the same
+collection algorithm over recorded files, and can simulate unreadable entries.
+:class:`SnapshotSource` replays a ``--save`` archive, :class:`PasteSource` pasted text.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import resource
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Protocol
+
+from .. import __version__
+from ..errors import HostError
+from .observed import COUNTER_FILES, SYSCTLS, Observed, ProcessInfo, sysctl_path
+from .raw import RawHost, RawSample, to_observed
+from .sockets import SockTable
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIRS = ("/run/netns", "/var/run/netns")
+
+
+class HostSource(Protocol):
+    label: str
+
+    def observe(self) -> Observed: ...
+
+
+def _why(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "absent"
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return e.strerror or type(e).__name__
+
+
+class LiveCollector:
+    """The collection algorithm over three primitives a subclass provides.
+
+    Two samples `interval` seconds apart: the first reads every sysctl, the counters and
+    the socket table; the second re-reads counters and sockets for the rates.
+    """
+
+    label = "live"
+
+    def __init__(self, interval: float = 1.0, processes: bool = False, role: str | None = None,
+                 name: str | None = None) -> None:
+        self.interval = max(0.0, interval)
+        self.processes = processes
+        self.role = role
+        self.name = name
+        self.last_raw: RawHost | None = None
+
+    # primitives -------------------------------------------------------------------------
+    def read_file(self, path: str) -> str:
+        raise NotImplementedError
+
+    def read_sockets(self, with_info: bool) -> tuple[SockTable, list[str]]:
+        raise NotImplementedError
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, s: float) -> None:
+        time.sleep(s)
+
+    def inside(self) -> AbstractContextManager[None]:
+        """Where the reads happen (a network namespace for LinuxSource)."""
+        return nullcontext()
+
+    def extra_meta(self) -> dict[str, object]:
+        return {}
+
+    def read_processes(self, table: SockTable | None) -> list[ProcessInfo] | None:
+        return None
+
+    # algorithm --------------------------------------------------------------------------
+    def _sample(self, paths: list[str], sockets: bool, with_info: bool) -> RawSample:
+        s = RawSample(t=self.now())
+        for p in paths:
+            try:
+                s.files[p] = self.read_file(p)
+            except OSError as e:
+                s.unreadable[p] = _why(e)
+        if sockets:
+            try:
+                s.sockets, notes = self.read_sockets(with_info)
+                if notes:
+                    s.unreadable.update({"socket table": "; ".join(notes)})
+            except HostError as e:
+                s.socket_error = e.message
+            except OSError as e:
+                s.socket_error = _why(e)
+        return s
+
+    def collect(self) -> RawHost:
+        raw = RawHost(meta={"tool": f"tcpreuse {__version__}", "taken_at": time.time(),
+                            "interval": self.interval, "role": self.role})
+        if self.name:
+            raw.meta["name"] = self.name
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            raw.meta["rlimit_nofile"] = [soft, hard]
+        except (OSError, ValueError):
+            pass
+        with self.inside():
+            sysctl_paths = [sysctl_path(n) for n in SYSCTLS]
+            reuse = 0
+            first = RawSample(t=self.now())
+            for p in sysctl_paths:
+                try:
+                    first.files[p] = self.read_file(p)
+                except OSError as e:
+                    first.unreadable[p] = _why(e)
+            try:
+                reuse = int(first.files.get(sysctl_path("net.ipv4.tcp_tw_reuse"), "0").split()[0])
+            except (ValueError, IndexError):
+                reuse = 0
+            # tcp_info is only needed to tell whether tw_reuse can apply; it costs time.
+            with_info = reuse != 0
+            s0 = self._sample(list(COUNTER_FILES), True, with_info and self.interval == 0)
+            s0.files.update(first.files)
+            s0.unreadable.update(first.unreadable)
+            raw.samples.append(s0)
+            if self.interval > 0:
+                self.sleep(self.interval)
+                raw.samples.append(self._sample(list(COUNTER_FILES), True, with_info))
+            raw.meta.update(self.extra_meta())
+        if self.processes:
+            last = raw.samples[-1].sockets
+            raw.processes = self.read_processes(last)
+        self.last_raw = raw
+        return raw
+
+    def observe(self) -> Observed:
+        return to_observed(self.collect(), self.label)
+
+
+# ---- the live Linux host ------------------------------------------------------------------
+
+_libc: ctypes.CDLL | None = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def netns_path(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise HostError(f"not a network namespace name: {name!r}")
+    for d in NETNS_DIRS:
+        p = os.path.join(d, name)
+        if os.path.exists(p):
+            return p
+    raise HostError(f"no network namespace named {name!r}", hint="`ip netns list` shows the namespaces")
+
+
+@contextmanager
+def entered_netns(name: str | None) -> Iterator[None]:
+    """Move the calling thread into network namespace `name`, and back afterwards."""
+    if name is None:
+        yield
+        return
+    path = netns_path(name)
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except PermissionError:
+        raise HostError(f"cannot open network namespace {name!r}: permission denied",
+                        hint="entering a network namespace needs root") from None
+    own_path = "/proc/thread-self/ns/net" if os.path.exists("/proc/thread-self") else "/proc/self/ns/net"
+    own = os.open(own_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _setns(target)
+        except OSError as e:
+            raise HostError(f"cannot enter network namespace {name!r}: {e.strerror}",
+                            hint="entering a network namespace needs root (CAP_SYS_ADMIN)") from None
+        try:
+            yield
+        finally:
+            _setns(own)  # failing here is a bug worth a traceback: we must not stay inside
+    finally:
+        os.close(target)
+        os.close(own)
+
+
+class LinuxSource(LiveCollector):
+    """The running kernel (or one of its network namespaces), read-only."""
+
+    def __init__(self, netns: str | None = None, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.netns = netns
+        if netns is not None:
+            netns_path(netns)  # fail early, with a clear message
+        self.label = f"netns {netns}" if netns else "live host"
+        self._proc_net = "/proc/thread-self/net" if os.path.exists("/proc/thread-self/net") else "/proc/net"
+
+    def read_file(self, path: str) -> str:
+        real = path.replace("/proc/net", self._proc_net, 1) if path.startswith("/proc/net/") else path
+        with open(real, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def read_sockets(self, with_info: bool) -> tuple[SockTable, list[str]]:
+        from .sockdiag import read_sockets
+
+        return read_sockets(with_info=with_info)
+
+    def inside(self) -> AbstractContextManager[None]:
+        return entered_netns(self.netns)
+
+    def extra_meta(self) -> dict[str, object]:
+        meta: dict[str, object] = {"kernel_release": os.uname().release, "netns": self.netns,
+                                   "name": self.name or (f"netns:{self.netns}" if self.netns else socket.gethostname())}
+        meta["nat_tables"] = self._nat_tables()
+        return meta
+
+    def _nat_tables(self) -> list[str] | None:
+        """NAT tables of this namespace (legacy iptables list and nftables), read-only."""
+        try:
+            fwd = self.read_file(sysctl_path("net.ipv4.ip_forward")).strip()
+        except OSError:
+            return None
+        if fwd != "1":
+            return []  # not forwarding: no need to look (and `nft` costs a process)
+        import shutil
+        import subprocess
+        found: list[str] = []
+        try:
+            if "nat" in self.read_file("/proc/net/ip_tables_names").split():
+                found.append("iptables nat")
+        except OSError:
+            pass
+        if shutil.which("nft") and os.geteuid() == 0:
+            try:
+                r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, timeout=5)
+                found += [f"nft {ln.split(maxsplit=1)[1]}" for ln in r.stdout.splitlines()
+                          if ln.startswith("table ") and "nat" in ln]
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        return found
+
+    def read_processes(self, table: SockTable | None) -> list[ProcessInfo] | None:
+        """Map socket inodes to processes by walking /proc/PID/fd (psutil for the rest)."""
+        import psutil
+
+        wanted = set(table.rows["inode"].tolist()) if table is not None else set()
+        wanted.discard(0)
+        out: list[ProcessInfo] = []
+        for pid in psutil.pids():
+            fd_dir = f"/proc/{pid}/fd"
+            inodes: list[int] = []
+            nfd = 0
+            try:
+                for ent in os.scandir(fd_dir):
+                    nfd += 1
+                    try:
+                        link = os.readlink(ent.path)
+                    except OSError:
+                        continue
+                    if link.startswith("socket:["):
+                        ino = int(link[8:-1])
+                        if ino in wanted:
+                            inodes.append(ino)
+            except (PermissionError, FileNotFoundError, ProcessLookupError):
+                continue
+            if not inodes:
+                continue
+            try:
+                p = psutil.Process(pid)
+                soft, hard = p.rlimit(psutil.RLIMIT_NOFILE)
+                out.append(ProcessInfo(pid=pid, name=p.name(), nofile_soft=soft, nofile_hard=hard,
+                                       fds=nfd, inodes=inodes))
+            except (psutil.Error, OSError):
+                out.append(ProcessInfo(pid=pid, name="?", fds=nfd, inodes=inodes))
+        return out
+
+
+class FixtureSource(LiveCollector):
+    """The live collection algorithm over recorded files (tests; psutil's mock /proc).
+
+    `files` maps a path to its text, or to an OSError to raise (e.g. PermissionError to
+    simulate an unreadable entry); a path not in `files` is absent.
+    """
+
+    label = "fixture"
+
+    def __init__(self, files: Mapping[str, str | OSError], sockets: list[SockTable] | HostError | None = None,
+                 **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.files = dict(files)
+        self.tables = sockets
+        self._clock = 0.0
+        self._n = 0
+
+    def read_file(self, path: str) -> str:
+        v = self.files.get(path)
+        if v is None:
+            raise FileNotFoundError(errno.ENOENT, "absent", path)
+        if isinstance(v, OSError):
+            raise v
+        return v
+
+    def read_sockets(self, with_info: bool) -> tuple[SockTable, list[str]]:
+        if isinstance(self.tables, HostError):
+            raise self.tables
+        if not self.tables:
+            return SockTable.empty(), []
+        t = self.tables[min(self._n, len(self.tables) - 1)]
+        self._n += 1
+        return t, []
+
+    def now(self) -> float:
+        return self._clock
+
+    def sleep(self, s: float) -> None:
+        self._clock += s
+
+
+class SnapshotSource:
+    """A `tcpreuse doctor --save` archive."""
+
+    def __init__(self, path: str | Path, role: str | None = None) -> None:
+        self.path = Path(path)
+        self.role = role
+        self.label = f"snapshot {self.path.name}"
+
+    def observe(self) -> Observed:
+        from .snapshot import load
+
+        raw = load(self.path)
+        obs = to_observed(raw, self.label)
+        if self.role:
+            obs.role = self.role
+        return obs

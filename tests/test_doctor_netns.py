@@ -1,0 +1,287 @@
+"""`tcpreuse doctor` on the real kernel: namespaces put into bad states, diagnosed.
+
+Each test builds a "tcpr-" network namespace, drives it with a small bounded Python
+socket loop running inside it, and checks the doctor's finding and numbers against what
+the kernel itself did (e.g. the number of connect() calls that succeeded before
+EADDRNOTAVAIL equals the budget the doctor computed). Nothing touches the host's own
+namespace; namespaces are removed also on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tcpreuse.diagnose.base import diagnose
+from tcpreuse.host import evidence_of
+from tcpreuse.host.source import LinuxSource
+from tcpreuse.lab.netns import Namespace
+
+pytestmark = [
+    pytest.mark.netns,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"),
+]
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Runs inside a namespace. Modes:
+#   churn PORT MAX RATE SECONDS  connect to 127.0.0.1:PORT, close first (client TIME_WAIT);
+#                                prints {"t": monotonic, "ok": n} every 50 and a final line
+#                                {"ok": n, "errno": name|null, "t_fail": monotonic|null}
+#   flood PORT BACKLOG RATE SECONDS  a listener that never accepts, non-blocking connects
+TRAFFIC = r"""
+import errno, json, socket, sys, time
+mode, port, a, rate, secs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+out = lambda d: print(json.dumps(d), flush=True)
+if mode == "churn":
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(("127.0.0.1", port)); l.listen(512)
+    ok, err, t_fail = 0, None, None
+    start = time.monotonic(); end = start + secs
+    out({"t": start, "ok": 0})
+    while ok < a and time.monotonic() < end:
+        due = start + ok / rate if rate > 0 else 0
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        c = socket.socket()
+        try:
+            c.connect(("127.0.0.1", port))
+        except OSError as e:
+            c.close(); err = errno.errorcode.get(e.errno, str(e.errno)); t_fail = time.monotonic(); break
+        s, _ = l.accept(); c.close(); s.close(); ok += 1
+        if ok % 50 == 0:
+            out({"t": time.monotonic(), "ok": ok})
+    out({"ok": ok, "errno": err, "t_fail": t_fail})
+    sys.stdin.read()  # keep the listener until the test is done
+elif mode == "flood":
+    l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(a)
+    held = []
+    start = time.monotonic()
+    while time.monotonic() - start < secs and len(held) < 2000:
+        c = socket.socket(); c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port)); held.append(c)
+        time.sleep(1 / rate)
+    out({"sent": len(held)})
+    sys.stdin.read()
+"""
+
+
+class Traffic:
+    """A TRAFFIC process inside a namespace; stop() ends it (the namespace kills it too)."""
+
+    def __init__(self, ns: Namespace, *args: object) -> None:
+        self.p = ns.popen([sys.executable, "-c", TRAFFIC, *map(str, args)], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True)
+
+    def line(self, timeout: float = 20) -> dict:
+        assert self.p.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ln = self.p.stdout.readline()
+            if ln:
+                return json.loads(ln)
+            if self.p.poll() is not None:
+                break
+        raise AssertionError("traffic process gave no output")
+
+    def until(self, key: str, timeout: float = 20) -> dict:
+        while True:
+            d = self.line(timeout)
+            if key in d:
+                return d
+
+    def stop(self) -> None:
+        if self.p.stdin:
+            self.p.stdin.close()
+        try:
+            self.p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+@pytest.fixture
+def make_ns() -> Iterator:
+    made: list[Namespace] = []
+
+    def make(tag: str, **sysctls: str | int) -> Namespace:
+        ns = Namespace(f"tcpr-dr-{tag}-{os.getpid()}", sysctls={k.replace("__", "."): str(v) for k, v in sysctls.items()})
+        made.append(ns)
+        return ns.create()
+
+    yield make
+    for ns in made:
+        ns.delete()
+
+
+def doctor(ns: Namespace, interval: float) -> tuple:
+    ev = evidence_of([LinuxSource(netns=ns.name, interval=interval).observe()])
+    (h,) = ev.hosts.values()
+    return h, diagnose(ev)
+
+
+def by_id(findings: list, fid: str) -> list:
+    return [f for f in findings if f.id == fid]
+
+
+def ev_value(f, label: str):
+    return next(e.value for e in f.evidence if e.label == label)
+
+
+def test_client_exhausting_a_1000_port_range(make_ns, tmp_path: Path) -> None:
+    """connect() to one destination with 1,000 ports and client-first closes: the doctor
+    gives the budget the kernel enforces, the rate, and when it runs out; the kernel agrees."""
+    ns = make_ns("exh", net__ipv4__ip_local_port_range="40000 40999", net__ipv4__tcp_tw_reuse=0)
+    t = Traffic(ns, "churn", 8080, 1500, 250, 15)
+    try:
+        t.until("t")
+        while t.line()["ok"] < 200:
+            pass
+        h, findings = doctor(ns, interval=1.0)
+        t_measured = time.monotonic()
+        budget = h.extra["port_budget"]
+        assert budget["range"] == [40000, 40999] and budget["usable"] == 1000
+        top = h.tuples[0]
+        assert (top.src, top.dst, top.dport, top.budget) == ("127.0.0.1", "127.0.0.1", 8080, 1000)
+        assert top.time_wait >= 200 and top.established == 0
+        active = h.counters["TcpActiveOpens"] / h.window_s
+        assert top.rate_per_s is not None and top.rate_per_s > 50
+        assert abs(top.rate_per_s - active) / active < 0.2  # each connect() is one ActiveOpen
+        assert top.next_free_in_s is not None and 55 < top.next_free_in_s <= 60
+        ste = top.seconds_to_exhaustion
+        assert ste is not None and 0 < ste < 10
+        f = by_id(findings, "tuple-port-exhaustion")[0]
+        assert f.severity == "critical" and f.hosts == [h.name]
+        assert ev_value(f, "ports in use") == top.in_use
+
+        final = t.until("errno", timeout=20)
+        # The kernel's verdict: EADDRNOTAVAIL after exactly the doctor's budget ...
+        assert final["errno"] == "EADDRNOTAVAIL" and final["ok"] == 1000
+        # ... at about the time the doctor predicted from the rate and the TIME_WAIT timers.
+        assert abs(final["t_fail"] - (t_measured + ste)) < 2.5
+
+        h2, findings2 = doctor(ns, interval=0)
+        assert h2.tuples[0].in_use == 1000 and h2.tuples[0].time_wait == 1000
+        assert h2.tuples[0].seconds_to_exhaustion == 0
+        f2 = by_id(findings2, "tuple-port-exhaustion")[0]
+        assert f2.severity == "critical" and "(exhausted)" in f2.title
+        assert {fx.id for fx in f2.fixes} >= {"reuse-connections", "tw-reuse", "widen-port-range"}
+        assert f2.fixes[1].set == {"client:net.ipv4.tcp_tw_reuse": 1}
+
+        # The CLI on the same namespace, with a snapshot that diagnoses the same elsewhere.
+        snap = tmp_path / "snap.tar.gz"
+        r = subprocess.run([sys.executable, "-m", "tcpreuse", "doctor", "--netns", ns.name, "--interval", "0",
+                            "--json", "--save", str(snap)], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        live = json.loads(r.stdout)
+        r = subprocess.run([sys.executable, "-m", "tcpreuse", "doctor", "--from", str(snap), "--json"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        replay = json.loads(r.stdout)
+        ids = lambda d: sorted(f["id"] for f in d["findings"])  # noqa: E731
+        assert ids(live) == ids(replay) and "tuple-port-exhaustion" in ids(live)
+        (lh,), (rh,) = live["hosts"].values(), replay["hosts"].values()
+        assert lh["tuples"][0]["in_use"] == rh["tuples"][0]["in_use"] == 1000
+        assert rh["extra"]["netns"] == ns.name
+    finally:
+        t.stop()
+
+
+def test_tw_reuse_without_timestamps_never_reuses(make_ns) -> None:
+    """tcp_tw_reuse=1 with timestamps off: the kernel still exhausts 200 ports at 150/s
+    (TIME_WAIT older than 1 s stays unusable); with timestamps on it does not."""
+    bad = make_ns("nots", net__ipv4__ip_local_port_range="41000 41199", net__ipv4__tcp_tw_reuse=1,
+                  net__ipv4__tcp_timestamps=0)
+    good = make_ns("ts", net__ipv4__ip_local_port_range="41000 41199", net__ipv4__tcp_tw_reuse=1,
+                   net__ipv4__tcp_timestamps=1)
+    tb, tg = Traffic(bad, "churn", 8080, 400, 150, 6), Traffic(good, "churn", 8080, 400, 150, 6)
+    try:
+        fb, fg = tb.until("errno"), tg.until("errno")
+        assert fb["errno"] == "EADDRNOTAVAIL" and fb["ok"] == 200
+        assert fg["errno"] is None and fg["ok"] == 400
+
+        h, findings = doctor(bad, interval=0)
+        f = by_id(findings, "tw-reuse-without-timestamps")[0]
+        assert f.severity == "critical"  # the busiest tuple is at its budget
+        assert ev_value(f, "net.ipv4.tcp_timestamps") == 0
+        assert ev_value(f, "TcpExtTWRecycled since boot") == 0
+        assert f.fixes[0].set == {"client:net.ipv4.tcp_timestamps": 1}
+        assert h.tuples[0].in_use == 200 and h.tuples[0].seconds_to_exhaustion == 0
+
+        hg, findings_g = doctor(good, interval=0)
+        assert not by_id(findings_g, "tw-reuse-without-timestamps")
+        assert hg.counters_absolute["TcpExtTWRecycled"] > 0  # the kernel did reuse
+    finally:
+        tb.stop()
+        tg.stop()
+
+
+def test_listener_overflowing_its_backlog(make_ns) -> None:
+    """A listener with backlog 2 that never accepts, and connects arriving: the queue holds
+    backlog + 1 (sk_acceptq_is_full is '>'), ListenOverflows rises, the finding says so."""
+    ns = make_ns("lis")
+    t = Traffic(ns, "flood", 9000, 2, 40, 2)
+    try:
+        time.sleep(0.5)
+        h, findings = doctor(ns, interval=1.0)
+        lu = next(x for x in h.listeners if x.port == 9000)
+        assert (lu.addr, lu.backlog, lu.queue) == ("127.0.0.1", 2, 3)
+        f = by_id(findings, "listen-queue-overflow")[0]
+        assert f.severity == "critical"
+        assert ev_value(f, "TcpExtListenOverflows per s") > 0
+        assert "127.0.0.1:9000" in f.title
+        assert f.fixes[0].set == {"host.server.backlog": 4096}
+    finally:
+        t.stop()
+
+
+def test_max_tw_buckets_overflow(make_ns) -> None:
+    """tcp_max_tw_buckets=100 and 300 client-first closes: TCPTimeWaitOverflow rises and the
+    TIME_WAIT table sits at its limit."""
+    ns = make_ns("twb", net__ipv4__tcp_max_tw_buckets=100, net__ipv4__tcp_tw_reuse=0)
+    t = Traffic(ns, "churn", 8080, 400, 200, 3)
+    try:
+        t.until("t")
+        h, findings = doctor(ns, interval=1.0)
+        assert h.extra["tw_minisockets"] <= 100
+        assert h.counters["TcpExtTCPTimeWaitOverflow"] > 0
+        f = by_id(findings, "timewait-bucket-overflow")[0]
+        assert f.severity == "critical"  # the overflowing side opens the connections
+        assert ev_value(f, "net.ipv4.tcp_max_tw_buckets") == 100
+        assert ev_value(f, "TcpExtTCPTimeWaitOverflow per s") > 0
+        assert f.fixes[0].set == {"client:net.ipv4.tcp_max_tw_buckets": 262144}
+        assert t.until("errno")["errno"] is None  # overflow frees ports: no EADDRNOTAVAIL
+    finally:
+        t.stop()
+
+
+def test_netns_as_non_root_is_a_clear_error(make_ns, tmp_path: Path) -> None:
+    """Entering a namespace needs root: one line, no traceback. The host itself (read-only)
+    works unprivileged."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv not installed")
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                            "-c", "import tcpreuse.cli"], capture_output=True, text=True, cwd=REPO)
+    if probe.returncode != 0:
+        pytest.skip("the checkout or interpreter is not readable by nobody")
+    ns = make_ns("np")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "tcpreuse",
+                 "doctor"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    r = subprocess.run([*as_nobody, "--netns", ns.name, "--interval", "0"], capture_output=True, text=True,
+                       timeout=60, cwd=REPO, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"network namespace {ns.name!r}" in r.stderr and "root" in r.stderr
+    r = subprocess.run([*as_nobody, "--interval", "0", "--json"], capture_output=True, text=True, timeout=60,
+                       cwd=REPO, env=env)
+    assert r.returncode == 0, r.stderr
+    (h,) = json.loads(r.stdout)["hosts"].values()
+    assert h["settings"]["net.ipv4.tcp_timestamps"] in (0, 1, 2) and h["time_wait"] is not None
