@@ -1,0 +1,499 @@
+"""One capture (or several merged) -> attempts, per-source statistics, counts, exports.
+
+:func:`analyze_paths` is the entry point: it reads files (in parallel processes when
+there are several), decodes them, and runs the flow analysis. The result,
+:class:`CaptureAnalysis`, is what the diagnosis rules read (``Evidence.capture``) and
+what the CLI renders; it also exports per-attempt rows (CSV, Parquet) under tshark's
+field names and converts to the project's :class:`~tcpreuse.result.RunResult`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CaptureError
+from ..result import COLUMNS as RUN_COLUMNS
+from ..result import AttemptTable, HostInfo, RunResult, Timeline
+from . import flows, reuse, sources
+from .decode import Packets, addr_str, decode
+from .flows import ANSWERS, CLOSES, WHO, Attempts
+from .formats import ReadReport, read_frames
+from .reuse import PREV_TW, RECYCLE, TW_VERDICTS
+from .sources import ServerStats, SourceStats
+from .zeek import CONN_STATES
+
+# export column -> description; tshark's field name where one exists
+EXPORT_COLUMNS: dict[str, str] = {
+    "frame.number": "frame of the attempt's first SYN (first packet for midstream traffic)",
+    "file": "capture file",
+    "frame.time_epoch": "time of the first packet, seconds since the epoch",
+    "ip.src": "originator (client) address (IPv4 or IPv6)",
+    "tcp.srcport": "originator port",
+    "ip.dst": "responder (server) address",
+    "tcp.dstport": "responder port",
+    "tcp.seq_raw": "the SYN's sequence number (ISN)",
+    "tcp.options.timestamp.tsval": "the SYN's TSval (empty: no timestamp option)",
+    "tcp.options.mss_val": "the SYN's MSS option",
+    "tcp.options.wscale.shift": "the SYN's window scale shift",
+    "tcp.options.sack_perm": "the SYN offered SACK",
+    "tcp.completeness": "tshark's bitmask: 1 SYN, 2 SYN-ACK, 4 ACK, 8 data, 16 FIN, 32 RST",
+    "conn_state": "Zeek conn_state",
+    "history": "Zeek history",
+    "packets": "packets in the attempt",
+    "syn_retries": "SYN retransmissions",
+    "syn_rtx_ms": "delay of the first SYN retransmission, ms",
+    "answer": "first answer to the SYN: synack, rst, old_ack (an ACK for an older connection), none",
+    "answer_ms": "delay of that answer, ms",
+    "connect_ms": "first SYN to first SYN-ACK, ms",
+    "established": "the client acknowledged a SYN-ACK",
+    "orig_bytes": "payload bytes from the client",
+    "resp_bytes": "payload bytes from the server",
+    "duration_s": "first to last packet, s",
+    "close": "first close: fin or rst",
+    "closed_by": "who closed first: client or server",
+    "tw_holder": "who held TIME_WAIT afterwards (first FIN, both FINs seen)",
+    "reuse_age_s": "time since the previous connection on this 4-tuple ended, s",
+    "prev_tw": "who held TIME_WAIT from that previous connection",
+    "tw_verdict": "what a Linux server in TIME_WAIT decides for this SYN: accept, ack_old, paws_reject",
+    "tw_recycle": "drop: a tcp_tw_recycle server would drop this SYN; drop_4x: only 3.x-4.11 kernels",
+}
+
+
+@dataclass
+class CaptureAnalysis:
+    files: list[str]
+    reports: list[ReadReport]
+    attempts: Attempts
+    v6: list[bytes]
+    sources: list[SourceStats]
+    servers: list[ServerStats]
+    packets: int
+    t_first: float
+    t_last: float
+    timing: dict[str, float] = field(default_factory=dict)
+
+    # ---- helpers -------------------------------------------------------------------------
+    def addr(self, key: int) -> str:
+        return addr_str(int(key), self.v6)
+
+    def key_of(self, addr: str) -> int | None:
+        """The address key of a formatted address (as in sources/servers), or None."""
+        cache = self.__dict__.setdefault("_keys", {})
+        if not cache:
+            a = self.attempts
+            if len(a):
+                for k in np.unique(np.concatenate([a["orig"], a["resp"]])).tolist():
+                    cache[self.addr(int(k))] = int(k)
+        return cache.get(addr)
+
+    @property
+    def complete(self) -> bool:
+        return all(r.complete for r in self.reports)
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{Path(r.path).name}: {w}" for r in self.reports for w in r.warnings]
+
+    def attempt_mask(self) -> np.ndarray:
+        return np.asarray(self.attempts["is_attempt"])
+
+    def counts(self) -> dict[str, Any]:
+        a = self.attempts
+        m = self.attempt_mask()
+        n = int(m.sum())
+
+        def cnt(col: str, names: tuple[str, ...], mask: np.ndarray = m) -> dict[str, int]:
+            b = np.bincount(a[col][mask].astype(np.int64), minlength=len(names))
+            return {names[i]: int(c) for i, c in enumerate(b) if c and names[i]}
+
+        return {
+            "packets": self.packets,
+            "segments": len(a),
+            "attempts": n,
+            "midstream": len(a) - n,
+            "established": int(a["established"][m].sum()),
+            "conn_state": cnt("conn_state", CONN_STATES),
+            "conn_state_midstream": cnt("conn_state", CONN_STATES, ~m),
+            "answer": cnt("answer", ANSWERS),
+            "syn_retried": int((a["n_syn"][m] > 1).sum()),
+            "reused": int((a["prev"][m] >= 0).sum()),
+            "reused_server_timewait": int(((a["prev_tw"][m] == 2) & (a["reuse_age_s"][m] < 60)).sum()),
+            "tw_verdict": cnt("tw_verdict", TW_VERDICTS),
+            "tw_recycle": cnt("tw_recycle", RECYCLE),
+            "closed_by": cnt("closed_by", WHO),
+            "close": cnt("close", CLOSES),
+        }
+
+    # ---- exports -------------------------------------------------------------------------
+    def export_columns(self) -> dict[str, list[Any]]:
+        """Per-segment rows, decoded to Python values (NaN/absent -> None)."""
+        a = self.attempts
+        n = len(a)
+        keys = np.concatenate([a["orig"], a["resp"]])
+        uniq, inv = np.unique(keys, return_inverse=True)
+        names = [self.addr(k) for k in uniq.tolist()]
+        inv = inv.ravel()
+        src = [names[i] for i in inv[:n].tolist()]
+        dst = [names[i] for i in inv[n:].tolist()]
+        files = [Path(f).name for f in self.files] or [""]
+
+        def f(x: np.ndarray, nd: int = 3) -> list[Any]:
+            return [None if v != v else round(v, nd) for v in x.tolist()]
+
+        def voc(col: str, names_: tuple[str, ...]) -> list[str]:
+            return [names_[c] for c in a[col].tolist()]
+
+        syn_ts = a["syn_has_ts"]
+        att = a["is_attempt"]
+        return {
+            "frame.number": a["frame"].tolist(),
+            "file": [files[i] if 0 <= i < len(files) else "" for i in a["file"].tolist()],
+            "frame.time_epoch": f(a["t_start"], 6),
+            "ip.src": src,
+            "tcp.srcport": a["orig_port"].tolist(),
+            "ip.dst": dst,
+            "tcp.dstport": a["resp_port"].tolist(),
+            "tcp.seq_raw": [v if ok else None for v, ok in zip(a["isn"].tolist(), att.tolist(), strict=True)],
+            "tcp.options.timestamp.tsval": [
+                v if ok else None for v, ok in zip(a["syn_tsval"].tolist(), syn_ts.tolist(), strict=True)
+            ],
+            "tcp.options.mss_val": [v or None for v in a["syn_mss"].tolist()],
+            "tcp.options.wscale.shift": [None if v < 0 else v for v in a["syn_wscale"].tolist()],
+            "tcp.options.sack_perm": a["syn_sackok"].tolist(),
+            "tcp.completeness": a["completeness"].tolist(),
+            "conn_state": voc("conn_state", CONN_STATES),
+            "history": a.history_str(),
+            "packets": a["packets"].tolist(),
+            "syn_retries": np.maximum(a["n_syn"] - 1, 0).tolist(),
+            "syn_rtx_ms": f((a["t_syn2"] - a["t_syn"]) * 1000),
+            "answer": voc("answer", ANSWERS),
+            "answer_ms": f((a["t_answer"] - a["t_syn"]) * 1000),
+            "connect_ms": f((a["t_synack"] - a["t_syn"]) * 1000),
+            "established": a["established"].tolist(),
+            "orig_bytes": a["orig_bytes"].tolist(),
+            "resp_bytes": a["resp_bytes"].tolist(),
+            "duration_s": f(a["t_end"] - a["t_start"], 6),
+            "close": voc("close", CLOSES),
+            "closed_by": voc("closed_by", WHO),
+            "tw_holder": voc("tw_holder", WHO),
+            "reuse_age_s": f(a["reuse_age_s"]),
+            "prev_tw": voc("prev_tw", PREV_TW),
+            "tw_verdict": voc("tw_verdict", TW_VERDICTS),
+            "tw_recycle": voc("tw_recycle", RECYCLE),
+        }
+
+    def write_csv(self, path: str | os.PathLike[str]) -> int:
+        cols = self.export_columns()
+        names = list(cols)
+        try:
+            with open(path, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(names)
+                w.writerows(zip(*(cols[k] for k in names), strict=True))
+        except OSError as e:
+            raise CaptureError(f"cannot write {path}: {e.strerror or e}") from None
+        return len(self.attempts)
+
+    def write_parquet(self, path: str | os.PathLike[str]) -> int:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise CaptureError("--parquet needs pyarrow", hint="pip install 'tcpreuse[parquet]'") from None
+        cols = self.export_columns()
+        table = pa.table({k: pa.array(v) for k, v in cols.items()})
+        try:
+            pq.write_table(table, str(path))
+        except OSError as e:
+            raise CaptureError(f"cannot write {path}: {e}") from None
+        return len(self.attempts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "files": [r.to_json() for r in self.reports],
+            "complete": self.complete,
+            "capture": {
+                "first": self.t_first,
+                "last": self.t_last,
+                "duration_s": round(self.t_last - self.t_first, 6) if self.packets else 0.0,
+            },
+            "counts": self.counts(),
+            "sources": [s.to_json() for s in self.sources],
+            "servers": [s.to_json() for s in self.servers],
+            "timing_s": {k: round(v, 4) for k, v in self.timing.items()},
+        }
+
+    # ---- RunResult ----------------------------------------------------------------------
+    def to_run_result(self, scenario: str = "") -> RunResult:
+        """The attempts (segments that began with a SYN) as a RunResult(source="analyze").
+
+        Outcome as the client's connect() would have seen it: "ok" once a SYN-ACK came,
+        ECONNREFUSED for a RST answer, ETIMEDOUT when no SYN-ACK came and the client
+        stopped retransmitting its SYN (the capture went on past when the next
+        retransmission was due), "EINPROGRESS" when the capture ended sooner.
+        """
+        a = self.attempts
+        m = np.flatnonzero(a["is_attempt"])
+        k = m.size
+        t0 = self.t_first
+        voc: dict[str, list[str]] = {"outcome": [], "reason": [], "workload": [], "host": [], "addr": []}
+        idx: dict[str, dict[str, int]] = {v: {} for v in voc}
+
+        def code(vocab: str, name: str) -> int:
+            d = idx[vocab]
+            if name not in d:
+                d[name] = len(voc[vocab])
+                voc[vocab].append(name)
+            return d[name]
+
+        synack = ~np.isnan(a["t_synack"][m])
+        ans = a["answer"][m]
+        refused = ~synack & (ans == flows.A_RST)
+        # Still retrying when the capture ended? With exponential backoff the next SYN
+        # would come at least (last SYN - first SYN) after the last one, and >= 1 s.
+        t_last_syn = np.where(np.isnan(a["t_syn_last"][m]), a["t_syn"][m], a["t_syn_last"][m])
+        next_syn = t_last_syn + np.maximum(t_last_syn - a["t_syn"][m], 1.0) + 1.0
+        in_flight = ~synack & ~refused & (self.t_last < next_syn)
+        reset_by_server = synack & (a["close"][m] == 2) & (a["closed_by"][m] == flows.W_RESP) & (
+            a["resp_bytes"][m] == 0)
+        outcome = np.full(k, code("outcome", "ETIMEDOUT"), dtype=np.int16)
+        outcome[synack] = code("outcome", "ok")
+        outcome[refused] = code("outcome", "ECONNREFUSED")
+        outcome[in_flight] = code("outcome", "EINPROGRESS")
+        outcome[reset_by_server] = code("outcome", "ECONNRESET")
+        # cause: the first problem the attempt met (even if it then succeeded)
+        cause = np.full(k, -1, dtype=np.int16)
+        retried = a["n_syn"][m] > 1
+        cause[retried] = code("reason", "syn_dropped_path")  # unanswered SYN, cause unknown
+        cause[(a["tw_recycle"][m] != 0) & retried] = code("reason", "syn_dropped_recycle")
+        cause[(a["tw_recycle"][m] != 0) & ~synack] = code("reason", "syn_dropped_recycle")
+        old = ans == flows.A_OLD_ACK
+        prev_open = old & (a["prev_tw"][m] == 0) & (a["prev"][m] >= 0)
+        cause[old] = code("reason", "syn_hit_timewait")
+        cause[old & (a["tw_verdict"][m] == reuse.V_PAWS)] = code("reason", "syn_paws_timewait")
+        cause[prev_open & _prev_still_open(a, m)] = code("reason", "syn_hit_established")
+        cause[refused] = code("reason", "refused")
+        reason = np.full(k, code("reason", "connect_timeout"), dtype=np.int16)
+        reason[synack] = code("reason", "ok")
+        reason[synack & retried] = code("reason", "ok_after_syn_retry")
+        reason[refused] = code("reason", "refused")
+        reason[in_flight] = code("reason", "other")
+        reason[reset_by_server] = code("reason", "reset")
+        failed_with_cause = ~synack & ~refused & ~in_flight & (cause >= 0)
+        reason[failed_with_cause] = cause[failed_with_cause]
+        cause = np.where((cause < 0) & (outcome != code("outcome", "ok")), reason, cause)
+        addr_keys = np.concatenate([a["orig"][m], a["resp"][m]])
+        uniq, inv = np.unique(addr_keys, return_inverse=True)
+        inv = inv.ravel()
+        names = [self.addr(x) for x in uniq.tolist()]
+        addr_codes = np.asarray([code("addr", s) for s in names], dtype=np.int32)
+        host_codes = np.asarray([code("host", s) for s in names], dtype=np.int32)
+        src = addr_codes[inv[:k]]
+        dst = addr_codes[inv[k:]]
+        cols: dict[str, np.ndarray] = {
+            "t": a["t_syn"][m] - t0,
+            "connect_ms": (a["t_synack"][m] - a["t_syn"][m]) * 1000,
+            "syn_tries": a["n_syn"][m],
+            "outcome": outcome,
+            "reason": reason,
+            "cause": cause,
+            "workload": np.full(k, -1),
+            "client": host_codes[inv[:k]],
+            "server": np.where(synack | refused, host_codes[inv[k:]], -1),
+            "src": src,
+            "sport": a["orig_port"][m],
+            "dst": dst,
+            "dport": a["resp_port"][m],
+            "srv_src": src,
+            "srv_sport": a["orig_port"][m],
+            "srv_dst": dst,
+            "srv_dport": a["resp_port"][m],
+        }
+        order = np.argsort(cols["t"], kind="stable")
+        def column(c: str) -> np.ndarray:
+            dtype, vocab = RUN_COLUMNS[c]
+            if c in cols:
+                return np.asarray(cols[c])[order].astype(dtype)
+            # a column this code does not know (added to the schema later): empty
+            return np.full(k, np.nan if dtype == "f8" else (-1 if vocab else 0), dtype=dtype)
+
+        table = AttemptTable(cols={c: column(c) for c in RUN_COLUMNS}, vocab=voc)
+        hosts = {}
+        for s in self.sources:
+            hosts[s.addr] = HostInfo(name=s.addr, group="clients", role="client", profile="unknown",
+                                     addresses=[s.addr])
+        for sv in self.servers:
+            if sv.addr not in hosts:
+                hosts[sv.addr] = HostInfo(name=sv.addr, group="servers", role="server", profile="unknown",
+                                          addresses=[sv.addr])
+        rr = RunResult(
+            source="analyze",
+            scenario=scenario or ",".join(Path(f).name for f in self.files),
+            duration_s=round(self.t_last - self.t_first, 6) if self.packets else 0.0,
+            attempts=table,
+            timeline=_timeline(table),
+            hosts=hosts,
+            notes=self.warnings,
+            meta={"files": [r.to_json() for r in self.reports], "packets": self.packets,
+                  "capture_start_epoch": self.t_first},
+        )
+        return rr
+
+
+def _prev_still_open(a: Attempts, m: np.ndarray) -> np.ndarray:
+    """For attempts in `m`: was the previous connection on the 4-tuple still open (no
+    RST and not both FINs) — so a bare ACK answer was a challenge ACK (RFC 5961)?"""
+    p = a["prev"][m]
+    pi = np.where(p >= 0, p, 0)
+    ended = (a["tw_holder"][pi] != 0) | ~np.isnan(a["t_rst_orig"][pi]) | ~np.isnan(a["t_rst_resp"][pi])
+    return (p >= 0) & ~ended
+
+
+MAX_BUCKETS = 100_000
+
+
+def _timeline(t: AttemptTable) -> Timeline:
+    """Per-second counts (coarser steps for captures longer than MAX_BUCKETS seconds)."""
+    n = len(t)
+    if not n:
+        return Timeline(step_s=1.0)
+    rel = np.nan_to_num(t.cols["t"], nan=0.0)
+    rel = rel - rel.min()
+    span = float(rel.max())
+    step = 1.0 if span < MAX_BUCKETS else float(np.ceil(span / MAX_BUCKETS))
+    sec = np.floor(rel / step).astype(np.int64)
+    size = int(sec.max()) + 1
+    fail = t.failed_mask()
+    delayed = t.cols["reason"] == t.code("reason", "ok_after_syn_retry")
+    tl = Timeline(step_s=step)
+    tl.t = [float(i * step) for i in range(size)]
+    tl.attempts = np.bincount(sec, minlength=size).tolist()
+    tl.failed = np.bincount(sec[fail], minlength=size).tolist()
+    tl.ok = (np.asarray(tl.attempts) - np.asarray(tl.failed)).tolist()
+    tl.delayed = np.bincount(sec[delayed], minlength=size).tolist()
+    return tl
+
+
+# --------------------------------------------------------------------------------------
+# running it
+
+
+def read_packets(path: str | os.PathLike[str], file_index: int = 0) -> tuple[Packets, ReadReport]:
+    """Read and decode one file. Damage is reported in the ReadReport, not raised."""
+    return _read_one((str(path), file_index))
+
+
+def _read_one(args: tuple[str, int]) -> tuple[Packets, ReadReport]:
+    path, i = args
+    fr = read_frames(path)
+    rep = fr.report
+    try:
+        pk = decode(fr, i)
+    finally:
+        buf = fr.buf
+        del fr
+        close = getattr(buf, "close", None)
+        if close is not None:
+            with contextlib.suppress(BufferError):  # a view still alive: the mapping goes with it
+                close()
+    return pk, rep
+
+
+def analyze_packets(pk: Packets, reports: list[ReadReport], files: Sequence[str],
+                    timing: dict[str, float] | None = None) -> CaptureAnalysis:
+    timing = dict(timing or {})
+    t = time.perf_counter()
+    att, _q, _seg = flows.build(pk)
+    timing["flows"] = time.perf_counter() - t
+    t = time.perf_counter()
+    reuse.tuple_reuse(att)
+    reuse.recycle_verdicts(att)
+    timing["reuse"] = time.perf_counter() - t
+    t = time.perf_counter()
+
+    def fmt(k: Any) -> str:
+        return addr_str(int(k), pk.v6)
+
+    src = sources.source_stats(att, fmt)
+    srv = sources.server_stats(att, fmt)
+    timing["sources"] = time.perf_counter() - t
+    n = len(pk)
+    return CaptureAnalysis(
+        files=list(files),
+        reports=reports,
+        attempts=att,
+        v6=pk.v6,
+        sources=src,
+        servers=srv,
+        packets=n,
+        t_first=float(pk.ts.min()) if n else 0.0,
+        t_last=float(pk.ts.max()) if n else 0.0,
+        timing=timing,
+    )
+
+
+def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True, jobs: int | None = None,
+                  progress: Callable[[str], None] | None = None) -> list[CaptureAnalysis]:
+    """Analyse captures. merge=True: one analysis of all packets together (rotated files
+    of one capture point); merge=False: one analysis per file. Files are read in
+    parallel processes (`jobs`, default: cores). A file that is not a capture at all is
+    reported and skipped; if none can be read, CaptureError."""
+    files = [str(p) for p in paths]
+    if not files:
+        raise CaptureError("no capture files given")
+    t = time.perf_counter()
+    results: list[tuple[Packets, ReadReport] | CaptureError] = []
+    jobs = max(1, min(jobs or (os.cpu_count() or 1), len(files)))
+    if jobs == 1:
+        for i, f in enumerate(files):
+            try:
+                results.append(_read_one((f, i)))
+            except CaptureError as e:
+                results.append(e)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as ex:
+            futs = [ex.submit(_read_one, (f, i)) for i, f in enumerate(files)]
+            for fu in futs:
+                try:
+                    results.append(fu.result())
+                except CaptureError as e:
+                    results.append(e)
+    read_s = time.perf_counter() - t
+    errors: list[tuple[str, CaptureError]] = []
+    good: list[tuple[str, Packets, ReadReport]] = []
+    for f, r in zip(files, results, strict=True):
+        if isinstance(r, CaptureError):
+            errors.append((f, r))
+        else:
+            good.append((f, r[0], r[1]))
+    if not good:
+        if len(errors) == 1:
+            raise errors[0][1]
+        raise CaptureError("no file could be read: " + "; ".join(str(err) for _, err in errors))
+
+    def unread(f: str, err: CaptureError) -> ReadReport:
+        rep = ReadReport(path=f, complete=False)
+        rep.warnings.append(f"not read: {err.message}")
+        return rep
+
+    if merge:
+        pk = Packets.concat([g[1] for g in good])
+        reports = [g[2] for g in good] + [unread(f, err) for f, err in errors]
+        return [analyze_packets(pk, reports, files, {"read": read_s})]
+    out = []
+    for f, pk, rep in good:
+        pk.file = np.zeros(len(pk), dtype=np.int16)
+        out.append(analyze_packets(pk, [rep], [f], {"read": read_s}))
+    for f, err in errors:
+        out.append(analyze_packets(Packets.empty(), [unread(f, err)], [f]))
+    return out

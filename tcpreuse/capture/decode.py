@@ -1,0 +1,455 @@
+"""Link, IP and TCP headers of every frame at once (numpy gathers, no per-packet Python).
+
+Each field is one gather: the file is viewed as big-endian uint16/uint32/uint64 readable
+at *every* byte offset (an unaligned numpy view with a one-byte stride), so the TCP
+sequence numbers of all packets are ``be32[tcp_off + 4]``. Work goes stage by stage
+(link layer, IPv4/IPv6 with extension headers, TCP, TCP options), and a stage only reads
+what the captured length covers: a frame that stops short is counted under a reason in
+the :class:`~.formats.ReadReport`, never read past its end.
+
+Addresses become one uint64 *key* per packet: an IPv4 address is its 32-bit value, an
+IPv6 address is ``2**32 + i`` with ``i`` an index into :attr:`Packets.v6` (factorised
+once). Keys compare and sort like integers, which is what grouping flows needs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .formats import Frames, ReadReport, _u16_view, _u32_view
+
+# link types (https://www.tcpdump.org/linktypes.html)
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+DLT_RAW_12 = 12
+DLT_RAW_14 = 14
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_LINUX_SLL2 = 276
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+RAW_TYPES = (LINKTYPE_RAW, DLT_RAW_12, DLT_RAW_14, LINKTYPE_IPV4, LINKTYPE_IPV6)
+SUPPORTED_LINKTYPES = (
+    LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, *RAW_TYPES
+)
+
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+AF_INET6_VALUES = (10, 24, 28, 30)  # Linux, BSDs, macOS/FreeBSD, Darwin variants
+IPV6_EXT = (0, 43, 60, 135, 139, 140, 44, 51)  # hop-by-hop, routing, dstopts, mobility, HIP, shim6, frag, AH
+
+# TCP flag bits (th_flags)
+FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 1, 2, 4, 8, 16, 32, 64, 128
+
+V6_BASE = np.uint64(1 << 32)
+
+# Skip reasons (stable: they appear in JSON output)
+R_NOT_IP = "not IP"
+R_NOT_TCP = "not TCP"
+R_FRAGMENT = "IP fragment (not the first)"
+R_CUT_L2 = "cut before the IP header"
+R_CUT_IP = "cut inside the IP header"
+R_CUT_TCP = "cut before the end of the TCP header (snap length)"
+R_BAD_IP = "malformed IP header"
+R_BAD_TCP = "malformed TCP header"
+R_LINKTYPE = "unsupported link type"
+R_V6_EXT = "more IPv6 extension headers than we follow"
+MAX_V6_EXT = 16
+
+
+@dataclass
+class Packets:
+    """TCP segments, columnar. Row order is the file's record order."""
+
+    ts: np.ndarray  # float64, seconds since the epoch (frame.time_epoch)
+    src: np.ndarray  # uint64 address key (see module doc)
+    dst: np.ndarray
+    sport: np.ndarray  # uint16
+    dport: np.ndarray
+    seq: np.ndarray  # uint32 (tcp.seq_raw)
+    ack: np.ndarray  # uint32 (tcp.ack_raw)
+    flags: np.ndarray  # uint8 (tcp.flags, without NS)
+    win: np.ndarray  # uint16 (tcp.window_size_value)
+    plen: np.ndarray  # int32 payload bytes (tcp.len), from the IP lengths
+    has_ts: np.ndarray  # bool
+    tsval: np.ndarray  # uint32 (tcp.options.timestamp.tsval)
+    tsecr: np.ndarray  # uint32
+    mss: np.ndarray  # uint16, 0 = absent (tcp.options.mss_val)
+    wscale: np.ndarray  # int16, -1 = absent (tcp.options.wscale.shift)
+    sackok: np.ndarray  # bool (tcp.options.sack_perm)
+    opt_cut: np.ndarray  # bool: the options were cut by the snap length
+    frame: np.ndarray  # int64 frame number in its file (frame.number)
+    file: np.ndarray  # int16 index of the file in a multi-file analysis
+    v6: list[bytes] = field(default_factory=list)  # IPv6 address table (16 bytes each)
+
+    COLUMNS = (
+        "ts", "src", "dst", "sport", "dport", "seq", "ack", "flags", "win", "plen", "has_ts",
+        "tsval", "tsecr", "mss", "wscale", "sackok", "opt_cut", "frame", "file",
+    )
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    def take(self, idx: np.ndarray) -> Packets:
+        return Packets(**{c: getattr(self, c)[idx] for c in self.COLUMNS}, v6=self.v6)
+
+    def addr(self, key: int) -> str:
+        return addr_str(int(key), self.v6)
+
+    @classmethod
+    def empty(cls) -> Packets:
+        return _empty_packets()
+
+    @classmethod
+    def concat(cls, parts: list[Packets]) -> Packets:
+        """One table from several (files); IPv6 tables are merged and keys remapped."""
+        if not parts:
+            return _empty_packets()
+        table: dict[bytes, int] = {}
+        cols: dict[str, list[np.ndarray]] = {c: [] for c in cls.COLUMNS}
+        for p in parts:
+            remap = np.asarray([table.setdefault(a, len(table)) for a in p.v6] or [0], dtype=np.uint64)
+            for c in cls.COLUMNS:
+                a = getattr(p, c)
+                if c in ("src", "dst") and p.v6:
+                    v6m = a >= V6_BASE
+                    a = a.copy()
+                    a[v6m] = V6_BASE + remap[(a[v6m] - V6_BASE).astype(np.int64)]
+                cols[c].append(a)
+        return Packets(**{c: np.concatenate(v) for c, v in cols.items()}, v6=list(table))
+
+
+def addr_str(key: int, v6: list[bytes]) -> str:
+    if key < (1 << 32):
+        return str(ipaddress.IPv4Address(key))
+    i = key - (1 << 32)
+    return str(ipaddress.IPv6Address(v6[i])) if 0 <= i < len(v6) else f"?{i}"
+
+
+def _empty_packets() -> Packets:
+    def z(dt: Any) -> np.ndarray:
+        return np.zeros(0, dtype=dt)
+
+    return Packets(
+        ts=z(np.float64), src=z(np.uint64), dst=z(np.uint64), sport=z(np.uint16), dport=z(np.uint16),
+        seq=z(np.uint32), ack=z(np.uint32), flags=z(np.uint8), win=z(np.uint16), plen=z(np.int32),
+        has_ts=z(bool), tsval=z(np.uint32), tsecr=z(np.uint32), mss=z(np.uint16), wscale=z(np.int16),
+        sackok=z(bool), opt_cut=z(bool), frame=z(np.int64), file=z(np.int16),
+    )
+
+
+class _Views:
+    """The file as bytes and as unaligned big/little-endian integers at every offset."""
+
+    def __init__(self, buf: Any) -> None:
+        self.size = len(buf)
+        self.b8 = np.frombuffer(buf, dtype=np.uint8) if self.size else np.zeros(0, dtype=np.uint8)
+        self.be16 = _u16_view(buf, ">")
+        self.be32 = _u32_view(buf, ">")
+        self.le32 = _u32_view(buf, "<")
+        self.be64 = (
+            np.ndarray((self.size - 7,), dtype=">u8", buffer=buf, offset=0, strides=(1,))
+            if self.size >= 8 else np.zeros(0, dtype=np.uint64)
+        )
+
+
+class _Stage:
+    """Packets still alive (indices into the frames) and their per-packet state."""
+
+    def __init__(self, rep: ReadReport, capend: np.ndarray) -> None:
+        self.rep = rep
+        self.capend = capend
+
+    def keep(self, idx: np.ndarray, ok: np.ndarray, reason: str, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Drop rows where `ok` is False (counted under `reason`); returns (idx, *arrays) kept."""
+        if ok.all():
+            return (idx, *arrays)
+        self.rep.skip(reason, int(ok.size - np.count_nonzero(ok)))
+        return (idx[ok], *(a[ok] for a in arrays))
+
+
+def decode(fr: Frames, file_index: int = 0) -> Packets:
+    """TCP segments of every frame in `fr`; everything else is counted in fr.report."""
+    rep = fr.report
+    n = len(fr)
+    if n == 0:
+        return _empty_packets()
+    v = _Views(fr.buf)
+    start = fr.data_off
+    capend = start + fr.caplen
+    wire_end = start + np.maximum(fr.origlen, fr.caplen)
+    st = _Stage(rep, capend)
+
+    # ---- link layer -> (frame index, network-layer offset, IP version) ---------------
+    idx_parts: list[np.ndarray] = []
+    net_parts: list[np.ndarray] = []
+    ver_parts: list[np.ndarray] = []
+    lts = np.unique(fr.linktype)
+    for lt in lts.tolist():
+        sel = np.arange(n, dtype=np.int64) if lts.size == 1 else np.flatnonzero(fr.linktype == lt)
+        got = _link(v, st, int(lt), sel, start[sel], capend[sel])
+        if got is None:
+            rep.skip(f"{R_LINKTYPE} {lt}", sel.size)
+            rep.warn(f"{sel.size:,} frames of link type {lt}, which is not supported, were skipped")
+            continue
+        idx_parts.append(got[0])
+        net_parts.append(got[1])
+        ver_parts.append(got[2])
+    if not idx_parts:
+        return _empty_packets()
+    idx = np.concatenate(idx_parts)
+    net = np.concatenate(net_parts)
+    ver = np.concatenate(ver_parts)
+    if len(idx_parts) > 1:
+        o = np.argsort(idx, kind="stable")
+        idx, net, ver = idx[o], net[o], ver[o]
+
+    # ---- IP ---------------------------------------------------------------------------
+    is4 = ver == 4
+    if is4.all():
+        i4, l4, iplen, src, dst = _ipv4(v, st, idx, net, capend, wire_end)
+        table: list[bytes] = []
+    else:
+        i4, l4_4, len4, s4, d4 = _ipv4(v, st, idx[is4], net[is4], capend, wire_end)
+        i6, l4_6, len6, s6, d6, table = _ipv6(v, st, idx[~is4], net[~is4], capend, wire_end)
+        idx = np.concatenate([i4, i6])
+        l4 = np.concatenate([l4_4, l4_6])
+        iplen = np.concatenate([len4, len6])
+        src = np.concatenate([s4, s6])
+        dst = np.concatenate([d4, d6])
+        if i4.size and i6.size:
+            o = np.argsort(idx, kind="stable")
+            idx, l4, iplen, src, dst = idx[o], l4[o], iplen[o], src[o], dst[o]
+        i4 = idx
+
+    # ---- TCP --------------------------------------------------------------------------
+    idx = i4
+    idx, l4, iplen, src, dst = st.keep(idx, l4 + 20 <= _at(capend, idx), R_CUT_TCP, l4, iplen, src, dst)
+    w3 = v.be32[l4 + 12]  # data offset, flags, window
+    hlen = (w3 >> 28).astype(np.int64) * 4
+    plen = iplen - hlen
+    idx, l4, plen, hlen, src, dst, w3 = st.keep(idx, (hlen >= 20) & (plen >= 0), R_BAD_TCP,
+                                                l4, plen, hlen, src, dst, w3)
+    m = idx.size
+    ce = _at(capend, idx)
+    ports = v.be32[l4]
+    sport = (ports >> 16).astype(np.uint16)
+    dport = (ports & 0xFFFF).astype(np.uint16)
+    seqack = v.be64[l4 + 4]
+    seq = (seqack >> np.uint64(32)).astype(np.uint32)
+    ack = seqack.astype(np.uint32)  # the low 32 bits
+    flags = ((w3 >> 16) & 0xFF).astype(np.uint8)
+    win = (w3 & 0xFFFF).astype(np.uint16)
+    opt_end = l4 + hlen
+    opt_cut = opt_end > ce
+    has_ts = np.zeros(m, dtype=bool)
+    tsval = np.zeros(m, dtype=np.uint32)
+    tsecr = np.zeros(m, dtype=np.uint32)
+    mss = np.zeros(m, dtype=np.uint16)
+    wscale = np.full(m, -1, dtype=np.int16)
+    sackok = np.zeros(m, dtype=bool)
+    _options(v, l4 + 20, np.minimum(opt_end, ce), flags, has_ts, tsval, tsecr, mss, wscale, sackok)
+    if opt_cut.any():
+        rep.skip("TCP options cut by the snap length (segment kept)", int(opt_cut.sum()))
+    rep.tcp_packets += m
+    return Packets(
+        ts=_at(fr.ts, idx),
+        src=src,
+        dst=dst,
+        sport=sport,
+        dport=dport,
+        seq=seq,
+        ack=ack,
+        flags=flags,
+        win=win,
+        plen=plen.astype(np.int32),
+        has_ts=has_ts,
+        tsval=tsval,
+        tsecr=tsecr,
+        mss=mss,
+        wscale=wscale,
+        sackok=sackok,
+        opt_cut=opt_cut,
+        frame=_at(fr.frame, idx),
+        file=np.full(m, file_index, dtype=np.int16),
+        v6=table,
+    )
+
+
+def _at(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """a[idx] for sorted frame indices; no copy when nothing was dropped."""
+    return a if idx.size == a.size else a[idx]
+
+
+def _link(v: _Views, st: _Stage, lt: int, idx: np.ndarray, start: np.ndarray,
+          capend: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(frame indices, network offsets, IP versions) of the IP frames of one link type."""
+    if lt == LINKTYPE_ETHERNET:
+        idx, start, capend = st.keep(idx, start + 14 <= capend, R_CUT_L2, start, capend)
+        et = v.be16[start + 12].astype(np.int64)
+        net = start + 14
+        for _ in range(3):  # 802.1Q, 802.1ad (QinQ), old 0x9100 tags
+            tag = np.isin(et, VLAN_TPIDS)
+            if not tag.any():
+                break
+            short = tag & (net + 4 > capend)
+            if short.any():
+                idx, net, et, capend, tag = st.keep(idx, ~short, R_CUT_L2, net, et, capend, tag)
+            t = np.flatnonzero(tag)
+            et[t] = v.be16[net[t] + 2]
+            net[t] += 4
+        ver = np.where(et == ETH_IPV4, 4, np.where(et == ETH_IPV6, 6, 0))
+    elif lt in (LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2):
+        hl = 16 if lt == LINKTYPE_LINUX_SLL else 20
+        idx, start, capend = st.keep(idx, start + hl <= capend, R_CUT_L2, start, capend)
+        et = v.be16[start + (14 if lt == LINKTYPE_LINUX_SLL else 0)].astype(np.int64)
+        net = start + hl
+        ver = np.where(et == ETH_IPV4, 4, np.where(et == ETH_IPV6, 6, 0))
+    elif lt in (LINKTYPE_NULL, LINKTYPE_LOOP):
+        idx, start, capend = st.keep(idx, start + 4 <= capend, R_CUT_L2, start, capend)
+        be = v.be32[start].astype(np.int64)
+        if lt == LINKTYPE_NULL:  # host byte order of the machine that wrote it
+            le = v.le32[start].astype(np.int64)
+            af = np.where((le == 2) | np.isin(le, AF_INET6_VALUES), le, be)
+        else:
+            af = be
+        net = start + 4
+        ver = np.where(af == 2, 4, np.where(np.isin(af, AF_INET6_VALUES), 6, 0))
+    elif lt in RAW_TYPES:
+        idx, start, capend = st.keep(idx, start + 1 <= capend, R_CUT_L2, start, capend)
+        net = start
+        nib = (v.b8[start] >> 4).astype(np.int64)
+        ver = np.where(nib == 4, 4, np.where(nib == 6, 6, 0))
+    else:
+        return None
+    idx, net, ver = st.keep(idx, ver != 0, R_NOT_IP, net, ver)
+    return idx, net, ver
+
+
+def _ipv4(v: _Views, st: _Stage, idx: np.ndarray, net: np.ndarray, capend: np.ndarray,
+          wire_end: np.ndarray) -> tuple[np.ndarray, ...]:
+    idx, net = st.keep(idx, net + 20 <= _at(capend, idx), R_CUT_IP, net)
+    w0 = v.be32[net]  # version, IHL, TOS, total length
+    ihl = ((w0 >> 24) & 15).astype(np.int64) * 4
+    tot = (w0 & 0xFFFF).astype(np.int64)
+    ok = ((w0 >> 28) == 4) & (ihl >= 20) & ((tot >= ihl) | (tot == 0))
+    idx, net, ihl, tot = st.keep(idx, ok, R_BAD_IP, net, ihl, tot)
+    w1 = v.be32[net + 4]  # id, flags, fragment offset
+    idx, net, ihl, tot = st.keep(idx, (w1 & 0x1FFF) == 0, R_FRAGMENT, net, ihl, tot)
+    proto = v.b8[net + 9]
+    idx, net, ihl, tot = st.keep(idx, proto == 6, R_NOT_TCP, net, ihl, tot)
+    zero = tot == 0
+    if zero.any():  # total length 0: a TSO/GSO super-segment captured before segmentation
+        tot = np.where(zero, _at(wire_end, idx) - net, tot)
+    addrs = v.be64[net + 12]
+    src = addrs >> np.uint64(32)
+    dst = addrs & np.uint64(0xFFFFFFFF)
+    return idx, net + ihl, tot - ihl, src, dst
+
+
+def _ipv6(v: _Views, st: _Stage, idx: np.ndarray, net: np.ndarray, capend: np.ndarray,
+          wire_end: np.ndarray) -> tuple[Any, ...]:
+    empty = np.zeros(0, dtype=np.int64)
+    if idx.size == 0:
+        return idx, empty, empty, empty.astype(np.uint64), empty.astype(np.uint64), []
+    idx, net = st.keep(idx, net + 40 <= capend[idx], R_CUT_IP, net)
+    idx, net = st.keep(idx, (v.b8[net] >> 4) == 6, R_BAD_IP, net)
+    plen = v.be16[net + 4].astype(np.int64)
+    nh = v.b8[net + 6].astype(np.int64)
+    pos = net + 40
+    for _ in range(MAX_V6_EXT):
+        ext = np.isin(nh, IPV6_EXT)
+        if not ext.any():
+            break
+        short = ext & (pos + 8 > capend[idx])
+        if short.any():
+            idx, net, plen, nh, pos, ext = st.keep(idx, ~short, R_CUT_IP, net, plen, nh, pos, ext)
+        e = np.flatnonzero(ext)
+        pe = pos[e]
+        kind = nh[e]
+        hl = np.where(kind == 44, 8, np.where(kind == 51, (v.b8[pe + 1].astype(np.int64) + 2) * 4,
+                                              (v.b8[pe + 1].astype(np.int64) + 1) * 8))
+        fragoff = np.where(kind == 44, v.be16[pe + 2] >> 3, 0)
+        nh[e] = v.b8[pe]
+        pos[e] = pe + hl
+        if (fragoff != 0).any():
+            keep = np.ones(idx.size, dtype=bool)
+            keep[e[fragoff != 0]] = False
+            idx, net, plen, nh, pos = st.keep(idx, keep, R_FRAGMENT, net, plen, nh, pos)
+    idx, net, plen, nh, pos = st.keep(idx, ~np.isin(nh, IPV6_EXT), R_V6_EXT, net, plen, nh, pos)
+    idx, net, plen, pos = st.keep(idx, nh == 6, R_NOT_TCP, net, plen, pos)
+    iplen = np.where(plen > 0, net + 40 + plen, wire_end[idx]) - pos
+    # factorise the addresses into the IPv6 table
+    hi = np.concatenate([v.be64[net + 8], v.be64[net + 24]])
+    lo = np.concatenate([v.be64[net + 16], v.be64[net + 32]])
+    pair = np.empty((hi.size, 2), dtype=">u8")
+    pair[:, 0] = hi
+    pair[:, 1] = lo
+    uniq, inv = np.unique(pair.view("V16").ravel(), return_inverse=True)
+    table = [bytes(u) for u in uniq]
+    keys = V6_BASE + inv.astype(np.uint64).ravel()
+    m = idx.size
+    return idx, pos, iplen, keys[:m], keys[m:], table
+
+
+def _options(v: _Views, start: np.ndarray, end: np.ndarray, flags: np.ndarray, has_ts: np.ndarray,
+             tsval: np.ndarray, tsecr: np.ndarray, mss: np.ndarray, wscale: np.ndarray,
+             sackok: np.ndarray) -> None:
+    """TCP options, filled in place. Two passes: the layout nearly every non-SYN segment
+    of a timestamping stack has (NOP NOP TS), then a general walk for the rest that moves
+    every unfinished packet one option forward per step."""
+    room = end - start
+    fast = np.flatnonzero((room >= 12) & ((flags & SYN) == 0))
+    if fast.size:
+        fast = fast[v.be32[start[fast]] == 0x0101080A]
+    if fast.size:
+        has_ts[fast] = True
+        tv = v.be64[start[fast] + 4]
+        tsval[fast] = (tv >> np.uint64(32)).astype(np.uint32)
+        tsecr[fast] = tv.astype(np.uint32)
+    rest = room > 0
+    rest[fast] = False
+    act = np.flatnonzero(rest)
+    if not act.size:
+        return
+    pos = start[act].copy()
+    stop = end[act]
+    for _ in range(40):
+        if not act.size:
+            break
+        live = pos < stop
+        act, pos, stop = act[live], pos[live], stop[live]
+        if not act.size:
+            break
+        kind = v.b8[pos]
+        nop = kind == 1
+        eol = kind == 0
+        has_len = ~nop & ~eol & (pos + 1 < stop)
+        ln = np.where(has_len, v.b8[np.where(has_len, pos + 1, pos)], 0).astype(np.int64)
+        good = has_len & (ln >= 2) & (pos + ln <= stop)
+        g = np.flatnonzero(good)
+        if g.size:
+            gk, gl, gp, ga = kind[g], ln[g], pos[g], act[g]
+            t = (gk == 8) & (gl == 10)
+            if t.any():
+                has_ts[ga[t]] = True
+                tsval[ga[t]] = v.be32[gp[t] + 2]
+                tsecr[ga[t]] = v.be32[gp[t] + 6]
+            t = (gk == 2) & (gl == 4)
+            if t.any():
+                mss[ga[t]] = v.be16[gp[t] + 2]
+            t = (gk == 3) & (gl == 3)
+            if t.any():
+                wscale[ga[t]] = v.b8[gp[t] + 2]
+            t = (gk == 4) & (gl == 2)
+            if t.any():
+                sackok[ga[t]] = True
+        step = np.where(nop, 1, np.where(good, ln, 0))
+        go = step > 0
+        act, pos, stop = act[go], pos[go] + step[go], stop[go]

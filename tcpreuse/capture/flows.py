@@ -1,0 +1,399 @@
+"""From TCP segments to connection attempts, for all flows at once.
+
+1. Packets are grouped by 4-tuple (both directions together) with one stable sort on a
+   64-bit hash of the ordered endpoint pair, so within a flow they stay in time order.
+2. A flow is cut into *segments*: a SYN starts a new attempt unless it repeats the
+   previous SYN of the flow (same direction, same sequence number: a retransmission);
+   a SYN-ACK with a new sequence number starts one too (its SYN was not captured), and
+   packets before a flow's first SYN form a segment of their own (midstream traffic).
+   A segment that opens with a SYN is an *attempt*: "a SYN and what followed".
+3. Everything per attempt (first SYN, retransmissions, the answer, SYN-ACK, who closed,
+   sequence and timestamp state at the end) is a reduction over the segment's packets
+   (`np.minimum.reduceat` and friends) — no loop over packets or attempts.
+
+Roles follow Zeek: the originator sent the SYN (or, if the SYN is missing, received the
+SYN-ACK). "client" and "server" in the output mean originator and responder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import zeek
+from .decode import ACK, FIN, RST, SYN, Packets
+
+K1 = np.uint64(0x9E3779B97F4A7C15)
+K2 = np.uint64(0xC2B2AE3D27D4EB4F)
+BIG = np.iinfo(np.int64).max
+
+# answer to the attempt's SYNs (first packet back from the responder)
+ANSWERS = ("none", "synack", "rst", "old_ack", "other")
+A_NONE, A_SYNACK, A_RST, A_OLD_ACK, A_OTHER = range(5)
+# who: originator / responder
+WHO = ("", "client", "server")
+W_NONE, W_ORIG, W_RESP = range(3)
+CLOSES = ("", "fin", "rst")
+
+
+@dataclass
+class Attempts:
+    """Per-segment columns (numpy arrays of equal length) plus Zeek histories.
+
+    Row order: by flow, then time. `is_attempt` marks segments that began with a SYN.
+    """
+
+    cols: dict[str, np.ndarray] = field(default_factory=dict)
+    history: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="S1"))  # Zeek history, bytes
+
+    def __len__(self) -> int:
+        return int(self.cols["t_start"].shape[0]) if self.cols else 0
+
+    def __getitem__(self, k: str) -> np.ndarray:
+        return self.cols[k]
+
+    def __setitem__(self, k: str, v: np.ndarray) -> None:
+        self.cols[k] = v
+
+    def take(self, idx: np.ndarray) -> Attempts:
+        return Attempts({k: v[idx] for k, v in self.cols.items()}, self.history[idx])
+
+    def history_str(self) -> list[str]:
+        return [b.decode("ascii") for b in self.history.tolist()]
+
+
+def _shift(a: np.ndarray, fill: Any) -> np.ndarray:
+    """a[i-1] at i (fill at 0)."""
+    out = np.empty_like(a)
+    if a.size:
+        out[0] = fill
+        out[1:] = a[:-1]
+    return out
+
+
+def _radix_order(key: np.ndarray, bits: int) -> np.ndarray:
+    """Stable argsort on the low `bits` of uint64 `key`, 16 bits per pass (numpy sorts
+    16-bit keys with a radix sort, so each pass is linear)."""
+    digits = [(key >> np.uint64(shift)).astype(np.uint16) for shift in range(0, bits, 16)]
+    order = np.argsort(digits[0], kind="stable")
+    for dg in digits[1:]:
+        order = order[np.argsort(dg[order], kind="stable")]
+    return order
+
+
+def flow_order(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(permutation into flow order, flow-start mask in that order, direction per packet).
+
+    Packets of one flow end up contiguous and in time order. Direction 0 means the
+    packet goes from the lower (address, port) endpoint to the higher one."""
+    e_src = (p.src << np.uint64(16)) | p.sport.astype(np.uint64)
+    e_dst = (p.dst << np.uint64(16)) | p.dport.astype(np.uint64)
+    lo = np.minimum(e_src, e_dst)
+    hi = np.maximum(e_src, e_dst)
+    d = (e_src > e_dst).astype(np.int8)
+    h = lo * K1 + (hi ^ (hi >> np.uint64(29))) * K2
+    h ^= h >> np.uint64(31)
+    order = _radix_order(h, 48)
+    lo_s, hi_s = lo[order], hi[order]
+    fstart = np.r_[True, (lo_s[1:] != lo_s[:-1]) | (hi_s[1:] != hi_s[:-1])]
+    h_s = h[order] & np.uint64((1 << 48) - 1)
+    if int(np.count_nonzero(h_s[1:] != h_s[:-1])) + 1 != int(fstart.sum()):
+        # two 4-tuples share 48 hash bits: fall back to an exact (slower) sort
+        order = np.lexsort((hi, lo))
+        lo_s, hi_s = lo[order], hi[order]
+        fstart = np.r_[True, (lo_s[1:] != lo_s[:-1]) | (hi_s[1:] != hi_s[:-1])]
+    # capture order is time order except across CPUs/interfaces; repair within flows
+    ts_o = p.ts[order]
+    back = np.flatnonzero((ts_o[1:] < ts_o[:-1]) & ~fstart[1:])
+    if back.size:
+        flow_id = np.cumsum(fstart) - 1
+        bad_flows = np.unique(flow_id[back])
+        aff = np.flatnonzero(np.isin(flow_id, bad_flows))
+        sub = np.lexsort((ts_o[aff], flow_id[aff]))
+        order[aff] = order[aff][sub]
+    return order, fstart, d
+
+
+def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
+    """Attempts of a packet table. Also returns the flow-order permutation of the
+    packets and each packet's segment (in that order), for per-packet exports."""
+    n = len(p)
+    if n == 0:
+        return Attempts(cols=_empty_cols()), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    order, fstart, d_all = flow_order(p)
+    # only the columns needed per packet are put in flow order; the rest is read
+    # through `order` at the few positions that matter (segment starts, first SYNs)
+    q = _FlowCols(p, order)
+    d = d_all[order]
+    pos = np.arange(n, dtype=np.int64)
+    flow_id = np.cumsum(fstart) - 1
+    flow_first = np.flatnonzero(fstart)[flow_id]
+    f = q.flags
+    cls = f & (SYN | ACK | RST)
+    syn = cls == SYN
+    synack = cls == (SYN | ACK)
+
+    # ---- segment boundaries ----------------------------------------------------------
+    last_syn = np.maximum.accumulate(np.where(syn, pos, -1))
+    prev_syn = _shift(last_syn, -1)
+    in_flow = prev_syn >= flow_first
+    ps = np.maximum(prev_syn, 0)
+    new_syn = syn & (~in_flow | (d[ps] != d) | (q.seq[ps] != q.seq))
+    last_sa = np.maximum.accumulate(np.where(synack, pos, -1))
+    prev_sa = _shift(last_sa, -1)
+    scope = np.maximum(last_syn, flow_first)
+    sa_in_scope = prev_sa >= scope
+    pa = np.maximum(prev_sa, 0)
+    same_sa = sa_in_scope & (q.seq[pa] == q.seq) & (d[pa] == d)
+    had_syn = last_syn >= flow_first
+    new_sa = synack & ~same_sa & np.where(had_syn, sa_in_scope, True)
+    seg_start = fstart | new_syn | new_sa
+    starts = np.flatnonzero(seg_start)
+    nseg = starts.size
+    seg = np.cumsum(seg_start) - 1
+    ends = np.r_[starts[1:], n]
+    npk = ends - starts
+
+    # ---- roles ---------------------------------------------------------------------------
+    first_cls = cls[starts]
+    has_syn = first_cls == SYN
+    flipped = first_cls == (SYN | ACK)
+    orig_dir = np.where(flipped, 1 - d[starts], d[starts])
+    is_orig = d == orig_dir[seg]
+    is_resp = ~is_orig
+    # the originator's endpoint: the first packet's source, or destination if flipped
+    first_pkt_src_is_orig = ~flipped
+    ps_ = order[starts]
+    orig_addr = np.where(first_pkt_src_is_orig, p.src[ps_], p.dst[ps_])
+    orig_port = np.where(first_pkt_src_is_orig, p.sport[ps_], p.dport[ps_])
+    resp_addr = np.where(first_pkt_src_is_orig, p.dst[ps_], p.src[ps_])
+    resp_port = np.where(first_pkt_src_is_orig, p.dport[ps_], p.sport[ps_])
+
+    def first(mask: np.ndarray) -> np.ndarray:
+        return np.minimum.reduceat(np.where(mask, pos, BIG), starts)
+
+    def last(mask: np.ndarray) -> np.ndarray:
+        return np.maximum.reduceat(np.where(mask, pos, -1), starts)
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(mask.astype(np.int64), starts)
+
+    def at(idx: np.ndarray, col: np.ndarray, fill: Any) -> np.ndarray:
+        ok = (idx >= 0) & (idx < n)
+        return np.where(ok, col[np.where(ok, idx, 0)], fill)
+
+    ts = q.ts
+    nan = np.nan
+    syn_o = syn & is_orig
+    first_syn = first(syn_o)
+    n_syn = count(syn_o)
+    # the second SYN (first retransmission) of each attempt
+    c_syn = np.cumsum(syn_o)
+    base = _shift(c_syn, 0)[starts]
+    second_syn = first(syn_o & ((c_syn - base[seg]) == 2))
+    last_syn_pos = last(syn_o)
+    t_syn = at(first_syn, ts, nan)
+
+    # ---- the answer: first packet from the responder after the first SYN --------------
+    fs_b = np.where(first_syn < BIG, first_syn, n)[seg]
+    ans = first(is_resp & (pos > fs_b))
+    ans_ok = ans < BIG
+    af = at(ans, f, 0)
+    isn = at(first_syn, q.seq, 0).astype(np.uint32)
+    ans_ack = at(ans, q.ack, 0).astype(np.uint32)
+    ack_ok = ans_ack == (isn + np.uint32(1))
+    a_cls = np.full(nseg, A_NONE, dtype=np.int8)
+    a_cls[ans_ok] = A_OTHER
+    a_cls[ans_ok & ((af & (SYN | ACK | RST)) == (SYN | ACK))] = A_SYNACK
+    a_cls[ans_ok & ((af & RST) != 0)] = A_RST
+    a_cls[ans_ok & ((af & (SYN | RST | ACK)) == ACK) & ~ack_ok] = A_OLD_ACK
+    a_cls[first_syn == BIG] = A_NONE
+    t_ans = at(ans, ts, nan)
+
+    synack_r = synack & is_resp
+    first_sa = first(synack_r)
+    t_sa = at(first_sa, ts, nan)
+    sa_b = np.where(first_sa < BIG, first_sa, n)[seg]
+    est_ack = first(is_orig & ((f & ACK) != 0) & ((f & (SYN | RST)) == 0) & (pos > sa_b))
+    established = (first_sa < BIG) & (est_ack < BIG)
+    # resp bare ACKs for an old connection before the SYN-ACK (TIME_WAIT / challenge ACKs)
+    old_ack_pkt = is_resp & ((f & (SYN | RST | ACK)) == ACK) & (pos < sa_b) & (pos > fs_b)
+    old_ack_pkt &= q.ack != (isn + np.uint32(1))[seg]
+    n_old_ack = count(old_ack_pkt)
+    rst_o = ((f & RST) != 0) & is_orig
+    rst_r = ((f & RST) != 0) & is_resp
+    fin_o = ((f & FIN) != 0) & is_orig & ~((f & RST) != 0)
+    fin_r = ((f & FIN) != 0) & is_resp & ~((f & RST) != 0)
+    n_rst_o_pre = count(rst_o & (pos < sa_b))  # client RSTs before the handshake completed
+    first_fin_o = first(fin_o)
+    first_fin_r = first(fin_r)
+    after_sa = pos > sa_b
+    first_rst_o = first(rst_o & after_sa)
+    first_rst_r = first(rst_r & after_sa)
+    n_synack = count(synack_r)
+
+    # closing: the first FIN or RST after the SYN-ACK (for midstream segments: any)
+    scope_close = np.where((first_sa < BIG)[seg], after_sa, True)
+    term = ((f & (FIN | RST)) != 0) & scope_close
+    first_term = first(term)
+    term_ok = first_term < BIG
+    tf = at(first_term, f, 0)
+    close = np.where(~term_ok, 0, np.where((tf & RST) != 0, 2, 1)).astype(np.int8)
+    closed_by = np.where(~term_ok, W_NONE, np.where(at(first_term, is_orig, False), W_ORIG, W_RESP)).astype(np.int8)
+    both_fin = (first_fin_o < BIG) & (first_fin_r < BIG)
+    tw_holder = np.where(both_fin, np.where(first_fin_o < first_fin_r, W_ORIG, W_RESP), W_NONE).astype(np.int8)
+    t_tw_enter = np.where(both_fin, at(np.maximum(first_fin_o, first_fin_r), ts, nan), nan)
+
+    # ---- sequence and timestamp state at the end ---------------------------------------
+    is_rst = (f & RST) != 0
+    seglen = (q.plen.astype(np.int64) + ((f & SYN) != 0) + ((f & FIN) != 0)) * ~is_rst
+    # Each endpoint's sequence space starts at its SYN (SYN-ACK); before that, a
+    # responder's packets (an ACK for an old connection) and any RST carry numbers of
+    # another connection, so they do not count toward where this one ended.
+    first_o = first(is_orig)
+    first_r = first(is_resp)
+    in_space = ~is_rst & (is_orig | (pos >= sa_b) | (first_sa == BIG)[seg])
+    base_o = at(np.where(first_syn < BIG, first_syn, first_o), q.seq, 0).astype(np.uint32)
+    base_r = at(np.where(first_sa < BIG, first_sa, first_r), q.seq, 0).astype(np.uint32)
+    base_pkt = np.where(is_orig, base_o[seg], base_r[seg])
+    rel = (q.seq - base_pkt).astype(np.int32).astype(np.int64)  # s32 distance
+    end_rel = rel + seglen
+    low = -(1 << 40)
+    end_o = np.maximum.reduceat(np.where(is_orig & in_space, end_rel, low), starts)
+    end_r = np.maximum.reduceat(np.where(is_resp & in_space, end_rel, low), starts)
+    orig_end_seq = np.where(end_o > low, (base_o.astype(np.int64) + end_o) & 0xFFFFFFFF, 0).astype(np.uint32)
+    resp_end_seq = np.where(end_r > low, (base_r.astype(np.int64) + end_r) & 0xFFFFFFFF, 0).astype(np.uint32)
+    ts_o = is_orig & q.has_ts
+    ts_r = is_resp & q.has_ts
+    last_ts_o = last(ts_o)
+    last_ts_r = last(ts_r)
+    orig_bytes = np.add.reduceat(np.where(is_orig, q.plen, 0).astype(np.int64), starts)
+    resp_bytes = np.add.reduceat(np.where(is_resp, q.plen, 0).astype(np.int64), starts)
+
+    # ---- Zeek ----------------------------------------------------------------------------
+    has_data = q.plen > 0
+    ctrl = (f & (SYN | FIN | RST)) != 0
+    # packets that can change a Zeek endpoint state: control packets, each endpoint's
+    # first packet, and responder packets while it may still be "inactive"
+    first_or = np.zeros(n, dtype=bool)
+    fo = first_o[first_o < BIG]
+    fr_ = first_r[first_r < BIG]
+    first_or[fo] = True
+    first_or[fr_] = True
+    r_ctrl_first = first(is_resp & (ctrl | has_data))
+    r_early = is_resp & (pos <= np.where(r_ctrl_first < BIG, r_ctrl_first, n)[seg])
+    r_early &= (_cumcount_in(seg, r_early) <= 8)
+    stepped = ctrl | first_or | r_early
+    si = np.flatnonzero(stepped)
+    ev = zeek.event_code(is_orig[si], f[si], has_data[si])
+    joint = zeek.run(seg[si], ev, nseg)
+    # retransmission detection must not compare with numbers from another connection
+    hist = zeek.histories(seg, is_orig, f, q.plen, q.seq, np.where(in_space, end_rel, low), q.win, nseg, flipped)
+    cstate = zeek.conn_state(joint // 8, joint % 8, orig_bytes, resp_bytes, hist)
+
+    # tshark's tcp.completeness bits for the segment
+    comp = (
+        (count(syn) > 0) * 1
+        + (count(synack) > 0) * 2
+        + (count(((f & (SYN | RST | FIN)) == 0) & ((f & ACK) != 0)) > 0) * 4
+        + (orig_bytes + resp_bytes > 0) * 8
+        + (count((f & FIN) != 0) > 0) * 16
+        + (count((f & RST) != 0) > 0) * 32
+    )
+    syn_idx = order[np.where(first_syn < BIG, first_syn, starts)]
+    fsyn = order[np.where(first_syn < BIG, first_syn, 0)]
+    got_syn = first_syn < BIG
+    cols: dict[str, np.ndarray] = {
+        "flow": flow_id[starts],
+        "first_pos": starts,
+        "packets": npk,
+        "is_attempt": has_syn,
+        "flipped": flipped,
+        "t_start": ts[starts],
+        "t_end": ts[ends - 1],
+        "t_syn": t_syn,
+        "t_syn2": at(second_syn, ts, nan),
+        "t_syn_last": np.where(last_syn_pos >= 0, at(last_syn_pos, ts, nan), nan),
+        "n_syn": n_syn,
+        "orig": orig_addr,
+        "orig_port": orig_port.astype(np.int32),
+        "resp": resp_addr,
+        "resp_port": resp_port.astype(np.int32),
+        "isn": isn,
+        "frame": p.frame[syn_idx],
+        "file": p.file[syn_idx],
+        "syn_has_ts": at(first_syn, q.has_ts, False),
+        "syn_tsval": at(first_syn, q.tsval, 0).astype(np.uint32),
+        "syn_mss": np.where(got_syn, p.mss[fsyn], 0).astype(np.int32),
+        "syn_wscale": np.where(got_syn, p.wscale[fsyn], -1).astype(np.int16),
+        "syn_sackok": np.where(got_syn, p.sackok[fsyn], False),
+        "answer": a_cls,
+        "t_answer": t_ans,
+        "t_synack": t_sa,
+        "synack_has_ts": at(first_sa, q.has_ts, False),
+        "n_synack": n_synack,
+        "n_old_ack": n_old_ack,
+        "n_rst_orig_pre": n_rst_o_pre,
+        "established": established,
+        "orig_bytes": orig_bytes,
+        "resp_bytes": resp_bytes,
+        "close": close,
+        "closed_by": closed_by,
+        "t_close": at(first_term, ts, nan),
+        "t_rst_orig": at(first_rst_o, ts, nan),
+        "t_rst_resp": at(first_rst_r, ts, nan),
+        "tw_holder": tw_holder,
+        "t_tw_enter": t_tw_enter,
+        "orig_end_seq": orig_end_seq,
+        "resp_end_seq": resp_end_seq,
+        "orig_last_tsval": at(last_ts_o, q.tsval, 0).astype(np.uint32),
+        "t_orig_last_ts": at(last_ts_o, ts, nan),
+        "orig_ts_seen": last_ts_o >= 0,
+        "resp_last_tsval": at(last_ts_r, q.tsval, 0).astype(np.uint32),
+        "conn_state": cstate,
+        "completeness": comp.astype(np.int8),
+    }
+    return Attempts(cols=cols, history=hist), order, seg
+
+
+class _FlowCols:
+    """The per-packet columns the attempt reductions read, in flow order."""
+
+    def __init__(self, p: Packets, order: np.ndarray) -> None:
+        self.ts = p.ts[order]
+        self.flags = p.flags[order]
+        self.seq = p.seq[order]
+        self.ack = p.ack[order]
+        self.plen = p.plen[order]
+        self.has_ts = p.has_ts[order]
+        self.tsval = p.tsval[order]
+        self.win = p.win[order]
+
+
+def _cumcount_in(seg: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """1-based count of `mask` so far within each segment (segments contiguous)."""
+    c = np.cumsum(mask)
+    starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
+    base = _shift(c, 0)[starts]
+    counts = np.diff(np.r_[starts, seg.size])
+    return c - np.repeat(base, counts)
+
+
+def _empty_cols() -> dict[str, np.ndarray]:
+    p = Packets.empty()
+    p.ts = np.zeros(1)
+    p.src = p.dst = np.zeros(1, dtype=np.uint64)
+    p.sport = p.dport = np.zeros(1, dtype=np.uint16)
+    p.seq = p.ack = p.tsval = p.tsecr = np.zeros(1, dtype=np.uint32)
+    p.flags = np.full(1, SYN, dtype=np.uint8)
+    p.win = np.zeros(1, dtype=np.uint16)
+    p.plen = np.zeros(1, dtype=np.int32)
+    p.has_ts = p.sackok = p.opt_cut = np.zeros(1, dtype=bool)
+    p.mss = np.zeros(1, dtype=np.uint16)
+    p.wscale = np.zeros(1, dtype=np.int16)
+    p.frame = np.zeros(1, dtype=np.int64)
+    p.file = np.zeros(1, dtype=np.int16)
+    a, _, _ = build(p)
+    return {k: v[:0] for k, v in a.cols.items()}

@@ -1,0 +1,744 @@
+"""pcap and pcapng files: find every packet record, fast.
+
+Reading a capture is two passes. This module is the first: it walks the record (pcap) or
+block (pcapng) headers with a tight loop that only reads each record's length (the one
+thing that cannot be vectorised: where record k+1 starts depends on record k), then reads
+all other header fields at once with numpy. The result is a :class:`Frames` table (where
+each frame's bytes are, how long, when, which link type), which :mod:`.decode` turns into
+TCP packets without touching Python per packet.
+
+Damage does not lose what came before it. A record header that cannot be right (length
+beyond the snap length, microseconds >= 1e6, captured > original length, a block trailer
+that does not repeat the block length) ends the clean run; the reader then looks for the
+next plausible record (resynchronises), and reports what it skipped and why in a
+:class:`ReadReport`. Only a file that is not a capture at all raises :class:`CaptureError`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import mmap
+import os
+import struct
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CaptureError
+
+PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),  # microseconds, little-endian writer
+    b"\xa1\xb2\xc3\xd4": (">", 1_000_000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1_000_000_000),  # nanoseconds
+    b"\xa1\xb2\x3c\x4d": (">", 1_000_000_000),
+}
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BOM = 0x1A2B3C4D
+BLOCK_NAMES = {
+    0x01: "IDB",
+    0x02: "PB (obsolete)",
+    0x03: "SPB",
+    0x04: "NRB",
+    0x05: "ISB",
+    0x06: "EPB",
+    0x09: "systemd journal",
+    0x0A: "DSB",
+    0x0BAD: "custom",
+    0x40000BAD: "custom",
+}
+# Largest record we believe when the header's snap length is smaller (GRO/TSO frames
+# can exceed it) — and the most a corrupt length may make us skip in one step.
+MAX_RECORD = 1 << 18
+MAX_RESYNC_SCAN = 16 << 20  # bytes scanned per resynchronisation attempt
+MAX_RESYNCS = 64
+
+
+@dataclass
+class ReadReport:
+    """How far reading got and what was left out. Part of every result."""
+
+    path: str
+    format: str = ""
+    bytes_total: int = 0
+    bytes_read: int = 0  # end of the last record that was used
+    records: int = 0  # packet records found (all link types, all protocols)
+    tcp_packets: int = 0  # records decoded to TCP segments
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> records
+    garbage_bytes: int = 0  # bytes jumped over while resynchronising
+    other_blocks: dict[str, int] = field(default_factory=dict)  # pcapng blocks not holding packets
+    linktypes: dict[int, int] = field(default_factory=dict)  # link type -> records
+    warnings: list[str] = field(default_factory=list)
+    complete: bool = True  # False: damage or truncation was met
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.skipped[reason] = self.skipped.get(reason, 0) + int(n)
+
+    def warn(self, msg: str) -> None:
+        self.complete = False
+        if len(self.warnings) < 50:
+            self.warnings.append(msg)
+        elif len(self.warnings) == 50:
+            self.warnings.append("(further warnings suppressed)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "bytes_total": self.bytes_total,
+            "bytes_read": self.bytes_read,
+            "records": self.records,
+            "tcp_packets": self.tcp_packets,
+            "skipped": dict(self.skipped),
+            "garbage_bytes": self.garbage_bytes,
+            "other_blocks": dict(self.other_blocks),
+            "linktypes": {str(k): v for k, v in self.linktypes.items()},
+            "warnings": list(self.warnings),
+            "complete": self.complete,
+        }
+
+    def summary(self) -> str:
+        pct = 100.0 * self.bytes_read / self.bytes_total if self.bytes_total else 100.0
+        return (
+            f"read {self.bytes_read:,} of {self.bytes_total:,} bytes ({pct:.1f} %), "
+            f"{self.records:,} records, {self.tcp_packets:,} TCP packets"
+        )
+
+
+@dataclass
+class Frames:
+    """Every packet record of one file: where its bytes are and its header fields."""
+
+    buf: Any  # bytes, mmap or similar: the whole file
+    data_off: np.ndarray  # int64: offset of the frame's first byte in buf
+    caplen: np.ndarray  # int64: bytes captured
+    origlen: np.ndarray  # int64: bytes on the wire
+    ts: np.ndarray  # float64: seconds since the epoch
+    linktype: np.ndarray  # int32 per frame
+    frame: np.ndarray  # int64: record number in the file, 1-based (tshark frame.number)
+    report: ReadReport
+
+    def __len__(self) -> int:
+        return int(self.data_off.shape[0])
+
+
+def _u32_view(buf: Any, endian: str) -> np.ndarray:
+    """uint32 readable at *every* byte offset (unaligned, strides of one byte)."""
+    n = len(buf)
+    if n < 4:
+        return np.zeros(0, dtype=np.uint32)
+    return np.ndarray((n - 3,), dtype=endian + "u4", buffer=buf, offset=0, strides=(1,))
+
+
+def _u16_view(buf: Any, endian: str) -> np.ndarray:
+    n = len(buf)
+    if n < 2:
+        return np.zeros(0, dtype=np.uint16)
+    return np.ndarray((n - 1,), dtype=endian + "u2", buffer=buf, offset=0, strides=(1,))
+
+
+# --------------------------------------------------------------------------------------
+# opening
+
+
+def open_buffer(path: str | os.PathLike[str]) -> tuple[Any, int]:
+    """The file's bytes (memory-mapped; gzip files are decompressed in memory)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if not p.is_file():
+            raise CaptureError(f"{p}: not a regular file")
+        with open(p, "rb") as f:
+            head = f.read(2)
+            if head == b"\x1f\x8b":
+                f.seek(0)
+                try:
+                    data = gzip.GzipFile(fileobj=f).read()
+                except (OSError, EOFError) as e:  # truncated gzip: keep what inflated
+                    raise CaptureError(f"{p}: damaged gzip stream ({e})") from None
+                return data, len(data)
+            if size == 0:
+                return b"", 0
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+    except FileNotFoundError:
+        raise CaptureError(f"{p}: no such file") from None
+    except PermissionError:
+        raise CaptureError(f"{p}: permission denied") from None
+    except IsADirectoryError:
+        raise CaptureError(f"{p}: is a directory") from None
+    except OSError as e:
+        raise CaptureError(f"{p}: cannot read ({e.strerror or e})") from None
+
+
+def read_frames(path: str | os.PathLike[str]) -> Frames:
+    buf, _size = open_buffer(path)
+    return parse_frames(buf, str(path))
+
+
+def parse_frames(buf: Any, name: str = "<buffer>") -> Frames:
+    """Find every packet record in `buf` (a whole pcap or pcapng file)."""
+    rep = ReadReport(path=name, bytes_total=len(buf))
+    if len(buf) < 4:
+        raise CaptureError(f"{name}: {len(buf)} bytes is too short to be a pcap or pcapng file")
+    magic = bytes(buf[:4])
+    if magic in PCAP_MAGIC:
+        return _parse_pcap(buf, rep)
+    if struct.unpack("<I", magic)[0] == PCAPNG_SHB:
+        return _parse_pcapng(buf, rep)
+    hint = None
+    if magic[:2] in (b"PK", b"BZ") or magic[:3] == b"\xfd7z":
+        hint = "decompress it first (only gzip is read directly)"
+    raise CaptureError(
+        f"{name}: not a pcap or pcapng file (starts with {magic.hex()})",
+        hint=hint or "write captures with `tcpdump -w FILE` (pcap) or dumpcap/Wireshark (pcapng)",
+    )
+
+
+def _empty_frames(buf: Any, rep: ReadReport) -> Frames:
+    z = np.zeros(0, dtype=np.int64)
+    return Frames(buf, z, z, z, np.zeros(0), np.zeros(0, dtype=np.int32), z, rep)
+
+
+# --------------------------------------------------------------------------------------
+# pcap
+
+
+def _walk_pcap(buf: Any, off: int, end: int, endian: str) -> tuple[array[int], int, str]:
+    """Record offsets from `off` until the end of the file.
+
+    The hot loop of the whole reader: one struct read per record and nothing else —
+    the end of the buffer ends it (struct.error), and lengths are checked afterwards,
+    vectorised, by the caller. Returns (offsets, where it stopped, why: "" at a clean
+    end, else a truncation message).
+    """
+    unpack = struct.Struct(endian + "I").unpack_from
+    view = memoryview(buf)[8:end] if end >= 8 else memoryview(b"")
+    offs = array("q")  # converts to numpy without a copy
+    append = offs.append
+    try:
+        while True:
+            append(off)
+            off += 16 + unpack(view, off)[0]
+    except struct.error:
+        pass
+    view.release()
+    last = offs.pop()  # the offset whose header did not fit
+    if last == end:
+        return offs, last, ""
+    if last > end and offs:  # the final record's data is cut short
+        cut = offs.pop()
+        return offs, cut, f"last record cut short ({end - cut - 16} of {last - cut - 16} bytes)"
+    return offs, last, f"{end - last} stray bytes at the end (a cut record header)"
+
+
+def _pcap_header_ok(h: np.ndarray, tsdiv: int, limit: int, ts_lo: float, ts_hi: float) -> np.ndarray:
+    """Which pcap record headers (rows of 4 uint32) are believable."""
+    return (
+        (h[:, 1] < tsdiv)
+        & (h[:, 2] <= limit)
+        & (h[:, 2] <= h[:, 3])
+        & (h[:, 3] <= max(limit, MAX_RECORD) * 4)
+        & (h[:, 0] >= ts_lo)
+        & (h[:, 0] <= ts_hi)
+    )
+
+
+def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
+    end = len(buf)
+    endian, tsdiv = PCAP_MAGIC[bytes(buf[:4])]
+    rep.format = "pcap (ns)" if tsdiv == 1_000_000_000 else "pcap"
+    if end < 24:
+        rep.warn(f"file ends inside the 24-byte pcap header ({end} bytes)")
+        rep.bytes_read = end
+        return _empty_frames(buf, rep)
+    _vmaj, _vmin, _zone, _sig, snaplen, network = struct.unpack_from(endian + "HHiIII", buf, 4)
+    linktype = network & 0x0FFFFFFF  # upper bits: FCS length flags
+    limit = max(min(snaplen, 1 << 26), MAX_RECORD) if snaplen else MAX_RECORD * 4
+    u32 = _u32_view(buf, endian)
+
+    chunks: list[tuple[np.ndarray, ...]] = []
+    off = 24
+    ts_lo, ts_hi = 0.0, float(2**32)
+    resyncs = 0
+    rep.bytes_read = 24
+    while True:
+        offs, stop, why = _walk_pcap(buf, off, end, endian)
+        arr = np.frombuffer(offs, dtype=np.int64) if len(offs) else np.zeros(0, dtype=np.int64)
+        if arr.size:
+            sec, frac, incl, orig = _pcap_fields(buf, arr, endian)
+            if ts_hi == float(2**32):  # bound the times by the first record's
+                t0 = float(sec[0])
+                ts_lo, ts_hi = t0 - 86400 * 365, t0 + 86400 * 365 * 5
+            ok = _fields_ok(sec, frac, incl, orig, tsdiv, limit, ts_lo, ts_hi)
+            if not ok.all():
+                k = int(np.argmin(ok))
+                stop = int(arr[k])
+                why = _bad_pcap_header_reason(np.array([sec[k], frac[k], incl[k], orig[k]]), tsdiv, limit)
+                arr, sec, frac, incl, orig = arr[:k], sec[:k], frac[:k], incl[:k], orig[:k]
+            if arr.size:
+                chunks.append((arr, sec, frac, incl, orig))
+                rep.bytes_read = int(arr[-1]) + 16 + int(incl[-1])
+        if not why:
+            break
+        if why.startswith("last record cut short") or why.endswith("(a cut record header)"):
+            # a real truncation only if the cut header itself is believable
+            if stop + 16 <= end:
+                h = np.array([[u32[stop], u32[stop + 4], u32[stop + 8], u32[stop + 12]]])
+                believable = bool(_pcap_header_ok(h, tsdiv, limit, ts_lo, ts_hi)[0])
+                if not believable:
+                    why = _bad_pcap_header_reason(h[0], tsdiv, limit)
+            else:
+                believable = True
+            if believable:
+                rep.warn(f"truncated at byte {stop:,}: {why}")
+                break
+        # damage: look for the next believable record
+        if resyncs >= MAX_RESYNCS:
+            rep.warn(f"gave up at byte {stop:,} after {resyncs} resynchronisations ({why})")
+            break
+        resyncs += 1
+        nxt = _resync_pcap(buf, u32, stop + 1, end, tsdiv, limit, ts_lo, ts_hi)
+        if nxt is None:
+            rep.warn(f"unreadable from byte {stop:,} ({why}); no believable record after it")
+            break
+        rep.garbage_bytes += nxt - stop
+        rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop:,} ({why}); resynchronised")
+        off = nxt
+    if len(chunks) == 1:
+        arr, sec, frac, incl, orig = chunks[0]
+    elif chunks:
+        arr, sec, frac, incl, orig = (np.concatenate([c[i] for c in chunks]) for i in range(5))
+    else:
+        z = np.zeros(0, dtype=np.int64)
+        return Frames(buf, z, z, z, np.zeros(0), np.zeros(0, dtype=np.int32), z, rep)
+    n = arr.size
+    rep.records = n
+    rep.linktypes[linktype] = n
+    return Frames(
+        buf=buf,
+        data_off=arr + 16,
+        caplen=incl,
+        origlen=orig,
+        ts=sec.astype(np.float64) + frac.astype(np.float64) / tsdiv,
+        linktype=np.full(n, linktype, dtype=np.int32),
+        frame=np.arange(1, n + 1, dtype=np.int64),
+        report=rep,
+    )
+
+
+def _pcap_fields(buf: Any, arr: np.ndarray, endian: str) -> tuple[np.ndarray, ...]:
+    """(ts seconds, ts fraction, captured length, original length) of record headers."""
+    u64 = np.ndarray((len(buf) - 7,), dtype=endian + "u8", buffer=buf, offset=0, strides=(1,))
+    a = u64[arr]
+    b = u64[arr + 8]
+    lo_first = endian == "<"
+    m32 = np.uint64(0xFFFFFFFF)
+    s32_ = np.uint64(32)
+    if lo_first:
+        sec, frac = (a & m32).astype(np.int64), (a >> s32_).astype(np.int64)
+        incl, orig = (b & m32).astype(np.int64), (b >> s32_).astype(np.int64)
+    else:
+        sec, frac = (a >> s32_).astype(np.int64), (a & m32).astype(np.int64)
+        incl, orig = (b >> s32_).astype(np.int64), (b & m32).astype(np.int64)
+    return sec, frac, incl, orig
+
+
+def _fields_ok(sec: np.ndarray, frac: np.ndarray, incl: np.ndarray, orig: np.ndarray, tsdiv: int,
+               limit: int, ts_lo: float, ts_hi: float) -> np.ndarray:
+    return (
+        (frac < tsdiv)
+        & (incl <= limit)
+        & (incl <= orig)
+        & (orig <= max(limit, MAX_RECORD) * 4)
+        & (sec >= ts_lo)
+        & (sec <= ts_hi)
+    )
+
+
+def _bad_pcap_header_reason(h: np.ndarray, tsdiv: int, limit: int) -> str:
+    sec, frac, incl, orig = (int(x) for x in h)
+    if frac >= tsdiv:
+        return f"sub-second field {frac} out of range"
+    if incl > limit:
+        return f"record length {incl} exceeds {limit}"
+    if incl > orig:
+        return f"captured length {incl} > original length {orig}"
+    if orig > max(limit, MAX_RECORD) * 4:
+        return f"original length {orig} implausible"
+    return f"timestamp {sec} far from the rest of the capture"
+
+
+def _resync_pcap(buf: Any, u32: np.ndarray, start: int, end: int, tsdiv: int, limit: int,
+                 ts_lo: float, ts_hi: float) -> int | None:
+    """The first offset >= start where three chained record headers are believable
+    (or the chain ends exactly at the end of the file)."""
+    stop = min(end - 16, start + MAX_RESYNC_SCAN)
+    pos = start
+    step = 1 << 20
+    while pos <= stop:
+        hi = min(stop + 1, pos + step)
+        idx = np.arange(pos, hi, dtype=np.int64)
+        hdr = np.stack([u32[idx], u32[idx + 4], u32[idx + 8], u32[idx + 12]], axis=1)
+        cand = idx[_pcap_header_ok(hdr, tsdiv, limit, ts_lo, ts_hi)]
+        for c in cand.tolist():
+            if _chain_ok(u32, c, end, tsdiv, limit, ts_lo, ts_hi):
+                return int(c)
+        pos = hi
+    return None
+
+
+def _chain_ok(u32: np.ndarray, off: int, end: int, tsdiv: int, limit: int, ts_lo: float, ts_hi: float) -> bool:
+    for _ in range(3):
+        if off == end:
+            return True
+        if off + 16 > end:
+            return False
+        h = np.array([[u32[off], u32[off + 4], u32[off + 8], u32[off + 12]]])
+        if not _pcap_header_ok(h, tsdiv, limit, ts_lo, ts_hi)[0]:
+            return False
+        off += 16 + int(h[0, 2])
+        if off > end:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------------------
+# pcapng
+
+
+@dataclass
+class _Iface:
+    linktype: int
+    snaplen: int
+    tsdiv: float = 1e6  # units per second
+    tsoffset: int = 0  # seconds added to every timestamp
+
+
+def _idb_options(buf: Any, off: int, end: int, endian: str, iface: _Iface) -> None:
+    """if_tsresol (9) and if_tsoffset (14) from an IDB's options."""
+    while off + 4 <= end:
+        code, olen = struct.unpack_from(endian + "HH", buf, off)
+        if code == 0:
+            return
+        val = off + 4
+        if val + olen > end:
+            return
+        if code == 9 and olen >= 1:
+            r = buf[val]
+            exp = r & 0x7F
+            if exp <= 30 if r & 0x80 else exp <= 12:
+                iface.tsdiv = float(2**exp if r & 0x80 else 10**exp)
+        elif code == 14 and olen >= 8:
+            iface.tsoffset = struct.unpack_from(endian + "q", buf, val)[0]
+        off = val + ((olen + 3) & ~3)
+
+
+@dataclass
+class _NgWalk:
+    """What one pass over a pcapng file found."""
+
+    epb: list[int] = field(default_factory=list)  # EPB offsets (fields read vectorised later)
+    epb_sec: list[tuple[int, int]] = field(default_factory=list)  # (first EPB index, section)
+    # SPB/PB: (data offset, caplen, origlen, interface, ts high, ts low); ts -1 = none
+    slow: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)
+    slow_pos: list[int] = field(default_factory=list)  # position among all packet blocks
+    slow_sec: list[int] = field(default_factory=list)
+    sections: list[tuple[str, list[_Iface]]] = field(default_factory=list)
+
+
+def _parse_pcapng(buf: Any, rep: ReadReport) -> Frames:
+    """pcapng: SHB sections (each with its own byte order and interfaces), IDB, EPB, SPB,
+    the obsolete PB; every other block is counted and skipped.
+
+    The first pass trusts EPB lengths (one struct read per packet). If the vectorised
+    check afterwards finds an EPB whose trailer disagrees, the file is walked again
+    carefully, checking every block, so damage is skipped precisely.
+    """
+    w = _walk_pcapng(buf, rep, careful=False)
+    fr = _pcapng_frames(buf, rep, w, careful=False)
+    if fr is not None:
+        return fr
+    rep2 = ReadReport(path=rep.path, bytes_total=rep.bytes_total, format=rep.format)
+    w = _walk_pcapng(buf, rep2, careful=True)
+    fr = _pcapng_frames(buf, rep2, w, careful=True)
+    assert fr is not None
+    return fr
+
+
+def _walk_pcapng(buf: Any, rep: ReadReport, careful: bool) -> _NgWalk:
+    end = len(buf)
+    w = _NgWalk()
+    epb = w.epb
+    endian = "<"
+    ifaces: list[_Iface] = []
+    off = 0
+    resyncs = 0
+    hdr = struct.Struct("<II")
+    hdr_be = struct.Struct(">II")
+    while off + 12 <= end:
+        btype, blen = (hdr if endian == "<" else hdr_be).unpack_from(buf, off)
+        if btype == 6 and not careful and 32 <= blen <= end - off and not blen & 3:
+            epb.append(off)  # the common case, kept short; validated afterwards
+            off += blen
+            continue
+        if btype == PCAPNG_SHB:
+            bom = bytes(buf[off + 8 : off + 12])
+            if bom == b"\x4d\x3c\x2b\x1a":
+                endian = "<"
+            elif bom == b"\x1a\x2b\x3c\x4d":
+                endian = ">"
+            else:
+                why = f"section header with bad byte-order magic {bom.hex()}"
+                off = _pcapng_damage(buf, rep, off, why, endian, resyncs)
+                resyncs += 1
+                if off < 0:
+                    break
+                continue
+            blen = struct.unpack_from(endian + "I", buf, off + 4)[0]
+            if not _block_ok(buf, off, blen, end, endian) or blen < 28:
+                off = _pcapng_damage(buf, rep, off, f"section header length {blen} invalid", endian, resyncs)
+                resyncs += 1
+                if off < 0:
+                    break
+                continue
+            ifaces = []
+            w.sections.append((endian, ifaces))
+            w.epb_sec.append((len(epb), len(w.sections) - 1))
+            rep.bytes_read = off + blen
+            off += blen
+            continue
+        if not w.sections:
+            _no_section(rep)
+        if not _block_ok(buf, off, blen, end, endian):
+            if off + blen > end and blen >= 12 and not blen & 3:
+                rep.warn(f"truncated at byte {off:,}: block of {blen} bytes cut short "
+                         f"({end - off} bytes left)")
+                break
+            off = _pcapng_damage(buf, rep, off, f"block type {btype:#x} with length {blen}", endian, resyncs)
+            resyncs += 1
+            if off < 0:
+                break
+            continue
+        if btype == 6:
+            cap = struct.unpack_from(endian + "I", buf, off + 20)[0] if blen >= 32 else blen
+            if blen < 32 or cap > blen - 32:
+                off = _pcapng_damage(buf, rep, off, f"packet block captured length {cap} > block", endian,
+                                     resyncs)
+                resyncs += 1
+                if off < 0:
+                    break
+                continue
+            epb.append(off)
+        elif btype == 1 and blen >= 20:
+            lt, _res, snap = struct.unpack_from(endian + "HHI", buf, off + 8)
+            iface = _Iface(linktype=lt, snaplen=snap)
+            _idb_options(buf, off + 16, off + blen - 4, endian, iface)
+            ifaces.append(iface)
+        elif btype == 3 and blen >= 16:
+            olen = struct.unpack_from(endian + "I", buf, off + 8)[0]
+            snap = ifaces[0].snaplen if ifaces else 0
+            cap = min(olen, blen - 16, snap or olen)
+            w.slow_pos.append(len(epb) + len(w.slow))
+            w.slow.append((off + 12, cap, olen, 0, -1, -1))
+            w.slow_sec.append(len(w.sections) - 1)
+        elif btype == 2 and blen >= 32:
+            iid, _drops, tsh, tsl, cap, olen = struct.unpack_from(endian + "HHIIII", buf, off + 8)
+            if cap > blen - 32:
+                rep.skip("packet block with captured length beyond its block")
+            else:
+                w.slow_pos.append(len(epb) + len(w.slow))
+                w.slow.append((off + 28, cap, olen, iid, tsh, tsl))
+                w.slow_sec.append(len(w.sections) - 1)
+        else:
+            name = BLOCK_NAMES.get(btype, f"type {btype:#x}")
+            rep.other_blocks[name] = rep.other_blocks.get(name, 0) + 1
+        rep.bytes_read = off + blen
+        off += blen
+    else:
+        if end - off > 0:
+            rep.warn(f"truncated at byte {off:,}: {end - off} stray bytes (a cut block header)")
+    if not w.sections:
+        _no_section(rep)
+    if epb:
+        last = epb[-1]
+        e = w.sections[-1][0]
+        rep.bytes_read = max(rep.bytes_read, min(end, last + struct.unpack_from(e + "I", buf, last + 4)[0]))
+    return w
+
+
+def _no_section(rep: ReadReport) -> None:
+    why = f" ({rep.warnings[0]})" if rep.warnings else ""
+    raise CaptureError(f"{rep.path}: pcapng without a readable section header{why}")
+
+
+def _block_ok(buf: Any, off: int, blen: int, end: int, endian: str) -> bool:
+    if blen < 12 or blen & 3 or off + blen > end:
+        return False
+    return bool(struct.unpack_from(endian + "I", buf, off + blen - 4)[0] == blen)
+
+
+def _pcapng_damage(buf: Any, rep: ReadReport, off: int, why: str, endian: str, resyncs: int) -> int:
+    """Report damage at `off` and return where to continue (-1: stop)."""
+    if resyncs >= MAX_RESYNCS:
+        rep.warn(f"gave up at byte {off:,} after {resyncs} resynchronisations ({why})")
+        return -1
+    nxt = _resync_pcapng(buf, off + 4, len(buf), endian)
+    if nxt is None:
+        rep.warn(f"unreadable from byte {off:,} ({why}); no believable block after it")
+        return -1
+    rep.garbage_bytes += nxt - off
+    rep.warn(f"skipped {nxt - off:,} damaged bytes at {off:,} ({why}); resynchronised")
+    return nxt
+
+
+def _resync_pcapng(buf: Any, start: int, end: int, endian: str) -> int | None:
+    """Next 4-aligned-relative offset holding a known block type whose trailer repeats
+    its length. Blocks are 4-byte multiples, so only offsets congruent to `start` mod 4
+    are real candidates — but damage may have shifted that, so all are tried."""
+    u32 = _u32_view(buf, endian)
+    stop = min(end - 12, start + MAX_RESYNC_SCAN)
+    pos = start
+    known = np.array([1, 2, 3, 4, 5, 6, 9, 10, PCAPNG_SHB], dtype=np.uint32)
+    while pos <= stop:
+        hi = min(stop + 1, pos + (1 << 20))
+        idx = np.arange(pos, hi, dtype=np.int64)
+        t = u32[idx]
+        ln = u32[idx + 4].astype(np.int64)
+        ok = np.isin(t, known) & (ln >= 12) & ((ln & 3) == 0) & (idx + ln <= end)
+        cand = idx[ok]
+        if cand.size:
+            tail = u32[np.minimum(cand + u32[cand + 4].astype(np.int64) - 4, u32.size - 1)]
+            good = cand[tail == u32[cand + 4]]
+            if good.size:
+                return int(good[0])
+        pos = hi
+    return None
+
+
+def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Frames | None:
+    """Frames from a walk; None when an EPB fails validation on a non-careful walk."""
+    sections = w.sections
+    n_epb = len(w.epb)
+    offs = np.asarray(w.epb, dtype=np.int64)
+    sec_of = np.zeros(n_epb, dtype=np.int64)
+    for i, (start, s) in enumerate(w.epb_sec):
+        stop = w.epb_sec[i + 1][0] if i + 1 < len(w.epb_sec) else n_epb
+        sec_of[start:stop] = s
+    big = np.asarray([e == ">" for e, _ in sections], dtype=bool)[sec_of] if n_epb else np.zeros(0, bool)
+    blen = np.zeros(n_epb, dtype=np.int64)
+    iid = np.zeros(n_epb, dtype=np.int64)
+    tsh = np.zeros(n_epb, dtype=np.uint64)
+    tsl = np.zeros(n_epb, dtype=np.uint64)
+    cap = np.zeros(n_epb, dtype=np.int64)
+    olen = np.zeros(n_epb, dtype=np.int64)
+    tail = np.zeros(n_epb, dtype=np.int64)
+    for e, m in (("<", ~big), (">", big)):
+        sel = np.flatnonzero(m)
+        if not sel.size:
+            continue
+        u32 = _u32_view(buf, e)
+        o = offs[sel]
+        bl = u32[o + 4].astype(np.int64)
+        blen[sel] = bl
+        iid[sel] = u32[o + 8]
+        tsh[sel] = u32[o + 12]
+        tsl[sel] = u32[o + 16]
+        cap[sel] = u32[o + 20]
+        olen[sel] = u32[o + 24]
+        tail[sel] = u32[np.clip(o + bl - 4, 0, u32.size - 1)]
+    bad = (cap > blen - 32) | (tail != blen)
+    if bad.any():
+        if not careful:
+            return None
+        rep.skip("damaged packet block (lengths disagree)", int(bad.sum()))
+    good = ~bad
+    slow = w.slow
+    n = n_epb + len(slow)
+    data_off = np.empty(n, dtype=np.int64)
+    caplen = np.empty(n, dtype=np.int64)
+    origlen = np.empty(n, dtype=np.int64)
+    iface = np.empty(n, dtype=np.int64)
+    ts_hi = np.empty(n, dtype=np.uint64)
+    ts_lo = np.empty(n, dtype=np.uint64)
+    has_ts = np.ones(n, dtype=bool)
+    section = np.empty(n, dtype=np.int64)
+    ok = np.ones(n, dtype=bool)
+    is_slow = np.zeros(n, dtype=bool)
+    if slow:
+        is_slow[np.asarray(w.slow_pos, dtype=np.int64)] = True
+    epb_slots = np.flatnonzero(~is_slow)
+    slow_slots = np.flatnonzero(is_slow)
+    data_off[epb_slots] = offs + 28
+    caplen[epb_slots] = cap
+    origlen[epb_slots] = olen
+    iface[epb_slots] = iid
+    ts_hi[epb_slots] = tsh
+    ts_lo[epb_slots] = tsl
+    section[epb_slots] = sec_of
+    ok[epb_slots] = good
+    if slow:
+        sl = np.asarray(slow, dtype=np.int64)
+        data_off[slow_slots] = sl[:, 0]
+        caplen[slow_slots] = sl[:, 1]
+        origlen[slow_slots] = sl[:, 2]
+        iface[slow_slots] = sl[:, 3]
+        has_ts[slow_slots] = sl[:, 4] >= 0
+        ts_hi[slow_slots] = np.maximum(sl[:, 4], 0).astype(np.uint64)
+        ts_lo[slow_slots] = np.maximum(sl[:, 5], 0).astype(np.uint64)
+        section[slow_slots] = np.asarray(w.slow_sec, dtype=np.int64)
+    frame = np.arange(1, n + 1, dtype=np.int64)
+    # interface table, flattened over sections
+    base = np.zeros(len(sections) + 1, dtype=np.int64)
+    lt_tab: list[int] = []
+    div_tab: list[float] = []
+    off_tab: list[int] = []
+    for s, (_e, ifs) in enumerate(sections):
+        base[s + 1] = base[s] + len(ifs)
+        for f in ifs:
+            lt_tab.append(f.linktype)
+            div_tab.append(f.tsdiv)
+            off_tab.append(f.tsoffset)
+    n_if = np.diff(base)
+    known_if = (iface >= 0) & (iface < n_if[section])
+    lost = ~known_if & ok
+    if lost.any():
+        k = int(lost.sum())
+        rep.skip("packet for an undeclared interface", k)
+        rep.warn(f"{k} packets refer to an interface with no description block; skipped")
+    ok &= known_if
+    gidx = np.where(ok, base[section] + iface, 0)
+    lt = np.asarray(lt_tab or [0], dtype=np.int32)[gidx]
+    div = np.asarray(div_tab or [1e6], dtype=np.float64)[gidx]
+    tso = np.asarray(off_tab or [0], dtype=np.float64)[gidx]
+    units = (ts_hi << np.uint64(32)) | ts_lo
+    divu = div.astype(np.uint64)  # 10^k and 2^k are both whole numbers
+    whole = units // divu
+    secs = whole.astype(np.float64) + (units - whole * divu).astype(np.float64) / div
+    ts = np.where(has_ts, secs + tso, np.nan)
+    if not has_ts.all():
+        ts = _ffill(ts)  # SPBs carry no time: the previous packet's time stands in
+    sel = np.flatnonzero(ok)
+    rep.records = int(sel.size)
+    for t, c in zip(*np.unique(lt[sel], return_counts=True), strict=True):
+        rep.linktypes[int(t)] = int(c)
+    return Frames(
+        buf=buf,
+        data_off=data_off[sel],
+        caplen=caplen[sel],
+        origlen=origlen[sel],
+        ts=ts[sel],
+        linktype=lt[sel],
+        frame=frame[sel],
+        report=rep,
+    )
+
+
+def _ffill(a: np.ndarray) -> np.ndarray:
+    ok = ~np.isnan(a)
+    idx = np.where(ok, np.arange(a.size), 0)
+    np.maximum.accumulate(idx, out=idx)
+    out = a[idx]
+    return np.where(np.isnan(out), 0.0, out)

@@ -1,0 +1,287 @@
+"""Per-client-address and per-server statistics: timestamps, clocks, port patterns, rates.
+
+*Timestamp clocks.* A host's TSval grows at a fixed rate (1000/s on Linux >= 4.13 and
+Windows; HZ — 100, 250, 300 or 1000 — on older Linux), so ``TSval - rate * t`` is one
+constant per clock. SYNs from one address are clustered on that offset; several
+clusters mean several clocks. What a clock is depends on the sender's kernel:
+
+- Linux <= 4.9 (and ``tcp_timestamps=2``): one clock per host (jiffies since boot), so
+  clocks = hosts behind the address (a NAT);
+- Linux 4.11 up to the 2026 change: one offset per (source, destination) address pair,
+  so toward one server, clocks = hosts; toward several servers a host shows several;
+- Linux 4.10 and kernels with the 2026 per-4-tuple offsets: one offset per connection,
+  so nearly every SYN is its own "clock" — that is reported as per-connection offsets,
+  not as hosts.
+
+Clocks are therefore counted per (client, server) address pair and the largest count is
+reported. *Port patterns* (sequential / random, the share of even ports, how soon a port
+comes round again toward the same destination) are per (client, server, server port).
+Detailed analysis is done for the busiest clients only (DETAIL_LIMIT); all clients get
+counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .flows import ANSWERS, Attempts
+from .zeek import CONN_STATES
+
+TS_RATES = (1000.0, 250.0, 100.0, 300.0, 1024.0, 10.0, 1_000_000.0)
+DETAIL_LIMIT = 200  # clients analysed in detail (by attempts, descending)
+DETAIL_MIN = 8  # fewer attempts than this: counts only
+
+
+@dataclass
+class PortPattern:
+    destination: str  # "addr:port"
+    attempts: int
+    distinct_ports: int
+    port_min: int
+    port_max: int
+    pattern: str  # sequential | random | too few
+    median_step: int | None
+    sequential_share: float
+    even_share: float
+    cycle_median_s: float | None  # time between successive uses of one port
+    cycle_min_s: float | None
+    reuses: int  # attempts whose port was used before toward this destination
+
+
+@dataclass
+class SourceStats:
+    addr: str
+    attempts: int
+    servers: int
+    syn_with_ts: int
+    syn_without_ts: int
+    rate_per_s: float
+    peak_per_s: int
+    span_s: float
+    answers: dict[str, int] = field(default_factory=dict)
+    states: dict[str, int] = field(default_factory=dict)
+    reused: int = 0  # attempts on a 4-tuple seen before in the capture
+    reused_server_tw: int = 0  # ... whose server still held TIME_WAIT (< 60 s)
+    syn_retried: int = 0  # attempts with at least one SYN retransmission
+    first_retry_ms_median: float | None = None
+    ts_clocks: int | None = None
+    ts_rate_hz: float | None = None
+    ts_per_connection: bool = False  # offsets look per connection (4.10 / 2026+ kernels)
+    ts_note: str = ""
+    ports: list[PortPattern] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ServerStats:
+    addr: str
+    port: int
+    attempts: int
+    clients: int
+    answered: int  # got a SYN-ACK
+    refused: int  # answered by RST
+    old_ack: int  # answered by an ACK for an old connection
+    unanswered: int
+    syn_retried: int
+    synack_retransmits: int  # attempts where the server sent more than one SYN-ACK
+    established: int
+    first_answered_t: float | None = None
+    last_answered_t: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _counts(codes: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
+    b = np.bincount(codes.astype(np.int64), minlength=len(names))
+    return {names[i]: int(c) for i, c in enumerate(b) if c}
+
+
+def _clusters(t: np.ndarray, tsval: np.ndarray, rate: float, span: float, t0: float) -> int:
+    off = np.mod(tsval.astype(np.float64) - rate * (t - t0), 2.0**32)
+    off.sort()
+    tol = rate * 0.05 + rate * span * 2e-4 + 2
+    k = 1 + int(np.count_nonzero(np.diff(off) > tol))
+    if k > 1 and (off[0] + 2.0**32 - off[-1]) <= tol:
+        k -= 1  # the first and last cluster meet across the wrap
+    return k
+
+
+def ts_clocks(t: np.ndarray, tsval: np.ndarray) -> tuple[int, float]:
+    """(number of clocks, rate in Hz) that best explain the TSvals seen at times t.
+
+    The rate is chosen on at most 2,048 SYNs spread over the capture (the rate that
+    explains them with the fewest clocks), then the clocks are counted on all."""
+    if t.size == 0:
+        return 0, 0.0
+    if t.size == 1:
+        return 1, TS_RATES[0]
+    span = float(t.max() - t.min())
+    t0 = float(t.min())
+    sample = np.linspace(0, t.size - 1, min(t.size, 2048)).astype(np.int64)
+    ts_, tv_ = t[sample], tsval[sample]
+    best_rate = min(TS_RATES, key=lambda r: (_clusters(ts_, tv_, r, span, t0), TS_RATES.index(r)))
+    return _clusters(t, tsval, best_rate, span, t0), best_rate
+
+
+def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
+    """Rows in time order. The cycle is the time between successive uses of one port."""
+    n = port.size
+    counts = np.bincount(port, minlength=65536)
+    distinct = int(np.count_nonzero(counts))
+    even = float(np.mean(port % 2 == 0)) if n else 0.0
+    o = np.argsort(port.astype(np.uint16), kind="stable")  # by port, time order kept
+    ps, ts_ = port[o], t[o]
+    same = ps[1:] == ps[:-1]
+    cyc = (ts_[1:] - ts_[:-1])[same]
+    reuses = int(same.sum())
+    if n < 3:
+        return PortPattern(dest, n, distinct, int(port.min()) if n else 0, int(port.max()) if n else 0,
+                           "too few", None, 0.0, even, None, None, reuses)
+    d = np.diff(port)
+    d = (d + 32768) % 65536 - 32768
+    fwd = (d > 0) & (d <= 16)
+    seq_share = float(np.mean(fwd))
+    med = int(np.median(d[fwd])) if fwd.any() else None
+    return PortPattern(
+        destination=dest,
+        attempts=n,
+        distinct_ports=distinct,
+        port_min=int(port.min()),
+        port_max=int(port.max()),
+        pattern="sequential" if seq_share >= 0.6 else "random",
+        median_step=med,
+        sequential_share=round(seq_share, 4),
+        even_share=round(even, 4),
+        cycle_median_s=round(float(np.median(cyc)), 3) if cyc.size else None,
+        cycle_min_s=round(float(cyc.min()), 3) if cyc.size else None,
+        reuses=reuses,
+    )
+
+
+def source_stats(a: Attempts, addr: Any) -> list[SourceStats]:
+    """Stats per client address, busiest first. `addr(key) -> str` formats addresses."""
+    att = np.flatnonzero(a["is_attempt"])
+    if not att.size:
+        return []
+    src = a["orig"][att]
+    keys, inv, cnt = np.unique(src, return_inverse=True, return_counts=True)
+    inv = inv.ravel()
+    order = np.argsort(-cnt, kind="stable")
+    # group rows by source once
+    grp = np.argsort(inv, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=keys.size))]
+    out: list[SourceStats] = []
+    for rank, k in enumerate(order.tolist()):
+        rows = att[grp[bounds[k]:bounds[k + 1]]]
+        out.append(_one_source(a, rows, addr, detail=rank < DETAIL_LIMIT and rows.size >= DETAIL_MIN))
+    return out
+
+
+def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> SourceStats:
+    t = a["t_syn"][rows]
+    n = rows.size
+    t0, t1 = float(t.min()), float(t.max())
+    span = t1 - t0
+    peak = int(np.unique(np.floor(t), return_counts=True)[1].max()) if n else 0
+    has_ts = a["syn_has_ts"][rows]
+    age = a["reuse_age_s"][rows]
+    server_tw = (a["prev_tw"][rows] == 2) & (age < 60)
+    retried = a["n_syn"][rows] > 1
+    gap = (a["t_syn2"][rows] - t)[retried] * 1000
+    s = SourceStats(
+        addr=addr(a["orig"][rows[0]]),
+        attempts=int(n),
+        servers=int(np.unique(a["resp"][rows]).size),
+        syn_with_ts=int(has_ts.sum()),
+        syn_without_ts=int(n - has_ts.sum()),
+        rate_per_s=round(n / span, 3) if span > 0 else float(n),
+        peak_per_s=peak,
+        span_s=round(span, 3),
+        answers=_counts(a["answer"][rows], ANSWERS),
+        states=_counts(a["conn_state"][rows], CONN_STATES),
+        reused=int((a["prev"][rows] >= 0).sum()),
+        reused_server_tw=int(server_tw.sum()),
+        syn_retried=int(retried.sum()),
+        first_retry_ms_median=round(float(np.median(gap)), 1) if gap.size else None,
+    )
+    if not detail:
+        return s
+    # timestamp clocks per server address, the most reported
+    tsr = rows[has_ts]
+    if tsr.size:
+        best = (0, 0.0)
+        conns = 0
+        for dst in np.unique(a["resp"][tsr]).tolist():
+            r = tsr[a["resp"][tsr] == dst]
+            k, rate = ts_clocks(a["t_syn"][r], a["syn_tsval"][r])
+            if k > best[0]:
+                best = (k, rate)
+                conns = r.size
+        s.ts_clocks, s.ts_rate_hz = best
+        s.ts_per_connection = best[0] > 4 and best[0] >= 0.5 * conns
+        s.ts_note = _ts_note(s)
+    # port patterns per destination
+    dkey = a["resp"][rows].astype(np.uint64) << np.uint64(16) | a["resp_port"][rows].astype(np.uint64)
+    for dk in np.unique(dkey).tolist():
+        r = rows[dkey == dk]
+        if r.size < DETAIL_MIN:
+            continue
+        o = np.argsort(a["t_syn"][r], kind="stable")
+        r = r[o]
+        dest = f"{addr(dk >> 16)}:{dk & 0xFFFF}"
+        s.ports.append(_port_pattern(dest, a["t_syn"][r], a["orig_port"][r].astype(np.int64)))
+    s.ports.sort(key=lambda p: -p.attempts)
+    del s.ports[5:]
+    return s
+
+
+def _ts_note(s: SourceStats) -> str:
+    if s.ts_clocks is None:
+        return ""
+    if s.ts_per_connection:
+        return ("TSval offsets differ per connection (Linux 4.10, or kernels with per-4-tuple "
+                "offsets since 2026): the count is not a host count")
+    if s.ts_clocks <= 1:
+        return "one timestamp clock: one host (or hosts whose offsets agree)"
+    return (f"{s.ts_clocks} timestamp clocks behind one address: several hosts share it (NAT), "
+            "or Linux >= 4.11 hosts talking to several servers (offsets are per address pair)")
+
+
+def server_stats(a: Attempts, addr: Any) -> list[ServerStats]:
+    att = np.flatnonzero(a["is_attempt"])
+    if not att.size:
+        return []
+    key = a["resp"][att].astype(np.uint64) << np.uint64(16) | a["resp_port"][att].astype(np.uint64)
+    keys, inv = np.unique(key, return_inverse=True)
+    inv = inv.ravel()
+    grp = np.argsort(inv, kind="stable")
+    bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=keys.size))]
+    out = []
+    for i, k in enumerate(keys.tolist()):
+        r = att[grp[bounds[i]:bounds[i + 1]]]
+        an = a["answer"][r]
+        t_ok = a["t_synack"][r]
+        ok = ~np.isnan(t_ok)
+        out.append(ServerStats(
+            addr=addr(k >> 16),
+            port=k & 0xFFFF,
+            attempts=int(r.size),
+            clients=int(np.unique(a["orig"][r]).size),
+            answered=int(ok.sum()),
+            refused=int((an == ANSWERS.index("rst")).sum()),
+            old_ack=int((an == ANSWERS.index("old_ack")).sum()),
+            unanswered=int((an == ANSWERS.index("none")).sum()),
+            syn_retried=int((a["n_syn"][r] > 1).sum()),
+            synack_retransmits=int((a["n_synack"][r] > 1).sum()),
+            established=int(a["established"][r].sum()),
+            first_answered_t=float(np.nanmin(t_ok)) if ok.any() else None,
+            last_answered_t=float(np.nanmax(t_ok)) if ok.any() else None,
+        ))
+    out.sort(key=lambda s: -s.attempts)
+    return out

@@ -1,0 +1,85 @@
+"""`tcpreuse analyze FILE...`: what happened to every connection attempt in captures.
+
+Thin: tcpreuse.capture reads and analyses, the capture_* diagnosis rules judge,
+tcpreuse.capture.render draws. Several files are read in parallel processes; by default
+they are one capture (rotated files of one capture point), --per-file keeps them apart.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import CaptureError
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: counts, per-client/server stats, findings.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write one row per attempt (tshark field names where they exist).")
+@click.option("--parquet", "parquet_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The same rows as Parquet (needs pyarrow).")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Save the attempts as a RunResult JSON (source=analyze) for `tcpreuse report`.")
+@click.option("--per-file", is_flag=True, help="Analyse each file on its own instead of as one capture.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
+              help="Processes reading files in parallel (default: one per core).")
+@click.option("--top", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="Clients and servers shown in the tables.")
+@click.option("--strict", is_flag=True, help="Fail (exit 2) if any file could not be read completely.")
+def analyze(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_path: Path | None,
+            save_path: Path | None, per_file: bool, jobs: int | None, top: int, strict: bool) -> None:
+    """Diagnose short-connection failures from pcap/pcapng captures.
+
+    For every connection attempt (a SYN and what followed): Zeek conn_state and history,
+    SYN retransmissions, how the SYN was answered (SYN-ACK, RST, an ACK for an old
+    connection, nothing), 4-tuple reuse and what a Linux server in TIME_WAIT would have
+    done with it; per client: timestamps, timestamp clocks (NAT), port allocation and
+    cycle; then findings with the changes that fix them.
+    """
+    from ..capture.analysis import analyze_paths
+    from ..diagnose.base import Evidence, diagnose
+    from ..result import dumps
+
+    results = analyze_paths(files, merge=not per_file, jobs=jobs)
+    if csv_path or parquet_path or save_path:
+        if len(results) > 1:
+            raise CaptureError("--csv/--parquet/--save need one analysis; drop --per-file")
+        an = results[0]
+        if csv_path:
+            an.write_csv(csv_path)
+        if parquet_path:
+            an.write_parquet(parquet_path)
+        if save_path:
+            try:
+                an.to_run_result().save(save_path)
+            except OSError as e:
+                raise CaptureError(f"cannot write {save_path}: {e.strerror or e}") from None
+    docs = []
+    for an in results:
+        findings = diagnose(Evidence(source="analyze", capture=an))
+        if as_json:
+            docs.append({**an.to_json(), "findings": [f.to_json() for f in findings]})
+        else:
+            from rich.console import Console
+
+            from ..capture.render import render
+
+            con = Console()
+            if len(results) > 1:
+                con.rule(", ".join(Path(f).name for f in an.files))
+            for part in render(an, findings, top=top):
+                con.print(part)
+    if as_json:
+        click.echo(dumps(docs[0] if len(docs) == 1 else {"analyses": docs}))
+    for an in results:
+        for w in an.warnings:
+            click.secho(f"tcpreuse: warning: {w}", fg="yellow", err=True)
+    if strict and not all(an.complete for an in results):
+        bad = [r for an in results for r in an.reports if not r.complete]
+        raise CaptureError(f"{len(bad)} file(s) not read completely: "
+                           + "; ".join(f"{Path(r.path).name}: {r.summary()}" for r in bad))
+    sys.stdout.flush()
