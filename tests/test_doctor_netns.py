@@ -285,3 +285,16 @@ def test_netns_as_non_root_is_a_clear_error(make_ns, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     (h,) = json.loads(r.stdout)["hosts"].values()
     assert h["settings"]["net.ipv4.tcp_timestamps"] in (0, 1, 2) and h["time_wait"] is not None
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft not installed")
+def test_role_nat_from_forwarding_and_nat_table_and_without_nft(make_ns, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ip_forward=1 plus an nftables nat table (inside the namespace) makes the role 'nat';
+    without the nft tool the doctor still runs and just cannot tell."""
+    ns = make_ns("nat", net__ipv4__ip_forward=1)
+    ns.run(["nft", "add table ip tcpr_nat; add chain ip tcpr_nat post { type nat hook postrouting priority 100 ; }"])
+    h, _ = doctor(ns, interval=0)
+    assert h.role == "nat" and "nft ip tcpr_nat" in h.extra["role_evidence"]
+    monkeypatch.setenv("PATH", "/nonexistent")
+    h, _ = doctor(ns, interval=0)
+    assert h.role is None and h.extra["nat_tables"] == []

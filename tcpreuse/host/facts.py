@@ -347,8 +347,9 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
     tuples: list[TupleUse] = []
     details: list[dict[str, Any]] = []
     for gi in order[:MAX_TUPLES].tolist():
-        dst = addr_text(keys["dst"][gi].tobytes())
-        tu = TupleUse(src=addr_text(keys["src"][gi].tobytes()), dst=dst, dport=int(keys["dport"][gi]),
+        fam = int(keys["family"][gi])
+        dst = addr_text(keys["dst"][gi].tobytes(), fam)
+        tu = TupleUse(src=addr_text(keys["src"][gi].tobytes(), fam), dst=dst, dport=int(keys["dport"][gi]),
                       established=int(est[gi]), time_wait=int(tw[gi]),
                       other=int(counts[gi] - est[gi] - tw[gi]), budget=per_tuple_budget)
         members = by_group[starts[gi]:starts[gi + 1]]
@@ -400,6 +401,8 @@ def infer_role(facts: HostFacts, obs: Observed) -> tuple[str | None, str]:
     if obs.role:
         return obs.role, "given with --role"
     fwd = facts.settings.get("net.ipv4.ip_forward")
+    if obs.ipvs_services:
+        return "lb", f"{obs.ipvs_services} IPVS virtual service(s)"
     if fwd == 1 and obs.nat_tables:
         return "nat", f"ip_forward=1 and NAT tables present ({', '.join(obs.nat_tables)})"
     inc, outg = int(facts.extra.get("incoming", 0)), int(facts.extra.get("outgoing", 0))

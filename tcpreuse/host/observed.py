@@ -91,6 +91,7 @@ class Observed:
     rlimit_nofile: tuple[int, int] | None = None  # of the observing shell/process
     processes: list[ProcessInfo] | None = None
     nat_tables: list[str] | None = None  # nat tables seen (iptables/nftables); None: unknown
+    ipvs_services: int | None = None  # IPVS virtual services; None: IPVS not loaded / unknown
     role: str | None = None  # given by the user (--role)
     netns: str | None = None
     taken_at: float | None = None  # wall clock (epoch s)

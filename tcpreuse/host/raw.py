@@ -50,6 +50,7 @@ def to_observed(raw: RawHost, origin: str) -> Observed:
     if isinstance(rl, list | tuple) and len(rl) == 2:
         obs.rlimit_nofile = (int(rl[0]), int(rl[1]))
     obs.nat_tables = m.get("nat_tables")
+    obs.ipvs_services = m.get("ipvs_services")
     obs.notes.extend(str(n) for n in m.get("notes", []))
     obs.processes = raw.processes
     if not raw.samples:

@@ -65,7 +65,7 @@ def _request(family: int, states: int, ext: int, seq: int) -> bytes:
     return _NLMSGHDR.pack(16 + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body
 
 
-def message_starts(buf: bytes) -> np.ndarray:
+def message_starts(buf: bytes | memoryview) -> np.ndarray:
     """Word offsets of the netlink messages in `buf`, in order (see the module docstring).
 
     The chain stops at the end of `buf` or at a position that is not a candidate (which
@@ -113,42 +113,49 @@ def message_starts(buf: bytes) -> np.ndarray:
     return cand[on[:m]].astype(np.int64)
 
 
-def _recv_dump(sock: socket.socket, family: int, states: int, ext: int, seq: int) -> tuple[bytes, np.ndarray, bool]:
-    """Send one dump request and receive it whole: (bytes, starts of sock_diag messages, interrupted)."""
+def _recv_dump(sock: socket.socket, family: int, states: int, ext: int,
+               seq: int) -> tuple[memoryview, np.ndarray, bool]:
+    """Send one dump request and receive it whole into one growing buffer (no per-recv
+    bytes objects, no final join): (bytes, starts of sock_diag messages, interrupted)."""
     sock.send(_request(family, states, ext, seq))
-    chunks: list[bytes] = []
+    buf = bytearray(1 << 20)
+    pos = 0
     while True:
-        data = sock.recv(1 << 20)
-        if not data:
+        if len(buf) - pos < (1 << 16):
+            buf.extend(bytes(len(buf)))  # double; no memoryview is alive here
+        with memoryview(buf) as view:
+            n = sock.recv_into(view[pos:], 1 << 16)
+        if not n:
             raise HostError("sock_diag: netlink socket closed during the dump")
-        chunks.append(data)
+        first, pos = pos, pos + n
         # NLMSG_DONE (20 bytes) ends the last recv of a dump; an error comes alone.
-        if len(data) >= 20:
-            ln, typ = _HDR.unpack_from(data, len(data) - 20)
+        if n >= 20:
+            ln, typ = _HDR.unpack_from(buf, pos - 20)
             if ln == 20 and typ == NLMSG_DONE:
-                buf = b"".join(chunks)
-                starts = message_starts(buf)
-                if len(starts) and starts[-1] * 4 == len(buf) - 20:
-                    return _finish(buf, starts, family)
-        ln, typ = _HDR.unpack_from(data, 0)
+                with memoryview(buf) as whole, whole[:pos] as data:
+                    starts = message_starts(data)
+                if len(starts) and starts[-1] * 4 == pos - 20:
+                    return _finish(memoryview(buf)[:pos], starts, family)
+                # else: a payload that merely ended like NLMSG_DONE; keep receiving
+        ln, typ = _HDR.unpack_from(buf, first)
         if typ == NLMSG_ERROR:
-            return _finish(data, np.zeros(1, dtype=np.int64), family)
+            return _finish(memoryview(buf)[first:pos], np.zeros(1, dtype=np.int64), family)
 
 
-def _finish(buf: bytes, starts: np.ndarray, family: int) -> tuple[bytes, np.ndarray, bool]:
+def _finish(buf: memoryview, starts: np.ndarray, family: int) -> tuple[memoryview, np.ndarray, bool]:
     h = np.frombuffer(buf, dtype=np.uint16, count=len(buf) // 2)
     types, flags = h[2 * starts + 2], h[2 * starts + 3]  # nlmsg_type, nlmsg_flags
     err_at = np.nonzero(types == NLMSG_ERROR)[0]
     if err_at.size:
         err = -struct.unpack_from("=i", buf, int(starts[err_at[0]]) * 4 + 16)[0]
         if err == errno.ENOENT and family == socket.AF_INET6:
-            return b"", np.zeros(0, dtype=np.int64), False  # IPv6 not built in / disabled
+            return memoryview(b""), np.zeros(0, dtype=np.int64), False  # IPv6 not built in / disabled
         raise HostError(f"sock_diag: the kernel answered {errno.errorcode.get(err, err)} ({os.strerror(err)})")
     intr = bool((flags & NLM_F_DUMP_INTR).any())
     return buf, starts[types == SOCK_DIAG_BY_FAMILY], intr
 
 
-def decode(buf: bytes, starts: np.ndarray) -> np.ndarray:
+def decode(buf: bytes | memoryview, starts: np.ndarray) -> np.ndarray:
     """The inet_diag_msg of every message, as SOCK_DTYPE rows (one numpy gather)."""
     n = len(starts)
     out = np.zeros(n, dtype=SOCK_DTYPE)
@@ -163,7 +170,7 @@ def decode(buf: bytes, starts: np.ndarray) -> np.ndarray:
     return out
 
 
-def _tcp_info_ts(buf: bytes, starts: np.ndarray) -> np.ndarray:
+def _tcp_info_ts(buf: bytes | memoryview, starts: np.ndarray) -> np.ndarray:
     """Per message: 1/0 if struct tcp_info says timestamps were negotiated, -1 if absent."""
     out = np.full(len(starts), -1, dtype=np.int8)
     unpack_hdr, unpack_attr = _HDR.unpack_from, _ATTR.unpack_from

@@ -228,6 +228,11 @@ class LinuxSource(LiveCollector):
         meta: dict[str, object] = {"kernel_release": os.uname().release, "netns": self.netns,
                                    "name": self.name or (f"netns:{self.netns}" if self.netns else socket.gethostname())}
         meta["nat_tables"] = self._nat_tables()
+        try:  # IPVS virtual services of this namespace (an L4 load balancer)
+            meta["ipvs_services"] = sum(1 for ln in self.read_file("/proc/net/ip_vs").splitlines()
+                                        if ln.startswith(("TCP ", "UDP ", "FWM ")))
+        except OSError:
+            meta["ipvs_services"] = None
         return meta
 
     def _nat_tables(self) -> list[str] | None:
