@@ -235,3 +235,12 @@ def test_ipv6_loopback() -> None:
     finally:
         srv.stop()
     assert s["ok"] == 10 and s["outcomes"]["ok"]["sample"].startswith("[::1]:")
+
+
+def test_overloaded_open_loop_stays_bounded_and_says_so(closed_port: int) -> None:
+    t = time.monotonic()
+    s = load_json(f"127.0.0.1:{closed_port}", "--rate", "1000000", "--duration", "0.5", "--workers", "1")
+    assert time.monotonic() - t < 10
+    assert s["attempts"] + s["not_started"] == 500_000 and s["not_started"] > 0
+    assert s["start_lag"]["late_starts"] > 0 and s["start_lag"]["max"] > 100
+    assert any("never started" in n for n in s["notes"])

@@ -137,3 +137,20 @@ def test_syn_retransmissions_and_connect_timeouts(ns: Namespace) -> None:
     t = load(ns, f"127.0.0.1:{PORT + 1}", "--rate", "100", "--count", "3", "--connect-timeout", "0.3")
     assert t["outcomes"]["ETIMEDOUT"]["count"] == 3 and t["reasons"] == {"connect_timeout": 3}
     assert re.fullmatch(rf"127\.0\.0\.1:\d+ -> 127\.0\.0\.1:{PORT + 1}", t["outcomes"]["ETIMEDOUT"]["sample"])
+
+
+@pytest.mark.parametrize("ns", [{"net.ipv4.ip_local_port_range": "50000 50019",
+                                 "net.ipv4.tcp_tw_reuse": "0"}], indirect=True)
+def test_address_no_port_shares_ports_per_destination_and_bind0_does_not(ns: Namespace) -> None:
+    with ServeProcess(["--listen", f"127.0.0.1:{PORT}", "--listen", f"127.0.0.1:{PORT + 1}",
+                       "--close", "client"], prefix=ns.cmd([])):
+        a = [load(ns, f"127.0.0.1:{p}", "--rate", "1000", "--count", "25", "--source", "127.0.0.1")
+             for p in (PORT, PORT + 1)]
+        # every port now sits in TIME_WAIT under a connect()-made bind bucket: bind(addr, 0)
+        # cannot take any of them, toward any destination
+        b = load(ns, f"127.0.0.1:{PORT + 1}", "--rate", "1000", "--count", "5", "--source", "127.0.0.1",
+                 "--bind", "bind0")
+    assert [s["ok"] for s in a] == [20, 20]  # the 20-port budget is per destination
+    assert all(s["outcomes"]["EADDRNOTAVAIL"]["count"] == 5 for s in a)
+    assert b["ok"] == 0 and b["outcomes"]["EADDRINUSE"]["count"] == 5
+    assert b["reasons"] == {"local_ports_exhausted": 5}

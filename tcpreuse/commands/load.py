@@ -22,11 +22,12 @@ def _fmt_ms(v: float | None) -> str:
 
 def _render_summary(s: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     con = Console()
     con.print(
-        f"[bold]{s['target']}[/] {s['mode']} loop"
+        f"[bold]{escape(s['target'])}[/] {s['mode']} loop"
         + (f", {s['arrival']} {s['rate_target']}/s" if s["mode"] == "open" else f", {s['concurrency']} in flight")
         + f", {s['protocol']}, close={s['close']}, {s['workers']} worker(s)"
     )
@@ -39,7 +40,7 @@ def _render_summary(s: dict[str, Any]) -> None:
     for c in ("outcome", "count", "sample 4-tuple", "first s", "last s"):
         t.add_column(c, justify="right" if c in ("count", "first s", "last s") else "left")
     for name, d in s["outcomes"].items():
-        t.add_row(name if name == "ok" else f"[red]{name}[/]", str(d["count"]), d["sample"],
+        t.add_row(name if name == "ok" else f"[red]{name}[/]", str(d["count"]), escape(d["sample"]),
                   f"{d['first_s']:.3f}", f"{d['last_s']:.3f}")
     con.print(t)
     lat = Table(box=None, header_style="bold")
@@ -60,7 +61,7 @@ def _render_summary(s: dict[str, Any]) -> None:
         if interesting:
             con.print("counters: " + ", ".join(f"{k} {s['counters'][k]:+d}" for k in interesting))
     for n in s["notes"]:
-        con.print(f"[yellow]note:[/] {n}")
+        con.print(f"[yellow]note:[/] {escape(n)}")
 
 
 class _Live:

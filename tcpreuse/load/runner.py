@@ -368,6 +368,7 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     requests = sum(r.requests for r in parts)
     lag_max = max((r.lag_max_ms for r in parts), default=0.0)
     late = sum(r.late_starts for r in parts)
+    not_started = sum(r.not_started for r in parts)
 
     notes: list[str] = []
     if interrupted:
@@ -378,6 +379,9 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         notes.append(f"{late} of {total} attempts started more than 1 ms after they were due "
                      f"(worst {lag_max:.1f} ms): the generator did not keep up with the rate; "
                      "their latency counts from the due time")
+    if not_started:
+        notes.append(f"{not_started} attempts due before the end were never started: the generator "
+                     f"was too far behind its schedule (use more --workers or a lower --rate)")
     outcomes_counts = table.counts("outcome")
     for fd_err in ("EMFILE", "ENFILE"):
         if fd_err in outcomes_counts:
@@ -430,6 +434,7 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         "request_ms": percentiles(request_h),
         "http_status": {str(k): v for k, v in sorted(http_status.items())},
         # how late the generator itself started attempts (open loop; part of connect_ms)
+        "not_started": not_started,
         "start_lag": {"late_starts": late, **{k: v for k, v in percentiles(
             merge_hists([r.lag_hist for r in parts])).items() if k in ("p50", "p99", "max")}},
         "per_second": {

@@ -62,6 +62,9 @@ from .target import Endpoint
 CLOSE_POLICIES = ("client", "server", "rst")
 BIND_MODES = ("none", "address_no_port", "bind0")
 
+# Most attempts one open-loop round starts before it looks at events again.
+MAX_BURST = 256
+
 # No SYN can have been retransmitted in a handshake shorter than this (see connected()).
 SYN_RTO_FLOOR_S = 0.001
 
@@ -135,6 +138,7 @@ class WorkerResult:
     http_status: dict[int, int]
     lag_max_ms: float  # worst start lag behind the schedule
     late_starts: int  # attempts started more than 1 ms after they were due
+    not_started: int  # due before the end, but the worker was too far behind to start them
     end: float  # s since t0 when the last attempt finished
     interrupted: bool
     error: str | None = None
@@ -528,6 +532,9 @@ class Worker:
             first = next(sched, None)
             next_due = None if first is None else t0 + first
         end_at = t0 + p.duration if p.duration is not None else float("inf")
+        # an overloaded open loop stops starting late attempts this long after the end
+        give_up_at = end_at + max(1.0, 0.1 * p.duration) if p.duration is not None else float("inf")
+        skipped = 0
         max_starts = p.count if p.count is not None else -1
         concurrency = p.concurrency
         control = self.control
@@ -557,7 +564,12 @@ class Worker:
             done_before = n_ok + n_failed
             if not exhausted:
                 if open_loop:
-                    while next_due is not None and next_due <= now:
+                    # A worker that fell behind starts what is due at once (open loop),
+                    # but at most MAX_BURST per round, so answers and timeouts are not
+                    # starved meanwhile; the late ones keep their due times.
+                    burst = MAX_BURST
+                    while next_due is not None and next_due <= now and burst:
+                        burst -= 1
                         lag = now - next_due
                         lag_app(lag)
                         if lag > 0.001:
@@ -567,6 +579,11 @@ class Worker:
                         start(next_due, now)
                         nxt = next(sched, None)
                         next_due = None if nxt is None else t0 + nxt
+                    if next_due is not None and now >= give_up_at:
+                        # so far behind that the run would overstay its duration: the
+                        # rest is counted as not started, not silently dropped
+                        skipped = 1 + sum(1 for _ in sched)
+                        next_due = None
                     exhausted = next_due is None
                 elif now >= end_at or n_started == max_starts:
                     exhausted = True
@@ -659,7 +676,7 @@ class Worker:
             request_hist=rh.encode().decode() if rh.get_total_count() else "",
             lag_hist=lh.encode().decode() if lh.get_total_count() else "",
             requests=n_requests, http_status=http_status,
-            lag_max_ms=lag_max * 1000.0, late_starts=late, end=end,
+            lag_max_ms=lag_max * 1000.0, late_starts=late, not_started=skipped, end=end,
             interrupted=stopping,
         )
 
