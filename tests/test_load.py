@@ -101,6 +101,7 @@ def test_refused_is_counted_with_a_sample_tuple(closed_port: int, tmp_path: Path
 
 def test_json_and_result_contract(server: ServeProcess, tmp_path: Path) -> None:
     out = tmp_path / "sub" / "r.json"
+    before = time.time()
     s = load_json(f"127.0.0.1:{server.port}", "--rate", "300", "--duration", "2", "--workers", "2",
                   "--host-name", "client-1", "--scenario", "seedling", "--workload", "verify",
                   "--result", str(out))
@@ -113,6 +114,8 @@ def test_json_and_result_contract(server: ServeProcess, tmp_path: Path) -> None:
     rr = RunResult.from_json(data)
     assert RunResult.from_json(rr.to_json(records=True)).to_json(records=True) == rr.to_json(records=True)
     assert rr.source == "load" and rr.scenario == "seedling" and len(rr.attempts) == 600
+    assert before < rr.meta["t0_unix"] < before + 5  # wall-clock time of t = 0, for merging
+    assert [p.name for p in out.parent.iterdir()] == ["r.json"]  # written atomically, no leftovers
     assert set(rr.counters) == {"client-1"} and rr.counters["client-1"]["TcpActiveOpens"] >= 600
     assert "TcpExtTW" in rr.counters["client-1"] and "TcpExtPAWSActive" in rr.counters["client-1"]
     tl = rr.timeline
@@ -165,6 +168,7 @@ def test_sources_rotate_with_address_no_port(server: ServeProcess, tmp_path: Pat
 def test_user_errors_are_one_line(server: ServeProcess) -> None:
     cases = [
         (["127.0.0.1:1", "--rate", "10"], "bounded"),
+        (["127.0.0.1:1", "--rate", "10", "--count", "1", "--result", "/proc/x/y.json"], "--result"),
         (["127.0.0.1:1", "--duration", "1"], "--rate R"),
         (["127.0.0.1:1", "--rate", "10", "--concurrency", "2", "--count", "1"], "exclude"),
         (["no-such-host.invalid:80", "--rate", "1", "--count", "1"], "cannot resolve"),

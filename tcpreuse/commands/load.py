@@ -7,6 +7,7 @@ merges the files, so --result, --host-name and the RunResult layout are a contra
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,22 @@ def _render_summary(s: dict[str, Any]) -> None:
             con.print("counters: " + ", ".join(f"{k} {s['counters'][k]:+d}" for k in interesting))
     for n in s["notes"]:
         con.print(f"[yellow]note:[/] {escape(n)}")
+
+
+def _save_atomically(result: Any, path: Path) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader (the lab) never sees
+    half a file, even if this process is killed while writing."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        result.save(Path(tmp), records=True)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class _Live:
@@ -161,18 +178,18 @@ def load(target: str, rate: float | None, concurrency: int | None, duration: flo
         connect_timeout=connect_timeout, request_timeout=request_timeout, workers=workers,
         seed=seed, host_name=host_name or socket.gethostname(), scenario=scenario, workload=workload,
     )
-    if result_path is not None:
+    if result_path is not None:  # fail before the run, not after it
         try:
             result_path.parent.mkdir(parents=True, exist_ok=True)
-            with result_path.open("a"):
-                pass
         except OSError as e:
             raise LoadError(f"cannot write --result {result_path}: {e.strerror}") from None
+        if result_path.is_dir() or not os.access(result_path.parent, os.W_OK):
+            raise LoadError(f"cannot write --result {result_path}")
     live = not quiet and not as_json and sys.stderr.isatty()
     with _Live(live) as view:
         run = run_load(cfg, on_progress=view.update if live else None)
     if result_path is not None:
-        run.result.save(result_path, records=True)
+        _save_atomically(run.result, result_path)
     if as_json:
         from ..result import dumps
 

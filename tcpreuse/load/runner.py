@@ -162,8 +162,9 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
     bind = config.effective_bind()
     counters_before = kstat.read_counters()
     settings = kstat.read_sysctls()
-    started_wall = time.time()
-    t0 = time.monotonic() + 0.05 + 0.01 * workers  # time to fork before the first attempt
+    started_wall, started_mono = time.time(), time.monotonic()
+    t0 = started_mono + 0.05 + 0.01 * workers  # time to fork before the first attempt
+    t0_unix = started_wall + (t0 - started_mono)  # wall-clock time of t = 0 (due times count from it)
 
     plans = []
     for i in range(workers):
@@ -279,13 +280,13 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
         raise LoadError("no worker returned a result" + (": " + errors[0] if errors else ""))
     merged = _merge(config, [results[i] for i in sorted(results)], tw_samples, counters,
                     settings, workers, bind, interrupted or any(r.interrupted for r in results.values()),
-                    errors, nofile, started_wall, end_time - t0)
+                    errors, nofile, t0_unix, end_time - t0)
     return merged
 
 
 def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
            counters: dict[str, int], settings: dict[str, str], workers: int, bind: str,
-           interrupted: bool, errors: list[str], nofile: int, started_wall: float,
+           interrupted: bool, errors: list[str], nofile: int, t0_unix: float,
            wall_s: float) -> LoadRun:
     outcome_voc: list[str] = []
     reason_voc: list[str] = []
@@ -463,7 +464,7 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         timeline=tl, counters={config.host_name: counters}, hosts=hosts, seed=config.seed,
         notes=notes, meta={
             "kernel": platform.release(),
-            "started_unix": round(started_wall, 3),
+            "t0_unix": round(t0_unix, 6),  # wall-clock time of t = 0
             "load": {k: v for k, v in summary.items() if k not in ("per_second", "notes", "counters")},
             "histograms": {"connect_us": connect_h.encode().decode() if connect_h.get_total_count() else "",
                            "request_us": request_h.encode().decode() if request_h.get_total_count() else ""},
