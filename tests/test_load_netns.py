@@ -154,3 +154,11 @@ def test_address_no_port_shares_ports_per_destination_and_bind0_does_not(ns: Nam
     assert all(s["outcomes"]["EADDRNOTAVAIL"]["count"] == 5 for s in a)
     assert b["ok"] == 0 and b["outcomes"]["EADDRINUSE"]["count"] == 5
     assert b["reasons"] == {"local_ports_exhausted": 5}
+
+
+def test_unreachable_target_is_refused_up_front(ns: Namespace) -> None:
+    # the namespace has only its loopback: no route to anything else
+    r = ns.run([sys.executable, "-m", "tcpreuse", "load", "192.0.2.1:80", "--rate", "10", "--count", "5"],
+               check=False)
+    assert r.returncode == 2 and "192.0.2.1:80 is unreachable" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -29,7 +29,7 @@ from ..result import COLUMNS, AttemptTable, HostInfo, RunResult, Timeline
 from . import kstat
 from .arrival import ARRIVALS, split_count
 from .errors import LoadError
-from .sockopt import check_local_port_range, check_sources_local, raise_nofile
+from .sockopt import check_local_port_range, check_route, check_sources_local, raise_nofile
 from .target import Endpoint, format_addr
 from .worker import (
     BIND_MODES,
@@ -113,6 +113,7 @@ class LoadConfig:
             raise LoadError("--bind none ignores --source: use address_no_port or bind0")
         if self.workers is not None and not 1 <= self.workers <= 1024:
             raise LoadError("--workers must be between 1 and 1024")
+        check_route(self.target.host, self.target.port, self.target.family)
         if self.sources:
             check_sources_local(self.sources, self.target.family)
         if self.local_port_range:

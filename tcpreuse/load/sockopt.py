@@ -84,6 +84,24 @@ def check_sources_local(addrs: list[str], family: int) -> None:
             s.close()
 
 
+def check_route(host: str, port: int, family: int) -> None:
+    """Refuse a target this namespace has no route to, before any attempt.
+
+    connect() on a UDP socket does the route lookup and sends nothing. A routable target
+    that does not answer is not refused here: that is what a run measures (ETIMEDOUT).
+    """
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.connect((host, port))
+    except OSError as e:
+        if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EINVAL):
+            raise LoadError(f"target {host}:{port} is unreachable from this host (network namespace): "
+                            f"{e.strerror}", hint="see `ip route get " + host + "`") from None
+        raise
+    finally:
+        s.close()
+
+
 def raise_nofile() -> int:
     """Lift the soft RLIMIT_NOFILE to the hard limit (as nginx does); returns the new limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
