@@ -23,7 +23,7 @@ import pytest
 from tcpreuse.diagnose.base import diagnose
 from tcpreuse.host import evidence_of
 from tcpreuse.host.source import LinuxSource
-from tcpreuse.lab.netns import Namespace
+from tcpreuse.lab.netns import Namespace, veth_pair
 
 pytestmark = [
     pytest.mark.netns,
@@ -62,6 +62,22 @@ if mode == "churn":
             out({"t": time.monotonic(), "ok": ok})
     out({"ok": ok, "errno": err, "t_fail": t_fail})
     sys.stdin.read()  # keep the listener until the test is done
+elif mode == "serve":  # accept and hold up to A connections on 0.0.0.0:PORT
+    l = socket.socket(); l.bind(("0.0.0.0", port)); l.listen(512); l.settimeout(0.2)
+    held, end = [], time.monotonic() + secs
+    out({"listening": port})
+    while time.monotonic() < end and len(held) < a:
+        try:
+            held.append(l.accept()[0])
+        except TimeoutError:
+            pass
+    out({"held": len(held)})
+    sys.stdin.read()
+elif mode == "hold":  # open A connections to DST:PORT and keep them (DST in argv[6])
+    dst = sys.argv[6]
+    held = [socket.create_connection((dst, port), timeout=5) for _ in range(a)]
+    out({"held": len(held)})
+    sys.stdin.read()
 elif mode == "flood":
     l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(a)
     held = []
@@ -298,3 +314,31 @@ def test_role_nat_from_forwarding_and_nat_table_and_without_nft(make_ns, monkeyp
     monkeypatch.setenv("PATH", "/nonexistent")
     h, _ = doctor(ns, interval=0)
     assert h.role is None and h.extra["nat_tables"] == []
+
+
+def test_reuse_cannot_help_toward_a_peer_without_timestamps(make_ns) -> None:
+    """tcp_info of the established connections shows the server does not negotiate
+    timestamps, so tw_reuse cannot take over their TIME_WAIT entries: the doctor says so."""
+    client = make_ns("cli", net__ipv4__ip_local_port_range="42000 42199", net__ipv4__tcp_tw_reuse=1)
+    server = make_ns("srv", net__ipv4__tcp_timestamps=0)
+    veth_pair(client, "tcpr-c0", server, "tcpr-s0")
+    client.run(["ip", "addr", "add", "10.199.0.1/24", "dev", "tcpr-c0"])
+    server.run(["ip", "addr", "add", "10.199.0.2/24", "dev", "tcpr-s0"])
+    srv = Traffic(server, "serve", 8443, 150, 0, 10)
+    cli_ = None
+    try:
+        srv.until("listening")
+        cli_ = Traffic(client, "hold", 8443, 150, 0, 10, "10.199.0.2")
+        assert cli_.until("held")["held"] == 150
+        h, findings = doctor(client, interval=0)
+        t = h.tuples[0]
+        assert (t.dst, t.dport, t.established, t.budget) == ("10.199.0.2", 8443, 150, 200)
+        d = h.extra["tuple_detail"][0]
+        assert d["peer_timestamps"] == {"with": 0, "without": 150} and d["tw_reuse_applies"] is False
+        f = by_id(findings, "tw-reuse-peer-without-timestamps")[0]
+        assert f.severity == "warning" and ev_value(f, "established without timestamps") == 150
+        assert "10.199.0.2:8443" in f.title
+    finally:
+        srv.stop()
+        if cli_ is not None:
+            cli_.stop()

@@ -215,7 +215,8 @@ def read_sockets(states: int = ALL_STATES, with_info: bool = False) -> tuple[Soc
                 notes.append("the socket dump was interrupted by concurrent changes; counts may be off by a few")
             rows = decode(buf, starts)
             if with_info and len(starts):
-                rows["ts"] = _tcp_info_ts(buf, starts)
+                est = np.nonzero(rows["state"] == 1)[0]  # only established sockets matter
+                rows["ts"][est] = _tcp_info_ts(buf, starts[est])
             parts.append(rows)
     finally:
         sock.close()

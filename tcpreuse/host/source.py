@@ -127,8 +127,9 @@ class LiveCollector:
                 reuse = int(first.files.get(sysctl_path("net.ipv4.tcp_tw_reuse"), "0").split()[0])
             except (ValueError, IndexError):
                 reuse = 0
-            # tcp_info is only needed to tell whether tw_reuse can apply; it costs time.
-            with_info = reuse != 0
+            # tcp_info only tells whether tw_reuse can apply to a peer; it costs time, and with
+            # the default 2 (loopback only) the peer is this kernel, timestamps as set here.
+            with_info = reuse == 1
             s0 = self._sample(list(COUNTER_FILES), True, with_info and self.interval == 0)
             s0.files.update(first.files)
             s0.unreadable.update(first.unreadable)
