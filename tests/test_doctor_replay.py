@@ -18,6 +18,7 @@ import socket
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tcpreuse.cli import main
@@ -25,7 +26,9 @@ from tcpreuse.diagnose.base import diagnose
 from tcpreuse.errors import HostError
 from tcpreuse.findings import Finding
 from tcpreuse.host import evidence_of, sources_for
-from tcpreuse.host.sockets import SockTable
+from tcpreuse.host.observed import CounterSample, Observed, SocketSample
+from tcpreuse.host.paste import parse_text, to_observed
+from tcpreuse.host.sockets import SOCK_DTYPE, TCP_LISTEN, TCP_TIME_WAIT, SockTable, addr_bytes
 from tcpreuse.host.source import FixtureSource, LinuxSource
 
 DATA = Path(__file__).parent / "data" / "host"
@@ -274,3 +277,53 @@ def test_processes_are_attributed_by_socket_inode() -> None:
     me = next(p for p in h.extra["processes"] if p["pid"] == os.getpid())
     assert me["listening"] >= 1 and me["fds"] >= 1 and me["nofile_soft"] > 0
     assert any(lu.port == port for lu in h.listeners)
+
+
+# ---- the other checks, on small synthetic observations -------------------------------------
+
+def _diagnose(obs: Observed) -> tuple[object, list[Finding]]:
+    ev = evidence_of([obs])
+    (h,) = ev.hosts.values()
+    return h, diagnose(ev)
+
+
+def test_paws_rising_conntrack_full_and_file_table() -> None:
+    obs = Observed(name="nat1", kernel_release="6.18.0",
+                   sysctls={"net.netfilter.nf_conntrack_count": "950", "net.netfilter.nf_conntrack_max": "1000",
+                            "net.netfilter.nf_conntrack_tcp_timeout_time_wait": "120",
+                            "fs.file-nr": "900\t0\t1000", "fs.file-max": "1000"},
+                   counters=[CounterSample(t=0, values={"TcpExtPAWSEstab": 10, "TcpExtPAWSTimewait": 0,
+                                                        "TcpExtPAWSActive": 0}),
+                             CounterSample(t=2, values={"TcpExtPAWSEstab": 30, "TcpExtPAWSTimewait": 8,
+                                                        "TcpExtPAWSActive": 0})])
+    _, findings = _diagnose(obs)
+    p = one(findings, "paws-rejects-rising")
+    assert p.title == "PAWS rejections rising: PAWSEstab 10.0/s, PAWSTimewait 4.0/s"
+    assert val(p, "absent on this kernel") == "TcpExtPAWSPassive"
+    c = one(findings, "conntrack-near-full")
+    assert c.severity == "critical" and c.fixes[0].set == {"server:net.netfilter.nf_conntrack_max": 2000}
+    assert one(findings, "file-table-near-full").severity == "warning"
+
+
+def test_windows_pool_pressure_and_server_timewait_info() -> None:
+    rows = ["Protocol tcp Dynamic Port Range", "-----", "Start Port      : 50000", "Number of Ports : 255",
+            "RFC 1323 Timestamps                 : enabled"]
+    rows += [f"  TCP    10.0.0.5:{50000 + i}    10.0.0.9:80    TIME_WAIT    0" for i in range(240)]
+    obs = to_observed([parse_text("\n".join(rows), "win.txt")])
+    h, findings = _diagnose(obs)
+    f = one(findings, "windows-port-pool-pressure")
+    assert f.severity == "critical" and val(f, "ports in use by outgoing connections") == 240
+    assert val(f, "sustainable new connections per s") == round(255 / 240, 1)
+    assert not [x for x in findings if x.id == "windows-client-no-timestamps"]  # timestamps are on
+
+    tw = np.zeros(12000, dtype=SOCK_DTYPE)
+    tw["state"], tw["sport"], tw["dport"] = TCP_TIME_WAIT, 443, np.arange(12000) % 60000 + 1024
+    tw["src"], tw["dst"], tw["family"] = addr_bytes("10.0.0.1"), addr_bytes("10.0.0.7"), 2
+    tw["dst"][::2] = addr_bytes("10.0.0.8")
+    lis = np.zeros(1, dtype=SOCK_DTYPE)
+    lis["state"], lis["sport"], lis["family"], lis["wqueue"] = TCP_LISTEN, 443, 2, 4096
+    obs = Observed(name="web", kernel_release="5.15.0",
+                   sockets=[SocketSample(0.0, SockTable(np.concatenate([lis, tw])))])
+    h, findings = _diagnose(obs)
+    assert h.role == "server" and h.extra["incoming_time_wait_by_port"] == {443: 12000}
+    assert one(findings, "server-timewait-harmless").severity == "info"

@@ -77,7 +77,8 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
                                           f"free ports / {d.get('hold_s', 60):g} s hold"))
             items.append(EvidenceItem("tcp_tw_reuse applies", d.get("tw_reuse_applies", False)))
             when = ("it is exhausted now" if ste == 0 else
-                    f"at {t.rate_per_s:,.0f} new connections/s the last free port goes in {ste:.0f} s"
+                    f"at {t.rate_per_s:,.0f} new connections/s the last free port goes in "
+                    f"{ste:.{1 if ste < 10 else 0}f} s"
                     if ste is not None and t.rate_per_s else
                     "a burst above the sustainable rate exhausts it")
             out.append(Finding(
