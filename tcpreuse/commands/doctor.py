@@ -75,12 +75,12 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
     console = Console(markup=False, emoji=False, highlight=False)
     if watch is None:
         ev, findings = once()
-        if save:
-            _save(sources[0], save)
         if as_json:
             click.echo(json.dumps(to_json(ev, findings), indent=2, default=str))
         else:
             console.print(render(ev, findings))
+        if save:  # after the output: a failed write loses no diagnosis
+            _save(sources[0], save)
         return
 
     n = 0

@@ -56,14 +56,15 @@ def render_findings(findings: list[Finding]) -> RenderableType:
                     + (f", {', '.join(f.hosts)}" if f.hosts else "") + ")", style="dim")
         parts.append(head)
         parts.append(Text("   " + f.cause))
-        if f.evidence:
-            t = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False)
-            t.add_column(style="dim", no_wrap=False)
-            t.add_column(style="bold")
-            t.add_column(style="dim")
+        if f.evidence:  # aligned lines: cheaper to render than a Table per finding
+            lw = min(max(len(e.label) for e in f.evidence), 44)
+            vw = min(max(len(_v(e.value)) for e in f.evidence), 30)
             for e in f.evidence:
-                t.add_row("   " + e.label, _v(e.value), e.detail)
-            parts.append(t)
+                line = Text("   " + e.label.ljust(lw) + "  ", style="dim")
+                line.append(_v(e.value).ljust(vw) if e.detail else _v(e.value), style="bold")
+                if e.detail:
+                    line.append("  " + e.detail, style="dim")
+                parts.append(line)
         for j, fx in enumerate(f.fixes, 1):
             line = Text(f"   fix {j}: ", style="green")
             line.append(fx.title)
