@@ -6,6 +6,7 @@ and with random ISNs; several timestamp clocks behind one NAT address)."""
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -82,15 +83,18 @@ def test_zeek_table_is_the_step_function() -> None:
 # ---- the seed incident, crafted: Windows clients, no timestamps, random ISNs ---------
 
 
-def windows_reuse(n_conn: int = 900, ports: int = 300, gap: float = 0.05, seed: int = 7) -> list[Seg]:
-    """Windows-like clients: sequential ports 49152.., no timestamps, random ISN, 3 s RTO.
-    A Linux server closes first and holds TIME_WAIT; a reused SYN whose ISN is not after
-    the old rcv_nxt gets an ACK for the old connection, the client RSTs, and retries."""
+def windows_reuse(n_conn: int = 900, ports: int = 300, gap: float = 0.083, seed: int = 7) -> list[Seg]:
+    """Windows-like clients: sequential ports 49152.., no timestamps, random ISN, 3 s RTO,
+    arrivals `gap` apart on average, the rate falling over the run (0.4 to 1.6 x gap: a
+    port comes back after 10-40 s with the defaults). A Linux server closes first and holds TIME_WAIT; a reused SYN whose
+    ISN is not after the old rcv_nxt gets an ACK for the old connection, the client RSTs,
+    and retries when its RTO expires."""
     rng = random.Random(seed)
     segs: list[Seg] = []
     last: dict[int, tuple[int, int, float]] = {}  # port -> (old rcv_nxt, old snd_nxt, end time)
+    t = T0
     for k in range(n_conn):
-        t = T0 + k * gap
+        t += gap * (0.4 + 1.2 * k / n_conn) * rng.uniform(0.9, 1.1)  # the rate slows down
         port = 49152 + k % ports
         isn = rng.randrange(1 << 32)
         sisn = rng.randrange(1 << 32)
@@ -118,7 +122,7 @@ def test_seed_signature_windows_clients_on_server_timewait() -> None:
     old = a["answer"] == 3
     n_old = int(old.sum())
     reused = c["reused_server_timewait"]
-    assert reused == 600  # every port used three times, 15 s apart
+    assert reused == 600  # every port used three times, 10-40 s apart
     assert 0.35 * reused < n_old < 0.65 * reused  # random ISNs: about half are "before" rcv_nxt
     # the model agrees with what the (crafted) server did, SYN by SYN
     v = a["tw_verdict"]
@@ -132,11 +136,13 @@ def test_seed_signature_windows_clients_on_server_timewait() -> None:
     assert src.addr == C and src.syn_without_ts == 900 and src.ts_clocks is None
     pp = src.ports[0]
     assert pp.pattern == "sequential" and pp.median_step == 1 and pp.distinct_ports == 300
-    assert pp.cycle_median_s == pytest.approx(15.0, abs=3.1)
+    assert 20 < pp.cycle_median_s < 30
+    ages = a["reuse_age_s"][old]
+    assert ages.min() > 10 and ages.max() < 40
     f = {x.id: x for x in diagnose(Evidence(source="analyze", capture=an))}
     tw = f["capture-syn-hit-timewait"]
     assert "seed incident's signature" in tw.cause and "carried no timestamps" in tw.cause
-    assert "15.0–15.0 s" in tw.cause or "15.0 s" in tw.cause
+    assert re.search(r"closed 1\d\.\d–3\d\.\d s earlier", tw.cause), tw.cause
     assert "retried its SYN 3.0 s later" in tw.cause
     assert tw.fixes[0].commands[0] == "netsh int tcp set global timestamps=enabled"  # SYNs look like Windows
     assert tw.severity == "warning"  # all connected in the end, only delayed
@@ -220,7 +226,7 @@ def test_listen_overflow_signature_and_refused() -> None:
 
 
 def test_exports_use_tshark_names(tmp_path: Any) -> None:
-    an = analyse(windows_reuse(n_conn=60, ports=20, gap=0.5))
+    an = analyse(windows_reuse(n_conn=60, ports=20, gap=0.6))
     p = tmp_path / "a.csv"
     assert an.write_csv(p) == 60
     head = p.read_text().splitlines()[0].split(",")

@@ -238,12 +238,11 @@ def decode(fr: Frames, file_index: int = 0) -> Packets:
                                                 l4, plen, hlen, src, dst, w3)
     m = idx.size
     ce = _at(capend, idx)
-    ports = v.be32[l4]
-    sport = (ports >> 16).astype(np.uint16)
-    dport = (ports & 0xFFFF).astype(np.uint16)
-    seqack = v.be64[l4 + 4]
-    seq = (seqack >> np.uint64(32)).astype(np.uint32)
-    ack = seqack.astype(np.uint32)  # the low 32 bits
+    portseq = v.be64[l4]  # source port, destination port, sequence number
+    sport = (portseq >> np.uint64(48)).astype(np.uint16)
+    dport = (portseq >> np.uint64(32)).astype(np.uint16)  # astype keeps the low 16 bits
+    seq = portseq.astype(np.uint32)
+    ack = (v.be64[l4 + 4]).astype(np.uint32)
     flags = ((w3 >> 16) & 0xFF).astype(np.uint8)
     win = (w3 & 0xFFFF).astype(np.uint16)
     opt_end = l4 + hlen
@@ -340,10 +339,11 @@ def _ipv4(v: _Views, st: _Stage, idx: np.ndarray, net: np.ndarray, capend: np.nd
     tot = (w0 & 0xFFFF).astype(np.int64)
     ok = ((w0 >> 28) == 4) & (ihl >= 20) & ((tot >= ihl) | (tot == 0))
     idx, net, ihl, tot = st.keep(idx, ok, R_BAD_IP, net, ihl, tot)
-    w1 = v.be32[net + 4]  # id, flags, fragment offset
-    idx, net, ihl, tot = st.keep(idx, (w1 & 0x1FFF) == 0, R_FRAGMENT, net, ihl, tot)
-    proto = v.b8[net + 9]
-    idx, net, ihl, tot = st.keep(idx, proto == 6, R_NOT_TCP, net, ihl, tot)
+    w1 = v.be64[net + 4]  # id, flags + fragment offset, TTL, protocol, checksum
+    frag_ok = ((w1 >> np.uint64(32)) & np.uint64(0x1FFF)) == 0
+    tcp = ((w1 >> np.uint64(16)) & np.uint64(0xFF)) == 6
+    idx, net, ihl, tot, tcp = st.keep(idx, frag_ok, R_FRAGMENT, net, ihl, tot, tcp)
+    idx, net, ihl, tot = st.keep(idx, tcp, R_NOT_TCP, net, ihl, tot)
     zero = tot == 0
     if zero.any():  # total length 0: a TSO/GSO super-segment captured before segmentation
         tot = np.where(zero, _at(wire_end, idx) - net, tot)
@@ -415,6 +415,38 @@ def _options(v: _Views, start: np.ndarray, end: np.ndarray, flags: np.ndarray, h
         tsecr[fast] = tv.astype(np.uint32)
     rest = room > 0
     rest[fast] = False
+    # SYN and SYN-ACK layouts of common stacks, matched whole
+    syn = np.flatnonzero(rest & ((flags & SYN) != 0) & (room >= 12))
+    if syn.size:
+        s = start[syn]
+        w0, w1, w2 = v.be32[s], v.be32[s + 4], v.be32[s + 8]
+        mss_ok = (w0 >> 16) == 0x0204
+        # Linux: MSS, SACK-permitted, TS, NOP, WS (20 bytes)
+        lin = mss_ok & (w1 == 0x0402080A) & (room[syn] >= 20)
+        if lin.any():
+            k, sk = syn[lin], s[lin]
+            w4 = v.be32[sk + 16]
+            ok = (w4 >> 8) == 0x010303
+            k, sk, w4 = k[ok], sk[ok], w4[ok]
+            mss[k] = w0[lin][ok] & 0xFFFF
+            sackok[k] = True
+            has_ts[k] = True
+            tv = v.be64[sk + 8]
+            tsval[k] = (tv >> np.uint64(32)).astype(np.uint32)
+            tsecr[k] = tv.astype(np.uint32)
+            wscale[k] = w4 & 0xFF
+            rest[k] = False
+        # Linux without timestamps: MSS, NOP, NOP, SACK-permitted, NOP, WS (12 bytes)
+        # Windows: MSS, NOP, WS, NOP, NOP, SACK-permitted (12 bytes)
+        for sel_, ws_word in (((w1 == 0x01010402) & ((w2 >> 8) == 0x010303), w2),
+                              (((w1 >> 8) == 0x010303) & (w2 == 0x01010402), w1)):
+            m = mss_ok & sel_ & ~lin
+            if m.any():
+                k = syn[m]
+                mss[k] = w0[m] & 0xFFFF
+                sackok[k] = True
+                wscale[k] = ws_word[m] & 0xFF
+                rest[k] &= room[k] > 12  # anything after the 12 bytes: walk it
     act = np.flatnonzero(rest)
     if not act.size:
         return

@@ -283,9 +283,10 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     first_or[fo] = True
     first_or[fr_] = True
     r_ctrl_first = first(is_resp & (ctrl | has_data))
-    r_early = is_resp & (pos <= np.where(r_ctrl_first < BIG, r_ctrl_first, n)[seg])
-    r_early &= (_cumcount_in(seg, r_early) <= 8)
-    stepped = ctrl | first_or | r_early
+    early = np.flatnonzero(is_resp & (pos <= np.where(r_ctrl_first < BIG, r_ctrl_first, n)[seg]))
+    early = early[_cumcount(seg[early]) <= 8]  # bounded: a responder rarely ACKs more before answering
+    stepped = ctrl | first_or
+    stepped[early] = True
     si = np.flatnonzero(stepped)
     ev = zeek.event_code(is_orig[si], f[si], has_data[si])
     joint = zeek.run(seg[si], ev, nseg)
@@ -372,13 +373,12 @@ class _FlowCols:
         self.win = p.win[order]
 
 
-def _cumcount_in(seg: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """1-based count of `mask` so far within each segment (segments contiguous)."""
-    c = np.cumsum(mask)
-    starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
-    base = _shift(c, 0)[starts]
-    counts = np.diff(np.r_[starts, seg.size])
-    return c - np.repeat(base, counts)
+def _cumcount(key: np.ndarray) -> np.ndarray:
+    """1-based running count within runs of equal (sorted) `key`."""
+    if not key.size:
+        return key.astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return np.arange(key.size) - np.repeat(starts, np.diff(np.r_[starts, key.size])) + 1
 
 
 def _empty_cols() -> dict[str, np.ndarray]:

@@ -338,10 +338,10 @@ def _pcap_fields(buf: Any, arr: np.ndarray, endian: str) -> tuple[np.ndarray, ..
     m32 = np.uint64(0xFFFFFFFF)
     s32_ = np.uint64(32)
     if lo_first:
-        sec, frac = (a & m32).astype(np.int64), (a >> s32_).astype(np.int64)
+        sec, frac = a & m32, a >> s32_
         incl, orig = (b & m32).astype(np.int64), (b >> s32_).astype(np.int64)
     else:
-        sec, frac = (a >> s32_).astype(np.int64), (a & m32).astype(np.int64)
+        sec, frac = a >> s32_, a & m32
         incl, orig = (b >> s32_).astype(np.int64), (b & m32).astype(np.int64)
     return sec, frac, incl, orig
 

@@ -74,12 +74,12 @@ def port_cycle(ev: Evidence) -> list[Finding]:
                 hurt = int((a["answer"][client_rows] == flows.A_OLD_ACK).sum()) if rows.size else 0
                 out.append(Finding(
                     id="capture-port-cycle",
-                    title=f"{s.addr} reuses source ports toward {dest} within {pp.cycle_median_s:g} s "
+                    title=f"{s.addr} reuses source ports toward {dest} within {_s(pp.cycle_median_s)} "
                           f"(TIME_WAIT lasts 60 s)",
                     severity="warning" if hurt else "info",
                     cause=(f"{s.addr} opened {pp.attempts:,} connections to {dest} from "
                            f"{pp.distinct_ports:,} source ports, so each port came back after "
-                           f"{pp.cycle_median_s:g} s (median; shortest {pp.cycle_min_s:g} s) — sooner than "
+                           f"{_s(pp.cycle_median_s)} (median; shortest {_s(pp.cycle_min_s)}) — sooner than "
                            f"the 60 s TIME_WAIT: {holder}. At {s.rate_per_s:,.0f} connections/s a port "
                            f"range of N ports cycles in N/{s.rate_per_s:,.0f} s; it must stay above 60 s."
                            + (f" {hurt:,} of these SYNs got an ACK for the old connection." if hurt else
@@ -103,6 +103,12 @@ def port_cycle(ev: Evidence) -> list[Finding]:
                     evidence=ev_items, confidence=0.75 if quiet >= 1.0 else 0.55,
                     fixes=_port_fixes(), hosts=[s.addr]))
     return out
+
+
+def _s(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.1f} s"
 
 
 def _rows(an: object, client: str, dest: str) -> np.ndarray:

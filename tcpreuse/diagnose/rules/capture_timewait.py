@@ -57,7 +57,9 @@ def syn_hit_timewait(ev: Evidence) -> list[Finding]:
     tw = old & (a["prev_tw"] == 2) & (a["reuse_age_s"] < 60)
     out: list[Finding] = []
     for client, rows in by_client(an, np.flatnonzero(tw)):
-        n_client = int((att & (a["orig"] == a["orig"][rows[0]])).sum())
+        mine = att & (a["orig"] == a["orig"][rows[0]])
+        n_client = int(mine.sum())
+        n_tw = int((mine & (a["prev_tw"] == 2) & (a["reuse_age_s"] < 60)).sum())
         n = rows.size
         no_ts = int((~a["syn_has_ts"][rows]).sum())
         paws = int((a["tw_verdict"][rows] == reuse.V_PAWS).sum())
@@ -74,9 +76,10 @@ def syn_hit_timewait(ev: Evidence) -> list[Finding]:
                       else "")
         seed = no_ts >= 0.5 * n and paws < 0.5 * n
         cause = (
-            f"{pct(n / max(n_client, 1))} of SYNs from {client} ({n:,} of {n_client:,}) reused a 4-tuple "
-            f"the server had closed {span(a['reuse_age_s'][rows])} earlier; {ts_text}; the server "
-            f"answered with an ACK for the old connection{retry_text}."
+            f"{pct(n / max(n_client, 1))} of SYNs from {client} ({n:,} of {n_client:,}; {pct(n / max(n_tw, 1))} "
+            f"of the {n_tw:,} that met a server TIME_WAIT) reused a 4-tuple the server had closed "
+            f"{span(a['reuse_age_s'][rows])} earlier; {ts_text}; the server answered with an ACK for the "
+            f"old connection{retry_text}."
             + (" This is the seed incident's signature." if seed else "")
             + " The server closed first, so it held TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN); a SYN for "
             "that 4-tuple is accepted only if it carries a newer timestamp or its sequence number is "
@@ -147,15 +150,23 @@ def timewait_reuse_accepted(ev: Evidence) -> list[Finding]:
     rows = np.flatnonzero(m)
     acc = int((a["tw_verdict"][rows] == reuse.V_ACCEPT).sum())
     with_ts = int(a["syn_has_ts"][rows].sum())
+    if with_ts == n:
+        why = ("all of them carried timestamps, and a newer TSval is accepted whatever the sequence number; "
+               "this holds as long as the clients keep sending timestamps from one clock.")
+    elif with_ts == 0:
+        why = ("none carried timestamps, so each was accepted only because its ISN happened to be after the old "
+               "rcv_nxt: clients with random ISNs lose that bet about half the time, and the losers get an ACK "
+               "for the old connection.")
+    else:
+        why = (f"{with_ts:,} carried timestamps (accepted by the newer TSval); the others were accepted only "
+               "because their ISN was after the old rcv_nxt.")
     return [Finding(
         id="capture-timewait-reuse-accepted",
         title="Clients reuse 4-tuples the server still holds in TIME_WAIT; the server accepted them",
         severity="info",
         cause=(f"{n:,} SYNs reused a 4-tuple the server had closed {span(a['reuse_age_s'][rows])} earlier "
                f"(still in its 60 s TIME_WAIT) and were answered with a SYN-ACK. Linux accepts such a SYN "
-               f"when its TSval is newer or its sequence number is after the old rcv_nxt; {with_ts:,} of "
-               "them carried timestamps. This works as long as the clients keep sending timestamps and "
-               "their ISNs grow; clients without timestamps and with random ISNs would fail half the time."),
+               f"when its TSval is newer or its sequence number is after the old rcv_nxt; {why}"),
         evidence=[EvidenceItem("reused while in server TIME_WAIT, accepted", n),
                   EvidenceItem("model says accept", acc, pct(acc / n)),
                   EvidenceItem("with timestamps", with_ts)],

@@ -1,0 +1,227 @@
+"""How fast is `tcpreuse analyze`? Measured against tshark and a plain dpkt loop, same file, same run.
+
+1. Records a capture of >= 500,000 packets with tcpdump, inside a fresh network namespace,
+   from a real short-connection run on its loopback (nginx + wrk with "Connection: close";
+   without them, `tcpreuse serve` + `tcpreuse load`). Bounded in time; the namespace and
+   the capture file are always removed.
+2. Times, pinned to one CPU, `--repeat` times each, and prints medians:
+   - `tcpreuse analyze FILE --json` (full analysis: attempts, reuse, TIME_WAIT verdicts,
+     findings), as a command (interpreter start included) and in-process (the analysis alone);
+   - `tshark -r FILE -Y 'tcp.analysis.reused_ports || tcp.flags.reset==1'`;
+   - a plain dpkt loop that parses every packet (Ethernet, IP, TCP and its options).
+   Wall-clock and CPU time both, because the machine may be shared: CPU time is the
+   fairer figure when other jobs compete for the core.
+3. Prints packets/s and the ratios against the targets (>= 1,000,000 packets/s on one
+   core; >= 20x tshark).
+
+Run as root: `python bench/analyze_speed.py [--packets 500000] [--repeat 3] [--keep FILE]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+
+from tcpreuse.lab.netns import Namespace  # noqa: E402
+
+TSHARK_FILTER = "tcp.analysis.reused_ports || tcp.flags.reset==1"
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+  uwsgi_temp_path {d}; scgi_temp_path {d};
+  keepalive_timeout 0;
+  server {{ listen 127.0.0.1:8080 backlog=8192; location / {{ return 200 "ok\\n"; }} }}
+}}
+"""
+
+
+def cpu_for(argv: list[str], cpu: int) -> tuple[float, float]:
+    """(wall s, CPU s of the child) for one run of argv pinned to `cpu`."""
+    t = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv[0]} exited with {p.returncode}")
+    return wall, ru.ru_utime + ru.ru_stime
+
+
+def in_process(fn: Callable[[], object]) -> tuple[float, float]:
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.perf_counter()
+    fn()
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+
+
+def dpkt_loop(path: Path) -> int:
+    """What a user writes with dpkt: parse every packet down to TCP options."""
+    import dpkt
+
+    n = 0
+    with open(path, "rb") as f:
+        for _ts, buf in dpkt.pcap.Reader(f):
+            eth = dpkt.ethernet.Ethernet(buf)
+            ip = eth.data
+            if isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6) and isinstance(ip.data, dpkt.tcp.TCP):
+                tcp = ip.data
+                dpkt.tcp.parse_opts(tcp.opts)
+                n += 1
+    return n
+
+
+def record(path: Path, want: int, max_s: float) -> dict[str, object]:
+    """A short-connection run on loopback inside a namespace, captured by tcpdump."""
+    ns = Namespace(f"tcpr-bench-an-{os.getpid() % 100000}")
+    tmp = Path(tempfile.mkdtemp(prefix="tcpr-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    info: dict[str, object] = {}
+    try:
+        ns.create()
+        ns.sysctl("net.ipv4.ip_local_port_range", "1024 65535")
+        os.chmod(tmp, 0o755)
+        use_wrk = shutil.which("wrk") is not None and shutil.which("nginx") is not None
+        if use_wrk:
+            (tmp / "nginx.conf").write_text(NGINX_CONF.format(d=tmp))
+            procs.append(ns.popen(["nginx", "-c", str(tmp / "nginx.conf")], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL))
+        else:
+            procs.append(ns.popen([sys.executable, "-m", "tcpreuse", "serve", "--listen", "127.0.0.1:8080",
+                                   "--close", "server", "--workers", "2"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL))
+        time.sleep(0.5)
+        td = ns.popen(["tcpdump", "-i", "lo", "-s", "0", "-B", "131072", "-Z", "root", "-w", str(path),
+                       "tcp port 8080"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        procs.append(td)
+        assert td.stderr is not None
+        line = td.stderr.readline()
+        if b"listening" not in line:
+            raise RuntimeError(f"tcpdump did not start: {line!r}")
+        t0 = time.monotonic()
+        requests = 0
+        while requests * 10 < want * 1.1 and time.monotonic() - t0 < max_s:
+            if use_wrk:
+                r = ns.run(["wrk", "-t2", "-c32", "-d3s", "-H", "Connection: close", "http://127.0.0.1:8080/"],
+                           timeout=30)
+                for ln in r.stdout.splitlines():
+                    if " requests in " in ln:
+                        requests += int(ln.split()[0])
+            else:
+                r = ns.run([sys.executable, "-m", "tcpreuse", "load", "127.0.0.1:8080", "--concurrency", "32",
+                            "--duration", "3", "--close", "server", "--json"], timeout=60, check=False)
+                try:
+                    requests += int(json.loads(r.stdout)["attempts"])
+                except (ValueError, KeyError):
+                    requests += 1
+        time.sleep(2.0)  # let tcpdump's ring hand over the last blocks
+        td.send_signal(signal.SIGINT)
+        _, err = td.communicate(timeout=30)
+        info = {"generator": "wrk + nginx" if use_wrk else "tcpreuse load + serve", "requests": requests,
+                "load_s": round(time.monotonic() - t0, 1),
+                "tcpdump": " / ".join(x.strip() for x in err.decode(errors="replace").splitlines() if "packets" in x)}
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        ns.delete()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--packets", type=int, default=500_000, help="minimum packets to record")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cpu", type=int, default=None, help="CPU to pin to (default: the last one)")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the capture at this path")
+    ap.add_argument("--capture", type=Path, default=None, help="use this capture instead of recording one")
+    args = ap.parse_args()
+    if args.capture is None and os.geteuid() != 0:
+        sys.exit("analyze_speed: recording needs root (network namespace, tcpdump); or pass --capture FILE")
+    cpu = args.cpu if args.cpu is not None else max(os.sched_getaffinity(0))
+    work = Path(tempfile.mkdtemp(prefix="tcpr-bench-cap-"))
+    path = args.capture or work / "bench.pcap"
+    try:
+        if args.capture is None:
+            info = record(path, args.packets, max_s=60)
+            print(f"recorded: {info}")
+        from tcpreuse.capture.analysis import analyze_paths
+        from tcpreuse.diagnose.base import Evidence, diagnose
+
+        an = analyze_paths([path], jobs=1)[0]
+        n = an.packets
+        size = path.stat().st_size
+        print(f"capture: {n:,} TCP packets, {an.counts()['attempts']:,} attempts, {size / 1e6:.1f} MB; "
+              f"pinned to CPU {cpu}; {args.repeat} repeats; medians")
+        if n < args.packets:
+            print(f"WARNING: fewer packets than asked for ({n:,} < {args.packets:,})")
+        os.sched_setaffinity(0, {cpu})
+        tcpreuse = [sys.executable, "-m", "tcpreuse", "analyze", str(path), "--json", "-j", "1"]
+        runs: dict[str, list[tuple[float, float]]] = {"tcpreuse analyze (command)": [],
+                                                      "tcpreuse analysis (in-process)": [],
+                                                      "tshark -Y reused_ports||reset": [], "dpkt loop": []}
+
+        def analysis() -> None:
+            a = analyze_paths([path], jobs=1)[0]
+            diagnose(Evidence(source="analyze", capture=a))
+
+        have_tshark = shutil.which("tshark") is not None
+        for _ in range(args.repeat):
+            runs["tcpreuse analyze (command)"].append(cpu_for(tcpreuse, cpu))
+            runs["tcpreuse analysis (in-process)"].append(in_process(analysis))
+            if have_tshark:
+                runs["tshark -Y reused_ports||reset"].append(cpu_for(["tshark", "-n", "-r", str(path), "-Y",
+                                                                      TSHARK_FILTER], cpu))
+            runs["dpkt loop"].append(in_process(lambda: dpkt_loop(path)))
+        med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items() if v}
+        print(f"\n{'tool':34} {'wall s':>8} {'pkt/s wall':>12} {'CPU s':>8} {'pkt/s CPU':>12}")
+        for k, (w, c) in med.items():
+            print(f"{k:34} {w:8.3f} {n / w:12,.0f} {c:8.3f} {n / c:12,.0f}")
+        ours_cmd, ours_in = med["tcpreuse analyze (command)"], med["tcpreuse analysis (in-process)"]
+        print("\nratios (how many times faster tcpreuse is), wall / CPU:")
+        for other in ("tshark -Y reused_ports||reset", "dpkt loop"):
+            if other in med:
+                o = med[other]
+                print(f"  vs {other:30} command {o[0] / ours_cmd[0]:6.1f}x / {o[1] / ours_cmd[1]:6.1f}x   "
+                      f"in-process {o[0] / ours_in[0]:6.1f}x / {o[1] / ours_in[1]:6.1f}x")
+        rate = n / ours_in[1]
+        print(f"\ntarget >= 1,000,000 packets/s on one core (in-process, CPU): {rate:,.0f} -> "
+              f"{'met' if rate >= 1e6 else 'NOT met'}")
+        if "tshark -Y reused_ports||reset" in med:
+            r = med["tshark -Y reused_ports||reset"][1] / ours_cmd[1]
+            r_in = med["tshark -Y reused_ports||reset"][1] / ours_in[1]
+            print(f"target >= 20x tshark (CPU): command {r:.1f}x, in-process {r_in:.1f}x -> "
+                  f"{'met' if r >= 20 else ('met in-process only' if r_in >= 20 else 'NOT met')}")
+        print(f"analysis phases (s, last run): { {k: round(v, 3) for k, v in an.timing.items()} }")
+    finally:
+        if args.keep and args.capture is None and path.exists():
+            shutil.move(str(path), args.keep)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
