@@ -405,16 +405,15 @@ def _options(v: _Views, start: np.ndarray, end: np.ndarray, flags: np.ndarray, h
     of a timestamping stack has (NOP NOP TS), then a general walk for the rest that moves
     every unfinished packet one option forward per step."""
     room = end - start
-    fast = np.flatnonzero((room >= 12) & ((flags & SYN) == 0))
-    if fast.size:
-        fast = fast[v.be32[start[fast]] == 0x0101080A]
-    if fast.size:
-        has_ts[fast] = True
-        tv = v.be64[start[fast] + 4]
-        tsval[fast] = (tv >> np.uint64(32)).astype(np.uint32)
-        tsecr[fast] = tv.astype(np.uint32)
-    rest = room > 0
-    rest[fast] = False
+    ok12 = room >= 12
+    s0 = np.where(ok12, start, 0)  # a safe offset where there is no room
+    fast = ok12 & (v.be32[s0] == 0x0101080A) & ((flags & SYN) == 0)
+    if fast.any():
+        tv = v.be64[s0 + 4]
+        np.copyto(has_ts, fast)
+        np.copyto(tsval, (tv >> np.uint64(32)).astype(np.uint32), where=fast)
+        np.copyto(tsecr, tv.astype(np.uint32), where=fast)
+    rest = (room > 0) & ~fast
     # SYN and SYN-ACK layouts of common stacks, matched whole
     syn = np.flatnonzero(rest & ((flags & SYN) != 0) & (room >= 12))
     if syn.size:

@@ -171,14 +171,30 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     resp_addr = np.where(first_pkt_src_is_orig, p.dst[ps_], p.src[ps_])
     resp_port = np.where(first_pkt_src_is_orig, p.dport[ps_], p.sport[ps_])
 
+    # Per-segment first/last/count of a packet mask. Most masks are sparse (SYNs, FINs,
+    # RSTs), so they work on the matching positions only; dense ones use reduceat.
     def first(mask: np.ndarray) -> np.ndarray:
-        return np.minimum.reduceat(np.where(mask, pos, BIG), starts)
+        idx = np.flatnonzero(mask)
+        if idx.size > n // 4:
+            return np.minimum.reduceat(np.where(mask, pos, BIG), starts)
+        out = np.full(nseg, BIG, dtype=np.int64)
+        s = seg[idx]
+        keep = np.r_[True, s[1:] != s[:-1]] if idx.size else np.zeros(0, dtype=bool)
+        out[s[keep]] = idx[keep]
+        return out
 
     def last(mask: np.ndarray) -> np.ndarray:
-        return np.maximum.reduceat(np.where(mask, pos, -1), starts)
+        idx = np.flatnonzero(mask)
+        if idx.size > n // 4:
+            return np.maximum.reduceat(np.where(mask, pos, -1), starts)
+        out = np.full(nseg, -1, dtype=np.int64)
+        s = seg[idx]
+        keep = np.r_[s[1:] != s[:-1], True] if idx.size else np.zeros(0, dtype=bool)
+        out[s[keep]] = idx[keep]
+        return out
 
     def count(mask: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(mask.astype(np.int64), starts)
+        return np.bincount(seg[np.flatnonzero(mask)], minlength=nseg).astype(np.int64)
 
     def at(idx: np.ndarray, col: np.ndarray, fill: Any) -> np.ndarray:
         ok = (idx >= 0) & (idx < n)

@@ -209,88 +209,98 @@ def _runs_first(part: np.ndarray, seg: np.ndarray) -> np.ndarray:
 def histories(seg: np.ndarray, is_orig: np.ndarray, flags: np.ndarray, plen: np.ndarray,
               seq: np.ndarray, end_seq_rel: np.ndarray, win: np.ndarray, nseg: int,
               flipped: np.ndarray) -> np.ndarray:
-    """Zeek `history` strings, one per segment, as a numpy bytes array (S<n>). Inputs are per packet in segment order
-    (segments contiguous, time order within); `end_seq_rel` is the packet's end
-    sequence number relative to its endpoint's first one (retransmission detection).
+    """Zeek `history` strings, one per segment, as a numpy bytes array (S<n>).
 
-    Every letter rule works on the packets of one direction at a time: within a
-    direction, a segment's packets are a contiguous run, so "first per endpoint" and
-    "running maximum per endpoint" need no sorting."""
+    Inputs are per packet in segment order (segments contiguous, time order within);
+    `end_seq_rel` is the packet's end sequence number relative to its endpoint's start
+    (retransmission detection; very low for packets of another connection).
+
+    A packet logs at most one letter from update_history() (I, Q, S/H, F, R, D, A) and
+    possibly a scaled T and W after it, so the letters live in a (packets x 3) array in
+    packet order; the strings are the non-empty cells of each segment's rows. Every rule
+    works on one direction at a time: there a segment's packets form a contiguous run,
+    so "first per endpoint" and "running maximum per endpoint" need no sorting."""
     n = seg.size
+    if not n:
+        return np.zeros(nseg, dtype="S1")
     f = flags
     nsyn = (f & SYN) != 0
     nfin = (f & FIN) != 0
     nrst = (f & RST) != 0
     bits = nsyn.astype(np.int8) + nfin + nrst
     ack = (f & ACK) != 0
-    ev_pos: list[np.ndarray] = []
-    ev_code: list[np.ndarray] = []
-    dirs = (is_orig, ~is_orig)
+    cells = np.zeros((n, 3), dtype=np.uint8)  # update_history letter, T, W
+    lower = np.where(is_orig, 0, 32).astype(np.uint8)
+    resp = ~is_orig
 
-    def add(idx: np.ndarray, letter: np.ndarray | int, orig: bool, sub: int = 0) -> None:
+    def mark(idx: np.ndarray, letter: np.ndarray | int, col: int = 0) -> None:
         if idx.size:
-            ev_pos.append(idx * 4 + sub)
-            code = np.asarray(letter, dtype=np.int64) + (0 if orig else 32)
-            ev_code.append(np.broadcast_to(code, idx.shape).astype(np.uint8))
+            cells[idx, col] = np.asarray(letter, dtype=np.uint8) + lower[idx]
 
-    def first_of(mask: np.ndarray, letter: int, sub: int = 0) -> None:
+    def first_of(mask: np.ndarray, letter: int) -> None:
         """The first packet per endpoint matching `mask` logs a letter (CheckHistory)."""
-        for k, dm in enumerate(dirs):
-            add(_runs_first(np.flatnonzero(mask & dm), seg), letter, k == 0, sub)
+        for dm in (is_orig, resp):
+            mark(_runs_first(np.flatnonzero(mask & dm), seg), letter)
 
-    def repeats(mask: np.ndarray, value: np.ndarray, letter: np.ndarray | None, fixed: int = 0) -> None:
+    def repeats(mask: np.ndarray, value: np.ndarray, letter: np.ndarray | int) -> None:
         """First per endpoint, then again whenever `value` differs from that endpoint's
         previous one (Zeek: hist_last_SYN / _FIN / _RST)."""
-        for k, dm in enumerate(dirs):
+        for dm in (is_orig, resp):
             idx = np.flatnonzero(mask & dm)
             if not idx.size:
                 continue
             sp = seg[idx]
             v = value[idx]
-            new_seg = np.r_[True, sp[1:] != sp[:-1]]
-            hit = idx[new_seg | np.r_[False, v[1:] != v[:-1]]]
-            add(hit, fixed if letter is None else letter[hit], k == 0)
+            hit = idx[np.r_[True, (sp[1:] != sp[:-1]) | (v[1:] != v[:-1])]]
+            mark(hit, letter if isinstance(letter, int) else letter[hit])
 
     multi = bits > 1
-    first_of(multi & nfin & nrst, ord("I"))
-    first_of(multi & ~(nfin & nrst), ord("Q"))
+    if multi.any():
+        first_of(multi & nfin & nrst, ord("I"))
+        first_of(multi & ~(nfin & nrst), ord("Q"))
     one = bits == 1
-    repeats(one & nsyn, seq, np.where(ack, ord("H"), ord("S")))
-    repeats(one & nfin, end_seq_rel, None, ord("F"))
-    repeats(one & nrst, seq, None, ord("R"))
-    first_of((bits == 0) & (plen > 0), ord("D"))
-    first_of((bits == 0) & (plen == 0) & ack, ord("A"))
-    data = (plen > 0) & ~nrst
-    zw = (win == 0) & ~nrst
+    repeats(one & nsyn, seq, np.where(ack, ord("H"), ord("S")).astype(np.uint8))
+    repeats(one & nfin, end_seq_rel, ord("F"))
+    repeats(one & nrst, seq, ord("R"))
+    none = bits == 0
+    data = plen > 0
+    first_of(none & data, ord("D"))
+    first_of(none & ~data & ack, ord("A"))
+    # retransmissions 'T' (scaled): payload not advancing the highest end seen so far.
+    # Only packets that occupy sequence space can raise that maximum.
+    adv = (data | nsyn | nfin) & ~nrst
     big = np.int64(1) << 40
-    for k, dm in enumerate(dirs):
-        # retransmissions 'T' (scaled): payload not advancing the highest end seen so far
-        if (data & dm).any():
-            idx = np.flatnonzero(dm)
-            sp = seg[idx].astype(np.int64)
-            v = sp * big + end_seq_rel[idx]
-            prev = np.r_[np.int64(-1), np.maximum.accumulate(v)[:-1]]
-            same = np.r_[False, sp[1:] == sp[:-1]]
-            rx = idx[same & (v <= prev) & data[idx]]
-            if rx.size:
-                add(rx[_scaled(_cumcount(seg[rx]))], ord("T"), k == 0, 1)
-        if (zw & dm).any():
+    for dm in (is_orig, resp):
+        if not (data & dm & ~nrst).any():
+            continue
+        idx = np.flatnonzero(adv & dm)
+        sp = seg[idx].astype(np.int64)
+        v = sp * big + end_seq_rel[idx]
+        prev = np.r_[np.int64(-1), np.maximum.accumulate(v)[:-1]]
+        same = np.r_[False, sp[1:] == sp[:-1]]
+        rx = idx[same & (v <= prev) & data[idx]]
+        if rx.size:
+            mark(rx[_scaled(_cumcount(seg[rx]))], ord("T"), 1)
+    zw = (win == 0) & ~nrst
+    if zw.any():
+        for dm in (is_orig, resp):
             zi = np.flatnonzero(zw & dm)
-            add(zi[_scaled(_cumcount(seg[zi]))], ord("W"), k == 0, 2)
-    if n and flipped.any():
-        seg_start_pos = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]])
-        m = flipped[seg[seg_start_pos]]
-        ev_pos.append(seg_start_pos[m] * 4 - 1)  # '^' precedes the first packet's letter
-        ev_code.append(np.full(int(m.sum()), ord("^"), dtype=np.uint8))
-    if not ev_pos:
+            if zi.size:
+                mark(zi[_scaled(_cumcount(seg[zi]))], ord("W"), 2)
+    flat = cells.ravel()
+    pos = np.flatnonzero(flat)
+    codes = flat[pos]
+    s = seg[pos // 3]
+    if flipped.any():  # '^' before the first letter of a flipped segment
+        fs = np.flatnonzero(flipped)
+        codes = np.concatenate([np.full(fs.size, ord("^"), dtype=np.uint8), codes])
+        s = np.concatenate([fs, s])
+        o = np.argsort(s, kind="stable")
+        codes, s = codes[o], s[o]
+    if not codes.size:
         return np.zeros(nseg, dtype="S1")
-    p = np.concatenate(ev_pos)
-    c = np.concatenate(ev_code)
-    o = np.argsort(p, kind="stable")
-    p, c = p[o], c[o]
-    s = seg[(p + 1) // 4]
     rank = _cumcount(s) - 1
     width = int(rank.max()) + 1
     grid = np.zeros((nseg, width), dtype=np.uint8)
-    grid[s, rank] = c
+    grid[s, rank] = codes
     return grid.view(f"S{width}").ravel()
