@@ -119,7 +119,7 @@ def test_pcapng_interfaces_resolutions_and_other_blocks() -> None:
                                       NgExtra(len(frames), 0x0A, b"\x00" * 8)])
     got, rep = fast(data)
     same(got, ref(data))
-    assert len(got) == len(segs) and rep.complete
+    assert len(got) == len(segs) and rep.complete and rep.format == "pcapng"
     assert rep.linktypes == {1: 8, 276: 8}
     assert rep.other_blocks == {"NRB": 1, "ISB": 1, "custom": 1, "DSB": 1}
     # nanosecond and 2^-20 interfaces both give the right time
@@ -274,3 +274,19 @@ def test_unsorted_and_merged_files_give_time_ordered_flows(tmp_path: Any) -> Non
     assert np.all(np.diff(an.attempts["t_start"]) != 0)
     per = analyze_paths([a, b], merge=False, jobs=1)
     assert [x.counts()["attempts"] for x in per] == [1, 1]
+
+
+def test_pcapng_written_by_wireshark_tools(tmp_path: Any) -> None:
+    """editcap writes real-world pcapng (SHB/IDB options, EPB options): same analysis."""
+    import shutil
+    import subprocess
+
+    if shutil.which("editcap") is None:
+        pytest.skip("needs editcap (wireshark tools)")
+    src = tmp_path / "a.pcap"
+    src.write_bytes(pcap_bytes(frames_of(conv() + conv(v6=True))))
+    dst = tmp_path / "a.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", str(src), str(dst)], check=True, capture_output=True, timeout=30)
+    a, b = analyze_paths([src])[0], analyze_paths([dst])[0]
+    assert b.reports[0].format == "pcapng" and b.complete
+    assert a.counts() == b.counts() and a.export_columns() == {**b.export_columns(), "file": a.export_columns()["file"]}

@@ -457,6 +457,7 @@ def _parse_pcapng(buf: Any, rep: ReadReport) -> Frames:
     check afterwards finds an EPB whose trailer disagrees, the file is walked again
     carefully, checking every block, so damage is skipped precisely.
     """
+    rep.format = "pcapng"
     w = _walk_pcapng(buf, rep, careful=False)
     fr = _pcapng_frames(buf, rep, w, careful=False)
     if fr is not None:
