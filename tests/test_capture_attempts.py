@@ -223,6 +223,9 @@ def test_listen_overflow_signature_and_refused() -> None:
     lo = f["capture-listen-overflow"]
     assert "10.0.0.1:8080" in lo.title and "10 SYNs unanswered" in lo.cause and "1.0 s" in lo.cause
     assert f["capture-refused"].title == "SYNs to 10.0.0.1:8081 are refused with RST"
+    rr = an.to_run_result()
+    assert rr.attempts.counts("cause")["syn_dropped_listen_overflow"] == 10
+    assert rr.reasons()["ok_after_syn_retry"] == 10 and rr.outcomes()["ECONNREFUSED"] == 1
 
 
 def test_exports_use_tshark_names(tmp_path: Any) -> None:

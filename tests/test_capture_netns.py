@@ -398,6 +398,7 @@ def test_backlog_overflow(captures: dict[str, Recorded]) -> None:
     assert f.title.startswith(f"{SERVER_IP}:8080 drops SYNs while it answers others")
     gaps = (a["t_syn2"] - a["t_syn"])[a["n_syn"] > 1]
     assert np.nanmin(gaps) == pytest.approx(1.0, abs=0.3)  # the first SYN retransmission after ~1 s
+    assert r.an.to_run_result().attempts.counts("cause")["syn_dropped_listen_overflow"] >= 3
 
 
 def test_snat_clients_share_one_address(captures: dict[str, Recorded]) -> None:

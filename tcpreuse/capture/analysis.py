@@ -275,6 +275,7 @@ class CaptureAnalysis:
         cause = np.full(k, -1, dtype=np.int16)
         retried = a["n_syn"][m] > 1
         cause[retried] = code("reason", "syn_dropped_path")  # unanswered SYN, cause unknown
+        cause[retried & _server_answered_nearby(a, m)] = code("reason", "syn_dropped_listen_overflow")
         cause[(a["tw_recycle"][m] != 0) & retried] = code("reason", "syn_dropped_recycle")
         cause[(a["tw_recycle"][m] != 0) & ~synack] = code("reason", "syn_dropped_recycle")
         old = ans == flows.A_OLD_ACK
@@ -348,6 +349,28 @@ class CaptureAnalysis:
                   "capture_start_epoch": self.t_first},
         )
         return rr
+
+
+def _server_answered_nearby(a: Attempts, m: np.ndarray, window_s: float = 5.0) -> np.ndarray:
+    """For attempts in `m`: did the same server (address, port) send a SYN-ACK to
+    another attempt within `window_s` of this attempt's first SYN? Then it was alive and
+    a dropped SYN points at a full listen queue."""
+    key = a["resp"][m].astype(np.uint64) << np.uint64(16) | a["resp_port"][m].astype(np.uint64)
+    _, kid = np.unique(key, return_inverse=True)
+    kid = kid.ravel().astype(np.float64)
+    t0 = float(np.nanmin(a["t_start"])) if len(a) else 0.0
+    span = 2.0 * (float(np.nanmax(a["t_end"])) - t0 + window_s) + 1.0 if len(a) else 1.0
+    ok = ~np.isnan(a["t_synack"][m])
+    answered = np.sort(kid[ok] * span + (a["t_synack"][m][ok] - t0))
+    if not answered.size:
+        return np.zeros(m.size, dtype=bool)
+    x = kid * span + (a["t_syn"][m] - t0)
+    i = np.searchsorted(answered, x)
+    near = np.zeros(m.size, dtype=bool)
+    for j in (i - 1, i):
+        jj = np.clip(j, 0, answered.size - 1)
+        near |= np.abs(answered[jj] - x) <= window_s
+    return near
 
 
 def _prev_still_open(a: Attempts, m: np.ndarray) -> np.ndarray:

@@ -118,6 +118,7 @@ def legend() -> RenderableType:
 
 
 def render(an: CaptureAnalysis, findings: list[Finding], top: int = 10) -> list[RenderableType]:
-    head = Text("critical " + str(sum(f.severity == "critical" for f in findings)), style=SEV_STYLE["critical"])
+    head = Text.assemble(("findings: ", "bold"), *[
+        (f"{sum(f.severity == sev for f in findings)} {sev}  ", SEV_STYLE[sev]) for sev in ("critical", "warning", "info")])
     return [read_summary(an), Text(""), overview(an), Text(""), clients_table(an, top), servers_table(an, top),
-            Text(""), Text.assemble(("findings  ", "bold"), head), findings_view(findings)]
+            Text(""), head, findings_view(findings)]
