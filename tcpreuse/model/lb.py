@@ -10,12 +10,15 @@ vendor behaviour [I] and therefore parameters.
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass
+
+from .ports import PortBitmap
 
 ACTIVE = 0
 HELD = 1
 
-ClientKey = tuple[int, int]  # (client addr, client port) as seen by the LB
+ClientKey = tuple[int, ...]  # 2 ints: (client addr, client port) as seen by the LB
 
 
 @dataclass(slots=True)
@@ -46,19 +49,34 @@ class L4LoadBalancer:
         self.rr = 0
         self.rover: dict[int, int] = {}
         self.sessions: dict[ClientKey, Session] = {}
-        self.snat_used: dict[tuple[int, int, int], Session] = {}  # (backend, addr, port)
+        self.snat_used: dict[tuple[int, ...], PortBitmap] = {}  # (backend, snat addr) -> ports
+        self.expiry: deque[tuple[float, Session]] = deque()  # held sessions, in expiry order
         self.active = [0] * len(backends)
         self.stats = {"sessions": 0, "snat_failed": 0, "held_reused": 0, "held_dropped": 0}
 
+    def _bitmap(self, backend: int, addr: int) -> PortBitmap:
+        b = self.snat_used.get((backend, addr))
+        if b is None:
+            b = self.snat_used[(backend, addr)] = PortBitmap(self.lo, self.hi)
+        return b
+
     def _remove(self, s: Session) -> None:
+        if s.state < 0:
+            return
         if self.sessions.get(s.client) is s:
             del self.sessions[s.client]
         if self.snat is not None:
-            k = (s.backend, s.src, s.sport)
-            if self.snat_used.get(k) is s:
-                del self.snat_used[k]
+            self._bitmap(s.backend, s.src).free(s.sport)
         if s.state == ACTIVE:
             self.active[s.backend] -= 1
+        s.state = -1
+
+    def expire(self, now: float) -> None:
+        q = self.expiry
+        while q and q[0][0] <= now:
+            exp, s = q.popleft()
+            if s.state == HELD and s.expires <= exp:
+                self._remove(s)
 
     def _schedule(self, client: ClientKey) -> int:
         n = len(self.backends)
@@ -72,34 +90,26 @@ class L4LoadBalancer:
             return hash((0x4C42, client[0])) % n
         return min(range(n), key=lambda i: (self.active[i], i))  # least_conn
 
-    def _snat_port(self, backend: int, client: ClientKey, now: float) -> tuple[int, int] | None:
+    def _snat_port(self, backend: int, client: ClientKey) -> tuple[int, int] | None:
         assert self.snat is not None
         addr = self.snat[hash((0x534E, client[0])) % len(self.snat)]
+        b = self._bitmap(backend, addr)
         lo, hi = self.lo, self.hi
         size = hi - lo + 1
-
-        def free(port: int) -> bool:
-            s = self.snat_used.get((backend, addr, port))
-            if s is None:
-                return True
-            if s.state == HELD and s.expires <= now:
-                self._remove(s)
-                return True
-            return False
-
-        if self.snat_order == "preserve" and lo <= client[1] <= hi and free(client[1]):
+        if self.snat_order == "preserve" and lo <= client[1] <= hi and b.is_free(client[1]):
             return addr, client[1]
         off = self.rng.randrange(size) if self.snat_order == "random" else self.rover.get(addr, 0)
-        for i in range(size):
-            port = lo + (off + i) % size
-            if free(port):
-                if self.snat_order != "random":
-                    self.rover[addr] = (off + i + 1) % size
-                return addr, port
-        return None
+        got = b.first_free(off)
+        if got is None:
+            return None
+        port, tries = got
+        if self.snat_order != "random":
+            self.rover[addr] = (off + tries + 1) % size
+        return addr, port
 
     def syn(self, client: ClientKey, now: float) -> Session | None:
         """A client SYN to the VIP: the session it belongs to, or None (dropped)."""
+        self.expire(now)
         s = self.sessions.get(client)
         if s is not None:
             if s.state == ACTIVE:
@@ -121,7 +131,7 @@ class L4LoadBalancer:
             self._remove(s)
         b = self._schedule(client)
         if self.snat is not None:
-            got = self._snat_port(b, client, now)
+            got = self._snat_port(b, client)
             if got is None:
                 self.stats["snat_failed"] += 1
                 return None
@@ -131,7 +141,7 @@ class L4LoadBalancer:
         s = Session(client, b, src, sport)
         self.sessions[client] = s
         if self.snat is not None:
-            self.snat_used[(b, src, sport)] = s
+            self._bitmap(b, src).take(sport)
         self.active[b] += 1
         self.stats["sessions"] += 1
         return s
@@ -146,6 +156,7 @@ class L4LoadBalancer:
         self.active[s.backend] -= 1
         s.state = HELD
         s.expires = now + self.hold
+        self.expiry.append((s.expires, s))
 
     def client_rst(self, s: Session, now: float) -> None:
         if self.rst_ends_session:

@@ -42,6 +42,9 @@ class ConnRequestVerdict:
     counters: tuple[str, ...] = field(default_factory=tuple)
 
 
+_SYNACK = ConnRequestVerdict(SYNACK)
+
+
 def conn_request(
     lst: Listener,
     p: Profile,
@@ -72,7 +75,7 @@ def conn_request(
     if recycle_reject and not from_timewait:
         c = ("TcpExtPAWSPassive",) + (("TcpExtListenDrops",) if counts else ())
         return ConnRequestVerdict(DROP, "syn_dropped_recycle", c)
-    return ConnRequestVerdict(SYNACK)
+    return _SYNACK
 
 
 def syn_recv_sock_ok(lst: Listener) -> tuple[bool, tuple[str, ...]]:

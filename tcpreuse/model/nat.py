@@ -11,13 +11,15 @@ and is translated anew ("Reopened connection", nf_conntrack_proto_tcp.c: sTW -> 
 from __future__ import annotations
 
 import random
+from collections import deque
 from dataclasses import dataclass
+
+from .ports import PortBitmap
 
 ACTIVE = 0
 HELD = 1
 
-Orig = tuple[int, int, int, int]  # (saddr, sport, daddr, dport) as sent by the client
-Reply = tuple[int, int, int, int]  # (daddr, dport, nat_addr, nat_port)
+Orig = tuple[int, ...]  # 4 ints: (saddr, sport, daddr, dport) as sent by the client
 
 
 @dataclass(slots=True)
@@ -27,10 +29,6 @@ class CtEntry:
     nat_port: int
     state: int = ACTIVE
     expires: float = 0.0
-
-    @property
-    def reply(self) -> Reply:
-        return (self.orig[2], self.orig[3], self.nat_addr, self.nat_port)
 
 
 class SourceNat:
@@ -45,26 +43,37 @@ class SourceNat:
         self.max_attempts = max_attempts
         self.rng = rng
         self.entries: dict[Orig, CtEntry] = {}
-        self.replies: dict[Reply, CtEntry] = {}
+        # Translated tuples in use, per (daddr, dport, nat_addr): a bitmap of nat ports.
+        self.used: dict[tuple[int, ...], PortBitmap] = {}
+        # Held entries in expiry order (one queue per hold length, so each is sorted).
+        self.expiry: dict[float, deque[tuple[float, CtEntry]]] = {}
         self.rover: dict[int, int] = {}
         self.held = 0
         self.stats = {"insert_failed": 0, "reopened": 0, "translations": 0}
 
+    def _bitmap(self, d: int, dp: int, na: int) -> PortBitmap:
+        k = (d, dp, na)
+        b = self.used.get(k)
+        if b is None:
+            b = self.used[k] = PortBitmap(self.lo, self.hi)
+        return b
+
     def _remove(self, e: CtEntry) -> None:
-        self.entries.pop(e.orig, None)
-        if self.replies.get(e.reply) is e:
-            del self.replies[e.reply]
+        if self.entries.get(e.orig) is e:
+            del self.entries[e.orig]
+        if self.lo <= e.nat_port <= self.hi:
+            self._bitmap(e.orig[2], e.orig[3], e.nat_addr).free(e.nat_port)
         if e.state == HELD:
             self.held -= 1
+        e.state = -1
 
-    def _reply_free(self, r: Reply, now: float) -> bool:
-        e = self.replies.get(r)
-        if e is None:
-            return True
-        if e.state == HELD and e.expires <= now:
-            self._remove(e)
-            return True
-        return False
+    def expire(self, now: float) -> None:
+        """Drop held entries whose hold has run out (conntrack's timer)."""
+        for q in self.expiry.values():
+            while q and q[0][0] <= now:
+                exp, e = q.popleft()
+                if e.state == HELD and e.expires <= exp:
+                    self._remove(e)
 
     def pool_addr(self, saddr: int) -> int:
         """nf_nat find_best_ips_proto(): the pool address is a hash of the source address,
@@ -74,54 +83,58 @@ class SourceNat:
     def translate(self, orig: Orig, now: float) -> CtEntry | None:
         """The SYN of `orig`: its live translation, or a new one; None = no port (the
         packet is dropped, conntrack insert_failed / NAT allocation failure)."""
+        self.expire(now)
         e = self.entries.get(orig)
         if e is not None:
             if e.state == ACTIVE:
                 return e
-            self._remove(e)  # expired, or held and reopened by a new SYN
-            if e.expires > now:
-                self.stats["reopened"] += 1
+            self._remove(e)  # held and reopened by a new SYN (sTW -> sSS)
+            self.stats["reopened"] += 1
         na = self.pool_addr(orig[0])
-        port = self._pick_port(orig, na, now)
+        port = self._pick_port(orig, na)
         if port is None:
             self.stats["insert_failed"] += 1
             return None
         e = CtEntry(orig, na, port)
         self.entries[orig] = e
-        self.replies[e.reply] = e
+        self._bitmap(orig[2], orig[3], na).take(port)
         self.stats["translations"] += 1
         return e
 
-    def _pick_port(self, orig: Orig, na: int, now: float) -> int | None:
+    def _pick_port(self, orig: Orig, na: int) -> int | None:
         """nf_nat_l4proto_unique_tuple(): keep the source port if the translated tuple is
         unique (preserve), else search the range from a rover (sequential) or a random
         offset (--random-fully), at most `max_attempts` tries (248 in newer kernels)."""
-        d, dp = orig[2], orig[3]
+        b = self._bitmap(orig[2], orig[3], na)
         lo, hi = self.lo, self.hi
         size = hi - lo + 1
-        if self.policy == "preserve" and lo <= orig[1] <= hi and self._reply_free((d, dp, na, orig[1]), now):
+        if self.policy == "preserve" and lo <= orig[1] <= hi and b.is_free(orig[1]):
             return orig[1]
-        if self.policy == "random":
-            off = self.rng.randrange(size)
-        else:
-            off = self.rover.get(na, 0)
-        limit = size if self.max_attempts is None else min(size, self.max_attempts)
-        for i in range(limit):
-            port = lo + (off + i) % size
-            if self._reply_free((d, dp, na, port), now):
-                if self.policy != "random":
-                    self.rover[na] = (off + i + 1) % size
-                return port
-        return None
+        off = self.rng.randrange(size) if self.policy == "random" else self.rover.get(na, 0)
+        got = b.first_free(off, self.max_attempts)
+        if got is None:
+            return None
+        port, tries = got
+        if self.policy != "random":
+            self.rover[na] = (off + tries + 1) % size
+        return port
 
     def close(self, e: CtEntry, now: float, rst: bool) -> None:
         """The flow ended: conntrack TIME_WAIT (FIN) or CLOSE (RST) hold."""
+        if e.state < 0:
+            return
+        hold = self.close_s if rst else self.time_wait_s
+        if hold <= 0:
+            self._remove(e)
+            return
         if e.state == ACTIVE:
             self.held += 1
         e.state = HELD
-        e.expires = now + (self.close_s if rst else self.time_wait_s)
-        if e.expires <= now:
-            self._remove(e)
+        e.expires = now + hold
+        q = self.expiry.get(hold)
+        if q is None:
+            q = self.expiry[hold] = deque()
+        q.append((e.expires, e))
 
-    def used_ports(self, now: float) -> int:
-        return len(self.replies)
+    def used_ports(self) -> int:
+        return sum(b.used for b in self.used.values())

@@ -157,9 +157,9 @@ def render_simulation(console: Console, run: RunResult, findings: list[Finding],
         console.print(finding_panel(f))
     if ranked:
         console.print(fixes_table(ranked))
-        for f in ranked[:3]:
-            if f.commands:
-                console.print(Text.assemble(("  " + f.title + ": ", "bold"), "; ".join(f.commands)))
+        for fx in ranked[:3]:
+            if fx.commands:
+                console.print(Text.assemble(("  " + fx.title + ": ", "bold"), "; ".join(fx.commands)))
     elif findings and any(fx for fd in findings for fx in fd.fixes):
         t = Table(title="candidate fixes (run with --fixes to prove them)", title_justify="left")
         t.add_column("fix")

@@ -5,17 +5,20 @@ connection is a handful of events (SYN tries, close), not packets: each SYN is c
 through NAT and load balancer to the server and decided there at once, and the answer's
 effect on the client (connected, ACK for an old connection -> RST -> retry, RST,
 nothing) is applied with the path's round-trip time. TIME_WAIT sockets expire lazily.
+
+The code is plain typed Python written so that mypyc can compile it (setup.py); the
+rules it calls live in tcpreuse/model and are compiled with it.
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 import random
 import time as wallclock
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..model import clocks
@@ -39,73 +42,120 @@ from ..model.timewait import (
     tcp_twsk_unique,
     tw_timeout_s,
 )
-from ..result import AttemptTable, HostInfo, PortSeries, RunResult, Timeline
-from ..scenario.schema import Scenario, Workload
+from ..result import RunResult
+from ..scenario.schema import Scenario
 from .arrivals import arrival_times
-from .host import Key, SimHost
-from .topology import int2ip, ip2int, plan, pool
+from .host import DestPorts, Key, SimHost
+from .record import build_result
+from .topology import ip2int, plan, pool
 
-EV_ARRIVAL, EV_SYN, EV_CLOSE, EV_FAIL, EV_ACCEPT_RETRY, EV_RETRY = range(6)
-SYN_SENT, ESTABLISHED, DONE = range(3)
+EV_ARRIVAL = 0
+EV_SYN = 1
+EV_CLOSE = 2
+EV_FAIL = 3
+EV_ACCEPT_RETRY = 4
+EV_RETRY = 5
+EV_TIMEOUT = 6
+
+SYN_SENT = 0
+ESTABLISHED = 1
+DONE = 2
+
+
+class WorkloadRT:
+    """A workload's values, copied out of the pydantic model for the hot loop."""
+
+    def __init__(self, index: int, name: str, clients: list[SimHost], close: str, bind: str, n_req: int,
+                 req_bytes: int, resp_bytes: int, connect_timeout: float, request_timeout: float,
+                 retries: int, retry_delay: float, to_lb: bool, servers: list[SimHost], port: int) -> None:
+        self.index, self.name, self.clients, self.close, self.bind = index, name, clients, close, bind
+        self.n_req, self.req_bytes, self.resp_bytes = n_req, req_bytes, resp_bytes
+        self.connect_timeout, self.request_timeout = connect_timeout, request_timeout
+        self.retries, self.retry_delay = retries, retry_delay
+        self.to_lb, self.servers, self.port = to_lb, servers, port
+        self.rr = 0
+        self.dst_rr = 0
 
 
 class Attempt:
-    """One connect() by a client, with its SYN tries, until it succeeds or fails."""
+    """One connect() by a client, until it succeeds or fails, and then its connection.
 
-    __slots__ = (
-        "bound", "cause", "client", "conn", "connect_ms", "daddr", "deadline", "dport", "isn", "outcome",
-        "reason", "retries_left", "route", "saddr", "sport", "state", "t0", "tries", "ts", "tsoff", "wl",
-        "wl_i",
-    )
+    The 4-tuple as the client sees it (saddr, sport, daddr, dport) and as the server sees
+    it after NAT and load balancer (r_*) are both kept, with the NAT entry and LB session
+    the flow uses."""
 
-    def __init__(self, wl: Workload, wl_i: int, client: SimHost, t0: float) -> None:
-        self.wl, self.wl_i, self.client, self.t0 = wl, wl_i, client, t0
+    def __init__(self, wl: WorkloadRT, client: SimHost, t0: float) -> None:
+        self.wl = wl
+        self.client = client
+        self.t0 = t0
         self.outcome = ""
         self.reason = ""
+        self.cause = ""
         self.connect_ms = math.nan
         self.tries = 0
         self.state = SYN_SENT
-        self.cause = ""
-        self.route: Route | None = None
-        self.conn: Conn | None = None
         self.deadline = math.inf
         self.retries_left = wl.retries
         self.bound = False
         self.ts = False
         self.tsoff = 0
         self.isn = 0
-        self.saddr = self.sport = self.daddr = self.dport = 0
-
-
-class Route:
-    __slots__ = ("daddr", "dport", "lb", "nat", "saddr", "server", "sport")
-
-    def __init__(self, server: SimHost, saddr: int, sport: int, daddr: int, dport: int,
-                 nat: CtEntry | None, lb: LbSession | None) -> None:
-        self.server, self.saddr, self.sport, self.daddr, self.dport = server, saddr, sport, daddr, dport
-        self.nat, self.lb = nat, lb
-
-
-class Conn:
-    """An established connection, both ends."""
-
-    __slots__ = ("att", "ckey", "cts_off", "s_isn", "served", "skey", "srv", "sts_off", "t_est", "ts_ok",
-                 "waiting")
-
-    def __init__(self, att: Attempt, srv: SimHost, ckey: Key, skey: Key, s_isn: int, ts_ok: bool,
-                 sts_off: int, t_est: float) -> None:
-        self.att, self.srv, self.ckey, self.skey = att, srv, ckey, skey
-        self.s_isn, self.ts_ok, self.sts_off, self.t_est = s_isn, ts_ok, sts_off, t_est
-        self.cts_off = att.tsoff
+        self.saddr = 0
+        self.sport = 0
+        self.daddr = 0
+        self.dport = 0
+        # the path, once a SYN got through it
+        self.srv: SimHost | None = None
+        self.r_saddr = 0
+        self.r_sport = 0
+        self.r_daddr = 0
+        self.r_dport = 0
+        self.nat: CtEntry | None = None
+        self.lb: LbSession | None = None
+        # the connection, once established
+        self.s_isn = 0
+        self.ts_ok = False
+        self.sts_off = 0
+        self.t_est = 0.0
         self.waiting = 0  # accept retries so far (final ACK met a full accept queue)
         self.served = False  # holds an application worker
+        self.ck: Key = (0, 0, 0, 0)  # (saddr, sport, daddr, dport), set once the port is chosen
+        self.sk: Key = (0, 0, 0, 0)  # the server's key, set by each routed SYN
+        self.dp: DestPorts | None = None
+
+    def ckey(self) -> Key:
+        return self.ck
+
+    def skey(self) -> Key:
+        return self.sk
 
 
-@dataclass
-class EngineStats:
-    events: int = 0
-    attempts: int = 0
-    wall_s: float = 0.0
+class PortCheck:
+    """check(port) for connect() autoselect (model.ports): may this port carry the 4-tuple?"""
+
+    def __init__(self, engine: Engine, c: SimHost, saddr: int, daddr: int, dport: int, t: float) -> None:
+        self.engine, self.c = engine, c
+        self.saddr, self.daddr, self.dport, self.t = saddr, daddr, dport, t
+        self.ms = c.ms(t)
+        self.sec = c.sec(t)
+
+    def __call__(self, port: int) -> int:
+        c = self.c
+        if port in c.bound_ports:
+            return PORT_BUSY
+        key = (self.saddr, port, self.daddr, self.dport)
+        if key in c.ehash:
+            return PORT_BUSY
+        tw = c.tw.get(key)
+        if tw is None:
+            return PORT_FREE
+        if tw.expires <= self.t:
+            self.engine.expire_tw(c, key, tw)
+            return PORT_FREE
+        if tcp_twsk_unique(tw, False, self.ms, self.sec, rule=c.reuse_rule, tw_reuse=c.tw_reuse,
+                           tw_reuse_delay_ms=c.tw_reuse_delay):
+            return PORT_TW_REUSE
+        return PORT_BUSY
 
 
 class Engine:
@@ -118,9 +168,11 @@ class Engine:
         self.end = sc.duration_s
         self.rng = random.Random(clocks.derive_secret(sc.seed, "engine"))
         self.heap: list[tuple[float, int, int, Any]] = []
+        self.close_lane: deque[tuple[float, int, Attempt]] = deque()
         self.seq = 0
         self.atts: list[Attempt] = []
-        self.stats = EngineStats()
+        self.events = 0
+        self.wall_s = 0.0
         self.hosts: dict[str, SimHost] = {}
         self.by_addr: dict[int, SimHost] = {}
         self.groups: dict[str, list[SimHost]] = {}
@@ -134,21 +186,23 @@ class Engine:
                     h.listeners[(a, g.port)] = Listener(g.backlog, h.somaxconn)
                     h.bound_ports.add(g.port)
                 h.workers = g.workers
+                h.service_s = g.service_ms / 1000.0
             self.hosts[h.name] = h
             self.groups.setdefault(inst.group, []).append(h)
             for a in h.addrs:
                 self.by_addr[a] = h
-        self.service = {g.name: g.service_ms / 1000.0 for g in sc.host}
         self.nat: SourceNat | None = None
-        self.behind_nat: set[str] = set()
         if sc.nat is not None:
             n = sc.nat
             self.nat = SourceNat(pool(n.address, "198.51.100.1", n.addresses), n.port_policy, n.port_range,
                                  n.time_wait_s, n.close_s, n.max_attempts,
                                  random.Random(clocks.derive_secret(sc.seed, "nat")))
-            self.behind_nat = set(n.clients)
+            for gname in n.clients:
+                for h in self.groups[gname]:
+                    h.behind_nat = True
         self.lb: L4LoadBalancer | None = None
-        self.vip = (0, 0)
+        self.vip_addr = 0
+        self.vip_port = 0
         self.lb_backends: list[SimHost] = []
         if sc.lb is not None:
             lb = sc.lb
@@ -160,15 +214,28 @@ class Engine:
                 lb.snat_port_order, lb.snat_port_range, lb.session_hold_s, lb.ignore_msl,
                 lb.held_session_syn, lb.rst_ends_session, lb.drop_server_ack_to_syn,
                 random.Random(clocks.derive_secret(sc.seed, "lb")))
-            self.vip = (ip2int(lb.vip), lb.port)
+            self.vip_addr, self.vip_port = ip2int(lb.vip), lb.port
+        self.wls: list[WorkloadRT] = []
+        for i, w in enumerate(sc.workload):
+            to_lb = w.target == "lb"
+            servers = [] if to_lb else self.groups[w.target]
+            self.wls.append(WorkloadRT(
+                i, w.name, self.groups[w.clients], w.close, w.bind, w.requests_per_connection,
+                w.request_bytes, w.response_bytes,
+                w.connect_timeout_s if w.connect_timeout_s is not None else math.inf,
+                w.request_timeout_s if w.request_timeout_s is not None else math.inf,
+                w.retries, w.retry_delay_s, to_lb, servers,
+                self.vip_port if to_lb else sc.group(w.target).port))
+            if w.bind == "bind0":
+                for h in self.groups[w.clients]:
+                    h.track_owners = True
         # timeline
         self.step = 1.0
         self.nsteps = max(1, math.ceil(self.end / self.step))
         self.next_sample = self.step
-        self.samples: dict[str, dict[str, list[int]]] = {h: {"time_wait": [], "established": []} for h in self.hosts}
+        self.samples: dict[str, dict[str, list[int]]] = {
+            h: {"time_wait": [], "established": []} for h in self.hosts}
         self.port_series: dict[tuple[str, int, int, int], list[int]] = {}
-        self.wl_rr = [0] * len(sc.workload)
-        self.dst_rr = [0] * len(sc.workload)
         self.end_state: dict[str, dict[str, int]] = {}
 
     # ---- event queue -----------------------------------------------------------------------
@@ -176,9 +243,36 @@ class Engine:
         self.seq += 1
         heapq.heappush(self.heap, (t, self.seq, kind, obj))
 
+    def push_close(self, t: float, att: Attempt) -> None:
+        """A CLOSE event. Close delays are constant per workload and server unless an accept
+        queue builds up, so closes mostly arrive in time order: they go to a FIFO lane
+        (cheaper than the heap) when they keep its order, else to the heap."""
+        lane = self.close_lane
+        if not lane or lane[-1][0] <= t:
+            self.seq += 1
+            lane.append((t, self.seq, att))
+        else:
+            self.push(t, EV_CLOSE, att)
+
     # ---- run -----------------------------------------------------------------------------
     def run(self) -> RunResult:
+        # The run allocates millions of long-lived objects and frees them in bulk; the
+        # cyclic collector would rescan them over and over (engine objects form no cycles
+        # that need it), so it is paused for the run.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._run()
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _run(self) -> RunResult:
         t_wall = wallclock.perf_counter()
+        # Arrivals come straight from their generators (the next one of each workload is
+        # kept in `arrivals`); everything else goes through the heap. On equal times heap
+        # events go first (they were scheduled earlier).
+        arrivals: list[tuple[float, WorkloadRT, Iterator[float]]] = []
         for i, wl in enumerate(self.sc.workload):
             dur = wl.duration_s if wl.duration_s is not None else self.end - wl.start_s
             dur = min(dur, self.end - wl.start_s)
@@ -186,104 +280,115 @@ class Engine:
                 continue
             rng = random.Random(clocks.derive_secret(self.sc.seed, "arrivals", wl.name))
             it = arrival_times(wl.arrival, wl.connection_rate, wl.start_s, dur, wl.count, rng,
-                              wl.ramp_from / wl.requests_per_connection)
+                               wl.ramp_from / wl.requests_per_connection)
             first = next(it, None)
             if first is not None:
-                self.push(first, EV_ARRIVAL, (i, it))
+                arrivals.append((first, self.wls[i], it))
         heap = self.heap
         pop = heapq.heappop
         n = 0
-        sampled_end = False
-        while heap:
-            t, _, kind, obj = pop(heap)
-            if t >= self.next_sample and not sampled_end:
-                while self.next_sample <= t and self.next_sample <= self.end + 1e-9:
+        sampling = True
+        end = self.end + 1e-9
+        inf = math.inf
+        ta = min(a[0] for a in arrivals) if arrivals else inf
+        lane = self.close_lane
+        obj: Any = None
+        kind = 0
+        t = 0.0
+        while heap or arrivals or lane:
+            th = heap[0][0] if heap else inf
+            tl = lane[0][0] if lane else inf
+            if tl <= th and tl <= ta and (tl < th or lane[0][1] < heap[0][1]):
+                t, _, obj = lane.popleft()
+                kind = EV_CLOSE
+            elif heap and th <= ta:
+                t, _, kind, obj = pop(heap)
+            else:
+                k = 0
+                for j in range(1, len(arrivals)):
+                    if arrivals[j][0] < arrivals[k][0]:
+                        k = j
+                t, wl_rt, it = arrivals[k]
+                kind = EV_ARRIVAL
+                nxt = next(it, None)
+                if nxt is None:
+                    arrivals.pop(k)
+                else:
+                    arrivals[k] = (nxt, wl_rt, it)
+                ta = min(a[0] for a in arrivals) if arrivals else inf
+                obj = wl_rt
+            if sampling and t >= self.next_sample:
+                while self.next_sample <= t and self.next_sample <= end:
                     self._sample(self.next_sample)
                     self.next_sample += self.step
-                if self.next_sample > self.end + 1e-9:
-                    sampled_end = True
+                if self.next_sample > end:
+                    sampling = False
                     self._record_end_state()
                 if self.progress is not None:
                     self.progress(min(t, self.end), len(self.atts))
             n += 1
             if kind == EV_ARRIVAL:
-                i, it = obj
-                self._arrival(t, i)
-                nxt = next(it, None)
-                if nxt is not None:
-                    self.push(nxt, EV_ARRIVAL, obj)
+                self._arrival(t, obj)
             elif kind == EV_SYN:
                 if obj.state == SYN_SENT:
                     self._syn(obj, t)
             elif kind == EV_CLOSE:
-                self._close(obj, t)
+                self._close(obj, t, False)
+            elif kind == EV_TIMEOUT:
+                self._close(obj, t, True)
             elif kind == EV_FAIL:
                 if obj.state == SYN_SENT:
-                    self._fail(obj, t, obj.client.stack.errno["timeout"], obj.cause or "connect_timeout")
+                    self._fail(obj, t, obj.client.errno_timeout, obj.cause or "connect_timeout")
             elif kind == EV_ACCEPT_RETRY:
                 self._accept_retry(obj, t)
             elif kind == EV_RETRY:
-                wl_i, client, retries_left, cause = obj
-                self._start(t, wl_i, client, retries_left, cause)
-        while not sampled_end and self.next_sample <= self.end + 1e-9:
+                wl, client, retries_left, cause = obj
+                self._start(t, wl, client, retries_left, cause)
+        while sampling and self.next_sample <= end:
             self._sample(self.next_sample)
             self.next_sample += self.step
         if not self.end_state:
             self._record_end_state()
-        self.stats.events = n
-        self.stats.attempts = len(self.atts)
-        self.stats.wall_s = wallclock.perf_counter() - t_wall
-        return self._result()
+        self.events = n
+        self.wall_s = wallclock.perf_counter() - t_wall
+        return build_result(self)
 
     # ---- arrivals and connect() ----------------------------------------------------------------
-    def _arrival(self, t: float, wl_i: int) -> None:
-        wl = self.sc.workload[wl_i]
-        clients = self.groups[wl.clients]
-        c = clients[self.wl_rr[wl_i] % len(clients)]
-        self.wl_rr[wl_i] += 1
-        self._start(t, wl_i, c, wl.retries, "")
+    def _arrival(self, t: float, wl: WorkloadRT) -> None:
+        c = wl.clients[wl.rr % len(wl.clients)]
+        wl.rr += 1
+        self._start(t, wl, c, wl.retries, "")
 
-    def _destination(self, wl_i: int) -> tuple[int, int]:
-        wl = self.sc.workload[wl_i]
-        if wl.target == "lb":
-            return self.vip
-        servers = self.groups[wl.target]
-        s = servers[self.dst_rr[wl_i] % len(servers)]
-        self.dst_rr[wl_i] += 1
-        return s.addr, self.sc.group(wl.target).port
-
-    def _start(self, t: float, wl_i: int, c: SimHost, retries_left: int, retry_cause: str) -> None:
-        wl = self.sc.workload[wl_i]
-        att = Attempt(wl, wl_i, c, t)
+    def _start(self, t: float, wl: WorkloadRT, c: SimHost, retries_left: int, retry_cause: str) -> None:
+        att = Attempt(wl, c, t)
         idx = len(self.atts)
         self.atts.append(att)
         att.retries_left = retries_left
         if retry_cause:
             att.cause = retry_cause
-        if wl.connect_timeout_s is not None:
-            att.deadline = t + wl.connect_timeout_s
-        daddr, dport = self._destination(wl_i)
+        att.deadline = t + wl.connect_timeout
+        if wl.to_lb:
+            daddr, dport = self.vip_addr, self.vip_port
+        else:
+            srv = wl.servers[wl.dst_rr % len(wl.servers)]
+            wl.dst_rr += 1
+            daddr, dport = srv.addr, wl.port
         att.daddr, att.dport = daddr, dport
         saddr = c.addr
         if wl.bind != "none" and len(c.addrs) > 1:
             saddr = c.addrs[idx % len(c.addrs)]
         att.saddr = saddr
-        stack = c.stack
-        assert stack is not None
-        self._purge(c, t)
+        self.purge(c, t)
         tw_taken: TimeWaitSock | None = None
         if c.is_linux:
             if wl.bind == "bind0":
                 got = self._bind0(c, saddr)
-                if got is None:
+                if got < 0:
                     self._no_port(att, t)
                     return
                 att.sport, att.bound = got, True
                 key = (saddr, got, daddr, dport)
                 tw = c.tw.get(key)
-                if tw is not None and tw.expires <= t:
-                    self._expire_tw(c, key, tw)
-                    tw = None
                 if key in c.ehash or (tw is not None and not tcp_twsk_unique(
                         tw, True, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
                         tw_reuse_delay_ms=c.tw_reuse_delay)):
@@ -292,22 +397,22 @@ class Engine:
                     return
                 tw_taken = tw
             else:
-                got_port = self._autoselect(c, saddr, daddr, dport, t)
-                if got_port is None:
+                sel = self._autoselect(c, saddr, daddr, dport, t)
+                if sel is None:
                     self._no_port(att, t)
                     return
-                port, how = got_port
-                att.sport = port
-                if how == PORT_TW_REUSE:
-                    tw_taken = c.tw[(saddr, port, daddr, dport)]
+                att.sport = sel[0]
+                if sel[1] == PORT_TW_REUSE:
+                    tw_taken = c.tw[(saddr, att.sport, daddr, dport)]
         else:
             assert c.pool is not None
-            port_or_none = c.pool.allocate()
-            if port_or_none is None:
+            port = c.pool.allocate()
+            if port is None:
                 self._no_port(att, t)
                 return
-            att.sport = port_or_none
+            att.sport = port
         key = (saddr, att.sport, daddr, dport)
+        att.ck = key
         if tw_taken is not None:
             # __inet_check_established(): the TW is unhashed, TWRecycled++, and the new
             # socket's write_seq = tw_snd_nxt + 65535 + 2 (tcp_twsk_unique()).
@@ -320,7 +425,7 @@ class Engine:
             att.isn = self._client_isn(c, key, t)
         c.hold_port(key)
         c.ehash[key] = att
-        att.ts = stack.offers_ts
+        att.ts = c.offers_ts
         if att.ts:
             att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport)
         c.inc("TcpActiveOpens")
@@ -330,7 +435,7 @@ class Engine:
         sa, sp, da, dp = key
         if c.is_linux:
             return clocks.linux_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
-        if c.params.get("isn") == "random":
+        if c.isn_random:
             return c.rng.getrandbits(32)
         return clocks.rfc6528_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
 
@@ -338,48 +443,38 @@ class Engine:
         """inet_hash_connect() for a socket without a local port (spec §6.1-6.3)."""
         ports = c.connect_ports
         assert ports is not None
-        p = c.p
-        if p.port_secret_epoch_s is not None:
-            epoch = int((c.uptime + t) // p.port_secret_epoch_s)
+        if c.port_epoch_s > 0:
+            epoch = int((c.uptime + t) // c.port_epoch_s)
             po = clocks.keyed64(c.port_secret, saddr, daddr, dport, epoch)
         else:
             po = clocks.keyed32(c.port_secret, saddr, daddr, dport)
-        # Fast path: every usable port toward this destination is held, and no TIME_WAIT
-        # of it can be taken over (tw_reuse off, or the oldest is not yet old enough).
-        if c.tw_reuse != 1 and c.dest_use.get((saddr, daddr, dport), 0) >= c.port_budget_cached(daddr):
+        d = c.dest(saddr, daddr, dport)
+        check = PortCheck(self, c, saddr, daddr, dport, t)
+        # Can any TIME_WAIT toward this destination be taken over now? The oldest is the
+        # first to qualify (every rule is "old enough"); if it cannot, none can.
+        reuse = False
+        if c.tw_reuse == 1:
+            oldest = d.oldest_tw()
+            reuse = oldest is not None and (oldest.ts_recent_stamp == 0 or tcp_twsk_unique(
+                oldest, False, check.ms, check.sec, rule=c.reuse_rule, tw_reuse=c.tw_reuse,
+                tw_reuse_delay_ms=c.tw_reuse_delay))
+        if not reuse and d.held >= c.port_budget_cached():
             return None
-        ehash, tw_map, bound = c.ehash, c.tw, c.bound_ports
-        ms, sec = c.ms(t), c.sec(t)
+        occ = None if reuse or c.bound_in_range else d.occ
+        return ports.autoselect(c.low, c.high, c.reserved, po, check, occ)
 
-        def check(port: int) -> int:
-            if port in bound:
-                return PORT_BUSY
-            key = (saddr, port, daddr, dport)
-            if key in ehash:
-                return PORT_BUSY
-            tw = tw_map.get(key)
-            if tw is None:
-                return PORT_FREE
-            if tw.expires <= t:
-                self._expire_tw(c, key, tw)
-                return PORT_FREE
-            if tcp_twsk_unique(tw, False, ms, sec, rule=c.reuse_rule, tw_reuse=c.tw_reuse,
-                               tw_reuse_delay_ms=c.tw_reuse_delay):
-                return PORT_TW_REUSE
-            return PORT_BUSY
-
-        return ports.autoselect(c.low, c.high, c.reserved, po, check)
-
-    def _bind0(self, c: SimHost, saddr: int) -> int | None:
-        owners = c.owners
+    def _bind0(self, c: SimHost, saddr: int) -> int:
+        owners, bind_owned = c.owners, c.bind_owned
 
         def unowned(port: int) -> bool:
-            return (saddr, port) not in owners and (saddr, port) not in c.bind_owned
+            return (saddr, port) not in owners and (saddr, port) not in bind_owned
 
         port = find_open_port(c.low, c.high, c.reserved, unowned, c.rng)
-        if port is not None:
-            c.bind_owned[(saddr, port)] = c.bind_owned.get((saddr, port), 0) + 1
-            c.bound_ports.add(port)
+        if port is None:
+            return -1
+        c.bind_owned[(saddr, port)] = c.bind_owned.get((saddr, port), 0) + 1
+        c.bound_ports.add(port)
+        c.bound_in_range = True
         return port
 
     def _release_bind(self, c: SimHost, saddr: int, port: int) -> None:
@@ -394,89 +489,97 @@ class Engine:
 
     def _no_port(self, att: Attempt, t: float) -> None:
         c = att.client
-        assert c.stack is not None
         att.state = DONE
-        att.outcome = c.stack.errno["no_port"]
+        att.outcome = c.errno_no_port
         att.reason = "local_ports_exhausted"
         att.cause = att.cause or "local_ports_exhausted"
         att.sport = 0
         self._maybe_retry(att, t, "local_ports_exhausted")
 
     # ---- the path: NAT, load balancer ------------------------------------------------------
-    def _route(self, att: Attempt, t: float) -> Route | str:
+    def _route(self, att: Attempt, t: float) -> str:
+        """Carry the SYN through NAT and LB; fills att.srv/r_*; returns "" or a drop reason."""
         saddr, sport, daddr, dport = att.saddr, att.sport, att.daddr, att.dport
         nat_e = None
-        if self.nat is not None and att.client.group in self.behind_nat:
+        if self.nat is not None and att.client.behind_nat:
             nat_e = self.nat.translate((saddr, sport, daddr, dport), t)
             if nat_e is None:
                 return "syn_dropped_nat"
             saddr, sport = nat_e.nat_addr, nat_e.nat_port
-        if self.lb is not None and (daddr, dport) == self.vip:
+        att.nat = nat_e
+        if self.lb is not None and daddr == self.vip_addr and dport == self.vip_port:
             s = self.lb.syn((saddr, sport), t)
             if s is None:
                 return "syn_dropped_lb"
             baddr, bport = self.lb.backends[s.backend]
-            return Route(self.lb_backends[s.backend], s.src, s.sport, baddr, bport, nat_e, s)
+            att.lb = s
+            att.srv = self.lb_backends[s.backend]
+            att.r_saddr, att.r_sport, att.r_daddr, att.r_dport = s.src, s.sport, baddr, bport
+            att.sk = (baddr, bport, s.src, s.sport)
+            return ""
         srv = self.by_addr.get(daddr)
         if srv is None or srv.role != "server":
             return "syn_dropped_path"
-        return Route(srv, saddr, sport, daddr, dport, nat_e, None)
+        att.srv = srv
+        att.r_saddr, att.r_sport, att.r_daddr, att.r_dport = saddr, sport, daddr, dport
+        att.sk = (daddr, dport, saddr, sport)
+        return ""
 
     # ---- a SYN reaches the server ------------------------------------------------------------
     def _syn(self, att: Attempt, t: float) -> None:
         c = att.client
         if t >= att.deadline:
-            self._fail(att, t, c.stack.errno["timeout"], att.cause or "connect_timeout")  # type: ignore[union-attr]
+            self._fail(att, t, c.errno_timeout, att.cause or "connect_timeout")
             return
         att.tries += 1
         if self.loss and self.rng.random() < self.loss:
             self._unanswered(att, t, "syn_dropped_path")
             return
-        r = self._route(att, t)
-        if isinstance(r, str):
-            self._unanswered(att, t, r)
+        drop = self._route(att, t)
+        if drop:
+            self._unanswered(att, t, drop)
             return
-        att.route = r
-        srv = r.server
-        skey = (r.daddr, r.dport, r.saddr, r.sport)
+        srv = att.srv
+        assert srv is not None
+        skey = att.sk
         tsval = ((c.tsval(t) + att.tsoff) & MASK32) if att.ts else 0
         live = srv.ehash.get(skey)
-        if live is not None and live.att is not att:
+        if live is not None and live is not att:
             # A SYN on a tuple the server still has open (a NAT/LB reused it): the
             # established socket answers with a challenge ACK (RFC 5961, tcp_validate_incoming).
-            self._bad_ack(att, t, r, "syn_hit_established", live)
+            self._bad_ack(att, t, "syn_hit_established", live, None)
             return
         isn_from_tw = 0
         tw = srv.tw.get(skey)
         if tw is not None and tw.expires <= t:
-            self._expire_tw(srv, skey, tw)
+            self.expire_tw(srv, skey, tw)
             tw = None
         if tw is not None:
             seg = Segment(syn=True, seq=att.isn, end_seq=(att.isn + 1) & MASK32, has_ts=att.ts, tsval=tsval)
             d = tcp_timewait_state_process(
                 tw, seg, t, srv.sec(t), timestamps_sysctl=srv.timestamps, rfc1337=srv.rfc1337,
-                oow_ratelimit_s=srv.oow_s, el6=srv.p.el6, paws_counter=srv.paws_tw_counter)
+                oow_ratelimit_s=srv.oow_s, el6=srv.el6, paws_counter=srv.paws_tw_counter)
             for name in d.counters:
                 srv.inc(name)
             if d.reschedule:
                 self._reschedule_tw(srv, skey, tw, t)
-            if d.verdict == TW_SYN:
+            v = d.verdict
+            if v == TW_SYN:
                 self._kill_tw(srv, skey, tw)
                 isn_from_tw = d.isn
-            elif d.verdict == TW_ACK:
-                self._bad_ack(att, t, r, "syn_paws_timewait" if d.paws_reject else "syn_hit_timewait", None,
-                              tw=(srv, skey, tw))
+            elif v == TW_ACK:
+                self._bad_ack(att, t, "syn_paws_timewait" if d.paws_reject else "syn_hit_timewait", None, tw)
                 return
-            elif d.verdict == TW_ACK_SKIPPED:
+            elif v == TW_ACK_SKIPPED:
                 self._unanswered(att, t, "syn_paws_timewait" if d.paws_reject else "syn_hit_timewait")
                 return
-            elif d.verdict == TW_RST:
+            elif v == TW_RST:
                 self._refused(att, t)
                 return
             else:
                 self._unanswered(att, t, "syn_hit_timewait")
                 return
-        lst = srv.listeners.get((r.daddr, r.dport))
+        lst = srv.listeners.get((att.r_daddr, att.r_dport))
         if lst is None:
             srv.inc("TcpOutRsts")
             self._refused(att, t)
@@ -484,31 +587,31 @@ class Engine:
         reject = False
         if srv.recycle_cache is not None and not isn_from_tw:
             reject = srv.recycle_cache.syn_rejected(
-                r.daddr, r.saddr, att.ts and srv.timestamps != 0, tsval, srv.sec(t),
-                srv.p.recycle_drops_tsless_syn)
-        v = conn_request(lst, srv.p, from_timewait=bool(isn_from_tw), syncookies=srv.syncookies,
-                         recycle_reject=reject)
-        for name in v.counters:
+                att.r_daddr, att.r_saddr, att.ts and srv.timestamps != 0, tsval, srv.sec(t),
+                srv.recycle_drops_tsless)
+        cr = conn_request(lst, srv.p, from_timewait=isn_from_tw != 0, syncookies=srv.syncookies,
+                          recycle_reject=reject)
+        for name in cr.counters:
             srv.inc(name)
-        if v.verdict == DROP:
-            self._unanswered(att, t, v.reason)
+        if cr.verdict == DROP:
+            self._unanswered(att, t, cr.reason)
             return
-        if v.verdict == COOKIE:
+        if cr.verdict == COOKIE:
             srv.inc("TcpExtSyncookiesSent")
-        self._established(att, t, r, srv, skey, lst, isn_from_tw, cookie=v.verdict == COOKIE)
+        self._established(att, t, srv, skey, lst, isn_from_tw)
 
-    def _established(self, att: Attempt, t: float, r: Route, srv: SimHost, skey: Key, lst: Listener,
-                     isn_from_tw: int, cookie: bool) -> None:
-        c = att.client
-        s_isn = isn_from_tw or clocks.linux_isn(srv.isn_secret, r.daddr, r.saddr, r.dport, r.sport, srv.wall0 + t)
-        ts_ok = att.ts and srv.timestamps != 0
-        sts_off = clocks.ts_offset(srv.p, srv.ts_secret, srv.timestamps, r.daddr, r.saddr, r.dport, r.sport) \
-            if ts_ok else 0
+    def _established(self, att: Attempt, t: float, srv: SimHost, skey: Key, lst: Listener,
+                     isn_from_tw: int) -> None:
+        att.s_isn = isn_from_tw or clocks.linux_isn(srv.isn_secret, att.r_daddr, att.r_saddr, att.r_dport,
+                                                    att.r_sport, srv.wall0 + t)
+        att.ts_ok = att.ts and srv.timestamps != 0
+        if att.ts_ok:
+            att.sts_off = clocks.ts_offset(srv.p, srv.ts_secret, srv.timestamps, att.r_daddr, att.r_saddr,
+                                           att.r_dport, att.r_sport)
         t_est = t + self.rtt
-        conn = Conn(att, srv, (att.saddr, att.sport, att.daddr, att.dport), skey, s_isn, ts_ok, sts_off, t_est)
-        att.conn = conn
+        att.t_est = t_est
         att.state = ESTABLISHED
-        srv.ehash[skey] = conn
+        srv.ehash[skey] = att
         srv.inc("TcpPassiveOpens")
         att.outcome = "ok"
         att.reason = "ok_after_syn_retry" if att.tries > 1 else ("ok_after_app_retry" if att.cause else "ok")
@@ -519,100 +622,99 @@ class Engine:
             for name in counters:
                 srv.inc(name)
             lst.syn_queue += 1
-            conn.waiting = 1
-            self.push(t_est + self._data_rto(1), EV_ACCEPT_RETRY, conn)
+            att.waiting = 1
+            self.push(t_est + self._data_rto(1), EV_ACCEPT_RETRY, att)
             return
-        self._enqueue_child(conn, lst, t_est + self.half)
+        self._enqueue_child(att, lst, t_est + self.half)
 
     def _data_rto(self, k: int) -> float:
         """Client data retransmission k (1-based): RTO = srtt + max(4 rttvar, 200 ms),
         doubling (tcp_set_rto(); TCP_RTO_MIN)."""
         return (self.rtt + 0.2) * (2 ** (k - 1))
 
-    def _accept_retry(self, conn: Conn, t: float) -> None:
-        srv, att = conn.srv, conn.att
-        r = att.route
-        assert r is not None
-        lst = srv.listeners[(r.daddr, r.dport)]
+    def _accept_retry(self, att: Attempt, t: float) -> None:
+        srv = att.srv
+        assert srv is not None
+        lst = srv.listeners[(att.r_daddr, att.r_dport)]
         ok, counters = syn_recv_sock_ok(lst)
         if ok:
             lst.syn_queue -= 1
-            self._enqueue_child(conn, lst, t + self.half)
+            self._enqueue_child(att, lst, t + self.half)
             return
         for name in counters:
             srv.inc(name)
-        conn.waiting += 1
-        synack_retries = int(srv.settings.get("net.ipv4.tcp_synack_retries", 5))
-        if conn.waiting > synack_retries + 1:
+        att.waiting += 1
+        if att.waiting > srv.synack_retries + 1:
             lst.syn_queue -= 1
-            del srv.ehash[conn.skey]
-            self._conn_failed(conn, t, att.client.stack.errno["reset"], "ack_dropped_listen_overflow")  # type: ignore[union-attr]
+            del srv.ehash[att.skey()]
+            self._conn_failed(att, t, att.client.errno_reset, "ack_dropped_listen_overflow")
             return
-        self.push(t + self._data_rto(conn.waiting), EV_ACCEPT_RETRY, conn)
+        self.push(t + self._data_rto(att.waiting), EV_ACCEPT_RETRY, att)
 
-    def _enqueue_child(self, conn: Conn, lst: Listener, t: float) -> None:
-        srv = conn.srv
+    def _enqueue_child(self, att: Attempt, lst: Listener, t: float) -> None:
+        srv = att.srv
+        assert srv is not None
         if srv.busy < srv.workers:
-            self._serve(conn, t)
+            self._serve(att, t)
         else:
-            srv.accept_q.append((conn, lst))
+            srv.accept_q.append((att, lst))
             lst.accept_queue += 1
 
-    def _serve(self, conn: Conn, t_accept: float) -> None:
+    def _serve(self, att: Attempt, t_accept: float) -> None:
         """The application accepts the connection and answers N requests, then closing starts."""
-        srv, att = conn.srv, conn.att
+        srv = att.srv
+        assert srv is not None
         srv.busy += 1
-        conn.served = True
+        att.served = True
         wl = att.wl
-        svc = self.service[srv.group]
-        t_done = max(t_accept, conn.t_est + self.half) + svc + self.half
-        t_done += (wl.requests_per_connection - 1) * (self.rtt + svc)
-        if wl.request_timeout_s is not None and t_done - conn.t_est > wl.request_timeout_s:
-            att_fail_t = conn.t_est + wl.request_timeout_s
-            self.push(att_fail_t, EV_CLOSE, (conn, "timeout"))
+        svc = srv.service_s
+        t_done = max(t_accept, att.t_est + self.half) + svc + self.half
+        t_done += (wl.n_req - 1) * (self.rtt + svc)
+        if t_done - att.t_est > wl.request_timeout:
+            self.push(att.t_est + wl.request_timeout, EV_TIMEOUT, att)
             return
-        self.push(t_done + self.half, EV_CLOSE, (conn, "done"))
+        self.push_close(t_done + self.half, att)
 
     # ---- answers other than a SYN-ACK ----------------------------------------------------------
-    def _bad_ack(self, att: Attempt, t: float, r: Route, cause: str, live: Conn | None,
-                 tw: tuple[SimHost, Key, TimeWaitSock] | None = None) -> None:
+    def _bad_ack(self, att: Attempt, t: float, cause: str, live: Attempt | None,
+                 tw: TimeWaitSock | None) -> None:
         """The server answered the SYN with an ACK that does not acknowledge it (a TIME_WAIT
         or established socket's ACK for the old connection). A client in SYN-SENT answers
         with RST(seq = that ACK's ack number) and keeps its SYN timer (spec §3.5 case C)."""
         c = att.client
-        stack = c.stack
-        assert stack is not None
         if not att.cause:
             att.cause = cause
-        if self.lb is not None and r.lb is not None and self.lb.drop_server_ack_to_syn:
+        if self.lb is not None and att.lb is not None and self.lb.drop_server_ack_to_syn:
             self._unanswered(att, t, cause)  # F5 bug 515915: the LB drops that ACK
             return
-        if stack.abort_on_bad_ack:
-            self._fail(att, t + self.rtt, stack.errno["reset"], cause)
+        if c.abort_on_bad_ack:
+            self._fail(att, t + self.rtt, c.errno_reset, cause)
             return
         c.inc("TcpOutRsts")
         t_rst = t + self.rtt + self.half
-        if r.lb is not None and self.lb is not None:
-            self.lb.client_rst(r.lb, t_rst)
-        if r.nat is not None and self.nat is not None:
-            self.nat.close(r.nat, t_rst, rst=True)
+        if att.lb is not None and self.lb is not None:
+            self.lb.client_rst(att.lb, t_rst)
+        if att.nat is not None and self.nat is not None:
+            self.nat.close(att.nat, t_rst, rst=True)
+        srv = att.srv
+        assert srv is not None
         if tw is not None:
-            srv, skey, sock = tw
-            seg = Segment(rst=True, seq=sock.rcv_nxt, end_seq=sock.rcv_nxt)
+            skey = att.skey()
+            seg = Segment(rst=True, seq=tw.rcv_nxt, end_seq=tw.rcv_nxt)
             d = tcp_timewait_state_process(
-                sock, seg, t_rst, srv.sec(t_rst), timestamps_sysctl=srv.timestamps, rfc1337=srv.rfc1337,
-                oow_ratelimit_s=srv.oow_s, el6=srv.p.el6, paws_counter=srv.paws_tw_counter)
+                tw, seg, t_rst, srv.sec(t_rst), timestamps_sysctl=srv.timestamps, rfc1337=srv.rfc1337,
+                oow_ratelimit_s=srv.oow_s, el6=srv.el6, paws_counter=srv.paws_tw_counter)
             if d.killed:
-                self._kill_tw(srv, skey, sock)
+                self._kill_tw(srv, skey, tw)
             elif d.reschedule:
-                self._reschedule_tw(srv, skey, sock, t_rst)
+                self._reschedule_tw(srv, skey, tw, t_rst)
         elif live is not None:
             # The RST lands exactly on rcv_nxt: the stale established connection is reset.
-            live.srv.inc("TcpEstabResets")
-            self._abort_conn(live, t_rst)
+            srv.inc("TcpEstabResets")
+            self._abort_conn(live)
         # SYN-SENT re-arms the SYN timer to TCP_TIMEOUT_MIN if nothing was retransmitted yet.
-        if stack.fast_rearm_s is not None and att.tries == 1:
-            self._next_syn(att, t + self.rtt + stack.fast_rearm_s)
+        if c.fast_rearm_s >= 0 and att.tries == 1:
+            self._next_syn(att, t + self.rtt + c.fast_rearm_s)
         else:
             self._unanswered(att, t, cause)
 
@@ -620,19 +722,16 @@ class Engine:
         """No SYN-ACK for this try: the next SYN goes out on the client's schedule."""
         if not att.cause:
             att.cause = cause
-        stack = att.client.stack
-        assert stack is not None
-        off = stack.next_syn_after(att.tries)
-        if off is None:
-            self._schedule_fail(att, att.t0 + stack.give_up_s)
+        offs = att.client.syn_offsets
+        if att.tries >= len(offs):
+            self._schedule_fail(att, att.t0 + att.client.give_up_s)
             return
-        self._next_syn(att, att.t0 + off)
+        self._next_syn(att, att.t0 + offs[att.tries])
 
     def _next_syn(self, att: Attempt, t_next: float) -> None:
-        stack = att.client.stack
-        assert stack is not None
-        if t_next >= att.deadline or t_next >= att.t0 + stack.give_up_s:
-            self._schedule_fail(att, min(att.deadline, att.t0 + stack.give_up_s))
+        give_up = att.t0 + att.client.give_up_s
+        if t_next >= att.deadline or t_next >= give_up:
+            self._schedule_fail(att, min(att.deadline, give_up))
             return
         self.push(t_next, EV_SYN, att)
 
@@ -640,45 +739,42 @@ class Engine:
         self.push(min(t, att.deadline), EV_FAIL, att)
 
     def _refused(self, att: Attempt, t: float) -> None:
-        stack = att.client.stack
-        assert stack is not None
+        c = att.client
         if not att.cause:
             att.cause = "refused"
-        if stack.rst_to_syn_retry_s is not None and att.tries < len(stack.syn_offsets):
-            self._next_syn(att, t + self.rtt + stack.rst_to_syn_retry_s)
+        if c.rst_to_syn_retry_s >= 0 and att.tries < len(c.syn_offsets):
+            self._next_syn(att, t + self.rtt + c.rst_to_syn_retry_s)
             return
-        self._fail(att, t + self.rtt, stack.errno["refused"], "refused")
+        self._fail(att, t + self.rtt, c.errno_refused, "refused")
 
     def _fail(self, att: Attempt, t: float, errno: str, reason: str) -> None:
         """connect() fails: the client socket goes away (tcp_done: AttemptFails)."""
         c = att.client
         att.state = DONE
-        key = (att.saddr, att.sport, att.daddr, att.dport)
+        key = att.ckey()
         if c.ehash.get(key) is att:
             del c.ehash[key]
             c.release_port(key)
             if att.bound:
                 self._release_bind(c, att.saddr, att.sport)
         c.inc("TcpAttemptFails")
-        r = att.route
         att.outcome, att.reason, att.cause = errno, reason, att.cause or reason
-        if r is not None:
-            if r.lb is not None and self.lb is not None:
-                self.lb.close(r.lb, t)
-            if r.nat is not None and self.nat is not None:
-                self.nat.close(r.nat, t, rst=True)
+        if att.lb is not None and self.lb is not None:
+            self.lb.close(att.lb, t)
+        if att.nat is not None and self.nat is not None:
+            self.nat.close(att.nat, t, rst=True)
         self._maybe_retry(att, t, reason)
 
     def _maybe_retry(self, att: Attempt, t: float, cause: str) -> None:
         if att.retries_left > 0:
-            self.push(t + att.wl.retry_delay_s, EV_RETRY, (att.wl_i, att.client, att.retries_left - 1, cause))
+            self.push(t + att.wl.retry_delay, EV_RETRY, (att.wl, att.client, att.retries_left - 1, cause))
 
     # ---- closing ------------------------------------------------------------------------------
-    def _close(self, obj: tuple[Conn, str], t: float) -> None:
-        conn, why = obj
-        att, srv, c = conn.att, conn.srv, conn.att.client
-        if conn.served:
-            conn.served = False
+    def _close(self, att: Attempt, t: float, timeout: bool) -> None:
+        srv, c = att.srv, att.client
+        assert srv is not None
+        if att.served:
+            att.served = False
             srv.busy -= 1
         if att.state == DONE:
             self._next_child(srv, t)
@@ -686,36 +782,34 @@ class Engine:
         att.state = DONE
         wl = att.wl
         policy = wl.close
-        if why == "timeout":
-            att.outcome = c.stack.errno["timeout"]  # type: ignore[union-attr]
+        if timeout:
+            att.outcome = c.errno_timeout
             att.reason, att.cause = "request_timeout", att.cause or "request_timeout"
             policy = "client"  # the application gives up and closes
-        n = wl.requests_per_connection
-        req, resp = wl.request_bytes * n, wl.response_bytes * n
+        req, resp = wl.req_bytes * wl.n_req, wl.resp_bytes * wl.n_req
         c_snd_nxt = (att.isn + 1 + req + 1) & MASK32
-        s_snd_nxt = (conn.s_isn + 1 + resp + 1) & MASK32
-        r = att.route
-        assert r is not None
-        rst = policy in ("client_rst", "server_rst")
+        s_snd_nxt = (att.s_isn + 1 + resp + 1) & MASK32
+        rst = policy == "client_rst" or policy == "server_rst"
+        skey = att.skey()
         # The server side goes away (or into TIME_WAIT) ...
-        del srv.ehash[conn.skey]
+        del srv.ehash[skey]
         if policy == "server":
-            self._time_wait(srv, conn.skey, t, rcv_nxt=c_snd_nxt, snd_nxt=s_snd_nxt,
-                            ts_recent=((c.tsval(t) + conn.cts_off) & MASK32) if conn.ts_ok else 0,
-                            ts_ok=conn.ts_ok, ts_offset=conn.sts_off, client_side=False)
+            self._time_wait(srv, skey, t, c_snd_nxt, s_snd_nxt,
+                            ((c.tsval(t) + att.tsoff) & MASK32) if att.ts_ok else 0, att.ts_ok, att.sts_off,
+                            None)
         elif policy == "client_rst":
             srv.inc("TcpEstabResets")
         elif policy == "server_rst":
             srv.inc("TcpExtTCPAbortOnData")
             srv.inc("TcpOutRsts")
         # ... and the client side.
-        ckey = conn.ckey
+        ckey = att.ckey()
         if c.ehash.get(ckey) is att:
             del c.ehash[ckey]
             if policy == "client":
-                self._time_wait(c, ckey, t, rcv_nxt=s_snd_nxt, snd_nxt=c_snd_nxt,
-                                ts_recent=((srv.tsval(t) + conn.sts_off) & MASK32) if conn.ts_ok else 0,
-                                ts_ok=conn.ts_ok, ts_offset=conn.cts_off, client_side=True)
+                self._time_wait(c, ckey, t, s_snd_nxt, c_snd_nxt,
+                                ((srv.tsval(t) + att.sts_off) & MASK32) if att.ts_ok else 0, att.ts_ok,
+                                att.tsoff, c.dest(att.saddr, att.daddr, att.dport))
             else:
                 c.release_port(ckey)
             if att.bound:
@@ -725,58 +819,60 @@ class Engine:
                 c.inc("TcpOutRsts")
             elif policy == "server_rst":
                 c.inc("TcpEstabResets")
-        if r.lb is not None and self.lb is not None:
+        if att.lb is not None and self.lb is not None:
             if policy == "client_rst":
-                self.lb.client_rst(r.lb, t)
+                self.lb.client_rst(att.lb, t)
             else:
-                self.lb.close(r.lb, t)
-        if r.nat is not None and self.nat is not None:
-            self.nat.close(r.nat, t, rst=rst)
+                self.lb.close(att.lb, t)
+        if att.nat is not None and self.nat is not None:
+            self.nat.close(att.nat, t, rst=rst)
         self._next_child(srv, t)
 
     def _next_child(self, srv: SimHost, t: float) -> None:
         while srv.accept_q and srv.busy < srv.workers:
             nxt, lst = srv.accept_q.popleft()
             lst.accept_queue -= 1
-            if nxt.att.state != ESTABLISHED:
+            if nxt.state != ESTABLISHED:
                 continue
             self._serve(nxt, t)
 
-    def _abort_conn(self, conn: Conn, t: float) -> None:
+    def _abort_conn(self, att: Attempt) -> None:
         """A live connection reset by a RST that hit its rcv_nxt."""
-        att = conn.att
         if att.state != ESTABLISHED:
             return
-        srv, c = conn.srv, att.client
-        srv.ehash.pop(conn.skey, None)
-        if c.ehash.get(conn.ckey) is att:
-            del c.ehash[conn.ckey]
-            c.release_port(conn.ckey)
+        srv, c = att.srv, att.client
+        assert srv is not None
+        srv.ehash.pop(att.skey(), None)
+        ckey = att.ckey()
+        if c.ehash.get(ckey) is att:
+            del c.ehash[ckey]
+            c.release_port(ckey)
         att.state = DONE
-        att.outcome = c.stack.errno["reset"]  # type: ignore[union-attr]
+        att.outcome = c.errno_reset
         att.reason, att.cause = "reset", att.cause or "reset"
 
-    def _conn_failed(self, conn: Conn, t: float, errno: str, reason: str) -> None:
-        att, c = conn.att, conn.att.client
+    def _conn_failed(self, att: Attempt, t: float, errno: str, reason: str) -> None:
+        c = att.client
         att.state = DONE
-        if c.ehash.get(conn.ckey) is att:
-            del c.ehash[conn.ckey]
-            c.release_port(conn.ckey)
+        ckey = att.ckey()
+        if c.ehash.get(ckey) is att:
+            del c.ehash[ckey]
+            c.release_port(ckey)
         att.outcome, att.reason, att.cause = errno, reason, att.cause or reason
-        r = att.route
-        if r is not None and r.lb is not None and self.lb is not None:
-            self.lb.client_rst(r.lb, t)
-        if r is not None and r.nat is not None and self.nat is not None:
-            self.nat.close(r.nat, t, rst=True)
+        if att.lb is not None and self.lb is not None:
+            self.lb.client_rst(att.lb, t)
+        if att.nat is not None and self.nat is not None:
+            self.nat.close(att.nat, t, rst=True)
 
     # ---- TIME_WAIT -----------------------------------------------------------------------------
-    def _time_wait(self, h: SimHost, key: Key, t: float, *, rcv_nxt: int, snd_nxt: int, ts_recent: int,
-                   ts_ok: bool, ts_offset: int, client_side: bool) -> None:
-        """mirrors tcp_time_wait() (net/ipv4/tcp_minisocks.c) for the side that closed first."""
+    def _time_wait(self, h: SimHost, key: Key, t: float, rcv_nxt: int, snd_nxt: int, ts_recent: int,
+                   ts_ok: bool, ts_offset: int, dest: DestPorts | None) -> None:
+        """mirrors tcp_time_wait() (net/ipv4/tcp_minisocks.c) for the side that closed first.
+        `dest` is given for a client's socket (its port stays held during TIME_WAIT)."""
         if len(h.tw) >= h.max_tw:
             # inet_twsk_alloc() fails: no TIME_WAIT at all, the port is free at once.
             h.inc("TcpExtTCPTimeWaitOverflow")
-            if client_side:
+            if dest is not None:
                 h.release_port(key)
             return
         now_sec = h.sec(t)
@@ -788,7 +884,7 @@ class Engine:
             rto = self.rtt + 0.2  # icsk_rto after the handshake: srtt + max(rttvar, TCP_RTO_MIN)
             timeo = tw_timeout_s(rto, h.hz, recycle_ok)
         else:
-            timeo = h.stack.time_wait_s if h.stack is not None else TCP_TIMEWAIT_LEN
+            timeo = h.client_tw_s
         kill = timeo <= 4.0
         if h.deathrow:
             expires, kill = deathrow_expiry(t, timeo, h.hz, h.deathrow_phase)
@@ -802,17 +898,21 @@ class Engine:
         if q is None:
             q = h.tw_fifo[cls] = deque()
         q.append((expires, key, tw))
-        if h.tw_count_at == "schedule":
+        if dest is not None:
+            dest.tws.append(tw)
+        if h.tw_count_at_schedule:
             h.inc("TcpExtTWKilled" if kill else "TcpExtTW")
 
     def _reschedule_tw(self, h: SimHost, key: Key, tw: TimeWaitSock, t: float) -> None:
         """inet_twsk_reschedule(tw, TCP_TIMEWAIT_LEN)"""
         if h.deathrow:
-            tw.expires, _ = deathrow_expiry(t, TCP_TIMEWAIT_LEN, h.hz, h.deathrow_phase)
+            tw.expires = deathrow_expiry(t, TCP_TIMEWAIT_LEN, h.hz, h.deathrow_phase)[0]
         else:
             tw.expires = t + TCP_TIMEWAIT_LEN
         tw.kill = False
-        q = h.tw_fifo.setdefault(TCP_TIMEWAIT_LEN, deque())
+        q = h.tw_fifo.get(TCP_TIMEWAIT_LEN)
+        if q is None:
+            q = h.tw_fifo[TCP_TIMEWAIT_LEN] = deque()
         q.append((tw.expires, key, tw))
 
     def _kill_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
@@ -823,37 +923,37 @@ class Engine:
             if h.role == "client":
                 h.release_port(key)
 
-    def _expire_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
+    def expire_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
         if h.tw.get(key) is not tw or not tw.alive:
             return
         tw.alive = False
         del h.tw[key]
         if h.role == "client":
             h.release_port(key)
-        if h.tw_count_at != "schedule":
+        if not h.tw_count_at_schedule:
             h.inc("TcpExtTWKilled" if tw.kill else "TcpExtTW")
 
-    def _purge(self, h: SimHost, t: float) -> None:
+    def purge(self, h: SimHost, t: float) -> None:
         for q in h.tw_fifo.values():
             while q and q[0][0] <= t:
                 exp, key, tw = q.popleft()
                 if tw.alive and tw.expires <= exp:
-                    self._expire_tw(h, key, tw)
+                    self.expire_tw(h, key, tw)
 
-    # ---- timeline and result -------------------------------------------------------------------
+    # ---- timeline ------------------------------------------------------------------------------
     def _sample(self, ts: float) -> None:
         for h in self.hosts.values():
-            self._purge(h, ts)
+            self.purge(h, ts)
             s = self.samples[h.name]
             s["time_wait"].append(len(h.tw))
             s["established"].append(len(h.ehash))
             if h.role == "client":
-                for (la, ra, rp), n in h.dest_use.items():
+                for (la, ra, rp), d in h.dests.items():
                     k = (h.name, la, ra, rp)
                     series = self.port_series.get(k)
                     if series is None:
                         series = self.port_series[k] = [0] * (len(s["time_wait"]) - 1)
-                    series.append(n)
+                    series.append(d.held)
         for k, series in self.port_series.items():
             want = len(self.samples[k[0]]["time_wait"])
             while len(series) < want:
@@ -861,104 +961,8 @@ class Engine:
 
     def _record_end_state(self) -> None:
         for h in self.hosts.values():
-            self._purge(h, self.end)
+            self.purge(h, self.end)
             self.end_state[h.name] = {"time_wait": len(h.tw), "established": len(h.ehash)}
-
-    def _freeze(self) -> AttemptTable:
-        """Attempts to columns, once, at the end (the run itself keeps raw ints)."""
-        import numpy as np
-
-        atts = self.atts
-        n = len(atts)
-        voc_out: dict[str, int] = {}
-        voc_reason: dict[str, int] = {}
-
-        def code(voc: dict[str, int], name: str) -> int:
-            if not name:
-                return -1
-            c = voc.get(name)
-            if c is None:
-                c = voc[name] = len(voc)
-            return c
-
-        host_names = list(self.hosts)
-        host_idx = {h: i for i, h in enumerate(host_names)}
-        wl_names = [w.name for w in self.sc.workload]
-        none = (0, 0, 0, 0)
-        routes = [(a.route.saddr, a.route.sport, a.route.daddr, a.route.dport) if a.route else none
-                  for a in atts]
-        cols: dict[str, Any] = {
-            "t": np.fromiter((a.t0 for a in atts), "f8", n),
-            "connect_ms": np.fromiter((a.connect_ms for a in atts), "f8", n),
-            "syn_tries": np.fromiter((a.tries for a in atts), "i2", n),
-            "outcome": np.fromiter((code(voc_out, a.outcome) for a in atts), "i2", n),
-            "reason": np.fromiter((code(voc_reason, a.reason) for a in atts), "i2", n),
-            "cause": np.fromiter((code(voc_reason, a.cause) for a in atts), "i2", n),
-            "workload": np.fromiter((a.wl_i for a in atts), "i2", n),
-            "client": np.fromiter((host_idx[a.client.name] for a in atts), "i4", n),
-            "server": np.fromiter((host_idx[a.route.server.name] if a.route else -1 for a in atts), "i4", n),
-            "sport": np.fromiter((a.sport for a in atts), "i4", n),
-            "dport": np.fromiter((a.dport for a in atts), "i4", n),
-            "srv_sport": np.fromiter((r[1] for r in routes), "i4", n),
-            "srv_dport": np.fromiter((r[3] for r in routes), "i4", n),
-        }
-        raw = {
-            "src": np.fromiter((a.saddr for a in atts), "i8", n),
-            "dst": np.fromiter((a.daddr for a in atts), "i8", n),
-            "srv_src": np.fromiter((r[0] for r in routes), "i8", n),
-            "srv_dst": np.fromiter((r[2] for r in routes), "i8", n),
-        }
-        allv = np.unique(np.concatenate([v for v in raw.values()] + [np.zeros(1, "i8")]))
-        allv = allv[allv != 0]
-        for k, v in raw.items():
-            idx = np.searchsorted(allv, v).astype("i4")
-            cols[k] = np.where(v == 0, -1, idx).astype("i4")
-        vocab = {
-            "outcome": list(voc_out), "reason": list(voc_reason), "workload": wl_names,
-            "host": host_names, "addr": [int2ip(int(a)) for a in allv],
-        }
-        return AttemptTable(cols=cols, vocab=vocab)
-
-    def _result(self) -> RunResult:
-        import numpy as np
-
-        table = self._freeze()
-        tl = Timeline(step_s=self.step)
-        n = self.nsteps
-        tl.t = [round(k * self.step, 6) for k in range(n)]
-        b = np.clip((table.cols["t"] // self.step).astype(int), 0, n - 1)
-        failed = table.failed_mask()
-        codes = [table.code("reason", r) for r in ("ok_after_syn_retry", "ok_after_app_retry")]
-        delayed = np.isin(table.cols["reason"], codes)
-        tl.attempts = np.bincount(b, minlength=n).tolist()
-        tl.failed = np.bincount(b, weights=failed, minlength=n).astype(int).tolist()
-        tl.delayed = np.bincount(b, weights=delayed, minlength=n).astype(int).tolist()
-        tl.ok = [a - f for a, f in zip(tl.attempts, tl.failed, strict=True)]
-        tl.hosts = {h: {k: v[:n] for k, v in s.items()} for h, s in self.samples.items()}
-        for (hn, la, ra, rp), series in self.port_series.items():
-            h = self.hosts[hn]
-            key = f"{hn} {int2ip(la)} -> {int2ip(ra)}:{rp}"
-            tl.ports[key] = PortSeries(host=hn, src=int2ip(la), dst=f"{int2ip(ra)}:{rp}",
-                                       budget=h.port_budget_cached(ra), in_use=series[:n])
-        hosts = {
-            h.name: HostInfo(name=h.name, group=h.group, role=h.role, profile=h.p.name,
-                             addresses=[int2ip(a) for a in h.addrs],
-                             settings={k: (sorted(v) if isinstance(v, frozenset) else v)
-                                       for k, v in h.settings.items()})
-            for h in self.hosts.values()
-        }
-        meta: dict[str, Any] = {
-            "engine": {"events": self.stats.events, "attempts": self.stats.attempts,
-                       "wall_s": round(self.stats.wall_s, 3)},
-            "end_state": self.end_state,
-        }
-        if self.nat is not None:
-            meta["nat"] = dict(self.nat.stats)
-        if self.lb is not None:
-            meta["lb"] = dict(self.lb.stats)
-        return RunResult(source="simulate", scenario=self.sc.name, duration_s=self.end, attempts=table,
-                         timeline=tl, counters={h.name: dict(h.counters) for h in self.hosts.values()},
-                         hosts=hosts, seed=self.sc.seed, meta=meta)
 
 
 def simulate(sc: Scenario, progress: Callable[[float, int], None] | None = None) -> RunResult:

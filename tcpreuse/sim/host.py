@@ -17,9 +17,36 @@ from ..model.ports import HostPortPool, LinuxConnectPorts
 from ..model.profiles import Profile
 from ..model.recycle import PeerCache
 from ..model.stacks import ClientStack, client_stack, port_range
-from ..model.timewait import TimeWaitSock
+from ..model.timewait import TCP_TIMEWAIT_LEN, TimeWaitSock
 
-Key = tuple[int, int, int, int]
+# A 4-tuple key. Typed as a variable-length tuple so that mypyc keeps it as one Python
+# object (a fixed-length tuple type is unboxed and re-built at every dict access).
+Key = tuple[int, ...]
+
+
+class DestPorts:
+    """One client's local ports toward one destination (local addr, remote addr, port).
+
+    `occ[port - low]` is 1 while a socket or TIME_WAIT holds the port toward this
+    destination and 2 for a reserved port, so connect()'s scan can skip held ports in C;
+    `tws` keeps this destination's TIME_WAIT sockets in creation order (the oldest is the
+    first that tcp_tw_reuse could take over)."""
+
+    __slots__ = ("held", "occ", "tws")
+
+    def __init__(self, low: int, high: int, reserved: frozenset[int]) -> None:
+        self.occ = bytearray(high - low + 1)
+        for p in reserved:
+            if low <= p <= high:
+                self.occ[p - low] = 2
+        self.held = 0
+        self.tws: deque[TimeWaitSock] = deque()
+
+    def oldest_tw(self) -> TimeWaitSock | None:
+        q = self.tws
+        while q and not q[0].alive:
+            q.popleft()
+        return q[0] if q else None
 
 
 def counter_names(p: Profile) -> list[str]:
@@ -92,29 +119,56 @@ class SimHost:
             self.reserved = frozenset()
         self.reuse_rule = profile.tw_reuse_rule
         self.paws_tw_counter = "TcpExtPAWSTimewait" if profile.has_counter_paws_timewait else "TcpExtPAWSEstab"
-        self.tw_count_at = profile.tw_count_at if self.is_linux else "schedule"
+        self.tw_count_at_schedule = (profile.tw_count_at if self.is_linux else "schedule") == "schedule"
         self.deathrow = self.is_linux and profile.tw_timer == "deathrow"
+        self.el6 = profile.el6
+        self.recycle_drops_tsless = profile.recycle_drops_tsless_syn
+        self.synack_retries = int(s.get("net.ipv4.tcp_synack_retries", 5))
+        epoch = profile.port_secret_epoch_s
+        self.port_epoch_s = epoch if epoch is not None else 0.0
+        self.isn_random = params.get("isn") == "random"
+        self.behind_nat = False
+        self.service_s = 0.0
 
         # client side
         self.stack: ClientStack | None = None
         self.low, self.high = port_range(profile, settings)
         self.connect_ports: LinuxConnectPorts | None = None
         self.pool: HostPortPool | None = None
-        self.bind_owned: dict[tuple[int, int], int] = {}  # (addr, port) -> bind()/listen owners
+        self.bind_owned: dict[tuple[int, ...], int] = {}  # (addr, port) -> bind()/listen owners
         self.bound_ports: set[int] = set()  # ports with a bind()-created bucket (any addr)
-        self.owners: dict[tuple[int, int], int] = {}  # (addr, port) -> sockets (incl. TW)
-        self.dest_use: dict[tuple[int, int, int], int] = {}  # (laddr, raddr, rport) -> ports held
+        self.owners: dict[tuple[int, ...], int] = {}  # (addr, port) -> sockets (incl. TW)
+        self.track_owners = False  # only bind(addr, 0) needs owners; the engine turns it on
+        self.dests: dict[tuple[int, ...], DestPorts] = {}  # (laddr, raddr, rport)
         self._budget_key = -1
         self._budget = 0
+        self.bound_in_range = False  # a bind()-owned port lies in the ephemeral range
+        # client stack facts (model.stacks), flattened for the engine
+        self.syn_offsets: tuple[float, ...] = ()
+        self.give_up_s = 0.0
+        self.offers_ts = False
+        self.client_tw_s = TCP_TIMEWAIT_LEN
+        self.fast_rearm_s = -1.0
+        self.rst_to_syn_retry_s = -1.0
+        self.abort_on_bad_ack = False
+        self.errno_no_port = self.errno_timeout = self.errno_refused = self.errno_reset = ""
         if role == "client":
             self.stack = client_stack(profile, settings, params)
+            st = self.stack
+            self.syn_offsets, self.give_up_s, self.offers_ts = st.syn_offsets, st.give_up_s, st.offers_ts
+            self.client_tw_s = st.time_wait_s
+            self.fast_rearm_s = st.fast_rearm_s if st.fast_rearm_s is not None else -1.0
+            self.rst_to_syn_retry_s = st.rst_to_syn_retry_s if st.rst_to_syn_retry_s is not None else -1.0
+            self.abort_on_bad_ack = st.abort_on_bad_ack
+            self.errno_no_port, self.errno_timeout = st.errno["no_port"], st.errno["timeout"]
+            self.errno_refused, self.errno_reset = st.errno["refused"], st.errno["reset"]
             if self.is_linux:
                 self.connect_ports = LinuxConnectPorts(profile.port_alg, rng, self.port_secret ^ 0x7AB1E)
             else:
                 self.pool = HostPortPool(self.low, self.high - self.low + 1,
                                          str(params.get("port_order", "sequential")), rng)
         # server side
-        self.listeners: dict[tuple[int, int], Listener] = {}
+        self.listeners: dict[tuple[int, ...], Listener] = {}
         self.workers = 0
         self.busy = 0
         self.accept_q: deque[Any] = deque()
@@ -141,33 +195,50 @@ class SimHost:
         return int(self.ts_base + t * self.ts_rate) & 0xFFFFFFFF
 
     def inc(self, name: str, n: int = 1) -> None:
-        if name in self.counters:
-            self.counters[name] += n
+        """Count, if this kernel has the counter."""
+        c = self.counters
+        v = c.get(name)
+        if v is not None:
+            c[name] = v + n
 
     # ---- local port accounting (clients) ---------------------------------------------------
+    def dest(self, la: int, ra: int, rp: int) -> DestPorts:
+        d = self.dests.get((la, ra, rp))
+        if d is None:
+            d = self.dests[(la, ra, rp)] = DestPorts(self.low, self.high, self.reserved)
+        return d
+
     def hold_port(self, key: Key) -> None:
         la, lp, ra, rp = key
-        d = (la, ra, rp)
-        self.dest_use[d] = self.dest_use.get(d, 0) + 1
-        o = (la, lp)
-        self.owners[o] = self.owners.get(o, 0) + 1
+        d = self.dest(la, ra, rp)
+        d.held += 1
+        i = lp - self.low
+        if 0 <= i < len(d.occ):
+            d.occ[i] = 1
+        if self.track_owners:
+            o = (la, lp)
+            self.owners[o] = self.owners.get(o, 0) + 1
         if self.pool is not None:
             self.pool.hold(lp)
 
     def release_port(self, key: Key) -> None:
         la, lp, ra, rp = key
-        d = (la, ra, rp)
-        self.dest_use[d] -= 1
-        o = (la, lp)
-        c = self.owners[o] - 1
-        if c:
-            self.owners[o] = c
-        else:
-            del self.owners[o]
+        d = self.dests[(la, ra, rp)]
+        d.held -= 1
+        i = lp - self.low
+        if 0 <= i < len(d.occ) and d.occ[i] == 1:
+            d.occ[i] = 0
+        if self.track_owners:
+            o = (la, lp)
+            c = self.owners[o] - 1
+            if c:
+                self.owners[o] = c
+            else:
+                del self.owners[o]
         if self.pool is not None:
             self.pool.release(lp)
 
-    def port_budget_cached(self, daddr: int) -> int:
+    def port_budget_cached(self) -> int:
         """port_budget(), recomputed only when the set of bind()-owned ports changes."""
         key = len(self.bound_ports)
         if self._budget_key != key:

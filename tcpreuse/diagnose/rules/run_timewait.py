@@ -82,7 +82,7 @@ def _more_ports_fixes(ev: Evidence, offenders: list[str], rate: dict[str, float]
 def _writeup_fixes(ev: Evidence) -> list[Fix]:
     """What the seed write-up recommended; re-simulated to show whether they work."""
     sc = ev.scenario
-    out = []
+    out: list[Fix] = []
     if sc is None:
         return out
     for g in groups(sc, "server"):

@@ -1,0 +1,88 @@
+"""Simulated connection attempts per second on the seed scenario, one core.
+
+Runs `tcpreuse simulate`'s engine on the built-in `seed` scenario (3 Windows clients ->
+A10 VIP -> 2 CentOS 6 servers, 2,000 requests/s) several times, in a child process per
+mode, and prints the median attempts/s of:
+  compiled  - the installed package (mypyc-compiled model and engine, see setup.py)
+  source    - the same engine from its pure-Python source (the reference)
+The target (issue 2) is >= 200,000 attempts/s for the compiled engine.
+
+    python bench/sim_speed.py [--runs 5] [--duration 90] [--scenario seed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, os
+if os.environ.get("SIM_SOURCE"):
+    sys.path.insert(0, os.environ["SIM_SOURCE"])  # a copy of the package without .so files
+from tcpreuse.scenario.loader import load_scenario
+from tcpreuse.sim.engine import Engine
+import tcpreuse.sim.engine as eng
+sc = load_scenario(sys.argv[1], {"duration_s": float(sys.argv[2])})
+r = Engine(sc).run()
+m = r.meta["engine"]
+print(json.dumps({"attempts": m["attempts"], "events": m["events"], "wall_s": m["wall_s"],
+                  "compiled": not eng.__file__.endswith(".py"),
+                  "failure_rate": r.failure_rate()}))
+"""
+
+
+def run(mode: str, scenario: str, duration: float, src: str) -> dict[str, float]:
+    env = dict(os.environ, SIM_SOURCE=src if mode == "source" else "", PYTHONHASHSEED="0")
+    out = subprocess.run([sys.executable, "-c", CHILD, scenario, str(duration)], env=env,
+                         capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--duration", type=float, default=90.0)
+    ap.add_argument("--scenario", default="seed")
+    ap.add_argument("--source-runs", type=int, default=2)
+    args = ap.parse_args()
+    results: dict[str, list[float]] = {"compiled": [], "source": []}
+    tmp = tempfile.mkdtemp(prefix="tcpreuse-src-")
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "tcpreuse", Path(tmp) / "tcpreuse", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    compiled_flag = None
+    for i in range(max(args.runs, args.source_runs)):
+        for mode, n in (("compiled", args.runs), ("source", args.source_runs)):
+            if i >= n:
+                continue
+            r = run(mode, args.scenario, args.duration, tmp)
+            if mode == "source" and r["compiled"]:
+                raise SystemExit("the source run imported compiled modules")
+            if mode == "compiled":
+                compiled_flag = r["compiled"]
+            rate = r["attempts"] / r["wall_s"]
+            results[mode].append(rate)
+            print(f"  {mode:8s} run {i + 1}: {r['attempts']:,} attempts in {r['wall_s']:.2f} s "
+                  f"= {rate:,.0f}/s", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in results.items() if v}
+    print(f"\nscenario {args.scenario}, {args.duration:g} s simulated, one core")
+    if not compiled_flag:
+        print("  note: the installed engine is NOT compiled (pure Python); see setup.py")
+    for k, v in med.items():
+        print(f"  {k:8s} median {v:>10,.0f} attempts/s  ({len(results[k])} runs)")
+    if "source" in med and "compiled" in med:
+        print(f"  compiled / source = {med['compiled'] / med['source']:.2f}x")
+    target = 200_000
+    print(f"  target {target:,}/s: {'met' if med.get('compiled', 0) >= target else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

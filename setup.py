@@ -1,0 +1,36 @@
+"""Build: the simulator's hot modules are compiled with mypyc when possible.
+
+The pure-Python source is the reference and stays importable; mypyc only makes it fast
+(bench/sim_speed.py measures both). TCPREUSE_PURE_PYTHON=1 skips compilation; a failed
+compilation falls back to pure Python with a warning.
+"""
+
+import os
+import sys
+
+from setuptools import setup
+
+COMPILED = [
+    "tcpreuse/model/seq.py",
+    "tcpreuse/model/timewait.py",
+    "tcpreuse/model/ports.py",
+    "tcpreuse/model/listener.py",
+    "tcpreuse/model/recycle.py",
+    "tcpreuse/model/nat.py",
+    "tcpreuse/model/lb.py",
+    "tcpreuse/model/clocks.py",
+    "tcpreuse/sim/arrivals.py",
+    "tcpreuse/sim/host.py",
+    "tcpreuse/sim/engine.py",
+]
+
+ext_modules = []
+if os.environ.get("TCPREUSE_PURE_PYTHON") != "1":
+    try:
+        from mypyc.build import mypycify
+
+        ext_modules = mypycify(["--config-file", "mypyc.ini", *COMPILED], opt_level="3")
+    except Exception as e:  # no compiler, no mypyc: the pure-Python package still works
+        print(f"tcpreuse: not compiling the simulator with mypyc ({e}); pure Python", file=sys.stderr)
+
+setup(ext_modules=ext_modules)
