@@ -65,7 +65,7 @@ def run_summary(run: RunResult, title: str = "") -> RenderableType:
     t.add_row("connect", "  ".join(f"{k} {fmt_ms(v)}" for k, v in lat.items()))
     ff = run.first_failure()
     if ff:
-        t.add_row("first failure", f"attempt #{ff['index']:,} at t = {ff['time_s']:.1f} s: {ff['outcome']} ({ff['reason']})")
+        t.add_row("first failure", f"attempt #{ff['index'] + 1:,} at t = {ff['time_s']:.1f} s: {ff['outcome']} ({ff['reason']})")
     return Panel(t, title=title or f"{run.source}: {run.scenario}", title_align="left")
 
 

@@ -237,6 +237,9 @@ class Engine:
             h: {"time_wait": [], "established": []} for h in self.hosts}
         self.port_series: dict[tuple[str, int, int, int], list[int]] = {}
         self.end_state: dict[str, dict[str, int]] = {}
+        # audit: check invariants as sockets are created (tests; off by default)
+        self.audit = False
+        self.violations: list[str] = []
 
     # ---- event queue -----------------------------------------------------------------------
     def push(self, t: float, kind: int, obj: Any) -> None:
@@ -413,6 +416,8 @@ class Engine:
             att.sport = port
         key = (saddr, att.sport, daddr, dport)
         att.ck = key
+        if self.audit:
+            self._audit_connect(c, key, tw_taken, att, t)
         if tw_taken is not None:
             # __inet_check_established(): the TW is unhashed, TWRecycled++, and the new
             # socket's write_seq = tw_snd_nxt + 65535 + 2 (tcp_twsk_unique()).
@@ -430,6 +435,35 @@ class Engine:
             att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport)
         c.inc("TcpActiveOpens")
         self._syn(att, t)
+
+    def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
+                       t: float) -> None:
+        """Invariants, restated independently of the allocation code: no live socket or
+        TIME_WAIT holds the 4-tuple unless that TIME_WAIT is taken over, and a takeover
+        needs timestamps and, for an autoselected port, tcp_tw_reuse and an old enough TW."""
+        v = self.violations
+        if key in c.ehash:
+            v.append(f"t={t:.6f} {c.name}: 4-tuple {key} already has a live socket")
+        tw = c.tw.get(key)
+        if tw is not None and tw.expires > t and tw is not tw_taken:
+            v.append(f"t={t:.6f} {c.name}: 4-tuple {key} is in TIME_WAIT and was not taken over")
+        if c.pool is None and not att.bound and not (c.low <= key[1] <= c.high and key[1] not in c.reserved):
+            v.append(f"t={t:.6f} {c.name}: port {key[1]} outside the usable range")
+        if tw_taken is None:
+            return
+        if not tw_taken.ts_recent_stamp:
+            v.append(f"t={t:.6f} {c.name}: TIME_WAIT without timestamps taken over for {key}")
+        if att.bound:
+            return
+        if c.tw_reuse != 1:
+            v.append(f"t={t:.6f} {c.name}: TIME_WAIT taken over with tcp_tw_reuse={c.tw_reuse}")
+        age_ms = c.ms(t) - tw_taken.entry_stamp_ms
+        if c.reuse_rule == "delay_ms" and age_ms <= c.tw_reuse_delay:
+            v.append(f"t={t:.6f} {c.name}: TIME_WAIT {age_ms} ms old taken over (delay {c.tw_reuse_delay} ms)")
+        if c.reuse_rule == "gt1s" and c.sec(t) - tw_taken.ts_recent_stamp <= 1:
+            v.append(f"t={t:.6f} {c.name}: TIME_WAIT taken over within 1 s of its last timestamp")
+        if c.reuse_rule == "after_s" and c.sec(t) <= tw_taken.ts_recent_stamp:
+            v.append(f"t={t:.6f} {c.name}: TIME_WAIT taken over in the same second as its last timestamp")
 
     def _client_isn(self, c: SimHost, key: Key, t: float) -> int:
         sa, sp, da, dp = key
@@ -611,6 +645,8 @@ class Engine:
         t_est = t + self.rtt
         att.t_est = t_est
         att.state = ESTABLISHED
+        if self.audit and (skey in srv.ehash or skey in srv.tw):
+            self.violations.append(f"t={t:.6f} {srv.name}: new connection on a 4-tuple still in use {skey}")
         srv.ehash[skey] = att
         srv.inc("TcpPassiveOpens")
         att.outcome = "ok"

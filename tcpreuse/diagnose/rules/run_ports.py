@@ -68,7 +68,7 @@ def client_port_exhaustion(ev: Evidence) -> list[Finding]:
     )
     evidence = [
         EvidenceItem("failed connects", st.failed, f"{errno}, {pct(st.failed / n)} of attempts"),
-        EvidenceItem("first failure", f"attempt #{st.first_index:,} at t = {st.first_t:.1f} s ({client} -> {dst}:{dport})"),
+        EvidenceItem("first failure", f"attempt #{st.first_index + 1:,} at t = {st.first_t:.1f} s ({client} -> {dst}:{dport})"),
         EvidenceItem("successful connections before it", ok_before),
         EvidenceItem("port budget", budget, series[0][0] if series else ""),
         EvidenceItem("client TIME_WAIT at first failure", tw_client),
@@ -157,7 +157,7 @@ def nat_port_exhaustion(ev: Evidence) -> list[Finding]:
     return [Finding(id="nat-port-exhaustion", title="The NAT runs out of ports toward a destination",
                     severity="critical", cause=cause,
                     evidence=[EvidenceItem("SYNs dropped at the NAT", st.attempts, pct(st.attempts / n)),
-                              EvidenceItem("first at", f"t = {st.first_t:.1f} s"),
+                              EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s"),
                               EvidenceItem("NAT translations available per destination", budget)],
                     confidence=0.9, fixes=fixes)]
 
@@ -183,13 +183,31 @@ def lb_snat_exhaustion(ev: Evidence) -> list[Finding]:
                  Fix(id="lb-ignore-msl", title="Reclaim sessions at close (ignore-tcp-msl)",
                      set={"lb.ignore_msl": True},
                      caveat="the real servers may still hold the 4-tuple in TIME_WAIT")]
-    elif lb is not None and lb.held_session_syn == "drop":
-        text += " New SYNs arrived on 4-tuples whose session the LB still held after close."
-        fixes = [Fix(id="lb-ignore-msl", title="Reclaim sessions at close (ignore-tcp-msl)", set={"lb.ignore_msl": True})]
+    elif lb is not None and lb.held_session_syn in ("drop", "drop_then_new"):
+        again = (" It drops the first SYN and expires the old entry, so the client's SYN "
+                 "retransmission gets through a second later (IPVS conn_reuse_mode=1 before 5.9: "
+                 "\"ipvs: drop first packet to redirect conntrack\")." if lb.held_session_syn == "drop_then_new"
+                 else "")
+        text = (f"New SYNs arrived on client 4-tuples whose session the load balancer still held "
+                f"{lb.session_hold_s:.0f} s after close: {st.attempts:,} SYNs dropped, {st.failed:,} attempts "
+                f"failed.{again}")
+        fixes = [Fix(id="lb-ignore-msl", title="Reclaim sessions at close (ignore-tcp-msl)", set={"lb.ignore_msl": True},
+                     commands=["IPVS: kernel >= 5.9, or sysctl net.ipv4.vs.conn_reuse_mode=0 (see caveat)"],
+                     caveat="With IPVS conn_reuse_mode=0, reused ports stick to the old real server, even a "
+                     "deleted one (kubernetes#81775).")]
+        if sc is not None and len(sc.workload) == 1:
+            fixes.append(Fix(id="keepalive", title="Keep connections alive: 20 requests per connection",
+                             set={"workload.requests_per_connection": 20}))
+        return [Finding(id="lb-held-session-drop", title="The load balancer drops SYNs on 4-tuples it still holds",
+                        severity="warning" if not st.failed else "critical", cause=text,
+                        evidence=[EvidenceItem("SYNs dropped at the LB", st.attempts),
+                                  EvidenceItem("connects delayed by it", st.delayed),
+                                  EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s")],
+                        confidence=0.85, fixes=fixes)]
     return [Finding(id="lb-snat-exhaustion", title="The load balancer drops new SYNs",
                     severity="critical", cause=text,
                     evidence=[EvidenceItem("SYNs dropped at the LB", st.attempts),
-                              EvidenceItem("first at", f"t = {st.first_t:.1f} s")],
+                              EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s")],
                     confidence=0.85, fixes=fixes)]
 
 

@@ -154,13 +154,13 @@ def syn_hit_server_timewait(ev: Evidence) -> list[Finding]:
                      "another TIME_WAIT for the same 4-tuple, or the client gave up first.")
     cause = (
         f"The servers close first, so they hold TIME_WAIT (60 s, TCP_TIMEWAIT_LEN) for every "
-        f"4-tuple.{cycle_text} From attempt #{first_i:,} (t = {first_t:.1f} s, with {tw_onset:,} "
+        f"4-tuple.{cycle_text} From attempt #{first_i + 1:,} (t = {first_t:.1f} s, with {tw_onset:,} "
         f"TIME_WAIT sockets on the servers) new SYNs reached a server TIME_WAIT socket for the same "
         f"4-tuple.{ts_text}{retry_text}{fail_text}"
     )
     evidence = [
         EvidenceItem("SYNs that hit a server TIME_WAIT", hits, f"{pct(hits / n_att)} of attempts"),
-        EvidenceItem("first at", f"attempt #{first_i:,}, t = {first_t:.1f} s"),
+        EvidenceItem("first at", f"attempt #{first_i + 1:,}, t = {first_t:.1f} s"),
         EvidenceItem("server TIME_WAIT at onset", tw_onset),
         EvidenceItem("delayed (connected after a SYN retry)", delayed),
         EvidenceItem("failed", failed),
@@ -196,7 +196,7 @@ def tw_recycle_drop(ev: Evidence) -> list[Finding]:
         evidence += [
             EvidenceItem("attempts with a dropped SYN", st.attempts, pct(st.attempts / n)),
             EvidenceItem("failed", st.failed, ", ".join(f"{k} x{v:,}" for k, v in st.errnos.items())),
-            EvidenceItem("first at", f"attempt #{st.first_index:,}, t = {st.first_t:.1f} s"),
+            EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s"),
         ]
     sc = ev.scenario
     nat_text = ""
