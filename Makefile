@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint check bench clean
+.PHONY: demo test install lint check bench clean seed-table
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: install
 
 bench: install
 	$(BIN)/python bench/sim_speed.py
+
+## Regenerate docs/seed.md (the seed incident's variants side by side).
+seed-table: install
+	$(BIN)/python scripts/seed_table.py > docs/seed.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
