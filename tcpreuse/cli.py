@@ -10,7 +10,6 @@ import sys
 
 import click
 
-from . import __version__
 from .errors import TcpreuseError
 
 # verb -> "module:attribute" of a click.Command
@@ -68,7 +67,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="tcpreuse")
+@click.version_option(package_name="tcpreuse", prog_name="tcpreuse")
 def cli() -> None:
     """Reproduce, diagnose and fix failures of short-lived TCP connections."""
 

@@ -9,7 +9,13 @@ import pytest
 from tcpreuse.errors import ProfileError, ScenarioError, UnknownSettingError
 from tcpreuse.model.profiles import get_profile
 from tcpreuse.model.settings import resolve_settings
-from tcpreuse.scenario.loader import builtin_names, list_builtin, load_scenario, load_text, parse_sets
+from tcpreuse.scenario.loader import (
+    builtin_names,
+    list_builtin,
+    load_scenario,
+    load_text,
+    parse_sets,
+)
 
 GOOD = """\
 name = "t"
@@ -67,7 +73,7 @@ def test_sysctl_that_does_not_exist_on_the_kernel_is_rejected_by_name() -> None:
 
 
 def test_unknown_sysctl_and_bad_value() -> None:
-    with pytest.raises(UnknownSettingError, match="unknown setting 'net.ipv4.tcp_tw_reuze'"):
+    with pytest.raises(UnknownSettingError, match=r"unknown setting 'net\.ipv4\.tcp_tw_reuze'"):
         load_text(GOOD.replace("tcp_tw_reuse", "tcp_tw_reuze"))
     with pytest.raises(ScenarioError, match=r"expected one of 0, 1 on linux-4\.9, got 2"):
         load_text(GOOD.replace('"net.ipv4.tcp_tw_reuse" = 1', '"net.ipv4.tcp_tw_reuse" = 2').replace(
@@ -79,7 +85,7 @@ def test_unknown_sysctl_and_bad_value() -> None:
 def test_unknown_profile_is_named() -> None:
     with pytest.raises(ProfileError, match="unknown OS/kernel profile 'solaris-11'"):
         get_profile("solaris-11")
-    with pytest.raises(ScenarioError, match="x.toml:7.*unknown OS/kernel profile"):
+    with pytest.raises(ScenarioError, match=r"x\.toml:7.*unknown OS/kernel profile"):
         load_text(GOOD.replace('profile = "linux-6.18"', 'profile = "solaris-11"', 1), "x.toml")
     assert get_profile("linux-5.10.3").version == (5, 10, 3)
     with pytest.raises(ProfileError, match="tcpreuse models Linux"):

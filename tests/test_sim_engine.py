@@ -145,7 +145,7 @@ def test_max_tw_buckets_overflow_frees_ports_at_once() -> None:
 def test_tcp_tw_recycle_is_rejected_on_modern_kernels() -> None:
     from tcpreuse.errors import UnknownSettingError
 
-    with pytest.raises(UnknownSettingError, match="does not exist on linux-6.18"):
+    with pytest.raises(UnknownSettingError, match=r"does not exist on linux-6\.18"):
         load_scenario("seed", parse_sets(["host.server.profile=linux-6.18"]))
 
 

@@ -121,24 +121,30 @@ def rule(id: str, needs: set[str] | frozenset[str]) -> Callable[[Callable[[Evide
     return deco
 
 
-_loaded = False
+_loaded: set[str] = set()
+
+# Rule modules are named by the evidence they read (run_*, host_*, capture_*); a source
+# loads only the modules that can fire on its evidence.
+MODULE_PREFIXES = {"run": ("run_",), "hosts": ("host_",), "capture": ("capture_",)}
 
 
-def load_rules() -> dict[str, Rule]:
-    global _loaded
-    if not _loaded:
-        from . import rules as pkg
+def load_rules(prefixes: tuple[str, ...] | None = None) -> dict[str, Rule]:
+    """Import rule modules (all, or those whose name starts with one of `prefixes`)."""
+    from . import rules as pkg
 
-        for m in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"{pkg.__name__}.{m.name}")
-        _loaded = True
+    for m in pkgutil.iter_modules(pkg.__path__):
+        if m.name in _loaded or (prefixes is not None and not m.name.startswith(prefixes)):
+            continue
+        importlib.import_module(f"{pkg.__name__}.{m.name}")
+        _loaded.add(m.name)
     return REGISTRY
 
 
 def diagnose(ev: Evidence, only: set[str] | None = None) -> list[Finding]:
     """Run every rule whose evidence is present; findings sorted, most severe first."""
     findings: list[Finding] = []
-    for r in load_rules().values():
+    present = tuple(p for need, ps in MODULE_PREFIXES.items() if ev.has(need) for p in ps)
+    for r in load_rules(present).values():
         if only is not None and r.id not in only:
             continue
         if all(ev.has(n) for n in r.needs):

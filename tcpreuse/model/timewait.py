@@ -221,7 +221,7 @@ def deathrow_expiry(now: float, timeo: float, hz: int, phase: float) -> tuple[fl
     whether it went to the recycle calendar (counted TWKilled). mirrors
     inet_twsk_schedule(), net/ipv4/inet_timewait_sock.c, 2.6.32-4.0 (spec §2.4)."""
     tick_bits = 7 if hz > 512 else (6 if hz > 256 else 5)  # INET_TWDR_RECYCLE_TICK for HZ
-    jiffies = int(round(timeo * hz))
+    jiffies = round(timeo * hz)
     slot = (jiffies + (1 << tick_bits) - 1) >> tick_bits
     if slot < 32:  # INET_TWDR_RECYCLE_SLOTS
         return now + (slot << tick_bits) / hz, True

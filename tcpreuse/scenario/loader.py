@@ -336,9 +336,8 @@ def _cross_check(sc: Scenario, where: _Where) -> None:
     names = [w.name for w in sc.workload]
     if len(set(names)) != len(names):
         raise where.error(("workload",), "workload names must be unique")
-    if sc.lb is not None:
-        if sc.lb.backends not in groups or groups[sc.lb.backends][1].role != "server":
-            raise where.error(("lb", "backends"), f"{sc.lb.backends!r} is not a server host group")
+    if sc.lb is not None and (sc.lb.backends not in groups or groups[sc.lb.backends][1].role != "server"):
+        raise where.error(("lb", "backends"), f"{sc.lb.backends!r} is not a server host group")
     if sc.nat is not None:
         for c in sc.nat.clients:
             if c not in groups or groups[c][1].role != "client":

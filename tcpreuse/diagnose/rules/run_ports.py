@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...findings import EvidenceItem, Finding, Fix
 from ..base import Evidence, rule
-from ..runfacts import cause_stats, groups, os_of, pct, tw_at
+from ..runfacts import cause_stats, os_of, pct, tw_at
 
 
 def _budget_series(ev: Evidence) -> list[tuple[str, int, int]]:
