@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcpreuse.model.ports import PORT_BUSY, PORT_FREE, PORT_TW_REUSE, HostPortPool, LinuxConnectPorts, find_open_port
+from tcpreuse.model.ports import (
+    PORT_BUSY,
+    PORT_FREE,
+    PORT_TW_REUSE,
+    HostPortPool,
+    LinuxConnectPorts,
+    find_open_port,
+)
 
 
 def alloc_all(alg: str, low: int, high: int, reserved: frozenset[int] = frozenset(), n: int | None = None,
@@ -48,10 +56,10 @@ def test_reserved_ports_are_never_chosen_and_range_is_respected() -> None:
 
 def test_one_destination_walks_the_range_sequentially_on_old_kernels() -> None:
     got = alloc_all("hint", 32768, 60999, n=50)
-    steps = {(b - a) % 28232 for a, b in zip(got, got[1:], strict=False)}
+    steps = {(b - a) % 28232 for a, b in itertools.pairwise(got)}
     assert steps == {1}
     got = alloc_all("parity", 32768, 60999, n=50)
-    assert {(b - a) for a, b in zip(got, got[1:], strict=False)} == {2}
+    assert {(b - a) for a, b in itertools.pairwise(got)} == {2}
 
 
 def test_timewait_takeover_is_reported() -> None:
@@ -78,9 +86,13 @@ def test_autoselect_finds_every_free_port_exactly_once(low: int, size: int, alg:
     high = min(65535, low + size - 1)
     got = alloc_all(alg, low, high, po=po & (0xFFFFFFFF if alg != "perturb64k" else 2**64 - 1))
     n = high - low + 1
-    if alg.startswith(("parity", "perturb")) and n > 1:
-        # 4.2+: `remaining &= ~1U`: in an odd-sized range the top port is never chosen
-        n &= ~1
+    if alg.startswith(("parity", "perturb")) and n > 1 and n % 2:
+        # 4.2+: `remaining &= ~1U` and the wrap `port -= remaining`: in an odd-sized range
+        # each scan misses one port of @low parity (which one depends on the offset), so
+        # the last free port may be out of reach (__inet_hash_connect(), 4.6 - 6.18).
+        assert len(set(got)) == len(got) >= n - 1
+        assert set(got) <= set(range(low, high + 1))
+        return
     assert sorted(got) == list(range(low, low + n))
 
 

@@ -94,8 +94,17 @@ class LinuxConnectPorts:
             return None
 
         # 4.2+ (07f4c90062f8 / 1580ab63fc9a): ports of @low parity first, then the other.
-        high += 1
-        remaining = high - low
+        # mirrors __inet_hash_connect(), net/ipv4/inet_hashtables.c (4.6 - 6.18):
+        #   high++; remaining = high - low; if (remaining > 1) remaining &= ~1U;
+        #   other_parity_scan: port = low + offset;
+        #   for (i = 0; i < remaining; i += 2, port += 2) {
+        #       if (unlikely(port >= high)) port -= remaining; ... }
+        #   offset++; if ((offset & 1) && remaining > 1) goto other_parity_scan;
+        # The wrap subtracts `remaining`, not the range size: in an odd-sized range one
+        # port of @low parity is out of reach of each scan (the bottom one, or the top one
+        # when offset == 0), so which ports one scan can hand out depends on the offset.
+        size = high - low + 1
+        remaining = size
         if remaining > 1:
             remaining &= ~1
         idx = 0
@@ -116,18 +125,14 @@ class LinuxConnectPorts:
                     self._advance(idx, 0)
                     return port, r
             return None
-        m = remaining >> 1
-        k0 = offset >> 1
-        # other_parity_scan: class 0 (ports of @low parity) then class 1
-        for cls in (0, 1):
-            arr = None if occ is None else bytes(occ[cls: cls + 2 * m: 2])
-            for k in _free_positions(arr, k0, m):
-                port = low + 2 * k + cls
+        for o in (offset, offset + 1):
+            for pos, i in _kernel_scan(occ, o, size, remaining):
+                port = low + pos
                 if port in reserved:
                     continue
                 r = check(port)
                 if r:
-                    self._advance(idx, 2 * ((k - k0) % m))
+                    self._advance(idx, i)
                     return port, r
         return None
 
@@ -141,6 +146,34 @@ class LinuxConnectPorts:
         else:
             i = max(i, self.rng.randrange(8) * 2)
             self.table[idx] = (self._perturb(idx) + i + 2) & MASK32
+
+
+def _kernel_scan(occ: bytes | bytearray | None, o: int, size: int, remaining: int) -> Iterator[tuple[int, int]]:
+    """(position, i) in the order one parity pass of __inet_hash_connect() visits them:
+    x = o + i for i = 0, 2, .. < remaining; position x, or x - remaining once low + x
+    reaches high (x >= size). Positions whose byte in `occ` is non-zero are skipped with
+    bytes.find (C speed)."""
+    par = o & 1
+    last = o + remaining - 2  # x of the last iteration
+    a_last = min(last, size - 1)
+    a_last -= (a_last - o) & 1  # same parity as o
+    runs = [(o, a_last, 0)]
+    if a_last + 2 <= last:
+        runs.append((a_last + 2 - remaining, last - remaining, remaining))
+    arr = None if occ is None else bytes(occ[par::2])
+    for first, end, shift in runs:
+        if arr is None:
+            for pos in range(first, end + 1, 2):
+                yield pos, pos + shift - o
+            continue
+        j, stop = first >> 1, (end >> 1) + 1
+        while j < stop:
+            j = arr.find(0, j, stop)
+            if j < 0:
+                break
+            pos = 2 * j + par
+            yield pos, pos + shift - o
+            j += 1
 
 
 def _free_positions(arr: bytes | bytearray | None, start: int, n: int) -> Iterator[int]:
