@@ -387,7 +387,9 @@ class Engine:
             if wl.bind == "bind0":
                 got = self._bind0(c, saddr)
                 if got < 0:
-                    self._no_port(att, t)
+                    # __inet_bind(): a failed get_port() is -EADDRINUSE (net/ipv4/af_inet.c,
+                    # 4.x-6.18), not connect()'s -EADDRNOTAVAIL.
+                    self._no_port(att, t, "EADDRINUSE")
                     return
                 att.sport, att.bound = got, True
                 key = (saddr, got, daddr, dport)
@@ -521,10 +523,10 @@ class Engine:
             if not any(a_p[1] == port for a_p in c.bind_owned):
                 c.bound_ports.discard(port)
 
-    def _no_port(self, att: Attempt, t: float) -> None:
+    def _no_port(self, att: Attempt, t: float, errno: str = "") -> None:
         c = att.client
         att.state = DONE
-        att.outcome = c.errno_no_port
+        att.outcome = errno or c.errno_no_port
         att.reason = "local_ports_exhausted"
         att.cause = att.cause or "local_ports_exhausted"
         att.sport = 0
@@ -836,8 +838,11 @@ class Engine:
         elif policy == "client_rst":
             srv.inc("TcpEstabResets")
         elif policy == "server_rst":
+            # tcp_disconnect() from ESTABLISHED (or CLOSE_WAIT) -> TCP_CLOSE: tcp_set_state()
+            # counts TCP_MIB_ESTABRESETS on the side that resets too (net/ipv4/tcp.c, 2.6.32-6.18).
             srv.inc("TcpExtTCPAbortOnData")
             srv.inc("TcpOutRsts")
+            srv.inc("TcpEstabResets")
         # ... and the client side.
         ckey = att.ckey()
         if c.ehash.get(ckey) is att:
@@ -853,6 +858,7 @@ class Engine:
             if policy == "client_rst":
                 c.inc("TcpExtTCPAbortOnData")
                 c.inc("TcpOutRsts")
+                c.inc("TcpEstabResets")  # tcp_set_state(ESTABLISHED -> CLOSE), as above
             elif policy == "server_rst":
                 c.inc("TcpEstabResets")
         if att.lb is not None and self.lb is not None:
