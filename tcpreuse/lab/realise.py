@@ -106,10 +106,27 @@ class Realisation:
 def sysctl_text(value: Any) -> str:
     """A registry value as /proc/sys wants it ("32768 60999", "8080,9000-9100", "1")."""
     if isinstance(value, frozenset | set):
-        return ",".join(str(p) for p in sorted(value))
+        return port_ranges(value)
     if isinstance(value, tuple | list):
         return " ".join(str(v) for v in value)
     return str(value)
+
+
+def port_ranges(ports: frozenset[int] | set[int]) -> str:
+    """A port set in the kernel's own ip_local_reserved_ports syntax ("8080,9000-9100"):
+    proc_do_large_bitmap() prints runs as ranges, so the value reads back the same."""
+    out: list[str] = []
+    run: list[int] = []
+    for p in sorted(ports):
+        if run and p == run[-1] + 1:
+            run[-1] = p
+            continue
+        if run:
+            out.append(f"{run[0]}" if run[0] == run[-1] else f"{run[0]}-{run[-1]}")
+        run = [p, p]
+    if run:
+        out.append(f"{run[0]}" if run[0] == run[-1] else f"{run[0]}-{run[-1]}")
+    return ",".join(out)
 
 
 def running_kernel() -> Profile:
