@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -172,3 +173,23 @@ def render_simulation(console: Console, run: RunResult, findings: list[Finding],
     if meta:
         console.print(Text(f"simulated {meta['attempts']:,} attempts ({meta['events']:,} events) in "
                            f"{meta['wall_s']:.2f} s", style="dim"))
+
+
+def watch_timeline(docs: Sequence[dict[str, Any]], width: int = 60) -> RenderableType:
+    """Sparklines of `doctor --watch` refreshes: TIME_WAIT per host, busiest port pairs."""
+    from .html import watch_series
+
+    t, tw, ports = watch_series(docs)
+    g = Table.grid(padding=(0, 1))
+    g.add_column(style="bold", no_wrap=True)
+    g.add_column(no_wrap=True)
+    g.add_column(justify="right", style="dim")
+    for h, vals in list(tw.items())[:6]:
+        g.add_row(f"TIME_WAIT {h}", Text(sparkline(vals, width), style="magenta"), f"now {vals[-1]:,}, max {max(vals):,}")
+    for label, budget, vals in ports[:3]:
+        if max(vals) > 0:
+            g.add_row(f"ports {label}", Text(sparkline(vals, width, top=budget), style="cyan"),
+                      f"now {vals[-1]:,}/{budget:,}")
+    span = t[-1] if t else 0.0
+    return Panel(Group(g, Text(f"last {len(t)} refreshes over {span:.0f} s", style="dim")), title="timeline",
+                 title_align="left")
