@@ -24,6 +24,8 @@ from ..errors import CaptureError
               help="The same rows as Parquet (needs pyarrow).")
 @click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Save the attempts as a RunResult JSON (source=analyze) for `tcpreuse report`.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write a self-contained HTML report (findings, SYN outcomes and timestamp clocks over time).")
 @click.option("--per-file", is_flag=True, help="Analyse each file on its own instead of as one capture.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
               help="Processes reading files in parallel (default: one per core).")
@@ -31,7 +33,8 @@ from ..errors import CaptureError
               help="Clients and servers shown in the tables.")
 @click.option("--strict", is_flag=True, help="Fail (exit 2) if any file could not be read completely.")
 def analyze(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_path: Path | None,
-            save_path: Path | None, per_file: bool, jobs: int | None, top: int, strict: bool) -> None:
+            save_path: Path | None, per_file: bool, jobs: int | None, top: int, strict: bool,
+            html_path: Path | None = None) -> None:
     """Diagnose short-connection failures from pcap/pcapng captures.
 
     For every connection attempt (a SYN and what followed): Zeek conn_state and history,
@@ -45,9 +48,9 @@ def analyze(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parqu
     from ..result import dumps
 
     results = analyze_paths(files, merge=not per_file, jobs=jobs)
-    if csv_path or parquet_path or save_path:
+    if csv_path or parquet_path or save_path or html_path:
         if len(results) > 1:
-            raise CaptureError("--csv/--parquet/--save need one analysis; drop --per-file")
+            raise CaptureError("--csv/--parquet/--save/--html need one analysis; drop --per-file")
         an = results[0]
         if csv_path:
             an.write_csv(csv_path)
@@ -73,6 +76,13 @@ def analyze(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parqu
                 con.rule(", ".join(Path(f).name for f in an.files))
             for part in render(an, findings, top=top):
                 con.print(part)
+            from ..report.terminal import timeline
+
+            con.print(timeline(an.to_run_result()))
+        if html_path is not None:
+            from ..report import html
+
+            html.write(html_path, html.capture_page(an, findings))
     if as_json:
         click.echo(dumps(docs[0] if len(docs) == 1 else {"analyses": docs}))
     for an in results:

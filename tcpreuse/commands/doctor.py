@@ -42,9 +42,12 @@ if TYPE_CHECKING:
               help="Kernel profile for pasted input without a kernel version (e.g. centos-6, linux-4.9).")
 @click.option("--processes", is_flag=True, help="Attribute sockets to processes (walks /proc/*/fd).")
 @click.option("--name", metavar="NAME", help="Host name to show (default: the host name).")
+@click.option("--html", "html_path", metavar="FILE",
+              help="Also write a self-contained HTML report (with --watch: rewritten at every refresh, "
+              "with TIME_WAIT and port use over time).")
 def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str | None, as_json: bool,
            watch: float | None, count: int | None, role: str | None, profile: str | None,
-           processes: bool, name: str | None) -> None:
+           processes: bool, name: str | None, html_path: str | None = None) -> None:
     """Diagnose a live host (or --netns, or --from snapshots and pasted text): TIME_WAIT,
     ephemeral port budgets per destination, tw_reuse/tw_recycle/timestamps, listen queues,
     conntrack, PAWS. Read-only."""
@@ -73,8 +76,23 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
 
     # Everything rendered is Text/Table built by render(): no markup or emoji parsing needed.
     console = Console(markup=False, emoji=False, highlight=False)
+    history: list[dict[str, object]] = []  # JSON documents of the refreshes, for --html and the sparklines
+
+    def keep(ev: Evidence, findings: list[Finding]) -> None:
+        if html_path is None and (watch is None or as_json):
+            return
+        doc = to_json(ev, findings)
+        doc["taken_at"] = time.time()
+        history.append(doc)
+        del history[:-600]
+        if html_path is not None:
+            from ..report import html
+
+            html.write(html_path, html.doctor_page(history))
+
     if watch is None:
         ev, findings = once()
+        keep(ev, findings)
         if as_json:
             click.echo(json.dumps(to_json(ev, findings), indent=2, default=str))
         else:
@@ -88,6 +106,7 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
         while count is None or n < count:
             t0 = time.monotonic()
             ev, findings = once()
+            keep(ev, findings)
             n += 1
             if save and n == 1:
                 _save(sources[0], save)
@@ -96,6 +115,10 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
             else:
                 console.clear()
                 console.print(render(ev, findings))
+                if len(history) > 1:
+                    from ..report.terminal import watch_timeline
+
+                    console.print(watch_timeline(history))
                 console.print(Text(f"refresh {n}{'/' + str(count) if count else ''}, every {watch:g} s; "
                                    "Ctrl-C stops", style="dim"))
             if count is not None and n >= count:

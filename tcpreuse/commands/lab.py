@@ -90,11 +90,13 @@ def render(res: RunResult, con: Console) -> None:
               help="Run what the kernel cannot realise exactly as its closest setup, "
               "stating the differences.")
 @click.option("--no-diagnose", is_flag=True, help="Skip the diagnosis of the result.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML report (findings, topology, plots).")
 @click.option("--all", "everything", is_flag=True,
               help="With `cleanup`: remove every tcpr-* namespace, not only dead lab runs'.")
 def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: bool,
         capture: Path | None, result_file: Path | None, approximate: bool, no_diagnose: bool,
-        everything: bool) -> None:
+        everything: bool, html_path: Path | None = None) -> None:
     """Run a scenario on the real kernel in network namespaces (needs root).
 
     Builds one namespace per host instance, a router, a NAT and an L4 load balancer
@@ -127,6 +129,10 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         from ..diagnose.base import Evidence, diagnose
 
         findings = diagnose(Evidence(source="lab", run=res, scenario=sc))
+    if html_path is not None:
+        from ..report import html
+
+        html.write(html_path, html.run_page(res, findings, scenario=sc))
     if as_json:
         d = res.to_json(records=False)
         d["findings"] = [f.to_json() for f in findings]
@@ -134,6 +140,9 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
     else:
         con = Console()
         render(res, con)
+        from ..report.terminal import timeline
+
+        con.print(timeline(res))
         for f in findings:
             con.print(f"[bold]{f.severity}[/]: {f.title}")
         if result_file is not None:

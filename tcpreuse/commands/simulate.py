@@ -30,8 +30,11 @@ from ..scenario.loader import load_scenario, parse_sets
 @click.option("--attempts-csv", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every attempt as CSV.")
 @click.option("--workers", type=int, default=None, help="Processes for --fixes (default: cores).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML report (findings, topology, plots).")
 def simulate(scenario: str, duration: float | None, seed: int | None, sets: tuple[str, ...], fixes: bool,
-             as_json: bool, result_path: Path | None, attempts_csv: Path | None, workers: int | None) -> None:
+             as_json: bool, result_path: Path | None, attempts_csv: Path | None, workers: int | None,
+             html_path: Path | None = None) -> None:
     """Run SCENARIO (a .toml file or a built-in name) on the kernel-faithful model."""
     from ..sim.engine import Engine
 
@@ -77,6 +80,10 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
                 run.attempts.write_csv(fh)
         except OSError as e:
             raise TcpreuseError(f"cannot write {attempts_csv}: {e.strerror}") from None
+    if html_path is not None:
+        from ..report import html
+
+        html.write(html_path, html.run_page(run, findings, scenario=sc, ranked=ranked))
     if as_json:
         out = run.to_json()
         out["summary"] = sc.summary
