@@ -1,0 +1,53 @@
+"""One simulation as a Dask task: an effective scenario in, a small summary out.
+
+The task carries the scenario itself (its validated model as JSON), not a path, so a
+worker on another machine needs nothing but tcpreuse. It returns plain JSON-able data;
+a user error (TcpreuseError) becomes an `error` field instead of failing the sweep.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def run_point(dump: dict[str, Any], diagnose: bool = False) -> dict[str, Any]:
+    from ..errors import TcpreuseError
+    from ..scenario.loader import from_data
+    from ..sim.engine import simulate
+
+    t0 = time.perf_counter()
+    try:
+        sc = from_data(dump)
+        run = simulate(sc)
+    except TcpreuseError as e:
+        return {"error": e.message}
+    out = summarize(run, sc)
+    out["wall_s"] = round(time.perf_counter() - t0, 3)
+    if diagnose:
+        from ..diagnose.base import Evidence
+        from ..diagnose.base import diagnose as run_rules
+
+        out["findings"] = [f.to_json() for f in run_rules(Evidence(source="simulate", run=run, scenario=sc))]
+    return out
+
+
+def summarize(run: Any, sc: Any) -> dict[str, Any]:
+    n = len(run.attempts)
+    failed = int(run.attempts.failed_mask().sum()) if n else 0
+    ff = run.first_failure()
+    lat = run.connect_percentiles()
+    return {
+        "attempts": n,
+        "failed": failed,
+        "failure_rate": failed / n if n else 0.0,
+        "delayed_rate": run.delayed_rate(),
+        "p50_ms": lat["p50"],
+        "p99_ms": lat["p99"],
+        "first_failure_s": ff["time_s"] if ff else None,
+        "outcomes": run.outcomes(),
+        "reasons": run.reasons(),
+        "duration_s": run.duration_s,
+        "request_rate": sum(w.rate for w in sc.workload),
+        "connection_rate": sum(w.connection_rate for w in sc.workload),
+    }

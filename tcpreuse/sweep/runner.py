@@ -1,0 +1,86 @@
+"""Dask execution: a LocalCluster on this machine's cores, or an existing scheduler.
+
+Each simulation is one task with a stable key (its cache key), so the scheduler never
+runs the same point twice at once. When a worker dies, the scheduler hands its tasks
+to another worker (up to `allowed-failures`); results reach the client one by one and
+are cached there at once, so nothing finished is ever lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from . import SweepError
+from .point import run_point
+
+
+class Pool:
+    """A Dask client on a LocalCluster (`scheduler=None`) or on `tcp://host:port`."""
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None, timeout_s: float = 10.0) -> None:
+        self.scheduler, self.workers, self.timeout_s = scheduler, workers, timeout_s
+        self.client: Any = None
+        self.cluster: Any = None
+
+    def __enter__(self) -> Pool:
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            try:
+                self.client = Client(self.scheduler, timeout=f"{self.timeout_s:g}s", set_as_default=False)
+            except (OSError, TimeoutError) as e:
+                raise SweepError(f"cannot reach the Dask scheduler at {self.scheduler}: {e}",
+                                 hint="start one with `dask scheduler`, or leave --scheduler out to use "
+                                 "this machine's cores") from None
+            except ValueError as e:
+                raise SweepError(f"--scheduler {self.scheduler!r}: {e}") from None
+            return self
+        n = self.workers or os.cpu_count() or 1
+        self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                    silence_logs=logging.ERROR)
+        self.client = Client(self.cluster, set_as_default=False)
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        with contextlib.suppress(Exception):
+            if self.client is not None:
+                self.client.close(timeout=10)
+        with contextlib.suppress(Exception):
+            if self.cluster is not None:
+                self.cluster.close(timeout=10)
+
+    @property
+    def where(self) -> str:
+        if self.scheduler:
+            return f"Dask scheduler {self.scheduler}"
+        return f"local Dask cluster ({self.workers or os.cpu_count() or 1} worker processes)"
+
+    def submit(self, key: str, dump: dict[str, Any], diagnose: bool = False) -> Any:
+        return self.client.submit(run_point, dump, diagnose, key=f"tcpr-{'d' if diagnose else 'p'}-{key}",
+                                  pure=False)
+
+    def completed(self, futures: list[Any]) -> Any:
+        from distributed import as_completed
+
+        return as_completed(futures, loop=self.client.loop)
+
+    @staticmethod
+    def result(fut: Any) -> dict[str, Any]:
+        """The task's summary, or an `error` summary if it could not be computed."""
+        try:
+            out = fut.result()
+        except Exception as e:  # KilledWorker after repeated worker deaths, a bug in a worker
+            return {"error": f"{type(e).__name__}: {e}"}
+        return dict(out)
+
+
+def iterate(pool: Pool, tasks: dict[str, tuple[dict[str, Any], bool]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Run `tasks` (key -> (dump, diagnose)); yield (key, summary) as each finishes."""
+    futs = {pool.submit(k, d, diag): k for k, (d, diag) in tasks.items()}
+    for fut in pool.completed(list(futs)):
+        yield futs[fut], pool.result(fut)
