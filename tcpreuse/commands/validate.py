@@ -1,0 +1,70 @@
+"""`tcpreuse validate`: run scenarios on the real kernel (lab) and on the model
+(simulate) on this machine, and say row by row where they agree."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from ..errors import TcpreuseError
+from ..result import dumps
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("scenario", required=False, metavar="[SCENARIO|NAME]")
+@click.option("--suite", "suite_name", metavar="NAME",
+              help="Run a built-in validation suite: full or quick.")
+@click.option("--quick", is_flag=True, help="The quick suite (what CI runs, a few minutes).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a scenario value (repeatable), as in simulate and lab.")
+@click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
+@click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the agreement tables as Markdown to FILE.")
+@click.option("--list", "list_only", is_flag=True, help="List the validation scenarios and exit.")
+def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tuple[str, ...],
+             as_json: bool, markdown_file: Path | None, list_only: bool) -> None:
+    """Compare the simulator with the running kernel (needs root).
+
+    Each scenario runs in the lab (network namespaces, real sockets) and in the simulator
+    with every host on the running kernel's profile; outcome counts, first failure,
+    ports and parity, TIME_WAIT, counters and latency are compared with stated
+    tolerances. Exit status 1 when anything disagrees.
+    """
+    from ..scenario.loader import parse_sets
+    from ..validate import render, suite
+    from ..validate.run import Options, validate_many
+
+    if list_only:
+        for name, summary, quick_too in render.listing():
+            click.echo(f"{name:30} {'quick' if quick_too else '     '}  {summary}")
+        return
+    if quick:
+        suite_name = suite_name or "quick"
+        if suite_name != "quick":
+            raise TcpreuseError("--quick and --suite name different suites")
+    if (scenario is None) == (suite_name is None):
+        raise TcpreuseError("give one SCENARIO (a validation name, a file or a built-in) or "
+                            "--suite NAME / --quick", hint="`tcpreuse validate --list`")
+    refs = suite.suite(suite_name) if suite_name else [scenario or ""]
+    overrides = parse_sets(sets)
+    err = Console(stderr=True)
+    opts = Options(progress=None if as_json else (lambda m: err.print(f"[dim]validate: {m}[/]")))
+    rep = validate_many(refs, overrides, opts, suite_name=suite_name)
+    if markdown_file is not None:
+        cmd = ("tcpreuse validate " + (f"--suite {suite_name}" if suite_name else str(scenario))
+               + f" --markdown {markdown_file}")
+        try:
+            markdown_file.write_text(render.markdown(rep, cmd))
+        except OSError as e:
+            raise TcpreuseError(f"cannot write {markdown_file}: {e.strerror}") from None
+    if as_json:
+        click.echo(dumps(rep.to_json()))
+    else:
+        render.terminal(rep, Console(width=None if sys.stdout.isatty() else 140))
+    if any(o.interrupted for o in rep.outcomes):
+        sys.exit(130)
+    if not rep.agree:
+        sys.exit(1)

@@ -1,0 +1,224 @@
+"""Compare a simulated and a lab run, metric by metric, each with a stated tolerance.
+
+What the kernel decides deterministically (how many connects succeed before the ports run
+out, which parity they use, TIME_WAIT left at the end, counter deltas) must agree
+exactly. What depends on timing (latency, onset time, the per-second TIME_WAIT series) has
+a tolerance, and the reason for it is kept next to the comparison so a reader can judge
+it. Pure: Metrics in, rows out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .metrics import PERCENTILES, Metrics, finite
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    text: str  # as printed: "exact", "±5 ms + 10 %", ...
+    reason: str
+    abs: float = 0.0
+    rel: float = 0.0
+    kind: str = "band"  # band: abs + rel; one_sided: 0 <= lab <= sim; poisson: 3 sigma + abs
+
+    def ok(self, a: float, b: float) -> bool:
+        if self.kind == "one_sided":
+            return 0 <= b <= a
+        if self.kind == "poisson":
+            return abs(a - b) <= 3.0 * math.sqrt(max(abs(a), abs(b))) + self.abs + 1e-9
+        return abs(a - b) <= self.abs + self.rel * max(abs(a), abs(b)) + 1e-9
+
+
+EXACT = Tolerance("exact", "the kernel decides this deterministically for a given workload")
+FIRST_FAILURE_S = Tolerance(
+    "±0.25 s + 2 %", "arrivals are paced by each side's own clock; the lab's load is a Python "
+    "process that may start a pacing round late on a busy 2-core machine", abs=0.25, rel=0.02)
+LATENCY = Tolerance(
+    "±5 ms + 10 %", "the lab's connect time includes the load generator's event-loop delay "
+    "(a Python process, ~0.1-3 ms on 2 cores); the kernel's own timers (1 s SYN RTO, 2-jiffy "
+    "re-arm) are far apart from that", abs=5.0, rel=0.10)
+LATENCY_TAIL = Tolerance(
+    "±20 ms + 10 %", "the 99th percentile of a few hundred sub-ms handshakes is one "
+    "scheduling hiccup of the load generator or the server; only a kernel timer (≥ 8 ms "
+    "re-arm, 1 s RTO) moving it further is a disagreement", abs=20.0, rel=0.10)
+RETRIED = Tolerance(
+    "±3 ms + 10 %", "a retransmitted SYN leaves on a kernel timer (2 jiffies after an old "
+    "ACK, or the 1 s RTO); the load generator adds its event-loop delay", abs=3.0, rel=0.10)
+SERIES = Tolerance(
+    "within the bracketing simulated samples ± max(2, 2 %)", "the lab samples /proc once a "
+    "second on its own clock, offset from the first attempt by the load's start-up; a lab "
+    "sample must lie between the simulated samples around the same moment")
+
+
+RACE_FIN_RST = Tolerance(
+    "0 ≤ lab ≤ simulate", "the lab's client closes as soon as it has the answer, racing the "
+    "server's RST: a RST that finds the client already in FIN_WAIT1 is not an EstabReset "
+    "(tcp_set_state() counts only ESTABLISHED/CLOSE_WAIT -> CLOSE); the model has the RST "
+    "arrive first", kind="one_sided")
+
+
+def chance(reason: str) -> Tolerance:
+    """For counts the kernel draws from its secret hashes (which of two hosts' ISNs or
+    timestamp offsets is ahead on a shared 4-tuple): the model draws from its own, so only
+    the rate can agree. 3 standard deviations of a count (√n) plus 2."""
+    return Tolerance("±(3√n + 2)", reason, abs=2.0, kind="poisson")
+
+SERIES_CHANCE = Tolerance(
+    "within the bracketing simulated samples ± max(2, 3√peak)", "TIME_WAIT sockets are killed "
+    "by SYNs that the kernel's secret hashes decide to accept; the count moves by a few "
+    "either way")
+
+
+@dataclass
+class Row:
+    group: str  # attempts | outcomes | ports | timing | latency | time_wait | counters
+    metric: str
+    sim: Any
+    lab: Any
+    agree: bool | None  # None: not applicable (no value on either side)
+    tolerance: str
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _row(group: str, metric: str, sim: Any, lab: Any, tol: Tolerance,
+         agree: bool | None = None) -> Row:
+    if agree is None and sim is not None and lab is not None:
+        agree = tol.ok(float(sim), float(lab))
+    elif agree is None and (sim is None) != (lab is None):
+        agree = False
+    return Row(group, metric, sim, lab, agree, tol.text, tol.reason)
+
+
+def _count_tol(slack: int) -> Tolerance:
+    if not slack:
+        return EXACT
+    return Tolerance(f"±{slack}", "the workload has no fixed count: the two runs made "
+                     f"{slack} attempt(s) more or fewer, which may land in any outcome",
+                     abs=float(slack))
+
+
+def series_agree(sim: list[int], sim_step: float, lab: list[int], lab_step: float,
+                 shift_s: float, by_chance: bool = False) -> tuple[bool, int, float]:
+    """Each lab sample (taken at (k+1)·lab_step on the lab's clock) against the simulated
+    samples bracketing the same moment (lab time − shift_s). Returns (agree, worst excess,
+    at lab time)."""
+    if not sim or not lab:
+        return not any(sim) and not any(lab), 0, 0.0
+    peak = max(max(sim), max(lab))
+    slack = max(2.0, 3.0 * math.sqrt(peak) if by_chance else 0.02 * peak)
+    worst, at = 0.0, 0.0
+    for k, v in enumerate(lab):
+        t_lab = (k + 1) * lab_step
+        t_sim = t_lab - shift_s
+        j = t_sim / sim_step - 1  # sim sample j is taken at (j + 1) * sim_step
+        lo_i = max(0, min(len(sim) - 1, int(j // 1)))
+        hi_i = max(0, min(len(sim) - 1, lo_i + 1))
+        before = sim[lo_i] if j >= 0 else 0
+        after = sim[hi_i] if j >= -1 else 0
+        lo, hi = min(before, after) - slack, max(before, after) + slack
+        excess = max(lo - v, v - hi, 0.0)
+        if excess > worst:
+            worst, at = excess, t_lab
+    return worst == 0.0, round(worst), at
+
+
+# Rows that stay exact even in a scenario whose collisions are drawn by hashes.
+NOT_CHANCE = ("attempts", "outcome ", "TcpActiveOpens", "TcpPassiveOpens", "TcpExtTW",
+              "TIME_WAIT at end", "first failure", "distinct", "attempts on")
+
+
+def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
+            racy: frozenset[tuple[str, str]] = frozenset(),
+            chance_reason: str | None = None) -> list[Row]:
+    """Rows for every metric. `racy`: (group, counter) pairs the lab's realisation leaves to
+    a race (see RACE_FIN_RST), compared one-sided. `chance_reason`: the scenario's
+    collisions are decided by the kernel's secret hashes (see chance()); counts other
+    than NOT_CHANCE are compared statistically, with this reason."""
+    rows = _compare(sim, lab, fixed_count, racy, chance_reason is not None)
+    if chance_reason is None:
+        return rows
+    tol = chance(chance_reason)
+    for r in rows:
+        if r.group in ("timing", "counters") and not any(k in r.metric for k in NOT_CHANCE) \
+                and isinstance(r.sim, int | float) and isinstance(r.lab, int | float):
+            r.agree, r.tolerance, r.reason = tol.ok(r.sim, r.lab), tol.text, tol.reason
+    return rows
+
+
+def _compare(sim: Metrics, lab: Metrics, fixed_count: bool,
+             racy: frozenset[tuple[str, str]], by_chance: bool) -> list[Row]:
+    rows: list[Row] = []
+    slack = 0 if fixed_count else abs(sim.attempts - lab.attempts)
+    count_tol = _count_tol(slack)
+    rows.append(_row("attempts", "attempts", sim.attempts, lab.attempts,
+                     EXACT if fixed_count else Tolerance(
+                         "±2 %", "the workload has no fixed count: each side paces "
+                         "rate × duration on its own clock", rel=0.02)))
+    for name in sorted(set(sim.outcomes) | set(lab.outcomes), key=lambda k: (k != "ok", k)):
+        rows.append(_row("outcomes", f"outcome {name}", sim.outcomes.get(name, 0),
+                         lab.outcomes.get(name, 0), count_tol))
+    wls = sorted(set(sim.first_failures) | set(lab.first_failures))
+    for w in wls:
+        fa, fb = sim.first_failures.get(w), lab.first_failures.get(w)
+        label = "first failure" + (f" ({w})" if len(wls) > 1 else "")
+        if fa is None and fb is None:
+            rows.append(Row("timing", label, "none", "none", True, "exact", EXACT.reason))
+            continue
+        rows.append(_row("timing", f"{label}: attempt #", None if fa is None else fa[0] + 1,
+                         None if fb is None else fb[0] + 1, count_tol))
+        rows.append(_row("timing", f"{label}: s after first attempt",
+                         None if fa is None else fa[1], None if fb is None else fb[1],
+                         FIRST_FAILURE_S))
+    rows.append(_row("ports", "distinct local ports", sim.ports_distinct, lab.ports_distinct,
+                     count_tol))
+    rows.append(_row("ports", "attempts on even ports", sim.ports_even, lab.ports_even, count_tol))
+    rows.append(_row("ports", "attempts on odd ports", sim.ports_odd, lab.ports_odd, count_tol))
+    rows.append(_row("timing", "connected after a SYN retransmission", sim.delayed, lab.delayed,
+                     count_tol))
+    if sim.retried_connect_ms is not None or lab.retried_connect_ms is not None:
+        rows.append(_row("latency", "connect ms p50 of those", sim.retried_connect_ms,
+                         lab.retried_connect_ms, RETRIED))
+    for p in PERCENTILES:
+        a, b = sim.connect_ms.get(p), lab.connect_ms.get(p)
+        tol = LATENCY_TAIL if p == "p99" else LATENCY
+        if not finite(a) and not finite(b):
+            rows.append(Row("latency", f"connect ms {p}", None, None, None, tol.text, tol.reason))
+        else:
+            rows.append(_row("latency", f"connect ms {p}", a, b, tol))
+    shift = lab.first_t - sim.first_t
+    for h in [h for h in sim.hosts if h in lab.hosts]:
+        rows.append(_row("time_wait", f"{h}: TIME_WAIT at end", sim.time_wait_end.get(h),
+                         lab.time_wait_end.get(h), EXACT))
+        s, lb = sim.time_wait_series.get(h, []), lab.time_wait_series.get(h, [])
+        if any(s) or any(lb):
+            ok, worst, at = series_agree(s, sim.step_s, lb, lab.step_s, shift, by_chance)
+            tol = SERIES_CHANCE if by_chance else SERIES
+            rows.append(Row("time_wait", f"{h}: TIME_WAIT each second",
+                            f"peak {max(s, default=0)}",
+                            f"peak {max(lb, default=0)}" + ("" if ok else f" (off by {worst} at {at:g} s)"),
+                            ok, tol.text, tol.reason))
+    for h in [h for h in sim.hosts if h in lab.hosts]:
+        sc, lc = sim.counters.get(h, {}), lab.counters.get(h, {})
+        quiet = 0
+        for name in sorted(sc):
+            if name not in lc:
+                continue  # a counter this kernel does not have
+            if not sc[name] and not lc[name]:
+                quiet += 1
+                continue
+            tol = RACE_FIN_RST if (h, name) in racy else count_tol
+            rows.append(_row("counters", f"{h}: {name}", sc[name], lc[name], tol))
+        if quiet:
+            rows.append(Row("counters", f"{h}: {quiet} other modelled counters", 0, 0, True,
+                            "exact", EXACT.reason))
+    return rows
+
+
+def verdict(rows: list[Row]) -> bool:
+    return all(r.agree is not False for r in rows)
