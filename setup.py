@@ -22,6 +22,7 @@ COMPILED = [
     "tcpreuse/sim/arrivals.py",
     "tcpreuse/sim/host.py",
     "tcpreuse/sim/engine.py",
+    "tcpreuse/capture/loops.py",
 ]
 
 ext_modules = []

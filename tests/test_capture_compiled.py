@@ -1,0 +1,156 @@
+"""The fast paths of the capture reader give exactly what the plain paths give.
+
+Speed comes from three things a plain reading would not do: the record walk runs in
+mypyc-compiled code over 1 MB copies of the file (`loops.COMPILED`), decoding and the
+attempt reductions work on chunks of packets, and fields are gathered as whole headers.
+These tests force each fast path on and off — with tiny chunks, so records, blocks,
+flows and IPv6 address tables straddle chunk boundaries — and compare every column and
+every report field, on good captures and on damaged ones (hypothesis mutations of the
+fuzz seeds). Without a compiled build, forcing `COMPILED` runs the same loops in the
+interpreter, which checks their logic all the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from test_capture_fuzz import SEEDS, mutated
+
+from tcpreuse.capture import decode as decode_mod
+from tcpreuse.capture import formats, loops
+from tcpreuse.capture.decode import Packets, decode
+from tcpreuse.capture.formats import Frames, parse_frames
+from tcpreuse.capture.synth import (
+    Frame,
+    Iface,
+    NgWriter,
+    Seg,
+    frame,
+    frames_of,
+    handshake,
+    pcap_bytes,
+)
+from tcpreuse.errors import CaptureError
+
+T0 = 1_700_000_000.0
+
+
+def frames_state(fr: Frames) -> dict[str, Any]:
+    return {
+        "data_off": fr.data_off.tolist(), "caplen": fr.caplen.tolist(), "origlen": fr.origlen.tolist(),
+        "ts": fr.ts.tolist(), "linktype": fr.linktype.tolist(), "frame": fr.frame.tolist(),
+        "report": fr.report.to_json(),
+    }
+
+
+def packets_state(p: Packets) -> dict[str, Any]:
+    out: dict[str, Any] = {c: getattr(p, c).tolist() for c in Packets.COLUMNS}
+    out["src"] = [p.addr(k) for k in p.src.tolist()]  # IPv6 keys depend on table order
+    out["dst"] = [p.addr(k) for k in p.dst.tolist()]
+    return out
+
+
+def read(data: bytes | bytearray, compiled: bool, walk_chunk: int, monkeypatch: pytest.MonkeyPatch) -> Any:
+    with monkeypatch.context() as m:
+        m.setattr(loops, "COMPILED", compiled)
+        m.setattr(formats, "WALK_CHUNK", walk_chunk)
+        try:
+            return frames_state(parse_frames(data, "t"))
+        except CaptureError as e:
+            return e.message
+
+
+def many_flows(n: int = 40, v6_every: int = 3) -> list[Seg]:
+    segs: list[Seg] = []
+    for i in range(n):
+        c, s = ("2001:db8::%x" % (i + 2), "2001:db8::1") if i % v6_every == 0 else (f"10.0.{i // 200}.{i % 200 + 2}",
+                                                                                 "10.0.0.1")
+        segs += handshake(T0 + i * 0.01, c, 40000 + i, s, 80, 1000 * i, 5000 + i, ts=(i, 7) if i % 2 else None,
+                          server_closes=i % 4 == 0)
+    segs.sort(key=lambda s: s.t)
+    return segs
+
+
+def captures() -> dict[str, bytes]:
+    segs = many_flows()
+    fr = frames_of(segs)
+    # a 70 kB TSO super-segment (IP total length 0): a record longer than 0xFFFF bytes
+    tso = bytearray(frame(Seg(T0 + 5, "10.0.0.2", 1, "10.0.0.1", 2, "A", 1, 1)) + b"x" * 70000)
+    tso[16:18] = b"\x00\x00"
+    big = [Frame(T0 + 5, bytes(tso))]
+    return {
+        "pcap": pcap_bytes(fr),
+        "pcap-be-ns-sll2": pcap_bytes(frames_of(segs, 276), linktype=276, nsec=True, big_endian=True),
+        "pcap-record-over-64k": pcap_bytes(fr[:5] + big + fr[5:9]),
+        "pcapng-two-ifaces": NgWriter(ifaces=[Iface(1), Iface(113, tsresol=9)]).to_bytes(
+            [Frame(f.t, f.data if i % 2 == 0 else frame(segs[i], 113), iface=i % 2) for i, f in enumerate(fr)]),
+        "pcapng-be": NgWriter(big_endian=True).to_bytes(fr),
+        "pcapng-block-over-64k": NgWriter().to_bytes(fr[:3] + big + fr[3:9]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(captures()))
+def test_compiled_walk_equals_struct_walk(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = captures()[name]
+    want = read(data, False, formats.WALK_CHUNK, monkeypatch)
+    assert isinstance(want, dict) and want["report"]["complete"] and want["report"]["records"] >= 8
+    for chunk in (1 << 20, 64, 17):  # 17: a 16-byte header, or a block's 8, straddles most chunk ends
+        assert read(data, True, chunk, monkeypatch) == want, chunk
+        assert read(bytearray(data), True, chunk, monkeypatch) == want, chunk  # the copying path
+    # cut anywhere: the truncation report is the same
+    for cut in (len(data) - 1, len(data) - 7, len(data) // 2 + 3):
+        assert read(data[:cut], True, 64, monkeypatch) == read(data[:cut], False, 64, monkeypatch)
+
+
+@settings(max_examples=200, deadline=4000, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture],
+          derandomize=True)
+@given(mutated())
+def test_compiled_walk_equals_struct_walk_on_damage(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    want = read(data, False, formats.WALK_CHUNK, monkeypatch)
+    assert read(data, True, 1 << 20, monkeypatch) == want
+    assert read(bytearray(data), True, 40, monkeypatch) == want
+
+
+def decoded(data: bytes, chunk: int, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dict[str, Any]]:
+    with monkeypatch.context() as m:
+        m.setattr(decode_mod, "CHUNK", chunk)
+        fr = parse_frames(data, "t")
+        p = decode(fr)
+        return packets_state(p), fr.report.to_json()
+
+
+@pytest.mark.parametrize("name", sorted(captures()))
+def test_decoding_in_chunks_equals_decoding_at_once(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = captures()[name]
+    want = decoded(data, 1 << 30, monkeypatch)
+    assert len(want[0]["ts"]) > 8
+    for chunk in (1, 3, 7):
+        assert decoded(data, chunk, monkeypatch) == want, chunk
+
+
+def test_decoding_in_chunks_counts_unsupported_link_types_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    fr = frames_of(many_flows(6))
+    data = NgWriter(ifaces=[Iface(1), Iface(147)]).to_bytes([Frame(f.t, f.data, iface=i % 2) for i, f in enumerate(fr)])
+    got, rep = decoded(data, 2, monkeypatch)
+    assert rep["skipped"] == {"unsupported link type 147": len(fr) // 2}
+    assert sum("link type 147" in w for w in rep["warnings"]) == 1
+    assert (got, rep) == decoded(data, 1 << 30, monkeypatch)
+
+
+@settings(max_examples=100, deadline=4000, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture],
+          derandomize=True)
+@given(mutated())
+def test_decoding_in_chunks_on_damage(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    with contextlib.suppress(CaptureError):
+        assert decoded(data, 2, monkeypatch) == decoded(data, 1 << 30, monkeypatch)
+
+
+def test_seeds_still_read_completely() -> None:
+    for data in SEEDS:
+        fr = parse_frames(data, "t")
+        assert fr.report.complete and len(decode(fr)) == len(fr)
