@@ -92,6 +92,7 @@ class Serve:
     backlog: int
     close: str
     delay_ms: float
+    workers: int = 0  # > 0: the bounded server (boundserve.py) with this many threads
 
 
 @dataclass
@@ -319,7 +320,7 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
         for h in instances[g.name]:
             serves.append(Serve(host=h.key, group=g.name, listen=[(a, g.port) for a in h.addresses],
                                 backlog=g.backlog, close=r.serve_close.get(g.name, "server"),
-                                delay_ms=g.service_ms))
+                                delay_ms=g.service_ms, workers=r.bounded.get(g.name, 0)))
 
     vip = None
     if sc.lb is not None and lb_host is not None:

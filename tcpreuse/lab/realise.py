@@ -86,6 +86,8 @@ class Realisation:
     serve_close: dict[str, str] = field(default_factory=dict)
     # workload name -> load --close
     load_close: dict[str, str] = field(default_factory=dict)
+    # server group -> worker threads of the bounded server (groups whose workers limit them)
+    bounded: dict[str, int] = field(default_factory=dict)
 
     def check(self, approximate: bool) -> None:
         """Raise UnsupportedError unless the scenario can run (as asked)."""
@@ -348,8 +350,11 @@ def realise(sc: Scenario, kernel: Profile | None = None) -> Realisation:
                           if w.target == g.name or (w.target == "lb" and sc.lb is not None
                                                     and sc.lb.backends == g.name))
             if offered and capacity < 2 * offered / g.count:
-                r.differences.append(
+                # `serve` answers everything at once; a bounded server (lab/boundserve.py)
+                # realises the model's workers: one connection per thread at a time.
+                r.bounded[g.name] = g.workers
+                r.notes.append(
                     f"host group {g.name!r}: workers = {g.workers} with service_ms = "
-                    f"{g.service_ms:g} limits the model's server; `serve` does not bound "
-                    "its concurrency, so only the listen backlog is realised")
+                    f"{g.service_ms:g} limits the server; realised by a bounded server "
+                    f"({g.workers} thread(s), one connection each at a time)")
     return r

@@ -112,6 +112,12 @@ def _fmt(x: float) -> str:
 
 
 def serve_argv(python: str, s: Serve) -> list[str]:
+    if s.workers:  # a server slower than its load: bounded concurrency (boundserve.py)
+        argv = [python, "-m", "tcpreuse.lab.boundserve"]
+        for a, p in s.listen:
+            argv += ["--listen", f"{a}:{p}"]
+        return [*argv, "--backlog", str(s.backlog), "--workers", str(s.workers),
+                "--delay-ms", _fmt(s.delay_ms), "--close", s.close]
     argv = [python, "-m", "tcpreuse", "serve"]
     for a, p in s.listen:
         argv += ["--listen", f"{a}:{p}"]
