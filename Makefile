@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install lint check bench clean seed-table
+.PHONY: demo test install lint check bench clean validation seed-table
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: install
 	bash scripts/system-deps.sh
 	$(MAKE) lint
 	$(BIN)/pytest -q
+
+## The simulator against the running kernel (root): regenerates docs/validation.md.
+## Exits non-zero when a row disagrees; the file is written either way.
+validation: install
+	$(BIN)/tcpreuse validate --suite full --markdown docs/validation.md
 
 bench: install
 	$(BIN)/python bench/sim_speed.py

@@ -37,13 +37,14 @@ FIRST_FAILURE_S = Tolerance(
     "±0.25 s + 2 %", "arrivals are paced by each side's own clock; the lab's load is a Python "
     "process that may start a pacing round late on a busy 2-core machine", abs=0.25, rel=0.02)
 LATENCY = Tolerance(
-    "±5 ms + 10 %", "the lab's connect time includes the load generator's event-loop delay "
-    "(a Python process, ~0.1-3 ms on 2 cores); the kernel's own timers (1 s SYN RTO, 2-jiffy "
-    "re-arm) are far apart from that", abs=5.0, rel=0.10)
+    "±10 ms + 10 %", "the lab's connect time includes the load generator's event-loop delay "
+    "(a Python process on a shared 2-core machine); what the kernel decides (a re-sent SYN) "
+    "is pinned exactly by the retransmission count and its own latency row, and a 1 s RTO "
+    "moving a percentile is far outside this", abs=10.0, rel=0.10)
 LATENCY_TAIL = Tolerance(
-    "±20 ms + 10 %", "the 99th percentile of a few hundred sub-ms handshakes is one "
-    "scheduling hiccup of the load generator or the server; only a kernel timer (≥ 8 ms "
-    "re-arm, 1 s RTO) moving it further is a disagreement", abs=20.0, rel=0.10)
+    "±50 ms + 10 %", "the 99th percentile of a few hundred sub-ms handshakes is a handful of "
+    "scheduling hiccups of the load generator or the server on a busy machine; only a kernel "
+    "timer (the 1 s SYN RTO) moving it further is a disagreement", abs=50.0, rel=0.10)
 RETRIED = Tolerance(
     "±3 ms + 10 %", "a retransmitted SYN leaves on a kernel timer (2 jiffies after an old "
     "ACK, or the 1 s RTO); the load generator adds its event-loop delay", abs=3.0, rel=0.10)
