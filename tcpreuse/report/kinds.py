@@ -55,6 +55,8 @@ def load(path: str | Path) -> Loaded:
 
 
 def _json_docs(text: str, p: Path) -> list[Any]:
+    if not text.strip():
+        raise ReportError(f"{p}: empty file")
     try:
         return [json.loads(text)]
     except json.JSONDecodeError as whole:

@@ -41,7 +41,7 @@ class Pool:
                 raise SweepError(f"--scheduler {self.scheduler!r}: {e}") from None
             return self
         n = self.workers or os.cpu_count() or 1
-        self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+        self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                     silence_logs=logging.ERROR)
         self.client = Client(self.cluster, set_as_default=False)
         return self

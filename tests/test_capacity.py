@@ -1,0 +1,120 @@
+"""`tcpreuse capacity`: the search finds the rate the port arithmetic predicts, and each
+diagnosed fix gets its own search. A Linux client with 500 ports closes first (60 s
+TIME_WAIT), 10 s runs at a constant rate: every attempt past the 500th fails, so the
+highest rate within 0.1 % failures is 500 / 10 s = 50/s."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tcpreuse.cli import main
+from tcpreuse.sweep import SweepError
+from tcpreuse.sweep.cache import Cache
+from tcpreuse.sweep.capacity import Search, find_capacity, round_sig
+from tcpreuse.sweep.runner import Pool
+
+SCENARIO = """
+name = "cap-ports"
+duration_s = 10
+[[host]]
+name = "client"
+role = "client"
+profile = "linux-5.15"
+[host.settings]
+"net.ipv4.ip_local_port_range" = "40000 40499"
+[[host]]
+name = "server"
+role = "server"
+profile = "linux-5.15"
+port = 8080
+[[workload]]
+name = "w"
+clients = "client"
+target = "server"
+close = "client"
+rate = 40
+"""
+
+
+@pytest.fixture
+def scenario(tmp_path: Path) -> str:
+    p = tmp_path / "cap.toml"
+    p.write_text(SCENARIO)
+    return str(p)
+
+
+def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_search_steps() -> None:
+    assert round_sig(1234.5) == 1230 and round_sig(0.012345) == 0.0123 and round_sig(56.78) == 56.8
+    s = Search("x")
+    assert s.next_rate(100, 1600, 0.1, 0.05) == 100
+    from tcpreuse.sweep.capacity import Probe
+
+    s.probes.append(Probe(100, passed=True))
+    assert s.next_rate(100, 1600, 0.1, 0.05) == 200  # doubles while it passes
+    s.probes.append(Probe(200, passed=False))
+    assert s.next_rate(100, 1600, 0.1, 0.05) == 141  # then bisects geometrically
+    s.probes += [Probe(141, passed=True), Probe(168, passed=False), Probe(154, passed=True), Probe(161, passed=False)]
+    assert s.next_rate(100, 1600, 0.1, 0.05) is None and s.status == "found" and s.capacity == 154
+    down = Search("y")
+    down.probes.append(Probe(100, passed=False))
+    assert down.next_rate(100, 1600, 0.1, 0.05) == 50  # halves while it fails
+
+
+def test_capacity_matches_the_port_arithmetic_and_searches_each_fix(scenario: str, tmp_path: Path) -> None:
+    cache = Cache(tmp_path / "cache")
+    res = find_capacity(scenario, max_failure=0.001, resolution=0.05, cache=cache,
+                        make_pool=lambda: Pool(None, workers=2))
+    base = res.baseline
+    assert base.status == "found"
+    assert 47 <= base.capacity <= 50 < base.hi  # 500 ports / 10 s
+    assert res.diagnosed_at == base.hi or res.diagnosed_at is not None
+    fixes = {s.fix_id: s for s in res.searches[1:]}
+    assert fixes, "the diagnosis proposed no fix with settings"
+    for s in fixes.values():
+        assert s.status in ("found", "capped", "error"), (s.label, s.status, s.error)
+    # a wider port range and connection reuse both lift the limit by far more than 5 %
+    wide = [s for s in fixes.values() if "ip_local_port_range" in json.dumps(s.set)]
+    assert wide and wide[0].capacity is not None and wide[0].capacity >= 10 * base.capacity
+    reuse = [s for s in fixes.values() if s.set.get("client:net.ipv4.tcp_tw_reuse") == 1]
+    assert reuse and reuse[0].capacity is not None and reuse[0].capacity > 2 * base.capacity
+    # the second time everything comes from the cache: no cluster at all
+    def no_pool() -> Pool:
+        raise AssertionError("a pool was started though every probe is cached")
+    again = find_capacity(scenario, max_failure=0.001, resolution=0.05, cache=cache, make_pool=no_pool)
+    assert again.computed == 0 and [s.capacity for s in again.searches] == [s.capacity for s in res.searches]
+
+
+def test_capacity_cli_markdown_and_errors(scenario: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    md, html = tmp_path / "capacity.md", tmp_path / "capacity.html"
+    code, out, err = cli(["capacity", scenario, "--max-failure", "0.1%", "--no-fixes", "--workers", "1",
+                          "--cache", str(tmp_path / "c"), "--markdown", str(md), "--html", str(html)], capsys)
+    assert code == 0, err
+    text = md.read_text()
+    assert "| **as it is** |" in text and "/s |" in text and "--max-failure 0.1%" in text
+    assert "--cache" not in text and "--workers" not in text  # how it was run is not what it says
+    assert 'data-plot="capacity"' in html.read_text()
+    code, out, err = cli(["capacity", scenario, "--no-fixes", "--cache", str(tmp_path / "c"), "--json"], capsys)
+    doc = json.loads(out)
+    assert doc["kind"] == "capacity" and doc["computed"] == 0 and 47 <= doc["searches"][0]["capacity"] <= 50
+    for argv, msg in ((["--max-failure", "lots"], "expected a share"),
+                      (["--max-failure", "150%"], "between 0 % and 100 %"),
+                      (["--max-rate", "10"], "below the scenario's rate"),
+                      (["--set", "bogus=1"], "unknown key"),
+                      (["--no-cache", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler")):
+        code, _, err = cli(["capacity", scenario, *argv], capsys)
+        assert code == 2 and msg in err and "Traceback" not in err, (argv, err)
+    with pytest.raises(SweepError):
+        find_capacity(scenario, max_failure=0.001, seeds=0, cache=Cache(None), make_pool=Pool)

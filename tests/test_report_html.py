@@ -1,0 +1,134 @@
+"""`tcpreuse report` and the HTML pages without a browser: every kind of saved output is
+recognised and rendered, findings come first, user text is escaped, bad files are one
+clear error. (tests/test_report_browser.py opens pages in Chromium.)"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tcpreuse.capture.synth import frames_of, pcap_bytes
+from tcpreuse.cli import main
+from tcpreuse.report import html, kinds
+from tcpreuse.scenario.loader import load_scenario
+from tcpreuse.sim.engine import simulate
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_capture_attempts import windows_reuse
+
+DATA = Path(__file__).parent / "data" / "host"
+
+
+def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = 0
+    try:
+        main(argv)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def plot_keys(text: str) -> list[str]:
+    return re.findall(r'data-plot="([^"]+)"', text)
+
+
+def test_simulate_result_file_renders_like_simulate_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    res, page1 = tmp_path / "r.json", tmp_path / "a.html"
+    code, _, err = cli(["simulate", "seed", "--duration", "15", "--set", "workload.rate=8000", "--result", str(res),
+                        "--html", str(page1)], capsys)
+    assert code == 0, err
+    page2 = tmp_path / "b.html"
+    code, _, err = cli(["report", str(res), "--html", str(page2)], capsys)
+    assert code == 0, err
+    a, b = page1.read_text(), page2.read_text()
+    assert plot_keys(a) == plot_keys(b) and {"rates", "timewait", "ports", "latency"} <= set(plot_keys(b))
+    for t in (a, b):
+        assert t.index('id="verdict"') < t.index("<h2>Findings") < t.index('id="plots"')
+        assert "<script" not in t and "http://" not in t.replace("http://www.w3.org", "")
+    # terminal rendering of the same file: summary, timeline sparklines, the finding
+    code, out, err = cli(["report", str(res)], capsys)
+    assert code == 0 and "attempts/s" in out and "TIME_WAIT" in out
+
+
+def test_user_text_is_escaped(tmp_path: Path) -> None:
+    sc = load_scenario("seed", {"duration_s": 5, "name": "<script>alert(1)</script>"})
+    run = simulate(sc)
+    text = html.render(html.run_page(run, [], scenario=sc))
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_doctor_snapshot_and_watch_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(["doctor", "--from", str(DATA / "linux618-client-sysctl-a.txt"), "--from",
+                          str(DATA / "linux618-client-ss-tanoe.txt"), "--from",
+                          str(DATA / "linux618-client-nstat-az.txt"), "--json"], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    one = tmp_path / "doctor.json"
+    one.write_text(out)
+    loaded = kinds.load(one)
+    assert loaded.kind == "doctor"
+    page = kinds.page_of(loaded)
+    assert page.findings is not None and "tuples" in "".join(p.key for p in page.plots)
+    # a --watch --json stream: one document per line, TIME_WAIT growing; the last line cut short
+    lines = []
+    for i in range(4):
+        d = json.loads(json.dumps(doc))
+        d["taken_at"] = 1000.0 + i
+        for h in d["hosts"].values():
+            h["time_wait"] = 100 * (i + 1)
+            h.get("extra", {}).pop("taken_at", None)
+        lines.append(json.dumps(d))
+    watch = tmp_path / "watch.jsonl"
+    watch.write_text("\n".join(lines) + "\n" + lines[0][:50])
+    out_html = tmp_path / "watch.html"
+    code, _, err = cli(["report", str(watch), "--html", str(out_html)], capsys)
+    assert code == 0, err
+    text = out_html.read_text()
+    assert "timewait" in plot_keys(text) and "4 samples" in text
+
+
+def test_capture_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pcap = tmp_path / "c.pcap"
+    pcap.write_bytes(pcap_bytes(frames_of(sorted(windows_reuse(n_conn=300, ports=100), key=lambda s: s.t))))
+    assert kinds.load(pcap).kind == "capture"
+    code, out, err = cli(["analyze", str(pcap), "--json", "--save", str(tmp_path / "saved.json")], capsys)
+    assert code == 0, err
+    (tmp_path / "an.json").write_text(out)
+    summary = kinds.load(tmp_path / "an.json")
+    assert summary.kind == "capture-summary"
+    page = kinds.page_of(summary)
+    assert page.findings and "never established" in page.verdict
+    saved = kinds.load(tmp_path / "saved.json")
+    assert saved.kind == "run" and saved.data.source == "analyze"
+    assert "synoutcomes" in [p.key for p in kinds.page_of(saved).plots]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"hello world", "not JSON"),
+    (b'{"some": "thing"}', "not a result tcpreuse knows"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b"\xff\xfe\x00garbage", "neither JSON nor a pcap"),
+    (b'{"source": "simulate", "timeline": {}}', "malformed"),
+])
+def test_bad_files_are_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes,
+                                       message: str) -> None:
+    f = tmp_path / "bad.json"
+    f.write_bytes(content)
+    code, _, err = cli(["report", str(f), "--html", str(tmp_path / "x.html")], capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_missing_file_and_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(["report", str(tmp_path / "nope.json")], capsys)
+    assert code == 2 and "cannot read" in err
+    res = tmp_path / "r.json"
+    cli(["simulate", "seed", "--duration", "3", "--result", str(res)], capsys)
+    code, _, err = cli(["report", str(res), "--html", str(tmp_path / "no" / "dir" / "x.html")], capsys)
+    assert code == 2 and "cannot write" in err and "Traceback" not in err

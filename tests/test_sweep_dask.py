@@ -1,0 +1,129 @@
+"""A sweep through a real Dask deployment on loopback: `dask scheduler` and two `dask
+worker` processes (the installed CLI entry points), one of which is killed (SIGKILL, no
+nanny to restart it) while the sweep runs. Every point must still arrive, with the same
+numbers a local run gives, and be in the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tcpreuse.sweep.cache import Cache
+from tcpreuse.sweep.grid import parse_grid
+from tcpreuse.sweep.point import run_point
+from tcpreuse.sweep.runner import Pool
+from tcpreuse.sweep.sweep import plan, run_sweep
+
+DASK = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(DASK is None, reason="needs the dask CLI")]
+
+# ~1 s per simulation: long enough that the kill lands while tasks are still queued
+SCENARIO = """
+name = "dask-sweep"
+duration_s = 30
+seed = 3
+[[host]]
+name = "client"
+role = "client"
+count = 2
+profile = "linux-5.15"
+[host.settings]
+"net.ipv4.ip_local_port_range" = "40000 59999"
+[[host]]
+name = "server"
+role = "server"
+profile = "linux-5.15"
+port = 8080
+[[workload]]
+name = "w"
+clients = "client"
+target = "server"
+close = "client"
+rate = 1000
+"""
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    assert DASK is not None
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                       "--scheduler-file", str(sched_file)], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        deadline = time.monotonic() + 30
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sched_file.exists(), "dask scheduler did not start"
+        address = json.loads(sched_file.read_text())["address"]
+        for name in ("w1", "w2"):
+            procs.append(subprocess.Popen([DASK, "worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
+                                           "--host", "127.0.0.1", "--no-dashboard"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+        from distributed import Client
+
+        with Client(address, timeout="20s", set_as_default=False) as c:
+            c.wait_for_workers(2, timeout=30)
+        yield address, procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+def test_sweep_survives_a_worker_killed_mid_sweep(deployment: tuple[str, list[subprocess.Popen[bytes]]],
+                                                  tmp_path: Path) -> None:
+    address, procs = deployment
+    ref = tmp_path / "dask.toml"
+    ref.write_text(SCENARIO)
+    axes = parse_grid(["workload.rate=1000,2500,4000,6000", "client:net.ipv4.tcp_tw_reuse=0,1"])
+    cache = Cache(tmp_path / "cache")
+    victim = procs[1]
+    killed_at: list[int] = []
+
+    def progress(done: int, total: int, cached: int) -> None:
+        if done == 2 and not killed_at:  # the sweep is under way, six points still to go
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(10)
+            killed_at.append(done)
+
+    t0 = time.monotonic()
+    res = run_sweep(str(ref), axes, 1, {}, cache, lambda: Pool(address), progress=progress)
+    assert killed_at == [2] and victim.returncode == -signal.SIGKILL
+    assert procs[2].poll() is None  # the other worker carried on
+    assert res.computed == 8 and res.where == f"Dask scheduler {address}"
+    for p in res.points:
+        agg = p.aggregate()
+        assert agg["seeds_done"] == 1 and agg["errors"] == [], (p.values, agg)
+    # the numbers are the model's, whichever worker computed them
+    pts, dumps = plan(str(ref), axes, 1, {})
+    for i in (0, 6):
+        local = run_point(dumps[pts[i].keys[0]])
+        got = res.points[i].results[pts[i].seeds[0]]
+        assert (got["attempts"], got["failed"]) == (local["attempts"], local["failed"])
+    by = {(p.values["workload.rate"], p.values["client:net.ipv4.tcp_tw_reuse"]): p.aggregate() for p in res.points}
+    assert by[(1000, 0)]["failure_rate"] == 0  # 500/s per client x 30 s < 20,000 ports
+    assert by[(6000, 0)]["failure_rate"] > 0.1  # 3,000/s per client runs out after ~6.7 s
+    assert by[(6000, 1)]["failure_rate"] < by[(6000, 0)]["failure_rate"]
+    # every point is in the cache: a re-run computes nothing (and needs no cluster)
+    again = run_sweep(str(ref), axes, 1, {}, cache, lambda: Pool("tcp://127.0.0.1:9"))
+    assert again.cached == 8 and again.computed == 0
+    assert time.monotonic() - t0 < 120
