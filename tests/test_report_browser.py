@@ -134,3 +134,19 @@ count = 500
     html2 = tmp_path / "lab2.html"
     code, _, err = cli(["report", str(result), "--html", str(html2), "--check"], capsys)
     assert code == 0, err
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+@pytest.mark.skipif(not (shutil.which("ip") and shutil.which("nft")), reason="needs ip and nft")
+def test_validate_report_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tcpreuse.commands.validate") is None:
+        pytest.skip("needs the validate verb")
+    html = tmp_path / "validate.html"
+    code, _, err = cli(["validate", "v-client-rst", "--html", str(html)], capsys)
+    assert code in (0, 1), err  # 1: a disagreement, which the page must show too
+    plots = opened(html, "validate")
+    assert "simlab-0" in plots and plots["simlab-0"]["groups"] >= 4  # two series for each side
+    assert "tolerance" in html.read_text()

@@ -392,3 +392,36 @@ def _slug(s: str) -> str:
 
 def stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+# ---- validate -------------------------------------------------------------------------
+
+def validate_page(doc: dict[str, Any], runs: Sequence[tuple[str, Any, Any]] = (), made_from: str = "") -> Page:
+    """`validate`: per scenario, where the model and the running kernel agree, row by row;
+    with the runs at hand, both timelines on one plot."""
+    scen = doc.get("scenarios", [])
+    bad = [s for s in scen if not s.get("agree")]
+    page = Page(title=f"tcpreuse validate: Linux {doc.get('kernel', '?')}",
+                subtitle=f"{len(scen)} scenario(s)" + (f" · suite {doc['suite']}" if doc.get("suite") else "")
+                + f" · HZ {doc.get('hz', '?')}",
+                verdict=("The model agrees with the running kernel on every scenario." if not bad else
+                         f"{len(bad)} of {len(scen)} scenario(s) disagree with the running kernel."),
+                verdict_level="good" if not bad else "bad", made_from=made_from)
+    for s in bad:
+        n = s.get("disagreements", 0)
+        page.verdict_lines.append(f"{s['name']}: " + (s["error"] or f"{n} row(s) outside tolerance"))
+    by_name = {name: (sim, lab) for name, sim, lab in runs}
+    for i, s in enumerate(scen):
+        sim, lab = by_name.get(s["name"], (None, None))
+        p = plots.sim_vs_lab(sim, lab, f"simlab-{i}")
+        if p is not None:
+            p.title = f"{s['name']}: {p.title}"
+            page.add(p)
+        rows = [[r.get("group"), r.get("metric"), r.get("sim"), r.get("lab"),
+                 {True: "agrees", False: "DISAGREES", None: "n/a"}[r.get("agree")], r.get("tolerance")]
+                for r in s.get("rows", [])]
+        page.tables.append(TableData(f"{s['name']} — {'agrees' if s.get('agree') else 'disagrees'}",
+                                     ["group", "metric", "simulate", "lab", "verdict", "tolerance"], rows,
+                                     note=s.get("summary", "") + (f" Error: {s['error']}" if s.get("error") else "")))
+        page.notes.extend(f"{s['name']}: {n}" for n in s.get("notes", []))
+    return page

@@ -3,7 +3,7 @@
 `tcpreuse report FILE` takes whatever the other verbs write: a RunResult (`simulate
 --result`, `lab --result`, `analyze --save`, `load --result`), `lab --json`, `doctor --json`
 (one document, or one per line from `doctor --watch --json`), `analyze --json`, `sweep
---json`, `capacity --json`, or a pcap/pcapng capture itself. The kind is detected from
+--json`, `capacity --json`, `validate --json`, or a pcap/pcapng capture itself. The kind is detected from
 the content, not the file name.
 """
 
@@ -95,6 +95,8 @@ def classify(docs: list[Any], p: Path | str = "<input>") -> Loaded:
         return Loaded("capture-summary", d["analyses"][0])
     if "counts" in d and "sources" in d:
         return Loaded("capture-summary", d)
+    if "scenarios" in d and "kernel" in d and "agree" in d:
+        return Loaded("validate", d)
     if d.get("kind") in ("sweep", "capacity"):
         return Loaded(d["kind"], d)
     raise ReportError(f"{p}: JSON, but not a result tcpreuse knows",
@@ -123,6 +125,8 @@ def page_of(loaded: Loaded, made_from: str = "") -> Page:
         return html.capture_page(loaded.data, loaded.findings or [], made_from=made_from)
     if loaded.kind == "capture-summary":
         return html.capture_doc_page(loaded.data, made_from=made_from)
+    if loaded.kind == "validate":
+        return html.validate_page(loaded.data, made_from=made_from)
     import tcpreuse.sweep.render as sweep_render
 
     if loaded.kind == "sweep":

@@ -348,3 +348,25 @@ def capacity_bars(rows: Sequence[tuple[str, float, bool]], baseline: float, key:
         ax.set_xlabel("highest sustained rate within the failure budget (requests/s)")
         svg = _svg(fig)
     return Plot(key, "Capacity per configuration", svg, "Dashed: the configuration as it is.")
+
+
+def sim_vs_lab(sim: Any, lab: Any, key: str) -> Plot | None:
+    """Attempts/s and failed/s of the model and of the real kernel, on one time axis."""
+    series = [(n, r.timeline) for n, r in (("simulate", sim), ("lab", lab)) if r is not None and r.timeline.t]
+    if not series:
+        return None
+    with _figure(key, h=4.0, rows=2, sharex=True) as (fig, (a1, a2)):
+        n = 0
+        for i, (name, tl) in enumerate(series):
+            per = 1.0 / (tl.step_s or 1.0)
+            ls = "-" if name == "lab" else "--"
+            n = _tag(a1.plot(tl.t, np.asarray(tl.attempts) * per, ls=ls, color=PALETTE[i], label=name,
+                             drawstyle="steps-post"), key, n)
+            n = _tag(a2.plot(tl.t, np.asarray(tl.failed) * per, ls=ls, color=PALETTE[i], label=name,
+                             drawstyle="steps-post"), key, n)
+        a1.set_ylabel("attempts/s")
+        a2.set_ylabel("failed/s")
+        a2.set_xlabel("time since start (s)")
+        a1.legend(loc="upper right", fontsize=8)
+        svg = _svg(fig)
+    return Plot(key, "Model (dashed) and real kernel (solid) over time", svg)
