@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from test_capture_fuzz import SEEDS, mutated
 
 from tcpreuse.capture import decode as decode_mod
-from tcpreuse.capture import formats, loops
+from tcpreuse.capture import formats, loops, reuse
 from tcpreuse.capture.decode import Packets, decode
 from tcpreuse.capture.formats import Frames, parse_frames
 from tcpreuse.capture.synth import (
@@ -154,3 +155,61 @@ def test_seeds_still_read_completely() -> None:
     for data in SEEDS:
         fr = parse_frames(data, "t")
         assert fr.report.complete and len(decode(fr)) == len(fr)
+
+
+def replay_reference(key: list[int], ts: list[int], stamp: list[int], now: list[int]) -> tuple[list[int], list[int]]:
+    """tcp_remember_stamp() one write at a time, straight from spec §5.3."""
+    cache: dict[int, tuple[int, int]] = {}
+    out_ts, out_st = [], []
+    for k, t, st, nw in zip(key, ts, stamp, now, strict=True):
+        if k in cache:
+            c_ts, c_st = cache[k]
+            d = (c_ts - t) & 0xFFFFFFFF
+            s32 = d - (1 << 32) if d >= 1 << 31 else d
+            if s32 <= 0 or (nw - c_st > 60 and c_st <= st):
+                cache[k] = (t, st)
+        else:
+            cache[k] = (t, st)
+        out_ts.append(cache[k][0])
+        out_st.append(cache[k][1])
+    return out_ts, out_st
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_recycle_cache_replay_equals_the_per_write_rule(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m = 3000
+    key = np.sort(rng.integers(0, 7, m))
+    now = np.sort(rng.integers(1_700_000_000, 1_700_000_000 + 400, m))
+    stamp = now - rng.integers(0, 3, m)
+    if seed % 3 == 0:  # clocks that mostly advance, jump back a little and wrap around 2^32
+        ts = (rng.integers(0, 1 << 32) + np.cumsum(rng.integers(-3000, 5000, m))) % (1 << 32)
+    elif seed % 3 == 1:  # per-connection offsets
+        ts = rng.integers(0, 1 << 32, m)
+    else:  # always going back: only an entry older than 60 s is replaced (and the edges)
+        ts = (rng.integers(0, 1 << 32) - np.cumsum(rng.integers(1, 50, m))) % (1 << 32)
+        stamp = now - rng.integers(0, 2, m) * rng.integers(0, 90, m)  # stamps from long ago too
+    got_ts, got_st = reuse._replay_writes(key, ts.astype(np.int64), stamp, now)
+    want_ts, want_st = replay_reference(key.tolist(), ts.tolist(), stamp.tolist(), now.tolist())
+    assert got_ts.tolist() == want_ts and got_st.tolist() == want_st
+    assert len(set(want_ts)) < m  # some writes lost: the replay was exercised
+
+
+def test_recycle_cache_replay_edges() -> None:
+    """Each write against an entry (TSval 1000, stamp 100): who wins, and why."""
+    cases = [  # (write TSval, write stamp, now, replaces the entry?)
+        (1000, 101, 101, True),  # same TSval: not older
+        (999, 101, 101, False),  # older TSval, fresh entry
+        (999, 160, 160, False),  # entry exactly TCP_PAWS_MSL old: still fresh
+        (999, 161, 161, True),  # entry older than TCP_PAWS_MSL, write's stamp newer
+        (999, 100, 161, True),  # ... write's stamp equal to the entry's
+        (999, 99, 161, False),  # ... write's stamp older than the entry's
+        ((1000 + (1 << 31)) % (1 << 32), 101, 101, True),  # s32(entry - TSval) = -2^31 <= 0
+        ((1000 + (1 << 31) + 1) % (1 << 32), 101, 101, False),  # 2^31 + 1 ahead is behind (s32)
+    ]
+    for t, st, nw, wins in cases:
+        # a losing write first, so the key's TSvals go back and it is replayed write by write
+        key, ts_, stamp, now = [0, 0, 0], [1000, 998, t], [100, 100, st], [100, 100, nw]
+        got_ts, got_st = reuse._replay_writes(*(np.array(x) for x in (key, ts_, stamp, now)))
+        assert (got_ts[2], got_st[2]) == ((t, st) if wins else (1000, 100)), (t, st, nw)
+        assert (got_ts.tolist(), got_st.tolist()) == replay_reference(key, ts_, stamp, now)

@@ -38,6 +38,7 @@ from ..model.timewait import (
     TimeWaitSock,
     tcp_timewait_state_process,
 )
+from . import loops
 from .flows import W_NONE, W_ORIG, W_RESP, Attempts
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
@@ -239,7 +240,7 @@ def _replay_writes(key: np.ndarray, ts: np.ndarray, stamp: np.ndarray,
     its TSval is not older than the cached one, or the cached entry is older than
     TCP_PAWS_MSL and not newer than the write's stamp. Where a key's TSvals never go
     back (one clock per client, the usual case) every write wins, so only keys whose
-    TSvals jump back are replayed one write at a time."""
+    TSvals jump back are replayed one write at a time (compiled: :mod:`.loops`)."""
     m = key.size
     out_ts = ts.copy()
     out_st = stamp.copy()
@@ -251,24 +252,14 @@ def _replay_writes(key: np.ndarray, ts: np.ndarray, stamp: np.ndarray,
         return out_ts, out_st
     bad_keys = np.unique(key[1:][back])
     rows = np.flatnonzero(np.isin(key, bad_keys))
-    rts, rst = _replay_loop(key[rows].tolist(), ts[rows].tolist(), stamp[rows].tolist(), now[rows].tolist())
-    out_ts[rows] = rts
-    out_st[rows] = rst
-    return out_ts, out_st
-
-
-def _replay_loop(key: list[int], ts: list[int], stamp: list[int], now: list[int]) -> tuple[list[int], list[int]]:
-    out_ts: list[int] = []
-    out_st: list[int] = []
-    cur = None
-    c_ts = c_st = 0
-    for k, t, st, nw in zip(key, ts, stamp, now, strict=True):
-        if k != cur:
-            cur, c_ts, c_st = k, t, st
-        else:
-            d = (c_ts - t) & 0xFFFFFFFF
-            if d == 0 or d >= 0x80000000 or (nw - c_st > TCP_PAWS_MSL and c_st <= st):
-                c_ts, c_st = t, st
-        out_ts.append(c_ts)
-        out_st.append(c_st)
+    k = key[rows]
+    first = np.r_[True, k[1:] != k[:-1]]
+    won: list[int] = []
+    loops.recycle_replay(first.tobytes(), ts[rows].tolist(), stamp[rows].tolist(), now[rows].tolist(),
+                         TCP_PAWS_MSL, won)
+    # the entry after each write is the one of the last write that won
+    w = np.frombuffer(bytearray(won), dtype=np.uint8).astype(bool)
+    winner = rows[np.maximum.accumulate(np.where(w, np.arange(rows.size), 0))]
+    out_ts[rows] = ts[winner]
+    out_st[rows] = stamp[winner]
     return out_ts, out_st
