@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from test_capture_fuzz import SEEDS, mutated
 
 from tcpreuse.capture import decode as decode_mod
-from tcpreuse.capture import formats, loops, reuse
+from tcpreuse.capture import flows, formats, loops, reuse
+from tcpreuse.capture.analysis import analyze_packets
 from tcpreuse.capture.decode import Packets, decode
 from tcpreuse.capture.formats import Frames, parse_frames
 from tcpreuse.capture.synth import (
@@ -64,12 +65,12 @@ def read(data: bytes | bytearray, compiled: bool, walk_chunk: int, monkeypatch: 
             return e.message
 
 
-def many_flows(n: int = 40, v6_every: int = 3) -> list[Seg]:
+def many_flows(n: int = 40, v6_every: int = 3, gap: float = 0.01) -> list[Seg]:
     segs: list[Seg] = []
     for i in range(n):
         c, s = ("2001:db8::%x" % (i + 2), "2001:db8::1") if i % v6_every == 0 else (f"10.0.{i // 200}.{i % 200 + 2}",
                                                                                  "10.0.0.1")
-        segs += handshake(T0 + i * 0.01, c, 40000 + i, s, 80, 1000 * i, 5000 + i, ts=(i, 7) if i % 2 else None,
+        segs += handshake(T0 + i * gap, c, 40000 + i, s, 80, 1000 * i, 5000 + i, ts=(i, 7) if i % 2 else None,
                           server_closes=i % 4 == 0)
     segs.sort(key=lambda s: s.t)
     return segs
@@ -213,3 +214,30 @@ def test_recycle_cache_replay_edges() -> None:
         got_ts, got_st = reuse._replay_writes(*(np.array(x) for x in (key, ts_, stamp, now)))
         assert (got_ts[2], got_st[2]) == ((t, st) if wins else (1000, 100)), (t, st, nw)
         assert (got_ts.tolist(), got_st.tolist()) == replay_reference(key, ts_, stamp, now)
+
+
+def attempts_by_frame(data: bytes) -> dict[str, list[Any]]:
+    fr = parse_frames(data, "t")
+    att = analyze_packets(decode(fr), [fr.report], ["t"]).attempts
+    o = np.argsort(att["frame"], kind="stable")
+    cols = {k: [None if x != x else x for x in v[o].tolist()]  # NaN -> None, comparable
+            for k, v in att.cols.items() if k not in ("flow", "first_pos", "prev")}
+    cols["history"] = att.history_str()
+    cols["history"] = [cols["history"][i] for i in o.tolist()]
+    return cols
+
+
+@pytest.mark.parametrize("weak", [lambda lo, hi: np.zeros(lo.size, dtype=np.uint32),
+                                  lambda lo, hi: (lo & np.uint64(3)).astype(np.uint32)])
+def test_flow_hash_collisions_change_nothing(weak: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flows are grouped by a 32-bit hash; flows sharing it (interleaved in time) must
+    still come apart exactly."""
+    segs = many_flows(60, gap=0.00005)  # flows interleaved in time
+    # the same 4-tuple reused later: two attempts of one flow
+    segs += handshake(T0 + 2, "10.0.0.5", 40003, "10.0.0.1", 80, 777, 888, ts=(5, 6))
+    data = pcap_bytes(frames_of(sorted(segs, key=lambda s: s.t)))
+    want = attempts_by_frame(data)
+    assert len(want["frame"]) == 61
+    with monkeypatch.context() as m:
+        m.setattr(flows, "_flow_hash", weak)
+        assert attempts_by_frame(data) == want

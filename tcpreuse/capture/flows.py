@@ -74,36 +74,59 @@ def _shift(a: np.ndarray, fill: Any) -> np.ndarray:
 
 
 def _radix_order(key: np.ndarray, bits: int) -> np.ndarray:
-    """Stable argsort on the low `bits` of uint64 `key`, 16 bits per pass (numpy sorts
-    16-bit keys with a radix sort, so each pass is linear)."""
-    digits = [(key >> np.uint64(shift)).astype(np.uint16) for shift in range(0, bits, 16)]
-    order = np.argsort(digits[0], kind="stable")
-    for dg in digits[1:]:
+    """Stable argsort on the low `bits` of an unsigned `key`, 16 bits per pass (numpy
+    sorts 16-bit keys with a radix sort, so each pass is linear)."""
+    order = np.argsort(key.astype(np.uint16), kind="stable")
+    for shift in range(16, bits, 16):
+        dg = (key >> key.dtype.type(shift)).astype(np.uint16)
         order = order[np.argsort(dg[order], kind="stable")]
     return order
 
 
-def flow_order(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(permutation into flow order, flow-start mask in that order, direction per packet).
-
-    Packets of one flow end up contiguous and in time order. Direction 0 means the
-    packet goes from the lower (address, port) endpoint to the higher one."""
-    e_src = (p.src << np.uint64(16)) | p.sport.astype(np.uint64)
-    e_dst = (p.dst << np.uint64(16)) | p.dport.astype(np.uint64)
-    lo = np.minimum(e_src, e_dst)
-    hi = np.maximum(e_src, e_dst)
-    d = (e_src > e_dst).astype(np.int8)
+def _flow_hash(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """32 well-mixed bits of the endpoint pair (a module function so tests can make it
+    collide on purpose)."""
     h = lo * K1 + (hi ^ (hi >> np.uint64(29))) * K2
     h ^= h >> np.uint64(31)
-    order = _radix_order(h, 48)
-    lo_s, hi_s = lo[order], hi[order]
-    fstart = np.r_[True, (lo_s[1:] != lo_s[:-1]) | (hi_s[1:] != hi_s[:-1])]
-    h_s = h[order] & np.uint64((1 << 48) - 1)
-    if int(np.count_nonzero(h_s[1:] != h_s[:-1])) + 1 != int(fstart.sum()):
-        # two 4-tuples share 48 hash bits: fall back to an exact (slower) sort
-        order = np.lexsort((hi, lo))
-        lo_s, hi_s = lo[order], hi[order]
-        fstart = np.r_[True, (lo_s[1:] != lo_s[:-1]) | (hi_s[1:] != hi_s[:-1])]
+    return (h >> np.uint64(32)).astype(np.uint32)
+
+
+def flow_order(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(permutation into flow order, flow-start mask in that order, direction per packet,
+    time stamps in that order).
+
+    Packets of one flow end up contiguous and in time order. Direction 0 means the
+    packet goes from the lower (address, port) endpoint to the higher one. Flows are
+    grouped by a 32-bit hash (two linear 16-bit passes); the endpoint pairs are then
+    compared exactly, and hash groups holding several flows are sorted apart."""
+    n = len(p)
+    e_src = (p.src << np.uint64(16)) | p.sport.astype(np.uint64)
+    e_dst = (p.dst << np.uint64(16)) | p.dport.astype(np.uint64)
+    pair = np.empty((n, 2), dtype=np.uint64)
+    lo, hi = pair[:, 0], pair[:, 1]
+    np.minimum(e_src, e_dst, out=lo)
+    np.maximum(e_src, e_dst, out=hi)
+    d = (e_src > e_dst).astype(np.int8)
+    del e_src, e_dst
+    h = _flow_hash(lo, hi)
+    order = _radix_order(h, 32)
+    pairs = pair.view("V16").ravel()  # both halves in one gather
+
+    def starts(order: np.ndarray) -> np.ndarray:
+        ps = pairs[order].view(np.uint64)
+        return np.r_[True, (ps[2::2] != ps[:-2:2]) | (ps[3::2] != ps[1:-2:2])]
+
+    fstart = starts(order)
+    hs = h[order]
+    gstart = np.r_[True, hs[1:] != hs[:-1]]
+    if int(np.count_nonzero(fstart)) != int(np.count_nonzero(gstart)):
+        # some hash groups hold several flows, maybe interleaved: sort those groups by
+        # (group, endpoints, position), which keeps each group in its place and time order
+        gid = np.cumsum(gstart) - 1
+        aff = np.flatnonzero(np.isin(gid, gid[fstart & ~gstart]))
+        oa = order[aff]
+        order[aff] = oa[np.lexsort((aff, hi[oa], lo[oa], gid[aff]))]
+        fstart = starts(order)
     # capture order is time order except across CPUs/interfaces; repair within flows
     ts_o = p.ts[order]
     back = np.flatnonzero((ts_o[1:] < ts_o[:-1]) & ~fstart[1:])
@@ -113,7 +136,8 @@ def flow_order(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         aff = np.flatnonzero(np.isin(flow_id, bad_flows))
         sub = np.lexsort((ts_o[aff], flow_id[aff]))
         order[aff] = order[aff][sub]
-    return order, fstart, d
+        ts_o[aff] = ts_o[aff][sub]
+    return order, fstart, d, ts_o
 
 
 def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
@@ -122,10 +146,10 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     n = len(p)
     if n == 0:
         return Attempts(cols=_empty_cols()), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    order, fstart, d_all = flow_order(p)
+    order, fstart, d_all, ts_o = flow_order(p)
     # only the columns needed per packet are put in flow order; the rest is read
     # through `order` at the few positions that matter (segment starts, first SYNs)
-    q = _FlowCols(p, order)
+    q = _FlowCols(p, order, ts_o)
     d = d_all[order]
     pos = np.arange(n, dtype=np.int64)
     flow_id = np.cumsum(fstart) - 1
@@ -378,8 +402,8 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
 class _FlowCols:
     """The per-packet columns the attempt reductions read, in flow order."""
 
-    def __init__(self, p: Packets, order: np.ndarray) -> None:
-        self.ts = p.ts[order]
+    def __init__(self, p: Packets, order: np.ndarray, ts: np.ndarray) -> None:
+        self.ts = ts
         self.flags = p.flags[order]
         self.seq = p.seq[order]
         self.ack = p.ack[order]
