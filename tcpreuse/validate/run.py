@@ -113,6 +113,7 @@ def model_overrides(sc: Scenario, lab: RunResult) -> tuple[dict[str, Any], list[
     """What the model must be told about the lab's namespaces (see module docstring)."""
     out: dict[str, Any] = {}
     notes = []
+    given: dict[tuple[str, Any], list[str]] = {}
     for g in sc.host:
         info = next((lab.hosts[n] for n in g.instance_names() if n in lab.hosts), None)
         if info is None:
@@ -121,8 +122,10 @@ def model_overrides(sc: Scenario, lab: RunResult) -> tuple[dict[str, Any], list[
             if name in g.settings or name not in info.settings:
                 continue
             out[f"host.{g.name}.settings.{name}"] = info.settings[name]
-            notes.append(f"{g.name}: {name} = {info.settings[name]} (this machine's default in "
-                         "a new namespace) given to the model")
+            given.setdefault((name, info.settings[name]), []).append(g.name)
+    if given:
+        notes.append("this machine's defaults in a new namespace given to the model: " + "; ".join(
+            f"{name.rsplit('.', 1)[-1]} = {v} ({', '.join(gs)})" for (name, v), gs in given.items()))
     if any("netem unavailable" in n for n in lab.notes):
         out["path.rtt_ms"] = VETH_RTT_MS
         notes.append(f"no netem in this kernel: the model runs with the veth's RTT "
