@@ -140,6 +140,34 @@ def flow_order(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return order, fstart, d, ts_o
 
 
+def _segment_starts(fstart: np.ndarray, flow_id: np.ndarray, pos: np.ndarray, syn: np.ndarray,
+                    synack: np.ndarray, d: np.ndarray, seq: np.ndarray) -> np.ndarray:
+    """Where segments start (packets in flow order): at a flow's first packet, at a SYN
+    that does not repeat the flow's previous SYN (same direction and sequence number),
+    and at a SYN-ACK with a new sequence number since the last SYN (its SYN was not
+    captured). A function of its own so that its temporaries go when it returns."""
+    flow_first = np.flatnonzero(fstart)[flow_id]
+    last_syn = np.maximum.accumulate(np.where(syn, pos, -1))
+    prev_syn = _shift(last_syn, -1)
+    in_flow = prev_syn >= flow_first
+    ps = np.maximum(prev_syn, 0)
+    new_syn = syn & (~in_flow | (d[ps] != d) | (seq[ps] != seq))
+    del prev_syn, in_flow, ps
+    last_sa = np.maximum.accumulate(np.where(synack, pos, -1))
+    prev_sa = _shift(last_sa, -1)
+    del last_sa
+    scope = np.maximum(last_syn, flow_first)
+    sa_in_scope = prev_sa >= scope
+    del scope
+    pa = np.maximum(prev_sa, 0)
+    del prev_sa
+    same_sa = sa_in_scope & (seq[pa] == seq) & (d[pa] == d)
+    del pa
+    had_syn = last_syn >= flow_first
+    new_sa = synack & ~same_sa & np.where(had_syn, sa_in_scope, True)
+    return fstart | new_syn | new_sa
+
+
 def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     """Attempts of a packet table. Also returns the flow-order permutation of the
     packets and each packet's segment (in that order), for per-packet exports."""
@@ -150,33 +178,23 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     # only the columns needed per packet are put in flow order; the rest is read
     # through `order` at the few positions that matter (segment starts, first SYNs)
     q = _FlowCols(p, order, ts_o)
+    del ts_o
     d = d_all[order]
+    del d_all
     pos = np.arange(n, dtype=np.int64)
     flow_id = np.cumsum(fstart) - 1
-    flow_first = np.flatnonzero(fstart)[flow_id]
     f = q.flags
     cls = f & (SYN | ACK | RST)
     syn = cls == SYN
     synack = cls == (SYN | ACK)
-
-    # ---- segment boundaries ----------------------------------------------------------
-    last_syn = np.maximum.accumulate(np.where(syn, pos, -1))
-    prev_syn = _shift(last_syn, -1)
-    in_flow = prev_syn >= flow_first
-    ps = np.maximum(prev_syn, 0)
-    new_syn = syn & (~in_flow | (d[ps] != d) | (q.seq[ps] != q.seq))
-    last_sa = np.maximum.accumulate(np.where(synack, pos, -1))
-    prev_sa = _shift(last_sa, -1)
-    scope = np.maximum(last_syn, flow_first)
-    sa_in_scope = prev_sa >= scope
-    pa = np.maximum(prev_sa, 0)
-    same_sa = sa_in_scope & (q.seq[pa] == q.seq) & (d[pa] == d)
-    had_syn = last_syn >= flow_first
-    new_sa = synack & ~same_sa & np.where(had_syn, sa_in_scope, True)
-    seg_start = fstart | new_syn | new_sa
+    seg_start = _segment_starts(fstart, flow_id, pos, syn, synack, d, q.seq)
+    del fstart
     starts = np.flatnonzero(seg_start)
     nseg = starts.size
     seg = np.cumsum(seg_start) - 1
+    del seg_start
+    flow_of_seg = flow_id[starts]
+    del flow_id
     ends = np.r_[starts[1:], n]
     npk = ends - starts
 
@@ -187,6 +205,7 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     orig_dir = np.where(flipped, 1 - d[starts], d[starts])
     is_orig = d == orig_dir[seg]
     is_resp = ~is_orig
+    del d
     # the originator's endpoint: the first packet's source, or destination if flipped
     first_pkt_src_is_orig = ~flipped
     ps_ = order[starts]
@@ -233,6 +252,7 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     c_syn = np.cumsum(syn_o)
     base = _shift(c_syn, 0)[starts]
     second_syn = first(syn_o & ((c_syn - base[seg]) == 2))
+    del c_syn
     last_syn_pos = last(syn_o)
     t_syn = at(first_syn, ts, nan)
 
@@ -262,6 +282,7 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     old_ack_pkt = is_resp & ((f & (SYN | RST | ACK)) == ACK) & (pos < sa_b) & (pos > fs_b)
     old_ack_pkt &= q.ack != (isn + np.uint32(1))[seg]
     n_old_ack = count(old_ack_pkt)
+    del old_ack_pkt, fs_b
     rst_o = ((f & RST) != 0) & is_orig
     rst_r = ((f & RST) != 0) & is_resp
     fin_o = ((f & FIN) != 0) & is_orig & ~((f & RST) != 0)
@@ -273,11 +294,13 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     first_rst_o = first(rst_o & after_sa)
     first_rst_r = first(rst_r & after_sa)
     n_synack = count(synack_r)
+    del rst_o, rst_r, fin_o, fin_r
 
     # closing: the first FIN or RST after the SYN-ACK (for midstream segments: any)
     scope_close = np.where((first_sa < BIG)[seg], after_sa, True)
     term = ((f & (FIN | RST)) != 0) & scope_close
     first_term = first(term)
+    del scope_close, term, after_sa
     term_ok = first_term < BIG
     tf = at(first_term, f, 0)
     close = np.where(~term_ok, 0, np.where((tf & RST) != 0, 2, 1)).astype(np.int8)
@@ -298,17 +321,21 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     base_o = at(np.where(first_syn < BIG, first_syn, first_o), q.seq, 0).astype(np.uint32)
     base_r = at(np.where(first_sa < BIG, first_sa, first_r), q.seq, 0).astype(np.uint32)
     base_pkt = np.where(is_orig, base_o[seg], base_r[seg])
-    rel = (q.seq - base_pkt).astype(np.int32).astype(np.int64)  # s32 distance
-    end_rel = rel + seglen
+    end_rel = (q.seq - base_pkt).astype(np.int32).astype(np.int64)  # s32 distance
+    del base_pkt
+    end_rel += seglen
+    del seglen
     low = -(1 << 40)
-    end_o = np.maximum.reduceat(np.where(is_orig & in_space, end_rel, low), starts)
-    end_r = np.maximum.reduceat(np.where(is_resp & in_space, end_rel, low), starts)
+    end_rel[~in_space] = low  # numbers of another connection count for nothing
+    end_o = np.maximum.reduceat(np.where(is_orig, end_rel, low), starts)
+    end_r = np.maximum.reduceat(np.where(is_resp, end_rel, low), starts)
     orig_end_seq = np.where(end_o > low, (base_o.astype(np.int64) + end_o) & 0xFFFFFFFF, 0).astype(np.uint32)
     resp_end_seq = np.where(end_r > low, (base_r.astype(np.int64) + end_r) & 0xFFFFFFFF, 0).astype(np.uint32)
     ts_o = is_orig & q.has_ts
     ts_r = is_resp & q.has_ts
     last_ts_o = last(ts_o)
     last_ts_r = last(ts_r)
+    del ts_o, ts_r, sa_b
     orig_bytes = np.add.reduceat(np.where(is_orig, q.plen, 0).astype(np.int64), starts)
     resp_bytes = np.add.reduceat(np.where(is_resp, q.plen, 0).astype(np.int64), starts)
 
@@ -328,10 +355,12 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     stepped = ctrl | first_or
     stepped[early] = True
     si = np.flatnonzero(stepped)
+    del stepped, first_or, early
     ev = zeek.event_code(is_orig[si], f[si], has_data[si])
     joint = zeek.run(seg[si], ev, nseg)
     # retransmission detection must not compare with numbers from another connection
-    hist = zeek.histories(seg, is_orig, f, q.plen, q.seq, np.where(in_space, end_rel, low), q.win, nseg, flipped)
+    hist = zeek.histories(seg, is_orig, f, q.plen, q.seq, end_rel, q.win, nseg, flipped)
+    del end_rel
     cstate = zeek.conn_state(joint // 8, joint % 8, orig_bytes, resp_bytes, hist)
 
     # tshark's tcp.completeness bits for the segment
@@ -347,7 +376,7 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     fsyn = order[np.where(first_syn < BIG, first_syn, 0)]
     got_syn = first_syn < BIG
     cols: dict[str, np.ndarray] = {
-        "flow": flow_id[starts],
+        "flow": flow_of_seg,
         "first_pos": starts,
         "packets": npk,
         "is_attempt": has_syn,

@@ -216,10 +216,11 @@ def histories(seg: np.ndarray, is_orig: np.ndarray, flags: np.ndarray, plen: np.
     (retransmission detection; very low for packets of another connection).
 
     A packet logs at most one letter from update_history() (I, Q, S/H, F, R, D, A) and
-    possibly a scaled T and W after it, so the letters live in a (packets x 3) array in
-    packet order; the strings are the non-empty cells of each segment's rows. Every rule
-    works on one direction at a time: there a segment's packets form a contiguous run,
-    so "first per endpoint" and "running maximum per endpoint" need no sorting."""
+    possibly a scaled T and W after it: the first kind lives in one byte per packet, the
+    rare T and W in short lists merged in afterwards; the strings are the letters of
+    each segment in packet order. Every rule works on one direction at a time: there a
+    segment's packets form a contiguous run, so "first per endpoint" and "running
+    maximum per endpoint" need no sorting."""
     n = seg.size
     if not n:
         return np.zeros(nseg, dtype="S1")
@@ -229,13 +230,13 @@ def histories(seg: np.ndarray, is_orig: np.ndarray, flags: np.ndarray, plen: np.
     nrst = (f & RST) != 0
     bits = nsyn.astype(np.int8) + nfin + nrst
     ack = (f & ACK) != 0
-    cells = np.zeros((n, 3), dtype=np.uint8)  # update_history letter, T, W
-    lower = np.where(is_orig, 0, 32).astype(np.uint8)
+    letters = np.zeros(n, dtype=np.uint8)  # the update_history letter of each packet
+    later: list[tuple[np.ndarray, int, int]] = []  # (packets, column 1 = T / 2 = W, letter)
     resp = ~is_orig
 
-    def mark(idx: np.ndarray, letter: np.ndarray | int, col: int = 0) -> None:
+    def mark(idx: np.ndarray, letter: np.ndarray | int) -> None:
         if idx.size:
-            cells[idx, col] = np.asarray(letter, dtype=np.uint8) + lower[idx]
+            letters[idx] = np.asarray(letter, dtype=np.uint8) + np.where(is_orig[idx], 0, 32).astype(np.uint8)
 
     def first_of(mask: np.ndarray, letter: int) -> None:
         """The first packet per endpoint matching `mask` logs a letter (CheckHistory)."""
@@ -280,27 +281,40 @@ def histories(seg: np.ndarray, is_orig: np.ndarray, flags: np.ndarray, plen: np.
         same = np.r_[False, sp[1:] == sp[:-1]]
         rx = idx[same & (v <= prev) & data[idx]]
         if rx.size:
-            mark(rx[_scaled(_cumcount(seg[rx]))], ord("T"), 1)
+            later.append((rx[_scaled(_cumcount(seg[rx]))], 1, ord("T")))
     zw = (win == 0) & ~nrst
     if zw.any():
         for dm in (is_orig, resp):
             zi = np.flatnonzero(zw & dm)
             if zi.size:
-                mark(zi[_scaled(_cumcount(seg[zi]))], ord("W"), 2)
-    flat = cells.ravel()
-    pos = np.flatnonzero(flat)
-    codes = flat[pos]
-    s = seg[pos // 3]
-    if flipped.any():  # '^' before the first letter of a flipped segment
+                later.append((zi[_scaled(_cumcount(seg[zi]))], 2, ord("W")))
+    pos = np.flatnonzero(letters)
+    codes = letters[pos]
+    s = seg[pos]
+    if later or flipped.any():
+        # merge in packet order (T and W after the packet's own letter; '^' first)
         fs = np.flatnonzero(flipped)
-        codes = np.concatenate([np.full(fs.size, ord("^"), dtype=np.uint8), codes])
-        s = np.concatenate([fs, s])
-        o = np.argsort(s, kind="stable")
-        codes, s = codes[o], s[o]
+        keys = [pos * 3]
+        code_parts = [codes]
+        seg_parts = [s]
+        for idx, col, letter in later:
+            keys.append(idx * 3 + col)
+            code_parts.append(letter + np.where(is_orig[idx], 0, 32).astype(np.uint8))
+            seg_parts.append(seg[idx])
+        o = np.argsort(np.concatenate(keys), kind="stable")  # sorted runs: a linear merge
+        codes = np.concatenate(code_parts)[o]
+        s = np.concatenate(seg_parts)[o]
+        if fs.size:
+            codes = np.concatenate([np.full(fs.size, ord("^"), dtype=np.uint8), codes])
+            s = np.concatenate([fs, s])
+            o = np.argsort(s, kind="stable")
+            codes, s = codes[o], s[o]
     if not codes.size:
         return np.zeros(nseg, dtype="S1")
-    rank = _cumcount(s) - 1
-    width = int(rank.max()) + 1
-    grid = np.zeros((nseg, width), dtype=np.uint8)
-    grid[s, rank] = codes
-    return grid.view(f"S{width}").ravel()
+    counts = np.bincount(s, minlength=nseg)
+    width = int(counts.max())
+    first = np.cumsum(counts) - counts  # index of each segment's first letter
+    grid = np.zeros(nseg * width, dtype=np.uint8)
+    # letter k goes to row s[k], column k - first[s[k]]
+    grid[np.arange(codes.size) + (s.astype(np.int64) * width - first[s])] = codes
+    return grid.view(f"S{width}")
