@@ -13,6 +13,7 @@ interpreter, which checks their logic all the same.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -241,3 +242,97 @@ def test_flow_hash_collisions_change_nothing(weak: Any, monkeypatch: pytest.Monk
     with monkeypatch.context() as m:
         m.setattr(flows, "_flow_hash", weak)
         assert attempts_by_frame(data) == want
+
+
+def facts_both(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SegFacts by the compiled pass and by numpy, for one capture."""
+    fr = parse_frames(data, "t")
+    p = decode(fr)
+    order, fstart, d_all, ts_o = flows.flow_order(p)
+    q = flows._FlowCols(p, order, ts_o)
+    d = d_all[order]
+
+    def plain(fa: flows.SegFacts) -> dict[str, Any]:
+        return {k: getattr(fa, k).tolist() for k in flows.SegFacts.__dataclass_fields__}
+
+    return plain(flows._facts_compiled(q, d, fstart)), plain(flows._facts_numpy(q, d, fstart))
+
+
+def odd_captures() -> dict[str, bytes]:
+    """Segments the rules treat specially: retransmitted SYNs, SYN-ACK first (flipped),
+    RSTs before and after the handshake, FIN+RST, a TIME_WAIT ACK answer, data
+    retransmissions, zero windows, midstream traffic, long segments."""
+    c, s = "10.0.0.2", "10.0.0.1"
+    segs = [
+        Seg(T0, c, 1000, s, 80, "S", 100), Seg(T0 + 1, c, 1000, s, 80, "S", 100),  # retransmitted
+        Seg(T0 + 1.1, s, 80, c, 1000, "A", 5000, 7), Seg(T0 + 1.2, c, 1000, s, 80, "R", 7),  # old ACK, client RST
+        Seg(T0 + 2, c, 1000, s, 80, "S", 100), Seg(T0 + 2.1, s, 80, c, 1000, "SA", 900, 101),
+        Seg(T0 + 2.2, c, 1000, s, 80, "A", 101, 901), Seg(T0 + 2.3, c, 1000, s, 80, "PA", 101, 901, payload=10),
+        Seg(T0 + 2.4, c, 1000, s, 80, "PA", 101, 901, payload=10),  # data retransmission
+        Seg(T0 + 2.5, s, 80, c, 1000, "A", 901, 111, win=0), Seg(T0 + 2.6, s, 80, c, 1000, "A", 901, 111, win=0),
+        Seg(T0 + 2.7, s, 80, c, 1000, "FA", 901, 111), Seg(T0 + 2.8, c, 1000, s, 80, "FA", 111, 902),
+        Seg(T0 + 2.9, s, 80, c, 1000, "FA", 901, 112), Seg(T0 + 3.0, c, 1000, s, 80, "RA", 112, 902),
+        Seg(T0 + 4, s, 81, c, 1001, "SA", 50, 60),  # SYN-ACK without its SYN: flipped
+        Seg(T0 + 4.1, c, 1001, s, 81, "A", 60, 51), Seg(T0 + 4.2, s, 81, c, 1001, "SA", 77, 60),
+        Seg(T0 + 5, c, 1002, s, 82, "PA", 5, 6, payload=3),  # midstream
+        Seg(T0 + 5.1, c, 1002, s, 82, "FRA", 8, 6), Seg(T0 + 5.2, s, 82, c, 1002, "SF", 6, 8),
+        Seg(T0 + 6, c, 1003, s, 83, "S", 1), Seg(T0 + 6.1, s, 83, c, 1003, "R", 0, 2),  # refused
+        Seg(T0 + 7, c, 1004, s, 84, "S", 1), Seg(T0 + 7.1, c, 1004, s, 84, "S", 2),  # new ISN: a new attempt
+    ]
+    segs += [Seg(T0 + 8 + k * 1e-3, c, 1005, s, 85, "A", 1, 1, win=0) for k in range(25)]  # W scaling
+    segs += [Seg(T0 + 9 + k * 1e-3, s, 86, c, 1006, "A", 1, 1) for k in range(12)]  # early responder ACKs
+    segs += [Seg(T0 + 9.5, c, 1006, s, 86, "S", 3), Seg(T0 + 9.6, s, 86, c, 1006, "A", 1, 1)]
+    # a responder ACKing 9 times before answering, the client resetting in between:
+    # Zeek's machine sees the first EARLY_STEPS of those ACKs
+    segs += [Seg(T0 + 10, c, 1007, s, 87, "S", 100)]
+    segs += [Seg(T0 + 10.1 + k * 1e-3, s, 87, c, 1007, "A", 9, 77) for k in range(7)]
+    segs += [Seg(T0 + 10.2, c, 1007, s, 87, "R", 101, win=0)]  # RSTs often carry window 0
+    segs += [Seg(T0 + 10.3 + k * 1e-3, s, 87, c, 1007, "A", 9, 77) for k in range(2)]
+    # an ACK of the ISN before the SYN-ACK (not an old ACK); a SYN-ACK carrying a FIN
+    segs += [Seg(T0 + 11, c, 1008, s, 88, "S", 100), Seg(T0 + 11.1, s, 88, c, 1008, "A", 5, 101),
+             Seg(T0 + 11.2, s, 88, c, 1008, "SAF", 5, 101), Seg(T0 + 11.3, c, 1008, s, 88, "FA", 101, 7)]
+    # midstream data, then a SYN-ACK with no SYN in the flow: a flipped attempt
+    segs += [Seg(T0 + 12, c, 1009, s, 89, "PA", 5, 6, payload=4), Seg(T0 + 12.1, s, 89, c, 1009, "SA", 40, 9)]
+    # SYNs both ways with one sequence number (simultaneous open): two attempts
+    segs += [Seg(T0 + 13, c, 1010, s, 90, "S", 100), Seg(T0 + 13.1, s, 90, c, 1010, "S", 100)]
+    # SYN-ACKs both ways with one sequence number: the second is not a repeat
+    segs += [Seg(T0 + 14, c, 1011, s, 91, "S", 100), Seg(T0 + 14.1, s, 91, c, 1011, "SA", 50, 101),
+             Seg(T0 + 14.2, c, 1011, s, 91, "SA", 50, 101)]
+    # a long connection: positions and counts beyond one byte
+    segs += handshake(T0 + 15, c, 1012, s, 92, 5, 6, ts=(1, 2), data=0, reply=0)[:3]
+    segs += [Seg(T0 + 15.01 + k * 1e-4, c, 1012, s, 92, "PA", 6 + 10 * k, 7, payload=10, ts=(2 + k, 1))
+             for k in range(300)]
+    segs += [Seg(T0 + 15.5, c, 1012, s, 92, "FA", 3006, 7, ts=(400, 1)), Seg(T0 + 15.6, s, 92, c, 1012, "FA", 7, 3007)]
+    segs.sort(key=lambda x: x.t)
+    return {
+        "odd": pcap_bytes(frames_of(segs)),
+        **captures(),
+        "interleaved": pcap_bytes(frames_of(sorted(many_flows(60, gap=0.00005), key=lambda x: x.t))),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(odd_captures()))
+def test_compiled_attempt_facts_equal_numpy(name: str) -> None:
+    got, want = facts_both(odd_captures()[name])
+    assert len(want["starts"]) >= 3
+    assert got == want
+
+
+@settings(max_examples=150, deadline=4000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(mutated())
+def test_compiled_attempt_facts_equal_numpy_on_damage(data: bytes) -> None:
+    with contextlib.suppress(CaptureError):
+        got, want = facts_both(data)
+        assert got == want
+
+
+def test_compiled_attempt_facts_on_the_corpus() -> None:
+    corpus = Path(__file__).parent / "data" / "pcap" / "corpus"
+    n = 0
+    for f in sorted(corpus.iterdir()):
+        if f.suffix in (".pcap", ".pcapng"):
+            with contextlib.suppress(CaptureError):
+                got, want = facts_both(f.read_bytes())
+                assert got == want, f.name
+                n += 1
+    assert n > 10

@@ -22,12 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from . import zeek
+from . import loops, zeek
 from .decode import ACK, FIN, RST, SYN, Packets
 
 K1 = np.uint64(0x9E3779B97F4A7C15)
 K2 = np.uint64(0xC2B2AE3D27D4EB4F)
 BIG = np.iinfo(np.int64).max
+LOW = -(1 << 40)  # sequence end of packets outside their connection's sequence space
+EARLY_STEPS = 8  # responder packets stepped through Zeek's machine before it answers
 
 # answer to the attempt's SYNs (first packet back from the responder)
 ANSWERS = ("none", "synack", "rst", "old_ack", "other")
@@ -170,7 +172,7 @@ def _segment_starts(fstart: np.ndarray, flow_id: np.ndarray, pos: np.ndarray, sy
 
 def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     """Attempts of a packet table. Also returns the flow-order permutation of the
-    packets and each packet's segment (in that order), for per-packet exports."""
+    packets and the first packet (in that order) of each segment."""
     n = len(p)
     if n == 0:
         return Attempts(cols=_empty_cols()), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -181,6 +183,112 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     del ts_o
     d = d_all[order]
     del d_all
+    facts = segment_facts(q, d, fstart)
+    del fstart
+    att = _attempt_columns(p, q, order, d, facts)
+    return att, order, facts.starts
+
+
+@dataclass
+class SegFacts:
+    """Per-segment reductions over the packets (positions in flow order; a missing
+    "first" packet is BIG, a missing "last" one -1), from which the attempt columns
+    are read. Two implementations give these: numpy over whole columns
+    (:func:`_facts_numpy`, the reference) and one compiled pass (:mod:`.loops`)."""
+
+    starts: np.ndarray  # first packet of each segment
+    flow: np.ndarray  # flow number of each segment
+    first_syn: np.ndarray  # the originator's SYNs: first, second, last, count
+    second_syn: np.ndarray
+    last_syn: np.ndarray
+    n_syn: np.ndarray
+    ans: np.ndarray  # first responder packet after the first SYN
+    first_sa: np.ndarray  # the responder's SYN-ACKs: first, count
+    n_synack: np.ndarray
+    established: np.ndarray  # the originator ACKed after a SYN-ACK
+    n_old_ack: np.ndarray  # responder bare ACKs before the SYN-ACK not acking the ISN
+    n_rst_o_pre: np.ndarray  # originator RSTs before the SYN-ACK
+    first_fin_o: np.ndarray  # first FIN (without RST) per side
+    first_fin_r: np.ndarray
+    first_rst_o: np.ndarray  # first RST per side after the SYN-ACK
+    first_rst_r: np.ndarray
+    first_term: np.ndarray  # first FIN or RST (after the SYN-ACK if there is one)
+    last_ts_o: np.ndarray  # last packet with a timestamp option per side
+    last_ts_r: np.ndarray
+    orig_end_seq: np.ndarray  # uint32: where each side's sequence space ended (0: none)
+    resp_end_seq: np.ndarray
+    orig_bytes: np.ndarray
+    resp_bytes: np.ndarray
+    joint: np.ndarray  # Zeek endpoint states, originator * 8 + responder
+    completeness: np.ndarray  # tshark's tcp.completeness bits
+    history: np.ndarray  # Zeek history strings (S<n>)
+
+
+def segment_facts(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
+    """Per-segment facts: by the compiled pass when :mod:`.loops` is compiled, else
+    by whole-column numpy (the same results; tests check both)."""
+    if loops.COMPILED:
+        return _facts_compiled(q, d, fstart)
+    return _facts_numpy(q, d, fstart)
+
+
+def _facts_compiled(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
+    """SegFacts from :func:`.loops.segment_facts` (one compiled pass over the packets)."""
+    bits = (fstart.view(np.uint8) | (d.astype(np.uint8) << 1) | (q.has_ts.view(np.uint8) << 2)
+            | ((q.win == 0).view(np.uint8) << 3))
+
+    def le32(a: np.ndarray) -> bytes:
+        return np.ascontiguousarray(a, dtype="<u4").tobytes()
+
+    out: list[int] = []
+    big: list[int] = []
+    letters: list[int] = []
+    nseg = loops.segment_facts(bits.tobytes(), q.flags.tobytes(), le32(q.seq), le32(q.ack), le32(q.plen),
+                               zeek.table().tobytes(), out, big, letters)
+    del bits
+    rec = np.frombuffer(bytearray(out), dtype=np.uint8).reshape(nseg, loops.REC)
+    del out
+    narrow = rec[:, :loops.NARROW].astype(np.int64)
+    wide = np.ascontiguousarray(rec[:, loops.NARROW:loops.NARROW + 2 * loops.WIDE]).view("<u2").astype(np.int64)
+    state = np.ascontiguousarray(rec[:, loops.REC - 2:]).view("<u2")[:, 0].astype(np.int64)
+    if big:
+        b = np.asarray(big, dtype=np.int64).reshape(-1, 3)
+        nar = b[:, 1] < loops.NARROW
+        narrow[b[nar, 0], b[nar, 1]] = b[nar, 2]
+        wide[b[~nar, 0], b[~nar, 1] - loops.NARROW] = b[~nar, 2]
+    npk = narrow[:, loops.F_NPK]
+    starts = np.cumsum(npk) - npk
+
+    def pos(field: int, none: int) -> np.ndarray:
+        v = narrow[:, field]
+        return np.where(v > 0, starts + v - 1, none)
+
+    def end_seq(field: int, base_at: np.ndarray) -> np.ndarray:
+        e = wide[:, field - loops.NARROW]
+        base = q.seq[np.minimum(base_at, q.seq.size - 1)].astype(np.int64)
+        return np.where(e > 0, (base + e - 1) & 0xFFFFFFFF, 0).astype(np.uint32)
+
+    first_syn, first_sa = pos(loops.F_FIRST_SYN, BIG), pos(loops.F_FIRST_SA, BIG)
+    base_o = np.where(first_syn < BIG, first_syn, pos(loops.F_FIRST_O, 0))
+    base_r = np.where(first_sa < BIG, first_sa, pos(loops.F_FIRST_R, 0))
+    return SegFacts(
+        starts=starts, flow=(np.cumsum(fstart) - 1)[starts], first_syn=first_syn,
+        second_syn=pos(loops.F_SECOND_SYN, BIG), last_syn=pos(loops.F_LAST_SYN, -1),
+        n_syn=narrow[:, loops.F_N_SYN], ans=pos(loops.F_ANS, BIG), first_sa=first_sa,
+        n_synack=narrow[:, loops.F_N_SYNACK], established=(state >> 12) & 1 == 1,
+        n_old_ack=narrow[:, loops.F_N_OLD_ACK], n_rst_o_pre=narrow[:, loops.F_N_RST_PRE],
+        first_fin_o=pos(loops.F_FIN_O, BIG), first_fin_r=pos(loops.F_FIN_R, BIG),
+        first_rst_o=pos(loops.F_RST_O, BIG), first_rst_r=pos(loops.F_RST_R, BIG),
+        first_term=pos(loops.F_TERM, BIG), last_ts_o=pos(loops.F_TS_O, -1), last_ts_r=pos(loops.F_TS_R, -1),
+        orig_end_seq=end_seq(loops.F_END_O, base_o), resp_end_seq=end_seq(loops.F_END_R, base_r),
+        orig_bytes=wide[:, loops.F_OBYTES - loops.NARROW], resp_bytes=wide[:, loops.F_RBYTES - loops.NARROW],
+        joint=(state & 63).astype(np.uint8), completeness=((state >> 6) & 63).astype(np.int8),
+        history=zeek.strings(np.frombuffer(bytearray(letters), dtype=np.uint8), narrow[:, loops.F_HLEN]),
+    )
+
+
+def _facts_numpy(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
+    n = q.flags.size
     pos = np.arange(n, dtype=np.int64)
     flow_id = np.cumsum(fstart) - 1
     f = q.flags
@@ -188,31 +296,19 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     syn = cls == SYN
     synack = cls == (SYN | ACK)
     seg_start = _segment_starts(fstart, flow_id, pos, syn, synack, d, q.seq)
-    del fstart
     starts = np.flatnonzero(seg_start)
     nseg = starts.size
     seg = np.cumsum(seg_start) - 1
     del seg_start
     flow_of_seg = flow_id[starts]
     del flow_id
-    ends = np.r_[starts[1:], n]
-    npk = ends - starts
 
     # ---- roles ---------------------------------------------------------------------------
     first_cls = cls[starts]
-    has_syn = first_cls == SYN
     flipped = first_cls == (SYN | ACK)
     orig_dir = np.where(flipped, 1 - d[starts], d[starts])
     is_orig = d == orig_dir[seg]
     is_resp = ~is_orig
-    del d
-    # the originator's endpoint: the first packet's source, or destination if flipped
-    first_pkt_src_is_orig = ~flipped
-    ps_ = order[starts]
-    orig_addr = np.where(first_pkt_src_is_orig, p.src[ps_], p.dst[ps_])
-    orig_port = np.where(first_pkt_src_is_orig, p.sport[ps_], p.dport[ps_])
-    resp_addr = np.where(first_pkt_src_is_orig, p.dst[ps_], p.src[ps_])
-    resp_port = np.where(first_pkt_src_is_orig, p.dport[ps_], p.sport[ps_])
 
     # Per-segment first/last/count of a packet mask. Most masks are sparse (SYNs, FINs,
     # RSTs), so they work on the matching positions only; dense ones use reduceat.
@@ -243,8 +339,6 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
         ok = (idx >= 0) & (idx < n)
         return np.where(ok, col[np.where(ok, idx, 0)], fill)
 
-    ts = q.ts
-    nan = np.nan
     syn_o = syn & is_orig
     first_syn = first(syn_o)
     n_syn = count(syn_o)
@@ -254,27 +348,13 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     second_syn = first(syn_o & ((c_syn - base[seg]) == 2))
     del c_syn
     last_syn_pos = last(syn_o)
-    t_syn = at(first_syn, ts, nan)
 
     # ---- the answer: first packet from the responder after the first SYN --------------
     fs_b = np.where(first_syn < BIG, first_syn, n)[seg]
     ans = first(is_resp & (pos > fs_b))
-    ans_ok = ans < BIG
-    af = at(ans, f, 0)
     isn = at(first_syn, q.seq, 0).astype(np.uint32)
-    ans_ack = at(ans, q.ack, 0).astype(np.uint32)
-    ack_ok = ans_ack == (isn + np.uint32(1))
-    a_cls = np.full(nseg, A_NONE, dtype=np.int8)
-    a_cls[ans_ok] = A_OTHER
-    a_cls[ans_ok & ((af & (SYN | ACK | RST)) == (SYN | ACK))] = A_SYNACK
-    a_cls[ans_ok & ((af & RST) != 0)] = A_RST
-    a_cls[ans_ok & ((af & (SYN | RST | ACK)) == ACK) & ~ack_ok] = A_OLD_ACK
-    a_cls[first_syn == BIG] = A_NONE
-    t_ans = at(ans, ts, nan)
-
     synack_r = synack & is_resp
     first_sa = first(synack_r)
-    t_sa = at(first_sa, ts, nan)
     sa_b = np.where(first_sa < BIG, first_sa, n)[seg]
     est_ack = first(is_orig & ((f & ACK) != 0) & ((f & (SYN | RST)) == 0) & (pos > sa_b))
     established = (first_sa < BIG) & (est_ack < BIG)
@@ -301,13 +381,6 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     term = ((f & (FIN | RST)) != 0) & scope_close
     first_term = first(term)
     del scope_close, term, after_sa
-    term_ok = first_term < BIG
-    tf = at(first_term, f, 0)
-    close = np.where(~term_ok, 0, np.where((tf & RST) != 0, 2, 1)).astype(np.int8)
-    closed_by = np.where(~term_ok, W_NONE, np.where(at(first_term, is_orig, False), W_ORIG, W_RESP)).astype(np.int8)
-    both_fin = (first_fin_o < BIG) & (first_fin_r < BIG)
-    tw_holder = np.where(both_fin, np.where(first_fin_o < first_fin_r, W_ORIG, W_RESP), W_NONE).astype(np.int8)
-    t_tw_enter = np.where(both_fin, at(np.maximum(first_fin_o, first_fin_r), ts, nan), nan)
 
     # ---- sequence and timestamp state at the end ---------------------------------------
     is_rst = (f & RST) != 0
@@ -325,12 +398,11 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     del base_pkt
     end_rel += seglen
     del seglen
-    low = -(1 << 40)
-    end_rel[~in_space] = low  # numbers of another connection count for nothing
-    end_o = np.maximum.reduceat(np.where(is_orig, end_rel, low), starts)
-    end_r = np.maximum.reduceat(np.where(is_resp, end_rel, low), starts)
-    orig_end_seq = np.where(end_o > low, (base_o.astype(np.int64) + end_o) & 0xFFFFFFFF, 0).astype(np.uint32)
-    resp_end_seq = np.where(end_r > low, (base_r.astype(np.int64) + end_r) & 0xFFFFFFFF, 0).astype(np.uint32)
+    end_rel[~in_space] = LOW  # numbers of another connection count for nothing
+    end_o = np.maximum.reduceat(np.where(is_orig, end_rel, LOW), starts)
+    end_r = np.maximum.reduceat(np.where(is_resp, end_rel, LOW), starts)
+    orig_end_seq = np.where(end_o > LOW, (base_o.astype(np.int64) + end_o) & 0xFFFFFFFF, 0).astype(np.uint32)
+    resp_end_seq = np.where(end_r > LOW, (base_r.astype(np.int64) + end_r) & 0xFFFFFFFF, 0).astype(np.uint32)
     ts_o = is_orig & q.has_ts
     ts_r = is_resp & q.has_ts
     last_ts_o = last(ts_o)
@@ -351,7 +423,7 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     first_or[fr_] = True
     r_ctrl_first = first(is_resp & (ctrl | has_data))
     early = np.flatnonzero(is_resp & (pos <= np.where(r_ctrl_first < BIG, r_ctrl_first, n)[seg]))
-    early = early[_cumcount(seg[early]) <= 8]  # bounded: a responder rarely ACKs more before answering
+    early = early[_cumcount(seg[early]) <= EARLY_STEPS]  # a responder rarely ACKs more before answering
     stepped = ctrl | first_or
     stepped[early] = True
     si = np.flatnonzero(stepped)
@@ -361,7 +433,6 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
     # retransmission detection must not compare with numbers from another connection
     hist = zeek.histories(seg, is_orig, f, q.plen, q.seq, end_rel, q.win, nseg, flipped)
     del end_rel
-    cstate = zeek.conn_state(joint // 8, joint % 8, orig_bytes, resp_bytes, hist)
 
     # tshark's tcp.completeness bits for the segment
     comp = (
@@ -372,11 +443,78 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
         + (count((f & FIN) != 0) > 0) * 16
         + (count((f & RST) != 0) > 0) * 32
     )
+    return SegFacts(
+        starts=starts, flow=flow_of_seg, first_syn=first_syn, second_syn=second_syn, last_syn=last_syn_pos,
+        n_syn=n_syn, ans=ans, first_sa=first_sa, n_synack=n_synack, established=established,
+        n_old_ack=n_old_ack, n_rst_o_pre=n_rst_o_pre, first_fin_o=first_fin_o, first_fin_r=first_fin_r,
+        first_rst_o=first_rst_o, first_rst_r=first_rst_r, first_term=first_term, last_ts_o=last_ts_o,
+        last_ts_r=last_ts_r, orig_end_seq=orig_end_seq, resp_end_seq=resp_end_seq, orig_bytes=orig_bytes,
+        resp_bytes=resp_bytes, joint=joint.astype(np.uint8), completeness=comp.astype(np.int8), history=hist,
+    )
+
+
+def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray, fa: SegFacts) -> Attempts:
+    """The attempt columns from the per-segment facts (gathers at a few positions)."""
+    n = q.flags.size
+    starts = fa.starts
+    ends = np.r_[starts[1:], n]
+    npk = ends - starts
+    f = q.flags
+    ts = q.ts
+    nan = np.nan
+
+    def at(idx: np.ndarray, col: np.ndarray, fill: Any) -> np.ndarray:
+        ok = (idx >= 0) & (idx < n)
+        return np.where(ok, col[np.where(ok, idx, 0)], fill)
+
+    # ---- roles ---------------------------------------------------------------------------
+    first_cls = f[starts] & (SYN | ACK | RST)
+    has_syn = first_cls == SYN
+    flipped = first_cls == (SYN | ACK)
+    orig_dir = np.where(flipped, 1 - d[starts], d[starts])
+    # the originator's endpoint: the first packet's source, or destination if flipped
+    first_pkt_src_is_orig = ~flipped
+    ps_ = order[starts]
+    orig_addr = np.where(first_pkt_src_is_orig, p.src[ps_], p.dst[ps_])
+    orig_port = np.where(first_pkt_src_is_orig, p.sport[ps_], p.dport[ps_])
+    resp_addr = np.where(first_pkt_src_is_orig, p.dst[ps_], p.src[ps_])
+    resp_port = np.where(first_pkt_src_is_orig, p.dport[ps_], p.sport[ps_])
+
+    first_syn = fa.first_syn
+    t_syn = at(first_syn, ts, nan)
+    # ---- the answer: first packet from the responder after the first SYN --------------
+    ans = fa.ans
+    ans_ok = ans < BIG
+    af = at(ans, f, 0)
+    isn = at(first_syn, q.seq, 0).astype(np.uint32)
+    ans_ack = at(ans, q.ack, 0).astype(np.uint32)
+    ack_ok = ans_ack == (isn + np.uint32(1))
+    a_cls = np.full(starts.size, A_NONE, dtype=np.int8)
+    a_cls[ans_ok] = A_OTHER
+    a_cls[ans_ok & ((af & (SYN | ACK | RST)) == (SYN | ACK))] = A_SYNACK
+    a_cls[ans_ok & ((af & RST) != 0)] = A_RST
+    a_cls[ans_ok & ((af & (SYN | RST | ACK)) == ACK) & ~ack_ok] = A_OLD_ACK
+    a_cls[first_syn == BIG] = A_NONE
+
+    # closing: the first FIN or RST after the SYN-ACK (for midstream segments: any)
+    first_term = fa.first_term
+    term_ok = first_term < BIG
+    tf = at(first_term, f, 0)
+    close = np.where(~term_ok, 0, np.where((tf & RST) != 0, 2, 1)).astype(np.int8)
+    term_by_orig = at(first_term, d, -1) == orig_dir
+    closed_by = np.where(~term_ok, W_NONE, np.where(term_by_orig, W_ORIG, W_RESP)).astype(np.int8)
+    both_fin = (fa.first_fin_o < BIG) & (fa.first_fin_r < BIG)
+    tw_holder = np.where(both_fin, np.where(fa.first_fin_o < fa.first_fin_r, W_ORIG, W_RESP), W_NONE).astype(np.int8)
+    t_tw_enter = np.where(both_fin, at(np.maximum(fa.first_fin_o, fa.first_fin_r), ts, nan), nan)
+
+    hist = fa.history
+    cstate = zeek.conn_state(fa.joint // 8, fa.joint % 8, fa.orig_bytes, fa.resp_bytes, hist)
     syn_idx = order[np.where(first_syn < BIG, first_syn, starts)]
     fsyn = order[np.where(first_syn < BIG, first_syn, 0)]
     got_syn = first_syn < BIG
+    last_ts_o = fa.last_ts_o
     cols: dict[str, np.ndarray] = {
-        "flow": flow_of_seg,
+        "flow": fa.flow,
         "first_pos": starts,
         "packets": npk,
         "is_attempt": has_syn,
@@ -384,9 +522,9 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
         "t_start": ts[starts],
         "t_end": ts[ends - 1],
         "t_syn": t_syn,
-        "t_syn2": at(second_syn, ts, nan),
-        "t_syn_last": np.where(last_syn_pos >= 0, at(last_syn_pos, ts, nan), nan),
-        "n_syn": n_syn,
+        "t_syn2": at(fa.second_syn, ts, nan),
+        "t_syn_last": np.where(fa.last_syn >= 0, at(fa.last_syn, ts, nan), nan),
+        "n_syn": fa.n_syn,
         "orig": orig_addr,
         "orig_port": orig_port.astype(np.int32),
         "resp": resp_addr,
@@ -400,32 +538,32 @@ def build(p: Packets) -> tuple[Attempts, np.ndarray, np.ndarray]:
         "syn_wscale": np.where(got_syn, p.wscale[fsyn], -1).astype(np.int16),
         "syn_sackok": np.where(got_syn, p.sackok[fsyn], False),
         "answer": a_cls,
-        "t_answer": t_ans,
-        "t_synack": t_sa,
-        "synack_has_ts": at(first_sa, q.has_ts, False),
-        "n_synack": n_synack,
-        "n_old_ack": n_old_ack,
-        "n_rst_orig_pre": n_rst_o_pre,
-        "established": established,
-        "orig_bytes": orig_bytes,
-        "resp_bytes": resp_bytes,
+        "t_answer": at(ans, ts, nan),
+        "t_synack": at(fa.first_sa, ts, nan),
+        "synack_has_ts": at(fa.first_sa, q.has_ts, False),
+        "n_synack": fa.n_synack,
+        "n_old_ack": fa.n_old_ack,
+        "n_rst_orig_pre": fa.n_rst_o_pre,
+        "established": fa.established,
+        "orig_bytes": fa.orig_bytes,
+        "resp_bytes": fa.resp_bytes,
         "close": close,
         "closed_by": closed_by,
         "t_close": at(first_term, ts, nan),
-        "t_rst_orig": at(first_rst_o, ts, nan),
-        "t_rst_resp": at(first_rst_r, ts, nan),
+        "t_rst_orig": at(fa.first_rst_o, ts, nan),
+        "t_rst_resp": at(fa.first_rst_r, ts, nan),
         "tw_holder": tw_holder,
         "t_tw_enter": t_tw_enter,
-        "orig_end_seq": orig_end_seq,
-        "resp_end_seq": resp_end_seq,
+        "orig_end_seq": fa.orig_end_seq,
+        "resp_end_seq": fa.resp_end_seq,
         "orig_last_tsval": at(last_ts_o, q.tsval, 0).astype(np.uint32),
         "t_orig_last_ts": at(last_ts_o, ts, nan),
         "orig_ts_seen": last_ts_o >= 0,
-        "resp_last_tsval": at(last_ts_r, q.tsval, 0).astype(np.uint32),
+        "resp_last_tsval": at(fa.last_ts_r, q.tsval, 0).astype(np.uint32),
         "conn_state": cstate,
-        "completeness": comp.astype(np.int8),
+        "completeness": fa.completeness,
     }
-    return Attempts(cols=cols, history=hist), order, seg
+    return Attempts(cols=cols, history=hist)
 
 
 class _FlowCols:

@@ -15,13 +15,15 @@ a list of arbitrary ints would cost an allocation per value.
 
 from __future__ import annotations
 
+from typing import Final
+
 try:
     from mypy_extensions import i64
 except ImportError:  # pragma: no cover - the pure-Python package without mypy_extensions
     i64 = int  # type: ignore[misc]
 
 COMPILED: bool = not __file__.endswith(".py")  # imported from the mypyc-built extension
-ESCAPE = 0xFFFF  # a length >= this is stored as FF FF and listed in `big`
+ESCAPE: Final = 0xFFFF  # a length >= this is stored as FF FF and listed in `big`
 
 
 def pcap_walk(chunk: bytes, off: i64, little: bool, lens: list[int], big: list[int]) -> i64:
@@ -117,3 +119,406 @@ def recycle_replay(first: bytes, ts: list[int], stamp: list[int], now: list[int]
             else:
                 won.append(0)
         i += 1
+
+
+# ---- attempts: one pass over the packets in flow order -----------------------------------
+#
+# The compiled twin of flows._facts_numpy (the reference; tests compare the two): the
+# same per-segment facts, found by walking each segment's packets twice — once to find
+# where it ends and its first SYN / SYN-ACK / packets per side (what later rules look
+# ahead to), once for everything else. Per segment it appends a REC-byte record to `out`:
+# NARROW one-byte fields (positions are 1 + offset from the segment's first packet,
+# 0 = none), WIDE two-byte little-endian fields, and a two-byte state. A value that does
+# not fit is stored as all ones and listed in `big` as (segment, field, value). The
+# Zeek history letters go to `hist`.
+
+F_NPK: Final = 0
+F_FIRST_SYN: Final = 1
+F_SECOND_SYN: Final = 2
+F_LAST_SYN: Final = 3
+F_N_SYN: Final = 4
+F_ANS: Final = 5
+F_FIRST_SA: Final = 6
+F_N_SYNACK: Final = 7
+F_N_OLD_ACK: Final = 8
+F_N_RST_PRE: Final = 9
+F_FIN_O: Final = 10
+F_FIN_R: Final = 11
+F_RST_O: Final = 12
+F_RST_R: Final = 13
+F_TERM: Final = 14
+F_TS_O: Final = 15
+F_TS_R: Final = 16
+F_FIRST_O: Final = 17
+F_FIRST_R: Final = 18
+F_HLEN: Final = 19
+NARROW: Final = 20
+F_END_O: Final = 20  # 1 + end of the side's sequence space relative to its base, 0 = none
+F_END_R: Final = 21
+F_OBYTES: Final = 22
+F_RBYTES: Final = 23
+WIDE: Final = 4
+REC: Final = NARROW + 2 * WIDE + 2  # + the state: Zeek joint state | completeness << 6 | established << 12
+LOW: Final = -(1 << 40)  # flows.LOW
+EARLY_STEPS: Final = 8  # flows.EARLY_STEPS
+
+# per-packet `bits`
+B_FLOW_START: Final = 1
+B_DIR: Final = 2
+B_HAS_TS: Final = 4
+B_WIN0: Final = 8
+
+
+def _u32(b: bytes, i: i64) -> i64:
+    j = i * 4
+    return i64(b[j]) | i64(b[j + 1]) << 8 | i64(b[j + 2]) << 16 | i64(b[j + 3]) << 24
+
+
+def _narrow(out: list[int], big: list[int], seg: i64, field: i64, v: i64) -> None:
+    if 0 <= v < 0xFF:
+        out.append(v)
+    else:
+        out.append(0xFF)
+        big.append(seg)
+        big.append(field)
+        big.append(v)
+
+
+def _wide(out: list[int], big: list[int], seg: i64, field: i64, v: i64) -> None:
+    if 0 <= v < 0xFFFF:
+        out.append(v & 0xFF)
+        out.append(v >> 8)
+    else:
+        out.append(0xFF)
+        out.append(0xFF)
+        big.append(seg)
+        big.append(field)
+        big.append(v)
+
+
+def _scaled(k: i64) -> bool:
+    """Zeek logs a repeated letter at the 1st, 10th, 100th ... time."""
+    while k >= 10 and k % 10 == 0:
+        k = k // 10
+    return k == 1
+
+
+class _Boundary:
+    """Where segments start (flows._segment_starts, one packet at a time): at a flow's
+    first packet, at a SYN that does not repeat the flow's previous SYN, at a SYN-ACK
+    with a new sequence number since the last SYN."""
+
+    def __init__(self) -> None:
+        self.ls_pos: i64 = -1  # the flow's last SYN: position, direction, sequence number
+        self.ls_d: i64 = 0
+        self.ls_seq: i64 = 0
+        self.la_pos: i64 = -1  # the flow's last SYN-ACK
+        self.la_d: i64 = 0
+        self.la_seq: i64 = 0
+
+    def step(self, i: i64, b: i64, cls: i64, s: i64) -> bool:
+        start = False
+        d: i64 = (b >> 1) & 1
+        if b & B_FLOW_START:
+            self.ls_pos = -1
+            self.la_pos = -1
+            start = True
+        if cls == 0x02:
+            if self.ls_pos < 0 or self.ls_d != d or self.ls_seq != s:
+                start = True
+            self.ls_pos = i
+            self.ls_d = d
+            self.ls_seq = s
+        elif cls == 0x12:
+            in_scope = self.la_pos >= 0 and self.la_pos > self.ls_pos
+            same = in_scope and self.la_seq == s and self.la_d == d
+            if not same and (in_scope or self.ls_pos < 0):
+                start = True
+            self.la_pos = i
+            self.la_d = d
+            self.la_seq = s
+        return start
+
+
+class _Side:
+    """One endpoint's history state within a segment (Zeek update_history)."""
+
+    def __init__(self, case: i64) -> None:
+        self.case = case  # 0 originator (upper case), 32 responder (lower case)
+        self.seen_i = False
+        self.seen_q = False
+        self.seen_d = False
+        self.seen_a = False
+        self.syn_ok = False  # last SYN-only packet's sequence number
+        self.syn_v: i64 = 0
+        self.fin_ok = False  # last FIN-only packet's end
+        self.fin_v: i64 = 0
+        self.rst_ok = False  # last RST-only packet's sequence number
+        self.rst_v: i64 = 0
+        self.adv_ok = False  # highest end of a packet using sequence space
+        self.adv_max: i64 = 0
+        self.n_rexmit: i64 = 0
+        self.n_zero_win: i64 = 0
+
+
+def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes, table: bytes,
+                  out: list[int], big: list[int], hist: list[int]) -> i64:
+    """Per-segment facts of packets in flow order (see the comment above); returns the
+    number of segments. `bits`: B_* per packet; `seq`, `ack`, `plen`: little-endian
+    uint32 per packet; `table`: zeek.table() as 64 x 64 bytes."""
+    n: i64 = len(flags)
+    if n == 0:
+        return 0
+    bd = _Boundary()
+    bd.step(0, i64(bits[0]), i64(flags[0]) & 0x16, _u32(seq, 0))
+    nseg: i64 = 0
+    s0: i64 = 0
+    i: i64
+    while s0 < n:
+        # ---- pass 1: the segment's end, its first SYN / SYN-ACK / packet per side
+        d0: i64 = (i64(bits[s0]) >> 1) & 1
+        cls0: i64 = i64(flags[s0]) & 0x16
+        flipped = cls0 == 0x12
+        orig_dir: i64 = 1 - d0 if flipped else d0
+        fsyn: i64 = -1
+        fsa: i64 = -1
+        fo: i64 = -1
+        fr: i64 = -1
+        i = s0
+        while True:
+            cls = i64(flags[i]) & 0x16
+            if ((i64(bits[i]) >> 1) & 1) == orig_dir:
+                if fo < 0:
+                    fo = i
+                if cls == 0x02 and fsyn < 0:
+                    fsyn = i
+            else:
+                if fr < 0:
+                    fr = i
+                if cls == 0x12 and fsa < 0:
+                    fsa = i
+            i += 1
+            if i >= n or bd.step(i, i64(bits[i]), i64(flags[i]) & 0x16, _u32(seq, i)):
+                break
+        s1: i64 = i
+        # ---- pass 2: everything else
+        has_sa = fsa >= 0
+        fs_b: i64 = fsyn if fsyn >= 0 else s1
+        sa_b: i64 = fsa if has_sa else s1
+        isn1: i64 = (_u32(seq, fsyn) + 1) & 0xFFFFFFFF if fsyn >= 0 else 0
+        base_o: i64 = _u32(seq, fsyn) if fsyn >= 0 else (_u32(seq, fo) if fo >= 0 else 0)
+        base_r: i64 = _u32(seq, fsa) if has_sa else (_u32(seq, fr) if fr >= 0 else 0)
+        n_syn: i64 = 0
+        syn2: i64 = -1
+        lsyn: i64 = -1
+        ans: i64 = -1
+        n_sa: i64 = 0
+        est = False
+        n_old: i64 = 0
+        n_rst_pre: i64 = 0
+        fin_o: i64 = -1
+        fin_r: i64 = -1
+        rst_o: i64 = -1
+        rst_r: i64 = -1
+        term: i64 = -1
+        ts_o: i64 = -1
+        ts_r: i64 = -1
+        end_o: i64 = LOW
+        end_r: i64 = LOW
+        ob: i64 = 0
+        rb: i64 = 0
+        comp: i64 = 0
+        joint: i64 = 0
+        seen_o = False
+        seen_r = False
+        r_answered = False  # the responder sent control or data (Zeek stepping)
+        n_early: i64 = 0
+        hlen: i64 = 0
+        so = _Side(0)
+        sr = _Side(32)
+        if flipped:
+            hist.append(94)  # '^'
+            hlen += 1
+        i = s0
+        while i < s1:
+            b = i64(bits[i])
+            f = i64(flags[i])
+            io = ((b >> 1) & 1) == orig_dir
+            pl = _u32(plen, i)
+            cls = f & 0x16
+            fin = (f & 1) != 0
+            syn = (f & 2) != 0
+            rst = (f & 4) != 0
+            ackf = (f & 16) != 0
+            data = pl > 0
+            # handshake and answer
+            if io:
+                ob += pl
+                if cls == 0x02:
+                    n_syn += 1
+                    if n_syn == 2:
+                        syn2 = i
+                    lsyn = i
+                if ackf and (f & 6) == 0 and i > sa_b:
+                    est = True
+            else:
+                rb += pl
+                if ans < 0 and i > fs_b:
+                    ans = i
+                if cls == 0x12:
+                    n_sa += 1
+                if (f & 0x16) == 0x10 and fs_b < i < sa_b and _u32(ack, i) != isn1:
+                    n_old += 1
+            # closing
+            if rst:
+                if io:
+                    if i < sa_b:
+                        n_rst_pre += 1
+                    if i > sa_b and rst_o < 0:
+                        rst_o = i
+                elif i > sa_b and rst_r < 0:
+                    rst_r = i
+            elif fin:
+                if io:
+                    if fin_o < 0:
+                        fin_o = i
+                elif fin_r < 0:
+                    fin_r = i
+            if (fin or rst) and term < 0 and (i > sa_b or not has_sa):
+                term = i
+            # tshark's completeness
+            if cls == 0x02:
+                comp |= 1
+            elif cls == 0x12:
+                comp |= 2
+            if (f & 7) == 0 and ackf:
+                comp |= 4
+            if fin:
+                comp |= 16
+            if rst:
+                comp |= 32
+            # sequence space: where each side ended
+            end_rel: i64 = LOW
+            if not rst and (io or i >= sa_b or not has_sa):
+                rel: i64 = (_u32(seq, i) - (base_o if io else base_r)) & 0xFFFFFFFF
+                if rel >= 0x80000000:
+                    rel -= 0x100000000
+                end_rel = rel + pl + (1 if syn else 0) + (1 if fin else 0)
+            if io:
+                if end_rel > end_o:
+                    end_o = end_rel
+            elif end_rel > end_r:
+                end_r = end_rel
+            if b & B_HAS_TS:
+                if io:
+                    ts_o = i
+                else:
+                    ts_r = i
+            # Zeek's endpoint state machine, for the packets that can change it
+            step = (f & 7) != 0
+            if io:
+                if not seen_o:
+                    seen_o = True
+                    step = True
+            else:
+                if not seen_r:
+                    seen_r = True
+                    step = True
+                if not r_answered:
+                    n_early += 1
+                    if n_early <= EARLY_STEPS:
+                        step = True
+                    if (f & 7) != 0 or data:
+                        r_answered = True
+            if step:
+                ev: i64 = ((1 if io else 0) | (2 if syn else 0) | (4 if ackf else 0) | (8 if fin else 0)
+                           | (16 if rst else 0) | (32 if data else 0))
+                joint = i64(table[joint * 64 + ev])
+            # Zeek history: at most one letter of update_history(), then T and W
+            side = so if io else sr
+            nflags: i64 = (1 if syn else 0) + (1 if fin else 0) + (1 if rst else 0)
+            letter: i64 = 0
+            if nflags > 1:
+                if fin and rst:
+                    if not side.seen_i:
+                        side.seen_i = True
+                        letter = 73  # I
+                elif not side.seen_q:
+                    side.seen_q = True
+                    letter = 81  # Q
+            elif nflags == 1:
+                if syn:
+                    s = _u32(seq, i)
+                    if not side.syn_ok or side.syn_v != s:
+                        letter = 72 if ackf else 83  # H / S
+                    side.syn_ok = True
+                    side.syn_v = s
+                elif fin:
+                    if not side.fin_ok or side.fin_v != end_rel:
+                        letter = 70  # F
+                    side.fin_ok = True
+                    side.fin_v = end_rel
+                else:
+                    s = _u32(seq, i)
+                    if not side.rst_ok or side.rst_v != s:
+                        letter = 82  # R
+                    side.rst_ok = True
+                    side.rst_v = s
+            elif data:
+                if not side.seen_d:
+                    side.seen_d = True
+                    letter = 68  # D
+            elif ackf and not side.seen_a:
+                side.seen_a = True
+                letter = 65  # A
+            if letter:
+                hist.append(letter + side.case)
+                hlen += 1
+            if (data or syn or fin) and not rst:
+                if side.adv_ok and data and end_rel <= side.adv_max:
+                    side.n_rexmit += 1
+                    if _scaled(side.n_rexmit):
+                        hist.append(84 + side.case)  # T
+                        hlen += 1
+                if not side.adv_ok or end_rel > side.adv_max:
+                    side.adv_ok = True
+                    side.adv_max = end_rel
+            if b & B_WIN0 and not rst:
+                side.n_zero_win += 1
+                if _scaled(side.n_zero_win):
+                    hist.append(87 + side.case)  # W
+                    hlen += 1
+            i += 1
+        if ob + rb > 0:
+            comp |= 8
+        # ---- the segment's facts
+        _narrow(out, big, nseg, F_NPK, s1 - s0)
+        _narrow(out, big, nseg, F_FIRST_SYN, fsyn - s0 + 1 if fsyn >= 0 else 0)
+        _narrow(out, big, nseg, F_SECOND_SYN, syn2 - s0 + 1 if syn2 >= 0 else 0)
+        _narrow(out, big, nseg, F_LAST_SYN, lsyn - s0 + 1 if lsyn >= 0 else 0)
+        _narrow(out, big, nseg, F_N_SYN, n_syn)
+        _narrow(out, big, nseg, F_ANS, ans - s0 + 1 if ans >= 0 else 0)
+        _narrow(out, big, nseg, F_FIRST_SA, fsa - s0 + 1 if fsa >= 0 else 0)
+        _narrow(out, big, nseg, F_N_SYNACK, n_sa)
+        _narrow(out, big, nseg, F_N_OLD_ACK, n_old)
+        _narrow(out, big, nseg, F_N_RST_PRE, n_rst_pre)
+        _narrow(out, big, nseg, F_FIN_O, fin_o - s0 + 1 if fin_o >= 0 else 0)
+        _narrow(out, big, nseg, F_FIN_R, fin_r - s0 + 1 if fin_r >= 0 else 0)
+        _narrow(out, big, nseg, F_RST_O, rst_o - s0 + 1 if rst_o >= 0 else 0)
+        _narrow(out, big, nseg, F_RST_R, rst_r - s0 + 1 if rst_r >= 0 else 0)
+        _narrow(out, big, nseg, F_TERM, term - s0 + 1 if term >= 0 else 0)
+        _narrow(out, big, nseg, F_TS_O, ts_o - s0 + 1 if ts_o >= 0 else 0)
+        _narrow(out, big, nseg, F_TS_R, ts_r - s0 + 1 if ts_r >= 0 else 0)
+        _narrow(out, big, nseg, F_FIRST_O, fo - s0 + 1 if fo >= 0 else 0)
+        _narrow(out, big, nseg, F_FIRST_R, fr - s0 + 1 if fr >= 0 else 0)
+        _narrow(out, big, nseg, F_HLEN, hlen)
+        _wide(out, big, nseg, F_END_O, end_o + 1 if end_o > LOW else 0)
+        _wide(out, big, nseg, F_END_R, end_r + 1 if end_r > LOW else 0)
+        _wide(out, big, nseg, F_OBYTES, ob)
+        _wide(out, big, nseg, F_RBYTES, rb)
+        state: i64 = joint | comp << 6 | (1 << 12 if has_sa and est else 0)
+        out.append(state & 0xFF)
+        out.append(state >> 8)
+        nseg += 1
+        s0 = s1
+    return nseg

@@ -311,10 +311,19 @@ def histories(seg: np.ndarray, is_orig: np.ndarray, flags: np.ndarray, plen: np.
             codes, s = codes[o], s[o]
     if not codes.size:
         return np.zeros(nseg, dtype="S1")
-    counts = np.bincount(s, minlength=nseg)
+    return strings(codes, np.bincount(s, minlength=nseg))
+
+
+def strings(codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Letters (uint8, segment after segment) and the number of letters of each
+    segment -> one bytes string per segment (S<longest>)."""
+    nseg = counts.size
+    if not codes.size:
+        return np.zeros(nseg, dtype="S1")
     width = int(counts.max())
+    seg = np.repeat(np.arange(nseg, dtype=np.int64), counts)
     first = np.cumsum(counts) - counts  # index of each segment's first letter
     grid = np.zeros(nseg * width, dtype=np.uint8)
-    # letter k goes to row s[k], column k - first[s[k]]
-    grid[np.arange(codes.size) + (s.astype(np.int64) * width - first[s])] = codes
+    # letter k goes to row seg[k], column k - first[seg[k]]
+    grid[np.arange(codes.size) + (seg * width - first[seg])] = codes
     return grid.view(f"S{width}")
