@@ -135,9 +135,13 @@ def test_tw_reuse_and_its_delay_change_successes_as_predicted():
 def test_server_first_close_puts_time_wait_on_the_server():
     res = lab(toml(workload="rate = 400\ncount = 600", close="server"))
     assert res.outcomes() == {"ok": 600}
-    assert res.meta["end"]["server"]["time_wait"] == pytest.approx(600, abs=3)
-    assert res.meta["end"]["client"]["time_wait"] <= 3
+    # Every connection put a TIME_WAIT on the server (counted when scheduled, 5.18+) ...
     assert res.counters["server"]["TcpExtTW"] == pytest.approx(600, abs=3)
+    assert res.meta["end"]["client"]["time_wait"] <= 3
+    # ... but a few may be gone at the end: when the port secret is re-salted (every 10 s,
+    # 5.18+) connect() can start over recently used ports, and their SYNs take over the
+    # server's TIME_WAIT (newer timestamp, tcp_timewait_state_process()).
+    assert 450 <= res.meta["end"]["server"]["time_wait"] <= 603
 
 
 @pytest.mark.parametrize("close", ["client_rst", "server_rst"])

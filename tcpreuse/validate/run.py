@@ -175,7 +175,8 @@ def validate(ref: str, overrides: dict[str, Any] | None = None,
     out.sim_s = time.monotonic() - t0
     fixed = all(w.count is not None for w in sc.workload)
     out.rows = compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
-                       racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref))
+                       racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref),
+                       wrap=suite.WRAP.get(ref))
     if opts.keep_results:
         out.sim, out.lab = sim, lab
     return out
