@@ -336,3 +336,14 @@ def test_compiled_attempt_facts_on_the_corpus() -> None:
                 assert got == want, f.name
                 n += 1
     assert n > 10
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_time_order_is_a_stable_argsort(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    t = np.concatenate([1.7e9 + rng.random(500) * 100, rng.random(50) * -3.0, [0.0, -0.0, 5e-324],
+                        np.round(1.7e9 + rng.random(300) * 3, 2)])  # ties from rounding
+    rng.shuffle(t)
+    assert flows.time_order(t).tolist() == np.argsort(t, kind="stable").tolist()
+    same = np.full(40, 1.7e9)
+    assert flows.time_order(same).tolist() == list(range(40))

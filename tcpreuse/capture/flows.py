@@ -85,6 +85,24 @@ def _radix_order(key: np.ndarray, bits: int) -> np.ndarray:
     return order
 
 
+def time_order(t: np.ndarray) -> np.ndarray:
+    """Stable argsort of float64 times (no NaN), as linear 16-bit radix passes over
+    the IEEE bits made order-preserving; digits equal for all times are skipped (the
+    high ones of epoch times within one capture). numpy's stable sort of floats is a
+    comparison sort, about twice as slow."""
+    b = (t.astype(np.float64) + 0.0).view(np.uint64)  # + 0.0: -0.0 becomes 0.0, as comparisons see it
+    neg = (b >> np.uint64(63)).astype(bool)
+    if neg.any():  # negative: flip every bit; positive: flip the sign bit
+        b = np.where(neg, ~b, b | np.uint64(1 << 63))
+    order = np.arange(t.size, dtype=np.int64)
+    for shift in range(0, 64, 16):
+        dg = (b >> np.uint64(shift)).astype(np.uint16)
+        if t.size and dg.min() == dg.max():
+            continue
+        order = order[np.argsort(dg[order], kind="stable")]
+    return order
+
+
 def _flow_hash(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """32 well-mixed bits of the endpoint pair (a module function so tests can make it
     collide on purpose)."""

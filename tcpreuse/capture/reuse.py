@@ -39,7 +39,7 @@ from ..model.timewait import (
     tcp_timewait_state_process,
 )
 from . import loops
-from .flows import W_NONE, W_ORIG, W_RESP, Attempts
+from .flows import W_NONE, W_ORIG, W_RESP, Attempts, time_order
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
 V_NONE, V_ACCEPT, V_ACK_OLD, V_PAWS, V_RST, V_DROP = range(6)
@@ -197,12 +197,12 @@ def recycle_verdicts(a: Attempts) -> None:
     key_all = np.concatenate([pid[upd], pid[chk]])
     t_all = np.concatenate([a["t_tw_enter"][upd], a["t_syn"][chk]])
     kind = np.concatenate([np.zeros(m, np.int64), np.ones(chk.size, np.int64)])
-    t_rank = np.empty(t_all.size, dtype=np.int64)
-    t_rank[np.argsort(t_all, kind="stable")] = np.arange(t_all.size)
-    if int(key_all.max()) < (1 << 20):
-        order = np.argsort((key_all << 42) | (t_rank << 1) | kind)
-    else:
-        order = np.lexsort((kind, t_rank, key_all))
+    order = time_order(t_all)  # stable: writes (first in the concatenation) first at equal times
+    if key_all.min() != key_all.max():
+        if int(key_all.max()) < (1 << 16):
+            order = order[np.argsort(key_all[order].astype(np.uint16), kind="stable")]
+        else:
+            order = order[np.argsort(key_all[order], kind="stable")]
     is_w = kind[order] == 0
     w = np.concatenate([upd, chk])[order][is_w]
     w_key = pid[w]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .flows import ANSWERS, Attempts
+from .flows import ANSWERS, Attempts, time_order
 from .zeek import CONN_STATES
 
 TS_RATES = (1000.0, 250.0, 100.0, 300.0, 1024.0, 10.0, 1_000_000.0)
@@ -232,7 +232,7 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
         r = rows[dkey == dk]
         if r.size < DETAIL_MIN:
             continue
-        o = np.argsort(a["t_syn"][r], kind="stable")
+        o = time_order(a["t_syn"][r])
         r = r[o]
         dest = f"{addr(dk >> 16)}:{dk & 0xFFFF}"
         s.ports.append(_port_pattern(dest, a["t_syn"][r], a["orig_port"][r].astype(np.int64)))
