@@ -216,13 +216,16 @@ class _Boundary:
         self.la_d: i64 = 0
         self.la_seq: i64 = 0
 
-    def step(self, i: i64, b: i64, cls: i64, s: i64) -> bool:
+    def step(self, i: i64, b: i64, cls: i64, seq: bytes) -> bool:
         start = False
         d: i64 = (b >> 1) & 1
         if b & B_FLOW_START:
             self.ls_pos = -1
             self.la_pos = -1
             start = True
+        if cls != 0x02 and cls != 0x12:
+            return start
+        s = _u32(seq, i)
         if cls == 0x02:
             if self.ls_pos < 0 or self.ls_d != d or self.ls_seq != s:
                 start = True
@@ -245,6 +248,9 @@ class _Side:
 
     def __init__(self, case: i64) -> None:
         self.case = case  # 0 originator (upper case), 32 responder (lower case)
+        self.reset()
+
+    def reset(self) -> None:
         self.seen_i = False
         self.seen_q = False
         self.seen_d = False
@@ -270,7 +276,9 @@ def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes
     if n == 0:
         return 0
     bd = _Boundary()
-    bd.step(0, i64(bits[0]), i64(flags[0]) & 0x16, _u32(seq, 0))
+    so = _Side(0)
+    sr = _Side(32)
+    bd.step(0, i64(bits[0]), i64(flags[0]) & 0x16, seq)
     nseg: i64 = 0
     s0: i64 = 0
     i: i64
@@ -298,7 +306,7 @@ def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes
                 if cls == 0x12 and fsa < 0:
                     fsa = i
             i += 1
-            if i >= n or bd.step(i, i64(bits[i]), i64(flags[i]) & 0x16, _u32(seq, i)):
+            if i >= n or bd.step(i, i64(bits[i]), i64(flags[i]) & 0x16, seq):
                 break
         s1: i64 = i
         # ---- pass 2: everything else
@@ -334,8 +342,8 @@ def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes
         r_answered = False  # the responder sent control or data (Zeek stepping)
         n_early: i64 = 0
         hlen: i64 = 0
-        so = _Side(0)
-        sr = _Side(32)
+        so.reset()
+        sr.reset()
         if flipped:
             hist.append(94)  # '^'
             hlen += 1
@@ -345,6 +353,7 @@ def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes
             f = i64(flags[i])
             io = ((b >> 1) & 1) == orig_dir
             pl = _u32(plen, i)
+            s = _u32(seq, i)
             cls = f & 0x16
             fin = (f & 1) != 0
             syn = (f & 2) != 0
@@ -400,10 +409,10 @@ def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes
             # sequence space: where each side ended
             end_rel: i64 = LOW
             if not rst and (io or i >= sa_b or not has_sa):
-                rel: i64 = (_u32(seq, i) - (base_o if io else base_r)) & 0xFFFFFFFF
+                rel: i64 = (s - (base_o if io else base_r)) & 0xFFFFFFFF
                 if rel >= 0x80000000:
                     rel -= 0x100000000
-                end_rel = rel + pl + (1 if syn else 0) + (1 if fin else 0)
+                end_rel = rel + pl + ((f >> 1) & 1) + (f & 1)  # SYN and FIN take one number each
             if io:
                 if end_rel > end_o:
                     end_o = end_rel
@@ -431,12 +440,16 @@ def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes
                     if (f & 7) != 0 or data:
                         r_answered = True
             if step:
-                ev: i64 = ((1 if io else 0) | (2 if syn else 0) | (4 if ackf else 0) | (8 if fin else 0)
-                           | (16 if rst else 0) | (32 if data else 0))
+                # zeek.event_code: is_orig, SYN, ACK, FIN, RST, payload
+                ev: i64 = (f & 2) | ((f & 16) >> 2) | ((f & 1) << 3) | ((f & 4) << 2)
+                if io:
+                    ev |= 1
+                if data:
+                    ev |= 32
                 joint = i64(table[joint * 64 + ev])
             # Zeek history: at most one letter of update_history(), then T and W
             side = so if io else sr
-            nflags: i64 = (1 if syn else 0) + (1 if fin else 0) + (1 if rst else 0)
+            nflags: i64 = ((f >> 1) & 1) + (f & 1) + ((f >> 2) & 1)
             letter: i64 = 0
             if nflags > 1:
                 if fin and rst:
@@ -448,7 +461,6 @@ def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes
                     letter = 81  # Q
             elif nflags == 1:
                 if syn:
-                    s = _u32(seq, i)
                     if not side.syn_ok or side.syn_v != s:
                         letter = 72 if ackf else 83  # H / S
                     side.syn_ok = True
@@ -459,7 +471,6 @@ def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes
                     side.fin_ok = True
                     side.fin_v = end_rel
                 else:
-                    s = _u32(seq, i)
                     if not side.rst_ok or side.rst_v != s:
                         letter = 82  # R
                     side.rst_ok = True
