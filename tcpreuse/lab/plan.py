@@ -23,6 +23,7 @@ Layout (decided here, documented in docs/lab.md):
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field
 
 from ..errors import LabError
@@ -115,6 +116,11 @@ class Load:
     connect_timeout_s: float
     request_timeout_s: float
     seed: int
+
+    @property
+    def name(self) -> str:
+        """Unique per load: a client may run one per server it talks to."""
+        return f"load-{self.host}-{self.workload}" + (f"-{self.target_host}" if self.target_host else "")
 
 
 @dataclass
@@ -340,6 +346,11 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
         duration = w.duration_s if w.duration_s is not None else sc.duration_s - w.start_s
         if duration <= 0:
             continue
+        # The simulator sends attempt k of a workload from client k mod C to server
+        # k mod S (sim/engine.py), so client i talks, in equal shares, to the servers s
+        # with s = i (mod gcd(C, S)); one `load` per such (client, server) pair mirrors it.
+        servers = [] if w.target == "lb" else instances[w.target]
+        gcd = math.gcd(len(cl), len(servers)) if servers else 1
         for i, h in enumerate(cl):
             count = None
             if w.count is not None:
@@ -348,20 +359,25 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
                     continue
             if w.target == "lb":
                 assert vip is not None
-                target, target_host = vip, None
+                pairs: list[tuple[tuple[str, int], str | None]] = [(vip, None)]
             else:
-                srv = instances[w.target][i % len(instances[w.target])]
-                target, target_host = (srv.addresses[0], sc.group(w.target).port), srv.key
-            loads.append(Load(
-                host=h.key, group=w.clients, workload=w.name, target=target,
-                target_host=target_host, rate=w.rate / len(cl), duration_s=duration,
-                count=count, start_s=w.start_s, arrival=w.arrival,
-                ramp_from=w.ramp_from / len(cl), close=r.load_close[w.name],
-                requests_per_conn=w.requests_per_connection, sources=list(h.addresses),
-                bind=w.bind, connect_timeout_s=connect_timeout,
-                request_timeout_s=w.request_timeout_s or 30.0,
-                seed=sc.seed * 1000 + wi * 100 + i,
-            ))
+                port = sc.group(w.target).port
+                pairs = [((srv.addresses[0], port), srv.key) for s_i, srv in enumerate(servers)
+                         if (s_i - i) % gcd == 0]
+            for j, (target, target_host) in enumerate(pairs):
+                sub_count = None if count is None else split(count, len(pairs), j)
+                if sub_count == 0:
+                    continue
+                loads.append(Load(
+                    host=h.key, group=w.clients, workload=w.name, target=target,
+                    target_host=target_host, rate=w.rate / len(cl) / len(pairs), duration_s=duration,
+                    count=sub_count, start_s=w.start_s, arrival=w.arrival,
+                    ramp_from=w.ramp_from / len(cl) / len(pairs), close=r.load_close[w.name],
+                    requests_per_conn=w.requests_per_connection, sources=list(h.addresses),
+                    bind=w.bind, connect_timeout_s=connect_timeout,
+                    request_timeout_s=w.request_timeout_s or 30.0,
+                    seed=sc.seed * 1000 + wi * 100 + i * 10 + j,
+                ))
 
     if sc.path.loss:
         router.nft = loss_ruleset(sc.path.loss)

@@ -253,7 +253,7 @@ class LabRun:
             now = time.monotonic()
             while pending and t0 + pending[0].start_s <= now:
                 ld = pending.pop(0)
-                name = f"load-{ld.host}-{ld.workload}"
+                name = ld.name
                 res = self.scratch / f"{name}.json"
                 p = self._popen(ld.host, load_argv(self.opts.python, ld, res, self.plan.scenario), self._log(name))
                 self.loads.append((ld, p, res, time.monotonic() - t0))
@@ -373,7 +373,7 @@ class LabRun:
                     self.notes.append(f"load on {ld.host} ({ld.workload}): unreadable result ({e})")
             if result is None:
                 self.notes.append(f"load on {ld.host} ({ld.workload}) produced no result "
-                                  f"(exit {rc}): {_tail(self._log(f'load-{ld.host}-{ld.workload}'))}")
+                                  f"(exit {rc}): {_tail(self._log(ld.name))}")
                 parts.append(Part(ld, None, launched))
                 continue
             offset = launched
