@@ -14,7 +14,6 @@ import csv
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -484,6 +483,9 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
             except CaptureError as e:
                 results.append(e)
     else:
+        # imported here: ~15 ms that reading a single file does not need
+        from concurrent.futures import ProcessPoolExecutor
+
         with ProcessPoolExecutor(max_workers=jobs) as ex:
             futs = [ex.submit(_read_one, (f, i)) for i, f in enumerate(files)]
             for fu in futs:

@@ -18,6 +18,7 @@ SYN-ACK). "client" and "server" in the output mean originator and responder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -252,8 +253,9 @@ def segment_facts(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
 
 def _facts_compiled(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
     """SegFacts from :func:`.loops.segment_facts` (one compiled pass over the packets)."""
-    bits = (fstart.view(np.uint8) | (d.astype(np.uint8) << 1) | (q.has_ts.view(np.uint8) << 2)
-            | ((q.win == 0).view(np.uint8) << 3))
+    pkt_bits = (q.p.has_ts.view(np.uint8) << 2) | ((q.p.win == 0).view(np.uint8) << 3)
+    bits = pkt_bits[q.order] | fstart.view(np.uint8) | (d.astype(np.uint8) << 1)
+    del pkt_bits
 
     def le32(a: np.ndarray) -> bytes:
         return np.ascontiguousarray(a, dtype="<u4").tobytes()
@@ -550,15 +552,15 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
         "isn": isn,
         "frame": p.frame[syn_idx],
         "file": p.file[syn_idx],
-        "syn_has_ts": at(first_syn, q.has_ts, False),
-        "syn_tsval": at(first_syn, q.tsval, 0).astype(np.uint32),
+        "syn_has_ts": q.at(first_syn, "has_ts", False),
+        "syn_tsval": q.at(first_syn, "tsval", 0).astype(np.uint32),
         "syn_mss": np.where(got_syn, p.mss[fsyn], 0).astype(np.int32),
         "syn_wscale": np.where(got_syn, p.wscale[fsyn], -1).astype(np.int16),
         "syn_sackok": np.where(got_syn, p.sackok[fsyn], False),
         "answer": a_cls,
         "t_answer": at(ans, ts, nan),
         "t_synack": at(fa.first_sa, ts, nan),
-        "synack_has_ts": at(fa.first_sa, q.has_ts, False),
+        "synack_has_ts": q.at(fa.first_sa, "has_ts", False),
         "n_synack": fa.n_synack,
         "n_old_ack": fa.n_old_ack,
         "n_rst_orig_pre": fa.n_rst_o_pre,
@@ -574,10 +576,10 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
         "t_tw_enter": t_tw_enter,
         "orig_end_seq": fa.orig_end_seq,
         "resp_end_seq": fa.resp_end_seq,
-        "orig_last_tsval": at(last_ts_o, q.tsval, 0).astype(np.uint32),
+        "orig_last_tsval": q.at(last_ts_o, "tsval", 0).astype(np.uint32),
         "t_orig_last_ts": at(last_ts_o, ts, nan),
         "orig_ts_seen": last_ts_o >= 0,
-        "resp_last_tsval": at(fa.last_ts_r, q.tsval, 0).astype(np.uint32),
+        "resp_last_tsval": q.at(fa.last_ts_r, "tsval", 0).astype(np.uint32),
         "conn_state": cstate,
         "completeness": fa.completeness,
     }
@@ -585,17 +587,47 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
 
 
 class _FlowCols:
-    """The per-packet columns the attempt reductions read, in flow order."""
+    """The per-packet columns the attempt reductions read, in flow order. Each is
+    gathered on first use (the compiled path needs fewer of them); `at` reads one at a
+    few positions without gathering the whole column."""
 
     def __init__(self, p: Packets, order: np.ndarray, ts: np.ndarray) -> None:
+        self.p = p
+        self.order = order
         self.ts = ts
-        self.flags = p.flags[order]
-        self.seq = p.seq[order]
-        self.ack = p.ack[order]
-        self.plen = p.plen[order]
-        self.has_ts = p.has_ts[order]
-        self.tsval = p.tsval[order]
-        self.win = p.win[order]
+
+    @cached_property
+    def flags(self) -> np.ndarray:
+        return self.p.flags[self.order]
+
+    @cached_property
+    def seq(self) -> np.ndarray:
+        return self.p.seq[self.order]
+
+    @cached_property
+    def ack(self) -> np.ndarray:
+        return self.p.ack[self.order]
+
+    @cached_property
+    def plen(self) -> np.ndarray:
+        return self.p.plen[self.order]
+
+    @cached_property
+    def has_ts(self) -> np.ndarray:
+        return self.p.has_ts[self.order]
+
+    @cached_property
+    def tsval(self) -> np.ndarray:
+        return self.p.tsval[self.order]
+
+    @cached_property
+    def win(self) -> np.ndarray:
+        return self.p.win[self.order]
+
+    def at(self, idx: np.ndarray, col: str, fill: Any) -> np.ndarray:
+        """Column `col` at flow positions `idx` (BIG or -1: none, giving `fill`)."""
+        ok = (idx >= 0) & (idx < self.order.size)
+        return np.where(ok, getattr(self.p, col)[self.order[np.where(ok, idx, 0)]], fill)
 
 
 def _cumcount(key: np.ndarray) -> np.ndarray:
