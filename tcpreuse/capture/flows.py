@@ -86,6 +86,14 @@ def _radix_order(key: np.ndarray, bits: int) -> np.ndarray:
     return order
 
 
+def capture_order(pkt: np.ndarray) -> np.ndarray:
+    """Stable argsort of packet-table rows (non-negative int64), in 16-bit radix passes:
+    the order events were captured in, which breaks ties between equal times the way
+    the kernel saw them (and independently of how flows happen to be hashed)."""
+    top = int(pkt.max()) if pkt.size else 0
+    return _radix_order(pkt.astype(np.uint64), max(16, top.bit_length()))
+
+
 def time_order(t: np.ndarray) -> np.ndarray:
     """Stable argsort of float64 times (no NaN), as linear 16-bit radix passes over
     the IEEE bits made order-preserving; digits equal for all times are skipped (the
@@ -525,7 +533,8 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
     closed_by = np.where(~term_ok, W_NONE, np.where(term_by_orig, W_ORIG, W_RESP)).astype(np.int8)
     both_fin = (fa.first_fin_o < BIG) & (fa.first_fin_r < BIG)
     tw_holder = np.where(both_fin, np.where(fa.first_fin_o < fa.first_fin_r, W_ORIG, W_RESP), W_NONE).astype(np.int8)
-    t_tw_enter = np.where(both_fin, at(np.maximum(fa.first_fin_o, fa.first_fin_r), ts, nan), nan)
+    tw_enter = np.maximum(fa.first_fin_o, fa.first_fin_r)
+    t_tw_enter = np.where(both_fin, at(tw_enter, ts, nan), nan)
 
     hist = fa.history
     cstate = zeek.conn_state(fa.joint // 8, fa.joint % 8, fa.orig_bytes, fa.resp_bytes, hist)
@@ -552,6 +561,8 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
         "isn": isn,
         "frame": p.frame[syn_idx],
         "file": p.file[syn_idx],
+        "pkt": syn_idx,  # capture order (row in the packet table) of that packet
+        "pkt_tw_enter": np.where(both_fin, order[np.where(both_fin, tw_enter, 0)], -1),
         "syn_has_ts": q.at(first_syn, "has_ts", False),
         "syn_tsval": q.at(first_syn, "tsval", 0).astype(np.uint32),
         "syn_mss": np.where(got_syn, p.mss[fsyn], 0).astype(np.int32),

@@ -39,7 +39,7 @@ from ..model.timewait import (
     tcp_timewait_state_process,
 )
 from . import loops
-from .flows import W_NONE, W_ORIG, W_RESP, Attempts, time_order
+from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, time_order
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
 V_NONE, V_ACCEPT, V_ACK_OLD, V_PAWS, V_RST, V_DROP = range(6)
@@ -192,7 +192,10 @@ def recycle_verdicts(a: Attempts) -> None:
     chk = np.flatnonzero(a["is_attempt"] & np.isin(pid, pid[upd]) & (a["tw_verdict"] != V_ACCEPT))
     if not chk.size:
         return
-    # writes and checks in one order: by key, then time (writes first at equal times)
+    # writes and checks in one order: by key, then time (writes first at equal times,
+    # then in capture order)
+    upd = upd[capture_order(a["pkt_tw_enter"][upd])]
+    chk = chk[capture_order(a["pkt"][chk])]
     m = upd.size
     key_all = np.concatenate([pid[upd], pid[chk]])
     t_all = np.concatenate([a["t_tw_enter"][upd], a["t_syn"][chk]])

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .flows import ANSWERS, Attempts, time_order
+from .flows import ANSWERS, Attempts, capture_order, time_order
 from .zeek import CONN_STATES
 
 TS_RATES = (1000.0, 250.0, 100.0, 300.0, 1024.0, 10.0, 1_000_000.0)
@@ -169,6 +169,7 @@ def source_stats(a: Attempts, addr: Any) -> list[SourceStats]:
     att = np.flatnonzero(a["is_attempt"])
     if not att.size:
         return []
+    att = att[capture_order(a["pkt"][att])]  # equal SYN times keep the order they were captured in
     src = a["orig"][att]
     keys, inv, cnt = np.unique(src, return_inverse=True, return_counts=True)
     inv = inv.ravel()
