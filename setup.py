@@ -30,7 +30,10 @@ if os.environ.get("TCPREUSE_PURE_PYTHON") != "1":
     try:
         from mypyc.build import mypycify
 
-        ext_modules = mypycify(["--config-file", "mypyc.ini", *COMPILED], opt_level="3")
+        # A fixed group name: the shared runtime module is `tcpreuse__mypyc`, not a hash of
+        # the module list, so a changed list cannot leave modules pointing at a stale one.
+        ext_modules = mypycify(["--config-file", "mypyc.ini", *COMPILED], opt_level="3",
+                               group_name="tcpreuse")
     except Exception as e:  # no compiler, no mypyc: the pure-Python package still works
         print(f"tcpreuse: not compiling the simulator with mypyc ({e}); pure Python", file=sys.stderr)
 
