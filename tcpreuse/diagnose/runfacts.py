@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..findings import EvidenceItem, Fix
+
 if TYPE_CHECKING:
     from ..result import RunResult
     from ..scenario.schema import HostGroup, Scenario
@@ -48,6 +50,23 @@ def cause_stats(run: RunResult, cause: str) -> CauseStats | None:
         first_index=first, first_t=float(a.cols["t"][first]), errnos=errnos,
         connect_ms_p50=float(np.median(lat)) if lat.size else None,
     )
+
+
+def first_at(st: CauseStats) -> EvidenceItem:
+    """The evidence row naming the first attempt that met a problem (1-based)."""
+    return EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s")
+
+
+def keepalive_fix(sc: Scenario | None, workload: str | None = None, n: int = 20) -> Fix | None:
+    """Keep-alive as a scenario fix: N requests per connection for a workload (the only
+    one if not named); None when the scenario cannot express it unambiguously."""
+    if sc is None or (workload is None and len(sc.workload) != 1):
+        return None
+    name = workload or sc.workload[0].name
+    key = "workload.requests_per_connection" if len(sc.workload) == 1 else f"workload.{name}.requests_per_connection"
+    return Fix(id=f"{name}-keepalive" if workload else "keepalive",
+               title=f"Keep connections alive: {n} requests per connection" + (f" ({workload})" if workload else ""),
+               set={key: n}, commands=["a connection pool / HTTP keep-alive in the client"])
 
 
 def tw_at(run: RunResult, host: str, t: float) -> int | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ...findings import EvidenceItem, Finding, Fix
 from ..base import Evidence, rule
-from ..runfacts import cause_stats, os_of, pct, tw_at
+from ..runfacts import cause_stats, first_at, keepalive_fix, os_of, pct, tw_at
 
 
 def _budget_series(ev: Evidence) -> list[tuple[str, int, int]]:
@@ -102,9 +102,10 @@ def client_port_exhaustion(ev: Evidence) -> list[Finding]:
                     commands=["reg add HKLM\\SYSTEM\\CurrentControlSet\\Services\\Tcpip\\Parameters "
                               "/v TcpTimedWaitDelay /t REG_DWORD /d 30"]),
             ]
+        ka = keepalive_fix(sc, wl[0].name if len(sc.workload) > 1 else None)
+        if ka is not None:
+            fixes.append(ka)
         fixes += [
-            Fix(id="keepalive", title="Keep connections alive: 20 requests per connection",
-                set={wkey("requests_per_connection"): 20}, commands=["a connection pool / HTTP keep-alive"]),
             Fix(id="server-closes", title="Let the server close first (TIME_WAIT moves to the server)",
                 set={wkey("close"): "server"}, commands=["HTTP: have the server send Connection: close"],
                 caveat="Moves TIME_WAIT to the server, where Linux accepts a new SYN on it if its "
@@ -151,13 +152,13 @@ def nat_port_exhaustion(ev: Evidence) -> list[Finding]:
                 commands=["sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait=30",
                           "GCP: tcpTimeWaitTimeoutSec=30"]),
         ]
-        if sc is not None and len(sc.workload) == 1:
-            fixes.append(Fix(id="keepalive", title="Keep connections alive: 20 requests per connection",
-                             set={"workload.requests_per_connection": 20}))
+        ka = keepalive_fix(sc)
+        if ka is not None:
+            fixes.append(ka)
     return [Finding(id="nat-port-exhaustion", title="The NAT runs out of ports toward a destination",
                     severity="critical", cause=cause,
                     evidence=[EvidenceItem("SYNs dropped at the NAT", st.attempts, pct(st.attempts / n)),
-                              EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s"),
+                              first_at(st),
                               EvidenceItem("NAT translations available per destination", budget)],
                     confidence=0.9, fixes=fixes)]
 
@@ -195,19 +196,19 @@ def lb_snat_exhaustion(ev: Evidence) -> list[Finding]:
                      commands=["IPVS: kernel >= 5.9, or sysctl net.ipv4.vs.conn_reuse_mode=0 (see caveat)"],
                      caveat="With IPVS conn_reuse_mode=0, reused ports stick to the old real server, even a "
                      "deleted one (kubernetes#81775).")]
-        if sc is not None and len(sc.workload) == 1:
-            fixes.append(Fix(id="keepalive", title="Keep connections alive: 20 requests per connection",
-                             set={"workload.requests_per_connection": 20}))
+        ka = keepalive_fix(sc)
+        if ka is not None:
+            fixes.append(ka)
         return [Finding(id="lb-held-session-drop", title="The load balancer drops SYNs on 4-tuples it still holds",
                         severity="warning" if not st.failed else "critical", cause=text,
                         evidence=[EvidenceItem("SYNs dropped at the LB", st.attempts),
                                   EvidenceItem("connects delayed by it", st.delayed),
-                                  EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s")],
+                                  first_at(st)],
                         confidence=0.85, fixes=fixes)]
     return [Finding(id="lb-snat-exhaustion", title="The load balancer drops new SYNs",
                     severity="critical", cause=text,
                     evidence=[EvidenceItem("SYNs dropped at the LB", st.attempts),
-                              EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s")],
+                              first_at(st)],
                     confidence=0.85, fixes=fixes)]
 
 

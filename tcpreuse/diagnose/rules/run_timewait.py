@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from ...findings import EvidenceItem, Finding, Fix
 from ..base import Evidence, rule
-from ..runfacts import cause_stats, groups, os_of, pct, timestamps_on, tw_at_role
+from ..runfacts import (
+    cause_stats,
+    first_at,
+    groups,
+    keepalive_fix,
+    os_of,
+    pct,
+    timestamps_on,
+    tw_at_role,
+)
 
 
 def _client_ts_fixes(ev: Evidence, offenders: list[str]) -> list[Fix]:
@@ -44,13 +53,8 @@ def _workload_fixes(ev: Evidence) -> list[Fix]:
     if sc is None:
         return [Fix(id="keepalive", title="Reuse connections (keep-alive) instead of one per request",
                     commands=["HTTP/1.1 keep-alive or a connection pool in the client"])]
-    out = []
-    for w in sc.workload:
-        key = "workload.requests_per_connection" if len(sc.workload) == 1 else \
-            f"workload.{w.name}.requests_per_connection"
-        out.append(Fix(id=f"{w.name}-keepalive", title=f"Keep connections alive: 20 requests per connection ({w.name})",
-                       set={key: 20}, commands=["a connection pool / HTTP keep-alive in the client"]))
-    return out
+    fixes = [keepalive_fix(sc, w.name) for w in sc.workload]
+    return [f for f in fixes if f is not None]
 
 
 def _more_ports_fixes(ev: Evidence, offenders: list[str], rate: dict[str, float]) -> list[Fix]:
@@ -196,7 +200,7 @@ def tw_recycle_drop(ev: Evidence) -> list[Finding]:
         evidence += [
             EvidenceItem("attempts with a dropped SYN", st.attempts, pct(st.attempts / n)),
             EvidenceItem("failed", st.failed, ", ".join(f"{k} x{v:,}" for k, v in st.errnos.items())),
-            EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s"),
+            first_at(st),
         ]
     sc = ev.scenario
     nat_text = ""
