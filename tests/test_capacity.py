@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from scenarios import client_first
 
 from tcpreuse.cli import main
 from tcpreuse.sweep import SweepError
@@ -16,27 +17,7 @@ from tcpreuse.sweep.cache import Cache
 from tcpreuse.sweep.capacity import Search, find_capacity, round_sig
 from tcpreuse.sweep.runner import Pool
 
-SCENARIO = """
-name = "cap-ports"
-duration_s = 10
-[[host]]
-name = "client"
-role = "client"
-profile = "linux-5.15"
-[host.settings]
-"net.ipv4.ip_local_port_range" = "40000 40499"
-[[host]]
-name = "server"
-role = "server"
-profile = "linux-5.15"
-port = 8080
-[[workload]]
-name = "w"
-clients = "client"
-target = "server"
-close = "client"
-rate = 40
-"""
+SCENARIO = client_first("cap-ports")
 
 
 @pytest.fixture

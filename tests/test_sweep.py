@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from scenarios import client_first
 
 from tcpreuse.cli import main
 from tcpreuse.errors import ScenarioError
@@ -23,29 +24,7 @@ from tcpreuse.sweep.stats import mean_ci, wilson
 from tcpreuse.sweep.sweep import plan, run_sweep
 
 # 500 ports, the client closes first (60 s TIME_WAIT), 10 s runs: rate x 10 > 500 fails
-PORTS = """
-name = "tiny-ports"
-duration_s = 10
-seed = 5
-[[host]]
-name = "client"
-role = "client"
-profile = "linux-5.15"
-[host.settings]
-"net.ipv4.ip_local_port_range" = "40000 40499"
-[[host]]
-name = "server"
-role = "server"
-profile = "linux-5.15"
-port = 8080
-[[workload]]
-name = "w"
-clients = "client"
-target = "server"
-close = "client"
-arrival = "poisson"
-rate = 40
-"""
+PORTS = client_first("tiny-ports", seed=5, arrival="poisson")
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scenarios import client_first
 
 from tcpreuse.sweep.cache import Cache
 from tcpreuse.sweep.grid import parse_grid
@@ -27,29 +28,7 @@ DASK = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.whi
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(DASK is None, reason="needs the dask CLI")]
 
 # ~1 s per simulation: long enough that the kill lands while tasks are still queued
-SCENARIO = """
-name = "dask-sweep"
-duration_s = 30
-seed = 3
-[[host]]
-name = "client"
-role = "client"
-count = 2
-profile = "linux-5.15"
-[host.settings]
-"net.ipv4.ip_local_port_range" = "40000 59999"
-[[host]]
-name = "server"
-role = "server"
-profile = "linux-5.15"
-port = 8080
-[[workload]]
-name = "w"
-clients = "client"
-target = "server"
-close = "client"
-rate = 1000
-"""
+SCENARIO = client_first("dask-sweep", duration_s=30, seed=3, clients=2, port_range="40000 59999", rate=1000)
 
 
 @pytest.fixture
