@@ -122,11 +122,16 @@ def test_latency_and_one_sided_and_chance_tolerances() -> None:
     # a RST racing the client's close: fewer EstabResets in the lab is no disagreement
     b.counters["client"]["TcpEstabResets"] = a.counters["client"]["TcpEstabResets"] - 100
     racy = racy_counters(suite.load("v-server-rst"))
-    assert racy == frozenset({("client", "TcpEstabResets")})
+    assert racy == frozenset({("client", "TcpEstabResets"), ("server", "TcpOutRsts")})
     assert {r.metric: r for r in compare(a, b, racy=racy)}["client: TcpEstabResets"].agree
     assert {r.metric: r for r in compare(a, b)}["client: TcpEstabResets"].agree is False
     b.counters["client"]["TcpEstabResets"] += 200  # more than the model is never a race
     assert {r.metric: r for r in compare(a, b, racy=racy)}["client: TcpEstabResets"].agree is False
+    # ... seen from the server: a late client FIN draws one more RST, never one fewer
+    b.counters["server"]["TcpOutRsts"] = a.counters["server"]["TcpOutRsts"] + 1
+    assert {r.metric: r for r in compare(a, b, racy=racy)}["server: TcpOutRsts"].agree
+    b.counters["server"]["TcpOutRsts"] = a.counters["server"]["TcpOutRsts"] - 1
+    assert {r.metric: r for r in compare(a, b, racy=racy)}["server: TcpOutRsts"].agree is False
     # chance: counts drawn by secret hashes agree within 3 sqrt(n) + 2
     a.delayed, b.delayed = 57, 40
     rows = {r.metric: r for r in compare(a, b, chance_reason="hashes")}

@@ -140,6 +140,8 @@ def racy_counters(sc: Scenario) -> frozenset[tuple[str, str]]:
     for w in sc.workload:
         if w.close == "server_rst":
             out.add((w.clients, "TcpEstabResets"))
+            target = sc.lb.backends if w.target == "lb" and sc.lb is not None else w.target
+            out.add((target, "TcpOutRsts"))
     return frozenset(out)
 
 
