@@ -73,6 +73,12 @@ def _empty(dtype: str) -> np.ndarray:
     return np.zeros(0, dtype=dtype)
 
 
+def empty_column(name: str, n: int) -> np.ndarray:
+    """A column with no value in any of n rows: NaN, -1 ("none") for vocabulary columns, 0."""
+    dtype, voc = COLUMNS[name]
+    return np.full(n, math.nan if dtype == "f8" else (-1 if voc else 0), dtype=dtype)
+
+
 @dataclass
 class AttemptTable:
     """Per-attempt records, columnar. Row i is the i-th attempt in start order."""
@@ -139,72 +145,24 @@ class AttemptTable:
         }
 
     @classmethod
+    def build(cls, cols: dict[str, Any], vocab: dict[str, list[str]], sort: bool = True) -> AttemptTable:
+        """A table from columns as any producer has them: dtypes as in COLUMNS, absent
+        columns empty (empty_column), rows in start order (stable) unless sort=False."""
+        n = len(cols["t"])
+        out = {k: (np.asarray(cols[k], dtype=d) if k in cols else empty_column(k, n))
+               for k, (d, _) in COLUMNS.items()}
+        if sort and n:
+            order = np.argsort(out["t"], kind="stable")
+            out = {k: v[order] for k, v in out.items()}
+        voc = {k: list(vocab.get(k, [])) for k in ("outcome", "reason", "workload", "host", "addr")}
+        return cls(cols=out, vocab=voc)
+
+    @classmethod
     def from_json(cls, data: dict[str, Any]) -> AttemptTable:
-        cols = {}
-        n = len(data["cols"].get("t", []))
-        for k, (dtype, voc) in COLUMNS.items():
-            vals = data["cols"].get(k)
-            if vals is None:  # a column this file predates: empty for every row
-                vals = [math.nan if dtype == "f8" else (-1 if voc else 0)] * n
-            if dtype == "f8":
-                vals = [math.nan if v is None else v for v in vals]
-            cols[k] = np.asarray(vals, dtype=dtype)
-        return cls(cols=cols, vocab={k: list(v) for k, v in data["vocab"].items()})
-
-
-class AttemptBuilder:
-    """Appends attempts row by row (cheap Python lists) and freezes into an AttemptTable.
-
-    Rows may be updated after they are added (an attempt's outcome is known only when
-    its SYNs have been answered or have timed out), so they are addressed by index.
-    """
-
-    def __init__(self) -> None:
-        self._c: dict[str, list[Any]] = {k: [] for k in COLUMNS}
-        self._voc: dict[str, dict[str, int]] = {
-            "outcome": {},
-            "reason": {},
-            "workload": {},
-            "host": {},
-            "addr": {},
-        }
-
-    def intern(self, vocabulary: str, name: str) -> int:
-        voc = self._voc[vocabulary]
-        code = voc.get(name)
-        if code is None:
-            code = voc[name] = len(voc)
-        return code
-
-    def add(self, **values: Any) -> int:
-        """Add one row; vocabulary columns take names, missing columns take defaults."""
-        idx = len(self._c["t"])
-        for k, (dtype, voc) in COLUMNS.items():
-            v = values.get(k)
-            if voc is not None:
-                v = -1 if v is None or v == "" else self.intern(voc, v)
-            elif v is None:
-                v = math.nan if dtype == "f8" else 0
-            self._c[k].append(v)
-        return idx
-
-    def set(self, idx: int, **values: Any) -> None:
-        for k, v in values.items():
-            voc = COLUMNS[k][1]
-            if voc is not None:
-                v = -1 if v is None or v == "" else self.intern(voc, v)
-            self._c[k][idx] = v
-
-    def get(self, idx: int, column: str) -> Any:
-        return self._c[column][idx]
-
-    def __len__(self) -> int:
-        return len(self._c["t"])
-
-    def freeze(self) -> AttemptTable:
-        cols = {k: np.asarray(self._c[k], dtype=d) for k, (d, _) in COLUMNS.items()}
-        vocab = {k: list(v) for k, v in self._voc.items()}
-        return AttemptTable(cols=cols, vocab=vocab)
+        cols = {k: [math.nan if v is None else v for v in vals] if COLUMNS[k][0] == "f8" else vals
+                for k, vals in data["cols"].items() if k in COLUMNS}
+        cols.setdefault("t", [])  # a file with no attempts
+        return cls.build(cols, data["vocab"], sort=False)
 
 
 @dataclass

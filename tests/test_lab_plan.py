@@ -23,7 +23,7 @@ from tcpreuse.lab.procnet import (
 )
 from tcpreuse.lab.realise import realise
 from tcpreuse.model.profiles import get_profile
-from tcpreuse.result import AttemptBuilder, RunResult
+from tcpreuse.result import AttemptTable, RunResult
 from tcpreuse.scenario.loader import load_text
 
 K618 = get_profile("linux-6.18")
@@ -289,13 +289,24 @@ def test_sockstat_conntrack_listening_parsers():
 # ---- merge ----------------------------------------------------------------------------
 
 def _part_result(host: str, rows: list[tuple[float, str, str, int]]) -> RunResult:
-    b = AttemptBuilder()
-    for t, outcome, src, sport in rows:
-        b.add(t=t, connect_ms=0.2 if outcome == "ok" else None, syn_tries=1, outcome=outcome,
-              reason="ok" if outcome == "ok" else "local_ports_exhausted", client=host,
-              src=src, sport=sport if outcome == "ok" else 0, dst="203.0.113.10", dport=80,
-              workload="load")
-    return RunResult(source="lab", scenario="x", duration_s=3, attempts=b.freeze())
+    """A `load` result as load writes it: no `cause` column (load does not know it)."""
+    outcomes = sorted({o for _, o, _, _ in rows})
+    reasons = ["ok", "local_ports_exhausted"]
+    addrs = sorted({a for _, _, a, _ in rows} | {"203.0.113.10"})
+    cols = {
+        "t": [t for t, _, _, _ in rows],
+        "connect_ms": [0.2 if o == "ok" else float("nan") for _, o, _, _ in rows],
+        "syn_tries": [1] * len(rows),
+        "outcome": [outcomes.index(o) for _, o, _, _ in rows],
+        "reason": [reasons.index("ok" if o == "ok" else "local_ports_exhausted") for _, o, _, _ in rows],
+        "client": [0] * len(rows), "workload": [0] * len(rows),
+        "src": [addrs.index(a) for _, _, a, _ in rows],
+        "sport": [p if o == "ok" else 0 for _, o, _, p in rows],
+        "dst": [addrs.index("203.0.113.10")] * len(rows), "dport": [80] * len(rows),
+    }
+    table = AttemptTable.build(cols, {"outcome": outcomes, "reason": reasons, "workload": ["load"],
+                                      "host": [host], "addr": addrs})
+    return RunResult(source="lab", scenario="x", duration_s=3, attempts=table)
 
 
 def test_merge_orders_attempts_and_fills_the_server_view_from_conntrack():
@@ -318,6 +329,8 @@ def test_merge_orders_attempts_and_fills_the_server_view_from_conntrack():
     assert [x["workload"] for x in rows] == ["w", "w", "w"]
     assert rows[1]["srv_src"] == "192.0.2.1" and rows[1]["srv_dst"] == "10.100.0.2"
     assert rows[1]["srv_sport"] == 50001 and rows[1]["srv_dport"] == 8080
+    # a column the load results lack stays "none" through the merge (not the first name)
+    assert [x["cause"] for x in rows] == ["", "", ""]
     assert rows[1]["server"] == "server-2"
     assert rows[0]["srv_src"] == "" and rows[0]["server"] == ""  # the LB recorded no flow: unknown
     assert any("unknown" in n for n in res.notes)

@@ -128,3 +128,16 @@ def test_variant_extends_base(tmp_path: Path) -> None:
     var.write_text('name = "v"\nextends = "base.toml"\n[set]\n"workload.rate" = 77\n')
     sc = load_scenario(str(var))
     assert sc.name == "v" and sc.workload[0].rate == 77
+
+
+def test_attempt_tables_fill_absent_columns_with_none() -> None:
+    from tcpreuse.result import AttemptTable, RunResult
+
+    t = AttemptTable.build({"t": [0.2, 0.1], "outcome": [0, 1], "reason": [0, 1]},
+                           {"outcome": ["ok", "ETIMEDOUT"], "reason": ["ok", "connect_timeout"]})
+    assert t.column("t") == [0.1, 0.2]  # start order
+    assert t.column("outcome") == ["ETIMEDOUT", "ok"] and t.column("cause") == ["", ""]
+    assert t.column("server") == ["", ""] and t.column("sport") == [0, 0]
+    run = RunResult(source="lab", scenario="x", duration_s=1, attempts=t)
+    back = RunResult.from_json(run.to_json(records=True))
+    assert back.attempts.column("outcome") == ["ETIMEDOUT", "ok"] and back.attempts.column("cause") == ["", ""]

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from ..errors import CaptureError
-from ..result import COLUMNS as RUN_COLUMNS
 from ..result import AttemptTable, HostInfo, RunResult, Timeline
 from . import flows, reuse, sources
 from .decode import Packets, addr_str, decode
@@ -319,15 +318,7 @@ class CaptureAnalysis:
             "srv_dst": dst,
             "srv_dport": a["resp_port"][m],
         }
-        order = np.argsort(cols["t"], kind="stable")
-        def column(c: str) -> np.ndarray:
-            dtype, vocab = RUN_COLUMNS[c]
-            if c in cols:
-                return np.asarray(cols[c])[order].astype(dtype)
-            # a column this code does not know (added to the schema later): empty
-            return np.full(k, np.nan if dtype == "f8" else (-1 if vocab else 0), dtype=dtype)
-
-        table = AttemptTable(cols={c: column(c) for c in RUN_COLUMNS}, vocab=voc)
+        table = AttemptTable.build(cols, voc)
         hosts = {}
         for s in self.sources:
             hosts[s.addr] = HostInfo(name=s.addr, group="clients", role="client", profile="unknown",

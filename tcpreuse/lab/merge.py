@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..result import COLUMNS, OK, AttemptTable, PortSeries, RunResult, Timeline
+from ..result import COLUMNS, OK, AttemptTable, PortSeries, RunResult, Timeline, empty_column
 from .flows import FlowKey, FlowVal, view
 from .plan import LabPlan, Load
 
@@ -55,9 +55,9 @@ def _concat(parts: list[tuple[AttemptTable, dict[str, str], float]]) -> AttemptT
     for table, fixed, offset in parts:
         n = len(table)
         for k, (dtype, voc) in COLUMNS.items():
-            arr = table.cols.get(k, np.zeros(n, dtype=dtype))
-            if arr.shape[0] != n:
-                arr = np.zeros(n, dtype=dtype) if dtype != "f8" else np.full(n, math.nan)
+            arr = table.cols.get(k)
+            if arr is None or arr.shape[0] != n:
+                arr = empty_column(k, n)
             if k in fixed:
                 v = fixed[k]
                 arr = np.full(n, code(voc, str(v)) if voc else v, dtype=dtype)
@@ -68,9 +68,9 @@ def _concat(parts: list[tuple[AttemptTable, dict[str, str], float]]) -> AttemptT
             elif k == "t":
                 arr = arr + offset
             cols[k].append(np.asarray(arr, dtype=dtype))
-    out = {k: (np.concatenate(v) if v else np.zeros(0, dtype=COLUMNS[k][0])) for k, v in cols.items()}
-    order = np.argsort(out["t"], kind="stable")
-    return AttemptTable(cols={k: v[order] for k, v in out.items()}, vocab=vocab)
+    out = {k: np.concatenate(v) for k, v in cols.items() if v}
+    out.setdefault("t", np.zeros(0))
+    return AttemptTable.build(out, vocab)
 
 
 def _server_view(table: AttemptTable, plan: LabPlan, obs: Observed) -> int:

@@ -313,25 +313,14 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         cols["src"].append(remap(r.addrs, addr_voc, np.asarray(r.src, dtype=np.int64)))
         cols["sport"].append(np.asarray(r.sport, dtype="i4"))
     total = sum(len(r.t) for r in parts)
-    out: dict[str, np.ndarray] = {}
-    for k, (dtype, _) in COLUMNS.items():
-        if cols[k]:
-            out[k] = np.concatenate(cols[k]).astype(dtype) if total else np.zeros(0, dtype=dtype)
-    order = np.argsort(out["t"], kind="stable")
-    for k in list(out):
-        out[k] = out[k][order]
-    out["workload"] = np.zeros(total, dtype="i2")
-    out["client"] = np.zeros(total, dtype="i4")
-    out["server"] = np.full(total, -1, dtype="i4")
+    out: dict[str, np.ndarray] = {k: np.concatenate(v) for k, v in cols.items() if v}
+    out.setdefault("t", np.zeros(0))
+    out["workload"] = np.zeros(total, dtype="i2")  # one workload, one host, one target:
+    out["client"] = np.zeros(total, dtype="i4")  # code 0 of their vocabularies
     out["dst"] = np.zeros(total, dtype="i4")
     out["dport"] = np.full(total, config.target.port, dtype="i4")
-    for k in ("srv_src", "srv_dst"):
-        out[k] = np.full(total, -1, dtype="i4")
-    for k in ("srv_sport", "srv_dport"):
-        out[k] = np.zeros(total, dtype="i4")
-    # keep only vocabulary entries that occur, in first-use order: nothing else to do,
-    # the remap above appended only names the workers used
-    table = AttemptTable(cols=out, vocab={
+    # the remap above appended only names the workers used, in first-use order
+    table = AttemptTable.build(out, {
         "outcome": outcome_voc, "reason": reason_voc, "workload": [config.workload],
         "host": [config.host_name], "addr": addr_voc,
     })

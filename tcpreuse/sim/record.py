@@ -60,7 +60,7 @@ def _freeze(eng: Engine) -> AttemptTable:
         "outcome": list(voc_out), "reason": list(voc_reason), "workload": [w.name for w in eng.wls],
         "host": host_names, "addr": [int2ip(int(a)) for a in allv],
     }
-    return AttemptTable(cols=cols, vocab=vocab)
+    return AttemptTable.build(cols, vocab, sort=False)  # attempts are recorded in start order
 
 
 def build_result(eng: Engine) -> RunResult:
