@@ -150,20 +150,3 @@ def diagnose(ev: Evidence, only: set[str] | None = None) -> list[Finding]:
         if all(ev.has(n) for n in r.needs):
             findings.extend(r.check(ev))
     return sort_findings(findings)
-
-
-def fmt_rate(x: float) -> str:
-    return f"{x * 100:.2f} %" if x < 0.1 else f"{x * 100:.1f} %"
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
-
-
-def settings_of(ev: Evidence, role: str) -> list[dict[str, Any]]:
-    """Effective settings of every host with `role` (from the scenario or host facts)."""
-    return [h.settings for h in ev.hosts.values() if h.role == role]
-
-
-def first(xs: list[Any], default: Any = None) -> Any:
-    return xs[0] if xs else default

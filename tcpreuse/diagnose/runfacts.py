@@ -98,11 +98,5 @@ def os_of(profile: str) -> str:
     return "windows" if profile.startswith("windows") else ("macos" if profile.startswith("macos") else "linux")
 
 
-def client_rate_per_host(sc: Scenario, group: str) -> float:
-    g = sc.group(group)
-    total = sum(w.connection_rate for w in sc.workload if w.clients == group)
-    return total / g.count
-
-
 def pct(x: float) -> str:
     return f"{x * 100:.2f} %" if x < 0.1 else f"{x * 100:.1f} %"

@@ -57,26 +57,20 @@ def ts_offset(p: Profile, secret: int, timestamps_sysctl: int, saddr: int, daddr
     return keyed32(secret ^ 0x5EED, saddr, daddr, sport, dport)
 
 
-def tsval_clock(p: Profile, hz: int, uptime_s: float, t: float) -> int:
-    """The host's TS option clock at sim time t, before the per-connection offset.
+def tsval_clock(p: Profile, hz: int, uptime_s: float) -> tuple[float, float]:
+    """The host's TS option clock, before the per-connection offset, as (base, rate): at sim
+    time t its value is (u32)(base + rate * t).
 
     <= 4.12: tcp_time_stamp = (u32)jiffies (jiffies start at INITIAL_JIFFIES); 4.13+:
     tcp_clock_ms() = monotonic ms since boot (TCP_TS_HZ 1000). Non-Linux: a 1 kHz clock
     since boot [I]."""
-    up = uptime_s + t
     if p.is_linux and p.ts_clock == "jiffies":
-        return int((up + INITIAL_JIFFIES_S) * hz) & MASK32
-    return int(up * 1000) & MASK32
+        return (uptime_s + INITIAL_JIFFIES_S) * hz, float(hz)
+    return uptime_s * 1000.0, 1000.0
 
 
-def clock_ms(uptime_s: float, t: float) -> int:
-    """tcp_clock_ms(): monotonic ms since boot (tw_entry_stamp, tcp_tw_reuse_delay)."""
-    return int((uptime_s + t) * 1000)
-
-
-def seconds_clock(p: Profile, uptime_s: float, wall0_s: float, t: float) -> int:
-    """The seconds clock of ts_recent_stamp / PAWS: get_seconds() (wall) until ~4.18,
-    ktime_get_seconds() (monotonic since boot) after [V EL6/K4.9 vs ML-mini5/K6.18]."""
-    if p.is_linux and not p.at_least(4, 19):
-        return int(wall0_s + t)
-    return int(uptime_s + t)
+def seconds_clock(p: Profile, uptime_s: float, wall0_s: float) -> float:
+    """The seconds clock of ts_recent_stamp / PAWS, as its value at sim time 0 (it reads
+    int(base + t)): get_seconds() (wall) until ~4.18, ktime_get_seconds() (monotonic since
+    boot) after [V EL6/K4.9 vs ML-mini5/K6.18]."""
+    return wall0_s if (p.is_linux and not p.at_least(4, 19)) else uptime_s

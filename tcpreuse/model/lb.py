@@ -164,6 +164,3 @@ class L4LoadBalancer:
                 self._remove(s)
         else:
             self.close(s, now)
-
-    def held_sessions(self) -> int:
-        return sum(1 for s in self.sessions.values() if s.state == HELD)

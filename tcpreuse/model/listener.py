@@ -23,7 +23,6 @@ class Listener:
     somaxconn: int
     accept_queue: int = 0  # sk_ack_backlog: established children not yet accept()ed
     syn_queue: int = 0  # request socks (SYN_RECV) still waiting
-    synflood_warned: bool = False
 
     @property
     def max_ack_backlog(self) -> int:

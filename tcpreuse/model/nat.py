@@ -135,6 +135,3 @@ class SourceNat:
         if q is None:
             q = self.expiry[hold] = deque()
         q.append((e.expires, e))
-
-    def used_ports(self) -> int:
-        return sum(b.used for b in self.used.values())

@@ -278,7 +278,3 @@ def get_profile(name: str) -> Profile:
         f"unknown OS/kernel profile {name!r}",
         hint=f"use one of {known}, an alias such as centos-6 or ubuntu-22.04, or linux-X.Y",
     )
-
-
-def list_profiles() -> list[Profile]:
-    return list(NAMED)

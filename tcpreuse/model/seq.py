@@ -22,8 +22,3 @@ def before(seq1: int, seq2: int) -> bool:
 def after(seq1: int, seq2: int) -> bool:
     """mirrors after(), include/net/tcp.h: before(seq2, seq1)"""
     return s32(seq2 - seq1) < 0
-
-
-def between(seq1: int, seq2: int, seq3: int) -> bool:
-    """mirrors between(): is s2 <= s1 <= s3 (mod 2^32)"""
-    return ((seq3 - seq2) & MASK32) >= ((seq1 - seq2) & MASK32)

@@ -52,10 +52,6 @@ class ClientStack:
     abort_on_bad_ack: bool
     errno: dict[str, str]
 
-    def next_syn_after(self, tries: int) -> float | None:
-        """Offset of SYN number tries+1 (tries already sent), or None if none is left."""
-        return self.syn_offsets[tries] if tries < len(self.syn_offsets) else None
-
 
 def linux_syn_offsets(initial_rto_s: float, syn_retries: int) -> tuple[tuple[float, ...], float]:
     """SYN at 0, then after RTO, 2 RTO, 4 RTO ... (tcp_retransmit_timer() backoff,

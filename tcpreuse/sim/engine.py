@@ -121,13 +121,6 @@ class Attempt:
         self.served = False  # holds an application worker
         self.ck: Key = (0, 0, 0, 0)  # (saddr, sport, daddr, dport), set once the port is chosen
         self.sk: Key = (0, 0, 0, 0)  # the server's key, set by each routed SYN
-        self.dp: DestPorts | None = None
-
-    def ckey(self) -> Key:
-        return self.ck
-
-    def skey(self) -> Key:
-        return self.sk
 
 
 class PortCheck:
@@ -684,7 +677,7 @@ class Engine:
         att.waiting += 1
         if att.waiting > srv.synack_retries + 1:
             lst.syn_queue -= 1
-            del srv.ehash[att.skey()]
+            del srv.ehash[att.sk]
             self._conn_failed(att, t, att.client.errno_reset, "ack_dropped_listen_overflow")
             return
         self.push(t + self._data_rto(att.waiting), EV_ACCEPT_RETRY, att)
@@ -737,7 +730,7 @@ class Engine:
         srv = att.srv
         assert srv is not None
         if tw is not None:
-            skey = att.skey()
+            skey = att.sk
             seg = Segment(rst=True, seq=tw.rcv_nxt, end_seq=tw.rcv_nxt)
             d = tcp_timewait_state_process(
                 tw, seg, t_rst, srv.sec(t_rst), timestamps_sysctl=srv.timestamps, rfc1337=srv.rfc1337,
@@ -789,7 +782,7 @@ class Engine:
         """connect() fails: the client socket goes away (tcp_done: AttemptFails)."""
         c = att.client
         att.state = DONE
-        key = att.ckey()
+        key = att.ck
         if c.ehash.get(key) is att:
             del c.ehash[key]
             c.release_port(key)
@@ -828,7 +821,7 @@ class Engine:
         c_snd_nxt = (att.isn + 1 + req + 1) & MASK32
         s_snd_nxt = (att.s_isn + 1 + resp + 1) & MASK32
         rst = policy == "client_rst" or policy == "server_rst"
-        skey = att.skey()
+        skey = att.sk
         # The server side goes away (or into TIME_WAIT) ...
         del srv.ehash[skey]
         if policy == "server":
@@ -844,7 +837,7 @@ class Engine:
             srv.inc("TcpOutRsts")
             srv.inc("TcpEstabResets")
         # ... and the client side.
-        ckey = att.ckey()
+        ckey = att.ck
         if c.ehash.get(ckey) is att:
             del c.ehash[ckey]
             if policy == "client":
@@ -884,8 +877,8 @@ class Engine:
             return
         srv, c = att.srv, att.client
         assert srv is not None
-        srv.ehash.pop(att.skey(), None)
-        ckey = att.ckey()
+        srv.ehash.pop(att.sk, None)
+        ckey = att.ck
         if c.ehash.get(ckey) is att:
             del c.ehash[ckey]
             c.release_port(ckey)
@@ -896,7 +889,7 @@ class Engine:
     def _conn_failed(self, att: Attempt, t: float, errno: str, reason: str) -> None:
         c = att.client
         att.state = DONE
-        ckey = att.ckey()
+        ckey = att.ck
         if c.ehash.get(ckey) is att:
             del c.ehash[ckey]
             c.release_port(ckey)

@@ -16,7 +16,7 @@ from ..model.listener import Listener
 from ..model.ports import HostPortPool, LinuxConnectPorts
 from ..model.profiles import Profile
 from ..model.recycle import PeerCache
-from ..model.stacks import ClientStack, client_stack, port_range
+from ..model.stacks import client_stack, port_range
 from ..model.timewait import TCP_TIMEWAIT_LEN, TimeWaitSock
 
 # A 4-tuple key. Typed as a variable-length tuple so that mypyc keeps it as one Python
@@ -131,7 +131,6 @@ class SimHost:
         self.service_s = 0.0
 
         # client side
-        self.stack: ClientStack | None = None
         self.low, self.high = port_range(profile, settings)
         self.connect_ports: LinuxConnectPorts | None = None
         self.pool: HostPortPool | None = None
@@ -153,8 +152,7 @@ class SimHost:
         self.abort_on_bad_ack = False
         self.errno_no_port = self.errno_timeout = self.errno_refused = self.errno_reset = ""
         if role == "client":
-            self.stack = client_stack(profile, settings, params)
-            st = self.stack
+            st = client_stack(profile, settings, params)
             self.syn_offsets, self.give_up_s, self.offers_ts = st.syn_offsets, st.give_up_s, st.offers_ts
             self.client_tw_s = st.time_wait_s
             self.fast_rearm_s = st.fast_rearm_s if st.fast_rearm_s is not None else -1.0
@@ -176,22 +174,19 @@ class SimHost:
 
     # ---- clocks (model.clocks, with the per-host constants folded in) ------------------------
     def _init_clocks(self) -> None:
-        self.sec_base = self.wall0 if (self.is_linux and not self.p.at_least(4, 19)) else self.uptime
-        if self.is_linux and self.p.ts_clock == "jiffies":
-            self.ts_base, self.ts_rate = (self.uptime + clocks.INITIAL_JIFFIES_S) * self.hz, float(self.hz)
-        else:
-            self.ts_base, self.ts_rate = self.uptime * 1000.0, 1000.0
+        self.sec_base = clocks.seconds_clock(self.p, self.uptime, self.wall0)
+        self.ts_base, self.ts_rate = clocks.tsval_clock(self.p, self.hz, self.uptime)
 
     def sec(self, t: float) -> int:
-        """clocks.seconds_clock()"""
+        """The seconds clock (clocks.seconds_clock)."""
         return int(self.sec_base + t)
 
     def ms(self, t: float) -> int:
-        """clocks.clock_ms()"""
+        """tcp_clock_ms(): monotonic ms since boot (tw_entry_stamp, tcp_tw_reuse_delay)."""
         return int((self.uptime + t) * 1000)
 
     def tsval(self, t: float) -> int:
-        """clocks.tsval_clock()"""
+        """The TS option clock (clocks.tsval_clock)."""
         return int(self.ts_base + t * self.ts_rate) & 0xFFFFFFFF
 
     def inc(self, name: str, n: int = 1) -> None:
