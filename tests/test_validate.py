@@ -175,3 +175,10 @@ def test_cli_needs_one_scenario_or_a_suite(capsys: pytest.CaptureFixture[str]) -
     main(["validate", "--list"])
     out = capsys.readouterr().out
     assert "v-exhaust-even" in out and "quick" in out
+
+
+def test_odd_sized_ranges_get_the_scan_wrap_tolerance() -> None:
+    from tcpreuse.validate.run import scan_wrap
+
+    assert scan_wrap(suite.load("v-range-odd-size")) is not None
+    assert scan_wrap(suite.load("v-exhaust-even")) is None

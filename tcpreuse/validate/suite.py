@@ -41,17 +41,6 @@ CHANCE: dict[str, str] = {
 }
 
 
-# Scenarios where a count depends on where a connect() scan starts (the secret-derived
-# offset): +-n on the exact rows, with the reason.
-WRAP: dict[str, tuple[int, str]] = {
-    "v-range-odd-size": (1, "in an odd-sized range each scan of __inet_hash_connect() misses "
-                            "one port of @low parity (the wrap is by the even-rounded "
-                            "remaining); the lowest one is reachable only by a scan that starts "
-                            "at offset 0, so the kernel ends at 998 or 999 ports depending on "
-                            "its secret, and so does the model with its own"),
-}
-
-
 def names() -> list[str]:
     d = resources.files(PACKAGE) / "suites"
     return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".toml"))
