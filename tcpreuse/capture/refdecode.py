@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,13 +153,3 @@ def segments(data: bytes) -> Iterator[dict[str, Any]]:
             p += ln
         yield d
 
-
-def main(argv: list[str]) -> None:
-    with open(argv[0], "rb") as f:
-        data = f.read()
-    for d in segments(data):
-        print(d)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main(sys.argv[1:])
