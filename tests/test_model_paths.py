@@ -59,6 +59,12 @@ def test_syn_queue_full_uses_cookies_unless_converted_from_timewait() -> None:
     assert conn_request(lst, p, from_timewait=True, syncookies=1, recycle_reject=False).verdict == SYNACK
     v = conn_request(lst, p, from_timewait=False, syncookies=0, recycle_reject=False)
     assert v.verdict == DROP and "TcpExtTCPReqQFullDrop" in v.counters
+    # tcp_syn_flood_action() counts the cookie decision; a full accept queue then drops the
+    # SYN anyway (6.18: TCPReqQFullDoCookies 36 with SyncookiesSent 33 in one lab run)
+    lst.accept_queue = 5
+    v = conn_request(lst, p, from_timewait=False, syncookies=1, recycle_reject=False)
+    assert v.verdict == DROP
+    assert v.counters == ("TcpExtTCPReqQFullDoCookies", "TcpExtListenOverflows", "TcpExtListenDrops")
 
 
 def test_recycle_reject_counts_paws_passive() -> None:

@@ -153,11 +153,21 @@ def test_listen_backlog_overflow() -> None:
     r = Engine(load_scenario("listen-overflow", {"duration_s": 6})).run()
     c = r.counters["server"]
     assert c["TcpExtListenOverflows"] > 0 and c["TcpExtListenDrops"] >= c["TcpExtListenOverflows"]
+    # Retransmitted SYNs arrive in bursts that all pass the SYN-time test; final ACKs that
+    # then meet a full accept queue leave request socks behind, the SYN queue fills and
+    # later SYNs get cookies (and some are still dropped for the full accept queue).
+    assert 0 < c["TcpExtSyncookiesSent"] < c["TcpExtTCPReqQFullDoCookies"]
     reasons = r.reasons()
     assert reasons.get("ok_after_syn_retry", 0) > 0
-    lat = r.attempts.cols["connect_ms"]
-    retried = lat[r.attempts.cols["syn_tries"] == 2]
-    assert retried.size and np.allclose(retried, 1000.5, atol=1.0)  # 1 s SYN RTO + RTT
+    c = r.attempts.cols
+    second = c["syn_tries"] == 2
+    retried = c["connect_ms"][second]
+    # 1 s SYN RTO + RTT, fired by the timer wheel up to one level-2 bucket (64 jiffies at
+    # HZ=1000) late ...
+    assert retried.size and retried.min() > 1000.5 and retried.max() <= 1000.5 + 64 + 1
+    # ... so SYNs dropped one by one are re-sent together, a bucket at a time
+    sent = np.round(c["t"][second] + (retried - 0.5) / 1000.0, 6)
+    assert len(np.unique(sent)) * 5 < retried.size
 
 
 @pytest.fixture(scope="module")

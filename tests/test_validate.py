@@ -18,6 +18,7 @@ from tcpreuse.validate.run import (
     Outcome,
     Report,
     ValidateError,
+    app_limited,
     model_overrides,
     native_overrides,
     racy_counters,
@@ -139,6 +140,37 @@ def test_latency_and_one_sided_and_chance_tolerances() -> None:
     a.delayed, b.delayed = 57, 20
     rows = {r.metric: r for r in compare(a, b, chance_reason="hashes")}
     assert rows["connected after a SYN retransmission"].agree is False
+
+
+def test_an_app_limited_server_compares_queue_counts_statistically() -> None:
+    assert app_limited(suite.load("v-listen-overflow")) is not None
+    assert app_limited(suite.load("v-server-close")) is None
+    a = measure(sim("v-listen-overflow"))
+    b = measure(sim("v-listen-overflow", seed=2))
+    b.counters["server"]["TcpExtListenOverflows"] = int(a.counters["server"]["TcpExtListenOverflows"] * 1.15)
+    b.connect_ms = {"p50": a.connect_ms["p50"], "p90": 3000.0, "p99": 3000.0}
+    exact = {r.metric: r for r in compare(a, b)}
+    queue = {r.metric: r for r in compare(a, b, queue_reason="accept() timing")}
+    assert exact["server: TcpExtListenOverflows"].agree is False
+    assert queue["server: TcpExtListenOverflows"].agree
+    assert queue["connect ms p90"].agree is None  # on one SYN-retransmission cluster or the next
+    assert any(m.startswith("connected at SYN try") for m in queue)
+    b.counters["server"]["TcpExtListenOverflows"] = a.counters["server"]["TcpExtListenOverflows"] * 2
+    queue = {r.metric: r for r in compare(a, b, queue_reason="accept() timing")}
+    assert queue["server: TcpExtListenOverflows"].agree is False  # the old model's error
+
+
+def test_a_retried_connect_may_move_by_one_jiffy() -> None:
+    a = measure(sim("v-nat-syn-on-tw"))
+    b = measure(sim("v-nat-syn-on-tw"))
+    assert a.retried_connect_ms is not None
+    b.retried_connect_ms = a.retried_connect_ms + 5.0
+    rows = {r.metric: r for r in compare(a, b)}
+    assert rows["connect ms p50 of those"].agree is False
+    rows = {r.metric: r for r in compare(a, b, jiffy_ms=4.0)}
+    assert rows["connect ms p50 of those"].agree
+    b.retried_connect_ms = a.retried_connect_ms + 1000.0  # the 1 s RTO instead of 2 jiffies
+    assert {r.metric: r for r in compare(a, b, jiffy_ms=4.0)}["connect ms p50 of those"].agree is False
 
 
 def test_time_wait_series_is_compared_at_the_same_moment() -> None:

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import LabError
+from ..model.stacks import linux_syn_rtos
 from ..scenario.schema import Scenario
 from ..sim.topology import int2ip
 from ..sim.topology import plan as sim_plan
@@ -223,10 +224,10 @@ def loss_ruleset(loss: float) -> str:
     )
 
 
-def syn_give_up_s(retries: int, rto_s: float = 1.0) -> float:
-    """When connect() gives up on its own: SYN retransmissions at rto, 2 rto, 4 rto ...
-    (capped at TCP_RTO_MAX = 120 s), then one last RTO."""
-    return sum(min(rto_s * 2**i, 120.0) for i in range(retries + 1))
+def syn_give_up_s(retries: int, linear: int = 0, rto_s: float = 1.0) -> float:
+    """When connect() gives up on its own (model.stacks.linux_syn_rtos: `linear`
+    retransmissions at the initial RTO on 6.5+, then doubling up to TCP_RTO_MAX)."""
+    return sum(linux_syn_rtos(rto_s, retries, linear, 1000)) / 1000.0
 
 
 def split(total: int, n: int, i: int) -> int:
@@ -341,8 +342,10 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
         cl = instances[w.clients]
         # No application timeout in the scenario means the kernel's own SYN schedule
         # decides; `load` always has one, so it gets the kernel's give-up time (+1 s).
-        retries = int(r.sysctls.get(w.clients, {}).get("net.ipv4.tcp_syn_retries", 6))
-        connect_timeout = w.connect_timeout_s or syn_give_up_s(retries) + 1.0
+        ctl = r.sysctls.get(w.clients, {})
+        retries = int(ctl.get("net.ipv4.tcp_syn_retries", 6))
+        linear = int(ctl.get("net.ipv4.tcp_syn_linear_timeouts", 4 if r.kernel.at_least(6, 5) else 0))
+        connect_timeout = w.connect_timeout_s or syn_give_up_s(retries, linear) + 1.0
         duration = w.duration_s if w.duration_s is not None else sc.duration_s - w.start_s
         if duration <= 0:
             continue

@@ -57,6 +57,8 @@ PROFILE_DEFAULT_SYSCTLS = (
     "net.ipv4.tcp_timestamps",
 )
 
+LINEAR = "net.ipv4.tcp_syn_linear_timeouts"
+
 # Values that depend on the machine (ehash size) in the registry; the lab only writes them
 # when the scenario sets them, and records the namespace's real value otherwise.
 MACHINE_DEPENDENT = frozenset({"net.ipv4.tcp_max_tw_buckets", "net.ipv4.tcp_max_syn_backlog"})
@@ -166,6 +168,9 @@ def _linux_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation,
     for name in PROFILE_DEFAULT_SYSCTLS:
         if SETTINGS[name].exists(kernel) and name in g.effective_settings:
             want[name] = g.effective_settings[name]
+    if SETTINGS[LINEAR].exists(kernel):
+        # a pre-6.5 profile doubles its SYN RTO from the first retransmission
+        want[LINEAR] = g.effective_settings.get(LINEAR, 0)
     for name in explicit:
         s = SETTINGS.get(name)
         if s is None:  # real but unmodelled sysctl (the loader noted it); not written
@@ -206,6 +211,8 @@ def _windows_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation)
         "net.ipv4.tcp_syn_retries": retries,
         "net.ipv4.tcp_tw_reuse": 0,
     }
+    if SETTINGS[LINEAR].exists(kernel):
+        r.sysctls[g.name][LINEAR] = 0  # Windows doubles its SYN RTO from the first retransmission
     rto = int(s["netsh.tcp.initialrto"])
     r.differences.append(
         f"host group {g.name!r} is {prof.name}: --approximate runs a Linux "

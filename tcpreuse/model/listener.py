@@ -57,23 +57,29 @@ def conn_request(
     without limitations" (SYN-queue test skipped, accept-queue test kept). `recycle_reject`
     is the outcome of the tcp_tw_recycle passive PAWS check (PeerCache.syn_rejected)."""
     counts = p.listen_counts_on_syn
+    cookie = False
+    pre: tuple[str, ...] = ()
     if (syncookies == 2 or lst.syn_queue >= lst.max_ack_backlog) and not from_timewait:
-        if syncookies:
-            return ConnRequestVerdict(COOKIE, "syncookie",
-                                      ("TcpExtTCPReqQFullDoCookies",) if p.has_reqq_counters else ())
-        c: tuple[str, ...] = ("TcpExtTCPReqQFullDrop", "TcpExtListenDrops") if counts else ()
-        return ConnRequestVerdict(DROP, "syn_dropped_listen_overflow", c)
+        if not syncookies:
+            c: tuple[str, ...] = ("TcpExtTCPReqQFullDrop", "TcpExtListenDrops") if counts else ()
+            return ConnRequestVerdict(DROP, "syn_dropped_listen_overflow", c)
+        # tcp_syn_flood_action() counts TCPReqQFullDoCookies; the accept-queue test below
+        # still drops the SYN (no cookie is sent then).
+        cookie = True
+        pre = ("TcpExtTCPReqQFullDoCookies",) if p.has_reqq_counters else ()
     if p.el6 or not p.at_least(3, 0):
         # 2.6.32: sk_acceptq_is_full(sk) && inet_csk_reqsk_queue_young(sk) > 1 -> silent drop
         full = lst.acceptq_is_full() and lst.syn_queue > 1
     else:
         full = lst.acceptq_is_full()
     if full:
-        c = ("TcpExtListenOverflows", "TcpExtListenDrops") if counts else ()
+        c = pre + (("TcpExtListenOverflows", "TcpExtListenDrops") if counts else ())
         return ConnRequestVerdict(DROP, "syn_dropped_listen_overflow", c)
     if recycle_reject and not from_timewait:
-        c = ("TcpExtPAWSPassive",) + (("TcpExtListenDrops",) if counts else ())
+        c = pre + ("TcpExtPAWSPassive",) + (("TcpExtListenDrops",) if counts else ())
         return ConnRequestVerdict(DROP, "syn_dropped_recycle", c)
+    if cookie:
+        return ConnRequestVerdict(COOKIE, "syncookie", pre)
     return _SYNACK
 
 

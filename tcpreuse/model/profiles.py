@@ -150,10 +150,22 @@ class Profile:
         return self.at_least(4, 0)
 
     @cached_property
+    def tail_loss_probe(self) -> bool:
+        """Tail loss probe (6ba8a3b19e76, 3.10): the first retransmission of a lone
+        segment is a probe after srtt/4 + TCP_RTO_MIN, then the RTO timer runs."""
+        return self.at_least(3, 10)
+
+    @cached_property
     def synsent_fast_rearm(self) -> bool:
         """SYN-SENT: an unacceptable ACK re-arms the SYN timer to TCP_TIMEOUT_MIN (2 jiffies)
         if nothing was retransmitted yet (SeongJae Park / Eric Dumazet, 2020, ~5.7) [S]."""
         return self.at_least(5, 7)
+
+    @cached_property
+    def timer_wheel(self) -> bool:
+        """Non-cascading timer wheel (4.8, 500462a9de65): timers fire at their level's
+        granularity, not on their expiry jiffy (model.timers)."""
+        return self.os == "linux" and self.at_least(4, 8)
 
     @cached_property
     def initial_rto_s(self) -> float:

@@ -129,6 +129,8 @@ _SETTINGS: list[Setting] = [
             lambda p: 0, _choice(lambda p: (0, 1))),
     Setting("net.ipv4.tcp_syn_retries", L, "SYN retransmissions before connect() fails",
             lambda p: p.default_syn_retries, _int_in(1, 127)),
+    Setting("net.ipv4.tcp_syn_linear_timeouts", L, "SYN retransmissions at the initial RTO before it doubles",
+            lambda p: 4, _int_in(0, 127), exists=lambda p: p.at_least(6, 5), since="6.5"),
     Setting("net.ipv4.tcp_synack_retries", L, "SYN-ACK retransmissions",
             lambda p: 5, _int_in(1, 255)),
     Setting("net.ipv4.tcp_invalid_ratelimit", L, "ms between ACKs for out-of-window segments",

@@ -7,6 +7,7 @@ Linux: spec §3.5, §5.4, §11.3. Windows: path-elements §1.1-§1.5. macOS: §1
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,9 @@ class ClientStack:
     rst_to_syn_retry_s: float | None  # Windows: keeps re-sending SYNs after a RST
     abort_on_bad_ack: bool
     errno: dict[str, str]
+    # Linux: SYN retransmission timer values (jiffies) for model.timers; () for other OSes,
+    # whose SYNs follow syn_offsets.
+    syn_rto_j: tuple[int, ...] = ()
 
 
 def linux_syn_offsets(initial_rto_s: float, syn_retries: int) -> tuple[tuple[float, ...], float]:
@@ -65,12 +69,48 @@ def linux_syn_offsets(initial_rto_s: float, syn_retries: int) -> tuple[tuple[flo
     return tuple(out), t + rto
 
 
+def linux_syn_rtos(initial_rto_s: float, syn_retries: int, linear: int, hz: int) -> tuple[int, ...]:
+    """The retransmission timeout (jiffies) armed after the SYN (index 0) and after each
+    retransmission r (index r); the timer armed after the last one gives up.
+
+    tcp_retransmit_timer() (net/ipv4/tcp_timer.c): icsk_backoff++ on each retransmission;
+    the RTO doubles (up to TCP_RTO_MAX, 120 s) -- in SYN-SENT only once icsk_backoff >
+    tcp_syn_linear_timeouts (ccce324dabfe, 6.5; 0 before). tcp_write_timeout(): SYN-SENT
+    gives up after tcp_syn_retries + tcp_syn_linear_timeouts retransmissions. So 6.5+ with
+    the defaults (6, 4) sends SYNs at 0, 1, 2, 3, 4, 5, 7, 11, 19, 35, 67 s and gives up at
+    131 s; before 6.5: 0, 1, 3, 7, 15, 31, 63 s, giving up at 127 s."""
+    rto = round(initial_rto_s * hz)
+    out = [rto]
+    for backoff in range(1, syn_retries + linear + 1):
+        if backoff > linear:
+            rto = min(rto * 2, 120 * hz)
+        out.append(rto)
+    return tuple(out)
+
+
+def linux_data_retry_j(k: int, srtt_s: float, hz: int, tlp: bool) -> int:
+    """Jiffies until retransmission k (1-based) of a lone data segment, armed when the
+    previous one was sent. With tail loss probe (3.10+, tcp_schedule_loss_probe(),
+    net/ipv4/tcp_output.c): the first is the probe, srtt/4 + TCP_RTO_MIN (one packet in
+    flight); the RTO timer then runs at srtt + TCP_RTO_MIN, doubling from the next one
+    (tcp_retransmit_timer()). Seen on 6.18: 208, 212, 412 ms at HZ=250."""
+    rto = math.ceil((srtt_s + 0.2) * hz)  # usecs_to_jiffies() rounds up
+    if not tlp:
+        return rto << (k - 1)
+    if k == 1:
+        return max(math.ceil(0.01 * hz), math.ceil((srtt_s / 4 + 0.2) * hz))
+    return rto << (k - 2)
+
+
 def client_stack(p: Profile, settings: dict[str, Any], params: dict[str, Any]) -> ClientStack:
     if p.os == "linux":
-        offs, give_up = linux_syn_offsets(p.initial_rto_s, int(settings["net.ipv4.tcp_syn_retries"]))
         hz = int(params.get("hz", 1000))
+        rtos = linux_syn_rtos(p.initial_rto_s, int(settings["net.ipv4.tcp_syn_retries"]),
+                              int(settings.get("net.ipv4.tcp_syn_linear_timeouts", 0)), hz)
+        offs = tuple(sum(rtos[:i]) / hz for i in range(len(rtos)))  # nominal, without the wheel
+        give_up = sum(rtos) / hz
         return ClientStack(
-            os="linux", syn_offsets=offs, give_up_s=give_up,
+            os="linux", syn_offsets=offs, give_up_s=give_up, syn_rto_j=rtos,
             offers_ts=int(settings["net.ipv4.tcp_timestamps"]) != 0,
             time_wait_s=TCP_TIMEWAIT_LEN,
             fast_rearm_s=(2 / hz) if p.synsent_fast_rearm else None,  # TCP_TIMEOUT_MIN = 2 jiffies

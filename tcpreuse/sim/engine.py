@@ -29,6 +29,7 @@ from ..model.nat import CtEntry, SourceNat
 from ..model.ports import PORT_BUSY, PORT_FREE, PORT_TW_REUSE, find_open_port
 from ..model.profiles import get_profile
 from ..model.seq import MASK32
+from ..model.stacks import linux_data_retry_j
 from ..model.timewait import (
     TCP_TIMEWAIT_LEN,
     TW_ACK,
@@ -56,6 +57,7 @@ EV_FAIL = 3
 EV_ACCEPT_RETRY = 4
 EV_RETRY = 5
 EV_TIMEOUT = 6
+EV_FINAL_ACK = 7
 
 SYN_SENT = 0
 ESTABLISHED = 1
@@ -118,6 +120,7 @@ class Attempt:
         self.sts_off = 0
         self.t_est = 0.0
         self.waiting = 0  # accept retries so far (final ACK met a full accept queue)
+        self.cookie = False  # the SYN was answered with a syncookie (no request sock)
         self.served = False  # holds an application worker
         self.ck: Key = (0, 0, 0, 0)  # (saddr, sport, daddr, dport), set once the port is chosen
         self.sk: Key = (0, 0, 0, 0)  # the server's key, set by each routed SYN
@@ -335,6 +338,8 @@ class Engine:
             elif kind == EV_FAIL:
                 if obj.state == SYN_SENT:
                     self._fail(obj, t, obj.client.errno_timeout, obj.cause or "connect_timeout")
+            elif kind == EV_FINAL_ACK:
+                self._final_ack(obj, t)
             elif kind == EV_ACCEPT_RETRY:
                 self._accept_retry(obj, t)
             elif kind == EV_RETRY:
@@ -627,10 +632,10 @@ class Engine:
             return
         if cr.verdict == COOKIE:
             srv.inc("TcpExtSyncookiesSent")
-        self._established(att, t, srv, skey, lst, isn_from_tw)
+        self._established(att, t, srv, skey, lst, isn_from_tw, cr.verdict == COOKIE)
 
     def _established(self, att: Attempt, t: float, srv: SimHost, skey: Key, lst: Listener,
-                     isn_from_tw: int) -> None:
+                     isn_from_tw: int, cookie: bool) -> None:
         att.s_isn = isn_from_tw or clocks.linux_isn(srv.isn_secret, att.r_daddr, att.r_saddr, att.r_dport,
                                                     att.r_sport, srv.wall0 + t)
         att.ts_ok = att.ts and srv.timestamps != 0
@@ -647,21 +652,49 @@ class Engine:
         att.outcome = "ok"
         att.reason = "ok_after_syn_retry" if att.tries > 1 else ("ok_after_app_retry" if att.cause else "ok")
         att.connect_ms = (t_est - att.t0) * 1000.0
-        # The final ACK reaches the listener: a child is created if the accept queue has room.
-        ok, counters = syn_recv_sock_ok(lst)
-        if not ok:
-            for name in counters:
-                srv.inc(name)
+        # A request sock (SYN_RECV) waits for the final ACK (none for a syncookie); the
+        # accept queue is tested when that ACK arrives, half an RTT after the client
+        # connected -- SYNs arriving in between (a burst of retransmissions) all pass the
+        # SYN-time test and find the queue full only at their ACK (tcp_check_req()).
+        att.cookie = cookie
+        if not cookie:
             lst.syn_queue += 1
-            att.waiting = 1
-            self.push(t_est + self._data_rto(1), EV_ACCEPT_RETRY, att)
-            return
-        self._enqueue_child(att, lst, t_est + self.half)
+        self.push(t_est + self.half, EV_FINAL_ACK, att)
 
-    def _data_rto(self, k: int) -> float:
-        """Client data retransmission k (1-based): RTO = srtt + max(4 rttvar, 200 ms),
-        doubling (tcp_set_rto(); TCP_RTO_MIN)."""
-        return (self.rtt + 0.2) * (2 ** (k - 1))
+    def _final_ack(self, att: Attempt, t: float) -> None:
+        """The handshake's final ACK, and the request right behind it, reach the listener:
+        tcp_check_req() (or cookie_v4_check()) -> tcp_v4_syn_recv_sock() creates the child
+        if the accept queue has room. If not, both segments are dropped and each counts
+        ListenOverflows/ListenDrops; the request sock stays (acked) and the client's
+        retransmissions retry (tcp_abort_on_overflow=0)."""
+        srv = att.srv
+        assert srv is not None
+        lst = srv.listeners[(att.r_daddr, att.r_dport)]
+        if att.state != ESTABLISHED:
+            if not att.cookie:
+                lst.syn_queue -= 1
+            return
+        ok, counters = syn_recv_sock_ok(lst)
+        if ok:
+            if not att.cookie:
+                lst.syn_queue -= 1
+            self._enqueue_child(att, lst, t)
+            return
+        n = 2 if att.wl.req_bytes > 0 else 1
+        for name in counters:
+            srv.inc(name, n)
+        att.waiting = 1
+        self.push(self._data_retry(att, t - self.half, 1), EV_ACCEPT_RETRY, att)
+
+    def _data_retry(self, att: Attempt, t_sent: float, k: int) -> float:
+        """When the client re-sends its request the k-th time (1-based), the previous copy
+        having gone out at t_sent: Linux by its retransmission timer (model.stacks
+        linux_data_retry_j, through the timer wheel); other stacks RTO = srtt + 200 ms,
+        doubling."""
+        c = att.client
+        if c.is_linux:
+            return c.timer_fires(t_sent, linux_data_retry_j(k, self.rtt, c.hz, c.p.tail_loss_probe))
+        return t_sent + (self.rtt + 0.2) * (2 ** (k - 1))
 
     def _accept_retry(self, att: Attempt, t: float) -> None:
         srv = att.srv
@@ -669,18 +702,20 @@ class Engine:
         lst = srv.listeners[(att.r_daddr, att.r_dport)]
         ok, counters = syn_recv_sock_ok(lst)
         if ok:
-            lst.syn_queue -= 1
+            if not att.cookie:
+                lst.syn_queue -= 1
             self._enqueue_child(att, lst, t + self.half)
             return
         for name in counters:
             srv.inc(name)
         att.waiting += 1
         if att.waiting > srv.synack_retries + 1:
-            lst.syn_queue -= 1
+            if not att.cookie:
+                lst.syn_queue -= 1
             del srv.ehash[att.sk]
             self._conn_failed(att, t, att.client.errno_reset, "ack_dropped_listen_overflow")
             return
-        self.push(t + self._data_rto(att.waiting), EV_ACCEPT_RETRY, att)
+        self.push(self._data_retry(att, t, att.waiting), EV_ACCEPT_RETRY, att)
 
     def _enqueue_child(self, att: Attempt, lst: Listener, t: float) -> None:
         srv = att.srv
@@ -743,17 +778,32 @@ class Engine:
             # The RST lands exactly on rcv_nxt: the stale established connection is reset.
             srv.inc("TcpEstabResets")
             self._abort_conn(live)
-        # SYN-SENT re-arms the SYN timer to TCP_TIMEOUT_MIN if nothing was retransmitted yet.
+        # SYN-SENT re-arms the SYN timer to TCP_TIMEOUT_MIN (2 jiffies) if nothing was
+        # retransmitted yet.
         if c.fast_rearm_s >= 0 and att.tries == 1:
-            self._next_syn(att, t + self.rtt + c.fast_rearm_s)
+            self._next_syn(att, c.timer_fires(t + self.rtt, 2) if c.syn_rto_j else t + self.rtt + c.fast_rearm_s)
         else:
             self._unanswered(att, t, cause)
 
     def _unanswered(self, att: Attempt, t: float, cause: str) -> None:
-        """No SYN-ACK for this try: the next SYN goes out on the client's schedule."""
+        """No SYN-ACK for the SYN sent at t: the next SYN goes out on the client's schedule.
+        Linux: when the retransmission timer armed with that SYN fires (model.timers; the
+        timer armed after the last retransmission gives up, tcp_write_timeout())."""
         if not att.cause:
             att.cause = cause
-        offs = att.client.syn_offsets
+        c = att.client
+        rtos = c.syn_rto_j
+        if rtos:
+            k = att.tries - 1
+            t_fire = c.timer_fires(t, rtos[min(k, len(rtos) - 1)])
+            if k + 1 >= len(rtos):
+                self._schedule_fail(att, t_fire)
+            elif t_fire >= att.deadline:
+                self._schedule_fail(att, att.deadline)
+            else:
+                self.push(t_fire, EV_SYN, att)
+            return
+        offs = c.syn_offsets
         if att.tries >= len(offs):
             self._schedule_fail(att, att.t0 + att.client.give_up_s)
             return

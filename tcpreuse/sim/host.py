@@ -11,7 +11,7 @@ import random
 from collections import deque
 from typing import Any
 
-from ..model import clocks
+from ..model import clocks, timers
 from ..model.listener import Listener
 from ..model.ports import HostPortPool, LinuxConnectPorts
 from ..model.profiles import Profile
@@ -87,6 +87,8 @@ class SimHost:
         self.uptime = float(up) if up is not None else rng.uniform(3600.0, 30 * 86400.0)
         self.wall0 = 1_700_000_000.0 + rng.uniform(0, 86400.0)
         self.deathrow_phase = rng.uniform(0, 7.5)
+        self.jiffies0 = timers.jiffies0(self.hz, self.uptime)
+        self.timer_wheel = profile.timer_wheel
         self._init_clocks()
         self.isn_secret = clocks.derive_secret(seed, name, "isn")
         self.port_secret = clocks.derive_secret(seed, name, "port")
@@ -144,6 +146,7 @@ class SimHost:
         self.bound_in_range = False  # a bind()-owned port lies in the ephemeral range
         # client stack facts (model.stacks), flattened for the engine
         self.syn_offsets: tuple[float, ...] = ()
+        self.syn_rto_j: tuple[int, ...] = ()  # Linux: SYNs follow the retransmission timer
         self.give_up_s = 0.0
         self.offers_ts = False
         self.client_tw_s = TCP_TIMEWAIT_LEN
@@ -154,6 +157,7 @@ class SimHost:
         if role == "client":
             st = client_stack(profile, settings, params)
             self.syn_offsets, self.give_up_s, self.offers_ts = st.syn_offsets, st.give_up_s, st.offers_ts
+            self.syn_rto_j = st.syn_rto_j
             self.client_tw_s = st.time_wait_s
             self.fast_rearm_s = st.fast_rearm_s if st.fast_rearm_s is not None else -1.0
             self.rst_to_syn_retry_s = st.rst_to_syn_retry_s if st.rst_to_syn_retry_s is not None else -1.0
@@ -176,6 +180,10 @@ class SimHost:
     def _init_clocks(self) -> None:
         self.sec_base = clocks.seconds_clock(self.p, self.uptime, self.wall0)
         self.ts_base, self.ts_rate = clocks.tsval_clock(self.p, self.hz, self.uptime)
+
+    def timer_fires(self, t_arm: float, timeout_j: int) -> float:
+        """When a timer_list timer armed at t_arm for timeout_j jiffies fires (model.timers)."""
+        return timers.timer_fires_s(t_arm, timeout_j, self.hz, self.jiffies0, self.timer_wheel)
 
     def sec(self, t: float) -> int:
         """The seconds clock (clocks.seconds_clock)."""

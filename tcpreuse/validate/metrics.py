@@ -29,6 +29,7 @@ class Metrics:
     ports_even: int  # attempts that got an even local port
     ports_odd: int
     delayed: int  # connected only after a SYN retransmission
+    by_tries: dict[int, int]  # connected attempts by the number of SYNs they sent
     retried_connect_ms: float | None  # median connect time of those
     connect_ms: dict[str, float | None]
     # Per host *group* (instances summed): which instance of a symmetric group meets a
@@ -104,6 +105,7 @@ def measure(res: RunResult) -> Metrics:
         ports_even=int((got % 2 == 0).sum()),
         ports_odd=int((got % 2 == 1).sum()),
         delayed=int(retried.sum()),
+        by_tries={int(k): int(v) for k, v in zip(*np.unique(tries[ok], return_counts=True), strict=True)},
         retried_connect_ms=None if lat.size == 0 else round(float(np.median(lat)), 3),
         connect_ms={k: pct.get(k) for k in PERCENTILES},
         time_wait_end=tw_end,

@@ -149,6 +149,28 @@ def scan_wrap(sc: Scenario) -> tuple[int, str] | None:
     return None
 
 
+QUEUE_TIMING = (
+    "the server is application-limited (workers x service_ms below the arrival rate): which "
+    "SYN or final ACK finds a free accept-queue slot depends on when accept() returns -- in "
+    "the lab a Python thread sleeping service_ms on a shared 2-core machine -- and on where "
+    "the timer wheel's buckets fall (six lab runs of v-listen-overflow on 6.18: 222 to 279 "
+    "ListenOverflows)")
+
+
+def app_limited(sc: Scenario) -> str | None:
+    """QUEUE_TIMING when some server group is offered more connections per second than its
+    workers can serve (workers / service_ms), else None."""
+    for g in sc.host:
+        if g.role != "server" or g.service_ms <= 0:
+            continue
+        capacity = g.count * g.workers / (g.service_ms / 1000.0)
+        offered = sum(w.connection_rate for w in sc.workload
+                      if w.target == g.name or (w.target == "lb" and sc.lb is not None and sc.lb.backends == g.name))
+        if offered > capacity:
+            return QUEUE_TIMING
+    return None
+
+
 def racy_counters(sc: Scenario) -> frozenset[tuple[str, str]]:
     """Counters the lab leaves to a race: with close = server_rst the lab's client closes
     once it has the answer (lab/realise.py CLOSE_MAP), racing the server's RST."""
@@ -194,7 +216,8 @@ def validate(ref: str, overrides: dict[str, Any] | None = None,
     fixed = all(w.count is not None for w in sc.workload)
     out.rows = compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
                        racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref),
-                       wrap=scan_wrap(sc))
+                       wrap=scan_wrap(sc), queue_reason=app_limited(sc),
+                       jiffy_ms=1000.0 / hz.value)
     if opts.keep_results:
         out.sim, out.lab = sim, lab
     return out

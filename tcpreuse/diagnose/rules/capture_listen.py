@@ -2,7 +2,7 @@
 
 A listener whose accept queue is full drops new SYNs (tcp_conn_request(): ListenOverflows,
 ListenDrops) and ignores final ACKs, retransmitting its SYN-ACK instead. In a capture:
-SYN retransmissions (1 s, 3 s, 7 s ...) to a server that, in the same seconds, answers
+SYN retransmissions (Linux: 1, 3, 7 s ...; 6.5+: every second for the first five) to a server that, in the same seconds, answers
 other clients' SYNs — so it is alive, just full — and SYN-ACKs sent more than once.
 """
 

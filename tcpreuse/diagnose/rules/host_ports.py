@@ -222,7 +222,8 @@ def listen_overflow(ev: Evidence) -> list[Finding]:
             cause=("The accept queue of a listener holds at most its backlog (min(listen() argument, "
                    "somaxconn)) connections the application has not accept()ed yet. When it is full the "
                    "kernel drops new SYNs and the final ACK of handshakes (ListenOverflows, ListenDrops): "
-                   "the client retransmits after 1 s, 3 s, ... or, having seen the SYN-ACK, thinks it is "
+                   "the client retransmits its SYN (after 1 s, 3 s, ...; every second at first on 6.5+) or, "
+                   "having seen the SYN-ACK, thinks it is "
                    "connected while the server retransmits its SYN-ACK."
                    + (" The backlog is clamped by net.core.somaxconn." if clamp else "")
                    + (" Nothing is rising during the sample; the counters show it happened before."

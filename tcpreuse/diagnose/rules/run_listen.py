@@ -42,7 +42,8 @@ def listen_overflow(ev: Evidence) -> list[Finding]:
     cause = ("The server accepts connections more slowly than they arrive, so its accept queue "
              "fills (sk_acceptq_is_full: ack_backlog > max_ack_backlog). Then tcp_conn_request() "
              "drops new SYNs and tcp_v4_syn_recv_sock() refuses final ACKs (ListenOverflows, "
-             "ListenDrops); clients retransmit their SYN after 1, 3, 7 s or wait for their request."
+             "ListenDrops); clients retransmit their SYN (Linux before 6.5 after 1, 3, 7 s; 6.5+ every "
+             "second at first, tcp_syn_linear_timeouts) or, connected, wait for their request."
              + detail)
     return [Finding(
         id="listen-overflow", title="The server's listen queue overflows", severity="critical" if failed else "warning",
