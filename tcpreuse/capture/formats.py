@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CaptureError
-from . import loops
+from . import loops, native
 
 PCAP_MAGIC = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),  # microseconds, little-endian writer
@@ -207,19 +207,30 @@ def _empty_frames(buf: Any, rep: ReadReport) -> Frames:
 # pcap
 
 
-def _walk_pcap(buf: Any, off: int, end: int, endian: str) -> tuple[np.ndarray, int, str]:
-    """Record offsets from `off` until the end of the file.
+def _walk_pcap(buf: Any, off: int, end: int, endian: str) -> tuple[np.ndarray, tuple[np.ndarray, ...], int, str]:
+    """Record offsets and header fields (see :func:`_pcap_fields`) from `off` until the
+    end of the file.
 
     The hot loop of the whole reader: it reads only each record's length (the lengths
-    are checked afterwards, vectorised, by the caller). Returns (offsets, where it
-    stopped, why: "" at a clean end, else a truncation message)."""
-    offs, last = _walk_fast(buf, off, end, endian) if loops.COMPILED else _walk_struct(buf, off, end, endian)
+    are checked afterwards, vectorised, by the caller). Returns (offsets, fields, where
+    it stopped, why: "" at a clean end, else a truncation message)."""
+    if native.lib is not None:  # the walk and the fields in one C pass
+        *cols, last = native.lib.pcap_walk(buf, off, end, endian == "<")
+        offs = np.frombuffer(cols[0], dtype=np.int64)
+        fields = tuple(np.frombuffer(c, dtype=dt) for c, dt in zip(cols[1:], _FIELD_DTYPES, strict=True))
+    else:
+        offs, last = _walk_fast(buf, off, end, endian) if loops.COMPILED else _walk_struct(buf, off, end, endian)
+        fields = _pcap_fields(buf, offs, endian)
     if last == end:
-        return offs, last, ""
+        return offs, fields, last, ""
     if last > end and offs.size:  # the final record's data is cut short
         cut = int(offs[-1])
-        return offs[:-1], cut, f"last record cut short ({end - cut - 16} of {last - cut - 16} bytes)"
-    return offs, last, f"{end - last} stray bytes at the end (a cut record header)"
+        return (offs[:-1], tuple(f[:-1] for f in fields), cut,
+                f"last record cut short ({end - cut - 16} of {last - cut - 16} bytes)")
+    return offs, fields, last, f"{end - last} stray bytes at the end (a cut record header)"
+
+
+_FIELD_DTYPES = (np.uint64, np.uint64, np.int64, np.int64)  # what _pcap_fields returns
 
 
 WALK_CHUNK = 1 << 20  # bytes copied out of the mapping per compiled walk call
@@ -312,9 +323,8 @@ def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
     resyncs = 0
     rep.bytes_read = 24
     while True:
-        arr, stop, why = _walk_pcap(buf, off, end, endian)
+        arr, (sec, frac, incl, orig), stop, why = _walk_pcap(buf, off, end, endian)
         if arr.size:
-            sec, frac, incl, orig = _pcap_fields(buf, arr, endian)
             if ts_hi == float(2**32):  # bound the times by the first record's
                 t0 = float(sec[0])
                 ts_lo, ts_hi = t0 - 86400 * 365, t0 + 86400 * 365 * 5
@@ -380,8 +390,11 @@ def _pcap_fields(buf: Any, arr: np.ndarray, endian: str) -> tuple[np.ndarray, ..
     each 16-byte header gathered whole, then read as four integers."""
     hdr = np.dtype([("sec", endian + "u4"), ("frac", endian + "u4"), ("incl", endian + "u4"),
                     ("orig", endian + "u4")])
-    v16 = np.ndarray((len(buf) - 15,), dtype="V16", buffer=buf, offset=0, strides=(1,))
-    h = v16[arr].view(hdr)
+    if arr.size:
+        v16 = np.ndarray((len(buf) - 15,), dtype="V16", buffer=buf, offset=0, strides=(1,))
+        h = v16[arr].view(hdr)
+    else:
+        h = np.zeros(0, dtype=hdr)
     return (h["sec"].astype(np.uint64), h["frac"].astype(np.uint64), h["incl"].astype(np.int64),
             h["orig"].astype(np.int64))
 
@@ -558,7 +571,7 @@ def _walk_pcapng(buf: Any, rep: ReadReport, careful: bool) -> _NgWalk:
     while off + 12 <= end:
         btype, blen = (hdr if endian == "<" else hdr_be).unpack_from(buf, off)
         if btype == 6 and not careful:  # the common case, kept short; validated afterwards
-            if loops.COMPILED:
+            if native.lib is not None or loops.COMPILED:
                 nxt = _epb_run(buf, off, end, endian, epb)
                 if nxt != off:
                     off = nxt
@@ -656,6 +669,10 @@ def _epb_run(buf: Any, off: int, end: int, endian: str, epb: _Offsets) -> int:
     """A run of Enhanced Packet Blocks from `off` (types and lengths only, as the
     non-careful walk trusts them), by the mypyc-compiled :func:`.loops.pcapng_epb_walk`
     over 1 MB copies of the file. Returns where the run stopped."""
+    if native.lib is not None:
+        offs, nxt = native.lib.epb_walk(buf, off, end, endian == "<")
+        epb.extend(np.frombuffer(offs, dtype=np.int64))
+        return int(nxt)
     lens: list[int] = []
     big: list[int] = []
     start = off
