@@ -174,6 +174,77 @@ done:
     return res;
 }
 
+#define MAX_RECORD (1 << 18) /* formats.MAX_RECORD */
+
+/* pcap_scan(buf, off, end, little, tsdiv, limit, bounds, ts_lo, ts_hi)
+ *   -> (offsets, status, stop, bounds, ts_lo, ts_hi)
+ * formats._parse_pcap's walk and header check in one pass: offsets of the records from
+ * `off` whose headers are believable (formats._fields_ok), up to the first that is not.
+ * status 0: clean end at `end`; 1: the record at `stop` runs past `end`; 2: stray bytes
+ * (a cut header) at `stop`; 3: the header at `stop` is not believable. The time bounds are
+ * set from the first whole record when `bounds` is false. */
+static PyObject *pcap_scan(PyObject *self, PyObject *args)
+{
+    PyObject *bo;
+    Py_ssize_t off, end;
+    int little, bounds;
+    long long tsdiv, limit;
+    double ts_lo, ts_hi;
+    if (!PyArg_ParseTuple(args, "OnnpLLpdd", &bo, &off, &end, &little, &tsdiv, &limit, &bounds, &ts_lo, &ts_hi))
+        return NULL;
+    Buf b;
+    if (buf_get(bo, &b, 1, -1, 0, "buf") < 0) {
+        buf_release(&b, 1);
+        return NULL;
+    }
+    if (end > b.v.len || off < 0) {
+        buf_release(&b, 1);
+        PyErr_SetString(PyExc_ValueError, "pcap_scan: range beyond the buffer");
+        return NULL;
+    }
+    const u8 *p = b.v.buf;
+    Grow g;
+    PyObject *res = NULL;
+    if (grow_init(&g, 8, (end - off) / 96 + 16) < 0)
+        goto done;
+    const i64 olim = (limit > MAX_RECORD ? limit : MAX_RECORD) * 4;
+    i64 o = off;
+    int status = 0;
+    while (o + 16 <= end) {
+        const u8 *h = p + o;
+        if (o + PREFETCH_AHEAD < end)
+            __builtin_prefetch(h + PREFETCH_AHEAD);
+        i64 sec = little ? le32(h) : be32(h), frac = little ? le32(h + 4) : be32(h + 4);
+        i64 incl = little ? le32(h + 8) : be32(h + 8), orig = little ? le32(h + 12) : be32(h + 12);
+        if (o + 16 + incl > end) {
+            status = 1;
+            break;
+        }
+        if (!bounds) {
+            ts_lo = (double)sec - 86400.0 * 365;
+            ts_hi = (double)sec + 86400.0 * 365 * 5;
+            bounds = 1;
+        }
+        if (!(frac < tsdiv && incl <= limit && incl <= orig && orig <= olim && (double)sec >= ts_lo &&
+              (double)sec <= ts_hi)) {
+            status = 3;
+            break;
+        }
+        if (grow_i64(&g, o) < 0)
+            goto done;
+        o += 16 + incl;
+    }
+    if (!status && o != end)
+        status = 2;
+    PyObject *offs = grow_finish(&g);
+    if (offs)
+        res = Py_BuildValue("(NiLidd)", offs, status, (long long)o, bounds, ts_lo, ts_hi);
+done:
+    Py_XDECREF(g.ba);
+    buf_release(&b, 1);
+    return res;
+}
+
 /* epb_walk(buf, off, end, little) -> (offsets, stop)
  * A run of pcapng Enhanced Packet Blocks from `off`: stops at the first block whose 8-byte
  * header does not fit, that is not type 6, or whose length is not a multiple of 4 within
@@ -481,8 +552,13 @@ static PyObject *decode(PyObject *self, PyObject *args)
 {
     PyObject *bo, *offo, *capo, *origo, *lto, *tso, *fro, *outo;
     Py_ssize_t chunk;
-    if (!PyArg_ParseTuple(args, "OOOOOOOnO", &bo, &offo, &capo, &origo, &lto, &tso, &fro, &chunk, &outo))
+    int pcap = -1; /* >= 0: `offo` holds pcap record offsets (1: little-endian headers) */
+    long long tsdiv = 1, pcap_lt = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnO|iLL", &bo, &offo, &capo, &origo, &lto, &tso, &fro, &chunk, &outo, &pcap,
+                          &tsdiv, &pcap_lt))
         return NULL;
+    if (tsdiv < 1)
+        tsdiv = 1;
     if (!PyTuple_Check(outo) || PyTuple_GET_SIZE(outo) != N_COLS) {
         PyErr_SetString(PyExc_TypeError, "decode: out must be a tuple of 18 arrays");
         return NULL;
@@ -503,9 +579,9 @@ static PyObject *decode(PyObject *self, PyObject *args)
     if (buf_get(bo, &in[0], 1, -1, 0, "buf") < 0 || buf_get(offo, &in[1], 8, -1, 0, "data_off") < 0)
         goto done;
     Py_ssize_t n = in[1].v.len / 8;
-    if (buf_get(capo, &in[2], 8, n, 0, "caplen") < 0 || buf_get(origo, &in[3], 8, n, 0, "origlen") < 0 ||
-        buf_get(lto, &in[4], 4, n, 0, "linktype") < 0 || buf_get(tso, &in[5], 8, n, 0, "ts") < 0 ||
-        buf_get(fro, &in[6], 8, n, 0, "frame") < 0)
+    if (pcap < 0 && (buf_get(capo, &in[2], 8, n, 0, "caplen") < 0 || buf_get(origo, &in[3], 8, n, 0, "origlen") < 0 ||
+                     buf_get(lto, &in[4], 4, n, 0, "linktype") < 0 || buf_get(tso, &in[5], 8, n, 0, "ts") < 0 ||
+                     buf_get(fro, &in[6], 8, n, 0, "frame") < 0))
         goto done;
     for (int k = 0; k < N_COLS; k++)
         if (buf_get(PyTuple_GET_ITEM(outo, k), &out[k], COL_ITEM[k], n, 1, "out") < 0)
@@ -513,6 +589,7 @@ static PyObject *decode(PyObject *self, PyObject *args)
     const u8 *p = in[0].v.buf;
     const i64 size = in[0].v.len;
     const i64 *d_off = in[1].v.buf, *d_cap = in[2].v.buf, *d_orig = in[3].v.buf, *d_frame = in[6].v.buf;
+    (void)d_cap, (void)d_orig, (void)d_frame; /* unread in pcap mode */
     const int32_t *d_lt = in[4].v.buf;
     const double *d_ts = in[5].v.buf;
     double *o_ts = out[C_TS].v.buf;
@@ -551,14 +628,35 @@ static PyObject *decode(PyObject *self, PyObject *args)
         for (Py_ssize_t i = a; i < b; i++) {
             if (i + 8 < b && d_off[i + 8] >= 0 && d_off[i + 8] + 64 <= size)
                 __builtin_prefetch(p + d_off[i + 8] + 32);
-            const i64 start = d_off[i], caplen = d_cap[i];
+            i64 start, caplen, origlen, lt, frame_no;
+            double ts;
+            if (pcap >= 0) { /* the record header: formats._pcap_fields */
+                if (d_off[i] < 0 || d_off[i] + 16 > size) {
+                    PyErr_SetString(PyExc_ValueError, "decode: a record lies beyond the buffer");
+                    goto done;
+                }
+                const u8 *h = p + d_off[i];
+                i64 sec = pcap ? le32(h) : be32(h), frac = pcap ? le32(h + 4) : be32(h + 4);
+                caplen = pcap ? le32(h + 8) : be32(h + 8);
+                origlen = pcap ? le32(h + 12) : be32(h + 12);
+                start = d_off[i] + 16;
+                ts = (double)sec + (double)frac / (double)tsdiv;
+                lt = pcap_lt;
+                frame_no = i + 1;
+            } else {
+                start = d_off[i];
+                caplen = d_cap[i];
+                origlen = d_orig[i];
+                ts = d_ts[i];
+                lt = d_lt[i];
+                frame_no = d_frame[i];
+            }
             const i64 ce = start + caplen;
-            const i64 we = start + (d_orig[i] > caplen ? d_orig[i] : caplen);
+            const i64 we = start + (origlen > caplen ? origlen : caplen);
             if (start < 0 || caplen < 0 || ce > size) {
                 PyErr_SetString(PyExc_ValueError, "decode: a frame lies beyond the buffer");
                 goto done;
             }
-            const i64 lt = d_lt[i];
             if (!le || le->lt != lt) {
                 int sup = lt == 0 || lt == 1 || lt == 108 || lt == 113 || lt == 276 || lt == 101 || lt == 12 ||
                           lt == 14 || lt == 228 || lt == 229;
@@ -722,8 +820,8 @@ static PyObject *decode(PyObject *self, PyObject *args)
                 continue;
             }
             u8 fl = t[13];
-            o_ts[m] = d_ts[i];
-            o_frame[m] = d_frame[i];
+            o_ts[m] = ts;
+            o_frame[m] = frame_no;
             o_src[m] = src;
             o_dst[m] = dst;
             o_sport[m] = (uint16_t)be16(t);
@@ -1082,6 +1180,7 @@ static PyObject *segment_facts(PyObject *self, PyObject *args)
     Grow g[N_SEG + 1];
     memset(g, 0, sizeof g);
     PyObject *res = NULL, *cols = NULL;
+    void *gather = NULL;
     if (buf_get(o[0], &b[0], 8, -1, 0, "order") < 0)
         goto done;
     Py_ssize_t n = b[0].v.len / 8;
@@ -1091,15 +1190,37 @@ static PyObject *segment_facts(PyObject *self, PyObject *args)
         if (buf_get(o[k], &b[k], items[k], k == 9 ? 4096 : n, 0, names[k]) < 0)
             goto done;
     const i64 *order = b[0].v.buf;
-    const u8 *fst = b[1].v.buf, *dir = b[2].v.buf, *flags = b[3].v.buf, *hts = b[7].v.buf, *table = b[9].v.buf;
-    const u32 *seq = b[4].v.buf, *ack = b[5].v.buf;
-    const int32_t *plen = b[6].v.buf;
-    const uint16_t *win = b[8].v.buf;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (order[i] < 0 || order[i] >= n) {
-            PyErr_SetString(PyExc_ValueError, "segment_facts: order out of range");
-            goto done;
+    const u8 *fst = b[1].v.buf, *dir = b[2].v.buf, *table = b[9].v.buf;
+    /* The columns in flow order first: one loop of independent loads (the CPU overlaps
+     * their cache misses), then the segment pass reads memory in order. */
+    gather = malloc((size_t)n * 16 + 16);
+    if (!gather) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    u32 *seq = (u32 *)gather, *ack = seq + n;
+    int32_t *plen = (int32_t *)(ack + n);
+    uint16_t *win = (uint16_t *)(plen + n);
+    u8 *flags = (u8 *)(win + n), *hts = flags + n;
+    {
+        const u8 *c_flags = b[3].v.buf, *c_hts = b[7].v.buf;
+        const u32 *c_seq = b[4].v.buf, *c_ack = b[5].v.buf;
+        const int32_t *c_plen = b[6].v.buf;
+        const uint16_t *c_win = b[8].v.buf;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            i64 r = order[i];
+            if (r < 0 || r >= n) {
+                PyErr_SetString(PyExc_ValueError, "segment_facts: order out of range");
+                goto done;
+            }
+            flags[i] = c_flags[r];
+            seq[i] = c_seq[r];
+            ack[i] = c_ack[r];
+            plen[i] = c_plen[r];
+            hts[i] = c_hts[r];
+            win[i] = c_win[r];
         }
+    }
     Py_ssize_t est = n / 6 + 16;
     for (int k = 0; k < N_SEG; k++)
         if (grow_init(&g[k], 8, est) < 0)
@@ -1107,8 +1228,8 @@ static PyObject *segment_facts(PyObject *self, PyObject *args)
     if (grow_init(&g[N_SEG], 1, n + 16) < 0)
         goto done;
     Grow *let = &g[N_SEG];
-#define F(i) flags[order[i]]
-#define SEQ(i) ((i64)seq[order[i]])
+#define F(i) flags[i]
+#define SEQ(i) ((i64)seq[i])
 #define PUT(k, v)                            \
     do {                                     \
         if (grow_i64(&g[k], (v)) < 0)        \
@@ -1174,16 +1295,7 @@ static PyObject *segment_facts(PyObject *self, PyObject *args)
         if (flipped)
             LETTER('^');
         for (i = s0; i < s1; i++) {
-            if (i + 8 < n) { /* rows of a flow are close together, flows are not */
-                i64 r8 = order[i + 8];
-                __builtin_prefetch(flags + r8);
-                __builtin_prefetch(seq + r8);
-                __builtin_prefetch(ack + r8);
-                __builtin_prefetch(plen + r8);
-                __builtin_prefetch(hts + r8);
-                __builtin_prefetch(win + r8);
-            }
-            i64 row = order[i];
+            i64 row = i;
             u32 f = flags[row];
             int io = dir[i] == orig_dir;
             i64 pl = (u32)plen[row];
@@ -1391,6 +1503,7 @@ static PyObject *segment_facts(PyObject *self, PyObject *args)
     res = Py_BuildValue("(nON)", nseg, cols, letters);
 done:
     Py_XDECREF(cols);
+    free(gather);
     for (int k = 0; k <= N_SEG; k++)
         Py_XDECREF(g[k].ba);
     buf_release(b, 10);
@@ -1399,6 +1512,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"pcap_walk", pcap_walk, METH_VARARGS, "pcap record offsets and header fields"},
+    {"pcap_scan", pcap_scan, METH_VARARGS, "believable pcap records, checked while walking"},
     {"epb_walk", epb_walk, METH_VARARGS, "a run of pcapng Enhanced Packet Blocks"},
     {"decode", decode, METH_VARARGS, "link, IP and TCP headers of every frame"},
     {"flow_order", flow_order, METH_VARARGS, "packets grouped by flow, in time order"},

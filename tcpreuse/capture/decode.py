@@ -249,11 +249,17 @@ def _decode_c(fr: Frames, out: dict[str, np.ndarray], unsupported: dict[int, int
     """:func:`_decode_range` over all chunks in one C pass (``_ccap.decode``): fills `out`,
     reports skips in the order the numpy stages would, and returns (rows, IPv6 table)."""
     assert native.lib is not None
-    m, events, unsup, v6 = native.lib.decode(
-        fr.buf, np.ascontiguousarray(fr.data_off, dtype=np.int64), np.ascontiguousarray(fr.caplen, dtype=np.int64),
-        np.ascontiguousarray(fr.origlen, dtype=np.int64), np.ascontiguousarray(fr.linktype, dtype=np.int32),
-        np.ascontiguousarray(fr.ts, dtype=np.float64), np.ascontiguousarray(fr.frame, dtype=np.int64), CHUNK,
-        tuple(out.values()))
+    cols = tuple(out.values())
+    if fr.pcap is not None:  # record headers read in C, straight from the file
+        pc = fr.pcap
+        m, events, unsup, v6 = native.lib.decode(fr.buf, np.ascontiguousarray(pc.rec_off, dtype=np.int64), None, None,
+                                                 None, None, None, CHUNK, cols, int(pc.endian == "<"), pc.tsdiv,
+                                                 pc.linktype)
+    else:
+        c = np.ascontiguousarray
+        m, events, unsup, v6 = native.lib.decode(
+            fr.buf, c(fr.data_off, dtype=np.int64), c(fr.caplen, dtype=np.int64), c(fr.origlen, dtype=np.int64),
+            c(fr.linktype, dtype=np.int32), c(fr.ts, dtype=np.float64), c(fr.frame, dtype=np.int64), CHUNK, cols)
     for reason, k in events:
         fr.report.skip(SKIP_REASONS[reason], k)
     for lt, k in unsup:

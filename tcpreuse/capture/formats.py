@@ -110,20 +110,54 @@ class ReadReport:
 
 
 @dataclass
-class Frames:
-    """Every packet record of one file: where its bytes are and its header fields."""
+class PcapIndex:
+    """The believable records of a pcap file, by offset: what the C decoder reads (it
+    takes each header's fields from the file itself, so no per-frame columns are built)."""
 
-    buf: Any  # bytes, mmap or similar: the whole file
-    data_off: np.ndarray  # int64: offset of the frame's first byte in buf
-    caplen: np.ndarray  # int64: bytes captured
-    origlen: np.ndarray  # int64: bytes on the wire
-    ts: np.ndarray  # float64: seconds since the epoch
-    linktype: np.ndarray  # int32 per frame
-    frame: np.ndarray  # int64: record number in the file, 1-based (tshark frame.number)
-    report: ReadReport
+    rec_off: np.ndarray  # int64: offset of each record's 16-byte header
+    endian: str
+    tsdiv: int
+    linktype: int
+
+
+class Frames:
+    """Every packet record of one file: where its bytes are and its header fields.
+
+    Columns: data_off (int64, offset of the frame's first byte in buf), caplen (int64,
+    bytes captured), origlen (int64, bytes on the wire), ts (float64, seconds since the
+    epoch), linktype (int32), frame (int64, record number in the file, 1-based: tshark
+    frame.number). A pcap file read with the C extension carries a :class:`PcapIndex`
+    instead, and the columns are computed from it only when asked for."""
+
+    def __init__(self, buf: Any, data_off: np.ndarray | None, caplen: np.ndarray | None,
+                 origlen: np.ndarray | None, ts: np.ndarray | None, linktype: np.ndarray | None,
+                 frame: np.ndarray | None, report: ReadReport, pcap: PcapIndex | None = None) -> None:
+        self.buf = buf  # bytes, mmap or similar: the whole file
+        self.report = report
+        self.pcap = pcap
+        if pcap is None:
+            assert data_off is not None and caplen is not None and origlen is not None
+            assert ts is not None and linktype is not None and frame is not None
+            self.data_off, self.caplen, self.origlen = data_off, caplen, origlen
+            self.ts, self.linktype, self.frame = ts, linktype, frame
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        """The columns of a :class:`PcapIndex`, on first use."""
+        pcap = self.__dict__.get("pcap")
+        if pcap is None or name not in ("data_off", "caplen", "origlen", "ts", "linktype", "frame"):
+            raise AttributeError(name)
+        sec, frac, incl, orig = _pcap_fields(self.buf, pcap.rec_off, pcap.endian)
+        n = pcap.rec_off.size
+        self.data_off = pcap.rec_off + 16
+        self.caplen, self.origlen = incl, orig
+        self.ts = sec.astype(np.float64) + frac.astype(np.float64) / pcap.tsdiv
+        self.linktype = np.full(n, pcap.linktype, dtype=np.int32)
+        self.frame = np.arange(1, n + 1, dtype=np.int64)
+        col: np.ndarray = self.__dict__[name]
+        return col
 
     def __len__(self) -> int:
-        return int(self.data_off.shape[0])
+        return int(self.pcap.rec_off.shape[0] if self.pcap is not None else self.data_off.shape[0])
 
 
 def _u32_view(buf: Any, endian: str) -> np.ndarray:
@@ -305,6 +339,8 @@ def _pcap_header_ok(h: np.ndarray, tsdiv: int, limit: int, ts_lo: float, ts_hi: 
 
 
 def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
+    if native.lib is not None and len(buf) >= 24:
+        return _parse_pcap_c(buf, rep)
     end = len(buf)
     endian, tsdiv = PCAP_MAGIC[bytes(buf[:4])]
     rep.format = "pcap (ns)" if tsdiv == 1_000_000_000 else "pcap"
@@ -383,6 +419,70 @@ def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
         frame=np.arange(1, n + 1, dtype=np.int64),
         report=rep,
     )
+
+
+def _parse_pcap_c(buf: Any, rep: ReadReport) -> Frames:
+    """:func:`_parse_pcap` with the walk and the header checks in one C pass
+    (``_ccap.pcap_scan``): the same records, report, warnings and resynchronisation,
+    and a :class:`PcapIndex` instead of per-frame columns."""
+    assert native.lib is not None
+    end = len(buf)
+    endian, tsdiv = PCAP_MAGIC[bytes(buf[:4])]
+    rep.format = "pcap (ns)" if tsdiv == 1_000_000_000 else "pcap"
+    _vmaj, _vmin, _zone, _sig, snaplen, network = struct.unpack_from(endian + "HHiIII", buf, 4)
+    linktype = network & 0x0FFFFFFF
+    limit = max(min(snaplen, 1 << 26), MAX_RECORD) if snaplen else MAX_RECORD * 4
+    u32 = _u32_view(buf, endian)
+    hdr = struct.Struct(endian + "IIII")
+    chunks: list[np.ndarray] = []
+    off = 24
+    ts_lo, ts_hi = 0.0, float(2**32)
+    resyncs = 0
+    rep.bytes_read = 24
+    while True:
+        bounds = ts_hi != float(2**32)  # as _parse_pcap tells whether the bounds are set
+        offs, status, stop, bounds, ts_lo, ts_hi = native.lib.pcap_scan(buf, off, end, endian == "<", tsdiv, limit,
+                                                                         bounds, ts_lo, ts_hi)
+        arr = np.frombuffer(offs, dtype=np.int64)
+        if arr.size:
+            chunks.append(arr)
+            rep.bytes_read = int(arr[-1]) + 16 + hdr.unpack_from(buf, int(arr[-1]))[2]
+        if status == 0:
+            break
+        if status == 3:
+            why = _bad_pcap_header_reason(np.array(hdr.unpack_from(buf, stop)), tsdiv, limit)
+        else:
+            if status == 1:
+                incl = hdr.unpack_from(buf, stop)[2]
+                why = f"last record cut short ({end - stop - 16} of {incl} bytes)"
+            else:
+                why = f"{end - stop} stray bytes at the end (a cut record header)"
+            # a real truncation only if the cut header itself is believable
+            believable = True
+            if stop + 16 <= end:
+                h = np.array([hdr.unpack_from(buf, stop)])
+                believable = bool(_pcap_header_ok(h, tsdiv, limit, ts_lo, ts_hi)[0])
+                if not believable:
+                    why = _bad_pcap_header_reason(h[0], tsdiv, limit)
+            if believable:
+                rep.warn(f"truncated at byte {stop:,}: {why}")
+                break
+        if resyncs >= MAX_RESYNCS:
+            rep.warn(f"gave up at byte {stop:,} after {resyncs} resynchronisations ({why})")
+            break
+        resyncs += 1
+        nxt = _resync_pcap(buf, u32, stop + 1, end, tsdiv, limit, ts_lo, ts_hi)
+        if nxt is None:
+            rep.warn(f"unreadable from byte {stop:,} ({why}); no believable record after it")
+            break
+        rep.garbage_bytes += nxt - stop
+        rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop:,} ({why}); resynchronised")
+        off = nxt
+    rec = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    if rec.size:
+        rep.records = int(rec.size)
+        rep.linktypes[linktype] = int(rec.size)
+    return Frames(buf, None, None, None, None, None, None, rep, pcap=PcapIndex(rec, endian, tsdiv, linktype))
 
 
 def _pcap_fields(buf: Any, arr: np.ndarray, endian: str) -> tuple[np.ndarray, ...]:
