@@ -1,14 +1,15 @@
 """Build: the simulator's hot modules are compiled with mypyc when possible.
 
 The pure-Python source is the reference and stays importable; mypyc only makes it fast
-(bench/sim_speed.py measures both). TCPREUSE_PURE_PYTHON=1 skips compilation; a failed
-compilation falls back to pure Python with a warning.
+(bench/sim_speed.py measures both). The capture reader's loops are also a small optional C
+extension (tcpreuse/capture/_ccap.c; bench/analyze_speed.py). TCPREUSE_PURE_PYTHON=1 skips
+compilation; a failed compilation falls back to pure Python with a warning.
 """
 
 import os
 import sys
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 COMPILED = [
     "tcpreuse/model/seq.py",
@@ -36,5 +37,11 @@ if os.environ.get("TCPREUSE_PURE_PYTHON") != "1":
                                group_name="tcpreuse")
     except Exception as e:  # no compiler, no mypyc: the pure-Python package still works
         print(f"tcpreuse: not compiling the simulator with mypyc ({e}); pure Python", file=sys.stderr)
+
+# The capture reader's per-packet loops in plain C (CPython API only, no numpy headers).
+# optional=True: a failed compilation warns and leaves the Python paths (capture/native.py).
+if os.environ.get("TCPREUSE_PURE_PYTHON") != "1":
+    ext_modules.append(Extension("tcpreuse.capture._ccap", ["tcpreuse/capture/_ccap.c"], optional=True,
+                                 extra_compile_args=["-O3"]))
 
 setup(ext_modules=ext_modules)

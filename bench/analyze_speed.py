@@ -6,7 +6,9 @@
    the capture file are always removed.
 2. Times, pinned to one CPU, `--repeat` times each, and prints medians:
    - `tcpreuse analyze FILE --json` (full analysis: attempts, reuse, TIME_WAIT verdicts,
-     findings), as a command (interpreter start included) and in-process (the analysis alone);
+     findings), as a command (interpreter start included) and in-process (the analysis alone),
+     each with the C extension (tcpreuse/capture/_ccap.c) and without it (TCPREUSE_CAPTURE_C=0:
+     the numpy/mypyc paths), so before and after are compared in the same run;
      the command runs as an installed package would, with its bytecode compiled once
      beforehand (a temporary PYTHONPYCACHEPREFIX, so a PYTHONDONTWRITEBYTECODE environment
      does not add a recompilation of every module to each run);
@@ -191,22 +193,40 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         cpu_for(tcpreuse, cpu, env)  # compiles and caches the bytecode
+        from tcpreuse.capture import native
+
+        env_ref = {**env, "TCPREUSE_CAPTURE_C": "0"}
+        with_c = native.lib is not None
+        if not with_c:
+            print("WARNING: the C extension is not built; both rows run the Python paths")
         runs: dict[str, list[tuple[float, float]]] = {"tcpreuse analyze (command)": [],
                                                       "tcpreuse analysis (in-process)": [],
                                                       "  start + imports of the command": [],
+                                                      "tcpreuse analyze (command), no C": [],
+                                                      "tcpreuse analysis (in-process), no C": [],
                                                       "tshark -Y reused_ports||reset": [], "dpkt loop": []}
         last: list[Any] = [an]
+        lib = native.lib
 
         def analysis() -> None:
             a = analyze_paths([path], jobs=1)[0]
             diagnose(Evidence(source="analyze", capture=a))
             last[0] = a
 
+        def analysis_ref() -> None:
+            native.lib = None
+            try:
+                diagnose(Evidence(source="analyze", capture=analyze_paths([path], jobs=1)[0]))
+            finally:
+                native.lib = lib
+
         have_tshark = shutil.which("tshark") is not None
         for _ in range(args.repeat):
             runs["tcpreuse analyze (command)"].append(cpu_for(tcpreuse, cpu, env))
             runs["tcpreuse analysis (in-process)"].append(in_process(analysis))
             runs["  start + imports of the command"].append(cpu_for(imports, cpu, env))
+            runs["tcpreuse analyze (command), no C"].append(cpu_for(tcpreuse, cpu, env_ref))
+            runs["tcpreuse analysis (in-process), no C"].append(in_process(analysis_ref))
             if have_tshark:
                 runs["tshark -Y reused_ports||reset"].append(cpu_for(["tshark", "-n", "-r", str(path), "-Y",
                                                                       TSHARK_FILTER], cpu))
@@ -236,7 +256,10 @@ def main() -> None:
             fixed = med["  start + imports of the command"][1]
             print(f"the command's fixed cost (start + imports) is {fixed:.3f} s CPU: 20x tshark as a command "
                   f"leaves {med['tshark -Y reused_ports||reset'][1] / 20 - fixed:.3f} s for reading and "
-                  f"analysing {n:,} packets")
+                  f"analysing {n:,} packets; the command spent {ours_cmd[1] - fixed:.3f} s on them")
+        ref_cmd, ref_in = med["tcpreuse analyze (command), no C"], med["tcpreuse analysis (in-process), no C"]
+        print(f"C extension vs without (CPU): command {ref_cmd[1] / ours_cmd[1]:.2f}x, "
+              f"in-process {ref_in[1] / ours_in[1]:.2f}x faster")
         print(f"analysis phases (s, last in-process run): { {k: round(v, 3) for k, v in last[0].timing.items()} }")
     finally:
         if args.keep and args.capture is None and path.exists():

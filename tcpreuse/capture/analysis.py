@@ -90,7 +90,7 @@ class CaptureAnalysis:
         if not cache:
             a = self.attempts
             if len(a):
-                for k in np.unique(np.concatenate([a["orig"], a["resp"]])).tolist():
+                for k in flows.distinct(np.concatenate([a["orig"], a["resp"]])).tolist():
                     cache[self.addr(int(k))] = int(k)
         return cache.get(addr)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import native
 from .formats import Frames, ReadReport, _u16_view, _u32_view
 
 # link types (https://www.tcpdump.org/linktypes.html)
@@ -60,7 +61,11 @@ R_BAD_IP = "malformed IP header"
 R_BAD_TCP = "malformed TCP header"
 R_LINKTYPE = "unsupported link type"
 R_V6_EXT = "more IPv6 extension headers than we follow"
+R_OPT_CUT = "TCP options cut by the snap length (segment kept)"
 MAX_V6_EXT = 16
+# the C decoder reports skips by index into this tuple (the order of _ccap.c's enum)
+SKIP_REASONS = (R_CUT_L2, R_NOT_IP, R_CUT_IP, R_BAD_IP, R_FRAGMENT, R_NOT_TCP, R_V6_EXT, R_CUT_TCP, R_BAD_TCP,
+                R_OPT_CUT)
 
 
 @dataclass
@@ -218,14 +223,18 @@ def decode(fr: Frames, file_index: int = 0) -> Packets:
     n = len(fr)
     if n == 0:
         return _empty_packets()
-    v = _Views(fr.buf)
-    st = _Stage(rep)
     out = {c: np.empty(n, dtype=dt) for c, dt in _COLS}
-    v6: dict[bytes, int] = {}
     unsupported: dict[int, int] = {}
-    m = 0
-    for a in range(0, n, CHUNK):
-        m = _decode_range(v, st, fr, a, min(n, a + CHUNK), out, m, v6, unsupported)
+    if native.lib is not None:
+        m, v6 = _decode_c(fr, out, unsupported)
+    else:
+        v = _Views(fr.buf)
+        st = _Stage(rep)
+        v6_ids: dict[bytes, int] = {}
+        m = 0
+        for a in range(0, n, CHUNK):
+            m = _decode_range(v, st, fr, a, min(n, a + CHUNK), out, m, v6_ids, unsupported)
+        v6 = list(v6_ids)
     for lt, k in unsupported.items():
         rep.skip(f"{R_LINKTYPE} {lt}", k)
         rep.warn(f"{k:,} frames of link type {lt}, which is not supported, were skipped")
@@ -233,7 +242,29 @@ def decode(fr: Frames, file_index: int = 0) -> Packets:
         return _empty_packets()
     cols = {c: a[:m] for c, a in out.items()}
     rep.tcp_packets += m
-    return Packets(**cols, file=np.full(m, file_index, dtype=np.int16), v6=list(v6))
+    return Packets(**cols, file=np.full(m, file_index, dtype=np.int16), v6=v6)
+
+
+def _decode_c(fr: Frames, out: dict[str, np.ndarray], unsupported: dict[int, int]) -> tuple[int, list[bytes]]:
+    """:func:`_decode_range` over all chunks in one C pass (``_ccap.decode``): fills `out`,
+    reports skips in the order the numpy stages would, and returns (rows, IPv6 table)."""
+    assert native.lib is not None
+    cols = tuple(out.values())
+    if fr.pcap is not None:  # record headers read in C, straight from the file
+        pc = fr.pcap
+        m, events, unsup, v6 = native.lib.decode(fr.buf, np.ascontiguousarray(pc.rec_off, dtype=np.int64), None, None,
+                                                 None, None, None, CHUNK, cols, int(pc.endian == "<"), pc.tsdiv,
+                                                 pc.linktype)
+    else:
+        c = np.ascontiguousarray
+        m, events, unsup, v6 = native.lib.decode(
+            fr.buf, c(fr.data_off, dtype=np.int64), c(fr.caplen, dtype=np.int64), c(fr.origlen, dtype=np.int64),
+            c(fr.linktype, dtype=np.int32), c(fr.ts, dtype=np.float64), c(fr.frame, dtype=np.int64), CHUNK, cols)
+    for reason, k in events:
+        fr.report.skip(SKIP_REASONS[reason], k)
+    for lt, k in unsup:
+        unsupported[lt] = unsupported.get(lt, 0) + k
+    return int(m), list(v6)
 
 
 def _decode_range(v: _Views, st: _Stage, fr: Frames, a: int, b: int, out: dict[str, np.ndarray], w: int,
@@ -324,7 +355,7 @@ def _decode_range(v: _Views, st: _Stage, fr: Frames, a: int, b: int, out: dict[s
     sackok[:] = False
     _options(v, l4 + 20, np.minimum(opt_end, ce), flags, has_ts, tsval, tsecr, mss, wscale, sackok)
     if opt_cut.any():
-        rep.skip("TCP options cut by the snap length (segment kept)", int(opt_cut.sum()))
+        rep.skip(R_OPT_CUT, int(opt_cut.sum()))
     return w + m
 
 

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import flows
+
 if TYPE_CHECKING:
     from .analysis import CaptureAnalysis
 
@@ -61,7 +63,7 @@ def span(values: np.ndarray, unit: str = "s", nd: int = 1) -> str:
 
 def median(values: np.ndarray) -> float | None:
     v = values[~np.isnan(values)]
-    return float(np.median(v)) if v.size else None
+    return flows.median(v) if v.size else None
 
 
 def os_guess(an: CaptureAnalysis, rows: np.ndarray) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import loops, zeek
+from . import loops, native, zeek
 from .decode import ACK, FIN, RST, SYN, Packets
 
 K1 = np.uint64(0x9E3779B97F4A7C15)
@@ -65,6 +65,25 @@ class Attempts:
 
     def history_str(self) -> list[str]:
         return [b.decode("ascii") for b in self.history.tolist()]
+
+
+def distinct(a: np.ndarray) -> np.ndarray:
+    """np.unique(a) for plain arrays: the distinct values, sorted. np.unique asks
+    whether `a` is a masked array, which imports numpy.ma (~10 ms of a command's start)."""
+    s = np.sort(a, axis=None)
+    return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
+
+
+def median(a: np.ndarray) -> float:
+    """float(np.median(a)) of a non-empty 1-D array, without np.median's masked-array
+    check (which imports numpy.ma): the middle value, or the mean of the two middle ones."""
+    s = np.sort(a.ravel())
+    if np.isnan(s[-1]):  # NaN sorts last
+        return float("nan")
+    k = s.size // 2
+    if s.size % 2:
+        return float(s[k])
+    return float((np.float64(s[k - 1]) + np.float64(s[k])) / 2)
 
 
 def _shift(a: np.ndarray, fill: Any) -> np.ndarray:
@@ -127,8 +146,12 @@ def flow_order(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     Packets of one flow end up contiguous and in time order. Direction 0 means the
     packet goes from the lower (address, port) endpoint to the higher one. Flows are
     grouped by a 32-bit hash (two linear 16-bit passes); the endpoint pairs are then
-    compared exactly, and hash groups holding several flows are sorted apart."""
+    compared exactly, and hash groups holding several flows are sorted apart (in C:
+    grouped exactly by a hash table, flows then sorted by (hash, endpoints): the same
+    order)."""
     n = len(p)
+    if native.lib is not None:
+        return _flow_order_c(p)
     e_src = (p.src << np.uint64(16)) | p.sport.astype(np.uint64)
     e_dst = (p.dst << np.uint64(16)) | p.dport.astype(np.uint64)
     pair = np.empty((n, 2), dtype=np.uint64)
@@ -161,11 +184,28 @@ def flow_order(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     back = np.flatnonzero((ts_o[1:] < ts_o[:-1]) & ~fstart[1:])
     if back.size:
         flow_id = np.cumsum(fstart) - 1
-        bad_flows = np.unique(flow_id[back])
+        bad_flows = distinct(flow_id[back])
         aff = np.flatnonzero(np.isin(flow_id, bad_flows))
         sub = np.lexsort((ts_o[aff], flow_id[aff]))
         order[aff] = order[aff][sub]
         ts_o[aff] = ts_o[aff][sub]
+    return order, fstart, d, ts_o
+
+
+C_HASH_MASK = 0xFFFFFFFF  # tests narrow it to make the C path's flow hashes collide
+
+
+def _flow_order_c(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`flow_order` by ``_ccap.flow_order`` (one hash-table pass and a counting sort)."""
+    assert native.lib is not None
+    n = len(p)
+    order = np.empty(n, dtype=np.int64)
+    fstart = np.empty(n, dtype=bool)
+    d = np.empty(n, dtype=np.int8)
+    ts_o = np.empty(n, dtype=np.float64)
+    c = np.ascontiguousarray
+    native.lib.flow_order(c(p.src, dtype=np.uint64), c(p.dst, dtype=np.uint64), c(p.sport, dtype=np.uint16),
+                          c(p.dport, dtype=np.uint16), c(p.ts, dtype=np.float64), C_HASH_MASK, order, fstart, d, ts_o)
     return order, fstart, d, ts_o
 
 
@@ -254,6 +294,8 @@ class SegFacts:
 def segment_facts(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
     """Per-segment facts: by the compiled pass when :mod:`.loops` is compiled, else
     by whole-column numpy (the same results; tests check both)."""
+    if native.lib is not None:
+        return _facts_c(q, d, fstart)
     if loops.COMPILED:
         return _facts_compiled(q, d, fstart)
     return _facts_numpy(q, d, fstart)
@@ -312,6 +354,31 @@ def _facts_compiled(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts
         orig_bytes=wide[:, loops.F_OBYTES - loops.NARROW], resp_bytes=wide[:, loops.F_RBYTES - loops.NARROW],
         joint=(state & 63).astype(np.uint8), completeness=((state >> 6) & 63).astype(np.int8),
         history=zeek.strings(np.frombuffer(bytearray(letters), dtype=np.uint8), narrow[:, loops.F_HLEN]),
+    )
+
+
+def _facts_c(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
+    """SegFacts from ``_ccap.segment_facts``: the pass of :func:`.loops.segment_facts` in
+    C, reading the capture-order columns through the flow order and writing int64
+    columns."""
+    assert native.lib is not None
+    p = q.p
+    c = np.ascontiguousarray
+    _nseg, cols, letters = native.lib.segment_facts(
+        c(q.order, dtype=np.int64), c(fstart, dtype=bool), c(d, dtype=np.int8), c(p.flags, dtype=np.uint8),
+        c(p.seq, dtype=np.uint32), c(p.ack, dtype=np.uint32), c(p.plen, dtype=np.int32), c(p.has_ts, dtype=bool),
+        c(p.win, dtype=np.uint16), zeek.table())
+    (starts, flow, first_syn, second_syn, last_syn, n_syn, ans, first_sa, n_synack, n_old_ack, n_rst_o_pre,
+     fin_o, fin_r, rst_o, rst_r, term, ts_o, ts_r, obytes, rbytes, hlen, end_o, end_r, state) = (
+        np.frombuffer(x, dtype=np.int64) for x in cols)
+    return SegFacts(
+        starts=starts, flow=flow, first_syn=first_syn, second_syn=second_syn, last_syn=last_syn, n_syn=n_syn,
+        ans=ans, first_sa=first_sa, n_synack=n_synack, established=(state >> 12) & 1 == 1, n_old_ack=n_old_ack,
+        n_rst_o_pre=n_rst_o_pre, first_fin_o=fin_o, first_fin_r=fin_r, first_rst_o=rst_o, first_rst_r=rst_r,
+        first_term=term, last_ts_o=ts_o, last_ts_r=ts_r, orig_end_seq=end_o.astype(np.uint32),
+        resp_end_seq=end_r.astype(np.uint32), orig_bytes=obytes, resp_bytes=rbytes,
+        joint=(state & 63).astype(np.uint8), completeness=((state >> 6) & 63).astype(np.int8),
+        history=zeek.strings(np.frombuffer(letters, dtype=np.uint8), hlen),
     )
 
 
@@ -483,11 +550,10 @@ def _facts_numpy(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
 
 def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray, fa: SegFacts) -> Attempts:
     """The attempt columns from the per-segment facts (gathers at a few positions)."""
-    n = q.flags.size
+    n = order.size
     starts = fa.starts
     ends = np.r_[starts[1:], n]
     npk = ends - starts
-    f = q.flags
     ts = q.ts
     nan = np.nan
 
@@ -496,7 +562,7 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
         return np.where(ok, col[np.where(ok, idx, 0)], fill)
 
     # ---- roles ---------------------------------------------------------------------------
-    first_cls = f[starts] & (SYN | ACK | RST)
+    first_cls = q.at(starts, "flags", 0) & (SYN | ACK | RST)
     has_syn = first_cls == SYN
     flipped = first_cls == (SYN | ACK)
     orig_dir = np.where(flipped, 1 - d[starts], d[starts])
@@ -513,9 +579,9 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
     # ---- the answer: first packet from the responder after the first SYN --------------
     ans = fa.ans
     ans_ok = ans < BIG
-    af = at(ans, f, 0)
-    isn = at(first_syn, q.seq, 0).astype(np.uint32)
-    ans_ack = at(ans, q.ack, 0).astype(np.uint32)
+    af = q.at(ans, "flags", 0)
+    isn = q.at(first_syn, "seq", 0).astype(np.uint32)
+    ans_ack = q.at(ans, "ack", 0).astype(np.uint32)
     ack_ok = ans_ack == (isn + np.uint32(1))
     a_cls = np.full(starts.size, A_NONE, dtype=np.int8)
     a_cls[ans_ok] = A_OTHER
@@ -527,7 +593,7 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
     # closing: the first FIN or RST after the SYN-ACK (for midstream segments: any)
     first_term = fa.first_term
     term_ok = first_term < BIG
-    tf = at(first_term, f, 0)
+    tf = q.at(first_term, "flags", 0)
     close = np.where(~term_ok, 0, np.where((tf & RST) != 0, 2, 1)).astype(np.int8)
     term_by_orig = at(first_term, d, -1) == orig_dir
     closed_by = np.where(~term_ok, W_NONE, np.where(term_by_orig, W_ORIG, W_RESP)).astype(np.int8)

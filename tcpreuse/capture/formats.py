@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CaptureError
-from . import loops
+from . import loops, native
 
 PCAP_MAGIC = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),  # microseconds, little-endian writer
@@ -110,20 +110,54 @@ class ReadReport:
 
 
 @dataclass
-class Frames:
-    """Every packet record of one file: where its bytes are and its header fields."""
+class PcapIndex:
+    """The believable records of a pcap file, by offset: what the C decoder reads (it
+    takes each header's fields from the file itself, so no per-frame columns are built)."""
 
-    buf: Any  # bytes, mmap or similar: the whole file
-    data_off: np.ndarray  # int64: offset of the frame's first byte in buf
-    caplen: np.ndarray  # int64: bytes captured
-    origlen: np.ndarray  # int64: bytes on the wire
-    ts: np.ndarray  # float64: seconds since the epoch
-    linktype: np.ndarray  # int32 per frame
-    frame: np.ndarray  # int64: record number in the file, 1-based (tshark frame.number)
-    report: ReadReport
+    rec_off: np.ndarray  # int64: offset of each record's 16-byte header
+    endian: str
+    tsdiv: int
+    linktype: int
+
+
+class Frames:
+    """Every packet record of one file: where its bytes are and its header fields.
+
+    Columns: data_off (int64, offset of the frame's first byte in buf), caplen (int64,
+    bytes captured), origlen (int64, bytes on the wire), ts (float64, seconds since the
+    epoch), linktype (int32), frame (int64, record number in the file, 1-based: tshark
+    frame.number). A pcap file read with the C extension carries a :class:`PcapIndex`
+    instead, and the columns are computed from it only when asked for."""
+
+    def __init__(self, buf: Any, data_off: np.ndarray | None, caplen: np.ndarray | None,
+                 origlen: np.ndarray | None, ts: np.ndarray | None, linktype: np.ndarray | None,
+                 frame: np.ndarray | None, report: ReadReport, pcap: PcapIndex | None = None) -> None:
+        self.buf = buf  # bytes, mmap or similar: the whole file
+        self.report = report
+        self.pcap = pcap
+        if pcap is None:
+            assert data_off is not None and caplen is not None and origlen is not None
+            assert ts is not None and linktype is not None and frame is not None
+            self.data_off, self.caplen, self.origlen = data_off, caplen, origlen
+            self.ts, self.linktype, self.frame = ts, linktype, frame
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        """The columns of a :class:`PcapIndex`, on first use."""
+        pcap = self.__dict__.get("pcap")
+        if pcap is None or name not in ("data_off", "caplen", "origlen", "ts", "linktype", "frame"):
+            raise AttributeError(name)
+        sec, frac, incl, orig = _pcap_fields(self.buf, pcap.rec_off, pcap.endian)
+        n = pcap.rec_off.size
+        self.data_off = pcap.rec_off + 16
+        self.caplen, self.origlen = incl, orig
+        self.ts = sec.astype(np.float64) + frac.astype(np.float64) / pcap.tsdiv
+        self.linktype = np.full(n, pcap.linktype, dtype=np.int32)
+        self.frame = np.arange(1, n + 1, dtype=np.int64)
+        col: np.ndarray = self.__dict__[name]
+        return col
 
     def __len__(self) -> int:
-        return int(self.data_off.shape[0])
+        return int(self.pcap.rec_off.shape[0] if self.pcap is not None else self.data_off.shape[0])
 
 
 def _u32_view(buf: Any, endian: str) -> np.ndarray:
@@ -207,19 +241,30 @@ def _empty_frames(buf: Any, rep: ReadReport) -> Frames:
 # pcap
 
 
-def _walk_pcap(buf: Any, off: int, end: int, endian: str) -> tuple[np.ndarray, int, str]:
-    """Record offsets from `off` until the end of the file.
+def _walk_pcap(buf: Any, off: int, end: int, endian: str) -> tuple[np.ndarray, tuple[np.ndarray, ...], int, str]:
+    """Record offsets and header fields (see :func:`_pcap_fields`) from `off` until the
+    end of the file.
 
     The hot loop of the whole reader: it reads only each record's length (the lengths
-    are checked afterwards, vectorised, by the caller). Returns (offsets, where it
-    stopped, why: "" at a clean end, else a truncation message)."""
-    offs, last = _walk_fast(buf, off, end, endian) if loops.COMPILED else _walk_struct(buf, off, end, endian)
+    are checked afterwards, vectorised, by the caller). Returns (offsets, fields, where
+    it stopped, why: "" at a clean end, else a truncation message)."""
+    if native.lib is not None:  # the walk and the fields in one C pass
+        *cols, last = native.lib.pcap_walk(buf, off, end, endian == "<")
+        offs = np.frombuffer(cols[0], dtype=np.int64)
+        fields = tuple(np.frombuffer(c, dtype=dt) for c, dt in zip(cols[1:], _FIELD_DTYPES, strict=True))
+    else:
+        offs, last = _walk_fast(buf, off, end, endian) if loops.COMPILED else _walk_struct(buf, off, end, endian)
+        fields = _pcap_fields(buf, offs, endian)
     if last == end:
-        return offs, last, ""
+        return offs, fields, last, ""
     if last > end and offs.size:  # the final record's data is cut short
         cut = int(offs[-1])
-        return offs[:-1], cut, f"last record cut short ({end - cut - 16} of {last - cut - 16} bytes)"
-    return offs, last, f"{end - last} stray bytes at the end (a cut record header)"
+        return (offs[:-1], tuple(f[:-1] for f in fields), cut,
+                f"last record cut short ({end - cut - 16} of {last - cut - 16} bytes)")
+    return offs, fields, last, f"{end - last} stray bytes at the end (a cut record header)"
+
+
+_FIELD_DTYPES = (np.uint64, np.uint64, np.int64, np.int64)  # what _pcap_fields returns
 
 
 WALK_CHUNK = 1 << 20  # bytes copied out of the mapping per compiled walk call
@@ -294,6 +339,8 @@ def _pcap_header_ok(h: np.ndarray, tsdiv: int, limit: int, ts_lo: float, ts_hi: 
 
 
 def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
+    if native.lib is not None and len(buf) >= 24:
+        return _parse_pcap_c(buf, rep)
     end = len(buf)
     endian, tsdiv = PCAP_MAGIC[bytes(buf[:4])]
     rep.format = "pcap (ns)" if tsdiv == 1_000_000_000 else "pcap"
@@ -312,9 +359,8 @@ def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
     resyncs = 0
     rep.bytes_read = 24
     while True:
-        arr, stop, why = _walk_pcap(buf, off, end, endian)
+        arr, (sec, frac, incl, orig), stop, why = _walk_pcap(buf, off, end, endian)
         if arr.size:
-            sec, frac, incl, orig = _pcap_fields(buf, arr, endian)
             if ts_hi == float(2**32):  # bound the times by the first record's
                 t0 = float(sec[0])
                 ts_lo, ts_hi = t0 - 86400 * 365, t0 + 86400 * 365 * 5
@@ -375,13 +421,80 @@ def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
     )
 
 
+def _parse_pcap_c(buf: Any, rep: ReadReport) -> Frames:
+    """:func:`_parse_pcap` with the walk and the header checks in one C pass
+    (``_ccap.pcap_scan``): the same records, report, warnings and resynchronisation,
+    and a :class:`PcapIndex` instead of per-frame columns."""
+    assert native.lib is not None
+    end = len(buf)
+    endian, tsdiv = PCAP_MAGIC[bytes(buf[:4])]
+    rep.format = "pcap (ns)" if tsdiv == 1_000_000_000 else "pcap"
+    _vmaj, _vmin, _zone, _sig, snaplen, network = struct.unpack_from(endian + "HHiIII", buf, 4)
+    linktype = network & 0x0FFFFFFF
+    limit = max(min(snaplen, 1 << 26), MAX_RECORD) if snaplen else MAX_RECORD * 4
+    u32 = _u32_view(buf, endian)
+    hdr = struct.Struct(endian + "IIII")
+    chunks: list[np.ndarray] = []
+    off = 24
+    ts_lo, ts_hi = 0.0, float(2**32)
+    resyncs = 0
+    rep.bytes_read = 24
+    while True:
+        bounds = ts_hi != float(2**32)  # as _parse_pcap tells whether the bounds are set
+        offs, status, stop, bounds, ts_lo, ts_hi = native.lib.pcap_scan(buf, off, end, endian == "<", tsdiv, limit,
+                                                                         bounds, ts_lo, ts_hi)
+        arr = np.frombuffer(offs, dtype=np.int64)
+        if arr.size:
+            chunks.append(arr)
+            rep.bytes_read = int(arr[-1]) + 16 + hdr.unpack_from(buf, int(arr[-1]))[2]
+        if status == 0:
+            break
+        if status == 3:
+            why = _bad_pcap_header_reason(np.array(hdr.unpack_from(buf, stop)), tsdiv, limit)
+        else:
+            if status == 1:
+                incl = hdr.unpack_from(buf, stop)[2]
+                why = f"last record cut short ({end - stop - 16} of {incl} bytes)"
+            else:
+                why = f"{end - stop} stray bytes at the end (a cut record header)"
+            # a real truncation only if the cut header itself is believable
+            believable = True
+            if stop + 16 <= end:
+                h = np.array([hdr.unpack_from(buf, stop)])
+                believable = bool(_pcap_header_ok(h, tsdiv, limit, ts_lo, ts_hi)[0])
+                if not believable:
+                    why = _bad_pcap_header_reason(h[0], tsdiv, limit)
+            if believable:
+                rep.warn(f"truncated at byte {stop:,}: {why}")
+                break
+        if resyncs >= MAX_RESYNCS:
+            rep.warn(f"gave up at byte {stop:,} after {resyncs} resynchronisations ({why})")
+            break
+        resyncs += 1
+        nxt = _resync_pcap(buf, u32, stop + 1, end, tsdiv, limit, ts_lo, ts_hi)
+        if nxt is None:
+            rep.warn(f"unreadable from byte {stop:,} ({why}); no believable record after it")
+            break
+        rep.garbage_bytes += nxt - stop
+        rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop:,} ({why}); resynchronised")
+        off = nxt
+    rec = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    if rec.size:
+        rep.records = int(rec.size)
+        rep.linktypes[linktype] = int(rec.size)
+    return Frames(buf, None, None, None, None, None, None, rep, pcap=PcapIndex(rec, endian, tsdiv, linktype))
+
+
 def _pcap_fields(buf: Any, arr: np.ndarray, endian: str) -> tuple[np.ndarray, ...]:
     """(ts seconds, ts fraction, captured length, original length) of record headers:
     each 16-byte header gathered whole, then read as four integers."""
     hdr = np.dtype([("sec", endian + "u4"), ("frac", endian + "u4"), ("incl", endian + "u4"),
                     ("orig", endian + "u4")])
-    v16 = np.ndarray((len(buf) - 15,), dtype="V16", buffer=buf, offset=0, strides=(1,))
-    h = v16[arr].view(hdr)
+    if arr.size:
+        v16 = np.ndarray((len(buf) - 15,), dtype="V16", buffer=buf, offset=0, strides=(1,))
+        h = v16[arr].view(hdr)
+    else:
+        h = np.zeros(0, dtype=hdr)
     return (h["sec"].astype(np.uint64), h["frac"].astype(np.uint64), h["incl"].astype(np.int64),
             h["orig"].astype(np.int64))
 
@@ -558,7 +671,7 @@ def _walk_pcapng(buf: Any, rep: ReadReport, careful: bool) -> _NgWalk:
     while off + 12 <= end:
         btype, blen = (hdr if endian == "<" else hdr_be).unpack_from(buf, off)
         if btype == 6 and not careful:  # the common case, kept short; validated afterwards
-            if loops.COMPILED:
+            if native.lib is not None or loops.COMPILED:
                 nxt = _epb_run(buf, off, end, endian, epb)
                 if nxt != off:
                     off = nxt
@@ -656,6 +769,10 @@ def _epb_run(buf: Any, off: int, end: int, endian: str, epb: _Offsets) -> int:
     """A run of Enhanced Packet Blocks from `off` (types and lengths only, as the
     non-careful walk trusts them), by the mypyc-compiled :func:`.loops.pcapng_epb_walk`
     over 1 MB copies of the file. Returns where the run stopped."""
+    if native.lib is not None:
+        offs, nxt = native.lib.epb_walk(buf, off, end, endian == "<")
+        epb.extend(np.frombuffer(offs, dtype=np.int64))
+        return int(nxt)
     lens: list[int] = []
     big: list[int] = []
     start = off

@@ -39,7 +39,7 @@ from ..model.timewait import (
     tcp_timewait_state_process,
 )
 from . import loops
-from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, time_order
+from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, distinct, time_order
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
 V_NONE, V_ACCEPT, V_ACK_OLD, V_PAWS, V_RST, V_DROP = range(6)
@@ -253,7 +253,7 @@ def _replay_writes(key: np.ndarray, ts: np.ndarray, stamp: np.ndarray,
     back = same & (_s32(ts[1:] - ts[:-1]) < 0)
     if not back.any():
         return out_ts, out_st
-    bad_keys = np.unique(key[1:][back])
+    bad_keys = distinct(key[1:][back])
     rows = np.flatnonzero(np.isin(key, bad_keys))
     k = key[rows]
     first = np.r_[True, k[1:] != k[:-1]]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .flows import ANSWERS, Attempts, capture_order, time_order
+from .flows import ANSWERS, Attempts, capture_order, distinct, median, time_order
 from .zeek import CONN_STATES
 
 TS_RATES = (1000.0, 250.0, 100.0, 300.0, 1024.0, 10.0, 1_000_000.0)
@@ -147,7 +147,7 @@ def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
     d = (d + 32768) % 65536 - 32768
     fwd = (d > 0) & (d <= 16)
     seq_share = float(np.mean(fwd))
-    med = int(np.median(d[fwd])) if fwd.any() else None
+    med = int(median(d[fwd])) if fwd.any() else None
     return PortPattern(
         destination=dest,
         attempts=n,
@@ -158,7 +158,7 @@ def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
         median_step=med,
         sequential_share=round(seq_share, 4),
         even_share=round(even, 4),
-        cycle_median_s=round(float(np.median(cyc)), 3) if cyc.size else None,
+        cycle_median_s=round(median(cyc), 3) if cyc.size else None,
         cycle_min_s=round(float(cyc.min()), 3) if cyc.size else None,
         reuses=reuses,
     )
@@ -198,7 +198,7 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
     s = SourceStats(
         addr=addr(a["orig"][rows[0]]),
         attempts=int(n),
-        servers=int(np.unique(a["resp"][rows]).size),
+        servers=int(distinct(a["resp"][rows]).size),
         syn_with_ts=int(has_ts.sum()),
         syn_without_ts=int(n - has_ts.sum()),
         rate_per_s=round(n / span, 3) if span > 0 else float(n),
@@ -209,7 +209,7 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
         reused=int((a["prev"][rows] >= 0).sum()),
         reused_server_tw=int(server_tw.sum()),
         syn_retried=int(retried.sum()),
-        first_retry_ms_median=round(float(np.median(gap)), 1) if gap.size else None,
+        first_retry_ms_median=round(median(gap), 1) if gap.size else None,
     )
     if not detail:
         return s
@@ -218,7 +218,7 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
     if tsr.size:
         best = (0, 0.0)
         conns = 0
-        for dst in np.unique(a["resp"][tsr]).tolist():
+        for dst in distinct(a["resp"][tsr]).tolist():
             r = tsr[a["resp"][tsr] == dst]
             k, rate = ts_clocks(a["t_syn"][r], a["syn_tsval"][r])
             if k > best[0]:
@@ -229,7 +229,7 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
         s.ts_note = _ts_note(s)
     # port patterns per destination
     dkey = a["resp"][rows].astype(np.uint64) << np.uint64(16) | a["resp_port"][rows].astype(np.uint64)
-    for dk in np.unique(dkey).tolist():
+    for dk in distinct(dkey).tolist():
         r = rows[dkey == dk]
         if r.size < DETAIL_MIN:
             continue
@@ -273,7 +273,7 @@ def server_stats(a: Attempts, addr: Any) -> list[ServerStats]:
             addr=addr(k >> 16),
             port=k & 0xFFFF,
             attempts=int(r.size),
-            clients=int(np.unique(a["orig"][r]).size),
+            clients=int(distinct(a["orig"][r]).size),
             answered=int(ok.sum()),
             refused=int((an == ANSWERS.index("rst")).sum()),
             old_ack=int((an == ANSWERS.index("old_ack")).sum()),

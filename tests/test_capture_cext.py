@@ -1,0 +1,148 @@
+"""The C extension (tcpreuse/capture/_ccap.c) gives exactly what the Python reference gives.
+
+Every stage it replaces — the pcap/pcapng walks, header decoding (skip counts and their
+order, IPv6 key tables), flow grouping, the per-segment pass — is run both ways on the
+crafted captures, the committed fuzz corpus and hypothesis-damaged files, and compared
+column by column, report by report, down to the analysis JSON with its findings. The
+reference is the plain path: no C, no mypyc loops (`loops.COMPILED` off).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from test_capture_compiled import frames_state, odd_captures, packets_state
+from test_capture_fuzz import mutated
+
+from tcpreuse.capture import decode as decode_mod
+from tcpreuse.capture import flows, loops, native
+from tcpreuse.capture.analysis import analyze_packets
+from tcpreuse.capture.decode import decode
+from tcpreuse.capture.formats import parse_frames
+from tcpreuse.diagnose.base import Evidence, diagnose
+from tcpreuse.errors import CaptureError
+from tcpreuse.result import dumps
+
+CORPUS = Path(__file__).parent / "data" / "pcap" / "corpus"
+
+if native.lib is None and os.environ.get("TCPREUSE_PURE_PYTHON") == "1":
+    pytest.skip("built without the C extension (TCPREUSE_PURE_PYTHON=1)", allow_module_level=True)
+
+
+def test_the_extension_is_built() -> None:
+    assert native.lib is not None, "tcpreuse.capture._ccap did not build: see setup.py's warning"
+
+
+def everything(data: bytes) -> Any:
+    """Frames, packets, report, attempts and the analysis JSON with findings (or the error)."""
+    try:
+        fr = parse_frames(data, "t")
+        frames = frames_state(fr)
+        pk = decode(fr)
+        an = analyze_packets(pk, [fr.report], ["t"])
+    except CaptureError as e:
+        return e.message
+    doc = an.to_json()
+    doc.pop("timing_s")
+    doc["findings"] = [f.to_json() for f in diagnose(Evidence(source="analyze", capture=an))]
+    a = an.attempts
+    att = {k: [None if x != x else x for x in v.tolist()] for k, v in a.cols.items()}
+    return {"frames": frames, "packets": packets_state(pk), "v6": pk.v6, "attempts": att,
+            "history": a.history_str(), "json": dumps(doc)}
+
+
+def both(data: bytes, monkeypatch: pytest.MonkeyPatch, chunk: int | None = None) -> tuple[Any, Any]:
+    with monkeypatch.context() as m:
+        if chunk:
+            m.setattr(decode_mod, "CHUNK", chunk)
+        got = everything(data)
+        m.setattr(native, "lib", None)
+        m.setattr(loops, "COMPILED", False)
+        want = everything(data)
+    return got, want
+
+
+@pytest.mark.parametrize("name", sorted(odd_captures()))
+def test_c_path_equals_the_reference(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    got, want = both(odd_captures()[name], monkeypatch)
+    assert isinstance(want, dict) and len(want["attempts"]["t_start"]) >= 3
+    assert got == want
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_c_path_equals_the_reference_in_small_chunks(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip reasons are reported, and IPv6 addresses numbered, chunk by chunk."""
+    for name in ("pcapng-two-ifaces", "pcap-be-ns-sll2", "interleaved"):
+        got, want = both(odd_captures()[name], monkeypatch, chunk)
+        assert got == want, name
+
+
+def test_c_path_on_the_corpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 0
+    for f in sorted(CORPUS.iterdir()):
+        if f.suffix in (".pcap", ".pcapng"):
+            data = f.read_bytes()
+            for chunk in (None, 2):
+                got, want = both(data, monkeypatch, chunk)
+                assert got == want, (f.name, chunk)
+            n += 1
+    assert n > 20
+
+
+@settings(max_examples=120, deadline=4000, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture],
+          derandomize=True)
+@given(mutated())
+def test_c_path_on_damage(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    got, want = both(data, monkeypatch, 3)
+    assert got == want
+
+
+@pytest.mark.parametrize("mask", [0, 3])
+def test_c_flow_hash_collisions_change_nothing(mask: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C grouping is exact: with every flow (or most) sharing one hash, the attempts
+    are the same (rows in another order)."""
+    data = odd_captures()["interleaved"]
+
+    def by_frame() -> dict[str, list[Any]]:
+        fr = parse_frames(data, "t")
+        a = analyze_packets(decode(fr), [fr.report], ["t"]).attempts
+        o = np.argsort(a["frame"], kind="stable")
+        out = {k: [None if x != x else x for x in v[o].tolist()] for k, v in a.cols.items()
+               if k not in ("flow", "first_pos", "prev")}
+        out["history"] = [a.history_str()[i] for i in o.tolist()]
+        return out
+
+    want = by_frame()
+    with monkeypatch.context() as m:
+        m.setattr(flows, "C_HASH_MASK", mask)
+        assert by_frame() == want
+
+
+def test_c_functions_refuse_inconsistent_arguments() -> None:
+    """Called wrongly (which the Python callers never do), the C functions raise, they do
+    not read outside their buffers."""
+    lib = native.lib
+    assert lib is not None
+    i8 = np.zeros(4, dtype=np.int64)
+    with pytest.raises(ValueError):  # an order pointing past the packets
+        lib.segment_facts(np.array([0, 9, 1, 2], dtype=np.int64), np.ones(4, bool), np.zeros(4, np.int8),
+                          np.zeros(4, np.uint8), np.zeros(4, np.uint32), np.zeros(4, np.uint32),
+                          np.zeros(4, np.int32), np.zeros(4, bool), np.zeros(4, np.uint16),
+                          np.zeros(4096, np.uint8))
+    out = tuple(np.empty(1, dtype=dt) for _, dt in decode_mod._COLS)
+    with pytest.raises(ValueError):  # a frame beyond the buffer
+        lib.decode(b"x" * 10, np.array([4]), np.array([20]), np.array([20]), np.array([1], np.int32),
+                   np.zeros(1), np.array([1]), 8, out)
+    with pytest.raises(ValueError):  # columns of different lengths
+        lib.decode(b"x" * 10, i8, i8[:2], i8, np.zeros(4, np.int32), np.zeros(4), i8, 8, out)
+    with pytest.raises(ValueError):
+        lib.pcap_scan(b"x" * 10, 0, 99, True, 1_000_000, 65535, False, 0.0, 1.0)
+    with contextlib.suppress(CaptureError):  # and a tiny file is just a capture error
+        parse_frames(b"\xd4\xc3\xb2\xa1" + b"\0" * 30, "t")
