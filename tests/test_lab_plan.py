@@ -210,6 +210,13 @@ def test_plan_gives_each_client_server_pair_the_simulators_share(clients, server
     assert set(sim) == set(lab)
     for k in sim:
         assert abs(sim[k] - lab[k]) < 0.01, (k, sim[k], lab[k])
+    # ... and each pair's first attempt is due when the simulator sends it: the loads of
+    # one workload interleave as its round robin does (load --start-at)
+    first: dict[tuple[str, str], float] = {}
+    for t, c, s in zip(a.column("t"), a.column("client"), a.column("server"), strict=True):
+        first.setdefault((c, s), float(t))
+    for ld in plan.loads:
+        assert ld.phase_s == pytest.approx(first[(ld.host, ld.target_host)]), ld.name
 
 
 def test_plan_uses_scenario_addresses_and_refuses_collisions():

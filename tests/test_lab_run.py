@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from tcpreuse.lab.netns import list_namespaces
-from tcpreuse.lab.run import LabOptions, run_lab
+from tcpreuse.lab.run import LOAD_LEAD_S, LabOptions, run_lab
 from tcpreuse.lab.state import LAB_NS
 from tcpreuse.result import RunResult
 from tcpreuse.scenario.loader import load_text
@@ -226,7 +226,7 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, list[int], Pat
             break
         time.sleep(0.1)
     assert run_ns, "the lab run never created its namespaces"
-    time.sleep(1.5)  # let the load make some attempts
+    time.sleep(LOAD_LEAD_S + 1.5)  # the load starts its schedule LOAD_LEAD_S after launch; let it make attempts
     prefix = run_ns[0][: len("tcpr-l") + 7]
     pids = [int(x) for n in run_ns for x in subprocess.run(["ip", "netns", "pids", n], capture_output=True,
                                                             text=True).stdout.split()]

@@ -65,6 +65,21 @@ def test_open_loop_rate_is_kept(server: ServeProcess, tmp_path: Path) -> None:
     assert np.diff(t) == pytest.approx(np.full(799, 1 / 400), abs=1e-9)
 
 
+def test_start_at_sets_when_the_schedule_begins(server: ServeProcess, tmp_path: Path) -> None:
+    """Several load processes told one --start-at interleave their schedules (the lab)."""
+    import time
+
+    out = tmp_path / "r.json"
+    at = time.time() + 1.5
+    s = load_json(f"127.0.0.1:{server.port}", "--rate", "100", "--count", "5", "--workers", "1",
+                  "--start-at", f"{at:.6f}", "--result", str(out))
+    assert s["ok"] == 5
+    meta = RunResult.from_json(json.loads(out.read_text())).meta
+    assert meta["t0_unix"] == pytest.approx(at, abs=1e-3)
+    bad = load(f"127.0.0.1:{server.port}", "--rate", "100", "--count", "5", "--start-at", "1", check=False)
+    assert bad.returncode != 0 and "--start-at" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_ramp_and_poisson_arrivals(server: ServeProcess) -> None:
     s = load_json(f"127.0.0.1:{server.port}", "--arrival", "ramp", "--ramp-from", "0", "--rate", "400",
                   "--duration", "2", "--workers", "1")

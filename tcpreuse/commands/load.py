@@ -151,13 +151,17 @@ class _Live:
 @click.option("--host-name", help="Name of this host in the RunResult (default: hostname).")
 @click.option("--scenario", default="load", show_default=True, help="Scenario label in the RunResult.")
 @click.option("--workload", default="load", show_default=True, help="Workload label of the attempts.")
+@click.option("--start-at", type=float, metavar="UNIX_TIME",
+              help="Wall-clock time of the first attempt (several load processes then "
+                   "interleave their schedules; the lab uses it).")
 @click.option("--quiet", is_flag=True, help="No live progress.")
 def load(target: str, rate: float | None, concurrency: int | None, duration: float | None,
          count: int | None, arrival: str, ramp_from: float, close: str, requests_per_conn: int,
          protocol: str, path: str, sources: tuple[str, ...], bind: str | None,
          local_port_range: str | None, connect_timeout: float, request_timeout: float,
          workers: int | None, seed: int, as_json: bool, result_path: Path | None,
-         host_name: str | None, scenario: str, workload: str, quiet: bool) -> None:
+         host_name: str | None, scenario: str, workload: str, start_at: float | None,
+         quiet: bool) -> None:
     """Open HOST:PORT short connections at a rate (open loop) or concurrency (closed loop).
 
     Reports outcomes by errno with a sample 4-tuple, connect and request latency
@@ -177,6 +181,7 @@ def load(target: str, rate: float | None, concurrency: int | None, duration: flo
         local_port_range=parse_port_range(local_port_range) if local_port_range else None,
         connect_timeout=connect_timeout, request_timeout=request_timeout, workers=workers,
         seed=seed, host_name=host_name or socket.gethostname(), scenario=scenario, workload=workload,
+        start_at=start_at,
     )
     if result_path is not None:  # fail before the run, not after it
         try:

@@ -117,6 +117,9 @@ class Load:
     connect_timeout_s: float
     request_timeout_s: float
     seed: int
+    # When this load's first attempt is due after its workload's start (s): constant
+    # arrivals are interleaved across the workload's clients as in the simulator.
+    phase_s: float = 0.0
 
     @property
     def name(self) -> str:
@@ -371,6 +374,14 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
                 sub_count = None if count is None else split(count, len(pairs), j)
                 if sub_count == 0:
                     continue
+                # attempt k = i + n*C of the workload goes to server (i + n*C) mod S: this
+                # pair's first is the first such n landing on its server
+                first = i
+                if servers and target_host is not None:
+                    s_idx = next(s_i for s_i, srv in enumerate(servers) if srv.key == target_host)
+                    first = next(i + n * len(cl) for n in range(len(servers))
+                                 if (i + n * len(cl)) % len(servers) == s_idx)
+                phase = first / w.rate if w.arrival == "constant" else 0.0
                 loads.append(Load(
                     host=h.key, group=w.clients, workload=w.name, target=target,
                     target_host=target_host, rate=w.rate / len(cl) / len(pairs), duration_s=duration,
@@ -379,7 +390,7 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
                     requests_per_conn=w.requests_per_connection, sources=list(h.addresses),
                     bind=w.bind, connect_timeout_s=connect_timeout,
                     request_timeout_s=w.request_timeout_s or 30.0,
-                    seed=sc.seed * 1000 + wi * 100 + i * 10 + j,
+                    seed=sc.seed * 1000 + wi * 100 + i * 10 + j, phase_s=phase,
                 ))
 
     if sc.path.loss:

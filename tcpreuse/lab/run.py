@@ -48,6 +48,7 @@ from .realise import Realisation, realise
 from .topology import Topology
 
 SETTLE_S = 0.5
+LOAD_LEAD_S = 1.5  # a load process starts (imports, fork) well within this before its first attempt
 READY_TIMEOUT_S = 20.0
 
 
@@ -125,7 +126,8 @@ def serve_argv(python: str, s: Serve) -> list[str]:
             _fmt(s.delay_ms), "--idle-timeout", "30", "--workers", "1"]
 
 
-def load_argv(python: str, ld: Load, result: Path, scenario: str) -> list[str]:
+def load_argv(python: str, ld: Load, result: Path, scenario: str,
+              start_at: float | None = None) -> list[str]:
     argv = [python, "-m", "tcpreuse", "load", f"{ld.target[0]}:{ld.target[1]}",
             "--rate", _fmt(ld.rate), "--duration", _fmt(ld.duration_s), "--arrival", ld.arrival,
             "--close", ld.close, "--requests-per-conn", str(ld.requests_per_conn),
@@ -136,6 +138,8 @@ def load_argv(python: str, ld: Load, result: Path, scenario: str) -> list[str]:
             "--request-timeout", _fmt(ld.request_timeout_s)]
     if ld.count is not None:
         argv += ["--count", str(ld.count)]
+    if start_at is not None:
+        argv += ["--start-at", f"{start_at:.6f}"]
     if ld.arrival == "ramp":
         argv += ["--ramp-from", _fmt(ld.ramp_from)]
     if ld.bind != "none":  # bind none: the kernel picks the (primary) source, as in simulate
@@ -212,8 +216,10 @@ class LabRun:
             for dev in ([h.uplink] if h.uplink else []) + list(h.downlinks):
                 path = where / f"{h.key}-{dev}.pcap"
                 log = self._log(f"tcpdump-{h.key}-{dev}")
-                p = self._popen(h.key, ["tcpdump", "-i", dev, "-n", "-U", "-s", "256", "-Z", "root",
-                                        "-w", str(path)], log)
+                # --immediate-mode: without it libpcap hands packets over a ring block at a
+                # time (up to 1 s late), and the packets of the last block are lost at SIGINT
+                p = self._popen(h.key, ["tcpdump", "-i", dev, "-n", "-U", "--immediate-mode", "-s", "256",
+                                        "-Z", "root", "-w", str(path)], log)
                 self.captures.append((p, path))
         for p, path in self.captures:
             log = self._log(f"tcpdump-{path.stem}")
@@ -240,10 +246,13 @@ class LabRun:
                     series["conntrack"].append(pn.conntrack_count())
             k += 1
 
-    def _run_loads(self, t0: float) -> None:
+    def _run_loads(self, t0: float, t0_unix: float) -> None:
+        """Each load is started LOAD_LEAD_S before its first attempt is due, and told when
+        that is (--start-at), so the clients of a workload interleave as in the simulator
+        whatever their processes' start-up time."""
         pending = sorted(self.plan.loads, key=lambda ld: ld.start_s)
         grace = self.opts.grace_s
-        deadline = t0 + max((ld.start_s + ld.duration_s + (
+        deadline = t0 + LOAD_LEAD_S + max((ld.start_s + ld.duration_s + (
             grace if grace is not None else ld.connect_timeout_s + ld.request_timeout_s + 5.0))
             for ld in pending) if pending else t0
         running: list[subprocess.Popen[bytes]] = []
@@ -255,7 +264,9 @@ class LabRun:
                 ld = pending.pop(0)
                 name = ld.name
                 res = self.scratch / f"{name}.json"
-                p = self._popen(ld.host, load_argv(self.opts.python, ld, res, self.plan.scenario), self._log(name))
+                start_at = t0_unix + LOAD_LEAD_S + ld.start_s + ld.phase_s
+                p = self._popen(ld.host, load_argv(self.opts.python, ld, res, self.plan.scenario, start_at),
+                                self._log(name))
                 self.loads.append((ld, p, res, time.monotonic() - t0))
                 running.append(p)
             if now > deadline:
@@ -318,7 +329,7 @@ class LabRun:
                     started = True
                     self._sampler = threading.Thread(target=self._sample, args=(t0,), daemon=True)
                     self._sampler.start()
-                    self._run_loads(t0)
+                    self._run_loads(t0, t0_unix)
                     time.sleep(SETTLE_S)
                 except (KeyboardInterrupt, _Signal) as e:
                     self.interrupted = ("SIGINT" if isinstance(e, KeyboardInterrupt)

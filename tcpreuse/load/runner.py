@@ -69,6 +69,9 @@ class LoadConfig:
     host_name: str = field(default_factory=socket.gethostname)
     scenario: str = "load"
     workload: str = "load"
+    # Wall-clock (Unix) time of the run's t = 0, so that several load processes interleave
+    # their schedules as one workload would (the lab's clients); None: as soon as started.
+    start_at: float | None = None
 
     @property
     def mode(self) -> str:
@@ -107,6 +110,8 @@ class LoadConfig:
             raise LoadError("--requests-per-conn must be at least 1")
         if self.connect_timeout <= 0 or self.request_timeout <= 0:
             raise LoadError("timeouts must be positive")
+        if self.start_at is not None and abs(self.start_at - time.time()) > 3600:
+            raise LoadError("--start-at must be a Unix time within an hour of now")
         if self.bind is not None and self.bind not in BIND_MODES:
             raise LoadError(f"--bind must be one of {', '.join(BIND_MODES)}")
         if self.bind == "none" and self.sources:
@@ -165,6 +170,9 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
     settings = kstat.read_sysctls()
     started_wall, started_mono = time.time(), time.monotonic()
     t0 = started_mono + 0.05 + 0.01 * workers  # time to fork before the first attempt
+    if config.start_at is not None and config.start_at - started_wall > t0 - started_mono:
+        t0 = started_mono + (config.start_at - started_wall)
+    # (a start_at already past -- a slow start-up -- starts now; t0_unix says when)
     t0_unix = started_wall + (t0 - started_mono)  # wall-clock time of t = 0 (due times count from it)
 
     plans = []
