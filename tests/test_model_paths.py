@@ -5,7 +5,15 @@ from __future__ import annotations
 import random
 
 from tcpreuse.model.lb import L4LoadBalancer
-from tcpreuse.model.listener import COOKIE, DROP, SYNACK, Listener, conn_request, syn_recv_sock_ok
+from tcpreuse.model.listener import (
+    COOKIE,
+    DROP,
+    SYNACK,
+    Listener,
+    ListenRules,
+    conn_request,
+    syn_recv_sock_ok,
+)
 from tcpreuse.model.nat import SourceNat
 from tcpreuse.model.profiles import get_profile
 from tcpreuse.model.recycle import PeerCache
@@ -41,34 +49,34 @@ def test_listener_accept_queue_overflow_drops_syns_with_counters() -> None:
     p = get_profile("linux-5.15")
     lst = Listener(backlog=2, somaxconn=4096)
     assert lst.max_ack_backlog == 2
-    assert conn_request(lst, p, from_timewait=False, syncookies=1, recycle_reject=False).verdict == SYNACK
+    assert conn_request(lst, ListenRules(p), from_timewait=False, syncookies=1, recycle_reject=False).verdict == SYNACK
     lst.accept_queue = 3  # backlog + 1: strictly greater than max -> full
-    v = conn_request(lst, p, from_timewait=False, syncookies=1, recycle_reject=False)
+    v = conn_request(lst, ListenRules(p), from_timewait=False, syncookies=1, recycle_reject=False)
     assert v.verdict == DROP and v.counters == ("TcpExtListenOverflows", "TcpExtListenDrops")
     ok, counters = syn_recv_sock_ok(lst)
     assert not ok and "TcpExtListenOverflows" in counters
     # 2.6.32: the same drop is silent
-    v = conn_request(lst, get_profile("centos-6"), from_timewait=False, syncookies=1, recycle_reject=False)
+    v = conn_request(lst, ListenRules(get_profile("centos-6")), from_timewait=False, syncookies=1, recycle_reject=False)
     assert v.counters == ()
 
 
 def test_syn_queue_full_uses_cookies_unless_converted_from_timewait() -> None:
     p = get_profile("linux-6.18")
     lst = Listener(backlog=4, somaxconn=4096, syn_queue=4)
-    assert conn_request(lst, p, from_timewait=False, syncookies=1, recycle_reject=False).verdict == COOKIE
-    assert conn_request(lst, p, from_timewait=True, syncookies=1, recycle_reject=False).verdict == SYNACK
-    v = conn_request(lst, p, from_timewait=False, syncookies=0, recycle_reject=False)
+    assert conn_request(lst, ListenRules(p), from_timewait=False, syncookies=1, recycle_reject=False).verdict == COOKIE
+    assert conn_request(lst, ListenRules(p), from_timewait=True, syncookies=1, recycle_reject=False).verdict == SYNACK
+    v = conn_request(lst, ListenRules(p), from_timewait=False, syncookies=0, recycle_reject=False)
     assert v.verdict == DROP and "TcpExtTCPReqQFullDrop" in v.counters
     # tcp_syn_flood_action() counts the cookie decision; a full accept queue then drops the
     # SYN anyway (6.18: TCPReqQFullDoCookies 36 with SyncookiesSent 33 in one lab run)
     lst.accept_queue = 5
-    v = conn_request(lst, p, from_timewait=False, syncookies=1, recycle_reject=False)
+    v = conn_request(lst, ListenRules(p), from_timewait=False, syncookies=1, recycle_reject=False)
     assert v.verdict == DROP
     assert v.counters == ("TcpExtTCPReqQFullDoCookies", "TcpExtListenOverflows", "TcpExtListenDrops")
 
 
 def test_recycle_reject_counts_paws_passive() -> None:
-    v = conn_request(Listener(100, 128), get_profile("linux-4.9"), from_timewait=False, syncookies=1,
+    v = conn_request(Listener(100, 128), ListenRules(get_profile("linux-4.9")), from_timewait=False, syncookies=1,
                      recycle_reject=True)
     assert v.verdict == DROP and v.reason == "syn_dropped_recycle"
     assert v.counters == ("TcpExtPAWSPassive", "TcpExtListenDrops")

@@ -9,9 +9,9 @@ vendor behaviour [I] and therefore parameters.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
-from dataclasses import dataclass
 
 from .ports import PortBitmap
 
@@ -21,14 +21,19 @@ HELD = 1
 ClientKey = tuple[int, ...]  # 2 ints: (client addr, client port) as seen by the LB
 
 
-@dataclass(slots=True)
 class Session:
-    client: ClientKey
-    backend: int  # index into the back-end list
-    src: int  # source address toward the back end (client's, or an SNAT address)
-    sport: int
-    state: int = ACTIVE
-    expires: float = 0.0
+    """One client tuple's session (a plain class: mypyc makes it a native struct)."""
+
+    __slots__ = ("backend", "client", "expires", "sport", "src", "state")
+
+    def __init__(self, client: ClientKey, backend: int, src: int, sport: int, state: int = ACTIVE,
+                 expires: float = 0.0) -> None:
+        self.client = client
+        self.backend = backend  # index into the back-end list
+        self.src = src  # source address toward the back end (client's, or an SNAT address)
+        self.sport = sport
+        self.state = state
+        self.expires = expires
 
 
 class L4LoadBalancer:
@@ -50,7 +55,8 @@ class L4LoadBalancer:
         self.rover: dict[int, int] = {}
         self.sessions: dict[ClientKey, Session] = {}
         self.snat_used: dict[tuple[int, ...], PortBitmap] = {}  # (backend, snat addr) -> ports
-        self.expiry: deque[tuple[float, Session]] = deque()  # held sessions, in expiry order
+        self.expiry: deque[tuple[float, Session]] = deque()  # held sessions, in order of closing
+        self.next_expiry = math.inf  # expiry[0]'s time: expire() is one comparison until then
         self.active = [0] * len(backends)
         self.stats = {"sessions": 0, "snat_failed": 0, "held_reused": 0, "held_dropped": 0}
 
@@ -72,11 +78,14 @@ class L4LoadBalancer:
         s.state = -1
 
     def expire(self, now: float) -> None:
+        if now < self.next_expiry:
+            return
         q = self.expiry
         while q and q[0][0] <= now:
             exp, s = q.popleft()
             if s.state == HELD and s.expires <= exp:
                 self._remove(s)
+        self.next_expiry = q[0][0] if q else math.inf
 
     def _schedule(self, client: ClientKey) -> int:
         n = len(self.backends)
@@ -156,6 +165,8 @@ class L4LoadBalancer:
         self.active[s.backend] -= 1
         s.state = HELD
         s.expires = now + self.hold
+        if not self.expiry:
+            self.next_expiry = s.expires
         self.expiry.append((s.expires, s))
 
     def client_rst(self, s: Session, now: float) -> None:

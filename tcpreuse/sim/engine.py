@@ -623,7 +623,7 @@ class Engine:
             reject = srv.recycle_cache.syn_rejected(
                 att.r_daddr, att.r_saddr, att.ts and srv.timestamps != 0, tsval, srv.sec(t),
                 srv.recycle_drops_tsless)
-        cr = conn_request(lst, srv.p, from_timewait=isn_from_tw != 0, syncookies=srv.syncookies,
+        cr = conn_request(lst, srv.listen_rules, from_timewait=isn_from_tw != 0, syncookies=srv.syncookies,
                           recycle_reject=reject)
         for name in cr.counters:
             srv.inc(name)
@@ -978,10 +978,9 @@ class Engine:
         tw = TimeWaitSock(rcv_nxt=rcv_nxt, snd_nxt=snd_nxt, ts_recent=ts_recent, ts_recent_stamp=stamp,
                           ts_offset=ts_offset, entry_stamp_ms=h.ms(t), expires=expires, kill=kill)
         h.tw[key] = tw
-        cls = round(timeo, 6)
-        q = h.tw_fifo.get(cls)
-        if q is None:
-            q = h.tw_fifo[cls] = deque()
+        q = h.tw_queue(timeo)
+        if not q and expires < h.tw_next:
+            h.tw_next = expires
         q.append((expires, key, tw))
         if dest is not None:
             dest.tws.append(tw)
@@ -998,6 +997,8 @@ class Engine:
         q = h.tw_fifo.get(TCP_TIMEWAIT_LEN)
         if q is None:
             q = h.tw_fifo[TCP_TIMEWAIT_LEN] = deque()
+        if not q and tw.expires < h.tw_next:
+            h.tw_next = tw.expires
         q.append((tw.expires, key, tw))
 
     def _kill_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
@@ -1019,11 +1020,18 @@ class Engine:
             h.inc("TcpExtTWKilled" if tw.kill else "TcpExtTW")
 
     def purge(self, h: SimHost, t: float) -> None:
+        """Expire the TIME_WAITs due by t, queue by queue (lazily: only when a table is read)."""
+        if t < h.tw_next:
+            return
+        nxt = math.inf
         for q in h.tw_fifo.values():
             while q and q[0][0] <= t:
                 exp, key, tw = q.popleft()
                 if tw.alive and tw.expires <= exp:
                     self.expire_tw(h, key, tw)
+            if q and q[0][0] < nxt:
+                nxt = q[0][0]
+        h.tw_next = nxt
 
     # ---- timeline ------------------------------------------------------------------------------
     def _sample(self, ts: float) -> None:

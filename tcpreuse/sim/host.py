@@ -7,12 +7,13 @@ Keys of `ehash` and `tw` are 4-tuples from this host's point of view:
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from typing import Any
 
 from ..model import clocks, timers
-from ..model.listener import Listener
+from ..model.listener import Listener, ListenRules
 from ..model.ports import HostPortPool, LinuxConnectPorts
 from ..model.profiles import Profile
 from ..model.recycle import PeerCache
@@ -97,6 +98,9 @@ class SimHost:
         self.ehash: dict[Key, Any] = {}
         self.tw: dict[Key, TimeWaitSock] = {}
         self.tw_fifo: dict[float, deque[tuple[float, Key, TimeWaitSock]]] = {}
+        self.tw_next = math.inf  # the earliest tw_fifo head: purge() has nothing to do before it
+        self._tw_cls_timeo = -1.0  # the last TIME_WAIT length seen and its tw_fifo class
+        self._tw_cls = 0.0
 
         s = settings
         if self.is_linux:
@@ -171,6 +175,7 @@ class SimHost:
                                          str(params.get("port_order", "sequential")), rng)
         # server side
         self.listeners: dict[tuple[int, ...], Listener] = {}
+        self.listen_rules = ListenRules(profile)
         self.workers = 0
         self.busy = 0
         self.accept_q: deque[Any] = deque()
@@ -196,6 +201,18 @@ class SimHost:
     def tsval(self, t: float) -> int:
         """The TS option clock (clocks.tsval_clock)."""
         return int(self.ts_base + t * self.ts_rate) & 0xFFFFFFFF
+
+    def tw_queue(self, timeo: float) -> deque[tuple[float, Key, TimeWaitSock]]:
+        """The tw_fifo queue for TIME_WAITs of length `timeo` (one queue per length, so each
+        is in expiry order). Lengths are classed by round(timeo, 6); a host sees one or two
+        lengths, so the last one's class is remembered (round() with digits is slow)."""
+        if timeo != self._tw_cls_timeo:
+            self._tw_cls_timeo, self._tw_cls = timeo, round(timeo, 6)
+        cls = self._tw_cls
+        q = self.tw_fifo.get(cls)
+        if q is None:
+            q = self.tw_fifo[cls] = deque()
+        return q
 
     def inc(self, name: str, n: int = 1) -> None:
         """Count, if this kernel has the counter."""
