@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from tcpreuse.model.lb import L4LoadBalancer
+from tcpreuse.model.lb import L4LoadBalancer, client_key
 from tcpreuse.model.listener import (
     COOKIE,
     DROP,
@@ -125,26 +125,26 @@ def lb(**kw: object) -> L4LoadBalancer:
 
 def test_lb_round_robin_hold_and_ignore_msl() -> None:
     b = lb()
-    s1, s2 = b.syn((1, 100), 0.0), b.syn((1, 101), 0.0)
+    s1, s2 = b.syn(1, 100, 0.0), b.syn(1, 101, 0.0)
     assert s1 is not None and s2 is not None and {s1.backend, s2.backend} == {0, 1}
-    assert b.syn((1, 100), 0.1) is s1  # retransmission: same session
+    assert b.syn(1, 100, 0.1) is s1  # retransmission: same session
     b.close(s1, 1.0)
-    again = b.syn((1, 100), 3.0)  # held: same back end
+    again = b.syn(1, 100, 3.0)  # held: same back end
     assert again is s1 and again.backend == s1.backend
     b2 = lb(ignore_msl=True)
-    s = b2.syn((1, 100), 0.0)
+    s = b2.syn(1, 100, 0.0)
     assert s is not None
     b2.close(s, 1.0)
-    assert (1, 100) not in b2.sessions
+    assert client_key(1, 100) not in b2.sessions
 
 
 def test_lb_snat_ports_are_held_after_close() -> None:
     b = lb(snat=[50], backends=[(10, 80)])
-    got = [b.syn((1, 100 + k), 0.0) for k in range(4)]
+    got = [b.syn(1, 100 + k, 0.0) for k in range(4)]
     assert [s.sport for s in got if s] == [1024, 1025, 1026, 1027]
-    assert b.syn((1, 200), 0.0) is None and b.stats["snat_failed"] == 1
+    assert b.syn(1, 200, 0.0) is None and b.stats["snat_failed"] == 1
     for s in got:
         assert s is not None
         b.close(s, 1.0)
-    assert b.syn((1, 201), 3.0) is None  # still held (5 s)
-    assert b.syn((1, 201), 6.5) is not None
+    assert b.syn(1, 201, 3.0) is None  # still held (5 s)
+    assert b.syn(1, 201, 6.5) is not None

@@ -46,7 +46,7 @@ from ..model.timewait import (
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from .arrivals import arrival_times
-from .host import DestPorts, Key, SimHost
+from .host import DestPorts, Key, SimHost, listen_key
 from .record import build_result
 from .topology import ip2int, plan, pool
 
@@ -124,6 +124,8 @@ class Attempt:
         self.served = False  # holds an application worker
         self.ck: Key = (0, 0, 0, 0)  # (saddr, sport, daddr, dport), set once the port is chosen
         self.sk: Key = (0, 0, 0, 0)  # the server's key, set by each routed SYN
+        self.t_close = 0.0  # when its CLOSE event is due, and that event's sequence number
+        self.seq_close = 0  # (set by Engine.push_close: the close lane holds attempts)
 
 
 class PortCheck:
@@ -164,7 +166,10 @@ class Engine:
         self.end = sc.duration_s
         self.rng = random.Random(clocks.derive_secret(sc.seed, "engine"))
         self.heap: list[tuple[float, int, int, Any]] = []
-        self.close_lane: deque[tuple[float, int, Attempt]] = deque()
+        # CLOSE events in time order, read from lane_head on (each attempt closes once:
+        # its time and sequence number are kept on the attempt, see push_close()).
+        self.close_lane: list[Attempt] = []
+        self.lane_head = 0
         self.seq = 0
         self.atts: list[Attempt] = []
         self.events = 0
@@ -179,7 +184,7 @@ class Engine:
                         random.Random(clocks.derive_secret(sc.seed, inst.name, "rng")))
             if inst.role == "server":
                 for a in h.addrs:
-                    h.listeners[(a, g.port)] = Listener(g.backlog, h.somaxconn)
+                    h.listeners[listen_key(a, g.port)] = Listener(g.backlog, h.somaxconn)
                     h.bound_ports.add(g.port)
                 h.workers = g.workers
                 h.service_s = g.service_ms / 1000.0
@@ -247,9 +252,10 @@ class Engine:
         queue builds up, so closes mostly arrive in time order: they go to a FIFO lane
         (cheaper than the heap) when they keep its order, else to the heap."""
         lane = self.close_lane
-        if not lane or lane[-1][0] <= t:
+        if self.lane_head >= len(lane) or lane[-1].t_close <= t:
             self.seq += 1
-            lane.append((t, self.seq, att))
+            att.t_close, att.seq_close = t, self.seq
+            lane.append(att)
         else:
             self.push(t, EV_CLOSE, att)
 
@@ -271,7 +277,10 @@ class Engine:
         # Arrivals come straight from their generators (the next one of each workload is
         # kept in `arrivals`); everything else goes through the heap. On equal times heap
         # events go first (they were scheduled earlier).
-        arrivals: list[tuple[float, WorkloadRT, Iterator[float]]] = []
+        # (parallel lists: the next arrival time, workload and generator of each workload)
+        arr_t: list[float] = []
+        arr_wl: list[WorkloadRT] = []
+        arr_it: list[Iterator[float]] = []
         for i, wl in enumerate(self.sc.workload):
             dur = wl.duration_s if wl.duration_s is not None else self.end - wl.start_s
             dur = min(dur, self.end - wl.start_s)
@@ -282,40 +291,54 @@ class Engine:
                                wl.ramp_from / wl.requests_per_connection)
             first = next(it, None)
             if first is not None:
-                arrivals.append((first, self.wls[i], it))
+                arr_t.append(first)
+                arr_wl.append(self.wls[i])
+                arr_it.append(it)
         heap = self.heap
         pop = heapq.heappop
         n = 0
         sampling = True
         end = self.end + 1e-9
         inf = math.inf
-        ta = min(a[0] for a in arrivals) if arrivals else inf
+        ta = min(arr_t) if arr_t else inf
         lane = self.close_lane
+        lh = 0
         obj: Any = None
         kind = 0
         t = 0.0
-        while heap or arrivals or lane:
+        while heap or arr_t or lh < len(lane):
             th = heap[0][0] if heap else inf
-            tl = lane[0][0] if lane else inf
-            if tl <= th and tl <= ta and (tl < th or lane[0][1] < heap[0][1]):
-                t, _, obj = lane.popleft()
+            tl = lane[lh].t_close if lh < len(lane) else inf
+            if tl <= th and tl <= ta and (tl < th or lane[lh].seq_close < heap[0][1]):
+                obj = lane[lh]
+                t = lane[lh].t_close
+                lh += 1
+                if lh >= len(lane):
+                    lane.clear()
+                    lh = 0
+                elif lh >= 4096 and 2 * lh >= len(lane):
+                    del lane[:lh]
+                    lh = 0
+                self.lane_head = lh
                 kind = EV_CLOSE
             elif heap and th <= ta:
                 t, _, kind, obj = pop(heap)
             else:
                 k = 0
-                for j in range(1, len(arrivals)):
-                    if arrivals[j][0] < arrivals[k][0]:
+                for j in range(1, len(arr_t)):
+                    if arr_t[j] < arr_t[k]:
                         k = j
-                t, wl_rt, it = arrivals[k]
+                t = arr_t[k]
+                obj = arr_wl[k]
                 kind = EV_ARRIVAL
-                nxt = next(it, None)
+                nxt = next(arr_it[k], None)
                 if nxt is None:
-                    arrivals.pop(k)
+                    arr_t.pop(k)
+                    arr_wl.pop(k)
+                    arr_it.pop(k)
                 else:
-                    arrivals[k] = (nxt, wl_rt, it)
-                ta = min(a[0] for a in arrivals) if arrivals else inf
-                obj = wl_rt
+                    arr_t[k] = nxt
+                ta = arr_t[0] if len(arr_t) == 1 else (min(arr_t) if arr_t else inf)
             if sampling and t >= self.next_sample:
                 while self.next_sample <= t and self.next_sample <= end:
                     self._sample(self.next_sample)
@@ -542,7 +565,7 @@ class Engine:
             saddr, sport = nat_e.nat_addr, nat_e.nat_port
         att.nat = nat_e
         if self.lb is not None and daddr == self.vip_addr and dport == self.vip_port:
-            s = self.lb.syn((saddr, sport), t)
+            s = self.lb.syn(saddr, sport, t)
             if s is None:
                 return "syn_dropped_lb"
             baddr, bport = self.lb.backends[s.backend]
@@ -613,7 +636,7 @@ class Engine:
             else:
                 self._unanswered(att, t, "syn_hit_timewait")
                 return
-        lst = srv.listeners.get((att.r_daddr, att.r_dport))
+        lst = srv.listeners.get(listen_key(att.r_daddr, att.r_dport))
         if lst is None:
             srv.inc("TcpOutRsts")
             self._refused(att, t)
@@ -699,7 +722,7 @@ class Engine:
     def _accept_retry(self, att: Attempt, t: float) -> None:
         srv = att.srv
         assert srv is not None
-        lst = srv.listeners[(att.r_daddr, att.r_dport)]
+        lst = srv.listeners[listen_key(att.r_daddr, att.r_dport)]
         ok, counters = syn_recv_sock_ok(lst)
         if ok:
             if not att.cookie:

@@ -25,6 +25,11 @@ from ..model.timewait import TCP_TIMEWAIT_LEN, TimeWaitSock
 Key = tuple[int, ...]
 
 
+def listen_key(addr: int, port: int) -> int:
+    """A listener's key: (local addr, port) as one int."""
+    return (addr << 16) | port
+
+
 class DestPorts:
     """One client's local ports toward one destination (local addr, remote addr, port).
 
@@ -145,6 +150,8 @@ class SimHost:
         self.owners: dict[tuple[int, ...], int] = {}  # (addr, port) -> sockets (incl. TW)
         self.track_owners = False  # only bind(addr, 0) needs owners; the engine turns it on
         self.dests: dict[tuple[int, ...], DestPorts] = {}  # (laddr, raddr, rport)
+        self._dest_last: DestPorts | None = None  # dest()'s last answer, for these three
+        self._dest_la = self._dest_ra = self._dest_rp = 0
         self._budget_key = -1
         self._budget = 0
         self.bound_in_range = False  # a bind()-owned port lies in the ephemeral range
@@ -174,7 +181,7 @@ class SimHost:
                 self.pool = HostPortPool(self.low, self.high - self.low + 1,
                                          str(params.get("port_order", "sequential")), rng)
         # server side
-        self.listeners: dict[tuple[int, ...], Listener] = {}
+        self.listeners: dict[int, Listener] = {}  # listen_key(addr, port) -> listener
         self.listen_rules = ListenRules(profile)
         self.workers = 0
         self.busy = 0
@@ -223,9 +230,14 @@ class SimHost:
 
     # ---- local port accounting (clients) ---------------------------------------------------
     def dest(self, la: int, ra: int, rp: int) -> DestPorts:
+        # A client mostly talks to one destination: the last one is remembered.
+        d = self._dest_last
+        if d is not None and la == self._dest_la and ra == self._dest_ra and rp == self._dest_rp:
+            return d
         d = self.dests.get((la, ra, rp))
         if d is None:
             d = self.dests[(la, ra, rp)] = DestPorts(self.low, self.high, self.reserved)
+        self._dest_la, self._dest_ra, self._dest_rp, self._dest_last = la, ra, rp, d
         return d
 
     def hold_port(self, key: Key) -> None:
@@ -243,7 +255,7 @@ class SimHost:
 
     def release_port(self, key: Key) -> None:
         la, lp, ra, rp = key
-        d = self.dests[(la, ra, rp)]
+        d = self.dest(la, ra, rp)  # exists: hold_port() made it
         d.held -= 1
         i = lp - self.low
         if 0 <= i < len(d.occ) and d.occ[i] == 1:
