@@ -236,18 +236,50 @@ def deathrow_expiry(now: float, timeo: float, hz: int, phase: float) -> tuple[fl
     """When a TW scheduled at `now` is reaped under the pre-4.1 central death row, and
     whether it went to the recycle calendar (counted TWKilled). mirrors
     inet_twsk_schedule(), net/ipv4/inet_timewait_sock.c, 2.6.32-4.0 (spec §2.4)."""
-    tick_bits = 7 if hz > 512 else (6 if hz > 256 else 5)  # INET_TWDR_RECYCLE_TICK for HZ
-    jiffies = round(timeo * hz)
-    slot = (jiffies + (1 << tick_bits) - 1) >> tick_bits
-    if slot < 32:  # INET_TWDR_RECYCLE_SLOTS
-        return now + (slot << tick_bits) / hz, True
-    period = TCP_TIMEWAIT_LEN / 8  # INET_TWDR_TWKILL_SLOTS = 8 -> 7.5 s
-    cells = 7 if timeo >= period * 7 else min(math.ceil(timeo / period), 7)
-    # The hangman ticks every `period` at a per-host phase; the cell `cells` ahead of the
-    # current one is reaped `cells` ticks after the next one.
-    k = (now - phase) // period + 1
-    next_tick = phase + k * period
-    return next_tick + cells * period, False
+    return DeathRow(hz, phase).expiry(now, timeo)
+
+
+_TWKILL_PERIOD = TCP_TIMEWAIT_LEN / 8  # INET_TWDR_TWKILL_SLOTS = 8 -> 7.5 s
+
+
+class DeathRow:
+    """One host's central death row (deathrow_expiry()): HZ and the hangman's phase are
+    fixed, and the slot arithmetic for a TIME_WAIT length is done once per length (a
+    host schedules one or two lengths, thousands of times a second)."""
+
+    __slots__ = ("_cells", "_delay", "_recycle", "_timeo", "hz", "phase")
+
+    def __init__(self, hz: int, phase: float) -> None:
+        self.hz, self.phase = hz, phase
+        self._timeo = -1.0
+        self._recycle = False
+        self._delay = 0.0
+        self._cells = 0
+
+    def _slot(self, timeo: float) -> None:
+        hz = self.hz
+        tick_bits = 7 if hz > 512 else (6 if hz > 256 else 5)  # INET_TWDR_RECYCLE_TICK for HZ
+        jiffies = round(timeo * hz)
+        slot = (jiffies + (1 << tick_bits) - 1) >> tick_bits
+        self._timeo = timeo
+        self._recycle = slot < 32  # INET_TWDR_RECYCLE_SLOTS
+        if self._recycle:
+            self._delay = (slot << tick_bits) / hz
+            return
+        period = _TWKILL_PERIOD
+        self._cells = 7 if timeo >= period * 7 else min(math.ceil(timeo / period), 7)
+
+    def expiry(self, now: float, timeo: float) -> tuple[float, bool]:
+        if timeo != self._timeo:
+            self._slot(timeo)
+        if self._recycle:
+            return now + self._delay, True
+        # The hangman ticks every `period` at a per-host phase; the cell `cells` ahead of the
+        # current one is reaped `cells` ticks after the next one.
+        period = _TWKILL_PERIOD
+        k = (now - self.phase) // period + 1
+        next_tick = self.phase + k * period
+        return next_tick + self._cells * period, False
 
 
 def time_after32_ms(now_ms: int, thresh_ms: int) -> bool:

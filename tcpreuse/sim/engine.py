@@ -38,7 +38,6 @@ from ..model.timewait import (
     TW_SYN,
     Segment,
     TimeWaitSock,
-    deathrow_expiry,
     tcp_timewait_state_process,
     tcp_twsk_unique,
     tw_timeout_s,
@@ -995,7 +994,7 @@ class Engine:
             timeo = h.client_tw_s
         kill = timeo <= 4.0
         if h.deathrow:
-            expires, kill = deathrow_expiry(t, timeo, h.hz, h.deathrow_phase)
+            expires, kill = h.death_row.expiry(t, timeo)
         else:
             expires = t + timeo
         tw = TimeWaitSock(rcv_nxt=rcv_nxt, snd_nxt=snd_nxt, ts_recent=ts_recent, ts_recent_stamp=stamp,
@@ -1013,7 +1012,7 @@ class Engine:
     def _reschedule_tw(self, h: SimHost, key: Key, tw: TimeWaitSock, t: float) -> None:
         """inet_twsk_reschedule(tw, TCP_TIMEWAIT_LEN)"""
         if h.deathrow:
-            tw.expires = deathrow_expiry(t, TCP_TIMEWAIT_LEN, h.hz, h.deathrow_phase)[0]
+            tw.expires = h.death_row.expiry(t, TCP_TIMEWAIT_LEN)[0]
         else:
             tw.expires = t + TCP_TIMEWAIT_LEN
         tw.kill = False

@@ -18,7 +18,7 @@ from ..model.ports import HostPortPool, LinuxConnectPorts
 from ..model.profiles import Profile
 from ..model.recycle import PeerCache
 from ..model.stacks import client_stack, port_range
-from ..model.timewait import TCP_TIMEWAIT_LEN, TimeWaitSock
+from ..model.timewait import TCP_TIMEWAIT_LEN, DeathRow, TimeWaitSock
 
 # A 4-tuple key. Typed as a variable-length tuple so that mypyc keeps it as one Python
 # object (a fixed-length tuple type is unboxed and re-built at every dict access).
@@ -132,6 +132,7 @@ class SimHost:
         self.paws_tw_counter = "TcpExtPAWSTimewait" if profile.has_counter_paws_timewait else "TcpExtPAWSEstab"
         self.tw_count_at_schedule = (profile.tw_count_at if self.is_linux else "schedule") == "schedule"
         self.deathrow = self.is_linux and profile.tw_timer == "deathrow"
+        self.death_row = DeathRow(self.hz, self.deathrow_phase)
         self.el6 = profile.el6
         self.recycle_drops_tsless = profile.recycle_drops_tsless_syn
         self.synack_retries = int(s.get("net.ipv4.tcp_synack_retries", 5))
@@ -244,9 +245,10 @@ class SimHost:
         la, lp, ra, rp = key
         d = self.dest(la, ra, rp)
         d.held += 1
-        i = lp - self.low
-        if 0 <= i < len(d.occ):
-            d.occ[i] = 1
+        if self.pool is None:  # occ is read by Linux connect()'s scan only
+            i = lp - self.low
+            if 0 <= i < len(d.occ):
+                d.occ[i] = 1
         if self.track_owners:
             o = (la, lp)
             self.owners[o] = self.owners.get(o, 0) + 1
@@ -257,9 +259,10 @@ class SimHost:
         la, lp, ra, rp = key
         d = self.dest(la, ra, rp)  # exists: hold_port() made it
         d.held -= 1
-        i = lp - self.low
-        if 0 <= i < len(d.occ) and d.occ[i] == 1:
-            d.occ[i] = 0
+        if self.pool is None:
+            i = lp - self.low
+            if 0 <= i < len(d.occ) and d.occ[i] == 1:
+                d.occ[i] = 0
         if self.track_owners:
             o = (la, lp)
             c = self.owners[o] - 1
