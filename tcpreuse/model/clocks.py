@@ -9,11 +9,12 @@ choosing offsets.
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 from .profiles import Profile
 from .seq import MASK32
 
-INITIAL_JIFFIES_S = -300  # include/linux/jiffies.h: INITIAL_JIFFIES = -300*HZ (wraps 5 min after boot)
+INITIAL_JIFFIES_S: Final = -300  # include/linux/jiffies.h: INITIAL_JIFFIES = -300*HZ (wraps 5 min after boot)
 
 
 def derive_secret(*parts: object) -> int:

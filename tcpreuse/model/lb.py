@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import random
+from typing import Final
 
 from .ports import PortBitmap
 
-ACTIVE = 0
-HELD = 1
+ACTIVE: Final = 0
+HELD: Final = 1
 
 
 

@@ -7,12 +7,14 @@ accept-queue test when the handshake's final ACK arrives (tcp_v4_syn_recv_sock()
 
 from __future__ import annotations
 
+from typing import Final
+
 from .profiles import Profile
 
 # verdicts
-SYNACK = 0
-DROP = 1
-COOKIE = 2  # SYN-ACK with a syncookie, no request sock kept
+SYNACK: Final = 0
+DROP: Final = 1
+COOKIE: Final = 2  # SYN-ACK with a syncookie, no request sock kept
 
 
 class Listener:

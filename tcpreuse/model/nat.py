@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from typing import Final
 
 from .ports import PortBitmap
 
-ACTIVE = 0
-HELD = 1
+ACTIVE: Final = 0
+HELD: Final = 1
 
 Orig = tuple[int, ...]  # 4 ints: (saddr, sport, daddr, dport) as sent by the client
 

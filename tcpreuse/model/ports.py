@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from typing import Final
 
 from .seq import MASK32
 
-PORT_BUSY = 0
-PORT_FREE = 1
-PORT_TW_REUSE = 2
+PORT_BUSY: Final = 0
+PORT_FREE: Final = 1
+PORT_TW_REUSE: Final = 2
 
-GOLDEN_RATIO_32 = 0x61C88647
+GOLDEN_RATIO_32: Final = 0x61C88647
 
 
 def hash_32(val: int, bits: int) -> int:

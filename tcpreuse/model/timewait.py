@@ -7,24 +7,25 @@ Pure rules, no clock of their own: callers pass the times. Section numbers refer
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from .seq import MASK32, after, before, s32
 
-TCP_TIMEWAIT_LEN = 60.0  # include/net/tcp.h: (60*HZ), not tunable
-TCP_PAWS_24DAYS = 60 * 60 * 24 * 24
-TCP_PAWS_MSL = 60
-TCP_PAWS_WINDOW = 1
+TCP_TIMEWAIT_LEN: Final = 60.0  # include/net/tcp.h: (60*HZ), not tunable
+TCP_PAWS_24DAYS: Final = 60 * 60 * 24 * 24
+TCP_PAWS_MSL: Final = 60
+TCP_PAWS_WINDOW: Final = 1
 
 # tw_substate
-TIME_WAIT = 0
-FIN_WAIT2 = 1
+TIME_WAIT: Final = 0
+FIN_WAIT2: Final = 1
 
 # tcp_timewait_state_process() verdicts
-TW_SUCCESS = 0  # segment consumed (dropped), nothing sent
-TW_ACK = 1  # answer with an ACK for the old connection (seq=tw_snd_nxt, ack=tw_rcv_nxt)
-TW_ACK_SKIPPED = 2  # the ACK was due but rate-limited (tcp_oow_rate_limited)
-TW_RST = 3  # answer with RST and kill the TW
-TW_SYN = 4  # accept the SYN: TW killed, hand it to the listener with isn
+TW_SUCCESS: Final = 0  # segment consumed (dropped), nothing sent
+TW_ACK: Final = 1  # answer with an ACK for the old connection (seq=tw_snd_nxt, ack=tw_rcv_nxt)
+TW_ACK_SKIPPED: Final = 2  # the ACK was due but rate-limited (tcp_oow_rate_limited)
+TW_RST: Final = 3  # answer with RST and kill the TW
+TW_SYN: Final = 4  # accept the SYN: TW killed, hand it to the listener with isn
 
 
 class TimeWaitSock:
@@ -239,7 +240,7 @@ def deathrow_expiry(now: float, timeo: float, hz: int, phase: float) -> tuple[fl
     return DeathRow(hz, phase).expiry(now, timeo)
 
 
-_TWKILL_PERIOD = TCP_TIMEWAIT_LEN / 8  # INET_TWDR_TWKILL_SLOTS = 8 -> 7.5 s
+_TWKILL_PERIOD: Final = TCP_TIMEWAIT_LEN / 8  # INET_TWDR_TWKILL_SLOTS = 8 -> 7.5 s
 
 
 class DeathRow:

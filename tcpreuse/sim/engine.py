@@ -16,10 +16,11 @@ import gc
 import heapq
 import math
 import random
+import sys
 import time as wallclock
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from ..model import clocks
 from ..model.lb import L4LoadBalancer
@@ -49,18 +50,18 @@ from .host import DestPorts, Key, SimHost, listen_key
 from .record import build_result
 from .topology import ip2int, plan, pool
 
-EV_ARRIVAL = 0
-EV_SYN = 1
-EV_CLOSE = 2
-EV_FAIL = 3
-EV_ACCEPT_RETRY = 4
-EV_RETRY = 5
-EV_TIMEOUT = 6
-EV_FINAL_ACK = 7
+EV_ARRIVAL: Final = 0
+EV_SYN: Final = 1
+EV_CLOSE: Final = 2
+EV_FAIL: Final = 3
+EV_ACCEPT_RETRY: Final = 4
+EV_RETRY: Final = 5
+EV_TIMEOUT: Final = 6
+EV_FINAL_ACK: Final = 7
 
-SYN_SENT = 0
-ESTABLISHED = 1
-DONE = 2
+SYN_SENT: Final = 0
+ESTABLISHED: Final = 1
+DONE: Final = 2
 
 
 class WorkloadRT:
@@ -69,7 +70,9 @@ class WorkloadRT:
     def __init__(self, index: int, name: str, clients: list[SimHost], close: str, bind: str, n_req: int,
                  req_bytes: int, resp_bytes: int, connect_timeout: float, request_timeout: float,
                  retries: int, retry_delay: float, to_lb: bool, servers: list[SimHost], port: int) -> None:
-        self.index, self.name, self.clients, self.close, self.bind = index, name, clients, close, bind
+        # Interned: the hot loop compares these with literals, which is then a pointer test.
+        self.index, self.name, self.clients = index, name, clients
+        self.close, self.bind = sys.intern(close), sys.intern(bind)
         self.n_req, self.req_bytes, self.resp_bytes = n_req, req_bytes, resp_bytes
         self.connect_timeout, self.request_timeout = connect_timeout, request_timeout
         self.retries, self.retry_delay = retries, retry_delay
@@ -574,7 +577,7 @@ class Engine:
             att.sk = (baddr, bport, s.src, s.sport)
             return ""
         srv = self.by_addr.get(daddr)
-        if srv is None or srv.role != "server":
+        if srv is None or srv.is_client:
             return "syn_dropped_path"
         att.srv = srv
         att.r_saddr, att.r_sport, att.r_daddr, att.r_dport = saddr, sport, daddr, dport
@@ -1028,7 +1031,7 @@ class Engine:
         tw.alive = False
         if h.tw.get(key) is tw:
             del h.tw[key]
-            if h.role == "client":
+            if h.is_client:
                 h.release_port(key)
 
     def expire_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
@@ -1036,7 +1039,7 @@ class Engine:
             return
         tw.alive = False
         del h.tw[key]
-        if h.role == "client":
+        if h.is_client:
             h.release_port(key)
         if not h.tw_count_at_schedule:
             h.inc("TcpExtTWKilled" if tw.kill else "TcpExtTW")
