@@ -59,7 +59,7 @@ class SourceNat:
         self.stats = {"insert_failed": 0, "reopened": 0, "translations": 0}
 
     def _bitmap(self, d: int, dp: int, na: int) -> PortBitmap:
-        k = (d, dp, na)
+        k: tuple[int, ...] = (d, dp, na)
         b = self.used.get(k)
         if b is None:
             b = self.used[k] = PortBitmap(self.lo, self.hi)

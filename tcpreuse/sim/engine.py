@@ -59,6 +59,8 @@ EV_RETRY: Final = 5
 EV_TIMEOUT: Final = 6
 EV_FINAL_ACK: Final = 7
 
+NO_KEY: Final[Key] = (0, 0, 0, 0)  # an attempt's key before it has one (shared, not rebuilt)
+
 SYN_SENT: Final = 0
 ESTABLISHED: Final = 1
 DONE: Final = 2
@@ -124,8 +126,8 @@ class Attempt:
         self.waiting = 0  # accept retries so far (final ACK met a full accept queue)
         self.cookie = False  # the SYN was answered with a syncookie (no request sock)
         self.served = False  # holds an application worker
-        self.ck: Key = (0, 0, 0, 0)  # (saddr, sport, daddr, dport), set once the port is chosen
-        self.sk: Key = (0, 0, 0, 0)  # the server's key, set by each routed SYN
+        self.ck: Key = NO_KEY  # (saddr, sport, daddr, dport), set once the port is chosen
+        self.sk: Key = NO_KEY  # the server's key, set by each routed SYN
         self.t_close = 0.0  # when its CLOSE event is due, and that event's sequence number
         self.seq_close = 0  # (set by Engine.push_close: the close lane holds attempts)
 
@@ -143,7 +145,7 @@ class PortCheck:
         c = self.c
         if port in c.bound_ports:
             return PORT_BUSY
-        key = (self.saddr, port, self.daddr, self.dport)
+        key: Key = (self.saddr, port, self.daddr, self.dport)
         if key in c.ehash:
             return PORT_BUSY
         tw = c.tw.get(key)
@@ -415,7 +417,7 @@ class Engine:
                     self._no_port(att, t, "EADDRINUSE")
                     return
                 att.sport, att.bound = got, True
-                key = (saddr, got, daddr, dport)
+                key: Key = (saddr, got, daddr, dport)
                 tw = c.tw.get(key)
                 if key in c.ehash or (tw is not None and not tcp_twsk_unique(
                         tw, True, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,

@@ -251,7 +251,7 @@ class SimHost:
             if 0 <= i < len(d.occ):
                 d.occ[i] = 1
         if self.track_owners:
-            o = (la, lp)
+            o: tuple[int, ...] = (la, lp)
             self.owners[o] = self.owners.get(o, 0) + 1
         if self.pool is not None:
             self.pool.hold(lp)
