@@ -13,7 +13,6 @@ rules it calls live in tcpreuse/model and are compiled with it.
 from __future__ import annotations
 
 import gc
-import heapq
 import math
 import random
 import sys
@@ -46,6 +45,7 @@ from ..model.timewait import (
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from .arrivals import arrival_times
+from .events import Event, EventHeap
 from .host import DestPorts, Key, SimHost, listen_key
 from .record import build_result
 from .topology import ip2int, plan, pool
@@ -169,7 +169,7 @@ class Engine:
         self.loss = sc.path.loss
         self.end = sc.duration_s
         self.rng = random.Random(clocks.derive_secret(sc.seed, "engine"))
-        self.heap: list[tuple[float, int, int, Any]] = []
+        self.heap = EventHeap()
         # CLOSE events in time order, read from lane_head on (each attempt closes once:
         # its time and sequence number are kept on the attempt, see push_close()).
         self.close_lane: list[Attempt] = []
@@ -249,7 +249,7 @@ class Engine:
     # ---- event queue -----------------------------------------------------------------------
     def push(self, t: float, kind: int, obj: Any) -> None:
         self.seq += 1
-        heapq.heappush(self.heap, (t, self.seq, kind, obj))
+        self.heap.push(Event(t, self.seq, kind, obj))
 
     def push_close(self, t: float, att: Attempt) -> None:
         """A CLOSE event. Close delays are constant per workload and server unless an accept
@@ -299,7 +299,7 @@ class Engine:
                 arr_wl.append(self.wls[i])
                 arr_it.append(it)
         heap = self.heap
-        pop = heapq.heappop
+        hq = heap.items  # read in place: hq[0] is the earliest heap event
         n = 0
         sampling = True
         end = self.end + 1e-9
@@ -310,10 +310,10 @@ class Engine:
         obj: Any = None
         kind = 0
         t = 0.0
-        while heap or arr_t or lh < len(lane):
-            th = heap[0][0] if heap else inf
+        while hq or arr_t or lh < len(lane):
+            th = hq[0].t if hq else inf
             tl = lane[lh].t_close if lh < len(lane) else inf
-            if tl <= th and tl <= ta and (tl < th or lane[lh].seq_close < heap[0][1]):
+            if tl <= th and tl <= ta and (tl < th or lane[lh].seq_close < hq[0].seq):
                 obj = lane[lh]
                 t = lane[lh].t_close
                 lh += 1
@@ -325,8 +325,9 @@ class Engine:
                     lh = 0
                 self.lane_head = lh
                 kind = EV_CLOSE
-            elif heap and th <= ta:
-                t, _, kind, obj = pop(heap)
+            elif hq and th <= ta:
+                ev = heap.pop()
+                t, kind, obj = ev.t, ev.kind, ev.obj
             else:
                 k = 0
                 for j in range(1, len(arr_t)):
