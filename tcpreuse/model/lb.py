@@ -29,11 +29,14 @@ def client_key(addr: int, port: int) -> int:
 class Session:
     """One client tuple's session (a plain class: mypyc makes it a native struct)."""
 
-    __slots__ = ("backend", "caddr", "cport", "expires", "sport", "src", "state")
+    __slots__ = ("backend", "caddr", "cport", "expires", "key", "sport", "src", "state")
 
     def __init__(self, caddr: int, cport: int, backend: int, src: int, sport: int, state: int = ACTIVE,
                  expires: float = 0.0) -> None:
         self.caddr, self.cport = caddr, cport  # the client as the LB sees it
+        # client_key(caddr, cport), kept as the very object the session table holds (typed
+        # object so compiled code does not re-box it): removal finds it by identity.
+        self.key: object = client_key(caddr, cport)
         self.backend = backend  # index into the back-end list
         self.src = src  # source address toward the back end (client's, or an SNAT address)
         self.sport = sport
@@ -58,7 +61,7 @@ class L4LoadBalancer:
         self.rng = rng
         self.rr = 0
         self.rover: dict[int, int] = {}
-        self.sessions: dict[int, Session] = {}  # client_key() -> session
+        self.sessions: dict[object, Session] = {}  # client_key() -> session
         self.snat_used: dict[tuple[int, ...], PortBitmap] = {}  # (backend, snat addr) -> ports
         # Held sessions in order of closing, as (expiry, session); a list read from
         # `exp_head` on (compacted now and then) is cheaper than a deque in compiled code.
@@ -66,7 +69,14 @@ class L4LoadBalancer:
         self.exp_head = 0
         self.next_expiry = math.inf  # expiry[exp_head]'s time: expire() is one comparison until then
         self.active = [0] * len(backends)
-        self.stats = {"sessions": 0, "snat_failed": 0, "held_reused": 0, "held_dropped": 0}
+        self.n_sessions = self.n_snat_failed = self.n_held_reused = self.n_held_dropped = 0
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Sessions created, SYNs dropped for want of an SNAT port, held sessions reused or
+        dropped by a new SYN (counted in plain fields on the hot path)."""
+        return {"sessions": self.n_sessions, "snat_failed": self.n_snat_failed,
+                "held_reused": self.n_held_reused, "held_dropped": self.n_held_dropped}
 
     def _bitmap(self, backend: int, addr: int) -> PortBitmap:
         b = self.snat_used.get((backend, addr))
@@ -77,7 +87,7 @@ class L4LoadBalancer:
     def _remove(self, s: Session) -> None:
         if s.state < 0:
             return
-        k = client_key(s.caddr, s.cport)
+        k = s.key
         if self.sessions.get(k) is s:
             del self.sessions[k]
         if self.snat is not None:
@@ -142,7 +152,7 @@ class L4LoadBalancer:
         """A client SYN to the VIP from (caddr, cport): the session it belongs to, or None
         (dropped)."""
         self.expire(now)
-        key = client_key(caddr, cport)
+        key: object = client_key(caddr, cport)  # boxed once for both table operations
         s = self.sessions.get(key)
         if s is not None:
             if s.state == ACTIVE:
@@ -151,14 +161,14 @@ class L4LoadBalancer:
                 if self.held_session_syn == "same_backend":
                     s.state = ACTIVE
                     self.active[s.backend] += 1
-                    self.stats["held_reused"] += 1
+                    self.n_held_reused += 1
                     return s
                 if self.held_session_syn == "drop":
-                    self.stats["held_dropped"] += 1
+                    self.n_held_dropped += 1
                     return None
                 if self.held_session_syn == "drop_then_new":
                     # ip_vs "drop first packet to redirect conntrack" (f719e3754ee2)
-                    self.stats["held_dropped"] += 1
+                    self.n_held_dropped += 1
                     self._remove(s)
                     return None
             self._remove(s)
@@ -166,17 +176,17 @@ class L4LoadBalancer:
         if self.snat is not None:
             got = self._snat_port(b, caddr, cport)
             if got is None:
-                self.stats["snat_failed"] += 1
+                self.n_snat_failed += 1
                 return None
             src, sport = got
         else:
             src, sport = caddr, cport
         s = Session(caddr, cport, b, src, sport)
-        self.sessions[key] = s
+        self.sessions[s.key] = s
         if self.snat is not None:
             self._bitmap(b, src).take(sport)
         self.active[b] += 1
-        self.stats["sessions"] += 1
+        self.n_sessions += 1
         return s
 
     def close(self, s: Session, now: float) -> None:

@@ -56,7 +56,14 @@ class SourceNat:
         self.next_expiry = math.inf  # the earliest queue head: expire() is one comparison until then
         self.rover: dict[int, int] = {}
         self.held = 0
-        self.stats = {"insert_failed": 0, "reopened": 0, "translations": 0}
+        self.n_insert_failed = self.n_reopened = self.n_translations = 0
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Failed inserts, reopened held entries and translations made (plain fields on the
+        hot path)."""
+        return {"insert_failed": self.n_insert_failed, "reopened": self.n_reopened,
+                "translations": self.n_translations}
 
     def _bitmap(self, d: int, dp: int, na: int) -> PortBitmap:
         k: tuple[int, ...] = (d, dp, na)
@@ -102,16 +109,16 @@ class SourceNat:
             if e.state == ACTIVE:
                 return e
             self._remove(e)  # held and reopened by a new SYN (sTW -> sSS)
-            self.stats["reopened"] += 1
+            self.n_reopened += 1
         na = self.pool_addr(orig[0])
         port = self._pick_port(orig, na)
         if port is None:
-            self.stats["insert_failed"] += 1
+            self.n_insert_failed += 1
             return None
         e = CtEntry(orig, na, port)
         self.entries[orig] = e
         self._bitmap(orig[2], orig[3], na).take(port)
-        self.stats["translations"] += 1
+        self.n_translations += 1
         return e
 
     def _pick_port(self, orig: Orig, na: int) -> int | None:

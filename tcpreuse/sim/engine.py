@@ -378,6 +378,8 @@ class Engine:
             self.next_sample += self.step
         if not self.end_state:
             self._record_end_state()
+        for h in self.hosts.values():
+            h.flush_counters()
         self.events = n
         self.wall_s = wallclock.perf_counter() - t_wall
         return build_result(self)
@@ -461,7 +463,7 @@ class Engine:
         att.ts = c.offers_ts
         if att.ts:
             att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport)
-        c.inc("TcpActiveOpens")
+        c.n_active_opens += 1  # TcpActiveOpens (SimHost.flush_counters)
         self._syn(att, t)
 
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
@@ -676,7 +678,7 @@ class Engine:
         if self.audit and (skey in srv.ehash or skey in srv.tw):
             self.violations.append(f"t={t:.6f} {srv.name}: new connection on a 4-tuple still in use {skey}")
         srv.ehash[skey] = att
-        srv.inc("TcpPassiveOpens")
+        srv.n_passive_opens += 1  # TcpPassiveOpens
         att.outcome = "ok"
         att.reason = "ok_after_syn_retry" if att.tries > 1 else ("ok_after_app_retry" if att.cause else "ok")
         att.connect_ms = (t_est - att.t0) * 1000.0
@@ -1013,7 +1015,7 @@ class Engine:
         if dest is not None:
             dest.tws.append(tw)
         if h.tw_count_at_schedule:
-            h.inc("TcpExtTWKilled" if kill else "TcpExtTW")
+            h.count_tw(kill)
 
     def _reschedule_tw(self, h: SimHost, key: Key, tw: TimeWaitSock, t: float) -> None:
         """inet_twsk_reschedule(tw, TCP_TIMEWAIT_LEN)"""
@@ -1045,7 +1047,7 @@ class Engine:
         if h.is_client:
             h.release_port(key)
         if not h.tw_count_at_schedule:
-            h.inc("TcpExtTWKilled" if tw.kill else "TcpExtTW")
+            h.count_tw(tw.kill)
 
     def purge(self, h: SimHost, t: float) -> None:
         """Expire the TIME_WAITs due by t, queue by queue (lazily: only when a table is read)."""

@@ -101,6 +101,9 @@ class SimHost:
         self.port_secret = clocks.derive_secret(seed, name, "port")
         self.ts_secret = clocks.derive_secret(seed, name, "ts")
         self.counters: dict[str, int] = dict.fromkeys(counter_names(profile), 0)
+        # The counters moved once or twice per connection are plain fields during the run
+        # (a str-keyed dict update each time is measurable); flush_counters() adds them in.
+        self.n_active_opens = self.n_passive_opens = self.n_tw = self.n_tw_killed = 0
         self.ehash: dict[Key, Any] = {}
         self.tw: dict[Key, TimeWaitSock] = {}
         self.tw_fifo: dict[float, deque[tuple[float, Key, TimeWaitSock]]] = {}
@@ -222,6 +225,21 @@ class SimHost:
         if q is None:
             q = self.tw_fifo[cls] = deque()
         return q
+
+    def count_tw(self, killed: bool) -> None:
+        """TcpExtTWKilled (reaped from the recycle calendar) or TcpExtTW."""
+        if killed:
+            self.n_tw_killed += 1
+        else:
+            self.n_tw += 1
+
+    def flush_counters(self) -> None:
+        """Add the counters kept in fields into `counters` (once, at the end of a run)."""
+        for name, n in (("TcpActiveOpens", self.n_active_opens), ("TcpPassiveOpens", self.n_passive_opens),
+                        ("TcpExtTW", self.n_tw), ("TcpExtTWKilled", self.n_tw_killed)):
+            if n:
+                self.inc(name, n)
+        self.n_active_opens = self.n_passive_opens = self.n_tw = self.n_tw_killed = 0
 
     def inc(self, name: str, n: int = 1) -> None:
         """Count, if this kernel has the counter."""
