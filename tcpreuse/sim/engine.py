@@ -46,7 +46,7 @@ from ..result import RunResult
 from ..scenario.schema import Scenario
 from .arrivals import arrival_times
 from .events import Event, EventHeap
-from .host import DestPorts, Key, SimHost, listen_key
+from .host import DestPorts, Key, SimHost, listen_key, unhash
 from .record import build_result
 from .topology import ip2int, plan, pool
 
@@ -863,8 +863,7 @@ class Engine:
         c = att.client
         att.state = DONE
         key = att.ck
-        if c.ehash.get(key) is att:
-            del c.ehash[key]
+        if unhash(c.ehash, key, att):
             c.release_port(key)
             if att.bound:
                 self._release_bind(c, att.saddr, att.sport)
@@ -918,8 +917,7 @@ class Engine:
             srv.inc("TcpEstabResets")
         # ... and the client side.
         ckey = att.ck
-        if c.ehash.get(ckey) is att:
-            del c.ehash[ckey]
+        if unhash(c.ehash, ckey, att):
             if policy == "client":
                 self._time_wait(c, ckey, t, s_snd_nxt, c_snd_nxt,
                                 ((srv.tsval(t) + att.sts_off) & MASK32) if att.ts_ok else 0, att.ts_ok,
@@ -959,8 +957,7 @@ class Engine:
         assert srv is not None
         srv.ehash.pop(att.sk, None)
         ckey = att.ck
-        if c.ehash.get(ckey) is att:
-            del c.ehash[ckey]
+        if unhash(c.ehash, ckey, att):
             c.release_port(ckey)
         att.state = DONE
         att.outcome = c.errno_reset
@@ -970,8 +967,7 @@ class Engine:
         c = att.client
         att.state = DONE
         ckey = att.ck
-        if c.ehash.get(ckey) is att:
-            del c.ehash[ckey]
+        if unhash(c.ehash, ckey, att):
             c.release_port(ckey)
         att.outcome, att.reason, att.cause = errno, reason, att.cause or reason
         if att.lb is not None and self.lb is not None:
@@ -1034,16 +1030,13 @@ class Engine:
     def _kill_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
         """Early removal (RST, SYN accepted): not counted as TW before 5.18."""
         tw.alive = False
-        if h.tw.get(key) is tw:
-            del h.tw[key]
-            if h.is_client:
-                h.release_port(key)
+        if unhash(h.tw, key, tw) and h.is_client:
+            h.release_port(key)
 
     def expire_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
-        if h.tw.get(key) is not tw or not tw.alive:
+        if not tw.alive or not unhash(h.tw, key, tw):
             return
         tw.alive = False
-        del h.tw[key]
         if h.is_client:
             h.release_port(key)
         if not h.tw_count_at_schedule:

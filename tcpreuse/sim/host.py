@@ -30,6 +30,19 @@ def listen_key(addr: int, port: int) -> int:
     return (addr << 16) | port
 
 
+def unhash(table: dict[Key, Any], key: Key, sk: object) -> bool:
+    """Remove `key` from a socket table if it maps to `sk`; True if it did. One lookup
+    (hashing a 4-tuple is a large share of the engine's work): the entry is popped, and
+    put back in the rare case it belongs to another socket. The tables are looked up by
+    key and counted, never iterated, so the put-back's new position does not matter."""
+    cur = table.pop(key, None)
+    if cur is sk:
+        return True
+    if cur is not None:
+        table[key] = cur
+    return False
+
+
 class DestPorts:
     """One client's local ports toward one destination (local addr, remote addr, port).
 
