@@ -46,7 +46,7 @@ from ..result import RunResult
 from ..scenario.schema import Scenario
 from .arrivals import arrival_times
 from .events import Event, EventHeap
-from .host import DestPorts, Key, SimHost, listen_key, unhash
+from .host import DestPorts, Key, SimHost, listen_key, make_key, unhash
 from .record import build_result
 from .topology import ip2int, plan, pool
 
@@ -145,7 +145,7 @@ class PortCheck:
         c = self.c
         if port in c.bound_ports:
             return PORT_BUSY
-        key: Key = (self.saddr, port, self.daddr, self.dport)
+        key = make_key(self.saddr, port, self.daddr, self.dport)
         if key in c.ehash:
             return PORT_BUSY
         tw = c.tw.get(key)
@@ -420,7 +420,7 @@ class Engine:
                     self._no_port(att, t, "EADDRINUSE")
                     return
                 att.sport, att.bound = got, True
-                key: Key = (saddr, got, daddr, dport)
+                key = make_key(saddr, got, daddr, dport)
                 tw = c.tw.get(key)
                 if key in c.ehash or (tw is not None and not tcp_twsk_unique(
                         tw, True, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
@@ -436,7 +436,7 @@ class Engine:
                     return
                 att.sport = sel[0]
                 if sel[1] == PORT_TW_REUSE:
-                    tw_taken = c.tw[(saddr, att.sport, daddr, dport)]
+                    tw_taken = c.tw[make_key(saddr, att.sport, daddr, dport)]
         else:
             assert c.pool is not None
             port = c.pool.allocate()
@@ -444,7 +444,7 @@ class Engine:
                 self._no_port(att, t)
                 return
             att.sport = port
-        key = (saddr, att.sport, daddr, dport)
+        key = make_key(saddr, att.sport, daddr, dport)
         att.ck = key
         if self.audit:
             self._audit_connect(c, key, tw_taken, att, t)

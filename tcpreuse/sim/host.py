@@ -25,6 +25,18 @@ from ..model.timewait import TCP_TIMEWAIT_LEN, DeathRow, TimeWaitSock
 Key = tuple[int, ...]
 
 
+def make_key(laddr: int, lport: int, raddr: int, rport: int) -> Key:
+    """A 4-tuple key, built as one boxed tuple. (Written `key: Key = (a, b, c, d)`, mypy
+    narrows the variable to a fixed-length tuple and mypyc then keeps it unboxed and
+    builds a new tuple at every use.)"""
+    return (laddr, lport, raddr, rport)
+
+
+def owner_key(addr: int, port: int) -> tuple[int, ...]:
+    """An (addr, port) key of the bind-owner tables, boxed once (see make_key)."""
+    return (addr, port)
+
+
 def listen_key(addr: int, port: int) -> int:
     """A listener's key: (local addr, port) as one int."""
     return (addr << 16) | port
@@ -282,7 +294,7 @@ class SimHost:
             if 0 <= i < len(d.occ):
                 d.occ[i] = 1
         if self.track_owners:
-            o: tuple[int, ...] = (la, lp)
+            o = owner_key(la, lp)
             self.owners[o] = self.owners.get(o, 0) + 1
         if self.pool is not None:
             self.pool.hold(lp)
@@ -296,7 +308,7 @@ class SimHost:
             if 0 <= i < len(d.occ) and d.occ[i] == 1:
                 d.occ[i] = 0
         if self.track_owners:
-            o = (la, lp)
+            o = owner_key(la, lp)
             c = self.owners[o] - 1
             if c:
                 self.owners[o] = c
