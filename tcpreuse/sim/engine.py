@@ -17,7 +17,6 @@ import math
 import random
 import sys
 import time as wallclock
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -46,7 +45,7 @@ from ..result import RunResult
 from ..scenario.schema import Scenario
 from .arrivals import arrival_times
 from .events import Event, EventHeap
-from .host import DestPorts, Key, SimHost, listen_key, make_key, unhash
+from .host import DestPorts, Key, SimHost, TwQueue, listen_key, make_key, unhash
 from .record import build_result
 from .topology import ip2int, plan, pool
 
@@ -1007,7 +1006,7 @@ class Engine:
         q = h.tw_queue(timeo)
         if not q and expires < h.tw_next:
             h.tw_next = expires
-        q.append((expires, key, tw))
+        q.push(expires, key, tw)
         if dest is not None:
             dest.tws.append(tw)
         if h.tw_count_at_schedule:
@@ -1022,10 +1021,10 @@ class Engine:
         tw.kill = False
         q = h.tw_fifo.get(TCP_TIMEWAIT_LEN)
         if q is None:
-            q = h.tw_fifo[TCP_TIMEWAIT_LEN] = deque()
+            q = h.tw_fifo[TCP_TIMEWAIT_LEN] = TwQueue()
         if not q and tw.expires < h.tw_next:
             h.tw_next = tw.expires
-        q.append((tw.expires, key, tw))
+        q.push(tw.expires, key, tw)
 
     def _kill_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
         """Early removal (RST, SYN accepted): not counted as TW before 5.18."""
@@ -1048,12 +1047,19 @@ class Engine:
             return
         nxt = math.inf
         for q in h.tw_fifo.values():
-            while q and q[0][0] <= t:
-                exp, key, tw = q.popleft()
+            items = q.items
+            i, n = q.head, len(items)
+            while i < n:
+                exp, key, tw = items[i]
+                if exp > t:
+                    break
+                i += 1
                 if tw.alive and tw.expires <= exp:
                     self.expire_tw(h, key, tw)
-            if q and q[0][0] < nxt:
-                nxt = q[0][0]
+            q.consumed(i)
+            first = q.first()
+            if first < nxt:
+                nxt = first
         h.tw_next = nxt
 
     # ---- timeline ------------------------------------------------------------------------------

@@ -55,6 +55,38 @@ def unhash(table: dict[Key, Any], key: Key, sk: object) -> bool:
     return False
 
 
+class TwQueue:
+    """TIME_WAIT sockets of one length as (expires, key, tw) in scheduling order, hence in
+    expiry order; read from `head` on (a list and an index: cheaper than a deque in
+    compiled code). An entry is stale when its socket died or was rescheduled."""
+
+    __slots__ = ("head", "items")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, Key, TimeWaitSock]] = []
+        self.head = 0
+
+    def __bool__(self) -> bool:
+        return self.head < len(self.items)
+
+    def first(self) -> float:
+        """The earliest entry's expiry (inf when empty)."""
+        return self.items[self.head][0] if self.head < len(self.items) else math.inf
+
+    def push(self, expires: float, key: Key, tw: TimeWaitSock) -> None:
+        self.items.append((expires, key, tw))
+
+    def consumed(self, head: int) -> None:
+        """Entries before `head` are done with (compacted once they are half the list)."""
+        if head >= len(self.items):
+            self.items.clear()
+            head = 0
+        elif head >= 4096 and 2 * head >= len(self.items):
+            del self.items[:head]
+            head = 0
+        self.head = head
+
+
 class DestPorts:
     """One client's local ports toward one destination (local addr, remote addr, port).
 
@@ -131,7 +163,7 @@ class SimHost:
         self.n_active_opens = self.n_passive_opens = self.n_tw = self.n_tw_killed = 0
         self.ehash: dict[Key, Any] = {}
         self.tw: dict[Key, TimeWaitSock] = {}
-        self.tw_fifo: dict[float, deque[tuple[float, Key, TimeWaitSock]]] = {}
+        self.tw_fifo: dict[float, TwQueue] = {}
         self.tw_next = math.inf  # the earliest tw_fifo head: purge() has nothing to do before it
         self._tw_cls_timeo = -1.0  # the last TIME_WAIT length seen and its tw_fifo class
         self._tw_cls = 0.0
@@ -239,7 +271,7 @@ class SimHost:
         """The TS option clock (clocks.tsval_clock)."""
         return int(self.ts_base + t * self.ts_rate) & 0xFFFFFFFF
 
-    def tw_queue(self, timeo: float) -> deque[tuple[float, Key, TimeWaitSock]]:
+    def tw_queue(self, timeo: float) -> TwQueue:
         """The tw_fifo queue for TIME_WAITs of length `timeo` (one queue per length, so each
         is in expiry order). Lengths are classed by round(timeo, 6); a host sees one or two
         lengths, so the last one's class is remembered (round() with digits is slow)."""
@@ -248,7 +280,7 @@ class SimHost:
         cls = self._tw_cls
         q = self.tw_fifo.get(cls)
         if q is None:
-            q = self.tw_fifo[cls] = deque()
+            q = self.tw_fifo[cls] = TwQueue()
         return q
 
     def count_tw(self, killed: bool) -> None:
