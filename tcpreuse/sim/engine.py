@@ -698,7 +698,7 @@ class Engine:
         retransmissions retry (tcp_abort_on_overflow=0)."""
         srv = att.srv
         assert srv is not None
-        lst = srv.listeners[(att.r_daddr, att.r_dport)]
+        lst = srv.listeners[listen_key(att.r_daddr, att.r_dport)]
         if att.state != ESTABLISHED:
             if not att.cookie:
                 lst.syn_queue -= 1
