@@ -44,7 +44,7 @@ from ..model.timewait import (
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from .arrivals import arrival_times
-from .events import Event, EventHeap
+from .events import Event, EventHeap, Lane
 from .host import DestPorts, Key, SimHost, TwQueue, listen_key, make_key, unhash
 from .record import build_result
 from .topology import ip2int, plan, pool
@@ -173,6 +173,7 @@ class Engine:
         # its time and sequence number are kept on the attempt, see push_close()).
         self.close_lane: list[Attempt] = []
         self.lane_head = 0
+        self.ack_lane = Lane()  # final ACKs: 1.5 RTT after their SYN, so in time order
         self.seq = 0
         self.atts: list[Attempt] = []
         self.events = 0
@@ -306,13 +307,28 @@ class Engine:
         ta = min(arr_t) if arr_t else inf
         lane = self.close_lane
         lh = 0
+        acks = self.ack_lane
+        aq = acks.items
         obj: Any = None
         kind = 0
         t = 0.0
-        while hq or arr_t or lh < len(lane):
-            th = hq[0].t if hq else inf
-            tl = lane[lh].t_close if lh < len(lane) else inf
-            if tl <= th and tl <= ta and (tl < th or lane[lh].seq_close < hq[0].seq):
+        while hq or arr_t or lh < len(lane) or acks.head < len(aq):
+            # The earliest of heap, close lane and ACK lane by (time, seq); arrivals go
+            # last on equal times (scheduled last).
+            src = 0
+            tb = inf
+            sb = 0
+            if hq:
+                tb, sb, src = hq[0].t, hq[0].seq, 1
+            if lh < len(lane):
+                tl = lane[lh].t_close
+                if tl < tb or (tl == tb and lane[lh].seq_close < sb):
+                    tb, sb, src = tl, lane[lh].seq_close, 2
+            if acks.head < len(aq):
+                e0 = aq[acks.head]
+                if e0.t < tb or (e0.t == tb and e0.seq < sb):
+                    tb, sb, src = e0.t, e0.seq, 3
+            if src == 2 and tb <= ta:
                 obj = lane[lh]
                 t = lane[lh].t_close
                 lh += 1
@@ -324,8 +340,8 @@ class Engine:
                     lh = 0
                 self.lane_head = lh
                 kind = EV_CLOSE
-            elif hq and th <= ta:
-                ev = heap.pop()
+            elif src and tb <= ta:
+                ev = heap.pop() if src == 1 else acks.pop()
                 t, kind, obj = ev.t, ev.kind, ev.obj
             else:
                 k = 0
@@ -688,7 +704,10 @@ class Engine:
         att.cookie = cookie
         if not cookie:
             lst.syn_queue += 1
-        self.push(t_est + self.half, EV_FINAL_ACK, att)
+        self.seq += 1
+        ev = Event(t_est + self.half, self.seq, EV_FINAL_ACK, att)
+        if not self.ack_lane.push(ev):
+            self.heap.push(ev)
 
     def _final_ack(self, att: Attempt, t: float) -> None:
         """The handshake's final ACK, and the request right behind it, reach the listener:
