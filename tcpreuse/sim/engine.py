@@ -515,7 +515,7 @@ class Engine:
         if c.is_linux:
             return clocks.linux_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
         if c.isn_random:
-            return c.rng.getrandbits(32)
+            return c.getrandbits(32)
         return clocks.rfc6528_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
 
     def _autoselect(self, c: SimHost, saddr: int, daddr: int, dport: int, t: float) -> tuple[int, int] | None:

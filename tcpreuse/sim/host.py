@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..model import clocks, timers
@@ -145,6 +146,8 @@ class SimHost:
         self.addrs = addrs
         self.addr = addrs[0]
         self.rng = rng
+        # bound once: compiled code would look the method up on every random ISN
+        self.getrandbits: Callable[[int], int] = rng.getrandbits
         self.is_linux = profile.is_linux
         self.hz = int(params.get("hz") or 1000)
         up = params.get("uptime_s")
