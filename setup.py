@@ -22,6 +22,7 @@ COMPILED = [
     "tcpreuse/model/clocks.py",
     "tcpreuse/sim/arrivals.py",
     "tcpreuse/sim/host.py",
+    "tcpreuse/sim/events.py",
     "tcpreuse/sim/engine.py",
     "tcpreuse/capture/loops.py",
 ]

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import random
 
-from tcpreuse.model.lb import L4LoadBalancer
-from tcpreuse.model.listener import COOKIE, DROP, SYNACK, Listener, conn_request, syn_recv_sock_ok
+from tcpreuse.model.lb import L4LoadBalancer, client_key
+from tcpreuse.model.listener import (
+    COOKIE,
+    DROP,
+    SYNACK,
+    Listener,
+    ListenRules,
+    conn_request,
+    syn_recv_sock_ok,
+)
 from tcpreuse.model.nat import SourceNat
 from tcpreuse.model.profiles import get_profile
 from tcpreuse.model.recycle import PeerCache
@@ -41,34 +49,34 @@ def test_listener_accept_queue_overflow_drops_syns_with_counters() -> None:
     p = get_profile("linux-5.15")
     lst = Listener(backlog=2, somaxconn=4096)
     assert lst.max_ack_backlog == 2
-    assert conn_request(lst, p, from_timewait=False, syncookies=1, recycle_reject=False).verdict == SYNACK
+    assert conn_request(lst, ListenRules(p), from_timewait=False, syncookies=1, recycle_reject=False).verdict == SYNACK
     lst.accept_queue = 3  # backlog + 1: strictly greater than max -> full
-    v = conn_request(lst, p, from_timewait=False, syncookies=1, recycle_reject=False)
+    v = conn_request(lst, ListenRules(p), from_timewait=False, syncookies=1, recycle_reject=False)
     assert v.verdict == DROP and v.counters == ("TcpExtListenOverflows", "TcpExtListenDrops")
     ok, counters = syn_recv_sock_ok(lst)
     assert not ok and "TcpExtListenOverflows" in counters
     # 2.6.32: the same drop is silent
-    v = conn_request(lst, get_profile("centos-6"), from_timewait=False, syncookies=1, recycle_reject=False)
+    v = conn_request(lst, ListenRules(get_profile("centos-6")), from_timewait=False, syncookies=1, recycle_reject=False)
     assert v.counters == ()
 
 
 def test_syn_queue_full_uses_cookies_unless_converted_from_timewait() -> None:
     p = get_profile("linux-6.18")
     lst = Listener(backlog=4, somaxconn=4096, syn_queue=4)
-    assert conn_request(lst, p, from_timewait=False, syncookies=1, recycle_reject=False).verdict == COOKIE
-    assert conn_request(lst, p, from_timewait=True, syncookies=1, recycle_reject=False).verdict == SYNACK
-    v = conn_request(lst, p, from_timewait=False, syncookies=0, recycle_reject=False)
+    assert conn_request(lst, ListenRules(p), from_timewait=False, syncookies=1, recycle_reject=False).verdict == COOKIE
+    assert conn_request(lst, ListenRules(p), from_timewait=True, syncookies=1, recycle_reject=False).verdict == SYNACK
+    v = conn_request(lst, ListenRules(p), from_timewait=False, syncookies=0, recycle_reject=False)
     assert v.verdict == DROP and "TcpExtTCPReqQFullDrop" in v.counters
     # tcp_syn_flood_action() counts the cookie decision; a full accept queue then drops the
     # SYN anyway (6.18: TCPReqQFullDoCookies 36 with SyncookiesSent 33 in one lab run)
     lst.accept_queue = 5
-    v = conn_request(lst, p, from_timewait=False, syncookies=1, recycle_reject=False)
+    v = conn_request(lst, ListenRules(p), from_timewait=False, syncookies=1, recycle_reject=False)
     assert v.verdict == DROP
     assert v.counters == ("TcpExtTCPReqQFullDoCookies", "TcpExtListenOverflows", "TcpExtListenDrops")
 
 
 def test_recycle_reject_counts_paws_passive() -> None:
-    v = conn_request(Listener(100, 128), get_profile("linux-4.9"), from_timewait=False, syncookies=1,
+    v = conn_request(Listener(100, 128), ListenRules(get_profile("linux-4.9")), from_timewait=False, syncookies=1,
                      recycle_reject=True)
     assert v.verdict == DROP and v.reason == "syn_dropped_recycle"
     assert v.counters == ("TcpExtPAWSPassive", "TcpExtListenDrops")
@@ -117,26 +125,26 @@ def lb(**kw: object) -> L4LoadBalancer:
 
 def test_lb_round_robin_hold_and_ignore_msl() -> None:
     b = lb()
-    s1, s2 = b.syn((1, 100), 0.0), b.syn((1, 101), 0.0)
+    s1, s2 = b.syn(1, 100, 0.0), b.syn(1, 101, 0.0)
     assert s1 is not None and s2 is not None and {s1.backend, s2.backend} == {0, 1}
-    assert b.syn((1, 100), 0.1) is s1  # retransmission: same session
+    assert b.syn(1, 100, 0.1) is s1  # retransmission: same session
     b.close(s1, 1.0)
-    again = b.syn((1, 100), 3.0)  # held: same back end
+    again = b.syn(1, 100, 3.0)  # held: same back end
     assert again is s1 and again.backend == s1.backend
     b2 = lb(ignore_msl=True)
-    s = b2.syn((1, 100), 0.0)
+    s = b2.syn(1, 100, 0.0)
     assert s is not None
     b2.close(s, 1.0)
-    assert (1, 100) not in b2.sessions
+    assert client_key(1, 100) not in b2.sessions
 
 
 def test_lb_snat_ports_are_held_after_close() -> None:
     b = lb(snat=[50], backends=[(10, 80)])
-    got = [b.syn((1, 100 + k), 0.0) for k in range(4)]
+    got = [b.syn(1, 100 + k, 0.0) for k in range(4)]
     assert [s.sport for s in got if s] == [1024, 1025, 1026, 1027]
-    assert b.syn((1, 200), 0.0) is None and b.stats["snat_failed"] == 1
+    assert b.syn(1, 200, 0.0) is None and b.stats["snat_failed"] == 1
     for s in got:
         assert s is not None
         b.close(s, 1.0)
-    assert b.syn((1, 201), 3.0) is None  # still held (5 s)
-    assert b.syn((1, 201), 6.5) is not None
+    assert b.syn(1, 201, 3.0) is None  # still held (5 s)
+    assert b.syn(1, 201, 6.5) is not None

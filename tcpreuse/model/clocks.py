@@ -9,11 +9,12 @@ choosing offsets.
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 from .profiles import Profile
 from .seq import MASK32
 
-INITIAL_JIFFIES_S = -300  # include/linux/jiffies.h: INITIAL_JIFFIES = -300*HZ (wraps 5 min after boot)
+INITIAL_JIFFIES_S: Final = -300  # include/linux/jiffies.h: INITIAL_JIFFIES = -300*HZ (wraps 5 min after boot)
 
 
 def derive_secret(*parts: object) -> int:
@@ -34,12 +35,13 @@ def linux_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, wall_
     """mirrors secure_tcp_seq(), net/core/secure_seq.c (4.x-6.x; md5 in 2.6.32):
     keyed hash of the 4-tuple + seq_scale(): ktime_get_real_ns() >> 6 (15.625 M/s),
     monotonic for one 4-tuple (RFC 6528)."""
-    return (keyed32(secret, saddr, daddr, sport, dport) + (int(wall_s * 1e9) >> 6)) & MASK32
+    # keyed32() spelled out: the same hash, without building the argument tuple twice
+    return (hash((secret, saddr, daddr, sport, dport)) + (int(wall_s * 1e9) >> 6)) & MASK32
 
 
 def rfc6528_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, t_s: float) -> int:
     """RFC 6528: ISN = M + F(4-tuple, secret), M a 4 microsecond timer (non-Linux stacks)."""
-    return (keyed32(secret, saddr, daddr, sport, dport) + int(t_s * 250_000)) & MASK32
+    return (hash((secret, saddr, daddr, sport, dport)) + int(t_s * 250_000)) & MASK32
 
 
 def ts_offset(p: Profile, secret: int, timestamps_sysctl: int, saddr: int, daddr: int,
@@ -53,8 +55,8 @@ def ts_offset(p: Profile, secret: int, timestamps_sysctl: int, saddr: int, daddr
     if mode == "none":
         return 0
     if mode == "hostpair":
-        return keyed32(secret, saddr, daddr)
-    return keyed32(secret ^ 0x5EED, saddr, daddr, sport, dport)
+        return hash((secret, saddr, daddr)) & MASK32  # keyed32(), spelled out
+    return hash((secret ^ 0x5EED, saddr, daddr, sport, dport)) & MASK32
 
 
 def tsval_clock(p: Profile, hz: int, uptime_s: float) -> tuple[float, float]:

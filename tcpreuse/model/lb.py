@@ -9,26 +9,39 @@ vendor behaviour [I] and therefore parameters.
 
 from __future__ import annotations
 
+import math
 import random
-from collections import deque
-from dataclasses import dataclass
+from typing import Final
 
 from .ports import PortBitmap
 
-ACTIVE = 0
-HELD = 1
-
-ClientKey = tuple[int, ...]  # 2 ints: (client addr, client port) as seen by the LB
+ACTIVE: Final = 0
+HELD: Final = 1
 
 
-@dataclass(slots=True)
+
+def client_key(addr: int, port: int) -> int:
+    """The session table's key for (client addr, client port) as the LB sees them: one int
+    (hashed and compared without building a tuple per SYN)."""
+    return (addr << 16) | port
+
+
 class Session:
-    client: ClientKey
-    backend: int  # index into the back-end list
-    src: int  # source address toward the back end (client's, or an SNAT address)
-    sport: int
-    state: int = ACTIVE
-    expires: float = 0.0
+    """One client tuple's session (a plain class: mypyc makes it a native struct)."""
+
+    __slots__ = ("backend", "caddr", "cport", "expires", "key", "sport", "src", "state")
+
+    def __init__(self, caddr: int, cport: int, backend: int, src: int, sport: int, state: int = ACTIVE,
+                 expires: float = 0.0) -> None:
+        self.caddr, self.cport = caddr, cport  # the client as the LB sees it
+        # client_key(caddr, cport), kept as the very object the session table holds (typed
+        # object so compiled code does not re-box it): removal finds it by identity.
+        self.key: object = client_key(caddr, cport)
+        self.backend = backend  # index into the back-end list
+        self.src = src  # source address toward the back end (client's, or an SNAT address)
+        self.sport = sport
+        self.state = state
+        self.expires = expires
 
 
 class L4LoadBalancer:
@@ -48,11 +61,22 @@ class L4LoadBalancer:
         self.rng = rng
         self.rr = 0
         self.rover: dict[int, int] = {}
-        self.sessions: dict[ClientKey, Session] = {}
+        self.sessions: dict[object, Session] = {}  # client_key() -> session
         self.snat_used: dict[tuple[int, ...], PortBitmap] = {}  # (backend, snat addr) -> ports
-        self.expiry: deque[tuple[float, Session]] = deque()  # held sessions, in expiry order
+        # Held sessions in order of closing, as (expiry, session); a list read from
+        # `exp_head` on (compacted now and then) is cheaper than a deque in compiled code.
+        self.expiry: list[tuple[float, Session]] = []
+        self.exp_head = 0
+        self.next_expiry = math.inf  # expiry[exp_head]'s time: expire() is one comparison until then
         self.active = [0] * len(backends)
-        self.stats = {"sessions": 0, "snat_failed": 0, "held_reused": 0, "held_dropped": 0}
+        self.n_sessions = self.n_snat_failed = self.n_held_reused = self.n_held_dropped = 0
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Sessions created, SYNs dropped for want of an SNAT port, held sessions reused or
+        dropped by a new SYN (counted in plain fields on the hot path)."""
+        return {"sessions": self.n_sessions, "snat_failed": self.n_snat_failed,
+                "held_reused": self.n_held_reused, "held_dropped": self.n_held_dropped}
 
     def _bitmap(self, backend: int, addr: int) -> PortBitmap:
         b = self.snat_used.get((backend, addr))
@@ -63,8 +87,9 @@ class L4LoadBalancer:
     def _remove(self, s: Session) -> None:
         if s.state < 0:
             return
-        if self.sessions.get(s.client) is s:
-            del self.sessions[s.client]
+        k = s.key
+        if self.sessions.get(k) is s:
+            del self.sessions[k]
         if self.snat is not None:
             self._bitmap(s.backend, s.src).free(s.sport)
         if s.state == ACTIVE:
@@ -72,13 +97,29 @@ class L4LoadBalancer:
         s.state = -1
 
     def expire(self, now: float) -> None:
+        if now < self.next_expiry:
+            return
         q = self.expiry
-        while q and q[0][0] <= now:
-            exp, s = q.popleft()
+        i, n = self.exp_head, len(q)
+        while i < n:
+            exp, s = q[i]
+            if exp > now:
+                break
+            i += 1
             if s.state == HELD and s.expires <= exp:
                 self._remove(s)
+        if i >= n:
+            q.clear()
+            i = 0
+            self.next_expiry = math.inf
+        else:
+            self.next_expiry = q[i][0]
+            if i >= 4096 and 2 * i >= n:
+                del q[:i]
+                i = 0
+        self.exp_head = i
 
-    def _schedule(self, client: ClientKey) -> int:
+    def _schedule(self, caddr: int) -> int:
         n = len(self.backends)
         if self.scheduler == "round_robin":
             b = self.rr % n
@@ -87,17 +128,17 @@ class L4LoadBalancer:
         if self.scheduler == "random":
             return self.rng.randrange(n)
         if self.scheduler == "source_hash":
-            return hash((0x4C42, client[0])) % n
+            return hash((0x4C42, caddr)) % n
         return min(range(n), key=lambda i: (self.active[i], i))  # least_conn
 
-    def _snat_port(self, backend: int, client: ClientKey) -> tuple[int, int] | None:
+    def _snat_port(self, backend: int, caddr: int, cport: int) -> tuple[int, int] | None:
         assert self.snat is not None
-        addr = self.snat[hash((0x534E, client[0])) % len(self.snat)]
+        addr = self.snat[hash((0x534E, caddr)) % len(self.snat)]
         b = self._bitmap(backend, addr)
         lo, hi = self.lo, self.hi
         size = hi - lo + 1
-        if self.snat_order == "preserve" and lo <= client[1] <= hi and b.is_free(client[1]):
-            return addr, client[1]
+        if self.snat_order == "preserve" and lo <= cport <= hi and b.is_free(cport):
+            return addr, cport
         off = self.rng.randrange(size) if self.snat_order == "random" else self.rover.get(addr, 0)
         got = b.first_free(off)
         if got is None:
@@ -107,10 +148,12 @@ class L4LoadBalancer:
             self.rover[addr] = (off + tries + 1) % size
         return addr, port
 
-    def syn(self, client: ClientKey, now: float) -> Session | None:
-        """A client SYN to the VIP: the session it belongs to, or None (dropped)."""
+    def syn(self, caddr: int, cport: int, now: float) -> Session | None:
+        """A client SYN to the VIP from (caddr, cport): the session it belongs to, or None
+        (dropped)."""
         self.expire(now)
-        s = self.sessions.get(client)
+        key: object = client_key(caddr, cport)  # boxed once for both table operations
+        s = self.sessions.get(key)
         if s is not None:
             if s.state == ACTIVE:
                 return s  # a retransmission, or a new SYN on a tuple the LB thinks is open
@@ -118,32 +161,32 @@ class L4LoadBalancer:
                 if self.held_session_syn == "same_backend":
                     s.state = ACTIVE
                     self.active[s.backend] += 1
-                    self.stats["held_reused"] += 1
+                    self.n_held_reused += 1
                     return s
                 if self.held_session_syn == "drop":
-                    self.stats["held_dropped"] += 1
+                    self.n_held_dropped += 1
                     return None
                 if self.held_session_syn == "drop_then_new":
                     # ip_vs "drop first packet to redirect conntrack" (f719e3754ee2)
-                    self.stats["held_dropped"] += 1
+                    self.n_held_dropped += 1
                     self._remove(s)
                     return None
             self._remove(s)
-        b = self._schedule(client)
+        b = self._schedule(caddr)
         if self.snat is not None:
-            got = self._snat_port(b, client)
+            got = self._snat_port(b, caddr, cport)
             if got is None:
-                self.stats["snat_failed"] += 1
+                self.n_snat_failed += 1
                 return None
             src, sport = got
         else:
-            src, sport = client
-        s = Session(client, b, src, sport)
-        self.sessions[client] = s
+            src, sport = caddr, cport
+        s = Session(caddr, cport, b, src, sport)
+        self.sessions[s.key] = s
         if self.snat is not None:
             self._bitmap(b, src).take(sport)
         self.active[b] += 1
-        self.stats["sessions"] += 1
+        self.n_sessions += 1
         return s
 
     def close(self, s: Session, now: float) -> None:
@@ -156,6 +199,8 @@ class L4LoadBalancer:
         self.active[s.backend] -= 1
         s.state = HELD
         s.expires = now + self.hold
+        if self.exp_head >= len(self.expiry):
+            self.next_expiry = s.expires
         self.expiry.append((s.expires, s))
 
     def client_rst(self, s: Session, now: float) -> None:

@@ -10,25 +10,31 @@ and is translated anew ("Reopened connection", nf_conntrack_proto_tcp.c: sTW -> 
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
-from dataclasses import dataclass
+from typing import Final
 
 from .ports import PortBitmap
 
-ACTIVE = 0
-HELD = 1
+ACTIVE: Final = 0
+HELD: Final = 1
 
 Orig = tuple[int, ...]  # 4 ints: (saddr, sport, daddr, dport) as sent by the client
 
 
-@dataclass(slots=True)
 class CtEntry:
-    orig: Orig
-    nat_addr: int
-    nat_port: int
-    state: int = ACTIVE
-    expires: float = 0.0
+    """One conntrack entry (a plain class: mypyc makes it a native struct)."""
+
+    __slots__ = ("expires", "nat_addr", "nat_port", "orig", "state")
+
+    def __init__(self, orig: Orig, nat_addr: int, nat_port: int, state: int = ACTIVE,
+                 expires: float = 0.0) -> None:
+        self.orig = orig
+        self.nat_addr = nat_addr
+        self.nat_port = nat_port
+        self.state = state
+        self.expires = expires
 
 
 class SourceNat:
@@ -47,12 +53,20 @@ class SourceNat:
         self.used: dict[tuple[int, ...], PortBitmap] = {}
         # Held entries in expiry order (one queue per hold length, so each is sorted).
         self.expiry: dict[float, deque[tuple[float, CtEntry]]] = {}
+        self.next_expiry = math.inf  # the earliest queue head: expire() is one comparison until then
         self.rover: dict[int, int] = {}
         self.held = 0
-        self.stats = {"insert_failed": 0, "reopened": 0, "translations": 0}
+        self.n_insert_failed = self.n_reopened = self.n_translations = 0
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Failed inserts, reopened held entries and translations made (plain fields on the
+        hot path)."""
+        return {"insert_failed": self.n_insert_failed, "reopened": self.n_reopened,
+                "translations": self.n_translations}
 
     def _bitmap(self, d: int, dp: int, na: int) -> PortBitmap:
-        k = (d, dp, na)
+        k: tuple[int, ...] = (d, dp, na)
         b = self.used.get(k)
         if b is None:
             b = self.used[k] = PortBitmap(self.lo, self.hi)
@@ -69,11 +83,17 @@ class SourceNat:
 
     def expire(self, now: float) -> None:
         """Drop held entries whose hold has run out (conntrack's timer)."""
+        if now < self.next_expiry:
+            return
+        nxt = math.inf
         for q in self.expiry.values():
             while q and q[0][0] <= now:
                 exp, e = q.popleft()
                 if e.state == HELD and e.expires <= exp:
                     self._remove(e)
+            if q and q[0][0] < nxt:
+                nxt = q[0][0]
+        self.next_expiry = nxt
 
     def pool_addr(self, saddr: int) -> int:
         """nf_nat find_best_ips_proto(): the pool address is a hash of the source address,
@@ -89,16 +109,16 @@ class SourceNat:
             if e.state == ACTIVE:
                 return e
             self._remove(e)  # held and reopened by a new SYN (sTW -> sSS)
-            self.stats["reopened"] += 1
+            self.n_reopened += 1
         na = self.pool_addr(orig[0])
         port = self._pick_port(orig, na)
         if port is None:
-            self.stats["insert_failed"] += 1
+            self.n_insert_failed += 1
             return None
         e = CtEntry(orig, na, port)
         self.entries[orig] = e
         self._bitmap(orig[2], orig[3], na).take(port)
-        self.stats["translations"] += 1
+        self.n_translations += 1
         return e
 
     def _pick_port(self, orig: Orig, na: int) -> int | None:
@@ -134,4 +154,6 @@ class SourceNat:
         q = self.expiry.get(hold)
         if q is None:
             q = self.expiry[hold] = deque()
+        if not q and e.expires < self.next_expiry:
+            self.next_expiry = e.expires
         q.append((e.expires, e))

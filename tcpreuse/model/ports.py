@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from typing import Final
 
 from .seq import MASK32
 
-PORT_BUSY = 0
-PORT_FREE = 1
-PORT_TW_REUSE = 2
+PORT_BUSY: Final = 0
+PORT_FREE: Final = 1
+PORT_TW_REUSE: Final = 2
 
-GOLDEN_RATIO_32 = 0x61C88647
+GOLDEN_RATIO_32: Final = 0x61C88647
 
 
 def hash_32(val: int, bits: int) -> int:
@@ -276,7 +277,7 @@ class HostPortPool:
     TIME_WAIT"; BSD in_pcb_lport). `order` sequential (a rover) or random (probe from a
     random start) — an inference, a parameter."""
 
-    __slots__ = ("first", "in_use", "last", "n", "order", "rng", "rover", "used")
+    __slots__ = ("first", "holders", "last", "n", "order", "rng", "rover", "used")
 
     def __init__(self, first: int, num: int, order: str, rng: random.Random) -> None:
         self.first = first
@@ -285,34 +286,45 @@ class HostPortPool:
         self.order = order
         self.rng = rng
         self.rover = 0
-        self.in_use: dict[int, int] = {}  # port -> sockets holding it
-        self.used = 0  # ports with in_use > 0
+        self.holders = [0] * num  # [port - first]: sockets holding the port
+        self.used = 0  # ports with holders > 0
+
+    def in_use(self, port: int) -> int:
+        """Sockets (TIME_WAIT included) holding `port`."""
+        i = port - self.first
+        return self.holders[i] if 0 <= i < self.n else 0
 
     def allocate(self) -> int | None:
         n = self.n
         if self.used >= n:
             return None
         start = self.rover if self.order == "sequential" else self.rng.randrange(n)
-        in_use = self.in_use
-        first = self.first
+        holders = self.holders
         for k in range(n):
             off = (start + k) % n
-            port = first + off
-            if not in_use.get(port):
+            if not holders[off]:
                 self.rover = (off + 1) % n
-                return port
+                return self.first + off
         return None
 
+    def _index(self, port: int) -> int:
+        i = port - self.first
+        if not 0 <= i < self.n:
+            raise ValueError(f"port {port} is not in the pool {self.first}-{self.last}")
+        return i
+
     def hold(self, port: int) -> None:
-        c = self.in_use.get(port, 0)
+        i = self._index(port)
+        c = self.holders[i]
         if c == 0:
             self.used += 1
-        self.in_use[port] = c + 1
+        self.holders[i] = c + 1
 
     def release(self, port: int) -> None:
-        c = self.in_use.get(port, 0) - 1
+        i = self._index(port)
+        c = self.holders[i] - 1
         if c <= 0:
-            self.in_use.pop(port, None)
+            self.holders[i] = 0
             self.used -= 1
         else:
-            self.in_use[port] = c
+            self.holders[i] = c

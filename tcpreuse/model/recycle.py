@@ -8,16 +8,16 @@ read when a SYN reaches a listener (not a TIME_WAIT socket).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .seq import s32
 from .timewait import TCP_PAWS_MSL, TCP_PAWS_WINDOW
 
 
-@dataclass(slots=True)
 class PeerStamp:
-    ts: int  # tcp_ts / tcpm_ts: largest TSval seen from the peer
-    stamp: int  # tcp_ts_stamp / tcpm_ts_stamp: seconds clock when it was received
+    __slots__ = ("stamp", "ts")
+
+    def __init__(self, ts: int, stamp: int) -> None:
+        self.ts = ts  # tcp_ts / tcpm_ts: largest TSval seen from the peer
+        self.stamp = stamp  # tcp_ts_stamp / tcpm_ts_stamp: seconds clock when it was received
 
 
 class PeerCache:

@@ -5,7 +5,9 @@ before()/after() mirror the kernel's `(__s32)(seq1 - seq2) < 0`; s32() is the ca
 
 from __future__ import annotations
 
-MASK32 = 0xFFFFFFFF
+from typing import Final
+
+MASK32: Final = 0xFFFFFFFF
 
 
 def s32(x: int) -> int:

@@ -7,67 +7,84 @@ Pure rules, no clock of their own: callers pass the times. Section numbers refer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Final
 
 from .seq import MASK32, after, before, s32
 
-TCP_TIMEWAIT_LEN = 60.0  # include/net/tcp.h: (60*HZ), not tunable
-TCP_PAWS_24DAYS = 60 * 60 * 24 * 24
-TCP_PAWS_MSL = 60
-TCP_PAWS_WINDOW = 1
+TCP_TIMEWAIT_LEN: Final = 60.0  # include/net/tcp.h: (60*HZ), not tunable
+TCP_PAWS_24DAYS: Final = 60 * 60 * 24 * 24
+TCP_PAWS_MSL: Final = 60
+TCP_PAWS_WINDOW: Final = 1
 
 # tw_substate
-TIME_WAIT = 0
-FIN_WAIT2 = 1
+TIME_WAIT: Final = 0
+FIN_WAIT2: Final = 1
 
 # tcp_timewait_state_process() verdicts
-TW_SUCCESS = 0  # segment consumed (dropped), nothing sent
-TW_ACK = 1  # answer with an ACK for the old connection (seq=tw_snd_nxt, ack=tw_rcv_nxt)
-TW_ACK_SKIPPED = 2  # the ACK was due but rate-limited (tcp_oow_rate_limited)
-TW_RST = 3  # answer with RST and kill the TW
-TW_SYN = 4  # accept the SYN: TW killed, hand it to the listener with isn
+TW_SUCCESS: Final = 0  # segment consumed (dropped), nothing sent
+TW_ACK: Final = 1  # answer with an ACK for the old connection (seq=tw_snd_nxt, ack=tw_rcv_nxt)
+TW_ACK_SKIPPED: Final = 2  # the ACK was due but rate-limited (tcp_oow_rate_limited)
+TW_RST: Final = 3  # answer with RST and kill the TW
+TW_SYN: Final = 4  # accept the SYN: TW killed, hand it to the listener with isn
 
 
-@dataclass(slots=True)
 class TimeWaitSock:
-    """struct tcp_timewait_sock fields the rules read (spec §11.2)."""
+    """struct tcp_timewait_sock fields the rules read (spec §11.2).
 
-    rcv_nxt: int  # tw_rcv_nxt
-    snd_nxt: int  # tw_snd_nxt
-    ts_recent: int  # tw_ts_recent: last TSval received from the peer
-    ts_recent_stamp: int  # tw_ts_recent_stamp: seconds clock when stored; 0 = no TS
-    ts_offset: int = 0  # tw_ts_offset
-    entry_stamp_ms: int = 0  # tw_entry_stamp (6.14+)
-    expires: float = 0.0  # when the timer fires (sim seconds)
-    substate: int = TIME_WAIT
-    last_oow_ack_time: float = -1.0  # tw_last_oow_ack_time (-1: never)
-    rcv_wnd: int = 65535  # tw_rcv_wnd
-    loopback: bool = False
-    kill: bool = False  # tw_kill: scheduled with timeo <= 4 s (counted TWKilled)
-    alive: bool = True
+    A plain class rather than a dataclass: mypyc compiles it to a native struct with a C
+    constructor (a dataclass is built through its Python __init__), and the simulator
+    creates one per connection."""
+
+    __slots__ = ("alive", "entry_stamp_ms", "expires", "kill", "last_oow_ack_time", "loopback",
+                 "rcv_nxt", "rcv_wnd", "snd_nxt", "substate", "ts_offset", "ts_recent",
+                 "ts_recent_stamp")
+
+    def __init__(self, rcv_nxt: int, snd_nxt: int, ts_recent: int, ts_recent_stamp: int,
+                 ts_offset: int = 0, entry_stamp_ms: int = 0, expires: float = 0.0,
+                 substate: int = TIME_WAIT, last_oow_ack_time: float = -1.0, rcv_wnd: int = 65535,
+                 loopback: bool = False, kill: bool = False, alive: bool = True) -> None:
+        self.rcv_nxt = rcv_nxt  # tw_rcv_nxt
+        self.snd_nxt = snd_nxt  # tw_snd_nxt
+        self.ts_recent = ts_recent  # tw_ts_recent: last TSval received from the peer
+        self.ts_recent_stamp = ts_recent_stamp  # tw_ts_recent_stamp: seconds clock when stored; 0 = no TS
+        self.ts_offset = ts_offset  # tw_ts_offset
+        self.entry_stamp_ms = entry_stamp_ms  # tw_entry_stamp (6.14+)
+        self.expires = expires  # when the timer fires (sim seconds)
+        self.substate = substate
+        self.last_oow_ack_time = last_oow_ack_time  # tw_last_oow_ack_time (-1: never)
+        self.rcv_wnd = rcv_wnd  # tw_rcv_wnd
+        self.loopback = loopback
+        self.kill = kill  # tw_kill: scheduled with timeo <= 4 s (counted TWKilled)
+        self.alive = alive
 
 
-@dataclass(slots=True)
 class Segment:
-    syn: bool = False
-    ack: bool = False
-    rst: bool = False
-    fin: bool = False
-    seq: int = 0
-    end_seq: int = 0  # seq + SYN + FIN + payload length
-    has_ts: bool = False
-    tsval: int = 0
-    tsecr: int = 0
+    """The fields of an arriving segment the TIME_WAIT rules read."""
+
+    __slots__ = ("ack", "end_seq", "fin", "has_ts", "rst", "seq", "syn", "tsecr", "tsval")
+
+    def __init__(self, syn: bool = False, ack: bool = False, rst: bool = False, fin: bool = False,
+                 seq: int = 0, end_seq: int = 0, has_ts: bool = False, tsval: int = 0,
+                 tsecr: int = 0) -> None:
+        self.syn, self.ack, self.rst, self.fin = syn, ack, rst, fin
+        self.seq = seq
+        self.end_seq = end_seq  # seq + SYN + FIN + payload length
+        self.has_ts, self.tsval, self.tsecr = has_ts, tsval, tsecr
 
 
-@dataclass(slots=True)
 class TwDecision:
-    verdict: int
-    isn: int = 0  # for TW_SYN: the new connection's ISN
-    paws_reject: bool = False
-    reschedule: bool = False  # timer reset to TCP_TIMEWAIT_LEN
-    killed: bool = False
-    counters: tuple[str, ...] = ()
+    """What tcp_timewait_state_process() decided for one segment."""
+
+    __slots__ = ("counters", "isn", "killed", "paws_reject", "reschedule", "verdict")
+
+    def __init__(self, verdict: int, isn: int = 0, paws_reject: bool = False, reschedule: bool = False,
+                 killed: bool = False, counters: tuple[str, ...] = ()) -> None:
+        self.verdict = verdict
+        self.isn = isn  # for TW_SYN: the new connection's ISN
+        self.paws_reject = paws_reject
+        self.reschedule = reschedule  # timer reset to TCP_TIMEWAIT_LEN
+        self.killed = killed
+        self.counters = counters
 
 
 def tcp_in_window(seq: int, end_seq: int, s_win: int, e_win: int) -> bool:
@@ -220,18 +237,50 @@ def deathrow_expiry(now: float, timeo: float, hz: int, phase: float) -> tuple[fl
     """When a TW scheduled at `now` is reaped under the pre-4.1 central death row, and
     whether it went to the recycle calendar (counted TWKilled). mirrors
     inet_twsk_schedule(), net/ipv4/inet_timewait_sock.c, 2.6.32-4.0 (spec §2.4)."""
-    tick_bits = 7 if hz > 512 else (6 if hz > 256 else 5)  # INET_TWDR_RECYCLE_TICK for HZ
-    jiffies = round(timeo * hz)
-    slot = (jiffies + (1 << tick_bits) - 1) >> tick_bits
-    if slot < 32:  # INET_TWDR_RECYCLE_SLOTS
-        return now + (slot << tick_bits) / hz, True
-    period = TCP_TIMEWAIT_LEN / 8  # INET_TWDR_TWKILL_SLOTS = 8 -> 7.5 s
-    cells = 7 if timeo >= period * 7 else min(math.ceil(timeo / period), 7)
-    # The hangman ticks every `period` at a per-host phase; the cell `cells` ahead of the
-    # current one is reaped `cells` ticks after the next one.
-    k = (now - phase) // period + 1
-    next_tick = phase + k * period
-    return next_tick + cells * period, False
+    return DeathRow(hz, phase).expiry(now, timeo)
+
+
+_TWKILL_PERIOD: Final = TCP_TIMEWAIT_LEN / 8  # INET_TWDR_TWKILL_SLOTS = 8 -> 7.5 s
+
+
+class DeathRow:
+    """One host's central death row (deathrow_expiry()): HZ and the hangman's phase are
+    fixed, and the slot arithmetic for a TIME_WAIT length is done once per length (a
+    host schedules one or two lengths, thousands of times a second)."""
+
+    __slots__ = ("_cells", "_delay", "_recycle", "_timeo", "hz", "phase")
+
+    def __init__(self, hz: int, phase: float) -> None:
+        self.hz, self.phase = hz, phase
+        self._timeo = -1.0
+        self._recycle = False
+        self._delay = 0.0
+        self._cells = 0
+
+    def _slot(self, timeo: float) -> None:
+        hz = self.hz
+        tick_bits = 7 if hz > 512 else (6 if hz > 256 else 5)  # INET_TWDR_RECYCLE_TICK for HZ
+        jiffies = round(timeo * hz)
+        slot = (jiffies + (1 << tick_bits) - 1) >> tick_bits
+        self._timeo = timeo
+        self._recycle = slot < 32  # INET_TWDR_RECYCLE_SLOTS
+        if self._recycle:
+            self._delay = (slot << tick_bits) / hz
+            return
+        period = _TWKILL_PERIOD
+        self._cells = 7 if timeo >= period * 7 else min(math.ceil(timeo / period), 7)
+
+    def expiry(self, now: float, timeo: float) -> tuple[float, bool]:
+        if timeo != self._timeo:
+            self._slot(timeo)
+        if self._recycle:
+            return now + self._delay, True
+        # The hangman ticks every `period` at a per-host phase; the cell `cells` ahead of the
+        # current one is reaped `cells` ticks after the next one.
+        period = _TWKILL_PERIOD
+        k = (now - self.phase) // period + 1
+        next_tick = self.phase + k * period
+        return next_tick + self._cells * period, False
 
 
 def time_after32_ms(now_ms: int, thresh_ms: int) -> bool:

@@ -13,13 +13,12 @@ rules it calls live in tcpreuse/model and are compiled with it.
 from __future__ import annotations
 
 import gc
-import heapq
 import math
 import random
+import sys
 import time as wallclock
-from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final
 
 from ..model import clocks
 from ..model.lb import L4LoadBalancer
@@ -38,7 +37,6 @@ from ..model.timewait import (
     TW_SYN,
     Segment,
     TimeWaitSock,
-    deathrow_expiry,
     tcp_timewait_state_process,
     tcp_twsk_unique,
     tw_timeout_s,
@@ -46,22 +44,25 @@ from ..model.timewait import (
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from .arrivals import arrival_times
-from .host import DestPorts, Key, SimHost
+from .events import Event, EventHeap, Lane
+from .host import DestPorts, Key, SimHost, TwQueue, listen_key, make_key, unhash
 from .record import build_result
 from .topology import ip2int, plan, pool
 
-EV_ARRIVAL = 0
-EV_SYN = 1
-EV_CLOSE = 2
-EV_FAIL = 3
-EV_ACCEPT_RETRY = 4
-EV_RETRY = 5
-EV_TIMEOUT = 6
-EV_FINAL_ACK = 7
+EV_ARRIVAL: Final = 0
+EV_SYN: Final = 1
+EV_CLOSE: Final = 2
+EV_FAIL: Final = 3
+EV_ACCEPT_RETRY: Final = 4
+EV_RETRY: Final = 5
+EV_TIMEOUT: Final = 6
+EV_FINAL_ACK: Final = 7
 
-SYN_SENT = 0
-ESTABLISHED = 1
-DONE = 2
+NO_KEY: Final[Key] = (0, 0, 0, 0)  # an attempt's key before it has one (shared, not rebuilt)
+
+SYN_SENT: Final = 0
+ESTABLISHED: Final = 1
+DONE: Final = 2
 
 
 class WorkloadRT:
@@ -70,7 +71,9 @@ class WorkloadRT:
     def __init__(self, index: int, name: str, clients: list[SimHost], close: str, bind: str, n_req: int,
                  req_bytes: int, resp_bytes: int, connect_timeout: float, request_timeout: float,
                  retries: int, retry_delay: float, to_lb: bool, servers: list[SimHost], port: int) -> None:
-        self.index, self.name, self.clients, self.close, self.bind = index, name, clients, close, bind
+        # Interned: the hot loop compares these with literals, which is then a pointer test.
+        self.index, self.name, self.clients = index, name, clients
+        self.close, self.bind = sys.intern(close), sys.intern(bind)
         self.n_req, self.req_bytes, self.resp_bytes = n_req, req_bytes, resp_bytes
         self.connect_timeout, self.request_timeout = connect_timeout, request_timeout
         self.retries, self.retry_delay = retries, retry_delay
@@ -122,8 +125,10 @@ class Attempt:
         self.waiting = 0  # accept retries so far (final ACK met a full accept queue)
         self.cookie = False  # the SYN was answered with a syncookie (no request sock)
         self.served = False  # holds an application worker
-        self.ck: Key = (0, 0, 0, 0)  # (saddr, sport, daddr, dport), set once the port is chosen
-        self.sk: Key = (0, 0, 0, 0)  # the server's key, set by each routed SYN
+        self.ck: Key = NO_KEY  # (saddr, sport, daddr, dport), set once the port is chosen
+        self.sk: Key = NO_KEY  # the server's key, set by each routed SYN
+        self.t_close = 0.0  # when its CLOSE event is due, and that event's sequence number
+        self.seq_close = 0  # (set by Engine.push_close: the close lane holds attempts)
 
 
 class PortCheck:
@@ -139,7 +144,7 @@ class PortCheck:
         c = self.c
         if port in c.bound_ports:
             return PORT_BUSY
-        key = (self.saddr, port, self.daddr, self.dport)
+        key = make_key(self.saddr, port, self.daddr, self.dport)
         if key in c.ehash:
             return PORT_BUSY
         tw = c.tw.get(key)
@@ -163,8 +168,12 @@ class Engine:
         self.loss = sc.path.loss
         self.end = sc.duration_s
         self.rng = random.Random(clocks.derive_secret(sc.seed, "engine"))
-        self.heap: list[tuple[float, int, int, Any]] = []
-        self.close_lane: deque[tuple[float, int, Attempt]] = deque()
+        self.heap = EventHeap()
+        # CLOSE events in time order, read from lane_head on (each attempt closes once:
+        # its time and sequence number are kept on the attempt, see push_close()).
+        self.close_lane: list[Attempt] = []
+        self.lane_head = 0
+        self.ack_lane = Lane()  # final ACKs: 1.5 RTT after their SYN, so in time order
         self.seq = 0
         self.atts: list[Attempt] = []
         self.events = 0
@@ -179,7 +188,7 @@ class Engine:
                         random.Random(clocks.derive_secret(sc.seed, inst.name, "rng")))
             if inst.role == "server":
                 for a in h.addrs:
-                    h.listeners[(a, g.port)] = Listener(g.backlog, h.somaxconn)
+                    h.listeners[listen_key(a, g.port)] = Listener(g.backlog, h.somaxconn)
                     h.bound_ports.add(g.port)
                 h.workers = g.workers
                 h.service_s = g.service_ms / 1000.0
@@ -240,16 +249,17 @@ class Engine:
     # ---- event queue -----------------------------------------------------------------------
     def push(self, t: float, kind: int, obj: Any) -> None:
         self.seq += 1
-        heapq.heappush(self.heap, (t, self.seq, kind, obj))
+        self.heap.push(Event(t, self.seq, kind, obj))
 
     def push_close(self, t: float, att: Attempt) -> None:
         """A CLOSE event. Close delays are constant per workload and server unless an accept
         queue builds up, so closes mostly arrive in time order: they go to a FIFO lane
         (cheaper than the heap) when they keep its order, else to the heap."""
         lane = self.close_lane
-        if not lane or lane[-1][0] <= t:
+        if self.lane_head >= len(lane) or lane[-1].t_close <= t:
             self.seq += 1
-            lane.append((t, self.seq, att))
+            att.t_close, att.seq_close = t, self.seq
+            lane.append(att)
         else:
             self.push(t, EV_CLOSE, att)
 
@@ -271,7 +281,10 @@ class Engine:
         # Arrivals come straight from their generators (the next one of each workload is
         # kept in `arrivals`); everything else goes through the heap. On equal times heap
         # events go first (they were scheduled earlier).
-        arrivals: list[tuple[float, WorkloadRT, Iterator[float]]] = []
+        # (parallel lists: the next arrival time, workload and generator of each workload)
+        arr_t: list[float] = []
+        arr_wl: list[WorkloadRT] = []
+        arr_it: list[Iterator[float]] = []
         for i, wl in enumerate(self.sc.workload):
             dur = wl.duration_s if wl.duration_s is not None else self.end - wl.start_s
             dur = min(dur, self.end - wl.start_s)
@@ -282,40 +295,70 @@ class Engine:
                                wl.ramp_from / wl.requests_per_connection)
             first = next(it, None)
             if first is not None:
-                arrivals.append((first, self.wls[i], it))
+                arr_t.append(first)
+                arr_wl.append(self.wls[i])
+                arr_it.append(it)
         heap = self.heap
-        pop = heapq.heappop
+        hq = heap.items  # read in place: hq[0] is the earliest heap event
         n = 0
         sampling = True
         end = self.end + 1e-9
         inf = math.inf
-        ta = min(a[0] for a in arrivals) if arrivals else inf
+        ta = min(arr_t) if arr_t else inf
         lane = self.close_lane
+        lh = 0
+        acks = self.ack_lane
+        aq = acks.items
         obj: Any = None
         kind = 0
         t = 0.0
-        while heap or arrivals or lane:
-            th = heap[0][0] if heap else inf
-            tl = lane[0][0] if lane else inf
-            if tl <= th and tl <= ta and (tl < th or lane[0][1] < heap[0][1]):
-                t, _, obj = lane.popleft()
+        while hq or arr_t or lh < len(lane) or acks.head < len(aq):
+            # The earliest of heap, close lane and ACK lane by (time, seq); arrivals go
+            # last on equal times (scheduled last).
+            src = 0
+            tb = inf
+            sb = 0
+            if hq:
+                tb, sb, src = hq[0].t, hq[0].seq, 1
+            if lh < len(lane):
+                tl = lane[lh].t_close
+                if tl < tb or (tl == tb and lane[lh].seq_close < sb):
+                    tb, sb, src = tl, lane[lh].seq_close, 2
+            if acks.head < len(aq):
+                e0 = aq[acks.head]
+                if e0.t < tb or (e0.t == tb and e0.seq < sb):
+                    tb, sb, src = e0.t, e0.seq, 3
+            if src == 2 and tb <= ta:
+                obj = lane[lh]
+                t = lane[lh].t_close
+                lh += 1
+                if lh >= len(lane):
+                    lane.clear()
+                    lh = 0
+                elif lh >= 4096 and 2 * lh >= len(lane):
+                    del lane[:lh]
+                    lh = 0
+                self.lane_head = lh
                 kind = EV_CLOSE
-            elif heap and th <= ta:
-                t, _, kind, obj = pop(heap)
+            elif src and tb <= ta:
+                ev = heap.pop() if src == 1 else acks.pop()
+                t, kind, obj = ev.t, ev.kind, ev.obj
             else:
                 k = 0
-                for j in range(1, len(arrivals)):
-                    if arrivals[j][0] < arrivals[k][0]:
+                for j in range(1, len(arr_t)):
+                    if arr_t[j] < arr_t[k]:
                         k = j
-                t, wl_rt, it = arrivals[k]
+                t = arr_t[k]
+                obj = arr_wl[k]
                 kind = EV_ARRIVAL
-                nxt = next(it, None)
+                nxt = next(arr_it[k], None)
                 if nxt is None:
-                    arrivals.pop(k)
+                    arr_t.pop(k)
+                    arr_wl.pop(k)
+                    arr_it.pop(k)
                 else:
-                    arrivals[k] = (nxt, wl_rt, it)
-                ta = min(a[0] for a in arrivals) if arrivals else inf
-                obj = wl_rt
+                    arr_t[k] = nxt
+                ta = arr_t[0] if len(arr_t) == 1 else (min(arr_t) if arr_t else inf)
             if sampling and t >= self.next_sample:
                 while self.next_sample <= t and self.next_sample <= end:
                     self._sample(self.next_sample)
@@ -350,6 +393,8 @@ class Engine:
             self.next_sample += self.step
         if not self.end_state:
             self._record_end_state()
+        for h in self.hosts.values():
+            h.flush_counters()
         self.events = n
         self.wall_s = wallclock.perf_counter() - t_wall
         return build_result(self)
@@ -390,7 +435,7 @@ class Engine:
                     self._no_port(att, t, "EADDRINUSE")
                     return
                 att.sport, att.bound = got, True
-                key = (saddr, got, daddr, dport)
+                key = make_key(saddr, got, daddr, dport)
                 tw = c.tw.get(key)
                 if key in c.ehash or (tw is not None and not tcp_twsk_unique(
                         tw, True, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
@@ -406,7 +451,7 @@ class Engine:
                     return
                 att.sport = sel[0]
                 if sel[1] == PORT_TW_REUSE:
-                    tw_taken = c.tw[(saddr, att.sport, daddr, dport)]
+                    tw_taken = c.tw[make_key(saddr, att.sport, daddr, dport)]
         else:
             assert c.pool is not None
             port = c.pool.allocate()
@@ -414,7 +459,7 @@ class Engine:
                 self._no_port(att, t)
                 return
             att.sport = port
-        key = (saddr, att.sport, daddr, dport)
+        key = make_key(saddr, att.sport, daddr, dport)
         att.ck = key
         if self.audit:
             self._audit_connect(c, key, tw_taken, att, t)
@@ -433,7 +478,7 @@ class Engine:
         att.ts = c.offers_ts
         if att.ts:
             att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport)
-        c.inc("TcpActiveOpens")
+        c.n_active_opens += 1  # TcpActiveOpens (SimHost.flush_counters)
         self._syn(att, t)
 
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
@@ -470,7 +515,7 @@ class Engine:
         if c.is_linux:
             return clocks.linux_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
         if c.isn_random:
-            return c.rng.getrandbits(32)
+            return c.getrandbits(32)
         return clocks.rfc6528_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
 
     def _autoselect(self, c: SimHost, saddr: int, daddr: int, dport: int, t: float) -> tuple[int, int] | None:
@@ -542,7 +587,7 @@ class Engine:
             saddr, sport = nat_e.nat_addr, nat_e.nat_port
         att.nat = nat_e
         if self.lb is not None and daddr == self.vip_addr and dport == self.vip_port:
-            s = self.lb.syn((saddr, sport), t)
+            s = self.lb.syn(saddr, sport, t)
             if s is None:
                 return "syn_dropped_lb"
             baddr, bport = self.lb.backends[s.backend]
@@ -552,7 +597,7 @@ class Engine:
             att.sk = (baddr, bport, s.src, s.sport)
             return ""
         srv = self.by_addr.get(daddr)
-        if srv is None or srv.role != "server":
+        if srv is None or srv.is_client:
             return "syn_dropped_path"
         att.srv = srv
         att.r_saddr, att.r_sport, att.r_daddr, att.r_dport = saddr, sport, daddr, dport
@@ -613,7 +658,7 @@ class Engine:
             else:
                 self._unanswered(att, t, "syn_hit_timewait")
                 return
-        lst = srv.listeners.get((att.r_daddr, att.r_dport))
+        lst = srv.listeners.get(listen_key(att.r_daddr, att.r_dport))
         if lst is None:
             srv.inc("TcpOutRsts")
             self._refused(att, t)
@@ -623,7 +668,7 @@ class Engine:
             reject = srv.recycle_cache.syn_rejected(
                 att.r_daddr, att.r_saddr, att.ts and srv.timestamps != 0, tsval, srv.sec(t),
                 srv.recycle_drops_tsless)
-        cr = conn_request(lst, srv.p, from_timewait=isn_from_tw != 0, syncookies=srv.syncookies,
+        cr = conn_request(lst, srv.listen_rules, from_timewait=isn_from_tw != 0, syncookies=srv.syncookies,
                           recycle_reject=reject)
         for name in cr.counters:
             srv.inc(name)
@@ -648,7 +693,7 @@ class Engine:
         if self.audit and (skey in srv.ehash or skey in srv.tw):
             self.violations.append(f"t={t:.6f} {srv.name}: new connection on a 4-tuple still in use {skey}")
         srv.ehash[skey] = att
-        srv.inc("TcpPassiveOpens")
+        srv.n_passive_opens += 1  # TcpPassiveOpens
         att.outcome = "ok"
         att.reason = "ok_after_syn_retry" if att.tries > 1 else ("ok_after_app_retry" if att.cause else "ok")
         att.connect_ms = (t_est - att.t0) * 1000.0
@@ -659,7 +704,10 @@ class Engine:
         att.cookie = cookie
         if not cookie:
             lst.syn_queue += 1
-        self.push(t_est + self.half, EV_FINAL_ACK, att)
+        self.seq += 1
+        ev = Event(t_est + self.half, self.seq, EV_FINAL_ACK, att)
+        if not self.ack_lane.push(ev):
+            self.heap.push(ev)
 
     def _final_ack(self, att: Attempt, t: float) -> None:
         """The handshake's final ACK, and the request right behind it, reach the listener:
@@ -669,7 +717,7 @@ class Engine:
         retransmissions retry (tcp_abort_on_overflow=0)."""
         srv = att.srv
         assert srv is not None
-        lst = srv.listeners[(att.r_daddr, att.r_dport)]
+        lst = srv.listeners[listen_key(att.r_daddr, att.r_dport)]
         if att.state != ESTABLISHED:
             if not att.cookie:
                 lst.syn_queue -= 1
@@ -699,7 +747,7 @@ class Engine:
     def _accept_retry(self, att: Attempt, t: float) -> None:
         srv = att.srv
         assert srv is not None
-        lst = srv.listeners[(att.r_daddr, att.r_dport)]
+        lst = srv.listeners[listen_key(att.r_daddr, att.r_dport)]
         ok, counters = syn_recv_sock_ok(lst)
         if ok:
             if not att.cookie:
@@ -833,8 +881,7 @@ class Engine:
         c = att.client
         att.state = DONE
         key = att.ck
-        if c.ehash.get(key) is att:
-            del c.ehash[key]
+        if unhash(c.ehash, key, att):
             c.release_port(key)
             if att.bound:
                 self._release_bind(c, att.saddr, att.sport)
@@ -888,8 +935,7 @@ class Engine:
             srv.inc("TcpEstabResets")
         # ... and the client side.
         ckey = att.ck
-        if c.ehash.get(ckey) is att:
-            del c.ehash[ckey]
+        if unhash(c.ehash, ckey, att):
             if policy == "client":
                 self._time_wait(c, ckey, t, s_snd_nxt, c_snd_nxt,
                                 ((srv.tsval(t) + att.sts_off) & MASK32) if att.ts_ok else 0, att.ts_ok,
@@ -929,8 +975,7 @@ class Engine:
         assert srv is not None
         srv.ehash.pop(att.sk, None)
         ckey = att.ck
-        if c.ehash.get(ckey) is att:
-            del c.ehash[ckey]
+        if unhash(c.ehash, ckey, att):
             c.release_port(ckey)
         att.state = DONE
         att.outcome = c.errno_reset
@@ -940,8 +985,7 @@ class Engine:
         c = att.client
         att.state = DONE
         ckey = att.ck
-        if c.ehash.get(ckey) is att:
-            del c.ehash[ckey]
+        if unhash(c.ehash, ckey, att):
             c.release_port(ckey)
         att.outcome, att.reason, att.cause = errno, reason, att.cause or reason
         if att.lb is not None and self.lb is not None:
@@ -972,58 +1016,70 @@ class Engine:
             timeo = h.client_tw_s
         kill = timeo <= 4.0
         if h.deathrow:
-            expires, kill = deathrow_expiry(t, timeo, h.hz, h.deathrow_phase)
+            expires, kill = h.death_row.expiry(t, timeo)
         else:
             expires = t + timeo
         tw = TimeWaitSock(rcv_nxt=rcv_nxt, snd_nxt=snd_nxt, ts_recent=ts_recent, ts_recent_stamp=stamp,
                           ts_offset=ts_offset, entry_stamp_ms=h.ms(t), expires=expires, kill=kill)
         h.tw[key] = tw
-        cls = round(timeo, 6)
-        q = h.tw_fifo.get(cls)
-        if q is None:
-            q = h.tw_fifo[cls] = deque()
-        q.append((expires, key, tw))
+        q = h.tw_queue(timeo)
+        if not q and expires < h.tw_next:
+            h.tw_next = expires
+        q.push(expires, key, tw)
         if dest is not None:
             dest.tws.append(tw)
         if h.tw_count_at_schedule:
-            h.inc("TcpExtTWKilled" if kill else "TcpExtTW")
+            h.count_tw(kill)
 
     def _reschedule_tw(self, h: SimHost, key: Key, tw: TimeWaitSock, t: float) -> None:
         """inet_twsk_reschedule(tw, TCP_TIMEWAIT_LEN)"""
         if h.deathrow:
-            tw.expires = deathrow_expiry(t, TCP_TIMEWAIT_LEN, h.hz, h.deathrow_phase)[0]
+            tw.expires = h.death_row.expiry(t, TCP_TIMEWAIT_LEN)[0]
         else:
             tw.expires = t + TCP_TIMEWAIT_LEN
         tw.kill = False
         q = h.tw_fifo.get(TCP_TIMEWAIT_LEN)
         if q is None:
-            q = h.tw_fifo[TCP_TIMEWAIT_LEN] = deque()
-        q.append((tw.expires, key, tw))
+            q = h.tw_fifo[TCP_TIMEWAIT_LEN] = TwQueue()
+        if not q and tw.expires < h.tw_next:
+            h.tw_next = tw.expires
+        q.push(tw.expires, key, tw)
 
     def _kill_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
         """Early removal (RST, SYN accepted): not counted as TW before 5.18."""
         tw.alive = False
-        if h.tw.get(key) is tw:
-            del h.tw[key]
-            if h.role == "client":
-                h.release_port(key)
+        if unhash(h.tw, key, tw) and h.is_client:
+            h.release_port(key)
 
     def expire_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
-        if h.tw.get(key) is not tw or not tw.alive:
+        if not tw.alive or not unhash(h.tw, key, tw):
             return
         tw.alive = False
-        del h.tw[key]
-        if h.role == "client":
+        if h.is_client:
             h.release_port(key)
         if not h.tw_count_at_schedule:
-            h.inc("TcpExtTWKilled" if tw.kill else "TcpExtTW")
+            h.count_tw(tw.kill)
 
     def purge(self, h: SimHost, t: float) -> None:
+        """Expire the TIME_WAITs due by t, queue by queue (lazily: only when a table is read)."""
+        if t < h.tw_next:
+            return
+        nxt = math.inf
         for q in h.tw_fifo.values():
-            while q and q[0][0] <= t:
-                exp, key, tw = q.popleft()
+            items = q.items
+            i, n = q.head, len(items)
+            while i < n:
+                exp, key, tw = items[i]
+                if exp > t:
+                    break
+                i += 1
                 if tw.alive and tw.expires <= exp:
                     self.expire_tw(h, key, tw)
+            q.consumed(i)
+            first = q.first()
+            if first < nxt:
+                nxt = first
+        h.tw_next = nxt
 
     # ---- timeline ------------------------------------------------------------------------------
     def _sample(self, ts: float) -> None:

@@ -7,21 +7,85 @@ Keys of `ehash` and `tw` are 4-tuples from this host's point of view:
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..model import clocks, timers
-from ..model.listener import Listener
+from ..model.listener import Listener, ListenRules
 from ..model.ports import HostPortPool, LinuxConnectPorts
 from ..model.profiles import Profile
 from ..model.recycle import PeerCache
 from ..model.stacks import client_stack, port_range
-from ..model.timewait import TCP_TIMEWAIT_LEN, TimeWaitSock
+from ..model.timewait import TCP_TIMEWAIT_LEN, DeathRow, TimeWaitSock
 
 # A 4-tuple key. Typed as a variable-length tuple so that mypyc keeps it as one Python
 # object (a fixed-length tuple type is unboxed and re-built at every dict access).
 Key = tuple[int, ...]
+
+
+def make_key(laddr: int, lport: int, raddr: int, rport: int) -> Key:
+    """A 4-tuple key, built as one boxed tuple. (Written `key: Key = (a, b, c, d)`, mypy
+    narrows the variable to a fixed-length tuple and mypyc then keeps it unboxed and
+    builds a new tuple at every use.)"""
+    return (laddr, lport, raddr, rport)
+
+
+def owner_key(addr: int, port: int) -> tuple[int, ...]:
+    """An (addr, port) key of the bind-owner tables, boxed once (see make_key)."""
+    return (addr, port)
+
+
+def listen_key(addr: int, port: int) -> int:
+    """A listener's key: (local addr, port) as one int."""
+    return (addr << 16) | port
+
+
+def unhash(table: dict[Key, Any], key: Key, sk: object) -> bool:
+    """Remove `key` from a socket table if it maps to `sk`; True if it did. One lookup
+    (hashing a 4-tuple is a large share of the engine's work): the entry is popped, and
+    put back in the rare case it belongs to another socket. The tables are looked up by
+    key and counted, never iterated, so the put-back's new position does not matter."""
+    cur = table.pop(key, None)
+    if cur is sk:
+        return True
+    if cur is not None:
+        table[key] = cur
+    return False
+
+
+class TwQueue:
+    """TIME_WAIT sockets of one length as (expires, key, tw) in scheduling order, hence in
+    expiry order; read from `head` on (a list and an index: cheaper than a deque in
+    compiled code). An entry is stale when its socket died or was rescheduled."""
+
+    __slots__ = ("head", "items")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[float, Key, TimeWaitSock]] = []
+        self.head = 0
+
+    def __bool__(self) -> bool:
+        return self.head < len(self.items)
+
+    def first(self) -> float:
+        """The earliest entry's expiry (inf when empty)."""
+        return self.items[self.head][0] if self.head < len(self.items) else math.inf
+
+    def push(self, expires: float, key: Key, tw: TimeWaitSock) -> None:
+        self.items.append((expires, key, tw))
+
+    def consumed(self, head: int) -> None:
+        """Entries before `head` are done with (compacted once they are half the list)."""
+        if head >= len(self.items):
+            self.items.clear()
+            head = 0
+        elif head >= 4096 and 2 * head >= len(self.items):
+            del self.items[:head]
+            head = 0
+        self.head = head
 
 
 class DestPorts:
@@ -75,12 +139,15 @@ class SimHost:
     def __init__(self, name: str, group: str, role: str, profile: Profile, settings: dict[str, Any],
                  params: dict[str, Any], addrs: list[int], seed: int, rng: random.Random) -> None:
         self.name, self.group, self.role = name, group, role
+        self.is_client = role == "client"  # else a server
         self.p = profile
         self.settings = settings
         self.params = params
         self.addrs = addrs
         self.addr = addrs[0]
         self.rng = rng
+        # bound once: compiled code would look the method up on every random ISN
+        self.getrandbits: Callable[[int], int] = rng.getrandbits
         self.is_linux = profile.is_linux
         self.hz = int(params.get("hz") or 1000)
         up = params.get("uptime_s")
@@ -94,9 +161,15 @@ class SimHost:
         self.port_secret = clocks.derive_secret(seed, name, "port")
         self.ts_secret = clocks.derive_secret(seed, name, "ts")
         self.counters: dict[str, int] = dict.fromkeys(counter_names(profile), 0)
+        # The counters moved once or twice per connection are plain fields during the run
+        # (a str-keyed dict update each time is measurable); flush_counters() adds them in.
+        self.n_active_opens = self.n_passive_opens = self.n_tw = self.n_tw_killed = 0
         self.ehash: dict[Key, Any] = {}
         self.tw: dict[Key, TimeWaitSock] = {}
-        self.tw_fifo: dict[float, deque[tuple[float, Key, TimeWaitSock]]] = {}
+        self.tw_fifo: dict[float, TwQueue] = {}
+        self.tw_next = math.inf  # the earliest tw_fifo head: purge() has nothing to do before it
+        self._tw_cls_timeo = -1.0  # the last TIME_WAIT length seen and its tw_fifo class
+        self._tw_cls = 0.0
 
         s = settings
         if self.is_linux:
@@ -123,6 +196,7 @@ class SimHost:
         self.paws_tw_counter = "TcpExtPAWSTimewait" if profile.has_counter_paws_timewait else "TcpExtPAWSEstab"
         self.tw_count_at_schedule = (profile.tw_count_at if self.is_linux else "schedule") == "schedule"
         self.deathrow = self.is_linux and profile.tw_timer == "deathrow"
+        self.death_row = DeathRow(self.hz, self.deathrow_phase)
         self.el6 = profile.el6
         self.recycle_drops_tsless = profile.recycle_drops_tsless_syn
         self.synack_retries = int(s.get("net.ipv4.tcp_synack_retries", 5))
@@ -141,6 +215,8 @@ class SimHost:
         self.owners: dict[tuple[int, ...], int] = {}  # (addr, port) -> sockets (incl. TW)
         self.track_owners = False  # only bind(addr, 0) needs owners; the engine turns it on
         self.dests: dict[tuple[int, ...], DestPorts] = {}  # (laddr, raddr, rport)
+        self._dest_last: DestPorts | None = None  # dest()'s last answer, for these three
+        self._dest_la = self._dest_ra = self._dest_rp = 0
         self._budget_key = -1
         self._budget = 0
         self.bound_in_range = False  # a bind()-owned port lies in the ephemeral range
@@ -170,7 +246,8 @@ class SimHost:
                 self.pool = HostPortPool(self.low, self.high - self.low + 1,
                                          str(params.get("port_order", "sequential")), rng)
         # server side
-        self.listeners: dict[tuple[int, ...], Listener] = {}
+        self.listeners: dict[int, Listener] = {}  # listen_key(addr, port) -> listener
+        self.listen_rules = ListenRules(profile)
         self.workers = 0
         self.busy = 0
         self.accept_q: deque[Any] = deque()
@@ -197,6 +274,33 @@ class SimHost:
         """The TS option clock (clocks.tsval_clock)."""
         return int(self.ts_base + t * self.ts_rate) & 0xFFFFFFFF
 
+    def tw_queue(self, timeo: float) -> TwQueue:
+        """The tw_fifo queue for TIME_WAITs of length `timeo` (one queue per length, so each
+        is in expiry order). Lengths are classed by round(timeo, 6); a host sees one or two
+        lengths, so the last one's class is remembered (round() with digits is slow)."""
+        if timeo != self._tw_cls_timeo:
+            self._tw_cls_timeo, self._tw_cls = timeo, round(timeo, 6)
+        cls = self._tw_cls
+        q = self.tw_fifo.get(cls)
+        if q is None:
+            q = self.tw_fifo[cls] = TwQueue()
+        return q
+
+    def count_tw(self, killed: bool) -> None:
+        """TcpExtTWKilled (reaped from the recycle calendar) or TcpExtTW."""
+        if killed:
+            self.n_tw_killed += 1
+        else:
+            self.n_tw += 1
+
+    def flush_counters(self) -> None:
+        """Add the counters kept in fields into `counters` (once, at the end of a run)."""
+        for name, n in (("TcpActiveOpens", self.n_active_opens), ("TcpPassiveOpens", self.n_passive_opens),
+                        ("TcpExtTW", self.n_tw), ("TcpExtTWKilled", self.n_tw_killed)):
+            if n:
+                self.inc(name, n)
+        self.n_active_opens = self.n_passive_opens = self.n_tw = self.n_tw_killed = 0
+
     def inc(self, name: str, n: int = 1) -> None:
         """Count, if this kernel has the counter."""
         c = self.counters
@@ -206,33 +310,40 @@ class SimHost:
 
     # ---- local port accounting (clients) ---------------------------------------------------
     def dest(self, la: int, ra: int, rp: int) -> DestPorts:
+        # A client mostly talks to one destination: the last one is remembered.
+        d = self._dest_last
+        if d is not None and la == self._dest_la and ra == self._dest_ra and rp == self._dest_rp:
+            return d
         d = self.dests.get((la, ra, rp))
         if d is None:
             d = self.dests[(la, ra, rp)] = DestPorts(self.low, self.high, self.reserved)
+        self._dest_la, self._dest_ra, self._dest_rp, self._dest_last = la, ra, rp, d
         return d
 
     def hold_port(self, key: Key) -> None:
         la, lp, ra, rp = key
         d = self.dest(la, ra, rp)
         d.held += 1
-        i = lp - self.low
-        if 0 <= i < len(d.occ):
-            d.occ[i] = 1
+        if self.pool is None:  # occ is read by Linux connect()'s scan only
+            i = lp - self.low
+            if 0 <= i < len(d.occ):
+                d.occ[i] = 1
         if self.track_owners:
-            o = (la, lp)
+            o = owner_key(la, lp)
             self.owners[o] = self.owners.get(o, 0) + 1
         if self.pool is not None:
             self.pool.hold(lp)
 
     def release_port(self, key: Key) -> None:
         la, lp, ra, rp = key
-        d = self.dests[(la, ra, rp)]
+        d = self.dest(la, ra, rp)  # exists: hold_port() made it
         d.held -= 1
-        i = lp - self.low
-        if 0 <= i < len(d.occ) and d.occ[i] == 1:
-            d.occ[i] = 0
+        if self.pool is None:
+            i = lp - self.low
+            if 0 <= i < len(d.occ) and d.occ[i] == 1:
+                d.occ[i] = 0
         if self.track_owners:
-            o = (la, lp)
+            o = owner_key(la, lp)
             c = self.owners[o] - 1
             if c:
                 self.owners[o] = c

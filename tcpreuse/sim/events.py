@@ -1,0 +1,102 @@
+"""The engine's event queue: a binary min-heap of events ordered by (time, sequence).
+
+heapq over (t, seq, kind, obj) tuples compares tuples element by element through the
+generic comparison protocol; here an event is a native object and the sift loops compare
+two floats (and, on equal times, two ints) in compiled code. Sequence numbers are unique,
+so the order events come out in is fully determined by (t, seq), as with heapq.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Event:
+    __slots__ = ("kind", "obj", "seq", "t")
+
+    def __init__(self, t: float, seq: int, kind: int, obj: Any) -> None:
+        self.t, self.seq, self.kind, self.obj = t, seq, kind, obj
+
+
+def _before(a: Event, b: Event) -> bool:
+    return a.t < b.t or (a.t == b.t and a.seq < b.seq)
+
+
+class EventHeap:
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items: list[Event] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def push(self, ev: Event) -> None:
+        items = self.items
+        items.append(ev)
+        i = len(items) - 1
+        while i > 0:
+            parent = (i - 1) >> 1
+            p = items[parent]
+            if not _before(ev, p):
+                break
+            items[i] = p
+            i = parent
+        items[i] = ev
+
+    def pop(self) -> Event:
+        """Remove and return the earliest event (the heap must not be empty)."""
+        items = self.items
+        last = items.pop()
+        n = len(items)
+        if n == 0:
+            return last
+        top = items[0]
+        i = 0
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n and _before(items[c + 1], items[c]):
+                c += 1
+            if not _before(items[c], last):
+                break
+            items[i] = items[c]
+            i = c
+        items[i] = last
+        return top
+
+
+class Lane:
+    """A FIFO of events pushed in (time, seq) order: for a kind of event whose delay is
+    constant (the handshake's final ACK, 1.5 RTT after the SYN is decided), a list read
+    from `head` replaces a heap push and pop. push() refuses an event that would break the
+    order (the caller then uses the heap), so merging lanes and heap by (time, seq) gives
+    the heap's order."""
+
+    __slots__ = ("head", "items")
+
+    def __init__(self) -> None:
+        self.items: list[Event] = []
+        self.head = 0
+
+    def push(self, ev: Event) -> bool:
+        items = self.items
+        if self.head < len(items) and items[-1].t > ev.t:
+            return False
+        items.append(ev)
+        return True
+
+    def pop(self) -> Event:
+        """Remove and return the first event (the lane must not be empty)."""
+        items = self.items
+        ev = items[self.head]
+        h = self.head + 1
+        if h >= len(items):
+            items.clear()
+            h = 0
+        elif h >= 4096 and 2 * h >= len(items):
+            del items[:h]
+            h = 0
+        self.head = h
+        return ev
