@@ -258,10 +258,22 @@ def facts_both(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     return plain(flows._facts_compiled(q, d, fstart)), plain(flows._facts_numpy(q, d, fstart))
 
 
+def seq_end_before_base() -> list[Seg]:
+    """Midstream traffic whose first packet per side is a RST (numbers of another
+    connection, so not where the side ended) and whose later packets lie before that
+    RST's number: the originator ends 90 before its base, the responder 1 before."""
+    c, s = "10.0.0.2", "10.0.0.1"
+    return [
+        Seg(T0, c, 2000, s, 95, "R", 1000), Seg(T0 + 0.1, c, 2000, s, 95, "PA", 900, 5, payload=10),
+        Seg(T0 + 0.2, s, 95, c, 2000, "R", 7000), Seg(T0 + 0.3, s, 95, c, 2000, "A", 6999, 910),
+    ]
+
+
 def odd_captures() -> dict[str, bytes]:
     """Segments the rules treat specially: retransmitted SYNs, SYN-ACK first (flipped),
     RSTs before and after the handshake, FIN+RST, a TIME_WAIT ACK answer, data
-    retransmissions, zero windows, midstream traffic, long segments."""
+    retransmissions, zero windows, midstream traffic, long segments, sequence spaces
+    that end before their base."""
     c, s = "10.0.0.2", "10.0.0.1"
     segs = [
         Seg(T0, c, 1000, s, 80, "S", 100), Seg(T0 + 1, c, 1000, s, 80, "S", 100),  # retransmitted
@@ -303,6 +315,7 @@ def odd_captures() -> dict[str, bytes]:
     segs += [Seg(T0 + 15.01 + k * 1e-4, c, 1012, s, 92, "PA", 6 + 10 * k, 7, payload=10, ts=(2 + k, 1))
              for k in range(300)]
     segs += [Seg(T0 + 15.5, c, 1012, s, 92, "FA", 3006, 7, ts=(400, 1)), Seg(T0 + 15.6, s, 92, c, 1012, "FA", 7, 3007)]
+    segs += seq_end_before_base()
     segs.sort(key=lambda x: x.t)
     return {
         "odd": pcap_bytes(frames_of(segs)),
@@ -315,6 +328,15 @@ def odd_captures() -> dict[str, bytes]:
 def test_compiled_attempt_facts_equal_numpy(name: str) -> None:
     got, want = facts_both(odd_captures()[name])
     assert len(want["starts"]) >= 3
+    assert got == want
+
+
+def test_sequence_end_before_the_base_is_kept() -> None:
+    """Each side's sequence space may end before its base (see seq_end_before_base()).
+    The end is still where that side stopped — the TIME_WAIT verdict rebuilds
+    tw_rcv_nxt from it — not "no end"."""
+    got, want = facts_both(pcap_bytes(frames_of(seq_end_before_base())))
+    assert (want["orig_end_seq"], want["resp_end_seq"]) == ([910], [6999])
     assert got == want
 
 

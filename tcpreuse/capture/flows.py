@@ -336,7 +336,8 @@ def _facts_compiled(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts
     def end_seq(field: int, base_at: np.ndarray) -> np.ndarray:
         e = wide[:, field - loops.NARROW]
         base = q.seq[np.minimum(base_at, q.seq.size - 1)].astype(np.int64)
-        return np.where(e > 0, (base + e - 1) & 0xFFFFFFFF, 0).astype(np.uint32)
+        rel = np.where(e > 0, e - 1, e)  # see loops.F_END_O: negative ends are stored as they are
+        return np.where(e != 0, (base + rel) & 0xFFFFFFFF, 0).astype(np.uint32)
 
     first_syn, first_sa = pos(loops.F_FIRST_SYN, BIG), pos(loops.F_FIRST_SA, BIG)
     base_o = np.where(first_syn < BIG, first_syn, pos(loops.F_FIRST_O, 0))
