@@ -86,6 +86,19 @@ def median(a: np.ndarray) -> float:
     return float((np.float64(s[k - 1]) + np.float64(s[k])) / 2)
 
 
+def percentile(a: np.ndarray, q: float) -> float:
+    """float(np.percentile(a, q)) of a non-empty 1-D array without NaN, without
+    np.percentile's call of np.unique (which imports numpy.ma): numpy's "linear" method,
+    interpolated the way numpy does (from the nearer neighbour) so the figures agree."""
+    s = np.sort(a.ravel()).astype(np.float64)
+    idx = (s.size - 1) * (q / 100)
+    lo = int(idx)
+    hi = min(lo + 1, s.size - 1)
+    t = idx - lo
+    d = s[hi] - s[lo]
+    return float(s[hi] - d * (1 - t) if t >= 0.5 else s[lo] + d * t)
+
+
 def _shift(a: np.ndarray, fill: Any) -> np.ndarray:
     """a[i-1] at i (fill at 0)."""
     out = np.empty_like(a)
