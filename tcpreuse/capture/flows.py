@@ -582,11 +582,13 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
     orig_dir = np.where(flipped, 1 - d[starts], d[starts])
     # the originator's endpoint: the first packet's source, or destination if flipped
     first_pkt_src_is_orig = ~flipped
-    ps_ = order[starts]
-    orig_addr = np.where(first_pkt_src_is_orig, p.src[ps_], p.dst[ps_])
-    orig_port = np.where(first_pkt_src_is_orig, p.sport[ps_], p.dport[ps_])
-    resp_addr = np.where(first_pkt_src_is_orig, p.dst[ps_], p.src[ps_])
-    resp_port = np.where(first_pkt_src_is_orig, p.dport[ps_], p.sport[ps_])
+    ps_ = q.rows(starts)[1]
+    src_, dst_, sport_, dport_ = p.src[ps_], p.dst[ps_], p.sport[ps_], p.dport[ps_]
+    orig_addr = np.where(first_pkt_src_is_orig, src_, dst_)
+    orig_port = np.where(first_pkt_src_is_orig, sport_, dport_)
+    resp_addr = np.where(first_pkt_src_is_orig, dst_, src_)
+    resp_port = np.where(first_pkt_src_is_orig, dport_, sport_)
+    del src_, dst_, sport_, dport_
 
     first_syn = fa.first_syn
     t_syn = at(first_syn, ts, nan)
@@ -618,9 +620,8 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
 
     hist = fa.history
     cstate = zeek.conn_state(fa.joint // 8, fa.joint % 8, fa.orig_bytes, fa.resp_bytes, hist)
-    syn_idx = order[np.where(first_syn < BIG, first_syn, starts)]
-    fsyn = order[np.where(first_syn < BIG, first_syn, 0)]
-    got_syn = first_syn < BIG
+    got_syn, fsyn = q.rows(first_syn)  # first_syn is BIG or a position
+    syn_idx = np.where(got_syn, fsyn, ps_)
     last_ts_o = fa.last_ts_o
     cols: dict[str, np.ndarray] = {
         "flow": fa.flow,
@@ -686,6 +687,7 @@ class _FlowCols:
         self.p = p
         self.order = order
         self.ts = ts
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @cached_property
     def flags(self) -> np.ndarray:
@@ -715,10 +717,20 @@ class _FlowCols:
     def win(self) -> np.ndarray:
         return self.p.win[self.order]
 
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(valid, packet-table row) of flow positions `idx` (BIG or -1: none). Kept per
+        `idx` array: the same positions are read in several columns."""
+        hit = self._rows.get(id(idx))
+        if hit is None or hit[0] is not idx:
+            ok = (idx >= 0) & (idx < self.order.size)
+            hit = (idx, ok, self.order[np.where(ok, idx, 0)])
+            self._rows[id(idx)] = hit  # holds `idx`, so its id is not reused meanwhile
+        return hit[1], hit[2]
+
     def at(self, idx: np.ndarray, col: str, fill: Any) -> np.ndarray:
         """Column `col` at flow positions `idx` (BIG or -1: none, giving `fill`)."""
-        ok = (idx >= 0) & (idx < self.order.size)
-        return np.where(ok, getattr(self.p, col)[self.order[np.where(ok, idx, 0)]], fill)
+        ok, rows = self.rows(idx)
+        return np.where(ok, getattr(self.p, col)[rows], fill)
 
 
 def _cumcount(key: np.ndarray) -> np.ndarray:
