@@ -230,7 +230,7 @@ def main() -> None:
             print(f"WARNING: fewer packets than asked for ({n:,} < {args.packets:,})")
         os.sched_setaffinity(0, {cpu})
         inst = installed_python(work)
-        args_cmd = ["-m", "tcpreuse", "analyze", str(path), "--json", "-j", "1"]
+        args_cmd = ["-m", "tcpreuse", "analyze", str(path), "--json"]  # one file: read in this process
         tcpreuse = [inst, *args_cmd]
         editable = [sys.executable, *args_cmd]
         imports = [inst, "-c", "import tcpreuse.cli, tcpreuse.commands.analyze, "
