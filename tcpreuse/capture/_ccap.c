@@ -1586,6 +1586,50 @@ done:
     return res;
 }
 
+/* ---- Zeek history strings (zeek.strings) ---------------------------------------------- */
+
+/* pad_strings(codes, counts, width) -> bytearray: the letters of segment after segment
+ * (uint8; counts: int64 letters per segment) as one zero-padded `width`-byte row each. */
+static PyObject *pad_strings(PyObject *self, PyObject *args)
+{
+    PyObject *o[2];
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "OOn", &o[0], &o[1], &width))
+        return NULL;
+    Buf b[2];
+    memset(b, 0, sizeof b);
+    PyObject *res = NULL;
+    if (buf_get(o[0], &b[0], 1, -1, 0, "codes") < 0 || buf_get(o[1], &b[1], 8, -1, 0, "counts") < 0)
+        goto done;
+    const u8 *codes = b[0].v.buf;
+    const i64 *counts = b[1].v.buf;
+    Py_ssize_t nseg = b[1].v.len / 8, total = 0;
+    for (Py_ssize_t k = 0; k < nseg; k++) {
+        if (counts[k] < 0 || counts[k] > width) {
+            PyErr_SetString(PyExc_ValueError, "pad_strings: a count beyond the width");
+            goto done;
+        }
+        total += counts[k];
+    }
+    if (total != b[0].v.len || width < 1 || nseg > PY_SSIZE_T_MAX / width) {
+        PyErr_SetString(PyExc_ValueError, "pad_strings: counts do not add up to the letters");
+        goto done;
+    }
+    res = PyByteArray_FromStringAndSize(NULL, nseg * width);
+    if (!res)
+        goto done;
+    u8 *out = (u8 *)PyByteArray_AS_STRING(res);
+    huge_hint(out, (size_t)(nseg * width));
+    for (Py_ssize_t k = 0; k < nseg; k++, out += width) {
+        memcpy(out, codes, (size_t)counts[k]);
+        memset(out + counts[k], 0, (size_t)(width - counts[k]));
+        codes += counts[k];
+    }
+done:
+    buf_release(b, 2);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"pcap_walk", pcap_walk, METH_VARARGS, "pcap record offsets and header fields"},
     {"pcap_scan", pcap_scan, METH_VARARGS, "believable pcap records, checked while walking"},
@@ -1594,6 +1638,7 @@ static PyMethodDef methods[] = {
     {"flow_order", flow_order, METH_VARARGS, "packets grouped by flow, in time order"},
     {"segment_facts", segment_facts, METH_VARARGS, "per-segment facts of packets in flow order"},
     {"recycle_replay", recycle_replay, METH_VARARGS, "tcp_remember_stamp() over sorted cache writes"},
+    {"pad_strings", pad_strings, METH_VARARGS, "letters of each segment as zero-padded rows"},
     {NULL, NULL, 0, NULL},
 };
 
