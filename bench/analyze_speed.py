@@ -282,9 +282,10 @@ def main() -> None:
                 native.lib = lib
 
         have_tshark = shutil.which("tshark") is not None
-        for _ in range(args.repeat):
-            runs["tcpreuse analyze (command)"].append(cpu_for(tcpreuse, cpu, env))
-            runs["tcpreuse analyze (command), editable"].append(cpu_for(editable, cpu, env))
+        for rep in range(args.repeat):
+            for k in ((0, 1) if rep % 2 == 0 else (1, 0)):  # neither always runs first
+                row = ("tcpreuse analyze (command)", "tcpreuse analyze (command), editable")[k]
+                runs[row].append(cpu_for((tcpreuse, editable)[k], cpu, env))
             runs["tcpreuse analysis (in-process)"].append(in_process(analysis))
             runs["  fixed cost (command, 100 packets)"].append(cpu_for(imports, cpu, env))
             runs["tcpreuse analyze (command), no C"].append(cpu_for(tcpreuse, cpu, env_ref))
