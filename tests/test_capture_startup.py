@@ -8,6 +8,7 @@ figures exactly; and the command must not import what it does not use.
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,13 @@ def test_analyze_json_imports_only_what_it_uses(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "glibc" not in " ".join(platform.libc_ver()),
+                    reason="glibc's mallopt")
+def test_the_command_keeps_freed_memory_for_reuse() -> None:
+    """glibc accepts the malloc settings the command asks for (32 MB is its largest mmap
+    threshold: a larger one would be refused and the command would fault as before)."""
+    from tcpreuse.commands.analyze import _keep_freed_memory
+
+    assert _keep_freed_memory() is True
