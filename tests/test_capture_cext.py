@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_capture_compiled import frames_state, odd_captures, packets_state
 from test_capture_fuzz import mutated
 
 from tcpreuse.capture import decode as decode_mod
-from tcpreuse.capture import flows, loops, native
+from tcpreuse.capture import flows, loops, native, zeek
 from tcpreuse.capture.analysis import analyze_packets
 from tcpreuse.capture.decode import decode
 from tcpreuse.capture.formats import parse_frames
@@ -146,3 +147,27 @@ def test_c_functions_refuse_inconsistent_arguments() -> None:
         lib.pcap_scan(b"x" * 10, 0, 99, True, 1_000_000, 65535, False, 0.0, 1.0)
     with contextlib.suppress(CaptureError):  # and a tiny file is just a capture error
         parse_frames(b"\xd4\xc3\xb2\xa1" + b"\0" * 30, "t")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.lists(st.binary(max_size=9), max_size=40))
+def test_history_strings_equal_the_reference(hists: list[bytes]) -> None:
+    """zeek.strings: each segment's letters as one zero-padded row (empty segments too)."""
+    counts = np.array([len(h) for h in hists], dtype=np.int64)
+    codes = np.frombuffer(b"".join(hists), dtype=np.uint8)
+    got = zeek.strings(codes, counts)
+    lib, native.lib = native.lib, None
+    try:
+        want = zeek.strings(codes, counts)
+    finally:
+        native.lib = lib
+    assert got.dtype == want.dtype and got.tolist() == want.tolist()
+    assert got.tolist() == [h.rstrip(b"\0") for h in hists]
+
+
+def test_history_strings_refuse_counts_that_do_not_fit() -> None:
+    assert native.lib is not None
+    with pytest.raises(ValueError):
+        native.lib.pad_strings(np.zeros(3, dtype=np.uint8), np.array([2, 2], dtype=np.int64), 2)
+    with pytest.raises(ValueError):
+        native.lib.pad_strings(np.zeros(4, dtype=np.uint8), np.array([3, 1], dtype=np.int64), 2)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from test_capture_fuzz import SEEDS, mutated
 
 from tcpreuse.capture import decode as decode_mod
-from tcpreuse.capture import flows, formats, loops, reuse
+from tcpreuse.capture import flows, formats, loops, native, reuse
 from tcpreuse.capture.analysis import analyze_packets
 from tcpreuse.capture.decode import Packets, decode
 from tcpreuse.capture.formats import Frames, parse_frames
@@ -177,8 +177,14 @@ def replay_reference(key: list[int], ts: list[int], stamp: list[int], now: list[
     return out_ts, out_st
 
 
+@pytest.mark.parametrize("c_ext", [True, False], ids=["C", "loops"])
 @pytest.mark.parametrize("seed", range(6))
-def test_recycle_cache_replay_equals_the_per_write_rule(seed: int) -> None:
+def test_recycle_cache_replay_equals_the_per_write_rule(seed: int, c_ext: bool,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    if c_ext and native.lib is None:
+        pytest.skip("the C extension is not built")
+    if not c_ext:
+        monkeypatch.setattr(native, "lib", None)
     rng = np.random.default_rng(seed)
     m = 3000
     key = np.sort(rng.integers(0, 7, m))
@@ -197,8 +203,13 @@ def test_recycle_cache_replay_equals_the_per_write_rule(seed: int) -> None:
     assert len(set(want_ts)) < m  # some writes lost: the replay was exercised
 
 
-def test_recycle_cache_replay_edges() -> None:
+@pytest.mark.parametrize("c_ext", [True, False], ids=["C", "loops"])
+def test_recycle_cache_replay_edges(c_ext: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each write against an entry (TSval 1000, stamp 100): who wins, and why."""
+    if c_ext and native.lib is None:
+        pytest.skip("the C extension is not built")
+    if not c_ext:
+        monkeypatch.setattr(native, "lib", None)
     cases = [  # (write TSval, write stamp, now, replaces the entry?)
         (1000, 101, 101, True),  # same TSval: not older
         (999, 101, 101, False),  # older TSval, fresh entry
@@ -258,10 +269,22 @@ def facts_both(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     return plain(flows._facts_compiled(q, d, fstart)), plain(flows._facts_numpy(q, d, fstart))
 
 
+def seq_end_before_base() -> list[Seg]:
+    """Midstream traffic whose first packet per side is a RST (numbers of another
+    connection, so not where the side ended) and whose later packets lie before that
+    RST's number: the originator ends 90 before its base, the responder 1 before."""
+    c, s = "10.0.0.2", "10.0.0.1"
+    return [
+        Seg(T0, c, 2000, s, 95, "R", 1000), Seg(T0 + 0.1, c, 2000, s, 95, "PA", 900, 5, payload=10),
+        Seg(T0 + 0.2, s, 95, c, 2000, "R", 7000), Seg(T0 + 0.3, s, 95, c, 2000, "A", 6999, 910),
+    ]
+
+
 def odd_captures() -> dict[str, bytes]:
     """Segments the rules treat specially: retransmitted SYNs, SYN-ACK first (flipped),
     RSTs before and after the handshake, FIN+RST, a TIME_WAIT ACK answer, data
-    retransmissions, zero windows, midstream traffic, long segments."""
+    retransmissions, zero windows, midstream traffic, long segments, sequence spaces
+    that end before their base."""
     c, s = "10.0.0.2", "10.0.0.1"
     segs = [
         Seg(T0, c, 1000, s, 80, "S", 100), Seg(T0 + 1, c, 1000, s, 80, "S", 100),  # retransmitted
@@ -303,6 +326,7 @@ def odd_captures() -> dict[str, bytes]:
     segs += [Seg(T0 + 15.01 + k * 1e-4, c, 1012, s, 92, "PA", 6 + 10 * k, 7, payload=10, ts=(2 + k, 1))
              for k in range(300)]
     segs += [Seg(T0 + 15.5, c, 1012, s, 92, "FA", 3006, 7, ts=(400, 1)), Seg(T0 + 15.6, s, 92, c, 1012, "FA", 7, 3007)]
+    segs += seq_end_before_base()
     segs.sort(key=lambda x: x.t)
     return {
         "odd": pcap_bytes(frames_of(segs)),
@@ -315,6 +339,15 @@ def odd_captures() -> dict[str, bytes]:
 def test_compiled_attempt_facts_equal_numpy(name: str) -> None:
     got, want = facts_both(odd_captures()[name])
     assert len(want["starts"]) >= 3
+    assert got == want
+
+
+def test_sequence_end_before_the_base_is_kept() -> None:
+    """Each side's sequence space may end before its base (see seq_end_before_base()).
+    The end is still where that side stopped — the TIME_WAIT verdict rebuilds
+    tw_rcv_nxt from it — not "no end"."""
+    got, want = facts_both(pcap_bytes(frames_of(seq_end_before_base())))
+    assert (want["orig_end_seq"], want["resp_end_seq"]) == ([910], [6999])
     assert got == want
 
 

@@ -20,6 +20,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 typedef uint8_t u8;
 typedef int64_t i64;
@@ -61,6 +64,30 @@ static void buf_release(Buf *b, int k)
         }
 }
 
+/* Ask for transparent huge pages on a large buffer that is about to be written (as numpy
+ * does for its arrays of 4 MB or more). Each 4 KB page of fresh memory is otherwise
+ * one page fault; in a short-lived `tcpreuse analyze` those faults cost more than the
+ * loops that fill the pages. Advice only: ignored where THP is off or not Linux. */
+static void huge_hint(void *p, size_t n)
+{
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (p && n >= ((size_t)2 << 20)) { /* room for a 2 MB page */
+        uintptr_t a = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
+        madvise((void *)a, (uintptr_t)p + n - a, MADV_HUGEPAGE);
+    }
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
+static void *big_malloc(size_t n)
+{
+    void *p = malloc(n);
+    huge_hint(p, n);
+    return p;
+}
+
 /* A bytearray that grows (realloc: large blocks move by remapping, not copying). */
 typedef struct {
     PyObject *ba;
@@ -73,7 +100,10 @@ static int grow_init(Grow *g, Py_ssize_t item, Py_ssize_t cap)
     g->n = 0;
     g->cap = cap < 16 ? 16 : cap;
     g->ba = PyByteArray_FromStringAndSize(NULL, g->cap * item);
-    return g->ba ? 0 : -1;
+    if (!g->ba)
+        return -1;
+    huge_hint(PyByteArray_AS_STRING(g->ba), (size_t)(g->cap * item));
+    return 0;
 }
 
 static inline void *grow_slot(Grow *g)
@@ -82,6 +112,7 @@ static inline void *grow_slot(Grow *g)
         if (PyByteArray_Resize(g->ba, 2 * g->cap * g->item) < 0)
             return NULL;
         g->cap *= 2;
+        huge_hint(PyByteArray_AS_STRING(g->ba), (size_t)(g->cap * g->item));
     }
     return PyByteArray_AS_STRING(g->ba) + (g->n++) * g->item;
 }
@@ -987,7 +1018,7 @@ static PyObject *flow_order(PyObject *self, PyObject *args)
     int8_t *dd = b[7].v.buf;
     double *ts_o = b[8].v.buf;
 
-    fid = malloc(sizeof(int32_t) * (size_t)(n + 1));
+    fid = big_malloc(sizeof(int32_t) * (size_t)(n + 1));
     Py_ssize_t nslot = 4096, nf = 0, fcap = 1024;
     slot = calloc((size_t)nslot, sizeof(int32_t));
     fl = malloc(sizeof(Flow) * (size_t)fcap);
@@ -1050,7 +1081,7 @@ static PyObject *flow_order(PyObject *self, PyObject *args)
             break;
         }
     }
-    rank = malloc(sizeof(int32_t) * (size_t)(nf + 1));
+    rank = big_malloc(sizeof(int32_t) * (size_t)(nf + 1));
     if (!rank) {
         PyErr_NoMemory();
         goto done;
@@ -1086,8 +1117,8 @@ static PyObject *flow_order(PyObject *self, PyObject *args)
                 }
             if (back) {
                 if (!ti) {
-                    ti = malloc(sizeof(i64) * (size_t)n);
-                    tt = malloc(sizeof(double) * (size_t)n);
+                    ti = big_malloc(sizeof(i64) * (size_t)n);
+                    tt = big_malloc(sizeof(double) * (size_t)n);
                     if (!ti || !tt) {
                         PyErr_NoMemory();
                         goto done;
@@ -1193,7 +1224,7 @@ static PyObject *segment_facts(PyObject *self, PyObject *args)
     const u8 *fst = b[1].v.buf, *dir = b[2].v.buf, *table = b[9].v.buf;
     /* The columns in flow order first: one loop of independent loads (the CPU overlaps
      * their cache misses), then the segment pass reads memory in order. */
-    gather = malloc((size_t)n * 16 + 16);
+    gather = big_malloc((size_t)n * 16 + 16);
     if (!gather) {
         PyErr_NoMemory();
         goto done;
@@ -1510,6 +1541,95 @@ done:
     return res;
 }
 
+/* ---- tcp_tw_recycle's per-peer cache (loops.recycle_replay) ---------------------------- */
+
+/* recycle_replay(first, ts, stamp, now, msl, won): tcp_remember_stamp() over writes sorted
+ * by (key, time). first: uint8, 1 where a new key starts; ts, stamp, now: int64; won:
+ * writable uint8, set to 1 where the write replaced the cached entry. */
+static PyObject *recycle_replay(PyObject *self, PyObject *args)
+{
+    PyObject *o[5];
+    long long msl;
+    if (!PyArg_ParseTuple(args, "OOOOLO", &o[0], &o[1], &o[2], &o[3], &msl, &o[4]))
+        return NULL;
+    Buf b[5];
+    memset(b, 0, sizeof b);
+    PyObject *res = NULL;
+    if (buf_get(o[0], &b[0], 1, -1, 0, "first") < 0)
+        goto done;
+    Py_ssize_t m = b[0].v.len;
+    static const char *names[5] = {"first", "ts", "stamp", "now", "won"};
+    for (int k = 1; k < 5; k++)
+        if (buf_get(o[k], &b[k], k == 4 ? 1 : 8, m, k == 4, names[k]) < 0)
+            goto done;
+    const u8 *first = b[0].v.buf;
+    const i64 *ts = b[1].v.buf, *stamp = b[2].v.buf, *now = b[3].v.buf;
+    u8 *won = b[4].v.buf;
+    i64 c_ts = 0, c_st = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        i64 t = ts[i], st = stamp[i];
+        int w = 1;
+        if (!first[i]) {
+            u64 d = (u64)(c_ts - t) & 0xFFFFFFFFu;
+            w = d == 0 || d >= 0x80000000u || (now[i] - c_st > msl && c_st <= st);
+        }
+        if (w) {
+            c_ts = t;
+            c_st = st;
+        }
+        won[i] = (u8)w;
+    }
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    buf_release(b, 5);
+    return res;
+}
+
+/* ---- Zeek history strings (zeek.strings) ---------------------------------------------- */
+
+/* pad_strings(codes, counts, width) -> bytearray: the letters of segment after segment
+ * (uint8; counts: int64 letters per segment) as one zero-padded `width`-byte row each. */
+static PyObject *pad_strings(PyObject *self, PyObject *args)
+{
+    PyObject *o[2];
+    Py_ssize_t width;
+    if (!PyArg_ParseTuple(args, "OOn", &o[0], &o[1], &width))
+        return NULL;
+    Buf b[2];
+    memset(b, 0, sizeof b);
+    PyObject *res = NULL;
+    if (buf_get(o[0], &b[0], 1, -1, 0, "codes") < 0 || buf_get(o[1], &b[1], 8, -1, 0, "counts") < 0)
+        goto done;
+    const u8 *codes = b[0].v.buf;
+    const i64 *counts = b[1].v.buf;
+    Py_ssize_t nseg = b[1].v.len / 8, total = 0;
+    for (Py_ssize_t k = 0; k < nseg; k++) {
+        if (counts[k] < 0 || counts[k] > width) {
+            PyErr_SetString(PyExc_ValueError, "pad_strings: a count beyond the width");
+            goto done;
+        }
+        total += counts[k];
+    }
+    if (total != b[0].v.len || width < 1 || nseg > PY_SSIZE_T_MAX / width) {
+        PyErr_SetString(PyExc_ValueError, "pad_strings: counts do not add up to the letters");
+        goto done;
+    }
+    res = PyByteArray_FromStringAndSize(NULL, nseg * width);
+    if (!res)
+        goto done;
+    u8 *out = (u8 *)PyByteArray_AS_STRING(res);
+    huge_hint(out, (size_t)(nseg * width));
+    for (Py_ssize_t k = 0; k < nseg; k++, out += width) {
+        memcpy(out, codes, (size_t)counts[k]);
+        memset(out + counts[k], 0, (size_t)(width - counts[k]));
+        codes += counts[k];
+    }
+done:
+    buf_release(b, 2);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"pcap_walk", pcap_walk, METH_VARARGS, "pcap record offsets and header fields"},
     {"pcap_scan", pcap_scan, METH_VARARGS, "believable pcap records, checked while walking"},
@@ -1517,6 +1637,8 @@ static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS, "link, IP and TCP headers of every frame"},
     {"flow_order", flow_order, METH_VARARGS, "packets grouped by flow, in time order"},
     {"segment_facts", segment_facts, METH_VARARGS, "per-segment facts of packets in flow order"},
+    {"recycle_replay", recycle_replay, METH_VARARGS, "tcp_remember_stamp() over sorted cache writes"},
+    {"pad_strings", pad_strings, METH_VARARGS, "letters of each segment as zero-padded rows"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -54,7 +54,7 @@ def span(values: np.ndarray, unit: str = "s", nd: int = 1) -> str:
     v = values[~np.isnan(values)]
     if not v.size:
         return "?"
-    lo, hi = np.percentile(v, [10, 90]) if v.size >= 5 else (v.min(), v.max())
+    lo, hi = (flows.percentile(v, 10), flows.percentile(v, 90)) if v.size >= 5 else (v.min(), v.max())
     if unit == "s" and hi < 1.0:
         lo, hi, unit, nd = lo * 1000, hi * 1000, "ms", 0 if hi >= 0.01 else 1
     a, b = f"{lo:.{nd}f}", f"{hi:.{nd}f}"

@@ -86,6 +86,19 @@ def median(a: np.ndarray) -> float:
     return float((np.float64(s[k - 1]) + np.float64(s[k])) / 2)
 
 
+def percentile(a: np.ndarray, q: float) -> float:
+    """float(np.percentile(a, q)) of a non-empty 1-D array without NaN, without
+    np.percentile's call of np.unique (which imports numpy.ma): numpy's "linear" method,
+    interpolated the way numpy does (from the nearer neighbour) so the figures agree."""
+    s = np.sort(a.ravel()).astype(np.float64)
+    idx = (s.size - 1) * (q / 100)
+    lo = int(idx)
+    hi = min(lo + 1, s.size - 1)
+    t = idx - lo
+    d = s[hi] - s[lo]
+    return float(s[hi] - d * (1 - t) if t >= 0.5 else s[lo] + d * t)
+
+
 def _shift(a: np.ndarray, fill: Any) -> np.ndarray:
     """a[i-1] at i (fill at 0)."""
     out = np.empty_like(a)
@@ -336,7 +349,8 @@ def _facts_compiled(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts
     def end_seq(field: int, base_at: np.ndarray) -> np.ndarray:
         e = wide[:, field - loops.NARROW]
         base = q.seq[np.minimum(base_at, q.seq.size - 1)].astype(np.int64)
-        return np.where(e > 0, (base + e - 1) & 0xFFFFFFFF, 0).astype(np.uint32)
+        rel = np.where(e > 0, e - 1, e)  # see loops.F_END_O: negative ends are stored as they are
+        return np.where(e != 0, (base + rel) & 0xFFFFFFFF, 0).astype(np.uint32)
 
     first_syn, first_sa = pos(loops.F_FIRST_SYN, BIG), pos(loops.F_FIRST_SA, BIG)
     base_o = np.where(first_syn < BIG, first_syn, pos(loops.F_FIRST_O, 0))
@@ -568,11 +582,13 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
     orig_dir = np.where(flipped, 1 - d[starts], d[starts])
     # the originator's endpoint: the first packet's source, or destination if flipped
     first_pkt_src_is_orig = ~flipped
-    ps_ = order[starts]
-    orig_addr = np.where(first_pkt_src_is_orig, p.src[ps_], p.dst[ps_])
-    orig_port = np.where(first_pkt_src_is_orig, p.sport[ps_], p.dport[ps_])
-    resp_addr = np.where(first_pkt_src_is_orig, p.dst[ps_], p.src[ps_])
-    resp_port = np.where(first_pkt_src_is_orig, p.dport[ps_], p.sport[ps_])
+    ps_ = q.rows(starts)[1]
+    src_, dst_, sport_, dport_ = p.src[ps_], p.dst[ps_], p.sport[ps_], p.dport[ps_]
+    orig_addr = np.where(first_pkt_src_is_orig, src_, dst_)
+    orig_port = np.where(first_pkt_src_is_orig, sport_, dport_)
+    resp_addr = np.where(first_pkt_src_is_orig, dst_, src_)
+    resp_port = np.where(first_pkt_src_is_orig, dport_, sport_)
+    del src_, dst_, sport_, dport_
 
     first_syn = fa.first_syn
     t_syn = at(first_syn, ts, nan)
@@ -604,9 +620,8 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
 
     hist = fa.history
     cstate = zeek.conn_state(fa.joint // 8, fa.joint % 8, fa.orig_bytes, fa.resp_bytes, hist)
-    syn_idx = order[np.where(first_syn < BIG, first_syn, starts)]
-    fsyn = order[np.where(first_syn < BIG, first_syn, 0)]
-    got_syn = first_syn < BIG
+    got_syn, fsyn = q.rows(first_syn)  # first_syn is BIG or a position
+    syn_idx = np.where(got_syn, fsyn, ps_)
     last_ts_o = fa.last_ts_o
     cols: dict[str, np.ndarray] = {
         "flow": fa.flow,
@@ -672,6 +687,7 @@ class _FlowCols:
         self.p = p
         self.order = order
         self.ts = ts
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @cached_property
     def flags(self) -> np.ndarray:
@@ -701,10 +717,20 @@ class _FlowCols:
     def win(self) -> np.ndarray:
         return self.p.win[self.order]
 
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(valid, packet-table row) of flow positions `idx` (BIG or -1: none). Kept per
+        `idx` array: the same positions are read in several columns."""
+        hit = self._rows.get(id(idx))
+        if hit is None or hit[0] is not idx:
+            ok = (idx >= 0) & (idx < self.order.size)
+            hit = (idx, ok, self.order[np.where(ok, idx, 0)])
+            self._rows[id(idx)] = hit  # holds `idx`, so its id is not reused meanwhile
+        return hit[1], hit[2]
+
     def at(self, idx: np.ndarray, col: str, fill: Any) -> np.ndarray:
         """Column `col` at flow positions `idx` (BIG or -1: none, giving `fill`)."""
-        ok = (idx >= 0) & (idx < self.order.size)
-        return np.where(ok, getattr(self.p, col)[self.order[np.where(ok, idx, 0)]], fill)
+        ok, rows = self.rows(idx)
+        return np.where(ok, getattr(self.p, col)[rows], fill)
 
 
 def _cumcount(key: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ next plausible record (resynchronises), and reports what it skipped and why in a
 
 from __future__ import annotations
 
-import gzip
 import mmap
 import os
 import struct
@@ -189,6 +188,8 @@ def open_buffer(path: str | os.PathLike[str]) -> tuple[Any, int]:
         with open(p, "rb") as f:
             head = f.read(2)
             if head == b"\x1f\x8b":
+                import gzip  # only here: most captures are not compressed
+
                 f.seek(0)
                 try:
                     data = gzip.GzipFile(fileobj=f).read()

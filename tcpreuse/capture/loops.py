@@ -153,7 +153,9 @@ F_FIRST_O: Final = 17
 F_FIRST_R: Final = 18
 F_HLEN: Final = 19
 NARROW: Final = 20
-F_END_O: Final = 20  # 1 + end of the side's sequence space relative to its base, 0 = none
+# where the side's sequence space ended relative to its base: 1 + end when end >= 0, the
+# (negative) end itself when it lies before the base (never inline: always in `big`), 0 = none
+F_END_O: Final = 20
 F_END_R: Final = 21
 F_OBYTES: Final = 22
 F_RBYTES: Final = 23
@@ -194,6 +196,13 @@ def _wide(out: list[int], big: list[int], seg: i64, field: i64, v: i64) -> None:
         big.append(seg)
         big.append(field)
         big.append(v)
+
+
+def _end_code(end: i64) -> i64:
+    """F_END_O/F_END_R's code for an end relative to the base (LOW: none)."""
+    if end >= 0:
+        return end + 1
+    return end if end > LOW else 0
 
 
 def _scaled(k: i64) -> bool:
@@ -523,8 +532,8 @@ def segment_facts(bits: bytes, flags: bytes, seq: bytes, ack: bytes, plen: bytes
         _narrow(out, big, nseg, F_FIRST_O, fo - s0 + 1 if fo >= 0 else 0)
         _narrow(out, big, nseg, F_FIRST_R, fr - s0 + 1 if fr >= 0 else 0)
         _narrow(out, big, nseg, F_HLEN, hlen)
-        _wide(out, big, nseg, F_END_O, end_o + 1 if end_o > LOW else 0)
-        _wide(out, big, nseg, F_END_R, end_r + 1 if end_r > LOW else 0)
+        _wide(out, big, nseg, F_END_O, _end_code(end_o))
+        _wide(out, big, nseg, F_END_R, _end_code(end_r))
         _wide(out, big, nseg, F_OBYTES, ob)
         _wide(out, big, nseg, F_RBYTES, rb)
         state: i64 = joint | comp << 6 | (1 << 12 if has_sa and est else 0)

@@ -38,7 +38,7 @@ from ..model.timewait import (
     TimeWaitSock,
     tcp_timewait_state_process,
 )
-from . import loops
+from . import loops, native
 from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, distinct, time_order
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
@@ -257,11 +257,17 @@ def _replay_writes(key: np.ndarray, ts: np.ndarray, stamp: np.ndarray,
     rows = np.flatnonzero(np.isin(key, bad_keys))
     k = key[rows]
     first = np.r_[True, k[1:] != k[:-1]]
-    won: list[int] = []
-    loops.recycle_replay(first.tobytes(), ts[rows].tolist(), stamp[rows].tolist(), now[rows].tolist(),
-                         TCP_PAWS_MSL, won)
+    if native.lib is not None:
+        w = np.empty(rows.size, dtype=bool)
+        c = np.ascontiguousarray
+        native.lib.recycle_replay(first.view(np.uint8), c(ts[rows], dtype=np.int64), c(stamp[rows], dtype=np.int64),
+                                  c(now[rows], dtype=np.int64), TCP_PAWS_MSL, w.view(np.uint8))
+    else:
+        won: list[int] = []
+        loops.recycle_replay(first.tobytes(), ts[rows].tolist(), stamp[rows].tolist(), now[rows].tolist(),
+                             TCP_PAWS_MSL, won)
+        w = np.frombuffer(bytearray(won), dtype=np.uint8).astype(bool)
     # the entry after each write is the one of the last write that won
-    w = np.frombuffer(bytearray(won), dtype=np.uint8).astype(bool)
     winner = rows[np.maximum.accumulate(np.where(w, np.arange(rows.size), 0))]
     out_ts[rows] = ts[winner]
     out_st[rows] = stamp[winner]

@@ -22,6 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import native
 from .decode import ACK, FIN, RST, SYN
 
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET, RESET_AFTER_CLOSE = range(8)
@@ -321,6 +322,10 @@ def strings(codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
     if not codes.size:
         return np.zeros(nseg, dtype="S1")
     width = int(counts.max())
+    if native.lib is not None:  # one pass, no per-letter index columns
+        rows = native.lib.pad_strings(np.ascontiguousarray(codes, dtype=np.uint8),
+                                      np.ascontiguousarray(counts, dtype=np.int64), width)
+        return np.frombuffer(rows, dtype=f"S{width}")
     seg = np.repeat(np.arange(nseg, dtype=np.int64), counts)
     first = np.cumsum(counts) - counts  # index of each segment's first letter
     grid = np.zeros(nseg * width, dtype=np.uint8)
