@@ -177,7 +177,8 @@ NOT_CHANCE = ("attempts", "outcome ", "TcpActiveOpens", "TcpPassiveOpens", "TcpE
 def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
             racy: frozenset[tuple[str, str]] = frozenset(),
             chance_reason: str | None = None, wrap: tuple[int, str] | None = None,
-            queue_reason: str | None = None, jiffy_ms: float = 0.0) -> list[Row]:
+            queue_reason: str | None = None, jiffy_ms: float = 0.0,
+            resalt_reason: str | None = None) -> list[Row]:
     """Rows for every metric. `racy`: (group, counter) pairs the lab's realisation leaves to
     a race (see RACE_FIN_RST), compared one-sided. `chance_reason`: the scenario's
     collisions are decided by the kernel's secret hashes (see chance()); counts other
@@ -190,6 +191,12 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
     rows = _compare(sim, lab, fixed_count, racy, series, retried_tolerance(jiffy_ms))
     if queue_reason is not None:
         rows = _queue_rows(sim, lab, rows, queue_timing(queue_reason))
+    if resalt_reason is not None:
+        # a re-salt can only make ports repeat: the distinct count, within 5 %
+        tol = Tolerance("±max(2, 5 %)", resalt_reason, abs=2.0, rel=0.05)
+        for r in rows:
+            if r.metric == "distinct local ports" and r.tolerance == "exact":
+                r.agree, r.tolerance, r.reason = tol.ok(r.sim, r.lab), tol.text, tol.reason
     if wrap is not None:
         # Counts the kernel decides by where a scan starts: +-n, with the scenario's reason.
         n, why = wrap

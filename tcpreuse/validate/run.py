@@ -171,6 +171,27 @@ def app_limited(sc: Scenario) -> str | None:
     return None
 
 
+RESALT = ("the kernel re-salts its port offsets every 10 s of jiffies (secure_ipv4_port_ephemeral(), "
+          "5.18+); a re-salt inside the run restarts the scan at a new offset, which may land on a "
+          "port freed moments ago (no TIME_WAIT holds it), so fewer distinct ports are used. When "
+          "it falls is the machine's jiffies phase, and the table's random increments make the new "
+          "offsets the kernel's own; the model re-salts on its own phase")
+
+
+def resalt_reuse(sc: Scenario) -> str | None:
+    """RESALT when a 5.18+ Linux client frees ports during the run (closes without keeping
+    a TIME_WAIT: RST close, server-first close, or more closes than tcp_max_tw_buckets)."""
+    for w in sc.workload:
+        g = sc.group(w.clients)
+        if g.role != "client" or get_profile(g.profile).port_secret_epoch_s is None:
+            continue
+        max_tw = int(g.effective_settings.get("net.ipv4.tcp_max_tw_buckets", 1 << 30))
+        frees = w.close != "client" or (w.count is None or w.count > max_tw)
+        if frees:
+            return RESALT
+    return None
+
+
 def racy_counters(sc: Scenario) -> frozenset[tuple[str, str]]:
     """Counters the lab leaves to a race: with close = server_rst the lab's client closes
     once it has the answer (lab/realise.py CLOSE_MAP), racing the server's RST."""
@@ -216,7 +237,7 @@ def validate(ref: str, overrides: dict[str, Any] | None = None,
     fixed = all(w.count is not None for w in sc.workload)
     out.rows = compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
                        racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref),
-                       wrap=scan_wrap(sc), queue_reason=app_limited(sc),
+                       wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
                        jiffy_ms=1000.0 / hz.value)
     if opts.keep_results:
         out.sim, out.lab = sim, lab
