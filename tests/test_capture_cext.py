@@ -217,3 +217,31 @@ def test_c_recycle_replay_refuses_inconsistent_arguments() -> None:
         order = np.array([0, 1, 7], dtype=np.int64)
         native.lib.recycle_checks(order, 2, z8, z8[:2], z8[:2], z8[:2], z8[:1], z8[:1], np.zeros(1, np.uint8),
                                   60, 1, z1)
+
+
+@pytest.mark.parametrize("c_ext", [True, False], ids=["C", "reference"])
+def test_recycle_checks_at_the_edges(c_ext: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One cache write (TSval 1000, stamp 100 s), then SYNs of the same pair: a TSval
+    TCP_PAWS_WINDOW (1) behind is kept, 2 behind dropped; no TSval: drop_4x; an entry
+    TCP_PAWS_MSL (60 s) old is stale (whole seconds, as the kernel counts)."""
+    if not c_ext:
+        monkeypatch.setattr(native, "lib", None)
+    syns = [(101.0, True, 999), (101.0, True, 998), (101.0, False, 0), (159.9, True, 998), (160.0, True, 998),
+            (160.0, False, 0)]
+    n = 1 + len(syns)
+    t_syn = np.array([99.0] + [s[0] for s in syns])
+    cols = {
+        "orig": np.ones(n, np.uint64), "resp": np.full(n, 2, np.uint64), "is_attempt": np.ones(n, bool),
+        "tw_verdict": np.array([reuse.V_ACCEPT] + [0] * len(syns), np.int8),
+        "tw_holder": np.array([flows.W_RESP] + [0] * len(syns), np.int8),
+        "syn_has_ts": np.array([True] + [s[1] for s in syns]), "synack_has_ts": np.ones(n, bool),
+        "orig_ts_seen": np.ones(n, bool), "t_start": t_syn, "t_syn": t_syn,
+        "syn_tsval": np.array([0] + [s[2] for s in syns], np.uint32),
+        "t_tw_enter": np.array([100.0] + [np.nan] * len(syns)), "t_orig_last_ts": np.full(n, 100.0),
+        "orig_last_tsval": np.full(n, 1000, np.uint32), "pkt": np.arange(n, dtype=np.int64),
+        "pkt_tw_enter": np.arange(n, dtype=np.int64),
+    }
+    a = flows.Attempts(cols=cols)
+    reuse.recycle_verdicts(a)
+    assert a["tw_recycle"].tolist() == [0, reuse.RC_NONE, reuse.RC_DROP, reuse.RC_DROP_4X, reuse.RC_DROP,
+                                        reuse.RC_NONE, reuse.RC_NONE]
