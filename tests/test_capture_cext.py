@@ -22,7 +22,7 @@ from test_capture_compiled import frames_state, odd_captures, packets_state
 from test_capture_fuzz import mutated
 
 from tcpreuse.capture import decode as decode_mod
-from tcpreuse.capture import flows, loops, native, zeek
+from tcpreuse.capture import flows, loops, native, reuse, zeek
 from tcpreuse.capture.analysis import analyze_packets
 from tcpreuse.capture.decode import decode
 from tcpreuse.capture.formats import parse_frames
@@ -171,3 +171,77 @@ def test_history_strings_refuse_counts_that_do_not_fit() -> None:
         native.lib.pad_strings(np.zeros(3, dtype=np.uint8), np.array([2, 2], dtype=np.int64), 2)
     with pytest.raises(ValueError):
         native.lib.pad_strings(np.zeros(4, dtype=np.uint8), np.array([3, 1], dtype=np.int64), 2)
+
+
+def random_attempts(seed: int, n: int = 2000) -> flows.Attempts:
+    """An attempt table with what recycle_verdicts reads: few client/server pairs,
+    TIME_WAIT entries at the server (some without timestamps), SYNs with and without
+    TSvals that go back, wrap around 2^32 and tie in time, over 0-200 s."""
+    rng = np.random.default_rng(seed)
+    t_syn = 1.7e9 + np.round(rng.uniform(0, 200, n), 1 if seed % 2 else 3)  # ties when rounded coarsely
+    base = rng.integers(0, 1 << 32)
+    tsval = (base + rng.integers(-5000, 5000, n) * (1 + seed % 3)) % (1 << 32)
+    return flows.Attempts(cols={
+        "orig": rng.integers(1, 4, n).astype(np.uint64), "resp": rng.integers(1, 3, n).astype(np.uint64),
+        "is_attempt": rng.random(n) < 0.9, "tw_verdict": rng.integers(0, 3, n).astype(np.int8),
+        "tw_holder": rng.integers(0, 3, n).astype(np.int8), "syn_has_ts": rng.random(n) < 0.8,
+        "synack_has_ts": rng.random(n) < 0.9, "orig_ts_seen": rng.random(n) < 0.9,
+        "t_start": t_syn, "t_syn": t_syn, "syn_tsval": tsval.astype(np.uint32),
+        "t_tw_enter": np.where(rng.random(n) < 0.95, t_syn + rng.uniform(0, 2, n), np.nan),
+        "t_orig_last_ts": np.where(rng.random(n) < 0.9, t_syn + rng.uniform(0, 1, n), np.nan),
+        "orig_last_tsval": ((tsval + rng.integers(0, 2000, n)) % (1 << 32)).astype(np.uint32),
+        "pkt": rng.permutation(2 * n)[:n].astype(np.int64), "pkt_tw_enter": rng.permutation(2 * n)[:n].astype(np.int64),
+    })
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_c_recycle_replay_equals_the_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-pass C replay of tcp_tw_recycle's cache (writes and checks) gives the
+    verdicts of the numpy/mypyc path, drops of both kinds included."""
+    a = random_attempts(seed)
+    reuse.recycle_verdicts(a)
+    got = a["tw_recycle"].copy()
+    with monkeypatch.context() as m:
+        m.setattr(native, "lib", None)
+        reuse.recycle_verdicts(a)
+    assert got.tolist() == a["tw_recycle"].tolist()
+    assert (got == reuse.RC_DROP).any() and (got == reuse.RC_DROP_4X).any() and (got == reuse.RC_NONE).any()
+
+
+def test_c_recycle_replay_refuses_inconsistent_arguments() -> None:
+    assert native.lib is not None
+    z8, z1 = np.zeros(3, dtype=np.int64), np.zeros(1, dtype=np.int8)
+    with pytest.raises(ValueError):  # more writes than entries
+        native.lib.recycle_checks(z8, 4, z8, z8, z8, z8, z8, z8, z1, 60, 1, z1)
+    with pytest.raises(IndexError):  # an entry beyond the entries
+        order = np.array([0, 1, 7], dtype=np.int64)
+        native.lib.recycle_checks(order, 2, z8, z8[:2], z8[:2], z8[:2], z8[:1], z8[:1], np.zeros(1, np.uint8),
+                                  60, 1, z1)
+
+
+@pytest.mark.parametrize("c_ext", [True, False], ids=["C", "reference"])
+def test_recycle_checks_at_the_edges(c_ext: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One cache write (TSval 1000, stamp 100 s), then SYNs of the same pair: a TSval
+    TCP_PAWS_WINDOW (1) behind is kept, 2 behind dropped; no TSval: drop_4x; an entry
+    TCP_PAWS_MSL (60 s) old is stale (whole seconds, as the kernel counts)."""
+    if not c_ext:
+        monkeypatch.setattr(native, "lib", None)
+    syns = [(101.0, True, 999), (101.0, True, 998), (101.0, False, 0), (159.9, True, 998), (160.0, True, 998),
+            (160.0, False, 0)]
+    n = 1 + len(syns)
+    t_syn = np.array([99.0] + [s[0] for s in syns])
+    cols = {
+        "orig": np.ones(n, np.uint64), "resp": np.full(n, 2, np.uint64), "is_attempt": np.ones(n, bool),
+        "tw_verdict": np.array([reuse.V_ACCEPT] + [0] * len(syns), np.int8),
+        "tw_holder": np.array([flows.W_RESP] + [0] * len(syns), np.int8),
+        "syn_has_ts": np.array([True] + [s[1] for s in syns]), "synack_has_ts": np.ones(n, bool),
+        "orig_ts_seen": np.ones(n, bool), "t_start": t_syn, "t_syn": t_syn,
+        "syn_tsval": np.array([0] + [s[2] for s in syns], np.uint32),
+        "t_tw_enter": np.array([100.0] + [np.nan] * len(syns)), "t_orig_last_ts": np.full(n, 100.0),
+        "orig_last_tsval": np.full(n, 1000, np.uint32), "pkt": np.arange(n, dtype=np.int64),
+        "pkt_tw_enter": np.arange(n, dtype=np.int64),
+    }
+    a = flows.Attempts(cols=cols)
+    reuse.recycle_verdicts(a)
+    assert a["tw_recycle"].tolist() == [0, reuse.RC_NONE, reuse.RC_DROP, reuse.RC_DROP_4X, reuse.RC_DROP,
+                                        reuse.RC_NONE, reuse.RC_NONE]

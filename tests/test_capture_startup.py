@@ -39,6 +39,15 @@ def test_distinct_and_median_are_numpys(a: np.ndarray) -> None:
         assert flows.median(a) == float(np.median(a))
 
 
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.float64, st.integers(1, 40), elements=st.floats(-1e9, 1e9, width=64) | st.just(float("nan"))))
+def test_median_of_floats_is_numpys(a: np.ndarray) -> None:
+    """Odd and even sizes, repeated values, NaN anywhere (the median is then NaN)."""
+    want = float(np.median(a))
+    got = flows.median(a)
+    assert got == want or (np.isnan(got) and np.isnan(want))
+
+
 # what `analyze --json` of one uncompressed file has no use for: numpy.ma (masked
 # arrays), gzip, the terminal renderer, the HTML report, the simulator's engine, worker
 # processes

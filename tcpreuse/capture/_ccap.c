@@ -1586,6 +1586,86 @@ done:
     return res;
 }
 
+/* recycle_checks(order, m, key, w_ts, w_stamp, w_now, c_now, c_tsval, c_has_ts, msl, window, out):
+ * the whole tcp_tw_recycle replay of reuse.recycle_verdicts in one pass. Entries
+ * 0..m-1 are cache writes (a server entering TIME_WAIT), m.. are checks (SYNs); `order`
+ * (int64) visits them sorted by (key, time, writes first); key: int64 per entry; w_*:
+ * int64 per write, c_now, c_tsval: int64 per check, c_has_ts: uint8 per check; out:
+ * writable int8 per check, set to 0 (keep), 1 (drop: TSval behind the fresh cached one)
+ * or 2 (drop_4x: no TSval while a fresh entry exists). A write replaces the key's entry
+ * as tcp_remember_stamp() decides (recycle_replay above); a check reads the entry left
+ * by the key's writes before it. */
+static PyObject *recycle_checks(PyObject *self, PyObject *args)
+{
+    PyObject *o[10];
+    Py_ssize_t m;
+    long long msl, window;
+    if (!PyArg_ParseTuple(args, "OnOOOOOOOLLO", &o[0], &m, &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &msl,
+                          &window, &o[8]))
+        return NULL;
+    Buf b[9];
+    memset(b, 0, sizeof b);
+    PyObject *res = NULL;
+    if (buf_get(o[0], &b[0], 8, -1, 0, "order") < 0)
+        goto done;
+    Py_ssize_t total = b[0].v.len / 8, k = total - m;
+    if (m < 0 || k < 0) {
+        PyErr_SetString(PyExc_ValueError, "recycle_checks: more writes than entries");
+        goto done;
+    }
+    static const char *names[8] = {"key", "w_ts", "w_stamp", "w_now", "c_now", "c_tsval", "c_has_ts", "out"};
+    const Py_ssize_t want[8] = {total, m, m, m, k, k, k, k};
+    for (int j = 0; j < 8; j++)
+        if (buf_get(j < 7 ? o[1 + j] : o[8], &b[1 + j], j >= 6 ? 1 : 8, want[j], j == 7, names[j]) < 0)
+            goto done;
+    const i64 *order = b[0].v.buf, *key = b[1].v.buf, *w_ts = b[2].v.buf, *w_st = b[3].v.buf, *w_now = b[4].v.buf;
+    const i64 *c_now = b[5].v.buf, *c_tsval = b[6].v.buf;
+    const u8 *c_has_ts = b[7].v.buf;
+    int8_t *out = b[8].v.buf;
+    i64 c_ts = 0, c_st = 0, cur = 0;
+    int have = 0, started = 0;
+    for (Py_ssize_t i = 0; i < total; i++) {
+        i64 e = order[i];
+        if (e < 0 || e >= total) {
+            PyErr_SetString(PyExc_IndexError, "recycle_checks: an entry beyond the entries");
+            goto done;
+        }
+        if (!started || key[e] != cur) {
+            cur = key[e];
+            started = 1;
+            have = 0;
+        }
+        if (e < m) {
+            i64 t = w_ts[e], st = w_st[e];
+            int w = 1;
+            if (have) {
+                u64 d = (u64)(c_ts - t) & 0xFFFFFFFFu;
+                w = d == 0 || d >= 0x80000000u || (w_now[e] - c_st > msl && c_st <= st);
+            }
+            if (w) {
+                c_ts = t;
+                c_st = st;
+            }
+            have = 1;
+        } else {
+            Py_ssize_t c = e - m;
+            int8_t v = 0;
+            if (have && c_now[c] - c_st < msl) {
+                if (!c_has_ts[c])
+                    v = 2;
+                else if ((i64)(int32_t)(u32)((u64)(c_ts - c_tsval[c]) & 0xFFFFFFFFu) > window)
+                    v = 1;
+            }
+            out[c] = v;
+        }
+    }
+    Py_INCREF(Py_None);
+    res = Py_None;
+done:
+    buf_release(b, 9);
+    return res;
+}
+
 /* ---- Zeek history strings (zeek.strings) ---------------------------------------------- */
 
 /* pad_strings(codes, counts, width) -> bytearray: the letters of segment after segment
@@ -1638,6 +1718,7 @@ static PyMethodDef methods[] = {
     {"flow_order", flow_order, METH_VARARGS, "packets grouped by flow, in time order"},
     {"segment_facts", segment_facts, METH_VARARGS, "per-segment facts of packets in flow order"},
     {"recycle_replay", recycle_replay, METH_VARARGS, "tcp_remember_stamp() over sorted cache writes"},
+    {"recycle_checks", recycle_checks, METH_VARARGS, "the tcp_tw_recycle replay: writes and checks in one pass"},
     {"pad_strings", pad_strings, METH_VARARGS, "letters of each segment as zero-padded rows"},
     {NULL, NULL, 0, NULL},
 };

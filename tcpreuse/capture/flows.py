@@ -76,13 +76,16 @@ def distinct(a: np.ndarray) -> np.ndarray:
 
 def median(a: np.ndarray) -> float:
     """float(np.median(a)) of a non-empty 1-D array, without np.median's masked-array
-    check (which imports numpy.ma): the middle value, or the mean of the two middle ones."""
-    s = np.sort(a.ravel())
-    if np.isnan(s[-1]):  # NaN sorts last
+    check (which imports numpy.ma): the middle value, or the mean of the two middle ones.
+    np.partition places them as a sort would, in linear time (as np.median does): a full
+    sort of a 124k-attempt client's port cycle times was ~5 ms of the per-client stage."""
+    v = a.ravel()
+    if v.dtype.kind in "fc" and np.isnan(v).any():
         return float("nan")
-    k = s.size // 2
-    if s.size % 2:
-        return float(s[k])
+    k = v.size // 2
+    if v.size % 2:
+        return float(np.partition(v, k)[k])
+    s = np.partition(v, (k - 1, k))
     return float((np.float64(s[k - 1]) + np.float64(s[k])) / 2)
 
 

@@ -206,6 +206,16 @@ def recycle_verdicts(a: Attempts) -> None:
             order = order[np.argsort(key_all[order].astype(np.uint16), kind="stable")]
         else:
             order = order[np.argsort(key_all[order], kind="stable")]
+    if native.lib is not None:  # the replay and the checks in one C pass; numpy below is the reference
+        res = np.zeros(chk.size, dtype=np.int8)
+        native.lib.recycle_checks(
+            np.ascontiguousarray(order, dtype=np.int64), m, pid[np.concatenate([upd, chk])],
+            a["orig_last_tsval"][upd].astype(np.int64), np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64),
+            a["t_tw_enter"][upd].astype(np.int64), a["t_syn"][chk].astype(np.int64),
+            a["syn_tsval"][chk].astype(np.int64), np.ascontiguousarray(a["syn_has_ts"][chk]).view(np.uint8),
+            TCP_PAWS_MSL, TCP_PAWS_WINDOW, res)
+        out[chk] = res
+        return
     is_w = kind[order] == 0
     w = np.concatenate([upd, chk])[order][is_w]
     w_key = pid[w]
