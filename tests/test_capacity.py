@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from clirun import cli
 from scenarios import client_first
 
-from tcpreuse.cli import main
 from tcpreuse.sweep import SweepError
 from tcpreuse.sweep.cache import Cache
 from tcpreuse.sweep.capacity import Search, find_capacity, round_sig
@@ -25,16 +25,6 @@ def scenario(tmp_path: Path) -> str:
     p = tmp_path / "cap.toml"
     p.write_text(SCENARIO)
     return str(p)
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_search_steps() -> None:

@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from clirun import cli
 
 from tcpreuse.capture.synth import frames_of, pcap_bytes
-from tcpreuse.cli import main
 from tcpreuse.report.browser import check_page, find_chromium
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,16 +26,6 @@ from test_capture_attempts import nat_two_clocks, windows_reuse
 ARTIFACTS = Path(os.environ.get("TCPREUSE_TEST_ARTIFACTS", Path(__file__).parent.parent / "tmp" / "test-artifacts"))
 
 pytestmark = pytest.mark.skipif(find_chromium() is None, reason="needs chromium (scripts/system-deps.sh)")
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def opened(html: Path, name: str) -> dict[str, dict[str, float]]:

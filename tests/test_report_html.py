@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from clirun import cli
 
 from tcpreuse.capture.synth import frames_of, pcap_bytes
-from tcpreuse.cli import main
 from tcpreuse.report import html, kinds
 from tcpreuse.scenario.loader import load_scenario
 from tcpreuse.sim.engine import simulate
@@ -21,16 +21,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_capture_attempts import windows_reuse
 
 DATA = Path(__file__).parent / "data" / "host"
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def plot_keys(text: str) -> list[str]:

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from clirun import cli
 from scenarios import client_first
 
-from tcpreuse.cli import main
 from tcpreuse.errors import ScenarioError
 from tcpreuse.sweep import SweepError
 from tcpreuse.sweep.cache import Cache, point_key
@@ -45,16 +45,6 @@ class CountingPool(Pool):
     def submit(self, key: str, dump: dict[str, Any], diagnose: bool = False) -> Any:
         CountingPool.submitted.append(key)
         return super().submit(key, dump, diagnose)
-
-
-def cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = 0
-    try:
-        main(argv)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_grid_values_split_outside_brackets_and_quotes() -> None:
