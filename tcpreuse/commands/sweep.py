@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,15 +104,24 @@ def sweep(scenario: str, grids: tuple[str, ...], sets: tuple[str, ...], duration
         render.write_csv(doc, csv_path)
     if parquet_path is not None:
         render.write_parquet(doc, parquet_path)
+    _emit(doc, res, html_path, as_json, render.sweep_page, render.sweep_table)
+
+
+def _emit(doc: dict[str, Any], res: Any, html_path: Path | None, as_json: bool,
+          page: Callable[[dict[str, Any]], Any], table: Callable[[dict[str, Any]], Any]) -> None:
+    """The end of `sweep` and `capacity`: the HTML page if asked, then JSON or a table with
+    where the runs came from (`res`: computed, where, cached)."""
+    from rich.console import Console
+
     if html_path is not None:
         from ..report import html
 
-        html.write(html_path, render.sweep_page(doc))
+        html.write(html_path, page(doc))
     if as_json:
         _write_json(doc, True)
         return
     con = Console(width=None if sys.stdout.isatty() else 120)
-    con.print(render.sweep_table(doc))
+    con.print(table(doc))
     con.print(f"[dim]{res.computed} run(s) computed{' on ' + res.where if res.where else ''}, "
               f"{res.cached} from the cache[/]")
 
@@ -183,15 +193,5 @@ def capacity(scenario: str, max_failure: str, max_delayed: str | None, resolutio
             md_path.write_text(render.capacity_markdown(doc, cmd))
         except OSError as e:
             raise TcpreuseError(f"cannot write {md_path}: {e.strerror}") from None
-    if html_path is not None:
-        from ..report import html
-
-        html.write(html_path, render.capacity_page(doc))
-    if as_json:
-        _write_json(doc, True)
-        return
-    con = Console(width=None if sys.stdout.isatty() else 120)
-    con.print(render.capacity_table(doc))
-    con.print(f"[dim]{res.computed} run(s) computed{' on ' + res.where if res.where else ''}, "
-              f"{res.cached} from the cache[/]")
+    _emit(doc, res, html_path, as_json, render.capacity_page, render.capacity_table)
 
