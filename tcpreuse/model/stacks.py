@@ -18,6 +18,8 @@ from .timewait import TCP_TIMEWAIT_LEN
 # as remembered, not re-read]; connect() gives up at net.inet.tcp.keepinit (75 s).
 XNU_SYN_BACKOFF = (1, 1, 1, 1, 1, 2, 4, 8, 16, 32, 64, 64, 64)
 
+TCP_TIMEOUT_MIN = 2  # jiffies (include/net/tcp.h): the SYN-SENT re-arm after an unacceptable ACK
+
 ERRNO = {
     "linux": {
         "no_port": "EADDRNOTAVAIL",
@@ -48,7 +50,8 @@ class ClientStack:
     give_up_s: float  # connect() fails with ETIMEDOUT at t0 + give_up_s
     offers_ts: bool
     time_wait_s: float
-    fast_rearm_s: float | None  # Linux >= 5.7: SYN re-sent TCP_TIMEOUT_MIN after a bad ACK
+    # Linux >= 5.7: after a bad ACK the SYN timer is re-armed to TCP_TIMEOUT_MIN jiffies (0: no)
+    fast_rearm_j: int
     rst_to_syn_retry_s: float | None  # Windows: keeps re-sending SYNs after a RST
     abort_on_bad_ack: bool
     errno: dict[str, str]
@@ -113,7 +116,7 @@ def client_stack(p: Profile, settings: dict[str, Any], params: dict[str, Any]) -
             os="linux", syn_offsets=offs, give_up_s=give_up, syn_rto_j=rtos,
             offers_ts=int(settings["net.ipv4.tcp_timestamps"]) != 0,
             time_wait_s=TCP_TIMEWAIT_LEN,
-            fast_rearm_s=(2 / hz) if p.synsent_fast_rearm else None,  # TCP_TIMEOUT_MIN = 2 jiffies
+            fast_rearm_j=TCP_TIMEOUT_MIN if p.synsent_fast_rearm else 0,
             rst_to_syn_retry_s=None, abort_on_bad_ack=False, errno=ERRNO["linux"],
         )
     if p.os == "windows":
@@ -127,7 +130,7 @@ def client_stack(p: Profile, settings: dict[str, Any], params: dict[str, Any]) -
             os="windows", syn_offsets=offs, give_up_s=give_up,
             offers_ts=settings["netsh.tcp.timestamps"] == "enabled",
             time_wait_s=float(settings["TcpTimedWaitDelay"]),
-            fast_rearm_s=None,
+            fast_rearm_j=0,
             rst_to_syn_retry_s=float(params.get("rst_retry_interval_s", 0.5)),
             abort_on_bad_ack=params.get("on_bad_ack") == "abort",
             errno=ERRNO["windows"],
@@ -143,7 +146,7 @@ def client_stack(p: Profile, settings: dict[str, Any], params: dict[str, Any]) -
         os="macos", syn_offsets=tuple(offs_l), give_up_s=keepinit,
         offers_ts=int(settings["net.inet.tcp.rfc1323"]) == 1,
         time_wait_s=2 * int(settings["net.inet.tcp.msl"]) / 1000.0,
-        fast_rearm_s=None, rst_to_syn_retry_s=None, abort_on_bad_ack=False, errno=ERRNO["macos"],
+        fast_rearm_j=0, rst_to_syn_retry_s=None, abort_on_bad_ack=False, errno=ERRNO["macos"],
     )
 
 

@@ -828,8 +828,8 @@ class Engine:
             self._abort_conn(live)
         # SYN-SENT re-arms the SYN timer to TCP_TIMEOUT_MIN (2 jiffies) if nothing was
         # retransmitted yet.
-        if c.fast_rearm_s >= 0 and att.tries == 1:
-            self._next_syn(att, c.timer_fires(t + self.rtt, 2) if c.syn_rto_j else t + self.rtt + c.fast_rearm_s)
+        if c.fast_rearm_j and att.tries == 1:
+            self._next_syn(att, c.timer_fires(t + self.rtt, c.fast_rearm_j))
         else:
             self._unanswered(att, t, cause)
 
@@ -842,12 +842,9 @@ class Engine:
         c = att.client
         rtos = c.syn_rto_j
         if rtos:
-            k = att.tries - 1
-            t_fire = c.timer_fires(t, rtos[min(k, len(rtos) - 1)])
-            if k + 1 >= len(rtos):
-                self._schedule_fail(att, t_fire)
-            elif t_fire >= att.deadline:
-                self._schedule_fail(att, att.deadline)
+            t_fire = c.timer_fires(t, rtos[att.tries - 1])
+            if att.tries >= len(rtos) or t_fire >= att.deadline:
+                self._schedule_fail(att, t_fire)  # (at the deadline if that comes first)
             else:
                 self.push(t_fire, EV_SYN, att)
             return

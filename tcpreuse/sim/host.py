@@ -226,7 +226,7 @@ class SimHost:
         self.give_up_s = 0.0
         self.offers_ts = False
         self.client_tw_s = TCP_TIMEWAIT_LEN
-        self.fast_rearm_s = -1.0
+        self.fast_rearm_j = 0
         self.rst_to_syn_retry_s = -1.0
         self.abort_on_bad_ack = False
         self.errno_no_port = self.errno_timeout = self.errno_refused = self.errno_reset = ""
@@ -235,7 +235,7 @@ class SimHost:
             self.syn_offsets, self.give_up_s, self.offers_ts = st.syn_offsets, st.give_up_s, st.offers_ts
             self.syn_rto_j = st.syn_rto_j
             self.client_tw_s = st.time_wait_s
-            self.fast_rearm_s = st.fast_rearm_s if st.fast_rearm_s is not None else -1.0
+            self.fast_rearm_j = st.fast_rearm_j
             self.rst_to_syn_retry_s = st.rst_to_syn_retry_s if st.rst_to_syn_retry_s is not None else -1.0
             self.abort_on_bad_ack = st.abort_on_bad_ack
             self.errno_no_port, self.errno_timeout = st.errno["no_port"], st.errno["timeout"]
