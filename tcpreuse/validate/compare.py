@@ -10,6 +10,7 @@ it. Pure: Metrics in, rows out.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -186,46 +187,46 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
     application-limited server overflows its queues; which connections meet a full queue
     is timing (queue_timing()): listen-queue counters and connects by SYN try are compared
     statistically, and the connect-time percentiles, which then fall on one of the SYN
-    retransmission times, are shown without a verdict."""
+    retransmission times, are shown without a verdict. `jiffy_ms`: retried connects may
+    differ by one more tick (retried_tolerance()). `resalt_reason`: a port-offset re-salt
+    may repeat freed ports, so the distinct-port count gets ±max(2, 5 %)."""
     series = SERIES_CHANCE if chance_reason is not None else SERIES_QUEUE if queue_reason is not None else None
     rows = _compare(sim, lab, fixed_count, racy, series, retried_tolerance(jiffy_ms))
     if queue_reason is not None:
         rows = _queue_rows(sim, lab, rows, queue_timing(queue_reason))
     if resalt_reason is not None:
         # a re-salt can only make ports repeat: the distinct count, within 5 %
-        tol = Tolerance("±max(2, 5 %)", resalt_reason, abs=2.0, rel=0.05)
-        for r in rows:
-            if r.metric == "distinct local ports" and r.tolerance == "exact":
-                r.agree, r.tolerance, r.reason = tol.ok(r.sim, r.lab), tol.text, tol.reason
+        _relax(rows, Tolerance("±max(2, 5 %)", resalt_reason, abs=2.0, rel=0.05),
+               lambda r: r.metric == "distinct local ports" and r.tolerance == "exact")
     if wrap is not None:
         # Counts the kernel decides by where a scan starts: +-n, with the scenario's reason.
         n, why = wrap
-        tol = Tolerance(f"±{n}", why, abs=float(n))
-        for r in rows:
-            if r.group in ("outcomes", "ports", "time_wait", "counters", "timing") and r.tolerance == "exact" \
-                    and isinstance(r.sim, int | float) and isinstance(r.lab, int | float):
-                r.agree, r.tolerance, r.reason = tol.ok(r.sim, r.lab), tol.text, tol.reason
-    if chance_reason is None:
-        return rows
-    tol = chance(chance_reason)
-    for r in rows:
+        _relax(rows, Tolerance(f"±{n}", why, abs=float(n)),
+               lambda r: r.group in ("outcomes", "ports", "time_wait", "counters", "timing")
+               and r.tolerance == "exact")
+    if chance_reason is not None:
         # TIME_WAIT at the end too: a TIME_WAIT is killed by each SYN the hashes let in
-        if r.group in ("timing", "counters", "time_wait") and not any(k in r.metric for k in NOT_CHANCE) \
-                and isinstance(r.sim, int | float) and isinstance(r.lab, int | float):
-            r.agree, r.tolerance, r.reason = tol.ok(r.sim, r.lab), tol.text, tol.reason
+        _relax(rows, chance(chance_reason),
+               lambda r: r.group in ("timing", "counters", "time_wait")
+               and not any(k in r.metric for k in NOT_CHANCE))
     return rows
 
 
+def _relax(rows: list[Row], tol: Tolerance, which: Callable[[Row], bool]) -> None:
+    """Compare the numeric rows `which` selects with `tol` instead (and say so in the row)."""
+    for r in rows:
+        if which(r) and isinstance(r.sim, int | float) and isinstance(r.lab, int | float):
+            r.agree, r.tolerance, r.reason = tol.ok(r.sim, r.lab), tol.text, tol.reason
+
+
 def _queue_rows(sim: Metrics, lab: Metrics, rows: list[Row], tol: Tolerance) -> list[Row]:
+    _relax(rows, tol, lambda r: any(k in r.metric for k in QUEUE_TIMED))
     out: list[Row] = []
     for r in rows:
         if r.group == "latency" and r.metric.startswith("connect ms p") and "of those" not in r.metric:
             r.agree, r.tolerance = None, "not compared"
             r.reason = ("connect times cluster at the SYN retransmission times; a percentile "
                         "falls on one cluster or the next by timing -- compared by SYN try below")
-        elif any(k in r.metric for k in QUEUE_TIMED) and isinstance(r.sim, int | float) \
-                and isinstance(r.lab, int | float):
-            r.agree, r.tolerance, r.reason = tol.ok(r.sim, r.lab), tol.text, tol.reason
         out.append(r)
         if r.metric == "connected after a SYN retransmission":
             for k in sorted(set(sim.by_tries) | set(lab.by_tries)):
