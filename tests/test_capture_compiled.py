@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from test_capture_fuzz import SEEDS, mutated
 
 from tcpreuse.capture import decode as decode_mod
-from tcpreuse.capture import flows, formats, loops, native, reuse
+from tcpreuse.capture import flows, formats, loops, reuse
 from tcpreuse.capture.analysis import analyze_packets
 from tcpreuse.capture.decode import Packets, decode
 from tcpreuse.capture.formats import Frames, parse_frames
@@ -177,14 +177,9 @@ def replay_reference(key: list[int], ts: list[int], stamp: list[int], now: list[
     return out_ts, out_st
 
 
-@pytest.mark.parametrize("c_ext", [True, False], ids=["C", "loops"])
 @pytest.mark.parametrize("seed", range(6))
-def test_recycle_cache_replay_equals_the_per_write_rule(seed: int, c_ext: bool,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    if c_ext and native.lib is None:
-        pytest.skip("the C extension is not built")
-    if not c_ext:
-        monkeypatch.setattr(native, "lib", None)
+def test_recycle_cache_replay_equals_the_per_write_rule(seed: int) -> None:
+    """loops.recycle_replay (the C extension's recycle_checks() has its own edge tests)."""
     rng = np.random.default_rng(seed)
     m = 3000
     key = np.sort(rng.integers(0, 7, m))
@@ -203,13 +198,8 @@ def test_recycle_cache_replay_equals_the_per_write_rule(seed: int, c_ext: bool,
     assert len(set(want_ts)) < m  # some writes lost: the replay was exercised
 
 
-@pytest.mark.parametrize("c_ext", [True, False], ids=["C", "loops"])
-def test_recycle_cache_replay_edges(c_ext: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recycle_cache_replay_edges() -> None:
     """Each write against an entry (TSval 1000, stamp 100): who wins, and why."""
-    if c_ext and native.lib is None:
-        pytest.skip("the C extension is not built")
-    if not c_ext:
-        monkeypatch.setattr(native, "lib", None)
     cases = [  # (write TSval, write stamp, now, replaces the entry?)
         (1000, 101, 101, True),  # same TSval: not older
         (999, 101, 101, False),  # older TSval, fresh entry

@@ -1543,49 +1543,6 @@ done:
 
 /* ---- tcp_tw_recycle's per-peer cache (loops.recycle_replay) ---------------------------- */
 
-/* recycle_replay(first, ts, stamp, now, msl, won): tcp_remember_stamp() over writes sorted
- * by (key, time). first: uint8, 1 where a new key starts; ts, stamp, now: int64; won:
- * writable uint8, set to 1 where the write replaced the cached entry. */
-static PyObject *recycle_replay(PyObject *self, PyObject *args)
-{
-    PyObject *o[5];
-    long long msl;
-    if (!PyArg_ParseTuple(args, "OOOOLO", &o[0], &o[1], &o[2], &o[3], &msl, &o[4]))
-        return NULL;
-    Buf b[5];
-    memset(b, 0, sizeof b);
-    PyObject *res = NULL;
-    if (buf_get(o[0], &b[0], 1, -1, 0, "first") < 0)
-        goto done;
-    Py_ssize_t m = b[0].v.len;
-    static const char *names[5] = {"first", "ts", "stamp", "now", "won"};
-    for (int k = 1; k < 5; k++)
-        if (buf_get(o[k], &b[k], k == 4 ? 1 : 8, m, k == 4, names[k]) < 0)
-            goto done;
-    const u8 *first = b[0].v.buf;
-    const i64 *ts = b[1].v.buf, *stamp = b[2].v.buf, *now = b[3].v.buf;
-    u8 *won = b[4].v.buf;
-    i64 c_ts = 0, c_st = 0;
-    for (Py_ssize_t i = 0; i < m; i++) {
-        i64 t = ts[i], st = stamp[i];
-        int w = 1;
-        if (!first[i]) {
-            u64 d = (u64)(c_ts - t) & 0xFFFFFFFFu;
-            w = d == 0 || d >= 0x80000000u || (now[i] - c_st > msl && c_st <= st);
-        }
-        if (w) {
-            c_ts = t;
-            c_st = st;
-        }
-        won[i] = (u8)w;
-    }
-    Py_INCREF(Py_None);
-    res = Py_None;
-done:
-    buf_release(b, 5);
-    return res;
-}
-
 /* recycle_checks(order, m, key, w_ts, w_stamp, w_now, c_now, c_tsval, c_has_ts, msl, window, out):
  * the whole tcp_tw_recycle replay of reuse.recycle_verdicts in one pass. Entries
  * 0..m-1 are cache writes (a server entering TIME_WAIT), m.. are checks (SYNs); `order`
@@ -1593,7 +1550,7 @@ done:
  * int64 per write, c_now, c_tsval: int64 per check, c_has_ts: uint8 per check; out:
  * writable int8 per check, set to 0 (keep), 1 (drop: TSval behind the fresh cached one)
  * or 2 (drop_4x: no TSval while a fresh entry exists). A write replaces the key's entry
- * as tcp_remember_stamp() decides (recycle_replay above); a check reads the entry left
+ * as tcp_remember_stamp() decides (loops.recycle_replay); a check reads the entry left
  * by the key's writes before it. */
 static PyObject *recycle_checks(PyObject *self, PyObject *args)
 {
@@ -1717,7 +1674,6 @@ static PyMethodDef methods[] = {
     {"decode", decode, METH_VARARGS, "link, IP and TCP headers of every frame"},
     {"flow_order", flow_order, METH_VARARGS, "packets grouped by flow, in time order"},
     {"segment_facts", segment_facts, METH_VARARGS, "per-segment facts of packets in flow order"},
-    {"recycle_replay", recycle_replay, METH_VARARGS, "tcp_remember_stamp() over sorted cache writes"},
     {"recycle_checks", recycle_checks, METH_VARARGS, "the tcp_tw_recycle replay: writes and checks in one pass"},
     {"pad_strings", pad_strings, METH_VARARGS, "letters of each segment as zero-padded rows"},
     {NULL, NULL, 0, NULL},

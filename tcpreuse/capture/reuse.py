@@ -253,7 +253,8 @@ def _replay_writes(key: np.ndarray, ts: np.ndarray, stamp: np.ndarray,
     its TSval is not older than the cached one, or the cached entry is older than
     TCP_PAWS_MSL and not newer than the write's stamp. Where a key's TSvals never go
     back (one clock per client, the usual case) every write wins, so only keys whose
-    TSvals jump back are replayed one write at a time (compiled: :mod:`.loops`)."""
+    TSvals jump back are replayed one write at a time (compiled: :mod:`.loops`). The C
+    extension does this replay inside recycle_checks(), so this runs without it."""
     m = key.size
     out_ts = ts.copy()
     out_st = stamp.copy()
@@ -267,16 +268,10 @@ def _replay_writes(key: np.ndarray, ts: np.ndarray, stamp: np.ndarray,
     rows = np.flatnonzero(np.isin(key, bad_keys))
     k = key[rows]
     first = np.r_[True, k[1:] != k[:-1]]
-    if native.lib is not None:
-        w = np.empty(rows.size, dtype=bool)
-        c = np.ascontiguousarray
-        native.lib.recycle_replay(first.view(np.uint8), c(ts[rows], dtype=np.int64), c(stamp[rows], dtype=np.int64),
-                                  c(now[rows], dtype=np.int64), TCP_PAWS_MSL, w.view(np.uint8))
-    else:
-        won: list[int] = []
-        loops.recycle_replay(first.tobytes(), ts[rows].tolist(), stamp[rows].tolist(), now[rows].tolist(),
-                             TCP_PAWS_MSL, won)
-        w = np.frombuffer(bytearray(won), dtype=np.uint8).astype(bool)
+    won: list[int] = []
+    loops.recycle_replay(first.tobytes(), ts[rows].tolist(), stamp[rows].tolist(), now[rows].tolist(),
+                         TCP_PAWS_MSL, won)
+    w = np.frombuffer(bytearray(won), dtype=np.uint8).astype(bool)
     # the entry after each write is the one of the last write that won
     winner = rows[np.maximum.accumulate(np.where(w, np.arange(rows.size), 0))]
     out_ts[rows] = ts[winner]
