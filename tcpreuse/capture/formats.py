@@ -376,29 +376,11 @@ def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
                 rep.bytes_read = int(arr[-1]) + 16 + int(incl[-1])
         if not why:
             break
-        if why.startswith("last record cut short") or why.endswith("(a cut record header)"):
-            # a real truncation only if the cut header itself is believable
-            if stop + 16 <= end:
-                h = np.array([[u32[stop], u32[stop + 4], u32[stop + 8], u32[stop + 12]]])
-                believable = bool(_pcap_header_ok(h, tsdiv, limit, ts_lo, ts_hi)[0])
-                if not believable:
-                    why = _bad_pcap_header_reason(h[0], tsdiv, limit)
-            else:
-                believable = True
-            if believable:
-                rep.warn(f"truncated at byte {stop:,}: {why}")
-                break
-        # damage: look for the next believable record
-        if resyncs >= MAX_RESYNCS:
-            rep.warn(f"gave up at byte {stop:,} after {resyncs} resynchronisations ({why})")
+        cut = why.startswith("last record cut short") or why.endswith("(a cut record header)")
+        nxt = _after_damage(rep, buf, u32, endian, stop, end, why, cut, resyncs, tsdiv, limit, ts_lo, ts_hi)
+        if nxt is None:
             break
         resyncs += 1
-        nxt = _resync_pcap(buf, u32, stop + 1, end, tsdiv, limit, ts_lo, ts_hi)
-        if nxt is None:
-            rep.warn(f"unreadable from byte {stop:,} ({why}); no believable record after it")
-            break
-        rep.garbage_bytes += nxt - stop
-        rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop:,} ({why}); resynchronised")
         off = nxt
     if len(chunks) == 1:
         arr, sec, frac, incl, orig = chunks[0]
@@ -452,32 +434,16 @@ def _parse_pcap_c(buf: Any, rep: ReadReport) -> Frames:
             break
         if status == 3:
             why = _bad_pcap_header_reason(np.array(hdr.unpack_from(buf, stop)), tsdiv, limit)
+        elif status == 1:
+            incl = hdr.unpack_from(buf, stop)[2]
+            why = f"last record cut short ({end - stop - 16} of {incl} bytes)"
         else:
-            if status == 1:
-                incl = hdr.unpack_from(buf, stop)[2]
-                why = f"last record cut short ({end - stop - 16} of {incl} bytes)"
-            else:
-                why = f"{end - stop} stray bytes at the end (a cut record header)"
-            # a real truncation only if the cut header itself is believable
-            believable = True
-            if stop + 16 <= end:
-                h = np.array([hdr.unpack_from(buf, stop)])
-                believable = bool(_pcap_header_ok(h, tsdiv, limit, ts_lo, ts_hi)[0])
-                if not believable:
-                    why = _bad_pcap_header_reason(h[0], tsdiv, limit)
-            if believable:
-                rep.warn(f"truncated at byte {stop:,}: {why}")
-                break
-        if resyncs >= MAX_RESYNCS:
-            rep.warn(f"gave up at byte {stop:,} after {resyncs} resynchronisations ({why})")
+            why = f"{end - stop} stray bytes at the end (a cut record header)"
+        nxt = _after_damage(rep, buf, u32, endian, stop, end, why, status != 3, resyncs, tsdiv, limit,
+                            ts_lo, ts_hi)
+        if nxt is None:
             break
         resyncs += 1
-        nxt = _resync_pcap(buf, u32, stop + 1, end, tsdiv, limit, ts_lo, ts_hi)
-        if nxt is None:
-            rep.warn(f"unreadable from byte {stop:,} ({why}); no believable record after it")
-            break
-        rep.garbage_bytes += nxt - stop
-        rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop:,} ({why}); resynchronised")
         off = nxt
     rec = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
     if rec.size:
@@ -523,6 +489,34 @@ def _bad_pcap_header_reason(h: np.ndarray, tsdiv: int, limit: int) -> str:
     if orig > max(limit, MAX_RECORD) * 4:
         return f"original length {orig} implausible"
     return f"timestamp {sec} far from the rest of the capture"
+
+
+def _after_damage(rep: ReadReport, buf: Any, u32: np.ndarray, endian: str, stop: int, end: int, why: str,
+                  cut: bool, resyncs: int, tsdiv: int, limit: int, ts_lo: float, ts_hi: float) -> int | None:
+    """Where a pcap walk stopped at byte `stop` for `why`: a cut last record (`cut`) whose
+    header is believable is a truncation (None: stop); anything else is damage, skipped to
+    the next believable record (its offset), unless too many resynchronisations or none
+    is found (None). Each outcome is reported."""
+    if cut:
+        believable = True
+        if stop + 16 <= end:
+            h = np.array([struct.unpack_from(endian + "IIII", buf, stop)])
+            believable = bool(_pcap_header_ok(h, tsdiv, limit, ts_lo, ts_hi)[0])
+            if not believable:
+                why = _bad_pcap_header_reason(h[0], tsdiv, limit)
+        if believable:
+            rep.warn(f"truncated at byte {stop:,}: {why}")
+            return None
+    if resyncs >= MAX_RESYNCS:
+        rep.warn(f"gave up at byte {stop:,} after {resyncs} resynchronisations ({why})")
+        return None
+    nxt = _resync_pcap(buf, u32, stop + 1, end, tsdiv, limit, ts_lo, ts_hi)
+    if nxt is None:
+        rep.warn(f"unreadable from byte {stop:,} ({why}); no believable record after it")
+        return None
+    rep.garbage_bytes += nxt - stop
+    rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop:,} ({why}); resynchronised")
+    return nxt
 
 
 def _resync_pcap(buf: Any, u32: np.ndarray, start: int, end: int, tsdiv: int, limit: int,
