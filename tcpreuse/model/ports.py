@@ -184,20 +184,13 @@ def _free_positions(arr: bytes | bytearray | None, start: int, n: int) -> Iterat
         for k in range(n):
             yield (start + k) % n
         return
-    pos = start
-    while pos < n:
-        j = arr.find(0, pos, n)
-        if j < 0:
-            break
-        yield j
-        pos = j + 1
-    pos = 0
-    while pos < start:
-        j = arr.find(0, pos, start)
-        if j < 0:
-            break
-        yield j
-        pos = j + 1
+    for pos, stop in ((start, n), (0, start)):
+        while pos < stop:
+            j = arr.find(0, pos, stop)
+            if j < 0:
+                break
+            yield j
+            pos = j + 1
 
 
 class PortBitmap:

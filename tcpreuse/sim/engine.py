@@ -44,7 +44,7 @@ from ..model.timewait import (
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from .arrivals import arrival_times
-from .events import Event, EventHeap, Lane
+from .events import Event, EventHeap, Lane, advance
 from .host import DestPorts, Key, SimHost, TwQueue, listen_key, make_key, unhash
 from .record import build_result
 from .topology import ip2int, plan, pool
@@ -331,13 +331,7 @@ class Engine:
             if src == 2 and tb <= ta:
                 obj = lane[lh]
                 t = lane[lh].t_close
-                lh += 1
-                if lh >= len(lane):
-                    lane.clear()
-                    lh = 0
-                elif lh >= 4096 and 2 * lh >= len(lane):
-                    del lane[:lh]
-                    lh = 0
+                lh = advance(lane, lh)
                 self.lane_head = lh
                 kind = EV_CLOSE
             elif src and tb <= ta:

@@ -67,6 +67,19 @@ class EventHeap:
         return top
 
 
+def advance(items: list[Any], head: int) -> int:
+    """The head of a list read as a FIFO after taking items[head]: the list is emptied
+    when read to the end, and its read part dropped once it is most of a long list."""
+    h = head + 1
+    if h >= len(items):
+        items.clear()
+        return 0
+    if h >= 4096 and 2 * h >= len(items):
+        del items[:h]
+        return 0
+    return h
+
+
 class Lane:
     """A FIFO of events pushed in (time, seq) order: for a kind of event whose delay is
     constant (the handshake's final ACK, 1.5 RTT after the SYN is decided), a list read
@@ -89,14 +102,6 @@ class Lane:
 
     def pop(self) -> Event:
         """Remove and return the first event (the lane must not be empty)."""
-        items = self.items
-        ev = items[self.head]
-        h = self.head + 1
-        if h >= len(items):
-            items.clear()
-            h = 0
-        elif h >= 4096 and 2 * h >= len(items):
-            del items[:h]
-            h = 0
-        self.head = h
+        ev = self.items[self.head]
+        self.head = advance(self.items, self.head)
         return ev
