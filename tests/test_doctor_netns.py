@@ -78,6 +78,14 @@ elif mode == "hold":  # open A connections to DST:PORT and keep them (DST in arg
     held = [socket.create_connection((dst, port), timeout=5) for _ in range(a)]
     out({"held": len(held)})
     sys.stdin.read()
+elif mode == "stopped":  # a server that closes first A times on PORT, then stops listening
+    l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(512)
+    for _ in range(a):
+        c = socket.create_connection(("127.0.0.1", port)); s, _ = l.accept()
+        s.close(); c.recv(1); c.close()  # server first: its TIME_WAIT keeps the listening port
+    l.close()
+    out({"stopped": a})
+    sys.stdin.read()
 elif mode == "flood":
     l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(a)
     held = []
@@ -343,3 +351,24 @@ def test_reuse_cannot_help_toward_a_peer_without_timestamps(make_ns) -> None:
         srv.stop()
         if cli_ is not None:
             cli_.stop()
+
+
+@pytest.mark.parametrize("port", [8080, 45000])
+def test_stopped_servers_timewait_is_incoming(make_ns, port: int) -> None:
+    """A server that closed first and then stopped leaves TIME_WAIT on its former listening
+    port. Those are incoming connections (no port budget, role server), whether the port is
+    outside the ephemeral range (8080) or inside it (45000: decided by many peers on one
+    local port)."""
+    ns = make_ns(f"stop{port}")
+    t = Traffic(ns, "stopped", port, 200, 0, 10)
+    try:
+        assert t.until("stopped")["stopped"] == 200
+        h, findings = doctor(ns, interval=0)
+        assert not h.listeners and h.time_wait == 200
+        assert h.extra["incoming"] == 200 and h.extra["outgoing"] == 0
+        assert not h.tuples and not by_id(findings, "tuple-port-exhaustion")
+        assert h.role == "server" and f"{port} (200)" in h.extra["role_evidence"]
+        assert h.extra["former_listen_ports"] == {port: 200}
+        assert h.extra["incoming_time_wait_by_port"] == {port: 200}
+    finally:
+        t.stop()
