@@ -263,7 +263,12 @@ def test_listener_overflowing_its_backlog(make_ns) -> None:
         assert f.severity == "critical"
         assert ev_value(f, "TcpExtListenOverflows per s") > 0
         assert "127.0.0.1:9000" in f.title
-        assert f.fixes[0].set == {"host.server.backlog": 4096}
+        # The root cause first: the application accepts nothing while connections arrive.
+        assert [fx.id for fx in f.fixes] == ["accept-faster", "raise-backlog"]
+        assert ev_value(f, "accepted per s") == 0 and ev_value(f, "arriving per s") > 0
+        assert f.fixes[1].set == {"host.server.backlog": 4096}
+        # somaxconn is 4096 already in the namespace: not proposed again.
+        assert not any("somaxconn" in c for fx in f.fixes for c in fx.commands)
     finally:
         t.stop()
 
@@ -370,5 +375,32 @@ def test_stopped_servers_timewait_is_incoming(make_ns, port: int) -> None:
         assert h.role == "server" and f"{port} (200)" in h.extra["role_evidence"]
         assert h.extra["former_listen_ports"] == {port: 200}
         assert h.extra["incoming_time_wait_by_port"] == {port: 200}
+    finally:
+        t.stop()
+
+
+@pytest.mark.slow
+def test_reuse_that_sustains_the_rate_is_no_alarm(make_ns) -> None:
+    """tcp_tw_reuse=1 with timestamps, 200 connections/s over 300 ports: the range fills with
+    TIME_WAIT, but connect() takes over entries older than the reuse delay, so 300/s are
+    sustainable and the kernel never refuses. The doctor stays silent, during the traffic
+    and after it stopped."""
+    ns = make_ns("reuse", net__ipv4__ip_local_port_range="43000 43299", net__ipv4__tcp_tw_reuse=1,
+                 net__ipv4__tcp_timestamps=1)
+    t = Traffic(ns, "churn", 8080, 1600, 200, 8)
+    try:
+        t.until("t")
+        while t.line()["ok"] < 800:  # 4 s: the range is (nearly) full of TIME_WAIT
+            pass
+        h, findings = doctor(ns, interval=1.0)
+        top, d = h.tuples[0], h.extra["tuple_detail"][0]
+        assert top.in_use >= 240 and d["tw_reuse_applies"] is True  # 80 %+: an alarm before
+        assert d["sustainable_rate_per_s"] > 250 and 0 < top.rate_per_s < 0.8 * d["sustainable_rate_per_s"]
+        assert not by_id(findings, "tuple-port-exhaustion")
+        final = t.until("errno", timeout=30)
+        assert final["errno"] is None and final["ok"] == 1600  # the kernel agrees: no EADDRNOTAVAIL
+        assert h.counters["TcpExtTWRecycled"] > 0
+        h, findings = doctor(ns, interval=1.0)  # traffic stopped, TIME_WAIT still there
+        assert h.tuples[0].time_wait > 0 and not by_id(findings, "tuple-port-exhaustion")
     finally:
         t.stop()
