@@ -86,6 +86,20 @@ elif mode == "stopped":  # a server that closes first A times on PORT, then stop
     l.close()
     out({"stopped": a})
     sys.stdin.read()
+elif mode == "listen":  # a listener with backlog A on 0.0.0.0:PORT that never accepts
+    l = socket.socket(); l.bind(("0.0.0.0", port)); l.listen(a)
+    out({"listening": port})
+    sys.stdin.read()
+elif mode == "connect":  # non-blocking connects to DST:PORT (argv[6]) at RATE for SECONDS, kept open
+    dst, held = sys.argv[6], []
+    start = time.monotonic()
+    out({"t": start})
+    while time.monotonic() - start < secs and len(held) < a:
+        c = socket.socket(); c.setblocking(False)
+        c.connect_ex((dst, port)); held.append(c)
+        time.sleep(1 / rate)
+    out({"sent": len(held)})
+    sys.stdin.read()
 elif mode == "flood":
     l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(a)
     held = []
@@ -404,3 +418,36 @@ def test_reuse_that_sustains_the_rate_is_no_alarm(make_ns) -> None:
         assert h.tuples[0].time_wait > 0 and not by_id(findings, "tuple-port-exhaustion")
     finally:
         t.stop()
+
+
+@pytest.mark.slow
+def test_client_of_an_overflowing_and_a_refusing_server(make_ns) -> None:
+    """The client's own tables look healthy while its server drops its SYNs (a listener with
+    backlog 2 that never accepts) or refuses them (nothing listens): the doctor on the
+    client reads its SYN retransmissions and refused handshakes and says so."""
+    client = make_ns("hcli")
+    server = make_ns("hsrv")
+    veth_pair(client, "tcpr-hc0", server, "tcpr-hs0")
+    client.run(["ip", "addr", "add", "10.199.1.1/24", "dev", "tcpr-hc0"])
+    server.run(["ip", "addr", "add", "10.199.1.2/24", "dev", "tcpr-hs0"])
+    srv = Traffic(server, "listen", 9000, 2, 0, 0)
+    procs = [srv]
+    try:
+        srv.until("listening")
+        full = Traffic(client, "connect", 9000, 400, 40, 8, "10.199.1.2")
+        refused = Traffic(client, "connect", 9001, 400, 20, 8, "10.199.1.2")
+        procs += [full, refused]
+        full.until("t")
+        time.sleep(3.5)  # the first dropped SYNs are retransmitted after 1 s
+        h, findings = doctor(client, interval=1.0)
+        assert not h.listeners and not by_id(findings, "listen-queue-overflow")  # nothing wrong here itself
+        (f,) = by_id(findings, "connect-handshakes-failing")
+        assert f.severity == "critical" and "10.199.1.2:9000" in f.title
+        assert ev_value(f, "TcpExtTCPSynRetrans per s") > 5
+        assert ev_value(f, "TcpAttemptFails per s") > 5  # the RSTs from port 9001
+        waiting = {d["dport"]: d for d in h.extra["syn_sent_by_destination"]}
+        assert waiting[9000]["retransmitted"] > 10 and 9001 not in waiting
+        assert ev_value(f, "SYN_SENT toward 10.199.1.2:9000") == waiting[9000]["syn_sent"]
+    finally:
+        for p in procs:
+            p.stop()
