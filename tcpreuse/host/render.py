@@ -17,6 +17,7 @@ from rich.text import Text
 
 from ..diagnose.base import Evidence, HostFacts
 from ..findings import Finding
+from ..model.settings import format_port_list
 from .counters import COUNTERS
 from .facts import rate
 
@@ -36,7 +37,8 @@ MAX_TUPLE_ROWS = 10
 
 def _v(x: Any) -> str:
     if isinstance(x, frozenset | set):
-        return ",".join(map(str, sorted(x))) or "(none)"
+        return format_port_list(x) if all(isinstance(v, int) for v in x) and x else \
+            ",".join(map(str, sorted(x))) or "(none)"
     if isinstance(x, tuple):
         return " ".join(map(str, x))
     if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 10000:
@@ -44,8 +46,15 @@ def _v(x: Any) -> str:
     return str(x)
 
 
-def render_findings(findings: list[Finding]) -> RenderableType:
+def render_findings(findings: list[Finding], ev: Evidence | None = None) -> RenderableType:
     if not findings:
+        one_sample = ev is not None and any(h.window_s is None and h.extra.get("socket_window_s") is None
+                                            and h.os == "linux" and h.extra.get("counters_read")
+                                            for h in ev.hosts.values())
+        if one_sample:
+            return Text("No problems found in one sample. One sample cannot see a rate: new connections/s, "
+                        "listen overflows/s, SYN retransmissions/s and what runs out at that rate need two "
+                        "samples (--interval 1 or more).", style="yellow")
         return Text("No problems found for short-lived connections.", style="green")
     parts: list[RenderableType] = []
     for i, f in enumerate(findings, 1):
@@ -195,7 +204,7 @@ def render_host(h: HostFacts) -> RenderableType:
 
 
 def render(ev: Evidence, findings: list[Finding]) -> RenderableType:
-    return Group(Text("Findings", style="bold underline"), render_findings(findings),
+    return Group(Text("Findings", style="bold underline"), render_findings(findings, ev),
                  *[render_host(h) for h in ev.hosts.values()])
 
 
