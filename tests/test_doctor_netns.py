@@ -100,6 +100,28 @@ elif mode == "connect":  # non-blocking connects to DST:PORT (argv[6]) at RATE f
         time.sleep(1 / rate)
     out({"sent": len(held)})
     sys.stdin.read()
+elif mode == "accept":  # accept on 0.0.0.0:PORT and close at once, until stdin closes
+    import threading
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(("0.0.0.0", port)); l.listen(4096)
+    def loop():
+        while True:
+            s, _ = l.accept(); s.close()
+    threading.Thread(target=loop, daemon=True).start()
+    out({"listening": port})
+    sys.stdin.read()
+elif mode == "churnto":  # connect to DST:PORT (argv[6]) A times, wait for the server's close
+    dst, ok, failed, slow = sys.argv[6], 0, 0, 0
+    for _ in range(a):
+        c = socket.socket(); c.settimeout(1.5); t0 = time.monotonic()
+        try:
+            c.connect((dst, port)); c.recv(1); ok += 1
+            slow += time.monotonic() - t0 > 0.5
+        except OSError:
+            failed += 1
+        c.close()
+    out({"ok": ok, "failed": failed, "slow": slow})
+    sys.stdin.read()
 elif mode == "flood":
     l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(a)
     held = []
@@ -448,6 +470,59 @@ def test_client_of_an_overflowing_and_a_refusing_server(make_ns) -> None:
         waiting = {d["dport"]: d for d in h.extra["syn_sent_by_destination"]}
         assert waiting[9000]["retransmitted"] > 10 and 9001 not in waiting
         assert ev_value(f, "SYN_SENT toward 10.199.1.2:9000") == waiting[9000]["syn_sent"]
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft not installed")
+def test_snat_pool_full_on_a_router(make_ns, tmp_path: Path) -> None:
+    """A router masquerading to a 1,000-port pool (`masquerade to :20000-20999`): 1,050
+    short connections through it fill the pool with conntrack TIME_WAIT while
+    nf_conntrack_count stays far below its max. The doctor on the router reads the rule and
+    the conntrack table and finds the pool full, with its budget; the kernel agrees (the
+    connections beyond the pool were slow or failed)."""
+    client, router, server = make_ns("ncli"), make_ns("nrtr", net__ipv4__ip_forward=1), make_ns("nsrv")
+    veth_pair(client, "tcpr-nc0", router, "tcpr-nr0")
+    veth_pair(router, "tcpr-nr1", server, "tcpr-ns0")
+    client.run(["ip", "addr", "add", "10.199.2.1/24", "dev", "tcpr-nc0"])
+    client.run(["ip", "route", "add", "default", "via", "10.199.2.2"])
+    router.run(["ip", "addr", "add", "10.199.2.2/24", "dev", "tcpr-nr0"])
+    router.run(["ip", "addr", "add", "10.199.3.2/24", "dev", "tcpr-nr1"])
+    server.run(["ip", "addr", "add", "10.199.3.1/24", "dev", "tcpr-ns0"])
+    router.nft('table ip tcpr_nat {\n chain post {\n  type nat hook postrouting priority 100;\n'
+               '  oifname "tcpr-nr1" meta l4proto tcp masquerade to :20000-20999\n }\n}\n')
+    srv = Traffic(server, "accept", 8080, 0, 0, 0)
+    procs = [srv]
+    try:
+        srv.until("listening")
+        cli_ = Traffic(client, "churnto", 8080, 1050, 0, 0, "10.199.3.1")
+        procs.append(cli_)
+        done = cli_.until("ok", timeout=60)
+        assert done["failed"] + done["slow"] > 0  # past the pool the kernel could not translate at once
+        h, findings = doctor(router, interval=0)
+        assert h.role == "nat"
+        snat = h.extra["snat"]
+        assert snat["pools"][0]["ports"] == (20000, 20999) and snat["pools"][0]["kind"] == "masquerade"
+        top = snat["tuples"][0]
+        assert (top["nat_addr"], top["dst"], top["dport"], top["budget"]) == ("10.199.3.2", "10.199.3.1", 8080, 1000)
+        assert top["in_use"] >= 950 and top["time_wait"] >= 900
+        (f,) = by_id(findings, "snat-pool-exhaustion")
+        assert f.severity == "critical" and "20000-20999" in f.title and "10.199.3.1:8080" in f.title
+        assert ev_value(f, "translated ports in use") == top["in_use"]
+        assert ev_value(f, "sustainable new flows per s") == round(1000 / 120, 1)
+        assert not by_id(findings, "conntrack-near-full")  # the table itself is far from full
+        # A snapshot keeps the rules and the table: diagnosed elsewhere, the same finding.
+        snap = tmp_path / "router.tar.gz"
+        r = subprocess.run([sys.executable, "-m", "tcpreuse", "doctor", "--netns", router.name, "--interval", "0",
+                            "--save", str(snap)], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 0 and "snat-pool-exhaustion" in r.stdout and "20000-20999" in r.stdout, r.stderr
+        r = subprocess.run([sys.executable, "-m", "tcpreuse", "doctor", "--from", str(snap), "--json"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+        (rh,) = json.loads(r.stdout)["hosts"].values()
+        assert rh["extra"]["snat"]["tuples"][0]["budget"] == 1000
+        assert "snat-pool-exhaustion" in [x["id"] for x in json.loads(r.stdout)["findings"]]
     finally:
         for p in procs:
             p.stop()

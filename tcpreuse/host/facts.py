@@ -549,6 +549,8 @@ def build(obs: Observed) -> HostFacts:
     cmax = facts.settings.get("net.netfilter.nf_conntrack_max", facts.settings.get("net.nf_conntrack_max"))
     if isinstance(count, int):
         facts.conntrack = {"count": count, **({"max": cmax} if isinstance(cmax, int) else {})}
+    if obs.snat_pools is not None or obs.conntrack is not None:
+        facts.extra["snat"] = _snat(obs, facts)
     facts.role, why = infer_role(facts, obs)
     facts.extra["role_evidence"] = why
     facts.extra["kernel_release"] = obs.kernel_release
@@ -563,6 +565,26 @@ def build(obs: Observed) -> HostFacts:
         facts.extra["processes"] = _processes(obs)
     facts.extra["notes"] = notes
     return facts
+
+
+def _snat(obs: Observed, facts: HostFacts) -> dict[str, Any]:
+    """The SNAT pools and their use per (NAT address, destination) from conntrack."""
+    from .nat import MAX_POOLS, snat_use
+
+    pools = obs.snat_pools or []
+    out: dict[str, Any] = {"pools": [{"kind": p.kind, "source": p.source, "addresses": p.addresses,
+                                      "ports": p.ports, "flags": p.flags, "rule": p.rule}
+                                     for p in pools[:MAX_POOLS]],
+                           "conntrack_read": obs.conntrack is not None}
+    if obs.conntrack is not None:
+        use = snat_use(pools, obs.conntrack)
+        out["entries"] = len(obs.conntrack)
+        out["translated"] = sum(g["in_use"] for g in use)
+        out["tuples"] = use[:MAX_TUPLES]
+        out["tuples_total"] = len(use)
+    tw = facts.settings.get("net.netfilter.nf_conntrack_tcp_timeout_time_wait")
+    out["time_wait_s"] = tw if isinstance(tw, int) else 120
+    return out
 
 
 def _processes(obs: Observed) -> list[dict[str, Any]]:

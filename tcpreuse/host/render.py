@@ -144,6 +144,27 @@ def render_host(h: HostFacts) -> RenderableType:
         more = int(h.extra.get("tuples_total", 0)) - min(len(h.tuples), MAX_TUPLE_ROWS)
         if more > 0:
             parts.append(Text(f"  ... and {more:,} more tuples", style="dim"))
+    # Source NAT: pools and their use per (NAT address -> destination)
+    snat = h.extra.get("snat")
+    if snat:
+        for pool in snat.get("pools", [])[:5]:
+            addrs = "-".join(dict.fromkeys(pool["addresses"])) if pool.get("addresses") else "interface address"
+            ports = f"{pool['ports'][0]}-{pool['ports'][1]}" if pool.get("ports") else "default ports"
+            parts.append(Text(f"SNAT {pool['kind']} to {addrs}:{ports} ({pool['source']}: {pool['rule']})"))
+        if snat.get("tuples"):
+            t = Table(title="translated ports per (NAT address -> destination), most used first",
+                      title_justify="left", header_style="bold", box=None, padding=(0, 1))
+            for c in ("NAT address -> destination", "in use", "%", "estab", "TW", "clients"):
+                t.add_column(c, justify="left" if c.startswith("NAT") else "right")
+            for g in snat["tuples"][:MAX_TUPLE_ROWS]:
+                pct = g["in_use"] / g["budget"] if g["budget"] else 1.0
+                dst = f"[{g['dst']}]" if ":" in g["dst"] else g["dst"]
+                t.add_row(f"{g['nat_addr']} -> {dst}:{g['dport']}", f"{g['in_use']:,}/{g['budget']:,}", f"{pct:.0%}",
+                          f"{g['established']:,}", f"{g['time_wait']:,}", f"{g['sources']:,}",
+                          style="red" if pct >= 0.9 else "yellow" if pct >= 0.75 else "")
+            parts.append(t)
+        elif snat.get("conntrack_read"):
+            parts.append(Text(f"conntrack: {snat.get('entries', 0):,} TCP entries, none source-NATed"))
     # Listeners
     if h.listeners:
         t = Table(title="listeners (accept queue)", title_justify="left", header_style="bold", box=None,

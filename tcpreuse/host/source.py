@@ -23,6 +23,7 @@ from typing import Protocol
 
 from .. import __version__
 from ..errors import HostError
+from .nat import CONNTRACK_NETLINK, CONNTRACK_PROC, IPTABLES_SAVE, NFT_RULESET
 from .observed import COUNTER_FILES, SYSCTLS, Observed, ProcessInfo, sysctl_path
 from .raw import RawHost, RawSample, to_observed
 from .sockets import SockTable
@@ -85,6 +86,31 @@ class LiveCollector:
     def read_processes(self, table: SockTable | None) -> list[ProcessInfo] | None:
         return None
 
+    def run_command(self, key: str, argv: list[str]) -> str:
+        """Output of a read-only command run where the reads happen (`key`: its raw name)."""
+        raise FileNotFoundError(errno.ENOENT, "not available", argv[0])
+
+    def read_conntrack_netlink(self) -> str:
+        """The conntrack table in /proc/net/nf_conntrack's line format, over netlink."""
+        raise FileNotFoundError(errno.ENOENT, "not available", "conntrack")
+
+    def _read_nat(self, s: RawSample) -> None:
+        """On a forwarding host: its SNAT rules and conntrack table (host/nat.py)."""
+        if s.files.get(sysctl_path("net.ipv4.ip_forward"), "").strip() != "1":
+            return
+        for key, argv in ((NFT_RULESET, ["nft", "-j", "list", "ruleset"]), (IPTABLES_SAVE, ["iptables-save"])):
+            try:
+                s.files[key] = self.run_command(key, argv)
+            except OSError as e:
+                s.unreadable[key] = _why(e)
+        try:
+            s.files[CONNTRACK_PROC] = self.read_file(CONNTRACK_PROC)
+        except OSError as e:
+            try:
+                s.files[CONNTRACK_NETLINK] = self.read_conntrack_netlink()
+            except OSError as e2:
+                s.unreadable[CONNTRACK_PROC] = f"{_why(e)}; netlink: {_why(e2)}"
+
     # algorithm --------------------------------------------------------------------------
     def _sample(self, paths: list[str], sockets: bool, with_info: bool) -> RawSample:
         s = RawSample(t=self.now())
@@ -133,6 +159,7 @@ class LiveCollector:
             s0 = self._sample(list(COUNTER_FILES), True, with_info and self.interval == 0)
             s0.files.update(first.files)
             s0.unreadable.update(first.unreadable)
+            self._read_nat(s0)
             raw.samples.append(s0)
             if self.interval > 0:
                 self.sleep(self.interval)
@@ -261,6 +288,48 @@ class LinuxSource(LiveCollector):
                 pass
         return found
 
+    def run_command(self, key: str, argv: list[str]) -> str:
+        import shutil
+        import subprocess
+
+        if shutil.which(argv[0]) is None:
+            raise FileNotFoundError(errno.ENOENT, f"{argv[0]} not installed", argv[0])
+        if os.geteuid() != 0:
+            raise PermissionError(errno.EPERM, "needs root", argv[0])
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            raise OSError(errno.ETIMEDOUT, f"{argv[0]} timed out") from None
+        if r.returncode != 0:
+            raise OSError(errno.EIO, f"{argv[0]}: {r.stderr.strip()[:120] or 'failed'}")
+        return r.stdout
+
+    def read_conntrack_netlink(self) -> str:
+        """Without CONFIG_NF_CONNTRACK_PROCFS: a ctnetlink dump (pyroute2), as /proc lines."""
+        try:
+            from pyroute2.conntrack import TCP_CONNTRACK_TO_NAME, Conntrack
+        except ImportError:
+            raise FileNotFoundError(errno.ENOENT, "pyroute2 not installed", "conntrack") from None
+        lines = []
+        try:
+            ct = Conntrack()
+            try:
+                for e in ct.dump_entries():
+                    o, r = e.tuple_orig, e.tuple_reply
+                    if o.proto != socket.IPPROTO_TCP or e.protoinfo is None:
+                        continue
+                    state = TCP_CONNTRACK_TO_NAME.get(e.protoinfo.state, str(e.protoinfo.state))
+                    lines.append(f"ipv4 2 tcp 6 {e.timeout or 0} {state} src={o.saddr} dst={o.daddr} "
+                                 f"sport={o.sport} dport={o.dport} src={r.saddr} dst={r.daddr} "
+                                 f"sport={r.sport} dport={r.dport}")
+            finally:
+                ct.close()
+        except OSError:
+            raise
+        except Exception as e:  # pyroute2 raises its own NetlinkError (an OSError subclass) or others
+            raise OSError(errno.EIO, f"conntrack dump failed: {e}") from None
+        return "\n".join(lines) + "\n"
+
     def read_processes(self, table: SockTable | None) -> list[ProcessInfo] | None:
         """Map socket inodes to processes by walking /proc/PID/fd (psutil for the rest)."""
         import psutil
@@ -321,6 +390,9 @@ class FixtureSource(LiveCollector):
         if isinstance(v, OSError):
             raise v
         return v
+
+    def run_command(self, key: str, argv: list[str]) -> str:
+        return self.read_file(key)
 
     def read_sockets(self, with_info: bool) -> tuple[SockTable, list[str]]:
         if isinstance(self.tables, HostError):
