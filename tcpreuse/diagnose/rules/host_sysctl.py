@@ -102,7 +102,10 @@ def tw_reuse_without_timestamps(ev: Evidence) -> list[Finding]:
             if top is not None:
                 ev_items.append(EvidenceItem("most used tuple", tuple_label(top),
                                              f"{top.in_use:,} of {top.budget:,} ports"))
-            severe = top is not None and pressure(top) >= 0.8
+            # Severe when the busiest tuple nears its limit: its load (rate / sustainable rate,
+            # or with one sample the ports connect() cannot take), occupancy only without details.
+            top_d = (h.extra.get("tuple_detail") or [{}])[0]
+            severe = top is not None and float(top_d.get("load", pressure(top))) >= 0.8
             out.append(Finding(
                 id="tw-reuse-without-timestamps",
                 title="tcp_tw_reuse is on but tcp_timestamps is off: reuse can never apply",
