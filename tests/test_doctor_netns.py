@@ -122,6 +122,26 @@ elif mode == "churnto":  # connect to DST:PORT (argv[6]) A times, wait for the s
         c.close()
     out({"ok": ok, "failed": failed, "slow": slow})
     sys.stdin.read()
+elif mode == "demand":  # connect() to 127.0.0.1:PORT at RATE for SECONDS whatever fails, client closes first
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(("127.0.0.1", port)); l.listen(4096)
+    ok, failed, i = 0, 0, 0
+    start = time.monotonic()
+    out({"t": start})
+    while time.monotonic() - start < secs:
+        due = start + i / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        i += 1
+        c = socket.socket()
+        try:
+            c.connect(("127.0.0.1", port))
+        except OSError:
+            c.close(); failed += 1; continue
+        s, _ = l.accept(); c.close(); s.close(); ok += 1
+    out({"ok": ok, "failed": failed, "secs": time.monotonic() - start})
+    sys.stdin.read()
 elif mode == "flood":
     l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(a)
     held = []
@@ -526,3 +546,33 @@ def test_snat_pool_full_on_a_router(make_ns, tmp_path: Path) -> None:
     finally:
         for p in procs:
             p.stop()
+
+
+@pytest.mark.slow
+def test_at_the_limit_attempts_are_traced(make_ns) -> None:
+    """450 connect()/s against 300 ports with tcp_tw_reuse (sustainable ~300/s): a third of
+    the calls fail with EADDRNOTAVAIL, which no counter counts. With --trace-connects the
+    doctor counts the attempts and failures (sock:inet_sock_set_state) and shows them
+    against the sustainable rate; the successes alone sit at the ceiling."""
+    if not os.path.isdir("/sys/kernel/tracing/instances"):
+        pytest.skip("tracefs not mounted")
+    ns = make_ns("lim", net__ipv4__ip_local_port_range="45000 45299", net__ipv4__tcp_tw_reuse=1)
+    t = Traffic(ns, "demand", 8383, 0, 450, 6)
+    try:
+        t.until("t")
+        time.sleep(2)
+        ev = evidence_of([LinuxSource(netns=ns.name, interval=1.0, trace_connects=True).observe()])
+        (h,) = ev.hosts.values()
+        findings = diagnose(ev)
+        d = h.extra["tuple_detail"][0]
+        sust = d["sustainable_rate_per_s"]
+        assert d["attempts_per_s"] > 1.2 * sust and d["failed_no_port_per_s"] > 0.1 * sust
+        assert h.tuples[0].rate_per_s < 1.1 * sust  # what succeeds is capped by the budget
+        (f,) = by_id(findings, "tuple-port-exhaustion")
+        assert f.severity == "critical" and "at its limit" in f.title and "fail with EADDRNOTAVAIL" in f.title
+        assert ev_value(f, "connect() attempts per s (traced)") == round(d["attempts_per_s"], 1)
+        final = t.until("failed", timeout=20)
+        assert final["failed"] > 0.1 * (final["ok"] + final["failed"])  # the kernel's verdict
+        assert not [p for p in os.listdir("/sys/kernel/tracing/instances") if p == f"tcpr-doctor-{os.getpid()}"]
+    finally:
+        t.stop()

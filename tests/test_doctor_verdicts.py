@@ -217,3 +217,37 @@ def test_ordinary_sysctl_a_lines_are_understood() -> None:
     assert p.unrecognised == [] and p.sysctls["net.ipv4.ip_local_port_range"] == "32768\t60999"
     obs = to_observed([p])
     assert not any("not understood" in n for n in obs.notes)
+
+
+TRACE = """# tracer: nop
+          python-11744   [000] .....  1738.570857: inet_sock_set_state: family=AF_INET protocol=IPPROTO_TCP \
+sport=0 dport=8080 saddr=127.0.0.1 daddr=127.0.0.1 saddrv6=::ffff:127.0.0.1 daddrv6=::ffff:127.0.0.1 \
+oldstate=TCP_CLOSE newstate=TCP_SYN_SENT
+          python-11744   [000] .....  1738.570860: inet_sock_set_state: family=AF_INET protocol=IPPROTO_TCP \
+sport=0 dport=8080 saddr=127.0.0.1 daddr=127.0.0.1 saddrv6=::ffff:127.0.0.1 daddrv6=::ffff:127.0.0.1 \
+oldstate=TCP_SYN_SENT newstate=TCP_CLOSE
+          python-11744   [000] .....  1738.570990: inet_sock_set_state: family=AF_INET protocol=IPPROTO_TCP \
+sport=40001 dport=8080 saddr=127.0.0.1 daddr=127.0.0.1 saddrv6=::ffff:127.0.0.1 daddrv6=::ffff:127.0.0.1 \
+oldstate=TCP_SYN_SENT newstate=TCP_CLOSE
+# lost 0
+# window 0.5
+"""
+
+
+def test_traced_attempts_and_failures_count_against_the_sustainable_rate() -> None:
+    """Failed connect() calls are counted by no kernel counter; the trace counts them: a
+    CLOSE -> SYN_SENT per attempt, SYN_SENT -> CLOSE with source port 0 per EADDRNOTAVAIL
+    (a failure after a port was chosen, sport 40001, is not one)."""
+    from tcpreuse.host.trace import parse_trace
+
+    c = parse_trace(TRACE)
+    key = ("127.0.0.1", "127.0.0.1", 8080)
+    assert (c.attempts[key], c.no_port[key], c.lost, c.window_s) == (1, 1, 0, 0.5)
+    obs = _host(young=200, old=100)  # 200/s succeed: no alarm by itself ...
+    c.attempts[key], c.no_port[key] = 200, 100  # ... but 400 attempts/s and 200/s fail over 0.5 s
+    obs.connect_trace, obs.connect_trace_s = c, 0.5
+    _, findings = _run(obs)
+    (f,) = _ids(findings, "tuple-port-exhaustion")
+    assert f.severity == "critical"
+    assert "at its limit, 400 connect()/s attempted against a sustainable 300/s; 200/s fail" in f.title
+    assert _val(f, "attempts / sustainable rate") == "133%"

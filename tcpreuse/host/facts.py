@@ -478,6 +478,10 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
         tu.seconds_to_exhaustion = time_to_exhaustion(
             base, blocking, (tu.rate_per_s or 0.0) if closes_first else 0.0, per_tuple_budget, hold)
         d["sustainable_rate_per_s"] = max(0.0, (per_tuple_budget - base) / hold) if closes_first else None
+        ct = obs.connect_trace
+        if ct is not None and obs.connect_trace_s:
+            d["attempts_per_s"] = ct.attempts.get((src, dst, tu.dport), 0) / obs.connect_trace_s
+            d["failed_no_port_per_s"] = ct.no_port.get((src, dst, tu.dport), 0) / obs.connect_trace_s
         d["load"] = _load(tu, d)
         tuples.append(tu)
         details.append(d)
@@ -493,6 +497,8 @@ def _load(t: TupleUse, d: dict[str, Any]) -> float:
     if t.seconds_to_exhaustion == 0:
         return max(1.0, d["blocked"] / max(t.budget, 1))
     sust = d.get("sustainable_rate_per_s")
+    if d.get("attempts_per_s") is not None and sust:
+        return max(d["attempts_per_s"] / sust, 1.0 if d.get("failed_no_port_per_s") else 0.0)
     if t.rate_per_s is not None and sust:
         return max(t.rate_per_s / sust, d["blocked"] / max(t.budget, 1) if not t.time_wait else 0.0)
     return d["blocked"] / max(t.budget, 1)
@@ -549,6 +555,13 @@ def build(obs: Observed) -> HostFacts:
     cmax = facts.settings.get("net.netfilter.nf_conntrack_max", facts.settings.get("net.nf_conntrack_max"))
     if isinstance(count, int):
         facts.conntrack = {"count": count, **({"max": cmax} if isinstance(cmax, int) else {})}
+    if obs.connect_trace is not None and obs.connect_trace_s:
+        ct, w = obs.connect_trace, obs.connect_trace_s
+        failing = sorted(ct.no_port.items(), key=lambda kv: -kv[1])[:5]
+        facts.extra["connect_trace"] = {
+            "window_s": w, "attempts_per_s": sum(ct.attempts.values()) / w,
+            "failed_no_port_per_s": sum(ct.no_port.values()) / w, "lost_events": ct.lost,
+            "failing": [{"src": k[0], "dst": k[1], "dport": k[2], "per_s": n / w} for k, n in failing]}
     if obs.snat_pools is not None or obs.conntrack is not None:
         facts.extra["snat"] = _snat(obs, facts)
     facts.role, why = infer_role(facts, obs)

@@ -88,6 +88,7 @@ def to_observed(raw: RawHost, origin: str) -> Observed:
         elif s.socket_error:
             obs.unreadable["socket table"] = s.socket_error
     _nat(first, obs)
+    _trace(raw, obs)
     for path, why in obs.unreadable.items():
         obs.notes.append(f"could not read {path}: {why}")
     # The same file unreadable in both samples is reported once.
@@ -128,3 +129,18 @@ def _nat(s: RawSample, obs: Observed) -> None:
     for key, label in labels.items():
         if key in s.unreadable:
             obs.unreadable[label] = s.unreadable[key]
+
+
+def _trace(raw: RawHost, obs: Observed) -> None:
+    """connect() attempts and failures traced between the two samples (--trace-connects)."""
+    from .trace import TRACE_KEY, parse_trace
+
+    last = raw.samples[-1]
+    if TRACE_KEY in last.files and len(raw.samples) >= 2:
+        obs.connect_trace = parse_trace(last.files[TRACE_KEY])
+        obs.connect_trace_s = obs.connect_trace.window_s or (last.t - raw.samples[0].t)
+        if obs.connect_trace.lost:
+            obs.notes.append(f"connect() trace: {obs.connect_trace.lost:,} events lost (buffer overrun); "
+                             "attempts are undercounted")
+    elif TRACE_KEY in raw.samples[0].unreadable:
+        obs.notes.append(raw.samples[0].unreadable[TRACE_KEY])

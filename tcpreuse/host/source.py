@@ -27,6 +27,7 @@ from .nat import CONNTRACK_NETLINK, CONNTRACK_PROC, IPTABLES_SAVE, NFT_RULESET
 from .observed import COUNTER_FILES, SYSCTLS, Observed, ProcessInfo, sysctl_path
 from .raw import RawHost, RawSample, to_observed
 from .sockets import SockTable
+from .trace import TRACE_KEY
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIRS = ("/run/netns", "/var/run/netns")
@@ -56,8 +57,9 @@ class LiveCollector:
     label = "live"
 
     def __init__(self, interval: float = 1.0, processes: bool = False, role: str | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, trace_connects: bool = False) -> None:
         self.interval = max(0.0, interval)
+        self.trace_connects = trace_connects
         self.processes = processes
         self.role = role
         self.name = name
@@ -93,6 +95,19 @@ class LiveCollector:
     def read_conntrack_netlink(self) -> str:
         """The conntrack table in /proc/net/nf_conntrack's line format, over netlink."""
         raise FileNotFoundError(errno.ENOENT, "not available", "conntrack")
+
+    def start_trace(self) -> object:
+        """Start tracing connect() attempts (host/trace.py); returns a handle for stop_trace."""
+        from .trace import ConnectTrace
+
+        t = ConnectTrace()
+        t.start()
+        return t
+
+    def stop_trace(self, handle: object) -> str:
+        from .trace import ConnectTrace
+
+        return handle.stop() if isinstance(handle, ConnectTrace) else ""
 
     def _read_nat(self, s: RawSample) -> None:
         """On a forwarding host: its SNAT rules and conntrack table (host/nat.py)."""
@@ -156,14 +171,31 @@ class LiveCollector:
             # tcp_info only tells whether tw_reuse can apply to a peer; it costs time, and with
             # the default 2 (loopback only) the peer is this kernel, timestamps as set here.
             with_info = reuse == 1
-            s0 = self._sample(list(COUNTER_FILES), True, with_info and self.interval == 0)
-            s0.files.update(first.files)
-            s0.unreadable.update(first.unreadable)
-            self._read_nat(s0)
-            raw.samples.append(s0)
-            if self.interval > 0:
-                self.sleep(self.interval)
-                raw.samples.append(self._sample(list(COUNTER_FILES), True, with_info))
+            trace = None
+            trace_error = None
+            t_trace = 0.0
+            if self.trace_connects and self.interval > 0:
+                try:
+                    trace = self.start_trace()
+                    t_trace = self.now()
+                except OSError as e:
+                    trace_error = f"connect() trace: {e.strerror or e}"
+            try:
+                s0 = self._sample(list(COUNTER_FILES), True, with_info and self.interval == 0)
+                s0.files.update(first.files)
+                s0.unreadable.update(first.unreadable)
+                self._read_nat(s0)
+                raw.samples.append(s0)
+                if self.interval > 0:
+                    self.sleep(self.interval)
+                    raw.samples.append(self._sample(list(COUNTER_FILES), True, with_info))
+            finally:
+                if trace is not None:
+                    text = self.stop_trace(trace) + f"# window {self.now() - t_trace:.6f}\n"
+                    if raw.samples:
+                        raw.samples[-1].files[TRACE_KEY] = text
+            if trace_error:
+                raw.samples[0].unreadable[TRACE_KEY] = trace_error
             raw.meta.update(self.extra_meta())
         if self.processes:
             last = raw.samples[-1].sockets
@@ -393,6 +425,12 @@ class FixtureSource(LiveCollector):
 
     def run_command(self, key: str, argv: list[str]) -> str:
         return self.read_file(key)
+
+    def start_trace(self) -> object:
+        return "fixture"
+
+    def stop_trace(self, handle: object) -> str:
+        return self.read_file(TRACE_KEY)
 
     def read_sockets(self, with_info: bool) -> tuple[SockTable, list[str]]:
         if isinstance(self.tables, HostError):

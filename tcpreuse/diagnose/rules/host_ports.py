@@ -105,8 +105,10 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
             exhausted = ste == 0
             # At its limit: (nearly) no port free now while connections keep coming. The rate
             # measured then is the ceiling the budget allows, and attempts above it fail.
-            at_limit = (not exhausted and t.budget - blocked <= max(2, SATURATED_FREE * t.budget)
-                        and (r is None or r > 0))
+            attempts = d.get("attempts_per_s")
+            failing = float(d.get("failed_no_port_per_s") or 0.0)
+            at_limit = not exhausted and ((t.budget - blocked <= max(2, SATURATED_FREE * t.budget)
+                                           and (r is None or r > 0)) or failing > 0)
             soon = ste is not None and ste <= 60
             if not (exhausted or at_limit or soon or load >= WARN_LOAD):
                 continue
@@ -124,13 +126,21 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
             if r is not None:
                 items.append(EvidenceItem("new connections per s (this tuple)", round(r, 1),
                                           "connect() calls that got a port; failed ones (EADDRNOTAVAIL) are "
-                                          "counted by no kernel counter"))
+                                          "counted by no kernel counter" + ("" if attempts is not None else
+                                                                            " (--trace-connects counts them)")))
             if active is not None:
                 items.append(EvidenceItem("TcpActiveOpens per s (host)", round(active, 1)))
             if sust is not None:
                 items.append(EvidenceItem("sustainable new connections per s", round(sust, 1),
                                           f"free ports / {d.get('hold_s', 60):g} s hold"))
-            if r is not None and sust:
+            if attempts is not None:
+                items.append(EvidenceItem("connect() attempts per s (traced)", round(attempts, 1),
+                                          "CLOSE -> SYN_SENT, sock:inet_sock_set_state"))
+                items.append(EvidenceItem("connect() failed without a port per s (traced)", round(failing, 1),
+                                          "EADDRNOTAVAIL: SYN_SENT -> CLOSE before a port was chosen"))
+            if attempts is not None and sust:
+                items.append(EvidenceItem("attempts / sustainable rate", f"{attempts / sust:.0%}"))
+            elif r is not None and sust:
                 items.append(EvidenceItem("rate / sustainable rate", f"{r / sust:.0%}"))
             items.append(EvidenceItem("seconds to exhaustion",
                                       "now" if exhausted else (round(ste, 1) if ste is not None else "not at this rate")))
@@ -141,6 +151,11 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
             if exhausted:
                 when = "no port is free now"
                 title = f"{tuple_label(t)}: {t.in_use:,} of {t.budget:,} local ports in use (exhausted)"
+            elif at_limit and attempts is not None and sust:
+                when = (f"connect() is called {attempts:,.0f} times/s against the {sust:,.0f}/s this budget "
+                        f"sustains; {failing:,.0f}/s fail now")
+                title = (f"{tuple_label(t)}: at its limit, {attempts:,.0f} connect()/s attempted against a "
+                         f"sustainable {sust:,.0f}/s; {failing:,.0f}/s fail with EADDRNOTAVAIL")
             elif at_limit and r is not None and sust:
                 when = (f"new connections succeed at {r:,.0f}/s against the {sust:,.0f}/s this budget sustains: "
                         "it is at its limit, so the measured rate is a ceiling, not the demand; every "
