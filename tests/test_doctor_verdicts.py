@@ -251,3 +251,25 @@ def test_traced_attempts_and_failures_count_against_the_sustainable_rate() -> No
     assert f.severity == "critical"
     assert "at its limit, 400 connect()/s attempted against a sustainable 300/s; 200/s fail" in f.title
     assert _val(f, "attempts / sustainable rate") == "133%"
+
+
+def test_direction_from_evidence_when_no_listener_says() -> None:
+    """Ports all inside the ephemeral range and no listener: a client's many connections to
+    one destination stay outgoing; a stopped server's TIME_WAIT on one local port toward
+    many peers is incoming."""
+    from tcpreuse.host.facts import classify_direction
+
+    n = 120
+    cli = np.zeros(n, dtype=SOCK_DTYPE)
+    cli["family"], cli["state"], cli["dport"] = 2, TCP_ESTABLISHED, 45000
+    cli["src"], cli["dst"], cli["sport"] = addr_bytes("10.0.0.1"), addr_bytes("10.0.0.9"), np.arange(n) + 40000
+    srv = np.zeros(n, dtype=SOCK_DTYPE)
+    srv["family"], srv["state"], srv["sport"] = 2, TCP_TIME_WAIT, 46000
+    srv["src"], srv["dst"], srv["dport"] = addr_bytes("10.0.0.1"), addr_bytes("10.0.0.7"), np.arange(n) + 50000
+    tab = np.concatenate([cli, srv])
+    incoming, outgoing, why = classify_direction(tab, set(), (32768, 60999))
+    assert outgoing[:n].all() and incoming[n:].all()
+    assert why == {"many peers on one local port": n, "many connections to one destination": n}
+    # a listener's port decides first; the ephemeral range next
+    incoming, _, why = classify_direction(tab, {46000}, (40000, 40999))
+    assert incoming[n:].all() and not incoming[:n].any() and why["local port is a listener's"] == n
