@@ -60,7 +60,8 @@ def handshakes_failing(ev: Evidence) -> list[Finding]:
                                       "established connections reset (a server with tcp_abort_on_overflow=1)"))
         if share is not None:
             items.append(EvidenceItem("retried or refused per connect()", f"{min(share, 9.99):.0%}"))
-        severe = share is None or share >= CRITICAL_SHARE
+        # Without rates (one sample), many SYN_SENT sockets retrying at once is what is severe.
+        severe = share >= CRITICAL_SHARE if share is not None else sum(d["retransmitted"] for d in waiting) >= 10
         where = ", ".join(_dst(d) for d in waiting[:3]) or "its servers"
         what = []
         if retried or waiting:
