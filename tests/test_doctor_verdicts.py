@@ -273,3 +273,18 @@ def test_direction_from_evidence_when_no_listener_says() -> None:
     # a listener's port decides first; the ephemeral range next
     incoming, _, why = classify_direction(tab, {46000}, (40000, 40999))
     assert incoming[n:].all() and not incoming[:n].any() and why["local port is a listener's"] == n
+
+
+def test_handshake_failures_against_the_connect_rate() -> None:
+    """SYN retransmissions and refused handshakes as a share of connect() calls: an odd lost
+    SYN is noise, a fifth of connects retried is critical."""
+    def client(retrans: int, fails: int) -> Observed:
+        c0 = {"TcpActiveOpens": 0, "TcpExtTCPSynRetrans": 0, "TcpAttemptFails": 0, "TcpEstabResets": 0}
+        c1 = {"TcpActiveOpens": 1000, "TcpExtTCPSynRetrans": retrans, "TcpAttemptFails": fails, "TcpEstabResets": 0}
+        return Observed(name="cli", kernel_release="6.18.0", counters=[CounterSample(0.0, c0), CounterSample(1.0, c1)])
+    _, findings = _run(client(5, 0))
+    assert not _ids(findings, "connect-handshakes-failing")
+    _, findings = _run(client(150, 50))
+    (f,) = _ids(findings, "connect-handshakes-failing")
+    assert f.severity == "critical" and _val(f, "retried or refused per connect()") == "20%"
+    assert "150.0 SYN retransmissions/s" in f.title and "50.0 handshakes/s refused" in f.title
