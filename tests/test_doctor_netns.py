@@ -78,6 +78,70 @@ elif mode == "hold":  # open A connections to DST:PORT and keep them (DST in arg
     held = [socket.create_connection((dst, port), timeout=5) for _ in range(a)]
     out({"held": len(held)})
     sys.stdin.read()
+elif mode == "stopped":  # a server that closes first A times on PORT, then stops listening
+    l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(512)
+    for _ in range(a):
+        c = socket.create_connection(("127.0.0.1", port)); s, _ = l.accept()
+        s.close(); c.recv(1); c.close()  # server first: its TIME_WAIT keeps the listening port
+    l.close()
+    out({"stopped": a})
+    sys.stdin.read()
+elif mode == "listen":  # a listener with backlog A on 0.0.0.0:PORT that never accepts
+    l = socket.socket(); l.bind(("0.0.0.0", port)); l.listen(a)
+    out({"listening": port})
+    sys.stdin.read()
+elif mode == "connect":  # non-blocking connects to DST:PORT (argv[6]) at RATE for SECONDS, kept open
+    dst, held = sys.argv[6], []
+    start = time.monotonic()
+    out({"t": start})
+    while time.monotonic() - start < secs and len(held) < a:
+        c = socket.socket(); c.setblocking(False)
+        c.connect_ex((dst, port)); held.append(c)
+        time.sleep(1 / rate)
+    out({"sent": len(held)})
+    sys.stdin.read()
+elif mode == "accept":  # accept on 0.0.0.0:PORT and close at once, until stdin closes
+    import threading
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(("0.0.0.0", port)); l.listen(4096)
+    def loop():
+        while True:
+            s, _ = l.accept(); s.close()
+    threading.Thread(target=loop, daemon=True).start()
+    out({"listening": port})
+    sys.stdin.read()
+elif mode == "churnto":  # connect to DST:PORT (argv[6]) A times, wait for the server's close
+    dst, ok, failed, slow = sys.argv[6], 0, 0, 0
+    for _ in range(a):
+        c = socket.socket(); c.settimeout(1.5); t0 = time.monotonic()
+        try:
+            c.connect((dst, port)); c.recv(1); ok += 1
+            slow += time.monotonic() - t0 > 0.5
+        except OSError:
+            failed += 1
+        c.close()
+    out({"ok": ok, "failed": failed, "slow": slow})
+    sys.stdin.read()
+elif mode == "demand":  # connect() to 127.0.0.1:PORT at RATE for SECONDS whatever fails, client closes first
+    l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(("127.0.0.1", port)); l.listen(4096)
+    ok, failed, i = 0, 0, 0
+    start = time.monotonic()
+    out({"t": start})
+    while time.monotonic() - start < secs:
+        due = start + i / rate
+        now = time.monotonic()
+        if due > now:
+            time.sleep(due - now)
+        i += 1
+        c = socket.socket()
+        try:
+            c.connect(("127.0.0.1", port))
+        except OSError:
+            c.close(); failed += 1; continue
+        s, _ = l.accept(); c.close(); s.close(); ok += 1
+    out({"ok": ok, "failed": failed, "secs": time.monotonic() - start})
+    sys.stdin.read()
 elif mode == "flood":
     l = socket.socket(); l.bind(("127.0.0.1", port)); l.listen(a)
     held = []
@@ -255,7 +319,12 @@ def test_listener_overflowing_its_backlog(make_ns) -> None:
         assert f.severity == "critical"
         assert ev_value(f, "TcpExtListenOverflows per s") > 0
         assert "127.0.0.1:9000" in f.title
-        assert f.fixes[0].set == {"host.server.backlog": 4096}
+        # The root cause first: the application accepts nothing while connections arrive.
+        assert [fx.id for fx in f.fixes] == ["accept-faster", "raise-backlog"]
+        assert ev_value(f, "accepted per s") == 0 and ev_value(f, "arriving per s") > 0
+        assert f.fixes[1].set == {"host.server.backlog": 4096}
+        # somaxconn is 4096 already in the namespace: not proposed again.
+        assert not any("somaxconn" in c for fx in f.fixes for c in fx.commands)
     finally:
         t.stop()
 
@@ -343,3 +412,167 @@ def test_reuse_cannot_help_toward_a_peer_without_timestamps(make_ns) -> None:
         srv.stop()
         if cli_ is not None:
             cli_.stop()
+
+
+@pytest.mark.parametrize("port", [8080, 45000])
+def test_stopped_servers_timewait_is_incoming(make_ns, port: int) -> None:
+    """A server that closed first and then stopped leaves TIME_WAIT on its former listening
+    port. Those are incoming connections (no port budget, role server), whether the port is
+    outside the ephemeral range (8080) or inside it (45000: decided by many peers on one
+    local port)."""
+    ns = make_ns(f"stop{port}")
+    t = Traffic(ns, "stopped", port, 200, 0, 10)
+    try:
+        assert t.until("stopped")["stopped"] == 200
+        h, findings = doctor(ns, interval=0)
+        assert not h.listeners and h.time_wait == 200
+        assert h.extra["incoming"] == 200 and h.extra["outgoing"] == 0
+        assert not h.tuples and not by_id(findings, "tuple-port-exhaustion")
+        assert h.role == "server" and f"{port} (200)" in h.extra["role_evidence"]
+        assert h.extra["former_listen_ports"] == {port: 200}
+        assert h.extra["incoming_time_wait_by_port"] == {port: 200}
+    finally:
+        t.stop()
+
+
+@pytest.mark.slow
+def test_reuse_that_sustains_the_rate_is_no_alarm(make_ns) -> None:
+    """tcp_tw_reuse=1 with timestamps, 200 connections/s over 300 ports: the range fills with
+    TIME_WAIT, but connect() takes over entries older than the reuse delay, so 300/s are
+    sustainable and the kernel never refuses. The doctor stays silent, during the traffic
+    and after it stopped."""
+    ns = make_ns("reuse", net__ipv4__ip_local_port_range="43000 43299", net__ipv4__tcp_tw_reuse=1,
+                 net__ipv4__tcp_timestamps=1)
+    t = Traffic(ns, "churn", 8080, 1600, 200, 8)
+    try:
+        t.until("t")
+        while t.line()["ok"] < 800:  # 4 s: the range is (nearly) full of TIME_WAIT
+            pass
+        h, findings = doctor(ns, interval=1.0)
+        top, d = h.tuples[0], h.extra["tuple_detail"][0]
+        assert top.in_use >= 240 and d["tw_reuse_applies"] is True  # 80 %+: an alarm before
+        assert d["sustainable_rate_per_s"] > 250 and 0 < top.rate_per_s < 0.8 * d["sustainable_rate_per_s"]
+        assert not by_id(findings, "tuple-port-exhaustion")
+        final = t.until("errno", timeout=30)
+        assert final["errno"] is None and final["ok"] == 1600  # the kernel agrees: no EADDRNOTAVAIL
+        assert h.counters["TcpExtTWRecycled"] > 0
+        h, findings = doctor(ns, interval=1.0)  # traffic stopped, TIME_WAIT still there
+        assert h.tuples[0].time_wait > 0 and not by_id(findings, "tuple-port-exhaustion")
+    finally:
+        t.stop()
+
+
+@pytest.mark.slow
+def test_client_of_an_overflowing_and_a_refusing_server(make_ns) -> None:
+    """The client's own tables look healthy while its server drops its SYNs (a listener with
+    backlog 2 that never accepts) or refuses them (nothing listens): the doctor on the
+    client reads its SYN retransmissions and refused handshakes and says so."""
+    client = make_ns("hcli")
+    server = make_ns("hsrv")
+    veth_pair(client, "tcpr-hc0", server, "tcpr-hs0")
+    client.run(["ip", "addr", "add", "10.199.1.1/24", "dev", "tcpr-hc0"])
+    server.run(["ip", "addr", "add", "10.199.1.2/24", "dev", "tcpr-hs0"])
+    srv = Traffic(server, "listen", 9000, 2, 0, 0)
+    procs = [srv]
+    try:
+        srv.until("listening")
+        full = Traffic(client, "connect", 9000, 400, 40, 8, "10.199.1.2")
+        refused = Traffic(client, "connect", 9001, 400, 20, 8, "10.199.1.2")
+        procs += [full, refused]
+        full.until("t")
+        time.sleep(3.5)  # the first dropped SYNs are retransmitted after 1 s
+        h, findings = doctor(client, interval=1.0)
+        assert not h.listeners and not by_id(findings, "listen-queue-overflow")  # nothing wrong here itself
+        (f,) = by_id(findings, "connect-handshakes-failing")
+        assert f.severity == "critical" and "10.199.1.2:9000" in f.title
+        assert ev_value(f, "TcpExtTCPSynRetrans per s") > 5
+        assert ev_value(f, "TcpAttemptFails per s") > 5  # the RSTs from port 9001
+        waiting = {d["dport"]: d for d in h.extra["syn_sent_by_destination"]}
+        assert waiting[9000]["retransmitted"] > 10 and 9001 not in waiting
+        assert ev_value(f, "SYN_SENT toward 10.199.1.2:9000") == waiting[9000]["syn_sent"]
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft not installed")
+def test_snat_pool_full_on_a_router(make_ns, tmp_path: Path) -> None:
+    """A router masquerading to a 1,000-port pool (`masquerade to :20000-20999`): 1,050
+    short connections through it fill the pool with conntrack TIME_WAIT while
+    nf_conntrack_count stays far below its max. The doctor on the router reads the rule and
+    the conntrack table and finds the pool full, with its budget; the kernel agrees (the
+    connections beyond the pool were slow or failed)."""
+    client, router, server = make_ns("ncli"), make_ns("nrtr", net__ipv4__ip_forward=1), make_ns("nsrv")
+    veth_pair(client, "tcpr-nc0", router, "tcpr-nr0")
+    veth_pair(router, "tcpr-nr1", server, "tcpr-ns0")
+    client.run(["ip", "addr", "add", "10.199.2.1/24", "dev", "tcpr-nc0"])
+    client.run(["ip", "route", "add", "default", "via", "10.199.2.2"])
+    router.run(["ip", "addr", "add", "10.199.2.2/24", "dev", "tcpr-nr0"])
+    router.run(["ip", "addr", "add", "10.199.3.2/24", "dev", "tcpr-nr1"])
+    server.run(["ip", "addr", "add", "10.199.3.1/24", "dev", "tcpr-ns0"])
+    router.nft('table ip tcpr_nat {\n chain post {\n  type nat hook postrouting priority 100;\n'
+               '  oifname "tcpr-nr1" meta l4proto tcp masquerade to :20000-20999\n }\n}\n')
+    srv = Traffic(server, "accept", 8080, 0, 0, 0)
+    procs = [srv]
+    try:
+        srv.until("listening")
+        cli_ = Traffic(client, "churnto", 8080, 1050, 0, 0, "10.199.3.1")
+        procs.append(cli_)
+        done = cli_.until("ok", timeout=60)
+        assert done["failed"] + done["slow"] > 0  # past the pool the kernel could not translate at once
+        h, findings = doctor(router, interval=0)
+        assert h.role == "nat"
+        snat = h.extra["snat"]
+        assert snat["pools"][0]["ports"] == (20000, 20999) and snat["pools"][0]["kind"] == "masquerade"
+        top = snat["tuples"][0]
+        assert (top["nat_addr"], top["dst"], top["dport"], top["budget"]) == ("10.199.3.2", "10.199.3.1", 8080, 1000)
+        assert top["in_use"] >= 900 and top["time_wait"] >= 850
+        (f,) = by_id(findings, "snat-pool-exhaustion")
+        assert f.severity == "critical" and "20000-20999" in f.title and "10.199.3.1:8080" in f.title
+        assert ev_value(f, "translated ports in use") == top["in_use"]
+        assert ev_value(f, "sustainable new flows per s") == round(1000 / 120, 1)
+        assert not by_id(findings, "conntrack-near-full")  # the table itself is far from full
+        # A snapshot keeps the rules and the table: diagnosed elsewhere, the same finding.
+        snap = tmp_path / "router.tar.gz"
+        r = subprocess.run([sys.executable, "-m", "tcpreuse", "doctor", "--netns", router.name, "--interval", "0",
+                            "--save", str(snap)], capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert r.returncode == 0 and "snat-pool-exhaustion" in r.stdout and "20000-20999" in r.stdout, r.stderr
+        r = subprocess.run([sys.executable, "-m", "tcpreuse", "doctor", "--from", str(snap), "--json"],
+                           capture_output=True, text=True, timeout=60, cwd=REPO)
+        (rh,) = json.loads(r.stdout)["hosts"].values()
+        assert rh["extra"]["snat"]["tuples"][0]["budget"] == 1000
+        assert "snat-pool-exhaustion" in [x["id"] for x in json.loads(r.stdout)["findings"]]
+    finally:
+        for p in procs:
+            p.stop()
+
+
+@pytest.mark.slow
+def test_at_the_limit_attempts_are_traced(make_ns) -> None:
+    """450 connect()/s against 300 ports with tcp_tw_reuse (sustainable ~300/s): a third of
+    the calls fail with EADDRNOTAVAIL, which no counter counts. With --trace-connects the
+    doctor counts the attempts and failures (sock:inet_sock_set_state) and shows them
+    against the sustainable rate; the successes alone sit at the ceiling."""
+    if not os.path.isdir("/sys/kernel/tracing/instances"):
+        pytest.skip("tracefs not mounted")
+    ns = make_ns("lim", net__ipv4__ip_local_port_range="45000 45299", net__ipv4__tcp_tw_reuse=1)
+    t = Traffic(ns, "demand", 8383, 0, 450, 6)
+    try:
+        t.until("t")
+        time.sleep(2)
+        ev = evidence_of([LinuxSource(netns=ns.name, interval=1.0, trace_connects=True).observe()])
+        (h,) = ev.hosts.values()
+        findings = diagnose(ev)
+        d = h.extra["tuple_detail"][0]
+        sust = d["sustainable_rate_per_s"]
+        assert d["attempts_per_s"] > 1.2 * sust and d["failed_no_port_per_s"] > 0.1 * sust
+        assert h.tuples[0].rate_per_s < 1.1 * sust  # what succeeds is capped by the budget
+        (f,) = by_id(findings, "tuple-port-exhaustion")
+        assert f.severity == "critical" and "at its limit" in f.title and "fail with EADDRNOTAVAIL" in f.title
+        assert ev_value(f, "connect() attempts per s (traced)") == round(d["attempts_per_s"], 1)
+        final = t.until("failed", timeout=20)
+        assert final["failed"] > 0.1 * (final["ok"] + final["failed"])  # the kernel's verdict
+        assert not [p for p in os.listdir("/sys/kernel/tracing/instances") if p == f"tcpr-doctor-{os.getpid()}"]
+    finally:
+        t.stop()

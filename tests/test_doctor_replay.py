@@ -251,6 +251,7 @@ def test_fixture_replay_of_two_samples_gives_rates() -> None:
     (["--netns", "tcpr-no-such-namespace"], "no network namespace named 'tcpr-no-such-namespace'"),
     (["--netns", "../etc"], "not a network namespace name"),
     (["--interval", "-1"], "Invalid value for '--interval'"),
+    (["--trace-connects", "--interval", "0"], "--trace-connects counts connect() calls between two samples"),
     (["--interval", "0", "--json", "--save", "/nonexistent-dir/x.tar.gz"], "cannot write snapshot"),
 ])
 def test_bad_options(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:

@@ -42,12 +42,15 @@ if TYPE_CHECKING:
               help="Kernel profile for pasted input without a kernel version (e.g. centos-6, linux-4.9).")
 @click.option("--processes", is_flag=True, help="Attribute sockets to processes (walks /proc/*/fd).")
 @click.option("--name", metavar="NAME", help="Host name to show (default: the host name).")
+@click.option("--trace-connects", is_flag=True,
+              help="Also count connect() attempts and EADDRNOTAVAIL failures over the interval "
+                   "(tracepoint sock:inet_sock_set_state in a private tracefs instance; needs root).")
 @click.option("--html", "html_path", metavar="FILE",
               help="Also write a self-contained HTML report (with --watch: rewritten at every refresh, "
               "with TIME_WAIT and port use over time).")
 def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str | None, as_json: bool,
            watch: float | None, count: int | None, role: str | None, profile: str | None,
-           processes: bool, name: str | None, html_path: str | None = None) -> None:
+           processes: bool, name: str | None, html_path: str | None = None, trace_connects: bool = False) -> None:
     """Diagnose a live host (or --netns, or --from snapshots and pasted text): TIME_WAIT,
     ephemeral port budgets per destination, tw_reuse/tw_recycle/timestamps, listen queues,
     conntrack, PAWS. Read-only."""
@@ -59,10 +62,13 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
         raise HostError("--from replays recorded input; it cannot be combined with --netns, --save or --watch")
     if count is not None and watch is None:
         raise HostError("--count needs --watch")
+    if trace_connects and (froms or interval == 0):
+        raise HostError("--trace-connects counts connect() calls between two samples: it needs a live host "
+                        "and --interval > 0")
     if profile:
         get_profile(profile)  # a clear error for a bad name, before any work
     sources = sources_for(list(froms), netns=netns, interval=interval, processes=processes, role=role,
-                          profile=profile, name=name)
+                          profile=profile, name=name, trace_connects=trace_connects)
 
     def once() -> tuple[Evidence, list[Finding]]:
         observed = [s.observe() for s in sources]

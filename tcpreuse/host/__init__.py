@@ -55,12 +55,13 @@ class PasteSource:
 
 def sources_for(froms: list[str], *, netns: str | None = None, interval: float = 1.0,
                 processes: bool = False, role: str | None = None, profile: str | None = None,
-                name: str | None = None) -> list[HostSource]:
+                name: str | None = None, trace_connects: bool = False) -> list[HostSource]:
     """The live host (or `netns`) when `froms` is empty, else one source per host in them."""
     from .source import LinuxSource, SnapshotSource
 
     if not froms:
-        return [LinuxSource(netns=netns, interval=interval, processes=processes, role=role, name=name)]
+        return [LinuxSource(netns=netns, interval=interval, processes=processes, role=role, name=name,
+                            trace_connects=trace_connects)]
     from .paste import group_by_host, read_paste
 
     out: list[HostSource] = []

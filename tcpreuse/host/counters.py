@@ -53,6 +53,9 @@ _L: list[Counter] = [
     Counter("TcpExtEmbryonicRsts", "resets received for SYN-RECV sockets"),
     Counter("TcpExtTCPACKSkippedTimeWait", "ACKs a TIME_WAIT socket did not send (rate limit)",
             exists=lambda p: p.oow_ratelimit),
+    # f19c29e3e391 "tcp: snmp stats for Fast Open, syn rtx, and data pkts" (3.10); not in EL6.
+    Counter("TcpExtTCPSynRetrans", "SYN and SYN-ACK retransmissions (tcp_retransmit_skb, tcp_rtx_synack)",
+            exists=lambda p: p.at_least(3, 10) and not p.el6),
     Counter("TcpExtTCPAbortOnData", "connections reset: data after close, or SO_LINGER {1,0}"),
     Counter("TcpExtTCPAbortOnClose", "connections reset: closed with unread data"),
 ]

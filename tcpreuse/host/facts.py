@@ -25,7 +25,7 @@ from ..diagnose.base import HostFacts, ListenerUse, TupleUse
 from ..errors import ProfileError
 from ..model.profiles import MAX_LINUX, MIN_LINUX, Profile, get_profile, vstr
 from ..model.settings import parse_port_list
-from ..model.timewait import TCP_TIMEWAIT_LEN
+from ..model.timewait import TCP_TIMEWAIT_LEN, tw_reuse_enabled, tw_reuse_hold_s
 from .counters import COUNTERS, exists_on
 from .observed import Observed
 from .sockets import (
@@ -258,12 +258,87 @@ def time_to_exhaustion(base: int, tw_expires_s: np.ndarray, rate_per_s: float, b
     return float(t[hit[0]]) if hit.size else None
 
 
-def _tw_reuse_applies(settings: dict[str, Any], dst: str) -> bool:
-    reuse = settings.get("net.ipv4.tcp_tw_reuse", 0)
-    ts = settings.get("net.ipv4.tcp_timestamps", 1)
-    if not ts:
+def tw_reuse_applies(settings: dict[str, Any], profile: Profile | None, src: str, dst: str) -> bool:
+    """Whether connect() from `src` to `dst` may take over this host's TIME_WAIT 4-tuples.
+
+    The sysctl rule is the model's (tcp_twsk_unique(): 2 = loopback only on 4.18+), and the
+    old connection must have carried timestamps, which needs `tcp_timestamps` on here (the
+    peer's side is checked per tuple from tcp_info when known).
+    """
+    if not settings.get("net.ipv4.tcp_timestamps", 1):
         return False
-    return reuse == 1 or (reuse == 2 and _is_loopback(dst))
+    reuse = settings.get("net.ipv4.tcp_tw_reuse", profile.default_tw_reuse if profile else 0)
+    if not isinstance(reuse, int):
+        return False
+    loopback_mode = profile.at_least(4, 18) if profile is not None else True
+    return tw_reuse_enabled(reuse, _is_loopback(dst) or _is_loopback(src), loopback_mode=loopback_mode)
+
+
+def reuse_hold_s(settings: dict[str, Any], profile: Profile | None) -> float:
+    """Seconds a TIME_WAIT entry keeps its port from connect() when tcp_tw_reuse applies."""
+    rule = profile.tw_reuse_rule if profile is not None and profile.is_linux else "delay_ms"
+    delay = settings.get("net.ipv4.tcp_tw_reuse_delay", 1000)
+    return tw_reuse_hold_s(rule, int(delay) if isinstance(delay, int) else 1000)
+
+
+def _endpoint_counts(addr: np.ndarray, port: np.ndarray) -> np.ndarray:
+    """For each row, how many rows share its (address, port) endpoint (a 64-bit mix of the
+    key: a collision only merges two counts of a heuristic)."""
+    a = np.ascontiguousarray(addr).view(np.uint64).reshape(-1, 2)
+    with np.errstate(over="ignore"):
+        h = (a[:, 0] * _MIX[0]) ^ (a[:, 1] * _MIX[1]) ^ (port.astype(np.uint64) * _MIX[4])
+        h ^= h >> np.uint64(29)
+    _, inv, counts = np.unique(h, return_inverse=True, return_counts=True)
+    return np.asarray(counts[inv.ravel()])
+
+
+def classify_direction(tab: np.ndarray, listen_ports: set[int], port_range: tuple[int, int]
+                       ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Which connections this host accepted (incoming) and which it opened (outgoing).
+
+    Evidence, strongest first:
+    1. the local port is a listener's now: accepted (connect() never autoselects it);
+    2. SYN_RECV / request sockets are accepted, SYN_SENT opened;
+    3. exactly one side's port is in the ephemeral range (`ip_local_port_range`): that side
+       opened the connection (a stopped server's TIME_WAIT keeps its listening port);
+    4. fan-in: a local (address, port) shared by more connections than their remote one was
+       a listening port (many peers came to it); the reverse is a client's destination.
+    What none of these decides is counted as outgoing, as before.
+    Returns (incoming, outgoing, counts per deciding evidence).
+    """
+    st = tab["state"]
+    conn = (st != TCP_LISTEN) & (tab["dport"] != 0)
+    lp = np.fromiter(listen_ports, dtype=np.int64) if listen_ports else np.zeros(0, np.int64)
+    by_listener = conn & np.isin(tab["sport"], lp)
+    by_handshake_in = conn & ~by_listener & ((st == TCP_SYN_RECV) | (st == TCP_NEW_SYN_RECV))
+    by_handshake_out = conn & ~by_listener & (st == TCP_SYN_SENT)
+    open_ = conn & ~by_listener & ~by_handshake_in & ~by_handshake_out
+    lo, hi = port_range
+    s_in = (tab["sport"] >= lo) & (tab["sport"] <= hi)
+    d_in = (tab["dport"] >= lo) & (tab["dport"] <= hi)
+    range_in = open_ & ~s_in & d_in
+    range_out = open_ & s_in & ~d_in
+    rest = open_ & ~range_in & ~range_out
+    fan_in = np.zeros(len(tab), dtype=bool)
+    fan_out = np.zeros(len(tab), dtype=bool)
+    if rest.any():
+        idx = np.nonzero(conn)[0]
+        local_n = _endpoint_counts(tab["src"][idx], tab["sport"][idx])
+        remote_n = _endpoint_counts(tab["dst"][idx], tab["dport"][idx])
+        fi = np.zeros(len(tab), dtype=bool)
+        fo = np.zeros(len(tab), dtype=bool)
+        fi[idx] = (local_n >= 2) & (local_n > remote_n)
+        fo[idx] = remote_n > local_n
+        fan_in, fan_out = rest & fi, rest & fo
+    incoming = by_listener | by_handshake_in | range_in | fan_in
+    outgoing = conn & ~incoming
+    why = {"local port is a listener's": int(by_listener.sum()),
+           "handshake state": int((by_handshake_in | by_handshake_out).sum()),
+           "ephemeral port on one side": int((range_in | range_out).sum()),
+           "many peers on one local port": int(fan_in.sum()),
+           "many connections to one destination": int(fan_out.sum()),
+           "undecided, counted as outgoing": int((rest & ~fan_in & ~fan_out).sum())}
+    return incoming, outgoing, {k: v for k, v in why.items() if v}
 
 
 def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
@@ -289,26 +364,39 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
                      backlog=int(r["wqueue"])) for r in lis),
         key=lambda x: (-(x.queue / max(x.backlog, 1)), x.port),
     )
+    budget = port_budget(facts.settings, profile, listen_ports, windows=windows)
+    facts.extra["port_budget"] = budget
 
-    # Outgoing vs incoming: a socket whose local port a listener owns was accepted.
-    lp = np.fromiter(listen_ports, dtype=np.int64) if listen_ports else np.zeros(0, np.int64)
-    on_listen_port = np.isin(tab["sport"], lp)
-    conn = (st != TCP_LISTEN) & (tab["dport"] != 0)
-    incoming = conn & (on_listen_port | (st == TCP_SYN_RECV) | (st == TCP_NEW_SYN_RECV))
-    outgoing = conn & ~incoming
+    incoming, outgoing, why = classify_direction(tab, listen_ports, (budget["range"][0], budget["range"][1]))
     facts.extra["incoming"] = int(incoming.sum())
     facts.extra["outgoing"] = int(outgoing.sum())
-    # Server-side TIME_WAIT per listening port: what a client reusing 4-tuples runs into.
+    facts.extra["direction_evidence"] = why
+    former = np.bincount(tab["sport"][incoming & ~np.isin(tab["sport"], list(listen_ports))].astype(np.int64),
+                         minlength=1)
+    top_former = np.argsort(-former)[:5]
+    facts.extra["former_listen_ports"] = {int(p): int(former[p]) for p in top_former if former[p]}
+    # Server-side TIME_WAIT per (former) listening port: what a client reusing 4-tuples runs into.
     tw_in = np.bincount(tab["sport"][incoming & (st == TCP_TIME_WAIT)].astype(np.int64), minlength=1)
     busy = np.argsort(-tw_in)[:10]
     facts.extra["incoming_time_wait_by_port"] = {int(p): int(tw_in[p]) for p in busy if tw_in[p]}
 
-    budget = port_budget(facts.settings, profile, listen_ports, windows=windows)
-    facts.extra["port_budget"] = budget
+    # Handshakes this host is waiting on: SYN_SENT sockets per destination, with retransmissions.
+    syn_sent = tab[outgoing & (st == TCP_SYN_SENT)]
+    if len(syn_sent):
+        dk = np.empty(len(syn_sent), dtype=[("dst", "V16"), ("dport", "u2"), ("family", "u1")])
+        dk["dst"], dk["dport"], dk["family"] = syn_sent["dst"], syn_sent["dport"], syn_sent["family"]
+        keys_, inv_ = np.unique(dk, return_inverse=True)
+        inv_ = inv_.ravel()
+        n_ = np.bincount(inv_, minlength=len(keys_))
+        retr = np.bincount(inv_, weights=syn_sent["retrans"] > 0, minlength=len(keys_)).astype(int)
+        order_ = np.argsort(-n_, kind="stable")[:10]
+        facts.extra["syn_sent_by_destination"] = [
+            {"dst": addr_text(keys_["dst"][i].tobytes(), int(keys_["family"][i])), "dport": int(keys_["dport"][i]),
+             "syn_sent": int(n_[i]), "retransmitted": int(retr[i])} for i in order_.tolist()]
+
     out = tab[outgoing]
     if not len(out):
         return
-
     keys, inv, counts = group_tuples(out)
     ost = out["state"]
     est = np.bincount(inv, weights=(ost == TCP_ESTABLISHED), minlength=len(keys)).astype(int)
@@ -327,8 +415,6 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
     facts.extra["socket_window_s"] = window
 
     per_tuple_budget = budget["usable"]
-    pressure = counts / max(per_tuple_budget, 1)
-    order = np.argsort(-pressure, kind="stable")
     facts.extra["tuples_total"] = len(keys)
 
     # Several source IPs toward one destination each get a full budget.
@@ -344,17 +430,21 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
     starts = np.concatenate([[0], np.cumsum(counts)])
     o_exp, o_ts = out["expires"], out["ts"]
     tw_len = float(facts.settings.get("TcpTimedWaitDelay", 240)) if windows else TCP_TIMEWAIT_LEN
+    reuse_hold = reuse_hold_s(facts.settings, profile)
     tuples: list[TupleUse] = []
     details: list[dict[str, Any]] = []
-    for gi in order[:MAX_TUPLES].tolist():
+    # The most used tuples are judged and the most pressed kept: with tw_reuse a range full
+    # of reusable TIME_WAIT is not pressure, so the order is by load, not by ports in use.
+    for gi in np.argsort(-counts, kind="stable")[:4 * MAX_TUPLES].tolist():
         fam = int(keys["family"][gi])
         dst = addr_text(keys["dst"][gi].tobytes(), fam)
-        tu = TupleUse(src=addr_text(keys["src"][gi].tobytes(), fam), dst=dst, dport=int(keys["dport"][gi]),
+        src = addr_text(keys["src"][gi].tobytes(), fam)
+        tu = TupleUse(src=src, dst=dst, dport=int(keys["dport"][gi]),
                       established=int(est[gi]), time_wait=int(tw[gi]),
                       other=int(counts[gi] - est[gi] - tw[gi]), budget=per_tuple_budget)
         members = by_group[starts[gi]:starts[gi + 1]]
         m_state = ost[members]
-        reuse = (not windows) and _tw_reuse_applies(facts.settings, dst)
+        reuse = (not windows) and tw_reuse_applies(facts.settings, profile, src, dst)
         d: dict[str, Any] = {"syn_sent": int(syn[gi]),
                              "sources_to_destination": int(srcs_per_dst[dinv[gi]]),
                              "in_use_to_destination": int(use_per_dst[dinv[gi]])}
@@ -366,11 +456,10 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
             if without > known.size / 2:
                 reuse = False  # the old connections carry no timestamps: twsk_unique() refuses
         d["tw_reuse_applies"] = reuse
+        d["tw_len_s"] = tw_len
         # TIME_WAIT entries block their port until they expire, or (tw_reuse) until they
-        # are older than the reuse delay; then connect() may take them over.
-        hold = tw_len
-        if reuse:
-            hold = max(float(facts.settings.get("net.ipv4.tcp_tw_reuse_delay", 1000)) / 1000.0, 1.0)
+        # are older than the reuse hold; then connect() may take them over.
+        hold = min(reuse_hold, tw_len) if reuse else tw_len
         if has_timers:
             tw_left = o_exp[members][m_state == TCP_TIME_WAIT] / 1000.0
             if tu.time_wait:
@@ -385,13 +474,34 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
         base = tu.established + tu.other
         closes_first = tu.time_wait > 0  # else the peer closes first: ports free when sockets go
         d["hold_s"] = hold if closes_first else 0.0
+        d["blocked"] = int(base + len(blocking))  # ports connect() cannot take now
         tu.seconds_to_exhaustion = time_to_exhaustion(
             base, blocking, (tu.rate_per_s or 0.0) if closes_first else 0.0, per_tuple_budget, hold)
         d["sustainable_rate_per_s"] = max(0.0, (per_tuple_budget - base) / hold) if closes_first else None
+        ct = obs.connect_trace
+        if ct is not None and obs.connect_trace_s:
+            d["attempts_per_s"] = ct.attempts.get((src, dst, tu.dport), 0) / obs.connect_trace_s
+            d["failed_no_port_per_s"] = ct.no_port.get((src, dst, tu.dport), 0) / obs.connect_trace_s
+        d["load"] = _load(tu, d)
         tuples.append(tu)
         details.append(d)
-    facts.tuples = tuples
-    facts.extra["tuple_detail"] = details
+    order = sorted(range(len(tuples)), key=lambda i: (-details[i]["load"], -tuples[i].in_use))[:MAX_TUPLES]
+    facts.tuples = [tuples[i] for i in order]
+    facts.extra["tuple_detail"] = [details[i] for i in order]
+
+
+def _load(t: TupleUse, d: dict[str, Any]) -> float:
+    """How close a tuple is to running out, 1.0 = at its limit: the new-connection rate over
+    the sustainable rate when both are known, else the share of ports connect() cannot take
+    now (the two agree in steady state: TIME_WAIT younger than the hold ~ rate x hold)."""
+    if t.seconds_to_exhaustion == 0:
+        return max(1.0, d["blocked"] / max(t.budget, 1))
+    sust = d.get("sustainable_rate_per_s")
+    if d.get("attempts_per_s") is not None and sust:
+        return max(d["attempts_per_s"] / sust, 1.0 if d.get("failed_no_port_per_s") else 0.0)
+    if t.rate_per_s is not None and sust:
+        return max(t.rate_per_s / sust, d["blocked"] / max(t.budget, 1) if not t.time_wait else 0.0)
+    return d["blocked"] / max(t.budget, 1)
 
 
 # ---- role -----------------------------------------------------------------------------------
@@ -409,8 +519,13 @@ def infer_role(facts: HostFacts, obs: Observed) -> tuple[str | None, str]:
     ndst = int(facts.extra.get("tuples_total", 0))
     if outg >= 50 and outg >= 2 * inc:
         return "client", f"{outg:,} outgoing connections to {ndst:,} (source, destination) tuples vs {inc:,} incoming"
-    if facts.listeners and inc >= 50 and inc >= 2 * outg:
-        return "server", f"{inc:,} connections on {len(facts.listeners)} listeners vs {outg:,} outgoing"
+    if inc >= 50 and inc >= 2 * outg:
+        former = facts.extra.get("former_listen_ports") or {}
+        where = f"on {len(facts.listeners)} listener(s)"
+        if former:
+            where += ", and on port(s) no longer listening: " + ", ".join(
+                f"{p} ({n:,})" for p, n in list(former.items())[:3])
+        return "server", f"{inc:,} incoming connections {where} vs {outg:,} outgoing"
     a, p = facts.counters_absolute.get("TcpActiveOpens"), facts.counters_absolute.get("TcpPassiveOpens")
     if a is not None and p is not None and max(a, p) >= 1000:
         if a >= 10 * max(p, 1):
@@ -440,6 +555,15 @@ def build(obs: Observed) -> HostFacts:
     cmax = facts.settings.get("net.netfilter.nf_conntrack_max", facts.settings.get("net.nf_conntrack_max"))
     if isinstance(count, int):
         facts.conntrack = {"count": count, **({"max": cmax} if isinstance(cmax, int) else {})}
+    if obs.connect_trace is not None and obs.connect_trace_s:
+        ct, w = obs.connect_trace, obs.connect_trace_s
+        failing = sorted(ct.no_port.items(), key=lambda kv: -kv[1])[:5]
+        facts.extra["connect_trace"] = {
+            "window_s": w, "attempts_per_s": sum(ct.attempts.values()) / w,
+            "failed_no_port_per_s": sum(ct.no_port.values()) / w, "lost_events": ct.lost,
+            "failing": [{"src": k[0], "dst": k[1], "dport": k[2], "per_s": n / w} for k, n in failing]}
+    if obs.snat_pools is not None or obs.conntrack is not None:
+        facts.extra["snat"] = _snat(obs, facts)
     facts.role, why = infer_role(facts, obs)
     facts.extra["role_evidence"] = why
     facts.extra["kernel_release"] = obs.kernel_release
@@ -454,6 +578,26 @@ def build(obs: Observed) -> HostFacts:
         facts.extra["processes"] = _processes(obs)
     facts.extra["notes"] = notes
     return facts
+
+
+def _snat(obs: Observed, facts: HostFacts) -> dict[str, Any]:
+    """The SNAT pools and their use per (NAT address, destination) from conntrack."""
+    from .nat import MAX_POOLS, snat_use
+
+    pools = obs.snat_pools or []
+    out: dict[str, Any] = {"pools": [{"kind": p.kind, "source": p.source, "addresses": p.addresses,
+                                      "ports": p.ports, "flags": p.flags, "rule": p.rule}
+                                     for p in pools[:MAX_POOLS]],
+                           "conntrack_read": obs.conntrack is not None}
+    if obs.conntrack is not None:
+        use = snat_use(pools, obs.conntrack)
+        out["entries"] = len(obs.conntrack)
+        out["translated"] = sum(g["in_use"] for g in use)
+        out["tuples"] = use[:MAX_TUPLES]
+        out["tuples_total"] = len(use)
+    tw = facts.settings.get("net.netfilter.nf_conntrack_tcp_timeout_time_wait")
+    out["time_wait_s"] = tw if isinstance(tw, int) else 120
+    return out
 
 
 def _processes(obs: Observed) -> list[dict[str, Any]]:

@@ -13,7 +13,8 @@ from ..findings import EvidenceItem, Fix
 from ..model.profiles import Profile, get_profile
 from .facts import rate
 
-__all__ = ["EvidenceItem", "Fix", "group", "linux_hosts", "num", "profile_of", "rate", "sysctl_fix", "tuple_label"]
+__all__ = ["EvidenceItem", "Fix", "fix_list", "group", "in_effect", "linux_hosts", "num", "port_list_text", "profile_of",
+           "rate", "sysctl_fix", "tuple_label"]
 
 
 def linux_hosts(ev: Evidence) -> list[HostFacts]:
@@ -29,8 +30,25 @@ def group(h: HostFacts, default: str) -> str:
     return h.role if h.role in ("client", "server") else default
 
 
+def in_effect(h: HostFacts, name: str, value: Any) -> bool:
+    """Whether sysctl `name` already has `value` on this host (compared as parsed values)."""
+    if name not in h.settings:
+        return False
+    from .facts import parse_sysctl
+
+    want = value if not isinstance(value, str) else parse_sysctl(name, value)
+    if isinstance(want, list):
+        want = tuple(want)
+    return bool(h.settings[name] == want)
+
+
 def sysctl_fix(id: str, title: str, h: HostFacts, default_group: str, values: dict[str, Any],
-               caveat: str = "", extra_commands: list[str] | None = None) -> Fix:
+               caveat: str = "", extra_commands: list[str] | None = None) -> Fix | None:
+    """A fix that sets sysctls; values already in effect are left out, and a fix whose
+    every value is in effect is no fix (None)."""
+    values = {k: v for k, v in values.items() if not in_effect(h, k, v)}
+    if not values:
+        return None
     g = group(h, default_group)
     cmds = [f"sysctl -w {k}={_shell(v)}" for k, v in values.items()]
     cmds.append("persist it in /etc/sysctl.d/90-tcpreuse.conf")
@@ -58,3 +76,15 @@ def tuple_label(t: TupleUse) -> str:
 
 def pressure(t: TupleUse) -> float:
     return t.in_use / t.budget if t.budget else 1.0
+
+
+def fix_list(*fixes: Fix | None) -> list[Fix]:
+    """The fixes that are fixes (sysctl_fix gives None for a setting already in effect)."""
+    return [f for f in fixes if f is not None]
+
+
+def port_list_text(ports: Any) -> str:
+    """Ports as ip_local_reserved_ports writes them: runs as ranges ("8000-8099,9000")."""
+    from ..model.settings import format_port_list
+
+    return format_port_list(ports)

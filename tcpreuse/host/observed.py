@@ -96,6 +96,10 @@ class Observed:
     netns: str | None = None
     taken_at: float | None = None  # wall clock (epoch s)
     windows: dict[str, Any] = field(default_factory=dict)  # netsh facts by setting name
+    snat_pools: list[Any] | None = None  # host.nat.SnatPool of the NAT rules; None: not read
+    conntrack: list[Any] | None = None  # host.nat.CtEntry (TCP); None: not read
+    connect_trace: Any = None  # host.trace.ConnectCounts over connect_trace_s; None: not traced
+    connect_trace_s: float | None = None
     inputs: list[str] = field(default_factory=list)  # what it was built from
     notes: list[str] = field(default_factory=list)  # partial results, skipped lines...
 

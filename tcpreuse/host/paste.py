@@ -86,7 +86,9 @@ _NETSTAT_S_KV = re.compile(r"^\s+([A-Za-z][A-Za-z0-9]+): (\d+)\s*$")
 _PROC_HDR = re.compile(r"^(Ip|Icmp|IcmpMsg|Tcp|Udp|UdpLite|TcpExt|IpExt|MPTcpExt): ([A-Za-z].*)$")
 _PROC_VAL = re.compile(r"^(Ip|Icmp|IcmpMsg|Tcp|Udp|UdpLite|TcpExt|IpExt|MPTcpExt): (-?\d+(?: -?\d+)*)\s*$")
 
-_SYSCTL = re.compile(r"^\s*((?:net|kernel|fs|vm)\.[A-Za-z0-9_.\-/]+)\s*=\s?(.*?)\s*$")
+# Every top-level directory of /proc/sys (kernel/sysctl.c and its register_sysctl() callers);
+# keys below them may hold interface names, which can contain almost anything but "=" and space.
+_SYSCTL = re.compile(r"^\s*((?:abi|crypto|debug|dev|fs|kernel|net|sunrpc|user|vm)\.[^\s=]+)\s*=\s?(.*?)\s*$")
 _NSTAT = re.compile(r"^([A-Z][A-Za-z0-9]+)\s+(\d+)\s+\d+(?:\.\d+)?\s*$")
 _UNAME = re.compile(r"^Linux\s+(\S+)\s+(\d+\.\d+[\w.\-+]*)\s")
 _RELEASE_FILE = re.compile(r"^(CentOS|Red Hat Enterprise Linux\S*|Rocky|AlmaLinux)\b.*release (\d+)", re.I)

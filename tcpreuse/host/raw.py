@@ -87,8 +87,60 @@ def to_observed(raw: RawHost, origin: str) -> Observed:
             obs.sockets.append(SocketSample(t=s.t, table=s.sockets))
         elif s.socket_error:
             obs.unreadable["socket table"] = s.socket_error
+    _nat(first, obs)
+    _trace(raw, obs)
     for path, why in obs.unreadable.items():
         obs.notes.append(f"could not read {path}: {why}")
     # The same file unreadable in both samples is reported once.
     obs.notes = list(dict.fromkeys(obs.notes))
     return obs
+
+
+def _nat(s: RawSample, obs: Observed) -> None:
+    """SNAT rules and the conntrack table, when they were read (forwarding hosts)."""
+    from .nat import (
+        CONNTRACK_NETLINK,
+        CONNTRACK_PROC,
+        IPTABLES_SAVE,
+        NFT_RULESET,
+        parse_conntrack,
+        pools_from_iptables_save,
+        pools_from_nft,
+    )
+
+    if NFT_RULESET in s.files or IPTABLES_SAVE in s.files:
+        pools = []
+        if NFT_RULESET in s.files:
+            got, notes = pools_from_nft(s.files[NFT_RULESET])
+            pools += got
+            obs.notes.extend(notes)
+        if IPTABLES_SAVE in s.files:
+            pools += pools_from_iptables_save(s.files[IPTABLES_SAVE])
+        obs.snat_pools = pools
+    for key in (CONNTRACK_PROC, CONNTRACK_NETLINK):
+        if key in s.files:
+            entries, bad = parse_conntrack(s.files[key])
+            obs.conntrack = entries
+            if bad:
+                obs.notes.append(f"{key}: {bad} line(s) not understood")
+            break
+    labels = {NFT_RULESET: "nft -j list ruleset (nftables NAT rules)",
+              IPTABLES_SAVE: "iptables-save (iptables NAT rules)", CONNTRACK_PROC: "the conntrack table"}
+    for key, label in labels.items():
+        if key in s.unreadable:
+            obs.unreadable[label] = s.unreadable[key]
+
+
+def _trace(raw: RawHost, obs: Observed) -> None:
+    """connect() attempts and failures traced between the two samples (--trace-connects)."""
+    from .trace import TRACE_KEY, parse_trace
+
+    last = raw.samples[-1]
+    if TRACE_KEY in last.files and len(raw.samples) >= 2:
+        obs.connect_trace = parse_trace(last.files[TRACE_KEY])
+        obs.connect_trace_s = obs.connect_trace.window_s or (last.t - raw.samples[0].t)
+        if obs.connect_trace.lost:
+            obs.notes.append(f"connect() trace: {obs.connect_trace.lost:,} events lost (buffer overrun); "
+                             "attempts are undercounted")
+    elif TRACE_KEY in raw.samples[0].unreadable:
+        obs.notes.append(raw.samples[0].unreadable[TRACE_KEY])

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from ..diagnose.base import Evidence, HostFacts
 from ..findings import Finding
+from ..model.settings import format_port_list
 from .counters import COUNTERS
 from .facts import rate
 
@@ -36,7 +37,8 @@ MAX_TUPLE_ROWS = 10
 
 def _v(x: Any) -> str:
     if isinstance(x, frozenset | set):
-        return ",".join(map(str, sorted(x))) or "(none)"
+        return format_port_list(x) if all(isinstance(v, int) for v in x) and x else \
+            ",".join(map(str, sorted(x))) or "(none)"
     if isinstance(x, tuple):
         return " ".join(map(str, x))
     if isinstance(x, int) and not isinstance(x, bool) and abs(x) >= 10000:
@@ -44,8 +46,15 @@ def _v(x: Any) -> str:
     return str(x)
 
 
-def render_findings(findings: list[Finding]) -> RenderableType:
+def render_findings(findings: list[Finding], ev: Evidence | None = None) -> RenderableType:
     if not findings:
+        one_sample = ev is not None and any(h.window_s is None and h.extra.get("socket_window_s") is None
+                                            and h.os == "linux" and h.extra.get("counters_read")
+                                            for h in ev.hosts.values())
+        if one_sample:
+            return Text("No problems found in one sample. One sample cannot see a rate: new connections/s, "
+                        "listen overflows/s, SYN retransmissions/s and what runs out at that rate need two "
+                        "samples (--interval 1 or more).", style="yellow")
         return Text("No problems found for short-lived connections.", style="green")
     parts: list[RenderableType] = []
     for i, f in enumerate(findings, 1):
@@ -135,6 +144,27 @@ def render_host(h: HostFacts) -> RenderableType:
         more = int(h.extra.get("tuples_total", 0)) - min(len(h.tuples), MAX_TUPLE_ROWS)
         if more > 0:
             parts.append(Text(f"  ... and {more:,} more tuples", style="dim"))
+    # Source NAT: pools and their use per (NAT address -> destination)
+    snat = h.extra.get("snat")
+    if snat:
+        for pool in snat.get("pools", [])[:5]:
+            addrs = "-".join(dict.fromkeys(pool["addresses"])) if pool.get("addresses") else "interface address"
+            ports = f"{pool['ports'][0]}-{pool['ports'][1]}" if pool.get("ports") else "default ports"
+            parts.append(Text(f"SNAT {pool['kind']} to {addrs}:{ports} ({pool['source']}: {pool['rule']})"))
+        if snat.get("tuples"):
+            t = Table(title="translated ports per (NAT address -> destination), most used first",
+                      title_justify="left", header_style="bold", box=None, padding=(0, 1))
+            for c in ("NAT address -> destination", "in use", "%", "estab", "TW", "clients"):
+                t.add_column(c, justify="left" if c.startswith("NAT") else "right")
+            for g in snat["tuples"][:MAX_TUPLE_ROWS]:
+                pct = g["in_use"] / g["budget"] if g["budget"] else 1.0
+                dst = f"[{g['dst']}]" if ":" in g["dst"] else g["dst"]
+                t.add_row(f"{g['nat_addr']} -> {dst}:{g['dport']}", f"{g['in_use']:,}/{g['budget']:,}", f"{pct:.0%}",
+                          f"{g['established']:,}", f"{g['time_wait']:,}", f"{g['sources']:,}",
+                          style="red" if pct >= 0.9 else "yellow" if pct >= 0.75 else "")
+            parts.append(t)
+        elif snat.get("conntrack_read"):
+            parts.append(Text(f"conntrack: {snat.get('entries', 0):,} TCP entries, none source-NATed"))
     # Listeners
     if h.listeners:
         t = Table(title="listeners (accept queue)", title_justify="left", header_style="bold", box=None,
@@ -195,7 +225,7 @@ def render_host(h: HostFacts) -> RenderableType:
 
 
 def render(ev: Evidence, findings: list[Finding]) -> RenderableType:
-    return Group(Text("Findings", style="bold underline"), render_findings(findings),
+    return Group(Text("Findings", style="bold underline"), render_findings(findings, ev),
                  *[render_host(h) for h in ev.hosts.values()])
 
 

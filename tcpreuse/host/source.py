@@ -23,9 +23,11 @@ from typing import Protocol
 
 from .. import __version__
 from ..errors import HostError
+from .nat import CONNTRACK_NETLINK, CONNTRACK_PROC, IPTABLES_SAVE, NFT_RULESET
 from .observed import COUNTER_FILES, SYSCTLS, Observed, ProcessInfo, sysctl_path
 from .raw import RawHost, RawSample, to_observed
 from .sockets import SockTable
+from .trace import TRACE_KEY
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIRS = ("/run/netns", "/var/run/netns")
@@ -55,8 +57,9 @@ class LiveCollector:
     label = "live"
 
     def __init__(self, interval: float = 1.0, processes: bool = False, role: str | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, trace_connects: bool = False) -> None:
         self.interval = max(0.0, interval)
+        self.trace_connects = trace_connects
         self.processes = processes
         self.role = role
         self.name = name
@@ -84,6 +87,44 @@ class LiveCollector:
 
     def read_processes(self, table: SockTable | None) -> list[ProcessInfo] | None:
         return None
+
+    def run_command(self, key: str, argv: list[str]) -> str:
+        """Output of a read-only command run where the reads happen (`key`: its raw name)."""
+        raise FileNotFoundError(errno.ENOENT, "not available", argv[0])
+
+    def read_conntrack_netlink(self) -> str:
+        """The conntrack table in /proc/net/nf_conntrack's line format, over netlink."""
+        raise FileNotFoundError(errno.ENOENT, "not available", "conntrack")
+
+    def start_trace(self) -> object:
+        """Start tracing connect() attempts (host/trace.py); returns a handle for stop_trace."""
+        from .trace import ConnectTrace
+
+        t = ConnectTrace()
+        t.start()
+        return t
+
+    def stop_trace(self, handle: object) -> str:
+        from .trace import ConnectTrace
+
+        return handle.stop() if isinstance(handle, ConnectTrace) else ""
+
+    def _read_nat(self, s: RawSample) -> None:
+        """On a forwarding host: its SNAT rules and conntrack table (host/nat.py)."""
+        if s.files.get(sysctl_path("net.ipv4.ip_forward"), "").strip() != "1":
+            return
+        for key, argv in ((NFT_RULESET, ["nft", "-j", "list", "ruleset"]), (IPTABLES_SAVE, ["iptables-save"])):
+            try:
+                s.files[key] = self.run_command(key, argv)
+            except OSError as e:
+                s.unreadable[key] = _why(e)
+        try:
+            s.files[CONNTRACK_PROC] = self.read_file(CONNTRACK_PROC)
+        except OSError as e:
+            try:
+                s.files[CONNTRACK_NETLINK] = self.read_conntrack_netlink()
+            except OSError as e2:
+                s.unreadable[CONNTRACK_PROC] = f"{_why(e)}; netlink: {_why(e2)}"
 
     # algorithm --------------------------------------------------------------------------
     def _sample(self, paths: list[str], sockets: bool, with_info: bool) -> RawSample:
@@ -130,13 +171,31 @@ class LiveCollector:
             # tcp_info only tells whether tw_reuse can apply to a peer; it costs time, and with
             # the default 2 (loopback only) the peer is this kernel, timestamps as set here.
             with_info = reuse == 1
-            s0 = self._sample(list(COUNTER_FILES), True, with_info and self.interval == 0)
-            s0.files.update(first.files)
-            s0.unreadable.update(first.unreadable)
-            raw.samples.append(s0)
-            if self.interval > 0:
-                self.sleep(self.interval)
-                raw.samples.append(self._sample(list(COUNTER_FILES), True, with_info))
+            trace = None
+            trace_error = None
+            t_trace = 0.0
+            if self.trace_connects and self.interval > 0:
+                try:
+                    trace = self.start_trace()
+                    t_trace = self.now()
+                except OSError as e:
+                    trace_error = f"connect() trace: {e.strerror or e}"
+            try:
+                s0 = self._sample(list(COUNTER_FILES), True, with_info and self.interval == 0)
+                s0.files.update(first.files)
+                s0.unreadable.update(first.unreadable)
+                self._read_nat(s0)
+                raw.samples.append(s0)
+                if self.interval > 0:
+                    self.sleep(self.interval)
+                    raw.samples.append(self._sample(list(COUNTER_FILES), True, with_info))
+            finally:
+                if trace is not None:
+                    text = self.stop_trace(trace) + f"# window {self.now() - t_trace:.6f}\n"
+                    if raw.samples:
+                        raw.samples[-1].files[TRACE_KEY] = text
+            if trace_error:
+                raw.samples[0].unreadable[TRACE_KEY] = trace_error
             raw.meta.update(self.extra_meta())
         if self.processes:
             last = raw.samples[-1].sockets
@@ -261,6 +320,48 @@ class LinuxSource(LiveCollector):
                 pass
         return found
 
+    def run_command(self, key: str, argv: list[str]) -> str:
+        import shutil
+        import subprocess
+
+        if shutil.which(argv[0]) is None:
+            raise FileNotFoundError(errno.ENOENT, f"{argv[0]} not installed", argv[0])
+        if os.geteuid() != 0:
+            raise PermissionError(errno.EPERM, "needs root", argv[0])
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except subprocess.TimeoutExpired:
+            raise OSError(errno.ETIMEDOUT, f"{argv[0]} timed out") from None
+        if r.returncode != 0:
+            raise OSError(errno.EIO, f"{argv[0]}: {r.stderr.strip()[:120] or 'failed'}")
+        return r.stdout
+
+    def read_conntrack_netlink(self) -> str:
+        """Without CONFIG_NF_CONNTRACK_PROCFS: a ctnetlink dump (pyroute2), as /proc lines."""
+        try:
+            from pyroute2.conntrack import TCP_CONNTRACK_TO_NAME, Conntrack
+        except ImportError:
+            raise FileNotFoundError(errno.ENOENT, "pyroute2 not installed", "conntrack") from None
+        lines = []
+        try:
+            ct = Conntrack()
+            try:
+                for e in ct.dump_entries():
+                    o, r = e.tuple_orig, e.tuple_reply
+                    if o.proto != socket.IPPROTO_TCP or e.protoinfo is None:
+                        continue
+                    state = TCP_CONNTRACK_TO_NAME.get(e.protoinfo.state, str(e.protoinfo.state))
+                    lines.append(f"ipv4 2 tcp 6 {e.timeout or 0} {state} src={o.saddr} dst={o.daddr} "
+                                 f"sport={o.sport} dport={o.dport} src={r.saddr} dst={r.daddr} "
+                                 f"sport={r.sport} dport={r.dport}")
+            finally:
+                ct.close()
+        except OSError:
+            raise
+        except Exception as e:  # pyroute2 raises its own NetlinkError (an OSError subclass) or others
+            raise OSError(errno.EIO, f"conntrack dump failed: {e}") from None
+        return "\n".join(lines) + "\n"
+
     def read_processes(self, table: SockTable | None) -> list[ProcessInfo] | None:
         """Map socket inodes to processes by walking /proc/PID/fd (psutil for the rest)."""
         import psutil
@@ -321,6 +422,15 @@ class FixtureSource(LiveCollector):
         if isinstance(v, OSError):
             raise v
         return v
+
+    def run_command(self, key: str, argv: list[str]) -> str:
+        return self.read_file(key)
+
+    def start_trace(self) -> object:
+        return "fixture"
+
+    def stop_trace(self, handle: object) -> str:
+        return self.read_file(TRACE_KEY)
 
     def read_sockets(self, with_info: bool) -> tuple[SockTable, list[str]]:
         if isinstance(self.tables, HostError):

@@ -157,3 +157,29 @@ class SourceNat:
         if not q and e.expires < self.next_expiry:
             self.next_expiry = e.expires
         q.append((e.expires, e))
+
+
+def nf_nat_port_range(given: tuple[int, int] | None, orig_sport: int) -> tuple[int, int]:
+    """The source ports a SNAT/MASQUERADE rule may map a TCP flow to: mirrors the range
+    choice of nf_nat_l4proto_unique_tuple(), net/netfilter/nf_nat_proto.c (2.6.32-6.18,
+    formerly nf_nat_proto_common.c). A rule with a port range uses it; without one, source
+    ports below 512 map to 1-511, 512-1023 to 600-1023, all others to 1024-65535 (and the
+    flow keeps its own port when the translated tuple is unique). The translated tuple must
+    be unique among conntrack entries (nf_nat_used_tuple()), so each (NAT address,
+    destination address, destination port) has its own budget of this many ports."""
+    if given is not None:
+        lo, hi = given
+        return (min(lo, hi), max(lo, hi))
+    if orig_sport < 512:
+        return (1, 511)
+    if orig_sport < 1024:
+        return (600, 1023)
+    return (1024, 65535)
+
+
+def nat_evicts_timewait(version: tuple[int, ...]) -> bool:
+    """nf_nat_used_tuple_harder(), net/netfilter/nf_nat_core.c: in the port search's last
+    attempts a colliding SRC_NAT entry in conntrack TIME_WAIT whose sequence numbers the new
+    SYN has passed may be evicted (nf_nat_may_kill()). Since about 6.5 (version inferred,
+    not verified); before, a TIME_WAIT entry blocks its port for the full hold."""
+    return version >= (6, 5)

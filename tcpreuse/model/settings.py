@@ -94,6 +94,23 @@ def parse_port_list(x: Any) -> frozenset[int]:
     return frozenset(ports)
 
 
+def format_port_list(ports: Any) -> str:
+    """The inverse of parse_port_list, as the kernel prints ip_local_reserved_ports
+    (proc_do_large_bitmap): sorted, runs of consecutive ports as "a-b"."""
+    out: list[str] = []
+    run: list[int] = []
+    for p in sorted(set(ports)):
+        if run and p == run[-1] + 1:
+            run[-1] = p
+            continue
+        if run:
+            out.append(str(run[0]) if run[0] == run[1] else f"{run[0]}-{run[1]}")
+        run = [p, p]
+    if run:
+        out.append(str(run[0]) if run[0] == run[1] else f"{run[0]}-{run[1]}")
+    return ",".join(out)
+
+
 def _port_list(x: Any, p: Profile) -> frozenset[int]:
     return parse_port_list(x)
 

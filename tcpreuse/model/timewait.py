@@ -310,15 +310,44 @@ def tcp_twsk_unique(
         return False
     if bound_port:
         return True
-    reuse = tw_reuse
-    if rule == "delay_ms" and tw.substate == FIN_WAIT2:
-        reuse = 0
-    if reuse == 2 and not tw.loopback:
-        reuse = 0
-    if not reuse:
+    if not tw_reuse_enabled(tw_reuse, tw.loopback, loopback_mode=True,
+                            fin_wait2=tw.substate == FIN_WAIT2 and rule == "delay_ms"):
         return False
     if rule == "delay_ms":
         return time_after32_ms(now_ms, tw.entry_stamp_ms + tw_reuse_delay_ms)
     if rule == "after_s":
         return s32(tw.ts_recent_stamp - now_sec) < 0
     return now_sec - tw.ts_recent_stamp > 1
+
+
+def tw_reuse_enabled(tw_reuse: int, loopback: bool, *, loopback_mode: bool, fin_wait2: bool = False) -> bool:
+    """The sysctl part of tcp_twsk_unique(), net/ipv4/tcp_ipv4.c (spec §4.2): does
+    `tcp_tw_reuse` let an autoselecting connect() consider this TIME_WAIT 4-tuple at all?
+
+    * 2 means loopback only since 4.18 (79e9fed46038, `loopback_mode`); before 4.18 the
+      value was only tested for non-zero, so 2 enabled reuse everywhere;
+    * 6.14+ never reuses a FIN_WAIT2 mini-socket (`fin_wait2`: pass True only then).
+    Timestamps (`tw_ts_recent_stamp`) and the delay are separate: tcp_twsk_unique().
+    """
+    if not tw_reuse or fin_wait2:
+        return False
+    return not (loopback_mode and tw_reuse == 2 and not loopback)
+
+
+def tw_reuse_hold_s(rule: str, tw_reuse_delay_ms: int = 1000) -> float:
+    """How long, at most, connect() waits before it may take over a TIME_WAIT 4-tuple with
+    tcp_tw_reuse on (tcp_twsk_unique(), spec §4.2), counted from the connection's last
+    timestamped segment, about when this host closed:
+
+    * gt1s (<= 4.18): `get_seconds() - tw_ts_recent_stamp > 1` on whole wall seconds:
+      between just over 1 s and 2 s;
+    * after_s (4.19-6.13): `time_after32(ktime_get_seconds(), tw_ts_recent_stamp)`: the next
+      monotonic second, within 1 s;
+    * delay_ms (6.14+): `time_after32(tcp_clock_ms(), tw_entry_stamp + tcp_tw_reuse_delay)`:
+      the delay plus 1 ms after entering TIME_WAIT.
+    """
+    if rule == "delay_ms":
+        return (tw_reuse_delay_ms + 1) / 1000.0
+    if rule == "after_s":
+        return 1.0
+    return 2.0

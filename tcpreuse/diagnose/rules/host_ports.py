@@ -8,92 +8,188 @@ from __future__ import annotations
 
 from ...diagnose.base import Evidence, HostFacts, TupleUse, rule
 from ...findings import EvidenceItem, Finding
-from ...host.judge import Fix, linux_hosts, num, pressure, profile_of, rate, sysctl_fix, tuple_label
+from ...host.judge import (
+    Fix,
+    fix_list,
+    linux_hosts,
+    num,
+    pressure,
+    profile_of,
+    rate,
+    sysctl_fix,
+    tuple_label,
+)
 
 TOP_TUPLES = 3
 
 
+# How close a tuple is to running out (rate / sustainable rate, or the share of ports
+# connect() cannot take now: facts._load): warn from here, critical from AT_LIMIT.
+WARN_LOAD = 0.75
+AT_LIMIT = 0.9
+SATURATED_FREE = 0.05  # at most this share of the budget free: at the limit
+
+
 def _tuple_fixes(h: HostFacts, t: TupleUse, d: dict) -> list[Fix]:
-    fixes = [Fix(id="reuse-connections", title="Reuse connections: HTTP keep-alive or a connection pool",
-                 caveat="The only fix that removes the churn itself; everything below buys headroom.")]
+    """Ranked: the root cause when the evidence names one (reuse switched on but unable to
+    apply), then removing the churn, then headroom. Settings already in effect are never
+    proposed (sysctl_fix)."""
     reuse = h.settings.get("net.ipv4.tcp_tw_reuse", 0)
     ts = h.settings.get("net.ipv4.tcp_timestamps", 1)
+    pt = d.get("peer_timestamps") or {}
+    root: list[Fix | None] = []
+    later: list[Fix | None] = []
     if not d.get("tw_reuse_applies") and t.time_wait:
-        values = {"net.ipv4.tcp_tw_reuse": 1}
-        if not ts:
-            values["net.ipv4.tcp_timestamps"] = 1
-        why = "loopback-only (2) today" if reuse == 2 else f"{reuse} today"
-        fixes.append(sysctl_fix(
-            "tw-reuse", f"Let connect() reuse TIME_WAIT entries older than 1 s (tcp_tw_reuse=1; {why})",
-            h, "client", values,
-            caveat="Outgoing connections only; needs timestamps on both ends. Never tcp_tw_recycle."))
+        wanted = reuse == 1 or (reuse == 2 and "127." in t.dst)
+        if not ts:  # tw_reuse needs timestamps on the old connection: the missing piece
+            fx = sysctl_fix("timestamps-on", "Turn TCP timestamps on (tcp_tw_reuse needs them on both ends)",
+                            h, "client", {"net.ipv4.tcp_timestamps": 1, "net.ipv4.tcp_tw_reuse": 1},
+                            caveat="The peers must send timestamps too (Linux does by default; Windows "
+                                   "needs `netsh int tcp set global timestamps=enabled`).")
+            (root if wanted else later).append(fx)
+        elif pt and pt.get("without", 0) > pt.get("with", 0):
+            root.append(Fix(id="peer-timestamps-on", title=f"Turn timestamps on at {t.dst}: tcp_tw_reuse needs them",
+                            commands=["sysctl -w net.ipv4.tcp_timestamps=1 (Linux peer)",
+                                      "netsh int tcp set global timestamps=enabled (Windows peer)"]))
+        else:
+            why = "loopback-only (2) today" if reuse == 2 else f"{reuse} today"
+            later.append(sysctl_fix(
+                "tw-reuse", f"Let connect() reuse TIME_WAIT entries older than 1 s (tcp_tw_reuse=1; {why})",
+                h, "client", {"net.ipv4.tcp_tw_reuse": 1},
+                caveat="Outgoing connections only; needs timestamps on both ends. Never tcp_tw_recycle."))
     b = h.extra.get("port_budget", {})
     lo, hi = b.get("range", [32768, 60999])
     if hi - lo + 1 < 60000:
-        fixes.append(sysctl_fix("widen-port-range", "Widen the ephemeral port range to 1024-65535",
+        later.append(sysctl_fix("widen-port-range", "Widen the ephemeral port range to 1024-65535",
                                 h, "client", {"net.ipv4.ip_local_port_range": "1024 65535"},
                                 caveat="Reserve every port a service listens on first "
                                        "(net.ipv4.ip_local_reserved_ports)."))
-    fixes.append(Fix(id="more-addresses",
+    later.append(Fix(id="more-addresses",
                      title="Spread over more source addresses (bind() with IP_BIND_ADDRESS_NO_PORT) "
                            "or more destination addresses/ports",
                      caveat=f"Each (source, destination) pair has its own {t.budget:,}-port budget; "
                             f"{d.get('sources_to_destination', 1)} source address(es) are used toward "
                             f"{t.dst}:{t.dport} now."))
-    return fixes
+    keepalive = Fix(id="reuse-connections", title="Reuse connections: HTTP keep-alive or a connection pool",
+                    caveat="The only fix that removes the churn itself; everything below buys headroom.")
+    return fix_list(*root, keepalive, *later)
+
+
+def _tw_detail(t: TupleUse, d: dict) -> str:
+    if not t.time_wait:
+        return "none: the peer closes first, so ports come back when sockets close"
+    if d.get("tw_reuse_applies"):
+        return f"this host closed first; connect() may reuse each after {d.get('hold_s', 1):g} s (tcp_tw_reuse)"
+    return f"this host closed first; each holds its port {d.get('tw_len_s', 60):g} s"
+
+
+def _secs(x: float) -> str:
+    return f"{x:.{1 if x < 10 else 0}f}"
 
 
 @rule("host-tuple-exhaustion", needs={"hosts"})
 def tuple_exhaustion(ev: Evidence) -> list[Finding]:
+    """Severity from the rate against the sustainable rate (or, with one sample, from the
+    ports connect() cannot take now), never from occupancy alone: with tw_reuse a range
+    full of TIME_WAIT is normal."""
     out = []
     for h in linux_hosts(ev):
         details = h.extra.get("tuple_detail") or [{} for _ in h.tuples]  # facts from elsewhere: no details
         active = rate(h, "TcpActiveOpens")
         for t, d in list(zip(h.tuples, details, strict=False))[:TOP_TUPLES]:
-            pr = pressure(t)
             ste = t.seconds_to_exhaustion
-            if pr < 0.5 and ste is None:
+            sust = d.get("sustainable_rate_per_s")
+            blocked = int(d.get("blocked", t.in_use))
+            load = float(d.get("load", pressure(t)))
+            r = t.rate_per_s
+            exhausted = ste == 0
+            # At its limit: (nearly) no port free now while connections keep coming. The rate
+            # measured then is the ceiling the budget allows, and attempts above it fail.
+            attempts = d.get("attempts_per_s")
+            failing = float(d.get("failed_no_port_per_s") or 0.0)
+            at_limit = not exhausted and ((t.budget - blocked <= max(2, SATURATED_FREE * t.budget)
+                                           and (r is None or r > 0)) or failing > 0)
+            soon = ste is not None and ste <= 60
+            if not (exhausted or at_limit or soon or load >= WARN_LOAD):
                 continue
-            critical = pr >= 0.9 or (ste is not None and ste <= 60)
+            critical = exhausted or at_limit or soon or (r is None and load >= AT_LIMIT)
             items = [
                 EvidenceItem("tuple", tuple_label(t)),
-                EvidenceItem("ports in use", t.in_use, f"{pr:.0%} of the {t.budget:,} connect() may use"),
+                EvidenceItem("ports in use", t.in_use, f"{pressure(t):.0%} of the {t.budget:,} connect() may use"),
+                EvidenceItem("ports connect() cannot take now", blocked,
+                             "established, other states and TIME_WAIT not yet reusable" if d.get("tw_reuse_applies")
+                             else "every port in use"),
                 EvidenceItem("established", t.established),
-                EvidenceItem("TIME_WAIT", t.time_wait, "this host closed first; each holds its port 60 s"),
+                EvidenceItem("TIME_WAIT", t.time_wait, _tw_detail(t, d)),
                 EvidenceItem("other states", t.other),
             ]
-            if t.rate_per_s is not None:
-                items.append(EvidenceItem("new connections per s (this tuple)", round(t.rate_per_s, 1)))
+            if r is not None:
+                items.append(EvidenceItem("new connections per s (this tuple)", round(r, 1),
+                                          "connect() calls that got a port; failed ones (EADDRNOTAVAIL) are "
+                                          "counted by no kernel counter" + ("" if attempts is not None else
+                                                                            " (--trace-connects counts them)")))
             if active is not None:
                 items.append(EvidenceItem("TcpActiveOpens per s (host)", round(active, 1)))
+            if sust is not None:
+                items.append(EvidenceItem("sustainable new connections per s", round(sust, 1),
+                                          f"free ports / {d.get('hold_s', 60):g} s hold"))
+            if attempts is not None:
+                items.append(EvidenceItem("connect() attempts per s (traced)", round(attempts, 1),
+                                          "CLOSE -> SYN_SENT, sock:inet_sock_set_state"))
+                items.append(EvidenceItem("connect() failed without a port per s (traced)", round(failing, 1),
+                                          "EADDRNOTAVAIL: SYN_SENT -> CLOSE before a port was chosen"))
+            if attempts is not None and sust:
+                items.append(EvidenceItem("attempts / sustainable rate", f"{attempts / sust:.0%}"))
+            elif r is not None and sust:
+                items.append(EvidenceItem("rate / sustainable rate", f"{r / sust:.0%}"))
             items.append(EvidenceItem("seconds to exhaustion",
-                                      "now" if ste == 0 else (round(ste, 1) if ste is not None else "not at this rate")))
+                                      "now" if exhausted else (round(ste, 1) if ste is not None else "not at this rate")))
             if t.next_free_in_s is not None:
                 items.append(EvidenceItem("oldest TIME_WAIT frees in s", round(t.next_free_in_s, 1),
                                           f"{d.get('tw_free_within_10s', 0):,} free within 10 s"))
-            if d.get("sustainable_rate_per_s") is not None:
-                items.append(EvidenceItem("sustainable new connections per s",
-                                          round(d["sustainable_rate_per_s"], 1),
-                                          f"free ports / {d.get('hold_s', 60):g} s hold"))
             items.append(EvidenceItem("tcp_tw_reuse applies", d.get("tw_reuse_applies", False)))
-            when = ("it is exhausted now" if ste == 0 else
-                    f"at {t.rate_per_s:,.0f} new connections/s the last free port goes in "
-                    f"{ste:.{1 if ste < 10 else 0}f} s"
-                    if ste is not None and t.rate_per_s else
-                    "a burst above the sustainable rate exhausts it")
+            if exhausted:
+                when = "no port is free now"
+                title = f"{tuple_label(t)}: {t.in_use:,} of {t.budget:,} local ports in use (exhausted)"
+            elif at_limit and attempts is not None and sust:
+                when = (f"connect() is called {attempts:,.0f} times/s against the {sust:,.0f}/s this budget "
+                        f"sustains; {failing:,.0f}/s fail now")
+                title = (f"{tuple_label(t)}: at its limit, {attempts:,.0f} connect()/s attempted against a "
+                         f"sustainable {sust:,.0f}/s; {failing:,.0f}/s fail with EADDRNOTAVAIL")
+            elif at_limit and r is not None and sust:
+                when = (f"new connections succeed at {r:,.0f}/s against the {sust:,.0f}/s this budget sustains: "
+                        "it is at its limit, so the measured rate is a ceiling, not the demand; every "
+                        "connect() above it fails")
+                title = (f"{tuple_label(t)}: at its limit, {r:,.0f} new connections/s against a sustainable "
+                         f"{sust:,.0f}/s; connect() beyond that fails")
+            elif at_limit:
+                when = (f"{blocked:,} of {t.budget:,} ports cannot be taken now; one sample cannot see the "
+                        "rate (use --interval)")
+                title = f"{tuple_label(t)}: {blocked:,} of {t.budget:,} local ports unavailable to connect()"
+            elif soon and r:
+                when = f"at {r:,.0f} new connections/s the last free port goes in {_secs(ste or 0)} s"
+                title = (f"{tuple_label(t)}: {t.in_use:,} of {t.budget:,} local ports in use, exhausted in "
+                         f"{_secs(ste or 0)} s at {r:,.0f}/s")
+            else:
+                when = ("a burst above the sustainable rate exhausts it" if r is None or not sust else
+                        f"{r:,.0f} new connections/s leave {max(0.0, 1 - r / sust):.0%} headroom")
+                title = f"{tuple_label(t)}: {blocked:,} of {t.budget:,} local ports unavailable to connect()"
+            if d.get("tw_reuse_applies"):
+                tw_text = (f"{t.time_wait:,} wait in TIME_WAIT, reusable by connect() after "
+                           f"{d.get('hold_s', 1):g} s (tcp_tw_reuse)")
+            elif t.time_wait:
+                tw_text = f"{t.time_wait:,} wait in TIME_WAIT after this host closed first"
+            else:
+                tw_text = "none wait in TIME_WAIT (the peer closes first)"
             out.append(Finding(
-                id="tuple-port-exhaustion",
-                title=f"{tuple_label(t)}: {t.in_use:,} of {t.budget:,} local ports in use"
-                      + (f", exhausted in {ste:.{1 if ste < 10 else 0}f} s at {t.rate_per_s:,.0f}/s" if ste and t.rate_per_s else
-                         " (exhausted)" if ste == 0 else ""),
+                id="tuple-port-exhaustion", title=title,
                 severity="critical" if critical else "warning",
                 cause=(f"connect() from {t.src} to {t.dst}:{t.dport} may choose among {t.budget:,} local "
                        "ports (ip_local_port_range minus reserved and listening ports); the 4-tuple must "
-                       f"be unique. {t.established:,} are established and {t.time_wait:,} wait in TIME_WAIT "
-                       f"after this host closed first; {when}. Then connect() fails with EADDRNOTAVAIL "
-                       "(\"Cannot assign requested address\"), and before that it slows down scanning "
-                       "for a free port."),
-                evidence=items, confidence=0.9 if t.rate_per_s is not None or pr >= 0.9 else 0.75,
+                       f"be unique. {t.established:,} are established and {tw_text}; {when}. Then connect() "
+                       "fails with EADDRNOTAVAIL (\"Cannot assign requested address\"), and before that it "
+                       "slows down scanning for a free port."),
+                evidence=items, confidence=0.9 if r is not None or exhausted else 0.75,
                 fixes=_tuple_fixes(h, t, d), hosts=[h.name]))
     return out
 
@@ -167,10 +263,10 @@ def tw_overflow(ev: Evidence) -> list[Finding]:
                    + ("Here the closing side opens the connections, so ports come back unprotected."
                       if client_side else "On a server this mainly trades safety for memory.")),
             evidence=items, confidence=0.9 if rising else 0.7,
-            fixes=[sysctl_fix("raise-tw-buckets", f"Raise tcp_max_tw_buckets to {new_max:,}", h,
+            fixes=fix_list(sysctl_fix("raise-tw-buckets", f"Raise tcp_max_tw_buckets to {new_max:,}", h,
                               "client" if client_side else "server", {"net.ipv4.tcp_max_tw_buckets": new_max},
                               caveat="Each TIME_WAIT mini-socket costs a few hundred bytes; the limit "
-                                     "exists against memory exhaustion, not as a TIME_WAIT tuning knob.")],
+                                     "exists against memory exhaustion, not as a TIME_WAIT tuning knob.")),
             hosts=[h.name]))
     return out
 
@@ -203,14 +299,31 @@ def listen_overflow(ev: Evidence) -> list[Finding]:
         clamp = worst is not None and isinstance(somax, int) and worst.backlog >= somax
         biggest = max((lu.backlog for lu in h.listeners), default=128)
         new_backlog = max(4096, 4 * (worst.backlog if worst else biggest))
-        fixes = [Fix(id="raise-backlog",
-                     title=f"Raise the listen backlog to {new_backlog:,} (application listen() and somaxconn)",
-                     set={"host.server.backlog": new_backlog},
-                     commands=[f"sysctl -w net.core.somaxconn={max(new_backlog, somax or 0)}",
-                               "raise the backlog the server passes to listen() (nginx: listen ... backlog=N)"],
-                     caveat="A bigger queue absorbs bursts; if the server accepts too slowly on average, "
-                            "add workers instead.")]
-        fixes.append(Fix(id="accept-faster", title="Accept faster: more workers or threads calling accept()"))
+        # While the queue is full a handshake completes only when accept() frees a slot, so
+        # PassiveOpens/s is the application's accept rate; what arrives is that plus the drops.
+        po = rate(h, "TcpPassiveOpens")
+        sustained = rising and worst is not None
+        if sustained and po is not None:
+            arriving = po + (rd or ro or 0.0)
+            items.append(EvidenceItem("accepted per s", round(po, 1),
+                                      "TcpPassiveOpens while the queue is full: the application's accept rate"))
+            items.append(EvidenceItem("arriving per s", round(arriving, 1), "accepted + dropped (SYN retries included)"))
+        commands = []
+        if not isinstance(somax, int) or somax < new_backlog:
+            commands.append(f"sysctl -w net.core.somaxconn={new_backlog}")
+        commands.append("raise the backlog the server passes to listen() (nginx: listen ... backlog=N)")
+        backlog_fix = Fix(id="raise-backlog",
+                          title=f"Raise the listen backlog to {new_backlog:,} (application listen()"
+                                + (" and somaxconn)" if len(commands) > 1 else f"; somaxconn is already {somax:,})"),
+                          set={"host.server.backlog": new_backlog}, commands=commands,
+                          caveat="A bigger queue absorbs bursts; if the server accepts too slowly on average, "
+                                 "it only delays the overflow.")
+        accept_fix = Fix(id="accept-faster", title="Accept faster: more workers or threads calling accept()",
+                         caveat=("The queue stays full while connections keep arriving: the application "
+                                 "accepts more slowly than they come, the root cause." if sustained else ""))
+        # The root cause first: a queue full during the sample means accept() cannot keep up
+        # on average; overflows without a full queue are bursts, which a bigger queue absorbs.
+        fixes = [accept_fix, backlog_fix] if sustained else [backlog_fix, accept_fix]
         title_where = f" on {worst.addr}:{worst.port}" if worst else ""
         out.append(Finding(
             id="listen-queue-overflow",
@@ -225,6 +338,9 @@ def listen_overflow(ev: Evidence) -> list[Finding]:
                    "the client retransmits its SYN (after 1 s, 3 s, ...; every second at first on 6.5+) or, "
                    "having seen the SYN-ACK, thinks it is "
                    "connected while the server retransmits its SYN-ACK."
+                   + (f" Here the application accepts {po:,.1f} connections/s while {po + (rd or ro or 0.0):,.1f}/s "
+                      "arrive: the queue cannot drain, and a bigger one only fills later."
+                      if sustained and po is not None else "")
                    + (" The backlog is clamped by net.core.somaxconn." if clamp else "")
                    + (" Nothing is rising during the sample; the counters show it happened before."
                       if since_boot_only and not full else "")),
@@ -294,10 +410,10 @@ def conntrack_full(ev: Evidence) -> list[Finding]:
             evidence=[EvidenceItem("nf_conntrack_count", count), EvidenceItem("nf_conntrack_max", cmax),
                       EvidenceItem("nf_conntrack_tcp_timeout_time_wait", tw_to)],
             confidence=0.9,
-            fixes=[sysctl_fix("raise-conntrack-max", f"Raise nf_conntrack_max to {2 * cmax:,}", h, "server",
+            fixes=fix_list(sysctl_fix("raise-conntrack-max", f"Raise nf_conntrack_max to {2 * cmax:,}", h, "server",
                               values, caveat="Each entry costs about 300 bytes of kernel memory."),
                    Fix(id="shorter-conntrack-timewait", title="Shorten conntrack's TIME_WAIT hold",
-                       commands=["sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait=30"])],
+                       commands=["sysctl -w net.netfilter.nf_conntrack_tcp_timeout_time_wait=30"])),
             hosts=[h.name]))
     return out
 

@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from ...diagnose.base import Evidence, rule
 from ...findings import EvidenceItem, Finding
-from ...host.judge import Fix, linux_hosts, pressure, profile_of, rate, sysctl_fix, tuple_label
+from ...host.judge import (
+    Fix,
+    fix_list,
+    linux_hosts,
+    port_list_text,
+    pressure,
+    profile_of,
+    rate,
+    sysctl_fix,
+    tuple_label,
+)
 
 TW_LEN = 60
 
@@ -64,11 +74,11 @@ def tw_recycle(ev: Evidence) -> list[Finding]:
                   + (f" ({paws:,} so far)" if paws else ""),
             severity=severity, cause=cause, evidence=evidence,
             confidence=0.95 if (paws or 0) > 0 else 0.75,
-            fixes=[sysctl_fix("tw-recycle-off", "Turn tcp_tw_recycle off", h, "server",
+            fixes=fix_list(sysctl_fix("tw-recycle-off", "Turn tcp_tw_recycle off", h, "server",
                               {"net.ipv4.tcp_tw_recycle": 0},
                               caveat="Keep tcp_timestamps=1: turning timestamps off instead (an old "
                                      "RHEL workaround) also disables PAWS and tcp_tw_reuse. Remove the "
-                                     "line from /etc/sysctl.conf so it does not come back at boot.")],
+                                     "line from /etc/sysctl.conf so it does not come back at boot.")),
             hosts=[h.name]))
     return out
 
@@ -92,7 +102,10 @@ def tw_reuse_without_timestamps(ev: Evidence) -> list[Finding]:
             if top is not None:
                 ev_items.append(EvidenceItem("most used tuple", tuple_label(top),
                                              f"{top.in_use:,} of {top.budget:,} ports"))
-            severe = top is not None and pressure(top) >= 0.8
+            # Severe when the busiest tuple nears its limit: its load (rate / sustainable rate,
+            # or with one sample the ports connect() cannot take), occupancy only without details.
+            top_d = (h.extra.get("tuple_detail") or [{}])[0]
+            severe = top is not None and float(top_d.get("load", pressure(top))) >= 0.8
             out.append(Finding(
                 id="tw-reuse-without-timestamps",
                 title="tcp_tw_reuse is on but tcp_timestamps is off: reuse can never apply",
@@ -103,10 +116,10 @@ def tw_reuse_without_timestamps(ev: Evidence) -> list[Finding]:
                        "connection has them, and tcp_tw_reuse has no effect: outgoing TIME_WAIT entries "
                        "hold their ports for the full 60 s."),
                 evidence=ev_items, confidence=0.95,
-                fixes=[sysctl_fix("timestamps-on", "Turn TCP timestamps back on", h, "client",
+                fixes=fix_list(sysctl_fix("timestamps-on", "Turn TCP timestamps back on", h, "client",
                                   {"net.ipv4.tcp_timestamps": 1},
                                   caveat="The peers must send timestamps too (Linux does by default; "
-                                         "Windows needs `netsh int tcp set global timestamps=enabled`).")],
+                                         "Windows needs `netsh int tcp set global timestamps=enabled`).")),
                 hosts=[h.name]))
             continue
         # Timestamps on here: does the peer of the busiest tuple negotiate them?
@@ -157,10 +170,10 @@ def fin_timeout(ev: Evidence) -> list[Finding]:
                       EvidenceItem("TIME_WAIT sockets now", "n/a" if tw is None else tw),
                       EvidenceItem("FIN_WAIT2 sockets now", states.get(5, 0))],
             confidence=0.9,
-            fixes=[sysctl_fix("fin-timeout-default", "Put it back to 60 and address TIME_WAIT where it "
+            fixes=fix_list(sysctl_fix("fin-timeout-default", "Put it back to 60 and address TIME_WAIT where it "
                               "costs (see the port findings: keep-alive, tcp_tw_reuse, wider range)",
                               h, "client", {"net.ipv4.tcp_fin_timeout": 60},
-                              caveat="Harmless to keep if short FIN_WAIT2 is wanted for other reasons.")],
+                              caveat="Harmless to keep if short FIN_WAIT2 is wanted for other reasons.")),
             hosts=[h.name]))
     return out
 
@@ -179,7 +192,7 @@ def port_range(ev: Evidence) -> list[Finding]:
         unreserved = b.get("listener_ports_unreserved", [])
         if unreserved:
             reserved = h.settings.get("net.ipv4.ip_local_reserved_ports") or frozenset()
-            want = ",".join(str(p) for p in sorted(set(reserved) | set(unreserved)))
+            want = port_list_text(set(reserved) | set(unreserved))
             out.append(Finding(
                 id="port-range-overlaps-listeners",
                 title=f"Listening port{'s' if len(unreserved) > 1 else ''} "
@@ -191,11 +204,10 @@ def port_range(ev: Evidence) -> list[Finding]:
                        "autoselected."),
                 evidence=[EvidenceItem("net.ipv4.ip_local_port_range", f"{lo} {hi}"),
                           EvidenceItem("listening ports in the range", ", ".join(map(str, unreserved))),
-                          EvidenceItem("net.ipv4.ip_local_reserved_ports",
-                                       ",".join(map(str, sorted(reserved))) or "(empty)")],
+                          EvidenceItem("net.ipv4.ip_local_reserved_ports", port_list_text(reserved) or "(empty)")],
                 confidence=0.9,
-                fixes=[sysctl_fix("reserve-listener-ports", "Reserve the listening ports", h, "client",
-                                  {"net.ipv4.ip_local_reserved_ports": want})],
+                fixes=fix_list(sysctl_fix("reserve-listener-ports", "Reserve the listening ports", h, "client",
+                                  {"net.ipv4.ip_local_reserved_ports": want})),
                 hosts=[h.name]))
         alg = b.get("port_alg")
         if alg in ("parity", "perturb256", "perturb64k", "hint_even") and lo % 2 == hi % 2 and hi > lo:
@@ -213,8 +225,8 @@ def port_range(ev: Evidence) -> list[Finding]:
                           EvidenceItem("ports of connect()'s parity", b.get("fast_parity", "n/a")),
                           EvidenceItem("ports of the other parity", b.get("other_parity", "n/a"))],
                 confidence=0.9,
-                fixes=[sysctl_fix("port-range-parity", f"Use {lo} {new_hi}", h, "client",
-                                  {"net.ipv4.ip_local_port_range": f"{lo} {new_hi}"})],
+                fixes=fix_list(sysctl_fix("port-range-parity", f"Use {lo} {new_hi}", h, "client",
+                                  {"net.ipv4.ip_local_port_range": f"{lo} {new_hi}"})),
                 hosts=[h.name]))
     return out
 
@@ -232,7 +244,7 @@ def fd_limits(ev: Evidence) -> list[Finding]:
                 cause="Every socket is a file; at fs.file-max socket() and accept() fail with ENFILE.",
                 evidence=[EvidenceItem("fs.file-nr (allocated)", nr[0]), EvidenceItem("fs.file-max", fmax)],
                 confidence=0.9,
-                fixes=[sysctl_fix("raise-file-max", "Raise fs.file-max", h, "server", {"fs.file-max": fmax * 2})],
+                fixes=fix_list(sysctl_fix("raise-file-max", "Raise fs.file-max", h, "server", {"fs.file-max": fmax * 2})),
                 hosts=[h.name]))
         for p in h.extra.get("processes", []) or []:
             soft, fds = p.get("nofile_soft"), p.get("fds")
