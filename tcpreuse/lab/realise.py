@@ -90,6 +90,8 @@ class Realisation:
     load_close: dict[str, str] = field(default_factory=dict)
     # server group -> worker threads of the bounded server (groups whose workers limit them)
     bounded: dict[str, int] = field(default_factory=dict)
+    # client group -> EmuProfile JSON: Windows/macOS clients played by tcpreuse.emulate
+    emulated: dict[str, str] = field(default_factory=dict)
 
     def check(self, approximate: bool) -> None:
         """Raise UnsupportedError unless the scenario can run (as asked)."""
@@ -247,6 +249,38 @@ def _macos_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation) -
     )
 
 
+def _emulated_group(sc: Scenario, g: HostGroup, prof: Profile, r: Realisation) -> None:
+    """A Windows or macOS client group is played by the packet-level emulator
+    (tcpreuse.emulate) with every parameter from the model's profile; what the emulator
+    does not do is a difference (runs only with --approximate, which leaves it out)."""
+    from ..emulate.profile import emu_profile
+    from ..emulate.run import MAX_RATE
+
+    ep = emu_profile(prof.name, dict(g.settings), dict(g.model))
+    r.emulated[g.name] = ep.to_json()
+    r.sysctls[g.name] = {}
+    r.notes.append(
+        f"host group {g.name!r} ({prof.name}) is played by the packet-level client emulator "
+        f"(tcpreuse.emulate) on a TUN device: ports {ep.port_first}-{ep.port_first + ep.port_num - 1} "
+        f"{ep.port_order}, ISN {ep.isn}, timestamps {'on' if ep.offers_ts else 'off'}, SYNs at "
+        + ", ".join(f"{o:g}" for o in ep.syn_offsets) + f" s, gives up at {ep.give_up_s:g} s")
+    for w in sc.workload:
+        if w.clients != g.name:
+            continue
+        per_client = w.rate / max(1, g.count)
+        if per_client > MAX_RATE:
+            r.refusals.append(
+                f"workload {w.name!r}: {per_client:g} attempts/s per emulated {g.name} is above "
+                f"what the emulator holds (~{MAX_RATE:g}/s); scale rates and port ranges "
+                "together (see the seed-lab scenario)")
+        if w.arrival != "constant":
+            r.differences.append(f"workload {w.name!r}: the emulator schedules constant arrivals, "
+                                 f"not {w.arrival!r}")
+        if w.requests_per_connection != 1 or w.bind != "none":
+            r.differences.append(f"workload {w.name!r}: the emulator makes one request per "
+                                 "connection from the host's first address (no bind, no keep-alive)")
+
+
 def _whole_seconds(value: float, what: str, r: Realisation) -> int:
     n = round(value)
     if abs(n - value) > 1e-9:
@@ -272,7 +306,9 @@ def realise(sc: Scenario, kernel: Profile | None = None) -> Realisation:
     natted = set(sc.nat.clients) if sc.nat else set()
     for g in sc.host:
         prof = get_profile(g.profile)
-        if prof.os == "windows":
+        if prof.os != "linux" and g.role == "client":
+            _emulated_group(sc, g, prof, r)
+        elif prof.os == "windows":
             _windows_group(g, prof, kernel, r)
         elif prof.os == "macos":
             _macos_group(g, prof, kernel, r)
