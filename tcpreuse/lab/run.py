@@ -450,7 +450,9 @@ class LabRun:
                  "target": f"{p.load.target[0]}:{p.load.target[1]}",
                  "rate": round(p.load.rate, 6), "duration_s": p.load.duration_s,
                  "count": p.load.count, "offset_s": round(p.offset_s, 4),
-                 "attempts": len(p.result.attempts) if p.result else None}
+                 "attempts": len(p.result.attempts) if p.result else None,
+                 "emulated": bool(p.load.emulated),
+                 "start_lag": p.result.meta.get("load", {}).get("start_lag") if p.result else None}
                 for p in parts
             ],
             "serve_close": {s.host: s.close for s in self.plan.serves},
@@ -477,6 +479,11 @@ class LabRun:
                 except (ValueError, TypeError):
                     v = raw[n]
                 settings[n] = sorted(v) if isinstance(v, frozenset) else v  # JSON has no sets
+            if h.emulated:  # the emulator's parameters, not the namespace's sysctls
+                out[k] = HostInfo(name=k, group=h.group, role=h.role, profile=h.profile,
+                                  addresses=list(h.addresses),
+                                  settings={"emulated": True, **json.loads(h.emulated)})
+                continue
             if h.role in ("client", "server"):
                 prof = get_profile(h.profile)
                 exact = prof.os == "linux" and not any(
