@@ -13,6 +13,8 @@ import shutil
 import numpy as np
 import pytest
 
+from tcpreuse.capture.analysis import analyze_paths
+from tcpreuse.diagnose.base import Evidence, diagnose
 from tcpreuse.lab.run import LabOptions, run_lab
 from tcpreuse.lab.run import LOAD_LEAD_S
 from tcpreuse.scenario.loader import load_scenario, parse_sets
@@ -40,9 +42,9 @@ def _delayed_first(res) -> float:  # type: ignore[no-untyped-def]
     return float(a.cols["t"][mask].min()) if mask.any() else float("inf")
 
 
-def test_seed_mechanism_on_the_real_kernel_and_its_fix() -> None:
+def test_seed_mechanism_on_the_real_kernel_and_its_fix(tmp_path) -> None:  # type: ignore[no-untyped-def]
     sc = _scenario("disabled")
-    lab = run_lab(sc, LabOptions())
+    lab = run_lab(sc, LabOptions(capture=tmp_path))
     sim = simulate(sc)
     offset = LOAD_LEAD_S  # the lab's t = 0 is this long before the first attempt
     # the kernel's TIME_WAIT answered SYNs with the old ACK: delayed ~3 s (InitialRto) connects
@@ -60,6 +62,12 @@ def test_seed_mechanism_on_the_real_kernel_and_its_fix() -> None:
     # the simulator predicts the same within stated tolerances (random ISNs: statistical)
     assert abs(lab.delayed_rate() - sim.delayed_rate()) < 0.06
     assert abs(lab.failure_rate() - sim.failure_rate()) < 0.04
+
+    # the server's capture shows the signature and `analyze` names the seed's mechanism
+    an = analyze_paths([tmp_path / "server-1-eth0.pcap"])[0]
+    found = {f.id: f for f in diagnose(Evidence(source="analyze", capture=an))}
+    assert "capture-syn-hit-timewait" in found
+    assert "seed incident's signature" in found["capture-syn-hit-timewait"].cause
 
     # client timestamps on: the TIME_WAIT accepts the newer TSval, the mechanism is gone
     # (a failure here would be the loaded machine's, not the kernel's: say which)
