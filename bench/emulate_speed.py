@@ -81,7 +81,7 @@ def kernel_row(emulated: bool, rate: float, seconds: float = 5.0) -> tuple[int, 
             srv.terminate()
             srv.wait(10)
     lag = meta.get("start_lag") or {}
-    late = int((lag.get("late_starts") or 0))
+    late = int(lag.get("late_starts") or 0)
     return int(meta.get("attempts", 0)), late, lag.get("p99")
 
 

@@ -15,8 +15,7 @@ import pytest
 
 from tcpreuse.capture.analysis import analyze_paths
 from tcpreuse.diagnose.base import Evidence, diagnose
-from tcpreuse.lab.run import LabOptions, run_lab
-from tcpreuse.lab.run import LOAD_LEAD_S
+from tcpreuse.lab.run import LOAD_LEAD_S, LabOptions, run_lab
 from tcpreuse.scenario.loader import load_scenario, parse_sets
 from tcpreuse.sim.engine import simulate
 

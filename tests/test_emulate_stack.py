@@ -6,6 +6,7 @@ capture of a real Windows client would show for the situation the seed incident 
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -92,7 +93,7 @@ def test_old_ack_in_syn_sent_gets_rst_and_syn_retried_at_initial_rto() -> None:
 def test_unanswered_syns_at_0_3_9_then_app_timeout_or_21s() -> None:
     c = win()
     c.connect_timeout_s = 30.0
-    (syn,) = c.connect(0.0)
+    (_syn,) = c.connect(0.0)
     sent = [0.0]
     t = 0.0
     while c.in_flight:
@@ -119,7 +120,7 @@ def test_rst_to_syn_retried_every_half_second_then_refused() -> None:
     (again,) = c.on_timer(0.501)
     assert again.flags == SYN
     c.on_segment(rst, 0.502)
-    (third,) = c.on_timer(1.002)
+    (_third,) = c.on_timer(1.002)
     c.on_segment(rst, 1.003)  # three SYNs used: WSAECONNREFUSED
     assert c.records[0].outcome == "WSAECONNREFUSED" and c.records[0].syn_tries == 3
 
@@ -144,9 +145,9 @@ def test_isn_random_vs_rfc6528_monotonic_per_tuple() -> None:
             c.pool.rover = 0
         return out
     mono = isns("rfc6528")
-    assert all(0 < (b - a) % 2**32 < 2**31 for a, b in zip(mono, mono[1:], strict=False))
+    assert all(0 < (b - a) % 2**32 < 2**31 for a, b in itertools.pairwise(mono))
     rnd = isns("random")
-    assert len(set(rnd)) == 16 and not all(0 < (b - a) % 2**32 < 2**31 for a, b in zip(rnd, rnd[1:], strict=False))
+    assert len(set(rnd)) == 16 and not all(0 < (b - a) % 2**32 < 2**31 for a, b in itertools.pairwise(rnd))
 
 
 def test_client_first_close_holds_port_in_time_wait() -> None:
@@ -166,3 +167,15 @@ def test_client_first_close_holds_port_in_time_wait() -> None:
 def test_linux_profile_is_refused() -> None:
     with pytest.raises(EmulateError, match="Linux"):
         emu_profile("linux-6.1")
+
+
+def test_macos_offers_timestamps_and_gives_up_at_keepinit() -> None:
+    prof = emu_profile("macos")
+    c = Client(prof, CLIENT, SERVER, PORT, connect_timeout_s=100.0, seed=3)
+    (syn,) = c.connect(0.0)
+    assert syn.options.ts is not None and syn.window == 65535 and syn.ttl == 64
+    while c.in_flight:
+        c.on_timer(c.next_timer())
+    rec = c.records[0]
+    assert rec.outcome == "ETIMEDOUT" and rec.end == pytest.approx(75.0)
+    assert rec.syn_tries == len(prof.syn_offsets)

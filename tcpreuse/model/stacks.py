@@ -167,6 +167,7 @@ class SynShape:
 
 
 def syn_shape(p: Profile, offers_ts: bool) -> SynShape:
+    layout: tuple[str, ...]
     if p.os == "windows":
         window = 64240 if p.win_initial_rto_ms < 3000 else 8192  # the 2019+ defaults vs older
         layout = ("mss", "nop", "ws", "sok", "ts") if offers_ts else ("mss", "nop", "ws", "nop", "nop", "sok")
