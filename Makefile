@@ -38,7 +38,7 @@ bench: install
 
 ## Regenerate docs/seed.md (the seed incident's variants side by side).
 seed-table: install
-	$(BIN)/python scripts/seed_table.py > docs/seed.md
+	$(BIN)/python scripts/seed_table.py $$( [ "$$(id -u)" = 0 ] && echo --lab ) > docs/seed.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -94,9 +94,25 @@ def test_running_kernel_profile_is_exact():
     assert not r.differences and not r.refusals
 
 
-def test_windows_client_is_approximated_with_stated_differences():
+def test_windows_client_is_played_by_the_emulator_with_the_models_parameters():
+    from tcpreuse.emulate.profile import EmuProfile
+
     sc = scen(cprof="windows-2012r2", close="server")
     r = realise(sc, K618)
+    r.check(approximate=False)  # no difference to state: the emulator is the profile
+    ep = EmuProfile.from_json(r.emulated["client"])
+    assert (ep.port_first, ep.port_num, ep.offers_ts, ep.syn_offsets) == (49152, 16384, False, (0.0, 3.0, 9.0))
+    p = build_plan(sc, r, "abc123")
+    h = p.hosts["client"]
+    assert h.emulated and not any(line.startswith("addr add") for line in h.ip_batch())
+    assert h.sysctls["net.ipv4.ip_forward"] == "1" and h.sysctls["net.ipv4.conf.all.proxy_arp"] == "1"
+    assert p.loads[0].emulated == h.emulated
+
+
+def test_windows_client_above_the_emulators_ceiling_is_approximated_with_stated_differences():
+    sc = scen(cprof="windows-2012r2", close="server", overrides={"workload.rate": 1000})
+    r = realise(sc, K618)
+    assert not r.emulated
     with pytest.raises(UnsupportedError):
         r.check(approximate=False)
     r.check(approximate=True)
@@ -105,13 +121,19 @@ def test_windows_client_is_approximated_with_stated_differences():
     assert s["net.ipv4.ip_local_port_range"] == (49152, 65535)
     assert s["net.ipv4.tcp_tw_reuse"] == 0
     text = " ".join(r.differences)
-    for words in ("TIME_WAIT lasts 60 s", "ISN generator", "SYN schedule", "port allocation"):
+    for words in ("TIME_WAIT lasts 60 s", "ISN generator", "SYN schedule", "port allocation",
+                  "above what the packet-level client emulator holds"):
         assert words in text
 
 
-def test_windows_timestamps_enabled_maps_to_linux_timestamps():
-    sc = scen(cprof="windows-2012r2", csettings='[host.settings]\n"netsh.tcp.timestamps" = "enabled"')
-    assert realise(sc, K618).sysctls["client"]["net.ipv4.tcp_timestamps"] == 1
+def test_windows_timestamps_enabled_reaches_emulator_and_stand_in():
+    from tcpreuse.emulate.profile import EmuProfile
+
+    ts = '[host.settings]\n"netsh.tcp.timestamps" = "enabled"'
+    assert EmuProfile.from_json(realise(scen(cprof="windows-2012r2", csettings=ts), K618)
+                                .emulated["client"]).offers_ts
+    fast = scen(cprof="windows-2012r2", csettings=ts, overrides={"workload.rate": 1000})
+    assert realise(fast, K618).sysctls["client"]["net.ipv4.tcp_timestamps"] == 1
 
 
 def test_global_sysctl_is_a_difference():
@@ -369,10 +391,11 @@ def test_cli_refuses_tw_recycle_in_one_line(tmp_path):
     assert "use `tcpreuse simulate`" in r.stderr
 
 
-def test_cli_windows_without_approximate_says_how(tmp_path):
+def test_cli_windows_above_the_emulators_ceiling_without_approximate_says_how(tmp_path):
     f = tmp_path / "win.toml"
     f.write_text(BASE.format(cprof="windows-2016", sprof="linux-6.18", csettings="", ssettings="",
-                             scount=1, extra="", target="server", close="server"))
+                             scount=1, extra="", target="server", close="server").replace(
+                                 "rate = 100", "rate = 1000"))
     r = _cli(["lab", str(f)])
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--approximate" in r.stderr and "windows-2016" in r.stderr

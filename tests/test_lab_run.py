@@ -195,8 +195,18 @@ def test_dnat_load_balancer_splits_across_two_servers():
     assert res.meta["end"]["server-1"]["time_wait"] == pytest.approx(200, abs=3)
 
 
-def test_windows_client_runs_only_approximated():
+def test_windows_client_runs_emulated():
     text = toml(workload="rate = 200\ncount = 50", close="server").replace(
+        'profile = "linux-native"', 'profile = "windows-2012r2"', 1)
+    res = lab(text)
+    assert res.outcomes() == {"ok": 50}
+    s = res.hosts["client"].settings
+    assert s["emulated"] is True and s["isn"] == "rfc6528" and s["offers_ts"] is False
+    assert res.attempts.column("sport")[0] == 49152  # Windows' first dynamic port, not Linux's
+
+
+def test_windows_client_above_the_emulators_ceiling_runs_only_approximated():
+    text = toml(workload="rate = 1000\ncount = 50", close="server").replace(
         'profile = "linux-native"', 'profile = "windows-2012r2"', 1)
     res = lab(text, approximate=True)
     assert res.outcomes() == {"ok": 50}

@@ -42,6 +42,8 @@ GW_LB = "10.255.255.252"
 NAT_POOL_BASE = "198.51.100.1"
 LB_SNAT_BASE = "192.0.2.1"
 MAX_NAMESPACES = 64
+EMULATED_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
+                    "net.ipv4.conf.default.rp_filter": "0", "net.ipv4.conf.all.proxy_arp": "1"}
 
 
 @dataclass
@@ -62,12 +64,17 @@ class Host:
     routes_via: list[tuple[str, str, str]] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     nft: str | None = None
+    # a client played by the packet-level emulator (tcpreuse.emulate): its EmuProfile as
+    # JSON. The namespace forwards between its uplink and the emulator's TUN device and
+    # answers ARP for the host's addresses (proxy_arp); the kernel here does not own them.
+    emulated: str | None = None
 
     def ip_batch(self) -> list[str]:
         """`ip -batch` lines that address and route this namespace (links exist by then)."""
         out = []
         if self.uplink:
-            out += [f"addr add {a}/32 dev {self.uplink}" for a in self.addresses]
+            if not self.emulated:
+                out += [f"addr add {a}/32 dev {self.uplink}" for a in self.addresses]
             if self.gateway:
                 out.append(f"route add default via {self.gateway} dev {self.uplink} onlink")
         for dev, routed in self.downlinks.items():
@@ -120,6 +127,7 @@ class Load:
     # When this load's first attempt is due after its workload's start (s): constant
     # arrivals are interleaved across the workload's clients as in the simulator.
     phase_s: float = 0.0
+    emulated: str | None = None  # EmuProfile JSON: run `emulate` instead of `load`
 
     @property
     def name(self) -> str:
@@ -311,8 +319,11 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
             upper = nat_host if behind_nat else lb_host if behind_lb else router
             assert upper is not None
             gw = GW_NAT if behind_nat else GW_LB if behind_lb else GW_ROUTER
+            emu = r.emulated.get(g.name)
+            if emu is not None:  # forward to the emulator's TUN device, answer ARP for it
+                sysctls.update(EMULATED_SYSCTLS)
             h = Host(key=name, ns=prefix + name, role=g.role, group=g.name, profile=prof,
-                     addresses=addrs, uplink="eth0", gateway=gw, sysctls=dict(sysctls))
+                     addresses=addrs, uplink="eth0", gateway=gw, sysctls=dict(sysctls), emulated=emu)
             hosts[name] = h
             instances[g.name].append(h)
             dev = f"{g.role[0]}{len(upper.downlinks)}"
@@ -390,7 +401,7 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
                     requests_per_conn=w.requests_per_connection, sources=list(h.addresses),
                     bind=w.bind, connect_timeout_s=connect_timeout,
                     request_timeout_s=w.request_timeout_s or 30.0,
-                    seed=sc.seed * 1000 + wi * 100 + i * 10 + j, phase_s=phase,
+                    seed=sc.seed * 1000 + wi * 100 + i * 10 + j, phase_s=phase, emulated=h.emulated,
                 ))
 
     if sc.path.loss:

@@ -90,6 +90,8 @@ class Realisation:
     load_close: dict[str, str] = field(default_factory=dict)
     # server group -> worker threads of the bounded server (groups whose workers limit them)
     bounded: dict[str, int] = field(default_factory=dict)
+    # client group -> EmuProfile JSON: Windows/macOS clients played by tcpreuse.emulate
+    emulated: dict[str, str] = field(default_factory=dict)
 
     def check(self, approximate: bool) -> None:
         """Raise UnsupportedError unless the scenario can run (as asked)."""
@@ -198,7 +200,8 @@ def _linux_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation,
     r.sysctls[g.name] = want
 
 
-def _windows_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation) -> None:
+def _windows_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation,
+                   why: str | None = None) -> None:
     s = g.effective_settings
     p = g.params
     start = int(s["netsh.ipv4.dynamicport.tcp.start"])
@@ -215,7 +218,7 @@ def _windows_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation)
         r.sysctls[g.name][LINEAR] = 0  # Windows doubles its SYN RTO from the first retransmission
     rto = int(s["netsh.tcp.initialrto"])
     r.differences.append(
-        f"host group {g.name!r} is {prof.name}: --approximate runs a Linux "
+        (f"{why}; " if why else "") + f"host group {g.name!r} is {prof.name}: --approximate runs a Linux "
         f"{vstr(kernel.version)} namespace with tcp_timestamps={ts}, ip_local_port_range "
         f"{start} {end}, tcp_syn_retries={retries}, tcp_tw_reuse=0; what remains different: "
         f"TIME_WAIT lasts 60 s (Windows TcpTimedWaitDelay = {s['TcpTimedWaitDelay']} s), "
@@ -228,7 +231,8 @@ def _windows_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation)
     )
 
 
-def _macos_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation) -> None:
+def _macos_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation,
+                 why: str | None = None) -> None:
     s = g.effective_settings
     lo, hi = int(s["net.inet.ip.portrange.first"]), int(s["net.inet.ip.portrange.last"])
     ts = int(s["net.inet.tcp.rfc1323"])
@@ -238,13 +242,52 @@ def _macos_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation) -
         "net.ipv4.tcp_tw_reuse": 0,
     }
     r.differences.append(
-        f"host group {g.name!r} is macOS: --approximate runs a Linux {vstr(kernel.version)} "
+        (f"{why}; " if why else "") + f"host group {g.name!r} is macOS: --approximate runs a Linux {vstr(kernel.version)} "
         f"namespace with tcp_timestamps={ts}, ip_local_port_range {lo} {hi}, tcp_tw_reuse=0; "
         f"what remains different: TIME_WAIT lasts 60 s (macOS 2 x net.inet.tcp.msl = "
         f"{2 * int(s['net.inet.tcp.msl']) / 1000:g} s), ISN generator, SYN schedule and "
         f"connect timeout (keepinit {int(s['net.inet.tcp.keepinit']) / 1000:g} s), port "
         f"allocation order ({g.params.get('port_order')})"
     )
+
+
+def _above_emulator(sc: Scenario, g: HostGroup) -> str | None:
+    """Why the emulator cannot play client group `g` (a per-client rate above its measured
+    ceiling), or None. Such a group falls back to a Linux stand-in (--approximate)."""
+    from ..emulate.run import MAX_RATE
+
+    for w in sc.workload:
+        per_client = w.rate / max(1, g.count) if w.clients == g.name else 0.0
+        if per_client > MAX_RATE:
+            return (f"workload {w.name!r}: {per_client:g} attempts/s per {g.name} is above what "
+                    f"the packet-level client emulator holds (~{MAX_RATE:g}/s; scale rates and "
+                    "port ranges together, as seed-lab does)")
+    return None
+
+
+def _emulated_group(sc: Scenario, g: HostGroup, prof: Profile, r: Realisation) -> None:
+    """A Windows or macOS client group is played by the packet-level emulator
+    (tcpreuse.emulate) with every parameter from the model's profile; what the emulator
+    does not do is a difference (runs only with --approximate, which leaves it out)."""
+    from ..emulate.profile import emu_profile
+
+    ep = emu_profile(prof.name, dict(g.settings), dict(g.model))
+    r.emulated[g.name] = ep.to_json()
+    r.sysctls[g.name] = {}
+    r.notes.append(
+        f"host group {g.name!r} ({prof.name}) is played by the packet-level client emulator "
+        f"(tcpreuse.emulate) on a TUN device: ports {ep.port_first}-{ep.port_first + ep.port_num - 1} "
+        f"{ep.port_order}, ISN {ep.isn}, timestamps {'on' if ep.offers_ts else 'off'}, SYNs at "
+        + ", ".join(f"{o:g}" for o in ep.syn_offsets) + f" s, gives up at {ep.give_up_s:g} s")
+    for w in sc.workload:
+        if w.clients != g.name:
+            continue
+        if w.arrival != "constant":
+            r.differences.append(f"workload {w.name!r}: the emulator schedules constant arrivals, "
+                                 f"not {w.arrival!r}")
+        if w.requests_per_connection != 1 or w.bind != "none":
+            r.differences.append(f"workload {w.name!r}: the emulator makes one request per "
+                                 "connection from the host's first address (no bind, no keep-alive)")
 
 
 def _whole_seconds(value: float, what: str, r: Realisation) -> int:
@@ -272,10 +315,13 @@ def realise(sc: Scenario, kernel: Profile | None = None) -> Realisation:
     natted = set(sc.nat.clients) if sc.nat else set()
     for g in sc.host:
         prof = get_profile(g.profile)
-        if prof.os == "windows":
-            _windows_group(g, prof, kernel, r)
+        too_fast = _above_emulator(sc, g) if prof.os != "linux" and g.role == "client" else None
+        if prof.os != "linux" and g.role == "client" and too_fast is None:
+            _emulated_group(sc, g, prof, r)
+        elif prof.os == "windows":
+            _windows_group(g, prof, kernel, r, too_fast)
         elif prof.os == "macos":
-            _macos_group(g, prof, kernel, r)
+            _macos_group(g, prof, kernel, r, too_fast)
         else:
             _linux_group(g, prof, kernel, r, uses_conntrack=False)
         if prof.os == "linux":  # real sysctls the model ignores: the lab leaves them too

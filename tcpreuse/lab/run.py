@@ -148,6 +148,22 @@ def load_argv(python: str, ld: Load, result: Path, scenario: str,
     return argv
 
 
+def emulate_argv(python: str, ld: Load, result: Path, profile: Path, scenario: str,
+                 start_at: float) -> list[str]:
+    """The packet-level client (tcpreuse.emulate) for a Windows/macOS client's load; the
+    phase is already in start_at, as for `load`."""
+    argv = [python, "-m", "tcpreuse", "emulate", f"{ld.target[0]}:{ld.target[1]}",
+            "--profile-json", str(profile), "--source", ld.sources[0], "--rate", _fmt(ld.rate),
+            "--duration", _fmt(ld.duration_s), "--close", ld.close, "--seed", str(ld.seed),
+            "--connect-timeout", _fmt(ld.connect_timeout_s),
+            "--request-timeout", _fmt(ld.request_timeout_s), "--host-name", ld.host,
+            "--workload", ld.workload, "--scenario", scenario, "--result", str(result),
+            "--start-at", f"{start_at:.6f}", "--quiet"]
+    if ld.count is not None:
+        argv += ["--count", str(ld.count)]
+    return argv
+
+
 def _tail(path: Path, n: int = 400) -> str:
     try:
         return path.read_text(errors="replace")[-n:].strip()
@@ -265,8 +281,13 @@ class LabRun:
                 name = ld.name
                 res = self.scratch / f"{name}.json"
                 start_at = t0_unix + LOAD_LEAD_S + ld.start_s + ld.phase_s
-                p = self._popen(ld.host, load_argv(self.opts.python, ld, res, self.plan.scenario, start_at),
-                                self._log(name))
+                if ld.emulated:
+                    prof = self.scratch / f"{name}.profile.json"
+                    prof.write_text(ld.emulated)
+                    argv = emulate_argv(self.opts.python, ld, res, prof, self.plan.scenario, start_at)
+                else:
+                    argv = load_argv(self.opts.python, ld, res, self.plan.scenario, start_at)
+                p = self._popen(ld.host, argv, self._log(name))
                 self.loads.append((ld, p, res, time.monotonic() - t0))
                 running.append(p)
             if now > deadline:
@@ -429,7 +450,9 @@ class LabRun:
                  "target": f"{p.load.target[0]}:{p.load.target[1]}",
                  "rate": round(p.load.rate, 6), "duration_s": p.load.duration_s,
                  "count": p.load.count, "offset_s": round(p.offset_s, 4),
-                 "attempts": len(p.result.attempts) if p.result else None}
+                 "attempts": len(p.result.attempts) if p.result else None,
+                 "emulated": bool(p.load.emulated),
+                 "start_lag": p.result.meta.get("load", {}).get("start_lag") if p.result else None}
                 for p in parts
             ],
             "serve_close": {s.host: s.close for s in self.plan.serves},
@@ -456,6 +479,11 @@ class LabRun:
                 except (ValueError, TypeError):
                     v = raw[n]
                 settings[n] = sorted(v) if isinstance(v, frozenset) else v  # JSON has no sets
+            if h.emulated:  # the emulator's parameters, not the namespace's sysctls
+                out[k] = HostInfo(name=k, group=h.group, role=h.role, profile=h.profile,
+                                  addresses=list(h.addresses),
+                                  settings={"emulated": True, **json.loads(h.emulated)})
+                continue
             if h.role in ("client", "server"):
                 prof = get_profile(h.profile)
                 exact = prof.os == "linux" and not any(

@@ -150,6 +150,35 @@ def client_stack(p: Profile, settings: dict[str, Any], params: dict[str, Any]) -
     )
 
 
+@dataclass(frozen=True)
+class SynShape:
+    """What a client's SYN looks like besides its ports and numbers: window, options in
+    sending order, TTL. Not kernel rules but fingerprints, so inference [I]: p0f's
+    signatures (Windows 7/8/2008R2-2016 "8192,8:mss,nop,ws,nop,nop,sok"; Windows 10/2019+
+    64240; with timestamps enabled Windows sends "mss,nop,ws,sok,ts"; macOS
+    "65535,6:mss,nop,ws,nop,nop,ts,sok,eol"). The packet-level client (tcpreuse.emulate)
+    sends these; the kernel's decisions this project is about do not depend on them."""
+
+    window: int
+    wscale: int
+    mss: int
+    layout: tuple[str, ...]  # option kinds in sending order ("ts" only when offered)
+    ttl: int
+
+
+def syn_shape(p: Profile, offers_ts: bool) -> SynShape:
+    layout: tuple[str, ...]
+    if p.os == "windows":
+        window = 64240 if p.win_initial_rto_ms < 3000 else 8192  # the 2019+ defaults vs older
+        layout = ("mss", "nop", "ws", "sok", "ts") if offers_ts else ("mss", "nop", "ws", "nop", "nop", "sok")
+        return SynShape(window=window, wscale=8, mss=1460, layout=layout, ttl=128)
+    if p.os == "macos":
+        layout = ("mss", "nop", "ws", "nop", "nop", "ts", "sok") if offers_ts else ("mss", "nop", "ws", "sok")
+        return SynShape(window=65535, wscale=6, mss=1460, layout=layout, ttl=64)
+    layout = ("mss", "sok", "ts", "nop", "ws") if offers_ts else ("mss", "nop", "nop", "sok", "nop", "ws")
+    return SynShape(window=64240, wscale=7, mss=1460, layout=layout, ttl=64)
+
+
 def port_range(p: Profile, settings: dict[str, Any]) -> tuple[int, int]:
     """The ephemeral range (inclusive) of a host, whatever its OS."""
     if p.os == "linux":

@@ -179,7 +179,7 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
             racy: frozenset[tuple[str, str]] = frozenset(),
             chance_reason: str | None = None, wrap: tuple[int, str] | None = None,
             queue_reason: str | None = None, jiffy_ms: float = 0.0,
-            resalt_reason: str | None = None) -> list[Row]:
+            resalt_reason: str | None = None, chance_outcomes: bool = False) -> list[Row]:
     """Rows for every metric. `racy`: (group, counter) pairs the lab's realisation leaves to
     a race (see RACE_FIN_RST), compared one-sided. `chance_reason`: the scenario's
     collisions are decided by the kernel's secret hashes (see chance()); counts other
@@ -189,7 +189,10 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
     statistically, and the connect-time percentiles, which then fall on one of the SYN
     retransmission times, are shown without a verdict. `jiffy_ms`: retried connects may
     differ by one more tick (retried_tolerance()). `resalt_reason`: a port-offset re-salt
-    may repeat freed ports, so the distinct-port count gets ±max(2, 5 %)."""
+    may repeat freed ports, so the distinct-port count gets ±max(2, 5 %). `chance_outcomes`:
+    with `chance_reason`, the coin tosses decide outcomes too (a retried SYN meeting a second
+    TIME_WAIT fails), so every count but the attempts and the distinct ports is compared
+    statistically, the first failure's index and time included."""
     series = SERIES_CHANCE if chance_reason is not None else SERIES_QUEUE if queue_reason is not None else None
     rows = _compare(sim, lab, fixed_count, racy, series, retried_tolerance(jiffy_ms))
     if queue_reason is not None:
@@ -204,7 +207,14 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
         _relax(rows, Tolerance(f"±{n}", why, abs=float(n)),
                lambda r: r.group in ("outcomes", "ports", "time_wait", "counters", "timing")
                and r.tolerance == "exact")
-    if chance_reason is not None:
+    if chance_reason is not None and chance_outcomes:
+        tol = chance(chance_reason)
+        _relax(rows, tol, lambda r: r.metric not in ("attempts", "distinct local ports")
+               and r.tolerance == "exact")
+        _relax(rows, Tolerance(f"±1 s + {FIRST_FAILURE_S.text}", chance_reason,
+                               abs=1.0 + FIRST_FAILURE_S.abs, rel=FIRST_FAILURE_S.rel),
+               lambda r: r.metric.startswith("first failure: s"))
+    elif chance_reason is not None:
         # TIME_WAIT at the end too: a TIME_WAIT is killed by each SYN the hashes let in
         _relax(rows, chance(chance_reason),
                lambda r: r.group in ("timing", "counters", "time_wait")

@@ -90,17 +90,23 @@ class Report:
 
 
 def native_overrides(sc: Scenario, hz: int) -> tuple[dict[str, Any], list[str]]:
-    """Every host group on the running kernel's profile, with this kernel's HZ."""
-    bad = [f"{g.name} ({g.profile})" for g in sc.host if get_profile(g.profile).os != "linux"]
+    """Every Linux host group on the running kernel's profile, with this kernel's HZ.
+    Windows and macOS client groups keep their profile: the lab plays them with the
+    packet-level emulator, whose every parameter comes from that same profile."""
+    bad = [f"{g.name} ({g.profile})" for g in sc.host
+           if get_profile(g.profile).os != "linux" and g.role != "client"]
     if bad:
         raise ValidateError(
             f"{sc.name}: host group(s) {', '.join(bad)} are not Linux; validate compares the "
-            "model with the running Linux kernel, so every host must be Linux",
+            "model with the running Linux kernel, so every server must be Linux",
             hint="use `tcpreuse lab --approximate` to run a stand-in, or `tcpreuse simulate`")
     out: dict[str, Any] = {}
     notes = []
     native = get_profile("linux-native")
     for g in sc.host:
+        if get_profile(g.profile).os != "linux":
+            notes.append(f"host group {g.name}: {g.profile}, played by the packet-level emulator")
+            continue
         if get_profile(g.profile).version[:2] != native.version[:2]:
             notes.append(f"host group {g.name}: profile {g.profile} replaced by the running "
                          f"kernel's ({native.name}) for the comparison")
@@ -238,7 +244,7 @@ def validate(ref: str, overrides: dict[str, Any] | None = None,
     out.rows = compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
                        racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref),
                        wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
-                       jiffy_ms=1000.0 / hz.value)
+                       jiffy_ms=1000.0 / hz.value, chance_outcomes=ref in suite.CHANCE_OUTCOMES)
     if opts.keep_results:
         out.sim, out.lab = sim, lab
     return out

@@ -38,7 +38,12 @@ _NAT_TW = ("two clients behind one NAT address share 4-tuples; whether a SYN is 
 CHANCE: dict[str, str] = {
     "v-nat-syn-on-tw": _NAT_TW.format(what="timestamp offset"),
     "v-nat-syn-on-tw-ts-off": _NAT_TW.format(what="ISN"),
+    "v-seed-lab": ("the emulated Windows clients draw a random ISN per connection (the profile's "
+                   "isn=random, as the seed needs): whether a SYN that meets a server TIME_WAIT is "
+                   "after its rcv_nxt is a coin toss, in the lab and in the model alike"),
 }
+# ... and where the tosses decide outcomes too (two TIME_WAITs in a row fail an attempt)
+CHANCE_OUTCOMES = frozenset({"v-seed-lab"})
 
 
 def names() -> list[str]:
