@@ -102,6 +102,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(mutated())
 def test_mutated_captures_give_a_result_or_a_capture_error(data: bytes) -> None:

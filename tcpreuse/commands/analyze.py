@@ -104,17 +104,21 @@ def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_
                 an.to_run_result().save(save_path)
             except OSError as e:
                 raise CaptureError(f"cannot write {save_path}: {e.strerror or e}") from None
+    judged = [(an, diagnose(Evidence(source="analyze", capture=an))) for an in results]
+    if html_path is not None:  # files before stdout: a reader that stops early (| head) loses no file
+        from ..report import html
+
+        an, findings = judged[0]
+        html.write(html_path, html.capture_page(an, findings))
     docs = []
-    for an in results:
-        findings = diagnose(Evidence(source="analyze", capture=an))
+    for an, findings in judged:
         if as_json:
             docs.append({**an.to_json(), "findings": [f.to_json() for f in findings]})
         else:
-            from rich.console import Console
-
             from ..capture.render import render
+            from ..report.console import out_console
 
-            con = Console()
+            con = out_console()
             if len(results) > 1:
                 con.rule(", ".join(Path(f).name for f in an.files))
             for part in render(an, findings, top=top):
@@ -122,10 +126,6 @@ def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_
             from ..report.terminal import timeline
 
             con.print(timeline(an.to_run_result()))
-        if html_path is not None:
-            from ..report import html
-
-            html.write(html_path, html.capture_page(an, findings))
     if as_json:
         click.echo(dumps(docs[0] if len(docs) == 1 else {"analyses": docs}))
     for an in results:

@@ -58,7 +58,9 @@ def render(res: RunResult, con: Console) -> None:
                   f"attempt #{ff['index'] + 1}")
     p = res.connect_percentiles()
     if p["p50"] is not None:
-        con.print(f"connect ms: p50 {p['p50']}  p99 {p['p99']}  max {p['max']}")
+        from ..report.terminal import fmt_ms
+
+        con.print(f"connect: p50 {fmt_ms(p['p50'])}  p99 {fmt_ms(p['p99'])}  max {fmt_ms(p['max'])}")
     h = Table(box=None, show_header=True, header_style="bold")
     cols = [c for c in KEY_COUNTERS if any(res.counters.get(k, {}).get(c) for k in res.counters)]
     h.add_column("host")
@@ -138,7 +140,9 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         d["findings"] = [f.to_json() for f in findings]
         click.echo(dumps(d))
     else:
-        con = Console()
+        from ..report.console import out_console
+
+        con = out_console()
         render(res, con)
         from ..report.terminal import timeline
 
@@ -148,4 +152,14 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         if result_file is not None:
             con.print(f"result written to {result_file}")
     if res.meta.get("interrupted"):
-        sys.exit(130)
+        sys.exit(exit_status(str(res.meta["interrupted"])))
+
+
+def exit_status(signal_name: str) -> int:
+    """128 + the signal that interrupted a run ("SIGTERM" -> 143), as a shell reports it."""
+    import signal
+
+    try:
+        return 128 + signal.Signals[signal_name].value
+    except KeyError:
+        return 130

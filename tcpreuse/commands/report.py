@@ -3,7 +3,6 @@ or in the terminal. The kind of FILE is detected (see tcpreuse.report.kinds)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -47,14 +46,14 @@ def report(file: Path, html_path: Path | None, check: bool, screenshot: Path | N
 
 
 def _terminal(loaded: object) -> None:
-    from rich.console import Console
     from rich.text import Text
 
     from ..report import html, kinds
+    from ..report.console import out_console
     from ..report.terminal import finding_panel, render_simulation
 
     assert isinstance(loaded, kinds.Loaded)
-    con = Console(width=None if sys.stdout.isatty() else 120)
+    con = out_console()
     if loaded.kind == "run":
         findings = kinds.page_of(loaded).findings or []
         render_simulation(con, loaded.data, findings, None)

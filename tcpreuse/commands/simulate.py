@@ -93,7 +93,8 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
                                     "effect": None if f.effect is None else vars(f.effect)} for f in ranked]
         click.echo(dumps(out))
         return
+    from ..report.console import out_console
     from ..report.terminal import render_simulation
 
-    render_simulation(Console(width=None if sys.stdout.isatty() else 120), run, findings, ranked,
+    render_simulation(out_console(), run, findings, ranked,
                       summary=sc.summary)

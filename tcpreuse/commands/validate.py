@@ -70,8 +70,13 @@ def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tu
     if as_json:
         click.echo(dumps(rep.to_json()))
     else:
-        render.terminal(rep, Console(width=None if sys.stdout.isatty() else 140))
-    if any(o.interrupted for o in rep.outcomes):
-        sys.exit(130)
+        from ..report.console import out_console
+
+        render.terminal(rep, out_console())
+    stopped = [o for o in rep.outcomes if o.interrupted]
+    if stopped:
+        from .lab import exit_status
+
+        sys.exit(exit_status(stopped[0].interrupted_by or "SIGINT"))
     if not rep.agree:
         sys.exit(1)
