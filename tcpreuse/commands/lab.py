@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..result import RunResult, dumps
+from .options import SECONDS
 
 # Counters worth a column in the summary (nstat names); all of them are in --json/--result.
 KEY_COUNTERS = ("TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpOutRsts", "TcpExtTW",
@@ -80,7 +81,7 @@ def render(res: RunResult, con: Console) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("scenario", metavar="SCENARIO|NAME|cleanup")
-@click.option("--duration", type=float, help="Run for S seconds (overrides duration_s).")
+@click.option("--duration", type=SECONDS, help="Run for S seconds (overrides duration_s).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a scenario value (repeatable), e.g. client:net.ipv4.tcp_tw_reuse=1.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")

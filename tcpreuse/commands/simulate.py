@@ -14,11 +14,12 @@ from ..diagnose.whatif import prove_fixes, summarize
 from ..errors import TcpreuseError
 from ..result import dumps
 from ..scenario.loader import load_scenario, parse_sets
+from .options import SECONDS
 
 
 @click.command()
 @click.argument("scenario")
-@click.option("--duration", type=float, help="Override the scenario's duration (s).")
+@click.option("--duration", type=SECONDS, help="Override the scenario's duration (s).")
 @click.option("--seed", type=int, help="Override the scenario's seed.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a scenario value, e.g. --set workload.rate=3000, "
@@ -29,7 +30,7 @@ from ..scenario.loader import load_scenario, parse_sets
               help="Also write the full RunResult (with per-attempt records) as JSON.")
 @click.option("--attempts-csv", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every attempt as CSV.")
-@click.option("--workers", type=int, default=None, help="Processes for --fixes (default: cores).")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Processes for --fixes (default: cores).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report (findings, topology, plots).")
 def simulate(scenario: str, duration: float | None, seed: int | None, sets: tuple[str, ...], fixes: bool,

@@ -12,11 +12,12 @@ from typing import Any
 import click
 
 from ..errors import TcpreuseError
+from .options import SECONDS
 
 _common = [
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                  help="Fixed override for every run (the --set syntax of simulate)."),
-    click.option("--duration", type=float, help="Override the scenario's duration (s) of every run."),
+    click.option("--duration", type=SECONDS, help="Override the scenario's duration (s) of every run."),
     click.option("--seeds", type=click.IntRange(1, 1000), default=1, show_default=True,
                  help="Runs per point with seeds s, s+1, ... (confidence interval over seeds)."),
     click.option("--scheduler", metavar="tcp://HOST:PORT",
