@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import bad_inputs  # noqa: E402
+import bad_inputs
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from captures import windows_reuse
 from clirun import cli
-from test_capture_attempts import windows_reuse
 
 from tcpreuse.capture.synth import frames_of, pcap_bytes
 from tcpreuse.report import html

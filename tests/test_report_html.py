@@ -18,7 +18,7 @@ from tcpreuse.scenario.loader import load_scenario
 from tcpreuse.sim.engine import simulate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_capture_attempts import windows_reuse
+from captures import windows_reuse
 
 DATA = Path(__file__).parent / "data" / "host"
 
