@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ..errors import CaptureError
+from .options import OUT_FILE
 
 _FREEZE_AT_EXIT: list[object] = []
 
@@ -22,13 +23,13 @@ _FREEZE_AT_EXIT: list[object] = []
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: counts, per-client/server stats, findings.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--csv", "csv_path", type=OUT_FILE,
               help="Write one row per attempt (tshark field names where they exist).")
-@click.option("--parquet", "parquet_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--parquet", "parquet_path", type=OUT_FILE,
               help="The same rows as Parquet (needs pyarrow).")
-@click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--save", "save_path", type=OUT_FILE,
               help="Save the attempts as a RunResult JSON (source=analyze) for `tcpreuse report`.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_path", type=OUT_FILE,
               help="Write a self-contained HTML report (findings, SYN outcomes and timestamp clocks over time).")
 @click.option("--per-file", is_flag=True, help="Analyse each file on its own instead of as one capture.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,

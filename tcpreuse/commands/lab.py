@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..result import RunResult, dumps
-from .options import SECONDS
+from .options import OUT_FILE, SECONDS
 
 # Counters worth a column in the summary (nstat names); all of them are in --json/--result.
 KEY_COUNTERS = ("TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpOutRsts", "TcpExtTW",
@@ -87,13 +87,13 @@ def render(res: RunResult, con: Console) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--capture", type=click.Path(file_okay=False, path_type=Path),
               help="Write one pcap per namespace interface into DIR.")
-@click.option("--result", "result_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--result", "result_file", type=OUT_FILE,
               help="Write the full RunResult (with per-attempt records) to FILE.")
 @click.option("--approximate", is_flag=True,
               help="Run what the kernel cannot realise exactly as its closest setup, "
               "stating the differences.")
 @click.option("--no-diagnose", is_flag=True, help="Skip the diagnosis of the result.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_path", type=OUT_FILE,
               help="Also write a self-contained HTML report (findings, topology, plots).")
 @click.option("--all", "everything", is_flag=True,
               help="With `cleanup`: remove every tcpr-* namespace, not only dead lab runs'.")

@@ -4,6 +4,8 @@ wherever it is given."""
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import click
@@ -28,3 +30,25 @@ class Seconds(click.ParamType):
 
 
 SECONDS = Seconds()
+
+
+class OutFile(click.Path):
+    """A file the verb will write: checked when the command line is read (its directory
+    exists and is writable, it is not a directory), so a typo costs no run."""
+
+    name = "file"
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        parent = Path(os.fsdecode(rv)).parent
+        if not parent.is_dir():
+            self.fail(f"cannot write {str(value)!r}: there is no directory {str(parent)!r}", param, ctx)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            self.fail(f"cannot write {str(value)!r}: the directory {str(parent)!r} is not writable", param, ctx)
+        return rv
+
+
+OUT_FILE = OutFile()

@@ -7,15 +7,17 @@ from pathlib import Path
 
 import click
 
+from .options import OUT_FILE
+
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_path", type=OUT_FILE,
               help="Write a self-contained HTML report (plots as inline SVG; opens offline).")
 @click.option("--check", "check", is_flag=True,
               help="With --html: open the page in headless Chromium and fail if a plot is empty or the "
               "console shows an error.")
-@click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--screenshot", type=OUT_FILE,
               help="With --check: also save a full-page PNG.")
 def report(file: Path, html_path: Path | None, check: bool, screenshot: Path | None) -> None:
     """Render FILE: a RunResult (simulate/lab --result, analyze --save), lab/doctor/analyze/sweep/

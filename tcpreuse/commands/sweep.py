@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ..errors import TcpreuseError
-from .options import SECONDS
+from .options import OUT_FILE, SECONDS
 
 _common = [
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -29,7 +29,7 @@ _common = [
                  help="Cache directory (default ~/.cache/tcpreuse/sweep)."),
     click.option("--no-cache", is_flag=True, help="Compute everything; read and write no cache."),
     click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object."),
-    click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+    click.option("--html", "html_path", type=OUT_FILE,
                  help="Write a self-contained HTML report."),
 ]
 
@@ -71,8 +71,8 @@ def _write_json(doc: dict[str, Any], as_json: bool) -> None:
               help="An axis of the sweep (repeatable), e.g. --grid workload.rate=1000,2000,4000 "
               "--grid server:net.ipv4.tcp_tw_recycle=0,1.")
 @common
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one row per point.")
-@click.option("--parquet", "parquet_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--csv", "csv_path", type=OUT_FILE, help="Write one row per point.")
+@click.option("--parquet", "parquet_path", type=OUT_FILE,
               help="The same rows as Parquet (needs pyarrow).")
 def sweep(scenario: str, grids: tuple[str, ...], sets: tuple[str, ...], duration: float | None, seeds: int,
           scheduler: str | None, workers: int | None, dashboard: bool, cache_dir: Path | None, no_cache: bool,
@@ -152,7 +152,7 @@ def parse_share(text: str) -> float:
 @click.option("--max-rate", type=float, help="Search cap in requests/s (default: 16x the scenario's rate).")
 @click.option("--no-fixes", is_flag=True, help="Only the scenario as it is; do not search each fix.")
 @common
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--markdown", "md_path", type=OUT_FILE,
               help="Write the result as a Markdown page (e.g. docs/capacity.md).")
 def capacity(scenario: str, max_failure: str, max_delayed: str | None, resolution: str, max_rate: float | None,
              no_fixes: bool, sets: tuple[str, ...], duration: float | None, seeds: int, scheduler: str | None,
