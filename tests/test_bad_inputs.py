@@ -1,5 +1,5 @@
 """Bad input, any verb: exit 2, one line on stderr, no traceback (scripts/bad_inputs.py
-has the 130 cases and writes docs/bad-inputs.md; this runs its fast subset, one or more
+has all the cases and writes docs/bad-inputs.md; this runs its fast subset, one or more
 per verb, through the installed command)."""
 
 from __future__ import annotations
