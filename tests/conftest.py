@@ -1,4 +1,5 @@
-"""Session-wide test setup: the suite never reads or writes the user's home.
+"""Session-wide test setup: the suite never reads or writes the user's home (nor keeps
+hypothesis's example database in the working tree).
 
 Before any test module is imported (and so before dask reads its configuration or
 matplotlib looks for its cache), HOME, the XDG base directories and the tools' own
@@ -45,6 +46,12 @@ def pytest_configure(config: pytest.Config) -> None:
         d.mkdir(parents=True, exist_ok=True)
         _saved[var] = os.environ.get(var)
         os.environ[var] = str(d)
+    # hypothesis keeps its example database in ./.hypothesis by default: here instead
+    from hypothesis import settings
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    settings.register_profile("tcpreuse-tests", database=DirectoryBasedExampleDatabase(str(_home / ".hypothesis")))
+    settings.load_profile("tcpreuse-tests")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
