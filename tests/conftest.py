@@ -46,12 +46,10 @@ def pytest_configure(config: pytest.Config) -> None:
         d.mkdir(parents=True, exist_ok=True)
         _saved[var] = os.environ.get(var)
         os.environ[var] = str(d)
-    # hypothesis keeps its example database in ./.hypothesis by default: here instead
-    from hypothesis import settings
-    from hypothesis.database import DirectoryBasedExampleDatabase
+    # hypothesis keeps its example database and caches in ./.hypothesis by default: here instead
+    from hypothesis.configuration import set_hypothesis_home_dir
 
-    settings.register_profile("tcpreuse-tests", database=DirectoryBasedExampleDatabase(str(_home / ".hypothesis")))
-    settings.load_profile("tcpreuse-tests")
+    set_hypothesis_home_dir(_home / ".hypothesis")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
