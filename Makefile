@@ -28,6 +28,10 @@ test: install
 	$(MAKE) lint
 	$(BIN)/pytest -q
 
+## The fast tests (no slow or real-kernel ones): under a minute, for the edit-test loop.
+check: install
+	$(BIN)/pytest -q -m "not slow and not netns"
+
 ## The simulator against the running kernel (root): regenerates docs/validation.md.
 ## Exits non-zero when a row disagrees; the file is written either way.
 validation: install

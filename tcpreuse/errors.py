@@ -48,3 +48,12 @@ class LabError(TcpreuseError):
 
 class UnsupportedError(TcpreuseError):
     """What was asked cannot be realised here (e.g. tcp_tw_recycle on Linux >= 4.12)."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM or SIGHUP, as KeyboardInterrupt is by SIGINT, so
+    that cleanup (finally blocks, context managers) runs; the command then exits 128 + signum."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -15,7 +15,7 @@ from tcpreuse.cli import main
 from tcpreuse.result import RunResult
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_capture_attempts import nat_two_clocks, windows_reuse
+from captures import nat_two_clocks, windows_reuse
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -44,6 +44,7 @@ def test_search_steps() -> None:
     assert down.next_rate(100, 1600, 0.1, 0.05) == 50  # halves while it fails
 
 
+@pytest.mark.slow
 def test_capacity_matches_the_port_arithmetic_and_searches_each_fix(scenario: str, tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
     res = find_capacity(scenario, max_failure=0.001, resolution=0.05, cache=cache,
@@ -68,6 +69,7 @@ def test_capacity_matches_the_port_arithmetic_and_searches_each_fix(scenario: st
     assert again.computed == 0 and [s.capacity for s in again.searches] == [s.capacity for s in res.searches]
 
 
+@pytest.mark.slow
 def test_capacity_cli_markdown_and_errors(scenario: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     md, html = tmp_path / "capacity.md", tmp_path / "capacity.html"
     code, out, err = cli(["capacity", scenario, "--max-failure", "0.1%", "--no-fixes", "--workers", "1",

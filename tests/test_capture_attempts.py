@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from captures import nat_two_clocks, windows_reuse
 
 from tcpreuse.capture import reuse, zeek
 from tcpreuse.capture.analysis import CaptureAnalysis, analyze_packets
@@ -83,37 +84,6 @@ def test_zeek_table_is_the_step_function() -> None:
 # ---- the seed incident, crafted: Windows clients, no timestamps, random ISNs ---------
 
 
-def windows_reuse(n_conn: int = 900, ports: int = 300, gap: float = 0.083, seed: int = 7) -> list[Seg]:
-    """Windows-like clients: sequential ports 49152.., no timestamps, random ISN, 3 s RTO,
-    arrivals `gap` apart on average, the rate falling over the run (0.4 to 1.6 x gap: a
-    port comes back after 10-40 s with the defaults). A Linux server closes first and holds TIME_WAIT; a reused SYN whose
-    ISN is not after the old rcv_nxt gets an ACK for the old connection, the client RSTs,
-    and retries when its RTO expires."""
-    rng = random.Random(seed)
-    segs: list[Seg] = []
-    last: dict[int, tuple[int, int, float]] = {}  # port -> (old rcv_nxt, old snd_nxt, end time)
-    t = T0
-    for k in range(n_conn):
-        t += gap * (0.4 + 1.2 * k / n_conn) * rng.uniform(0.9, 1.1)  # the rate slows down
-        port = 49152 + k % ports
-        isn = rng.randrange(1 << 32)
-        sisn = rng.randrange(1 << 32)
-        start = t
-        old = last.get(port)
-        if old is not None and t - old[2] < 60 and not (0 < ((isn - old[0]) & 0xFFFFFFFF) < 0x80000000):
-            rcv_nxt, snd_nxt, _ = old
-            segs += [Seg(t, C, port, S, 9313, "S", isn, 0, win=8192, mss=1460, wscale=8, sackok=True),
-                     Seg(t + 0.0002, S, 9313, C, port, "A", snd_nxt, rcv_nxt),
-                     Seg(t + 0.0004, C, port, S, 9313, "R", rcv_nxt, 0)]
-            start = t + 3.0  # Windows: initial RTO 3 s
-        conn = handshake(start, C, port, S, 9313, isn, sisn, ts=None, wscale=8)
-        if start != t:
-            conn[0] = Seg(start, C, port, S, 9313, "S", isn, 0, win=8192, mss=1460, wscale=8, sackok=True)
-        segs += conn
-        last[port] = ((isn + 1 + 10 + 1) & 0xFFFFFFFF, (sisn + 1 + 20 + 1) & 0xFFFFFFFF, start + 0.001)
-    return segs
-
-
 def test_seed_signature_windows_clients_on_server_timewait() -> None:
     an = analyse(windows_reuse())
     a = an.attempts
@@ -154,26 +124,6 @@ def test_seed_signature_windows_clients_on_server_timewait() -> None:
 
 
 # ---- tw_recycle: two timestamp clocks behind one NAT address ----------------------------
-
-
-def nat_two_clocks() -> list[Seg]:
-    """Hosts A (TSval ~ 5e6 + 1000 t) and B (~ 1e5 + 1000 t) share 203.0.113.7. The server
-    runs tcp_tw_recycle, closes first, and so drops B's SYNs (older TSval) for 60 s."""
-    nat, srv = "203.0.113.7", "10.0.0.1"
-    segs: list[Seg] = []
-    port = 30000
-    for k in range(40):
-        t = T0 + k * 0.5
-        host_a = k % 2 == 1
-        tsv = int((5_000_000 if host_a else 100_000) + 1000 * (t - T0))
-        port += 1
-        isn = 1000 * k + 7
-        if host_a or k == 0:  # A always works; B's first SYN comes before any cache entry
-            segs += handshake(t, nat, port, srv, 80, isn, 50_000 + k, ts=(tsv, 9_000_000 + k))
-        else:
-            segs += [Seg(t + d, nat, port, srv, 80, "S", isn, 0, ts=(tsv + int(d * 1000), 0), mss=1460,
-                         wscale=7, sackok=True) for d in (0.0, 1.0, 3.0)]
-    return segs
 
 
 def test_tw_recycle_drops_from_two_clocks_behind_nat() -> None:

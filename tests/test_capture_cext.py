@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from captures import frames_state, mutated, odd_captures, packets_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_capture_compiled import frames_state, odd_captures, packets_state
-from test_capture_fuzz import mutated
 
 from tcpreuse.capture import decode as decode_mod
 from tcpreuse.capture import flows, loops, native, reuse, zeek

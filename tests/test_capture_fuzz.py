@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from captures import SEEDS, mutated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,12 +29,10 @@ from tcpreuse.capture.formats import parse_frames
 from tcpreuse.capture.synth import (
     Frame,
     Iface,
-    NgExtra,
     NgWriter,
     Seg,
     frame,
     frames_of,
-    handshake,
     pcap_bytes,
 )
 from tcpreuse.diagnose.base import Evidence, diagnose
@@ -56,52 +55,7 @@ def pipeline(data: bytes) -> dict[str, Any]:
     return {"attempts": c["attempts"], "packets": c["packets"], "complete": an.complete}
 
 
-def seeds() -> list[bytes]:
-    segs = handshake(T0, "10.0.0.2", 40000, "10.0.0.1", 80, 1, 2, ts=(5, 6))
-    segs += handshake(T0 + 0.3, "10.0.0.2", 40000, "10.0.0.1", 80, 100, 200, server_closes=False)
-    segs += [Seg(T0 + 1, "2001:db8::2", 5, "2001:db8::1", 80, "S", 9, v6_ext=(0, 44), mss=1400, wscale=2)]
-    fr = frames_of(segs)
-    return [
-        pcap_bytes(fr),
-        pcap_bytes(frames_of(segs, 276), linktype=276, nsec=True, big_endian=True),
-        NgWriter(ifaces=[Iface(1), Iface(113, tsresol=9)]).to_bytes(
-            [Frame(f.t, f.data if i % 2 == 0 else frame(segs[i], 113), iface=i % 2) for i, f in enumerate(fr)],
-            extra=[NgExtra(2, 5, b"\x00" * 16)]),
-    ]
-
-
-SEEDS = seeds()
-
-
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 6))):
-        op = draw(st.sampled_from(["flip", "truncate", "length", "garbage", "block", "zero"]))
-        if not data:
-            break
-        pos = draw(st.integers(0, len(data) - 1))
-        if op == "flip":
-            data[pos] ^= 1 << draw(st.integers(0, 7))
-        elif op == "truncate":
-            del data[pos:]
-        elif op == "length" and pos + 4 <= len(data):
-            val = draw(st.sampled_from([0, 1, 3, 12, 15, 16, 31, 32, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF,
-                                        draw(st.integers(0, 2**32 - 1))]))
-            struct.pack_into("<I", data, pos, val)
-        elif op == "garbage":
-            data[pos:pos] = draw(st.binary(min_size=1, max_size=64))
-        elif op == "block":
-            btype = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 0x0BAD, 0x0A0D0D0A, 7]))
-            body = draw(st.binary(max_size=40))
-            blen = draw(st.sampled_from([12 + len(body), 12 + len(body) + 4, 8, 13]))
-            data[pos:pos] = struct.pack("<II", btype, blen) + body + struct.pack("<I", blen)
-        elif op == "zero":
-            n = draw(st.integers(1, 32))
-            data[pos:pos + n] = b"\x00" * min(n, len(data) - pos)
-    return bytes(data)
-
-
+@pytest.mark.slow
 @settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(mutated())
 def test_mutated_captures_give_a_result_or_a_capture_error(data: bytes) -> None:

@@ -15,6 +15,7 @@ def findings(name: str, **over: object) -> list:  # type: ignore[type-arg]
     return diagnose(Evidence(source="simulate", run=Engine(sc).run(), scenario=sc))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "over", "expect"), [
     ("client-exhaustion", {}, "client-port-exhaustion"),
     ("windows-httpclient", {}, "client-port-exhaustion"),
@@ -34,6 +35,7 @@ def test_each_incident_gets_its_finding(name: str, over: dict[str, object], expe
     assert f.cause and f.evidence and f.fixes
 
 
+@pytest.mark.slow
 def test_healthy_runs_have_no_findings() -> None:
     assert findings("seed-client-timestamps", duration_s=40) == []
     assert findings("seed-linux-direct", duration_s=1) == []
@@ -46,6 +48,7 @@ def test_windows_exhaustion_names_the_winsock_error_and_windows_fixes() -> None:
     assert "netsh int ipv4 set dynamicport tcp" in cmds and "TcpTimedWaitDelay" in cmds
 
 
+@pytest.mark.slow
 def test_seed_fixes_rank_client_timestamps_first_and_the_writeups_advice_last() -> None:
     sc = load_scenario("seed", {"duration_s": 60})
     run = Engine(sc).run()

@@ -80,6 +80,7 @@ def test_start_at_sets_when_the_schedule_begins(server: ServeProcess, tmp_path: 
     assert bad.returncode != 0 and "--start-at" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_ramp_and_poisson_arrivals(server: ServeProcess) -> None:
     s = load_json(f"127.0.0.1:{server.port}", "--arrival", "ramp", "--ramp-from", "0", "--rate", "400",
                   "--duration", "2", "--workers", "1")
@@ -218,6 +219,7 @@ def test_sigint_keeps_partial_results(server: ServeProcess, tmp_path: Path) -> N
     assert len(rr.attempts) == s["attempts"]
 
 
+@pytest.mark.slow
 def test_request_timeout_and_server_without_answer() -> None:
     with ServeProcess(["--listen", "127.0.0.1:0", "--delay-ms", "1500"]) as srv:
         s = load_json(f"127.0.0.1:{srv.port}", "--rate", "50", "--count", "3", "--request-timeout", "0.3")

@@ -21,11 +21,12 @@ from tcpreuse.capture.synth import frames_of, pcap_bytes
 from tcpreuse.report.browser import check_page, find_chromium
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_capture_attempts import nat_two_clocks, windows_reuse
+from captures import nat_two_clocks, windows_reuse
 
 ARTIFACTS = Path(os.environ.get("TCPREUSE_TEST_ARTIFACTS", Path(__file__).parent.parent / "tmp" / "test-artifacts"))
 
-pytestmark = pytest.mark.skipif(find_chromium() is None, reason="needs chromium (scripts/system-deps.sh)")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(find_chromium() is None, reason="needs chromium (scripts/system-deps.sh)")]
 
 
 def opened(html: Path, name: str) -> dict[str, dict[str, float]]:

@@ -18,7 +18,7 @@ from tcpreuse.scenario.loader import load_scenario
 from tcpreuse.sim.engine import simulate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_capture_attempts import windows_reuse
+from captures import windows_reuse
 
 DATA = Path(__file__).parent / "data" / "host"
 
@@ -27,6 +27,7 @@ def plot_keys(text: str) -> list[str]:
     return re.findall(r'data-plot="([^"]+)"', text)
 
 
+@pytest.mark.slow
 def test_simulate_result_file_renders_like_simulate_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     res, page1 = tmp_path / "r.json", tmp_path / "a.html"
     code, _, err = cli(["simulate", "seed", "--duration", "15", "--set", "workload.rate=8000", "--result", str(res),
@@ -45,6 +46,7 @@ def test_simulate_result_file_renders_like_simulate_html(tmp_path: Path, capsys:
     assert code == 0 and "attempts/s" in out and "TIME_WAIT" in out
 
 
+@pytest.mark.slow
 def test_user_text_is_escaped(tmp_path: Path) -> None:
     sc = load_scenario("seed", {"duration_s": 5, "name": "<script>alert(1)</script>"})
     run = simulate(sc)
@@ -82,6 +84,7 @@ def test_doctor_snapshot_and_watch_lines(tmp_path: Path, capsys: pytest.CaptureF
     assert "timewait" in plot_keys(text) and "4 samples" in text
 
 
+@pytest.mark.slow
 def test_capture_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pcap = tmp_path / "c.pcap"
     pcap.write_bytes(pcap_bytes(frames_of(sorted(windows_reuse(n_conn=300, ports=100), key=lambda s: s.t))))
@@ -115,6 +118,7 @@ def test_bad_files_are_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFix
     assert not (tmp_path / "x.html").exists()
 
 
+@pytest.mark.slow
 def test_missing_file_and_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(["report", str(tmp_path / "nope.json")], capsys)
     assert code == 2 and "cannot read" in err

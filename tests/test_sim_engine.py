@@ -75,6 +75,7 @@ def test_a_second_destination_still_works() -> None:
     assert sorted(per_dst.values()) == [1000, 1000]
 
 
+@pytest.mark.slow
 def test_tw_reuse_caps_the_rate_near_ports_per_reuse_delay() -> None:
     for delay_ms, expect in ((1000, 1000), (2000, 500)):
         extra = f'"net.ipv4.tcp_tw_reuse_delay" = {delay_ms}'
@@ -88,6 +89,7 @@ def test_tw_reuse_caps_the_rate_near_ports_per_reuse_delay() -> None:
         assert r.counters["client"]["TcpExtTWRecycled"] > 0
 
 
+@pytest.mark.slow
 def test_old_kernels_reuse_after_more_than_one_wall_second() -> None:
     r = run(cf(duration=10, profile="linux-4.9", reuse=1, rate=2000))
     ok = ~r.attempts.failed_mask()
@@ -97,6 +99,7 @@ def test_old_kernels_reuse_after_more_than_one_wall_second() -> None:
     assert 1000 / 2.0 * 0.95 < rate < 1000 / 1.0, rate
 
 
+@pytest.mark.slow
 def test_tw_reuse_needs_timestamps_on_both_ends() -> None:
     extra = '"net.ipv4.tcp_timestamps" = 0'
     r = run(cf(duration=6, reuse=1, extra=extra, rate=500))
@@ -175,6 +178,7 @@ def seed() -> RunResult:
     return Engine(load_scenario("seed", {"duration_s": 70})).run()
 
 
+@pytest.mark.slow
 class TestSeed:
     """`tcpreuse simulate seed` reproduces the write-up's observables."""
 

@@ -31,6 +31,7 @@ def test_the_golden_file_covers_every_builtin_scenario() -> None:
     assert set(_want()) == set(sim_golden.all_names())
 
 
+@pytest.mark.slow
 def test_the_installed_engine_reproduces_the_golden_results() -> None:
     got = sim_golden.run_all()
     assert sim_golden.diff(_want(), got) == []
@@ -42,6 +43,7 @@ def test_the_installed_engine_reproduces_the_golden_results() -> None:
 SOURCE_MAX_ATTEMPTS = 12_000
 
 
+@pytest.mark.slow
 def test_the_pure_python_source_reproduces_the_golden_results(tmp_path: Path) -> None:
     """The reference: the package's .py files alone, imported from a copy without the
     compiled extension modules."""

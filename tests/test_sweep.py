@@ -79,6 +79,7 @@ def test_unknown_keys_fail_before_any_work(scenario: str) -> None:
         plan(scenario, parse_grid(["workload.rate=-5,10"]), 1, {})
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(["sweep", scenario, "--grid", "bogus=1,2"], capsys)
     assert code == 2 and "unknown key" in err and "Traceback" not in err
@@ -105,6 +106,7 @@ def test_cache_key_is_the_effective_scenario(scenario: str) -> None:
     assert point_key(other, {"workload.rate": 10, "seed": 5}) != pts[0].keys[0]
 
 
+@pytest.mark.slow
 def test_sweep_matches_the_port_arithmetic_and_resumes(scenario: str, tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
     axes = parse_grid(["workload.rate=20,40,100", "client:net.ipv4.tcp_tw_reuse=0,1"])
@@ -137,12 +139,12 @@ def test_sweep_matches_the_port_arithmetic_and_resumes(scenario: str, tmp_path: 
     assert run_sweep(scenario, axes, 2, {}, cache, no_pool).computed == 0
 
 
+@pytest.mark.slow
 def test_cli_outputs(scenario: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_csv, out_pq, out_html = tmp_path / "s.csv", tmp_path / "s.parquet", tmp_path / "s.html"
-    argv = ["sweep", scenario, "--grid", "workload.rate=30,80", "--grid", "client:net.ipv4.tcp_tw_reuse=0,1",
-            "--workers", "1", "--cache", str(tmp_path / "c"), "--csv", str(out_csv), "--parquet", str(out_pq),
-            "--html", str(out_html)]
-    code, out, err = cli(argv, capsys)
+    run = ["sweep", scenario, "--grid", "workload.rate=30,80", "--grid", "client:net.ipv4.tcp_tw_reuse=0,1",
+           "--workers", "1", "--cache", str(tmp_path / "c")]
+    code, out, err = cli([*run, "--csv", str(out_csv), "--parquet", str(out_pq), "--html", str(out_html)], capsys)
     assert code == 0, err
     assert "4 run(s) computed" in out and "80" in out
     rows = list(csv.DictReader(out_csv.open()))
@@ -155,7 +157,7 @@ def test_cli_outputs(scenario: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     html = out_html.read_text()
     assert 'data-plot="hm-fail-0"' in html and "Failure rate by workload.rate" in html
     # --json, all from the cache, and `tcpreuse report` renders it again
-    code, out, err = cli([*argv[:8], "--json"], capsys)
+    code, out, err = cli([*run, "--json"], capsys)
     doc = json.loads(out)
     assert doc["kind"] == "sweep" and doc["cached"] == 4 and doc["computed"] == 0
     (tmp_path / "s.json").write_text(out)

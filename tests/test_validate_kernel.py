@@ -12,9 +12,11 @@ import shutil
 
 import pytest
 
+from tcpreuse.lab import state
 from tcpreuse.lab.netns import list_namespaces
+from tcpreuse.lab.plan import ns_prefix
 from tcpreuse.validate import suite
-from tcpreuse.validate.run import validate_many
+from tcpreuse.validate.run import Options, validate_many
 
 pytestmark = [
     pytest.mark.netns,
@@ -27,8 +29,7 @@ pytestmark = [
 
 
 def test_quick_suite_agrees_with_the_running_kernel() -> None:
-    before = {n for n in list_namespaces() if n.startswith("tcpr-l")}
-    rep = validate_many(suite.suite("quick"), suite_name="quick")
+    rep = validate_many(suite.suite("quick"), opts=Options(keep_results=True), suite_name="quick")
     assert [o.name for o in rep.outcomes] == list(suite.QUICK)
     bad = {o.name: o.error or [(r.metric, r.sim, r.lab) for r in o.rows if r.agree is False]
            for o in rep.outcomes if not o.agree}
@@ -41,4 +42,10 @@ def test_quick_suite_agrees_with_the_running_kernel() -> None:
     assert by["v-reuse1-delay1000"]["client: TcpExtTWRecycled"].lab > 0
     assert by["v-client-rst"]["client: TcpEstabResets"].lab == 600
     assert by["v-tw-buckets"]["client: TcpExtTCPTimeWaitOverflow"].lab == 400
-    assert {n for n in list_namespaces() if n.startswith("tcpr-l")} == before
+    # every lab run of this suite removed what it created (and only its own: other labs may
+    # run on this host at the same time, their namespaces are none of this test's business)
+    run_ids = [o.lab.meta["run_id"] for o in rep.outcomes if o.lab is not None]
+    assert len(run_ids) == len(rep.outcomes)
+    left = [n for n in list_namespaces() if n.startswith(tuple(ns_prefix(r) for r in run_ids))]
+    assert not left, left
+    assert not {st.run_id for st in state.runs()} & set(run_ids)

@@ -189,11 +189,12 @@ def open_buffer(path: str | os.PathLike[str]) -> tuple[Any, int]:
             head = f.read(2)
             if head == b"\x1f\x8b":
                 import gzip  # only here: most captures are not compressed
+                import zlib
 
                 f.seek(0)
                 try:
                     data = gzip.GzipFile(fileobj=f).read()
-                except (OSError, EOFError) as e:  # truncated gzip: keep what inflated
+                except (OSError, EOFError, zlib.error) as e:  # truncated gzip: keep what inflated
                     raise CaptureError(f"{p}: damaged gzip stream ({e})") from None
                 return data, len(data)
             if size == 0:

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from ..errors import CaptureError
+from .options import OUT_FILE
 
 _FREEZE_AT_EXIT: list[object] = []
 
@@ -22,13 +23,13 @@ _FREEZE_AT_EXIT: list[object] = []
 @click.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: counts, per-client/server stats, findings.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--csv", "csv_path", type=OUT_FILE,
               help="Write one row per attempt (tshark field names where they exist).")
-@click.option("--parquet", "parquet_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--parquet", "parquet_path", type=OUT_FILE,
               help="The same rows as Parquet (needs pyarrow).")
-@click.option("--save", "save_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--save", "save_path", type=OUT_FILE,
               help="Save the attempts as a RunResult JSON (source=analyze) for `tcpreuse report`.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_path", type=OUT_FILE,
               help="Write a self-contained HTML report (findings, SYN outcomes and timestamp clocks over time).")
 @click.option("--per-file", is_flag=True, help="Analyse each file on its own instead of as one capture.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
@@ -104,17 +105,21 @@ def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_
                 an.to_run_result().save(save_path)
             except OSError as e:
                 raise CaptureError(f"cannot write {save_path}: {e.strerror or e}") from None
+    judged = [(an, diagnose(Evidence(source="analyze", capture=an))) for an in results]
+    if html_path is not None:  # files before stdout: a reader that stops early (| head) loses no file
+        from ..report import html
+
+        an, findings = judged[0]
+        html.write(html_path, html.capture_page(an, findings))
     docs = []
-    for an in results:
-        findings = diagnose(Evidence(source="analyze", capture=an))
+    for an, findings in judged:
         if as_json:
             docs.append({**an.to_json(), "findings": [f.to_json() for f in findings]})
         else:
-            from rich.console import Console
-
             from ..capture.render import render
+            from ..report.console import out_console
 
-            con = Console()
+            con = out_console()
             if len(results) > 1:
                 con.rule(", ".join(Path(f).name for f in an.files))
             for part in render(an, findings, top=top):
@@ -122,10 +127,6 @@ def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_
             from ..report.terminal import timeline
 
             con.print(timeline(an.to_run_result()))
-        if html_path is not None:
-            from ..report import html
-
-            html.write(html_path, html.capture_page(an, findings))
     if as_json:
         click.echo(dumps(docs[0] if len(docs) == 1 else {"analyses": docs}))
     for an in results:

@@ -75,13 +75,13 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
         ev = evidence_of(observed)
         return ev, diagnose(ev)
 
-    from rich.console import Console
     from rich.text import Text
 
     from ..host.render import render, to_json
+    from ..report.console import out_console
 
     # Everything rendered is Text/Table built by render(): no markup or emoji parsing needed.
-    console = Console(markup=False, emoji=False, highlight=False)
+    console = out_console(markup=False, emoji=False, highlight=False)
     history: list[dict[str, object]] = []  # JSON documents of the refreshes, for --html and the sparklines
 
     def keep(ev: Evidence, findings: list[Finding]) -> None:
@@ -99,39 +99,39 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
     if watch is None:
         ev, findings = once()
         keep(ev, findings)
-        if as_json:
-            click.echo(json.dumps(to_json(ev, findings), indent=2, default=str))
-        else:
-            console.print(render(ev, findings))
-        if save:  # after the output: a failed write loses no diagnosis
-            _save(sources[0], save)
+        try:
+            if as_json:
+                click.echo(json.dumps(to_json(ev, findings), indent=2, default=str))
+            else:
+                console.print(render(ev, findings))
+        finally:
+            if save:  # after the output: a failed write loses no diagnosis (and a closed pipe no file)
+                _save(sources[0], save)
         return
 
     n = 0
-    try:
-        while count is None or n < count:
-            t0 = time.monotonic()
-            ev, findings = once()
-            keep(ev, findings)
-            n += 1
-            if save and n == 1:
-                _save(sources[0], save)
-            if as_json:
-                click.echo(json.dumps(to_json(ev, findings), default=str))
-            else:
-                console.clear()
-                console.print(render(ev, findings))
-                if len(history) > 1:
-                    from ..report.terminal import watch_timeline
+    # Ctrl-C ends the watch: exit 130 (SIGTERM 143), as for every verb (tcpreuse.cli)
+    while count is None or n < count:
+        t0 = time.monotonic()
+        ev, findings = once()
+        keep(ev, findings)
+        n += 1
+        if save and n == 1:
+            _save(sources[0], save)
+        if as_json:
+            click.echo(json.dumps(to_json(ev, findings), default=str))
+        else:
+            console.clear()
+            console.print(render(ev, findings))
+            if len(history) > 1:
+                from ..report.terminal import watch_timeline
 
-                    console.print(watch_timeline(history))
-                console.print(Text(f"refresh {n}{'/' + str(count) if count else ''}, every {watch:g} s; "
-                                   "Ctrl-C stops", style="dim"))
-            if count is not None and n >= count:
-                break
-            time.sleep(max(0.0, watch - (time.monotonic() - t0)))
-    except KeyboardInterrupt:
-        return
+                console.print(watch_timeline(history))
+            console.print(Text(f"refresh {n}{'/' + str(count) if count else ''}, every {watch:g} s; "
+                               "Ctrl-C stops", style="dim"))
+        if count is not None and n >= count:
+            break
+        time.sleep(max(0.0, watch - (time.monotonic() - t0)))
 
 
 def _save(source: object, path: str) -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..result import RunResult, dumps
+from .options import OUT_FILE, SECONDS
 
 # Counters worth a column in the summary (nstat names); all of them are in --json/--result.
 KEY_COUNTERS = ("TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpOutRsts", "TcpExtTW",
@@ -58,7 +59,9 @@ def render(res: RunResult, con: Console) -> None:
                   f"attempt #{ff['index'] + 1}")
     p = res.connect_percentiles()
     if p["p50"] is not None:
-        con.print(f"connect ms: p50 {p['p50']}  p99 {p['p99']}  max {p['max']}")
+        from ..report.terminal import fmt_ms
+
+        con.print(f"connect: p50 {fmt_ms(p['p50'])}  p99 {fmt_ms(p['p99'])}  max {fmt_ms(p['max'])}")
     h = Table(box=None, show_header=True, header_style="bold")
     cols = [c for c in KEY_COUNTERS if any(res.counters.get(k, {}).get(c) for k in res.counters)]
     h.add_column("host")
@@ -78,19 +81,19 @@ def render(res: RunResult, con: Console) -> None:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("scenario", metavar="SCENARIO|NAME|cleanup")
-@click.option("--duration", type=float, help="Run for S seconds (overrides duration_s).")
+@click.option("--duration", type=SECONDS, help="Run for S seconds (overrides duration_s).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a scenario value (repeatable), e.g. client:net.ipv4.tcp_tw_reuse=1.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--capture", type=click.Path(file_okay=False, path_type=Path),
               help="Write one pcap per namespace interface into DIR.")
-@click.option("--result", "result_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--result", "result_file", type=OUT_FILE,
               help="Write the full RunResult (with per-attempt records) to FILE.")
 @click.option("--approximate", is_flag=True,
               help="Run what the kernel cannot realise exactly as its closest setup, "
               "stating the differences.")
 @click.option("--no-diagnose", is_flag=True, help="Skip the diagnosis of the result.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_path", type=OUT_FILE,
               help="Also write a self-contained HTML report (findings, topology, plots).")
 @click.option("--all", "everything", is_flag=True,
               help="With `cleanup`: remove every tcpr-* namespace, not only dead lab runs'.")
@@ -138,7 +141,9 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         d["findings"] = [f.to_json() for f in findings]
         click.echo(dumps(d))
     else:
-        con = Console()
+        from ..report.console import out_console
+
+        con = out_console()
         render(res, con)
         from ..report.terminal import timeline
 
@@ -148,4 +153,14 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         if result_file is not None:
             con.print(f"result written to {result_file}")
     if res.meta.get("interrupted"):
-        sys.exit(130)
+        sys.exit(exit_status(str(res.meta["interrupted"])))
+
+
+def exit_status(signal_name: str) -> int:
+    """128 + the signal that interrupted a run ("SIGTERM" -> 143), as a shell reports it."""
+    import signal
+
+    try:
+        return 128 + signal.Signals[signal_name].value
+    except KeyError:
+        return 130

@@ -22,11 +22,12 @@ def _fmt_ms(v: float | None) -> str:
 
 
 def _render_summary(s: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    con = Console()
+    from ..report.console import out_console
+
+    con = out_console()
     con.print(
         f"[bold]{escape(s['target'])}[/] {s['mode']} loop"
         + (f", {s['arrival']} {s['rate_target']}/s" if s["mode"] == "open" else f", {s['concurrency']} in flight")

@@ -3,20 +3,21 @@ or in the terminal. The kind of FILE is detected (see tcpreuse.report.kinds)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
+from .options import OUT_FILE
+
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_path", type=OUT_FILE,
               help="Write a self-contained HTML report (plots as inline SVG; opens offline).")
 @click.option("--check", "check", is_flag=True,
               help="With --html: open the page in headless Chromium and fail if a plot is empty or the "
               "console shows an error.")
-@click.option("--screenshot", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--screenshot", type=OUT_FILE,
               help="With --check: also save a full-page PNG.")
 def report(file: Path, html_path: Path | None, check: bool, screenshot: Path | None) -> None:
     """Render FILE: a RunResult (simulate/lab --result, analyze --save), lab/doctor/analyze/sweep/
@@ -47,14 +48,14 @@ def report(file: Path, html_path: Path | None, check: bool, screenshot: Path | N
 
 
 def _terminal(loaded: object) -> None:
-    from rich.console import Console
     from rich.text import Text
 
     from ..report import html, kinds
+    from ..report.console import out_console
     from ..report.terminal import finding_panel, render_simulation
 
     assert isinstance(loaded, kinds.Loaded)
-    con = Console(width=None if sys.stdout.isatty() else 120)
+    con = out_console()
     if loaded.kind == "run":
         findings = kinds.page_of(loaded).findings or []
         render_simulation(con, loaded.data, findings, None)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from ..errors import ScenarioError
+from ..report.console import out_console
 from ..scenario.loader import builtin_names, builtin_text, list_builtin
 
 
@@ -24,4 +24,4 @@ def scenarios(name: str | None) -> None:
     t.add_column("what it shows")
     for n, summary in list_builtin():
         t.add_row(n, summary)
-    Console().print(t)
+    out_console().print(t)

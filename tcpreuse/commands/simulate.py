@@ -14,23 +14,24 @@ from ..diagnose.whatif import prove_fixes, summarize
 from ..errors import TcpreuseError
 from ..result import dumps
 from ..scenario.loader import load_scenario, parse_sets
+from .options import OUT_FILE, SECONDS
 
 
 @click.command()
 @click.argument("scenario")
-@click.option("--duration", type=float, help="Override the scenario's duration (s).")
+@click.option("--duration", type=SECONDS, help="Override the scenario's duration (s).")
 @click.option("--seed", type=int, help="Override the scenario's seed.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a scenario value, e.g. --set workload.rate=3000, "
               "--set server:net.ipv4.tcp_tw_recycle=0, --set lb.ignore_msl=true.")
 @click.option("--fixes", is_flag=True, help="Re-simulate every candidate fix and rank them.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
-@click.option("--result", "result_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--result", "result_path", type=OUT_FILE,
               help="Also write the full RunResult (with per-attempt records) as JSON.")
-@click.option("--attempts-csv", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--attempts-csv", type=OUT_FILE,
               help="Write every attempt as CSV.")
-@click.option("--workers", type=int, default=None, help="Processes for --fixes (default: cores).")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Processes for --fixes (default: cores).")
+@click.option("--html", "html_path", type=OUT_FILE,
               help="Also write a self-contained HTML report (findings, topology, plots).")
 def simulate(scenario: str, duration: float | None, seed: int | None, sets: tuple[str, ...], fixes: bool,
              as_json: bool, result_path: Path | None, attempts_csv: Path | None, workers: int | None,
@@ -93,7 +94,8 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
                                     "effect": None if f.effect is None else vars(f.effect)} for f in ranked]
         click.echo(dumps(out))
         return
+    from ..report.console import out_console
     from ..report.terminal import render_simulation
 
-    render_simulation(Console(width=None if sys.stdout.isatty() else 120), run, findings, ranked,
+    render_simulation(out_console(), run, findings, ranked,
                       summary=sc.summary)

@@ -12,21 +12,24 @@ from typing import Any
 import click
 
 from ..errors import TcpreuseError
+from .options import OUT_FILE, SECONDS
 
 _common = [
     click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                  help="Fixed override for every run (the --set syntax of simulate)."),
-    click.option("--duration", type=float, help="Override the scenario's duration (s) of every run."),
+    click.option("--duration", type=SECONDS, help="Override the scenario's duration (s) of every run."),
     click.option("--seeds", type=click.IntRange(1, 1000), default=1, show_default=True,
                  help="Runs per point with seeds s, s+1, ... (confidence interval over seeds)."),
     click.option("--scheduler", metavar="tcp://HOST:PORT",
                  help="Use this Dask scheduler instead of a local cluster on this machine's cores."),
     click.option("--workers", type=click.IntRange(1, 1024), help="Local cluster size (default: cores)."),
+    click.option("--dashboard", is_flag=True,
+                 help="Start the Dask dashboard on 127.0.0.1 (random port) and print its link; off by default."),
     click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
                  help="Cache directory (default ~/.cache/tcpreuse/sweep)."),
     click.option("--no-cache", is_flag=True, help="Compute everything; read and write no cache."),
     click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object."),
-    click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+    click.option("--html", "html_path", type=OUT_FILE,
                  help="Write a self-contained HTML report."),
 ]
 
@@ -38,7 +41,7 @@ def common(f: Any) -> Any:
 
 
 def _setup(sets: tuple[str, ...], duration: float | None, cache_dir: Path | None, no_cache: bool,
-           scheduler: str | None, workers: int | None) -> tuple[dict[str, Any], Any, Any]:
+           scheduler: str | None, workers: int | None, dashboard: bool = False) -> tuple[dict[str, Any], Any, Any]:
     from ..scenario.loader import parse_sets
     from ..sweep.cache import Cache, default_dir
     from ..sweep.runner import Pool
@@ -49,7 +52,10 @@ def _setup(sets: tuple[str, ...], duration: float | None, cache_dir: Path | None
             raise TcpreuseError("--duration must be positive")
         base["duration_s"] = duration
     cache = Cache(None if no_cache else (cache_dir or default_dir()))
-    return base, cache, lambda: Pool(scheduler, workers)
+    def say(link: str) -> None:
+        click.echo(f"dask dashboard: {link}", err=True)
+
+    return base, cache, lambda: Pool(scheduler, workers, dashboard=dashboard, on_dashboard=say)
 
 
 def _write_json(doc: dict[str, Any], as_json: bool) -> None:
@@ -65,12 +71,12 @@ def _write_json(doc: dict[str, Any], as_json: bool) -> None:
               help="An axis of the sweep (repeatable), e.g. --grid workload.rate=1000,2000,4000 "
               "--grid server:net.ipv4.tcp_tw_recycle=0,1.")
 @common
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one row per point.")
-@click.option("--parquet", "parquet_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--csv", "csv_path", type=OUT_FILE, help="Write one row per point.")
+@click.option("--parquet", "parquet_path", type=OUT_FILE,
               help="The same rows as Parquet (needs pyarrow).")
 def sweep(scenario: str, grids: tuple[str, ...], sets: tuple[str, ...], duration: float | None, seeds: int,
-          scheduler: str | None, workers: int | None, cache_dir: Path | None, no_cache: bool, as_json: bool,
-          html_path: Path | None, csv_path: Path | None, parquet_path: Path | None) -> None:
+          scheduler: str | None, workers: int | None, dashboard: bool, cache_dir: Path | None, no_cache: bool,
+          as_json: bool, html_path: Path | None, csv_path: Path | None, parquet_path: Path | None) -> None:
     """Run SCENARIO over the cartesian product of --grid settings, --seeds runs per point,
     on Dask. Finished runs are cached: re-running an interrupted sweep computes only what
     is missing."""
@@ -81,7 +87,7 @@ def sweep(scenario: str, grids: tuple[str, ...], sets: tuple[str, ...], duration
     from ..sweep.sweep import run_sweep
 
     axes = parse_grid(grids)
-    base, cache, make_pool = _setup(sets, duration, cache_dir, no_cache, scheduler, workers)
+    base, cache, make_pool = _setup(sets, duration, cache_dir, no_cache, scheduler, workers, dashboard)
     err = Console(stderr=True)
     if sys.stderr.isatty() and not as_json:
         from rich.progress import (
@@ -111,7 +117,6 @@ def _emit(doc: dict[str, Any], res: Any, html_path: Path | None, as_json: bool,
           page: Callable[[dict[str, Any]], Any], table: Callable[[dict[str, Any]], Any]) -> None:
     """The end of `sweep` and `capacity`: the HTML page if asked, then JSON or a table with
     where the runs came from (`res`: computed, where, cached)."""
-    from rich.console import Console
 
     if html_path is not None:
         from ..report import html
@@ -120,7 +125,9 @@ def _emit(doc: dict[str, Any], res: Any, html_path: Path | None, as_json: bool,
     if as_json:
         _write_json(doc, True)
         return
-    con = Console(width=None if sys.stdout.isatty() else 120)
+    from ..report.console import out_console
+
+    con = out_console()
     con.print(table(doc))
     con.print(f"[dim]{res.computed} run(s) computed{' on ' + res.where if res.where else ''}, "
               f"{res.cached} from the cache[/]")
@@ -145,11 +152,11 @@ def parse_share(text: str) -> float:
 @click.option("--max-rate", type=float, help="Search cap in requests/s (default: 16x the scenario's rate).")
 @click.option("--no-fixes", is_flag=True, help="Only the scenario as it is; do not search each fix.")
 @common
-@click.option("--markdown", "md_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--markdown", "md_path", type=OUT_FILE,
               help="Write the result as a Markdown page (e.g. docs/capacity.md).")
 def capacity(scenario: str, max_failure: str, max_delayed: str | None, resolution: str, max_rate: float | None,
              no_fixes: bool, sets: tuple[str, ...], duration: float | None, seeds: int, scheduler: str | None,
-             workers: int | None, cache_dir: Path | None, no_cache: bool, as_json: bool, html_path: Path | None,
+             workers: int | None, dashboard: bool, cache_dir: Path | None, no_cache: bool, as_json: bool, html_path: Path | None,
              md_path: Path | None) -> None:
     """Find the highest request rate SCENARIO sustains within the failure budget, as it is
     and with each fix its diagnosis proposes ("enable client timestamps: 1,800/s -> ...")."""
@@ -158,7 +165,7 @@ def capacity(scenario: str, max_failure: str, max_delayed: str | None, resolutio
     from ..sweep import render
     from ..sweep.capacity import find_capacity
 
-    base, cache, make_pool = _setup(sets, duration, cache_dir, no_cache, scheduler, workers)
+    base, cache, make_pool = _setup(sets, duration, cache_dir, no_cache, scheduler, workers, dashboard)
     err = Console(stderr=True)
     kw: dict[str, Any] = dict(max_failure=parse_share(max_failure),
                               max_delayed=None if max_delayed is None else parse_share(max_delayed),

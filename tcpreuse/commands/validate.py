@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ..errors import TcpreuseError
 from ..result import dumps
+from .options import OUT_FILE
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,10 +22,10 @@ from ..result import dumps
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a scenario value (repeatable), as in simulate and lab.")
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as one JSON object.")
-@click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--markdown", "markdown_file", type=OUT_FILE,
               help="Also write the agreement tables as Markdown to FILE.")
 @click.option("--list", "list_only", is_flag=True, help="List the validation scenarios and exit.")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--html", "html_path", type=OUT_FILE,
               help="Also write a self-contained HTML report (agreement tables, model and kernel timelines).")
 def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tuple[str, ...],
              as_json: bool, markdown_file: Path | None, list_only: bool, html_path: Path | None = None) -> None:
@@ -70,8 +71,13 @@ def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tu
     if as_json:
         click.echo(dumps(rep.to_json()))
     else:
-        render.terminal(rep, Console(width=None if sys.stdout.isatty() else 140))
-    if any(o.interrupted for o in rep.outcomes):
-        sys.exit(130)
+        from ..report.console import out_console
+
+        render.terminal(rep, out_console())
+    stopped = [o for o in rep.outcomes if o.interrupted]
+    if stopped:
+        from .lab import exit_status
+
+        sys.exit(exit_status(stopped[0].interrupted_by or "SIGINT"))
     if not rep.agree:
         sys.exit(1)

@@ -53,7 +53,7 @@ READY_TIMEOUT_S = 20.0
 
 
 class LabInterrupted(TcpreuseError):
-    """Stopped by a signal before anything could be measured."""
+    """Stopped by a signal before anything could be measured (exit 128 + the signal)."""
 
     exit_code = 130
 
@@ -358,8 +358,10 @@ class LabRun:
                     self._say(f"interrupted ({self.interrupted}); collecting what was measured")
                     self._stop_loads()
                     if not started:
-                        raise LabInterrupted(f"lab run interrupted by {self.interrupted} before "
-                                             "any load started; everything it created is removed") from None
+                        err = LabInterrupted(f"lab run interrupted by {self.interrupted} before "
+                                             "any load started; everything it created is removed")
+                        err.exit_code = 128 + signal.Signals[self.interrupted].value
+                        raise err from None
                 return self._collect(t0, t0_unix, before)
         finally:
             self.teardown()

@@ -9,6 +9,7 @@ only the SVG we draw ourselves is marked safe.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -71,20 +72,22 @@ def pct(x: float | None) -> str:
 
 
 def ms(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x / 1000:.2f} s" if x >= 1000 else f"{x:.1f} ms"
+    from .terminal import fmt_ms
+
+    return fmt_ms(x)
 
 
 def num(x: Any) -> Any:
+    """A figure for a page or a table: thousands separators on every number from 1,000
+    (integers and floats alike), four significant digits below."""
     if x is None:
         return "-"
     if isinstance(x, bool):
         return str(x).lower()
-    if isinstance(x, int) and abs(x) >= 10000:
+    if isinstance(x, int) and abs(x) >= 1000:
         return f"{x:,}"
     if isinstance(x, float):
-        return f"{x:,.4g}" if abs(x) < 1e6 else f"{x:,.0f}"
+        return f"{x:,.4g}" if abs(x) < 1000 else f"{x:,.0f}"
     if isinstance(x, list | tuple) and all(isinstance(v, int | float | str) for v in x):
         return " ".join(map(str, x))
     return x
@@ -100,16 +103,29 @@ def render(page: Page) -> str:
     return env.from_string(PAGE).render(page=page, version=__version__)
 
 
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def write(path: str | os.PathLike[str], page: Page) -> Path:
-    """Write the page atomically (a reader never sees half a file)."""
+    """Write the page atomically (a reader never sees half a file), with the permissions any
+    new file gets (0666 less the umask), as the JSON and CSV outputs: mkstemp's 0600 is for
+    secrets, not for a report meant to be shared."""
     p = Path(path)
     text = render(page)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tcpr-", suffix=".html", dir=p.parent if str(p.parent) else ".")
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         os.replace(tmp, p)
     except OSError as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise TcpreuseError(f"cannot write {p}: {e.strerror or e}") from None
     return p
 

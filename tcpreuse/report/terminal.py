@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,9 +43,16 @@ def pct(x: float) -> str:
 
 
 def fmt_ms(ms: float | None) -> str:
-    if ms is None:
+    """A latency given in ms, with the precision it needs: seconds from 1 s, ms from 1 ms,
+    µs below (a loopback connect of 45 µs is "45 µs", not "0.0 ms")."""
+    if ms is None or (isinstance(ms, float) and math.isnan(ms)):
         return "-"
-    return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.1f} ms"
+    if ms >= 1000:
+        return f"{ms / 1000:,.2f} s"
+    if ms >= 1 or ms == 0:
+        return f"{ms:.1f} ms"
+    us = ms * 1000
+    return f"{us:.0f} µs" if us >= 10 else f"{us:.1f} µs"
 
 
 def run_summary(run: RunResult, title: str = "") -> RenderableType:

@@ -16,7 +16,7 @@ import numpy as np
 from rich.table import Table
 
 from ..report import plots
-from ..report.html import Page, TableData, pct
+from ..report.html import Page, TableData, ms, pct
 from . import SweepError
 
 
@@ -84,7 +84,7 @@ def sweep_table(doc: dict[str, Any]) -> Table:
                   "-" if r["ci95_low"] is None or r["ci95_low"] != r["ci95_low"] else
                   f"{pct(r['ci95_low'])} … {pct(r['ci95_high'])}",
                   "-" if r["delayed_rate"] is None else pct(r["delayed_rate"]),
-                  "-" if r["p99_connect_ms"] is None else f"{r['p99_connect_ms']:,.1f} ms",
+                  ms(r["p99_connect_ms"]),
                   "-" if r["first_failure_s"] is None else f"{r['first_failure_s']:.1f} s",
                   f"{r['attempts']:,}", style=style)
         if r["errors"]:

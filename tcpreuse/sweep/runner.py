@@ -11,19 +11,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
 from . import SweepError
 from .point import run_point
 
+# Where a local cluster listens: the scheduler, each worker and its nanny take a random
+# port on loopback only; nothing is reachable from the network.
+LOOPBACK = "127.0.0.1"
+
 
 class Pool:
-    """A Dask client on a LocalCluster (`scheduler=None`) or on `tcp://host:port`."""
+    """A Dask client on a LocalCluster (`scheduler=None`) or on `tcp://host:port`.
 
-    def __init__(self, scheduler: str | None = None, workers: int | None = None, timeout_s: float = 10.0) -> None:
+    A local cluster's scheduler, workers and nannies listen on 127.0.0.1 (random ports);
+    its web dashboard is off unless `dashboard` is set, and then it too listens on
+    127.0.0.1 only; `on_dashboard` receives its link once the cluster is up."""
+
+    def __init__(self, scheduler: str | None = None, workers: int | None = None, timeout_s: float = 10.0,
+                 dashboard: bool = False, on_dashboard: Callable[[str], None] | None = None) -> None:
         self.scheduler, self.workers, self.timeout_s = scheduler, workers, timeout_s
+        self.dashboard, self.on_dashboard = dashboard, on_dashboard
         self.client: Any = None
         self.cluster: Any = None
 
@@ -39,12 +49,23 @@ class Pool:
                                  "this machine's cores") from None
             except ValueError as e:
                 raise SweepError(f"--scheduler {self.scheduler!r}: {e}") from None
+            self._announce()
             return self
         n = self.workers or os.cpu_count() or 1
-        self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                    silence_logs=logging.ERROR)
+        self.cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=LOOPBACK,
+                                    dashboard_address=f"{LOOPBACK}:0" if self.dashboard else None,
+                                    worker_dashboard_address=None, silence_logs=logging.ERROR)
         self.client = Client(self.cluster, set_as_default=False)
+        self._announce()
         return self
+
+    def _announce(self) -> None:
+        if self.dashboard and self.on_dashboard is not None:
+            import importlib.util
+
+            link = self.client.dashboard_link if self.client is not None else None
+            note = "" if importlib.util.find_spec("bokeh") else " (only /health and /metrics: install bokeh for the pages)"
+            self.on_dashboard(f"{link}{note}" if link else "the scheduler has no dashboard")
 
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         with contextlib.suppress(Exception):

@@ -53,6 +53,7 @@ class Outcome:
     lab_s: float = 0.0
     sim_s: float = 0.0
     interrupted: bool = False
+    interrupted_by: str = ""  # the signal's name (SIGINT, SIGTERM, ...) when interrupted
     sim: RunResult | None = None
     lab: RunResult | None = None
 
@@ -233,6 +234,7 @@ def validate(ref: str, overrides: dict[str, Any] | None = None,
     lab = run_lab(sc, LabOptions(progress=None))
     out.lab_s = time.monotonic() - t0
     out.interrupted = bool(lab.meta.get("interrupted"))
+    out.interrupted_by = str(lab.meta.get("interrupted") or "")
     more, more_notes = model_overrides(sc, lab)
     out.notes += more_notes + [f"lab: {n}" for n in lab.notes if "netem unavailable" not in n]
     sc_sim = suite.load(ref, {**ov, **more})
@@ -255,6 +257,7 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
     """Each scenario in turn; a scenario that fails to run is reported, not fatal, but a
     Ctrl-C ends the run with what was compared so far."""
     from ..lab.netns import require_root
+    from ..lab.run import LabInterrupted
 
     require_root()
     opts = opts or Options()
@@ -266,12 +269,19 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
             o = validate(ref, overrides, opts)
         except ValidateError:
             raise
+        except LabInterrupted as e:
+            if len(refs) == 1:
+                raise
+            by = next((n for n in ("SIGTERM", "SIGHUP", "SIGINT") if n in e.message), "SIGINT")
+            rep.outcomes.append(Outcome(name=ref, summary="", interrupted=True, interrupted_by=by,
+                                        error=e.message))
+            break
         except TcpreuseError as e:
             if len(refs) == 1:
                 raise
             o = Outcome(name=ref, summary="", error=e.message)
         except KeyboardInterrupt:
-            rep.outcomes.append(Outcome(name=ref, summary="", interrupted=True,
+            rep.outcomes.append(Outcome(name=ref, summary="", interrupted=True, interrupted_by="SIGINT",
                                         error="interrupted"))
             break
         rep.outcomes.append(o)
