@@ -75,7 +75,11 @@ def clients_table(an: CaptureAnalysis, top: int) -> RenderableType:
             ports = (f"{pp.pattern}{f' +{pp.median_step}' if pp.median_step else ''}, {pct(pp.even_share)} even, "
                      f"{pp.distinct_ports:,} ports"
                      + (f", cycle {pp.cycle_median_s:g} s" if pp.cycle_median_s is not None else ""))
-        clocks = "-" if s.ts_clocks is None else ("per conn" if s.ts_per_connection else str(s.ts_clocks))
+        clocks = "-" if s.ts_clocks is None else str(s.ts_clocks)
+        if s.ts_nat:
+            clocks += ", NAT"
+        elif s.ts_per_connection:
+            clocks = "per 4-tuple"
         t.add_row(s.addr, _n(s.attempts), f"{s.rate_per_s:,.1f}",
                   pct(s.syn_with_ts / s.attempts) if s.attempts else "-", clocks, ports,
                   _n(s.reused_server_tw), " ".join(f"{k} {v:,}" for k, v in s.answers.items()))
