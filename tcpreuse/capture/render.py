@@ -49,7 +49,8 @@ def overview(an: CaptureAnalysis) -> RenderableType:
         states = "  ".join(f"{k} {_n(v)}" for k, v in sorted(c["conn_state"].items(), key=lambda kv: -kv[1]))
         t.add_row("Zeek conn_state", states)
         t.add_row("first answer", "  ".join(f"{k} {_n(v)}" for k, v in c["answer"].items()))
-        t.add_row("SYN retransmitted", f"{_n(c['syn_retried'])} ({pct(c['syn_retried'] / n)})")
+        t.add_row("SYN retransmitted", f"in {_n(c['syn_retried'])} attempts ({pct(c['syn_retried'] / n)}), "
+                  f"{_n(c['syn_retransmissions'])} SYN packet{'s' if c['syn_retransmissions'] != 1 else ''} resent")
         t.add_row("4-tuple reused", f"{_n(c['reused'])}, of which {_n(c['reused_server_timewait'])} "
                   "within the server's 60 s TIME_WAIT")
         if c["tw_verdict"]:
@@ -90,8 +91,8 @@ def clients_table(an: CaptureAnalysis, top: int) -> RenderableType:
 
 def servers_table(an: CaptureAnalysis, top: int) -> RenderableType:
     t = Table(title="servers (responders)", title_justify="left", header_style="bold")
-    for col in ("address", "attempts", "clients", "SYN-ACK", "RST", "old ACK", "no answer", "SYN retried",
-                "SYN-ACK retransmitted"):
+    for col in ("address", "attempts", "clients", "SYN-ACK", "RST", "old ACK", "no answer",
+                "attempts with SYN retried", "attempts with SYN-ACK resent"):
         t.add_column(col, justify="left" if col == "address" else "right")
     for s in an.servers[:top]:
         t.add_row(f"{s.addr}:{s.port}", _n(s.attempts), _n(s.clients), _n(s.answered), _n(s.refused),

@@ -66,7 +66,7 @@ class SourceStats:
     syn_with_ts: int
     syn_without_ts: int
     rate_per_s: float
-    peak_per_s: int
+    peak_per_s: float  # the busiest 1-s window (the whole capture if shorter); never below the mean
     span_s: float
     answers: dict[str, int] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
@@ -239,6 +239,22 @@ def _shared_clocks(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray, rate: floa
     return int((n_per_clock >= SHARED_MIN).sum())
 
 
+def peak_rate(t: np.ndarray, mean: float) -> float:
+    """Attempts per second in the busiest window of one second that starts at an attempt
+    (a window as long as the capture when it is shorter, so that the peak of a 0.4 s
+    capture is its rate, not the count of a calendar second). The mean counts the span
+    between the first and last attempt, which a window may not reach at the edges of a
+    sparse capture; the peak is then the mean."""
+    if t.size == 0:
+        return 0.0
+    ts = np.sort(t)
+    span = float(ts[-1] - ts[0])
+    w = min(1.0, span) if span > 0 else 1.0
+    ends = np.searchsorted(ts, ts + w, side="right")
+    best = int((ends - np.arange(ts.size)).max())
+    return round(max(best / w, mean), 3)
+
+
 def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
     """Rows in time order. The cycle is the time between successive uses of one port."""
     n = port.size
@@ -299,7 +315,7 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
     n = rows.size
     t0, t1 = float(t.min()), float(t.max())
     span = t1 - t0
-    peak = int(np.unique(np.floor(t), return_counts=True)[1].max()) if n else 0
+    peak = peak_rate(t, n / span if span > 0 else float(n))
     has_ts = a["syn_has_ts"][rows]
     age = a["reuse_age_s"][rows]
     server_tw = (a["prev_tw"][rows] == 2) & (age < 60)
