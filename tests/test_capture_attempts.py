@@ -191,3 +191,42 @@ def test_exports_use_tshark_names(tmp_path: Any) -> None:
     an.write_parquet(tmp_path / "a.parquet")
     t = pq.read_table(tmp_path / "a.parquet")
     assert t.num_rows == 60 and t.column("ip.src")[0].as_py() == C
+
+
+def _syns(tuples: list[tuple[int, int, float]], uses: int, gap: float) -> tuple[np.ndarray, ...]:
+    """SYN times, TSvals and 4-tuple keys: each (port, offset, rate) 4-tuple used `uses`
+    times, `gap` s apart, the 4-tuples interleaved."""
+    t, v, k = [], [], []
+    for u in range(uses):
+        for i, (port, off, rate) in enumerate(tuples):
+            ti = u * gap + i * 0.003
+            t.append(T0 + ti)
+            v.append(int(off + rate * ti) % 2**32)
+            k.append(port)
+    return np.array(t), np.array(v, dtype=np.uint32), np.array(k, dtype=np.int64)
+
+
+def test_clock_fit_separates_hosts_only_on_evidence() -> None:
+    from tcpreuse.capture.sources import clock_fit
+    rnd = random.Random(7)
+    # one host with per-4-tuple offsets (4.10, 2026+ kernels): a clock per port, each reused
+    # 4-tuple keeping its clock -- one host, whatever the clock count
+    one_host = clock_fit(*_syns([(40000 + i, rnd.getrandbits(32), 1000.0) for i in range(50)], 4, 1.0))
+    assert one_host.clocks == 50 and one_host.per_tuple and not one_host.nat and one_host.steps == 150
+    assert one_host.off_clock == 0 and one_host.why == ""
+    # one host with one offset toward this server (4.11-2026): one clock shared by all ports
+    pair = clock_fit(*_syns([(40000 + i, 123456, 1000.0) for i in range(40)], 1, 1.0))
+    assert (pair.clocks, pair.shared, pair.nat) == (1, 1, False)
+    # two such hosts behind one address: two clocks each used by many ports
+    two = clock_fit(*_syns([(40000 + i, 123456 if i % 2 else 9_000_000, 1000.0) for i in range(40)], 1, 1.0))
+    assert two.nat and two.shared == 2 and "2 timestamp clocks each used by several 4-tuples" in two.why
+    # one 4-tuple handed to two hosts in turn (a NAT port reused): its TSval leaves its clock
+    t, v, k = _syns([(40000, 5_000_000, 1000.0)], 6, 2.0)
+    v[1::2] = (v[1::2].astype(np.int64) - 3_000_000).astype(np.uint32)  # every other SYN: another host
+    back = clock_fit(t, v, k)
+    assert back.nat and back.off_clock == 5 and back.backwards >= 2 and "went backwards" in back.why
+    # per-4-tuple hosts ticking at 1000 and 250 Hz
+    rates = clock_fit(*_syns([(40000 + i, rnd.getrandbits(32), 1000.0 if i < 10 else 250.0) for i in range(20)],
+                             3, 2.0))
+    assert rates.nat and set(rates.other_rates) | {rates.rate} >= {1000.0, 250.0}
+    assert "different rates" in rates.why

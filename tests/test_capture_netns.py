@@ -285,13 +285,14 @@ def sc_backlog(path: Path) -> dict[str, Any]:
     return res
 
 
-def sc_snat(path: Path) -> dict[str, Any]:
+def sc_snat(path: Path, pool: str = "") -> dict[str, Any]:
     """Two client namespaces behind one masquerading NAT namespace."""
     if shutil.which("nft") is None:
         pytest.skip("needs nft")
-    s = _ns("nts")
-    nat = _ns("ntn", net__ipv4__ip_forward=1)
-    c1, c2 = _ns("nc1"), _ns("nc2")
+    tag = "np" if pool else "nt"
+    s = _ns(f"{tag}s")
+    nat = _ns(f"{tag}n", net__ipv4__ip_forward=1)
+    c1, c2 = _ns(f"{tag}1"), _ns(f"{tag}2")
     t = Topo(c1, s, [nat, c2])
     for ns in (s, nat, c1, c2):
         ns.create()
@@ -307,9 +308,12 @@ def sc_snat(path: Path) -> dict[str, Any]:
             c.run(["ip", "addr", "add", f"192.168.{i}.2/24", "dev", "eth0"])
             c.run(["ip", "route", "add", "default", "via", f"192.168.{i}.1"])
             c.sysctl("net.ipv4.ip_local_port_range", "50000 50099")
+        rule = f"meta l4proto tcp masquerade to {pool}" if pool else "masquerade"
         nat.run(["nft", "-f", "-"], input=(
             "table ip tcpr_nat {\n chain post {\n  type nat hook postrouting priority 100;\n"
-            "  oifname \"wan\" masquerade\n }\n}\n"))
+            f"  oifname \"wan\" {rule}\n }}\n}}\n"))
+        if pool:
+            nat.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "1")
         srv = start_server(s, "server_closes")
         cap = Capture(s, "eth0", path)
         p1 = c1.popen([PY, "-c", CLIENT, SERVER_IP, "8080", "60", "10", "server", "0.01", "2"],
@@ -325,12 +329,45 @@ def sc_snat(path: Path) -> dict[str, Any]:
     return {"c1": r1, "c2": res}
 
 
+def sc_snat_pool(path: Path) -> dict[str, Any]:
+    """Two clients behind a NAT whose pool is 4 ports, its conntrack TIME_WAIT 1 s: the
+    NAT gives one public 4-tuple to both hosts in turn, as a busy SNAT does."""
+    return sc_snat(path, pool=":20000-20003")
+
+
+def _linux_reuse(path: Path, close: str) -> dict[str, Any]:
+    """One Linux client reusing 50 ports toward one server. Client-first close needs
+    tcp_tw_reuse=1 to reuse its own TIME_WAIT ports (after 1 s)."""
+    t = two_hosts(f"l{close[0]}", {"net__ipv4__ip_local_port_range": "40000 40049", "net__ipv4__tcp_tw_reuse": 1})
+    srv = start_server(t.server, "client_closes" if close == "client" else "server_closes")
+    try:
+        cap = Capture(t.server, "eth0", path)
+        res = run_client(t.client, SERVER_IP, 8080, 150, 10, close, 0.01, 2)
+        time.sleep(0.3)
+        cap.stop()
+        DROPS.append(cap.dropped)
+    finally:
+        teardown(t, srv)
+    return res
+
+
+def sc_linux_client_close(path: Path) -> dict[str, Any]:
+    return _linux_reuse(path, "client")
+
+
+def sc_linux_server_close(path: Path) -> dict[str, Any]:
+    return _linux_reuse(path, "server")
+
+
 SCENARIOS = {
     "port_exhaustion": sc_port_exhaustion,
     "timewait": sc_timewait,
     "rst_close": sc_rst_close,
     "backlog": sc_backlog,
     "snat": sc_snat,
+    "snat_pool": sc_snat_pool,
+    "linux_client_close": sc_linux_client_close,
+    "linux_server_close": sc_linux_server_close,
 }
 
 
@@ -408,10 +445,54 @@ def test_snat_clients_share_one_address(captures: dict[str, Recorded]) -> None:
     assert [s.addr for s in src] == ["10.77.0.254"]  # the server sees only the NAT address
     s = src[0]
     assert s.attempts == 120 and s.syn_with_ts == 120
-    # two hosts: two clocks (per host-pair offsets) or one per connection (per-4-tuple)
-    assert s.ts_per_connection or s.ts_clocks == 2, s
+    # two hosts with per host-pair offsets: two clocks, each used by many ports (a NAT). With
+    # per-4-tuple offsets (this kernel) every public 4-tuple has its own clock, and a NAT that
+    # keeps the hosts' 4-tuples apart leaves nothing that separates them: no claim either way
+    # unless the NAT moved a connection's clock onto other ports
+    per_4tuple_kernel = captures["linux_server_close"].an.sources[0].ts_per_connection
+    if s.ts_nat:
+        assert "timestamp clocks each used by several 4-tuples" in s.ts_evidence, s
+    else:
+        assert per_4tuple_kernel and "separates hosts" in s.ts_note, s
     f = r.findings
     assert "capture-tw-recycle-risk" in f or "capture-tw-recycle-drops" in f
+
+
+def test_snat_pool_gives_two_hosts_one_4tuple(captures: dict[str, Recorded]) -> None:
+    """The NAT hands one public 4-tuple to both hosts: its TSval leaves its clock (backwards
+    for half of them, which the server's TIME_WAIT rejects by PAWS), whatever the kernel's
+    offsets are per (host pair or 4-tuple)."""
+    r = captures["snat_pool"]
+    assert r.client["c1"]["ok"] + r.client["c2"]["ok"] >= 100, r.client
+    s = r.an.sources[0]
+    assert s.addr == "10.77.0.254" and s.ts_nat, s
+    assert s.ts_off_clock >= 10 and "left that 4-tuple's clock" in s.ts_evidence, s
+    assert s.ts_note.startswith("NAT: several hosts share this address")
+    f = r.findings
+    risk = f.get("capture-tw-recycle-risk") or f["capture-tw-recycle-drops"]
+    assert "10.77.0.254" in risk.cause and "NAT" in risk.cause
+    assert "capture-syn-hit-timewait" in f  # the PAWS rejects NAT 4-tuple reuse brings
+
+
+@pytest.mark.parametrize("name", ["linux_client_close", "linux_server_close"])
+def test_one_linux_client_reusing_ports_is_not_a_nat(captures: dict[str, Recorded], name: str) -> None:
+    """One host: per-4-tuple offsets (4.10, 2026+ kernels) give a clock per port and every
+    reused 4-tuple keeps its clock; per host-pair offsets give one clock. Neither is a NAT."""
+    r = captures[name]
+    assert r.client["ok"] >= 60, r.client
+    s = r.an.sources[0]
+    assert s.ts_reconnects >= 20 and s.ts_off_clock == 0, s
+    assert not s.ts_nat and "NAT" not in s.ts_note, s
+    assert s.ts_per_connection or s.ts_clocks == 1, s
+    if s.ts_per_connection:  # this kernel: a clock per port
+        assert s.ts_clocks == s.ports[0].distinct_ports
+        assert "per 4-tuple" in s.ts_note and "nothing here separates hosts" in s.ts_note
+    for f in r.findings.values():
+        assert "NAT" not in f.cause.replace("NAT or", "") or f.id == "capture-tw-recycle-risk", (f.id, f.cause)
+    risk = r.findings.get("capture-tw-recycle-risk")
+    if risk is not None:
+        assert "Addresses behind a NAT" not in risk.cause
+        assert "one host's SYNs then go backwards" in risk.cause
 
 
 # ---- tshark agrees ----------------------------------------------------------------------------
@@ -447,12 +528,18 @@ def tshark_outcomes(path: Path) -> Counter[str]:
 
 
 def our_outcomes(an: CaptureAnalysis) -> Counter[str]:
+    """Per attempt, merged by (4-tuple, ISN) as tshark's streams are: when a NAT hands one
+    4-tuple to two hosts in turn, one host's retransmitted SYN can follow the other's, and
+    the analysis then sees two attempts where tshark's key sees one."""
     a = an.attempts
-    m = a["is_attempt"]
-    synack = ~np.isnan(a["t_synack"][m])
-    rst = ~synack & ((a["completeness"][m] & 32) != 0)
-    return Counter({"answered": int(synack.sum()), "reset": int(rst.sum()),
-                    "unanswered": int((~synack & ~rst).sum())}) - Counter()
+    merged: dict[tuple[int, ...], dict[str, bool]] = {}
+    for i in np.flatnonzero(a["is_attempt"]).tolist():
+        key = (int(a["orig"][i]), int(a["orig_port"][i]), int(a["resp"][i]), int(a["resp_port"][i]), int(a["isn"][i]))
+        m = merged.setdefault(key, {"synack": False, "rst": False})
+        m["synack"] |= not np.isnan(a["t_synack"][i])
+        m["rst"] |= bool(a["completeness"][i] & 32)
+    return Counter("answered" if m["synack"] else ("reset" if m["rst"] else "unanswered")
+                   for m in merged.values())
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="needs tshark")

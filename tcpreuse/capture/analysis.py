@@ -123,7 +123,8 @@ class CaptureAnalysis:
             "conn_state": cnt("conn_state", CONN_STATES),
             "conn_state_midstream": cnt("conn_state", CONN_STATES, ~m),
             "answer": cnt("answer", ANSWERS),
-            "syn_retried": int((a["n_syn"][m] > 1).sum()),
+            "syn_retried": int((a["n_syn"][m] > 1).sum()),  # attempts that sent their SYN more than once
+            "syn_retransmissions": int(np.maximum(a["n_syn"][m].astype(np.int64) - 1, 0).sum()),  # SYN packets
             "reused": int((a["prev"][m] >= 0).sum()),
             "reused_server_timewait": int(((a["prev_tw"][m] == 2) & (a["reuse_age_s"][m] < 60)).sum()),
             "tw_verdict": cnt("tw_verdict", TW_VERDICTS),
@@ -422,9 +423,72 @@ def _read_one(args: tuple[str, int]) -> tuple[Packets, ReadReport]:
     return pk, rep
 
 
+FAR_GAP_S = 86_400.0  # packets further than this from the rest of the capture are suspect
+R_FAR_TIME = "timestamp far outside the rest of the capture"
+
+
+def far_times(ts: np.ndarray) -> np.ndarray:
+    """Packets whose timestamp cannot belong to the capture: not finite, or in a group of
+    times more than a day away from the busiest group that holds too few packets to be a
+    part of the capture (fewer than 3, or than 1 % of all). A flipped bit in a record
+    header gives such a time ("233 TCP packets over 7061644215716.9 s"); rotated files of
+    days apart keep all their packets."""
+    n = ts.size
+    if n < 2:
+        return ~np.isfinite(ts)
+    lo, hi = float(ts.min()), float(ts.max())  # NaN if any is
+    if hi - lo <= FAR_GAP_S:  # the usual capture: one pass, no sort
+        return np.zeros(n, dtype=bool)
+    bad = ~np.isfinite(ts)
+    if bad.all():
+        return bad
+    idx = np.flatnonzero(~bad)
+    o = idx[np.argsort(ts[idx], kind="stable")]
+    grp = np.r_[0, np.cumsum(np.diff(ts[o]) > FAR_GAP_S)]
+    cnt = np.bincount(grp)
+    if cnt.size == 1:
+        return bad
+    small = cnt < max(3, int(np.ceil(0.01 * n)))
+    small[int(np.argmax(cnt))] = False
+    bad[o[small[grp]]] = True
+    return bad
+
+
+def _drop_far_times(pk: Packets, reports: list[ReadReport], files: Sequence[str]) -> Packets:
+    """Leave out packets with impossible times (far_times), counted and warned in their
+    file's report, so that no rate, span or timeline is built on them."""
+    bad = far_times(pk.ts)
+    if not bad.any():
+        return pk
+    keep = ~bad
+    main_t = pk.ts[keep]
+    lo, hi = (float(main_t.min()), float(main_t.max())) if main_t.size else (0.0, 0.0)
+    by_path = {r.path: r for r in reports}
+    for fi in flows.distinct(pk.file[bad].astype(np.int64)).tolist():
+        sel = bad & (pk.file == fi)
+        k = int(sel.sum())
+        rep = by_path.get(files[fi]) if 0 <= fi < len(files) else None
+        if rep is None:
+            rep = reports[0] if reports else None
+        if rep is None:
+            continue
+        t = pk.ts[sel]
+        fin = t[np.isfinite(t)]
+        far = float(np.max(np.maximum(lo - fin, fin - hi))) if fin.size and main_t.size else float("inf")
+        first = int(pk.frame[sel][0])
+        rep.skip(R_FAR_TIME, k)
+        rep.bad_times += k
+        rep.tcp_packets -= k
+        rep.warn(f"{k:,} TCP packet(s) left out (first: frame {first:,}): timestamp "
+                 + (f"{far:,.0f} s away from the rest of the capture" if np.isfinite(far) else "not a number")
+                 + " (a damaged record header?); rates and the timeline use the others")
+    return pk.take(np.flatnonzero(keep))
+
+
 def analyze_packets(pk: Packets, reports: list[ReadReport], files: Sequence[str],
                     timing: dict[str, float] | None = None) -> CaptureAnalysis:
     timing = dict(timing or {})
+    pk = _drop_far_times(pk, reports, files)
     t = time.perf_counter()
     att, _q, _seg = flows.build(pk)
     timing["flows"] = time.perf_counter() - t

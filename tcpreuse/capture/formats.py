@@ -16,6 +16,7 @@ next plausible record (resynchronises), and reports what it skipped and why in a
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -72,6 +73,8 @@ class ReadReport:
     linktypes: dict[int, int] = field(default_factory=dict)  # link type -> records
     warnings: list[str] = field(default_factory=list)
     complete: bool = True  # False: damage or truncation was met
+    gzip_damage: str = ""  # a gzip file's stream ended early or was damaged: bytes_total is what inflated
+    bad_times: int = 0  # records dropped for a timestamp far outside the rest of the capture
 
     def skip(self, reason: str, n: int = 1) -> None:
         if n:
@@ -98,14 +101,25 @@ class ReadReport:
             "linktypes": {str(k): v for k, v in self.linktypes.items()},
             "warnings": list(self.warnings),
             "complete": self.complete,
+            "gzip_damage": self.gzip_damage,
+            "bad_times": self.bad_times,
         }
 
     def summary(self) -> str:
-        pct = 100.0 * self.bytes_read / self.bytes_total if self.bytes_total else 100.0
-        return (
-            f"read {self.bytes_read:,} of {self.bytes_total:,} bytes ({pct:.1f} %), "
-            f"{self.records:,} records, {self.tcp_packets:,} TCP packets"
-        )
+        """How far reading got. The share is rounded down, so only a whole read says
+        100 %; one that stopped early says by how many bytes and whether it was cut."""
+        total, got = self.bytes_total, min(self.bytes_read, self.bytes_total)
+        cut = any(w.startswith("truncated") for w in self.warnings) or "truncated" in self.gzip_damage
+        of = (f"the {total:,} bytes a {'truncated' if 'truncated' in self.gzip_damage else 'damaged'} "
+              "gzip stream inflated to" if self.gzip_damage else f"{total:,} bytes")
+        if got >= total:
+            share = "100 %"
+        else:
+            left = total - got
+            share = (f"{math.floor(1000.0 * got / total) / 10:.1f} %: stopped {left:,} byte"
+                     f"{'s' if left != 1 else ''} before the end, "
+                     + ("truncated" if cut else "damaged" if not self.complete else "no records there"))
+        return f"read {got:,} of {of} ({share}), {self.records:,} records, {self.tcp_packets:,} TCP packets"
 
 
 @dataclass
@@ -178,8 +192,9 @@ def _u16_view(buf: Any, endian: str) -> np.ndarray:
 # opening
 
 
-def open_buffer(path: str | os.PathLike[str]) -> tuple[Any, int]:
-    """The file's bytes (memory-mapped; gzip files are decompressed in memory)."""
+def open_buffer(path: str | os.PathLike[str]) -> tuple[Any, int, str]:
+    """The file's bytes (memory-mapped; gzip files are decompressed in memory), its size,
+    and what went wrong inflating a damaged gzip stream ("" when nothing did)."""
     p = Path(path)
     try:
         size = p.stat().st_size
@@ -188,18 +203,15 @@ def open_buffer(path: str | os.PathLike[str]) -> tuple[Any, int]:
         with open(p, "rb") as f:
             head = f.read(2)
             if head == b"\x1f\x8b":
-                import gzip  # only here: most captures are not compressed
-                import zlib
-
                 f.seek(0)
-                try:
-                    data = gzip.GzipFile(fileobj=f).read()
-                except (OSError, EOFError, zlib.error) as e:  # truncated gzip: keep what inflated
-                    raise CaptureError(f"{p}: damaged gzip stream ({e})") from None
-                return data, len(data)
+                data, damage = inflate_gzip(f.read())
+                if damage and len(data) < 4:
+                    raise CaptureError(f"{p}: nothing could be inflated from this gzip stream: "
+                                       + damage.split(";")[0])
+                return data, len(data), damage
             if size == 0:
-                return b"", 0
-            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
+                return b"", 0, ""
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size, ""
     except FileNotFoundError:
         raise CaptureError(f"{p}: no such file") from None
     except PermissionError:
@@ -210,9 +222,53 @@ def open_buffer(path: str | os.PathLike[str]) -> tuple[Any, int]:
         raise CaptureError(f"{p}: cannot read ({e.strerror or e})") from None
 
 
+def inflate_gzip(raw: bytes, step: int = 1 << 16) -> tuple[bytes, str]:
+    """The bytes a gzip file inflates to (all its members) as far as they inflate, and ""
+    or what stopped it: a truncated or damaged stream keeps what came before, as a
+    truncated capture keeps its records (GzipFile would drop it all, or raise zlib.error)."""
+    import zlib  # only here: most captures are not compressed
+
+    out: list[bytes] = []
+    n, pos, fed = len(raw), 0, False
+    d = zlib.decompressobj(wbits=31)
+    while pos < n:
+        chunk = raw[pos:pos + step]
+        before = d.copy()
+        try:
+            out.append(d.decompress(chunk))
+        except zlib.error as e:
+            # the chunk again in small pieces from the state before it: keep what inflated
+            # up to the damage (a bad checksum at the end keeps everything)
+            for i in range(0, len(chunk), 64):
+                try:
+                    out.append(before.decompress(chunk[i:i + 64]))
+                except zlib.error:
+                    break
+            data = b"".join(out)
+            return data, (f"gzip stream damaged at compressed byte {pos + i:,} of {n:,} ({e}); "
+                          f"analysed the {len(data):,} bytes inflated before it")
+        fed = True
+        if d.eof:  # end of a member: another may follow, or zero padding
+            pos += len(chunk) - len(d.unused_data)
+            if raw.count(b"\x00", pos) == n - pos:
+                return b"".join(out), ""
+            d, fed = zlib.decompressobj(wbits=31), False
+            continue
+        pos += len(chunk)
+    data = b"".join(out)
+    if fed and not d.eof:
+        return data, (f"gzip stream truncated: its {n:,} compressed bytes end inside it; analysed the "
+                      f"{len(data):,} bytes they inflate to")
+    return data, ""
+
+
 def read_frames(path: str | os.PathLike[str]) -> Frames:
-    buf, _size = open_buffer(path)
-    return parse_frames(buf, str(path))
+    buf, _size, damage = open_buffer(path)
+    fr = parse_frames(buf, str(path))
+    if damage:
+        fr.report.gzip_damage = damage
+        fr.report.warn(damage)
+    return fr
 
 
 def parse_frames(buf: Any, name: str = "<buffer>") -> Frames:
@@ -340,6 +396,25 @@ def _pcap_header_ok(h: np.ndarray, tsdiv: int, limit: int, ts_lo: float, ts_hi: 
     )
 
 
+def _pcap_time_bounds(buf: Any, endian: str, tsdiv: int, limit: int) -> tuple[float, float]:
+    """The times a record may carry: a year before to five years after the median time of
+    the first (up to) nine chained records, so that one damaged timestamp in the first
+    record does not become the bound that rejects every other record. Unset (0, 2**32)
+    when not even the first header can be read."""
+    hdr = struct.Struct(endian + "IIII")
+    off, secs = 24, list[int]()
+    while len(secs) < 9 and off + 16 <= len(buf):
+        sec, frac, incl, orig = hdr.unpack_from(buf, off)
+        if frac >= tsdiv or incl > limit or incl > orig:
+            break
+        secs.append(sec)
+        off += 16 + incl
+    if not secs:
+        return 0.0, float(2**32)
+    t0 = float(sorted(secs)[len(secs) // 2])
+    return t0 - 86400 * 365, t0 + 86400 * 365 * 5
+
+
 def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
     if native.lib is not None and len(buf) >= 24:
         return _parse_pcap_c(buf, rep)
@@ -357,7 +432,7 @@ def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
 
     chunks: list[tuple[np.ndarray, ...]] = []
     off = 24
-    ts_lo, ts_hi = 0.0, float(2**32)
+    ts_lo, ts_hi = _pcap_time_bounds(buf, endian, tsdiv, limit)
     resyncs = 0
     rep.bytes_read = 24
     while True:
@@ -420,7 +495,7 @@ def _parse_pcap_c(buf: Any, rep: ReadReport) -> Frames:
     hdr = struct.Struct(endian + "IIII")
     chunks: list[np.ndarray] = []
     off = 24
-    ts_lo, ts_hi = 0.0, float(2**32)
+    ts_lo, ts_hi = _pcap_time_bounds(buf, endian, tsdiv, limit)
     resyncs = 0
     rep.bytes_read = 24
     while True:

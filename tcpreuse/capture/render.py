@@ -49,7 +49,8 @@ def overview(an: CaptureAnalysis) -> RenderableType:
         states = "  ".join(f"{k} {_n(v)}" for k, v in sorted(c["conn_state"].items(), key=lambda kv: -kv[1]))
         t.add_row("Zeek conn_state", states)
         t.add_row("first answer", "  ".join(f"{k} {_n(v)}" for k, v in c["answer"].items()))
-        t.add_row("SYN retransmitted", f"{_n(c['syn_retried'])} ({pct(c['syn_retried'] / n)})")
+        t.add_row("SYN retransmitted", f"in {_n(c['syn_retried'])} attempts ({pct(c['syn_retried'] / n)}), "
+                  f"{_n(c['syn_retransmissions'])} SYN packet{'s' if c['syn_retransmissions'] != 1 else ''} resent")
         t.add_row("4-tuple reused", f"{_n(c['reused'])}, of which {_n(c['reused_server_timewait'])} "
                   "within the server's 60 s TIME_WAIT")
         if c["tw_verdict"]:
@@ -75,7 +76,11 @@ def clients_table(an: CaptureAnalysis, top: int) -> RenderableType:
             ports = (f"{pp.pattern}{f' +{pp.median_step}' if pp.median_step else ''}, {pct(pp.even_share)} even, "
                      f"{pp.distinct_ports:,} ports"
                      + (f", cycle {pp.cycle_median_s:g} s" if pp.cycle_median_s is not None else ""))
-        clocks = "-" if s.ts_clocks is None else ("per conn" if s.ts_per_connection else str(s.ts_clocks))
+        clocks = "-" if s.ts_clocks is None else str(s.ts_clocks)
+        if s.ts_nat:
+            clocks += ", NAT"
+        elif s.ts_per_connection:
+            clocks = "per 4-tuple"
         t.add_row(s.addr, _n(s.attempts), f"{s.rate_per_s:,.1f}",
                   pct(s.syn_with_ts / s.attempts) if s.attempts else "-", clocks, ports,
                   _n(s.reused_server_tw), " ".join(f"{k} {v:,}" for k, v in s.answers.items()))
@@ -86,8 +91,8 @@ def clients_table(an: CaptureAnalysis, top: int) -> RenderableType:
 
 def servers_table(an: CaptureAnalysis, top: int) -> RenderableType:
     t = Table(title="servers (responders)", title_justify="left", header_style="bold")
-    for col in ("address", "attempts", "clients", "SYN-ACK", "RST", "old ACK", "no answer", "SYN retried",
-                "SYN-ACK retransmitted"):
+    for col in ("address", "attempts", "clients", "SYN-ACK", "RST", "old ACK", "no answer",
+                "attempts with SYN retried", "attempts with SYN-ACK resent"):
         t.add_column(col, justify="left" if col == "address" else "right")
     for s in an.servers[:top]:
         t.add_row(f"{s.addr}:{s.port}", _n(s.attempts), _n(s.clients), _n(s.answered), _n(s.refused),

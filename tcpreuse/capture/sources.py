@@ -9,12 +9,19 @@ clusters mean several clocks. What a clock is depends on the sender's kernel:
   clocks = hosts behind the address (a NAT);
 - Linux 4.11 up to the 2026 change: one offset per (source, destination) address pair,
   so toward one server, clocks = hosts; toward several servers a host shows several;
-- Linux 4.10 and kernels with the 2026 per-4-tuple offsets: one offset per connection,
-  so nearly every SYN is its own "clock" — that is reported as per-connection offsets,
-  not as hosts.
+- Linux 4.10 and kernels with the 2026 per-4-tuple offsets (7.0, backported to 6.12.y;
+  the 6.18 kernel the tests ran on has them): one offset per 4-tuple
+  (``secure_tcp_seq_and_ts_off()``), so every port is its own "clock" and a count of
+  clocks says nothing about hosts.
 
-Clocks are therefore counted per (client, server) address pair and the largest count is
-reported. *Port patterns* (sequential / random, the share of even ports, how soon a port
+So the count is never taken for hosts by itself. Several hosts are inferred only from
+what separates them (:func:`clock_fit`): two or more clocks each used by several
+4-tuples (one host's, whatever its kernel; per-4-tuple offsets never share), one 4-tuple
+whose TSval leaves its clock between connections (one host keeps one offset per 4-tuple
+in every kernel, so a TSval going backwards or jumping there is another host on the same
+4-tuple, as a NAT port reused for another host gives), or clocks ticking at different
+rates. Clocks are counted per (client, server) address pair.
+*Port patterns* (sequential / random, the share of even ports, how soon a port
 comes round again toward the same destination) are per (client, server, server port).
 Detailed analysis is done for the busiest clients only (DETAIL_LIMIT); all clients get
 counts.
@@ -59,7 +66,7 @@ class SourceStats:
     syn_with_ts: int
     syn_without_ts: int
     rate_per_s: float
-    peak_per_s: int
+    peak_per_s: float  # the busiest 1-s window (the whole capture if shorter); never below the mean
     span_s: float
     answers: dict[str, int] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
@@ -69,7 +76,12 @@ class SourceStats:
     first_retry_ms_median: float | None = None
     ts_clocks: int | None = None
     ts_rate_hz: float | None = None
-    ts_per_connection: bool = False  # offsets look per connection (4.10 / 2026+ kernels)
+    ts_per_connection: bool = False  # every clock is one 4-tuple's: per-4-tuple offsets (4.10, 2026+)
+    ts_nat: bool = False  # clocks one host without NAT cannot show: several hosts or translated ports
+    ts_evidence: str = ""  # that evidence, in words
+    ts_shared_clocks: int | None = None  # clocks used by >= 3 4-tuples (one per host)
+    ts_reconnects: int = 0  # successive SYNs of one 4-tuple (< 60 s apart) checked against its clock
+    ts_off_clock: int = 0  # ... whose TSval left that clock (two hosts on one 4-tuple)
     ts_note: str = ""
     ports: list[PortPattern] = field(default_factory=list)
 
@@ -127,6 +139,120 @@ def ts_clocks(t: np.ndarray, tsval: np.ndarray) -> tuple[int, float]:
     ts_, tv_ = t[sample], tsval[sample]
     best_rate = min(TS_RATES, key=lambda r: (_clusters(ts_, tv_, r, span, t0), TS_RATES.index(r)))
     return _clusters(t, tsval, best_rate, span, t0), best_rate
+
+
+@dataclass
+class ClockFit:
+    """What the SYNs of one (client, server) address pair say about timestamp clocks.
+
+    ``clocks`` counts TSval offsets (``TSval - rate * t``); a clock *shared* by several
+    4-tuples is a host (or one host-pair offset), a clock seen on one 4-tuple only is
+    what per-4-tuple offsets give every port. Several hosts are inferred only from what
+    separates them: several shared clocks, one 4-tuple whose TSval leaves its clock
+    (backwards, or ahead of it) between connections, or clocks ticking at different rates."""
+
+    clocks: int
+    rate: float
+    tuples: int  # distinct 4-tuples with a timestamped SYN
+    shared: int  # clocks seen on >= 2 of them
+    per_tuple: bool  # every clock belongs to one 4-tuple: per-4-tuple offsets (4.10, 2026+)
+    steps: int  # successive SYNs of one 4-tuple (< 60 s apart)
+    off_clock: int  # ... whose TSval is not where that 4-tuple's clock puts it
+    backwards: int  # ... of which went backwards
+    other_rates: tuple[float, ...]  # rates that explain steps the main rate does not
+    nat: bool  # several hosts share the address, or a NAT translates ports (see why)
+    why: str  # the separating evidence, "" when there is none
+
+
+STEP_MAX_S = 60.0  # a 4-tuple's successive SYNs further apart than this are not compared
+SHARED_MIN = 3  # 4-tuples on one clock for it to be a host's (two random 32-bit offsets
+#   meet by chance among tens of thousands of 4-tuples; three almost never)
+
+
+def _tol(rate: float, dt: np.ndarray | float) -> np.ndarray | float:
+    return rate * 0.05 + rate * np.abs(dt) * 2e-4 + 2
+
+
+def _s32(x: np.ndarray) -> np.ndarray:
+    return ((x.astype(np.int64) + 2**31) % 2**32) - 2**31
+
+
+def _tuple_steps(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dt s, dTSval as signed 32-bit) between successive SYNs of one 4-tuple < 60 s apart."""
+    o = np.lexsort((t, tup))
+    same = tup[o][1:] == tup[o][:-1]
+    dt = np.diff(t[o])[same]
+    dv = _s32(np.diff(tsval[o].astype(np.int64)))[same]
+    keep = dt < STEP_MAX_S
+    return dt[keep], dv[keep]
+
+
+def _off(dt: np.ndarray, dv: np.ndarray, rate: float) -> np.ndarray:
+    return np.abs(dv - rate * dt) > _tol(rate, dt)
+
+
+def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
+    """Clocks of one address pair's timestamped SYNs at times t on 4-tuples `tup` (any
+    integer key: the source and destination ports)."""
+    k, rate = ts_clocks(t, tsval)
+    n_tup = int(distinct(tup).size)
+    dt, dv = _tuple_steps(t, tsval, tup)
+    if dt.size:
+        # the rate that keeps every 4-tuple on its own clock wins over the cluster count
+        rate = min(TS_RATES, key=lambda r: (int(_off(dt, dv, r).sum()), r != rate, TS_RATES.index(r)))
+        k = _clusters(t, tsval, rate, float(t.max() - t.min()), float(t.min()))
+    off = _off(dt, dv, rate) if dt.size else np.zeros(0, bool)
+    backwards = int((off & (dv < 0)).sum())
+    # clocks that explain steps the main rate does not (>= 0.5 s apart, going forward)
+    others: list[float] = []
+    far = off & (dt >= 0.5) & (dv > 0)
+    for r in TS_RATES:
+        if r != rate and int((far & ~_off(dt, dv, r)).sum()) >= 2:
+            others.append(r)
+    shared = _shared_clocks(t, tsval, tup, rate) if k > 1 else int(n_tup >= SHARED_MIN)
+    per_tuple = k > 1 and shared == 0
+    why = []
+    if shared >= 2:
+        why.append(f"{shared} timestamp clocks each used by several 4-tuples (a host's clock each, or "
+                   "one connection's, moved to other ports by a NAT)")
+    n_off = int(off.sum())
+    if n_off >= 2:
+        why.append(f"{n_off:,} of {dt.size:,} reconnections on one 4-tuple left that 4-tuple's clock"
+                   + (f" ({backwards:,} went backwards)" if backwards else "")
+                   + ": another host, or another source port a NAT translated onto it")
+    if others:
+        why.append("clocks ticking at different rates (" + ", ".join(f"{r:g}" for r in (rate, *others)) + " Hz)")
+    return ClockFit(k, rate, n_tup, shared, per_tuple, int(dt.size), n_off, backwards, tuple(others),
+                    bool(why), "; ".join(why))
+
+
+def _shared_clocks(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray, rate: float) -> int:
+    """How many clocks hold SYNs of SHARED_MIN or more 4-tuples."""
+    span, t0 = float(t.max() - t.min()), float(t.min())
+    off = np.mod(tsval.astype(np.float64) - rate * (t - t0), 2.0**32)
+    o = np.argsort(off, kind="stable")
+    cid = np.r_[0, np.cumsum(np.diff(off[o]) > _tol(rate, span))]
+    if cid[-1] > 0 and (off[o][0] + 2.0**32 - off[o][-1]) <= _tol(rate, span):
+        cid[cid == cid[-1]] = 0  # the first and last cluster meet across the wrap
+    pairs = distinct(cid.astype(np.int64) << 32 | tup[o].astype(np.int64))
+    n_per_clock = np.bincount((pairs >> 32).astype(np.int64))
+    return int((n_per_clock >= SHARED_MIN).sum())
+
+
+def peak_rate(t: np.ndarray, mean: float) -> float:
+    """Attempts per second in the busiest window of one second that starts at an attempt
+    (a window as long as the capture when it is shorter, so that the peak of a 0.4 s
+    capture is its rate, not the count of a calendar second). The mean counts the span
+    between the first and last attempt, which a window may not reach at the edges of a
+    sparse capture; the peak is then the mean."""
+    if t.size == 0:
+        return 0.0
+    ts = np.sort(t)
+    span = float(ts[-1] - ts[0])
+    w = min(1.0, span) if span > 0 else 1.0
+    ends = np.searchsorted(ts, ts + w, side="right")
+    best = int((ends - np.arange(ts.size)).max())
+    return round(max(best / w, mean), 3)
 
 
 def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
@@ -189,7 +315,7 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
     n = rows.size
     t0, t1 = float(t.min()), float(t.max())
     span = t1 - t0
-    peak = int(np.unique(np.floor(t), return_counts=True)[1].max()) if n else 0
+    peak = peak_rate(t, n / span if span > 0 else float(n))
     has_ts = a["syn_has_ts"][rows]
     age = a["reuse_age_s"][rows]
     server_tw = (a["prev_tw"][rows] == 2) & (age < 60)
@@ -213,19 +339,21 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
     )
     if not detail:
         return s
-    # timestamp clocks per server address, the most reported
+    # timestamp clocks per server address: the pair with separating evidence, else the most clocks
     tsr = rows[has_ts]
     if tsr.size:
-        best = (0, 0.0)
-        conns = 0
+        best: ClockFit | None = None
         for dst in distinct(a["resp"][tsr]).tolist():
             r = tsr[a["resp"][tsr] == dst]
-            k, rate = ts_clocks(a["t_syn"][r], a["syn_tsval"][r])
-            if k > best[0]:
-                best = (k, rate)
-                conns = r.size
-        s.ts_clocks, s.ts_rate_hz = best
-        s.ts_per_connection = best[0] > 4 and best[0] >= 0.5 * conns
+            tup = a["orig_port"][r].astype(np.int64) << 16 | a["resp_port"][r].astype(np.int64)
+            fit = clock_fit(a["t_syn"][r], a["syn_tsval"][r], tup)
+            if best is None or (fit.nat, fit.clocks) > (best.nat, best.clocks):
+                best = fit
+        assert best is not None
+        s.ts_clocks, s.ts_rate_hz = best.clocks, best.rate
+        s.ts_per_connection = best.per_tuple
+        s.ts_nat, s.ts_evidence = best.nat, best.why
+        s.ts_shared_clocks, s.ts_reconnects, s.ts_off_clock = best.shared, best.steps, best.off_clock
         s.ts_note = _ts_note(s)
     # port patterns per destination
     dkey = a["resp"][rows].astype(np.uint64) << np.uint64(16) | a["resp_port"][rows].astype(np.uint64)
@@ -245,13 +373,18 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
 def _ts_note(s: SourceStats) -> str:
     if s.ts_clocks is None:
         return ""
+    if s.ts_nat:
+        return f"NAT: several hosts share this address (or a NAT translates their ports): {s.ts_evidence}"
+    checked = (f"; {s.ts_reconnects:,} reconnections on one 4-tuple kept that 4-tuple's clock"
+               if s.ts_reconnects else "")
     if s.ts_per_connection:
-        return ("TSval offsets differ per connection (Linux 4.10, or kernels with per-4-tuple "
-                "offsets since 2026): the count is not a host count")
+        return (f"TSval offsets differ per 4-tuple ({s.ts_clocks:,} clocks, one per 4-tuple: Linux 4.10, or "
+                "kernels with the 2026 per-4-tuple offsets, 7.0 and stable backports): this can be one "
+                f"host, and nothing here separates hosts{checked}")
     if s.ts_clocks <= 1:
-        return "one timestamp clock: one host (or hosts whose offsets agree)"
-    return (f"{s.ts_clocks} timestamp clocks behind one address: several hosts share it (NAT), "
-            "or Linux >= 4.11 hosts talking to several servers (offsets are per address pair)")
+        return "one timestamp clock: one host (or hosts whose offsets agree)" + checked
+    return (f"{s.ts_clocks} timestamp clocks, but nothing separates hosts (fewer than two clocks used "
+            f"by several 4-tuples){checked}")
 
 
 def server_stats(a: Attempts, addr: Any) -> list[ServerStats]:

@@ -292,7 +292,9 @@ def capture_tables(doc: dict[str, Any]) -> list[TableData]:
     c = doc.get("counts", {})
     if c:
         rows = [["attempts (SYNs)", c.get("attempts", 0)], ["established", c.get("established", 0)],
-                ["SYN retransmitted", c.get("syn_retried", 0)], ["4-tuple reused", c.get("reused", 0)],
+                ["attempts with a SYN retransmitted", c.get("syn_retried", 0)],
+                ["SYN retransmissions (packets)", c.get("syn_retransmissions", 0)],
+                ["4-tuple reused", c.get("reused", 0)],
                 ["reused within the server's TIME_WAIT", c.get("reused_server_timewait", 0)]]
         for group in ("answer", "conn_state", "tw_verdict", "tw_recycle"):
             for k, v in (c.get(group) or {}).items():

@@ -212,8 +212,8 @@ def stacked_counts(t: Sequence[float], counts: Mapping[str, Sequence[float]], ti
 
 def ts_clocks(sources: Sequence[tuple[str, np.ndarray, np.ndarray]], key: str = "tsclocks",
               limit: int = 8) -> Plot | None:
-    """(source ip, SYN times s, TSvals) per source: each clock is a rising line; several lines
-    for one address are several hosts behind it (NAT)."""
+    """(source ip, SYN times s, TSvals) per source: each clock is a rising line (one per host,
+    or one per 4-tuple with per-4-tuple offsets)."""
     rows = [(s, t, v) for s, t, v in sources if t.size]
     if not rows:
         return None
@@ -228,8 +228,9 @@ def ts_clocks(sources: Sequence[tuple[str, np.ndarray, np.ndarray]], key: str = 
         svg = _svg(fig)
     more = f" {len(rows) - limit} more sources not drawn." if len(rows) > limit else ""
     return Plot(key, "TCP timestamp clocks per source IP", svg,
-                "One rising line per clock. Several lines from one address are several hosts behind a NAT: "
-                "tcp_tw_recycle drops the ones that go backwards." + more)
+                "One rising line per clock. Several lines from one address are several hosts behind a NAT when "
+                "each line holds many ports; with per-4-tuple offsets (Linux 4.10, 2026+ kernels) every port "
+                "is its own line, even from one host. tcp_tw_recycle drops the SYNs that go backwards." + more)
 
 
 def fixes(rows: Sequence[tuple[str, float, float, float, float]], key: str = "fixes") -> Plot | None:

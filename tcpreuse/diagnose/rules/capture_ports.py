@@ -63,7 +63,7 @@ def port_cycle(ev: Evidence) -> list[Finding]:
                 EvidenceItem("port cycle (median / shortest)",
                              f"{pp.cycle_median_s} s / {pp.cycle_min_s} s" if pp.cycle_median_s is not None
                              else "no port used twice"),
-                EvidenceItem("new connections per second", s.rate_per_s, f"peak {s.peak_per_s}/s"),
+                EvidenceItem("new connections per second", s.rate_per_s, f"peak {s.peak_per_s:,.1f}/s"),
                 EvidenceItem("closed first by the client / the server", f"{pct(client_tw)} / {pct(server_tw)}"),
             ]
             if pp.cycle_median_s is not None and pp.cycle_median_s < TIME_WAIT_S:

@@ -5,7 +5,10 @@ saw on connections it closed (tcp_remember_stamp) and for 60 s silently drops SY
 TSval is more than 1 behind (tcp_peer_is_proven / PAWSPassive). Hosts behind one NAT
 address have unrelated clocks, so most of them are dropped. In a capture: SYNs never
 answered (Zeek S0) or answered only after retransmissions, from addresses that show
-several timestamp clocks, exactly where the replayed cache says "drop".
+several timestamp clocks, exactly where the replayed cache says "drop". The clocks are
+hosts only where the capture separates them (sources.clock_fit): per-4-tuple offsets
+(Linux 4.10, 2026+ kernels) give one host a clock per port, and the cache drops its SYNs
+just the same.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 
 from ...capture import reuse
 from ...capture.facts import by_client, pct
+from ...capture.sources import SourceStats
 from ...findings import EvidenceItem, Finding, Fix
 from ..base import Evidence, rule
 
@@ -30,11 +34,25 @@ def _fixes() -> list[Fix]:
     ]
 
 
-def _clocks(ev: Evidence, client: str) -> tuple[int | None, bool]:
+def _source(ev: Evidence, client: str) -> SourceStats | None:
     for s in ev.capture.sources:
         if s.addr == client:
-            return s.ts_clocks, s.ts_per_connection
-    return None, False
+            return s
+    return None
+
+
+def _clock_text(s: SourceStats | None, client: str) -> str:
+    """Why this address's SYNs go backwards for the cache: several hosts (with the evidence),
+    or one host's per-4-tuple offsets; nothing when the capture cannot tell."""
+    if s is None or s.ts_clocks is None:
+        return ""
+    if s.ts_nat:
+        return f" Several hosts share {client}, or a NAT translates their ports: {s.ts_evidence}."
+    if s.ts_per_connection:
+        return (f" {client}'s TSval offsets differ per 4-tuple ({s.ts_clocks:,} clocks, one per 4-tuple: "
+                "Linux 4.10, or kernels with the 2026 per-4-tuple offsets), so even one host's SYNs go "
+                "backwards for a cache kept per address; nothing in the capture says several hosts.")
+    return ""
 
 
 @rule("capture-tw-recycle-drops", needs={"capture"})
@@ -59,14 +77,12 @@ def tw_recycle_drops(ev: Evidence) -> list[Finding]:
             n_client = int((att & (a["orig"] == a["orig"][rows[0]])).sum())
             k = rows.size
             never = int(np.isnan(t_ans[rows]).sum())
-            clocks, per_conn = _clocks(ev, client)
+            src = _source(ev, client)
+            clocks = src.ts_clocks if src else None
+            per_conn = bool(src and src.ts_per_connection)
+            hosts = bool(src and src.ts_nat)
             no_ts = int((a["tw_recycle"][rows] == reuse.RC_DROP_4X).sum())
-            clock_text = ""
-            if clocks and clocks > 1 and not per_conn:
-                clock_text = f" {client} shows {clocks} timestamp clocks: several hosts share this address (NAT)."
-            elif per_conn:
-                clock_text = (f" {client}'s TSval offsets differ per connection (Linux 4.10 or kernels with "
-                              "per-4-tuple offsets), so every connection looks like a different clock.")
+            clock_text = _clock_text(src, client)
             cause = (
                 f"{pct(k / max(n_client, 1))} of SYNs from {client} ({k:,}) were not answered "
                 f"({never:,} never), and each of them is one a tcp_tw_recycle server drops: its TSval is "
@@ -86,15 +102,15 @@ def tw_recycle_drops(ev: Evidence) -> list[Finding]:
                     EvidenceItem("unanswered SYNs the recycle cache would drop", k, pct(k / max(n_client, 1))),
                     EvidenceItem("never answered", never),
                     EvidenceItem("timestamp clocks behind the address", clocks if clocks is not None else "-",
-                                 "per connection" if per_conn else ""),
+                                 "NAT" if hosts else ("one per 4-tuple" if per_conn else "")),
                     EvidenceItem("unanswered rate of SYNs the cache would accept", pct(base_rate)),
                 ],
-                confidence=0.85 if clocks and clocks > 1 else 0.7,
+                confidence=0.85 if hosts else 0.7,
                 fixes=_fixes(), hosts=[client]))
         return out
     # not observed: what tw_recycle would do to this traffic
-    nat = [s.addr for s in an.sources if s.ts_clocks and s.ts_clocks > 1 and not s.ts_per_connection]
-    per_conn_addrs = [s.addr for s in an.sources if s.ts_per_connection]
+    nat = [s for s in an.sources if s.ts_nat]
+    per_conn_addrs = [s.addr for s in an.sources if s.ts_per_connection and not s.ts_nat]
     return [Finding(
         id="capture-tw-recycle-risk",
         title="A server with tcp_tw_recycle=1 would drop some of these SYNs",
@@ -103,10 +119,12 @@ def tw_recycle_drops(ev: Evidence) -> list[Finding]:
                "server saw from the same address less than 60 s earlier on a connection it closed. The "
                "servers here answered them, so they do not run tcp_tw_recycle; a server that did "
                "(kernels <= 4.11) would drop them silently."
-               + (f" Addresses with several timestamp clocks (several hosts, NAT): {', '.join(nat[:5])}."
-                  if nat else "")
-               + (f" Addresses whose TSval offsets differ per connection (every connection a new clock): "
-                  f"{', '.join(per_conn_addrs[:5])}." if per_conn_addrs else "")),
+               + (" Addresses behind a NAT (several hosts, or translated ports): "
+                  + "; ".join(f"{s.addr} ({s.ts_evidence})" for s in nat[:5]) + "." if nat else "")
+               + (" Addresses whose TSval offsets differ per 4-tuple (Linux 4.10, or kernels with the 2026 "
+                  "per-4-tuple offsets): one host's SYNs then go backwards for a cache kept per address, "
+                  f"so nothing here says several hosts: {', '.join(per_conn_addrs[:5])}."
+                  if per_conn_addrs else "")),
         evidence=[EvidenceItem("SYNs the recycle cache would drop", n_flag),
                   EvidenceItem("... of which without timestamps (3.x-4.11 only)",
                                int((a["tw_recycle"] == reuse.RC_DROP_4X).sum()))],
