@@ -16,6 +16,7 @@ free-running client the window between the last free port and the failing connec
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -243,14 +244,14 @@ def test_scrapes_follow_a_client_to_exhaustion_and_the_alert_fires(pair, tmp_pat
         assert all(s["budget"] == PORTS for s in seen)
         # ports in use rise to the budget (the server's FIN may lag a socket or two)
         uses = [s["in_use"] for s in seen]
-        assert all(b >= a - 2 for a, b in zip(uses, uses[1:], strict=False)) and uses[-1] == PORTS
+        assert all(b >= a - 2 for a, b in itertools.pairwise(uses)) and uses[-1] == PORTS
         assert seen[-1]["tw"] >= PORTS - 2
         # the rate is the client's, and time to exhaustion falls to 0
         rates = [s["rate"] for s in seen[2:-1] if s["rate"] is not None]
         assert rates and abs(sorted(rates)[len(rates) // 2] - RATE) < 0.2 * RATE
         ttes = [s["tte"] for s in seen if s["tte"] is not None and not math.isinf(s["tte"])]
         assert len(ttes) >= 0.7 * len(seen) and ttes[-1] == 0
-        assert all(b <= a + 2.5 for a, b in zip(ttes, ttes[1:], strict=False))  # falls (jitter of a loaded machine)
+        assert all(b <= a + 2.5 for a, b in itertools.pairwise(ttes))  # falls (jitter of a loaded machine)
         # and it predicted the end: scrape time + projection ~ when the 1,000th connect() came
         for s in seen:
             if s["tte"] and not math.isinf(s["tte"]) and s["in_use"] >= 200:
