@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..diagnose.base import HostFacts, diagnose
@@ -89,6 +90,11 @@ class Reader:
     Thread-safe: concurrent scrapes wait for one read. ``fresh(max_age)`` returns the last
     reading when it is younger than ``max_age`` seconds (several Prometheus servers, or a
     scraper faster than ``--interval``, cost one read).
+
+    Every read runs on one worker thread. The HTTP server answers each scrape on a new
+    thread, and glibc gives each thread that allocates its own malloc arena: reads of a
+    100,000-socket table (megabytes of numpy buffers) spread over new threads made the
+    resident memory climb by ~0.7 MiB per scrape; on one thread it stays flat.
     """
 
     def __init__(self, source: LiveCollector) -> None:
@@ -97,23 +103,24 @@ class Reader:
         self._prev: RawSample | None = None
         self._last: Reading | None = None
         self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tcpreuse-read")
 
     def prime(self) -> None:
         """Take the first sample, so the first scrape already has rates."""
         with self._lock:
-            raw = self.source.collect()
+            raw = self._worker.submit(self.source.collect).result()
             self._prev = raw.samples[-1]
 
     def read(self) -> Reading:
         with self._lock:
-            return self._read()
+            return self._worker.submit(self._read).result()
 
     def fresh(self, max_age: float) -> Reading:
         with self._lock:
             last = self._last
             if last is not None and time.monotonic() - last.monotonic < max_age:
                 return last
-            return self._read()
+            return self._worker.submit(self._read).result()
 
     def _read(self) -> Reading:
         t0 = time.monotonic()
