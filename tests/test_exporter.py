@@ -319,3 +319,55 @@ def test_dashboard_queries_parse_as_promql(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     r = subprocess.run(["promtool", "check", "rules", str(f)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and f"{len(exprs)} rules found" in r.stdout, r.stdout + r.stderr
+
+
+def test_reads_happen_on_one_thread_whatever_thread_scrapes() -> None:
+    """The HTTP server answers each scrape on a new thread; reads must all run on one
+    (per-thread malloc arenas made the exporter's memory climb with every scrape)."""
+    import threading
+
+    seen: set[int] = set()
+
+    class Recording(FixtureSource):
+        def read_sockets(self, with_info: bool):  # type: ignore[no-untyped-def]
+            seen.add(threading.get_ident())
+            return super().read_sockets(with_info)
+
+    reader = Reader(Recording({}, sockets=[SockTable.empty()]))
+    server, _t, url = serve(reader, "127.0.0.1:0", interval=0.0, top=20)
+    try:
+        for _ in range(4):
+            with urllib.request.urlopen(url, timeout=10) as r:
+                assert b"tcpreuse_up 1.0" in r.read()
+    finally:
+        server.shutdown()  # type: ignore[attr-defined]
+    assert len(seen) == 1 and threading.get_ident() not in seen
+
+
+def test_a_failing_read_is_up_0_and_the_exporter_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    from tcpreuse.errors import HostError
+
+    class Flaky(FixtureSource):
+        broken = False
+
+        def collect(self):  # type: ignore[no-untyped-def]
+            if self.broken:
+                raise HostError("no network namespace named 'web1'")
+            return super().collect()
+
+    src = Flaky({}, sockets=[SockTable.empty()])
+    reader = Reader(src)
+    reader.prime()
+    reg = registry_for(reader, 0.0, 20, process_metrics=False)
+
+    def get() -> str:
+        return generate_latest(reg).decode()
+
+    assert "tcpreuse_up 1.0" in get()
+    src.broken = True
+    text = get()
+    assert "tcpreuse_up 0.0" in text and "tcpreuse_tuples" not in text
+    get()
+    assert [r.getMessage() for r in caplog.records] == ["read failed: no network namespace named 'web1'"]  # once
+    src.broken = False
+    assert "tcpreuse_up 1.0" in get()

@@ -60,6 +60,9 @@ def run(*, listen: str, interval: float, netns: str | None, procfs: str | None =
         time.sleep(interval)
         click.echo(generate_latest(registry_for(reader, 0.0, top, process_metrics=False)).decode(), nl=False)
         return
+    import logging
+
+    logging.basicConfig(format="tcpreuse exporter: %(message)s", level=logging.INFO)
     server, _thread, url = serve(reader, listen, interval, top)
     click.echo(f"tcpreuse exporter: serving {url} ({source.label}; read at most every {interval:g} s)", err=True)
     stop = threading.Event()

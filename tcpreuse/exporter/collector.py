@@ -2,12 +2,12 @@
 
 The Collector reads on scrape (no background thread; nothing runs while nobody scrapes),
 at most once per ``interval`` seconds. A failed read (the namespace is gone, netlink
-refused) is ``tcpreuse_up 0`` with the reason on stderr once, never a dead exporter.
+refused) is ``tcpreuse_up 0`` with the reason logged once, never a dead exporter.
 """
 
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -20,6 +20,7 @@ from .metrics import families
 from .reader import Reader
 
 DEFAULT_PORT = 9946
+log = logging.getLogger("tcpreuse.exporter")
 
 
 class TcpreuseCollector(Collector):
@@ -38,7 +39,7 @@ class TcpreuseCollector(Collector):
         except (TcpreuseError, OSError) as e:
             msg = e.message if isinstance(e, TcpreuseError) else str(e)
             if msg != self._last_error:
-                print(f"tcpreuse exporter: read failed: {msg}", file=sys.stderr, flush=True)
+                log.warning("read failed: %s", msg)
                 self._last_error = msg
             yield GaugeMetricFamily("tcpreuse_up", "1 when the last read of the host succeeded", value=0)
             return
