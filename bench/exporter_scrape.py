@@ -48,9 +48,9 @@ print(f"ready {made} {len(held)}", flush=True)
 rate, i = float(sys.argv[4]), made
 t0 = deadline - 30 + 60  # from when the first TIME_WAIT entries of the fill expire
 while not select.select([sys.stdin], [], [], 0)[0] and time.monotonic() - t0 < 900:
-    due = t0 + (i - made) / rate
-    if due > time.monotonic():
-        time.sleep(min(0.05, due - time.monotonic()))
+    wait = t0 + (i - made) / rate - time.monotonic()
+    if wait > 0:
+        time.sleep(min(0.05, wait))
         continue
     cs = []
     for k in range(i, i + 100):
