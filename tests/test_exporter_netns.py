@@ -251,7 +251,9 @@ def test_scrapes_follow_a_client_to_exhaustion_and_the_alert_fires(pair, tmp_pat
         assert rates and abs(sorted(rates)[len(rates) // 2] - RATE) < 0.2 * RATE
         ttes = [s["tte"] for s in seen if s["tte"] is not None and not math.isinf(s["tte"])]
         assert len(ttes) >= 0.7 * len(seen) and ttes[-1] == 0
-        assert all(b <= a + 2.5 for a, b in itertools.pairwise(ttes))  # falls (jitter of a loaded machine)
+        # falls: a rate over 1 s windows wobbles by ~10 % on a loaded machine, and so does a
+        # projection 40 s out; ten scrapes apart (10 s less to go) it must have fallen
+        assert all(b < a for a, b in zip(ttes, ttes[10:], strict=False))
         # and it predicted the end: scrape time + projection ~ when the 1,000th connect() came
         for s in seen:
             if s["tte"] and not math.isinf(s["tte"]) and s["in_use"] >= 200:
