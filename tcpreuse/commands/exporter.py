@@ -20,13 +20,13 @@ DEFAULT_LISTEN = "127.0.0.1:9946"
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT",
               help="Where to serve /metrics. Without a host (`:9946`, `9946`) only 127.0.0.1; "
                    "`0.0.0.0:9946` or `[::]:9946` to let another machine scrape.")
-@click.option("--interval", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--interval", type=click.FloatRange(min=0), default=5.0, show_default=True, metavar="S",
               help="Read the host at most once per S seconds; scrapes in between get the last read.")
 @click.option("--netns", metavar="NAME|PATH",
               help="Watch this network namespace (ip netns name, or a file such as /proc/PID/ns/net).")
 @click.option("--procfs", metavar="PATH", help="Where procfs is mounted (a container with the host's /proc "
               "at /host/proc). Default /proc.")
-@click.option("--top", type=click.IntRange(min=1, max=49), default=20, show_default=True,
+@click.option("--top", type=click.IntRange(min=1, max=49), default=20, show_default=True, metavar="N",
               help="Tuples and listeners with their own series; the other tuples are summed.")
 @click.option("--role", type=click.Choice(["client", "server", "nat", "lb"]),
               help="The host's role, if the inference from its sockets is wrong.")
