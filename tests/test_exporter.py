@@ -9,6 +9,7 @@ table; the alert rules, the dashboard and the scrape through promtool.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -371,3 +372,11 @@ def test_a_failing_read_is_up_0_and_the_exporter_recovers(caplog: pytest.LogCapt
     assert [r.getMessage() for r in caplog.records] == ["read failed: no network namespace named 'web1'"]  # once
     src.broken = False
     assert "tcpreuse_up 1.0" in get()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="entering a namespace needs root")
+def test_netns_by_file_path(capsys: pytest.CaptureFixture[str]) -> None:
+    """--netns /proc/PID/ns/net: a namespace by its file, as a container's is found."""
+    code, out, err = cli(["exporter", "--once", "--interval", "0", "--netns", "/proc/self/ns/net"], capsys)
+    assert code == 0, err
+    assert 'netns="/proc/self/ns/net"' in out and "tcpreuse_up 1.0" in out
