@@ -47,7 +47,7 @@ CHURN = FILLER.replace('print(f"ready {made} {len(held)}", flush=True)\nselect.s
 print(f"ready {made} {len(held)}", flush=True)
 rate, i = float(sys.argv[4]), made
 t0 = deadline - 30 + 60  # from when the first TIME_WAIT entries of the fill expire
-while not select.select([sys.stdin], [], [], 0)[0] and time.monotonic() - t0 < 900:
+while not select.select([sys.stdin], [], [], 0)[0] and time.monotonic() - t0 < 3600:
     wait = t0 + (i - made) / rate - time.monotonic()
     if wait > 0:
         time.sleep(min(0.05, wait))
@@ -177,7 +177,8 @@ def main() -> int:
         last = statistics.median(r for _, r, _ in rss[-4:])
         print(f"memory over {a.scrapes:,} scrapes in {dt:.0f} s (scrape median {med(scrape_times) * 1000:.0f} ms; "
               f"sockets per scrape {min(n for *_, n in rss):,.0f}-{max(n for *_, n in rss):,.0f}):")
-        print("  VmRSS MiB at scrape " + ", ".join(f"{i}: {r / 1024:.1f}" for i, r, _ in rss))
+        print("  VmRSS MiB at scrape (sockets in it) " + ", ".join(f"{i}: {r / 1024:.1f} ({n / 1000:.0f}k)"
+                                                               for i, r, n in rss))
         print(f"  scrapes 50-200 median {base / 1024:.1f} MiB, last 200 median {last / 1024:.1f} MiB: "
               f"{(last - base) / 1024:+.1f} MiB ({(last - base) / base:+.1%})")
         if a.json:
