@@ -48,12 +48,23 @@ if TYPE_CHECKING:
 @click.option("--html", "html_path", metavar="FILE",
               help="Also write a self-contained HTML report (with --watch: rewritten at every refresh, "
               "with TIME_WAIT and port use over time).")
+@click.option("--serve-metrics", metavar="HOST:PORT",
+              help="Serve the numbers as Prometheus metrics instead (the `tcpreuse exporter` verb; "
+              "--interval: read at most every S seconds).")
 def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str | None, as_json: bool,
            watch: float | None, count: int | None, role: str | None, profile: str | None,
-           processes: bool, name: str | None, html_path: str | None = None, trace_connects: bool = False) -> None:
+           processes: bool, name: str | None, html_path: str | None = None, trace_connects: bool = False,
+           serve_metrics: str | None = None) -> None:
     """Diagnose a live host (or --netns, or --from snapshots and pasted text): TIME_WAIT,
     ephemeral port budgets per destination, tw_reuse/tw_recycle/timestamps, listen queues,
     conntrack, PAWS. Read-only."""
+    if serve_metrics is not None:
+        if froms or save or watch or count or as_json or html_path or processes or profile:
+            raise HostError("--serve-metrics takes only --netns, --interval, --role and --name")
+        from .exporter import run
+
+        run(listen=serve_metrics, interval=interval, netns=netns, role=role, name=name)
+        return
     from ..diagnose.base import diagnose
     from ..host import evidence_of, sources_for
     from ..model.profiles import get_profile

@@ -222,6 +222,12 @@ def _setns(fd: int) -> None:
 
 
 def netns_path(name: str) -> str:
+    """The file of network namespace `name` (ip netns), or `name` itself when it is an
+    absolute path to a namespace file (``/proc/PID/ns/net``, a container's bind mount)."""
+    if name.startswith("/"):
+        if os.path.exists(name):
+            return name
+        raise HostError(f"no network namespace file {name}", hint="give /proc/PID/ns/net of a process inside it")
     if not name or "/" in name or name in (".", ".."):
         raise HostError(f"not a network namespace name: {name!r}")
     for d in NETNS_DIRS:
