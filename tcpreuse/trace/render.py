@@ -1,0 +1,132 @@
+"""Terminal (rich) and HTML views of a trace: the live view, one line per event, the
+summary. Renderers only: they take events and summaries and return renderables/pages."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ..model.verdicts import VERDICTS
+from .aggregate import Summary
+from .events import TraceEvent
+
+BAD = {"old-ack", "tw-paws", "listen-overflow", "connect-error", "bind-error", "async-error", "paws"}
+
+
+def event_line(ev: TraceEvent, wall_offset_ns: int = 0) -> Text:
+    import time
+
+    t = time.strftime("%H:%M:%S", time.localtime((ev.t_ns + wall_offset_ns) / 1e9))
+    ms = ((ev.t_ns + wall_offset_ns) // 1_000_000) % 1000
+    txt = Text(f"{t}.{ms:03d} ")
+    txt.append(f"{ev.verdict:<17}", style="bold red" if ev.verdict in BAD else "yellow")
+    if ev.probe.startswith("syscalls:"):
+        end = f"{ev.saddr}:{ev.sport}" if ev.verdict == "bind-error" else f"-> {ev.daddr}:{ev.dport}"
+        txt.append(f" {ev.reason} {end} {ev.comm}[{ev.pid}]")
+    else:
+        txt.append(f" {ev.reason or '-'} {ev.saddr}:{ev.sport} > {ev.daddr}:{ev.dport}")
+        if ev.state:
+            txt.append(f" at {ev.state}")
+        if ev.flags:
+            txt.append(f" [{ev.flags}]")
+    txt.append(f" netns {ev.netns}", style="dim")
+    return txt
+
+
+def _table(title: str, headers: list[str], rows: Iterable[list[Any]], right: set[int] | None = None) -> Table:
+    t = Table(title=title, title_justify="left", show_edge=False, pad_edge=False)
+    for i, h in enumerate(headers):
+        t.add_column(h, justify="right" if right and i in right else "left")
+    for r in rows:
+        t.add_row(*[str(x) for x in r])
+    return t
+
+
+def _verdict_counts(c: dict[str, int]) -> str:
+    return ", ".join(f"{v} {n:,}" for v, n in sorted(c.items(), key=lambda kv: -kv[1]))
+
+
+def summary_view(doc: dict[str, Any], recent: Iterable[TraceEvent] = (), wall_offset_ns: int = 0,
+                 live: bool = False) -> RenderableType:
+    """The summary document (Summary.to_json()) as tables; with `recent`, the last events too."""
+    head = Text()
+    head.append("tcpreuse trace", style="bold")
+    head.append(f"  {doc['duration_s']:.1f} s, {doc['events']:,} events")
+    lost = doc.get("lost_events", 0)
+    head.append(f", {lost:,} lost" if lost else ", 0 lost", style="bold red" if lost else "green")
+    if doc.get("kernel"):
+        head.append(f"  kernel {doc['kernel']}", style="dim")
+    parts: list[RenderableType] = [head]
+    for s in doc.get("skipped", []):
+        parts.append(Text(f"not traced: {s}", style="yellow"))
+    reasons: dict[str, list[str]] = {}
+    for r in doc.get("reasons", []):
+        if r["reason"]:
+            reasons.setdefault(r["verdict"], []).append(f"{r['reason']} {r['count']:,}")
+    rows = [[v, f"{n:,}", "; ".join(reasons.get(v, [])[:3]), VERDICTS.get(v, "")] for v, n in doc["verdicts"].items()]
+    if rows:
+        parts.append(_table("What the kernel did", ["verdict", "events", "kernel reason", "meaning"], rows, {1}))
+    else:
+        parts.append(Text("no events yet" if live else "no events: the kernel reported nothing traced here",
+                          style="dim"))
+    if doc.get("locals"):
+        parts.append(_table("Per local endpoint (listener / destination)", ["endpoint", "process", "events", "verdicts"],
+                            [[r["endpoint"], r.get("process") or "-", f"{r['events']:,}", _verdict_counts(r["verdicts"])]
+                             for r in doc["locals"][:8]], {2}))
+    if doc.get("processes"):
+        parts.append(_table("Per process", ["process", "events", "verdicts"],
+                            [[r["process"], f"{r['events']:,}", _verdict_counts(r["verdicts"])]
+                             for r in doc["processes"][:8]], {1}))
+    if doc.get("tuples"):
+        parts.append(_table("Per 4-tuple (as the packet or socket had it)", ["4-tuple", "events", "verdicts"],
+                            [[r["tuple"], f"{r['events']:,}", _verdict_counts(r["verdicts"])]
+                             for r in doc["tuples"][:10]], {1}))
+    rec = list(recent)
+    if rec:
+        parts.append(Text("Last events", style="bold"))
+        parts.extend(event_line(e, wall_offset_ns) for e in rec)
+    return Group(*parts)
+
+
+class LiveState:
+    """What the live view shows: the running summary and the last few events."""
+
+    def __init__(self, summary: Summary, keep: int = 10) -> None:
+        self.summary = summary
+        self.recent: deque[TraceEvent] = deque(maxlen=keep)
+
+    def add(self, ev: TraceEvent) -> None:
+        self.recent.append(ev)
+
+    def view(self, wall_offset_ns: int) -> RenderableType:
+        return summary_view(self.summary.to_json(), self.recent, wall_offset_ns, live=True)
+
+
+def html_page(doc: dict[str, Any], findings: list[Any], made_from: str = "") -> Any:
+    """A self-contained HTML page of a trace summary (tcpreuse.report.html.Page)."""
+    from ..report import html
+
+    n = doc["events"]
+    bad = sum(c for v, c in doc["verdicts"].items() if v in BAD)
+    level = "bad" if bad else "good" if not doc.get("lost_events") else "warn"
+    page = html.Page(title="tcpreuse: kernel trace", subtitle=f"kernel {doc.get('kernel', '?')}, "
+                     f"{doc['duration_s']:.1f} s traced", verdict=f"{n:,} kernel events, {bad:,} of them failures "
+                     f"of short connections; {doc.get('lost_events', 0):,} lost.", verdict_level=level,
+                     findings=findings, made_from=made_from)
+    page.tables.append(html.TableData("What the kernel did", ["verdict", "events", "meaning"],
+                                      [[v, c, VERDICTS.get(v, "")] for v, c in doc["verdicts"].items()], numeric={1}))
+    page.tables.append(html.TableData("Kernel reasons", ["verdict", "reason", "events"],
+                                      [[r["verdict"], r["reason"], r["count"]] for r in doc["reasons"]], numeric={2}))
+    for key, title, label in (("locals", "Per local endpoint", "endpoint"), ("processes", "Per process", "process"),
+                              ("tuples", "Per 4-tuple", "tuple")):
+        rows = [[r[label], r.get("process", "") if key == "locals" else "", r["events"], _verdict_counts(r["verdicts"])]
+                for r in doc.get(key, [])]
+        page.tables.append(html.TableData(title, [label, "process", "events", "verdicts"], rows, numeric={2}))
+    page.details.append(("Trace", [("probes", ", ".join(doc.get("probes", []))),
+                                   ("not traced", "; ".join(doc.get("skipped", [])) or "-")]))
+    return page
