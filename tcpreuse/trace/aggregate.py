@@ -100,8 +100,13 @@ class Summary:
             self.timewait.move_to_end(key)
             self._expire(ev.t_ns)
             return None
-        entered = self.timewait.pop(key, None)
-        if entered is None or ev.t_ns - entered > TCP_TIMEWAIT_LEN * 1e9:
+        entered = self.timewait.get(key)
+        # per-CPU buffers deliver out of order: a close stamped after this event is not
+        # the TIME_WAIT this connection met (and stays for the next one)
+        if entered is None or entered > ev.t_ns:
+            return None
+        del self.timewait[key]
+        if ev.t_ns - entered > TCP_TIMEWAIT_LEN * 1e9:
             return None
         age_ms = (ev.t_ns - entered) / 1e6
         return TraceEvent(ev.t_ns, ev.probe, new_connection_verdict(old), f"TIME_WAIT {age_ms:.0f} ms old",
