@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import tcpcraft
+from tcpcraft import ACK, FIN, RST, SYN, Sniffer
 
 from tcpreuse.host.source import entered_netns
 from tcpreuse.lab.netns import Namespace
@@ -24,9 +26,6 @@ from tcpreuse.trace.events import TraceEvent
 from tcpreuse.trace.kernel import TraceUnavailable, netns_inode, problems
 from tcpreuse.trace.program import Filter
 from tcpreuse.trace.runner import Tracer, open_trace
-
-import tcpcraft
-from tcpcraft import ACK, FIN, RST, SYN, Sniffer
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
