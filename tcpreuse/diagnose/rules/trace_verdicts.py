@@ -134,13 +134,15 @@ def connect_errors(ev: Evidence) -> list[Finding]:
         merged = {k: other.get(k, 0) + asyncs.get(k, 0) for k in set(other) | set(asyncs)}
         out.append(Finding(
             id="trace-connect-failures",
-            title="Connections fail: " + ", ".join(f"{k} {c:,}" for k, c in sorted(merged.items(), key=lambda x: -x[1])),
+            title="Connections fail or are reset: " + ", ".join(f"{k} {c:,}" for k, c in sorted(merged.items(), key=lambda x: -x[1])),
             severity="warning",
             cause=(f"Connections failed {_window(doc)} with errors the peer or the path caused: "
                    + "; ".join(f"{k}: {c:,}" for k, c in merged.items()) + ". ECONNREFUSED is an RST answer "
                    "(no listener, or a middlebox), ETIMEDOUT no answer to any SYN retransmission."),
-            evidence=[EvidenceItem("destinations", _top(doc, "locals", "endpoint", "connect-error")),
-                      EvidenceItem("processes", _top(doc, "processes", "process", "connect-error"))],
+            evidence=[EvidenceItem("destinations of failed connect() calls",
+                                   _top(doc, "locals", "endpoint", "connect-error")),
+                      EvidenceItem("processes", _top(doc, "processes", "process", "connect-error")),
+                      EvidenceItem("4-tuples with an error reported later", _top(doc, "tuples", "tuple", "async-error"))],
             confidence=0.6))
     b = {r["reason"]: r["count"] for r in doc.get("reasons", []) if r["verdict"] == "bind-error"}
     if b.get("EADDRINUSE"):

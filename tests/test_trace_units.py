@@ -1,0 +1,163 @@
+"""The trace's pure parts, without a kernel: format files, the program, decoding and
+classification, the running summary, the diagnosis rules, and the CLI's fallback."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from clirun import cli
+
+from tcpreuse.diagnose.base import Evidence, diagnose
+from tcpreuse.trace import kernel
+from tcpreuse.trace.aggregate import Summary
+from tcpreuse.trace.events import Control, Decoder, TraceEvent
+from tcpreuse.trace.formats import parse_format
+from tcpreuse.trace.kernel import KernelInfo
+from tcpreuse.trace.program import Filter, build
+
+# A kfree_skb format as an older kernel prints it: other numbers, no TW_PAWS reason.
+KFREE = """name: kfree_skb
+ID: 1480
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
+
+print fmt: "skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s", REC->skbaddr, REC->rx_sk, REC->protocol, \
+REC->location, __print_symbolic(REC->reason, { 2, "NOT_SPECIFIED" }, { 3, "NO_SOCKET" }, { 35, "TCP_RFC7323_PAWS" }, \
+{ 38, "TCP_LISTEN_OVERFLOW" }, { 40, "TCP_INVALID_SYN" }, { 77, "MAX" })
+"""
+
+SET_STATE = """name: inet_sock_set_state
+format:
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+
+print fmt: "oldstate=%s newstate=%s", __print_symbolic(REC->oldstate, { 1, "TCP_ESTABLISHED" }, { 2, "TCP_SYN_SENT" }, \
+{ 3, "TCP_SYN_RECV" }, { 5, "TCP_FIN_WAIT2" }, { 6, "TCP_TIME_WAIT" }, { 7, "TCP_CLOSE" }, { 11, "TCP_CLOSING" }), \
+__print_symbolic(REC->newstate, { 1, "TCP_ESTABLISHED" }, { 2, "TCP_SYN_SENT" }, { 3, "TCP_SYN_RECV" }, \
+{ 5, "TCP_FIN_WAIT2" }, { 6, "TCP_TIME_WAIT" }, { 7, "TCP_CLOSE" }, { 11, "TCP_CLOSING" })
+"""
+
+
+def _info(with_tw_paws: bool = False) -> KernelInfo:
+    k = parse_format("skb:kfree_skb", KFREE)
+    s = parse_format("sock:inet_sock_set_state", SET_STATE)
+    info = KernelInfo(release="5.99.0", formats={"skb:kfree_skb": k, "sock:inet_sock_set_state": s})
+    info.drop_reasons = {n: v for n, v in k.symbols["reason"].items() if n != "MAX"}
+    if with_tw_paws:
+        info.drop_reasons["TCP_RFC7323_TW_PAWS"] = 41
+    info.rst_reasons = {"NOT_SPECIFIED": 0, "NO_SOCKET": 1}
+    info.states = dict(s.symbols["newstate"])
+    info.missing = {"tcp:tcp_send_reset": "tracepoint tcp:tcp_send_reset has no field reason on 5.99.0"}
+    return info
+
+
+def test_format_gives_fields_and_the_kernels_own_numbers() -> None:
+    f = parse_format("skb:kfree_skb", KFREE)
+    assert f.fields["rx_sk"] == "void *" and f.has("reason") and not f.has("common_pid")
+    assert f.symbols["reason"]["TCP_LISTEN_OVERFLOW"] == 38
+    assert f.symbols["reason"]["NO_SOCKET"] == 3
+
+
+def test_program_filters_in_the_kernel_with_this_kernels_numbers() -> None:
+    plan = build(_info(), Filter(netns=4026532999, ports=(8080,), pid=4242))
+    t = plan.text
+    assert "args->reason == 38" in t and "args->reason == 35" in t  # this kernel's numbering
+    assert "args->reason != 2 || $st == 6" in t  # NOT_SPECIFIED only at a TIME_WAIT
+    assert "== 4026532999" in t
+    assert f"$t->source == {socket.htons(8080)}" in t  # __be16 compared as the kernel holds it
+    assert "args->sport == 8080" in t
+    assert "pid == 4242" in t
+    assert "tcp:tcp_send_reset" not in plan.probes
+    assert any("TCP_RFC7323_TW_PAWS" in s for s in plan.skipped)  # not on this kernel
+    assert any("tcp_send_reset" in s for s in plan.skipped)
+
+
+def _d(reason: int, state: int, flags: int, seq: int = 0) -> str:
+    ports = socket.htons(40000), socket.htons(8080)
+    return json.dumps({"type": "printf", "data": f"D 100 {reason} 10.0.0.2 10.0.0.1 {ports[0]} {ports[1]} {flags} "
+                                                  f"{state} 4026532999 {socket.htonl(seq)}\n"})
+
+
+def test_decoder_names_the_kernels_verdicts() -> None:
+    dec = Decoder(_info(with_tw_paws=True))
+    ev = dec.line(_d(2, 6, 0x02, seq=123456))
+    assert isinstance(ev, TraceEvent)
+    assert (ev.verdict, ev.reason, ev.state, ev.flags) == ("old-ack", "NOT_SPECIFIED", "TIME_WAIT", "S")
+    assert ev.tuple == ("10.0.0.2", 40000, "10.0.0.1", 8080) and ev.seq == 123456
+    assert dec.line(_d(2, 6, 0x14)).verdict == "tw-rst"  # type: ignore[union-attr]
+    assert dec.line(_d(41, 6, 0x02)).verdict == "tw-paws"  # type: ignore[union-attr]
+    assert dec.line(_d(38, 10, 0x10)).verdict == "listen-overflow"  # type: ignore[union-attr]
+    c = dec.line(json.dumps({"type": "printf", "data": f"C 5 -99 777 1 10.0.0.1 {socket.htons(80)} curl\n"}))
+    assert isinstance(c, TraceEvent)
+    assert (c.verdict, c.reason, c.pid, c.comm, c.daddr, c.dport) == ("connect-error", "EADDRNOTAVAIL", 777, "curl",
+                                                                        "10.0.0.1", 80)
+    lost = dec.line('{"type": "lost_events", "data": {"events": 17}}')
+    assert isinstance(lost, Control) and (lost.kind, lost.value) == ("lost", 17)
+
+
+def _t(t_s: float, old: int, new: int, local: tuple[str, int], remote: tuple[str, int]) -> TraceEvent:
+    dec = Decoder(_info())
+    ev = dec.line(json.dumps({"type": "printf", "data": f"T {int(t_s * 1e9)} {old} {new} {local[0]} {local[1]} "
+                                                        f"{remote[0]} {remote[1]} 1\n"}))
+    assert isinstance(ev, TraceEvent)
+    return ev
+
+
+def test_summary_infers_accept_on_timewait_within_60s_only() -> None:
+    srv, cli_ = ("10.0.0.1", 8080), ("10.0.0.2", 40000)
+    s = Summary()
+    assert s.add(_t(1.0, 5, 7, srv, cli_)) is None  # FIN_WAIT2 -> CLOSE: TIME_WAIT holds the tuple
+    shown = s.add(_t(3.5, 3, 1, srv, cli_))  # SYN_RECV -> ESTABLISHED on it 2.5 s later
+    assert shown is not None and shown.verdict == "tw-accepted" and shown.reason == "TIME_WAIT 2500 ms old"
+    assert s.add(_t(4.0, 3, 1, srv, cli_)) is None  # that TIME_WAIT is gone
+    s.add(_t(10.0, 5, 7, srv, cli_))
+    assert s.add(_t(71.0, 3, 1, srv, cli_)) is None  # after TCP_TIMEWAIT_LEN: no TIME_WAIT met
+    s.add(_t(100.0, 11, 7, cli_, srv))  # a client's own TIME_WAIT (CLOSING -> CLOSE)
+    assert s.add(_t(99.0, 2, 1, cli_, srv)) is None  # delivered late, stamped before the close
+    shown = s.add(_t(101.0, 2, 1, cli_, srv))
+    assert shown is not None and shown.verdict == "tw-reuse"
+    doc = s.to_json()
+    assert doc["verdicts"] == {"tw-accepted": 1, "tw-reuse": 1}
+
+
+def test_trace_summary_feeds_diagnosis_with_the_same_fixes() -> None:
+    dec = Decoder(_info())
+    s = Summary(kernel="5.99.0")
+    for _ in range(3):
+        s.add(dec.line(_d(2, 6, 0x02)))  # type: ignore[arg-type]
+    s.add(dec.line(_d(38, 10, 0x10)))  # type: ignore[arg-type]
+    findings = diagnose(Evidence(source="trace", trace=s.to_json()))
+    by = {f.id: f for f in findings}
+    seed = by["trace-syn-hit-timewait"]
+    assert seed.severity == "critical" and "3 SYNs" in seed.cause and seed.source == "trace"
+    assert {"client-timestamps-linux", "keepalive"} <= {f.id for f in seed.fixes}
+    assert "10.0.0.1:8080 (3)" in str([e.value for e in seed.evidence])
+    assert {f.id for f in by["trace-listen-overflow"].fixes} == {"backlog", "accept-faster"}
+    assert diagnose(Evidence(source="trace", trace=Summary().to_json())) == []
+
+
+def test_cli_says_why_it_cannot_trace_and_shows_counters(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(kernel, "problems", lambda: ["bpftrace is not installed (Debian/Ubuntu: apt-get install "
+                                                      "bpftrace)"])
+    code, out, err = cli(["trace", "--duration", "0.2", "--json"], capsys)
+    assert code == 0
+    assert "cannot trace: bpftrace is not installed" in err
+    doc = json.loads(out.strip().splitlines()[-1])
+    assert doc["kind"] == "tcpreuse-trace-counters" and "TcpExtTW" in doc["counters"]
+
+
+def test_cli_rejects_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(["trace", "--port", "http"], capsys)
+    assert code == 2 and "not a port number" in err
