@@ -61,7 +61,7 @@ class Tracer:
         env = {**os.environ, "BPFTRACE_STRLEN": "32"}
         self._proc = subprocess.Popen([self.bpftrace, "-f", "json", path], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                                      preexec_fn=_raise_memlock, bufsize=0)
+                                      preexec_fn=_raise_memlock)
         for target in (self._read_stdout, self._read_stderr):
             t = threading.Thread(target=target, daemon=True)
             t.start()
