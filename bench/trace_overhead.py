@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tcpreuse.lab.netns import Namespace  # noqa: E402
-from tcpreuse.trace.aggregate import Summary  # noqa: E402
-from tcpreuse.trace.events import TraceEvent  # noqa: E402
-from tcpreuse.trace.kernel import netns_inode, problems  # noqa: E402
-from tcpreuse.trace.program import Filter  # noqa: E402
-from tcpreuse.trace.runner import open_trace  # noqa: E402
+from tcpreuse.lab.netns import Namespace
+from tcpreuse.trace.aggregate import Summary
+from tcpreuse.trace.events import TraceEvent
+from tcpreuse.trace.kernel import netns_inode, problems
+from tcpreuse.trace.program import Filter
+from tcpreuse.trace.runner import open_trace
 
 # Runs inside the namespace: RATE SYNs/s for SECONDS, in 5 ms batches, from varying ports.
 GEN = r"""
