@@ -43,8 +43,9 @@ def tw_verdict(reason: str, flags: int) -> str:
     (net/ipv4/tcp_ipv4.c), v6.x: a SYN that is neither after the old rcv_nxt nor carries a
     newer timestamp gets TCP_TW_ACK (an ACK for the old connection; the seed incident),
     then the skb is freed with SKB_DROP_REASON_NOT_SPECIFIED; with a timestamp older than
-    ts_recent it is rejected by PAWS, SKB_DROP_REASON_TCP_RFC7323_TW_PAWS (v6.15+; earlier
-    kernels report NOT_SPECIFIED for both). An RST in window kills the TIME_WAIT
+    ts_recent it is rejected by PAWS, SKB_DROP_REASON_TCP_RFC7323_TW_PAWS (checked on
+    v6.18; a kernel whose enum lacks that reason reports NOT_SPECIFIED, and the SYN is
+    then counted as old-ack, which it also is: PAWS-rejected SYNs are answered by an ACK). An RST in window kills the TIME_WAIT
     (inet_twsk_deschedule_put(), unless tcp_rfc1337); a retransmitted FIN is ACKed.
     An accepted SYN (TCP_TW_SYN) is not freed here: it goes on to the listener.
     """
@@ -60,8 +61,8 @@ def tw_verdict(reason: str, flags: int) -> str:
 
 
 # skb_drop_reason name -> verdict, for segments that did not meet a TIME_WAIT socket.
-# Names from include/net/dropreason-core.h (v5.17+; TCP_LISTEN_OVERFLOW v6.4+,
-# TCP_RFC7323_TW_PAWS v6.15+). Where each is raised:
+# Names from include/net/dropreason-core.h (the enum exists since v5.17 and grows; which
+# names a kernel has is read from its tracefs, not assumed). Where each is raised (v6.18):
 DROP_VERDICTS: dict[str, str] = {
     "TCP_LISTEN_OVERFLOW": "listen-overflow",  # tcp_v4_syn_recv_sock(): sk_acceptq_is_full()
     "TCP_RFC7323_PAWS": "paws",  # tcp_validate_incoming() -> tcp_paws_discard()

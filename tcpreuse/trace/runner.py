@@ -9,6 +9,7 @@ in that thread and queued; the caller takes them with :meth:`Tracer.poll`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import queue
 import resource
@@ -58,10 +59,15 @@ class Tracer:
         path = os.path.join(self._dir.name, "trace.bt")
         with open(path, "w") as f:
             f.write(self.plan.text)
-        env = {**os.environ, "BPFTRACE_STRLEN": "32"}
+        # 1 MiB per CPU of perf ring (bpftrace defaults to 64 pages): bursts do not overflow it
+        env = {**os.environ, "BPFTRACE_STRLEN": "32",
+               "BPFTRACE_PERF_RB_PAGES": os.environ.get("BPFTRACE_PERF_RB_PAGES", "256")}
         self._proc = subprocess.Popen([self.bpftrace, "-f", "json", path], stdin=subprocess.DEVNULL,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                       preexec_fn=_raise_memlock)
+        assert self._proc.stdout is not None
+        with contextlib.suppress(OSError, AttributeError):  # a larger pipe rides out a slow moment of the reader
+            fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
         for target in (self._read_stdout, self._read_stderr):
             t = threading.Thread(target=target, daemon=True)
             t.start()
