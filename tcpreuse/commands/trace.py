@@ -59,6 +59,8 @@ def trace(netns: str | None, duration: float | None, ports: tuple[str, ...], pid
     err = Console(stderr=True, markup=False, emoji=False, highlight=False)
     offset = mono_to_wall_ns()
     live_view = not as_json and not quiet and console.is_terminal
+    if not as_json:
+        err.print("starting bpftrace (the program is compiled for this kernel; a few seconds) ...", style="dim")
     try:
         if live_view:
             from rich.live import Live
