@@ -26,8 +26,8 @@ def local_end(ev: TraceEvent) -> tuple[str, int]:
     """The local endpoint: a received packet's destination, a socket's own address."""
     if ev.probe == "skb:kfree_skb":
         return (ev.daddr, ev.dport)
-    if ev.probe == "syscalls:sys_exit_connect":
-        return (ev.daddr, ev.dport)  # the destination: what the caller wanted
+    if ev.probe in ("syscalls:sys_exit_connect", "sock:inet_sk_error_report"):
+        return (ev.daddr, ev.dport)  # a client's failure: the destination it wanted
     return (ev.saddr, ev.sport)
 
 

@@ -124,9 +124,11 @@ def html_page(doc: dict[str, Any], findings: list[Any], made_from: str = "") -> 
                                       [[r["verdict"], r["reason"], r["count"]] for r in doc["reasons"]], numeric={2}))
     for key, title, label in (("locals", "Per local endpoint", "endpoint"), ("processes", "Per process", "process"),
                               ("tuples", "Per 4-tuple", "tuple")):
-        rows = [[r[label], r.get("process", "") if key == "locals" else "", r["events"], _verdict_counts(r["verdicts"])]
-                for r in doc.get(key, [])]
-        page.tables.append(html.TableData(title, [label, "process", "events", "verdicts"], rows, numeric={2}))
+        with_owner = key == "locals"
+        rows = [[r[label], *([r.get("process") or "-"] if with_owner else []), r["events"],
+                 _verdict_counts(r["verdicts"])] for r in doc.get(key, [])]
+        headers = [label, *(["process"] if with_owner else []), "events", "verdicts"]
+        page.tables.append(html.TableData(title, headers, rows, numeric={2 if with_owner else 1}))
     page.details.append(("Trace", [("probes", ", ".join(doc.get("probes", []))),
                                    ("not traced", "; ".join(doc.get("skipped", [])) or "-")]))
     return page

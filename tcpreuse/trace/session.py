@@ -16,6 +16,8 @@ from .owners import listener_owners
 from .program import Filter
 from .runner import open_trace
 
+OWNERS_EVERY_S = 5.0  # how often listeners are attributed to processes again
+
 
 @dataclass
 class TraceOptions:
@@ -50,6 +52,7 @@ def run(opts: TraceOptions, *, on_event: Callable[[TraceEvent], None] | None = N
         if on_ready is not None:
             on_ready()
         t_end = None if opts.duration is None else time.monotonic() + opts.duration
+        t_owners = time.monotonic() + OWNERS_EVERY_S
         try:
             while True:
                 left = tick_s if t_end is None else min(tick_s, t_end - time.monotonic())
@@ -62,6 +65,9 @@ def run(opts: TraceOptions, *, on_event: Callable[[TraceEvent], None] | None = N
                         on_event(shown)
                 summary.lost = tracer.lost
                 summary.last_ns = max(summary.last_ns, time.monotonic_ns())
+                if time.monotonic() >= t_owners:  # listeners opened since
+                    summary.owners.update(listener_owners(opts.netns))
+                    t_owners = time.monotonic() + OWNERS_EVERY_S
                 if on_tick is not None:
                     on_tick(summary)
                 if ended or (t_end is not None and time.monotonic() >= t_end) or (stop is not None and stop()):

@@ -131,14 +131,18 @@ def connect_errors(ev: Evidence) -> list[Finding]:
     other = {k: c for k, c in by.items() if k != "EADDRNOTAVAIL"}
     asyncs = {r["reason"]: r["count"] for r in doc.get("reasons", []) if r["verdict"] == "async-error"}
     if other or asyncs:
-        merged = {k: other.get(k, 0) + asyncs.get(k, 0) for k in set(other) | set(asyncs)}
+        # a blocking connect() that fails shows twice (the socket's error, then connect()'s return)
+        merged = {k: max(other.get(k, 0), asyncs.get(k, 0)) for k in set(other) | set(asyncs)}
+        detail = "; ".join(f"{k}: connect() returned it {other.get(k, 0):,} times, reported on a socket "
+                           f"{asyncs.get(k, 0):,} times" for k in sorted(merged, key=lambda k: -merged[k]))
         out.append(Finding(
             id="trace-connect-failures",
-            title="Connections fail or are reset: " + ", ".join(f"{k} {c:,}" for k, c in sorted(merged.items(), key=lambda x: -x[1])),
+            title="Connections fail or are reset: " + ", ".join(
+                f"{k} {c:,}" for k, c in sorted(merged.items(), key=lambda x: -x[1])),
             severity="warning",
-            cause=(f"Connections failed {_window(doc)} with errors the peer or the path caused: "
-                   + "; ".join(f"{k}: {c:,}" for k, c in merged.items()) + ". ECONNREFUSED is an RST answer "
-                   "(no listener, or a middlebox), ETIMEDOUT no answer to any SYN retransmission."),
+            cause=(f"Connections failed {_window(doc)} with errors the peer or the path caused ({detail}). "
+                   "ECONNREFUSED is an RST answer (no listener, or a middlebox), ETIMEDOUT no answer to any "
+                   "SYN retransmission, ECONNRESET an RST on an established connection."),
             evidence=[EvidenceItem("destinations of failed connect() calls",
                                    _top(doc, "locals", "endpoint", "connect-error")),
                       EvidenceItem("processes", _top(doc, "processes", "process", "connect-error")),
