@@ -132,3 +132,24 @@ def html_page(doc: dict[str, Any], findings: list[Any], made_from: str = "") -> 
     page.details.append(("Trace", [("probes", ", ".join(doc.get("probes", []))),
                                    ("not traced", "; ".join(doc.get("skipped", [])) or "-")]))
     return page
+
+
+def lab_agreement(kt: dict[str, Any]) -> RenderableType:
+    """A lab run's kernel verdicts per attempt (meta["kernel_trace"]) against its own reasons."""
+    ag = kt["agreement"]
+    head = Text("Kernel verdict per attempt: ", style="bold")
+    rate = ag.get("rate")
+    head.append(f"{ag['agree']:,} of {ag['checked']:,} attempts agree with the lab's reason"
+                + (f" ({rate:.1%})" if rate is not None else ""))
+    if ag.get("kernel_silent"):
+        head.append(f"; for {ag['kernel_silent']:,} delayed or failed attempts the kernel reported nothing "
+                    "(SYNs dropped at a full accept queue at SYN time, or lost on the path)")
+    lost = kt["summary"].get("lost_events", 0)
+    if lost:
+        head.append(f"; {lost:,} events lost (a lower bound)", style="red")
+    rows = [[p["lab"], p["kernel"], f"{p['attempts']:,}"] for p in ag["pairs"][:12]]
+    parts: list[RenderableType] = [head, _table("lab reason vs kernel", ["lab", "kernel", "attempts"], rows, {2})]
+    if ag["first_disagreements"]:
+        parts.append(_table("First disagreeing attempts", ["index", "t (s)", "lab", "kernel"],
+                            [[d["index"], d["t"], d["lab"], d["kernel"]] for d in ag["first_disagreements"]], {0, 1}))
+    return Group(*parts)
