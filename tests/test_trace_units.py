@@ -161,3 +161,43 @@ def test_cli_says_why_it_cannot_trace_and_shows_counters(monkeypatch: pytest.Mon
 def test_cli_rejects_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(["trace", "--port", "http"], capsys)
     assert code == 2 and "not a port number" in err
+
+
+def _ev(t_s: float, verdict: str, reason: str, sa: str, sp: int, da: str, dp: int, flags: str = "",
+        probe: str = "skb:kfree_skb") -> TraceEvent:
+    return TraceEvent(int(t_s * 1e9), probe, verdict, reason, sa, sp, da, dp, flags=flags)
+
+
+def test_join_gives_each_attempt_the_kernels_verdict_and_the_agreement() -> None:
+    from tcpreuse.result import AttemptTable, RunResult
+    from tcpreuse.trace.join import agreement, join
+
+    # attempts (t since run start): 0 and 2 reuse port 40000 toward the server; 3 fails with
+    # EADDRNOTAVAIL; 4 is refused; 5 is fine
+    vocab = {"outcome": ["ok", "EADDRNOTAVAIL", "ECONNREFUSED"],
+             "reason": ["ok", "ok_after_syn_retry", "local_ports_exhausted", "refused"],
+             "addr": ["10.0.0.2", "10.0.0.1"]}
+    cols = {"t": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], "outcome": [0, 0, 0, 1, 2, 0], "reason": [0, 0, 1, 2, 3, 0],
+            "src": [0] * 6, "sport": [40000, 40001, 40000, 0, 40002, 40003], "dst": [1] * 6, "dport": [80] * 6,
+            "srv_src": [0] * 6, "srv_sport": [40000, 40001, 40000, 0, 40002, 40003], "srv_dst": [1] * 6,
+            "srv_dport": [80] * 6}
+    run = RunResult(source="lab", scenario="t", duration_s=6, attempts=AttemptTable.build(cols, vocab),
+                    meta={"t0_unix": 1000.0})
+    offset = int(1000e9)  # monotonic 0 = Unix 1000 s
+    events = [
+        _ev(2.01, "old-ack", "NOT_SPECIFIED", "10.0.0.2", 40000, "10.0.0.1", 80, "S"),  # attempt 2, not 0
+        _ev(2.02, "tw-rst", "NOT_SPECIFIED", "10.0.0.2", 40000, "10.0.0.1", 80, "R"),  # no reason of its own
+        _ev(3.0005, "connect-error", "EADDRNOTAVAIL", "", 0, "10.0.0.1", 80, probe="syscalls:sys_exit_connect"),
+        _ev(4.001, "no-socket", "NO_SOCKET", "10.0.0.2", 40002, "10.0.0.1", 80, "S"),
+        _ev(9.0, "old-ack", "NOT_SPECIFIED", "10.9.9.9", 1, "10.0.0.1", 80, "S"),  # no such attempt
+    ]
+    j = join(run, events, offset)
+    assert j.reasons == ["", "", "syn_hit_timewait", "local_ports_exhausted", "refused", ""]
+    assert j.unjoined == 1
+    ag = agreement(run, j)
+    assert (ag["checked"], ag["agree"], ag["rate"]) == (6, 6, 1.0)
+    # a lab reason the kernel contradicts is listed
+    j.reasons[5] = "syn_hit_timewait"
+    ag = agreement(run, j)
+    assert ag["agree"] == 5 and ag["first_disagreements"] == [{"index": 5, "t": 5.0, "lab": "ok",
+                                                                "kernel": "syn_hit_timewait"}]
