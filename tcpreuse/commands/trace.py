@@ -59,6 +59,7 @@ def trace(netns: str | None, duration: float | None, ports: tuple[str, ...], pid
     err = Console(stderr=True, markup=False, emoji=False, highlight=False)
     offset = mono_to_wall_ns()
     live_view = not as_json and not quiet and console.is_terminal
+    _stop_on_signals()
     if not as_json:
         err.print("starting bpftrace (the program is compiled for this kernel; a few seconds) ...", style="dim")
     try:
@@ -122,6 +123,18 @@ def trace(netns: str | None, duration: float | None, ports: tuple[str, ...], pid
 
         html.write(html_path, render.html_page(doc, findings, made_from="tcpreuse trace"))
         err.print(f"HTML summary written to {html_path}")
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) end the trace like Ctrl-C: bpftrace is stopped
+    and a tracefs mounted for the run is unmounted."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
 
 
 def _counters_instead(netns: str | None, seconds: float, as_json: bool, console: object) -> None:

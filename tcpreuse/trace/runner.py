@@ -158,7 +158,11 @@ def open_trace(flt: Filter, *, timeout: float = 60.0) -> Iterator[tuple[Tracer, 
             why = "; ".join(plan.skipped) or "nothing selected"
             raise TraceUnavailable(f"nothing can be traced on this kernel: {why}")
         tracer = Tracer(plan, Decoder(info), bpftrace=bt)
-        tracer.start(timeout=timeout)
+        try:
+            tracer.start(timeout=timeout)
+        except BaseException:  # Ctrl-C while bpftrace compiles: do not leave it running
+            tracer.stop()
+            raise
         try:
             yield tracer, info
         finally:
