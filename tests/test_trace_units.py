@@ -201,3 +201,30 @@ def test_join_gives_each_attempt_the_kernels_verdict_and_the_agreement() -> None
     ag = agreement(run, j)
     assert ag["agree"] == 5 and ag["first_disagreements"] == [{"index": 5, "t": 5.0, "lab": "ok",
                                                                 "kernel": "syn_hit_timewait"}]
+
+
+def test_validate_rows_compare_model_and_kernel_attempt_by_attempt() -> None:
+    from tcpreuse.result import AttemptTable, RunResult
+    from tcpreuse.validate.perattempt import rows
+
+    vocab = {"outcome": ["ok", "EADDRNOTAVAIL"], "reason": ["ok", "local_ports_exhausted", "syn_dropped_path"],
+             "host": ["client"], "workload": ["w"]}
+    base = {"t": [0.0, 1.0, 2.0], "client": [0, 0, 0], "workload": [0, 0, 0], "outcome": [0, 0, 1]}
+    sim = RunResult(source="simulate", scenario="t", duration_s=3,
+                    attempts=AttemptTable.build({**base, "reason": [0, 2, 1]}, vocab))
+    lab = RunResult(source="lab", scenario="t", duration_s=3,
+                    attempts=AttemptTable.build({**base, "reason": [0, 0, 1]}, vocab),
+                    meta={"kernel_trace": {"reasons": ["local_ports_exhausted"], "per_attempt": [-1, -1, 0],
+                                           "summary": {"lost_events": 0},
+                                           "agreement": {"checked": 3, "agree": 3, "first_disagreements": []}}})
+    out, notes = rows(sim, lab)
+    model = next(r for r in out if r.metric.startswith("model"))
+    # the path drop the model saw on attempt 1 is nothing the kernel reports per attempt
+    assert (model.sim, model.agree) == ("3/3", True)
+    lab.meta["kernel_trace"]["per_attempt"] = [0, -1, 0]
+    out, notes = rows(sim, lab)
+    model = next(r for r in out if r.metric.startswith("model"))
+    assert (model.sim, model.agree) == ("2/3", False)
+    assert notes == ["per attempt, model vs kernel: client w #0: model -, kernel local_ports_exhausted"]
+    out, _ = rows(sim, lab, chance="ISNs come from keyed hashes")
+    assert next(r for r in out if r.metric.startswith("model")).agree is None
