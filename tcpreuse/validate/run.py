@@ -243,7 +243,7 @@ def validate(ref: str, overrides: dict[str, Any] | None = None,
     if opts.trace:
         from .perattempt import rows as per_attempt
 
-        extra, extra_notes = per_attempt(sim, lab, chance=suite.CHANCE.get(ref))
+        extra, extra_notes = per_attempt(sim, lab, chance=suite.CHANCE.get(ref) or app_limited(sc))
         out.rows += extra
         out.notes += extra_notes
     if opts.keep_results:
