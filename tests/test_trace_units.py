@@ -197,10 +197,13 @@ def test_join_gives_each_attempt_the_kernels_verdict_and_the_agreement() -> None
     ag = agreement(run, j)
     assert (ag["checked"], ag["agree"], ag["rate"]) == (6, 6, 1.0)
     # a lab reason the kernel contradicts is listed
-    j.reasons[5] = "syn_hit_timewait"
+    j.reasons[5] = "local_ports_exhausted"
     ag = agreement(run, j)
     assert ag["agree"] == 5 and ag["first_disagreements"] == [{"index": 5, "t": 5.0, "lab": "ok",
-                                                                "kernel": "syn_hit_timewait"}]
+                                                                "kernel": "local_ports_exhausted"}]
+    # an ok whose first SYN got the old ACK agrees: the 2-jiffy re-arm hides it from the client
+    j.reasons[5] = "syn_hit_timewait"
+    assert agreement(run, j)["agree"] == 6
 
 
 def test_validate_rows_compare_model_and_kernel_attempt_by_attempt() -> None:
