@@ -281,19 +281,25 @@ def test_refused_async_error_and_reset(tracer: Collector, ns: Namespace) -> None
     assert drop.reason == "NO_SOCKET" and drop.tuple == (LO, q, LO, p) and drop.flags == "S"
 
 
-def test_netns_filter_in_kernel(ns: Namespace) -> None:
-    """--netns filters in the kernel: another namespace's event never reaches user space."""
+def test_netns_and_port_filters_in_kernel(ns: Namespace) -> None:
+    """--netns and --port filter in the kernel: another namespace's event, or another
+    port's, never reaches user space."""
     other = Namespace(f"tcpr-tr-{os.getpid()}-o{next(_n)}")
+    with other, entered_netns(ns.name):
+        probe = socket.socket()
+        probe.bind((LO, 0))
+        port = probe.getsockname()[1]
+        probe.close()
     with other:
-        for col in _open(Filter(netns=netns_inode(ns.name))):
-            for n in (other, ns):
+        for col in _open(Filter(netns=netns_inode(ns.name), ports=(port,))):
+            for n, p in ((other, port), (ns, port + 1), (ns, port)):
                 with entered_netns(n.name):
                     a = socket.socket()
-                    a.bind((LO, 0))
+                    a.bind((LO, p))
                     b = socket.socket()
                     with pytest.raises(OSError):
-                        b.bind(a.getsockname())
+                        b.bind((LO, p))
                     a.close(), b.close()
             col.wait(_mine(ns, "bind-error"))
             col.pump(0.3)
-            assert {e.netns for e in col.events} == {netns_inode(ns.name)}
+            assert {(e.netns, e.sport) for e in col.events} == {(netns_inode(ns.name), port)}

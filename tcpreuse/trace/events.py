@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno as errno_mod
 import json
-import socket
 import struct
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -139,7 +138,3 @@ class Decoder:
             return TraceEvent(t, "sock:inet_sock_set_state", "state", f"{self.state(old)}->{self.state(new)}",
                               sa, sp, da, dp, self.state(new), netns=ns)
         return None
-
-
-def addr_key(addr: str) -> bytes:
-    return socket.inet_aton(addr)

@@ -27,14 +27,13 @@ import socket
 from dataclasses import dataclass, field
 
 from ..model.verdicts import DEFAULT_DROP_REASONS
+from .kernel import KernelInfo
 
 # The TCP states whose transitions are traced (sock:inet_sock_set_state): leaving
 # FIN_WAIT2 or CLOSING for CLOSE is tcp_time_wait() -> tcp_done() (a TIME_WAIT socket
 # takes the 4-tuple), reaching ESTABLISHED from SYN_SENT/SYN_RECV is a new connection.
 TW_ENTRY_FROM = ("TCP_FIN_WAIT2", "TCP_CLOSING")
 NEW_FROM = ("TCP_SYN_SENT", "TCP_SYN_RECV")
-
-SOCKADDR_IN_FAMILY_AF_INET = socket.AF_INET
 
 
 @dataclass
@@ -62,17 +61,15 @@ def _be16(port: int) -> int:
     return socket.htons(port)
 
 
-def _any(expr_a: str, expr_b: str, values: list[int]) -> str:
+def _any(exprs: tuple[str, ...], values: list[int]) -> str:
+    """A predicate: any of the expressions equals any of the values ("" when no values)."""
     if not values:
         return ""
-    return "(" + " || ".join(f"{e} == {v}" for v in values for e in (expr_a, expr_b)) + ")"
+    return "(" + " || ".join(f"{e} == {v}" for v in values for e in exprs) + ")"
 
 
-def build(info: object, flt: Filter) -> Plan:
-    """The program for this kernel (`info`: tcpreuse.trace.kernel.KernelInfo)."""
-    from .kernel import KernelInfo
-
-    assert isinstance(info, KernelInfo)
+def build(info: KernelInfo, flt: Filter) -> Plan:
+    """The program for this kernel and these filters."""
     parts: list[str] = []
     probes: list[str] = []
     skipped: list[str] = []
@@ -106,7 +103,7 @@ def build(info: object, flt: Filter) -> Plan:
         rpred = " || ".join(f"args->reason == {n}" for n in sorted(reasons.values()))
         ns_num = reasons.get("NOT_SPECIFIED")
         keep_ns = f"(args->reason != {ns_num} || $st == {tw})" if ns_num is not None else "1"
-        port_pred = _any("$t->source", "$t->dest", be_ports)
+        port_pred = _any(("$t->source", "$t->dest"), be_ports)
         parts.append(f"""
 tracepoint:skb:kfree_skb /args->protocol == 0x0800 && ({rpred})/ {{
   $skb = (struct sk_buff *)args->skbaddr;
@@ -125,7 +122,7 @@ tracepoint:skb:kfree_skb /args->protocol == 0x0800 && ({rpred})/ {{
         probes.append("skb:kfree_skb")
 
     if wanted("tcp:tcp_send_reset"):
-        port_pred = _any("$s->sin_port", "$d->sin_port", be_ports)
+        port_pred = _any(("$s->sin_port", "$d->sin_port"), be_ports)
         parts.append(f"""
 tracepoint:tcp:tcp_send_reset {{
   $s = (struct sockaddr_in *)args->saddr;
@@ -133,14 +130,14 @@ tracepoint:tcp:tcp_send_reset {{
   $sk = (struct sock *)args->skaddr;
   $skb = (struct sk_buff *)args->skbaddr;
   $ns = $sk != 0 ? {ns_sk} : ($skb != 0 && $skb->dev != 0 ? $skb->dev->nd_net.net->ns.inum : 0);
-  if ($s->sin_family == {SOCKADDR_IN_FAMILY_AF_INET}{ns_pred("$ns")}{" && " + port_pred if port_pred else ""}) {{
+  if ($s->sin_family == {socket.AF_INET}{ns_pred("$ns")}{" && " + port_pred if port_pred else ""}) {{
     printf("R %llu %u %d %s %u %s %u %u\\n", nsecs, args->reason, args->state, ntop($s->sin_addr.s_addr),
            $s->sin_port, ntop($d->sin_addr.s_addr), $d->sin_port, $ns);
   }}
 }}""")
         probes.append("tcp:tcp_send_reset")
 
-    port_pred = _any("args->sport", "args->dport", host_ports)
+    port_pred = _any(("args->sport", "args->dport"), host_ports)
     pp = f" && {port_pred}" if port_pred else ""
     if wanted("tcp:tcp_retransmit_synack"):
         parts.append(f"""
@@ -184,7 +181,7 @@ tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->family == {soc
 
     pid_pred = f" && pid == {flt.pid}" if flt.pid is not None else ""
     if wanted("syscalls:sys_enter_connect") and wanted("syscalls:sys_exit_connect"):
-        dport = _any("$a->sin_port", "$a->sin_port", be_ports)
+        dport = _any(("$a->sin_port",), be_ports)
         parts.append(f"""
 tracepoint:syscalls:sys_enter_connect /1{pid_pred}/ {{
   $a = (struct sockaddr_in *)args->uservaddr;
@@ -204,7 +201,7 @@ tracepoint:syscalls:sys_exit_connect /@connect_port[tid]/ {{
         probes.append("syscalls:sys_*_connect")
 
     if wanted("syscalls:sys_enter_bind") and wanted("syscalls:sys_exit_bind"):
-        sport = _any("$a->sin_port", "$a->sin_port", be_ports)
+        sport = _any(("$a->sin_port",), be_ports)
         parts.append(f"""
 tracepoint:syscalls:sys_enter_bind /1{pid_pred}/ {{
   $a = (struct sockaddr_in *)args->umyaddr;
