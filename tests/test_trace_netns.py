@@ -303,3 +303,39 @@ def test_netns_and_port_filters_in_kernel(ns: Namespace) -> None:
             col.wait(_mine(ns, "bind-error"))
             col.pump(0.3)
             assert {(e.netns, e.sport) for e in col.events} == {(netns_inode(ns.name), port)}
+
+
+def test_doctor_trace_diagnoses_the_kernels_verdicts(ns: Namespace, capsys: pytest.CaptureFixture[str]) -> None:
+    """`doctor --trace S`: the trace's findings come with the host's, same shape and fixes."""
+    import json
+    import threading
+
+    from clirun import cli
+
+    if problems():
+        pytest.skip(f"cannot trace here: {problems()[0]}")
+    stop = threading.Event()
+
+    def fail_binds() -> None:  # until the doctor is done: bpftrace's start-up time varies
+        with entered_netns(ns.name):
+            a = socket.socket()
+            a.bind((LO, 0))
+            while not stop.wait(0.05):
+                b = socket.socket()
+                with pytest.raises(OSError):
+                    b.bind(a.getsockname())
+                b.close()
+            a.close()
+
+    t = threading.Thread(target=fail_binds, daemon=True)
+    t.start()
+    try:
+        code, out, err = cli(["doctor", "--netns", ns.name, "--trace", "2", "--interval", "0", "--json"], capsys)
+    finally:
+        stop.set()
+        t.join(5)
+    assert code == 0, err
+    doc = json.loads(out)
+    f = next(f for f in doc["findings"] if f["id"] == "trace-bind-eaddrinuse")
+    assert f["source"] == "doctor" and f"[{os.getpid()}]" in str(f["evidence"])  # the process that failed
+    assert {x["id"] for x in f["fixes"]} == {"bind-address-no-port", "reuseaddr"}
