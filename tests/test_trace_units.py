@@ -102,6 +102,9 @@ def test_decoder_names_the_kernels_verdicts() -> None:
     assert isinstance(c, TraceEvent)
     assert (c.verdict, c.reason, c.pid, c.comm, c.daddr, c.dport) == ("connect-error", "EADDRNOTAVAIL", 777, "curl",
                                                                         "10.0.0.1", 80)
+    # a dual-stack socket's IPv4-mapped peer is the IPv4 4-tuple of the packets
+    t = dec.line(json.dumps({"type": "printf", "data": "T 9 3 1 ::ffff:10.0.0.1 8080 ::ffff:10.0.0.2 40000 1\n"}))
+    assert isinstance(t, TraceEvent) and t.tuple == ("10.0.0.1", 8080, "10.0.0.2", 40000)
     lost = dec.line('{"type": "lost_events", "data": {"events": 17}}')
     assert isinstance(lost, Control) and (lost.kind, lost.value) == ("lost", 17)
 

@@ -65,6 +65,12 @@ def flag_text(flags: int) -> str:
     return "".join(c for bit, c in ((SYN, "S"), (ACK, "A"), (RST, "R"), (FIN, "F"), (PSH, "P")) if flags & bit)
 
 
+def _addr(text: str) -> str:
+    """An address as printed by bpftrace's ntop(), with IPv4-mapped IPv6 folded to IPv4 (a
+    dual-stack socket's view of an IPv4 peer is the same 4-tuple as the packet's)."""
+    return text[7:] if text.startswith("::ffff:") and "." in text else text
+
+
 def _errno_name(ret: int) -> str:
     return errno_mod.errorcode.get(abs(ret), str(abs(ret)))
 
@@ -103,7 +109,7 @@ class Decoder:
             return Control("ready", value=int(rest))
         if tag in ("C", "B"):
             f = rest.split(" ", 6)
-            t, ret, pid, ns, addr, port = int(f[0]), int(f[1]), int(f[2]), int(f[3]), f[4], int(f[5])
+            t, ret, pid, ns, addr, port = int(f[0]), int(f[1]), int(f[2]), int(f[3]), _addr(f[4]), int(f[5])
             comm = f[6] if len(f) > 6 else ""
             port = _ntohs(port)
             name = _errno_name(ret)
@@ -114,27 +120,29 @@ class Decoder:
                               netns=ns, pid=pid, comm=comm)
         f = rest.split()
         if tag == "D":
-            t, reason, sa, da, sp, dp, fl, st, ns, seq = (int(f[0]), int(f[1]), f[2], f[3], int(f[4]), int(f[5]),
+            t, reason, sa, da, sp, dp, fl, st, ns, seq = (int(f[0]), int(f[1]), _addr(f[2]), _addr(f[3]), int(f[4]),
+                                                          int(f[5]),
                                                           int(f[6]), int(f[7]), int(f[8]), int(f[9]))
             rname = self.drop.get(reason, str(reason))
             return TraceEvent(t, "skb:kfree_skb", drop_verdict(rname, st == self.tw, fl), rname, sa, _ntohs(sp),
                               da, _ntohs(dp), self.state(st), flag_text(fl), ns, seq=_ntohl(seq))
         if tag == "R":
-            t, reason, st, sa, sp, da, dp, ns = (int(f[0]), int(f[1]), int(f[2]), f[3], int(f[4]), f[5], int(f[6]),
-                                                 int(f[7]))
+            t, reason, st, sa, sp, da, dp, ns = (int(f[0]), int(f[1]), int(f[2]), _addr(f[3]), int(f[4]),
+                                                 _addr(f[5]), int(f[6]), int(f[7]))
             return TraceEvent(t, "tcp:tcp_send_reset", "reset-sent", self.rst.get(reason, str(reason)), sa,
                               _ntohs(sp), da, _ntohs(dp), self.state(st), netns=ns)
         if tag == "S":
-            t, sa, sp, da, dp, ns = int(f[0]), f[1], int(f[2]), f[3], int(f[4]), int(f[5])
+            t, sa, sp, da, dp, ns = int(f[0]), _addr(f[1]), int(f[2]), _addr(f[3]), int(f[4]), int(f[5])
             return TraceEvent(t, "tcp:tcp_retransmit_synack", "synack-retransmit", "", sa, sp, da, dp,
                               "SYN_RECV", netns=ns)
         if tag == "E":
-            t, err, sa, sp, da, dp, ns = int(f[0]), int(f[1]), f[2], int(f[3]), f[4], int(f[5]), int(f[6])
+            t, err, sa, sp, da, dp, ns = (int(f[0]), int(f[1]), _addr(f[2]), int(f[3]), _addr(f[4]), int(f[5]),
+                                          int(f[6]))
             return TraceEvent(t, "sock:inet_sk_error_report", "async-error", _errno_name(err), sa, sp, da, dp,
                               netns=ns)
         if tag == "T":
-            t, old, new, sa, sp, da, dp, ns = (int(f[0]), int(f[1]), int(f[2]), f[3], int(f[4]), f[5], int(f[6]),
-                                               int(f[7]))
+            t, old, new, sa, sp, da, dp, ns = (int(f[0]), int(f[1]), int(f[2]), _addr(f[3]), int(f[4]),
+                                               _addr(f[5]), int(f[6]), int(f[7]))
             return TraceEvent(t, "sock:inet_sock_set_state", "state", f"{self.state(old)}->{self.state(new)}",
                               sa, sp, da, dp, self.state(new), netns=ns)
         return None

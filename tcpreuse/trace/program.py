@@ -104,17 +104,25 @@ def build(info: KernelInfo, flt: Filter) -> Plan:
         ns_num = reasons.get("NOT_SPECIFIED")
         keep_ns = f"(args->reason != {ns_num} || $st == {tw})" if ns_num is not None else "1"
         port_pred = _any(("$t->source", "$t->dest"), be_ports)
-        parts.append(f"""
-tracepoint:skb:kfree_skb /args->protocol == 0x0800 && ({rpred})/ {{
+        keep = f"{keep_ns}{ns_pred('$ns')}{' && ' + port_pred if port_pred else ''}"
+        # IPv4 and IPv6 (without extension headers before TCP): the same record
+        # (one variable name per header type: bpftrace 0.17 refused ipv6hdr's fields on a name it
+        # had seen as an iphdr in another probe)
+        for proto, hdr, ip, l4, src, dst in (
+                (0x0800, "iphdr", "$ip4", "$ip4->protocol", "$ip4->saddr", "$ip4->daddr"),
+                (0x86DD, "ipv6hdr", "$ip6", "$ip6->nexthdr", "$ip6->saddr.in6_u.u6_addr8",
+                 "$ip6->daddr.in6_u.u6_addr8")):
+            parts.append(f"""
+tracepoint:skb:kfree_skb /args->protocol == {proto:#06x} && ({rpred})/ {{
   $skb = (struct sk_buff *)args->skbaddr;
-  $ip = (struct iphdr *)($skb->head + $skb->network_header);
-  if ($ip->protocol == 6) {{
+  {ip} = (struct {hdr} *)($skb->head + $skb->network_header);
+  if ({l4} == 6) {{
     $t = (struct tcphdr *)($skb->head + $skb->transport_header);
     $sk = (struct sock *)args->rx_sk;
     $st = $sk != 0 ? $sk->__sk_common.skc_state : 0;
     $ns = $sk != 0 ? {ns_sk} : ($skb->dev != 0 ? $skb->dev->nd_net.net->ns.inum : 0);
-    if ({keep_ns}{ns_pred("$ns")}{" && " + port_pred if port_pred else ""}) {{
-      printf("D %llu %u %s %s %u %u %u %u %u %u\\n", nsecs, args->reason, ntop($ip->saddr), ntop($ip->daddr),
+    if ({keep}) {{
+      printf("D %llu %u %s %s %u %u %u %u %u %u\\n", nsecs, args->reason, ntop({src}), ntop({dst}),
              $t->source, $t->dest, *((uint8 *)$t + 13), $st, $ns, $t->seq);
     }}
   }}
@@ -122,41 +130,57 @@ tracepoint:skb:kfree_skb /args->protocol == 0x0800 && ({rpred})/ {{
         probes.append("skb:kfree_skb")
 
     if wanted("tcp:tcp_send_reset"):
+        # sin_port and sin6_port are at the same offset: one port filter for both families
         port_pred = _any(("$s->sin_port", "$d->sin_port"), be_ports)
         parts.append(f"""
 tracepoint:tcp:tcp_send_reset {{
   $s = (struct sockaddr_in *)args->saddr;
   $d = (struct sockaddr_in *)args->daddr;
+  $rs6 = (struct sockaddr_in6 *)args->saddr;
+  $rd6 = (struct sockaddr_in6 *)args->daddr;
   $sk = (struct sock *)args->skaddr;
   $skb = (struct sk_buff *)args->skbaddr;
   $ns = $sk != 0 ? {ns_sk} : ($skb != 0 && $skb->dev != 0 ? $skb->dev->nd_net.net->ns.inum : 0);
-  if ($s->sin_family == {socket.AF_INET}{ns_pred("$ns")}{" && " + port_pred if port_pred else ""}) {{
-    printf("R %llu %u %d %s %u %s %u %u\\n", nsecs, args->reason, args->state, ntop($s->sin_addr.s_addr),
-           $s->sin_port, ntop($d->sin_addr.s_addr), $d->sin_port, $ns);
+  if (1{ns_pred("$ns")}{" && " + port_pred if port_pred else ""}) {{
+    if ($s->sin_family == {socket.AF_INET}) {{
+      printf("R %llu %u %d %s %u %s %u %u\\n", nsecs, args->reason, args->state, ntop($s->sin_addr.s_addr),
+             $s->sin_port, ntop($d->sin_addr.s_addr), $d->sin_port, $ns);
+    }} else if ($s->sin_family == {socket.AF_INET6}) {{
+      printf("R %llu %u %d %s %u %s %u %u\\n", nsecs, args->reason, args->state,
+             ntop($rs6->sin6_addr.in6_u.u6_addr8), $rs6->sin6_port, ntop($rd6->sin6_addr.in6_u.u6_addr8),
+             $rd6->sin6_port, $ns);
+    }}
   }}
 }}""")
         probes.append("tcp:tcp_send_reset")
 
     port_pred = _any(("args->sport", "args->dport"), host_ports)
     pp = f" && {port_pred}" if port_pred else ""
+
+    def by_family(fmt: str, head: str, tail: str) -> str:
+        """printf of a record whose addresses are the tracepoint's v4 or v6 fields."""
+        v4 = "ntop(args->saddr), args->sport, ntop(args->daddr), args->dport"
+        v6 = "ntop(args->saddr_v6), args->sport, ntop(args->daddr_v6), args->dport"
+        return (f"if (args->family == {socket.AF_INET6}) {{ printf(\"{fmt}\\n\", {head}, {v6}, {tail}); }}\n"
+                f"    else {{ printf(\"{fmt}\\n\", {head}, {v4}, {tail}); }}")
+
     if wanted("tcp:tcp_retransmit_synack"):
         parts.append(f"""
-tracepoint:tcp:tcp_retransmit_synack /args->family == {socket.AF_INET}{pp}/ {{
+tracepoint:tcp:tcp_retransmit_synack /1{pp}/ {{
   $sk = (struct sock *)args->skaddr;
   $ns = {ns_sk};
   if (1{ns_pred("$ns")}) {{
-    printf("S %llu %s %u %s %u %u\\n", nsecs, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport, $ns);
+    {by_family("S %llu %s %u %s %u %u", "nsecs", "$ns")}
   }}
 }}""")
         probes.append("tcp:tcp_retransmit_synack")
 
     if wanted("sock:inet_sk_error_report"):
         parts.append(f"""
-tracepoint:sock:inet_sk_error_report /args->error != 0 && args->protocol == 6 && args->family == {socket.AF_INET}{pp}/ {{
+tracepoint:sock:inet_sk_error_report /args->error != 0 && args->protocol == 6{pp}/ {{
   $ns = {ns_task};  // no socket in this tracepoint: the namespace of the task it ran in
   if (1{ns_pred("$ns")}) {{
-  printf("E %llu %d %s %u %s %u %u\\n", nsecs, args->error, ntop(args->saddr), args->sport, ntop(args->daddr),
-         args->dport, $ns);
+    {by_family("E %llu %d %s %u %s %u %u", "nsecs, args->error", "$ns")}
   }}
 }}""")
         probes.append("sock:inet_sk_error_report")
@@ -168,57 +192,48 @@ tracepoint:sock:inet_sk_error_report /args->error != 0 && args->protocol == 6 &&
         tw_from = " || ".join(f"args->oldstate == {s[n]}" for n in TW_ENTRY_FROM if n in s)
         new_from = " || ".join(f"args->oldstate == {s[n]}" for n in NEW_FROM if n in s)
         parts.append(f"""
-tracepoint:sock:inet_sock_set_state /args->protocol == 6 && args->family == {socket.AF_INET}{pp} &&
+tracepoint:sock:inet_sock_set_state /args->protocol == 6{pp} &&
     ((args->newstate == {close} && ({tw_from})) || (args->newstate == {est} && ({new_from})))/ {{
   $sk = (struct sock *)args->skaddr;
   $ns = {ns_sk};
   if (1{ns_pred("$ns")}) {{
-    printf("T %llu %d %d %s %u %s %u %u\\n", nsecs, args->oldstate, args->newstate, ntop(args->saddr), args->sport,
-           ntop(args->daddr), args->dport, $ns);
+    {by_family("T %llu %d %d %s %u %s %u %u", "nsecs, args->oldstate, args->newstate", "$ns")}
   }}
 }}""")
         probes.append("sock:inet_sock_set_state")
 
+    # connect()/bind(): the caller's sockaddr is read at entry (to filter) and again at exit
+    # (to print), from the same user memory; sin_port and sin6_port share their offset.
     pid_pred = f" && pid == {flt.pid}" if flt.pid is not None else ""
-    if wanted("syscalls:sys_enter_connect") and wanted("syscalls:sys_exit_connect"):
-        dport = _any(("$a->sin_port",), be_ports)
+    for call, arg, tag, probe, verdict_pred in (
+            ("connect", "uservaddr", "C", "syscalls:sys_*_connect", "args->ret < 0 && args->ret != -115"),
+            ("bind", "umyaddr", "B", "syscalls:sys_*_bind", "args->ret < 0")):
+        if not (wanted(f"syscalls:sys_enter_{call}") and wanted(f"syscalls:sys_exit_{call}")):
+            continue
+        port = _any(("$a->sin_port",), be_ports)
         parts.append(f"""
-tracepoint:syscalls:sys_enter_connect /1{pid_pred}/ {{
-  $a = (struct sockaddr_in *)args->uservaddr;
-  if ($a->sin_family == {socket.AF_INET}{ns_pred(ns_task)}{" && " + dport if dport else ""}) {{
-    @connect_addr[tid] = $a->sin_addr.s_addr;
-    @connect_port[tid] = $a->sin_port;
+tracepoint:syscalls:sys_enter_{call} /1{pid_pred}/ {{
+  $a = (struct sockaddr_in *)args->{arg};
+  if (($a->sin_family == {socket.AF_INET} || $a->sin_family == {socket.AF_INET6}){ns_pred(ns_task)}{
+    " && " + port if port else ""}) {{
+    @{call}_addr[tid] = args->{arg};
   }}
 }}
-tracepoint:syscalls:sys_exit_connect /@connect_port[tid]/ {{
-  if (args->ret < 0 && args->ret != -115) {{
-    printf("C %llu %d %d %u %s %u %s\\n", nsecs, args->ret, pid, {ns_task}, ntop(@connect_addr[tid]),
-           @connect_port[tid], comm);
+tracepoint:syscalls:sys_exit_{call} /@{call}_addr[tid]/ {{
+  if ({verdict_pred}) {{
+    $a = (struct sockaddr_in *)@{call}_addr[tid];
+    $a6 = (struct sockaddr_in6 *)@{call}_addr[tid];
+    if ($a->sin_family == {socket.AF_INET}) {{
+      printf("{tag} %llu %d %d %u %s %u %s\\n", nsecs, args->ret, pid, {ns_task}, ntop($a->sin_addr.s_addr),
+             $a->sin_port, comm);
+    }} else {{
+      printf("{tag} %llu %d %d %u %s %u %s\\n", nsecs, args->ret, pid, {ns_task},
+             ntop($a6->sin6_addr.in6_u.u6_addr8), $a6->sin6_port, comm);
+    }}
   }}
-  delete(@connect_addr[tid]);
-  delete(@connect_port[tid]);
+  delete(@{call}_addr[tid]);
 }}""")
-        probes.append("syscalls:sys_*_connect")
-
-    if wanted("syscalls:sys_enter_bind") and wanted("syscalls:sys_exit_bind"):
-        sport = _any(("$a->sin_port",), be_ports)
-        parts.append(f"""
-tracepoint:syscalls:sys_enter_bind /1{pid_pred}/ {{
-  $a = (struct sockaddr_in *)args->umyaddr;
-  if ($a->sin_family == {socket.AF_INET}{ns_pred(ns_task)}{" && " + sport if sport else ""}) {{
-    @bind_addr[tid] = $a->sin_addr.s_addr;
-    @bind_port[tid] = $a->sin_port + 1;
-  }}
-}}
-tracepoint:syscalls:sys_exit_bind /@bind_port[tid]/ {{
-  if (args->ret < 0) {{
-    printf("B %llu %d %d %u %s %u %s\\n", nsecs, args->ret, pid, {ns_task}, ntop(@bind_addr[tid]),
-           @bind_port[tid] - 1, comm);
-  }}
-  delete(@bind_addr[tid]);
-  delete(@bind_port[tid]);
-}}""")
-        probes.append("syscalls:sys_*_bind")
+        probes.append(probe)
 
     parts.append('\nBEGIN { printf("READY %llu\\n", nsecs); }\n')
     return Plan(text="\n".join(parts), probes=probes, skipped=skipped, drop_reasons=reasons)
