@@ -59,6 +59,7 @@ class Summary:
     kernel: str = ""
     probes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. bpftrace exited early
     timewait: OrderedDict[tuple[int, Tuple4], int] = field(default_factory=OrderedDict)
     max_tuples: int = 100_000
 
@@ -137,6 +138,7 @@ class Summary:
             "lost_events": self.lost,
             "probes": self.probes,
             "skipped": self.skipped,
+            "warnings": self.warnings,
             "verdicts": {v: self.verdicts[v] for v in VERDICTS if self.verdicts[v]},
             "reasons": [{"verdict": v, "reason": r, "count": n} for (v, r), n in self.reasons.most_common()],
             "flags": [{"verdict": v, "flags": f, "count": n} for (v, f), n in self.flags.most_common()],

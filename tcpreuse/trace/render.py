@@ -64,6 +64,8 @@ def summary_view(doc: dict[str, Any], recent: Iterable[TraceEvent] = (), wall_of
     parts: list[RenderableType] = [head]
     for s in doc.get("skipped", []):
         parts.append(Text(f"not traced: {s}", style="yellow"))
+    for w in doc.get("warnings", []):
+        parts.append(Text(w, style="bold red"))
     reasons: dict[str, list[str]] = {}
     for r in doc.get("reasons", []):
         if r["reason"]:

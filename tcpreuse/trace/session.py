@@ -70,7 +70,11 @@ def run(opts: TraceOptions, *, on_event: Callable[[TraceEvent], None] | None = N
                     t_owners = time.monotonic() + OWNERS_EVERY_S
                 if on_tick is not None:
                     on_tick(summary)
-                if ended or (t_end is not None and time.monotonic() >= t_end) or (stop is not None and stop()):
+                if ended:
+                    why = next((ln for ln in tracer.stderr if ln.strip() and "RLIMIT_MEMLOCK" not in ln), "")
+                    summary.warnings.append("bpftrace exited before the trace ended" + (f": {why}" if why else ""))
+                    break
+                if (t_end is not None and time.monotonic() >= t_end) or (stop is not None and stop()):
                     break
         except KeyboardInterrupt:
             pass
