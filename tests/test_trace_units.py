@@ -132,6 +132,10 @@ def test_summary_infers_accept_on_timewait_within_60s_only() -> None:
     assert shown is not None and shown.verdict == "tw-reuse"
     doc = s.to_json()
     assert doc["verdicts"] == {"tw-accepted": 1, "tw-reuse": 1}
+    # an RST that killed the TIME_WAIT: the next connection on the tuple met none
+    s.add(_t(200.0, 5, 7, srv, cli_))
+    s.add(TraceEvent(int(200.5e9), "skb:kfree_skb", "tw-rst", "NOT_SPECIFIED", *cli_, *srv, "TIME_WAIT", "R", 1))
+    assert s.add(_t(201.0, 3, 1, srv, cli_)) is None
 
 
 def test_trace_summary_feeds_diagnosis_with_the_same_fixes() -> None:

@@ -74,6 +74,8 @@ class Summary:
             if shown is None:
                 return None
             ev = shown
+        elif ev.verdict == "tw-rst":  # the RST killed that TIME_WAIT: a later SYN does not meet it
+            self.timewait.pop((ev.netns, (ev.daddr, ev.dport, ev.saddr, ev.sport)), None)
         self.events += 1
         self.verdicts[ev.verdict] += 1
         self.reasons[(ev.verdict, ev.reason)] += 1
