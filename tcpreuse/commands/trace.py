@@ -39,7 +39,7 @@ def _ports(values: tuple[str, ...]) -> tuple[int, ...]:
 @click.option("--no-states", is_flag=True, help="Do not trace state changes (no tw-accepted / tw-reuse inference).")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines: one per event, the summary last.")
 @click.option("--html", "html_path", metavar="FILE", help="Also write the summary as a self-contained HTML page.")
-@click.option("--save", metavar="FILE.json", help="Also write the summary document (for doctor --trace-from).")
+@click.option("--save", metavar="FILE.json", help="Also write the summary document with its findings (JSON).")
 @click.option("--quiet", is_flag=True, help="No per-event output; only the summary at the end.")
 def trace(netns: str | None, duration: float | None, ports: tuple[str, ...], pid: int | None, reasons: str | None,
           no_states: bool, as_json: bool, html_path: str | None, save: str | None, quiet: bool) -> None:
