@@ -9,11 +9,14 @@ Tests skip with the reason where this host cannot trace.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import tcpcraft
@@ -307,29 +310,29 @@ def test_netns_and_port_filters_in_kernel(ns: Namespace) -> None:
             assert {(e.netns, e.sport) for e in col.events} == {(netns_inode(ns.name), port)}
 
 
+def _fail_binds(ns: Namespace, stop: threading.Event) -> None:
+    """bind() EADDRINUSE every 50 ms in `ns` until stopped (bpftrace's start-up time varies)."""
+    with entered_netns(ns.name):
+        a = socket.socket()
+        a.bind((LO, 0))
+        while not stop.wait(0.05):
+            b = socket.socket()
+            with contextlib.suppress(OSError):
+                b.bind(a.getsockname())
+            b.close()
+        a.close()
+
+
 def test_doctor_trace_diagnoses_the_kernels_verdicts(ns: Namespace, capsys: pytest.CaptureFixture[str]) -> None:
     """`doctor --trace S`: the trace's findings come with the host's, same shape and fixes."""
     import json
-    import threading
 
     from clirun import cli
 
     if problems():
         pytest.skip(f"cannot trace here: {problems()[0]}")
     stop = threading.Event()
-
-    def fail_binds() -> None:  # until the doctor is done: bpftrace's start-up time varies
-        with entered_netns(ns.name):
-            a = socket.socket()
-            a.bind((LO, 0))
-            while not stop.wait(0.05):
-                b = socket.socket()
-                with pytest.raises(OSError):
-                    b.bind(a.getsockname())
-                b.close()
-            a.close()
-
-    t = threading.Thread(target=fail_binds, daemon=True)
+    t = threading.Thread(target=_fail_binds, args=(ns, stop), daemon=True)
     t.start()
     try:
         code, out, err = cli(["doctor", "--netns", ns.name, "--trace", "2", "--interval", "0", "--json"], capsys)
@@ -391,3 +394,35 @@ def test_dual_stack_listener_sees_ipv4_tuples(tracer: Collector, ns: Namespace) 
         c.close(), s.close(), lst.close()
     ev = tracer.wait(_mine(ns, "tw-accepted"))
     assert ev.tuple == (LO, p, LO, q)
+
+
+def test_trace_verb_json_lines_summary_and_html(ns: Namespace, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`tcpreuse trace --netns --json --html`: one line per event, the summary with its
+    findings last, and the HTML page."""
+    import json
+
+    from clirun import cli
+
+    if problems():
+        pytest.skip(f"cannot trace here: {problems()[0]}")
+    stop = threading.Event()
+    t = threading.Thread(target=_fail_binds, args=(ns, stop), daemon=True)
+    t.start()
+    html = tmp_path / "trace.html"
+    try:
+        code, out, err = cli(["trace", "--netns", ns.name, "--duration", "2", "--json", "--html", str(html)],
+                             capsys)
+    finally:
+        stop.set()
+        t.join(5)
+    assert code == 0, err
+    lines = [json.loads(ln) for ln in out.splitlines()]
+    events, summary = lines[:-1], lines[-1]
+    assert events and {e["verdict"] for e in events} == {"bind-error"}
+    assert all(e["pid"] == os.getpid() and e["netns"] == netns_inode(ns.name) for e in events)
+    assert summary["kind"] == "tcpreuse-trace" and summary["verdicts"] == {"bind-error": len(events)}
+    assert summary["lost_events"] == 0
+    assert [f["id"] for f in summary["findings"]] == ["trace-bind-eaddrinuse"]
+    page = html.read_text()
+    assert "kernel trace" in page and "bind-error" in page and "EADDRINUSE" in page

@@ -238,3 +238,21 @@ def test_validate_rows_compare_model_and_kernel_attempt_by_attempt() -> None:
     assert notes == ["per attempt, model vs kernel: client w #0: model -, kernel local_ports_exhausted"]
     out, _ = rows(sim, lab, chance="ISNs come from keyed hashes")
     assert next(r for r in out if r.metric.startswith("model")).agree is None
+
+
+def test_summary_view_shows_counts_reasons_and_the_last_events() -> None:
+    from rich.console import Console
+
+    from tcpreuse.trace.render import summary_view
+
+    dec = Decoder(_info())
+    s = Summary(kernel="5.99.0", lost=3)
+    evs = [dec.line(_d(2, 6, 0x02)) for _ in range(2)]
+    for e in evs:
+        s.add(e)  # type: ignore[arg-type]
+    con = Console(record=True, width=160)
+    con.print(summary_view(s.to_json(), evs, 0, live=True))  # type: ignore[arg-type]
+    text = con.export_text()
+    assert "2 events, 3 lost" in text
+    assert "old-ack" in text and "NOT_SPECIFIED 2" in text and "answered with an ACK for the old" in text
+    assert "10.0.0.2:40000 > 10.0.0.1:8080 at TIME_WAIT [S]" in text

@@ -8,12 +8,23 @@ shows the counters instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import TcpreuseError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..trace.aggregate import Summary
+    from ..trace.events import TraceEvent
+    from ..trace.session import TraceOptions
 
 
 def _ports(values: tuple[str, ...]) -> tuple[int, ...]:
@@ -51,7 +62,7 @@ def trace(netns: str | None, duration: float | None, ports: tuple[str, ...], pid
     from ..trace import render
     from ..trace.kernel import TraceUnavailable
     from ..trace.runner import mono_to_wall_ns
-    from ..trace.session import TraceOptions, run
+    from ..trace.session import TraceOptions
 
     opts = TraceOptions(netns=netns, duration=duration, ports=_ports(ports), pid=pid, states=not no_states,
                         reasons=tuple(r.strip() for r in reasons.split(",") if r.strip()) if reasons else None)
@@ -59,42 +70,12 @@ def trace(netns: str | None, duration: float | None, ports: tuple[str, ...], pid
     err = Console(stderr=True, markup=False, emoji=False, highlight=False)
     offset = mono_to_wall_ns()
     live_view = not as_json and not quiet and console.is_terminal
-    _stop_on_signals()
     if not as_json:
         err.print("starting bpftrace (the program is compiled for this kernel; a few seconds) ...", style="dim")
     try:
-        if live_view:
-            from rich.live import Live
-
-            from ..trace.aggregate import Summary
-
-            state: render.LiveState | None = None
-            with Live(console=console, refresh_per_second=4, transient=True) as live:
-                def tick(s: Summary) -> None:
-                    nonlocal state
-                    if state is None:
-                        state = render.LiveState(s)
-                    live.update(state.view(offset))
-
-                def ev_live(e: object) -> None:
-                    if state is not None:
-                        state.add(e)  # type: ignore[arg-type]
-
-                summary = run(opts, on_event=ev_live, on_tick=tick)
-        else:
-            def ev_line(e: object) -> None:
-                if quiet:
-                    return
-                if as_json:
-                    sys.stdout.write(json.dumps(e.to_json()) + "\n")  # type: ignore[attr-defined]
-                else:
-                    console.print(render.event_line(e, offset))  # type: ignore[arg-type]
-
-            def ready() -> None:
-                if not as_json:
-                    err.print("tracing; Ctrl-C stops" if duration is None else f"tracing for {duration:g} s")
-
-            summary = run(opts, on_event=ev_line, on_ready=ready)
+        with _stop_on_signals():
+            summary = _run(opts, console, err, offset, live_view=live_view, as_json=as_json, quiet=quiet,
+                           duration=duration)
     except TraceUnavailable as e:
         err.print(f"tcpreuse: cannot trace: {e.message}", style="red")
         _counters_instead(netns, duration or 5.0, as_json, console)
@@ -125,16 +106,52 @@ def trace(netns: str | None, duration: float | None, ports: tuple[str, ...], pid
         err.print(f"HTML summary written to {html_path}")
 
 
-def _stop_on_signals() -> None:
-    """SIGTERM and SIGHUP (a closed terminal) end the trace like Ctrl-C: bpftrace is stopped
-    and a tracefs mounted for the run is unmounted."""
-    import signal
+def _run(opts: TraceOptions, console: Console, err: Console, offset: int, *, live_view: bool, as_json: bool,
+         quiet: bool, duration: float | None) -> Summary:
+    """The trace with its output while it runs: a live view, event lines, JSON lines or nothing."""
+    from ..trace import render
+    from ..trace.session import run
 
+    if live_view:
+        from collections import deque
+
+        from rich.live import Live
+
+        recent: deque[TraceEvent] = deque(maxlen=10)
+        with Live(console=console, refresh_per_second=4, transient=True) as live:
+            def tick(s: Summary) -> None:
+                live.update(render.summary_view(s.to_json(), recent, offset, live=True))
+
+            return run(opts, on_event=recent.append, on_tick=tick)
+
+    def line(e: TraceEvent) -> None:
+        if quiet:
+            return
+        if as_json:
+            sys.stdout.write(json.dumps(e.to_json()) + "\n")
+        else:
+            console.print(render.event_line(e, offset))
+
+    def ready() -> None:
+        if not as_json:
+            err.print("tracing; Ctrl-C stops" if duration is None else f"tracing for {duration:g} s")
+
+    return run(opts, on_event=line, on_ready=ready)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a closed terminal) end the trace like Ctrl-C: bpftrace is stopped
+    and a tracefs mounted for the run is unmounted. The previous handlers come back after."""
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, stop)
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def _counters_instead(netns: str | None, seconds: float, as_json: bool, console: object) -> None:

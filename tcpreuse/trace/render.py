@@ -3,7 +3,6 @@ summary. Renderers only: they take events and summaries and return renderables/p
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,7 +11,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ..model.verdicts import VERDICTS
-from .aggregate import Summary
 from .events import TraceEvent
 
 BAD = {"old-ack", "tw-paws", "listen-overflow", "connect-error", "bind-error", "async-error", "paws"}
@@ -76,37 +74,24 @@ def summary_view(doc: dict[str, Any], recent: Iterable[TraceEvent] = (), wall_of
     else:
         parts.append(Text("no events yet" if live else "no events: the kernel reported nothing traced here",
                           style="dim"))
+    rec = list(recent)
+    if rec:  # in the live view, right under the counts: it must fit a terminal
+        parts.append(Text("Last events", style="bold"))
+        parts.extend(event_line(e, wall_offset_ns) for e in rec[-5:])
+    n = 5 if live else 8
     if doc.get("locals"):
         parts.append(_table("Per local endpoint (listener / destination)", ["endpoint", "process", "events", "verdicts"],
                             [[r["endpoint"], r.get("process") or "-", f"{r['events']:,}", _verdict_counts(r["verdicts"])]
-                             for r in doc["locals"][:8]], {2}))
+                             for r in doc["locals"][:n]], {2}))
     if doc.get("processes"):
         parts.append(_table("Per process", ["process", "events", "verdicts"],
                             [[r["process"], f"{r['events']:,}", _verdict_counts(r["verdicts"])]
-                             for r in doc["processes"][:8]], {1}))
+                             for r in doc["processes"][:n]], {1}))
     if doc.get("tuples"):
         parts.append(_table("Per 4-tuple (as the packet or socket had it)", ["4-tuple", "events", "verdicts"],
                             [[r["tuple"], f"{r['events']:,}", _verdict_counts(r["verdicts"])]
-                             for r in doc["tuples"][:10]], {1}))
-    rec = list(recent)
-    if rec:
-        parts.append(Text("Last events", style="bold"))
-        parts.extend(event_line(e, wall_offset_ns) for e in rec)
+                             for r in doc["tuples"][:n + 2]], {1}))
     return Group(*parts)
-
-
-class LiveState:
-    """What the live view shows: the running summary and the last few events."""
-
-    def __init__(self, summary: Summary, keep: int = 10) -> None:
-        self.summary = summary
-        self.recent: deque[TraceEvent] = deque(maxlen=keep)
-
-    def add(self, ev: TraceEvent) -> None:
-        self.recent.append(ev)
-
-    def view(self, wall_offset_ns: int) -> RenderableType:
-        return summary_view(self.summary.to_json(), self.recent, wall_offset_ns, live=True)
 
 
 def html_page(doc: dict[str, Any], findings: list[Any], made_from: str = "") -> Any:
