@@ -60,10 +60,12 @@ def trace(netns: str | None, duration: float | None, ports: tuple[str, ...], pid
     from rich.console import Console
 
     from ..trace import render
-    from ..trace.kernel import TraceUnavailable
+    from ..trace.kernel import TraceUnavailable, netns_inode
     from ..trace.runner import mono_to_wall_ns
     from ..trace.session import TraceOptions
 
+    if netns:
+        netns_inode(netns)  # a clear error for a bad name, before anything starts
     opts = TraceOptions(netns=netns, duration=duration, ports=_ports(ports), pid=pid, states=not no_states,
                         reasons=tuple(r.strip() for r in reasons.split(",") if r.strip()) if reasons else None)
     console = Console(markup=False, emoji=False, highlight=False)
