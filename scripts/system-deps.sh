@@ -11,6 +11,8 @@ command -v wrk      >/dev/null || need+=(wrk)
 command -v nginx    >/dev/null || need+=(nginx-light)
 # promtool: checks the exporter's scrape and the alert rules, runs their unit tests
 command -v promtool >/dev/null || need+=(prometheus)
+# kernel tracing for `tcpreuse trace` and tests/test_trace_netns.py
+command -v bpftrace >/dev/null || need+=(bpftrace)
 # headless browser for the HTML report tests (tests/test_report_browser.py)
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0

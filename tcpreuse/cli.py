@@ -37,6 +37,7 @@ COMMANDS: dict[str, str] = {
     "sweep": "tcpreuse.commands.sweep:sweep",
     "capacity": "tcpreuse.commands.sweep:capacity",
     "report": "tcpreuse.commands.report:report",
+    "trace": "tcpreuse.commands.trace:trace",
 }
 
 HELP = {
@@ -53,6 +54,7 @@ HELP = {
     "sweep": "Run a scenario over a grid of settings (Dask).",
     "capacity": "Find the highest sustainable connection rate, per fix.",
     "report": "Render a saved result as HTML or text.",
+    "trace": "Trace the kernel's verdicts per packet and call (bpftrace).",
 }
 
 

@@ -51,10 +51,13 @@ if TYPE_CHECKING:
 @click.option("--serve-metrics", metavar="HOST:PORT",
               help="Serve the numbers as Prometheus metrics instead (the `tcpreuse exporter` verb; "
               "--interval: read at most every S seconds).")
+@click.option("--trace", "trace_s", type=click.FloatRange(min=0.1), metavar="S",
+              help="Also trace the kernel's verdicts for S seconds first (bpftrace; see `tcpreuse trace`) "
+              "and diagnose them with the rest.")
 def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str | None, as_json: bool,
            watch: float | None, count: int | None, role: str | None, profile: str | None,
            processes: bool, name: str | None, html_path: str | None = None, trace_connects: bool = False,
-           serve_metrics: str | None = None) -> None:
+           serve_metrics: str | None = None, trace_s: float | None = None) -> None:
     """Diagnose a live host (or --netns, or --from snapshots and pasted text): TIME_WAIT,
     ephemeral port budgets per destination, tw_reuse/tw_recycle/timestamps, listen queues,
     conntrack, PAWS. Read-only."""
@@ -80,10 +83,12 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
         get_profile(profile)  # a clear error for a bad name, before any work
     sources = sources_for(list(froms), netns=netns, interval=interval, processes=processes, role=role,
                           profile=profile, name=name, trace_connects=trace_connects)
+    trace_doc = _trace(netns, trace_s) if trace_s else None
 
     def once() -> tuple[Evidence, list[Finding]]:
         observed = [s.observe() for s in sources]
         ev = evidence_of(observed)
+        ev.trace = trace_doc
         return ev, diagnose(ev)
 
     from rich.text import Text
@@ -143,6 +148,19 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
         if count is not None and n >= count:
             break
         time.sleep(max(0.0, watch - (time.monotonic() - t0)))
+
+
+def _trace(netns: str | None, seconds: float) -> dict[str, object] | None:
+    """A trace summary to diagnose with the host's facts; None (said on stderr) if tracing is impossible."""
+    from ..trace.kernel import TraceUnavailable
+    from ..trace.session import TraceOptions, run
+
+    click.echo(f"tracing the kernel's verdicts for {seconds:g} s ...", err=True)
+    try:
+        return run(TraceOptions(netns=netns, duration=seconds)).to_json()
+    except TraceUnavailable as e:
+        click.echo(f"doctor: cannot trace ({e.message}); diagnosing from counters and sockets only", err=True)
+        return None
 
 
 def _save(source: object, path: str) -> None:

@@ -95,11 +95,13 @@ def render(res: RunResult, con: Console) -> None:
 @click.option("--no-diagnose", is_flag=True, help="Skip the diagnosis of the result.")
 @click.option("--html", "html_path", type=OUT_FILE,
               help="Also write a self-contained HTML report (findings, topology, plots).")
+@click.option("--trace", "trace", is_flag=True,
+              help="Also trace the kernel's verdicts (bpftrace) and give each attempt the kernel's reason.")
 @click.option("--all", "everything", is_flag=True,
               help="With `cleanup`: remove every tcpr-* namespace, not only dead lab runs'.")
 def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: bool,
         capture: Path | None, result_file: Path | None, approximate: bool, no_diagnose: bool,
-        everything: bool, html_path: Path | None = None) -> None:
+        everything: bool, html_path: Path | None = None, trace: bool = False) -> None:
     """Run a scenario on the real kernel in network namespaces (needs root).
 
     Builds one namespace per host instance, a router, a NAT and an L4 load balancer
@@ -119,7 +121,7 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         overrides["duration_s"] = duration
     sc = load_scenario(scenario, overrides)
     err = Console(stderr=True)
-    opts = LabOptions(approximate=approximate, capture=capture,
+    opts = LabOptions(approximate=approximate, capture=capture, trace=trace,
                       progress=None if as_json else (lambda m: err.print(f"[dim]lab: {m}[/]")))
     res = run_lab(sc, opts)
     if result_file is not None:
@@ -150,6 +152,11 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         con.print(timeline(res))
         for f in findings:
             con.print(f"[bold]{f.severity}[/]: {f.title}")
+        kt = res.meta.get("kernel_trace")
+        if kt:
+            from ..trace.render import lab_agreement
+
+            con.print(lab_agreement(kt))
         if result_file is not None:
             con.print(f"result written to {result_file}")
     if res.meta.get("interrupted"):

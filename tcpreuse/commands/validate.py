@@ -27,8 +27,12 @@ from .options import OUT_FILE
 @click.option("--list", "list_only", is_flag=True, help="List the validation scenarios and exit.")
 @click.option("--html", "html_path", type=OUT_FILE,
               help="Also write a self-contained HTML report (agreement tables, model and kernel timelines).")
+@click.option("--trace", "trace", is_flag=True,
+              help="Trace the lab runs (bpftrace) and compare per attempt: the kernel's verdict against the "
+                   "model's reason and the lab's.")
 def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tuple[str, ...],
-             as_json: bool, markdown_file: Path | None, list_only: bool, html_path: Path | None = None) -> None:
+             as_json: bool, markdown_file: Path | None, list_only: bool, html_path: Path | None = None,
+             trace: bool = False) -> None:
     """Compare the simulator with the running kernel (needs root).
 
     Each scenario runs in the lab (network namespaces, real sockets) and in the simulator
@@ -55,7 +59,7 @@ def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tu
     overrides = parse_sets(sets)
     err = Console(stderr=True)
     opts = Options(progress=None if as_json else (lambda m: err.print(f"[dim]validate: {m}[/]")),
-                   keep_results=html_path is not None)
+                   keep_results=html_path is not None, trace=trace)
     rep = validate_many(refs, overrides, opts, suite_name=suite_name)
     if html_path is not None:
         from ..report import html

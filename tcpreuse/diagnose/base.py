@@ -80,6 +80,7 @@ class Evidence:
     scenario: Scenario | None = None
     hosts: dict[str, HostFacts] = field(default_factory=dict)
     capture: Any = None  # capture summary object from tcpreuse.capture
+    trace: dict[str, Any] | None = None  # a kernel trace summary (tcpreuse.trace, Summary.to_json())
 
     def has(self, need: str) -> bool:
         if need == "hosts":
@@ -125,7 +126,7 @@ _loaded: set[str] = set()
 
 # Rule modules are named by the evidence they read (run_*, host_*, capture_*); a source
 # loads only the modules that can fire on its evidence.
-MODULE_PREFIXES = {"run": ("run_",), "hosts": ("host_",), "capture": ("capture_",)}
+MODULE_PREFIXES = {"run": ("run_",), "hosts": ("host_",), "capture": ("capture_",), "trace": ("trace_",)}
 
 
 def load_rules(prefixes: tuple[str, ...] | None = None) -> dict[str, Rule]:

@@ -75,6 +75,7 @@ class LabOptions:
     progress: Callable[[str], None] | None = None
     # extra seconds a load may run past its duration before it is stopped
     grace_s: float | None = None
+    trace: bool = False  # record the kernel's verdicts (lab/tracing.py)
 
 
 @contextlib.contextmanager
@@ -189,6 +190,7 @@ class LabRun:
         self._samples: dict[str, dict[str, list[int]]] = {}
         self._stop_sampling = threading.Event()
         self._sampler: threading.Thread | None = None
+        self._trace: Any = None  # a lab.tracing.LabTrace while the kernel is traced
 
     # ---- helpers ----------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -344,6 +346,8 @@ class LabRun:
                     self._start_serves()
                     if self.opts.capture is not None:
                         self._start_captures(self.opts.capture)
+                    if self.opts.trace:
+                        self._start_trace()
                     before = {k: self.topo.procnet(k).counters() for k in self.plan.hosts if k != "router"}
                     t0 = time.monotonic()
                     t0_unix = time.time()
@@ -421,7 +425,19 @@ class LabRun:
         out = merge(self.plan, parts, obs, seed=self.sc.seed, notes=self._notes(),
                     meta=self._meta(t0_unix, end, parts))
         out.hosts = self._hosts()
+        if self._trace is not None:
+            self._trace.attach(out)
         return out
+
+    def _start_trace(self) -> None:
+        from .tracing import LabTrace
+
+        self._say("starting the kernel trace")
+        self._trace = LabTrace([port for s in self.plan.serves for _, port in s.listen])
+        note = self._trace.start()
+        if note:
+            self.notes.append(note)
+            self._trace = None
 
     def _notes(self) -> list[str]:
         out = list(self.r.notes)
@@ -510,6 +526,8 @@ class LabRun:
             self._stop_sampling.set()
             if self._sampler is not None:
                 self._sampler.join(timeout=5)
+            if self._trace is not None:
+                self._trace.stop()
             procs = [p for _, p, _, _ in self.loads if p is not None]
             procs += [p for p, _ in self.captures] + list(self.serves.values())
             for p in procs:

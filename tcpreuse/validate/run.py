@@ -41,6 +41,7 @@ class Options:
     progress: Callable[[str], None] | None = None
     hz: Hz | None = None
     keep_results: bool = False
+    trace: bool = False  # trace the lab run: per-attempt rows (validate/perattempt.py)
 
 
 @dataclass
@@ -231,7 +232,7 @@ def validate(ref: str, overrides: dict[str, Any] | None = None,
 
     say("lab (real kernel)")
     t0 = time.monotonic()
-    lab = run_lab(sc, LabOptions(progress=None))
+    lab = run_lab(sc, LabOptions(progress=None, trace=opts.trace))
     out.lab_s = time.monotonic() - t0
     out.interrupted = bool(lab.meta.get("interrupted"))
     out.interrupted_by = str(lab.meta.get("interrupted") or "")
@@ -247,6 +248,12 @@ def validate(ref: str, overrides: dict[str, Any] | None = None,
                        racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref),
                        wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
                        jiffy_ms=1000.0 / hz.value, chance_outcomes=ref in suite.CHANCE_OUTCOMES)
+    if opts.trace:
+        from .perattempt import rows as per_attempt
+
+        extra, extra_notes = per_attempt(sim, lab, chance=suite.CHANCE.get(ref) or app_limited(sc))
+        out.rows += extra
+        out.notes += extra_notes
     if opts.keep_results:
         out.sim, out.lab = sim, lab
     return out
