@@ -62,7 +62,7 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
     ephemeral port budgets per destination, tw_reuse/tw_recycle/timestamps, listen queues,
     conntrack, PAWS. Read-only."""
     if serve_metrics is not None:
-        if froms or save or watch or count or as_json or html_path or processes or profile:
+        if froms or save or watch or count or as_json or html_path or processes or profile or trace_s or trace_connects:
             raise HostError("--serve-metrics takes only --netns, --interval, --role and --name")
         from .exporter import run
 
