@@ -88,16 +88,25 @@ def cli() -> None:
     """Reproduce, diagnose and fix failures of short-lived TCP connections."""
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    if os.getpid() != _MAIN_PID:  # a forked child (serve/load workers): the default action
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated(signum)
 
 
 def _catch_signals() -> dict[int, object]:
     """SIGTERM and SIGHUP raise Terminated in the main thread (where they still have their
     default action), so that they unwind like Ctrl-C. Returns the handlers replaced."""
+    global _MAIN_PID
     old: dict[int, object] = {}
     if threading.current_thread() is not threading.main_thread():
         return old
+    _MAIN_PID = os.getpid()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(sig) is signal.SIG_DFL:
             old[sig] = signal.signal(sig, _raise_terminated)
