@@ -273,3 +273,46 @@ def test_sigkill_mid_run_then_lab_cleanup_leaves_nothing(tmp_path):
     assert not [n for n in list_namespaces() if n.startswith(prefix)]
     assert not _alive(pids)
     assert not list(Path(tempfile.gettempdir()).glob(f"tcpr-lab-{prefix[6:12]}-*"))
+
+
+def test_a_run_after_a_sigkill_removes_the_dead_runs_leftovers_and_not_a_live_runs(tmp_path):
+    """kill -9 leaves namespaces and the serve/load inside them; the next lab run removes
+    them before it starts (and says so), while a run still going is left alone."""
+    (tmp_path / "live").mkdir()
+    (tmp_path / "dead").mkdir()
+    live, live_prefix, live_pids, _ = _start(tmp_path / "live")
+    try:
+        dead, dead_prefix, dead_pids, _ = _start(tmp_path / "dead")
+        dead.send_signal(signal.SIGKILL)
+        dead.wait(timeout=10)
+        assert [n for n in list_namespaces() if n.startswith(dead_prefix)]  # left behind by the kill
+        assert len(_alive(dead_pids, wait_s=0)) >= 3  # serve, load, anchors still running
+        scen = tmp_path / "short.toml"
+        scen.write_text(toml(workload="rate = 20", duration=1))
+        r = subprocess.run([sys.executable, "-m", "tcpreuse", "lab", str(scen), "--no-diagnose", "--json"],
+                           capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, r.stderr
+        notes = json.loads(r.stdout)["notes"]
+        said = [n for n in notes if n.startswith("removed what dead lab runs left")]
+        assert said and f"run {dead_prefix[6:12]} (pid {dead.pid})" in said[0], notes
+        assert not [n for n in list_namespaces() if n.startswith(dead_prefix)]
+        assert not _alive(dead_pids)
+        # the live run was not touched: its namespaces and processes are there, it finishes
+        assert [n for n in list_namespaces() if n.startswith(live_prefix)]
+        assert live.poll() is None and not set(live_pids) - set(_alive(live_pids, wait_s=0))
+    finally:
+        live.send_signal(signal.SIGTERM)
+        live.communicate(timeout=30)
+    assert not [n for n in list_namespaces() if n.startswith(live_prefix)]
+
+
+def test_a_load_beyond_the_machine_is_refused_before_anything_is_built():
+    before = set(list_namespaces())
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "tcpreuse", "lab", "client-exhaustion", "--duration", "2",
+                        "--set", "workload.rate=1e9"], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t < 30
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "lab run refused before starting" in r.stderr and "--force" in r.stderr
+    assert "1e+09/s is more than one generator process starts" in r.stderr
+    assert set(list_namespaces()) <= before

@@ -144,7 +144,9 @@ def test_json_and_result_contract(server: ServeProcess, tmp_path: Path) -> None:
     # the merged histogram in the result is the sum of the two workers' histograms
     h = merge_hists([data["meta"]["histograms"]["connect_us"]])
     assert h.get_total_count() == 600
-    assert h.get_value_at_percentile(99) / 1000 == pytest.approx(s["connect_ms"]["p99"], abs=0.001)
+    # (its buckets keep 3 significant digits; the summary's percentiles are exact, from the
+    # records: test_load_numbers.py)
+    assert h.get_value_at_percentile(99) / 1000 == pytest.approx(s["connect_ms"]["p99"], rel=0.002, abs=0.002)
     recs = rr.attempts.cols["connect_ms"]
     assert np.percentile(recs, 50) == pytest.approx(s["connect_ms"]["p50"], rel=0.05, abs=0.01)
 
@@ -258,7 +260,8 @@ def test_ipv6_loopback() -> None:
 
 def test_overloaded_open_loop_stays_bounded_and_says_so(closed_port: int) -> None:
     t = time.monotonic()
-    s = load_json(f"127.0.0.1:{closed_port}", "--rate", "1000000", "--duration", "0.5", "--workers", "1")
+    s = load_json(f"127.0.0.1:{closed_port}", "--rate", "1000000", "--duration", "0.5", "--workers", "1",
+                  "--force")  # beyond the generator: refused without --force (test_load_numbers.py)
     assert time.monotonic() - t < 10
     assert s["attempts"] + s["not_started"] == 500_000 and s["not_started"] > 0
     assert s["start_lag"]["late_starts"] > 0 and s["start_lag"]["max"] > 100
