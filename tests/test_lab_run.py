@@ -215,21 +215,28 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, list[int], Pat
     before = set(list_namespaces())
     p = subprocess.Popen([sys.executable, "-m", "tcpreuse", "lab", str(scen), "--result", str(result),
                           "--no-diagnose"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    end = time.monotonic() + 30
+    end = time.monotonic() + 60
     run_ns: list[str] = []
+
+    def pids_in(names: list[str]) -> list[int]:
+        return [int(x) for n in names for x in subprocess.run(["ip", "netns", "pids", n], capture_output=True,
+                                                               text=True).stdout.split()]
+
     while time.monotonic() < end:
+        # this run's namespaces (another run may be going: tell them apart by run id)
         run_ns = [n for n in list_namespaces() if n not in before and LAB_NS.match(n)]
-        loads = [x for x in psutil.process_iter(["cmdline"])
-                 if "load" in (x.info["cmdline"] or []) and any(str(tmp_path) in a or "tcpr-lab-" in a
-                                                                for a in x.info["cmdline"] or [])]
-        if run_ns and loads:
-            break
+        if run_ns:
+            run_ns = [n for n in run_ns if n.startswith(run_ns[0][: len("tcpr-l") + 7])]
+            loads = [x for x in psutil.process_iter(["cmdline"])
+                     if "load" in (x.info["cmdline"] or []) and any(run_ns[0][6:12] in a
+                                                                    for a in x.info["cmdline"] or [])]
+            if loads:
+                break
         time.sleep(0.1)
     assert run_ns, "the lab run never created its namespaces"
     time.sleep(LOAD_LEAD_S + 1.5)  # the load starts its schedule LOAD_LEAD_S after launch; let it make attempts
     prefix = run_ns[0][: len("tcpr-l") + 7]
-    pids = [int(x) for n in run_ns for x in subprocess.run(["ip", "netns", "pids", n], capture_output=True,
-                                                            text=True).stdout.split()]
+    pids = pids_in(run_ns)
     assert len(pids) >= 4  # anchors, serve, load
     return p, prefix, pids, result
 
