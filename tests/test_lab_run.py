@@ -323,3 +323,24 @@ def test_a_load_beyond_the_machine_is_refused_before_anything_is_built():
     assert "lab run refused before starting" in r.stderr and "--force" in r.stderr
     assert "1e+09/s is more than one generator process starts" in r.stderr
     assert set(list_namespaces()) <= before
+
+
+def test_loads_end_within_duration_plus_drain(tmp_path):
+    """90 % of packets lost and a 60 s connect timeout: attempts would go on for a minute
+    after the duration; with --drain 1 every load ends 1 s after its duration and what was
+    still in flight is counted as unfinished, not as a failure of the target."""
+    scen = tmp_path / "lossy.toml"
+    scen.write_text(toml(workload="rate = 20\nconnect_timeout_s = 60", duration=2,
+                         extra="[path]\nloss = 0.9"))
+    out = tmp_path / "r.json"
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "tcpreuse", "lab", str(scen), "--drain", "1", "--no-diagnose",
+                        "--result", str(out)], capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t
+    assert r.returncode == 0, r.stderr
+    assert "ending within" in r.stderr  # the bound is stated up front
+    res = RunResult.from_json(json.loads(out.read_text()))
+    reasons = res.reasons()
+    assert reasons.get("unfinished", 0) > 0, reasons
+    assert len(res.attempts) == 40
+    assert took < 45, took  # set-up and teardown included; unbounded it would be > 60 s

@@ -92,6 +92,10 @@ def render(res: RunResult, con: Console) -> None:
 @click.option("--no-diagnose", is_flag=True, help="Skip the diagnosis of the result.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report (findings, topology, plots).")
+@click.option("--drain", type=float, metavar="S",
+              help="Seconds each load's attempts in flight may take after its duration before they "
+              "are cut (unfinished); default: the workload's connect + request timeouts, as the model "
+              "gives them.")
 @click.option("--force", is_flag=True,
               help="Run even when the estimate says the loads are beyond this machine's generator "
               "or their records will not fit in memory.")
@@ -99,7 +103,8 @@ def render(res: RunResult, con: Console) -> None:
               help="With `cleanup`: remove every tcpr-* namespace, not only dead lab runs'.")
 def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: bool,
         capture: Path | None, result_file: Path | None, approximate: bool, no_diagnose: bool,
-        everything: bool, force: bool = False, html_path: Path | None = None) -> None:
+        everything: bool, drain: float | None = None, force: bool = False,
+        html_path: Path | None = None) -> None:
     """Run a scenario on the real kernel in network namespaces (needs root).
 
     Builds one namespace per host instance, a router, a NAT and an L4 load balancer
@@ -121,7 +126,9 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         overrides["duration_s"] = duration
     sc = load_scenario(scenario, overrides)
     err = Console(stderr=True)
-    opts = LabOptions(approximate=approximate, capture=capture, force=force,
+    if drain is not None and not (0 <= drain <= 3600):
+        raise TcpreuseError(f"--drain must be between 0 and 3600 s, not {drain}")
+    opts = LabOptions(approximate=approximate, capture=capture, force=force, grace_s=drain,
                       progress=None if as_json else (lambda m: err.print(f"[dim]lab: {m}[/]")))
     if err.is_terminal and not as_json:
         from rich.progress import BarColumn, Progress, TextColumn
