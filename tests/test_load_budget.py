@@ -64,3 +64,12 @@ def test_estimate_verdicts() -> None:
     ramp = budget.attempts_of(1000.0, 10.0, None, arrival="ramp", ramp_from=0.0)
     assert ramp == 5000.0
     assert "--force" in budget.refusal(p)
+
+
+def test_concurrency_beyond_the_descriptor_limit_is_refused() -> None:
+    e = budget.estimate(None, 10.0, None, workers=1, cpus=2, available=8e9, records_as_json=False,
+                        concurrency=2_000_000, nofile=1_048_576)
+    assert any("--concurrency 2,000,000 puts 2,000,000 connections in flight" in p for p in e.problems())
+    e = budget.estimate(None, 10.0, None, workers=1, cpus=2, available=8e9, records_as_json=False,
+                        concurrency=500, nofile=1024)
+    assert not e.problems()

@@ -29,6 +29,7 @@ BYTES_PER_ATTEMPT_RESULT = 1_500  # ... plus RunResult.to_json and the JSON text
 MEMORY_SHARE = 0.8  # of the memory available now that a run may plan to use
 
 OVERRIDE = "--force"
+FD_RESERVE = 64  # descriptors a worker needs besides its sockets (epoll, pipes, stdio)
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Estimate:
     cpus: int
     memory: float  # bytes the records will take
     available: float  # bytes of memory available now
+    concurrency: int = 0  # closed loop: connections in flight
+    nofile: int = 0  # file descriptors the generator may open (RLIMIT_NOFILE hard limit); 0: unknown
 
     def problems(self) -> list[str]:
         out = []
@@ -47,6 +50,11 @@ class Estimate:
             out.append(f"--rate {self.rate:,.6g}/s is more than this machine's generator can start: "
                        f"about {self.capacity:,.0f}/s ({min(self.workers, self.cpus)} worker process(es) "
                        f"on {self.cpus} CPU(s) at about {GENERATOR_RATE_PER_CPU:,.0f} connections/s each)")
+        per_worker = math.ceil(self.concurrency / max(1, self.workers))
+        if self.nofile and per_worker > self.nofile - FD_RESERVE:
+            out.append(f"--concurrency {self.concurrency:,} puts {per_worker:,} connections in flight in each of "
+                       f"{self.workers} worker(s), a socket each; a process may open {self.nofile:,} "
+                       "file descriptors (RLIMIT_NOFILE hard limit)")
         if self.memory > MEMORY_SHARE * self.available:
             out.append(f"{self.attempts:,.0f} attempts would need about {size_text(self.memory)} of memory "
                        f"for their records; {size_text(self.available)} is available")
@@ -77,15 +85,15 @@ def attempts_of(rate: float | None, duration: float | None, count: int | None, *
 
 def estimate(rate: float | None, duration: float | None, count: int | None, *, workers: int, cpus: int,
              available: float, records_as_json: bool, arrival: str = "constant",
-             ramp_from: float = 0.0) -> Estimate:
+             ramp_from: float = 0.0, concurrency: int = 0, nofile: int = 0) -> Estimate:
     capacity = GENERATOR_RATE_PER_CPU * max(1, min(workers, cpus))
     n = attempts_of(rate, duration, count, arrival=arrival, ramp_from=ramp_from, capacity=capacity)
     per = BYTES_PER_ATTEMPT_RESULT if records_as_json else BYTES_PER_ATTEMPT
     return Estimate(attempts=n, rate=rate, capacity=capacity, workers=workers, cpus=cpus,
-                    memory=n * per, available=available)
+                    memory=n * per, available=available, concurrency=concurrency, nofile=nofile)
 
 
 def refusal(problems: list[str], what: str = "load") -> str:
     """The one message that refuses a run, naming the flag that overrides."""
     return (f"{what} refused before starting: " + "; ".join(problems)
-            + f". Lower the rate or the duration, or pass {OVERRIDE} to run it anyway")
+            + f". Lower the rate, concurrency or duration, or pass {OVERRIDE} to run it anyway")

@@ -141,12 +141,18 @@ class LoadConfig:
 
     def estimate(self) -> Estimate:
         """What this run will cost on this machine (budget.py)."""
+        import resource
+
         import psutil
 
-        return estimate(self.rate, self.duration, self.count, workers=self.effective_workers(),
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        workers = self.effective_workers()
+        return estimate(self.rate, self.duration, self.count, workers=workers,
                         cpus=os.cpu_count() or 1, available=psutil.virtual_memory().available,
                         records_as_json=self.records_as_json, arrival=self.arrival,
-                        ramp_from=self.ramp_from)
+                        ramp_from=self.ramp_from,
+                        concurrency=self.concurrency or 0,
+                        nofile=0 if hard == resource.RLIM_INFINITY else hard)
 
     def wall_bound(self) -> float | None:
         """Seconds after t = 0 by which the run has ended (None: bounded by count only)."""
