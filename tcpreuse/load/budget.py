@@ -3,10 +3,10 @@
 Two limits, both stated with the numbers behind them:
 
 - **Rate.** A worker process is one CPU's worth of epoll reactor; each connection costs
-  it about 35-50 µs of CPU on loopback (docs/load.md, "Speed": 53 µs per connection
-  with the server on the same two cores, about 80 % of it in the kernel). So a worker
-  starts at most about GENERATOR_RATE_PER_CPU connections per second, and workers beyond
-  the machine's CPUs add none. An open loop asked for more than that falls behind its
+  it about 50 µs of CPU on loopback (docs/load.md, "Speed": 52-54 µs per connection
+  against nginx, about 80 % of it in the kernel), about 20,000/s per core. The limit,
+  GENERATOR_RATE_PER_CPU, is half as much again, so a faster machine is not refused what
+  it can do; workers beyond the machine's CPUs add nothing. An open loop asked for more than that falls behind its
   schedule at once: every latency it reports is the generator's, not the target's.
 - **Memory.** Every attempt keeps a record (a few numbers per attempt in the workers,
   the merged table in the parent, and with --result or inside the lab a JSON rendering
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-GENERATOR_RATE_PER_CPU = 30_000.0  # connections/s one worker can start (measured, rounded up)
+GENERATOR_RATE_PER_CPU = 30_000.0  # connections/s one worker can start: ~20,000 measured, +50 %
 BYTES_PER_ATTEMPT = 400  # worker arrays + the merged AttemptTable + percentile sorts
 BYTES_PER_ATTEMPT_RESULT = 1_500  # ... plus RunResult.to_json and the JSON text (--result, lab)
 MEMORY_SHARE = 0.8  # of the memory available now that a run may plan to use
