@@ -136,10 +136,10 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         with Progress(TextColumn("lab: load"), BarColumn(), TextColumn("{task.fields[at]:.0f} of at most "
                                                                         "{task.fields[bound]:.0f} s"),
                       console=err, transient=True) as prog:
-            task = prog.add_task("load", total=None, at=0.0, bound=0.0)
+            task = prog.add_task("load", total=None, at=0.0, bound=0.0, visible=False)
 
-            def tick(at: float, bound: float) -> None:
-                prog.update(task, total=bound, completed=min(at, bound), at=at, bound=bound)
+            def tick(at: float, bound: float) -> None:  # shown once the loads run
+                prog.update(task, total=bound, completed=min(at, bound), at=at, bound=bound, visible=True)
 
             opts.on_tick = tick
             res = run_lab(sc, opts)
