@@ -148,8 +148,8 @@ def test_duration_plus_drain_bounds_the_wall_clock(dropping_port: int) -> None:
     # bound the run would last 31 s; it ends at 1 s + 1 s of drain (plus start-up)
     s, took = load(f"127.0.0.1:{dropping_port}", "--rate", "100", "--duration", "1", "--drain", "1",
                    "--connect-timeout", "30", "--workers", "1")
-    assert took < 2.0 + 3.0, took  # python start-up, fork, merge
-    assert s["wall_s"] < 2.5
+    assert s["wall_s"] < 2.5  # from t = 0 to the end of the last worker
+    assert took < 2.0 + 10.0, took  # plus python start-up, fork, merge (seconds on a busy machine)
     assert s["attempts"] == 100 and s["unfinished"] == 100 and s["failed"] == 0
     assert s["reasons"] == {"unfinished": 100} and s["outcomes"]["ECANCELED"]["count"] == 100
     assert any("--drain 1 s" in n for n in s["notes"])

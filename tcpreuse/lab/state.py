@@ -70,6 +70,16 @@ def register(run_id: str, namespaces: list[str], scratch: str) -> RunState:
     return st
 
 
+def claim(run_id: str, namespaces: list[str]) -> bool:
+    """Register `run_id` for this process unless it already is (a LabRun registers itself
+    with its scratch directory first): whoever builds namespaces owns a state file, so
+    that no other run's start-up takes them for a dead run's. True if this call wrote it."""
+    if _path(run_id).exists():
+        return False
+    register(run_id, namespaces, "")
+    return True
+
+
 def unregister(run_id: str) -> None:
     with contextlib.suppress(OSError):
         _path(run_id).unlink()
