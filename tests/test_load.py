@@ -70,7 +70,7 @@ def test_start_at_sets_when_the_schedule_begins(server: ServeProcess, tmp_path: 
     import time
 
     out = tmp_path / "r.json"
-    at = time.time() + 1.5
+    at = time.time() + 5.0  # well after start-up, even on a busy machine
     s = load_json(f"127.0.0.1:{server.port}", "--rate", "100", "--count", "5", "--workers", "1",
                   "--start-at", f"{at:.6f}", "--result", str(out))
     assert s["ok"] == 5
@@ -209,6 +209,11 @@ def test_sigint_keeps_partial_results(server: ServeProcess, tmp_path: Path) -> N
     p = subprocess.Popen([sys.executable, "-m", "tcpreuse", "load", f"127.0.0.1:{server.port}",
                           "--rate", "200", "--duration", "30", "--json", "--result", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import psutil
+
+    end = time.monotonic() + 30  # until the workers are forked (start-up takes seconds on a busy machine)
+    while not psutil.Process(p.pid).children() and time.monotonic() < end:
+        time.sleep(0.05)
     time.sleep(2.0)
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=30)
