@@ -65,6 +65,8 @@ REASONS: dict[str, str] = {
     "reset": "connection reset after it was established",
     "connect_timeout": "no SYN-ACK before the SYN retries or the application's timeout ran out",
     "request_timeout": "connected, but no complete answer before the application's timeout",
+    "unfinished": "still in flight when the run stopped (its wall-clock bound, --duration plus --drain, "
+    "or Ctrl-C); not a verdict on the target",
     "other": "other failure",
 }
 
