@@ -65,7 +65,34 @@ REASONS: dict[str, str] = {
     "reset": "connection reset after it was established",
     "connect_timeout": "no SYN-ACK before the SYN retries or the application's timeout ran out",
     "request_timeout": "connected, but no complete answer before the application's timeout",
+    "unfinished": "still in flight when the run stopped (its wall-clock bound, --duration plus --drain, "
+    "or Ctrl-C); not a verdict on the target",
     "other": "other failure",
+}
+
+
+# Percentiles as per mille, so that the rank is computed in integers (exactly).
+PERCENTILES: tuple[tuple[str, int], ...] = (("p50", 500), ("p90", 900), ("p99", 990), ("p99.9", 999))
+
+
+def nearest_rank(values: Any, digits: int = 3) -> dict[str, Any]:
+    """count, p50, p90, p99, p99.9 and max of `values` (NaN ignored) by the nearest-rank
+    method: the p-th percentile is the smallest value with at least p % of the values at
+    or below it, i.e. the ceil(p/100 * n)-th smallest (1-based). p99 of 777 values is the
+    770th. Every percentile is then one of the values (no interpolation); None when empty."""
+    v = np.asarray(values, dtype=np.float64)
+    v = np.sort(v[~np.isnan(v)])
+    n = int(v.size)
+    out: dict[str, Any] = {"count": n}
+    for name, permille in PERCENTILES:
+        out[name] = round(float(v[-(-permille * n // 1000) - 1]), digits) if n else None
+    out["max"] = round(float(v[-1]), digits) if n else None
+    return out
+
+
+# Columns only some sources have; a table carries them when its producer gave them.
+OPTIONAL_COLUMNS: dict[str, tuple[str, str | None]] = {
+    "answer_ms": ("f8", None),  # from the due time to the first complete answer, ms (load, lab)
 }
 
 
@@ -75,7 +102,7 @@ def _empty(dtype: str) -> np.ndarray:
 
 def empty_column(name: str, n: int) -> np.ndarray:
     """A column with no value in any of n rows: NaN, -1 ("none") for vocabulary columns, 0."""
-    dtype, voc = COLUMNS[name]
+    dtype, voc = COLUMNS.get(name) or OPTIONAL_COLUMNS[name]
     return np.full(n, math.nan if dtype == "f8" else (-1 if voc else 0), dtype=dtype)
 
 
@@ -101,16 +128,21 @@ class AttemptTable:
     def column(self, column: str) -> list[Any]:
         """A column decoded to Python values (names for vocabulary columns)."""
         arr = self.cols[column]
-        voc = COLUMNS[column][1]
+        voc = (COLUMNS.get(column) or OPTIONAL_COLUMNS[column])[1]
         if voc is None:
             return arr.tolist()
         names = self.vocab[voc]
         return ["" if c < 0 else names[c] for c in arr.tolist()]
 
+    def names(self) -> list[str]:
+        """The columns this table has: every one of COLUMNS, then the optional ones it carries."""
+        return list(COLUMNS) + [k for k in OPTIONAL_COLUMNS if k in self.cols]
+
     def rows(self) -> Iterator[dict[str, Any]]:
-        decoded = {k: self.column(k) for k in COLUMNS}
+        names = self.names()
+        decoded = {k: self.column(k) for k in names}
         for i in range(len(self)):
-            yield {k: decoded[k][i] for k in COLUMNS}
+            yield {k: decoded[k][i] for k in names}
 
     def code(self, column: str, name: str) -> int:
         """The code of `name` in a vocabulary column, or -2 if it never occurs."""
@@ -130,8 +162,8 @@ class AttemptTable:
 
     def write_csv(self, out: IO[str]) -> None:
         w = csv.writer(out)
-        w.writerow(list(COLUMNS))
-        decoded = [self.column(k) for k in COLUMNS]
+        w.writerow(self.names())
+        decoded = [self.column(k) for k in self.names()]
         for row in zip(*decoded, strict=True):
             w.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
 
@@ -151,6 +183,8 @@ class AttemptTable:
         n = len(cols["t"])
         out = {k: (np.asarray(cols[k], dtype=d) if k in cols else empty_column(k, n))
                for k, (d, _) in COLUMNS.items()}
+        out.update({k: np.asarray(cols[k], dtype=d) for k, (d, _) in OPTIONAL_COLUMNS.items()
+                    if k in cols and len(cols[k]) == n})
         if sort and n:
             order = np.argsort(out["t"], kind="stable")
             out = {k: v[order] for k, v in out.items()}
@@ -159,8 +193,9 @@ class AttemptTable:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AttemptTable:
-        cols = {k: [math.nan if v is None else v for v in vals] if COLUMNS[k][0] == "f8" else vals
-                for k, vals in data["cols"].items() if k in COLUMNS}
+        known = COLUMNS | OPTIONAL_COLUMNS
+        cols = {k: [math.nan if v is None else v for v in vals] if known[k][0] == "f8" else vals
+                for k, vals in data["cols"].items() if k in known}
         cols.setdefault("t", [])  # a file with no attempts
         return cls.build(cols, data["vocab"], sort=False)
 
@@ -277,17 +312,9 @@ class RunResult:
         lat = self.attempts.cols["connect_ms"]
         if outcome_ok_only:
             lat = lat[~self.attempts.failed_mask()]
-        lat = lat[~np.isnan(lat)]
-        if lat.size == 0:
-            return {"p50": None, "p90": None, "p99": None, "p99.9": None, "max": None}
-        qs = np.percentile(lat, [50, 90, 99, 99.9])
-        return {
-            "p50": round(float(qs[0]), 3),
-            "p90": round(float(qs[1]), 3),
-            "p99": round(float(qs[2]), 3),
-            "p99.9": round(float(qs[3]), 3),
-            "max": round(float(lat.max()), 3),
-        }
+        out = nearest_rank(lat)
+        del out["count"]
+        return out
 
     def host_counter(self, name: str, role: str | None = None) -> int:
         """Sum of one counter over all hosts (optionally of one role)."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tcpreuse.lab import state
 from tcpreuse.lab.flows import parse_flows
 from tcpreuse.lab.netns import list_namespaces
 from tcpreuse.lab.plan import build_plan
@@ -230,7 +231,6 @@ def test_a_run_that_fails_to_start_removes_everything():
     """serve cannot start (here: no such interpreter): a clear LabError, and the namespaces,
     state file and scratch directory are gone."""
     from tcpreuse.errors import LabError
-    from tcpreuse.lab import state
     from tcpreuse.lab.run import LabOptions, run_lab
 
     def lab_ns() -> set[str]:
@@ -242,3 +242,16 @@ def test_a_run_that_fails_to_start_removes_everything():
         run_lab(scenario(), LabOptions(python="/nonexistent/python"))
     assert lab_ns() <= before
     assert {r.run_id for r in state.runs()} <= runs_before
+
+
+def test_a_topology_being_built_is_never_taken_for_a_dead_runs(tmp_path):
+    """Whoever builds namespaces owns a state file (Topology claims one when no LabRun did),
+    so the stale cleanup every lab run starts with leaves them alone."""
+    with topology(scenario(), tmp_path) as (topo, _):
+        mine = topo.plan.ns_names()
+        assert set(mine) <= set(list_namespaces())
+        done = state.cleanup()
+        assert not set(done.namespaces) & set(mine)
+        assert set(mine) <= set(list_namespaces())
+        assert topo.plan.run_id in {r.run_id for r in state.runs()}
+    assert topo.plan.run_id not in {r.run_id for r in state.runs()}  # released with the namespaces

@@ -225,21 +225,28 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, list[int], Pat
     before = set(list_namespaces())
     p = subprocess.Popen([sys.executable, "-m", "tcpreuse", "lab", str(scen), "--result", str(result),
                           "--no-diagnose"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    end = time.monotonic() + 30
+    end = time.monotonic() + 60
     run_ns: list[str] = []
+
+    def pids_in(names: list[str]) -> list[int]:
+        return [int(x) for n in names for x in subprocess.run(["ip", "netns", "pids", n], capture_output=True,
+                                                               text=True).stdout.split()]
+
     while time.monotonic() < end:
+        # this run's namespaces (another run may be going: tell them apart by run id)
         run_ns = [n for n in list_namespaces() if n not in before and LAB_NS.match(n)]
-        loads = [x for x in psutil.process_iter(["cmdline"])
-                 if "load" in (x.info["cmdline"] or []) and any(str(tmp_path) in a or "tcpr-lab-" in a
-                                                                for a in x.info["cmdline"] or [])]
-        if run_ns and loads:
-            break
+        if run_ns:
+            run_ns = [n for n in run_ns if n.startswith(run_ns[0][: len("tcpr-l") + 7])]
+            loads = [x for x in psutil.process_iter(["cmdline"])
+                     if "load" in (x.info["cmdline"] or []) and any(run_ns[0][6:12] in a
+                                                                    for a in x.info["cmdline"] or [])]
+            if loads:
+                break
         time.sleep(0.1)
     assert run_ns, "the lab run never created its namespaces"
     time.sleep(LOAD_LEAD_S + 1.5)  # the load starts its schedule LOAD_LEAD_S after launch; let it make attempts
     prefix = run_ns[0][: len("tcpr-l") + 7]
-    pids = [int(x) for n in run_ns for x in subprocess.run(["ip", "netns", "pids", n], capture_output=True,
-                                                            text=True).stdout.split()]
+    pids = pids_in(run_ns)
     assert len(pids) >= 4  # anchors, serve, load
     return p, prefix, pids, result
 
@@ -283,3 +290,67 @@ def test_sigkill_mid_run_then_lab_cleanup_leaves_nothing(tmp_path):
     assert not [n for n in list_namespaces() if n.startswith(prefix)]
     assert not _alive(pids)
     assert not list(Path(tempfile.gettempdir()).glob(f"tcpr-lab-{prefix[6:12]}-*"))
+
+
+def test_a_run_after_a_sigkill_removes_the_dead_runs_leftovers_and_not_a_live_runs(tmp_path):
+    """kill -9 leaves namespaces and the serve/load inside them; the next lab run removes
+    them before it starts (and says so), while a run still going is left alone."""
+    (tmp_path / "live").mkdir()
+    (tmp_path / "dead").mkdir()
+    live, live_prefix, live_pids, _ = _start(tmp_path / "live")
+    try:
+        dead, dead_prefix, dead_pids, _ = _start(tmp_path / "dead")
+        dead.send_signal(signal.SIGKILL)
+        dead.wait(timeout=10)
+        assert [n for n in list_namespaces() if n.startswith(dead_prefix)]  # left behind by the kill
+        assert len(_alive(dead_pids, wait_s=0)) >= 3  # serve, load, anchors still running
+        scen = tmp_path / "short.toml"
+        scen.write_text(toml(workload="rate = 20", duration=1))
+        r = subprocess.run([sys.executable, "-m", "tcpreuse", "lab", str(scen), "--no-diagnose", "--json"],
+                           capture_output=True, text=True, timeout=90)
+        assert r.returncode == 0, r.stderr
+        notes = json.loads(r.stdout)["notes"]
+        said = [n for n in notes if n.startswith("removed what dead lab runs left")]
+        assert said and f"run {dead_prefix[6:12]} (pid {dead.pid})" in said[0], notes
+        assert not [n for n in list_namespaces() if n.startswith(dead_prefix)]
+        assert not _alive(dead_pids)
+        # the live run was not touched: its namespaces and processes are there, it finishes
+        assert [n for n in list_namespaces() if n.startswith(live_prefix)]
+        assert live.poll() is None and not set(live_pids) - set(_alive(live_pids, wait_s=0))
+    finally:
+        live.send_signal(signal.SIGTERM)
+        live.communicate(timeout=30)
+    assert not [n for n in list_namespaces() if n.startswith(live_prefix)]
+
+
+def test_a_load_beyond_the_machine_is_refused_before_anything_is_built():
+    before = set(list_namespaces())
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "tcpreuse", "lab", "client-exhaustion", "--duration", "2",
+                        "--set", "workload.rate=1e9"], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - t < 30
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "lab run refused before starting" in r.stderr and "--force" in r.stderr
+    assert "1e+09/s is more than one generator process starts" in r.stderr
+    assert set(list_namespaces()) <= before
+
+
+def test_loads_end_within_duration_plus_drain(tmp_path):
+    """90 % of packets lost and a 60 s connect timeout: attempts would go on for a minute
+    after the duration; with --drain 1 every load ends 1 s after its duration and what was
+    still in flight is counted as unfinished, not as a failure of the target."""
+    scen = tmp_path / "lossy.toml"
+    scen.write_text(toml(workload="rate = 20\nconnect_timeout_s = 60", duration=2,
+                         extra="[path]\nloss = 0.9"))
+    out = tmp_path / "r.json"
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "tcpreuse", "lab", str(scen), "--drain", "1", "--no-diagnose",
+                        "--result", str(out)], capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - t
+    assert r.returncode == 0, r.stderr
+    assert "ending within" in r.stderr  # the bound is stated up front
+    res = RunResult.from_json(json.loads(out.read_text()))
+    reasons = res.reasons()
+    assert reasons.get("unfinished", 0) > 0, reasons
+    assert len(res.attempts) == 40
+    assert took < 45, took  # set-up and teardown included; unbounded it would be > 60 s

@@ -70,7 +70,7 @@ def test_start_at_sets_when_the_schedule_begins(server: ServeProcess, tmp_path: 
     import time
 
     out = tmp_path / "r.json"
-    at = time.time() + 1.5
+    at = time.time() + 5.0  # well after start-up, even on a busy machine
     s = load_json(f"127.0.0.1:{server.port}", "--rate", "100", "--count", "5", "--workers", "1",
                   "--start-at", f"{at:.6f}", "--result", str(out))
     assert s["ok"] == 5
@@ -145,7 +145,9 @@ def test_json_and_result_contract(server: ServeProcess, tmp_path: Path) -> None:
     # the merged histogram in the result is the sum of the two workers' histograms
     h = merge_hists([data["meta"]["histograms"]["connect_us"]])
     assert h.get_total_count() == 600
-    assert h.get_value_at_percentile(99) / 1000 == pytest.approx(s["connect_ms"]["p99"], abs=0.001)
+    # (its buckets keep 3 significant digits; the summary's percentiles are exact, from the
+    # records: test_load_numbers.py)
+    assert h.get_value_at_percentile(99) / 1000 == pytest.approx(s["connect_ms"]["p99"], rel=0.002, abs=0.002)
     recs = rr.attempts.cols["connect_ms"]
     assert np.percentile(recs, 50) == pytest.approx(s["connect_ms"]["p50"], rel=0.05, abs=0.01)
 
@@ -208,6 +210,11 @@ def test_sigint_keeps_partial_results(server: ServeProcess, tmp_path: Path) -> N
     p = subprocess.Popen([sys.executable, "-m", "tcpreuse", "load", f"127.0.0.1:{server.port}",
                           "--rate", "200", "--duration", "30", "--json", "--result", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import psutil
+
+    end = time.monotonic() + 30  # until the workers are forked (start-up takes seconds on a busy machine)
+    while not psutil.Process(p.pid).children() and time.monotonic() < end:
+        time.sleep(0.05)
     time.sleep(2.0)
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=30)
@@ -260,7 +267,8 @@ def test_ipv6_loopback() -> None:
 
 def test_overloaded_open_loop_stays_bounded_and_says_so(closed_port: int) -> None:
     t = time.monotonic()
-    s = load_json(f"127.0.0.1:{closed_port}", "--rate", "1000000", "--duration", "0.5", "--workers", "1")
+    s = load_json(f"127.0.0.1:{closed_port}", "--rate", "1000000", "--duration", "0.5", "--workers", "1",
+                  "--force")  # beyond the generator: refused without --force (test_load_numbers.py)
     assert time.monotonic() - t < 10
     assert s["attempts"] + s["not_started"] == 500_000 and s["not_started"] > 0
     assert s["start_lag"]["late_starts"] > 0 and s["start_lag"]["max"] > 100

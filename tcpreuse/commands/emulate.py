@@ -53,6 +53,8 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, object]:
 @click.option("--scenario", default="emulate", show_default=True)
 @click.option("--tun", "tun_name", default="tcpr-emu0", show_default=True)
 @click.option("--force", is_flag=True, help="Run a rate above the emulator's measured ceiling.")
+@click.option("--drain", type=float, default=None,
+              help="Attempts in flight may take this long after --duration (default: connect + request timeouts).")
 @click.option("--result", "result_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the RunResult (with per-attempt records) here.")
 @click.option("--quiet", is_flag=True)
@@ -60,7 +62,7 @@ def emulate(target: str, profile: str, settings: tuple[str, ...], params: tuple[
             profile_json: Path | None, source: str, rate: float, duration: float, count: int | None,
             close: str, connect_timeout: float, request_timeout: float, seed: int,
             start_at: float | None, phase: float, host_name: str, workload: str, scenario: str,
-            tun_name: str, force: bool, result_path: Path | None, quiet: bool) -> None:
+            tun_name: str, force: bool, drain: float | None, result_path: Path | None, quiet: bool) -> None:
     """Play short TCP connections as a Windows or macOS client would, over a TUN device."""
     from ..emulate.profile import EmulateError, EmuProfile, emu_profile
     from ..emulate.run import EmuConfig, run_emulator
@@ -78,7 +80,7 @@ def emulate(target: str, profile: str, settings: tuple[str, ...], params: tuple[
                     duration=duration, count=count, close=close, connect_timeout=connect_timeout,
                     request_timeout=request_timeout, seed=seed, start_at=start_at, phase_s=phase,
                     host_name=host_name, workload=workload, scenario=scenario, tun_name=tun_name,
-                    force=force)
+                    force=force, drain=drain)
     res = run_emulator(cfg)
     if result_path is not None:
         res.save(result_path, records=True)

@@ -97,17 +97,27 @@ def render(res: RunResult, con: Console) -> None:
               help="Also write a self-contained HTML report (findings, topology, plots).")
 @click.option("--trace", "trace", is_flag=True,
               help="Also trace the kernel's verdicts (bpftrace) and give each attempt the kernel's reason.")
+@click.option("--drain", type=float, metavar="S",
+              help="Seconds each load's attempts in flight may take after its duration before they "
+              "are cut (unfinished); default: the workload's connect + request timeouts, as the model "
+              "gives them.")
+@click.option("--force", is_flag=True,
+              help="Run even when the estimate says the loads are beyond this machine's generator "
+              "or their records will not fit in memory.")
 @click.option("--all", "everything", is_flag=True,
               help="With `cleanup`: remove every tcpr-* namespace, not only dead lab runs'.")
 def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: bool,
         capture: Path | None, result_file: Path | None, approximate: bool, no_diagnose: bool,
-        everything: bool, html_path: Path | None = None, trace: bool = False) -> None:
+        everything: bool, drain: float | None = None, force: bool = False,
+        html_path: Path | None = None, trace: bool = False) -> None:
     """Run a scenario on the real kernel in network namespaces (needs root).
 
     Builds one namespace per host instance, a router, a NAT and an L4 load balancer
     (nftables) where the scenario has them, runs `serve` and `load` inside, and reports
     the same RunResult as `simulate`. Refuses what this kernel cannot realise (e.g.
-    tcp_tw_recycle on >= 4.12). `tcpreuse lab cleanup` removes leftovers of killed runs.
+    tcp_tw_recycle on >= 4.12), and loads this machine cannot generate or hold (--force
+    runs them anyway). The loads end within their duration plus their timeouts. Each run
+    first removes what killed (SIGKILL) runs left; `tcpreuse lab cleanup` does it alone.
     """
     if scenario == "cleanup":
         _cleanup(everything, as_json)
@@ -121,9 +131,25 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         overrides["duration_s"] = duration
     sc = load_scenario(scenario, overrides)
     err = Console(stderr=True)
-    opts = LabOptions(approximate=approximate, capture=capture, trace=trace,
+    if drain is not None and not (0 <= drain <= 3600):
+        raise TcpreuseError(f"--drain must be between 0 and 3600 s, not {drain}")
+    opts = LabOptions(approximate=approximate, capture=capture, trace=trace, force=force, grace_s=drain,
                       progress=None if as_json else (lambda m: err.print(f"[dim]lab: {m}[/]")))
-    res = run_lab(sc, opts)
+    if err.is_terminal and not as_json:
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        with Progress(TextColumn("lab: load"), BarColumn(), TextColumn("{task.fields[at]:.0f} of at most "
+                                                                        "{task.fields[bound]:.0f} s"),
+                      console=err, transient=True) as prog:
+            task = prog.add_task("load", total=None, at=0.0, bound=0.0, visible=False)
+
+            def tick(at: float, bound: float) -> None:  # shown once the loads run
+                prog.update(task, total=bound, completed=min(at, bound), at=at, bound=bound, visible=True)
+
+            opts.on_tick = tick
+            res = run_lab(sc, opts)
+    else:
+        res = run_lab(sc, opts)
     if result_file is not None:
         try:
             res.save(result_file, records=True)

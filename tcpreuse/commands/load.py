@@ -34,8 +34,10 @@ def _render_summary(s: dict[str, Any]) -> None:
         + f", {s['protocol']}, close={s['close']}, {s['workers']} worker(s)"
     )
     con.print(
-        f"{s['attempts']} attempts in {s['duration_s']:.2f} s: {s['ok']} ok, {s['failed']} failed; "
-        f"{s['attempts_per_s']:.1f} attempts/s, {s['ok_per_s']:.1f} ok/s"
+        f"{s['attempts']} attempts scheduled over {s['duration_s']:.2f} s: {s['ok']} ok, {s['failed']} failed"
+        + (f", {s['unfinished']} unfinished" if s.get("unfinished") else "")
+        + f"; {s['attempts_per_s']:.1f} attempts/s, {s['ok_per_s']:.1f} ok/s"
+        + (f" (ended {s['wall_s']:.2f} s after t = 0)" if s["wall_s"] > s["duration_s"] + 0.05 else "")
         + (f"; {s['ok_after_syn_retry']} ok only after a SYN retransmission" if s["ok_after_syn_retry"] else "")
     )
     t = Table(box=None, header_style="bold")
@@ -48,7 +50,8 @@ def _render_summary(s: dict[str, Any]) -> None:
     lat = Table(box=None, header_style="bold")
     for c in ("latency ms", "count", "p50", "p90", "p99", "p99.9", "max"):
         lat.add_column(c, justify="left" if c == "latency ms" else "right")
-    for label, key in (("connect (from due time)", "connect_ms"), ("request", "request_ms")):
+    for label, key in (("connect (from due time)", "connect_ms"), ("request", "request_ms"),
+                       ("answer (from due time)", "answer_ms")):
         d = s[key]
         lat.add_row(label, str(d["count"]), *(_fmt_ms(d[q]) for q in ("p50", "p90", "p99", "p99.9", "max")))
     con.print(lat)
@@ -85,8 +88,9 @@ def _save_atomically(result: Any, path: Path) -> None:
 class _Live:
     """A one-line live view on a terminal (rich), nothing otherwise."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, total: float | None = None) -> None:
         self.enabled = enabled
+        self.total = total  # the run's wall-clock bound, s
         self.live: Any = None
 
     def __enter__(self) -> _Live:
@@ -102,9 +106,10 @@ class _Live:
     def update(self, p: Any) -> None:
         if self.live is None:
             return
+        of = f" of {self.total:g}" if self.total else ""
         errs = ", ".join(f"{k} {v}" for k, v in sorted(p.errors.items(), key=lambda kv: -kv[1])) or "none"
         self.live.update(
-            f"{p.elapsed:6.1f} s  {p.rate:8.0f} attempts/s  ok {p.ok}  failed {p.failed} ({errs})  "
+            f"{p.elapsed:6.1f}{of} s  {p.rate:8.0f} attempts/s  ok {p.ok}  failed {p.failed} ({errs})  "
             f"TIME_WAIT {p.time_wait}"
         )
 
@@ -155,6 +160,14 @@ class _Live:
 @click.option("--start-at", type=float, metavar="UNIX_TIME",
               help="Wall-clock time of the first attempt (several load processes then "
                    "interleave their schedules; the lab uses it).")
+@click.option("--drain", type=float, default=2.0, show_default=True,
+              help="Seconds after --duration that attempts in flight may take; then they are cut "
+              "(ECANCELED, reason unfinished) and the run ends: duration + drain bounds its wall-clock time.")
+@click.option("--force", is_flag=True,
+              help="Run even when the estimate says the rate is beyond this machine's generator "
+              "or the records will not fit in memory.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML report (findings, plots, latency).")
 @click.option("--quiet", is_flag=True, help="No live progress.")
 def load(target: str, rate: float | None, concurrency: int | None, duration: float | None,
          count: int | None, arrival: str, ramp_from: float, close: str, requests_per_conn: int,
@@ -162,12 +175,14 @@ def load(target: str, rate: float | None, concurrency: int | None, duration: flo
          local_port_range: str | None, connect_timeout: float, request_timeout: float,
          workers: int | None, seed: int, as_json: bool, result_path: Path | None,
          host_name: str | None, scenario: str, workload: str, start_at: float | None,
-         quiet: bool) -> None:
+         drain: float, force: bool, html_path: Path | None, quiet: bool) -> None:
     """Open HOST:PORT short connections at a rate (open loop) or concurrency (closed loop).
 
     Reports outcomes by errno with a sample 4-tuple, connect and request latency
     (HdrHistogram), SYN retransmissions per attempt (TCP_INFO), TIME_WAIT per second and
-    the kernel's TCP counter deltas. Always bounded: give --duration and/or --count.
+    the kernel's TCP counter deltas. Always bounded: give --duration and/or --count;
+    --duration plus --drain is a hard bound on its wall-clock time. A rate or a record
+    count this machine cannot hold is refused up front (with the estimate) unless --force.
     """
     import socket
 
@@ -182,7 +197,8 @@ def load(target: str, rate: float | None, concurrency: int | None, duration: flo
         local_port_range=parse_port_range(local_port_range) if local_port_range else None,
         connect_timeout=connect_timeout, request_timeout=request_timeout, workers=workers,
         seed=seed, host_name=host_name or socket.gethostname(), scenario=scenario, workload=workload,
-        start_at=start_at,
+        start_at=start_at, drain=drain, force=force,
+        records_as_json=result_path is not None or html_path is not None,
     )
     if result_path is not None:  # fail before the run, not after it
         try:
@@ -191,11 +207,19 @@ def load(target: str, rate: float | None, concurrency: int | None, duration: flo
             raise LoadError(f"cannot write --result {result_path}: {e.strerror}") from None
         if result_path.is_dir() or not os.access(result_path.parent, os.W_OK):
             raise LoadError(f"cannot write --result {result_path}")
+    if html_path is not None and (html_path.is_dir() or not html_path.parent.is_dir()
+                                  or not os.access(html_path.parent, os.W_OK)):
+        raise LoadError(f"cannot write --html {html_path}: no writable directory {html_path.parent}")
     live = not quiet and not as_json and sys.stderr.isatty()
-    with _Live(live) as view:
+    with _Live(live, cfg.wall_bound()) as view:
         run = run_load(cfg, on_progress=view.update if live else None)
     if result_path is not None:
         _save_atomically(run.result, result_path)
+    if html_path is not None:
+        from ..diagnose.base import Evidence, diagnose
+        from ..report import html
+
+        html.write(html_path, html.run_page(run.result, diagnose(Evidence(source="load", run=run.result))))
     if as_json:
         from ..result import dumps
 

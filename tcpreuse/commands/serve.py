@@ -6,6 +6,9 @@ Thin: options become a ServeConfig; tcpreuse.load.server serves. One line on sta
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
 
@@ -26,8 +29,10 @@ import click
 @click.option("--max-requests-per-conn", type=int, default=0, show_default=True,
               help="Close after this many answers on one connection (0: no limit).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stop summary as JSON on stdout.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="When stopped, also write a self-contained HTML report of what the server saw.")
 def serve(listen: tuple[str, ...], backlog: int, close: str, delay_ms: float, idle_timeout: float,
-          workers: int, max_requests_per_conn: int, as_json: bool) -> None:
+          workers: int, max_requests_per_conn: int, as_json: bool, html_path: Path | None = None) -> None:
     """Answer `VERIFY <id>` lines with `OK <code>`, and HTTP/1.x requests with 200.
 
     Stops cleanly on SIGINT/SIGTERM and prints what it saw: connections, answers, who
@@ -50,8 +55,25 @@ def serve(listen: tuple[str, ...], backlog: int, close: str, delay_ms: float, id
 
         sys.stdout.flush()
 
-    stats = run_serve(cfg, on_ready=ready)
+    if html_path is not None and not (html_path.parent.is_dir() and os.access(html_path.parent, os.W_OK)):
+        from ..errors import TcpreuseError
+
+        raise TcpreuseError(f"cannot write --html {html_path}: no writable directory {html_path.parent}")
+    bound: list[str] = []
+
+    def ready_and_keep(addresses: list[str], pid: int) -> None:
+        bound.extend(addresses)
+        ready(addresses, pid)
+
+    stats = run_serve(cfg, on_ready=ready_and_keep)
     d = stats_dict(stats)
+    if html_path is not None:
+        from ..report import html
+        from ..report.serve import serve_page
+
+        html.write(html_path, serve_page(d, {"listen": bound or list(listen), "close": close, "backlog": backlog,
+                                             "delay_ms": delay_ms, "idle_timeout": idle_timeout,
+                                             "workers": workers, "max_requests_per_conn": max_requests_per_conn}))
     if as_json:
         click.echo(dumps(d))
     else:

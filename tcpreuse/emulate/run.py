@@ -52,6 +52,7 @@ class EmuConfig:
     scenario: str = "emulate"
     tun_name: str = "tcpr-emu0"
     force: bool = False
+    drain: float | None = None  # attempts in flight may take this long after the schedule
     notes: list[str] = field(default_factory=list)
 
     def check(self) -> None:
@@ -75,6 +76,8 @@ class EmuConfig:
     @property
     def wall_bound_s(self) -> float:
         """The hard end of the run, from t = 0."""
+        if self.drain is not None:
+            return self.duration + self.drain + GRACE_S
         last = min(self.p_give_up, self.connect_timeout) + self.request_timeout
         tw = self.profile.time_wait_s if self.close == "client" else 0.0
         return self.duration + last + min(tw, 5.0) + GRACE_S

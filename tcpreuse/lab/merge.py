@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..result import COLUMNS, OK, AttemptTable, PortSeries, RunResult, Timeline, empty_column
+from ..result import (
+    COLUMNS,
+    OK,
+    OPTIONAL_COLUMNS,
+    AttemptTable,
+    PortSeries,
+    RunResult,
+    Timeline,
+    empty_column,
+)
 from .flows import FlowKey, FlowVal, view
 from .plan import LabPlan, Load
 
@@ -51,10 +60,12 @@ def _concat(parts: list[tuple[AttemptTable, dict[str, str], float]]) -> AttemptT
             vocab[voc].append(name)
         return d[name]
 
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in COLUMNS}
+    # optional columns (answer_ms) are carried when a part has them, empty for the others
+    names = COLUMNS | {k: v for k, v in OPTIONAL_COLUMNS.items() if any(k in t.cols for t, _, _ in parts)}
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in names}
     for table, fixed, offset in parts:
         n = len(table)
-        for k, (dtype, voc) in COLUMNS.items():
+        for k, (dtype, voc) in names.items():
             arr = table.cols.get(k)
             if arr is None or arr.shape[0] != n:
                 arr = empty_column(k, n)

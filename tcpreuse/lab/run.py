@@ -48,6 +48,7 @@ from .realise import Realisation, realise
 from .topology import Topology
 
 SETTLE_S = 0.5
+WATCHDOG_S = 3.0  # a load still running this long after its bound is stopped, then killed
 LOAD_LEAD_S = 1.5  # a load process starts (imports, fork) well within this before its first attempt
 READY_TIMEOUT_S = 20.0
 
@@ -73,9 +74,14 @@ class LabOptions:
     python: str = field(default_factory=lambda: sys.executable)
     step_s: float = 1.0
     progress: Callable[[str], None] | None = None
-    # extra seconds a load may run past its duration before it is stopped
+    # seconds a load's attempts in flight may take after its duration before they are cut
+    # (load --drain); None: the load's connect + request timeouts, so every attempt ends as
+    # the model's would (see drain_of)
     grace_s: float | None = None
     trace: bool = False  # record the kernel's verdicts (lab/tracing.py)
+    force: bool = False  # run what the estimate says will not fit (load/budget.py)
+    # called about twice a second while the loads run: (seconds since t = 0, the bound)
+    on_tick: Callable[[float, float], None] | None = None
 
 
 @contextlib.contextmanager
@@ -127,8 +133,52 @@ def serve_argv(python: str, s: Serve) -> list[str]:
             _fmt(s.delay_ms), "--idle-timeout", "30", "--workers", "1"]
 
 
+def drain_of(ld: Load, grace_s: float | None) -> float:
+    """How long a load's attempts in flight may take after its duration: by default its
+    connect plus request timeouts, so an attempt due at the very end still ends by its own
+    timeout (as in the simulator) and is not cut as "unfinished"."""
+    return grace_s if grace_s is not None else ld.connect_timeout_s + ld.request_timeout_s
+
+
+def bound_of(plan: LabPlan, grace_s: float | None) -> float:
+    """Seconds from the loads' t = 0 by which every load has ended (each stops itself at
+    its start + duration + drain; the lab stops what is left WATCHDOG_S later)."""
+    return LOAD_LEAD_S + max((ld.start_s + ld.duration_s + drain_of(ld, grace_s) for ld in plan.loads),
+                             default=0.0)
+
+
+def budget_problems(plan: LabPlan) -> list[str]:
+    """What will not fit this machine: a load beyond one generator process (each runs
+    with one worker), all loads together beyond the machine's CPUs, or their records
+    beyond its memory (the lab merges every record in this process)."""
+    import os
+
+    import psutil
+
+    from ..load import budget
+
+    cpus = os.cpu_count() or 1
+    out = []
+    for ld in plan.loads:
+        if ld.rate > budget.GENERATOR_RATE_PER_CPU:
+            out.append(f"the load on {ld.host} ({ld.workload}) at {ld.rate:,.6g}/s is more than one generator "
+                       f"process starts (about {budget.GENERATOR_RATE_PER_CPU:,.0f}/s)")
+    total = sum(ld.rate for ld in plan.loads)
+    if total > budget.GENERATOR_RATE_PER_CPU * cpus and not out:
+        out.append(f"the loads together, {total:,.6g}/s, are more than this machine's {cpus} CPU(s) start "
+                   f"(about {budget.GENERATOR_RATE_PER_CPU * cpus:,.0f}/s)")
+    n = sum(budget.attempts_of(ld.rate, ld.duration_s, ld.count, arrival=ld.arrival, ramp_from=ld.ramp_from)
+            for ld in plan.loads)
+    need = n * budget.BYTES_PER_ATTEMPT_RESULT
+    avail = psutil.virtual_memory().available
+    if need > budget.MEMORY_SHARE * avail:
+        out.append(f"{n:,.0f} attempts would need about {budget.size_text(need)} of memory for their records; "
+                   f"{budget.size_text(avail)} is available")
+    return out
+
+
 def load_argv(python: str, ld: Load, result: Path, scenario: str,
-              start_at: float | None = None) -> list[str]:
+              start_at: float | None = None, drain: float | None = None) -> list[str]:
     argv = [python, "-m", "tcpreuse", "load", f"{ld.target[0]}:{ld.target[1]}",
             "--rate", _fmt(ld.rate), "--duration", _fmt(ld.duration_s), "--arrival", ld.arrival,
             "--close", ld.close, "--requests-per-conn", str(ld.requests_per_conn),
@@ -139,6 +189,9 @@ def load_argv(python: str, ld: Load, result: Path, scenario: str,
             "--request-timeout", _fmt(ld.request_timeout_s)]
     if ld.count is not None:
         argv += ["--count", str(ld.count)]
+    if drain is not None:
+        # the budget was checked (and maybe overridden) by the lab, for all loads at once
+        argv += ["--drain", _fmt(drain), "--force"]
     if start_at is not None:
         argv += ["--start-at", f"{start_at:.6f}"]
     if ld.arrival == "ramp":
@@ -150,7 +203,7 @@ def load_argv(python: str, ld: Load, result: Path, scenario: str,
 
 
 def emulate_argv(python: str, ld: Load, result: Path, profile: Path, scenario: str,
-                 start_at: float) -> list[str]:
+                 start_at: float, drain: float | None = None) -> list[str]:
     """The packet-level client (tcpreuse.emulate) for a Windows/macOS client's load; the
     phase is already in start_at, as for `load`."""
     argv = [python, "-m", "tcpreuse", "emulate", f"{ld.target[0]}:{ld.target[1]}",
@@ -162,6 +215,8 @@ def emulate_argv(python: str, ld: Load, result: Path, profile: Path, scenario: s
             "--start-at", f"{start_at:.6f}", "--quiet"]
     if ld.count is not None:
         argv += ["--count", str(ld.count)]
+    if drain is not None:
+        argv += ["--drain", _fmt(drain)]
     return argv
 
 
@@ -270,14 +325,18 @@ class LabRun:
         whatever their processes' start-up time."""
         pending = sorted(self.plan.loads, key=lambda ld: ld.start_s)
         grace = self.opts.grace_s
-        deadline = t0 + LOAD_LEAD_S + max((ld.start_s + ld.duration_s + (
-            grace if grace is not None else ld.connect_timeout_s + ld.request_timeout_s + 5.0))
-            for ld in pending) if pending else t0
+        bound = bound_of(self.plan, grace)
+        deadline = t0 + bound + WATCHDOG_S
         running: list[subprocess.Popen[bytes]] = []
-        self._say(f"load running for {max((ld.start_s + ld.duration_s) for ld in pending):g} s"
-                  if pending else "no load to run")
+        self._say(f"load running for {max((ld.start_s + ld.duration_s) for ld in pending):g} s, "
+                  f"ending within {bound:g} s (start-up {LOAD_LEAD_S:g} s, then what is in flight "
+                  f"gets its timeouts)" if pending else "no load to run")
+        next_tick = 0.0
         while pending or any(p.poll() is None for p in running):
             now = time.monotonic()
+            if self.opts.on_tick is not None and now >= next_tick:
+                self.opts.on_tick(now - t0, bound)
+                next_tick = now + 0.5
             while pending and t0 + pending[0].start_s <= now:
                 ld = pending.pop(0)
                 name = ld.name
@@ -286,16 +345,18 @@ class LabRun:
                 if ld.emulated:
                     prof = self.scratch / f"{name}.profile.json"
                     prof.write_text(ld.emulated)
-                    argv = emulate_argv(self.opts.python, ld, res, prof, self.plan.scenario, start_at)
+                    argv = emulate_argv(self.opts.python, ld, res, prof, self.plan.scenario, start_at,
+                                        drain_of(ld, grace))
                 else:
-                    argv = load_argv(self.opts.python, ld, res, self.plan.scenario, start_at)
+                    argv = load_argv(self.opts.python, ld, res, self.plan.scenario, start_at,
+                                     drain_of(ld, grace))
                 p = self._popen(ld.host, argv, self._log(name))
                 self.loads.append((ld, p, res, time.monotonic() - t0))
                 running.append(p)
             if now > deadline:
-                self.notes.append("a load ran past its deadline and was stopped; its attempts "
-                                  "still in flight are lost")
-                self._stop_loads()
+                self.notes.append(f"a load ran {WATCHDOG_S:g} s past its bound ({bound:g} s) and was "
+                                  "stopped; its attempts still in flight are lost")
+                self._stop_loads(timeout=WATCHDOG_S)
                 break
             time.sleep(0.05)
 
@@ -329,6 +390,12 @@ class LabRun:
 
     # ---- the run ----------------------------------------------------------------------
     def run(self) -> RunResult:
+        # what runs killed with SIGKILL left (namespaces, their serve/load, scratch): gone
+        # before this run starts; live runs are left alone (state.cleanup)
+        stale = state.cleanup()
+        if stale.namespaces or stale.scratch:
+            self.notes.append(stale.summary())
+            self._say(stale.summary())
         state.register(self.run_id, self.plan.ns_names(), str(self.scratch))
         atexit.register(self.teardown)
         t0 = time.monotonic()
@@ -575,6 +642,12 @@ def run_lab(sc: Scenario, opts: LabOptions | None = None) -> RunResult:
     r.check(opts.approximate)
     run = LabRun(sc, opts, r)
     try:
+        if not opts.force:
+            problems = budget_problems(run.plan)
+            if problems:
+                from ..load.budget import refusal
+
+                raise LabError(refusal(problems, "lab run"))
         check_tools(run.plan, opts.capture is not None)
     except BaseException:
         shutil.rmtree(run.scratch, ignore_errors=True)

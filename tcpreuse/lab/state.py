@@ -6,6 +6,12 @@ killed with SIGKILL leaves the file behind; cleanup then sees a dead owner and r
 namespaces (which kills every process inside them: serve, load, tcpdump, anchors) and the
 scratch directory. Lab namespaces without any state file are orphans and go too. Other
 tools' "tcpr-*" namespaces (tests of doctor or capture, say) are left alone unless --all.
+
+Every lab run calls cleanup() before it registers itself, so a killed run's leftovers
+last only until the next run. A live run is never touched: it writes its state file
+before it creates any namespace, and cleanup lists the namespaces *before* it reads the
+state files, so a namespace it sees belongs to a run whose file it then reads (or to a
+run that has ended or died).
 """
 
 from __future__ import annotations
@@ -64,6 +70,16 @@ def register(run_id: str, namespaces: list[str], scratch: str) -> RunState:
     return st
 
 
+def claim(run_id: str, namespaces: list[str]) -> bool:
+    """Register `run_id` for this process unless it already is (a LabRun registers itself
+    with its scratch directory first): whoever builds namespaces owns a state file, so
+    that no other run's start-up takes them for a dead run's. True if this call wrote it."""
+    if _path(run_id).exists():
+        return False
+    register(run_id, namespaces, "")
+    return True
+
+
 def unregister(run_id: str) -> None:
     with contextlib.suppress(OSError):
         _path(run_id).unlink()
@@ -84,18 +100,27 @@ class Cleaned:
     namespaces: list[str] = field(default_factory=list)
     scratch: list[str] = field(default_factory=list)
     alive: list[str] = field(default_factory=list)  # runs still going, left alone
+    dead: list[str] = field(default_factory=list)  # "run <id> (pid N)" of the runs cleaned up
+
+    def summary(self) -> str:
+        """One line for a person: what was removed and whose it was."""
+        whose = ", ".join(self.dead) if self.dead else "no registered run"
+        what = [f"{len(self.namespaces)} namespace(s) (and the processes in them)"] if self.namespaces else []
+        what += [f"{len(self.scratch)} scratch director(ies)"] if self.scratch else []
+        return f"removed what dead lab runs left ({whose}): " + " and ".join(what or ["nothing"])
 
 
 def cleanup(everything: bool = False) -> Cleaned:
     """Remove leftovers of dead lab runs (with everything=True: every tcpr-* namespace)."""
     out = Cleaned()
     live_ids = set()
-    present = list_namespaces(PREFIX)
+    present = list_namespaces(PREFIX)  # first: see the module's docstring
     for st in runs():
         if st.alive():
             live_ids.add(st.run_id)
             out.alive.append(st.run_id)
             continue
+        out.dead.append(f"run {st.run_id} (pid {st.pid})")
         for n in st.namespaces:
             if n in present:
                 Namespace(n).delete()
@@ -104,7 +129,9 @@ def cleanup(everything: bool = False) -> Cleaned:
             shutil.rmtree(st.scratch, ignore_errors=True)
             out.scratch.append(st.scratch)
         unregister(st.run_id)
-    for n in list_namespaces(PREFIX):
+    for n in present:
+        if n in out.namespaces:
+            continue
         m = LAB_NS.match(n)
         if everything or (m and m[1] not in live_ids):
             Namespace(n).delete()

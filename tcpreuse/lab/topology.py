@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Callable
 
 from ..errors import LabError
+from . import state
 from .netns import Namespace, require_root, veth_pair
 from .plan import LabPlan
 from .procnet import ProcNet
@@ -28,9 +29,12 @@ class Topology:
         self.anchors: dict[str, subprocess.Popen[bytes]] = {}
         self.notes: list[str] = []
         self.settings: dict[str, dict[str, str]] = {}  # host -> sysctls as read back
+        self._claimed = False  # this Topology wrote the run's state file (no LabRun did)
 
     def build(self, on_created: Callable[[str], None] | None = None) -> None:
         require_root()
+        # a live run's namespaces always have a state file (see state.cleanup)
+        self._claimed = state.claim(self.plan.run_id, self.plan.ns_names())
         for h in self.plan.hosts.values():
             ns = Namespace(h.ns)
             self.ns[h.key] = ns  # registered before creation: teardown removes half-made ones
@@ -88,3 +92,6 @@ class Topology:
                 p.wait(timeout=2)
         self.ns.clear()
         self.anchors.clear()
+        if self._claimed:
+            state.unregister(self.plan.run_id)
+            self._claimed = False

@@ -86,3 +86,61 @@ def schedule(
         yield due
         n += 1
         j += 1
+
+
+def _due(arrival: str, k: int, rate: float, duration: float | None, ramp_from: float) -> float | None:
+    """Due time of global arrival k of a constant or ramp schedule, as schedule() computes it."""
+    if arrival == "constant":
+        return k / rate
+    if duration is None:
+        raise ValueError("a ramp needs a duration")
+    return _ramp_time(k, ramp_from, rate, duration)
+
+
+def remaining(
+    arrival: str,
+    rate: float,
+    duration: float | None,
+    count: int | None,
+    *,
+    workers: int = 1,
+    index: int = 0,
+    ramp_from: float = 0.0,
+    started: int = 0,
+    next_due: float = 0.0,
+) -> int:
+    """How many of worker `index`'s arrivals are left, the one due at `next_due` (its
+    `started`-th, from 0) included: what schedule() would still yield, counted without
+    drawing them (an overloaded run at 1e9/s must not spend minutes counting).
+
+    constant and ramp: exactly (a binary search over the same due-time formula); poisson:
+    the one pending plus the expected number in (next_due, duration).
+    """
+    mine = split_count(count, workers, index)
+    limit = math.inf if duration is None else duration
+    if arrival == "poisson" or limit == math.inf:
+        if limit == math.inf:
+            left = (mine or 0) - started
+        else:
+            left = 1 + round(rate / workers * max(0.0, limit - next_due))
+            if mine is not None:
+                left = min(left, mine - started)
+        return max(0, left)
+
+    def due_ok(j: int) -> bool:
+        due = _due(arrival, index + workers * j, rate, duration, ramp_from)
+        return due is not None and due < limit
+
+    lo, hi = started, max(started + 1, 2)
+    while due_ok(hi):  # grow until past the end (ramps and constants end before limit)
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # due_ok(lo) or lo == started; not due_ok(hi)
+        mid = (lo + hi) // 2
+        if due_ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    total = hi if due_ok(lo) else lo  # arrivals j < total are due before the end
+    if mine is not None:
+        total = min(total, mine)
+    return max(0, total - started)

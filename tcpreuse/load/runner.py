@@ -25,9 +25,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from ..result import COLUMNS, AttemptTable, HostInfo, RunResult, Timeline
+from ..result import COLUMNS, AttemptTable, HostInfo, RunResult, Timeline, nearest_rank
 from . import kstat
 from .arrival import ARRIVALS, split_count
+from .budget import Estimate, estimate, refusal
 from .errors import LoadError
 from .sockopt import check_local_port_range, check_route, check_sources_local, raise_nofile
 from .target import Endpoint, format_addr
@@ -37,11 +38,13 @@ from .worker import (
     WorkerPlan,
     WorkerResult,
     merge_hists,
-    percentiles,
     run_in_child,
 )
 
 PROTOCOLS = ("line", "http")
+# A worker still running this long after duration + drain is told to stop, and killed
+# this long after that: the most a run can overstay its bound (it says so in a note).
+WATCHDOG_S = 2.0
 
 
 @dataclass
@@ -72,6 +75,11 @@ class LoadConfig:
     # Wall-clock (Unix) time of the run's t = 0, so that several load processes interleave
     # their schedules as one workload would (the lab's clients); None: as soon as started.
     start_at: float | None = None
+    # After --duration, attempts in flight get this many seconds; then they are cut
+    # ("unfinished") and the run ends: duration + drain is its wall-clock bound.
+    drain: float = 2.0
+    force: bool = False  # run even what the estimate says will not fit (budget.py)
+    records_as_json: bool = False  # --result: the records are also rendered as JSON
 
     @property
     def mode(self) -> str:
@@ -108,8 +116,11 @@ class LoadConfig:
             raise LoadError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
         if self.requests_per_conn < 1:
             raise LoadError("--requests-per-conn must be at least 1")
-        if self.connect_timeout <= 0 or self.request_timeout <= 0:
-            raise LoadError("timeouts must be positive")
+        if not (self.connect_timeout > 0 and self.request_timeout > 0
+                and math.isfinite(self.connect_timeout) and math.isfinite(self.request_timeout)):
+            raise LoadError("timeouts must be positive numbers")
+        if not (0 <= self.drain <= 86400):  # the lab passes the workload's timeouts, which may be long
+            raise LoadError(f"--drain must be between 0 and 86400 s, not {self.drain}")
         if self.start_at is not None and abs(self.start_at - time.time()) > 3600:
             raise LoadError("--start-at must be a Unix time within an hour of now")
         if self.bind is not None and self.bind not in BIND_MODES:
@@ -123,6 +134,29 @@ class LoadConfig:
             check_sources_local(self.sources, self.target.family)
         if self.local_port_range:
             check_local_port_range(*self.local_port_range, family=self.target.family)
+        if not self.force:
+            problems = self.estimate().problems()
+            if problems:
+                raise LoadError(refusal(problems))
+
+    def estimate(self) -> Estimate:
+        """What this run will cost on this machine (budget.py)."""
+        import resource
+
+        import psutil
+
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        workers = self.effective_workers()
+        return estimate(self.rate, self.duration, self.count, workers=workers,
+                        cpus=os.cpu_count() or 1, available=psutil.virtual_memory().available,
+                        records_as_json=self.records_as_json, arrival=self.arrival,
+                        ramp_from=self.ramp_from,
+                        concurrency=self.concurrency or 0,
+                        nofile=0 if hard == resource.RLIM_INFINITY else hard)
+
+    def wall_bound(self) -> float | None:
+        """Seconds after t = 0 by which the run has ended (None: bounded by count only)."""
+        return None if self.duration is None else self.duration + self.drain
 
     def effective_bind(self) -> str:
         if self.bind is not None:
@@ -187,6 +221,7 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
             duration=config.duration,
             count=config.count if config.mode == "open" else split_count(config.count, workers, i),
             seed=config.seed, index=i, workers=workers, t0=t0, tick_s=tick_s,
+            drain=config.drain if config.duration is not None else None,
         ))
 
     ctx = mp.get_context("fork")
@@ -197,6 +232,12 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
     ticks: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
     tw_samples: list[int] = []
     interrupted = False
+    stopped_at: float | None = None  # s since t0 when a stop was asked for
+    # The workers cut what is in flight at t0 + duration + drain; a worker that does not
+    # end by then (a bug, a stuck system call) is told to stop, then killed.
+    bound = config.wall_bound()
+    watchdog_at = t0 + bound + WATCHDOG_S if bound is not None else float("inf")
+    kill_after = 10.0
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -218,14 +259,22 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
         stop_sent_at: float | None = None
         while pipes:
             now = time.monotonic()
-            timeout = max(0.0, min(next_sample, next_progress) - now)
+            if now >= watchdog_at and stop_sent_at is None:
+                errors.append(f"a worker was still running {WATCHDOG_S:g} s after the bound (duration + "
+                              f"drain, {bound:g} s) and was told to stop")
+                stop_sent_at = now
+                kill_after = WATCHDOG_S
+                for c in list(pipes):
+                    with contextlib.suppress(OSError):
+                        c.send("stop")
+            timeout = max(0.0, min(next_sample, next_progress, watchdog_at) - now)
             if stop_sent_at is not None:
                 timeout = min(timeout, 0.2)
-                if now - stop_sent_at > 10:  # workers that do not answer are not waited for
+                if now - stop_sent_at > kill_after:  # workers that do not answer are not waited for
                     for pr in procs:
                         if pr.is_alive():
                             pr.kill()
-                    errors.append("a worker did not stop within 10 s and was killed")
+                    errors.append(f"a worker did not stop within {kill_after:g} s and was killed")
                     break
             try:
                 ready = cast(list[Connection], wait(list(pipes), timeout=timeout))
@@ -271,6 +320,7 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
                 if stop_sent_at is None:
                     interrupted = True
                     stop_sent_at = time.monotonic()
+                    stopped_at = stop_sent_at - t0
                     for c in list(pipes):
                         with contextlib.suppress(OSError):
                             c.send("stop")
@@ -289,14 +339,14 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
         raise LoadError("no worker returned a result" + (": " + errors[0] if errors else ""))
     merged = _merge(config, [results[i] for i in sorted(results)], tw_samples, counters,
                     settings, workers, bind, interrupted or any(r.interrupted for r in results.values()),
-                    errors, nofile, t0_unix, end_time - t0)
+                    errors, nofile, t0_unix, end_time - t0, stopped_at)
     return merged
 
 
 def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
            counters: dict[str, int], settings: dict[str, str], workers: int, bind: str,
            interrupted: bool, errors: list[str], nofile: int, t0_unix: float,
-           wall_s: float) -> LoadRun:
+           wall_s: float, stopped_at: float | None = None) -> LoadRun:
     outcome_voc: list[str] = []
     reason_voc: list[str] = []
     addr_voc: list[str] = [config.target.host]
@@ -327,16 +377,17 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     out["client"] = np.zeros(total, dtype="i4")  # code 0 of their vocabularies
     out["dst"] = np.zeros(total, dtype="i4")
     out["dport"] = np.full(total, config.target.port, dtype="i4")
+    # due time -> first answer, per attempt (an optional column: load and lab have it)
+    out["answer_ms"] = np.concatenate([np.frombuffer(r.answer_ms, dtype="f8") if len(r.answer_ms)
+                                       else np.zeros(0) for r in parts]) if parts else np.zeros(0)
     # the remap above appended only names the workers used, in first-use order
     table = AttemptTable.build(out, {
         "outcome": outcome_voc, "reason": reason_voc, "workload": [config.workload],
         "host": [config.host_name], "addr": addr_voc,
     })
 
-    elapsed = max((r.end for r in parts), default=0.0)
-    if config.duration is not None and not interrupted:
-        elapsed = max(elapsed, min(config.duration, wall_s))
-    elapsed = max(elapsed, 1e-6)
+    last_end = max((r.end for r in parts), default=0.0)
+    elapsed = max(schedule_window(config, out["t"], stopped_at, last_end), 1e-6)
 
     # per-second timeline, bucketed by due time
     nsec = math.ceil(float(out["t"].max()) + 1e-9) if total else 1
@@ -360,6 +411,13 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
 
     connect_h = merge_hists([r.connect_hist for r in parts])
     request_h = merge_hists([r.request_hist for r in parts])
+    # percentiles exactly, by nearest rank, from every value (the histograms above are
+    # for merging runs of several hosts; their buckets keep 3 significant digits)
+    request_ms = np.concatenate([np.frombuffer(r.request_s, dtype="f8") * 1000.0 if len(r.request_s)
+                                 else np.zeros(0) for r in parts]) if parts else np.zeros(0)
+    lag_ms = np.concatenate([np.frombuffer(r.lag_s, dtype="f8") * 1000.0 if len(r.lag_s) else np.zeros(0)
+                             for r in parts]) if parts else np.zeros(0)
+    unfinished = sum(r.unfinished for r in parts)
     http_status: dict[int, int] = {}
     for r in parts:
         for status, v in r.http_status.items():
@@ -404,6 +462,10 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         }
 
     ok_n = int(okm.sum())
+    if unfinished:
+        notes.append(f"{unfinished} attempts were still in flight at the run's bound (--duration "
+                     f"{config.duration:g} s + --drain {config.drain:g} s) and were cut: outcome ECANCELED, "
+                     "reason unfinished, counted apart from ok and failed")
     syn_retry_n = int((out["reason"] == retry_code).sum()) if total else 0
     nonzero = {k: v for k, v in counters.items() if v}
     summary: dict[str, Any] = {
@@ -419,23 +481,27 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         "workers": workers,
         "bind": bind,
         "sources": len(config.sources),
-        "duration_s": round(elapsed, 6),
+        "duration_s": round(elapsed, 6),  # the scheduling window the rates divide by
+        "wall_s": round(wall_s, 6),  # from t = 0 to the last worker's end (drain included)
+        "drain_s": config.drain if config.duration is not None else None,
         "attempts": total,
         "ok": ok_n,
-        "failed": total - ok_n,
+        "failed": total - ok_n - unfinished,
+        "unfinished": unfinished,
         "attempts_per_s": round(total / elapsed, 3),
         "ok_per_s": round(ok_n / elapsed, 3),
         "requests": requests,
         "ok_after_syn_retry": syn_retry_n,
         "outcomes": details,
         "reasons": table.counts("reason"),
-        "connect_ms": percentiles(connect_h),
-        "request_ms": percentiles(request_h),
+        "connect_ms": nearest_rank(table.cols["connect_ms"]),
+        "request_ms": nearest_rank(request_ms),
+        "answer_ms": nearest_rank(table.cols["answer_ms"]),
         "http_status": {str(k): v for k, v in sorted(http_status.items())},
         # how late the generator itself started attempts (open loop; part of connect_ms)
         "not_started": not_started,
-        "start_lag": {"late_starts": late, **{k: v for k, v in percentiles(
-            merge_hists([r.lag_hist for r in parts])).items() if k in ("p50", "p99", "max")}},
+        "start_lag": {"late_starts": late, **{k: v for k, v in nearest_rank(lag_ms).items()
+                                              if k in ("p50", "p99", "max")}},
         "per_second": {
             "attempts": tl.attempts, "ok": tl.ok, "failed": tl.failed, "delayed": tl.delayed,
             "time_wait": tw,
@@ -469,3 +535,39 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         },
     )
     return LoadRun(config=config, result=result, summary=summary)
+
+
+def schedule_window(config: LoadConfig, due: np.ndarray, stopped_at: float | None, last_end: float) -> float:
+    """The time the rates divide by: the window attempts were scheduled in, not the time
+    to the last completion (a target that drops SYNs makes that seconds longer, and the
+    generator would look as if it fell behind).
+
+    - interrupted: from t = 0 to the stop;
+    - open loop: until the schedule ended: --duration, or with --count the time the next
+      arrival would have been due (a constant rate R and count N: N / R);
+    - closed loop: --duration when it ended the run (attempts are started until then);
+      with --count only, until the last completion (a closed loop starts an attempt
+      when one ends, so its window is the time it took).
+    """
+    dur = config.duration
+    if stopped_at is not None:
+        return min(stopped_at, dur) if dur is not None else stopped_at
+    if config.mode == "open":
+        rate = config.rate or 0.0
+        n = int(due.size)
+        if config.count is not None and n >= config.count and rate > 0:
+            if config.arrival == "constant":
+                nxt = config.count / rate
+            elif config.arrival == "ramp" and dur is not None:
+                from .arrival import _ramp_time
+
+                nxt = _ramp_time(config.count, config.ramp_from, rate, dur) or dur
+            else:  # poisson: the mean gap after the last one
+                nxt = float(due.max()) + 1.0 / rate
+            return min(nxt, dur) if dur is not None else nxt
+        if dur is not None:
+            return dur
+        return float(due.max()) + 1.0 / rate if n and rate > 0 else last_end
+    if dur is not None and (config.count is None or last_end >= dur):
+        return dur
+    return last_end

@@ -80,8 +80,12 @@ _CONNECT_REASON = {
     "EADDRNOTAVAIL": "local_ports_exhausted",
     "EADDRINUSE": "local_ports_exhausted",  # bind(addr, 0) found no free port
     "ETIMEDOUT": "connect_timeout",
-    "ECONNRESET": "refused",
 }
+# Errors that only a connection past SYN_SENT can have: tcp_reset() (net/ipv4/tcp_input.c,
+# every version) sets ECONNREFUSED for a RST in SYN_SENT, EPIPE in CLOSE_WAIT and
+# ECONNRESET otherwise. So ECONNRESET from the first send() or from SO_ERROR while we
+# still waited for EPOLLOUT means the handshake completed and the server then reset it.
+_AFTER_HANDSHAKE = frozenset((errno.ECONNRESET, errno.EPIPE))
 _REQUEST_REASON = {
     "ETIMEDOUT": "request_timeout",
     "ECONNRESET": "reset",
@@ -114,6 +118,9 @@ class WorkerPlan:
     seed: int = 0
     index: int = 0
     workers: int = 1
+    # seconds after `duration` at which attempts still in flight are cut (recorded as
+    # ECANCELED, reason "unfinished"): the run's hard wall-clock bound; None: no cut
+    drain: float | None = None
     t0: float = 0.0  # time.monotonic() at which the run starts (same clock in all workers)
     tick_s: float = 0.5
 
@@ -141,6 +148,11 @@ class WorkerResult:
     not_started: int  # due before the end, but the worker was too far behind to start them
     end: float  # s since t0 when the last attempt finished
     interrupted: bool
+    answer_ms: array = field(default_factory=lambda: array("d"))  # per record: due -> first answer; NaN: none
+    request_s: array = field(default_factory=lambda: array("d"))  # every request's latency, s
+    lag_s: array = field(default_factory=lambda: array("d"))  # open loop: start lag of every attempt, s
+    unfinished: int = 0  # cut at the hard bound (duration + drain) while still in flight
+    stopped_at: float | None = None  # s since t0 when a stop (Ctrl-C/SIGTERM) arrived
     error: str | None = None
 
 
@@ -148,7 +160,7 @@ class _Attempt:
     """One connection attempt in flight (slots: there are thousands, made per attempt)."""
 
     __slots__ = ("buf", "due", "fd", "reqno", "reqs_left", "sock", "sport", "src", "start",
-                 "state", "syn", "t_conn", "t_req", "unsent")
+                 "state", "syn", "t_ans", "t_conn", "t_req", "unsent")
     buf: bytes
     due: float  # monotonic time the attempt was due
     fd: int
@@ -160,6 +172,7 @@ class _Attempt:
     start: float
     state: int
     syn: int  # SYNs sent: 1 + tcpi_total_retrans
+    t_ans: float  # monotonic time the first answer was complete (0: none yet)
     t_conn: float
     t_req: float
     unsent: bytes
@@ -204,6 +217,8 @@ class Worker:
         # records, one array per column (a few bytes per attempt, not a Python object)
         r_t, r_cms, r_syn = array("d"), array("d"), array("h")
         r_out, r_rsn, r_src, r_sport = array("h"), array("h"), array("i"), array("i")
+        r_ams = array("d")  # due time -> first complete answer, ms (what a user waits)
+        ams_app = r_ams.append
         t_app, cms_app, syn_app = r_t.append, r_cms.append, r_syn.append
         out_app, rsn_app, src_app, sport_app = r_out.append, r_rsn.append, r_src.append, r_sport.append
         req_s = array("d")  # request latencies, s
@@ -245,9 +260,10 @@ class Worker:
             return c
 
         def record(due: float, name: str, reason: str, cms: float,
-                   syn: int, src: str, sport: int) -> None:
+                   syn: int, src: str, sport: int, ams: float = nan) -> None:
             t_app(due - t0)
             cms_app(cms)
+            ams_app(ams)
             syn_app(syn)
             c = outcomes.get(name)
             if c is None:
@@ -260,11 +276,11 @@ class Worker:
             src_app(src_code(src) if src else -1)
             sport_app(sport)
 
-        def fail(att: _Attempt, code: int | str, connect_phase: bool) -> None:
+        def fail(att: _Attempt, code: int | str, connect_phase: bool, why: str = "") -> None:
             nonlocal n_failed
             name = code if isinstance(code, str) else errno.errorcode.get(code, f"E{code}")
             if connect_phase:
-                reason = _CONNECT_REASON.get(name, "other")
+                reason = why or _CONNECT_REASON.get(name, "other")
                 if att.syn:  # SYNs sent before the failure: 1 + retransmissions
                     with contextlib.suppress(OSError):
                         att.syn = 1 + from_bytes(
@@ -272,12 +288,13 @@ class Worker:
                             [TCPI_TOTAL_RETRANS_OFF:TCPI_TOTAL_RETRANS_OFF + 4], "little")
                 cms = nan
             else:
-                reason = _REQUEST_REASON.get(name, "other")
+                reason = why or _REQUEST_REASON.get(name, "other")
                 cms = (att.t_conn - att.due) * 1000.0
             conns_pop(att.fd, None)
             att.sock.close()
             att.state = -1
-            record(att.due, name, reason, cms, att.syn, att.src, att.sport)
+            record(att.due, name, reason, cms, att.syn, att.src, att.sport,
+                   (att.t_ans - att.due) * 1000.0 if att.t_ans else nan)
             n_failed += 1
             errs[name] = errs.get(name, 0) + 1
 
@@ -289,6 +306,7 @@ class Worker:
             due = att.due
             t_app(due - t0)
             cms_app((att.t_conn - due) * 1000.0)
+            ams_app((att.t_ans - due) * 1000.0)
             syn = att.syn
             syn_app(syn)
             out_app(0)
@@ -349,6 +367,7 @@ class Worker:
             att.buf = b""
             att.reqno = 0
             att.syn = 1
+            att.t_ans = 0.0
             try:
                 s = new_socket(family, stype)
             except OSError as e:  # EMFILE, ENFILE, ENOBUFS: no socket at all
@@ -402,8 +421,12 @@ class Worker:
                 ep.register(fd, EPOLLOUT)
                 connect_dq.append((now + connect_timeout, att))
                 return
-            except OSError as e:  # refused or reset during the handshake
-                fail(att, e.errno or errno.EIO, True)
+            except OSError as e:
+                if e.errno in _AFTER_HANDSHAKE:  # established, then reset: not refused
+                    connected(att, t)
+                    fail(att, e.errno or errno.EIO, False)
+                    return
+                fail(att, e.errno or errno.EIO, True)  # refused during the handshake
                 return
             att.t_conn = t
             if t - now >= SYN_RTO_FLOOR_S:  # see connected()
@@ -425,6 +448,8 @@ class Worker:
             nonlocal n_requests
             n_requests += 1
             req_app(now - att.t_req)
+            if not att.t_ans:
+                att.t_ans = now
             if att.reqs_left > 0 and not closes:
                 send_request(att, next_request(att), now)
                 return
@@ -488,6 +513,8 @@ class Worker:
             if eof:  # the answer ended with the server's FIN: this connection is over
                 n_requests += 1
                 req_app(now - att.t_req)
+                if not att.t_ans:
+                    att.t_ans = now
                 succeed(att)
                 return
             answered(att, now, closes)
@@ -499,7 +526,11 @@ class Worker:
             elif st == _CONNECTING:
                 err = att.sock.getsockopt(SOL_SOCKET, SO_ERROR)
                 if err:
-                    fail(att, err, True)
+                    if err in _AFTER_HANDSHAKE:  # established, then reset before we looked
+                        connected(att, now)
+                        fail(att, err, False)
+                    else:
+                        fail(att, err, True)
                     return
                 connected(att, now)
                 data = att.unsent
@@ -532,9 +563,14 @@ class Worker:
             first = next(sched, None)
             next_due = None if first is None else t0 + first
         end_at = t0 + p.duration if p.duration is not None else float("inf")
+        # the hard wall-clock bound: what is still in flight then is cut ("unfinished")
+        hard_end = end_at + p.drain if p.drain is not None else float("inf")
         # an overloaded open loop stops starting late attempts this long after the end
-        give_up_at = end_at + max(1.0, 0.1 * p.duration) if p.duration is not None else float("inf")
+        give_up_at = (min(end_at + max(1.0, 0.1 * p.duration), hard_end) if p.duration is not None
+                      else float("inf"))
         skipped = 0
+        unfinished = 0
+        stopped_at: float | None = None
         max_starts = p.count if p.count is not None else -1
         concurrency = p.concurrency
         control = self.control
@@ -579,10 +615,19 @@ class Worker:
                         start(next_due, now)
                         nxt = next(sched, None)
                         next_due = None if nxt is None else t0 + nxt
-                    if next_due is not None and now >= give_up_at:
-                        # so far behind that the run would overstay its duration: the
-                        # rest is counted as not started, not silently dropped
-                        skipped = 1 + sum(1 for _ in sched)
+                        if not burst & 15:  # connect() can get slow (thousands in SYN_SENT)
+                            now = mono()
+                            if now >= give_up_at:
+                                break
+                    if next_due is not None and (now >= give_up_at or stopping):
+                        # so far behind that the run would overstay its duration (or told
+                        # to stop): the rest is counted as not started, not silently
+                        # dropped; counted, not drawn (a rate of 1e9/s has 1e9 of them)
+                        if not stopping:
+                            skipped = arrival_mod.remaining(
+                                p.arrival, p.rate, p.duration, p.count, workers=p.workers,
+                                index=p.index, ramp_from=p.ramp_from, started=n_started,
+                                next_due=next_due - t0)
                         next_due = None
                     exhausted = next_due is None
                 elif now >= end_at or n_started == max_starts:
@@ -613,10 +658,24 @@ class Worker:
                                                    "requests": n_requests}, dict(errs)))
                 except OSError:  # the parent is gone
                     stopping = True
+            if now >= hard_end and not stopping:
+                exhausted = True
+                if next_due is not None:
+                    skipped = arrival_mod.remaining(
+                        p.arrival, p.rate, p.duration, p.count, workers=p.workers,
+                        index=p.index, ramp_from=p.ramp_from, started=n_started,
+                        next_due=next_due - t0)
+                    next_due = None
+                for att in list(conns.values()):
+                    unfinished += 1
+                    fail(att, "ECANCELED", att.state == _CONNECTING, "unfinished")
             if stopping:
+                if stopped_at is None:
+                    stopped_at = now - t0
                 exhausted = True
                 for att in list(conns.values()):
-                    fail(att, "ECANCELED", att.state == _CONNECTING)
+                    unfinished += 1
+                    fail(att, "ECANCELED", att.state == _CONNECTING, "unfinished")
             if n_ok + n_failed != done_before:
                 last_end = now
             if exhausted and not conns:
@@ -625,7 +684,7 @@ class Worker:
             if not exhausted and not open_loop and len(conns) < concurrency:
                 wait = 0.0
             else:
-                wake = next_tick
+                wake = min(next_tick, hard_end)
                 if not exhausted:
                     wake = min(wake, next_due if open_loop and next_due is not None else end_at)
                 if connect_dq:
@@ -676,8 +735,9 @@ class Worker:
             request_hist=rh.encode().decode() if rh.get_total_count() else "",
             lag_hist=lh.encode().decode() if lh.get_total_count() else "",
             requests=n_requests, http_status=http_status,
-            lag_max_ms=lag_max * 1000.0, late_starts=late, not_started=skipped, end=end,
-            interrupted=stopping,
+            lag_max_ms=lag_max * 1000.0, late_starts=late, not_started=max(0, skipped), end=end,
+            interrupted=stopping, answer_ms=r_ams, request_s=req_s, lag_s=lags,
+            unfinished=unfinished, stopped_at=stopped_at,
         )
 
 
