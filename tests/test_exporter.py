@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clirun import cli
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -37,7 +38,6 @@ from tcpreuse.host.sockets import (
     addr_bytes,
 )
 from tcpreuse.host.source import FixtureSource, SnapshotSource
-from tests.clirun import cli
 
 REPO = Path(__file__).resolve().parent.parent
 SNAP = REPO / "tests/data/host/client7-churn.tar.gz"
