@@ -226,3 +226,5 @@ def load(target: str, rate: float | None, concurrency: int | None, duration: flo
         click.echo(dumps(run.summary))
     else:
         _render_summary(run.summary)
+    if run.stopped_by:  # results written; the exit status says the run was cut short
+        sys.exit(128 + run.stopped_by)

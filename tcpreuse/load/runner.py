@@ -192,6 +192,7 @@ class LoadRun:
     config: LoadConfig
     result: RunResult
     summary: dict[str, Any]
+    stopped_by: int = 0  # the signal that stopped the run (SIGINT, SIGTERM), 0: none
 
 
 def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None = None,
@@ -239,7 +240,10 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
     watchdog_at = t0 + bound + WATCHDOG_S if bound is not None else float("inf")
     kill_after = 10.0
 
+    signals: list[int] = []
+
     def on_term(signum: int, frame: Any) -> None:
+        signals.append(signum)
         raise KeyboardInterrupt
 
     old_term = signal.signal(signal.SIGTERM, on_term)
@@ -340,6 +344,8 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
     merged = _merge(config, [results[i] for i in sorted(results)], tw_samples, counters,
                     settings, workers, bind, interrupted or any(r.interrupted for r in results.values()),
                     errors, nofile, t0_unix, end_time - t0, stopped_at)
+    if interrupted:
+        merged.stopped_by = signals[0] if signals else signal.SIGINT
     return merged
 
 
