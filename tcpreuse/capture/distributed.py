@@ -104,14 +104,16 @@ class StreamPart:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def analyze_stream(files: Sequence[tuple[str, str]], members: Sequence[int]) -> StreamPart:
-    """Read the files `members` of `files` ((path to open, path to report) pairs), join
-    them in time order and find their attempts (a Dask task; also run in-process)."""
+def analyze_stream(members: Sequence[tuple[int, str, str]], n_files: int) -> StreamPart:
+    """Read the stream's files ((index among all `n_files`, path to open, path to
+    report) each), join them in time order and find their attempts (a Dask task; also
+    run in-process)."""
     t = time.perf_counter()
     part = StreamPart(members=[], attempts=Attempts(), v6=[])
     good: list[tuple[int, Packets, ReadReport]] = []
-    for i in members:
-        path, shown = files[i]
+    shown_names = [""] * n_files
+    for i, path, shown in members:
+        shown_names[i] = shown
         try:
             pk, rep = _read_one((path, i))
         except CaptureError as e:
@@ -129,7 +131,6 @@ def analyze_stream(files: Sequence[tuple[str, str]], members: Sequence[int]) -> 
     if not good:
         return part
     pk = Packets.concat([g[1] for g in good])
-    shown_names = [f[1] for f in files]
     pk, att = packet_attempts(pk, [g[2] for g in good], shown_names, part.timing)
     part.attempts, part.v6, part.packets = att, pk.v6, len(pk)
     for i in part.members:
@@ -343,14 +344,17 @@ def analyze_streams(paths: Sequence[str | os.PathLike[str]], *, merge: bool = Tr
         return good + [analyze_packets(Packets.empty(), [_unread(f, m)], [f]) for f, (m, _h) in bad]
     groups = group_streams(shown)
     say(f"{len(shown)} file(s) in {len(groups)} stream(s)")
-    parts: list[StreamPart] = run([(analyze_stream, (files, g)) for g in groups])
+    def task(g: list[int]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return analyze_stream, ([(i, *files[i]) for i in g], len(files))
+
+    parts: list[StreamPart] = run([task(g) for g in groups])
     for _round in range(len(parts)):
         joined = shared_pairs(parts)
         if not joined:
             break
         say(f"{sum(len(j) for j in joined)} stream(s) share address pairs: analysing them together")
         merged = [sorted(i for j in grp for i in groups[j]) for grp in joined]
-        redo: list[StreamPart] = run([(analyze_stream, (files, g)) for g in merged])
+        redo: list[StreamPart] = run([task(g) for g in merged])
         drop = {j for grp in joined for j in grp}
         groups = [g for j, g in enumerate(groups) if j not in drop] + merged
         parts = [p for j, p in enumerate(parts) if j not in drop] + redo

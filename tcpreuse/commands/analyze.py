@@ -99,7 +99,8 @@ def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_
     if scheduler:
         from ..capture.distributed import analyze_on_dask
 
-        results = analyze_on_dask(files, scheduler, merge=not per_file, workers=jobs)
+        results = analyze_on_dask(files, scheduler, merge=not per_file, workers=jobs,
+                                  progress=lambda m: click.echo(f"analyze: {m}", err=True))
     else:
         results = analyze_paths(files, merge=not per_file, jobs=jobs)
     if csv_path or parquet_path or save_path or html_path:
