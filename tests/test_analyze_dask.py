@@ -10,6 +10,7 @@ runs it on a real `dask scheduler` with two `dask worker` processes on 127.0.0.1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -179,6 +180,12 @@ def test_bad_scheduler_address_exits_2(fleet: list[Path], capsys: pytest.Capture
 def deployment(tmp_path: Path) -> Iterator[str]:
     """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1, always
     terminated (then killed) at the end."""
+    with _deploy(tmp_path, workers=2) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def _deploy(tmp_path: Path, workers: int) -> Iterator[str]:
     if DASK is None:
         pytest.skip("the dask command (dask.distributed) is not installed")
     sched_file = tmp_path / "scheduler.json"
@@ -194,15 +201,16 @@ def deployment(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.1)
         assert sched_file.exists(), "dask scheduler did not start"
         address = json.loads(sched_file.read_text())["address"]
-        for name in ("w1", "w2"):
+        for name in ("w1", "w2")[:workers]:
             procs.append(subprocess.Popen([DASK, "worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
                                            "--host", "127.0.0.1", "--no-dashboard"], env=env, cwd=tmp_path,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                           start_new_session=True))
         from distributed import Client
 
-        with Client(address, timeout="20s", set_as_default=False) as c:
-            c.wait_for_workers(2, timeout=30)
+        if workers:
+            with Client(address, timeout="20s", set_as_default=False) as c:
+                c.wait_for_workers(workers, timeout=30)
         yield address
     finally:
         for p in procs:
@@ -247,3 +255,14 @@ def test_analyze_on_dask_deployment(deployment: str, fleet: list[Path], tmp_path
 def test_analyze_on_local_cluster(fleet: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
     files = [str(f) for f in fleet[:6]]
     assert _cli_json(["--scheduler", "local", "-j", "2", *files], capsys) == _cli_json(files, capsys)
+
+
+@pytest.mark.slow
+def test_scheduler_without_workers_is_an_error(tmp_path: Path, fleet: list[Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with _deploy(tmp_path, workers=0) as address:
+        t = time.monotonic()
+        code, out, err = cli(["analyze", "--scheduler", address, str(fleet[0])], capsys)
+    assert code == 2 and not out, err
+    assert err.startswith(f"tcpreuse: error: the Dask scheduler at {address} has no workers"), err
+    assert time.monotonic() - t < 30

@@ -407,12 +407,28 @@ def analyze_on_dask(paths: Sequence[str | os.PathLike[str]], scheduler: str, *, 
         pool = Pool(None if scheduler == "local" else scheduler, workers=workers, timeout_s=timeout_s)
         with pool:
             client = pool.client
+            try:
+                client.wait_for_workers(1, timeout=timeout_s)
+            except TimeoutError:
+                raise CaptureError(f"the Dask scheduler at {scheduler} has no workers (waited {timeout_s:g} s)",
+                                   hint="start some with `dask worker " + scheduler + "`") from None
             if progress is not None:
                 progress(f"analysing on {pool.where}")
 
             def run(tasks: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+                from distributed import KilledWorker
+
                 futs = [client.submit(fn, *args, pure=False) for fn, args in tasks]
-                return list(client.gather(futs))
+                try:
+                    return list(client.gather(futs))
+                except ImportError as e:
+                    raise CaptureError(f"a Dask worker cannot run the analysis: {e}",
+                                       hint="install the same tcpreuse on every worker") from None
+                except KilledWorker as e:
+                    last = getattr(e.last_worker, "address", e.last_worker)
+                    raise CaptureError(f"{e.allowed_failures + 1} Dask workers died analysing one stream "
+                                       f"(out of memory?), the last {last}",
+                                       hint="give the workers more memory, or fewer threads each") from None
 
             return analyze_streams(paths, merge=merge, run=run, progress=progress)
     except SweepError as e:
