@@ -344,6 +344,7 @@ def analyze_streams(paths: Sequence[str | os.PathLike[str]], *, merge: bool = Tr
         return good + [analyze_packets(Packets.empty(), [_unread(f, m)], [f]) for f, (m, _h) in bad]
     groups = group_streams(shown)
     say(f"{len(shown)} file(s) in {len(groups)} stream(s)")
+
     def task(g: list[int]) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         return analyze_stream, ([(i, *files[i]) for i in g], len(files))
 
