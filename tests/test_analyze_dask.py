@@ -266,3 +266,17 @@ def test_scheduler_without_workers_is_an_error(tmp_path: Path, fleet: list[Path]
     assert code == 2 and not out, err
     assert err.startswith(f"tcpreuse: error: the Dask scheduler at {address} has no workers"), err
     assert time.monotonic() - t < 30
+
+
+def test_rotated_files_joined_in_time_order(tmp_path: Path) -> None:
+    """In-process too: the command-line order of rotated files (a glob puts cap.pcap10
+    before cap.pcap2) changes nothing, not even the row order of IPv6 attempts."""
+    rng = random.Random(3)
+    segs = _segs(rng, _conns(rng, "fd00::1", 443, [f"fd00::{k:x}" for k in range(16, 40)], 90, T0, 300))
+    files = _rotate(tmp_path, ["cap.pcap", "cap.pcap1", "cap.pcap2", "cap.pcap10"], segs)
+    want = analyze_paths(files, jobs=1)[0]
+    for order in (sorted(files, key=str), files[::-1]):
+        got = analyze_paths(order, jobs=1)[0]
+        assert got.export_columns() == want.export_columns()
+        assert got.counts() == want.counts() and got.counts()["reused"] > 20
+        assert [s.to_json() for s in got.sources] == [s.to_json() for s in want.sources]
