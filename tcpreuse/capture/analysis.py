@@ -402,6 +402,21 @@ def _timeline(t: AttemptTable) -> Timeline:
 # running it
 
 
+def file_order_key(pk: Packets, index: int) -> tuple[float, int]:
+    """Where a file goes when files are joined into one capture: by the median time of
+    its packets (not thrown by one damaged record time), then by its place on the
+    command line. Rotated files (tcpdump -C/-W/-G) are so read in time order however
+    their names sort (``cap.pcap10`` before ``cap.pcap2`` in a shell glob; a -W ring
+    that wrapped around). A file without packets keeps its place among the last."""
+    ts = pk.ts[np.isfinite(pk.ts)]
+    return (flows.median(ts) if ts.size else float("inf"), index)
+
+
+def time_ordered(good: list[tuple[str, Packets, ReadReport]]) -> list[tuple[str, Packets, ReadReport]]:
+    """`good` (files with their packets, in command-line order) in :func:`file_order_key` order."""
+    return [good[i] for i in sorted(range(len(good)), key=lambda i: file_order_key(good[i][1], i))]
+
+
 def read_packets(path: str | os.PathLike[str], file_index: int = 0) -> tuple[Packets, ReadReport]:
     """Read and decode one file. Damage is reported in the ReadReport, not raised."""
     return _read_one((str(path), file_index))
@@ -488,6 +503,16 @@ def _drop_far_times(pk: Packets, reports: list[ReadReport], files: Sequence[str]
 def analyze_packets(pk: Packets, reports: list[ReadReport], files: Sequence[str],
                     timing: dict[str, float] | None = None) -> CaptureAnalysis:
     timing = dict(timing or {})
+    pk, att = packet_attempts(pk, reports, files, timing)
+    n = len(pk)
+    return finish_analysis(att, pk.v6, reports, files, n, float(pk.ts.min()) if n else 0.0,
+                           float(pk.ts.max()) if n else 0.0, timing)
+
+
+def packet_attempts(pk: Packets, reports: list[ReadReport], files: Sequence[str],
+                    timing: dict[str, float]) -> tuple[Packets, Attempts]:
+    """The per-connection part of :func:`analyze_packets`: packets with impossible times
+    left out, attempts with their 4-tuple reuse and recycle verdicts (timed in `timing`)."""
     pk = _drop_far_times(pk, reports, files)
     t = time.perf_counter()
     att, _q, _seg = flows.build(pk)
@@ -496,25 +521,31 @@ def analyze_packets(pk: Packets, reports: list[ReadReport], files: Sequence[str]
     reuse.tuple_reuse(att)
     reuse.recycle_verdicts(att)
     timing["reuse"] = time.perf_counter() - t
+    return pk, att
+
+
+def finish_analysis(att: Attempts, v6: list[bytes], reports: list[ReadReport], files: Sequence[str],
+                    packets: int, t_first: float, t_last: float, timing: dict[str, float]) -> CaptureAnalysis:
+    """The per-client and per-server part of :func:`analyze_packets`, on attempts (of one
+    capture, or merged from several streams by :mod:`.distributed`)."""
     t = time.perf_counter()
 
     def fmt(k: Any) -> str:
-        return addr_str(int(k), pk.v6)
+        return addr_str(int(k), v6)
 
     src = sources.source_stats(att, fmt)
     srv = sources.server_stats(att, fmt)
     timing["sources"] = time.perf_counter() - t
-    n = len(pk)
     return CaptureAnalysis(
         files=list(files),
         reports=reports,
         attempts=att,
-        v6=pk.v6,
+        v6=v6,
         sources=src,
         servers=srv,
-        packets=n,
-        t_first=float(pk.ts.min()) if n else 0.0,
-        t_last=float(pk.ts.max()) if n else 0.0,
+        packets=packets,
+        t_first=t_first,
+        t_last=t_last,
         timing=timing,
     )
 
@@ -567,7 +598,7 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
         return rep
 
     if merge:
-        pk = Packets.concat([g[1] for g in good])
+        pk = Packets.concat([g[1] for g in time_ordered(good)])
         reports = [g[2] for g in good] + [unread(f, err) for f, err in errors]
         return [analyze_packets(pk, reports, files, {"read": read_s})]
     out = []

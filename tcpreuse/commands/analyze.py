@@ -3,6 +3,8 @@
 Thin: tcpreuse.capture reads and analyses, the capture_* diagnosis rules judge,
 tcpreuse.capture.render draws. Several files are read in parallel processes; by default
 they are one capture (rotated files of one capture point), --per-file keeps them apart.
+--scheduler runs the same analysis on a Dask cluster, one task per capture point
+(tcpreuse.capture.distributed), with the same result.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ _FREEZE_AT_EXIT: list[object] = []
 @click.option("--per-file", is_flag=True, help="Analyse each file on its own instead of as one capture.")
 @click.option("-j", "--jobs", type=click.IntRange(1, 256), default=None,
               help="Processes reading files in parallel (default: one per core).")
+@click.option("--scheduler", metavar="tcp://HOST:PORT|local",
+              help="Analyse on a Dask cluster: one task per capture point (rotated files of one host "
+              "together), results merged; `local` starts one on this machine's cores (loopback only).")
 @click.option("--top", type=click.IntRange(1, 10_000), default=10, show_default=True,
               help="Clients and servers shown in the tables.")
 @click.option("--strict", is_flag=True, help="Fail (exit 2) if any file could not be read completely.")
 def analyze(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_path: Path | None,
             save_path: Path | None, per_file: bool, jobs: int | None, top: int, strict: bool,
-            html_path: Path | None = None) -> None:
+            html_path: Path | None = None, scheduler: str | None = None) -> None:
     """Diagnose short-connection failures from pcap/pcapng captures.
 
     For every connection attempt (a SYN and what followed): Zeek conn_state and history,
@@ -59,7 +64,7 @@ def analyze(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parqu
     gc.disable()
     _keep_freed_memory()
     try:
-        _run(files, as_json, csv_path, parquet_path, save_path, per_file, jobs, top, strict, html_path)
+        _run(files, as_json, csv_path, parquet_path, save_path, per_file, jobs, top, strict, html_path, scheduler)
     finally:
         if was_enabled:
             gc.enable()
@@ -86,12 +91,18 @@ def _keep_freed_memory() -> bool:
 
 def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_path: Path | None,
          save_path: Path | None, per_file: bool, jobs: int | None, top: int, strict: bool,
-         html_path: Path | None) -> None:
+         html_path: Path | None, scheduler: str | None = None) -> None:
     from ..capture.analysis import analyze_paths
     from ..diagnose.base import Evidence, diagnose
     from ..result import dumps
 
-    results = analyze_paths(files, merge=not per_file, jobs=jobs)
+    if scheduler:
+        from ..capture.distributed import analyze_on_dask
+
+        results = analyze_on_dask(files, scheduler, merge=not per_file, workers=jobs,
+                                  progress=lambda m: click.echo(f"analyze: {m}", err=True))
+    else:
+        results = analyze_paths(files, merge=not per_file, jobs=jobs)
     if csv_path or parquet_path or save_path or html_path:
         if len(results) > 1:
             raise CaptureError("--csv/--parquet/--save/--html need one analysis; drop --per-file")

@@ -1,0 +1,282 @@
+"""`analyze --scheduler`: a fleet's captures analysed one capture point per task, merged.
+
+The merged result must be the in-process one (`analyze FILES`), attempt for attempt:
+the fleet below has rotated files of one host given out of time order (a 4-tuple reused
+across each file boundary), tcpdump -G names, IPv6 hosts whose address tables differ
+per file, a NAT address seen by several servers, and two files of one capture point
+whose names do not say so (joined because they share an address pair). The slow test
+runs it on a real `dask scheduler` with two `dask worker` processes on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clirun import cli
+
+from tcpreuse.capture.analysis import CaptureAnalysis, analyze_paths
+from tcpreuse.capture.distributed import analyze_streams, group_streams, stream_key
+from tcpreuse.capture.synth import Seg, frames_of, handshake, pcap_bytes
+
+DASK = shutil.which("dask", path=os.path.dirname(sys.executable)) or shutil.which("dask")
+T0 = 1_765_000_000.0
+
+
+def _conns(rng: random.Random, server: str, sport: int, clients: list[str], n: int, t0: float,
+           span: float) -> list[tuple[float, str, int, str, int]]:
+    """n connections over `span` s; every third one reuses an earlier 4-tuple 10-20 s later."""
+    out: list[tuple[float, str, int, str, int]] = []
+    for k in range(n):
+        t = t0 + rng.uniform(0, span)
+        if k % 3 == 2 and out:
+            _, c, cp, _, _ = rng.choice(out)
+            t = max(o[0] for o in out if o[1] == c and o[2] == cp) + rng.uniform(10, 20)
+        else:
+            c, cp = rng.choice(clients), rng.randrange(32768, 61000)
+        out.append((t, c, cp, server, sport))
+    return out
+
+
+def _segs(rng: random.Random, conns: list[tuple[float, str, int, str, int]]) -> list[Seg]:
+    segs: list[Seg] = []
+    for t, c, cp, s, sp in conns:
+        segs += handshake(t, c, cp, s, sp, rng.getrandbits(32), rng.getrandbits(32),
+                          ts=(rng.getrandbits(31), rng.getrandbits(31)), server_closes=rng.random() < 0.7)
+    segs.sort(key=lambda s: s.t)
+    return segs
+
+
+def _write(path: Path, segs: list[Seg]) -> None:
+    path.write_bytes(pcap_bytes(frames_of(segs)))
+
+
+def _rotate(d: Path, names: list[str], segs: list[Seg]) -> list[Path]:
+    """segs cut into len(names) files of equal time spans (as tcpdump -G would)."""
+    lo, hi = segs[0].t, segs[-1].t + 1e-6
+    step = (hi - lo) / len(names)
+    out = []
+    for k, name in enumerate(names):
+        part = [s for s in segs if lo + k * step <= s.t < lo + (k + 1) * step]
+        _write(d / name, part)
+        out.append(d / name)
+    return out
+
+
+def make_fleet(d: Path) -> list[Path]:
+    rng = random.Random(16)
+    nat = "10.9.0.1"  # one NAT address in front of clients of two servers
+    web = _segs(rng, _conns(rng, "10.1.0.1", 80, [nat, "10.2.0.2", "10.2.0.3"], 60, T0, 120))
+    db = _segs(rng, _conns(rng, "10.3.0.1", 5432, [nat, "10.4.0.2"], 30, T0 + 5, 100))
+    v6a = _segs(rng, _conns(rng, "fd00::1", 443, ["fd00::10", "fd00::11"], 20, T0, 90))
+    v6b = _segs(rng, _conns(rng, "fd00::2", 443, ["fd00::12", "fd00::10"], 20, T0 + 2, 90))
+    edge = _segs(rng, _conns(rng, "10.5.0.1", 8080, ["10.6.0.1"], 30, T0, 100))
+    files = _rotate(d, ["web.pcap", "web.pcap1", "web.pcap2", "web.pcap3"], web)
+    files += _rotate(d, ["db-20261207-140000.pcap", "db-20261207-140100.pcap"], db)
+    (d / "v6").mkdir()
+    _write(d / "v6" / "a.pcap", v6a)
+    _write(d / "v6" / "b.pcap", v6b)
+    files += [d / "v6" / "a.pcap", d / "v6" / "b.pcap"]
+    files += _rotate(d, ["edge-first.pcap", "edge-second.pcap"], edge)
+    # out of time order on the command line, as a glob of -C names would give them
+    order = [3, 1, 0, 2, 5, 4, 6, 7, 9, 8]
+    return [files[i] for i in order]
+
+
+def assert_same(a: CaptureAnalysis, b: CaptureAnalysis) -> None:
+    assert a.files == b.files and a.v6 == b.v6
+    assert sorted(a.attempts.cols) == sorted(b.attempts.cols)
+    for k, x in a.attempts.cols.items():
+        y = b.attempts.cols[k]
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), k
+    assert np.array_equal(a.attempts.history, b.attempts.history)
+    ja, jb = a.to_json(), b.to_json()
+    ja.pop("timing_s")
+    jb.pop("timing_s")
+    assert ja == jb
+    assert a.export_columns() == b.export_columns()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> list[Path]:
+    return make_fleet(tmp_path)
+
+
+def test_stream_names() -> None:
+    same = [("d/cap.pcap", "d/cap.pcap12"), ("d/cap.pcap00", "d/cap.pcap07"),
+            ("d/h-20261207-140000.pcap", "d/h-20261207-150000.pcap"),
+            ("d/h_2026-12-07_14:00:00.pcapng", "d/h_2026-12-08_09:30:00.pcapng"),
+            ("d/h.1765000000.pcap", "d/h.1765003600.pcap"), ("d/h-140000.pcap2", "d/h-150000.pcap")]
+    for x, y in same:
+        assert stream_key(x) == stream_key(y), (x, y)
+    apart = [("d/web1.pcap", "d/web2.pcap"), ("d/web-01.pcap", "d/web-02.pcap"), ("a/cap.pcap", "b/cap.pcap"),
+             ("d/10.0.0.1.pcap", "d/10.0.0.2.pcap"), ("d/cap.pcap", "d/cap2.pcap")]
+    for x, y in apart:
+        assert stream_key(x) != stream_key(y), (x, y)
+    assert group_streams(["w.pcap1", "db.pcap", "w.pcap", "w.pcap2"]) == [[0, 2, 3], [1]]
+
+
+def test_streams_equal_in_process(fleet: list[Path]) -> None:
+    notes: list[str] = []
+    got = analyze_streams(fleet, progress=notes.append)
+    want = analyze_paths(fleet, jobs=1)
+    assert len(got) == len(want) == 1
+    assert_same(got[0], want[0])
+    # 10 files, 6 streams by name; the two edge files share their address pair: joined
+    assert notes[0] == "10 file(s) in 6 stream(s)"
+    assert notes[1] == "2 stream(s) share address pairs: analysing them together"
+    c = got[0].counts()
+    assert c["attempts"] == 160 and c["reused"] > 40
+    # the 4-tuple reuse across the rotated files' boundaries is seen: web alone, as one
+    # stream, finds the reuses of all its files together
+    web = [f for f in fleet if f.name.startswith("web")]
+    per_file = sum(an.counts()["reused"] for an in analyze_paths(web, merge=False, jobs=1))
+    joined = analyze_streams(web)[0].counts()["reused"]
+    assert joined == 21 and per_file == 12
+
+
+def test_per_file_equal_in_process(fleet: list[Path], tmp_path: Path) -> None:
+    bad = tmp_path / "junk.pcap"
+    bad.write_bytes(b"not a capture at all")
+    files = [*fleet[:3], bad]
+    got = analyze_streams(files, merge=False)
+    want = analyze_paths(files, merge=False, jobs=1)
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want, strict=True):
+        assert_same(a, b)
+
+
+def test_unreadable_file_reported_like_in_process(fleet: list[Path], tmp_path: Path) -> None:
+    bad = tmp_path / "junk.pcap"
+    bad.write_bytes(b"not a capture at all")
+    files = [fleet[0], bad, fleet[4]]
+    got, want = analyze_streams(files)[0], analyze_paths(files, jobs=1)[0]
+    assert_same(got, want)
+    assert not got.complete
+
+
+def test_bad_scheduler_address_exits_2(fleet: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    t = time.monotonic()
+    code, out, err = cli(["analyze", "--scheduler", "tcp://127.0.0.1:9", str(fleet[0])], capsys)
+    assert code == 2 and not out, err
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err.splitlines()[0]
+    assert "Traceback" not in err and time.monotonic() - t < 5  # refused: no retries until a timeout
+    for bad in ("nonsense://x:1", "127.0.0.1:8786", "tcp://127.0.0.1"):
+        code, out, err = cli(["analyze", "--scheduler", bad, str(fleet[0])], capsys)
+        assert code == 2 and err.startswith(f"tcpreuse: error: --scheduler {bad!r}: "), err
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[str]:
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1, always
+    terminated (then killed) at the end."""
+    with _deploy(tmp_path, workers=2) as address:
+        yield address
+
+
+@contextlib.contextmanager
+def _deploy(tmp_path: Path, workers: int) -> Iterator[str]:
+    if DASK is None:
+        pytest.skip("the dask command (dask.distributed) is not installed")
+    sched_file = tmp_path / "scheduler.json"
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                       "--scheduler-file", str(sched_file)], env=env, cwd=tmp_path,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        deadline = time.monotonic() + 30
+        while not sched_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sched_file.exists(), "dask scheduler did not start"
+        address = json.loads(sched_file.read_text())["address"]
+        for name in ("w1", "w2")[:workers]:
+            procs.append(subprocess.Popen([DASK, "worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
+                                           "--host", "127.0.0.1", "--no-dashboard"], env=env, cwd=tmp_path,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+        from distributed import Client
+
+        if workers:
+            with Client(address, timeout="20s", set_as_default=False) as c:
+                c.wait_for_workers(workers, timeout=30)
+        yield address
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=10)
+
+
+def _cli_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    code, out, err = cli(["analyze", "--json", *args], capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    doc.pop("timing_s", None)
+    for an in doc.get("analyses", []):
+        an.pop("timing_s", None)
+    return dict(doc)
+
+
+@pytest.mark.slow
+def test_analyze_on_dask_deployment(deployment: str, fleet: list[Path], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(f) for f in fleet]
+    want = _cli_json(files, capsys)
+    got = _cli_json(["--scheduler", deployment, *files], capsys)
+    assert got == want
+    assert want["counts"]["attempts"] == 160  # type: ignore[index]
+    # the same rows as CSV, and --per-file gives the same analyses
+    for where, extra in (("here", []), ("dask", ["--scheduler", deployment])):
+        code, _out, err = cli(["analyze", *extra, "--csv", str(tmp_path / f"{where}.csv"), *files], capsys)
+        assert code == 0, err
+    assert (tmp_path / "dask.csv").read_text() == (tmp_path / "here.csv").read_text()
+    assert (_cli_json(["--per-file", "--scheduler", deployment, *files[:3]], capsys)
+            == _cli_json(["--per-file", *files[:3]], capsys))
+
+
+@pytest.mark.slow
+def test_analyze_on_local_cluster(fleet: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+    files = [str(f) for f in fleet[:6]]
+    assert _cli_json(["--scheduler", "local", "-j", "2", *files], capsys) == _cli_json(files, capsys)
+
+
+@pytest.mark.slow
+def test_scheduler_without_workers_is_an_error(tmp_path: Path, fleet: list[Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with _deploy(tmp_path, workers=0) as address:
+        t = time.monotonic()
+        code, out, err = cli(["analyze", "--scheduler", address, str(fleet[0])], capsys)
+    assert code == 2 and not out, err
+    assert err.startswith(f"tcpreuse: error: the Dask scheduler at {address} has no workers"), err
+    assert time.monotonic() - t < 30
+
+
+def test_rotated_files_joined_in_time_order(tmp_path: Path) -> None:
+    """In-process too: the command-line order of rotated files (a glob puts cap.pcap10
+    before cap.pcap2) changes nothing, not even the row order of IPv6 attempts."""
+    rng = random.Random(3)
+    segs = _segs(rng, _conns(rng, "fd00::1", 443, [f"fd00::{k:x}" for k in range(16, 40)], 90, T0, 300))
+    files = _rotate(tmp_path, ["cap.pcap", "cap.pcap1", "cap.pcap2", "cap.pcap10"], segs)
+    want = analyze_paths(files, jobs=1)[0]
+    for order in (sorted(files, key=str), files[::-1]):
+        got = analyze_paths(order, jobs=1)[0]
+        assert got.export_columns() == want.export_columns()
+        assert got.counts() == want.counts() and got.counts()["reused"] > 20
+        assert [s.to_json() for s in got.sources] == [s.to_json() for s in want.sources]
