@@ -141,3 +141,24 @@ def test_syn_retransmissions_counted_as_attempts_and_packets(tmp_path: Path,
     row = next(line for line in out.splitlines() if line.startswith("SYN retransmitted"))
     assert "in 2 attempts" in row and "4 SYN packets resent" in row, row
     assert np.isfinite(c["attempts"])
+
+
+CRASHERS = Path(__file__).parent / "data" / "pcap" / "crashers"
+# found by bench/fuzz_captures.py (gzip kind) before the fix: each raised zlib.error with a
+# traceback. Now: analysed as far as the stream inflated, or one error line when nothing did.
+CRASHER_EXIT = {"zlib-case581.pcap.gz": 0, "zlib-case834.pcapng.gz": 0,
+                "zlib-case328.pcap.gz": 2, "zlib-case295.pcapng.gz": 2}
+
+
+@pytest.mark.parametrize("name", sorted(CRASHER_EXIT))
+def test_fuzz_crashers(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = CRASHERS / name
+    assert path.stat().st_size < 50_000
+    code, doc, err = analyze(path, capsys)
+    assert code == CRASHER_EXIT[name], err
+    if code == 0:
+        assert doc["files"][0]["gzip_damage"].startswith("gzip stream damaged at compressed byte")
+        assert doc["counts"]["attempts"] > 0
+    else:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "nothing could be inflated from this gzip stream" in lines[0], err
