@@ -151,15 +151,15 @@ class ClockFit:
     """What the SYNs of one (client, server) address pair say about timestamp clocks.
 
     ``clocks`` counts TSval offsets (``TSval - rate * t``); a clock *shared* by several
-    4-tuples is a host (or one host-pair offset), a clock seen on one 4-tuple only is
-    what per-4-tuple offsets give every port. Several hosts are inferred only from what
+    4-tuples is a host's (or one connection's that a NAT moved to other ports), a clock
+    seen on one 4-tuple only is what per-4-tuple offsets give every port. Several hosts are inferred only from what
     separates them: several shared clocks, one 4-tuple whose TSval leaves its clock
     (backwards, or ahead of it) between connections, or clocks ticking at different rates."""
 
     clocks: int
     rate: float
     tuples: int  # distinct 4-tuples with a timestamped SYN
-    shared: int  # clocks seen on >= 2 of them
+    shared: int  # clocks seen on >= SHARED_MIN of them
     per_tuple: bool  # every clock belongs to one 4-tuple: per-4-tuple offsets (4.10, 2026+)
     steps: int  # successive SYNs of one 4-tuple (< 60 s apart)
     off_clock: int  # ... whose TSval is not where that 4-tuple's clock puts it
