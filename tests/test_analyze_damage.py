@@ -87,7 +87,8 @@ def test_truncated_file_is_not_rounded_to_100_percent(tmp_path: Path) -> None:
     assert "(100 %)" in analyze_paths([whole])[0].reports[0].summary()
 
 
-def test_absurd_record_timestamp_is_left_out_and_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_absurd_record_timestamp_is_left_out_and_said(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                      reader_path: str) -> None:
     """One EPB whose timestamp is 7e12 s away: the capture still spans ~2 s and the
     rate and timeline are those of the real packets."""
     fr = frames_of(conns(30, 2.0))
@@ -106,7 +107,19 @@ def test_absurd_record_timestamp_is_left_out_and_said(tmp_path: Path, capsys: py
     assert code == 0 and "TCP packets over 2.0 s" in out and "left out" in err
 
 
-def test_damaged_first_record_time_does_not_lose_the_file(tmp_path: Path) -> None:
+@pytest.fixture(params=["c", "python"])
+def reader_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The C extension's record walk (when built) and the numpy/mypyc one."""
+    from tcpreuse.capture import native
+
+    if request.param == "c" and native.lib is None:
+        pytest.skip("C extension not built")
+    if request.param == "python":
+        monkeypatch.setattr(native, "lib", None)
+    return str(request.param)
+
+
+def test_damaged_first_record_time_does_not_lose_the_file(tmp_path: Path, reader_path: str) -> None:
     """The pcap reader bounds times by the first records' median, not by the first alone."""
     data = bytearray(big_pcap())
     struct.pack_into("<I", data, 24, 0x7FFFFFF0)  # the first record's seconds
