@@ -133,12 +133,17 @@ def ts_clocks(t: np.ndarray, tsval: np.ndarray) -> tuple[int, float]:
         return 0, 0.0
     if t.size == 1:
         return 1, TS_RATES[0]
+    best_rate = _sample_rate(t, tsval)
+    return _clusters(t, tsval, best_rate, float(t.max() - t.min()), float(t.min())), best_rate
+
+
+def _sample_rate(t: np.ndarray, tsval: np.ndarray) -> float:
+    """The rate that explains at most 2,048 SYNs spread over the capture with the fewest clocks."""
     span = float(t.max() - t.min())
     t0 = float(t.min())
     sample = np.linspace(0, t.size - 1, min(t.size, 2048)).astype(np.int64)
     ts_, tv_ = t[sample], tsval[sample]
-    best_rate = min(TS_RATES, key=lambda r: (_clusters(ts_, tv_, r, span, t0), TS_RATES.index(r)))
-    return _clusters(t, tsval, best_rate, span, t0), best_rate
+    return min(TS_RATES, key=lambda r: (_clusters(ts_, tv_, r, span, t0), TS_RATES.index(r)))
 
 
 @dataclass
@@ -146,15 +151,15 @@ class ClockFit:
     """What the SYNs of one (client, server) address pair say about timestamp clocks.
 
     ``clocks`` counts TSval offsets (``TSval - rate * t``); a clock *shared* by several
-    4-tuples is a host (or one host-pair offset), a clock seen on one 4-tuple only is
-    what per-4-tuple offsets give every port. Several hosts are inferred only from what
+    4-tuples is a host's (or one connection's that a NAT moved to other ports), a clock
+    seen on one 4-tuple only is what per-4-tuple offsets give every port. Several hosts are inferred only from what
     separates them: several shared clocks, one 4-tuple whose TSval leaves its clock
     (backwards, or ahead of it) between connections, or clocks ticking at different rates."""
 
     clocks: int
     rate: float
     tuples: int  # distinct 4-tuples with a timestamped SYN
-    shared: int  # clocks seen on >= 2 of them
+    shared: int  # clocks seen on >= SHARED_MIN of them
     per_tuple: bool  # every clock belongs to one 4-tuple: per-4-tuple offsets (4.10, 2026+)
     steps: int  # successive SYNs of one 4-tuple (< 60 s apart)
     off_clock: int  # ... whose TSval is not where that 4-tuple's clock puts it
@@ -173,43 +178,46 @@ def _tol(rate: float, dt: np.ndarray | float) -> np.ndarray | float:
     return rate * 0.05 + rate * np.abs(dt) * 2e-4 + 2
 
 
-def _s32(x: np.ndarray) -> np.ndarray:
-    return ((x.astype(np.int64) + 2**31) % 2**32) - 2**31
-
-
-def _tuple_steps(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(dt s, dTSval as signed 32-bit) between successive SYNs of one 4-tuple < 60 s apart."""
-    o = np.lexsort((t, tup))
-    same = tup[o][1:] == tup[o][:-1]
-    dt = np.diff(t[o])[same]
-    dv = _s32(np.diff(tsval[o].astype(np.int64)))[same]
-    keep = dt < STEP_MAX_S
-    return dt[keep], dv[keep]
-
-
 def _off(dt: np.ndarray, dv: np.ndarray, rate: float) -> np.ndarray:
     return np.abs(dv - rate * dt) > _tol(rate, dt)
 
 
 def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
-    """Clocks of one address pair's timestamped SYNs at times t on 4-tuples `tup` (any
-    integer key: the source and destination ports)."""
-    k, rate = ts_clocks(t, tsval)
-    n_tup = int(distinct(tup).size)
-    dt, dv = _tuple_steps(t, tsval, tup)
-    if dt.size:
+    """Clocks of one address pair's timestamped SYNs at times t on 4-tuples `tup` (a
+    non-negative integer key, e.g. source port << 16 | destination port), rows in
+    capture order."""
+    if t.size == 0:
+        return ClockFit(0, 0.0, 0, 0, False, 0, 0, 0, (), False, "")
+    rate = _sample_rate(t, tsval)
+    span, t0 = float(t.max() - t.min()), float(t.min())
+    # successive SYNs of one 4-tuple: a stable radix sort by 4-tuple keeps capture order
+    o = capture_order(tup)
+    to, vo, ko = t[o], tsval[o].astype(np.uint32), tup[o]
+    same = ko[1:] == ko[:-1]
+    first = np.r_[True, ~same]
+    dt = np.diff(to)[same]
+    dv = np.diff(vo)[same].view(np.int32)  # uint32 differences wrap: as signed, s32(b - a)
+    keep = np.abs(dt) < STEP_MAX_S
+    dt, dv = dt[keep], dv[keep]
+    n_tup = int(first.sum())
+    off = _off(dt, dv, rate)
+    if off.any():
         # the rate that keeps every 4-tuple on its own clock wins over the cluster count
-        rate = min(TS_RATES, key=lambda r: (int(_off(dt, dv, r).sum()), r != rate, TS_RATES.index(r)))
-        k = _clusters(t, tsval, rate, float(t.max() - t.min()), float(t.min()))
-    off = _off(dt, dv, rate) if dt.size else np.zeros(0, bool)
+        best = min(TS_RATES, key=lambda r: (int(_off(dt, dv, r).sum()), r != rate, TS_RATES.index(r)))
+        if best != rate:
+            rate = best
+            off = _off(dt, dv, rate)
     backwards = int((off & (dv < 0)).sum())
     # clocks that explain steps the main rate does not (>= 0.5 s apart, going forward)
     others: list[float] = []
     far = off & (dt >= 0.5) & (dv > 0)
-    for r in TS_RATES:
-        if r != rate and int((far & ~_off(dt, dv, r)).sum()) >= 2:
-            others.append(r)
-    shared = _shared_clocks(t, tsval, tup, rate) if k > 1 else int(n_tup >= SHARED_MIN)
+    if far.sum() >= 2:
+        others = [r for r in TS_RATES if r != rate and int((far & ~_off(dt, dv, r)).sum()) >= 2]
+    # clocks, and those used by several 4-tuples, from each 4-tuple's first SYN; when every
+    # 4-tuple kept its clock these are all the clocks (else all SYNs are counted)
+    k, shared = _clock_groups(to[first], vo[first], rate, span, t0)
+    if off.any():
+        k = _clusters(t, tsval, rate, span, t0)
     per_tuple = k > 1 and shared == 0
     why = []
     if shared >= 2:
@@ -226,17 +234,15 @@ def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
                     bool(why), "; ".join(why))
 
 
-def _shared_clocks(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray, rate: float) -> int:
-    """How many clocks hold SYNs of SHARED_MIN or more 4-tuples."""
-    span, t0 = float(t.max() - t.min()), float(t.min())
-    off = np.mod(tsval.astype(np.float64) - rate * (t - t0), 2.0**32)
-    o = np.argsort(off, kind="stable")
-    cid = np.r_[0, np.cumsum(np.diff(off[o]) > _tol(rate, span))]
-    if cid[-1] > 0 and (off[o][0] + 2.0**32 - off[o][-1]) <= _tol(rate, span):
+def _clock_groups(t: np.ndarray, tsval: np.ndarray, rate: float, span: float, t0: float) -> tuple[int, int]:
+    """(clocks, clocks holding SHARED_MIN or more) of SYNs that are one per 4-tuple."""
+    off = np.sort(np.mod(tsval.astype(np.float64) - rate * (t - t0), 2.0**32))
+    tol = _tol(rate, span)
+    cid = np.r_[0, np.cumsum(np.diff(off) > tol)]
+    if cid[-1] > 0 and (off[0] + 2.0**32 - off[-1]) <= tol:
         cid[cid == cid[-1]] = 0  # the first and last cluster meet across the wrap
-    pairs = distinct(cid.astype(np.int64) << 32 | tup[o].astype(np.int64))
-    n_per_clock = np.bincount((pairs >> 32).astype(np.int64))
-    return int((n_per_clock >= SHARED_MIN).sum())
+    size = np.bincount(cid)
+    return int(np.count_nonzero(size)), int((size >= SHARED_MIN).sum())
 
 
 def peak_rate(t: np.ndarray, mean: float) -> float:
