@@ -19,7 +19,6 @@ from ..errors import HostError, TcpreuseError
 from .metrics import families
 from .reader import Reader
 
-DEFAULT_PORT = 9946
 log = logging.getLogger("tcpreuse.exporter")
 
 

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..diagnose.base import HostFacts, diagnose
 from ..errors import HostError
@@ -67,7 +67,6 @@ class Reading:
     monotonic: float
     duration_s: float  # how long the read and the diagnosis took
     window_s: float | None  # seconds since the previous read (rates), None on the first
-    notes: list[str] = field(default_factory=list)
 
 
 def _pair(prev: RawSample, cur: RawSample) -> RawSample:
