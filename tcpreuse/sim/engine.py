@@ -37,9 +37,12 @@ from ..model.timewait import (
     TW_SYN,
     Segment,
     TimeWaitSock,
+    inet_twsk_alloc_ok,
+    tcp_time_wait,
     tcp_timewait_state_process,
+    tcp_twsk_takeover,
     tcp_twsk_unique,
-    tw_timeout_s,
+    tw_lifetime,
 )
 from ..result import RunResult
 from ..scenario.schema import Scenario
@@ -458,13 +461,14 @@ class Engine:
         if self.audit:
             self._audit_connect(c, key, tw_taken, att, t)
         if tw_taken is not None:
-            # __inet_check_established(): the TW is unhashed, TWRecycled++, and the new
-            # socket's write_seq = tw_snd_nxt + 65535 + 2 (tcp_twsk_unique()).
-            tw_taken.alive = False
+            # __inet_check_established(): the TW is unhashed, TWRecycled++; the new socket
+            # inherits write_seq and ts_recent (model.timewait.tcp_twsk_takeover). The
+            # inherited ts_recent is only echoed as the SYN's TSecr and overwritten by the
+            # SYN-ACK's TSval before anything checks it, so the engine keeps the ISN alone.
+            att.isn = tcp_twsk_takeover(tw_taken)[0]
             del c.tw[key]
             c.release_port(key)
             c.inc("TcpExtTWRecycled")
-            att.isn = (tw_taken.snd_nxt + 65535 + 2) & MASK32 or 1
         else:
             att.isn = self._client_isn(c, key, t)
         c.hold_port(key)
@@ -987,40 +991,31 @@ class Engine:
     # ---- TIME_WAIT -----------------------------------------------------------------------------
     def _time_wait(self, h: SimHost, key: Key, t: float, rcv_nxt: int, snd_nxt: int, ts_recent: int,
                    ts_ok: bool, ts_offset: int, dest: DestPorts | None) -> None:
-        """mirrors tcp_time_wait() (net/ipv4/tcp_minisocks.c) for the side that closed first.
-        `dest` is given for a client's socket (its port stays held during TIME_WAIT)."""
-        if len(h.tw) >= h.max_tw:
-            # inet_twsk_alloc() fails: no TIME_WAIT at all, the port is free at once.
+        """File the TIME_WAIT that model.timewait.tcp_time_wait() builds for the side that
+        closed first. `dest` is given for a client's socket (its port stays held during
+        TIME_WAIT)."""
+        if not inet_twsk_alloc_ok(len(h.tw), h.max_tw):
+            # no TIME_WAIT at all, the port is free at once
             h.inc("TcpExtTCPTimeWaitOverflow")
             if dest is not None:
                 h.release_port(key)
             return
         now_sec = h.sec(t)
-        stamp = now_sec if ts_ok else 0
-        recycle_ok = False
-        if h.tw_recycle and ts_ok and h.recycle_cache is not None:
-            recycle_ok = h.recycle_cache.remember_stamp(key[0], key[2], ts_recent, stamp, now_sec)
-        if h.is_linux:
-            rto = self.rtt + 0.2  # icsk_rto after the handshake: srtt + max(rttvar, TCP_RTO_MIN)
-            timeo = tw_timeout_s(rto, h.hz, recycle_ok)
-        else:
-            timeo = h.client_tw_s
-        kill = timeo <= 4.0
-        if h.deathrow:
-            expires, kill = h.death_row.expiry(t, timeo)
-        else:
-            expires = t + timeo
-        tw = TimeWaitSock(rcv_nxt=rcv_nxt, snd_nxt=snd_nxt, ts_recent=ts_recent, ts_recent_stamp=stamp,
-                          ts_offset=ts_offset, entry_stamp_ms=h.ms(t), expires=expires, kill=kill)
+        # rto: icsk_rto after the handshake, srtt + max(rttvar, TCP_RTO_MIN)
+        timeo = tw_lifetime(now_sec, key[0], key[2], ts_recent, ts_ok, h.is_linux, self.rtt + 0.2, h.hz,
+                            h.client_tw_s, h.recycle_cache)
+        tw = tcp_time_wait(t, now_sec, h.ms(t), rcv_nxt, snd_nxt, ts_recent, ts_ok, ts_offset, timeo,
+                           h.death_row if h.deathrow else None)
         h.tw[key] = tw
         q = h.tw_queue(timeo)
+        expires = tw.expires
         if not q and expires < h.tw_next:
             h.tw_next = expires
         q.push(expires, key, tw)
         if dest is not None:
             dest.tws.append(tw)
         if h.tw_count_at_schedule:
-            h.count_tw(kill)
+            h.count_tw(tw.kill)
 
     def _reschedule_tw(self, h: SimHost, key: Key, tw: TimeWaitSock, t: float) -> None:
         """inet_twsk_reschedule(tw, TCP_TIMEWAIT_LEN)"""
