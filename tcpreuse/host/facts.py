@@ -25,6 +25,7 @@ from ..diagnose.base import HostFacts, ListenerUse, TupleUse
 from ..errors import ProfileError
 from ..model.profiles import MAX_LINUX, MIN_LINUX, Profile, get_profile, vstr
 from ..model.settings import parse_port_list
+from ..model.stacks import port_range
 from ..model.timewait import TCP_TIMEWAIT_LEN, tw_reuse_enabled, tw_reuse_hold_s
 from .counters import COUNTERS, exists_on
 from .observed import Observed
@@ -171,20 +172,18 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
+def _range_profile(profile: Profile | None, windows: bool) -> Profile:
+    """The profile whose port-range rules apply: the host's own, else its OS's current
+    release (the defaults are the same in every release of one OS since Vista / 4.6)."""
+    if profile is not None and profile.os == ("windows" if windows else "linux"):
+        return profile
+    return get_profile("windows-2022" if windows else "linux-6.18")
+
+
 def port_budget(settings: dict[str, Any], profile: Profile | None, listen_ports: set[int],
                 windows: bool = False) -> dict[str, Any]:
     """Ports connect() may autoselect for one (src, dst, dport), and their parity split."""
-    if windows:
-        start = int(settings.get("netsh.ipv4.dynamicport.tcp.start", 49152))
-        num = int(settings.get("netsh.ipv4.dynamicport.tcp.num", 16384))
-        lo, hi = start, min(65535, start + num - 1)
-    else:
-        rng = settings.get("net.ipv4.ip_local_port_range")
-        if not (isinstance(rng, tuple) and len(rng) == 2):
-            rng = profile.default_port_range if profile and profile.is_linux else (32768, 60999)
-        lo, hi = int(rng[0]), int(rng[1])
-    if hi < lo:
-        lo, hi = hi, lo
+    lo, hi = port_range(_range_profile(profile, windows), settings)
     reserved = settings.get("net.ipv4.ip_local_reserved_ports") or frozenset()
     ports = np.arange(lo, hi + 1)
     is_reserved = np.isin(ports, np.fromiter(reserved, dtype=np.int64)) if reserved else np.zeros(len(ports), bool)
