@@ -121,7 +121,7 @@ def test_port_range_per_os_with_defaults_for_unreported_settings() -> None:
     assert port_range(win, {}) == (49152, 65535)  # netsh defaults: start 49152, num 16384
     assert port_range(win, {"netsh.ipv4.dynamicport.tcp.start": 10000,
                             "netsh.ipv4.dynamicport.tcp.num": 60000}) == (10000, 65535)  # clamped
-    assert port_range(get_profile("linux-4.4"), {}) == (32768, 60999)
+    assert port_range(get_profile("linux-4.9"), {}) == (32768, 60999)  # 4.6+: parity
     assert port_range(get_profile("linux-4.4"), {"net.ipv4.ip_local_port_range": (2000, 1024)}) == (1024, 2000)
     assert port_range(get_profile("linux-3.10"), {}) == (32768, 61000)  # before 4.6
     assert port_range(get_profile("macos"), {"net.inet.ip.portrange.first": 50000}) == (50000, 65535)
