@@ -482,8 +482,10 @@ class Engine:
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
                        t: float) -> None:
         """Invariants, restated independently of the allocation code: no live socket or
-        TIME_WAIT holds the 4-tuple unless that TIME_WAIT is taken over, and a takeover
-        needs timestamps and, for an autoselected port, tcp_tw_reuse and an old enough TW."""
+        TIME_WAIT holds the 4-tuple unless that TIME_WAIT is taken over, and the TIME_WAIT
+        taken over is one model.timewait.tcp_twsk_unique() lets go (the allocation decides
+        on the destination's oldest TIME_WAIT and the port search; this checks the one
+        actually taken)."""
         v = self.violations
         if key in c.ehash:
             v.append(f"t={t:.6f} {c.name}: 4-tuple {key} already has a live socket")
@@ -492,21 +494,13 @@ class Engine:
             v.append(f"t={t:.6f} {c.name}: 4-tuple {key} is in TIME_WAIT and was not taken over")
         if c.pool is None and not att.bound and not (c.low <= key[1] <= c.high and key[1] not in c.reserved):
             v.append(f"t={t:.6f} {c.name}: port {key[1]} outside the usable range")
-        if tw_taken is None:
-            return
-        if not tw_taken.ts_recent_stamp:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT without timestamps taken over for {key}")
-        if att.bound:
-            return
-        if c.tw_reuse != 1:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT taken over with tcp_tw_reuse={c.tw_reuse}")
-        age_ms = c.ms(t) - tw_taken.entry_stamp_ms
-        if c.reuse_rule == "delay_ms" and age_ms <= c.tw_reuse_delay:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT {age_ms} ms old taken over (delay {c.tw_reuse_delay} ms)")
-        if c.reuse_rule == "gt1s" and c.sec(t) - tw_taken.ts_recent_stamp <= 1:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT taken over within 1 s of its last timestamp")
-        if c.reuse_rule == "after_s" and c.sec(t) <= tw_taken.ts_recent_stamp:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT taken over in the same second as its last timestamp")
+        if tw_taken is not None and not tcp_twsk_unique(
+                tw_taken, att.bound, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
+                tw_reuse_delay_ms=c.tw_reuse_delay):
+            age_ms = c.ms(t) - tw_taken.entry_stamp_ms
+            v.append(f"t={t:.6f} {c.name}: TIME_WAIT {age_ms} ms old taken over for {key} although "
+                     f"tcp_twsk_unique() refuses (tcp_tw_reuse={c.tw_reuse}, rule {c.reuse_rule}, "
+                     f"ts_recent_stamp={tw_taken.ts_recent_stamp})")
 
     def _client_isn(self, c: SimHost, key: Key, t: float) -> int:
         sa, sp, da, dp = key
