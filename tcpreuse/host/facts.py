@@ -5,8 +5,8 @@ The numbers that answer "what is wrong here, now?":
 * ports in use per (source IP, destination IP, destination port) against the budget
   connect() has for that tuple: the ``ip_local_port_range`` minus reserved ports and ports
   owned by listeners (``__inet_hash_connect`` never autoselects a port whose bind bucket
-  was made by bind()/listen(), spec §6.2), split by parity (4.2+ walks ports of ``low``'s
-  parity first, spec §6.3);
+  was made by bind()/listen(), docs/kernel.md §5.1), split by parity (4.2+ walks ports of ``low``'s
+  parity first, docs/kernel.md §5.1);
 * TIME_WAIT entries per tuple and when they free up (``idiag_expires``);
 * the new-connection rate per tuple (socket cookies new in the second sample / interval)
   and the time until the tuple runs out at that rate;

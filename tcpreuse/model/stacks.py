@@ -2,7 +2,8 @@
 reaction to an unacceptable ACK or a RST in SYN-SENT, TIME_WAIT length, whether its SYN
 carries timestamps, and the errno names an application sees.
 
-Linux: spec §3.5, §5.4, §11.3. Windows: path-elements §1.1-§1.5. macOS: §1.8.
+Linux: docs/kernel.md §3.1 (SYN-SENT), §6 (recycle), §8 (SYN retransmission). Windows and
+macOS: docs/kernel.md §12.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def client_stack(p: Profile, settings: dict[str, Any], params: dict[str, Any]) -
         rto = int(settings["netsh.tcp.initialrto"]) / 1000.0
         n = int(settings["netsh.tcp.maxsynretransmissions"])
         offs, give_up = linux_syn_offsets(rto, n)
-        # Measured: 4 retransmissions at 1 s give up at 21.0 s, not 31 s (§1.4) -> a cap.
+        # Measured: 4 retransmissions at 1 s give up at 21.0 s, not 31 s (docs/kernel.md §12) -> a cap.
         give_up = min(give_up, p.win_connect_cap_s)
         offs = tuple(o for o in offs if o < give_up)
         return ClientStack(

@@ -511,7 +511,7 @@ class Engine:
         return clocks.rfc6528_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
 
     def _autoselect(self, c: SimHost, saddr: int, daddr: int, dport: int, t: float) -> tuple[int, int] | None:
-        """inet_hash_connect() for a socket without a local port (spec §6.1-6.3)."""
+        """inet_hash_connect() for a socket without a local port (docs/kernel.md §5.1)."""
         ports = c.connect_ports
         assert ports is not None
         if c.port_epoch_s > 0:
@@ -786,7 +786,7 @@ class Engine:
                  tw: TimeWaitSock | None) -> None:
         """The server answered the SYN with an ACK that does not acknowledge it (a TIME_WAIT
         or established socket's ACK for the old connection). A client in SYN-SENT answers
-        with RST(seq = that ACK's ack number) and keeps its SYN timer (spec §3.5 case C)."""
+        with RST(seq = that ACK's ack number) and keeps its SYN timer (docs/kernel.md §3.1)."""
         c = att.client
         if not att.cause:
             att.cause = cause
