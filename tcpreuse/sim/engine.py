@@ -734,7 +734,7 @@ class Engine:
         c = att.client
         if c.is_linux:
             return c.timer_fires(t_sent, linux_data_retry_j(k, self.rtt, c.hz, c.p.tail_loss_probe))
-        return t_sent + (self.rtt + 0.2) * (2 ** (k - 1))
+        return t_sent + math.ldexp(self.rtt + 0.2, k - 1)  # (rtt + 0.2) * 2**(k-1), exactly
 
     def _accept_retry(self, att: Attempt, t: float) -> None:
         srv = att.srv
