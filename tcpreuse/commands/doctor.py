@@ -54,8 +54,8 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
     """Diagnose a live host (or --netns, or --from snapshots and pasted text): TIME_WAIT,
     ephemeral port budgets per destination, tw_reuse/tw_recycle/timestamps, listen queues,
     conntrack, PAWS. Read-only."""
-    from ..diagnose.base import diagnose
-    from ..host import evidence_of, sources_for
+    from ..diagnose.base import diagnose, evidence_of
+    from ..host import sources_for
     from ..model.profiles import get_profile
 
     if froms and (netns or save or watch):

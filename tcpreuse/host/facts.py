@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from ..diagnose.base import HostFacts, ListenerUse, TupleUse
 from ..errors import ProfileError
 from ..model.profiles import MAX_LINUX, MIN_LINUX, Profile, get_profile, vstr
 from ..model.settings import parse_port_list
@@ -29,6 +28,7 @@ from ..model.stacks import port_range
 from ..model.timewait import TCP_TIMEWAIT_LEN, tw_reuse_enabled, tw_reuse_hold_s
 from .counters import COUNTERS, exists_on
 from .observed import Observed
+from .records import HostFacts, ListenerUse, TupleUse
 from .sockets import (
     TCP_ESTABLISHED,
     TCP_FIN_WAIT2,
@@ -431,7 +431,6 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
     tw_len = float(facts.settings.get("TcpTimedWaitDelay", 240)) if windows else TCP_TIMEWAIT_LEN
     reuse_hold = reuse_hold_s(facts.settings, profile)
     tuples: list[TupleUse] = []
-    details: list[dict[str, Any]] = []
     # The most used tuples are judged and the most pressed kept: with tw_reuse a range full
     # of reusable TIME_WAIT is not pressure, so the order is by load, not by ports in use.
     for gi in np.argsort(-counts, kind="stable")[:4 * MAX_TUPLES].tolist():
@@ -444,18 +443,18 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
         members = by_group[starts[gi]:starts[gi + 1]]
         m_state = ost[members]
         reuse = (not windows) and tw_reuse_applies(facts.settings, profile, src, dst)
-        d: dict[str, Any] = {"syn_sent": int(syn[gi]),
-                             "sources_to_destination": int(srcs_per_dst[dinv[gi]]),
-                             "in_use_to_destination": int(use_per_dst[dinv[gi]])}
+        tu.syn_sent = int(syn[gi])
+        tu.sources_to_destination = int(srcs_per_dst[dinv[gi]])
+        tu.in_use_to_destination = int(use_per_dst[dinv[gi]])
         m_ts = o_ts[members][m_state == TCP_ESTABLISHED]
         known = m_ts[m_ts >= 0]
         if known.size:
             without = int((known == 0).sum())
-            d["peer_timestamps"] = {"with": int(known.size - without), "without": without}
+            tu.peer_timestamps = {"with": int(known.size - without), "without": without}
             if without > known.size / 2:
                 reuse = False  # the old connections carry no timestamps: twsk_unique() refuses
-        d["tw_reuse_applies"] = reuse
-        d["tw_len_s"] = tw_len
+        tu.tw_reuse_applies = reuse
+        tu.tw_len_s = tw_len
         # TIME_WAIT entries block their port until they expire, or (tw_reuse) until they
         # are older than the reuse hold; then connect() may take them over.
         hold = min(reuse_hold, tw_len) if reuse else tw_len
@@ -463,7 +462,7 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
             tw_left = o_exp[members][m_state == TCP_TIME_WAIT] / 1000.0
             if tu.time_wait:
                 tu.next_free_in_s = float(tw_left.min())
-                d["tw_free_within_10s"] = int((tw_left <= 10.0).sum())
+                tu.tw_free_within_10s = int((tw_left <= 10.0).sum())
         else:
             tw_left = np.full(tu.time_wait, tw_len)
         blocking = tw_left - (tw_len - hold)
@@ -472,35 +471,33 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
             tu.rate_per_s = float(new[gi] / window)
         base = tu.established + tu.other
         closes_first = tu.time_wait > 0  # else the peer closes first: ports free when sockets go
-        d["hold_s"] = hold if closes_first else 0.0
-        d["blocked"] = int(base + len(blocking))  # ports connect() cannot take now
+        tu.hold_s = hold if closes_first else 0.0
+        tu.blocked = int(base + len(blocking))  # ports connect() cannot take now
         tu.seconds_to_exhaustion = time_to_exhaustion(
             base, blocking, (tu.rate_per_s or 0.0) if closes_first else 0.0, per_tuple_budget, hold)
-        d["sustainable_rate_per_s"] = max(0.0, (per_tuple_budget - base) / hold) if closes_first else None
+        tu.sustainable_rate_per_s = max(0.0, (per_tuple_budget - base) / hold) if closes_first else None
         ct = obs.connect_trace
         if ct is not None and obs.connect_trace_s:
-            d["attempts_per_s"] = ct.attempts.get((src, dst, tu.dport), 0) / obs.connect_trace_s
-            d["failed_no_port_per_s"] = ct.no_port.get((src, dst, tu.dport), 0) / obs.connect_trace_s
-        d["load"] = _load(tu, d)
+            tu.attempts_per_s = ct.attempts.get((src, dst, tu.dport), 0) / obs.connect_trace_s
+            tu.failed_no_port_per_s = ct.no_port.get((src, dst, tu.dport), 0) / obs.connect_trace_s
+        tu.load = _load(tu)
         tuples.append(tu)
-        details.append(d)
-    order = sorted(range(len(tuples)), key=lambda i: (-details[i]["load"], -tuples[i].in_use))[:MAX_TUPLES]
-    facts.tuples = [tuples[i] for i in order]
-    facts.extra["tuple_detail"] = [details[i] for i in order]
+    facts.tuples = sorted(tuples, key=lambda t: (-(t.load or 0.0), -t.in_use))[:MAX_TUPLES]
 
 
-def _load(t: TupleUse, d: dict[str, Any]) -> float:
+def _load(t: TupleUse) -> float:
     """How close a tuple is to running out, 1.0 = at its limit: the new-connection rate over
     the sustainable rate when both are known, else the share of ports connect() cannot take
     now (the two agree in steady state: TIME_WAIT younger than the hold ~ rate x hold)."""
+    blocked = t.blocked if t.blocked is not None else t.in_use
     if t.seconds_to_exhaustion == 0:
-        return max(1.0, d["blocked"] / max(t.budget, 1))
-    sust = d.get("sustainable_rate_per_s")
-    if d.get("attempts_per_s") is not None and sust:
-        return max(d["attempts_per_s"] / sust, 1.0 if d.get("failed_no_port_per_s") else 0.0)
+        return max(1.0, blocked / max(t.budget, 1))
+    sust = t.sustainable_rate_per_s
+    if t.attempts_per_s is not None and sust:
+        return max(t.attempts_per_s / sust, 1.0 if t.failed_no_port_per_s else 0.0)
     if t.rate_per_s is not None and sust:
-        return max(t.rate_per_s / sust, d["blocked"] / max(t.budget, 1) if not t.time_wait else 0.0)
-    return d["blocked"] / max(t.budget, 1)
+        return max(t.rate_per_s / sust, blocked / max(t.budget, 1) if not t.time_wait else 0.0)
+    return blocked / max(t.budget, 1)
 
 
 # ---- role -----------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def _fixes() -> list[Fix]:
 
 
 def _clocks(ev: Evidence, client: str) -> tuple[int | None, bool]:
-    for s in ev.capture.sources:
+    for s in ev.require_capture().sources:
         if s.addr == client:
             return s.ts_clocks, s.ts_per_connection
     return None, False
@@ -39,7 +39,7 @@ def _clocks(ev: Evidence, client: str) -> tuple[int | None, bool]:
 
 @rule("capture-tw-recycle-drops", needs={"capture"})
 def tw_recycle_drops(ev: Evidence) -> list[Finding]:
-    an = ev.capture
+    an = ev.require_capture()
     a = an.attempts
     att = a["is_attempt"]
     flagged = att & (a["tw_recycle"] != reuse.RC_NONE)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from ...diagnose.base import Evidence, HostFacts, rule
 from ...findings import EvidenceItem, Finding, Fix
-from ...host.judge import num
 from ...model.profiles import get_profile
 from ...model.stacks import port_range
+from ..judge import num
 
 LINUX_TW = 60
 SERVER_TW = 100  # TIME_WAIT entries on the service port that show the server closes first
