@@ -463,8 +463,8 @@ class Engine:
         if tw_taken is not None:
             # __inet_check_established(): the TW is unhashed, TWRecycled++; the new socket
             # inherits write_seq and ts_recent (model.timewait.tcp_twsk_takeover). The
-            # inherited ts_recent is only echoed as the SYN's TSecr and overwritten by the
-            # SYN-ACK's TSval before anything checks it, so the engine keeps the ISN alone.
+            # inherited ts_recent is only echoed as the SYN's TSecr, then overwritten by the
+            # SYN-ACK's TSval (or unused without timestamps): the engine keeps the ISN alone.
             att.isn = tcp_twsk_takeover(tw_taken)[0]
             del c.tw[key]
             c.release_port(key)
