@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tcpreuse.diagnose.base import diagnose
-from tcpreuse.host import evidence_of
+from tcpreuse.diagnose.base import diagnose, evidence_of
 from tcpreuse.host.nat import (
     CONNTRACK_PROC,
     IPTABLES_SAVE,

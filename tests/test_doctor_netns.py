@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpreuse.diagnose.base import diagnose
-from tcpreuse.host import evidence_of
+from tcpreuse.diagnose.base import diagnose, evidence_of
 from tcpreuse.host.source import LinuxSource
 from tcpreuse.lab.netns import Namespace, veth_pair
 
@@ -403,8 +402,8 @@ def test_reuse_cannot_help_toward_a_peer_without_timestamps(make_ns) -> None:
         h, findings = doctor(client, interval=0)
         t = h.tuples[0]
         assert (t.dst, t.dport, t.established, t.budget) == ("10.199.0.2", 8443, 150, 200)
-        d = h.extra["tuple_detail"][0]
-        assert d["peer_timestamps"] == {"with": 0, "without": 150} and d["tw_reuse_applies"] is False
+        d = h.tuples[0]  # judged fields of the busiest tuple
+        assert d.peer_timestamps == {"with": 0, "without": 150} and d.tw_reuse_applies is False
         f = by_id(findings, "tw-reuse-peer-without-timestamps")[0]
         assert f.severity == "warning" and ev_value(f, "established without timestamps") == 150
         assert "10.199.0.2:8443" in f.title
@@ -449,9 +448,9 @@ def test_reuse_that_sustains_the_rate_is_no_alarm(make_ns) -> None:
         while t.line()["ok"] < 800:  # 4 s: the range is (nearly) full of TIME_WAIT
             pass
         h, findings = doctor(ns, interval=1.0)
-        top, d = h.tuples[0], h.extra["tuple_detail"][0]
-        assert top.in_use >= 240 and d["tw_reuse_applies"] is True  # 80 %+: an alarm before
-        assert d["sustainable_rate_per_s"] > 250 and 0 < top.rate_per_s < 0.8 * d["sustainable_rate_per_s"]
+        top, d = h.tuples[0], h.tuples[0]
+        assert top.in_use >= 240 and d.tw_reuse_applies is True  # 80 %+: an alarm before
+        assert d.sustainable_rate_per_s > 250 and 0 < top.rate_per_s < 0.8 * d.sustainable_rate_per_s
         assert not by_id(findings, "tuple-port-exhaustion")
         final = t.until("errno", timeout=30)
         assert final["errno"] is None and final["ok"] == 1600  # the kernel agrees: no EADDRNOTAVAIL
@@ -564,13 +563,13 @@ def test_at_the_limit_attempts_are_traced(make_ns) -> None:
         ev = evidence_of([LinuxSource(netns=ns.name, interval=1.0, trace_connects=True).observe()])
         (h,) = ev.hosts.values()
         findings = diagnose(ev)
-        d = h.extra["tuple_detail"][0]
-        sust = d["sustainable_rate_per_s"]
-        assert d["attempts_per_s"] > 1.2 * sust and d["failed_no_port_per_s"] > 0.1 * sust
+        d = h.tuples[0]  # judged fields of the busiest tuple
+        sust = d.sustainable_rate_per_s
+        assert d.attempts_per_s > 1.2 * sust and d.failed_no_port_per_s > 0.1 * sust
         assert h.tuples[0].rate_per_s < 1.1 * sust  # what succeeds is capped by the budget
         (f,) = by_id(findings, "tuple-port-exhaustion")
         assert f.severity == "critical" and "at its limit" in f.title and "fail with EADDRNOTAVAIL" in f.title
-        assert ev_value(f, "connect() attempts per s (traced)") == round(d["attempts_per_s"], 1)
+        assert ev_value(f, "connect() attempts per s (traced)") == round(d.attempts_per_s, 1)
         final = t.until("failed", timeout=20)
         assert final["failed"] > 0.1 * (final["ok"] + final["failed"])  # the kernel's verdict
         assert not [p for p in os.listdir("/sys/kernel/tracing/instances") if p == f"tcpr-doctor-{os.getpid()}"]

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 
 from tcpreuse.cli import main
-from tcpreuse.diagnose.base import diagnose
+from tcpreuse.diagnose.base import diagnose, evidence_of
 from tcpreuse.errors import HostError
 from tcpreuse.findings import Finding
-from tcpreuse.host import evidence_of, sources_for
+from tcpreuse.host import sources_for
 from tcpreuse.host.observed import CounterSample, Observed, SocketSample
 from tcpreuse.host.paste import parse_text, to_observed
 from tcpreuse.host.sockets import SOCK_DTYPE, TCP_LISTEN, TCP_TIME_WAIT, SockTable, addr_bytes

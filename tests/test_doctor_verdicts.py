@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from tcpreuse.diagnose.base import diagnose
+from tcpreuse.diagnose.base import diagnose, evidence_of
 from tcpreuse.findings import Finding
-from tcpreuse.host import evidence_of
 from tcpreuse.host.observed import CounterSample, Observed, SocketSample
 from tcpreuse.host.paste import parse_text, to_observed
 from tcpreuse.host.render import render
@@ -86,9 +85,9 @@ def test_reuse_sustaining_the_rate_is_not_an_alarm() -> None:
     connect() can take any entry older than 1 s; 300/s are sustainable. No finding, and none
     after the traffic stopped either."""
     h, findings = _run(_host(young=200, old=100))
-    t, d = h.tuples[0], h.extra["tuple_detail"][0]
-    assert t.in_use == 300 and t.rate_per_s == 200 and d["tw_reuse_applies"] is True
-    assert d["sustainable_rate_per_s"] == pytest.approx(300 / 1.001, rel=1e-3) and d["blocked"] == 200
+    t, d = h.tuples[0], h.tuples[0]
+    assert t.in_use == 300 and t.rate_per_s == 200 and d.tw_reuse_applies is True
+    assert d.sustainable_rate_per_s == pytest.approx(300 / 1.001, rel=1e-3) and d.blocked == 200
     assert not _ids(findings, "tuple-port-exhaustion")
     h, findings = _run(_host(young=0, old=300))  # stopped: old TIME_WAIT, nothing new
     assert h.tuples[0].in_use == 300 and not _ids(findings, "tuple-port-exhaustion")
@@ -98,8 +97,8 @@ def test_on_kernels_before_4_19_reuse_waits_up_to_two_seconds() -> None:
     obs = _host(young=200, old=100)
     obs.kernel_release = "4.15.0"
     h, findings = _run(obs)
-    d = h.extra["tuple_detail"][0]
-    assert d["hold_s"] == 2.0 and d["sustainable_rate_per_s"] == 150.0  # 300 ports / 2 s
+    d = h.tuples[0]  # judged fields of the busiest tuple
+    assert d.hold_s == 2.0 and d.sustainable_rate_per_s == 150.0  # 300 ports / 2 s
     (f,) = _ids(findings, "tuple-port-exhaustion")
     assert f.severity == "critical"  # 200/s > 150/s: runs out
 

@@ -22,10 +22,9 @@ from clirun import cli
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tcpreuse.diagnose.base import diagnose
+from tcpreuse.diagnose.base import diagnose, evidence_of
 from tcpreuse.exporter.collector import parse_listen, registry_for, serve
 from tcpreuse.exporter.reader import ProcfsSource, Reader
-from tcpreuse.host import evidence_of
 from tcpreuse.host.observed import parse_proc_counters
 from tcpreuse.host.raw import RawSample
 from tcpreuse.host.snapshot import load

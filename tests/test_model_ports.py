@@ -111,3 +111,17 @@ def test_host_pool_sequential_and_random() -> None:
     rpool = HostPortPool(49152, 1000, "random", random.Random(2))
     firsts = [rpool.allocate() for _ in range(5)]
     assert len(set(firsts)) > 1
+
+
+def test_port_range_per_os_with_defaults_for_unreported_settings() -> None:
+    from tcpreuse.model.profiles import get_profile
+    from tcpreuse.model.stacks import port_range
+
+    win = get_profile("windows-2016")
+    assert port_range(win, {}) == (49152, 65535)  # netsh defaults: start 49152, num 16384
+    assert port_range(win, {"netsh.ipv4.dynamicport.tcp.start": 10000,
+                            "netsh.ipv4.dynamicport.tcp.num": 60000}) == (10000, 65535)  # clamped
+    assert port_range(get_profile("linux-4.9"), {}) == (32768, 60999)  # 4.6+: parity
+    assert port_range(get_profile("linux-4.4"), {"net.ipv4.ip_local_port_range": (2000, 1024)}) == (1024, 2000)
+    assert port_range(get_profile("linux-3.10"), {}) == (32768, 61000)  # before 4.6
+    assert port_range(get_profile("macos"), {"net.inet.ip.portrange.first": 50000}) == (50000, 65535)

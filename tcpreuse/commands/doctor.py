@@ -68,8 +68,8 @@ def doctor(netns: str | None, interval: float, froms: tuple[str, ...], save: str
 
         run(listen=serve_metrics, interval=interval, netns=netns, role=role, name=name)
         return
-    from ..diagnose.base import diagnose
-    from ..host import evidence_of, sources_for
+    from ..diagnose.base import diagnose, evidence_of
+    from ..host import sources_for
     from ..model.profiles import get_profile
 
     if froms and (netns or save or watch):

@@ -160,7 +160,8 @@ def _counters_instead(netns: str | None, seconds: float, as_json: bool, console:
     """The fallback: what the counters moved by over the same time (no per-event detail)."""
     from rich.console import Console
 
-    from ..host import evidence_of, sources_for
+    from ..diagnose.base import evidence_of
+    from ..host import sources_for
 
     assert isinstance(console, Console)
     names = ("TcpExtTW", "TcpExtTWRecycled", "TcpExtTWKilled", "TcpExtPAWSPassive", "TcpExtPAWSEstab",

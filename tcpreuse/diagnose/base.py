@@ -17,60 +17,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..findings import Finding, sort_findings
+from ..host.records import HostFacts, ListenerUse, TupleUse
 
 if TYPE_CHECKING:
+    from ..capture.analysis import CaptureAnalysis
+    from ..host.observed import Observed
     from ..result import RunResult
     from ..scenario.schema import Scenario
 
-
-@dataclass
-class TupleUse:
-    """Local ports used toward one destination from one source address (doctor, sim)."""
-
-    src: str
-    dst: str
-    dport: int
-    established: int = 0
-    time_wait: int = 0
-    other: int = 0  # SYN_SENT, FIN_WAIT*, CLOSE_WAIT, LAST_ACK ...
-    budget: int = 0  # ports connect() may use for this tuple
-    rate_per_s: float | None = None  # new connections per second (sampled)
-    seconds_to_exhaustion: float | None = None
-    next_free_in_s: float | None = None  # when the oldest TIME_WAIT frees up
-
-    @property
-    def in_use(self) -> int:
-        return self.established + self.time_wait + self.other
-
-
-@dataclass
-class ListenerUse:
-    addr: str
-    port: int
-    queue: int  # current accept-queue length (ss Recv-Q)
-    backlog: int  # effective max (ss Send-Q)
-
-
-@dataclass
-class HostFacts:
-    """What is known of one host, whatever the source. Absent knowledge is None/empty."""
-
-    name: str
-    role: str | None = None  # client | server | nat | lb | None (unknown)
-    os: str = "linux"
-    kernel: tuple[int, int, int] | None = None
-    profile: str | None = None
-    settings: dict[str, Any] = field(default_factory=dict)  # names as in model.settings
-    counters: dict[str, int] = field(default_factory=dict)  # deltas over window_s (nstat names)
-    counters_absolute: dict[str, int] = field(default_factory=dict)
-    counters_absent: set[str] = field(default_factory=set)  # do not exist on this kernel
-    window_s: float | None = None
-    time_wait: int | None = None
-    established: int | None = None
-    tuples: list[TupleUse] = field(default_factory=list)
-    listeners: list[ListenerUse] = field(default_factory=list)
-    conntrack: dict[str, int] | None = None  # {"count": n, "max": m}
-    extra: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Evidence", "FunctionRule", "HostFacts", "ListenerUse", "Rule", "TupleUse", "diagnose", "evidence_of", "load_rules",
+           "rule"]
 
 
 @dataclass
@@ -79,13 +35,35 @@ class Evidence:
     run: RunResult | None = None
     scenario: Scenario | None = None
     hosts: dict[str, HostFacts] = field(default_factory=dict)
-    capture: Any = None  # capture summary object from tcpreuse.capture
+    capture: CaptureAnalysis | None = None  # tcpreuse.capture.analysis.analyze_paths()
     trace: dict[str, Any] | None = None  # a kernel trace summary (tcpreuse.trace, Summary.to_json())
+
+    def require_capture(self) -> CaptureAnalysis:
+        """The capture, for a rule that declared needs={"capture"} (run only when present)."""
+        if self.capture is None:
+            raise ValueError("this rule needs a capture in its evidence")
+        return self.capture
 
     def has(self, need: str) -> bool:
         if need == "hosts":
             return bool(self.hosts)
         return getattr(self, need) is not None
+
+
+def evidence_of(observed: list[Observed]) -> Evidence:
+    """The doctor's evidence: the HostFacts of each observed host (host.facts.build), with
+    names made unique ("web", "web#2")."""
+    from ..host.facts import build
+
+    ev = Evidence(source="doctor")
+    for obs in observed:
+        facts = build(obs)
+        name, i = facts.name, 2
+        while name in ev.hosts:
+            name, i = f"{facts.name}#{i}", i + 1
+        facts.name = name
+        ev.hosts[name] = facts
+    return ev
 
 
 class Rule(Protocol):

@@ -109,8 +109,7 @@ def _tuples(r: Reading, top: int) -> Iterator[Metric]:
     sus = GaugeMetricFamily("tcpreuse_tuple_sustainable_connections_per_second", "New connections per second "
                             "this tuple can sustain: free ports / how long each closed one is held",
                             labels=TUPLE_LABELS)
-    details = f.extra.get("tuple_detail") or []
-    for i, t in enumerate(f.tuples[:top]):
+    for t in f.tuples[:top]:
         lab = [t.src, t.dst, str(t.dport)]
         in_use.add_metric(lab, t.in_use)
         budget.add_metric(lab, t.budget)
@@ -124,9 +123,8 @@ def _tuples(r: Reading, top: int) -> Iterator[Metric]:
             tte.add_metric(lab, math.inf)
         if t.next_free_in_s is not None:
             nxt.add_metric(lab, t.next_free_in_s)
-        d = details[i] if i < len(details) else {}
-        if d.get("sustainable_rate_per_s") is not None:
-            sus.add_metric(lab, d["sustainable_rate_per_s"])
+        if t.sustainable_rate_per_s is not None:
+            sus.add_metric(lab, t.sustainable_rate_per_s)
     yield from (in_use, budget, tw, est, rate, tte, nxt, sus)
 
     total = int(f.extra.get("tuples_total", len(f.tuples)))

@@ -17,10 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..diagnose.base import HostFacts, diagnose
+from ..diagnose.base import HostFacts, diagnose, evidence_of
 from ..errors import HostError
 from ..findings import Finding
-from ..host import evidence_of
 from ..host.observed import COUNTER_FILES, Observed
 from ..host.raw import RawHost, RawSample, to_observed
 from ..host.source import LinuxSource, LiveCollector

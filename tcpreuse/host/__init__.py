@@ -1,8 +1,9 @@
 """Read-only collectors for a live host, snapshots of one, and pasted command output.
 
-The facade: pick the sources (:func:`sources_for`), observe them, turn each observation
-into :class:`~tcpreuse.diagnose.base.HostFacts` (:mod:`.facts`) and put them in one
-:class:`~tcpreuse.diagnose.base.Evidence` (:func:`evidence_of`) for ``diagnose()``.
+The facade: pick the sources (:func:`sources_for`) and observe them; :mod:`.facts` turns
+each observation into :class:`~tcpreuse.host.records.HostFacts`, which
+``tcpreuse.diagnose.base.evidence_of()`` puts in the evidence the rules read. Nothing here
+imports ``tcpreuse.diagnose``: data flows from host/ to diagnose/, not back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import TYPE_CHECKING
 from ..errors import HostError
 
 if TYPE_CHECKING:
-    from ..diagnose.base import Evidence
     from .observed import Observed
     from .paste import Parsed
     from .source import HostSource
@@ -76,18 +76,3 @@ def sources_for(froms: list[str], *, netns: str | None = None, interval: float =
     for grp in group_by_host(pastes):
         out.append(PasteSource(grp, role=role, profile=profile))
     return out
-
-
-def evidence_of(observed: list[Observed]) -> Evidence:
-    from ..diagnose.base import Evidence
-    from .facts import build
-
-    ev = Evidence(source="doctor")
-    for obs in observed:
-        facts = build(obs)
-        name, i = facts.name, 2
-        while name in ev.hosts:
-            name, i = f"{facts.name}#{i}", i + 1
-        facts.name = name
-        ev.hosts[name] = facts
-    return ev

@@ -5,8 +5,8 @@ The numbers that answer "what is wrong here, now?":
 * ports in use per (source IP, destination IP, destination port) against the budget
   connect() has for that tuple: the ``ip_local_port_range`` minus reserved ports and ports
   owned by listeners (``__inet_hash_connect`` never autoselects a port whose bind bucket
-  was made by bind()/listen(), spec §6.2), split by parity (4.2+ walks ports of ``low``'s
-  parity first, spec §6.3);
+  was made by bind()/listen(), docs/kernel.md §5.1), split by parity (4.2+ walks ports of ``low``'s
+  parity first, docs/kernel.md §5.1);
 * TIME_WAIT entries per tuple and when they free up (``idiag_expires``);
 * the new-connection rate per tuple (socket cookies new in the second sample / interval)
   and the time until the tuple runs out at that rate;
@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from ..diagnose.base import HostFacts, ListenerUse, TupleUse
 from ..errors import ProfileError
 from ..model.profiles import MAX_LINUX, MIN_LINUX, Profile, get_profile, vstr
 from ..model.settings import parse_port_list
+from ..model.stacks import port_range
 from ..model.timewait import TCP_TIMEWAIT_LEN, tw_reuse_enabled, tw_reuse_hold_s
 from .counters import COUNTERS, exists_on
 from .observed import Observed
+from .records import HostFacts, ListenerUse, TupleUse
 from .sockets import (
     TCP_ESTABLISHED,
     TCP_FIN_WAIT2,
@@ -171,20 +172,18 @@ def _is_loopback(addr: str) -> bool:
         return False
 
 
+def _range_profile(profile: Profile | None, windows: bool) -> Profile:
+    """The profile whose port-range rules apply: the host's own, else its OS's current
+    release (the defaults are the same in every release of one OS since Vista / 4.6)."""
+    if profile is not None and profile.os == ("windows" if windows else "linux"):
+        return profile
+    return get_profile("windows-2022" if windows else "linux-6.18")
+
+
 def port_budget(settings: dict[str, Any], profile: Profile | None, listen_ports: set[int],
                 windows: bool = False) -> dict[str, Any]:
     """Ports connect() may autoselect for one (src, dst, dport), and their parity split."""
-    if windows:
-        start = int(settings.get("netsh.ipv4.dynamicport.tcp.start", 49152))
-        num = int(settings.get("netsh.ipv4.dynamicport.tcp.num", 16384))
-        lo, hi = start, min(65535, start + num - 1)
-    else:
-        rng = settings.get("net.ipv4.ip_local_port_range")
-        if not (isinstance(rng, tuple) and len(rng) == 2):
-            rng = profile.default_port_range if profile and profile.is_linux else (32768, 60999)
-        lo, hi = int(rng[0]), int(rng[1])
-    if hi < lo:
-        lo, hi = hi, lo
+    lo, hi = port_range(_range_profile(profile, windows), settings)
     reserved = settings.get("net.ipv4.ip_local_reserved_ports") or frozenset()
     ports = np.arange(lo, hi + 1)
     is_reserved = np.isin(ports, np.fromiter(reserved, dtype=np.int64)) if reserved else np.zeros(len(ports), bool)
@@ -432,7 +431,6 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
     tw_len = float(facts.settings.get("TcpTimedWaitDelay", 240)) if windows else TCP_TIMEWAIT_LEN
     reuse_hold = reuse_hold_s(facts.settings, profile)
     tuples: list[TupleUse] = []
-    details: list[dict[str, Any]] = []
     # The most used tuples are judged and the most pressed kept: with tw_reuse a range full
     # of reusable TIME_WAIT is not pressure, so the order is by load, not by ports in use.
     for gi in np.argsort(-counts, kind="stable")[:4 * MAX_TUPLES].tolist():
@@ -445,18 +443,18 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
         members = by_group[starts[gi]:starts[gi + 1]]
         m_state = ost[members]
         reuse = (not windows) and tw_reuse_applies(facts.settings, profile, src, dst)
-        d: dict[str, Any] = {"syn_sent": int(syn[gi]),
-                             "sources_to_destination": int(srcs_per_dst[dinv[gi]]),
-                             "in_use_to_destination": int(use_per_dst[dinv[gi]])}
+        tu.syn_sent = int(syn[gi])
+        tu.sources_to_destination = int(srcs_per_dst[dinv[gi]])
+        tu.in_use_to_destination = int(use_per_dst[dinv[gi]])
         m_ts = o_ts[members][m_state == TCP_ESTABLISHED]
         known = m_ts[m_ts >= 0]
         if known.size:
             without = int((known == 0).sum())
-            d["peer_timestamps"] = {"with": int(known.size - without), "without": without}
+            tu.peer_timestamps = {"with": int(known.size - without), "without": without}
             if without > known.size / 2:
                 reuse = False  # the old connections carry no timestamps: twsk_unique() refuses
-        d["tw_reuse_applies"] = reuse
-        d["tw_len_s"] = tw_len
+        tu.tw_reuse_applies = reuse
+        tu.tw_len_s = tw_len
         # TIME_WAIT entries block their port until they expire, or (tw_reuse) until they
         # are older than the reuse hold; then connect() may take them over.
         hold = min(reuse_hold, tw_len) if reuse else tw_len
@@ -464,7 +462,7 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
             tw_left = o_exp[members][m_state == TCP_TIME_WAIT] / 1000.0
             if tu.time_wait:
                 tu.next_free_in_s = float(tw_left.min())
-                d["tw_free_within_10s"] = int((tw_left <= 10.0).sum())
+                tu.tw_free_within_10s = int((tw_left <= 10.0).sum())
         else:
             tw_left = np.full(tu.time_wait, tw_len)
         blocking = tw_left - (tw_len - hold)
@@ -473,35 +471,33 @@ def _sockets(obs: Observed, profile: Profile | None, facts: HostFacts) -> None:
             tu.rate_per_s = float(new[gi] / window)
         base = tu.established + tu.other
         closes_first = tu.time_wait > 0  # else the peer closes first: ports free when sockets go
-        d["hold_s"] = hold if closes_first else 0.0
-        d["blocked"] = int(base + len(blocking))  # ports connect() cannot take now
+        tu.hold_s = hold if closes_first else 0.0
+        tu.blocked = int(base + len(blocking))  # ports connect() cannot take now
         tu.seconds_to_exhaustion = time_to_exhaustion(
             base, blocking, (tu.rate_per_s or 0.0) if closes_first else 0.0, per_tuple_budget, hold)
-        d["sustainable_rate_per_s"] = max(0.0, (per_tuple_budget - base) / hold) if closes_first else None
+        tu.sustainable_rate_per_s = max(0.0, (per_tuple_budget - base) / hold) if closes_first else None
         ct = obs.connect_trace
         if ct is not None and obs.connect_trace_s:
-            d["attempts_per_s"] = ct.attempts.get((src, dst, tu.dport), 0) / obs.connect_trace_s
-            d["failed_no_port_per_s"] = ct.no_port.get((src, dst, tu.dport), 0) / obs.connect_trace_s
-        d["load"] = _load(tu, d)
+            tu.attempts_per_s = ct.attempts.get((src, dst, tu.dport), 0) / obs.connect_trace_s
+            tu.failed_no_port_per_s = ct.no_port.get((src, dst, tu.dport), 0) / obs.connect_trace_s
+        tu.load = _load(tu)
         tuples.append(tu)
-        details.append(d)
-    order = sorted(range(len(tuples)), key=lambda i: (-details[i]["load"], -tuples[i].in_use))[:MAX_TUPLES]
-    facts.tuples = [tuples[i] for i in order]
-    facts.extra["tuple_detail"] = [details[i] for i in order]
+    facts.tuples = sorted(tuples, key=lambda t: (-(t.load or 0.0), -t.in_use))[:MAX_TUPLES]
 
 
-def _load(t: TupleUse, d: dict[str, Any]) -> float:
+def _load(t: TupleUse) -> float:
     """How close a tuple is to running out, 1.0 = at its limit: the new-connection rate over
     the sustainable rate when both are known, else the share of ports connect() cannot take
     now (the two agree in steady state: TIME_WAIT younger than the hold ~ rate x hold)."""
+    blocked = t.blocked if t.blocked is not None else t.in_use
     if t.seconds_to_exhaustion == 0:
-        return max(1.0, d["blocked"] / max(t.budget, 1))
-    sust = d.get("sustainable_rate_per_s")
-    if d.get("attempts_per_s") is not None and sust:
-        return max(d["attempts_per_s"] / sust, 1.0 if d.get("failed_no_port_per_s") else 0.0)
+        return max(1.0, blocked / max(t.budget, 1))
+    sust = t.sustainable_rate_per_s
+    if t.attempts_per_s is not None and sust:
+        return max(t.attempts_per_s / sust, 1.0 if t.failed_no_port_per_s else 0.0)
     if t.rate_per_s is not None and sust:
-        return max(t.rate_per_s / sust, d["blocked"] / max(t.budget, 1) if not t.time_wait else 0.0)
-    return d["blocked"] / max(t.budget, 1)
+        return max(t.rate_per_s / sust, blocked / max(t.budget, 1) if not t.time_wait else 0.0)
+    return blocked / max(t.budget, 1)
 
 
 # ---- role -----------------------------------------------------------------------------------

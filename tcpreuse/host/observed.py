@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .procfs import NETSTAT, SNMP, parse_counters, sysctl_rel
 from .sockets import SockTable
 
 # The sysctls the doctor reads (each a file under /proc/sys). Per network namespace unless
@@ -44,14 +45,15 @@ SYSCTLS: tuple[str, ...] = (
     "fs.nr_open",
 )
 
-COUNTER_FILES = ("/proc/net/snmp", "/proc/net/netstat")
+COUNTER_FILES = ("/proc/" + SNMP, "/proc/" + NETSTAT)
 # The counter lines ("sections") each file holds, for telling "unreadable" from "absent".
 COUNTER_SECTIONS = {"/proc/net/snmp": {"Ip", "Icmp", "IcmpMsg", "Tcp", "Udp", "UdpLite"},
                     "/proc/net/netstat": {"TcpExt", "IpExt", "MPTcpExt"}}
 
 
 def sysctl_path(name: str) -> str:
-    return "/proc/sys/" + name.replace(".", "/")
+    """The key a sysctl's file is recorded under ("/proc/sys/net/ipv4/...")."""
+    return "/proc/" + sysctl_rel(name)
 
 
 @dataclass
@@ -105,29 +107,5 @@ class Observed:
 
 
 def parse_proc_counters(text: str, origin: str) -> tuple[dict[str, int], list[str]]:
-    """/proc/net/snmp and /proc/net/netstat: header/value line pairs -> nstat names.
-
-    "TcpExt: SyncookiesSent ..." / "TcpExt: 0 ..." gives TcpExtSyncookiesSent = 0.
-    """
-    out: dict[str, int] = {}
-    notes: list[str] = []
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    for i in range(0, len(lines) - 1, 2):
-        h, v = lines[i], lines[i + 1]
-        hp, _, names = h.partition(":")
-        vp, _, values = v.partition(":")
-        if hp != vp or not hp:
-            notes.append(f"{origin}: unexpected line pair {h[:30]!r} / {v[:30]!r}; skipped")
-            continue
-        ns, vs = names.split(), values.split()
-        if len(ns) != len(vs):
-            notes.append(f"{origin}: {hp} has {len(ns)} names but {len(vs)} values; skipped")
-            continue
-        for n, x in zip(ns, vs, strict=True):
-            try:
-                out[hp + n] = int(x)
-            except ValueError:
-                notes.append(f"{origin}: {hp}{n} is not a number ({x!r})")
-    if len(lines) % 2:
-        notes.append(f"{origin}: trailing line without values ignored")
-    return out, notes
+    """/proc/net/snmp and /proc/net/netstat -> nstat names, with notes (host.procfs)."""
+    return parse_counters(text, origin)

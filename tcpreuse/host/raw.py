@@ -19,9 +19,9 @@ from .observed import (
     Observed,
     ProcessInfo,
     SocketSample,
-    parse_proc_counters,
     sysctl_path,
 )
+from .procfs import ProcFS, parse_counters
 from .sockets import SockTable
 
 
@@ -71,9 +71,14 @@ def to_observed(raw: RawHost, origin: str) -> Observed:
         values: dict[str, int] = {}
         unread: set[str] = set()
         got = False
+        proc = ProcFS.recorded(s.files)
         for path in COUNTER_FILES:
-            if path in s.files:
-                v, notes = parse_proc_counters(s.files[path], path)
+            try:
+                text = proc.read(path[len("/proc/"):])
+            except OSError:
+                text = None
+            if text is not None:
+                v, notes = parse_counters(text, path)
                 values.update(v)
                 obs.notes.extend(notes)
                 got = True

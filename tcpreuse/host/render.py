@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ..diagnose.base import Evidence, HostFacts
 from ..findings import Finding
 from ..model.settings import format_port_list
 from .counters import COUNTERS
 from .facts import rate
+from .records import HostFacts
 
 SEV_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 SHOWN_SYSCTLS = (
@@ -33,6 +33,13 @@ SHOWN_SYSCTLS = (
     "netsh.ipv4.dynamicport.tcp.start", "netsh.ipv4.dynamicport.tcp.num", "TcpTimedWaitDelay",
 )
 MAX_TUPLE_ROWS = 10
+
+
+class Evidence(Protocol):
+    """What the renderer reads of tcpreuse.diagnose.base.Evidence (host/ does not import
+    diagnose/)."""
+
+    hosts: dict[str, HostFacts]
 
 
 def _v(x: Any) -> str:

@@ -25,6 +25,7 @@ from .. import __version__
 from ..errors import HostError
 from .nat import CONNTRACK_NETLINK, CONNTRACK_PROC, IPTABLES_SAVE, NFT_RULESET
 from .observed import COUNTER_FILES, SYSCTLS, Observed, ProcessInfo, sysctl_path
+from .procfs import ProcFS
 from .raw import RawHost, RawSample, to_observed
 from .sockets import SockTable
 from .trace import TRACE_KEY
@@ -275,11 +276,12 @@ class LinuxSource(LiveCollector):
         if netns is not None:
             netns_path(netns)  # fail early, with a clear message
         self.label = f"netns {netns}" if netns else "live host"
-        self._proc_net = "/proc/thread-self/net" if os.path.exists("/proc/thread-self/net") else "/proc/net"
+        self._proc = ProcFS()  # /proc/thread-self/net: the namespace this thread entered
 
     def read_file(self, path: str) -> str:
-        real = path.replace("/proc/net", self._proc_net, 1) if path.startswith("/proc/net/") else path
-        with open(real, encoding="utf-8", errors="replace") as f:
+        if path.startswith("/proc/"):
+            return self._proc.read(path[len("/proc/"):])
+        with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
     def read_sockets(self, with_info: bool) -> tuple[SockTable, list[str]]:

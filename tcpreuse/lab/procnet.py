@@ -2,15 +2,23 @@
 
 /proc/PID/net/* shows the network namespace of process PID, so the lab reads any
 namespace through the "anchor" process it keeps there, without spawning anything. The
-parsers are pure functions of the file text (tested on recorded text).
+files are read and parsed by host.procfs (the one reader of /proc); this module keeps
+the lab's view of them: which counters are counters, and deltas.
 """
 
 from __future__ import annotations
 
-import socket
-import sys
-from dataclasses import dataclass
-from pathlib import Path
+from ..host.procfs import (
+    ProcFS,
+    SockStat,
+    parse_counters,
+    parse_ct_stat,
+    parse_listening,
+    parse_sockstat,
+)
+
+__all__ = ["COUNTER_SECTIONS", "NOT_COUNTERS", "ProcNet", "SockStat", "counters", "deltas", "parse_ct_stat",
+           "parse_listening", "parse_pairs", "parse_sockstat"]
 
 # Sections kept as counters, and the values in them that are gauges or constants, not
 # counters (a delta of them means nothing). Names as nstat prints them: section + field.
@@ -19,97 +27,37 @@ NOT_COUNTERS = frozenset({"TcpRtoAlgorithm", "TcpRtoMin", "TcpRtoMax", "TcpMaxCo
 
 
 def parse_pairs(text: str, sections: tuple[str, ...] | None = None) -> dict[str, int]:
-    """/proc/net/netstat or /proc/net/snmp: header/value line pairs -> {nstat name: value},
-    optionally only for some sections ("TcpExt", "Tcp", ...)."""
-    out: dict[str, int] = {}
-    lines = text.splitlines()
-    for head, vals in zip(lines[::2], lines[1::2], strict=False):
-        hp, vp = head.split(), vals.split()
-        if not hp or not vp or hp[0] != vp[0]:
-            continue
-        section = hp[0].rstrip(":")
-        if sections is not None and section not in sections:
-            continue
-        for k, v in zip(hp[1:], vp[1:], strict=False):
-            try:
-                out[section + k] = int(v)
-            except ValueError:
-                continue
-    return out
+    """/proc/net/netstat or /proc/net/snmp -> {nstat name: value} (host.procfs.parse_counters)."""
+    return parse_counters(text, sections=sections)[0]
+
+
+def _keep(values: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in values.items() if k not in NOT_COUNTERS}
 
 
 def counters(netstat: str, snmp: str) -> dict[str, int]:
-    both = {**parse_pairs(netstat, COUNTER_SECTIONS), **parse_pairs(snmp, COUNTER_SECTIONS)}
-    return {k: v for k, v in both.items() if k not in NOT_COUNTERS}
+    return _keep({**parse_pairs(netstat, COUNTER_SECTIONS), **parse_pairs(snmp, COUNTER_SECTIONS)})
 
 
 def deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
-@dataclass
-class SockStat:
-    tcp_inuse: int
-    time_wait: int
-    orphan: int
-
-
-def parse_sockstat(text: str) -> SockStat:
-    """/proc/net/sockstat "TCP: inuse N orphan N tw N alloc N mem N" (tw is per namespace)."""
-    for line in text.splitlines():
-        if line.startswith("TCP:"):
-            f = line.split()[1:]
-            d = {f[i]: int(f[i + 1]) for i in range(0, len(f) - 1, 2)}
-            return SockStat(tcp_inuse=d.get("inuse", 0), time_wait=d.get("tw", 0),
-                            orphan=d.get("orphan", 0))
-    return SockStat(0, 0, 0)
-
-
-def parse_ct_stat(text: str) -> int:
-    """/proc/net/stat/nf_conntrack: the first column ("entries", hex) is the namespace's
-    conntrack count, repeated on every per-CPU line."""
-    lines = text.splitlines()
-    if len(lines) < 2 or not lines[0].startswith("entries"):
-        return 0
-    return int(lines[1].split()[0], 16)
-
-
 class ProcNet:
     """The /proc/net of the namespace that process `pid` lives in."""
 
     def __init__(self, pid: int) -> None:
-        self.base = Path(f"/proc/{pid}/net")
-
-    def _read(self, name: str) -> str:
-        try:
-            return (self.base / name).read_text()
-        except OSError:
-            return ""
+        self.proc = ProcFS.of_pid(pid)
+        self.base = self.proc.net
 
     def counters(self) -> dict[str, int]:
-        return counters(self._read("netstat"), self._read("snmp"))
+        return _keep(self.proc.counters(COUNTER_SECTIONS))
 
     def sockstat(self) -> SockStat:
-        return parse_sockstat(self._read("sockstat"))
+        return self.proc.sockstat()
 
     def conntrack_count(self) -> int:
-        return parse_ct_stat(self._read("stat/nf_conntrack"))
+        return self.proc.conntrack_count()
 
     def listening(self) -> set[tuple[str, int]]:
-        return parse_listening(self._read("tcp"))
-
-
-def parse_listening(text: str) -> set[tuple[str, int]]:
-    """/proc/net/tcp: (address, port) of sockets in LISTEN (state 0A)."""
-    out = set()
-    for line in text.splitlines()[1:]:
-        f = line.split()
-        if len(f) < 4 or f[3] != "0A":
-            continue
-        h, _, p = f[1].partition(":")
-        try:
-            addr = socket.inet_ntoa(int(h, 16).to_bytes(4, sys.byteorder))
-            out.add((addr, int(p, 16)))
-        except (ValueError, OSError):
-            continue
-    return out
+        return self.proc.listening()

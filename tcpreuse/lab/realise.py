@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import UnsupportedError
 from ..model.profiles import Profile, get_profile, vstr
 from ..model.settings import SETTINGS, resolve_settings
+from ..model.stacks import port_range
 from ..scenario.schema import HostGroup, Scenario
 
 # Profile properties that are kernel *behaviour* (code), not defaults (sysctls). A profile
@@ -204,8 +205,7 @@ def _windows_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation,
                    why: str | None = None) -> None:
     s = g.effective_settings
     p = g.params
-    start = int(s["netsh.ipv4.dynamicport.tcp.start"])
-    end = min(65535, start + int(s["netsh.ipv4.dynamicport.tcp.num"]) - 1)
+    start, end = port_range(prof, s)
     ts = 1 if s["netsh.tcp.timestamps"] == "enabled" else 0
     retries = int(s["netsh.tcp.maxsynretransmissions"])
     r.sysctls[g.name] = {
@@ -234,7 +234,7 @@ def _windows_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation,
 def _macos_group(g: HostGroup, prof: Profile, kernel: Profile, r: Realisation,
                  why: str | None = None) -> None:
     s = g.effective_settings
-    lo, hi = int(s["net.inet.ip.portrange.first"]), int(s["net.inet.ip.portrange.last"])
+    lo, hi = port_range(prof, s)
     ts = int(s["net.inet.tcp.rfc1323"])
     r.sysctls[g.name] = {
         "net.ipv4.tcp_timestamps": ts,

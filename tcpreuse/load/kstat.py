@@ -10,54 +10,29 @@ namespace (loopback tests) adds its own TIME_WAIT sockets to the count.
 
 from __future__ import annotations
 
-from pathlib import Path
+from ..host.procfs import ProcFS, parse_counters, parse_sockstat
 
 PREFIXES = ("Tcp", "TcpExt")
 
 
 def parse_nstat(text: str, prefixes: tuple[str, ...] = PREFIXES) -> dict[str, int]:
-    """Pairs of `Prefix: names` / `Prefix: values` lines to {PrefixName: value}."""
-    out: dict[str, int] = {}
-    lines = text.splitlines()
-    for names_line, values_line in zip(lines[::2], lines[1::2], strict=False):
-        prefix, _, names = names_line.partition(":")
-        vprefix, _, values = values_line.partition(":")
-        if prefix != vprefix or prefix not in prefixes:
-            continue
-        for n, v in zip(names.split(), values.split(), strict=False):
-            try:
-                out[prefix + n] = int(v)
-            except ValueError:
-                continue
-    return out
+    """Pairs of `Prefix: names` / `Prefix: values` lines to {PrefixName: value}
+    (host.procfs.parse_counters)."""
+    return parse_counters(text, sections=prefixes)[0]
 
 
 def parse_sockstat_tw(text: str) -> int:
     """The `tw` field of the `TCP:` line of /proc/net/sockstat."""
-    for line in text.splitlines():
-        if line.startswith("TCP:"):
-            f = line.split()
-            for k, v in zip(f[1::2], f[2::2], strict=False):
-                if k == "tw":
-                    return int(v)
-    return 0
+    return parse_sockstat(text).time_wait
 
 
-def read_counters(root: Path = Path("/proc/net")) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name in ("snmp", "netstat"):
-        try:
-            out.update(parse_nstat((root / name).read_text()))
-        except OSError:
-            continue
-    return out
+def read_counters(proc: ProcFS | None = None) -> dict[str, int]:
+    """Tcp and TcpExt counters of this thread's namespace (or of `proc`'s)."""
+    return (proc or ProcFS()).counters(PREFIXES)
 
 
-def read_time_wait(root: Path = Path("/proc/net")) -> int:
-    try:
-        return parse_sockstat_tw((root / "sockstat").read_text())
-    except OSError:
-        return 0
+def read_time_wait(proc: ProcFS | None = None) -> int:
+    return (proc or ProcFS()).sockstat().time_wait
 
 
 def deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -78,12 +53,6 @@ SYSCTLS = (
 )
 
 
-def read_sysctls(names: tuple[str, ...] = SYSCTLS) -> dict[str, str]:
+def read_sysctls(names: tuple[str, ...] = SYSCTLS, proc: ProcFS | None = None) -> dict[str, str]:
     """The sysctls that decide a short-connection run, as this namespace sees them."""
-    out = {}
-    for n in names:
-        try:
-            out[n] = " ".join(Path("/proc/sys", *n.split(".")).read_text().split())
-        except OSError:
-            continue
-    return out
+    return (proc or ProcFS()).sysctls(names)

@@ -46,7 +46,7 @@ def rfc6528_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, t_s
 
 def ts_offset(p: Profile, secret: int, timestamps_sysctl: int, saddr: int, daddr: int,
               sport: int, dport: int) -> int:
-    """TS offset of a connection (spec §7): none <= 4.9 or with tcp_timestamps=2; per 4-tuple
+    """TS offset of a connection (docs/kernel.md §7): none <= 4.9 or with tcp_timestamps=2; per 4-tuple
     in 4.10 and again with 165573e41f2f (6.18 here); per (saddr, daddr) 4.11-2026
     (secure_tcp_ts_off()). Non-Linux stacks: none (their clock base is the host's)."""
     if not p.is_linux or timestamps_sysctl != 1:

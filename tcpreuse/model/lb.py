@@ -1,4 +1,4 @@
-"""A layer-4 load balancer: VIP -> back end, optionally with source NAT (path-elements §4).
+"""A layer-4 load balancer: VIP -> back end, optionally with source NAT (docs/kernel.md §11).
 
 Sessions are keyed by the client tuple as the LB sees it. After a connection closes the
 session (and its SNAT port) is held for `session_hold_s` unless `ignore_msl` (A10

@@ -1,4 +1,4 @@
-"""A listening socket's SYN and accept queues (spec §8).
+"""A listening socket's SYN and accept queues (docs/kernel.md §9).
 
 `conn_request()` mirrors the order of checks in tcp_conn_request() (net/ipv4/tcp_input.c,
 4.x-6.x; tcp_v4_conn_request() in 2.6.32) for one SYN; `syn_recv_sock_ok()` the
@@ -68,7 +68,7 @@ def conn_request(
     syncookies: int,
     recycle_reject: bool,
 ) -> ConnRequestVerdict:
-    """mirrors tcp_conn_request() for one SYN (spec §8.2). `from_timewait`: the SYN was
+    """mirrors tcp_conn_request() for one SYN (docs/kernel.md §9). `from_timewait`: the SYN was
     accepted by a TIME_WAIT socket (isn != 0): "TW buckets are converted to open requests
     without limitations" (SYN-queue test skipped, accept-queue test kept). `recycle_reject`
     is the outcome of the tcp_tw_recycle passive PAWS check (PeerCache.syn_rejected)."""

@@ -1,4 +1,4 @@
-"""Source NAT with connection tracking (path-elements §2) and cloud NATs (§3).
+"""Source NAT with connection tracking and cloud NATs (docs/kernel.md §11).
 
 A translation is a conntrack entry keyed by the original tuple. A closed flow keeps its
 entry (and so its translated tuple) for the TIME_WAIT hold (conntrack 120 s; GCP 120 s;

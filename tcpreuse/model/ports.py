@@ -1,8 +1,8 @@
 """Ephemeral port selection.
 
 Linux connect() autoselect (`__inet_hash_connect()`, net/ipv4/inet_hashtables.c) in its
-four generations (spec §6.3), bind(addr, 0) (`inet_csk_find_open_port()`, §6.6), and the
-host-wide pools of Windows and macOS (path-elements §1.2, §1.8).
+four generations (docs/kernel.md §5.1), bind(addr, 0) (`inet_csk_find_open_port()`, §5.3), and the
+host-wide pools of Windows and macOS (docs/kernel.md §12).
 
 The allocators are sans-I/O: the caller passes `check(port)`, which answers from the
 host's tables whether connect() may use that port for this 4-tuple:
@@ -240,7 +240,7 @@ def find_open_port(
     rng: random.Random,
 ) -> int | None:
     """bind(addr, 0) without IP_BIND_ADDRESS_NO_PORT: mirrors inet_csk_find_open_port(),
-    net/ipv4/inet_connection_sock.c (4.6+; spec §6.6): random odd-parity start ("We do
+    net/ipv4/inet_connection_sock.c (4.6+; docs/kernel.md §5.3): random odd-parity start ("We do
     the opposite" of connect()), step 2, then the other parity; a port is taken only if it
     has no owner at all on that address (relax=false: TIME_WAIT owners conflict too)."""
     high += 1
@@ -266,7 +266,7 @@ def find_open_port(
 class HostPortPool:
     """A host-wide ephemeral pool (Windows, macOS/BSD): a local port is unique per host
     across all destinations while any socket, TIME_WAIT included, holds it
-    (path-elements §1.2: "Windows normally does not hand out a port that is in local
+    (docs/kernel.md §12, quoting Microsoft: "Windows normally does not hand out a port that is in local
     TIME_WAIT"; BSD in_pcb_lport). `order` sequential (a rover) or random (probe from a
     random start) — an inference, a parameter."""
 

@@ -2,9 +2,9 @@
 
 A Linux profile is a kernel version (plus the EL6 flag for CentOS/RHEL 6 kernels, which
 carry backports); every behavioural switch is derived from the version with the commit
-or source that introduced it, following ../shared/reference/linux-timewait-spec.md (§1,
-§11.1). Windows and macOS profiles carry the path-elements facts (§1); facts marked there
-as inference are parameters (``ModelParams``) with documented defaults, not constants.
+or source that introduced it, as docs/kernel.md lists them. Windows and macOS profiles
+carry the documented or measured facts of docs/kernel.md §12; facts marked there as
+inference are parameters (``ModelParams``) with documented defaults, not constants.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class Profile:
 
     @cached_property
     def port_alg(self) -> str:
-        """__inet_hash_connect() variant (spec §6.3).
+        """__inet_hash_connect() variant (docs/kernel.md §5.1).
 
         hint:        vanilla <= 4.1: `port = low + (i + offset) % remaining`, `hint += i`
         hint_even:   EL6 backport: offset &= ~1, reserved ports skipped, `hint += (i+2) & ~1`
@@ -82,7 +82,7 @@ class Profile:
 
     @cached_property
     def tw_reuse_rule(self) -> str:
-        """tcp_twsk_unique() timing rule (spec §4.2).
+        """tcp_twsk_unique() timing rule (docs/kernel.md §4).
 
         gt1s:     <= 4.18: get_seconds() - tw_ts_recent_stamp > 1 (wall seconds)
         after_s:  4.19 - 6.13: time_after32(ktime_get_seconds(), tw_ts_recent_stamp)
@@ -120,7 +120,7 @@ class Profile:
 
     @cached_property
     def ts_offset(self) -> str:
-        """Random TS offsets (spec §7): none <= 4.9; per 4-tuple in 4.10 (95a22caee396);
+        """Random TS offsets (docs/kernel.md §7): none <= 4.9; per 4-tuple in 4.10 (95a22caee396);
         per (saddr, daddr) 4.11+ (28ee1b746f49); per 4-tuple again in the 2026 fix
         165573e41f2f (7.0, backported to 6.12.y; K6.18 has secure_tcp_seq_and_ts_off)."""
         if not self.at_least(4, 10):
@@ -193,7 +193,7 @@ class Profile:
 
     @cached_property
     def listen_counts_on_syn(self) -> bool:
-        """2.6.32 drops SYNs on a full queue without a counter (spec §8.2)."""
+        """2.6.32 drops SYNs on a full queue without a counter (docs/kernel.md §9)."""
         return self.at_least(3, 0) and not self.el6
 
     @cached_property

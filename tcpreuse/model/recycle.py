@@ -1,4 +1,4 @@
-"""tcp_tw_recycle's per-peer timestamp cache (kernels <= 4.11; spec §5).
+"""tcp_tw_recycle's per-peer timestamp cache (kernels <= 4.11; docs/kernel.md §6).
 
 2.6.32 keeps it in the inet_peer cache keyed by the remote address; ~3.5-4.11 in
 tcp_metrics keyed by (local address, remote address). It is written only when a

@@ -170,7 +170,7 @@ _SETTINGS: list[Setting] = [
     Setting("netsh.ipv4.dynamicport.tcp.num", "windows", "netsh int ipv4 set dynamicport tcp num=...",
             lambda p: 16384, _int_in(255, 64511)),
     Setting("TcpTimedWaitDelay", "windows", "HKLM\\...\\Tcpip\\Parameters\\TcpTimedWaitDelay (s); "
-            "240 per the current Microsoft doc, 120 per others (path-elements §1.1)",
+            "240 per the current Microsoft doc, 120 per others (docs/kernel.md §12)",
             lambda p: 240, _int_in(30, 300)),
     # macOS sysctls
     Setting("net.inet.tcp.rfc1323", "macos", "timestamps and window scaling", lambda p: 1, _choice(lambda p: (0, 1))),
@@ -250,15 +250,15 @@ PARAMS: dict[str, ParamSpec] = {
         ParamSpec("isn", ("windows", "macos"), "rfc6528", ("rfc6528", "random"),
                   "ISN generator. rfc6528: hash(4-tuple) + 4 us clock, monotonic for one host "
                   "reusing one 4-tuple; random: unrelated per connection. Windows' generator is "
-                  "undocumented (path-elements §1.7) [I]."),
+                  "undocumented (docs/kernel.md §12) [I]."),
         ParamSpec("port_order", ("windows", "macos"), "sequential", ("sequential", "random"),
                   "Ephemeral port allocation order of a host-wide pool [I] (Windows sequential; "
                   "macOS net.inet.ip.portrange.randomized=1 means random)."),
         ParamSpec("on_bad_ack", ("windows",), "rst_and_wait_rto", ("rst_and_wait_rto", "abort"),
-                  "Windows in SYN-SENT receiving an ACK that does not ack its SYN [I] (§1.5)."),
+                  "Windows in SYN-SENT receiving an ACK that does not ack its SYN [I] (docs/kernel.md §12)."),
         ParamSpec("rst_retry_interval_s", ("windows",), 0.5, None,
                   "Windows re-sends a SYN answered by RST about every 0.5 s until its SYN "
-                  "retransmissions are used up, then WSAECONNREFUSED (§1.5) [V2]."),
+                  "retransmissions are used up, then WSAECONNREFUSED (docs/kernel.md §12) [V2]."),
         ParamSpec("ts_hz", ("windows", "macos"), 1000, None,
                   "TS option clock rate when timestamps are on [I]."),
         ParamSpec("hz", ("linux",), 1000, (100, 250, 300, 1000),

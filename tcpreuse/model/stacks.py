@@ -2,16 +2,19 @@
 reaction to an unacceptable ACK or a RST in SYN-SENT, TIME_WAIT length, whether its SYN
 carries timestamps, and the errno names an application sees.
 
-Linux: spec §3.5, §5.4, §11.3. Windows: path-elements §1.1-§1.5. macOS: §1.8.
+Linux: docs/kernel.md §3.1 (SYN-SENT), §6 (recycle), §8 (SYN retransmission). Windows and
+macOS: docs/kernel.md §12.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .profiles import Profile
+from .settings import SETTINGS
 from .timewait import TCP_TIMEWAIT_LEN
 
 # macOS/XNU tcp_syn_backoff[] multipliers of the initial RTO [I: from XNU tcp_timer.c
@@ -123,7 +126,7 @@ def client_stack(p: Profile, settings: dict[str, Any], params: dict[str, Any]) -
         rto = int(settings["netsh.tcp.initialrto"]) / 1000.0
         n = int(settings["netsh.tcp.maxsynretransmissions"])
         offs, give_up = linux_syn_offsets(rto, n)
-        # Measured: 4 retransmissions at 1 s give up at 21.0 s, not 31 s (§1.4) -> a cap.
+        # Measured: 4 retransmissions at 1 s give up at 21.0 s, not 31 s (docs/kernel.md §12) -> a cap.
         give_up = min(give_up, p.win_connect_cap_s)
         offs = tuple(o for o in offs if o < give_up)
         return ClientStack(
@@ -179,13 +182,24 @@ def syn_shape(p: Profile, offers_ts: bool) -> SynShape:
     return SynShape(window=64240, wscale=7, mss=1460, layout=layout, ttl=64)
 
 
-def port_range(p: Profile, settings: dict[str, Any]) -> tuple[int, int]:
-    """The ephemeral range (inclusive) of a host, whatever its OS."""
+def port_range(p: Profile, settings: Mapping[str, Any]) -> tuple[int, int]:
+    """The ephemeral range (inclusive) of a host, whatever its OS, from its settings: Linux
+    `ip_local_port_range`, Windows `netsh int ipv4 dynamicport tcp` start/num, macOS
+    `net.inet.ip.portrange.first/last`. A setting absent from `settings` (a host that did
+    not report it) takes that OS's default from model.settings; the one place that
+    derives a range, for the simulator, the lab and host facts alike."""
+    def get(name: str) -> Any:
+        v = settings.get(name)
+        return SETTINGS[name].default(p) if v is None else v
+
     if p.os == "linux":
-        lo, hi = settings["net.ipv4.ip_local_port_range"]
-        return int(lo), int(hi)
+        rng = get("net.ipv4.ip_local_port_range")
+        if not (isinstance(rng, tuple | list) and len(rng) == 2):
+            rng = p.default_port_range
+        lo, hi = int(rng[0]), int(rng[1])
+        return (hi, lo) if hi < lo else (lo, hi)
     if p.os == "windows":
-        start = int(settings["netsh.ipv4.dynamicport.tcp.start"])
-        num = int(settings["netsh.ipv4.dynamicport.tcp.num"])
+        start = int(get("netsh.ipv4.dynamicport.tcp.start"))
+        num = int(get("netsh.ipv4.dynamicport.tcp.num"))
         return start, min(65535, start + num - 1)
-    return int(settings["net.inet.ip.portrange.first"]), int(settings["net.inet.ip.portrange.last"])
+    return int(get("net.inet.ip.portrange.first")), int(get("net.inet.ip.portrange.last"))

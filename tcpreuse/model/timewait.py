@@ -1,15 +1,18 @@
 """TIME_WAIT mini-sockets: creation, lifetime, segments arriving, and reuse by connect().
 
 Pure rules, no clock of their own: callers pass the times. Section numbers refer to
-../shared/reference/linux-timewait-spec.md.
+docs/kernel.md (§2 lifetime, §3 segments arriving, §4 tcp_tw_reuse).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .seq import MASK32, after, before, s32
+
+if TYPE_CHECKING:
+    from .recycle import PeerCache
 
 TCP_TIMEWAIT_LEN: Final = 60.0  # include/net/tcp.h: (60*HZ), not tunable
 TCP_PAWS_24DAYS: Final = 60 * 60 * 24 * 24
@@ -29,7 +32,7 @@ TW_SYN: Final = 4  # accept the SYN: TW killed, hand it to the listener with isn
 
 
 class TimeWaitSock:
-    """struct tcp_timewait_sock fields the rules read (spec §11.2).
+    """struct tcp_timewait_sock fields the rules read (docs/kernel.md §2-§4).
 
     A plain class rather than a dataclass: mypyc compiles it to a native struct with a C
     constructor (a dataclass is built through its Python __init__), and the simulator
@@ -127,14 +130,15 @@ def tcp_timewait_state_process(
     el6: bool = False,
     paws_counter: str = "TcpExtPAWSEstab",
 ) -> TwDecision:
-    """mirrors tcp_timewait_state_process(), net/ipv4/tcp_minisocks.c (spec §3.3).
+    """mirrors tcp_timewait_state_process(), net/ipv4/tcp_minisocks.c (docs/kernel.md §3).
 
     Structure from v6.18 (K6.18); the same in 4.9 (K4.9), 5.x and 2.6.32 (EL6) except:
     the out-of-window ACK rate limit exists from ~4.0 (`oow_ratelimit_s` None before),
     PAWS rejects count PAWSTimewait from ~6.15 (`paws_counter`), and EL6 also re-arms the
     timer when a valid RST is ignored under tcp_rfc1337 (`el6`).
-    Only the TIME_WAIT substate is driven by the engine; FIN_WAIT2 follows the same
-    verdict table for in-window FIN/SYN handling.
+    The engine drives the TIME_WAIT substate (its closers never linger in FIN_WAIT2); the
+    FIN_WAIT2 branch (an orphaned socket that closed first, kept as a mini-socket by
+    tcp_time_wait(sk, TCP_FIN_WAIT2, tmo)) is driven by tests/test_model_timewait.py.
     """
     paws_reject = False
     saw_ts = False
@@ -227,7 +231,7 @@ def rto_jiffies_35(rto_s: float, hz: int) -> int:
 
 def tw_timeout_s(rto_s: float, hz: int, recycle_ok: bool) -> float:
     """mirrors tcp_time_wait() (net/ipv4/tcp_minisocks.c) for state TCP_TIME_WAIT, timeo=0:
-    TCP_TIMEWAIT_LEN, or 3.5 x RTO when tcp_tw_recycle applies (<= 4.11, spec §2.2)."""
+    TCP_TIMEWAIT_LEN, or 3.5 x RTO when tcp_tw_recycle applies (<= 4.11, docs/kernel.md §2.2)."""
     if recycle_ok:
         return rto_jiffies_35(rto_s, hz) / hz
     return TCP_TIMEWAIT_LEN
@@ -236,7 +240,7 @@ def tw_timeout_s(rto_s: float, hz: int, recycle_ok: bool) -> float:
 def deathrow_expiry(now: float, timeo: float, hz: int, phase: float) -> tuple[float, bool]:
     """When a TW scheduled at `now` is reaped under the pre-4.1 central death row, and
     whether it went to the recycle calendar (counted TWKilled). mirrors
-    inet_twsk_schedule(), net/ipv4/inet_timewait_sock.c, 2.6.32-4.0 (spec §2.4)."""
+    inet_twsk_schedule(), net/ipv4/inet_timewait_sock.c, 2.6.32-4.0 (docs/kernel.md §2.3)."""
     return DeathRow(hz, phase).expiry(now, timeo)
 
 
@@ -283,6 +287,50 @@ class DeathRow:
         return next_tick + self._cells * period, False
 
 
+def inet_twsk_alloc_ok(tw_count: int, max_tw_buckets: int) -> bool:
+    """inet_twsk_alloc(), net/ipv4/inet_timewait_sock.c: no mini-socket once
+    `tcp_max_tw_buckets` are in use; the caller closes without TIME_WAIT and counts
+    TCPTimeWaitOverflow (3.0+) (docs/kernel.md §2.5)."""
+    return tw_count < max_tw_buckets
+
+
+def tw_lifetime(now_sec: int, laddr: int, raddr: int, ts_recent: int, ts_ok: bool, linux: bool,
+                rto_s: float, hz: int, other_os_len_s: float, recycle: PeerCache | None) -> float:
+    """The `timeo` tcp_time_wait() (net/ipv4/tcp_minisocks.c) schedules a new TIME_WAIT for
+    (docs/kernel.md §2.2): TCP_TIMEWAIT_LEN, or, with tcp_tw_recycle (`recycle`, <= 4.11,
+    §6) and a timestamped connection, 3.5 x RTO once the peer's timestamp is remembered
+    (tcp_remember_stamp(), which this calls). Windows and macOS (`linux` False) keep their
+    own fixed length `other_os_len_s`."""
+    if not linux:
+        return other_os_len_s
+    recycle_ok = False
+    if recycle is not None and ts_ok:
+        recycle_ok = recycle.remember_stamp(laddr, raddr, ts_recent, now_sec, now_sec)
+    return tw_timeout_s(rto_s, hz, recycle_ok)
+
+
+def tcp_time_wait(now: float, now_sec: int, now_ms: int, rcv_nxt: int, snd_nxt: int, ts_recent: int,
+                  ts_ok: bool, ts_offset: int, timeo: float, death_row: DeathRow | None) -> TimeWaitSock:
+    """mirrors tcp_time_wait(sk, TCP_TIME_WAIT, timeo), net/ipv4/tcp_minisocks.c, for the
+    side that closed first (docs/kernel.md §2), once inet_twsk_alloc_ok() said yes and
+    tw_lifetime() gave `timeo`:
+
+    * the mini-socket keeps rcv_nxt/snd_nxt and, when the connection used timestamps,
+      `tw_ts_recent` with `tw_ts_recent_stamp` = now (seconds), else stamp 0;
+    * `tw_kill` when scheduled for <= 4 s (inet_twsk_schedule(), counted TWKilled);
+      under the pre-4.1 central death row (`death_row`) the slot decides both that and
+      when the socket is reaped.
+    The caller files the socket in its tables and timer queue."""
+    kill = timeo <= 4.0
+    if death_row is not None:
+        expires, kill = death_row.expiry(now, timeo)
+    else:
+        expires = now + timeo
+    return TimeWaitSock(rcv_nxt=rcv_nxt, snd_nxt=snd_nxt, ts_recent=ts_recent,
+                        ts_recent_stamp=now_sec if ts_ok else 0, ts_offset=ts_offset,
+                        entry_stamp_ms=now_ms, expires=expires, kill=kill)
+
+
 def time_after32_ms(now_ms: int, thresh_ms: int) -> bool:
     return s32(thresh_ms - now_ms) < 0
 
@@ -297,7 +345,7 @@ def tcp_twsk_unique(
     tw_reuse: int,
     tw_reuse_delay_ms: int,
 ) -> bool:
-    """mirrors tcp_twsk_unique(), net/ipv4/tcp_ipv4.c (spec §4.2): may connect() take over
+    """mirrors tcp_twsk_unique(), net/ipv4/tcp_ipv4.c (docs/kernel.md §4): may connect() take over
     this TIME_WAIT 4-tuple?
 
     rule gt1s (<= 4.18): `get_seconds() - tw_ts_recent_stamp > 1`;
@@ -320,8 +368,20 @@ def tcp_twsk_unique(
     return now_sec - tw.ts_recent_stamp > 1
 
 
+def tcp_twsk_takeover(tw: TimeWaitSock) -> tuple[int, int, int]:
+    """What connect() inherits when tcp_twsk_unique() (net/ipv4/tcp_ipv4.c) lets it take
+    over a TIME_WAIT 4-tuple (docs/kernel.md §4), as `(write_seq, ts_recent,
+    ts_recent_stamp)`: `write_seq = tw_snd_nxt + 65535 + 2` (0 becomes 1, so that
+    tcp_v4_connect() does not pick a fresh secure_tcp_seq()), and `tp->rx_opt.ts_recent` /
+    `ts_recent_stamp` copied from `tw_ts_recent` / `tw_ts_recent_stamp` (read in current
+    mainline; the same assignments in 2.6.32). The caller unhashes
+    the mini-socket (__inet_check_established(), TWRecycled++)."""
+    tw.alive = False
+    return (tw.snd_nxt + 65535 + 2) & MASK32 or 1, tw.ts_recent, tw.ts_recent_stamp
+
+
 def tw_reuse_enabled(tw_reuse: int, loopback: bool, *, loopback_mode: bool, fin_wait2: bool = False) -> bool:
-    """The sysctl part of tcp_twsk_unique(), net/ipv4/tcp_ipv4.c (spec §4.2): does
+    """The sysctl part of tcp_twsk_unique(), net/ipv4/tcp_ipv4.c (docs/kernel.md §4): does
     `tcp_tw_reuse` let an autoselecting connect() consider this TIME_WAIT 4-tuple at all?
 
     * 2 means loopback only since 4.18 (79e9fed46038, `loopback_mode`); before 4.18 the
@@ -336,7 +396,7 @@ def tw_reuse_enabled(tw_reuse: int, loopback: bool, *, loopback_mode: bool, fin_
 
 def tw_reuse_hold_s(rule: str, tw_reuse_delay_ms: int = 1000) -> float:
     """How long, at most, connect() waits before it may take over a TIME_WAIT 4-tuple with
-    tcp_tw_reuse on (tcp_twsk_unique(), spec §4.2), counted from the connection's last
+    tcp_tw_reuse on (tcp_twsk_unique(), docs/kernel.md §4), counted from the connection's last
     timestamped segment, about when this host closed:
 
     * gt1s (<= 4.18): `get_seconds() - tw_ts_recent_stamp > 1` on whole wall seconds:

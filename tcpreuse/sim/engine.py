@@ -37,9 +37,12 @@ from ..model.timewait import (
     TW_SYN,
     Segment,
     TimeWaitSock,
+    inet_twsk_alloc_ok,
+    tcp_time_wait,
     tcp_timewait_state_process,
+    tcp_twsk_takeover,
     tcp_twsk_unique,
-    tw_timeout_s,
+    tw_lifetime,
 )
 from ..result import RunResult
 from ..scenario.schema import Scenario
@@ -458,13 +461,14 @@ class Engine:
         if self.audit:
             self._audit_connect(c, key, tw_taken, att, t)
         if tw_taken is not None:
-            # __inet_check_established(): the TW is unhashed, TWRecycled++, and the new
-            # socket's write_seq = tw_snd_nxt + 65535 + 2 (tcp_twsk_unique()).
-            tw_taken.alive = False
+            # __inet_check_established(): the TW is unhashed, TWRecycled++; the new socket
+            # inherits write_seq and ts_recent (model.timewait.tcp_twsk_takeover). The
+            # inherited ts_recent is only echoed as the SYN's TSecr, then overwritten by the
+            # SYN-ACK's TSval (or unused without timestamps): the engine keeps the ISN alone.
+            att.isn = tcp_twsk_takeover(tw_taken)[0]
             del c.tw[key]
             c.release_port(key)
             c.inc("TcpExtTWRecycled")
-            att.isn = (tw_taken.snd_nxt + 65535 + 2) & MASK32 or 1
         else:
             att.isn = self._client_isn(c, key, t)
         c.hold_port(key)
@@ -478,8 +482,10 @@ class Engine:
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
                        t: float) -> None:
         """Invariants, restated independently of the allocation code: no live socket or
-        TIME_WAIT holds the 4-tuple unless that TIME_WAIT is taken over, and a takeover
-        needs timestamps and, for an autoselected port, tcp_tw_reuse and an old enough TW."""
+        TIME_WAIT holds the 4-tuple unless that TIME_WAIT is taken over, and the TIME_WAIT
+        taken over is one model.timewait.tcp_twsk_unique() lets go (the allocation decides
+        on the destination's oldest TIME_WAIT and the port search; this checks the one
+        actually taken)."""
         v = self.violations
         if key in c.ehash:
             v.append(f"t={t:.6f} {c.name}: 4-tuple {key} already has a live socket")
@@ -488,21 +494,13 @@ class Engine:
             v.append(f"t={t:.6f} {c.name}: 4-tuple {key} is in TIME_WAIT and was not taken over")
         if c.pool is None and not att.bound and not (c.low <= key[1] <= c.high and key[1] not in c.reserved):
             v.append(f"t={t:.6f} {c.name}: port {key[1]} outside the usable range")
-        if tw_taken is None:
-            return
-        if not tw_taken.ts_recent_stamp:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT without timestamps taken over for {key}")
-        if att.bound:
-            return
-        if c.tw_reuse != 1:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT taken over with tcp_tw_reuse={c.tw_reuse}")
-        age_ms = c.ms(t) - tw_taken.entry_stamp_ms
-        if c.reuse_rule == "delay_ms" and age_ms <= c.tw_reuse_delay:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT {age_ms} ms old taken over (delay {c.tw_reuse_delay} ms)")
-        if c.reuse_rule == "gt1s" and c.sec(t) - tw_taken.ts_recent_stamp <= 1:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT taken over within 1 s of its last timestamp")
-        if c.reuse_rule == "after_s" and c.sec(t) <= tw_taken.ts_recent_stamp:
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT taken over in the same second as its last timestamp")
+        if tw_taken is not None and not tcp_twsk_unique(
+                tw_taken, att.bound, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
+                tw_reuse_delay_ms=c.tw_reuse_delay):
+            age_ms = c.ms(t) - tw_taken.entry_stamp_ms
+            v.append(f"t={t:.6f} {c.name}: TIME_WAIT {age_ms} ms old taken over for {key} although "
+                     f"tcp_twsk_unique() refuses (tcp_tw_reuse={c.tw_reuse}, rule {c.reuse_rule}, "
+                     f"ts_recent_stamp={tw_taken.ts_recent_stamp})")
 
     def _client_isn(self, c: SimHost, key: Key, t: float) -> int:
         sa, sp, da, dp = key
@@ -513,7 +511,7 @@ class Engine:
         return clocks.rfc6528_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
 
     def _autoselect(self, c: SimHost, saddr: int, daddr: int, dport: int, t: float) -> tuple[int, int] | None:
-        """inet_hash_connect() for a socket without a local port (spec §6.1-6.3)."""
+        """inet_hash_connect() for a socket without a local port (docs/kernel.md §5.1)."""
         ports = c.connect_ports
         assert ports is not None
         if c.port_epoch_s > 0:
@@ -736,7 +734,7 @@ class Engine:
         c = att.client
         if c.is_linux:
             return c.timer_fires(t_sent, linux_data_retry_j(k, self.rtt, c.hz, c.p.tail_loss_probe))
-        return t_sent + (self.rtt + 0.2) * (2 ** (k - 1))
+        return t_sent + math.ldexp(self.rtt + 0.2, k - 1)  # (rtt + 0.2) * 2**(k-1), exactly
 
     def _accept_retry(self, att: Attempt, t: float) -> None:
         srv = att.srv
@@ -788,7 +786,7 @@ class Engine:
                  tw: TimeWaitSock | None) -> None:
         """The server answered the SYN with an ACK that does not acknowledge it (a TIME_WAIT
         or established socket's ACK for the old connection). A client in SYN-SENT answers
-        with RST(seq = that ACK's ack number) and keeps its SYN timer (spec §3.5 case C)."""
+        with RST(seq = that ACK's ack number) and keeps its SYN timer (docs/kernel.md §3.1)."""
         c = att.client
         if not att.cause:
             att.cause = cause
@@ -987,40 +985,31 @@ class Engine:
     # ---- TIME_WAIT -----------------------------------------------------------------------------
     def _time_wait(self, h: SimHost, key: Key, t: float, rcv_nxt: int, snd_nxt: int, ts_recent: int,
                    ts_ok: bool, ts_offset: int, dest: DestPorts | None) -> None:
-        """mirrors tcp_time_wait() (net/ipv4/tcp_minisocks.c) for the side that closed first.
-        `dest` is given for a client's socket (its port stays held during TIME_WAIT)."""
-        if len(h.tw) >= h.max_tw:
-            # inet_twsk_alloc() fails: no TIME_WAIT at all, the port is free at once.
+        """File the TIME_WAIT that model.timewait.tcp_time_wait() builds for the side that
+        closed first. `dest` is given for a client's socket (its port stays held during
+        TIME_WAIT)."""
+        if not inet_twsk_alloc_ok(len(h.tw), h.max_tw):
+            # no TIME_WAIT at all, the port is free at once
             h.inc("TcpExtTCPTimeWaitOverflow")
             if dest is not None:
                 h.release_port(key)
             return
         now_sec = h.sec(t)
-        stamp = now_sec if ts_ok else 0
-        recycle_ok = False
-        if h.tw_recycle and ts_ok and h.recycle_cache is not None:
-            recycle_ok = h.recycle_cache.remember_stamp(key[0], key[2], ts_recent, stamp, now_sec)
-        if h.is_linux:
-            rto = self.rtt + 0.2  # icsk_rto after the handshake: srtt + max(rttvar, TCP_RTO_MIN)
-            timeo = tw_timeout_s(rto, h.hz, recycle_ok)
-        else:
-            timeo = h.client_tw_s
-        kill = timeo <= 4.0
-        if h.deathrow:
-            expires, kill = h.death_row.expiry(t, timeo)
-        else:
-            expires = t + timeo
-        tw = TimeWaitSock(rcv_nxt=rcv_nxt, snd_nxt=snd_nxt, ts_recent=ts_recent, ts_recent_stamp=stamp,
-                          ts_offset=ts_offset, entry_stamp_ms=h.ms(t), expires=expires, kill=kill)
+        # rto: icsk_rto after the handshake, srtt + max(rttvar, TCP_RTO_MIN)
+        timeo = tw_lifetime(now_sec, key[0], key[2], ts_recent, ts_ok, h.is_linux, self.rtt + 0.2, h.hz,
+                            h.client_tw_s, h.recycle_cache)
+        tw = tcp_time_wait(t, now_sec, h.ms(t), rcv_nxt, snd_nxt, ts_recent, ts_ok, ts_offset, timeo,
+                           h.death_row if h.deathrow else None)
         h.tw[key] = tw
         q = h.tw_queue(timeo)
+        expires = tw.expires
         if not q and expires < h.tw_next:
             h.tw_next = expires
         q.push(expires, key, tw)
         if dest is not None:
             dest.tws.append(tw)
         if h.tw_count_at_schedule:
-            h.count_tw(kill)
+            h.count_tw(tw.kill)
 
     def _reschedule_tw(self, h: SimHost, key: Key, tw: TimeWaitSock, t: float) -> None:
         """inet_twsk_reschedule(tw, TCP_TIMEWAIT_LEN)"""

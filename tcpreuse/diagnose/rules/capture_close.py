@@ -13,7 +13,7 @@ from ..base import Evidence, rule
 @rule("capture-rst-close", needs={"capture"})
 def rst_close(ev: Evidence) -> list[Finding]:
     """Established connections whose first close was a RST (abortive close)."""
-    an = ev.capture
+    an = ev.require_capture()
     a = an.attempts
     est = a["is_attempt"] & a["established"]
     n_est = int(est.sum())
@@ -57,7 +57,7 @@ def rst_close(ev: Evidence) -> list[Finding]:
 @rule("capture-refused", needs={"capture"})
 def refused(ev: Evidence) -> list[Finding]:
     """SYNs answered by RST: nothing listens on that port (or a firewall rejects)."""
-    an = ev.capture
+    an = ev.require_capture()
     a = an.attempts
     m = a["is_attempt"] & (a["answer"] == flows.A_RST) & np.isnan(a["t_synack"])
     if not m.any():

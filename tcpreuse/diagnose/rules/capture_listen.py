@@ -26,7 +26,7 @@ def _first_unanswered(a: object) -> np.ndarray:
 
 @rule("capture-listen-overflow", needs={"capture"})
 def listen_overflow(ev: Evidence) -> list[Finding]:
-    an = ev.capture
+    an = ev.require_capture()
     a = an.attempts
     att = a["is_attempt"]
     # other explanations first: TIME_WAIT answers and recycle drops are not queue drops
@@ -95,7 +95,7 @@ def listen_overflow(ev: Evidence) -> list[Finding]:
 @rule("capture-syn-unanswered", needs={"capture"})
 def syn_unanswered(ev: Evidence) -> list[Finding]:
     """SYNs never answered at all, with no better explanation."""
-    an = ev.capture
+    an = ev.require_capture()
     a = an.attempts
     att = a["is_attempt"]
     never = att & (a["answer"] == flows.A_NONE) & (a["tw_recycle"] == reuse.RC_NONE)

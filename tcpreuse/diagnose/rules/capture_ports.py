@@ -40,7 +40,7 @@ def _port_fixes() -> list[Fix]:
 
 @rule("capture-port-cycle", needs={"capture"})
 def port_cycle(ev: Evidence) -> list[Finding]:
-    an = ev.capture
+    an = ev.require_capture()
     a = an.attempts
     out: list[Finding] = []
     for s in an.sources:

@@ -8,7 +8,7 @@ from ..base import Evidence, rule
 
 @rule("capture-incomplete", needs={"capture"})
 def incomplete(ev: Evidence) -> list[Finding]:
-    an = ev.capture
+    an = ev.require_capture()
     bad = [r for r in an.reports if not r.complete]
     if not bad:
         return []

@@ -35,7 +35,7 @@ def _fixes() -> list[Fix]:
 
 
 def _source(ev: Evidence, client: str) -> SourceStats | None:
-    for s in ev.capture.sources:
+    for s in ev.require_capture().sources:
         if s.addr == client:
             return s
     return None
@@ -57,7 +57,7 @@ def _clock_text(s: SourceStats | None, client: str) -> str:
 
 @rule("capture-tw-recycle-drops", needs={"capture"})
 def tw_recycle_drops(ev: Evidence) -> list[Finding]:
-    an = ev.capture
+    an = ev.require_capture()
     a = an.attempts
     att = a["is_attempt"]
     flagged = att & (a["tw_recycle"] != reuse.RC_NONE)

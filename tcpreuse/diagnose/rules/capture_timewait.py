@@ -50,7 +50,7 @@ def common_fixes() -> list[Fix]:
 
 @rule("capture-syn-hit-timewait", needs={"capture"})
 def syn_hit_timewait(ev: Evidence) -> list[Finding]:
-    an = ev.capture
+    an = ev.require_capture()
     a = an.attempts
     att = a["is_attempt"]
     old = att & (a["answer"] == flows.A_OLD_ACK)
@@ -141,7 +141,7 @@ def syn_hit_timewait(ev: Evidence) -> list[Finding]:
 @rule("capture-timewait-reuse-accepted", needs={"capture"})
 def timewait_reuse_accepted(ev: Evidence) -> list[Finding]:
     """Reuse of a server TIME_WAIT 4-tuple that Linux accepted: worth knowing, harmless."""
-    an = ev.capture
+    an = ev.require_capture()
     a = an.attempts
     m = a["is_attempt"] & (a["prev_tw"] == 2) & (a["reuse_age_s"] < 60) & (a["answer"] == flows.A_SYNACK)
     n = int(m.sum())

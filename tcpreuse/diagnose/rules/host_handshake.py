@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ...diagnose.base import Evidence, rule
 from ...findings import EvidenceItem, Finding
-from ...host.judge import Fix, linux_hosts, rate
+from ..judge import Fix, linux_hosts, rate
 
 CRITICAL_SHARE = 0.1  # of connect() calls retried or refused
 NOISE_SHARE = 0.01

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from ...diagnose.base import Evidence, rule
 from ...findings import EvidenceItem, Finding
-from ...host.judge import Fix, fix_list, linux_hosts, profile_of, sysctl_fix
 from ...model.nat import nat_evicts_timewait
+from ..judge import Fix, fix_list, linux_hosts, profile_of, sysctl_fix
 
 WARN = 0.75
 CRITICAL = 0.9

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ...diagnose.base import Evidence, HostFacts, TupleUse, rule
 from ...findings import EvidenceItem, Finding
-from ...host.judge import (
+from ..judge import (
     Fix,
     fix_list,
     linux_hosts,
@@ -30,16 +30,16 @@ AT_LIMIT = 0.9
 SATURATED_FREE = 0.05  # at most this share of the budget free: at the limit
 
 
-def _tuple_fixes(h: HostFacts, t: TupleUse, d: dict) -> list[Fix]:
+def _tuple_fixes(h: HostFacts, t: TupleUse) -> list[Fix]:
     """Ranked: the root cause when the evidence names one (reuse switched on but unable to
     apply), then removing the churn, then headroom. Settings already in effect are never
     proposed (sysctl_fix)."""
     reuse = h.settings.get("net.ipv4.tcp_tw_reuse", 0)
     ts = h.settings.get("net.ipv4.tcp_timestamps", 1)
-    pt = d.get("peer_timestamps") or {}
+    pt = t.peer_timestamps or {}
     root: list[Fix | None] = []
     later: list[Fix | None] = []
-    if not d.get("tw_reuse_applies") and t.time_wait:
+    if not t.tw_reuse_applies and t.time_wait:
         wanted = reuse == 1 or (reuse == 2 and "127." in t.dst)
         if not ts:  # tw_reuse needs timestamps on the old connection: the missing piece
             fx = sysctl_fix("timestamps-on", "Turn TCP timestamps on (tcp_tw_reuse needs them on both ends)",
@@ -68,19 +68,23 @@ def _tuple_fixes(h: HostFacts, t: TupleUse, d: dict) -> list[Fix]:
                      title="Spread over more source addresses (bind() with IP_BIND_ADDRESS_NO_PORT) "
                            "or more destination addresses/ports",
                      caveat=f"Each (source, destination) pair has its own {t.budget:,}-port budget; "
-                            f"{d.get('sources_to_destination', 1)} source address(es) are used toward "
+                            f"{t.sources_to_destination} source address(es) are used toward "
                             f"{t.dst}:{t.dport} now."))
     keepalive = Fix(id="reuse-connections", title="Reuse connections: HTTP keep-alive or a connection pool",
                     caveat="The only fix that removes the churn itself; everything below buys headroom.")
     return fix_list(*root, keepalive, *later)
 
 
-def _tw_detail(t: TupleUse, d: dict) -> str:
+def _hold(t: TupleUse, default: float) -> float:
+    return t.hold_s if t.hold_s is not None else default
+
+
+def _tw_detail(t: TupleUse) -> str:
     if not t.time_wait:
         return "none: the peer closes first, so ports come back when sockets close"
-    if d.get("tw_reuse_applies"):
-        return f"this host closed first; connect() may reuse each after {d.get('hold_s', 1):g} s (tcp_tw_reuse)"
-    return f"this host closed first; each holds its port {d.get('tw_len_s', 60):g} s"
+    if t.tw_reuse_applies:
+        return f"this host closed first; connect() may reuse each after {_hold(t, 1):g} s (tcp_tw_reuse)"
+    return f"this host closed first; each holds its port {t.tw_len_s if t.tw_len_s is not None else 60:g} s"
 
 
 def _secs(x: float) -> str:
@@ -94,19 +98,18 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
     full of TIME_WAIT is normal."""
     out = []
     for h in linux_hosts(ev):
-        details = h.extra.get("tuple_detail") or [{} for _ in h.tuples]  # facts from elsewhere: no details
         active = rate(h, "TcpActiveOpens")
-        for t, d in list(zip(h.tuples, details, strict=False))[:TOP_TUPLES]:
+        for t in h.tuples[:TOP_TUPLES]:  # facts from elsewhere may lack the judged fields
             ste = t.seconds_to_exhaustion
-            sust = d.get("sustainable_rate_per_s")
-            blocked = int(d.get("blocked", t.in_use))
-            load = float(d.get("load", pressure(t)))
+            sust = t.sustainable_rate_per_s
+            blocked = t.blocked if t.blocked is not None else t.in_use
+            load = t.load if t.load is not None else pressure(t)
             r = t.rate_per_s
             exhausted = ste == 0
             # At its limit: (nearly) no port free now while connections keep coming. The rate
             # measured then is the ceiling the budget allows, and attempts above it fail.
-            attempts = d.get("attempts_per_s")
-            failing = float(d.get("failed_no_port_per_s") or 0.0)
+            attempts = t.attempts_per_s
+            failing = float(t.failed_no_port_per_s or 0.0)
             at_limit = not exhausted and ((t.budget - blocked <= max(2, SATURATED_FREE * t.budget)
                                            and (r is None or r > 0)) or failing > 0)
             soon = ste is not None and ste <= 60
@@ -117,10 +120,10 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
                 EvidenceItem("tuple", tuple_label(t)),
                 EvidenceItem("ports in use", t.in_use, f"{pressure(t):.0%} of the {t.budget:,} connect() may use"),
                 EvidenceItem("ports connect() cannot take now", blocked,
-                             "established, other states and TIME_WAIT not yet reusable" if d.get("tw_reuse_applies")
+                             "established, other states and TIME_WAIT not yet reusable" if t.tw_reuse_applies
                              else "every port in use"),
                 EvidenceItem("established", t.established),
-                EvidenceItem("TIME_WAIT", t.time_wait, _tw_detail(t, d)),
+                EvidenceItem("TIME_WAIT", t.time_wait, _tw_detail(t)),
                 EvidenceItem("other states", t.other),
             ]
             if r is not None:
@@ -132,7 +135,7 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
                 items.append(EvidenceItem("TcpActiveOpens per s (host)", round(active, 1)))
             if sust is not None:
                 items.append(EvidenceItem("sustainable new connections per s", round(sust, 1),
-                                          f"free ports / {d.get('hold_s', 60):g} s hold"))
+                                          f"free ports / {_hold(t, 60):g} s hold"))
             if attempts is not None:
                 items.append(EvidenceItem("connect() attempts per s (traced)", round(attempts, 1),
                                           "CLOSE -> SYN_SENT, sock:inet_sock_set_state"))
@@ -146,8 +149,8 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
                                       "now" if exhausted else (round(ste, 1) if ste is not None else "not at this rate")))
             if t.next_free_in_s is not None:
                 items.append(EvidenceItem("oldest TIME_WAIT frees in s", round(t.next_free_in_s, 1),
-                                          f"{d.get('tw_free_within_10s', 0):,} free within 10 s"))
-            items.append(EvidenceItem("tcp_tw_reuse applies", d.get("tw_reuse_applies", False)))
+                                          f"{t.tw_free_within_10s or 0:,} free within 10 s"))
+            items.append(EvidenceItem("tcp_tw_reuse applies", t.tw_reuse_applies))
             if exhausted:
                 when = "no port is free now"
                 title = f"{tuple_label(t)}: {t.in_use:,} of {t.budget:,} local ports in use (exhausted)"
@@ -174,9 +177,9 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
                 when = ("a burst above the sustainable rate exhausts it" if r is None or not sust else
                         f"{r:,.0f} new connections/s leave {max(0.0, 1 - r / sust):.0%} headroom")
                 title = f"{tuple_label(t)}: {blocked:,} of {t.budget:,} local ports unavailable to connect()"
-            if d.get("tw_reuse_applies"):
+            if t.tw_reuse_applies:
                 tw_text = (f"{t.time_wait:,} wait in TIME_WAIT, reusable by connect() after "
-                           f"{d.get('hold_s', 1):g} s (tcp_tw_reuse)")
+                           f"{_hold(t, 1):g} s (tcp_tw_reuse)")
             elif t.time_wait:
                 tw_text = f"{t.time_wait:,} wait in TIME_WAIT after this host closed first"
             else:
@@ -190,7 +193,7 @@ def tuple_exhaustion(ev: Evidence) -> list[Finding]:
                        "fails with EADDRNOTAVAIL (\"Cannot assign requested address\"), and before that it "
                        "slows down scanning for a free port."),
                 evidence=items, confidence=0.9 if r is not None or exhausted else 0.75,
-                fixes=_tuple_fixes(h, t, d), hosts=[h.name]))
+                fixes=_tuple_fixes(h, t), hosts=[h.name]))
     return out
 
 
@@ -220,7 +223,7 @@ def connect_slow_path(ev: Evidence) -> list[Finding]:
                       EvidenceItem("usable ports", b.get("usable")),
                       EvidenceItem("port selection", b.get("port_alg"))],
             confidence=0.8,
-            fixes=_tuple_fixes(h, t, (h.extra.get("tuple_detail") or [{}])[0]), hosts=[h.name]))
+            fixes=_tuple_fixes(h, t), hosts=[h.name]))
     return out
 
 

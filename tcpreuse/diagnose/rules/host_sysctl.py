@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ...diagnose.base import Evidence, rule
 from ...findings import EvidenceItem, Finding
-from ...host.judge import (
+from ..judge import (
     Fix,
     fix_list,
     linux_hosts,
@@ -104,8 +104,7 @@ def tw_reuse_without_timestamps(ev: Evidence) -> list[Finding]:
                                              f"{top.in_use:,} of {top.budget:,} ports"))
             # Severe when the busiest tuple nears its limit: its load (rate / sustainable rate,
             # or with one sample the ports connect() cannot take), occupancy only without details.
-            top_d = (h.extra.get("tuple_detail") or [{}])[0]
-            severe = top is not None and float(top_d.get("load", pressure(top))) >= 0.8
+            severe = top is not None and (top.load if top.load is not None else pressure(top)) >= 0.8
             out.append(Finding(
                 id="tw-reuse-without-timestamps",
                 title="tcp_tw_reuse is on but tcp_timestamps is off: reuse can never apply",
@@ -123,11 +122,11 @@ def tw_reuse_without_timestamps(ev: Evidence) -> list[Finding]:
                 hosts=[h.name]))
             continue
         # Timestamps on here: does the peer of the busiest tuple negotiate them?
-        for t, d in zip(h.tuples[:3], h.extra.get("tuple_detail", [])[:3], strict=False):
-            pt = d.get("peer_timestamps")
+        for t in h.tuples[:3]:
+            pt = t.peer_timestamps
             if not pt or pressure(t) < 0.5 or pt["without"] <= pt["with"]:
                 continue
-            if reuse == 2 and not d.get("tw_reuse_applies", False) and "127." not in t.dst:
+            if reuse == 2 and not t.tw_reuse_applies and "127." not in t.dst:
                 continue  # loopback-only reuse: the tuple fix says so
             out.append(Finding(
                 id="tw-reuse-peer-without-timestamps",

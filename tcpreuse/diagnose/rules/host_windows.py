@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from ...diagnose.base import Evidence, HostFacts, rule
 from ...findings import EvidenceItem, Finding, Fix
-from ...host.judge import num
+from ...model.profiles import get_profile
+from ...model.stacks import port_range
+from ..judge import num
 
 LINUX_TW = 60
 SERVER_TW = 100  # TIME_WAIT entries on the service port that show the server closes first
 
 
 def _pool(h: HostFacts) -> tuple[int, int]:
-    start = int(h.settings.get("netsh.ipv4.dynamicport.tcp.start", 49152))
-    n = int(h.settings.get("netsh.ipv4.dynamicport.tcp.num", 16384))
-    return start, n
+    """The dynamic port range's first port and size (model.stacks.port_range)."""
+    lo, hi = port_range(get_profile("windows-2022"), h.settings)
+    return lo, hi - lo + 1
 
 
 def _linux_servers_for(ev: Evidence, ports: set[int]) -> list[tuple[HostFacts, int]]:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..diagnose.base import Evidence, HostFacts, TupleUse
 from ..findings import EvidenceItem, Fix
+from ..host.facts import rate
+from ..host.records import HostFacts, TupleUse
 from ..model.profiles import Profile, get_profile
-from .facts import rate
+from .base import Evidence
 
 __all__ = ["EvidenceItem", "Fix", "fix_list", "group", "in_effect", "linux_hosts", "num", "port_list_text", "profile_of",
            "rate", "sysctl_fix", "tuple_label"]
@@ -34,7 +35,7 @@ def in_effect(h: HostFacts, name: str, value: Any) -> bool:
     """Whether sysctl `name` already has `value` on this host (compared as parsed values)."""
     if name not in h.settings:
         return False
-    from .facts import parse_sysctl
+    from ..host.facts import parse_sysctl
 
     want = value if not isinstance(value, str) else parse_sysctl(name, value)
     if isinstance(want, list):
