@@ -124,7 +124,7 @@ def test_seeds_still_read_completely() -> None:
 
 
 def replay_reference(key: list[int], ts: list[int], stamp: list[int], now: list[int]) -> tuple[list[int], list[int]]:
-    """tcp_remember_stamp() one write at a time, straight from spec §5.3."""
+    """tcp_remember_stamp() one write at a time, straight from docs/kernel.md §6."""
     cache: dict[int, tuple[int, int]] = {}
     out_ts, out_st = [], []
     for k, t, st, nw in zip(key, ts, stamp, now, strict=True):

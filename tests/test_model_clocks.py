@@ -1,4 +1,4 @@
-"""Timestamp and seconds clocks by kernel version (spec §7)."""
+"""Timestamp and seconds clocks by kernel version (docs/kernel.md §7)."""
 
 from __future__ import annotations
 

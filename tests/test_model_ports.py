@@ -1,4 +1,4 @@
-"""Ephemeral port selection by kernel generation (spec §6), and host-wide pools."""
+"""Ephemeral port selection by kernel generation (docs/kernel.md §5), and host-wide pools."""
 
 from __future__ import annotations
 

@@ -114,7 +114,7 @@ def test_server_first_close_puts_time_wait_on_the_server() -> None:
     assert r.meta["end_state"]["server"]["time_wait"] == 600
     assert r.meta["end_state"]["client"]["time_wait"] == 0
     # With 1,000 ports they come back within 3 s; their SYNs carry newer timestamps, so the
-    # server accepts them on its TIME_WAIT sockets (spec §3.5 case A) and nothing fails.
+    # server accepts them on its TIME_WAIT sockets (docs/kernel.md §3.1) and nothing fails.
     r = run(cf(duration=6, rate=400), **parse_sets(["workload.close=server"]))
     assert r.failure_rate() == 0 and r.delayed_rate() == 0
     assert r.meta["end_state"]["server"]["time_wait"] < 1000

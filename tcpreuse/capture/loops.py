@@ -96,7 +96,7 @@ def recycle_replay(first: bytes, ts: list[int], stamp: list[int], now: list[int]
     """tcp_remember_stamp() over writes sorted by (key, time): appends 1 to `won` where
     the write replaced the cached entry, else 0. `first[i]` is 1 where a new key starts.
 
-    mirrors tcp_remember_stamp() / tcp_v4_remember_stamp() (spec §5.3): a write wins if
+    mirrors tcp_remember_stamp() / tcp_v4_remember_stamp() (docs/kernel.md §6): a write wins if
     its TSval is not older than the cached one (s32 difference <= 0), or the cached entry
     is older than `msl` (TCP_PAWS_MSL) and not newer than the write's stamp."""
     m: i64 = len(ts)

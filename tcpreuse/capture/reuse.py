@@ -14,7 +14,7 @@ still hold that TIME_WAIT (less than TCP_TIMEWAIT_LEN = 60 s) — what
   negotiate timestamps (SYN and SYN-ACK both carry the option).
 
 It also replays the per-peer timestamp cache of ``tcp_tw_recycle`` (kernels <= 4.11,
-spec §5.3-5.4) over the capture: the cache is written when the server enters TIME_WAIT
+docs/kernel.md §6) over the capture: the cache is written when the server enters TIME_WAIT
 for a timestamped connection (``tcp_remember_stamp``), and a SYN is dropped when the
 cache is younger than TCP_PAWS_MSL (60 s) and the SYN's TSval is more than
 TCP_PAWS_WINDOW (1) behind the cached one (``tcp_peer_is_proven``). 3.x-4.11 kernels
@@ -249,7 +249,7 @@ def _replay_writes(key: np.ndarray, ts: np.ndarray, stamp: np.ndarray,
                    now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cache state after each write, writes sorted by (key, time).
 
-    mirrors tcp_remember_stamp() / tcp_v4_remember_stamp() (spec §5.3): a write wins if
+    mirrors tcp_remember_stamp() / tcp_v4_remember_stamp() (docs/kernel.md §6): a write wins if
     its TSval is not older than the cached one, or the cached entry is older than
     TCP_PAWS_MSL and not newer than the write's stamp. Where a key's TSvals never go
     back (one clock per client, the usual case) every write wins, so only keys whose
