@@ -200,7 +200,8 @@ def open_loop_rows(env: Env, port: int, args: argparse.Namespace) -> None:
               f"(runs: {', '.join(f'{x:,.0f}' for x in found[name])})")
     if args.compare:
         a, b = statistics.median(found["this"]), statistics.median(found[trees[1][0]])
-        print(f"ratio this/compare: {a / b:.2f}" if b else "ratio this/compare: compare kept no rate")
+        print(f"ratio this/compare: {a / b:.2f}" if b else
+              "ratio this/compare: none (compare kept no rate; see the probes' lag and late share)")
     print(f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
