@@ -143,6 +143,7 @@ def probe_rate(env: Env, port: int, workers: int, rate: float, duration: float,
                src: str | None = None) -> dict[str, float]:
     """One bounded open-loop run at `rate`: its start lag and whether it kept the schedule."""
     envvars = dict(os.environ, PYTHONPATH=src) if src else None
+    cpu = children_cpu()
     out = subprocess.run(
         env.cmd([sys.executable, "-m", "tcpreuse", "load", f"127.0.0.1:{port}", "--protocol", "http",
                  "--rate", f"{rate:.0f}", "--duration", str(duration), "--workers", str(workers),
@@ -150,14 +151,15 @@ def probe_rate(env: Env, port: int, workers: int, rate: float, duration: float,
         capture_output=True, text=True, timeout=duration + 120, env=envvars,
         cwd=src or Path(__file__).resolve().parent.parent,
     )
-    if out.returncode not in (0, 1):
+    cpu = children_cpu() - cpu
+    if out.returncode != 0:
         raise SystemExit(f"tcpreuse load failed:\n{out.stderr}")
     d = json.loads(out.stdout)
     lag = d["start_lag"]
     p99 = lag["p99"] if lag["p99"] is not None else float("inf")
     kept = p99 < 1.0 and not d["not_started"]
     return {"rate": rate, "lag_p99_ms": p99, "late": lag["late_starts"] / max(1, d["attempts"]),
-            "ok_per_s": d["ok_per_s"], "kept": kept}
+            "ok_per_s": d["ok_per_s"], "kept": kept, "cpu_us": cpu / max(1, d["attempts"]) * 1e6}
 
 
 def open_loop_ceiling(env: Env, port: int, workers: int, lo: float, hi: float, probes: int,
@@ -169,7 +171,7 @@ def open_loop_ceiling(env: Env, port: int, workers: int, lo: float, hi: float, p
         rate = (lo * hi) ** 0.5 if best else lo
         r = probe_rate(env, port, workers, rate, duration, src)
         print(f"  {label}: {rate:8.0f}/s  start lag p99 {r['lag_p99_ms']:9.3f} ms  late {r['late']:6.1%}  "
-              f"{'kept' if r['kept'] else 'behind'}  (load average {os.getloadavg()[0]:.1f})", flush=True)
+              f"{'kept' if r['kept'] else 'behind'}  CPU {r['cpu_us']:5.1f} us/conn  (load average {os.getloadavg()[0]:.1f})", flush=True)
         if r["kept"]:
             best = lo = rate
         elif not best:
