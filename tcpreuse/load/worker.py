@@ -70,6 +70,10 @@ MAX_BURST = 256
 # costs ~10-30 us (recv, close, the record), so a round stays well under the 1 ms that
 # counts as late; epoll keeps the rest for the next round. (Closed loop: no bound.)
 MAX_EVENTS = 32
+# Shortest wait for which an open loop watches for answers (select) rather than sleeps:
+# measured at 4,000/s on 2 workers, select() cost ~15 % more CPU per connection than a
+# sleep (a wake-up per answer) and cut the late starts from 66 % to 41 % on a crowded VM.
+SELECT_MIN_S = 0.0002
 
 # No SYN can have been retransmitted in a handshake shorter than this (see connected()).
 SYN_RTO_FLOOR_S = 0.001
@@ -710,8 +714,14 @@ class Worker:
                 # turn): epoll_wait() cannot wait that briefly, but select() on the epoll
                 # fd itself can (its timeout is in us) and, unlike a sleep, it returns as
                 # soon as an answer arrives, so answers are not left waiting meanwhile.
-                if not events and wait > 0 and sel(ep_fds, (), (), wait)[0]:
-                    events = ep.poll(0, max_events)
+                # Gaps shorter than SELECT_MIN_S (above 5,000/s per worker) are slept:
+                # a wake-up per answer costs more CPU than the gap delays them, and the
+                # answers that arrived meanwhile are handled together after it.
+                if not events and wait > 0:
+                    if wait < SELECT_MIN_S:
+                        sleep(wait)
+                    elif sel(ep_fds, (), (), wait)[0]:
+                        events = ep.poll(0, max_events)
             if events:
                 now = mono()
                 done_before = n_ok + n_failed
