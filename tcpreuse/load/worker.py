@@ -14,6 +14,10 @@ sent at once. If the handshake already finished (always on loopback, often on a 
 send succeeds and a round through epoll is saved; if not, send() fails with EAGAIN and
 the attempt waits for EPOLLOUT as usual; if the SYN was refused, send() reports it.
 
+An open loop is on time when the worker gets the CPU when an attempt is due: each worker
+asks the scheduler for a short slice (short_slice()) and waits gaps shorter than a
+millisecond in select() on the epoll fd (docs/load.md, "The open loop's schedule").
+
 Per attempt the worker keeps: due time, connect latency from the *due* time (so a
 worker that falls behind cannot hide latency), SYNs sent (1 + tcpi_total_retrans from
 TCP_INFO), outcome (errno name), reason code, local address and port. Histograms are
