@@ -14,7 +14,15 @@ loopback TIME_WAIT ports), untouched by anything else on the machine, and remove
 the end. Without root it falls back to the host's loopback, where other traffic can skew
 the numbers.
 
+Then the open-loop row: the highest `--rate` at which `tcpreuse load --workers 2` keeps
+its schedule (start lag p99 under 1 ms, nothing left unstarted), found by bisection over
+rates (geometric, `--probes` bounded runs of `--probe-duration` s each, between
+`--min-rate` and `--max-rate`), `--runs` times; it prints every probe and the median.
+`--compare DIR` also bisects with the tcpreuse package found in DIR (e.g. a copy of an
+older version), alternately with this one in the same run, and prints the ratio.
+
     python bench/load_vs_wrk.py [--runs 3] [--duration 10] [--connections 50]
+                                [--open-only] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -131,6 +139,74 @@ def run_load(env: Env, port: int, workers: int, conns: int, duration: float) -> 
             "connect_p99_ms": d["connect_ms"]["p99"], "cpu_us": cpu / max(1, d["attempts"]) * 1e6}
 
 
+def probe_rate(env: Env, port: int, workers: int, rate: float, duration: float,
+               src: str | None = None) -> dict[str, float]:
+    """One bounded open-loop run at `rate`: its start lag and whether it kept the schedule."""
+    envvars = dict(os.environ, PYTHONPATH=src) if src else None
+    cpu = children_cpu()
+    out = subprocess.run(
+        env.cmd([sys.executable, "-m", "tcpreuse", "load", f"127.0.0.1:{port}", "--protocol", "http",
+                 "--rate", f"{rate:.0f}", "--duration", str(duration), "--workers", str(workers),
+                 "--json", "--quiet", "--force"]),
+        capture_output=True, text=True, timeout=duration + 120, env=envvars,
+        cwd=src or Path(__file__).resolve().parent.parent,
+    )
+    cpu = children_cpu() - cpu
+    if out.returncode != 0:
+        raise SystemExit(f"tcpreuse load failed:\n{out.stderr}")
+    d = json.loads(out.stdout)
+    lag = d["start_lag"]
+    p99 = lag["p99"] if lag["p99"] is not None else float("inf")
+    kept = p99 < 1.0 and not d["not_started"]
+    return {"rate": rate, "lag_p99_ms": p99, "late": lag["late_starts"] / max(1, d["attempts"]),
+            "ok_per_s": d["ok_per_s"], "kept": kept, "cpu_us": cpu / max(1, d["attempts"]) * 1e6}
+
+
+def open_loop_ceiling(env: Env, port: int, workers: int, lo: float, hi: float, probes: int,
+                      duration: float, src: str | None, label: str) -> float:
+    """Highest rate in [lo, hi] that kept its schedule, by geometric bisection in `probes`
+    runs (0 if even `lo` did not)."""
+    best = 0.0
+    for _ in range(probes):
+        rate = (lo * hi) ** 0.5 if best else lo
+        r = probe_rate(env, port, workers, rate, duration, src)
+        print(f"  {label}: {rate:8.0f}/s  start lag p99 {r['lag_p99_ms']:9.3f} ms  late {r['late']:6.1%}  "
+              f"{'kept' if r['kept'] else 'behind'}  CPU {r['cpu_us']:5.1f} us/conn  (load average {os.getloadavg()[0]:.1f})", flush=True)
+        if r["kept"]:
+            best = lo = rate
+        elif not best:
+            return 0.0  # even the lowest rate fell behind
+        else:
+            hi = rate
+        if hi / lo < 1.05:
+            break
+    return best
+
+
+def open_loop_rows(env: Env, port: int, args: argparse.Namespace) -> None:
+    trees: list[tuple[str, str | None]] = [("this", None)]
+    if args.compare:
+        trees.append((f"compare ({args.compare})", args.compare))
+    print(f"open loop: highest --rate with start lag p99 < 1 ms, {args.threads} workers, "
+          f"{args.probe_duration:g} s per probe, bisection over {args.min_rate:,.0f}..{args.max_rate:,.0f}/s")
+    found: dict[str, list[float]] = {name: [] for name, _ in trees}
+    for i in range(args.runs):
+        order = trees if i % 2 == 0 else trees[::-1]
+        for name, src in order:
+            c = open_loop_ceiling(env, port, args.threads, args.min_rate, args.max_rate, args.probes,
+                                  args.probe_duration, src, f"run {i + 1} {name}")
+            found[name].append(c)
+            print(f"run {i + 1} {name}: ceiling {c:,.0f}/s")
+    for name, _ in trees:
+        print(f"open-loop ceiling, median, {name}: {statistics.median(found[name]):10,.0f}/s "
+              f"(runs: {', '.join(f'{x:,.0f}' for x in found[name])})")
+    if args.compare:
+        a, b = statistics.median(found["this"]), statistics.median(found[trees[1][0]])
+        print(f"ratio this/compare: {a / b:.2f}" if b else
+              "ratio this/compare: none (compare kept no rate; see the probes' lag and late share)")
+    print(f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -138,8 +214,20 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2, help="wrk -t and tcpreuse --workers")
     ap.add_argument("--target", type=float, default=0.90)
+    ap.add_argument("--open-only", action="store_true", help="only the open-loop row (no wrk)")
+    ap.add_argument("--compare", metavar="DIR", help="also bisect with the tcpreuse package in DIR")
+    ap.add_argument("--min-rate", type=float, default=1000.0)
+    ap.add_argument("--max-rate", type=float, default=40000.0)
+    ap.add_argument("--probes", type=int, default=7, help="bounded runs per bisection")
+    ap.add_argument("--probe-duration", type=float, default=3.0)
     args = ap.parse_args()
-    for tool in ("nginx", "wrk"):
+    if not (0 < args.min_rate < args.max_rate) or args.probes < 1 or args.probe_duration <= 0:
+        print("need 0 < --min-rate < --max-rate, --probes >= 1, --probe-duration > 0", file=sys.stderr)
+        return 2
+    if args.compare and not Path(args.compare, "tcpreuse", "__init__.py").is_file():
+        print(f"--compare {args.compare}: no tcpreuse package there", file=sys.stderr)
+        return 2
+    for tool in ("nginx",) if args.open_only else ("nginx", "wrk"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (scripts/system-deps.sh installs it)", file=sys.stderr)
             return 2
@@ -158,6 +246,9 @@ def main() -> int:
         print(f"nginx on 127.0.0.1:{port} in {where}; {os.cpu_count()} CPUs; "
               f"{args.connections} connections, {args.threads} threads/workers, {args.duration:.0f} s per run")
 
+        if args.open_only:
+            open_loop_rows(env, port, args)
+            return 0
         warm = min(3.0, args.duration)
         run_wrk(env, url, args.threads, args.connections, warm)
         run_load(env, port, args.threads, args.connections, warm)
@@ -190,6 +281,7 @@ def main() -> int:
               f"{statistics.median(wrk_cpu):.1f} us, tcpreuse {statistics.median(load_cpu):.1f} us")
         print(f"ratio tcpreuse/wrk: {ratio:.3f} (per run: {', '.join(f'{x:.3f}' for x in per_run)}); "
               f"target >= {args.target:.2f}: {'met' if ratio >= args.target else 'NOT met'}")
+        open_loop_rows(env, port, args)
         return 0
     finally:
         if nginx is not None:

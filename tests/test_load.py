@@ -273,3 +273,24 @@ def test_overloaded_open_loop_stays_bounded_and_says_so(closed_port: int) -> Non
     assert s["attempts"] + s["not_started"] == 500_000 and s["not_started"] > 0
     assert s["start_lag"]["late_starts"] > 0 and s["start_lag"]["max"] > 100
     assert any("never started" in n for n in s["notes"])
+
+
+@pytest.mark.parametrize("rate", [3000.0, 12000.0])  # gaps of 333 us (select) and 83 us (sleep)
+def test_sub_ms_gaps_answer_and_record_every_attempt(server: ServeProcess, rate: float) -> None:
+    """An open loop whose gaps are shorter than epoll_wait's 1 ms: both ways of waiting
+    them (select on the epoll fd, or a sleep) start every attempt, keep its due time in
+    its record and collect every answer."""
+    from tcpreuse.load.target import resolve
+    from tcpreuse.load.worker import Worker, WorkerPlan
+
+    n = 300
+    plan = WorkerPlan(target=resolve(f"127.0.0.1:{server.port}"), rate=rate, count=n, duration=10.0,
+                      drain=5.0, t0=time.monotonic() + 0.02)
+    r = Worker(plan).run()
+    assert r.outcomes == ["ok"] and list(r.outcome) == [0] * n
+    assert r.requests == n and len(r.lag_s) == n
+    t = np.sort(np.frombuffer(r.t, dtype="f8"))  # records come in the order attempts end
+    assert np.allclose(t, np.arange(n) / rate)  # every due time once: none lost or repeated
+    cms, ams = np.frombuffer(r.connect_ms, dtype="f8"), np.frombuffer(r.answer_ms, dtype="f8")
+    assert (cms >= 0).all() and (ams >= cms).all()
+    assert (np.frombuffer(r.lag_s, dtype="f8") >= 0).all()

@@ -223,3 +223,29 @@ def test_worker_histograms_merge_to_the_histogram_of_all_values() -> None:
     assert p["p99"] == pytest.approx(exact, rel=0.01)  # 3 significant digits
     assert percentiles(merge_hists([]))["p50"] is None
     assert hist_of(np.array([float("nan"), 5.0])).get_total_count() == 1
+
+
+# ---- scheduling hint -------------------------------------------------------------------
+
+
+def test_short_slice_sets_the_eevdf_slice_and_keeps_nice() -> None:
+    """In a child process (it changes the caller's scheduling): the kernel's own view of
+    the task (/proc/self/sched, se.slice in ns) shows the 0.1 ms slice; nice stays."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os\nfrom tcpreuse.load.worker import short_slice\n"
+            "os.nice(3)\nok = short_slice()\n"
+            "sl = [ln.split(':')[1].strip() for ln in open('/proc/self/sched') if ln.startswith('se.slice')]\n"
+            "print(ok, sl[0] if sl else '-', os.getpriority(os.PRIO_PROCESS, 0))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))).stdout.split()
+    took, slice_ns, nice = out[0] == "True", out[1], int(out[2])
+    assert nice == 3  # sched_setattr was given the nice value, not 0
+    if slice_ns == "-":
+        pytest.skip("this kernel does not show se.slice (before EEVDF)")
+    if took:
+        assert int(slice_ns) == 100_000
+    else:
+        assert int(slice_ns) != 100_000
