@@ -21,11 +21,13 @@ KEY_COUNTERS = ("TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpOutR
 
 
 def _cleanup(everything: bool, as_json: bool) -> None:
+    from ..kernels import uml
     from ..lab import state
     from ..lab.netns import require_root
 
     require_root()
     done = state.cleanup(everything=everything)
+    done.scratch += uml.cleanup()  # directories (and processes) of SIGKILLed UML boots
     if as_json:
         click.echo(dumps({"namespaces": done.namespaces, "scratch": done.scratch,
                           "alive": done.alive}))
@@ -92,11 +94,14 @@ def render(res: RunResult, con: Console) -> None:
 @click.option("--no-diagnose", is_flag=True, help="Skip the diagnosis of the result.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report (findings, topology, plots).")
+@click.option("--kernel", "kernel", type=click.Choice(["host", "uml"]), default="host", show_default=True,
+              help="Run on the running kernel, or boot User-Mode Linux (Debian's 6.1) and run "
+              "the same lab inside it.")
 @click.option("--all", "everything", is_flag=True,
               help="With `cleanup`: remove every tcpr-* namespace, not only dead lab runs'.")
 def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: bool,
         capture: Path | None, result_file: Path | None, approximate: bool, no_diagnose: bool,
-        everything: bool, html_path: Path | None = None) -> None:
+        everything: bool, kernel: str = "host", html_path: Path | None = None) -> None:
     """Run a scenario on the real kernel in network namespaces (needs root).
 
     Builds one namespace per host instance, a router, a NAT and an L4 load balancer
@@ -118,7 +123,12 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
     err = Console(stderr=True)
     opts = LabOptions(approximate=approximate, capture=capture,
                       progress=None if as_json else (lambda m: err.print(f"[dim]lab: {m}[/]")))
-    res = run_lab(sc, opts)
+    if kernel == "host":
+        res = run_lab(sc, opts)
+    else:
+        from ..kernels.run import lab_on
+
+        res = lab_on(kernel, scenario, overrides, opts)
     if result_file is not None:
         try:
             res.save(result_file, records=True)

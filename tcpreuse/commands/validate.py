@@ -24,10 +24,14 @@ from ..result import dumps
 @click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the agreement tables as Markdown to FILE.")
 @click.option("--list", "list_only", is_flag=True, help="List the validation scenarios and exit.")
+@click.option("--kernel", "kernel", type=click.Choice(["host", "uml"]), default="host", show_default=True,
+              help="Where the lab runs: the running kernel, or User-Mode Linux (Debian's 6.1; "
+              "one boot for the whole suite).")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report (agreement tables, model and kernel timelines).")
 def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tuple[str, ...],
-             as_json: bool, markdown_file: Path | None, list_only: bool, html_path: Path | None = None) -> None:
+             as_json: bool, markdown_file: Path | None, list_only: bool, kernel: str = "host",
+             html_path: Path | None = None) -> None:
     """Compare the simulator with the running kernel (needs root).
 
     Each scenario runs in the lab (network namespaces, real sockets) and in the simulator
@@ -54,14 +58,15 @@ def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tu
     overrides = parse_sets(sets)
     err = Console(stderr=True)
     opts = Options(progress=None if as_json else (lambda m: err.print(f"[dim]validate: {m}[/]")),
-                   keep_results=html_path is not None)
+                   keep_results=html_path is not None, kernel=kernel)
     rep = validate_many(refs, overrides, opts, suite_name=suite_name)
     if html_path is not None:
         from ..report import html
 
         html.write(html_path, html.validate_page(rep.to_json(), [(o.name, o.sim, o.lab) for o in rep.outcomes]))
     if markdown_file is not None:
-        cmd = ("tcpreuse validate " + (f"--suite {suite_name}" if suite_name else str(scenario))
+        cmd = ("tcpreuse validate " + (f"--kernel {kernel} " if kernel != "host" else "")
+               + (f"--suite {suite_name}" if suite_name else str(scenario))
                + f" --markdown {markdown_file}")
         try:
             markdown_file.write_text(render.markdown(rep, cmd))

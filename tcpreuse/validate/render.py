@@ -27,16 +27,25 @@ def _mark(r: Row) -> str:
 
 
 def terminal(rep: Report, con: Console) -> None:
-    con.print(f"[bold]validate[/] on Linux {rep.kernel} (CONFIG_HZ={rep.hz.value}, from "
-              f"{rep.hz.source})")
+    con.print(f"[bold]validate[/] on Linux {rep.kernel} ({_where(rep)}, CONFIG_HZ={rep.hz.value}, "
+              f"from {rep.hz.source})")
     for o in rep.outcomes:
         _terminal_one(o, con)
     n_ok = sum(o.agree for o in rep.outcomes)
     colour = "green" if rep.agree else "red"
-    con.print(f"[{colour}][bold]{n_ok}/{len(rep.outcomes)} scenario(s) agree[/][/]")
+    na = len(rep.outcomes) - len(rep.applicable)
+    con.print(f"[{colour}][bold]{n_ok}/{len(rep.applicable)} scenario(s) agree[/][/]"
+              + (f" ({na} not applicable on this kernel)" if na else ""))
+
+
+def _where(rep: Report) -> str:
+    return "the running kernel" if rep.kernel_name == "host" else f"kernel {rep.kernel_name}"
 
 
 def _terminal_one(o: Outcome, con: Console) -> None:
+    if o.not_applicable:
+        con.print(f"\n[bold]{o.name}[/] — {o.summary} … [yellow]not applicable[/]: {o.not_applicable}")
+        return
     head = "[green]agree[/]" if o.agree else "[red]DISAGREE[/]"
     con.print(f"\n[bold]{o.name}[/] — {o.summary} … {head} (lab {o.lab_s:.1f} s, model "
               f"{o.sim_s:.2f} s)")
@@ -85,11 +94,15 @@ def markdown(rep: Report, command: str) -> str:
     for o in rep.outcomes:
         n = sum(1 for r in o.rows if r.agree is not None)
         bad = sum(1 for r in o.rows if r.agree is False)
-        v = "agree" if o.agree else (f"**error**: {o.error}" if o.error else f"**{bad} disagree**")
+        v = "agree" if o.agree else (f"not applicable: {o.not_applicable}" if o.not_applicable else
+                                     f"**error**: {o.error}" if o.error else f"**{bad} disagree**")
         lines.append(f"| [{o.name}](#{o.name}) | {_md_escape(o.summary)} | {n} | {v} |")
     tolerances: dict[str, str] = {}
     for o in rep.outcomes:
         lines += ["", f"## {o.name}", "", _md_escape(o.summary), ""]
+        if o.not_applicable:
+            lines += [f"Not applicable on this kernel: {_md_escape(o.not_applicable)}", ""]
+            continue
         if o.error:
             lines += [f"Error: {o.error}", ""]
             continue

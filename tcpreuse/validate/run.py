@@ -9,19 +9,19 @@ realise (the veth's, when the kernel has no netem).
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import TcpreuseError
+from ..kernels.jobs import JobOutcome, KernelFacts
 from ..model.profiles import get_profile
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from . import suite
 from .compare import Row, compare, verdict
-from .kernel import Hz, running_hz
+from .kernel import Hz
 from .metrics import measure
 
 # Sysctls whose default in a new namespace depends on the machine (ehash size): the
@@ -39,8 +39,9 @@ class ValidateError(TcpreuseError):
 @dataclass
 class Options:
     progress: Callable[[str], None] | None = None
-    hz: Hz | None = None
+    hz: Hz | None = None  # the host kernel's, when already known
     keep_results: bool = False
+    kernel: str = "host"  # which kernel the lab runs on (tcpreuse.kernels): host | uml
 
 
 @dataclass
@@ -53,17 +54,20 @@ class Outcome:
     lab_s: float = 0.0
     sim_s: float = 0.0
     interrupted: bool = False
+    not_applicable: str | None = None  # why the kernel cannot run it (a sysctl it lacks)
     sim: RunResult | None = None
     lab: RunResult | None = None
 
     @property
     def agree(self) -> bool:
-        return self.error is None and not self.interrupted and verdict(self.rows)
+        return (self.error is None and not self.interrupted and self.not_applicable is None
+                and verdict(self.rows))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "summary": self.summary, "agree": self.agree,
             "error": self.error, "interrupted": self.interrupted,
+            "not_applicable": self.not_applicable,
             "rows": [r.to_json() for r in self.rows], "notes": self.notes,
             "lab_s": round(self.lab_s, 2), "sim_s": round(self.sim_s, 2),
             "disagreements": sum(1 for r in self.rows if r.agree is False),
@@ -76,21 +80,28 @@ class Report:
     hz: Hz
     outcomes: list[Outcome] = field(default_factory=list)
     suite: str | None = None
+    kernel_name: str = "host"  # which tcpreuse.kernels kernel ran the lab
+
+    @property
+    def applicable(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.not_applicable is None]
 
     @property
     def agree(self) -> bool:
-        return bool(self.outcomes) and all(o.agree for o in self.outcomes)
+        """Every applicable scenario agrees (and at least one ran)."""
+        return bool(self.applicable) and all(o.agree for o in self.applicable)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kernel": self.kernel, "hz": self.hz.value, "hz_source": self.hz.source,
+            "kernel": self.kernel, "kernel_name": self.kernel_name,
+            "hz": self.hz.value, "hz_source": self.hz.source,
             "suite": self.suite, "agree": self.agree,
             "scenarios": [o.to_json() for o in self.outcomes],
         }
 
 
-def native_overrides(sc: Scenario, hz: int) -> tuple[dict[str, Any], list[str]]:
-    """Every host group on the running kernel's profile, with this kernel's HZ."""
+def native_overrides(sc: Scenario, hz: int, profile: str = "linux-native") -> tuple[dict[str, Any], list[str]]:
+    """Every host group on the kernel's profile (the running kernel's by default), with its HZ."""
     bad = [f"{g.name} ({g.profile})" for g in sc.host if get_profile(g.profile).os != "linux"]
     if bad:
         raise ValidateError(
@@ -99,12 +110,12 @@ def native_overrides(sc: Scenario, hz: int) -> tuple[dict[str, Any], list[str]]:
             hint="use `tcpreuse lab --approximate` to run a stand-in, or `tcpreuse simulate`")
     out: dict[str, Any] = {}
     notes = []
-    native = get_profile("linux-native")
+    native = get_profile(profile)
     for g in sc.host:
         if get_profile(g.profile).version[:2] != native.version[:2]:
             notes.append(f"host group {g.name}: profile {g.profile} replaced by the running "
                          f"kernel's ({native.name}) for the comparison")
-        out[f"host.{g.name}.profile"] = "linux-native"
+        out[f"host.{g.name}.profile"] = profile
         out[f"host.{g.name}.model.hz"] = hz
     return out, notes
 
@@ -204,33 +215,30 @@ def racy_counters(sc: Scenario) -> frozenset[tuple[str, str]]:
     return frozenset(out)
 
 
-def validate(ref: str, overrides: dict[str, Any] | None = None,
-             opts: Options | None = None) -> Outcome:
-    """Lab then model for one scenario (a validation name, a file or a built-in)."""
-    from ..lab.run import LabOptions, run_lab
+def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
+                facts: KernelFacts, keep_results: bool = False) -> Outcome:
+    """The model against one lab run (JobOutcome) on the kernel described by `facts`."""
     from ..sim.engine import Engine
 
-    opts = opts or Options()
-    hz = opts.hz or running_hz()
-    base = suite.load(ref, overrides)
-    native, notes = native_overrides(base, hz.value)
-    ov = {**(overrides or {}), **native}
+    try:
+        base = suite.load(ref, overrides)
+        name, summary = base.name, base.summary
+    except TcpreuseError:
+        name, summary = ref, ""
+    out = Outcome(name=name, summary=summary, notes=list(lab_out.notes), lab_s=lab_out.seconds)
+    if lab_out.not_applicable:
+        out.not_applicable = lab_out.not_applicable
+        return out
+    if lab_out.error or lab_out.result is None:
+        out.error = lab_out.error or "the lab produced no result"
+        return out
+    lab = lab_out.result
+    ov = lab_out.overrides
     sc = suite.load(ref, ov)
-    out = Outcome(name=sc.name, summary=sc.summary, notes=list(notes))
-
-    def say(msg: str) -> None:
-        if opts.progress:
-            opts.progress(f"{sc.name}: {msg}")
-
-    say("lab (real kernel)")
-    t0 = time.monotonic()
-    lab = run_lab(sc, LabOptions(progress=None))
-    out.lab_s = time.monotonic() - t0
     out.interrupted = bool(lab.meta.get("interrupted"))
     more, more_notes = model_overrides(sc, lab)
     out.notes += more_notes + [f"lab: {n}" for n in lab.notes if "netem unavailable" not in n]
     sc_sim = suite.load(ref, {**ov, **more})
-    say("simulate (model)")
     t0 = time.monotonic()
     sim = Engine(sc_sim).run()
     out.sim_s = time.monotonic() - t0
@@ -238,36 +246,38 @@ def validate(ref: str, overrides: dict[str, Any] | None = None,
     out.rows = compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
                        racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref),
                        wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
-                       jiffy_ms=1000.0 / hz.value)
-    if opts.keep_results:
+                       jiffy_ms=1000.0 / facts.hz)
+    if keep_results:
         out.sim, out.lab = sim, lab
     return out
 
 
 def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
                   opts: Options | None = None, suite_name: str | None = None) -> Report:
-    """Each scenario in turn; a scenario that fails to run is reported, not fatal, but a
-    Ctrl-C ends the run with what was compared so far."""
-    from ..lab.netns import require_root
+    """Every lab run on the chosen kernel (one boot for a bootable kernel), then the model
+    for each with that kernel's profile and HZ. A scenario that fails to run is reported,
+    not fatal (unless it is the only one); a Ctrl-C ends the run with what was compared."""
+    from ..kernels import LabJob, get_kernel
 
-    require_root()
     opts = opts or Options()
-    hz = opts.hz or running_hz()
-    opts.hz = hz
-    rep = Report(kernel=platform.release(), hz=hz, suite=suite_name)
-    for ref in refs:
-        try:
-            o = validate(ref, overrides, opts)
-        except ValidateError:
-            raise
-        except TcpreuseError as e:
-            if len(refs) == 1:
-                raise
-            o = Outcome(name=ref, summary="", error=e.message)
-        except KeyboardInterrupt:
-            rep.outcomes.append(Outcome(name=ref, summary="", interrupted=True,
-                                        error="interrupted"))
-            break
+    kernel = get_kernel(opts.kernel)
+    jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True) for ref in refs]
+    for ref in refs:  # a bad reference or a non-Linux host fails before any lab runs
+        native_overrides(suite.load(ref, overrides), 100)
+    try:
+        facts, labs = kernel.run(jobs, opts.progress)
+    except KeyboardInterrupt:
+        raise TcpreuseError("validate interrupted before any scenario was compared") from None
+    hz = opts.hz if opts.hz is not None and opts.kernel == "host" else Hz(facts.hz, facts.hz_source)
+    if hz.value != facts.hz:
+        facts = KernelFacts(**{**facts.to_json(), "hz": hz.value, "hz_source": hz.source})
+    rep = Report(kernel=facts.release, hz=hz, suite=suite_name, kernel_name=opts.kernel)
+    for ref, lab_out in zip(refs, labs, strict=False):
+        if len(refs) == 1 and lab_out.error and lab_out.result is None:
+            raise TcpreuseError(lab_out.error)
+        if opts.progress and lab_out.result is not None:
+            opts.progress(f"{ref}: simulate (model, {facts.profile}, HZ {hz.value})")
+        o = compare_one(ref, overrides, lab_out, facts, opts.keep_results)
         rep.outcomes.append(o)
         if o.interrupted:
             break

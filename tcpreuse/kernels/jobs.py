@@ -1,0 +1,205 @@
+"""Lab jobs and kernel facts, the same code on every kernel (in-process or in a guest).
+
+A LabJob names a scenario (a validation name, a file or a built-in) and overrides, as
+JSON, so it can cross into a booted kernel through a file. With `native` it is a
+validation job: every host group is put on the kernel's own profile and CONFIG_HZ (as
+`validate` compares), and a scenario that sets a sysctl this kernel does not have is
+reported not applicable instead of run. Facts are read from the kernel, never assumed:
+its release, CONFIG_HZ (/proc/config.gz), the sysctls under /proc/sys/net, and whether
+nftables can load an `ip` table (Debian's UML kernel has nf_tables without the ip family).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TcpreuseError
+from ..result import RunResult
+
+SYSCTL_ROOTS = ("net/ipv4", "net/core", "net/netfilter")
+
+
+@dataclass
+class KernelFacts:
+    release: str
+    hz: int
+    hz_source: str
+    sysctls: list[str] = field(default_factory=list)  # dotted names that exist
+    nft_ip: bool = True  # nftables can load `table ip` (NAT, LB, loss via nftables)
+    iptables_nat: bool = False  # iptables-legacy can load the nat table
+
+    @property
+    def profile(self) -> str:
+        """The model's profile for this kernel (linux-X.Y.Z from its release)."""
+        from ..model.profiles import MAX_LINUX, parse_version, vstr
+
+        v = min(parse_version(".".join(self.release.split("-")[0].split(".")[:3])), MAX_LINUX)
+        return f"linux-{vstr(v)}"
+
+    def has(self, sysctl: str) -> bool:
+        return sysctl in set(self.sysctls)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> KernelFacts:
+        return cls(**{k: d[k] for k in ("release", "hz", "hz_source", "sysctls", "nft_ip",
+                                        "iptables_nat") if k in d})
+
+
+@dataclass
+class LabJob:
+    ref: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    approximate: bool = False
+    native: bool = False  # validation: every host on the kernel's own profile and HZ
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LabJob:
+        return cls(ref=str(d["ref"]), overrides=dict(d.get("overrides") or {}),
+                   approximate=bool(d.get("approximate")), native=bool(d.get("native")))
+
+
+@dataclass
+class JobOutcome:
+    result: RunResult | None = None
+    error: str | None = None  # the one-line error the lab gave
+    not_applicable: str | None = None  # why this kernel cannot run the scenario at all
+    overrides: dict[str, Any] = field(default_factory=dict)  # what the lab ran (job + native)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def interrupted(self) -> bool:
+        return bool(self.result is not None and self.result.meta.get("interrupted"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"result": self.result.to_json(records=True) if self.result else None,
+                "error": self.error, "not_applicable": self.not_applicable,
+                "overrides": self.overrides, "notes": self.notes, "seconds": round(self.seconds, 3)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> JobOutcome:
+        res = d.get("result")
+        return cls(result=RunResult.from_json(res) if res else None, error=d.get("error"),
+                   not_applicable=d.get("not_applicable"), overrides=dict(d.get("overrides") or {}),
+                   notes=list(d.get("notes") or []), seconds=float(d.get("seconds") or 0.0))
+
+
+# ---- facts ------------------------------------------------------------------------------
+
+def list_sysctls(root: Path = Path("/proc/sys")) -> list[str]:
+    out = []
+    for sub in SYSCTL_ROOTS:
+        base = root / sub
+        if not base.is_dir():
+            continue
+        for dirpath, _dirs, files in os.walk(base):
+            rel = Path(dirpath).relative_to(root)
+            # per-interface and per-neighbour trees are not settings a scenario names
+            if rel.parts[2:3] in (("conf",), ("neigh",)):
+                continue
+            out += [".".join((*rel.parts, f)) for f in files]
+    return sorted(out)
+
+
+def _probe(argv: list[str]) -> bool:
+    """Run `argv` in a throwaway network namespace (unshare: gone when it exits)."""
+    try:
+        r = subprocess.run(["unshare", "--net", *argv], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def read_facts() -> KernelFacts:
+    from ..validate.kernel import running_hz
+
+    hz = running_hz()
+    return KernelFacts(
+        release=platform.release(), hz=hz.value, hz_source=hz.source, sysctls=list_sysctls(),
+        nft_ip=_probe(["nft", "add table ip tcpr-probe"]),
+        iptables_nat=_probe(["iptables-legacy", "-t", "nat", "-L", "-n"]),
+    )
+
+
+# ---- running a job ----------------------------------------------------------------------
+
+def missing_sysctls(sc: Any, facts: KernelFacts) -> list[str]:
+    """Sysctls the scenario sets (explicitly, on a Linux host) that this kernel lacks."""
+    from ..model.profiles import get_profile
+
+    have = set(facts.sysctls)
+    out = []
+    for g in sc.host:
+        if get_profile(g.profile).os != "linux":
+            continue
+        for name in g.settings:
+            if name.startswith(("net.ipv4.", "net.core.", "net.netfilter.")) and name not in have \
+                    and name != "net.ipv4.tcp_tw_recycle":  # realise() handles recycle = 0
+                out.append(name)
+    return sorted(set(out))
+
+
+def native_overrides_for(ref: str, overrides: dict[str, Any], facts: KernelFacts) -> tuple[dict[str, Any], list[str]]:
+    from ..validate import suite
+    from ..validate.run import native_overrides
+
+    base = suite.load(ref, overrides)
+    return native_overrides(base, facts.hz, facts.profile)
+
+
+def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome:
+    """One lab run on the running kernel; errors come back as text, not exceptions."""
+    import time
+
+    from ..lab.run import LabOptions, run_lab
+    from ..validate import suite
+
+    t0 = time.monotonic()
+    out = JobOutcome(overrides=dict(job.overrides))
+    try:
+        base = suite.load(job.ref, job.overrides)
+        missing = missing_sysctls(base, facts)
+        if missing:
+            out.not_applicable = (
+                f"{', '.join(missing)} does not exist on Linux {facts.release} (no "
+                + ", ".join(f"/proc/sys/{m.replace('.', '/')}" for m in missing) + ")")
+            return out
+        sc = base
+        if job.native:
+            native, notes = native_overrides_for(job.ref, job.overrides, facts)
+            out.overrides = {**job.overrides, **native}
+            out.notes += notes
+            sc = suite.load(job.ref, out.overrides)
+        out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress))
+    except TcpreuseError as e:
+        out.error = str(e)
+    finally:
+        out.seconds = time.monotonic() - t0
+    return out
+
+
+def run_jobs(jobs: list[LabJob], facts: KernelFacts, progress: Any = None,
+             each: Any = None) -> list[JobOutcome]:
+    """Jobs in order; stops after an interrupted one (Ctrl-C ends the batch)."""
+    outs = []
+    for k, job in enumerate(jobs):
+        if progress:
+            progress(f"lab {k + 1}/{len(jobs)}: {job.ref}")
+        o = run_job(job, facts, progress)
+        outs.append(o)
+        if each:
+            each(k, o)
+        if o.interrupted:
+            break
+    return outs
