@@ -1,0 +1,87 @@
+"""The kernel abstraction without booting anything: jobs and facts as data, the UML boot's
+command line and init script (read-only root, the writable share, modules), the
+not-applicable rule for sysctls a kernel lacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tcpreuse.errors import TcpreuseError
+from tcpreuse.kernels import get_kernel
+from tcpreuse.kernels.jobs import JobOutcome, KernelFacts, LabJob, list_sysctls, missing_sysctls
+from tcpreuse.kernels.uml import MODULES, Boot, Install, init_script
+from tcpreuse.validate import suite
+
+
+def facts(*lacking: str) -> KernelFacts:
+    names = ["net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_tw_reuse_delay", "net.ipv4.ip_local_port_range",
+             "net.ipv4.tcp_timestamps", "net.ipv4.tcp_max_tw_buckets"]
+    return KernelFacts(release="6.1.176", hz=100, hz_source="/proc/config.gz",
+                       sysctls=[n for n in names if n not in lacking], nft_ip=False)
+
+
+def test_facts_name_the_model_profile_and_round_trip() -> None:
+    f = facts()
+    assert f.profile == "linux-6.1.176"
+    assert KernelFacts(release="6.18.44-cloud-amd64", hz=250, hz_source="x").profile == "linux-6.18.44"
+    assert KernelFacts.from_json(f.to_json()) == f
+
+
+def test_a_sysctl_the_kernel_lacks_makes_the_scenario_not_applicable() -> None:
+    sc = suite.load("v-reuse1-delay1000")
+    assert missing_sysctls(sc, facts()) == []
+    assert missing_sysctls(sc, facts("net.ipv4.tcp_tw_reuse_delay")) == ["net.ipv4.tcp_tw_reuse_delay"]
+    # a scenario that does not set it is applicable on the same kernel
+    assert missing_sysctls(suite.load("v-exhaust-even"), facts("net.ipv4.tcp_tw_reuse_delay")) == []
+
+
+def test_sysctls_are_listed_from_the_proc_tree(tmp_path: Path) -> None:
+    for rel in ("net/ipv4/tcp_tw_reuse", "net/ipv4/conf/all/forwarding", "net/core/somaxconn",
+                "net/netfilter/nf_conntrack_max"):
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("1\n")
+    assert list_sysctls(tmp_path) == ["net.core.somaxconn", "net.ipv4.tcp_tw_reuse",
+                                      "net.netfilter.nf_conntrack_max"]
+
+
+def test_jobs_and_outcomes_cross_a_file_boundary() -> None:
+    j = LabJob(ref="v-exhaust-even", overrides={"duration_s": 3}, native=True)
+    assert LabJob.from_json(j.to_json()) == j
+    o = JobOutcome(not_applicable="no such sysctl", overrides={"a": 1}, notes=["n"], seconds=1.5)
+    back = JobOutcome.from_json(o.to_json())
+    assert (back.not_applicable, back.overrides, back.notes, back.result) == ("no such sysctl", {"a": 1}, ["n"], None)
+
+
+def test_the_boot_mounts_the_host_root_read_only_and_passes_init_as_a_file(tmp_path: Path) -> None:
+    boot = Boot(Install(Path("/usr/bin/linux"), Path("/usr/lib/uml/modules")), [], 60.0)
+    try:
+        argv = boot.argv()
+        assert {"rootfstype=hostfs", "rootflags=/", "ro"} <= set(argv)
+        assert "rw" not in argv
+        init = next(a for a in argv if a.startswith("init="))[5:]
+        assert Path(init).parent == boot.dir and " " not in init
+        assert any(a == f"uml_dir={boot.dir / 'uml'}" for a in argv)  # UML's umid dir is ours
+        assert boot.dir.name.startswith("tcpr-uml-") and (boot.dir / "owner.json").exists()
+    finally:
+        boot.close()
+    assert not boot.dir.exists()
+
+
+def test_the_init_script_writes_only_to_the_share_and_loads_modules_from_the_package() -> None:
+    s = init_script(Path("/tmp/tcpr-uml-x/share"), "/venv/bin/python", "/repo",
+                    Path("/usr/lib/uml/modules"), 100)
+    assert "mount -t hostfs hostfs /run/tcpr-share -o /tmp/tcpr-uml-x/share" in s
+    assert "remount" not in s and ",rw" not in s and " rw " not in s
+    assert "mount -t tmpfs tmpfs /tmp" in s and "mount -t tmpfs tmpfs /run" in s
+    assert "modprobe -d /run/tcpr-mods" in s and "ln -s /usr/lib/uml/modules /run/tcpr-mods/lib/modules" in s
+    assert {"veth", "sch_netem", "nf_conntrack", "nf_nat", "configs", "iptable_nat"} <= set(MODULES)
+    assert "timeout -s KILL 100 /venv/bin/python -m tcpreuse.kernels.guest" in s
+    assert "PYTHONPATH=/repo" in s
+
+
+def test_unknown_kernel_is_a_clear_error() -> None:
+    with pytest.raises(TcpreuseError, match="unknown kernel 'qemu'"):
+        get_kernel("qemu")
