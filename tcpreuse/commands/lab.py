@@ -97,11 +97,15 @@ def render(res: RunResult, con: Console) -> None:
 @click.option("--kernel", "kernel", type=click.Choice(["host", "uml"]), default="host", show_default=True,
               help="Run on the running kernel, or boot User-Mode Linux (Debian's 6.1) and run "
               "the same lab inside it.")
+@click.option("--netfilter", type=click.Choice(["auto", "nft", "iptables"]), default="auto",
+              show_default=True, help="NAT/LB/loss backend: nftables, iptables-legacy, or "
+              "nftables where it can load an ip table (else iptables-legacy).")
 @click.option("--all", "everything", is_flag=True,
               help="With `cleanup`: remove every tcpr-* namespace, not only dead lab runs'.")
 def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: bool,
         capture: Path | None, result_file: Path | None, approximate: bool, no_diagnose: bool,
-        everything: bool, kernel: str = "host", html_path: Path | None = None) -> None:
+        everything: bool, kernel: str = "host", netfilter: str = "auto",
+        html_path: Path | None = None) -> None:
     """Run a scenario on the real kernel in network namespaces (needs root).
 
     Builds one namespace per host instance, a router, a NAT and an L4 load balancer
@@ -121,7 +125,7 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
         overrides["duration_s"] = duration
     sc = load_scenario(scenario, overrides)
     err = Console(stderr=True)
-    opts = LabOptions(approximate=approximate, capture=capture,
+    opts = LabOptions(approximate=approximate, capture=capture, netfilter=netfilter,
                       progress=None if as_json else (lambda m: err.print(f"[dim]lab: {m}[/]")))
     if kernel == "host":
         res = run_lab(sc, opts)

@@ -59,6 +59,7 @@ class LabJob:
     overrides: dict[str, Any] = field(default_factory=dict)
     approximate: bool = False
     native: bool = False  # validation: every host on the kernel's own profile and HZ
+    netfilter: str = "auto"  # NAT/LB backend (lab/iptables.py choose())
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +67,8 @@ class LabJob:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> LabJob:
         return cls(ref=str(d["ref"]), overrides=dict(d.get("overrides") or {}),
-                   approximate=bool(d.get("approximate")), native=bool(d.get("native")))
+                   approximate=bool(d.get("approximate")), native=bool(d.get("native")),
+                   netfilter=str(d.get("netfilter") or "auto"))
 
 
 @dataclass
@@ -181,7 +183,8 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome
             out.overrides = {**job.overrides, **native}
             out.notes += notes
             sc = suite.load(job.ref, out.overrides)
-        out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress))
+        out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress,
+                                            netfilter=job.netfilter))
     except TcpreuseError as e:
         out.error = str(e)
     finally:

@@ -17,7 +17,7 @@ def lab_on(kernel: str, ref: str, overrides: dict[str, Any], opts: LabOptions) -
         raise UnsupportedError(f"--capture is not supported with --kernel {kernel} (the "
                                "captures would be written inside the booted kernel)")
     k = get_kernel(kernel)
-    job = LabJob(ref=ref, overrides=overrides, approximate=opts.approximate)
+    job = LabJob(ref=ref, overrides=overrides, approximate=opts.approximate, netfilter=opts.netfilter)
     _facts, outs = k.run([job], opts.progress)
     out = outs[0] if outs else None
     if out is None:

@@ -172,7 +172,7 @@ class Boot:
                 copy = self.share / f"scenario-{k:03d}.toml"
                 shutil.copyfile(p, copy)
                 j = LabJob(ref=f"/run/tcpr-share/{copy.name}", overrides=j.overrides,
-                           approximate=j.approximate, native=j.native)
+                           approximate=j.approximate, native=j.native, netfilter=j.netfilter)
             jobs.append(j)
         return jobs
 

@@ -62,6 +62,7 @@ class Host:
     routes_via: list[tuple[str, str, str]] = field(default_factory=list)
     sysctls: dict[str, str] = field(default_factory=dict)
     nft: str | None = None
+    ipt: str | None = None  # iptables-legacy-restore text, when the backend is iptables
 
     def ip_batch(self) -> list[str]:
         """`ip -batch` lines that address and route this namespace (links exist by then)."""
@@ -395,7 +396,12 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
 
     if sc.path.loss:
         router.nft = loss_ruleset(sc.path.loss)
-    return LabPlan(run_id=run_id, scenario=sc.name, hosts=hosts, links=links, serves=serves,
-                   loads=loads, realisation=r, owner=owner, vip=vip,
-                   backend_port=sc.group(sc.lb.backends).port if sc.lb else None, loss=sc.path.loss,
-                   rtt_ms=sc.path.rtt_ms)
+    out = LabPlan(run_id=run_id, scenario=sc.name, hosts=hosts, links=links, serves=serves,
+                  loads=loads, realisation=r, owner=owner, vip=vip,
+                  backend_port=sc.group(sc.lb.backends).port if sc.lb else None, loss=sc.path.loss,
+                  rtt_ms=sc.path.rtt_ms)
+    if r.netfilter == "iptables":  # the same rules for iptables-legacy (lab/iptables.py)
+        from .iptables import translate
+
+        translate(out, sc)
+    return out

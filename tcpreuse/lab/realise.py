@@ -90,6 +90,8 @@ class Realisation:
     load_close: dict[str, str] = field(default_factory=dict)
     # server group -> worker threads of the bounded server (groups whose workers limit them)
     bounded: dict[str, int] = field(default_factory=dict)
+    # NAT/LB/loss backend: "nft", or "iptables" (iptables-legacy) where nftables cannot
+    netfilter: str = "nft"
 
     def check(self, approximate: bool) -> None:
         """Raise UnsupportedError unless the scenario can run (as asked)."""

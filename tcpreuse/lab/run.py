@@ -75,6 +75,8 @@ class LabOptions:
     progress: Callable[[str], None] | None = None
     # extra seconds a load may run past its duration before it is stopped
     grace_s: float | None = None
+    # NAT/LB/loss backend: auto (nftables where it can load an ip table), nft, iptables
+    netfilter: str = "auto"
 
 
 @contextlib.contextmanager
@@ -162,8 +164,8 @@ class LabRun:
         self.sc, self.opts, self.r = sc, opts, r
         self.run_id = secrets.token_hex(3)
         self.plan: LabPlan = build_plan(sc, r, self.run_id)
-        self.topo = Topology(self.plan)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"{PREFIX}lab-{self.run_id}-"))
+        self.topo = Topology(self.plan, self.scratch, opts.python)
         self.serves: dict[str, subprocess.Popen[bytes]] = {}
         self.loads: list[tuple[Load, subprocess.Popen[bytes] | None, Path, float]] = []
         self.captures: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -359,9 +361,15 @@ class LabRun:
             end[k] = {"time_wait": st.time_wait, "tcp_inuse": st.tcp_inuse}
             if h.role in ("nat", "lb"):
                 end[k]["conntrack"] = pn.conntrack_count()
-                r = self.topo.ns[k].run(["nft", "-j", "list", "set", "ip", f"tcpr-{h.role}", SET],
-                                        check=False, timeout=120)
-                flows = parse_flows(r.stdout)
+                if h.ipt:
+                    flows, lost = self.topo.flows(k)
+                    if lost:
+                        self.notes.append(f"{k}: the kernel dropped {lost} batch(es) of conntrack "
+                                          "events; their flows have no server-side view")
+                else:
+                    r = self.topo.ns[k].run(["nft", "-j", "list", "set", "ip", f"tcpr-{h.role}", SET],
+                                            check=False, timeout=120)
+                    flows = parse_flows(r.stdout)
                 if h.role == "nat":
                     obs.nat = flows
                 else:
@@ -424,6 +432,7 @@ class LabRun:
                 for k, h in self.plan.hosts.items()
             },
             "nftables": {k: h.nft for k, h in self.plan.hosts.items() if h.nft},
+            "iptables": {k: h.ipt for k, h in self.plan.hosts.items() if h.ipt},
             "loads": [
                 {"host": p.load.host, "workload": p.load.workload,
                  "target": f"{p.load.target[0]}:{p.load.target[1]}",
@@ -462,7 +471,7 @@ class LabRun:
                     f"group {h.group!r}" in d for d in self.r.differences)
                 profile = prof.name if exact else kernel.name
             else:
-                profile = f"nftables on {kernel.name}"
+                profile = f"{'iptables-legacy' if h.ipt else 'nftables'} on {kernel.name}"
             out[k] = HostInfo(name=k, group=h.group, role=h.role, profile=profile,
                               addresses=list(h.addresses), settings=settings)
         return out
@@ -512,6 +521,9 @@ def _deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 def check_tools(plan: LabPlan, capture: bool) -> None:
     require_root()
+    if any(h.ipt for h in plan.hosts.values()) and shutil.which("iptables-legacy-restore") is None:
+        raise LabError("this scenario needs iptables-legacy (NAT, LB or loss on a kernel whose "
+                       "nftables has no ip family), and it is not installed (Debian: iptables)")
     if any(h.nft for h in plan.hosts.values()) and shutil.which("nft") is None:
         raise LabError("this scenario needs nftables (NAT, LB or loss), and `nft` is not installed")
     if capture and shutil.which("tcpdump") is None:
@@ -525,6 +537,10 @@ def run_lab(sc: Scenario, opts: LabOptions | None = None) -> RunResult:
     opts = opts or LabOptions()
     r = realise(sc)
     r.check(opts.approximate)
+    if sc.nat is not None or sc.lb is not None or sc.path.loss:
+        from .iptables import choose
+
+        r.netfilter = choose(opts.netfilter)
     run = LabRun(sc, opts, r)
     try:
         check_tools(run.plan, opts.capture is not None)

@@ -42,6 +42,7 @@ class Options:
     hz: Hz | None = None  # the host kernel's, when already known
     keep_results: bool = False
     kernel: str = "host"  # which kernel the lab runs on (tcpreuse.kernels): host | uml
+    netfilter: str = "auto"  # the lab's NAT/LB backend (lab/iptables.py choose())
 
 
 @dataclass
@@ -261,7 +262,8 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
 
     opts = opts or Options()
     kernel = get_kernel(opts.kernel)
-    jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True) for ref in refs]
+    jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True, netfilter=opts.netfilter)
+            for ref in refs]
     for ref in refs:  # a bad reference or a non-Linux host fails before any lab runs
         native_overrides(suite.load(ref, overrides), 100)
     try:
