@@ -50,7 +50,7 @@ BINARIES = ("linux", "linux.uml")
 # veth, netem and the netfilter pieces the lab uses; `configs` gives /proc/config.gz (HZ)
 MODULES = ("configs", "veth", "sch_netem", "nf_conntrack", "nf_nat", "nf_tables",
            "ip_tables", "iptable_nat", "iptable_filter", "xt_MASQUERADE", "xt_statistic",
-           "xt_conntrack", "xt_tcpudp", "nf_conntrack_netlink")
+           "xt_conntrack", "xt_tcpudp", "xt_nat", "nf_conntrack_netlink")
 MEM = "512M"
 BOOT_S = 60.0  # boot, module loading and the guest's facts, with room on a busy machine
 PR_SET_PDEATHSIG = 1
