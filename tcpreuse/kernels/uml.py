@@ -54,6 +54,10 @@ MODULES = ("configs", "veth", "sch_netem", "nf_conntrack", "nf_nat", "nf_tables"
 MEM = "512M"
 BOOT_S = 60.0  # boot, module loading and the guest's facts, with room on a busy machine
 PR_SET_PDEATHSIG = 1
+# Outlives a SIGKILLed tcpreuse: once its pid ($1) is gone, kills UML's process group ($2;
+# PR_SET_PDEATHSIG reaches only UML's first process) and removes the boot's directory ($3).
+WATCH = ('while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; kill -9 "-$2" 2>/dev/null; '
+         'sleep 1; kill -9 "-$2" 2>/dev/null; rm -rf -- "$3"')
 
 
 class UmlInterrupted(TcpreuseError):
@@ -157,6 +161,7 @@ class Boot:
         self.share = self.dir / "share"
         (self.share / "out").mkdir(parents=True)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.watcher: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
 
     @property
@@ -195,6 +200,10 @@ class Boot:
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.dir,
                                      start_new_session=True, preexec_fn=_pdeathsig)
+        self.watcher = subprocess.Popen(
+            ["sh", "-c", WATCH, "tcpr-uml-watch", str(os.getpid()), str(self.proc.pid), str(self.dir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -237,6 +246,9 @@ class Boot:
             time.sleep(0.05)
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.kill()
+            self.watcher.wait()
         self.kill()
         if self._reader is not None:
             self._reader.join(timeout=5)
