@@ -27,11 +27,14 @@ from ..result import dumps
 @click.option("--kernel", "kernel", type=click.Choice(["host", "uml"]), default="host", show_default=True,
               help="Where the lab runs: the running kernel, or User-Mode Linux (Debian's 6.1; "
               "one boot for the whole suite).")
+@click.option("--model-profile", metavar="PROFILE",
+              help="Cross-check: run the model with this profile (e.g. linux-6.18) instead of "
+              "the kernel's own; a version-dependent rule must then disagree.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report (agreement tables, model and kernel timelines).")
 def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tuple[str, ...],
              as_json: bool, markdown_file: Path | None, list_only: bool, kernel: str = "host",
-             html_path: Path | None = None) -> None:
+             model_profile: str | None = None, html_path: Path | None = None) -> None:
     """Compare the simulator with the running kernel (needs root).
 
     Each scenario runs in the lab (network namespaces, real sockets) and in the simulator
@@ -58,7 +61,7 @@ def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tu
     overrides = parse_sets(sets)
     err = Console(stderr=True)
     opts = Options(progress=None if as_json else (lambda m: err.print(f"[dim]validate: {m}[/]")),
-                   keep_results=html_path is not None, kernel=kernel)
+                   keep_results=html_path is not None, kernel=kernel, model_profile=model_profile)
     rep = validate_many(refs, overrides, opts, suite_name=suite_name)
     if html_path is not None:
         from ..report import html
@@ -66,6 +69,7 @@ def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tu
         html.write(html_path, html.validate_page(rep.to_json(), [(o.name, o.sim, o.lab) for o in rep.outcomes]))
     if markdown_file is not None:
         cmd = ("tcpreuse validate " + (f"--kernel {kernel} " if kernel != "host" else "")
+               + (f"--model-profile {model_profile} " if model_profile else "")
                + (f"--suite {suite_name}" if suite_name else str(scenario))
                + f" --markdown {markdown_file}")
         try:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,8 @@ class KernelFacts:
     sysctls: list[str] = field(default_factory=list)  # dotted names that exist
     nft_ip: bool = True  # nftables can load `table ip` (NAT, LB, loss via nftables)
     iptables_nat: bool = False  # iptables-legacy can load the nat table
+    startup_s: float = 0.0  # wall time of `python -m tcpreuse load --help` (process start-up)
+    jitter_ms: tuple[float, float] = (0.0, 0.0)  # p50, p99 wake-up delay of a 1 ms sleep
 
     @property
     def profile(self) -> str:
@@ -49,8 +53,19 @@ class KernelFacts:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> KernelFacts:
-        return cls(**{k: d[k] for k in ("release", "hz", "hz_source", "sysctls", "nft_ip",
-                                        "iptables_nat") if k in d})
+        out = cls(**{k: d[k] for k in ("release", "hz", "hz_source", "sysctls", "nft_ip",
+                                       "iptables_nat", "startup_s") if k in d})
+        if "jitter_ms" in d:
+            out.jitter_ms = (float(d["jitter_ms"][0]), float(d["jitter_ms"][1]))
+        return out
+
+    @property
+    def lead_s(self) -> float:
+        """How long before its first attempt a load process must be started: its start-up
+        (imports, the worker's fork) twice over, and never less than on a fast host."""
+        from ..lab.run import LOAD_LEAD_S
+
+        return max(LOAD_LEAD_S, round(2.0 * self.startup_s + 0.5, 2))
 
 
 @dataclass
@@ -123,6 +138,29 @@ def _probe(argv: list[str]) -> bool:
     return r.returncode == 0
 
 
+def measure_startup(python: str = sys.executable) -> float:
+    """Wall time of a `tcpreuse load` process that only starts (imports and exits)."""
+    t0 = time.monotonic()
+    try:
+        subprocess.run([python, "-m", "tcpreuse", "load", "--help"], capture_output=True, timeout=120,
+                       check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0.0
+    return round(time.monotonic() - t0, 3)
+
+
+def measure_jitter(n: int = 200, sleep_s: float = 0.001) -> tuple[float, float]:
+    """p50 and p99 of how late a 1 ms sleep wakes up (ms): the kernel's scheduling jitter
+    as a process of the lab sees it."""
+    late = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        time.sleep(sleep_s)
+        late.append((time.perf_counter() - t0 - sleep_s) * 1000.0)
+    late.sort()
+    return round(late[n // 2], 3), round(late[min(n - 1, (n * 99) // 100)], 3)
+
+
 def read_facts() -> KernelFacts:
     from ..validate.kernel import running_hz
 
@@ -131,6 +169,7 @@ def read_facts() -> KernelFacts:
         release=platform.release(), hz=hz.value, hz_source=hz.source, sysctls=list_sysctls(),
         nft_ip=_probe(["nft", "add table ip tcpr-probe"]),
         iptables_nat=_probe(["iptables-legacy", "-t", "nat", "-L", "-n"]),
+        startup_s=measure_startup(), jitter_ms=measure_jitter(),
     )
 
 
@@ -162,8 +201,6 @@ def native_overrides_for(ref: str, overrides: dict[str, Any], facts: KernelFacts
 
 def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome:
     """One lab run on the running kernel; errors come back as text, not exceptions."""
-    import time
-
     from ..lab.run import LabOptions, run_lab
     from ..validate import suite
 
@@ -184,7 +221,7 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome
             out.notes += notes
             sc = suite.load(job.ref, out.overrides)
         out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress,
-                                            netfilter=job.netfilter))
+                                            netfilter=job.netfilter, lead_s=facts.lead_s))
     except TcpreuseError as e:
         out.error = str(e)
     finally:

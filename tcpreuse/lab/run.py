@@ -77,6 +77,8 @@ class LabOptions:
     grace_s: float | None = None
     # NAT/LB/loss backend: auto (nftables where it can load an ip table), nft, iptables
     netfilter: str = "auto"
+    # seconds between starting a load and its first attempt (longer on a slow kernel)
+    lead_s: float = LOAD_LEAD_S
 
 
 @contextlib.contextmanager
@@ -254,7 +256,7 @@ class LabRun:
         whatever their processes' start-up time."""
         pending = sorted(self.plan.loads, key=lambda ld: ld.start_s)
         grace = self.opts.grace_s
-        deadline = t0 + LOAD_LEAD_S + max((ld.start_s + ld.duration_s + (
+        deadline = t0 + self.opts.lead_s + max((ld.start_s + ld.duration_s + (
             grace if grace is not None else ld.connect_timeout_s + ld.request_timeout_s + 5.0))
             for ld in pending) if pending else t0
         running: list[subprocess.Popen[bytes]] = []
@@ -266,7 +268,7 @@ class LabRun:
                 ld = pending.pop(0)
                 name = ld.name
                 res = self.scratch / f"{name}.json"
-                start_at = t0_unix + LOAD_LEAD_S + ld.start_s + ld.phase_s
+                start_at = t0_unix + self.opts.lead_s + ld.start_s + ld.phase_s
                 p = self._popen(ld.host, load_argv(self.opts.python, ld, res, self.plan.scenario, start_at),
                                 self._log(name))
                 self.loads.append((ld, p, res, time.monotonic() - t0))
@@ -406,6 +408,7 @@ class LabRun:
         out = merge(self.plan, parts, obs, seed=self.sc.seed, notes=self._notes(),
                     meta=self._meta(t0_unix, end, parts))
         out.hosts = self._hosts()
+        out.meta["t0_monotonic"] = round(t0, 6)  # CLOCK_MONOTONIC at t = 0: the kernel's clock phase
         return out
 
     def _notes(self) -> list[str]:

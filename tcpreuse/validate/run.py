@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import TcpreuseError
 from ..kernels.jobs import JobOutcome, KernelFacts
 from ..model.profiles import get_profile
@@ -43,6 +45,9 @@ class Options:
     keep_results: bool = False
     kernel: str = "host"  # which kernel the lab runs on (tcpreuse.kernels): host | uml
     netfilter: str = "auto"  # the lab's NAT/LB backend (lab/iptables.py choose())
+    # cross-check: run the model with this profile instead of the kernel's own (a rule that
+    # differs between versions must then disagree)
+    model_profile: str | None = None
 
 
 @dataclass
@@ -82,6 +87,7 @@ class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     suite: str | None = None
     kernel_name: str = "host"  # which tcpreuse.kernels kernel ran the lab
+    model_profile: str | None = None  # a cross-check's profile (else the kernel's own)
 
     @property
     def applicable(self) -> list[Outcome]:
@@ -95,6 +101,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "kernel": self.kernel, "kernel_name": self.kernel_name,
+            "model_profile": self.model_profile,
             "hz": self.hz.value, "hz_source": self.hz.source,
             "suite": self.suite, "agree": self.agree,
             "scenarios": [o.to_json() for o in self.outcomes],
@@ -143,6 +150,29 @@ def model_overrides(sc: Scenario, lab: RunResult) -> tuple[dict[str, Any], list[
         notes.append(f"no netem in this kernel: the model runs with the veth's RTT "
                      f"({VETH_RTT_MS} ms) instead of the scenario's {sc.path.rtt_ms:g} ms")
     return out, notes
+
+
+def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[dict[str, Any], list[str]]:
+    """Start the model's clocks where the kernel's were at the first attempt.
+
+    The lab records CLOCK_MONOTONIC at its t = 0 (meta t0_monotonic); the kernel's seconds
+    clock (ktime_get_seconds(), 4.19+: when tcp_tw_reuse frees a TIME_WAIT on 4.19-6.13),
+    its ms clock and its jiffies (timer ticks, the 5.18+ port re-salt every 10 s) all count
+    from boot, as the model's host clocks count from `uptime_s` (sim/host.py). So every
+    Linux host gets the uptime at which the lab's first attempt met the kernel, shifted to
+    the model's first attempt: one kernel runs all the lab's namespaces, one clock."""
+    t0 = lab.meta.get("t0_monotonic")
+    if not isinstance(t0, int | float) or not len(lab.attempts):
+        return {}, []
+    lab_first = float(np.min(lab.attempts.cols["t"]))
+    up = float(t0) + lab_first - sim_first_t
+    if up <= 0:
+        return {}, []
+    out = {f"host.{g.name}.model.uptime_s": round(up, 6) for g in sc.host
+           if get_profile(g.profile).os == "linux"}
+    at = up + sim_first_t
+    return out, [f"the model's clocks start from the kernel's: CLOCK_MONOTONIC {at:.3f} s at the "
+                 f"first attempt (seconds-clock phase {at % 1:.3f} s)"]
 
 
 ODD_RANGE = ("in an odd-sized range each scan of __inet_hash_connect() (4.2+) misses one port "
@@ -217,7 +247,8 @@ def racy_counters(sc: Scenario) -> frozenset[tuple[str, str]]:
 
 
 def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
-                facts: KernelFacts, keep_results: bool = False) -> Outcome:
+                facts: KernelFacts, keep_results: bool = False,
+                model_profile: str | None = None) -> Outcome:
     """The model against one lab run (JobOutcome) on the kernel described by `facts`."""
     from ..sim.engine import Engine
 
@@ -239,9 +270,17 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
     out.interrupted = bool(lab.meta.get("interrupted"))
     more, more_notes = model_overrides(sc, lab)
     out.notes += more_notes + [f"lab: {n}" for n in lab.notes if "netem unavailable" not in n]
+    if model_profile is not None:
+        ov = {k: (model_profile if k.endswith(".profile") else v) for k, v in ov.items()}
+        out.notes.append(f"cross-check: the model runs {get_profile(model_profile).name}, the lab "
+                         f"ran Linux {facts.release}")
     sc_sim = suite.load(ref, {**ov, **more})
     t0 = time.monotonic()
     sim = Engine(sc_sim).run()
+    clocks, clock_notes = clock_overrides(sc, lab, measure(sim).first_t)
+    if clocks:  # arrivals do not depend on the clocks: the same run, from the kernel's phase
+        sim = Engine(suite.load(ref, {**ov, **more, **clocks})).run()
+        out.notes += clock_notes
     out.sim_s = time.monotonic() - t0
     fixed = all(w.count is not None for w in sc.workload)
     out.rows = compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
@@ -264,6 +303,8 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
     kernel = get_kernel(opts.kernel)
     jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True, netfilter=opts.netfilter)
             for ref in refs]
+    if opts.model_profile is not None:
+        get_profile(opts.model_profile)  # an unknown profile fails before any lab runs
     for ref in refs:  # a bad reference or a non-Linux host fails before any lab runs
         native_overrides(suite.load(ref, overrides), 100)
     try:
@@ -273,13 +314,14 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
     hz = opts.hz if opts.hz is not None and opts.kernel == "host" else Hz(facts.hz, facts.hz_source)
     if hz.value != facts.hz:
         facts = KernelFacts(**{**facts.to_json(), "hz": hz.value, "hz_source": hz.source})
-    rep = Report(kernel=facts.release, hz=hz, suite=suite_name, kernel_name=opts.kernel)
+    rep = Report(kernel=facts.release, hz=hz, suite=suite_name, kernel_name=opts.kernel,
+                 model_profile=opts.model_profile)
     for ref, lab_out in zip(refs, labs, strict=False):
         if len(refs) == 1 and lab_out.error and lab_out.result is None:
             raise TcpreuseError(lab_out.error)
         if opts.progress and lab_out.result is not None:
             opts.progress(f"{ref}: simulate (model, {facts.profile}, HZ {hz.value})")
-        o = compare_one(ref, overrides, lab_out, facts, opts.keep_results)
+        o = compare_one(ref, overrides, lab_out, facts, opts.keep_results, opts.model_profile)
         rep.outcomes.append(o)
         if o.interrupted:
             break
