@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     say(f"Linux {facts.release}, HZ {facts.hz} ({facts.hz_source}), "
         f"nftables ip family: {'yes' if facts.nft_ip else 'no'}, process start-up "
         f"{facts.startup_s:g} s, 1 ms sleep late by {facts.jitter_ms[0]:g} ms (p50) / "
-        f"{facts.jitter_ms[1]:g} ms (p99)")
+        f"{facts.jitter_ms[1]:g} ms (p99), {facts.connect_rate:g} loopback connects/s")
 
     def each(k: int, o: JobOutcome) -> None:
         _write(out / f"{k:03d}.json", o.to_json())

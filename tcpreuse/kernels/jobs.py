@@ -36,6 +36,7 @@ class KernelFacts:
     iptables_nat: bool = False  # iptables-legacy can load the nat table
     startup_s: float = 0.0  # wall time of `python -m tcpreuse load --help` (process start-up)
     jitter_ms: tuple[float, float] = (0.0, 0.0)  # p50, p99 wake-up delay of a 1 ms sleep
+    connect_rate: float = 0.0  # loopback connect+accept+close cycles/s of one Python process
 
     @property
     def profile(self) -> str:
@@ -54,7 +55,7 @@ class KernelFacts:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> KernelFacts:
         out = cls(**{k: d[k] for k in ("release", "hz", "hz_source", "sysctls", "nft_ip",
-                                       "iptables_nat", "startup_s") if k in d})
+                                       "iptables_nat", "startup_s", "connect_rate") if k in d})
         if "jitter_ms" in d:
             out.jitter_ms = (float(d["jitter_ms"][0]), float(d["jitter_ms"][1]))
         return out
@@ -75,6 +76,7 @@ class LabJob:
     approximate: bool = False
     native: bool = False  # validation: every host on the kernel's own profile and HZ
     netfilter: str = "auto"  # NAT/LB backend (lab/iptables.py choose())
+    pace: bool = False  # dilate rates/times to the kernel's measured speed (pace.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,7 +85,7 @@ class LabJob:
     def from_json(cls, d: dict[str, Any]) -> LabJob:
         return cls(ref=str(d["ref"]), overrides=dict(d.get("overrides") or {}),
                    approximate=bool(d.get("approximate")), native=bool(d.get("native")),
-                   netfilter=str(d.get("netfilter") or "auto"))
+                   netfilter=str(d.get("netfilter") or "auto"), pace=bool(d.get("pace")))
 
 
 @dataclass
@@ -161,6 +163,27 @@ def measure_jitter(n: int = 200, sleep_s: float = 0.001) -> tuple[float, float]:
     return round(late[n // 2], 3), round(late[min(n - 1, (n * 99) // 100)], 3)
 
 
+CONNECT_LOOP = """
+import socket, time
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(128)
+n, t0 = 0, time.perf_counter()
+while time.perf_counter() - t0 < 0.5:
+    c = socket.socket(); c.connect(srv.getsockname()); a, _ = srv.accept(); c.close(); a.close(); n += 1
+print(n / (time.perf_counter() - t0))
+"""
+
+
+def measure_connect_rate(python: str = sys.executable) -> float:
+    """How many connect/accept/close cycles per second one Python process makes over
+    loopback, in a throwaway network namespace (its TIME_WAITs go with it)."""
+    try:
+        r = subprocess.run(["unshare", "--net", "sh", "-c", f"ip link set lo up && exec {python} -"],
+                           input=CONNECT_LOOP, capture_output=True, text=True, timeout=60, check=False)
+        return round(float(r.stdout.strip()), 1)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return 0.0
+
+
 def read_facts() -> KernelFacts:
     from ..validate.kernel import running_hz
 
@@ -169,7 +192,7 @@ def read_facts() -> KernelFacts:
         release=platform.release(), hz=hz.value, hz_source=hz.source, sysctls=list_sysctls(),
         nft_ip=_probe(["nft", "add table ip tcpr-probe"]),
         iptables_nat=_probe(["iptables-legacy", "-t", "nat", "-L", "-n"]),
-        startup_s=measure_startup(), jitter_ms=measure_jitter(),
+        startup_s=measure_startup(), jitter_ms=measure_jitter(), connect_rate=measure_connect_rate(),
     )
 
 
@@ -220,6 +243,14 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome
             out.overrides = {**job.overrides, **native}
             out.notes += notes
             sc = suite.load(job.ref, out.overrides)
+        if job.pace:
+            from .pace import pace_factor, pace_note, pace_overrides
+
+            k = pace_factor(sc, facts.connect_rate)
+            if k < 1.0:
+                out.overrides = {**out.overrides, **pace_overrides(sc, k)}
+                out.notes.append(pace_note(sc, k, facts.connect_rate))
+                sc = suite.load(job.ref, out.overrides)
         out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress,
                                             netfilter=job.netfilter, lead_s=facts.lead_s))
     except TcpreuseError as e:

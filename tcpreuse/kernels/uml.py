@@ -54,6 +54,7 @@ MODULES = ("configs", "veth", "sch_netem", "nf_conntrack", "nf_nat", "nf_tables"
 MEM = "512M"
 BOOT_S = 60.0  # boot, module loading and the guest's facts, with room on a busy machine
 PR_SET_PDEATHSIG = 1
+SLOWEST_CONNECT_RATE = 250.0  # loopback connects/s assumed when budgeting a paced job
 # Outlives a SIGKILLed tcpreuse: once its pid ($1) is gone, kills UML's process group ($2;
 # PR_SET_PDEATHSIG reaches only UML's first process) and removes the boot's directory ($3).
 WATCH = ('while kill -0 "$1" 2>/dev/null; do sleep 0.5; done; kill -9 "-$2" 2>/dev/null; '
@@ -177,7 +178,8 @@ class Boot:
                 copy = self.share / f"scenario-{k:03d}.toml"
                 shutil.copyfile(p, copy)
                 j = LabJob(ref=f"/run/tcpr-share/{copy.name}", overrides=j.overrides,
-                           approximate=j.approximate, native=j.native, netfilter=j.netfilter)
+                           approximate=j.approximate, native=j.native, netfilter=j.netfilter,
+                           pace=j.pace)
             jobs.append(j)
         return jobs
 
@@ -299,7 +301,12 @@ def job_budget_s(job: LabJob) -> float:
     except TcpreuseError:
         return 60.0  # the guest reports the error itself, quickly
     longest = max((w.start_s + (w.duration_s or sc.duration_s) for w in sc.workload), default=0.0)
-    return 90.0 + 2.0 * max(sc.duration_s, longest)
+    k = 1.0
+    if job.pace:  # paced in the guest to its measured speed; assume a slow one here
+        from .pace import pace_factor
+
+        k = pace_factor(sc, SLOWEST_CONNECT_RATE)
+    return 90.0 + 2.0 * max(sc.duration_s, longest) / k
 
 
 class UmlKernel:

@@ -301,8 +301,9 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
 
     opts = opts or Options()
     kernel = get_kernel(opts.kernel)
-    jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True, netfilter=opts.netfilter)
-            for ref in refs]
+    # a slower kernel than the host gets its scenarios paced (kernels/pace.py)
+    jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True, netfilter=opts.netfilter,
+                   pace=opts.kernel != "host") for ref in refs]
     if opts.model_profile is not None:
         get_profile(opts.model_profile)  # an unknown profile fails before any lab runs
     for ref in refs:  # a bad reference or a non-Linux host fails before any lab runs
