@@ -85,3 +85,53 @@ def test_the_init_script_writes_only_to_the_share_and_loads_modules_from_the_pac
 def test_unknown_kernel_is_a_clear_error() -> None:
     with pytest.raises(TcpreuseError, match="unknown kernel 'qemu'"):
         get_kernel("qemu")
+
+
+def test_pacing_dilates_time_and_keeps_the_attempts() -> None:
+    from tcpreuse.kernels.pace import PACE_SHARE, pace_factor, pace_overrides
+
+    sc = suite.load("v-exhaust-even")  # 300/s, 1200 attempts, 7 s
+    assert pace_factor(sc, 0.0) == 1.0  # speed unknown: as written
+    assert pace_factor(sc, 300 / PACE_SHARE * 2) == 1.0  # within budget: as written
+    k = pace_factor(sc, 600.0)
+    assert k == pytest.approx(PACE_SHARE * 600 / 300)
+    ov = pace_overrides(sc, k)
+    paced = suite.load("v-exhaust-even", ov)
+    (w0,), (w1,) = sc.workload, paced.workload
+    assert w1.rate == pytest.approx(w0.rate * k) and w1.count == w0.count
+    assert paced.duration_s == pytest.approx(sc.duration_s / k)
+    assert pace_overrides(sc, 1.0) == {}
+    # the model on the paced scenario makes the same attempts with the same outcomes (the
+    # run stays within one TIME_WAIT), only slower
+    from tcpreuse.sim.engine import Engine
+
+    a, b = Engine(sc).run(), Engine(paced).run()
+    assert a.outcomes() == b.outcomes() and len(a.attempts) == len(b.attempts)
+
+
+def test_the_models_clocks_start_where_the_kernels_were() -> None:
+    import numpy as np
+
+    from tcpreuse.result import RunResult
+    from tcpreuse.sim.engine import Engine
+    from tcpreuse.validate.run import clock_overrides
+
+    sc = suite.load("v-reuse1-seconds", {"host.client.profile": "linux-6.1", "host.server.profile": "linux-6.1"})
+    lab = Engine(sc).run()  # a stand-in with the lab's fields: attempts from t = 1.5
+    lab.attempts.cols["t"] = lab.attempts.cols["t"] + 1.5
+    lab.meta["t0_monotonic"] = 1000.25
+    ov, notes = clock_overrides(sc, lab, sim_first_t=0.0)
+    first = 1000.25 + float(np.min(lab.attempts.cols["t"]))
+    assert ov == {"host.client.model.uptime_s": round(first, 6), "host.server.model.uptime_s": round(first, 6)}
+    assert "seconds-clock phase 0.750 s" in notes[0]
+    assert clock_overrides(sc, RunResult(source="lab", scenario="x", duration_s=1.0), 0.0) == ({}, [])
+    # on 6.1 the seconds clock's phase decides how many connects reuse a TIME_WAIT; on
+    # 6.18 (tcp_tw_reuse_delay from the TIME_WAIT's entry) it does not
+    ok = {}
+    for prof in ("linux-6.1", "linux-6.18"):
+        for up in (1000.0, 1000.5):
+            s = suite.load("v-reuse1-seconds", {f"host.{g}.{k}": v for g in ("client", "server")
+                                                for k, v in (("profile", prof), ("model.uptime_s", up))})
+            ok[prof, up] = Engine(s).run().outcomes()["ok"]
+    assert ok["linux-6.1", 1000.0] != ok["linux-6.1", 1000.5]
+    assert ok["linux-6.18", 1000.0] == ok["linux-6.18", 1000.5]
