@@ -135,3 +135,17 @@ def test_the_models_clocks_start_where_the_kernels_were() -> None:
             ok[prof, up] = Engine(s).run().outcomes()["ok"]
     assert ok["linux-6.1", 1000.0] != ok["linux-6.1", 1000.5]
     assert ok["linux-6.18", 1000.0] == ok["linux-6.18", 1000.5]
+
+
+def test_latency_rows_allow_the_measured_start_lag_of_the_labs_load_and_say_so() -> None:
+    from tcpreuse.result import RunResult
+    from tcpreuse.validate.compare import LATENCY, lag_tolerance
+    from tcpreuse.validate.run import start_lag_ms
+
+    lab = RunResult(source="lab", scenario="x", duration_s=1.0)
+    lab.meta["loads"] = [{"start_lag": {"p50": 0.2, "p99": 180.0}}, {"start_lag": None}]
+    assert start_lag_ms(lab) == 180.0
+    tol = lag_tolerance(LATENCY, 180.0)
+    assert tol.text == "±(10 + 180) ms + 10 %" and "180 ms late" in tol.reason
+    assert tol.ok(0.1, 150.0) and not tol.ok(0.1, 250.0)
+    assert not LATENCY.ok(0.1, 150.0)  # without the lag it would disagree

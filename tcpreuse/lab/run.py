@@ -441,7 +441,9 @@ class LabRun:
                  "target": f"{p.load.target[0]}:{p.load.target[1]}",
                  "rate": round(p.load.rate, 6), "duration_s": p.load.duration_s,
                  "count": p.load.count, "offset_s": round(p.offset_s, 4),
-                 "attempts": len(p.result.attempts) if p.result else None}
+                 "attempts": len(p.result.attempts) if p.result else None,
+                 # how late the generator started its attempts (ms; part of connect latency)
+                 "start_lag": (p.result.meta.get("load") or {}).get("start_lag") if p.result else None}
                 for p in parts
             ],
             "serve_close": {s.host: s.close for s in self.plan.serves},

@@ -175,6 +175,13 @@ def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[d
                  f"first attempt (seconds-clock phase {at % 1:.3f} s)"]
 
 
+def start_lag_ms(lab: RunResult) -> float:
+    """The p99 of how late the lab's loads started their attempts (ms), the worst load's."""
+    lags = [float((ld.get("start_lag") or {}).get("p99") or 0.0) for ld in lab.meta.get("loads", [])
+            if isinstance(ld, dict)]
+    return round(max(lags, default=0.0), 3)
+
+
 ODD_RANGE = ("in an odd-sized range each scan of __inet_hash_connect() (4.2+) misses one port "
              "of @low parity (it wraps by the even-rounded remaining); the lowest is reachable only "
              "by a scan that starts at offset 0, so the kernel ends one port short or not depending "
@@ -286,7 +293,7 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
     out.rows = compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
                        racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref),
                        wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
-                       jiffy_ms=1000.0 / facts.hz)
+                       jiffy_ms=1000.0 / facts.hz, lag_ms=start_lag_ms(lab))
     if keep_results:
         out.sim, out.lab = sim, lab
     return out
