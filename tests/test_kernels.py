@@ -149,3 +149,18 @@ def test_latency_rows_allow_the_measured_start_lag_of_the_labs_load_and_say_so()
     assert tol.text == "±(10 + 180) ms + 10 %" and "180 ms late" in tol.reason
     assert tol.ok(0.1, 150.0) and not tol.ok(0.1, 250.0)
     assert not LATENCY.ok(0.1, 150.0)  # without the lag it would disagree
+
+
+def test_the_tick_phase_is_a_circular_mean_and_delays_the_seconds_clock() -> None:
+    from tcpreuse.lab.clockphase import circular_phase, tick_delay
+    from tcpreuse.model.clocks import seconds_clock
+    from tcpreuse.model.profiles import get_profile
+
+    # 3.9 ms, 0.1 ms and 3.95 ms on a 4 ms grid sit together around the wrap, near 4 ms
+    assert circular_phase([0.0039, 0.0001, 0.00395], 0.004) == pytest.approx(0.00398, abs=1e-4)
+    assert circular_phase([1.0021, 7.0019, 3.0020], 0.01) == pytest.approx(0.002, abs=1e-5)
+    d = tick_delay(250, samples=5, spacing_s=0.001)
+    assert d is not None and 0.0 <= d < 0.004
+    # ktime_get_seconds() turns over at the first tick after the boundary (4.19+ only)
+    assert seconds_clock(get_profile("linux-6.1"), 100.0, 5e8, 0.004) == pytest.approx(99.996)
+    assert seconds_clock(get_profile("linux-4.9"), 100.0, 5e8, 0.004) == 5e8

@@ -177,6 +177,7 @@ class LabRun:
         self._samples: dict[str, dict[str, list[int]]] = {}
         self._stop_sampling = threading.Event()
         self._sampler: threading.Thread | None = None
+        self.tick_delay: float | None = None
 
     # ---- helpers ----------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -322,6 +323,7 @@ class LabRun:
                     self._say(f"building {len(self.plan.hosts)} network namespaces (run {self.run_id})")
                     self.topo.build()
                     self.read_settings()
+                    self.tick_delay = _tick_delay()  # the kernel's tick phase (clockphase.py)
                     self.notes += self.topo.notes
                     self._say(f"starting serve on {len(self.plan.serves)} server(s)")
                     self._start_serves()
@@ -409,6 +411,7 @@ class LabRun:
                     meta=self._meta(t0_unix, end, parts))
         out.hosts = self._hosts()
         out.meta["t0_monotonic"] = round(t0, 6)  # CLOCK_MONOTONIC at t = 0: the kernel's clock phase
+        out.meta["tick_delay_s"] = self.tick_delay
         return out
 
     def _notes(self) -> list[str]:
@@ -506,6 +509,13 @@ class LabRun:
             self._torn_down = True
         with contextlib.suppress(Exception):
             atexit.unregister(self.teardown)
+
+
+def _tick_delay() -> float | None:
+    from ..validate.kernel import running_hz
+    from .clockphase import tick_delay
+
+    return tick_delay(running_hz().value)
 
 
 def _alive(p: subprocess.Popen[bytes]) -> Callable[[], bool]:

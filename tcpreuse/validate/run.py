@@ -168,11 +168,17 @@ def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[d
     up = float(t0) + lab_first - sim_first_t
     if up <= 0:
         return {}, []
-    out = {f"host.{g.name}.model.uptime_s": round(up, 6) for g in sc.host
-           if get_profile(g.profile).os == "linux"}
+    linux = [g.name for g in sc.host if get_profile(g.profile).os == "linux"]
+    out: dict[str, Any] = {f"host.{g}.model.uptime_s": round(up, 6) for g in linux}
     at = up + sim_first_t
-    return out, [f"the model's clocks start from the kernel's: CLOCK_MONOTONIC {at:.3f} s at the "
-                 f"first attempt (seconds-clock phase {at % 1:.3f} s)"]
+    notes = [f"the model's clocks start from the kernel's: CLOCK_MONOTONIC {at:.3f} s at the "
+             f"first attempt (seconds-clock phase {at % 1:.3f} s)"]
+    tick = lab.meta.get("tick_delay_s")
+    if isinstance(tick, int | float) and tick > 0:
+        out.update({f"host.{g}.model.tick_delay_s": tick for g in linux})
+        notes.append(f"the kernel's timer ticks come {tick * 1000:.1f} ms after each whole second "
+                     "(CLOCK_MONOTONIC_COARSE): ktime_get_seconds() turns over then, in the model too")
+    return out, notes
 
 
 def start_lag_ms(lab: RunResult) -> float:
