@@ -164,3 +164,25 @@ def test_the_tick_phase_is_a_circular_mean_and_delays_the_seconds_clock() -> Non
     # ktime_get_seconds() turns over at the first tick after the boundary (4.19+ only)
     assert seconds_clock(get_profile("linux-6.1"), 100.0, 5e8, 0.004) == pytest.approx(99.996)
     assert seconds_clock(get_profile("linux-4.9"), 100.0, 5e8, 0.004) == 5e8
+
+
+def test_cleanup_removes_boot_directories_of_dead_owners_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import os
+    import tempfile
+
+    import psutil
+
+    from tcpreuse.kernels import uml
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead, live, bare = (tmp_path / f"tcpr-uml-{k}-x" for k in ("aaaaaa", "bbbbbb", "cccccc"))
+    for d in (dead, live, bare):
+        (d / "share").mkdir(parents=True)
+    (dead / "owner.json").write_text(json.dumps({"pid": 2 ** 22 + 7, "started": 1.0}))
+    me = psutil.Process(os.getpid())
+    (live / "owner.json").write_text(json.dumps({"pid": me.pid, "started": me.create_time()}))
+    assert uml.leftovers() == sorted([dead, live, bare])
+    gone = uml.cleanup()
+    assert sorted(gone) == sorted([str(dead), str(bare)])  # no owner file: nobody owns it
+    assert live.exists() and not dead.exists() and not bare.exists()
