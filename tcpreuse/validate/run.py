@@ -324,7 +324,9 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
     try:
         facts, labs = kernel.run(jobs, opts.progress)
     except KeyboardInterrupt:
-        raise TcpreuseError("validate interrupted before any scenario was compared") from None
+        from ..lab.run import LabInterrupted
+
+        raise LabInterrupted("validate interrupted before any scenario was compared") from None
     hz = opts.hz if opts.hz is not None and opts.kernel == "host" else Hz(facts.hz, facts.hz_source)
     if hz.value != facts.hz:
         facts = KernelFacts(**{**facts.to_json(), "hz": hz.value, "hz_source": hz.source})
