@@ -186,3 +186,13 @@ def test_cleanup_removes_boot_directories_of_dead_owners_only(tmp_path: Path, mo
     gone = uml.cleanup()
     assert sorted(gone) == sorted([str(dead), str(bare)])  # no owner file: nobody owns it
     assert live.exists() and not dead.exists() and not bare.exists()
+
+
+def test_a_lagging_lab_series_is_compared_with_the_model_up_to_the_lag_earlier() -> None:
+    from tcpreuse.validate.compare import series_agree
+
+    sim = [100, 200, 300, 400, 500]
+    lab = [100, 120, 300, 400, 500]  # at 2 s the lab's attempts ran ~0.8 s behind
+    assert not series_agree(sim, 1.0, lab, 1.0, 0.0)[0]
+    assert series_agree(sim, 1.0, lab, 1.0, 0.0, lag_s=1.0)[0]
+    assert not series_agree(sim, 1.0, [100, 20, 300, 400, 500], 1.0, 0.0, lag_s=1.0)[0]

@@ -150,10 +150,11 @@ def _count_tol(slack: int) -> Tolerance:
 
 
 def series_agree(sim: list[int], sim_step: float, lab: list[int], lab_step: float,
-                 shift_s: float, by_chance: bool = False) -> tuple[bool, int, float]:
+                 shift_s: float, by_chance: bool = False, lag_s: float = 0.0) -> tuple[bool, int, float]:
     """Each lab sample (taken at (k+1)·lab_step on the lab's clock) against the simulated
-    samples bracketing the same moment (lab time − shift_s). Returns (agree, worst excess,
-    at lab time)."""
+    samples bracketing the same moment (lab time − shift_s), or any moment up to `lag_s`
+    earlier (the lab's attempts ran up to that late). Returns (agree, worst excess, at lab
+    time)."""
     if not sim or not lab:
         return not any(sim) and not any(lab), 0, 0.0
     peak = max(max(sim), max(lab))
@@ -167,8 +168,13 @@ def series_agree(sim: list[int], sim_step: float, lab: list[int], lab_step: floa
         hi_i = max(0, min(len(sim) - 1, lo_i + 1))
         before = sim[lo_i] if j >= 0 else 0
         after = sim[hi_i] if j >= -1 else 0
-        lo, hi = min(before, after) - slack, max(before, after) + slack
-        excess = max(lo - v, v - hi, 0.0)
+        lo, hi = min(before, after), max(before, after)
+        if lag_s > 0:
+            j0 = (t_sim - lag_s) / sim_step - 1
+            first = max(0, min(len(sim) - 1, int(j0 // 1)))
+            window = sim[first:hi_i + 1] + ([0] if j0 < 0 else [])
+            lo, hi = min(lo, *window), max(hi, *window)
+        excess = max(lo - slack - v, v - hi - slack, 0.0)
         if excess > worst:
             worst, at = excess, t_lab
     return worst == 0.0, round(worst), at
@@ -206,7 +212,8 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
     load started attempts this late (p99), which the connect percentiles may move by
     (lag_tolerance(); above LAG_FLOOR_MS only, so a fast host's rows stay as they were)."""
     series = SERIES_CHANCE if chance_reason is not None else SERIES_QUEUE if queue_reason is not None else None
-    rows = _compare(sim, lab, fixed_count, racy, series, retried_tolerance(jiffy_ms))
+    rows = _compare(sim, lab, fixed_count, racy, series, retried_tolerance(jiffy_ms),
+                    lag_ms / 1000.0 if lag_ms > LAG_FLOOR_MS else 0.0)
     if queue_reason is not None:
         rows = _queue_rows(sim, lab, rows, queue_timing(queue_reason))
     if lag_ms > LAG_FLOOR_MS:
@@ -263,7 +270,7 @@ def _queue_rows(sim: Metrics, lab: Metrics, rows: list[Row], tol: Tolerance) -> 
 
 def _compare(sim: Metrics, lab: Metrics, fixed_count: bool,
              racy: frozenset[tuple[str, str]], series_tol: Tolerance | None,
-             retried: Tolerance = RETRIED) -> list[Row]:
+             retried: Tolerance = RETRIED, lag_s: float = 0.0) -> list[Row]:
     """`series_tol`: SERIES_CHANCE or SERIES_QUEUE when the TIME_WAIT series may move by
     3√peak, else None (SERIES)."""
     by_chance = series_tol is not None
@@ -311,8 +318,12 @@ def _compare(sim: Metrics, lab: Metrics, fixed_count: bool,
                          lab.time_wait_end.get(h), EXACT))
         s, lb = sim.time_wait_series.get(h, []), lab.time_wait_series.get(h, [])
         if any(s) or any(lb):
-            ok, worst, at = series_agree(s, sim.step_s, lb, lab.step_s, shift, by_chance)
+            ok, worst, at = series_agree(s, sim.step_s, lb, lab.step_s, shift, by_chance, lag_s)
             tol = series_tol or SERIES
+            if lag_s > 0:
+                tol = Tolerance(tol.text + f", or up to {lag_s * 1000:g} ms earlier", tol.reason
+                                + f"; the lab's load started its attempts up to {lag_s * 1000:g} ms "
+                                "late (p99 of its measured start lag)")
             rows.append(Row("time_wait", f"{h}: TIME_WAIT each second",
                             f"peak {max(s, default=0)}",
                             f"peak {max(lb, default=0)}" + ("" if ok else f" (off by {worst} at {at:g} s)"),
