@@ -196,3 +196,26 @@ def test_a_lagging_lab_series_is_compared_with_the_model_up_to_the_lag_earlier()
     assert not series_agree(sim, 1.0, lab, 1.0, 0.0)[0]
     assert series_agree(sim, 1.0, lab, 1.0, 0.0, lag_s=1.0)[0]
     assert not series_agree(sim, 1.0, [100, 20, 300, 400, 500], 1.0, 0.0, lag_s=1.0)[0]
+
+
+def test_validation_markdown_has_one_verdict_column_per_kernel() -> None:
+    from tcpreuse.validate import render
+    from tcpreuse.validate.compare import Row
+    from tcpreuse.validate.kernel import Hz
+    from tcpreuse.validate.run import Outcome, Report
+
+    def outcome(name: str, agree: bool) -> Outcome:
+        return Outcome(name=name, summary=f"{name} pins a rule",
+                       rows=[Row("outcomes", "outcome ok", 10, 10 if agree else 9, agree, "exact", "why")])
+
+    host = Report(kernel="6.18.44", hz=Hz(250, "/proc/config.gz"), kernel_name="host",
+                  outcomes=[outcome("v-a", True), outcome("v-b", True)])
+    uml = Report(kernel="6.1.176", hz=Hz(100, "/proc/config.gz"), kernel_name="uml",
+                 outcomes=[outcome("v-a", False),
+                           Outcome(name="v-b", summary="", not_applicable="tcp_tw_reuse_delay does not exist")])
+    md = render.markdown_kernels([host, uml], "tcpreuse validate --kernel host --kernel uml --suite full")
+    assert "| scenario | what it pins | Linux 6.18.44 (host, HZ 250) | Linux 6.1.176 (uml, HZ 100) |" in md
+    assert "| v-a | v-a pins a rule | [agree](#v-a-host) | [**1 disagree**](#v-a-uml) |" in md
+    assert "[not applicable: tcp_tw_reuse_delay does not exist](#v-b-uml)" in md
+    assert "2 of 2 applicable agree on Linux 6.18.44" in md and "0 of 1 applicable agree on Linux 6.1.176" in md
+    assert '### v-a <a id="v-a-uml"></a>' in md and "## On Linux 6.1.176 (uml, HZ 100)" in md

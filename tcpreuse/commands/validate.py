@@ -24,17 +24,19 @@ from ..result import dumps
 @click.option("--markdown", "markdown_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the agreement tables as Markdown to FILE.")
 @click.option("--list", "list_only", is_flag=True, help="List the validation scenarios and exit.")
-@click.option("--kernel", "kernel", type=click.Choice(["host", "uml"]), default="host", show_default=True,
-              help="Where the lab runs: the running kernel, or User-Mode Linux (Debian's 6.1; "
-              "one boot for the whole suite).")
+@click.option("--kernel", "kernels", type=click.Choice(["host", "uml"]), multiple=True,
+              help="Where the lab runs: the running kernel (host, the default), or User-Mode "
+              "Linux (uml: Debian's 6.1, one boot for the whole suite). Repeat for one verdict "
+              "column per kernel.")
 @click.option("--model-profile", metavar="PROFILE",
               help="Cross-check: run the model with this profile (e.g. linux-6.18) instead of "
               "the kernel's own; a version-dependent rule must then disagree.")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report (agreement tables, model and kernel timelines).")
 def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tuple[str, ...],
-             as_json: bool, markdown_file: Path | None, list_only: bool, kernel: str = "host",
-             model_profile: str | None = None, html_path: Path | None = None) -> None:
+             as_json: bool, markdown_file: Path | None, list_only: bool,
+             kernels: tuple[str, ...] = (), model_profile: str | None = None,
+             html_path: Path | None = None) -> None:
     """Compare the simulator with the running kernel (needs root).
 
     Each scenario runs in the lab (network namespaces, real sockets) and in the simulator
@@ -59,28 +61,36 @@ def validate(scenario: str | None, suite_name: str | None, quick: bool, sets: tu
                             "--suite NAME / --quick", hint="`tcpreuse validate --list`")
     refs = suite.suite(suite_name) if suite_name else [scenario or ""]
     overrides = parse_sets(sets)
+    kernels = tuple(dict.fromkeys(kernels)) or ("host",)
+    if html_path is not None and len(kernels) > 1:
+        raise TcpreuseError("--html takes one --kernel")
     err = Console(stderr=True)
-    opts = Options(progress=None if as_json else (lambda m: err.print(f"[dim]validate: {m}[/]")),
-                   keep_results=html_path is not None, kernel=kernel, model_profile=model_profile)
-    rep = validate_many(refs, overrides, opts, suite_name=suite_name)
+    reps = []
+    for kernel in kernels:
+        opts = Options(progress=None if as_json else (lambda m: err.print(f"[dim]validate: {m}[/]")),
+                       keep_results=html_path is not None, kernel=kernel, model_profile=model_profile)
+        reps.append(validate_many(refs, overrides, opts, suite_name=suite_name))
+    rep = reps[0]
     if html_path is not None:
         from ..report import html
 
         html.write(html_path, html.validate_page(rep.to_json(), [(o.name, o.sim, o.lab) for o in rep.outcomes]))
     if markdown_file is not None:
-        cmd = ("tcpreuse validate " + (f"--kernel {kernel} " if kernel != "host" else "")
+        cmd = ("tcpreuse validate " + "".join(f"--kernel {k} " for k in kernels if kernels != ("host",))
                + (f"--model-profile {model_profile} " if model_profile else "")
                + (f"--suite {suite_name}" if suite_name else str(scenario))
                + f" --markdown {markdown_file}")
         try:
-            markdown_file.write_text(render.markdown(rep, cmd))
+            markdown_file.write_text(render.markdown(rep, cmd) if len(reps) == 1
+                                     else render.markdown_kernels(reps, cmd))
         except OSError as e:
             raise TcpreuseError(f"cannot write {markdown_file}: {e.strerror}") from None
     if as_json:
-        click.echo(dumps(rep.to_json()))
+        click.echo(dumps(rep.to_json() if len(reps) == 1 else {"kernels": [r.to_json() for r in reps]}))
     else:
-        render.terminal(rep, Console(width=None if sys.stdout.isatty() else 140))
-    if any(o.interrupted for o in rep.outcomes):
+        for r in reps:
+            render.terminal(r, Console(width=None if sys.stdout.isatty() else 140))
+    if any(o.interrupted for r in reps for o in r.outcomes):
         sys.exit(130)
-    if not rep.agree:
+    if not all(r.agree for r in reps):
         sys.exit(1)
