@@ -32,10 +32,10 @@ test: install
 check: install
 	$(BIN)/pytest -q -m "not slow and not netns"
 
-## The simulator against the running kernel (root): regenerates docs/validation.md.
+## The simulator against the running kernel and UML 6.1 (root): regenerates docs/validation.md
 ## Exits non-zero when a row disagrees; the file is written either way.
 validation: install
-	$(BIN)/tcpreuse validate --suite full --markdown docs/validation.md
+	$(BIN)/tcpreuse validate --kernel host --kernel uml --suite full --markdown docs/validation.md
 
 bench: install
 	$(BIN)/python bench/sim_speed.py

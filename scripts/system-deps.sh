@@ -13,6 +13,11 @@ command -v nginx    >/dev/null || need+=(nginx-light)
 command -v promtool >/dev/null || need+=(prometheus)
 # kernel tracing for `tcpreuse trace` and tests/test_trace_netns.py
 command -v bpftrace >/dev/null || need+=(bpftrace)
+# the second kernel (tcpreuse validate --kernel uml): User-Mode Linux 6.1, modprobe for its
+# module tree, iptables-legacy for NAT/LB (its nftables has no ip family)
+command -v linux    >/dev/null || need+=(user-mode-linux)
+command -v modprobe >/dev/null || need+=(kmod)
+command -v iptables-legacy-restore >/dev/null || need+=(iptables)
 # headless browser for the HTML report tests (tests/test_report_browser.py)
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -22,11 +22,13 @@ KEY_COUNTERS = ("TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpOutR
 
 
 def _cleanup(everything: bool, as_json: bool) -> None:
+    from ..kernels import uml
     from ..lab import state
     from ..lab.netns import require_root
 
     require_root()
     done = state.cleanup(everything=everything)
+    done.scratch += uml.cleanup()  # directories (and processes) of SIGKILLed UML boots
     if as_json:
         click.echo(dumps({"namespaces": done.namespaces, "scratch": done.scratch,
                           "alive": done.alive}))
@@ -104,11 +106,18 @@ def render(res: RunResult, con: Console) -> None:
 @click.option("--force", is_flag=True,
               help="Run even when the estimate says the loads are beyond this machine's generator "
               "or their records will not fit in memory.")
+@click.option("--kernel", "kernel", type=click.Choice(["host", "uml"]), default="host", show_default=True,
+              help="Run on the running kernel, or boot User-Mode Linux (Debian's 6.1) and run "
+              "the same lab inside it.")
+@click.option("--netfilter", type=click.Choice(["auto", "nft", "iptables"]), default="auto",
+              show_default=True, help="NAT/LB/loss backend: nftables, iptables-legacy, or "
+              "nftables where it can load an ip table (else iptables-legacy).")
 @click.option("--all", "everything", is_flag=True,
               help="With `cleanup`: remove every tcpr-* namespace, not only dead lab runs'.")
 def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: bool,
         capture: Path | None, result_file: Path | None, approximate: bool, no_diagnose: bool,
         everything: bool, drain: float | None = None, force: bool = False,
+        kernel: str = "host", netfilter: str = "auto",
         html_path: Path | None = None, trace: bool = False) -> None:
     """Run a scenario on the real kernel in network namespaces (needs root).
 
@@ -134,8 +143,13 @@ def lab(scenario: str, duration: float | None, sets: tuple[str, ...], as_json: b
     if drain is not None and not (0 <= drain <= 3600):
         raise TcpreuseError(f"--drain must be between 0 and 3600 s, not {drain}")
     opts = LabOptions(approximate=approximate, capture=capture, trace=trace, force=force, grace_s=drain,
+                      netfilter=netfilter,
                       progress=None if as_json else (lambda m: err.print(f"[dim]lab: {m}[/]")))
-    if err.is_terminal and not as_json:
+    if kernel != "host":
+        from ..kernels.run import lab_on
+
+        res = lab_on(kernel, scenario, overrides, opts)
+    elif err.is_terminal and not as_json:
         from rich.progress import BarColumn, Progress, TextColumn
 
         with Progress(TextColumn("lab: load"), BarColumn(), TextColumn("{task.fields[at]:.0f} of at most "

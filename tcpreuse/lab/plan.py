@@ -68,6 +68,7 @@ class Host:
     # JSON. The namespace forwards between its uplink and the emulator's TUN device and
     # answers ARP for the host's addresses (proxy_arp); the kernel here does not own them.
     emulated: str | None = None
+    ipt: str | None = None  # iptables-legacy-restore text, when the backend is iptables
 
     def ip_batch(self) -> list[str]:
         """`ip -batch` lines that address and route this namespace (links exist by then)."""
@@ -406,7 +407,12 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
 
     if sc.path.loss:
         router.nft = loss_ruleset(sc.path.loss)
-    return LabPlan(run_id=run_id, scenario=sc.name, hosts=hosts, links=links, serves=serves,
-                   loads=loads, realisation=r, owner=owner, vip=vip,
-                   backend_port=sc.group(sc.lb.backends).port if sc.lb else None, loss=sc.path.loss,
-                   rtt_ms=sc.path.rtt_ms)
+    out = LabPlan(run_id=run_id, scenario=sc.name, hosts=hosts, links=links, serves=serves,
+                  loads=loads, realisation=r, owner=owner, vip=vip,
+                  backend_port=sc.group(sc.lb.backends).port if sc.lb else None, loss=sc.path.loss,
+                  rtt_ms=sc.path.rtt_ms)
+    if r.netfilter == "iptables":  # the same rules for iptables-legacy (lab/iptables.py)
+        from .iptables import translate
+
+        translate(out, sc)
+    return out

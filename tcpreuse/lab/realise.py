@@ -93,6 +93,8 @@ class Realisation:
     bounded: dict[str, int] = field(default_factory=dict)
     # client group -> EmuProfile JSON: Windows/macOS clients played by tcpreuse.emulate
     emulated: dict[str, str] = field(default_factory=dict)
+    # NAT/LB/loss backend: "nft", or "iptables" (iptables-legacy) where nftables cannot
+    netfilter: str = "nft"
 
     def check(self, approximate: bool) -> None:
         """Raise UnsupportedError unless the scenario can run (as asked)."""

@@ -82,6 +82,10 @@ class LabOptions:
     force: bool = False  # run what the estimate says will not fit (load/budget.py)
     # called about twice a second while the loads run: (seconds since t = 0, the bound)
     on_tick: Callable[[float, float], None] | None = None
+    # NAT/LB/loss backend: auto (nftables where it can load an ip table), nft, iptables
+    netfilter: str = "auto"
+    # seconds between starting a load and its first attempt (longer on a slow kernel)
+    lead_s: float = LOAD_LEAD_S
 
 
 @contextlib.contextmanager
@@ -140,10 +144,10 @@ def drain_of(ld: Load, grace_s: float | None) -> float:
     return grace_s if grace_s is not None else ld.connect_timeout_s + ld.request_timeout_s
 
 
-def bound_of(plan: LabPlan, grace_s: float | None) -> float:
+def bound_of(plan: LabPlan, grace_s: float | None, lead_s: float = LOAD_LEAD_S) -> float:
     """Seconds from the loads' t = 0 by which every load has ended (each stops itself at
     its start + duration + drain; the lab stops what is left WATCHDOG_S later)."""
-    return LOAD_LEAD_S + max((ld.start_s + ld.duration_s + drain_of(ld, grace_s) for ld in plan.loads),
+    return lead_s + max((ld.start_s + ld.duration_s + drain_of(ld, grace_s) for ld in plan.loads),
                              default=0.0)
 
 
@@ -234,8 +238,8 @@ class LabRun:
         self.sc, self.opts, self.r = sc, opts, r
         self.run_id = secrets.token_hex(3)
         self.plan: LabPlan = build_plan(sc, r, self.run_id)
-        self.topo = Topology(self.plan)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"{PREFIX}lab-{self.run_id}-"))
+        self.topo = Topology(self.plan, self.scratch, opts.python)
         self.serves: dict[str, subprocess.Popen[bytes]] = {}
         self.loads: list[tuple[Load, subprocess.Popen[bytes] | None, Path, float]] = []
         self.captures: list[tuple[subprocess.Popen[bytes], Path]] = []
@@ -246,6 +250,7 @@ class LabRun:
         self._stop_sampling = threading.Event()
         self._sampler: threading.Thread | None = None
         self._trace: Any = None  # a lab.tracing.LabTrace while the kernel is traced
+        self.tick_delay: float | None = None
 
     # ---- helpers ----------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -325,11 +330,11 @@ class LabRun:
         whatever their processes' start-up time."""
         pending = sorted(self.plan.loads, key=lambda ld: ld.start_s)
         grace = self.opts.grace_s
-        bound = bound_of(self.plan, grace)
+        bound = bound_of(self.plan, grace, self.opts.lead_s)
         deadline = t0 + bound + WATCHDOG_S
         running: list[subprocess.Popen[bytes]] = []
         self._say(f"load running for {max((ld.start_s + ld.duration_s) for ld in pending):g} s, "
-                  f"ending within {bound:g} s (start-up {LOAD_LEAD_S:g} s, then what is in flight "
+                  f"ending within {bound:g} s (start-up {self.opts.lead_s:g} s, then what is in flight "
                   f"gets its timeouts)" if pending else "no load to run")
         next_tick = 0.0
         while pending or any(p.poll() is None for p in running):
@@ -341,7 +346,7 @@ class LabRun:
                 ld = pending.pop(0)
                 name = ld.name
                 res = self.scratch / f"{name}.json"
-                start_at = t0_unix + LOAD_LEAD_S + ld.start_s + ld.phase_s
+                start_at = t0_unix + self.opts.lead_s + ld.start_s + ld.phase_s
                 if ld.emulated:
                     prof = self.scratch / f"{name}.profile.json"
                     prof.write_text(ld.emulated)
@@ -408,6 +413,7 @@ class LabRun:
                     self._say(f"building {len(self.plan.hosts)} network namespaces (run {self.run_id})")
                     self.topo.build()
                     self.read_settings()
+                    self.tick_delay = _tick_delay()  # the kernel's tick phase (clockphase.py)
                     self.notes += self.topo.notes
                     self._say(f"starting serve on {len(self.plan.serves)} server(s)")
                     self._start_serves()
@@ -453,9 +459,15 @@ class LabRun:
             end[k] = {"time_wait": st.time_wait, "tcp_inuse": st.tcp_inuse}
             if h.role in ("nat", "lb"):
                 end[k]["conntrack"] = pn.conntrack_count()
-                r = self.topo.ns[k].run(["nft", "-j", "list", "set", "ip", f"tcpr-{h.role}", SET],
-                                        check=False, timeout=120)
-                flows = parse_flows(r.stdout)
+                if h.ipt:
+                    flows, lost = self.topo.flows(k)
+                    if lost:
+                        self.notes.append(f"{k}: the kernel dropped {lost} batch(es) of conntrack "
+                                          "events; their flows have no server-side view")
+                else:
+                    r = self.topo.ns[k].run(["nft", "-j", "list", "set", "ip", f"tcpr-{h.role}", SET],
+                                            check=False, timeout=120)
+                    flows = parse_flows(r.stdout)
                 if h.role == "nat":
                     obs.nat = flows
                 else:
@@ -494,6 +506,8 @@ class LabRun:
         out.hosts = self._hosts()
         if self._trace is not None:
             self._trace.attach(out)
+        out.meta["t0_monotonic"] = round(t0, 6)  # CLOCK_MONOTONIC at t = 0: the kernel's clock phase
+        out.meta["tick_delay_s"] = self.tick_delay
         return out
 
     def _start_trace(self) -> None:
@@ -530,6 +544,7 @@ class LabRun:
                 for k, h in self.plan.hosts.items()
             },
             "nftables": {k: h.nft for k, h in self.plan.hosts.items() if h.nft},
+            "iptables": {k: h.ipt for k, h in self.plan.hosts.items() if h.ipt},
             "loads": [
                 {"host": p.load.host, "workload": p.load.workload,
                  "target": f"{p.load.target[0]}:{p.load.target[1]}",
@@ -575,7 +590,7 @@ class LabRun:
                     f"group {h.group!r}" in d for d in self.r.differences)
                 profile = prof.name if exact else kernel.name
             else:
-                profile = f"nftables on {kernel.name}"
+                profile = f"{'iptables-legacy' if h.ipt else 'nftables'} on {kernel.name}"
             out[k] = HostInfo(name=k, group=h.group, role=h.role, profile=profile,
                               addresses=list(h.addresses), settings=settings)
         return out
@@ -609,6 +624,13 @@ class LabRun:
             atexit.unregister(self.teardown)
 
 
+def _tick_delay() -> float | None:
+    from ..validate.kernel import running_hz
+    from .clockphase import tick_delay
+
+    return tick_delay(running_hz().value)
+
+
 def _alive(p: subprocess.Popen[bytes]) -> Callable[[], bool]:
     return lambda: p.poll() is None
 
@@ -627,6 +649,9 @@ def _deltas(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
 
 def check_tools(plan: LabPlan, capture: bool) -> None:
     require_root()
+    if any(h.ipt for h in plan.hosts.values()) and shutil.which("iptables-legacy-restore") is None:
+        raise LabError("this scenario needs iptables-legacy (NAT, LB or loss on a kernel whose "
+                       "nftables has no ip family), and it is not installed (Debian: iptables)")
     if any(h.nft for h in plan.hosts.values()) and shutil.which("nft") is None:
         raise LabError("this scenario needs nftables (NAT, LB or loss), and `nft` is not installed")
     if capture and shutil.which("tcpdump") is None:
@@ -640,6 +665,10 @@ def run_lab(sc: Scenario, opts: LabOptions | None = None) -> RunResult:
     opts = opts or LabOptions()
     r = realise(sc)
     r.check(opts.approximate)
+    if sc.nat is not None or sc.lb is not None or sc.path.loss:
+        from .iptables import choose
+
+        r.netfilter = choose(opts.netfilter)
     run = LabRun(sc, opts, r)
     try:
         if not opts.force:

@@ -13,18 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 from ..errors import LabError
-from . import state
+from . import iptables, state
+from .iptables import Recorder
 from .netns import Namespace, require_root, veth_pair
 from .plan import LabPlan
 from .procnet import ProcNet
 
 
 class Topology:
-    def __init__(self, plan: LabPlan) -> None:
+    def __init__(self, plan: LabPlan, scratch: Path | None = None, python: str = sys.executable) -> None:
         self.plan = plan
+        self.scratch, self.python = scratch, python
+        self.recorders: dict[str, Recorder] = {}  # iptables backend: conntrack NEW events
         self.ns: dict[str, Namespace] = {}
         self.anchors: dict[str, subprocess.Popen[bytes]] = {}
         self.notes: list[str] = []
@@ -55,6 +61,11 @@ class Topology:
                                        f"(reads {got.get(k)!r}); is it per namespace?")
             if h.nft:
                 ns.nft(h.nft)
+            if h.ipt:
+                iptables.load(ns, h.ipt)
+                if h.role in ("nat", "lb"):
+                    where = self.scratch or Path(tempfile.gettempdir())
+                    self.recorders[h.key] = Recorder.start(ns, self.python, where / f"flows-{h.key}.txt")
             self.anchors[h.key] = ns.popen(["sleep", "infinity"], stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._delay()
@@ -80,11 +91,19 @@ class Topology:
             if key in self.ns:
                 self.settings[key] = self.ns[key].read_sysctls(keys)
 
+    def flows(self, key: str) -> tuple[dict[tuple[str, int], set[tuple[str, str, int]]], int]:
+        """iptables backend: the flows the NAT/LB recorded (and lost event batches)."""
+        rec = self.recorders.pop(key, None)
+        return rec.flows() if rec else ({}, 0)
+
     def procnet(self, key: str) -> ProcNet:
         return ProcNet(self.anchors[key].pid)
 
     def teardown(self) -> None:
         """Kill every process in our namespaces and delete them. Idempotent."""
+        for rec in self.recorders.values():
+            rec.stop()
+        self.recorders.clear()
         for ns in list(self.ns.values()):
             ns.delete()
         for p in self.anchors.values():

@@ -71,8 +71,11 @@ def tsval_clock(p: Profile, hz: int, uptime_s: float) -> tuple[float, float]:
     return uptime_s * 1000.0, 1000.0
 
 
-def seconds_clock(p: Profile, uptime_s: float, wall0_s: float) -> float:
+def seconds_clock(p: Profile, uptime_s: float, wall0_s: float, tick_delay_s: float = 0.0) -> float:
     """The seconds clock of ts_recent_stamp / PAWS, as its value at sim time 0 (it reads
     int(base + t)): get_seconds() (wall) until ~4.18, ktime_get_seconds() (monotonic since
-    boot) after [V EL6/K4.9 vs ML-mini5/K6.18]."""
-    return wall0_s if (p.is_linux and not p.at_least(4, 19)) else uptime_s
+    boot) after [V EL6/K4.9 vs ML-mini5/K6.18]. ktime_get_seconds() returns tk->ktime_sec,
+    which tk_update_ktime_data() sets when the timekeeper advances on a timer tick
+    (kernel/time/timekeeping.c): the second turns over at the first tick after the
+    boundary, `tick_delay_s` (0 to 1/HZ) late."""
+    return wall0_s if (p.is_linux and not p.at_least(4, 19)) else uptime_s - tick_delay_s

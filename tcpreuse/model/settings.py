@@ -263,6 +263,10 @@ PARAMS: dict[str, ParamSpec] = {
                   "TS option clock rate when timestamps are on [I]."),
         ParamSpec("hz", ("linux",), 1000, (100, 250, 300, 1000),
                   "CONFIG_HZ (jiffies rate; TS clock before 4.13). RHEL/CentOS use 1000 [S]."),
+        ParamSpec("tick_delay_s", ("linux",), 0.0, None,
+                  "How long after each whole second of CLOCK_MONOTONIC the kernel's next timer "
+                  "tick comes (0 to 1/HZ): ktime_get_seconds() turns over only then (4.19+). "
+                  "validate measures it from CLOCK_MONOTONIC_COARSE."),
         ParamSpec("uptime_s", ("linux", "windows", "macos"), None, None,
                   "Host uptime at the start of the run (TS clock base). Default: drawn from the "
                   "seed between 1 hour and 30 days, different per host."),

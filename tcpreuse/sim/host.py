@@ -255,7 +255,8 @@ class SimHost:
 
     # ---- clocks (model.clocks, with the per-host constants folded in) ------------------------
     def _init_clocks(self) -> None:
-        self.sec_base = clocks.seconds_clock(self.p, self.uptime, self.wall0)
+        self.sec_base = clocks.seconds_clock(self.p, self.uptime, self.wall0,
+                                             float(self.params.get("tick_delay_s") or 0.0))
         self.ts_base, self.ts_rate = clocks.tsval_clock(self.p, self.hz, self.uptime)
 
     def timer_fires(self, t_arm: float, timeout_j: int) -> float:

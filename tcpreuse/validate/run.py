@@ -9,19 +9,21 @@ realise (the veth's, when the kernel has no netem).
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..errors import TcpreuseError
+from ..kernels.jobs import JobOutcome, KernelFacts
 from ..model.profiles import get_profile
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from . import suite
 from .compare import Row, compare, verdict
-from .kernel import Hz, running_hz
+from .kernel import Hz
 from .metrics import measure
 
 # Sysctls whose default in a new namespace depends on the machine (ehash size): the
@@ -39,9 +41,14 @@ class ValidateError(TcpreuseError):
 @dataclass
 class Options:
     progress: Callable[[str], None] | None = None
-    hz: Hz | None = None
+    hz: Hz | None = None  # the host kernel's, when already known
     keep_results: bool = False
-    trace: bool = False  # trace the lab run: per-attempt rows (validate/perattempt.py)
+    kernel: str = "host"  # which kernel the lab runs on (tcpreuse.kernels): host | uml
+    netfilter: str = "auto"  # the lab's NAT/LB backend (lab/iptables.py choose())
+    # cross-check: run the model with this profile instead of the kernel's own (a rule that
+    # differs between versions must then disagree)
+    model_profile: str | None = None
+    trace: bool = False  # trace the lab runs: per-attempt rows (validate/perattempt.py)
 
 
 @dataclass
@@ -55,17 +62,20 @@ class Outcome:
     sim_s: float = 0.0
     interrupted: bool = False
     interrupted_by: str = ""  # the signal's name (SIGINT, SIGTERM, ...) when interrupted
+    not_applicable: str | None = None  # why the kernel cannot run it (a sysctl it lacks)
     sim: RunResult | None = None
     lab: RunResult | None = None
 
     @property
     def agree(self) -> bool:
-        return self.error is None and not self.interrupted and verdict(self.rows)
+        return (self.error is None and not self.interrupted and self.not_applicable is None
+                and verdict(self.rows))
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "summary": self.summary, "agree": self.agree,
             "error": self.error, "interrupted": self.interrupted,
+            "not_applicable": self.not_applicable,
             "rows": [r.to_json() for r in self.rows], "notes": self.notes,
             "lab_s": round(self.lab_s, 2), "sim_s": round(self.sim_s, 2),
             "disagreements": sum(1 for r in self.rows if r.agree is False),
@@ -78,22 +88,31 @@ class Report:
     hz: Hz
     outcomes: list[Outcome] = field(default_factory=list)
     suite: str | None = None
+    kernel_name: str = "host"  # which tcpreuse.kernels kernel ran the lab
+    model_profile: str | None = None  # a cross-check's profile (else the kernel's own)
+
+    @property
+    def applicable(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.not_applicable is None]
 
     @property
     def agree(self) -> bool:
-        return bool(self.outcomes) and all(o.agree for o in self.outcomes)
+        """Every applicable scenario agrees (and at least one ran)."""
+        return bool(self.applicable) and all(o.agree for o in self.applicable)
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kernel": self.kernel, "hz": self.hz.value, "hz_source": self.hz.source,
+            "kernel": self.kernel, "kernel_name": self.kernel_name,
+            "model_profile": self.model_profile,
+            "hz": self.hz.value, "hz_source": self.hz.source,
             "suite": self.suite, "agree": self.agree,
             "scenarios": [o.to_json() for o in self.outcomes],
         }
 
 
-def native_overrides(sc: Scenario, hz: int) -> tuple[dict[str, Any], list[str]]:
-    """Every Linux host group on the running kernel's profile, with this kernel's HZ.
-    Windows and macOS client groups keep their profile: the lab plays them with the
+def native_overrides(sc: Scenario, hz: int, profile: str = "linux-native") -> tuple[dict[str, Any], list[str]]:
+    """Every Linux host group on the kernel's profile (the running kernel's by default), with
+    its HZ. Windows and macOS client groups keep their profile: the lab plays them with the
     packet-level emulator, whose every parameter comes from that same profile."""
     bad = [f"{g.name} ({g.profile})" for g in sc.host
            if get_profile(g.profile).os != "linux" and g.role != "client"]
@@ -104,7 +123,7 @@ def native_overrides(sc: Scenario, hz: int) -> tuple[dict[str, Any], list[str]]:
             hint="use `tcpreuse lab --approximate` to run a stand-in, or `tcpreuse simulate`")
     out: dict[str, Any] = {}
     notes = []
-    native = get_profile("linux-native")
+    native = get_profile(profile)
     for g in sc.host:
         if get_profile(g.profile).os != "linux":
             notes.append(f"host group {g.name}: {g.profile}, played by the packet-level emulator")
@@ -112,7 +131,7 @@ def native_overrides(sc: Scenario, hz: int) -> tuple[dict[str, Any], list[str]]:
         if get_profile(g.profile).version[:2] != native.version[:2]:
             notes.append(f"host group {g.name}: profile {g.profile} replaced by the running "
                          f"kernel's ({native.name}) for the comparison")
-        out[f"host.{g.name}.profile"] = "linux-native"
+        out[f"host.{g.name}.profile"] = profile
         out[f"host.{g.name}.model.hz"] = hz
     return out, notes
 
@@ -139,6 +158,42 @@ def model_overrides(sc: Scenario, lab: RunResult) -> tuple[dict[str, Any], list[
         notes.append(f"no netem in this kernel: the model runs with the veth's RTT "
                      f"({VETH_RTT_MS} ms) instead of the scenario's {sc.path.rtt_ms:g} ms")
     return out, notes
+
+
+def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[dict[str, Any], list[str]]:
+    """Start the model's clocks where the kernel's were at the first attempt.
+
+    The lab records CLOCK_MONOTONIC at its t = 0 (meta t0_monotonic); the kernel's seconds
+    clock (ktime_get_seconds(), 4.19+: when tcp_tw_reuse frees a TIME_WAIT on 4.19-6.13),
+    its ms clock and its jiffies (timer ticks, the 5.18+ port re-salt every 10 s) all count
+    from boot, as the model's host clocks count from `uptime_s` (sim/host.py). So every
+    Linux host gets the uptime at which the lab's first attempt met the kernel, shifted to
+    the model's first attempt: one kernel runs all the lab's namespaces, one clock."""
+    t0 = lab.meta.get("t0_monotonic")
+    if not isinstance(t0, int | float) or not len(lab.attempts):
+        return {}, []
+    lab_first = float(np.min(lab.attempts.cols["t"]))
+    up = float(t0) + lab_first - sim_first_t
+    if up <= 0:
+        return {}, []
+    linux = [g.name for g in sc.host if get_profile(g.profile).os == "linux"]
+    out: dict[str, Any] = {f"host.{g}.model.uptime_s": round(up, 6) for g in linux}
+    at = up + sim_first_t
+    notes = [f"the model's clocks start from the kernel's: CLOCK_MONOTONIC {at:.3f} s at the "
+             f"first attempt (seconds-clock phase {at % 1:.3f} s)"]
+    tick = lab.meta.get("tick_delay_s")
+    if isinstance(tick, int | float) and tick > 0:
+        out.update({f"host.{g}.model.tick_delay_s": tick for g in linux})
+        notes.append(f"the kernel's timer ticks come {tick * 1000:.1f} ms after each whole second "
+                     "(CLOCK_MONOTONIC_COARSE): ktime_get_seconds() turns over then, in the model too")
+    return out, notes
+
+
+def start_lag_ms(lab: RunResult) -> float:
+    """The p99 of how late the lab's loads started their attempts (ms), the worst load's."""
+    lags = [float((ld.get("start_lag") or {}).get("p99") or 0.0) for ld in lab.meta.get("loads", [])
+            if isinstance(ld, dict)]
+    return round(max(lags, default=0.0), 3)
 
 
 ODD_RANGE = ("in an odd-sized range each scan of __inet_hash_connect() (4.2+) misses one port "
@@ -212,85 +267,98 @@ def racy_counters(sc: Scenario) -> frozenset[tuple[str, str]]:
     return frozenset(out)
 
 
-def validate(ref: str, overrides: dict[str, Any] | None = None,
-             opts: Options | None = None) -> Outcome:
-    """Lab then model for one scenario (a validation name, a file or a built-in)."""
-    from ..lab.run import LabOptions, run_lab
+def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
+                facts: KernelFacts, keep_results: bool = False,
+                model_profile: str | None = None, trace: bool = False) -> Outcome:
+    """The model against one lab run (JobOutcome) on the kernel described by `facts`."""
     from ..sim.engine import Engine
 
-    opts = opts or Options()
-    hz = opts.hz or running_hz()
-    base = suite.load(ref, overrides)
-    native, notes = native_overrides(base, hz.value)
-    ov = {**(overrides or {}), **native}
+    try:
+        base = suite.load(ref, overrides)
+        name, summary = base.name, base.summary
+    except TcpreuseError:
+        name, summary = ref, ""
+    out = Outcome(name=name, summary=summary, notes=list(lab_out.notes), lab_s=lab_out.seconds)
+    if lab_out.not_applicable:
+        out.not_applicable = lab_out.not_applicable
+        return out
+    if lab_out.error or lab_out.result is None:
+        out.error = lab_out.error or "the lab produced no result"
+        if "interrupted" in out.error:
+            out.interrupted = True
+            out.interrupted_by = next((n for n in ("SIGTERM", "SIGHUP", "SIGINT") if n in out.error), "SIGINT")
+        return out
+    lab = lab_out.result
+    ov = lab_out.overrides
     sc = suite.load(ref, ov)
-    out = Outcome(name=sc.name, summary=sc.summary, notes=list(notes))
-
-    def say(msg: str) -> None:
-        if opts.progress:
-            opts.progress(f"{sc.name}: {msg}")
-
-    say("lab (real kernel)")
-    t0 = time.monotonic()
-    lab = run_lab(sc, LabOptions(progress=None, trace=opts.trace))
-    out.lab_s = time.monotonic() - t0
     out.interrupted = bool(lab.meta.get("interrupted"))
-    out.interrupted_by = str(lab.meta.get("interrupted") or "")
+    out.interrupted_by = str(lab.meta.get("interrupted") or "") if out.interrupted else ""
+    if out.interrupted and out.interrupted_by in ("True", "true"):
+        out.interrupted_by = "SIGINT"
     more, more_notes = model_overrides(sc, lab)
     out.notes += more_notes + [f"lab: {n}" for n in lab.notes if "netem unavailable" not in n]
+    if model_profile is not None:
+        ov = {k: (model_profile if k.endswith(".profile") else v) for k, v in ov.items()}
+        out.notes.append(f"cross-check: the model runs {get_profile(model_profile).name}, the lab "
+                         f"ran Linux {facts.release}")
     sc_sim = suite.load(ref, {**ov, **more})
-    say("simulate (model)")
     t0 = time.monotonic()
     sim = Engine(sc_sim).run()
+    clocks, clock_notes = clock_overrides(sc, lab, measure(sim).first_t)
+    if clocks:  # arrivals do not depend on the clocks: the same run, from the kernel's phase
+        sim = Engine(suite.load(ref, {**ov, **more, **clocks})).run()
+        out.notes += clock_notes
     out.sim_s = time.monotonic() - t0
     fixed = all(w.count is not None for w in sc.workload)
     out.rows = compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
                        racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref),
                        wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
-                       jiffy_ms=1000.0 / hz.value, chance_outcomes=ref in suite.CHANCE_OUTCOMES)
-    if opts.trace:
+                       jiffy_ms=1000.0 / facts.hz, lag_ms=start_lag_ms(lab),
+                       chance_outcomes=ref in suite.CHANCE_OUTCOMES)
+    if trace:
         from .perattempt import rows as per_attempt
 
         extra, extra_notes = per_attempt(sim, lab, chance=suite.CHANCE.get(ref) or app_limited(sc))
         out.rows += extra
         out.notes += extra_notes
-    if opts.keep_results:
+    if keep_results:
         out.sim, out.lab = sim, lab
     return out
 
 
 def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
                   opts: Options | None = None, suite_name: str | None = None) -> Report:
-    """Each scenario in turn; a scenario that fails to run is reported, not fatal, but a
-    Ctrl-C ends the run with what was compared so far."""
-    from ..lab.netns import require_root
-    from ..lab.run import LabInterrupted
+    """Every lab run on the chosen kernel (one boot for a bootable kernel), then the model
+    for each with that kernel's profile and HZ. A scenario that fails to run is reported,
+    not fatal (unless it is the only one); a Ctrl-C ends the run with what was compared."""
+    from ..kernels import LabJob, get_kernel
 
-    require_root()
     opts = opts or Options()
-    hz = opts.hz or running_hz()
-    opts.hz = hz
-    rep = Report(kernel=platform.release(), hz=hz, suite=suite_name)
-    for ref in refs:
-        try:
-            o = validate(ref, overrides, opts)
-        except ValidateError:
-            raise
-        except LabInterrupted as e:
-            if len(refs) == 1:
-                raise
-            by = next((n for n in ("SIGTERM", "SIGHUP", "SIGINT") if n in e.message), "SIGINT")
-            rep.outcomes.append(Outcome(name=ref, summary="", interrupted=True, interrupted_by=by,
-                                        error=e.message))
-            break
-        except TcpreuseError as e:
-            if len(refs) == 1:
-                raise
-            o = Outcome(name=ref, summary="", error=e.message)
-        except KeyboardInterrupt:
-            rep.outcomes.append(Outcome(name=ref, summary="", interrupted=True, interrupted_by="SIGINT",
-                                        error="interrupted"))
-            break
+    kernel = get_kernel(opts.kernel)
+    # a slower kernel than the host gets its scenarios paced (kernels/pace.py)
+    jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True, netfilter=opts.netfilter,
+                   pace=opts.kernel != "host", trace=opts.trace) for ref in refs]
+    if opts.model_profile is not None:
+        get_profile(opts.model_profile)  # an unknown profile fails before any lab runs
+    for ref in refs:  # a bad reference or a non-Linux host fails before any lab runs
+        native_overrides(suite.load(ref, overrides), 100)
+    try:
+        facts, labs = kernel.run(jobs, opts.progress)
+    except KeyboardInterrupt:
+        from ..lab.run import LabInterrupted
+
+        raise LabInterrupted("validate interrupted before any scenario was compared") from None
+    hz = opts.hz if opts.hz is not None and opts.kernel == "host" else Hz(facts.hz, facts.hz_source)
+    if hz.value != facts.hz:
+        facts = KernelFacts(**{**facts.to_json(), "hz": hz.value, "hz_source": hz.source})
+    rep = Report(kernel=facts.release, hz=hz, suite=suite_name, kernel_name=opts.kernel,
+                 model_profile=opts.model_profile)
+    for ref, lab_out in zip(refs, labs, strict=False):
+        if len(refs) == 1 and lab_out.error and lab_out.result is None:
+            raise TcpreuseError(lab_out.error)
+        if opts.progress and lab_out.result is not None:
+            opts.progress(f"{ref}: simulate (model, {facts.profile}, HZ {hz.value})")
+        o = compare_one(ref, overrides, lab_out, facts, opts.keep_results, opts.model_profile, opts.trace)
         rep.outcomes.append(o)
         if o.interrupted:
             break
