@@ -9,17 +9,10 @@ import struct
 import time
 from dataclasses import dataclass
 
-FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10
+from tcpreuse.emulate.packet import ACK, FIN, PSH, RST, SYN, NotTcp, checksum, parse
+
+__all__ = ["ACK", "FIN", "PSH", "RST", "SYN", "Sniffer", "segment", "send"]
 ETH_P_ALL = 0x0003
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def segment(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
@@ -30,7 +23,7 @@ def segment(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flag
     hdr = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, off << 4, flags,
                       65535, 0, 0) + opts
     pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(hdr))
-    c = _csum(pseudo + hdr)
+    c = checksum(pseudo + hdr)
     return hdr[:16] + struct.pack("!H", c) + hdr[18:]
 
 
@@ -70,28 +63,13 @@ class Sniffer:
                 frame = self.sock.recv(65535)
             except BlockingIOError:
                 return self.seen
-            ip = frame[14:]
-            if len(ip) < 40 or ip[0] >> 4 != 4 or ip[9] != socket.IPPROTO_TCP:
+            try:
+                seg = parse(frame[14:], verify=False)
+            except NotTcp:
                 continue
-            ihl = (ip[0] & 0xF) * 4
-            th = ip[ihl:]
-            sport, dport, seq, ack, off, flags = struct.unpack("!HHIIBB", th[:14])
-            tsval = None
-            opts = th[20:(off >> 4) * 4]
-            i = 0
-            while i < len(opts):
-                kind = opts[i]
-                if kind == 0:
-                    break
-                if kind == 1:
-                    i += 1
-                    continue
-                ln = opts[i + 1] if i + 1 < len(opts) else 0
-                if kind == 8 and ln == 10:
-                    tsval = struct.unpack("!I", opts[i + 2:i + 6])[0]
-                if ln < 2:
-                    break
-                i += ln
+            sport, dport, seq, ack, flags = seg.sport, seg.dport, seg.seq, seg.ack, seg.flags
+            tsval = seg.options.ts[0] if seg.options.ts else None
+            ip = frame[14:]
             self.seen.append(Seen(socket.inet_ntoa(ip[12:16]), sport, socket.inet_ntoa(ip[16:20]), dport,
                                   seq, ack, flags, tsval))
 

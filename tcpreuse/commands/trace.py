@@ -8,16 +8,14 @@ shows the counters instead.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
 import sys
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import TcpreuseError
+from ..signals import raising
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -75,7 +73,9 @@ def trace(netns: str | None, duration: float | None, ports: tuple[str, ...], pid
     if not as_json:
         err.print("starting bpftrace (the program is compiled for this kernel; a few seconds) ...", style="dim")
     try:
-        with _stop_on_signals():
+        # SIGTERM/SIGHUP end the trace like Ctrl-C: bpftrace stopped, a tracefs mounted
+        # for the run unmounted
+        with raising(lambda signum: KeyboardInterrupt()):
             summary = _run(opts, console, err, offset, live_view=live_view, as_json=as_json, quiet=quiet,
                            duration=duration)
     except TraceUnavailable as e:
@@ -139,21 +139,6 @@ def _run(opts: TraceOptions, console: Console, err: Console, offset: int, *, liv
             err.print("tracing; Ctrl-C stops" if duration is None else f"tracing for {duration:g} s")
 
     return run(opts, on_event=line, on_ready=ready)
-
-
-@contextlib.contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP (a closed terminal) end the trace like Ctrl-C: bpftrace is stopped
-    and a tracefs mounted for the run is unmounted. The previous handlers come back after."""
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, h in old.items():
-            signal.signal(sig, h)
 
 
 def _counters_instead(netns: str | None, seconds: float, as_json: bool, console: object) -> None:

@@ -33,13 +33,13 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from ..errors import LabError, TcpreuseError
+from ..signals import Signalled, raising
 from . import Progress
 from .guest import TAG
 from .jobs import JobOutcome, KernelFacts, LabJob
@@ -65,10 +65,7 @@ class UmlInterrupted(TcpreuseError):
     exit_code = 130
 
 
-class _Signal(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+_Signal = Signalled
 
 
 @dataclass
@@ -124,23 +121,6 @@ def _pdeathsig() -> None:
     """In the child before exec: die with the parent (SIGKILL), whatever kills it."""
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-@contextlib.contextmanager
-def _signals() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise _Signal(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 @dataclass
@@ -323,7 +303,7 @@ class UmlKernel:
         timeout = self.timeout_s or BOOT_S + sum(job_budget_s(j) for j in jobs)
         boot = Boot(install, jobs, timeout, progress)
         try:
-            with _signals():
+            with raising():
                 try:
                     if progress:
                         progress(f"booting User-Mode Linux ({install.binary}), timeout {timeout:.0f} s")

@@ -38,6 +38,7 @@ from ..model.profiles import get_profile
 from ..model.settings import SETTINGS, known_settings
 from ..result import HostInfo, RunResult
 from ..scenario.schema import Scenario
+from ..signals import Signalled, raising
 from . import state
 from .flows import SET, parse_flows
 from .merge import Observed, Part, merge
@@ -59,12 +60,7 @@ class LabInterrupted(TcpreuseError):
     exit_code = 130
 
 
-class _Signal(BaseException):
-    """Raised in the main thread by SIGTERM/SIGHUP, like KeyboardInterrupt for SIGINT."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
+_Signal = Signalled  # raised by SIGTERM/SIGHUP (tcpreuse.signals)
 
 
 @dataclass
@@ -86,23 +82,6 @@ class LabOptions:
     netfilter: str = "auto"
     # seconds between starting a load and its first attempt (longer on a slow kernel)
     lead_s: float = LOAD_LEAD_S
-
-
-@contextlib.contextmanager
-def _signals() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise _Signal(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 @contextlib.contextmanager
@@ -408,7 +387,7 @@ class LabRun:
         before: dict[str, dict[str, int]] = {}
         started = False
         try:
-            with _signals():
+            with raising():
                 try:
                     self._say(f"building {len(self.plan.hosts)} network namespaces (run {self.run_id})")
                     self.topo.build()
