@@ -28,7 +28,7 @@ from ..model.nat import CtEntry, SourceNat
 from ..model.ports import PORT_BUSY, PORT_FREE, PORT_TW_REUSE, find_open_port
 from ..model.profiles import get_profile
 from ..model.seq import MASK32
-from ..model.stacks import linux_data_retry_j
+from ..model.stacks import linux_data_retry_j, syn_sent_expired
 from ..model.timewait import (
     TCP_TIMEWAIT_LEN,
     TW_ACK,
@@ -837,7 +837,10 @@ class Engine:
         rtos = c.syn_rto_j
         if rtos:
             t_fire = c.timer_fires(t, rtos[att.tries - 1])
-            if att.tries >= len(rtos) or t_fire >= att.deadline:
+            # tcp_write_timeout() when that timer fires: retransmissions so far (tries - 1)
+            # against the count, ms since the first SYN (retrans_stamp) against the budget
+            if t_fire >= att.deadline or syn_sent_expired(att.tries - 1, len(rtos) - 1,
+                                                          c.ms(t_fire) - c.ms(att.t0), c.syn_budget_ms):
                 self._schedule_fail(att, t_fire)  # (at the deadline if that comes first)
             else:
                 self.push(t_fire, EV_SYN, att)
