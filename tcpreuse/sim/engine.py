@@ -241,7 +241,8 @@ class Engine:
         self.samples: dict[str, dict[str, list[int]]] = {
             h: {"time_wait": [], "established": []} for h in self.hosts}
         self.port_series: dict[tuple[str, int, int, int], list[int]] = {}
-        self.end_state: dict[str, dict[str, int]] = {}
+        self.end_state: dict[str, dict[str, int]] = {}  # per host, at end_s
+        self.end_s = self.end  # the end of the run (_run): max(duration_s, the last event)
         # audit: check invariants as sockets are created (tests; off by default)
         self.audit = False
         self.violations: list[str] = []
@@ -359,7 +360,6 @@ class Engine:
                     self.next_sample += self.step
                 if self.next_sample > end:
                     sampling = False
-                    self._record_end_state()
                 if self.progress is not None:
                     self.progress(min(t, self.end), len(self.atts))
             n += 1
@@ -385,8 +385,12 @@ class Engine:
         while sampling and self.next_sample <= end:
             self._sample(self.next_sample)
             self.next_sample += self.step
-        if not self.end_state:
-            self._record_end_state()
+        # The end of the run, one moment for everything that is "at the end": the later of
+        # duration_s and the last event (an attempt started before duration_s that was
+        # still connecting or open then is followed to its end, as the lab waits for it).
+        # Outcomes, counters and end_state are all as of end_s.
+        self.end_s = max(self.end, t)
+        self._record_end_state()
         for h in self.hosts.values():
             h.flush_counters()
         self.events = n
@@ -1096,7 +1100,7 @@ class Engine:
 
     def _record_end_state(self) -> None:
         for h in self.hosts.values():
-            self.purge(h, self.end)
+            self.purge(h, self.end_s)
             self.end_state[h.name] = {"time_wait": len(h.tw), "established": len(h.ehash)}
 
 
