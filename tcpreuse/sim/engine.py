@@ -187,9 +187,10 @@ class Engine:
                         g.params, inst.addrs, sc.seed,
                         random.Random(clocks.derive_secret(sc.seed, inst.name, "rng")))
             if inst.role == "server":
-                for a in h.addrs:
-                    h.listeners[listen_key(a, g.port)] = Listener(g.backlog, h.somaxconn)
-                    h.bound_ports.add(g.port)
+                for port in g.listen_ports:
+                    for a in h.addrs:
+                        h.listeners[listen_key(a, port)] = Listener(g.backlog, h.somaxconn)
+                    h.bound_ports.add(port)
                 h.workers = g.workers
                 h.service_s = g.service_ms / 1000.0
             self.hosts[h.name] = h
@@ -230,7 +231,7 @@ class Engine:
                 w.connect_timeout_s if w.connect_timeout_s is not None else math.inf,
                 w.request_timeout_s if w.request_timeout_s is not None else math.inf,
                 w.retries, w.retry_delay_s, to_lb, servers,
-                self.vip_port if to_lb else sc.group(w.target).port))
+                sc.workload_port(w)))
             if w.bind == "bind0":
                 for h in self.groups[w.clients]:
                     h.track_owners = True
