@@ -386,6 +386,8 @@ class Engine:
         while sampling and self.next_sample <= end:
             self._sample(self.next_sample)
             self.next_sample += self.step
+        if self.progress is not None:
+            self.progress(self.end, len(self.atts))
         # The end of the run, one moment for everything that is "at the end": the later of
         # duration_s and the last event (an attempt started before duration_s that was
         # still connecting or open then is followed to its end, as the lab waits for it).
