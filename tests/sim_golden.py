@@ -43,6 +43,7 @@ DURATIONS: dict[str, float] = {
     "seed": 90.0,
     "seed-client-timestamps": 30.0,
     "seed-isn-rfc6528": 30.0,
+    "seed-lab": 40.0,
     "seed-lb-ignore-msl": 55.0,
     "seed-linux-direct": 1.0,
     "seed-modern-kernel": 55.0,

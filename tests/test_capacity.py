@@ -1,7 +1,7 @@
 """`tcpreuse capacity`: the search finds the rate the port arithmetic predicts, and each
 diagnosed fix gets its own search. A Linux client with 500 ports closes first (60 s
-TIME_WAIT), 10 s runs at a constant rate: every attempt past the 500th fails, so the
-highest rate within 0.1 % failures is 500 / 10 s = 50/s."""
+TIME_WAIT) at a constant rate: in steady state it sustains 500 / 60 s = 8.3/s, whatever
+the scenario's own 10 s duration (where 50/s would pass before any TIME_WAIT expires)."""
 
 from __future__ import annotations
 
@@ -47,11 +47,14 @@ def test_search_steps() -> None:
 @pytest.mark.slow
 def test_capacity_matches_the_port_arithmetic_and_searches_each_fix(scenario: str, tmp_path: Path) -> None:
     cache = Cache(tmp_path / "cache")
-    res = find_capacity(scenario, max_failure=0.001, resolution=0.05, cache=cache,
+    res = find_capacity(scenario, max_failure=0.001, resolution=0.05, cache=cache, cap=160,
                         make_pool=lambda: Pool(None, workers=2))
     base = res.baseline
     assert base.status == "found"
-    assert 47 <= base.capacity <= 50 < base.hi  # 500 ports / 10 s
+    assert 7.9 <= base.capacity <= 8.34 < base.hi  # 500 ports / 60 s, not 500 / 10 s
+    assert res.steady is not None and (res.steady.hold_s, res.steady.window_s) == (60.0, 60.0)
+    assert res.steady.holds[0] == ("TIME_WAIT on client", 60.0)
+    assert all(p.duration_s >= 120 for p in base.probes)
     assert res.diagnosed_at == base.hi or res.diagnosed_at is not None
     fixes = {s.fix_id: s for s in res.searches[1:]}
     assert fixes, "the diagnosis proposed no fix with settings"
@@ -65,7 +68,7 @@ def test_capacity_matches_the_port_arithmetic_and_searches_each_fix(scenario: st
     # the second time everything comes from the cache: no cluster at all
     def no_pool() -> Pool:
         raise AssertionError("a pool was started though every probe is cached")
-    again = find_capacity(scenario, max_failure=0.001, resolution=0.05, cache=cache, make_pool=no_pool)
+    again = find_capacity(scenario, max_failure=0.001, resolution=0.05, cache=cache, cap=160, make_pool=no_pool)
     assert again.computed == 0 and [s.capacity for s in again.searches] == [s.capacity for s in res.searches]
 
 
@@ -81,7 +84,9 @@ def test_capacity_cli_markdown_and_errors(scenario: str, tmp_path: Path, capsys:
     assert 'data-plot="capacity"' in html.read_text()
     code, out, err = cli(["capacity", scenario, "--no-fixes", "--cache", str(tmp_path / "c"), "--json"], capsys)
     doc = json.loads(out)
-    assert doc["kind"] == "capacity" and doc["computed"] == 0 and 47 <= doc["searches"][0]["capacity"] <= 50
+    assert doc["kind"] == "capacity" and doc["computed"] == 0 and 7.9 <= doc["searches"][0]["capacity"] <= 8.34
+    assert "warms up for 60 s, the longest-lived state (TIME_WAIT on client 60 s)" in doc["steady_state"]["text"]
+    assert "Steady state: each probe warms up for 60 s" in text
     for argv, msg in ((["--max-failure", "lots"], "expected a share"),
                       (["--max-failure", "150%"], "between 0 % and 100 %"),
                       (["--max-rate", "10"], "below the scenario's rate"),
@@ -91,3 +96,9 @@ def test_capacity_cli_markdown_and_errors(scenario: str, tmp_path: Path, capsys:
         assert code == 2 and msg in err and "Traceback" not in err, (argv, err)
     with pytest.raises(SweepError):
         find_capacity(scenario, max_failure=0.001, seeds=0, cache=Cache(None), make_pool=Pool)
+
+
+def test_capacity_refuses_a_search_that_will_not_fit(scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli(["capacity", scenario, "--no-cache", "--max-rate", "1e8"], capsys)
+    assert code == 2 and "the capacity search (probes up to 100,000,000/s for 120 s each) will not fit" in err
+    assert "--force" in err and "Traceback" not in err

@@ -83,3 +83,48 @@ def test_bad_file_names_line(tmp_path: Path) -> None:
     p.write_text('name = "x"\n\n[[host]]\nname = "c"\nrole = "client"\ncount = "three"\n')
     r = tcpreuse("simulate", str(p), check=False)
     assert r.returncode == 2 and f"{p}:6: host[0].count" in r.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--duration", "inf"], "duration_s: Input should be a finite number"),
+    (["--duration", "nan"], "duration_s: Input should be a finite number"),
+    (["--duration", "1e7"], "will not fit this machine's memory: ≈20.0 G attempts"),
+    (["--set", "workload.rate=1e9"], "will not fit this machine's memory: ≈90.0 G attempts"),
+    (["--duration", "1800", "--time-limit", "1"], "would take too long: ≈3.6 M attempts"),
+])
+def test_a_run_that_cannot_fit_is_refused_at_once_with_its_estimate(args: list[str], message: str) -> None:
+    """Before: MemoryError after a minute, or OverflowError, each with a traceback."""
+    import time
+
+    t0 = time.monotonic()
+    r = tcpreuse("simulate", "seed", *args, check=False)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert "--force" in r.stderr or "finite" in message
+    assert time.monotonic() - t0 < 30
+
+
+def test_simulate_shows_progress_on_a_terminal() -> None:
+    """stderr a terminal: a rich progress line names the phase; piped: nothing."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "tcpreuse", "simulate", "client-exhaustion", "--duration", "20"],
+                         stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    p.communicate(timeout=300)
+    os.close(master)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert p.returncode == 0
+    assert "simulating client-exhaustion" in shown and "attempts" in shown
+    assert "simulating" not in tcpreuse("simulate", "client-exhaustion", "--duration", "2").stderr

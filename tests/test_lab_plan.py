@@ -406,3 +406,64 @@ def test_cli_bad_scenario_and_bad_set_are_clear(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "cannot read" in r.stderr
     r = _cli(["lab", "client-exhaustion", "--set", "nonsense"])
     assert r.returncode == 2 and "KEY=VALUE" in r.stderr
+
+
+TWO_PORTS = """
+name = "two-ports"
+duration_s = 3
+[[host]]
+name = "client"
+role = "client"
+profile = "linux-6.18"
+[host.settings]
+"net.ipv4.ip_local_port_range" = "40000 40099"
+[[host]]
+name = "db"
+role = "server"
+profile = "linux-6.18"
+ports = [5432, 6432]
+[[workload]]
+name = "direct"
+clients = "client"
+target = "db"
+port = 5432
+rate = 100
+count = 150
+close = "client"
+[[workload]]
+name = "pooler"
+clients = "client"
+target = "db"
+port = 6432
+rate = 100
+count = 150
+close = "client"
+"""
+
+
+def test_one_server_address_listens_on_several_ports_in_the_lab_plan():
+    sc = load_text(TWO_PORTS, "<test>")
+    p = build_plan(sc, realise(sc, K618), "abc123")
+    (serve,) = p.serves
+    addr = p.hosts["db"].addresses[0]
+    assert sorted(serve.listen) == [(addr, 5432), (addr, 6432)]
+    assert sorted(ld.target for ld in p.loads) == [(addr, 5432), (addr, 6432)]
+
+
+def test_several_ports_of_one_server_in_the_simulator():
+    """Two destinations on one address: the 100-port range serves each port's 4-tuples on
+    its own (100 connects succeed toward each port, 50 fail toward each)."""
+    from tcpreuse.sim.engine import Engine
+
+    r = Engine(load_text(TWO_PORTS, "<test>")).run()
+    c = r.attempts.cols
+    ok = c["outcome"] == r.attempts.vocab["outcome"].index("ok")
+    assert {int(p): int((ok & (c["dport"] == p)).sum()) for p in (5432, 6432)} == {5432: 100, 6432: 100}
+    assert r.outcomes() == {"ok": 200, "EADDRNOTAVAIL": 100}
+
+
+def test_a_workload_port_the_server_does_not_listen_on_is_refused():
+    with pytest.raises(TcpreuseError, match="does not listen on port 7000"):
+        load_text(TWO_PORTS.replace("port = 6432", "port = 7000"), "<test>")
+    with pytest.raises(TcpreuseError, match="server groups only"):
+        load_text(TWO_PORTS.replace('profile = "linux-6.18"\n[host.settings]', 'profile = "linux-6.18"\nports = [1]\n[host.settings]', 1), "<test>")

@@ -7,7 +7,13 @@ import pytest
 
 from tcpreuse.model.profiles import get_profile
 from tcpreuse.model.settings import resolve_settings
-from tcpreuse.model.stacks import client_stack, linux_data_retry_j, linux_syn_rtos
+from tcpreuse.model.stacks import (
+    client_stack,
+    linux_data_retry_j,
+    linux_syn_rtos,
+    syn_sent_expired,
+    tcp_model_timeout_ms,
+)
 from tcpreuse.model.timers import jiffies0, timer_fires_s, wheel_expiry
 
 
@@ -62,3 +68,42 @@ def test_data_retransmissions_start_with_a_tail_loss_probe() -> None:
     ks = [linux_data_retry_j(k, 50e-6, 250, tlp=True) for k in (1, 2, 3)]
     assert ks == [51, 51, 102]
     assert [linux_data_retry_j(k, 50e-6, 250, tlp=False) for k in (1, 2)] == [51, 102]
+
+
+def test_tcp_model_timeout_is_the_syn_time_budget() -> None:
+    # tcp_model_timeout(sk, tcp_syn_retries, tcp_timeout_init = HZ): ((2 << n) - 1) s up to
+    # ilog2(120) = 6 doublings, then TCP_RTO_MAX per retry
+    assert [tcp_model_timeout_ms(n, 250, 250) for n in (1, 2, 3, 6, 7)] == [3000, 7000, 15000, 127000, 247000]
+    assert tcp_model_timeout_ms(6, 1000, 1000) == 127000
+
+
+def test_syn_sent_gives_up_on_the_count_or_the_time_budget() -> None:
+    assert syn_sent_expired(5, 5, 0, 3000)  # the count
+    assert syn_sent_expired(2, 5, 3000, 3000)  # the budget
+    assert not syn_sent_expired(2, 5, 2999, 3000)
+    assert not syn_sent_expired(0, 5, 9000, 3000)  # no retransmission yet: never on time
+    assert not syn_sent_expired(2, 5, 9000, 0)  # before 5.4: the count only
+
+
+@pytest.mark.parametrize(("retries", "syns", "give_up"), [(1, 3, 3.0), (2, 6, 7.0), (3, 8, 19.0), (6, 11, 131.0)])
+def test_6_5_gives_up_on_the_time_budget_with_few_syn_retries(retries: int, syns: int, give_up: float) -> None:
+    """6.5+ sends 4 linear retransmissions first: with tcp_syn_retries < 3 the time budget
+    (3 s, 7 s) ends the connect before the count (6 SYNs and 7 s, 7 SYNs and 11 s)."""
+    p = get_profile("linux-6.18")
+    st = client_stack(p, resolve_settings(p, {"net.ipv4.tcp_syn_retries": retries})[0], {"hz": 250})
+    assert (len(st.syn_offsets), st.give_up_s) == (syns, give_up)
+
+
+def test_the_engine_gives_up_when_the_kernel_does() -> None:
+    """Each probe of v-syn-give-up meets a full accept queue: r1 (tcp_syn_retries 1) sends 3
+    SYNs and frees its one port by 3 s, so its next attempt 4 s later gets it (count only:
+    6 SYNs, 7 s, EADDRNOTAVAIL); r2 (retries 2) sends 6 (count only: 7)."""
+    from tcpreuse.sim.engine import simulate
+    from tcpreuse.validate import suite
+
+    res = simulate(suite.load("v-syn-give-up"))
+    c, wl = res.attempts.cols, res.attempts.vocab["workload"]
+    tries = {w: sorted(c["syn_tries"][c["workload"] == wl.index(w)].tolist()) for w in ("r1", "r2")}
+    assert tries == {"r1": [3, 3], "r2": [6]}
+    assert res.outcomes() == {"ETIMEDOUT": 6}  # no EADDRNOTAVAIL: r1's port was free again
+    assert res.counters["server"]["TcpExtListenOverflows"] == 2 * 3 + 6

@@ -220,3 +220,20 @@ class TestSeed:
         assert r.host_counter("TcpExtPAWSPassive") > 0
         assert r.attempts.counts("reason").get("syn_dropped_recycle", 0) > 0
         assert r.failure_rate() > 0.3
+
+
+def test_the_end_of_the_run_is_one_moment_for_state_and_counters() -> None:
+    """Connections open at duration_s close after it (service 0.5 s): their TIME_WAITs are
+    counted in TcpExtTW (6.18 counts at schedule), so the TIME_WAIT left at the end must
+    include them too -- both are taken at meta.end_s, when the last attempt finished."""
+    text = cf(duration=2, rate=100).replace('port = 8080', 'port = 8080\nservice_ms = 500.0')
+    r = run(text)
+    assert r.outcomes() == {"ok": 200}
+    assert 2.49 <= r.meta["end_s"] < 2.6  # the last arrival (1.99 s) + 0.5 s
+    assert r.meta["end_state"]["client"]["time_wait"] == r.counters["client"]["TcpExtTW"] == 200
+
+
+def test_a_run_that_is_done_before_duration_ends_at_duration() -> None:
+    r = run(cf(duration=3, rate=100).replace("rate = 100", "rate = 100\ncount = 10"))
+    assert r.meta["end_s"] == 3.0
+    assert r.meta["end_state"]["client"]["time_wait"] == 10

@@ -175,3 +175,35 @@ def test_confidence_intervals() -> None:
     assert lo == 0 and 0.003 < hi < 0.004  # the "rule of three" neighbourhood
     lo, hi = wilson(50, 1000)
     assert lo < 0.05 < hi
+
+
+def test_a_bad_scheduler_address_fails_at_once_and_leaves_nothing_behind(scenario: str) -> None:
+    """Before: a good error, then a 20 s hang and 'Exception ignored in Client.__del__'."""
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "tcpreuse", "sweep", scenario, "--grid", "workload.rate=10,20",
+                        "--no-cache", "--scheduler", "banana"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "expected a Dask scheduler address such as tcp://" in r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+    assert time.monotonic() - t0 < 15
+
+
+def test_a_grid_too_big_for_the_machine_is_refused_with_its_estimate(scenario: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """1,000,000 points: refused before planning any, with the estimate and --force."""
+    import time
+
+    values = ",".join(str(i) for i in range(1, 1001))
+    t0 = time.monotonic()
+    code, _, err = cli(["sweep", scenario, "--grid", f"workload.rate={values}", "--grid", f"seed={values}",
+                        "--no-cache"], capsys)
+    assert code == 2 and ("the sweep will not fit this machine's memory: 1,000,000 runs" in err
+                          or "the sweep would take too long: 1,000,000 runs" in err)
+    assert "--force" in err and "Traceback" not in err
+    assert time.monotonic() - t0 < 30
+    code, _, err = cli(["sweep", scenario, "--grid", "workload.rate=10,20", "--no-cache",
+                        "--time-limit", "0.000001"], capsys)
+    assert code == 2 and "would take too long: 2 runs" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from ..diagnose.whatif import prove_fixes, summarize
 from ..errors import TcpreuseError
 from ..result import dumps
 from ..scenario.loader import load_scenario, parse_sets
+from ..sim.estimate import DEFAULT_TIME_LIMIT_S, check, estimate
 from .options import OUT_FILE, SECONDS
 
 
@@ -33,10 +35,19 @@ from .options import OUT_FILE, SECONDS
 @click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Processes for --fixes (default: cores).")
 @click.option("--html", "html_path", type=OUT_FILE,
               help="Also write a self-contained HTML report (findings, topology, plots).")
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_TIME_LIMIT_S,
+              show_default=True, metavar="SECONDS",
+              help="Refuse a run estimated to need more CPU time than this (see --force).")
+@click.option("--force", is_flag=True,
+              help="Run even if the estimate says it will not fit this machine's memory or --time-limit.")
 def simulate(scenario: str, duration: float | None, seed: int | None, sets: tuple[str, ...], fixes: bool,
              as_json: bool, result_path: Path | None, attempts_csv: Path | None, workers: int | None,
-             html_path: Path | None = None) -> None:
-    """Run SCENARIO (a .toml file or a built-in name) on the kernel-faithful model."""
+             html_path: Path | None = None, time_limit: float = DEFAULT_TIME_LIMIT_S, force: bool = False) -> None:
+    """Run SCENARIO (a .toml file or a built-in name) on the kernel-faithful model.
+
+    Before it starts, the run's attempts, memory and CPU time are estimated; a run that
+    would not fit this machine's available memory or --time-limit is refused with the
+    estimate (--force runs it anyway). On a terminal, progress goes to stderr."""
     from ..sim.engine import Engine
 
     overrides: dict[str, Any] = parse_sets(sets)
@@ -45,31 +56,43 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
     if seed is not None:
         overrides["seed"] = seed
     sc = load_scenario(scenario, overrides)
+    est = estimate(sc)
+    check(est, what=f"simulating {sc.name} for {sc.duration_s:g} s", force=force, time_limit_s=time_limit)
     err = Console(stderr=True)
     show_progress = sys.stderr.isatty() and not as_json
-    if show_progress:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("simulating {task.description}"), BarColumn(), TextColumn("{task.fields[n]:,} attempts"),
-                      TimeRemainingColumn(), console=err, transient=True) as prog:
-            task = prog.add_task(sc.name, total=sc.duration_s, n=0)
-            run = Engine(sc, progress=lambda t, n: prog.update(task, completed=t, n=n)).run()
-    else:
-        run = Engine(sc).run()
-    ev = Evidence(source="simulate", run=run, scenario=sc)
-    findings = diagnose(ev)
     ranked = None
-    if fixes:
-        base = summarize(run)
+    with contextlib.ExitStack() as stack:
+        prog: Any = None
         if show_progress:
-            from rich.progress import Progress
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            with Progress(console=err, transient=True) as prog:
-                task = prog.add_task("proving fixes", total=None)
-                ranked = prove_fixes(scenario, overrides, base, findings, workers,
-                                     progress=lambda i, n: prog.update(task, completed=i, total=n))
+            prog = stack.enter_context(Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[n]:,} attempts"),
+                TimeElapsedColumn(), console=err, transient=True))
+            task = prog.add_task(f"simulating {sc.name}", total=sc.duration_s, n=0)
+
+            def phase(text: str, n: int | None = None) -> None:
+                prog.update(task, description=text, **({} if n is None else {"n": n}))
+
+            def tick(t: float, n: int) -> None:
+                prog.update(task, completed=t, n=n)
+                if t >= sc.duration_s:
+                    phase(f"{sc.name}: recording the attempts", n)
+
+            run = Engine(sc, progress=tick).run()
+            phase(f"{sc.name}: diagnosing", len(run.attempts))
         else:
-            ranked = prove_fixes(scenario, overrides, base, findings, workers)
+            run = Engine(sc).run()
+        ev = Evidence(source="simulate", run=run, scenario=sc)
+        findings = diagnose(ev)
+        if fixes:
+            base = summarize(run)
+            if prog is not None:
+                fix_task = prog.add_task("proving fixes", total=None, n=0)
+                ranked = prove_fixes(scenario, overrides, base, findings, workers,
+                                     progress=lambda i, n: prog.update(fix_task, completed=i, total=n))
+            else:
+                ranked = prove_fixes(scenario, overrides, base, findings, workers)
     if result_path is not None:
         try:
             result_path.write_text(dumps({**run.to_json(records=True), "findings": [f.to_json() for f in findings]}))

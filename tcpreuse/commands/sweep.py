@@ -28,6 +28,11 @@ _common = [
     click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path),
                  help="Cache directory (default ~/.cache/tcpreuse/sweep)."),
     click.option("--no-cache", is_flag=True, help="Compute everything; read and write no cache."),
+    click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=3600.0, show_default=True,
+                 metavar="SECONDS", help="Refuse work estimated to need more than this wall time on the workers "
+                 "(CPU time / workers; see --force)."),
+    click.option("--force", is_flag=True, help="Run even if the estimate says it will not fit this machine's "
+                 "memory or --time-limit."),
     click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object."),
     click.option("--html", "html_path", type=OUT_FILE,
                  help="Write a self-contained HTML report."),
@@ -51,11 +56,23 @@ def _setup(sets: tuple[str, ...], duration: float | None, cache_dir: Path | None
         if duration <= 0:
             raise TcpreuseError("--duration must be positive")
         base["duration_s"] = duration
+    if scheduler:
+        from ..sweep.runner import check_scheduler
+
+        check_scheduler(scheduler)  # a bad address fails here, before anything starts
     cache = Cache(None if no_cache else (cache_dir or default_dir()))
+
     def say(link: str) -> None:
         click.echo(f"dask dashboard: {link}", err=True)
 
     return base, cache, lambda: Pool(scheduler, workers, dashboard=dashboard, on_dashboard=say)
+
+
+def _workers(scheduler: str | None, workers: int | None) -> int:
+    """Runs at once: the local cluster's size (a remote scheduler's is not known here)."""
+    import os
+
+    return 1 if scheduler else (workers or os.cpu_count() or 1)
 
 
 def _write_json(doc: dict[str, Any], as_json: bool) -> None:
@@ -76,19 +93,27 @@ def _write_json(doc: dict[str, Any], as_json: bool) -> None:
               help="The same rows as Parquet (needs pyarrow).")
 def sweep(scenario: str, grids: tuple[str, ...], sets: tuple[str, ...], duration: float | None, seeds: int,
           scheduler: str | None, workers: int | None, dashboard: bool, cache_dir: Path | None, no_cache: bool,
-          as_json: bool, html_path: Path | None, csv_path: Path | None, parquet_path: Path | None) -> None:
+          time_limit: float, force: bool, as_json: bool, html_path: Path | None, csv_path: Path | None,
+          parquet_path: Path | None) -> None:
     """Run SCENARIO over the cartesian product of --grid settings, --seeds runs per point,
     on Dask. Finished runs are cached: re-running an interrupted sweep computes only what
-    is missing."""
+    is missing. The whole sweep is estimated first (runs, attempts, memory, time) and
+    refused if it will not fit this machine's memory or --time-limit (--force runs it)."""
     from rich.console import Console
 
+    from ..sim.estimate import check
     from ..sweep import render
     from ..sweep.grid import parse_grid
-    from ..sweep.sweep import run_sweep
+    from ..sweep.sweep import estimate_sweep, run_sweep
 
     axes = parse_grid(grids)
     base, cache, make_pool = _setup(sets, duration, cache_dir, no_cache, scheduler, workers, dashboard)
+    n_workers = _workers(scheduler, workers)
+    est = estimate_sweep(scenario, axes, seeds, base)
+    check(est, what="the sweep", force=force, time_limit_s=time_limit, workers=n_workers)
     err = Console(stderr=True)
+    if sys.stderr.isatty() and not as_json:
+        err.print(f"sweep: {est.text()}, on {n_workers} worker(s)", markup=False, highlight=False)
     if sys.stderr.isatty() and not as_json:
         from rich.progress import (
             BarColumn,
@@ -129,6 +154,8 @@ def _emit(doc: dict[str, Any], res: Any, html_path: Path | None, as_json: bool,
 
     con = out_console()
     con.print(table(doc))
+    if doc.get("steady_state"):
+        con.print(f"steady state: {doc['steady_state']['text']}", markup=False)
     con.print(f"[dim]{res.computed} run(s) computed{' on ' + res.where if res.where else ''}, "
               f"{res.cached} from the cache[/]")
 
@@ -156,8 +183,8 @@ def parse_share(text: str) -> float:
               help="Write the result as a Markdown page (e.g. docs/capacity.md).")
 def capacity(scenario: str, max_failure: str, max_delayed: str | None, resolution: str, max_rate: float | None,
              no_fixes: bool, sets: tuple[str, ...], duration: float | None, seeds: int, scheduler: str | None,
-             workers: int | None, dashboard: bool, cache_dir: Path | None, no_cache: bool, as_json: bool, html_path: Path | None,
-             md_path: Path | None) -> None:
+             workers: int | None, dashboard: bool, cache_dir: Path | None, no_cache: bool, time_limit: float,
+             force: bool, as_json: bool, html_path: Path | None, md_path: Path | None) -> None:
     """Find the highest request rate SCENARIO sustains within the failure budget, as it is
     and with each fix its diagnosis proposes ("enable client timestamps: 1,800/s -> ...")."""
     from rich.console import Console
@@ -170,7 +197,8 @@ def capacity(scenario: str, max_failure: str, max_delayed: str | None, resolutio
     kw: dict[str, Any] = dict(max_failure=parse_share(max_failure),
                               max_delayed=None if max_delayed is None else parse_share(max_delayed),
                               resolution=parse_share(resolution), seeds=seeds, overrides=base, cap=max_rate,
-                              cache=cache, make_pool=make_pool, fixes=not no_fixes)
+                              cache=cache, make_pool=make_pool, fixes=not no_fixes, force=force,
+                              time_limit_s=time_limit, workers=_workers(scheduler, workers))
     if sys.stderr.isatty() and not as_json:
         from rich.progress import Progress, SpinnerColumn, TextColumn
 

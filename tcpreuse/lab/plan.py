@@ -340,7 +340,7 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
         if g.role != "server":
             continue
         for h in instances[g.name]:
-            serves.append(Serve(host=h.key, group=g.name, listen=[(a, g.port) for a in h.addresses],
+            serves.append(Serve(host=h.key, group=g.name, listen=[(a, p) for p in g.listen_ports for a in h.addresses],
                                 backlog=g.backlog, close=r.serve_close.get(g.name, "server"),
                                 delay_ms=g.service_ms, workers=r.bounded.get(g.name, 0)))
 
@@ -379,7 +379,7 @@ def build_plan(sc: Scenario, r: Realisation, run_id: str) -> LabPlan:
                 assert vip is not None
                 pairs: list[tuple[tuple[str, int], str | None]] = [(vip, None)]
             else:
-                port = sc.group(w.target).port
+                port = sc.workload_port(w)
                 pairs = [((srv.addresses[0], port), srv.key) for s_i, srv in enumerate(servers)
                          if (s_i - i) % gcd == 0]
             for j, (target, target_host) in enumerate(pairs):

@@ -162,6 +162,16 @@ class Profile:
         return self.at_least(5, 7)
 
     @cached_property
+    def syn_sent_time_budget(self) -> bool:
+        """tcp_write_timeout() (net/ipv4/tcp_timer.c) gives up on SYN-SENT on a time budget as
+        well as on the retransmission count: `if (!expired) expired =
+        retransmits_timed_out(sk, retry_until, icsk_user_timeout)`, from a41e8a88b06e ("tcp:
+        better handle TCP_USER_TIMEOUT in SYN_SENT state") with the SYN-state rto_base of
+        3256a2d6ab1f ("tcp: adjust rto_base in retransmits_timed_out()"), both v5.4 (and
+        5.3.y stable); before, SYN-SENT counted retransmissions only."""
+        return self.at_least(5, 4)
+
+    @cached_property
     def timer_wheel(self) -> bool:
         """Non-cascading timer wheel (4.8, 500462a9de65): timers fire at their level's
         granularity, not on their expiry jiffy (model.timers)."""

@@ -22,6 +22,7 @@ from .timewait import TCP_TIMEWAIT_LEN
 XNU_SYN_BACKOFF = (1, 1, 1, 1, 1, 2, 4, 8, 16, 32, 64, 64, 64)
 
 TCP_TIMEOUT_MIN = 2  # jiffies (include/net/tcp.h): the SYN-SENT re-arm after an unacceptable ACK
+TCP_RTO_MAX_S = 120  # include/net/tcp.h: TCP_RTO_MAX = 120 * HZ
 
 ERRNO = {
     "linux": {
@@ -61,6 +62,8 @@ class ClientStack:
     # Linux: SYN retransmission timer values (jiffies) for model.timers; () for other OSes,
     # whose SYNs follow syn_offsets.
     syn_rto_j: tuple[int, ...] = ()
+    # Linux 5.4+: the SYN-SENT time budget of tcp_write_timeout() in ms (0: count only)
+    syn_budget_ms: int = 0
 
 
 def linux_syn_offsets(initial_rto_s: float, syn_retries: int) -> tuple[tuple[float, ...], float]:
@@ -82,9 +85,10 @@ def linux_syn_rtos(initial_rto_s: float, syn_retries: int, linear: int, hz: int)
     tcp_retransmit_timer() (net/ipv4/tcp_timer.c): icsk_backoff++ on each retransmission;
     the RTO doubles (up to TCP_RTO_MAX, 120 s) -- in SYN-SENT only once icsk_backoff >
     tcp_syn_linear_timeouts (ccce324dabfe, 6.5; 0 before). tcp_write_timeout(): SYN-SENT
-    gives up after tcp_syn_retries + tcp_syn_linear_timeouts retransmissions. So 6.5+ with
-    the defaults (6, 4) sends SYNs at 0, 1, 2, 3, 4, 5, 7, 11, 19, 35, 67 s and gives up at
-    131 s; before 6.5: 0, 1, 3, 7, 15, 31, 63 s, giving up at 127 s."""
+    gives up after tcp_syn_retries + tcp_syn_linear_timeouts retransmissions, or earlier on
+    its time budget (syn_sent_expired()). So 6.5+ with the defaults (6, 4) sends SYNs at 0,
+    1, 2, 3, 4, 5, 7, 11, 19, 35, 67 s and gives up at 131 s; before 6.5: 0, 1, 3, 7, 15,
+    31, 63 s, giving up at 127 s."""
     rto = round(initial_rto_s * hz)
     out = [rto]
     for backoff in range(1, syn_retries + linear + 1):
@@ -92,6 +96,48 @@ def linux_syn_rtos(initial_rto_s: float, syn_retries: int, linear: int, hz: int)
             rto = min(rto * 2, 120 * hz)
         out.append(rto)
     return tuple(out)
+
+
+def tcp_model_timeout_ms(boundary: int, rto_base_j: int, hz: int) -> int:
+    """mirrors tcp_model_timeout() (net/ipv4/tcp_timer.c, 5.1-6.18): how long `boundary`
+    retransmissions take when the RTO starts at rto_base and doubles up to TCP_RTO_MAX, in
+    ms (jiffies_to_msecs()). For SYN-SENT rto_base is tcp_timeout_init() (1 s): 3 s for
+    tcp_syn_retries 1, 7 s for 2, 127 s for 6."""
+    thresh = (TCP_RTO_MAX_S * hz // rto_base_j).bit_length() - 1  # ilog2(TCP_RTO_MAX / rto_base)
+    if boundary <= thresh:
+        timeout = ((2 << boundary) - 1) * rto_base_j
+    else:
+        timeout = ((2 << thresh) - 1) * rto_base_j + (boundary - thresh) * TCP_RTO_MAX_S * hz
+    return timeout * 1000 // hz
+
+
+def syn_sent_expired(retransmits: int, max_retransmits: int, elapsed_ms: int, budget_ms: int) -> bool:
+    """mirrors tcp_write_timeout() for SYN-SENT (net/ipv4/tcp_timer.c), called when the
+    retransmission timer fires: give up when icsk_retransmits reached max_retransmits
+    (tcp_syn_retries, + tcp_syn_linear_timeouts on 6.5+) OR -- 5.4+, `budget_ms` > 0 --
+    when retransmits_timed_out(sk, tcp_syn_retries, 0) says so: at least one retransmission
+    and tcp_time_stamp - retrans_stamp (ms since the first SYN) >= tcp_model_timeout(
+    tcp_syn_retries, tcp_timeout_init()). Whichever comes first.
+
+    The budget counts tcp_syn_retries exponential RTOs, so before 6.5 it never comes before
+    the count; with 6.5's linear timeouts it does when tcp_syn_retries < 3: retries 1 gives
+    up at 3 s after 3 SYNs (not 7 s after 6), retries 2 at 7 s after 6 SYNs (not 11 s after 7)."""
+    if retransmits >= max_retransmits:
+        return True
+    return budget_ms > 0 and retransmits > 0 and elapsed_ms >= budget_ms
+
+
+def linux_syn_schedule(rtos: tuple[int, ...], budget_ms: int, hz: int) -> tuple[tuple[float, ...], float]:
+    """Nominal SYN send times (s from the first SYN) and give-up time, on timers that fire
+    exactly on expiry (syn_sent_expired() at each firing). On a timer wheel the engine
+    checks each real firing instead (timers fire late, never early)."""
+    offs, t_j = [0.0], 0
+    for r, rto in enumerate(rtos):
+        t_j += rto
+        if syn_sent_expired(r, len(rtos) - 1, t_j * 1000 // hz, budget_ms):
+            break
+        offs.append(t_j / hz)
+    return tuple(offs), t_j / hz
 
 
 def linux_data_retry_j(k: int, srtt_s: float, hz: int, tlp: bool) -> int:
@@ -111,12 +157,13 @@ def linux_data_retry_j(k: int, srtt_s: float, hz: int, tlp: bool) -> int:
 def client_stack(p: Profile, settings: dict[str, Any], params: dict[str, Any]) -> ClientStack:
     if p.os == "linux":
         hz = int(params.get("hz", 1000))
-        rtos = linux_syn_rtos(p.initial_rto_s, int(settings["net.ipv4.tcp_syn_retries"]),
-                              int(settings.get("net.ipv4.tcp_syn_linear_timeouts", 0)), hz)
-        offs = tuple(sum(rtos[:i]) / hz for i in range(len(rtos)))  # nominal, without the wheel
-        give_up = sum(rtos) / hz
+        retries = int(settings["net.ipv4.tcp_syn_retries"])
+        rtos = linux_syn_rtos(p.initial_rto_s, retries, int(settings.get("net.ipv4.tcp_syn_linear_timeouts", 0)), hz)
+        # retransmits_timed_out(): rto_base = tcp_timeout_init(sk) in SYN-SENT (the initial RTO)
+        budget = tcp_model_timeout_ms(retries, round(p.initial_rto_s * hz), hz) if p.syn_sent_time_budget else 0
+        offs, give_up = linux_syn_schedule(rtos, budget, hz)  # nominal, without the wheel
         return ClientStack(
-            os="linux", syn_offsets=offs, give_up_s=give_up, syn_rto_j=rtos,
+            os="linux", syn_offsets=offs, give_up_s=give_up, syn_rto_j=rtos, syn_budget_ms=budget,
             offers_ts=int(settings["net.ipv4.tcp_timestamps"]) != 0,
             time_wait_s=TCP_TIMEWAIT_LEN,
             fast_rearm_j=TCP_TIMEOUT_MIN if p.synsent_fast_rearm else 0,

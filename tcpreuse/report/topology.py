@@ -70,7 +70,8 @@ def from_scenario(sc: Scenario) -> Topology:
         n = Node(f"g-{h.name}", h.role, f"{h.name}" + (f" ×{h.count}" if h.count > 1 else ""),
                  host_lines(h.role, h.profile, h.effective_settings or h.settings))
         if h.role == "server":
-            n.lines.insert(1, f"port {h.port}, backlog {h.backlog}")
+            ports = h.listen_ports
+            n.lines.insert(1, f"port{'s' if len(ports) > 1 else ''} {', '.join(map(str, ports))}, backlog {h.backlog}")
             servers.append(n)
         else:
             clients.append(n)

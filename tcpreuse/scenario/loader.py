@@ -302,6 +302,8 @@ def _cross_check(sc: Scenario, where: _Where) -> None:
             prof = get_profile(h.profile)
         except TcpreuseError as e:
             raise where.error(("host", i, "profile"), e.message, hint=e.hint) from None
+        if h.ports and h.role != "server":
+            raise where.error(("host", i, "ports"), "ports applies to server groups only (the ports they listen on)")
         if h.role == "server" and prof.os != "linux":
             raise where.error(("host", i, "profile"), f"server hosts must run a Linux profile, got {prof.name}")
         for name, value in h.settings.items():
@@ -330,6 +332,17 @@ def _cross_check(sc: Scenario, where: _Where) -> None:
                 raise where.error(("workload", i, "target"), "target is 'lb' but there is no [lb] section")
         elif w.target not in groups or groups[w.target][1].role != "server":
             raise where.error(("workload", i, "target"), f"{w.target!r} is not 'lb' or a server host group")
+        if w.port is not None:
+            if w.target == "lb":
+                if sc.lb is not None and w.port != sc.lb.port:
+                    raise where.error(("workload", i, "port"), f"port {w.port} is not the VIP's port {sc.lb.port}")
+            else:
+                have = groups[w.target][1].listen_ports
+                if w.port not in have:
+                    raise where.error(("workload", i, "port"),
+                                      f"{w.target!r} does not listen on port {w.port} "
+                                      f"(it listens on {', '.join(map(str, have))})",
+                                      hint="add it to the server group's `ports`")
         prof = get_profile(groups[w.clients][1].profile)
         if w.bind != "none" and prof.os != "linux":
             raise where.error(("workload", i, "bind"), f"bind = {w.bind!r} is modelled for Linux clients only")

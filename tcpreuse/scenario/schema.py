@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+    # inf and nan are no durations, rates or times (a run of inf s never ends)
+    model_config = ConfigDict(extra="forbid", validate_assignment=False, allow_inf_nan=False)
 
 
 class HostGroup(_Strict):
@@ -28,8 +29,10 @@ class HostGroup(_Strict):
     address: str | None = None
     # Source addresses per client instance (several source IPs).
     addresses_per_host: int = Field(1, ge=1, le=256)
-    # Server side
+    # Server side: it listens on `port` and on every one of `ports` (one application, one
+    # set of workers, a listen queue per port); `ports` alone sets `port` to its first.
     port: int = Field(80, ge=1, le=65535)
+    ports: list[int] = Field(default_factory=list, max_length=64)
     backlog: int = Field(511, ge=1, le=65535)
     workers: int = Field(256, ge=1, le=1_000_000)  # application concurrency (accept + serve)
     service_ms: float = Field(0.2, ge=0)  # application time per request
@@ -47,6 +50,25 @@ class HostGroup(_Strict):
     @property
     def params(self) -> dict[str, Any]:
         return self._params
+
+    @field_validator("ports")
+    @classmethod
+    def _port_numbers(cls, v: list[int]) -> list[int]:
+        bad = [p for p in v if not 1 <= p <= 65535]
+        if bad:
+            raise ValueError(f"ports must be between 1 and 65535 (got {bad[0]})")
+        return v
+
+    @model_validator(mode="after")
+    def _first_port(self) -> HostGroup:
+        if self.ports and "port" not in self.model_fields_set:
+            self.port = self.ports[0]
+        return self
+
+    @property
+    def listen_ports(self) -> list[int]:
+        """Every port a server group listens on: `port`, then the rest of `ports`."""
+        return list(dict.fromkeys([self.port, *self.ports]))
 
     def instance_names(self) -> list[str]:
         return [self.name] if self.count == 1 else [f"{self.name}-{i}" for i in range(1, self.count + 1)]
@@ -103,6 +125,9 @@ class Workload(_Strict):
     name: str = "load"
     clients: str = Field(description="client group that runs it")
     target: str = Field(description="'lb' (the VIP) or a server group name")
+    # Destination port: one of the target group's ports (default: its `port`; the VIP's
+    # port for target = "lb")
+    port: int | None = Field(None, ge=1, le=65535)
     arrival: Literal["constant", "poisson", "ramp"] = "constant"
     # Requests per second over the whole group; new connections per second are
     # rate / requests_per_connection (1 by default: one connection per request).
@@ -162,6 +187,15 @@ class Scenario(_Strict):
         if dup:
             raise ValueError(f"host group names must be unique; repeated: {', '.join(sorted(dup))}")
         return v
+
+    def workload_port(self, w: Workload) -> int:
+        """The port a workload connects to."""
+        if w.port is not None:
+            return w.port
+        if w.target == "lb":
+            assert self.lb is not None
+            return self.lb.port
+        return self.group(w.target).port
 
     def group(self, name: str) -> HostGroup:
         for h in self.host:

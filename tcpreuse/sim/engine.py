@@ -28,7 +28,7 @@ from ..model.nat import CtEntry, SourceNat
 from ..model.ports import PORT_BUSY, PORT_FREE, PORT_TW_REUSE, find_open_port
 from ..model.profiles import get_profile
 from ..model.seq import MASK32
-from ..model.stacks import linux_data_retry_j
+from ..model.stacks import linux_data_retry_j, syn_sent_expired
 from ..model.timewait import (
     TCP_TIMEWAIT_LEN,
     TW_ACK,
@@ -190,9 +190,10 @@ class Engine:
                         g.params, inst.addrs, sc.seed,
                         random.Random(clocks.derive_secret(sc.seed, inst.name, "rng")))
             if inst.role == "server":
-                for a in h.addrs:
-                    h.listeners[listen_key(a, g.port)] = Listener(g.backlog, h.somaxconn)
-                    h.bound_ports.add(g.port)
+                for port in g.listen_ports:
+                    for a in h.addrs:
+                        h.listeners[listen_key(a, port)] = Listener(g.backlog, h.somaxconn)
+                    h.bound_ports.add(port)
                 h.workers = g.workers
                 h.service_s = g.service_ms / 1000.0
             self.hosts[h.name] = h
@@ -233,7 +234,7 @@ class Engine:
                 w.connect_timeout_s if w.connect_timeout_s is not None else math.inf,
                 w.request_timeout_s if w.request_timeout_s is not None else math.inf,
                 w.retries, w.retry_delay_s, to_lb, servers,
-                self.vip_port if to_lb else sc.group(w.target).port))
+                sc.workload_port(w)))
             if w.bind == "bind0":
                 for h in self.groups[w.clients]:
                     h.track_owners = True
@@ -244,7 +245,8 @@ class Engine:
         self.samples: dict[str, dict[str, list[int]]] = {
             h: {"time_wait": [], "established": []} for h in self.hosts}
         self.port_series: dict[tuple[str, int, int, int], list[int]] = {}
-        self.end_state: dict[str, dict[str, int]] = {}
+        self.end_state: dict[str, dict[str, int]] = {}  # per host, at end_s
+        self.end_s = self.end  # the end of the run (_run): max(duration_s, the last event)
         # audit: check invariants as sockets are created (tests; off by default)
         self.audit = False
         self.violations: list[str] = []
@@ -362,7 +364,6 @@ class Engine:
                     self.next_sample += self.step
                 if self.next_sample > end:
                     sampling = False
-                    self._record_end_state()
                 if self.progress is not None:
                     self.progress(min(t, self.end), len(self.atts))
             n += 1
@@ -388,8 +389,14 @@ class Engine:
         while sampling and self.next_sample <= end:
             self._sample(self.next_sample)
             self.next_sample += self.step
-        if not self.end_state:
-            self._record_end_state()
+        if self.progress is not None:
+            self.progress(self.end, len(self.atts))
+        # The end of the run, one moment for everything that is "at the end": the later of
+        # duration_s and the last event (an attempt started before duration_s that was
+        # still connecting or open then is followed to its end, as the lab waits for it).
+        # Outcomes, counters and end_state are all as of end_s.
+        self.end_s = max(self.end, t)
+        self._record_end_state()
         for h in self.hosts.values():
             h.flush_counters()
         self.events = n
@@ -835,7 +842,10 @@ class Engine:
         rtos = c.syn_rto_j
         if rtos:
             t_fire = c.timer_fires(t, rtos[att.tries - 1])
-            if att.tries >= len(rtos) or t_fire >= att.deadline:
+            # tcp_write_timeout() when that timer fires: retransmissions so far (tries - 1)
+            # against the count, ms since the first SYN (retrans_stamp) against the budget
+            if t_fire >= att.deadline or syn_sent_expired(att.tries - 1, len(rtos) - 1,
+                                                          c.ms(t_fire) - c.ms(att.t0), c.syn_budget_ms):
                 self._schedule_fail(att, t_fire)  # (at the deadline if that comes first)
             else:
                 self.push(t_fire, EV_SYN, att)
@@ -1082,7 +1092,7 @@ class Engine:
 
     def _record_end_state(self) -> None:
         for h in self.hosts.values():
-            self.purge(h, self.end)
+            self.purge(h, self.end_s)
             self.end_state[h.name] = {"time_wait": len(h.tw), "established": len(h.ehash)}
 
 

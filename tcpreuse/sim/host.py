@@ -223,6 +223,7 @@ class SimHost:
         # client stack facts (model.stacks), flattened for the engine
         self.syn_offsets: tuple[float, ...] = ()
         self.syn_rto_j: tuple[int, ...] = ()  # Linux: SYNs follow the retransmission timer
+        self.syn_budget_ms = 0  # Linux 5.4+: tcp_write_timeout()'s SYN-SENT time budget
         self.give_up_s = 0.0
         self.offers_ts = False
         self.client_tw_s = TCP_TIMEWAIT_LEN
@@ -233,7 +234,7 @@ class SimHost:
         if role == "client":
             st = client_stack(profile, settings, params)
             self.syn_offsets, self.give_up_s, self.offers_ts = st.syn_offsets, st.give_up_s, st.offers_ts
-            self.syn_rto_j = st.syn_rto_j
+            self.syn_rto_j, self.syn_budget_ms = st.syn_rto_j, st.syn_budget_ms
             self.client_tw_s = st.time_wait_s
             self.fast_rearm_j = st.fast_rearm_j
             self.rst_to_syn_retry_s = st.rst_to_syn_retry_s if st.rst_to_syn_retry_s is not None else -1.0

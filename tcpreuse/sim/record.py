@@ -91,6 +91,9 @@ def build_result(eng: Engine) -> RunResult:
     }
     meta: dict[str, Any] = {
         "engine": {"events": eng.events, "attempts": len(eng.atts), "wall_s": round(eng.wall_s, 3)},
+        # end_s: when the last attempt started within duration_s finished (at least
+        # duration_s); counters, outcomes and end_state are all taken at that moment
+        "end_s": round(eng.end_s, 6),
         "end_state": eng.end_state,
     }
     if eng.nat is not None:

@@ -55,7 +55,9 @@ def plan(sc: Scenario) -> list[Instance]:
             addrs = [base + i * per + k for k in range(per)]
             clash = used.intersection(addrs)
             if clash:
-                raise ScenarioError(f"host {name}: address {int2ip(min(clash))} is used twice")
+                raise ScenarioError(f"host {name}: address {int2ip(min(clash))} is used twice",
+                                    hint="one server listening on several ports is one host group "
+                                    "with `ports = [8080, 8081]`, and each workload's `port` picks one")
             used.update(addrs)
             out.append(Instance(name, g.name, g.role, i, addrs))
     return out

@@ -1,6 +1,16 @@
 """`tcpreuse capacity`: the highest request rate a configuration sustains within a
 failure budget, for the scenario as it is and for every fix its diagnosis proposes.
 
+Sustains means in steady state. A short run overstates: 1,000 ports last 20 s at 50/s
+before TIME_WAIT (60 s) frees any, so a 20 s run passes 50/s where the steady state is
+1,000 / 60 s = 16.7/s. Each probe therefore runs for a warm-up as long as the
+longest-lived state the scenario builds (steady_state(): TIME_WAIT on the side that
+closes first, the tcp_tw_recycle per-peer window, NAT/conntrack holds, LB session holds),
+then a judged window at least as long again; only attempts started in the judged window
+count. If their failures still grow (the second half of the window fails more than the
+first by more than the budget) the probe is re-run with the window doubled, up to
+MAX_EXTENSIONS times, and the result says so.
+
 Search, per configuration: probe the scenario's own rate; double while it passes (up to
 a cap), halve while it fails (down to a floor); then bisect geometrically between the
 highest passing and the lowest failing rate until they are within `resolution` of each
@@ -28,9 +38,70 @@ from .. import __version__
 from ..errors import TcpreuseError
 from ..findings import Finding
 from ..scenario.loader import load_scenario
+from ..sim.estimate import Estimate, check, estimate
 from . import SweepError
 from .cache import Cache, point_key
 from .runner import Pool
+
+MIN_WINDOW_S = 30.0  # the judged window is at least this long
+MAX_EXTENSIONS = 2  # window doublings while failures still grow
+
+
+@dataclass
+class SteadyState:
+    """How long a probe runs to reach steady state, and why."""
+
+    hold_s: float  # the longest-lived state: the warm-up
+    window_s: float  # the judged window after it
+    holds: list[tuple[str, float]]  # (what, seconds), longest first
+
+    @property
+    def duration_s(self) -> float:
+        return self.hold_s + self.window_s
+
+    def text(self) -> str:
+        what = ", ".join(f"{w} {s:g} s" for w, s in self.holds[:3]) or "no state outlives a connection"
+        return (f"each probe warms up for {self.hold_s:g} s, the longest-lived state ({what}), and is "
+                f"judged on the attempts of the next {self.window_s:g} s")
+
+
+def steady_state(sc: Any, min_duration_s: float = 0.0) -> SteadyState:
+    """The states a scenario builds that outlive their connection, and so the warm-up a
+    probe needs before its failure rate is the steady one. Constants and rules from the
+    model: TIME_WAIT on the side that closes first (TCP_TIMEWAIT_LEN; Windows
+    TcpTimedWaitDelay, macOS 2 MSL: model.stacks), the tcp_tw_recycle per-peer timestamp
+    window (TCP_PAWS_MSL, model.recycle), conntrack/NAT holds, LB session holds."""
+    from ..model.profiles import get_profile
+    from ..model.stacks import client_stack
+    from ..model.timewait import TCP_PAWS_MSL, TCP_TIMEWAIT_LEN
+
+    holds: dict[str, float] = {}
+
+    def add(what: str, s: float) -> None:
+        if s > 0:
+            holds[what] = max(holds.get(what, 0.0), float(s))
+
+    for w in sc.workload:
+        if w.close == "client":
+            g = sc.group(w.clients)
+            st = client_stack(get_profile(g.profile), g.effective_settings, g.params)
+            add(f"TIME_WAIT on {g.name}", st.time_wait_s)
+        elif w.close == "server":
+            servers = [sc.lb.backends] if w.target == "lb" and sc.lb is not None else [w.target]
+            for name in servers:
+                add(f"TIME_WAIT on {name}", TCP_TIMEWAIT_LEN)
+    for g in sc.host:
+        if g.role == "server" and int(g.effective_settings.get("net.ipv4.tcp_tw_recycle", 0) or 0):
+            add(f"tcp_tw_recycle peer window on {g.name}", TCP_PAWS_MSL)
+    if sc.nat is not None:
+        add("conntrack TIME_WAIT hold at the NAT", sc.nat.time_wait_s)
+        add("conntrack CLOSE hold at the NAT", sc.nat.close_s)
+    if sc.lb is not None and not sc.lb.ignore_msl:
+        add("session hold at the load balancer", sc.lb.session_hold_s)
+    ordered = sorted(holds.items(), key=lambda kv: -kv[1])
+    hold = ordered[0][1] if ordered else 0.0
+    window = max(hold, MIN_WINDOW_S, min_duration_s - hold)
+    return SteadyState(hold, window, ordered)
 
 
 def round_sig(x: float, digits: int = 3) -> float:
@@ -51,6 +122,9 @@ class Probe:
     passed: bool = False
     error: str = ""
     reasons: dict[str, int] = field(default_factory=dict)
+    duration_s: float = 0.0  # how long its runs were
+    growing: bool = False  # failures still grew at the end of its longest run
+    extended: int = 0  # window doublings it took
 
     @property
     def failure_rate(self) -> float:
@@ -60,7 +134,8 @@ class Probe:
         return {"rate": self.rate, "attempts": self.attempts, "failed": self.failed,
                 "failure_rate": self.failure_rate, "delayed_rate": self.delayed_rate,
                 "first_failure_s": self.first_failure_s, "passed": self.passed, "error": self.error,
-                "reasons": self.reasons}
+                "reasons": self.reasons, "duration_s": self.duration_s, "growing": self.growing,
+                "extended": self.extended}
 
 
 @dataclass
@@ -143,6 +218,7 @@ class CapacityResult:
     cached: int = 0
     computed: int = 0
     where: str = ""
+    steady: SteadyState | None = None
 
     @property
     def baseline(self) -> Search:
@@ -155,7 +231,27 @@ class CapacityResult:
                 "duration_s": self.duration_s, "overrides": self.overrides, "diagnosed_at": self.diagnosed_at,
                 "findings": [{"id": f.id, "title": f.title, "severity": f.severity} for f in self.findings],
                 "cached": self.cached, "computed": self.computed, "where": self.where,
+                "steady_state": None if self.steady is None else {
+                    "warm_up_s": self.steady.hold_s, "window_s": self.steady.window_s,
+                    "holds": [{"state": w, "s": v} for w, v in self.steady.holds],
+                    "text": self.steady_text()},
                 "searches": [s.to_json() for s in self.searches]}
+
+    def steady_text(self) -> str:
+        """How steady state was established, for the output."""
+        if self.steady is None:
+            return ""
+        probes = [p for s in self.searches for p in s.probes if not p.error]
+        ext = sum(1 for p in probes if p.extended)
+        grow = sum(1 for p in probes if p.growing and p.passed)
+        out = self.steady.text() + (
+            f"; failures were flat over the judged window in {len(probes) - ext} of {len(probes)} probes"
+            if probes else "")
+        if ext:
+            out += f", {ext} needed a longer window (doubled up to {MAX_EXTENSIONS} times) before they stopped growing"
+        if grow:
+            out += f"; {grow} passing probe(s) still grew at the longest window"
+        return out
 
 
 class _Searcher:
@@ -164,25 +260,37 @@ class _Searcher:
     has failed somewhere."""
 
     def __init__(self, ref: str, res: CapacityResult, cache: Cache, make_pool: Callable[[], Pool],
-                 progress: Callable[[CapacityResult], None] | None) -> None:
+                 progress: Callable[[CapacityResult], None] | None, min_duration_s: float = 0.0) -> None:
         self.ref, self.res, self.cache, self.make_pool, self.progress = ref, res, cache, make_pool, progress
+        self.min_duration_s = min_duration_s  # the scenario's (or --duration): probes run at least this
         self.stack = contextlib.ExitStack()
         self.pool: Pool | None = None
         self.ac: Any = None
         self.pending: dict[Any, tuple[Search, float, int, str, bool]] = {}  # future -> (search, rate, seed, key, diag)
-        self.collected: dict[tuple[int, float], dict[int, dict[str, Any]]] = {}  # (search id, rate) -> seed -> summary
+        # (search id, rate) -> (window doublings, seed -> summary)
+        self.collected: dict[tuple[int, float], tuple[int, dict[int, dict[str, Any]]]] = {}
+        self.steady: dict[int, SteadyState] = {}  # search id -> its steady-state plan
         self.fixes_added = False
 
     # -- one probe = `seeds` simulations at one rate ----------------------------------------
-    def overrides(self, s: Search, rate: float, seed: int | None = None) -> dict[str, Any]:
+    def overrides(self, s: Search, rate: float, seed: int | None = None, ext: int = 0) -> dict[str, Any]:
         ov = {**self.res.overrides, **s.set}
         sc = load_scenario(self.ref, ov)
         total = sum(w.rate for w in sc.workload)
         for w in sc.workload:
             ov[f"workload.{w.name}.rate"] = w.rate * rate / total
+        st = self.steady_of(s, sc)
+        ov["duration_s"] = st.hold_s + st.window_s * (1 << ext)
         if seed is not None:
             ov["seed"] = seed
         return ov
+
+    def steady_of(self, s: Search, sc: Any) -> SteadyState:
+        """The steady-state plan of a configuration (a fix may change what it holds)."""
+        st = self.steady.get(id(s))
+        if st is None:
+            st = self.steady[id(s)] = steady_state(sc, self.min_duration_s)
+        return st
 
     def advance(self, s: Search) -> None:
         """Start the next probe of `s`; probes served whole from the cache are recorded at once."""
@@ -190,36 +298,41 @@ class _Searcher:
             rate = s.next_rate(self.res.start_rate, self.res.cap, self.res.floor, self.res.resolution)
             if rate is None:
                 return
-            diag = not s.fix_id
-            base_seed = load_scenario(self.ref, self.res.overrides).seed
-            got: dict[int, dict[str, Any]] = {}
-            missing = []
-            for i in range(self.res.seeds):
-                seed = base_seed + i
-                try:
-                    ov = self.overrides(s, rate, seed)
-                    dump = load_scenario(self.ref, ov).model_dump(mode="json")
-                except TcpreuseError as e:  # a fix this scenario cannot take: say so, go on
-                    if not s.fix_id:
-                        raise
-                    s.status, s.error = "error", e.message
-                    return
-                key = point_key(dump, ov)
-                hit = self.cache.get(key)
-                if hit is not None and (not diag or "findings" in hit):
-                    got[seed] = hit
-                    self.res.cached += 1
-                else:
-                    missing.append((seed, key, dump))
-            self.collected[(id(s), rate)] = got
-            if not missing:
-                self.record(s, rate)
-                continue
-            for seed, key, dump in missing:
-                fut = self.ensure_pool().submit(key, dump, diag)
-                self.pending[fut] = (s, rate, seed, key, diag)
-                self.ac.add(fut)
-            return
+            if not self.submit(s, rate, 0):
+                return
+
+    def submit(self, s: Search, rate: float, ext: int) -> bool:
+        """Start a probe (all seeds at `rate`, window doubled `ext` times). False when it is
+        running; True when it was served whole from the cache (and recorded: go on)."""
+        diag = not s.fix_id
+        base_seed = load_scenario(self.ref, self.res.overrides).seed
+        got: dict[int, dict[str, Any]] = {}
+        missing = []
+        for i in range(self.res.seeds):
+            seed = base_seed + i
+            try:
+                ov = self.overrides(s, rate, seed, ext)
+                dump = load_scenario(self.ref, ov).model_dump(mode="json")
+            except TcpreuseError as e:  # a fix this scenario cannot take: say so, go on
+                if not s.fix_id:
+                    raise
+                s.status, s.error = "error", e.message
+                return False
+            key = point_key(dump, ov)
+            hit = self.cache.get(key)
+            if hit is not None and "failed_per_s" in hit and (not diag or "findings" in hit):
+                got[seed] = hit
+                self.res.cached += 1
+            else:
+                missing.append((seed, key, dump))
+        self.collected[(id(s), rate)] = (ext, got)
+        if not missing:
+            return self.record(s, rate)
+        for seed, key, dump in missing:
+            fut = self.ensure_pool().submit(key, dump, diag)
+            self.pending[fut] = (s, rate, seed, key, diag)
+            self.ac.add(fut)
+        return False
 
     def ensure_pool(self) -> Pool:
         if self.pool is None:
@@ -228,8 +341,33 @@ class _Searcher:
             self.ac = self.pool.completed([])
         return self.pool
 
-    def record(self, s: Search, rate: float) -> None:
-        runs = self.collected.pop((id(s), rate))
+    def judge(self, s: Search, rate: float, ext: int, ok: list[dict[str, Any]], p: Probe) -> None:
+        """Fill `p` from the judged window (after the warm-up) of each seed's run."""
+        st = self.steady[id(s)]
+        w0 = math.ceil(st.hold_s - 1e-9)
+        n = f = 0
+        halves = [[0, 0], [0, 0]]
+        delayed = 0.0
+        for r in ok:
+            att, bad = r["attempts_per_s"][w0:], r["failed_per_s"][w0:]
+            mid = len(att) // 2
+            for h, sl in ((0, slice(0, mid)), (1, slice(mid, None))):
+                halves[h][0] += sum(att[sl])
+                halves[h][1] += sum(bad[sl])
+            n += sum(att)
+            f += sum(bad)
+            delayed += sum(r["delayed_per_s"][w0:])
+        p.attempts, p.failed = n, f
+        p.delayed_rate = delayed / n if n else 0.0
+        p.duration_s = st.hold_s + st.window_s * (1 << ext)
+        p.extended = ext
+        fr = [b / a if a else 0.0 for a, b in halves]
+        p.growing = fr[1] > 0 and fr[1] > fr[0] + self.res.max_failure / 2
+
+    def record(self, s: Search, rate: float) -> bool:
+        """Judge a finished probe. True when it is recorded; False when it was re-submitted
+        with a longer window because its failures were still growing."""
+        ext, runs = self.collected.pop((id(s), rate))
         errors = [r["error"] for r in runs.values() if "error" in r]
         ok = [r for r in runs.values() if "error" not in r]
         p = Probe(rate)
@@ -237,10 +375,8 @@ class _Searcher:
             p.error = errors[0]
             s.status, s.error = "error", f"at {rate:,g}/s: {errors[0]}"
             s.probes.append(p)
-            return
-        p.attempts = sum(r["attempts"] for r in ok)
-        p.failed = sum(r["failed"] for r in ok)
-        p.delayed_rate = sum(r["delayed_rate"] * r["attempts"] for r in ok) / p.attempts if p.attempts else 0.0
+            return False
+        self.judge(s, rate, ext, ok, p)
         ffs = [r["first_failure_s"] for r in ok if r["first_failure_s"] is not None]
         p.first_failure_s = min(ffs) if ffs else None
         for r in ok:
@@ -248,12 +384,15 @@ class _Searcher:
                 p.reasons[k] = p.reasons.get(k, 0) + v
         p.passed = p.failure_rate <= self.res.max_failure and (
             self.res.max_delayed is None or p.delayed_rate <= self.res.max_delayed)
+        if p.passed and p.growing and ext < MAX_EXTENSIONS:
+            return self.submit(s, rate, ext + 1)  # not steady yet: a longer window
         s.probes.append(p)
         if not s.fix_id and not p.passed and not self.fixes_added:
             first = next(iter(ok), {})
             self.add_fixes([Finding.from_json(f) for f in first.get("findings", [])], rate)
         if self.progress:
             self.progress(self.res)
+        return True
 
     def add_fixes(self, findings: list[Finding], rate: float) -> None:
         self.fixes_added = True
@@ -282,19 +421,36 @@ class _Searcher:
                 if "error" not in summary:
                     self.cache.put(key, summary)
                 self.res.computed += 1
-                got = self.collected.get((id(s), rate))
-                if got is None:
+                entry = self.collected.get((id(s), rate))
+                if entry is None:
                     continue
+                got = entry[1]
                 got[seed] = summary
-                if len(got) == self.res.seeds:
-                    self.record(s, rate)
+                if len(got) == self.res.seeds and self.record(s, rate):
                     self.advance(s)
+
+
+PROBES_AT_CAP = 7  # a search's probes, in cost: the doublings sum to < 2 probes at the cap, ~5 bisect near it
+
+
+def estimate_search(sc: Any, cap: float, steady: SteadyState, seeds: int) -> Estimate:
+    """One configuration's search at its most expensive: PROBES_AT_CAP probes at the cap
+    rate for the steady-state duration (each fix searched costs about as much again)."""
+    total = sum(w.rate for w in sc.workload)
+    top = sc.model_copy(update={"duration_s": steady.duration_s})
+    top.workload = [w.model_copy(update={"rate": w.rate * cap / total}) for w in sc.workload]
+    one = estimate(top)
+    n = PROBES_AT_CAP * seeds
+    return Estimate(one.attempts * n, one.memory_bytes, one.seconds * n, n)
 
 
 def find_capacity(ref: str, *, max_failure: float, max_delayed: float | None = None, resolution: float = 0.05,
                   seeds: int = 1, overrides: dict[str, Any] | None = None, cap: float | None = None,
                   cache: Cache, make_pool: Callable[[], Pool], fixes: bool = True,
-                  progress: Callable[[CapacityResult], None] | None = None) -> CapacityResult:
+                  progress: Callable[[CapacityResult], None] | None = None, force: bool = True,
+                  time_limit_s: float | None = None, workers: int = 1) -> CapacityResult:
+    """`force` False: estimate the search first (sim.estimate) and refuse what will not fit
+    this machine's memory or `time_limit_s`."""
     if not 0 <= max_failure < 1:
         raise SweepError("--max-failure must be between 0 % and 100 %")
     if not 0 < resolution < 1:
@@ -307,9 +463,14 @@ def find_capacity(ref: str, *, max_failure: float, max_delayed: float | None = N
     cap = round_sig(cap if cap is not None else start * 16)
     if cap < start:
         raise SweepError(f"--max-rate {cap:,g} is below the scenario's rate {start:,g}/s")
+    steady = steady_state(sc, sc.duration_s)
+    if not force:
+        est = estimate_search(sc, cap, steady, seeds)
+        check(est, what=f"the capacity search (probes up to {cap:,.0f}/s for {steady.duration_s:g} s each)",
+              force=False, time_limit_s=time_limit_s, workers=workers)
     res = CapacityResult(ref, max_failure, max_delayed, resolution, seeds, start, cap, start / 1024,
-                         sc.duration_s, ov, [Search("as it is")])
-    s = _Searcher(ref, res, cache, make_pool, progress)
+                         steady.duration_s, ov, [Search("as it is")], steady=steady)
+    s = _Searcher(ref, res, cache, make_pool, progress, min_duration_s=sc.duration_s)
     if not fixes:
         s.fixes_added = True
     s.run()

@@ -74,3 +74,20 @@ def points(axes: list[Axis]) -> list[dict[str, Any]]:
     """Every combination, first axis varying slowest."""
     return [dict(zip([a.key for a in axes], combo, strict=True))
             for combo in itertools.product(*(a.values for a in axes))]
+
+
+def count(axes: list[Axis]) -> int:
+    n = 1
+    for a in axes:
+        n *= len(a.values)
+    return n
+
+
+def point_at(axes: list[Axis], i: int) -> dict[str, Any]:
+    """Point number i of points(axes) without listing the others (mixed radix, the last
+    axis varying fastest)."""
+    out: dict[str, Any] = {}
+    for a in reversed(axes):
+        i, k = divmod(i, len(a.values))
+        out[a.key] = a.values[k]
+    return {a.key: out[a.key] for a in axes}

@@ -48,6 +48,10 @@ def summarize(run: Any, sc: Any) -> dict[str, Any]:
         "outcomes": run.outcomes(),
         "reasons": run.reasons(),
         "duration_s": run.duration_s,
+        # per second of start time: what `capacity` judges after its warm-up
+        "attempts_per_s": [int(x) for x in run.timeline.attempts],
+        "failed_per_s": [int(x) for x in run.timeline.failed],
+        "delayed_per_s": [int(x) for x in run.timeline.delayed],
         "request_rate": sum(w.rate for w in sc.workload),
         "connection_rate": sum(w.connection_rate for w in sc.workload),
     }

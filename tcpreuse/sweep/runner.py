@@ -22,6 +22,31 @@ from .point import run_point
 # port on loopback only; nothing is reachable from the network.
 LOOPBACK = "127.0.0.1"
 
+SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+def check_scheduler(address: str) -> str:
+    """A Dask scheduler address, [SCHEME://]HOST:PORT, checked before any Client exists:
+    distributed's Client takes 'banana' apart only after starting its event loop, and the
+    half-built client then hangs for its close timeout when it is collected."""
+    import socket
+    from urllib.parse import urlsplit
+
+    text = address.strip()
+    u = urlsplit(text if "://" in text else f"tcp://{text}")
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    if u.scheme not in SCHEMES or not u.hostname or port is None or u.path not in ("", "/"):
+        raise SweepError(f"--scheduler {address!r}: expected a Dask scheduler address such as "
+                         "tcp://10.0.0.5:8786 (SCHEME://HOST:PORT, scheme " + "/".join(SCHEMES) + ")")
+    try:
+        socket.getaddrinfo(u.hostname, port, type=socket.SOCK_STREAM)
+    except OSError as e:
+        raise SweepError(f"--scheduler {address!r}: cannot resolve {u.hostname!r} ({e.strerror or e})") from None
+    return f"{u.scheme}://{u.netloc}"
+
 
 class Pool:
     """A Dask client on a LocalCluster (`scheduler=None`) or on `tcp://host:port`.
@@ -41,8 +66,9 @@ class Pool:
         from distributed import Client, LocalCluster
 
         if self.scheduler:
+            address = check_scheduler(self.scheduler)
             try:
-                self.client = Client(self.scheduler, timeout=f"{self.timeout_s:g}s", set_as_default=False)
+                self.client = Client(address, timeout=f"{self.timeout_s:g}s", set_as_default=False)
             except (OSError, TimeoutError) as e:
                 raise SweepError(f"cannot reach the Dask scheduler at {self.scheduler}: {e}",
                                  hint="start one with `dask scheduler`, or leave --scheduler out to use "

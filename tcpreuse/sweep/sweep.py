@@ -8,9 +8,10 @@ from typing import Any
 
 from .. import __version__
 from ..scenario.loader import load_scenario
+from ..sim.estimate import Estimate, estimate
 from . import SweepError, stats
 from .cache import Cache, point_key
-from .grid import Axis, points
+from .grid import Axis, count, point_at, points
 from .runner import Pool, iterate
 
 
@@ -63,6 +64,24 @@ class SweepResult:
             "points": [{"values": p.values, "seeds": p.seeds, "aggregate": p.aggregate(),
                         "runs": [p.results.get(s) for s in p.seeds]} for p in self.points],
         }
+
+
+SAMPLE_POINTS = 24  # points of a large grid loaded to estimate it
+PLAN_BYTES_PER_RUN = 12_000  # a planned run: its scenario dump (measured 6.2 KB) and result summary
+
+
+def estimate_sweep(ref: str, axes: list[Axis], seeds: int, base: dict[str, Any]) -> Estimate:
+    """The whole sweep's cost from a sample of its points (each loaded and estimated like
+    a simulate run): attempts and CPU time summed over every run, memory of the largest
+    run, plus what planning and collecting every run holds in this process."""
+    n = count(axes)
+    idx = sorted({round(k * (n - 1) / (SAMPLE_POINTS - 1)) for k in range(SAMPLE_POINTS)}) if n > 1 else [0]
+    per = [estimate(load_scenario(ref, {**base, **point_at(axes, i)})) for i in idx]
+    runs = n * seeds
+    mean_att = sum(e.attempts for e in per) / len(per)
+    mean_s = sum(e.seconds for e in per) / len(per)
+    return Estimate(mean_att * runs, max(e.memory_bytes for e in per), mean_s * runs, runs,
+                    local_bytes=runs * PLAN_BYTES_PER_RUN)
 
 
 def plan(ref: str, axes: list[Axis], seeds: int, base: dict[str, Any]) -> tuple[list[Point], dict[str, dict[str, Any]]]:

@@ -313,6 +313,11 @@ def _compare(sim: Metrics, lab: Metrics, fixed_count: bool,
     rows.append(_row("ports", "attempts on odd ports", sim.ports_odd, lab.ports_odd, count_tol))
     rows.append(_row("timing", "connected after a SYN retransmission", sim.delayed, lab.delayed,
                      count_tol))
+    for k in sorted(set(sim.gave_up_by_tries) | set(lab.gave_up_by_tries)):
+        # group "syn": no scenario relaxation applies -- when connect() gives up is
+        # tcp_write_timeout()'s decision (count or time budget), whatever the queue timing
+        rows.append(_row("syn", f"connect() timed out after {k} SYN(s)", sim.gave_up_by_tries.get(k, 0),
+                         lab.gave_up_by_tries.get(k, 0), EXACT))
     if sim.retried_connect_ms is not None or lab.retried_connect_ms is not None:
         rows.append(_row("latency", "connect ms p50 of those", sim.retried_connect_ms,
                          lab.retried_connect_ms, retried))

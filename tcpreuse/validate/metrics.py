@@ -39,6 +39,9 @@ class Metrics:
     step_s: float
     counters: dict[str, dict[str, int]]  # group -> counter -> delta
     hosts: list[str] = field(default_factory=list)  # client and server groups
+    # connects that failed with ETIMEDOUT before connecting, by the number of SYNs they sent
+    # (without an application connect timeout: the kernel's tcp_write_timeout() gave up)
+    gave_up_by_tries: dict[int, int] = field(default_factory=dict)
 
 
 def end_time_wait(res: RunResult, host: str) -> int | None:
@@ -96,6 +99,9 @@ def measure(res: RunResult) -> Metrics:
                 total[k] = total.get(k, 0) + int(v)
         counters[g] = total
     pct = res.connect_percentiles()
+    gave_up = np.zeros(n, dtype=bool)
+    if "ETIMEDOUT" in a.vocab["outcome"]:  # ETIMEDOUT before the connection was established
+        gave_up = (c["outcome"] == a.vocab["outcome"].index("ETIMEDOUT")) & np.isnan(c["connect_ms"])
     return Metrics(
         attempts=n,
         outcomes=res.outcomes(),
@@ -106,6 +112,8 @@ def measure(res: RunResult) -> Metrics:
         ports_odd=int((got % 2 == 1).sum()),
         delayed=int(retried.sum()),
         by_tries={int(k): int(v) for k, v in zip(*np.unique(tries[ok], return_counts=True), strict=True)},
+        gave_up_by_tries={int(k): int(v)
+                          for k, v in zip(*np.unique(tries[gave_up], return_counts=True), strict=True)},
         retried_connect_ms=None if lat.size == 0 else round(float(np.median(lat)), 3),
         connect_ms={k: pct.get(k) for k in PERCENTILES},
         time_wait_end=tw_end,

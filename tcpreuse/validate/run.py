@@ -206,7 +206,8 @@ def scan_wrap(sc: Scenario) -> tuple[int, str] | None:
     """+-1 on the exact counts when a Linux client's ip_local_port_range has an odd size."""
     for g in sc.host:
         rng = g.effective_settings.get("net.ipv4.ip_local_port_range")
-        if g.role == "client" and rng is not None and (rng[1] - rng[0] + 1) % 2 \
+        # (a one-port range has no wrap: the offset modulo 1 is always 0)
+        if g.role == "client" and rng is not None and (rng[1] - rng[0] + 1) % 2 and rng[1] > rng[0] \
                 and get_profile(g.profile).port_alg in ("parity", "perturb256", "perturb64k"):
             return (1, ODD_RANGE)
     return None
