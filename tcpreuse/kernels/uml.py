@@ -88,9 +88,27 @@ class Install:
         return cls(binary, MODULE_ROOT)
 
 
+def hidden_by_tmpfs(paths: list[str]) -> list[str]:
+    """The host directories under /tmp or /run (the guest mounts tmpfs there) that `paths`
+    need: the first level below /tmp or /run of each (a clone in /tmp/x with its .venv)."""
+    out: list[str] = []
+    for p in paths:
+        parts = Path(os.path.realpath(p)).parts  # ("/", "tmp", "x", ...)
+        if len(parts) >= 3 and parts[1] in ("tmp", "run"):
+            top = str(Path(*parts[:3]))
+            if top not in out:
+                out.append(top)
+    return out
+
+
 def init_script(share: Path, python: str, pythonpath: str, modules: Path, guest_timeout_s: float) -> str:
     q = shlex.quote
     mods = " ".join(MODULES)
+    # a checkout or interpreter under /tmp or /run is hidden by the guest's tmpfs: mount
+    # those host directories again, read-only, at the same place
+    again = "".join(f"mkdir -p {q(d)} && mount -r -t hostfs hostfs {q(d)} -o {q(d)} || "
+                    f"echo \"{TAG} cannot mount {d}\"\n"
+                    for d in hidden_by_tmpfs([python, sys.prefix, sys.base_prefix, *pythonpath.split(os.pathsep)]))
     return f"""#!/bin/sh
 # tcpreuse UML init: the host's root is read-only; only /run/tcpr-share is written
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
@@ -101,7 +119,7 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 mkdir -p /run/tcpr-share /run/tcpr-mods/lib /run/netns
 mount -t hostfs hostfs /run/tcpr-share -o {q(str(share))} || echo "{TAG} cannot mount the share"
-ln -s {q(str(modules))} /run/tcpr-mods/lib/modules
+{again}ln -s {q(str(modules))} /run/tcpr-mods/lib/modules
 for m in {mods}; do
   modprobe -d /run/tcpr-mods "$m" >/dev/null 2>&1 || echo "{TAG} module $m not loaded"
 done
