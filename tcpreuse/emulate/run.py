@@ -78,13 +78,9 @@ class EmuConfig:
         """The hard end of the run, from t = 0."""
         if self.drain is not None:
             return self.duration + self.drain + GRACE_S
-        last = min(self.p_give_up, self.connect_timeout) + self.request_timeout
+        last = min(self.profile.give_up_s, self.connect_timeout) + self.request_timeout
         tw = self.profile.time_wait_s if self.close == "client" else 0.0
         return self.duration + last + min(tw, 5.0) + GRACE_S
-
-    @property
-    def p_give_up(self) -> float:
-        return self.profile.give_up_s
 
 
 def _ip(a: str) -> int:

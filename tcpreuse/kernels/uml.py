@@ -65,8 +65,6 @@ class UmlInterrupted(TcpreuseError):
     exit_code = 130
 
 
-_Signal = Signalled
-
 
 @dataclass
 class Install:
@@ -327,7 +325,7 @@ class UmlKernel:
                         progress(f"booting User-Mode Linux ({install.binary}), timeout {timeout:.0f} s")
                     boot.start()
                     rc = boot.wait()
-                except (KeyboardInterrupt, _Signal) as e:
+                except (KeyboardInterrupt, Signalled) as e:
                     name = "SIGINT" if isinstance(e, KeyboardInterrupt) else signal.Signals(e.signum).name
                     raise UmlInterrupted(f"UML run interrupted by {name}; the kernel and its "
                                          "files are removed") from None

@@ -60,8 +60,6 @@ class LabInterrupted(TcpreuseError):
     exit_code = 130
 
 
-_Signal = Signalled  # raised by SIGTERM/SIGHUP (tcpreuse.signals)
-
 
 @dataclass
 class LabOptions:
@@ -408,7 +406,7 @@ class LabRun:
                     self._sampler.start()
                     self._run_loads(t0, t0_unix)
                     time.sleep(SETTLE_S)
-                except (KeyboardInterrupt, _Signal) as e:
+                except (KeyboardInterrupt, Signalled) as e:
                     self.interrupted = ("SIGINT" if isinstance(e, KeyboardInterrupt)
                                         else signal.Signals(e.signum).name)
                     self._say(f"interrupted ({self.interrupted}); collecting what was measured")

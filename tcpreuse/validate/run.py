@@ -294,8 +294,6 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
     sc = suite.load(ref, ov)
     out.interrupted = bool(lab.meta.get("interrupted"))
     out.interrupted_by = str(lab.meta.get("interrupted") or "") if out.interrupted else ""
-    if out.interrupted and out.interrupted_by in ("True", "true"):
-        out.interrupted_by = "SIGINT"
     more, more_notes = model_overrides(sc, lab)
     out.notes += more_notes + [f"lab: {n}" for n in lab.notes if "netem unavailable" not in n]
     if model_profile is not None:
