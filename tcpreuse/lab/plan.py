@@ -29,15 +29,15 @@ from dataclasses import dataclass, field
 from ..errors import LabError
 from ..model.stacks import linux_syn_rtos
 from ..scenario.schema import Scenario
-from ..sim.topology import int2ip
-from ..sim.topology import plan as sim_plan
+from ..scenario.topology import int2ip
+from ..scenario.topology import plan as sim_plan
 from .flows import record_rules
 from .realise import Realisation, sysctl_text
 
 GW_ROUTER = "10.255.255.254"
 GW_NAT = "10.255.255.253"
 GW_LB = "10.255.255.252"
-# The simulator's address plan (sim/topology.py), so lab and simulate name the same hosts
+# The simulator's address plan (scenario/topology.py), so lab and simulate name the same hosts
 # with the same addresses: clients 10.(k+1).0.1.., servers 10.(100+k).0.1.., pools below.
 NAT_POOL_BASE = "198.51.100.1"
 LB_SNAT_BASE = "192.0.2.1"

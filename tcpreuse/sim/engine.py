@@ -46,11 +46,11 @@ from ..model.timewait import (
 )
 from ..result import RunResult
 from ..scenario.schema import Scenario
+from ..scenario.topology import ip2int, plan, pool
 from .arrivals import arrival_times
 from .events import Event, EventHeap, Lane, advance
 from .host import DestPorts, Key, SimHost, TwQueue, listen_key, make_key, unhash
 from .record import build_result
-from .topology import ip2int, plan, pool
 
 EV_ARRIVAL: Final = 0
 EV_SYN: Final = 1

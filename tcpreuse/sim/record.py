@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..result import AttemptTable, HostInfo, PortSeries, RunResult, Timeline
-from .topology import int2ip
+from ..scenario.topology import int2ip
 
 if TYPE_CHECKING:
     from .engine import Attempt, Engine

@@ -12,7 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from ..errors import ScenarioError
-from ..scenario.schema import Scenario
+from .schema import Scenario
 
 
 def ip2int(s: str) -> int:
