@@ -13,6 +13,7 @@ import pytest
 from clirun import cli
 
 from tcpreuse.capture.synth import frames_of, pcap_bytes
+from tcpreuse.commands.report import load
 from tcpreuse.report import html, kinds
 from tcpreuse.scenario.loader import load_scenario
 from tcpreuse.sim.engine import simulate
@@ -62,7 +63,7 @@ def test_doctor_snapshot_and_watch_lines(tmp_path: Path, capsys: pytest.CaptureF
     doc = json.loads(out)
     one = tmp_path / "doctor.json"
     one.write_text(out)
-    loaded = kinds.load(one)
+    loaded = load(one)
     assert loaded.kind == "doctor"
     page = kinds.page_of(loaded)
     assert page.findings is not None and "tuples" in "".join(p.key for p in page.plots)
@@ -88,15 +89,15 @@ def test_doctor_snapshot_and_watch_lines(tmp_path: Path, capsys: pytest.CaptureF
 def test_capture_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pcap = tmp_path / "c.pcap"
     pcap.write_bytes(pcap_bytes(frames_of(sorted(windows_reuse(n_conn=300, ports=100), key=lambda s: s.t))))
-    assert kinds.load(pcap).kind == "capture"
+    assert load(pcap).kind == "capture"
     code, out, err = cli(["analyze", str(pcap), "--json", "--save", str(tmp_path / "saved.json")], capsys)
     assert code == 0, err
     (tmp_path / "an.json").write_text(out)
-    summary = kinds.load(tmp_path / "an.json")
+    summary = load(tmp_path / "an.json")
     assert summary.kind == "capture-summary"
     page = kinds.page_of(summary)
     assert page.findings and "never established" in page.verdict
-    saved = kinds.load(tmp_path / "saved.json")
+    saved = load(tmp_path / "saved.json")
     assert saved.kind == "run" and saved.data.source == "analyze"
     assert "synoutcomes" in [p.key for p in kinds.page_of(saved).plots]
 

@@ -1,7 +1,7 @@
 """`tcpreuse analyze FILE...`: what happened to every connection attempt in captures.
 
 Thin: tcpreuse.capture reads and analyses, the capture_* diagnosis rules judge,
-tcpreuse.capture.render draws. Several files are read in parallel processes; by default
+tcpreuse.report.capture draws. Several files are read in parallel processes; by default
 they are one capture (rotated files of one capture point), --per-file keeps them apart.
 --scheduler runs the same analysis on a Dask cluster, one task per capture point
 (tcpreuse.capture.distributed), with the same result.
@@ -127,7 +127,7 @@ def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_
         if as_json:
             docs.append({**an.to_json(), "findings": [f.to_json() for f in findings]})
         else:
-            from ..capture.render import render
+            from ..report.capture import render
             from ..report.console import out_console
 
             con = out_console()

@@ -1,13 +1,35 @@
 """`tcpreuse report FILE`: render a saved result as one self-contained HTML page (--html)
-or in the terminal. The kind of FILE is detected (see tcpreuse.report.kinds)."""
+or in the terminal. The kind of FILE is detected (see tcpreuse.report.kinds); a capture is
+analysed and a run saved without findings is diagnosed here, so report/ only renders."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .options import OUT_FILE
+
+if TYPE_CHECKING:
+    from ..report.kinds import Loaded
+
+
+def load(file: Path) -> Loaded:
+    """FILE as the kind it is, with the findings its page shows."""
+    from ..capture.formats import PCAP_MAGIC, PCAPNG_SHB
+    from ..diagnose.base import Evidence, diagnose
+    from ..report import kinds
+
+    if kinds.head(file) in (*PCAP_MAGIC, PCAPNG_SHB.to_bytes(4, "little")):
+        from ..capture.analysis import analyze_paths
+
+        an = analyze_paths([file])[0]
+        return kinds.Loaded("capture", an, diagnose(Evidence(source="analyze", capture=an)))
+    loaded = kinds.load_json(file)
+    if loaded.kind == "run" and loaded.findings is None:
+        loaded.findings = diagnose(Evidence(source=loaded.data.source, run=loaded.data))
+    return loaded
 
 
 @click.command()
@@ -27,7 +49,7 @@ def report(file: Path, html_path: Path | None, check: bool, screenshot: Path | N
 
     if (check or screenshot) and html_path is None:
         raise TcpreuseError("--check and --screenshot need --html FILE")
-    loaded = kinds.load(file)
+    loaded = load(file)
     if html_path is not None:
         from ..report import html
 
@@ -47,18 +69,16 @@ def report(file: Path, html_path: Path | None, check: bool, screenshot: Path | N
     _terminal(loaded)
 
 
-def _terminal(loaded: object) -> None:
+def _terminal(loaded: Loaded) -> None:
     from rich.text import Text
 
     from ..report import html, kinds
     from ..report.console import out_console
     from ..report.terminal import finding_panel, render_simulation
 
-    assert isinstance(loaded, kinds.Loaded)
     con = out_console()
     if loaded.kind == "run":
-        findings = kinds.page_of(loaded).findings or []
-        render_simulation(con, loaded.data, findings, None)
+        render_simulation(con, loaded.data, loaded.findings or [], None)
         return
     page = kinds.page_of(loaded)
     style = {"bad": "bold red", "warn": "yellow", "good": "green"}[page.verdict_level]

@@ -101,8 +101,8 @@ def sweep(scenario: str, grids: tuple[str, ...], sets: tuple[str, ...], duration
     refused if it will not fit this machine's memory or --time-limit (--force runs it)."""
     from rich.console import Console
 
+    from ..report import sweep as render
     from ..sim.estimate import check
-    from ..sweep import render
     from ..sweep.grid import parse_grid
     from ..sweep.sweep import estimate_sweep, run_sweep
 
@@ -189,7 +189,7 @@ def capacity(scenario: str, max_failure: str, max_delayed: str | None, resolutio
     and with each fix its diagnosis proposes ("enable client timestamps: 1,800/s -> ...")."""
     from rich.console import Console
 
-    from ..sweep import render
+    from ..report import sweep as render
     from ..sweep.capacity import find_capacity
 
     base, cache, make_pool = _setup(sets, duration, cache_dir, no_cache, scheduler, workers, dashboard)

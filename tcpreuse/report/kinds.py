@@ -5,6 +5,9 @@
 (one document, or one per line from `doctor --watch --json`), `analyze --json`, `sweep
 --json`, `capacity --json`, `validate --json`, or a pcap/pcapng capture itself. The kind is detected from
 the content, not the file name.
+
+Only what is already a result is read here: the command (tcpreuse.commands.report) analyses a
+capture and diagnoses a run saved without findings, and hands the page its findings.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from ..errors import TcpreuseError
 from ..findings import Finding
 from .html import Page
 
-PCAP_MAGIC = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d", b"\x0a\x0d\x0d\x0a")
 RUN_SOURCES = ("simulate", "lab", "analyze", "load")
 
 
@@ -33,21 +35,22 @@ class Loaded:
     findings: list[Finding] | None = None
 
 
-def load(path: str | Path) -> Loaded:
+def head(path: str | Path, n: int = 4) -> bytes:
+    """The first `n` bytes of `path` (to tell a capture from JSON), or a ReportError."""
+    try:
+        with Path(path).open("rb") as fh:
+            return fh.read(n)
+    except OSError as e:
+        raise ReportError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def load_json(path: str | Path) -> Loaded:
+    """A result file (one JSON document, or one per line) as the kind it is."""
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            head = fh.read(4)
+        text = p.read_text()
     except OSError as e:
         raise ReportError(f"{p}: cannot read: {e.strerror}") from None
-    if head in PCAP_MAGIC:
-        from ..capture.analysis import analyze_paths
-        from ..diagnose.base import Evidence, diagnose
-
-        an = analyze_paths([p])[0]
-        return Loaded("capture", an, diagnose(Evidence(source="analyze", capture=an)))
-    try:
-        text = p.read_text()
     except UnicodeDecodeError:
         raise ReportError(f"{p}: neither JSON nor a pcap/pcapng capture") from None
     docs = _json_docs(text, p)
@@ -109,12 +112,9 @@ def page_of(loaded: Loaded, made_from: str = "") -> Page:
 
     if loaded.kind == "run":
         run = loaded.data
-        findings = loaded.findings
-        if findings is None:
-            from ..diagnose.base import Evidence, diagnose
-
-            findings = diagnose(Evidence(source=run.source, run=run))
-        page = html.run_page(run, findings, made_from=made_from)
+        if loaded.findings is None:
+            raise ValueError("a run's page needs its findings: diagnose it first (tcpreuse.commands.report.load)")
+        page = html.run_page(run, loaded.findings, made_from=made_from)
         if not len(run.attempts):
             page.notes.append("This result has no per-attempt records (write it with --result or --save): "
                               "the latency distribution and outcome plots need them.")
@@ -127,8 +127,8 @@ def page_of(loaded: Loaded, made_from: str = "") -> Page:
         return html.capture_doc_page(loaded.data, made_from=made_from)
     if loaded.kind == "validate":
         return html.validate_page(loaded.data, made_from=made_from)
-    import tcpreuse.sweep.render as sweep_render
+    from . import sweep
 
     if loaded.kind == "sweep":
-        return sweep_render.sweep_page(loaded.data, made_from=made_from)
-    return sweep_render.capacity_page(loaded.data, made_from=made_from)
+        return sweep.sweep_page(loaded.data, made_from=made_from)
+    return sweep.capacity_page(loaded.data, made_from=made_from)

@@ -6,7 +6,7 @@ effective scenario (cache.py), computed by a Dask worker (runner.py, point.py) a
 cached on the client as soon as it arrives, so an interrupted sweep, or a worker that
 dies, loses no finished point. stats.py turns seeds into means and confidence intervals;
 capacity.py searches the highest rate within a failure budget, for the scenario and for
-each fix its diagnosis proposes; render.py makes tables, files and HTML pages.
+each fix its diagnosis proposes; report/sweep.py makes the tables, files and HTML pages.
 """
 
 from ..errors import TcpreuseError

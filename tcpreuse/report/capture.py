@@ -10,11 +10,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from ..capture.analysis import CaptureAnalysis
+from ..capture.facts import pct
+from ..capture.zeek import CONN_STATE_MEANING
 from ..findings import Finding
-from ..report.terminal import SEV_STYLE, finding_panel
-from .analysis import CaptureAnalysis
-from .facts import pct
-from .zeek import CONN_STATE_MEANING
+from .terminal import SEV_STYLE, finding_panel
 
 
 def _n(x: int) -> str:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
-from ..report import plots
-from ..report.html import Page, TableData, ms, pct
-from . import SweepError
+from ..sweep import SweepError
+from . import plots
+from .html import Page, TableData, ms, pct
 
 
 def _fmt(v: Any) -> str:
