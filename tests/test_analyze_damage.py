@@ -7,17 +7,14 @@ from __future__ import annotations
 import gzip
 import json
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import Cli
 
 from tcpreuse.capture.analysis import analyze_paths
 from tcpreuse.capture.synth import Frame, NgWriter, Seg, frames_of, handshake, pcap_bytes
-
-sys.path.insert(0, str(Path(__file__).parent))
-from clirun import cli
 
 T0 = 1_700_000_000.0
 C, S = "10.0.0.5", "10.0.0.1"
@@ -35,34 +32,33 @@ def big_pcap() -> bytes:
     return pcap_bytes(frames_of(conns(400, 8.0)))
 
 
-def analyze(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, dict, str]:
-    code, out, err = cli(["analyze", str(path), "--json", *extra], capsys)
+def analyze(cli: Cli, path: Path, *extra: str) -> tuple[int, dict, str]:
+    code, out, err = cli(["analyze", str(path), "--json", *extra])
     assert "Traceback" not in err and "Traceback" not in out
     return code, (json.loads(out) if out.strip() else {}), err
 
 
-def test_gzip_with_flipped_bytes_is_read_up_to_the_damage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gzip_with_flipped_bytes_is_read_up_to_the_damage(cli: Cli, tmp_path: Path) -> None:
     gz = bytearray(gzip.compress(big_pcap()))
     for k in range(6):  # inside the deflate stream, past its first third
         gz[len(gz) // 2 + 97 * k] ^= 0xA5
     p = tmp_path / "flipped.pcap.gz"
     p.write_bytes(bytes(gz))
-    code, doc, err = analyze(p, capsys)
+    code, doc, err = analyze(cli, p)
     assert code == 0, err
     rep = doc["files"][0]
     assert "gzip stream damaged" in rep["gzip_damage"] and not rep["complete"]
     assert 20 <= doc["counts"]["attempts"] <= 400
     assert "gzip stream damaged at compressed byte" in err
-    code, _, err = analyze(p, capsys, "--strict")
+    code, _, err = analyze(cli, p, "--strict")
     assert code == 2 and "not read completely" in err and len(err.strip().splitlines()) <= 3
 
 
-def test_truncated_gzip_is_analysed_as_far_as_it_inflated(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_truncated_gzip_is_analysed_as_far_as_it_inflated(cli: Cli, tmp_path: Path) -> None:
     gz = gzip.compress(big_pcap())
     p = tmp_path / "cut.pcap.gz"
     p.write_bytes(gz[: len(gz) * 6 // 10])
-    code, doc, err = analyze(p, capsys)
+    code, doc, err = analyze(cli, p)
     assert code == 0, err
     rep = doc["files"][0]
     assert rep["gzip_damage"].startswith("gzip stream truncated")
@@ -71,7 +67,7 @@ def test_truncated_gzip_is_analysed_as_far_as_it_inflated(tmp_path: Path,
     assert "truncated gzip stream" in an.reports[0].summary() and "100" not in an.reports[0].summary().split("(")[1][:4]
     # nothing at all inflated: one line, exit 2
     (tmp_path / "head.pcap.gz").write_bytes(gz[:12])
-    code, _out, err = cli(["analyze", str(tmp_path / "head.pcap.gz")], capsys)
+    code, _out, err = cli(["analyze", str(tmp_path / "head.pcap.gz")])
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
 
 
@@ -87,7 +83,7 @@ def test_truncated_file_is_not_rounded_to_100_percent(tmp_path: Path) -> None:
     assert "(100 %)" in analyze_paths([whole])[0].reports[0].summary()
 
 
-def test_absurd_record_timestamp_is_left_out_and_said(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_absurd_record_timestamp_is_left_out_and_said(cli: Cli, tmp_path: Path,
                                                       reader_path: str) -> None:
     """One EPB whose timestamp is 7e12 s away: the capture still spans ~2 s and the
     rate and timeline are those of the real packets."""
@@ -103,7 +99,7 @@ def test_absurd_record_timestamp_is_left_out_and_said(tmp_path: Path, capsys: py
     rr = an.to_run_result()
     assert rr.timeline.step_s == 1.0 and len(rr.timeline.t) <= 3
     assert an.sources[0].span_s < 3 and an.sources[0].rate_per_s > 10
-    code, out, err = cli(["analyze", str(p)], capsys)
+    code, out, err = cli(["analyze", str(p)])
     assert code == 0 and "TCP packets over 2.0 s" in out and "left out" in err
 
 
@@ -139,8 +135,7 @@ def test_peak_rate_is_never_below_the_mean(tmp_path: Path, n: int, span: float) 
         assert s.peak_per_s == pytest.approx(s.rate_per_s)  # the capture is the busiest window
 
 
-def test_syn_retransmissions_counted_as_attempts_and_packets(tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_syn_retransmissions_counted_as_attempts_and_packets(cli: Cli, tmp_path: Path) -> None:
     segs: list[Seg] = []
     for k in range(2):  # two attempts, each SYN sent three times, never answered
         segs += [Seg(T0 + 10 * k + d, C, 41000 + k, S, 80, "S", 555 + k, mss=1460) for d in (0.0, 1.0, 3.0)]
@@ -149,7 +144,7 @@ def test_syn_retransmissions_counted_as_attempts_and_packets(tmp_path: Path,
     p.write_bytes(pcap_bytes(frames_of(sorted(segs, key=lambda s: s.t))))
     c = analyze_paths([p])[0].counts()
     assert (c["syn_retried"], c["syn_retransmissions"]) == (2, 4)
-    code, out, _ = cli(["analyze", str(p)], capsys)
+    code, out, _ = cli(["analyze", str(p)])
     assert code == 0
     row = next(line for line in out.splitlines() if line.startswith("SYN retransmitted"))
     assert "in 2 attempts" in row and "4 SYN packets resent" in row, row
@@ -164,10 +159,10 @@ CRASHER_EXIT = {"zlib-case581.pcap.gz": 0, "zlib-case834.pcapng.gz": 0,
 
 
 @pytest.mark.parametrize("name", sorted(CRASHER_EXIT))
-def test_fuzz_crashers(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fuzz_crashers(cli: Cli, name: str) -> None:
     path = CRASHERS / name
     assert path.stat().st_size < 50_000
-    code, doc, err = analyze(path, capsys)
+    code, doc, err = analyze(cli, path)
     assert code == CRASHER_EXIT[name], err
     if code == 0:
         assert doc["files"][0]["gzip_damage"].startswith("gzip stream damaged at compressed byte")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import cli
+from helpers import Cli
 
 from tcpreuse.capture.analysis import CaptureAnalysis, analyze_paths
 from tcpreuse.capture.distributed import analyze_streams, group_streams, stream_key
@@ -165,14 +165,14 @@ def test_unreadable_file_reported_like_in_process(fleet: list[Path], tmp_path: P
     assert not got.complete
 
 
-def test_bad_scheduler_address_exits_2(fleet: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_scheduler_address_exits_2(cli: Cli, fleet: list[Path]) -> None:
     t = time.monotonic()
-    code, out, err = cli(["analyze", "--scheduler", "tcp://127.0.0.1:9", str(fleet[0])], capsys)
+    code, out, err = cli(["analyze", "--scheduler", "tcp://127.0.0.1:9", str(fleet[0])])
     assert code == 2 and not out, err
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err.splitlines()[0]
     assert "Traceback" not in err and time.monotonic() - t < 5  # refused: no retries until a timeout
     for bad in ("nonsense://x:1", "127.0.0.1:8786", "tcp://127.0.0.1"):
-        code, out, err = cli(["analyze", "--scheduler", bad, str(fleet[0])], capsys)
+        code, out, err = cli(["analyze", "--scheduler", bad, str(fleet[0])])
         assert code == 2 and err.startswith(f"tcpreuse: error: --scheduler {bad!r}: "), err
 
 
@@ -224,8 +224,8 @@ def _deploy(tmp_path: Path, workers: int) -> Iterator[str]:
                 p.wait(timeout=10)
 
 
-def _cli_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
-    code, out, err = cli(["analyze", "--json", *args], capsys)
+def _cli_json(cli: Cli, args: list[str]) -> dict[str, object]:
+    code, out, err = cli(["analyze", "--json", *args])
     assert code == 0, err
     doc = json.loads(out)
     doc.pop("timing_s", None)
@@ -235,34 +235,32 @@ def _cli_json(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, 
 
 
 @pytest.mark.slow
-def test_analyze_on_dask_deployment(deployment: str, fleet: list[Path], tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_on_dask_deployment(cli: Cli, deployment: str, fleet: list[Path], tmp_path: Path) -> None:
     files = [str(f) for f in fleet]
-    want = _cli_json(files, capsys)
-    got = _cli_json(["--scheduler", deployment, *files], capsys)
+    want = _cli_json(cli, files)
+    got = _cli_json(cli, ["--scheduler", deployment, *files])
     assert got == want
     assert want["counts"]["attempts"] == 160  # type: ignore[index]
     # the same rows as CSV, and --per-file gives the same analyses
     for where, extra in (("here", []), ("dask", ["--scheduler", deployment])):
-        code, _out, err = cli(["analyze", *extra, "--csv", str(tmp_path / f"{where}.csv"), *files], capsys)
+        code, _out, err = cli(["analyze", *extra, "--csv", str(tmp_path / f"{where}.csv"), *files])
         assert code == 0, err
     assert (tmp_path / "dask.csv").read_text() == (tmp_path / "here.csv").read_text()
-    assert (_cli_json(["--per-file", "--scheduler", deployment, *files[:3]], capsys)
-            == _cli_json(["--per-file", *files[:3]], capsys))
+    assert (_cli_json(cli, ["--per-file", "--scheduler", deployment, *files[:3]])
+            == _cli_json(cli, ["--per-file", *files[:3]]))
 
 
 @pytest.mark.slow
-def test_analyze_on_local_cluster(fleet: list[Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_on_local_cluster(cli: Cli, fleet: list[Path]) -> None:
     files = [str(f) for f in fleet[:6]]
-    assert _cli_json(["--scheduler", "local", "-j", "2", *files], capsys) == _cli_json(files, capsys)
+    assert _cli_json(cli, ["--scheduler", "local", "-j", "2", *files]) == _cli_json(cli, files)
 
 
 @pytest.mark.slow
-def test_scheduler_without_workers_is_an_error(tmp_path: Path, fleet: list[Path],
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_scheduler_without_workers_is_an_error(cli: Cli, tmp_path: Path, fleet: list[Path]) -> None:
     with _deploy(tmp_path, workers=0) as address:
         t = time.monotonic()
-        code, out, err = cli(["analyze", "--scheduler", address, str(fleet[0])], capsys)
+        code, out, err = cli(["analyze", "--scheduler", address, str(fleet[0])])
     assert code == 2 and not out, err
     assert err.startswith(f"tcpreuse: error: the Dask scheduler at {address} has no workers"), err
     assert time.monotonic() - t < 30

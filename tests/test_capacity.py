@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from clirun import cli
-from scenarios import client_first
+from helpers import Cli
+from helpers.scenarios import client_first
 
 from tcpreuse.sweep import SweepError
 from tcpreuse.sweep.cache import Cache
@@ -73,16 +73,16 @@ def test_capacity_matches_the_port_arithmetic_and_searches_each_fix(scenario: st
 
 
 @pytest.mark.slow
-def test_capacity_cli_markdown_and_errors(scenario: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_capacity_cli_markdown_and_errors(cli: Cli, scenario: str, tmp_path: Path) -> None:
     md, html = tmp_path / "capacity.md", tmp_path / "capacity.html"
     code, out, err = cli(["capacity", scenario, "--max-failure", "0.1%", "--no-fixes", "--workers", "1",
-                          "--cache", str(tmp_path / "c"), "--markdown", str(md), "--html", str(html)], capsys)
+                          "--cache", str(tmp_path / "c"), "--markdown", str(md), "--html", str(html)])
     assert code == 0, err
     text = md.read_text()
     assert "| **as it is** |" in text and "/s |" in text and "--max-failure 0.1%" in text
     assert "--cache" not in text and "--workers" not in text  # how it was run is not what it says
     assert 'data-plot="capacity"' in html.read_text()
-    code, out, err = cli(["capacity", scenario, "--no-fixes", "--cache", str(tmp_path / "c"), "--json"], capsys)
+    code, out, err = cli(["capacity", scenario, "--no-fixes", "--cache", str(tmp_path / "c"), "--json"])
     doc = json.loads(out)
     assert doc["kind"] == "capacity" and doc["computed"] == 0 and 7.9 <= doc["searches"][0]["capacity"] <= 8.34
     assert "warms up for 60 s, the longest-lived state (TIME_WAIT on client 60 s)" in doc["steady_state"]["text"]
@@ -92,13 +92,13 @@ def test_capacity_cli_markdown_and_errors(scenario: str, tmp_path: Path, capsys:
                       (["--max-rate", "10"], "below the scenario's rate"),
                       (["--set", "bogus=1"], "unknown key"),
                       (["--no-cache", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler")):
-        code, _, err = cli(["capacity", scenario, *argv], capsys)
+        code, _, err = cli(["capacity", scenario, *argv])
         assert code == 2 and msg in err and "Traceback" not in err, (argv, err)
     with pytest.raises(SweepError):
         find_capacity(scenario, max_failure=0.001, seeds=0, cache=Cache(None), make_pool=Pool)
 
 
-def test_capacity_refuses_a_search_that_will_not_fit(scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(["capacity", scenario, "--no-cache", "--max-rate", "1e8"], capsys)
+def test_capacity_refuses_a_search_that_will_not_fit(cli: Cli, scenario: str) -> None:
+    code, _, err = cli(["capacity", scenario, "--no-cache", "--max-rate", "1e8"])
     assert code == 2 and "the capacity search (probes up to 100,000,000/s for 120 s each) will not fit" in err
     assert "--force" in err and "Traceback" not in err

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from captures import nat_two_clocks, windows_reuse
+from helpers.captures import nat_two_clocks, windows_reuse
 
 from tcpreuse.capture import reuse, zeek
 from tcpreuse.capture.analysis import CaptureAnalysis, analyze_packets

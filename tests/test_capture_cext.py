@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from captures import frames_state, mutated, odd_captures, packets_state
+from helpers.captures import frames_state, mutated, odd_captures, packets_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

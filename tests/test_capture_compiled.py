@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from captures import (
+from helpers.captures import (
     SEEDS,
     captures,
     frames_state,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from captures import SEEDS, mutated
+from helpers.captures import SEEDS, mutated
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.netns import namespace
 
 from tcpreuse.capture import flows, reuse
 from tcpreuse.capture.analysis import CaptureAnalysis, analyze_paths
@@ -48,11 +49,6 @@ class Topo:
     client: Namespace
     server: Namespace
     extra: list[Namespace]
-
-
-def _ns(tag: str, **sysctls: Any) -> Namespace:
-    return Namespace(f"tcpr-cap-{os.getpid() % 100000}-{tag}",
-                     sysctls={k.replace("__", "."): str(v) for k, v in sysctls.items()})
 
 
 class Capture:
@@ -176,8 +172,8 @@ def start_server(ns: Namespace, mode: str, port: int = 8080, backlog: int = 128)
 
 
 def two_hosts(tag: str, client_sysctls: dict[str, Any] | None = None) -> Topo:
-    c = _ns(f"{tag}c", **(client_sysctls or {}))
-    s = _ns(f"{tag}s")
+    c = namespace(f"cap{tag}c", **(client_sysctls or {}))
+    s = namespace(f"cap{tag}s")
     c.create()
     s.create()
     veth_pair(c, "eth0", s, "eth0")
@@ -290,9 +286,9 @@ def sc_snat(path: Path, pool: str = "") -> dict[str, Any]:
     if shutil.which("nft") is None:
         pytest.skip("needs nft")
     tag = "np" if pool else "nt"
-    s = _ns(f"{tag}s")
-    nat = _ns(f"{tag}n", net__ipv4__ip_forward=1)
-    c1, c2 = _ns(f"{tag}1"), _ns(f"{tag}2")
+    s = namespace(f"cap{tag}s")
+    nat = namespace(f"cap{tag}n", net__ipv4__ip_forward=1)
+    c1, c2 = namespace(f"cap{tag}1"), namespace(f"cap{tag}2")
     t = Topo(c1, s, [nat, c2])
     for ns in (s, nat, c1, c2):
         ns.create()

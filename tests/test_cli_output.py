@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from captures import windows_reuse
-from clirun import cli
+from helpers import Cli
 
-from tcpreuse.capture.synth import frames_of, pcap_bytes
 from tcpreuse.report import html
 from tcpreuse.scenario.loader import builtin_names
 
@@ -28,19 +26,12 @@ def tcpreuse(*args: str, **kw: object) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, **kw)  # type: ignore[call-overload]
 
 
-@pytest.fixture
-def capture(tmp_path: Path) -> Path:
-    p = tmp_path / "cap.pcap"
-    p.write_bytes(pcap_bytes(frames_of(sorted(windows_reuse(n_conn=400, ports=120), key=lambda s: s.t))))
-    return p
-
-
 @pytest.mark.parametrize("umask", [0o022, 0o027])
-def test_html_report_follows_the_umask_like_json(umask: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_html_report_follows_the_umask_like_json(cli: Cli, umask: int, tmp_path: Path) -> None:
     old = os.umask(umask)
     try:
         code, _, err = cli(["simulate", "client-exhaustion", "--duration", "2", "--html", str(tmp_path / "r.html"),
-                            "--result", str(tmp_path / "r.json")], capsys)
+                            "--result", str(tmp_path / "r.json")])
     finally:
         os.umask(old)
     assert code == 0, err
@@ -60,8 +51,8 @@ def test_piped_scenarios_are_one_line_each() -> None:
     assert sorted(ln.split()[0] for ln in lines[1:]) == sorted(names)
 
 
-def test_piped_tables_are_not_cut(capture: Path) -> None:
-    p = tcpreuse("analyze", str(capture))
+def test_piped_tables_are_not_cut(seed_pcap: Path) -> None:
+    p = tcpreuse("analyze", str(seed_pcap))
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert not re.search(r"\S…", out)  # rich's cut ("127.0.…", "attemp…"); the timeline's "0 … 34 s" is no cut
@@ -70,9 +61,9 @@ def test_piped_tables_are_not_cut(capture: Path) -> None:
     assert any("attempts" in ln and "address" in ln for ln in out.splitlines())
 
 
-def test_reader_that_stops_early_loses_no_file(capture: Path, tmp_path: Path) -> None:
+def test_reader_that_stops_early_loses_no_file(seed_pcap: Path, tmp_path: Path) -> None:
     page = tmp_path / "out.html"
-    p = tcpreuse("analyze", str(capture), "--html", str(page))
+    p = tcpreuse("analyze", str(seed_pcap), "--html", str(page))
     assert p.stdout is not None
     first = p.stdout.readline()
     p.stdout.close()  # as `| head -1` does
@@ -82,12 +73,12 @@ def test_reader_that_stops_early_loses_no_file(capture: Path, tmp_path: Path) ->
     assert page.stat().st_size > 10_000 and "</html>" in page.read_text()
 
 
-def test_small_latencies_keep_their_digits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_small_latencies_keep_their_digits(cli: Cli, tmp_path: Path) -> None:
     res = tmp_path / "r.json"
     code, _, err = cli(["simulate", "client-exhaustion", "--duration", "2", "--set", "path.rtt_ms=0.05",
-                        "--result", str(res)], capsys)
+                        "--result", str(res)])
     assert code == 0, err
-    code, out, err = cli(["report", str(res)], capsys)
+    code, out, err = cli(["report", str(res)])
     assert code == 0, err
     line = next(ln for ln in out.splitlines() if "p50" in ln)
     assert "µs" in line and "0.0 ms" not in line, line

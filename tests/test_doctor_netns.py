@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -185,20 +184,6 @@ class Traffic:
             self.p.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.p.kill()
-
-
-@pytest.fixture
-def make_ns() -> Iterator:
-    made: list[Namespace] = []
-
-    def make(tag: str, **sysctls: str | int) -> Namespace:
-        ns = Namespace(f"tcpr-dr-{tag}-{os.getpid()}", sysctls={k.replace("__", "."): str(v) for k, v in sysctls.items()})
-        made.append(ns)
-        return ns.create()
-
-    yield make
-    for ns in made:
-        ns.delete()
 
 
 def doctor(ns: Namespace, interval: float) -> tuple:

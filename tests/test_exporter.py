@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from clirun import cli
+from helpers import Cli
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -210,16 +210,16 @@ def test_listen_address_defaults_to_loopback(text: str, want: tuple[str, int]) -
     (["exporter", "--top", "50"], "Invalid value for '--top'"),
     (["doctor", "--serve-metrics", ":9946", "--json"], "--serve-metrics takes only"),
 ])
-def test_bad_options_are_one_line(capsys: pytest.CaptureFixture[str], args: list[str], message: str) -> None:
-    code, _, err = cli(args, capsys)
+def test_bad_options_are_one_line(cli: Cli, args: list[str], message: str) -> None:
+    code, _, err = cli(args)
     assert code == 2 and message in err and "Traceback" not in err
 
 
 # ---- promtool: the scrape, the rules, their unit tests --------------------------------------
 
 @needs_promtool
-def test_promtool_accepts_a_scrape_of_this_host(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = cli(["exporter", "--once", "--interval", "0.2"], capsys)
+def test_promtool_accepts_a_scrape_of_this_host(cli: Cli) -> None:
+    code, out, err = cli(["exporter", "--once", "--interval", "0.2"])
     assert code == 0, err
     assert "tcpreuse_up 1.0" in out
     r = subprocess.run(["promtool", "check", "metrics"], input=out, capture_output=True, text=True, timeout=30)
@@ -374,8 +374,8 @@ def test_a_failing_read_is_up_0_and_the_exporter_recovers(caplog: pytest.LogCapt
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="entering a namespace needs root")
-def test_netns_by_file_path(capsys: pytest.CaptureFixture[str]) -> None:
+def test_netns_by_file_path(cli: Cli) -> None:
     """--netns /proc/PID/ns/net: a namespace by its file, as a container's is found."""
-    code, out, err = cli(["exporter", "--once", "--interval", "0", "--netns", "/proc/self/ns/net"], capsys)
+    code, out, err = cli(["exporter", "--once", "--interval", "0", "--netns", "/proc/self/ns/net"])
     assert code == 0, err
     assert 'netns="/proc/self/ns/net"' in out and "tcpreuse_up 1.0" in out

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.netns import namespace
 from prometheus_client.parser import text_string_to_metric_families
 
 from tcpreuse.lab.netns import Namespace, veth_pair
@@ -115,11 +116,10 @@ class Proc:
 def pair() -> Iterator[tuple[Namespace, Namespace]]:
     made = []
     try:
-        client = Namespace(f"tcpr-ex-c-{os.getpid()}", sysctls={"net.ipv4.ip_local_port_range": "40000 40999",
-                                                               "net.ipv4.tcp_tw_reuse": "0"})
+        client = namespace("exc", net__ipv4__ip_local_port_range="40000 40999", net__ipv4__tcp_tw_reuse=0)
         made.append(client)
         client.create()
-        server = Namespace(f"tcpr-ex-s-{os.getpid()}")
+        server = namespace("exs")
         made.append(server)
         server.create()
         veth_pair(client, "tcpr-exc0", server, "tcpr-exs0")

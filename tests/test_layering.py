@@ -64,3 +64,24 @@ def test_the_parser_resolves_relative_imports() -> None:
     assert "tcpreuse.host.records" in mods and "tcpreuse.model.stacks" in mods
     assert "tcpreuse.diagnose.base" in _imports(PKG / "diagnose" / "judge.py")
     assert ("tcpreuse.capture.analysis", "CaptureAnalysis") in _imported(PKG / "report" / "capture.py")
+
+
+def test_test_modules_share_only_through_conftest_and_helpers() -> None:
+    """A test module imports no other module of tests/ (fixtures come from conftest.py,
+    collection-time helpers from the tests/helpers package)."""
+    tests = Path(__file__).resolve().parent
+    local = {p.stem for p in tests.glob("*.py")}
+    bad = {}
+    for f in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            wrong = [n for n in names if n.split(".")[0] in local]
+            if wrong:
+                bad.setdefault(f.name, []).extend(wrong)
+    assert not bad, bad
+    assert (tests / "helpers" / "__init__.py").exists()

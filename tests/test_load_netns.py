@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -14,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from helpers.netns import namespace
 
 from tcpreuse.lab.netns import Namespace
 from tcpreuse.load.procs import ServeProcess
@@ -26,13 +26,12 @@ pytestmark = [
 ]
 
 PORT = 8080
-_seq = itertools.count()
 
 
 @pytest.fixture
 def ns(request: pytest.FixtureRequest) -> Iterator[Namespace]:
     sysctls = getattr(request, "param", {})
-    with Namespace(f"tcpr-ld-{os.getpid()}-{next(_seq)}", sysctls=sysctls) as n:
+    with namespace("ld", **sysctls) as n:
         yield n
 
 

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-from clirun import cli
+from helpers import Cli
+from helpers.captures import nat_two_clocks, windows_reuse, write_pcap
 
-from tcpreuse.capture.synth import frames_of, pcap_bytes
 from tcpreuse.report.browser import check_page, find_chromium
-
-sys.path.insert(0, str(Path(__file__).parent))
-from captures import nat_two_clocks, windows_reuse
 
 ARTIFACTS = Path(os.environ.get("TCPREUSE_TEST_ARTIFACTS", Path(__file__).parent.parent / "tmp" / "test-artifacts"))
 
@@ -40,7 +36,7 @@ def opened(html: Path, name: str) -> dict[str, dict[str, float]]:
                                                            "findings": res.findings}}  # type: ignore[dict-item]
 
 
-def test_seed_simulation_report_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_seed_simulation_report_in_chromium(cli: Cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     html = tmp_path / "seed.html"
     # 6,000/s for 20 s: the port cycle (8.2 s) is far shorter than TIME_WAIT, failures from ~20 s
     code, _, err = cli(["simulate", "seed", "--duration", "20", "--set", "workload.rate=6000", "--html", str(html)],
@@ -59,22 +55,20 @@ def test_seed_simulation_report_in_chromium(tmp_path: Path, capsys: pytest.Captu
     assert "syn_hit_timewait" in text and "netsh int tcp set global timestamps=enabled" in text
 
 
-def test_seed_with_fixes_shows_them_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_seed_with_fixes_shows_them_side_by_side(cli: Cli, tmp_path: Path) -> None:
     html = tmp_path / "fixes.html"
     code, _, err = cli(["simulate", "seed", "--duration", "12", "--set", "workload.rate=8000", "--fixes",
-                        "--workers", "1", "--html", str(html)], capsys)
+                        "--workers", "1", "--html", str(html)])
     assert code == 0, err
     plots = opened(html, "simulate-seed-fixes")
     assert plots["fixes"]["groups"] >= 4  # two bars per re-simulated fix
     assert "re-simulated: failed" in html.read_text()
 
 
-def test_capture_analysis_report_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pcap = tmp_path / "mixed.pcap"
-    segs = sorted(windows_reuse(n_conn=400, ports=120) + nat_two_clocks(), key=lambda s: s.t)
-    pcap.write_bytes(pcap_bytes(frames_of(segs)))
+def test_capture_analysis_report_in_chromium(cli: Cli, tmp_path: Path) -> None:
+    pcap = write_pcap(tmp_path / "mixed.pcap", windows_reuse(n_conn=400, ports=120) + nat_two_clocks())
     html = tmp_path / "capture.html"
-    code, out, err = cli(["analyze", str(pcap), "--html", str(html)], capsys)
+    code, out, err = cli(["analyze", str(pcap), "--html", str(html)])
     assert code == 0, err
     assert "attempts/s" in out  # the terminal timeline
     plots = opened(html, "analyze-capture")
@@ -82,7 +76,7 @@ def test_capture_analysis_report_in_chromium(tmp_path: Path, capsys: pytest.Capt
     assert plots["tsclocks"]["groups"] >= 1  # the NAT address with its two clocks
     # the same capture through `tcpreuse report` (kind detected from the pcap magic)
     html2 = tmp_path / "capture2.html"
-    code, _, err = cli(["report", str(pcap), "--html", str(html2), "--check"], capsys)
+    code, _, err = cli(["report", str(pcap), "--html", str(html2), "--check"])
     assert code == 0, err
     assert "tsclocks" in html2.read_text()
 
@@ -90,7 +84,7 @@ def test_capture_analysis_report_in_chromium(tmp_path: Path, capsys: pytest.Capt
 @pytest.mark.netns
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 @pytest.mark.skipif(not (shutil.which("ip") and shutil.which("nft")), reason="needs ip and nft")
-def test_lab_run_report_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lab_run_report_in_chromium(cli: Cli, tmp_path: Path) -> None:
     sc = tmp_path / "lab.toml"
     sc.write_text("""
 name = "lab-report"
@@ -115,7 +109,7 @@ rate = 200
 count = 500
 """)
     html, result = tmp_path / "lab.html", tmp_path / "lab.json"
-    code, out, err = cli(["lab", str(sc), "--html", str(html), "--result", str(result)], capsys)
+    code, out, err = cli(["lab", str(sc), "--html", str(html), "--result", str(result)])
     assert code == 0, err
     assert "attempts/s" in out
     plots = opened(html, "lab-run")
@@ -123,16 +117,16 @@ count = 500
     assert "EADDRNOTAVAIL" in html.read_text()  # 300 ports, client TIME_WAIT: 200 attempts fail
     # and the saved result renders the same way through `tcpreuse report`
     html2 = tmp_path / "lab2.html"
-    code, _, err = cli(["report", str(result), "--html", str(html2), "--check"], capsys)
+    code, _, err = cli(["report", str(result), "--html", str(html2), "--check"])
     assert code == 0, err
 
 
 @pytest.mark.netns
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 @pytest.mark.skipif(not (shutil.which("ip") and shutil.which("nft")), reason="needs ip and nft")
-def test_validate_report_in_chromium(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_report_in_chromium(cli: Cli, tmp_path: Path) -> None:
     html = tmp_path / "validate.html"
-    code, _, err = cli(["validate", "v-client-rst", "--html", str(html)], capsys)
+    code, _, err = cli(["validate", "v-client-rst", "--html", str(html)])
     assert code in (0, 1), err  # 1: a disagreement, which the page must show too
     plots = opened(html, "validate")
     assert "simlab-0" in plots and plots["simlab-0"]["groups"] >= 4  # two series for each side

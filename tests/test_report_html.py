@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
-from clirun import cli
+from helpers import Cli
+from helpers.captures import windows_reuse, write_pcap
 
-from tcpreuse.capture.synth import frames_of, pcap_bytes
 from tcpreuse.commands.report import load
 from tcpreuse.report import html, kinds
 from tcpreuse.scenario.loader import load_scenario
 from tcpreuse.sim.engine import simulate
-
-sys.path.insert(0, str(Path(__file__).parent))
-from captures import windows_reuse
 
 DATA = Path(__file__).parent / "data" / "host"
 
@@ -29,13 +25,13 @@ def plot_keys(text: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_simulate_result_file_renders_like_simulate_html(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_result_file_renders_like_simulate_html(cli: Cli, tmp_path: Path) -> None:
     res, page1 = tmp_path / "r.json", tmp_path / "a.html"
     code, _, err = cli(["simulate", "seed", "--duration", "15", "--set", "workload.rate=8000", "--result", str(res),
-                        "--html", str(page1)], capsys)
+                        "--html", str(page1)])
     assert code == 0, err
     page2 = tmp_path / "b.html"
-    code, _, err = cli(["report", str(res), "--html", str(page2)], capsys)
+    code, _, err = cli(["report", str(res), "--html", str(page2)])
     assert code == 0, err
     a, b = page1.read_text(), page2.read_text()
     assert plot_keys(a) == plot_keys(b) and {"rates", "timewait", "ports", "latency"} <= set(plot_keys(b))
@@ -43,7 +39,7 @@ def test_simulate_result_file_renders_like_simulate_html(tmp_path: Path, capsys:
         assert t.index('id="verdict"') < t.index("<h2>Findings") < t.index('id="plots"')
         assert "<script" not in t and "http://" not in t.replace("http://www.w3.org", "")
     # terminal rendering of the same file: summary, timeline sparklines, the finding
-    code, out, err = cli(["report", str(res)], capsys)
+    code, out, err = cli(["report", str(res)])
     assert code == 0 and "attempts/s" in out and "TIME_WAIT" in out
 
 
@@ -55,10 +51,10 @@ def test_user_text_is_escaped(tmp_path: Path) -> None:
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
 
 
-def test_doctor_snapshot_and_watch_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_snapshot_and_watch_lines(cli: Cli, tmp_path: Path) -> None:
     code, out, err = cli(["doctor", "--from", str(DATA / "linux618-client-sysctl-a.txt"), "--from",
                           str(DATA / "linux618-client-ss-tanoe.txt"), "--from",
-                          str(DATA / "linux618-client-nstat-az.txt"), "--json"], capsys)
+                          str(DATA / "linux618-client-nstat-az.txt"), "--json"])
     assert code == 0, err
     doc = json.loads(out)
     one = tmp_path / "doctor.json"
@@ -79,18 +75,17 @@ def test_doctor_snapshot_and_watch_lines(tmp_path: Path, capsys: pytest.CaptureF
     watch = tmp_path / "watch.jsonl"
     watch.write_text("\n".join(lines) + "\n" + lines[0][:50])
     out_html = tmp_path / "watch.html"
-    code, _, err = cli(["report", str(watch), "--html", str(out_html)], capsys)
+    code, _, err = cli(["report", str(watch), "--html", str(out_html)])
     assert code == 0, err
     text = out_html.read_text()
     assert "timewait" in plot_keys(text) and "4 samples" in text
 
 
 @pytest.mark.slow
-def test_capture_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pcap = tmp_path / "c.pcap"
-    pcap.write_bytes(pcap_bytes(frames_of(sorted(windows_reuse(n_conn=300, ports=100), key=lambda s: s.t))))
+def test_capture_kinds(cli: Cli, tmp_path: Path) -> None:
+    pcap = write_pcap(tmp_path / "c.pcap", windows_reuse(n_conn=300, ports=100))
     assert load(pcap).kind == "capture"
-    code, out, err = cli(["analyze", str(pcap), "--json", "--save", str(tmp_path / "saved.json")], capsys)
+    code, out, err = cli(["analyze", str(pcap), "--json", "--save", str(tmp_path / "saved.json")])
     assert code == 0, err
     (tmp_path / "an.json").write_text(out)
     summary = load(tmp_path / "an.json")
@@ -110,20 +105,20 @@ def test_capture_kinds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     (b"\xff\xfe\x00garbage", "neither JSON nor a pcap"),
     (b'{"source": "simulate", "timeline": {}}', "malformed"),
 ])
-def test_bad_files_are_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes,
+def test_bad_files_are_one_clear_error(cli: Cli, tmp_path: Path, content: bytes,
                                        message: str) -> None:
     f = tmp_path / "bad.json"
     f.write_bytes(content)
-    code, _, err = cli(["report", str(f), "--html", str(tmp_path / "x.html")], capsys)
+    code, _, err = cli(["report", str(f), "--html", str(tmp_path / "x.html")])
     assert code == 2 and message in err and "Traceback" not in err, err
     assert not (tmp_path / "x.html").exists()
 
 
 @pytest.mark.slow
-def test_missing_file_and_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(["report", str(tmp_path / "nope.json")], capsys)
+def test_missing_file_and_unwritable_output(cli: Cli, tmp_path: Path) -> None:
+    code, _, err = cli(["report", str(tmp_path / "nope.json")])
     assert code == 2 and "cannot read" in err
     res = tmp_path / "r.json"
-    cli(["simulate", "seed", "--duration", "3", "--result", str(res)], capsys)
-    code, _, err = cli(["report", str(res), "--html", str(tmp_path / "no" / "dir" / "x.html")], capsys)
+    cli(["simulate", "seed", "--duration", "3", "--result", str(res)])
+    code, _, err = cli(["report", str(res), "--html", str(tmp_path / "no" / "dir" / "x.html")])
     assert code == 2 and "cannot write" in err and "Traceback" not in err

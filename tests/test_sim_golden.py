@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import sim_golden  # tests/ is on sys.path (pytest rootdir-relative import, like scenarios.py)
+from helpers import sim_golden
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +56,7 @@ def test_the_pure_python_source_reproduces_the_golden_results(tmp_path: Path) ->
         f"sys.path[:0] = [{str(tmp_path)!r}, {str(Path(__file__).parent)!r}]\n"
         "import tcpreuse.sim.engine as e, tcpreuse.model.timewait as tw\n"
         "assert e.__file__.endswith('.py') and tw.__file__.endswith('.py'), e.__file__\n"
-        "import sim_golden\n"
+        "from helpers import sim_golden\n"
         "print(json.dumps(sim_golden.run_all(sys.argv[1:])))\n"
     )
     out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,

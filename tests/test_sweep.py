@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from clirun import cli
-from scenarios import client_first
+from helpers import Cli
+from helpers.scenarios import client_first
 
 from tcpreuse.errors import ScenarioError
 from tcpreuse.sweep import SweepError
@@ -80,13 +80,13 @@ def test_unknown_keys_fail_before_any_work(scenario: str) -> None:
 
 
 @pytest.mark.slow
-def test_cli_errors_are_one_line(scenario: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(["sweep", scenario, "--grid", "bogus=1,2"], capsys)
+def test_cli_errors_are_one_line(cli: Cli, scenario: str) -> None:
+    code, _, err = cli(["sweep", scenario, "--grid", "bogus=1,2"])
     assert code == 2 and "unknown key" in err and "Traceback" not in err
-    code, _, err = cli(["sweep", scenario], capsys)
+    code, _, err = cli(["sweep", scenario])
     assert code == 2 and "empty grid" in err
     code, _, err = cli(["sweep", scenario, "--grid", "workload.rate=10", "--no-cache",
-                        "--scheduler", "tcp://127.0.0.1:9"], capsys)
+                        "--scheduler", "tcp://127.0.0.1:9"])
     assert code == 2 and "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in err
     assert "Traceback" not in err
 
@@ -140,11 +140,11 @@ def test_sweep_matches_the_port_arithmetic_and_resumes(scenario: str, tmp_path: 
 
 
 @pytest.mark.slow
-def test_cli_outputs(scenario: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_outputs(cli: Cli, scenario: str, tmp_path: Path) -> None:
     out_csv, out_pq, out_html = tmp_path / "s.csv", tmp_path / "s.parquet", tmp_path / "s.html"
     run = ["sweep", scenario, "--grid", "workload.rate=30,80", "--grid", "client:net.ipv4.tcp_tw_reuse=0,1",
            "--workers", "1", "--cache", str(tmp_path / "c")]
-    code, out, err = cli([*run, "--csv", str(out_csv), "--parquet", str(out_pq), "--html", str(out_html)], capsys)
+    code, out, err = cli([*run, "--csv", str(out_csv), "--parquet", str(out_pq), "--html", str(out_html)])
     assert code == 0, err
     assert "4 run(s) computed" in out and "80" in out
     rows = list(csv.DictReader(out_csv.open()))
@@ -157,11 +157,11 @@ def test_cli_outputs(scenario: str, tmp_path: Path, capsys: pytest.CaptureFixtur
     html = out_html.read_text()
     assert 'data-plot="hm-fail-0"' in html and "Failure rate by workload.rate" in html
     # --json, all from the cache, and `tcpreuse report` renders it again
-    code, out, err = cli([*run, "--json"], capsys)
+    code, out, err = cli([*run, "--json"])
     doc = json.loads(out)
     assert doc["kind"] == "sweep" and doc["cached"] == 4 and doc["computed"] == 0
     (tmp_path / "s.json").write_text(out)
-    code, _, err = cli(["report", str(tmp_path / "s.json"), "--html", str(tmp_path / "r.html")], capsys)
+    code, _, err = cli(["report", str(tmp_path / "s.json"), "--html", str(tmp_path / "r.html")])
     assert code == 0, err
     assert "hm-fail-0" in (tmp_path / "r.html").read_text()
 
@@ -191,19 +191,18 @@ def test_a_bad_scheduler_address_fails_at_once_and_leaves_nothing_behind(scenari
     assert time.monotonic() - t0 < 15
 
 
-def test_a_grid_too_big_for_the_machine_is_refused_with_its_estimate(scenario: str,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_grid_too_big_for_the_machine_is_refused_with_its_estimate(cli: Cli, scenario: str) -> None:
     """1,000,000 points: refused before planning any, with the estimate and --force."""
     import time
 
     values = ",".join(str(i) for i in range(1, 1001))
     t0 = time.monotonic()
     code, _, err = cli(["sweep", scenario, "--grid", f"workload.rate={values}", "--grid", f"seed={values}",
-                        "--no-cache"], capsys)
+                        "--no-cache"])
     assert code == 2 and ("the sweep will not fit this machine's memory: 1,000,000 runs" in err
                           or "the sweep would take too long: 1,000,000 runs" in err)
     assert "--force" in err and "Traceback" not in err
     assert time.monotonic() - t0 < 30
     code, _, err = cli(["sweep", scenario, "--grid", "workload.rate=10,20", "--no-cache",
-                        "--time-limit", "0.000001"], capsys)
+                        "--time-limit", "0.000001"])
     assert code == 2 and "would take too long: 2 runs" in err

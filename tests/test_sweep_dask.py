@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scenarios import client_first
+from helpers.scenarios import client_first
 
 from tcpreuse.sweep.cache import Cache
 from tcpreuse.sweep.grid import parse_grid

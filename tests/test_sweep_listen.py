@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from scenarios import client_first
+from helpers.scenarios import client_first
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

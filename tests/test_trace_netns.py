@@ -10,7 +10,6 @@ Tests skip with the reason where this host cannot trace.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import socket
 import threading
@@ -19,8 +18,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import tcpcraft
-from tcpcraft import ACK, FIN, RST, SYN, Sniffer
+from helpers import Cli, tcpcraft
+from helpers.netns import namespace
+from helpers.tcpcraft import ACK, FIN, RST, SYN, Sniffer
 
 from tcpreuse.host.source import entered_netns
 from tcpreuse.lab.netns import Namespace
@@ -33,7 +33,6 @@ from tcpreuse.trace.runner import Tracer, open_trace
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 LO = "127.0.0.1"
-_n = itertools.count()
 
 
 class Collector:
@@ -95,7 +94,7 @@ def tracer(module_tracer: Collector) -> Collector:
 def ns() -> Iterator[Namespace]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    n = Namespace(f"tcpr-tr-{os.getpid()}-{next(_n)}")
+    n = namespace("tr")
     with n:
         yield n
 
@@ -289,7 +288,7 @@ def test_refused_async_error_and_reset(tracer: Collector, ns: Namespace) -> None
 def test_netns_and_port_filters_in_kernel(ns: Namespace) -> None:
     """--netns and --port filter in the kernel: another namespace's event, or another
     port's, never reaches user space."""
-    other = Namespace(f"tcpr-tr-{os.getpid()}-o{next(_n)}")
+    other = namespace("tro")
     with other, entered_netns(ns.name):
         probe = socket.socket()
         probe.bind((LO, 0))
@@ -323,11 +322,9 @@ def _fail_binds(ns: Namespace, stop: threading.Event) -> None:
         a.close()
 
 
-def test_doctor_trace_diagnoses_the_kernels_verdicts(ns: Namespace, capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_trace_diagnoses_the_kernels_verdicts(cli: Cli, ns: Namespace) -> None:
     """`doctor --trace S`: the trace's findings come with the host's, same shape and fixes."""
     import json
-
-    from clirun import cli
 
     if problems():
         pytest.skip(f"cannot trace here: {problems()[0]}")
@@ -335,7 +332,7 @@ def test_doctor_trace_diagnoses_the_kernels_verdicts(ns: Namespace, capsys: pyte
     t = threading.Thread(target=_fail_binds, args=(ns, stop), daemon=True)
     t.start()
     try:
-        code, out, err = cli(["doctor", "--netns", ns.name, "--trace", "2", "--interval", "0", "--json"], capsys)
+        code, out, err = cli(["doctor", "--netns", ns.name, "--trace", "2", "--interval", "0", "--json"])
     finally:
         stop.set()
         t.join(5)
@@ -396,13 +393,10 @@ def test_dual_stack_listener_sees_ipv4_tuples(tracer: Collector, ns: Namespace) 
     assert ev.tuple == (LO, p, LO, q)
 
 
-def test_trace_verb_json_lines_summary_and_html(ns: Namespace, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_trace_verb_json_lines_summary_and_html(cli: Cli, ns: Namespace, tmp_path: Path) -> None:
     """`tcpreuse trace --netns --json --html`: one line per event, the summary with its
     findings last, and the HTML page."""
     import json
-
-    from clirun import cli
 
     if problems():
         pytest.skip(f"cannot trace here: {problems()[0]}")
@@ -411,8 +405,7 @@ def test_trace_verb_json_lines_summary_and_html(ns: Namespace, tmp_path: Path,
     t.start()
     html = tmp_path / "trace.html"
     try:
-        code, out, err = cli(["trace", "--netns", ns.name, "--duration", "2", "--json", "--html", str(html)],
-                             capsys)
+        code, out, err = cli(["trace", "--netns", ns.name, "--duration", "2", "--json", "--html", str(html)])
     finally:
         stop.set()
         t.join(5)

@@ -7,7 +7,7 @@ import json
 import socket
 
 import pytest
-from clirun import cli
+from helpers import Cli
 
 from tcpreuse.diagnose.base import Evidence, diagnose
 from tcpreuse.trace import kernel
@@ -154,19 +154,18 @@ def test_trace_summary_feeds_diagnosis_with_the_same_fixes() -> None:
     assert diagnose(Evidence(source="trace", trace=Summary().to_json())) == []
 
 
-def test_cli_says_why_it_cannot_trace_and_shows_counters(monkeypatch: pytest.MonkeyPatch,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_says_why_it_cannot_trace_and_shows_counters(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernel, "problems", lambda: ["bpftrace is not installed (Debian/Ubuntu: apt-get install "
                                                       "bpftrace)"])
-    code, out, err = cli(["trace", "--duration", "0.2", "--json"], capsys)
+    code, out, err = cli(["trace", "--duration", "0.2", "--json"])
     assert code == 0
     assert "cannot trace: bpftrace is not installed" in err
     doc = json.loads(out.strip().splitlines()[-1])
     assert doc["kind"] == "tcpreuse-trace-counters" and "TcpExtTW" in doc["counters"]
 
 
-def test_cli_rejects_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = cli(["trace", "--port", "http"], capsys)
+def test_cli_rejects_a_bad_port(cli: Cli) -> None:
+    code, _, err = cli(["trace", "--port", "http"])
     assert code == 2 and "not a port number" in err
 
 

@@ -11,8 +11,8 @@ installed (compiled) engine and the pure-Python source against them.
 Not hashed: `meta.engine.events` (how many queue events the engine used: an
 implementation detail that optimisations may change) and `meta.engine.wall_s`.
 
-    python tests/sim_golden.py            # check, print one line per scenario
-    python tests/sim_golden.py --record   # rewrite the JSON (only for a deliberate model change)
+    python tests/helpers/sim_golden.py            # check, print one line per scenario
+    python tests/helpers/sim_golden.py --record   # rewrite the JSON (only for a deliberate model change)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-GOLDEN = Path(__file__).resolve().parent / "data" / "sim_golden.json"
+GOLDEN = Path(__file__).resolve().parent.parent / "data" / "sim_golden.json"
 
 # Simulated seconds per built-in scenario: long enough to reach each one's failure
 # mechanism, short enough that the whole set runs in seconds compiled.

@@ -1,7 +1,6 @@
-"""Crafted captures shared by the capture tests (a helper module, as scenarios.py: test
-modules import from here, never from each other).
+"""Crafted captures shared by the capture tests.
 
-* windows_reuse, nat_two_clocks: the traffic a modern kernel will not produce on demand
+* windows_reuse, nat_two_clocks (write_pcap writes them): the traffic a modern kernel will not produce on demand
   (Windows clients without timestamps and with random ISNs; two timestamp clocks behind
   one NAT address);
 * seeds, SEEDS, mutated: good pcap/pcapng files and the hypothesis strategy that damages
@@ -15,6 +14,7 @@ from __future__ import annotations
 
 import random
 import struct
+from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
@@ -35,6 +35,12 @@ from tcpreuse.capture.synth import (
 
 T0 = 1_700_000_000.0
 C, S = "10.0.0.5", "10.0.0.1"
+
+
+def write_pcap(path: Path, segs: list[Seg]) -> Path:
+    """`segs` in time order as a pcap file at `path`."""
+    path.write_bytes(pcap_bytes(frames_of(sorted(segs, key=lambda s: s.t))))
+    return path
 
 
 def windows_reuse(n_conn: int = 900, ports: int = 300, gap: float = 0.083, seed: int = 7) -> list[Seg]:
