@@ -1,7 +1,5 @@
-"""Session-wide test setup and the fixtures several test modules share.
-
-The suite never reads or writes the user's home (nor keeps hypothesis's example database
-in the working tree).
+"""Session-wide test setup: the suite never reads or writes the user's home (nor keeps
+hypothesis's example database in the working tree).
 
 Before any test module is imported (and so before dask reads its configuration or
 matplotlib looks for its cache), HOME, the XDG base directories and the tools' own
@@ -10,11 +8,11 @@ Subprocesses the tests start (`tcpreuse` as installed, dask workers, chromium) i
 `sweep` without --cache, say, then caches under $XDG_CACHE_HOME/tcpreuse/sweep of that
 directory, so two runs of the suite never share state through ~/.cache.
 
-Shared fixtures: `cli` (run `tcpreuse ARGV` in-process), `seed_pcap` (a capture of the
-seed incident) and `make_ns` (network namespaces for the real-kernel tests, deleted after
-the test). What is needed when a module is
-collected (data builders, hypothesis strategies) is in the tests/helpers package; test
-modules import from there and from here, never from each other.
+The fixtures several test modules share are defined in tests/helpers/fixtures.py and
+imported here (`cli`: `tcpreuse ARGV` in-process; `seed_pcap`: a capture of the seed
+incident; `make_ns`: network namespaces for the real-kernel tests, deleted after the
+test). What a module needs when it is collected (data builders, hypothesis strategies)
+is in the tests/helpers package too; test modules never import each other.
 """
 
 from __future__ import annotations
@@ -22,15 +20,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
-from helpers import Cli
-
-if TYPE_CHECKING:
-    from tcpreuse.lab.netns import Namespace
+from helpers.fixtures import cli, make_ns, seed_pcap  # noqa: F401 (shared fixtures)
 
 # variable -> directory under the temporary home ("" is the home itself)
 ISOLATED = {
@@ -84,46 +77,3 @@ def test_home() -> Path:
     """The temporary directory that stands in for the user's home during the run."""
     assert _home is not None
     return _home
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    """`tcpreuse ARGV` in-process: (exit code, stdout, stderr), the output read from capsys."""
-    from tcpreuse.cli import main
-
-    def run(argv: list[str]) -> tuple[int, str, str]:
-        code = 0
-        try:
-            main(argv)
-        except SystemExit as e:
-            code = int(e.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture
-def seed_pcap(tmp_path: Path) -> Path:
-    """The seed incident as a pcap: Windows clients without timestamps cycling 120 ports,
-    400 connections, SYNs landing on the server's TIME_WAIT (helpers.captures.windows_reuse)."""
-    from helpers.captures import windows_reuse, write_pcap
-
-    return write_pcap(tmp_path / "seed.pcap", windows_reuse(n_conn=400, ports=120))
-
-
-@pytest.fixture
-def make_ns() -> Iterator[Callable[..., Namespace]]:
-    """make_ns(tag, **sysctls): a created network namespace, deleted after the test."""
-    from helpers.netns import namespace
-
-    made: list[Namespace] = []
-
-    def make(tag: str, **sysctls: object) -> Namespace:
-        ns = namespace(tag, **sysctls)
-        made.append(ns)
-        return ns.create()
-
-    yield make
-    for ns in made:
-        ns.delete()
