@@ -253,6 +253,20 @@ class Timeline:
             ports={k: PortSeries(**v) for k, v in d.get("ports", {}).items()},
         )
 
+    @classmethod
+    def per_second(cls, table: AttemptTable, nsec: int) -> Timeline:
+        """Attempts, ok, failed and delayed (connected only after a SYN retransmission) per
+        second of due time, for `nsec` seconds; attempts due later count in the last one.
+        How a single load or emulated client reports its attempts."""
+        sec = np.clip(np.floor(table.cols["t"]).astype(np.int64), 0, nsec - 1)
+        failed = table.failed_mask()
+        delayed = (table.cols["reason"] == table.code("reason", "ok_after_syn_retry")) & ~failed
+        return cls(step_s=1.0, t=[float(i) for i in range(nsec)],
+                   attempts=np.bincount(sec, minlength=nsec).tolist(),
+                   ok=np.bincount(sec[~failed], minlength=nsec).tolist(),
+                   failed=np.bincount(sec[failed], minlength=nsec).tolist(),
+                   delayed=np.bincount(sec[delayed], minlength=nsec).tolist())
+
 
 @dataclass
 class HostInfo:

@@ -182,15 +182,8 @@ def build_result(cfg: EmuConfig, records: list[Record], lags: list[float], t0_un
     end = max((r.end for r in recs), default=0.0)
     duration = max(cfg.duration, end, 1e-6)
     nsec = max(1, math.ceil(duration - 1e-9))
-    t = np.asarray(cols["t"], dtype=float)
-    sec = np.clip(np.floor(t).astype(int), 0, nsec - 1) if len(t) else np.zeros(0, dtype=int)
+    tl = Timeline.per_second(table, nsec)
     failed = table.failed_mask()
-    delayed = table.cols["reason"] == table.code("reason", "ok_after_syn_retry")
-    tl = Timeline(step_s=1.0, t=[float(i) for i in range(nsec)],
-                  attempts=np.bincount(sec, minlength=nsec).tolist(),
-                  ok=np.bincount(sec[~failed], minlength=nsec).tolist(),
-                  failed=np.bincount(sec[failed], minlength=nsec).tolist(),
-                  delayed=np.bincount(sec[delayed & ~failed], minlength=nsec).tolist())
     lag = np.asarray(lags) * 1000.0
     late = int((lag > LATE_S * 1000).sum())
     notes = list(cfg.notes)

@@ -400,16 +400,10 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     if config.duration is not None and not interrupted:
         nsec = max(nsec, math.ceil(config.duration - 1e-9))
     nsec = max(1, nsec)
-    sec = np.clip(np.floor(out["t"]).astype(np.int64), 0, nsec - 1)
     ok_code = table.code("outcome", "ok")
     retry_code = table.code("reason", "ok_after_syn_retry")
     okm = out["outcome"] == ok_code
-    tl = Timeline(step_s=1.0)
-    tl.t = [float(i) for i in range(nsec)]
-    tl.attempts = np.bincount(sec, minlength=nsec).tolist()
-    tl.ok = np.bincount(sec[okm], minlength=nsec).tolist()
-    tl.failed = np.bincount(sec[~okm], minlength=nsec).tolist()
-    tl.delayed = np.bincount(sec[out["reason"] == retry_code], minlength=nsec).tolist()
+    tl = Timeline.per_second(table, nsec)
     tw = list(tw_samples[:nsec])
     while len(tw) < nsec:
         tw.append(tw_samples[-1] if tw_samples else 0)
