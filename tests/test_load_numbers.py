@@ -172,17 +172,16 @@ def test_remaining_arrivals_are_counted_without_drawing_them(kind: str) -> None:
     for rate, dur, count, workers in ((1000.0, 2.0, None, 1), (333.0, 1.5, None, 3), (1000.0, 2.0, 1500, 2),
                                       (7.0, 3.0, None, 2)):
         for index in range(workers):
-            dues = list(arrival.schedule(kind, rate, dur, count, workers=workers, index=index,
-                                         ramp_from=10.0, seed=1))
+            sched = arrival.Schedule(kind, rate, dur, count, workers=workers, index=index, ramp_from=10.0, seed=1)
+            dues = list(sched.times())
             for started in (0, 1, len(dues) // 2, len(dues) - 1):
-                got = arrival.remaining(kind, rate, dur, count, workers=workers, index=index, ramp_from=10.0,
-                                        started=started, next_due=dues[started])
+                got = sched.remaining(started=started, next_due=dues[started])
                 want = len(dues) - started
                 if kind == "poisson":  # the expected number: within a few standard deviations
                     assert abs(got - want) <= 4 * math.sqrt(want) + 2, (rate, dur, started)
                 else:
                     assert got == want, (kind, rate, dur, count, workers, index, started)
     t = time.monotonic()
-    assert arrival.remaining("constant", 1e9, 2.0, None, workers=2, index=1, started=10, next_due=2e-8) \
+    assert arrival.Schedule("constant", 1e9, 2.0, None, workers=2, index=1).remaining(started=10, next_due=2e-8) \
         == 1_000_000_000 - 10
     assert time.monotonic() - t < 0.1

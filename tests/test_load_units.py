@@ -95,35 +95,35 @@ def test_http_request_builder_is_what_the_server_parses() -> None:
 
 
 def test_constant_schedule_split_across_workers_is_the_same_sequence() -> None:
-    one = list(arrival.schedule("constant", 100.0, 1.0, None))
+    one = list(arrival.Schedule("constant", 100.0, 1.0, None).times())
     assert len(one) == 100 and one[1] - one[0] == pytest.approx(0.01)
-    three = sorted(t for i in range(3) for t in arrival.schedule("constant", 100.0, 1.0, None, workers=3, index=i))
+    three = sorted(t for i in range(3) for t in arrival.Schedule("constant", 100.0, 1.0, None, workers=3, index=i).times())
     assert three == pytest.approx(one)
 
 
 def test_count_bounds_schedule_and_split() -> None:
-    parts = [list(arrival.schedule("constant", 1000.0, None, 10, workers=3, index=i)) for i in range(3)]
+    parts = [list(arrival.Schedule("constant", 1000.0, None, 10, workers=3, index=i).times()) for i in range(3)]
     assert [len(p) for p in parts] == [4, 3, 3]
-    assert len(list(arrival.schedule("poisson", 1000.0, 5.0, 7))) == 7
+    assert len(list(arrival.Schedule("poisson", 1000.0, 5.0, 7).times())) == 7
     with pytest.raises(ValueError):
-        list(arrival.schedule("constant", 1.0, None, None))
+        list(arrival.Schedule("constant", 1.0, None, None).times())
 
 
 def test_poisson_schedule_rate_and_dispersion() -> None:
-    ts = list(arrival.schedule("poisson", 1000.0, 20.0, None, seed=3))
+    ts = list(arrival.Schedule("poisson", 1000.0, 20.0, None, seed=3).times())
     assert len(ts) == pytest.approx(20000, rel=0.03)
     gaps = np.diff(ts)
     # exponential gaps: standard deviation equals the mean (a constant schedule has 0)
     assert statistics.pstdev(gaps) == pytest.approx(float(np.mean(gaps)), rel=0.05)
-    assert ts == list(arrival.schedule("poisson", 1000.0, 20.0, None, seed=3))
+    assert ts == list(arrival.Schedule("poisson", 1000.0, 20.0, None, seed=3).times())
 
 
 def test_ramp_schedule_integrates_the_rate() -> None:
-    ts = np.array(list(arrival.schedule("ramp", 200.0, 10.0, None, ramp_from=0.0)))
+    ts = np.array(list(arrival.Schedule("ramp", 200.0, 10.0, None, ramp_from=0.0).times()))
     assert len(ts) == pytest.approx(1000, abs=2)  # (0 + 200) / 2 * 10
     first, last = (ts < 1.0).sum(), (ts >= 9.0).sum()
     assert first == pytest.approx(10, abs=2) and last == pytest.approx(190, abs=2)
-    down = list(arrival.schedule("ramp", 10.0, 10.0, None, ramp_from=100.0))
+    down = list(arrival.Schedule("ramp", 10.0, 10.0, None, ramp_from=100.0).times())
     assert len(down) == pytest.approx(550, abs=2)
 
 

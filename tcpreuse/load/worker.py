@@ -138,6 +138,11 @@ class WorkerPlan:
     t0: float = 0.0  # time.monotonic() at which the run starts (same clock in all workers)
     tick_s: float = 0.5
 
+    def schedule(self) -> arrival_mod.Schedule:
+        """This worker's share of the open-loop arrivals."""
+        return arrival_mod.Schedule(self.arrival, self.rate, self.duration, self.count, workers=self.workers,
+                                    index=self.index, ramp_from=self.ramp_from, seed=self.seed)
+
 
 @dataclass
 class WorkerResult:
@@ -570,11 +575,7 @@ class Worker:
         # ---- the loop ----------------------------------------------------------------
         open_loop = p.mode == "open"
         max_events = MAX_EVENTS if open_loop else -1
-        sched = (
-            arrival_mod.schedule(p.arrival, p.rate, p.duration, p.count, workers=p.workers,
-                                 index=p.index, ramp_from=p.ramp_from, seed=p.seed)
-            if open_loop else iter(())
-        )
+        sched = p.schedule().times() if open_loop else iter(())
         next_due: float | None = None
         if open_loop:
             first = next(sched, None)
@@ -641,10 +642,7 @@ class Worker:
                         # to stop): the rest is counted as not started, not silently
                         # dropped; counted, not drawn (a rate of 1e9/s has 1e9 of them)
                         if not stopping:
-                            skipped = arrival_mod.remaining(
-                                p.arrival, p.rate, p.duration, p.count, workers=p.workers,
-                                index=p.index, ramp_from=p.ramp_from, started=n_started,
-                                next_due=next_due - t0)
+                            skipped = p.schedule().remaining(n_started, next_due - t0)
                         next_due = None
                     exhausted = next_due is None
                 elif now >= end_at or n_started == max_starts:
@@ -678,10 +676,7 @@ class Worker:
             if now >= hard_end and not stopping:
                 exhausted = True
                 if next_due is not None:
-                    skipped = arrival_mod.remaining(
-                        p.arrival, p.rate, p.duration, p.count, workers=p.workers,
-                        index=p.index, ramp_from=p.ramp_from, started=n_started,
-                        next_due=next_due - t0)
+                    skipped = p.schedule().remaining(n_started, next_due - t0)
                     next_due = None
                 for att in list(conns.values()):
                     unfinished += 1
