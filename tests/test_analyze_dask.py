@@ -10,13 +10,8 @@ runs it on a real `dask scheduler` with two `dask worker` processes on 127.0.0.1
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
-import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import Cli
+from helpers.dask import deploy
 
 from tcpreuse.capture.analysis import CaptureAnalysis, analyze_paths
 from tcpreuse.capture.distributed import analyze_streams, group_streams, stream_key
 from tcpreuse.capture.synth import Seg, frames_of, handshake, pcap_bytes
 
-DASK = shutil.which("dask", path=os.path.dirname(sys.executable)) or shutil.which("dask")
 T0 = 1_765_000_000.0
 
 
@@ -180,48 +175,8 @@ def test_bad_scheduler_address_exits_2(cli: Cli, fleet: list[Path]) -> None:
 def deployment(tmp_path: Path) -> Iterator[str]:
     """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1, always
     terminated (then killed) at the end."""
-    with _deploy(tmp_path, workers=2) as address:
-        yield address
-
-
-@contextlib.contextmanager
-def _deploy(tmp_path: Path, workers: int) -> Iterator[str]:
-    if DASK is None:
-        pytest.skip("the dask command (dask.distributed) is not installed")
-    sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                       "--scheduler-file", str(sched_file)], env=env, cwd=tmp_path,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        deadline = time.monotonic() + 30
-        while not sched_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert sched_file.exists(), "dask scheduler did not start"
-        address = json.loads(sched_file.read_text())["address"]
-        for name in ("w1", "w2")[:workers]:
-            procs.append(subprocess.Popen([DASK, "worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
-                                           "--host", "127.0.0.1", "--no-dashboard"], env=env, cwd=tmp_path,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True))
-        from distributed import Client
-
-        if workers:
-            with Client(address, timeout="20s", set_as_default=False) as c:
-                c.wait_for_workers(workers, timeout=30)
-        yield address
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=10)
+    with deploy(tmp_path, workers=2) as d:
+        yield d.address
 
 
 def _cli_json(cli: Cli, args: list[str]) -> dict[str, object]:
@@ -258,7 +213,8 @@ def test_analyze_on_local_cluster(cli: Cli, fleet: list[Path]) -> None:
 
 @pytest.mark.slow
 def test_scheduler_without_workers_is_an_error(cli: Cli, tmp_path: Path, fleet: list[Path]) -> None:
-    with _deploy(tmp_path, workers=0) as address:
+    with deploy(tmp_path, workers=0) as d:
+        address = d.address
         t = time.monotonic()
         code, out, err = cli(["analyze", "--scheduler", address, str(fleet[0])])
     assert code == 2 and not out, err

@@ -5,17 +5,14 @@ numbers a local run gives, and be in the cache."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.dask import DASK, deploy
 from helpers.scenarios import client_first
 
 from tcpreuse.sweep.cache import Cache
@@ -24,7 +21,6 @@ from tcpreuse.sweep.point import run_point
 from tcpreuse.sweep.runner import Pool
 from tcpreuse.sweep.sweep import plan, run_sweep
 
-DASK = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(DASK is None, reason="needs the dask CLI")]
 
 # ~1 s per simulation: long enough that the kill lands while tasks are still queued
@@ -33,39 +29,8 @@ SCENARIO = client_first("dask-sweep", duration_s=30, seed=3, clients=2, port_ran
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
-    assert DASK is not None
-    sched_file = tmp_path / "scheduler.json"
-    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        procs.append(subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                                       "--scheduler-file", str(sched_file)], env=env, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
-        deadline = time.monotonic() + 30
-        while not sched_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert sched_file.exists(), "dask scheduler did not start"
-        address = json.loads(sched_file.read_text())["address"]
-        for name in ("w1", "w2"):
-            procs.append(subprocess.Popen([DASK, "worker", address, "--name", name, "--nthreads", "1", "--no-nanny",
-                                           "--host", "127.0.0.1", "--no-dashboard"], env=env,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True))
-        from distributed import Client
-
-        with Client(address, timeout="20s", set_as_default=False) as c:
-            c.wait_for_workers(2, timeout=30)
-        yield address, procs
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+    with deploy(tmp_path, workers=2) as d:
+        yield d.address, d.procs
 
 
 def test_sweep_survives_a_worker_killed_mid_sweep(deployment: tuple[str, list[subprocess.Popen[bytes]]],
