@@ -36,11 +36,10 @@ def opened(html: Path, name: str) -> dict[str, dict[str, float]]:
                                                            "findings": res.findings}}  # type: ignore[dict-item]
 
 
-def test_seed_simulation_report_in_chromium(cli: Cli, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_seed_simulation_report_in_chromium(cli: Cli, tmp_path: Path) -> None:
     html = tmp_path / "seed.html"
     # 6,000/s for 20 s: the port cycle (8.2 s) is far shorter than TIME_WAIT, failures from ~20 s
-    code, _, err = cli(["simulate", "seed", "--duration", "20", "--set", "workload.rate=6000", "--html", str(html)],
-                       capsys)
+    code, _, err = cli(["simulate", "seed", "--duration", "20", "--set", "workload.rate=6000", "--html", str(html)])
     assert code == 0, err
     plots = opened(html, "simulate-seed")
     for key in ("rates", "timewait", "ports", "latency"):
