@@ -443,7 +443,9 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     if config.mode == "open" and total and late > 0.01 * total:
         notes.append(f"{late} of {total} attempts started more than 1 ms after they were due "
                      f"(worst {lag_max:.1f} ms): the generator did not keep up with the rate; "
-                     "their latency counts from the due time")
+                     "their latency counts from the due time (its workers: "
+                     f"{cpu_s / total * 1e6:.0f} us of CPU per attempt, preempted {preempted / total:.2f} "
+                     f"times per attempt; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     if not_started:
         notes.append(f"{not_started} attempts due before the end were never started: the generator "
                      f"was too far behind its schedule (use more --workers or a lower --rate)")
