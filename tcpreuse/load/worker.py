@@ -749,12 +749,14 @@ class Worker:
                 # must still finish connections as fast as it starts them, or they pile
                 # up (CLOSE_WAIT), each holding a local port that connect()'s port search
                 # (__inet_hash_connect) then has to skip, and every start gets slower.
+                # Answers are stamped with the time epoll_wait() returned: they had arrived
+                # by then, and the work on the events before them is the generator's.
+                now = mono()
                 owed = n_started - started_before
                 for fd, _ev in events:
-                    now = mono()
                     if owed > 0:
                         owed -= 1
-                    elif due_first and next_due is not None and now >= next_due:
+                    elif due_first and next_due is not None and mono() >= next_due:
                         break
                     att_ = conns_get(fd)
                     if att_ is not None:
