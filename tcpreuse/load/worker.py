@@ -846,10 +846,23 @@ def short_slice(slice_ns: int = SLICE_NS) -> bool:
         return False
 
 
+def name_process(name: str) -> None:
+    """Set this process's command name (prctl PR_SET_NAME, at most 15 bytes), so `top`,
+    `ps -o comm` and perf tell the load workers apart from the server beside them and
+    from each other. Best effort."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_in_child(plan: WorkerPlan, conn: Connection) -> None:
     """Entry of a worker process: the parent handles Ctrl-C and tells us to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    name_process(f"tcpr-load-{plan.index}")
     precise_timers()
     short_slice()
     try:
