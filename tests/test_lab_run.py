@@ -195,6 +195,26 @@ def test_dnat_load_balancer_splits_across_two_servers():
     assert res.meta["end"]["server-1"]["time_wait"] == pytest.approx(200, abs=3)
 
 
+@pytest.mark.parametrize("netfilter", ["nft", "iptables"])
+def test_a_client_tuple_reused_across_two_servers_is_attributed_per_connection(netfilter):
+    """One client port: every connection has the same 4-tuple, and the LB (round robin, a new
+    session each time: the server closed first) sends them to server-1, server-2, server-1...
+    Only the time of each flow can tell which server served which attempt."""
+    if netfilter == "iptables" and not shutil.which("iptables-legacy-restore"):
+        pytest.skip("needs iptables-legacy")
+    extra = '[lb]\nbackends = "server"\nport = 80\nscheduler = "round_robin"'
+    one_port = '[host.settings]\n"net.ipv4.ip_local_port_range" = "40000 40000"\n'
+    res = lab(toml(client=one_port, extra=extra, server_count=2, target="lb",
+                   workload="rate = 10\ncount = 12", close="server"), netfilter=netfilter)
+    assert res.outcomes() == {"ok": 12}
+    assert set(res.attempts.column("sport")) == {40000}
+    servers = res.attempts.column("server")
+    assert "" not in servers and not any("4-tuple is unknown" in n for n in res.notes), res.notes
+    assert all(a != b for a, b in zip(servers, servers[1:])), servers  # alternating
+    opens = {h: res.counters[h]["TcpPassiveOpens"] for h in ("server-1", "server-2")}
+    assert res.attempts.counts("server") == opens == {"server-1": 6, "server-2": 6}
+
+
 def test_windows_client_runs_emulated():
     text = toml(workload="rate = 200\ncount = 50", close="server").replace(
         'profile = "linux-native"', 'profile = "windows-2012r2"', 1)
