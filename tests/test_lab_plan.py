@@ -3,7 +3,6 @@ parses /proc and merges results. (The real-kernel runs are in test_lab_kernel.py
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys

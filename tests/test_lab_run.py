@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -210,7 +211,7 @@ def test_a_client_tuple_reused_across_two_servers_is_attributed_per_connection(n
     assert set(res.attempts.column("sport")) == {40000}
     servers = res.attempts.column("server")
     assert "" not in servers and not any("4-tuple is unknown" in n for n in res.notes), res.notes
-    assert all(a != b for a, b in zip(servers, servers[1:])), servers  # alternating
+    assert all(a != b for a, b in itertools.pairwise(servers)), servers  # alternating
     opens = {h: res.counters[h]["TcpPassiveOpens"] for h in ("server-1", "server-2")}
     assert res.attempts.counts("server") == opens == {"server-1": 6, "server-2": 6}
 
