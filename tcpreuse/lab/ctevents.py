@@ -176,41 +176,44 @@ class Recorder:
         return parse_lines(text)
 
 
-class _Stop(Exception):
-    pass
-
-
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m tcpreuse.lab.ctevents OUTFILE", file=sys.stderr)
         return 2
+    stopping = False
 
     def stop(signum: int, frame: object) -> None:
-        raise _Stop
+        nonlocal stopping
+        stopping = True
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     with contextlib.suppress(OSError):
         s.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
     s.bind((0, 1 << (NFNLGRP_CONNTRACK_NEW - 1) | 1 << (NFNLGRP_CONNTRACK_DESTROY - 1)))
+    s.settimeout(0.2)  # a stop request is seen within this; then what is queued is read
     lost = 0
     with Path(argv[0]).open("w") as out:
         print("ready", flush=True)
-        try:
-            while True:
-                try:
-                    buf = s.recv(1 << 16)
-                except OSError:  # ENOBUFS: events were dropped
-                    lost += 1
-                    continue
-                now = time.time_ns()
-                for m in split_messages(buf):
-                    ev = parse_event(m)
-                    if ev:
-                        what, (src, sport), (a, b, port) = ev
-                        out.write(f"{what} {now} {src} {sport} {a} {b} {port}\n")
-        except (_Stop, KeyboardInterrupt):
-            pass
+        while True:
+            try:
+                buf = s.recv(1 << 16)
+            except (TimeoutError, BlockingIOError):
+                if stopping:
+                    break
+                continue
+            except OSError:  # ENOBUFS: events were dropped
+                lost += 1
+                continue
+            now = time.time_ns()
+            for m in split_messages(buf):
+                ev = parse_event(m)
+                if ev:
+                    what, (src, sport), (a, b, port) = ev
+                    out.write(f"{what} {now} {src} {sport} {a} {b} {port}\n")
+            if stopping:
+                s.setblocking(False)  # drain what the kernel queued before the stop
         if lost:
             out.write(f"# lost {lost}\n")
     return 0

@@ -22,7 +22,7 @@ from ..errors import LabError
 from . import iptables, state
 from .ctevents import Recorder
 from .flows import Flows
-from .netns import Namespace, require_root, veth_pair
+from .netns import PREFIX, Namespace, require_root, veth_pair
 from .plan import LabPlan
 from .procnet import ProcNet
 
@@ -66,7 +66,8 @@ class Topology:
                 iptables.load(ns, h.ipt)
             if h.role in ("nat", "lb"):
                 where = self.scratch or Path(tempfile.gettempdir())
-                self.recorders[h.key] = Recorder.start(ns, self.python, where / f"flows-{h.key}.txt")
+                path = where / f"{PREFIX}flows-{self.plan.run_id}-{h.key}.txt"
+                self.recorders[h.key] = Recorder.start(ns, self.python, path)
             self.anchors[h.key] = ns.popen(["sleep", "infinity"], stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._delay()
@@ -95,7 +96,12 @@ class Topology:
     def flows(self, key: str) -> tuple[Flows, int]:
         """The flows the NAT/LB recorded (wall-clock times) and the lost event batches."""
         rec = self.recorders.pop(key, None)
-        return rec.flows() if rec else (Flows(), 0)
+        if rec is None:
+            return Flows(), 0
+        out = rec.flows()
+        if self.scratch is None:
+            rec.path.unlink(missing_ok=True)
+        return out
 
     def procnet(self, key: str) -> ProcNet:
         return ProcNet(self.anchors[key].pid)
@@ -104,6 +110,8 @@ class Topology:
         """Kill every process in our namespaces and delete them. Idempotent."""
         for rec in self.recorders.values():
             rec.stop()
+            if self.scratch is None:  # a file of our own in the temporary directory
+                rec.path.unlink(missing_ok=True)
         self.recorders.clear()
         for ns in list(self.ns.values()):
             ns.delete()
