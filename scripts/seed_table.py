@@ -108,9 +108,9 @@ and its own FIN are still on the way. Those are then picked up as a new connecti
 (`nf_conntrack_tcp_loose` = 1: ESTABLISHED, UNREPLIED, 300 s), scheduled by the round robin,
 and answered with a RST by a back end without the connection (100 such entries in 2,400
 attempts of an 8 s run, 177 in 12,000 of a 40 s one). They do not change the outcome at this
-scale: two 40 s runs (this branch and the one before it) had 3.24-3.27 % failed, 22.6-23.3 %
-delayed and the first failure at 21.6 s, the `seed` row's figures. An earlier table had this
-row failing from 2.7 s (4.41 %); that did not recur in three runs.
+scale: three 40 s runs had 3.12-3.27 % failed, 22.6-23.3 % delayed and the first failure at
+21.5-21.6 s, the `seed` row's figures (the same before and after the lab's flow recorder
+changed). An earlier table had this row failing from 2.7 s (4.41 %); that did not recur.
 """
 
 
