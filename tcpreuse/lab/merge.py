@@ -5,8 +5,8 @@ times relative to its own start. The lab shifts them onto the run's clock (t = 0
 first load was launched), names client and workload as the simulator does, fills the
 server-side view of each 4-tuple where the lab knows it (no NAT/LB: unchanged; through
 NAT or the LB: the flow conntrack made for that attempt, joined by key and time, flows.py),
-and adds what only
-the lab sees: every namespace's counters and TIME_WAIT samples. Pure: no I/O.
+and adds what only the lab sees: every namespace's counters and TIME_WAIT samples. Pure: no
+I/O.
 """
 
 from __future__ import annotations
@@ -166,7 +166,8 @@ def merge(plan: LabPlan, parts: list[Part], obs: Observed, *, seed: int | None,
     unknown = _server_view(table, plan, obs)
     if unknown:
         notes = [*notes, f"{unknown} attempt(s) whose server-side 4-tuple is unknown (no flow "
-                 "recorded by the NAT/LB for them: conntrack events lost, see the notes)"]
+                 "recorded by the NAT/LB for them: their SYNs never got through it, or its "
+                 "conntrack events were lost)"]
 
     step = obs.step_s
     n = max(1, math.ceil(obs.duration_s / step - 1e-9))
