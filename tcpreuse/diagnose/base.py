@@ -1,11 +1,13 @@
 """Evidence and diagnosis rules as plug-ins.
 
 Every source of evidence fills an :class:`Evidence`: a simulated or lab run (`run`,
-`scenario`), a live host or snapshot (`hosts`), a packet capture (`capture`). A rule is a
-small object with an `id`, the evidence it `needs`, and `check(ev) -> list[Finding]`; it
-runs whenever its evidence is present, so the same rule fires on a simulation, a lab
-run, a live host or a capture. Rules register themselves with :func:`rule` in modules
-under ``tcpreuse/diagnose/rules/``; :func:`diagnose` imports them all and runs them.
+`scenario`), a live host or snapshot (`hosts`), a packet capture (`capture`). Diagnosis is
+organised by mechanism: each module under ``tcpreuse/diagnose/rules/`` declares one
+:class:`Mechanism` (its finding ids) and registers, with :meth:`Mechanism.rule`, one small
+rule per kind of evidence it can read it from. A rule runs whenever its evidence is
+present, so one mechanism is found in a simulation, a lab run, a live host, a capture or
+a kernel trace; adding an evidence kind means adding rules to the mechanisms, not a new
+family of modules. :func:`diagnose` imports them all and runs them.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ if TYPE_CHECKING:
     from ..result import RunResult
     from ..scenario.schema import Scenario
 
-__all__ = ["Evidence", "FunctionRule", "HostFacts", "ListenerUse", "Rule", "TupleUse", "diagnose", "evidence_of", "load_rules",
-           "rule"]
+__all__ = ["EVIDENCE_KINDS", "Evidence", "FunctionRule", "HostFacts", "ListenerUse", "Mechanism", "Rule", "TupleUse",
+           "declared_findings", "diagnose", "evidence_of", "load_rules"]
 
 
 @dataclass
@@ -68,64 +70,99 @@ def evidence_of(observed: list[Observed]) -> Evidence:
 
 class Rule(Protocol):
     id: str
-    needs: frozenset[str]
+    mechanism: str
+    evidence: str
+    emits: tuple[str, ...]
 
     def check(self, ev: Evidence) -> list[Finding]: ...
 
 
+EVIDENCE_KINDS = ("run", "capture", "hosts", "trace")
+
+
 @dataclass
 class FunctionRule:
+    """One mechanism read from one kind of evidence: `fn(ev)` returns findings whose ids are
+    among `emits` (declared by the rule, documented in docs/findings.md)."""
+
     id: str
-    needs: frozenset[str]
+    mechanism: str
+    evidence: str
+    emits: tuple[str, ...]
     fn: Callable[[Evidence], list[Finding]]
 
     def check(self, ev: Evidence) -> list[Finding]:
         out = self.fn(ev)
         for f in out:
+            if f.id not in self.emits:
+                raise AssertionError(f"rule {self.id} emitted finding {f.id!r}, which it does not declare")
             f.source = f.source or ev.source
         return out
 
 
+@dataclass(frozen=True)
+class Mechanism:
+    """A failure mechanism (port exhaustion, TIME_WAIT collision, ...): the findings it may
+    give, with one line each, and the rules that read it from each kind of evidence."""
+
+    name: str
+    title: str
+    findings: dict[str, str]
+
+    def rule(self, evidence: str, emits: str | tuple[str, ...], name: str = ""
+             ) -> Callable[[Callable[[Evidence], list[Finding]]], Rule]:
+        """Register `fn(ev) -> list[Finding]` reading `evidence` (one of EVIDENCE_KINDS)."""
+        ids = (emits,) if isinstance(emits, str) else emits
+        if evidence not in EVIDENCE_KINDS:
+            raise ValueError(f"unknown evidence kind {evidence!r}")
+        undeclared = [i for i in ids if i not in self.findings]
+        if undeclared:
+            raise ValueError(f"mechanism {self.name} does not declare findings {undeclared}")
+
+        def deco(fn: Callable[[Evidence], list[Finding]]) -> Rule:
+            rid = f"{self.name}.{evidence}" + (f".{name}" if name else "")
+            if rid in REGISTRY:
+                raise ValueError(f"rule {rid} registered twice")
+            r = FunctionRule(id=rid, mechanism=self.name, evidence=evidence, emits=ids, fn=fn)
+            REGISTRY[rid] = r
+            MECHANISMS[self.name] = self
+            return r
+
+        return deco
+
+
 REGISTRY: dict[str, Rule] = {}
+MECHANISMS: dict[str, Mechanism] = {}
 
 
-def rule(id: str, needs: set[str] | frozenset[str]) -> Callable[[Callable[[Evidence], list[Finding]]], Rule]:
-    """Register a function `fn(ev) -> list[Finding]` as a diagnosis rule."""
-
-    def deco(fn: Callable[[Evidence], list[Finding]]) -> Rule:
-        r = FunctionRule(id=id, needs=frozenset(needs), fn=fn)
-        REGISTRY[id] = r
-        return r
-
-    return deco
-
-
-_loaded: set[str] = set()
-
-# Rule modules are named by the evidence they read (run_*, host_*, capture_*); a source
-# loads only the modules that can fire on its evidence.
-MODULE_PREFIXES = {"run": ("run_",), "hosts": ("host_",), "capture": ("capture_",), "trace": ("trace_",)}
-
-
-def load_rules(prefixes: tuple[str, ...] | None = None) -> dict[str, Rule]:
-    """Import rule modules (all, or those whose name starts with one of `prefixes`)."""
+def load_rules() -> dict[str, Rule]:
+    """Import every mechanism module under diagnose/rules/ (each registers its rules)."""
     from . import rules as pkg
 
     for m in pkgutil.iter_modules(pkg.__path__):
-        if m.name in _loaded or (prefixes is not None and not m.name.startswith(prefixes)):
-            continue
         importlib.import_module(f"{pkg.__name__}.{m.name}")
-        _loaded.add(m.name)
     return REGISTRY
 
 
+def declared_findings() -> dict[str, Mechanism]:
+    """Every finding id a rule may emit -> its mechanism (ids are unique across mechanisms)."""
+    load_rules()
+    out: dict[str, Mechanism] = {}
+    for mech in MECHANISMS.values():
+        for fid in mech.findings:
+            if fid in out:
+                raise ValueError(f"finding {fid} declared by {out[fid].name} and {mech.name}")
+            out[fid] = mech
+    return out
+
+
 def diagnose(ev: Evidence, only: set[str] | None = None) -> list[Finding]:
-    """Run every rule whose evidence is present; findings sorted, most severe first."""
+    """Run every rule whose evidence is present (`only`: rule ids, mechanisms or finding
+    ids); findings sorted, most severe first."""
     findings: list[Finding] = []
-    present = tuple(p for need, ps in MODULE_PREFIXES.items() if ev.has(need) for p in ps)
-    for r in load_rules(present).values():
-        if only is not None and r.id not in only:
+    for r in load_rules().values():
+        if only is not None and not ({r.id, r.mechanism, *r.emits} & only):
             continue
-        if all(ev.has(n) for n in r.needs):
+        if ev.has(r.evidence):
             findings.extend(r.check(ev))
     return sort_findings(findings)
