@@ -399,3 +399,62 @@ def raise_backlog(new_backlog: int, somaxconn: object) -> Fix:
                set={"host.server.backlog": new_backlog}, commands=commands,
                caveat="A bigger queue absorbs bursts; if the server accepts too slowly on average, "
                       "it only delays the overflow.")
+
+
+def raise_tw_buckets(h: HostFacts, new_max: int, client_side: bool) -> Fix | None:
+    return sysctl_fix("raise-tw-buckets", f"Raise tcp_max_tw_buckets to {new_max:,}", h,
+                      "client" if client_side else "server", {"net.ipv4.tcp_max_tw_buckets": new_max},
+                      caveat="Each TIME_WAIT mini-socket costs a few hundred bytes; the limit exists against memory "
+                             "exhaustion, not as a TIME_WAIT tuning knob.")
+
+
+def raise_conntrack_max(h: HostFacts, cmax: int) -> Fix | None:
+    return sysctl_fix("raise-conntrack-max", f"Raise nf_conntrack_max to {2 * cmax:,}", h, "server",
+                      {"net.netfilter.nf_conntrack_max": 2 * cmax},
+                      caveat="Each entry costs about 300 bytes of kernel memory.")
+
+
+# -- ports a host picks and binds -----------------------------------------------------------
+
+def reserve_listener_ports(h: HostFacts, ports: str) -> Fix | None:
+    return sysctl_fix("reserve-listener-ports", "Reserve the listening ports", h, "client",
+                      {"net.ipv4.ip_local_reserved_ports": ports})
+
+
+def port_range_parity(h: HostFacts, lo: int, hi: int) -> Fix | None:
+    return sysctl_fix("port-range-parity", f"Use {lo} {hi}", h, "client", {"net.ipv4.ip_local_port_range": f"{lo} {hi}"})
+
+
+def bind_address_no_port() -> Fix:
+    return Fix(id="bind-address-no-port", title="IP_BIND_ADDRESS_NO_PORT before bind() in clients",
+               commands=["setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1) before bind(addr, 0)"])
+
+
+def reuseaddr() -> Fix:
+    return Fix(id="reuseaddr", title="SO_REUSEADDR on servers that restart",
+               commands=["setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, 1) before bind()"])
+
+
+# -- settings and limits ---------------------------------------------------------------------
+
+def fin_timeout_default(h: HostFacts) -> Fix | None:
+    return sysctl_fix("fin-timeout-default", "Put it back to 60 and address TIME_WAIT where it costs (see the port "
+                      "findings: keep-alive, tcp_tw_reuse, wider range)", h, "client", {"net.ipv4.tcp_fin_timeout": 60},
+                      caveat="Harmless to keep if short FIN_WAIT2 is wanted for other reasons.")
+
+
+def raise_file_max(h: HostFacts, fmax: int) -> Fix | None:
+    return sysctl_fix("raise-file-max", "Raise fs.file-max", h, "server", {"fs.file-max": fmax * 2})
+
+
+def raise_nofile(pid: int, soft: int) -> Fix:
+    return Fix(id="raise-nofile", title="Raise the process's open-file limit",
+               commands=["LimitNOFILE=1048576 in the systemd unit (or ulimit -n before start)",
+                         f"prlimit --pid {pid} --nofile={max(soft * 4, 65536)}"])
+
+
+def check_the_server(where: str) -> Fix:
+    """A client sees the effect only: look at the server (doctor there)."""
+    return Fix(id="check-the-server", title=f"Run `tcpreuse doctor` on {where}: listen queue, SYN queue, conntrack",
+               commands=["tcpreuse doctor --interval 2   # on the server",
+                         "nstat -az TcpExtListenOverflows TcpExtListenDrops TcpExtTCPReqQFullDrop"])

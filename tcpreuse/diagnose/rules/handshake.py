@@ -9,7 +9,7 @@ import numpy as np
 
 from ...capture import flows, reuse
 from ...capture.facts import by_server, pct
-from ...findings import EvidenceItem, Finding, Fix
+from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
 from ..base import Evidence, Mechanism
 from ..judge import linux_hosts, rate
@@ -94,10 +94,7 @@ def from_hosts(ev: Evidence) -> list[Finding]:
                    "server with tcp_abort_on_overflow=1 resets what it cannot queue. The cause is on the "
                    "server or the path; this host only shows its effect."),
             evidence=items, confidence=0.85 if waiting else 0.7,
-            fixes=[Fix(id="check-the-server", title=f"Run `tcpreuse doctor` on {where}: listen queue, SYN "
-                                                    "queue, conntrack",
-                       commands=["tcpreuse doctor --interval 2   # on the server",
-                                 "nstat -az TcpExtListenOverflows TcpExtListenDrops TcpExtTCPReqQFullDrop"]),
+            fixes=[fx.check_the_server(where),
                    fx.capture_and_analyze("Capture the handshakes and let `tcpreuse analyze` show "
                                           "which SYNs go unanswered")],
             hosts=[h.name]))

@@ -18,7 +18,7 @@ from ...findings import EvidenceItem, Finding, Fix
 from ...model.nat import nat_evicts_timewait
 from .. import fixes as fx
 from ..base import Evidence, Mechanism
-from ..judge import fix_list, linux_hosts, profile_of, sysctl_fix
+from ..judge import fix_list, linux_hosts, profile_of
 from ..runfacts import cause_stats, first_at, pct
 
 NAT_LB = Mechanism("nat_lb", "NAT / load balancer 4-tuple reuse", {
@@ -209,7 +209,6 @@ def conntrack_from_hosts(ev: Evidence) -> list[Finding]:
         if not count or not cmax or count < 0.75 * cmax:
             continue
         tw_to = h.settings.get("net.netfilter.nf_conntrack_tcp_timeout_time_wait")
-        values: dict[str, object] = {"net.netfilter.nf_conntrack_max": 2 * cmax}
         out.append(Finding(
             id="conntrack-near-full", title=f"conntrack table {count / cmax:.0%} full ({count:,} of {cmax:,})",
             severity="critical" if count >= 0.9 * cmax else "warning",
@@ -219,8 +218,7 @@ def conntrack_from_hosts(ev: Evidence) -> list[Finding]:
             evidence=[EvidenceItem("nf_conntrack_count", count), EvidenceItem("nf_conntrack_max", cmax),
                       EvidenceItem("nf_conntrack_tcp_timeout_time_wait", tw_to)],
             confidence=0.9,
-            fixes=fix_list(sysctl_fix("raise-conntrack-max", f"Raise nf_conntrack_max to {2 * cmax:,}", h, "server",
-                              values, caveat="Each entry costs about 300 bytes of kernel memory."),
+            fixes=fix_list(fx.raise_conntrack_max(h, cmax),
                    fx.shorter_conntrack_timewait(h, "server")),
             hosts=[h.name]))
     return out

@@ -3,10 +3,10 @@ ports inside the range, bind() conflicts. Read from a live host and a kernel tra
 
 from __future__ import annotations
 
-from ...findings import EvidenceItem, Finding, Fix
+from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
 from ..base import Evidence, Mechanism
-from ..judge import fix_list, linux_hosts, port_list_text, pressure, sysctl_fix, tuple_label
+from ..judge import fix_list, linux_hosts, port_list_text, pressure, tuple_label
 from ..tracefacts import reasons, top, window
 
 PORT_ALLOC = Mechanism("port_alloc", "Local port selection", {
@@ -75,8 +75,7 @@ def range_from_hosts(ev: Evidence) -> list[Finding]:
                           EvidenceItem("listening ports in the range", ", ".join(map(str, unreserved))),
                           EvidenceItem("net.ipv4.ip_local_reserved_ports", port_list_text(reserved) or "(empty)")],
                 confidence=0.9,
-                fixes=fix_list(sysctl_fix("reserve-listener-ports", "Reserve the listening ports", h, "client",
-                                  {"net.ipv4.ip_local_reserved_ports": want})),
+                fixes=fix_list(fx.reserve_listener_ports(h, want)),
                 hosts=[h.name]))
         alg = b.get("port_alg")
         if alg in ("parity", "perturb256", "perturb64k", "hint_even") and lo % 2 == hi % 2 and hi > lo:
@@ -94,8 +93,7 @@ def range_from_hosts(ev: Evidence) -> list[Finding]:
                           EvidenceItem("ports of connect()'s parity", b.get("fast_parity", "n/a")),
                           EvidenceItem("ports of the other parity", b.get("other_parity", "n/a"))],
                 confidence=0.9,
-                fixes=fix_list(sysctl_fix("port-range-parity", f"Use {lo} {new_hi}", h, "client",
-                                  {"net.ipv4.ip_local_port_range": f"{lo} {new_hi}"})),
+                fixes=fix_list(fx.port_range_parity(h, lo, new_hi)),
                 hosts=[h.name]))
     return out
 
@@ -117,7 +115,4 @@ def bind_from_trace(ev: Evidence) -> list[Finding]:
         evidence=[EvidenceItem("failed bind() calls", n),
                   EvidenceItem("processes", top(doc, "processes", "process", "bind-error"))],
         confidence=0.8,
-        fixes=[Fix(id="bind-address-no-port", title="IP_BIND_ADDRESS_NO_PORT before bind() in clients",
-                   commands=["setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1) before bind(addr, 0)"]),
-               Fix(id="reuseaddr", title="SO_REUSEADDR on servers that restart",
-                   commands=["setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, 1) before bind()"])])]
+        fixes=[fx.bind_address_no_port(), fx.reuseaddr()])]

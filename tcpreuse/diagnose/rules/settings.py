@@ -5,10 +5,10 @@ host's profile."""
 
 from __future__ import annotations
 
-from ...findings import EvidenceItem, Finding, Fix
+from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
 from ..base import Evidence, Mechanism
-from ..judge import fix_list, linux_hosts, pressure, sysctl_fix, tuple_label
+from ..judge import fix_list, linux_hosts, pressure, tuple_label
 
 SETTINGS = Mechanism("settings", "Settings lint", {
     "tw-reuse-without-timestamps": "tcp_tw_reuse on, tcp_timestamps off: reuse can never apply",
@@ -103,10 +103,7 @@ def fin_timeout_from_hosts(ev: Evidence) -> list[Finding]:
                       EvidenceItem("TIME_WAIT sockets now", "n/a" if tw is None else tw),
                       EvidenceItem("FIN_WAIT2 sockets now", states.get(5, 0))],
             confidence=0.9,
-            fixes=fix_list(sysctl_fix("fin-timeout-default", "Put it back to 60 and address TIME_WAIT where it "
-                              "costs (see the port findings: keep-alive, tcp_tw_reuse, wider range)",
-                              h, "client", {"net.ipv4.tcp_fin_timeout": 60},
-                              caveat="Harmless to keep if short FIN_WAIT2 is wanted for other reasons.")),
+            fixes=fix_list(fx.fin_timeout_default(h)),
             hosts=[h.name]))
     return out
 
@@ -124,7 +121,7 @@ def fd_limits_from_hosts(ev: Evidence) -> list[Finding]:
                 cause="Every socket is a file; at fs.file-max socket() and accept() fail with ENFILE.",
                 evidence=[EvidenceItem("fs.file-nr (allocated)", nr[0]), EvidenceItem("fs.file-max", fmax)],
                 confidence=0.9,
-                fixes=fix_list(sysctl_fix("raise-file-max", "Raise fs.file-max", h, "server", {"fs.file-max": fmax * 2})),
+                fixes=fix_list(fx.raise_file_max(h, fmax)),
                 hosts=[h.name]))
         for p in h.extra.get("processes", []) or []:
             soft, fds = p.get("nofile_soft"), p.get("fds")
@@ -140,8 +137,6 @@ def fd_limits_from_hosts(ev: Evidence) -> list[Finding]:
                           EvidenceItem("RLIMIT_NOFILE hard", p.get("nofile_hard")),
                           EvidenceItem("TCP sockets", p.get("sockets"))],
                 confidence=0.9,
-                fixes=[Fix(id="raise-nofile", title="Raise the process's open-file limit",
-                           commands=["LimitNOFILE=1048576 in the systemd unit (or ulimit -n before start)",
-                                     f"prlimit --pid {p['pid']} --nofile={max(soft * 4, 65536)}"])],
+                fixes=[fx.raise_nofile(p["pid"], soft)],
                 hosts=[h.name]))
     return out

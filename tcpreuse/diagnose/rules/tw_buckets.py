@@ -7,7 +7,7 @@ from __future__ import annotations
 from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
 from ..base import Evidence, Mechanism
-from ..judge import fix_list, linux_hosts, num, rate, sysctl_fix
+from ..judge import fix_list, linux_hosts, num, rate
 
 TW_BUCKETS = Mechanism("tw_buckets", "TIME_WAIT table overflow", {
     "tw-bucket-overflow": "a run's hosts overflowed tcp_max_tw_buckets",
@@ -79,9 +79,6 @@ def from_hosts(ev: Evidence) -> list[Finding]:
                    + ("Here the closing side opens the connections, so ports come back unprotected."
                       if client_side else "On a server this mainly trades safety for memory.")),
             evidence=items, confidence=0.9 if rising else 0.7,
-            fixes=fix_list(sysctl_fix("raise-tw-buckets", f"Raise tcp_max_tw_buckets to {new_max:,}", h,
-                              "client" if client_side else "server", {"net.ipv4.tcp_max_tw_buckets": new_max},
-                              caveat="Each TIME_WAIT mini-socket costs a few hundred bytes; the limit "
-                                     "exists against memory exhaustion, not as a TIME_WAIT tuning knob.")),
+            fixes=fix_list(fx.raise_tw_buckets(h, new_max, client_side)),
             hosts=[h.name]))
     return out
