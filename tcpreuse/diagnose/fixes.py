@@ -98,15 +98,16 @@ def tw_reuse(group: str | None = None) -> Fix:
                caveat="tcp_tw_reuse only helps outgoing connections and only with timestamps on both ends.")
 
 
-def more_addresses(group: str | None = None, workload_key: str = "") -> Fix:
+def more_addresses(group: str | None = None, workload_key: str = "", caveat: str = "") -> Fix:
     """More source addresses (IP_BIND_ADDRESS_NO_PORT) or destination ports: more 4-tuples."""
     if group:
-        return Fix(id="source-addresses", title=f"4 source addresses per host with IP_BIND_ADDRESS_NO_PORT ({group})",
+        return Fix(id="more-addresses", title=f"4 source addresses per host with IP_BIND_ADDRESS_NO_PORT ({group})",
                    set={f"host.{group}.addresses_per_host": 4, workload_key: "address_no_port"},
                    commands=["bind(addr, 0) with setsockopt(IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1) before connect()"])
-    return Fix(id="more-addresses", title="More source addresses or server ports (more 4-tuples)",
+    return Fix(id="more-addresses", title="Spread over more source addresses (bind() with IP_BIND_ADDRESS_NO_PORT) "
+                                          "or more destination addresses/ports",
                commands=["add addresses to the client and bind() each connection to one "
-                         "(IP_BIND_ADDRESS_NO_PORT), or add server ports/back ends"])
+                         "(IP_BIND_ADDRESS_NO_PORT), or add server ports/back ends"], caveat=caveat)
 
 
 def more_client_hosts(group: str, count: int) -> Fix:
@@ -139,12 +140,9 @@ def tuple_fixes(h: HostFacts, t: TupleUse) -> list[Fix]:
     lo, hi = b.get("range", [32768, 60999])
     if hi - lo + 1 < 60000:
         later.append(widen_port_range_on(h))
-    later.append(Fix(id="more-addresses",
-                     title="Spread over more source addresses (bind() with IP_BIND_ADDRESS_NO_PORT) "
-                           "or more destination addresses/ports",
-                     caveat=f"Each (source, destination) pair has its own {t.budget:,}-port budget; "
-                            f"{t.sources_to_destination} source address(es) are used toward "
-                            f"{t.dst}:{t.dport} now."))
+    later.append(more_addresses(caveat=f"Each (source, destination) pair has its own {t.budget:,}-port budget; "
+                                       f"{t.sources_to_destination} source address(es) are used toward "
+                                       f"{t.dst}:{t.dport} now."))
     keep = reuse_connections("The only fix that removes the churn itself; everything below buys headroom.",
                              title="Reuse connections: HTTP keep-alive or a connection pool")
     return fix_list(*root, keep, *later)
@@ -277,7 +275,7 @@ def recycle_off(group: str | None = None, title: str = "") -> Fix:
 
 
 def recycle_off_on(h: HostFacts) -> Fix | None:
-    return sysctl_fix("tw-recycle-off", "Turn tcp_tw_recycle off", h, "server", {"net.ipv4.tcp_tw_recycle": 0},
+    return sysctl_fix("no-recycle", "Turn tcp_tw_recycle off", h, "server", {"net.ipv4.tcp_tw_recycle": 0},
                       caveat="Keep tcp_timestamps=1: turning timestamps off instead (an old RHEL workaround) "
                              "also disables PAWS and tcp_tw_reuse. Remove the line from /etc/sysctl.conf so "
                              "it does not come back at boot.")
@@ -286,7 +284,7 @@ def recycle_off_on(h: HostFacts) -> Fix | None:
 def recycle_advice() -> list[Fix]:
     """For a capture: tcp_tw_recycle off, and what to do about server TIME_WAIT instead."""
     return [
-        Fix(id="tw-recycle-off", title="Turn tcp_tw_recycle off on the servers (kernels <= 4.11)",
+        Fix(id="no-recycle", title="Turn tcp_tw_recycle off on the servers (kernels <= 4.11)",
             commands=[RECYCLE_OFF, "and remove net.ipv4.tcp_tw_recycle from /etc/sysctl.conf and /etc/sysctl.d/*"],
             caveat="It was removed in Linux 4.12 because it breaks clients behind NAT; without it the "
                    "server keeps TIME_WAIT for 60 s (harmless on the server side)."),
