@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tcpreuse.capture.synth import Seg, handshake
-from tcpreuse.diagnose.base import Evidence, declared_findings, load_rules
+from tcpreuse.diagnose.base import Evidence, declared_findings, diagnose, load_rules
 from tcpreuse.host.records import HostFacts, ListenerUse, TupleUse
 
 T0 = 1_700_000_000.0
@@ -326,3 +326,15 @@ def test_finding_ids_are_declared_once_and_documented() -> None:
 def test_every_declared_finding_has_a_rule_that_emits_it() -> None:
     emitted = {fid for r in RULES.values() for fid in r.emits}
     assert emitted == set(declared_findings())
+
+
+def test_diagnose_runs_the_rules_of_the_evidence_present_and_only_those_asked(evidence: Builders) -> None:
+    """One Evidence with a trace and a run: each mechanism's rule for each kind fires; `only`
+    narrows by mechanism, rule id or finding id."""
+    ev = evidence["run"]({"syn_dropped_listen_overflow": (0, 8)}, counters={"srv": {"TcpExtTCPTimeWaitOverflow": 5}})
+    ev.trace = evidence["trace"]({"listen-overflow": 7}).trace
+    ids = {f.id for f in diagnose(ev)}
+    assert ids == {"listen-overflow", "trace-listen-overflow", "tw-bucket-overflow"}
+    assert {f.id for f in diagnose(ev, only={"listen"})} == {"listen-overflow", "trace-listen-overflow"}
+    assert {f.id for f in diagnose(ev, only={"tw_buckets.run"})} == {"tw-bucket-overflow"}
+    assert {f.id for f in diagnose(ev, only={"trace-listen-overflow"})} == {"trace-listen-overflow"}

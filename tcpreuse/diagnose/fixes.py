@@ -194,12 +194,15 @@ def peer_timestamps_on(dst: str, why: str = "") -> Fix:
 
 # -- connections and close ---------------------------------------------------------------
 
-def keepalive(sc: Scenario | None = None, workload: str | None = None, n: int = 20) -> Fix | None:
-    """Keep-alive: N requests per connection for a scenario workload (the only one if not
-    named; None when the scenario cannot say which); without a scenario, advice."""
-    if sc is None:
-        return Fix(id="keepalive", title="Reuse connections (HTTP keep-alive / a connection pool)",
-                   commands=["a connection pool or HTTP keep-alive in the client: fewer new 4-tuples per second"])
+def keepalive_advice() -> Fix:
+    """Reuse connections, as advice (no scenario to express it in)."""
+    return Fix(id="keepalive", title="Reuse connections (HTTP keep-alive / a connection pool)",
+               commands=["a connection pool or HTTP keep-alive in the client: fewer new 4-tuples per second"])
+
+
+def keepalive(sc: Scenario, workload: str | None = None, n: int = 20) -> Fix | None:
+    """Keep-alive as a scenario fix: N requests per connection for a workload (the only
+    one if not named); None when the scenario cannot say which."""
     if workload is None and len(sc.workload) != 1:
         return None
     name = workload or sc.workload[0].name
@@ -255,12 +258,6 @@ def timewait_fixes(os_guess: str, no_ts: bool) -> list[Fix]:
     them, then fewer new 4-tuples, TIME_WAIT on the client, or more 4-tuples."""
     return (client_timestamps_for(os_guess) if no_ts else []) + [keepalive_advice(), client_closes_first(),
                                                                   more_ports()]
-
-
-def keepalive_advice() -> Fix:
-    fx = keepalive()
-    assert fx is not None
-    return fx
 
 
 # -- tcp_tw_recycle ----------------------------------------------------------------------

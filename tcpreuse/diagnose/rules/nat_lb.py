@@ -54,13 +54,8 @@ def nat_from_run(ev: Evidence) -> list[Finding]:
         f"time out: {st.attempts:,} attempts hit it, {st.failed:,} failed."
     )
     fixes: list[Fix] = []
-    if nat is not None:
-        fixes = [
-            fx.nat_addresses(naddr), fx.nat_tw_hold(),
-        ]
-        ka = fx.keepalive(sc)
-        if ka is not None:
-            fixes.append(ka)
+    if sc is not None and nat is not None:
+        fixes = fix_list(fx.nat_addresses(naddr), fx.nat_tw_hold(), fx.keepalive(sc))
     return [Finding(id="nat-port-exhaustion", title="The NAT runs out of ports toward a destination",
                     severity="critical", cause=cause,
                     evidence=[EvidenceItem("SYNs dropped at the NAT", st.attempts, pct(st.attempts / n)),
@@ -96,11 +91,10 @@ def lb_from_run(ev: Evidence) -> list[Finding]:
                 f"{lb.session_hold_s:.0f} s after close: {st.attempts:,} SYNs dropped, {st.failed:,} attempts "
                 f"failed.{again}")
         fixes = [fx.lb_ignore_msl(["IPVS: kernel >= 5.9, or sysctl net.ipv4.vs.conn_reuse_mode=0 (see caveat)"],
-                                  caveat="With IPVS conn_reuse_mode=0, reused ports stick to the old real server, even a "
-                     "deleted one (kubernetes#81775).")]
-        ka = fx.keepalive(sc)
-        if ka is not None:
-            fixes.append(ka)
+                                  caveat="With IPVS conn_reuse_mode=0, reused ports stick to the old real server, "
+                                         "even a deleted one (kubernetes#81775).")]
+        if sc is not None:
+            fixes += fix_list(fx.keepalive(sc))
         return [Finding(id="lb-held-session-drop", title="The load balancer drops SYNs on 4-tuples it still holds",
                         severity="warning" if not st.failed else "critical", cause=text,
                         evidence=[EvidenceItem("SYNs dropped at the LB", st.attempts),
