@@ -27,6 +27,7 @@ PORTS = Mechanism("ports", "Port exhaustion", {
     "trace-connect-eaddrnotavail": "traced connect() calls returned EADDRNOTAVAIL",
 })
 
+
 def _budget_series(ev: Evidence) -> list[tuple[str, int, int]]:
     """(series key, budget, peak in use) of the client port series at their peak."""
     run = ev.run
