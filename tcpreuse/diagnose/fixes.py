@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 PORT_RANGE = "1024 65535"  # Linux ip_local_port_range, widened
 LINUX_WIDEN = f"sysctl -w net.ipv4.ip_local_port_range='{PORT_RANGE}'"
+WIDEN_TITLE = f"Widen ip_local_port_range to {PORT_RANGE.replace(' ', '-')}"
 LINUX_RESERVE = "reserve the ports services listen on first: net.ipv4.ip_local_reserved_ports"
 WIN_DYN_START, WIN_DYN_NUM = 10000, 55535  # Windows dynamic ports, widened: 10000-65534
 WINDOWS_WIDEN = f"netsh int ipv4 set dynamicport tcp start={WIN_DYN_START} num={WIN_DYN_NUM}"
@@ -50,16 +51,15 @@ def _scoped(base: str, group: str | None) -> str:
 def widen_port_range(group: str | None = None, scoped: bool = True) -> Fix:
     """Linux: ip_local_port_range to 1024-65535 (a scenario group, or advice for any host)."""
     where = f" on {group}" if group else ""
-    return Fix(id=_scoped("widen-port-range", group if scoped else None), title=f"Widen ip_local_port_range{where} to 1024-65535",
+    return Fix(id=_scoped("widen-port-range", group if scoped else None), title=f"{WIDEN_TITLE}{where}",
                set={f"{group}:net.ipv4.ip_local_port_range": PORT_RANGE} if group else {},
                commands=[LINUX_WIDEN, LINUX_RESERVE])
 
 
 def widen_port_range_on(h: HostFacts) -> Fix | None:
     """The same on a live Linux host (nothing if its range is already that wide)."""
-    return sysctl_fix("widen-port-range", "Widen the ephemeral port range to 1024-65535", h, "client",
-                      {"net.ipv4.ip_local_port_range": PORT_RANGE},
-                      caveat="Reserve every port a service listens on first (net.ipv4.ip_local_reserved_ports).")
+    return sysctl_fix("widen-port-range", WIDEN_TITLE, h, "client", {"net.ipv4.ip_local_port_range": PORT_RANGE},
+                      caveat=f"{LINUX_RESERVE.capitalize()}.")
 
 
 def widen_dynamic_ports(group: str | None = None, caveat: str = "", scoped: bool = True) -> Fix:
