@@ -3,11 +3,13 @@
 Every source of evidence fills an :class:`Evidence`: a simulated or lab run (`run`,
 `scenario`), a live host or snapshot (`hosts`), a packet capture (`capture`). Diagnosis is
 organised by mechanism: each module under ``tcpreuse/diagnose/rules/`` declares one
-:class:`Mechanism` (its finding ids) and registers, with :meth:`Mechanism.rule`, one small
-rule per kind of evidence it can read it from. A rule runs whenever its evidence is
-present, so one mechanism is found in a simulation, a lab run, a live host, a capture or
-a kernel trace; adding an evidence kind means adding rules to the mechanisms, not a new
-family of modules. :func:`diagnose` imports them all and runs them.
+:class:`Mechanism` (its finding ids). A mechanism whose evidence kinds overlap has one
+typed fact record, one small extractor per evidence kind (:meth:`Mechanism.extractor`:
+evidence -> facts) and one finding builder (:meth:`Mechanism.builder`: fact -> findings,
+the id picked per evidence kind from ``Mechanism.ids``); adding an evidence kind means
+adding an extractor. Findings that only one kind of evidence can show are plain rules
+(:meth:`Mechanism.rule`: evidence -> findings). A rule runs whenever its evidence is
+present; :func:`diagnose` imports them all and runs them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import importlib
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..findings import Finding, sort_findings
 from ..host.records import HostFacts, ListenerUse, TupleUse
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from ..result import RunResult
     from ..scenario.schema import Scenario
 
-__all__ = ["EVIDENCE_KINDS", "Evidence", "FunctionRule", "HostFacts", "ListenerUse", "Mechanism", "Rule", "TupleUse",
+__all__ = ["EVIDENCE_KINDS", "Evidence", "EvidenceKind", "FactRule", "FunctionRule", "HostFacts", "ListenerUse", "Mechanism", "Rule", "TupleUse",
            "declared_findings", "diagnose", "evidence_of", "load_rules"]
 
 
@@ -77,7 +79,8 @@ class Rule(Protocol):
     def check(self, ev: Evidence) -> list[Finding]: ...
 
 
-EVIDENCE_KINDS = ("run", "capture", "hosts", "trace")
+EvidenceKind = Literal["run", "capture", "hosts", "trace"]
+EVIDENCE_KINDS: tuple[EvidenceKind, ...] = ("run", "capture", "hosts", "trace")
 
 
 @dataclass
@@ -92,43 +95,83 @@ class FunctionRule:
     fn: Callable[[Evidence], list[Finding]]
 
     def check(self, ev: Evidence) -> list[Finding]:
-        out = self.fn(ev)
-        for f in out:
-            if f.id not in self.emits:
-                raise AssertionError(f"rule {self.id} emitted finding {f.id!r}, which it does not declare")
-            f.source = f.source or ev.source
-        return out
+        return _checked(self, ev, self.fn(ev))
 
 
-@dataclass(frozen=True)
+def _checked(rule: Rule, ev: Evidence, out: list[Finding]) -> list[Finding]:
+    for f in out:
+        if f.id not in rule.emits:
+            raise AssertionError(f"rule {rule.id} emitted finding {f.id!r}, which it does not declare")
+        f.source = f.source or ev.source
+    return out
+
+
+@dataclass
+class FactRule:
+    """One extractor of a mechanism's fact record from one kind of evidence, and the
+    mechanism's builder: `extract(ev)` gives a fact, a list of them (one per host, client
+    or server) or None; `mechanism.build(fact)` words each as findings."""
+
+    id: str
+    mechanism: str
+    evidence: str
+    emits: tuple[str, ...]
+    extract: Callable[[Evidence], Any]
+
+    def check(self, ev: Evidence) -> list[Finding]:
+        got = self.extract(ev)
+        facts = [] if got is None else got if isinstance(got, list) else [got]
+        build = MECHANISMS[self.mechanism].build
+        if build is None:
+            raise AssertionError(f"mechanism {self.mechanism} has extractors but no builder")
+        return _checked(self, ev, [f for fact in facts for f in build(fact)])
+
+
+@dataclass
 class Mechanism:
     """A failure mechanism (port exhaustion, TIME_WAIT collision, ...): the findings it may
-    give, with one line each, and the rules that read it from each kind of evidence."""
+    give, with one line each; `ids`, the finding id its builder gives per evidence kind."""
 
     name: str
     title: str
     findings: dict[str, str]
+    ids: dict[str, str] = field(default_factory=dict)
+    build: Callable[[Any], list[Finding]] | None = None
 
-    def rule(self, evidence: str, emits: str | tuple[str, ...], name: str = ""
-             ) -> Callable[[Callable[[Evidence], list[Finding]]], Rule]:
-        """Register `fn(ev) -> list[Finding]` reading `evidence` (one of EVIDENCE_KINDS)."""
-        ids = (emits,) if isinstance(emits, str) else emits
+    def _register(self, evidence: str, ids: tuple[str, ...], name: str, make: Callable[[str], Rule]) -> Rule:
         if evidence not in EVIDENCE_KINDS:
             raise ValueError(f"unknown evidence kind {evidence!r}")
         undeclared = [i for i in ids if i not in self.findings]
         if undeclared:
             raise ValueError(f"mechanism {self.name} does not declare findings {undeclared}")
+        rid = f"{self.name}.{evidence}" + (f".{name}" if name else "")
+        if rid in REGISTRY:
+            raise ValueError(f"rule {rid} registered twice")
+        REGISTRY[rid] = r = make(rid)
+        MECHANISMS[self.name] = self
+        return r
 
-        def deco(fn: Callable[[Evidence], list[Finding]]) -> Rule:
-            rid = f"{self.name}.{evidence}" + (f".{name}" if name else "")
-            if rid in REGISTRY:
-                raise ValueError(f"rule {rid} registered twice")
-            r = FunctionRule(id=rid, mechanism=self.name, evidence=evidence, emits=ids, fn=fn)
-            REGISTRY[rid] = r
-            MECHANISMS[self.name] = self
-            return r
+    def rule(self, evidence: str, emits: str | tuple[str, ...], name: str = ""
+             ) -> Callable[[Callable[[Evidence], list[Finding]]], Rule]:
+        """Register `fn(ev) -> list[Finding]` reading `evidence` (one of EVIDENCE_KINDS)."""
+        ids = (emits,) if isinstance(emits, str) else emits
+        return lambda fn: self._register(evidence, ids, name, lambda rid: FunctionRule(
+            id=rid, mechanism=self.name, evidence=evidence, emits=ids, fn=fn))
 
-        return deco
+    def extractor(self, evidence: str, name: str = "") -> Callable[[Callable[[Evidence], Any]], Rule]:
+        """Register `fn(ev) -> Fact | list[Fact] | None` reading `evidence`; the mechanism's
+        builder words the facts, with the finding id `self.ids[evidence]`."""
+        if evidence not in self.ids:
+            raise ValueError(f"mechanism {self.name} has no finding id for {evidence!r} evidence")
+        ids = (self.ids[evidence],)
+        return lambda fn: self._register(evidence, ids, name, lambda rid: FactRule(
+            id=rid, mechanism=self.name, evidence=evidence, emits=ids, extract=fn))
+
+    def builder(self, fn: Callable[[Any], list[Finding]]) -> Callable[[Any], list[Finding]]:
+        """Register the one function that words this mechanism's fact record as findings."""
+        self.build = fn
+        MECHANISMS[self.name] = self
+        return fn
 
 
 REGISTRY: dict[str, Rule] = {}
