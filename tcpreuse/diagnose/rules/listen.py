@@ -75,14 +75,14 @@ def build(f: ListenOverflow) -> list[Finding]:
             f"{f.syn_drops:,} SYNs dropped" if f.syn_drops else f"{f.ack_drops:,} final ACKs dropped"
             if f.ack_drops else f"{num(f.overflows)} overflows{since}")
     seen = "; ".join(s for s in (
-        f"{f.syn_drops:,} SYNs were left unanswered until a retransmission"
+        f"{f.syn_drops:,} SYNs unanswered until a retransmission"
         + (" while the server answered other SYNs in the same seconds" if f.source == "capture" else "")
         if f.syn_drops else "",
-        f"{f.ack_drops:,} handshake-completing ACKs were dropped, so the server sent its SYN-ACK again"
+        f"{f.ack_drops:,} handshake-completing ACKs dropped, so the server sent its SYN-ACK again"
         if f.ack_drops else "",
         f"{f.never:,} never connected" if f.never else "",
         f"the first SYN retransmission came {retry_delay_text(f.retry_ms)} later (median)" if f.retry_ms else "",
-        f"{f.synack_retransmits:,} SYN-ACK retransmissions were seen" if f.synack_retransmits is not None else "",
+        f"{f.synack_retransmits:,} SYN-ACK retransmissions" if f.synack_retransmits is not None else "",
         f"the application accepts {f.accepted_per_s:,.1f} connections/s while {arriving:,.1f}/s arrive: "
         "the queue cannot drain, and a bigger one only fills later" if arriving is not None else "",
         f"the application accepts at most {f.capacity_per_s:,.0f} connections/s per server"

@@ -3,23 +3,31 @@
 With tcp_tw_recycle=1 (kernels <= 4.11) a server remembers, per peer, the newest TSval it
 saw on connections it closed (tcp_remember_stamp) and for 60 s silently drops SYNs whose
 TSval is more than 1 behind (tcp_peer_is_proven, PAWSPassive). Hosts behind one NAT
-address have unrelated clocks. Read from a run, a capture (unanswered SYNs exactly where
-a replayed cache says "drop"; the clocks are hosts only where the capture separates them,
-sources.clock_fit) and live hosts (the setting, the PAWS counters).
+address have unrelated clocks. One fact record, RecycleDrop, read from a run, a capture
+(unanswered SYNs exactly where a replayed cache says "drop"; the clocks are hosts only where
+the capture separates them, sources.clock_fit) and live hosts (the setting, the PAWS
+counters), and one builder; what a capture says of servers that answered (the risk) and
+PAWS counters in general are plain rules.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...capture import reuse
 from ...capture.facts import by_client
-from ...capture.sources import SourceStats
-from ...findings import EvidenceItem, Finding
+from ...findings import EvidenceItem, Finding, Fix
+from ...model.profiles import Profile, get_profile
 from .. import fixes as fx
-from ..base import Evidence, Mechanism
+from ..base import Evidence, EvidenceKind, Mechanism
 from ..judge import fix_list, linux_hosts, profile_of, rate
 from ..runfacts import cause_stats, first_at, groups, pct
+
+if TYPE_CHECKING:
+    from ...capture.analysis import CaptureAnalysis
 
 RECYCLE = Mechanism("recycle", "tcp_tw_recycle / PAWS", {
     "tw-recycle-paws-drop": "a run's servers with tcp_tw_recycle=1 dropped SYNs by the per-peer timestamp check",
@@ -27,130 +35,178 @@ RECYCLE = Mechanism("recycle", "tcp_tw_recycle / PAWS", {
     "capture-tw-recycle-risk": "captured SYNs a tcp_tw_recycle server would drop (these servers answered them)",
     "tw-recycle-enabled": "a live host has tcp_tw_recycle=1",
     "paws-rejects-rising": "a live host's PAWS counters rise",
-})
+}, ids={"run": "tw-recycle-paws-drop", "capture": "capture-tw-recycle-drops", "hosts": "tw-recycle-enabled"})
 
 
-@RECYCLE.rule("run", "tw-recycle-paws-drop")
-def from_run(ev: Evidence) -> list[Finding]:
+@dataclass(frozen=True)
+class RecycleDrop:
+    """tcp_tw_recycle's per-peer timestamp check at work (or armed), as one kind of evidence
+    shows it; None: that evidence cannot know."""
+
+    source: EvidenceKind
+    hosts: tuple[str, ...] = ()
+    peer: str = ""  # the address whose SYNs are dropped, when the evidence names one
+    dropped: int | None = None  # attempts whose SYN was dropped
+    failed: int | None = None  # ... that never connected
+    errnos: str = ""
+    attempts: int | None = None  # attempts in the evidence (from this peer)
+    first: str = ""  # the first attempt that met it
+    paws_passive: int | str | None = None  # TcpExtPAWSPassive (a run's; a live host's since boot, or why not)
+    paws_passive_per_s: float | None = None
+    listen_drops: int | None = None  # TcpExtListenDrops since boot
+    nat_addresses: int | None = None  # NAT addresses the clients share
+    clocks: int | None = None  # timestamp clocks behind the peer's address ...
+    clocks_kind: str = ""  # ... "NAT" (several hosts) or "one per 4-tuple" (one host's offsets)
+    clocks_evidence: str = ""  # what in the capture says so
+    no_ts: int | None = None  # dropped SYNs without timestamps
+    base_rate: float | None = None  # unanswered rate of SYNs the cache would accept ...
+    drop_rate: float | None = None  # ... and of those it drops
+    timestamps: object = None  # net.ipv4.tcp_timestamps, where known
+    profile: Profile | None = None
+    kernel: str = ""
+    role: str | None = None
+    role_evidence: str = ""
+    fixes: tuple[Fix, ...] = ()  # fixes only this evidence can name (a scenario's groups, a host's setting)
+
+
+@RECYCLE.builder
+def build(f: RecycleDrop) -> list[Finding]:
+    p = f.profile
+    paws = f.paws_passive if isinstance(f.paws_passive, int) else 0
+    n = f.dropped or paws
+    since = " since boot" if f.source == "hosts" else ""
+    keyed = ("the peer's address" if p is None else "the peer's IP address (inet_peer)" if not p.at_least(3, 5)
+             else "the (local, remote) address pair (tcp_metrics)")
+    seen = "; ".join(s for s in (
+        f"{pct(f.dropped / max(f.attempts or 1, 1))} of SYNs{' from ' + f.peer if f.peer else ''} ({f.dropped:,}) "
+        f"were dropped this way" if f.dropped else "",
+        f"{f.failed:,} never connected" + (f" ({f.errnos})" if f.errnos else "") if f.failed is not None else "",
+        f"the clients reach the servers through {f.nat_addresses} NAT address(es), so hosts with unrelated "
+        "timestamp clocks share one cache entry" if f.nat_addresses is not None else "",
+        f"SYNs the cache would not drop were unanswered {pct(f.base_rate)} of the time, these "
+        f"{pct(f.drop_rate)}" if f.base_rate is not None and f.drop_rate is not None else "") if s)
+    cause = (
+        f"With tcp_tw_recycle=1 (kernels <= 4.11), for every peer the kernel remembers the last TCP timestamp it saw when a "
+        f"connection with timestamps entered TIME_WAIT (tcp_remember_stamp), keyed by {keyed}, and for 60 s "
+        "(TCP_PAWS_MSL) silently drops a SYN whose timestamp is more than 1 behind (TCP_PAWS_WINDOW; "
+        "tcp_peer_is_proven() in tcp_conn_request, counted in TcpExtPAWSPassive): no SYN-ACK, no RST, the client "
+        "retransmits and times out. Clients behind one NAT or load-balancer SNAT address have unrelated "
+        "timestamp clocks, so all but the fastest clock get dropped."
+        + (f" {'In the run' if f.source == 'run' else 'In the capture'}: {seen}." if seen else "")
+        + (f" Several hosts share {f.peer}, or a NAT translates their ports: {f.clocks_evidence}."
+           if f.clocks_kind == "NAT" else "")
+        + (f" {f.peer}'s TSval offsets differ per 4-tuple ({f.clocks:,} clocks, one per 4-tuple: Linux 4.10, or "
+           "kernels with the 2026 per-4-tuple offsets), so even one host's SYNs go backwards for a cache kept "
+           "per address; nothing in the capture says several hosts." if f.clocks_kind == "one per 4-tuple" else "")
+        + (f" {f.no_ts:,} of them carried no timestamp: 3.x-4.11 kernels drop those too while a fresh cache "
+           "entry exists (2.6.32 does not)." if f.no_ts else "")
+        + (" On this kernel a SYN without timestamps from a recently seen peer is dropped too."
+           if p and p.recycle_drops_tsless_syn and f.no_ts is None else "")
+        + (" Since 4.10 random timestamp offsets break it even without NAT." if p and p.at_least(4, 10) else "")
+        + (" Timestamps are off here, so recycling does nothing now, but turning tcp_timestamps on (a common "
+           "fix for other problems) will arm it." if f.timestamps == 0 else ""))
+    items = [EvidenceItem(label, value, detail) for label, value, detail in (
+        ("net.ipv4.tcp_tw_recycle", 1 if f.source == "hosts" else None, ""),
+        ("net.ipv4.tcp_timestamps", f.timestamps, ""),
+        ("kernel", f.kernel or None, ""),
+        ("SYNs dropped by the recycle cache", f.dropped, pct(f.dropped / max(f.attempts or 1, 1))
+         if f.dropped is not None else ""),
+        ("never connected", f.failed, f.errnos),
+        ("first at", f.first or None, ""),
+        (f"TcpExtPAWSPassive{since}", f.paws_passive, "SYNs dropped by the per-peer timestamp check"),
+        ("TcpExtPAWSPassive per s", None if f.paws_passive_per_s is None else round(f.paws_passive_per_s, 2), ""),
+        ("TcpExtListenDrops since boot", f.listen_drops, ""),
+        ("timestamp clocks behind the address", f.clocks if f.clocks is not None else "-" if f.peer else None,
+         f.clocks_kind),
+        ("unanswered rate of SYNs the cache would accept", None if f.base_rate is None else pct(f.base_rate), ""),
+        ("role", f.role or "unknown" if f.source == "hosts" else None, f.role_evidence)) if value is not None]
+    serves = f.role in (None, "server", "lb", "nat") and f.timestamps != 0
+    return [Finding(
+        id=RECYCLE.ids[f.source],
+        title=("tcp_tw_recycle is on" if f.source == "hosts" else "tcp_tw_recycle at work") + f": SYNs{' from ' + f.peer if f.peer else ' from clients sharing an address'} "
+              "are silently dropped" + (f" ({n:,} so far)" if n else ""),
+        severity="critical" if n or serves else "warning", cause=cause, evidence=items,
+        confidence={"run": 0.95, "capture": 0.85 if f.clocks_kind == "NAT" else 0.7,
+                    "hosts": 0.95 if paws else 0.75}[f.source],
+        fixes=list(f.fixes) or fx.recycle_advice(), hosts=list(f.hosts))]
+
+
+@RECYCLE.extractor("run")
+def from_run(ev: Evidence) -> RecycleDrop | None:
     run = ev.run
     assert run is not None
     st = cause_stats(run, "syn_dropped_recycle")
     passive = run.host_counter("TcpExtPAWSPassive")
     if st is None and not passive:
-        return []
-    n = len(run.attempts)
-    servers = [h for h, c in run.counters.items() if c.get("TcpExtPAWSPassive")]
-    evidence = [EvidenceItem("TcpExtPAWSPassive (SYNs dropped)", passive,
-                             "passive connections rejected because of time stamp")]
-    if st is not None:
-        evidence += [
-            EvidenceItem("attempts with a dropped SYN", st.attempts, pct(st.attempts / n)),
-            EvidenceItem("failed", st.failed, ", ".join(f"{k} x{v:,}" for k, v in st.errnos.items())),
-            first_at(st),
-        ]
+        return None
     sc = ev.scenario
-    nat_text = ""
-    if sc is not None and sc.nat is not None:
-        nat_text = (f" The clients reach the servers through {sc.nat.addresses} NAT address(es), so "
-                    "hosts with unrelated timestamp clocks share one cache entry.")
-    cause = (
-        "tcp_tw_recycle=1 on the servers keeps, per peer address, the last TSval seen when a "
-        "connection with timestamps entered TIME_WAIT (tcp_remember_stamp). For 60 s (TCP_PAWS_MSL) "
-        "a SYN from that address whose TSval is older by more than 1 (TCP_PAWS_WINDOW) — or, on "
-        "3.17-4.11, that carries no timestamp — is dropped silently (tcp_conn_request / "
-        f"tcp_peer_is_proven): no SYN-ACK, no RST; the client retransmits and times out.{nat_text}"
-    )
-    fixes = [fx.recycle_off(g.name) for g in groups(sc, "server")
-             if int(g.effective_settings.get("net.ipv4.tcp_tw_recycle", 0))] or [fx.recycle_off()]
-    return [Finding(id="tw-recycle-paws-drop",
-                    title="tcp_tw_recycle silently drops SYNs whose timestamps look old",
-                    severity="critical", cause=cause, evidence=evidence, confidence=0.95, fixes=fixes,
-                    hosts=servers)]
+    on = [g for g in groups(sc, "server") if int(g.effective_settings.get("net.ipv4.tcp_tw_recycle", 0))]
+    return RecycleDrop(
+        "run", hosts=tuple(h for h, c in run.counters.items() if c.get("TcpExtPAWSPassive")),
+        dropped=st.attempts if st else None, failed=st.failed if st else None, attempts=len(run.attempts),
+        errnos=", ".join(f"{k} x{v:,}" for k, v in st.errnos.items()) if st else "",
+        first=str(first_at(st).value) if st else "", paws_passive=passive,
+        nat_addresses=sc.nat.addresses if sc is not None and sc.nat is not None else None,
+        profile=get_profile(on[0].profile) if on else None,
+        fixes=tuple(fx.recycle_off(g.name) for g in on) or (fx.recycle_off(),))
 
 
-def _source(ev: Evidence, client: str) -> SourceStats | None:
-    for s in ev.require_capture().sources:
-        if s.addr == client:
-            return s
-    return None
-
-
-def _clock_text(s: SourceStats | None, client: str) -> str:
-    """Why this address's SYNs go backwards for the cache: several hosts (with the evidence),
-    or one host's per-4-tuple offsets; nothing when the capture cannot tell."""
-    if s is None or s.ts_clocks is None:
-        return ""
-    if s.ts_nat:
-        return f" Several hosts share {client}, or a NAT translates their ports: {s.ts_evidence}."
-    if s.ts_per_connection:
-        return (f" {client}'s TSval offsets differ per 4-tuple ({s.ts_clocks:,} clocks, one per 4-tuple: "
-                "Linux 4.10, or kernels with the 2026 per-4-tuple offsets), so even one host's SYNs go "
-                "backwards for a cache kept per address; nothing in the capture says several hosts.")
-    return ""
-
-
-@RECYCLE.rule("capture", ("capture-tw-recycle-drops", "capture-tw-recycle-risk"))
-def from_capture(ev: Evidence) -> list[Finding]:
-    an = ev.require_capture()
+def _flagged(an: CaptureAnalysis) -> tuple[np.ndarray, np.ndarray, float, bool]:
+    """SYNs the recycle cache drops, those of them unanswered, the unanswered rate of the
+    others, and whether the drops are observed (unanswered far more often than the others)."""
     a = an.attempts
     att = a["is_attempt"]
     flagged = att & (a["tw_recycle"] != reuse.RC_NONE)
-    if not flagged.any():
-        return []
     t_ans = a["t_answer"]
-    first_unanswered = att & (np.isnan(t_ans) | (~np.isnan(a["t_syn2"]) & (t_ans >= a["t_syn2"])))
-    n_flag = int(flagged.sum())
-    dropped = flagged & first_unanswered
-    n_drop = int(dropped.sum())
+    unanswered = att & (np.isnan(t_ans) | (~np.isnan(a["t_syn2"]) & (t_ans >= a["t_syn2"])))
+    n_flag, n_drop = int(flagged.sum()), int((flagged & unanswered).sum())
     rest = att & ~flagged
-    base_rate = float((first_unanswered & rest).sum()) / max(int(rest.sum()), 1)
-    observed = n_drop >= 3 and n_drop >= 0.5 * n_flag and n_drop / n_flag > 3 * base_rate
-    out: list[Finding] = []
-    if observed:
-        for client, rows in by_client(an, np.flatnonzero(dropped)):
-            n_client = int((att & (a["orig"] == a["orig"][rows[0]])).sum())
-            k = rows.size
-            never = int(np.isnan(t_ans[rows]).sum())
-            src = _source(ev, client)
-            clocks = src.ts_clocks if src else None
-            per_conn = bool(src and src.ts_per_connection)
-            hosts = bool(src and src.ts_nat)
-            no_ts = int((a["tw_recycle"][rows] == reuse.RC_DROP_4X).sum())
-            clock_text = _clock_text(src, client)
-            cause = (
-                f"{pct(k / max(n_client, 1))} of SYNs from {client} ({k:,}) were not answered "
-                f"({never:,} never), and each of them is one a tcp_tw_recycle server drops: its TSval is "
-                "more than 1 behind the newest TSval the server remembered for this address within the "
-                "last 60 s (tcp_peer_is_proven(), counted in TcpExtPAWSPassive)." + clock_text
-                + f" SYNs the cache would not drop were unanswered {pct(base_rate)} of the time, these "
-                f"{pct(n_drop / n_flag)}."
-            )
-            if no_ts:
-                cause += (f" {no_ts:,} of them carried no timestamp: 3.x-4.11 kernels drop those too while "
-                          "a fresh cache entry exists (2.6.32 does not).")
-            out.append(Finding(
-                id="capture-tw-recycle-drops",
-                title=f"SYNs from {client} are silently dropped the way tcp_tw_recycle drops them",
-                severity="critical", cause=cause,
-                evidence=[
-                    EvidenceItem("unanswered SYNs the recycle cache would drop", k, pct(k / max(n_client, 1))),
-                    EvidenceItem("never answered", never),
-                    EvidenceItem("timestamp clocks behind the address", clocks if clocks is not None else "-",
-                                 "NAT" if hosts else ("one per 4-tuple" if per_conn else "")),
-                    EvidenceItem("unanswered rate of SYNs the cache would accept", pct(base_rate)),
-                ],
-                confidence=0.85 if hosts else 0.7,
-                fixes=fx.recycle_advice(), hosts=[client]))
-        return out
-    # not observed: what tw_recycle would do to this traffic
+    base_rate = float((unanswered & rest).sum()) / max(int(rest.sum()), 1)
+    return flagged, flagged & unanswered, base_rate, n_drop >= 3 and n_drop >= 0.5 * n_flag and \
+        n_drop / max(n_flag, 1) > 3 * base_rate
+
+
+@RECYCLE.extractor("capture")
+def from_capture(ev: Evidence) -> list[RecycleDrop]:
+    an = ev.require_capture()
+    a = an.attempts
+    flagged, dropped, base_rate, observed = _flagged(an)
+    if not observed:
+        return []
+    sources = {s.addr: s for s in an.sources}
+    out = []
+    for client, rows in by_client(an, np.flatnonzero(dropped)):
+        src = sources.get(client)
+        clocks = src.ts_clocks if src else None
+        out.append(RecycleDrop(
+            "capture", hosts=(client,), peer=client, dropped=rows.size,
+            attempts=int((a["is_attempt"] & (a["orig"] == a["orig"][rows[0]])).sum()),
+            failed=int(np.isnan(a["t_answer"][rows]).sum()), clocks=clocks,
+            clocks_kind="" if src is None or clocks is None else "NAT" if src.ts_nat else
+            "one per 4-tuple" if src.ts_per_connection else "",
+            clocks_evidence=src.ts_evidence if src else "",
+            no_ts=int((a["tw_recycle"][rows] == reuse.RC_DROP_4X).sum()), base_rate=base_rate,
+            drop_rate=int(dropped.sum()) / int(flagged.sum())))
+    return out
+
+
+@RECYCLE.rule("capture", "capture-tw-recycle-risk", name="risk")
+def risk_from_capture(ev: Evidence) -> list[Finding]:
+    """What tw_recycle would do to this traffic, where the servers answered."""
+    an = ev.require_capture()
+    a = an.attempts
+    flagged, _, _, observed = _flagged(an)
+    n_flag = int(flagged.sum())
+    if observed or not n_flag:
+        return []
     nat = [s for s in an.sources if s.ts_nat]
     per_conn_addrs = [s.addr for s in an.sources if s.ts_per_connection and not s.ts_nat]
     return [Finding(
         id="capture-tw-recycle-risk",
         title="A server with tcp_tw_recycle=1 would drop some of these SYNs",
         severity="info",
-        cause=(f"{n_flag:,} SYNs ({pct(n_flag / max(int(att.sum()), 1))}) carry a TSval older than one the "
-               "server saw from the same address less than 60 s earlier on a connection it closed. The "
+        cause=(f"{n_flag:,} SYNs ({pct(n_flag / max(int(a['is_attempt'].sum()), 1))}) carry a TSval older than one "
+               "the server saw from the same address less than 60 s earlier on a connection it closed. The "
                "servers here answered them, so they do not run tcp_tw_recycle; a server that did "
                "(kernels <= 4.11) would drop them silently."
                + (" Addresses behind a NAT (several hosts, or translated ports): "
@@ -165,60 +221,17 @@ def from_capture(ev: Evidence) -> list[Finding]:
         confidence=0.6, fixes=fx.recycle_advice()[:1])]
 
 
-@RECYCLE.rule("hosts", "tw-recycle-enabled")
-def from_hosts(ev: Evidence) -> list[Finding]:
-    out = []
-    for h in linux_hosts(ev):
-        if h.settings.get("net.ipv4.tcp_tw_recycle") != 1:
-            continue
-        p = profile_of(h)
-        ts = h.settings.get("net.ipv4.tcp_timestamps", 1)
-        paws = h.counters_absolute.get("TcpExtPAWSPassive")
-        paws_rate = rate(h, "TcpExtPAWSPassive")
-        drops = h.counters_absolute.get("TcpExtListenDrops")
-        evidence = [
-            EvidenceItem("net.ipv4.tcp_tw_recycle", 1),
-            EvidenceItem("net.ipv4.tcp_timestamps", ts),
-            EvidenceItem("kernel", h.extra.get("kernel_release") or h.profile or "unknown"),
-            EvidenceItem("TcpExtPAWSPassive since boot",
-                         paws if paws is not None else
-                         "absent on this kernel" if "TcpExtPAWSPassive" in h.counters_absent else "not read",
-                         "SYNs dropped by the per-peer timestamp check"),
-        ]
-        if paws_rate is not None:
-            evidence.append(EvidenceItem("TcpExtPAWSPassive per s", round(paws_rate, 2)))
-        if drops is not None:
-            evidence.append(EvidenceItem("TcpExtListenDrops since boot", drops))
-        evidence.append(EvidenceItem("role", h.role or "unknown", h.extra.get("role_evidence", "")))
-        keyed = "the peer's IP address (inet_peer)" if p and not p.at_least(3, 5) else \
-            "the (local, remote) address pair (tcp_metrics)"
-        cause = (
-            "tcp_tw_recycle is on. For every peer the kernel remembers the last TCP timestamp it saw, "
-            f"keyed by {keyed}, and for 60 s (TCP_PAWS_MSL) silently drops a SYN whose timestamp is "
-            "lower (tcp_peer_is_proven() in tcp_conn_request, counted in PAWSPassive): no SYN-ACK, no "
-            "RST, the client retransmits and times out. Clients behind one NAT or load-balancer SNAT "
-            "address have unrelated timestamp clocks, so all but the fastest clock get dropped."
-        )
-        if p and p.recycle_drops_tsless_syn:
-            cause += (" On this kernel a SYN without timestamps from a recently seen peer is dropped "
-                      "too.")
-        if p and p.at_least(4, 10):
-            cause += " Since 4.10 random timestamp offsets break it even without NAT."
-        if not ts:
-            cause += (" Timestamps are off here, so recycling does nothing now, but turning "
-                      "tcp_timestamps on (a common fix for other problems) will arm it.")
-        severity = "critical" if (paws or 0) > 0 or h.role in (None, "server", "lb", "nat") else "warning"
-        if not ts and not paws:
-            severity = "warning"
-        out.append(Finding(
-            id="tw-recycle-enabled",
-            title="tcp_tw_recycle is on: SYNs from clients sharing an address are silently dropped"
-                  + (f" ({paws:,} so far)" if paws else ""),
-            severity=severity, cause=cause, evidence=evidence,
-            confidence=0.95 if (paws or 0) > 0 else 0.75,
-            fixes=fix_list(fx.recycle_off_on(h)),
-            hosts=[h.name]))
-    return out
+@RECYCLE.extractor("hosts")
+def from_hosts(ev: Evidence) -> list[RecycleDrop]:
+    return [RecycleDrop(
+        "hosts", hosts=(h.name,), timestamps=h.settings.get("net.ipv4.tcp_timestamps", 1), profile=profile_of(h),
+        kernel=h.extra.get("kernel_release") or h.profile or "unknown",
+        paws_passive=h.counters_absolute.get("TcpExtPAWSPassive",
+                                             "absent on this kernel" if "TcpExtPAWSPassive" in h.counters_absent
+                                             else "not read"),
+        paws_passive_per_s=rate(h, "TcpExtPAWSPassive"), listen_drops=h.counters_absolute.get("TcpExtListenDrops"),
+        role=h.role, role_evidence=h.extra.get("role_evidence", ""), fixes=tuple(fix_list(fx.recycle_off_on(h))))
+        for h in linux_hosts(ev) if h.settings.get("net.ipv4.tcp_tw_recycle") == 1]
 
 
 _PAWS = {
