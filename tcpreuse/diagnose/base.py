@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..findings import Finding, sort_findings
+from ..findings import EvidenceItem, Finding, Fix, sort_findings
 from ..host.records import HostFacts, ListenerUse, TupleUse
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..result import RunResult
     from ..scenario.schema import Scenario
 
-__all__ = ["EVIDENCE_KINDS", "Evidence", "EvidenceKind", "FactRule", "FunctionRule", "HostFacts", "ListenerUse", "Mechanism", "Rule", "TupleUse",
+__all__ = ["EVIDENCE_KINDS", "Evidence", "EvidenceKind", "Fact", "FactRule", "FunctionRule", "HostFacts", "ListenerUse", "Mechanism", "Rule", "TupleUse",
            "declared_findings", "diagnose", "evidence_of", "load_rules"]
 
 
@@ -96,6 +96,18 @@ class FunctionRule:
 
     def check(self, ev: Evidence) -> list[Finding]:
         return _checked(self, ev, self.fn(ev))
+
+
+@dataclass(frozen=True)
+class Fact:
+    """What every mechanism's fact record carries: the evidence kind it was read from, the
+    hosts it names, figures only that evidence shows (listed as they are, after the
+    builder's) and fixes only that evidence can name (a scenario's groups, a host's sysctls)."""
+
+    source: EvidenceKind
+    hosts: tuple[str, ...] = ()
+    context: tuple[EvidenceItem, ...] = ()
+    fixes: tuple[Fix, ...] = ()
 
 
 def _checked(rule: Rule, ev: Evidence, out: list[Finding]) -> list[Finding]:

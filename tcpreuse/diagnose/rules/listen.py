@@ -17,9 +17,9 @@ import numpy as np
 
 from ...capture import flows, reuse
 from ...capture.facts import by_server, median, retry_delay_text
-from ...findings import EvidenceItem, Finding, Fix
+from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
-from ..base import Evidence, EvidenceKind, Mechanism
+from ..base import Evidence, Fact, Mechanism
 from ..judge import linux_hosts, num, rate
 from ..runfacts import cause_stats, groups, pct
 from ..tracefacts import count, hosts, top, window
@@ -34,12 +34,10 @@ LISTEN = Mechanism("listen", "Listen queue overflow", {
 
 
 @dataclass(frozen=True)
-class ListenOverflow:
+class ListenOverflow(Fact):
     """A full accept queue as one kind of evidence shows it; None: that evidence cannot know."""
 
-    source: EvidenceKind
     where: str = ""  # the listener ("addr:port"), when the evidence names one
-    hosts: tuple[str, ...] = ()
     syn_drops: int | None = None  # SYNs dropped (left unanswered until a retransmission)
     ack_drops: int | None = None  # final ACKs dropped (the server sent its SYN-ACK again)
     never: int | None = None  # attempts that never connected because of it
@@ -50,16 +48,13 @@ class ListenOverflow:
     drops_per_s: float | None = None
     retry_ms: float | None = None  # the clients' first SYN retransmission (median)
     synack_retransmits: int | None = None
-    listeners: str = ""  # the listeners concerned, with their figures
     queued: int | None = None  # the full listener's accept queue now ...
     backlog: int | None = None  # ... and its limit (min(listen(), somaxconn))
     somaxconn: object = None
-    settings: tuple[tuple[str, object], ...] = ()  # sysctls worth showing
     capacity_per_s: float | None = None  # most the application can accept (a scenario's workers)
     accepted_per_s: float | None = None  # measured accept rate while the queue is full
     now: bool = False  # the evidence saw drops while it watched (a trace, rising counters)
     window: str = ""  # the observation window ("in 2.0 s of tracing (kernel 6.8)")
-    fixes: tuple[Fix, ...] = ()  # fixes only this evidence can name (a scenario's groups)
 
 
 _SEEN = {"run": "In the run", "capture": "In the capture", "hosts": "On this host",
@@ -102,7 +97,6 @@ def build(f: ListenOverflow) -> list[Finding]:
         + (" Nothing is rising during the sample; the counters show it happened before."
            if f.source == "hosts" and not f.now and f.queued is None else ""))
     items = [EvidenceItem(label, value, detail) for label, value, detail in (
-        ("listeners", f.listeners or None, "accept queue (ss Recv-Q / Send-Q)" if f.source == "hosts" else ""),
         ("SYNs unanswered until a retransmission", f.syn_drops, ""),
         ("final ACKs dropped (SYN-ACK sent again)", f.ack_drops, ""),
         ("never connected", f.never, ""),
@@ -113,11 +107,10 @@ def build(f: ListenOverflow) -> list[Finding]:
         (f"TcpExtListenOverflows{since}", f.overflows, ""),
         ("TcpExtListenDrops per s", None if f.drops_per_s is None else round(f.drops_per_s, 1), ""),
         (f"TcpExtListenDrops{since}", f.drops, ""),
-        *((k, v, "sysctl") for k, v in f.settings),
         ("accepted per s", None if f.accepted_per_s is None else round(f.accepted_per_s, 1),
          "TcpPassiveOpens while the queue is full: the application's accept rate"),
         ("arriving per s", None if arriving is None else round(arriving, 1),
-         "accepted + dropped (SYN retries included)")) if value is not None or detail == "sysctl"]
+         "accepted + dropped (SYN retries included)")) if value is not None] + list(f.context)
     sustained = f.accepted_per_s is not None
     bigger = fx.raise_backlog(max(4096, 4 * f.backlog), f.somaxconn) if f.source == "hosts" and f.backlog \
         else fx.backlog()
@@ -209,14 +202,14 @@ def from_hosts(ev: Evidence) -> list[ListenOverflow]:
         po = rate(h, "TcpPassiveOpens") if rising and worst is not None else None
         out.append(ListenOverflow(
             "hosts", where=f"{worst.addr}:{worst.port}" if worst else "", hosts=(h.name,),
-            listeners=", ".join(f"{lu.addr}:{lu.port} {lu.queue} queued / backlog {lu.backlog}"
-                                for lu in (full or h.listeners)[:5]),
             overflows=ao, drops=ad, overflows_per_s=ro, drops_per_s=rd,
             queued=worst.queue if worst else None,
             backlog=worst.backlog if worst else max((lu.backlog for lu in h.listeners), default=128),
             somaxconn=h.settings.get("net.core.somaxconn"),
-            settings=tuple((k, h.settings.get(k)) for k in ("net.core.somaxconn", "net.ipv4.tcp_abort_on_overflow",
-                                                            "net.ipv4.tcp_syncookies")),
+            context=(*(EvidenceItem(f"listener {lu.addr}:{lu.port}", f"{lu.queue} queued / backlog {lu.backlog}",
+                                    "accept queue (ss Recv-Q / Send-Q)") for lu in (full or h.listeners)[:5]),
+                     *(EvidenceItem(k, h.settings.get(k)) for k in (
+                         "net.core.somaxconn", "net.ipv4.tcp_abort_on_overflow", "net.ipv4.tcp_syncookies"))),
             accepted_per_s=po, now=rising))
     return out
 
@@ -227,7 +220,7 @@ def from_trace(ev: Evidence) -> ListenOverflow | None:
     n = count(doc, "listen-overflow")
     if not n:
         return None
-    return ListenOverflow("trace", listeners=top(doc, "locals", "endpoint", "listen-overflow"),
+    return ListenOverflow("trace", context=(EvidenceItem("listeners", top(doc, "locals", "endpoint", "listen-overflow")),),
                           hosts=tuple(hosts(doc, "listen-overflow")), ack_drops=n,
                           synack_retransmits=count(doc, "synack-retransmit"), now=True, window=window(doc))
 

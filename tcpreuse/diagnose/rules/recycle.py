@@ -19,10 +19,10 @@ import numpy as np
 
 from ...capture import reuse
 from ...capture.facts import by_client
-from ...findings import EvidenceItem, Finding, Fix
+from ...findings import EvidenceItem, Finding
 from ...model.profiles import Profile, get_profile
 from .. import fixes as fx
-from ..base import Evidence, EvidenceKind, Mechanism
+from ..base import Evidence, Fact, Mechanism
 from ..judge import fix_list, linux_hosts, profile_of, rate
 from ..runfacts import cause_stats, first_at, groups, pct
 
@@ -39,21 +39,15 @@ RECYCLE = Mechanism("recycle", "tcp_tw_recycle / PAWS", {
 
 
 @dataclass(frozen=True)
-class RecycleDrop:
+class RecycleDrop(Fact):
     """tcp_tw_recycle's per-peer timestamp check at work (or armed), as one kind of evidence
     shows it; None: that evidence cannot know."""
 
-    source: EvidenceKind
-    hosts: tuple[str, ...] = ()
     peer: str = ""  # the address whose SYNs are dropped, when the evidence names one
     dropped: int | None = None  # attempts whose SYN was dropped
     failed: int | None = None  # ... that never connected
-    errnos: str = ""
     attempts: int | None = None  # attempts in the evidence (from this peer)
-    first: str = ""  # the first attempt that met it
     paws_passive: int | str | None = None  # TcpExtPAWSPassive (a run's; a live host's since boot, or why not)
-    paws_passive_per_s: float | None = None
-    listen_drops: int | None = None  # TcpExtListenDrops since boot
     nat_addresses: int | None = None  # NAT addresses the clients share
     clocks: int | None = None  # timestamp clocks behind the peer's address ...
     clocks_kind: str = ""  # ... "NAT" (several hosts) or "one per 4-tuple" (one host's offsets)
@@ -63,10 +57,7 @@ class RecycleDrop:
     drop_rate: float | None = None  # ... and of those it drops
     timestamps: object = None  # net.ipv4.tcp_timestamps, where known
     profile: Profile | None = None
-    kernel: str = ""
     role: str | None = None
-    role_evidence: str = ""
-    fixes: tuple[Fix, ...] = ()  # fixes only this evidence can name (a scenario's groups, a host's setting)
 
 
 @RECYCLE.builder
@@ -80,14 +71,14 @@ def build(f: RecycleDrop) -> list[Finding]:
     seen = "; ".join(s for s in (
         f"{pct(f.dropped / max(f.attempts or 1, 1))} of SYNs{' from ' + f.peer if f.peer else ''} ({f.dropped:,}) "
         f"were dropped this way" if f.dropped else "",
-        f"{f.failed:,} never connected" + (f" ({f.errnos})" if f.errnos else "") if f.failed is not None else "",
+        f"{f.failed:,} never connected" if f.failed is not None else "",
         f"the clients reach the servers through {f.nat_addresses} NAT address(es), so hosts with unrelated "
         "timestamp clocks share one cache entry" if f.nat_addresses is not None else "",
         f"SYNs the cache would not drop were unanswered {pct(f.base_rate)} of the time, these "
         f"{pct(f.drop_rate)}" if f.base_rate is not None and f.drop_rate is not None else "") if s)
     cause = (
-        f"With tcp_tw_recycle=1 (kernels <= 4.11), for every peer the kernel remembers the last TCP timestamp it saw when a "
-        f"connection with timestamps entered TIME_WAIT (tcp_remember_stamp), keyed by {keyed}, and for 60 s "
+        "With tcp_tw_recycle=1 (kernels <= 4.11), for every peer the kernel remembers the last TCP timestamp "
+        f"it saw when a connection with timestamps entered TIME_WAIT (tcp_remember_stamp), keyed by {keyed}, and for 60 s "
         "(TCP_PAWS_MSL) silently drops a SYN whose timestamp is more than 1 behind (TCP_PAWS_WINDOW; "
         "tcp_peer_is_proven() in tcp_conn_request, counted in TcpExtPAWSPassive): no SYN-ACK, no RST, the client "
         "retransmits and times out. Clients behind one NAT or load-balancer SNAT address have unrelated "
@@ -106,25 +97,19 @@ def build(f: RecycleDrop) -> list[Finding]:
         + (" Timestamps are off here, so recycling does nothing now, but turning tcp_timestamps on (a common "
            "fix for other problems) will arm it." if f.timestamps == 0 else ""))
     items = [EvidenceItem(label, value, detail) for label, value, detail in (
-        ("net.ipv4.tcp_tw_recycle", 1 if f.source == "hosts" else None, ""),
-        ("net.ipv4.tcp_timestamps", f.timestamps, ""),
-        ("kernel", f.kernel or None, ""),
         ("SYNs dropped by the recycle cache", f.dropped, pct(f.dropped / max(f.attempts or 1, 1))
          if f.dropped is not None else ""),
-        ("never connected", f.failed, f.errnos),
-        ("first at", f.first or None, ""),
+        ("never connected", f.failed, ""),
         (f"TcpExtPAWSPassive{since}", f.paws_passive, "SYNs dropped by the per-peer timestamp check"),
-        ("TcpExtPAWSPassive per s", None if f.paws_passive_per_s is None else round(f.paws_passive_per_s, 2), ""),
-        ("TcpExtListenDrops since boot", f.listen_drops, ""),
         ("timestamp clocks behind the address", f.clocks if f.clocks is not None else "-" if f.peer else None,
          f.clocks_kind),
-        ("unanswered rate of SYNs the cache would accept", None if f.base_rate is None else pct(f.base_rate), ""),
-        ("role", f.role or "unknown" if f.source == "hosts" else None, f.role_evidence)) if value is not None]
+        ("unanswered rate of SYNs the cache would accept", None if f.base_rate is None else pct(f.base_rate), "")
+    ) if value is not None] + list(f.context)
     serves = f.role in (None, "server", "lb", "nat") and f.timestamps != 0
     return [Finding(
         id=RECYCLE.ids[f.source],
-        title=("tcp_tw_recycle is on" if f.source == "hosts" else "tcp_tw_recycle at work") + f": SYNs{' from ' + f.peer if f.peer else ' from clients sharing an address'} "
-              "are silently dropped" + (f" ({n:,} so far)" if n else ""),
+        title=("tcp_tw_recycle is on" if f.source == "hosts" else "tcp_tw_recycle at work")
+        + f": SYNs from {f.peer or 'clients sharing an address'} are silently dropped" + (f" ({n:,} so far)" if n else ""),
         severity="critical" if n or serves else "warning", cause=cause, evidence=items,
         confidence={"run": 0.95, "capture": 0.85 if f.clocks_kind == "NAT" else 0.7,
                     "hosts": 0.95 if paws else 0.75}[f.source],
@@ -144,8 +129,8 @@ def from_run(ev: Evidence) -> RecycleDrop | None:
     return RecycleDrop(
         "run", hosts=tuple(h for h, c in run.counters.items() if c.get("TcpExtPAWSPassive")),
         dropped=st.attempts if st else None, failed=st.failed if st else None, attempts=len(run.attempts),
-        errnos=", ".join(f"{k} x{v:,}" for k, v in st.errnos.items()) if st else "",
-        first=str(first_at(st).value) if st else "", paws_passive=passive,
+        paws_passive=passive, context=(first_at(st), EvidenceItem("errors", ", ".join(
+            f"{k} x{v:,}" for k, v in st.errnos.items()) or "-")) if st else (),
         nat_addresses=sc.nat.addresses if sc is not None and sc.nat is not None else None,
         profile=get_profile(on[0].profile) if on else None,
         fixes=tuple(fx.recycle_off(g.name) for g in on) or (fx.recycle_off(),))
@@ -223,15 +208,22 @@ def risk_from_capture(ev: Evidence) -> list[Finding]:
 
 @RECYCLE.extractor("hosts")
 def from_hosts(ev: Evidence) -> list[RecycleDrop]:
-    return [RecycleDrop(
-        "hosts", hosts=(h.name,), timestamps=h.settings.get("net.ipv4.tcp_timestamps", 1), profile=profile_of(h),
-        kernel=h.extra.get("kernel_release") or h.profile or "unknown",
-        paws_passive=h.counters_absolute.get("TcpExtPAWSPassive",
-                                             "absent on this kernel" if "TcpExtPAWSPassive" in h.counters_absent
-                                             else "not read"),
-        paws_passive_per_s=rate(h, "TcpExtPAWSPassive"), listen_drops=h.counters_absolute.get("TcpExtListenDrops"),
-        role=h.role, role_evidence=h.extra.get("role_evidence", ""), fixes=tuple(fix_list(fx.recycle_off_on(h))))
-        for h in linux_hosts(ev) if h.settings.get("net.ipv4.tcp_tw_recycle") == 1]
+    out = []
+    for h in linux_hosts(ev):
+        if h.settings.get("net.ipv4.tcp_tw_recycle") != 1:
+            continue
+        ts, r = h.settings.get("net.ipv4.tcp_timestamps", 1), rate(h, "TcpExtPAWSPassive")
+        shown = (("net.ipv4.tcp_tw_recycle", 1, ""), ("net.ipv4.tcp_timestamps", ts, ""),
+                 ("kernel", h.extra.get("kernel_release") or h.profile or "unknown", ""),
+                 ("TcpExtPAWSPassive per s", None if r is None else round(r, 2), ""),
+                 ("TcpExtListenDrops since boot", h.counters_absolute.get("TcpExtListenDrops"), ""),
+                 ("role", h.role or "unknown", h.extra.get("role_evidence", "")))
+        out.append(RecycleDrop(
+            "hosts", hosts=(h.name,), timestamps=ts, profile=profile_of(h), role=h.role,
+            paws_passive=h.counters_absolute.get("TcpExtPAWSPassive", "absent on this kernel" if "TcpExtPAWSPassive"
+                                                 in h.counters_absent else "not read"),
+            fixes=tuple(fix_list(fx.recycle_off_on(h))), context=tuple(EvidenceItem(*x) for x in shown if x[1] is not None)))
+    return out
 
 
 _PAWS = {
