@@ -201,8 +201,8 @@ CASES: dict[str, Case | tuple[Case, ...]] = {
               extra={"incoming_time_wait_by_port": {80: 5000}})), ("windows-client-no-timestamps",)),
     "timewait.hosts": Case("hosts", lambda b: b["hosts"](linux(role="server", time_wait=20000)),
                            ("server-timewait-harmless",)),
-    "timewait.trace": Case("trace", lambda b: b["trace"]({"old-ack": 5, "tw-paws": 2}),
-                           ("trace-syn-hit-timewait", "trace-timewait-paws")),
+    "timewait.trace": Case("trace", lambda b: b["trace"]({"old-ack": 5, "tw-paws": 2}), ("trace-syn-hit-timewait",)),
+    "timewait.trace.paws": Case("trace", lambda b: b["trace"]({"old-ack": 5, "tw-paws": 2}), ("trace-timewait-paws",)),
     # recycle
     "recycle.run": Case("run", lambda b: b["run"]({"syn_dropped_recycle": (5, 5)},
                                                   counters={"srv": {"TcpExtPAWSPassive": 12}}), ("tw-recycle-paws-drop",)),

@@ -110,6 +110,10 @@ class Fact:
     fixes: tuple[Fix, ...] = ()
 
 
+# how a builder says where it saw something, per evidence kind
+SEEN = {"run": "In the run", "capture": "In the capture", "hosts": "On this host", "trace": "In the kernel trace"}
+
+
 def _checked(rule: Rule, ev: Evidence, out: list[Finding]) -> list[Finding]:
     for f in out:
         if f.id not in rule.emits:

@@ -11,16 +11,20 @@ clients without timestamps next to Linux servers holding TIME_WAIT) and a kernel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ...capture import flows, reuse
 from ...capture.facts import by_client, median, os_guess, retry_delay_text, span
 from ...findings import EvidenceItem, Finding, Fix
+from ...model.profiles import get_profile
+from ...model.stacks import port_range
 from ...model.verdicts import VERDICTS
 from .. import fixes as fx
-from ..base import Evidence, HostFacts, Mechanism
+from ..base import SEEN, Evidence, Fact, HostFacts, Mechanism
 from ..judge import linux_hosts, num, pressure, profile_of, windows_pool
-from ..runfacts import cause_stats, groups, os_of, pct, timestamps_on, tw_at_role
+from ..runfacts import cause_stats, first_at, groups, os_of, pct, timestamps_on, tw_at_role
 from ..tracefacts import count, hosts, top, window
 
 TIMEWAIT = Mechanism("timewait", "TIME_WAIT collision", {
@@ -33,7 +37,90 @@ TIMEWAIT = Mechanism("timewait", "TIME_WAIT collision", {
     "server-timewait-harmless": "many TIME_WAIT sockets on a server, none of them at risk",
     "trace-syn-hit-timewait": "traced SYNs answered by TCP_TW_ACK at a TIME_WAIT socket",
     "trace-timewait-paws": "traced SYNs dropped by PAWS at a TIME_WAIT socket",
-})
+}, ids={"run": "syn-hit-server-timewait", "capture": "capture-syn-hit-timewait", "trace": "trace-syn-hit-timewait"})
+
+
+@dataclass(frozen=True)
+class TimeWaitCollision(Fact):
+    """SYNs that met a server TIME_WAIT socket of their 4-tuple, as one kind of evidence shows
+    them; None: that evidence cannot know."""
+
+    collisions: int = 0  # SYNs answered by an ACK for the old connection (or PAWS-rejected)
+    peer: str = ""  # the client, when the evidence names one
+    attempts: int | None = None  # attempts in the evidence (from this client)
+    met_timewait: int | None = None  # ... of which met a server TIME_WAIT (accepted or not)
+    paws: int | None = None  # collisions rejected by PAWS (an older TSval)
+    failed: int | None = None  # never connected
+    first: str = ""  # the first attempt that met it
+    server_tw: int | None = None  # TIME_WAIT sockets on the servers then
+    age: str = ""  # how long after the server closed the 4-tuple it came back
+    no_ts: int | None = None  # colliding SYNs without timestamps
+    without_ts: tuple[str, ...] = ()  # clients configured without timestamps
+    model_agrees: int | None = None  # the model's tcp_timewait_state_process() says ACK too
+    client_rst: int | None = None  # the client's RST after that ACK
+    retry_ms: float | None = None  # the client's retried SYN, after (median)
+    rate_per_s: float | None = None  # each client's new connections per second ...
+    ports: int | None = None  # ... from this many ephemeral ports
+    client_os: str = "unknown"
+    window: str = ""  # the observation window (a trace)
+    confidence: float = 0.95  # how surely the evidence shows it
+
+
+@TIMEWAIT.builder
+def build(f: TimeWaitCollision) -> list[Finding]:
+    n = f.collisions
+    seen = "; ".join(s for s in (
+        (f"{pct(n / max(f.attempts, 1))} of SYNs{' from ' + f.peer if f.peer else ''} ({n:,} of {f.attempts:,}"
+         + (f"; {pct(n / max(f.met_timewait, 1))} of the {f.met_timewait:,} that met a server TIME_WAIT"
+            if f.met_timewait is not None else "") + ")" if f.attempts else f"{n:,} SYNs")
+        + (f" reused a 4-tuple the server had closed {f.age} earlier" if f.age else " met a server TIME_WAIT")
+        + " and got an ACK for the old connection",
+        f"the first at {f.first}" + (f", with {f.server_tw:,} TIME_WAIT sockets on the servers"
+                                     if f.server_tw is not None else "") if f.first else "",
+        "" if f.no_ts is None else "they carried no timestamps" if f.no_ts == n else
+        f"{f.no_ts:,} of them carried no timestamps" if f.no_ts else "they carried timestamps",
+        f"the client reset that ACK and retried its SYN {retry_delay_text(f.retry_ms)} later (median)"
+        if f.retry_ms is not None else "",
+        f"{f.failed:,} never connected (their retried SYNs met another TIME_WAIT for the same 4-tuple, or the "
+        "client gave up first)" if f.failed else "") if s)
+    cycle = (f" Each client opens {f.rate_per_s:,.0f} connections/s from {f.ports:,} ephemeral ports, so a source "
+             f"port comes back every {f.ports / f.rate_per_s:.1f} s, sooner than the servers' 60 s TIME_WAIT."
+             if f.rate_per_s and f.ports else "")
+    cause = (
+        "The server closed first, so it held TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN) for every 4-tuple." + cycle
+        + f" {SEEN.get(f.source, 'Here')}{' ' + f.window if f.window else ''}: {seen}."
+        + (" This is the seed incident's signature." if f.no_ts is not None and f.no_ts >= 0.5 * n
+           and (f.paws or 0) < 0.5 * n else "")
+        + (f" The clients ({', '.join(f.without_ts)}) send no TCP timestamps, so the servers' TIME_WAIT is never "
+           "recycled and only sequence numbers are compared." if f.without_ts else "")
+        + " A SYN for a 4-tuple in TIME_WAIT is accepted only if it carries a newer timestamp or its sequence "
+        "number is after the old connection's rcv_nxt (tcp_timewait_state_process()); otherwise the answer is an "
+        "ACK for the old connection (TCP_TW_ACK; no counter but TcpExtTW moves), the client sends RST (which "
+        "kills the TIME_WAIT with tcp_rfc1337=0), and the connect waits for the next SYN retransmission (1 s "
+        "or more)."
+        + (f" {f.paws:,} of these SYNs carried a TSval older than the old connection's last one (PAWS reject): "
+           "several hosts share the address (NAT), or the client's timestamp offset changed." if f.paws else ""))
+    items = [EvidenceItem(label, value, detail) for label, value, detail in (
+        ("SYNs answered by an ACK for the old connection", n, pct(n / f.attempts) if f.attempts else ""),
+        ("time since the server closed that 4-tuple", f.age or None, ""),
+        ("SYNs without timestamps", f.no_ts, ""),
+        ("model agrees (tcp_timewait_state_process: ACK, not accept)", f.model_agrees,
+         pct(f.model_agrees / max(n, 1)) if f.model_agrees is not None else ""),
+        ("first at", f.first or None, ""),
+        ("server TIME_WAIT at onset", f.server_tw, ""),
+        ("client RST after that ACK", f.client_rst, ""),
+        ("SYN retry delay (median)", retry_delay_text(f.retry_ms) or None, ""),
+        ("never connected", f.failed, ""),
+        ("of which PAWS rejects (older TSval)", f.paws, "TcpExtPAWSEstab / PAWSTimewait"),
+        ("clients without TCP timestamps", ", ".join(f.without_ts) or None, "")) if value is not None]
+    return [Finding(
+        id=TIMEWAIT.ids[f.source],
+        title=f"{'SYNs from ' + f.peer if f.peer else 'Client SYNs'} land on the server's TIME_WAIT and get an "
+              "ACK for the old connection",
+        severity="warning" if f.failed == 0 else "critical", cause=cause, evidence=items + list(f.context),
+        confidence=f.confidence, hosts=list(f.hosts),
+        fixes=list(f.fixes) or fx.timewait_fixes(f.client_os, f.no_ts is None or f.no_ts > 0))]
+
 
 TS_CAVEAT_RUN = ("With timestamps the server recycles or accepts the SYN by its newer TSval; behind a shared NAT "
                  "address with tcp_tw_recycle=1 this makes things worse (see the NAT variant).")
@@ -71,152 +158,74 @@ def _run_fixes(ev: Evidence, offenders: list[str], rate: dict[str, float]) -> li
     return out
 
 
-@TIMEWAIT.rule("run", "syn-hit-server-timewait")
-def from_run(ev: Evidence) -> list[Finding]:
+@TIMEWAIT.extractor("run")
+def from_run(ev: Evidence) -> TimeWaitCollision | None:
     run = ev.run
     assert run is not None
-    st = cause_stats(run, "syn_hit_timewait")
+    found = [x for x in (cause_stats(run, "syn_hit_timewait"), cause_stats(run, "syn_paws_timewait")) if x]
+    if not found:
+        return None
     paws = cause_stats(run, "syn_paws_timewait")
-    if st is None and paws is None:
-        return []
-    n_att = len(run.attempts)
-    s = st or paws
-    assert s is not None
-    hits = (st.attempts if st else 0) + (paws.attempts if paws else 0)
-    failed = (st.failed if st else 0) + (paws.failed if paws else 0)
-    delayed = (st.delayed if st else 0) + (paws.delayed if paws else 0)
-    first_t = min(x.first_t for x in (st, paws) if x is not None)
-    first_i = min(x.first_index for x in (st, paws) if x is not None)
-    tw_onset = tw_at_role(run, "server", first_t)
+    first = min(found, key=lambda x: x.first_index)
     sc = ev.scenario
-    offenders: list[str] = []
-    rate: dict[str, float] = {}
-    ts_text = ""
-    cycle_text = ""
-    if sc is not None:
-        for g in groups(sc, "client"):
-            os = os_of(g.profile)
-            r = sum(w.connection_rate for w in sc.workload if w.clients == g.name) / g.count
-            rate[g.name] = r
-            if not timestamps_on(g.effective_settings, os):
-                offenders.append(g.name)
-        if offenders:
-            ts_text = (" The clients (" + ", ".join(offenders) + ") send no TCP timestamps, so the "
-                       "servers' TIME_WAIT is never recycled and tcp_timewait_state_process() can only "
-                       "compare sequence numbers: a SYN is accepted only if its ISN is after the old "
-                       "connection's rcv_nxt; otherwise the server answers with an ACK for the old "
-                       "connection (TCP_TW_ACK).")
-        from ...model.profiles import get_profile
-        from ...model.settings import resolve_settings
-        from ...model.stacks import port_range
-        for g in groups(sc, "client"):
-            lo, hi = port_range(get_profile(g.profile), resolve_settings(get_profile(g.profile), g.settings)[0])
-            if rate.get(g.name):
-                cyc = (hi - lo + 1) / rate[g.name]
-                cycle_text = (f" Each {g.name} host opens {rate[g.name]:,.0f} connections/s from "
-                              f"{hi - lo + 1:,} ephemeral ports, so a source port comes back every "
-                              f"{cyc:.1f} s, sooner than the servers' 60 s TIME_WAIT.")
-    retry_text = ""
-    if s.connect_ms_p50 is not None:
-        retry_text = (f" The client resets that ACK (RST, which kills the TIME_WAIT with tcp_rfc1337=0) "
-                      f"and re-sends its SYN when its SYN timer fires: the delayed connects took "
-                      f"{s.connect_ms_p50 / 1000:.1f} s (median).")
-    fail_text = ""
-    if failed:
-        errs = ", ".join(f"{k} x{v:,}" for k, v in sorted((st.errnos if st else {}).items()))
-        fail_text = (f" {failed:,} attempts failed ({errs or 'timeouts'}): their retried SYNs met "
-                     "another TIME_WAIT for the same 4-tuple, or the client gave up first.")
-    cause = (
-        f"The servers close first, so they hold TIME_WAIT (60 s, TCP_TIMEWAIT_LEN) for every "
-        f"4-tuple.{cycle_text} From attempt #{first_i + 1:,} (t = {first_t:.1f} s, with {tw_onset:,} "
-        f"TIME_WAIT sockets on the servers) new SYNs reached a server TIME_WAIT socket for the same "
-        f"4-tuple.{ts_text}{retry_text}{fail_text}"
-    )
-    evidence = [
-        EvidenceItem("SYNs that hit a server TIME_WAIT", hits, f"{pct(hits / n_att)} of attempts"),
-        EvidenceItem("first at", f"attempt #{first_i + 1:,}, t = {first_t:.1f} s"),
-        EvidenceItem("server TIME_WAIT at onset", tw_onset),
-        EvidenceItem("delayed (connected after a SYN retry)", delayed),
-        EvidenceItem("failed", failed),
-    ]
-    if paws is not None:
-        evidence.append(EvidenceItem("of which PAWS rejects (older TSval)", paws.attempts,
-                                     "TcpExtPAWSEstab / PAWSTimewait"))
-    if offenders:
-        evidence.append(EvidenceItem("clients without TCP timestamps", ", ".join(offenders)))
-    fixes = _run_fixes(ev, offenders, rate)
-    sev = "critical" if failed else "warning"
-    return [Finding(
-        id="syn-hit-server-timewait",
-        title="Client SYNs land on server TIME_WAIT sockets and get an ACK for the old connection",
-        severity=sev, cause=cause, evidence=evidence, confidence=0.95 if sc is not None else 0.8,
-        fixes=fixes, hosts=[h for h, i in run.hosts.items() if i.role == "server"])]
+    clients = groups(sc, "client")
+    rate = {g.name: sum(w.connection_rate for w in sc.workload if w.clients == g.name) / g.count
+            for g in clients} if sc is not None else {}
+    offenders = [g.name for g in clients if not timestamps_on(g.effective_settings, os_of(g.profile))]
+    lo, hi = port_range(get_profile(clients[-1].profile), clients[-1].effective_settings) if clients else (0, -1)
+    delayed = [x.connect_ms_p50 for x in found if x.connect_ms_p50 is not None]
+    return TimeWaitCollision(
+        "run", hosts=tuple(h for h, i in run.hosts.items() if i.role == "server"),
+        collisions=sum(x.attempts for x in found), attempts=len(run.attempts), paws=paws.attempts if paws else None,
+        failed=sum(x.failed for x in found), first=str(first_at(first).value),
+        server_tw=tw_at_role(run, "server", first.first_t), without_ts=tuple(offenders),
+        retry_ms=delayed[0] if delayed else None, rate_per_s=rate.get(clients[-1].name) if clients else None,
+        ports=hi - lo + 1 if clients else None, confidence=0.95 if sc is not None else 0.8,
+        context=(EvidenceItem("delayed (connected after a SYN retry)", sum(x.delayed for x in found)),
+                 EvidenceItem("errors", ", ".join(f"{k} x{v:,}" for x in found for k, v in sorted(x.errnos.items()))
+                              or "-")),
+        fixes=tuple(_run_fixes(ev, offenders, rate)))
 
 
-@TIMEWAIT.rule("capture", "capture-syn-hit-timewait")
-def from_capture(ev: Evidence) -> list[Finding]:
+@TIMEWAIT.extractor("capture")
+def from_capture(ev: Evidence) -> list[TimeWaitCollision]:
     an = ev.require_capture()
     a = an.attempts
     att = a["is_attempt"]
-    old = att & (a["answer"] == flows.A_OLD_ACK)
-    tw = old & (a["prev_tw"] == 2) & (a["reuse_age_s"] < 60)
-    out: list[Finding] = []
-    for client, rows in by_client(an, np.flatnonzero(tw)):
+    met = att & (a["prev_tw"] == 2) & (a["reuse_age_s"] < 60)
+    out = []
+    for client, rows in by_client(an, np.flatnonzero(met & (a["answer"] == flows.A_OLD_ACK))):
         mine = att & (a["orig"] == a["orig"][rows[0]])
-        n_client = int(mine.sum())
-        n_tw = int((mine & (a["prev_tw"] == 2) & (a["reuse_age_s"] < 60)).sum())
         n = rows.size
-        no_ts = int((~a["syn_has_ts"][rows]).sum())
-        paws = int((a["tw_verdict"][rows] == reuse.V_PAWS).sum())
         model_ack = int(np.isin(a["tw_verdict"][rows], (reuse.V_ACK_OLD, reuse.V_PAWS)).sum())
-        rst = int((a["n_rst_orig_pre"][rows] > 0).sum())
         retried = rows[a["n_syn"][rows] > 1]
-        delay = median((a["t_syn2"][retried] - a["t_syn"][retried]) * 1000)
-        ok = int((~np.isnan(a["t_synack"][rows])).sum())
         servers = sorted({f"{an.addr(int(a['resp'][r]))}:{int(a['resp_port'][r])}" for r in rows[:200].tolist()})
         os = os_guess(an, rows)
-        ts_text = ("they carried no timestamps" if no_ts == n else
-                   f"{no_ts:,} of them carried no timestamps" if no_ts else "they carried timestamps")
-        retry_text = (f"; the client reset it and retried its SYN {retry_delay_text(delay)} later" if delay is not None
-                      else "")
-        seed = no_ts >= 0.5 * n and paws < 0.5 * n
-        cause = (
-            f"{pct(n / max(n_client, 1))} of SYNs from {client} ({n:,} of {n_client:,}; {pct(n / max(n_tw, 1))} "
-            f"of the {n_tw:,} that met a server TIME_WAIT) reused a 4-tuple the server had closed "
-            f"{span(a['reuse_age_s'][rows])} earlier; {ts_text}; the server answered with an ACK for the "
-            f"old connection{retry_text}."
-            + (" This is the seed incident's signature." if seed else "")
-            + " The server closed first, so it held TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN); a SYN for "
-            "that 4-tuple is accepted only if it carries a newer timestamp or its sequence number is "
-            "after the old connection's rcv_nxt (tcp_timewait_state_process()); otherwise the answer "
-            "is an ACK for the old connection (TCP_TW_ACK), the client sends RST, and the connect "
-            "waits for the next SYN retransmission."
-        )
-        if paws:
-            cause += (f" {paws:,} of these SYNs carried a TSval older than the old connection's last "
-                      "one (PAWS reject): several hosts share the address (NAT), or the client's "
-                      "timestamp offset changed.")
-        evidence = [
-            EvidenceItem("SYNs answered by an ACK for the old connection", n, pct(n / max(n_client, 1))),
-            EvidenceItem("time since the server closed that 4-tuple", span(a["reuse_age_s"][rows])),
-            EvidenceItem("SYNs without timestamps", no_ts),
-            EvidenceItem("model agrees (tcp_timewait_state_process: ACK, not accept)", model_ack,
-                         pct(model_ack / n)),
-            EvidenceItem("client RST after that ACK", rst),
-            EvidenceItem("SYN retry delay (median)", retry_delay_text(delay) or "-"),
-            EvidenceItem("connected in the end", ok, f"{n - ok:,} never connected"),
-            EvidenceItem("servers", ", ".join(servers[:5]) + (" ..." if len(servers) > 5 else "")),
-            EvidenceItem("client SYNs look like", os),
-        ]
-        fixes = fx.timewait_fixes(os, bool(no_ts))
-        out.append(Finding(
-            id="capture-syn-hit-timewait",
-            title=f"SYNs from {client} land on the server's TIME_WAIT and get an ACK for the old connection",
-            severity="critical" if ok < n else "warning",
-            cause=cause, evidence=evidence,
+        out.append(TimeWaitCollision(
+            "capture", hosts=(client,), peer=client, collisions=n, attempts=int(mine.sum()),
+            met_timewait=int((mine & met).sum()), paws=int((a["tw_verdict"][rows] == reuse.V_PAWS).sum()),
+            failed=n - int((~np.isnan(a["t_synack"][rows])).sum()), age=span(a["reuse_age_s"][rows]),
+            no_ts=int((~a["syn_has_ts"][rows]).sum()), model_agrees=model_ack,
+            client_rst=int((a["n_rst_orig_pre"][rows] > 0).sum()),
+            retry_ms=median((a["t_syn2"][retried] - a["t_syn"][retried]) * 1000), client_os=os,
             confidence=0.95 if model_ack >= 0.8 * n else 0.75,
-            fixes=fixes, hosts=[client]))
+            context=(EvidenceItem("servers", ", ".join(servers[:5]) + (" ..." if len(servers) > 5 else "")),
+                     EvidenceItem("client SYNs look like", os))))
     return out
+
+
+@TIMEWAIT.extractor("trace")
+def from_trace(ev: Evidence) -> TimeWaitCollision | None:
+    doc = ev.trace or {}
+    n = count(doc, "old-ack")
+    if not n:
+        return None
+    return TimeWaitCollision(
+        "trace", hosts=tuple(hosts(doc, "old-ack")), collisions=n, window=window(doc),
+        context=(EvidenceItem("TCP flags of those segments", ", ".join(
+                     f"{r['flags']} {r['count']:,}" for r in doc.get("flags", []) if r["verdict"] == "old-ack")),
+                 EvidenceItem("local endpoints (servers)", top(doc, "locals", "endpoint", "old-ack")),
+                 EvidenceItem("4-tuples", top(doc, "tuples", "tuple", "old-ack"))))
 
 
 @TIMEWAIT.rule("capture", "capture-timewait-reuse-accepted", name="accepted")
@@ -363,43 +372,21 @@ def harmless_from_hosts(ev: Evidence) -> list[Finding]:
     return out
 
 
-@TIMEWAIT.rule("trace", ("trace-syn-hit-timewait", "trace-timewait-paws"))
-def from_trace(ev: Evidence) -> list[Finding]:
+@TIMEWAIT.rule("trace", "trace-timewait-paws", name="paws")
+def paws_from_trace(ev: Evidence) -> list[Finding]:
     doc = ev.trace or {}
-    n, paws = count(doc, "old-ack"), count(doc, "tw-paws")
-    if not n and not paws:
+    paws = count(doc, "tw-paws")
+    if not paws:
         return []
-    out: list[Finding] = []
-    if n:
-        out.append(Finding(
-            id="trace-syn-hit-timewait",
-            title="SYNs land on TIME_WAIT sockets and get an ACK for the old connection (kernel trace)",
-            severity="critical",
-            cause=(f"The kernel answered {n:,} SYNs {window(doc)} with an ACK for the previous connection on the "
-                   "same 4-tuple: each met a TIME_WAIT socket (tcp_timewait_state_process() -> TCP_TW_ACK) "
-                   "because it carried no newer timestamp and its sequence number was not after the old "
-                   "connection's rcv_nxt; the packet was then freed with SKB_DROP_REASON_NOT_SPECIFIED. "
-                   "The client resets that ACK and its connect() waits for the next SYN retransmission "
-                   "(1 s or more). No counter but TcpExtTW moves for this."),
-            evidence=[EvidenceItem(VERDICTS["old-ack"], n),
-                      EvidenceItem("TCP flags of those segments", ", ".join(
-                          f"{r['flags']} {r['count']:,}" for r in doc.get("flags", []) if r["verdict"] == "old-ack")),
-                      EvidenceItem("local endpoints (servers)", top(doc, "locals", "endpoint", "old-ack")),
-                      EvidenceItem("4-tuples", top(doc, "tuples", "tuple", "old-ack"))],
-            confidence=0.95,
-            fixes=fx.timewait_fixes("unknown", True),
-            hosts=hosts(doc, "old-ack")))
-    if paws:
-        out.append(Finding(
-            id="trace-timewait-paws",
-            title="SYNs on TIME_WAIT 4-tuples are dropped by PAWS (older timestamps; kernel trace)",
-            severity="critical",
-            cause=(f"The kernel dropped {paws:,} SYNs {window(doc)} at TIME_WAIT sockets because their "
-                   "timestamp was older than the old connection's last one (tcp_timewait_state_process(): "
-                   "tcp_paws_reject(), SKB_DROP_REASON_TCP_RFC7323_TW_PAWS). Several clients share the source "
-                   "address (NAT) with unrelated timestamp clocks, or a client's timestamp offset changed."),
-            evidence=[EvidenceItem(VERDICTS["tw-paws"], paws),
-                      EvidenceItem("local endpoints (servers)", top(doc, "locals", "endpoint", "tw-paws")),
-                      EvidenceItem("4-tuples", top(doc, "tuples", "tuple", "tw-paws"))],
-            confidence=0.9, fixes=fx.timewait_fixes("unknown", False), hosts=hosts(doc, "tw-paws")))
-    return out
+    return [Finding(
+        id="trace-timewait-paws",
+        title="SYNs on TIME_WAIT 4-tuples are dropped by PAWS (older timestamps; kernel trace)",
+        severity="critical",
+        cause=(f"The kernel dropped {paws:,} SYNs {window(doc)} at TIME_WAIT sockets because their "
+               "timestamp was older than the old connection's last one (tcp_timewait_state_process(): "
+               "tcp_paws_reject(), SKB_DROP_REASON_TCP_RFC7323_TW_PAWS). Several clients share the source "
+               "address (NAT) with unrelated timestamp clocks, or a client's timestamp offset changed."),
+        evidence=[EvidenceItem(VERDICTS["tw-paws"], paws),
+                  EvidenceItem("local endpoints (servers)", top(doc, "locals", "endpoint", "tw-paws")),
+                  EvidenceItem("4-tuples", top(doc, "tuples", "tuple", "tw-paws"))],
+        confidence=0.9, fixes=fx.timewait_fixes("unknown", False), hosts=hosts(doc, "tw-paws"))]
