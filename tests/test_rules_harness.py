@@ -338,3 +338,32 @@ def test_diagnose_runs_the_rules_of_the_evidence_present_and_only_those_asked(ev
     assert {f.id for f in diagnose(ev, only={"listen"})} == {"listen-overflow", "trace-listen-overflow"}
     assert {f.id for f in diagnose(ev, only={"tw_buckets.run"})} == {"tw-bucket-overflow"}
     assert {f.id for f in diagnose(ev, only={"trace-listen-overflow"})} == {"trace-listen-overflow"}
+
+
+def test_a_new_evidence_kind_is_an_extractor_not_a_rule(evidence: Builders, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of fact records: teach `timewait` to read live hosts (TcpExtPAWSTimewait: SYNs
+    a TIME_WAIT socket rejected by PAWS, answered with an ACK for the old connection) with one
+    extractor and a declared finding id; the mechanism's one builder words the finding."""
+    from tcpreuse.diagnose.base import REGISTRY
+    from tcpreuse.diagnose.rules.timewait import TIMEWAIT, TimeWaitCollision
+
+    monkeypatch.setitem(TIMEWAIT.findings, "host-timewait-paws", "a live host's TIME_WAIT sockets reject SYNs by PAWS")
+    monkeypatch.setitem(TIMEWAIT.ids, "hosts", "host-timewait-paws")
+
+    def from_hosts(ev: Evidence) -> list[TimeWaitCollision]:
+        return [TimeWaitCollision("hosts", hosts=(h.name,), collisions=n, paws=n, window=f"in {h.window_s:g} s")
+                for h in ev.hosts.values() if (n := h.counters.get("TcpExtPAWSTimewait", 0))]
+
+    rule = TIMEWAIT.extractor("hosts", name="paws-counter")(from_hosts)
+    try:
+        ev = evidence["hosts"](linux("srv", role="server", window_s=2.0, counters={"TcpExtPAWSTimewait": 14}))
+        (f,) = [x for x in diagnose(ev) if x.id == "host-timewait-paws"]
+        assert f.source == "doctor" and f.hosts == ["srv"] and f.severity == "critical"
+        assert "On this host in 2 s: 14 SYNs met a server TIME_WAIT" in f.cause
+        assert "14 of these SYNs carried a TSval older than the old connection's last one" in f.cause
+        assert {(e.label, e.value) for e in f.evidence} >= {("SYNs answered by an ACK for the old connection", 14),
+                                                             ("of which PAWS rejects (older TSval)", 14)}
+        assert {"keepalive", "client-timestamps-linux"} <= {x.id for x in f.fixes}
+        assert rule.check(HEALTHY["hosts"](evidence)) == []
+    finally:
+        del REGISTRY[rule.id]

@@ -19,7 +19,7 @@ from ...capture import flows, reuse
 from ...capture.facts import by_server, median, retry_delay_text
 from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
-from ..base import Evidence, Fact, Mechanism
+from ..base import SEEN, Evidence, Fact, Mechanism
 from ..judge import linux_hosts, num, rate
 from ..runfacts import cause_stats, groups, pct
 from ..tracefacts import count, hosts, top, window
@@ -57,8 +57,7 @@ class ListenOverflow(Fact):
     window: str = ""  # the observation window ("in 2.0 s of tracing (kernel 6.8)")
 
 
-_SEEN = {"run": "In the run", "capture": "In the capture", "hosts": "On this host",
-         "trace": "In the kernel trace (SKB_DROP_REASON_TCP_LISTEN_OVERFLOW)"}
+_SEEN = {**SEEN, "trace": "In the kernel trace (SKB_DROP_REASON_TCP_LISTEN_OVERFLOW)"}
 
 
 @LISTEN.builder
@@ -90,7 +89,7 @@ def build(f: ListenOverflow) -> list[Finding]:
         "refuses final ACKs (ListenOverflows, ListenDrops): the client retransmits its SYN (Linux before 6.5 "
         "after 1, 3, 7 s; 6.5+ every second at first, tcp_syn_linear_timeouts) or, having seen the SYN-ACK, "
         "thinks it is connected while the server retransmits its SYN-ACK (tcp_abort_on_overflow=0)."
-        + (f" {_SEEN[f.source]}{' ' + f.window if f.window else ''}{' at ' + f.where if f.where else ''}: "
+        + (f" {_SEEN.get(f.source, 'Here')}{' ' + f.window if f.window else ''}{' at ' + f.where if f.where else ''}: "
            f"{seen}." if seen else "")
         + (f" The backlog is {f.backlog} (net.core.somaxconn={f.somaxconn}"
            + (", which clamps it)." if clamped else ").") if f.somaxconn is not None and f.backlog else "")
@@ -121,8 +120,8 @@ def build(f: ListenOverflow) -> list[Finding]:
     return [Finding(
         id=LISTEN.ids[f.source], title=f"Listen queue overflowing{' on ' + f.where if f.where else ''}: {head}",
         severity="critical" if f.never or f.now else "warning", cause=cause, evidence=items,
-        confidence={"run": 0.9, "capture": 0.8, "hosts": 0.9 if f.now or f.queued is not None else 0.6,
-                    "trace": 0.95}[f.source],
+        confidence={"capture": 0.8, "hosts": 0.9 if f.now or f.queued is not None else 0.6,
+                    "trace": 0.95}.get(f.source, 0.9),
         fixes=list(f.fixes) or ([faster, bigger] if sustained else [bigger, faster]), hosts=list(f.hosts))]
 
 

@@ -22,7 +22,7 @@ from ...capture.facts import by_client
 from ...findings import EvidenceItem, Finding
 from ...model.profiles import Profile, get_profile
 from .. import fixes as fx
-from ..base import Evidence, Fact, Mechanism
+from ..base import SEEN, Evidence, Fact, Mechanism
 from ..judge import fix_list, linux_hosts, profile_of, rate
 from ..runfacts import cause_stats, first_at, groups, pct
 
@@ -83,7 +83,7 @@ def build(f: RecycleDrop) -> list[Finding]:
         "tcp_peer_is_proven() in tcp_conn_request, counted in TcpExtPAWSPassive): no SYN-ACK, no RST, the client "
         "retransmits and times out. Clients behind one NAT or load-balancer SNAT address have unrelated "
         "timestamp clocks, so all but the fastest clock get dropped."
-        + (f" {'In the run' if f.source == 'run' else 'In the capture'}: {seen}." if seen else "")
+        + (f" {SEEN.get(f.source, 'Here')}: {seen}." if seen else "")
         + (f" Several hosts share {f.peer}, or a NAT translates their ports: {f.clocks_evidence}."
            if f.clocks_kind == "NAT" else "")
         + (f" {f.peer}'s TSval offsets differ per 4-tuple ({f.clocks:,} clocks, one per 4-tuple: Linux 4.10, or "
@@ -111,8 +111,8 @@ def build(f: RecycleDrop) -> list[Finding]:
         title=("tcp_tw_recycle is on" if f.source == "hosts" else "tcp_tw_recycle at work")
         + f": SYNs from {f.peer or 'clients sharing an address'} are silently dropped" + (f" ({n:,} so far)" if n else ""),
         severity="critical" if n or serves else "warning", cause=cause, evidence=items,
-        confidence={"run": 0.95, "capture": 0.85 if f.clocks_kind == "NAT" else 0.7,
-                    "hosts": 0.95 if paws else 0.75}[f.source],
+        confidence={"capture": 0.85 if f.clocks_kind == "NAT" else 0.7,
+                    "hosts": 0.95 if paws else 0.75}.get(f.source, 0.95),
         fixes=list(f.fixes) or fx.recycle_advice(), hosts=list(f.hosts))]
 
 
