@@ -2,7 +2,8 @@
 evidence shows it, and says nothing where the evidence is healthy.
 
 Each module under tcpreuse/diagnose/rules/ is one mechanism with one rule per kind of
-evidence (run, capture, hosts, trace). CASES gives each rule a positive case (evidence
+evidence (run, capture, hosts, trace): an extractor feeding the mechanism's one builder,
+or a plain rule. CASES gives each rule a positive case (evidence
 that shows the mechanism, and the finding ids it must give) and the harness adds the
 negative one (healthy evidence of the same kind). A rule registered without a case fails
 test_every_rule_has_a_case; a finding id a rule emits without declaring it fails in
