@@ -174,8 +174,8 @@ def healthy_hosts(b: Builders) -> Evidence:
 CASES: dict[str, Case | tuple[Case, ...]] = {
     # ports
     "ports.run": Case("run", lambda b: b["run"]({"local_ports_exhausted": (30, 0)}), ("client-port-exhaustion",)),
-    "ports.capture.cycle": Case("capture", lambda b: b["capture"](seed_reuse()), ("capture-port-cycle",)),
-    "ports.capture": Case("capture", lambda b: b["capture"](client_block()), ("capture-port-exhaustion",)),
+    "ports.capture": (Case("capture", lambda b: b["capture"](seed_reuse()), ("capture-port-cycle",)),
+                      Case("capture", lambda b: b["capture"](client_block()), ("capture-port-exhaustion",))),
     "ports.hosts": Case("hosts", lambda b: b["hosts"](linux(tuples=[tup(10, 290, 300, seconds_to_exhaustion=0)])),
                         ("tuple-port-exhaustion",)),
     "ports.hosts.windows": Case("hosts", lambda b: b["hosts"](windows(tuples=[tup(1000, 14000, 16384)])),

@@ -1,32 +1,22 @@
 """Port exhaustion: connect() finds no free local port toward a destination.
 
-One fact record, PortExhaustion, and one builder, read from a run (connect() failed with
-EADDRNOTAVAIL / WSAEADDRINUSE), a capture (a client's source ports cycle through a whole
-block, each held 60 s in its TIME_WAIT) and a kernel trace (connect() returned
-EADDRNOTAVAIL). A live host's tuples are graded (exhausted, at its limit, soon, headroom)
-by a plain rule, as are Windows' one dynamic pool and a capture's port cycle: those
-verdicts have no counterpart in the other kinds of evidence.
+Read from a run (connect() failed with EADDRNOTAVAIL / WSAEADDRINUSE), a capture (a
+client's source ports cycle through a whole block, each held 60 s in its TIME_WAIT), a
+live host (a tuple's budget against its rate, Windows' one dynamic pool) and a kernel
+trace (connect() returned EADDRNOTAVAIL).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ...capture import flows
 from ...findings import EvidenceItem, Finding, Fix
 from .. import fixes as fx
-from ..base import SEEN, Evidence, Fact, Mechanism, TupleUse
+from ..base import Evidence, Mechanism, TupleUse
 from ..judge import linux_hosts, pressure, rate, tuple_label, windows_pool
 from ..runfacts import cause_stats, os_of, pct, tw_at
 from ..tracefacts import reasons, top, window
-
-if TYPE_CHECKING:
-    from ...capture.analysis import CaptureAnalysis
-    from ...capture.sources import PortPattern, SourceStats
 
 PORTS = Mechanism("ports", "Port exhaustion", {
     "client-port-exhaustion": "a run's clients failed connect() for want of a free local port",
@@ -35,104 +25,79 @@ PORTS = Mechanism("ports", "Port exhaustion", {
     "tuple-port-exhaustion": "a live host's (source, destination) tuple is at, or heading for, its port budget",
     "windows-port-pool-pressure": "a Windows host's one dynamic port pool is more than half used",
     "trace-connect-eaddrnotavail": "traced connect() calls returned EADDRNOTAVAIL",
-}, ids={"run": "client-port-exhaustion", "capture": "capture-port-exhaustion", "trace": "trace-connect-eaddrnotavail"})
+})
 
 
-@dataclass(frozen=True)
-class PortExhaustion(Fact):
-    """connect() without a free local port, as one kind of evidence shows it; None: that
-    evidence cannot know."""
-
-    client: str = ""  # who runs out, when the evidence names it
-    dest: str = ""  # toward which destination ("addr:port")
-    budget: int | None = None  # the local ports connect() may use ...
-    block: str = ""  # ... which ones (a capture's block, a run's port series)
-    share: float | None = None  # ... and the share of them seen in use
-    hold_s: float | None = None  # how long each is held after the client closes (its TIME_WAIT)
-    client_closes: bool = False  # the client closes first, so it holds that TIME_WAIT
-    per_host: bool = False  # one pool for every destination (Windows), not one per destination
-    offered_per_s: float | None = None  # new connections per second the workload asks for
-    failed: int | None = None  # connect() calls that failed for want of a port
-    errno: str = "EADDRNOTAVAIL"
-    attempts: int | None = None
-    ok_before: int | None = None  # connections that got a port before the first failure ...
-    first: str = ""  # ... which was this one
-    client_tw: int | None = None  # TIME_WAIT on the client then
-    quiet_s: float | None = None  # a capture's silence from this client after its last new connection
-    stalled: bool = True  # the evidence shows connections failing or stopping, not only the budget used
-    window: str = ""
-    confidence: float = 0.95
+def _budget_series(ev: Evidence) -> list[tuple[str, int, int]]:
+    """(series key, budget, peak in use) of the client port series at their peak."""
+    run = ev.run
+    assert run is not None
+    out = []
+    for k, p in run.timeline.ports.items():
+        peak = max(p.in_use) if p.in_use else 0
+        out.append((k, p.budget, peak))
+    return sorted(out, key=lambda x: -x[2] / max(x[1], 1))
 
 
-@PORTS.builder
-def build(f: PortExhaustion) -> list[Finding]:
-    who, Who = f.client or "the client", f.client or "The client"
-    sustain = f.budget / f.hold_s if f.budget and f.hold_s else None
-    scope = ("for the whole host: the ephemeral pool is shared by all destinations" if f.per_host else
-             f"toward {f.dest or 'one destination (address, port)'} (the 4-tuple must be unique: "
-             "__inet_hash_connect / __inet_check_established; a local port is shared only across different "
-             "destinations)")
-    seen = "; ".join(s for s in (
-        f"{who} used {f.budget:,} source ports, {pct(f.share)} of the block {f.block}" if f.share is not None
-        and f.budget else "",
-        (f"after {f.ok_before:,} connections ({f.first}, {f.client_tw or 0:,} TIME_WAIT on the client) "
-         if f.ok_before is not None else "") + f"{f.failed:,} connect() calls failed with {f.errno}"
-        + (f" ({pct(f.failed / f.attempts)} of attempts)" if f.attempts else "") if f.failed else "",
-        f"after its last new connection the capture went on for {f.quiet_s:.1f} s without another one from it"
-        if f.quiet_s is not None and f.quiet_s >= 1.0 else "") if s)
-    cause = (
-        (f"{Who} closes first, so it keeps every 4-tuple in TIME_WAIT for {f.hold_s:.0f} s"
-         + (" (TCP_TIMEWAIT_LEN, not tunable)" if not f.per_host else "") + ". " if f.client_closes and f.hold_s
-         else "")
-        + (f"{Who} has {f.budget:,} usable ports {scope}, so it can open at most "
-           f"{f.budget:,} / {f.hold_s:.0f} s = {sustain:,.1f} new connections/s"
-           + (f" but the workload asks for {f.offered_per_s:,.0f}/s" if f.offered_per_s else "") + "."
-           if sustain is not None else f"connect() needs a free local port {scope}.")
-        + f" {SEEN.get(f.source, 'Here')}{' ' + f.window if f.window else ''}: {seen}."
-        + f" Beyond the budget connect() fails with {f.errno} before any packet is sent"
-        + (" (so the failures are invisible in a capture; the ports are the evidence)" if f.source == "capture"
-           else "") + ("." if f.per_host else "; TIME_WAIT holds a port unless tcp_tw_reuse may take it over."))
-    items = [EvidenceItem(label, value, detail) for label, value, detail in (
-        ("failed connects", f.failed, f"{f.errno}" + (f", {pct(f.failed / f.attempts)} of attempts"
-                                                      if f.attempts and f.failed is not None else "")),
-        ("first failure", f.first or None, ""),
-        ("successful connections before it", f.ok_before, ""),
-        ("port budget", f.budget if f.share is None else None, f.block),
-        ("client TIME_WAIT at first failure", f.client_tw if f.first else None, "")) if value is not None]
-    title = (f"{Who} runs out of local ports" + (f" toward {f.dest}" if f.dest else "")
-             + f" ({f.errno})" + (f": all {f.budget:,} ports used, each held {f.hold_s:.0f} s in TIME_WAIT"
-                                  if f.share is not None and f.budget and f.hold_s else ""))
-    return [Finding(id=PORTS.ids[f.source], title=title, severity="critical" if f.stalled else "warning",
-                    cause=cause, evidence=items + list(f.context), confidence=f.confidence,
-                    fixes=list(f.fixes) or capture_fixes(), hosts=list(f.hosts))]
-
-
-@PORTS.extractor("run")
-def from_run(ev: Evidence) -> PortExhaustion | None:
+@PORTS.rule("run", "client-port-exhaustion")
+def from_run(ev: Evidence) -> list[Finding]:
     run = ev.run
     assert run is not None
     st = cause_stats(run, "local_ports_exhausted")
     if st is None:
-        return None
+        return []
+    n = len(run.attempts)
     a = run.attempts
     client = a.name("client", int(a.cols["client"][st.first_index]))
-    dst = f"{a.name('dst', int(a.cols['dst'][st.first_index]))}:{int(a.cols['dport'][st.first_index])}"
-    # the client port series closest to its budget at its peak
-    series = max(run.timeline.ports.items(), default=None,
-                 key=lambda kv: (max(kv[1].in_use) if kv[1].in_use else 0) / max(kv[1].budget, 1))
+    dst = a.name("dst", int(a.cols["dst"][st.first_index]))
+    dport = int(a.cols["dport"][st.first_index])
+    ok_before = int((~a.failed_mask()[: st.first_index]).sum())
+    series = _budget_series(ev)
+    budget = series[0][1] if series else None
+    tw_client = tw_at(run, client, st.first_t)
     sc = ev.scenario
-    os, tw_len, offered, closes = "linux", 60.0, None, False
-    fixes: list[Fix] = []
+    errno = next(iter(st.errnos), "EADDRNOTAVAIL")
+    closer_text = ""
+    os = "linux"
+    tw_len = 60.0
+    offered = None
     if sc is not None:
         g = sc.group(run.hosts[client].group)
         os = os_of(g.profile)
-        wl = [w for w in sc.workload if w.clients == g.name]
-        offered = sum(w.connection_rate for w in wl) / g.count
-        closes = "client" in {w.close for w in wl}
+        wls = [w for w in sc.workload if w.clients == g.name]
+        offered = sum(w.connection_rate for w in wls) / g.count
+        closes = {w.close for w in wls}
         if os == "windows":
             tw_len = float(g.effective_settings.get("TcpTimedWaitDelay", 240))
         elif os == "macos":
             tw_len = 2 * int(g.effective_settings.get("net.inet.tcp.msl", 15000)) / 1000
+        if "client" in closes:
+            closer_text = (f"The client closes first, so it keeps every 4-tuple in TIME_WAIT for "
+                           f"{tw_len:.0f} s{' (TCP_TIMEWAIT_LEN, not tunable)' if os == 'linux' else ''}. ")
+    scope = ("toward one destination (address, port): connect() needs a unique 4-tuple "
+             "(__inet_hash_connect / __inet_check_established) and shares a local port only across "
+             "different destinations" if os == "linux" else
+             "for the whole host: the ephemeral pool is shared by all destinations")
+    sustain = f"{budget / tw_len:,.1f}" if budget else "?"
+    cause = (
+        f"{closer_text}{client} has {budget:,} usable ports {scope}, so it can open at most "
+        f"{budget:,} / {tw_len:.0f} s = {sustain} new connections/s"
+        + (f" but the workload asks for {offered:,.0f}/s" if offered else "")
+        + f". After {ok_before:,} connections (t = {st.first_t:.1f} s, {tw_client or 0:,} TIME_WAIT on the "
+        f"client) connect() failed with {errno}: {st.failed:,} attempts ({pct(st.failed / n)})."
+        if budget else f"connect() failed with {errno} on {client}: no free local port."
+    )
+    evidence = [
+        EvidenceItem("failed connects", st.failed, f"{errno}, {pct(st.failed / n)} of attempts"),
+        EvidenceItem("first failure", f"attempt #{st.first_index + 1:,} at t = {st.first_t:.1f} s ({client} -> {dst}:{dport})"),
+        EvidenceItem("successful connections before it", ok_before),
+        EvidenceItem("port budget", budget, series[0][0] if series else ""),
+        EvidenceItem("client TIME_WAIT at first failure", tw_client),
+    ]
+    fixes: list[Fix] = []
+    if sc is not None:
+        g = sc.group(run.hosts[client].group)
+        wl = [w for w in sc.workload if w.clients == g.name]
         wkey = (lambda f: f"workload.{f}") if len(sc.workload) == 1 else (lambda f: f"workload.{wl[0].name}.{f}")
         if os == "linux":
             fixes += [fx.tw_reuse(g.name), fx.widen_port_range(g.name, scoped=False), fx.more_addresses(g.name, wkey("bind"))]
@@ -142,13 +107,10 @@ def from_run(ev: Evidence) -> PortExhaustion | None:
         if ka is not None:
             fixes.append(ka)
         fixes += [fx.server_closes(wkey("close")), fx.linger0(wkey("close"))]
-    return PortExhaustion(
-        "run", hosts=(client,), client=client, budget=series[1].budget if series else None,
-        block=series[0] if series else "", hold_s=tw_len, client_closes=closes, per_host=os != "linux",
-        offered_per_s=offered, failed=st.failed, errno=next(iter(st.errnos), "EADDRNOTAVAIL"),
-        attempts=len(run.attempts), ok_before=int((~a.failed_mask()[: st.first_index]).sum()),
-        first=f"attempt #{st.first_index + 1:,} at t = {st.first_t:.1f} s ({client} -> {dst})",
-        client_tw=tw_at(run, client, st.first_t), confidence=0.97, fixes=tuple(fixes))
+    return [Finding(id="client-port-exhaustion",
+                    title=f"The client runs out of local ports ({errno})",
+                    severity="critical", cause=cause, evidence=evidence, confidence=0.97, fixes=fixes,
+                    hosts=[client])]
 
 
 TIME_WAIT_S = 60.0
@@ -158,19 +120,24 @@ def capture_fixes() -> list[Fix]:
     return [fx.any_os_port_range(), fx.keepalive_advice(), fx.more_addresses(), fx.tw_reuse()]
 
 
-def _port_series(an: CaptureAnalysis) -> Iterator[tuple[SourceStats, PortPattern, np.ndarray, float, float,
-                                                           list[EvidenceItem]]]:
-    """Per client and destination with 8 attempts or more: its port pattern, its attempts, who
-    closed first (client share, server share), and the figures that show it."""
+@PORTS.rule("capture", ("capture-port-cycle", "capture-port-exhaustion"))
+def from_capture(ev: Evidence) -> list[Finding]:
+    an = ev.require_capture()
     a = an.attempts
+    out: list[Finding] = []
     for s in an.sources:
         for pp in s.ports:
             if pp.attempts < 8:
                 continue
-            rows = _rows(an, s.addr, pp.destination)
+            dest = pp.destination
+            rows = _rows(an, s.addr, dest)
             client_tw = float(np.mean(a["tw_holder"][rows] == flows.W_ORIG)) if rows.size else 0.0
             server_tw = float(np.mean(a["tw_holder"][rows] == flows.W_RESP)) if rows.size else 0.0
-            yield s, pp, rows, client_tw, server_tw, [
+            block = pp.port_max - pp.port_min + 1
+            step = 2 if pp.even_share in (0.0, 1.0) and block > 2 else 1
+            density = pp.distinct_ports / max(block // step if step == 2 else block, 1)
+            budget_rate = pp.distinct_ports / TIME_WAIT_S
+            ev_items = [
                 EvidenceItem("attempts", pp.attempts),
                 EvidenceItem("distinct source ports", pp.distinct_ports,
                              f"{pp.port_min}-{pp.port_max}, {pct(pp.even_share)} even"),
@@ -181,53 +148,42 @@ def _port_series(an: CaptureAnalysis) -> Iterator[tuple[SourceStats, PortPattern
                 EvidenceItem("new connections per second", s.rate_per_s, f"peak {s.peak_per_s:,.1f}/s"),
                 EvidenceItem("closed first by the client / the server", f"{pct(client_tw)} / {pct(server_tw)}"),
             ]
-
-
-def _cycles(pp: PortPattern) -> bool:
-    return pp.cycle_median_s is not None and pp.cycle_median_s < TIME_WAIT_S
-
-
-@PORTS.rule("capture", "capture-port-cycle", name="cycle")
-def cycle_from_capture(ev: Evidence) -> list[Finding]:
-    an = ev.require_capture()
-    out: list[Finding] = []
-    for s, pp, rows, _, server_tw, items in _port_series(an):
-        if not _cycles(pp):
-            continue
-        dest = pp.destination
-        holder = ("the server closed first, so these SYNs meet its TIME_WAIT" if server_tw >= 0.5 else
-                  "the client reuses its own TIME_WAIT (tcp_tw_reuse) or is not Linux")
-        hurt = int((an.attempts["answer"][rows] == flows.A_OLD_ACK).sum()) if rows.size else 0
-        out.append(Finding(
-            id="capture-port-cycle",
-            title=f"{s.addr} reuses source ports toward {dest} within {_s(pp.cycle_median_s)} (TIME_WAIT lasts 60 s)",
-            severity="warning" if hurt else "info",
-            cause=(f"{s.addr} opened {pp.attempts:,} connections to {dest} from {pp.distinct_ports:,} source ports, "
-                   f"so each port came back after {_s(pp.cycle_median_s)} (median; shortest {_s(pp.cycle_min_s)}) "
-                   f"— sooner than the 60 s TIME_WAIT: {holder}. At {s.rate_per_s:,.0f} connections/s a port "
-                   f"range of N ports cycles in N/{s.rate_per_s:,.0f} s; it must stay above 60 s."
-                   + (f" {hurt:,} of these SYNs got an ACK for the old connection." if hurt else
-                      " The server accepted every one (newer timestamps or sequence numbers).")),
-            evidence=items, confidence=0.9, fixes=capture_fixes(), hosts=[s.addr]))
-    return out
-
-
-@PORTS.extractor("capture")
-def from_capture(ev: Evidence) -> list[PortExhaustion]:
-    an = ev.require_capture()
-    out = []
-    for s, pp, rows, client_tw, _, items in _port_series(an):
-        block = pp.port_max - pp.port_min + 1
-        step = 2 if pp.even_share in (0.0, 1.0) and block > 2 else 1
-        density = pp.distinct_ports / max(block // step if step == 2 else block, 1)
-        if _cycles(pp) or not (client_tw >= 0.9 and density >= 0.9 and pp.distinct_ports >= 8):
-            continue
-        quiet = an.t_last - float(np.nanmax(an.attempts["t_syn"][rows]))
-        out.append(PortExhaustion(
-            "capture", hosts=(s.addr,), client=s.addr, dest=pp.destination, budget=pp.distinct_ports,
-            block=f"{pp.port_min}-{pp.port_max}", share=density, hold_s=TIME_WAIT_S, client_closes=True,
-            quiet_s=quiet, stalled=quiet >= 1.0 or pp.cycle_median_s is not None,
-            confidence=0.75 if quiet >= 1.0 else 0.55, context=tuple(items)))
+            if pp.cycle_median_s is not None and pp.cycle_median_s < TIME_WAIT_S:
+                holder = ("the server closed first, so these SYNs meet its TIME_WAIT"
+                          if server_tw >= 0.5 else
+                          "the client reuses its own TIME_WAIT (tcp_tw_reuse) or is not Linux")
+                client_rows = rows
+                hurt = int((a["answer"][client_rows] == flows.A_OLD_ACK).sum()) if rows.size else 0
+                out.append(Finding(
+                    id="capture-port-cycle",
+                    title=f"{s.addr} reuses source ports toward {dest} within {_s(pp.cycle_median_s)} "
+                          f"(TIME_WAIT lasts 60 s)",
+                    severity="warning" if hurt else "info",
+                    cause=(f"{s.addr} opened {pp.attempts:,} connections to {dest} from "
+                           f"{pp.distinct_ports:,} source ports, so each port came back after "
+                           f"{_s(pp.cycle_median_s)} (median; shortest {_s(pp.cycle_min_s)}) — sooner than "
+                           f"the 60 s TIME_WAIT: {holder}. At {s.rate_per_s:,.0f} connections/s a port "
+                           f"range of N ports cycles in N/{s.rate_per_s:,.0f} s; it must stay above 60 s."
+                           + (f" {hurt:,} of these SYNs got an ACK for the old connection." if hurt else
+                              " The server accepted every one (newer timestamps or sequence numbers).")),
+                    evidence=ev_items, confidence=0.9, fixes=capture_fixes(), hosts=[s.addr]))
+            elif client_tw >= 0.9 and density >= 0.9 and pp.distinct_ports >= 8:
+                quiet = an.t_last - float(np.nanmax(a["t_syn"][rows]))
+                stopped = (f" After the last new connection the capture went on for {quiet:.1f} s without "
+                           "another one from it." if quiet >= 1.0 else "")
+                out.append(Finding(
+                    id="capture-port-exhaustion",
+                    title=f"{s.addr} used every port of a {pp.distinct_ports:,}-port block toward {dest}; "
+                          "each stays in its TIME_WAIT for 60 s",
+                    severity="critical" if quiet >= 1.0 or pp.cycle_median_s is not None else "warning",
+                    cause=(f"{s.addr} used {pp.distinct_ports:,} source ports, {pct(density)} of the block "
+                           f"{pp.port_min}-{pp.port_max}, and closed first, so it holds each 4-tuple in "
+                           f"TIME_WAIT for 60 s. That is its whole port budget toward {dest}: at most "
+                           f"{budget_rate:,.1f} new connections/s, and connect() beyond that fails with "
+                           "EADDRNOTAVAIL before any packet is sent (so the failures are invisible in a "
+                           "capture; the ports are the evidence)." + stopped),
+                    evidence=ev_items, confidence=0.75 if quiet >= 1.0 else 0.55,
+                    fixes=capture_fixes(), hosts=[s.addr]))
     return out
 
 
@@ -418,12 +374,20 @@ def from_windows_hosts(ev: Evidence) -> list[Finding]:
     return out
 
 
-@PORTS.extractor("trace")
-def from_trace(ev: Evidence) -> PortExhaustion | None:
+@PORTS.rule("trace", "trace-connect-eaddrnotavail")
+def from_trace(ev: Evidence) -> list[Finding]:
     doc = ev.trace or {}
     n = reasons(doc, "connect-error").get("EADDRNOTAVAIL", 0)
     if not n:
-        return None
-    return PortExhaustion("trace", failed=n, window=window(doc), context=(
-        EvidenceItem("processes", top(doc, "processes", "process", "connect-error")),
-        EvidenceItem("destinations", top(doc, "locals", "endpoint", "connect-error"))))
+        return []
+    return [Finding(
+        id="trace-connect-eaddrnotavail",
+        title="connect() fails with EADDRNOTAVAIL: no free local port (kernel trace)",
+        severity="critical",
+        cause=(f"{n:,} connect() calls returned EADDRNOTAVAIL {window(doc)}: __inet_hash_connect() found "
+               "no local port in ip_local_port_range whose 4-tuple toward that destination was free "
+               "(TIME_WAIT holds them for 60 s unless tcp_tw_reuse may take them over)."),
+        evidence=[EvidenceItem("failed connect() calls", n),
+                  EvidenceItem("processes", top(doc, "processes", "process", "connect-error")),
+                  EvidenceItem("destinations", top(doc, "locals", "endpoint", "connect-error"))],
+        confidence=0.95, fixes=capture_fixes())]
