@@ -13,7 +13,6 @@ PAWS counters in general are plain rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,9 +24,6 @@ from .. import fixes as fx
 from ..base import SEEN, Evidence, Fact, Mechanism
 from ..judge import fix_list, linux_hosts, profile_of, rate
 from ..runfacts import cause_stats, first_at, groups, pct
-
-if TYPE_CHECKING:
-    from ...capture.analysis import CaptureAnalysis
 
 RECYCLE = Mechanism("recycle", "tcp_tw_recycle / PAWS", {
     "tw-recycle-paws-drop": "a run's servers with tcp_tw_recycle=1 dropped SYNs by the per-peer timestamp check",
@@ -65,7 +61,6 @@ def build(f: RecycleDrop) -> list[Finding]:
     p = f.profile
     paws = f.paws_passive if isinstance(f.paws_passive, int) else 0
     n = f.dropped or paws
-    since = " since boot" if f.source == "hosts" else ""
     keyed = ("the peer's address" if p is None else "the peer's IP address (inet_peer)" if not p.at_least(3, 5)
              else "the (local, remote) address pair (tcp_metrics)")
     seen = "; ".join(s for s in (
@@ -100,7 +95,7 @@ def build(f: RecycleDrop) -> list[Finding]:
         ("SYNs dropped by the recycle cache", f.dropped, pct(f.dropped / max(f.attempts or 1, 1))
          if f.dropped is not None else ""),
         ("never connected", f.failed, ""),
-        (f"TcpExtPAWSPassive{since}", f.paws_passive, "SYNs dropped by the per-peer timestamp check"),
+        ("TcpExtPAWSPassive" + (" since boot" if f.source == "hosts" else ""), f.paws_passive, "SYNs dropped by the per-peer timestamp check"),
         ("timestamp clocks behind the address", f.clocks if f.clocks is not None else "-" if f.peer else None,
          f.clocks_kind),
         ("unanswered rate of SYNs the cache would accept", None if f.base_rate is None else pct(f.base_rate), "")
@@ -136,10 +131,10 @@ def from_run(ev: Evidence) -> RecycleDrop | None:
         fixes=tuple(fx.recycle_off(g.name) for g in on) or (fx.recycle_off(),))
 
 
-def _flagged(an: CaptureAnalysis) -> tuple[np.ndarray, np.ndarray, float, bool]:
+def _flagged(ev: Evidence) -> tuple[np.ndarray, np.ndarray, float, bool]:
     """SYNs the recycle cache drops, those of them unanswered, the unanswered rate of the
     others, and whether the drops are observed (unanswered far more often than the others)."""
-    a = an.attempts
+    a = ev.require_capture().attempts
     att = a["is_attempt"]
     flagged = att & (a["tw_recycle"] != reuse.RC_NONE)
     t_ans = a["t_answer"]
@@ -155,7 +150,7 @@ def _flagged(an: CaptureAnalysis) -> tuple[np.ndarray, np.ndarray, float, bool]:
 def from_capture(ev: Evidence) -> list[RecycleDrop]:
     an = ev.require_capture()
     a = an.attempts
-    flagged, dropped, base_rate, observed = _flagged(an)
+    flagged, dropped, base_rate, observed = _flagged(ev)
     if not observed:
         return []
     sources = {s.addr: s for s in an.sources}
@@ -180,7 +175,7 @@ def risk_from_capture(ev: Evidence) -> list[Finding]:
     """What tw_recycle would do to this traffic, where the servers answered."""
     an = ev.require_capture()
     a = an.attempts
-    flagged, _, _, observed = _flagged(an)
+    flagged, _, _, observed = _flagged(ev)
     n_flag = int(flagged.sum())
     if observed or not n_flag:
         return []
