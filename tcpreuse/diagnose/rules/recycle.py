@@ -124,8 +124,8 @@ def from_run(ev: Evidence) -> RecycleDrop | None:
     return RecycleDrop(
         "run", hosts=tuple(h for h, c in run.counters.items() if c.get("TcpExtPAWSPassive")),
         dropped=st.attempts if st else None, failed=st.failed if st else None, attempts=len(run.attempts),
-        paws_passive=passive, context=(first_at(st), EvidenceItem("errors", ", ".join(
-            f"{k} x{v:,}" for k, v in st.errnos.items()) or "-")) if st else (),
+        paws_passive=passive, context=(first_at(st), *(EvidenceItem("errors", e) for e in [", ".join(
+            f"{k} x{v:,}" for k, v in st.errnos.items())] if e)) if st else (),
         nat_addresses=sc.nat.addresses if sc is not None and sc.nat is not None else None,
         profile=get_profile(on[0].profile) if on else None,
         fixes=tuple(fx.recycle_off(g.name) for g in on) or (fx.recycle_off(),))

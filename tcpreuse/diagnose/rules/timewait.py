@@ -182,8 +182,8 @@ def from_run(ev: Evidence) -> TimeWaitCollision | None:
         retry_ms=delayed[0] if delayed else None, rate_per_s=rate.get(clients[-1].name) if clients else None,
         ports=hi - lo + 1 if clients else None, confidence=0.95 if sc is not None else 0.8,
         context=(EvidenceItem("delayed (connected after a SYN retry)", sum(x.delayed for x in found)),
-                 EvidenceItem("errors", ", ".join(f"{k} x{v:,}" for x in found for k, v in sorted(x.errnos.items()))
-                              or "-")),
+                 *(EvidenceItem("errors", e) for e in [", ".join(
+                     f"{k} x{v:,}" for x in found for k, v in sorted(x.errnos.items()))] if e)),
         fixes=tuple(_run_fixes(ev, offenders, rate)))
 
 
