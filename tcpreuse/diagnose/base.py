@@ -140,6 +140,8 @@ class FactRule:
         build = MECHANISMS[self.mechanism].build
         if build is None:
             raise AssertionError(f"mechanism {self.mechanism} has extractors but no builder")
+        if any(fact.source != self.evidence for fact in facts):
+            raise AssertionError(f"extractor {self.id} gave a fact of another evidence kind")
         return _checked(self, ev, [f for fact in facts for f in build(fact)])
 
 
