@@ -54,6 +54,7 @@ class ListenOverflow(Fact):
     capacity_per_s: float | None = None  # most the application can accept (a scenario's workers)
     accepted_per_s: float | None = None  # measured accept rate while the queue is full
     now: bool = False  # the evidence saw drops while it watched (a trace, rising counters)
+    answering: bool = False  # the listener answered other SYNs in the same seconds: alive, just full
     window: str = ""  # the observation window ("in 2.0 s of tracing (kernel 6.8)")
 
 
@@ -70,7 +71,7 @@ def build(f: ListenOverflow) -> list[Finding]:
             if f.ack_drops else f"{num(f.overflows)} overflows{since}")
     seen = "; ".join(s for s in (
         f"{f.syn_drops:,} SYNs unanswered until a retransmission"
-        + (" while the server answered other SYNs in the same seconds" if f.source == "capture" else "")
+        + (" while the server answered other SYNs in the same seconds" if f.answering else "")
         if f.syn_drops else "",
         f"{f.ack_drops:,} handshake-completing ACKs dropped, so the server sent its SYN-ACK again"
         if f.ack_drops else "",
@@ -118,7 +119,8 @@ def build(f: ListenOverflow) -> list[Finding]:
     # The root cause first: a queue full while connections keep arriving means accept() cannot
     # keep up on average; overflows without that are bursts, which a bigger queue absorbs.
     return [Finding(
-        id=LISTEN.ids[f.source], title=f"Listen queue overflowing{' on ' + f.where if f.where else ''}: {head}",
+        id=LISTEN.ids[f.source], title=f"{f.where} drops SYNs while it answers others: its listen queue overflows "
+        f"({head})" if f.answering else f"Listen queue overflowing{' on ' + f.where if f.where else ''}: {head}",
         severity="critical" if f.never or f.now else "warning", cause=cause, evidence=items,
         confidence={"capture": 0.8, "hosts": 0.9 if f.now or f.queued is not None else 0.6,
                     "trace": 0.95}.get(f.source, 0.9),
@@ -179,7 +181,7 @@ def from_capture(ev: Evidence) -> list[ListenOverflow]:
             continue
         retried = live[a["n_syn"][live] > 1]
         out.append(ListenOverflow(
-            "capture", where=server, hosts=(server.rpartition(":")[0],), syn_drops=live.size,
+            "capture", where=server, hosts=(server.rpartition(":")[0],), syn_drops=live.size, answering=True,
             ack_drops=x_rows.size, never=int(np.isnan(a["t_synack"][live]).sum()), attempts=srv_rows.size,
             retry_ms=median((a["t_syn2"][retried] - a["t_syn"][retried]) * 1000)))
     return out
