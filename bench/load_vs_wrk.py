@@ -19,10 +19,14 @@ its schedule (start lag p99 under 1 ms, nothing left unstarted), found by bisect
 rates (geometric, `--probes` bounded runs of `--probe-duration` s each, between
 `--min-rate` and `--max-rate`), `--runs` times; it prints every probe and the median.
 `--compare DIR` also bisects with the tcpreuse package found in DIR (e.g. a copy of an
-older version), alternately with this one in the same run, and prints the ratio.
+older version), alternately with this one in the same run, and prints the ratio. Each
+probe prints the client's CPU per connection (the workers' loop alone too, where the
+version reports it), nginx's (its processes' CPU from /proc), how often the workers were
+preempted, and the load average; each run adds one probe at `--overload-rate`: the ok/s
+an open loop still delivers when asked for more than it can start.
 
     python bench/load_vs_wrk.py [--runs 3] [--duration 10] [--connections 50]
-                                [--open-only] [--compare DIR]
+                                [--open-only] [--compare DIR] [--overload-rate R]
 """
 
 from __future__ import annotations
@@ -139,10 +143,31 @@ def run_load(env: Env, port: int, workers: int, conns: int, duration: float) -> 
             "connect_p99_ms": d["connect_ms"]["p99"], "cpu_us": cpu / max(1, d["attempts"]) * 1e6}
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` and its children (nginx's master and
+    workers), from /proc/PID/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            f = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(d.name) == pid or int(f[1]) == pid:  # f[1]: ppid; f[11], f[12]: utime, stime
+            total += (int(f[11]) + int(f[12])) / tick
+    return total
+
+
+SERVER_PID = 0  # nginx's master, for the server's CPU per connection
+
+
 def probe_rate(env: Env, port: int, workers: int, rate: float, duration: float,
                src: str | None = None) -> dict[str, float]:
     """One bounded open-loop run at `rate`: its start lag and whether it kept the schedule."""
     envvars = dict(os.environ, PYTHONPATH=src) if src else None
+    server_cpu = tree_cpu(SERVER_PID) if SERVER_PID else 0.0
     cpu = children_cpu()
     out = subprocess.run(
         env.cmd([sys.executable, "-m", "tcpreuse", "load", f"127.0.0.1:{port}", "--protocol", "http",
@@ -152,14 +177,20 @@ def probe_rate(env: Env, port: int, workers: int, rate: float, duration: float,
         cwd=src or Path(__file__).resolve().parent.parent,
     )
     cpu = children_cpu() - cpu
+    server_cpu = tree_cpu(SERVER_PID) - server_cpu if SERVER_PID else float("nan")
     if out.returncode != 0:
         raise SystemExit(f"tcpreuse load failed:\n{out.stderr}")
     d = json.loads(out.stdout)
     lag = d["start_lag"]
     p99 = lag["p99"] if lag["p99"] is not None else float("inf")
     kept = p99 < 1.0 and not d["not_started"]
-    return {"rate": rate, "lag_p99_ms": p99, "late": lag["late_starts"] / max(1, d["attempts"]),
-            "ok_per_s": d["ok_per_s"], "kept": kept, "cpu_us": cpu / max(1, d["attempts"]) * 1e6}
+    n = max(1, d["attempts"])
+    g = d.get("generator") or {}  # (older versions do not report it)
+    return {"rate": rate, "lag_p99_ms": p99, "late": lag["late_starts"] / n,
+            "ok_per_s": d["ok_per_s"], "kept": kept, "cpu_us": cpu / n * 1e6,
+            "loop_cpu_us": g.get("cpu_us_per_attempt") or float("nan"),
+            "preempted": g.get("preempted", -1) / n if "preempted" in g else float("nan"),
+            "server_cpu_us": server_cpu / n * 1e6}
 
 
 def open_loop_ceiling(env: Env, port: int, workers: int, lo: float, hi: float, probes: int,
@@ -171,7 +202,9 @@ def open_loop_ceiling(env: Env, port: int, workers: int, lo: float, hi: float, p
         rate = (lo * hi) ** 0.5 if best else lo
         r = probe_rate(env, port, workers, rate, duration, src)
         print(f"  {label}: {rate:8.0f}/s  start lag p99 {r['lag_p99_ms']:9.3f} ms  late {r['late']:6.1%}  "
-              f"{'kept' if r['kept'] else 'behind'}  CPU {r['cpu_us']:5.1f} us/conn  (load average {os.getloadavg()[0]:.1f})", flush=True)
+              f"{'kept' if r['kept'] else 'behind'}  CPU {r['cpu_us']:5.1f} us/conn (loop {r['loop_cpu_us']:5.1f}, "
+              f"nginx {r['server_cpu_us']:5.1f})  preempted {r['preempted']:.2f}/conn  "
+              f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         if r["kept"]:
             best = lo = rate
         elif not best:
@@ -190,6 +223,9 @@ def open_loop_rows(env: Env, port: int, args: argparse.Namespace) -> None:
     print(f"open loop: highest --rate with start lag p99 < 1 ms, {args.threads} workers, "
           f"{args.probe_duration:g} s per probe, bisection over {args.min_rate:,.0f}..{args.max_rate:,.0f}/s")
     found: dict[str, list[float]] = {name: [] for name, _ in trees}
+    # and what it still does when asked for more than it can start (--overload-rate): the
+    # ok/s and CPU per connection, which a crowded machine disturbs less than the lag
+    over: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
     for i in range(args.runs):
         order = trees if i % 2 == 0 else trees[::-1]
         for name, src in order:
@@ -197,9 +233,21 @@ def open_loop_rows(env: Env, port: int, args: argparse.Namespace) -> None:
                                   args.probe_duration, src, f"run {i + 1} {name}")
             found[name].append(c)
             print(f"run {i + 1} {name}: ceiling {c:,.0f}/s")
+            if args.overload_rate:
+                r = probe_rate(env, port, args.threads, args.overload_rate, args.probe_duration, src)
+                over[name].append(r)
+                print(f"run {i + 1} {name}: at {args.overload_rate:,.0f}/s: {r['ok_per_s']:8.0f} ok/s, late "
+                      f"{r['late']:6.1%}, CPU {r['cpu_us']:5.1f} us/conn (loop {r['loop_cpu_us']:5.1f}, nginx "
+                      f"{r['server_cpu_us']:5.1f}) (load average {os.getloadavg()[0]:.1f})", flush=True)
     for name, _ in trees:
         print(f"open-loop ceiling, median, {name}: {statistics.median(found[name]):10,.0f}/s "
               f"(runs: {', '.join(f'{x:,.0f}' for x in found[name])})")
+        if over[name]:
+            oks = [r["ok_per_s"] for r in over[name]]
+            print(f"asked {args.overload_rate:,.0f}/s, median, {name}: {statistics.median(oks):8,.0f} ok/s "
+                  f"(runs: {', '.join(f'{x:,.0f}' for x in oks)}), client CPU "
+                  f"{statistics.median(r['cpu_us'] for r in over[name]):.1f} us/conn, nginx "
+                  f"{statistics.median(r['server_cpu_us'] for r in over[name]):.1f} us/conn")
     if args.compare:
         a, b = statistics.median(found["this"]), statistics.median(found[trees[1][0]])
         print(f"ratio this/compare: {a / b:.2f}" if b else
@@ -220,6 +268,8 @@ def main() -> int:
     ap.add_argument("--max-rate", type=float, default=40000.0)
     ap.add_argument("--probes", type=int, default=7, help="bounded runs per bisection")
     ap.add_argument("--probe-duration", type=float, default=3.0)
+    ap.add_argument("--overload-rate", type=float, default=20000.0,
+                    help="also one probe per run at this rate: the ok/s an overloaded open loop keeps (0: none)")
     args = ap.parse_args()
     if not (0 < args.min_rate < args.max_rate) or args.probes < 1 or args.probe_duration <= 0:
         print("need 0 < --min-rate < --max-rate, --probes >= 1, --probe-duration > 0", file=sys.stderr)
@@ -241,6 +291,8 @@ def main() -> int:
         nginx = subprocess.Popen(env.cmd(["nginx", "-p", tmp, "-c", f"{tmp}/nginx.conf"]),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_ready(env, port)
+        global SERVER_PID
+        SERVER_PID = nginx.pid  # `ip netns exec` execs nginx: the same process
         url = f"http://127.0.0.1:{port}/"
         where = f"namespace {env.ns.name}" if env.ns else "host loopback (not root: numbers may be skewed)"
         print(f"nginx on 127.0.0.1:{port} in {where}; {os.cpu_count()} CPUs; "

@@ -64,6 +64,56 @@ def lab_cell(name: str) -> str:
             f"(simulate: {pct(sim.failure_rate())}, {pct(sim.delayed_rate())})")
 
 
+ROUND_ROBIN = """
+## Round robin and exactly interleaved clients
+
+The seed's A10 schedules round robin. Which back end a client 4-tuple meets in each port
+cycle is then the parity of the number of new sessions the load balancer made since that
+tuple's last use. `simulate` interleaves the clients' arrivals exactly, so that number is
+the same every cycle. In `v-seed-lab` it is 3 x 255 = 765, odd: each tuple alternates back
+ends, its first SYN meets a TIME_WAIT only from the third cycle on, and a SYN re-sent after
+the client's RST, scheduled anew, always finds the other back end holding a TIME_WAIT too (in
+`seed-lab`, 3,000, even: a tuple keeps its back end until re-sent SYNs shift the count). Real
+clients, and the lab's emulators (one process per client), drift against each other: in a
+`v-seed-lab` run the lab's load balancer made 668-829 sessions between a tuple's first two
+uses (conntrack's NEW events, `conntrack -E` in its namespace), and 43 % of tuples came back
+to the same back end. So with round robin the lab sees hits from the second cycle on, and
+fewer re-sent SYNs fail (lab 111-157 failed and 637-652 delayed, `simulate` 166-193 and
+525-556, six seeds). Scheduling at random takes the arrival order out: `simulate` 113-137
+failed and 641-702 delayed, the lab 124-129 and 658-678; `v-seed-lab` therefore uses
+`lb.scheduler = "random"`. Which rows of the table fail does not depend on it.
+
+The hypothesis before this was conntrack's RST validation (an out-of-window RST ignored, the
+session kept, the re-sent SYN sent to the same back end). The events say otherwise: the
+server's TIME_WAIT answers the SYN with the old ACK, which conntrack lets through as a
+possible challenge ACK and records (`tcp_packet()`, the `TCP_CONNTRACK_IGNORE` case,
+`last_ack`); the client's RST carries exactly that number, so conntrack accepts it ("Reset in
+response to a challenge-ack we let through earlier") and moves to CLOSE; the re-sent SYN finds
+CLOSE after an RST from the same side, kills the entry and is scheduled anew
+(`net/netfilter/nf_conntrack_proto_tcp.c`, Linux 5.x to 6.18). In 761 of 763 retried
+attempts of a `v-seed-lab` run the entry was destroyed and re-created this way; the model's
+`rst_ends_session = true` is what conntrack does here.
+"""
+
+LAB_NOTES = """
+## Notes on the real-kernel column
+
+`seed-lb-ignore-msl` realises ignore-tcp-msl as conntrack's TIME_WAIT timeout 0 in the load
+balancer's namespace. The lab shows what that does to a closing connection: the server
+closes first and, when the emulated client's ACK is a few ms late, retransmits its FIN;
+conntrack's state table takes the second FIN from the same side for the other side's
+(`tcp_conntracks`, REPLY `fin` in FIN_WAIT -> LAST_ACK) and the client's ACK of the data for
+the last ACK (LAST_ACK -> TIME_WAIT), so the entry expires while the client's ACK of the FIN
+and its own FIN are still on the way. Those are then picked up as a new connection
+(`nf_conntrack_tcp_loose` = 1: ESTABLISHED, UNREPLIED, 300 s), scheduled by the round robin,
+and answered with a RST by a back end without the connection (100 such entries in 2,400
+attempts of an 8 s run, 177 in 12,000 of a 40 s one). They do not change the outcome at this
+scale: three 40 s runs had 3.12-3.27 % failed, 22.6-23.3 % delayed and the first failure at
+21.5-21.6 s, the `seed` row's figures (the same before and after the lab's flow recorder
+changed). An earlier table had this row failing from 2.7 s (4.41 %); that did not recur.
+"""
+
+
 def pct(x: float) -> str:
     return f"{x * 100:.2f} %"
 
@@ -96,6 +146,9 @@ def main() -> None:
         print(f"| `{n}` | {sc.summary} | {len(r.attempts):,} | {pct(r.failure_rate())} | "
               f"{pct(r.delayed_rate())} | {first} | {tw} | {r.host_counter('TcpExtPAWSPassive'):,} | {READING.get(n, '')} |"
               + (f" {lab_cell(n)} |" if lab else ""), flush=True)
+    print(ROUND_ROBIN, end="")
+    if lab:
+        print(LAB_NOTES, end="")
 
 
 if __name__ == "__main__":

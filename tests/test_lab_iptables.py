@@ -44,9 +44,17 @@ def test_a_new_event_gives_the_client_side_key_and_the_server_side_view() -> Non
     # UDP, other message types and truncated messages are not flows
     assert ctevents.parse_message(ct_new(("1.1.1.1", "2.2.2.2", 1, 2), ("2.2.2.2", "1.1.1.1", 2, 1), 17)) is None
     assert ctevents.parse_message(m[:30]) is None
-    text = "10.1.0.1 40000 10.100.0.2 192.0.2.1 40000\n10.1.0.1 40000 10.100.0.1 192.0.2.1 40000\n# lost 2\n"
-    assert ctevents.parse_lines(text) == {("10.1.0.1", 40000): {("10.100.0.2", "192.0.2.1", 40000),
-                                                              ("10.100.0.1", "192.0.2.1", 40000)}}
+    # a DESTROY event names the same flow
+    d = m[:4] + struct.pack("=H", 1 << 8 | 2) + m[6:]
+    assert ctevents.parse_event(d) == ("D", ("10.1.0.1", 40000), ("10.100.0.2", "192.0.2.1", 40000))
+    assert ctevents.parse_message(d) is None
+    text = ("N 1000000000 10.1.0.1 40000 10.100.0.2 192.0.2.1 40000\n"
+            "D 1500000000 10.1.0.1 40000 10.100.0.2 192.0.2.1 40000\n"
+            "N 2000000000 10.1.0.1 40000 10.100.0.1 192.0.2.1 40000\n# lost 2\ngarbage\n")
+    flows, lost = ctevents.parse_lines(text)
+    assert lost == 2
+    assert [(f.start, f.end, f.view) for f in flows.by_key[("10.1.0.1", 40000)]] == [
+        (1.0, 1.5, ("10.100.0.2", "192.0.2.1", 40000)), (2.0, float("inf"), ("10.100.0.1", "192.0.2.1", 40000))]
 
 
 def test_rules_say_what_the_nftables_rulesets_say() -> None:

@@ -21,7 +21,6 @@ import psutil
 import pytest
 
 from tcpreuse.lab import state
-from tcpreuse.lab.flows import parse_flows
 from tcpreuse.lab.netns import list_namespaces
 from tcpreuse.lab.plan import build_plan
 from tcpreuse.lab.realise import realise
@@ -155,11 +154,13 @@ def test_snat_server_sees_the_nat_address(tmp_path):
         assert out["outcomes"] == {"ok": 20}
         assert out["peers"] == {"198.51.100.7": 20}  # never the client's own 10.x address
         assert topo.procnet("nat").conntrack_count() >= 20
-        # the NAT recorded every flow with the address and port the server saw
-        flows = parse_flows(topo.ns["nat"].run(["nft", "-j", "list", "set", "ip", "tcpr-nat", "flows"]).stdout)
-        assert len(flows) == 20 and all(len(v) == 1 for v in flows.values())
-        assert {(srv, seen) for views in flows.values() for srv, seen, _ in views} == {
+        # the NAT's recorder (conntrack events) has every flow with the address and port
+        # the server saw, in time order
+        flows, lost = topo.flows("nat")
+        assert lost == 0 and len(flows.by_key) == 20 and len(flows) == 20
+        assert {(f.view[0], f.view[1]) for v in flows.by_key.values() for f in v} == {
             (ld.target[0], "198.51.100.7")}
+        assert all(f.start > 1e9 for v in flows.by_key.values() for f in v)  # wall-clock times
 
 
 def test_dnat_round_robin_and_lb_snat(tmp_path):

@@ -3,7 +3,6 @@ parses /proc and merges results. (The real-kernel runs are in test_lab_kernel.py
 
 from __future__ import annotations
 
-import json
 import math
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 
 from tcpreuse.errors import LabError, TcpreuseError, UnsupportedError
-from tcpreuse.lab.flows import parse_flows, view
+from tcpreuse.lab.flows import Flow, Flows, build_flows, join
 from tcpreuse.lab.merge import Observed, Part, merge
 from tcpreuse.lab.plan import GW_LB, GW_NAT, GW_ROUTER, MAX_NAMESPACES, build_plan
 from tcpreuse.lab.procnet import (
@@ -288,23 +287,6 @@ def test_sockstat_conntrack_listening_parsers():
     st = parse_sockstat("sockets: used 9\nTCP: inuse 3 orphan 1 tw 812 alloc 5 mem 2\nUDP: inuse 0\n")
     assert (st.tcp_inuse, st.orphan, st.time_wait) == (3, 1, 812)
     assert parse_ct_stat("entries  clashres found\n0000001f  0 0\n0000001f  0 0\n") == 31
-    nft = json.dumps({"nftables": [
-        {"metainfo": {"version": "1.0.6"}},
-        {"set": {"family": "ip", "name": "flows", "table": "tcpr-lb", "elem": [
-            {"concat": ["10.1.0.1", 40001, "10.100.0.2", "192.0.2.1", 40001]},
-            {"elem": {"val": {"concat": ["10.1.0.1", 40001, "10.100.0.1", "192.0.2.1", 40001]},
-                      "timeout": 5}},
-            {"concat": ["10.1.0.2", 40002, "10.100.0.1", "192.0.2.1", 1024]},
-            {"concat": ["10.1.0.3", 40003, "10.100.0.1", "192.0.2.1", 1025]},
-            {"concat": ["10.1.0.3", 40003, "10.9.9.9", "10.1.0.3", 40003]},
-        ]}}]})
-    flows = parse_flows(nft)
-    assert flows[("10.1.0.2", 40002)] == {("10.100.0.1", "192.0.2.1", 1024)}
-    backends = {"10.100.0.1", "10.100.0.2"}.__contains__
-    assert view(flows, "10.1.0.1", 40001, backends) is None  # reused toward both: ambiguous
-    assert view(flows, "10.1.0.3", 40003, backends) == ("10.100.0.1", "192.0.2.1", 1025)
-    assert view(flows, "10.1.0.9", 1, backends) is None
-    assert parse_flows("") == {} and parse_flows("not json") == {}
     import sys
 
     ip = bytes([10, 100, 0, 1])
@@ -313,6 +295,42 @@ def test_sockstat_conntrack_listening_parsers():
            f"   0: {h:08X}:1F90 00000000:0000 0A 00000000:00000000\n"
            f"   1: {h:08X}:1F91 0100007F:0050 01 00000000:00000000\n")
     assert parse_listening(tcp) == {("10.100.0.1", 8080)}
+
+
+# ---- the join: which flow served which attempt -------------------------------------------
+
+B = frozenset({"10.100.0.1", "10.100.0.2"})
+S1, S2 = ("10.100.0.1", "192.0.2.1", 40001), ("10.100.0.2", "192.0.2.1", 40001)
+
+
+def test_a_reused_client_tuple_is_joined_by_time_to_the_server_of_each_use():
+    # one client (address, port) used three times; the LB sent the uses to S1, S2, S1
+    flows = build_flows([("N", 1.0002, ("10.1.0.1", 40001), S1), ("D", 1.5, ("10.1.0.1", 40001), S1),
+                         ("N", 2.0003, ("10.1.0.1", 40001), S2), ("D", 2.5, ("10.1.0.1", 40001), S2),
+                         ("N", 3.0001, ("10.1.0.1", 40001), S1)])
+    q = [("10.1.0.1", 40001, B, t) for t in (3.0, 1.0, 2.0)]
+    assert join(flows, q) == [S1, S1, S2]
+    # without time it is ambiguous: the same key has two views
+    assert flows.views(("10.1.0.1", 40001)) == {S1, S2}
+    # a flow toward an address the attempt could not reach is not its flow
+    assert join(flows, [("10.1.0.1", 40001, frozenset({"10.9.9.9"}), 1.0)]) == [None]
+    assert join(flows, [("10.1.0.9", 1, B, 1.0), None]) == [None, None]
+
+
+def test_the_join_keeps_the_last_flow_of_an_attempt_and_a_conntrack_entry_that_outlived_one():
+    k = ("10.1.0.1", 40001)
+    # attempt at 1.0: its first SYN's entry was reset and destroyed, the SYN sent again 3 s
+    # later opened a new one (another server), which answered
+    flows = build_flows([("N", 1.001, k, S1), ("D", 1.002, k, S1), ("N", 4.001, k, S2)])
+    assert join(flows, [("10.1.0.1", 40001, B, 1.0), ("10.1.0.1", 40001, B, 10.0)]) == [S2, S2]
+    # the second attempt (10.0) made no new entry: the one alive since 4.001 carried it; one
+    # that had ended before the attempt did not
+    ended = Flows({k: [Flow(4.001, S2, 9.0)]})
+    assert join(ended, [("10.1.0.1", 40001, B, 10.0)]) == [None]
+    # events read a little late still fall in the attempt's window
+    assert join(build_flows([("N", 1.004, k, S2)]), [("10.1.0.1", 40001, B, 1.0)]) == [S2]
+    # shifted onto the run's clock
+    assert build_flows([("N", 101.0, k, S1)]).shifted(100.0).by_key[k][0].start == 1.0
 
 
 # ---- merge ----------------------------------------------------------------------------
@@ -346,9 +364,9 @@ def test_merge_orders_attempts_and_fills_the_server_view_from_conntrack():
     a = _part_result("client-1", [(0.1, "ok", "10.1.0.1", 40001), (1.5, "EADDRNOTAVAIL", "10.1.0.1", 0)])
     b = _part_result("whatever", [(0.05, "ok", "10.1.0.2", 40002)])
     obs = Observed(duration_s=2.2)
-    obs.nat = {("10.1.0.1", 40001): {("203.0.113.10", "198.51.100.1", 50001)},
-               ("10.1.0.2", 40002): {("203.0.113.10", "198.51.100.2", 50002)}}
-    obs.lb = {("198.51.100.1", 50001): {("10.100.0.2", "192.0.2.1", 50001)}}
+    obs.nat = build_flows([("N", 0.6001, ("10.1.0.1", 40001), ("203.0.113.10", "198.51.100.1", 50001)),
+                           ("N", 0.0501, ("10.1.0.2", 40002), ("203.0.113.10", "198.51.100.2", 50002))])
+    obs.lb = build_flows([("N", 0.6002, ("198.51.100.1", 50001), ("10.100.0.2", "192.0.2.1", 50001))])
     obs.samples = {"server-1": {"time_wait": [1, 2]}}
     obs.counters = {"server-1": {"TcpExtTW": 3}}
     res = merge(p, [Part(l1, a, 0.5), Part(l2, b, 0.0)], obs, seed=1, notes=[], meta={})

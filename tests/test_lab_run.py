@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -193,6 +194,26 @@ def test_dnat_load_balancer_splits_across_two_servers():
     assert by_server == {"server-1": 200, "server-2": 200}
     assert {r["dst"] for r in res.attempts.rows()} == {"203.0.113.10"}
     assert res.meta["end"]["server-1"]["time_wait"] == pytest.approx(200, abs=3)
+
+
+@pytest.mark.parametrize("netfilter", ["nft", "iptables"])
+def test_a_client_tuple_reused_across_two_servers_is_attributed_per_connection(netfilter):
+    """One client port: every connection has the same 4-tuple, and the LB (round robin, a new
+    session each time: the server closed first) sends them to server-1, server-2, server-1...
+    Only the time of each flow can tell which server served which attempt."""
+    if netfilter == "iptables" and not shutil.which("iptables-legacy-restore"):
+        pytest.skip("needs iptables-legacy")
+    extra = '[lb]\nbackends = "server"\nport = 80\nscheduler = "round_robin"'
+    one_port = '[host.settings]\n"net.ipv4.ip_local_port_range" = "40000 40000"\n'
+    res = lab(toml(client=one_port, extra=extra, server_count=2, target="lb",
+                   workload="rate = 10\ncount = 12", close="server"), netfilter=netfilter)
+    assert res.outcomes() == {"ok": 12}
+    assert set(res.attempts.column("sport")) == {40000}
+    servers = res.attempts.column("server")
+    assert "" not in servers and not any("4-tuple is unknown" in n for n in res.notes), res.notes
+    assert all(a != b for a, b in itertools.pairwise(servers)), servers  # alternating
+    opens = {h: res.counters[h]["TcpPassiveOpens"] for h in ("server-1", "server-2")}
+    assert res.attempts.counts("server") == opens == {"server-1": 6, "server-2": 6}
 
 
 def test_windows_client_runs_emulated():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import socket
 import statistics
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,3 +251,21 @@ def test_short_slice_sets_the_eevdf_slice_and_keeps_nice() -> None:
         assert int(slice_ns) == 100_000
     else:
         assert int(slice_ns) != 100_000
+
+
+def test_name_process_sets_the_command_name() -> None:
+    """Load workers show as tcpr-load-N in top/ps/perf (prctl PR_SET_NAME, 15 bytes)."""
+    import multiprocessing as mp
+
+    from tcpreuse.load.worker import name_process
+
+    def child(q: Any) -> None:
+        name_process("tcpr-load-12345678")
+        q.put(Path("/proc/self/comm").read_text().strip())
+
+    q = mp.get_context("fork").Queue()
+    p = mp.get_context("fork").Process(target=child, args=(q,))
+    p.start()
+    got = q.get(timeout=10)
+    p.join(10)
+    assert got == "tcpr-load-12345"

@@ -196,6 +196,14 @@ def test_time_wait_series_is_compared_at_the_same_moment() -> None:
     assert series_agree(sim_s, 1.0, [150, 450, 750, 950, 1000, 1000], 1.0, 0.5)[0]
     ok, worst, at = series_agree(sim_s, 1.0, [150, 450, 750, 700, 1000], 1.0, 0.5)
     assert not ok and worst > 100 and at == 4.0
+    # after the model's last sample its connections went on closing up to the end state
+    # (1,200): a lab sample there is bracketed by the last sample and that end
+    later = [150, 450, 750, 950, 1000, 1100, 1180]
+    assert not series_agree(sim_s, 1.0, later, 1.0, 0.5)[0]
+    assert series_agree(sim_s, 1.0, later, 1.0, 0.5, sim_end=1200)[0]
+    assert not series_agree(sim_s, 1.0, [*later, 1400], 1.0, 0.5, sim_end=1200)[0]
+    # within the simulated series the end state changes nothing
+    assert not series_agree(sim_s, 1.0, [150, 450, 750, 700, 1000], 1.0, 0.5, sim_end=700)[0]
 
 
 def test_markdown_names_the_kernel_and_the_command() -> None:

@@ -55,6 +55,12 @@ def _render_summary(s: dict[str, Any]) -> None:
         d = s[key]
         lat.add_row(label, str(d["count"]), *(_fmt_ms(d[q]) for q in ("p50", "p90", "p99", "p99.9", "max")))
     con.print(lat)
+    g, lag = s.get("generator") or {}, s.get("start_lag") or {}
+    if s["mode"] == "open" and lag.get("p99") is not None:
+        con.print(f"generator: start lag p50 {_fmt_ms(lag['p50'])} ms, p99 {_fmt_ms(lag['p99'])} ms, "
+                  f"{lag['late_starts']} started > 1 ms late"
+                  + (f"; CPU {g['cpu_us_per_attempt']:.1f} us/attempt, preempted {g['preempted']} times"
+                     if g.get("cpu_us_per_attempt") is not None else ""))
     tw = s["per_second"]["time_wait"]
     if tw:
         con.print(f"TIME_WAIT in this namespace, per second: max {max(tw)}, last {tw[-1]}")

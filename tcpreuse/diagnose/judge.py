@@ -1,7 +1,7 @@
-"""Helpers the doctor checks share (diagnose/rules/host_*.py): numbers, fixes, wording.
+"""Helpers the rules that read HostFacts share: numbers, sysctl fixes, wording.
 
-Kept out of the rules package so that each check module stays a short list of
-@rule functions, like mitmproxy addons.
+Kept out of the rules package so that each mechanism module stays a short list of
+rules, like mitmproxy addons.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..model.profiles import Profile, get_profile
 from .base import Evidence
 
 __all__ = ["EvidenceItem", "Fix", "fix_list", "group", "in_effect", "linux_hosts", "num", "port_list_text", "profile_of",
-           "rate", "sysctl_fix", "tuple_label"]
+           "rate", "sysctl_fix", "tuple_label", "windows_pool"]
 
 
 def linux_hosts(ev: Evidence) -> list[HostFacts]:
@@ -82,6 +82,14 @@ def pressure(t: TupleUse) -> float:
 def fix_list(*fixes: Fix | None) -> list[Fix]:
     """The fixes that are fixes (sysctl_fix gives None for a setting already in effect)."""
     return [f for f in fixes if f is not None]
+
+
+def windows_pool(h: HostFacts) -> tuple[int, int]:
+    """A Windows host's dynamic port range: first port and size (model.stacks.port_range)."""
+    from ..model.stacks import port_range
+
+    lo, hi = port_range(get_profile("windows-2022"), h.settings)
+    return lo, hi - lo + 1
 
 
 def port_list_text(ports: Any) -> str:

@@ -1,4 +1,4 @@
-"""Numbers the run-based rules share, computed once from a RunResult (+ scenario)."""
+"""Numbers the rules that read a run share, computed once from a RunResult (+ scenario)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..findings import EvidenceItem, Fix
+from ..capture.facts import pct
+from ..findings import EvidenceItem
+
+__all__ = ["CauseStats", "cause_stats", "first_at", "groups", "os_of", "pct", "timestamps_on", "tw_at", "tw_at_role"]
 
 if TYPE_CHECKING:
     from ..result import RunResult
@@ -57,18 +60,6 @@ def first_at(st: CauseStats) -> EvidenceItem:
     return EvidenceItem("first at", f"attempt #{st.first_index + 1:,}, t = {st.first_t:.1f} s")
 
 
-def keepalive_fix(sc: Scenario | None, workload: str | None = None, n: int = 20) -> Fix | None:
-    """Keep-alive as a scenario fix: N requests per connection for a workload (the only
-    one if not named); None when the scenario cannot express it unambiguously."""
-    if sc is None or (workload is None and len(sc.workload) != 1):
-        return None
-    name = workload or sc.workload[0].name
-    key = "workload.requests_per_connection" if len(sc.workload) == 1 else f"workload.{name}.requests_per_connection"
-    return Fix(id=f"{name}-keepalive" if workload else "keepalive",
-               title=f"Keep connections alive: {n} requests per connection" + (f" ({workload})" if workload else ""),
-               set={key: n}, commands=["a connection pool / HTTP keep-alive in the client"])
-
-
 def tw_at(run: RunResult, host: str, t: float) -> int | None:
     s = run.timeline.hosts.get(host, {}).get("time_wait")
     if not s:
@@ -96,7 +87,3 @@ def timestamps_on(settings: dict[str, Any], os: str) -> bool:
 
 def os_of(profile: str) -> str:
     return "windows" if profile.startswith("windows") else ("macos" if profile.startswith("macos") else "linux")
-
-
-def pct(x: float) -> str:
-    return f"{x * 100:.2f} %" if x < 0.1 else f"{x * 100:.1f} %"

@@ -10,7 +10,6 @@ with the same semantics, rule for rule:
     dnat ... numgen random mod N map {...}      -m statistic --mode random --probability 1/(N-i)
     ct status dnat ... snat ...                 -m conntrack --ctstatus DNAT -j SNAT ...
     numgen random mod 1000000 < K drop          -m statistic --mode random --probability K/1e6
-    the `flows` set (flows.py)                  conntrack NEW events (ctevents.py)
 
 The nat table sees only a connection's first packet, as nftables' nat chains do, so the
 nth/random rules schedule connections, not packets. `jhash ip saddr` (source_hash) has no
@@ -20,18 +19,13 @@ load an `ip` table, else iptables-legacy (choose()).
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
-import time
-from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import LabError
-from .ctevents import parse_lines
 
 if TYPE_CHECKING:
     from ..scenario.schema import Scenario
@@ -139,48 +133,3 @@ def choose(asked: str = "auto") -> str:
     if asked != "auto":
         return asked
     return "nft" if _nft_ip_works() or shutil.which(RESTORE) is None else "iptables"
-
-
-@dataclass
-class Recorder:
-    """ctevents.py running in a NAT/LB namespace, writing to `path`."""
-
-    proc: subprocess.Popen[bytes]
-    path: Path
-
-    @classmethod
-    def start(cls, ns: Namespace, python: str, path: Path, timeout_s: float = 30.0) -> Recorder:
-        p = ns.popen([python, "-m", "tcpreuse.lab.ctevents", str(path)], stdin=subprocess.DEVNULL,
-                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        rec = cls(p, path)
-        assert p.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        line = p.stdout.readline()  # "ready" once subscribed (or an error and EOF)
-        if line.strip() != b"ready" or time.monotonic() > deadline:
-            rec.stop()
-            raise LabError(f"[{ns.name}] the conntrack event recorder did not start: "
-                           f"{line.decode(errors='replace').strip() or 'no output'} (needs "
-                           "nf_conntrack_netlink)")
-        return rec
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=2)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def flows(self) -> tuple[dict[tuple[str, int], set[tuple[str, str, int]]], int]:
-        """Stop, then the recorded flows and how many event batches the kernel dropped."""
-        self.stop()
-        try:
-            text = self.path.read_text()
-        except OSError:
-            return {}, 0
-        lost = sum(int(ln.split()[2]) for ln in text.splitlines() if ln.startswith("# lost "))
-        return parse_lines(text), lost

@@ -4,8 +4,9 @@ Each `load` process writes a RunResult for one client instance and one workload,
 times relative to its own start. The lab shifts them onto the run's clock (t = 0 when the
 first load was launched), names client and workload as the simulator does, fills the
 server-side view of each 4-tuple where the lab knows it (no NAT/LB: unchanged; through
-NAT or the LB: from the conntrack tables read at the end of the run), and adds what only
-the lab sees: every namespace's counters and TIME_WAIT samples. Pure: no I/O.
+NAT or the LB: the flow conntrack made for that attempt, joined by key and time, flows.py),
+and adds what only the lab sees: every namespace's counters and TIME_WAIT samples. Pure: no
+I/O.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..result import (
     Timeline,
     empty_column,
 )
-from .flows import FlowKey, FlowVal, view
+from .flows import Flows, FlowVal, Query, join
 from .plan import LabPlan, Load
 
 
@@ -44,8 +45,8 @@ class Observed:
     step_s: float = 1.0
     samples: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # host -> series
     counters: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> deltas
-    nat: dict[FlowKey, set[FlowVal]] = field(default_factory=dict)  # see flows.py
-    lb: dict[FlowKey, set[FlowVal]] = field(default_factory=dict)
+    nat: Flows = field(default_factory=Flows)  # on the run's clock, see flows.py
+    lb: Flows = field(default_factory=Flows)
 
 
 def _concat(parts: list[tuple[AttemptTable, dict[str, str], float]]) -> AttemptTable:
@@ -105,29 +106,46 @@ def _server_view(table: AttemptTable, plan: LabPlan, obs: Observed) -> int:
         return host_idx[h]
 
     natted = {link.lower for link in plan.links if plan.hosts[link.upper].role == "nat"}
-    backends = {a for link in plan.links if plan.hosts[link.upper].role == "lb"
-                for a in plan.hosts[link.lower].addresses}
+    backends = frozenset(a for link in plan.links if plan.hosts[link.upper].role == "lb"
+                         for a in plan.hosts[link.lower].addresses)
     ok = table.code("outcome", OK)
-    unknown = 0
-    for i in range(len(table)):
+    n = len(table)
+    # the 4-tuple of each attempt as it leaves the client, then the NAT, then the LB
+    tup: list[tuple[str, int, str, int] | None] = [None] * n
+    for i in range(n):
         if c["sport"][i] <= 0 or c["src"][i] < 0 or c["dst"][i] < 0:
             continue  # never left the client (no port): nothing reached a server
-        t = (voc_addr[c["src"][i]], int(c["sport"][i]), voc_addr[c["dst"][i]], int(c["dport"][i]))
-        if voc_host[c["client"][i]] in natted:
-            v = view(obs.nat, t[0], t[1], {t[2]}.__contains__)
-            if v is None:
-                unknown += 1
-                continue
-            t = (v[1], v[2], t[2], t[3])  # as the NAT sends it on
-        if plan.vip is not None and (t[2], t[3]) == plan.vip:
-            v = view(obs.lb, t[0], t[1], backends.__contains__)
-            if v is None or plan.backend_port is None:
-                unknown += 1
-                continue
-            t = (v[1], v[2], v[0], plan.backend_port)
-        c["srv_src"][i], c["srv_sport"][i] = acode(t[0]), t[1]
-        c["srv_dst"][i], c["srv_dport"][i] = acode(t[2]), t[3]
-        owner = plan.owner.get(t[2])
+        tup[i] = (voc_addr[c["src"][i]], int(c["sport"][i]), voc_addr[c["dst"][i]], int(c["dport"][i]))
+    t = c["t"]
+    unknown = 0
+
+    def stage(flows: Flows, asks: list[Query | None]) -> list[FlowVal | None]:
+        nonlocal unknown
+        views = join(flows, asks)
+        unknown += sum(1 for q, v in zip(asks, views, strict=True) if q is not None and v is None)
+        return views
+
+    nat_q: list[Query | None] = [
+        (x[0], x[1], frozenset((x[2],)), float(t[i]))
+        if x is not None and voc_host[c["client"][i]] in natted else None for i, x in enumerate(tup)]
+    for i, v in enumerate(stage(obs.nat, nat_q)):
+        x = tup[i]
+        if nat_q[i] is not None and x is not None:
+            tup[i] = None if v is None else (v[1], v[2], x[2], x[3])  # as the NAT sends it on
+    lb_q: list[Query | None] = [
+        (x[0], x[1], backends, float(t[i]))
+        if x is not None and plan.vip is not None and (x[2], x[3]) == plan.vip else None
+        for i, x in enumerate(tup)]
+    for i, v in enumerate(stage(obs.lb, lb_q)):
+        x = tup[i]
+        if lb_q[i] is not None and x is not None:
+            tup[i] = None if v is None or plan.backend_port is None else (v[1], v[2], v[0], plan.backend_port)
+    for i, x in enumerate(tup):
+        if x is None:
+            continue
+        c["srv_src"][i], c["srv_sport"][i] = acode(x[0]), x[1]
+        c["srv_dst"][i], c["srv_dport"][i] = acode(x[2]), x[3]
+        owner = plan.owner.get(x[2])
         if owner is not None and plan.hosts[owner].role == "server" and c["outcome"][i] == ok:
             c["server"][i] = hcode(owner)
     return unknown
@@ -147,8 +165,9 @@ def merge(plan: LabPlan, parts: list[Part], obs: Observed, *, seed: int | None,
     table = _concat(tables)
     unknown = _server_view(table, plan, obs)
     if unknown:
-        notes = [*notes, f"{unknown} attempt(s) whose server-side 4-tuple is unknown (not "
-                 "recorded by the NAT/LB, or their client 4-tuple was reused and went elsewhere)"]
+        notes = [*notes, f"{unknown} attempt(s) whose server-side 4-tuple is unknown (no flow "
+                 "recorded by the NAT/LB for them: their SYNs never got through it, or its "
+                 "conntrack events were lost)"]
 
     step = obs.step_s
     n = max(1, math.ceil(obs.duration_s / step - 1e-9))

@@ -31,7 +31,6 @@ from ..model.stacks import linux_syn_rtos
 from ..scenario.schema import Scenario
 from ..scenario.topology import int2ip
 from ..scenario.topology import plan as sim_plan
-from .flows import record_rules
 from .realise import Realisation, sysctl_text
 
 GW_ROUTER = "10.255.255.254"
@@ -185,8 +184,7 @@ def nat_ruleset(pool: list[str], port_range: tuple[int, int], flags: str) -> str
         "    type nat hook postrouting priority srcnat; policy accept;\n"
         f'    oifname "up0" meta l4proto tcp snat ip to {_range_text(pool)}:{lo}-{hi} {flags}\n'
         "  }\n"
-        + record_rules()
-        + "}\n"
+        "}\n"
     )
 
 
@@ -221,7 +219,7 @@ def lb_ruleset(vip: str, port: int, backends: list[tuple[str, int]], scheduler: 
             f"    ct status dnat meta l4proto tcp snat ip to {_range_text(snat)}:{lo}-{hi} {snat_flags}\n"
             "  }\n"
         )
-    return out + record_rules() + "}\n"
+    return out + "}\n"
 
 
 def loss_ruleset(loss: float) -> str:

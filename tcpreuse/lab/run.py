@@ -7,7 +7,7 @@ The order matters for what the numbers mean:
   3. counters of every namespace (before), t = 0, `load` in every client namespace (each
      at its workload's start_s), TIME_WAIT/conntrack sampled every second;
   4. loads end (or their deadline passes), 0.5 s for the last FIN/ACKs, counters (after),
-     the flows NAT/LB recorded (flows.py), captures stopped (files complete), servers stopped;
+     the flows NAT/LB recorded (ctevents.py, joined in flows.py), captures stopped (files complete), servers stopped;
   5. everything removed: on success, error, Ctrl-C, SIGTERM/SIGHUP (handlers + finally +
      atexit). A SIGKILLed run leaves a state file for `tcpreuse lab cleanup`.
 An interrupted run still returns what was measured (partial results, marked).
@@ -40,7 +40,6 @@ from ..result import HostInfo, RunResult
 from ..scenario.schema import Scenario
 from ..signals import Signalled, raising
 from . import state
-from .flows import SET, parse_flows
 from .merge import Observed, Part, merge
 from .netns import PREFIX, require_root
 from .plan import LabPlan, Load, Serve, build_plan
@@ -436,15 +435,11 @@ class LabRun:
             end[k] = {"time_wait": st.time_wait, "tcp_inuse": st.tcp_inuse}
             if h.role in ("nat", "lb"):
                 end[k]["conntrack"] = pn.conntrack_count()
-                if h.ipt:
-                    flows, lost = self.topo.flows(k)
-                    if lost:
-                        self.notes.append(f"{k}: the kernel dropped {lost} batch(es) of conntrack "
-                                          "events; their flows have no server-side view")
-                else:
-                    r = self.topo.ns[k].run(["nft", "-j", "list", "set", "ip", f"tcpr-{h.role}", SET],
-                                            check=False, timeout=120)
-                    flows = parse_flows(r.stdout)
+                flows, lost = self.topo.flows(k)
+                if lost:
+                    self.notes.append(f"{k}: the kernel dropped {lost} batch(es) of conntrack "
+                                      "events; their flows have no server-side view")
+                flows = flows.shifted(t0_unix)  # wall clock -> the run's clock
                 if h.role == "nat":
                     obs.nat = flows
                 else:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from ..errors import LabError
 from . import iptables, state
-from .iptables import Recorder
-from .netns import Namespace, require_root, veth_pair
+from .ctevents import Recorder
+from .flows import Flows
+from .netns import PREFIX, Namespace, require_root, veth_pair
 from .plan import LabPlan
 from .procnet import ProcNet
 
@@ -30,7 +31,7 @@ class Topology:
     def __init__(self, plan: LabPlan, scratch: Path | None = None, python: str = sys.executable) -> None:
         self.plan = plan
         self.scratch, self.python = scratch, python
-        self.recorders: dict[str, Recorder] = {}  # iptables backend: conntrack NEW events
+        self.recorders: dict[str, Recorder] = {}  # NAT/LB: conntrack events (ctevents.py)
         self.ns: dict[str, Namespace] = {}
         self.anchors: dict[str, subprocess.Popen[bytes]] = {}
         self.notes: list[str] = []
@@ -63,9 +64,10 @@ class Topology:
                 ns.nft(h.nft)
             if h.ipt:
                 iptables.load(ns, h.ipt)
-                if h.role in ("nat", "lb"):
-                    where = self.scratch or Path(tempfile.gettempdir())
-                    self.recorders[h.key] = Recorder.start(ns, self.python, where / f"flows-{h.key}.txt")
+            if h.role in ("nat", "lb"):
+                where = self.scratch or Path(tempfile.gettempdir())
+                path = where / f"{PREFIX}flows-{self.plan.run_id}-{h.key}.txt"
+                self.recorders[h.key] = Recorder.start(ns, self.python, path)
             self.anchors[h.key] = ns.popen(["sleep", "infinity"], stdin=subprocess.DEVNULL,
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._delay()
@@ -91,10 +93,15 @@ class Topology:
             if key in self.ns:
                 self.settings[key] = self.ns[key].read_sysctls(keys)
 
-    def flows(self, key: str) -> tuple[dict[tuple[str, int], set[tuple[str, str, int]]], int]:
-        """iptables backend: the flows the NAT/LB recorded (and lost event batches)."""
+    def flows(self, key: str) -> tuple[Flows, int]:
+        """The flows the NAT/LB recorded (wall-clock times) and the lost event batches."""
         rec = self.recorders.pop(key, None)
-        return rec.flows() if rec else ({}, 0)
+        if rec is None:
+            return Flows(), 0
+        out = rec.flows()
+        if self.scratch is None:
+            rec.path.unlink(missing_ok=True)
+        return out
 
     def procnet(self, key: str) -> ProcNet:
         return ProcNet(self.anchors[key].pid)
@@ -103,6 +110,8 @@ class Topology:
         """Kill every process in our namespaces and delete them. Idempotent."""
         for rec in self.recorders.values():
             rec.stop()
+            if self.scratch is None:  # a file of our own in the temporary directory
+                rec.path.unlink(missing_ok=True)
         self.recorders.clear()
         for ns in list(self.ns.values()):
             ns.delete()

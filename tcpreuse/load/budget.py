@@ -8,6 +8,11 @@ Two limits, both stated with the numbers behind them:
   GENERATOR_RATE_PER_CPU, is half as much again, so a faster machine is not refused what
   it can do; workers beyond the machine's CPUs add nothing. An open loop asked for more than that falls behind its
   schedule at once: every latency it reports is the generator's, not the target's.
+  Below it, whether the schedule holds (start lag p99 under 1 ms) depends on how busy the
+  machine is, not on this limit: on the crowded 2-core VM (load average 7-10) the workers
+  cost a median 77 µs of CPU per attempt when saturated, were preempted 0.5-1.25 times per
+  attempt, and no rate down to 100/s held it (docs/load.md, "What bounds the ceiling");
+  every run reports its own start lag, so it is not refused for that.
 - **Memory.** Every attempt keeps a record (a few numbers per attempt in the workers,
   the merged table in the parent, and with --result or inside the lab a JSON rendering
   of it); BYTES_PER_ATTEMPT[_RESULT] are what that costs per attempt, from the sizes of

@@ -426,6 +426,8 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     lag_max = max((r.lag_max_ms for r in parts), default=0.0)
     late = sum(r.late_starts for r in parts)
     not_started = sum(r.not_started for r in parts)
+    cpu_s = sum(r.cpu_s for r in parts)
+    preempted = sum(r.preempted for r in parts)
 
     notes: list[str] = []
     if interrupted:
@@ -435,7 +437,9 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     if config.mode == "open" and total and late > 0.01 * total:
         notes.append(f"{late} of {total} attempts started more than 1 ms after they were due "
                      f"(worst {lag_max:.1f} ms): the generator did not keep up with the rate; "
-                     "their latency counts from the due time")
+                     "their latency counts from the due time (its workers: "
+                     f"{cpu_s / total * 1e6:.0f} us of CPU per attempt, preempted {preempted / total:.2f} "
+                     f"times per attempt; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     if not_started:
         notes.append(f"{not_started} attempts due before the end were never started: the generator "
                      f"was too far behind its schedule (use more --workers or a lower --rate)")
@@ -502,6 +506,11 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         "not_started": not_started,
         "start_lag": {"late_starts": late, **{k: v for k, v in nearest_rank(lag_ms).items()
                                               if k in ("p50", "p99", "max")}},
+        # what the generator itself cost: its workers' CPU (user + system) per attempt, and
+        # how often the CPU was taken from them (involuntary context switches)
+        "generator": {"cpu_us_per_attempt": round(cpu_s / total * 1e6, 1) if total else None,
+                      "cpu_s": round(cpu_s, 3), "preempted": preempted,
+                      "in_flight_max": sum(r.in_flight_max for r in parts)},  # an upper bound
         "per_second": {
             "attempts": tl.attempts, "ok": tl.ok, "failed": tl.failed, "delayed": tl.delayed,
             "time_wait": tw,

@@ -32,6 +32,7 @@ import errno
 import gc
 import os
 import platform
+import resource
 import select
 import signal
 import socket
@@ -70,10 +71,12 @@ BIND_MODES = ("none", "address_no_port", "bind0")
 
 # Most attempts one open-loop round starts before it looks at events again.
 MAX_BURST = 256
-# Most events one open-loop round handles before it looks at the schedule again: each
-# costs ~10-30 us (recv, close, the record), so a round stays well under the 1 ms that
-# counts as late; epoll keeps the rest for the next round. (Closed loop: no bound.)
-MAX_EVENTS = 32
+# Most events one open-loop round takes from epoll_wait(). The round handles them until
+# an attempt is due (it reads the clock before each event, ~10-30 us of work: recv,
+# close, the record), so a due attempt waits for at most one event's work; epoll keeps
+# the rest for the next round. A larger batch saves epoll_wait() calls when answers pile
+# up. (Closed loop: no bound.)
+MAX_EVENTS = 256
 # Shortest wait for which an open loop watches for answers (select) rather than sleeps:
 # measured at 4,000/s on 2 workers, select() cost ~15 % more CPU per connection than a
 # sleep (a wake-up per answer) and cut the late starts from 66 % to 41 % on a crowded VM.
@@ -173,6 +176,9 @@ class WorkerResult:
     unfinished: int = 0  # cut at the hard bound (duration + drain) while still in flight
     stopped_at: float | None = None  # s since t0 when a stop (Ctrl-C/SIGTERM) arrived
     error: str | None = None
+    in_flight_max: int = 0  # most attempts open at once (checked after each round's starts)
+    cpu_s: float = 0.0  # CPU time (user + system) of the worker's loop, its own and the kernel's for it
+    preempted: int = 0  # involuntary context switches during the loop: the CPU was taken from it
 
 
 class _Attempt:
@@ -575,6 +581,7 @@ class Worker:
         # ---- the loop ----------------------------------------------------------------
         open_loop = p.mode == "open"
         max_events = MAX_EVENTS if open_loop else -1
+        due_first = open_loop
         sched = p.schedule().times() if open_loop else iter(())
         next_due: float | None = None
         if open_loop:
@@ -599,6 +606,7 @@ class Worker:
         tick_s = p.tick_s
         next_tick = t0 + tick_s if control is not None else float("inf")
         lag_max = 0.0
+        in_flight_max = 0
         lags = array("d")  # open loop: how late each attempt started, s
         lag_app = lags.append
         late = 0
@@ -610,17 +618,22 @@ class Worker:
         # collections, triggered by the attempts' allocations, were 2 % of a worker's CPU.
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        cpu0, nivcsw0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
         now = mono()
         if now < t0:
             sleep(t0 - now)
         while True:
             now = mono()
             done_before = n_ok + n_failed
+            started_before = n_started
             if not exhausted:
                 if open_loop:
                     # A worker that fell behind starts what is due at once (open loop),
                     # but at most MAX_BURST per round, so answers and timeouts are not
                     # starved meanwhile; the late ones keep their due times.
+                    # The lag is taken on the clock read just before each attempt's
+                    # socket() and connect(), not once per round: in a burst, the starts
+                    # before an attempt make it later, and that is part of its lag.
                     burst = MAX_BURST
                     while next_due is not None and next_due <= now and burst:
                         burst -= 1
@@ -633,10 +646,9 @@ class Worker:
                         start(next_due, now)
                         nxt = next(sched, None)
                         next_due = None if nxt is None else t0 + nxt
-                        if not burst & 15:  # connect() can get slow (thousands in SYN_SENT)
-                            now = mono()
-                            if now >= give_up_at:
-                                break
+                        now = mono()
+                        if now >= give_up_at:
+                            break
                     if next_due is not None and (now >= give_up_at or stopping):
                         # so far behind that the run would overstay its duration (or told
                         # to stop): the rest is counted as not started, not silently
@@ -645,6 +657,8 @@ class Worker:
                             skipped = p.schedule().remaining(n_started, next_due - t0)
                         next_due = None
                     exhausted = next_due is None
+                    if len(conns) > in_flight_max:
+                        in_flight_max = len(conns)
                 elif now >= end_at or n_started == max_starts:
                     exhausted = True
                 else:
@@ -722,9 +736,23 @@ class Worker:
                     elif sel(ep_fds, (), (), wait)[0]:
                         events = ep.poll(0, max_events)
             if events:
-                now = mono()
                 done_before = n_ok + n_failed
+                # An open loop stops handling answers when an attempt is due (epoll is
+                # level-triggered: what is left is reported again next round), so answers
+                # fill the gaps between starts without delaying them -- but only after as
+                # many events as it started attempts this round: a worker that is behind
+                # must still finish connections as fast as it starts them, or they pile
+                # up (CLOSE_WAIT), each holding a local port that connect()'s port search
+                # (__inet_hash_connect) then has to skip, and every start gets slower.
+                # Answers are stamped with the time epoll_wait() returned: they had arrived
+                # by then, and the work on the events before them is the generator's.
+                now = mono()
+                owed = n_started - started_before
                 for fd, _ev in events:
+                    if owed > 0:
+                        owed -= 1
+                    elif due_first and next_due is not None and mono() >= next_due:
+                        break
                     att_ = conns_get(fd)
                     if att_ is not None:
                         if att_.state == _READING:
@@ -741,6 +769,8 @@ class Worker:
                 if n_ok + n_failed != done_before:
                     last_end = now
 
+        cpu_s = time.process_time() - cpu0
+        preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - nivcsw0
         ep.close()
         if gc_was_enabled:
             gc.enable()
@@ -759,7 +789,8 @@ class Worker:
             requests=n_requests, http_status=http_status,
             lag_max_ms=lag_max * 1000.0, late_starts=late, not_started=max(0, skipped), end=end,
             interrupted=stopping, answer_ms=r_ams, request_s=req_s, lag_s=lags,
-            unfinished=unfinished, stopped_at=stopped_at,
+            unfinished=unfinished, stopped_at=stopped_at, cpu_s=cpu_s, preempted=preempted,
+            in_flight_max=in_flight_max,
         )
 
 
@@ -810,10 +841,23 @@ def short_slice(slice_ns: int = SLICE_NS) -> bool:
         return False
 
 
+def name_process(name: str) -> None:
+    """Set this process's command name (prctl PR_SET_NAME, at most 15 bytes), so `top`,
+    `ps -o comm` and perf tell the load workers apart from the server beside them and
+    from each other. Best effort."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(15, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def run_in_child(plan: WorkerPlan, conn: Connection) -> None:
     """Entry of a worker process: the parent handles Ctrl-C and tells us to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    name_process(f"tcpr-load-{plan.index}")
     precise_timers()
     short_slice()
     try:

@@ -150,11 +150,15 @@ def _count_tol(slack: int) -> Tolerance:
 
 
 def series_agree(sim: list[int], sim_step: float, lab: list[int], lab_step: float,
-                 shift_s: float, by_chance: bool = False, lag_s: float = 0.0) -> tuple[bool, int, float]:
+                 shift_s: float, by_chance: bool = False, lag_s: float = 0.0,
+                 sim_end: int | None = None) -> tuple[bool, int, float]:
     """Each lab sample (taken at (k+1)·lab_step on the lab's clock) against the simulated
     samples bracketing the same moment (lab time − shift_s), or any moment up to `lag_s`
-    earlier (the lab's attempts ran up to that late). Returns (agree, worst excess, at lab
-    time)."""
+    earlier (the lab's attempts ran up to that late). The simulated series stops at the
+    scenario's duration while its connections go on closing until the end state
+    (`sim_end`, e.g. a SYN re-sent 3 s after the last attempt): a lab sample after the last
+    simulated one is bracketed by that sample and the end state. Returns (agree, worst
+    excess, at lab time)."""
     if not sim or not lab:
         return not any(sim) and not any(lab), 0, 0.0
     peak = max(max(sim), max(lab))
@@ -169,6 +173,8 @@ def series_agree(sim: list[int], sim_step: float, lab: list[int], lab_step: floa
         before = sim[lo_i] if j >= 0 else 0
         after = sim[hi_i] if j >= -1 else 0
         lo, hi = min(before, after), max(before, after)
+        if sim_end is not None and j > len(sim) - 1:
+            lo, hi = min(lo, sim_end), max(hi, sim_end)
         if lag_s > 0:
             j0 = (t_sim - lag_s) / sim_step - 1
             first = max(0, min(len(sim) - 1, int(j0 // 1)))
@@ -334,7 +340,8 @@ def _compare(sim: Metrics, lab: Metrics, fixed_count: bool,
                          lab.time_wait_end.get(h), EXACT))
         s, lb = sim.time_wait_series.get(h, []), lab.time_wait_series.get(h, [])
         if any(s) or any(lb):
-            ok, worst, at = series_agree(s, sim.step_s, lb, lab.step_s, shift, by_chance, lag_s)
+            ok, worst, at = series_agree(s, sim.step_s, lb, lab.step_s, shift, by_chance, lag_s,
+                                         sim.time_wait_end.get(h))
             tol = series_tol or SERIES
             if lag_s > 0:
                 tol = Tolerance(tol.text + f", or up to {lag_s * 1000:g} ms earlier", tol.reason
