@@ -70,4 +70,6 @@ def test_sweep_survives_a_worker_killed_mid_sweep(deployment: tuple[str, list[su
     # every point is in the cache: a re-run computes nothing (and needs no cluster)
     again = run_sweep(str(ref), axes, 1, {}, cache, lambda: Pool("tcp://127.0.0.1:9"))
     assert again.cached == 8 and again.computed == 0
-    assert time.monotonic() - t0 < 120
+    # not a speed test: a sweep that lost a worker must finish, not wait forever (a quiet
+    # machine takes ~40 s; a loaded CI runner has taken 138 s)
+    assert time.monotonic() - t0 < 400
