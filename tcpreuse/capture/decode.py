@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import native
+from . import backend
 from .formats import Frames, ReadReport, _u16_view, _u32_view
 
 # link types (https://www.tcpdump.org/linktypes.html)
@@ -240,16 +240,7 @@ def decode(fr: Frames, file_index: int = 0) -> Packets:
         return _empty_packets()
     out = _columns(n)
     unsupported: dict[int, int] = {}
-    if native.lib is not None:
-        m, v6 = _decode_c(fr, out, unsupported)
-    else:
-        v = _Views(fr.buf)
-        st = _Stage(rep)
-        v6_ids: dict[bytes, int] = {}
-        m = 0
-        for a in range(0, n, CHUNK):
-            m = _decode_range(v, st, fr, a, min(n, a + CHUNK), out, m, v6_ids, unsupported)
-        v6 = list(v6_ids)
+    m, v6 = backend.ACTIVE.decode(fr, out, unsupported)
     for lt, k in unsupported.items():
         rep.skip(f"{R_LINKTYPE} {lt}", k)
         rep.warn(f"{k:,} frames of link type {lt}, which is not supported, were skipped")
@@ -260,19 +251,31 @@ def decode(fr: Frames, file_index: int = 0) -> Packets:
     return Packets(**cols, file=np.full(m, file_index, dtype=np.int16), v6=v6)
 
 
-def _decode_c(fr: Frames, out: dict[str, np.ndarray], unsupported: dict[int, int]) -> tuple[int, list[bytes]]:
+def _decode_numpy(fr: Frames, out: dict[str, np.ndarray], unsupported: dict[int, int]) -> tuple[int, list[bytes]]:
+    """The reference: :func:`_decode_range` chunk by chunk; (rows, IPv6 table)."""
+    v = _Views(fr.buf)
+    st = _Stage(fr.report)
+    v6_ids: dict[bytes, int] = {}
+    m = 0
+    n = len(fr)
+    for a in range(0, n, CHUNK):
+        m = _decode_range(v, st, fr, a, min(n, a + CHUNK), out, m, v6_ids, unsupported)
+    return m, list(v6_ids)
+
+
+def _decode_c(lib: Any, fr: Frames, out: dict[str, np.ndarray],
+              unsupported: dict[int, int]) -> tuple[int, list[bytes]]:
     """:func:`_decode_range` over all chunks in one C pass (``_ccap.decode``): fills `out`,
     reports skips in the order the numpy stages would, and returns (rows, IPv6 table)."""
-    assert native.lib is not None
     cols = tuple(out.values())
     if fr.pcap is not None:  # record headers read in C, straight from the file
         pc = fr.pcap
-        m, events, unsup, v6 = native.lib.decode(fr.buf, np.ascontiguousarray(pc.rec_off, dtype=np.int64), None, None,
+        m, events, unsup, v6 = lib.decode(fr.buf, np.ascontiguousarray(pc.rec_off, dtype=np.int64), None, None,
                                                  None, None, None, CHUNK, cols, int(pc.endian == "<"), pc.tsdiv,
                                                  pc.linktype)
     else:
         c = np.ascontiguousarray
-        m, events, unsup, v6 = native.lib.decode(
+        m, events, unsup, v6 = lib.decode(
             fr.buf, c(fr.data_off, dtype=np.int64), c(fr.caplen, dtype=np.int64), c(fr.origlen, dtype=np.int64),
             c(fr.linktype, dtype=np.int32), c(fr.ts, dtype=np.float64), c(fr.frame, dtype=np.int64), CHUNK, cols)
     for reason, k in events:
