@@ -148,9 +148,9 @@ def dpkt_loop(path: Path) -> int:
     return n
 
 
-def record(path: Path, want: int, max_s: float) -> dict[str, object]:
+def record(path: Path, want: int, max_s: float, ns_prefix: str = "tcpr-bench-an-") -> dict[str, object]:
     """A short-connection run on loopback inside a namespace, captured by tcpdump."""
-    ns = Namespace(f"tcpr-bench-an-{os.getpid() % 100000}")
+    ns = Namespace(f"{ns_prefix}{os.getpid() % 100000}")
     tmp = Path(tempfile.mkdtemp(prefix="tcpr-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     info: dict[str, object] = {}
