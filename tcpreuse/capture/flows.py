@@ -609,7 +609,7 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
 
 class _FlowCols:
     """The per-packet columns the attempt reductions read, in flow order. Each is
-    gathered on first use (the compiled path needs fewer of them); `at` reads one at a
+    gathered on first use (the C pass needs fewer of them); `at` reads one at a
     few positions without gathering the whole column."""
 
     def __init__(self, p: Packets, order: np.ndarray, ts: np.ndarray) -> None:

@@ -176,8 +176,9 @@ def recycle_verdicts(a: Attempts) -> None:
     attempt's first SYN (per-peer timestamp cache, keyed by client and server address)?
 
     The cache changes only when a connection enters TIME_WAIT at the server, so only
-    those writes are replayed in order (per key); every SYN then reads the cache state
-    of the last write before it, vectorised."""
+    those writes and the SYNs of the same address pairs are replayed, in one order (by
+    key, then time, writes first): the model's PeerCache (tcpreuse.model.recycle) in
+    the numpy backend, one C pass in the C backend (tested against it)."""
     n = len(a)
     out = np.zeros(n, dtype=np.int8)
     a["tw_recycle"] = out
