@@ -1,9 +1,9 @@
-"""Reading a pcap file in windows: the same result, and the file's pages given back.
+"""Decoding a pcap file in windows: the same result, and the file's pages given back.
 
-The C backend scans a pcap file SCAN_WINDOW bytes at a time and decodes DECODE_WINDOW
-records at a time, releasing the memory-mapped pages behind each window
-(formats.release_pages), so the reader's resident memory follows the window, not the
-file. Windows that records straddle, down to a few bytes, must change nothing.
+The C backend decodes a pcap file DECODE_WINDOW records at a time, releasing the
+memory-mapped pages behind each window (formats.release_pages), so that while the packet
+table fills, the file's share of resident memory shrinks to the window. Windows down to
+one record must change nothing.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ def result(path: Path) -> dict[str, Any]:
     return {"json": doc, "rows": an.export_columns()}
 
 
-@pytest.mark.parametrize("scan,records", [(97, 1), (4096, 5), (1 << 16, 64)])
-def test_windows_change_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan: int, records: int) -> None:
+@pytest.mark.parametrize("records", [1, 5, 64])
+def test_windows_change_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, records: int) -> None:
     data = bytearray(pcap_bytes(frames_of(windows_reuse(n_conn=300, ports=60))))
     path = tmp_path / "reuse.pcap"
     path.write_bytes(data[: len(data) - 5])  # and cut inside the last record
@@ -40,7 +40,6 @@ def test_windows_change_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     want = result(path)
     assert want["json"]["counts"]["reused"] > 100 and not want["json"]["complete"]
     with monkeypatch.context() as m:
-        m.setattr(formats, "SCAN_WINDOW", scan)
         m.setattr(decode_mod, "CHUNK", records)
         m.setattr(decode_mod, "DECODE_WINDOW", 3 * records)
         assert result(path) == want
@@ -56,7 +55,8 @@ def rss_file_kb() -> int:
 
 
 def test_pages_behind_the_window_are_given_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 24 MB capture read in 1 MB windows leaves a few MB of it resident, not 24."""
+    """A 24 MB capture decoded in windows of 8,192 records leaves a few MB of it resident
+    (the scan before it maps the whole file: it stays the reference for what is there)."""
     one = pcap_bytes(frames_of(windows_reuse(n_conn=300, ports=60)))
     body = one[24:]
     path = tmp_path / "big.pcap"
@@ -65,7 +65,6 @@ def test_pages_behind_the_window_are_given_back(tmp_path: Path, monkeypatch: pyt
         for _ in range((24 << 20) // len(body) + 1):
             f.write(body)
     monkeypatch.setattr(backend, "ACTIVE", backend.CBackend(LIB))
-    monkeypatch.setattr(formats, "SCAN_WINDOW", 1 << 20)
     monkeypatch.setattr(decode_mod, "DECODE_WINDOW", 1 << 13)
     before = rss_file_kb()
     fr = formats.read_frames(path)
@@ -74,5 +73,6 @@ def test_pages_behind_the_window_are_given_back(tmp_path: Path, monkeypatch: pyt
     after_decode = rss_file_kb() - before
     assert len(pk) > 200_000 and np.all(np.diff(pk.frame) > 0)
     size_kb = path.stat().st_size // 1024
-    assert after_scan < size_kb // 4 and after_decode < size_kb // 4, (after_scan, after_decode, size_kb)
+    assert after_scan > size_kb // 2, (after_scan, size_kb)  # the measurement sees the mapping
+    assert after_decode < size_kb // 4, (after_decode, size_kb)
     fr.buf.close()

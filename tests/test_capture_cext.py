@@ -20,7 +20,7 @@ from captures import frames_state, mutated, odd_captures, packets_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tcpreuse.capture import backend, flows, formats, reuse, zeek
+from tcpreuse.capture import backend, flows, reuse, zeek
 from tcpreuse.capture import decode as decode_mod
 from tcpreuse.capture.analysis import analyze_packets
 from tcpreuse.capture.decode import decode
@@ -65,8 +65,7 @@ def both(data: bytes, monkeypatch: pytest.MonkeyPatch, chunk: int | None = None)
     with monkeypatch.context() as m:
         if chunk:
             m.setattr(decode_mod, "CHUNK", chunk)
-            # and the C path's pcap scan and decode in windows that records straddle
-            m.setattr(formats, "SCAN_WINDOW", 97)
+            # and the C path's pcap decode in windows of a few records
             m.setattr(decode_mod, "DECODE_WINDOW", 2 * chunk)
         m.setattr(backend, "ACTIVE", C)
         got = everything(data)

@@ -448,25 +448,14 @@ def _parse_pcap_c(lib: Any, buf: Any, rep: ReadReport) -> Frames:
     ts_lo, ts_hi = _pcap_time_bounds(buf, endian, tsdiv, limit)
     resyncs = 0
     rep.bytes_read = 24
-    bounds = ts_hi != float(2**32)  # as _parse_pcap_numpy tells whether the bounds are set
-    span = SCAN_WINDOW
     while True:
-        # in windows of SCAN_WINDOW bytes, whose pages are given back behind the scan: a
-        # record that runs past a window's end (status 1 or 2 there) is read again at the
-        # start of the next one, so the records, and where damage is met, are the same
-        win = min(end, off + span)
-        offs, status, stop, bounds, ts_lo, ts_hi = lib.pcap_scan(buf, off, win, endian == "<", tsdiv, limit, bounds,
+        bounds = ts_hi != float(2**32)  # as _parse_pcap_numpy tells whether the bounds are set
+        offs, status, stop, bounds, ts_lo, ts_hi = lib.pcap_scan(buf, off, end, endian == "<", tsdiv, limit, bounds,
                                                                   ts_lo, ts_hi)
         arr = np.frombuffer(offs, dtype=np.int64)
         if arr.size:
             chunks.append(arr)
             rep.bytes_read = int(arr[-1]) + 16 + hdr.unpack_from(buf, int(arr[-1]))[2]
-        if win < end and status != 3:
-            if stop == off:  # a record longer than the window: a wider one
-                span *= 2
-            release_pages(buf, off, stop)
-            off = stop
-            continue
         if status == 0:
             break
         if status == 3:
@@ -487,9 +476,6 @@ def _parse_pcap_c(lib: Any, buf: Any, rep: ReadReport) -> Frames:
         rep.records = int(rec.size)
         rep.linktypes[linktype] = int(rec.size)
     return Frames(buf, None, None, None, None, None, None, rep, pcap=PcapIndex(rec, endian, tsdiv, linktype))
-
-
-SCAN_WINDOW = 64 << 20  # bytes of a pcap file scanned per call (more than 4 * MAX_RECORD + 16)
 
 
 def release_pages(buf: Any, start: int, stop: int) -> None:
