@@ -16,7 +16,8 @@ For each size, one child process (so its peak RSS is its own: ``os.wait4``'s
   (TSval and TSecr) by the same shift at 1,000 Hz, so the same 4-tuples come round
   again as a busy client's ports do, with later timestamps. The files are written to
   a temporary directory (or ``--dir``) and deleted afterwards; the free space is checked
-  first and a size that does not fit is refused with the estimate.
+  first and a size that does not fit is refused with the estimate; so is a size whose
+  peak RSS, scaled from the previous size's, would not fit in 80 % of MemAvailable.
 
 The commands run from this checkout (it goes first on the children's PYTHONPATH), with
 its C extension when it is built in place. Prints one row per command and size (wall s, attempts or packets per second, peak RSS)
@@ -185,12 +186,30 @@ class Base:
         return 24 + copies * self.body.size
 
 
-def run_analyze(base: Base, size: int, work: Path) -> dict[str, Any]:
+def mem_available() -> int:
+    """MemAvailable from /proc/meminfo, bytes (0: unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_analyze(base: Base, size: int, work: Path, prev: dict[str, Any] | None) -> dict[str, Any]:
     path = work / f"scale-{size}x.pcap"
     need = 24 + size * base.body.size
     free = shutil.disk_usage(work).free
     row: dict[str, Any] = {"what": "analyze", "size": size, "input": f"~{size * base.packets:,} packets, "
                            f"{need / 1e9:.2f} GB", "wall_s": 0.0, "rss": 0}
+    avail = mem_available()
+    if prev and prev.get("rss") and avail:  # the last size's peak, grown in proportion
+        guess = prev["rss"] * size / prev["size"]
+        if guess > 0.8 * avail:
+            row["refused"] = (f"peak RSS estimated at {guess / 2**30:.1f} GiB (the {prev['size']}x peak scaled), "
+                              f"{avail / 2**30:.1f} GiB available")
+            return row
     if need + (1 << 30) > free:
         row["refused"] = (f"needs {need / 1e9:.1f} GB in {work} (+1 GB margin), "
                           f"{free / 1e9:.1f} GB free: use --dir or smaller --sizes")
@@ -255,7 +274,8 @@ def main() -> None:
             print(f"base: {base.packets:,} records, {base.body.size / 1e6:.1f} MB, span {base.span} s, "
                   f"{base.ts_pos.size // 2:,} timestamp options", flush=True)
             for k in sizes:
-                rows.append(run_analyze(base, k, work))
+                done = [r for r in rows if r["what"] == "analyze" and r["rss"]]
+                rows.append(run_analyze(base, k, work, done[-1] if done else None))
                 print(f"analyze {k}x done ({rows[-1]['wall_s']:.1f} s)", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
