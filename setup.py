@@ -24,7 +24,6 @@ COMPILED = [
     "tcpreuse/sim/host.py",
     "tcpreuse/sim/events.py",
     "tcpreuse/sim/engine.py",
-    "tcpreuse/capture/loops.py",
 ]
 
 ext_modules = []
@@ -40,7 +39,7 @@ if os.environ.get("TCPREUSE_PURE_PYTHON") != "1":
         print(f"tcpreuse: not compiling the simulator with mypyc ({e}); pure Python", file=sys.stderr)
 
 # The capture reader's per-packet loops in plain C (CPython API only, no numpy headers).
-# optional=True: a failed compilation warns and leaves the Python paths (capture/native.py).
+# optional=True: a failed compilation warns and leaves the numpy reference (capture/backend.py).
 if os.environ.get("TCPREUSE_PURE_PYTHON") != "1":
     ext_modules.append(Extension("tcpreuse.capture._ccap", ["tcpreuse/capture/_ccap.c"], optional=True,
                                  extra_compile_args=["-O3"]))

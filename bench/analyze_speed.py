@@ -10,7 +10,7 @@
    - `tcpreuse analyze FILE --json` (full analysis: attempts, reuse, TIME_WAIT verdicts,
      findings), as a command (interpreter start included) and in-process (the analysis alone),
      each with the C extension (tcpreuse/capture/_ccap.c) and without it (TCPREUSE_CAPTURE_C=0:
-     the numpy/mypyc paths), so before and after are compared in the same run;
+     the numpy reference backend), so both are compared in the same run;
      the command runs as `pip install .` installs it (the headline figure): a throwaway
      venv whose site-packages holds a copy of this build's package (sources and compiled
      modules) and sees the dependencies of the current environment through a plain path
@@ -98,10 +98,9 @@ def installed_python(work: Path) -> str:
     shutil.copytree(HERE / "tcpreuse", site / "tcpreuse", ignore=shutil.ignore_patterns("__pycache__"))
     for so in HERE.glob("tcpreuse__mypyc*"):  # mypyc's shared runtime sits next to the package
         shutil.copy2(so, site / so.name)
-    where = subprocess.run([py, "-c", "import tcpreuse.capture.native as n, tcpreuse.capture.loops as l; "
-                            "print(n.__file__, n.lib is not None, l.COMPILED)"],
+    where = subprocess.run([py, "-c", "import tcpreuse.capture.backend as b; print(b.__file__, b.ACTIVE.name)"],
                            check=True, capture_output=True, text=True, cwd=work).stdout.split()
-    if not where[0].startswith(str(site)) or where[1:] != [str(native_built()), str(loops_compiled())]:
+    if not where[0].startswith(str(site)) or where[1:] != [backend_name()]:
         raise RuntimeError(f"the installed copy does not import like this build: {where}")
     return py
 
@@ -118,16 +117,10 @@ def first_records(path: Path, k: int) -> bytes:
     return data[:off]
 
 
-def native_built() -> bool:
-    from tcpreuse.capture import native
+def backend_name() -> str:
+    from tcpreuse.capture import backend
 
-    return native.lib is not None
-
-
-def loops_compiled() -> bool:
-    from tcpreuse.capture import loops
-
-    return bool(loops.COMPILED)
+    return backend.ACTIVE.name
 
 
 def in_process(fn: Callable[[], object]) -> tuple[float, float]:
@@ -155,9 +148,9 @@ def dpkt_loop(path: Path) -> int:
     return n
 
 
-def record(path: Path, want: int, max_s: float) -> dict[str, object]:
+def record(path: Path, want: int, max_s: float, ns_prefix: str = "tcpr-bench-an-") -> dict[str, object]:
     """A short-connection run on loopback inside a namespace, captured by tcpdump."""
-    ns = Namespace(f"tcpr-bench-an-{os.getpid() % 100000}")
+    ns = Namespace(f"{ns_prefix}{os.getpid() % 100000}")
     tmp = Path(tempfile.mkdtemp(prefix="tcpr-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     info: dict[str, object] = {}
@@ -264,10 +257,10 @@ def main() -> None:
         env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         for argv in (tcpreuse, editable):
             cpu_for(argv, cpu, env)  # compiles and caches the bytecode
-        from tcpreuse.capture import native
+        from tcpreuse.capture import backend
 
         env_ref = {**env, "TCPREUSE_CAPTURE_C": "0"}
-        with_c = native.lib is not None
+        with_c = backend.ACTIVE.name == "c"
         if not with_c:
             print("WARNING: the C extension is not built; both rows run the Python paths")
         runs: dict[str, list[tuple[float, float]]] = {"tcpreuse analyze (command)": [],
@@ -280,7 +273,7 @@ def main() -> None:
                                                       "tcpreuse analysis (in-process), no C": [],
                                                       "tshark -Y reused_ports||reset": [], "dpkt loop": []}
         last: list[Any] = [an]
-        lib = native.lib
+        fast = backend.ACTIVE
 
         def analysis() -> None:
             a = analyze_paths([path], jobs=1)[0]
@@ -288,11 +281,11 @@ def main() -> None:
             last[0] = a
 
         def analysis_ref() -> None:
-            native.lib = None
+            backend.ACTIVE = backend.NumpyBackend()
             try:
                 diagnose(Evidence(source="analyze", capture=analyze_paths([path], jobs=1)[0]))
             finally:
-                native.lib = lib
+                backend.ACTIVE = fast
 
         have_tshark = shutil.which("tshark") is not None
         for rep in range(args.repeat):

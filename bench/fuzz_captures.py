@@ -462,9 +462,9 @@ def run_command(path: Path, limit: float, command: list[str]) -> tuple[str, int,
 
 
 def worker(conn: Connection, seeds: list[Seed], tmp: str, limit: float) -> None:
-    from tcpreuse.capture import native
+    from tcpreuse.capture import backend
 
-    c_lib = native.lib
+    fast = backend.ACTIVE
     SEEDS[:] = seeds
     os.environ.setdefault("COLUMNS", "100")
     while True:
@@ -475,7 +475,7 @@ def worker(conn: Connection, seeds: list[Seed], tmp: str, limit: float) -> None:
         data, suffix, kind, seed = case(n)
         path = Path(tmp) / f"case-{os.getpid()}{suffix}"
         path.write_bytes(data)
-        native.lib = c_lib if n % 4 < 2 else None  # half the cases on the Python paths
+        backend.ACTIVE = fast if n % 4 < 2 else backend.NumpyBackend()  # half the cases on the reference
         res = run_in_process(path, terminal=n % 2 == 1, limit=limit)
         conn.send((n, kind, seed, *res))
 
@@ -535,9 +535,9 @@ class Pool:
 
 
 def _c_built() -> bool:
-    from tcpreuse.capture import native
+    from tcpreuse.capture import backend
 
-    return native.lib is not None
+    return backend.ACTIVE.name == "c"
 
 
 def main() -> int:
@@ -571,10 +571,10 @@ def main() -> int:
         print(f"fuzz: {len(seeds)} seeds: " + ", ".join(f"{s.name} ({len(s.data):,} B)" for s in seeds),
               file=sys.stderr)
         if args.replay is not None:
-            from tcpreuse.capture import native
+            from tcpreuse.capture import backend
 
             if args.replay % 4 >= 2:
-                native.lib = None
+                backend.ACTIVE = backend.NumpyBackend()
             data, suffix, kind, seed = case(args.replay)
             path = args.keep or tmp / f"case{suffix}"
             path.write_bytes(data)

@@ -105,13 +105,14 @@ def test_absurd_record_timestamp_is_left_out_and_said(cli: Cli, tmp_path: Path,
 
 @pytest.fixture(params=["c", "python"])
 def reader_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The C extension's record walk (when built) and the numpy/mypyc one."""
-    from tcpreuse.capture import native
+    """The C extension's record walk (when built) and the numpy reference."""
+    from tcpreuse.capture import backend
 
-    if request.param == "c" and native.lib is None:
+    lib = backend.c_extension()
+    if request.param == "c" and lib is None:
         pytest.skip("C extension not built")
-    if request.param == "python":
-        monkeypatch.setattr(native, "lib", None)
+    monkeypatch.setattr(backend, "ACTIVE", backend.CBackend(lib) if request.param == "c" and lib is not None
+                        else backend.NumpyBackend())
     return str(request.param)
 
 

@@ -4,7 +4,7 @@ Every stage it replaces — the pcap/pcapng walks, header decoding (skip counts 
 order, IPv6 key tables), flow grouping, the per-segment pass — is run both ways on the
 crafted captures, the committed fuzz corpus and hypothesis-damaged files, and compared
 column by column, report by report, down to the analysis JSON with its findings. The
-reference is the plain path: no C, no mypyc loops (`loops.COMPILED` off).
+reference is the numpy backend (tcpreuse/capture/backend.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from helpers.captures import frames_state, mutated, odd_captures, packets_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tcpreuse.capture import backend, flows, reuse, zeek
 from tcpreuse.capture import decode as decode_mod
-from tcpreuse.capture import flows, loops, native, reuse, zeek
 from tcpreuse.capture.analysis import analyze_packets
 from tcpreuse.capture.decode import decode
 from tcpreuse.capture.formats import parse_frames
@@ -31,12 +31,16 @@ from tcpreuse.result import dumps
 
 CORPUS = Path(__file__).parent / "data" / "pcap" / "corpus"
 
-if native.lib is None and os.environ.get("TCPREUSE_PURE_PYTHON") == "1":
+LIB = backend.c_extension()
+C = backend.CBackend(LIB) if LIB is not None else None
+if LIB is None and os.environ.get("TCPREUSE_PURE_PYTHON") == "1":
     pytest.skip("built without the C extension (TCPREUSE_PURE_PYTHON=1)", allow_module_level=True)
 
 
 def test_the_extension_is_built() -> None:
-    assert native.lib is not None, "tcpreuse.capture._ccap did not build: see setup.py's warning"
+    assert LIB is not None, "tcpreuse.capture._ccap did not build: see setup.py's warning"
+    if os.environ.get("TCPREUSE_CAPTURE_C", "1") != "0":
+        assert backend.ACTIVE.name == "c"
 
 
 def everything(data: bytes) -> Any:
@@ -61,9 +65,11 @@ def both(data: bytes, monkeypatch: pytest.MonkeyPatch, chunk: int | None = None)
     with monkeypatch.context() as m:
         if chunk:
             m.setattr(decode_mod, "CHUNK", chunk)
+            # and the C path's pcap decode in windows of a few records
+            m.setattr(decode_mod, "DECODE_WINDOW", 2 * chunk)
+        m.setattr(backend, "ACTIVE", C)
         got = everything(data)
-        m.setattr(native, "lib", None)
-        m.setattr(loops, "COMPILED", False)
+        m.setattr(backend, "ACTIVE", backend.NumpyBackend())
         want = everything(data)
     return got, want
 
@@ -121,6 +127,7 @@ def test_c_flow_hash_collisions_change_nothing(mask: int, monkeypatch: pytest.Mo
 
     want = by_frame()
     with monkeypatch.context() as m:
+        m.setattr(backend, "ACTIVE", C)
         m.setattr(flows, "C_HASH_MASK", mask)
         assert by_frame() == want
 
@@ -128,7 +135,7 @@ def test_c_flow_hash_collisions_change_nothing(mask: int, monkeypatch: pytest.Mo
 def test_c_functions_refuse_inconsistent_arguments() -> None:
     """Called wrongly (which the Python callers never do), the C functions raise, they do
     not read outside their buffers."""
-    lib = native.lib
+    lib = LIB
     assert lib is not None
     i8 = np.zeros(4, dtype=np.int64)
     with pytest.raises(ValueError):  # an order pointing past the packets
@@ -154,22 +161,25 @@ def test_history_strings_equal_the_reference(hists: list[bytes]) -> None:
     """zeek.strings: each segment's letters as one zero-padded row (empty segments too)."""
     counts = np.array([len(h) for h in hists], dtype=np.int64)
     codes = np.frombuffer(b"".join(hists), dtype=np.uint8)
-    got = zeek.strings(codes, counts)
-    lib, native.lib = native.lib, None
+    assert C is not None
+    active = backend.ACTIVE
     try:
+        backend.ACTIVE = C
+        got = zeek.strings(codes, counts)
+        backend.ACTIVE = backend.NumpyBackend()
         want = zeek.strings(codes, counts)
     finally:
-        native.lib = lib
+        backend.ACTIVE = active
     assert got.dtype == want.dtype and got.tolist() == want.tolist()
     assert got.tolist() == [h.rstrip(b"\0") for h in hists]
 
 
 def test_history_strings_refuse_counts_that_do_not_fit() -> None:
-    assert native.lib is not None
+    assert LIB is not None
     with pytest.raises(ValueError):
-        native.lib.pad_strings(np.zeros(3, dtype=np.uint8), np.array([2, 2], dtype=np.int64), 2)
+        LIB.pad_strings(np.zeros(3, dtype=np.uint8), np.array([2, 2], dtype=np.int64), 2)
     with pytest.raises(ValueError):
-        native.lib.pad_strings(np.zeros(4, dtype=np.uint8), np.array([3, 1], dtype=np.int64), 2)
+        LIB.pad_strings(np.zeros(4, dtype=np.uint8), np.array([3, 1], dtype=np.int64), 2)
 
 
 def random_attempts(seed: int, n: int = 2000) -> flows.Attempts:
@@ -196,25 +206,27 @@ def random_attempts(seed: int, n: int = 2000) -> flows.Attempts:
 @pytest.mark.parametrize("seed", range(8))
 def test_c_recycle_replay_equals_the_reference(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The one-pass C replay of tcp_tw_recycle's cache (writes and checks) gives the
-    verdicts of the numpy/mypyc path, drops of both kinds included."""
+    verdicts of the model's PeerCache replayed event by event, drops of both kinds included."""
     a = random_attempts(seed)
-    reuse.recycle_verdicts(a)
+    with monkeypatch.context() as m:
+        m.setattr(backend, "ACTIVE", C)
+        reuse.recycle_verdicts(a)
     got = a["tw_recycle"].copy()
     with monkeypatch.context() as m:
-        m.setattr(native, "lib", None)
+        m.setattr(backend, "ACTIVE", backend.NumpyBackend())
         reuse.recycle_verdicts(a)
     assert got.tolist() == a["tw_recycle"].tolist()
     assert (got == reuse.RC_DROP).any() and (got == reuse.RC_DROP_4X).any() and (got == reuse.RC_NONE).any()
 
 
 def test_c_recycle_replay_refuses_inconsistent_arguments() -> None:
-    assert native.lib is not None
+    assert LIB is not None
     z8, z1 = np.zeros(3, dtype=np.int64), np.zeros(1, dtype=np.int8)
     with pytest.raises(ValueError):  # more writes than entries
-        native.lib.recycle_checks(z8, 4, z8, z8, z8, z8, z8, z8, z1, 60, 1, z1)
+        LIB.recycle_checks(z8, 4, z8, z8, z8, z8, z8, z8, z1, 60, 1, z1)
     with pytest.raises(IndexError):  # an entry beyond the entries
         order = np.array([0, 1, 7], dtype=np.int64)
-        native.lib.recycle_checks(order, 2, z8, z8[:2], z8[:2], z8[:2], z8[:1], z8[:1], np.zeros(1, np.uint8),
+        LIB.recycle_checks(order, 2, z8, z8[:2], z8[:2], z8[:2], z8[:1], z8[:1], np.zeros(1, np.uint8),
                                   60, 1, z1)
 
 
@@ -223,8 +235,7 @@ def test_recycle_checks_at_the_edges(c_ext: bool, monkeypatch: pytest.MonkeyPatc
     """One cache write (TSval 1000, stamp 100 s), then SYNs of the same pair: a TSval
     TCP_PAWS_WINDOW (1) behind is kept, 2 behind dropped; no TSval: drop_4x; an entry
     TCP_PAWS_MSL (60 s) old is stale (whole seconds, as the kernel counts)."""
-    if not c_ext:
-        monkeypatch.setattr(native, "lib", None)
+    monkeypatch.setattr(backend, "ACTIVE", C if c_ext else backend.NumpyBackend())
     syns = [(101.0, True, 999), (101.0, True, 998), (101.0, False, 0), (159.9, True, 998), (160.0, True, 998),
             (160.0, False, 0)]
     n = 1 + len(syns)

@@ -1,13 +1,13 @@
 """The fast paths of the capture reader give exactly what the plain paths give.
 
-Speed comes from three things a plain reading would not do: the record walk runs in
-mypyc-compiled code over 1 MB copies of the file (`loops.COMPILED`), decoding and the
-attempt reductions work on chunks of packets, and fields are gathered as whole headers.
-These tests force each fast path on and off — with tiny chunks, so records, blocks,
-flows and IPv6 address tables straddle chunk boundaries — and compare every column and
-every report field, on good captures and on damaged ones (hypothesis mutations of the
-fuzz seeds). Without a compiled build, forcing `COMPILED` runs the same loops in the
-interpreter, which checks their logic all the same.
+Speed comes from three things a plain reading would not do: the record walks run in C
+(the C backend, tcpreuse/capture/backend.py), decoding and the attempt reductions work
+on chunks of packets, and fields are gathered as whole headers. These tests force each
+fast path on and off — with tiny chunks, so records, blocks, flows and IPv6 address
+tables straddle chunk boundaries — and compare every column and every report field, on
+good captures and on damaged ones (hypothesis mutations of the fuzz seeds). The
+tcp_tw_recycle cache the capture replays is the model's (tcpreuse.model.recycle),
+checked here against the kernel rule written out once more.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from helpers.captures import (
 )
 from hypothesis import HealthCheck, given, settings
 
+from tcpreuse.capture import backend, flows
 from tcpreuse.capture import decode as decode_mod
-from tcpreuse.capture import flows, formats, loops, reuse
 from tcpreuse.capture.analysis import analyze_packets
 from tcpreuse.capture.decode import decode
 from tcpreuse.capture.formats import parse_frames
@@ -45,14 +45,18 @@ from tcpreuse.capture.synth import (
     pcap_bytes,
 )
 from tcpreuse.errors import CaptureError
+from tcpreuse.model.recycle import PeerCache
 
 T0 = 1_700_000_000.0
 
 
-def read(data: bytes | bytearray, compiled: bool, walk_chunk: int, monkeypatch: pytest.MonkeyPatch) -> Any:
+LIB = backend.c_extension()
+BACKENDS = [backend.NumpyBackend()] + ([backend.CBackend(LIB)] if LIB is not None else [])
+
+
+def read(data: bytes | bytearray, be: backend.Backend, monkeypatch: pytest.MonkeyPatch) -> Any:
     with monkeypatch.context() as m:
-        m.setattr(loops, "COMPILED", compiled)
-        m.setattr(formats, "WALK_CHUNK", walk_chunk)
+        m.setattr(backend, "ACTIVE", be)
         try:
             return frames_state(parse_frames(data, "t"))
         except CaptureError as e:
@@ -60,26 +64,27 @@ def read(data: bytes | bytearray, compiled: bool, walk_chunk: int, monkeypatch: 
 
 
 @pytest.mark.parametrize("name", sorted(captures()))
-def test_compiled_walk_equals_struct_walk(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_c_walk_equals_the_numpy_walk(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     data = captures()[name]
-    want = read(data, False, formats.WALK_CHUNK, monkeypatch)
+    want = read(data, BACKENDS[0], monkeypatch)
     assert isinstance(want, dict) and want["report"]["complete"] and want["report"]["records"] >= 8
-    for chunk in (1 << 20, 64, 17):  # 17: a 16-byte header, or a block's 8, straddles most chunk ends
-        assert read(data, True, chunk, monkeypatch) == want, chunk
-        assert read(bytearray(data), True, chunk, monkeypatch) == want, chunk  # the copying path
-    # cut anywhere: the truncation report is the same
-    for cut in (len(data) - 1, len(data) - 7, len(data) // 2 + 3):
-        assert read(data[:cut], True, 64, monkeypatch) == read(data[:cut], False, 64, monkeypatch)
+    for be in BACKENDS:
+        assert read(data, be, monkeypatch) == want, be.name
+        assert read(bytearray(data), be, monkeypatch) == want, be.name  # not bytes: a buffer
+        # cut anywhere: the truncation report is the same
+        for cut in (len(data) - 1, len(data) - 7, len(data) // 2 + 3):
+            assert read(data[:cut], be, monkeypatch) == read(data[:cut], BACKENDS[0], monkeypatch)
 
 
 @settings(max_examples=200, deadline=4000, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture],
           derandomize=True)
 @given(mutated())
-def test_compiled_walk_equals_struct_walk_on_damage(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
-    want = read(data, False, formats.WALK_CHUNK, monkeypatch)
-    assert read(data, True, 1 << 20, monkeypatch) == want
-    assert read(bytearray(data), True, 40, monkeypatch) == want
+def test_c_walk_equals_the_numpy_walk_on_damage(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    want = read(data, BACKENDS[0], monkeypatch)
+    for be in BACKENDS[1:]:
+        assert read(data, be, monkeypatch) == want
+        assert read(bytearray(data), be, monkeypatch) == want
 
 
 def decoded(data: bytes, chunk: int, monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -124,7 +129,8 @@ def test_seeds_still_read_completely() -> None:
 
 
 def replay_reference(key: list[int], ts: list[int], stamp: list[int], now: list[int]) -> tuple[list[int], list[int]]:
-    """tcp_remember_stamp() one write at a time, straight from docs/kernel.md §6."""
+    """tcp_remember_stamp() one write at a time, written out once more from the kernel
+    (net/ipv4/tcp_metrics.c, 3.5-4.11): the first write of a key creates its entry."""
     cache: dict[int, tuple[int, int]] = {}
     out_ts, out_st = [], []
     for k, t, st, nw in zip(key, ts, stamp, now, strict=True):
@@ -141,9 +147,22 @@ def replay_reference(key: list[int], ts: list[int], stamp: list[int], now: list[
     return out_ts, out_st
 
 
+def model_replay(key: Any, ts: Any, stamp: Any, now: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The model's PeerCache after each write (what the capture's replay uses)."""
+    cache = PeerCache("addr_pair")
+    out_ts, out_st = [], []
+    for k, t, st, nw in zip(*(np.asarray(x).tolist() for x in (key, ts, stamp, now)), strict=True):
+        cache.remember_stamp(0, k, t, st, nw)
+        e = cache.entries[(0, k)]
+        out_ts.append(e.ts)
+        out_st.append(e.stamp)
+    return np.array(out_ts), np.array(out_st)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_recycle_cache_replay_equals_the_per_write_rule(seed: int) -> None:
-    """loops.recycle_replay (the C extension's recycle_checks() has its own edge tests)."""
+    """model.recycle.PeerCache (the C extension's recycle_checks() is compared with it in
+    test_capture_cext.py)."""
     rng = np.random.default_rng(seed)
     m = 3000
     key = np.sort(rng.integers(0, 7, m))
@@ -156,7 +175,7 @@ def test_recycle_cache_replay_equals_the_per_write_rule(seed: int) -> None:
     else:  # always going back: only an entry older than 60 s is replaced (and the edges)
         ts = (rng.integers(0, 1 << 32) - np.cumsum(rng.integers(1, 50, m))) % (1 << 32)
         stamp = now - rng.integers(0, 2, m) * rng.integers(0, 90, m)  # stamps from long ago too
-    got_ts, got_st = reuse._replay_writes(key, ts.astype(np.int64), stamp, now)
+    got_ts, got_st = model_replay(key, ts.astype(np.int64), stamp, now)
     want_ts, want_st = replay_reference(key.tolist(), ts.tolist(), stamp.tolist(), now.tolist())
     assert got_ts.tolist() == want_ts and got_st.tolist() == want_st
     assert len(set(want_ts)) < m  # some writes lost: the replay was exercised
@@ -177,7 +196,7 @@ def test_recycle_cache_replay_edges() -> None:
     for t, st, nw, wins in cases:
         # a losing write first, so the key's TSvals go back and it is replayed write by write
         key, ts_, stamp, now = [0, 0, 0], [1000, 998, t], [100, 100, st], [100, 100, nw]
-        got_ts, got_st = reuse._replay_writes(*(np.array(x) for x in (key, ts_, stamp, now)))
+        got_ts, got_st = model_replay(key, ts_, stamp, now)
         assert (got_ts[2], got_st[2]) == ((t, st) if wins else (1000, 100)), (t, st, nw)
         assert (got_ts.tolist(), got_st.tolist()) == replay_reference(key, ts_, stamp, now)
 
@@ -210,7 +229,7 @@ def test_flow_hash_collisions_change_nothing(weak: Any, monkeypatch: pytest.Monk
 
 
 def facts_both(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
-    """SegFacts by the compiled pass and by numpy, for one capture."""
+    """SegFacts by the active backend's pass (C when built) and by numpy, for one capture."""
     fr = parse_frames(data, "t")
     p = decode(fr)
     order, fstart, d_all, ts_o = flows.flow_order(p)
@@ -220,11 +239,11 @@ def facts_both(data: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     def plain(fa: flows.SegFacts) -> dict[str, Any]:
         return {k: getattr(fa, k).tolist() for k in flows.SegFacts.__dataclass_fields__}
 
-    return plain(flows._facts_compiled(q, d, fstart)), plain(flows._facts_numpy(q, d, fstart))
+    return plain(BACKENDS[-1].segment_facts(q, d, fstart)), plain(flows._facts_numpy(q, d, fstart))
 
 
 @pytest.mark.parametrize("name", sorted(odd_captures()))
-def test_compiled_attempt_facts_equal_numpy(name: str) -> None:
+def test_c_attempt_facts_equal_numpy(name: str) -> None:
     got, want = facts_both(odd_captures()[name])
     assert len(want["starts"]) >= 3
     assert got == want
@@ -241,13 +260,13 @@ def test_sequence_end_before_the_base_is_kept() -> None:
 
 @settings(max_examples=150, deadline=4000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(mutated())
-def test_compiled_attempt_facts_equal_numpy_on_damage(data: bytes) -> None:
+def test_c_attempt_facts_equal_numpy_on_damage(data: bytes) -> None:
     with contextlib.suppress(CaptureError):
         got, want = facts_both(data)
         assert got == want
 
 
-def test_compiled_attempt_facts_on_the_corpus() -> None:
+def test_c_attempt_facts_on_the_corpus() -> None:
     corpus = Path(__file__).parent / "data" / "pcap" / "corpus"
     n = 0
     for f in sorted(corpus.iterdir()):

@@ -3,13 +3,14 @@
  * Why C: reading a capture is a few sequential walks whose every step is a handful of
  * byte reads (where record k+1 starts, what a packet's headers say, which flow it belongs
  * to, what a segment's packets mean in order). numpy does these as dozens of whole-column
- * passes and mypyc cannot write typed arrays; plain C does each in one pass over memory
+ * passes; plain C does each in one pass over memory
  * that is already in cache. Plain CPython C API and the buffer protocol only: no numpy
  * headers, so building needs nothing but a C compiler, and callers allocate the numpy
  * arrays this module fills.
  *
- * Every function here has a Python twin that is the reference (formats.py, decode.py,
- * flows.py, loops.py); tests/test_capture_cext.py checks that both give identical columns
+ * This is the fast backend of capture/backend.py. Every function here has a Python twin
+ * in the numpy backend that is the reference (formats.py, decode.py, flows.py, reuse.py
+ * with model/recycle.py, zeek.py); tests/test_capture_cext.py checks that both give identical columns
  * and reports on the test captures, the fuzz corpus and hypothesis-damaged files. Reads are
  * bounds-checked against the buffer: damaged input gives the reference's skip counts, never
  * a read outside the buffer.
@@ -139,71 +140,7 @@ static PyObject *grow_finish(Grow *g)
 
 #define PREFETCH_AHEAD 1024 /* bytes: a few records ahead in the file */
 
-/* ---- pcap and pcapng record walks (formats._walk_fast, formats._epb_run) -------------- */
-
-/* pcap_walk(buf, off, end, little) -> (offsets, sec, frac, incl, orig, last)
- * Every record whose 16-byte header fits before `end`, from `off`: its offset and its four
- * header fields as int64/uint64 columns (bytearrays); `last` is the offset after the last
- * record (beyond `end` when its data is cut). Lengths are validated by the caller. */
-static PyObject *pcap_walk(PyObject *self, PyObject *args)
-{
-    PyObject *bo;
-    Py_ssize_t off, end;
-    int little;
-    if (!PyArg_ParseTuple(args, "Onnp", &bo, &off, &end, &little))
-        return NULL;
-    Buf b;
-    if (buf_get(bo, &b, 1, -1, 0, "buf") < 0) {
-        buf_release(&b, 1);
-        return NULL;
-    }
-    if (end > b.v.len || off < 0) {
-        buf_release(&b, 1);
-        PyErr_SetString(PyExc_ValueError, "pcap_walk: range beyond the buffer");
-        return NULL;
-    }
-    const u8 *p = b.v.buf;
-    Grow g[5];
-    memset(g, 0, sizeof g);
-    Py_ssize_t est = (end - off) / 64 + 16;
-    PyObject *res = NULL;
-    for (int k = 0; k < 5; k++)
-        if (grow_init(&g[k], 8, est) < 0)
-            goto done;
-    i64 o = off;
-    while (o + 16 <= end) {
-        const u8 *h = p + o;
-        if (o + PREFETCH_AHEAD < end) /* the next record's place depends on this one's length */
-            __builtin_prefetch(h + PREFETCH_AHEAD);
-        u64 f[4];
-        for (int k = 0; k < 4; k++)
-            f[k] = little ? le32(h + 4 * k) : be32(h + 4 * k);
-        if (grow_i64(&g[0], o) < 0)
-            goto done;
-        for (int k = 0; k < 4; k++) {
-            void *s = grow_slot(&g[k + 1]);
-            if (!s)
-                goto done;
-            memcpy(s, &f[k], 8);
-        }
-        o += 16 + (i64)f[2];
-    }
-    PyObject *cols[5] = {0};
-    for (int k = 0; k < 5; k++) {
-        cols[k] = grow_finish(&g[k]);
-        if (!cols[k]) {
-            for (int j = 0; j < k; j++)
-                Py_DECREF(cols[j]);
-            goto done;
-        }
-    }
-    res = Py_BuildValue("(NNNNNL)", cols[0], cols[1], cols[2], cols[3], cols[4], (long long)o);
-done:
-    for (int k = 0; k < 5; k++)
-        Py_XDECREF(g[k].ba);
-    buf_release(&b, 1);
-    return res;
-}
+/* ---- pcap and pcapng record walks (formats._parse_pcap_numpy, formats._epb_walk_struct) */
 
 #define MAX_RECORD (1 << 18) /* formats.MAX_RECORD */
 
@@ -1141,7 +1078,7 @@ done:
     return res;
 }
 
-/* ---- per-segment facts (loops.segment_facts, flows._facts_numpy) ---------------------- */
+/* ---- per-segment facts (flows._facts_numpy) ------------------------------------------- */
 
 #define LOW (-((i64)1 << 40))
 #define EARLY_STEPS 8
@@ -1541,7 +1478,7 @@ done:
     return res;
 }
 
-/* ---- tcp_tw_recycle's per-peer cache (loops.recycle_replay) ---------------------------- */
+/* ---- tcp_tw_recycle's per-peer cache (model/recycle.py PeerCache) ---------------------- */
 
 /* recycle_checks(order, m, key, w_ts, w_stamp, w_now, c_now, c_tsval, c_has_ts, msl, window, out):
  * the whole tcp_tw_recycle replay of reuse.recycle_verdicts in one pass. Entries
@@ -1550,7 +1487,7 @@ done:
  * int64 per write, c_now, c_tsval: int64 per check, c_has_ts: uint8 per check; out:
  * writable int8 per check, set to 0 (keep), 1 (drop: TSval behind the fresh cached one)
  * or 2 (drop_4x: no TSval while a fresh entry exists). A write replaces the key's entry
- * as tcp_remember_stamp() decides (loops.recycle_replay); a check reads the entry left
+ * as tcp_remember_stamp() decides (model.recycle.remember_wins); a check reads the entry left
  * by the key's writes before it. */
 static PyObject *recycle_checks(PyObject *self, PyObject *args)
 {
@@ -1668,7 +1605,6 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"pcap_walk", pcap_walk, METH_VARARGS, "pcap record offsets and header fields"},
     {"pcap_scan", pcap_scan, METH_VARARGS, "believable pcap records, checked while walking"},
     {"epb_walk", epb_walk, METH_VARARGS, "a run of pcapng Enhanced Packet Blocks"},
     {"decode", decode, METH_VARARGS, "link, IP and TCP headers of every frame"},

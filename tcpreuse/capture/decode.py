@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from . import native
-from .formats import Frames, ReadReport, _u16_view, _u32_view
+from . import backend
+from .formats import Frames, ReadReport, _u16_view, _u32_view, release_pages
 
 # link types (https://www.tcpdump.org/linktypes.html)
 LINKTYPE_NULL = 0
@@ -240,16 +240,7 @@ def decode(fr: Frames, file_index: int = 0) -> Packets:
         return _empty_packets()
     out = _columns(n)
     unsupported: dict[int, int] = {}
-    if native.lib is not None:
-        m, v6 = _decode_c(fr, out, unsupported)
-    else:
-        v = _Views(fr.buf)
-        st = _Stage(rep)
-        v6_ids: dict[bytes, int] = {}
-        m = 0
-        for a in range(0, n, CHUNK):
-            m = _decode_range(v, st, fr, a, min(n, a + CHUNK), out, m, v6_ids, unsupported)
-        v6 = list(v6_ids)
+    m, v6 = backend.ACTIVE.decode(fr, out, unsupported)
     for lt, k in unsupported.items():
         rep.skip(f"{R_LINKTYPE} {lt}", k)
         rep.warn(f"{k:,} frames of link type {lt}, which is not supported, were skipped")
@@ -260,19 +251,28 @@ def decode(fr: Frames, file_index: int = 0) -> Packets:
     return Packets(**cols, file=np.full(m, file_index, dtype=np.int16), v6=v6)
 
 
-def _decode_c(fr: Frames, out: dict[str, np.ndarray], unsupported: dict[int, int]) -> tuple[int, list[bytes]]:
+def _decode_numpy(fr: Frames, out: dict[str, np.ndarray], unsupported: dict[int, int]) -> tuple[int, list[bytes]]:
+    """The reference: :func:`_decode_range` chunk by chunk; (rows, IPv6 table)."""
+    v = _Views(fr.buf)
+    st = _Stage(fr.report)
+    v6_ids: dict[bytes, int] = {}
+    m = 0
+    n = len(fr)
+    for a in range(0, n, CHUNK):
+        m = _decode_range(v, st, fr, a, min(n, a + CHUNK), out, m, v6_ids, unsupported)
+    return m, list(v6_ids)
+
+
+def _decode_c(lib: Any, fr: Frames, out: dict[str, np.ndarray],
+              unsupported: dict[int, int]) -> tuple[int, list[bytes]]:
     """:func:`_decode_range` over all chunks in one C pass (``_ccap.decode``): fills `out`,
     reports skips in the order the numpy stages would, and returns (rows, IPv6 table)."""
-    assert native.lib is not None
     cols = tuple(out.values())
     if fr.pcap is not None:  # record headers read in C, straight from the file
-        pc = fr.pcap
-        m, events, unsup, v6 = native.lib.decode(fr.buf, np.ascontiguousarray(pc.rec_off, dtype=np.int64), None, None,
-                                                 None, None, None, CHUNK, cols, int(pc.endian == "<"), pc.tsdiv,
-                                                 pc.linktype)
+        return _decode_pcap_c(lib, fr, out, unsupported)
     else:
         c = np.ascontiguousarray
-        m, events, unsup, v6 = native.lib.decode(
+        m, events, unsup, v6 = lib.decode(
             fr.buf, c(fr.data_off, dtype=np.int64), c(fr.caplen, dtype=np.int64), c(fr.origlen, dtype=np.int64),
             c(fr.linktype, dtype=np.int32), c(fr.ts, dtype=np.float64), c(fr.frame, dtype=np.int64), CHUNK, cols)
     for reason, k in events:
@@ -280,6 +280,49 @@ def _decode_c(fr: Frames, out: dict[str, np.ndarray], unsupported: dict[int, int
     for lt, k in unsup:
         unsupported[lt] = unsupported.get(lt, 0) + k
     return int(m), list(v6)
+
+
+DECODE_WINDOW = 8 * CHUNK  # records of a pcap file decoded per C call (rounded to whole CHUNKs)
+
+
+def _decode_pcap_c(lib: Any, fr: Frames, out: dict[str, np.ndarray],
+                   unsupported: dict[int, int]) -> tuple[int, list[bytes]]:
+    """``_ccap.decode`` over a pcap file's records, DECODE_WINDOW records per call, giving
+    back the file's pages behind each window (so resident memory follows the window,
+    not the file). Windows are whole CHUNKs, so skip reasons are reported in the same
+    order as in one call, and IPv6 addresses are numbered as one call numbers them:
+    each window's table is merged into one in its order (new addresses of a chunk come
+    in sorted order either way), and its keys remapped."""
+    pc = fr.pcap
+    assert pc is not None
+    rec = np.ascontiguousarray(pc.rec_off, dtype=np.int64)
+    n = rec.size
+    table: dict[bytes, int] = {}
+    m = 0
+    step = max(1, DECODE_WINDOW // CHUNK) * CHUNK
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        view = tuple(col[m:m + b - a] for col in out.values())  # rows written never pass records read
+        k, events, unsup, v6 = lib.decode(fr.buf, rec[a:b], None, None, None, None, None, CHUNK, view,
+                                          int(pc.endian == "<"), pc.tsdiv, pc.linktype)
+        k = int(k)
+        if a:
+            out["frame"][m:m + k] += a  # record numbers count from this window's first
+        if v6:
+            remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
+            for c in ("src", "dst"):
+                col = out[c][m:m + k]
+                v = col >= V6_BASE
+                if v.any():
+                    col[v] = V6_BASE + remap[(col[v] - V6_BASE).astype(np.int64)]
+        for reason, cnt in events:
+            fr.report.skip(SKIP_REASONS[reason], cnt)
+        for lt, cnt in unsup:
+            unsupported[lt] = unsupported.get(lt, 0) + cnt
+        m += k
+        if b < n:
+            release_pages(fr.buf, int(rec[a]), int(rec[b]))
+    return m, list(table)
 
 
 def _decode_range(v: _Views, st: _Stage, fr: Frames, a: int, b: int, out: dict[str, np.ndarray], w: int,

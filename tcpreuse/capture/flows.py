@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from . import loops, native, zeek
+from . import backend, zeek
 from .decode import ACK, FIN, RST, SYN, Packets
 
 K1 = np.uint64(0x9E3779B97F4A7C15)
@@ -165,9 +165,12 @@ def flow_order(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     compared exactly, and hash groups holding several flows are sorted apart (in C:
     grouped exactly by a hash table, flows then sorted by (hash, endpoints): the same
     order)."""
+    return backend.ACTIVE.flow_order(p)
+
+
+def _flow_order_numpy(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The reference of :func:`flow_order`."""
     n = len(p)
-    if native.lib is not None:
-        return _flow_order_c(p)
     e_src = (p.src << np.uint64(16)) | p.sport.astype(np.uint64)
     e_dst = (p.dst << np.uint64(16)) | p.dport.astype(np.uint64)
     pair = np.empty((n, 2), dtype=np.uint64)
@@ -209,20 +212,6 @@ def flow_order(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
 
 C_HASH_MASK = 0xFFFFFFFF  # tests narrow it to make the C path's flow hashes collide
-
-
-def _flow_order_c(p: Packets) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`flow_order` by ``_ccap.flow_order`` (one hash-table pass and a counting sort)."""
-    assert native.lib is not None
-    n = len(p)
-    order = np.empty(n, dtype=np.int64)
-    fstart = np.empty(n, dtype=bool)
-    d = np.empty(n, dtype=np.int8)
-    ts_o = np.empty(n, dtype=np.float64)
-    c = np.ascontiguousarray
-    native.lib.flow_order(c(p.src, dtype=np.uint64), c(p.dst, dtype=np.uint64), c(p.sport, dtype=np.uint16),
-                          c(p.dport, dtype=np.uint16), c(p.ts, dtype=np.float64), C_HASH_MASK, order, fstart, d, ts_o)
-    return order, fstart, d, ts_o
 
 
 def _segment_starts(fstart: np.ndarray, flow_id: np.ndarray, pos: np.ndarray, syn: np.ndarray,
@@ -277,7 +266,7 @@ class SegFacts:
     """Per-segment reductions over the packets (positions in flow order; a missing
     "first" packet is BIG, a missing "last" one -1), from which the attempt columns
     are read. Two implementations give these: numpy over whole columns
-    (:func:`_facts_numpy`, the reference) and one compiled pass (:mod:`.loops`)."""
+    (:func:`_facts_numpy`, the reference) and one C pass (:func:`_facts_c`)."""
 
     starts: np.ndarray  # first packet of each segment
     flow: np.ndarray  # flow number of each segment
@@ -308,80 +297,17 @@ class SegFacts:
 
 
 def segment_facts(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
-    """Per-segment facts: by the compiled pass when :mod:`.loops` is compiled, else
-    by whole-column numpy (the same results; tests check both)."""
-    if native.lib is not None:
-        return _facts_c(q, d, fstart)
-    if loops.COMPILED:
-        return _facts_compiled(q, d, fstart)
-    return _facts_numpy(q, d, fstart)
+    """Per-segment facts, by the active backend (numpy or C: the same results)."""
+    return backend.ACTIVE.segment_facts(q, d, fstart)
 
 
-def _facts_compiled(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
-    """SegFacts from :func:`.loops.segment_facts` (one compiled pass over the packets)."""
-    pkt_bits = (q.p.has_ts.view(np.uint8) << 2) | ((q.p.win == 0).view(np.uint8) << 3)
-    bits = pkt_bits[q.order] | fstart.view(np.uint8) | (d.astype(np.uint8) << 1)
-    del pkt_bits
-
-    def le32(a: np.ndarray) -> bytes:
-        return np.ascontiguousarray(a, dtype="<u4").tobytes()
-
-    out: list[int] = []
-    big: list[int] = []
-    letters: list[int] = []
-    nseg = loops.segment_facts(bits.tobytes(), q.flags.tobytes(), le32(q.seq), le32(q.ack), le32(q.plen),
-                               zeek.table().tobytes(), out, big, letters)
-    del bits
-    rec = np.frombuffer(bytearray(out), dtype=np.uint8).reshape(nseg, loops.REC)
-    del out
-    narrow = rec[:, :loops.NARROW].astype(np.int64)
-    wide = np.ascontiguousarray(rec[:, loops.NARROW:loops.NARROW + 2 * loops.WIDE]).view("<u2").astype(np.int64)
-    state = np.ascontiguousarray(rec[:, loops.REC - 2:]).view("<u2")[:, 0].astype(np.int64)
-    if big:
-        b = np.asarray(big, dtype=np.int64).reshape(-1, 3)
-        nar = b[:, 1] < loops.NARROW
-        narrow[b[nar, 0], b[nar, 1]] = b[nar, 2]
-        wide[b[~nar, 0], b[~nar, 1] - loops.NARROW] = b[~nar, 2]
-    npk = narrow[:, loops.F_NPK]
-    starts = np.cumsum(npk) - npk
-
-    def pos(field: int, none: int) -> np.ndarray:
-        v = narrow[:, field]
-        return np.where(v > 0, starts + v - 1, none)
-
-    def end_seq(field: int, base_at: np.ndarray) -> np.ndarray:
-        e = wide[:, field - loops.NARROW]
-        base = q.seq[np.minimum(base_at, q.seq.size - 1)].astype(np.int64)
-        rel = np.where(e > 0, e - 1, e)  # see loops.F_END_O: negative ends are stored as they are
-        return np.where(e != 0, (base + rel) & 0xFFFFFFFF, 0).astype(np.uint32)
-
-    first_syn, first_sa = pos(loops.F_FIRST_SYN, BIG), pos(loops.F_FIRST_SA, BIG)
-    base_o = np.where(first_syn < BIG, first_syn, pos(loops.F_FIRST_O, 0))
-    base_r = np.where(first_sa < BIG, first_sa, pos(loops.F_FIRST_R, 0))
-    return SegFacts(
-        starts=starts, flow=(np.cumsum(fstart) - 1)[starts], first_syn=first_syn,
-        second_syn=pos(loops.F_SECOND_SYN, BIG), last_syn=pos(loops.F_LAST_SYN, -1),
-        n_syn=narrow[:, loops.F_N_SYN], ans=pos(loops.F_ANS, BIG), first_sa=first_sa,
-        n_synack=narrow[:, loops.F_N_SYNACK], established=(state >> 12) & 1 == 1,
-        n_old_ack=narrow[:, loops.F_N_OLD_ACK], n_rst_o_pre=narrow[:, loops.F_N_RST_PRE],
-        first_fin_o=pos(loops.F_FIN_O, BIG), first_fin_r=pos(loops.F_FIN_R, BIG),
-        first_rst_o=pos(loops.F_RST_O, BIG), first_rst_r=pos(loops.F_RST_R, BIG),
-        first_term=pos(loops.F_TERM, BIG), last_ts_o=pos(loops.F_TS_O, -1), last_ts_r=pos(loops.F_TS_R, -1),
-        orig_end_seq=end_seq(loops.F_END_O, base_o), resp_end_seq=end_seq(loops.F_END_R, base_r),
-        orig_bytes=wide[:, loops.F_OBYTES - loops.NARROW], resp_bytes=wide[:, loops.F_RBYTES - loops.NARROW],
-        joint=(state & 63).astype(np.uint8), completeness=((state >> 6) & 63).astype(np.int8),
-        history=zeek.strings(np.frombuffer(bytearray(letters), dtype=np.uint8), narrow[:, loops.F_HLEN]),
-    )
-
-
-def _facts_c(q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
-    """SegFacts from ``_ccap.segment_facts``: the pass of :func:`.loops.segment_facts` in
-    C, reading the capture-order columns through the flow order and writing int64
+def _facts_c(lib: Any, q: _FlowCols, d: np.ndarray, fstart: np.ndarray) -> SegFacts:
+    """SegFacts from ``_ccap.segment_facts``: one C pass over the packets in flow order,
+    reading the capture-order columns through the flow order and writing int64
     columns."""
-    assert native.lib is not None
     p = q.p
     c = np.ascontiguousarray
-    _nseg, cols, letters = native.lib.segment_facts(
+    _nseg, cols, letters = lib.segment_facts(
         c(q.order, dtype=np.int64), c(fstart, dtype=bool), c(d, dtype=np.int8), c(p.flags, dtype=np.uint8),
         c(p.seq, dtype=np.uint32), c(p.ack, dtype=np.uint32), c(p.plen, dtype=np.int32), c(p.has_ts, dtype=bool),
         c(p.win, dtype=np.uint16), zeek.table())
@@ -683,7 +609,7 @@ def _attempt_columns(p: Packets, q: _FlowCols, order: np.ndarray, d: np.ndarray,
 
 class _FlowCols:
     """The per-packet columns the attempt reductions read, in flow order. Each is
-    gathered on first use (the compiled path needs fewer of them); `at` reads one at a
+    gathered on first use (the C pass needs fewer of them); `at` reads one at a
     few positions without gathering the whole column."""
 
     def __init__(self, p: Packets, order: np.ndarray, ts: np.ndarray) -> None:

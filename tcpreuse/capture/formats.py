@@ -16,6 +16,7 @@ next plausible record (resynchronises), and reports what it skipped and why in a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CaptureError
-from . import loops, native
+from . import backend
 
 PCAP_MAGIC = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),  # microseconds, little-endian writer
@@ -278,7 +279,7 @@ def parse_frames(buf: Any, name: str = "<buffer>") -> Frames:
         raise CaptureError(f"{name}: {len(buf)} bytes is too short to be a pcap or pcapng file")
     magic = bytes(buf[:4])
     if magic in PCAP_MAGIC:
-        return _parse_pcap(buf, rep)
+        return backend.ACTIVE.read_pcap(buf, rep)
     if struct.unpack("<I", magic)[0] == PCAPNG_SHB:
         return _parse_pcapng(buf, rep)
     hint = None
@@ -306,13 +307,8 @@ def _walk_pcap(buf: Any, off: int, end: int, endian: str) -> tuple[np.ndarray, t
     The hot loop of the whole reader: it reads only each record's length (the lengths
     are checked afterwards, vectorised, by the caller). Returns (offsets, fields, where
     it stopped, why: "" at a clean end, else a truncation message)."""
-    if native.lib is not None:  # the walk and the fields in one C pass
-        *cols, last = native.lib.pcap_walk(buf, off, end, endian == "<")
-        offs = np.frombuffer(cols[0], dtype=np.int64)
-        fields = tuple(np.frombuffer(c, dtype=dt) for c, dt in zip(cols[1:], _FIELD_DTYPES, strict=True))
-    else:
-        offs, last = _walk_fast(buf, off, end, endian) if loops.COMPILED else _walk_struct(buf, off, end, endian)
-        fields = _pcap_fields(buf, offs, endian)
+    offs, last = _walk_struct(buf, off, end, endian)
+    fields = _pcap_fields(buf, offs, endian)
     if last == end:
         return offs, fields, last, ""
     if last > end and offs.size:  # the final record's data is cut short
@@ -320,50 +316,6 @@ def _walk_pcap(buf: Any, off: int, end: int, endian: str) -> tuple[np.ndarray, t
         return (offs[:-1], tuple(f[:-1] for f in fields), cut,
                 f"last record cut short ({end - cut - 16} of {last - cut - 16} bytes)")
     return offs, fields, last, f"{end - last} stray bytes at the end (a cut record header)"
-
-
-_FIELD_DTYPES = (np.uint64, np.uint64, np.int64, np.int64)  # what _pcap_fields returns
-
-
-WALK_CHUNK = 1 << 20  # bytes copied out of the mapping per compiled walk call
-
-
-def _walk_fast(buf: Any, off: int, end: int, endian: str) -> tuple[np.ndarray, int]:
-    """(offsets of every record whose header fits, offset after the last one), by the
-    mypyc-compiled :func:`.loops.pcap_walk` over 1 MB copies of the file (the compiled
-    code reads ``bytes`` natively, not a memory map)."""
-    lens: list[int] = []
-    big: list[int] = []
-    start = off
-    little = endian == "<"
-    whole = isinstance(buf, bytes)
-    while True:
-        hi = end if whole else min(end, off + WALK_CHUNK)
-        if hi - off < 16:
-            break
-        if whole:
-            off = loops.pcap_walk(buf, off, little, lens, big)
-        else:
-            off += loops.pcap_walk(bytes(buf[off:hi]), 0, little, lens, big)
-        if hi == end or off >= end:
-            break
-    return _offsets(start, lens, big, 16), off
-
-
-def _offsets(start: int, lens: list[int], big: list[int], extra: int) -> np.ndarray:
-    """Record offsets from their lengths as :mod:`.loops` lists them (two bytes each,
-    escaped ones in `big`): record k+1 starts `extra` + length(k) after record k."""
-    n = len(lens) // 2
-    ln = np.frombuffer(bytearray(lens), dtype="<u2").astype(np.int64)
-    if big:
-        b = np.asarray(big, dtype=np.int64).reshape(-1, 2)
-        ln[b[:, 0]] = b[:, 1]
-    offs = np.empty(n, dtype=np.int64)
-    if n:
-        offs[0] = start
-        np.cumsum(ln[:-1], out=offs[1:])
-        offs[1:] += start + extra * np.arange(1, n, dtype=np.int64)
-    return offs
 
 
 def _walk_struct(buf: Any, off: int, end: int, endian: str) -> tuple[np.ndarray, int]:
@@ -415,9 +367,8 @@ def _pcap_time_bounds(buf: Any, endian: str, tsdiv: int, limit: int) -> tuple[fl
     return t0 - 86400 * 365, t0 + 86400 * 365 * 5
 
 
-def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
-    if native.lib is not None and len(buf) >= 24:
-        return _parse_pcap_c(buf, rep)
+def _parse_pcap_numpy(buf: Any, rep: ReadReport) -> Frames:
+    """Every believable record of a pcap file: the reference (the numpy backend)."""
     end = len(buf)
     endian, tsdiv = PCAP_MAGIC[bytes(buf[:4])]
     rep.format = "pcap (ns)" if tsdiv == 1_000_000_000 else "pcap"
@@ -480,11 +431,10 @@ def _parse_pcap(buf: Any, rep: ReadReport) -> Frames:
     )
 
 
-def _parse_pcap_c(buf: Any, rep: ReadReport) -> Frames:
-    """:func:`_parse_pcap` with the walk and the header checks in one C pass
+def _parse_pcap_c(lib: Any, buf: Any, rep: ReadReport) -> Frames:
+    """:func:`_parse_pcap_numpy` with the walk and the header checks in one C pass
     (``_ccap.pcap_scan``): the same records, report, warnings and resynchronisation,
     and a :class:`PcapIndex` instead of per-frame columns."""
-    assert native.lib is not None
     end = len(buf)
     endian, tsdiv = PCAP_MAGIC[bytes(buf[:4])]
     rep.format = "pcap (ns)" if tsdiv == 1_000_000_000 else "pcap"
@@ -499,9 +449,9 @@ def _parse_pcap_c(buf: Any, rep: ReadReport) -> Frames:
     resyncs = 0
     rep.bytes_read = 24
     while True:
-        bounds = ts_hi != float(2**32)  # as _parse_pcap tells whether the bounds are set
-        offs, status, stop, bounds, ts_lo, ts_hi = native.lib.pcap_scan(buf, off, end, endian == "<", tsdiv, limit,
-                                                                         bounds, ts_lo, ts_hi)
+        bounds = ts_hi != float(2**32)  # as _parse_pcap_numpy tells whether the bounds are set
+        offs, status, stop, bounds, ts_lo, ts_hi = lib.pcap_scan(buf, off, end, endian == "<", tsdiv, limit, bounds,
+                                                                  ts_lo, ts_hi)
         arr = np.frombuffer(offs, dtype=np.int64)
         if arr.size:
             chunks.append(arr)
@@ -526,6 +476,18 @@ def _parse_pcap_c(buf: Any, rep: ReadReport) -> Frames:
         rep.records = int(rec.size)
         rep.linktypes[linktype] = int(rec.size)
     return Frames(buf, None, None, None, None, None, None, rep, pcap=PcapIndex(rec, endian, tsdiv, linktype))
+
+
+def release_pages(buf: Any, start: int, stop: int) -> None:
+    """Give the pages of a memory-mapped file between `start` and `stop` back (they were
+    read and will not be again soon): the process's resident memory then follows the
+    window being read, not the file's size. Nothing for a buffer that is not a mapping."""
+    advise = getattr(buf, "madvise", None)
+    lo = (start // mmap.PAGESIZE) * mmap.PAGESIZE
+    hi = (stop // mmap.PAGESIZE) * mmap.PAGESIZE
+    if advise is not None and hi > lo and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError):
+            advise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _pcap_fields(buf: Any, arr: np.ndarray, endian: str) -> tuple[np.ndarray, ...]:
@@ -742,14 +704,9 @@ def _walk_pcapng(buf: Any, rep: ReadReport, careful: bool) -> _NgWalk:
     while off + 12 <= end:
         btype, blen = (hdr if endian == "<" else hdr_be).unpack_from(buf, off)
         if btype == 6 and not careful:  # the common case, kept short; validated afterwards
-            if native.lib is not None or loops.COMPILED:
-                nxt = _epb_run(buf, off, end, endian, epb)
-                if nxt != off:
-                    off = nxt
-                    continue
-            elif 32 <= blen <= end - off and not blen & 3:
-                epb.append(off)
-                off += blen
+            nxt = _epb_run(buf, off, end, endian, epb)
+            if nxt != off:
+                off = nxt
                 continue
         if btype == PCAPNG_SHB:
             bom = bytes(buf[off + 8 : off + 12])
@@ -838,29 +795,25 @@ def _walk_pcapng(buf: Any, rep: ReadReport, careful: bool) -> _NgWalk:
 
 def _epb_run(buf: Any, off: int, end: int, endian: str, epb: _Offsets) -> int:
     """A run of Enhanced Packet Blocks from `off` (types and lengths only, as the
-    non-careful walk trusts them), by the mypyc-compiled :func:`.loops.pcapng_epb_walk`
-    over 1 MB copies of the file. Returns where the run stopped."""
-    if native.lib is not None:
-        offs, nxt = native.lib.epb_walk(buf, off, end, endian == "<")
-        epb.extend(np.frombuffer(offs, dtype=np.int64))
-        return int(nxt)
-    lens: list[int] = []
-    big: list[int] = []
-    start = off
-    little = endian == "<"
-    whole = isinstance(buf, bytes)
-    while True:
-        hi = end if whole else min(end, off + WALK_CHUNK)
-        if whole:
-            nxt = loops.pcapng_epb_walk(buf, off, little, end, lens, big)
-        else:
-            nxt = off + loops.pcapng_epb_walk(bytes(buf[off:hi]), 0, little, end - off, lens, big)
-        if hi < end and nxt < end and nxt + 8 > hi:  # stopped at the chunk's end, not at a block
-            off = nxt
-            continue
-        break
-    epb.extend(_offsets(start, lens, big, 0))
+    non-careful walk trusts them), by the active backend. Returns where the run stopped."""
+    offs, nxt = backend.ACTIVE.epb_walk(buf, off, end, endian == "<")
+    epb.extend(offs)
     return nxt
+
+
+def _epb_walk_struct(buf: Any, off: int, end: int, little: bool) -> tuple[np.ndarray, int]:
+    """The EPB run in the interpreter (the reference of ``_ccap.epb_walk``): stops at the
+    first block whose 8-byte header does not fit, that is not an EPB (type 6), or whose
+    length is not a multiple of 4 in 32..(bytes left)."""
+    hdr = struct.Struct("<II" if little else ">II").unpack_from
+    offs = array("q")
+    while off + 8 <= end:
+        btype, blen = hdr(buf, off)
+        if btype != 6 or blen < 32 or blen > end - off or blen & 3:
+            break
+        offs.append(off)
+        off += blen
+    return (np.frombuffer(offs, dtype=np.int64) if len(offs) else np.zeros(0, dtype=np.int64)), off
 
 
 def _no_section(rep: ReadReport) -> None:

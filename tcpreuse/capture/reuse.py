@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..model.recycle import RC_KEEP, RC_SYN_DROP, RC_SYN_DROP_TSLESS, PeerCache
 from ..model.timewait import (
     TCP_PAWS_24DAYS,
-    TCP_PAWS_MSL,
-    TCP_PAWS_WINDOW,
     TCP_TIMEWAIT_LEN,
     TW_ACK,
     TW_ACK_SKIPPED,
@@ -38,13 +37,13 @@ from ..model.timewait import (
     TimeWaitSock,
     tcp_timewait_state_process,
 )
-from . import loops, native
-from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, distinct, time_order
+from . import backend
+from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, time_order
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
 V_NONE, V_ACCEPT, V_ACK_OLD, V_PAWS, V_RST, V_DROP = range(6)
 RECYCLE = ("", "drop", "drop_4x")
-RC_NONE, RC_DROP, RC_DROP_4X = range(3)
+RC_NONE, RC_DROP, RC_DROP_4X = RC_KEEP, RC_SYN_DROP, RC_SYN_DROP_TSLESS  # the model's verdicts
 PREV_TW = ("", "client", "server")
 
 
@@ -177,8 +176,9 @@ def recycle_verdicts(a: Attempts) -> None:
     attempt's first SYN (per-peer timestamp cache, keyed by client and server address)?
 
     The cache changes only when a connection enters TIME_WAIT at the server, so only
-    those writes are replayed in order (per key); every SYN then reads the cache state
-    of the last write before it, vectorised."""
+    those writes and the SYNs of the same address pairs are replayed, in one order (by
+    key, then time, writes first): the model's PeerCache (tcpreuse.model.recycle) in
+    the numpy backend, one C pass in the C backend (tested against it)."""
     n = len(a)
     out = np.zeros(n, dtype=np.int8)
     a["tw_recycle"] = out
@@ -199,41 +199,39 @@ def recycle_verdicts(a: Attempts) -> None:
     m = upd.size
     key_all = np.concatenate([pid[upd], pid[chk]])
     t_all = np.concatenate([a["t_tw_enter"][upd], a["t_syn"][chk]])
-    kind = np.concatenate([np.zeros(m, np.int64), np.ones(chk.size, np.int64)])
     order = time_order(t_all)  # stable: writes (first in the concatenation) first at equal times
     if key_all.min() != key_all.max():
         if int(key_all.max()) < (1 << 16):
             order = order[np.argsort(key_all[order].astype(np.uint16), kind="stable")]
         else:
             order = order[np.argsort(key_all[order], kind="stable")]
-    if native.lib is not None:  # the replay and the checks in one C pass; numpy below is the reference
-        res = np.zeros(chk.size, dtype=np.int8)
-        native.lib.recycle_checks(
-            np.ascontiguousarray(order, dtype=np.int64), m, pid[np.concatenate([upd, chk])],
-            a["orig_last_tsval"][upd].astype(np.int64), np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64),
-            a["t_tw_enter"][upd].astype(np.int64), a["t_syn"][chk].astype(np.int64),
-            a["syn_tsval"][chk].astype(np.int64), np.ascontiguousarray(a["syn_has_ts"][chk]).view(np.uint8),
-            TCP_PAWS_MSL, TCP_PAWS_WINDOW, res)
-        out[chk] = res
-        return
-    is_w = kind[order] == 0
-    w = np.concatenate([upd, chk])[order][is_w]
-    w_key = pid[w]
-    c_ts, c_stamp = _replay_writes(w_key, a["orig_last_tsval"][w].astype(np.int64),
-                                   np.nan_to_num(a["t_orig_last_ts"][w]).astype(np.int64),
-                                   a["t_tw_enter"][w].astype(np.int64))
-    # for each check: the cache after the last write of its key before the SYN
-    wpos = np.where(is_w, np.cumsum(is_w) - 1, -1)
-    last_w = np.maximum.accumulate(wpos)[~is_w]
-    ci = np.concatenate([upd, chk])[order][~is_w]
-    ok = last_w >= 0
-    lw = np.where(ok, last_w, 0)
-    ok &= w_key[lw] == pid[ci]  # that write belongs to the same key
-    now = a["t_syn"][ci].astype(np.int64)
-    fresh = ok & (now - c_stamp[lw] < TCP_PAWS_MSL)
-    syn_ts = a["syn_has_ts"][ci]
-    older = _s32(c_ts[lw] - a["syn_tsval"][ci].astype(np.int64)) > TCP_PAWS_WINDOW
-    out[ci] = np.where(fresh & syn_ts & older, RC_DROP, np.where(fresh & ~syn_ts, RC_DROP_4X, RC_NONE))
+    rows = np.concatenate([upd, chk])
+    out[chk] = backend.ACTIVE.recycle_checks(
+        order, m, pid[rows], a["orig_last_tsval"][upd].astype(np.int64),
+        np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64), a["t_tw_enter"][upd].astype(np.int64),
+        a["t_syn"][chk].astype(np.int64), a["syn_tsval"][chk].astype(np.int64), a["syn_has_ts"][chk])
+
+
+def _recycle_checks_reference(order: np.ndarray, m: int, key: np.ndarray, w_ts: np.ndarray, w_stamp: np.ndarray,
+                              w_now: np.ndarray, c_now: np.ndarray, c_tsval: np.ndarray,
+                              c_has_ts: np.ndarray) -> np.ndarray:
+    """The numpy backend's recycle_checks: the model's cache
+    (:class:`tcpreuse.model.recycle.PeerCache`, tcp_tw_recycle's per-peer cache of
+    3.5-4.11 kernels, keyed here by the (client, server) address pair as tcp_metrics
+    keys it) replayed one event at a time: entries 0..m-1 of `order` are writes
+    (``remember_stamp``), the rest checks of SYNs (``syn_verdict``, 3.x-4.11 rules,
+    SYNs without timestamps dropped too)."""
+    cache = PeerCache("addr_pair")
+    out = np.zeros(c_now.size, dtype=np.int8)
+    keys, wts, wst, wnow = key.tolist(), w_ts.tolist(), w_stamp.tolist(), w_now.tolist()
+    cnow, cts, chas = c_now.tolist(), c_tsval.tolist(), c_has_ts.tolist()
+    for e in order.tolist():
+        if e < m:
+            cache.remember_stamp(0, keys[e], wts[e], wst[e], wnow[e])
+        else:
+            c = e - m
+            out[c] = cache.syn_verdict(0, keys[e], chas[c], cts[c], cnow[c], drops_tsless=True)
+    return out
 
 
 def _pair_ids(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -243,37 +241,3 @@ def _pair_ids(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.unique(key, return_inverse=True)[1].ravel().astype(np.int64)
     pair = np.stack([x, y], axis=1)
     return np.unique(pair, axis=0, return_inverse=True)[1].ravel().astype(np.int64)
-
-
-def _replay_writes(key: np.ndarray, ts: np.ndarray, stamp: np.ndarray,
-                   now: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Cache state after each write, writes sorted by (key, time).
-
-    mirrors tcp_remember_stamp() / tcp_v4_remember_stamp() (docs/kernel.md §6): a write wins if
-    its TSval is not older than the cached one, or the cached entry is older than
-    TCP_PAWS_MSL and not newer than the write's stamp. Where a key's TSvals never go
-    back (one clock per client, the usual case) every write wins, so only keys whose
-    TSvals jump back are replayed one write at a time (compiled: :mod:`.loops`). The C
-    extension does this replay inside recycle_checks(), so this runs without it."""
-    m = key.size
-    out_ts = ts.copy()
-    out_st = stamp.copy()
-    if m < 2:
-        return out_ts, out_st
-    same = key[1:] == key[:-1]
-    back = same & (_s32(ts[1:] - ts[:-1]) < 0)
-    if not back.any():
-        return out_ts, out_st
-    bad_keys = distinct(key[1:][back])
-    rows = np.flatnonzero(np.isin(key, bad_keys))
-    k = key[rows]
-    first = np.r_[True, k[1:] != k[:-1]]
-    won: list[int] = []
-    loops.recycle_replay(first.tobytes(), ts[rows].tolist(), stamp[rows].tolist(), now[rows].tolist(),
-                         TCP_PAWS_MSL, won)
-    w = np.frombuffer(bytearray(won), dtype=np.uint8).astype(bool)
-    # the entry after each write is the one of the last write that won
-    winner = rows[np.maximum.accumulate(np.where(w, np.arange(rows.size), 0))]
-    out_ts[rows] = ts[winner]
-    out_st[rows] = stamp[winner]
-    return out_ts, out_st

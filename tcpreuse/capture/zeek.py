@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import native
+from . import backend
 from .decode import ACK, FIN, RST, SYN
 
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET, RESET_AFTER_CLOSE = range(8)
@@ -321,11 +321,12 @@ def strings(codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
     nseg = counts.size
     if not codes.size:
         return np.zeros(nseg, dtype="S1")
-    width = int(counts.max())
-    if native.lib is not None:  # one pass, no per-letter index columns
-        rows = native.lib.pad_strings(np.ascontiguousarray(codes, dtype=np.uint8),
-                                      np.ascontiguousarray(counts, dtype=np.int64), width)
-        return np.frombuffer(rows, dtype=f"S{width}")
+    return backend.ACTIVE.pad_strings(codes, counts, int(counts.max()))
+
+
+def _pad_strings_numpy(codes: np.ndarray, counts: np.ndarray, width: int) -> np.ndarray:
+    """The reference of :func:`strings`: every letter scattered to its row and column."""
+    nseg = counts.size
     seg = np.repeat(np.arange(nseg, dtype=np.int64), counts)
     first = np.cumsum(counts) - counts  # index of each segment's first letter
     grid = np.zeros(nseg * width, dtype=np.uint8)
