@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from captures import windows_reuse
+from helpers.captures import windows_reuse
 
 from tcpreuse.capture import backend, formats
 from tcpreuse.capture import decode as decode_mod
