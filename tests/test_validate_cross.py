@@ -51,6 +51,10 @@ def test_the_own_profile_agrees_and_the_cross_check_disagrees(name: str, release
     assert o.agree, [r for r in o.rows if r.agree is False]
     assert o.cross is not None and o.cross.profile == other and o.cross.rule == suite.DISCRIMINATING[name]
     assert o.cross.discriminates, "the other version's rule must change what the kernel showed"
+    # where the offsets are per 4-tuple, how many SYN tries a connect takes is coin tosses
+    p90 = {r.metric: r.tolerance for r in o.rows}.get("connect ms p90")
+    if name == "v-ts-offset-nat":
+        assert (p90 == "not compared") == release.startswith("6.18")
     # an explicit --model-profile is itself the cross-check: no second one
     assert compare_one(name, None, JobOutcome(result=lab, overrides=ov), facts(release, 100),
                        model_profile=other).cross is None

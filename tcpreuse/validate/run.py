@@ -339,7 +339,8 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
                        chance_reason=suite.chance_reason(ref, get_profile(profile).ts_offset),
                        wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
                        jiffy_ms=1000.0 / facts.hz, lag_ms=start_lag_ms(lab),
-                       chance_outcomes=ref in suite.CHANCE_OUTCOMES)
+                       chance_outcomes=ref in suite.CHANCE_OUTCOMES,
+                       chance_retries=ref in suite.CHANCE_RETRIES)
 
     own = model_profile or facts.profile
     out.rows = rows_for(sim, own)
