@@ -18,7 +18,8 @@ PACKAGE = "tcpreuse.validate"
 
 # One scenario per family of rules, each a few seconds: ports and parity, client-first
 # TIME_WAIT, tw_reuse with its delay, server-first close with a SYN on TIME_WAIT,
-# SO_LINGER 0, tcp_max_tw_buckets, listen overflow.
+# SO_LINGER 0, tcp_max_tw_buckets, and one version-discriminating scenario (timestamp
+# offsets per host pair or per 4-tuple) whose cross-check CI sees on both kernels.
 QUICK = (
     "v-exhaust-even",
     "v-range-odd-size",
@@ -26,6 +27,7 @@ QUICK = (
     "v-server-close-syn-on-tw",
     "v-client-rst",
     "v-tw-buckets",
+    "v-ts-offset-nat",
 )
 
 
