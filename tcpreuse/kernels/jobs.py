@@ -252,10 +252,8 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome
             from .pace import pace_factor, pace_note, pace_overrides
 
             # the machine's load moves during a suite: the speed now, if slower than at boot
-            rate = facts.connect_rate
-            if pace_factor(sc, rate) < 1.0:
-                now = measure_connect_rate()
-                rate = min(rate, now) if now > 0 else rate
+            now = measure_connect_rate()
+            rate = min(facts.connect_rate, now) if now > 0 and facts.connect_rate > 0 else facts.connect_rate or now
             k = pace_factor(sc, rate)
             if k < 1.0:
                 out.overrides = {**out.overrides, **pace_overrides(sc, k)}
