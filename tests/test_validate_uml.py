@@ -50,7 +50,7 @@ def test_quick_suite_on_uml_61() -> None:
 
     exact("v-exhaust-even", "outcome ok", 1000)
     exact("v-exhaust-even", "outcome EADDRNOTAVAIL")
-    exact("v-exhaust-even", "attempts on odd ports", 0)
+    exact("v-exhaust-even", "attempts on odd ports", 500)  # exhausted: the odd half too
     exact("v-tw-buckets", "client: TcpExtTCPTimeWaitOverflow", 400)
     exact("v-tw-buckets", "client: TcpExtTW", 200)
     # 6.1 keys timestamp offsets by host pair: no SYN of the one client is ever older than a
