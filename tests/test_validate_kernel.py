@@ -1,8 +1,9 @@
 """The quick validation suite on the real kernel: the model must agree with it.
 
-Needs root, iproute2 and nftables (skipped otherwise). Six scenarios of a few seconds
+Needs root, iproute2 and nftables (skipped otherwise). Seven scenarios of a few seconds
 each (ports and parity, an odd-sized range, tw_reuse with its delay, SYNs on TIME_WAIT,
-SO_LINGER 0, tcp_max_tw_buckets); every lab run removes its namespaces.
+SO_LINGER 0, tcp_max_tw_buckets, timestamp offsets per 4-tuple behind a NAT); every lab
+run removes its namespaces.
 """
 
 from __future__ import annotations

@@ -251,10 +251,13 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome
         if job.pace:
             from .pace import pace_factor, pace_note, pace_overrides
 
-            k = pace_factor(sc, facts.connect_rate)
+            # the machine's load moves during a suite: the speed now, if slower than at boot
+            now = measure_connect_rate()
+            rate = min(facts.connect_rate, now) if now > 0 and facts.connect_rate > 0 else facts.connect_rate or now
+            k = pace_factor(sc, rate)
             if k < 1.0:
                 out.overrides = {**out.overrides, **pace_overrides(sc, k)}
-                out.notes.append(pace_note(sc, k, facts.connect_rate))
+                out.notes.append(pace_note(sc, k, rate))
                 sc = suite.load(job.ref, out.overrides)
         out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress,
                                             netfilter=job.netfilter, lead_s=facts.lead_s,

@@ -9,9 +9,11 @@ every duration and start time divided by k, counts unchanged. What decides the e
 (how many attempts meet how many ports, in which order) is unchanged while the run stays
 within a TIME_WAIT (60 s); rules with their own clock (tcp_tw_reuse's second, SYN RTOs,
 conntrack timeouts) see the slower rate, and so does the model, which runs the same
-dilated scenario. k comes from the kernel's measured speed (KernelFacts.connect_rate):
-the scenario's connection rate is held to PACE_SHARE of what one Python process can
-connect/accept/close over loopback there. Pure: no I/O.
+dilated scenario. k comes from the kernel's measured speed (KernelFacts.connect_rate at
+boot, measured again before each paced job and the slower taken, since the shared
+machine's load moves during a suite: one UML boot measured 1,756/s and its runs lagged by
+~0.5 s): the scenario's connection rate is held to PACE_SHARE of what one Python process
+can connect/accept/close over loopback there. Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -47,10 +47,11 @@ from .jobs import JobOutcome, KernelFacts, LabJob
 DIR_PREFIX = "tcpr-uml-"
 MODULE_ROOT = Path("/usr/lib/uml/modules")
 BINARIES = ("linux", "linux.uml")
-# veth, netem and the netfilter pieces the lab uses; `configs` gives /proc/config.gz (HZ)
+# veth, netem and the netfilter pieces the lab uses; `configs` gives /proc/config.gz (HZ);
+# tun the emulator's device (/dev/net/tun, made by the devtmpfs the kernel mounts on /dev)
 MODULES = ("configs", "veth", "sch_netem", "nf_conntrack", "nf_nat", "nf_tables",
            "ip_tables", "iptable_nat", "iptable_filter", "xt_MASQUERADE", "xt_statistic",
-           "xt_conntrack", "xt_tcpudp", "xt_nat", "nf_conntrack_netlink")
+           "xt_conntrack", "xt_tcpudp", "xt_nat", "nf_conntrack_netlink", "tun")
 MEM = "512M"
 BOOT_S = 60.0  # boot, module loading and the guest's facts, with room on a busy machine
 PR_SET_PDEATHSIG = 1

@@ -227,6 +227,7 @@ class LabRun:
         self._sampler: threading.Thread | None = None
         self._trace: Any = None  # a lab.tracing.LabTrace while the kernel is traced
         self.tick_delay: float | None = None
+        self.jiffies_lag: float | None = None
 
     # ---- helpers ----------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -389,7 +390,8 @@ class LabRun:
                     self._say(f"building {len(self.plan.hosts)} network namespaces (run {self.run_id})")
                     self.topo.build()
                     self.read_settings()
-                    self.tick_delay = _tick_delay()  # the kernel's tick phase (clockphase.py)
+                    # the kernel's tick phase and jiffies (clockphase.py)
+                    self.tick_delay, self.jiffies_lag = _tick_delay()
                     self.notes += self.topo.notes
                     self._say(f"starting serve on {len(self.plan.serves)} server(s)")
                     self._start_serves()
@@ -480,6 +482,7 @@ class LabRun:
             self._trace.attach(out)
         out.meta["t0_monotonic"] = round(t0, 6)  # CLOCK_MONOTONIC at t = 0: the kernel's clock phase
         out.meta["tick_delay_s"] = self.tick_delay
+        out.meta["jiffies_lag_s"] = self.jiffies_lag
         return out
 
     def _start_trace(self) -> None:
@@ -596,11 +599,13 @@ class LabRun:
             atexit.unregister(self.teardown)
 
 
-def _tick_delay() -> float | None:
+def _tick_delay() -> tuple[float | None, float | None]:
     from ..validate.kernel import running_hz
-    from .clockphase import tick_delay
+    from .clockphase import read_jiffies_lag, tick_delay
 
-    return tick_delay(running_hz().value)
+    hz = running_hz().value
+    td = tick_delay(hz)
+    return td, read_jiffies_lag(hz, td or 0.0)
 
 
 def _alive(p: subprocess.Popen[bytes]) -> Callable[[], bool]:

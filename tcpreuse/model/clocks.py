@@ -31,6 +31,15 @@ def keyed64(secret: int, *vals: int) -> int:
     return hash((secret, *vals)) & 0xFFFFFFFFFFFFFFFF
 
 
+def port_shuffle_epoch(jiffies: float, hz: int, period_s: float) -> int:
+    """The epoch input of secure_ipv4_port_ephemeral() (net/core/secure_seq.c, 5.18+, with
+    "tcp: change source port randomizarion at connect() time"): jiffies /
+    EPHEMERAL_PORT_SHUFFLE_PERIOD, the period being 10 * HZ. jiffies, not the uptime: they
+    start at INITIAL_JIFFIES (2^32 - 300 HZ), so at HZ 100 the epochs turn at uptime 7.04 s
+    mod 10, at HZ 250 at 0.816 s mod 10 (minus the jiffies' lag behind CLOCK_MONOTONIC)."""
+    return int(jiffies // round(period_s * hz))
+
+
 def linux_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, wall_s: float) -> int:
     """mirrors secure_tcp_seq(), net/core/secure_seq.c (4.x-6.x; md5 in 2.6.32):
     keyed hash of the 4-tuple + seq_scale(): ktime_get_real_ns() >> 6 (15.625 M/s),

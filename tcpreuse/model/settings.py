@@ -267,6 +267,11 @@ PARAMS: dict[str, ParamSpec] = {
                   "How long after each whole second of CLOCK_MONOTONIC the kernel's next timer "
                   "tick comes (0 to 1/HZ): ktime_get_seconds() turns over only then (4.19+). "
                   "validate measures it from CLOCK_MONOTONIC_COARSE."),
+        ParamSpec("jiffies_lag_s", ("linux",), 0.0, None,
+                  "How far the kernel's jiffies lag CLOCK_MONOTONIC: jiffies = INITIAL_JIFFIES + "
+                  "(uptime - lag) x HZ (~0.3 s on a 6.18 host). Places the 5.18+ port re-salt "
+                  "(every 10 s of jiffies) and timer-wheel buckets; validate reads it from "
+                  "/proc/timer_list."),
         ParamSpec("uptime_s", ("linux", "windows", "macos"), None, None,
                   "Host uptime at the start of the run (TS clock base). Default: drawn from the "
                   "seed between 1 hour and 30 days, different per host."),

@@ -522,7 +522,7 @@ class Engine:
         ports = c.connect_ports
         assert ports is not None
         if c.port_epoch_s > 0:
-            epoch = int((c.uptime + t) // c.port_epoch_s)
+            epoch = clocks.port_shuffle_epoch(c.jiffies0 + t * c.hz, c.hz, c.port_epoch_s)
             po = clocks.keyed64(c.port_secret, saddr, daddr, dport, epoch)
         else:
             po = clocks.keyed32(c.port_secret, saddr, daddr, dport)

@@ -154,7 +154,7 @@ class SimHost:
         self.uptime = float(up) if up is not None else rng.uniform(3600.0, 30 * 86400.0)
         self.wall0 = 1_700_000_000.0 + rng.uniform(0, 86400.0)
         self.deathrow_phase = rng.uniform(0, 7.5)
-        self.jiffies0 = timers.jiffies0(self.hz, self.uptime)
+        self.jiffies0 = timers.jiffies0(self.hz, self.uptime - float(params.get("jiffies_lag_s") or 0.0))
         self.timer_wheel = profile.timer_wheel
         self._init_clocks()
         self.isn_secret = clocks.derive_secret(seed, name, "isn")

@@ -205,7 +205,7 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
             chance_reason: str | None = None, wrap: tuple[int, str] | None = None,
             queue_reason: str | None = None, jiffy_ms: float = 0.0,
             resalt_reason: str | None = None, chance_outcomes: bool = False,
-            lag_ms: float = 0.0) -> list[Row]:
+            lag_ms: float = 0.0, chance_retries: bool = False) -> list[Row]:
     """Rows for every metric. `racy`: (group, counter) pairs the lab's realisation leaves to
     a race (see RACE_FIN_RST), compared one-sided. `chance_reason`: the scenario's
     collisions are decided by the kernel's secret hashes (see chance()); counts other
@@ -220,7 +220,11 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
     TIME_WAIT fails), so every count but the attempts and the distinct ports is compared
     statistically, the first failure's index and time included. `lag_ms`: the lab's
     load started attempts this late (p99), which the connect percentiles may move by
-    (lag_tolerance(); above LAG_FLOOR_MS only, so a fast host's rows stay as they were)."""
+    (lag_tolerance(); above LAG_FLOOR_MS only, so a fast host's rows stay as they were).
+    `chance_retries`: with `chance_reason`, a re-sent SYN may meet another coin toss, so
+    how many SYN tries a connect needs is a chain of tosses: the connect percentiles fall
+    on one retransmission time or the next and are shown without a verdict (the count of
+    retried connects is compared, statistically)."""
     series = SERIES_CHANCE if chance_reason is not None else SERIES_QUEUE if queue_reason is not None else None
     rows = _compare(sim, lab, fixed_count, racy, series, retried_tolerance(jiffy_ms),
                     lag_ms / 1000.0 if lag_ms > LAG_FLOOR_MS else 0.0)
@@ -256,6 +260,14 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
         _relax(rows, chance(chance_reason),
                lambda r: r.group in ("timing", "counters", "time_wait")
                and not any(k in r.metric for k in NOT_CHANCE))
+    if chance_reason is not None and chance_retries:
+        for r in rows:
+            if r.group == "latency" and r.metric.startswith("connect ms p") and "of those" not in r.metric:
+                r.agree, r.tolerance = None, "not compared"
+                r.reason = ("a re-sent SYN may meet another TIME_WAIT and another toss of the kernel's "
+                            "hashes, so the SYN try a connect needs is a chain of coin tosses: a "
+                            "percentile falls on one retransmission time or the next by chance; the "
+                            "count of retried connects is compared")
     return rows
 
 

@@ -62,6 +62,43 @@ def _terminal_one(o: Outcome, con: Console) -> None:
     con.print(t)
     for n in o.notes:
         con.print(f"  [yellow]note:[/] {n}")
+    if o.cross is not None:
+        con.print(f"  [bold]cross-check[/] ({o.cross.rule}): the model with {o.cross.profile} "
+                  + (f"[green]disagrees[/] with this kernel, as it must: {_cross_rows(o.cross.disagree)}"
+                     if o.cross.discriminates else "[red]agrees[/] with this kernel: the scenario did "
+                     "not tell the versions apart on this run"))
+
+
+def _cross_rows(rows: list[str], n: int = 4) -> str:
+    return "; ".join(rows[:n]) + (f"; and {len(rows) - n} more" if len(rows) > n else "")
+
+
+def _cross_cell(o: Outcome | None) -> str:
+    if o is None:
+        return "—"
+    if o.not_applicable or o.error or o.cross is None:
+        return _verdict(o)
+    own = "agree" if o.agree else f"{sum(1 for r in o.rows if r.agree is False)} disagree"
+    x = (f"**{len(o.cross.disagree)} disagree** ({_md_escape(_cross_rows(o.cross.disagree, 3))})"
+         if o.cross.discriminates else "agree (**does not discriminate on this run**)")
+    return f"own profile: {own}; {o.cross.profile}: {x}"
+
+
+def cross_checks(reps: list[Report], heads: list[str]) -> list[str]:
+    """The version-discriminating scenarios: each kernel's own verdict and the cross-check's."""
+    names = [n for n in suite.DISCRIMINATING if any(o.name == n for r in reps for o in r.outcomes)]
+    if not names:
+        return []
+    by = [{o.name: o for o in r.outcomes} for r in reps]
+    lines = ["", "## Version-discriminating scenarios and their cross-checks", "",
+             "Each pins a rule the model changes between the two kernels' versions. The model "
+             "runs once more with the other version's profile against the same lab run; that "
+             "cross-check must disagree, which shows the rule decides the outcome.", "",
+             "| scenario | rule | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(reps)]
+    for n in names:
+        lines.append(f"| {n} | {_md_escape(suite.DISCRIMINATING[n])} | "
+                     + " | ".join(_cross_cell(b.get(n)) for b in by) + " |")
+    return lines
 
 
 def _md_escape(s: str) -> str:
@@ -94,6 +131,7 @@ def markdown(rep: Report, command: str) -> str:
     for o in rep.outcomes:
         n = sum(1 for r in o.rows if r.agree is not None)
         lines.append(f"| [{o.name}](#{o.name}) | {_md_escape(o.summary)} | {n} | {_verdict(o)} |")
+    lines += cross_checks([rep], [f"Linux {rep.kernel}"])
     tolerances: dict[str, str] = {}
     lines += _details(rep, tolerances, "##", "")
     lines += ["", "## Tolerances and why", "", "| tolerance | why |", "|---|---|"]
@@ -133,6 +171,7 @@ def markdown_kernels(reps: list[Report], command: str) -> str:
         cells = [(f"[{_verdict(b[n])}](#{_anchor(b[n], '-' + r.kernel_name)})" if n in b else "—")
                  for b, r in zip(by, reps, strict=True)]
         lines.append(f"| {n} | {_md_escape(summary)} | " + " | ".join(cells) + " |")
+    lines += cross_checks(reps, heads)
     tolerances: dict[str, str] = {}
     for r, h in zip(reps, heads, strict=True):
         lines += ["", f"## On {h}"]
@@ -162,6 +201,10 @@ def _details(rep: Report, tolerances: dict[str, str], level: str, suffix: str) -
         if o.notes:
             lines.append("")
             lines += [f"- {_md_escape(n)}" for n in o.notes]
+        if o.cross is not None:
+            lines += ["", f"Cross-check with {o.cross.profile} ({_md_escape(o.cross.rule)}): "
+                      + (f"{len(o.cross.disagree)} row(s) disagree: " + _md_escape("; ".join(o.cross.disagree))
+                         if o.cross.discriminates else "agrees: did not discriminate on this run") + "."]
     return lines
 
 

@@ -52,6 +52,23 @@ class Options:
 
 
 @dataclass
+class CrossCheck:
+    """The model with the other version's profile against the same lab run."""
+
+    profile: str
+    rule: str
+    disagree: list[str] = field(default_factory=list)  # "metric: simulate vs lab"
+
+    @property
+    def discriminates(self) -> bool:
+        return bool(self.disagree)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"profile": self.profile, "rule": self.rule, "discriminates": self.discriminates,
+                "disagree": self.disagree}
+
+
+@dataclass
 class Outcome:
     name: str
     summary: str
@@ -65,6 +82,7 @@ class Outcome:
     not_applicable: str | None = None  # why the kernel cannot run it (a sysctl it lacks)
     sim: RunResult | None = None
     lab: RunResult | None = None
+    cross: CrossCheck | None = None  # a version-discriminating scenario's cross-check
 
     @property
     def agree(self) -> bool:
@@ -79,6 +97,7 @@ class Outcome:
             "rows": [r.to_json() for r in self.rows], "notes": self.notes,
             "lab_s": round(self.lab_s, 2), "sim_s": round(self.sim_s, 2),
             "disagreements": sum(1 for r in self.rows if r.agree is False),
+            "cross_check": self.cross.to_json() if self.cross is not None else None,
         }
 
 
@@ -186,6 +205,11 @@ def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[d
         out.update({f"host.{g}.model.tick_delay_s": tick for g in linux})
         notes.append(f"the kernel's timer ticks come {tick * 1000:.1f} ms after each whole second "
                      "(CLOCK_MONOTONIC_COARSE): ktime_get_seconds() turns over then, in the model too")
+    lag = lab.meta.get("jiffies_lag_s")
+    if isinstance(lag, int | float):
+        out.update({f"host.{g}.model.jiffies_lag_s": lag for g in linux})
+        notes.append(f"the kernel's jiffies lag CLOCK_MONOTONIC by {lag * 1000:.1f} ms (/proc/timer_list): "
+                     "the model's jiffies (5.18+ port re-salt every 10 s, timer wheel) count the same")
     return out, notes
 
 
@@ -307,13 +331,26 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
     if clocks:  # arrivals do not depend on the clocks: the same run, from the kernel's phase
         sim = Engine(suite.load(ref, {**ov, **more, **clocks})).run()
         out.notes += clock_notes
-    out.sim_s = time.monotonic() - t0
     fixed = all(w.count is not None for w in sc.workload)
-    out.rows = compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
-                       racy=racy_counters(sc), chance_reason=suite.CHANCE.get(ref),
+
+    def rows_for(sim: RunResult, profile: str) -> list[Row]:
+        return compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
+                       racy=racy_counters(sc),
+                       chance_reason=suite.chance_reason(ref, get_profile(profile).ts_offset),
                        wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
                        jiffy_ms=1000.0 / facts.hz, lag_ms=start_lag_ms(lab),
-                       chance_outcomes=ref in suite.CHANCE_OUTCOMES)
+                       chance_outcomes=ref in suite.CHANCE_OUTCOMES,
+                       chance_retries=ref in suite.CHANCE_RETRIES)
+
+    own = model_profile or facts.profile
+    out.rows = rows_for(sim, own)
+    if model_profile is None and ref in suite.DISCRIMINATING:
+        other = suite.cross_profile(get_profile(facts.profile).version)
+        ov_x = {k: (other if k.endswith(".profile") else v) for k, v in ov.items()}
+        sim_x = Engine(suite.load(ref, {**ov_x, **more, **clocks})).run()
+        out.cross = CrossCheck(other, suite.DISCRIMINATING[ref], [
+            f"{r.metric}: {_short(r.sim)} vs {_short(r.lab)}" for r in rows_for(sim_x, other) if r.agree is False])
+    out.sim_s = time.monotonic() - t0
     if trace:
         from .perattempt import rows as per_attempt
 
@@ -323,6 +360,14 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
     if keep_results:
         out.sim, out.lab = sim, lab
     return out
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}".rstrip("0").rstrip(".")
+    if isinstance(v, dict | list):
+        return "…"
+    return str(v)
 
 
 def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,

@@ -18,7 +18,8 @@ PACKAGE = "tcpreuse.validate"
 
 # One scenario per family of rules, each a few seconds: ports and parity, client-first
 # TIME_WAIT, tw_reuse with its delay, server-first close with a SYN on TIME_WAIT,
-# SO_LINGER 0, tcp_max_tw_buckets, listen overflow.
+# SO_LINGER 0, tcp_max_tw_buckets, and one version-discriminating scenario (timestamp
+# offsets per host pair or per 4-tuple) whose cross-check CI sees on both kernels.
 QUICK = (
     "v-exhaust-even",
     "v-range-odd-size",
@@ -26,6 +27,7 @@ QUICK = (
     "v-server-close-syn-on-tw",
     "v-client-rst",
     "v-tw-buckets",
+    "v-ts-offset-nat",
 )
 
 
@@ -44,6 +46,51 @@ CHANCE: dict[str, str] = {
 }
 # ... and where the tosses decide outcomes too (two TIME_WAITs in a row fail an attempt)
 CHANCE_OUTCOMES = frozenset({"v-seed-lab"})
+
+
+# ... and where they are only when the model's profile keys timestamp offsets by 4-tuple
+# (6.18): with one offset per host pair (4.11-6.17) no SYN of one client is ever older.
+CHANCE_IF_4TUPLE_TS: dict[str, str] = {
+    "v-ts-offset-nat": ("the client's timestamp offset is drawn per 4-tuple from the kernel's secret "
+                        "(siphash) key: whether a SYN from a new source port is older than the "
+                        "TIME_WAIT it meets is a coin toss, in the lab and in the model alike"),
+}
+
+# ... and where a re-sent SYN meets another toss (its NAT re-draws the port): the connect
+# percentiles fall on one SYN retransmission time or the next by chance
+CHANCE_RETRIES = frozenset({"v-ts-offset-nat"})
+
+# Version-discriminating scenarios: the rule each pins, which the model changes between
+# the two kernels validate can run (the host's 6.18, User-Mode Linux's 6.1). validate runs
+# the model a second time with the other version's profile (CROSS_PROFILES) and shows
+# that cross-check disagreeing with the lab: the rule decides the outcome.
+DISCRIMINATING: dict[str, str] = {
+    "v-reuse1-seconds": ("tcp_twsk_unique(): tcp_tw_reuse = 1 takes over a TIME_WAIT once the seconds "
+                         "clock moved past its stamp (4.19-6.13), or tcp_tw_reuse_delay after it "
+                         "entered TIME_WAIT (6.14+)"),
+    "v-syn-give-up": ("the SYN-SENT retransmission schedule: doubling from 1 s (before 6.5), or "
+                      "tcp_syn_linear_timeouts = 4 retransmissions 1 s apart first (6.5+): how many "
+                      "SYNs connect() sends before its time budget runs out"),
+    "v-ts-offset-nat": ("timestamp offsets per (saddr, daddr) (4.11-6.17, secure_tcp_ts_off()) or per "
+                        "4-tuple (6.18, secure_tcp_seq_and_ts_off()): PAWS at a server TIME_WAIT "
+                        "reached from another of the client's ports"),
+    "v-nat-syn-on-tw": ("which counter a PAWS reject at a TIME_WAIT moves: PAWSEstab (before 6.15) or "
+                        "PAWSTimewait (6.15+)"),
+}
+CROSS_PROFILES = ("linux-6.1", "linux-6.18")
+
+
+def cross_profile(version: tuple[int, int, int]) -> str:
+    """The profile of the other version for a cross-check of a kernel of `version`."""
+    return CROSS_PROFILES[0] if version >= (6, 14, 0) else CROSS_PROFILES[1]
+
+
+def chance_reason(name: str, ts_offset: str) -> str | None:
+    """The chance reason of a scenario when the model keys timestamp offsets `ts_offset`
+    (Profile.ts_offset), or None where its counts are exact."""
+    if name in CHANCE:
+        return CHANCE[name]
+    return CHANCE_IF_4TUPLE_TS.get(name) if ts_offset == "4tuple" else None
 
 
 def names() -> list[str]:
