@@ -200,6 +200,74 @@ class AttemptTable:
         return cls.build(cols, data["vocab"], sort=False)
 
 
+def nearest_rank_counts(counts: dict[float, int], digits: int = 3) -> dict[str, Any]:
+    """nearest_rank() of values given as value -> how many times it occurs."""
+    keys = sorted(counts)
+    n = sum(counts.values())
+    out: dict[str, Any] = {"count": n}
+    ranks = [(name, -(-permille * n // 1000)) for name, permille in PERCENTILES]
+    cum, j = 0, 0
+    got: dict[str, float] = {}
+    for k in keys:
+        cum += counts[k]
+        while j < len(ranks) and ranks[j][1] <= cum:
+            got[ranks[j][0]] = k
+            j += 1
+    for name, _ in PERCENTILES:
+        out[name] = round(float(got[name]), digits) if n else None
+    out["max"] = round(float(keys[-1]), digits) if n else None
+    return out
+
+
+@dataclass
+class CauseSummary:
+    """One problem (a reason code met as an attempt's reason or cause), summed over a run."""
+
+    attempts: int
+    failed: int
+    delayed: int
+    first_index: int  # the first attempt (in start order) that met it
+    first_t: float
+    first_client: str = ""  # the first attempt's client host, destination address and port
+    first_dst: str = ""
+    first_dport: int = 0
+    ok_before: int = 0  # attempts before the first that succeeded
+    errnos: dict[str, int] = field(default_factory=dict)  # outcomes of the failed ones
+    delayed_ms: dict[float, int] = field(default_factory=dict)  # connect() ms of the others (1 us)
+
+    def delayed_median_ms(self) -> float | None:
+        """The median (as numpy's: the mean of the two middle values for an even count)."""
+        n = sum(self.delayed_ms.values())
+        if not n:
+            return None
+        want = [(n - 1) // 2, n // 2]  # 0-based ranks of the middle value(s)
+        vals: list[float] = []
+        cum = 0
+        for k in sorted(self.delayed_ms):
+            c = self.delayed_ms[k]
+            while want and want[0] < cum + c:
+                vals.append(k)
+                want.pop(0)
+            cum += c
+        return (vals[0] + vals[1]) / 2
+
+
+@dataclass
+class Aggregates:
+    """A run summed up, for a run kept without per-attempt rows (simulate's aggregates-only
+    mode): every figure RunResult reports and the diagnosis reads, equal to what the rows
+    would give (latencies counted per value rounded to 1 us, as the percentiles are)."""
+
+    attempts: int
+    outcomes: dict[str, int]  # in the order AttemptTable.counts() gives
+    reasons: dict[str, int]
+    failed: int
+    delayed: int
+    first_failure: dict[str, Any] | None
+    ok_connect_ms: dict[float, int]  # connect() ms of the successful attempts -> count
+    causes: dict[str, CauseSummary] = field(default_factory=dict)
+
+
 @dataclass
 class PortSeries:
     """Local ports in use toward one destination from one source address, over time."""
@@ -276,20 +344,41 @@ class RunResult:
     seed: int | None = None
     notes: list[str] = field(default_factory=list)  # warnings worth showing a person
     meta: dict[str, Any] = field(default_factory=dict)  # kernel version, engine stats, ...
+    # Set when the run kept no per-attempt rows (then `attempts` is empty): the summaries
+    # below come from here.
+    aggregates: Aggregates | None = None
+
+    def attempt_count(self) -> int:
+        return self.aggregates.attempts if self.aggregates is not None else len(self.attempts)
 
     # ---- summaries -------------------------------------------------------------------
     def outcomes(self) -> dict[str, int]:
+        if self.aggregates is not None:
+            return dict(self.aggregates.outcomes)
         return self.attempts.counts("outcome")
 
     def reasons(self) -> dict[str, int]:
+        if self.aggregates is not None:
+            return dict(self.aggregates.reasons)
         return self.attempts.counts("reason")
 
+    def failed_count(self) -> int:
+        if self.aggregates is not None:
+            return self.aggregates.failed
+        return int(self.attempts.failed_mask().sum()) if len(self.attempts) else 0
+
     def failure_rate(self) -> float:
+        if self.aggregates is not None:
+            ag = self.aggregates
+            return ag.failed / ag.attempts if ag.attempts else 0.0
         n = len(self.attempts)
         return float(self.attempts.failed_mask().sum()) / n if n else 0.0
 
     def delayed_rate(self) -> float:
         """Share of attempts that succeeded only after a SYN retransmission or retry."""
+        if self.aggregates is not None:
+            ag = self.aggregates
+            return ag.delayed / ag.attempts if ag.attempts else 0.0
         n = len(self.attempts)
         if not n:
             return 0.0
@@ -297,6 +386,9 @@ class RunResult:
         return float(np.isin(self.attempts.cols["reason"], codes).sum()) / n
 
     def first_failure(self) -> dict[str, Any] | None:
+        if self.aggregates is not None:
+            ff = self.aggregates.first_failure
+            return None if ff is None else dict(ff)
         mask = self.attempts.failed_mask()
         if not mask.any():
             return None
@@ -309,6 +401,12 @@ class RunResult:
         }
 
     def connect_percentiles(self, outcome_ok_only: bool = True) -> dict[str, float | None]:
+        if self.aggregates is not None:
+            if not outcome_ok_only:
+                raise ValueError("a run kept as aggregates has the latencies of successful attempts only")
+            agg = nearest_rank_counts(self.aggregates.ok_connect_ms)
+            del agg["count"]
+            return agg
         lat = self.attempts.cols["connect_ms"]
         if outcome_ok_only:
             lat = lat[~self.attempts.failed_mask()]
@@ -332,7 +430,7 @@ class RunResult:
             "scenario": self.scenario,
             "seed": self.seed,
             "duration_s": self.duration_s,
-            "attempts": len(self.attempts),
+            "attempts": self.attempt_count(),
             "outcomes": self.outcomes(),
             "reasons": self.reasons(),
             "failure_rate": round(self.failure_rate(), 6),
@@ -345,7 +443,7 @@ class RunResult:
             "notes": self.notes,
             "meta": self.meta,
         }
-        if records:
+        if records and self.aggregates is None:
             d["records"] = self.attempts.to_json()
         return d
 

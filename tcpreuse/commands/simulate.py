@@ -60,6 +60,9 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
     check(est, what=f"simulating {sc.name} for {sc.duration_s:g} s", force=force, time_limit_s=time_limit)
     err = Console(stderr=True)
     show_progress = sys.stderr.isatty() and not as_json
+    # Per-attempt rows only when something writes or plots them; otherwise the run keeps
+    # aggregates only and its memory follows the live connections, not its length.
+    records = result_path is not None or attempts_csv is not None or html_path is not None
     ranked = None
     with contextlib.ExitStack() as stack:
         prog: Any = None
@@ -76,13 +79,13 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
 
             def tick(t: float, n: int) -> None:
                 prog.update(task, completed=t, n=n)
-                if t >= sc.duration_s:
+                if t >= sc.duration_s and records:
                     phase(f"{sc.name}: recording the attempts", n)
 
-            run = Engine(sc, progress=tick).run()
-            phase(f"{sc.name}: diagnosing", len(run.attempts))
+            run = Engine(sc, progress=tick, records=records).run()
+            phase(f"{sc.name}: diagnosing", run.attempt_count())
         else:
-            run = Engine(sc).run()
+            run = Engine(sc, records=records).run()
         ev = Evidence(source="simulate", run=run, scenario=sc)
         findings = diagnose(ev)
         if fixes:

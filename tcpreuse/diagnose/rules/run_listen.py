@@ -17,7 +17,7 @@ def listen_overflow(ev: Evidence) -> list[Finding]:
     drops = run.host_counter("TcpExtListenDrops")
     if syn is None and ack is None and not overflows:
         return []
-    n = len(run.attempts)
+    n = run.attempt_count()
     hit = (syn.attempts if syn else 0) + (ack.attempts if ack else 0)
     failed = (syn.failed if syn else 0) + (ack.failed if ack else 0)
     sc = ev.scenario

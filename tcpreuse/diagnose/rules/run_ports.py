@@ -25,12 +25,8 @@ def client_port_exhaustion(ev: Evidence) -> list[Finding]:
     st = cause_stats(run, "local_ports_exhausted")
     if st is None:
         return []
-    n = len(run.attempts)
-    a = run.attempts
-    client = a.name("client", int(a.cols["client"][st.first_index]))
-    dst = a.name("dst", int(a.cols["dst"][st.first_index]))
-    dport = int(a.cols["dport"][st.first_index])
-    ok_before = int((~a.failed_mask()[: st.first_index]).sum())
+    n = run.attempt_count()
+    client, dst, dport, ok_before = st.first_client, st.first_dst, st.first_dport, st.ok_before
     series = _budget_series(ev)
     budget = series[0][1] if series else None
     tw_client = tw_at(run, client, st.first_t)
@@ -130,7 +126,7 @@ def nat_port_exhaustion(ev: Evidence) -> list[Finding]:
     if st is None:
         return []
     sc = ev.scenario
-    n = len(run.attempts)
+    n = run.attempt_count()
     nat = sc.nat if sc is not None else None
     hold = nat.time_wait_s if nat else 120.0
     naddr = nat.addresses if nat else 1

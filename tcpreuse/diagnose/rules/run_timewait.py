@@ -109,7 +109,7 @@ def syn_hit_server_timewait(ev: Evidence) -> list[Finding]:
     paws = cause_stats(run, "syn_paws_timewait")
     if st is None and paws is None:
         return []
-    n_att = len(run.attempts)
+    n_att = run.attempt_count()
     s = st or paws
     assert s is not None
     hits = (st.attempts if st else 0) + (paws.attempts if paws else 0)
@@ -192,7 +192,7 @@ def tw_recycle_drop(ev: Evidence) -> list[Finding]:
     passive = run.host_counter("TcpExtPAWSPassive")
     if st is None and not passive:
         return []
-    n = len(run.attempts)
+    n = run.attempt_count()
     servers = [h for h, c in run.counters.items() if c.get("TcpExtPAWSPassive")]
     evidence = [EvidenceItem("TcpExtPAWSPassive (SYNs dropped)", passive,
                              "passive connections rejected because of time stamp")]

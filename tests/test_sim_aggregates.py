@@ -1,0 +1,65 @@
+"""The engine's aggregates-only mode (no per-attempt rows) reports what the rows give.
+
+Every built-in scenario runs twice, with rows and without; the JSON summary (outcomes,
+reasons, rates, first failure, connect percentiles, timeline, counters), what-if's and
+sweep's summaries and every problem's figures the diagnosis quotes must be equal, and
+the findings the same."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sim_golden import DURATIONS  # tests/ is on sys.path (as in test_sim_golden.py)
+
+from tcpreuse.diagnose.base import Evidence, diagnose
+from tcpreuse.diagnose.runfacts import cause_stats
+from tcpreuse.diagnose.whatif import summarize
+from tcpreuse.result import REASONS, RunResult
+from tcpreuse.scenario.loader import load_scenario
+from tcpreuse.sim.engine import Engine
+from tcpreuse.sweep.point import summarize as point_summary
+
+QUICK = ["seed", "client-exhaustion", "listen-overflow", "seed-lb-ignore-msl", "cgnat-recycle", "azure-snat"]
+
+
+def _summary(run: RunResult) -> dict[str, Any]:
+    d = run.to_json()
+    d["meta"] = {k: v for k, v in d["meta"].items() if k != "engine"}
+    return d
+
+
+def _check(name: str, duration: float) -> None:
+    sc = load_scenario(name, {"duration_s": duration})
+    rows = Engine(sc).run()
+    agg = Engine(sc, records=False).run()
+    assert rows.aggregates is None and agg.aggregates is not None
+    assert len(agg.attempts) == 0 and agg.attempt_count() == len(rows.attempts) > 0
+    assert _summary(agg) == _summary(rows)
+    assert summarize(agg) == summarize(rows)
+    assert point_summary(agg, sc) == point_summary(rows, sc)
+    for reason in REASONS:
+        a, r = cause_stats(agg, reason), cause_stats(rows, reason)
+        if r is None:
+            assert a is None, reason
+            continue
+        assert a is not None, reason
+        ra, rr = vars(a), vars(r)
+        pa, pr = ra.pop("connect_ms_p50"), rr.pop("connect_ms_p50")
+        assert ra == rr, reason
+        # the median of latencies counted per microsecond: within one of the exact one
+        assert (pa is None) == (pr is None) and (pa is None or abs(pa - pr) <= 1e-3), reason
+    fa = [f.to_json() for f in diagnose(Evidence(source="simulate", run=agg, scenario=sc))]
+    fr = [f.to_json() for f in diagnose(Evidence(source="simulate", run=rows, scenario=sc))]
+    assert fa == fr
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_aggregates_equal_rows(name: str) -> None:
+    _check(name, min(DURATIONS[name], 40.0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(DURATIONS) - set(QUICK)))
+def test_aggregates_equal_rows_all(name: str) -> None:
+    _check(name, DURATIONS[name])
