@@ -56,13 +56,13 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
     if seed is not None:
         overrides["seed"] = seed
     sc = load_scenario(scenario, overrides)
-    est = estimate(sc)
-    check(est, what=f"simulating {sc.name} for {sc.duration_s:g} s", force=force, time_limit_s=time_limit)
-    err = Console(stderr=True)
-    show_progress = sys.stderr.isatty() and not as_json
     # Per-attempt rows only when something writes or plots them; otherwise the run keeps
     # aggregates only and its memory follows the live connections, not its length.
     records = result_path is not None or attempts_csv is not None or html_path is not None
+    est = estimate(sc, records=records, records_json=result_path is not None)
+    check(est, what=f"simulating {sc.name} for {sc.duration_s:g} s", force=force, time_limit_s=time_limit)
+    err = Console(stderr=True)
+    show_progress = sys.stderr.isatty() and not as_json
     ranked = None
     with contextlib.ExitStack() as stack:
         prog: Any = None

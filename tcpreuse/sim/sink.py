@@ -113,7 +113,7 @@ class Sink:
                 self.ok_bits.extend(bytes(i + 1 - len(self.ok_bits) + 4096))
             self.ok_bits[i] |= 1 << (idx & 7)
             if not math.isnan(connect_ms):
-                k = round(connect_ms, 3)
+                k = round3(connect_ms)
                 self.ok_ms[k] = self.ok_ms.get(k, 0) + 1
         if delayed:
             self.delayed += 1
@@ -139,8 +139,23 @@ class Sink:
         else:
             s.delayed += 1
             if not math.isnan(connect_ms):
-                k = round(connect_ms, 3)
+                k = round3(connect_ms)
                 s.delayed_ms[k] = s.delayed_ms.get(k, 0) + 1
+
+
+def round3(x: float) -> float:
+    """round(x, 3), exactly, without its decimal conversion when the answer is clear:
+    x * 1000 is within half an ulp of the exact product, so unless that lands near a
+    half its nearest integer is the correctly rounded one, and that integer / 1000 (one
+    correctly rounded division) is the double round() returns."""
+    y = x * 1000.0
+    if not abs(y) < 1e15:
+        return round(x, 3)
+    f = float(math.floor(y))
+    d = y - f
+    if abs(d - 0.5) > 1e-15 * abs(y):  # (half an ulp of y is at most 1.2e-16 * |y|)
+        return (f + 1.0 if d > 0.5 else f) / 1000.0
+    return round(x, 3)
 
 
 def _count(counts: dict[str, int], first: dict[str, int], name: str, idx: int) -> None:
