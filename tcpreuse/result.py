@@ -191,6 +191,57 @@ class AttemptTable:
         voc = {k: list(vocab.get(k, [])) for k in ("outcome", "reason", "workload", "host", "addr")}
         return cls(cols=out, vocab=voc)
 
+    def write_parquet(self, path: Path, metadata: dict[str, str], chunk_rows: int = 1 << 20) -> None:
+        """The table as Parquet, one row group per `chunk_rows` rows (only one chunk's
+        Arrow arrays exist at a time). Vocabulary columns are dictionary-encoded (null for
+        "none"), so any Parquet reader sees names; `metadata` goes into the file's
+        key-value metadata."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        names = self.names()
+        known = COLUMNS | OPTIONAL_COLUMNS
+        dicts = {k: pa.array(self.vocab[v], type=pa.string()) for k in names if (v := known[k][1])}
+        fields = [pa.field(k, pa.dictionary(pa.int32(), pa.string()) if k in dicts
+                           else pa.from_numpy_dtype(self.cols[k].dtype)) for k in names]
+        schema = pa.schema(fields, metadata=metadata)
+        with pq.ParquetWriter(str(path), schema) as w:
+            n = len(self)
+            for lo in range(0, max(n, 1), chunk_rows):
+                arrays = []
+                for k in names:
+                    col = self.cols[k][lo:lo + chunk_rows]
+                    if k in dicts:
+                        idx = pa.array(np.maximum(col, 0).astype(np.int32), mask=col < 0)
+                        arrays.append(pa.DictionaryArray.from_arrays(idx, dicts[k]))
+                    else:
+                        arrays.append(pa.array(col))
+                w.write_table(pa.Table.from_arrays(arrays, schema=schema))
+
+    @classmethod
+    def read_parquet(cls, path: Path) -> tuple[AttemptTable, dict[bytes, bytes]]:
+        """A table written by write_parquet(), and the file's key-value metadata."""
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(str(path))
+        known = COLUMNS | OPTIONAL_COLUMNS
+        cols: dict[str, Any] = {}
+        vocab: dict[str, list[str]] = {}
+        for k in t.column_names:
+            if k not in known:
+                continue
+            voc = known[k][1]
+            arr = t.column(k).combine_chunks()
+            if voc is None:
+                cols[k] = arr.to_numpy(zero_copy_only=False)
+                continue
+            names = arr.dictionary.to_pylist()
+            if vocab.setdefault(voc, names) != names:
+                raise ValueError(f"column {k}: its vocabulary differs from the other {voc} column's")
+            cols[k] = np.asarray(arr.indices.fill_null(-1).to_numpy(zero_copy_only=False))
+        cols.setdefault("t", [])
+        return cls.build(cols, vocab, sort=False), dict(t.schema.metadata or {})
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AttemptTable:
         known = COLUMNS | OPTIONAL_COLUMNS
@@ -462,6 +513,25 @@ class RunResult:
             notes=d.get("notes", []),
             meta=d.get("meta", {}),
         )
+
+    def save_parquet(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """The attempt table as Parquet (AttemptTable.write_parquet), with the rest of the
+        result (to_json() without records, plus `extra`) as JSON in the file's metadata
+        under "tcpreuse.result". For runs too large for a JSON file of records."""
+        doc = {**self.to_json(records=False), **(extra or {})}
+        self.attempts.write_parquet(path, {"tcpreuse.result": dumps(doc)})
+
+    @classmethod
+    def load_parquet(cls, path: Path) -> tuple[RunResult, dict[str, Any]]:
+        """A result written by save_parquet(), and its JSON document (with `extra`)."""
+        table, meta = AttemptTable.read_parquet(path)
+        raw = meta.get(b"tcpreuse.result")
+        if raw is None:
+            raise ValueError("a Parquet file without tcpreuse's result metadata")
+        doc = json.loads(raw)
+        run = cls.from_json(doc)
+        run.attempts = table
+        return run, doc
 
     def save(self, path: Path, records: bool = True) -> None:
         path.write_text(json.dumps(self.to_json(records=records), default=_json_default))

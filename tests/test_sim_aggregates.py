@@ -7,6 +7,7 @@ the findings the same."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from sim_golden import DURATIONS  # tests/ is on sys.path (as in test_sim_golden
 from tcpreuse.diagnose.base import Evidence, diagnose
 from tcpreuse.diagnose.runfacts import cause_stats
 from tcpreuse.diagnose.whatif import summarize
-from tcpreuse.result import REASONS, RunResult
+from tcpreuse.result import REASONS, RunResult, dumps
 from tcpreuse.scenario.loader import load_scenario
 from tcpreuse.sim.engine import Engine
 from tcpreuse.sweep.point import summarize as point_summary
@@ -63,3 +64,23 @@ def test_aggregates_equal_rows(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(set(DURATIONS) - set(QUICK)))
 def test_aggregates_equal_rows_all(name: str) -> None:
     _check(name, DURATIONS[name])
+
+
+def test_result_parquet_round_trips_the_attempt_table(tmp_path: Any) -> None:
+    """simulate --result FILE.parquet: the same columns and vocabularies as the JSON records,
+    readable by `tcpreuse report` (the rest of the result rides in the file's metadata)."""
+    pytest.importorskip("pyarrow")
+    from tcpreuse.report.kinds import load
+
+    sc = load_scenario("client-exhaustion", {"duration_s": 20.0})
+    run = Engine(sc).run()
+    p = tmp_path / "run.parquet"
+    run.attempts.write_parquet(p, {}, chunk_rows=1000)  # several row groups
+    back, _ = type(run.attempts).read_parquet(p)
+    assert back.vocab == run.attempts.vocab and back.names() == run.attempts.names()
+    for k, col in run.attempts.cols.items():
+        assert back.cols[k].dtype == col.dtype and back.cols[k].tobytes() == col.tobytes(), k
+    run.save_parquet(p, {"findings": []})
+    loaded = load(p)
+    assert loaded.kind == "run" and loaded.findings == []
+    assert json.loads(dumps(loaded.data.to_json(records=True))) == json.loads(dumps(run.to_json(records=True)))

@@ -40,6 +40,15 @@ def load(path: str | Path) -> Loaded:
             head = fh.read(4)
     except OSError as e:
         raise ReportError(f"{p}: cannot read: {e.strerror}") from None
+    if head == b"PAR1":  # simulate --result FILE.parquet
+        from ..result import RunResult
+
+        try:
+            run, doc = RunResult.load_parquet(p)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ReportError(f"{p}: a Parquet file, but not a tcpreuse result: {e}") from None
+        findings = [Finding.from_json(f) for f in doc["findings"]] if "findings" in doc else None
+        return Loaded("run", run, findings)
     if head in PCAP_MAGIC:
         from ..capture.analysis import analyze_paths
         from ..diagnose.base import Evidence, diagnose
