@@ -106,7 +106,7 @@ def live(sc: Any) -> float:
     """Attempts whose state is held at once: the connection rate over LIVE_WINDOW_S (and
     application retries on top, at most)."""
     window = min(LIVE_WINDOW_S, sc.duration_s)
-    return sum(w.connection_rate * window * (1 + w.retries) for w in sc.workload)
+    return float(sum(w.connection_rate * window * (1 + w.retries) for w in sc.workload))
 
 
 def estimate(sc: Any, is_compiled: bool | None = None, records: bool = False,
