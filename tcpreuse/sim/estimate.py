@@ -8,12 +8,13 @@ only aggregates are kept (sim/sink.py). `simulate`, `sweep` and `capacity` estim
 and refuse, with the estimate and the flag that overrides, a run that would not fit
 this machine's available memory (psutil) or the time bound.
 
-The figures were measured on this code (seed scenario, peak RSS): compiled, aggregates
-only, 1 h at 10,000 connections/s (36 M attempts) peaks at about 1 GB, nearly all of it
-the live state of ~600 k TIME_WAIT sockets and their indexes (about 1.3 KB each); pure
-Python holds about twice as much per live object. Speed ~200,000 attempts/s compiled and
-~40,000/s pure Python on one idle core. Estimates are meant to catch runs that are out by
-orders of magnitude, not to predict to the second.
+The figures were measured on this code (seed scenario, compiled, peak RSS): 90 / 900 s
+at 2,000/s take 135 / 177 MB keeping aggregates only and 159 / 421 MB with rows; 1 h at
+10,000 connections/s (36 M attempts, aggregates only) levels off at about 525 MB, most of
+it the live state of ~600 k TIME_WAIT sockets and their indexes (~650 bytes each; the
+estimate allows twice that; pure Python about twice again). Speed ~100,000-200,000
+attempts per CPU second compiled and ~40,000 pure Python. Estimates are meant to catch
+runs that are out by orders of magnitude, not to predict to the second.
 """
 
 from __future__ import annotations
