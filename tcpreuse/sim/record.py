@@ -82,14 +82,21 @@ def _by_first(counts: dict[str, int], first: dict[str, int]) -> dict[str, int]:
     return {k: counts[k] for k in sorted(counts, key=lambda k: (k != "", first[k]))}
 
 
+def _ok_before(bits: bytearray, i: int) -> int:
+    """Successful attempts among the first i (bit k of `bits`: attempt k succeeded)."""
+    whole = bits[: i >> 3]
+    n = int.from_bytes(whole, "little").bit_count()
+    if (i >> 3) < len(bits):
+        n += (bits[i >> 3] & ((1 << (i & 7)) - 1)).bit_count()
+    return n
+
+
 def _aggregates(eng: Engine) -> Aggregates:
     s = eng.sink
     ff = None
     if s.ff_idx >= 0:
         ff = {"index": s.ff_idx, "time_s": round(s.ff_t, 6), "outcome": s.ff_outcome, "reason": s.ff_reason}
     causes = {}
-    ok = np.unpackbits(np.frombuffer(bytes(s.ok_bits), dtype=np.uint8), bitorder="little")
-    ok_before = np.concatenate([np.zeros(1, np.int64), np.cumsum(ok, dtype=np.int64)])
     hosts = list(eng.hosts)
     for name, c in s.causes.items():
         errnos = {k: c.errnos[k] for k in sorted(c.errnos, key=lambda k: (k != "", s.outcome_first[k]))}
@@ -97,7 +104,7 @@ def _aggregates(eng: Engine) -> Aggregates:
                                     first_index=c.first_index, first_t=c.first_t,
                                     first_client=hosts[c.first_client], first_dst=int2ip(c.first_daddr),
                                     first_dport=c.first_dport,
-                                    ok_before=int(ok_before[min(c.first_index, len(ok_before) - 1)]),
+                                    ok_before=_ok_before(s.ok_bits, c.first_index),
                                     errnos=errnos,
                                     delayed_ms=dict(c.delayed_ms))
     return Aggregates(attempts=s.n, outcomes=_by_first(s.outcomes, s.outcome_first),
