@@ -10,7 +10,8 @@ this machine's available memory (psutil) or the time bound.
 
 The figures were measured on this code (seed scenario, compiled, peak RSS): 90 / 900 s
 at 2,000/s take 135 / 177 MB keeping aggregates only and 159 / 421 MB with rows; 1 h at
-10,000 connections/s (36 M attempts, aggregates only) levels off at about 525 MB, most of
+10,000 connections/s (36 M attempts, aggregates only) peaks at 543 MB, flat after the
+first minute, most of
 it the live state of ~600 k TIME_WAIT sockets and their indexes (~650 bytes each; the
 estimate allows twice that; pure Python about twice again). Speed ~100,000-200,000
 attempts per CPU second compiled and ~40,000 pure Python. Estimates are meant to catch
