@@ -23,6 +23,7 @@ COMPILED = [
     "tcpreuse/sim/arrivals.py",
     "tcpreuse/sim/host.py",
     "tcpreuse/sim/events.py",
+    "tcpreuse/sim/sink.py",
     "tcpreuse/sim/engine.py",
 ]
 

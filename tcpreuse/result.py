@@ -191,6 +191,57 @@ class AttemptTable:
         voc = {k: list(vocab.get(k, [])) for k in ("outcome", "reason", "workload", "host", "addr")}
         return cls(cols=out, vocab=voc)
 
+    def write_parquet(self, path: Path, metadata: dict[str, str], chunk_rows: int = 1 << 20) -> None:
+        """The table as Parquet, one row group per `chunk_rows` rows (only one chunk's
+        Arrow arrays exist at a time). Vocabulary columns are dictionary-encoded (null for
+        "none"), so any Parquet reader sees names; `metadata` goes into the file's
+        key-value metadata."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        names = self.names()
+        known = COLUMNS | OPTIONAL_COLUMNS
+        dicts = {k: pa.array(self.vocab[v], type=pa.string()) for k in names if (v := known[k][1])}
+        fields = [pa.field(k, pa.dictionary(pa.int32(), pa.string()) if k in dicts
+                           else pa.from_numpy_dtype(self.cols[k].dtype)) for k in names]
+        schema = pa.schema(fields, metadata=metadata)
+        with pq.ParquetWriter(str(path), schema) as w:
+            n = len(self)
+            for lo in range(0, max(n, 1), chunk_rows):
+                arrays = []
+                for k in names:
+                    col = self.cols[k][lo:lo + chunk_rows]
+                    if k in dicts:
+                        idx = pa.array(np.maximum(col, 0).astype(np.int32), mask=col < 0)
+                        arrays.append(pa.DictionaryArray.from_arrays(idx, dicts[k]))
+                    else:
+                        arrays.append(pa.array(col))
+                w.write_table(pa.Table.from_arrays(arrays, schema=schema))
+
+    @classmethod
+    def read_parquet(cls, path: Path) -> tuple[AttemptTable, dict[bytes, bytes]]:
+        """A table written by write_parquet(), and the file's key-value metadata."""
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(str(path))
+        known = COLUMNS | OPTIONAL_COLUMNS
+        cols: dict[str, Any] = {}
+        vocab: dict[str, list[str]] = {}
+        for k in t.column_names:
+            if k not in known:
+                continue
+            voc = known[k][1]
+            arr = t.column(k).combine_chunks()
+            if voc is None:
+                cols[k] = arr.to_numpy(zero_copy_only=False)
+                continue
+            names = arr.dictionary.to_pylist()
+            if vocab.setdefault(voc, names) != names:
+                raise ValueError(f"column {k}: its vocabulary differs from the other {voc} column's")
+            cols[k] = np.asarray(arr.indices.fill_null(-1).to_numpy(zero_copy_only=False))
+        cols.setdefault("t", [])
+        return cls.build(cols, vocab, sort=False), dict(t.schema.metadata or {})
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AttemptTable:
         known = COLUMNS | OPTIONAL_COLUMNS
@@ -198,6 +249,74 @@ class AttemptTable:
                 for k, vals in data["cols"].items() if k in known}
         cols.setdefault("t", [])  # a file with no attempts
         return cls.build(cols, data["vocab"], sort=False)
+
+
+def nearest_rank_counts(counts: dict[float, int], digits: int = 3) -> dict[str, Any]:
+    """nearest_rank() of values given as value -> how many times it occurs."""
+    keys = sorted(counts)
+    n = sum(counts.values())
+    out: dict[str, Any] = {"count": n}
+    ranks = [(name, -(-permille * n // 1000)) for name, permille in PERCENTILES]
+    cum, j = 0, 0
+    got: dict[str, float] = {}
+    for k in keys:
+        cum += counts[k]
+        while j < len(ranks) and ranks[j][1] <= cum:
+            got[ranks[j][0]] = k
+            j += 1
+    for name, _ in PERCENTILES:
+        out[name] = round(float(got[name]), digits) if n else None
+    out["max"] = round(float(keys[-1]), digits) if n else None
+    return out
+
+
+@dataclass
+class CauseSummary:
+    """One problem (a reason code met as an attempt's reason or cause), summed over a run."""
+
+    attempts: int
+    failed: int
+    delayed: int
+    first_index: int  # the first attempt (in start order) that met it
+    first_t: float
+    first_client: str = ""  # the first attempt's client host, destination address and port
+    first_dst: str = ""
+    first_dport: int = 0
+    ok_before: int = 0  # attempts before the first that succeeded
+    errnos: dict[str, int] = field(default_factory=dict)  # outcomes of the failed ones
+    delayed_ms: dict[float, int] = field(default_factory=dict)  # connect() ms of the others (1 us)
+
+    def delayed_median_ms(self) -> float | None:
+        """The median (as numpy's: the mean of the two middle values for an even count)."""
+        n = sum(self.delayed_ms.values())
+        if not n:
+            return None
+        want = [(n - 1) // 2, n // 2]  # 0-based ranks of the middle value(s)
+        vals: list[float] = []
+        cum = 0
+        for k in sorted(self.delayed_ms):
+            c = self.delayed_ms[k]
+            while want and want[0] < cum + c:
+                vals.append(k)
+                want.pop(0)
+            cum += c
+        return (vals[0] + vals[1]) / 2
+
+
+@dataclass
+class Aggregates:
+    """A run summed up, for a run kept without per-attempt rows (simulate's aggregates-only
+    mode): every figure RunResult reports and the diagnosis reads, equal to what the rows
+    would give (latencies counted per value rounded to 1 us, as the percentiles are)."""
+
+    attempts: int
+    outcomes: dict[str, int]  # in the order AttemptTable.counts() gives
+    reasons: dict[str, int]
+    failed: int
+    delayed: int
+    first_failure: dict[str, Any] | None
+    ok_connect_ms: dict[float, int]  # connect() ms of the successful attempts -> count
+    causes: dict[str, CauseSummary] = field(default_factory=dict)
 
 
 @dataclass
@@ -290,20 +409,41 @@ class RunResult:
     seed: int | None = None
     notes: list[str] = field(default_factory=list)  # warnings worth showing a person
     meta: dict[str, Any] = field(default_factory=dict)  # kernel version, engine stats, ...
+    # Set when the run kept no per-attempt rows (then `attempts` is empty): the summaries
+    # below come from here.
+    aggregates: Aggregates | None = None
+
+    def attempt_count(self) -> int:
+        return self.aggregates.attempts if self.aggregates is not None else len(self.attempts)
 
     # ---- summaries -------------------------------------------------------------------
     def outcomes(self) -> dict[str, int]:
+        if self.aggregates is not None:
+            return dict(self.aggregates.outcomes)
         return self.attempts.counts("outcome")
 
     def reasons(self) -> dict[str, int]:
+        if self.aggregates is not None:
+            return dict(self.aggregates.reasons)
         return self.attempts.counts("reason")
 
+    def failed_count(self) -> int:
+        if self.aggregates is not None:
+            return self.aggregates.failed
+        return int(self.attempts.failed_mask().sum()) if len(self.attempts) else 0
+
     def failure_rate(self) -> float:
+        if self.aggregates is not None:
+            ag = self.aggregates
+            return ag.failed / ag.attempts if ag.attempts else 0.0
         n = len(self.attempts)
         return float(self.attempts.failed_mask().sum()) / n if n else 0.0
 
     def delayed_rate(self) -> float:
         """Share of attempts that succeeded only after a SYN retransmission or retry."""
+        if self.aggregates is not None:
+            ag = self.aggregates
+            return ag.delayed / ag.attempts if ag.attempts else 0.0
         n = len(self.attempts)
         if not n:
             return 0.0
@@ -311,6 +451,9 @@ class RunResult:
         return float(np.isin(self.attempts.cols["reason"], codes).sum()) / n
 
     def first_failure(self) -> dict[str, Any] | None:
+        if self.aggregates is not None:
+            ff = self.aggregates.first_failure
+            return None if ff is None else dict(ff)
         mask = self.attempts.failed_mask()
         if not mask.any():
             return None
@@ -323,6 +466,12 @@ class RunResult:
         }
 
     def connect_percentiles(self, outcome_ok_only: bool = True) -> dict[str, float | None]:
+        if self.aggregates is not None:
+            if not outcome_ok_only:
+                raise ValueError("a run kept as aggregates has the latencies of successful attempts only")
+            agg = nearest_rank_counts(self.aggregates.ok_connect_ms)
+            del agg["count"]
+            return agg
         lat = self.attempts.cols["connect_ms"]
         if outcome_ok_only:
             lat = lat[~self.attempts.failed_mask()]
@@ -346,7 +495,7 @@ class RunResult:
             "scenario": self.scenario,
             "seed": self.seed,
             "duration_s": self.duration_s,
-            "attempts": len(self.attempts),
+            "attempts": self.attempt_count(),
             "outcomes": self.outcomes(),
             "reasons": self.reasons(),
             "failure_rate": round(self.failure_rate(), 6),
@@ -359,7 +508,7 @@ class RunResult:
             "notes": self.notes,
             "meta": self.meta,
         }
-        if records:
+        if records and self.aggregates is None:
             d["records"] = self.attempts.to_json()
         return d
 
@@ -378,6 +527,25 @@ class RunResult:
             notes=d.get("notes", []),
             meta=d.get("meta", {}),
         )
+
+    def save_parquet(self, path: Path, extra: dict[str, Any] | None = None) -> None:
+        """The attempt table as Parquet (AttemptTable.write_parquet), with the rest of the
+        result (to_json() without records, plus `extra`) as JSON in the file's metadata
+        under "tcpreuse.result". For runs too large for a JSON file of records."""
+        doc = {**self.to_json(records=False), **(extra or {})}
+        self.attempts.write_parquet(path, {"tcpreuse.result": dumps(doc)})
+
+    @classmethod
+    def load_parquet(cls, path: Path) -> tuple[RunResult, dict[str, Any]]:
+        """A result written by save_parquet(), and its JSON document (with `extra`)."""
+        table, meta = AttemptTable.read_parquet(path)
+        raw = meta.get(b"tcpreuse.result")
+        if raw is None:
+            raise ValueError("a Parquet file without tcpreuse's result metadata")
+        doc = json.loads(raw)
+        run = cls.from_json(doc)
+        run.attempts = table
+        return run, doc
 
     def save(self, path: Path, records: bool = True) -> None:
         path.write_text(json.dumps(self.to_json(records=records), default=_json_default))

@@ -89,7 +89,7 @@ def test_bad_file_names_line(tmp_path: Path) -> None:
     (["--duration", "inf"], "'--duration': 'inf': give a finite number of seconds above 0"),
     (["--duration", "nan"], "'--duration': 'nan': give a finite number of seconds above 0"),
     (["--set", "duration_s=inf"], "duration_s: Input should be a finite number"),
-    (["--duration", "1e7"], "will not fit this machine's memory: ≈20.0 G attempts"),
+    (["--duration", "1e9"], "will not fit this machine's memory: ≈2.0 T attempts"),
     (["--set", "workload.rate=1e9"], "will not fit this machine's memory: ≈90.0 G attempts"),
     (["--duration", "1800", "--time-limit", "1"], "would take too long: ≈3.6 M attempts"),
 ])

@@ -29,7 +29,9 @@ from .options import OUT_FILE, SECONDS
 @click.option("--fixes", is_flag=True, help="Re-simulate every candidate fix and rank them.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the report.")
 @click.option("--result", "result_path", type=OUT_FILE,
-              help="Also write the full RunResult (with per-attempt records) as JSON.")
+              help="Also write the full RunResult with per-attempt records: as JSON, or, for a FILE "
+              "ending in .parquet, the attempt table as Parquet (row groups of 1 M attempts) with the "
+              "rest of the result as JSON in the file's metadata.")
 @click.option("--attempts-csv", type=OUT_FILE,
               help="Write every attempt as CSV.")
 @click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Processes for --fixes (default: cores).")
@@ -56,7 +58,17 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
     if seed is not None:
         overrides["seed"] = seed
     sc = load_scenario(scenario, overrides)
-    est = estimate(sc)
+    # Per-attempt rows only when something writes or plots them; otherwise the run keeps
+    # aggregates only and its memory follows the live connections, not its length.
+    records = result_path is not None or attempts_csv is not None or html_path is not None
+    parquet = result_path is not None and result_path.suffix == ".parquet"
+    if parquet:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise TcpreuseError("--result FILE.parquet needs pyarrow",
+                                hint="pip install 'tcpreuse[parquet]', or give a .json FILE") from None
+    est = estimate(sc, records=records, records_json=result_path is not None and not parquet)
     check(est, what=f"simulating {sc.name} for {sc.duration_s:g} s", force=force, time_limit_s=time_limit)
     err = Console(stderr=True)
     show_progress = sys.stderr.isatty() and not as_json
@@ -76,13 +88,13 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
 
             def tick(t: float, n: int) -> None:
                 prog.update(task, completed=t, n=n)
-                if t >= sc.duration_s:
+                if t >= sc.duration_s and records:
                     phase(f"{sc.name}: recording the attempts", n)
 
-            run = Engine(sc, progress=tick).run()
-            phase(f"{sc.name}: diagnosing", len(run.attempts))
+            run = Engine(sc, progress=tick, records=records).run()
+            phase(f"{sc.name}: diagnosing", run.attempt_count())
         else:
-            run = Engine(sc).run()
+            run = Engine(sc, records=records).run()
         ev = Evidence(source="simulate", run=run, scenario=sc)
         findings = diagnose(ev)
         if fixes:
@@ -95,7 +107,11 @@ def simulate(scenario: str, duration: float | None, seed: int | None, sets: tupl
                 ranked = prove_fixes(scenario, overrides, base, findings, workers)
     if result_path is not None:
         try:
-            result_path.write_text(dumps({**run.to_json(records=True), "findings": [f.to_json() for f in findings]}))
+            extra = {"findings": [f.to_json() for f in findings]}
+            if parquet:
+                run.save_parquet(result_path, extra)
+            else:
+                result_path.write_text(dumps({**run.to_json(records=True), **extra}))
         except OSError as e:
             raise TcpreuseError(f"cannot write {result_path}: {e.strerror}") from None
     if attempts_csv is not None:

@@ -27,9 +27,21 @@ class CauseStats:
     first_t: float
     errnos: dict[str, int] = field(default_factory=dict)
     connect_ms_p50: float | None = None  # of the delayed ones
+    first_client: str = ""  # the first attempt's client, destination address and port
+    first_dst: str = ""
+    first_dport: int = 0
+    ok_before: int = 0  # attempts before the first that succeeded
 
 
 def cause_stats(run: RunResult, cause: str) -> CauseStats | None:
+    if run.aggregates is not None:  # a run kept without per-attempt rows
+        s = run.aggregates.causes.get(cause)
+        if s is None:
+            return None
+        return CauseStats(cause=cause, attempts=s.attempts, failed=s.failed, delayed=s.delayed,
+                          first_index=s.first_index, first_t=s.first_t, errnos=dict(s.errnos),
+                          connect_ms_p50=s.delayed_median_ms(), first_client=s.first_client,
+                          first_dst=s.first_dst, first_dport=s.first_dport, ok_before=s.ok_before)
     a = run.attempts
     code = a.code("reason", cause)
     if code < 0:
@@ -52,6 +64,9 @@ def cause_stats(run: RunResult, cause: str) -> CauseStats | None:
         cause=cause, attempts=n, failed=int(failed.sum()), delayed=int(delayed.sum()),
         first_index=first, first_t=float(a.cols["t"][first]), errnos=errnos,
         connect_ms_p50=float(np.median(lat)) if lat.size else None,
+        first_client=a.name("client", int(a.cols["client"][first])),
+        first_dst=a.name("dst", int(a.cols["dst"][first])), first_dport=int(a.cols["dport"][first]),
+        ok_before=int((~a.failed_mask()[:first]).sum()),
     )
 
 

@@ -27,7 +27,7 @@ class Summary:
 
 
 def summarize(run: Any) -> Summary:
-    return Summary(len(run.attempts), run.failure_rate(), run.delayed_rate(),
+    return Summary(run.attempt_count(), run.failure_rate(), run.delayed_rate(),
                    run.connect_percentiles()["p99"])
 
 
@@ -37,7 +37,7 @@ def run_variant(ref: str, overrides: dict[str, Any]) -> Summary:
     from ..sim.engine import simulate
 
     try:
-        return summarize(simulate(load_scenario(ref, overrides)))
+        return summarize(simulate(load_scenario(ref, overrides), records=False))
     except TcpreuseError as e:
         return Summary(0, 0.0, 0.0, None, error=e.message)
 

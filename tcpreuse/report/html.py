@@ -133,7 +133,7 @@ def write(path: str | os.PathLike[str], page: Page) -> Path:
 # ---- runs -----------------------------------------------------------------------------
 
 def run_verdict(run: RunResult, findings: Sequence[Finding]) -> tuple[str, str, list[str]]:
-    n = len(run.attempts)
+    n = run.attempt_count()
     if not n:
         return "No connection attempt was recorded.", "warn", []
     fr, dr = run.failure_rate(), run.delayed_rate()
@@ -237,7 +237,7 @@ def run_page(run: RunResult, findings: list[Finding], *, scenario: Scenario | No
     if run.source != "analyze" and capture is None:
         page.add(plots.host_series(tl.t, tl.hosts, "established", "Established connections per host", onset,
                                    "established"))
-    n = len(run.attempts)
+    n = run.attempt_count()
     reasons = run.reasons()
     if reasons:
         page.tables.append(TableData("What happened to the attempts", ["reason", "attempts", "share", "meaning"],

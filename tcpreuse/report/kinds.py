@@ -45,8 +45,18 @@ def head(path: str | Path, n: int = 4) -> bytes:
 
 
 def load_json(path: str | Path) -> Loaded:
-    """A result file (one JSON document, or one per line) as the kind it is."""
+    """A result file (one JSON document, one per line, or `simulate --result FILE.parquet`)
+    as the kind it is."""
     p = Path(path)
+    if head(p) == b"PAR1":  # simulate --result FILE.parquet
+        from ..result import RunResult
+
+        try:
+            run, doc = RunResult.load_parquet(p)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ReportError(f"{p}: a Parquet file, but not a tcpreuse result: {e}") from None
+        findings = [Finding.from_json(f) for f in doc["findings"]] if "findings" in doc else None
+        return Loaded("run", run, findings)
     try:
         text = p.read_text()
     except OSError as e:

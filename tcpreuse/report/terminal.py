@@ -56,7 +56,7 @@ def fmt_ms(ms: float | None) -> str:
 
 
 def run_summary(run: RunResult, title: str = "") -> RenderableType:
-    n = len(run.attempts)
+    n = run.attempt_count()
     outs = run.outcomes()
     parts = []
     for k, v in sorted(outs.items(), key=lambda kv: (kv[0] != "ok", -kv[1])):

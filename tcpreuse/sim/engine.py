@@ -51,6 +51,7 @@ from .arrivals import arrival_times
 from .events import Event, EventHeap, Lane, advance
 from .host import DestPorts, Key, SimHost, TwQueue, listen_key, make_key, unhash
 from .record import build_result
+from .sink import Sink
 
 EV_ARRIVAL: Final = 0
 EV_SYN: Final = 1
@@ -132,6 +133,8 @@ class Attempt:
         self.sk: Key = NO_KEY  # the server's key, set by each routed SYN
         self.t_close = 0.0  # when its CLOSE event is due, and that event's sequence number
         self.seq_close = 0  # (set by Engine.push_close: the close lane holds attempts)
+        self.idx = 0  # its row: the attempts started before it
+        self.pending = 0  # its events not yet processed; done and none pending: recorded
 
 
 class PortCheck:
@@ -163,8 +166,10 @@ class PortCheck:
 
 
 class Engine:
-    def __init__(self, sc: Scenario, progress: Callable[[float, int], None] | None = None) -> None:
+    def __init__(self, sc: Scenario, progress: Callable[[float, int], None] | None = None,
+                 records: bool = True) -> None:
         self.sc = sc
+        self.records = records
         self.progress = progress
         self.rtt = sc.path.rtt_ms / 1000.0
         self.half = self.rtt / 2
@@ -178,7 +183,10 @@ class Engine:
         self.lane_head = 0
         self.ack_lane = Lane()  # final ACKs: 1.5 RTT after their SYN, so in time order
         self.seq = 0
-        self.atts: list[Attempt] = []
+        # Attempts started and not yet recorded (in self.sink), by index: live state only.
+        self.live: dict[int, Attempt] = {}
+        self.n_atts = 0
+        self.started: Attempt | None = None  # the attempt the last _start() made
         self.events = 0
         self.wall_s = 0.0
         self.hosts: dict[str, SimHost] = {}
@@ -196,6 +204,7 @@ class Engine:
                     h.bound_ports.add(port)
                 h.workers = g.workers
                 h.service_s = g.service_ms / 1000.0
+            h.index = len(self.hosts)  # its code in the attempt table's host vocabulary
             self.hosts[h.name] = h
             self.groups.setdefault(inst.group, []).append(h)
             for a in h.addrs:
@@ -245,6 +254,7 @@ class Engine:
         self.samples: dict[str, dict[str, list[int]]] = {
             h: {"time_wait": [], "established": []} for h in self.hosts}
         self.port_series: dict[tuple[str, int, int, int], list[int]] = {}
+        self.sink = Sink(records, self.step, self.nsteps)
         self.end_state: dict[str, dict[str, int]] = {}  # per host, at end_s
         self.end_s = self.end  # the end of the run (_run): max(duration_s, the last event)
         # audit: check invariants as sockets are created (tests; off by default)
@@ -256,17 +266,25 @@ class Engine:
         self.seq += 1
         self.heap.push(Event(t, self.seq, kind, obj))
 
+    def push_att(self, t: float, kind: int, att: Attempt) -> None:
+        """An event of one attempt (every kind but ARRIVAL and RETRY)."""
+        att.pending += 1
+        self.seq += 1
+        self.heap.push(Event(t, self.seq, kind, att))
+
     def push_close(self, t: float, att: Attempt) -> None:
         """A CLOSE event. Close delays are constant per workload and server unless an accept
         queue builds up, so closes mostly arrive in time order: they go to a FIFO lane
         (cheaper than the heap) when they keep its order, else to the heap."""
         lane = self.close_lane
+        att.pending += 1
         if self.lane_head >= len(lane) or lane[-1].t_close <= t:
             self.seq += 1
             att.t_close, att.seq_close = t, self.seq
             lane.append(att)
         else:
-            self.push(t, EV_CLOSE, att)
+            self.seq += 1
+            self.heap.push(Event(t, self.seq, EV_CLOSE, att))
 
     # ---- run -----------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -315,6 +333,7 @@ class Engine:
         acks = self.ack_lane
         aq = acks.items
         obj: Any = None
+        a: Attempt | None = None
         kind = 0
         t = 0.0
         while hq or arr_t or lh < len(lane) or acks.head < len(aq):
@@ -365,7 +384,7 @@ class Engine:
                 if self.next_sample > end:
                     sampling = False
                 if self.progress is not None:
-                    self.progress(min(t, self.end), len(self.atts))
+                    self.progress(min(t, self.end), self.n_atts)
             n += 1
             if kind == EV_ARRIVAL:
                 self._arrival(t, obj)
@@ -386,16 +405,27 @@ class Engine:
             elif kind == EV_RETRY:
                 wl, client, retries_left, cause = obj
                 self._start(t, wl, client, retries_left, cause)
+            # Record the attempt once it is done and no event of its own is left (the one
+            # path that changes a done attempt is an accept retry: see _accept_retry).
+            if kind in (EV_ARRIVAL, EV_RETRY):
+                a = self.started
+            else:
+                a = obj
+                a.pending -= 1
+            if a is not None and a.state == DONE and a.pending == 0:
+                self._record(a)
         while sampling and self.next_sample <= end:
             self._sample(self.next_sample)
             self.next_sample += self.step
         if self.progress is not None:
-            self.progress(self.end, len(self.atts))
+            self.progress(self.end, self.n_atts)
         # The end of the run, one moment for everything that is "at the end": the later of
         # duration_s and the last event (an attempt started before duration_s that was
         # still connecting or open then is followed to its end, as the lab waits for it).
         # Outcomes, counters and end_state are all as of end_s.
         self.end_s = max(self.end, t)
+        for i in sorted(self.live):  # in flight at the end (waiting in an accept queue, ...)
+            self._record(self.live[i])
         self._record_end_state()
         for h in self.hosts.values():
             h.flush_counters()
@@ -411,8 +441,11 @@ class Engine:
 
     def _start(self, t: float, wl: WorkloadRT, c: SimHost, retries_left: int, retry_cause: str) -> None:
         att = Attempt(wl, c, t)
-        idx = len(self.atts)
-        self.atts.append(att)
+        idx = self.n_atts
+        self.n_atts += 1
+        att.idx = idx
+        self.live[idx] = att
+        self.started = att
         att.retries_left = retries_left
         if retry_cause:
             att.cause = retry_cause
@@ -485,6 +518,16 @@ class Engine:
             att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport)
         c.n_active_opens += 1  # TcpActiveOpens (SimHost.flush_counters)
         self._syn(att, t)
+
+    def _record(self, att: Attempt) -> None:
+        """Hand a finished attempt to the sink (once) and forget it."""
+        if self.live.pop(att.idx, None) is None:
+            return
+        srv = att.srv
+        self.sink.add(att.idx, att.t0, att.connect_ms, att.tries, att.outcome, att.reason, att.cause,
+                      att.wl.index, att.client.index, srv.index if srv is not None else -1,
+                      att.saddr, att.daddr, att.r_saddr, att.r_daddr,
+                      att.sport, att.dport, att.r_sport, att.r_dport)
 
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
                        t: float) -> None:
@@ -705,6 +748,7 @@ class Engine:
             lst.syn_queue += 1
         self.seq += 1
         ev = Event(t_est + self.half, self.seq, EV_FINAL_ACK, att)
+        att.pending += 1
         if not self.ack_lane.push(ev):
             self.heap.push(ev)
 
@@ -731,7 +775,7 @@ class Engine:
         for name in counters:
             srv.inc(name, n)
         att.waiting = 1
-        self.push(self._data_retry(att, t - self.half, 1), EV_ACCEPT_RETRY, att)
+        self.push_att(self._data_retry(att, t - self.half, 1), EV_ACCEPT_RETRY, att)
 
     def _data_retry(self, att: Attempt, t_sent: float, k: int) -> float:
         """When the client re-sends its request the k-th time (1-based), the previous copy
@@ -762,7 +806,7 @@ class Engine:
             del srv.ehash[att.sk]
             self._conn_failed(att, t, att.client.errno_reset, "ack_dropped_listen_overflow")
             return
-        self.push(self._data_retry(att, t, att.waiting), EV_ACCEPT_RETRY, att)
+        self.push_att(self._data_retry(att, t, att.waiting), EV_ACCEPT_RETRY, att)
 
     def _enqueue_child(self, att: Attempt, lst: Listener, t: float) -> None:
         srv = att.srv
@@ -784,7 +828,7 @@ class Engine:
         t_done = max(t_accept, att.t_est + self.half) + svc + self.half
         t_done += (wl.n_req - 1) * (self.rtt + svc)
         if t_done - att.t_est > wl.request_timeout:
-            self.push(att.t_est + wl.request_timeout, EV_TIMEOUT, att)
+            self.push_att(att.t_est + wl.request_timeout, EV_TIMEOUT, att)
             return
         self.push_close(t_done + self.half, att)
 
@@ -848,7 +892,7 @@ class Engine:
                                                           c.ms(t_fire) - c.ms(att.t0), c.syn_budget_ms):
                 self._schedule_fail(att, t_fire)  # (at the deadline if that comes first)
             else:
-                self.push(t_fire, EV_SYN, att)
+                self.push_att(t_fire, EV_SYN, att)
             return
         offs = c.syn_offsets
         if att.tries >= len(offs):
@@ -861,10 +905,10 @@ class Engine:
         if t_next >= att.deadline or t_next >= give_up:
             self._schedule_fail(att, min(att.deadline, give_up))
             return
-        self.push(t_next, EV_SYN, att)
+        self.push_att(t_next, EV_SYN, att)
 
     def _schedule_fail(self, att: Attempt, t: float) -> None:
-        self.push(min(t, att.deadline), EV_FAIL, att)
+        self.push_att(min(t, att.deadline), EV_FAIL, att)
 
     def _refused(self, att: Attempt, t: float) -> None:
         c = att.client
@@ -963,6 +1007,8 @@ class Engine:
             nxt, lst = srv.accept_q.popleft()
             lst.accept_queue -= 1
             if nxt.state != ESTABLISHED:
+                if nxt.state == DONE and nxt.pending == 0:
+                    self._record(nxt)
                 continue
             self._serve(nxt, t)
 
@@ -1096,5 +1142,8 @@ class Engine:
             self.end_state[h.name] = {"time_wait": len(h.tw), "established": len(h.ehash)}
 
 
-def simulate(sc: Scenario, progress: Callable[[float, int], None] | None = None) -> RunResult:
-    return Engine(sc, progress).run()
+def simulate(sc: Scenario, progress: Callable[[float, int], None] | None = None,
+             records: bool = True) -> RunResult:
+    """Run `sc`. records=False keeps aggregates only (RunResult.aggregates, no rows):
+    memory then follows the live connections, not the run's length."""
+    return Engine(sc, progress, records).run()

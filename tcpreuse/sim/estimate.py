@@ -1,14 +1,21 @@
 """What a simulation will cost, before it starts: attempts, memory, time.
 
-The engine keeps every attempt (the RunResult has one row per attempt) and one timeline
-sample per host per second, so memory grows with rate x duration. `simulate`, `sweep` and
-`capacity` estimate first and refuse, with the estimate and the flag that overrides, a
-run that would not fit this machine's available memory (psutil) or the time bound.
+The engine holds the live attempts and sockets (connections in flight, TIME_WAIT: the
+connection rate times about a minute) and one timeline sample per host per second. A
+finished attempt costs a 62-byte row when per-attempt output is asked for (records=True:
+about 200 bytes at the end, when the rows become the result's columns), nothing when
+only aggregates are kept (sim/sink.py). `simulate`, `sweep` and `capacity` estimate first
+and refuse, with the estimate and the flag that overrides, a run that would not fit
+this machine's available memory (psutil) or the time bound.
 
-The figures per attempt were measured on this code (seed scenario, RSS growth over a run):
-about 1.1 KB per attempt compiled (3.6 M attempts, 3.8 GB) and 2.2 KB pure Python; speed
-~200,000 attempts/s compiled and ~40,000/s pure Python on one idle core. Estimates are
-meant to catch runs that are out by orders of magnitude, not to predict to the second.
+The figures were measured on this code (seed scenario, compiled, peak RSS): 90 / 900 s
+at 2,000/s take 135 / 177 MB keeping aggregates only and 159 / 421 MB with rows; 1 h at
+10,000 connections/s (36 M attempts, aggregates only) peaks at 543 MB, flat after the
+first minute, most of
+it the live state of ~600 k TIME_WAIT sockets and their indexes (~650 bytes each; the
+estimate allows twice that; pure Python about twice again). Speed ~100,000-200,000
+attempts per CPU second compiled and ~40,000 pure Python. Estimates are meant to catch
+runs that are out by orders of magnitude, not to predict to the second.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ from typing import Any
 
 from ..errors import TcpreuseError
 
-BYTES_PER_ATTEMPT = {True: 1_100, False: 2_200}  # compiled engine, pure Python
+BYTES_PER_ROW = 200  # a finished attempt's row, at its peak (records=True)
+BYTES_PER_JSON_ROW = 1_000  # ... written as JSON (RunResult.to_json(records=True): lists, then text)
+BYTES_PER_LIVE = {True: 1_300, False: 2_600}  # a live attempt or socket: compiled, pure Python
+LIVE_WINDOW_S = 60.0  # how long a connection's state lives: TIME_WAIT (TCP_TIMEWAIT_LEN)
 ATTEMPTS_PER_S = {True: 200_000.0, False: 40_000.0}
 BYTES_PER_SAMPLE = 80  # a timeline sample: two list items per host and per port series
 BASE_BYTES = 150 * 2**20  # the interpreter, numpy and the package
@@ -94,12 +104,23 @@ def attempts(sc: Any) -> float:
     return total
 
 
-def estimate(sc: Any, is_compiled: bool | None = None) -> Estimate:
+def live(sc: Any) -> float:
+    """Attempts whose state is held at once: the connection rate over LIVE_WINDOW_S (and
+    application retries on top, at most)."""
+    window = min(LIVE_WINDOW_S, sc.duration_s)
+    return float(sum(w.connection_rate * window * (1 + w.retries) for w in sc.workload))
+
+
+def estimate(sc: Any, is_compiled: bool | None = None, records: bool = False,
+             records_json: bool = False) -> Estimate:
+    """records: per-attempt rows are kept (simulate --attempts-csv/--html); records_json:
+    and written as JSON (--result)."""
     c = compiled() if is_compiled is None else is_compiled
     n = attempts(sc)
     hosts = sum(g.count for g in sc.host)
     steps = math.ceil(sc.duration_s) if math.isfinite(sc.duration_s) else math.inf
-    mem = BASE_BYTES + n * BYTES_PER_ATTEMPT[c] + steps * hosts * BYTES_PER_SAMPLE
+    mem = (BASE_BYTES + min(n, live(sc)) * BYTES_PER_LIVE[c] + (n * (BYTES_PER_JSON_ROW if records_json else BYTES_PER_ROW if records else 0))
+           + steps * hosts * BYTES_PER_SAMPLE)
     return Estimate(n, mem, n / ATTEMPTS_PER_S[c] + steps * hosts * 2e-6)
 
 

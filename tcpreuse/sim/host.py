@@ -139,6 +139,7 @@ class SimHost:
     def __init__(self, name: str, group: str, role: str, profile: Profile, settings: dict[str, Any],
                  params: dict[str, Any], addrs: list[int], seed: int, rng: random.Random) -> None:
         self.name, self.group, self.role = name, group, role
+        self.index = -1  # set by the engine: its place among the run's hosts
         self.is_client = role == "client"  # else a server
         self.p = profile
         self.settings = settings

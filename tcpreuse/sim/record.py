@@ -1,4 +1,4 @@
-"""From the engine's raw state to a RunResult: attempts to columns, timeline, counters."""
+"""From the engine's raw state to a RunResult: attempt rows (or aggregates), timeline, counters."""
 
 from __future__ import annotations
 
@@ -6,75 +6,130 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..result import AttemptTable, HostInfo, PortSeries, RunResult, Timeline
+from ..result import (
+    COLUMNS,
+    Aggregates,
+    AttemptTable,
+    CauseSummary,
+    HostInfo,
+    PortSeries,
+    RunResult,
+    Timeline,
+)
 from ..scenario.topology import int2ip
+from .sink import ROW_DTYPES, ROW_FIELDS
 
 if TYPE_CHECKING:
-    from .engine import Attempt, Engine
+    from .engine import Engine
 
 
-def _freeze(eng: Engine) -> AttemptTable:
-    """Attempts to columns, once, at the end (the run itself keeps raw ints)."""
-    atts: list[Attempt] = eng.atts
-    n = len(atts)
-    voc_out: dict[str, int] = {}
-    voc_reason: dict[str, int] = {}
+def _first_seen(cols: list[np.ndarray]) -> list[int]:
+    """Codes (>= 0) in the order they first occur, column after column."""
+    order: list[int] = []
+    seen: set[int] = set()
+    for col in cols:
+        codes, first = np.unique(col, return_index=True)
+        for c in codes[np.argsort(first, kind="stable")].tolist():
+            if c >= 0 and c not in seen:
+                seen.add(c)
+                order.append(c)
+    return order
 
-    def code(voc: dict[str, int], name: str) -> int:
-        if not name:
-            return -1
-        c = voc.get(name)
-        if c is None:
-            c = voc[name] = len(voc)
-        return c
 
-    host_names = list(eng.hosts)
-    host_idx = {h: i for i, h in enumerate(host_names)}
-    cols: dict[str, Any] = {
-        "t": np.fromiter((a.t0 for a in atts), "f8", n),
-        "connect_ms": np.fromiter((a.connect_ms for a in atts), "f8", n),
-        "syn_tries": np.fromiter((a.tries for a in atts), "i2", n),
-        "outcome": np.fromiter((code(voc_out, a.outcome) for a in atts), "i2", n),
-        "reason": np.fromiter((code(voc_reason, a.reason) for a in atts), "i2", n),
-        "cause": np.fromiter((code(voc_reason, a.cause) for a in atts), "i2", n),
-        "workload": np.fromiter((a.wl.index for a in atts), "i2", n),
-        "client": np.fromiter((host_idx[a.client.name] for a in atts), "i4", n),
-        "server": np.fromiter((host_idx[a.srv.name] if a.srv is not None else -1 for a in atts), "i4", n),
-        "sport": np.fromiter((a.sport for a in atts), "i4", n),
-        "dport": np.fromiter((a.dport for a in atts), "i4", n),
-        "srv_sport": np.fromiter((a.r_sport for a in atts), "i4", n),
-        "srv_dport": np.fromiter((a.r_dport for a in atts), "i4", n),
-    }
-    raw = {
-        "src": np.fromiter((a.saddr for a in atts), "i8", n),
-        "dst": np.fromiter((a.daddr for a in atts), "i8", n),
-        "srv_src": np.fromiter((a.r_saddr for a in atts), "i8", n),
-        "srv_dst": np.fromiter((a.r_daddr for a in atts), "i8", n),
-    }
-    allv = np.unique(np.concatenate([*raw.values(), np.zeros(1, "i8")]))
+def _recode(col: np.ndarray, order: list[int], size: int) -> np.ndarray:
+    """Map codes so that order[i] becomes i (-1 stays -1)."""
+    lut = np.full(size + 1, -1, "i2")  # lut[-1] (the last slot) keeps -1
+    lut[np.asarray(order, dtype=np.int64)] = np.arange(len(order), dtype="i2")
+    return np.asarray(lut[col], dtype="i2")
+
+
+def _table(eng: Engine) -> AttemptTable:
+    """The sink's packed rows (in the order attempts finished) to columns in start order.
+    Vocabulary codes are numbered by first occurrence in start order (outcome; reason,
+    then cause), as the table always had them."""
+    sink = eng.sink
+    n = sink.n
+    rows = np.frombuffer(sink.buf, dtype=np.dtype(list(zip(ROW_FIELDS, ROW_DTYPES, strict=True))), count=n)
+    pos = rows["idx"]
+    cols: dict[str, Any] = {}
+    raw = ("src", "dst", "srv_src", "srv_dst")  # addresses as ints until numbered below
+    for name in ROW_FIELDS[1:]:
+        dtype = rows.dtype[name] if name in raw else COLUMNS[name][0]
+        out = np.empty(n, dtype)
+        out[pos] = rows[name]
+        cols[name] = out
+    del rows
+    sink.buf = bytearray()
+    names = list(sink.codes)
+    ocodes = _first_seen([cols["outcome"]])
+    rcodes = _first_seen([cols["reason"], cols["cause"]])
+    for k, order in (("outcome", ocodes), ("reason", rcodes), ("cause", rcodes)):
+        cols[k] = _recode(cols[k], order, len(names))
+    allv = np.unique(np.concatenate([cols[k] for k in raw] + [np.zeros(1, "u4")]))
     allv = allv[allv != 0]
-    for k, v in raw.items():
-        idx = np.searchsorted(allv, v).astype("i4")
-        cols[k] = np.where(v == 0, -1, idx).astype("i4")
+    for k in raw:
+        v = cols[k]
+        cols[k] = np.where(v == 0, -1, np.searchsorted(allv, v)).astype("i4")
     vocab = {
-        "outcome": list(voc_out), "reason": list(voc_reason), "workload": [w.name for w in eng.wls],
-        "host": host_names, "addr": [int2ip(int(a)) for a in allv],
+        "outcome": [names[c] for c in ocodes], "reason": [names[c] for c in rcodes],
+        "workload": [w.name for w in eng.wls], "host": list(eng.hosts), "addr": [int2ip(int(a)) for a in allv],
     }
-    return AttemptTable.build(cols, vocab, sort=False)  # attempts are recorded in start order
+    return AttemptTable.build(cols, vocab, sort=False)
+
+
+def _by_first(counts: dict[str, int], first: dict[str, int]) -> dict[str, int]:
+    """Counts in the order a table's counts() gives: "" (code -1) first, then by first use."""
+    return {k: counts[k] for k in sorted(counts, key=lambda k: (k != "", first[k]))}
+
+
+def _ok_before(bits: bytearray, i: int) -> int:
+    """Successful attempts among the first i (bit k of `bits`: attempt k succeeded)."""
+    whole = bits[: i >> 3]
+    n = int.from_bytes(whole, "little").bit_count()
+    if (i >> 3) < len(bits):
+        n += (bits[i >> 3] & ((1 << (i & 7)) - 1)).bit_count()
+    return n
+
+
+def _aggregates(eng: Engine) -> Aggregates:
+    s = eng.sink
+    ff = None
+    if s.ff_idx >= 0:
+        ff = {"index": s.ff_idx, "time_s": round(s.ff_t, 6), "outcome": s.ff_outcome, "reason": s.ff_reason}
+    causes = {}
+    hosts = list(eng.hosts)
+    for name, c in s.causes.items():
+        errnos = {k: c.errnos[k] for k in sorted(c.errnos, key=lambda k: (k != "", s.outcome_first[k]))}
+        causes[name] = CauseSummary(attempts=c.attempts, failed=c.failed, delayed=c.delayed,
+                                    first_index=c.first_index, first_t=c.first_t,
+                                    first_client=hosts[c.first_client], first_dst=int2ip(c.first_daddr),
+                                    first_dport=c.first_dport,
+                                    ok_before=_ok_before(s.ok_bits, c.first_index),
+                                    errnos=errnos,
+                                    delayed_ms=dict(c.delayed_ms))
+    return Aggregates(attempts=s.n, outcomes=_by_first(s.outcomes, s.outcome_first),
+                      reasons=_by_first(s.reasons, s.reason_first), failed=s.failed, delayed=s.delayed,
+                      first_failure=ff, ok_connect_ms=dict(s.ok_ms), causes=causes)
 
 
 def build_result(eng: Engine) -> RunResult:
-    table = _freeze(eng)
     tl = Timeline(step_s=eng.step)
     n = eng.nsteps
     tl.t = [round(k * eng.step, 6) for k in range(n)]
-    b = np.clip((table.cols["t"] // eng.step).astype(int), 0, n - 1)
-    failed = table.failed_mask()
-    codes = [table.code("reason", r) for r in ("ok_after_syn_retry", "ok_after_app_retry")]
-    delayed = np.isin(table.cols["reason"], codes)
-    tl.attempts = np.bincount(b, minlength=n).tolist()
-    tl.failed = np.bincount(b, weights=failed, minlength=n).astype(int).tolist()
-    tl.delayed = np.bincount(b, weights=delayed, minlength=n).astype(int).tolist()
+    agg: Aggregates | None = None
+    if eng.records:
+        table = _table(eng)
+        b = np.clip((table.cols["t"] // eng.step).astype(int), 0, n - 1)
+        failed = table.failed_mask()
+        codes = [table.code("reason", r) for r in ("ok_after_syn_retry", "ok_after_app_retry")]
+        delayed = np.isin(table.cols["reason"], codes)
+        tl.attempts = np.bincount(b, minlength=n).tolist()
+        tl.failed = np.bincount(b, weights=failed, minlength=n).astype(int).tolist()
+        tl.delayed = np.bincount(b, weights=delayed, minlength=n).astype(int).tolist()
+    else:
+        table = AttemptTable()
+        agg = _aggregates(eng)
+        tl.attempts, tl.failed, tl.delayed = eng.sink.tl_attempts, eng.sink.tl_failed, eng.sink.tl_delayed
     tl.ok = [a - f for a, f in zip(tl.attempts, tl.failed, strict=True)]
     tl.hosts = {h: {k: v[:n] for k, v in s.items()} for h, s in eng.samples.items()}
     for (hn, la, ra, rp), series in eng.port_series.items():
@@ -90,7 +145,7 @@ def build_result(eng: Engine) -> RunResult:
         for h in eng.hosts.values()
     }
     meta: dict[str, Any] = {
-        "engine": {"events": eng.events, "attempts": len(eng.atts), "wall_s": round(eng.wall_s, 3)},
+        "engine": {"events": eng.events, "attempts": eng.n_atts, "wall_s": round(eng.wall_s, 3)},
         # end_s: when the last attempt started within duration_s finished (at least
         # duration_s); counters, outcomes and end_state are all taken at that moment
         "end_s": round(eng.end_s, 6),
@@ -102,4 +157,4 @@ def build_result(eng: Engine) -> RunResult:
         meta["lb"] = dict(eng.lb.stats)
     return RunResult(source="simulate", scenario=eng.sc.name, duration_s=eng.end, attempts=table,
                      timeline=tl, counters={h.name: dict(h.counters) for h in eng.hosts.values()},
-                     hosts=hosts, seed=eng.sc.seed, meta=meta)
+                     hosts=hosts, seed=eng.sc.seed, meta=meta, aggregates=agg)

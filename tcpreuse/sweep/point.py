@@ -19,7 +19,7 @@ def run_point(dump: dict[str, Any], diagnose: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         sc = from_data(dump)
-        run = simulate(sc)
+        run = simulate(sc, records=False)  # aggregates only: memory follows live connections
     except TcpreuseError as e:
         return {"error": e.message}
     out = summarize(run, sc)
@@ -33,8 +33,8 @@ def run_point(dump: dict[str, Any], diagnose: bool = False) -> dict[str, Any]:
 
 
 def summarize(run: Any, sc: Any) -> dict[str, Any]:
-    n = len(run.attempts)
-    failed = int(run.attempts.failed_mask().sum()) if n else 0
+    n = run.attempt_count()
+    failed = run.failed_count()
     ff = run.first_failure()
     lat = run.connect_percentiles()
     return {

@@ -141,7 +141,7 @@ def from_run(ev: Evidence) -> ListenOverflow | None:
     somax = int(g.effective_settings.get("net.core.somaxconn", 4096)) if g else None
     return ListenOverflow(
         "run", syn_drops=syn.attempts if syn else 0, ack_drops=ack.attempts if ack else 0,
-        never=(syn.failed if syn else 0) + (ack.failed if ack else 0), attempts=len(run.attempts),
+        never=(syn.failed if syn else 0) + (ack.failed if ack else 0), attempts=run.attempt_count(),
         overflows=overflows, drops=run.host_counter("TcpExtListenDrops"),
         somaxconn=somax, backlog=min(g.backlog, somax or 0) if g else None,
         capacity_per_s=g.workers / max(g.service_ms / 1000, 1e-9) if g else None,

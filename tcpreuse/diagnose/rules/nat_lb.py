@@ -40,7 +40,7 @@ def nat_from_run(ev: Evidence) -> list[Finding]:
     if st is None:
         return []
     sc = ev.scenario
-    n = len(run.attempts)
+    n = run.attempt_count()
     nat = sc.nat if sc is not None else None
     hold = nat.time_wait_s if nat else 120.0
     naddr = nat.addresses if nat else 1

@@ -46,12 +46,8 @@ def from_run(ev: Evidence) -> list[Finding]:
     st = cause_stats(run, "local_ports_exhausted")
     if st is None:
         return []
-    n = len(run.attempts)
-    a = run.attempts
-    client = a.name("client", int(a.cols["client"][st.first_index]))
-    dst = a.name("dst", int(a.cols["dst"][st.first_index]))
-    dport = int(a.cols["dport"][st.first_index])
-    ok_before = int((~a.failed_mask()[: st.first_index]).sum())
+    n = run.attempt_count()
+    client, dst, dport, ok_before = st.first_client, st.first_dst, st.first_dport, st.ok_before
     series = _budget_series(ev)
     budget = series[0][1] if series else None
     tw_client = tw_at(run, client, st.first_t)

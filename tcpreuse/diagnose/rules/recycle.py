@@ -123,7 +123,7 @@ def from_run(ev: Evidence) -> RecycleDrop | None:
     on = [g for g in groups(sc, "server") if int(g.effective_settings.get("net.ipv4.tcp_tw_recycle", 0))]
     return RecycleDrop(
         "run", hosts=tuple(h for h, c in run.counters.items() if c.get("TcpExtPAWSPassive")),
-        dropped=st.attempts if st else None, failed=st.failed if st else None, attempts=len(run.attempts),
+        dropped=st.attempts if st else None, failed=st.failed if st else None, attempts=run.attempt_count(),
         paws_passive=passive, context=(first_at(st), *(EvidenceItem("errors", e) for e in [", ".join(
             f"{k} x{v:,}" for k, v in st.errnos.items())] if e)) if st else (),
         nat_addresses=sc.nat.addresses if sc is not None and sc.nat is not None else None,

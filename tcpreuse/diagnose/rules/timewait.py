@@ -176,7 +176,7 @@ def from_run(ev: Evidence) -> TimeWaitCollision | None:
     delayed = [x.connect_ms_p50 for x in found if x.connect_ms_p50 is not None]
     return TimeWaitCollision(
         "run", hosts=tuple(h for h, i in run.hosts.items() if i.role == "server"),
-        collisions=sum(x.attempts for x in found), attempts=len(run.attempts), paws=paws.attempts if paws else None,
+        collisions=sum(x.attempts for x in found), attempts=run.attempt_count(), paws=paws.attempts if paws else None,
         failed=sum(x.failed for x in found), first=str(first_at(first).value),
         server_tw=tw_at_role(run, "server", first.first_t), without_ts=tuple(offenders),
         retry_ms=delayed[0] if delayed else None, rate_per_s=rate.get(clients[-1].name) if clients else None,

@@ -1,0 +1,169 @@
+"""Where the engine puts an attempt once nothing can change it any more.
+
+The engine hands over each attempt when it is finished (no event of its own pending), so
+it holds only live attempts. A Sink keeps either
+
+- rows: one packed 62-byte record per attempt (struct ROW, in the order attempts finish;
+  sim/record.py turns them into the RunResult's columns in start order), or
+- aggregates only, when nobody asked for per-attempt output: outcome and reason counts
+  (with the first attempt of each, for their order), the per-second timeline, the
+  connect() latencies of the successful attempts counted per value rounded to the
+  microsecond (the percentiles RunResult reports are rounded to that, so they come out
+  exactly as from the rows), the first failure, and per problem (reason or cause) what
+  the diagnosis quotes: attempts, failed, delayed, errnos, the first attempt.
+
+Memory: rows are 62 bytes per attempt; aggregates are bounded by the run's length in
+seconds and its number of distinct latencies, not by its attempts.
+Compiled with mypyc with the engine (setup.py).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Final
+
+# idx t0 connect_ms | syn_tries outcome reason cause workload | client server |
+# saddr daddr r_saddr r_daddr | sport dport r_sport r_dport   (no padding: 62 bytes)
+ROW: Final = struct.Struct("=idd5h2i4I4H")
+ROW_FIELDS: Final = ("idx", "t", "connect_ms", "syn_tries", "outcome", "reason", "cause", "workload",
+                     "client", "server", "src", "dst", "srv_src", "srv_dst",
+                     "sport", "dport", "srv_sport", "srv_dport")
+ROW_DTYPES: Final = ("<i4", "<f8", "<f8", "<i2", "<i2", "<i2", "<i2", "<i2", "<i4", "<i4",
+                     "<u4", "<u4", "<u4", "<u4", "<u2", "<u2", "<u2", "<u2")
+
+
+class CauseAgg:
+    """What the diagnosis reads about one problem (attempts whose reason or cause it is)."""
+
+    def __init__(self, idx: int, t: float, client: int, daddr: int, dport: int) -> None:
+        self.attempts = 0
+        self.failed = 0
+        self.delayed = 0
+        self.first_index = idx
+        self.first_t = t
+        self.first_client, self.first_daddr, self.first_dport = client, daddr, dport  # its 4-tuple
+        self.errnos: dict[str, int] = {}
+        self.delayed_ms: dict[float, int] = {}  # connect() ms of the delayed ones, rounded to 1 us
+
+
+class Sink:
+    def __init__(self, keep_rows: bool, step: float, nsteps: int) -> None:
+        self.keep_rows = keep_rows
+        self.n = 0
+        # rows
+        self.buf = bytearray()
+        self.codes: dict[str, int] = {}  # outcome and reason names -> codes in `buf` ("" is -1)
+        # aggregates
+        self.step = step
+        self.nsteps = nsteps
+        self.tl_attempts = [0] * nsteps
+        self.tl_failed = [0] * nsteps
+        self.tl_delayed = [0] * nsteps
+        self.outcomes: dict[str, int] = {}
+        self.outcome_first: dict[str, int] = {}
+        self.reasons: dict[str, int] = {}
+        self.reason_first: dict[str, int] = {}
+        self.failed = 0
+        self.delayed = 0
+        self.ok_ms: dict[float, int] = {}  # connect() ms of the successful ones, rounded to 1 us
+        self.ff_idx = -1  # the first failure (in start order)
+        self.ff_t = 0.0
+        self.ff_outcome = ""
+        self.ff_reason = ""
+        self.causes: dict[str, CauseAgg] = {}
+        self.ok_bits = bytearray()  # bit idx: attempt idx succeeded (successes before a problem's first)
+
+    def code(self, name: str) -> int:
+        if not name:
+            return -1
+        c = self.codes.get(name)
+        if c is None:
+            c = len(self.codes)
+            self.codes[name] = c
+        return c
+
+    def add(self, idx: int, t0: float, connect_ms: float, tries: int, outcome: str, reason: str, cause: str,
+            workload: int, client: int, server: int, saddr: int, daddr: int, r_saddr: int, r_daddr: int,
+            sport: int, dport: int, r_sport: int, r_dport: int) -> None:
+        self.n += 1
+        if self.keep_rows:
+            self.buf += ROW.pack(idx, t0, connect_ms, tries, self.code(outcome), self.code(reason),
+                                 self.code(cause), workload, client, server, saddr, daddr, r_saddr, r_daddr,
+                                 sport, dport, r_sport, r_dport)
+            return
+        b = int(t0 // self.step)
+        if b < 0:
+            b = 0
+        elif b >= self.nsteps:
+            b = self.nsteps - 1
+        self.tl_attempts[b] += 1
+        failed = outcome != "ok"
+        delayed = reason == "ok_after_syn_retry" or reason == "ok_after_app_retry"
+        _count(self.outcomes, self.outcome_first, outcome, idx)
+        _count(self.reasons, self.reason_first, reason, idx)
+        if failed:
+            self.failed += 1
+            self.tl_failed[b] += 1
+            if self.ff_idx < 0 or idx < self.ff_idx:
+                self.ff_idx, self.ff_t, self.ff_outcome, self.ff_reason = idx, t0, outcome, reason
+        else:
+            i = idx >> 3
+            if i >= len(self.ok_bits):
+                self.ok_bits.extend(bytes(i + 1 - len(self.ok_bits) + 4096))
+            self.ok_bits[i] |= 1 << (idx & 7)
+            if not math.isnan(connect_ms):
+                k = round3(connect_ms)
+                self.ok_ms[k] = self.ok_ms.get(k, 0) + 1
+        if delayed:
+            self.delayed += 1
+            self.tl_delayed[b] += 1
+        if reason:
+            self._cause(reason, idx, t0, failed, outcome, connect_ms, client, daddr, dport)
+        if cause and cause != reason:
+            self._cause(cause, idx, t0, failed, outcome, connect_ms, client, daddr, dport)
+
+    def _cause(self, name: str, idx: int, t0: float, failed: bool, outcome: str, connect_ms: float,
+               client: int, daddr: int, dport: int) -> None:
+        s = self.causes.get(name)
+        if s is None:
+            s = CauseAgg(idx, t0, client, daddr, dport)
+            self.causes[name] = s
+        elif idx < s.first_index:
+            s.first_index, s.first_t = idx, t0
+            s.first_client, s.first_daddr, s.first_dport = client, daddr, dport
+        s.attempts += 1
+        if failed:
+            s.failed += 1
+            s.errnos[outcome] = s.errnos.get(outcome, 0) + 1
+        else:
+            s.delayed += 1
+            if not math.isnan(connect_ms):
+                k = round3(connect_ms)
+                s.delayed_ms[k] = s.delayed_ms.get(k, 0) + 1
+
+
+def round3(x: float) -> float:
+    """round(x, 3), exactly, without its decimal conversion when the answer is clear:
+    x * 1000 is within half an ulp of the exact product, so unless that lands near a
+    half its nearest integer is the correctly rounded one, and that integer / 1000 (one
+    correctly rounded division) is the double round() returns."""
+    y = x * 1000.0
+    if not abs(y) < 1e15:
+        return round(x, 3)
+    f = float(math.floor(y))
+    d = y - f
+    if abs(d - 0.5) > 1e-15 * abs(y):  # (half an ulp of y is at most 1.2e-16 * |y|)
+        return (f + 1.0 if d > 0.5 else f) / 1000.0
+    return round(x, 3)
+
+
+def _count(counts: dict[str, int], first: dict[str, int], name: str, idx: int) -> None:
+    n = counts.get(name)
+    if n is None:
+        counts[name] = 1
+        first[name] = idx
+    else:
+        counts[name] = n + 1
+        if idx < first[name]:
+            first[name] = idx
