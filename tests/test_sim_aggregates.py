@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-from sim_golden import DURATIONS  # tests/ is on sys.path (as in test_sim_golden.py)
+from helpers.sim_golden import DURATIONS
 
 from tcpreuse.diagnose.base import Evidence, diagnose
 from tcpreuse.diagnose.runfacts import cause_stats
@@ -71,7 +71,7 @@ def test_result_parquet_round_trips_the_attempt_table(tmp_path: Any) -> None:
     """simulate --result FILE.parquet: the same columns and vocabularies as the JSON records,
     readable by `tcpreuse report` (the rest of the result rides in the file's metadata)."""
     pytest.importorskip("pyarrow")
-    from tcpreuse.report.kinds import load
+    from tcpreuse.commands.report import load
 
     sc = load_scenario("client-exhaustion", {"duration_s": 20.0})
     run = Engine(sc).run()
