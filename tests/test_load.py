@@ -333,4 +333,5 @@ def test_start_lag_is_read_before_every_start_of_a_burst(server: ServeProcess) -
     step = np.diff(lags)
     same_instant = np.isclose(step, -1.0 / rate, rtol=0, atol=1e-9)
     assert same_instant.mean() < 0.05, same_instant.mean()
-    assert res.not_started > 0 and res.in_flight_max > 0 and res.cpu_s > 0
+    # (whether it also left attempts unstarted depends on the machine's speed: not asserted)
+    assert res.in_flight_max > 0 and res.cpu_s > 0
