@@ -3,7 +3,7 @@
 Optimising the engine (mypyc, packed tables, the C core) must never change what it
 computes: every per-attempt column, counter and timeline of every built-in scenario and
 of 64 random small ones is compared with hashes recorded from the engine as it was before
-any optimisation (tests/sim_golden.py). Both the installed engine (compiled when the
+any optimisation (tests/helpers/sim_golden.py). Both the installed engine (compiled when the
 build could compile it) and the pure-Python source, the reference, are checked."""
 
 from __future__ import annotations

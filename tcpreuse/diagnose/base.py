@@ -48,6 +48,12 @@ class Evidence:
             raise ValueError("this rule needs a capture in its evidence")
         return self.capture
 
+    def require_run(self) -> RunResult:
+        """The run, for a rule or extractor of the `run` evidence kind (run only when present)."""
+        if self.run is None:
+            raise ValueError("this rule needs a run in its evidence")
+        return self.run
+
     def has(self, need: str) -> bool:
         if need == "hosts":
             return bool(self.hosts)

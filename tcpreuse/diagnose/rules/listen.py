@@ -129,8 +129,7 @@ def build(f: ListenOverflow) -> list[Finding]:
 
 @LISTEN.extractor("run")
 def from_run(ev: Evidence) -> ListenOverflow | None:
-    run = ev.run
-    assert run is not None
+    run = ev.require_run()
     syn = cause_stats(run, "syn_dropped_listen_overflow")
     ack = cause_stats(run, "ack_dropped_listen_overflow")
     overflows = run.host_counter("TcpExtListenOverflows")

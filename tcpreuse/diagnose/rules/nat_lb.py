@@ -34,8 +34,7 @@ NAT_LB = Mechanism("nat_lb", "NAT / load balancer 4-tuple reuse", {
 
 @NAT_LB.rule("run", "nat-port-exhaustion", name="nat")
 def nat_from_run(ev: Evidence) -> list[Finding]:
-    run = ev.run
-    assert run is not None
+    run = ev.require_run()
     st = cause_stats(run, "syn_dropped_nat")
     if st is None:
         return []
@@ -66,8 +65,7 @@ def nat_from_run(ev: Evidence) -> list[Finding]:
 
 @NAT_LB.rule("run", ("lb-snat-exhaustion", "lb-held-session-drop"), name="lb")
 def lb_from_run(ev: Evidence) -> list[Finding]:
-    run = ev.run
-    assert run is not None
+    run = ev.require_run()
     st = cause_stats(run, "syn_dropped_lb")
     if st is None:
         return []
@@ -110,8 +108,7 @@ def lb_from_run(ev: Evidence) -> list[Finding]:
 
 @NAT_LB.rule("run", "syn-hit-established", name="reuse")
 def reuse_from_run(ev: Evidence) -> list[Finding]:
-    run = ev.run
-    assert run is not None
+    run = ev.require_run()
     st = cause_stats(run, "syn_hit_established")
     if st is None:
         return []

@@ -30,8 +30,7 @@ PORTS = Mechanism("ports", "Port exhaustion", {
 
 def _budget_series(ev: Evidence) -> list[tuple[str, int, int]]:
     """(series key, budget, peak in use) of the client port series at their peak."""
-    run = ev.run
-    assert run is not None
+    run = ev.require_run()
     out = []
     for k, p in run.timeline.ports.items():
         peak = max(p.in_use) if p.in_use else 0
@@ -41,8 +40,7 @@ def _budget_series(ev: Evidence) -> list[tuple[str, int, int]]:
 
 @PORTS.rule("run", "client-port-exhaustion")
 def from_run(ev: Evidence) -> list[Finding]:
-    run = ev.run
-    assert run is not None
+    run = ev.require_run()
     st = cause_stats(run, "local_ports_exhausted")
     if st is None:
         return []

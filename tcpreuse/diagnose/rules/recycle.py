@@ -113,8 +113,7 @@ def build(f: RecycleDrop) -> list[Finding]:
 
 @RECYCLE.extractor("run")
 def from_run(ev: Evidence) -> RecycleDrop | None:
-    run = ev.run
-    assert run is not None
+    run = ev.require_run()
     st = cause_stats(run, "syn_dropped_recycle")
     passive = run.host_counter("TcpExtPAWSPassive")
     if st is None and not passive:

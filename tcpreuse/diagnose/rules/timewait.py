@@ -160,8 +160,7 @@ def _run_fixes(ev: Evidence, offenders: list[str], rate: dict[str, float]) -> li
 
 @TIMEWAIT.extractor("run")
 def from_run(ev: Evidence) -> TimeWaitCollision | None:
-    run = ev.run
-    assert run is not None
+    run = ev.require_run()
     found = [x for x in (cause_stats(run, "syn_hit_timewait"), cause_stats(run, "syn_paws_timewait")) if x]
     if not found:
         return None

@@ -17,8 +17,7 @@ TW_BUCKETS = Mechanism("tw_buckets", "TIME_WAIT table overflow", {
 
 @TW_BUCKETS.rule("run", "tw-bucket-overflow")
 def from_run(ev: Evidence) -> list[Finding]:
-    run = ev.run
-    assert run is not None
+    run = ev.require_run()
     n = run.host_counter("TcpExtTCPTimeWaitOverflow")
     if not n:
         return []
