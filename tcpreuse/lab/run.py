@@ -527,7 +527,10 @@ class LabRun:
                  "count": p.load.count, "offset_s": round(p.offset_s, 4),
                  "attempts": len(p.result.attempts) if p.result else None,
                  "emulated": bool(p.load.emulated),
-                 "start_lag": p.result.meta.get("load", {}).get("start_lag") if p.result else None}
+                 "start_lag": p.result.meta.get("load", {}).get("start_lag") if p.result else None,
+                 # the TCP timestamp offset of the load's first connection per source address
+                 # (load/sockopt.py ts_offset()): the kernel's secret draw, seen from outside
+                 "ts_offsets": p.result.meta.get("load", {}).get("ts_offsets") if p.result else None}
                 for p in parts
             ],
             "serve_close": {s.host: s.close for s in self.plan.serves},

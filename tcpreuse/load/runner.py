@@ -511,6 +511,10 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         "generator": {"cpu_us_per_attempt": round(cpu_s / total * 1e6, 1) if total else None,
                       "cpu_s": round(cpu_s, 3), "preempted": preempted,
                       "in_flight_max": sum(r.in_flight_max for r in parts)},  # an upper bound
+        # the TCP timestamp offset of each source address's first connection (the earliest
+        # worker's, per address): per host pair on 4.11-6.17, so validate can start the
+        # model's offsets from the kernel's (sockopt.ts_offset())
+        "ts_offsets": _ts_offsets(parts),
         "per_second": {
             "attempts": tl.attempts, "ok": tl.ok, "failed": tl.failed, "delayed": tl.delayed,
             "time_wait": tw,
@@ -544,6 +548,16 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         },
     )
     return LoadRun(config=config, result=result, summary=summary)
+
+
+def _ts_offsets(parts: list[WorkerResult]) -> dict[str, int]:
+    """Per source address, the TS offset the earliest worker read (WorkerResult.ts_offsets)."""
+    out: dict[str, int] = {}
+    for r in sorted(parts, key=lambda r: float(r.t[0]) if len(r.t) else math.inf):
+        for src, off in r.ts_offsets.items():
+            if off is not None and src not in out:
+                out[src] = off
+    return out
 
 
 def schedule_window(config: LoadConfig, due: np.ndarray, stopped_at: float | None, last_end: float) -> float:

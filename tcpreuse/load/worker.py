@@ -63,6 +63,7 @@ from .sockopt import (
     TCP_INFO_LEN,
     TCPI_TOTAL_RETRANS_OFF,
     local_port_range_value,
+    ts_offset,
 )
 from .target import Endpoint
 
@@ -179,6 +180,9 @@ class WorkerResult:
     in_flight_max: int = 0  # most attempts open at once (checked after each round's starts)
     cpu_s: float = 0.0  # CPU time (user + system) of the worker's loop, its own and the kernel's for it
     preempted: int = 0  # involuntary context switches during the loop: the CPU was taken from it
+    # per source address, the TCP timestamp offset of its first connection (sockopt.ts_offset(),
+    # None: unreadable): on 4.11-6.17 every connection to the target has it (per host pair)
+    ts_offsets: dict[str, int | None] = field(default_factory=dict)
 
 
 class _Attempt:
@@ -254,6 +258,7 @@ class Worker:
         reasons: dict[str, int] = {"ok": 0, "ok_after_syn_retry": 1}
         addrs: dict[str, int] = {}
         addrs_get = addrs.get
+        ts_offsets: dict[str, int | None] = {}
         http_status: dict[int, int] = {}
         errs: dict[str, int] = {}
         n_started = n_ok = n_failed = n_requests = 0
@@ -433,6 +438,8 @@ class Worker:
             sa = s.getsockname()
             att.src = sa[0]
             att.sport = sa[1]
+            if att.src not in ts_offsets:  # once per source address: the SYN's TS offset
+                ts_offsets[att.src] = ts_offset(s)
             data = req_last if rpc == 1 and is_http else next_request(att)
             # If this send succeeds, the handshake was complete when send() checked the
             # socket's state, on entry: the connect time is taken just before the call.
@@ -790,7 +797,7 @@ class Worker:
             lag_max_ms=lag_max * 1000.0, late_starts=late, not_started=max(0, skipped), end=end,
             interrupted=stopping, answer_ms=r_ams, request_s=req_s, lag_s=lags,
             unfinished=unfinished, stopped_at=stopped_at, cpu_s=cpu_s, preempted=preempted,
-            in_flight_max=in_flight_max,
+            in_flight_max=in_flight_max, ts_offsets=ts_offsets,
         )
 
 

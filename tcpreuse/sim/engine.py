@@ -515,7 +515,8 @@ class Engine:
         c.ehash[key] = att
         att.ts = c.offers_ts
         if att.ts:
-            att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport)
+            att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport,
+                                         c.ts_measured)
         c.n_active_opens += 1  # TcpActiveOpens (SimHost.flush_counters)
         self._syn(att, t)
 

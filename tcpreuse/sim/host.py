@@ -161,6 +161,9 @@ class SimHost:
         self.isn_secret = clocks.derive_secret(seed, name, "isn")
         self.port_secret = clocks.derive_secret(seed, name, "port")
         self.ts_secret = clocks.derive_secret(seed, name, "ts")
+        # a measured per-host-pair TS offset (model parameter ts_offsets), else None: drawn
+        measured = (params.get("ts_offsets") or {}).get(name)
+        self.ts_measured: int | None = int(measured) if measured is not None else None
         self.counters: dict[str, int] = dict.fromkeys(counter_names(profile), 0)
         # The counters moved once or twice per connection are plain fields during the run
         # (a str-keyed dict update each time is measurable); flush_counters() adds them in.

@@ -213,6 +213,50 @@ def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[d
     return out, notes
 
 
+def ts_offset_overrides(sc: Scenario, lab: RunResult, profile: str) -> tuple[dict[str, Any], list[str]]:
+    """Start the model's TCP timestamp offsets from the kernel's, where the kernel keys them
+    per host pair (secure_tcp_ts_off(), 4.11-6.17).
+
+    There each client's offset towards a server is one secret draw for the whole run, and
+    which of two clients behind one NAT sends the older TSvals decides every SYN that
+    meets the other's TIME_WAIT (PAWS): one coin for the run, not a toss per SYN. The lab's
+    loads read the offset of their first connection (getsockopt TCP_TIMESTAMP, lab meta
+    `loads[].ts_offsets`); each instance with one offset (one source address, one target)
+    gets it as the model parameter ts_offsets. Per 4-tuple (6.18) one connection's offset
+    says nothing of the next port's: nothing is given, the model draws. An offset is
+    relative to the kernel's ms clock: it is given with the kernel's uptime (clock_overrides())."""
+    if get_profile(profile).ts_offset != "hostpair":
+        return {}, []
+    group_of = {n: g.name for g in sc.host if get_profile(g.profile).os == "linux" for n in g.instance_names()}
+    seen: dict[str, set[int]] = {}
+    for ld in lab.meta.get("loads") or []:
+        if not isinstance(ld, dict) or ld.get("emulated") or str(ld.get("host")) not in group_of:
+            continue
+        offs = ld.get("ts_offsets")
+        if isinstance(offs, dict):
+            seen.setdefault(str(ld["host"]), set()).update(int(v) for v in offs.values())
+    # (two loads of one instance to two targets, or two source addresses: two pairs, which
+    # the parameter, one offset per instance, cannot say; the model draws for it)
+    one = {h: next(iter(v)) for h, v in seen.items() if len(v) == 1}
+    if not one:
+        return {}, []
+    out: dict[str, Any] = {}
+    for h, off in one.items():
+        out.setdefault(f"host.{group_of[h]}.model.ts_offsets", {})[h] = off
+    shown = ", ".join(f"{h} {off:,}" for h, off in sorted(one.items()))
+    note = (f"the kernel's TCP timestamp offsets (per host pair on this kernel, secure_tcp_ts_off()), "
+            f"read in the lab from each client's first connection (getsockopt TCP_TIMESTAMP), given to "
+            f"the model: {shown}")
+    if len(one) == 2:
+        (a, oa), (b, ob) = sorted(one.items())
+        d = (oa - ob) & 0xFFFFFFFF
+        d = d - (1 << 32) if d >= 1 << 31 else d
+        older = a if d < 0 else b
+        note += (f"; {older}'s TSvals are the older by {abs(d) / 1000:,.0f} s, so PAWS rejects its SYNs "
+                 f"at the other's TIME_WAITs")
+    return out, [note]
+
+
 def start_lag_ms(lab: RunResult) -> float:
     """The p99 of how late the lab's loads started their attempts (ms), the worst load's."""
     lags = [float((ld.get("start_lag") or {}).get("p99") or 0.0) for ld in lab.meta.get("loads", [])
@@ -328,6 +372,10 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
     t0 = time.monotonic()
     sim = Engine(sc_sim).run()
     clocks, clock_notes = clock_overrides(sc, lab, measure(sim).first_t)
+    if clocks:  # (an offset means something only on the kernel's one ms clock, the hosts' uptime)
+        ts, ts_notes = ts_offset_overrides(sc, lab, facts.profile)
+        clocks.update(ts)
+        clock_notes += ts_notes
     if clocks:  # arrivals do not depend on the clocks: the same run, from the kernel's phase
         sim = Engine(suite.load(ref, {**ov, **more, **clocks})).run()
         out.notes += clock_notes
