@@ -111,3 +111,23 @@ def test_ts_offset_of_a_real_socket_is_its_tsval_minus_the_ms_clock() -> None:
     finally:
         c.close()
         srv.close()
+
+
+def test_chained_retries_compare_the_parity_split_as_a_rate() -> None:
+    from tcpreuse.validate.compare import CHAIN_PARITY, compare
+    from tcpreuse.validate.metrics import measure
+
+    native, _ = native_overrides(suite.load(NAME), 100)
+    a = measure(Engine(suite.load(NAME, native)).run())
+    b = measure(Engine(suite.load(NAME, native)).run())
+    b.ports_even, b.ports_odd = a.ports_even - 6, a.ports_odd + 6  # six connects found no even port
+    why = suite.chance_reason(NAME, "hostpair")
+    assert why is not None and NAME in suite.CHANCE_RETRIES
+    plain = {r.metric: r for r in compare(a, b, chance_reason=why)}
+    assert plain["attempts on odd ports"].agree is False and plain["attempts on odd ports"].tolerance == "exact"
+    rows = {r.metric: r for r in compare(a, b, chance_reason=why, chance_retries=True)}
+    assert rows["attempts on odd ports"].agree and rows["attempts on odd ports"].reason == CHAIN_PARITY
+    assert rows["attempts"].tolerance == "exact" and rows["connect ms p99"].agree is None
+    b.ports_odd = a.ports_odd + 40  # beyond 3√n + 2
+    assert {r.metric: r for r in compare(a, b, chance_reason=why, chance_retries=True)}[
+        "attempts on odd ports"].agree is False

@@ -56,9 +56,11 @@ CHANCE_IF_4TUPLE_TS: dict[str, str] = {
                         "TIME_WAIT it meets is a coin toss, in the lab and in the model alike"),
 }
 
-# ... and where a re-sent SYN meets another toss (its NAT re-draws the port): the connect
-# percentiles fall on one SYN retransmission time or the next by chance
-CHANCE_RETRIES = frozenset({"v-ts-offset-nat"})
+# ... and where a re-sent SYN meets another toss (its NAT re-draws the port, or the other
+# client has used the port again since): the connect percentiles fall on one SYN
+# retransmission time or the next by chance, and the port parity split follows the ports
+# those chains hold
+CHANCE_RETRIES = frozenset({"v-ts-offset-nat", "v-nat-syn-on-tw"})
 
 # Version-discriminating scenarios: the rule each pins, which the model changes between
 # the two kernels validate can run (the host's 6.18, User-Mode Linux's 6.1). validate runs
