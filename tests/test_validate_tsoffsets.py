@@ -131,3 +131,24 @@ def test_chained_retries_compare_the_parity_split_as_a_rate() -> None:
     b.ports_odd = a.ports_odd + 40  # beyond 3√n + 2
     assert {r.metric: r for r in compare(a, b, chance_reason=why, chance_retries=True)}[
         "attempts on odd ports"].agree is False
+
+
+@pytest.mark.parametrize(("offsets", "older"), [((OLD, NEW), "client-1"), ((NEW, OLD), "client-2")])
+def test_compare_one_hands_the_labs_offsets_to_the_model(offsets: tuple[int, int], older: str) -> None:
+    """The whole path in validate: a lab result (here a simulated one, as the lab would
+    record it: t0_monotonic and each load's ts_offsets) -> compare_one() -> the model's run."""
+    from tcpreuse.kernels.jobs import JobOutcome, KernelFacts
+    from tcpreuse.validate.run import compare_one
+
+    facts = KernelFacts(release="6.1.176", hz=100, hz_source="/proc/config.gz")
+    native, _ = native_overrides(suite.load(NAME), 100)
+    native = {k: (facts.profile if k.endswith(".profile") else v) for k, v in native.items()}
+    lab = Engine(suite.load(NAME, native)).run()
+    lab.meta["t0_monotonic"] = 500.0
+    lab.meta["loads"] = lab_with(dict(zip(("client-1", "client-2"), offsets, strict=True))).meta["loads"]
+    out = compare_one(NAME, None, JobOutcome(result=lab, overrides=native), facts, keep_results=True)
+    assert out.sim is not None
+    sim = Counter(zip(out.sim.attempts.column("client"), out.sim.attempts.column("cause"), strict=True))
+    assert rejected(sim) == {older}
+    assert any(f"{older}'s TSvals are the older" in n for n in out.notes)
+    assert out.cross is not None and out.cross.profile == "linux-6.18"  # per 4-tuple there: drawn
