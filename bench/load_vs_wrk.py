@@ -71,10 +71,10 @@ http {{
 class Env:
     """Where the benchmark runs: a private namespace (root) or the host's loopback."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "tcpr-lvw-") -> None:
         self.ns: Namespace | None = None
         if os.geteuid() == 0 and shutil.which("ip"):
-            self.ns = Namespace(f"tcpr-lvw-{os.getpid()}").create()
+            self.ns = Namespace(f"{prefix}{os.getpid()}").create()
 
     def cmd(self, argv: Sequence[str]) -> list[str]:
         return self.ns.cmd(argv) if self.ns else list(argv)
@@ -189,6 +189,8 @@ def probe_rate(env: Env, port: int, workers: int, rate: float, duration: float,
     return {"rate": rate, "lag_p99_ms": p99, "late": lag["late_starts"] / n,
             "ok_per_s": d["ok_per_s"], "kept": kept, "cpu_us": cpu / n * 1e6,
             "loop_cpu_us": g.get("cpu_us_per_attempt") or float("nan"),
+            "loop_sys_us": g.get("sys_us_per_attempt") or float("nan"),
+            "lag_p50_ms": lag["p50"] if lag["p50"] is not None else float("nan"),
             "preempted": g.get("preempted", -1) / n if "preempted" in g else float("nan"),
             "server_cpu_us": server_cpu / n * 1e6}
 
@@ -201,8 +203,9 @@ def open_loop_ceiling(env: Env, port: int, workers: int, lo: float, hi: float, p
     for _ in range(probes):
         rate = (lo * hi) ** 0.5 if best else lo
         r = probe_rate(env, port, workers, rate, duration, src)
-        print(f"  {label}: {rate:8.0f}/s  start lag p99 {r['lag_p99_ms']:9.3f} ms  late {r['late']:6.1%}  "
-              f"{'kept' if r['kept'] else 'behind'}  CPU {r['cpu_us']:5.1f} us/conn (loop {r['loop_cpu_us']:5.1f}, "
+        print(f"  {label}: {rate:8.0f}/s  start lag p50 {r['lag_p50_ms']:6.3f} p99 {r['lag_p99_ms']:9.3f} ms  "
+              f"late {r['late']:6.1%}  {'kept' if r['kept'] else 'behind'}  CPU {r['cpu_us']:5.1f} us/conn "
+              f"(loop {r['loop_cpu_us']:5.1f}, of it system {r['loop_sys_us']:5.1f}, "
               f"nginx {r['server_cpu_us']:5.1f})  preempted {r['preempted']:.2f}/conn  "
               f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         if r["kept"]:
@@ -270,6 +273,8 @@ def main() -> int:
     ap.add_argument("--probe-duration", type=float, default=3.0)
     ap.add_argument("--overload-rate", type=float, default=20000.0,
                     help="also one probe per run at this rate: the ok/s an overloaded open loop keeps (0: none)")
+    ap.add_argument("--netns-prefix", default="tcpr-lvw-",
+                    help="name of the private namespace (as root): this, then the pid; must start with tcpr-")
     args = ap.parse_args()
     if not (0 < args.min_rate < args.max_rate) or args.probes < 1 or args.probe_duration <= 0:
         print("need 0 < --min-rate < --max-rate, --probes >= 1, --probe-duration > 0", file=sys.stderr)
@@ -282,7 +287,10 @@ def main() -> int:
             print(f"{tool} is not installed (scripts/system-deps.sh installs it)", file=sys.stderr)
             return 2
 
-    env = Env()
+    if not args.netns_prefix.startswith("tcpr-"):
+        print("--netns-prefix must start with tcpr- (tcpreuse lab cleanup finds leftovers by it)", file=sys.stderr)
+        return 2
+    env = Env(args.netns_prefix)
     nginx: subprocess.Popen[bytes] | None = None
     tmp = tempfile.mkdtemp(prefix="tcpr-lvw-")
     try:

@@ -81,6 +81,15 @@ MAX_EVENTS = 256
 # measured at 4,000/s on 2 workers, select() cost ~15 % more CPU per connection than a
 # sleep (a wake-up per answer) and cut the late starts from 66 % to 41 % on a crowded VM.
 SELECT_MIN_S = 0.0002
+# Shortest sleep of an open loop whose attempts are due closer together than this (above
+# 1 / WAKE_QUANTUM_S = 2,000/s per worker): it wakes at most once per quantum and starts
+# every attempt that came due meanwhile (start lag 0 .. WAKE_QUANTUM_S, plus however late
+# the kernel runs it), instead of waking once per attempt and once per answer. A wake-up
+# is a context switch, a timer and a pass through cold kernel and interpreter paths on a
+# machine that also runs the server: measured against nginx at 5,000/s on 2 workers, the
+# quantum cut the workers' CPU per attempt by ~15 % (docs/load.md, "What bounds the
+# ceiling"). The cost is in the start lag: p50 about half the quantum.
+WAKE_QUANTUM_S = 0.0005
 
 # No SYN can have been retransmitted in a handshake shorter than this (see connected()).
 SYN_RTO_FLOOR_S = 0.001
@@ -178,6 +187,8 @@ class WorkerResult:
     error: str | None = None
     in_flight_max: int = 0  # most attempts open at once (checked after each round's starts)
     cpu_s: float = 0.0  # CPU time (user + system) of the worker's loop, its own and the kernel's for it
+    sys_s: float = 0.0  # the kernel's part of cpu_s: its system calls and the softirqs they ran
+    wakeups: int = 0  # voluntary context switches during the loop: it slept (or waited) and was woken
     preempted: int = 0  # involuntary context switches during the loop: the CPU was taken from it
 
 
@@ -613,12 +624,14 @@ class Worker:
         last_end = 0.0
         stopping = False
         exhausted = False  # no more attempts will be started
+        batching = False  # open loop: the last gap between due times was under WAKE_QUANTUM_S
 
         # Nothing here makes reference cycles, so the cyclic GC only costs time: its
         # collections, triggered by the attempts' allocations, were 2 % of a worker's CPU.
         gc_was_enabled = gc.isenabled()
         gc.disable()
-        cpu0, nivcsw0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = time.process_time()
         now = mono()
         if now < t0:
             sleep(t0 - now)
@@ -645,7 +658,12 @@ class Worker:
                                 lag_max = lag
                         start(next_due, now)
                         nxt = next(sched, None)
-                        next_due = None if nxt is None else t0 + nxt
+                        if nxt is None:
+                            next_due = None
+                        else:
+                            # attempts due closer together than the quantum: wake per quantum
+                            batching = t0 + nxt - next_due < WAKE_QUANTUM_S
+                            next_due = t0 + nxt
                         now = mono()
                         if now >= give_up_at:
                             break
@@ -731,7 +749,9 @@ class Worker:
                 # a wake-up per answer costs more CPU than the gap delays them, and the
                 # answers that arrived meanwhile are handled together after it.
                 if not events and wait > 0:
-                    if wait < SELECT_MIN_S:
+                    if batching and wait < WAKE_QUANTUM_S:
+                        sleep(WAKE_QUANTUM_S)
+                    elif wait < SELECT_MIN_S:
                         sleep(wait)
                     elif sel(ep_fds, (), (), wait)[0]:
                         events = ep.poll(0, max_events)
@@ -770,7 +790,10 @@ class Worker:
                     last_end = now
 
         cpu_s = time.process_time() - cpu0
-        preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - nivcsw0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        preempted = ru1.ru_nivcsw - ru0.ru_nivcsw
+        sys_s = ru1.ru_stime - ru0.ru_stime
+        wakeups = ru1.ru_nvcsw - ru0.ru_nvcsw
         ep.close()
         if gc_was_enabled:
             gc.enable()
@@ -789,7 +812,8 @@ class Worker:
             requests=n_requests, http_status=http_status,
             lag_max_ms=lag_max * 1000.0, late_starts=late, not_started=max(0, skipped), end=end,
             interrupted=stopping, answer_ms=r_ams, request_s=req_s, lag_s=lags,
-            unfinished=unfinished, stopped_at=stopped_at, cpu_s=cpu_s, preempted=preempted,
+            unfinished=unfinished, stopped_at=stopped_at, cpu_s=cpu_s, sys_s=sys_s, preempted=preempted,
+            wakeups=wakeups,
             in_flight_max=in_flight_max,
         )
 
