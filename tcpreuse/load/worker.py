@@ -81,14 +81,14 @@ MAX_EVENTS = 256
 # measured at 4,000/s on 2 workers, select() cost ~15 % more CPU per connection than a
 # sleep (a wake-up per answer) and cut the late starts from 66 % to 41 % on a crowded VM.
 SELECT_MIN_S = 0.0002
-# Shortest sleep of an open loop whose attempts are due closer together than this (above
-# 1 / WAKE_QUANTUM_S = 2,000/s per worker): it wakes at most once per quantum and starts
-# every attempt that came due meanwhile (start lag 0 .. WAKE_QUANTUM_S, plus however late
-# the kernel runs it), instead of waking once per attempt and once per answer. A wake-up
+# An open loop whose attempts are due closer together than this (above 1 / WAKE_QUANTUM_S
+# = 2,000/s per worker) wakes at most once per quantum and starts every attempt that came
+# due meanwhile (start lag 0 .. WAKE_QUANTUM_S, plus however late the kernel runs it),
+# instead of waking once per attempt and once per answer. A wake-up
 # is a context switch, a timer and a pass through cold kernel and interpreter paths on a
-# machine that also runs the server: measured against nginx at 5,000/s on 2 workers, the
-# quantum cut the workers' CPU per attempt by ~15 % (docs/load.md, "What bounds the
-# ceiling"). The cost is in the start lag: p50 about half the quantum.
+# machine that also runs the server: measured against nginx, the quantum cut the workers'
+# CPU per attempt by 13-25 % where they kept up (docs/load.md, "Waking once per quantum").
+# The cost is in the start lag: p50 about half the quantum.
 WAKE_QUANTUM_S = 0.0005
 
 # No SYN can have been retransmitted in a handshake shorter than this (see connected()).
@@ -625,6 +625,7 @@ class Worker:
         stopping = False
         exhausted = False  # no more attempts will be started
         batching = False  # open loop: the last gap between due times was under WAKE_QUANTUM_S
+        woke = 0.0  # when the last quantum sleep ended
 
         # Nothing here makes reference cycles, so the cyclic GC only costs time: its
         # collections, triggered by the attempts' allocations, were 2 % of a worker's CPU.
@@ -750,7 +751,12 @@ class Worker:
                 # answers that arrived meanwhile are handled together after it.
                 if not events and wait > 0:
                     if batching and wait < WAKE_QUANTUM_S:
-                        sleep(WAKE_QUANTUM_S)
+                        # until the next attempt is due, but not before a quantum has passed
+                        # since the last such wake-up: one wake-up per quantum, no drift
+                        # (sleeping a whole quantum from now, a worker whose gaps are just
+                        # under it fell a little further behind at every wake-up)
+                        sleep(max(wait, woke + WAKE_QUANTUM_S - now))
+                        woke = mono()
                     elif wait < SELECT_MIN_S:
                         sleep(wait)
                     elif sel(ep_fds, (), (), wait)[0]:
