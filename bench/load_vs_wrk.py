@@ -280,14 +280,15 @@ def fixed_rate_rows(env: Env, port: int, args: argparse.Namespace) -> None:
                 got.setdefault((rate, name), []).append(r)
                 print(f"  run {i + 1} {name}: {rate:8.0f}/s  loop CPU {r['loop_cpu_us']:6.1f} us/attempt (system "
                       f"{r['loop_sys_us']:5.1f}), nginx {r['server_cpu_us']:5.1f}  start lag p50 {r['lag_p50_ms']:.3f} "
-                      f"p99 {r['lag_p99_ms']:.3f} ms  late {r['late']:6.1%}  (load average {os.getloadavg()[0]:.1f})",
+                      f"p99 {r['lag_p99_ms']:.3f} ms  late {r['late']:6.1%}  preempted {r['preempted']:.2f}/attempt  "
+                      f"(load average {os.getloadavg()[0]:.1f})",
                       flush=True)
     for (rate, name), rs in got.items():
         med = {k: statistics.median(r[k] for r in rs) for k in ("loop_cpu_us", "loop_sys_us", "server_cpu_us",
-                                                                  "lag_p50_ms", "lag_p99_ms", "late")}
+                                                                  "lag_p50_ms", "lag_p99_ms", "late", "preempted")}
         print(f"median {name} {rate:,.0f}/s: loop CPU {med['loop_cpu_us']:.1f} us/attempt (system "
               f"{med['loop_sys_us']:.1f}), nginx {med['server_cpu_us']:.1f}, start lag p50 {med['lag_p50_ms']:.3f} "
-              f"p99 {med['lag_p99_ms']:.3f} ms, late {med['late']:.1%} (runs: "
+              f"p99 {med['lag_p99_ms']:.3f} ms, late {med['late']:.1%}, preempted {med['preempted']:.2f}/attempt (runs: "
               f"{', '.join(f'{x:.1f}' for x in (r['loop_cpu_us'] for r in rs))} us)")
     print(f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
