@@ -84,11 +84,11 @@ SELECT_MIN_S = 0.0002
 # An open loop whose attempts are due closer together than this (above 1 / WAKE_QUANTUM_S
 # = 2,000/s per worker) wakes at most once per quantum and starts every attempt that came
 # due meanwhile (start lag 0 .. WAKE_QUANTUM_S, plus however late the kernel runs it),
-# instead of waking once per attempt and once per answer. A wake-up
-# is a context switch, a timer and a pass through cold kernel and interpreter paths on a
-# machine that also runs the server: measured against nginx, the quantum cut the workers'
-# CPU per attempt by 13-25 % where they kept up (docs/load.md, "Waking once per quantum").
-# The cost is in the start lag: p50 about half the quantum.
+# instead of waking once per attempt and once per answer. A wake-up is a context switch,
+# a timer and a pass through cold kernel and interpreter paths on a machine that also runs
+# the server: measured against nginx, the quantum cut the workers' CPU per attempt by
+# 13-25 % where they kept up (docs/load.md, "Waking once per quantum"). The cost is in the
+# start lag: p50 about half the quantum, and more preemptions in the middle of a batch.
 WAKE_QUANTUM_S = 0.0005
 
 # No SYN can have been retransmitted in a handshake shorter than this (see connected()).
@@ -750,7 +750,7 @@ class Worker:
                 # a wake-up per answer costs more CPU than the gap delays them, and the
                 # answers that arrived meanwhile are handled together after it.
                 if not events and wait > 0:
-                    if batching and wait < WAKE_QUANTUM_S:
+                    if batching and not exhausted and wait < WAKE_QUANTUM_S:
                         # until the next attempt is due, but not before a quantum has passed
                         # since the last such wake-up: one wake-up per quantum, no drift
                         # (sleeping a whole quantum from now, a worker whose gaps are just
