@@ -59,7 +59,8 @@ def _render_summary(s: dict[str, Any]) -> None:
     if s["mode"] == "open" and lag.get("p99") is not None:
         con.print(f"generator: start lag p50 {_fmt_ms(lag['p50'])} ms, p99 {_fmt_ms(lag['p99'])} ms, "
                   f"{lag['late_starts']} started > 1 ms late"
-                  + (f"; CPU {g['cpu_us_per_attempt']:.1f} us/attempt, preempted {g['preempted']} times"
+                  + (f"; CPU {g['cpu_us_per_attempt']:.1f} us/attempt ({g.get('sys_us_per_attempt') or 0:.1f} system), "
+                     f"preempted {g['preempted']} times"
                      if g.get("cpu_us_per_attempt") is not None else ""))
     tw = s["per_second"]["time_wait"]
     if tw:

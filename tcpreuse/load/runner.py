@@ -427,7 +427,9 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     late = sum(r.late_starts for r in parts)
     not_started = sum(r.not_started for r in parts)
     cpu_s = sum(r.cpu_s for r in parts)
+    sys_s = sum(r.sys_s for r in parts)
     preempted = sum(r.preempted for r in parts)
+    wakeups = sum(r.wakeups for r in parts)
 
     notes: list[str] = []
     if interrupted:
@@ -509,7 +511,9 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         # what the generator itself cost: its workers' CPU (user + system) per attempt, and
         # how often the CPU was taken from them (involuntary context switches)
         "generator": {"cpu_us_per_attempt": round(cpu_s / total * 1e6, 1) if total else None,
-                      "cpu_s": round(cpu_s, 3), "preempted": preempted,
+                      "sys_us_per_attempt": round(sys_s / total * 1e6, 1) if total else None,
+                      "cpu_s": round(cpu_s, 3), "sys_s": round(sys_s, 3), "preempted": preempted,
+                      "wakeups": wakeups,
                       "in_flight_max": sum(r.in_flight_max for r in parts)},  # an upper bound
         # the TCP timestamp offset of each source address's first connection (the earliest
         # worker's, per address): per host pair on 4.11-6.17, so validate can start the

@@ -82,6 +82,15 @@ MAX_EVENTS = 256
 # measured at 4,000/s on 2 workers, select() cost ~15 % more CPU per connection than a
 # sleep (a wake-up per answer) and cut the late starts from 66 % to 41 % on a crowded VM.
 SELECT_MIN_S = 0.0002
+# An open loop whose attempts are due closer together than this (above 1 / WAKE_QUANTUM_S
+# = 2,000/s per worker) wakes at most once per quantum and starts every attempt that came
+# due meanwhile (start lag 0 .. WAKE_QUANTUM_S, plus however late the kernel runs it),
+# instead of waking once per attempt and once per answer. A wake-up is a context switch,
+# a timer and a pass through cold kernel and interpreter paths on a machine that also runs
+# the server: measured against nginx, the quantum cut the workers' CPU per attempt by
+# 13-25 % where they kept up (docs/load.md, "Waking once per quantum"). The cost is in the
+# start lag: p50 about half the quantum, and more preemptions in the middle of a batch.
+WAKE_QUANTUM_S = 0.0005
 
 # No SYN can have been retransmitted in a handshake shorter than this (see connected()).
 SYN_RTO_FLOOR_S = 0.001
@@ -179,6 +188,8 @@ class WorkerResult:
     error: str | None = None
     in_flight_max: int = 0  # most attempts open at once (checked after each round's starts)
     cpu_s: float = 0.0  # CPU time (user + system) of the worker's loop, its own and the kernel's for it
+    sys_s: float = 0.0  # the kernel's part of cpu_s: its system calls and the softirqs they ran
+    wakeups: int = 0  # voluntary context switches during the loop: it slept (or waited) and was woken
     preempted: int = 0  # involuntary context switches during the loop: the CPU was taken from it
     # per source address, the TCP timestamp offset of its first connection (sockopt.ts_offset(),
     # None: unreadable): on 4.11-6.17 every connection to the target has it (per host pair)
@@ -620,12 +631,15 @@ class Worker:
         last_end = 0.0
         stopping = False
         exhausted = False  # no more attempts will be started
+        batching = False  # open loop: the last gap between due times was under WAKE_QUANTUM_S
+        woke = 0.0  # when the last quantum sleep ended
 
         # Nothing here makes reference cycles, so the cyclic GC only costs time: its
         # collections, triggered by the attempts' allocations, were 2 % of a worker's CPU.
         gc_was_enabled = gc.isenabled()
         gc.disable()
-        cpu0, nivcsw0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = time.process_time()
         now = mono()
         if now < t0:
             sleep(t0 - now)
@@ -652,7 +666,12 @@ class Worker:
                                 lag_max = lag
                         start(next_due, now)
                         nxt = next(sched, None)
-                        next_due = None if nxt is None else t0 + nxt
+                        if nxt is None:
+                            next_due = None
+                        else:
+                            # attempts due closer together than the quantum: wake per quantum
+                            batching = t0 + nxt - next_due < WAKE_QUANTUM_S
+                            next_due = t0 + nxt
                         now = mono()
                         if now >= give_up_at:
                             break
@@ -738,7 +757,14 @@ class Worker:
                 # a wake-up per answer costs more CPU than the gap delays them, and the
                 # answers that arrived meanwhile are handled together after it.
                 if not events and wait > 0:
-                    if wait < SELECT_MIN_S:
+                    if batching and not exhausted and wait < WAKE_QUANTUM_S:
+                        # until the next attempt is due, but not before a quantum has passed
+                        # since the last such wake-up: one wake-up per quantum, no drift
+                        # (sleeping a whole quantum from now, a worker whose gaps are just
+                        # under it fell a little further behind at every wake-up)
+                        sleep(max(wait, woke + WAKE_QUANTUM_S - now))
+                        woke = mono()
+                    elif wait < SELECT_MIN_S:
                         sleep(wait)
                     elif sel(ep_fds, (), (), wait)[0]:
                         events = ep.poll(0, max_events)
@@ -777,7 +803,10 @@ class Worker:
                     last_end = now
 
         cpu_s = time.process_time() - cpu0
-        preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - nivcsw0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        preempted = ru1.ru_nivcsw - ru0.ru_nivcsw
+        sys_s = ru1.ru_stime - ru0.ru_stime
+        wakeups = ru1.ru_nvcsw - ru0.ru_nvcsw
         ep.close()
         if gc_was_enabled:
             gc.enable()
@@ -796,8 +825,8 @@ class Worker:
             requests=n_requests, http_status=http_status,
             lag_max_ms=lag_max * 1000.0, late_starts=late, not_started=max(0, skipped), end=end,
             interrupted=stopping, answer_ms=r_ams, request_s=req_s, lag_s=lags,
-            unfinished=unfinished, stopped_at=stopped_at, cpu_s=cpu_s, preempted=preempted,
-            in_flight_max=in_flight_max, ts_offsets=ts_offsets,
+            unfinished=unfinished, stopped_at=stopped_at, cpu_s=cpu_s, sys_s=sys_s, preempted=preempted,
+            wakeups=wakeups, in_flight_max=in_flight_max, ts_offsets=ts_offsets,
         )
 
 
