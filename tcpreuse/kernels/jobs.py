@@ -81,6 +81,9 @@ class LabJob:
     netfilter: str = "auto"  # NAT/LB backend (lab/iptables.py choose())
     pace: bool = False  # dilate rates/times to the kernel's measured speed (pace.py)
     trace: bool = False  # record the kernel's verdicts per attempt (lab/tracing.py)
+    # one attempt in flight per load (load --max-in-flight 1): the scenario is sequential
+    # in the model (validate's suite.SEQUENTIAL)
+    sequential: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +93,7 @@ class LabJob:
         return cls(ref=str(d["ref"]), overrides=dict(d.get("overrides") or {}),
                    approximate=bool(d.get("approximate")), native=bool(d.get("native")),
                    netfilter=str(d.get("netfilter") or "auto"), pace=bool(d.get("pace")),
-                   trace=bool(d.get("trace")))
+                   trace=bool(d.get("trace")), sequential=bool(d.get("sequential")))
 
 
 @dataclass
@@ -261,7 +264,8 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome
                 sc = suite.load(job.ref, out.overrides)
         out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress,
                                             netfilter=job.netfilter, lead_s=facts.lead_s,
-                                            trace=job.trace))
+                                            trace=job.trace,
+                                            max_in_flight=1 if job.sequential else None))
     except TcpreuseError as e:
         out.error = str(e)
     finally:

@@ -79,6 +79,11 @@ class LabOptions:
     netfilter: str = "auto"
     # seconds between starting a load and its first attempt (longer on a slow kernel)
     lead_s: float = LOAD_LEAD_S
+    # each load keeps at most this many attempts in flight (load --max-in-flight); None: no
+    # cap. 1 for a workload the model runs one connection after another (validate's
+    # suite.SEQUENTIAL): a late answer then delays the next attempt (measured start lag)
+    # instead of overlapping it, which would hold ports the model's run never holds
+    max_in_flight: int | None = None
 
 
 @contextlib.contextmanager
@@ -158,7 +163,8 @@ def budget_problems(plan: LabPlan) -> list[str]:
 
 
 def load_argv(python: str, ld: Load, result: Path, scenario: str,
-              start_at: float | None = None, drain: float | None = None) -> list[str]:
+              start_at: float | None = None, drain: float | None = None,
+              max_in_flight: int | None = None) -> list[str]:
     argv = [python, "-m", "tcpreuse", "load", f"{ld.target[0]}:{ld.target[1]}",
             "--rate", _fmt(ld.rate), "--duration", _fmt(ld.duration_s), "--arrival", ld.arrival,
             "--close", ld.close, "--requests-per-conn", str(ld.requests_per_conn),
@@ -169,6 +175,8 @@ def load_argv(python: str, ld: Load, result: Path, scenario: str,
             "--request-timeout", _fmt(ld.request_timeout_s)]
     if ld.count is not None:
         argv += ["--count", str(ld.count)]
+    if max_in_flight is not None:
+        argv += ["--max-in-flight", str(max_in_flight)]
     if drain is not None:
         # the budget was checked (and maybe overridden) by the lab, for all loads at once
         argv += ["--drain", _fmt(drain), "--force"]
@@ -331,7 +339,7 @@ class LabRun:
                                         drain_of(ld, grace))
                 else:
                     argv = load_argv(self.opts.python, ld, res, self.plan.scenario, start_at,
-                                     drain_of(ld, grace))
+                                     drain_of(ld, grace), self.opts.max_in_flight)
                 p = self._popen(ld.host, argv, self._log(name))
                 self.loads.append((ld, p, res, time.monotonic() - t0))
                 running.append(p)
@@ -527,7 +535,10 @@ class LabRun:
                  "count": p.load.count, "offset_s": round(p.offset_s, 4),
                  "attempts": len(p.result.attempts) if p.result else None,
                  "emulated": bool(p.load.emulated),
-                 "start_lag": p.result.meta.get("load", {}).get("start_lag") if p.result else None}
+                 "start_lag": p.result.meta.get("load", {}).get("start_lag") if p.result else None,
+                 # due time -> the client's close() (when its port, and its TIME_WAIT, begin)
+                 "close_ms": p.result.meta.get("load", {}).get("close_ms") if p.result else None,
+                 "max_in_flight": None if p.load.emulated else self.opts.max_in_flight}
                 for p in parts
             ],
             "serve_close": {s.host: s.close for s in self.plan.serves},

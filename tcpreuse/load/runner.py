@@ -79,6 +79,9 @@ class LoadConfig:
     # ("unfinished") and the run ends: duration + drain is its wall-clock bound.
     drain: float = 2.0
     force: bool = False  # run even what the estimate says will not fit (budget.py)
+    # open loop: at most this many attempts in flight (split over the workers); an attempt
+    # due meanwhile starts when one closes, late, and its lag says so. None: no cap
+    max_in_flight: int | None = None
     records_as_json: bool = False  # --result: the records are also rendered as JSON
 
     @property
@@ -108,6 +111,8 @@ class LoadConfig:
                 raise LoadError("--arrival ramp needs --duration (the ramp spans it)")
             if self.ramp_from < 0:
                 raise LoadError("--ramp-from must be >= 0")
+        if self.max_in_flight is not None and (self.mode != "open" or self.max_in_flight < 1):
+            raise LoadError("--max-in-flight caps an open loop (--rate): give a positive number")
         if self.mode == "closed" and self.arrival != "constant":
             raise LoadError("--arrival applies to the open loop (--rate), not to --concurrency")
         if self.close not in CLOSE_POLICIES:
@@ -169,6 +174,8 @@ class LoadConfig:
             w = min(w, self.count)
         if self.concurrency:
             w = min(w, self.concurrency)
+        if self.max_in_flight:
+            w = min(w, self.max_in_flight)
         return max(1, w)
 
 
@@ -223,6 +230,7 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
             count=config.count if config.mode == "open" else split_count(config.count, workers, i),
             seed=config.seed, index=i, workers=workers, t0=t0, tick_s=tick_s,
             drain=config.drain if config.duration is not None else None,
+            max_in_flight=split_count(config.max_in_flight, workers, i) or 0 if config.max_in_flight else 0,
         ))
 
     ctx = mp.get_context("fork")
@@ -383,9 +391,12 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     out["client"] = np.zeros(total, dtype="i4")  # code 0 of their vocabularies
     out["dst"] = np.zeros(total, dtype="i4")
     out["dport"] = np.full(total, config.target.port, dtype="i4")
-    # due time -> first answer, per attempt (an optional column: load and lab have it)
+    # due time -> first answer, and -> the socket's close(), per attempt (optional columns:
+    # load and lab have them)
     out["answer_ms"] = np.concatenate([np.frombuffer(r.answer_ms, dtype="f8") if len(r.answer_ms)
                                        else np.zeros(0) for r in parts]) if parts else np.zeros(0)
+    out["close_ms"] = np.concatenate([np.frombuffer(r.close_ms, dtype="f8") if len(r.close_ms)
+                                      else np.zeros(0) for r in parts]) if parts else np.zeros(0)
     # the remap above appended only names the workers used, in first-use order
     table = AttemptTable.build(out, {
         "outcome": outcome_voc, "reason": reason_voc, "workload": [config.workload],
@@ -501,6 +512,8 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         "connect_ms": nearest_rank(table.cols["connect_ms"]),
         "request_ms": nearest_rank(request_ms),
         "answer_ms": nearest_rank(table.cols["answer_ms"]),
+        "close_ms": nearest_rank(table.cols["close_ms"]),
+        "max_in_flight": config.max_in_flight,
         "http_status": {str(k): v for k, v in sorted(http_status.items())},
         # how late the generator itself started attempts (open loop; part of connect_ms)
         "not_started": not_started,

@@ -381,7 +381,8 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
     kernel = get_kernel(opts.kernel)
     # a slower kernel than the host gets its scenarios paced (kernels/pace.py)
     jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True, netfilter=opts.netfilter,
-                   pace=opts.kernel != "host", trace=opts.trace) for ref in refs]
+                   pace=opts.kernel != "host", trace=opts.trace, sequential=ref in suite.SEQUENTIAL)
+            for ref in refs]
     if opts.model_profile is not None:
         get_profile(opts.model_profile)  # an unknown profile fails before any lab runs
     for ref in refs:  # a bad reference or a non-Linux host fails before any lab runs
