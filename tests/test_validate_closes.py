@@ -119,3 +119,39 @@ def test_max_in_flight_needs_an_open_loop() -> None:
     r = subprocess.run([sys.executable, "-m", "tcpreuse", "load", "127.0.0.1:9", "--concurrency", "2",
                         "--count", "2", "--max-in-flight", "1"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--max-in-flight" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_seconds_turn_is_when_a_poll_first_saw_it() -> None:
+    """Not the coarse value (a late tick still reads as its grid time, 87.0012 here) but the
+    moment between the last poll short of the second and the first past it."""
+    from tcpreuse.lab.clockphase import seconds_turn
+
+    readings = iter([86.998, 86.998, 86.998, 87.0012, 87.0012])
+    clock = iter([86.9975, 86.998, 86.9985, 87.0095, 87.0100])  # the tick came at ~87.0098
+    assert seconds_turn(87, lambda: next(readings), lambda: next(clock), lambda s: None) == pytest.approx(0.0100)
+    # this thread itself late (5 ms between two polls): the turn is not known that well
+    readings = iter([86.998, 87.0012])
+    clock = iter([86.997, 86.998, 87.003])
+    assert seconds_turn(87, lambda: next(readings), lambda: next(clock), lambda s: None) is None
+    # a coarse clock that does not get there within 0.1 s: given up, not a made-up turn
+    mono = iter(86.99 + 0.001 * k for k in range(1000))
+    assert seconds_turn(87, lambda: 86.99, lambda: next(mono), lambda s: None, give_up_s=0.1) is None
+
+
+def test_the_model_turns_its_seconds_when_the_kernel_did_during_the_run() -> None:
+    from tcpreuse.validate.run import clock_overrides, run_turns
+
+    sc = suite.load("v-reuse1-seconds", {"host.client.profile": "linux-6.1", "host.server.profile": "linux-6.1"})
+    lab = Engine(sc).run()  # a stand-in with the lab's fields
+    lab.attempts.cols["t"] = lab.attempts.cols["t"] + 2.0
+    lab.meta["t0_monotonic"] = 85.0
+    lab.meta["tick_delay_s"] = 0.001  # the quiet measurement before the run
+    # turns watched from 86 s to 95 s; the attempts ran from 87 s to 93 s
+    lab.meta["seconds_turns"] = [[86, 0.001]] + [[n, 0.0075] for n in range(87, 95)] + [[95, 0.001]]
+    assert run_turns(lab) == [0.0075] * 7
+    ov, notes = clock_overrides(sc, lab, sim_first_t=0.0)
+    assert ov["host.client.model.tick_delay_s"] == 0.0075
+    assert any("turned 7.5 ms after each whole second while the lab ran (median of 7" in n
+               and "1.0 ms measured before it" in n for n in notes)
+    del lab.meta["seconds_turns"]  # an older run: the quiet measurement
+    assert clock_overrides(sc, lab, sim_first_t=0.0)[0]["host.client.model.tick_delay_s"] == 0.001

@@ -236,6 +236,10 @@ class LabRun:
         self._trace: Any = None  # a lab.tracing.LabTrace while the kernel is traced
         self.tick_delay: float | None = None
         self.jiffies_lag: float | None = None
+        # (whole second of CLOCK_MONOTONIC, s after it that the kernel's seconds value turned),
+        # watched while the loads run (clockphase.watch_seconds)
+        self.seconds_turns: list[tuple[int, float]] = []
+        self._turns: threading.Thread | None = None
 
     # ---- helpers ----------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -413,6 +417,11 @@ class LabRun:
                     started = True
                     self._sampler = threading.Thread(target=self._sample, args=(t0,), daemon=True)
                     self._sampler.start()
+                    from .clockphase import watch_seconds
+
+                    self._turns = threading.Thread(target=watch_seconds, daemon=True,
+                                                   args=(self._stop_sampling, self.seconds_turns))
+                    self._turns.start()
                     self._run_loads(t0, t0_unix)
                     time.sleep(SETTLE_S)
                 except (KeyboardInterrupt, Signalled) as e:
@@ -434,6 +443,8 @@ class LabRun:
         self._stop_sampling.set()
         if self._sampler is not None:
             self._sampler.join(timeout=5)
+        if self._turns is not None:
+            self._turns.join(timeout=5)
         obs = Observed(duration_s=duration, step_s=self.opts.step_s)
         end: dict[str, dict[str, int]] = {}
         for k, h in self.plan.hosts.items():
@@ -491,6 +502,7 @@ class LabRun:
         out.meta["t0_monotonic"] = round(t0, 6)  # CLOCK_MONOTONIC at t = 0: the kernel's clock phase
         out.meta["tick_delay_s"] = self.tick_delay
         out.meta["jiffies_lag_s"] = self.jiffies_lag
+        out.meta["seconds_turns"] = [[n, d] for n, d in self.seconds_turns]
         return out
 
     def _start_trace(self) -> None:

@@ -201,7 +201,16 @@ def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[d
     notes = [f"the model's clocks start from the kernel's: CLOCK_MONOTONIC {at:.3f} s at the "
              f"first attempt (seconds-clock phase {at % 1:.3f} s)"]
     tick = lab.meta.get("tick_delay_s")
-    if isinstance(tick, int | float) and tick > 0:
+    turns = run_turns(lab)
+    if turns:
+        med = float(np.median(turns))
+        out.update({f"host.{g}.model.tick_delay_s": round(med, 6) for g in linux})
+        notes.append(f"the kernel's seconds value turned {med * 1000:.1f} ms after each whole second "
+                     f"while the lab ran (median of {len(turns)}, {min(turns) * 1000:.1f}-"
+                     f"{max(turns) * 1000:.1f} ms; CLOCK_MONOTONIC_COARSE"
+                     + (f"; {tick * 1000:.1f} ms measured before it" if isinstance(tick, int | float) else "")
+                     + "): ktime_get_seconds() turns over then, in the model too")
+    elif isinstance(tick, int | float) and tick > 0:
         out.update({f"host.{g}.model.tick_delay_s": tick for g in linux})
         notes.append(f"the kernel's timer ticks come {tick * 1000:.1f} ms after each whole second "
                      "(CLOCK_MONOTONIC_COARSE): ktime_get_seconds() turns over then, in the model too")
@@ -211,6 +220,18 @@ def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[d
         notes.append(f"the kernel's jiffies lag CLOCK_MONOTONIC by {lag * 1000:.1f} ms (/proc/timer_list): "
                      "the model's jiffies (5.18+ port re-salt every 10 s, timer wheel) count the same")
     return out, notes
+
+
+def run_turns(lab: RunResult) -> list[float]:
+    """How late after each whole second the kernel's seconds value turned (s), for the
+    seconds from the lab's first attempt to one past its last (meta seconds_turns, watched
+    while the loads ran: lab/clockphase.watch_seconds); empty for a run without them."""
+    t0, turns = lab.meta.get("t0_monotonic"), lab.meta.get("seconds_turns")
+    if not isinstance(t0, int | float) or not isinstance(turns, list) or not len(lab.attempts):
+        return []
+    t = lab.attempts.cols["t"]
+    lo, hi = float(t0) + float(np.min(t)), float(t0) + float(np.max(t)) + 1.0
+    return [float(d) for n, d in turns if lo <= n <= hi]
 
 
 def start_lag_ms(lab: RunResult) -> float:

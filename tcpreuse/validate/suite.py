@@ -41,8 +41,7 @@ QUICK = (
 # which sends the kernel to odd ones the model never needs.
 SEQUENTIAL: dict[str, str] = {
     name: "one connection after another in the model; the lab's load keeps one in flight"
-    for name in ("v-server-close-syn-on-tw", "v-server-close-client-ts-off",
- "v-reuse1-seconds")
+    for name in ("v-server-close-syn-on-tw", "v-server-close-client-ts-off")
 }
 
 
