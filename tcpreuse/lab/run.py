@@ -488,7 +488,13 @@ class LabRun:
                 continue
             offset = launched
             t_start = result.meta.get("t0_unix", result.meta.get("started_unix"))
-            if isinstance(t_start, int | float) and abs(t_start - t0_unix - launched) < 30:
+            t_mono = result.meta.get("t0_monotonic")
+            if isinstance(t_mono, int | float) and abs(t_mono - t0 - launched) < 30:
+                # one kernel, one CLOCK_MONOTONIC: exact, where converting through the wall
+                # clock (read apart from the monotonic one in each process) was off by as
+                # much as a process was preempted between the two reads (ms in a loaded UML)
+                offset = float(t_mono) - t0
+            elif isinstance(t_start, int | float) and abs(t_start - t0_unix - launched) < 30:
                 offset = float(t_start) - t0_unix
             parts.append(Part(ld, result, offset))
         if self.plan.loads and all(p.result is None for p in parts) and not self.interrupted:

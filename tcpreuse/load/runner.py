@@ -351,7 +351,7 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
         raise LoadError("no worker returned a result" + (": " + errors[0] if errors else ""))
     merged = _merge(config, [results[i] for i in sorted(results)], tw_samples, counters,
                     settings, workers, bind, interrupted or any(r.interrupted for r in results.values()),
-                    errors, nofile, t0_unix, end_time - t0, stopped_at)
+                    errors, nofile, t0_unix, end_time - t0, stopped_at, t0_mono=t0)
     if interrupted:
         merged.stopped_by = signals[0] if signals else signal.SIGINT
     return merged
@@ -360,7 +360,7 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
 def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
            counters: dict[str, int], settings: dict[str, str], workers: int, bind: str,
            interrupted: bool, errors: list[str], nofile: int, t0_unix: float,
-           wall_s: float, stopped_at: float | None = None) -> LoadRun:
+           wall_s: float, stopped_at: float | None = None, t0_mono: float | None = None) -> LoadRun:
     outcome_voc: list[str] = []
     reason_voc: list[str] = []
     addr_voc: list[str] = [config.target.host]
@@ -551,6 +551,9 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         notes=notes, meta={
             "kernel": platform.release(),
             "t0_unix": round(t0_unix, 6),  # wall-clock time of t = 0
+            # CLOCK_MONOTONIC at t = 0: places the attempts on the kernel's own clock (the lab),
+            # free of the error in converting between the wall clock and it
+            "t0_monotonic": None if t0_mono is None else round(t0_mono, 6),
             "load": {k: v for k, v in summary.items() if k not in ("per_second", "notes", "counters")},
             "histograms": {"connect_us": connect_h.encode().decode() if connect_h.get_total_count() else "",
                            "request_us": request_h.encode().decode() if request_h.get_total_count() else ""},
