@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,7 +104,10 @@ def test_max_in_flight_one_never_overlaps_and_records_closes(slow_server: ServeP
     s = _load(slow_server.port, tmp_path / "one.json", "--max-in-flight", "1")
     assert s["ok"] == 20 and s["generator"]["in_flight_max"] == 1  # type: ignore[index]
     assert s["max_in_flight"] == 1
-    a = RunResult.from_json(json.loads((tmp_path / "one.json").read_text())).attempts
+    res = RunResult.from_json(json.loads((tmp_path / "one.json").read_text()))
+    a = res.attempts
+    # t = 0 on CLOCK_MONOTONIC too (the lab places attempts on the kernel's clock by it)
+    assert 0 < time.monotonic() - res.meta["t0_monotonic"] < 60
     t, close, ans = a.cols["t"], a.cols["close_ms"], a.cols["answer_ms"]
     # each close() comes after its answer (the server's FIN), and the next attempt was
     # started only after it: its answer cannot come before the previous close + 30 ms
@@ -155,3 +159,29 @@ def test_the_model_turns_its_seconds_when_the_kernel_did_during_the_run() -> Non
                and "1.0 ms measured before it" in n for n in notes)
     del lab.meta["seconds_turns"]  # an older run: the quiet measurement
     assert clock_overrides(sc, lab, sim_first_t=0.0)[0]["host.client.model.tick_delay_s"] == 0.001
+
+
+def test_time_waits_begun_a_second_later_are_counted_from_the_close_times() -> None:
+    """The UML run where the first answers came 50 ms late: the first 3 connections, due
+    13, 3 and -7 ms around a second, closed after the seconds clock turned (10.5 ms past it),
+    where the model's closed before; on 6.1 each then frees its port a second later."""
+    from tcpreuse.validate.run import seconds_crossings
+
+    prof = "linux-6.1"
+    sc = suite.load("v-reuse1-seconds", {"host.client.profile": prof, "host.server.profile": prof})
+    sim = Engine(sc).run()
+    lab = Engine(sc).run()  # a stand-in with the lab's fields
+    t = lab.attempts.cols["t"]
+    lab.meta["t0_monotonic"] = 99.987 - float(t.min())  # the first attempt at 99.987 s
+    close = np.full(len(t), 0.3)
+    close[:3] = [65.0, 55.0, 45.0]  # all three closed at ~100.052 s
+    lab.attempts.cols["close_ms"] = close
+    lab.meta["seconds_turns"] = [[100, 0.0105], [101, 0.0105]]
+    row = seconds_crossings(sc, sim, lab, prof)
+    assert row is not None and row.lab == 3 and row.agree is None
+    assert "10.5 ms after each whole second" in row.reason
+    # closed in time: nothing crossed; and 6.18's rule (tcp_tw_reuse_delay) has no such row
+    lab.attempts.cols["close_ms"] = np.full(len(t), 0.3)
+    crossed = seconds_crossings(sc, sim, lab, prof)
+    assert crossed is not None and crossed.lab == 0
+    assert seconds_crossings(sc, sim, lab, "linux-6.18") is None

@@ -234,6 +234,41 @@ def run_turns(lab: RunResult) -> list[float]:
     return [float(d) for n, d in turns if lo <= n <= hi]
 
 
+def seconds_crossings(sc: Scenario, sim: RunResult, lab: RunResult, profile: str) -> Row | None:
+    """Where tcp_tw_reuse = 1 frees a TIME_WAIT once the seconds clock has passed the second
+    it began in (4.19-6.13, `after_s`): a row (not compared) with how many connections, ok on
+    both sides, closed in the lab (its recorded close()) in a later second of the kernel's
+    seconds clock than the model's did (the model closes within a ms of the due time). Each
+    frees its port a second later in the lab, so the outcome counts may differ by as many;
+    the row shows whether they do. None where the rule, the close times or a matching
+    schedule is missing."""
+    if get_profile(profile).tw_reuse_rule != "after_s" or not any(
+            g.role == "client" and int(g.effective_settings.get("net.ipv4.tcp_tw_reuse", 0)) == 1
+            for g in sc.host):
+        return None
+    la, sa = lab.attempts, sim.attempts
+    t0 = lab.meta.get("t0_monotonic")
+    if "close_ms" not in la.cols or not isinstance(t0, int | float) or len(la) != len(sa) or not len(la):
+        return None
+    turns = run_turns(lab)
+    tick = lab.meta.get("tick_delay_s")
+    turn = float(np.median(turns)) if turns else float(tick) if isinstance(tick, int | float) else 0.0
+    lt, st = la.cols["t"], sa.cols["t"]
+    lab_close = float(t0) + lt + la.cols["close_ms"] / 1000.0
+    model_close = float(t0) + float(np.min(lt)) + (st - float(np.min(st))) + sa.cols["connect_ms"] / 1000.0
+    both_ok = ~la.failed_mask() & ~sa.failed_mask() & ~np.isnan(lab_close) & ~np.isnan(model_close)
+    later = both_ok & (np.floor(lab_close - turn) > np.floor(model_close - turn))
+    n = int(later.sum())
+    first = f"; the first due {float(lt[later][0] - np.min(lt)):.3f} s after the first attempt" if n else ""
+    return Row("timing", "TIME_WAITs begun a second later than the model's (recorded close times)", 0, n,
+               None, "not compared",
+               "tcp_tw_reuse = 1 on 4.19-6.13 frees a TIME_WAIT once ktime_get_seconds() has passed "
+               "the second it began in (tw_ts_recent_stamp); these connections closed in the lab after "
+               f"a turn of the seconds clock (taken {turn * 1000:.1f} ms after each whole second) that "
+               f"the model's closed before{first}: each frees its port one second later in the lab, "
+               "so the outcome counts may differ by as many")
+
+
 def start_lag_ms(lab: RunResult) -> float:
     """The p99 of how late the lab's loads started their attempts (ms), the worst load's."""
     lags = [float((ld.get("start_lag") or {}).get("p99") or 0.0) for ld in lab.meta.get("loads", [])
@@ -365,6 +400,9 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
 
     own = model_profile or facts.profile
     out.rows = rows_for(sim, own)
+    crossed = seconds_crossings(sc, sim, lab, own)
+    if crossed is not None:
+        out.rows.append(crossed)
     if model_profile is None and ref in suite.DISCRIMINATING:
         other = suite.cross_profile(get_profile(facts.profile).version)
         ov_x = {k: (other if k.endswith(".profile") else v) for k, v in ov.items()}
