@@ -185,3 +185,21 @@ def test_time_waits_begun_a_second_later_are_counted_from_the_close_times() -> N
     crossed = seconds_crossings(sc, sim, lab, prof)
     assert crossed is not None and crossed.lab == 0
     assert seconds_crossings(sc, sim, lab, "linux-6.18") is None
+
+
+def test_a_sequential_scenario_reaches_the_load_as_one_in_flight() -> None:
+    """suite.SEQUENTIAL -> LabJob.sequential (through the boot's job file) -> LabOptions ->
+    `load --max-in-flight 1`; other scenarios stay open loops."""
+    from tcpreuse.kernels.jobs import LabJob
+    from tcpreuse.lab.plan import build_plan
+    from tcpreuse.lab.realise import realise
+    from tcpreuse.lab.run import load_argv
+
+    assert "v-server-close-syn-on-tw" in suite.SEQUENTIAL and "v-nat-syn-on-tw-ts-off" not in suite.SEQUENTIAL
+    job = LabJob.from_json(json.loads(json.dumps(LabJob(ref="v-server-close-syn-on-tw", sequential=True).to_json())))
+    assert job.sequential and not LabJob.from_json({"ref": "x"}).sequential
+    sc = suite.load("v-server-close-syn-on-tw")
+    ld = build_plan(sc, realise(sc), "t").loads[0]
+    argv = load_argv("python", ld, Path("r.json"), sc.name, max_in_flight=1)
+    assert argv[argv.index("--max-in-flight") + 1] == "1"
+    assert "--max-in-flight" not in load_argv("python", ld, Path("r.json"), sc.name)
