@@ -203,3 +203,16 @@ def test_a_sequential_scenario_reaches_the_load_as_one_in_flight() -> None:
     argv = load_argv("python", ld, Path("r.json"), sc.name, max_in_flight=1)
     assert argv[argv.index("--max-in-flight") + 1] == "1"
     assert "--max-in-flight" not in load_argv("python", ld, Path("r.json"), sc.name)
+
+
+def test_no_seconds_row_where_timestamps_are_off() -> None:
+    """Without timestamps on the connection no TIME_WAIT is reusable (tw_ts_recent_stamp is
+    0), so when it began is beside the point: v-reuse1-client-ts-off gets no such row."""
+    from tcpreuse.validate.run import seconds_crossings
+
+    prof = "linux-6.1"
+    sc = suite.load("v-reuse1-client-ts-off", {"host.client.profile": prof, "host.server.profile": prof})
+    run = Engine(sc).run()
+    run.meta["t0_monotonic"] = 100.0
+    run.attempts.cols["close_ms"] = np.full(len(run.attempts), 900.0)
+    assert seconds_crossings(sc, Engine(sc).run(), run, prof) is None

@@ -242,9 +242,12 @@ def seconds_crossings(sc: Scenario, sim: RunResult, lab: RunResult, profile: str
     frees its port a second later in the lab, so the outcome counts may differ by as many;
     the row shows whether they do. None where the rule, the close times or a matching
     schedule is missing."""
+    def ts_on(g: Any) -> bool:  # a TIME_WAIT is reusable only with timestamps on the connection
+        return int(g.effective_settings.get("net.ipv4.tcp_timestamps", 1)) != 0
+
     if get_profile(profile).tw_reuse_rule != "after_s" or not any(
-            g.role == "client" and int(g.effective_settings.get("net.ipv4.tcp_tw_reuse", 0)) == 1
-            for g in sc.host):
+            g.role == "client" and int(g.effective_settings.get("net.ipv4.tcp_tw_reuse", 0)) == 1 and ts_on(g)
+            for g in sc.host) or not all(ts_on(g) for g in sc.host if g.role == "server"):
         return None
     la, sa = lab.attempts, sim.attempts
     t0 = lab.meta.get("t0_monotonic")
