@@ -215,4 +215,4 @@ def test_no_seconds_row_where_timestamps_are_off() -> None:
     run = Engine(sc).run()
     run.meta["t0_monotonic"] = 100.0
     run.attempts.cols["close_ms"] = np.full(len(run.attempts), 900.0)
-    assert seconds_crossings(sc, Engine(sc).run(), run, prof) is None
+    assert seconds_crossings(sc, run, run, prof) is None
