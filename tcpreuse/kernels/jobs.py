@@ -82,6 +82,9 @@ class LabJob:
     pace: bool = False  # dilate rates/times to the kernel's measured speed (pace.py)
     trace: bool = False  # record the kernel's verdicts per attempt (lab/tracing.py)
     capture: bool = False  # tcpdump each namespace interface (lab --capture) into the job's capture dir
+    # one attempt in flight per load (load --max-in-flight 1): the scenario is sequential
+    # in the model (validate's suite.SEQUENTIAL)
+    sequential: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +94,8 @@ class LabJob:
         return cls(ref=str(d["ref"]), overrides=dict(d.get("overrides") or {}),
                    approximate=bool(d.get("approximate")), native=bool(d.get("native")),
                    netfilter=str(d.get("netfilter") or "auto"), pace=bool(d.get("pace")),
-                   trace=bool(d.get("trace")), capture=bool(d.get("capture")))
+                   trace=bool(d.get("trace")), capture=bool(d.get("capture")),
+                   sequential=bool(d.get("sequential")))
 
 
 @dataclass
@@ -265,7 +269,8 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None,
         out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress,
                                             netfilter=job.netfilter, lead_s=facts.lead_s,
                                             trace=job.trace,
-                                            capture=capture_dir if job.capture else None))
+                                            capture=capture_dir if job.capture else None,
+                                            max_in_flight=1 if job.sequential else None))
     except TcpreuseError as e:
         out.error = str(e)
     finally:

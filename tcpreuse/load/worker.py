@@ -148,6 +148,9 @@ class WorkerPlan:
     # seconds after `duration` at which attempts still in flight are cut (recorded as
     # ECANCELED, reason "unfinished"): the run's hard wall-clock bound; None: no cut
     drain: float | None = None
+    # open loop: at most this many attempts in flight; one due meanwhile waits for a close
+    # (0: no cap). 1 makes a sequential workload sequential however late answers come.
+    max_in_flight: int = 0
     t0: float = 0.0  # time.monotonic() at which the run starts (same clock in all workers)
     tick_s: float = 0.5
 
@@ -181,6 +184,7 @@ class WorkerResult:
     end: float  # s since t0 when the last attempt finished
     interrupted: bool
     answer_ms: array = field(default_factory=lambda: array("d"))  # per record: due -> first answer; NaN: none
+    close_ms: array = field(default_factory=lambda: array("d"))  # per record: due -> close(); NaN: no socket
     request_s: array = field(default_factory=lambda: array("d"))  # every request's latency, s
     lag_s: array = field(default_factory=lambda: array("d"))  # open loop: start lag of every attempt, s
     unfinished: int = 0  # cut at the hard bound (duration + drain) while still in flight
@@ -261,6 +265,8 @@ class Worker:
         r_out, r_rsn, r_src, r_sport = array("h"), array("h"), array("i"), array("i")
         r_ams = array("d")  # due time -> first complete answer, ms (what a user waits)
         ams_app = r_ams.append
+        r_clo = array("d")  # due time -> the socket's close(), ms (when its local port may be free)
+        clo_app = r_clo.append
         t_app, cms_app, syn_app = r_t.append, r_cms.append, r_syn.append
         out_app, rsn_app, src_app, sport_app = r_out.append, r_rsn.append, r_src.append, r_sport.append
         req_s = array("d")  # request latencies, s
@@ -303,10 +309,11 @@ class Worker:
             return c
 
         def record(due: float, name: str, reason: str, cms: float,
-                   syn: int, src: str, sport: int, ams: float = nan) -> None:
+                   syn: int, src: str, sport: int, ams: float = nan, clo: float = nan) -> None:
             t_app(due - t0)
             cms_app(cms)
             ams_app(ams)
+            clo_app(clo)
             syn_app(syn)
             c = outcomes.get(name)
             if c is None:
@@ -335,9 +342,10 @@ class Worker:
                 cms = (att.t_conn - att.due) * 1000.0
             conns_pop(att.fd, None)
             att.sock.close()
+            clo = (mono() - att.due) * 1000.0
             att.state = -1
             record(att.due, name, reason, cms, att.syn, att.src, att.sport,
-                   (att.t_ans - att.due) * 1000.0 if att.t_ans else nan)
+                   (att.t_ans - att.due) * 1000.0 if att.t_ans else nan, clo)
             n_failed += 1
             errs[name] = errs.get(name, 0) + 1
 
@@ -345,8 +353,9 @@ class Worker:
             nonlocal n_ok
             conns_pop(att.fd, None)
             att.sock.close()
-            att.state = -1
             due = att.due
+            clo_app((mono() - due) * 1000.0)
+            att.state = -1
             t_app(due - t0)
             cms_app((att.t_conn - due) * 1000.0)
             ams_app((att.t_ans - due) * 1000.0)
@@ -616,6 +625,7 @@ class Worker:
         stopped_at: float | None = None
         max_starts = p.count if p.count is not None else -1
         concurrency = p.concurrency
+        cap = p.max_in_flight if p.max_in_flight > 0 else 1 << 62
         control = self.control
         ctl_fd = -1
         if control is not None:
@@ -656,7 +666,7 @@ class Worker:
                     # socket() and connect(), not once per round: in a burst, the starts
                     # before an attempt make it later, and that is part of its lag.
                     burst = MAX_BURST
-                    while next_due is not None and next_due <= now and burst:
+                    while next_due is not None and next_due <= now and burst and len(conns) < cap:
                         burst -= 1
                         lag = now - next_due
                         lag_app(lag)
@@ -737,7 +747,7 @@ class Worker:
                 wait = 0.0
             else:
                 wake = min(next_tick, hard_end)
-                if not exhausted:
+                if not exhausted and not (open_loop and len(conns) >= cap):  # capped: a close wakes it
                     wake = min(wake, next_due if open_loop and next_due is not None else end_at)
                 if connect_dq:
                     wake = min(wake, connect_dq[0][0])
@@ -784,7 +794,7 @@ class Worker:
                 for fd, _ev in events:
                     if owed > 0:
                         owed -= 1
-                    elif due_first and next_due is not None and mono() >= next_due:
+                    elif due_first and next_due is not None and len(conns) < cap and mono() >= next_due:
                         break
                     att_ = conns_get(fd)
                     if att_ is not None:
@@ -824,7 +834,7 @@ class Worker:
             lag_hist=lh.encode().decode() if lh.get_total_count() else "",
             requests=n_requests, http_status=http_status,
             lag_max_ms=lag_max * 1000.0, late_starts=late, not_started=max(0, skipped), end=end,
-            interrupted=stopping, answer_ms=r_ams, request_s=req_s, lag_s=lags,
+            interrupted=stopping, answer_ms=r_ams, close_ms=r_clo, request_s=req_s, lag_s=lags,
             unfinished=unfinished, stopped_at=stopped_at, cpu_s=cpu_s, sys_s=sys_s, preempted=preempted,
             wakeups=wakeups, in_flight_max=in_flight_max, ts_offsets=ts_offsets,
         )

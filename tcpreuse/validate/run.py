@@ -201,7 +201,16 @@ def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[d
     notes = [f"the model's clocks start from the kernel's: CLOCK_MONOTONIC {at:.3f} s at the "
              f"first attempt (seconds-clock phase {at % 1:.3f} s)"]
     tick = lab.meta.get("tick_delay_s")
-    if isinstance(tick, int | float) and tick > 0:
+    turns = run_turns(lab)
+    if turns:
+        med = float(np.median(turns))
+        out.update({f"host.{g}.model.tick_delay_s": round(med, 6) for g in linux})
+        notes.append(f"the kernel's seconds value turned {med * 1000:.1f} ms after each whole second "
+                     f"while the lab ran (median of {len(turns)}, {min(turns) * 1000:.1f}-"
+                     f"{max(turns) * 1000:.1f} ms; CLOCK_MONOTONIC_COARSE"
+                     + (f"; {tick * 1000:.1f} ms measured before it" if isinstance(tick, int | float) else "")
+                     + "): ktime_get_seconds() turns over then, in the model too")
+    elif isinstance(tick, int | float) and tick > 0:
         out.update({f"host.{g}.model.tick_delay_s": tick for g in linux})
         notes.append(f"the kernel's timer ticks come {tick * 1000:.1f} ms after each whole second "
                      "(CLOCK_MONOTONIC_COARSE): ktime_get_seconds() turns over then, in the model too")
@@ -255,6 +264,56 @@ def ts_offset_overrides(sc: Scenario, lab: RunResult, profile: str) -> tuple[dic
         note += (f"; {older}'s TSvals are the older by {abs(d) / 1000:,.0f} s, so PAWS rejects its SYNs "
                  f"at the other's TIME_WAITs")
     return out, [note]
+
+
+def run_turns(lab: RunResult) -> list[float]:
+    """How late after each whole second the kernel's seconds value turned (s), for the
+    seconds from the lab's first attempt to one past its last (meta seconds_turns, watched
+    while the loads ran: lab/clockphase.watch_seconds); empty for a run without them."""
+    t0, turns = lab.meta.get("t0_monotonic"), lab.meta.get("seconds_turns")
+    if not isinstance(t0, int | float) or not isinstance(turns, list) or not len(lab.attempts):
+        return []
+    t = lab.attempts.cols["t"]
+    lo, hi = float(t0) + float(np.min(t)), float(t0) + float(np.max(t)) + 1.0
+    return [float(d) for n, d in turns if lo <= n <= hi]
+
+
+def seconds_crossings(sc: Scenario, sim: RunResult, lab: RunResult, profile: str) -> Row | None:
+    """Where tcp_tw_reuse = 1 frees a TIME_WAIT once the seconds clock has passed the second
+    it began in (4.19-6.13, `after_s`): a row (not compared) with how many connections, ok on
+    both sides, closed in the lab (its recorded close()) in a later second of the kernel's
+    seconds clock than the model's did (the model closes within a ms of the due time). Each
+    frees its port a second later in the lab, so the outcome counts may differ by as many;
+    the row shows whether they do. None where the rule, the close times or a matching
+    schedule is missing."""
+    def ts_on(g: Any) -> bool:  # a TIME_WAIT is reusable only with timestamps on the connection
+        return int(g.effective_settings.get("net.ipv4.tcp_timestamps", 1)) != 0
+
+    if get_profile(profile).tw_reuse_rule != "after_s" or not any(
+            g.role == "client" and int(g.effective_settings.get("net.ipv4.tcp_tw_reuse", 0)) == 1 and ts_on(g)
+            for g in sc.host) or not all(ts_on(g) for g in sc.host if g.role == "server"):
+        return None
+    la, sa = lab.attempts, sim.attempts
+    t0 = lab.meta.get("t0_monotonic")
+    if "close_ms" not in la.cols or not isinstance(t0, int | float) or len(la) != len(sa) or not len(la):
+        return None
+    turns = run_turns(lab)
+    tick = lab.meta.get("tick_delay_s")
+    turn = float(np.median(turns)) if turns else float(tick) if isinstance(tick, int | float) else 0.0
+    lt, st = la.cols["t"], sa.cols["t"]
+    lab_close = float(t0) + lt + la.cols["close_ms"] / 1000.0
+    model_close = float(t0) + float(np.min(lt)) + (st - float(np.min(st))) + sa.cols["connect_ms"] / 1000.0
+    both_ok = ~la.failed_mask() & ~sa.failed_mask() & ~np.isnan(lab_close) & ~np.isnan(model_close)
+    later = both_ok & (np.floor(lab_close - turn) > np.floor(model_close - turn))
+    n = int(later.sum())
+    first = f"; the first due {float(lt[later][0] - np.min(lt)):.3f} s after the first attempt" if n else ""
+    return Row("timing", "TIME_WAITs begun a second later than the model's (recorded close times)", 0, n,
+               None, "not compared",
+               "tcp_tw_reuse = 1 on 4.19-6.13 frees a TIME_WAIT once ktime_get_seconds() has passed "
+               "the second it began in (tw_ts_recent_stamp); these connections closed in the lab after "
+               f"a turn of the seconds clock (taken {turn * 1000:.1f} ms after each whole second) that "
+               f"the model's closed before{first}: each frees its port one second later in the lab, "
+               "so the outcome counts may differ by as many")
 
 
 def start_lag_ms(lab: RunResult) -> float:
@@ -392,6 +451,9 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
 
     own = model_profile or facts.profile
     out.rows = rows_for(sim, own)
+    crossed = seconds_crossings(sc, sim, lab, own)
+    if crossed is not None:
+        out.rows.append(crossed)
     if model_profile is None and ref in suite.DISCRIMINATING:
         other = suite.cross_profile(get_profile(facts.profile).version)
         ov_x = {k: (other if k.endswith(".profile") else v) for k, v in ov.items()}
@@ -429,7 +491,8 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
     kernel = get_kernel(opts.kernel)
     # a slower kernel than the host gets its scenarios paced (kernels/pace.py)
     jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True, netfilter=opts.netfilter,
-                   pace=opts.kernel != "host", trace=opts.trace) for ref in refs]
+                   pace=opts.kernel != "host", trace=opts.trace, sequential=ref in suite.SEQUENTIAL)
+            for ref in refs]
     if opts.model_profile is not None:
         get_profile(opts.model_profile)  # an unknown profile fails before any lab runs
     for ref in refs:  # a bad reference or a non-Linux host fails before any lab runs
