@@ -48,7 +48,7 @@ from ..result import RunResult
 from ..scenario.schema import Scenario
 from ..scenario.topology import ip2int, plan, pool
 from .arrivals import arrival_times
-from .events import Event, EventHeap, Lane, advance
+from .events import Event, EventHeap, advance
 from .host import DestPorts, Key, SimHost, TwQueue, listen_key, make_key, unhash
 from .record import build_result
 from .sink import Sink
@@ -135,6 +135,14 @@ class Attempt:
         self.seq_close = 0  # (set by Engine.push_close: the close lane holds attempts)
         self.idx = 0  # its row: the attempts started before it
         self.pending = 0  # its events not yet processed; done and none pending: recorded
+        self.lst: Listener | None = None  # the listener its SYN reached (set with srv)
+        self.t_ack = 0.0  # when its FINAL_ACK event is due, and that event's sequence number
+        self.seq_ack = 0  # (set by Engine._established: the ACK lane holds attempts)
+        # Engine.live: the attempts started and not yet recorded, a doubly linked list in
+        # start order (no dict of boxed indexes to insert into and pop from per attempt).
+        self.live = False
+        self.lprev: Attempt | None = None
+        self.lnext: Attempt | None = None
 
 
 class PortCheck:
@@ -181,10 +189,15 @@ class Engine:
         # its time and sequence number are kept on the attempt, see push_close()).
         self.close_lane: list[Attempt] = []
         self.lane_head = 0
-        self.ack_lane = Lane()  # final ACKs: 1.5 RTT after their SYN, so in time order
+        # FINAL_ACK events, 1.5 RTT after their SYN, so in time order: a FIFO of attempts
+        # (their t_ack, seq_ack) read from ack_head on, like the close lane.
+        self.ack_lane: list[Attempt] = []
+        self.ack_head = 0
         self.seq = 0
-        # Attempts started and not yet recorded (in self.sink), by index: live state only.
-        self.live: dict[int, Attempt] = {}
+        # Attempts started and not yet recorded (in self.sink), in start order: live state
+        # only (a linked list through Attempt.lprev/lnext).
+        self.live_head: Attempt | None = None
+        self.live_tail: Attempt | None = None
         self.n_atts = 0
         self.started: Attempt | None = None  # the attempt the last _start() made
         self.events = 0
@@ -330,13 +343,13 @@ class Engine:
         ta = min(arr_t) if arr_t else inf
         lane = self.close_lane
         lh = 0
-        acks = self.ack_lane
-        aq = acks.items
+        aq = self.ack_lane
+        ah = 0
         obj: Any = None
         a: Attempt | None = None
         kind = 0
         t = 0.0
-        while hq or arr_t or lh < len(lane) or acks.head < len(aq):
+        while hq or arr_t or lh < len(lane) or ah < len(aq):
             # The earliest of heap, close lane and ACK lane by (time, seq); arrivals go
             # last on equal times (scheduled last).
             src = 0
@@ -348,18 +361,24 @@ class Engine:
                 tl = lane[lh].t_close
                 if tl < tb or (tl == tb and lane[lh].seq_close < sb):
                     tb, sb, src = tl, lane[lh].seq_close, 2
-            if acks.head < len(aq):
-                e0 = aq[acks.head]
-                if e0.t < tb or (e0.t == tb and e0.seq < sb):
-                    tb, sb, src = e0.t, e0.seq, 3
+            if ah < len(aq):
+                a0 = aq[ah]
+                if a0.t_ack < tb or (a0.t_ack == tb and a0.seq_ack < sb):
+                    tb, sb, src = a0.t_ack, a0.seq_ack, 3
             if src == 2 and tb <= ta:
                 obj = lane[lh]
-                t = lane[lh].t_close
+                t = tb
                 lh = advance(lane, lh)
                 self.lane_head = lh
                 kind = EV_CLOSE
+            elif src == 3 and tb <= ta:
+                obj = aq[ah]
+                t = tb
+                ah = advance(aq, ah)
+                self.ack_head = ah
+                kind = EV_FINAL_ACK
             elif src and tb <= ta:
-                ev = heap.pop() if src == 1 else acks.pop()
+                ev = heap.pop()
                 t, kind, obj = ev.t, ev.kind, ev.obj
             else:
                 k = 0
@@ -424,8 +443,11 @@ class Engine:
         # still connecting or open then is followed to its end, as the lab waits for it).
         # Outcomes, counters and end_state are all as of end_s.
         self.end_s = max(self.end, t)
-        for i in sorted(self.live):  # in flight at the end (waiting in an accept queue, ...)
-            self._record(self.live[i])
+        a = self.live_head  # in flight at the end (waiting in an accept queue, ...)
+        while a is not None:
+            nxt_a = a.lnext
+            self._record(a)
+            a = nxt_a
         self._record_end_state()
         for h in self.hosts.values():
             h.flush_counters()
@@ -444,7 +466,14 @@ class Engine:
         idx = self.n_atts
         self.n_atts += 1
         att.idx = idx
-        self.live[idx] = att
+        att.live = True
+        tail = self.live_tail
+        att.lprev = tail
+        if tail is None:
+            self.live_head = att
+        else:
+            tail.lnext = att
+        self.live_tail = att
         self.started = att
         att.retries_left = retries_left
         if retry_cause:
@@ -521,8 +550,19 @@ class Engine:
 
     def _record(self, att: Attempt) -> None:
         """Hand a finished attempt to the sink (once) and forget it."""
-        if self.live.pop(att.idx, None) is None:
+        if not att.live:
             return
+        att.live = False
+        p, n = att.lprev, att.lnext
+        if p is None:
+            self.live_head = n
+        else:
+            p.lnext = n
+        if n is None:
+            self.live_tail = p
+        else:
+            n.lprev = p
+        att.lprev = att.lnext = None
         srv = att.srv
         self.sink.add(att.idx, att.t0, att.connect_ms, att.tries, att.outcome, att.reason, att.cause,
                       att.wl.index, att.client.index, srv.index if srv is not None else -1,
@@ -701,6 +741,7 @@ class Engine:
                 self._unanswered(att, t, "syn_hit_timewait")
                 return
         lst = srv.listeners.get(listen_key(att.r_daddr, att.r_dport))
+        att.lst = lst
         if lst is None:
             srv.inc("TcpOutRsts")
             self._refused(att, t)
@@ -747,10 +788,14 @@ class Engine:
         if not cookie:
             lst.syn_queue += 1
         self.seq += 1
-        ev = Event(t_est + self.half, self.seq, EV_FINAL_ACK, att)
         att.pending += 1
-        if not self.ack_lane.push(ev):
-            self.heap.push(ev)
+        t_ack = t_est + self.half
+        aq = self.ack_lane
+        if self.ack_head >= len(aq) or aq[-1].t_ack <= t_ack:
+            att.t_ack, att.seq_ack = t_ack, self.seq
+            aq.append(att)
+        else:
+            self.heap.push(Event(t_ack, self.seq, EV_FINAL_ACK, att))
 
     def _final_ack(self, att: Attempt, t: float) -> None:
         """The handshake's final ACK, and the request right behind it, reach the listener:
@@ -760,7 +805,8 @@ class Engine:
         retransmissions retry (tcp_abort_on_overflow=0)."""
         srv = att.srv
         assert srv is not None
-        lst = srv.listeners[listen_key(att.r_daddr, att.r_dport)]
+        lst = att.lst  # the listener the SYN reached (_syn)
+        assert lst is not None
         if att.state != ESTABLISHED:
             if not att.cookie:
                 lst.syn_queue -= 1
@@ -790,7 +836,8 @@ class Engine:
     def _accept_retry(self, att: Attempt, t: float) -> None:
         srv = att.srv
         assert srv is not None
-        lst = srv.listeners[listen_key(att.r_daddr, att.r_dport)]
+        lst = att.lst
+        assert lst is not None
         ok, counters = syn_recv_sock_ok(lst)
         if ok:
             if not att.cookie:
