@@ -143,6 +143,9 @@ class Attempt:
         self.live = False
         self.lprev: Attempt | None = None
         self.lnext: Attempt | None = None
+        # It went into an accept queue: the queue may still hold it once it is recorded,
+        # so it is not recycled (Engine.free).
+        self.queued = False
 
 
 class PortCheck:
@@ -198,6 +201,10 @@ class Engine:
         # only (a linked list through Attempt.lprev/lnext).
         self.live_head: Attempt | None = None
         self.live_tail: Attempt | None = None
+        # Recorded attempts, re-initialised by the next _start(): once recorded, nothing
+        # refers to an attempt (no event pending, unhashed) except an accept queue, and
+        # one that was queued is not put here.
+        self.free: list[Attempt] = []
         self.n_atts = 0
         self.started: Attempt | None = None  # the attempt the last _start() made
         self.events = 0
@@ -462,7 +469,12 @@ class Engine:
         self._start(t, wl, c, wl.retries, "")
 
     def _start(self, t: float, wl: WorkloadRT, c: SimHost, retries_left: int, retry_cause: str) -> None:
-        att = Attempt(wl, c, t)
+        free = self.free
+        if free:
+            att = free.pop()
+            att.__init__(wl, c, t)  # type: ignore[misc]
+        else:
+            att = Attempt(wl, c, t)
         idx = self.n_atts
         self.n_atts += 1
         att.idx = idx
@@ -568,6 +580,8 @@ class Engine:
                       att.wl.index, att.client.index, srv.index if srv is not None else -1,
                       att.saddr, att.daddr, att.r_saddr, att.r_daddr,
                       att.sport, att.dport, att.r_sport, att.r_dport)
+        if not att.queued:
+            self.free.append(att)
 
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
                        t: float) -> None:
@@ -861,6 +875,7 @@ class Engine:
         if srv.busy < srv.workers:
             self._serve(att, t)
         else:
+            att.queued = True
             srv.accept_q.append((att, lst))
             lst.accept_queue += 1
 

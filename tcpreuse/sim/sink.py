@@ -102,6 +102,7 @@ class Sink:
         delayed = reason == "ok_after_syn_retry" or reason == "ok_after_app_retry"
         _count(self.outcomes, self.outcome_first, outcome, idx)
         _count(self.reasons, self.reason_first, reason, idx)
+        k = math.nan  # connect() ms rounded to 1 us (successes), computed once for ok_ms and causes
         if failed:
             self.failed += 1
             self.tl_failed[b] += 1
@@ -119,12 +120,14 @@ class Sink:
             self.delayed += 1
             self.tl_delayed[b] += 1
         if reason:
-            self._cause(reason, idx, t0, failed, outcome, connect_ms, client, daddr, dport)
+            self._cause(reason, idx, t0, failed, outcome, k, client, daddr, dport)
         if cause and cause != reason:
-            self._cause(cause, idx, t0, failed, outcome, connect_ms, client, daddr, dport)
+            self._cause(cause, idx, t0, failed, outcome, k, client, daddr, dport)
 
-    def _cause(self, name: str, idx: int, t0: float, failed: bool, outcome: str, connect_ms: float,
+    def _cause(self, name: str, idx: int, t0: float, failed: bool, outcome: str, k: float,
                client: int, daddr: int, dport: int) -> None:
+        """Count the attempt under problem `name`; k: its connect() ms rounded to 1 us
+        (round3), NaN if it failed or has none."""
         s = self.causes.get(name)
         if s is None:
             s = CauseAgg(idx, t0, client, daddr, dport)
@@ -138,8 +141,7 @@ class Sink:
             s.errnos[outcome] = s.errnos.get(outcome, 0) + 1
         else:
             s.delayed += 1
-            if not math.isnan(connect_ms):
-                k = round3(connect_ms)
+            if not math.isnan(k):
                 s.delayed_ms[k] = s.delayed_ms.get(k, 0) + 1
 
 
