@@ -49,7 +49,16 @@ from ..scenario.schema import Scenario
 from ..scenario.topology import ip2int, plan, pool
 from .arrivals import arrival_times
 from .events import Event, EventHeap, advance
-from .host import DestPorts, Key, SimHost, TwQueue, listen_key, make_key, unhash
+from .host import (
+    DestPorts,
+    Key,
+    SimHost,
+    TwQueue,
+    client_sock_key,
+    listen_key,
+    server_sock_key,
+    unhash,
+)
 from .record import build_result
 from .sink import Sink
 
@@ -62,7 +71,7 @@ EV_RETRY: Final = 5
 EV_TIMEOUT: Final = 6
 EV_FINAL_ACK: Final = 7
 
-NO_KEY: Final[Key] = (0, 0, 0, 0)  # an attempt's key before it has one (shared, not rebuilt)
+NO_KEY: Final[Key] = -1  # an attempt's key before it has one (no socket table holds it)
 
 SYN_SENT: Final = 0
 ESTABLISHED: Final = 1
@@ -129,8 +138,8 @@ class Attempt:
         self.waiting = 0  # accept retries so far (final ACK met a full accept queue)
         self.cookie = False  # the SYN was answered with a syncookie (no request sock)
         self.served = False  # holds an application worker
-        self.ck: Key = NO_KEY  # (saddr, sport, daddr, dport), set once the port is chosen
-        self.sk: Key = NO_KEY  # the server's key, set by each routed SYN
+        self.ck: Key = NO_KEY  # client_sock_key(), set once the port is chosen
+        self.sk: Key = NO_KEY  # server_sock_key(), set by each SYN routed to a listener
         self.t_close = 0.0  # when its CLOSE event is due, and that event's sequence number
         self.seq_close = 0  # (set by Engine.push_close: the close lane holds attempts)
         self.idx = 0  # its row: the attempts started before it
@@ -151,9 +160,9 @@ class Attempt:
 class PortCheck:
     """check(port) for connect() autoselect (model.ports): may this port carry the 4-tuple?"""
 
-    def __init__(self, engine: Engine, c: SimHost, saddr: int, daddr: int, dport: int, t: float) -> None:
-        self.engine, self.c = engine, c
-        self.saddr, self.daddr, self.dport, self.t = saddr, daddr, dport, t
+    def __init__(self, engine: Engine, c: SimHost, d: DestPorts, t: float) -> None:
+        self.engine, self.c, self.d = engine, c, d
+        self.t = t
         self.ms = c.ms(t)
         self.sec = c.sec(t)
 
@@ -161,7 +170,7 @@ class PortCheck:
         c = self.c
         if port in c.bound_ports:
             return PORT_BUSY
-        key = make_key(self.saddr, port, self.daddr, self.dport)
+        key = client_sock_key(self.d, port)
         if key in c.ehash:
             return PORT_BUSY
         tw = c.tw.get(key)
@@ -220,7 +229,7 @@ class Engine:
             if inst.role == "server":
                 for port in g.listen_ports:
                     for a in h.addrs:
-                        h.listeners[listen_key(a, port)] = Listener(g.backlog, h.somaxconn)
+                        h.listen(a, port, Listener(g.backlog, h.somaxconn))
                     h.bound_ports.add(port)
                 h.workers = g.workers
                 h.service_s = g.service_ms / 1000.0
@@ -513,7 +522,9 @@ class Engine:
                     self._no_port(att, t, "EADDRINUSE")
                     return
                 att.sport, att.bound = got, True
-                key = make_key(saddr, got, daddr, dport)
+                # (no DestPorts toward the destination yet: no socket to it either)
+                d0 = c.find_dest(saddr, daddr, dport)
+                key = client_sock_key(d0, got) if d0 is not None else NO_KEY
                 tw = c.tw.get(key)
                 if key in c.ehash or (tw is not None and not tcp_twsk_unique(
                         tw, True, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
@@ -529,7 +540,7 @@ class Engine:
                     return
                 att.sport = sel[0]
                 if sel[1] == PORT_TW_REUSE:
-                    tw_taken = c.tw[make_key(saddr, att.sport, daddr, dport)]
+                    tw_taken = c.tw[client_sock_key(c.dest(saddr, daddr, dport), att.sport)]
         else:
             assert c.pool is not None
             port = c.pool.allocate()
@@ -537,7 +548,7 @@ class Engine:
                 self._no_port(att, t)
                 return
             att.sport = port
-        key = make_key(saddr, att.sport, daddr, dport)
+        key = client_sock_key(c.dest(saddr, daddr, dport), att.sport)
         att.ck = key
         if self.audit:
             self._audit_connect(c, key, tw_taken, att, t)
@@ -551,7 +562,7 @@ class Engine:
             c.release_port(key)
             c.inc("TcpExtTWRecycled")
         else:
-            att.isn = self._client_isn(c, key, t)
+            att.isn = self._client_isn(c, saddr, att.sport, daddr, dport, t)
         c.hold_port(key)
         c.ehash[key] = att
         att.ts = c.offers_ts
@@ -591,23 +602,23 @@ class Engine:
         on the destination's oldest TIME_WAIT and the port search; this checks the one
         actually taken)."""
         v = self.violations
+        four = (att.saddr, att.sport, att.daddr, att.dport)
         if key in c.ehash:
-            v.append(f"t={t:.6f} {c.name}: 4-tuple {key} already has a live socket")
+            v.append(f"t={t:.6f} {c.name}: 4-tuple {four} already has a live socket")
         tw = c.tw.get(key)
         if tw is not None and tw.expires > t and tw is not tw_taken:
-            v.append(f"t={t:.6f} {c.name}: 4-tuple {key} is in TIME_WAIT and was not taken over")
-        if c.pool is None and not att.bound and not (c.low <= key[1] <= c.high and key[1] not in c.reserved):
-            v.append(f"t={t:.6f} {c.name}: port {key[1]} outside the usable range")
+            v.append(f"t={t:.6f} {c.name}: 4-tuple {four} is in TIME_WAIT and was not taken over")
+        if c.pool is None and not att.bound and not (c.low <= att.sport <= c.high and att.sport not in c.reserved):
+            v.append(f"t={t:.6f} {c.name}: port {att.sport} outside the usable range")
         if tw_taken is not None and not tcp_twsk_unique(
                 tw_taken, att.bound, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
                 tw_reuse_delay_ms=c.tw_reuse_delay):
             age_ms = c.ms(t) - tw_taken.entry_stamp_ms
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT {age_ms} ms old taken over for {key} although "
+            v.append(f"t={t:.6f} {c.name}: TIME_WAIT {age_ms} ms old taken over for {four} although "
                      f"tcp_twsk_unique() refuses (tcp_tw_reuse={c.tw_reuse}, rule {c.reuse_rule}, "
                      f"ts_recent_stamp={tw_taken.ts_recent_stamp})")
 
-    def _client_isn(self, c: SimHost, key: Key, t: float) -> int:
-        sa, sp, da, dp = key
+    def _client_isn(self, c: SimHost, sa: int, sp: int, da: int, dp: int, t: float) -> int:
         if c.is_linux:
             return clocks.linux_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
         if c.isn_random:
@@ -624,7 +635,7 @@ class Engine:
         else:
             po = clocks.keyed32(c.port_secret, saddr, daddr, dport)
         d = c.dest(saddr, daddr, dport)
-        check = PortCheck(self, c, saddr, daddr, dport, t)
+        check = PortCheck(self, c, d, t)
         # Can any TIME_WAIT toward this destination be taken over now? The oldest is the
         # first to qualify (every rule is "old enough"); if it cannot, none can.
         reuse = False
@@ -690,15 +701,25 @@ class Engine:
             att.lb = s
             att.srv = self.lb_backends[s.backend]
             att.r_saddr, att.r_sport, att.r_daddr, att.r_dport = s.src, s.sport, baddr, bport
-            att.sk = (baddr, bport, s.src, s.sport)
+            self._to_listener(att, att.srv)
             return ""
         srv = self.by_addr.get(daddr)
         if srv is None or srv.is_client:
             return "syn_dropped_path"
         att.srv = srv
         att.r_saddr, att.r_sport, att.r_daddr, att.r_dport = saddr, sport, daddr, dport
-        att.sk = (daddr, dport, saddr, sport)
+        self._to_listener(att, srv)
         return ""
+
+    def _to_listener(self, att: Attempt, srv: SimHost) -> None:
+        """The listener the routed SYN reaches (att.lst, None if the port is closed) and the
+        server's key of the 4-tuple (att.sk; without a listener no socket of the server can
+        have that 4-tuple, so the key is not needed)."""
+        ep = srv.endpoints.get(listen_key(att.r_daddr, att.r_dport))
+        if ep is None:
+            att.lst, att.sk = None, NO_KEY
+        else:
+            att.lst, att.sk = ep.lst, server_sock_key(ep, att.r_saddr, att.r_sport)
 
     # ---- a SYN reaches the server ------------------------------------------------------------
     def _syn(self, att: Attempt, t: float) -> None:
@@ -754,8 +775,7 @@ class Engine:
             else:
                 self._unanswered(att, t, "syn_hit_timewait")
                 return
-        lst = srv.listeners.get(listen_key(att.r_daddr, att.r_dport))
-        att.lst = lst
+        lst = att.lst  # (_route; no listener: sk is NO_KEY, which no table holds)
         if lst is None:
             srv.inc("TcpOutRsts")
             self._refused(att, t)
@@ -788,7 +808,8 @@ class Engine:
         att.t_est = t_est
         att.state = ESTABLISHED
         if self.audit and (skey in srv.ehash or skey in srv.tw):
-            self.violations.append(f"t={t:.6f} {srv.name}: new connection on a 4-tuple still in use {skey}")
+            self.violations.append(f"t={t:.6f} {srv.name}: new connection on a 4-tuple still in use "
+                                   f"{(att.r_daddr, att.r_dport, att.r_saddr, att.r_sport)}")
         srv.ehash[skey] = att
         srv.n_passive_opens += 1  # TcpPassiveOpens
         att.outcome = "ok"
@@ -1027,7 +1048,7 @@ class Engine:
         # The server side goes away (or into TIME_WAIT) ...
         del srv.ehash[skey]
         if policy == "server":
-            self._time_wait(srv, skey, t, c_snd_nxt, s_snd_nxt,
+            self._time_wait(srv, skey, att.r_daddr, att.r_saddr, t, c_snd_nxt, s_snd_nxt,
                             ((c.tsval(t) + att.tsoff) & MASK32) if att.ts_ok else 0, att.ts_ok, att.sts_off,
                             None)
         elif policy == "client_rst":
@@ -1042,7 +1063,7 @@ class Engine:
         ckey = att.ck
         if unhash(c.ehash, ckey, att):
             if policy == "client":
-                self._time_wait(c, ckey, t, s_snd_nxt, c_snd_nxt,
+                self._time_wait(c, ckey, att.saddr, att.daddr, t, s_snd_nxt, c_snd_nxt,
                                 ((srv.tsval(t) + att.sts_off) & MASK32) if att.ts_ok else 0, att.ts_ok,
                                 att.tsoff, c.dest(att.saddr, att.daddr, att.dport))
             else:
@@ -1101,11 +1122,11 @@ class Engine:
             self.nat.close(att.nat, t, rst=True)
 
     # ---- TIME_WAIT -----------------------------------------------------------------------------
-    def _time_wait(self, h: SimHost, key: Key, t: float, rcv_nxt: int, snd_nxt: int, ts_recent: int,
-                   ts_ok: bool, ts_offset: int, dest: DestPorts | None) -> None:
+    def _time_wait(self, h: SimHost, key: Key, laddr: int, raddr: int, t: float, rcv_nxt: int, snd_nxt: int,
+                   ts_recent: int, ts_ok: bool, ts_offset: int, dest: DestPorts | None) -> None:
         """File the TIME_WAIT that model.timewait.tcp_time_wait() builds for the side that
-        closed first. `dest` is given for a client's socket (its port stays held during
-        TIME_WAIT)."""
+        closed first (its 4-tuple's key, local and remote address). `dest` is given for a
+        client's socket (its port stays held during TIME_WAIT)."""
         if not inet_twsk_alloc_ok(len(h.tw), h.max_tw):
             # no TIME_WAIT at all, the port is free at once
             h.inc("TcpExtTCPTimeWaitOverflow")
@@ -1114,7 +1135,7 @@ class Engine:
             return
         now_sec = h.sec(t)
         # rto: icsk_rto after the handshake, srtt + max(rttvar, TCP_RTO_MIN)
-        timeo = tw_lifetime(now_sec, key[0], key[2], ts_recent, ts_ok, h.is_linux, self.rtt + 0.2, h.hz,
+        timeo = tw_lifetime(now_sec, laddr, raddr, ts_recent, ts_ok, h.is_linux, self.rtt + 0.2, h.hz,
                             h.client_tw_s, h.recycle_cache)
         tw = tcp_time_wait(t, now_sec, h.ms(t), rcv_nxt, snd_nxt, ts_recent, ts_ok, ts_offset, timeo,
                            h.death_row if h.deathrow else None)
