@@ -194,8 +194,8 @@ class SimHost:
         self.tw: dict[Key, TimeWaitSock] = {}
         self.tw_fifo: dict[float, TwQueue] = {}
         self.tw_next = math.inf  # the earliest tw_fifo head: purge() has nothing to do before it
-        self._tw_cls_timeo = -1.0  # the last TIME_WAIT length seen and its tw_fifo class
-        self._tw_cls = 0.0
+        self._tw_cls_timeo = -1.0  # the last TIME_WAIT length seen and its tw_fifo queue
+        self._tw_q = TwQueue()
 
         s = settings
         if self.is_linux:
@@ -308,12 +308,12 @@ class SimHost:
         is in expiry order). Lengths are classed by round(timeo, 6); a host sees one or two
         lengths, so the last one's class is remembered (round() with digits is slow)."""
         if timeo != self._tw_cls_timeo:
-            self._tw_cls_timeo, self._tw_cls = timeo, round(timeo, 6)
-        cls = self._tw_cls
-        q = self.tw_fifo.get(cls)
-        if q is None:
-            q = self.tw_fifo[cls] = TwQueue()
-        return q
+            cls = round(timeo, 6)
+            q = self.tw_fifo.get(cls)
+            if q is None:
+                q = self.tw_fifo[cls] = TwQueue()  # (queues are never replaced: it can be kept)
+            self._tw_cls_timeo, self._tw_q = timeo, q
+        return self._tw_q
 
     def count_tw(self, killed: bool) -> None:
         """TcpExtTWKilled (reaped from the recycle calendar) or TcpExtTW."""
