@@ -403,6 +403,14 @@ class SimHost:
             self._budget_key, self._budget = key, self.port_budget()
         return self._budget
 
+    def port_pool(self) -> int:
+        """Ports of the range outside ip_local_reserved_ports (Linux), or the host-wide pool:
+        what the timeline's ports-in-use series is measured against (a bind()-owned port is
+        one of those in use, so it is not taken out as port_budget() does for connect())."""
+        if self.pool is not None:
+            return self.pool.n
+        return sum(1 for p in range(self.low, self.high + 1) if p not in self.reserved)
+
     def port_budget(self) -> int:
         """Ports connect() may use toward one destination (Linux), or the host-wide pool."""
         if self.pool is not None:

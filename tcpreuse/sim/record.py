@@ -137,7 +137,7 @@ def build_result(eng: Engine) -> RunResult:
         h = eng.hosts[hn]
         key = f"{hn} {int2ip(la)} -> {int2ip(ra)}:{rp}"
         tl.ports[key] = PortSeries(host=hn, src=int2ip(la), dst=f"{int2ip(ra)}:{rp}",
-                                   budget=h.port_budget_cached(), in_use=series[:n])
+                                   budget=h.port_pool(), in_use=series[:n])
     hosts = {
         h.name: HostInfo(name=h.name, group=h.group, role=h.role, profile=h.p.name,
                          addresses=[int2ip(a) for a in h.addrs],
