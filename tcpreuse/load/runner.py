@@ -75,6 +75,8 @@ class LoadConfig:
     # Wall-clock (Unix) time of the run's t = 0, so that several load processes interleave
     # their schedules as one workload would (the lab's clients); None: as soon as started.
     start_at: float | None = None
+    # get ready, say so and read start_at from stdin (--start-at wait, barrier.py)
+    wait_go: bool = False
     # After --duration, attempts in flight get this many seconds; then they are cut
     # ("unfinished") and the run ends: duration + drain is its wall-clock bound.
     drain: float = 2.0
@@ -203,6 +205,10 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
     bind = config.effective_bind()
     counters_before = kstat.read_counters()
     settings = kstat.read_sysctls()
+    if config.wait_go:  # everything before the first fork is done: wait for the others
+        from .barrier import await_go
+
+        config.start_at = await_go()
     started_wall, started_mono = time.time(), time.monotonic()
     t0 = started_mono + 0.05 + 0.01 * workers  # time to fork before the first attempt
     if config.start_at is not None and config.start_at - started_wall > t0 - started_mono:
