@@ -51,7 +51,7 @@ SETTLE_S = 0.5
 WATCHDOG_S = 3.0  # a load still running this long after its bound is stopped, then killed
 LOAD_LEAD_S = 1.5  # a load process starts (imports, fork) well within this before its first attempt
 READY_TIMEOUT_S = 20.0
-GO_MARGIN_S = 0.25  # from the last load's "ready" to the common start: the go's delivery, the fork
+GO_MARGIN_S = 0.25  # from the last load's "ready" to the common start: the go's delivery, wake-ups
 
 
 class LabInterrupted(TcpreuseError):
@@ -313,7 +313,8 @@ class LabRun:
 
     def _start_loads(self) -> tuple[float, float]:
         """The start barrier: launch every load at once with --start-at wait; each gets
-        ready (imports, checks, its TUN device) and says so (load/barrier.py). Only when
+        ready (imports, checks, its workers forked, or its TUN device) and says so
+        (load/barrier.py). Only when
         all have is the common start handed out, so a slow start-up delays the whole run
         instead of one client starting alone, late. The run's t = 0 is lead_s before that
         start (at least lead_s after the launch, as without the barrier); each load's first
@@ -353,7 +354,7 @@ class LabRun:
                                f"ready): {_tail(self._log(ld.name)) or 'no output'}")
             time.sleep(0.02)
         waited = time.monotonic() - launched
-        # the go must reach each process and its worker be forked before the first attempt
+        # the go must reach each process, and each its workers, before the first attempt
         go = max(launched + lead, launched + waited + max(GO_MARGIN_S, 0.1 * lead))
         t0 = go - lead
         t0_unix = time.time() + (t0 - time.monotonic())
