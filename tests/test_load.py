@@ -80,6 +80,37 @@ def test_start_at_sets_when_the_schedule_begins(server: ServeProcess, tmp_path: 
     assert bad.returncode != 0 and "--start-at" in bad.stderr and "Traceback" not in bad.stderr
 
 
+def test_start_at_wait_forks_says_ready_then_starts_at_the_time_it_reads(server: ServeProcess,
+                                                                          tmp_path: Path) -> None:
+    """The lab's start barrier: ready only once the workers are forked, and no attempt
+    before the start time arrives on stdin; then t = 0 is exactly that time."""
+    import psutil
+
+    from tcpreuse.load.barrier import READY_LINE
+
+    out = tmp_path / "r.json"
+    p = subprocess.Popen([sys.executable, "-m", "tcpreuse", "load", f"127.0.0.1:{server.port}", "--rate", "100",
+                          "--count", "6", "--workers", "2", "--start-at", "wait", "--result", str(out), "--quiet"],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdin is not None
+    try:
+        assert p.stdout.readline().strip() == READY_LINE
+        assert len(psutil.Process(p.pid).children()) == 2  # both workers forked before "ready"
+        time.sleep(0.5)  # held: nothing starts while the barrier is closed
+        assert not out.exists() and p.poll() is None
+        at = time.time() + 0.3
+        p.stdin.write(f"{at:.6f}\n")
+        p.stdin.close()
+        assert p.wait(timeout=60) == 0, p.stderr.read() if p.stderr else ""
+    finally:
+        if p.poll() is None:
+            p.kill()
+    res = RunResult.from_json(json.loads(out.read_text()))
+    assert res.meta["t0_unix"] == pytest.approx(at, abs=1e-3)
+    assert res.attempt_count() == 6 and res.failed_count() == 0
+    assert res.meta["load"]["start_lag"]["p50"] < 20.0  # ms: the workers were waiting, not forking
+
+
 @pytest.mark.slow
 def test_ramp_and_poisson_arrivals(server: ServeProcess) -> None:
     s = load_json(f"127.0.0.1:{server.port}", "--arrival", "ramp", "--ramp-from", "0", "--rate", "400",

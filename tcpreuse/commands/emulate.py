@@ -46,7 +46,9 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, object]:
 @click.option("--connect-timeout", type=float, default=21.0, show_default=True)
 @click.option("--request-timeout", type=float, default=30.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--start-at", type=float, default=None, help="Unix time of t = 0.")
+@click.option("--start-at", default=None, metavar="UNIX_TIME|wait",
+              help="Unix time of t = 0; `wait`: open the TUN device, print a ready line, then "
+              "read that time from stdin (the lab's start barrier).")
 @click.option("--phase", type=float, default=0.0, help="The first attempt is due at t = PHASE.")
 @click.option("--host-name", default="client", show_default=True)
 @click.option("--workload", default="load", show_default=True)
@@ -61,11 +63,12 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, object]:
 def emulate(target: str, profile: str, settings: tuple[str, ...], params: tuple[str, ...],
             profile_json: Path | None, source: str, rate: float, duration: float, count: int | None,
             close: str, connect_timeout: float, request_timeout: float, seed: int,
-            start_at: float | None, phase: float, host_name: str, workload: str, scenario: str,
+            start_at: str | None, phase: float, host_name: str, workload: str, scenario: str,
             tun_name: str, force: bool, drain: float | None, result_path: Path | None, quiet: bool) -> None:
     """Play short TCP connections as a Windows or macOS client would, over a TUN device."""
     from ..emulate.profile import EmulateError, EmuProfile, emu_profile
     from ..emulate.run import EmuConfig, run_emulator
+    from ..load.barrier import parse_start_at
     from ..load.target import resolve
 
     if profile_json is not None:
@@ -75,10 +78,11 @@ def emulate(target: str, profile: str, settings: tuple[str, ...], params: tuple[
             raise EmulateError(f"{profile_json}: not an emulator profile ({e})") from None
     else:
         prof = emu_profile(profile, _pairs(settings, "--setting"), _pairs(params, "--param"))
+    start_time, wait_go = parse_start_at(start_at)
     ep = resolve(target)
     cfg = EmuConfig(target=(ep.host, ep.port), source=source, profile=prof, rate=rate,
                     duration=duration, count=count, close=close, connect_timeout=connect_timeout,
-                    request_timeout=request_timeout, seed=seed, start_at=start_at, phase_s=phase,
+                    request_timeout=request_timeout, seed=seed, start_at=start_time, wait_go=wait_go, phase_s=phase,
                     host_name=host_name, workload=workload, scenario=scenario, tun_name=tun_name,
                     force=force, drain=drain)
     res = run_emulator(cfg)

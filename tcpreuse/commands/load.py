@@ -167,9 +167,10 @@ class _Live:
 @click.option("--host-name", help="Name of this host in the RunResult (default: hostname).")
 @click.option("--scenario", default="load", show_default=True, help="Scenario label in the RunResult.")
 @click.option("--workload", default="load", show_default=True, help="Workload label of the attempts.")
-@click.option("--start-at", type=float, metavar="UNIX_TIME",
+@click.option("--start-at", metavar="UNIX_TIME|wait",
               help="Wall-clock time of the first attempt (several load processes then "
-                   "interleave their schedules; the lab uses it).")
+                   "interleave their schedules; the lab uses it). `wait`: get ready, print "
+                   "a ready line, then read that time from stdin (the lab's start barrier).")
 @click.option("--drain", type=float, default=2.0, show_default=True,
               help="Seconds after --duration that attempts in flight may take; then they are cut "
               "(ECANCELED, reason unfinished) and the run ends: duration + drain bounds its wall-clock time.")
@@ -185,7 +186,7 @@ def load(target: str, rate: float | None, concurrency: int | None, max_in_flight
          protocol: str, path: str, sources: tuple[str, ...], bind: str | None,
          local_port_range: str | None, connect_timeout: float, request_timeout: float,
          workers: int | None, seed: int, as_json: bool, result_path: Path | None,
-         host_name: str | None, scenario: str, workload: str, start_at: float | None,
+         host_name: str | None, scenario: str, workload: str, start_at: str | None,
          drain: float, force: bool, html_path: Path | None, quiet: bool) -> None:
     """Open HOST:PORT short connections at a rate (open loop) or concurrency (closed loop).
 
@@ -197,8 +198,11 @@ def load(target: str, rate: float | None, concurrency: int | None, max_in_flight
     """
     import socket
 
+    from ..load.barrier import parse_start_at
     from ..load.runner import LoadConfig, run_load
     from ..load.target import parse_port_range, parse_sources, resolve
+
+    start_time, wait_go = parse_start_at(start_at)
 
     cfg = LoadConfig(
         target=resolve(target),
@@ -208,7 +212,7 @@ def load(target: str, rate: float | None, concurrency: int | None, max_in_flight
         local_port_range=parse_port_range(local_port_range) if local_port_range else None,
         connect_timeout=connect_timeout, request_timeout=request_timeout, workers=workers,
         seed=seed, host_name=host_name or socket.gethostname(), scenario=scenario, workload=workload,
-        start_at=start_at, drain=drain, force=force, max_in_flight=max_in_flight,
+        start_at=start_time, wait_go=wait_go, drain=drain, force=force, max_in_flight=max_in_flight,
         records_as_json=result_path is not None or html_path is not None,
     )
     if result_path is not None:  # fail before the run, not after it

@@ -46,6 +46,7 @@ class EmuConfig:
     request_timeout: float = 30.0
     seed: int = 0
     start_at: float | None = None  # Unix time of t = 0 (several emulators interleave)
+    wait_go: bool = False  # get ready, then read start_at from stdin (--start-at wait)
     phase_s: float = 0.0  # the first attempt is due at t = phase_s
     host_name: str = "client"
     workload: str = "load"
@@ -104,6 +105,10 @@ def run_emulator(cfg: EmuConfig, tun: Any = None) -> RunResult:
     if own_tun:
         tun = Tun(cfg.tun_name, [cfg.source])
     try:
+        if cfg.wait_go:  # the TUN device is up: wait for the lab's other loads
+            from ..load.barrier import await_go
+
+            cfg.start_at = await_go()
         t0_unix = cfg.start_at if cfg.start_at is not None else time.time()
         t0 = time.monotonic() + (t0_unix - time.time())
         cl = Client(cfg.profile, _ip(cfg.source), _ip(cfg.target[0]), cfg.target[1], close=cfg.close,

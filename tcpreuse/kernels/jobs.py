@@ -66,7 +66,8 @@ class KernelFacts:
         (imports, the worker's fork) three times over plus a second, never less than on a
         fast host. Start-up inside UML varies 2-3x with the host's load (1.7-4.6 s
         measured); with twice it plus 0.5 s the first tens of attempts still went out up to
-        0.2 s late, together."""
+        0.2 s late, together. A start-up longer even than this delays all loads together
+        (the lab's start barrier, lab/run.py _start_loads), never one alone."""
         from ..lab.run import LOAD_LEAD_S
 
         return max(LOAD_LEAD_S, round(3.0 * self.startup_s + 1.0, 2))

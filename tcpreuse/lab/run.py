@@ -51,6 +51,7 @@ SETTLE_S = 0.5
 WATCHDOG_S = 3.0  # a load still running this long after its bound is stopped, then killed
 LOAD_LEAD_S = 1.5  # a load process starts (imports, fork) well within this before its first attempt
 READY_TIMEOUT_S = 20.0
+GO_MARGIN_S = 0.25  # from the last load's "ready" to the common start: the go's delivery, wake-ups
 
 
 class LabInterrupted(TcpreuseError):
@@ -77,13 +78,16 @@ class LabOptions:
     on_tick: Callable[[float, float], None] | None = None
     # NAT/LB/loss backend: auto (nftables where it can load an ip table), nft, iptables
     netfilter: str = "auto"
-    # seconds between starting a load and its first attempt (longer on a slow kernel)
+    # seconds between starting a load and its first attempt (longer on a slow kernel); a
+    # load slower to get ready than this delays every load (the start barrier, _start_loads)
     lead_s: float = LOAD_LEAD_S
     # each load keeps at most this many attempts in flight (load --max-in-flight); None: no
     # cap. 1 for a workload the model runs one connection after another (validate's
     # suite.SEQUENTIAL): a late answer then delays the next attempt (measured start lag)
     # instead of overlapping it, which would hold ports the model's run never holds
     max_in_flight: int | None = None
+    # how long the start barrier waits for the slowest load (None: max(20 s, 4 x lead_s))
+    start_timeout_s: float | None = None
 
 
 @contextlib.contextmanager
@@ -162,8 +166,12 @@ def budget_problems(plan: LabPlan) -> list[str]:
     return out
 
 
+def _start_arg(start_at: float | str) -> str:
+    return start_at if isinstance(start_at, str) else f"{start_at:.6f}"
+
+
 def load_argv(python: str, ld: Load, result: Path, scenario: str,
-              start_at: float | None = None, drain: float | None = None,
+              start_at: float | str | None = None, drain: float | None = None,
               max_in_flight: int | None = None) -> list[str]:
     argv = [python, "-m", "tcpreuse", "load", f"{ld.target[0]}:{ld.target[1]}",
             "--rate", _fmt(ld.rate), "--duration", _fmt(ld.duration_s), "--arrival", ld.arrival,
@@ -181,7 +189,7 @@ def load_argv(python: str, ld: Load, result: Path, scenario: str,
         # the budget was checked (and maybe overridden) by the lab, for all loads at once
         argv += ["--drain", _fmt(drain), "--force"]
     if start_at is not None:
-        argv += ["--start-at", f"{start_at:.6f}"]
+        argv += ["--start-at", _start_arg(start_at)]
     if ld.arrival == "ramp":
         argv += ["--ramp-from", _fmt(ld.ramp_from)]
     if ld.bind != "none":  # bind none: the kernel picks the (primary) source, as in simulate
@@ -191,16 +199,16 @@ def load_argv(python: str, ld: Load, result: Path, scenario: str,
 
 
 def emulate_argv(python: str, ld: Load, result: Path, profile: Path, scenario: str,
-                 start_at: float, drain: float | None = None) -> list[str]:
+                 start_at: float | str, drain: float | None = None) -> list[str]:
     """The packet-level client (tcpreuse.emulate) for a Windows/macOS client's load; the
-    phase is already in start_at, as for `load`."""
+    phase is already in start_at, as for `load` ("wait": the start barrier's)."""
     argv = [python, "-m", "tcpreuse", "emulate", f"{ld.target[0]}:{ld.target[1]}",
             "--profile-json", str(profile), "--source", ld.sources[0], "--rate", _fmt(ld.rate),
             "--duration", _fmt(ld.duration_s), "--close", ld.close, "--seed", str(ld.seed),
             "--connect-timeout", _fmt(ld.connect_timeout_s),
             "--request-timeout", _fmt(ld.request_timeout_s), "--host-name", ld.host,
             "--workload", ld.workload, "--scenario", scenario, "--result", str(result),
-            "--start-at", f"{start_at:.6f}", "--quiet"]
+            "--start-at", _start_arg(start_at), "--quiet"]
     if ld.count is not None:
         argv += ["--count", str(ld.count)]
     if drain is not None:
@@ -240,6 +248,7 @@ class LabRun:
         # watched while the loads run (clockphase.watch_seconds)
         self.seconds_turns: list[tuple[int, float]] = []
         self._turns: threading.Thread | None = None
+        self.barrier: dict[str, Any] | None = None  # what the start barrier waited (_start_loads)
 
     # ---- helpers ----------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -249,9 +258,10 @@ class LabRun:
     def _log(self, name: str) -> Path:
         return self.scratch / f"{name}.log"
 
-    def _popen(self, host: str, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
+    def _popen(self, host: str, argv: list[str], log: Path,
+               stdin: int = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
         with log.open("wb") as out:
-            return self.topo.ns[host].popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+            return self.topo.ns[host].popen(argv, stdin=stdin, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
 
     def _wait_until(self, what: str, ok: Callable[[], bool], alive: Callable[[], bool],
@@ -313,40 +323,85 @@ class LabRun:
                     series["conntrack"].append(pn.conntrack_count())
             k += 1
 
+    def _start_loads(self) -> tuple[float, float]:
+        """The start barrier: launch every load at once with --start-at wait; each gets
+        ready (imports, checks, its workers forked, or its TUN device) and says so
+        (load/barrier.py). Only when
+        all have is the common start handed out, so a slow start-up delays the whole run
+        instead of one client starting alone, late. The run's t = 0 is lead_s before that
+        start (at least lead_s after the launch, as without the barrier); each load's first
+        attempt is due at t = lead_s + its start_s + its phase, which keeps staggered
+        workloads and the clients' interleaving as planned. -> (t0 monotonic, t0 Unix)."""
+        from ..load.barrier import READY_LINE
+
+        lead, grace = self.opts.lead_s, self.opts.grace_s
+        timeout = self.opts.start_timeout_s or max(READY_TIMEOUT_S, 4.0 * lead)
+        launched = time.monotonic()
+        for ld in self.plan.loads:
+            res = self.scratch / f"{ld.name}.json"
+            if ld.emulated:
+                prof = self.scratch / f"{ld.name}.profile.json"
+                prof.write_text(ld.emulated)
+                argv = emulate_argv(self.opts.python, ld, res, prof, self.plan.scenario, "wait",
+                                    drain_of(ld, grace))
+            else:
+                argv = load_argv(self.opts.python, ld, res, self.plan.scenario, "wait", drain_of(ld, grace),
+                                 self.opts.max_in_flight)
+            p = self._popen(ld.host, argv, self._log(ld.name), stdin=subprocess.PIPE)
+            self.loads.append((ld, p, res, lead + ld.start_s + ld.phase_s))
+        ready: dict[str, float] = {}
+        while len(ready) < len(self.loads):
+            for ld, q, _, _ in self.loads:
+                if ld.name in ready:
+                    continue
+                log = self._log(ld.name)
+                if READY_LINE in _tail(log, 4000):
+                    ready[ld.name] = time.monotonic() - launched
+                elif q is not None and q.poll() is not None:
+                    raise LabError(f"load on {ld.host} ({ld.workload}) exited at start: "
+                                   f"{_tail(log) or 'no output'}")
+            if len(ready) < len(self.loads) and time.monotonic() - launched > timeout:
+                ld = next(ld for ld, _, _, _ in self.loads if ld.name not in ready)
+                raise LabError(f"load on {ld.host} ({ld.workload}) not ready {timeout:g} s after its "
+                               f"launch (start barrier; {len(ready)} of {len(self.loads)} loads "
+                               f"ready): {_tail(self._log(ld.name)) or 'no output'}")
+            time.sleep(0.02)
+        waited = time.monotonic() - launched
+        # the go must reach each process, and each its workers, before the first attempt
+        go = max(launched + lead, launched + waited + max(GO_MARGIN_S, 0.1 * lead))
+        t0 = go - lead
+        t0_unix = time.time() + (t0 - time.monotonic())
+        for ld, q, _, _ in self.loads:
+            if q is None or q.stdin is None:
+                continue
+            with contextlib.suppress(OSError):  # died meanwhile: it has no result, noted later
+                q.stdin.write(f"{t0_unix + lead + ld.start_s + ld.phase_s:.6f}\n".encode())
+                q.stdin.close()
+        slowest = max(ready, key=lambda k: ready[k]) if ready else None
+        self.barrier = {"waited_s": round(waited, 3), "slowest": slowest,
+                        "late_s": round(max(0.0, go - launched - lead), 3),
+                        "ready_s": {k: round(v, 3) for k, v in ready.items()}, "timeout_s": timeout}
+        if self.barrier["late_s"] > 0:
+            self._say(f"the loads took {waited:.2f} s to get ready (slowest {slowest}): "
+                      f"the run starts {self.barrier['late_s']:g} s later than planned, all together")
+        return t0, t0_unix
+
     def _run_loads(self, t0: float, t0_unix: float) -> None:
-        """Each load is started LOAD_LEAD_S before its first attempt is due, and told when
-        that is (--start-at), so the clients of a workload interleave as in the simulator
-        whatever their processes' start-up time."""
-        pending = sorted(self.plan.loads, key=lambda ld: ld.start_s)
+        """Watch the loads (started by _start_loads, each at its own start_s) until they
+        end or their bound passes."""
         grace = self.opts.grace_s
         bound = bound_of(self.plan, grace, self.opts.lead_s)
         deadline = t0 + bound + WATCHDOG_S
-        running: list[subprocess.Popen[bytes]] = []
-        self._say(f"load running for {max((ld.start_s + ld.duration_s) for ld in pending):g} s, "
+        running = [p for _, p, _, _ in self.loads if p is not None]
+        self._say(f"load running for {max((ld.start_s + ld.duration_s) for ld in self.plan.loads):g} s, "
                   f"ending within {bound:g} s (start-up {self.opts.lead_s:g} s, then what is in flight "
-                  f"gets its timeouts)" if pending else "no load to run")
+                  f"gets its timeouts)" if self.plan.loads else "no load to run")
         next_tick = 0.0
-        while pending or any(p.poll() is None for p in running):
+        while any(p.poll() is None for p in running):
             now = time.monotonic()
             if self.opts.on_tick is not None and now >= next_tick:
                 self.opts.on_tick(now - t0, bound)
                 next_tick = now + 0.5
-            while pending and t0 + pending[0].start_s <= now:
-                ld = pending.pop(0)
-                name = ld.name
-                res = self.scratch / f"{name}.json"
-                start_at = t0_unix + self.opts.lead_s + ld.start_s + ld.phase_s
-                if ld.emulated:
-                    prof = self.scratch / f"{name}.profile.json"
-                    prof.write_text(ld.emulated)
-                    argv = emulate_argv(self.opts.python, ld, res, prof, self.plan.scenario, start_at,
-                                        drain_of(ld, grace))
-                else:
-                    argv = load_argv(self.opts.python, ld, res, self.plan.scenario, start_at,
-                                     drain_of(ld, grace), self.opts.max_in_flight)
-                p = self._popen(ld.host, argv, self._log(name))
-                self.loads.append((ld, p, res, time.monotonic() - t0))
-                running.append(p)
             if now > deadline:
                 self.notes.append(f"a load ran {WATCHDOG_S:g} s past its bound ({bound:g} s) and was "
                                   "stopped; its attempts still in flight are lost")
@@ -356,6 +411,9 @@ class LabRun:
 
     def _stop_loads(self, timeout: float = 10.0) -> None:
         for _, p, _, _ in self.loads:
+            if p is not None and p.stdin is not None and not p.stdin.closed:
+                with contextlib.suppress(OSError):  # still at the start barrier: EOF ends it
+                    p.stdin.close()
             if p is not None and p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signal.SIGTERM)
@@ -412,8 +470,7 @@ class LabRun:
                     if self.opts.trace:
                         self._start_trace()
                     before = {k: self.topo.procnet(k).counters() for k in self.plan.hosts if k != "router"}
-                    t0 = time.monotonic()
-                    t0_unix = time.time()
+                    t0, t0_unix = self._start_loads()
                     started = True
                     self._sampler = threading.Thread(target=self._sample, args=(t0,), daemon=True)
                     self._sampler.start()
@@ -509,6 +566,7 @@ class LabRun:
         out.meta["tick_delay_s"] = self.tick_delay
         out.meta["jiffies_lag_s"] = self.jiffies_lag
         out.meta["seconds_turns"] = [[n, d] for n, d in self.seconds_turns]
+        out.meta["start_barrier"] = self.barrier
         return out
 
     def _start_trace(self) -> None:

@@ -75,6 +75,8 @@ class LoadConfig:
     # Wall-clock (Unix) time of the run's t = 0, so that several load processes interleave
     # their schedules as one workload would (the lab's clients); None: as soon as started.
     start_at: float | None = None
+    # get ready, say so and read start_at from stdin (--start-at wait, barrier.py)
+    wait_go: bool = False
     # After --duration, attempts in flight get this many seconds; then they are cut
     # ("unfinished") and the run ends: duration + drain is its wall-clock bound.
     drain: float = 2.0
@@ -210,12 +212,20 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
     bind = config.effective_bind()
     counters_before = kstat.read_counters()
     settings = kstat.read_sysctls()
-    started_wall, started_mono = time.time(), time.monotonic()
-    t0 = started_mono + 0.05 + 0.01 * workers  # time to fork before the first attempt
-    if config.start_at is not None and config.start_at - started_wall > t0 - started_mono:
-        t0 = started_mono + (config.start_at - started_wall)
-    # (a start_at already past -- a slow start-up -- starts now; t0_unix says when)
-    t0_unix = started_wall + (t0 - started_mono)  # wall-clock time of t = 0 (due times count from it)
+
+    def start_of(fork_s: float, start_at: float | None) -> tuple[float, float]:
+        """t = 0 on the monotonic and the wall clock: start_at, or as soon as the workers
+        can start (fork_s) -- also when start_at is already past (a slow start-up:
+        t0_unix then says when it really was)."""
+        config.start_at = start_at
+        started_wall, started_mono = time.time(), time.monotonic()
+        t0 = started_mono + fork_s
+        if start_at is not None and start_at - started_wall > t0 - started_mono:
+            t0 = started_mono + (start_at - started_wall)
+        return t0, started_wall + (t0 - started_mono)
+
+    # --start-at wait: the workers are forked first and say ready; t0 comes after the go
+    t0, t0_unix = (0.0, 0.0) if config.wait_go else start_of(0.05 + 0.01 * workers, config.start_at)
 
     plans = []
     for i in range(workers):
@@ -228,7 +238,7 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
             concurrency=split_count(config.concurrency, workers, i) or 0 if config.concurrency else 0,
             duration=config.duration,
             count=config.count if config.mode == "open" else split_count(config.count, workers, i),
-            seed=config.seed, index=i, workers=workers, t0=t0, tick_s=tick_s,
+            seed=config.seed, index=i, workers=workers, t0=t0, wait_t0=config.wait_go, tick_s=tick_s,
             drain=config.drain if config.duration is not None else None,
             max_in_flight=split_count(config.max_in_flight, workers, i) or 0 if config.max_in_flight else 0,
         ))
@@ -245,7 +255,6 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
     # The workers cut what is in flight at t0 + duration + drain; a worker that does not
     # end by then (a bug, a stuck system call) is told to stop, then killed.
     bound = config.wall_bound()
-    watchdog_at = t0 + bound + WATCHDOG_S if bound is not None else float("inf")
     kill_after = 10.0
 
     signals: list[int] = []
@@ -264,6 +273,9 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
             child.close()
             procs.append(pr)
             pipes[parent] = plan.index
+        if config.wait_go:
+            t0, t0_unix = _start_barrier(pipes, start_of)
+        watchdog_at = t0 + bound + WATCHDOG_S if bound is not None else float("inf")
 
         next_sample = t0 + 1.0
         next_progress = t0 + tick_s
@@ -355,6 +367,33 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
     if interrupted:
         merged.stopped_by = signals[0] if signals else signal.SIGINT
     return merged
+
+
+def _start_barrier(pipes: dict[Connection, int],
+                   start_of: Callable[[float, float | None], tuple[float, float]]) -> tuple[float, float]:
+    """--start-at wait: every worker forked and ready (it says so on its pipe), then the
+    process says ready (barrier.py) and each worker gets t0 once the start time arrives.
+    On any failure the pipes are closed, so the workers waiting on them end."""
+    from .barrier import await_go
+
+    try:
+        for c, idx in pipes.items():
+            try:
+                msg = c.recv()
+            except (EOFError, OSError):
+                raise LoadError(f"load worker {idx} exited before it was ready") from None
+            if msg[0] != "ready":
+                raise LoadError(f"load worker {idx} failed before it was ready: {str(msg[2])[-300:]}")
+        config_start = await_go()
+    except BaseException:
+        for c in pipes:
+            c.close()
+        raise
+    t0, t0_unix = start_of(0.002, config_start)
+    for c in pipes:
+        with contextlib.suppress(OSError):
+            c.send(("t0", t0))
+    return t0, t0_unix
 
 
 def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],

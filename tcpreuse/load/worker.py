@@ -152,6 +152,9 @@ class WorkerPlan:
     # (0: no cap). 1 makes a sequential workload sequential however late answers come.
     max_in_flight: int = 0
     t0: float = 0.0  # time.monotonic() at which the run starts (same clock in all workers)
+    # the start barrier (--start-at wait): say ("ready", index) on the pipe once forked,
+    # then take t0 from the parent's ("t0", t0)
+    wait_t0: bool = False
     tick_s: float = 0.5
 
     def schedule(self) -> arrival_mod.Schedule:
@@ -906,6 +909,16 @@ def run_in_child(plan: WorkerPlan, conn: Connection) -> None:
     name_process(f"tcpr-load-{plan.index}")
     precise_timers()
     short_slice()
+    if plan.wait_t0:
+        plan.schedule()  # built before the start, not after it
+        conn.send(("ready", plan.index))
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):  # the parent gave up at the barrier
+            os._exit(0)
+        if not (isinstance(msg, tuple) and msg[0] == "t0"):  # told to stop before the start
+            os._exit(0)
+        plan.t0 = float(msg[1])
     try:
         res = Worker(plan, conn).run()
     except Exception as e:  # a bug: report it rather than hang the parent
