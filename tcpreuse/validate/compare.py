@@ -24,13 +24,16 @@ class Tolerance:
     abs: float = 0.0
     rel: float = 0.0
     kind: str = "band"  # band: abs + rel; one_sided: 0 <= lab <= sim; at_least: sim <= lab <= 2 sim;
-    # poisson: 3 sigma + abs
+    # poisson: 3 sigma + abs; coins: 3 sigma of a sum of per-port coins (port_coins()) + abs
 
     def ok(self, a: float, b: float) -> bool:
         if self.kind == "one_sided":
             return 0 <= b <= a
         if self.kind == "at_least":
             return a <= b <= 2 * a
+        if self.kind == "coins":  # rel = 1 / (4 P): variance n + n^2 / (4 P)
+            n = max(abs(a), abs(b))
+            return abs(a - b) <= 3.0 * math.sqrt(n + self.rel * n * n) + self.abs + 1e-9
         if self.kind == "poisson":
             return abs(a - b) <= 3.0 * math.sqrt(max(abs(a), abs(b))) + self.abs \
                 + self.rel * max(abs(a), abs(b)) + 1e-9
@@ -95,6 +98,22 @@ def chance(reason: str) -> Tolerance:
     timestamp offsets is ahead on a shared 4-tuple): the model draws from its own, so only
     the rate can agree. 3 standard deviations of a count (√n) plus 2."""
     return Tolerance("±(3√n + 2)", reason, abs=2.0, kind="poisson")
+
+def port_coins(reason: str, ports: int) -> Tolerance:
+    """For counts that are a sum over `ports` shared ports of one coin each, fixed for the
+    run (which of two clients' ISN hashes is behind on that 4-tuple: that client's SYNs are
+    rejected at every one of the other's TIME_WAITs there, the other's never). A port's
+    share of the count is its meetings in one direction or the other, by its coin; with
+    the n rejections spread over P ports and a port's two directions differing by about
+    its share n/P, the coins add a variance P (n/P)^2 / 4 = n^2 / 4P to the count's own
+    (Poisson) n: 3 standard deviations of that plus 2."""
+    if ports < 1:
+        raise ValueError("port_coins() needs at least one port")
+    return Tolerance(f"±(3√(n + n²/{4 * ports}) + 2)", reason + f"; one coin per shared port ({ports}), "
+                     "fixed for the run, so the count moves by whole ports' shares (variance "
+                     f"n + n²/4P, P = {ports}), not by independent tosses", abs=2.0,
+                     rel=1.0 / (4 * ports), kind="coins")
+
 
 def queue_timing(reason: str) -> Tolerance:
     """For what an application-limited server's accept() timing decides (which SYN or final
@@ -239,7 +258,8 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
             chance_reason: str | None = None, wrap: tuple[int, str] | None = None,
             queue_reason: str | None = None, jiffy_ms: float = 0.0,
             resalt_reason: str | None = None, chance_outcomes: bool = False,
-            lag_ms: float = 0.0, chance_retries: bool = False) -> list[Row]:
+            lag_ms: float = 0.0, chance_retries: bool = False,
+            coin_ports: int | None = None) -> list[Row]:
     """Rows for every metric. `racy`: (group, counter) pairs the lab's realisation leaves to
     a race (see RACE_FIN_RST), compared one-sided. `chance_reason`: the scenario's
     collisions are decided by the kernel's secret hashes (see chance()); counts other
@@ -259,7 +279,9 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
     how many SYN tries a connect needs is a chain of tosses: the connect percentiles fall
     on one retransmission time or the next and are shown without a verdict (the count of
     retried connects is compared, statistically), and the port parity split, which the
-    ports such chains hold decide, is compared statistically (CHAIN_PARITY)."""
+    ports such chains hold decide, is compared statistically (CHAIN_PARITY). `coin_ports`:
+    with `chance_reason`, the tosses are one coin per shared port fixed for the run
+    (port_coins()), not one per SYN: the chance-compared counts get that wider band."""
     series = SERIES_CHANCE if chance_reason is not None else SERIES_QUEUE if queue_reason is not None else None
     rows = _compare(sim, lab, fixed_count, racy, series, retried_tolerance(jiffy_ms),
                     lag_ms / 1000.0 if lag_ms > LAG_FLOOR_MS else 0.0)
@@ -292,7 +314,7 @@ def compare(sim: Metrics, lab: Metrics, fixed_count: bool = True,
                lambda r: r.metric.startswith("first failure: s"))
     elif chance_reason is not None:
         # TIME_WAIT at the end too: a TIME_WAIT is killed by each SYN the hashes let in
-        _relax(rows, chance(chance_reason),
+        _relax(rows, chance(chance_reason) if coin_ports is None else port_coins(chance_reason, coin_ports),
                lambda r: r.group in ("timing", "counters", "time_wait")
                and not any(k in r.metric for k in NOT_CHANCE))
     if chance_reason is not None and chance_retries:

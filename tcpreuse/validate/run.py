@@ -236,7 +236,10 @@ def ts_offset_overrides(sc: Scenario, lab: RunResult, profile: str) -> tuple[dic
     relative to the kernel's ms clock: it is given with the kernel's uptime (clock_overrides())."""
     if get_profile(profile).ts_offset != "hostpair":
         return {}, []
-    group_of = {n: g.name for g in sc.host if get_profile(g.profile).os == "linux" for n in g.instance_names()}
+    # (a host with tcp_timestamps != 1 sends no TSval: the 0 its load reads is no draw)
+    group_of = {n: g.name for g in sc.host if get_profile(g.profile).os == "linux"
+                and int(g.effective_settings.get("net.ipv4.tcp_timestamps", 1)) == 1
+                for n in g.instance_names()}
     seen: dict[str, set[int]] = {}
     for ld in lab.meta.get("loads") or []:
         if not isinstance(ld, dict) or ld.get("emulated") or str(ld.get("host")) not in group_of:
@@ -447,7 +450,8 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
                        wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
                        jiffy_ms=1000.0 / facts.hz, lag_ms=start_lag_ms(lab),
                        chance_outcomes=ref in suite.CHANCE_OUTCOMES,
-                       chance_retries=ref in suite.CHANCE_RETRIES)
+                       chance_retries=ref in suite.CHANCE_RETRIES,
+                       coin_ports=suite.CHANCE_PORTS.get(ref))
 
     own = model_profile or facts.profile
     out.rows = rows_for(sim, own)

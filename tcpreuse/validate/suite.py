@@ -74,7 +74,19 @@ CHANCE_IF_4TUPLE_TS: dict[str, str] = {
 # client has used the port again since): the connect percentiles fall on one SYN
 # retransmission time or the next by chance, and the port parity split follows the ports
 # those chains hold
-CHANCE_RETRIES = frozenset({"v-ts-offset-nat", "v-nat-syn-on-tw"})
+CHANCE_RETRIES = frozenset({"v-ts-offset-nat", "v-nat-syn-on-tw", "v-nat-syn-on-tw-ts-off"})
+
+# ... and where the tosses are one coin per shared port, fixed for the run, not one per
+# SYN (compare.port_coins()): with timestamps off, a SYN at a TIME_WAIT is judged by
+# after(seq, tw_rcv_nxt) (tcp_timewait_state_process(), net/ipv4/tcp_minisocks.c), and
+# both sides' ISNs are secure_tcp_seq() (net/core/secure_seq.c): a keyed hash of the
+# client's pre-NAT 4-tuple plus one clock (ktime_get_real_ns() >> 6) for both clients,
+# so on each port one client's hash is behind the other's for the whole run and that
+# client is rejected at every one of the other's TIME_WAITs it meets there, the other
+# never (seen in a UML capture: docs/kernels.md). The value: how many ports carry a coin,
+# the even ports of the scenario's 10-port range, which connect() uses first
+# (__inet_hash_connect(), net/ipv4/inet_hashtables.c, 4.6+).
+CHANCE_PORTS: dict[str, int] = {"v-nat-syn-on-tw-ts-off": 5}
 
 # Version-discriminating scenarios: the rule each pins, which the model changes between
 # the two kernels validate can run (the host's 6.18, User-Mode Linux's 6.1). validate runs
