@@ -559,6 +559,10 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     files = [str(p) for p in paths]
     if not files:
         raise CaptureError("no capture files given")
+    if len(files) == 1:
+        one = analyze_streamed(files[0])
+        if one is not None:
+            return [one]
     t = time.perf_counter()
     results: list[tuple[Packets, ReadReport] | CaptureError] = []
     jobs = max(1, min(jobs or (os.cpu_count() or 1), len(files)))
@@ -608,3 +612,81 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     for f, err in errors:
         out.append(analyze_packets(Packets.empty(), [unread(f, err)], [f]))
     return out
+
+
+CHUNK_PACKETS = 1 << 19  # packets per chunk of a streamed analysis
+
+
+def analyze_streamed(path: str, chunk_packets: int = CHUNK_PACKETS, builder: Any = None,
+                     window: int | None = None) -> CaptureAnalysis | None:
+    """One pcap file read and built chunk by chunk (:mod:`.chunked`): what is resident
+    follows the live connections, not the file. The result is :func:`analyze_packets`'s
+    over the whole file; None when this way cannot give it, and the caller reads the
+    file in one pass: not a plain pcap file (pcapng, gzip), the numpy backend, packets
+    more than FAR_GAP_S apart (the far-time check needs the whole capture) or a
+    packet :class:`.chunked.Inexact` names."""
+    import mmap
+
+    from . import backend, chunked
+    from .decode import STREAM_WINDOW, stream_pcap
+    from .formats import PCAP_MAGIC, open_buffer
+
+    lib = backend.c_extension() if backend.ACTIVE.name == "c" else None
+    if lib is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) not in PCAP_MAGIC:
+                return None
+        buf, _size, _damage = open_buffer(path)
+    except (OSError, CaptureError):
+        return None  # the one-pass read says what is wrong
+    if not isinstance(buf, mmap.mmap):
+        return None
+    try:
+        if len(buf) < 24:
+            return None
+        rep = ReadReport(path=path, bytes_total=len(buf))
+        timing = {"read": 0.0, "flows": 0.0}
+        b = builder or chunked.ChunkBuilder()
+        acc: list[Packets] = []
+        n_acc = n = 0
+        lo, hi = np.inf, -np.inf
+        t = time.perf_counter()
+        for pk in stream_pcap(lib, buf, rep, 0, window or STREAM_WINDOW):
+            ts = pk.ts
+            lo, hi = min(lo, float(ts.min())), max(hi, float(ts.max()))
+            if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo > FAR_GAP_S:
+                return None
+            acc.append(pk)
+            n_acc += len(pk)
+            n += len(pk)
+            if n_acc >= chunk_packets:
+                t2 = time.perf_counter()
+                timing["read"] += t2 - t
+                run = chunked.concat_packets(acc)
+                k = n_acc // chunk_packets * chunk_packets
+                for a in range(0, k, chunk_packets):
+                    b.add(run.take(slice(a, a + chunk_packets)))
+                acc = [run.take(slice(k, n_acc))] if k < n_acc else []
+                n_acc -= k
+                del run
+                t = time.perf_counter()
+                timing["flows"] += t - t2
+        t2 = time.perf_counter()
+        timing["read"] += t2 - t
+        if acc:
+            b.add(chunked.concat_packets(acc))
+        del acc
+        att = b.finish()
+        timing["flows"] += time.perf_counter() - t2
+    except chunked.Inexact:
+        return None
+    finally:
+        with contextlib.suppress(BufferError):
+            buf.close()
+    t = time.perf_counter()
+    reuse.tuple_reuse(att)
+    reuse.recycle_verdicts(att)
+    timing["reuse"] = time.perf_counter() - t
+    return finish_analysis(att, b.v6, [rep], [path], n, lo if n else 0.0, hi if n else 0.0, timing)
