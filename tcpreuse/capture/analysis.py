@@ -624,7 +624,8 @@ def analyze_streamed(path: str, chunk_packets: int = CHUNK_PACKETS, builder: Any
     over the whole file; None when this way cannot give it, and the caller reads the
     file in one pass: not a plain pcap file (pcapng, gzip), the numpy backend, packets
     more than FAR_GAP_S apart (the far-time check needs the whole capture) or a
-    packet :class:`.chunked.Inexact` names."""
+    packet :class:`.chunked.Inexact` names. ``TCPREUSE_CAPTURE_CHUNKED=0`` turns it off
+    (the benchmarks compare the two that way)."""
     import mmap
 
     from . import backend, chunked
@@ -632,7 +633,7 @@ def analyze_streamed(path: str, chunk_packets: int = CHUNK_PACKETS, builder: Any
     from .formats import PCAP_MAGIC, open_buffer
 
     lib = backend.c_extension() if backend.ACTIVE.name == "c" else None
-    if lib is None:
+    if lib is None or os.environ.get("TCPREUSE_CAPTURE_CHUNKED", "1") == "0":
         return None
     try:
         with open(path, "rb") as fh:
@@ -658,25 +659,22 @@ def analyze_streamed(path: str, chunk_packets: int = CHUNK_PACKETS, builder: Any
             lo, hi = min(lo, float(ts.min())), max(hi, float(ts.max()))
             if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo > FAR_GAP_S:
                 return None
-            acc.append(pk)
-            n_acc += len(pk)
             n += len(pk)
-            if n_acc >= chunk_packets:
-                t2 = time.perf_counter()
-                timing["read"] += t2 - t
-                run = chunked.concat_packets(acc)
-                k = n_acc // chunk_packets * chunk_packets
-                for a in range(0, k, chunk_packets):
-                    b.add(run.take(slice(a, a + chunk_packets)))
-                acc = [run.take(slice(k, n_acc))] if k < n_acc else []
-                n_acc -= k
-                del run
-                t = time.perf_counter()
-                timing["flows"] += t - t2
+            while len(pk):  # pieces (views) of exactly chunk_packets
+                take = min(len(pk), chunk_packets - n_acc)
+                acc.append(pk.take(slice(0, take)) if take < len(pk) else pk)
+                pk = pk.take(slice(take, len(pk))) if take < len(pk) else Packets.empty()
+                n_acc += take
+                if n_acc == chunk_packets:
+                    t2 = time.perf_counter()
+                    timing["read"] += t2 - t
+                    b.add(acc)
+                    acc, n_acc = [], 0
+                    t = time.perf_counter()
+                    timing["flows"] += t - t2
         t2 = time.perf_counter()
         timing["read"] += t2 - t
-        if acc:
-            b.add(chunked.concat_packets(acc))
+        b.add(acc)
         del acc
         att = b.finish()
         timing["flows"] += time.perf_counter() - t2

@@ -81,22 +81,27 @@ class ChunkBuilder:
         self.r_t = np.zeros(0, dtype=np.float64)
         self.peak_carry = 0  # most packets carried between two chunks
 
-    def add(self, pk: Packets) -> None:
-        n = len(pk)
-        if not n:
+    def add(self, parts: list[Packets]) -> None:
+        """The next packets of the capture, in pieces (`parts` is emptied: the pieces are
+        copied, with the carried packets, into one table and then let go)."""
+        given = parts
+        parts = [pk for pk in parts if len(pk)]
+        given.clear()
+        if not parts:
             return
+        n = sum(len(pk) for pk in parts)
         rows = np.arange(self.rows, self.rows + n, dtype=np.int64)
         self.rows += n
-        self.t_now = max(self.t_now, float(pk.ts.max()))
-        self.v6 = pk.v6
+        self.t_now = max(self.t_now, max(float(pk.ts.max()) for pk in parts))
+        self.v6 = parts[-1].v6
+        n_carry = 0
         if self.carry is not None and len(self.carry):
             n_carry = len(self.carry)
-            p = concat_packets([self.carry, pk])
+            parts = [self.carry, *parts]
             rows = np.concatenate([self.carry_rows, rows])
-        else:
-            n_carry = 0
-            p = pk
         self.carry = None
+        p = concat_packets(parts)
+        del parts
         self._build(p, rows, n_carry, final=False)
 
     def finish(self) -> Attempts:
@@ -104,12 +109,16 @@ class ChunkBuilder:
             p, rows = self.carry, self.carry_rows
             self.carry = None
             self._build(p, rows, len(p), final=True)
+            del p
         if not self.parts:
             return build(Packets.empty())[0]
-        att = Attempts({k: np.concatenate([a.cols[k] for a in self.parts]) for k in self.parts[0].cols},
-                       np.concatenate([a.history for a in self.parts]))
+        # one column at a time, each part's column dropped once copied
+        cols: dict[str, np.ndarray] = {}
+        for k in list(self.parts[0].cols):
+            cols[k] = np.concatenate([a.cols.pop(k) for a in self.parts])
+        att = Attempts(cols, np.concatenate([a.history for a in self.parts]))
         self.parts = []
-        return flow_ordered(att)
+        return flow_ordered(att, inplace=True)
 
     # ------------------------------------------------------------------------------------
     def _build(self, p: Packets, rows: np.ndarray, n_carry: int, final: bool) -> None:
