@@ -168,3 +168,29 @@ def test_long_span_and_far_times_use_one_pass(tmp_path: Path) -> None:
     path = write(tmp_path, "days.pcap", pcap_bytes(frames_of(segs)))
     assert analyze_streamed(str(path), 4) is None
     check_fallback(path)
+
+
+def test_compact_attempt_table_gives_the_same_report(tmp_path: Path) -> None:
+    """No per-attempt output asked (the CLI without --csv/--parquet/--save/--html): the
+    attempt table leaves out the export-only and reuse-only columns, and the JSON,
+    the findings and the RunResult timeline are still those of the full analysis."""
+    from tcpreuse.diagnose.base import Evidence, diagnose
+
+    path = write(tmp_path, "reuse.pcap", pcap_bytes(frames_of(reuse_capture(rounds=8))))
+    full = one_pass(path)
+    small = analyze_streamed(str(path), 23, per_attempt=False)
+    assert small is not None
+    dropped = set(chunked.EXPORT_ONLY) | set(chunked.REUSE_ONLY)
+    assert dropped <= set(full.attempts.cols) and not dropped & set(small.attempts.cols)
+    assert small.attempts.history.dtype.itemsize == 1 < full.attempts.history.dtype.itemsize
+
+    def report(an: analysis.CaptureAnalysis) -> dict[str, Any]:
+        js = an.to_json()
+        js.pop("timing_s")
+        rr = an.to_run_result()
+        return {"json": js, "findings": [f.to_json() for f in diagnose(Evidence(source="analyze", capture=an))],
+                "timeline": rr.timeline.to_json() if hasattr(rr.timeline, "to_json") else vars(rr.timeline)}
+
+    got, want = report(small), report(full)
+    assert want["findings"], "the capture should give findings to compare"
+    assert got == want

@@ -551,16 +551,18 @@ def finish_analysis(att: Attempts, v6: list[bytes], reports: list[ReadReport], f
 
 
 def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True, jobs: int | None = None,
-                  progress: Callable[[str], None] | None = None) -> list[CaptureAnalysis]:
+                  progress: Callable[[str], None] | None = None, per_attempt: bool = True) -> list[CaptureAnalysis]:
     """Analyse captures. merge=True: one analysis of all packets together (rotated files
     of one capture point); merge=False: one analysis per file. Files are read in
     parallel processes (`jobs`, default: cores). A file that is not a capture at all is
-    reported and skipped; if none can be read, CaptureError."""
+    reported and skipped; if none can be read, CaptureError. per_attempt=False: the
+    caller will not export per-attempt rows (CSV, Parquet, RunResult, HTML), so a
+    streamed analysis may keep a compact attempt table (:func:`analyze_streamed`)."""
     files = [str(p) for p in paths]
     if not files:
         raise CaptureError("no capture files given")
     if len(files) == 1:
-        one = analyze_streamed(files[0])
+        one = analyze_streamed(files[0], per_attempt=per_attempt)
         if one is not None:
             return [one]
     t = time.perf_counter()
@@ -618,14 +620,17 @@ CHUNK_PACKETS = 1 << 19  # packets per chunk of a streamed analysis
 
 
 def analyze_streamed(path: str, chunk_packets: int = CHUNK_PACKETS, builder: Any = None,
-                     window: int | None = None) -> CaptureAnalysis | None:
+                     window: int | None = None, per_attempt: bool = True) -> CaptureAnalysis | None:
     """One pcap file read and built chunk by chunk (:mod:`.chunked`): what is resident
     follows the live connections, not the file. The result is :func:`analyze_packets`'s
     over the whole file; None when this way cannot give it, and the caller reads the
     file in one pass: not a plain pcap file (pcapng, gzip), the numpy backend, packets
     more than FAR_GAP_S apart (the far-time check needs the whole capture) or a
     packet :class:`.chunked.Inexact` names. ``TCPREUSE_CAPTURE_CHUNKED=0`` turns it off
-    (the benchmarks compare the two that way)."""
+    (the benchmarks compare the two that way). `per_attempt` False: no per-attempt
+    export will be asked of the result, so the attempt table keeps only the columns the
+    counts, per-source statistics and findings read (:data:`.chunked.EXPORT_ONLY` and
+    :data:`.chunked.REUSE_ONLY` left out, no Zeek histories)."""
     import mmap
 
     from . import backend, chunked
@@ -649,7 +654,7 @@ def analyze_streamed(path: str, chunk_packets: int = CHUNK_PACKETS, builder: Any
             return None
         rep = ReadReport(path=path, bytes_total=len(buf))
         timing = {"read": 0.0, "flows": 0.0}
-        b = builder or chunked.ChunkBuilder()
+        b = builder or chunked.ChunkBuilder(per_attempt=per_attempt)
         acc: list[Packets] = []
         n_acc = n = 0
         lo, hi = np.inf, -np.inf
@@ -686,5 +691,8 @@ def analyze_streamed(path: str, chunk_packets: int = CHUNK_PACKETS, builder: Any
     t = time.perf_counter()
     reuse.tuple_reuse(att)
     reuse.recycle_verdicts(att)
+    if not b.per_attempt:
+        for k in chunked.REUSE_ONLY:
+            del att.cols[k]
     timing["reuse"] = time.perf_counter() - t
     return finish_analysis(att, b.v6, [rep], [path], n, lo if n else 0.0, hi if n else 0.0, timing)

@@ -36,6 +36,14 @@ import numpy as np
 from .decode import ACK, RST, SYN, Packets
 from .flows import Attempts, build, flow_ordered
 
+# Attempt columns that only the per-attempt exports (--csv/--parquet, --save, --html) and
+# the build read: a builder told that no such output is asked for drops them from the
+# rows it emits, and the reuse passes' own inputs once they ran (REUSE_ONLY).
+EXPORT_ONLY = ("first_pos", "flipped", "n_old_ack", "t_close", "resp_last_tsval", "frame", "syn_mss",
+               "syn_sackok", "completeness")
+REUSE_ONLY = ("flow", "pkt_tw_enter", "synack_has_ts", "t_tw_enter", "orig_end_seq", "resp_end_seq",
+              "orig_last_tsval", "t_orig_last_ts", "orig_ts_seen", "isn")
+
 CLOSED_IDLE_S = 5.0  # a closed connection's packets are carried this long after its last one
 OPEN_IDLE_S = 300.0  # and an open one's (or an unanswered attempt's)
 
@@ -63,7 +71,9 @@ def _endpoints(p: Packets, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 class ChunkBuilder:
     """Feed packet chunks in capture order (:meth:`add`), then take the attempts (:meth:`finish`)."""
 
-    def __init__(self, closed_idle_s: float = CLOSED_IDLE_S, open_idle_s: float = OPEN_IDLE_S) -> None:
+    def __init__(self, closed_idle_s: float = CLOSED_IDLE_S, open_idle_s: float = OPEN_IDLE_S,
+                 per_attempt: bool = True) -> None:
+        self.per_attempt = per_attempt  # False: emitted rows without the EXPORT_ONLY columns and histories
         self.closed_idle_s = closed_idle_s
         self.open_idle_s = open_idle_s
         self.carry: Packets | None = None
@@ -174,6 +184,10 @@ class ChunkBuilder:
             a["pkt"] = rows[a["pkt"]]
             tw = a["pkt_tw_enter"]
             a["pkt_tw_enter"] = np.where(tw >= 0, rows[np.maximum(tw, 0)], tw).astype(tw.dtype)
+            if not self.per_attempt:
+                for k in EXPORT_ONLY:
+                    del a.cols[k]
+                a.history = np.zeros(len(a), dtype="S1")
             self.parts.append(a)
 
         # carry the live flows' tails

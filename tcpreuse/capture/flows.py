@@ -713,9 +713,10 @@ def flow_ordered(att: Attempts, inplace: bool = False) -> Attempts:
         out = att.take(o)
     lo, hi = lo[o], hi[o]
     new_flow = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])]
-    out["flow"] = (np.cumsum(new_flow) - 1).astype(att["flow"].dtype)
-    npk = out["packets"].astype(np.int64)
-    out["first_pos"] = (np.cumsum(npk) - npk).astype(att["first_pos"].dtype)
+    out["flow"] = (np.cumsum(new_flow) - 1).astype(out["flow"].dtype)
+    if "first_pos" in out.cols:
+        npk = out["packets"].astype(np.int64)
+        out["first_pos"] = (np.cumsum(npk) - npk).astype(out["first_pos"].dtype)
     if "prev" in out.cols:
         inv = np.empty_like(o)
         inv[o] = np.arange(o.size)
