@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from helpers.captures import T0, many_flows, odd_captures
 
 from tcpreuse.capture import analysis, backend, chunked, formats
 from tcpreuse.capture.analysis import analyze_packets, analyze_paths, analyze_streamed
 from tcpreuse.capture.decode import decode
 from tcpreuse.capture.formats import read_frames
 from tcpreuse.capture.synth import Seg, frames_of, handshake, pcap_bytes
-
-from helpers.captures import T0, many_flows, odd_captures
 
 pytestmark = pytest.mark.skipif(backend.c_extension() is None, reason="the streamed read needs the C extension")
 
@@ -147,8 +146,8 @@ def test_scan_in_windows_equals_one_scan(tmp_path: Path) -> None:
     good = pcap_bytes(frames_of(many_flows(30)))
     damaged = bytearray(good)
     damaged[900:904] = b"\xff\xff\xff\x7f"  # a record length that cannot be right
+    lib = backend.c_extension()
     for data in (good, bytes(damaged), good[:-7], good + b"\x01\x02"):
-        lib = backend.c_extension()
 
         def scan(window: int | None, data: bytes = data) -> tuple[list[int], dict[str, Any]]:
             rep = formats.ReadReport(path="t", bytes_total=len(data))
@@ -194,3 +193,35 @@ def test_compact_attempt_table_gives_the_same_report(tmp_path: Path) -> None:
     got, want = report(small), report(full)
     assert want["findings"], "the capture should give findings to compare"
     assert got == want
+
+
+def test_command_output_is_the_one_pass_output(seed_pcap: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tcpreuse analyze FILE` (terminal and --json) on a file read in chunks, with the
+    compact attempt table, says what the one-pass read says (files from
+    STREAM_MIN_BYTES on are read in chunks; lowered here to take the seed capture)."""
+    used: list[bool] = []
+    real = analysis.analyze_streamed
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        got = real(*a, **kw)
+        used.append(got is not None and "frame" not in got.attempts.cols)  # streamed, compact
+        return got
+
+    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(analysis, "analyze_streamed", spy)
+
+    def both() -> tuple[str, dict[str, Any]]:
+        code, text, err = cli(["analyze", str(seed_pcap)])
+        assert code == 0, err
+        code, out, err = cli(["analyze", str(seed_pcap), "--json"])
+        assert code == 0, err
+        import json
+
+        js = json.loads(out)
+        js.pop("timing_s")
+        return text, js
+
+    chunked_out = both()
+    assert used == [True, True]
+    monkeypatch.setenv("TCPREUSE_CAPTURE_CHUNKED", "0")
+    assert both() == chunked_out

@@ -561,7 +561,7 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     files = [str(p) for p in paths]
     if not files:
         raise CaptureError("no capture files given")
-    if len(files) == 1:
+    if len(files) == 1 and _size(files[0]) >= STREAM_MIN_BYTES:
         one = analyze_streamed(files[0], per_attempt=per_attempt)
         if one is not None:
             return [one]
@@ -617,9 +617,20 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
 
 
 CHUNK_PACKETS = 1 << 19  # packets per chunk of a streamed analysis
+# Files smaller than this are read in one pass: what one pass holds is then bounded
+# anyway (~1.8x the file), and it is ~25 % less CPU than the chunked build at ~1 M
+# packets (the carried packets are built twice, the rows put in order at the end).
+STREAM_MIN_BYTES = 192 << 20
 
 
-def analyze_streamed(path: str, chunk_packets: int = CHUNK_PACKETS, builder: Any = None,
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def analyze_streamed(path: str, chunk_packets: int | None = None, builder: Any = None,
                      window: int | None = None, per_attempt: bool = True) -> CaptureAnalysis | None:
     """One pcap file read and built chunk by chunk (:mod:`.chunked`): what is resident
     follows the live connections, not the file. The result is :func:`analyze_packets`'s
@@ -637,6 +648,7 @@ def analyze_streamed(path: str, chunk_packets: int = CHUNK_PACKETS, builder: Any
     from .decode import STREAM_WINDOW, stream_pcap
     from .formats import PCAP_MAGIC, open_buffer
 
+    chunk_packets = chunk_packets or CHUNK_PACKETS
     lib = backend.c_extension() if backend.ACTIVE.name == "c" else None
     if lib is None or os.environ.get("TCPREUSE_CAPTURE_CHUNKED", "1") == "0":
         return None
