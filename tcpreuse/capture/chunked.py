@@ -31,6 +31,9 @@ segment. Tests compare the two builds column by column (tests/test_capture_chunk
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import numpy as np
 
 from .decode import ACK, RST, SYN, Packets
@@ -46,6 +49,29 @@ REUSE_ONLY = ("flow", "pkt_tw_enter", "synack_has_ts", "t_tw_enter", "orig_end_s
 
 CLOSED_IDLE_S = 5.0  # a closed connection's packets are carried this long after its last one
 OPEN_IDLE_S = 300.0  # and an open one's (or an unanswered attempt's)
+
+
+def release_freed() -> None:
+    """Give the heap's free pages back to the kernel (glibc's malloc_trim; nothing
+    elsewhere). The CLI asks malloc to keep freed memory (commands/analyze.py), which
+    saves page faults between the stages of an analysis; but the attempt rows emitted
+    chunk after chunk are small allocations that, once joined into the table, would stay
+    resident beside it."""
+    global _TRIM
+    if _TRIM is None:
+        _TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _TRIM = ctypes.CDLL(None).malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 class Inexact(Exception):
@@ -122,10 +148,12 @@ class ChunkBuilder:
             del p
         if not self.parts:
             return build(Packets.empty())[0]
-        # one column at a time, each part's column dropped once copied
+        # one column at a time, each part's column dropped once copied and its memory
+        # given back (the parts are small allocations, which stay in malloc's heap)
         cols: dict[str, np.ndarray] = {}
         for k in list(self.parts[0].cols):
             cols[k] = np.concatenate([a.cols.pop(k) for a in self.parts])
+            release_freed()
         att = Attempts(cols, np.concatenate([a.history for a in self.parts]))
         self.parts = []
         return flow_ordered(att, inplace=True)
