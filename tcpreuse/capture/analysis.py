@@ -702,9 +702,11 @@ def analyze_streamed(path: str, chunk_packets: int | None = None, builder: Any =
             buf.close()
     t = time.perf_counter()
     reuse.tuple_reuse(att)
+    chunked.release_freed()
     reuse.recycle_verdicts(att)
     if not b.per_attempt:
         for k in chunked.REUSE_ONLY:
             del att.cols[k]
+    chunked.release_freed()
     timing["reuse"] = time.perf_counter() - t
     return finish_analysis(att, b.v6, [rep], [path], n, lo if n else 0.0, hi if n else 0.0, timing)

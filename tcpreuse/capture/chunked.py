@@ -156,7 +156,9 @@ class ChunkBuilder:
             release_freed()
         att = Attempts(cols, np.concatenate([a.history for a in self.parts]))
         self.parts = []
-        return flow_ordered(att, inplace=True)
+        att = flow_ordered(att, inplace=True)
+        release_freed()
+        return att
 
     # ------------------------------------------------------------------------------------
     def _build(self, p: Packets, rows: np.ndarray, n_carry: int, final: bool) -> None:
