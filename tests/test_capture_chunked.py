@@ -158,6 +158,9 @@ def test_scan_in_windows_equals_one_scan(tmp_path: Path) -> None:
         want = scan(None)
         for w in (40, 97, 300, 5000):
             assert scan(w) == want
+        path = write(tmp_path, "d.pcap", data)  # and the whole analysis, report included
+        for w in (97, 5000):
+            check(path, 11, window=w)
 
 
 def test_long_span_and_far_times_use_one_pass(tmp_path: Path) -> None:
