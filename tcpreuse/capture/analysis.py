@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .formats import ReadReport, read_frames
 from .reuse import PREV_TW, RECYCLE, TW_VERDICTS
 from .sources import ServerStats, SourceStats
 from .zeek import CONN_STATES
+
+if TYPE_CHECKING:
+    from .chunked import ChunkBuilder
 
 # export column -> description; tshark's field name where one exists
 EXPORT_COLUMNS: dict[str, str] = {
@@ -630,7 +633,7 @@ def _size(path: str) -> int:
         return 0
 
 
-def analyze_streamed(path: str, chunk_packets: int | None = None, builder: Any = None,
+def analyze_streamed(path: str, chunk_packets: int | None = None, builder: ChunkBuilder | None = None,
                      window: int | None = None, per_attempt: bool = True) -> CaptureAnalysis | None:
     """One pcap file read and built chunk by chunk (:mod:`.chunked`): what is resident
     follows the live connections, not the file. The result is :func:`analyze_packets`'s
@@ -656,7 +659,7 @@ def analyze_streamed(path: str, chunk_packets: int | None = None, builder: Any =
         with open(path, "rb") as fh:
             if fh.read(4) not in PCAP_MAGIC:
                 return None
-        buf, _size, _damage = open_buffer(path)
+        buf, _nbytes, _damage = open_buffer(path)
     except (OSError, CaptureError):
         return None  # the one-pass read says what is wrong
     if not isinstance(buf, mmap.mmap):
