@@ -13,8 +13,11 @@ For each size, one child process (so its peak RSS is its own: ``os.wait4``'s
   (bench/analyze_speed.py's recorder; root needed), or ``--capture FILE``; its first
   ``--base-packets`` records are kept. Size k is k copies of it, one after the other,
   each shifted in time by the base's span + 1 s (record times) and its TCP timestamps
-  (TSval and TSecr) by the same shift at 1,000 Hz, so the same 4-tuples come round
-  again as a busy client's ports do, with later timestamps. The files are written to
+  (TSval and TSecr) by the same shift at 1,000 Hz and its sequence and acknowledgment
+  numbers by the ISN clock's advance over it (64 ns steps), so the same 4-tuples come
+  round again as a busy client's ports do, with later timestamps and new ISNs (with the
+  ISNs of the first copy, every later SYN would repeat its 4-tuple's first SYN, which
+  the analysis takes for a retransmission: one attempt per 4-tuple, growing). The files are written to
   a temporary directory (or ``--dir``) and deleted afterwards; the free space is checked
   first and a size that does not fit is refused with the estimate; so is a size whose
   peak RSS, scaled from the previous size's, would not fit in 80 % of MemAvailable.
@@ -49,6 +52,7 @@ sys.path.insert(0, str(HERE / "bench"))
 SIM_BASE_S = 90.0
 SIM_RATE = 2000  # the seed's workload.rate
 TS_HZ = 1000  # TSval ticks per second of the recorded kernel (Linux >= 4.13)
+ISN_HZ = 15_625_000  # the ISN clock: secure_tcp_seq() adds ktime in 64 ns steps
 
 
 # Runs argv and reports its peak RSS. Linux carries a process's peak RSS across exec()
@@ -159,6 +163,8 @@ class Base:
         self.ts_pos = np.concatenate([tsv, tsv + 4])  # TSval, TSecr (big-endian u32)
         self.sec = sec
         self.ts = self._u32be(self.ts_pos)
+        self.seq_pos = np.concatenate([tcp + 4, tcp + 8])  # sequence and acknowledgment numbers
+        self.seq = self._u32be(self.seq_pos)
 
     def _u32le(self, pos: np.ndarray) -> np.ndarray:
         b = self.body.astype(np.uint32)
@@ -182,6 +188,9 @@ class Base:
                 ts = (self.ts + shift * TS_HZ) & 0xFFFFFFFF
                 for i in range(4):
                     out[self.ts_pos + i] = (ts >> (8 * (3 - i))) & 0xFF
+                seq = (self.seq + shift * ISN_HZ) & 0xFFFFFFFF
+                for i in range(4):
+                    out[self.seq_pos + i] = (seq >> (8 * (3 - i))) & 0xFF
                 f.write(out.tobytes())
         return 24 + copies * self.body.size
 

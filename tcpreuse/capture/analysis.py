@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from .formats import ReadReport, read_frames
 from .reuse import PREV_TW, RECYCLE, TW_VERDICTS
 from .sources import ServerStats, SourceStats
 from .zeek import CONN_STATES
+
+if TYPE_CHECKING:
+    from .chunked import ChunkBuilder
 
 # export column -> description; tshark's field name where one exists
 EXPORT_COLUMNS: dict[str, str] = {
@@ -551,14 +554,20 @@ def finish_analysis(att: Attempts, v6: list[bytes], reports: list[ReadReport], f
 
 
 def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True, jobs: int | None = None,
-                  progress: Callable[[str], None] | None = None) -> list[CaptureAnalysis]:
+                  progress: Callable[[str], None] | None = None, per_attempt: bool = True) -> list[CaptureAnalysis]:
     """Analyse captures. merge=True: one analysis of all packets together (rotated files
     of one capture point); merge=False: one analysis per file. Files are read in
     parallel processes (`jobs`, default: cores). A file that is not a capture at all is
-    reported and skipped; if none can be read, CaptureError."""
+    reported and skipped; if none can be read, CaptureError. per_attempt=False: the
+    caller will not export per-attempt rows (CSV, Parquet, RunResult, HTML), so a
+    streamed analysis may keep a compact attempt table (:func:`analyze_streamed`)."""
     files = [str(p) for p in paths]
     if not files:
         raise CaptureError("no capture files given")
+    if len(files) == 1 and _size(files[0]) >= STREAM_MIN_BYTES:
+        one = analyze_streamed(files[0], per_attempt=per_attempt)
+        if one is not None:
+            return [one]
     t = time.perf_counter()
     results: list[tuple[Packets, ReadReport] | CaptureError] = []
     jobs = max(1, min(jobs or (os.cpu_count() or 1), len(files)))
@@ -608,3 +617,99 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     for f, err in errors:
         out.append(analyze_packets(Packets.empty(), [unread(f, err)], [f]))
     return out
+
+
+CHUNK_PACKETS = 1 << 19  # packets per chunk of a streamed analysis
+# Files smaller than this are read in one pass: what one pass holds is then bounded
+# anyway (~1.8x the file), and it is ~25 % less CPU than the chunked build at ~1 M
+# packets (the carried packets are built twice, the rows put in order at the end).
+STREAM_MIN_BYTES = 192 << 20
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def analyze_streamed(path: str, chunk_packets: int | None = None, builder: ChunkBuilder | None = None,
+                     window: int | None = None, per_attempt: bool = True) -> CaptureAnalysis | None:
+    """One pcap file read and built chunk by chunk (:mod:`.chunked`): what is resident
+    follows the live connections, not the file. The result is :func:`analyze_packets`'s
+    over the whole file; None when this way cannot give it, and the caller reads the
+    file in one pass: not a plain pcap file (pcapng, gzip), the numpy backend, packets
+    more than FAR_GAP_S apart (the far-time check needs the whole capture) or a
+    packet :class:`.chunked.Inexact` names. ``TCPREUSE_CAPTURE_CHUNKED=0`` turns it off
+    (the benchmarks compare the two that way). `per_attempt` False: no per-attempt
+    export will be asked of the result, so the attempt table keeps only the columns the
+    counts, per-source statistics and findings read (:data:`.chunked.EXPORT_ONLY` and
+    :data:`.chunked.REUSE_ONLY` left out, no Zeek histories)."""
+    import mmap
+
+    from . import backend, chunked
+    from .decode import STREAM_WINDOW, stream_pcap
+    from .formats import PCAP_MAGIC, open_buffer
+
+    chunk_packets = chunk_packets or CHUNK_PACKETS
+    lib = backend.c_extension() if backend.ACTIVE.name == "c" else None
+    if lib is None or os.environ.get("TCPREUSE_CAPTURE_CHUNKED", "1") == "0":
+        return None
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) not in PCAP_MAGIC:
+                return None
+        buf, _nbytes, _damage = open_buffer(path)
+    except (OSError, CaptureError):
+        return None  # the one-pass read says what is wrong
+    if not isinstance(buf, mmap.mmap):
+        return None
+    try:
+        if len(buf) < 24:
+            return None
+        rep = ReadReport(path=path, bytes_total=len(buf))
+        timing = {"read": 0.0, "flows": 0.0}
+        b = builder or chunked.ChunkBuilder(per_attempt=per_attempt)
+        acc: list[Packets] = []
+        n_acc = n = 0
+        lo, hi = np.inf, -np.inf
+        t = time.perf_counter()
+        for pk in stream_pcap(lib, buf, rep, 0, window or STREAM_WINDOW):
+            ts = pk.ts
+            lo, hi = min(lo, float(ts.min())), max(hi, float(ts.max()))
+            if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo > FAR_GAP_S:
+                return None
+            n += len(pk)
+            while len(pk):  # pieces (views) of exactly chunk_packets
+                take = min(len(pk), chunk_packets - n_acc)
+                acc.append(pk.take(slice(0, take)) if take < len(pk) else pk)
+                pk = pk.take(slice(take, len(pk))) if take < len(pk) else Packets.empty()
+                n_acc += take
+                if n_acc == chunk_packets:
+                    t2 = time.perf_counter()
+                    timing["read"] += t2 - t
+                    b.add(acc)
+                    acc, n_acc = [], 0
+                    t = time.perf_counter()
+                    timing["flows"] += t - t2
+        t2 = time.perf_counter()
+        timing["read"] += t2 - t
+        b.add(acc)
+        del acc
+        att = b.finish()
+        timing["flows"] += time.perf_counter() - t2
+    except chunked.Inexact:
+        return None
+    finally:
+        with contextlib.suppress(BufferError):
+            buf.close()
+    t = time.perf_counter()
+    reuse.tuple_reuse(att)
+    chunked.release_freed()
+    reuse.recycle_verdicts(att)
+    if not b.per_attempt:
+        for k in chunked.REUSE_ONLY:
+            del att.cols[k]
+    chunked.release_freed()
+    timing["reuse"] = time.perf_counter() - t
+    return finish_analysis(att, b.v6, [rep], [path], n, lo if n else 0.0, hi if n else 0.0, timing)

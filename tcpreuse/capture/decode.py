@@ -15,12 +15,13 @@ once). Keys compare and sort like integers, which is what grouping flows needs.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import backend, formats
 from .formats import Frames, ReadReport, _u16_view, _u32_view, release_pages
 
 # link types (https://www.tcpdump.org/linktypes.html)
@@ -101,7 +102,7 @@ class Packets:
     def __len__(self) -> int:
         return int(self.ts.shape[0])
 
-    def take(self, idx: np.ndarray) -> Packets:
+    def take(self, idx: np.ndarray | slice) -> Packets:
         return Packets(**{c: getattr(self, c)[idx] for c in self.COLUMNS}, v6=self.v6)
 
     def addr(self, key: int) -> str:
@@ -624,3 +625,70 @@ def _options(v: _Views, start: np.ndarray, end: np.ndarray, flags: np.ndarray, h
         step = np.where(nop, 1, np.where(good, ln, 0))
         go = step > 0
         act, pos, stop = act[go], pos[go] + step[go], stop[go]
+
+
+STREAM_WINDOW = 32 << 20  # bytes of a pcap file scanned per step of a streamed read
+
+
+def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
+                window: int = STREAM_WINDOW) -> Iterator[Packets]:
+    """The TCP packets of a pcap file (C backend) in runs of records, each scanned,
+    decoded and its pages given back before the next is read: what is resident follows
+    `window`, not the file. Runs are whole CHUNKs of records (the last excepted), so
+    skip reasons, frame numbers and IPv6 address keys (one table, numbered in the
+    file's order) are those of :func:`decode` over the whole file; every run carries
+    that table as it stands."""
+    hdr = formats.pcap_header(buf, rep)
+    table: dict[bytes, int] = {}
+    unsupported: dict[int, int] = {}
+    little = int(hdr.endian == "<")
+    pending: list[np.ndarray] = []
+    n_pending = 0
+    base = 0  # records decoded before this run
+
+    def run(rec: np.ndarray) -> Packets | None:
+        nonlocal base
+        n = rec.size
+        out = _columns(n)
+        k, events, unsup, v6 = lib.decode(buf, rec, None, None, None, None, None, CHUNK, tuple(out.values()),
+                                          little, hdr.tsdiv, hdr.linktype)
+        k = int(k)
+        cols = {c: a[:k] for c, a in out.items()}
+        if base:
+            cols["frame"] += base
+        if v6:
+            remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
+            for c in ("src", "dst"):
+                v = cols[c] >= V6_BASE
+                if v.any():
+                    cols[c][v] = V6_BASE + remap[(cols[c][v] - V6_BASE).astype(np.int64)]
+        for reason, cnt in events:
+            rep.skip(SKIP_REASONS[reason], cnt)
+        for lt, cnt in unsup:
+            unsupported[lt] = unsupported.get(lt, 0) + cnt
+        base += n
+        rep.tcp_packets += k
+        if not k:
+            return None
+        return Packets(**cols, file=np.full(k, file_index, dtype=np.int16), v6=list(table))
+
+    for arr in formats.scan_pcap(lib, buf, rep, hdr, window):
+        pending.append(arr)
+        n_pending += arr.size
+        if n_pending < CHUNK:
+            continue
+        rec = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        cut = n_pending // CHUNK * CHUNK
+        pending, n_pending = ([rec[cut:]], n_pending - cut) if cut < n_pending else ([], 0)
+        pk = run(rec[:cut])
+        nxt = int(pending[0][0]) if pending else int(rec[cut - 1])
+        formats.release_pages(buf, int(rec[0]), nxt)
+        if pk is not None:
+            yield pk
+    if pending:
+        pk = run(np.concatenate(pending))
+        if pk is not None:
+            yield pk
+    for lt, cnt in unsupported.items():
+        rep.skip(f"{R_LINKTYPE} {lt}", cnt)
+        rep.warn(f"{cnt:,} frames of link type {lt}, which is not supported, were skipped")

@@ -294,26 +294,10 @@ def _unread(path: str, message: str) -> ReadReport:
 
 
 def _flow_ordered(att: Attempts) -> Attempts:
-    """Rows in the order :func:`.flows.build` gives them for all packets at once: flows by
-    (32-bit endpoint-pair hash, endpoints), a flow's segments in their time order (each
-    flow comes from one stream, so a stable sort keeps it); then the flow numbers, the
-    first packet positions in flow order and the `prev` links renumbered."""
-    e_o = (att["orig"].astype(np.uint64) << np.uint64(16)) | att["orig_port"].astype(np.uint64)
-    e_r = (att["resp"].astype(np.uint64) << np.uint64(16)) | att["resp_port"].astype(np.uint64)
-    lo, hi = np.minimum(e_o, e_r), np.maximum(e_o, e_r)
-    h = flows._flow_hash(lo, hi)
-    o = np.lexsort((hi, lo, h))
-    out = att.take(o)
-    lo, hi = lo[o], hi[o]
-    new_flow = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])]
-    out["flow"] = (np.cumsum(new_flow) - 1).astype(att["flow"].dtype)
-    npk = out["packets"].astype(np.int64)
-    out["first_pos"] = (np.cumsum(npk) - npk).astype(att["first_pos"].dtype)
-    inv = np.empty_like(o)
-    inv[o] = np.arange(o.size)
-    prev = out["prev"]
-    out["prev"] = np.where(prev >= 0, inv[np.maximum(prev, 0)], prev).astype(prev.dtype)
-    return out
+    """Rows in the order :func:`.flows.build` gives them for all packets at once
+    (:func:`.flows.flow_ordered`: each flow comes from one stream, so its segments are
+    in time order)."""
+    return flows.flow_ordered(att)
 
 
 # --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import mmap
 import os
 import struct
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,33 +436,72 @@ def _parse_pcap_c(lib: Any, buf: Any, rep: ReadReport) -> Frames:
     """:func:`_parse_pcap_numpy` with the walk and the header checks in one C pass
     (``_ccap.pcap_scan``): the same records, report, warnings and resynchronisation,
     and a :class:`PcapIndex` instead of per-frame columns."""
-    end = len(buf)
+    hdr = pcap_header(buf, rep)
+    chunks = list(scan_pcap(lib, buf, rep, hdr))
+    rec = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
+    return Frames(buf, None, None, None, None, None, None, rep, pcap=PcapIndex(rec, hdr.endian, hdr.tsdiv,
+                                                                              hdr.linktype))
+
+
+@dataclass
+class PcapHeader:
+    """A pcap file's global header, as the record walk uses it."""
+
+    endian: str
+    tsdiv: int
+    linktype: int
+    limit: int  # the largest record length believed
+
+
+def pcap_header(buf: Any, rep: ReadReport) -> PcapHeader:
     endian, tsdiv = PCAP_MAGIC[bytes(buf[:4])]
     rep.format = "pcap (ns)" if tsdiv == 1_000_000_000 else "pcap"
     _vmaj, _vmin, _zone, _sig, snaplen, network = struct.unpack_from(endian + "HHiIII", buf, 4)
-    linktype = network & 0x0FFFFFFF
     limit = max(min(snaplen, 1 << 26), MAX_RECORD) if snaplen else MAX_RECORD * 4
+    return PcapHeader(endian, tsdiv, network & 0x0FFFFFFF, limit)
+
+
+def scan_pcap(lib: Any, buf: Any, rep: ReadReport, hdr: PcapHeader, window: int | None = None) -> Iterator[np.ndarray]:
+    """The offsets of a pcap file's believable records (``_ccap.pcap_scan``), in runs.
+    `window` None: one run per stretch between damages (the whole file when it is clean);
+    a number of bytes: runs of about that many bytes, so a reader can decode and forget
+    each before the next is scanned. A record or header that a window's end cuts is
+    where the next window starts, not damage: the records, report, warnings and
+    resynchronisation are those of one scan. Sets the report's record count at the end."""
+    end = len(buf)
+    endian, tsdiv, limit = hdr.endian, hdr.tsdiv, hdr.limit
     u32 = _u32_view(buf, endian)
-    hdr = struct.Struct(endian + "IIII")
-    chunks: list[np.ndarray] = []
+    rec_hdr = struct.Struct(endian + "IIII")
     off = 24
     ts_lo, ts_hi = _pcap_time_bounds(buf, endian, tsdiv, limit)
     resyncs = 0
+    records = 0
     rep.bytes_read = 24
+    step = window or end
     while True:
         bounds = ts_hi != float(2**32)  # as _parse_pcap_numpy tells whether the bounds are set
-        offs, status, stop, bounds, ts_lo, ts_hi = lib.pcap_scan(buf, off, end, endian == "<", tsdiv, limit, bounds,
-                                                                  ts_lo, ts_hi)
+        w_end = min(end, off + step)
+        offs, status, stop, bounds, ts_lo, ts_hi = lib.pcap_scan(buf, off, w_end, endian == "<", tsdiv, limit,
+                                                                  bounds, ts_lo, ts_hi)
         arr = np.frombuffer(offs, dtype=np.int64)
         if arr.size:
-            chunks.append(arr)
-            rep.bytes_read = int(arr[-1]) + 16 + hdr.unpack_from(buf, int(arr[-1]))[2]
+            records += int(arr.size)
+            rep.bytes_read = int(arr[-1]) + 16 + rec_hdr.unpack_from(buf, int(arr[-1]))[2]
+            yield arr
+        if w_end < end and status in (1, 2):  # the window's end, not the file's
+            step = step if stop > off else 2 * step  # a record longer than the window
+            off = stop
+            continue
+        step = window or end
         if status == 0:
+            if w_end < end:
+                off = w_end
+                continue
             break
         if status == 3:
-            why = _bad_pcap_header_reason(np.array(hdr.unpack_from(buf, stop)), tsdiv, limit)
+            why = _bad_pcap_header_reason(np.array(rec_hdr.unpack_from(buf, stop)), tsdiv, limit)
         elif status == 1:
-            incl = hdr.unpack_from(buf, stop)[2]
+            incl = rec_hdr.unpack_from(buf, stop)[2]
             why = f"last record cut short ({end - stop - 16} of {incl} bytes)"
         else:
             why = f"{end - stop} stray bytes at the end (a cut record header)"
@@ -471,11 +511,9 @@ def _parse_pcap_c(lib: Any, buf: Any, rep: ReadReport) -> Frames:
             break
         resyncs += 1
         off = nxt
-    rec = chunks[0] if len(chunks) == 1 else np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
-    if rec.size:
-        rep.records = int(rec.size)
-        rep.linktypes[linktype] = int(rec.size)
-    return Frames(buf, None, None, None, None, None, None, rep, pcap=PcapIndex(rec, endian, tsdiv, linktype))
+    if records:
+        rep.records = records
+        rep.linktypes[hdr.linktype] = records
 
 
 def release_pages(buf: Any, start: int, stop: int) -> None:

@@ -102,7 +102,9 @@ def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_
         results = analyze_on_dask(files, scheduler, merge=not per_file, workers=jobs,
                                   progress=lambda m: click.echo(f"analyze: {m}", err=True))
     else:
-        results = analyze_paths(files, merge=not per_file, jobs=jobs)
+        # the text report's timeline reads the RunResult, which the compact table also gives
+        per_attempt = bool(csv_path or parquet_path or save_path or html_path)
+        results = analyze_paths(files, merge=not per_file, jobs=jobs, per_attempt=per_attempt)
     if csv_path or parquet_path or save_path or html_path:
         if len(results) > 1:
             raise CaptureError("--csv/--parquet/--save/--html need one analysis; drop --per-file")

@@ -1,0 +1,230 @@
+"""A capture read and built chunk by chunk (analysis.analyze_streamed, capture/chunked.py)
+gives the one-pass analysis exactly: every attempt column in the same rows, the Zeek
+histories, the counts, sources, servers and the read report — with 4-tuples reused
+across chunk boundaries, connections carried over several chunks or retired and coming
+back, packets reordered in time across boundaries, and the record scan itself cut in
+small windows."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers.captures import T0, many_flows, odd_captures
+
+from tcpreuse.capture import analysis, backend, chunked, formats
+from tcpreuse.capture.analysis import analyze_packets, analyze_paths, analyze_streamed
+from tcpreuse.capture.decode import decode
+from tcpreuse.capture.formats import read_frames
+from tcpreuse.capture.synth import Seg, frames_of, handshake, pcap_bytes
+
+pytestmark = pytest.mark.skipif(backend.c_extension() is None, reason="the streamed read needs the C extension")
+
+
+def one_pass(path: Path) -> analysis.CaptureAnalysis:
+    fr = read_frames(path)
+    return analyze_packets(decode(fr), [fr.report], [str(path)])
+
+
+def comparable(an: analysis.CaptureAnalysis) -> dict[str, Any]:
+    a = an.attempts
+    cols = {k: [None if x != x else x for x in v.tolist()] for k, v in a.cols.items()}
+    dtypes = {k: str(v.dtype) for k, v in a.cols.items()}
+    js = an.to_json()
+    js.pop("timing_s")
+    return {"cols": cols, "dtypes": dtypes, "history": a.history_str(), "json": js, "v6": an.v6}
+
+
+def reuse_capture(rounds: int = 6, ports: int = 5, gap: float = 3.0) -> list[Seg]:
+    """Clients cycling through a few ports to two servers, round after round: every
+    4-tuple reused (server-side TIME_WAIT, timestamps for the recycle replay), some
+    attempts retried or refused, IPv6 beside IPv4."""
+    segs: list[Seg] = []
+    for r in range(rounds):
+        for i in range(ports):
+            t = T0 + r * gap + i * 0.01
+            c, s = ("2001:db8::5", "2001:db8::1") if i % 3 == 0 else ("10.0.0.5", "10.0.0.1")
+            isn = 1000 + r * 100_000 + i * 7 if r % 2 == 0 else 900 - r  # ISNs going back: paws / old ACKs
+            segs += handshake(t, c, 40000 + i, s, 80 + (i % 2), isn, 5000 + r, ts=(r * 1000 + i, 7 + r),
+                              server_closes=(i + r) % 2 == 0)
+            if i == 1:  # a retransmitted SYN of another attempt, unanswered
+                segs += [Seg(t + 0.001, c, 41000 + r, s, 80, "S", 55), Seg(t + 1.001, c, 41000 + r, s, 80, "S", 55)]
+            if i == 2:  # refused
+                segs += [Seg(t, c, 42000, s, 9, "S", 10 + r), Seg(t + 0.0001, s, 9, c, 42000, "RA", 0, 11 + r)]
+    segs.sort(key=lambda s: s.t)
+    return segs
+
+
+def write(tmp_path: Path, name: str, data: bytes) -> Path:
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def check(path: Path, chunk: int, closed_idle_s: float = chunked.CLOSED_IDLE_S,
+          open_idle_s: float = chunked.OPEN_IDLE_S, window: int | None = None) -> chunked.ChunkBuilder:
+    b = chunked.ChunkBuilder(closed_idle_s, open_idle_s)
+    got = analyze_streamed(str(path), chunk, b, window)
+    assert got is not None, "the chunked build gave up"
+    assert comparable(got) == comparable(one_pass(path))
+    return b
+
+
+@pytest.mark.parametrize("chunk", [7, 16, 61, 1000])
+@pytest.mark.parametrize("idle", [(0.5, 2.0), (5.0, 300.0)])
+def test_reuse_across_chunk_boundaries(tmp_path: Path, chunk: int, idle: tuple[float, float]) -> None:
+    path = write(tmp_path, "reuse.pcap", pcap_bytes(frames_of(reuse_capture())))
+    b = check(path, chunk, *idle)
+    if idle[0] < 1:  # 4-tuples were retired between rounds and came back
+        assert b.r_lo.size
+
+
+@pytest.mark.parametrize("chunk", [5, 13, 64])
+def test_odd_segments_and_many_flows(tmp_path: Path, chunk: int) -> None:
+    odd = {k: v for k, v in odd_captures().items() if v[:4] in formats.PCAP_MAGIC}
+    assert len(odd) >= 2
+    for name, data in odd.items():
+        check(write(tmp_path, f"{name}.pcap", data), chunk, 0.5, 3.0)
+    check(write(tmp_path, "many.pcap", pcap_bytes(frames_of(many_flows(60, gap=0.0001)))), chunk)
+
+
+@pytest.mark.parametrize("chunk", [6, 17, 40])
+def test_reordered_in_time_across_chunk_boundaries(tmp_path: Path, chunk: int) -> None:
+    """Records out of time order (as captured on several CPUs): neighbours swapped,
+    within a connection and between connections, across boundaries."""
+    segs = reuse_capture(rounds=4)
+    rng = random.Random(chunk)
+    for i in range(1, len(segs) - 1, 3):
+        if rng.random() < 0.6:
+            segs[i], segs[i + 1] = segs[i + 1], segs[i]
+    fr = frames_of(segs)
+    ts = np.asarray([f.t for f in fr])
+    assert (np.diff(ts) < 0).sum() > 10
+    check(write(tmp_path, "reordered.pcap", pcap_bytes(fr)), chunk)
+
+
+def test_what_one_pass_would_join_falls_back(tmp_path: Path) -> None:
+    """A 4-tuple retired after its close, then a bare ACK of it (a retransmitted last
+    ACK): one pass puts it in the old connection, a chunked build cannot; the analysis
+    falls back to one pass and still gives its result."""
+    segs = handshake(T0, "10.0.0.5", 40000, "10.0.0.1", 80, 1, 2)
+    last = segs[7]
+    segs += handshake(T0 + 0.5, "10.0.0.5", 40001, "10.0.0.1", 80, 1, 2)
+    segs += handshake(T0 + 10, "10.0.0.5", 40002, "10.0.0.1", 80, 1, 2)  # 40000 retired after this chunk
+    segs += [Seg(T0 + 20, last.src, last.sport, last.dst, last.dport, "A", last.seq, last.ack)]
+    segs += handshake(T0 + 20.5, "10.0.0.5", 40003, "10.0.0.1", 80, 1, 2)
+    path = write(tmp_path, "late.pcap", pcap_bytes(frames_of(segs)))
+    assert analyze_streamed(str(path), 8, chunked.ChunkBuilder(1.0, 2.0)) is None
+    got = check_fallback(path)
+    assert sorted(got["cols"]["packets"]) == [8, 8, 8, 9]  # the late ACK in the first connection
+
+
+def check_fallback(path: Path) -> dict[str, Any]:
+    got = comparable(analyze_paths([path])[0])
+    assert got == comparable(one_pass(path))
+    return got
+
+
+def test_packet_older_than_the_carried_falls_back(tmp_path: Path) -> None:
+    """A packet recorded after a new SYN of its 4-tuple but older than it belongs to
+    the previous connection, which was emitted: the chunked build refuses."""
+    segs = handshake(T0, "10.0.0.5", 40000, "10.0.0.1", 80, 1, 2)
+    segs += handshake(T0 + 1, "10.0.0.5", 40000, "10.0.0.1", 80, 500, 600)
+    late = Seg(T0 + 0.9, "10.0.0.1", 80, "10.0.0.5", 40000, "A", 3, 2)  # recorded last
+    fr = frames_of(segs) + frames_of([late])
+    path = write(tmp_path, "old.pcap", pcap_bytes(fr))
+    assert analyze_streamed(str(path), 10) is None
+    check_fallback(path)
+
+
+def test_scan_in_windows_equals_one_scan(tmp_path: Path) -> None:
+    """The record scan cut in windows of a few records finds the same records, and
+    reports the same damage, truncation and resynchronisation."""
+    good = pcap_bytes(frames_of(many_flows(30)))
+    damaged = bytearray(good)
+    damaged[900:904] = b"\xff\xff\xff\x7f"  # a record length that cannot be right
+    lib = backend.c_extension()
+    for data in (good, bytes(damaged), good[:-7], good + b"\x01\x02"):
+
+        def scan(window: int | None, data: bytes = data) -> tuple[list[int], dict[str, Any]]:
+            rep = formats.ReadReport(path="t", bytes_total=len(data))
+            hdr = formats.pcap_header(data, rep)
+            offs = [int(x) for a in formats.scan_pcap(lib, data, rep, hdr, window) for x in a.tolist()]
+            return offs, rep.to_json()
+
+        want = scan(None)
+        for w in (40, 97, 300, 5000):
+            assert scan(w) == want
+        path = write(tmp_path, "d.pcap", data)  # and the whole analysis, report included
+        for w in (97, 5000):
+            check(path, 11, window=w)
+
+
+def test_long_span_and_far_times_use_one_pass(tmp_path: Path) -> None:
+    """Packets more than a day apart: the far-time check needs the whole capture."""
+    segs = handshake(T0, "10.0.0.5", 40000, "10.0.0.1", 80, 1, 2)
+    segs += handshake(T0 + 2 * 86_400, "10.0.0.5", 40000, "10.0.0.1", 80, 9, 2)
+    path = write(tmp_path, "days.pcap", pcap_bytes(frames_of(segs)))
+    assert analyze_streamed(str(path), 4) is None
+    check_fallback(path)
+
+
+def test_compact_attempt_table_gives_the_same_report(tmp_path: Path) -> None:
+    """No per-attempt output asked (the CLI without --csv/--parquet/--save/--html): the
+    attempt table leaves out the export-only and reuse-only columns, and the JSON,
+    the findings and the RunResult timeline are still those of the full analysis."""
+    from tcpreuse.diagnose.base import Evidence, diagnose
+
+    path = write(tmp_path, "reuse.pcap", pcap_bytes(frames_of(reuse_capture(rounds=8))))
+    full = one_pass(path)
+    small = analyze_streamed(str(path), 23, per_attempt=False)
+    assert small is not None
+    dropped = set(chunked.EXPORT_ONLY) | set(chunked.REUSE_ONLY)
+    assert dropped <= set(full.attempts.cols) and not dropped & set(small.attempts.cols)
+    assert small.attempts.history.dtype.itemsize == 1 < full.attempts.history.dtype.itemsize
+
+    def report(an: analysis.CaptureAnalysis) -> dict[str, Any]:
+        js = an.to_json()
+        js.pop("timing_s")
+        rr = an.to_run_result()
+        return {"json": js, "findings": [f.to_json() for f in diagnose(Evidence(source="analyze", capture=an))],
+                "timeline": rr.timeline.to_json() if hasattr(rr.timeline, "to_json") else vars(rr.timeline)}
+
+    got, want = report(small), report(full)
+    assert want["findings"], "the capture should give findings to compare"
+    assert got == want
+
+
+def test_command_output_is_the_one_pass_output(seed_pcap: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tcpreuse analyze FILE` (terminal and --json) on a file read in chunks, with the
+    compact attempt table, says what the one-pass read says (files from
+    STREAM_MIN_BYTES on are read in chunks; lowered here to take the seed capture)."""
+    used: list[bool] = []
+    real = analysis.analyze_streamed
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        got = real(*a, **kw)
+        used.append(got is not None and "frame" not in got.attempts.cols)  # streamed, compact
+        return got
+
+    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(analysis, "analyze_streamed", spy)
+
+    def both() -> tuple[str, dict[str, Any]]:
+        code, text, err = cli(["analyze", str(seed_pcap)])
+        assert code == 0, err
+        code, out, err = cli(["analyze", str(seed_pcap), "--json"])
+        assert code == 0, err
+        import json
+
+        js = json.loads(out)
+        js.pop("timing_s")
+        return text, js
+
+    chunked_out = both()
+    assert used == [True, True]
+    monkeypatch.setenv("TCPREUSE_CAPTURE_CHUNKED", "0")
+    assert both() == chunked_out
