@@ -409,6 +409,12 @@ def test_stopped_servers_timewait_is_incoming(make_ns, port: int) -> None:
     try:
         assert t.until("stopped")["stopped"] == 200
         h, findings = doctor(ns, interval=0)
+        end = time.monotonic() + 10
+        while h.time_wait < 200 and time.monotonic() < end:
+            # a client still closing (a loaded machine) leaves the server's socket in
+            # FIN_WAIT2 for a moment: the subject here is how TIME_WAIT is classified
+            time.sleep(0.2)
+            h, findings = doctor(ns, interval=0)
         assert not h.listeners and h.time_wait == 200
         assert h.extra["incoming"] == 200 and h.extra["outgoing"] == 0
         assert not h.tuples and not by_id(findings, "tuple-port-exhaustion")

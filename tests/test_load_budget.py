@@ -26,7 +26,7 @@ def _part(n: int) -> WorkerResult:
         sport=array("i", rng.integers(1024, 65535, n).tolist()), outcomes=["ok"],
         reasons=["ok", "ok_after_syn_retry"], addrs=["127.0.0.1"], connect_hist="", request_hist="",
         lag_hist="", requests=n, http_status={}, lag_max_ms=0.0, late_starts=0, not_started=0, end=10.0,
-        interrupted=False, answer_ms=floats(), request_s=floats(), lag_s=floats())
+        interrupted=False, answer_ms=floats(), close_ms=floats(), request_s=floats(), lag_s=floats())
 
 
 @pytest.mark.slow  # tracemalloc over ~2 million Python objects: about 20 s
@@ -34,7 +34,7 @@ def test_bytes_per_attempt_cover_a_real_merge_and_its_json() -> None:
     n = 100_000
     part = _part(n)
     worker_bytes = sum(a.itemsize * len(a) for a in (part.t, part.connect_ms, part.syn_tries, part.outcome,
-                                                     part.reason, part.src, part.sport, part.answer_ms,
+                                                     part.reason, part.src, part.sport, part.answer_ms, part.close_ms,
                                                      part.request_s, part.lag_s))
     cfg = LoadConfig(target=resolve("127.0.0.1:80"), rate=10_000, duration=10)
     tracemalloc.start()
