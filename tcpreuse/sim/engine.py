@@ -1186,15 +1186,16 @@ class Engine:
             return
         nxt = math.inf
         for q in h.tw_fifo.values():
-            items = q.items
-            i, n = q.head, len(items)
+            qe, qk, qt = q.exp, q.keys, q.tws
+            i, n = q.head, len(qe)
             while i < n:
-                exp, key, tw = items[i]
+                exp = qe[i]
                 if exp > t:
                     break
-                i += 1
+                tw = qt[i]
                 if tw.alive and tw.expires <= exp:
-                    self.expire_tw(h, key, tw)
+                    self.expire_tw(h, qk[i], tw)
+                i += 1
             q.consumed(i)
             first = q.first()
             if first < nxt:
