@@ -593,6 +593,16 @@ class Engine:
                       att.saddr, att.daddr, att.r_saddr, att.r_daddr,
                       att.sport, att.dport, att.r_sport, att.r_dport)
         if not att.queued:
+            # Drop its references to per-connection objects here: mypyc's compiled
+            # __init__, which _start calls again on a recycled attempt, stores each field
+            # without releasing the old value (it expects a fresh object), so a session or
+            # NAT entry still referenced would never be freed (in the compiled build every
+            # LB session of the run stayed alive: ~220 bytes per attempt).
+            att.lb = None
+            att.nat = None
+            att.srv = None
+            att.lst = None
+            att.outcome = att.reason = att.cause = ""
             self.free.append(att)
 
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
@@ -1186,15 +1196,16 @@ class Engine:
             return
         nxt = math.inf
         for q in h.tw_fifo.values():
-            items = q.items
-            i, n = q.head, len(items)
+            qe, qk, qt = q.exp, q.keys, q.tws
+            i, n = q.head, len(qe)
             while i < n:
-                exp, key, tw = items[i]
+                exp = qe[i]
                 if exp > t:
                     break
-                i += 1
+                tw = qt[i]
                 if tw.alive and tw.expires <= exp:
-                    self.expire_tw(h, key, tw)
+                    self.expire_tw(h, qk[i], tw)
+                i += 1
             q.consumed(i)
             first = q.first()
             if first < nxt:

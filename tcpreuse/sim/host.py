@@ -66,33 +66,42 @@ def unhash(table: dict[Key, Any], key: Key, sk: object) -> bool:
 
 
 class TwQueue:
-    """TIME_WAIT sockets of one length as (expires, key, tw) in scheduling order, hence in
-    expiry order; read from `head` on (a list and an index: cheaper than a deque in
-    compiled code). An entry is stale when its socket died or was rescheduled."""
+    """TIME_WAIT sockets of one length in scheduling order, hence in expiry order, as
+    parallel lists of expiry, key and socket (no tuple per entry); read from `head` on (lists
+    and an index: cheaper than a deque in compiled code). An entry is stale when its
+    socket died or was rescheduled."""
 
-    __slots__ = ("head", "items")
+    __slots__ = ("exp", "head", "keys", "tws")
 
     def __init__(self) -> None:
-        self.items: list[tuple[float, Key, TimeWaitSock]] = []
+        self.exp: list[float] = []
+        self.keys: list[Key] = []
+        self.tws: list[TimeWaitSock] = []
         self.head = 0
 
     def __bool__(self) -> bool:
-        return self.head < len(self.items)
+        return self.head < len(self.exp)
 
     def first(self) -> float:
         """The earliest entry's expiry (inf when empty)."""
-        return self.items[self.head][0] if self.head < len(self.items) else math.inf
+        return self.exp[self.head] if self.head < len(self.exp) else math.inf
 
     def push(self, expires: float, key: Key, tw: TimeWaitSock) -> None:
-        self.items.append((expires, key, tw))
+        self.exp.append(expires)
+        self.keys.append(key)
+        self.tws.append(tw)
 
     def consumed(self, head: int) -> None:
-        """Entries before `head` are done with (compacted once they are half the list)."""
-        if head >= len(self.items):
-            self.items.clear()
+        """Entries before `head` are done with (compacted once they are half the lists)."""
+        if head >= len(self.exp):
+            self.exp.clear()
+            self.keys.clear()
+            self.tws.clear()
             head = 0
-        elif head >= 4096 and 2 * head >= len(self.items):
-            del self.items[:head]
+        elif head >= 4096 and 2 * head >= len(self.exp):
+            del self.exp[:head]
+            del self.keys[:head]
+            del self.tws[:head]
             head = 0
         self.head = head
 

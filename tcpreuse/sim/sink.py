@@ -92,6 +92,17 @@ class Sink:
         self.ff_reason = ""
         self.causes: dict[str, CauseAgg] = {}
         self.ok_bits = bytearray()  # bit idx: attempt idx succeeded (successes before a problem's first)
+        # Most attempts repeat the previous one's outcome, reason and connect() time (a
+        # steady run is "ok", "ok" and one RTT): the last of each and its tally are kept,
+        # so such an attempt is counted with identity and float tests, not dict lookups.
+        self.last_outcome = self.last_reason = "\0"  # (no outcome or reason is "\0")
+        self.last_ot = self.last_rt = self.last_mt = Tally(0)
+        self.last_ms = math.nan
+        self.last_k = math.nan
+        self.last_cause = "\0"
+        self.last_ca = CauseAgg(0, 0.0, 0, 0, 0)
+        self.last_codes = ("\0", "\0", "\0")
+        self.last_code_vals = (0, 0, 0)
 
     def code(self, name: str) -> int:
         if not name:
@@ -107,9 +118,13 @@ class Sink:
             sport: int, dport: int, r_sport: int, r_dport: int) -> None:
         self.n += 1
         if self.keep_rows:
-            self.buf += ROW.pack(idx, t0, connect_ms, tries, self.code(outcome), self.code(reason),
-                                 self.code(cause), workload, client, server, saddr, daddr, r_saddr, r_daddr,
-                                 sport, dport, r_sport, r_dport)
+            if outcome is self.last_codes[0] and reason is self.last_codes[1] and cause is self.last_codes[2]:
+                co, cr, cc = self.last_code_vals
+            else:
+                co, cr, cc = self.code(outcome), self.code(reason), self.code(cause)
+                self.last_codes, self.last_code_vals = (outcome, reason, cause), (co, cr, cc)
+            self.buf += ROW.pack(idx, t0, connect_ms, tries, co, cr, cc, workload, client, server,
+                                 saddr, daddr, r_saddr, r_daddr, sport, dport, r_sport, r_dport)
             return
         b = int(t0 // self.step)
         if b < 0:
@@ -119,8 +134,20 @@ class Sink:
         self.tl_attempts[b] += 1
         failed = outcome != "ok"
         delayed = reason == "ok_after_syn_retry" or reason == "ok_after_app_retry"
-        _count(self.outcomes, outcome, idx)
-        _count(self.reasons, reason, idx)
+        if outcome is self.last_outcome:
+            ot = self.last_ot
+            if idx < ot.first:
+                ot.first = idx
+            ot.n += 1
+        else:
+            self.last_outcome, self.last_ot = outcome, _count(self.outcomes, outcome, idx)
+        if reason is self.last_reason:
+            rt = self.last_rt
+            if idx < rt.first:
+                rt.first = idx
+            rt.n += 1
+        else:
+            self.last_reason, self.last_rt = reason, _count(self.reasons, reason, idx)
         k = math.nan  # connect() ms rounded to 1 us (successes), computed once for ok_ms and causes
         if failed:
             self.failed += 1
@@ -132,9 +159,12 @@ class Sink:
             if i >= len(self.ok_bits):
                 self.ok_bits.extend(bytes(i + 1 - len(self.ok_bits) + 4096))
             self.ok_bits[i] |= 1 << (idx & 7)
-            if not math.isnan(connect_ms):
+            if connect_ms == self.last_ms:  # (false for NaN)
+                k = self.last_k
+                self.last_mt.n += 1
+            elif not math.isnan(connect_ms):
                 k = round3(connect_ms)
-                _tally(self.ok_ms, k)
+                self.last_ms, self.last_k, self.last_mt = connect_ms, k, _tally(self.ok_ms, k)
         if delayed:
             self.delayed += 1
             self.tl_delayed[b] += 1
@@ -147,13 +177,14 @@ class Sink:
                client: int, daddr: int, dport: int) -> None:
         """Count the attempt under problem `name`; k: its connect() ms rounded to 1 us
         (round3), NaN if it failed or has none."""
-        s = self.causes.get(name)
+        s = self.last_ca if name is self.last_cause else self.causes.get(name)
         if s is None:
             s = CauseAgg(idx, t0, client, daddr, dport)
             self.causes[name] = s
         elif idx < s.first_index:
             s.first_index, s.first_t = idx, t0
             s.first_client, s.first_daddr, s.first_dport = client, daddr, dport
+        self.last_cause, self.last_ca = name, s
         s.attempts += 1
         if failed:
             s.failed += 1
@@ -179,17 +210,19 @@ def round3(x: float) -> float:
     return round(x, 3)
 
 
-def _count(tallies: dict[str, Tally], name: str, idx: int) -> None:
+def _count(tallies: dict[str, Tally], name: str, idx: int) -> Tally:
     t = tallies.get(name)
     if t is None:
         t = tallies[name] = Tally(idx)
     elif idx < t.first:
         t.first = idx
     t.n += 1
+    return t
 
 
-def _tally(tallies: dict[float, Tally], k: float) -> None:
+def _tally(tallies: dict[float, Tally], k: float) -> Tally:
     t = tallies.get(k)
     if t is None:
         t = tallies[k] = Tally(0)
     t.n += 1
+    return t
