@@ -131,7 +131,8 @@ class AttemptTable:
         arr = self.cols[column]
         voc = (COLUMNS.get(column) or OPTIONAL_COLUMNS[column])[1]
         if voc is None:
-            return arr.tolist()
+            values: list[Any] = arr.tolist()
+            return values
         names = self.vocab[voc]
         return ["" if c < 0 else names[c] for c in arr.tolist()]
 

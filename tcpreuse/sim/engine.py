@@ -102,7 +102,60 @@ class Attempt:
     it after NAT and load balancer (r_*) are both kept, with the NAT entry and LB session
     the flow uses."""
 
+    wl: WorkloadRT
+    client: SimHost
+    t0: float
+    outcome: str
+    reason: str
+    cause: str
+    connect_ms: float
+    tries: int
+    state: int
+    deadline: float
+    retries_left: int
+    bound: bool
+    ts: bool
+    tsoff: int
+    isn: int
+    saddr: int
+    sport: int
+    daddr: int
+    dport: int
+    srv: SimHost | None
+    r_saddr: int
+    r_sport: int
+    r_daddr: int
+    r_dport: int
+    nat: CtEntry | None
+    lb: LbSession | None
+    s_isn: int
+    ts_ok: bool
+    sts_off: int
+    t_est: float
+    waiting: int
+    cookie: bool
+    served: bool
+    ck: Key
+    sk: Key
+    t_close: float
+    seq_close: int
+    idx: int
+    pending: int
+    lst: Listener | None
+    t_ack: float
+    seq_ack: int
+    live: bool
+    lprev: Attempt | None
+    lnext: Attempt | None
+    queued: bool
+
     def __init__(self, wl: WorkloadRT, client: SimHost, t0: float) -> None:
+        self.reset(wl, client, t0)
+
+    def reset(self, wl: WorkloadRT, client: SimHost, t0: float) -> None:
+        """Every field as a new attempt has it: __init__, and Engine._start on an attempt
+        from the free list (an ordinary method, so the compiled build releases each old
+        value as it stores the new one; mypyc's compiled __init__, called again, would not)."""
         self.wl = wl
         self.client = client
         self.t0 = t0
@@ -123,13 +176,13 @@ class Attempt:
         self.daddr = 0
         self.dport = 0
         # the path, once a SYN got through it
-        self.srv: SimHost | None = None
+        self.srv = None
         self.r_saddr = 0
         self.r_sport = 0
         self.r_daddr = 0
         self.r_dport = 0
-        self.nat: CtEntry | None = None
-        self.lb: LbSession | None = None
+        self.nat = None
+        self.lb = None
         # the connection, once established
         self.s_isn = 0
         self.ts_ok = False
@@ -138,20 +191,20 @@ class Attempt:
         self.waiting = 0  # accept retries so far (final ACK met a full accept queue)
         self.cookie = False  # the SYN was answered with a syncookie (no request sock)
         self.served = False  # holds an application worker
-        self.ck: Key = NO_KEY  # client_sock_key(), set once the port is chosen
-        self.sk: Key = NO_KEY  # server_sock_key(), set by each SYN routed to a listener
+        self.ck = NO_KEY  # client_sock_key(), set once the port is chosen
+        self.sk = NO_KEY  # server_sock_key(), set by each SYN routed to a listener
         self.t_close = 0.0  # when its CLOSE event is due, and that event's sequence number
         self.seq_close = 0  # (set by Engine.push_close: the close lane holds attempts)
         self.idx = 0  # its row: the attempts started before it
         self.pending = 0  # its events not yet processed; done and none pending: recorded
-        self.lst: Listener | None = None  # the listener its SYN reached (set with srv)
+        self.lst = None  # the listener its SYN reached (set with srv)
         self.t_ack = 0.0  # when its FINAL_ACK event is due, and that event's sequence number
         self.seq_ack = 0  # (set by Engine._established: the ACK lane holds attempts)
         # Engine.live: the attempts started and not yet recorded, a doubly linked list in
         # start order (no dict of boxed indexes to insert into and pop from per attempt).
         self.live = False
-        self.lprev: Attempt | None = None
-        self.lnext: Attempt | None = None
+        self.lprev = None
+        self.lnext = None
         # It went into an accept queue: the queue may still hold it once it is recorded,
         # so it is not recycled (Engine.free).
         self.queued = False
@@ -481,7 +534,7 @@ class Engine:
         free = self.free
         if free:
             att = free.pop()
-            att.__init__(wl, c, t)  # type: ignore[misc]
+            att.reset(wl, c, t)
         else:
             att = Attempt(wl, c, t)
         idx = self.n_atts
@@ -593,11 +646,7 @@ class Engine:
                       att.saddr, att.daddr, att.r_saddr, att.r_daddr,
                       att.sport, att.dport, att.r_sport, att.r_dport)
         if not att.queued:
-            # Drop its references to per-connection objects here: mypyc's compiled
-            # __init__, which _start calls again on a recycled attempt, stores each field
-            # without releasing the old value (it expects a fresh object), so a session or
-            # NAT entry still referenced would never be freed (in the compiled build every
-            # LB session of the run stayed alive: ~220 bytes per attempt).
+            # its per-connection objects are released now, not when the attempt is reused
             att.lb = None
             att.nat = None
             att.srv = None
