@@ -39,7 +39,7 @@ from ..errors import TcpreuseError
 from ..findings import Finding
 from ..scenario.loader import load_scenario
 from ..sim.estimate import Estimate, check, estimate
-from . import SweepError
+from . import SweepError, early
 from .cache import Cache, point_key
 from .runner import Pool
 
@@ -125,6 +125,7 @@ class Probe:
     duration_s: float = 0.0  # how long its runs were
     growing: bool = False  # failures still grew at the end of its longest run
     extended: int = 0  # window doublings it took
+    stopped_s: float | None = None  # ended early at this simulated time: certain to fail (sweep/early.py)
 
     @property
     def failure_rate(self) -> float:
@@ -135,7 +136,7 @@ class Probe:
                 "failure_rate": self.failure_rate, "delayed_rate": self.delayed_rate,
                 "first_failure_s": self.first_failure_s, "passed": self.passed, "error": self.error,
                 "reasons": self.reasons, "duration_s": self.duration_s, "growing": self.growing,
-                "extended": self.extended}
+                "extended": self.extended, "stopped_s": self.stopped_s}
 
 
 @dataclass
@@ -243,6 +244,7 @@ class CapacityResult:
             return ""
         probes = [p for s in self.searches for p in s.probes if not p.error]
         ext = sum(1 for p in probes if p.extended)
+        stopped = sum(1 for p in probes if p.stopped_s is not None)
         grow = sum(1 for p in probes if p.growing and p.passed)
         out = self.steady.text() + (
             f"; failures were flat over the judged window in {len(probes) - ext} of {len(probes)} probes"
@@ -251,6 +253,9 @@ class CapacityResult:
             out += f", {ext} needed a longer window (doubled up to {MAX_EXTENSIONS} times) before they stopped growing"
         if grow:
             out += f"; {grow} passing probe(s) still grew at the longest window"
+        if stopped:
+            out += (f"; {stopped} failing probe(s) stopped as soon as they were certain to exceed the budget "
+                    "(their share is a lower bound)")
         return out
 
 
@@ -260,13 +265,24 @@ class _Searcher:
     has failed somewhere."""
 
     def __init__(self, ref: str, res: CapacityResult, cache: Cache, make_pool: Callable[[], Pool],
-                 progress: Callable[[CapacityResult], None] | None, min_duration_s: float = 0.0) -> None:
+                 progress: Callable[[CapacityResult], None] | None, min_duration_s: float = 0.0,
+                 early_stop: bool = True, workers: int = 1) -> None:
         self.ref, self.res, self.cache, self.make_pool, self.progress = ref, res, cache, make_pool, progress
+        self.early_stop = early_stop
+        self.workers = workers  # runs at once; fewer searches than that leave workers to speculate
+        # Speculation: a worker no search needs runs the probe a search will want next if its
+        # probe in flight fails. Futures by the key they are cached under; finished ones kept
+        # (with --no-cache too) until a search asks for them.
+        self.spec: dict[Any, tuple[Search, str, str]] = {}  # unclaimed future -> (search, key, stop key)
+        self.flying: dict[str, Any] = {}  # cache key (or stop key) -> its future, claimed or not
+        self.memo: dict[str, dict[str, Any]] = {}  # key -> summary of a finished unclaimed run
+        self.guessed: set[tuple[int, float]] = set()  # (search id, rate in flight) speculated on
         self.min_duration_s = min_duration_s  # the scenario's (or --duration): probes run at least this
         self.stack = contextlib.ExitStack()
         self.pool: Pool | None = None
         self.ac: Any = None
-        self.pending: dict[Any, tuple[Search, float, int, str, bool]] = {}  # future -> (search, rate, seed, key, diag)
+        # future -> (search, rate, seed, its cache key, its key as a stoppable run or "")
+        self.pending: dict[Any, tuple[Search, float, int, str, str]] = {}
         # (search id, rate) -> (window doublings, seed -> summary)
         self.collected: dict[tuple[int, float], tuple[int, dict[int, dict[str, Any]]]] = {}
         self.steady: dict[int, SteadyState] = {}  # search id -> its steady-state plan
@@ -293,46 +309,139 @@ class _Searcher:
         return st
 
     def advance(self, s: Search) -> None:
-        """Start the next probe of `s`; probes served whole from the cache are recorded at once."""
+        """Start the next probe of `s`; probes served whole from the cache are recorded at once.
+        When the search is over and its lowest failing probe was stopped early, that probe
+        is run again to its end: the table quotes its failed share, which must be whole."""
         while True:
             rate = s.next_rate(self.res.start_rate, self.res.cap, self.res.floor, self.res.resolution)
             if rate is None:
-                return
+                bad = s.first_failing() if s.status in ("found", "below_floor") else None
+                if bad is None or bad.stopped_s is None:
+                    return
+                s.probes.remove(bad)
+                if not self.submit(s, bad.rate, bad.extended, whole=True):
+                    return
+                continue
             if not self.submit(s, rate, 0):
                 return
 
-    def submit(self, s: Search, rate: float, ext: int) -> bool:
-        """Start a probe (all seeds at `rate`, window doubled `ext` times). False when it is
-        running; True when it was served whole from the cache (and recorded: go on)."""
-        diag = not s.fix_id
+    def may_stop(self, probes: list[Probe], rate: float, sc: Any) -> bool:
+        """Whether a probe may end once it is certain to fail (sweep/early.py): one seed per
+        probe, no retries (the window's attempts are then known in advance), and not the
+        probe that would end the search if it failed (its share is quoted: run it whole)."""
+        if not self.early_stop or self.res.seeds != 1 or not early.stoppable(sc):
+            return False
+        trial = Search("", probes=[*probes, Probe(rate)])
+        return trial.next_rate(self.res.start_rate, self.res.cap, self.res.floor, self.res.resolution) is not None
+
+    def plan(self, s: Search, rate: float, ext: int, whole: bool, probes: list[Probe],
+             diag: bool) -> list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]]:
+        """The runs of a probe: (seed, cache key, key as a stoppable run or "", scenario,
+        stop rule or None), given the search's probes so far (may_stop reads them)."""
         base_seed = load_scenario(self.ref, self.res.overrides).seed
-        got: dict[int, dict[str, Any]] = {}
-        missing = []
+        out = []
         for i in range(self.res.seeds):
             seed = base_seed + i
-            try:
-                ov = self.overrides(s, rate, seed, ext)
-                dump = load_scenario(self.ref, ov).model_dump(mode="json")
-            except TcpreuseError as e:  # a fix this scenario cannot take: say so, go on
-                if not s.fix_id:
-                    raise
-                s.status, s.error = "error", e.message
-                return False
+            ov = self.overrides(s, rate, seed, ext)
+            sc = load_scenario(self.ref, ov)
+            dump = sc.model_dump(mode="json")
+            stop = None
+            if not diag and not whole and self.may_stop(probes, rate, sc):
+                stop = {"w0": math.ceil(self.steady[id(s)].hold_s - 1e-9), "max_failure": self.res.max_failure,
+                        "max_delayed": self.res.max_delayed}
             key = point_key(dump, ov)
-            hit = self.cache.get(key)
+            # a stopped run is cached apart: it is no whole run for `sweep` or a later probe
+            stop_key = point_key(dump, {**ov, "_stop": stop}) if stop is not None else ""
+            out.append((seed, key, stop_key, dump, stop))
+        return out
+
+    def lookup(self, key: str, stop_key: str, diag: bool) -> dict[str, Any] | None:
+        for k in (key, stop_key):
+            if not k:
+                continue
+            hit = self.memo.pop(k, None) or self.cache.get(k)
             if hit is not None and "failed_per_s" in hit and (not diag or "findings" in hit):
+                return hit
+        return None
+
+    def submit(self, s: Search, rate: float, ext: int, whole: bool = False) -> bool:
+        """Start a probe (all seeds at `rate`, window doubled `ext` times). False when it is
+        running; True when it was served whole from the cache (and recorded: go on).
+        The baseline's probes carry the diagnosis until the fixes are known; the others may
+        stop early (may_stop) unless `whole`."""
+        diag = not s.fix_id and not self.fixes_added
+        try:
+            runs = self.plan(s, rate, ext, whole, s.probes, diag)
+        except TcpreuseError as e:  # a fix this scenario cannot take: say so, go on
+            if not s.fix_id:
+                raise
+            s.status, s.error = "error", e.message
+            return False
+        got: dict[int, dict[str, Any]] = {}
+        missing = []
+        for seed, key, stop_key, dump, stop in runs:
+            hit = self.lookup(key, stop_key, diag)
+            if hit is not None:
                 got[seed] = hit
                 self.res.cached += 1
             else:
-                missing.append((seed, key, dump))
+                missing.append((seed, key, stop_key, dump, stop))
         self.collected[(id(s), rate)] = (ext, got)
         if not missing:
             return self.record(s, rate)
-        for seed, key, dump in missing:
-            fut = self.ensure_pool().submit(key, dump, diag)
-            self.pending[fut] = (s, rate, seed, key, diag)
-            self.ac.add(fut)
+        for seed, key, stop_key, dump, stop in missing:
+            fut = self.flying.get(stop_key or key)
+            if fut is not None and fut in self.spec:  # speculated right: claim it
+                del self.spec[fut]
+            else:
+                # longest first: the searches of high rates are the long chains of the run
+                fut = self.ensure_pool().submit(key, dump, diag, stop, priority=int(rate * (1 << ext)))
+                self.flying[stop_key or key] = fut
+                self.ac.add(fut)
+            self.pending[fut] = (s, rate, seed, key, stop_key)
         return False
+
+    def speculate(self) -> None:
+        """Fill workers that no search needs now: for the search with the fastest probe in
+        flight (the longest to come), start the probe it will want next if that one fails
+        (a lower rate: cheaper, and it is a bisection's likelier way on near its end). Claimed
+        when the guess was right; cancelled or kept unused when not; never changes a result."""
+        if self.pool is None or self.res.seeds != 1:
+            return
+        while len(self.pending) + len(self.spec) < self.workers:
+            cands = [(rate, s) for s in self.res.searches for (sid, rate), _ in self.collected.items()
+                     if sid == id(s) and s.status == "running" and (sid, rate) not in self.guessed]
+            if not cands:
+                return
+            rate, s = max(cands, key=lambda c: c[0])
+            self.guessed.add((id(s), rate))
+            probes = [*s.probes, Probe(rate)]  # as if it failed
+            trial = Search(s.label, fix_id=s.fix_id, probes=list(probes))
+            nxt = trial.next_rate(self.res.start_rate, self.res.cap, self.res.floor, self.res.resolution)
+            if nxt is None:
+                continue
+            # a failing baseline probe brings the fixes: the next one carries no diagnosis
+            try:
+                runs = self.plan(s, nxt, 0, False, probes, False)
+            except TcpreuseError:
+                continue
+            for _seed, key, stop_key, dump, stop in runs:
+                k = stop_key or key
+                if k in self.flying or k in self.memo or self.lookup(key, stop_key, False) is not None:
+                    continue
+                fut = self.pool.submit(key, dump, False, stop, priority=-1)
+                self.spec[fut] = (s, key, stop_key)
+                self.flying[k] = fut
+                self.ac.add(fut)
+
+    def drop_guesses(self, s: Search) -> None:
+        """`s` has chosen its next probe: cancel its guesses not taken (a run already
+        started finishes and is kept for the cache)."""
+        for fut, (owner, _key, _stop_key) in list(self.spec.items()):
+            if owner is s and fut.status == "pending":
+                fut.cancel()
+                del self.spec[fut]
+                self.flying = {k: f for k, f in self.flying.items() if f is not fut}
 
     def ensure_pool(self) -> Pool:
         if self.pool is None:
@@ -349,6 +458,12 @@ class _Searcher:
         halves = [[0, 0], [0, 0]]
         delayed = 0.0
         for r in ok:
+            if "stopped_s" in r:  # ended once certain to fail: what it saw, over what the window holds
+                n += r["window_attempts"]
+                f += sum(r["failed_per_s"][w0:])
+                delayed += sum(r["delayed_per_s"][w0:])
+                p.stopped_s = r["stopped_s"]
+                continue
             att, bad = r["attempts_per_s"][w0:], r["failed_per_s"][w0:]
             mid = len(att) // 2
             for h, sl in ((0, slice(0, mid)), (1, slice(mid, None))):
@@ -414,20 +529,38 @@ class _Searcher:
     def run(self) -> None:
         with self.stack:
             self.advance(self.res.baseline)
+            self.speculate()
             while self.pending:
                 fut = next(self.ac)
-                s, rate, seed, key, _diag = self.pending.pop(fut)
+                self.flying = {k: f for k, f in self.flying.items() if f is not fut}
+                if fut in self.spec:  # a guess finished before any search asked for it: keep it
+                    _owner, key, stop_key = self.spec.pop(fut)
+                    summary = Pool.result(fut)
+                    if "error" not in summary:
+                        k = stop_key if "stopped_s" in summary else key
+                        self.memo[k] = summary
+                        self.cache.put(k, summary)
+                        self.res.computed += 1
+                    self.speculate()
+                    continue
+                if fut not in self.pending:  # a cancelled guess
+                    continue
+                s, rate, seed, key, stop_key = self.pending.pop(fut)
                 summary = Pool.result(fut)
                 if "error" not in summary:
-                    self.cache.put(key, summary)
+                    # a stoppable run that went to its end is a whole run: cached as one
+                    self.cache.put(stop_key if "stopped_s" in summary else key, summary)
                 self.res.computed += 1
                 entry = self.collected.get((id(s), rate))
                 if entry is None:
                     continue
                 got = entry[1]
                 got[seed] = summary
-                if len(got) == self.res.seeds and self.record(s, rate):
-                    self.advance(s)
+                if len(got) == self.res.seeds:
+                    if self.record(s, rate):
+                        self.advance(s)
+                    self.drop_guesses(s)
+                self.speculate()
 
 
 PROBES_AT_CAP = 7  # a search's probes, in cost: the doublings sum to < 2 probes at the cap, ~5 bisect near it
@@ -448,9 +581,10 @@ def find_capacity(ref: str, *, max_failure: float, max_delayed: float | None = N
                   seeds: int = 1, overrides: dict[str, Any] | None = None, cap: float | None = None,
                   cache: Cache, make_pool: Callable[[], Pool], fixes: bool = True,
                   progress: Callable[[CapacityResult], None] | None = None, force: bool = True,
-                  time_limit_s: float | None = None, workers: int = 1) -> CapacityResult:
+                  time_limit_s: float | None = None, workers: int = 1, early_stop: bool = True) -> CapacityResult:
     """`force` False: estimate the search first (sim.estimate) and refuse what will not fit
-    this machine's memory or `time_limit_s`."""
+    this machine's memory or `time_limit_s`. `early_stop` False runs every probe to its end
+    (the reference the early verdicts are tested against: same capacities, same table)."""
     if not 0 <= max_failure < 1:
         raise SweepError("--max-failure must be between 0 % and 100 %")
     if not 0 < resolution < 1:
@@ -470,7 +604,8 @@ def find_capacity(ref: str, *, max_failure: float, max_delayed: float | None = N
               force=False, time_limit_s=time_limit_s, workers=workers)
     res = CapacityResult(ref, max_failure, max_delayed, resolution, seeds, start, cap, start / 1024,
                          steady.duration_s, ov, [Search("as it is")], steady=steady)
-    s = _Searcher(ref, res, cache, make_pool, progress, min_duration_s=sc.duration_s)
+    s = _Searcher(ref, res, cache, make_pool, progress, min_duration_s=sc.duration_s, early_stop=early_stop,
+                  workers=workers)
     if not fixes:
         s.fixes_added = True
     s.run()

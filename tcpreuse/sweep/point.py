@@ -11,7 +11,9 @@ import time
 from typing import Any
 
 
-def run_point(dump: dict[str, Any], diagnose: bool = False) -> dict[str, Any]:
+def run_point(dump: dict[str, Any], diagnose: bool = False, stop: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`stop` ({"w0", "max_failure", "max_delayed"}, from `capacity`): end the run as soon
+    as its judged window is certain to fail (sweep/early.py); never with `diagnose`."""
     from ..errors import TcpreuseError
     from ..scenario.loader import from_data
     from ..sim.engine import simulate
@@ -19,6 +21,10 @@ def run_point(dump: dict[str, Any], diagnose: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         sc = from_data(dump)
+        if stop is not None and not diagnose:
+            from .early import run_until_verdict
+
+            return run_until_verdict(sc, int(stop["w0"]), float(stop["max_failure"]), stop.get("max_delayed"))
         run = simulate(sc, records=False)  # aggregates only: memory follows live connections
     except TcpreuseError as e:
         return {"error": e.message}
