@@ -140,7 +140,7 @@ def test_early_verdicts_leave_the_capacity_table_as_it_was(scenario: str, tmp_pa
     """The same search with every probe run to its end: the same probes, verdicts,
     capacities, and the same lowest failing probe (rate, failed share, onset) per
     configuration; some probes stopped early, and only failing ones."""
-    from tcpreuse.report.sweep import first_fail_text
+    from tcpreuse.report.sweep import capacity_markdown, first_fail_text
 
     kw = dict(max_failure=0.001, resolution=0.05, cap=160, make_pool=lambda: Pool(None, workers=2), workers=2)
     fast = find_capacity(scenario, cache=Cache(tmp_path / "a"), **kw)  # type: ignore[arg-type]
@@ -152,4 +152,6 @@ def test_early_verdicts_leave_the_capacity_table_as_it_was(scenario: str, tmp_pa
         assert first_fail_text(a.to_json()) == first_fail_text(b.to_json())
     stopped = [p for s in fast.searches for p in s.probes if p.stopped_s is not None]
     assert stopped and all(not p.passed for p in stopped)
+    md = capacity_markdown(fast.to_json(), "tcpreuse capacity cap.toml")
+    assert f"{stopped[0].rate:,.0f} ✗ ≥ " in md and "stopped once it was certain to fail" in md
     assert all(p.stopped_s is None for s in slow.searches for p in s.probes)

@@ -23,7 +23,14 @@ workload of the scenario together; the rate reported is requests per second.
 The fixes come from diagnosing the lowest failing probe of the configuration as it is
 (the same rules `simulate` runs); each fix's `set` is applied on top of the user's
 overrides, and searched like the baseline. All searches run at once on one Dask pool:
-each keeps one probe in flight, so a few searches keep every core busy.
+each keeps one probe in flight, so a few searches keep every core busy; when probes wait
+for a worker, higher rates go first (the searches that reach them are the long chains).
+
+A failing probe stops as soon as its verdict is certain (sweep/early.py), except the one
+that would end its search, whose share the table quotes; if a search still ends on a
+stopped probe, that probe is run again to its end. Verdicts, capacities and the table are
+those of whole runs (tests/test_capacity.py); only the probe list marks a stopped probe's
+share as a lower bound.
 """
 
 from __future__ import annotations
@@ -266,17 +273,9 @@ class _Searcher:
 
     def __init__(self, ref: str, res: CapacityResult, cache: Cache, make_pool: Callable[[], Pool],
                  progress: Callable[[CapacityResult], None] | None, min_duration_s: float = 0.0,
-                 early_stop: bool = True, workers: int = 1) -> None:
+                 early_stop: bool = True) -> None:
         self.ref, self.res, self.cache, self.make_pool, self.progress = ref, res, cache, make_pool, progress
         self.early_stop = early_stop
-        self.workers = workers  # runs at once; fewer searches than that leave workers to speculate
-        # Speculation: a worker no search needs runs the probe a search will want next if its
-        # probe in flight fails. Futures by the key they are cached under; finished ones kept
-        # (with --no-cache too) until a search asks for them.
-        self.spec: dict[Any, tuple[Search, str, str]] = {}  # unclaimed future -> (search, key, stop key)
-        self.flying: dict[str, Any] = {}  # cache key (or stop key) -> its future, claimed or not
-        self.memo: dict[str, dict[str, Any]] = {}  # key -> summary of a finished unclaimed run
-        self.guessed: set[tuple[int, float]] = set()  # (search id, rate in flight) speculated on
         self.min_duration_s = min_duration_s  # the scenario's (or --duration): probes run at least this
         self.stack = contextlib.ExitStack()
         self.pool: Pool | None = None
@@ -359,7 +358,7 @@ class _Searcher:
         for k in (key, stop_key):
             if not k:
                 continue
-            hit = self.memo.pop(k, None) or self.cache.get(k)
+            hit = self.cache.get(k)
             if hit is not None and "failed_per_s" in hit and (not diag or "findings" in hit):
                 return hit
         return None
@@ -390,58 +389,11 @@ class _Searcher:
         if not missing:
             return self.record(s, rate)
         for seed, key, stop_key, dump, stop in missing:
-            fut = self.flying.get(stop_key or key)
-            if fut is not None and fut in self.spec:  # speculated right: claim it
-                del self.spec[fut]
-            else:
-                # longest first: the searches of high rates are the long chains of the run
-                fut = self.ensure_pool().submit(key, dump, diag, stop, priority=int(rate * (1 << ext)))
-                self.flying[stop_key or key] = fut
-                self.ac.add(fut)
+            # longest first: the searches of high rates are the long chains of the run
+            fut = self.ensure_pool().submit(key, dump, diag, stop, priority=int(rate * (1 << ext)))
             self.pending[fut] = (s, rate, seed, key, stop_key)
+            self.ac.add(fut)
         return False
-
-    def speculate(self) -> None:
-        """Fill workers that no search needs now: for the search with the fastest probe in
-        flight (the longest to come), start the probe it will want next if that one fails
-        (a lower rate: cheaper, and it is a bisection's likelier way on near its end). Claimed
-        when the guess was right; cancelled or kept unused when not; never changes a result."""
-        if self.pool is None or self.res.seeds != 1:
-            return
-        while len(self.pending) + len(self.spec) < self.workers:
-            cands = [(rate, s) for s in self.res.searches for (sid, rate), _ in self.collected.items()
-                     if sid == id(s) and s.status == "running" and (sid, rate) not in self.guessed]
-            if not cands:
-                return
-            rate, s = max(cands, key=lambda c: c[0])
-            self.guessed.add((id(s), rate))
-            probes = [*s.probes, Probe(rate)]  # as if it failed
-            trial = Search(s.label, fix_id=s.fix_id, probes=list(probes))
-            nxt = trial.next_rate(self.res.start_rate, self.res.cap, self.res.floor, self.res.resolution)
-            if nxt is None:
-                continue
-            # a failing baseline probe brings the fixes: the next one carries no diagnosis
-            try:
-                runs = self.plan(s, nxt, 0, False, probes, False)
-            except TcpreuseError:
-                continue
-            for _seed, key, stop_key, dump, stop in runs:
-                k = stop_key or key
-                if k in self.flying or k in self.memo or self.lookup(key, stop_key, False) is not None:
-                    continue
-                fut = self.pool.submit(key, dump, False, stop, priority=-1)
-                self.spec[fut] = (s, key, stop_key)
-                self.flying[k] = fut
-                self.ac.add(fut)
-
-    def drop_guesses(self, s: Search) -> None:
-        """`s` has chosen its next probe: cancel its guesses not taken (a run already
-        started finishes and is kept for the cache)."""
-        for fut, (owner, _key, _stop_key) in list(self.spec.items()):
-            if owner is s and fut.status == "pending":
-                fut.cancel()
-                del self.spec[fut]
-                self.flying = {k: f for k, f in self.flying.items() if f is not fut}
 
     def ensure_pool(self) -> Pool:
         if self.pool is None:
@@ -529,22 +481,8 @@ class _Searcher:
     def run(self) -> None:
         with self.stack:
             self.advance(self.res.baseline)
-            self.speculate()
             while self.pending:
                 fut = next(self.ac)
-                self.flying = {k: f for k, f in self.flying.items() if f is not fut}
-                if fut in self.spec:  # a guess finished before any search asked for it: keep it
-                    _owner, key, stop_key = self.spec.pop(fut)
-                    summary = Pool.result(fut)
-                    if "error" not in summary:
-                        k = stop_key if "stopped_s" in summary else key
-                        self.memo[k] = summary
-                        self.cache.put(k, summary)
-                        self.res.computed += 1
-                    self.speculate()
-                    continue
-                if fut not in self.pending:  # a cancelled guess
-                    continue
                 s, rate, seed, key, stop_key = self.pending.pop(fut)
                 summary = Pool.result(fut)
                 if "error" not in summary:
@@ -556,11 +494,8 @@ class _Searcher:
                     continue
                 got = entry[1]
                 got[seed] = summary
-                if len(got) == self.res.seeds:
-                    if self.record(s, rate):
-                        self.advance(s)
-                    self.drop_guesses(s)
-                self.speculate()
+                if len(got) == self.res.seeds and self.record(s, rate):
+                    self.advance(s)
 
 
 PROBES_AT_CAP = 7  # a search's probes, in cost: the doublings sum to < 2 probes at the cap, ~5 bisect near it
@@ -604,8 +539,7 @@ def find_capacity(ref: str, *, max_failure: float, max_delayed: float | None = N
               force=False, time_limit_s=time_limit_s, workers=workers)
     res = CapacityResult(ref, max_failure, max_delayed, resolution, seeds, start, cap, start / 1024,
                          steady.duration_s, ov, [Search("as it is")], steady=steady)
-    s = _Searcher(ref, res, cache, make_pool, progress, min_duration_s=sc.duration_s, early_stop=early_stop,
-                  workers=workers)
+    s = _Searcher(ref, res, cache, make_pool, progress, min_duration_s=sc.duration_s, early_stop=early_stop)
     if not fixes:
         s.fixes_added = True
     s.run()

@@ -61,6 +61,16 @@ def window_arrivals(sc: Any, w0: float) -> int:
     return n
 
 
+def oldest_live(eng: Any) -> int | None:
+    """The start index of the oldest attempt not yet recorded, or None: the engine keeps
+    them in start order in a linked list (live_head) or, before, in a dict by index."""
+    if hasattr(eng, "live_head"):
+        head = eng.live_head
+        return None if head is None else int(head.idx)
+    live = eng.live
+    return min(live) if live else None
+
+
 def run_until_verdict(sc: Any, w0: int, max_failure: float, max_delayed: float | None) -> dict[str, Any]:
     """Simulate `sc` with aggregates only, stopping once the judged window [w0, end) is
     certain to fail. The summary has the keys of point.summarize(); a stopped run adds
@@ -84,8 +94,8 @@ def run_until_verdict(sc: Any, w0: int, max_failure: float, max_delayed: float |
         if not certain:
             return
         # the first failure (in start order) is final once nothing started before it is live
-        live = box[0].live
-        if live and sink.ff_idx >= 0 and min(live) < sink.ff_idx:
+        oldest = oldest_live(box[0])
+        if oldest is not None and sink.ff_idx >= 0 and oldest < sink.ff_idx:
             return
         raise _Certain(t)
 
