@@ -25,8 +25,13 @@ version reports it), nginx's (its processes' CPU from /proc), how often the work
 preempted, and the load average; each run adds one probe at `--overload-rate`: the ok/s
 an open loop still delivers when asked for more than it can start.
 
+`--fixed-rates R1,R2` runs, instead, fixed-rate probes at those rates (with `--compare`,
+alternately) and prints the workers' CPU per attempt with its system part: the figure a
+crowded machine disturbs least.
+
     python bench/load_vs_wrk.py [--runs 3] [--duration 10] [--connections 50]
                                 [--open-only] [--compare DIR] [--overload-rate R]
+                                [--fixed-rates R1,R2] [--netns-prefix tcpr-NAME-]
 """
 
 from __future__ import annotations
@@ -71,10 +76,10 @@ http {{
 class Env:
     """Where the benchmark runs: a private namespace (root) or the host's loopback."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "tcpr-lvw-") -> None:
         self.ns: Namespace | None = None
         if os.geteuid() == 0 and shutil.which("ip"):
-            self.ns = Namespace(f"tcpr-lvw-{os.getpid()}").create()
+            self.ns = Namespace(f"{prefix}{os.getpid()}").create()
 
     def cmd(self, argv: Sequence[str]) -> list[str]:
         return self.ns.cmd(argv) if self.ns else list(argv)
@@ -189,6 +194,8 @@ def probe_rate(env: Env, port: int, workers: int, rate: float, duration: float,
     return {"rate": rate, "lag_p99_ms": p99, "late": lag["late_starts"] / n,
             "ok_per_s": d["ok_per_s"], "kept": kept, "cpu_us": cpu / n * 1e6,
             "loop_cpu_us": g.get("cpu_us_per_attempt") or float("nan"),
+            "loop_sys_us": g.get("sys_us_per_attempt") or float("nan"),
+            "lag_p50_ms": lag["p50"] if lag["p50"] is not None else float("nan"),
             "preempted": g.get("preempted", -1) / n if "preempted" in g else float("nan"),
             "server_cpu_us": server_cpu / n * 1e6}
 
@@ -201,8 +208,9 @@ def open_loop_ceiling(env: Env, port: int, workers: int, lo: float, hi: float, p
     for _ in range(probes):
         rate = (lo * hi) ** 0.5 if best else lo
         r = probe_rate(env, port, workers, rate, duration, src)
-        print(f"  {label}: {rate:8.0f}/s  start lag p99 {r['lag_p99_ms']:9.3f} ms  late {r['late']:6.1%}  "
-              f"{'kept' if r['kept'] else 'behind'}  CPU {r['cpu_us']:5.1f} us/conn (loop {r['loop_cpu_us']:5.1f}, "
+        print(f"  {label}: {rate:8.0f}/s  start lag p50 {r['lag_p50_ms']:6.3f} p99 {r['lag_p99_ms']:9.3f} ms  "
+              f"late {r['late']:6.1%}  {'kept' if r['kept'] else 'behind'}  CPU {r['cpu_us']:5.1f} us/conn "
+              f"(loop {r['loop_cpu_us']:5.1f}, of it system {r['loop_sys_us']:5.1f}, "
               f"nginx {r['server_cpu_us']:5.1f})  preempted {r['preempted']:.2f}/conn  "
               f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         if r["kept"]:
@@ -255,6 +263,36 @@ def open_loop_rows(env: Env, port: int, args: argparse.Namespace) -> None:
     print(f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
+def fixed_rate_rows(env: Env, port: int, args: argparse.Namespace) -> None:
+    """CPU per attempt at fixed rates (--fixed-rates), this tree and --compare alternately:
+    a figure a crowded machine disturbs much less than the start lag, since it is the
+    work the loop does per connection (wake-ups included), not when it gets the CPU."""
+    trees: list[tuple[str, str | None]] = [("this", None)]
+    if args.compare:
+        trees.append((f"compare ({args.compare})", args.compare))
+    rates = [float(x) for x in args.fixed_rates.split(",")]
+    print(f"fixed rates: {args.threads} workers, {args.probe_duration:g} s per probe, {args.runs} runs, alternately")
+    got: dict[tuple[float, str], list[dict[str, float]]] = {}
+    for i in range(args.runs):
+        for rate in rates:
+            for name, src in (trees if i % 2 == 0 else trees[::-1]):
+                r = probe_rate(env, port, args.threads, rate, args.probe_duration, src)
+                got.setdefault((rate, name), []).append(r)
+                print(f"  run {i + 1} {name}: {rate:8.0f}/s  loop CPU {r['loop_cpu_us']:6.1f} us/attempt (system "
+                      f"{r['loop_sys_us']:5.1f}), nginx {r['server_cpu_us']:5.1f}  start lag p50 {r['lag_p50_ms']:.3f} "
+                      f"p99 {r['lag_p99_ms']:.3f} ms  late {r['late']:6.1%}  preempted {r['preempted']:.2f}/attempt  "
+                      f"(load average {os.getloadavg()[0]:.1f})",
+                      flush=True)
+    for (rate, name), rs in got.items():
+        med = {k: statistics.median(r[k] for r in rs) for k in ("loop_cpu_us", "loop_sys_us", "server_cpu_us",
+                                                                  "lag_p50_ms", "lag_p99_ms", "late", "preempted")}
+        print(f"median {name} {rate:,.0f}/s: loop CPU {med['loop_cpu_us']:.1f} us/attempt (system "
+              f"{med['loop_sys_us']:.1f}), nginx {med['server_cpu_us']:.1f}, start lag p50 {med['lag_p50_ms']:.3f} "
+              f"p99 {med['lag_p99_ms']:.3f} ms, late {med['late']:.1%}, preempted {med['preempted']:.2f}/attempt (runs: "
+              f"{', '.join(f'{x:.1f}' for x in (r['loop_cpu_us'] for r in rs))} us)")
+    print(f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -270,6 +308,10 @@ def main() -> int:
     ap.add_argument("--probe-duration", type=float, default=3.0)
     ap.add_argument("--overload-rate", type=float, default=20000.0,
                     help="also one probe per run at this rate: the ok/s an overloaded open loop keeps (0: none)")
+    ap.add_argument("--fixed-rates", metavar="R1,R2,...",
+                    help="instead of the rows above: probes at these rates, CPU per attempt (with --compare)")
+    ap.add_argument("--netns-prefix", default="tcpr-lvw-",
+                    help="name of the private namespace (as root): this, then the pid; must start with tcpr-")
     args = ap.parse_args()
     if not (0 < args.min_rate < args.max_rate) or args.probes < 1 or args.probe_duration <= 0:
         print("need 0 < --min-rate < --max-rate, --probes >= 1, --probe-duration > 0", file=sys.stderr)
@@ -277,12 +319,22 @@ def main() -> int:
     if args.compare and not Path(args.compare, "tcpreuse", "__init__.py").is_file():
         print(f"--compare {args.compare}: no tcpreuse package there", file=sys.stderr)
         return 2
-    for tool in ("nginx",) if args.open_only else ("nginx", "wrk"):
+    if args.fixed_rates:
+        try:
+            if not all(float(x) > 0 for x in args.fixed_rates.split(",")):
+                raise ValueError
+        except ValueError:
+            print(f"--fixed-rates {args.fixed_rates}: need positive rates, comma-separated", file=sys.stderr)
+            return 2
+    for tool in ("nginx",) if args.open_only or args.fixed_rates else ("nginx", "wrk"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed (scripts/system-deps.sh installs it)", file=sys.stderr)
             return 2
 
-    env = Env()
+    if not args.netns_prefix.startswith("tcpr-"):
+        print("--netns-prefix must start with tcpr- (tcpreuse lab cleanup finds leftovers by it)", file=sys.stderr)
+        return 2
+    env = Env(args.netns_prefix)
     nginx: subprocess.Popen[bytes] | None = None
     tmp = tempfile.mkdtemp(prefix="tcpr-lvw-")
     try:
@@ -298,6 +350,9 @@ def main() -> int:
         print(f"nginx on 127.0.0.1:{port} in {where}; {os.cpu_count()} CPUs; "
               f"{args.connections} connections, {args.threads} threads/workers, {args.duration:.0f} s per run")
 
+        if args.fixed_rates:
+            fixed_rate_rows(env, port, args)
+            return 0
         if args.open_only:
             open_loop_rows(env, port, args)
             return 0

@@ -93,6 +93,7 @@ def nearest_rank(values: Any, digits: int = 3) -> dict[str, Any]:
 # Columns only some sources have; a table carries them when its producer gave them.
 OPTIONAL_COLUMNS: dict[str, tuple[str, str | None]] = {
     "answer_ms": ("f8", None),  # from the due time to the first complete answer, ms (load, lab)
+    "close_ms": ("f8", None),  # from the due time to the client's close() of the socket, ms (load, lab)
 }
 
 

@@ -136,3 +136,41 @@ def test_a_sigkilled_tcpreuse_takes_its_uml_boot_with_it() -> None:
     while any(d.exists() for d in dirs) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(d.exists() for d in dirs)
+
+
+@pytest.mark.timeout(300)
+def test_lab_on_uml_captures_and_its_measured_ts_offsets_name_the_client_paws_rejects(tmp_path: Path) -> None:
+    """6.1 keys TCP timestamp offsets per host pair: the loads' measured offsets
+    (getsockopt TCP_TIMESTAMP) are what their SYNs carry over one shared ms clock, and
+    the client whose offset is the older is the only one PAWS rejects at the other's
+    TIME_WAITs (v-nat-syn-on-tw). The pcaps come back from the guest (--capture)."""
+    import numpy as np
+
+    from tcpreuse.capture.analysis import read_packets
+    from tcpreuse.kernels.run import lab_on
+    from tcpreuse.lab.run import LabOptions
+    from tcpreuse.validate import suite
+
+    scenario = tmp_path / "nat.toml"
+    scenario.write_text(suite.text("v-nat-syn-on-tw"))
+    res = lab_on("uml", str(scenario), {"host.client.profile": "linux-6.1", "host.server.profile": "linux-6.1"},
+                 LabOptions(capture=tmp_path / "cap"))
+    offs = {ld["host"]: next(iter(ld["ts_offsets"].values())) for ld in res.meta["loads"]}
+    assert set(offs) == {"client-1", "client-2"}
+    # every SYN's TSval minus its client's measured offset is one clock (the pcap's wall
+    # time minus CLOCK_MONOTONIC, the same for both clients to within a few ms)
+    skew = {}
+    for h, off in offs.items():
+        pk, _ = read_packets(tmp_path / "cap" / f"{h}-eth0.pcap")
+        syn = (pk.flags & 0x12) == 0x02
+        assert syn.sum() >= 50  # (a stalled UML may refuse some connects EADDRNOTAVAIL)
+        mono_s = ((pk.tsval[syn].astype(np.int64) - off) % (1 << 32)) / 1000.0
+        skew[h] = pk.ts[syn] - mono_s
+        assert np.ptp(skew[h]) < 0.02, h
+    assert abs(float(np.median(skew["client-1"]) - np.median(skew["client-2"]))) < 0.02
+    d = (offs["client-1"] - offs["client-2"]) % (1 << 32)
+    older = "client-1" if d >= 1 << 31 else "client-2"
+    cl, rs = res.attempts.column("client"), res.attempts.column("reason")
+    retried = {h for h, r in zip(cl, rs, strict=True) if r == "ok_after_syn_retry"}
+    assert res.counters["server"]["TcpExtPAWSEstab"] > 0
+    assert retried == {older}

@@ -314,6 +314,7 @@ def test_an_overloaded_open_loop_finishes_connections_as_fast_as_it_starts_them(
     # of 30,110 on a quiet one), so that figure is the benchmark's (bench/load_vs_wrk.py
     # --overload-rate), not a pass mark here; the summary must report it.
     assert g["in_flight_max"] > 0 and g["cpu_us_per_attempt"] > 0 and g["preempted"] >= 0
+    assert 0 < g["sys_us_per_attempt"] < g["cpu_us_per_attempt"] and g["wakeups"] >= 0
 
 
 def test_start_lag_is_read_before_every_start_of_a_burst(server: ServeProcess) -> None:
@@ -337,3 +338,45 @@ def test_start_lag_is_read_before_every_start_of_a_burst(server: ServeProcess) -
     assert same_instant.mean() < 0.05, same_instant.mean()
     # (whether it also left attempts unstarted depends on the machine's speed: not asserted)
     assert res.in_flight_max > 0 and res.cpu_s > 0
+
+
+
+def test_a_fast_open_loop_wakes_once_per_quantum_not_once_per_attempt(server: ServeProcess,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attempts due closer together than WAKE_QUANTUM_S (0.5 ms) are started in small
+    batches: the worker wakes at most once per quantum and starts what came due meanwhile,
+    instead of sleeping until each attempt, or (gaps of 0.2-1 ms) waiting in select() and waking for
+    each answer too. Every attempt still starts, with its own due time and lag."""
+    import select as select_mod
+
+    from tcpreuse.load import worker
+    from tcpreuse.load.target import resolve
+
+    woke: list[float] = []  # when each sleep ended
+    selects: list[float] = []
+    real_sleep, real_select, mono = time.sleep, select_mod.select, time.monotonic
+
+    def sleep(s: float) -> None:
+        real_sleep(s)
+        woke.append(mono())
+
+    def select(r: Any, w: Any, x: Any, timeout: float) -> Any:
+        selects.append(timeout)
+        return real_select(r, w, x, timeout)
+
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(select_mod, "select", select)
+    rate, n = 2500.0, 1000  # gaps of 400 us: the loop before select()ed each one
+    plan = worker.WorkerPlan(target=resolve(f"127.0.0.1:{server.port}"), rate=rate, count=n, duration=10.0,
+                             drain=5.0, t0=time.monotonic() + 0.05)
+    r = worker.Worker(plan).run()
+    monkeypatch.undo()
+    assert r.outcomes == ["ok"] and r.requests == n and len(r.lag_s) == n
+    t = np.sort(np.frombuffer(r.t, dtype="f8"))
+    assert np.allclose(t, np.arange(n) / rate)  # every due time once
+    assert (np.frombuffer(r.lag_s, dtype="f8") >= 0).all()  # none started early
+    # (a worker that ran late all along would neither sleep nor select: nothing to check)
+    assert not selects  # no wake-up per answer
+    gaps = np.diff(woke[1:])  # (the first sleep waits for t0)
+    assert (gaps >= worker.WAKE_QUANTUM_S).all(), np.sort(gaps)[:5]  # nor per attempt
+    assert r.wakeups > 0  # the summary counts them (voluntary context switches)

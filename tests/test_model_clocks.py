@@ -30,3 +30,13 @@ def test_ts_offsets_by_version() -> None:
     p618 = get_profile("linux-6.18")  # per 4-tuple again (165573e41f2f)
     assert ts_offset(p618, *args) != ts_offset(p618, *other_port)
     assert ts_offset(p618, 1234, 2, *args[2:]) == 0  # tcp_timestamps = 2: no offsets
+
+
+def test_a_measured_offset_replaces_the_draw_per_host_pair_only() -> None:
+    args = (1234, 1, 0x0A000001, 0x0A000002, 40000, 80)
+    p61, p618 = get_profile("linux-6.1"), get_profile("linux-6.18")
+    assert ts_offset(p61, *args, measured=4_000_000_000) == 4_000_000_000
+    assert ts_offset(p61, *args, measured=None) == ts_offset(p61, *args) != 4_000_000_000
+    # per 4-tuple one connection's offset says nothing of the next port's: the draw stays
+    assert ts_offset(p618, *args, measured=7) == ts_offset(p618, *args) != 7
+    assert ts_offset(get_profile("linux-4.9"), *args, measured=7) == 0  # no offsets at all

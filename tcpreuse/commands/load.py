@@ -59,7 +59,8 @@ def _render_summary(s: dict[str, Any]) -> None:
     if s["mode"] == "open" and lag.get("p99") is not None:
         con.print(f"generator: start lag p50 {_fmt_ms(lag['p50'])} ms, p99 {_fmt_ms(lag['p99'])} ms, "
                   f"{lag['late_starts']} started > 1 ms late"
-                  + (f"; CPU {g['cpu_us_per_attempt']:.1f} us/attempt, preempted {g['preempted']} times"
+                  + (f"; CPU {g['cpu_us_per_attempt']:.1f} us/attempt ({g.get('sys_us_per_attempt') or 0:.1f} system), "
+                     f"preempted {g['preempted']} times"
                      if g.get("cpu_us_per_attempt") is not None else ""))
     tw = s["per_second"]["time_wait"]
     if tw:
@@ -128,6 +129,9 @@ class _Live:
 @click.argument("target", metavar="HOST:PORT")
 @click.option("--rate", type=float, help="Open loop: new connections per second (split across workers).")
 @click.option("--concurrency", type=int, help="Closed loop: connections in flight, as wrk -c.")
+@click.option("--max-in-flight", type=int,
+              help="Open loop: at most N attempts in flight; one due meanwhile starts when one "
+              "closes (late, and its start lag says so). 1: strictly one connection after another.")
 @click.option("--duration", type=float, help="Seconds to run (start no attempt after this).")
 @click.option("--count", type=int, help="Attempts to make in all (stops at duration or count).")
 @click.option("--arrival", type=click.Choice(["constant", "poisson", "ramp"]), default="constant",
@@ -175,7 +179,8 @@ class _Live:
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML report (findings, plots, latency).")
 @click.option("--quiet", is_flag=True, help="No live progress.")
-def load(target: str, rate: float | None, concurrency: int | None, duration: float | None,
+def load(target: str, rate: float | None, concurrency: int | None, max_in_flight: int | None,
+         duration: float | None,
          count: int | None, arrival: str, ramp_from: float, close: str, requests_per_conn: int,
          protocol: str, path: str, sources: tuple[str, ...], bind: str | None,
          local_port_range: str | None, connect_timeout: float, request_timeout: float,
@@ -203,7 +208,7 @@ def load(target: str, rate: float | None, concurrency: int | None, duration: flo
         local_port_range=parse_port_range(local_port_range) if local_port_range else None,
         connect_timeout=connect_timeout, request_timeout=request_timeout, workers=workers,
         seed=seed, host_name=host_name or socket.gethostname(), scenario=scenario, workload=workload,
-        start_at=start_at, drain=drain, force=force,
+        start_at=start_at, drain=drain, force=force, max_in_flight=max_in_flight,
         records_as_json=result_path is not None or html_path is not None,
     )
     if result_path is not None:  # fail before the run, not after it

@@ -116,7 +116,7 @@ def run_emulator(cfg: EmuConfig, tun: Any = None) -> RunResult:
         for s, h in old.items():
             signal.signal(s, h)
     return build_result(cfg, cl.records, lags, t0_unix, interrupted=bool(stop),
-                        stray_rsts=cl.stray_rsts, unfinished=cl.in_flight)
+                        stray_rsts=cl.stray_rsts, unfinished=cl.in_flight, t0_mono=t0)
 
 
 def _loop(cfg: EmuConfig, cl: Client, tun: Any, t0: float, stop: list[int]) -> list[float]:
@@ -161,7 +161,8 @@ def _loop(cfg: EmuConfig, cl: Client, tun: Any, t0: float, stop: list[int]) -> l
 
 
 def build_result(cfg: EmuConfig, records: list[Record], lags: list[float], t0_unix: float, *,
-                 interrupted: bool, stray_rsts: int = 0, unfinished: int = 0) -> RunResult:
+                 interrupted: bool, stray_rsts: int = 0, unfinished: int = 0,
+                 t0_mono: float | None = None) -> RunResult:
     """The records as `load` reports them: one RunResult for one client and one workload."""
     recs = sorted(records, key=lambda r: r.due)
     outcomes = sorted({r.outcome for r in recs}, key=lambda o: (o != "ok", o))
@@ -216,4 +217,5 @@ def build_result(cfg: EmuConfig, records: list[Record], lags: list[float], t0_un
     return RunResult(source="emulate", scenario=cfg.scenario, duration_s=round(duration, 6),
                      attempts=table, timeline=tl, counters={}, hosts={cfg.host_name: host},
                      seed=cfg.seed, notes=notes,
-                     meta={"t0_unix": round(t0_unix, 6), "load": summary, "emulator": p.to_json()})
+                     meta={"t0_unix": round(t0_unix, 6), "t0_monotonic": None if t0_mono is None else round(t0_mono, 6),
+                           "load": summary, "emulator": p.to_json()})

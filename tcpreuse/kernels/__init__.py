@@ -10,6 +10,7 @@ the same RunResult whichever kernel ran it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from ..errors import TcpreuseError
@@ -23,8 +24,10 @@ KERNELS = ("host", "uml")
 class Kernel(Protocol):
     name: str
 
-    def run(self, jobs: list[LabJob], progress: Progress = None) -> tuple[KernelFacts, list[JobOutcome]]:
-        """Run the jobs in order; the kernel's facts and one outcome per job."""
+    def run(self, jobs: list[LabJob], progress: Progress = None,
+            capture_to: Path | None = None) -> tuple[KernelFacts, list[JobOutcome]]:
+        """Run the jobs in order; the kernel's facts and one outcome per job. The pcaps of
+        jobs with `capture` end up in `capture_to`."""
         ...
 
 

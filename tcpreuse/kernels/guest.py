@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
     def each(k: int, o: JobOutcome) -> None:
         _write(out / f"{k:03d}.json", o.to_json())
 
-    run_jobs(jobs, facts, say, each)
+    run_jobs(jobs, facts, say, each, capture_root=out)
     (out / "done").write_text("")
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from . import Progress
 from .jobs import JobOutcome, KernelFacts, LabJob, read_facts, run_jobs
 
@@ -17,9 +19,10 @@ class HostKernel:
             self._facts = read_facts()
         return self._facts
 
-    def run(self, jobs: list[LabJob], progress: Progress = None) -> tuple[KernelFacts, list[JobOutcome]]:
+    def run(self, jobs: list[LabJob], progress: Progress = None,
+            capture_to: Path | None = None) -> tuple[KernelFacts, list[JobOutcome]]:
         from ..lab.netns import require_root
 
         require_root()
         facts = self.facts()
-        return facts, run_jobs(jobs, facts, progress)
+        return facts, run_jobs(jobs, facts, progress, capture_root=capture_to)

@@ -81,6 +81,10 @@ class LabJob:
     netfilter: str = "auto"  # NAT/LB backend (lab/iptables.py choose())
     pace: bool = False  # dilate rates/times to the kernel's measured speed (pace.py)
     trace: bool = False  # record the kernel's verdicts per attempt (lab/tracing.py)
+    capture: bool = False  # tcpdump each namespace interface (lab --capture) into the job's capture dir
+    # one attempt in flight per load (load --max-in-flight 1): the scenario is sequential
+    # in the model (validate's suite.SEQUENTIAL)
+    sequential: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +94,8 @@ class LabJob:
         return cls(ref=str(d["ref"]), overrides=dict(d.get("overrides") or {}),
                    approximate=bool(d.get("approximate")), native=bool(d.get("native")),
                    netfilter=str(d.get("netfilter") or "auto"), pace=bool(d.get("pace")),
-                   trace=bool(d.get("trace")))
+                   trace=bool(d.get("trace")), capture=bool(d.get("capture")),
+                   sequential=bool(d.get("sequential")))
 
 
 @dataclass
@@ -227,8 +232,10 @@ def native_overrides_for(ref: str, overrides: dict[str, Any], facts: KernelFacts
     return native_overrides(base, facts.hz, facts.profile)
 
 
-def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome:
-    """One lab run on the running kernel; errors come back as text, not exceptions."""
+def run_job(job: LabJob, facts: KernelFacts, progress: Any = None,
+            capture_dir: Path | None = None) -> JobOutcome:
+    """One lab run on the running kernel; errors come back as text, not exceptions.
+    `capture_dir`: where a job with `capture` writes its pcaps."""
     from ..lab.run import LabOptions, run_lab
     from ..validate import suite
 
@@ -261,7 +268,9 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome
                 sc = suite.load(job.ref, out.overrides)
         out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress,
                                             netfilter=job.netfilter, lead_s=facts.lead_s,
-                                            trace=job.trace))
+                                            trace=job.trace,
+                                            capture=capture_dir if job.capture else None,
+                                            max_in_flight=1 if job.sequential else None))
     except TcpreuseError as e:
         out.error = str(e)
     finally:
@@ -269,14 +278,21 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None) -> JobOutcome
     return out
 
 
+def capture_dir_of(root: Path, k: int) -> Path:
+    """Where job number k writes its captures under a batch's output directory."""
+    return root / f"capture-{k:03d}"
+
+
 def run_jobs(jobs: list[LabJob], facts: KernelFacts, progress: Any = None,
-             each: Any = None) -> list[JobOutcome]:
-    """Jobs in order; stops after an interrupted one (Ctrl-C ends the batch)."""
+             each: Any = None, capture_root: Path | None = None) -> list[JobOutcome]:
+    """Jobs in order; stops after an interrupted one (Ctrl-C ends the batch). A job with
+    `capture` writes its pcaps into capture_dir_of(capture_root, k)."""
     outs = []
     for k, job in enumerate(jobs):
         if progress:
             progress(f"lab {k + 1}/{len(jobs)}: {job.ref}")
-        o = run_job(job, facts, progress)
+        o = run_job(job, facts, progress,
+                    capture_dir_of(capture_root, k) if capture_root is not None else None)
         outs.append(o)
         if each:
             each(k, o)

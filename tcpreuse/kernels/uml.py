@@ -42,7 +42,7 @@ from ..errors import LabError, TcpreuseError
 from ..signals import Signalled, raising
 from . import Progress
 from .guest import TAG
-from .jobs import JobOutcome, KernelFacts, LabJob
+from .jobs import JobOutcome, KernelFacts, LabJob, capture_dir_of
 
 DIR_PREFIX = "tcpr-uml-"
 MODULE_ROOT = Path("/usr/lib/uml/modules")
@@ -176,7 +176,7 @@ class Boot:
                 shutil.copyfile(p, copy)
                 j = LabJob(ref=f"/run/tcpr-share/{copy.name}", overrides=j.overrides,
                            approximate=j.approximate, native=j.native, netfilter=j.netfilter,
-                           pace=j.pace)
+                           pace=j.pace, trace=j.trace, capture=j.capture)
             jobs.append(j)
         return jobs
 
@@ -271,6 +271,11 @@ class Boot:
                                        f"finished ({_exit(rc)})" + self._tail()))
         return facts, outs
 
+    def captures(self, k: int) -> list[Path]:
+        """The pcaps job k wrote (lab --capture) into the share, before close() removes it."""
+        d = capture_dir_of(self.out, k)
+        return sorted(d.glob("*.pcap")) if d.is_dir() else []
+
 
 def _exit(rc: int | None) -> str:
     if rc is None:
@@ -312,7 +317,11 @@ class UmlKernel:
     def __init__(self, timeout_s: float | None = None) -> None:
         self.timeout_s = timeout_s
 
-    def run(self, jobs: list[LabJob], progress: Progress = None) -> tuple[KernelFacts, list[JobOutcome]]:
+    def run(self, jobs: list[LabJob], progress: Progress = None,
+            capture_to: Path | None = None) -> tuple[KernelFacts, list[JobOutcome]]:
+        """Boot, run `jobs`, return the kernel's facts and each job's outcome. Captures of
+        jobs with `capture` are copied into `capture_to` (as NNN-file.pcap with more than
+        one job) before the boot's files are removed."""
         from ..lab.netns import require_root
 
         require_root()  # UML itself does not need root; the lab inside runs as root anyway
@@ -332,7 +341,16 @@ class UmlKernel:
                                          "files are removed") from None
             if rc != 0:
                 raise LabError(f"the UML kernel died ({_exit(rc)})" + boot._tail())
-            return boot.results(rc)
+            facts, outs = boot.results(rc)
+            if capture_to is not None:
+                for k, o in enumerate(outs):
+                    for f in boot.captures(k):
+                        name = f.name if len(jobs) == 1 else f"{k:03d}-{f.name}"
+                        shutil.copyfile(f, capture_to / name)
+                        if o.result is not None:  # the paths the guest wrote are gone with it
+                            caps = o.result.meta.setdefault("captures", [])
+                            caps[:] = [c for c in caps if Path(c).name != f.name] + [str(capture_to / name)]
+            return facts, outs
         finally:
             boot.close()
 

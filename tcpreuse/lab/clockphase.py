@@ -17,7 +17,9 @@ from __future__ import annotations
 import cmath
 import math
 import re
+import threading
 import time
+from collections.abc import Callable
 
 CLOCK_MONOTONIC_COARSE = getattr(time, "CLOCK_MONOTONIC_COARSE", 6)  # Linux's id
 
@@ -80,3 +82,48 @@ def read_jiffies_lag(hz: int, tick_delay_s: float, samples: int = 8) -> float | 
         lags.append(jiffies_lag(got[0], got[1], hz, tick_delay_s))
         time.sleep(0.003)
     return min(lags)
+
+
+def seconds_turn(second: int, read: Callable[[], float], now: Callable[[], float],
+                 sleep: Callable[[float], None], poll_s: float = 0.0005, give_up_s: float = 0.1,
+                 within_s: float = 0.002) -> float | None:
+    """When ktime_get_seconds() turned to `second`, on CLOCK_MONOTONIC (`now`), s after the
+    whole second: the coarse clock (`read`) moves with it (timekeeping_update() sets both),
+    so the turn lies between the last poll that read the coarse clock short of `second` and
+    the first that read it past. Not the coarse value itself: the timekeeper accumulates
+    whole tick intervals, so a tick handled late still reads as its grid time. None when
+    those two polls are more than `within_s` apart (this thread ran late: the turn is not
+    known to that precision) or the turn has not come `give_up_s` after the second."""
+    before = now()
+    while True:
+        v = read()
+        seen = now()
+        if v >= second:
+            return round(seen - second, 6) if seen - before <= within_s else None
+        if seen > second + give_up_s:
+            return None
+        before = seen
+        sleep(poll_s)
+
+
+def watch_seconds(stop: threading.Event, out: list[tuple[int, float]], lead_s: float = 0.003) -> None:
+    """Until `stop`: just before each whole second of CLOCK_MONOTONIC, poll for the tick that
+    turns the kernel's seconds value (seconds_turn()) and append (second, delay); a second
+    whose turn this thread saw too late to place is left out. On a kernel whose ticks are
+    handled late (User-Mode Linux on a loaded host: its timer interrupt is a host signal) the
+    delay varies from second to second, from the tick's grid time that tick_delay() measures
+    before the run to a jiffy or more after it; tcp_tw_reuse on 4.19-6.13 frees TIME_WAITs
+    on it."""
+    def coarse() -> float:
+        return time.clock_gettime(CLOCK_MONOTONIC_COARSE)
+
+    while not stop.is_set():
+        nxt = math.floor(time.monotonic()) + 1
+        if stop.wait(max(0.0, nxt - lead_s - time.monotonic())):
+            return
+        try:
+            d = seconds_turn(nxt, coarse, time.monotonic, time.sleep)
+        except OSError:
+            return
+        if d is not None:
+            out.append((nxt, d))

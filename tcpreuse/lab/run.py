@@ -79,6 +79,11 @@ class LabOptions:
     netfilter: str = "auto"
     # seconds between starting a load and its first attempt (longer on a slow kernel)
     lead_s: float = LOAD_LEAD_S
+    # each load keeps at most this many attempts in flight (load --max-in-flight); None: no
+    # cap. 1 for a workload the model runs one connection after another (validate's
+    # suite.SEQUENTIAL): a late answer then delays the next attempt (measured start lag)
+    # instead of overlapping it, which would hold ports the model's run never holds
+    max_in_flight: int | None = None
 
 
 @contextlib.contextmanager
@@ -158,7 +163,8 @@ def budget_problems(plan: LabPlan) -> list[str]:
 
 
 def load_argv(python: str, ld: Load, result: Path, scenario: str,
-              start_at: float | None = None, drain: float | None = None) -> list[str]:
+              start_at: float | None = None, drain: float | None = None,
+              max_in_flight: int | None = None) -> list[str]:
     argv = [python, "-m", "tcpreuse", "load", f"{ld.target[0]}:{ld.target[1]}",
             "--rate", _fmt(ld.rate), "--duration", _fmt(ld.duration_s), "--arrival", ld.arrival,
             "--close", ld.close, "--requests-per-conn", str(ld.requests_per_conn),
@@ -169,6 +175,8 @@ def load_argv(python: str, ld: Load, result: Path, scenario: str,
             "--request-timeout", _fmt(ld.request_timeout_s)]
     if ld.count is not None:
         argv += ["--count", str(ld.count)]
+    if max_in_flight is not None:
+        argv += ["--max-in-flight", str(max_in_flight)]
     if drain is not None:
         # the budget was checked (and maybe overridden) by the lab, for all loads at once
         argv += ["--drain", _fmt(drain), "--force"]
@@ -228,6 +236,10 @@ class LabRun:
         self._trace: Any = None  # a lab.tracing.LabTrace while the kernel is traced
         self.tick_delay: float | None = None
         self.jiffies_lag: float | None = None
+        # (whole second of CLOCK_MONOTONIC, s after it that the kernel's seconds value turned),
+        # watched while the loads run (clockphase.watch_seconds)
+        self.seconds_turns: list[tuple[int, float]] = []
+        self._turns: threading.Thread | None = None
 
     # ---- helpers ----------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -331,7 +343,7 @@ class LabRun:
                                         drain_of(ld, grace))
                 else:
                     argv = load_argv(self.opts.python, ld, res, self.plan.scenario, start_at,
-                                     drain_of(ld, grace))
+                                     drain_of(ld, grace), self.opts.max_in_flight)
                 p = self._popen(ld.host, argv, self._log(name))
                 self.loads.append((ld, p, res, time.monotonic() - t0))
                 running.append(p)
@@ -405,6 +417,11 @@ class LabRun:
                     started = True
                     self._sampler = threading.Thread(target=self._sample, args=(t0,), daemon=True)
                     self._sampler.start()
+                    from .clockphase import watch_seconds
+
+                    self._turns = threading.Thread(target=watch_seconds, daemon=True,
+                                                   args=(self._stop_sampling, self.seconds_turns))
+                    self._turns.start()
                     self._run_loads(t0, t0_unix)
                     time.sleep(SETTLE_S)
                 except (KeyboardInterrupt, Signalled) as e:
@@ -426,6 +443,8 @@ class LabRun:
         self._stop_sampling.set()
         if self._sampler is not None:
             self._sampler.join(timeout=5)
+        if self._turns is not None:
+            self._turns.join(timeout=5)
         obs = Observed(duration_s=duration, step_s=self.opts.step_s)
         end: dict[str, dict[str, int]] = {}
         for k, h in self.plan.hosts.items():
@@ -469,7 +488,13 @@ class LabRun:
                 continue
             offset = launched
             t_start = result.meta.get("t0_unix", result.meta.get("started_unix"))
-            if isinstance(t_start, int | float) and abs(t_start - t0_unix - launched) < 30:
+            t_mono = result.meta.get("t0_monotonic")
+            if isinstance(t_mono, int | float) and abs(t_mono - t0 - launched) < 30:
+                # one kernel, one CLOCK_MONOTONIC: exact, where converting through the wall
+                # clock (read apart from the monotonic one in each process) was off by as
+                # much as a process was preempted between the two reads (ms in a loaded UML)
+                offset = float(t_mono) - t0
+            elif isinstance(t_start, int | float) and abs(t_start - t0_unix - launched) < 30:
                 offset = float(t_start) - t0_unix
             parts.append(Part(ld, result, offset))
         if self.plan.loads and all(p.result is None for p in parts) and not self.interrupted:
@@ -483,6 +508,7 @@ class LabRun:
         out.meta["t0_monotonic"] = round(t0, 6)  # CLOCK_MONOTONIC at t = 0: the kernel's clock phase
         out.meta["tick_delay_s"] = self.tick_delay
         out.meta["jiffies_lag_s"] = self.jiffies_lag
+        out.meta["seconds_turns"] = [[n, d] for n, d in self.seconds_turns]
         return out
 
     def _start_trace(self) -> None:
@@ -527,7 +553,13 @@ class LabRun:
                  "count": p.load.count, "offset_s": round(p.offset_s, 4),
                  "attempts": len(p.result.attempts) if p.result else None,
                  "emulated": bool(p.load.emulated),
-                 "start_lag": p.result.meta.get("load", {}).get("start_lag") if p.result else None}
+                 "start_lag": p.result.meta.get("load", {}).get("start_lag") if p.result else None,
+                 # the TCP timestamp offset of the load's first connection per source address
+                 # (load/sockopt.py ts_offset()): the kernel's secret draw, seen from outside
+                 "ts_offsets": p.result.meta.get("load", {}).get("ts_offsets") if p.result else None,
+                 # due time -> the client's close() (when its port, and its TIME_WAIT, begin)
+                 "close_ms": p.result.meta.get("load", {}).get("close_ms") if p.result else None,
+                 "max_in_flight": None if p.load.emulated else self.opts.max_in_flight}
                 for p in parts
             ],
             "serve_close": {s.host: s.close for s in self.plan.serves},

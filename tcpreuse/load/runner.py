@@ -79,6 +79,9 @@ class LoadConfig:
     # ("unfinished") and the run ends: duration + drain is its wall-clock bound.
     drain: float = 2.0
     force: bool = False  # run even what the estimate says will not fit (budget.py)
+    # open loop: at most this many attempts in flight (split over the workers); an attempt
+    # due meanwhile starts when one closes, late, and its lag says so. None: no cap
+    max_in_flight: int | None = None
     records_as_json: bool = False  # --result: the records are also rendered as JSON
 
     @property
@@ -108,6 +111,8 @@ class LoadConfig:
                 raise LoadError("--arrival ramp needs --duration (the ramp spans it)")
             if self.ramp_from < 0:
                 raise LoadError("--ramp-from must be >= 0")
+        if self.max_in_flight is not None and (self.mode != "open" or self.max_in_flight < 1):
+            raise LoadError("--max-in-flight caps an open loop (--rate): give a positive number")
         if self.mode == "closed" and self.arrival != "constant":
             raise LoadError("--arrival applies to the open loop (--rate), not to --concurrency")
         if self.close not in CLOSE_POLICIES:
@@ -169,6 +174,8 @@ class LoadConfig:
             w = min(w, self.count)
         if self.concurrency:
             w = min(w, self.concurrency)
+        if self.max_in_flight:
+            w = min(w, self.max_in_flight)
         return max(1, w)
 
 
@@ -223,6 +230,7 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
             count=config.count if config.mode == "open" else split_count(config.count, workers, i),
             seed=config.seed, index=i, workers=workers, t0=t0, tick_s=tick_s,
             drain=config.drain if config.duration is not None else None,
+            max_in_flight=split_count(config.max_in_flight, workers, i) or 0 if config.max_in_flight else 0,
         ))
 
     ctx = mp.get_context("fork")
@@ -343,7 +351,7 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
         raise LoadError("no worker returned a result" + (": " + errors[0] if errors else ""))
     merged = _merge(config, [results[i] for i in sorted(results)], tw_samples, counters,
                     settings, workers, bind, interrupted or any(r.interrupted for r in results.values()),
-                    errors, nofile, t0_unix, end_time - t0, stopped_at)
+                    errors, nofile, t0_unix, end_time - t0, stopped_at, t0_mono=t0)
     if interrupted:
         merged.stopped_by = signals[0] if signals else signal.SIGINT
     return merged
@@ -352,7 +360,7 @@ def run_load(config: LoadConfig, on_progress: Callable[[Progress], None] | None 
 def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
            counters: dict[str, int], settings: dict[str, str], workers: int, bind: str,
            interrupted: bool, errors: list[str], nofile: int, t0_unix: float,
-           wall_s: float, stopped_at: float | None = None) -> LoadRun:
+           wall_s: float, stopped_at: float | None = None, t0_mono: float | None = None) -> LoadRun:
     outcome_voc: list[str] = []
     reason_voc: list[str] = []
     addr_voc: list[str] = [config.target.host]
@@ -383,9 +391,12 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     out["client"] = np.zeros(total, dtype="i4")  # code 0 of their vocabularies
     out["dst"] = np.zeros(total, dtype="i4")
     out["dport"] = np.full(total, config.target.port, dtype="i4")
-    # due time -> first answer, per attempt (an optional column: load and lab have it)
+    # due time -> first answer, and -> the socket's close(), per attempt (optional columns:
+    # load and lab have them)
     out["answer_ms"] = np.concatenate([np.frombuffer(r.answer_ms, dtype="f8") if len(r.answer_ms)
                                        else np.zeros(0) for r in parts]) if parts else np.zeros(0)
+    out["close_ms"] = np.concatenate([np.frombuffer(r.close_ms, dtype="f8") if len(r.close_ms)
+                                      else np.zeros(0) for r in parts]) if parts else np.zeros(0)
     # the remap above appended only names the workers used, in first-use order
     table = AttemptTable.build(out, {
         "outcome": outcome_voc, "reason": reason_voc, "workload": [config.workload],
@@ -427,7 +438,9 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
     late = sum(r.late_starts for r in parts)
     not_started = sum(r.not_started for r in parts)
     cpu_s = sum(r.cpu_s for r in parts)
+    sys_s = sum(r.sys_s for r in parts)
     preempted = sum(r.preempted for r in parts)
+    wakeups = sum(r.wakeups for r in parts)
 
     notes: list[str] = []
     if interrupted:
@@ -501,6 +514,8 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         "connect_ms": nearest_rank(table.cols["connect_ms"]),
         "request_ms": nearest_rank(request_ms),
         "answer_ms": nearest_rank(table.cols["answer_ms"]),
+        "close_ms": nearest_rank(table.cols["close_ms"]),
+        "max_in_flight": config.max_in_flight,
         "http_status": {str(k): v for k, v in sorted(http_status.items())},
         # how late the generator itself started attempts (open loop; part of connect_ms)
         "not_started": not_started,
@@ -509,8 +524,14 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         # what the generator itself cost: its workers' CPU (user + system) per attempt, and
         # how often the CPU was taken from them (involuntary context switches)
         "generator": {"cpu_us_per_attempt": round(cpu_s / total * 1e6, 1) if total else None,
-                      "cpu_s": round(cpu_s, 3), "preempted": preempted,
+                      "sys_us_per_attempt": round(sys_s / total * 1e6, 1) if total else None,
+                      "cpu_s": round(cpu_s, 3), "sys_s": round(sys_s, 3), "preempted": preempted,
+                      "wakeups": wakeups,
                       "in_flight_max": sum(r.in_flight_max for r in parts)},  # an upper bound
+        # the TCP timestamp offset of each source address's first connection (the earliest
+        # worker's, per address): per host pair on 4.11-6.17, so validate can start the
+        # model's offsets from the kernel's (sockopt.ts_offset())
+        "ts_offsets": _ts_offsets(parts),
         "per_second": {
             "attempts": tl.attempts, "ok": tl.ok, "failed": tl.failed, "delayed": tl.delayed,
             "time_wait": tw,
@@ -538,12 +559,25 @@ def _merge(config: LoadConfig, parts: list[WorkerResult], tw_samples: list[int],
         notes=notes, meta={
             "kernel": platform.release(),
             "t0_unix": round(t0_unix, 6),  # wall-clock time of t = 0
+            # CLOCK_MONOTONIC at t = 0: places the attempts on the kernel's own clock (the lab),
+            # free of the error in converting between the wall clock and it
+            "t0_monotonic": None if t0_mono is None else round(t0_mono, 6),
             "load": {k: v for k, v in summary.items() if k not in ("per_second", "notes", "counters")},
             "histograms": {"connect_us": connect_h.encode().decode() if connect_h.get_total_count() else "",
                            "request_us": request_h.encode().decode() if request_h.get_total_count() else ""},
         },
     )
     return LoadRun(config=config, result=result, summary=summary)
+
+
+def _ts_offsets(parts: list[WorkerResult]) -> dict[str, int]:
+    """Per source address, the TS offset the earliest worker read (WorkerResult.ts_offsets)."""
+    out: dict[str, int] = {}
+    for r in sorted(parts, key=lambda r: float(r.t[0]) if len(r.t) else math.inf):
+        for src, off in r.ts_offsets.items():
+            if off is not None and src not in out:
+                out[src] = off
+    return out
 
 
 def schedule_window(config: LoadConfig, due: np.ndarray, stopped_at: float | None, last_end: float) -> float:

@@ -7,12 +7,14 @@ values from include/uapi/linux/in.h and tcp.h (stable ABI).
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
 import platform
 import resource
 import socket
 import struct
+import time
 
 from .errors import LoadError, UnsupportedError
 
@@ -23,6 +25,7 @@ TCP_INFO = getattr(socket, "TCP_INFO", 11)
 # A retransmitted SYN goes through tcp_retransmit_skb(), which counts it there.
 TCPI_TOTAL_RETRANS_OFF = 100
 TCP_INFO_LEN = TCPI_TOTAL_RETRANS_OFF + 4
+TCP_TIMESTAMP = 24  # include/uapi/linux/tcp.h
 LINGER_RST = struct.pack("ii", 1, 0)  # SO_LINGER {on, 0 s}: close() sends RST, no TIME_WAIT
 
 _total_retrans = struct.Struct("=I").unpack_from
@@ -32,6 +35,30 @@ def total_retrans(sock: socket.socket) -> int:
     """tcpi_total_retrans of a socket (SYN retransmissions included)."""
     return int(_total_retrans(sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_LEN),
                               TCPI_TOTAL_RETRANS_OFF)[0])
+
+
+def ts_offset(sock: socket.socket | _socket.socket) -> int | None:
+    """The socket's TCP timestamp offset (tp->tsoffset, u32), or None where it cannot be read.
+
+    getsockopt(TCP_TIMESTAMP) returns the TS option clock plus tp->tsoffset
+    (do_tcp_getsockopt(), net/ipv4/tcp.c, 3.9+); from 4.13 that clock is CLOCK_MONOTONIC in
+    ms (tcp_time_stamp_raw() 4.13-6.6, tcp_time_stamp_ms() 6.7+), so the offset is the
+    difference, to within a millisecond. tcp_v4_connect() sets tsoffset before it sends
+    the SYN (secure_tcp_ts_off(): per (saddr, daddr) 4.11-6.17, per 4-tuple after), so
+    it can be read right after a non-blocking connect(): what the SYN's TSval carries
+    beyond the clock.
+    """
+    best: tuple[int, int] | None = None  # (window ns, offset): the read least disturbed
+    for _ in range(3):  # (a preemption between the clock reads and the call would skew one)
+        try:
+            m0 = time.monotonic_ns()
+            val = sock.getsockopt(socket.IPPROTO_TCP, TCP_TIMESTAMP)
+            m1 = time.monotonic_ns()
+        except OSError:
+            return None
+        if best is None or m1 - m0 < best[0]:
+            best = (m1 - m0, (val - (m0 + m1) // 2_000_000) & 0xFFFFFFFF)
+    return best[1] if best is not None else None
 
 
 def local_port_range_value(lo: int, hi: int) -> bytes:

@@ -63,6 +63,7 @@ from .sockopt import (
     TCP_INFO_LEN,
     TCPI_TOTAL_RETRANS_OFF,
     local_port_range_value,
+    ts_offset,
 )
 from .target import Endpoint
 
@@ -81,6 +82,15 @@ MAX_EVENTS = 256
 # measured at 4,000/s on 2 workers, select() cost ~15 % more CPU per connection than a
 # sleep (a wake-up per answer) and cut the late starts from 66 % to 41 % on a crowded VM.
 SELECT_MIN_S = 0.0002
+# An open loop whose attempts are due closer together than this (above 1 / WAKE_QUANTUM_S
+# = 2,000/s per worker) wakes at most once per quantum and starts every attempt that came
+# due meanwhile (start lag 0 .. WAKE_QUANTUM_S, plus however late the kernel runs it),
+# instead of waking once per attempt and once per answer. A wake-up is a context switch,
+# a timer and a pass through cold kernel and interpreter paths on a machine that also runs
+# the server: measured against nginx, the quantum cut the workers' CPU per attempt by
+# 13-25 % where they kept up (docs/load.md, "Waking once per quantum"). The cost is in the
+# start lag: p50 about half the quantum, and more preemptions in the middle of a batch.
+WAKE_QUANTUM_S = 0.0005
 
 # No SYN can have been retransmitted in a handshake shorter than this (see connected()).
 SYN_RTO_FLOOR_S = 0.001
@@ -138,6 +148,9 @@ class WorkerPlan:
     # seconds after `duration` at which attempts still in flight are cut (recorded as
     # ECANCELED, reason "unfinished"): the run's hard wall-clock bound; None: no cut
     drain: float | None = None
+    # open loop: at most this many attempts in flight; one due meanwhile waits for a close
+    # (0: no cap). 1 makes a sequential workload sequential however late answers come.
+    max_in_flight: int = 0
     t0: float = 0.0  # time.monotonic() at which the run starts (same clock in all workers)
     tick_s: float = 0.5
 
@@ -171,6 +184,7 @@ class WorkerResult:
     end: float  # s since t0 when the last attempt finished
     interrupted: bool
     answer_ms: array = field(default_factory=lambda: array("d"))  # per record: due -> first answer; NaN: none
+    close_ms: array = field(default_factory=lambda: array("d"))  # per record: due -> close(); NaN: no socket
     request_s: array = field(default_factory=lambda: array("d"))  # every request's latency, s
     lag_s: array = field(default_factory=lambda: array("d"))  # open loop: start lag of every attempt, s
     unfinished: int = 0  # cut at the hard bound (duration + drain) while still in flight
@@ -178,7 +192,12 @@ class WorkerResult:
     error: str | None = None
     in_flight_max: int = 0  # most attempts open at once (checked after each round's starts)
     cpu_s: float = 0.0  # CPU time (user + system) of the worker's loop, its own and the kernel's for it
+    sys_s: float = 0.0  # the kernel's part of cpu_s: its system calls and the softirqs they ran
+    wakeups: int = 0  # voluntary context switches during the loop: it slept (or waited) and was woken
     preempted: int = 0  # involuntary context switches during the loop: the CPU was taken from it
+    # per source address, the TCP timestamp offset of its first connection (sockopt.ts_offset(),
+    # None: unreadable): on 4.11-6.17 every connection to the target has it (per host pair)
+    ts_offsets: dict[str, int | None] = field(default_factory=dict)
 
 
 class _Attempt:
@@ -246,6 +265,8 @@ class Worker:
         r_out, r_rsn, r_src, r_sport = array("h"), array("h"), array("i"), array("i")
         r_ams = array("d")  # due time -> first complete answer, ms (what a user waits)
         ams_app = r_ams.append
+        r_clo = array("d")  # due time -> the socket's close(), ms (when its local port may be free)
+        clo_app = r_clo.append
         t_app, cms_app, syn_app = r_t.append, r_cms.append, r_syn.append
         out_app, rsn_app, src_app, sport_app = r_out.append, r_rsn.append, r_src.append, r_sport.append
         req_s = array("d")  # request latencies, s
@@ -254,6 +275,7 @@ class Worker:
         reasons: dict[str, int] = {"ok": 0, "ok_after_syn_retry": 1}
         addrs: dict[str, int] = {}
         addrs_get = addrs.get
+        ts_offsets: dict[str, int | None] = {}
         http_status: dict[int, int] = {}
         errs: dict[str, int] = {}
         n_started = n_ok = n_failed = n_requests = 0
@@ -287,10 +309,11 @@ class Worker:
             return c
 
         def record(due: float, name: str, reason: str, cms: float,
-                   syn: int, src: str, sport: int, ams: float = nan) -> None:
+                   syn: int, src: str, sport: int, ams: float = nan, clo: float = nan) -> None:
             t_app(due - t0)
             cms_app(cms)
             ams_app(ams)
+            clo_app(clo)
             syn_app(syn)
             c = outcomes.get(name)
             if c is None:
@@ -319,9 +342,10 @@ class Worker:
                 cms = (att.t_conn - att.due) * 1000.0
             conns_pop(att.fd, None)
             att.sock.close()
+            clo = (mono() - att.due) * 1000.0
             att.state = -1
             record(att.due, name, reason, cms, att.syn, att.src, att.sport,
-                   (att.t_ans - att.due) * 1000.0 if att.t_ans else nan)
+                   (att.t_ans - att.due) * 1000.0 if att.t_ans else nan, clo)
             n_failed += 1
             errs[name] = errs.get(name, 0) + 1
 
@@ -329,8 +353,9 @@ class Worker:
             nonlocal n_ok
             conns_pop(att.fd, None)
             att.sock.close()
-            att.state = -1
             due = att.due
+            clo_app((mono() - due) * 1000.0)
+            att.state = -1
             t_app(due - t0)
             cms_app((att.t_conn - due) * 1000.0)
             ams_app((att.t_ans - due) * 1000.0)
@@ -433,6 +458,8 @@ class Worker:
             sa = s.getsockname()
             att.src = sa[0]
             att.sport = sa[1]
+            if att.src not in ts_offsets:  # once per source address: the SYN's TS offset
+                ts_offsets[att.src] = ts_offset(s)
             data = req_last if rpc == 1 and is_http else next_request(att)
             # If this send succeeds, the handshake was complete when send() checked the
             # socket's state, on entry: the connect time is taken just before the call.
@@ -598,6 +625,7 @@ class Worker:
         stopped_at: float | None = None
         max_starts = p.count if p.count is not None else -1
         concurrency = p.concurrency
+        cap = p.max_in_flight if p.max_in_flight > 0 else 1 << 62
         control = self.control
         ctl_fd = -1
         if control is not None:
@@ -613,12 +641,15 @@ class Worker:
         last_end = 0.0
         stopping = False
         exhausted = False  # no more attempts will be started
+        batching = False  # open loop: the last gap between due times was under WAKE_QUANTUM_S
+        woke = 0.0  # when the last quantum sleep ended
 
         # Nothing here makes reference cycles, so the cyclic GC only costs time: its
         # collections, triggered by the attempts' allocations, were 2 % of a worker's CPU.
         gc_was_enabled = gc.isenabled()
         gc.disable()
-        cpu0, nivcsw0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu0 = time.process_time()
         now = mono()
         if now < t0:
             sleep(t0 - now)
@@ -635,7 +666,7 @@ class Worker:
                     # socket() and connect(), not once per round: in a burst, the starts
                     # before an attempt make it later, and that is part of its lag.
                     burst = MAX_BURST
-                    while next_due is not None and next_due <= now and burst:
+                    while next_due is not None and next_due <= now and burst and len(conns) < cap:
                         burst -= 1
                         lag = now - next_due
                         lag_app(lag)
@@ -645,7 +676,12 @@ class Worker:
                                 lag_max = lag
                         start(next_due, now)
                         nxt = next(sched, None)
-                        next_due = None if nxt is None else t0 + nxt
+                        if nxt is None:
+                            next_due = None
+                        else:
+                            # attempts due closer together than the quantum: wake per quantum
+                            batching = t0 + nxt - next_due < WAKE_QUANTUM_S
+                            next_due = t0 + nxt
                         now = mono()
                         if now >= give_up_at:
                             break
@@ -711,7 +747,7 @@ class Worker:
                 wait = 0.0
             else:
                 wake = min(next_tick, hard_end)
-                if not exhausted:
+                if not exhausted and not (open_loop and len(conns) >= cap):  # capped: a close wakes it
                     wake = min(wake, next_due if open_loop and next_due is not None else end_at)
                 if connect_dq:
                     wake = min(wake, connect_dq[0][0])
@@ -731,7 +767,14 @@ class Worker:
                 # a wake-up per answer costs more CPU than the gap delays them, and the
                 # answers that arrived meanwhile are handled together after it.
                 if not events and wait > 0:
-                    if wait < SELECT_MIN_S:
+                    if batching and not exhausted and wait < WAKE_QUANTUM_S:
+                        # until the next attempt is due, but not before a quantum has passed
+                        # since the last such wake-up: one wake-up per quantum, no drift
+                        # (sleeping a whole quantum from now, a worker whose gaps are just
+                        # under it fell a little further behind at every wake-up)
+                        sleep(max(wait, woke + WAKE_QUANTUM_S - now))
+                        woke = mono()
+                    elif wait < SELECT_MIN_S:
                         sleep(wait)
                     elif sel(ep_fds, (), (), wait)[0]:
                         events = ep.poll(0, max_events)
@@ -751,7 +794,7 @@ class Worker:
                 for fd, _ev in events:
                     if owed > 0:
                         owed -= 1
-                    elif due_first and next_due is not None and mono() >= next_due:
+                    elif due_first and next_due is not None and len(conns) < cap and mono() >= next_due:
                         break
                     att_ = conns_get(fd)
                     if att_ is not None:
@@ -770,7 +813,10 @@ class Worker:
                     last_end = now
 
         cpu_s = time.process_time() - cpu0
-        preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - nivcsw0
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        preempted = ru1.ru_nivcsw - ru0.ru_nivcsw
+        sys_s = ru1.ru_stime - ru0.ru_stime
+        wakeups = ru1.ru_nvcsw - ru0.ru_nvcsw
         ep.close()
         if gc_was_enabled:
             gc.enable()
@@ -788,9 +834,9 @@ class Worker:
             lag_hist=lh.encode().decode() if lh.get_total_count() else "",
             requests=n_requests, http_status=http_status,
             lag_max_ms=lag_max * 1000.0, late_starts=late, not_started=max(0, skipped), end=end,
-            interrupted=stopping, answer_ms=r_ams, request_s=req_s, lag_s=lags,
-            unfinished=unfinished, stopped_at=stopped_at, cpu_s=cpu_s, preempted=preempted,
-            in_flight_max=in_flight_max,
+            interrupted=stopping, answer_ms=r_ams, close_ms=r_clo, request_s=req_s, lag_s=lags,
+            unfinished=unfinished, stopped_at=stopped_at, cpu_s=cpu_s, sys_s=sys_s, preempted=preempted,
+            wakeups=wakeups, in_flight_max=in_flight_max, ts_offsets=ts_offsets,
         )
 
 

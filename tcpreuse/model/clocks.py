@@ -54,16 +54,23 @@ def rfc6528_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, t_s
 
 
 def ts_offset(p: Profile, secret: int, timestamps_sysctl: int, saddr: int, daddr: int,
-              sport: int, dport: int) -> int:
+              sport: int, dport: int, measured: int | None = None) -> int:
     """TS offset of a connection (docs/kernel.md §7): none <= 4.9 or with tcp_timestamps=2; per 4-tuple
     in 4.10 and again with 165573e41f2f (6.18 here); per (saddr, daddr) 4.11-2026
-    (secure_tcp_ts_off()). Non-Linux stacks: none (their clock base is the host's)."""
+    (secure_tcp_ts_off()). Non-Linux stacks: none (their clock base is the host's).
+
+    `measured`: the host's offset as a real kernel drew it (the model parameter ts_offsets,
+    which validate measures in the lab). Per host pair it is the whole draw, so it replaces
+    the keyed hash; per 4-tuple one measurement says nothing of the next port's, so it is
+    not used."""
     if not p.is_linux or timestamps_sysctl != 1:
         return 0
     mode = p.ts_offset
     if mode == "none":
         return 0
     if mode == "hostpair":
+        if measured is not None:
+            return measured & MASK32
         return hash((secret, saddr, daddr)) & MASK32  # keyed32(), spelled out
     return hash((secret ^ 0x5EED, saddr, daddr, sport, dport)) & MASK32
 

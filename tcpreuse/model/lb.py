@@ -32,11 +32,12 @@ class Session:
     __slots__ = ("backend", "caddr", "cport", "expires", "key", "sport", "src", "state")
 
     def __init__(self, caddr: int, cport: int, backend: int, src: int, sport: int, state: int = ACTIVE,
-                 expires: float = 0.0) -> None:
+                 expires: float = 0.0, key: object = None) -> None:
         self.caddr, self.cport = caddr, cport  # the client as the LB sees it
-        # client_key(caddr, cport), kept as the very object the session table holds (typed
-        # object so compiled code does not re-box it): removal finds it by identity.
-        self.key: object = client_key(caddr, cport)
+        # client_key(caddr, cport) (given, or made here), kept as the very object the session
+        # table holds (typed object so compiled code does not re-box it): removal finds it
+        # by identity.
+        self.key: object = key if key is not None else client_key(caddr, cport)
         self.backend = backend  # index into the back-end list
         self.src = src  # source address toward the back end (client's, or an SNAT address)
         self.sport = sport
@@ -63,9 +64,11 @@ class L4LoadBalancer:
         self.rover: dict[int, int] = {}
         self.sessions: dict[object, Session] = {}  # client_key() -> session
         self.snat_used: dict[tuple[int, ...], PortBitmap] = {}  # (backend, snat addr) -> ports
-        # Held sessions in order of closing, as (expiry, session); a list read from
-        # `exp_head` on (compacted now and then) is cheaper than a deque in compiled code.
-        self.expiry: list[tuple[float, Session]] = []
+        # Held sessions in order of closing, as parallel lists of expiry and session (no
+        # tuple per entry); lists read from `exp_head` on (compacted now and then) are
+        # cheaper than a deque in compiled code.
+        self.expiry: list[float] = []
+        self.expiry_s: list[Session] = []
         self.exp_head = 0
         self.next_expiry = math.inf  # expiry[exp_head]'s time: expire() is one comparison until then
         self.active = [0] * len(backends)
@@ -87,9 +90,12 @@ class L4LoadBalancer:
     def _remove(self, s: Session) -> None:
         if s.state < 0:
             return
+        # one lookup: popped, and put back in the rare case it is another session's (the
+        # table is looked up by key, never iterated, so the position does not matter)
         k = s.key
-        if self.sessions.get(k) is s:
-            del self.sessions[k]
+        cur = self.sessions.pop(k, None)
+        if cur is not None and cur is not s:
+            self.sessions[k] = cur
         if self.snat is not None:
             self._bitmap(s.backend, s.src).free(s.sport)
         if s.state == ACTIVE:
@@ -99,23 +105,26 @@ class L4LoadBalancer:
     def expire(self, now: float) -> None:
         if now < self.next_expiry:
             return
-        q = self.expiry
+        q, qs = self.expiry, self.expiry_s
         i, n = self.exp_head, len(q)
         while i < n:
-            exp, s = q[i]
+            exp = q[i]
             if exp > now:
                 break
+            s = qs[i]
             i += 1
             if s.state == HELD and s.expires <= exp:
                 self._remove(s)
         if i >= n:
             q.clear()
+            qs.clear()
             i = 0
             self.next_expiry = math.inf
         else:
-            self.next_expiry = q[i][0]
+            self.next_expiry = q[i]
             if i >= 4096 and 2 * i >= n:
                 del q[:i]
+                del qs[:i]
                 i = 0
         self.exp_head = i
 
@@ -181,8 +190,8 @@ class L4LoadBalancer:
             src, sport = got
         else:
             src, sport = caddr, cport
-        s = Session(caddr, cport, b, src, sport)
-        self.sessions[s.key] = s
+        s = Session(caddr, cport, b, src, sport, ACTIVE, 0.0, key)
+        self.sessions[key] = s
         if self.snat is not None:
             self._bitmap(b, src).take(sport)
         self.active[b] += 1
@@ -201,7 +210,8 @@ class L4LoadBalancer:
         s.expires = now + self.hold
         if self.exp_head >= len(self.expiry):
             self.next_expiry = s.expires
-        self.expiry.append((s.expires, s))
+        self.expiry.append(s.expires)
+        self.expiry_s.append(s)
 
     def client_rst(self, s: Session, now: float) -> None:
         if self.rst_ends_session:

@@ -272,6 +272,14 @@ PARAMS: dict[str, ParamSpec] = {
                   "(uptime - lag) x HZ (~0.3 s on a 6.18 host). Places the 5.18+ port re-salt "
                   "(every 10 s of jiffies) and timer-wheel buckets; validate reads it from "
                   "/proc/timer_list."),
+        ParamSpec("ts_offsets", ("linux",), None, None,
+                  "TCP timestamp offsets (u32) of this group's instances, as a table instance -> "
+                  "offset, e.g. {client-1 = 123, client-2 = 4000000000}: where the profile keys "
+                  "offsets per (saddr, daddr) (secure_tcp_ts_off(), 4.11-6.17) each listed "
+                  "instance uses its offset towards every destination instead of the keyed hash "
+                  "of its secret; per 4-tuple (4.10, 6.18) it is ignored. validate measures them "
+                  "in the lab (getsockopt TCP_TIMESTAMP of each client's first connection). "
+                  "Default: drawn from the seed."),
         ParamSpec("uptime_s", ("linux", "windows", "macos"), None, None,
                   "Host uptime at the start of the run (TS clock base). Default: drawn from the "
                   "seed between 1 hour and 30 days, different per host."),
@@ -279,9 +287,30 @@ PARAMS: dict[str, ParamSpec] = {
 }
 
 
+TABLE_PARAMS = frozenset({"ts_offsets"})  # instance name -> value (u32), not one number
+
+
+def _table(name: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name}: expected a table of instance name -> offset, got {value!r}")
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 32:
+            raise ValueError(f"{name}.{k}: expected an integer from 0 to 4294967295, got {v!r}")
+        out[str(k)] = v
+    return out
+
+
 def resolve_params(p: Profile, overrides: dict[str, Any]) -> dict[str, Any]:
     out = {k: v.default for k, v in PARAMS.items() if p.os in v.oses}
     for name, value in overrides.items():
+        head, dot, key = name.partition(".")
+        if dot and head in TABLE_PARAMS and p.os in PARAMS[head].oses:  # --set ...model.ts_offsets.client-1=N
+            out[head] = {**(out.get(head) or {}), **_table(head, {key: value})}
+            continue
+        if name in TABLE_PARAMS and p.os in PARAMS[name].oses:
+            out[name] = {**(out.get(name) or {}), **_table(name, value)}
+            continue
         spec = PARAMS.get(name)
         if spec is None or p.os not in spec.oses:
             valid = ", ".join(k for k, v in PARAMS.items() if p.os in v.oses)

@@ -48,8 +48,17 @@ from ..result import RunResult
 from ..scenario.schema import Scenario
 from ..scenario.topology import ip2int, plan, pool
 from .arrivals import arrival_times
-from .events import Event, EventHeap, Lane, advance
-from .host import DestPorts, Key, SimHost, TwQueue, listen_key, make_key, unhash
+from .events import Event, EventHeap, advance
+from .host import (
+    DestPorts,
+    Key,
+    SimHost,
+    TwQueue,
+    client_sock_key,
+    listen_key,
+    server_sock_key,
+    unhash,
+)
 from .record import build_result
 from .sink import Sink
 
@@ -62,7 +71,7 @@ EV_RETRY: Final = 5
 EV_TIMEOUT: Final = 6
 EV_FINAL_ACK: Final = 7
 
-NO_KEY: Final[Key] = (0, 0, 0, 0)  # an attempt's key before it has one (shared, not rebuilt)
+NO_KEY: Final[Key] = -1  # an attempt's key before it has one (no socket table holds it)
 
 SYN_SENT: Final = 0
 ESTABLISHED: Final = 1
@@ -129,20 +138,31 @@ class Attempt:
         self.waiting = 0  # accept retries so far (final ACK met a full accept queue)
         self.cookie = False  # the SYN was answered with a syncookie (no request sock)
         self.served = False  # holds an application worker
-        self.ck: Key = NO_KEY  # (saddr, sport, daddr, dport), set once the port is chosen
-        self.sk: Key = NO_KEY  # the server's key, set by each routed SYN
+        self.ck: Key = NO_KEY  # client_sock_key(), set once the port is chosen
+        self.sk: Key = NO_KEY  # server_sock_key(), set by each SYN routed to a listener
         self.t_close = 0.0  # when its CLOSE event is due, and that event's sequence number
         self.seq_close = 0  # (set by Engine.push_close: the close lane holds attempts)
         self.idx = 0  # its row: the attempts started before it
         self.pending = 0  # its events not yet processed; done and none pending: recorded
+        self.lst: Listener | None = None  # the listener its SYN reached (set with srv)
+        self.t_ack = 0.0  # when its FINAL_ACK event is due, and that event's sequence number
+        self.seq_ack = 0  # (set by Engine._established: the ACK lane holds attempts)
+        # Engine.live: the attempts started and not yet recorded, a doubly linked list in
+        # start order (no dict of boxed indexes to insert into and pop from per attempt).
+        self.live = False
+        self.lprev: Attempt | None = None
+        self.lnext: Attempt | None = None
+        # It went into an accept queue: the queue may still hold it once it is recorded,
+        # so it is not recycled (Engine.free).
+        self.queued = False
 
 
 class PortCheck:
     """check(port) for connect() autoselect (model.ports): may this port carry the 4-tuple?"""
 
-    def __init__(self, engine: Engine, c: SimHost, saddr: int, daddr: int, dport: int, t: float) -> None:
-        self.engine, self.c = engine, c
-        self.saddr, self.daddr, self.dport, self.t = saddr, daddr, dport, t
+    def __init__(self, engine: Engine, c: SimHost, d: DestPorts, t: float) -> None:
+        self.engine, self.c, self.d = engine, c, d
+        self.t = t
         self.ms = c.ms(t)
         self.sec = c.sec(t)
 
@@ -150,7 +170,7 @@ class PortCheck:
         c = self.c
         if port in c.bound_ports:
             return PORT_BUSY
-        key = make_key(self.saddr, port, self.daddr, self.dport)
+        key = client_sock_key(self.d, port)
         if key in c.ehash:
             return PORT_BUSY
         tw = c.tw.get(key)
@@ -181,10 +201,19 @@ class Engine:
         # its time and sequence number are kept on the attempt, see push_close()).
         self.close_lane: list[Attempt] = []
         self.lane_head = 0
-        self.ack_lane = Lane()  # final ACKs: 1.5 RTT after their SYN, so in time order
+        # FINAL_ACK events, 1.5 RTT after their SYN, so in time order: a FIFO of attempts
+        # (their t_ack, seq_ack) read from ack_head on, like the close lane.
+        self.ack_lane: list[Attempt] = []
+        self.ack_head = 0
         self.seq = 0
-        # Attempts started and not yet recorded (in self.sink), by index: live state only.
-        self.live: dict[int, Attempt] = {}
+        # Attempts started and not yet recorded (in self.sink), in start order: live state
+        # only (a linked list through Attempt.lprev/lnext).
+        self.live_head: Attempt | None = None
+        self.live_tail: Attempt | None = None
+        # Recorded attempts, re-initialised by the next _start(): once recorded, nothing
+        # refers to an attempt (no event pending, unhashed) except an accept queue, and
+        # one that was queued is not put here.
+        self.free: list[Attempt] = []
         self.n_atts = 0
         self.started: Attempt | None = None  # the attempt the last _start() made
         self.events = 0
@@ -200,7 +229,7 @@ class Engine:
             if inst.role == "server":
                 for port in g.listen_ports:
                     for a in h.addrs:
-                        h.listeners[listen_key(a, port)] = Listener(g.backlog, h.somaxconn)
+                        h.listen(a, port, Listener(g.backlog, h.somaxconn))
                     h.bound_ports.add(port)
                 h.workers = g.workers
                 h.service_s = g.service_ms / 1000.0
@@ -330,13 +359,13 @@ class Engine:
         ta = min(arr_t) if arr_t else inf
         lane = self.close_lane
         lh = 0
-        acks = self.ack_lane
-        aq = acks.items
+        aq = self.ack_lane
+        ah = 0
         obj: Any = None
         a: Attempt | None = None
         kind = 0
         t = 0.0
-        while hq or arr_t or lh < len(lane) or acks.head < len(aq):
+        while hq or arr_t or lh < len(lane) or ah < len(aq):
             # The earliest of heap, close lane and ACK lane by (time, seq); arrivals go
             # last on equal times (scheduled last).
             src = 0
@@ -348,18 +377,24 @@ class Engine:
                 tl = lane[lh].t_close
                 if tl < tb or (tl == tb and lane[lh].seq_close < sb):
                     tb, sb, src = tl, lane[lh].seq_close, 2
-            if acks.head < len(aq):
-                e0 = aq[acks.head]
-                if e0.t < tb or (e0.t == tb and e0.seq < sb):
-                    tb, sb, src = e0.t, e0.seq, 3
+            if ah < len(aq):
+                a0 = aq[ah]
+                if a0.t_ack < tb or (a0.t_ack == tb and a0.seq_ack < sb):
+                    tb, sb, src = a0.t_ack, a0.seq_ack, 3
             if src == 2 and tb <= ta:
                 obj = lane[lh]
-                t = lane[lh].t_close
+                t = tb
                 lh = advance(lane, lh)
                 self.lane_head = lh
                 kind = EV_CLOSE
+            elif src == 3 and tb <= ta:
+                obj = aq[ah]
+                t = tb
+                ah = advance(aq, ah)
+                self.ack_head = ah
+                kind = EV_FINAL_ACK
             elif src and tb <= ta:
-                ev = heap.pop() if src == 1 else acks.pop()
+                ev = heap.pop()
                 t, kind, obj = ev.t, ev.kind, ev.obj
             else:
                 k = 0
@@ -424,8 +459,11 @@ class Engine:
         # still connecting or open then is followed to its end, as the lab waits for it).
         # Outcomes, counters and end_state are all as of end_s.
         self.end_s = max(self.end, t)
-        for i in sorted(self.live):  # in flight at the end (waiting in an accept queue, ...)
-            self._record(self.live[i])
+        a = self.live_head  # in flight at the end (waiting in an accept queue, ...)
+        while a is not None:
+            nxt_a = a.lnext
+            self._record(a)
+            a = nxt_a
         self._record_end_state()
         for h in self.hosts.values():
             h.flush_counters()
@@ -440,11 +478,23 @@ class Engine:
         self._start(t, wl, c, wl.retries, "")
 
     def _start(self, t: float, wl: WorkloadRT, c: SimHost, retries_left: int, retry_cause: str) -> None:
-        att = Attempt(wl, c, t)
+        free = self.free
+        if free:
+            att = free.pop()
+            att.__init__(wl, c, t)  # type: ignore[misc]
+        else:
+            att = Attempt(wl, c, t)
         idx = self.n_atts
         self.n_atts += 1
         att.idx = idx
-        self.live[idx] = att
+        att.live = True
+        tail = self.live_tail
+        att.lprev = tail
+        if tail is None:
+            self.live_head = att
+        else:
+            tail.lnext = att
+        self.live_tail = att
         self.started = att
         att.retries_left = retries_left
         if retry_cause:
@@ -472,7 +522,9 @@ class Engine:
                     self._no_port(att, t, "EADDRINUSE")
                     return
                 att.sport, att.bound = got, True
-                key = make_key(saddr, got, daddr, dport)
+                # (no DestPorts toward the destination yet: no socket to it either)
+                d0 = c.find_dest(saddr, daddr, dport)
+                key = client_sock_key(d0, got) if d0 is not None else NO_KEY
                 tw = c.tw.get(key)
                 if key in c.ehash or (tw is not None and not tcp_twsk_unique(
                         tw, True, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
@@ -488,7 +540,7 @@ class Engine:
                     return
                 att.sport = sel[0]
                 if sel[1] == PORT_TW_REUSE:
-                    tw_taken = c.tw[make_key(saddr, att.sport, daddr, dport)]
+                    tw_taken = c.tw[client_sock_key(c.dest(saddr, daddr, dport), att.sport)]
         else:
             assert c.pool is not None
             port = c.pool.allocate()
@@ -496,7 +548,7 @@ class Engine:
                 self._no_port(att, t)
                 return
             att.sport = port
-        key = make_key(saddr, att.sport, daddr, dport)
+        key = client_sock_key(c.dest(saddr, daddr, dport), att.sport)
         att.ck = key
         if self.audit:
             self._audit_connect(c, key, tw_taken, att, t)
@@ -510,24 +562,38 @@ class Engine:
             c.release_port(key)
             c.inc("TcpExtTWRecycled")
         else:
-            att.isn = self._client_isn(c, key, t)
+            att.isn = self._client_isn(c, saddr, att.sport, daddr, dport, t)
         c.hold_port(key)
         c.ehash[key] = att
         att.ts = c.offers_ts
         if att.ts:
-            att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport)
+            att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport,
+                                         c.ts_measured)
         c.n_active_opens += 1  # TcpActiveOpens (SimHost.flush_counters)
         self._syn(att, t)
 
     def _record(self, att: Attempt) -> None:
         """Hand a finished attempt to the sink (once) and forget it."""
-        if self.live.pop(att.idx, None) is None:
+        if not att.live:
             return
+        att.live = False
+        p, n = att.lprev, att.lnext
+        if p is None:
+            self.live_head = n
+        else:
+            p.lnext = n
+        if n is None:
+            self.live_tail = p
+        else:
+            n.lprev = p
+        att.lprev = att.lnext = None
         srv = att.srv
         self.sink.add(att.idx, att.t0, att.connect_ms, att.tries, att.outcome, att.reason, att.cause,
                       att.wl.index, att.client.index, srv.index if srv is not None else -1,
                       att.saddr, att.daddr, att.r_saddr, att.r_daddr,
                       att.sport, att.dport, att.r_sport, att.r_dport)
+        if not att.queued:
+            self.free.append(att)
 
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
                        t: float) -> None:
@@ -537,23 +603,23 @@ class Engine:
         on the destination's oldest TIME_WAIT and the port search; this checks the one
         actually taken)."""
         v = self.violations
+        four = (att.saddr, att.sport, att.daddr, att.dport)
         if key in c.ehash:
-            v.append(f"t={t:.6f} {c.name}: 4-tuple {key} already has a live socket")
+            v.append(f"t={t:.6f} {c.name}: 4-tuple {four} already has a live socket")
         tw = c.tw.get(key)
         if tw is not None and tw.expires > t and tw is not tw_taken:
-            v.append(f"t={t:.6f} {c.name}: 4-tuple {key} is in TIME_WAIT and was not taken over")
-        if c.pool is None and not att.bound and not (c.low <= key[1] <= c.high and key[1] not in c.reserved):
-            v.append(f"t={t:.6f} {c.name}: port {key[1]} outside the usable range")
+            v.append(f"t={t:.6f} {c.name}: 4-tuple {four} is in TIME_WAIT and was not taken over")
+        if c.pool is None and not att.bound and not (c.low <= att.sport <= c.high and att.sport not in c.reserved):
+            v.append(f"t={t:.6f} {c.name}: port {att.sport} outside the usable range")
         if tw_taken is not None and not tcp_twsk_unique(
                 tw_taken, att.bound, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
                 tw_reuse_delay_ms=c.tw_reuse_delay):
             age_ms = c.ms(t) - tw_taken.entry_stamp_ms
-            v.append(f"t={t:.6f} {c.name}: TIME_WAIT {age_ms} ms old taken over for {key} although "
+            v.append(f"t={t:.6f} {c.name}: TIME_WAIT {age_ms} ms old taken over for {four} although "
                      f"tcp_twsk_unique() refuses (tcp_tw_reuse={c.tw_reuse}, rule {c.reuse_rule}, "
                      f"ts_recent_stamp={tw_taken.ts_recent_stamp})")
 
-    def _client_isn(self, c: SimHost, key: Key, t: float) -> int:
-        sa, sp, da, dp = key
+    def _client_isn(self, c: SimHost, sa: int, sp: int, da: int, dp: int, t: float) -> int:
         if c.is_linux:
             return clocks.linux_isn(c.isn_secret, sa, da, sp, dp, c.wall0 + t)
         if c.isn_random:
@@ -570,7 +636,7 @@ class Engine:
         else:
             po = clocks.keyed32(c.port_secret, saddr, daddr, dport)
         d = c.dest(saddr, daddr, dport)
-        check = PortCheck(self, c, saddr, daddr, dport, t)
+        check = PortCheck(self, c, d, t)
         # Can any TIME_WAIT toward this destination be taken over now? The oldest is the
         # first to qualify (every rule is "old enough"); if it cannot, none can.
         reuse = False
@@ -636,15 +702,25 @@ class Engine:
             att.lb = s
             att.srv = self.lb_backends[s.backend]
             att.r_saddr, att.r_sport, att.r_daddr, att.r_dport = s.src, s.sport, baddr, bport
-            att.sk = (baddr, bport, s.src, s.sport)
+            self._to_listener(att, att.srv)
             return ""
         srv = self.by_addr.get(daddr)
         if srv is None or srv.is_client:
             return "syn_dropped_path"
         att.srv = srv
         att.r_saddr, att.r_sport, att.r_daddr, att.r_dport = saddr, sport, daddr, dport
-        att.sk = (daddr, dport, saddr, sport)
+        self._to_listener(att, srv)
         return ""
+
+    def _to_listener(self, att: Attempt, srv: SimHost) -> None:
+        """The listener the routed SYN reaches (att.lst, None if the port is closed) and the
+        server's key of the 4-tuple (att.sk; without a listener no socket of the server can
+        have that 4-tuple, so the key is not needed)."""
+        ep = srv.endpoints.get(listen_key(att.r_daddr, att.r_dport))
+        if ep is None:
+            att.lst, att.sk = None, NO_KEY
+        else:
+            att.lst, att.sk = ep.lst, server_sock_key(ep, att.r_saddr, att.r_sport)
 
     # ---- a SYN reaches the server ------------------------------------------------------------
     def _syn(self, att: Attempt, t: float) -> None:
@@ -700,7 +776,7 @@ class Engine:
             else:
                 self._unanswered(att, t, "syn_hit_timewait")
                 return
-        lst = srv.listeners.get(listen_key(att.r_daddr, att.r_dport))
+        lst = att.lst  # (_route; no listener: sk is NO_KEY, which no table holds)
         if lst is None:
             srv.inc("TcpOutRsts")
             self._refused(att, t)
@@ -733,7 +809,8 @@ class Engine:
         att.t_est = t_est
         att.state = ESTABLISHED
         if self.audit and (skey in srv.ehash or skey in srv.tw):
-            self.violations.append(f"t={t:.6f} {srv.name}: new connection on a 4-tuple still in use {skey}")
+            self.violations.append(f"t={t:.6f} {srv.name}: new connection on a 4-tuple still in use "
+                                   f"{(att.r_daddr, att.r_dport, att.r_saddr, att.r_sport)}")
         srv.ehash[skey] = att
         srv.n_passive_opens += 1  # TcpPassiveOpens
         att.outcome = "ok"
@@ -747,10 +824,14 @@ class Engine:
         if not cookie:
             lst.syn_queue += 1
         self.seq += 1
-        ev = Event(t_est + self.half, self.seq, EV_FINAL_ACK, att)
         att.pending += 1
-        if not self.ack_lane.push(ev):
-            self.heap.push(ev)
+        t_ack = t_est + self.half
+        aq = self.ack_lane
+        if self.ack_head >= len(aq) or aq[-1].t_ack <= t_ack:
+            att.t_ack, att.seq_ack = t_ack, self.seq
+            aq.append(att)
+        else:
+            self.heap.push(Event(t_ack, self.seq, EV_FINAL_ACK, att))
 
     def _final_ack(self, att: Attempt, t: float) -> None:
         """The handshake's final ACK, and the request right behind it, reach the listener:
@@ -760,7 +841,8 @@ class Engine:
         retransmissions retry (tcp_abort_on_overflow=0)."""
         srv = att.srv
         assert srv is not None
-        lst = srv.listeners[listen_key(att.r_daddr, att.r_dport)]
+        lst = att.lst  # the listener the SYN reached (_syn)
+        assert lst is not None
         if att.state != ESTABLISHED:
             if not att.cookie:
                 lst.syn_queue -= 1
@@ -790,7 +872,8 @@ class Engine:
     def _accept_retry(self, att: Attempt, t: float) -> None:
         srv = att.srv
         assert srv is not None
-        lst = srv.listeners[listen_key(att.r_daddr, att.r_dport)]
+        lst = att.lst
+        assert lst is not None
         ok, counters = syn_recv_sock_ok(lst)
         if ok:
             if not att.cookie:
@@ -814,6 +897,7 @@ class Engine:
         if srv.busy < srv.workers:
             self._serve(att, t)
         else:
+            att.queued = True
             srv.accept_q.append((att, lst))
             lst.accept_queue += 1
 
@@ -965,7 +1049,7 @@ class Engine:
         # The server side goes away (or into TIME_WAIT) ...
         del srv.ehash[skey]
         if policy == "server":
-            self._time_wait(srv, skey, t, c_snd_nxt, s_snd_nxt,
+            self._time_wait(srv, skey, att.r_daddr, att.r_saddr, t, c_snd_nxt, s_snd_nxt,
                             ((c.tsval(t) + att.tsoff) & MASK32) if att.ts_ok else 0, att.ts_ok, att.sts_off,
                             None)
         elif policy == "client_rst":
@@ -980,7 +1064,7 @@ class Engine:
         ckey = att.ck
         if unhash(c.ehash, ckey, att):
             if policy == "client":
-                self._time_wait(c, ckey, t, s_snd_nxt, c_snd_nxt,
+                self._time_wait(c, ckey, att.saddr, att.daddr, t, s_snd_nxt, c_snd_nxt,
                                 ((srv.tsval(t) + att.sts_off) & MASK32) if att.ts_ok else 0, att.ts_ok,
                                 att.tsoff, c.dest(att.saddr, att.daddr, att.dport))
             else:
@@ -1039,11 +1123,11 @@ class Engine:
             self.nat.close(att.nat, t, rst=True)
 
     # ---- TIME_WAIT -----------------------------------------------------------------------------
-    def _time_wait(self, h: SimHost, key: Key, t: float, rcv_nxt: int, snd_nxt: int, ts_recent: int,
-                   ts_ok: bool, ts_offset: int, dest: DestPorts | None) -> None:
+    def _time_wait(self, h: SimHost, key: Key, laddr: int, raddr: int, t: float, rcv_nxt: int, snd_nxt: int,
+                   ts_recent: int, ts_ok: bool, ts_offset: int, dest: DestPorts | None) -> None:
         """File the TIME_WAIT that model.timewait.tcp_time_wait() builds for the side that
-        closed first. `dest` is given for a client's socket (its port stays held during
-        TIME_WAIT)."""
+        closed first (its 4-tuple's key, local and remote address). `dest` is given for a
+        client's socket (its port stays held during TIME_WAIT)."""
         if not inet_twsk_alloc_ok(len(h.tw), h.max_tw):
             # no TIME_WAIT at all, the port is free at once
             h.inc("TcpExtTCPTimeWaitOverflow")
@@ -1052,7 +1136,7 @@ class Engine:
             return
         now_sec = h.sec(t)
         # rto: icsk_rto after the handshake, srtt + max(rttvar, TCP_RTO_MIN)
-        timeo = tw_lifetime(now_sec, key[0], key[2], ts_recent, ts_ok, h.is_linux, self.rtt + 0.2, h.hz,
+        timeo = tw_lifetime(now_sec, laddr, raddr, ts_recent, ts_ok, h.is_linux, self.rtt + 0.2, h.hz,
                             h.client_tw_s, h.recycle_cache)
         tw = tcp_time_wait(t, now_sec, h.ms(t), rcv_nxt, snd_nxt, ts_recent, ts_ok, ts_offset, timeo,
                            h.death_row if h.deathrow else None)

@@ -78,30 +78,3 @@ def advance(items: list[Any], head: int) -> int:
         del items[:h]
         return 0
     return h
-
-
-class Lane:
-    """A FIFO of events pushed in (time, seq) order: for a kind of event whose delay is
-    constant (the handshake's final ACK, 1.5 RTT after the SYN is decided), a list read
-    from `head` replaces a heap push and pop. push() refuses an event that would break the
-    order (the caller then uses the heap), so merging lanes and heap by (time, seq) gives
-    the heap's order."""
-
-    __slots__ = ("head", "items")
-
-    def __init__(self) -> None:
-        self.items: list[Event] = []
-        self.head = 0
-
-    def push(self, ev: Event) -> bool:
-        items = self.items
-        if self.head < len(items) and items[-1].t > ev.t:
-            return False
-        items.append(ev)
-        return True
-
-    def pop(self) -> Event:
-        """Remove and return the first event (the lane must not be empty)."""
-        ev = self.items[self.head]
-        self.head = advance(self.items, self.head)
-        return ev

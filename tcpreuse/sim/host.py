@@ -1,8 +1,13 @@
 """A simulated host: the kernel tables and clocks the model rules read and write.
 
 Everything here is state; the rules are in tcpreuse/model and the sequencing in engine.py.
-Keys of `ehash` and `tw` are 4-tuples from this host's point of view:
-(local addr, local port, remote addr, remote port).
+Keys of `ehash` and `tw` identify a 4-tuple from this host's point of view (local addr,
+local port, remote addr, remote port) as one int, like the kernel's ehash (one hash of
+the 4-tuple, no tuple object): a client's is its destination's index (DestPorts: local
+addr, remote addr, remote port) and the local port (client_sock_key); a server's is its
+listening endpoint's index (Endpoint: local addr, port), the remote address and the
+remote port (server_sock_key). A host is a client or a server, never both, so the two
+kinds never share a table.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..model import clocks, timers
 from ..model.listener import Listener, ListenRules
@@ -21,20 +26,24 @@ from ..model.recycle import PeerCache
 from ..model.stacks import client_stack, port_range
 from ..model.timewait import TCP_TIMEWAIT_LEN, DeathRow, TimeWaitSock
 
-# A 4-tuple key. Typed as a variable-length tuple so that mypyc keeps it as one Python
-# object (a fixed-length tuple type is unboxed and re-built at every dict access).
-Key = tuple[int, ...]
+# A socket-table key: one int below 2**62 (see the module's docstring). Typed `object` so
+# that mypyc boxes it once, when it is made, and not again at every dict access.
+Key = object
 
 
-def make_key(laddr: int, lport: int, raddr: int, rport: int) -> Key:
-    """A 4-tuple key, built as one boxed tuple. (Written `key: Key = (a, b, c, d)`, mypy
-    narrows the variable to a fixed-length tuple and mypyc then keeps it unboxed and
-    builds a new tuple at every use.)"""
-    return (laddr, lport, raddr, rport)
+def client_sock_key(dest: DestPorts, lport: int) -> Key:
+    """A client socket's key: its destination's index and its local port."""
+    return (dest.index << 16) | lport
+
+
+def server_sock_key(ep: Endpoint, raddr: int, rport: int) -> Key:
+    """A server socket's key: its listening endpoint's index, the remote address and port
+    (13 + 32 + 16 bits: a short int, hashed and compared in C without a tuple)."""
+    return ep.base | (raddr << 16) | rport
 
 
 def owner_key(addr: int, port: int) -> tuple[int, ...]:
-    """An (addr, port) key of the bind-owner tables, boxed once (see make_key)."""
+    """An (addr, port) key of the bind-owner tables, boxed once (see client_sock_key)."""
     return (addr, port)
 
 
@@ -88,6 +97,19 @@ class TwQueue:
         self.head = head
 
 
+class Endpoint:
+    """A server's listening (local addr, port) and its listener; `base` is its index in the
+    high bits of server_sock_key()."""
+
+    __slots__ = ("base", "lst")
+
+    def __init__(self, lst: Listener, index: int) -> None:
+        if index >= 1 << 13:
+            raise ValueError("more than 8192 listening endpoints on one host")
+        self.lst = lst
+        self.base = index << 48
+
+
 class DestPorts:
     """One client's local ports toward one destination (local addr, remote addr, port).
 
@@ -96,9 +118,12 @@ class DestPorts:
     `tws` keeps this destination's TIME_WAIT sockets in creation order (the oldest is the
     first that tcp_tw_reuse could take over)."""
 
-    __slots__ = ("held", "occ", "tws")
+    __slots__ = ("held", "index", "la", "occ", "ra", "rp", "tws")
 
-    def __init__(self, low: int, high: int, reserved: frozenset[int]) -> None:
+    def __init__(self, index: int, la: int, ra: int, rp: int, low: int, high: int,
+                 reserved: frozenset[int]) -> None:
+        self.index = index  # its place in SimHost.dest_list (client_sock_key)
+        self.la, self.ra, self.rp = la, ra, rp
         self.occ = bytearray(high - low + 1)
         for p in reserved:
             if low <= p <= high:
@@ -161,6 +186,9 @@ class SimHost:
         self.isn_secret = clocks.derive_secret(seed, name, "isn")
         self.port_secret = clocks.derive_secret(seed, name, "port")
         self.ts_secret = clocks.derive_secret(seed, name, "ts")
+        # a measured per-host-pair TS offset (model parameter ts_offsets), else None: drawn
+        measured = (params.get("ts_offsets") or {}).get(name)
+        self.ts_measured: int | None = int(measured) if measured is not None else None
         self.counters: dict[str, int] = dict.fromkeys(counter_names(profile), 0)
         # The counters moved once or twice per connection are plain fields during the run
         # (a str-keyed dict update each time is measurable); flush_counters() adds them in.
@@ -169,8 +197,8 @@ class SimHost:
         self.tw: dict[Key, TimeWaitSock] = {}
         self.tw_fifo: dict[float, TwQueue] = {}
         self.tw_next = math.inf  # the earliest tw_fifo head: purge() has nothing to do before it
-        self._tw_cls_timeo = -1.0  # the last TIME_WAIT length seen and its tw_fifo class
-        self._tw_cls = 0.0
+        self._tw_cls_timeo = -1.0  # the last TIME_WAIT length seen and its tw_fifo queue
+        self._tw_q = TwQueue()
 
         s = settings
         if self.is_linux:
@@ -216,6 +244,7 @@ class SimHost:
         self.owners: dict[tuple[int, ...], int] = {}  # (addr, port) -> sockets (incl. TW)
         self.track_owners = False  # only bind(addr, 0) needs owners; the engine turns it on
         self.dests: dict[tuple[int, ...], DestPorts] = {}  # (laddr, raddr, rport)
+        self.dest_list: list[DestPorts] = []  # the same, by index (client_sock_key)
         self._dest_last: DestPorts | None = None  # dest()'s last answer, for these three
         self._dest_la = self._dest_ra = self._dest_rp = 0
         self._budget_key = -1
@@ -248,7 +277,7 @@ class SimHost:
                 self.pool = HostPortPool(self.low, self.high - self.low + 1,
                                          str(params.get("port_order", "sequential")), rng)
         # server side
-        self.listeners: dict[int, Listener] = {}  # listen_key(addr, port) -> listener
+        self.endpoints: dict[int, Endpoint] = {}  # listen_key(addr, port) -> endpoint
         self.listen_rules = ListenRules(profile)
         self.workers = 0
         self.busy = 0
@@ -282,12 +311,12 @@ class SimHost:
         is in expiry order). Lengths are classed by round(timeo, 6); a host sees one or two
         lengths, so the last one's class is remembered (round() with digits is slow)."""
         if timeo != self._tw_cls_timeo:
-            self._tw_cls_timeo, self._tw_cls = timeo, round(timeo, 6)
-        cls = self._tw_cls
-        q = self.tw_fifo.get(cls)
-        if q is None:
-            q = self.tw_fifo[cls] = TwQueue()
-        return q
+            cls = round(timeo, 6)
+            q = self.tw_fifo.get(cls)
+            if q is None:
+                q = self.tw_fifo[cls] = TwQueue()  # (queues are never replaced: it can be kept)
+            self._tw_cls_timeo, self._tw_q = timeo, q
+        return self._tw_q
 
     def count_tw(self, killed: bool) -> None:
         """TcpExtTWKilled (reaped from the recycle calendar) or TcpExtTW."""
@@ -319,13 +348,24 @@ class SimHost:
             return d
         d = self.dests.get((la, ra, rp))
         if d is None:
-            d = self.dests[(la, ra, rp)] = DestPorts(self.low, self.high, self.reserved)
+            d = DestPorts(len(self.dest_list), la, ra, rp, self.low, self.high, self.reserved)
+            self.dests[(la, ra, rp)] = d
+            self.dest_list.append(d)
         self._dest_la, self._dest_ra, self._dest_rp, self._dest_last = la, ra, rp, d
         return d
 
+    def find_dest(self, la: int, ra: int, rp: int) -> DestPorts | None:
+        """dest() if this client has ever had a socket toward (la, ra, rp), without making one."""
+        return self.dests.get((la, ra, rp))
+
+    def listen(self, addr: int, port: int, lst: Listener) -> None:
+        """A listening socket on (addr, port)."""
+        self.endpoints[listen_key(addr, port)] = Endpoint(lst, len(self.endpoints))
+
     def hold_port(self, key: Key) -> None:
-        la, lp, ra, rp = key
-        d = self.dest(la, ra, rp)
+        k = cast(int, key)
+        d = self.dest_list[k >> 16]
+        la, lp = d.la, k & 0xFFFF
         d.held += 1
         if self.pool is None:  # occ is read by Linux connect()'s scan only
             i = lp - self.low
@@ -338,8 +378,9 @@ class SimHost:
             self.pool.hold(lp)
 
     def release_port(self, key: Key) -> None:
-        la, lp, ra, rp = key
-        d = self.dest(la, ra, rp)  # exists: hold_port() made it
+        k = cast(int, key)
+        d = self.dest_list[k >> 16]  # exists: the key was made from it
+        la, lp = d.la, k & 0xFFFF
         d.held -= 1
         if self.pool is None:
             i = lp - self.low

@@ -17,7 +17,7 @@ from ..result import (
     Timeline,
 )
 from ..scenario.topology import int2ip
-from .sink import ROW_DTYPES, ROW_FIELDS
+from .sink import ROW_DTYPES, ROW_FIELDS, counts, firsts
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -98,18 +98,19 @@ def _aggregates(eng: Engine) -> Aggregates:
         ff = {"index": s.ff_idx, "time_s": round(s.ff_t, 6), "outcome": s.ff_outcome, "reason": s.ff_reason}
     causes = {}
     hosts = list(eng.hosts)
+    outcome_first = firsts(s.outcomes)
     for name, c in s.causes.items():
-        errnos = {k: c.errnos[k] for k in sorted(c.errnos, key=lambda k: (k != "", s.outcome_first[k]))}
+        errnos = {k: c.errnos[k] for k in sorted(c.errnos, key=lambda k: (k != "", outcome_first[k]))}
         causes[name] = CauseSummary(attempts=c.attempts, failed=c.failed, delayed=c.delayed,
                                     first_index=c.first_index, first_t=c.first_t,
                                     first_client=hosts[c.first_client], first_dst=int2ip(c.first_daddr),
                                     first_dport=c.first_dport,
                                     ok_before=_ok_before(s.ok_bits, c.first_index),
                                     errnos=errnos,
-                                    delayed_ms=dict(c.delayed_ms))
-    return Aggregates(attempts=s.n, outcomes=_by_first(s.outcomes, s.outcome_first),
-                      reasons=_by_first(s.reasons, s.reason_first), failed=s.failed, delayed=s.delayed,
-                      first_failure=ff, ok_connect_ms=dict(s.ok_ms), causes=causes)
+                                    delayed_ms=counts(c.delayed_ms))
+    return Aggregates(attempts=s.n, outcomes=_by_first(counts(s.outcomes), outcome_first),
+                      reasons=_by_first(counts(s.reasons), firsts(s.reasons)), failed=s.failed, delayed=s.delayed,
+                      first_failure=ff, ok_connect_ms=counts(s.ok_ms), causes=causes)
 
 
 def build_result(eng: Engine) -> RunResult:

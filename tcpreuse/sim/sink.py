@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Final
+from typing import Any, Final
 
 # idx t0 connect_ms | syn_tries outcome reason cause workload | client server |
 # saddr daddr r_saddr r_daddr | sport dport r_sport r_dport   (no padding: 62 bytes)
@@ -31,6 +31,27 @@ ROW_FIELDS: Final = ("idx", "t", "connect_ms", "syn_tries", "outcome", "reason",
                      "sport", "dport", "srv_sport", "srv_dport")
 ROW_DTYPES: Final = ("<i4", "<f8", "<f8", "<i2", "<i2", "<i2", "<i2", "<i2", "<i4", "<i4",
                      "<u4", "<u4", "<u4", "<u4", "<u2", "<u2", "<u2", "<u2")
+
+
+class Tally:
+    """A count and the first (lowest) attempt index counted: a native object as a dict
+    value, so counting is an attribute increment, not a boxed int per update."""
+
+    __slots__ = ("first", "n")
+
+    def __init__(self, first: int) -> None:
+        self.n = 0
+        self.first = first
+
+
+def counts(d: dict[str, Tally] | dict[float, Tally]) -> dict[Any, int]:
+    """{key: count} of a tally dict, in its order."""
+    return {k: v.n for k, v in d.items()}
+
+
+def firsts(d: dict[str, Tally]) -> dict[str, int]:
+    """{key: first index} of a tally dict, in its order."""
+    return {k: v.first for k, v in d.items()}
 
 
 class CauseAgg:
@@ -44,7 +65,7 @@ class CauseAgg:
         self.first_t = t
         self.first_client, self.first_daddr, self.first_dport = client, daddr, dport  # its 4-tuple
         self.errnos: dict[str, int] = {}
-        self.delayed_ms: dict[float, int] = {}  # connect() ms of the delayed ones, rounded to 1 us
+        self.delayed_ms: dict[float, Tally] = {}  # connect() ms of the delayed ones, rounded to 1 us
 
 
 class Sink:
@@ -60,13 +81,11 @@ class Sink:
         self.tl_attempts = [0] * nsteps
         self.tl_failed = [0] * nsteps
         self.tl_delayed = [0] * nsteps
-        self.outcomes: dict[str, int] = {}
-        self.outcome_first: dict[str, int] = {}
-        self.reasons: dict[str, int] = {}
-        self.reason_first: dict[str, int] = {}
+        self.outcomes: dict[str, Tally] = {}  # counts() and firsts() read them
+        self.reasons: dict[str, Tally] = {}
         self.failed = 0
         self.delayed = 0
-        self.ok_ms: dict[float, int] = {}  # connect() ms of the successful ones, rounded to 1 us
+        self.ok_ms: dict[float, Tally] = {}  # connect() ms of the successful ones, rounded to 1 us
         self.ff_idx = -1  # the first failure (in start order)
         self.ff_t = 0.0
         self.ff_outcome = ""
@@ -100,8 +119,9 @@ class Sink:
         self.tl_attempts[b] += 1
         failed = outcome != "ok"
         delayed = reason == "ok_after_syn_retry" or reason == "ok_after_app_retry"
-        _count(self.outcomes, self.outcome_first, outcome, idx)
-        _count(self.reasons, self.reason_first, reason, idx)
+        _count(self.outcomes, outcome, idx)
+        _count(self.reasons, reason, idx)
+        k = math.nan  # connect() ms rounded to 1 us (successes), computed once for ok_ms and causes
         if failed:
             self.failed += 1
             self.tl_failed[b] += 1
@@ -114,17 +134,19 @@ class Sink:
             self.ok_bits[i] |= 1 << (idx & 7)
             if not math.isnan(connect_ms):
                 k = round3(connect_ms)
-                self.ok_ms[k] = self.ok_ms.get(k, 0) + 1
+                _tally(self.ok_ms, k)
         if delayed:
             self.delayed += 1
             self.tl_delayed[b] += 1
         if reason:
-            self._cause(reason, idx, t0, failed, outcome, connect_ms, client, daddr, dport)
+            self._cause(reason, idx, t0, failed, outcome, k, client, daddr, dport)
         if cause and cause != reason:
-            self._cause(cause, idx, t0, failed, outcome, connect_ms, client, daddr, dport)
+            self._cause(cause, idx, t0, failed, outcome, k, client, daddr, dport)
 
-    def _cause(self, name: str, idx: int, t0: float, failed: bool, outcome: str, connect_ms: float,
+    def _cause(self, name: str, idx: int, t0: float, failed: bool, outcome: str, k: float,
                client: int, daddr: int, dport: int) -> None:
+        """Count the attempt under problem `name`; k: its connect() ms rounded to 1 us
+        (round3), NaN if it failed or has none."""
         s = self.causes.get(name)
         if s is None:
             s = CauseAgg(idx, t0, client, daddr, dport)
@@ -138,9 +160,8 @@ class Sink:
             s.errnos[outcome] = s.errnos.get(outcome, 0) + 1
         else:
             s.delayed += 1
-            if not math.isnan(connect_ms):
-                k = round3(connect_ms)
-                s.delayed_ms[k] = s.delayed_ms.get(k, 0) + 1
+            if not math.isnan(k):
+                _tally(s.delayed_ms, k)
 
 
 def round3(x: float) -> float:
@@ -158,12 +179,17 @@ def round3(x: float) -> float:
     return round(x, 3)
 
 
-def _count(counts: dict[str, int], first: dict[str, int], name: str, idx: int) -> None:
-    n = counts.get(name)
-    if n is None:
-        counts[name] = 1
-        first[name] = idx
-    else:
-        counts[name] = n + 1
-        if idx < first[name]:
-            first[name] = idx
+def _count(tallies: dict[str, Tally], name: str, idx: int) -> None:
+    t = tallies.get(name)
+    if t is None:
+        t = tallies[name] = Tally(idx)
+    elif idx < t.first:
+        t.first = idx
+    t.n += 1
+
+
+def _tally(tallies: dict[float, Tally], k: float) -> None:
+    t = tallies.get(k)
+    if t is None:
+        t = tallies[k] = Tally(0)
+    t.n += 1

@@ -42,6 +42,24 @@ class Metrics:
     # connects that failed with ETIMEDOUT before connecting, by the number of SYNs they sent
     # (without an application connect timeout: the kernel's tcp_write_timeout() gave up)
     gave_up_by_tries: dict[int, int] = field(default_factory=dict)
+    # group -> per TIME_WAIT sample: (connections open then, s since the oldest of them was
+    # due), from the lab's recorded close() times (the close_ms column); empty when the run
+    # has none (the simulator, whose connections close within a ms; emulated clients)
+    open_at_samples: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+
+
+def open_at(t: np.ndarray, close_ms: np.ndarray, times: list[float]) -> list[tuple[int, float]]:
+    """For each moment in `times`: how many attempts were open (due, not yet closed by the
+    client: t <= moment < t + close_ms) and how long before it the oldest of them was due
+    (0.0 when none). An attempt without a close time (NaN: it never had a socket) counts
+    as closed when due."""
+    end = t + np.where(np.isnan(close_ms), 0.0, close_ms) / 1000.0
+    out = []
+    for m in times:
+        is_open = (t <= m) & (end > m)
+        n = int(is_open.sum())
+        out.append((n, round(float(m - t[is_open].min()), 6) if n else 0.0))
+    return out
 
 
 def end_time_wait(res: RunResult, host: str) -> int | None:
@@ -85,6 +103,12 @@ def measure(res: RunResult) -> Metrics:
             groups.setdefault(info.group, []).append(h)
     tw_end: dict[str, int] = {}
     series: dict[str, list[int]] = {}
+    opens: dict[str, list[tuple[int, float]]] = {}
+    close_ms = c.get("close_ms")
+    # close times only when every attempt that had a port has one (a part without them,
+    # an emulated client, leaves the comparison to the start lag)
+    closes_known = close_ms is not None and n > 0 and not np.isnan(close_ms[has_port]).any()
+    step = res.timeline.step_s or 1.0
     counters: dict[str, dict[str, int]] = {}
     for g, members in groups.items():
         ends = [end_time_wait(res, h) for h in members]
@@ -93,6 +117,10 @@ def measure(res: RunResult) -> Metrics:
         parts = [res.timeline.hosts.get(h, {}).get("time_wait", []) for h in members]
         n_steps = max((len(p) for p in parts), default=0)
         series[g] = [sum(p[k] for p in parts if k < len(p)) for k in range(n_steps)]
+        if closes_known and close_ms is not None:
+            codes = [a.vocab["host"].index(h) for h in members if h in a.vocab["host"]]
+            mine = np.isin(c["client"], codes) | np.isin(c["server"], codes)
+            opens[g] = open_at(t[mine], close_ms[mine], [(k + 1) * step for k in range(n_steps)])
         total: dict[str, int] = {}
         for h in members:
             for k, v in res.counters.get(h, {}).items():
@@ -118,9 +146,10 @@ def measure(res: RunResult) -> Metrics:
         connect_ms={k: pct.get(k) for k in PERCENTILES},
         time_wait_end=tw_end,
         time_wait_series=series,
-        step_s=res.timeline.step_s or 1.0,
+        step_s=step,
         counters=counters,
         hosts=list(groups),
+        open_at_samples=opens,
     )
 
 

@@ -201,7 +201,16 @@ def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[d
     notes = [f"the model's clocks start from the kernel's: CLOCK_MONOTONIC {at:.3f} s at the "
              f"first attempt (seconds-clock phase {at % 1:.3f} s)"]
     tick = lab.meta.get("tick_delay_s")
-    if isinstance(tick, int | float) and tick > 0:
+    turns = run_turns(lab)
+    if turns:
+        med = float(np.median(turns))
+        out.update({f"host.{g}.model.tick_delay_s": round(med, 6) for g in linux})
+        notes.append(f"the kernel's seconds value turned {med * 1000:.1f} ms after each whole second "
+                     f"while the lab ran (median of {len(turns)}, {min(turns) * 1000:.1f}-"
+                     f"{max(turns) * 1000:.1f} ms; CLOCK_MONOTONIC_COARSE"
+                     + (f"; {tick * 1000:.1f} ms measured before it" if isinstance(tick, int | float) else "")
+                     + "): ktime_get_seconds() turns over then, in the model too")
+    elif isinstance(tick, int | float) and tick > 0:
         out.update({f"host.{g}.model.tick_delay_s": tick for g in linux})
         notes.append(f"the kernel's timer ticks come {tick * 1000:.1f} ms after each whole second "
                      "(CLOCK_MONOTONIC_COARSE): ktime_get_seconds() turns over then, in the model too")
@@ -211,6 +220,100 @@ def clock_overrides(sc: Scenario, lab: RunResult, sim_first_t: float) -> tuple[d
         notes.append(f"the kernel's jiffies lag CLOCK_MONOTONIC by {lag * 1000:.1f} ms (/proc/timer_list): "
                      "the model's jiffies (5.18+ port re-salt every 10 s, timer wheel) count the same")
     return out, notes
+
+
+def ts_offset_overrides(sc: Scenario, lab: RunResult, profile: str) -> tuple[dict[str, Any], list[str]]:
+    """Start the model's TCP timestamp offsets from the kernel's, where the kernel keys them
+    per host pair (secure_tcp_ts_off(), 4.11-6.17).
+
+    There each client's offset towards a server is one secret draw for the whole run, and
+    which of two clients behind one NAT sends the older TSvals decides every SYN that
+    meets the other's TIME_WAIT (PAWS): one coin for the run, not a toss per SYN. The lab's
+    loads read the offset of their first connection (getsockopt TCP_TIMESTAMP, lab meta
+    `loads[].ts_offsets`); each instance with one offset (one source address, one target)
+    gets it as the model parameter ts_offsets. Per 4-tuple (6.18) one connection's offset
+    says nothing of the next port's: nothing is given, the model draws. An offset is
+    relative to the kernel's ms clock: it is given with the kernel's uptime (clock_overrides())."""
+    if get_profile(profile).ts_offset != "hostpair":
+        return {}, []
+    group_of = {n: g.name for g in sc.host if get_profile(g.profile).os == "linux" for n in g.instance_names()}
+    seen: dict[str, set[int]] = {}
+    for ld in lab.meta.get("loads") or []:
+        if not isinstance(ld, dict) or ld.get("emulated") or str(ld.get("host")) not in group_of:
+            continue
+        offs = ld.get("ts_offsets")
+        if isinstance(offs, dict):
+            seen.setdefault(str(ld["host"]), set()).update(int(v) for v in offs.values())
+    # (two loads of one instance to two targets, or two source addresses: two pairs, which
+    # the parameter, one offset per instance, cannot say; the model draws for it)
+    one = {h: next(iter(v)) for h, v in seen.items() if len(v) == 1}
+    if not one:
+        return {}, []
+    out: dict[str, Any] = {}
+    for h, off in one.items():
+        out.setdefault(f"host.{group_of[h]}.model.ts_offsets", {})[h] = off
+    shown = ", ".join(f"{h} {off:,}" for h, off in sorted(one.items()))
+    note = (f"the kernel's TCP timestamp offsets (per host pair on this kernel, secure_tcp_ts_off()), "
+            f"read in the lab from each client's first connection (getsockopt TCP_TIMESTAMP), given to "
+            f"the model: {shown}")
+    if len(one) == 2:
+        (a, oa), (b, ob) = sorted(one.items())
+        d = (oa - ob) & 0xFFFFFFFF
+        d = d - (1 << 32) if d >= 1 << 31 else d
+        older = a if d < 0 else b
+        note += (f"; {older}'s TSvals are the older by {abs(d) / 1000:,.0f} s, so PAWS rejects its SYNs "
+                 f"at the other's TIME_WAITs")
+    return out, [note]
+
+
+def run_turns(lab: RunResult) -> list[float]:
+    """How late after each whole second the kernel's seconds value turned (s), for the
+    seconds from the lab's first attempt to one past its last (meta seconds_turns, watched
+    while the loads ran: lab/clockphase.watch_seconds); empty for a run without them."""
+    t0, turns = lab.meta.get("t0_monotonic"), lab.meta.get("seconds_turns")
+    if not isinstance(t0, int | float) or not isinstance(turns, list) or not len(lab.attempts):
+        return []
+    t = lab.attempts.cols["t"]
+    lo, hi = float(t0) + float(np.min(t)), float(t0) + float(np.max(t)) + 1.0
+    return [float(d) for n, d in turns if lo <= n <= hi]
+
+
+def seconds_crossings(sc: Scenario, sim: RunResult, lab: RunResult, profile: str) -> Row | None:
+    """Where tcp_tw_reuse = 1 frees a TIME_WAIT once the seconds clock has passed the second
+    it began in (4.19-6.13, `after_s`): a row (not compared) with how many connections, ok on
+    both sides, closed in the lab (its recorded close()) in a later second of the kernel's
+    seconds clock than the model's did (the model closes within a ms of the due time). Each
+    frees its port a second later in the lab, so the outcome counts may differ by as many;
+    the row shows whether they do. None where the rule, the close times or a matching
+    schedule is missing."""
+    def ts_on(g: Any) -> bool:  # a TIME_WAIT is reusable only with timestamps on the connection
+        return int(g.effective_settings.get("net.ipv4.tcp_timestamps", 1)) != 0
+
+    if get_profile(profile).tw_reuse_rule != "after_s" or not any(
+            g.role == "client" and int(g.effective_settings.get("net.ipv4.tcp_tw_reuse", 0)) == 1 and ts_on(g)
+            for g in sc.host) or not all(ts_on(g) for g in sc.host if g.role == "server"):
+        return None
+    la, sa = lab.attempts, sim.attempts
+    t0 = lab.meta.get("t0_monotonic")
+    if "close_ms" not in la.cols or not isinstance(t0, int | float) or len(la) != len(sa) or not len(la):
+        return None
+    turns = run_turns(lab)
+    tick = lab.meta.get("tick_delay_s")
+    turn = float(np.median(turns)) if turns else float(tick) if isinstance(tick, int | float) else 0.0
+    lt, st = la.cols["t"], sa.cols["t"]
+    lab_close = float(t0) + lt + la.cols["close_ms"] / 1000.0
+    model_close = float(t0) + float(np.min(lt)) + (st - float(np.min(st))) + sa.cols["connect_ms"] / 1000.0
+    both_ok = ~la.failed_mask() & ~sa.failed_mask() & ~np.isnan(lab_close) & ~np.isnan(model_close)
+    later = both_ok & (np.floor(lab_close - turn) > np.floor(model_close - turn))
+    n = int(later.sum())
+    first = f"; the first due {float(lt[later][0] - np.min(lt)):.3f} s after the first attempt" if n else ""
+    return Row("timing", "TIME_WAITs begun a second later than the model's (recorded close times)", 0, n,
+               None, "not compared",
+               "tcp_tw_reuse = 1 on 4.19-6.13 frees a TIME_WAIT once ktime_get_seconds() has passed "
+               "the second it began in (tw_ts_recent_stamp); these connections closed in the lab after "
+               f"a turn of the seconds clock (taken {turn * 1000:.1f} ms after each whole second) that "
+               f"the model's closed before{first}: each frees its port one second later in the lab, "
+               "so the outcome counts may differ by as many")
 
 
 def start_lag_ms(lab: RunResult) -> float:
@@ -328,6 +431,10 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
     t0 = time.monotonic()
     sim = Engine(sc_sim).run()
     clocks, clock_notes = clock_overrides(sc, lab, measure(sim).first_t)
+    if clocks:  # (an offset means something only on the kernel's one ms clock, the hosts' uptime)
+        ts, ts_notes = ts_offset_overrides(sc, lab, facts.profile)
+        clocks.update(ts)
+        clock_notes += ts_notes
     if clocks:  # arrivals do not depend on the clocks: the same run, from the kernel's phase
         sim = Engine(suite.load(ref, {**ov, **more, **clocks})).run()
         out.notes += clock_notes
@@ -344,6 +451,9 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
 
     own = model_profile or facts.profile
     out.rows = rows_for(sim, own)
+    crossed = seconds_crossings(sc, sim, lab, own)
+    if crossed is not None:
+        out.rows.append(crossed)
     if model_profile is None and ref in suite.DISCRIMINATING:
         other = suite.cross_profile(get_profile(facts.profile).version)
         ov_x = {k: (other if k.endswith(".profile") else v) for k, v in ov.items()}
@@ -381,7 +491,8 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
     kernel = get_kernel(opts.kernel)
     # a slower kernel than the host gets its scenarios paced (kernels/pace.py)
     jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True, netfilter=opts.netfilter,
-                   pace=opts.kernel != "host", trace=opts.trace) for ref in refs]
+                   pace=opts.kernel != "host", trace=opts.trace, sequential=ref in suite.SEQUENTIAL)
+            for ref in refs]
     if opts.model_profile is not None:
         get_profile(opts.model_profile)  # an unknown profile fails before any lab runs
     for ref in refs:  # a bad reference or a non-Linux host fails before any lab runs
