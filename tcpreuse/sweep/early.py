@@ -134,8 +134,8 @@ def stopped_summary(eng: Any, sc: Any, t: float, window_attempts: int) -> dict[s
         "p50_ms": None,
         "p99_ms": None,
         "first_failure_s": round(sink.ff_t, 6) if sink.ff_idx >= 0 else None,
-        "outcomes": dict(sink.outcomes),
-        "reasons": dict(sink.reasons),
+        "outcomes": _counts(sink.outcomes),
+        "reasons": _counts(sink.reasons),
         "duration_s": sc.duration_s,
         "attempts_per_s": [int(x) for x in sink.tl_attempts],
         "failed_per_s": [int(x) for x in sink.tl_failed],
@@ -145,3 +145,8 @@ def stopped_summary(eng: Any, sc: Any, t: float, window_attempts: int) -> dict[s
         "stopped_s": t,
         "window_attempts": window_attempts,
     }
+
+
+def _counts(d: dict[str, Any]) -> dict[str, int]:
+    """name -> count from the sink's counters (ints, or Tally objects: their `n`)."""
+    return {k: v if isinstance(v, int) else int(v.n) for k, v in d.items()}

@@ -7,6 +7,7 @@ a user error (TcpreuseError) becomes an `error` field instead of failing the swe
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -18,6 +19,10 @@ def run_point(dump: dict[str, Any], diagnose: bool = False, stop: dict[str, Any]
     from ..scenario.loader import from_data
     from ..sim.engine import simulate
 
+    # A worker runs one task after another, and the engine pauses the cyclic collector
+    # while it runs: what an earlier run left in cycles (live attempts and their hosts
+    # refer to each other) would otherwise still be there when this one peaks.
+    gc.collect()
     t0 = time.perf_counter()
     try:
         sc = from_data(dump)
