@@ -102,3 +102,56 @@ def test_capacity_refuses_a_search_that_will_not_fit(cli: Cli, scenario: str) ->
     code, _, err = cli(["capacity", scenario, "--no-cache", "--max-rate", "1e8"])
     assert code == 2 and "the capacity search (probes up to 100,000,000/s for 120 s each) will not fit" in err
     assert "--force" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("arrival", ["constant", "poisson"])
+def test_a_probe_stops_once_certain_to_fail_with_the_whole_runs_verdict(tmp_path: Path, arrival: str) -> None:
+    """20/s against 500 ports / 60 s = 8.3/s fails over half of its judged window (the
+    ports come back in waves, so failures resume at t = 85 s): the stopped probe ends
+    well before the window does, and says what the whole run says (fails, over the same
+    window's attempts, first failure at the same time); 5/s passes and runs whole, equal
+    to the plain run."""
+    from tcpreuse.scenario.loader import load_scenario
+    from tcpreuse.sim.engine import simulate
+    from tcpreuse.sweep.early import run_until_verdict, window_arrivals
+    from tcpreuse.sweep.point import summarize
+
+    p = tmp_path / "cap.toml"
+    p.write_text(client_first("cap-early", arrival=arrival))
+    for rate, fails in ((20, True), (5, False)):
+        sc = load_scenario(str(p), {"workload.w.rate": rate, "duration_s": 120})
+        whole = summarize(simulate(sc, records=False), sc)
+        n = sum(whole["attempts_per_s"][60:])
+        f = sum(whole["failed_per_s"][60:])
+        assert window_arrivals(sc, 60) == n  # the count the verdict divides by, known before the run
+        assert (f / n > 0.001) is fails
+        got = run_until_verdict(sc, 60, 0.001, None)
+        if not fails:
+            assert "stopped_s" not in got and got["failed_per_s"] == whole["failed_per_s"]
+            continue
+        assert 60 <= got["stopped_s"] < 100, got["stopped_s"]
+        seen = sum(got["failed_per_s"][60:])
+        assert 0.001 * n < seen <= f and got["window_attempts"] == n
+        assert got["first_failure_s"] == whole["first_failure_s"]
+
+
+@pytest.mark.slow
+def test_early_verdicts_leave_the_capacity_table_as_it_was(scenario: str, tmp_path: Path) -> None:
+    """The same search with every probe run to its end: the same probes, verdicts,
+    capacities, and the same lowest failing probe (rate, failed share, onset) per
+    configuration; some probes stopped early, and only failing ones."""
+    from tcpreuse.report.sweep import capacity_markdown, first_fail_text
+
+    kw = dict(max_failure=0.001, resolution=0.05, cap=160, make_pool=lambda: Pool(None, workers=2), workers=2)
+    fast = find_capacity(scenario, cache=Cache(tmp_path / "a"), **kw)  # type: ignore[arg-type]
+    slow = find_capacity(scenario, cache=Cache(tmp_path / "b"), early_stop=False, **kw)  # type: ignore[arg-type]
+    assert [s.label for s in fast.searches] == [s.label for s in slow.searches]
+    for a, b in zip(fast.searches, slow.searches, strict=True):
+        assert (a.status, a.capacity) == (b.status, b.capacity), a.label
+        assert sorted((p.rate, p.passed) for p in a.probes) == sorted((p.rate, p.passed) for p in b.probes)
+        assert first_fail_text(a.to_json()) == first_fail_text(b.to_json())
+    stopped = [p for s in fast.searches for p in s.probes if p.stopped_s is not None]
+    assert stopped and all(not p.passed for p in stopped)
+    md = capacity_markdown(fast.to_json(), "tcpreuse capacity cap.toml")
+    assert f"{stopped[0].rate:,.0f} ✗ ≥ " in md and "stopped once it was certain to fail" in md
+    assert all(p.stopped_s is None for s in slow.searches for p in s.probes)

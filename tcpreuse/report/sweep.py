@@ -188,6 +188,11 @@ def cap_text(s: dict[str, Any], doc: dict[str, Any]) -> str:
     return f"{c:,.0f}/s"
 
 
+def _share(p: dict[str, Any]) -> str:
+    """A probe's failed share; a lower bound ("≥") when it stopped once certain to fail."""
+    return ("≥ " if p.get("stopped_s") is not None else "") + pct(p["failure_rate"])
+
+
 def first_fail_text(s: dict[str, Any]) -> str:
     bad = [p for p in s["probes"] if not p["passed"]]
     if s["status"] == "error":
@@ -196,7 +201,7 @@ def first_fail_text(s: dict[str, Any]) -> str:
         return "none"
     p = min(bad, key=lambda p: p["rate"])
     when = f" from t = {p['first_failure_s']:.0f} s" if p["first_failure_s"] is not None else ""
-    return f"{p['rate']:,.0f}/s: {pct(p['failure_rate'])} failed{when}"
+    return f"{p['rate']:,.0f}/s: {_share(p)} failed{when}"
 
 
 def ratio_text(s: dict[str, Any], base: dict[str, Any]) -> str:
@@ -244,8 +249,10 @@ def capacity_page(doc: dict[str, Any], made_from: str = "") -> Page:
                                    ", ".join(f"{k}={v}" for k, v in s["set"].items())] for s in doc["searches"]]))
     for s in doc["searches"]:
         page.details.append((f"Probes: {s['label']}", [
-            (f"{p['rate']:,.0f}/s", f"{'pass' if p['passed'] else 'FAIL'}: {pct(p['failure_rate'])} failed, "
-             f"{pct(p['delayed_rate'])} delayed, {p['attempts']:,} attempts") for p in s["probes"]]))
+            (f"{p['rate']:,.0f}/s", f"{'pass' if p['passed'] else 'FAIL'}: {_share(p)} failed, "
+             f"{pct(p['delayed_rate'])} delayed, {p['attempts']:,} attempts"
+             + (f" (stopped at t = {p['stopped_s']:.0f} s: certain to fail)" if p.get("stopped_s") is not None else ""))
+            for p in s["probes"]]))
     return page
 
 
@@ -273,10 +280,11 @@ def capacity_markdown(doc: dict[str, Any], command: str) -> str:
         name = f"**{s['label']}**" if s is base else s["label"]
         lines.append(f"| {name} | {cap_text(s, doc)} | {'' if s is base else ratio_text(s, base)} | "
                      f"{first_fail_text(s)} | {how.replace('|', '/')} |")
-    lines += ["", "Probes (rate: failed share in the judged window; ⟳ n: the window was doubled n times "
+    lines += ["", "Probes (rate: failed share in the judged window; ≥: the probe stopped once it was certain "
+              "to fail, so its share is a lower bound; ⟳ n: the window was doubled n times "
               "because failures still grew) per configuration:", ""]
     for s in doc["searches"]:
-        ps = ", ".join(f"{p['rate']:,.0f} {'✓' if p['passed'] else '✗'} {pct(p['failure_rate'])}"
+        ps = ", ".join(f"{p['rate']:,.0f} {'✓' if p['passed'] else '✗'} {_share(p)}"
                        + (f" ⟳ {p['extended']}" if p.get("extended") else "") for p in s["probes"])
         lines.append(f"- {s['label']}: {ps or '-'}")
     lines.append("")

@@ -23,7 +23,14 @@ workload of the scenario together; the rate reported is requests per second.
 The fixes come from diagnosing the lowest failing probe of the configuration as it is
 (the same rules `simulate` runs); each fix's `set` is applied on top of the user's
 overrides, and searched like the baseline. All searches run at once on one Dask pool:
-each keeps one probe in flight, so a few searches keep every core busy.
+each keeps one probe in flight, so a few searches keep every core busy; when probes wait
+for a worker, higher rates go first (the searches that reach them are the long chains).
+
+A failing probe stops as soon as its verdict is certain (sweep/early.py), except the one
+that would end its search, whose share the table quotes; if a search still ends on a
+stopped probe, that probe is run again to its end. Verdicts, capacities and the table are
+those of whole runs (tests/test_capacity.py); only the probe list marks a stopped probe's
+share as a lower bound.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from ..errors import TcpreuseError
 from ..findings import Finding
 from ..scenario.loader import load_scenario
 from ..sim.estimate import Estimate, check, estimate
-from . import SweepError
+from . import SweepError, early
 from .cache import Cache, point_key
 from .runner import Pool
 
@@ -125,6 +132,7 @@ class Probe:
     duration_s: float = 0.0  # how long its runs were
     growing: bool = False  # failures still grew at the end of its longest run
     extended: int = 0  # window doublings it took
+    stopped_s: float | None = None  # ended early at this simulated time: certain to fail (sweep/early.py)
 
     @property
     def failure_rate(self) -> float:
@@ -135,7 +143,7 @@ class Probe:
                 "failure_rate": self.failure_rate, "delayed_rate": self.delayed_rate,
                 "first_failure_s": self.first_failure_s, "passed": self.passed, "error": self.error,
                 "reasons": self.reasons, "duration_s": self.duration_s, "growing": self.growing,
-                "extended": self.extended}
+                "extended": self.extended, "stopped_s": self.stopped_s}
 
 
 @dataclass
@@ -243,6 +251,7 @@ class CapacityResult:
             return ""
         probes = [p for s in self.searches for p in s.probes if not p.error]
         ext = sum(1 for p in probes if p.extended)
+        stopped = sum(1 for p in probes if p.stopped_s is not None)
         grow = sum(1 for p in probes if p.growing and p.passed)
         out = self.steady.text() + (
             f"; failures were flat over the judged window in {len(probes) - ext} of {len(probes)} probes"
@@ -251,6 +260,9 @@ class CapacityResult:
             out += f", {ext} needed a longer window (doubled up to {MAX_EXTENSIONS} times) before they stopped growing"
         if grow:
             out += f"; {grow} passing probe(s) still grew at the longest window"
+        if stopped:
+            out += (f"; {stopped} failing probe(s) stopped as soon as they were certain to exceed the budget "
+                    "(their share is a lower bound)")
         return out
 
 
@@ -260,13 +272,16 @@ class _Searcher:
     has failed somewhere."""
 
     def __init__(self, ref: str, res: CapacityResult, cache: Cache, make_pool: Callable[[], Pool],
-                 progress: Callable[[CapacityResult], None] | None, min_duration_s: float = 0.0) -> None:
+                 progress: Callable[[CapacityResult], None] | None, min_duration_s: float = 0.0,
+                 early_stop: bool = True) -> None:
         self.ref, self.res, self.cache, self.make_pool, self.progress = ref, res, cache, make_pool, progress
+        self.early_stop = early_stop
         self.min_duration_s = min_duration_s  # the scenario's (or --duration): probes run at least this
         self.stack = contextlib.ExitStack()
         self.pool: Pool | None = None
         self.ac: Any = None
-        self.pending: dict[Any, tuple[Search, float, int, str, bool]] = {}  # future -> (search, rate, seed, key, diag)
+        # future -> (search, rate, seed, its cache key, its key as a stoppable run or "")
+        self.pending: dict[Any, tuple[Search, float, int, str, str]] = {}
         # (search id, rate) -> (window doublings, seed -> summary)
         self.collected: dict[tuple[int, float], tuple[int, dict[int, dict[str, Any]]]] = {}
         self.steady: dict[int, SteadyState] = {}  # search id -> its steady-state plan
@@ -293,44 +308,90 @@ class _Searcher:
         return st
 
     def advance(self, s: Search) -> None:
-        """Start the next probe of `s`; probes served whole from the cache are recorded at once."""
+        """Start the next probe of `s`; probes served whole from the cache are recorded at once.
+        When the search is over and its lowest failing probe was stopped early, that probe
+        is run again to its end: the table quotes its failed share, which must be whole."""
         while True:
             rate = s.next_rate(self.res.start_rate, self.res.cap, self.res.floor, self.res.resolution)
             if rate is None:
-                return
+                bad = s.first_failing() if s.status in ("found", "below_floor") else None
+                if bad is None or bad.stopped_s is None:
+                    return
+                s.probes.remove(bad)
+                if not self.submit(s, bad.rate, bad.extended, whole=True):
+                    return
+                continue
             if not self.submit(s, rate, 0):
                 return
 
-    def submit(self, s: Search, rate: float, ext: int) -> bool:
-        """Start a probe (all seeds at `rate`, window doubled `ext` times). False when it is
-        running; True when it was served whole from the cache (and recorded: go on)."""
-        diag = not s.fix_id
+    def may_stop(self, probes: list[Probe], rate: float, sc: Any) -> bool:
+        """Whether a probe may end once it is certain to fail (sweep/early.py): one seed per
+        probe, no retries (the window's attempts are then known in advance), and not the
+        probe that would end the search if it failed (its share is quoted: run it whole)."""
+        if not self.early_stop or self.res.seeds != 1 or not early.stoppable(sc):
+            return False
+        trial = Search("", probes=[*probes, Probe(rate)])
+        return trial.next_rate(self.res.start_rate, self.res.cap, self.res.floor, self.res.resolution) is not None
+
+    def plan(self, s: Search, rate: float, ext: int, whole: bool, probes: list[Probe],
+             diag: bool) -> list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]]:
+        """The runs of a probe: (seed, cache key, key as a stoppable run or "", scenario,
+        stop rule or None), given the search's probes so far (may_stop reads them)."""
         base_seed = load_scenario(self.ref, self.res.overrides).seed
-        got: dict[int, dict[str, Any]] = {}
-        missing = []
+        out = []
         for i in range(self.res.seeds):
             seed = base_seed + i
-            try:
-                ov = self.overrides(s, rate, seed, ext)
-                dump = load_scenario(self.ref, ov).model_dump(mode="json")
-            except TcpreuseError as e:  # a fix this scenario cannot take: say so, go on
-                if not s.fix_id:
-                    raise
-                s.status, s.error = "error", e.message
-                return False
+            ov = self.overrides(s, rate, seed, ext)
+            sc = load_scenario(self.ref, ov)
+            dump = sc.model_dump(mode="json")
+            stop = None
+            if not diag and not whole and self.may_stop(probes, rate, sc):
+                stop = {"w0": math.ceil(self.steady[id(s)].hold_s - 1e-9), "max_failure": self.res.max_failure,
+                        "max_delayed": self.res.max_delayed}
             key = point_key(dump, ov)
-            hit = self.cache.get(key)
+            # a stopped run is cached apart: it is no whole run for `sweep` or a later probe
+            stop_key = point_key(dump, {**ov, "_stop": stop}) if stop is not None else ""
+            out.append((seed, key, stop_key, dump, stop))
+        return out
+
+    def lookup(self, key: str, stop_key: str, diag: bool) -> dict[str, Any] | None:
+        for k in (key, stop_key):
+            if not k:
+                continue
+            hit = self.cache.get(k)
             if hit is not None and "failed_per_s" in hit and (not diag or "findings" in hit):
+                return hit
+        return None
+
+    def submit(self, s: Search, rate: float, ext: int, whole: bool = False) -> bool:
+        """Start a probe (all seeds at `rate`, window doubled `ext` times). False when it is
+        running; True when it was served whole from the cache (and recorded: go on).
+        The baseline's probes carry the diagnosis until the fixes are known; the others may
+        stop early (may_stop) unless `whole`."""
+        diag = not s.fix_id and not self.fixes_added
+        try:
+            runs = self.plan(s, rate, ext, whole, s.probes, diag)
+        except TcpreuseError as e:  # a fix this scenario cannot take: say so, go on
+            if not s.fix_id:
+                raise
+            s.status, s.error = "error", e.message
+            return False
+        got: dict[int, dict[str, Any]] = {}
+        missing = []
+        for seed, key, stop_key, dump, stop in runs:
+            hit = self.lookup(key, stop_key, diag)
+            if hit is not None:
                 got[seed] = hit
                 self.res.cached += 1
             else:
-                missing.append((seed, key, dump))
+                missing.append((seed, key, stop_key, dump, stop))
         self.collected[(id(s), rate)] = (ext, got)
         if not missing:
             return self.record(s, rate)
-        for seed, key, dump in missing:
-            fut = self.ensure_pool().submit(key, dump, diag)
-            self.pending[fut] = (s, rate, seed, key, diag)
+        for seed, key, stop_key, dump, stop in missing:
+            # longest first: the searches of high rates are the long chains of the run
+            fut = self.ensure_pool().submit(key, dump, diag, stop, priority=int(rate * (1 << ext)))
+            self.pending[fut] = (s, rate, seed, key, stop_key)
             self.ac.add(fut)
         return False
 
@@ -349,6 +410,12 @@ class _Searcher:
         halves = [[0, 0], [0, 0]]
         delayed = 0.0
         for r in ok:
+            if "stopped_s" in r:  # ended once certain to fail: what it saw, over what the window holds
+                n += r["window_attempts"]
+                f += sum(r["failed_per_s"][w0:])
+                delayed += sum(r["delayed_per_s"][w0:])
+                p.stopped_s = r["stopped_s"]
+                continue
             att, bad = r["attempts_per_s"][w0:], r["failed_per_s"][w0:]
             mid = len(att) // 2
             for h, sl in ((0, slice(0, mid)), (1, slice(mid, None))):
@@ -416,10 +483,11 @@ class _Searcher:
             self.advance(self.res.baseline)
             while self.pending:
                 fut = next(self.ac)
-                s, rate, seed, key, _diag = self.pending.pop(fut)
+                s, rate, seed, key, stop_key = self.pending.pop(fut)
                 summary = Pool.result(fut)
                 if "error" not in summary:
-                    self.cache.put(key, summary)
+                    # a stoppable run that went to its end is a whole run: cached as one
+                    self.cache.put(stop_key if "stopped_s" in summary else key, summary)
                 self.res.computed += 1
                 entry = self.collected.get((id(s), rate))
                 if entry is None:
@@ -448,9 +516,10 @@ def find_capacity(ref: str, *, max_failure: float, max_delayed: float | None = N
                   seeds: int = 1, overrides: dict[str, Any] | None = None, cap: float | None = None,
                   cache: Cache, make_pool: Callable[[], Pool], fixes: bool = True,
                   progress: Callable[[CapacityResult], None] | None = None, force: bool = True,
-                  time_limit_s: float | None = None, workers: int = 1) -> CapacityResult:
+                  time_limit_s: float | None = None, workers: int = 1, early_stop: bool = True) -> CapacityResult:
     """`force` False: estimate the search first (sim.estimate) and refuse what will not fit
-    this machine's memory or `time_limit_s`."""
+    this machine's memory or `time_limit_s`. `early_stop` False runs every probe to its end
+    (the reference the early verdicts are tested against: same capacities, same table)."""
     if not 0 <= max_failure < 1:
         raise SweepError("--max-failure must be between 0 % and 100 %")
     if not 0 < resolution < 1:
@@ -470,7 +539,7 @@ def find_capacity(ref: str, *, max_failure: float, max_delayed: float | None = N
               force=False, time_limit_s=time_limit_s, workers=workers)
     res = CapacityResult(ref, max_failure, max_delayed, resolution, seeds, start, cap, start / 1024,
                          steady.duration_s, ov, [Search("as it is")], steady=steady)
-    s = _Searcher(ref, res, cache, make_pool, progress, min_duration_s=sc.duration_s)
+    s = _Searcher(ref, res, cache, make_pool, progress, min_duration_s=sc.duration_s, early_stop=early_stop)
     if not fixes:
         s.fixes_added = True
     s.run()

@@ -7,18 +7,29 @@ a user error (TcpreuseError) becomes an `error` field instead of failing the swe
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
 
-def run_point(dump: dict[str, Any], diagnose: bool = False) -> dict[str, Any]:
+def run_point(dump: dict[str, Any], diagnose: bool = False, stop: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`stop` ({"w0", "max_failure", "max_delayed"}, from `capacity`): end the run as soon
+    as its judged window is certain to fail (sweep/early.py); never with `diagnose`."""
     from ..errors import TcpreuseError
     from ..scenario.loader import from_data
     from ..sim.engine import simulate
 
+    # A worker runs one task after another, and the engine pauses the cyclic collector
+    # while it runs: what an earlier run left in cycles (live attempts and their hosts
+    # refer to each other) would otherwise still be there when this one peaks.
+    gc.collect()
     t0 = time.perf_counter()
     try:
         sc = from_data(dump)
+        if stop is not None and not diagnose:
+            from .early import run_until_verdict
+
+            return run_until_verdict(sc, int(stop["w0"]), float(stop["max_failure"]), stop.get("max_delayed"))
         run = simulate(sc, records=False)  # aggregates only: memory follows live connections
     except TcpreuseError as e:
         return {"error": e.message}

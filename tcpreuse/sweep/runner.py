@@ -107,9 +107,13 @@ class Pool:
             return f"Dask scheduler {self.scheduler}"
         return f"local Dask cluster ({self.workers or os.cpu_count() or 1} worker processes)"
 
-    def submit(self, key: str, dump: dict[str, Any], diagnose: bool = False) -> Any:
-        return self.client.submit(run_point, dump, diagnose, key=f"tcpr-{'d' if diagnose else 'p'}-{key}",
-                                  pure=False)
+    def submit(self, key: str, dump: dict[str, Any], diagnose: bool = False, stop: dict[str, Any] | None = None,
+               priority: int = 0) -> Any:
+        """One simulation (point.run_point). `stop`: may end early once it certainly fails
+        (capacity); `priority`: higher runs first when tasks wait for a worker."""
+        kind = "d" if diagnose else ("s" if stop is not None else "p")
+        return self.client.submit(run_point, dump, diagnose, stop, key=f"tcpr-{kind}-{key}", pure=False,
+                                  priority=priority)
 
     def completed(self, futures: list[Any]) -> Any:
         from distributed import as_completed
