@@ -49,27 +49,40 @@ PREV_TW = ("", "client", "server")
 
 def tuple_reuse(a: Attempts) -> None:
     """Adds: prev (index of the previous segment on the 4-tuple, -1), reuse_age_s,
-    prev_tw (who held TIME_WAIT from it, in this attempt's roles), tw_verdict."""
+    prev_tw (who held TIME_WAIT from it, in this attempt's roles), tw_verdict.
+
+    A 4-tuple's segments are consecutive rows (flow order), so a segment's previous one
+    is the row before it: each row is compared with the one before through slices
+    (views), and the temporaries are one byte per row (booleans) but for one float
+    column — a few times less memory than gathering the previous rows' columns, which
+    matters at tens of millions of attempts (``tuple_reuse_reference`` in the tests is
+    the gathering form; they agree)."""
     n = len(a)
-    flow = a["flow"]
-    prev = np.full(n, -1, dtype=np.int64)
+    prev = np.arange(-1, n - 1, dtype=np.int64)
+    age = np.full(n, np.nan)
+    prev_tw = np.zeros(n, dtype=np.int8)
     if n > 1:
-        same = flow[1:] == flow[:-1]
-        prev[1:] = np.where(same, np.arange(n - 1), -1)
-    has = prev >= 0
-    pi = np.where(has, prev, 0)
-    t_new = np.where(np.isnan(a["t_syn"]), a["t_start"], a["t_syn"])
-    age = np.where(has, t_new - a["t_end"][pi], np.nan)
-    holder = np.where(has, a["tw_holder"][pi], W_NONE)
-    h_is_orig_prev = holder == W_ORIG
-    h_addr = np.where(h_is_orig_prev, a["orig"][pi], a["resp"][pi])
-    h_port = np.where(h_is_orig_prev, a["orig_port"][pi], a["resp_port"][pi])
-    h_is_client = (h_addr == a["orig"]) & (h_port == a["orig_port"])
-    prev_tw = np.where(holder == W_NONE, 0, np.where(h_is_client, 1, 2)).astype(np.int8)
+        same = a["flow"][1:] == a["flow"][:-1]  # row i + 1 follows row i on its 4-tuple
+        prev[1:][~same] = -1
+        t_syn = a["t_syn"][1:]
+        t_new = np.where(np.isnan(t_syn), a["t_start"][1:], t_syn)
+        np.subtract(t_new, a["t_end"][:-1], out=t_new)
+        np.copyto(age[1:], t_new, where=same)
+        del t_new
+        holder = np.where(same, a["tw_holder"][:-1], W_NONE)
+        orig, oport = a["orig"], a["orig_port"]
+        # the previous connection's holder (its originator or responder) is this attempt's client?
+        h_is_client = np.where(holder == W_ORIG, (orig[:-1] == orig[1:]) & (oport[:-1] == oport[1:]),
+                               (a["resp"][:-1] == orig[1:]) & (a["resp_port"][:-1] == oport[1:]))
+        prev_tw[1:] = np.where(holder == W_NONE, 0, np.where(h_is_client, 1, 2))
+        del holder, h_is_client
     a["prev"] = prev
     a["reuse_age_s"] = age
     a["prev_tw"] = prev_tw
     a["tw_verdict"] = _tw_verdicts(a, prev, age, prev_tw)
+
+
+TW_BLOCK = 1 << 18  # SYNs on a server TIME_WAIT whose model inputs are built at once
 
 
 def _s32(x: np.ndarray) -> np.ndarray:
@@ -87,23 +100,32 @@ def _tw_verdicts(a: Attempts, prev: np.ndarray, age: np.ndarray, prev_tw: np.nda
     s32(tw_ts_recent - tsval), whether ts_recent is 0, whether the 24-day PAWS limit
     passed, and where the SYN's sequence number lies relative to tw_rcv_nxt (after,
     equal, before). Every SYN of a class gets the verdict the model gives the class's
-    first member, called with that member's real values (tests check this equals a
-    call per SYN)."""
-    out = np.zeros(len(a), dtype=np.int8)
-    has = prev >= 0
-    pi = np.where(has, prev, 0)
-    same_client = has & (a["orig"][pi] == a["orig"]) & (a["orig_port"][pi] == a["orig_port"])
-    cand = np.flatnonzero(
-        a["is_attempt"] & same_client & (prev_tw == 2) & (age < TCP_TIMEWAIT_LEN) & (age >= 0)
-    )
+    first member (of the first block of TW_BLOCK SYNs the class appears in), called
+    with that member's real values (tests check this equals a call per SYN)."""
+    n = len(a)
+    out = np.zeros(n, dtype=np.int8)
+    if n < 2:
+        return out
+    # prev is the row before (tuple_reuse): compare through slices, one byte per row
+    orig, oport = a["orig"], a["orig_port"]
+    same_client = (prev[1:] >= 0) & (orig[:-1] == orig[1:]) & (oport[:-1] == oport[1:])
+    same_client &= (prev_tw[1:] == 2) & (age[1:] < TCP_TIMEWAIT_LEN) & (age[1:] >= 0)
+    same_client &= a["is_attempt"][1:]
+    cand = np.flatnonzero(same_client) + 1
+    del same_client
     if not cand.size:
         return out
-    inp = _tw_inputs(a, prev[cand], cand)
-    sig = _tw_signature(inp)
-    classes, first_idx, inv = np.unique(sig, return_index=True, return_inverse=True)
-    verdict = np.asarray([_tw_call(inp, int(i)) for i in first_idx], dtype=np.int8)
-    out[cand] = verdict[inv.ravel()]
-    del classes
+    known: dict[int, int] = {}  # class -> verdict
+    for b in range(0, cand.size, TW_BLOCK):  # the inputs in blocks: their temporaries stay small
+        c = cand[b:b + TW_BLOCK]
+        inp = _tw_inputs(a, prev[c], c)
+        sig = _tw_signature(inp)
+        classes, first_idx, inv = np.unique(sig, return_index=True, return_inverse=True)
+        for k, i in zip(classes.tolist(), first_idx.tolist(), strict=True):
+            if k not in known:
+                known[k] = _tw_call(inp, int(i))
+        verdict = np.asarray([known[k] for k in classes.tolist()], dtype=np.int8)
+        out[c] = verdict[inv.ravel()]
     return out
 
 
