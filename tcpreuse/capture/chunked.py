@@ -217,6 +217,7 @@ class ChunkBuilder:
             a["pkt"] = rows[a["pkt"]]
             tw = a["pkt_tw_enter"]
             a["pkt_tw_enter"] = np.where(tw >= 0, rows[np.maximum(tw, 0)], tw).astype(tw.dtype)
+            del a.cols["flow"]  # flow_ordered numbers the flows of all rows at the end
             if not self.per_attempt:
                 for k in EXPORT_ONLY:
                     del a.cols[k]

@@ -694,8 +694,9 @@ def flow_ordered(att: Attempts, inplace: bool = False) -> Attempts:
     endpoints), a flow's segments in their order in `att` (a stable sort: each part
     must hold a flow's segments in time order, and parts come in time order); then the
     flow numbers, the first packet positions in flow order and the `prev` links (when
-    there are any) renumbered. `inplace`: `att`'s columns are replaced one by one (the
-    peak is one column more than the table, not two tables)."""
+    there are any) renumbered (`flow` is made when the rows come without it).
+    `inplace`: `att`'s columns are replaced one by one (the peak is one column more
+    than the table, not two tables)."""
     e_o = (att["orig"].astype(np.uint64) << np.uint64(16)) | att["orig_port"].astype(np.uint64)
     e_r = (att["resp"].astype(np.uint64) << np.uint64(16)) | att["resp_port"].astype(np.uint64)
     lo = np.minimum(e_o, e_r)
@@ -720,7 +721,8 @@ def flow_ordered(att: Attempts, inplace: bool = False) -> Attempts:
         att.history = att.history[o]
     else:
         out = att.take(o)
-    out["flow"] = (np.cumsum(new_flow) - 1).astype(out["flow"].dtype)
+    flow_dtype = out.cols["flow"].dtype if "flow" in out.cols else np.dtype(np.int64)  # parts may leave it out
+    out["flow"] = (np.cumsum(new_flow) - 1).astype(flow_dtype)
     if "first_pos" in out.cols:
         npk = out["packets"].astype(np.int64)
         out["first_pos"] = (np.cumsum(npk) - npk).astype(out["first_pos"].dtype)
