@@ -210,8 +210,19 @@ def recycle_verdicts(a: Attempts) -> None:
     )
     if not upd.size:
         return
-    pid = _pair_ids(a["orig"], a["resp"])
-    chk = np.flatnonzero(a["is_attempt"] & np.isin(pid, pid[upd]) & (a["tw_verdict"] != V_ACCEPT))
+    # the SYNs to check: attempts a TIME_WAIT did not accept, of an address pair with a
+    # write; pair ids (dense, in key order) of these rows and the writes only, which
+    # order the pairs as ids over all rows would, without a sort of every row
+    orig, resp = a["orig"], a["resp"]
+    cand = np.flatnonzero(a["is_attempt"] & (a["tw_verdict"] != V_ACCEPT))
+    if max(int(orig.max()), int(resp.max())) < (1 << 32):
+        wkey = np.unique((orig[upd] << np.uint64(32)) | resp[upd])
+        chk = cand[np.isin((orig[cand] << np.uint64(32)) | resp[cand], wkey)]
+    else:
+        pid_all = _pair_ids(orig, resp)
+        chk = cand[np.isin(pid_all[cand], pid_all[upd])]
+        del pid_all
+    del cand
     if not chk.size:
         return
     # writes and checks in one order: by key, then time (writes first at equal times,
@@ -219,7 +230,10 @@ def recycle_verdicts(a: Attempts) -> None:
     upd = upd[capture_order(a["pkt_tw_enter"][upd])]
     chk = chk[capture_order(a["pkt"][chk])]
     m = upd.size
-    key_all = np.concatenate([pid[upd], pid[chk]])
+    rows = np.concatenate([upd, chk])
+    part = np.union1d(upd, chk)
+    key_all = _pair_ids(orig[part], resp[part])[np.searchsorted(part, rows)]
+    del part
     t_all = np.concatenate([a["t_tw_enter"][upd], a["t_syn"][chk]])
     order = time_order(t_all)  # stable: writes (first in the concatenation) first at equal times
     if key_all.min() != key_all.max():
@@ -227,9 +241,8 @@ def recycle_verdicts(a: Attempts) -> None:
             order = order[np.argsort(key_all[order].astype(np.uint16), kind="stable")]
         else:
             order = order[np.argsort(key_all[order], kind="stable")]
-    rows = np.concatenate([upd, chk])
     out[chk] = backend.ACTIVE.recycle_checks(
-        order, m, pid[rows], a["orig_last_tsval"][upd].astype(np.int64),
+        order, m, key_all, a["orig_last_tsval"][upd].astype(np.int64),
         np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64), a["t_tw_enter"][upd].astype(np.int64),
         a["t_syn"][chk].astype(np.int64), a["syn_tsval"][chk].astype(np.int64), a["syn_has_ts"][chk])
 
