@@ -290,3 +290,45 @@ def test_tuple_reuse_slices_equal_the_gathering_form(which: str) -> None:
         assert (a["prev"] >= 0).sum() > 10 and (a["prev_tw"] == 2).any()
         assert which == "mixed" or (a["tw_verdict"] > 0).any()
         assert which == "windows" or (a["prev_tw"] == 1).any()
+
+
+def recycle_reference(a: Any) -> np.ndarray:
+    """reuse.recycle_verdicts with pair ids over every row (its earlier form)."""
+    from tcpreuse.capture.flows import capture_order, time_order
+
+    out = np.zeros(len(a), dtype=np.int8)
+    upd = np.flatnonzero((a["tw_holder"] == 2) & a["syn_has_ts"] & a["synack_has_ts"] & a["orig_ts_seen"]
+                         & ~np.isnan(a["t_tw_enter"]))
+    if not upd.size:
+        return out
+    pid = reuse._pair_ids(a["orig"], a["resp"])
+    chk = np.flatnonzero(a["is_attempt"] & np.isin(pid, pid[upd]) & (a["tw_verdict"] != reuse.V_ACCEPT))
+    if not chk.size:
+        return out
+    upd = upd[capture_order(a["pkt_tw_enter"][upd])]
+    chk = chk[capture_order(a["pkt"][chk])]
+    key_all = np.concatenate([pid[upd], pid[chk]])
+    order = time_order(np.concatenate([a["t_tw_enter"][upd], a["t_syn"][chk]]))
+    order = order[np.argsort(key_all[order], kind="stable")]
+    out[chk] = reuse._recycle_checks_reference(
+        order, upd.size, key_all, a["orig_last_tsval"][upd].astype(np.int64),
+        np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64), a["t_tw_enter"][upd].astype(np.int64),
+        a["t_syn"][chk].astype(np.int64), a["syn_tsval"][chk].astype(np.int64), a["syn_has_ts"][chk])
+    return out
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_recycle_replay_on_selected_pairs_equals_all_rows(v6: bool) -> None:
+    """Two clocks behind one NAT address (drops), beside other clients and servers and
+    IPv6 pairs (address keys past 32 bits): picking the SYNs by pair key and numbering
+    only their pairs gives the verdicts of numbering every row's pair."""
+    segs = nat_two_clocks()
+    for i in range(30):
+        t = T0 + 0.5 + i * 0.2
+        c, s = ("2001:db8::7", "2001:db8::1") if v6 and i % 2 else ("10.0.0.9", "10.0.0.2")
+        segs += handshake(t, c, 45000 + i % 4, s, 80, 5000 + i * 999, 800 + i, ts=(10_000 - i * 50, 3 + i),
+                          server_closes=True)
+    a = analyse(segs).attempts
+    assert (int(max(a["orig"].max(), a["resp"].max())) >= 1 << 32) == v6  # which way pairs are matched
+    ref = recycle_reference(a)
+    assert (ref != 0).sum() > 5 and np.array_equal(a["tw_recycle"], ref)
