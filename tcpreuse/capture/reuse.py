@@ -38,7 +38,7 @@ from ..model.timewait import (
     tcp_timewait_state_process,
 )
 from . import backend
-from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, time_order
+from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, distinct, time_order
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
 V_NONE, V_ACCEPT, V_ACK_OLD, V_PAWS, V_RST, V_DROP = range(6)
@@ -216,7 +216,7 @@ def recycle_verdicts(a: Attempts) -> None:
     orig, resp = a["orig"], a["resp"]
     cand = np.flatnonzero(a["is_attempt"] & (a["tw_verdict"] != V_ACCEPT))
     if max(int(orig.max()), int(resp.max())) < (1 << 32):
-        wkey = np.unique((orig[upd] << np.uint64(32)) | resp[upd])
+        wkey = distinct((orig[upd] << np.uint64(32)) | resp[upd])
         chk = cand[np.isin((orig[cand] << np.uint64(32)) | resp[cand], wkey)]
     else:
         pid_all = _pair_ids(orig, resp)
@@ -231,7 +231,7 @@ def recycle_verdicts(a: Attempts) -> None:
     chk = chk[capture_order(a["pkt"][chk])]
     m = upd.size
     rows = np.concatenate([upd, chk])
-    part = np.union1d(upd, chk)
+    part = distinct(np.concatenate([upd, chk]))
     key_all = _pair_ids(orig[part], resp[part])[np.searchsorted(part, rows)]
     del part
     t_all = np.concatenate([a["t_tw_enter"][upd], a["t_syn"][chk]])
