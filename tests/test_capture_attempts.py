@@ -230,3 +230,105 @@ def test_clock_fit_separates_hosts_only_on_evidence() -> None:
                              3, 2.0))
     assert rates.nat and set(rates.other_rates) | {rates.rate} >= {1000.0, 250.0}
     assert "different rates" in rates.why
+
+
+def tuple_reuse_reference(a: Any) -> dict[str, np.ndarray]:
+    """reuse.tuple_reuse in its gathering form (each row's previous row's columns taken
+    by index): the slice form must give the same columns."""
+    n = len(a)
+    flow = a["flow"]
+    prev = np.full(n, -1, dtype=np.int64)
+    if n > 1:
+        prev[1:] = np.where(flow[1:] == flow[:-1], np.arange(n - 1), -1)
+    has = prev >= 0
+    pi = np.where(has, prev, 0)
+    t_new = np.where(np.isnan(a["t_syn"]), a["t_start"], a["t_syn"])
+    age = np.where(has, t_new - a["t_end"][pi], np.nan)
+    holder = np.where(has, a["tw_holder"][pi], 0)
+    o = holder == 1  # W_ORIG
+    h_addr = np.where(o, a["orig"][pi], a["resp"][pi])
+    h_port = np.where(o, a["orig_port"][pi], a["resp_port"][pi])
+    h_is_client = (h_addr == a["orig"]) & (h_port == a["orig_port"])
+    prev_tw = np.where(holder == 0, 0, np.where(h_is_client, 1, 2)).astype(np.int8)
+    same_client = has & (a["orig"][pi] == a["orig"]) & (a["orig_port"][pi] == a["orig_port"])
+    cand = np.flatnonzero(a["is_attempt"] & same_client & (prev_tw == 2) & (age < 60) & (age >= 0))
+    verdict = np.zeros(n, dtype=np.int8)
+    if cand.size:
+        inp = reuse._tw_inputs(a, prev[cand], cand)
+        verdict[cand] = [reuse._tw_call(inp, k) for k in range(cand.size)]
+    return {"prev": prev, "reuse_age_s": age, "prev_tw": prev_tw, "tw_verdict": verdict}
+
+
+@pytest.mark.parametrize("which", ["windows", "nat", "mixed"])
+def test_tuple_reuse_slices_equal_the_gathering_form(which: str) -> None:
+    """Reused 4-tuples held by the client or the server, midstream segments, unanswered
+    and refused attempts, 4-tuples seen from either side: the lean pass's columns are
+    those of the straightforward one, row for row (NaN where it has NaN)."""
+    if which == "windows":
+        segs = windows_reuse(n_conn=300, ports=40)
+    elif which == "nat":
+        segs = nat_two_clocks()
+    else:
+        segs = []
+        for r in range(5):
+            for i in range(6):
+                t = T0 + r * 2.0 + i * 0.01
+                # the responder of round r becomes the originator in odd rounds: the same 4-tuple from either side
+                c, s, cp, sp = (C, S, 40000 + i, 80) if r % 2 == 0 else (S, C, 80, 40000 + i)
+                segs += handshake(t, c, cp, s, sp, 1000 + r * 50_000 + i, 7000 + r, ts=(r * 900 + i, 3 + r),
+                                  server_closes=(i + r) % 3 == 0)
+            segs += [Seg(T0 + r * 2.0 + 0.5, C, 50000, S, 80, "A", 5 + r, 9)]  # midstream
+            segs += [Seg(T0 + r * 2.0 + 0.6, C, 50001, S, 81, "S", 5 + r), Seg(T0 + r * 2.0 + 0.6001, S, 81, C, 50001,
+                                                                             "RA", 0, 6 + r)]
+    a = analyse(segs).attempts
+    ref = tuple_reuse_reference(a)
+    for k, v in ref.items():
+        got = a[k]
+        assert got.dtype == v.dtype, k
+        assert np.array_equal(got, v, equal_nan=v.dtype.kind == "f"), k
+    if which != "nat":  # two clocks behind one address: no 4-tuple comes round again
+        assert (a["prev"] >= 0).sum() > 10 and (a["prev_tw"] == 2).any()
+        assert which == "mixed" or (a["tw_verdict"] > 0).any()
+        assert which == "windows" or (a["prev_tw"] == 1).any()
+
+
+def recycle_reference(a: Any) -> np.ndarray:
+    """reuse.recycle_verdicts with pair ids over every row (its earlier form)."""
+    from tcpreuse.capture.flows import capture_order, time_order
+
+    out = np.zeros(len(a), dtype=np.int8)
+    upd = np.flatnonzero((a["tw_holder"] == 2) & a["syn_has_ts"] & a["synack_has_ts"] & a["orig_ts_seen"]
+                         & ~np.isnan(a["t_tw_enter"]))
+    if not upd.size:
+        return out
+    pid = reuse._pair_ids(a["orig"], a["resp"])
+    chk = np.flatnonzero(a["is_attempt"] & np.isin(pid, pid[upd]) & (a["tw_verdict"] != reuse.V_ACCEPT))
+    if not chk.size:
+        return out
+    upd = upd[capture_order(a["pkt_tw_enter"][upd])]
+    chk = chk[capture_order(a["pkt"][chk])]
+    key_all = np.concatenate([pid[upd], pid[chk]])
+    order = time_order(np.concatenate([a["t_tw_enter"][upd], a["t_syn"][chk]]))
+    order = order[np.argsort(key_all[order], kind="stable")]
+    out[chk] = reuse._recycle_checks_reference(
+        order, upd.size, key_all, a["orig_last_tsval"][upd].astype(np.int64),
+        np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64), a["t_tw_enter"][upd].astype(np.int64),
+        a["t_syn"][chk].astype(np.int64), a["syn_tsval"][chk].astype(np.int64), a["syn_has_ts"][chk])
+    return out
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_recycle_replay_on_selected_pairs_equals_all_rows(v6: bool) -> None:
+    """Two clocks behind one NAT address (drops), beside other clients and servers and
+    IPv6 pairs (address keys past 32 bits): picking the SYNs by pair key and numbering
+    only their pairs gives the verdicts of numbering every row's pair."""
+    segs = nat_two_clocks()
+    for i in range(30):
+        t = T0 + 0.5 + i * 0.2
+        c, s = ("2001:db8::7", "2001:db8::1") if v6 and i % 2 else ("10.0.0.9", "10.0.0.2")
+        segs += handshake(t, c, 45000 + i % 4, s, 80, 5000 + i * 999, 800 + i, ts=(10_000 - i * 50, 3 + i),
+                          server_closes=True)
+    a = analyse(segs).attempts
+    assert (int(max(a["orig"].max(), a["resp"].max())) >= 1 << 32) == v6  # which way pairs are matched
+    ref = recycle_reference(a)
+    assert (ref != 0).sum() > 5 and np.array_equal(a["tw_recycle"], ref)

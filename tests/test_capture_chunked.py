@@ -185,6 +185,9 @@ def test_compact_attempt_table_gives_the_same_report(tmp_path: Path) -> None:
     dropped = set(chunked.EXPORT_ONLY) | set(chunked.REUSE_ONLY)
     assert dropped <= set(full.attempts.cols) and not dropped & set(small.attempts.cols)
     assert small.attempts.history.dtype.itemsize == 1 < full.attempts.history.dtype.itemsize
+    for k in chunked.NARROW:  # counters in 32 bits, same values
+        assert small.attempts[k].dtype == np.int32 and full.attempts[k].dtype == np.int64
+        assert int(small.attempts[k].sum()) == int(full.attempts[k].sum())
 
     def report(an: analysis.CaptureAnalysis) -> dict[str, Any]:
         js = an.to_json()

@@ -306,7 +306,7 @@ class CaptureAnalysis:
         cols: dict[str, np.ndarray] = {
             "t": a["t_syn"][m] - t0,
             "connect_ms": (a["t_synack"][m] - a["t_syn"][m]) * 1000,
-            "syn_tries": a["n_syn"][m],
+            "syn_tries": a["n_syn"][m].astype(np.int64),  # 32 bits in a compact table
             "outcome": outcome,
             "reason": reason,
             "cause": cause,

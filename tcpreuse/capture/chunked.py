@@ -43,7 +43,10 @@ from .flows import Attempts, build, flow_ordered
 # the build read: a builder told that no such output is asked for drops them from the
 # rows it emits, and the reuse passes' own inputs once they ran (REUSE_ONLY).
 EXPORT_ONLY = ("first_pos", "flipped", "n_old_ack", "t_close", "resp_last_tsval", "frame", "syn_mss",
-               "syn_sackok", "completeness")
+               "syn_sackok", "completeness", "packets", "file")
+# Counters that such a builder keeps in 32 bits when they fit (the counts, statistics
+# and findings read their values, never their width).
+NARROW = ("n_syn", "n_synack", "n_rst_orig_pre")
 REUSE_ONLY = ("flow", "pkt_tw_enter", "synack_has_ts", "t_tw_enter", "orig_end_seq", "resp_end_seq",
               "orig_last_tsval", "t_orig_last_ts", "orig_ts_seen", "isn")
 
@@ -214,9 +217,14 @@ class ChunkBuilder:
             a["pkt"] = rows[a["pkt"]]
             tw = a["pkt_tw_enter"]
             a["pkt_tw_enter"] = np.where(tw >= 0, rows[np.maximum(tw, 0)], tw).astype(tw.dtype)
+            del a.cols["flow"]  # flow_ordered numbers the flows of all rows at the end
             if not self.per_attempt:
                 for k in EXPORT_ONLY:
                     del a.cols[k]
+                for k in NARROW:
+                    c = a.cols[k]
+                    if c.size and int(c.max()) <= np.iinfo(np.int32).max and int(c.min()) >= 0:
+                        a.cols[k] = c.astype(np.int32)
                 a.history = np.zeros(len(a), dtype="S1")
             self.parts.append(a)
 

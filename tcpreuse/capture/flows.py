@@ -694,16 +694,26 @@ def flow_ordered(att: Attempts, inplace: bool = False) -> Attempts:
     endpoints), a flow's segments in their order in `att` (a stable sort: each part
     must hold a flow's segments in time order, and parts come in time order); then the
     flow numbers, the first packet positions in flow order and the `prev` links (when
-    there are any) renumbered. `inplace`: `att`'s columns are replaced one by one (the
-    peak is one column more than the table, not two tables)."""
+    there are any) renumbered (`flow` is made when the rows come without it).
+    `inplace`: `att`'s columns are replaced one by one (the peak is one column more
+    than the table, not two tables)."""
     e_o = (att["orig"].astype(np.uint64) << np.uint64(16)) | att["orig_port"].astype(np.uint64)
     e_r = (att["resp"].astype(np.uint64) << np.uint64(16)) | att["resp_port"].astype(np.uint64)
-    lo, hi = np.minimum(e_o, e_r), np.maximum(e_o, e_r)
+    lo = np.minimum(e_o, e_r)
+    hi = np.maximum(e_o, e_r, out=e_o)
+    del e_o, e_r
     h = _flow_hash(lo, hi)
     if backend.ACTIVE.name == "c":  # the C grouping orders flows by the masked hash
         h = h & np.uint32(C_HASH_MASK)
     o = np.lexsort((hi, lo, h))
     del h
+    # flow starts, before the columns are put in order (the endpoints then let go)
+    lo = lo[o]
+    new_flow = np.r_[True, lo[1:] != lo[:-1]]
+    del lo
+    hi = hi[o]
+    new_flow[1:] |= hi[1:] != hi[:-1]
+    del hi
     if inplace:
         out = att
         for k in list(att.cols):
@@ -711,9 +721,8 @@ def flow_ordered(att: Attempts, inplace: bool = False) -> Attempts:
         att.history = att.history[o]
     else:
         out = att.take(o)
-    lo, hi = lo[o], hi[o]
-    new_flow = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])]
-    out["flow"] = (np.cumsum(new_flow) - 1).astype(out["flow"].dtype)
+    flow_dtype = out.cols["flow"].dtype if "flow" in out.cols else np.dtype(np.int64)  # parts may leave it out
+    out["flow"] = (np.cumsum(new_flow) - 1).astype(flow_dtype)
     if "first_pos" in out.cols:
         npk = out["packets"].astype(np.int64)
         out["first_pos"] = (np.cumsum(npk) - npk).astype(out["first_pos"].dtype)

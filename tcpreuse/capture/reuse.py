@@ -38,7 +38,7 @@ from ..model.timewait import (
     tcp_timewait_state_process,
 )
 from . import backend
-from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, time_order
+from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, distinct, time_order
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
 V_NONE, V_ACCEPT, V_ACK_OLD, V_PAWS, V_RST, V_DROP = range(6)
@@ -49,27 +49,40 @@ PREV_TW = ("", "client", "server")
 
 def tuple_reuse(a: Attempts) -> None:
     """Adds: prev (index of the previous segment on the 4-tuple, -1), reuse_age_s,
-    prev_tw (who held TIME_WAIT from it, in this attempt's roles), tw_verdict."""
+    prev_tw (who held TIME_WAIT from it, in this attempt's roles), tw_verdict.
+
+    A 4-tuple's segments are consecutive rows (flow order), so a segment's previous one
+    is the row before it: each row is compared with the one before through slices
+    (views), and the temporaries are one byte per row (booleans) but for one float
+    column — a few times less memory than gathering the previous rows' columns, which
+    matters at tens of millions of attempts (``tuple_reuse_reference`` in the tests is
+    the gathering form; they agree)."""
     n = len(a)
-    flow = a["flow"]
-    prev = np.full(n, -1, dtype=np.int64)
+    prev = np.arange(-1, n - 1, dtype=np.int64)
+    age = np.full(n, np.nan)
+    prev_tw = np.zeros(n, dtype=np.int8)
     if n > 1:
-        same = flow[1:] == flow[:-1]
-        prev[1:] = np.where(same, np.arange(n - 1), -1)
-    has = prev >= 0
-    pi = np.where(has, prev, 0)
-    t_new = np.where(np.isnan(a["t_syn"]), a["t_start"], a["t_syn"])
-    age = np.where(has, t_new - a["t_end"][pi], np.nan)
-    holder = np.where(has, a["tw_holder"][pi], W_NONE)
-    h_is_orig_prev = holder == W_ORIG
-    h_addr = np.where(h_is_orig_prev, a["orig"][pi], a["resp"][pi])
-    h_port = np.where(h_is_orig_prev, a["orig_port"][pi], a["resp_port"][pi])
-    h_is_client = (h_addr == a["orig"]) & (h_port == a["orig_port"])
-    prev_tw = np.where(holder == W_NONE, 0, np.where(h_is_client, 1, 2)).astype(np.int8)
+        same = a["flow"][1:] == a["flow"][:-1]  # row i + 1 follows row i on its 4-tuple
+        prev[1:][~same] = -1
+        t_syn = a["t_syn"][1:]
+        t_new = np.where(np.isnan(t_syn), a["t_start"][1:], t_syn)
+        np.subtract(t_new, a["t_end"][:-1], out=t_new)
+        np.copyto(age[1:], t_new, where=same)
+        del t_new
+        holder = np.where(same, a["tw_holder"][:-1], W_NONE)
+        orig, oport = a["orig"], a["orig_port"]
+        # the previous connection's holder (its originator or responder) is this attempt's client?
+        h_is_client = np.where(holder == W_ORIG, (orig[:-1] == orig[1:]) & (oport[:-1] == oport[1:]),
+                               (a["resp"][:-1] == orig[1:]) & (a["resp_port"][:-1] == oport[1:]))
+        prev_tw[1:] = np.where(holder == W_NONE, 0, np.where(h_is_client, 1, 2))
+        del holder, h_is_client
     a["prev"] = prev
     a["reuse_age_s"] = age
     a["prev_tw"] = prev_tw
     a["tw_verdict"] = _tw_verdicts(a, prev, age, prev_tw)
+
+
+TW_BLOCK = 1 << 18  # SYNs on a server TIME_WAIT whose model inputs are built at once
 
 
 def _s32(x: np.ndarray) -> np.ndarray:
@@ -87,23 +100,32 @@ def _tw_verdicts(a: Attempts, prev: np.ndarray, age: np.ndarray, prev_tw: np.nda
     s32(tw_ts_recent - tsval), whether ts_recent is 0, whether the 24-day PAWS limit
     passed, and where the SYN's sequence number lies relative to tw_rcv_nxt (after,
     equal, before). Every SYN of a class gets the verdict the model gives the class's
-    first member, called with that member's real values (tests check this equals a
-    call per SYN)."""
-    out = np.zeros(len(a), dtype=np.int8)
-    has = prev >= 0
-    pi = np.where(has, prev, 0)
-    same_client = has & (a["orig"][pi] == a["orig"]) & (a["orig_port"][pi] == a["orig_port"])
-    cand = np.flatnonzero(
-        a["is_attempt"] & same_client & (prev_tw == 2) & (age < TCP_TIMEWAIT_LEN) & (age >= 0)
-    )
+    first member (of the first block of TW_BLOCK SYNs the class appears in), called
+    with that member's real values (tests check this equals a call per SYN)."""
+    n = len(a)
+    out = np.zeros(n, dtype=np.int8)
+    if n < 2:
+        return out
+    # prev is the row before (tuple_reuse): compare through slices, one byte per row
+    orig, oport = a["orig"], a["orig_port"]
+    same_client = (prev[1:] >= 0) & (orig[:-1] == orig[1:]) & (oport[:-1] == oport[1:])
+    same_client &= (prev_tw[1:] == 2) & (age[1:] < TCP_TIMEWAIT_LEN) & (age[1:] >= 0)
+    same_client &= a["is_attempt"][1:]
+    cand = np.flatnonzero(same_client) + 1
+    del same_client
     if not cand.size:
         return out
-    inp = _tw_inputs(a, prev[cand], cand)
-    sig = _tw_signature(inp)
-    classes, first_idx, inv = np.unique(sig, return_index=True, return_inverse=True)
-    verdict = np.asarray([_tw_call(inp, int(i)) for i in first_idx], dtype=np.int8)
-    out[cand] = verdict[inv.ravel()]
-    del classes
+    known: dict[int, int] = {}  # class -> verdict
+    for b in range(0, cand.size, TW_BLOCK):  # the inputs in blocks: their temporaries stay small
+        c = cand[b:b + TW_BLOCK]
+        inp = _tw_inputs(a, prev[c], c)
+        sig = _tw_signature(inp)
+        classes, first_idx, inv = np.unique(sig, return_index=True, return_inverse=True)
+        for k, i in zip(classes.tolist(), first_idx.tolist(), strict=True):
+            if k not in known:
+                known[k] = _tw_call(inp, int(i))
+        verdict = np.asarray([known[k] for k in classes.tolist()], dtype=np.int8)
+        out[c] = verdict[inv.ravel()]
     return out
 
 
@@ -188,8 +210,19 @@ def recycle_verdicts(a: Attempts) -> None:
     )
     if not upd.size:
         return
-    pid = _pair_ids(a["orig"], a["resp"])
-    chk = np.flatnonzero(a["is_attempt"] & np.isin(pid, pid[upd]) & (a["tw_verdict"] != V_ACCEPT))
+    # the SYNs to check: attempts a TIME_WAIT did not accept, of an address pair with a
+    # write; pair ids (dense, in key order) of these rows and the writes only, which
+    # order the pairs as ids over all rows would, without a sort of every row
+    orig, resp = a["orig"], a["resp"]
+    cand = np.flatnonzero(a["is_attempt"] & (a["tw_verdict"] != V_ACCEPT))
+    if max(int(orig.max()), int(resp.max())) < (1 << 32):
+        wkey = distinct((orig[upd] << np.uint64(32)) | resp[upd])
+        chk = cand[np.isin((orig[cand] << np.uint64(32)) | resp[cand], wkey)]
+    else:
+        pid_all = _pair_ids(orig, resp)
+        chk = cand[np.isin(pid_all[cand], pid_all[upd])]
+        del pid_all
+    del cand
     if not chk.size:
         return
     # writes and checks in one order: by key, then time (writes first at equal times,
@@ -197,7 +230,10 @@ def recycle_verdicts(a: Attempts) -> None:
     upd = upd[capture_order(a["pkt_tw_enter"][upd])]
     chk = chk[capture_order(a["pkt"][chk])]
     m = upd.size
-    key_all = np.concatenate([pid[upd], pid[chk]])
+    rows = np.concatenate([upd, chk])
+    part = distinct(np.concatenate([upd, chk]))
+    key_all = _pair_ids(orig[part], resp[part])[np.searchsorted(part, rows)]
+    del part
     t_all = np.concatenate([a["t_tw_enter"][upd], a["t_syn"][chk]])
     order = time_order(t_all)  # stable: writes (first in the concatenation) first at equal times
     if key_all.min() != key_all.max():
@@ -205,9 +241,8 @@ def recycle_verdicts(a: Attempts) -> None:
             order = order[np.argsort(key_all[order].astype(np.uint16), kind="stable")]
         else:
             order = order[np.argsort(key_all[order], kind="stable")]
-    rows = np.concatenate([upd, chk])
     out[chk] = backend.ACTIVE.recycle_checks(
-        order, m, pid[rows], a["orig_last_tsval"][upd].astype(np.int64),
+        order, m, key_all, a["orig_last_tsval"][upd].astype(np.int64),
         np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64), a["t_tw_enter"][upd].astype(np.int64),
         a["t_syn"][chk].astype(np.int64), a["syn_tsval"][chk].astype(np.int64), a["syn_has_ts"][chk])
 
