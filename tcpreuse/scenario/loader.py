@@ -179,7 +179,7 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
                 raise ScenarioError(f"--set {key}: the scenario has no [{head}] section")
         sect[parts[1]] = value
         return
-    if len(parts) == 1 and head in ("seed", "duration_s", "name", "summary"):
+    if len(parts) == 1 and head in ("seed", "secrets_seed", "duration_s", "name", "summary"):
         data[head] = value
         return
     raise ScenarioError(

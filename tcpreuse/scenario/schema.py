@@ -170,6 +170,10 @@ class Scenario(_Strict):
     summary: str = ""
     description: str = ""
     seed: int = 1
+    # The kernel's secrets and random draws (port offsets and their increments, ISNs,
+    # timestamp offsets, NAT and LB choices, path loss) come from this seed; the arrivals
+    # from `seed` alone. Default: `seed`. validate draws others (validate/run.py DRAWS).
+    secrets_seed: int | None = None
     duration_s: float = Field(60.0, gt=0)
     host: list[HostGroup] = Field(min_length=1)
     nat: Nat | None = None

@@ -248,7 +248,9 @@ class Engine:
         self.half = self.rtt / 2
         self.loss = sc.path.loss
         self.end = sc.duration_s
-        self.rng = random.Random(clocks.derive_secret(sc.seed, "engine"))
+        # the kernel's (and the path's) draws: secrets_seed; the arrivals: seed
+        ks = sc.seed if sc.secrets_seed is None else sc.secrets_seed
+        self.rng = random.Random(clocks.derive_secret(ks, "engine"))
         self.heap = EventHeap()
         # CLOSE events in time order, read from lane_head on (each attempt closes once:
         # its time and sequence number are kept on the attempt, see push_close()).
@@ -277,8 +279,8 @@ class Engine:
         for inst in plan(sc):
             g = sc.group(inst.group)
             h = SimHost(inst.name, inst.group, inst.role, get_profile(g.profile), g.effective_settings,
-                        g.params, inst.addrs, sc.seed,
-                        random.Random(clocks.derive_secret(sc.seed, inst.name, "rng")))
+                        g.params, inst.addrs, ks,
+                        random.Random(clocks.derive_secret(ks, inst.name, "rng")))
             if inst.role == "server":
                 for port in g.listen_ports:
                     for a in h.addrs:
@@ -296,7 +298,7 @@ class Engine:
             n = sc.nat
             self.nat = SourceNat(pool(n.address, "198.51.100.1", n.addresses), n.port_policy, n.port_range,
                                  n.time_wait_s, n.close_s, n.max_attempts,
-                                 random.Random(clocks.derive_secret(sc.seed, "nat")))
+                                 random.Random(clocks.derive_secret(ks, "nat")))
             for gname in n.clients:
                 for h in self.groups[gname]:
                     h.behind_nat = True
@@ -313,7 +315,7 @@ class Engine:
                 pool(lb.snat_address, "192.0.2.1", lb.snat_addresses) if lb.snat else None,
                 lb.snat_port_order, lb.snat_port_range, lb.session_hold_s, lb.ignore_msl,
                 lb.held_session_syn, lb.rst_ends_session, lb.drop_server_ack_to_syn,
-                random.Random(clocks.derive_secret(sc.seed, "lb")))
+                random.Random(clocks.derive_secret(ks, "lb")))
             self.vip_addr, self.vip_port = ip2int(lb.vip), lb.port
         self.wls: list[WorkloadRT] = []
         for i, w in enumerate(sc.workload):
