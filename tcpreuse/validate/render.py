@@ -9,7 +9,7 @@ from rich.table import Table
 
 from . import suite
 from .compare import Row
-from .run import CrossCheck, Outcome, Report
+from .run import Outcome, Report
 
 
 def _fmt(v: Any) -> str:
@@ -66,12 +66,8 @@ def _terminal_one(o: Outcome, con: Console) -> None:
         con.print(f"  [bold]cross-check[/] ({o.cross.rule}): the model with {o.cross.profile} "
                   + (f"[green]disagrees[/] with this kernel under every draw of its secrets, as it must: "
                      f"{_cross_rows(o.cross.disagree)}"
-                     if o.cross.discriminates else "[red]agrees[/] with this kernel" + _draw(o.cross)
-                     + ": the scenario did not tell the versions apart on this run"))
-
-
-def _draw(x: CrossCheck) -> str:
-    return f" (under draw {x.agreeing_draw} of the secrets)" if x.agreeing_draw else ""
+                     if o.cross.discriminates else "[red]agrees[/] with this kernel: the scenario did "
+                     "not tell the versions apart on this run"))
 
 
 def _cross_rows(rows: list[str], n: int = 4) -> str:
@@ -85,7 +81,7 @@ def _cross_cell(o: Outcome | None) -> str:
         return _verdict(o)
     own = "agree" if o.agree else f"{sum(1 for r in o.rows if r.agree is False)} disagree"
     x = (f"**{len(o.cross.disagree)} disagree** ({_md_escape(_cross_rows(o.cross.disagree, 3))})"
-         if o.cross.discriminates else f"agree{_draw(o.cross)} (**does not discriminate on this run**)")
+         if o.cross.discriminates else "agree (**does not discriminate on this run**)")
     return f"own profile: {own}; {o.cross.profile}: {x}"
 
 
@@ -99,7 +95,7 @@ def cross_checks(reps: list[Report], heads: list[str]) -> list[str]:
              "Each pins a rule the model changes between the two kernels' versions. The model "
              "runs once more with the other version's profile against the same lab run; that "
              "cross-check must disagree, under every draw of the kernel's secrets the model tries "
-             "(validate/run.py drawn()), which shows the rule decides the outcome.", "",
+             "(validate/run.py judge_over_draws()), which shows the rule decides the outcome.", "",
              "| scenario | rule | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(reps)]
     for n in names:
         lines.append(f"| {n} | {_md_escape(suite.DISCRIMINATING[n])} | "
@@ -209,9 +205,9 @@ def _details(rep: Report, tolerances: dict[str, str], level: str, suffix: str) -
             lines += [f"- {_md_escape(n)}" for n in o.notes]
         if o.cross is not None:
             lines += ["", f"Cross-check with {o.cross.profile} ({_md_escape(o.cross.rule)}): "
-                      + (f"{len(o.cross.disagree)} row(s) disagree (under the seed's secrets; no other draw "
-                         "agrees either): " + _md_escape("; ".join(o.cross.disagree))
-                         if o.cross.discriminates else f"agrees{_draw(o.cross)}: did not discriminate on this run")
+                      + (f"{len(o.cross.disagree)} row(s) disagree under every draw of the kernel's secrets: "
+                         + _md_escape("; ".join(o.cross.disagree))
+                         if o.cross.discriminates else "agrees: did not discriminate on this run")
                       + "."]
     return lines
 

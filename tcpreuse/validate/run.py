@@ -22,7 +22,7 @@ from ..model.profiles import get_profile
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from . import suite
-from .compare import Row, compare, verdict
+from .compare import Row, compare, over_draws, verdict
 from .kernel import Hz
 from .metrics import measure
 
@@ -58,7 +58,6 @@ class CrossCheck:
     profile: str
     rule: str
     disagree: list[str] = field(default_factory=list)  # "metric: simulate vs lab"
-    agreeing_draw: int = 0  # a draw of the secrets under which the other profile agrees (drawn())
 
     @property
     def discriminates(self) -> bool:
@@ -66,7 +65,7 @@ class CrossCheck:
 
     def to_json(self) -> dict[str, Any]:
         return {"profile": self.profile, "rule": self.rule, "discriminates": self.discriminates,
-                "disagree": self.disagree, "agreeing_draw": self.agreeing_draw}
+                "disagree": self.disagree}
 
 
 @dataclass
@@ -84,7 +83,7 @@ class Outcome:
     sim: RunResult | None = None
     lab: RunResult | None = None
     cross: CrossCheck | None = None  # a version-discriminating scenario's cross-check
-    draw: int = 0  # the draw of the kernel's secrets the rows come from (drawn()); 0: the seed's
+    drawn: int = 0  # rows that agree only judged over draws of the kernel's secrets (judge_over_draws())
 
     @property
     def agree(self) -> bool:
@@ -99,7 +98,7 @@ class Outcome:
             "rows": [r.to_json() for r in self.rows], "notes": self.notes,
             "lab_s": round(self.lab_s, 2), "sim_s": round(self.sim_s, 2),
             "disagreements": sum(1 for r in self.rows if r.agree is False),
-            "secrets_draw": self.draw,
+            "judged_over_draws": self.drawn,
             "cross_check": self.cross.to_json() if self.cross is not None else None,
         }
 
@@ -368,27 +367,6 @@ def app_limited(sc: Scenario) -> str | None:
     return None
 
 
-RESALT = ("the kernel re-salts its port offsets every 10 s of jiffies (secure_ipv4_port_ephemeral(), "
-          "5.18+); a re-salt inside the run restarts the scan at a new offset, which may land on a "
-          "port freed moments ago (no TIME_WAIT holds it), so fewer distinct ports are used. When "
-          "it falls is the machine's jiffies phase, and the table's random increments make the new "
-          "offsets the kernel's own; the model re-salts on its own phase")
-
-
-def resalt_reuse(sc: Scenario) -> str | None:
-    """RESALT when a 5.18+ Linux client frees ports during the run (closes without keeping
-    a TIME_WAIT: RST close, server-first close, or more closes than tcp_max_tw_buckets)."""
-    for w in sc.workload:
-        g = sc.group(w.clients)
-        if g.role != "client" or get_profile(g.profile).port_secret_epoch_s is None:
-            continue
-        max_tw = int(g.effective_settings.get("net.ipv4.tcp_max_tw_buckets", 1 << 30))
-        frees = w.close != "client" or (w.count is None or w.count > max_tw)
-        if frees:
-            return RESALT
-    return None
-
-
 def racy_counters(sc: Scenario) -> frozenset[tuple[str, str]]:
     """Counters the lab leaves to a race: with close = server_rst the lab's client closes
     once it has the answer (lab/realise.py CLOSE_MAP), racing the server's RST."""
@@ -447,14 +425,14 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
     fixed = all(w.count is not None for w in sc.workload)
 
     def model(ov_: dict[str, Any], draw: int) -> RunResult:
-        """The model under the kernel's secrets drawn `draw`-th (0: the scenario's seed)."""
+        """The model under the kernel's secrets' `draw`-th draw (0: the scenario's seed's)."""
         return Engine(suite.load(ref, {**ov_, **more, **clocks, "secrets_seed": sc.seed + draw})).run()
 
     def rows_for(sim: RunResult, profile: str) -> list[Row]:
         return compare(measure(sim), measure(lab), fixed_count=fixed and not out.interrupted,
                        racy=racy_counters(sc),
                        chance_reason=suite.chance_reason(ref, get_profile(profile).ts_offset),
-                       wrap=scan_wrap(sc), queue_reason=app_limited(sc), resalt_reason=resalt_reuse(sc),
+                       wrap=scan_wrap(sc), queue_reason=app_limited(sc),
                        jiffy_ms=1000.0 / facts.hz, lag_ms=start_lag_ms(lab),
                        chance_outcomes=ref in suite.CHANCE_OUTCOMES,
                        chance_retries=ref in suite.CHANCE_RETRIES,
@@ -462,12 +440,7 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
 
     own = model_profile or facts.profile
     out.rows = rows_for(sim, own)
-    draw, first_bad = drawn(lambda k: rows_for(model(ov, k), own), out.rows)
-    if draw:
-        sim = model(ov, draw)
-        out.rows = rows_for(sim, own)
-        out.draw = draw
-        out.notes.append(draw_note(draw, first_bad))
+    out.drawn = judge_over_draws(out.rows, lambda k: rows_for(model(ov, k), own))
     crossed = seconds_crossings(sc, sim, lab, own)
     if crossed is not None:
         out.rows.append(crossed)
@@ -475,10 +448,9 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
         other = suite.cross_profile(get_profile(facts.profile).version)
         ov_x = {k: (other if k.endswith(".profile") else v) for k, v in ov.items()}
         rows_x = rows_for(model(ov_x, 0), other)
-        draw_x, _ = drawn(lambda k: rows_for(model(ov_x, k), other), rows_x)
+        judge_over_draws(rows_x, lambda k: rows_for(model(ov_x, k), other))
         out.cross = CrossCheck(other, suite.DISCRIMINATING[ref], [
-            f"{r.metric}: {_short(r.sim)} vs {_short(r.lab)}" for r in rows_x if r.agree is False] if not draw_x
-            else [], agreeing_draw=draw_x)
+            f"{r.metric}: {_short(r.sim)} vs {_short(r.lab)}" for r in rows_x if r.agree is False])
     out.sim_s = time.monotonic() - t0
     if trace:
         from .perattempt import rows as per_attempt
@@ -492,33 +464,22 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
 
 
 # How many more draws of the kernel's secrets the model is run under when its first run
-# disagrees with the lab (drawn()). Each is one run of a small scenario (~10 ms).
-DRAWS = 20
+# disagrees with the lab (compare.over_draws()). Each is one run of a small scenario
+# (10-130 ms); a lab value from the model's own distribution falls outside the range of
+# DRAWS + 1 draws with probability 2 / (DRAWS + 2), ~3 %.
+DRAWS = 60
 
 
-def drawn(rows_under: Callable[[int], list[Row]], first: list[Row]) -> tuple[int, list[str]]:
+def judge_over_draws(rows: list[Row], rows_under: Callable[[int], list[Row]]) -> int:
     """The kernel's secrets (port offsets and their random increments, ISNs, timestamp
     offsets where not measured, NAT and LB draws) are the machine's and unknowable: the
     lab's run is one draw of them, the model's run with the scenario's seed another. When
-    the model's first run disagrees, it is run under DRAWS more draws (Scenario.secrets_seed;
-    the arrivals, the measured clocks and offsets stay) and the first draw under which every
-    row agrees is the model's answer: a rule that does not depend on the secrets disagrees
-    under every draw. Returns (that draw, or 0 when the first agrees or none does; the
-    metrics the first run disagreed on)."""
-    bad = [r.metric for r in first if r.agree is False]
-    if not bad:
-        return 0, bad
-    for k in range(1, DRAWS + 1):
-        if verdict(rows_under(k)):
-            return k, bad
-    return 0, bad
-
-
-def draw_note(draw: int, first_bad: list[str]) -> str:
-    return (f"the kernel's secrets: the model's run with the scenario's seed disagreed on "
-            f"{', '.join(first_bad)}; under draw {draw} of {DRAWS} more of the secrets (port offsets, "
-            "ISNs, NAT and LB draws; arrivals and measured clocks kept) every row agrees, and those "
-            "rows are shown (validate/run.py drawn())")
+    a row disagrees, the model runs under DRAWS more draws (Scenario.secrets_seed; the
+    arrivals, the measured clocks and offsets stay) and such a row is judged against them
+    (compare.over_draws()). Returns how many rows were so judged agreeing."""
+    if verdict(rows):
+        return 0
+    return over_draws(rows, [rows_under(k) for k in range(1, DRAWS + 1)])
 
 
 def _short(v: Any) -> str:
