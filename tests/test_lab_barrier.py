@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.scenarios import native_lab
 
 from tcpreuse.errors import TcpreuseError
 from tcpreuse.lab.netns import list_namespaces
@@ -29,27 +30,8 @@ from tcpreuse.scenario.loader import load_text
 
 RATE = 100.0
 
-TWO_CLIENTS = f"""
-name = "barrier"
-duration_s = 2
-[[host]]
-name = "client"
-role = "client"
-count = 2
-profile = "linux-native"
-[[host]]
-name = "server"
-role = "server"
-port = 8080
-profile = "linux-native"
-[[workload]]
-name = "w"
-clients = "client"
-target = "server"
-close = "server"
-rate = {RATE:g}
-count = 60
-"""
+TWO_CLIENTS = native_lab("barrier", duration_s=2, rate=RATE, count=60, close="server", clients=2)
+
 
 def slow_python(tmp_path: Path, host: str, sleep_s: float) -> str:
     """An interpreter that starts `load --host-name HOST` sleep_s late (then execs the real

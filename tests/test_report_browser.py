@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import Cli
 from helpers.captures import nat_two_clocks, windows_reuse, write_pcap
+from helpers.scenarios import native_lab
 
 from tcpreuse.report.browser import check_page, find_chromium
 
@@ -85,28 +86,8 @@ def test_capture_analysis_report_in_chromium(cli: Cli, tmp_path: Path) -> None:
 @pytest.mark.skipif(not (shutil.which("ip") and shutil.which("nft")), reason="needs ip and nft")
 def test_lab_run_report_in_chromium(cli: Cli, tmp_path: Path) -> None:
     sc = tmp_path / "lab.toml"
-    sc.write_text("""
-name = "lab-report"
-duration_s = 4
-[[host]]
-name = "client"
-role = "client"
-profile = "linux-native"
-[host.settings]
-"net.ipv4.ip_local_port_range" = "40000 40299"
-[[host]]
-name = "server"
-role = "server"
-port = 8080
-profile = "linux-native"
-[[workload]]
-name = "w"
-clients = "client"
-target = "server"
-close = "client"
-rate = 200
-count = 500
-""")
+    sc.write_text(native_lab("lab-report", duration_s=4, rate=200, count=500, close="client",
+                             settings={"net.ipv4.ip_local_port_range": "40000 40299"}))
     html, result = tmp_path / "lab.html", tmp_path / "lab.json"
     code, out, err = cli(["lab", str(sc), "--html", str(html), "--result", str(result)])
     assert code == 0, err

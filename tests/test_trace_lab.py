@@ -7,6 +7,7 @@ import os
 import shutil
 
 import pytest
+from helpers.scenarios import native_lab
 
 from tcpreuse.lab.run import LabOptions, run_lab
 from tcpreuse.scenario.loader import load_text
@@ -19,29 +20,8 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("tcpreuse.commands.load") is None, reason="needs the load verb"),
 ]
 
-SCENARIO = """
-name = "trace-lab"
-duration_s = 5
-[[host]]
-name = "client"
-role = "client"
-profile = "linux-native"
-[host.settings]
-"net.ipv4.ip_local_port_range" = "40000 40299"
-"net.ipv4.tcp_tw_reuse" = 0
-[[host]]
-name = "server"
-role = "server"
-port = 8080
-profile = "linux-native"
-[[workload]]
-name = "w"
-clients = "client"
-target = "server"
-close = "client"
-rate = 300
-count = 400
-"""
+SCENARIO = native_lab("trace-lab", duration_s=5, rate=300, count=400, close="client",
+                      settings={"net.ipv4.ip_local_port_range": "40000 40299", "net.ipv4.tcp_tw_reuse": 0})
 
 
 def test_each_eaddrnotavail_attempt_gets_the_kernels_connect_error() -> None:

@@ -1,6 +1,9 @@
-"""Small scenario texts shared by tests: a Linux client closing first toward one server."""
+"""Small scenario texts shared by tests: a Linux client closing first toward one server, and
+the running kernel's clients and server for lab runs."""
 
 from __future__ import annotations
+
+import json
 
 
 def client_first(name: str, *, duration_s: float = 10, seed: int | None = None, clients: int = 1,
@@ -30,4 +33,33 @@ target = "server"
 close = "client"
 arrival = "{arrival}"
 rate = {rate}
+"""
+
+
+def native_lab(name: str, *, duration_s: float, rate: float, count: int, close: str,
+               clients: int = 1, settings: dict[str, object] | None = None) -> str:
+    """A lab scenario on the running kernel (linux-native): `clients` client hosts, one
+    server on 8080, one workload of `count` attempts at `rate`; `settings` are the
+    clients' sysctls."""
+    lines = "".join(f'"{k}" = {json.dumps(v)}\n' for k, v in (settings or {}).items())
+    return f"""
+name = "{name}"
+duration_s = {duration_s:g}
+[[host]]
+name = "client"
+role = "client"
+count = {clients}
+profile = "linux-native"
+{"[host.settings]" + chr(10) + lines if lines else ""}[[host]]
+name = "server"
+role = "server"
+port = 8080
+profile = "linux-native"
+[[workload]]
+name = "w"
+clients = "client"
+target = "server"
+close = "{close}"
+rate = {rate:g}
+count = {count}
 """
