@@ -126,3 +126,15 @@ def test_load_cli_start_at_wait_with_closed_stdin_is_one_line_exit_2():
                           "--duration", "1", "--start-at", "later"], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert bad.returncode == 2 and "--start-at must be a Unix time or 'wait'" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.netns
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+@pytest.mark.skipif(not (shutil.which("ip") and shutil.which("nft")), reason="needs ip and nft")
+@pytest.mark.parametrize("phase", [0.3, 0.8])
+def test_the_first_attempt_falls_where_in_the_second_it_was_asked(phase):
+    res = run_lab(load_text(TWO_CLIENTS, "<barrier>"), LabOptions(start_phase_s=phase))
+    first = float(res.meta["t0_monotonic"]) + min(_first_attempts(res).values())
+    off = (first - phase + 0.5) % 1.0 - 0.5  # signed distance on the circle of the second
+    assert abs(off) < 0.05, (first, phase)

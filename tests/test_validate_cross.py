@@ -119,3 +119,28 @@ def test_jiffies_lag_from_a_timer_list_read() -> None:
     # the model's jiffies at that instant are the kernel's
     assert int(jiffies0(250, mono - lag)) == j
     assert parse_timer_list("no clock here") is None
+
+
+def test_a_discriminating_run_starts_where_in_the_second_the_versions_differ() -> None:
+    from tcpreuse.kernels.pace import pace_overrides
+    from tcpreuse.validate.phase import STEPS, discriminating_phase
+
+    name = "v-reuse1-seconds"
+    ov, _ = native_overrides(suite.load(name), 100, "linux-6.1.176")
+    ov.update(pace_overrides(suite.load(name), 0.914))  # as UML paced it
+    found = discriminating_phase(name, ov, "linux-6.1.176", "linux-6.18")
+    assert found is not None
+    phase, rows = found
+    assert rows > 0 and 0 <= phase < 1 and round(phase * STEPS) == phase * STEPS
+    # started there, the two versions' models disagree on the successes
+    first = measure(Engine(suite.load(name, ov)).run()).first_t
+    ok = {}
+    for p in ("linux-6.1.176", "linux-6.18"):
+        up = 1000.0 + (phase - first) % 1.0
+        more = {**ov, "host.client.profile": p, "host.server.profile": p,
+                "host.client.model.uptime_s": up, "host.server.model.uptime_s": up}
+        ok[p] = measure(Engine(suite.load(name, more)).run()).outcomes["ok"]
+    assert ok["linux-6.1.176"] != ok["linux-6.18"], ok
+    # a rule the seconds clock does not decide: no phase is better than another
+    give_up, _ = native_overrides(suite.load("v-syn-give-up"), 100, "linux-6.1.176")
+    assert discriminating_phase("v-syn-give-up", give_up, "linux-6.1.176", "linux-6.18") is None

@@ -86,6 +86,9 @@ class LabJob:
     # one attempt in flight per load (load --max-in-flight 1): the scenario is sequential
     # in the model (validate's suite.SEQUENTIAL)
     sequential: bool = False
+    # start where in the second the model's two versions differ most (validate/phase.py):
+    # a version-discriminating scenario (validate's suite.DISCRIMINATING)
+    discriminate: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +99,7 @@ class LabJob:
                    approximate=bool(d.get("approximate")), native=bool(d.get("native")),
                    netfilter=str(d.get("netfilter") or "auto"), pace=bool(d.get("pace")),
                    trace=bool(d.get("trace")), capture=bool(d.get("capture")),
-                   sequential=bool(d.get("sequential")))
+                   sequential=bool(d.get("sequential")), discriminate=bool(d.get("discriminate")))
 
 
 @dataclass
@@ -267,11 +270,25 @@ def run_job(job: LabJob, facts: KernelFacts, progress: Any = None,
                 out.overrides = {**out.overrides, **pace_overrides(sc, k)}
                 out.notes.append(pace_note(sc, k, rate))
                 sc = suite.load(job.ref, out.overrides)
+        phase = None
+        if job.discriminate:
+            from ..model.profiles import get_profile
+            from ..validate.phase import discriminating_phase
+
+            own = facts.profile
+            found = discriminating_phase(job.ref, out.overrides, own,
+                                         suite.cross_profile(get_profile(own).version))
+            if found is not None:
+                phase = found[0]
+                out.notes.append(f"started with the first attempt {phase:.2f} s into a second of the "
+                                 f"kernel's clock, where the model's two versions differ on the most "
+                                 f"rows ({found[1]}; validate/phase.py)")
         out.result = run_lab(sc, LabOptions(approximate=job.approximate, progress=progress,
                                             netfilter=job.netfilter, lead_s=facts.lead_s,
                                             trace=job.trace,
                                             capture=capture_dir if job.capture else None,
-                                            max_in_flight=1 if job.sequential else None))
+                                            max_in_flight=1 if job.sequential else None,
+                                            start_phase_s=phase))
     except TcpreuseError as e:
         out.error = str(e)
     finally:

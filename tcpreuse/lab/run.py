@@ -88,6 +88,10 @@ class LabOptions:
     max_in_flight: int | None = None
     # how long the start barrier waits for the slowest load (None: max(20 s, 4 x lead_s))
     start_timeout_s: float | None = None
+    # where in its second of CLOCK_MONOTONIC the first attempt falls (the barrier's start
+    # waits up to 1 s more for it); None: as soon as the loads are ready. validate asks it
+    # for a version-discriminating run (validate/phase.py)
+    start_phase_s: float | None = None
 
 
 @contextlib.contextmanager
@@ -369,6 +373,9 @@ class LabRun:
         waited = time.monotonic() - launched
         # the go must reach each process, and each its workers, before the first attempt
         go = max(launched + lead, launched + waited + max(GO_MARGIN_S, 0.1 * lead))
+        if self.opts.start_phase_s is not None and self.loads:
+            first = go + min(ld.start_s + ld.phase_s for ld, _, _, _ in self.loads)
+            go += (self.opts.start_phase_s - first) % 1.0
         t0 = go - lead
         t0_unix = time.time() + (t0 - time.monotonic())
         for ld, q, _, _ in self.loads:

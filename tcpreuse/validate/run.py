@@ -501,7 +501,8 @@ def validate_many(refs: list[str], overrides: dict[str, Any] | None = None,
     kernel = get_kernel(opts.kernel)
     # a slower kernel than the host gets its scenarios paced (kernels/pace.py)
     jobs = [LabJob(ref=ref, overrides=dict(overrides or {}), native=True, netfilter=opts.netfilter,
-                   pace=opts.kernel != "host", trace=opts.trace, sequential=ref in suite.SEQUENTIAL)
+                   pace=opts.kernel != "host", trace=opts.trace, sequential=ref in suite.SEQUENTIAL,
+                   discriminate=ref in suite.DISCRIMINATING and opts.model_profile is None)
             for ref in refs]
     if opts.model_profile is not None:
         get_profile(opts.model_profile)  # an unknown profile fails before any lab runs
