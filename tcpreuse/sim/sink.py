@@ -92,11 +92,10 @@ class Sink:
         self.ff_reason = ""
         self.causes: dict[str, CauseAgg] = {}
         self.ok_bits = bytearray()  # bit idx: attempt idx succeeded (successes before a problem's first)
-        # Most attempts repeat the previous one's outcome, reason and connect() time (a
-        # steady run is "ok", "ok" and one RTT): the last of each and its tally are kept,
-        # so such an attempt is counted with identity and float tests, not dict lookups.
-        self.last_outcome = self.last_reason = "\0"  # (no outcome or reason is "\0")
-        self.last_ot = self.last_rt = self.last_mt = Tally(0)
+        # Most attempts repeat the previous one's connect() time (a steady run's is one
+        # RTT): the last and its tally are kept, so such an attempt is counted with a float
+        # test, not a rounding and a dict lookup.
+        self.last_mt = Tally(0)
         self.last_ms = math.nan
         self.last_k = math.nan
         self.last_cause = "\0"
@@ -134,20 +133,8 @@ class Sink:
         self.tl_attempts[b] += 1
         failed = outcome != "ok"
         delayed = reason == "ok_after_syn_retry" or reason == "ok_after_app_retry"
-        if outcome is self.last_outcome:
-            ot = self.last_ot
-            if idx < ot.first:
-                ot.first = idx
-            ot.n += 1
-        else:
-            self.last_outcome, self.last_ot = outcome, _count(self.outcomes, outcome, idx)
-        if reason is self.last_reason:
-            rt = self.last_rt
-            if idx < rt.first:
-                rt.first = idx
-            rt.n += 1
-        else:
-            self.last_reason, self.last_rt = reason, _count(self.reasons, reason, idx)
+        _count(self.outcomes, outcome, idx)
+        _count(self.reasons, reason, idx)
         k = math.nan  # connect() ms rounded to 1 us (successes), computed once for ok_ms and causes
         if failed:
             self.failed += 1
