@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -564,8 +565,8 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     files = [str(p) for p in paths]
     if not files:
         raise CaptureError("no capture files given")
-    if len(files) == 1 and _size(files[0]) >= STREAM_MIN_BYTES:
-        one = analyze_streamed(files[0], per_attempt=per_attempt)
+    if (merge or len(files) == 1) and sum(_size(f) for f in files) >= STREAM_MIN_BYTES:
+        one = analyze_streamed(files, per_attempt=per_attempt)
         if one is not None:
             return [one]
     t = time.perf_counter()
@@ -633,76 +634,104 @@ def _size(path: str) -> int:
         return 0
 
 
-def analyze_streamed(path: str, chunk_packets: int | None = None, builder: ChunkBuilder | None = None,
-                     window: int | None = None, per_attempt: bool = True) -> CaptureAnalysis | None:
-    """One pcap file read and built chunk by chunk (:mod:`.chunked`): what is resident
-    follows the live connections, not the file. The result is :func:`analyze_packets`'s
-    over the whole file; None when this way cannot give it, and the caller reads the
-    file in one pass: not a plain pcap file (pcapng, gzip), the numpy backend, packets
-    more than FAR_GAP_S apart (the far-time check needs the whole capture) or a
-    packet :class:`.chunked.Inexact` names. ``TCPREUSE_CAPTURE_CHUNKED=0`` turns it off
-    (the benchmarks compare the two that way). `per_attempt` False: no per-attempt
-    export will be asked of the result, so the attempt table keeps only the columns the
-    counts, per-source statistics and findings read (:data:`.chunked.EXPORT_ONLY` and
-    :data:`.chunked.REUSE_ONLY` left out, no Zeek histories)."""
-    import mmap
+def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = None,
+                     builder: ChunkBuilder | None = None, window: int | None = None,
+                     per_attempt: bool = True) -> CaptureAnalysis | None:
+    """One pcap file, or several merged (rotated files of one capture point), read and
+    built chunk by chunk (:mod:`.chunked`): what is resident follows the live
+    connections, not the file or the set. The result is :func:`analyze_paths`'s
+    (merge=True) over the same files; None when this way cannot give it, and the caller
+    reads the files in one pass: a file that is not a plain pcap file (pcapng, gzip),
+    the numpy backend, packets more than FAR_GAP_S apart (the far-time check needs the
+    whole capture) or a packet :class:`.chunked.Inexact` names.
+    ``TCPREUSE_CAPTURE_CHUNKED=0`` turns it off (the benchmarks compare the two that
+    way). `per_attempt` False: no per-attempt export will be asked of the result, so the
+    attempt table keeps only the columns the counts, per-source statistics and findings
+    read (:data:`.chunked.EXPORT_ONLY` and :data:`.chunked.REUSE_ONLY` left out, no Zeek
+    histories).
 
+    Several files are one stream: file after file, their packets go to one
+    :class:`.chunked.ChunkBuilder` (a 4-tuple reused across a file boundary is joined
+    as in one pass) and one IPv6 address table. The order is each file's start
+    (:func:`.formats.pcap_start_time`: its first records' times, read before any file is
+    decoded), then its place on the command line. The one-pass merge orders files by the
+    median time of their packets (:func:`file_order_key`), which needs a whole file; the
+    two orders agree when no file has a packet older than one of a file streamed before
+    it (rotated files), and that is checked as the packets come: the first packet that
+    breaks it (files overlapping in time, or a damaged first record time) raises
+    Inexact, so files are never joined in another order than the one-pass merge's.
+    Each file keeps its own :class:`ReadReport` (damage, how far it was read) and its
+    command-line index in the attempts' ``file`` column."""
     from . import backend, chunked
     from .decode import STREAM_WINDOW, stream_pcap
-    from .formats import PCAP_MAGIC, open_buffer
+    from .formats import pcap_start_time
 
+    files = [paths] if isinstance(paths, str) else [str(p) for p in paths]
     chunk_packets = chunk_packets or CHUNK_PACKETS
     lib = backend.c_extension() if backend.ACTIVE.name == "c" else None
-    if lib is None or os.environ.get("TCPREUSE_CAPTURE_CHUNKED", "1") == "0":
+    if not files or lib is None or os.environ.get("TCPREUSE_CAPTURE_CHUNKED", "1") == "0":
         return None
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(4) not in PCAP_MAGIC:
+    starts: list[float] = []
+    for f in files:
+        with _pcap_mapped(f) as buf:
+            if buf is None:
                 return None
-        buf, _nbytes, _damage = open_buffer(path)
-    except (OSError, CaptureError):
-        return None  # the one-pass read says what is wrong
-    if not isinstance(buf, mmap.mmap):
-        return None
+            starts.append(pcap_start_time(buf))
+    order = sorted(range(len(files)), key=lambda i: (starts[i], i))
+    reports = [ReadReport(path=f) for f in files]
+    timing = {"read": 0.0, "flows": 0.0}
+    b = builder or chunked.ChunkBuilder(per_attempt=per_attempt)
+    table: dict[bytes, int] = {}  # IPv6 addresses, numbered over all files
+    acc: list[Packets] = []
+    n_acc = n = 0
+    lo, hi = np.inf, -np.inf
+    before_hi = -np.inf  # the newest packet of the files streamed so far
+    spans: list[_FileSpan] = []  # the files that had packets, in stream order
     try:
-        if len(buf) < 24:
-            return None
-        rep = ReadReport(path=path, bytes_total=len(buf))
-        timing = {"read": 0.0, "flows": 0.0}
-        b = builder or chunked.ChunkBuilder(per_attempt=per_attempt)
-        acc: list[Packets] = []
-        n_acc = n = 0
-        lo, hi = np.inf, -np.inf
+        for i in order:
+            with _pcap_mapped(files[i]) as buf:
+                if buf is None:  # changed since it was looked at: the one-pass read says how
+                    return None
+                rep = reports[i]
+                rep.bytes_total = len(buf)
+                span = _FileSpan(i)
+                t = time.perf_counter()
+                for pk in stream_pcap(lib, buf, rep, i, window or STREAM_WINDOW, table):
+                    c_lo, c_hi = float(pk.ts.min()), float(pk.ts.max())
+                    if not (np.isfinite(c_lo) and np.isfinite(c_hi)):
+                        return None
+                    if c_lo < before_hi:
+                        raise chunked.Inexact("a packet older than one of a file read before (files overlap in time)")
+                    span.add(pk.ts, c_lo, c_hi)
+                    lo, hi = min(lo, c_lo), max(hi, c_hi)
+                    if hi - lo > FAR_GAP_S:
+                        return None
+                    n += len(pk)
+                    while len(pk):  # pieces (views) of exactly chunk_packets
+                        take = min(len(pk), chunk_packets - n_acc)
+                        acc.append(pk.take(slice(0, take)) if take < len(pk) else pk)
+                        pk = pk.take(slice(take, len(pk))) if take < len(pk) else Packets.empty()
+                        n_acc += take
+                        if n_acc == chunk_packets:
+                            t2 = time.perf_counter()
+                            timing["read"] += t2 - t
+                            b.add(acc)
+                            acc, n_acc = [], 0
+                            t = time.perf_counter()
+                            timing["flows"] += t - t2
+                timing["read"] += time.perf_counter() - t
+                if span.n:
+                    before_hi = span.hi
+                    spans.append(span)
+        if any(a.may_tie(b) for a, b in itertools.pairwise(spans)):
+            raise chunked.Inexact("two files may have the same median time, the one-pass merge takes them in another order")
         t = time.perf_counter()
-        for pk in stream_pcap(lib, buf, rep, 0, window or STREAM_WINDOW):
-            ts = pk.ts
-            lo, hi = min(lo, float(ts.min())), max(hi, float(ts.max()))
-            if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo > FAR_GAP_S:
-                return None
-            n += len(pk)
-            while len(pk):  # pieces (views) of exactly chunk_packets
-                take = min(len(pk), chunk_packets - n_acc)
-                acc.append(pk.take(slice(0, take)) if take < len(pk) else pk)
-                pk = pk.take(slice(take, len(pk))) if take < len(pk) else Packets.empty()
-                n_acc += take
-                if n_acc == chunk_packets:
-                    t2 = time.perf_counter()
-                    timing["read"] += t2 - t
-                    b.add(acc)
-                    acc, n_acc = [], 0
-                    t = time.perf_counter()
-                    timing["flows"] += t - t2
-        t2 = time.perf_counter()
-        timing["read"] += t2 - t
         b.add(acc)
         del acc
         att = b.finish()
-        timing["flows"] += time.perf_counter() - t2
+        timing["flows"] += time.perf_counter() - t
     except chunked.Inexact:
         return None
-    finally:
-        with contextlib.suppress(BufferError):
-            buf.close()
     t = time.perf_counter()
     reuse.tuple_reuse(att)
     chunked.release_freed()
@@ -712,4 +741,62 @@ def analyze_streamed(path: str, chunk_packets: int | None = None, builder: Chunk
             del att.cols[k]
     chunked.release_freed()
     timing["reuse"] = time.perf_counter() - t
-    return finish_analysis(att, b.v6, [rep], [path], n, lo if n else 0.0, hi if n else 0.0, timing)
+    return finish_analysis(att, b.v6, reports, files, n, lo if n else 0.0, hi if n else 0.0, timing)
+
+
+@dataclass
+class _FileSpan:
+    """The times of one file's packets as far as they tell its place in the one-pass
+    merge (:func:`file_order_key`) against the file streamed next: its oldest and newest
+    packet and how many packets carry each of those times."""
+
+    index: int
+    n: int = 0
+    lo: float = np.inf
+    n_lo: int = 0
+    hi: float = -np.inf
+    n_hi: int = 0
+
+    def add(self, ts: np.ndarray, lo: float, hi: float) -> None:
+        self.n += ts.size
+        if lo <= self.lo:
+            self.n_lo = (self.n_lo if lo == self.lo else 0) + int((ts == lo).sum())
+            self.lo = lo
+        if hi >= self.hi:
+            self.n_hi = (self.n_hi if hi == self.hi else 0) + int((ts == hi).sum())
+            self.hi = hi
+
+    def may_tie(self, nxt: _FileSpan) -> bool:
+        """Streamed before `nxt` (so no packet of `nxt` is older than this file's newest),
+        may this file still go after it in the one-pass merge? Only when both medians are
+        the one time where they meet (half of this file's packets at its newest time, half
+        of `nxt`'s at its oldest; counted loosely, the mean of two middle values being
+        rounded) and `nxt` came first on the command line."""
+        return (self.hi == nxt.lo and nxt.index < self.index
+                and self.n_hi >= self.n - self.n // 2 and nxt.n_lo >= nxt.n // 2)
+
+
+@contextlib.contextmanager
+def _pcap_mapped(path: str) -> Iterator[Any]:
+    """A plain pcap file memory-mapped (closed after), or None when it is not one the
+    streamed read takes (another format, gzip, unreadable, shorter than its header)."""
+    import mmap
+
+    from .formats import PCAP_MAGIC, open_buffer
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) not in PCAP_MAGIC:
+                buf = None
+            else:
+                buf, _nbytes, _damage = open_buffer(path)
+    except (OSError, CaptureError):
+        buf = None  # the one-pass read says what is wrong
+    if buf is not None and (not isinstance(buf, mmap.mmap) or len(buf) < 24):
+        buf = None
+    try:
+        yield buf
+    finally:
+        if isinstance(buf, mmap.mmap):
+            with contextlib.suppress(BufferError):
+                buf.close()
