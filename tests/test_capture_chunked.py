@@ -164,13 +164,27 @@ def test_scan_in_windows_equals_one_scan(tmp_path: Path) -> None:
             check(path, 11, window=w)
 
 
-def test_long_span_and_far_times_use_one_pass(tmp_path: Path) -> None:
-    """Packets more than a day apart: the far-time check needs the whole capture."""
-    segs = handshake(T0, "10.0.0.5", 40000, "10.0.0.1", 80, 1, 2)
-    segs += handshake(T0 + 2 * 86_400, "10.0.0.5", 40000, "10.0.0.1", 80, 9, 2)
+def test_long_span_streamed_and_far_times_use_one_pass(tmp_path: Path) -> None:
+    """Packets days apart in groups that the far-time check keeps (a -G rotated set over
+    days, traffic stopping overnight) are streamed, with the one-pass result; a few
+    packets more than a day from the rest (a damaged record time), which the one-pass
+    read leaves out with a warning, make the streamed read give up for it."""
+    segs: list[Seg] = []
+    for day in range(3):
+        for k in range(3):
+            segs += handshake(T0 + day * 2 * 86_400 + k, "10.0.0.5", 40000, "10.0.0.1", 80, 1 + day * 1000 + k, 2)
     path = write(tmp_path, "days.pcap", pcap_bytes(frames_of(segs)))
+    for chunk in (4, 30):
+        check(path, chunk)
+    paths = rotated(tmp_path, segs, [24, 48])  # one file a day
+    check_set(paths, 5)
+    got = check_set(paths[::-1], 5)
+    assert reused_across_files(got) == 2
+    far = [*segs, Seg(T0 + 6 * 86_400, "10.0.0.5", 40001, "10.0.0.1", 80, "S", 5)]  # two days after the rest
+    path = write(tmp_path, "far.pcap", pcap_bytes(frames_of(far)))
     assert analyze_streamed(str(path), 4) is None
     check_fallback(path)
+    assert one_pass(path).reports[0].bad_times == 1
 
 
 def test_compact_attempt_table_gives_the_same_report(tmp_path: Path) -> None:
@@ -410,3 +424,30 @@ def test_files_meeting_at_one_time_in_the_one_pass_order(tmp_path: Path) -> None
     check_set([a, b], 8)  # command-line order = time order
     a.write_bytes(pcap_bytes(frames_of(early + at_t[:8])))  # median before t: a goes first either way
     check_set([b, a], 8)
+
+
+def test_per_file_streams_each_large_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--per-file` (merge=False): each file of STREAM_MIN_BYTES or more is streamed by
+    itself, the others read whole; the analyses, one per file in command-line order and
+    the unreadable one last, are those of the one-pass reads."""
+    big = write(tmp_path, "big.pcap", pcap_bytes(frames_of(reuse_capture(rounds=8))))
+    small = write(tmp_path, "small.pcap", pcap_bytes(frames_of(reuse_capture(rounds=2))))
+    big2 = write(tmp_path, "big2.pcap", pcap_bytes(frames_of(reuse_capture(rounds=7))))
+    junk = write(tmp_path, "junk.pcap", b"not a capture at all")
+    files = [big, junk, small, big2]
+    want = [comparable(an) for an in analyze_paths(files, merge=False, jobs=1)]
+    streamed: list[str] = []
+    real = analysis.analyze_streamed
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        got = real(*a, **kw)
+        if got is not None:
+            streamed.extend(Path(f).name for f in got.files)
+        return got
+
+    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", min(big.stat().st_size, big2.stat().st_size))
+    monkeypatch.setattr(analysis, "analyze_streamed", spy)
+    got = analyze_paths(files, merge=False, jobs=2)
+    assert streamed == ["big.pcap", "big2.pcap"]
+    assert [Path(an.files[0]).name for an in got] == ["big.pcap", "small.pcap", "big2.pcap", "junk.pcap"]
+    assert [comparable(an) for an in got] == want

@@ -561,7 +561,11 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     parallel processes (`jobs`, default: cores). A file that is not a capture at all is
     reported and skipped; if none can be read, CaptureError. per_attempt=False: the
     caller will not export per-attempt rows (CSV, Parquet, RunResult, HTML), so a
-    streamed analysis may keep a compact attempt table (:func:`analyze_streamed`)."""
+    streamed analysis may keep a compact attempt table (:func:`analyze_streamed`).
+
+    Inputs of STREAM_MIN_BYTES or more are streamed (:func:`analyze_streamed`) when that
+    gives the same result: merged, all the files together as one stream; per file, each
+    such file by itself, in this process (the others are read as below)."""
     files = [str(p) for p in paths]
     if not files:
         raise CaptureError("no capture files given")
@@ -569,11 +573,17 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
         one = analyze_streamed(files, per_attempt=per_attempt)
         if one is not None:
             return [one]
+    streamed: dict[int, CaptureAnalysis] = {}
+    if not merge and len(files) > 1:
+        for i, f in enumerate(files):
+            if _size(f) >= STREAM_MIN_BYTES and (an := analyze_streamed(f, per_attempt=per_attempt)) is not None:
+                streamed[i] = an
+    todo = [(i, f) for i, f in enumerate(files) if i not in streamed]
     t = time.perf_counter()
     results: list[tuple[Packets, ReadReport] | CaptureError] = []
-    jobs = max(1, min(jobs or (os.cpu_count() or 1), len(files)))
+    jobs = max(1, min(jobs or (os.cpu_count() or 1), len(todo)))
     if jobs == 1:
-        for i, f in enumerate(files):
+        for i, f in todo:
             try:
                 results.append(_read_one((f, i)))
             except CaptureError as e:
@@ -583,7 +593,7 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs) as ex:
-            futs = [ex.submit(_read_one, (f, i)) for i, f in enumerate(files)]
+            futs = [ex.submit(_read_one, (f, i)) for i, f in todo]
             for fu in futs:
                 try:
                     results.append(fu.result())
@@ -592,12 +602,14 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     read_s = time.perf_counter() - t
     errors: list[tuple[str, CaptureError]] = []
     good: list[tuple[str, Packets, ReadReport]] = []
-    for f, r in zip(files, results, strict=True):
+    good_at: list[int] = []  # their command-line places
+    for (i, f), r in zip(todo, results, strict=True):
         if isinstance(r, CaptureError):
             errors.append((f, r))
         else:
             good.append((f, r[0], r[1]))
-    if not good:
+            good_at.append(i)
+    if not good and not streamed:
         if len(errors) == 1:
             raise errors[0][1]
         raise CaptureError("no file could be read: " + "; ".join(str(err) for _, err in errors))
@@ -611,10 +623,11 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
         pk = Packets.concat([g[1] for g in time_ordered(good)])
         reports = [g[2] for g in good] + [unread(f, err) for f, err in errors]
         return [analyze_packets(pk, reports, files, {"read": read_s})]
-    out = []
-    for f, pk, rep in good:
+    done = dict(streamed)
+    for i, (f, pk, rep) in zip(good_at, good, strict=True):
         pk.file = np.zeros(len(pk), dtype=np.int16)
-        out.append(analyze_packets(pk, [rep], [f], {"read": read_s}))
+        done[i] = analyze_packets(pk, [rep], [f], {"read": read_s})
+    out = [done[i] for i in sorted(done)]
     for f, err in errors:
         out.append(analyze_packets(Packets.empty(), [unread(f, err)], [f]))
     return out
@@ -642,8 +655,10 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     connections, not the file or the set. The result is :func:`analyze_paths`'s
     (merge=True) over the same files; None when this way cannot give it, and the caller
     reads the files in one pass: a file that is not a plain pcap file (pcapng, gzip),
-    the numpy backend, packets more than FAR_GAP_S apart (the far-time check needs the
-    whole capture) or a packet :class:`.chunked.Inexact` names.
+    the numpy backend, packets that the one-pass read leaves out for their far times
+    (:func:`far_times`; the groups of times are kept as the chunks come, so a capture or
+    a set of days without such packets is streamed) or a packet
+    :class:`.chunked.Inexact` names.
     ``TCPREUSE_CAPTURE_CHUNKED=0`` turns it off (the benchmarks compare the two that
     way). `per_attempt` False: no per-attempt export will be asked of the result, so the
     attempt table keeps only the columns the counts, per-source statistics and findings
@@ -687,6 +702,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     lo, hi = np.inf, -np.inf
     before_hi = -np.inf  # the newest packet of the files streamed so far
     spans: list[_FileSpan] = []  # the files that had packets, in stream order
+    groups = _TimeGroups()
     try:
         for i in order:
             with _pcap_mapped(files[i]) as buf:
@@ -703,9 +719,10 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                     if c_lo < before_hi:
                         raise chunked.Inexact("a packet older than one of a file read before (files overlap in time)")
                     span.add(pk.ts, c_lo, c_hi)
-                    lo, hi = min(lo, c_lo), max(hi, c_hi)
-                    if hi - lo > FAR_GAP_S:
+                    groups.add(pk.ts, c_lo, c_hi)
+                    if len(groups.groups) > _TimeGroups.MAX:  # times all over: damage the one-pass read reports
                         return None
+                    lo, hi = min(lo, c_lo), max(hi, c_hi)
                     n += len(pk)
                     while len(pk):  # pieces (views) of exactly chunk_packets
                         take = min(len(pk), chunk_packets - n_acc)
@@ -723,6 +740,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                 if span.n:
                     before_hi = span.hi
                     spans.append(span)
+        if groups.far_times():
+            return None
         if any(a.may_tie(b) for a, b in itertools.pairwise(spans)):
             raise chunked.Inexact("two files may have the same median time, the one-pass merge takes them in another order")
         t = time.perf_counter()
@@ -742,6 +761,49 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     chunked.release_freed()
     timing["reuse"] = time.perf_counter() - t
     return finish_analysis(att, b.v6, reports, files, n, lo if n else 0.0, hi if n else 0.0, timing)
+
+
+class _TimeGroups:
+    """The packet times seen so far as :func:`far_times` groups them (runs without a gap
+    of more than FAR_GAP_S), each with its packet count: kept chunk by chunk, so a
+    streamed read can tell at the end whether the one-pass read would leave packets out
+    for their far times, without holding the times. Usually one group (a chunk within a
+    day of the others is merged in without a sort)."""
+
+    MAX = 64  # more groups than this: the streamed read gives up (at most 100 can hold 1 % each)
+
+    def __init__(self) -> None:
+        self.groups: list[list[float]] = []  # [lo, hi, packets], in time order, > FAR_GAP_S apart
+
+    def add(self, ts: np.ndarray, lo: float, hi: float) -> None:
+        if hi - lo <= FAR_GAP_S:
+            self._merge(lo, hi, ts.size)
+            return
+        o = np.sort(ts)
+        cut = np.flatnonzero(np.diff(o) > FAR_GAP_S) + 1
+        for a, b in itertools.pairwise([0, *cut.tolist(), o.size]):
+            self._merge(float(o[a]), float(o[b - 1]), b - a)
+
+    def _merge(self, lo: float, hi: float, n: int) -> None:
+        # a run without such a gap joins every group it comes within FAR_GAP_S of
+        keep = []
+        for g in self.groups:
+            if g[0] - hi <= FAR_GAP_S and lo - g[1] <= FAR_GAP_S:
+                lo, hi, n = min(lo, g[0]), max(hi, g[1]), n + int(g[2])
+            else:
+                keep.append(g)
+        keep.append([lo, hi, float(n)])
+        keep.sort()
+        self.groups = keep
+
+    def far_times(self) -> bool:
+        """Would :func:`far_times` over all the packets leave some out?"""
+        if len(self.groups) < 2:
+            return False
+        cnt = np.asarray([g[2] for g in self.groups])
+        small = cnt < max(3, int(np.ceil(0.01 * cnt.sum())))
+        small[int(np.argmax(cnt))] = False
+        return bool(small.any())
 
 
 @dataclass
