@@ -262,7 +262,7 @@ def rotated(tmp_path: Path, segs: list[Seg], cuts: list[int], name: str = "cap.p
 
 def merged_one_pass(paths: list[Path]) -> analysis.CaptureAnalysis:
     """Today's merge of several files: each read whole, joined in file_order_key order."""
-    assert sum(p.stat().st_size for p in paths) < analysis.STREAM_MIN_BYTES
+    assert sum(p.stat().st_size for p in paths if p.exists()) < analysis.STREAM_MIN_BYTES
     return analyze_paths(paths, jobs=1)[0]
 
 
@@ -356,20 +356,27 @@ def check_set_fallback(paths: list[Path]) -> None:
     assert comparable(got) == comparable(merged_one_pass(paths))
 
 
-def test_pcapng_or_unreadable_file_in_a_set_falls_back(tmp_path: Path) -> None:
-    """The streamed read takes plain pcap files only: a pcapng file or a file that is
-    not a capture in the set, and the whole set is read in one pass (which reports the
-    unreadable file and analyses the others)."""
+def test_pcapng_in_a_set_falls_back_and_non_captures_are_skipped(tmp_path: Path) -> None:
+    """The streamed read takes plain pcap files only: a pcapng file in the set, and the
+    whole set is read in one pass. A file that is not a capture at all (a stray file
+    the glob took, an empty file, a missing one) is reported and skipped by both ways
+    alike, and the rest is streamed."""
     segs = reuse_capture(rounds=4)
-    paths = rotated(tmp_path, segs, [len(segs) // 2])
+    paths = rotated(tmp_path, segs, [len(segs) // 2, len(segs) // 2 + 7])
     ng = odd_captures()
     ng_name = next(k for k, v in ng.items() if v[:4] not in formats.PCAP_MAGIC)
     other = write(tmp_path, "b.pcapng", ng[ng_name])
-    junk = write(tmp_path, "junk.pcap", b"not a capture at all")
-    for extra in (other, junk):
-        files = [*paths, extra]
-        assert analyze_streamed([str(p) for p in files], 16) is None
-        check_set_fallback(files)
+    files = [*paths, other]
+    assert analyze_streamed([str(p) for p in files], 16) is None
+    check_set_fallback(files)
+    junk = write(tmp_path, "cap.pcap.txt", b"not a capture at all")
+    empty = write(tmp_path, "cap.pcap9", b"")
+    files = [paths[2], junk, paths[0], empty, tmp_path / "gone.pcap", paths[1]]
+    got = check_set(files, 9)
+    assert [Path(r.path).name for r in got.reports][3:] == ["cap.pcap.txt", "cap.pcap9", "gone.pcap"]
+    assert all(not r.complete and "not read" in r.warnings[0] for r in got.reports[3:])
+    assert reused_across_files(got) > 0
+    assert analyze_streamed([str(junk), str(empty)], 9) is None  # nothing to stream: one pass says why
 
 
 def test_analyze_command_on_a_rotated_set(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:

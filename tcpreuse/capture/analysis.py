@@ -13,6 +13,7 @@ import contextlib
 import csv
 import itertools
 import os
+import struct
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -614,11 +615,7 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
             raise errors[0][1]
         raise CaptureError("no file could be read: " + "; ".join(str(err) for _, err in errors))
 
-    def unread(f: str, err: CaptureError) -> ReadReport:
-        rep = ReadReport(path=f, complete=False)
-        rep.warnings.append(f"not read: {err.message}")
-        return rep
-
+    unread = _unread_report
     if merge:
         pk = Packets.concat([g[1] for g in time_ordered(good)])
         reports = [g[2] for g in good] + [unread(f, err) for f, err in errors]
@@ -631,6 +628,13 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     for f, err in errors:
         out.append(analyze_packets(Packets.empty(), [unread(f, err)], [f]))
     return out
+
+
+def _unread_report(path: str, err: CaptureError) -> ReadReport:
+    """The report of a file that is not a capture at all (skipped, the others analysed)."""
+    rep = ReadReport(path=path, complete=False)
+    rep.warnings.append(f"not read: {err.message}")
+    return rep
 
 
 CHUNK_PACKETS = 1 << 19  # packets per chunk of a streamed analysis
@@ -687,12 +691,20 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     if not files or lib is None or os.environ.get("TCPREUSE_CAPTURE_CHUNKED", "1") == "0":
         return None
     starts: list[float] = []
-    for f in files:
+    unread: dict[int, ReadReport] = {}  # files that are not captures at all: reported, skipped
+    for i, f in enumerate(files):
         with _pcap_mapped(f) as buf:
             if buf is None:
-                return None
+                err = _not_a_capture(f)
+                if err is None or len(files) == 1:
+                    return None  # a capture this way does not read, or nothing to stream
+                unread[i] = _unread_report(f, err)
+                starts.append(np.inf)
+                continue
             starts.append(pcap_start_time(buf))
-    order = sorted(range(len(files)), key=lambda i: (starts[i], i))
+    if len(unread) == len(files):
+        return None
+    order = sorted((i for i in range(len(files)) if i not in unread), key=lambda i: (starts[i], i))
     reports = [ReadReport(path=f) for f in files]
     timing = {"read": 0.0, "flows": 0.0}
     b = builder or chunked.ChunkBuilder(per_attempt=per_attempt)
@@ -760,6 +772,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
             del att.cols[k]
     chunked.release_freed()
     timing["reuse"] = time.perf_counter() - t
+    # as the one-pass merge has them: the files read, then those that are not captures
+    reports = [r for i, r in enumerate(reports) if i not in unread] + list(unread.values())
     return finish_analysis(att, b.v6, reports, files, n, lo if n else 0.0, hi if n else 0.0, timing)
 
 
@@ -836,6 +850,26 @@ class _FileSpan:
         rounded) and `nxt` came first on the command line."""
         return (self.hi == nxt.lo and nxt.index < self.index
                 and self.n_hi >= self.n - self.n // 2 and nxt.n_lo >= nxt.n // 2)
+
+
+def _not_a_capture(path: str) -> CaptureError | None:
+    """What the one-pass read raises for `path` when it is not a capture at all (missing,
+    empty, another kind of file); None when it is one (pcapng, gzip, a pcap too short for
+    its header), which the one-pass read takes."""
+    from .formats import PCAP_MAGIC, PCAPNG_SHB
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        head = b""
+    if head in PCAP_MAGIC or head[:2] == b"\x1f\x8b" or (len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB):
+        return None
+    try:
+        _read_one((path, 0))
+    except CaptureError as e:
+        return e
+    return None
 
 
 @contextlib.contextmanager
