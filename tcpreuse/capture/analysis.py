@@ -754,7 +754,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                     spans.append(span)
         if groups.far_times():
             return None
-        if any(a.may_tie(b) for a, b in itertools.pairwise(spans)):
+        if any(x.may_tie(y) for x, y in itertools.pairwise(spans)):
             raise chunked.Inexact("two files may have the same median time, the one-pass merge takes them in another order")
         t = time.perf_counter()
         b.add(acc)
