@@ -458,3 +458,26 @@ def test_per_file_streams_each_large_file(tmp_path: Path, monkeypatch: pytest.Mo
     assert streamed == ["big.pcap", "big2.pcap"]
     assert [Path(an.files[0]).name for an in got] == ["big.pcap", "small.pcap", "big2.pcap", "junk.pcap"]
     assert [comparable(an) for an in got] == want
+
+
+def test_rotated_set_carries_what_one_file_carries(tmp_path: Path) -> None:
+    """What a streamed set holds between chunks follows the live connections, as for the
+    same packets in one file: the same chunks, the same carried packets at their peak,
+    a small part of the capture; the result is the one file's but for the file names
+    and frame numbers."""
+    from helpers.captures import windows_reuse
+
+    segs = sorted(windows_reuse(n_conn=1500, ports=150, gap=0.05), key=lambda s: s.t)
+    whole = write(tmp_path, "whole.pcap", pcap_bytes(frames_of(segs)))
+    paths = rotated(tmp_path, segs, [len(segs) * k // 7 + k for k in range(1, 7)])
+    b1, b2 = chunked.ChunkBuilder(), chunked.ChunkBuilder()
+    one = analyze_streamed(str(whole), 500, b1)
+    got = analyze_streamed([str(p) for p in paths[::-1]], 500, b2)
+    assert one is not None and got is not None
+    assert b1.rows == b2.rows == len(segs)
+    assert 0 < b2.peak_carry == b1.peak_carry < len(segs) // 8
+    assert reused_across_files(got) > 20
+    assert comparable(got)["json"]["counts"] == comparable(one)["json"]["counts"]
+    for k in got.attempts.cols:
+        if k not in ("file", "frame"):  # frame numbers count from each file's start
+            assert np.array_equal(got.attempts[k], one.attempts[k], equal_nan=got.attempts[k].dtype.kind == "f"), k
