@@ -26,8 +26,12 @@ The commands run from this checkout (it goes first on the children's PYTHONPATH)
 its C extension when it is built in place. Prints one row per command and size (wall s, attempts or packets per second, peak RSS)
 and whether the peak RSS at the largest size is within 2x of the smallest.
 
+``--rotated N`` adds, per size, the same packets cut into N files at record boundaries
+(``tcpdump -C`` names: scale-10x.pcap, scale-10x.pcap1, ...) and analysed merged
+(``tcpreuse analyze FILES --json``): a set of 192 MB or more is read as one stream too.
+
 ``python bench/scale.py [--sizes 1,10,100] [--only simulate|analyze] [--capture FILE]
-[--base-packets 1000000] [--dir DIR]``
+[--base-packets 1000000] [--dir DIR] [--rotated N]``
 """
 
 from __future__ import annotations
@@ -175,11 +179,21 @@ class Base:
         return (b[pos].astype(np.uint64) << 24 | b[pos + 1].astype(np.uint64) << 16
                 | b[pos + 2].astype(np.uint64) << 8 | b[pos + 3].astype(np.uint64))
 
-    def write(self, path: Path, copies: int) -> int:
-        """`copies` time-shifted copies one after the other; returns the bytes written."""
+    def write(self, path: Path | list[Path], copies: int) -> int:
+        """`copies` time-shifted copies one after the other; returns the bytes written.
+        Several paths: the same packets cut into that many files of about the same size
+        at record boundaries (inside copies, so inside connections), each with the pcap
+        header, as ``tcpdump -C`` rotates them."""
+        paths = [path] if isinstance(path, Path) else path
+        total = copies * self.body.size
+        cuts = [total * j // len(paths) for j in range(1, len(paths))]  # in the records' bytes
+        rec = self.sec_pos  # record starts within a copy
+        files = iter(paths)
         out = self.body.copy()
-        with open(path, "wb") as f:
+        f = open(next(files), "wb")  # noqa: SIM115 (a new file at each cut)
+        try:
             f.write(self.header)
+            pos = 0
             for k in range(copies):
                 shift = k * (self.span + 1)
                 sec = (self.sec + shift) & 0xFFFFFFFF
@@ -191,8 +205,20 @@ class Base:
                 seq = (self.seq + shift * ISN_HZ) & 0xFFFFFFFF
                 for i in range(4):
                     out[self.seq_pos + i] = (seq >> (8 * (3 - i))) & 0xFF
-                f.write(out.tobytes())
-        return 24 + copies * self.body.size
+                start = 0
+                while cuts and cuts[0] < pos + out.size:
+                    i = int(np.searchsorted(rec, cuts.pop(0) - pos))
+                    end = int(rec[i]) if i < rec.size else out.size
+                    f.write(out[start:end].tobytes())
+                    f.close()
+                    f = open(next(files), "wb")  # noqa: SIM115
+                    f.write(self.header)
+                    start = end
+                f.write(out[start:].tobytes())
+                pos += out.size
+        finally:
+            f.close()
+        return 24 * len(paths) + total
 
 
 def mem_available() -> int:
@@ -206,12 +232,13 @@ def mem_available() -> int:
     return 0
 
 
-def run_analyze(base: Base, size: int, work: Path, prev: dict[str, Any] | None) -> dict[str, Any]:
-    path = work / f"scale-{size}x.pcap"
-    need = 24 + size * base.body.size
+def run_analyze(base: Base, size: int, work: Path, prev: dict[str, Any] | None, files: int = 1) -> dict[str, Any]:
+    paths = [work / (f"scale-{size}x.pcap" + (str(i) if i else "")) for i in range(files)]  # tcpdump -C names
+    need = 24 * files + size * base.body.size
     free = shutil.disk_usage(work).free
-    row: dict[str, Any] = {"what": "analyze", "size": size, "input": f"~{size * base.packets:,} packets, "
-                           f"{need / 1e9:.2f} GB", "wall_s": 0.0, "rss": 0}
+    row: dict[str, Any] = {"what": "analyze" if files == 1 else "rotated", "size": size,
+                           "input": f"~{size * base.packets:,} packets, {need / 1e9:.2f} GB"
+                           + (f", {files} files" if files > 1 else ""), "wall_s": 0.0, "rss": 0}
     avail = mem_available()
     if prev and prev.get("rss") and avail:  # the last size's peak, grown in proportion
         guess = prev["rss"] * size / prev["size"]
@@ -225,9 +252,9 @@ def run_analyze(base: Base, size: int, work: Path, prev: dict[str, Any] | None) 
         return row
     try:
         t = time.perf_counter()
-        base.write(path, size)
+        base.write(paths, size)
         row["write_s"] = time.perf_counter() - t
-        rc, wall, rss, out, err = measured([*tcpreuse(), "analyze", str(path), "--json"])
+        rc, wall, rss, out, err = measured([*tcpreuse(), "analyze", *map(str, paths), "--json"])
         row.update(wall_s=wall, rss=rss)
         if rc not in (0, 1):  # 1: findings were made
             row["refused"] = (err.strip().splitlines() or [f"exit {rc}"])[-1][:160]
@@ -235,7 +262,8 @@ def run_analyze(base: Base, size: int, work: Path, prev: dict[str, Any] | None) 
         n = int(json.loads(out)["counts"]["packets"])
         row.update(n=n, unit="packets", rate=n / wall)
     finally:
-        path.unlink(missing_ok=True)
+        for path in paths:
+            path.unlink(missing_ok=True)
     return row
 
 
@@ -247,7 +275,7 @@ def show(rows: list[dict[str, Any]]) -> None:
         print(f"{r['what']:9} {r['size']:>4}x  {r['input']:34} {r['wall_s']:9.1f} {rate:>22} {rss:>10}")
         if "refused" in r:
             print(f"{'':17}not measured: {r['refused']}")
-    for what in ("simulate", "analyze"):
+    for what in ("simulate", "analyze", "rotated"):
         done = [r for r in rows if r["what"] == what and "rate" in r]
         if len(done) >= 2:
             lo, hi = min(done, key=lambda r: r["size"]), max(done, key=lambda r: r["size"])
@@ -263,6 +291,8 @@ def main() -> None:
     ap.add_argument("--capture", type=Path, default=None, help="base capture (pcap) instead of recording one")
     ap.add_argument("--base-packets", type=int, default=1_000_000, help="records of the base capture to use")
     ap.add_argument("--dir", type=Path, default=None, help="where to write the scaled captures")
+    ap.add_argument("--rotated", type=int, default=0, metavar="N",
+                    help="also analyse each size's packets cut into N rotated files, merged (0: not)")
     ap.add_argument("--netns-prefix", default="tcpr-bench-sc-", help="name prefix of the recording's namespace")
     args = ap.parse_args()
     try:
@@ -286,6 +316,9 @@ def main() -> None:
                 done = [r for r in rows if r["what"] == "analyze" and r["rss"]]
                 rows.append(run_analyze(base, k, work, done[-1] if done else None))
                 print(f"analyze {k}x done ({rows[-1]['wall_s']:.1f} s)", flush=True)
+                if args.rotated > 1:
+                    rows.append(run_analyze(base, k, work, rows[-1] if rows[-1]["rss"] else None, args.rotated))
+                    print(f"analyze {k}x in {args.rotated} files done ({rows[-1]['wall_s']:.1f} s)", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     show(rows)

@@ -7,6 +7,7 @@ small windows."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,27 @@ def test_scan_in_windows_equals_one_scan(tmp_path: Path) -> None:
             check(path, 11, window=w)
 
 
-def test_long_span_and_far_times_use_one_pass(tmp_path: Path) -> None:
-    """Packets more than a day apart: the far-time check needs the whole capture."""
-    segs = handshake(T0, "10.0.0.5", 40000, "10.0.0.1", 80, 1, 2)
-    segs += handshake(T0 + 2 * 86_400, "10.0.0.5", 40000, "10.0.0.1", 80, 9, 2)
+def test_long_span_streamed_and_far_times_use_one_pass(tmp_path: Path) -> None:
+    """Packets days apart in groups that the far-time check keeps (a -G rotated set over
+    days, traffic stopping overnight) are streamed, with the one-pass result; a few
+    packets more than a day from the rest (a damaged record time), which the one-pass
+    read leaves out with a warning, make the streamed read give up for it."""
+    segs: list[Seg] = []
+    for day in range(3):
+        for k in range(3):
+            segs += handshake(T0 + day * 2 * 86_400 + k, "10.0.0.5", 40000, "10.0.0.1", 80, 1 + day * 1000 + k, 2)
     path = write(tmp_path, "days.pcap", pcap_bytes(frames_of(segs)))
+    for chunk in (4, 30):
+        check(path, chunk)
+    paths = rotated(tmp_path, segs, [24, 48])  # one file a day
+    check_set(paths, 5)
+    got = check_set(paths[::-1], 5)
+    assert reused_across_files(got) == 2
+    far = [*segs, Seg(T0 + 6 * 86_400, "10.0.0.5", 40001, "10.0.0.1", 80, "S", 5)]  # two days after the rest
+    path = write(tmp_path, "far.pcap", pcap_bytes(frames_of(far)))
     assert analyze_streamed(str(path), 4) is None
     check_fallback(path)
+    assert one_pass(path).reports[0].bad_times == 1
 
 
 def test_compact_attempt_table_gives_the_same_report(tmp_path: Path) -> None:
@@ -231,3 +246,238 @@ def test_command_output_is_the_one_pass_output(seed_pcap: Path, cli: Any, monkey
     assert used == [True, True]
     monkeypatch.setenv("TCPREUSE_CAPTURE_CHUNKED", "0")
     assert both() == chunked_out
+
+
+# ---- rotated files (tcpdump -C/-G/-W) read as one stream --------------------------------
+
+
+def rotated(tmp_path: Path, segs: list[Seg], cuts: list[int], name: str = "cap.pcap") -> list[Path]:
+    """One capture cut into files at packet indexes `cuts`, named as tcpdump -C names
+    them (cap.pcap, cap.pcap1, cap.pcap2, ...)."""
+    fr = frames_of(segs)
+    bounds = [0, *cuts, len(fr)]
+    return [write(tmp_path, name + (str(k) if k else ""), pcap_bytes(fr[a:b]))
+            for k, (a, b) in enumerate(itertools.pairwise(bounds))]
+
+
+def merged_one_pass(paths: list[Path]) -> analysis.CaptureAnalysis:
+    """Today's merge of several files: each read whole, joined in file_order_key order."""
+    assert sum(p.stat().st_size for p in paths if p.exists()) < analysis.STREAM_MIN_BYTES
+    return analyze_paths(paths, jobs=1)[0]
+
+
+def check_set(paths: list[Path], chunk: int, closed_idle_s: float = chunked.CLOSED_IDLE_S,
+              open_idle_s: float = chunked.OPEN_IDLE_S) -> analysis.CaptureAnalysis:
+    got = analyze_streamed([str(p) for p in paths], chunk, chunked.ChunkBuilder(closed_idle_s, open_idle_s), 97)
+    assert got is not None, "the streamed read of the set gave up"
+    assert comparable(got) == comparable(merged_one_pass(paths))
+    return got
+
+
+def reused_across_files(an: analysis.CaptureAnalysis) -> int:
+    """Attempts whose previous connection on the 4-tuple is in another file."""
+    a = an.attempts
+    m = a["prev"] >= 0
+    return int((a["file"][m] != a["file"][a["prev"][m]]).sum())
+
+
+@pytest.mark.parametrize("chunk", [7, 40, 1000])
+@pytest.mark.parametrize("idle", [(0.5, 2.0), (5.0, 300.0)])
+def test_rotated_set_is_one_capture(tmp_path: Path, chunk: int, idle: tuple[float, float]) -> None:
+    """A capture rotated into files at arbitrary packets (inside connections, between a
+    connection and the reuse of its 4-tuple): streamed as one, it gives the one-pass
+    merge's analysis, and the reuses across files are joined."""
+    segs = reuse_capture(rounds=6)
+    n = len(segs)
+    cuts = sorted({3, n // 5, n // 2 + 1, n // 2 + 2, n - 4})
+    paths = rotated(tmp_path, segs, cuts)
+    got = check_set(paths, chunk, *idle)
+    assert reused_across_files(got) > 0
+    assert {0, 1, 2, 4} <= set(got.attempts["file"].tolist())  # file 3: one packet, inside a connection
+    assert got.counts()["reused"] == one_pass(write(tmp_path, "whole.pcap", pcap_bytes(frames_of(segs)))).counts()["reused"]
+
+
+def test_rotated_set_in_any_command_line_order(tmp_path: Path) -> None:
+    """A shell glob puts cap.pcap10 before cap.pcap2; a -W ring wraps around: the files
+    are streamed in time order whatever order they are given in, with the `file` column
+    naming each attempt's file."""
+    segs = reuse_capture(rounds=12, ports=4)
+    paths = rotated(tmp_path, segs, list(range(9, len(segs) - 1, len(segs) // 11)))
+    assert len(paths) >= 11
+    in_order = check_set(paths, 13)
+    for seed in (1, 2):
+        shuffled = paths[:]
+        random.Random(seed).shuffle(shuffled)
+        got = check_set(shuffled, 13)
+        assert reused_across_files(got) > 0
+        for k in got.attempts.cols:  # the same attempts; `file` is the index on the command line
+            want = in_order.attempts[k]
+            if k == "file":
+                want = np.asarray([shuffled.index(paths[i]) for i in want.tolist()])
+            assert np.array_equal(got.attempts[k], want, equal_nan=want.dtype.kind == "f"), k
+        names = got.export_columns()["file"]
+        assert names == in_order.export_columns()["file"]
+
+
+def test_truncated_file_in_a_rotated_set(tmp_path: Path) -> None:
+    """One file of the set cut short (a crash while rotating): its report says how far
+    it was read, the files after it are analysed, all as the one-pass merge does."""
+    segs = reuse_capture(rounds=6)
+    paths = rotated(tmp_path, segs, [len(segs) // 3, 2 * len(segs) // 3])
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[:len(data) * 2 // 3 + 5])
+    got = check_set(paths, 11)
+    reps = got.reports
+    assert [r.complete for r in reps] == [True, False, True]
+    assert 0 < reps[1].bytes_read < reps[1].bytes_total == len(data) * 2 // 3 + 5
+    assert reps[1].warnings and "(" in reps[1].summary()
+    assert (got.attempts["file"] == 2).sum() > 0
+
+
+def test_overlapping_files_fall_back_to_the_one_pass_merge(tmp_path: Path) -> None:
+    """Files that overlap in time (two interfaces captured side by side, or files
+    given twice) cannot be one stream in file order: the streamed read gives up at the
+    first packet older than one already read, and `analyze` reads them in one pass."""
+    segs = reuse_capture(rounds=6)
+    even = write(tmp_path, "eth0.pcap", pcap_bytes(frames_of(segs[0::2])))
+    odd = write(tmp_path, "eth1.pcap", pcap_bytes(frames_of(segs[1::2])))
+    assert analyze_streamed([str(even), str(odd)], 16) is None
+    whole = write(tmp_path, "whole.pcap", pcap_bytes(frames_of(segs)))
+    again = write(tmp_path, "whole-again.pcap", whole.read_bytes())
+    assert analyze_streamed([str(whole), str(again)], 16) is None
+    for files in ([even, odd], [whole, again]):
+        check_set_fallback(files)
+
+
+def check_set_fallback(paths: list[Path]) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(analysis, "STREAM_MIN_BYTES", 0)
+        got = analyze_paths(paths, jobs=1)[0]
+    assert comparable(got) == comparable(merged_one_pass(paths))
+
+
+def test_pcapng_in_a_set_falls_back_and_non_captures_are_skipped(tmp_path: Path) -> None:
+    """The streamed read takes plain pcap files only: a pcapng file in the set, and the
+    whole set is read in one pass. A file that is not a capture at all (a stray file
+    the glob took, an empty file, a missing one) is reported and skipped by both ways
+    alike, and the rest is streamed."""
+    segs = reuse_capture(rounds=4)
+    paths = rotated(tmp_path, segs, [len(segs) // 2, len(segs) // 2 + 7])
+    ng = odd_captures()
+    ng_name = next(k for k, v in ng.items() if v[:4] not in formats.PCAP_MAGIC)
+    other = write(tmp_path, "b.pcapng", ng[ng_name])
+    files = [*paths, other]
+    assert analyze_streamed([str(p) for p in files], 16) is None
+    check_set_fallback(files)
+    junk = write(tmp_path, "cap.pcap.txt", b"not a capture at all")
+    empty = write(tmp_path, "cap.pcap9", b"")
+    files = [paths[2], junk, paths[0], empty, tmp_path / "gone.pcap", paths[1]]
+    got = check_set(files, 9)
+    assert [Path(r.path).name for r in got.reports][3:] == ["cap.pcap.txt", "cap.pcap9", "gone.pcap"]
+    assert all(not r.complete and "not read" in r.warnings[0] for r in got.reports[3:])
+    assert reused_across_files(got) > 0
+    assert analyze_streamed([str(junk), str(empty)], 9) is None  # nothing to stream: one pass says why
+
+
+def test_analyze_command_on_a_rotated_set(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tcpreuse analyze cap.pcap*` (terminal and --json) on a set read as one stream
+    says what the one-pass merge says."""
+    import json
+
+    segs = reuse_capture(rounds=8)
+    paths = rotated(tmp_path, segs, [len(segs) // 4, len(segs) // 2, 3 * len(segs) // 4])
+    args = [str(p) for p in sorted(paths, key=lambda p: p.name)]
+    used: list[bool] = []
+    real = analysis.analyze_streamed
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        got = real(*a, **kw)
+        used.append(got is not None)
+        return got
+
+    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(analysis, "analyze_streamed", spy)
+
+    def both() -> tuple[str, dict[str, Any]]:
+        code, text, err = cli(["analyze", *args])
+        assert code == 0, err
+        code, out, err = cli(["analyze", *args, "--json"])
+        assert code == 0, err
+        js = json.loads(out)
+        js.pop("timing_s")
+        return text, js
+
+    streamed = both()
+    assert used == [True, True]
+    assert streamed[1]["counts"]["reused"] > 0
+    monkeypatch.setenv("TCPREUSE_CAPTURE_CHUNKED", "0")
+    assert both() == streamed
+
+
+def test_files_meeting_at_one_time_in_the_one_pass_order(tmp_path: Path) -> None:
+    """Files that meet at one time: the one-pass merge orders them by median time, then
+    command-line place. When both medians are that time and the later file on the command
+    line starts earlier, the stream (in start order) would join them in the other order:
+    it gives up, and the one-pass merge is used. When the medians differ, the tie at the
+    boundary is harmless and the set is streamed."""
+    t = T0 + 10
+    early = [Seg(T0 + k * 0.1, "10.0.0.5", 30000 + k, "10.0.0.1", 80, "S", 1) for k in range(9)]
+    at_t = [Seg(t, "10.0.0.5", 31000 + k, "10.0.0.1", 80, "S", 1) for k in range(10)]
+    a = write(tmp_path, "a.pcap", pcap_bytes(frames_of(early + at_t)))  # starts at T0, median t
+    b = write(tmp_path, "b.pcap", pcap_bytes(frames_of([Seg(t, "10.0.0.6", 32000 + k, "10.0.0.1", 80, "S", 1)
+                                                         for k in range(3)])))  # all at t
+    assert analyze_streamed([str(b), str(a)], 8) is None
+    check_set_fallback([b, a])
+    check_set([a, b], 8)  # command-line order = time order
+    a.write_bytes(pcap_bytes(frames_of(early + at_t[:8])))  # median before t: a goes first either way
+    check_set([b, a], 8)
+
+
+def test_per_file_streams_each_large_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--per-file` (merge=False): each file of STREAM_MIN_BYTES or more is streamed by
+    itself, the others read whole; the analyses, one per file in command-line order and
+    the unreadable one last, are those of the one-pass reads."""
+    big = write(tmp_path, "big.pcap", pcap_bytes(frames_of(reuse_capture(rounds=8))))
+    small = write(tmp_path, "small.pcap", pcap_bytes(frames_of(reuse_capture(rounds=2))))
+    big2 = write(tmp_path, "big2.pcap", pcap_bytes(frames_of(reuse_capture(rounds=7))))
+    junk = write(tmp_path, "junk.pcap", b"not a capture at all")
+    files = [big, junk, small, big2]
+    want = [comparable(an) for an in analyze_paths(files, merge=False, jobs=1)]
+    streamed: list[str] = []
+    real = analysis.analyze_streamed
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        got = real(*a, **kw)
+        if got is not None:
+            streamed.extend(Path(f).name for f in got.files)
+        return got
+
+    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", min(big.stat().st_size, big2.stat().st_size))
+    monkeypatch.setattr(analysis, "analyze_streamed", spy)
+    got = analyze_paths(files, merge=False, jobs=2)
+    assert streamed == ["big.pcap", "big2.pcap"]
+    assert [Path(an.files[0]).name for an in got] == ["big.pcap", "small.pcap", "big2.pcap", "junk.pcap"]
+    assert [comparable(an) for an in got] == want
+
+
+def test_rotated_set_carries_what_one_file_carries(tmp_path: Path) -> None:
+    """What a streamed set holds between chunks follows the live connections, as for the
+    same packets in one file: the same chunks, the same carried packets at their peak,
+    a small part of the capture; the result is the one file's but for the file names
+    and frame numbers."""
+    from helpers.captures import windows_reuse
+
+    segs = sorted(windows_reuse(n_conn=1500, ports=150, gap=0.05), key=lambda s: s.t)
+    whole = write(tmp_path, "whole.pcap", pcap_bytes(frames_of(segs)))
+    paths = rotated(tmp_path, segs, [len(segs) * k // 7 + k for k in range(1, 7)])
+    b1, b2 = chunked.ChunkBuilder(), chunked.ChunkBuilder()
+    one = analyze_streamed(str(whole), 500, b1)
+    got = analyze_streamed([str(p) for p in paths[::-1]], 500, b2)
+    assert one is not None and got is not None
+    assert b1.rows == b2.rows == len(segs)
+    assert 0 < b2.peak_carry == b1.peak_carry < len(segs) // 8
+    assert reused_across_files(got) > 20
+    assert comparable(got)["json"]["counts"] == comparable(one)["json"]["counts"]
+    for k in got.attempts.cols:
+        if k not in ("file", "frame"):  # frame numbers count from each file's start
+            assert np.array_equal(got.attempts[k], one.attempts[k], equal_nan=got.attempts[k].dtype.kind == "f"), k

@@ -6,7 +6,7 @@ Pipeline (each step vectorised with numpy; Python loops only where the data forc
 - formats.py  — find every record of a pcap/pcapng file (ReadReport: how far, what was skipped)
 - decode.py   — link/IP/TCP headers and options of all frames at once -> Packets
 - flows.py    — group by 4-tuple, cut into attempts, per-attempt reductions (zeek.py: conn_state, history)
-- chunked.py  — the same attempts built chunk by chunk of packets (large pcap files: analysis.analyze_streamed)
+- chunked.py  — the same attempts built chunk by chunk of packets (large pcap files, rotated sets as one stream: analysis.analyze_streamed)
 - reuse.py    — 4-tuple reuse, the Linux TIME_WAIT verdict (tcpreuse.model.timewait), tw_recycle replay
 - sources.py  — per client/server: timestamps, clocks (NAT), port pattern and cycle, rates
 - analysis.py — CaptureAnalysis: counts, exports (CSV/Parquet, tshark names), RunResult; analyze_paths()

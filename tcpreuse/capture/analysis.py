@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import os
+import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -560,19 +562,29 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     parallel processes (`jobs`, default: cores). A file that is not a capture at all is
     reported and skipped; if none can be read, CaptureError. per_attempt=False: the
     caller will not export per-attempt rows (CSV, Parquet, RunResult, HTML), so a
-    streamed analysis may keep a compact attempt table (:func:`analyze_streamed`)."""
+    streamed analysis may keep a compact attempt table (:func:`analyze_streamed`).
+
+    Inputs of STREAM_MIN_BYTES or more are streamed (:func:`analyze_streamed`) when that
+    gives the same result: merged, all the files together as one stream; per file, each
+    such file by itself, in this process (the others are read as below)."""
     files = [str(p) for p in paths]
     if not files:
         raise CaptureError("no capture files given")
-    if len(files) == 1 and _size(files[0]) >= STREAM_MIN_BYTES:
-        one = analyze_streamed(files[0], per_attempt=per_attempt)
+    if (merge or len(files) == 1) and sum(_size(f) for f in files) >= STREAM_MIN_BYTES:
+        one = analyze_streamed(files, per_attempt=per_attempt)
         if one is not None:
             return [one]
+    streamed: dict[int, CaptureAnalysis] = {}
+    if not merge and len(files) > 1:
+        for i, f in enumerate(files):
+            if _size(f) >= STREAM_MIN_BYTES and (an := analyze_streamed(f, per_attempt=per_attempt)) is not None:
+                streamed[i] = an
+    todo = [(i, f) for i, f in enumerate(files) if i not in streamed]
     t = time.perf_counter()
     results: list[tuple[Packets, ReadReport] | CaptureError] = []
-    jobs = max(1, min(jobs or (os.cpu_count() or 1), len(files)))
+    jobs = max(1, min(jobs or (os.cpu_count() or 1), len(todo)))
     if jobs == 1:
-        for i, f in enumerate(files):
+        for i, f in todo:
             try:
                 results.append(_read_one((f, i)))
             except CaptureError as e:
@@ -582,7 +594,7 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=jobs) as ex:
-            futs = [ex.submit(_read_one, (f, i)) for i, f in enumerate(files)]
+            futs = [ex.submit(_read_one, (f, i)) for i, f in todo]
             for fu in futs:
                 try:
                     results.append(fu.result())
@@ -591,32 +603,38 @@ def analyze_paths(paths: Sequence[str | os.PathLike[str]], *, merge: bool = True
     read_s = time.perf_counter() - t
     errors: list[tuple[str, CaptureError]] = []
     good: list[tuple[str, Packets, ReadReport]] = []
-    for f, r in zip(files, results, strict=True):
+    good_at: list[int] = []  # their command-line places
+    for (i, f), r in zip(todo, results, strict=True):
         if isinstance(r, CaptureError):
             errors.append((f, r))
         else:
             good.append((f, r[0], r[1]))
-    if not good:
+            good_at.append(i)
+    if not good and not streamed:
         if len(errors) == 1:
             raise errors[0][1]
         raise CaptureError("no file could be read: " + "; ".join(str(err) for _, err in errors))
 
-    def unread(f: str, err: CaptureError) -> ReadReport:
-        rep = ReadReport(path=f, complete=False)
-        rep.warnings.append(f"not read: {err.message}")
-        return rep
-
+    unread = _unread_report
     if merge:
         pk = Packets.concat([g[1] for g in time_ordered(good)])
         reports = [g[2] for g in good] + [unread(f, err) for f, err in errors]
         return [analyze_packets(pk, reports, files, {"read": read_s})]
-    out = []
-    for f, pk, rep in good:
+    done = dict(streamed)
+    for i, (f, pk, rep) in zip(good_at, good, strict=True):
         pk.file = np.zeros(len(pk), dtype=np.int16)
-        out.append(analyze_packets(pk, [rep], [f], {"read": read_s}))
+        done[i] = analyze_packets(pk, [rep], [f], {"read": read_s})
+    out = [done[i] for i in sorted(done)]
     for f, err in errors:
         out.append(analyze_packets(Packets.empty(), [unread(f, err)], [f]))
     return out
+
+
+def _unread_report(path: str, err: CaptureError) -> ReadReport:
+    """The report of a file that is not a capture at all (skipped, the others analysed)."""
+    rep = ReadReport(path=path, complete=False)
+    rep.warnings.append(f"not read: {err.message}")
+    return rep
 
 
 CHUNK_PACKETS = 1 << 19  # packets per chunk of a streamed analysis
@@ -633,76 +651,118 @@ def _size(path: str) -> int:
         return 0
 
 
-def analyze_streamed(path: str, chunk_packets: int | None = None, builder: ChunkBuilder | None = None,
-                     window: int | None = None, per_attempt: bool = True) -> CaptureAnalysis | None:
-    """One pcap file read and built chunk by chunk (:mod:`.chunked`): what is resident
-    follows the live connections, not the file. The result is :func:`analyze_packets`'s
-    over the whole file; None when this way cannot give it, and the caller reads the
-    file in one pass: not a plain pcap file (pcapng, gzip), the numpy backend, packets
-    more than FAR_GAP_S apart (the far-time check needs the whole capture) or a
-    packet :class:`.chunked.Inexact` names. ``TCPREUSE_CAPTURE_CHUNKED=0`` turns it off
-    (the benchmarks compare the two that way). `per_attempt` False: no per-attempt
-    export will be asked of the result, so the attempt table keeps only the columns the
-    counts, per-source statistics and findings read (:data:`.chunked.EXPORT_ONLY` and
-    :data:`.chunked.REUSE_ONLY` left out, no Zeek histories)."""
-    import mmap
+def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = None,
+                     builder: ChunkBuilder | None = None, window: int | None = None,
+                     per_attempt: bool = True) -> CaptureAnalysis | None:
+    """One pcap file, or several merged (rotated files of one capture point), read and
+    built chunk by chunk (:mod:`.chunked`): what is resident follows the live
+    connections, not the file or the set. The result is :func:`analyze_paths`'s
+    (merge=True) over the same files; None when this way cannot give it, and the caller
+    reads the files in one pass: a file that is not a plain pcap file (pcapng, gzip),
+    the numpy backend, packets that the one-pass read leaves out for their far times
+    (:func:`far_times`; the groups of times are kept as the chunks come, so a capture or
+    a set of days without such packets is streamed) or a packet
+    :class:`.chunked.Inexact` names.
+    ``TCPREUSE_CAPTURE_CHUNKED=0`` turns it off (the benchmarks compare the two that
+    way). `per_attempt` False: no per-attempt export will be asked of the result, so the
+    attempt table keeps only the columns the counts, per-source statistics and findings
+    read (:data:`.chunked.EXPORT_ONLY` and :data:`.chunked.REUSE_ONLY` left out, no Zeek
+    histories).
 
+    Several files are one stream: file after file, their packets go to one
+    :class:`.chunked.ChunkBuilder` (a 4-tuple reused across a file boundary is joined
+    as in one pass) and one IPv6 address table. The order is each file's start
+    (:func:`.formats.pcap_start_time`: its first records' times, read before any file is
+    decoded), then its place on the command line. The one-pass merge orders files by the
+    median time of their packets (:func:`file_order_key`), which needs a whole file; the
+    two orders agree when no file has a packet older than one of a file streamed before
+    it (rotated files), and that is checked as the packets come: the first packet that
+    breaks it (files overlapping in time, or a damaged first record time) raises
+    Inexact, so files are never joined in another order than the one-pass merge's.
+    Each file keeps its own :class:`ReadReport` (damage, how far it was read) and its
+    command-line index in the attempts' ``file`` column."""
     from . import backend, chunked
     from .decode import STREAM_WINDOW, stream_pcap
-    from .formats import PCAP_MAGIC, open_buffer
+    from .formats import pcap_start_time
 
+    files = [paths] if isinstance(paths, str) else [str(p) for p in paths]
     chunk_packets = chunk_packets or CHUNK_PACKETS
     lib = backend.c_extension() if backend.ACTIVE.name == "c" else None
-    if lib is None or os.environ.get("TCPREUSE_CAPTURE_CHUNKED", "1") == "0":
+    if not files or lib is None or os.environ.get("TCPREUSE_CAPTURE_CHUNKED", "1") == "0":
         return None
-    try:
-        with open(path, "rb") as fh:
-            if fh.read(4) not in PCAP_MAGIC:
-                return None
-        buf, _nbytes, _damage = open_buffer(path)
-    except (OSError, CaptureError):
-        return None  # the one-pass read says what is wrong
-    if not isinstance(buf, mmap.mmap):
+    starts: list[float] = []
+    unread: dict[int, ReadReport] = {}  # files that are not captures at all: reported, skipped
+    for i, f in enumerate(files):
+        with _pcap_mapped(f) as buf:
+            if buf is None:
+                err = _not_a_capture(f)
+                if err is None or len(files) == 1:
+                    return None  # a capture this way does not read, or nothing to stream
+                unread[i] = _unread_report(f, err)
+                starts.append(np.inf)
+                continue
+            starts.append(pcap_start_time(buf))
+    if len(unread) == len(files):
         return None
+    order = sorted((i for i in range(len(files)) if i not in unread), key=lambda i: (starts[i], i))
+    reports = [ReadReport(path=f) for f in files]
+    timing = {"read": 0.0, "flows": 0.0}
+    b = builder or chunked.ChunkBuilder(per_attempt=per_attempt)
+    table: dict[bytes, int] = {}  # IPv6 addresses, numbered over all files
+    acc: list[Packets] = []
+    n_acc = n = 0
+    lo, hi = np.inf, -np.inf
+    before_hi = -np.inf  # the newest packet of the files streamed so far
+    spans: list[_FileSpan] = []  # the files that had packets, in stream order
+    groups = _TimeGroups()
     try:
-        if len(buf) < 24:
+        for i in order:
+            with _pcap_mapped(files[i]) as buf:
+                if buf is None:  # changed since it was looked at: the one-pass read says how
+                    return None
+                rep = reports[i]
+                rep.bytes_total = len(buf)
+                span = _FileSpan(i)
+                t = time.perf_counter()
+                for pk in stream_pcap(lib, buf, rep, i, window or STREAM_WINDOW, table):
+                    c_lo, c_hi = float(pk.ts.min()), float(pk.ts.max())
+                    if not (np.isfinite(c_lo) and np.isfinite(c_hi)):
+                        return None
+                    if c_lo < before_hi:
+                        raise chunked.Inexact("a packet older than one of a file read before (files overlap in time)")
+                    span.add(pk.ts, c_lo, c_hi)
+                    groups.add(pk.ts, c_lo, c_hi)
+                    if len(groups.groups) > _TimeGroups.MAX:  # times all over: damage the one-pass read reports
+                        return None
+                    lo, hi = min(lo, c_lo), max(hi, c_hi)
+                    n += len(pk)
+                    while len(pk):  # pieces (views) of exactly chunk_packets
+                        take = min(len(pk), chunk_packets - n_acc)
+                        acc.append(pk.take(slice(0, take)) if take < len(pk) else pk)
+                        pk = pk.take(slice(take, len(pk))) if take < len(pk) else Packets.empty()
+                        n_acc += take
+                        if n_acc == chunk_packets:
+                            t2 = time.perf_counter()
+                            timing["read"] += t2 - t
+                            b.add(acc)
+                            acc, n_acc = [], 0
+                            t = time.perf_counter()
+                            timing["flows"] += t - t2
+                timing["read"] += time.perf_counter() - t
+                if span.n:
+                    before_hi = span.hi
+                    spans.append(span)
+        if groups.far_times():
             return None
-        rep = ReadReport(path=path, bytes_total=len(buf))
-        timing = {"read": 0.0, "flows": 0.0}
-        b = builder or chunked.ChunkBuilder(per_attempt=per_attempt)
-        acc: list[Packets] = []
-        n_acc = n = 0
-        lo, hi = np.inf, -np.inf
+        if any(x.may_tie(y) for x, y in itertools.pairwise(spans)):
+            raise chunked.Inexact("two files may have the same median time, the one-pass merge takes them in another order")
         t = time.perf_counter()
-        for pk in stream_pcap(lib, buf, rep, 0, window or STREAM_WINDOW):
-            ts = pk.ts
-            lo, hi = min(lo, float(ts.min())), max(hi, float(ts.max()))
-            if not (np.isfinite(lo) and np.isfinite(hi)) or hi - lo > FAR_GAP_S:
-                return None
-            n += len(pk)
-            while len(pk):  # pieces (views) of exactly chunk_packets
-                take = min(len(pk), chunk_packets - n_acc)
-                acc.append(pk.take(slice(0, take)) if take < len(pk) else pk)
-                pk = pk.take(slice(take, len(pk))) if take < len(pk) else Packets.empty()
-                n_acc += take
-                if n_acc == chunk_packets:
-                    t2 = time.perf_counter()
-                    timing["read"] += t2 - t
-                    b.add(acc)
-                    acc, n_acc = [], 0
-                    t = time.perf_counter()
-                    timing["flows"] += t - t2
-        t2 = time.perf_counter()
-        timing["read"] += t2 - t
         b.add(acc)
         del acc
         att = b.finish()
-        timing["flows"] += time.perf_counter() - t2
+        timing["flows"] += time.perf_counter() - t
     except chunked.Inexact:
         return None
-    finally:
-        with contextlib.suppress(BufferError):
-            buf.close()
     t = time.perf_counter()
     reuse.tuple_reuse(att)
     chunked.release_freed()
@@ -712,4 +772,127 @@ def analyze_streamed(path: str, chunk_packets: int | None = None, builder: Chunk
             del att.cols[k]
     chunked.release_freed()
     timing["reuse"] = time.perf_counter() - t
-    return finish_analysis(att, b.v6, [rep], [path], n, lo if n else 0.0, hi if n else 0.0, timing)
+    # as the one-pass merge has them: the files read, then those that are not captures
+    reports = [r for i, r in enumerate(reports) if i not in unread] + list(unread.values())
+    return finish_analysis(att, b.v6, reports, files, n, lo if n else 0.0, hi if n else 0.0, timing)
+
+
+class _TimeGroups:
+    """The packet times seen so far as :func:`far_times` groups them (runs without a gap
+    of more than FAR_GAP_S), each with its packet count: kept chunk by chunk, so a
+    streamed read can tell at the end whether the one-pass read would leave packets out
+    for their far times, without holding the times. Usually one group (a chunk within a
+    day of the others is merged in without a sort)."""
+
+    MAX = 64  # more groups than this: the streamed read gives up (at most 100 can hold 1 % each)
+
+    def __init__(self) -> None:
+        self.groups: list[list[float]] = []  # [lo, hi, packets], in time order, > FAR_GAP_S apart
+
+    def add(self, ts: np.ndarray, lo: float, hi: float) -> None:
+        if hi - lo <= FAR_GAP_S:
+            self._merge(lo, hi, ts.size)
+            return
+        o = np.sort(ts)
+        cut = np.flatnonzero(np.diff(o) > FAR_GAP_S) + 1
+        for a, b in itertools.pairwise([0, *cut.tolist(), o.size]):
+            self._merge(float(o[a]), float(o[b - 1]), b - a)
+
+    def _merge(self, lo: float, hi: float, n: int) -> None:
+        # a run without such a gap joins every group it comes within FAR_GAP_S of
+        keep = []
+        for g in self.groups:
+            if g[0] - hi <= FAR_GAP_S and lo - g[1] <= FAR_GAP_S:
+                lo, hi, n = min(lo, g[0]), max(hi, g[1]), n + int(g[2])
+            else:
+                keep.append(g)
+        keep.append([lo, hi, float(n)])
+        keep.sort()
+        self.groups = keep
+
+    def far_times(self) -> bool:
+        """Would :func:`far_times` over all the packets leave some out?"""
+        if len(self.groups) < 2:
+            return False
+        cnt = np.asarray([g[2] for g in self.groups])
+        small = cnt < max(3, int(np.ceil(0.01 * cnt.sum())))
+        small[int(np.argmax(cnt))] = False
+        return bool(small.any())
+
+
+@dataclass
+class _FileSpan:
+    """The times of one file's packets as far as they tell its place in the one-pass
+    merge (:func:`file_order_key`) against the file streamed next: its oldest and newest
+    packet and how many packets carry each of those times."""
+
+    index: int
+    n: int = 0
+    lo: float = np.inf
+    n_lo: int = 0
+    hi: float = -np.inf
+    n_hi: int = 0
+
+    def add(self, ts: np.ndarray, lo: float, hi: float) -> None:
+        self.n += ts.size
+        if lo <= self.lo:
+            self.n_lo = (self.n_lo if lo == self.lo else 0) + int((ts == lo).sum())
+            self.lo = lo
+        if hi >= self.hi:
+            self.n_hi = (self.n_hi if hi == self.hi else 0) + int((ts == hi).sum())
+            self.hi = hi
+
+    def may_tie(self, nxt: _FileSpan) -> bool:
+        """Streamed before `nxt` (so no packet of `nxt` is older than this file's newest),
+        may this file still go after it in the one-pass merge? Only when both medians are
+        the one time where they meet (half of this file's packets at its newest time, half
+        of `nxt`'s at its oldest; counted loosely, the mean of two middle values being
+        rounded) and `nxt` came first on the command line."""
+        return (self.hi == nxt.lo and nxt.index < self.index
+                and self.n_hi >= self.n - self.n // 2 and nxt.n_lo >= nxt.n // 2)
+
+
+def _not_a_capture(path: str) -> CaptureError | None:
+    """What the one-pass read raises for `path` when it is not a capture at all (missing,
+    empty, another kind of file); None when it is one (pcapng, gzip, a pcap too short for
+    its header), which the one-pass read takes."""
+    from .formats import PCAP_MAGIC, PCAPNG_SHB
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        head = b""
+    if head in PCAP_MAGIC or head[:2] == b"\x1f\x8b" or (len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB):
+        return None
+    try:
+        _read_one((path, 0))
+    except CaptureError as e:
+        return e
+    return None
+
+
+@contextlib.contextmanager
+def _pcap_mapped(path: str) -> Iterator[Any]:
+    """A plain pcap file memory-mapped (closed after), or None when it is not one the
+    streamed read takes (another format, gzip, unreadable, shorter than its header)."""
+    import mmap
+
+    from .formats import PCAP_MAGIC, open_buffer
+
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) not in PCAP_MAGIC:
+                buf = None
+            else:
+                buf, _nbytes, _damage = open_buffer(path)
+    except (OSError, CaptureError):
+        buf = None  # the one-pass read says what is wrong
+    if buf is not None and (not isinstance(buf, mmap.mmap) or len(buf) < 24):
+        buf = None
+    try:
+        yield buf
+    finally:
+        if isinstance(buf, mmap.mmap):
+            with contextlib.suppress(BufferError):
+                buf.close()

@@ -631,15 +631,17 @@ STREAM_WINDOW = 32 << 20  # bytes of a pcap file scanned per step of a streamed 
 
 
 def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
-                window: int = STREAM_WINDOW) -> Iterator[Packets]:
+                window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None) -> Iterator[Packets]:
     """The TCP packets of a pcap file (C backend) in runs of records, each scanned,
     decoded and its pages given back before the next is read: what is resident follows
     `window`, not the file. Runs are whole CHUNKs of records (the last excepted), so
     skip reasons, frame numbers and IPv6 address keys (one table, numbered in the
     file's order) are those of :func:`decode` over the whole file; every run carries
-    that table as it stands."""
+    that table as it stands. `table`: the IPv6 table of the files streamed before this
+    one (extended in place), so that files read one after the other number their
+    addresses as :meth:`Packets.concat` of their one-pass decodes does."""
     hdr = formats.pcap_header(buf, rep)
-    table: dict[bytes, int] = {}
+    table = {} if table is None else table
     unsupported: dict[int, int] = {}
     little = int(hdr.endian == "<")
     pending: list[np.ndarray] = []

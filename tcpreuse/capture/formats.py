@@ -354,18 +354,37 @@ def _pcap_time_bounds(buf: Any, endian: str, tsdiv: int, limit: int) -> tuple[fl
     the first (up to) nine chained records, so that one damaged timestamp in the first
     record does not become the bound that rejects every other record. Unset (0, 2**32)
     when not even the first header can be read."""
-    hdr = struct.Struct(endian + "IIII")
-    off, secs = 24, list[int]()
-    while len(secs) < 9 and off + 16 <= len(buf):
-        sec, frac, incl, orig = hdr.unpack_from(buf, off)
-        if frac >= tsdiv or incl > limit or incl > orig:
-            break
-        secs.append(sec)
-        off += 16 + incl
+    secs = [sec for sec, _frac in _first_records(buf, endian, tsdiv, limit)]
     if not secs:
         return 0.0, float(2**32)
     t0 = float(sorted(secs)[len(secs) // 2])
     return t0 - 86400 * 365, t0 + 86400 * 365 * 5
+
+
+def _first_records(buf: Any, endian: str, tsdiv: int, limit: int, n: int = 9) -> list[tuple[int, int]]:
+    """(seconds, fraction) of the first (up to) `n` chained records whose headers are
+    believable, stopping at the first that is not."""
+    hdr = struct.Struct(endian + "IIII")
+    off, out = 24, list[tuple[int, int]]()
+    while len(out) < n and off + 16 <= len(buf):
+        sec, frac, incl, orig = hdr.unpack_from(buf, off)
+        if frac >= tsdiv or incl > limit or incl > orig:
+            break
+        out.append((sec, frac))
+        off += 16 + incl
+    return out
+
+
+def pcap_start_time(buf: Any) -> float:
+    """When a pcap file starts, read from its first records only: the median time of the
+    first (up to) nine chained records (one damaged record time does not move it); inf
+    when not even the first record header can be read. What orders rotated files for a
+    streamed read, before any of them is decoded."""
+    if len(buf) < 24 or bytes(buf[:4]) not in PCAP_MAGIC:
+        return float("inf")
+    hdr = pcap_header(buf, ReadReport(path=""))
+    t = sorted(sec + frac / hdr.tsdiv for sec, frac in _first_records(buf, hdr.endian, hdr.tsdiv, hdr.limit))
+    return t[len(t) // 2] if t else float("inf")
 
 
 def _parse_pcap_numpy(buf: Any, rep: ReadReport) -> Frames:
