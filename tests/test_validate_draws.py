@@ -13,7 +13,7 @@ from tcpreuse.result import RunResult
 from tcpreuse.sim.engine import Engine
 from tcpreuse.validate import suite
 from tcpreuse.validate.compare import Row, over_draws
-from tcpreuse.validate.run import DRAWS, compare_one, native_overrides
+from tcpreuse.validate.run import DRAWS, compare_one, judge_over_draws, native_overrides
 
 NAME = "v-dnat-lb"
 # At this uptime the seed scenario's 2 s run crosses a 10 s port re-salt epoch
@@ -78,3 +78,19 @@ def test_over_draws_needs_the_value_to_move_with_the_draw() -> None:
     outside = [row(600, 500)]
     assert over_draws(outside, [[row(v, 500)] for v in (600, 560, 600, 590)]) == 0
     assert outside[0].agree is False and outside[0].tolerance == "exact"
+
+
+def test_the_draws_stop_at_their_time_budget_and_the_row_says_how_many() -> None:
+    import time
+
+    calls: list[int] = []
+
+    def slow(k: int) -> list[Row]:
+        calls.append(k)
+        time.sleep(0.05)
+        return [Row("time_wait", "server: TIME_WAIT at end", 560 + k, 567, False, "exact", "")]
+
+    rows = [Row("time_wait", "server: TIME_WAIT at end", 600, 567, False, "exact", "")]
+    assert judge_over_draws(rows, slow, budget_s=0.12) == 1
+    assert 2 <= len(calls) <= 4 < DRAWS
+    assert f"over {len(calls) + 1} draws" in rows[0].tolerance

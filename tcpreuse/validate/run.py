@@ -468,18 +468,29 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
 # (10-130 ms); a lab value from the model's own distribution falls outside the range of
 # DRAWS + 1 draws with probability 2 / (DRAWS + 2), ~3 %.
 DRAWS = 60
+# ...and no more than this many seconds of them (a large user scenario): fewer draws, a
+# narrower range, and the row says how many
+DRAWS_BUDGET_S = 30.0
 
 
-def judge_over_draws(rows: list[Row], rows_under: Callable[[int], list[Row]]) -> int:
+def judge_over_draws(rows: list[Row], rows_under: Callable[[int], list[Row]],
+                     budget_s: float = DRAWS_BUDGET_S) -> int:
     """The kernel's secrets (port offsets and their random increments, ISNs, timestamp
     offsets where not measured, NAT and LB draws) are the machine's and unknowable: the
     lab's run is one draw of them, the model's run with the scenario's seed another. When
     a row disagrees, the model runs under DRAWS more draws (Scenario.secrets_seed; the
-    arrivals, the measured clocks and offsets stay) and such a row is judged against them
-    (compare.over_draws()). Returns how many rows were so judged agreeing."""
+    arrivals, the measured clocks and offsets stay; at most budget_s of them, at least
+    one) and such a row is judged against them (compare.over_draws()). Returns how many
+    rows were so judged agreeing."""
     if verdict(rows):
         return 0
-    return over_draws(rows, [rows_under(k) for k in range(1, DRAWS + 1)])
+    draws: list[list[Row]] = []
+    end = time.monotonic() + budget_s
+    for k in range(1, DRAWS + 1):
+        draws.append(rows_under(k))
+        if time.monotonic() > end:
+            break
+    return over_draws(rows, draws)
 
 
 def _short(v: Any) -> str:
