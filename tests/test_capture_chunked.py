@@ -8,6 +8,7 @@ small windows."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,17 @@ def check(path: Path, chunk: int, closed_idle_s: float = chunked.CLOSED_IDLE_S,
     assert got is not None, "the chunked build gave up"
     assert comparable(got) == comparable(one_pass(path))
     return b
+
+
+def terminal_and_json(cli: Any, args: list[str]) -> tuple[str, dict[str, Any]]:
+    """`analyze ARGS` as the terminal shows it and as --json gives it (less its timings)."""
+    code, text, err = cli(["analyze", *args])
+    assert code == 0, err
+    code, out, err = cli(["analyze", *args, "--json"])
+    assert code == 0, err
+    js = json.loads(out)
+    js.pop("timing_s")
+    return text, js
 
 
 @pytest.mark.parametrize("chunk", [7, 16, 61, 1000])
@@ -231,21 +243,10 @@ def test_command_output_is_the_one_pass_output(seed_pcap: Path, cli: Any, monkey
     monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(analysis, "analyze_streamed", spy)
 
-    def both() -> tuple[str, dict[str, Any]]:
-        code, text, err = cli(["analyze", str(seed_pcap)])
-        assert code == 0, err
-        code, out, err = cli(["analyze", str(seed_pcap), "--json"])
-        assert code == 0, err
-        import json
-
-        js = json.loads(out)
-        js.pop("timing_s")
-        return text, js
-
-    chunked_out = both()
+    chunked_out = terminal_and_json(cli, [str(seed_pcap)])
     assert used == [True, True]
     monkeypatch.setenv("TCPREUSE_CAPTURE_CHUNKED", "0")
-    assert both() == chunked_out
+    assert terminal_and_json(cli, [str(seed_pcap)]) == chunked_out
 
 
 # ---- rotated files (tcpdump -C/-G/-W) read as one stream --------------------------------
@@ -382,7 +383,6 @@ def test_pcapng_in_a_set_falls_back_and_non_captures_are_skipped(tmp_path: Path)
 def test_analyze_command_on_a_rotated_set(tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """`tcpreuse analyze cap.pcap*` (terminal and --json) on a set read as one stream
     says what the one-pass merge says."""
-    import json
 
     segs = reuse_capture(rounds=8)
     paths = rotated(tmp_path, segs, [len(segs) // 4, len(segs) // 2, 3 * len(segs) // 4])
@@ -398,20 +398,11 @@ def test_analyze_command_on_a_rotated_set(tmp_path: Path, cli: Any, monkeypatch:
     monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(analysis, "analyze_streamed", spy)
 
-    def both() -> tuple[str, dict[str, Any]]:
-        code, text, err = cli(["analyze", *args])
-        assert code == 0, err
-        code, out, err = cli(["analyze", *args, "--json"])
-        assert code == 0, err
-        js = json.loads(out)
-        js.pop("timing_s")
-        return text, js
-
-    streamed = both()
+    streamed = terminal_and_json(cli, args)
     assert used == [True, True]
     assert streamed[1]["counts"]["reused"] > 0
     monkeypatch.setenv("TCPREUSE_CAPTURE_CHUNKED", "0")
-    assert both() == streamed
+    assert terminal_and_json(cli, args) == streamed
 
 
 def test_files_meeting_at_one_time_in_the_one_pass_order(tmp_path: Path) -> None:
