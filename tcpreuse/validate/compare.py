@@ -171,7 +171,7 @@ def _count_tol(slack: int) -> Tolerance:
 def series_agree(sim: list[int], sim_step: float, lab: list[int], lab_step: float,
                  shift_s: float, by_chance: bool = False, lag_s: float = 0.0,
                  sim_end: int | None = None,
-                 open_at: list[tuple[int, float]] | None = None) -> tuple[bool, int, float]:
+                 open_at: list[tuple[int, float]] | None = None) -> tuple[bool, float, float]:
     """Each lab sample (taken at (k+1)·lab_step on the lab's clock) against the simulated
     samples bracketing the same moment (lab time − shift_s), or any moment up to `lag_s`
     earlier (the lab's attempts ran up to that late). The simulated series stops at the
@@ -214,7 +214,7 @@ def series_agree(sim: list[int], sim_step: float, lab: list[int], lab_step: floa
         excess = max(lo - in_flight - slack - v, v - hi - slack, 0.0)
         if excess > worst:
             worst, at = excess, t_lab
-    return worst == 0.0, round(worst), at
+    return worst == 0.0, round(worst, 1), at
 
 
 # Rows that stay exact even in a scenario whose collisions are drawn by hashes.
@@ -421,7 +421,7 @@ def _compare(sim: Metrics, lab: Metrics, fixed_count: bool,
                                 "late (p99 of its measured start lag)")
             rows.append(Row("time_wait", f"{h}: TIME_WAIT each second",
                             f"peak {max(s, default=0)}",
-                            f"peak {max(lb, default=0)}" + ("" if ok else f" (off by {worst} at {at:g} s)"),
+                            f"peak {max(lb, default=0)}" + ("" if ok else f" (off by {worst:g} at {at:g} s)"),
                             ok, tol.text, tol.reason))
     for h in [h for h in sim.hosts if h in lab.hosts]:
         sc, lc = sim.counters.get(h, {}), lab.counters.get(h, {})
