@@ -5,6 +5,22 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
+from typing import Any
+
+from ..model import clocks
+
+
+def workload_arrivals(seed: int, w: Any, end: float) -> Iterator[float]:
+    """A workload's (scenario Workload) connection start times in a run ending at `end`:
+    its arrival process from its start_s for its duration_s (to the end without one),
+    drawn with the scenario's `seed` and its name: the engine's arrivals and what
+    `capacity` counts in advance (sweep/early.py) are the same draws."""
+    dur = min(w.duration_s if w.duration_s is not None else end - w.start_s, end - w.start_s)
+    if dur <= 0:
+        return iter(())
+    rng = random.Random(clocks.derive_secret(seed, "arrivals", w.name))
+    return arrival_times(w.arrival, w.connection_rate, w.start_s, dur, w.count, rng,
+                         w.ramp_from / w.requests_per_connection)
 
 
 def arrival_times(arrival: str, rate: float, start: float, duration: float,

@@ -47,7 +47,7 @@ from ..model.timewait import (
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from ..scenario.topology import ip2int, plan, pool
-from .arrivals import arrival_times
+from .arrivals import workload_arrivals
 from .events import Event, EventHeap, advance
 from .host import (
     DestPorts,
@@ -393,13 +393,7 @@ class Engine:
         arr_wl: list[WorkloadRT] = []
         arr_it: list[Iterator[float]] = []
         for i, wl in enumerate(self.sc.workload):
-            dur = wl.duration_s if wl.duration_s is not None else self.end - wl.start_s
-            dur = min(dur, self.end - wl.start_s)
-            if dur <= 0:
-                continue
-            rng = random.Random(clocks.derive_secret(self.sc.seed, "arrivals", wl.name))
-            it = arrival_times(wl.arrival, wl.connection_rate, wl.start_s, dur, wl.count, rng,
-                               wl.ramp_from / wl.requests_per_connection)
+            it = workload_arrivals(self.sc.seed, wl, self.end)
             first = next(it, None)
             if first is not None:
                 arr_t.append(first)

@@ -24,13 +24,11 @@ aggregates-only sink (sim/sink.py) has the per-second counts the verdict needs.
 from __future__ import annotations
 
 import gc
-import random
 import time
 import traceback
 from typing import Any
 
-from ..model import clocks
-from ..sim.arrivals import arrival_times
+from ..sim.arrivals import workload_arrivals
 
 
 class _Certain(Exception):
@@ -45,30 +43,15 @@ def stoppable(sc: Any) -> bool:
 def window_arrivals(sc: Any, w0: float) -> int:
     """Arrivals (connections started by the workloads, not retries) at or after `w0` and
     before the end of the run: the attempts of the judged window when no workload retries.
-    The same processes and seeds as the engine's run (sim/engine.py, Engine._run)."""
-    end = sc.duration_s
-    n = 0
-    for w in sc.workload:
-        dur = w.duration_s if w.duration_s is not None else end - w.start_s
-        dur = min(dur, end - w.start_s)
-        if dur <= 0:
-            continue
-        rng = random.Random(clocks.derive_secret(sc.seed, "arrivals", w.name))
-        for t in arrival_times(w.arrival, w.connection_rate, w.start_s, dur, w.count, rng,
-                               w.ramp_from / w.requests_per_connection):
-            if t >= w0:
-                n += 1
-    return n
+    The engine's own draws (sim/arrivals.py workload_arrivals())."""
+    return sum(1 for w in sc.workload for t in workload_arrivals(sc.seed, w, sc.duration_s) if t >= w0)
 
 
 def oldest_live(eng: Any) -> int | None:
-    """The start index of the oldest attempt not yet recorded, or None: the engine keeps
-    them in start order in a linked list (live_head) or, before, in a dict by index."""
-    if hasattr(eng, "live_head"):
-        head = eng.live_head
-        return None if head is None else int(head.idx)
-    live = eng.live
-    return min(live) if live else None
+    """The start index of the oldest attempt not yet recorded, or None (the engine keeps
+    them in start order, a linked list from live_head)."""
+    head = eng.live_head
+    return None if head is None else int(head.idx)
 
 
 def run_until_verdict(sc: Any, w0: int, max_failure: float, max_delayed: float | None) -> dict[str, Any]:
@@ -148,5 +131,5 @@ def stopped_summary(eng: Any, sc: Any, t: float, window_attempts: int) -> dict[s
 
 
 def _counts(d: dict[str, Any]) -> dict[str, int]:
-    """name -> count from the sink's counters (ints, or Tally objects: their `n`)."""
-    return {k: v if isinstance(v, int) else int(v.n) for k, v in d.items()}
+    """name -> count from the sink's tallies."""
+    return {k: int(v.n) for k, v in d.items()}
