@@ -26,7 +26,7 @@ BASE_UPTIME_S = 1000.0  # an uptime for the trial runs; only its fraction of a s
 
 
 def _run(ref: str, overrides: dict[str, Any], profile: str, phase: float, first_t: float) -> Any:
-    ov = {k: (profile if k.endswith(".profile") else v) for k, v in overrides.items()}
+    ov = suite.with_profile(overrides, profile)
     up = BASE_UPTIME_S + ((phase - first_t) % 1.0)
     groups = [g.name for g in suite.load(ref, ov).host if get_profile(g.profile).os == "linux"]
     return measure(Engine(suite.load(ref, {**ov, **{f"host.{g}.model.uptime_s": up for g in groups}})).run())

@@ -408,7 +408,7 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
     more, more_notes = model_overrides(sc, lab)
     out.notes += more_notes + [f"lab: {n}" for n in lab.notes if "netem unavailable" not in n]
     if model_profile is not None:
-        ov = {k: (model_profile if k.endswith(".profile") else v) for k, v in ov.items()}
+        ov = suite.with_profile(ov, model_profile)
         out.notes.append(f"cross-check: the model runs {get_profile(model_profile).name}, the lab "
                          f"ran Linux {facts.release}")
     sc_sim = suite.load(ref, {**ov, **more})
@@ -446,7 +446,7 @@ def compare_one(ref: str, overrides: dict[str, Any] | None, lab_out: JobOutcome,
         out.rows.append(crossed)
     if model_profile is None and ref in suite.DISCRIMINATING:
         other = suite.cross_profile(get_profile(facts.profile).version)
-        ov_x = {k: (other if k.endswith(".profile") else v) for k, v in ov.items()}
+        ov_x = suite.with_profile(ov, other)
         rows_x = rows_for(model(ov_x, 0), other)
         judge_over_draws(rows_x, lambda k: rows_for(model(ov_x, k), other))
         out.cross = CrossCheck(other, suite.DISCRIMINATING[ref], [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tomllib
 from importlib import resources
+from typing import Any
 
 from ..errors import ScenarioError
 from ..scenario.loader import load_scenario, load_text
@@ -106,6 +107,12 @@ DISCRIMINATING: dict[str, str] = {
                         "PAWSTimewait (6.15+)"),
 }
 CROSS_PROFILES = ("linux-6.1", "linux-6.18")
+
+
+def with_profile(overrides: dict[str, Any], profile: str) -> dict[str, Any]:
+    """`overrides` with every host group's profile (the `host.G.profile` keys validate
+    sets) replaced by `profile`: the same run under another version's model."""
+    return {k: (profile if k.endswith(".profile") else v) for k, v in overrides.items()}
 
 
 def cross_profile(version: tuple[int, int, int]) -> str:
