@@ -215,7 +215,9 @@ def test_client_exhausting_a_1000_port_range(make_ns, tmp_path: Path) -> None:
         assert budget["range"] == [40000, 40999] and budget["usable"] == 1000
         top = h.tuples[0]
         assert (top.src, top.dst, top.dport, top.budget) == ("127.0.0.1", "127.0.0.1", 8080, 1000)
-        assert top.time_wait >= 200 and top.established == 0
+        # The loop holds at most one connection between connect() and close(): the snapshot
+        # may catch it established.
+        assert top.time_wait >= 200 and top.established <= 1
         active = h.counters["TcpActiveOpens"] / h.window_s
         assert top.rate_per_s is not None and top.rate_per_s > 50
         assert abs(top.rate_per_s - active) / active < 0.2  # each connect() is one ActiveOpen
