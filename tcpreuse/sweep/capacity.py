@@ -46,7 +46,7 @@ from ..errors import TcpreuseError
 from ..findings import Finding
 from ..scenario.loader import load_scenario
 from ..sim.estimate import Estimate, check, estimate
-from . import SweepError, early
+from . import SweepError, early, inert
 from .cache import Cache, point_key
 from .runner import Pool
 
@@ -155,6 +155,8 @@ class Search:
     probes: list[Probe] = field(default_factory=list)
     status: str = "running"  # running | found | capped | below_floor | error
     error: str = ""
+    shared: int = 0  # runs that were the configuration's own (sweep/inert.py): not simulated again
+    shared_why: str = ""
 
     @property
     def lo(self) -> float | None:
@@ -205,6 +207,7 @@ class Search:
     def to_json(self) -> dict[str, Any]:
         return {"label": self.label, "fix_id": self.fix_id, "set": self.set, "commands": self.commands,
                 "status": self.status, "error": self.error, "capacity": self.capacity,
+                "shared_runs": self.shared, "shared_why": self.shared_why,
                 "probes": [p.to_json() for p in sorted(self.probes, key=lambda p: p.rate)]}
 
 
@@ -225,6 +228,7 @@ class CapacityResult:
     diagnosed_at: float | None = None
     cached: int = 0
     computed: int = 0
+    shared: int = 0  # fix runs that were the configuration's own runs (sweep/inert.py)
     where: str = ""
     steady: SteadyState | None = None
 
@@ -238,7 +242,7 @@ class CapacityResult:
                 "seeds": self.seeds, "start_rate": self.start_rate, "cap": self.cap, "floor": self.floor,
                 "duration_s": self.duration_s, "overrides": self.overrides, "diagnosed_at": self.diagnosed_at,
                 "findings": [{"id": f.id, "title": f.title, "severity": f.severity} for f in self.findings],
-                "cached": self.cached, "computed": self.computed, "where": self.where,
+                "cached": self.cached, "computed": self.computed, "shared": self.shared, "where": self.where,
                 "steady_state": None if self.steady is None else {
                     "warm_up_s": self.steady.hold_s, "window_s": self.steady.window_s,
                     "holds": [{"state": w, "s": v} for w, v in self.steady.holds],
@@ -263,6 +267,11 @@ class CapacityResult:
         if stopped:
             out += (f"; {stopped} failing probe(s) stopped as soon as they were certain to exceed the budget "
                     "(their share is a lower bound)")
+        shared = [s for s in self.searches if s.shared]
+        if shared:
+            out += "; " + "; ".join(
+                f"the {s.shared} run(s) of \"{s.label}\" were those of the configuration as it is, "
+                f"whose runs never consulted the setting ({s.shared_why})" for s in shared)
         return out
 
 
@@ -273,15 +282,23 @@ class _Searcher:
 
     def __init__(self, ref: str, res: CapacityResult, cache: Cache, make_pool: Callable[[], Pool],
                  progress: Callable[[CapacityResult], None] | None, min_duration_s: float = 0.0,
-                 early_stop: bool = True) -> None:
+                 early_stop: bool = True, share: bool = True) -> None:
         self.ref, self.res, self.cache, self.make_pool, self.progress = ref, res, cache, make_pool, progress
-        self.early_stop = early_stop
+        self.early_stop, self.share = early_stop, share
         self.min_duration_s = min_duration_s  # the scenario's (or --duration): probes run at least this
         self.stack = contextlib.ExitStack()
         self.pool: Pool | None = None
         self.ac: Any = None
-        # future -> (search, rate, seed, its cache key, its key as a stoppable run or "")
-        self.pending: dict[Any, tuple[Search, float, int, str, str]] = {}
+        # future -> (search, rate, seed, its cache key, its key as a stoppable run or "", doublings, stop rule)
+        self.pending: dict[Any, tuple[Search, float, int, str, str, int, dict[str, Any] | None]] = {}
+        # The baseline's runs, done and in flight, by (rate, doublings, seed): a fix whose
+        # runs are provably the baseline's (sweep/inert.py) takes them instead of its own.
+        self.base_runs: dict[tuple[float, int, int], tuple[dict[str, Any], dict[str, Any] | None]] = {}
+        self.base_flight: set[tuple[float, int, int]] = set()
+        # fix runs waiting for the baseline's run in flight: (search, seed, key, stop key, scenario, stop rule)
+        self.waiting: dict[tuple[float, int, int],
+                           list[tuple[Search, int, str, str, dict[str, Any], dict[str, Any] | None]]] = {}
+        self.to_start: list[Search] = []  # fix searches added, started once the baseline went on
         # (search id, rate) -> (window doublings, seed -> summary)
         self.collected: dict[tuple[int, float], tuple[int, dict[int, dict[str, Any]]]] = {}
         self.steady: dict[int, SteadyState] = {}  # search id -> its steady-state plan
@@ -310,7 +327,14 @@ class _Searcher:
     def advance(self, s: Search) -> None:
         """Start the next probe of `s`; probes served whole from the cache are recorded at once.
         When the search is over and its lowest failing probe was stopped early, that probe
-        is run again to its end: the table quotes its failed share, which must be whole."""
+        is run again to its end: the table quotes its failed share, which must be whole.
+        Fix searches added meanwhile start after the baseline's next probe is in flight, so
+        that one that mirrors it finds that probe there to wait for."""
+        self._advance(s)
+        while self.to_start:
+            self._advance(self.to_start.pop(0))
+
+    def _advance(self, s: Search) -> None:
         while True:
             rate = s.next_rate(self.res.start_rate, self.res.cap, self.res.floor, self.res.resolution)
             if rate is None:
@@ -383,17 +407,77 @@ class _Searcher:
             if hit is not None:
                 got[seed] = hit
                 self.res.cached += 1
+                if s is self.res.baseline:
+                    self.base_runs[(rate, ext, seed)] = (hit, stop)
             else:
                 missing.append((seed, key, stop_key, dump, stop))
         self.collected[(id(s), rate)] = (ext, got)
-        if not missing:
-            return self.record(s, rate)
+        mirror = self.mirrors(s)
         for seed, key, stop_key, dump, stop in missing:
-            # longest first: the searches of high rates are the long chains of the run
-            fut = self.ensure_pool().submit(key, dump, diag, stop, priority=int(rate * (1 << ext)))
-            self.pending[fut] = (s, rate, seed, key, stop_key)
-            self.ac.add(fut)
+            k = (rate, ext, seed)
+            shared = self.take(s, k, key, stop_key, stop) if mirror and k in self.base_runs else None
+            if shared is not None:
+                got[seed] = shared
+                continue
+            if mirror and k in self.base_flight:  # (a stopped run's whole re-run too)
+                self.waiting.setdefault(k, []).append((s, seed, key, stop_key, dump, stop))
+                continue
+            self.launch(s, rate, ext, seed, key, stop_key, dump, stop, diag)
+        if len(got) == self.res.seeds:
+            return self.record(s, rate)
         return False
+
+    def launch(self, s: Search, rate: float, ext: int, seed: int, key: str, stop_key: str,
+               dump: dict[str, Any], stop: dict[str, Any] | None, diag: bool) -> None:
+        # longest first: the searches of high rates are the long chains of the run
+        fut = self.ensure_pool().submit(key, dump, diag, stop, priority=int(rate * (1 << ext)))
+        self.pending[fut] = (s, rate, seed, key, stop_key, ext, stop)
+        self.ac.add(fut)
+        if s is self.res.baseline:
+            self.base_flight.add((rate, ext, seed))
+
+    # -- fixes whose runs are the baseline's (sweep/inert.py) ---------------------------------
+    def mirrors(self, s: Search) -> bool:
+        """Whether `s` may take the baseline's runs: a fix of the kinds inert.py decides, on
+        probes as long as the baseline's (the same runs but for the fix's settings)."""
+        if not self.share or s is self.res.baseline or not inert.shareable(s.set):
+            return False
+        mine, base = self.steady.get(id(s)), self.steady.get(id(self.res.baseline))
+        return mine is not None and base is not None and (mine.hold_s, mine.window_s) == (base.hold_s, base.window_s)
+
+    def take(self, s: Search, k: tuple[float, int, int], key: str, stop_key: str,
+             stop: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The baseline's run `k` as the fix's own, when its evidence proves them equal: a
+        whole run stands for any; a stopped one only for a run with the same stop rule (the
+        two are the same run up to that rule's stop). It is cached as the fix's run."""
+        summary, base_stop = self.base_runs[k]
+        if "error" in summary or ("stopped_s" in summary and (stop is None or stop != base_stop)):
+            return None
+        why = inert.why_same(s.set, summary)
+        if why is None:
+            return None
+        # the findings are the baseline's diagnosis, not this configuration's
+        out = {k2: v for k2, v in summary.items() if k2 != "findings"}
+        self.cache.put(stop_key if "stopped_s" in out else key, out)
+        s.shared += 1
+        s.shared_why = why
+        self.res.shared += 1
+        return out
+
+    def resolve(self, k: tuple[float, int, int]) -> None:
+        """The baseline's run `k` is in: the fix runs waiting for it take it, or run."""
+        rate, ext, seed = k
+        for s, _seed, key, stop_key, dump, stop in self.waiting.pop(k, []):
+            entry = self.collected.get((id(s), rate))
+            if entry is None:
+                continue
+            shared = self.take(s, k, key, stop_key, stop)
+            if shared is None:
+                self.launch(s, rate, ext, seed, key, stop_key, dump, stop, False)
+                continue
+            entry[1][seed] = shared
+            if len(entry[1]) == self.res.seeds and self.record(s, rate):
+                self.advance(s)
 
     def ensure_pool(self) -> Pool:
         if self.pool is None:
@@ -476,26 +560,33 @@ class _Searcher:
                 seen.add(k)
                 s = Search(fx.title, fix_id=fx.id, set=dict(fx.set), commands=list(fx.commands))
                 self.res.searches.append(s)
-                self.advance(s)
+                self.to_start.append(s)
 
     def run(self) -> None:
         with self.stack:
             self.advance(self.res.baseline)
-            while self.pending:
+            while self.pending or self.waiting:
+                if not self.pending:  # cannot happen: a waiting run waits for one in flight
+                    raise RuntimeError("capacity: fix runs wait for no baseline run")
                 fut = next(self.ac)
-                s, rate, seed, key, stop_key = self.pending.pop(fut)
+                s, rate, seed, key, stop_key, ext, stop = self.pending.pop(fut)
                 summary = Pool.result(fut)
                 if "error" not in summary:
                     # a stoppable run that went to its end is a whole run: cached as one
                     self.cache.put(stop_key if "stopped_s" in summary else key, summary)
                 self.res.computed += 1
+                k = (rate, ext, seed)
+                if s is self.res.baseline:
+                    self.base_flight.discard(k)
+                    self.base_runs[k] = (summary, stop)
                 entry = self.collected.get((id(s), rate))
-                if entry is None:
-                    continue
-                got = entry[1]
-                got[seed] = summary
-                if len(got) == self.res.seeds and self.record(s, rate):
-                    self.advance(s)
+                if entry is not None:
+                    got = entry[1]
+                    got[seed] = summary
+                    if len(got) == self.res.seeds and self.record(s, rate):
+                        self.advance(s)
+                if s is self.res.baseline:
+                    self.resolve(k)  # after the baseline went on: its next probe is in flight
 
 
 PROBES_AT_CAP = 7  # a search's probes, in cost: the doublings sum to < 2 probes at the cap, ~5 bisect near it
@@ -516,10 +607,13 @@ def find_capacity(ref: str, *, max_failure: float, max_delayed: float | None = N
                   seeds: int = 1, overrides: dict[str, Any] | None = None, cap: float | None = None,
                   cache: Cache, make_pool: Callable[[], Pool], fixes: bool = True,
                   progress: Callable[[CapacityResult], None] | None = None, force: bool = True,
-                  time_limit_s: float | None = None, workers: int = 1, early_stop: bool = True) -> CapacityResult:
+                  time_limit_s: float | None = None, workers: int = 1, early_stop: bool = True,
+                  share: bool = True) -> CapacityResult:
     """`force` False: estimate the search first (sim.estimate) and refuse what will not fit
     this machine's memory or `time_limit_s`. `early_stop` False runs every probe to its end
-    (the reference the early verdicts are tested against: same capacities, same table)."""
+    (the reference the early verdicts are tested against: same capacities, same table);
+    `share` False simulates every fix's runs even where they are provably the baseline's
+    (sweep/inert.py; the reference the shared runs are tested against)."""
     if not 0 <= max_failure < 1:
         raise SweepError("--max-failure must be between 0 % and 100 %")
     if not 0 < resolution < 1:
@@ -539,7 +633,8 @@ def find_capacity(ref: str, *, max_failure: float, max_delayed: float | None = N
               force=False, time_limit_s=time_limit_s, workers=workers)
     res = CapacityResult(ref, max_failure, max_delayed, resolution, seeds, start, cap, start / 1024,
                          steady.duration_s, ov, [Search("as it is")], steady=steady)
-    s = _Searcher(ref, res, cache, make_pool, progress, min_duration_s=sc.duration_s, early_stop=early_stop)
+    s = _Searcher(ref, res, cache, make_pool, progress, min_duration_s=sc.duration_s, early_stop=early_stop,
+                  share=share)
     if not fixes:
         s.fixes_added = True
     s.run()

@@ -60,6 +60,7 @@ def run_until_verdict(sc: Any, w0: int, max_failure: float, max_delayed: float |
     `stopped_s` (simulated time it stopped at) and `window_attempts` (what the full run's
     window would hold), and its counts are those of the attempts finished by then."""
     from ..sim.engine import Engine
+    from .inert import evidence
     from .point import summarize
 
     total = window_arrivals(sc, w0)
@@ -94,6 +95,7 @@ def run_until_verdict(sc: Any, w0: int, max_failure: float, max_delayed: float |
         traceback.clear_frames(e.__traceback__)
     if stopped_at is not None:
         out = stopped_summary(eng, sc, stopped_at, total)
+        out["evidence"] = evidence(eng)  # up to the stop (sweep/inert.py)
         # live attempts and their hosts reference each other (ehash <-> Attempt.client): a
         # run cut short leaves cycles a whole run has closed, and the engine pauses the
         # collector while it runs, so the next run would start beside this one's state
@@ -102,6 +104,7 @@ def run_until_verdict(sc: Any, w0: int, max_failure: float, max_delayed: float |
         gc.collect()
     else:
         out = summarize(run, sc)
+        out["evidence"] = evidence(eng)
     out["wall_s"] = round(time.perf_counter() - t0, 3)
     return out
 

@@ -17,7 +17,8 @@ def run_point(dump: dict[str, Any], diagnose: bool = False, stop: dict[str, Any]
     as its judged window is certain to fail (sweep/early.py); never with `diagnose`."""
     from ..errors import TcpreuseError
     from ..scenario.loader import from_data
-    from ..sim.engine import simulate
+    from ..sim.engine import Engine
+    from .inert import evidence
 
     # A worker runs one task after another, and the engine pauses the cyclic collector
     # while it runs: what an earlier run left in cycles (live attempts and their hosts
@@ -30,10 +31,13 @@ def run_point(dump: dict[str, Any], diagnose: bool = False, stop: dict[str, Any]
             from .early import run_until_verdict
 
             return run_until_verdict(sc, int(stop["w0"]), float(stop["max_failure"]), stop.get("max_delayed"))
-        run = simulate(sc, records=False)  # aggregates only: memory follows live connections
+        eng = Engine(sc, None, False)  # aggregates only: memory follows live connections
+        run = eng.run()
     except TcpreuseError as e:
         return {"error": e.message}
     out = summarize(run, sc)
+    out["evidence"] = evidence(eng)  # what the run never consulted (sweep/inert.py)
+    del eng
     out["wall_s"] = round(time.perf_counter() - t0, 3)
     if diagnose:
         from ..diagnose.base import Evidence
