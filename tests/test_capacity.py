@@ -155,3 +155,64 @@ def test_early_verdicts_leave_the_capacity_table_as_it_was(scenario: str, tmp_pa
     md = capacity_markdown(fast.to_json(), "tcpreuse capacity cap.toml")
     assert f"{stopped[0].rate:,.0f} ✗ ≥ " in md and "stopped once it was certain to fail" in md
     assert all(p.stopped_s is None for s in slow.searches for p in s.probes)
+
+
+# The seed with 1,000 Windows ports per client: it fails near 100/s instead of 1,600/s, so
+# its capacity search, and the fixes its diagnosis proposes, are small.
+SMALL_SEED = {"winclient:netsh.ipv4.dynamicport.tcp.num": 1000, "workload.loadtest.rate": 200}
+RECYCLE_OFF = {"server:net.ipv4.tcp_tw_recycle": 0}
+IGNORE_MSL = {"lb.ignore_msl": True}
+
+
+def _run(overrides: dict[str, object]) -> dict[str, object]:
+    from tcpreuse.scenario.loader import load_scenario
+    from tcpreuse.sweep.point import run_point
+
+    sc = load_scenario("seed", {**SMALL_SEED, "duration_s": 60, **overrides})
+    out = run_point(sc.model_dump(mode="json"))
+    out.pop("wall_s")
+    return out
+
+
+def test_a_fix_its_runs_never_consulted_is_the_same_run() -> None:
+    """tcp_tw_recycle off, with Windows clients that send no timestamps, and the A10's
+    ignore-MSL, with no tuple back within its 2 s hold: the run's evidence proves neither
+    setting was consulted, and the fix's run is indeed the same run (every count, every
+    second). When a run does consult them (timestamps on; a 30 s hold the port cycle comes
+    back within), the evidence says so and nothing is shared."""
+    from tcpreuse.sweep.inert import why_same
+
+    base = _run({})
+    assert base["failed"] > 0 and base["evidence"]["recycle_stamped"]["server"] == 0
+    for fix in (RECYCLE_OFF, IGNORE_MSL):
+        assert why_same(fix, base) is not None
+        assert _run(fix) == base, fix
+
+    held = _run({"lb.session_hold_s": 30.0})
+    assert held["evidence"]["lb_held_met"] > 0 and why_same(IGNORE_MSL, held) is None
+    assert _run({"lb.session_hold_s": 30.0, **IGNORE_MSL})["failed_per_s"] != held["failed_per_s"]
+    stamped = _run({"winclient:netsh.tcp.timestamps": "enabled"})
+    assert stamped["evidence"]["recycle_stamped"]["server"] > 0 and why_same(RECYCLE_OFF, stamped) is None
+    assert why_same({"server:net.ipv4.tcp_tw_reuse": 0}, base) is None  # any other setting: simulated
+
+
+@pytest.mark.slow
+def test_shared_fix_runs_leave_the_capacity_table_as_it_was(tmp_path: Path) -> None:
+    """The same search with every fix simulated on its own: the same probes, verdicts,
+    capacities and lowest failing probes; the two fixes the seed's runs never consult take
+    the baseline's runs (fewer simulations), and the steady-state text says so."""
+    from tcpreuse.report.sweep import first_fail_text
+
+    kw = dict(max_failure=0.001, resolution=0.05, cap=400, overrides=SMALL_SEED,
+              make_pool=lambda: Pool(None, workers=2), workers=2)
+    fast = find_capacity("seed", cache=Cache(tmp_path / "a"), **kw)  # type: ignore[arg-type]
+    slow = find_capacity("seed", cache=Cache(tmp_path / "b"), share=False, **kw)  # type: ignore[arg-type]
+    assert [s.label for s in fast.searches] == [s.label for s in slow.searches]
+    for a, b in zip(fast.searches, slow.searches, strict=True):
+        assert (a.status, a.capacity) == (b.status, b.capacity), a.label
+        assert sorted((p.rate, p.passed) for p in a.probes) == sorted((p.rate, p.passed) for p in b.probes)
+        assert first_fail_text(a.to_json()) == first_fail_text(b.to_json())
+    shared = {s.fix_id: s.shared for s in fast.searches if s.shared}
+    assert len(shared) == 2 and slow.shared == 0
+    assert fast.computed + fast.shared == slow.computed
+    assert "were those of the configuration as it is" in fast.steady_text()
