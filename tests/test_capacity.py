@@ -215,4 +215,4 @@ def test_shared_fix_runs_leave_the_capacity_table_as_it_was(tmp_path: Path) -> N
     shared = {s.fix_id: s.shared for s in fast.searches if s.shared}
     assert len(shared) == 2 and slow.shared == 0
     assert fast.computed + fast.shared == slow.computed
-    assert "were those of the configuration as it is" in fast.steady_text()
+    assert "2 fix(es) took the runs of the configuration as it is" in fast.steady_text()

@@ -156,8 +156,9 @@ def _emit(doc: dict[str, Any], res: Any, html_path: Path | None, as_json: bool,
     con.print(table(doc))
     if doc.get("steady_state"):
         con.print(f"steady state: {doc['steady_state']['text']}", markup=False)
+    shared = f", {res.shared} taken from the configuration's own runs" if getattr(res, "shared", 0) else ""
     con.print(f"[dim]{res.computed} run(s) computed{' on ' + res.where if res.where else ''}, "
-              f"{res.cached} from the cache[/]")
+              f"{res.cached} from the cache{shared}[/]")
 
 
 def parse_share(text: str) -> float:

@@ -31,6 +31,10 @@ that would end its search, whose share the table quotes; if a search still ends 
 stopped probe, that probe is run again to its end. Verdicts, capacities and the table are
 those of whole runs (tests/test_capacity.py); only the probe list marks a stopped probe's
 share as a lower bound.
+
+A fix's probe whose setting the configuration's own run at that rate provably never
+consulted (sweep/inert.py: the run's recorded evidence) is that run: the fix takes it,
+waiting for it when it is in flight, instead of simulating it again.
 """
 
 from __future__ import annotations
@@ -269,9 +273,10 @@ class CapacityResult:
                     "(their share is a lower bound)")
         shared = [s for s in self.searches if s.shared]
         if shared:
-            out += "; " + "; ".join(
-                f"the {s.shared} run(s) of \"{s.label}\" were those of the configuration as it is, "
-                f"whose runs never consulted the setting ({s.shared_why})" for s in shared)
+            whys = sorted({s.shared_why for s in shared})
+            out += (f"; {len(shared)} fix(es) took the runs of the configuration as it is ("
+                    f"{sum(s.shared for s in shared)} runs), which never consulted their settings: "
+                    + "; ".join(whys))
         return out
 
 
@@ -407,6 +412,8 @@ class _Searcher:
             if hit is not None:
                 got[seed] = hit
                 self.res.cached += 1
+                if hit.get("shared_why"):  # cached when taken from the baseline: it still is its run
+                    self.count_shared(s, hit["shared_why"])
                 if s is self.res.baseline:
                     self.base_runs[(rate, ext, seed)] = (hit, stop)
             else:
@@ -458,11 +465,15 @@ class _Searcher:
             return None
         # the findings are the baseline's diagnosis, not this configuration's
         out = {k2: v for k2, v in summary.items() if k2 != "findings"}
+        out["shared_why"] = why
         self.cache.put(stop_key if "stopped_s" in out else key, out)
+        self.count_shared(s, why)
+        return out
+
+    def count_shared(self, s: Search, why: str) -> None:
         s.shared += 1
         s.shared_why = why
         self.res.shared += 1
-        return out
 
     def resolve(self, k: tuple[float, int, int]) -> None:
         """The baseline's run `k` is in: the fix runs waiting for it take it, or run."""

@@ -74,9 +74,9 @@ def why_same(fix_set: dict[str, Any], summary: dict[str, Any]) -> str | None:
             group = k.rpartition(":")[0]
             if ev["recycle_stamped"].get(group) != 0:
                 return None
-            why.append(f"{RECYCLE} on {group}: no peer timestamp was remembered (no TIME_WAIT there used timestamps)")
+            why.append(f"tcp_tw_recycle on {group} remembered no peer timestamp")
         else:
             if ev["lb_held_met"] != 0 or ev["lb_snat"] is not False:
                 return None
-            why.append("ignore-MSL: no SYN met a session the load balancer held after close")
+            why.append("no SYN met a session the load balancer held after close (ignore-MSL)")
     return "; ".join(why)
