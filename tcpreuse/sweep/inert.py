@@ -37,15 +37,20 @@ RECYCLE = "net.ipv4.tcp_tw_recycle"
 
 
 def evidence(eng: Any) -> dict[str, Any]:
-    """What the run (an engine, finished or stopped) shows it never consulted."""
-    stamped: dict[str, int] = {}
-    for h in eng.hosts.values():
-        rc = h.recycle_cache
-        stamped[h.group] = stamped.get(h.group, 0) + (len(rc.entries) if rc is not None else 0)
-    lb = eng.lb
-    return {"recycle_stamped": stamped,
-            "lb_held_met": None if lb is None else int(lb.n_held_reused + lb.n_held_dropped),
-            "lb_snat": None if lb is None else lb.snat is not None}
+    """What the run (an engine, finished or stopped) shows it never consulted. It reads the
+    engine's hosts' recycle caches and its LB's counters; an engine without them gives no
+    evidence (then nothing is shared: tests/test_capacity.py notices)."""
+    try:
+        stamped: dict[str, int] = {}
+        for h in eng.hosts.values():
+            rc = h.recycle_cache
+            stamped[h.group] = stamped.get(h.group, 0) + (len(rc.entries) if rc is not None else 0)
+        lb = eng.lb
+        return {"recycle_stamped": stamped,
+                "lb_held_met": None if lb is None else int(lb.n_held_reused + lb.n_held_dropped),
+                "lb_snat": None if lb is None else lb.snat is not None}
+    except AttributeError:
+        return {}
 
 
 def shareable(fix_set: dict[str, Any]) -> bool:
