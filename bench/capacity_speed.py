@@ -12,7 +12,8 @@ main branch with its compiled build), and prints:
              largest process
   the table - each configuration's sustained rate and lowest failing probe, so two
              builds can be checked for the same table; with how many probes were
-             simulated and how many stopped early (certain to fail)
+             simulated, how many stopped early (certain to fail) and how many fix runs
+             were the baseline's own (sweep/inert.py)
 With --baseline DIR the other checkout runs too, alternately, so both see the same machine.
 
     python bench/capacity_speed.py [--runs 1] [--scenario seed] [--baseline DIR] [--workers 2]
@@ -81,6 +82,7 @@ def run(src: Path, args: argparse.Namespace) -> dict[str, Any]:
     return {"wall_s": wall, "cpu_s": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
             "peak_sum_mb": peak_sum / 2**20, "peak_top_mb": peak_top / 2**20,
             "load": (load0, os.getloadavg()[0]), "table": table, "computed": doc["computed"],
+            "shared": doc.get("shared", 0),
             "probes": len(probes), "stopped": sum(1 for p in probes if p.get("stopped_s") is not None)}
 
 
@@ -104,7 +106,8 @@ def main() -> None:
             results[name].append(r)
             print(f"{name} run {i + 1}: {r['wall_s']:.1f} s wall (load average {r['load'][0]:.1f} -> "
                   f"{r['load'][1]:.1f}), {r['cpu_s']:.1f} s CPU, peak RSS {r['peak_sum_mb']:,.0f} MB summed "
-                  f"({r['peak_top_mb']:,.0f} MB the largest process), {r['computed']} simulations, "
+                  f"({r['peak_top_mb']:,.0f} MB the largest process), {r['computed']} simulations "
+                  f"(+{r['shared']} fix runs taken from the baseline's), "
                   f"{r['probes']} probes ({r['stopped']} stopped early)", flush=True)
     for name, rs in results.items():
         print(f"\n{name} ({dict(builds)[name]}): the table")
