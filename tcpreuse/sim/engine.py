@@ -55,7 +55,6 @@ from .host import (
     SimHost,
     TwQueue,
     client_sock_key,
-    listen_key,
     server_sock_key,
     unhash,
 )
@@ -774,7 +773,7 @@ class Engine:
         """The listener the routed SYN reaches (att.lst, None if the port is closed) and the
         server's key of the 4-tuple (att.sk; without a listener no socket of the server can
         have that 4-tuple, so the key is not needed)."""
-        ep = srv.endpoints.get(listen_key(att.r_daddr, att.r_dport))
+        ep = srv.endpoint(att.r_daddr, att.r_dport)
         if ep is None:
             att.lst, att.sk = None, NO_KEY
         else:

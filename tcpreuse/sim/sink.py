@@ -66,6 +66,8 @@ class CauseAgg:
         self.first_client, self.first_daddr, self.first_dport = client, daddr, dport  # its 4-tuple
         self.errnos: dict[str, int] = {}
         self.delayed_ms: dict[float, Tally] = {}  # connect() ms of the delayed ones, rounded to 1 us
+        self.last_k = math.nan  # the last of them and its tally (most repeat the previous one)
+        self.last_kt = Tally(0)
 
 
 class Sink:
@@ -78,9 +80,9 @@ class Sink:
         # aggregates
         self.step = step
         self.nsteps = nsteps
-        self.tl_attempts = [0] * nsteps
-        self.tl_failed = [0] * nsteps
-        self.tl_delayed = [0] * nsteps
+        self.tl_attempts: list[int] = [0] * nsteps
+        self.tl_failed: list[int] = [0] * nsteps
+        self.tl_delayed: list[int] = [0] * nsteps
         self.outcomes: dict[str, Tally] = {}  # counts() and firsts() read them
         self.reasons: dict[str, Tally] = {}
         self.failed = 0
@@ -100,6 +102,8 @@ class Sink:
         self.last_k = math.nan
         self.last_cause = "\0"
         self.last_ca = CauseAgg(0, 0.0, 0, 0, 0)
+        self.last_out, self.last_out_t = "\0", Tally(0)  # the last outcome and reason counted
+        self.last_rsn, self.last_rsn_t = "\0", Tally(0)
         self.last_codes = ("\0", "\0", "\0")
         self.last_code_vals = (0, 0, 0)
 
@@ -133,8 +137,14 @@ class Sink:
         self.tl_attempts[b] += 1
         failed = outcome != "ok"
         delayed = reason == "ok_after_syn_retry" or reason == "ok_after_app_retry"
-        _count(self.outcomes, outcome, idx)
-        _count(self.reasons, reason, idx)
+        if outcome is self.last_out:  # (interned names: the steady run's repeat is a pointer test)
+            _seen(self.last_out_t, idx)
+        else:
+            self.last_out, self.last_out_t = outcome, _count(self.outcomes, outcome, idx)
+        if reason is self.last_rsn:
+            _seen(self.last_rsn_t, idx)
+        else:
+            self.last_rsn, self.last_rsn_t = reason, _count(self.reasons, reason, idx)
         k = math.nan  # connect() ms rounded to 1 us (successes), computed once for ok_ms and causes
         if failed:
             self.failed += 1
@@ -178,8 +188,10 @@ class Sink:
             s.errnos[outcome] = s.errnos.get(outcome, 0) + 1
         else:
             s.delayed += 1
-            if not math.isnan(k):
-                _tally(s.delayed_ms, k)
+            if k == s.last_k:  # (false for NaN)
+                s.last_kt.n += 1
+            elif not math.isnan(k):
+                s.last_k, s.last_kt = k, _tally(s.delayed_ms, k)
 
 
 def round3(x: float) -> float:
@@ -201,10 +213,15 @@ def _count(tallies: dict[str, Tally], name: str, idx: int) -> Tally:
     t = tallies.get(name)
     if t is None:
         t = tallies[name] = Tally(idx)
-    elif idx < t.first:
+    _seen(t, idx)
+    return t
+
+
+def _seen(t: Tally, idx: int) -> None:
+    """Count attempt `idx` in `t`."""
+    if idx < t.first:
         t.first = idx
     t.n += 1
-    return t
 
 
 def _tally(tallies: dict[float, Tally], k: float) -> Tally:
