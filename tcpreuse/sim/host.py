@@ -237,7 +237,7 @@ class SimHost:
         self.synack_retries = int(s.get("net.ipv4.tcp_synack_retries", 5))
         epoch = profile.port_secret_epoch_s
         self.port_epoch_s = epoch if epoch is not None else 0.0
-        self.isn_random = params.get("isn") == "random"
+        self.isn_random: bool = params.get("isn") == "random"
         self.behind_nat = False
         self.service_s = 0.0
 
