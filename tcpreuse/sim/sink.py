@@ -93,7 +93,7 @@ class Sink:
         self.ff_outcome = ""
         self.ff_reason = ""
         self.causes: dict[str, CauseAgg] = {}
-        self.ok_bits = bytearray()  # bit idx: attempt idx succeeded (successes before a problem's first)
+        self.ok_bits: bytearray = bytearray()  # bit idx: attempt idx succeeded (successes before a problem's first)
         # Most attempts repeat the previous one's connect() time (a steady run's is one
         # RTT): the last and its tally are kept, so such an attempt is counted with a float
         # test, not a rounding and a dict lookup.
@@ -134,7 +134,10 @@ class Sink:
             b = 0
         elif b >= self.nsteps:
             b = self.nsteps - 1
-        self.tl_attempts[b] += 1
+        # (x[i] = x[i] + 1 rather than x[i] += 1: compiled code makes the augmented form a
+        # generic operation)
+        tl = self.tl_attempts
+        tl[b] = tl[b] + 1
         failed = outcome != "ok"
         delayed = reason == "ok_after_syn_retry" or reason == "ok_after_app_retry"
         if outcome is self.last_out:  # (interned names: the steady run's repeat is a pointer test)
@@ -148,14 +151,16 @@ class Sink:
         k = math.nan  # connect() ms rounded to 1 us (successes), computed once for ok_ms and causes
         if failed:
             self.failed += 1
-            self.tl_failed[b] += 1
+            tl = self.tl_failed
+            tl[b] = tl[b] + 1
             if self.ff_idx < 0 or idx < self.ff_idx:
                 self.ff_idx, self.ff_t, self.ff_outcome, self.ff_reason = idx, t0, outcome, reason
         else:
             i = idx >> 3
-            if i >= len(self.ok_bits):
-                self.ok_bits.extend(bytes(i + 1 - len(self.ok_bits) + 4096))
-            self.ok_bits[i] |= 1 << (idx & 7)
+            ob = self.ok_bits
+            if i >= len(ob):
+                ob.extend(bytes(i + 1 - len(ob) + 4096))
+            ob[i] = ob[i] | (1 << (idx & 7))
             if connect_ms == self.last_ms:  # (false for NaN)
                 k = self.last_k
                 self.last_mt.n += 1
@@ -164,7 +169,8 @@ class Sink:
                 self.last_ms, self.last_k, self.last_mt = connect_ms, k, _tally(self.ok_ms, k)
         if delayed:
             self.delayed += 1
-            self.tl_delayed[b] += 1
+            tl = self.tl_delayed
+            tl[b] = tl[b] + 1
         if reason:
             self._cause(reason, idx, t0, failed, outcome, k, client, daddr, dport)
         if cause and cause != reason:
