@@ -90,12 +90,10 @@ class L4LoadBalancer:
     def _remove(self, s: Session) -> None:
         if s.state < 0:
             return
-        # one lookup: popped, and put back in the rare case it is another session's (the
-        # table is looked up by key, never iterated, so the position does not matter)
+        # (get and del: cheaper in compiled code than dict.pop(k, None), a generic call)
         k = s.key
-        cur = self.sessions.pop(k, None)
-        if cur is not None and cur is not s:
-            self.sessions[k] = cur
+        if self.sessions.get(k) is s:
+            del self.sessions[k]
         if self.snat is not None:
             self._bitmap(s.backend, s.src).free(s.sport)
         if s.state == ACTIVE:

@@ -57,7 +57,7 @@ class ListenRules:
         self.old_full_rule: bool = p.el6 or not p.at_least(3, 0)
 
 
-_SYNACK = ConnRequestVerdict(SYNACK)
+_SYNACK: Final = ConnRequestVerdict(SYNACK)  # (Final: a C static in compiled code, not a globals lookup)
 
 
 def conn_request(
@@ -99,8 +99,8 @@ def conn_request(
     return _SYNACK
 
 
-_ACCEPT_OK: tuple[str, ...] = ()
-_ACCEPT_FULL: tuple[str, ...] = ("TcpExtListenOverflows", "TcpExtListenDrops")
+_ACCEPT_OK: Final[tuple[str, ...]] = ()
+_ACCEPT_FULL: Final[tuple[str, ...]] = ("TcpExtListenOverflows", "TcpExtListenDrops")
 
 
 def syn_recv_sock_ok(lst: Listener) -> tuple[bool, tuple[str, ...]]:

@@ -13,13 +13,15 @@ backend calls :class:`PeerCache` event by event; the C fast path,
 
 from __future__ import annotations
 
+from typing import Final
+
 from .seq import s32
 from .timewait import TCP_PAWS_MSL, TCP_PAWS_WINDOW
 
 # What the passive check decides for a SYN (syn_verdict)
-RC_KEEP = 0  # not dropped
-RC_SYN_DROP = 1  # its TSval is more than TCP_PAWS_WINDOW behind a fresh entry
-RC_SYN_DROP_TSLESS = 2  # no TSval while a fresh entry exists (3.x-4.11 `|| !timestamps`)
+RC_KEEP: Final = 0  # not dropped
+RC_SYN_DROP: Final = 1  # its TSval is more than TCP_PAWS_WINDOW behind a fresh entry
+RC_SYN_DROP_TSLESS: Final = 2  # no TSval while a fresh entry exists (3.x-4.11 `|| !timestamps`)
 
 
 def remember_wins(cached_ts: int, cached_stamp: int, ts_recent: int, ts_recent_stamp: int, now_sec: int) -> bool:
@@ -99,6 +101,8 @@ class PeerCache:
         """The passive PAWS check on a SYN at a listener (not from TIME_WAIT, no cookie):
         :func:`peer_verdict`, for an entry that was ever stamped (`drops_tsless` is the
         `|| !timestamps` term, absent in EL6)."""
+        if not self.entries:  # (nothing remembered yet: no key to build; clients without TS)
+            return False
         e = self.entries.get(self.key(laddr, raddr))
         if e is None or e.stamp == 0:
             return False

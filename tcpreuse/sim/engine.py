@@ -17,8 +17,8 @@ import math
 import random
 import sys
 import time as wallclock
-from collections.abc import Callable, Iterator
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, cast
 
 from ..model import clocks
 from ..model.lb import L4LoadBalancer
@@ -47,7 +47,7 @@ from ..model.timewait import (
 from ..result import RunResult
 from ..scenario.schema import Scenario
 from ..scenario.topology import ip2int, plan, pool
-from .arrivals import workload_arrivals
+from .arrivals import Arrivals, workload_arrivals
 from .events import Event, EventHeap, advance
 from .host import (
     DestPorts,
@@ -55,7 +55,6 @@ from .host import (
     SimHost,
     TwQueue,
     client_sock_key,
-    listen_key,
     server_sock_key,
     unhash,
 )
@@ -388,14 +387,16 @@ class Engine:
         # Arrivals come straight from their generators (the next one of each workload is
         # kept in `arrivals`); everything else goes through the heap. On equal times heap
         # events go first (they were scheduled earlier).
-        # (parallel lists: the next arrival time, workload and generator of each workload)
+        # (parallel lists: the next arrival time, workload and arrival process of each)
         arr_t: list[float] = []
         arr_wl: list[WorkloadRT] = []
-        arr_it: list[Iterator[float]] = []
+        arr_it: list[Arrivals] = []
         for i, wl in enumerate(self.sc.workload):
             it = workload_arrivals(self.sc.seed, wl, self.end)
-            first = next(it, None)
-            if first is not None:
+            if it is None:
+                continue
+            first = it.next()
+            if first != math.inf:
                 arr_t.append(first)
                 arr_wl.append(self.wls[i])
                 arr_it.append(it)
@@ -453,8 +454,8 @@ class Engine:
                 t = arr_t[k]
                 obj = arr_wl[k]
                 kind = EV_ARRIVAL
-                nxt = next(arr_it[k], None)
-                if nxt is None:
+                nxt = arr_it[k].next()
+                if nxt == inf:
                     arr_t.pop(k)
                     arr_wl.pop(k)
                     arr_it.pop(k)
@@ -471,31 +472,32 @@ class Engine:
                     self.progress(min(t, self.end), self.n_atts)
             n += 1
             if kind == EV_ARRIVAL:
-                self._arrival(t, obj)
-            elif kind == EV_SYN:
-                if obj.state == SYN_SENT:
-                    self._syn(obj, t)
-            elif kind == EV_CLOSE:
-                self._close(obj, t, False)
-            elif kind == EV_TIMEOUT:
-                self._close(obj, t, True)
-            elif kind == EV_FAIL:
-                if obj.state == SYN_SENT:
-                    self._fail(obj, t, obj.client.errno_timeout, obj.cause or "connect_timeout")
-            elif kind == EV_FINAL_ACK:
-                self._final_ack(obj, t)
-            elif kind == EV_ACCEPT_RETRY:
-                self._accept_retry(obj, t)
+                self._arrival(t, cast(WorkloadRT, obj))
+                a = self.started
             elif kind == EV_RETRY:
-                wl, client, retries_left, cause = obj
-                self._start(t, wl, client, retries_left, cause)
-            # Record the attempt once it is done and no event of its own is left (the one
-            # path that changes a done attempt is an accept retry: see _accept_retry).
-            if kind in (EV_ARRIVAL, EV_RETRY):
+                rwl, client, retries_left, cause = cast(tuple[WorkloadRT, SimHost, int, str], obj)
+                self._start(t, rwl, client, retries_left, cause)
                 a = self.started
             else:
-                a = obj
-                a.pending -= 1
+                # every other event is one attempt's (typed, so its fields are read natively)
+                a = att = cast(Attempt, obj)
+                if kind == EV_SYN:
+                    if att.state == SYN_SENT:
+                        self._syn(att, t)
+                elif kind == EV_CLOSE:
+                    self._close(att, t, False)
+                elif kind == EV_TIMEOUT:
+                    self._close(att, t, True)
+                elif kind == EV_FAIL:
+                    if att.state == SYN_SENT:
+                        self._fail(att, t, att.client.errno_timeout, att.cause or "connect_timeout")
+                elif kind == EV_FINAL_ACK:
+                    self._final_ack(att, t)
+                elif kind == EV_ACCEPT_RETRY:
+                    self._accept_retry(att, t)
+                att.pending -= 1
+            # Record the attempt once it is done and no event of its own is left (the one
+            # path that changes a done attempt is an accept retry: see _accept_retry).
             if a is not None and a.state == DONE and a.pending == 0:
                 self._record(a)
         while sampling and self.next_sample <= end:
@@ -771,7 +773,7 @@ class Engine:
         """The listener the routed SYN reaches (att.lst, None if the port is closed) and the
         server's key of the 4-tuple (att.sk; without a listener no socket of the server can
         have that 4-tuple, so the key is not needed)."""
-        ep = srv.endpoints.get(listen_key(att.r_daddr, att.r_dport))
+        ep = srv.endpoint(att.r_daddr, att.r_dport)
         if ep is None:
             att.lst, att.sk = None, NO_KEY
         else:

@@ -31,14 +31,17 @@ class EventHeap:
     def __len__(self) -> int:
         return len(self.items)
 
+    # (the comparisons of _before() are spelled out in push and pop: compiled code does
+    # not inline calls, and these loops run about twenty of them per event)
     def push(self, ev: Event) -> None:
         items = self.items
         items.append(ev)
+        t, seq = ev.t, ev.seq
         i = len(items) - 1
         while i > 0:
             parent = (i - 1) >> 1
             p = items[parent]
-            if not _before(ev, p):
+            if not (t < p.t or (t == p.t and seq < p.seq)):  # not _before(ev, p)
                 break
             items[i] = p
             i = parent
@@ -52,16 +55,21 @@ class EventHeap:
         if n == 0:
             return last
         top = items[0]
+        lt, ls = last.t, last.seq
         i = 0
         while True:
             c = 2 * i + 1
             if c >= n:
                 break
-            if c + 1 < n and _before(items[c + 1], items[c]):
-                c += 1
-            if not _before(items[c], last):
+            ev = items[c]
+            if c + 1 < n:
+                ev2 = items[c + 1]
+                if ev2.t < ev.t or (ev2.t == ev.t and ev2.seq < ev.seq):  # _before(ev2, ev)
+                    c += 1
+                    ev = ev2
+            if not (ev.t < lt or (ev.t == lt and ev.seq < ls)):  # not _before(ev, last)
                 break
-            items[i] = items[c]
+            items[i] = ev
             i = c
         items[i] = last
         return top

@@ -53,15 +53,12 @@ def listen_key(addr: int, port: int) -> int:
 
 
 def unhash(table: dict[Key, Any], key: Key, sk: object) -> bool:
-    """Remove `key` from a socket table if it maps to `sk`; True if it did. One lookup
-    (hashing a 4-tuple is a large share of the engine's work): the entry is popped, and
-    put back in the rare case it belongs to another socket. The tables are looked up by
-    key and counted, never iterated, so the put-back's new position does not matter."""
-    cur = table.pop(key, None)
-    if cur is sk:
+    """Remove `key` from a socket table if it maps to `sk`; True if it did. (A lookup and a
+    delete: with int keys the second hash lookup is cheaper than dict.pop(key, None) with
+    a default, which compiled code calls as a generic method.)"""
+    if table.get(key) is sk:
+        del table[key]
         return True
-    if cur is not None:
-        table[key] = cur
     return False
 
 
@@ -240,7 +237,7 @@ class SimHost:
         self.synack_retries = int(s.get("net.ipv4.tcp_synack_retries", 5))
         epoch = profile.port_secret_epoch_s
         self.port_epoch_s = epoch if epoch is not None else 0.0
-        self.isn_random = params.get("isn") == "random"
+        self.isn_random: bool = params.get("isn") == "random"
         self.behind_nat = False
         self.service_s = 0.0
 
@@ -287,6 +284,8 @@ class SimHost:
                                          str(params.get("port_order", "sequential")), rng)
         # server side
         self.endpoints: dict[int, Endpoint] = {}  # listen_key(addr, port) -> endpoint
+        self._ep_last: Endpoint | None = None  # endpoint()'s last answer, for these two
+        self._ep_addr = self._ep_port = -1
         self.listen_rules = ListenRules(profile)
         self.workers = 0
         self.busy = 0
@@ -370,6 +369,16 @@ class SimHost:
     def listen(self, addr: int, port: int, lst: Listener) -> None:
         """A listening socket on (addr, port)."""
         self.endpoints[listen_key(addr, port)] = Endpoint(lst, len(self.endpoints))
+        self._ep_addr = -1  # (forget endpoint()'s last answer)
+
+    def endpoint(self, addr: int, port: int) -> Endpoint | None:
+        """The listening endpoint on (addr, port), or None. A server mostly serves one:
+        the last answer is remembered, as dest() does."""
+        if addr == self._ep_addr and port == self._ep_port:
+            return self._ep_last
+        ep = self.endpoints.get(listen_key(addr, port))
+        self._ep_addr, self._ep_port, self._ep_last = addr, port, ep
+        return ep
 
     def hold_port(self, key: Key) -> None:
         k = cast(int, key)

@@ -66,6 +66,8 @@ class CauseAgg:
         self.first_client, self.first_daddr, self.first_dport = client, daddr, dport  # its 4-tuple
         self.errnos: dict[str, int] = {}
         self.delayed_ms: dict[float, Tally] = {}  # connect() ms of the delayed ones, rounded to 1 us
+        self.last_k = math.nan  # the last of them and its tally (most repeat the previous one)
+        self.last_kt = Tally(0)
 
 
 class Sink:
@@ -78,9 +80,9 @@ class Sink:
         # aggregates
         self.step = step
         self.nsteps = nsteps
-        self.tl_attempts = [0] * nsteps
-        self.tl_failed = [0] * nsteps
-        self.tl_delayed = [0] * nsteps
+        self.tl_attempts: list[int] = [0] * nsteps
+        self.tl_failed: list[int] = [0] * nsteps
+        self.tl_delayed: list[int] = [0] * nsteps
         self.outcomes: dict[str, Tally] = {}  # counts() and firsts() read them
         self.reasons: dict[str, Tally] = {}
         self.failed = 0
@@ -91,7 +93,7 @@ class Sink:
         self.ff_outcome = ""
         self.ff_reason = ""
         self.causes: dict[str, CauseAgg] = {}
-        self.ok_bits = bytearray()  # bit idx: attempt idx succeeded (successes before a problem's first)
+        self.ok_bits: bytearray = bytearray()  # bit idx: attempt idx succeeded (successes before a problem's first)
         # Most attempts repeat the previous one's connect() time (a steady run's is one
         # RTT): the last and its tally are kept, so such an attempt is counted with a float
         # test, not a rounding and a dict lookup.
@@ -100,6 +102,8 @@ class Sink:
         self.last_k = math.nan
         self.last_cause = "\0"
         self.last_ca = CauseAgg(0, 0.0, 0, 0, 0)
+        self.last_out, self.last_out_t = "\0", Tally(0)  # the last outcome and reason counted
+        self.last_rsn, self.last_rsn_t = "\0", Tally(0)
         self.last_codes = ("\0", "\0", "\0")
         self.last_code_vals = (0, 0, 0)
 
@@ -130,22 +134,33 @@ class Sink:
             b = 0
         elif b >= self.nsteps:
             b = self.nsteps - 1
-        self.tl_attempts[b] += 1
+        # (x[i] = x[i] + 1 rather than x[i] += 1: compiled code makes the augmented form a
+        # generic operation)
+        tl = self.tl_attempts
+        tl[b] = tl[b] + 1
         failed = outcome != "ok"
         delayed = reason == "ok_after_syn_retry" or reason == "ok_after_app_retry"
-        _count(self.outcomes, outcome, idx)
-        _count(self.reasons, reason, idx)
+        if outcome is self.last_out:  # (interned names: the steady run's repeat is a pointer test)
+            _seen(self.last_out_t, idx)
+        else:
+            self.last_out, self.last_out_t = outcome, _count(self.outcomes, outcome, idx)
+        if reason is self.last_rsn:
+            _seen(self.last_rsn_t, idx)
+        else:
+            self.last_rsn, self.last_rsn_t = reason, _count(self.reasons, reason, idx)
         k = math.nan  # connect() ms rounded to 1 us (successes), computed once for ok_ms and causes
         if failed:
             self.failed += 1
-            self.tl_failed[b] += 1
+            tl = self.tl_failed
+            tl[b] = tl[b] + 1
             if self.ff_idx < 0 or idx < self.ff_idx:
                 self.ff_idx, self.ff_t, self.ff_outcome, self.ff_reason = idx, t0, outcome, reason
         else:
             i = idx >> 3
-            if i >= len(self.ok_bits):
-                self.ok_bits.extend(bytes(i + 1 - len(self.ok_bits) + 4096))
-            self.ok_bits[i] |= 1 << (idx & 7)
+            ob = self.ok_bits
+            if i >= len(ob):
+                ob.extend(bytes(i + 1 - len(ob) + 4096))
+            ob[i] = ob[i] | (1 << (idx & 7))
             if connect_ms == self.last_ms:  # (false for NaN)
                 k = self.last_k
                 self.last_mt.n += 1
@@ -154,7 +169,8 @@ class Sink:
                 self.last_ms, self.last_k, self.last_mt = connect_ms, k, _tally(self.ok_ms, k)
         if delayed:
             self.delayed += 1
-            self.tl_delayed[b] += 1
+            tl = self.tl_delayed
+            tl[b] = tl[b] + 1
         if reason:
             self._cause(reason, idx, t0, failed, outcome, k, client, daddr, dport)
         if cause and cause != reason:
@@ -178,8 +194,10 @@ class Sink:
             s.errnos[outcome] = s.errnos.get(outcome, 0) + 1
         else:
             s.delayed += 1
-            if not math.isnan(k):
-                _tally(s.delayed_ms, k)
+            if k == s.last_k:  # (false for NaN)
+                s.last_kt.n += 1
+            elif not math.isnan(k):
+                s.last_k, s.last_kt = k, _tally(s.delayed_ms, k)
 
 
 def round3(x: float) -> float:
@@ -201,10 +219,15 @@ def _count(tallies: dict[str, Tally], name: str, idx: int) -> Tally:
     t = tallies.get(name)
     if t is None:
         t = tallies[name] = Tally(idx)
-    elif idx < t.first:
+    _seen(t, idx)
+    return t
+
+
+def _seen(t: Tally, idx: int) -> None:
+    """Count attempt `idx` in `t`."""
+    if idx < t.first:
         t.first = idx
     t.n += 1
-    return t
 
 
 def _tally(tallies: dict[float, Tally], k: float) -> Tally:

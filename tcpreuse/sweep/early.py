@@ -28,7 +28,7 @@ import time
 import traceback
 from typing import Any
 
-from ..sim.arrivals import workload_arrivals
+from ..sim.arrivals import workload_times
 
 
 class _Certain(Exception):
@@ -44,7 +44,7 @@ def window_arrivals(sc: Any, w0: float) -> int:
     """Arrivals (connections started by the workloads, not retries) at or after `w0` and
     before the end of the run: the attempts of the judged window when no workload retries.
     The engine's own draws (sim/arrivals.py workload_arrivals())."""
-    return sum(1 for w in sc.workload for t in workload_arrivals(sc.seed, w, sc.duration_s) if t >= w0)
+    return sum(1 for w in sc.workload for t in workload_times(sc.seed, w, sc.duration_s) if t >= w0)
 
 
 def oldest_live(eng: Any) -> int | None:

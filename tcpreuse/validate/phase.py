@@ -25,10 +25,12 @@ STEPS = 20  # phases tried, 50 ms apart
 BASE_UPTIME_S = 1000.0  # an uptime for the trial runs; only its fraction of a second matters
 
 
-def _run(ref: str, overrides: dict[str, Any], profile: str, phase: float, first_t: float) -> Any:
-    ov = suite.with_profile(overrides, profile)
+def _linux_groups(ref: str, ov: dict[str, Any]) -> list[str]:
+    return [g.name for g in suite.load(ref, ov).host if get_profile(g.profile).os == "linux"]
+
+
+def _run(ref: str, ov: dict[str, Any], groups: list[str], phase: float, first_t: float) -> Any:
     up = BASE_UPTIME_S + ((phase - first_t) % 1.0)
-    groups = [g.name for g in suite.load(ref, ov).host if get_profile(g.profile).os == "linux"]
     return measure(Engine(suite.load(ref, {**ov, **{f"host.{g}.model.uptime_s": up for g in groups}})).run())
 
 
@@ -38,10 +40,14 @@ def discriminating_phase(ref: str, overrides: dict[str, Any], own: str, other: s
     half (a phase in the middle of a band, so the lab's start jitter stays inside it);
     None when the phase does not change how many rows they disagree on."""
     first_t = measure(Engine(suite.load(ref, overrides)).run()).first_t
+    runs = []
+    for profile in (own, other):
+        ov = suite.with_profile(overrides, profile)
+        runs.append((ov, _linux_groups(ref, ov)))
     counts = []
     for i in range(STEPS):
         ph = i / STEPS
-        a, b = _run(ref, overrides, own, ph, first_t), _run(ref, overrides, other, ph, first_t)
+        a, b = (_run(ref, ov, groups, ph, first_t) for ov, groups in runs)
         counts.append(sum(1 for r in compare(a, b) if r.agree is False))
     if len(set(counts)) == 1:
         return None
