@@ -200,7 +200,8 @@ def test_a_fix_its_runs_never_consulted_is_the_same_run() -> None:
 def test_shared_fix_runs_leave_the_capacity_table_as_it_was(tmp_path: Path) -> None:
     """The same search with every fix simulated on its own: the same probes, verdicts,
     capacities and lowest failing probes; the two fixes the seed's runs never consult take
-    the baseline's runs (fewer simulations), and the steady-state text says so."""
+    the baseline's runs (fewer simulations), and the steady-state text says so, also when
+    the search is served from the cache."""
     from tcpreuse.report.sweep import first_fail_text
 
     kw = dict(max_failure=0.001, resolution=0.05, cap=400, overrides=SMALL_SEED,
@@ -216,3 +217,6 @@ def test_shared_fix_runs_leave_the_capacity_table_as_it_was(tmp_path: Path) -> N
     assert len(shared) == 2 and slow.shared == 0
     assert fast.computed + fast.shared == slow.computed
     assert "2 fix(es) took the runs of the configuration as it is" in fast.steady_text()
+    again = find_capacity("seed", cache=Cache(tmp_path / "a"), **kw)  # type: ignore[arg-type]
+    assert again.computed == 0 and again.shared == fast.shared  # a cached shared run still says so
+    assert again.steady_text() == fast.steady_text()

@@ -412,10 +412,10 @@ class _Searcher:
             if hit is not None:
                 got[seed] = hit
                 self.res.cached += 1
-                if hit.get("shared_why"):  # cached when taken from the baseline: it still is its run
-                    self.count_shared(s, hit["shared_why"])
                 if s is self.res.baseline:
                     self.base_runs[(rate, ext, seed)] = (hit, stop)
+                elif hit.get("shared_why"):  # cached when taken from the baseline: it still is its run
+                    self.count_shared(s, hit["shared_why"])
             else:
                 missing.append((seed, key, stop_key, dump, stop))
         self.collected[(id(s), rate)] = (ext, got)
