@@ -645,10 +645,10 @@ STREAM_MIN_BYTES = 192 << 20
 
 
 def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
+    """A file's size, or its estimated inflated size when it is gzip (:func:`.formats.capture_size`)."""
+    from .formats import capture_size
+
+    return capture_size(path)
 
 
 def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = None,
@@ -693,7 +693,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     starts: list[float] = []
     unread: dict[int, ReadReport] = {}  # files that are not captures at all: reported, skipped
     for i, f in enumerate(files):
-        with _pcap_mapped(f) as buf:
+        with _stream_source(f) as buf:
             if buf is None:
                 err = _not_a_capture(f)
                 if err is None or len(files) == 1:
@@ -717,11 +717,10 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     groups = _TimeGroups()
     try:
         for i in order:
-            with _pcap_mapped(files[i]) as buf:
+            with _stream_source(files[i]) as buf:
                 if buf is None:  # changed since it was looked at: the one-pass read says how
                     return None
                 rep = reports[i]
-                rep.bytes_total = len(buf)
                 span = _FileSpan(i)
                 t = time.perf_counter()
                 for pk in stream_pcap(lib, buf, rep, i, window or STREAM_WINDOW, table):
@@ -873,26 +872,35 @@ def _not_a_capture(path: str) -> CaptureError | None:
 
 
 @contextlib.contextmanager
-def _pcap_mapped(path: str) -> Iterator[Any]:
-    """A plain pcap file memory-mapped (closed after), or None when it is not one the
-    streamed read takes (another format, gzip, unreadable, shorter than its header)."""
+def _stream_source(path: str) -> Iterator[Any]:
+    """What the streamed read reads a file from: a plain pcap file memory-mapped
+    (:class:`.formats.WholeBuffer`), a gzip-compressed pcap file inflated a window at a
+    time (:class:`.formats.InflatingWindow`); closed after. None when it is not one
+    the streamed read takes (another format, unreadable, shorter than its header)."""
     import mmap
 
-    from .formats import PCAP_MAGIC, open_buffer
+    from .formats import PCAP_MAGIC, InflatingWindow, WholeBuffer, open_buffer
 
+    src: Any = None
     try:
         with open(path, "rb") as fh:
-            if fh.read(4) not in PCAP_MAGIC:
-                buf = None
-            else:
-                buf, _nbytes, _damage = open_buffer(path)
+            head = fh.read(4)
+        if head in PCAP_MAGIC:
+            buf, _nbytes, _damage = open_buffer(path)
+            if isinstance(buf, mmap.mmap) and len(buf) >= 24:
+                src = WholeBuffer(buf)
+        elif head[:2] == b"\x1f\x8b":
+            src = InflatingWindow(path)
+            if src.ensure(24) < 24 or bytes(src.buf[:4]) not in PCAP_MAGIC:
+                src.close()  # too short or not pcap inside: the one-pass read says how
+                src = None
     except (OSError, CaptureError):
-        buf = None  # the one-pass read says what is wrong
-    if buf is not None and (not isinstance(buf, mmap.mmap) or len(buf) < 24):
-        buf = None
+        src = None  # the one-pass read says what is wrong
     try:
-        yield buf
+        yield src
     finally:
-        if isinstance(buf, mmap.mmap):
+        if isinstance(src, InflatingWindow):
+            src.close()
+        elif src is not None:
             with contextlib.suppress(BufferError):
-                buf.close()
+                src.buf.close()

@@ -634,13 +634,18 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
                 window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None) -> Iterator[Packets]:
     """The TCP packets of a pcap file (C backend) in runs of records, each scanned,
     decoded and its pages given back before the next is read: what is resident follows
-    `window`, not the file. Runs are whole CHUNKs of records (the last excepted), so
-    skip reasons, frame numbers and IPv6 address keys (one table, numbered in the
-    file's order) are those of :func:`decode` over the whole file; every run carries
-    that table as it stands. `table`: the IPv6 table of the files streamed before this
-    one (extended in place), so that files read one after the other number their
-    addresses as :meth:`Packets.concat` of their one-pass decodes does."""
-    hdr = formats.pcap_header(buf, rep)
+    `window`, not the file. `buf`: the file's bytes (memory-mapped) or a
+    :data:`.formats.Source` (a gzip file, inflated a window at a time: the bytes before
+    the first record not yet decoded are dropped). Runs are whole CHUNKs of records (the
+    last excepted), so skip reasons, frame numbers and IPv6 address keys (one table,
+    numbered in the file's order) are those of :func:`decode` over the whole file; every
+    run carries that table as it stands. `table`: the IPv6 table of the files streamed
+    before this one (extended in place), so that files read one after the other number
+    their addresses as :meth:`Packets.concat` of their one-pass decodes does."""
+    src = formats.as_source(buf)
+    if src.ensure(24) < 24:
+        raise ValueError("stream_pcap: shorter than a pcap header")
+    hdr = formats.pcap_header(src.buf, rep)
     table = {} if table is None else table
     unsupported: dict[int, int] = {}
     little = int(hdr.endian == "<")
@@ -652,7 +657,8 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
         nonlocal base
         n = rec.size
         out = _columns(n)
-        k, events, unsup, v6 = lib.decode(buf, rec, None, None, None, None, None, CHUNK, tuple(out.values()),
+        at = rec - src.base if src.base else rec  # offsets in the window
+        k, events, unsup, v6 = lib.decode(src.buf, at, None, None, None, None, None, CHUNK, tuple(out.values()),
                                           little, hdr.tsdiv, hdr.linktype)
         k = int(k)
         cols = {c: a[:k] for c, a in out.items()}
@@ -674,7 +680,7 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
             return None
         return Packets(**cols, file=np.full(k, file_index, dtype=np.int16), v6=list(table))
 
-    for arr in formats.scan_pcap(lib, buf, rep, hdr, window):
+    for arr in formats.scan_pcap(lib, src, rep, hdr, window):
         pending.append(arr)
         n_pending += arr.size
         if n_pending < CHUNK:
@@ -684,7 +690,7 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
         pending, n_pending = ([rec[cut:]], n_pending - cut) if cut < n_pending else ([], 0)
         pk = run(rec[:cut])
         nxt = int(pending[0][0]) if pending else int(rec[cut - 1])
-        formats.release_pages(buf, int(rec[0]), nxt)
+        src.release(int(rec[0]), nxt)
         if pk is not None:
             yield pk
     if pending:

@@ -17,6 +17,7 @@ next plausible record (resynchronises), and reports what it skipped and why in a
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import mmap
 import os
@@ -25,7 +26,7 @@ from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -224,44 +225,193 @@ def open_buffer(path: str | os.PathLike[str]) -> tuple[Any, int, str]:
         raise CaptureError(f"{p}: cannot read ({e.strerror or e})") from None
 
 
-def inflate_gzip(raw: bytes, step: int = 1 << 16) -> tuple[bytes, str]:
+GZIP_STEP = 1 << 16  # compressed bytes inflated per step
+
+
+def inflate_gzip(raw: bytes, step: int | None = None) -> tuple[bytes, str]:
     """The bytes a gzip file inflates to (all its members) as far as they inflate, and ""
     or what stopped it: a truncated or damaged stream keeps what came before, as a
     truncated capture keeps its records (GzipFile would drop it all, or raise zlib.error)."""
-    import zlib  # only here: most captures are not compressed
+    g = GzipInflater(io.BytesIO(raw), len(raw), step)
+    data = b"".join(g)
+    return data, g.damage
 
-    out: list[bytes] = []
-    n, pos, fed = len(raw), 0, False
-    d = zlib.decompressobj(wbits=31)
-    while pos < n:
-        chunk = raw[pos:pos + step]
-        before = d.copy()
-        try:
-            out.append(d.decompress(chunk))
-        except zlib.error as e:
-            # the chunk again in small pieces from the state before it: keep what inflated
-            # up to the damage (a bad checksum at the end keeps everything)
-            for i in range(0, len(chunk), 64):
-                try:
-                    out.append(before.decompress(chunk[i:i + 64]))
-                except zlib.error:
-                    break
-            data = b"".join(out)
-            return data, (f"gzip stream damaged at compressed byte {pos + i:,} of {n:,} ({e}); "
-                          f"analysed the {len(data):,} bytes inflated before it")
-        fed = True
-        if d.eof:  # end of a member: another may follow, or zero padding
-            pos += len(chunk) - len(d.unused_data)
-            if raw.count(b"\x00", pos) == n - pos:
-                return b"".join(out), ""
-            d, fed = zlib.decompressobj(wbits=31), False
-            continue
-        pos += len(chunk)
-    data = b"".join(out)
-    if fed and not d.eof:
-        return data, (f"gzip stream truncated: its {n:,} compressed bytes end inside it; analysed the "
-                      f"{len(data):,} bytes they inflate to")
-    return data, ""
+
+class GzipInflater:
+    """A gzip file's inflated bytes piece by piece (about 64 KB of compressed input each),
+    all its members, as far as they inflate; afterwards `damage` is "" or what stopped
+    it and `inflated` how many bytes came. :func:`inflate_gzip` joins the pieces; a
+    streamed read (:class:`InflatingWindow`) holds only a window of them."""
+
+    def __init__(self, fh: BinaryIO, size: int, step: int | None = None) -> None:
+        self.fh, self.size, self.step = fh, size, step or GZIP_STEP
+        self.damage = ""
+        self.inflated = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        import zlib  # only here: most captures are not compressed
+
+        fh, n, step = self.fh, self.size, self.step
+        pos, fed = 0, False
+        d = zlib.decompressobj(wbits=31)
+        fh.seek(0)
+        while pos < n:
+            chunk = fh.read(min(step, n - pos))
+            if not chunk:  # the file shrank while it was read
+                break
+            before = d.copy()
+            try:
+                piece = d.decompress(chunk)
+            except zlib.error as e:
+                # the chunk again in small pieces from the state before it: keep what inflated
+                # up to the damage (a bad checksum at the end keeps everything)
+                kept: list[bytes] = []
+                i = 0
+                for i in range(0, len(chunk), 64):
+                    try:
+                        kept.append(before.decompress(chunk[i:i + 64]))
+                    except zlib.error:
+                        break
+                self.inflated += sum(len(k) for k in kept)
+                self.damage = (f"gzip stream damaged at compressed byte {pos + i:,} of {n:,} ({e}); "
+                               f"analysed the {self.inflated:,} bytes inflated before it")
+                yield from (k for k in kept if k)
+                return
+            self.inflated += len(piece)
+            if piece:
+                yield piece
+            fed = True
+            if d.eof:  # end of a member: another may follow, or zero padding
+                pos += len(chunk) - len(d.unused_data)
+                if self._zeros_from(pos):
+                    return
+                fh.seek(pos)
+                d, fed = zlib.decompressobj(wbits=31), False
+                continue
+            pos += len(chunk)
+        if fed and not d.eof:
+            self.damage = (f"gzip stream truncated: its {n:,} compressed bytes end inside it; analysed the "
+                           f"{self.inflated:,} bytes they inflate to")
+
+    def _zeros_from(self, pos: int) -> bool:
+        """Is the file all zero bytes from `pos` to its end (padding after the last member)?"""
+        self.fh.seek(pos)
+        while block := self.fh.read(1 << 20):
+            if block.count(0) != len(block):
+                return False
+        return True
+
+
+def gzip_isize(path: str | os.PathLike[str]) -> int | None:
+    """The last 4 bytes of a gzip file (ISIZE: what its last member inflates to, mod
+    2**32); None when the file is not gzip."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                return None
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 18:
+                return 0
+            f.seek(-4, os.SEEK_END)
+            return int(struct.unpack("<I", f.read(4))[0])
+    except OSError:
+        return None
+
+
+GZIP_MAX_RATIO = 32  # a capture that inflates more than this is taken as large whatever its ISIZE says
+
+
+def capture_size(path: str | os.PathLike[str]) -> int:
+    """What a capture file holds, to choose between a one-pass and a streamed read: its
+    size; for a gzip file, an estimate of its inflated size, which is only known once it is
+    inflated. The trailer's ISIZE is the last member's inflated size mod 2**32: taken as
+    it is when it is at least the compressed size; a smaller one (several members, or
+    4 GiB or more wrapped around) and a compressed size from 2**32 / GZIP_MAX_RATIO
+    (128 MiB: a ratio above that could wrap ISIZE) on count as 4 GiB or more. 0 when it
+    cannot be read."""
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return 0
+    isize = gzip_isize(path) if size >= 18 else None
+    if isize is None:
+        return size
+    if isize < size or size * GZIP_MAX_RATIO >= 1 << 32:
+        return max(size, isize + (1 << 32))
+    return isize
+
+
+class WholeBuffer:
+    """A file held whole (memory-mapped or in memory), as :func:`scan_pcap` and the
+    streamed decoders read it: every byte there at once; `release` gives the pages
+    behind a window back (:func:`release_pages`)."""
+
+    base = 0  # the file offset of buf[0]
+    done = True  # buf reaches the end of the file
+
+    def __init__(self, buf: Any) -> None:
+        self.buf = buf
+
+    def ensure(self, stop: int) -> int:
+        """Make the bytes up to `stop` (a file offset) readable, as far as the file
+        goes; returns the file offset where buf ends."""
+        return len(self.buf)
+
+    def release(self, start: int, stop: int) -> None:
+        release_pages(self.buf, start, stop)
+
+    def finish(self, rep: ReadReport) -> None:
+        rep.bytes_total = len(self.buf)
+
+
+class InflatingWindow:
+    """A gzip file inflated as it is read, a window at a time: `buf` holds the inflated
+    bytes from file offset `base` (inflated bytes) on; `ensure` inflates more, `release`
+    drops what lies before a point. Resident memory follows the window the reader
+    asks for, not the inflated file. `finish` inflates the rest (to learn its size and
+    any damage, as :func:`inflate_gzip` reports them) without keeping it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self._gz = GzipInflater(self._fh, os.fstat(self._fh.fileno()).st_size)
+        self._pieces = iter(self._gz)
+        self.buf = bytearray()
+        self.base = 0
+        self.done = False
+        self.peak = 0  # the most inflated bytes held at once
+
+    def ensure(self, stop: int) -> int:
+        buf = self.buf
+        while not self.done and self.base + len(buf) < stop:
+            piece = next(self._pieces, None)
+            if piece is None:
+                self.done = True
+            else:
+                buf += piece
+        self.peak = max(self.peak, len(buf))
+        return self.base + len(buf)
+
+    def release(self, start: int, stop: int) -> None:
+        k = min(stop - self.base, len(self.buf))
+        if k > 0:
+            del self.buf[:k]  # the start of a bytearray moves: no copy
+            self.base += k
+
+    def finish(self, rep: ReadReport) -> None:
+        for _piece in self._pieces:
+            pass
+        self.done = True
+        rep.bytes_total = self._gz.inflated
+        if self._gz.damage:
+            rep.gzip_damage = self._gz.damage
+            rep.warn(self._gz.damage)
+
+    def close(self) -> None:
+        self.buf = bytearray()
+        self._fh.close()
+
+
+Source = WholeBuffer | InflatingWindow
 
 
 def read_frames(path: str | os.PathLike[str]) -> Frames:
@@ -379,12 +529,33 @@ def pcap_start_time(buf: Any) -> float:
     """When a pcap file starts, read from its first records only: the median time of the
     first (up to) nine chained records (one damaged record time does not move it); inf
     when not even the first record header can be read. What orders rotated files for a
-    streamed read, before any of them is decoded."""
-    if len(buf) < 24 or bytes(buf[:4]) not in PCAP_MAGIC:
+    streamed read, before any of them is decoded. `buf`: the file's bytes or a
+    :data:`Source` (a gzip file inflates as far as those records)."""
+    src = as_source(buf)
+    if src.ensure(24) < 24 or bytes(src.buf[:4]) not in PCAP_MAGIC:
         return float("inf")
-    hdr = pcap_header(buf, ReadReport(path=""))
+    hdr = pcap_header(src.buf, ReadReport(path=""))
+    _ensure_first_records(src, hdr)
+    buf = src.buf
     t = sorted(sec + frac / hdr.tsdiv for sec, frac in _first_records(buf, hdr.endian, hdr.tsdiv, hdr.limit))
     return t[len(t) // 2] if t else float("inf")
+
+
+def as_source(buf: Any) -> Source:
+    return buf if isinstance(buf, WholeBuffer | InflatingWindow) else WholeBuffer(buf)
+
+
+def _ensure_first_records(src: Source, hdr: PcapHeader, n: int = 9) -> None:
+    """Make the headers :func:`_first_records` reads readable (a source at its start)."""
+    rec = struct.Struct(hdr.endian + "IIII")
+    off = 24
+    for _ in range(n):
+        if src.ensure(off + 16) < off + 16:
+            return
+        _sec, frac, incl, orig = rec.unpack_from(src.buf, off)
+        if frac >= hdr.tsdiv or incl > hdr.limit or incl > orig:
+            return
+        off += 16 + incl
 
 
 def _parse_pcap_numpy(buf: Any, rep: ReadReport) -> Frames:
@@ -480,59 +651,81 @@ def pcap_header(buf: Any, rep: ReadReport) -> PcapHeader:
     return PcapHeader(endian, tsdiv, network & 0x0FFFFFFF, limit)
 
 
+SCAN_WINDOW = 32 << 20  # bytes of a compressed file inflated per step when no window is given
+
+
 def scan_pcap(lib: Any, buf: Any, rep: ReadReport, hdr: PcapHeader, window: int | None = None) -> Iterator[np.ndarray]:
     """The offsets of a pcap file's believable records (``_ccap.pcap_scan``), in runs.
-    `window` None: one run per stretch between damages (the whole file when it is clean);
-    a number of bytes: runs of about that many bytes, so a reader can decode and forget
+    `buf`: the file's bytes, or a :data:`Source` (a gzip file inflated as it is read:
+    the window must hold what the scan reads, the offsets are the file's). `window`
+    None: one run per stretch between damages (the whole file when it is clean); a
+    number of bytes: runs of about that many bytes, so a reader can decode and forget
     each before the next is scanned. A record or header that a window's end cuts is
     where the next window starts, not damage: the records, report, warnings and
-    resynchronisation are those of one scan. Sets the report's record count at the end."""
-    end = len(buf)
+    resynchronisation are those of one scan (a resynchronisation looks as far ahead as
+    the one-pass scan can: MAX_RESYNC_SCAN and three records). Sets the report's record
+    count at the end, and the file's size (`src.finish`: an inflated size, and a
+    damaged gzip stream's warning after the scan's, as :func:`read_frames` adds it)."""
+    src = as_source(buf)
     endian, tsdiv, limit = hdr.endian, hdr.tsdiv, hdr.limit
-    u32 = _u32_view(buf, endian)
     rec_hdr = struct.Struct(endian + "IIII")
     off = 24
-    ts_lo, ts_hi = _pcap_time_bounds(buf, endian, tsdiv, limit)
+    _ensure_first_records(src, hdr)
+    ts_lo, ts_hi = _pcap_time_bounds(src.buf, endian, tsdiv, limit)
     resyncs = 0
     records = 0
     rep.bytes_read = 24
-    step = window or end
+    whole = window or (len(src.buf) if src.done else SCAN_WINDOW)
+    step = whole
     while True:
         bounds = ts_hi != float(2**32)  # as _parse_pcap_numpy tells whether the bounds are set
-        w_end = min(end, off + step)
-        offs, status, stop, bounds, ts_lo, ts_hi = lib.pcap_scan(buf, off, w_end, endian == "<", tsdiv, limit,
-                                                                  bounds, ts_lo, ts_hi)
+        avail = src.ensure(off + step)
+        w_end = min(avail, off + step)
+        at_end = src.done and w_end == avail  # this window ends where the file does
+        base = src.base
+        offs, status, stop, bounds, ts_lo, ts_hi = lib.pcap_scan(src.buf, off - base, w_end - base, endian == "<",
+                                                                  tsdiv, limit, bounds, ts_lo, ts_hi)
+        stop += base
         arr = np.frombuffer(offs, dtype=np.int64)
         if arr.size:
+            if base:
+                arr = arr + base
             records += int(arr.size)
-            rep.bytes_read = int(arr[-1]) + 16 + rec_hdr.unpack_from(buf, int(arr[-1]))[2]
-            yield arr
-        if w_end < end and status in (1, 2):  # the window's end, not the file's
+            last = int(arr[-1])
+            rep.bytes_read = last + 16 + rec_hdr.unpack_from(src.buf, last - base)[2]
+            yield arr  # the reader may release what lies before its first pending record
+        if not at_end and status in (1, 2):  # the window's end, not the file's
             step = step if stop > off else 2 * step  # a record longer than the window
             off = stop
             continue
-        step = window or end
+        step = whole
         if status == 0:
-            if w_end < end:
+            if not at_end:
                 off = w_end
                 continue
             break
+        if status == 3:  # as far ahead as a resynchronisation may look
+            avail = src.ensure(stop + MAX_RESYNC_SCAN + 3 * (16 + limit) + 32)
+        base = src.base
         if status == 3:
-            why = _bad_pcap_header_reason(np.array(rec_hdr.unpack_from(buf, stop)), tsdiv, limit)
+            why = _bad_pcap_header_reason(np.array(rec_hdr.unpack_from(src.buf, stop - base)), tsdiv, limit)
         elif status == 1:
-            incl = rec_hdr.unpack_from(buf, stop)[2]
-            why = f"last record cut short ({end - stop - 16} of {incl} bytes)"
+            incl = rec_hdr.unpack_from(src.buf, stop - base)[2]
+            why = f"last record cut short ({avail - stop - 16} of {incl} bytes)"
         else:
-            why = f"{end - stop} stray bytes at the end (a cut record header)"
-        nxt = _after_damage(rep, buf, u32, endian, stop, end, why, status != 3, resyncs, tsdiv, limit,
-                            ts_lo, ts_hi)
+            why = f"{avail - stop} stray bytes at the end (a cut record header)"
+        u32 = _u32_view(src.buf, endian)
+        nxt = _after_damage(rep, src.buf, u32, endian, stop - base, avail - base, why, status != 3, resyncs, tsdiv,
+                            limit, ts_lo, ts_hi, base)
+        del u32  # a view of an inflated window keeps it from moving
         if nxt is None:
             break
         resyncs += 1
-        off = nxt
+        off = nxt + base
     if records:
         rep.records = records
         rep.linktypes[hdr.linktype] = records
+    src.finish(rep)
 
 
 def release_pages(buf: Any, start: int, stop: int) -> None:
@@ -587,11 +780,13 @@ def _bad_pcap_header_reason(h: np.ndarray, tsdiv: int, limit: int) -> str:
 
 
 def _after_damage(rep: ReadReport, buf: Any, u32: np.ndarray, endian: str, stop: int, end: int, why: str,
-                  cut: bool, resyncs: int, tsdiv: int, limit: int, ts_lo: float, ts_hi: float) -> int | None:
+                  cut: bool, resyncs: int, tsdiv: int, limit: int, ts_lo: float, ts_hi: float,
+                  base: int = 0) -> int | None:
     """Where a pcap walk stopped at byte `stop` for `why`: a cut last record (`cut`) whose
     header is believable is a truncation (None: stop); anything else is damage, skipped to
     the next believable record (its offset), unless too many resynchronisations or none
-    is found (None). Each outcome is reported."""
+    is found (None). Each outcome is reported. `buf` may be a window of the file that
+    starts at file offset `base` (offsets here are the window's, reports the file's)."""
     if cut:
         believable = True
         if stop + 16 <= end:
@@ -600,17 +795,17 @@ def _after_damage(rep: ReadReport, buf: Any, u32: np.ndarray, endian: str, stop:
             if not believable:
                 why = _bad_pcap_header_reason(h[0], tsdiv, limit)
         if believable:
-            rep.warn(f"truncated at byte {stop:,}: {why}")
+            rep.warn(f"truncated at byte {stop + base:,}: {why}")
             return None
     if resyncs >= MAX_RESYNCS:
-        rep.warn(f"gave up at byte {stop:,} after {resyncs} resynchronisations ({why})")
+        rep.warn(f"gave up at byte {stop + base:,} after {resyncs} resynchronisations ({why})")
         return None
     nxt = _resync_pcap(buf, u32, stop + 1, end, tsdiv, limit, ts_lo, ts_hi)
     if nxt is None:
-        rep.warn(f"unreadable from byte {stop:,} ({why}); no believable record after it")
+        rep.warn(f"unreadable from byte {stop + base:,} ({why}); no believable record after it")
         return None
     rep.garbage_bytes += nxt - stop
-    rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop:,} ({why}); resynchronised")
+    rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop + base:,} ({why}); resynchronised")
     return nxt
 
 
