@@ -682,8 +682,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     Each file keeps its own :class:`ReadReport` (damage, how far it was read) and its
     command-line index in the attempts' ``file`` column."""
     from . import backend, chunked
-    from .decode import STREAM_WINDOW, stream_pcap
-    from .formats import pcap_start_time
+    from .decode import STREAM_WINDOW, stream_pcap, stream_pcapng
+    from .formats import NotStreamable, pcap_start_time
 
     files = [paths] if isinstance(paths, str) else [str(p) for p in paths]
     chunk_packets = chunk_packets or CHUNK_PACKETS
@@ -693,7 +693,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     starts: list[float] = []
     unread: dict[int, ReadReport] = {}  # files that are not captures at all: reported, skipped
     for i, f in enumerate(files):
-        with _stream_source(f) as buf:
+        with _stream_source(f, pcapng=len(files) == 1) as buf:
             if buf is None:
                 err = _not_a_capture(f)
                 if err is None or len(files) == 1:
@@ -717,13 +717,14 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     groups = _TimeGroups()
     try:
         for i in order:
-            with _stream_source(files[i]) as buf:
+            with _stream_source(files[i], pcapng=len(files) == 1) as buf:
                 if buf is None:  # changed since it was looked at: the one-pass read says how
                     return None
                 rep = reports[i]
                 span = _FileSpan(i)
                 t = time.perf_counter()
-                for pk in stream_pcap(lib, buf, rep, i, window or STREAM_WINDOW, table):
+                stream = stream_pcapng if buf.kind == "pcapng" else stream_pcap
+                for pk in stream(lib, buf, rep, i, window or STREAM_WINDOW, table):
                     c_lo, c_hi = float(pk.ts.min()), float(pk.ts.max())
                     if not (np.isfinite(c_lo) and np.isfinite(c_hi)):
                         return None
@@ -760,7 +761,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
         del acc
         att = b.finish()
         timing["flows"] += time.perf_counter() - t
-    except chunked.Inexact:
+    except (chunked.Inexact, NotStreamable, CaptureError):  # the one-pass read says what is wrong
         return None
     t = time.perf_counter()
     reuse.tuple_reuse(att)
@@ -872,23 +873,27 @@ def _not_a_capture(path: str) -> CaptureError | None:
 
 
 @contextlib.contextmanager
-def _stream_source(path: str) -> Iterator[Any]:
-    """What the streamed read reads a file from: a plain pcap file memory-mapped
-    (:class:`.formats.WholeBuffer`), a gzip-compressed pcap file inflated a window at a
-    time (:class:`.formats.InflatingWindow`); closed after. None when it is not one
-    the streamed read takes (another format, unreadable, shorter than its header)."""
+def _stream_source(path: str, pcapng: bool = False) -> Iterator[Any]:
+    """What the streamed read reads a file from: a plain pcap file (or, `pcapng`, a
+    pcapng file) memory-mapped (:class:`.formats.WholeBuffer`), a gzip-compressed pcap
+    file inflated a window at a time (:class:`.formats.InflatingWindow`); closed after.
+    Its `kind`: "pcap" or "pcapng". None when it is not one the streamed read takes
+    (another format, unreadable, shorter than its header)."""
     import mmap
 
-    from .formats import PCAP_MAGIC, InflatingWindow, WholeBuffer, open_buffer
+    from .formats import PCAP_MAGIC, PCAPNG_SHB, InflatingWindow, WholeBuffer, open_buffer
 
     src: Any = None
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
-        if head in PCAP_MAGIC:
+        ng = pcapng and len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB
+        if head in PCAP_MAGIC or ng:
             buf, _nbytes, _damage = open_buffer(path)
             if isinstance(buf, mmap.mmap) and len(buf) >= 24:
-                src = WholeBuffer(buf)
+                src = WholeBuffer(buf, "pcapng" if ng else "pcap")
+            elif isinstance(buf, mmap.mmap):
+                buf.close()
         elif head[:2] == b"\x1f\x8b":
             src = InflatingWindow(path)
             if src.ensure(24) < 24 or bytes(src.buf[:4]) not in PCAP_MAGIC:

@@ -700,3 +700,72 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
     for lt, cnt in unsupported.items():
         rep.skip(f"{R_LINKTYPE} {lt}", cnt)
         rep.warn(f"{cnt:,} frames of link type {lt}, which is not supported, were skipped")
+
+
+def stream_pcapng(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
+                  window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None) -> Iterator[Packets]:
+    """:func:`stream_pcap` for a pcapng file (memory-mapped): its blocks walked window
+    after window (:func:`.formats.scan_pcapng`), the records decoded in whole CHUNKs
+    (so skip reasons, frame numbers and IPv6 keys are those of :func:`decode` over the
+    whole file; the decoder's skip reasons are counted after the walk's, as the one-pass
+    read counts them), and the pages behind each run given back."""
+    src = formats.as_source(buf)
+    table = {} if table is None else table
+    unsupported: dict[int, int] = {}
+    skips: dict[int, int] = {}
+    pending: list[formats.Frames] = []
+    n_pending = 0
+    released = 0
+    names = ("data_off", "caplen", "origlen", "linktype", "ts", "frame")
+    dtypes = (np.int64, np.int64, np.int64, np.int32, np.float64, np.int64)
+
+    def run(cols: list[np.ndarray]) -> Packets | None:
+        n = cols[0].size
+        out = _columns(n)
+        k, events, unsup, v6 = lib.decode(src.buf, *cols, CHUNK, tuple(out.values()))
+        k = int(k)
+        got = {c: a[:k] for c, a in out.items()}
+        if v6:
+            remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
+            for c in ("src", "dst"):
+                v = got[c] >= V6_BASE
+                if v.any():
+                    got[c][v] = V6_BASE + remap[(got[c][v] - V6_BASE).astype(np.int64)]
+        for reason, cnt in events:
+            skips[reason] = skips.get(reason, 0) + cnt
+        for lt, cnt in unsup:
+            unsupported[lt] = unsupported.get(lt, 0) + cnt
+        rep.tcp_packets += k
+        if not k:
+            return None
+        return Packets(**got, file=np.full(k, file_index, dtype=np.int16), v6=list(table))
+
+    def columns(frs: list[formats.Frames]) -> list[np.ndarray]:
+        return [np.ascontiguousarray(np.concatenate([getattr(f, c) for f in frs]), dtype=d)
+                for c, d in zip(names, dtypes, strict=True)]
+
+    for fr in formats.scan_pcapng(src, rep, window):
+        pending.append(fr)
+        n_pending += len(fr)
+        if n_pending < CHUNK:
+            continue
+        cols = columns(pending)
+        cut = n_pending // CHUNK * CHUNK
+        rest = [c[cut:] for c in cols]
+        pending = [formats.Frames(src.buf, rest[0], rest[1], rest[2], rest[4], rest[3], rest[5], rep)] if cut < n_pending else []
+        n_pending -= cut
+        pk = run([c[:cut] for c in cols])
+        nxt = int(rest[0][0]) if n_pending else int(cols[0][cut - 1])
+        src.release(released, nxt)
+        released = nxt
+        if pk is not None:
+            yield pk
+    if pending:
+        pk = run(columns(pending))
+        if pk is not None:
+            yield pk
+    for reason, cnt in skips.items():
+        rep.skip(SKIP_REASONS[reason], cnt)
+    for lt, cnt in unsupported.items():
+        rep.skip(f"{R_LINKTYPE} {lt}", cnt)
+        rep.warn(f"{cnt:,} frames of link type {lt}, which is not supported, were skipped")

@@ -349,8 +349,9 @@ class WholeBuffer:
     base = 0  # the file offset of buf[0]
     done = True  # buf reaches the end of the file
 
-    def __init__(self, buf: Any) -> None:
+    def __init__(self, buf: Any, kind: str = "pcap") -> None:
         self.buf = buf
+        self.kind = kind  # pcap or pcapng
 
     def ensure(self, stop: int) -> int:
         """Make the bytes up to `stop` (a file offset) readable, as far as the file
@@ -378,6 +379,7 @@ class InflatingWindow:
         self.buf = bytearray()
         self.base = 0
         self.done = False
+        self.kind = "pcap"
         self.peak = 0  # the most inflated bytes held at once
 
     def ensure(self, stop: int) -> int:
@@ -944,105 +946,192 @@ def _parse_pcapng(buf: Any, rep: ReadReport) -> Frames:
 
 
 def _walk_pcapng(buf: Any, rep: ReadReport, careful: bool) -> _NgWalk:
-    end = len(buf)
-    w = _NgWalk()
-    epb = w.epb
-    endian = "<"
-    ifaces: list[_Iface] = []
-    off = 0
-    resyncs = 0
-    hdr = struct.Struct("<II")
-    hdr_be = struct.Struct(">II")
-    while off + 12 <= end:
-        btype, blen = (hdr if endian == "<" else hdr_be).unpack_from(buf, off)
-        if btype == 6 and not careful:  # the common case, kept short; validated afterwards
-            nxt = _epb_run(buf, off, end, endian, epb)
-            if nxt != off:
-                off = nxt
-                continue
-        if btype == PCAPNG_SHB:
-            bom = bytes(buf[off + 8 : off + 12])
-            if bom == b"\x4d\x3c\x2b\x1a":
-                endian = "<"
-            elif bom == b"\x1a\x2b\x3c\x4d":
-                endian = ">"
+    walker = _NgWalker(buf, rep, careful)
+    walker.walk()
+    walker.finish()
+    return walker.w
+
+
+class _NgWalker:
+    """The block walk of a pcapng file, resumable: :meth:`walk` goes on from where the
+    last call stopped, up to a file offset (a streamed read walks window after window,
+    the one-pass read the whole file at once), :meth:`finish` ends it. `w` collects the
+    packet blocks found (a streamed read takes them and starts `w` afresh after each
+    window); the sections and their interfaces are the walker's."""
+
+    def __init__(self, buf: Any, rep: ReadReport, careful: bool) -> None:
+        self.buf, self.rep, self.careful = buf, rep, careful
+        self.end = len(buf)
+        self.w = _NgWalk()
+        self.sections = self.w.sections
+        self.endian = "<"
+        self.ifaces: list[_Iface] = []
+        self.off = 0
+        self.resyncs = 0
+        self.stopped = False  # damage or truncation ended the walk
+        self.last_epb = -1  # offset of the last EPB found
+        self.last_epb_len = (0, 0)  # its length field read little- and big-endian
+        self.block_end = 0  # end of the last block taken (bytes_read of a careful walk)
+        self.ran_bad = False  # an EPB an unbounded run would have taken failed the checks
+
+    def new_window(self) -> _NgWalk:
+        """Start collecting packet blocks afresh (in the current section); returns those
+        collected so far."""
+        old = self.w
+        self._take_last_epb(old)
+        self.w = _NgWalk(sections=self.sections)
+        if self.sections:
+            self.w.epb_sec.append((0, len(self.sections) - 1))
+        return old
+
+    def _take_last_epb(self, w: _NgWalk) -> None:
+        if len(w.epb):
+            last = w.epb.last()
+            self.last_epb = last
+            self.last_epb_len = (struct.unpack_from("<I", self.buf, last + 4)[0],
+                                 struct.unpack_from(">I", self.buf, last + 4)[0])
+
+    def walk(self, stop: int | None = None) -> None:
+        """Blocks from where the walk is, while they start before `stop` (None: to the
+        end of the file). A block is taken whole, whatever `stop` cuts."""
+        if self.stopped:
+            return
+        buf, rep, careful, end, w = self.buf, self.rep, self.careful, self.end, self.w
+        stop = end if stop is None else stop
+        epb = w.epb
+        endian, ifaces, off, resyncs = self.endian, self.ifaces, self.off, self.resyncs
+        hdr = struct.Struct("<II")
+        hdr_be = struct.Struct(">II")
+        try:
+            while off + 12 <= end:
+                if off >= stop:
+                    return
+                btype, blen = (hdr if endian == "<" else hdr_be).unpack_from(buf, off)
+                if btype == 6 and not careful:  # the common case, kept short; validated afterwards
+                    nxt = _epb_run(buf, off, min(end, stop), endian, epb)
+                    if nxt != off:
+                        off = self.block_end = nxt
+                        continue
+                if btype == PCAPNG_SHB:
+                    bom = bytes(buf[off + 8 : off + 12])
+                    if bom == b"\x4d\x3c\x2b\x1a":
+                        endian = "<"
+                    elif bom == b"\x1a\x2b\x3c\x4d":
+                        endian = ">"
+                    else:
+                        why = f"section header with bad byte-order magic {bom.hex()}"
+                        off = _pcapng_damage(buf, rep, off, why, endian, resyncs)
+                        resyncs += 1
+                        if off < 0:
+                            break
+                        continue
+                    blen = struct.unpack_from(endian + "I", buf, off + 4)[0]
+                    if not _block_ok(buf, off, blen, end, endian) or blen < 28:
+                        off = _pcapng_damage(buf, rep, off, f"section header length {blen} invalid", endian,
+                                             resyncs)
+                        resyncs += 1
+                        if off < 0:
+                            break
+                        continue
+                    ifaces = []
+                    w.sections.append((endian, ifaces))
+                    w.epb_sec.append((len(epb), len(w.sections) - 1))
+                    rep.bytes_read = off + blen
+                    self.block_end = off + blen
+                    off += blen
+                    continue
+                if not w.sections:
+                    _no_section(rep)
+                if not _block_ok(buf, off, blen, end, endian):
+                    if btype == 6 and not careful and blen >= 32 and not blen & 3 and blen <= end - off:
+                        self.ran_bad = True  # cut from a run by `stop`: the one-pass run takes it
+                    if off + blen > end and blen >= 12 and not blen & 3:
+                        rep.warn(f"truncated at byte {off:,}: block of {blen} bytes cut short "
+                                 f"({end - off} bytes left)")
+                        break
+                    off = _pcapng_damage(buf, rep, off, f"block type {btype:#x} with length {blen}", endian,
+                                         resyncs)
+                    resyncs += 1
+                    if off < 0:
+                        break
+                    continue
+                if btype == 6:
+                    cap = struct.unpack_from(endian + "I", buf, off + 20)[0] if blen >= 32 else blen
+                    if blen < 32 or cap > blen - 32:
+                        if not careful and blen >= 32:
+                            self.ran_bad = True  # as above
+                        off = _pcapng_damage(buf, rep, off, f"packet block captured length {cap} > block", endian,
+                                             resyncs)
+                        resyncs += 1
+                        if off < 0:
+                            break
+                        continue
+                    epb.append(off)
+                elif btype == 1 and blen >= 20:
+                    lt, _res, snap = struct.unpack_from(endian + "HHI", buf, off + 8)
+                    iface = _Iface(linktype=lt, snaplen=snap)
+                    _idb_options(buf, off + 16, off + blen - 4, endian, iface)
+                    ifaces.append(iface)
+                elif btype == 3 and blen >= 16:
+                    olen = struct.unpack_from(endian + "I", buf, off + 8)[0]
+                    snap = ifaces[0].snaplen if ifaces else 0
+                    cap = min(olen, blen - 16, snap or olen)
+                    w.slow_pos.append(len(epb) + len(w.slow))
+                    w.slow.append((off + 12, cap, olen, 0, -1, -1))
+                    w.slow_sec.append(len(w.sections) - 1)
+                elif btype == 2 and blen >= 32:
+                    iid, _drops, tsh, tsl, cap, olen = struct.unpack_from(endian + "HHIIII", buf, off + 8)
+                    if cap > blen - 32:
+                        rep.skip("packet block with captured length beyond its block")
+                    else:
+                        w.slow_pos.append(len(epb) + len(w.slow))
+                        w.slow.append((off + 28, cap, olen, iid, tsh, tsl))
+                        w.slow_sec.append(len(w.sections) - 1)
+                else:
+                    name = BLOCK_NAMES.get(btype, f"type {btype:#x}")
+                    rep.other_blocks[name] = rep.other_blocks.get(name, 0) + 1
+                rep.bytes_read = off + blen
+                self.block_end = off + blen
+                off += blen
             else:
-                why = f"section header with bad byte-order magic {bom.hex()}"
-                off = _pcapng_damage(buf, rep, off, why, endian, resyncs)
-                resyncs += 1
-                if off < 0:
-                    break
-                continue
-            blen = struct.unpack_from(endian + "I", buf, off + 4)[0]
-            if not _block_ok(buf, off, blen, end, endian) or blen < 28:
-                off = _pcapng_damage(buf, rep, off, f"section header length {blen} invalid", endian, resyncs)
-                resyncs += 1
-                if off < 0:
-                    break
-                continue
-            ifaces = []
-            w.sections.append((endian, ifaces))
-            w.epb_sec.append((len(epb), len(w.sections) - 1))
-            rep.bytes_read = off + blen
-            off += blen
-            continue
-        if not w.sections:
+                if end - off > 0:
+                    rep.warn(f"truncated at byte {off:,}: {end - off} stray bytes (a cut block header)")
+            self.stopped = True
+        finally:
+            self.endian, self.ifaces, self.off, self.resyncs = endian, ifaces, off, resyncs
+            if off < 0 or off + 12 > end:
+                self.stopped = True
+
+    def finish(self) -> None:
+        """The end of the walk: a file without a readable section is not a capture; how
+        far it was read counts the last EPB (trusted by a run, not checked one by one)."""
+        rep, end = self.rep, self.end
+        self.stopped = True
+        if not self.sections:
             _no_section(rep)
-        if not _block_ok(buf, off, blen, end, endian):
-            if off + blen > end and blen >= 12 and not blen & 3:
-                rep.warn(f"truncated at byte {off:,}: block of {blen} bytes cut short "
-                         f"({end - off} bytes left)")
-                break
-            off = _pcapng_damage(buf, rep, off, f"block type {btype:#x} with length {blen}", endian, resyncs)
-            resyncs += 1
-            if off < 0:
-                break
-            continue
-        if btype == 6:
-            cap = struct.unpack_from(endian + "I", buf, off + 20)[0] if blen >= 32 else blen
-            if blen < 32 or cap > blen - 32:
-                off = _pcapng_damage(buf, rep, off, f"packet block captured length {cap} > block", endian,
-                                     resyncs)
-                resyncs += 1
-                if off < 0:
-                    break
-                continue
-            epb.append(off)
-        elif btype == 1 and blen >= 20:
-            lt, _res, snap = struct.unpack_from(endian + "HHI", buf, off + 8)
-            iface = _Iface(linktype=lt, snaplen=snap)
-            _idb_options(buf, off + 16, off + blen - 4, endian, iface)
-            ifaces.append(iface)
-        elif btype == 3 and blen >= 16:
-            olen = struct.unpack_from(endian + "I", buf, off + 8)[0]
-            snap = ifaces[0].snaplen if ifaces else 0
-            cap = min(olen, blen - 16, snap or olen)
-            w.slow_pos.append(len(epb) + len(w.slow))
-            w.slow.append((off + 12, cap, olen, 0, -1, -1))
-            w.slow_sec.append(len(w.sections) - 1)
-        elif btype == 2 and blen >= 32:
-            iid, _drops, tsh, tsl, cap, olen = struct.unpack_from(endian + "HHIIII", buf, off + 8)
-            if cap > blen - 32:
-                rep.skip("packet block with captured length beyond its block")
-            else:
-                w.slow_pos.append(len(epb) + len(w.slow))
-                w.slow.append((off + 28, cap, olen, iid, tsh, tsl))
-                w.slow_sec.append(len(w.sections) - 1)
-        else:
-            name = BLOCK_NAMES.get(btype, f"type {btype:#x}")
-            rep.other_blocks[name] = rep.other_blocks.get(name, 0) + 1
-        rep.bytes_read = off + blen
-        off += blen
-    else:
-        if end - off > 0:
-            rep.warn(f"truncated at byte {off:,}: {end - off} stray bytes (a cut block header)")
-    if not w.sections:
-        _no_section(rep)
-    if len(epb):
-        last = epb.last()
-        e = w.sections[-1][0]
-        rep.bytes_read = max(rep.bytes_read, min(end, last + struct.unpack_from(e + "I", buf, last + 4)[0]))
-    return w
+        self._take_last_epb(self.w)
+        if self.last_epb >= 0:
+            e = self.sections[-1][0]  # the last section's byte order, as the one-pass walk reads it
+            blen = self.last_epb_len[0 if e == "<" else 1]
+            rep.bytes_read = max(rep.bytes_read, min(end, self.last_epb + blen))
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """The walk's state, to walk a window again carefully (:meth:`restore`)."""
+        import copy
+
+        return (self.endian, self.off, self.resyncs, self.stopped, self.block_end, self.ran_bad, self.last_epb,
+                self.last_epb_len, [(e, list(ifs)) for e, ifs in self.sections], copy.deepcopy(self.rep.__dict__))
+
+    def restore(self, state: tuple[Any, ...], careful: bool) -> None:
+        (self.endian, self.off, self.resyncs, self.stopped, self.block_end, self.ran_bad, self.last_epb,
+         self.last_epb_len, sections, rep) = state
+        self.sections[:] = sections
+        self.ifaces = sections[-1][1] if sections else []
+        self.rep.__dict__.update(rep)
+        self.careful = careful
+        self.w = _NgWalk(sections=self.sections)
+        if self.sections:
+            self.w.epb_sec.append((0, len(self.sections) - 1))
 
 
 def _epb_run(buf: Any, off: int, end: int, endian: str, epb: _Offsets) -> int:
@@ -1117,8 +1206,11 @@ def _resync_pcapng(buf: Any, start: int, end: int, endian: str) -> int | None:
     return None
 
 
-def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Frames | None:
-    """Frames from a walk; None when an EPB fails validation on a non-careful walk."""
+def _epb_fields(buf: Any, w: _NgWalk) -> tuple[np.ndarray, ...]:
+    """The EPBs of a walk: offsets, sections, and header fields read vectorised in each
+    section's byte order (interface, time high and low, captured and original length),
+    and which fail the checks a trusting run left out (captured length beyond the
+    block, a trailer that does not repeat the length)."""
     sections = w.sections
     n_epb = len(w.epb)
     offs = w.epb.array()
@@ -1149,6 +1241,14 @@ def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Fram
         olen[sel] = u32[o + 24]
         tail[sel] = u32[np.clip(o + bl - 4, 0, u32.size - 1)]
     bad = (cap > blen - 32) | (tail != blen)
+    return offs, sec_of, iid, tsh, tsl, cap, olen, bad
+
+
+def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Frames | None:
+    """Frames from a walk; None when an EPB fails validation on a non-careful walk."""
+    sections = w.sections
+    n_epb = len(w.epb)
+    offs, sec_of, iid, tsh, tsl, cap, olen, bad = _epb_fields(buf, w)
     if bad.any():
         if not careful:
             return None
@@ -1241,3 +1341,146 @@ def _ffill(a: np.ndarray) -> np.ndarray:
     np.maximum.accumulate(idx, out=idx)
     out = a[idx]
     return np.where(np.isnan(out), 0.0, out)
+
+
+# --------------------------------------------------------------------------------------
+# pcapng in windows
+
+
+class NotStreamable(Exception):
+    """A streamed read cannot give the one-pass read's result here: the caller reads
+    the file in one pass."""
+
+
+@dataclass
+class _NgCarry:
+    """What the windows of a streamed pcapng read pass on to the next."""
+
+    frames: int = 0  # packet blocks before this window (frame numbers count them all)
+    last_ts: float = math.nan  # the last packet's time (an SPB, which has none, takes it)
+    records: int = 0
+    linktypes: dict[int, int] = field(default_factory=dict)
+    lost: int = 0  # packets for an interface their section never described
+    careful: bool = False  # a window was walked again carefully: the one-pass walk is careful
+
+
+def scan_pcapng(buf: Any, rep: ReadReport, window: int) -> Iterator[Frames]:
+    """The packet records of a pcapng file (memory-mapped: `buf`) window after window,
+    each a :class:`Frames` with the file's offsets, so that a reader can decode them and
+    give their pages back before the next window is walked. The records, frame numbers,
+    times, report, warnings and resynchronisation are those of :func:`_parse_pcapng`:
+    the same walk (:class:`_NgWalker`) goes on from window to window with its sections
+    and interfaces; a window whose trusting EPB run meets a block that fails the checks
+    is walked again carefully from its start, as the one-pass read walks the whole
+    file again carefully then (the walks agree up to the first such block). Raises
+    :class:`NotStreamable` for a packet that names an interface its section has not
+    described yet (an IDB may still come: the one-pass read looks at the whole file),
+    and :class:`~tcpreuse.errors.CaptureError` as the one-pass read does."""
+    src = as_source(buf)
+    if not isinstance(src, WholeBuffer):
+        raise NotStreamable("pcapng is streamed from a memory-mapped file only")
+    buf = src.buf
+    rep.format = "pcapng"
+    walker = _NgWalker(buf, rep, careful=False)
+    carry = _NgCarry()
+    while not walker.stopped:
+        state = walker.snapshot()
+        stop = walker.off + window
+        walker.walk(stop)
+        w = walker.new_window()
+        if walker.ran_bad or (len(w.epb) and _epb_fields(buf, w)[-1].any()):
+            walker.restore(state, careful=True)
+            walker.walk(stop)
+            w = walker.new_window()
+            walker.careful = False
+            carry.careful = True
+        fr = _ng_window_frames(buf, rep, walker, w, carry)
+        if len(fr):
+            yield fr
+    if carry.careful:
+        rep.bytes_read = walker.block_end  # as a careful walk counts it: every block taken
+    walker.finish()
+    if carry.lost:
+        rep.skip("packet for an undeclared interface", carry.lost)
+        rep.warn(f"{carry.lost} packets refer to an interface with no description block; skipped")
+    rep.records = carry.records
+    for t in sorted(carry.linktypes):
+        rep.linktypes[t] = carry.linktypes[t]
+    src.finish(rep)
+
+
+def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, carry: _NgCarry) -> Frames:
+    """:func:`_pcapng_frames` for the packet blocks of one window (all passed the checks)."""
+    sections = walker.sections
+    n_epb = len(w.epb)
+    offs, sec_of, iid, tsh, tsl, cap, olen, _bad = _epb_fields(buf, w)
+    slow = w.slow
+    n = n_epb + len(slow)
+    data_off = np.empty(n, dtype=np.int64)
+    caplen = np.empty(n, dtype=np.int64)
+    origlen = np.empty(n, dtype=np.int64)
+    iface = np.empty(n, dtype=np.int64)
+    ts_hi = np.empty(n, dtype=np.uint64)
+    ts_lo = np.empty(n, dtype=np.uint64)
+    has_ts = np.ones(n, dtype=bool)
+    section = np.empty(n, dtype=np.int64)
+    is_slow = np.zeros(n, dtype=bool)
+    if slow:
+        is_slow[np.asarray(w.slow_pos, dtype=np.int64)] = True
+    epb_slots = np.flatnonzero(~is_slow)
+    slow_slots = np.flatnonzero(is_slow)
+    data_off[epb_slots] = offs + 28
+    caplen[epb_slots] = cap
+    origlen[epb_slots] = olen
+    iface[epb_slots] = iid
+    ts_hi[epb_slots] = tsh
+    ts_lo[epb_slots] = tsl
+    section[epb_slots] = sec_of
+    if slow:
+        sl = np.asarray(slow, dtype=np.int64)
+        data_off[slow_slots] = sl[:, 0]
+        caplen[slow_slots] = sl[:, 1]
+        origlen[slow_slots] = sl[:, 2]
+        iface[slow_slots] = sl[:, 3]
+        has_ts[slow_slots] = sl[:, 4] >= 0
+        ts_hi[slow_slots] = np.maximum(sl[:, 4], 0).astype(np.uint64)
+        ts_lo[slow_slots] = np.maximum(sl[:, 5], 0).astype(np.uint64)
+        section[slow_slots] = np.asarray(w.slow_sec, dtype=np.int64)
+    frame = np.arange(carry.frames + 1, carry.frames + n + 1, dtype=np.int64)
+    carry.frames += n
+    base = np.zeros(len(sections) + 1, dtype=np.int64)
+    lt_tab: list[int] = []
+    div_tab: list[float] = []
+    off_tab: list[int] = []
+    for s, (_e, ifs) in enumerate(sections):
+        base[s + 1] = base[s] + len(ifs)
+        for f in ifs:
+            lt_tab.append(f.linktype)
+            div_tab.append(f.tsdiv)
+            off_tab.append(f.tsoffset)
+    n_if = np.diff(base)
+    known_if = (iface >= 0) & (iface < n_if[section]) if n else np.zeros(0, dtype=bool)
+    lost = ~known_if
+    if lost.any():
+        if not walker.stopped and (not lt_tab or (section[lost] == len(sections) - 1).any()):
+            raise NotStreamable("a packet for an interface its section has not described (yet)")
+        carry.lost += int(lost.sum())
+    gidx = np.where(known_if, base[section] + iface, 0)
+    lt = np.asarray(lt_tab or [0], dtype=np.int32)[gidx]
+    div = np.asarray(div_tab or [1e6], dtype=np.float64)[gidx]
+    tso = np.asarray(off_tab or [0], dtype=np.float64)[gidx]
+    units = (ts_hi << np.uint64(32)) | ts_lo
+    divu = div.astype(np.uint64)
+    whole = units // divu
+    secs = whole.astype(np.float64) + (units - whole * divu).astype(np.float64) / div
+    ts = np.where(has_ts, secs + tso, np.nan)
+    if n and not has_ts.all():  # an SPB takes the previous packet's time, of this window or the last
+        ts = _ffill(np.concatenate([[carry.last_ts], ts]))[1:]
+    if n:
+        carry.last_ts = float(ts[-1])
+    sel = np.flatnonzero(known_if)
+    carry.records += int(sel.size)
+    for t, c in zip(*np.unique(lt[sel], return_counts=True), strict=True):
+        carry.linktypes[int(t)] = carry.linktypes.get(int(t), 0) + int(c)
+    return Frames(buf=buf, data_off=data_off[sel], caplen=caplen[sel], origlen=origlen[sel], ts=ts[sel],
+                  linktype=lt[sel], frame=frame[sel], report=rep)
