@@ -654,11 +654,12 @@ def _size(path: str) -> int:
 def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = None,
                      builder: ChunkBuilder | None = None, window: int | None = None,
                      per_attempt: bool = True) -> CaptureAnalysis | None:
-    """One pcap file (plain, or gzip-compressed: inflated a window at a time), or several
-    merged (rotated files of one capture point), read and built chunk by chunk (:mod:`.chunked`): what is resident follows the live
+    """One pcap file (plain, or gzip-compressed: inflated a window at a time) or pcapng
+    file, or several pcap files merged (rotated files of one capture point), read and
+    built chunk by chunk (:mod:`.chunked`): what is resident follows the live
     connections, not the file or the set. The result is :func:`analyze_paths`'s
     (merge=True) over the same files; None when this way cannot give it, and the caller
-    reads the files in one pass: a file that is not a pcap file, plain or gzip-compressed (pcapng),
+    reads the files in one pass: a file that is not pcap (plain or gzip) or, alone, pcapng,
     the numpy backend, packets that the one-pass read leaves out for their far times
     (:func:`far_times`; the groups of times are kept as the chunks come, so a capture or
     a set of days without such packets is streamed) or a packet
