@@ -14,6 +14,7 @@ import csv
 import itertools
 import os
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -651,9 +652,25 @@ def _size(path: str) -> int:
     return capture_size(path)
 
 
+@dataclass
+class StreamExtras:
+    """What a streamed read of several files passes on besides the analysis, for a Dask
+    worker's part of a fleet (:mod:`.distributed` merges parts as the one-pass read of
+    all files would join them), by the files' places in the list read: each file's
+    IPv6 table (its one-pass decode's), the median time of its packets
+    (:func:`file_order_key`: inf without packets), its TCP packets, its report, and
+    the error of a file that is not a capture."""
+
+    file_v6: dict[int, list[bytes]] = field(default_factory=dict)
+    file_median: dict[int, float] = field(default_factory=dict)
+    file_packets: dict[int, int] = field(default_factory=dict)
+    reports: dict[int, ReadReport] = field(default_factory=dict)
+    errors: dict[int, CaptureError] = field(default_factory=dict)
+
+
 def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = None,
                      builder: ChunkBuilder | None = None, window: int | None = None,
-                     per_attempt: bool = True) -> CaptureAnalysis | None:
+                     per_attempt: bool = True, extras: StreamExtras | None = None) -> CaptureAnalysis | None:
     """One pcap file (plain, or gzip-compressed: inflated a window at a time) or pcapng
     file, or several pcap files merged (rotated files of one capture point), read and
     built chunk by chunk (:mod:`.chunked`): what is resident follows the live
@@ -700,6 +717,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                 if err is None or len(files) == 1:
                     return None  # a capture this way does not read, or nothing to stream
                 unread[i] = _unread_report(f, err)
+                if extras is not None:
+                    extras.errors[i] = err
                 starts.append(np.inf)
                 continue
             starts.append(pcap_start_time(buf))
@@ -725,7 +744,9 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                 span = _FileSpan(i)
                 t = time.perf_counter()
                 stream = stream_pcapng if buf.kind == "pcapng" else stream_pcap
-                for pk in stream(lib, buf, rep, i, window or STREAM_WINDOW, table):
+                file_table: dict[bytes, int] | None = {} if extras is not None else None
+                spill = tempfile.TemporaryFile() if extras is not None else None  # noqa: SIM115 (closed below)
+                for pk in stream(lib, buf, rep, i, window or STREAM_WINDOW, table, file_table):
                     c_lo, c_hi = float(pk.ts.min()), float(pk.ts.max())
                     if not (np.isfinite(c_lo) and np.isfinite(c_hi)):
                         return None
@@ -733,6 +754,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                         raise chunked.Inexact("a packet older than one of a file read before (files overlap in time)")
                     span.add(pk.ts, c_lo, c_hi)
                     groups.add(pk.ts, c_lo, c_hi)
+                    if spill is not None:  # the file's packet times, for its median
+                        np.ascontiguousarray(pk.ts, dtype=np.float64).tofile(spill)
                     if len(groups.groups) > _TimeGroups.MAX:  # times all over: damage the one-pass read reports
                         return None
                     lo, hi = min(lo, c_lo), max(hi, c_hi)
@@ -753,6 +776,12 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                 if span.n:
                     before_hi = span.hi
                     spans.append(span)
+                if extras is not None and spill is not None and file_table is not None:
+                    extras.file_median[i] = spilled_median(spill, span.n, span.lo, span.hi)
+                    spill.close()
+                    extras.file_v6[i] = list(file_table)
+                    extras.file_packets[i] = span.n
+                    extras.reports[i] = rep
         if groups.far_times():
             return None
         if any(x.may_tie(y) for x, y in itertools.pairwise(spans)):
@@ -776,6 +805,66 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     # as the one-pass merge has them: the files read, then those that are not captures
     reports = [r for i, r in enumerate(reports) if i not in unread] + list(unread.values())
     return finish_analysis(att, b.v6, reports, files, n, lo if n else 0.0, hi if n else 0.0, timing)
+
+
+def spilled_median(fh: Any, n: int, lo: float, hi: float) -> float:
+    """:func:`.flows.median` of the `n` float64 values written to the file `fh` (all in
+    lo..hi), in bounded memory: each value of the middle rank(s) is found by counting the
+    values into SPILL_BINS bins between the bounds (one read of the file), then
+    narrowing to the bin that holds it until it holds few enough to be read and
+    partitioned; inf when n is 0 (:func:`file_order_key` of a file without packets)."""
+    if n == 0:
+        return float("inf")
+    k = n // 2
+    if n % 2:
+        return _spilled_rank(fh, k, lo, hi)
+    return float((np.float64(_spilled_rank(fh, k - 1, lo, hi)) + np.float64(_spilled_rank(fh, k, lo, hi))) / 2)
+
+
+SPILL_BLOCK = 1 << 20  # values read at a time, and the most a bin may hold to be read whole
+SPILL_BINS = 1 << 16
+
+
+def _spilled_in(fh: Any, lo: float, hi: float) -> Iterator[np.ndarray]:
+    """The values of `fh` in lo..hi, a block at a time."""
+    fh.seek(0)
+    while True:
+        v = np.fromfile(fh, dtype=np.float64, count=SPILL_BLOCK)
+        if not v.size:
+            return
+        yield v[(v >= lo) & (v <= hi)]
+
+
+def _spilled_rank(fh: Any, rank: int, lo: float, hi: float) -> float:
+    """The value of 0-based `rank` in sorted order among the values of `fh` (all in lo..hi)."""
+    below = 0  # values under lo
+    while True:
+        width = (hi - lo) / SPILL_BINS
+        if not (width > 0 and lo + width > lo):  # nothing left to split
+            inside = np.concatenate(list(_spilled_in(fh, lo, hi)))
+            return float(np.partition(inside, rank - below)[rank - below])
+
+        def bins(v: np.ndarray, lo: float = lo, width: float = width) -> np.ndarray:
+            return np.minimum(((v - lo) / width).astype(np.int64), SPILL_BINS - 1)
+
+        counts = np.zeros(SPILL_BINS, dtype=np.int64)
+        for v in _spilled_in(fh, lo, hi):
+            counts += np.bincount(bins(v), minlength=SPILL_BINS)
+        cum = np.cumsum(counts)
+        b = int(np.searchsorted(cum, rank - below, side="right"))
+        before = below + (int(cum[b - 1]) if b else 0)
+        if counts[b] <= SPILL_BLOCK:
+            inside = np.concatenate([v[bins(v) == b] for v in _spilled_in(fh, lo, hi)])
+            return float(np.partition(inside, rank - before)[rank - before])
+        lo2, hi2 = np.inf, -np.inf
+        for v in _spilled_in(fh, lo, hi):
+            v = v[bins(v) == b]
+            if v.size:
+                lo2, hi2 = min(lo2, float(v.min())), max(hi2, float(v.max()))
+        if lo2 == hi2:  # all the same value
+            return float(lo2)
+        # bins are ranges of values: the values in lo2..hi2 are exactly those of bin b
+        lo, hi, below = lo2, hi2, before
 
 
 class _TimeGroups:

@@ -631,7 +631,8 @@ STREAM_WINDOW = 32 << 20  # bytes of a pcap file scanned per step of a streamed 
 
 
 def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
-                window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None) -> Iterator[Packets]:
+                window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None,
+                file_table: dict[bytes, int] | None = None) -> Iterator[Packets]:
     """The TCP packets of a pcap file (C backend) in runs of records, each scanned,
     decoded and its pages given back before the next is read: what is resident follows
     `window`, not the file. `buf`: the file's bytes (memory-mapped) or a
@@ -641,7 +642,8 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
     numbered in the file's order) are those of :func:`decode` over the whole file; every
     run carries that table as it stands. `table`: the IPv6 table of the files streamed
     before this one (extended in place), so that files read one after the other number
-    their addresses as :meth:`Packets.concat` of their one-pass decodes does."""
+    their addresses as :meth:`Packets.concat` of their one-pass decodes does;
+    `file_table`: filled with this file's own table (its one-pass decode's `v6`)."""
     src = formats.as_source(buf)
     if src.ensure(24) < 24:
         raise ValueError("stream_pcap: shorter than a pcap header")
@@ -665,6 +667,9 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
         if base:
             cols["frame"] += base
         if v6:
+            if file_table is not None:
+                for x in v6:
+                    file_table.setdefault(x, len(file_table))
             remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
             for c in ("src", "dst"):
                 v = cols[c] >= V6_BASE
@@ -703,7 +708,8 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
 
 
 def stream_pcapng(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
-                  window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None) -> Iterator[Packets]:
+                  window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None,
+                  file_table: dict[bytes, int] | None = None) -> Iterator[Packets]:
     """:func:`stream_pcap` for a pcapng file (memory-mapped): its blocks walked window
     after window (:func:`.formats.scan_pcapng`), the records decoded in whole CHUNKs
     (so skip reasons, frame numbers and IPv6 keys are those of :func:`decode` over the
@@ -726,6 +732,9 @@ def stream_pcapng(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
         k = int(k)
         got = {c: a[:k] for c, a in out.items()}
         if v6:
+            if file_table is not None:
+                for x in v6:
+                    file_table.setdefault(x, len(file_table))
             remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
             for c in ("src", "dst"):
                 v = got[c] >= V6_BASE
