@@ -10,6 +10,8 @@ again carefully, as the one-pass read then walks the whole file carefully)."""
 from __future__ import annotations
 
 import dataclasses
+import gzip
+import itertools
 import struct
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from test_capture_chunked import comparable, one_pass, reuse_capture, terminal_a
 
 from tcpreuse.capture import analysis, backend, chunked, formats
 from tcpreuse.capture.analysis import analyze_paths, analyze_streamed
-from tcpreuse.capture.synth import Frame, Iface, NgExtra, NgWriter, frame, frames_of
+from tcpreuse.capture.synth import Frame, Iface, NgExtra, NgWriter, frame, frames_of, pcap_bytes
 from tcpreuse.errors import CaptureError
 
 LIB = backend.c_extension()
@@ -194,3 +196,32 @@ def test_command_streams_a_large_pcapng(tmp_path: Path, cli: Any, monkeypatch: p
     assert used == [True, True]
     monkeypatch.setenv("TCPREUSE_CAPTURE_CHUNKED", "0")
     assert terminal_and_json(cli, [str(p)]) == streamed
+
+
+def test_rotated_set_of_pcapng_pcap_and_gzip(tmp_path: Path) -> None:
+    """A capture rotated into files of several kinds (dumpcap's pcapng ring buffer, a
+    tcpdump pcap, a compressed one), given in any order: one stream in time order, the
+    one-pass merge's result; reuses across files joined."""
+    segs = reuse_capture(rounds=8)
+    n = len(segs)
+    cuts = [0, n // 4, n // 2 + 1, 3 * n // 4, n]
+    kinds = ["pcapng", "pcap", "pcapng", "gz"]
+    paths = []
+    for k, (a, b) in enumerate(itertools.pairwise(cuts)):
+        fr = frames_of(segs[a:b])
+        if kinds[k] == "pcapng":
+            data = NgWriter(ifaces=[Iface(1, tsresol=9)], big_endian=k == 2).to_bytes(fr)
+        else:
+            data = pcap_bytes(fr)
+        name = f"cap_{k:05d}.{'pcapng' if kinds[k] == 'pcapng' else 'pcap'}"
+        if kinds[k] == "gz":
+            data, name = gzip.compress(data, mtime=0), name + ".gz"
+        paths.append(write(tmp_path, name, data))
+    files = [paths[2], paths[0], paths[3], paths[1]]
+    got = analyze_streamed([str(p) for p in files], 9, None, 300)
+    assert got is not None
+    assert comparable(got) == comparable(analyze_paths(files, jobs=1)[0])
+    a = got.attempts
+    m = a["prev"] >= 0
+    assert (a["file"][m] != a["file"][a["prev"][m]]).sum() > 0
+    assert [r.format for r in got.reports] == ["pcapng", "pcapng", "pcap", "pcap"]  # command-line order

@@ -672,11 +672,11 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                      builder: ChunkBuilder | None = None, window: int | None = None,
                      per_attempt: bool = True, extras: StreamExtras | None = None) -> CaptureAnalysis | None:
     """One pcap file (plain, or gzip-compressed: inflated a window at a time) or pcapng
-    file, or several pcap files merged (rotated files of one capture point), read and
-    built chunk by chunk (:mod:`.chunked`): what is resident follows the live
+    file, or several merged (rotated files of one capture point), read and built chunk
+    by chunk (:mod:`.chunked`): what is resident follows the live
     connections, not the file or the set. The result is :func:`analyze_paths`'s
     (merge=True) over the same files; None when this way cannot give it, and the caller
-    reads the files in one pass: a file that is not pcap (plain or gzip) or, alone, pcapng,
+    reads the files in one pass: a file that is neither pcap (plain or gzip) nor pcapng,
     the numpy backend, packets that the one-pass read leaves out for their far times
     (:func:`far_times`; the groups of times are kept as the chunks come, so a capture or
     a set of days without such packets is streamed) or a packet
@@ -691,7 +691,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     :class:`.chunked.ChunkBuilder` (a 4-tuple reused across a file boundary is joined
     as in one pass) and one IPv6 address table. The order is each file's start
     (:func:`.formats.pcap_start_time`: its first records' times, read before any file is
-    decoded), then its place on the command line. The one-pass merge orders files by the
+    decoded; :func:`.formats.pcapng_start_time` for pcapng), then its place on the
+    command line. The one-pass merge orders files by the
     median time of their packets (:func:`file_order_key`), which needs a whole file; the
     two orders agree when no file has a packet older than one of a file streamed before
     it (rotated files), and that is checked as the packets come: the first packet that
@@ -701,7 +702,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     command-line index in the attempts' ``file`` column."""
     from . import backend, chunked
     from .decode import STREAM_WINDOW, stream_pcap, stream_pcapng
-    from .formats import NotStreamable, pcap_start_time
+    from .formats import NotStreamable, pcap_start_time, pcapng_start_time
 
     files = [paths] if isinstance(paths, str) else [str(p) for p in paths]
     chunk_packets = chunk_packets or CHUNK_PACKETS
@@ -711,7 +712,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     starts: list[float] = []
     unread: dict[int, ReadReport] = {}  # files that are not captures at all: reported, skipped
     for i, f in enumerate(files):
-        with _stream_source(f, pcapng=len(files) == 1) as buf:
+        with _stream_source(f, pcapng=True) as buf:
             if buf is None:
                 err = _not_a_capture(f)
                 if err is None or len(files) == 1:
@@ -721,7 +722,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                     extras.errors[i] = err
                 starts.append(np.inf)
                 continue
-            starts.append(pcap_start_time(buf))
+            starts.append(pcapng_start_time(buf) if buf.kind == "pcapng" else pcap_start_time(buf))
     if len(unread) == len(files):
         return None
     order = sorted((i for i in range(len(files)) if i not in unread), key=lambda i: (starts[i], i))
@@ -737,7 +738,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     groups = _TimeGroups()
     try:
         for i in order:
-            with _stream_source(files[i], pcapng=len(files) == 1) as buf:
+            with _stream_source(files[i], pcapng=True) as buf:
                 if buf is None:  # changed since it was looked at: the one-pass read says how
                     return None
                 rep = reports[i]

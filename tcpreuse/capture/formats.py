@@ -1484,3 +1484,19 @@ def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, 
         carry.linktypes[int(t)] = carry.linktypes.get(int(t), 0) + int(c)
     return Frames(buf=buf, data_off=data_off[sel], caplen=caplen[sel], origlen=origlen[sel], ts=ts[sel],
                   linktype=lt[sel], frame=frame[sel], report=rep)
+
+
+def pcapng_start_time(buf: Any) -> float:
+    """:func:`pcap_start_time` of a pcapng file (memory-mapped): the median time of its
+    first (up to) nine packet records, walked as the streamed read walks them; inf when
+    it has none or its walk cannot be streamed."""
+    times: list[float] = []
+    try:
+        for fr in scan_pcapng(WholeBuffer(as_source(buf).buf), ReadReport(path=""), 1 << 20):
+            times += fr.ts[: 9 - len(times)].tolist()
+            if len(times) >= 9:
+                break
+    except (NotStreamable, CaptureError):
+        return float("inf")
+    times.sort()
+    return times[len(times) // 2] if times else float("inf")
