@@ -225,3 +225,103 @@ def test_rotated_set_of_pcapng_pcap_and_gzip(tmp_path: Path) -> None:
     m = a["prev"] >= 0
     assert (a["file"][m] != a["file"][a["prev"][m]]).sum() > 0
     assert [r.format for r in got.reports] == ["pcapng", "pcapng", "pcap", "pcap"]  # command-line order
+
+
+# ---- gzip-compressed pcapng, inflated a window at a time --------------------------------
+
+
+def frames_streamed_gz(path: Path, window: int) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    rep = formats.ReadReport(path=str(path))
+    src = formats.InflatingWindow(path)
+    try:
+        got = list(formats.scan_pcapng(src, rep, window))
+    finally:
+        src.close()
+    cols = {c: [x for f in got for x in getattr(f, c).tolist()] for c in COLS}
+    return cols, rep.to_json()
+
+
+def same_frames_gz(tmp_path: Path, data: bytes, windows: tuple[int, ...] = (1, 50, 333, 4096),
+                   cut: int | None = None) -> int:
+    """:func:`same_frames` for the file compressed (and the compressed bytes cut at
+    `cut`): the one-pass read inflates it whole. Returns how many windows were compared."""
+    raw = gzip.compress(data, mtime=0)
+    path = write(tmp_path, "x.pcapng.gz", raw[:cut])
+    try:
+        fr = formats.read_frames(path)
+        want: Any = ({c: getattr(fr, c).tolist() for c in COLS}, fr.report.to_json())
+    except CaptureError as e:
+        want = str(e)
+    compared = 0
+    for w in windows:
+        try:
+            got: Any = frames_streamed_gz(path, w)
+        except formats.NotStreamable:
+            continue
+        except CaptureError as e:
+            got = str(e)
+        assert got == want, w
+        compared += 1
+    return compared
+
+
+@pytest.fixture
+def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(formats, "GZIP_STEP", 256)  # pieces end inside blocks
+    monkeypatch.setattr(formats, "NG_AHEAD", 64)  # the window is a few blocks
+    monkeypatch.setattr(formats, "MAX_LOOKAHEAD", 1 << 12)  # a long length is looked ahead for or refused
+    monkeypatch.setattr(formats, "MAX_RESYNC_SCAN", 2048)  # (both reads) a resynchronisation within the window
+
+
+def test_gzip_pcapng_walked_in_windows(tmp_path: Path, small_steps: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sections, interfaces and blocks; damaged (a bad EPB trailer: the window walked
+    again; garbage: resynchronised), truncated compressed streams. A resynchronisation
+    that meets a length reaching past what may be inflated ahead (MAX_LOOKAHEAD; a
+    timestamp read as a length) cannot be decided: the streamed read gives up."""
+    data = sections()
+    assert same_frames_gz(tmp_path, data) == 4
+    raw_len = len(gzip.compress(data, mtime=0))
+    assert same_frames_gz(tmp_path, data, cut=raw_len * 2 // 3) == 4
+    epbs = [m for m in range(len(data) - 8) if data[m:m + 4] == b"\x06\x00\x00\x00"
+            and struct.unpack_from("<I", data, m + 4)[0] in range(32, 400)]
+    bad_tail = bytearray(data)
+    k = epbs[len(epbs) // 3]
+    blen = struct.unpack_from("<I", bad_tail, k + 4)[0]
+    struct.pack_into("<I", bad_tail, k + blen - 4, blen + 4)
+    garbage = data[:epbs[10]] + b"\x17" * 37 + data[epbs[10]:]
+    for case in (bytes(bad_tail), garbage):
+        same_frames_gz(tmp_path, case)  # compared where it can be decided
+        with monkeypatch.context() as m:
+            m.setattr(formats, "MAX_LOOKAHEAD", 1 << 20)
+            assert same_frames_gz(tmp_path, case) == 4
+
+
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_gzip_pcapng_analysis(tmp_path: Path, chunk: int, small_steps: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole analysis of a .pcapng.gz streamed is the one-pass one; a damaged length
+    that would have to be looked for further ahead than MAX_LOOKAHEAD in the inflating
+    file makes the streamed read give up, and `analyze` reads it in one pass."""
+    p = write(tmp_path, "s.pcapng.gz", gzip.compress(sections(), mtime=0))
+    got = check(p, chunk, 500, (0.5, 2.0))
+    assert got.reports[0].format == "pcapng" and got.counts()["reused"] > 0
+    data = bytearray(sections())
+    epbs = [m for m in range(len(data) - 8) if data[m:m + 4] == b"\x06\x00\x00\x00"
+            and struct.unpack_from("<I", data, m + 4)[0] in range(32, 400)]
+    struct.pack_into("<I", data, epbs[len(epbs) // 2] + 4, 0x7FFFFFF0)
+    p = write(tmp_path, "len.pcapng.gz", gzip.compress(bytes(data), mtime=0))
+    assert analyze_streamed(str(p), chunk, None, 500) is None
+    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", 0)
+    assert comparable(analyze_paths([p], jobs=1)[0]) == comparable(one_pass(p))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(mutated())
+def test_mutated_gzip_pcapng_walks_as_one_pass(tmp_path: Path, data: bytes) -> None:
+    if len(data) >= 4 and struct.unpack("<I", data[:4])[0] == formats.PCAPNG_SHB:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(formats, "GZIP_STEP", 64)
+            mp.setattr(formats, "NG_AHEAD", 32)
+            mp.setattr(formats, "MAX_LOOKAHEAD", 1 << 10)
+            mp.setattr(formats, "MAX_RESYNC_SCAN", 700)
+            same_frames_gz(tmp_path, data, (1, 37, 256))

@@ -987,8 +987,11 @@ def _stream_source(path: str, pcapng: bool = False) -> Iterator[Any]:
                 buf.close()
         elif head[:2] == b"\x1f\x8b":
             src = InflatingWindow(path)
-            if src.ensure(24) < 24 or bytes(src.buf[:4]) not in PCAP_MAGIC:
-                src.close()  # too short or not pcap inside: the one-pass read says how
+            inner = bytes(src.buf[:4]) if src.ensure(24) >= 24 else b""
+            if pcapng and len(inner) == 4 and struct.unpack("<I", inner)[0] == PCAPNG_SHB:
+                src.kind = "pcapng"
+            elif inner not in PCAP_MAGIC:
+                src.close()  # too short or not a capture inside: the one-pass read says how
                 src = None
     except (OSError, CaptureError):
         src = None  # the one-pass read says what is wrong

@@ -710,8 +710,9 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
 def stream_pcapng(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
                   window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None,
                   file_table: dict[bytes, int] | None = None) -> Iterator[Packets]:
-    """:func:`stream_pcap` for a pcapng file (memory-mapped): its blocks walked window
-    after window (:func:`.formats.scan_pcapng`), the records decoded in whole CHUNKs
+    """:func:`stream_pcap` for a pcapng file (memory-mapped, or gzip-compressed and
+    inflated a window at a time): its blocks walked window after window
+    (:func:`.formats.scan_pcapng`), the records decoded in whole CHUNKs
     (so skip reasons, frame numbers and IPv6 keys are those of :func:`decode` over the
     whole file; the decoder's skip reasons are counted after the walk's, as the one-pass
     read counts them), and the pages behind each run given back."""
@@ -728,6 +729,8 @@ def stream_pcapng(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
     def run(cols: list[np.ndarray]) -> Packets | None:
         n = cols[0].size
         out = _columns(n)
+        if src.base:  # offsets in the window
+            cols = [cols[0] - src.base, *cols[1:]]
         k, events, unsup, v6 = lib.decode(src.buf, *cols, CHUNK, tuple(out.values()))
         k = int(k)
         got = {c: a[:k] for c, a in out.items()}

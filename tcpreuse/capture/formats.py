@@ -361,6 +361,10 @@ class WholeBuffer:
     def release(self, start: int, stop: int) -> None:
         release_pages(self.buf, start, stop)
 
+    def drain(self) -> int:
+        """The file's size."""
+        return len(self.buf)
+
     def finish(self, rep: ReadReport) -> None:
         rep.bytes_total = len(self.buf)
 
@@ -399,10 +403,15 @@ class InflatingWindow:
             del self.buf[:k]  # the start of a bytearray moves: no copy
             self.base += k
 
-    def finish(self, rep: ReadReport) -> None:
+    def drain(self) -> int:
+        """Inflate the rest without keeping it: the inflated file's size."""
         for _piece in self._pieces:
             pass
         self.done = True
+        return self._gz.inflated
+
+    def finish(self, rep: ReadReport) -> None:
+        self.drain()
         rep.bytes_total = self._gz.inflated
         if self._gz.damage:
             rep.gzip_damage = self._gz.damage
@@ -960,26 +969,28 @@ class _NgWalker:
     window); the sections and their interfaces are the walker's."""
 
     def __init__(self, buf: Any, rep: ReadReport, careful: bool) -> None:
-        self.buf, self.rep, self.careful = buf, rep, careful
-        self.end = len(buf)
+        self.src = as_source(buf)
+        self.rep, self.careful = rep, careful
         self.w = _NgWalk()
         self.sections = self.w.sections
         self.endian = "<"
         self.ifaces: list[_Iface] = []
-        self.off = 0
+        self.off = 0  # a file offset
         self.resyncs = 0
         self.stopped = False  # damage or truncation ended the walk
         self.last_epb = -1  # offset of the last EPB found
         self.last_epb_len = (0, 0)  # its length field read little- and big-endian
         self.block_end = 0  # end of the last block taken (bytes_read of a careful walk)
         self.ran_bad = False  # an EPB an unbounded run would have taken failed the checks
+        self.w_base = 0  # the file offset of `w`'s offsets (those of the window they were found in)
 
     def new_window(self) -> _NgWalk:
         """Start collecting packet blocks afresh (in the current section); returns those
-        collected so far."""
+        collected so far (their offsets are the window's: add `w_base`)."""
         old = self.w
         self._take_last_epb(old)
         self.w = _NgWalk(sections=self.sections)
+        self.w_base = self.src.base
         if self.sections:
             self.w.epb_sec.append((0, len(self.sections) - 1))
         return old
@@ -987,30 +998,61 @@ class _NgWalker:
     def _take_last_epb(self, w: _NgWalk) -> None:
         if len(w.epb):
             last = w.epb.last()
-            self.last_epb = last
-            self.last_epb_len = (struct.unpack_from("<I", self.buf, last + 4)[0],
-                                 struct.unpack_from(">I", self.buf, last + 4)[0])
+            buf = self.src.buf
+            self.last_epb = last + self.w_base
+            self.last_epb_len = (struct.unpack_from("<I", buf, last + 4)[0],
+                                 struct.unpack_from(">I", buf, last + 4)[0])
 
     def walk(self, stop: int | None = None) -> None:
-        """Blocks from where the walk is, while they start before `stop` (None: to the
-        end of the file). A block is taken whole, whatever `stop` cuts."""
+        """Blocks from where the walk is, while they start before `stop` (a file offset;
+        None: to the end of the file). A block is taken whole, whatever `stop` cuts. A
+        file that inflates as it is read (:class:`InflatingWindow`) is inflated as far as
+        a block or a resynchronisation needs, or :class:`NotStreamable` is raised when
+        that is more than MAX_LOOKAHEAD ahead (a damaged length)."""
         if self.stopped:
             return
-        buf, rep, careful, end, w = self.buf, self.rep, self.careful, self.end, self.w
-        stop = end if stop is None else stop
+        src, rep, careful, w = self.src, self.rep, self.careful, self.w
+        base = src.base  # offsets here are the window's, reports the file's
+        self.w_base = base
+        if not src.done:
+            src.ensure(self.off + NG_AHEAD)
+        buf = src.buf
+        end = len(buf)  # the window's end; the file's once src.done
+        rel_stop = (base + end if stop is None else stop) - base
         epb = w.epb
-        endian, ifaces, off, resyncs = self.endian, self.ifaces, self.off, self.resyncs
+        endian, ifaces, off, resyncs = self.endian, self.ifaces, self.off - base, self.resyncs
         hdr = struct.Struct("<II")
         hdr_be = struct.Struct(">II")
+
+        def need(n: int) -> int:
+            """Make the window reach a block of `n` bytes at `off` (or the file's end): its
+            end. A length no block can have is refused whatever follows: nothing to read."""
+            if src.done or off + n <= end or n < 12 or n & 3:
+                return end
+            if n > MAX_LOOKAHEAD:
+                raise NotStreamable(f"a length of {n:,} bytes at byte {off + base:,} (damaged?) reaches past the window")
+            return src.ensure(base + off + n) - base
+
+        def damage(why: str) -> int:
+            nonlocal end
+            if not src.done:
+                end = src.ensure(base + off + 4 + MAX_RESYNC_SCAN + MAX_LOOKAHEAD) - base
+            return _pcapng_damage(buf, rep, off, why, endian, resyncs, base, src.done)
+
         try:
-            while off + 12 <= end:
-                if off >= stop:
+            while True:
+                if not src.done and off + NG_AHEAD > end:
+                    end = src.ensure(base + off + NG_AHEAD) - base
+                if off + 12 > end:
+                    break
+                if off >= rel_stop:
                     return
                 btype, blen = (hdr if endian == "<" else hdr_be).unpack_from(buf, off)
                 if btype == 6 and not careful:  # the common case, kept short; validated afterwards
-                    nxt = _epb_run(buf, off, min(end, stop), endian, epb)
+                    nxt = _epb_run(buf, off, min(end, rel_stop), endian, epb)
                     if nxt != off:
-                        off = self.block_end = nxt
+                        off = nxt
+                        self.block_end = nxt + base
                         continue
                 if btype == PCAPNG_SHB:
                     bom = bytes(buf[off + 8 : off + 12])
@@ -1019,16 +1061,15 @@ class _NgWalker:
                     elif bom == b"\x1a\x2b\x3c\x4d":
                         endian = ">"
                     else:
-                        why = f"section header with bad byte-order magic {bom.hex()}"
-                        off = _pcapng_damage(buf, rep, off, why, endian, resyncs)
+                        off = damage(f"section header with bad byte-order magic {bom.hex()}")
                         resyncs += 1
                         if off < 0:
                             break
                         continue
                     blen = struct.unpack_from(endian + "I", buf, off + 4)[0]
+                    end = need(blen)
                     if not _block_ok(buf, off, blen, end, endian) or blen < 28:
-                        off = _pcapng_damage(buf, rep, off, f"section header length {blen} invalid", endian,
-                                             resyncs)
+                        off = damage(f"section header length {blen} invalid")
                         resyncs += 1
                         if off < 0:
                             break
@@ -1036,21 +1077,20 @@ class _NgWalker:
                     ifaces = []
                     w.sections.append((endian, ifaces))
                     w.epb_sec.append((len(epb), len(w.sections) - 1))
-                    rep.bytes_read = off + blen
-                    self.block_end = off + blen
+                    rep.bytes_read = self.block_end = off + blen + base
                     off += blen
                     continue
                 if not w.sections:
                     _no_section(rep)
+                end = need(blen)
                 if not _block_ok(buf, off, blen, end, endian):
                     if btype == 6 and not careful and blen >= 32 and not blen & 3 and blen <= end - off:
                         self.ran_bad = True  # cut from a run by `stop`: the one-pass run takes it
                     if off + blen > end and blen >= 12 and not blen & 3:
-                        rep.warn(f"truncated at byte {off:,}: block of {blen} bytes cut short "
+                        rep.warn(f"truncated at byte {off + base:,}: block of {blen} bytes cut short "
                                  f"({end - off} bytes left)")
                         break
-                    off = _pcapng_damage(buf, rep, off, f"block type {btype:#x} with length {blen}", endian,
-                                         resyncs)
+                    off = damage(f"block type {btype:#x} with length {blen}")
                     resyncs += 1
                     if off < 0:
                         break
@@ -1060,8 +1100,7 @@ class _NgWalker:
                     if blen < 32 or cap > blen - 32:
                         if not careful and blen >= 32:
                             self.ran_bad = True  # as above
-                        off = _pcapng_damage(buf, rep, off, f"packet block captured length {cap} > block", endian,
-                                             resyncs)
+                        off = damage(f"packet block captured length {cap} > block")
                         resyncs += 1
                         if off < 0:
                             break
@@ -1090,22 +1129,22 @@ class _NgWalker:
                 else:
                     name = BLOCK_NAMES.get(btype, f"type {btype:#x}")
                     rep.other_blocks[name] = rep.other_blocks.get(name, 0) + 1
-                rep.bytes_read = off + blen
-                self.block_end = off + blen
+                rep.bytes_read = self.block_end = off + blen + base
                 off += blen
-            else:
-                if end - off > 0:
-                    rep.warn(f"truncated at byte {off:,}: {end - off} stray bytes (a cut block header)")
+            if off >= 0 and end - off > 0 and off + 12 > end:
+                rep.warn(f"truncated at byte {off + base:,}: {end - off} stray bytes (a cut block header)")
             self.stopped = True
         finally:
-            self.endian, self.ifaces, self.off, self.resyncs = endian, ifaces, off, resyncs
-            if off < 0 or off + 12 > end:
+            self.endian, self.ifaces, self.off, self.resyncs = endian, ifaces, off + base, resyncs
+            if off < 0:
                 self.stopped = True
 
-    def finish(self) -> None:
+    def finish(self, end: int | None = None) -> None:
         """The end of the walk: a file without a readable section is not a capture; how
-        far it was read counts the last EPB (trusted by a run, not checked one by one)."""
-        rep, end = self.rep, self.end
+        far it was read counts the last EPB (trusted by a run, not checked one by one).
+        `end`: the file's size (an inflated one: known once inflated)."""
+        rep = self.rep
+        end = len(self.src.buf) + self.src.base if end is None else end
         self.stopped = True
         if not self.sections:
             _no_section(rep)
@@ -1168,24 +1207,33 @@ def _block_ok(buf: Any, off: int, blen: int, end: int, endian: str) -> bool:
     return bool(struct.unpack_from(endian + "I", buf, off + blen - 4)[0] == blen)
 
 
-def _pcapng_damage(buf: Any, rep: ReadReport, off: int, why: str, endian: str, resyncs: int) -> int:
-    """Report damage at `off` and return where to continue (-1: stop)."""
+MAX_LOOKAHEAD = 64 << 20  # the most a streamed walk of an inflating file reads ahead for one block
+NG_AHEAD = 1 << 16  # what it keeps inflated past the block it is at
+
+
+def _pcapng_damage(buf: Any, rep: ReadReport, off: int, why: str, endian: str, resyncs: int, base: int = 0,
+                   whole: bool = True) -> int:
+    """Report damage at `off` and return where to continue (-1: stop). `buf` may be a
+    window of the file from file offset `base` (offsets here are the window's, reports
+    the file's) that does not reach its end (`whole` False)."""
     if resyncs >= MAX_RESYNCS:
-        rep.warn(f"gave up at byte {off:,} after {resyncs} resynchronisations ({why})")
+        rep.warn(f"gave up at byte {off + base:,} after {resyncs} resynchronisations ({why})")
         return -1
-    nxt = _resync_pcapng(buf, off + 4, len(buf), endian)
+    nxt = _resync_pcapng(buf, off + 4, len(buf), endian, whole)
     if nxt is None:
-        rep.warn(f"unreadable from byte {off:,} ({why}); no believable block after it")
+        rep.warn(f"unreadable from byte {off + base:,} ({why}); no believable block after it")
         return -1
     rep.garbage_bytes += nxt - off
-    rep.warn(f"skipped {nxt - off:,} damaged bytes at {off:,} ({why}); resynchronised")
+    rep.warn(f"skipped {nxt - off:,} damaged bytes at {off + base:,} ({why}); resynchronised")
     return nxt
 
 
-def _resync_pcapng(buf: Any, start: int, end: int, endian: str) -> int | None:
+def _resync_pcapng(buf: Any, start: int, end: int, endian: str, whole: bool = True) -> int | None:
     """Next 4-aligned-relative offset holding a known block type whose trailer repeats
     its length. Blocks are 4-byte multiples, so only offsets congruent to `start` mod 4
-    are real candidates — but damage may have shifted that, so all are tried."""
+    are real candidates — but damage may have shifted that, so all are tried. `whole`
+    False: `buf` ends before the file does; a candidate whose length reaches past it
+    cannot be told before a good one: :class:`NotStreamable`."""
     u32 = _u32_view(buf, endian)
     stop = min(end - 12, start + MAX_RESYNC_SCAN)
     pos = start
@@ -1195,13 +1243,21 @@ def _resync_pcapng(buf: Any, start: int, end: int, endian: str) -> int | None:
         idx = np.arange(pos, hi, dtype=np.int64)
         t = u32[idx]
         ln = u32[idx + 4].astype(np.int64)
-        ok = np.isin(t, known) & (ln >= 12) & ((ln & 3) == 0) & (idx + ln <= end)
+        shape = np.isin(t, known) & (ln >= 12) & ((ln & 3) == 0)
+        ok = shape & (idx + ln <= end)
         cand = idx[ok]
+        first = None
         if cand.size:
             tail = u32[np.minimum(cand + u32[cand + 4].astype(np.int64) - 4, u32.size - 1)]
             good = cand[tail == u32[cand + 4]]
             if good.size:
-                return int(good[0])
+                first = int(good[0])
+        if not whole:
+            beyond = idx[shape & (idx + ln > end)]
+            if beyond.size and (first is None or int(beyond[0]) < first):
+                raise NotStreamable("a resynchronisation candidate whose length reaches past the window")
+        if first is not None:
+            return first
         pos = hi
     return None
 
@@ -1377,29 +1433,28 @@ def scan_pcapng(buf: Any, rep: ReadReport, window: int) -> Iterator[Frames]:
     described yet (an IDB may still come: the one-pass read looks at the whole file),
     and :class:`~tcpreuse.errors.CaptureError` as the one-pass read does."""
     src = as_source(buf)
-    if not isinstance(src, WholeBuffer):
-        raise NotStreamable("pcapng is streamed from a memory-mapped file only")
-    buf = src.buf
     rep.format = "pcapng"
-    walker = _NgWalker(buf, rep, careful=False)
+    walker = _NgWalker(src, rep, careful=False)
     carry = _NgCarry()
     while not walker.stopped:
         state = walker.snapshot()
         stop = walker.off + window
         walker.walk(stop)
+        base = walker.w_base
         w = walker.new_window()
-        if walker.ran_bad or (len(w.epb) and _epb_fields(buf, w)[-1].any()):
+        if walker.ran_bad or (len(w.epb) and _epb_fields(src.buf, w)[-1].any()):
             walker.restore(state, careful=True)
             walker.walk(stop)
+            base = walker.w_base
             w = walker.new_window()
             walker.careful = False
             carry.careful = True
-        fr = _ng_window_frames(buf, rep, walker, w, carry)
+        fr = _ng_window_frames(src.buf, rep, walker, w, carry, base)
         if len(fr):
             yield fr
     if carry.careful:
         rep.bytes_read = walker.block_end  # as a careful walk counts it: every block taken
-    walker.finish()
+    walker.finish(src.drain())
     if carry.lost:
         rep.skip("packet for an undeclared interface", carry.lost)
         rep.warn(f"{carry.lost} packets refer to an interface with no description block; skipped")
@@ -1409,8 +1464,11 @@ def scan_pcapng(buf: Any, rep: ReadReport, window: int) -> Iterator[Frames]:
     src.finish(rep)
 
 
-def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, carry: _NgCarry) -> Frames:
-    """:func:`_pcapng_frames` for the packet blocks of one window (all passed the checks)."""
+def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, carry: _NgCarry,
+                      base: int = 0) -> Frames:
+    """:func:`_pcapng_frames` for the packet blocks of one window (all passed the checks),
+    whose offsets in `w` are those of `buf`, a window from file offset `base`; the
+    frames' offsets are the file's."""
     sections = walker.sections
     n_epb = len(w.epb)
     offs, sec_of, iid, tsh, tsl, cap, olen, _bad = _epb_fields(buf, w)
@@ -1448,24 +1506,24 @@ def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, 
         section[slow_slots] = np.asarray(w.slow_sec, dtype=np.int64)
     frame = np.arange(carry.frames + 1, carry.frames + n + 1, dtype=np.int64)
     carry.frames += n
-    base = np.zeros(len(sections) + 1, dtype=np.int64)
+    first = np.zeros(len(sections) + 1, dtype=np.int64)  # each section's first interface in the tables
     lt_tab: list[int] = []
     div_tab: list[float] = []
     off_tab: list[int] = []
     for s, (_e, ifs) in enumerate(sections):
-        base[s + 1] = base[s] + len(ifs)
+        first[s + 1] = first[s] + len(ifs)
         for f in ifs:
             lt_tab.append(f.linktype)
             div_tab.append(f.tsdiv)
             off_tab.append(f.tsoffset)
-    n_if = np.diff(base)
+    n_if = np.diff(first)
     known_if = (iface >= 0) & (iface < n_if[section]) if n else np.zeros(0, dtype=bool)
     lost = ~known_if
     if lost.any():
         if not walker.stopped and (not lt_tab or (section[lost] == len(sections) - 1).any()):
             raise NotStreamable("a packet for an interface its section has not described (yet)")
         carry.lost += int(lost.sum())
-    gidx = np.where(known_if, base[section] + iface, 0)
+    gidx = np.where(known_if, first[section] + iface, 0)
     lt = np.asarray(lt_tab or [0], dtype=np.int32)[gidx]
     div = np.asarray(div_tab or [1e6], dtype=np.float64)[gidx]
     tso = np.asarray(off_tab or [0], dtype=np.float64)[gidx]
@@ -1482,7 +1540,7 @@ def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, 
     carry.records += int(sel.size)
     for t, c in zip(*np.unique(lt[sel], return_counts=True), strict=True):
         carry.linktypes[int(t)] = carry.linktypes.get(int(t), 0) + int(c)
-    return Frames(buf=buf, data_off=data_off[sel], caplen=caplen[sel], origlen=origlen[sel], ts=ts[sel],
+    return Frames(buf=buf, data_off=data_off[sel] + base, caplen=caplen[sel], origlen=origlen[sel], ts=ts[sel],
                   linktype=lt[sel], frame=frame[sel], report=rep)
 
 
@@ -1492,7 +1550,7 @@ def pcapng_start_time(buf: Any) -> float:
     it has none or its walk cannot be streamed."""
     times: list[float] = []
     try:
-        for fr in scan_pcapng(WholeBuffer(as_source(buf).buf), ReadReport(path=""), 1 << 20):
+        for fr in scan_pcapng(as_source(buf), ReadReport(path=""), 1 << 20):
             times += fr.ts[: 9 - len(times)].tolist()
             if len(times) >= 9:
                 break
