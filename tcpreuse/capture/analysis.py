@@ -671,12 +671,12 @@ class StreamExtras:
 def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = None,
                      builder: ChunkBuilder | None = None, window: int | None = None,
                      per_attempt: bool = True, extras: StreamExtras | None = None) -> CaptureAnalysis | None:
-    """One pcap file (plain, or gzip-compressed: inflated a window at a time) or pcapng
-    file, or several merged (rotated files of one capture point), read and built chunk
+    """One pcap or pcapng file (plain, or gzip-compressed: inflated a window at a time),
+    or several merged (rotated files of one capture point), read and built chunk
     by chunk (:mod:`.chunked`): what is resident follows the live
     connections, not the file or the set. The result is :func:`analyze_paths`'s
     (merge=True) over the same files; None when this way cannot give it, and the caller
-    reads the files in one pass: a file that is neither pcap (plain or gzip) nor pcapng,
+    reads the files in one pass: a file that is neither pcap nor pcapng (plain or gzip),
     the numpy backend, packets that the one-pass read leaves out for their far times
     (:func:`far_times`; the groups of times are kept as the chunks come, so a capture or
     a set of days without such packets is streamed) or a packet
@@ -965,9 +965,9 @@ def _not_a_capture(path: str) -> CaptureError | None:
 
 @contextlib.contextmanager
 def _stream_source(path: str, pcapng: bool = False) -> Iterator[Any]:
-    """What the streamed read reads a file from: a plain pcap file (or, `pcapng`, a
-    pcapng file) memory-mapped (:class:`.formats.WholeBuffer`), a gzip-compressed pcap
-    file inflated a window at a time (:class:`.formats.InflatingWindow`); closed after.
+    """What the streamed read reads a file from: a pcap file (or, `pcapng`, a pcapng
+    file) memory-mapped (:class:`.formats.WholeBuffer`), or gzip-compressed and inflated
+    a window at a time (:class:`.formats.InflatingWindow`); closed after.
     Its `kind`: "pcap" or "pcapng". None when it is not one the streamed read takes
     (another format, unreadable, shorter than its header)."""
     import mmap
