@@ -29,6 +29,7 @@ from test_capture_chunked import (
 )
 
 from tcpreuse.capture import analysis, backend, chunked, formats
+from tcpreuse.capture import decode as decode_mod
 from tcpreuse.capture.analysis import analyze_paths, analyze_streamed
 from tcpreuse.capture.decode import decode, stream_pcap
 from tcpreuse.capture.synth import frames_of, pcap_bytes
@@ -217,3 +218,39 @@ def test_window_not_file_is_held(tmp_path: Path) -> None:
     assert np.array_equal(np.concatenate([pk.seq for pk in got]), want.seq)
     assert np.array_equal(np.concatenate([pk.frame for pk in got]), want.frame)
     assert src.peak < len(data) // 4, (src.peak, len(data))
+
+
+def test_damage_resynchronised_inside_the_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Damaged records early in a compressed file much longer than a resynchronisation
+    looks ahead: the window is inflated only as far as the one-pass scan may look (not to
+    the end), and the records, report and analysis are the one-pass read's."""
+    monkeypatch.setattr(formats, "MAX_RESYNC_SCAN", 4096)  # both reads
+    monkeypatch.setattr(decode_mod, "CHUNK", 4096)  # records decoded (and let go) together, both reads
+    data = bytearray(pcap_bytes(frames_of(sorted(windows_reuse(n_conn=6000, ports=300, gap=0.02),
+                                                 key=lambda s: s.t))))
+    assert len(data) > 4 * (formats.MAX_RESYNC_SCAN + 3 * (16 + formats.MAX_RECORD))
+    rec = formats.read_frames(write_tmp(tmp_path, bytes(data))).data_off - 16
+    for at in (5000, 90_000):  # a record length that cannot be right, in a record header
+        h = int(rec[np.searchsorted(rec, at)])
+        data[h + 8:h + 12] = b"\xff\xff\xff\x7f"
+    data[200_000:200_300] = bytes(300)
+    p = gz(tmp_path / "damaged.pcap.gz", bytes(data))
+    src = formats.InflatingWindow(p)
+    rep = formats.ReadReport(path=str(p))
+    try:
+        got = list(stream_pcap(LIB, src, rep, 0, 20_000))
+    finally:
+        src.close()
+    fr = formats.read_frames(p)
+    want = decode(fr)
+    assert rep.to_json() == fr.report.to_json() and rep.garbage_bytes > 0 and len(rep.warnings) == 3, rep.warnings
+    assert np.array_equal(np.concatenate([pk.frame for pk in got]), want.frame)
+    assert np.array_equal(np.concatenate([pk.seq for pk in got]), want.seq)
+    assert src.peak < len(data) // 3, (src.peak, len(data))
+    check(p, 500, 20_000)
+
+
+def write_tmp(tmp_path: Path, data: bytes) -> Path:
+    p = tmp_path / "plain.pcap"
+    p.write_bytes(data)
+    return p

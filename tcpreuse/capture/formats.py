@@ -705,6 +705,10 @@ def scan_pcap(lib: Any, buf: Any, rep: ReadReport, hdr: PcapHeader, window: int 
             last = int(arr[-1])
             rep.bytes_read = last + 16 + rec_hdr.unpack_from(src.buf, last - base)[2]
             yield arr  # the reader may release what lies before its first pending record
+        if not at_end and status == 1 and ts_hi != float(2**32):
+            h = np.array([rec_hdr.unpack_from(src.buf, stop - src.base)])
+            if not _pcap_header_ok(h, tsdiv, limit, ts_lo, ts_hi)[0]:
+                status = 3  # a damaged length, not a long record: damage here, as one scan finds it
         if not at_end and status in (1, 2):  # the window's end, not the file's
             step = step if stop > off else 2 * step  # a record longer than the window
             off = stop
