@@ -1,7 +1,7 @@
 """gzip-compressed captures read in bounded memory: a .pcap.gz of STREAM_MIN_BYTES or
 more (its size estimated from the gzip trailer) is inflated a window at a time into the
 same windowed record scan and chunked build as a plain pcap file
-(formats.InflatingWindow, analysis.analyze_streamed). The result is the one-pass read
+(capwin.InflatingWindow, analysis.analyze_streamed). The result is the one-pass read
 of the file inflated whole: every attempt column, the JSON and the read report — with
 tiny windows, inflation steps and chunks putting boundaries everywhere, several gzip
 members, zero padding, a truncated or damaged gzip stream and damaged records inside."""
@@ -30,6 +30,7 @@ from test_capture_chunked import (
 
 from tcpreuse.capture import analysis, backend, chunked, formats
 from tcpreuse.capture import decode as decode_mod
+from tcpreuse.capture import window as capwin
 from tcpreuse.capture.analysis import analyze_paths, analyze_streamed
 from tcpreuse.capture.decode import decode, stream_pcap
 from tcpreuse.capture.synth import frames_of, pcap_bytes
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.skipif(LIB is None, reason="the streamed read needs the
 def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Inflate 256 compressed bytes at a time (for both reads: a damaged stream's message
     names the step where inflating failed), so pieces end inside records."""
-    monkeypatch.setattr(formats, "GZIP_STEP", 256)
+    monkeypatch.setattr(capwin, "GZIP_STEP", 256)
 
 
 def gz(path: Path, data: bytes, level: int = 6) -> Path:
@@ -79,8 +80,8 @@ def test_gzip_members_padding_and_damaged_records(tmp_path: Path) -> None:
     members = gzip.compress(bytes(data[:cut]), mtime=0) + gzip.compress(bytes(data[cut:]), mtime=0)
     p = tmp_path / "members.pcap.gz"
     p.write_bytes(members + b"\0" * 700)
-    for window in (61, 4000):
-        check(p, 13, window)
+    for size in (61, 4000):
+        check(p, 13, size)
     data[cut + 40:cut + 44] = b"\xff\xff\xff\x7f"
     data[2 * cut:2 * cut + 200] = bytes(200)
     got = check(gz(tmp_path / "damaged.pcap.gz", bytes(data)), 17, 300)
@@ -170,10 +171,10 @@ def test_command_streams_a_large_gzip(tmp_path: Path, cli: Any, monkeypatch: pyt
         return got
 
     monkeypatch.setattr(analysis, "analyze_streamed", spy)
-    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", formats.capture_size(p))
+    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", capwin.capture_size(p))
     streamed = terminal_and_json(cli, [str(p)])
     assert used == [True, True]
-    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", formats.capture_size(p) + 1)
+    monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", capwin.capture_size(p) + 1)
     assert terminal_and_json(cli, [str(p)]) == streamed
     assert used == [True, True]  # under the threshold: not streamed
 
@@ -183,15 +184,15 @@ def test_inflated_size_estimate(tmp_path: Path) -> None:
     (ISIZE smaller than the compressed bytes) count as large; plain files are their size."""
     data = pcap_bytes(frames_of(reuse_capture(rounds=3)))
     one = gz(tmp_path / "one.pcap.gz", data)
-    assert formats.capture_size(one) == len(data)
+    assert capwin.capture_size(one) == len(data)
     plain = tmp_path / "one.pcap"
     plain.write_bytes(data)
-    assert formats.capture_size(plain) == len(data)
+    assert capwin.capture_size(plain) == len(data)
     tiny = gzip.compress(b"x", mtime=0)
     members = tmp_path / "members.gz"
     members.write_bytes(gzip.compress(data, mtime=0) + tiny)
-    assert formats.capture_size(members) >= 1 << 32
-    assert formats.capture_size(tmp_path / "missing.gz") == 0
+    assert capwin.capture_size(members) >= 1 << 32
+    assert capwin.capture_size(tmp_path / "missing.gz") == 0
     assert struct.unpack("<I", one.read_bytes()[-4:])[0] == len(data)
 
 
@@ -204,8 +205,8 @@ def test_window_not_file_is_held(tmp_path: Path) -> None:
     data = one[:24] + body * ((24 << 20) // len(body) + 1)
     p = gz(tmp_path / "big.pcap.gz", data, level=1)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(formats, "GZIP_STEP", 1 << 16)
-        src = formats.InflatingWindow(p)
+        mp.setattr(capwin, "GZIP_STEP", 1 << 16)
+        src = capwin.InflatingWindow(p)
         rep = formats.ReadReport(path=str(p))
         try:
             got = list(stream_pcap(LIB, src, rep, 0, 1 << 20))
@@ -235,7 +236,7 @@ def test_damage_resynchronised_inside_the_window(tmp_path: Path, monkeypatch: py
         data[h + 8:h + 12] = b"\xff\xff\xff\x7f"
     data[200_000:200_300] = bytes(300)
     p = gz(tmp_path / "damaged.pcap.gz", bytes(data))
-    src = formats.InflatingWindow(p)
+    src = capwin.InflatingWindow(p)
     rep = formats.ReadReport(path=str(p))
     try:
         got = list(stream_pcap(LIB, src, rep, 0, 20_000))

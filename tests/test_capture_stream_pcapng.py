@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from test_capture_chunked import comparable, one_pass, reuse_capture, terminal_and_json
 
 from tcpreuse.capture import analysis, backend, chunked, formats
+from tcpreuse.capture import window as capwin
 from tcpreuse.capture.analysis import analyze_paths, analyze_streamed
 from tcpreuse.capture.synth import Frame, Iface, NgExtra, NgWriter, frame, frames_of, pcap_bytes
 from tcpreuse.errors import CaptureError
@@ -132,8 +133,8 @@ def test_damaged_and_truncated_pcapng(tmp_path: Path) -> None:
              "cut": bytes(data[:len(data) * 2 // 3 + 5])}
     for name, case in cases.items():
         same_frames(case)
-        for window in (100, 2000):
-            got = check(write(tmp_path, f"{name}.pcapng", case), 13, window)
+        for size in (100, 2000):
+            got = check(write(tmp_path, f"{name}.pcapng", case), 13, size)
             assert not got.reports[0].complete, name
     cut = one_pass(tmp_path / "cut.pcapng").reports[0]
     assert cut.warnings[0].startswith("truncated at byte") and cut.bytes_read < cut.bytes_total
@@ -232,7 +233,7 @@ def test_rotated_set_of_pcapng_pcap_and_gzip(tmp_path: Path) -> None:
 
 def frames_streamed_gz(path: Path, window: int) -> tuple[dict[str, list[Any]], dict[str, Any]]:
     rep = formats.ReadReport(path=str(path))
-    src = formats.InflatingWindow(path)
+    src = capwin.InflatingWindow(path)
     try:
         got = list(formats.scan_pcapng(src, rep, window))
     finally:
@@ -267,7 +268,7 @@ def same_frames_gz(tmp_path: Path, data: bytes, windows: tuple[int, ...] = (1, 5
 
 @pytest.fixture
 def small_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(formats, "GZIP_STEP", 256)  # pieces end inside blocks
+    monkeypatch.setattr(capwin, "GZIP_STEP", 256)  # pieces end inside blocks
     monkeypatch.setattr(formats, "NG_AHEAD", 64)  # the window is a few blocks
     monkeypatch.setattr(formats, "MAX_LOOKAHEAD", 1 << 12)  # a long length is looked ahead for or refused
     monkeypatch.setattr(formats, "MAX_RESYNC_SCAN", 2048)  # (both reads) a resynchronisation within the window
@@ -320,7 +321,7 @@ def test_gzip_pcapng_analysis(tmp_path: Path, chunk: int, small_steps: None, mon
 def test_mutated_gzip_pcapng_walks_as_one_pass(tmp_path: Path, data: bytes) -> None:
     if len(data) >= 4 and struct.unpack("<I", data[:4])[0] == formats.PCAPNG_SHB:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(formats, "GZIP_STEP", 64)
+            mp.setattr(capwin, "GZIP_STEP", 64)
             mp.setattr(formats, "NG_AHEAD", 32)
             mp.setattr(formats, "MAX_LOOKAHEAD", 1 << 10)
             mp.setattr(formats, "MAX_RESYNC_SCAN", 700)

@@ -646,8 +646,8 @@ STREAM_MIN_BYTES = 192 << 20
 
 
 def _size(path: str) -> int:
-    """A file's size, or its estimated inflated size when it is gzip (:func:`.formats.capture_size`)."""
-    from .formats import capture_size
+    """A file's size, or its estimated inflated size when it is gzip (:func:`.window.capture_size`)."""
+    from .window import capture_size
 
     return capture_size(path)
 
@@ -966,13 +966,14 @@ def _not_a_capture(path: str) -> CaptureError | None:
 @contextlib.contextmanager
 def _stream_source(path: str, pcapng: bool = False) -> Iterator[Any]:
     """What the streamed read reads a file from: a pcap file (or, `pcapng`, a pcapng
-    file) memory-mapped (:class:`.formats.WholeBuffer`), or gzip-compressed and inflated
-    a window at a time (:class:`.formats.InflatingWindow`); closed after.
+    file) memory-mapped (:class:`.window.WholeBuffer`), or gzip-compressed and inflated
+    a window at a time (:class:`.window.InflatingWindow`); closed after.
     Its `kind`: "pcap" or "pcapng". None when it is not one the streamed read takes
     (another format, unreadable, shorter than its header)."""
     import mmap
 
-    from .formats import PCAP_MAGIC, PCAPNG_SHB, InflatingWindow, WholeBuffer, open_buffer
+    from .formats import PCAP_MAGIC, PCAPNG_SHB, open_buffer
+    from .window import InflatingWindow, WholeBuffer
 
     src: Any = None
     try:

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import backend, formats
-from .formats import Frames, ReadReport, _u16_view, _u32_view, release_pages
+from .formats import Frames, ReadReport, _u16_view, _u32_view
+from .window import as_source, release_pages
 
 # link types (https://www.tcpdump.org/linktypes.html)
 LINKTYPE_NULL = 0
@@ -636,7 +637,7 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
     """The TCP packets of a pcap file (C backend) in runs of records, each scanned,
     decoded and its pages given back before the next is read: what is resident follows
     `window`, not the file. `buf`: the file's bytes (memory-mapped) or a
-    :data:`.formats.Source` (a gzip file, inflated a window at a time: the bytes before
+    :data:`.window.Source` (a gzip file, inflated a window at a time: the bytes before
     the first record not yet decoded are dropped). Runs are whole CHUNKs of records (the
     last excepted), so skip reasons, frame numbers and IPv6 address keys (one table,
     numbered in the file's order) are those of :func:`decode` over the whole file; every
@@ -644,7 +645,7 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
     before this one (extended in place), so that files read one after the other number
     their addresses as :meth:`Packets.concat` of their one-pass decodes does;
     `file_table`: filled with this file's own table (its one-pass decode's `v6`)."""
-    src = formats.as_source(buf)
+    src = as_source(buf)
     if src.ensure(24) < 24:
         raise ValueError("stream_pcap: shorter than a pcap header")
     hdr = formats.pcap_header(src.buf, rep)
@@ -716,7 +717,7 @@ def stream_pcapng(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
     (so skip reasons, frame numbers and IPv6 keys are those of :func:`decode` over the
     whole file; the decoder's skip reasons are counted after the walk's, as the one-pass
     read counts them), and the pages behind each run given back."""
-    src = formats.as_source(buf)
+    src = as_source(buf)
     table = {} if table is None else table
     unsupported: dict[int, int] = {}
     skips: dict[int, int] = {}

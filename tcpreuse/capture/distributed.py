@@ -180,7 +180,7 @@ def _streamed_part(members: Sequence[tuple[int, str, str]]) -> StreamPart | None
 
 
 def _size(path: str) -> int:
-    from .formats import capture_size
+    from .window import capture_size
 
     return capture_size(path)
 
