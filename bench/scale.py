@@ -30,8 +30,13 @@ and whether the peak RSS at the largest size is within 2x of the smallest.
 (``tcpdump -C`` names: scale-10x.pcap, scale-10x.pcap1, ...) and analysed merged
 (``tcpreuse analyze FILES --json``): a set of 192 MB or more is read as one stream too.
 
+``--format gzip|pcapng`` adds, per size, the same packets as one gzip-compressed pcap
+(level 1, ``scale-10x.pcap.gz``) or one pcapng file (a section, an Ethernet interface,
+an Enhanced Packet Block per record), analysed the same way: such a file of 192 MB or
+more (a gzip file by its inflated size) is streamed as well.
+
 ``python bench/scale.py [--sizes 1,10,100] [--only simulate|analyze] [--capture FILE]
-[--base-packets 1000000] [--dir DIR] [--rotated N]``
+[--base-packets 1000000] [--dir DIR] [--rotated N] [--format gzip|pcapng]``
 """
 
 from __future__ import annotations
@@ -40,10 +45,12 @@ import argparse
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -232,11 +239,55 @@ def mem_available() -> int:
     return 0
 
 
-def run_analyze(base: Base, size: int, work: Path, prev: dict[str, Any] | None, files: int = 1) -> dict[str, Any]:
+def to_gzip(src: Path) -> Path:
+    """`src` compressed (level 1, as a capture rotated with `tcpdump -z gzip` might be); `src` removed."""
+    dst = src.with_name(src.name + ".gz")
+    z = zlib.compressobj(1, wbits=31)
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        while block := f.read(1 << 24):
+            g.write(z.compress(block))
+        g.write(z.flush())
+    src.unlink()
+    return dst
+
+
+def to_pcapng(src: Path) -> Path:
+    """`src` (a little-endian microsecond Ethernet pcap) as pcapng: a section header, an
+    interface, an Enhanced Packet Block per record; `src` removed."""
+    dst = src.with_suffix(".pcapng")
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        head = f.read(24)
+        if len(head) < 24:
+            sys.exit(f"scale: {src}: not a pcap file")
+        g.write(struct.pack("<IIIHHqI", 0x0A0D0D0A, 28, 0x1A2B3C4D, 1, 0, -1, 28))
+        g.write(struct.pack("<IIHHII", 1, 20, 1, 0, 262144, 20))
+        rec = struct.Struct("<IIII")
+        out: list[bytes] = []
+        while hdr := f.read(16):
+            if len(hdr) < 16:
+                break
+            sec, usec, incl, orig = rec.unpack(hdr)
+            data = f.read(incl)
+            ts = sec * 1_000_000 + usec
+            pad = -incl % 4
+            blen = 32 + incl + pad
+            out.append(struct.pack("<IIIIIII", 6, blen, 0, ts >> 32, ts & 0xFFFFFFFF, incl, orig) + data
+                       + b"\0" * pad + struct.pack("<I", blen))
+            if len(out) >= 65536:
+                g.write(b"".join(out))
+                out = []
+        g.write(b"".join(out))
+    src.unlink()
+    return dst
+
+
+def run_analyze(base: Base, size: int, work: Path, prev: dict[str, Any] | None, files: int = 1,
+                fmt: str = "pcap") -> dict[str, Any]:
     paths = [work / (f"scale-{size}x.pcap" + (str(i) if i else "")) for i in range(files)]  # tcpdump -C names
-    need = 24 * files + size * base.body.size
+    need = (24 * files + size * base.body.size) * (2 if fmt != "pcap" else 1)  # pcap, then converted
     free = shutil.disk_usage(work).free
-    row: dict[str, Any] = {"what": "analyze" if files == 1 else "rotated", "size": size,
+    what = "analyze" if files == 1 else "rotated"
+    row: dict[str, Any] = {"what": what if fmt == "pcap" else fmt, "size": size,
                            "input": f"~{size * base.packets:,} packets, {need / 1e9:.2f} GB"
                            + (f", {files} files" if files > 1 else ""), "wall_s": 0.0, "rss": 0}
     avail = mem_available()
@@ -253,6 +304,10 @@ def run_analyze(base: Base, size: int, work: Path, prev: dict[str, Any] | None, 
     try:
         t = time.perf_counter()
         base.write(paths, size)
+        if fmt != "pcap":
+            paths = [to_gzip(p) if fmt == "gzip" else to_pcapng(p) for p in paths]
+            row["input"] = (f"~{size * base.packets:,} packets, {paths[0].stat().st_size / 1e9:.2f} GB "
+                            + ("gzip" if fmt == "gzip" else "pcapng"))
         row["write_s"] = time.perf_counter() - t
         rc, wall, rss, out, err = measured([*tcpreuse(), "analyze", *map(str, paths), "--json"])
         row.update(wall_s=wall, rss=rss)
@@ -275,7 +330,7 @@ def show(rows: list[dict[str, Any]]) -> None:
         print(f"{r['what']:9} {r['size']:>4}x  {r['input']:34} {r['wall_s']:9.1f} {rate:>22} {rss:>10}")
         if "refused" in r:
             print(f"{'':17}not measured: {r['refused']}")
-    for what in ("simulate", "analyze", "rotated"):
+    for what in ("simulate", "analyze", "rotated", "gzip", "pcapng"):
         done = [r for r in rows if r["what"] == what and "rate" in r]
         if len(done) >= 2:
             lo, hi = min(done, key=lambda r: r["size"]), max(done, key=lambda r: r["size"])
@@ -294,6 +349,8 @@ def main() -> None:
     ap.add_argument("--rotated", type=int, default=0, metavar="N",
                     help="also analyse each size's packets cut into N rotated files, merged (0: not)")
     ap.add_argument("--netns-prefix", default="tcpr-bench-sc-", help="name prefix of the recording's namespace")
+    ap.add_argument("--format", choices=("gzip", "pcapng"), default=None,
+                    help="also analyse each size's packets as one gzip-compressed pcap or one pcapng file")
     args = ap.parse_args()
     try:
         sizes = sorted({int(x) for x in args.sizes.split(",") if x.strip()})
@@ -316,6 +373,9 @@ def main() -> None:
                 done = [r for r in rows if r["what"] == "analyze" and r["rss"]]
                 rows.append(run_analyze(base, k, work, done[-1] if done else None))
                 print(f"analyze {k}x done ({rows[-1]['wall_s']:.1f} s)", flush=True)
+                if args.format:
+                    rows.append(run_analyze(base, k, work, rows[-1] if rows[-1]["rss"] else None, fmt=args.format))
+                    print(f"analyze {k}x as {args.format} done ({rows[-1]['wall_s']:.1f} s)", flush=True)
                 if args.rotated > 1:
                     rows.append(run_analyze(base, k, work, rows[-1] if rows[-1]["rss"] else None, args.rotated))
                     print(f"analyze {k}x in {args.rotated} files done ({rows[-1]['wall_s']:.1f} s)", flush=True)

@@ -1,7 +1,7 @@
 """Decoding a pcap file in windows: the same result, and the file's pages given back.
 
 The C backend decodes a pcap file DECODE_WINDOW records at a time, releasing the
-memory-mapped pages behind each window (formats.release_pages), so that while the packet
+memory-mapped pages behind each window (window.release_pages), so that while the packet
 table fills, the file's share of resident memory shrinks to the window. Windows down to
 one record must change nothing.
 """

@@ -358,10 +358,11 @@ def check_set_fallback(paths: list[Path]) -> None:
 
 
 def test_pcapng_in_a_set_falls_back_and_non_captures_are_skipped(tmp_path: Path) -> None:
-    """The streamed read takes plain pcap files only: a pcapng file in the set, and the
-    whole set is read in one pass. A file that is not a capture at all (a stray file
-    the glob took, an empty file, a missing one) is reported and skipped by both ways
-    alike, and the rest is streamed."""
+    """A pcapng file in the set that overlaps the others in time: the whole set is read
+    in one pass (sets of pcap, pcapng and gzip files in time order are streamed:
+    tests/test_capture_stream_pcapng.py). A file that is not a capture at all (a stray
+    file the glob took, an empty file, a missing one) is reported and skipped by both
+    ways alike, and the rest is streamed."""
     segs = reuse_capture(rounds=4)
     paths = rotated(tmp_path, segs, [len(segs) // 2, len(segs) // 2 + 7])
     ng = odd_captures()

@@ -14,6 +14,7 @@ import csv
 import itertools
 import os
 import struct
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -645,20 +646,37 @@ STREAM_MIN_BYTES = 192 << 20
 
 
 def _size(path: str) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return 0
+    """A file's size, or its estimated inflated size when it is gzip (:func:`.window.capture_size`)."""
+    from .window import capture_size
+
+    return capture_size(path)
+
+
+@dataclass
+class StreamExtras:
+    """What a streamed read of several files passes on besides the analysis, for a Dask
+    worker's part of a fleet (:mod:`.distributed` merges parts as the one-pass read of
+    all files would join them), by the files' places in the list read: each file's
+    IPv6 table (its one-pass decode's), the median time of its packets
+    (:func:`file_order_key`: inf without packets), its TCP packets, its report, and
+    the error of a file that is not a capture."""
+
+    file_v6: dict[int, list[bytes]] = field(default_factory=dict)
+    file_median: dict[int, float] = field(default_factory=dict)
+    file_packets: dict[int, int] = field(default_factory=dict)
+    reports: dict[int, ReadReport] = field(default_factory=dict)
+    errors: dict[int, CaptureError] = field(default_factory=dict)
 
 
 def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = None,
                      builder: ChunkBuilder | None = None, window: int | None = None,
-                     per_attempt: bool = True) -> CaptureAnalysis | None:
-    """One pcap file, or several merged (rotated files of one capture point), read and
-    built chunk by chunk (:mod:`.chunked`): what is resident follows the live
+                     per_attempt: bool = True, extras: StreamExtras | None = None) -> CaptureAnalysis | None:
+    """One pcap or pcapng file (plain, or gzip-compressed: inflated a window at a time),
+    or several merged (rotated files of one capture point), read and built chunk
+    by chunk (:mod:`.chunked`): what is resident follows the live
     connections, not the file or the set. The result is :func:`analyze_paths`'s
     (merge=True) over the same files; None when this way cannot give it, and the caller
-    reads the files in one pass: a file that is not a plain pcap file (pcapng, gzip),
+    reads the files in one pass: a file that is neither pcap nor pcapng (plain or gzip),
     the numpy backend, packets that the one-pass read leaves out for their far times
     (:func:`far_times`; the groups of times are kept as the chunks come, so a capture or
     a set of days without such packets is streamed) or a packet
@@ -673,7 +691,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     :class:`.chunked.ChunkBuilder` (a 4-tuple reused across a file boundary is joined
     as in one pass) and one IPv6 address table. The order is each file's start
     (:func:`.formats.pcap_start_time`: its first records' times, read before any file is
-    decoded), then its place on the command line. The one-pass merge orders files by the
+    decoded; :func:`.formats.pcapng_start_time` for pcapng), then its place on the
+    command line. The one-pass merge orders files by the
     median time of their packets (:func:`file_order_key`), which needs a whole file; the
     two orders agree when no file has a packet older than one of a file streamed before
     it (rotated files), and that is checked as the packets come: the first packet that
@@ -682,8 +701,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     Each file keeps its own :class:`ReadReport` (damage, how far it was read) and its
     command-line index in the attempts' ``file`` column."""
     from . import backend, chunked
-    from .decode import STREAM_WINDOW, stream_pcap
-    from .formats import pcap_start_time
+    from .decode import STREAM_WINDOW, stream_pcap, stream_pcapng
+    from .formats import NotStreamable, pcap_start_time, pcapng_start_time
 
     files = [paths] if isinstance(paths, str) else [str(p) for p in paths]
     chunk_packets = chunk_packets or CHUNK_PACKETS
@@ -693,15 +712,17 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     starts: list[float] = []
     unread: dict[int, ReadReport] = {}  # files that are not captures at all: reported, skipped
     for i, f in enumerate(files):
-        with _pcap_mapped(f) as buf:
+        with _stream_source(f, pcapng=True) as buf:
             if buf is None:
                 err = _not_a_capture(f)
                 if err is None or len(files) == 1:
                     return None  # a capture this way does not read, or nothing to stream
                 unread[i] = _unread_report(f, err)
+                if extras is not None:
+                    extras.errors[i] = err
                 starts.append(np.inf)
                 continue
-            starts.append(pcap_start_time(buf))
+            starts.append(pcapng_start_time(buf) if buf.kind == "pcapng" else pcap_start_time(buf))
     if len(unread) == len(files):
         return None
     order = sorted((i for i in range(len(files)) if i not in unread), key=lambda i: (starts[i], i))
@@ -717,14 +738,16 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     groups = _TimeGroups()
     try:
         for i in order:
-            with _pcap_mapped(files[i]) as buf:
+            with _stream_source(files[i], pcapng=True) as buf:
                 if buf is None:  # changed since it was looked at: the one-pass read says how
                     return None
                 rep = reports[i]
-                rep.bytes_total = len(buf)
                 span = _FileSpan(i)
                 t = time.perf_counter()
-                for pk in stream_pcap(lib, buf, rep, i, window or STREAM_WINDOW, table):
+                stream = stream_pcapng if buf.kind == "pcapng" else stream_pcap
+                file_table: dict[bytes, int] | None = {} if extras is not None else None
+                spill = tempfile.TemporaryFile() if extras is not None else None  # noqa: SIM115 (closed below)
+                for pk in stream(lib, buf, rep, i, window or STREAM_WINDOW, table, file_table):
                     c_lo, c_hi = float(pk.ts.min()), float(pk.ts.max())
                     if not (np.isfinite(c_lo) and np.isfinite(c_hi)):
                         return None
@@ -732,6 +755,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                         raise chunked.Inexact("a packet older than one of a file read before (files overlap in time)")
                     span.add(pk.ts, c_lo, c_hi)
                     groups.add(pk.ts, c_lo, c_hi)
+                    if spill is not None:  # the file's packet times, for its median
+                        np.ascontiguousarray(pk.ts, dtype=np.float64).tofile(spill)
                     if len(groups.groups) > _TimeGroups.MAX:  # times all over: damage the one-pass read reports
                         return None
                     lo, hi = min(lo, c_lo), max(hi, c_hi)
@@ -752,6 +777,12 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
                 if span.n:
                     before_hi = span.hi
                     spans.append(span)
+                if extras is not None and spill is not None and file_table is not None:
+                    extras.file_median[i] = spilled_median(spill, span.n, span.lo, span.hi)
+                    spill.close()
+                    extras.file_v6[i] = list(file_table)
+                    extras.file_packets[i] = span.n
+                    extras.reports[i] = rep
         if groups.far_times():
             return None
         if any(x.may_tie(y) for x, y in itertools.pairwise(spans)):
@@ -761,7 +792,7 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
         del acc
         att = b.finish()
         timing["flows"] += time.perf_counter() - t
-    except chunked.Inexact:
+    except (chunked.Inexact, NotStreamable, CaptureError):  # the one-pass read says what is wrong
         return None
     t = time.perf_counter()
     reuse.tuple_reuse(att)
@@ -775,6 +806,66 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     # as the one-pass merge has them: the files read, then those that are not captures
     reports = [r for i, r in enumerate(reports) if i not in unread] + list(unread.values())
     return finish_analysis(att, b.v6, reports, files, n, lo if n else 0.0, hi if n else 0.0, timing)
+
+
+def spilled_median(fh: Any, n: int, lo: float, hi: float) -> float:
+    """:func:`.flows.median` of the `n` float64 values written to the file `fh` (all in
+    lo..hi), in bounded memory: each value of the middle rank(s) is found by counting the
+    values into SPILL_BINS bins between the bounds (one read of the file), then
+    narrowing to the bin that holds it until it holds few enough to be read and
+    partitioned; inf when n is 0 (:func:`file_order_key` of a file without packets)."""
+    if n == 0:
+        return float("inf")
+    k = n // 2
+    if n % 2:
+        return _spilled_rank(fh, k, lo, hi)
+    return float((np.float64(_spilled_rank(fh, k - 1, lo, hi)) + np.float64(_spilled_rank(fh, k, lo, hi))) / 2)
+
+
+SPILL_BLOCK = 1 << 20  # values read at a time, and the most a bin may hold to be read whole
+SPILL_BINS = 1 << 16
+
+
+def _spilled_in(fh: Any, lo: float, hi: float) -> Iterator[np.ndarray]:
+    """The values of `fh` in lo..hi, a block at a time."""
+    fh.seek(0)
+    while True:
+        v = np.fromfile(fh, dtype=np.float64, count=SPILL_BLOCK)
+        if not v.size:
+            return
+        yield v[(v >= lo) & (v <= hi)]
+
+
+def _spilled_rank(fh: Any, rank: int, lo: float, hi: float) -> float:
+    """The value of 0-based `rank` in sorted order among the values of `fh` (all in lo..hi)."""
+    below = 0  # values under lo
+    while True:
+        width = (hi - lo) / SPILL_BINS
+        if not (width > 0 and lo + width > lo):  # nothing left to split
+            inside = np.concatenate(list(_spilled_in(fh, lo, hi)))
+            return float(np.partition(inside, rank - below)[rank - below])
+
+        def bins(v: np.ndarray, lo: float = lo, width: float = width) -> np.ndarray:
+            return np.minimum(((v - lo) / width).astype(np.int64), SPILL_BINS - 1)
+
+        counts = np.zeros(SPILL_BINS, dtype=np.int64)
+        for v in _spilled_in(fh, lo, hi):
+            counts += np.bincount(bins(v), minlength=SPILL_BINS)
+        cum = np.cumsum(counts)
+        b = int(np.searchsorted(cum, rank - below, side="right"))
+        before = below + (int(cum[b - 1]) if b else 0)
+        if counts[b] <= SPILL_BLOCK:
+            inside = np.concatenate([v[bins(v) == b] for v in _spilled_in(fh, lo, hi)])
+            return float(np.partition(inside, rank - before)[rank - before])
+        lo2, hi2 = np.inf, -np.inf
+        for v in _spilled_in(fh, lo, hi):
+            v = v[bins(v) == b]
+            if v.size:
+                lo2, hi2 = min(lo2, float(v.min())), max(hi2, float(v.max()))
+        if lo2 == hi2:  # all the same value
+            return float(lo2)
+        # bins are ranges of values: the values in lo2..hi2 are exactly those of bin b
+        lo, hi, below = lo2, hi2, before
 
 
 class _TimeGroups:
@@ -873,26 +964,43 @@ def _not_a_capture(path: str) -> CaptureError | None:
 
 
 @contextlib.contextmanager
-def _pcap_mapped(path: str) -> Iterator[Any]:
-    """A plain pcap file memory-mapped (closed after), or None when it is not one the
-    streamed read takes (another format, gzip, unreadable, shorter than its header)."""
+def _stream_source(path: str, pcapng: bool = False) -> Iterator[Any]:
+    """What the streamed read reads a file from: a pcap file (or, `pcapng`, a pcapng
+    file) memory-mapped (:class:`.window.WholeBuffer`), or gzip-compressed and inflated
+    a window at a time (:class:`.window.InflatingWindow`); closed after.
+    Its `kind`: "pcap" or "pcapng". None when it is not one the streamed read takes
+    (another format, unreadable, shorter than its header)."""
     import mmap
 
-    from .formats import PCAP_MAGIC, open_buffer
+    from .formats import PCAP_MAGIC, PCAPNG_SHB, open_buffer
+    from .window import InflatingWindow, WholeBuffer
 
+    src: Any = None
     try:
         with open(path, "rb") as fh:
-            if fh.read(4) not in PCAP_MAGIC:
-                buf = None
-            else:
-                buf, _nbytes, _damage = open_buffer(path)
-    except (OSError, CaptureError):
-        buf = None  # the one-pass read says what is wrong
-    if buf is not None and (not isinstance(buf, mmap.mmap) or len(buf) < 24):
-        buf = None
-    try:
-        yield buf
-    finally:
-        if isinstance(buf, mmap.mmap):
-            with contextlib.suppress(BufferError):
+            head = fh.read(4)
+        ng = pcapng and len(head) == 4 and struct.unpack("<I", head)[0] == PCAPNG_SHB
+        if head in PCAP_MAGIC or ng:
+            buf, _nbytes, _damage = open_buffer(path)
+            if isinstance(buf, mmap.mmap) and len(buf) >= 24:
+                src = WholeBuffer(buf, "pcapng" if ng else "pcap")
+            elif isinstance(buf, mmap.mmap):
                 buf.close()
+        elif head[:2] == b"\x1f\x8b":
+            src = InflatingWindow(path)
+            inner = bytes(src.buf[:4]) if src.ensure(24) >= 24 else b""
+            if pcapng and len(inner) == 4 and struct.unpack("<I", inner)[0] == PCAPNG_SHB:
+                src.kind = "pcapng"
+            elif inner not in PCAP_MAGIC:
+                src.close()  # too short or not a capture inside: the one-pass read says how
+                src = None
+    except (OSError, CaptureError):
+        src = None  # the one-pass read says what is wrong
+    try:
+        yield src
+    finally:
+        if isinstance(src, InflatingWindow):
+            src.close()
+        elif src is not None:
+            with contextlib.suppress(BufferError):
+                src.buf.close()

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from . import backend, formats
-from .formats import Frames, ReadReport, _u16_view, _u32_view, release_pages
+from .formats import Frames, ReadReport, _u16_view, _u32_view
+from .window import as_source, release_pages
 
 # link types (https://www.tcpdump.org/linktypes.html)
 LINKTYPE_NULL = 0
@@ -631,16 +632,23 @@ STREAM_WINDOW = 32 << 20  # bytes of a pcap file scanned per step of a streamed 
 
 
 def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
-                window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None) -> Iterator[Packets]:
+                window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None,
+                file_table: dict[bytes, int] | None = None) -> Iterator[Packets]:
     """The TCP packets of a pcap file (C backend) in runs of records, each scanned,
     decoded and its pages given back before the next is read: what is resident follows
-    `window`, not the file. Runs are whole CHUNKs of records (the last excepted), so
-    skip reasons, frame numbers and IPv6 address keys (one table, numbered in the
-    file's order) are those of :func:`decode` over the whole file; every run carries
-    that table as it stands. `table`: the IPv6 table of the files streamed before this
-    one (extended in place), so that files read one after the other number their
-    addresses as :meth:`Packets.concat` of their one-pass decodes does."""
-    hdr = formats.pcap_header(buf, rep)
+    `window`, not the file. `buf`: the file's bytes (memory-mapped) or a
+    :data:`.window.Source` (a gzip file, inflated a window at a time: the bytes before
+    the first record not yet decoded are dropped). Runs are whole CHUNKs of records (the
+    last excepted), so skip reasons, frame numbers and IPv6 address keys (one table,
+    numbered in the file's order) are those of :func:`decode` over the whole file; every
+    run carries that table as it stands. `table`: the IPv6 table of the files streamed
+    before this one (extended in place), so that files read one after the other number
+    their addresses as :meth:`Packets.concat` of their one-pass decodes does;
+    `file_table`: filled with this file's own table (its one-pass decode's `v6`)."""
+    src = as_source(buf)
+    if src.ensure(24) < 24:
+        raise ValueError("stream_pcap: shorter than a pcap header")
+    hdr = formats.pcap_header(src.buf, rep)
     table = {} if table is None else table
     unsupported: dict[int, int] = {}
     little = int(hdr.endian == "<")
@@ -652,13 +660,17 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
         nonlocal base
         n = rec.size
         out = _columns(n)
-        k, events, unsup, v6 = lib.decode(buf, rec, None, None, None, None, None, CHUNK, tuple(out.values()),
+        at = rec - src.base if src.base else rec  # offsets in the window
+        k, events, unsup, v6 = lib.decode(src.buf, at, None, None, None, None, None, CHUNK, tuple(out.values()),
                                           little, hdr.tsdiv, hdr.linktype)
         k = int(k)
         cols = {c: a[:k] for c, a in out.items()}
         if base:
             cols["frame"] += base
         if v6:
+            if file_table is not None:
+                for x in v6:
+                    file_table.setdefault(x, len(file_table))
             remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
             for c in ("src", "dst"):
                 v = cols[c] >= V6_BASE
@@ -674,7 +686,7 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
             return None
         return Packets(**cols, file=np.full(k, file_index, dtype=np.int16), v6=list(table))
 
-    for arr in formats.scan_pcap(lib, buf, rep, hdr, window):
+    for arr in formats.scan_pcap(lib, src, rep, hdr, window):
         pending.append(arr)
         n_pending += arr.size
         if n_pending < CHUNK:
@@ -684,13 +696,89 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
         pending, n_pending = ([rec[cut:]], n_pending - cut) if cut < n_pending else ([], 0)
         pk = run(rec[:cut])
         nxt = int(pending[0][0]) if pending else int(rec[cut - 1])
-        formats.release_pages(buf, int(rec[0]), nxt)
+        src.release(int(rec[0]), nxt)
         if pk is not None:
             yield pk
     if pending:
         pk = run(np.concatenate(pending))
         if pk is not None:
             yield pk
+    for lt, cnt in unsupported.items():
+        rep.skip(f"{R_LINKTYPE} {lt}", cnt)
+        rep.warn(f"{cnt:,} frames of link type {lt}, which is not supported, were skipped")
+
+
+def stream_pcapng(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
+                  window: int = STREAM_WINDOW, table: dict[bytes, int] | None = None,
+                  file_table: dict[bytes, int] | None = None) -> Iterator[Packets]:
+    """:func:`stream_pcap` for a pcapng file (memory-mapped, or gzip-compressed and
+    inflated a window at a time): its blocks walked window after window
+    (:func:`.formats.scan_pcapng`), the records decoded in whole CHUNKs
+    (so skip reasons, frame numbers and IPv6 keys are those of :func:`decode` over the
+    whole file; the decoder's skip reasons are counted after the walk's, as the one-pass
+    read counts them), and the pages behind each run given back."""
+    src = as_source(buf)
+    table = {} if table is None else table
+    unsupported: dict[int, int] = {}
+    skips: dict[int, int] = {}
+    pending: list[formats.Frames] = []
+    n_pending = 0
+    released = 0
+    names = ("data_off", "caplen", "origlen", "linktype", "ts", "frame")
+    dtypes = (np.int64, np.int64, np.int64, np.int32, np.float64, np.int64)
+
+    def run(cols: list[np.ndarray]) -> Packets | None:
+        n = cols[0].size
+        out = _columns(n)
+        if src.base:  # offsets in the window
+            cols = [cols[0] - src.base, *cols[1:]]
+        k, events, unsup, v6 = lib.decode(src.buf, *cols, CHUNK, tuple(out.values()))
+        k = int(k)
+        got = {c: a[:k] for c, a in out.items()}
+        if v6:
+            if file_table is not None:
+                for x in v6:
+                    file_table.setdefault(x, len(file_table))
+            remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
+            for c in ("src", "dst"):
+                v = got[c] >= V6_BASE
+                if v.any():
+                    got[c][v] = V6_BASE + remap[(got[c][v] - V6_BASE).astype(np.int64)]
+        for reason, cnt in events:
+            skips[reason] = skips.get(reason, 0) + cnt
+        for lt, cnt in unsup:
+            unsupported[lt] = unsupported.get(lt, 0) + cnt
+        rep.tcp_packets += k
+        if not k:
+            return None
+        return Packets(**got, file=np.full(k, file_index, dtype=np.int16), v6=list(table))
+
+    def columns(frs: list[formats.Frames]) -> list[np.ndarray]:
+        return [np.ascontiguousarray(np.concatenate([getattr(f, c) for f in frs]), dtype=d)
+                for c, d in zip(names, dtypes, strict=True)]
+
+    for fr in formats.scan_pcapng(src, rep, window):
+        pending.append(fr)
+        n_pending += len(fr)
+        if n_pending < CHUNK:
+            continue
+        cols = columns(pending)
+        cut = n_pending // CHUNK * CHUNK
+        rest = [c[cut:] for c in cols]
+        pending = [formats.Frames(src.buf, rest[0], rest[1], rest[2], rest[4], rest[3], rest[5], rep)] if cut < n_pending else []
+        n_pending -= cut
+        pk = run([c[:cut] for c in cols])
+        nxt = int(rest[0][0]) if n_pending else int(cols[0][cut - 1])
+        src.release(released, nxt)
+        released = nxt
+        if pk is not None:
+            yield pk
+    if pending:
+        pk = run(columns(pending))
+        if pk is not None:
+            yield pk
+    for reason, cnt in skips.items():
+        rep.skip(SKIP_REASONS[reason], cnt)
     for lt, cnt in unsupported.items():
         rep.skip(f"{R_LINKTYPE} {lt}", cnt)
         rep.warn(f"{cnt:,} frames of link type {lt}, which is not supported, were skipped")

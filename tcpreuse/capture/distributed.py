@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CaptureError
-from . import flows
+from . import analysis, flows
 from .analysis import (
     CaptureAnalysis,
     _read_one,
@@ -107,7 +107,12 @@ class StreamPart:
 def analyze_stream(members: Sequence[tuple[int, str, str]], n_files: int) -> StreamPart:
     """Read the stream's files ((index among all `n_files`, path to open, path to
     report) each), join them in time order and find their attempts (a Dask task; also
-    run in-process)."""
+    run in-process). Files that add up to STREAM_MIN_BYTES or more are streamed
+    (:func:`_streamed_part`) when that gives the same part."""
+    if sum(_size(path) for _i, path, _shown in members) >= analysis.STREAM_MIN_BYTES:
+        part = _streamed_part(members)
+        if part is not None:
+            return part
     t = time.perf_counter()
     part = StreamPart(members=[], attempts=Attempts(), v6=[])
     good: list[tuple[int, Packets, ReadReport]] = []
@@ -140,8 +145,54 @@ def analyze_stream(members: Sequence[tuple[int, str, str]], n_files: int) -> Str
     return part
 
 
+def _streamed_part(members: Sequence[tuple[int, str, str]]) -> StreamPart | None:
+    """:func:`analyze_stream` by the streamed read (:func:`.analysis.analyze_streamed`:
+    the files one after the other in time order, chunk by chunk, in bounded memory),
+    with what the merge needs of each file: its IPv6 table, its TCP packets and its
+    place in the one-pass order (the median time of its packets, found from a spill of
+    them to a temporary file, not kept in memory); None when the streamed read cannot
+    give the one-pass result."""
+    ordered = sorted(members)  # the streamed read breaks ties by place in its list: by index here too
+    paths = [path for _i, path, _shown in ordered]
+    extras = analysis.StreamExtras()
+    an = analysis.analyze_streamed(paths, extras=extras)
+    if an is None:
+        return None
+    glob = [i for i, _path, _shown in ordered]
+    part = StreamPart(members=[], attempts=an.attempts, v6=an.v6, packets=an.packets)
+    for k, err in extras.errors.items():
+        part.errors[glob[k]] = (err.message.replace(ordered[k][1], ordered[k][2]), err.hint)
+    for k, rep in extras.reports.items():
+        i = glob[k]
+        rep.path = ordered[k][2]
+        part.reports[i] = rep
+        part.file_v6[i] = extras.file_v6[k]
+        part.file_key[i] = (extras.file_median[k], i)
+        part.file_packets[i] = extras.file_packets[k]
+    part.members = sorted(part.file_key, key=lambda i: part.file_key[i])
+    att = part.attempts
+    if len(att):
+        att.cols["file"] = np.asarray(glob, dtype=np.int64)[att["file"].astype(np.int64)].astype(att["file"].dtype)
+    if an.packets:
+        part.t_first, part.t_last = an.t_first, an.t_last
+    part.timing = dict(an.timing)
+    return part
+
+
+def _size(path: str) -> int:
+    from .window import capture_size
+
+    return capture_size(path)
+
+
 def analyze_one_file(path: str, shown: str) -> CaptureAnalysis | tuple[str, str | None]:
-    """``--per-file``: one file on its own (a Dask task), or its read error."""
+    """``--per-file``: one file on its own (a Dask task), or its read error; streamed
+    (:func:`.analysis.analyze_streamed`) from STREAM_MIN_BYTES on, as in-process."""
+    if _size(path) >= analysis.STREAM_MIN_BYTES and (an := analysis.analyze_streamed(path)) is not None:
+        an.files = [shown]
+        for rep in an.reports:
+            rep.path = shown
+        return an
     try:
         pk, rep = _read_one((path, 0))
     except CaptureError as e:

@@ -16,7 +16,7 @@ next plausible record (resynchronises), and reports what it skipped and why in a
 
 from __future__ import annotations
 
-import contextlib
+import io
 import math
 import mmap
 import os
@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import CaptureError
 from . import backend
+from .window import GzipInflater, Source, as_source
 
 PCAP_MAGIC = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000_000),  # microseconds, little-endian writer
@@ -224,44 +225,13 @@ def open_buffer(path: str | os.PathLike[str]) -> tuple[Any, int, str]:
         raise CaptureError(f"{p}: cannot read ({e.strerror or e})") from None
 
 
-def inflate_gzip(raw: bytes, step: int = 1 << 16) -> tuple[bytes, str]:
+def inflate_gzip(raw: bytes, step: int | None = None) -> tuple[bytes, str]:
     """The bytes a gzip file inflates to (all its members) as far as they inflate, and ""
     or what stopped it: a truncated or damaged stream keeps what came before, as a
     truncated capture keeps its records (GzipFile would drop it all, or raise zlib.error)."""
-    import zlib  # only here: most captures are not compressed
-
-    out: list[bytes] = []
-    n, pos, fed = len(raw), 0, False
-    d = zlib.decompressobj(wbits=31)
-    while pos < n:
-        chunk = raw[pos:pos + step]
-        before = d.copy()
-        try:
-            out.append(d.decompress(chunk))
-        except zlib.error as e:
-            # the chunk again in small pieces from the state before it: keep what inflated
-            # up to the damage (a bad checksum at the end keeps everything)
-            for i in range(0, len(chunk), 64):
-                try:
-                    out.append(before.decompress(chunk[i:i + 64]))
-                except zlib.error:
-                    break
-            data = b"".join(out)
-            return data, (f"gzip stream damaged at compressed byte {pos + i:,} of {n:,} ({e}); "
-                          f"analysed the {len(data):,} bytes inflated before it")
-        fed = True
-        if d.eof:  # end of a member: another may follow, or zero padding
-            pos += len(chunk) - len(d.unused_data)
-            if raw.count(b"\x00", pos) == n - pos:
-                return b"".join(out), ""
-            d, fed = zlib.decompressobj(wbits=31), False
-            continue
-        pos += len(chunk)
-    data = b"".join(out)
-    if fed and not d.eof:
-        return data, (f"gzip stream truncated: its {n:,} compressed bytes end inside it; analysed the "
-                      f"{len(data):,} bytes they inflate to")
-    return data, ""
+    g = GzipInflater(io.BytesIO(raw), len(raw), step)
+    data = b"".join(g)
+    return data, g.damage
 
 
 def read_frames(path: str | os.PathLike[str]) -> Frames:
@@ -379,12 +349,29 @@ def pcap_start_time(buf: Any) -> float:
     """When a pcap file starts, read from its first records only: the median time of the
     first (up to) nine chained records (one damaged record time does not move it); inf
     when not even the first record header can be read. What orders rotated files for a
-    streamed read, before any of them is decoded."""
-    if len(buf) < 24 or bytes(buf[:4]) not in PCAP_MAGIC:
+    streamed read, before any of them is decoded. `buf`: the file's bytes or a
+    :data:`Source` (a gzip file inflates as far as those records)."""
+    src = as_source(buf)
+    if src.ensure(24) < 24 or bytes(src.buf[:4]) not in PCAP_MAGIC:
         return float("inf")
-    hdr = pcap_header(buf, ReadReport(path=""))
+    hdr = pcap_header(src.buf, ReadReport(path=""))
+    _ensure_first_records(src, hdr)
+    buf = src.buf
     t = sorted(sec + frac / hdr.tsdiv for sec, frac in _first_records(buf, hdr.endian, hdr.tsdiv, hdr.limit))
     return t[len(t) // 2] if t else float("inf")
+
+
+def _ensure_first_records(src: Source, hdr: PcapHeader, n: int = 9) -> None:
+    """Make the headers :func:`_first_records` reads readable (a source at its start)."""
+    rec = struct.Struct(hdr.endian + "IIII")
+    off = 24
+    for _ in range(n):
+        if src.ensure(off + 16) < off + 16:
+            return
+        _sec, frac, incl, orig = rec.unpack_from(src.buf, off)
+        if frac >= hdr.tsdiv or incl > hdr.limit or incl > orig:
+            return
+        off += 16 + incl
 
 
 def _parse_pcap_numpy(buf: Any, rep: ReadReport) -> Frames:
@@ -480,71 +467,85 @@ def pcap_header(buf: Any, rep: ReadReport) -> PcapHeader:
     return PcapHeader(endian, tsdiv, network & 0x0FFFFFFF, limit)
 
 
+SCAN_WINDOW = 32 << 20  # bytes of a compressed file inflated per step when no window is given
+
+
 def scan_pcap(lib: Any, buf: Any, rep: ReadReport, hdr: PcapHeader, window: int | None = None) -> Iterator[np.ndarray]:
     """The offsets of a pcap file's believable records (``_ccap.pcap_scan``), in runs.
-    `window` None: one run per stretch between damages (the whole file when it is clean);
-    a number of bytes: runs of about that many bytes, so a reader can decode and forget
+    `buf`: the file's bytes, or a :data:`Source` (a gzip file inflated as it is read:
+    the window must hold what the scan reads, the offsets are the file's). `window`
+    None: one run per stretch between damages (the whole file when it is clean); a
+    number of bytes: runs of about that many bytes, so a reader can decode and forget
     each before the next is scanned. A record or header that a window's end cuts is
     where the next window starts, not damage: the records, report, warnings and
-    resynchronisation are those of one scan. Sets the report's record count at the end."""
-    end = len(buf)
+    resynchronisation are those of one scan (a resynchronisation looks as far ahead as
+    the one-pass scan can: MAX_RESYNC_SCAN and three records). Sets the report's record
+    count at the end, and the file's size (`src.finish`: an inflated size, and a
+    damaged gzip stream's warning after the scan's, as :func:`read_frames` adds it)."""
+    src = as_source(buf)
     endian, tsdiv, limit = hdr.endian, hdr.tsdiv, hdr.limit
-    u32 = _u32_view(buf, endian)
     rec_hdr = struct.Struct(endian + "IIII")
     off = 24
-    ts_lo, ts_hi = _pcap_time_bounds(buf, endian, tsdiv, limit)
+    _ensure_first_records(src, hdr)
+    ts_lo, ts_hi = _pcap_time_bounds(src.buf, endian, tsdiv, limit)
     resyncs = 0
     records = 0
     rep.bytes_read = 24
-    step = window or end
+    whole = window or (len(src.buf) if src.done else SCAN_WINDOW)
+    step = whole
     while True:
         bounds = ts_hi != float(2**32)  # as _parse_pcap_numpy tells whether the bounds are set
-        w_end = min(end, off + step)
-        offs, status, stop, bounds, ts_lo, ts_hi = lib.pcap_scan(buf, off, w_end, endian == "<", tsdiv, limit,
-                                                                  bounds, ts_lo, ts_hi)
+        avail = src.ensure(off + step)
+        w_end = min(avail, off + step)
+        at_end = src.done and w_end == avail  # this window ends where the file does
+        base = src.base
+        offs, status, stop, bounds, ts_lo, ts_hi = lib.pcap_scan(src.buf, off - base, w_end - base, endian == "<",
+                                                                  tsdiv, limit, bounds, ts_lo, ts_hi)
+        stop += base
         arr = np.frombuffer(offs, dtype=np.int64)
         if arr.size:
+            if base:
+                arr = arr + base
             records += int(arr.size)
-            rep.bytes_read = int(arr[-1]) + 16 + rec_hdr.unpack_from(buf, int(arr[-1]))[2]
-            yield arr
-        if w_end < end and status in (1, 2):  # the window's end, not the file's
+            last = int(arr[-1])
+            rep.bytes_read = last + 16 + rec_hdr.unpack_from(src.buf, last - base)[2]
+            yield arr  # the reader may release what lies before its first pending record
+        if not at_end and status == 1 and ts_hi != float(2**32):
+            h = np.array([rec_hdr.unpack_from(src.buf, stop - src.base)])
+            if not _pcap_header_ok(h, tsdiv, limit, ts_lo, ts_hi)[0]:
+                status = 3  # a damaged length, not a long record: damage here, as one scan finds it
+        if not at_end and status in (1, 2):  # the window's end, not the file's
             step = step if stop > off else 2 * step  # a record longer than the window
             off = stop
             continue
-        step = window or end
+        step = whole
         if status == 0:
-            if w_end < end:
+            if not at_end:
                 off = w_end
                 continue
             break
+        if status == 3:  # as far ahead as a resynchronisation may look
+            avail = src.ensure(stop + MAX_RESYNC_SCAN + 3 * (16 + limit) + 32)
+        base = src.base
         if status == 3:
-            why = _bad_pcap_header_reason(np.array(rec_hdr.unpack_from(buf, stop)), tsdiv, limit)
+            why = _bad_pcap_header_reason(np.array(rec_hdr.unpack_from(src.buf, stop - base)), tsdiv, limit)
         elif status == 1:
-            incl = rec_hdr.unpack_from(buf, stop)[2]
-            why = f"last record cut short ({end - stop - 16} of {incl} bytes)"
+            incl = rec_hdr.unpack_from(src.buf, stop - base)[2]
+            why = f"last record cut short ({avail - stop - 16} of {incl} bytes)"
         else:
-            why = f"{end - stop} stray bytes at the end (a cut record header)"
-        nxt = _after_damage(rep, buf, u32, endian, stop, end, why, status != 3, resyncs, tsdiv, limit,
-                            ts_lo, ts_hi)
+            why = f"{avail - stop} stray bytes at the end (a cut record header)"
+        u32 = _u32_view(src.buf, endian)
+        nxt = _after_damage(rep, src.buf, u32, endian, stop - base, avail - base, why, status != 3, resyncs, tsdiv,
+                            limit, ts_lo, ts_hi, base)
+        del u32  # a view of an inflated window keeps it from moving
         if nxt is None:
             break
         resyncs += 1
-        off = nxt
+        off = nxt + base
     if records:
         rep.records = records
         rep.linktypes[hdr.linktype] = records
-
-
-def release_pages(buf: Any, start: int, stop: int) -> None:
-    """Give the pages of a memory-mapped file between `start` and `stop` back (they were
-    read and will not be again soon): the process's resident memory then follows the
-    window being read, not the file's size. Nothing for a buffer that is not a mapping."""
-    advise = getattr(buf, "madvise", None)
-    lo = (start // mmap.PAGESIZE) * mmap.PAGESIZE
-    hi = (stop // mmap.PAGESIZE) * mmap.PAGESIZE
-    if advise is not None and hi > lo and hasattr(mmap, "MADV_DONTNEED"):
-        with contextlib.suppress(OSError, ValueError):
-            advise(mmap.MADV_DONTNEED, lo, hi - lo)
+    src.finish(rep)
 
 
 def _pcap_fields(buf: Any, arr: np.ndarray, endian: str) -> tuple[np.ndarray, ...]:
@@ -587,11 +588,13 @@ def _bad_pcap_header_reason(h: np.ndarray, tsdiv: int, limit: int) -> str:
 
 
 def _after_damage(rep: ReadReport, buf: Any, u32: np.ndarray, endian: str, stop: int, end: int, why: str,
-                  cut: bool, resyncs: int, tsdiv: int, limit: int, ts_lo: float, ts_hi: float) -> int | None:
+                  cut: bool, resyncs: int, tsdiv: int, limit: int, ts_lo: float, ts_hi: float,
+                  base: int = 0) -> int | None:
     """Where a pcap walk stopped at byte `stop` for `why`: a cut last record (`cut`) whose
     header is believable is a truncation (None: stop); anything else is damage, skipped to
     the next believable record (its offset), unless too many resynchronisations or none
-    is found (None). Each outcome is reported."""
+    is found (None). Each outcome is reported. `buf` may be a window of the file that
+    starts at file offset `base` (offsets here are the window's, reports the file's)."""
     if cut:
         believable = True
         if stop + 16 <= end:
@@ -600,17 +603,17 @@ def _after_damage(rep: ReadReport, buf: Any, u32: np.ndarray, endian: str, stop:
             if not believable:
                 why = _bad_pcap_header_reason(h[0], tsdiv, limit)
         if believable:
-            rep.warn(f"truncated at byte {stop:,}: {why}")
+            rep.warn(f"truncated at byte {stop + base:,}: {why}")
             return None
     if resyncs >= MAX_RESYNCS:
-        rep.warn(f"gave up at byte {stop:,} after {resyncs} resynchronisations ({why})")
+        rep.warn(f"gave up at byte {stop + base:,} after {resyncs} resynchronisations ({why})")
         return None
     nxt = _resync_pcap(buf, u32, stop + 1, end, tsdiv, limit, ts_lo, ts_hi)
     if nxt is None:
-        rep.warn(f"unreadable from byte {stop:,} ({why}); no believable record after it")
+        rep.warn(f"unreadable from byte {stop + base:,} ({why}); no believable record after it")
         return None
     rep.garbage_bytes += nxt - stop
-    rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop:,} ({why}); resynchronised")
+    rep.warn(f"skipped {nxt - stop:,} damaged bytes at {stop + base:,} ({why}); resynchronised")
     return nxt
 
 
@@ -749,105 +752,222 @@ def _parse_pcapng(buf: Any, rep: ReadReport) -> Frames:
 
 
 def _walk_pcapng(buf: Any, rep: ReadReport, careful: bool) -> _NgWalk:
-    end = len(buf)
-    w = _NgWalk()
-    epb = w.epb
-    endian = "<"
-    ifaces: list[_Iface] = []
-    off = 0
-    resyncs = 0
-    hdr = struct.Struct("<II")
-    hdr_be = struct.Struct(">II")
-    while off + 12 <= end:
-        btype, blen = (hdr if endian == "<" else hdr_be).unpack_from(buf, off)
-        if btype == 6 and not careful:  # the common case, kept short; validated afterwards
-            nxt = _epb_run(buf, off, end, endian, epb)
-            if nxt != off:
-                off = nxt
-                continue
-        if btype == PCAPNG_SHB:
-            bom = bytes(buf[off + 8 : off + 12])
-            if bom == b"\x4d\x3c\x2b\x1a":
-                endian = "<"
-            elif bom == b"\x1a\x2b\x3c\x4d":
-                endian = ">"
-            else:
-                why = f"section header with bad byte-order magic {bom.hex()}"
-                off = _pcapng_damage(buf, rep, off, why, endian, resyncs)
-                resyncs += 1
-                if off < 0:
+    walker = _NgWalker(buf, rep, careful)
+    walker.walk()
+    walker.finish()
+    return walker.w
+
+
+class _NgWalker:
+    """The block walk of a pcapng file, resumable: :meth:`walk` goes on from where the
+    last call stopped, up to a file offset (a streamed read walks window after window,
+    the one-pass read the whole file at once), :meth:`finish` ends it. `w` collects the
+    packet blocks found (a streamed read takes them and starts `w` afresh after each
+    window); the sections and their interfaces are the walker's."""
+
+    def __init__(self, buf: Any, rep: ReadReport, careful: bool) -> None:
+        self.src = as_source(buf)
+        self.rep, self.careful = rep, careful
+        self.w = _NgWalk()
+        self.sections = self.w.sections
+        self.endian = "<"
+        self.ifaces: list[_Iface] = []
+        self.off = 0  # a file offset
+        self.resyncs = 0
+        self.stopped = False  # damage or truncation ended the walk
+        self.last_epb = -1  # offset of the last EPB found
+        self.last_epb_len = (0, 0)  # its length field read little- and big-endian
+        self.block_end = 0  # end of the last block taken (bytes_read of a careful walk)
+        self.ran_bad = False  # an EPB an unbounded run would have taken failed the checks
+        self.w_base = 0  # the file offset of `w`'s offsets (those of the window they were found in)
+
+    def new_window(self) -> _NgWalk:
+        """Start collecting packet blocks afresh (in the current section); returns those
+        collected so far (their offsets are the window's: add `w_base`)."""
+        old = self.w
+        self._take_last_epb(old)
+        self.w = _NgWalk(sections=self.sections)
+        self.w_base = self.src.base
+        if self.sections:
+            self.w.epb_sec.append((0, len(self.sections) - 1))
+        return old
+
+    def _take_last_epb(self, w: _NgWalk) -> None:
+        if len(w.epb):
+            last = w.epb.last()
+            buf = self.src.buf
+            self.last_epb = last + self.w_base
+            self.last_epb_len = (struct.unpack_from("<I", buf, last + 4)[0],
+                                 struct.unpack_from(">I", buf, last + 4)[0])
+
+    def walk(self, stop: int | None = None) -> None:
+        """Blocks from where the walk is, while they start before `stop` (a file offset;
+        None: to the end of the file). A block is taken whole, whatever `stop` cuts. A
+        file that inflates as it is read (:class:`.window.InflatingWindow`) is inflated as far as
+        a block or a resynchronisation needs, or :class:`NotStreamable` is raised when
+        that is more than MAX_LOOKAHEAD ahead (a damaged length)."""
+        if self.stopped:
+            return
+        src, rep, careful, w = self.src, self.rep, self.careful, self.w
+        base = src.base  # offsets here are the window's, reports the file's
+        self.w_base = base
+        if not src.done:
+            src.ensure(self.off + NG_AHEAD)
+        buf = src.buf
+        end = len(buf)  # the window's end; the file's once src.done
+        rel_stop = (base + end if stop is None else stop) - base
+        epb = w.epb
+        endian, ifaces, off, resyncs = self.endian, self.ifaces, self.off - base, self.resyncs
+        hdr = struct.Struct("<II")
+        hdr_be = struct.Struct(">II")
+
+        def need(n: int) -> int:
+            """Make the window reach a block of `n` bytes at `off` (or the file's end): its
+            end. A length no block can have is refused whatever follows: nothing to read."""
+            if src.done or off + n <= end or n < 12 or n & 3:
+                return end
+            if n > MAX_LOOKAHEAD:
+                raise NotStreamable(f"a length of {n:,} bytes at byte {off + base:,} (damaged?) reaches past the window")
+            return src.ensure(base + off + n) - base
+
+        def damage(why: str) -> int:
+            nonlocal end
+            if not src.done:
+                end = src.ensure(base + off + 4 + MAX_RESYNC_SCAN + MAX_LOOKAHEAD) - base
+            return _pcapng_damage(buf, rep, off, why, endian, resyncs, base, src.done)
+
+        try:
+            while True:
+                if not src.done and off + NG_AHEAD > end:
+                    end = src.ensure(base + off + NG_AHEAD) - base
+                if off + 12 > end:
                     break
-                continue
-            blen = struct.unpack_from(endian + "I", buf, off + 4)[0]
-            if not _block_ok(buf, off, blen, end, endian) or blen < 28:
-                off = _pcapng_damage(buf, rep, off, f"section header length {blen} invalid", endian, resyncs)
-                resyncs += 1
-                if off < 0:
-                    break
-                continue
-            ifaces = []
-            w.sections.append((endian, ifaces))
-            w.epb_sec.append((len(epb), len(w.sections) - 1))
-            rep.bytes_read = off + blen
-            off += blen
-            continue
-        if not w.sections:
-            _no_section(rep)
-        if not _block_ok(buf, off, blen, end, endian):
-            if off + blen > end and blen >= 12 and not blen & 3:
-                rep.warn(f"truncated at byte {off:,}: block of {blen} bytes cut short "
-                         f"({end - off} bytes left)")
-                break
-            off = _pcapng_damage(buf, rep, off, f"block type {btype:#x} with length {blen}", endian, resyncs)
-            resyncs += 1
+                if off >= rel_stop:
+                    return
+                btype, blen = (hdr if endian == "<" else hdr_be).unpack_from(buf, off)
+                if btype == 6 and not careful:  # the common case, kept short; validated afterwards
+                    nxt = _epb_run(buf, off, min(end, rel_stop), endian, epb)
+                    if nxt != off:
+                        off = nxt
+                        self.block_end = nxt + base
+                        continue
+                if btype == PCAPNG_SHB:
+                    bom = bytes(buf[off + 8 : off + 12])
+                    if bom == b"\x4d\x3c\x2b\x1a":
+                        endian = "<"
+                    elif bom == b"\x1a\x2b\x3c\x4d":
+                        endian = ">"
+                    else:
+                        off = damage(f"section header with bad byte-order magic {bom.hex()}")
+                        resyncs += 1
+                        if off < 0:
+                            break
+                        continue
+                    blen = struct.unpack_from(endian + "I", buf, off + 4)[0]
+                    end = need(blen)
+                    if not _block_ok(buf, off, blen, end, endian) or blen < 28:
+                        off = damage(f"section header length {blen} invalid")
+                        resyncs += 1
+                        if off < 0:
+                            break
+                        continue
+                    ifaces = []
+                    w.sections.append((endian, ifaces))
+                    w.epb_sec.append((len(epb), len(w.sections) - 1))
+                    rep.bytes_read = self.block_end = off + blen + base
+                    off += blen
+                    continue
+                if not w.sections:
+                    _no_section(rep)
+                end = need(blen)
+                if not _block_ok(buf, off, blen, end, endian):
+                    if btype == 6 and not careful and blen >= 32 and not blen & 3 and blen <= end - off:
+                        self.ran_bad = True  # cut from a run by `stop`: the one-pass run takes it
+                    if off + blen > end and blen >= 12 and not blen & 3:
+                        rep.warn(f"truncated at byte {off + base:,}: block of {blen} bytes cut short "
+                                 f"({end - off} bytes left)")
+                        break
+                    off = damage(f"block type {btype:#x} with length {blen}")
+                    resyncs += 1
+                    if off < 0:
+                        break
+                    continue
+                if btype == 6:
+                    cap = struct.unpack_from(endian + "I", buf, off + 20)[0] if blen >= 32 else blen
+                    if blen < 32 or cap > blen - 32:
+                        if not careful and blen >= 32:
+                            self.ran_bad = True  # as above
+                        off = damage(f"packet block captured length {cap} > block")
+                        resyncs += 1
+                        if off < 0:
+                            break
+                        continue
+                    epb.append(off)
+                elif btype == 1 and blen >= 20:
+                    lt, _res, snap = struct.unpack_from(endian + "HHI", buf, off + 8)
+                    iface = _Iface(linktype=lt, snaplen=snap)
+                    _idb_options(buf, off + 16, off + blen - 4, endian, iface)
+                    ifaces.append(iface)
+                elif btype == 3 and blen >= 16:
+                    olen = struct.unpack_from(endian + "I", buf, off + 8)[0]
+                    snap = ifaces[0].snaplen if ifaces else 0
+                    cap = min(olen, blen - 16, snap or olen)
+                    w.slow_pos.append(len(epb) + len(w.slow))
+                    w.slow.append((off + 12, cap, olen, 0, -1, -1))
+                    w.slow_sec.append(len(w.sections) - 1)
+                elif btype == 2 and blen >= 32:
+                    iid, _drops, tsh, tsl, cap, olen = struct.unpack_from(endian + "HHIIII", buf, off + 8)
+                    if cap > blen - 32:
+                        rep.skip("packet block with captured length beyond its block")
+                    else:
+                        w.slow_pos.append(len(epb) + len(w.slow))
+                        w.slow.append((off + 28, cap, olen, iid, tsh, tsl))
+                        w.slow_sec.append(len(w.sections) - 1)
+                else:
+                    name = BLOCK_NAMES.get(btype, f"type {btype:#x}")
+                    rep.other_blocks[name] = rep.other_blocks.get(name, 0) + 1
+                rep.bytes_read = self.block_end = off + blen + base
+                off += blen
+            if off >= 0 and end - off > 0 and off + 12 > end:
+                rep.warn(f"truncated at byte {off + base:,}: {end - off} stray bytes (a cut block header)")
+            self.stopped = True
+        finally:
+            self.endian, self.ifaces, self.off, self.resyncs = endian, ifaces, off + base, resyncs
             if off < 0:
-                break
-            continue
-        if btype == 6:
-            cap = struct.unpack_from(endian + "I", buf, off + 20)[0] if blen >= 32 else blen
-            if blen < 32 or cap > blen - 32:
-                off = _pcapng_damage(buf, rep, off, f"packet block captured length {cap} > block", endian,
-                                     resyncs)
-                resyncs += 1
-                if off < 0:
-                    break
-                continue
-            epb.append(off)
-        elif btype == 1 and blen >= 20:
-            lt, _res, snap = struct.unpack_from(endian + "HHI", buf, off + 8)
-            iface = _Iface(linktype=lt, snaplen=snap)
-            _idb_options(buf, off + 16, off + blen - 4, endian, iface)
-            ifaces.append(iface)
-        elif btype == 3 and blen >= 16:
-            olen = struct.unpack_from(endian + "I", buf, off + 8)[0]
-            snap = ifaces[0].snaplen if ifaces else 0
-            cap = min(olen, blen - 16, snap or olen)
-            w.slow_pos.append(len(epb) + len(w.slow))
-            w.slow.append((off + 12, cap, olen, 0, -1, -1))
-            w.slow_sec.append(len(w.sections) - 1)
-        elif btype == 2 and blen >= 32:
-            iid, _drops, tsh, tsl, cap, olen = struct.unpack_from(endian + "HHIIII", buf, off + 8)
-            if cap > blen - 32:
-                rep.skip("packet block with captured length beyond its block")
-            else:
-                w.slow_pos.append(len(epb) + len(w.slow))
-                w.slow.append((off + 28, cap, olen, iid, tsh, tsl))
-                w.slow_sec.append(len(w.sections) - 1)
-        else:
-            name = BLOCK_NAMES.get(btype, f"type {btype:#x}")
-            rep.other_blocks[name] = rep.other_blocks.get(name, 0) + 1
-        rep.bytes_read = off + blen
-        off += blen
-    else:
-        if end - off > 0:
-            rep.warn(f"truncated at byte {off:,}: {end - off} stray bytes (a cut block header)")
-    if not w.sections:
-        _no_section(rep)
-    if len(epb):
-        last = epb.last()
-        e = w.sections[-1][0]
-        rep.bytes_read = max(rep.bytes_read, min(end, last + struct.unpack_from(e + "I", buf, last + 4)[0]))
-    return w
+                self.stopped = True
+
+    def finish(self, end: int | None = None) -> None:
+        """The end of the walk: a file without a readable section is not a capture; how
+        far it was read counts the last EPB (trusted by a run, not checked one by one).
+        `end`: the file's size (an inflated one: known once inflated)."""
+        rep = self.rep
+        end = len(self.src.buf) + self.src.base if end is None else end
+        self.stopped = True
+        if not self.sections:
+            _no_section(rep)
+        self._take_last_epb(self.w)
+        if self.last_epb >= 0:
+            e = self.sections[-1][0]  # the last section's byte order, as the one-pass walk reads it
+            blen = self.last_epb_len[0 if e == "<" else 1]
+            rep.bytes_read = max(rep.bytes_read, min(end, self.last_epb + blen))
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """The walk's state, to walk a window again carefully (:meth:`restore`)."""
+        import copy
+
+        return (self.endian, self.off, self.resyncs, self.stopped, self.block_end, self.ran_bad, self.last_epb,
+                self.last_epb_len, [(e, list(ifs)) for e, ifs in self.sections], copy.deepcopy(self.rep.__dict__))
+
+    def restore(self, state: tuple[Any, ...], careful: bool) -> None:
+        (self.endian, self.off, self.resyncs, self.stopped, self.block_end, self.ran_bad, self.last_epb,
+         self.last_epb_len, sections, rep) = state
+        self.sections[:] = sections
+        self.ifaces = sections[-1][1] if sections else []
+        self.rep.__dict__.update(rep)
+        self.careful = careful
+        self.w = _NgWalk(sections=self.sections)
+        if self.sections:
+            self.w.epb_sec.append((0, len(self.sections) - 1))
 
 
 def _epb_run(buf: Any, off: int, end: int, endian: str, epb: _Offsets) -> int:
@@ -884,24 +1004,33 @@ def _block_ok(buf: Any, off: int, blen: int, end: int, endian: str) -> bool:
     return bool(struct.unpack_from(endian + "I", buf, off + blen - 4)[0] == blen)
 
 
-def _pcapng_damage(buf: Any, rep: ReadReport, off: int, why: str, endian: str, resyncs: int) -> int:
-    """Report damage at `off` and return where to continue (-1: stop)."""
+MAX_LOOKAHEAD = 64 << 20  # the most a streamed walk of an inflating file reads ahead for one block
+NG_AHEAD = 1 << 16  # what it keeps inflated past the block it is at
+
+
+def _pcapng_damage(buf: Any, rep: ReadReport, off: int, why: str, endian: str, resyncs: int, base: int = 0,
+                   whole: bool = True) -> int:
+    """Report damage at `off` and return where to continue (-1: stop). `buf` may be a
+    window of the file from file offset `base` (offsets here are the window's, reports
+    the file's) that does not reach its end (`whole` False)."""
     if resyncs >= MAX_RESYNCS:
-        rep.warn(f"gave up at byte {off:,} after {resyncs} resynchronisations ({why})")
+        rep.warn(f"gave up at byte {off + base:,} after {resyncs} resynchronisations ({why})")
         return -1
-    nxt = _resync_pcapng(buf, off + 4, len(buf), endian)
+    nxt = _resync_pcapng(buf, off + 4, len(buf), endian, whole)
     if nxt is None:
-        rep.warn(f"unreadable from byte {off:,} ({why}); no believable block after it")
+        rep.warn(f"unreadable from byte {off + base:,} ({why}); no believable block after it")
         return -1
     rep.garbage_bytes += nxt - off
-    rep.warn(f"skipped {nxt - off:,} damaged bytes at {off:,} ({why}); resynchronised")
+    rep.warn(f"skipped {nxt - off:,} damaged bytes at {off + base:,} ({why}); resynchronised")
     return nxt
 
 
-def _resync_pcapng(buf: Any, start: int, end: int, endian: str) -> int | None:
+def _resync_pcapng(buf: Any, start: int, end: int, endian: str, whole: bool = True) -> int | None:
     """Next 4-aligned-relative offset holding a known block type whose trailer repeats
     its length. Blocks are 4-byte multiples, so only offsets congruent to `start` mod 4
-    are real candidates — but damage may have shifted that, so all are tried."""
+    are real candidates — but damage may have shifted that, so all are tried. `whole`
+    False: `buf` ends before the file does; a candidate whose length reaches past it
+    cannot be told before a good one: :class:`NotStreamable`."""
     u32 = _u32_view(buf, endian)
     stop = min(end - 12, start + MAX_RESYNC_SCAN)
     pos = start
@@ -911,19 +1040,30 @@ def _resync_pcapng(buf: Any, start: int, end: int, endian: str) -> int | None:
         idx = np.arange(pos, hi, dtype=np.int64)
         t = u32[idx]
         ln = u32[idx + 4].astype(np.int64)
-        ok = np.isin(t, known) & (ln >= 12) & ((ln & 3) == 0) & (idx + ln <= end)
+        shape = np.isin(t, known) & (ln >= 12) & ((ln & 3) == 0)
+        ok = shape & (idx + ln <= end)
         cand = idx[ok]
+        first = None
         if cand.size:
             tail = u32[np.minimum(cand + u32[cand + 4].astype(np.int64) - 4, u32.size - 1)]
             good = cand[tail == u32[cand + 4]]
             if good.size:
-                return int(good[0])
+                first = int(good[0])
+        if not whole:
+            beyond = idx[shape & (idx + ln > end)]
+            if beyond.size and (first is None or int(beyond[0]) < first):
+                raise NotStreamable("a resynchronisation candidate whose length reaches past the window")
+        if first is not None:
+            return first
         pos = hi
     return None
 
 
-def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Frames | None:
-    """Frames from a walk; None when an EPB fails validation on a non-careful walk."""
+def _epb_fields(buf: Any, w: _NgWalk) -> tuple[np.ndarray, ...]:
+    """The EPBs of a walk: offsets, sections, and header fields read vectorised in each
+    section's byte order (interface, time high and low, captured and original length),
+    and which fail the checks a trusting run left out (captured length beyond the
+    block, a trailer that does not repeat the length)."""
     sections = w.sections
     n_epb = len(w.epb)
     offs = w.epb.array()
@@ -954,6 +1094,14 @@ def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Fram
         olen[sel] = u32[o + 24]
         tail[sel] = u32[np.clip(o + bl - 4, 0, u32.size - 1)]
     bad = (cap > blen - 32) | (tail != blen)
+    return offs, sec_of, iid, tsh, tsl, cap, olen, bad
+
+
+def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Frames | None:
+    """Frames from a walk; None when an EPB fails validation on a non-careful walk."""
+    sections = w.sections
+    n_epb = len(w.epb)
+    offs, sec_of, iid, tsh, tsl, cap, olen, bad = _epb_fields(buf, w)
     if bad.any():
         if not careful:
             return None
@@ -1046,3 +1194,164 @@ def _ffill(a: np.ndarray) -> np.ndarray:
     np.maximum.accumulate(idx, out=idx)
     out = a[idx]
     return np.where(np.isnan(out), 0.0, out)
+
+
+# --------------------------------------------------------------------------------------
+# pcapng in windows
+
+
+class NotStreamable(Exception):
+    """A streamed read cannot give the one-pass read's result here: the caller reads
+    the file in one pass."""
+
+
+@dataclass
+class _NgCarry:
+    """What the windows of a streamed pcapng read pass on to the next."""
+
+    frames: int = 0  # packet blocks before this window (frame numbers count them all)
+    last_ts: float = math.nan  # the last packet's time (an SPB, which has none, takes it)
+    records: int = 0
+    linktypes: dict[int, int] = field(default_factory=dict)
+    lost: int = 0  # packets for an interface their section never described
+    careful: bool = False  # a window was walked again carefully: the one-pass walk is careful
+
+
+def scan_pcapng(buf: Any, rep: ReadReport, window: int) -> Iterator[Frames]:
+    """The packet records of a pcapng file (memory-mapped: `buf`) window after window,
+    each a :class:`Frames` with the file's offsets, so that a reader can decode them and
+    give their pages back before the next window is walked. The records, frame numbers,
+    times, report, warnings and resynchronisation are those of :func:`_parse_pcapng`:
+    the same walk (:class:`_NgWalker`) goes on from window to window with its sections
+    and interfaces; a window whose trusting EPB run meets a block that fails the checks
+    is walked again carefully from its start, as the one-pass read walks the whole
+    file again carefully then (the walks agree up to the first such block). Raises
+    :class:`NotStreamable` for a packet that names an interface its section has not
+    described yet (an IDB may still come: the one-pass read looks at the whole file),
+    and :class:`~tcpreuse.errors.CaptureError` as the one-pass read does."""
+    src = as_source(buf)
+    rep.format = "pcapng"
+    walker = _NgWalker(src, rep, careful=False)
+    carry = _NgCarry()
+    while not walker.stopped:
+        state = walker.snapshot()
+        stop = walker.off + window
+        walker.walk(stop)
+        base = walker.w_base
+        w = walker.new_window()
+        if walker.ran_bad or (len(w.epb) and _epb_fields(src.buf, w)[-1].any()):
+            walker.restore(state, careful=True)
+            walker.walk(stop)
+            base = walker.w_base
+            w = walker.new_window()
+            walker.careful = False
+            carry.careful = True
+        fr = _ng_window_frames(src.buf, rep, walker, w, carry, base)
+        if len(fr):
+            yield fr
+    if carry.careful:
+        rep.bytes_read = walker.block_end  # as a careful walk counts it: every block taken
+    walker.finish(src.drain())
+    if carry.lost:
+        rep.skip("packet for an undeclared interface", carry.lost)
+        rep.warn(f"{carry.lost} packets refer to an interface with no description block; skipped")
+    rep.records = carry.records
+    for t in sorted(carry.linktypes):
+        rep.linktypes[t] = carry.linktypes[t]
+    src.finish(rep)
+
+
+def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, carry: _NgCarry,
+                      base: int = 0) -> Frames:
+    """:func:`_pcapng_frames` for the packet blocks of one window (all passed the checks),
+    whose offsets in `w` are those of `buf`, a window from file offset `base`; the
+    frames' offsets are the file's."""
+    sections = walker.sections
+    n_epb = len(w.epb)
+    offs, sec_of, iid, tsh, tsl, cap, olen, _bad = _epb_fields(buf, w)
+    slow = w.slow
+    n = n_epb + len(slow)
+    data_off = np.empty(n, dtype=np.int64)
+    caplen = np.empty(n, dtype=np.int64)
+    origlen = np.empty(n, dtype=np.int64)
+    iface = np.empty(n, dtype=np.int64)
+    ts_hi = np.empty(n, dtype=np.uint64)
+    ts_lo = np.empty(n, dtype=np.uint64)
+    has_ts = np.ones(n, dtype=bool)
+    section = np.empty(n, dtype=np.int64)
+    is_slow = np.zeros(n, dtype=bool)
+    if slow:
+        is_slow[np.asarray(w.slow_pos, dtype=np.int64)] = True
+    epb_slots = np.flatnonzero(~is_slow)
+    slow_slots = np.flatnonzero(is_slow)
+    data_off[epb_slots] = offs + 28
+    caplen[epb_slots] = cap
+    origlen[epb_slots] = olen
+    iface[epb_slots] = iid
+    ts_hi[epb_slots] = tsh
+    ts_lo[epb_slots] = tsl
+    section[epb_slots] = sec_of
+    if slow:
+        sl = np.asarray(slow, dtype=np.int64)
+        data_off[slow_slots] = sl[:, 0]
+        caplen[slow_slots] = sl[:, 1]
+        origlen[slow_slots] = sl[:, 2]
+        iface[slow_slots] = sl[:, 3]
+        has_ts[slow_slots] = sl[:, 4] >= 0
+        ts_hi[slow_slots] = np.maximum(sl[:, 4], 0).astype(np.uint64)
+        ts_lo[slow_slots] = np.maximum(sl[:, 5], 0).astype(np.uint64)
+        section[slow_slots] = np.asarray(w.slow_sec, dtype=np.int64)
+    frame = np.arange(carry.frames + 1, carry.frames + n + 1, dtype=np.int64)
+    carry.frames += n
+    first = np.zeros(len(sections) + 1, dtype=np.int64)  # each section's first interface in the tables
+    lt_tab: list[int] = []
+    div_tab: list[float] = []
+    off_tab: list[int] = []
+    for s, (_e, ifs) in enumerate(sections):
+        first[s + 1] = first[s] + len(ifs)
+        for f in ifs:
+            lt_tab.append(f.linktype)
+            div_tab.append(f.tsdiv)
+            off_tab.append(f.tsoffset)
+    n_if = np.diff(first)
+    known_if = (iface >= 0) & (iface < n_if[section]) if n else np.zeros(0, dtype=bool)
+    lost = ~known_if
+    if lost.any():
+        if not walker.stopped and (not lt_tab or (section[lost] == len(sections) - 1).any()):
+            raise NotStreamable("a packet for an interface its section has not described (yet)")
+        carry.lost += int(lost.sum())
+    gidx = np.where(known_if, first[section] + iface, 0)
+    lt = np.asarray(lt_tab or [0], dtype=np.int32)[gidx]
+    div = np.asarray(div_tab or [1e6], dtype=np.float64)[gidx]
+    tso = np.asarray(off_tab or [0], dtype=np.float64)[gidx]
+    units = (ts_hi << np.uint64(32)) | ts_lo
+    divu = div.astype(np.uint64)
+    whole = units // divu
+    secs = whole.astype(np.float64) + (units - whole * divu).astype(np.float64) / div
+    ts = np.where(has_ts, secs + tso, np.nan)
+    if n and not has_ts.all():  # an SPB takes the previous packet's time, of this window or the last
+        ts = _ffill(np.concatenate([[carry.last_ts], ts]))[1:]
+    if n:
+        carry.last_ts = float(ts[-1])
+    sel = np.flatnonzero(known_if)
+    carry.records += int(sel.size)
+    for t, c in zip(*np.unique(lt[sel], return_counts=True), strict=True):
+        carry.linktypes[int(t)] = carry.linktypes.get(int(t), 0) + int(c)
+    return Frames(buf=buf, data_off=data_off[sel] + base, caplen=caplen[sel], origlen=origlen[sel], ts=ts[sel],
+                  linktype=lt[sel], frame=frame[sel], report=rep)
+
+
+def pcapng_start_time(buf: Any) -> float:
+    """:func:`pcap_start_time` of a pcapng file (memory-mapped): the median time of its
+    first (up to) nine packet records, walked as the streamed read walks them; inf when
+    it has none or its walk cannot be streamed."""
+    times: list[float] = []
+    try:
+        for fr in scan_pcapng(as_source(buf), ReadReport(path=""), 1 << 20):
+            times += fr.ts[: 9 - len(times)].tolist()
+            if len(times) >= 9:
+                break
+    except (NotStreamable, CaptureError):
+        return float("inf")
+    times.sort()
+    return times[len(times) // 2] if times else float("inf")
