@@ -17,6 +17,7 @@ SYN-ACK). "client" and "server" in the output mean originator and responder.
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -48,7 +49,7 @@ class Attempts:
     Row order: by flow, then time. `is_attempt` marks segments that began with a SYN.
     """
 
-    cols: dict[str, np.ndarray] = field(default_factory=dict)
+    cols: MutableMapping[str, np.ndarray] = field(default_factory=dict)  # or a spill.ColumnStore
     history: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="S1"))  # Zeek history, bytes
 
     def __len__(self) -> int:

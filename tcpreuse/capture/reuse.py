@@ -201,15 +201,18 @@ def recycle_verdicts(a: Attempts) -> None:
     those writes and the SYNs of the same address pairs are replayed, in one order (by
     key, then time, writes first): the model's PeerCache (tcpreuse.model.recycle) in
     the numpy backend, one C pass in the C backend (tested against it)."""
+    a["tw_recycle"] = _recycle(a)  # set once made: a spilled column is written when set
+
+
+def _recycle(a: Attempts) -> np.ndarray:
     n = len(a)
     out = np.zeros(n, dtype=np.int8)
-    a["tw_recycle"] = out
     upd = np.flatnonzero(
         (a["tw_holder"] == W_RESP) & a["syn_has_ts"] & a["synack_has_ts"] & a["orig_ts_seen"]
         & ~np.isnan(a["t_tw_enter"])
     )
     if not upd.size:
-        return
+        return out
     # the SYNs to check: attempts a TIME_WAIT did not accept, of an address pair with a
     # write; pair ids (dense, in key order) of these rows and the writes only, which
     # order the pairs as ids over all rows would, without a sort of every row
@@ -224,7 +227,7 @@ def recycle_verdicts(a: Attempts) -> None:
         del pid_all
     del cand
     if not chk.size:
-        return
+        return out
     # writes and checks in one order: by key, then time (writes first at equal times,
     # then in capture order)
     upd = upd[capture_order(a["pkt_tw_enter"][upd])]
@@ -245,6 +248,7 @@ def recycle_verdicts(a: Attempts) -> None:
         order, m, key_all, a["orig_last_tsval"][upd].astype(np.int64),
         np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64), a["t_tw_enter"][upd].astype(np.int64),
         a["t_syn"][chk].astype(np.int64), a["syn_tsval"][chk].astype(np.int64), a["syn_has_ts"][chk])
+    return out
 
 
 def _recycle_checks_reference(order: np.ndarray, m: int, key: np.ndarray, w_ts: np.ndarray, w_stamp: np.ndarray,
