@@ -16,7 +16,9 @@ from helpers.captures import nat_two_clocks, windows_reuse
 from tcpreuse.capture import reuse, zeek
 from tcpreuse.capture.analysis import CaptureAnalysis, analyze_packets
 from tcpreuse.capture.decode import decode
+from tcpreuse.capture.flows import Attempts
 from tcpreuse.capture.formats import parse_frames
+from tcpreuse.capture.spill import ColumnStore
 from tcpreuse.capture.synth import Seg, frames_of, handshake, pcap_bytes
 from tcpreuse.diagnose.base import Evidence, diagnose
 
@@ -260,10 +262,15 @@ def tuple_reuse_reference(a: Any) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("which", ["windows", "nat", "mixed"])
-def test_tuple_reuse_slices_equal_the_gathering_form(which: str) -> None:
+@pytest.mark.parametrize("blocks", [None, (1, 1), (7, 2), (64, 5)])
+@pytest.mark.parametrize("spilled", [False, True])
+def test_tuple_reuse_slices_equal_the_gathering_form(which: str, blocks: tuple[int, int] | None, spilled: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Reused 4-tuples held by the client or the server, midstream segments, unanswered
     and refused attempts, 4-tuples seen from either side: the lean pass's columns are
-    those of the straightforward one, row for row (NaN where it has NaN)."""
+    those of the straightforward one, row for row (NaN where it has NaN) — with rows
+    taken a few at a time (a 4-tuple's segments cut between blocks, TIME_WAIT classes
+    met in several groups), and on a table kept in files (spill.ColumnStore)."""
     if which == "windows":
         segs = windows_reuse(n_conn=300, ports=40)
     elif which == "nat":
@@ -282,6 +289,19 @@ def test_tuple_reuse_slices_equal_the_gathering_form(which: str) -> None:
                                                                              "RA", 0, 6 + r)]
     a = analyse(segs).attempts
     ref = tuple_reuse_reference(a)
+    if blocks is not None or spilled:  # the pass again, in blocks and/or on the table in files
+        if blocks is not None:
+            monkeypatch.setattr(reuse, "REUSE_BLOCK", blocks[0])
+            monkeypatch.setattr(reuse, "TW_BLOCK", blocks[1])
+        if spilled:
+            store = ColumnStore()
+            for k, v in a.cols.items():
+                store[k] = v
+            a = Attempts(store, a.history)
+        for k in ref:
+            del a.cols[k]
+        reuse.tuple_reuse(a)
+        assert set(ref) <= set(a.cols) and isinstance(a.cols, ColumnStore) == spilled
     for k, v in ref.items():
         got = a[k]
         assert got.dtype == v.dtype, k

@@ -39,6 +39,7 @@ from ..model.timewait import (
 )
 from . import backend
 from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, distinct, time_order
+from .spill import column_writer
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
 V_NONE, V_ACCEPT, V_ACK_OLD, V_PAWS, V_RST, V_DROP = range(6)
@@ -47,42 +48,79 @@ RC_NONE, RC_DROP, RC_DROP_4X = RC_KEEP, RC_SYN_DROP, RC_SYN_DROP_TSLESS  # the m
 PREV_TW = ("", "client", "server")
 
 
+REUSE_BLOCK = 1 << 20  # rows compared with the rows before them at once
+TW_BLOCK = 1 << 18  # SYNs on a server TIME_WAIT whose model inputs are built at once
+
+
 def tuple_reuse(a: Attempts) -> None:
     """Adds: prev (index of the previous segment on the 4-tuple, -1), reuse_age_s,
     prev_tw (who held TIME_WAIT from it, in this attempt's roles), tw_verdict.
 
     A 4-tuple's segments are consecutive rows (flow order), so a segment's previous one
-    is the row before it: each row is compared with the one before through slices
-    (views), and the temporaries are one byte per row (booleans) but for one float
-    column — a few times less memory than gathering the previous rows' columns, which
-    matters at tens of millions of attempts (``tuple_reuse_reference`` in the tests is
-    the gathering form; they agree)."""
+    is the row before it: rows are compared with the rows before them REUSE_BLOCK at a
+    time, through slices (views), and each block's columns are written out
+    (:func:`.spill.column_writer`) before the next: the temporaries are a block's, not
+    the table's, and a table in files (:class:`.spill.ColumnStore`) is read a block at a
+    time (``tuple_reuse_reference`` in the tests is the gathering form over all rows;
+    they agree)."""
     n = len(a)
-    prev = np.arange(-1, n - 1, dtype=np.int64)
-    age = np.full(n, np.nan)
-    prev_tw = np.zeros(n, dtype=np.int8)
-    if n > 1:
-        same = a["flow"][1:] == a["flow"][:-1]  # row i + 1 follows row i on its 4-tuple
-        prev[1:][~same] = -1
-        t_syn = a["t_syn"][1:]
-        t_new = np.where(np.isnan(t_syn), a["t_start"][1:], t_syn)
-        np.subtract(t_new, a["t_end"][:-1], out=t_new)
-        np.copyto(age[1:], t_new, where=same)
-        del t_new
-        holder = np.where(same, a["tw_holder"][:-1], W_NONE)
-        orig, oport = a["orig"], a["orig_port"]
-        # the previous connection's holder (its originator or responder) is this attempt's client?
-        h_is_client = np.where(holder == W_ORIG, (orig[:-1] == orig[1:]) & (oport[:-1] == oport[1:]),
-                               (a["resp"][:-1] == orig[1:]) & (a["resp_port"][:-1] == oport[1:]))
-        prev_tw[1:] = np.where(holder == W_NONE, 0, np.where(h_is_client, 1, 2))
-        del holder, h_is_client
-    a["prev"] = prev
-    a["reuse_age_s"] = age
-    a["prev_tw"] = prev_tw
-    a["tw_verdict"] = _tw_verdicts(a, prev, age, prev_tw)
+    out = {k: column_writer(a.cols, k, n, dt) for k, dt in
+           (("prev", np.int64), ("reuse_age_s", np.float64), ("prev_tw", np.int8), ("tw_verdict", np.int8))}
+    known: dict[int, int] = {}  # TIME_WAIT input class -> verdict, over all blocks
+    for s in range(0, n, REUSE_BLOCK):
+        e = min(n, s + REUSE_BLOCK)
+        prev, age, prev_tw, same_client = _reuse_block(a, s, e)
+        out["prev"].put(prev)
+        out["reuse_age_s"].put(age)
+        out["prev_tw"].put(prev_tw)
+        out["tw_verdict"].put(_tw_verdicts(a, s, prev, same_client, known))
+    for w in out.values():
+        w.done()
 
 
-TW_BLOCK = 1 << 18  # SYNs on a server TIME_WAIT whose model inputs are built at once
+def _reuse_block(a: Attempts, s: int, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """prev, reuse_age_s, prev_tw of rows s..e-1, and which of them are SYNs of the same
+    client on a 4-tuple whose server held TIME_WAIT for less than TCP_TIMEWAIT_LEN."""
+    m = e - s
+    prev = np.arange(s - 1, e - 1, dtype=np.int64)
+    age = np.full(m, np.nan)
+    prev_tw = np.zeros(m, dtype=np.int8)
+    same_client = np.zeros(m, dtype=bool)
+    lo = max(s - 1, 0)
+    off = lo + 1 - s  # rows [off, m) have a row before them: pairs (lo + k, lo + k + 1)
+    if e - lo < 2:
+        prev[:] = -1
+        return prev, age, prev_tw, same_client
+
+    def pair(k: str) -> tuple[np.ndarray, np.ndarray]:
+        c = a[k]
+        return c[lo:e - 1], c[lo + 1:e]
+
+    f0, f1 = pair("flow")
+    same = f1 == f0  # the row follows the one before it on its 4-tuple
+    del f0, f1
+    prev[:off] = -1
+    prev[off:][~same] = -1
+    t_syn = a["t_syn"][lo + 1:e]
+    t_new = np.where(np.isnan(t_syn), a["t_start"][lo + 1:e], t_syn)
+    del t_syn
+    np.subtract(t_new, a["t_end"][lo:e - 1], out=t_new)
+    np.copyto(age[off:], t_new, where=same)
+    del t_new
+    holder = np.where(same, a["tw_holder"][lo:e - 1], W_NONE)
+    o0, o1 = pair("orig")
+    p0, p1 = pair("orig_port")
+    client_kept = (o0 == o1) & (p0 == p1)  # the previous connection's originator is this one's
+    # the previous connection's holder (its originator or responder) is this attempt's client?
+    h_is_client = np.where(holder == W_ORIG, client_kept,
+                           (a["resp"][lo:e - 1] == o1) & (a["resp_port"][lo:e - 1] == p1))
+    del o0, o1, p0, p1
+    prev_tw[off:] = np.where(holder == W_NONE, 0, np.where(h_is_client, 1, 2))
+    del holder, h_is_client
+    a_age = age[off:]
+    same_client[off:] = (same & client_kept & (prev_tw[off:] == 2) & (a_age < TCP_TIMEWAIT_LEN)
+                         & (a_age >= 0) & a["is_attempt"][lo + 1:e])
+    return prev, age, prev_tw, same_client
 
 
 def _s32(x: np.ndarray) -> np.ndarray:
@@ -91,8 +129,10 @@ def _s32(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0x80000000, x - 0x100000000, x)
 
 
-def _tw_verdicts(a: Attempts, prev: np.ndarray, age: np.ndarray, prev_tw: np.ndarray) -> np.ndarray:
-    """tcp_timewait_state_process() for every SYN that met a server TIME_WAIT.
+def _tw_verdicts(a: Attempts, s: int, prev: np.ndarray, same_client: np.ndarray,
+                 known: dict[int, int]) -> np.ndarray:
+    """tcp_timewait_state_process() for every SYN that met a server TIME_WAIT, of the
+    block of rows from `s` (`prev` and `same_client` are the block's).
 
     The model is called once per *equivalence class* of inputs: for a SYN in the
     TIME_WAIT substate the function reads only whether the SYN's TSval is parsed
@@ -100,25 +140,14 @@ def _tw_verdicts(a: Attempts, prev: np.ndarray, age: np.ndarray, prev_tw: np.nda
     s32(tw_ts_recent - tsval), whether ts_recent is 0, whether the 24-day PAWS limit
     passed, and where the SYN's sequence number lies relative to tw_rcv_nxt (after,
     equal, before). Every SYN of a class gets the verdict the model gives the class's
-    first member (of the first block of TW_BLOCK SYNs the class appears in), called
-    with that member's real values (tests check this equals a call per SYN)."""
-    n = len(a)
-    out = np.zeros(n, dtype=np.int8)
-    if n < 2:
-        return out
-    # prev is the row before (tuple_reuse): compare through slices, one byte per row
-    orig, oport = a["orig"], a["orig_port"]
-    same_client = (prev[1:] >= 0) & (orig[:-1] == orig[1:]) & (oport[:-1] == oport[1:])
-    same_client &= (prev_tw[1:] == 2) & (age[1:] < TCP_TIMEWAIT_LEN) & (age[1:] >= 0)
-    same_client &= a["is_attempt"][1:]
-    cand = np.flatnonzero(same_client) + 1
-    del same_client
-    if not cand.size:
-        return out
-    known: dict[int, int] = {}  # class -> verdict
-    for b in range(0, cand.size, TW_BLOCK):  # the inputs in blocks: their temporaries stay small
+    first member (of the first group of TW_BLOCK SYNs the class appears in; `known`
+    keeps them over the blocks), called with that member's real values (tests check
+    this equals a call per SYN)."""
+    out = np.zeros(prev.size, dtype=np.int8)
+    cand = np.flatnonzero(same_client)
+    for b in range(0, cand.size, TW_BLOCK):  # the inputs in groups: their temporaries stay small
         c = cand[b:b + TW_BLOCK]
-        inp = _tw_inputs(a, prev[c], c)
+        inp = _tw_inputs(a, prev[c], c + s)
         sig = _tw_signature(inp)
         classes, first_idx, inv = np.unique(sig, return_index=True, return_inverse=True)
         for k, i in zip(classes.tolist(), first_idx.tolist(), strict=True):

@@ -90,6 +90,14 @@ class ColumnStore(MutableMapping[str, np.ndarray]):
     def __len__(self) -> int:
         return len(self._cols)
 
+    def rename(self, old: str, new: str) -> None:
+        """Column `old` becomes `new` (replacing a column of that name, and taking its place)."""
+        if new in self._cols:
+            self._cols[new][2].unlink(missing_ok=True)
+            self._cols[new] = self._cols.pop(old)
+        else:
+            self._cols[new] = self._cols.pop(old)
+
     def dtype(self, k: str) -> np.dtype:
         return self._cols[k][0]
 
@@ -104,3 +112,45 @@ class ColumnStore(MutableMapping[str, np.ndarray]):
         """Delete the files (arrays still mapping them keep their pages)."""
         self._cols.clear()
         self._tmp.cleanup()
+
+
+class ColumnWriter:
+    """A column of `n` rows made in pieces, in order (:meth:`put`), then set (:meth:`done`):
+    in a :class:`ColumnStore`, appended to a file as they come; in a dict, copied into
+    one array (the pieces are let go as they are put)."""
+
+    def __init__(self, cols: MutableMapping[str, np.ndarray], k: str, n: int, dtype: type | np.dtype) -> None:
+        self.cols, self.k, self.n, self.dtype = cols, k, n, np.dtype(dtype)
+        self.at = 0
+        self.arr: np.ndarray | None = None
+        if isinstance(cols, ColumnStore):
+            self.tmp = f"{k}~"
+            cols.pop(self.tmp, None)
+            cols.append(self.tmp, np.zeros(0, dtype=self.dtype))
+        else:
+            self.arr = np.empty(n, dtype=self.dtype)
+
+    def put(self, v: np.ndarray) -> None:
+        v = np.asarray(v, dtype=self.dtype)
+        if self.at + v.size > self.n:
+            raise ValueError(f"column {self.k}: more than {self.n} rows")
+        if self.arr is not None:
+            self.arr[self.at:self.at + v.size] = v
+        else:
+            assert isinstance(self.cols, ColumnStore)
+            self.cols.append(self.tmp, v)
+        self.at += v.size
+
+    def done(self) -> None:
+        if self.at != self.n:
+            raise ValueError(f"column {self.k}: {self.at} rows of {self.n} made")
+        if self.arr is not None:
+            self.cols[self.k] = self.arr
+            self.arr = None
+        else:
+            assert isinstance(self.cols, ColumnStore)
+            self.cols.rename(self.tmp, self.k)
+
+
+def column_writer(cols: MutableMapping[str, np.ndarray], k: str, n: int, dtype: type | np.dtype) -> ColumnWriter:
+    return ColumnWriter(cols, k, n, dtype)
