@@ -94,9 +94,11 @@ class CaptureAnalysis:
         cache = self.__dict__.setdefault("_keys", {})
         if not cache:
             a = self.attempts
-            if len(a):
-                for k in flows.distinct(np.concatenate([a["orig"], a["resp"]])).tolist():
-                    cache[self.addr(int(k))] = int(k)
+            keys = np.zeros(0, dtype=np.uint64)
+            for sl in flows.row_blocks(len(a)):
+                keys = flows.distinct(np.concatenate([keys, a["orig"][sl], a["resp"][sl]]))
+            for k in keys.tolist():
+                cache[self.addr(int(k))] = int(k)
         return cache.get(addr)
 
     @property
@@ -111,27 +113,54 @@ class CaptureAnalysis:
         return np.asarray(self.attempts["is_attempt"])
 
     def counts(self) -> dict[str, Any]:
+        """Counts over the attempt table, read ROW_BLOCK rows at a time."""
         a = self.attempts
-        m = self.attempt_mask()
-        n = int(m.sum())
+        sums = dict.fromkeys(("attempts", "established", "syn_retried", "syn_retransmissions", "reused",
+                              "reused_server_timewait"), 0)
+        bins = {"conn_state": np.zeros(len(CONN_STATES), dtype=np.int64),
+                "conn_state_midstream": np.zeros(len(CONN_STATES), dtype=np.int64)}
+        voc = {"answer": ANSWERS, "tw_verdict": TW_VERDICTS, "tw_recycle": RECYCLE, "closed_by": WHO, "close": CLOSES}
+        for col, names in voc.items():
+            bins[col] = np.zeros(len(names), dtype=np.int64)
 
-        def cnt(col: str, names: tuple[str, ...], mask: np.ndarray = m) -> dict[str, int]:
-            b = np.bincount(a[col][mask].astype(np.int64), minlength=len(names))
-            return {names[i]: int(c) for i, c in enumerate(b) if c and names[i]}
+        def add(key: str, codes: np.ndarray) -> None:
+            b = np.bincount(codes.astype(np.int64), minlength=bins[key].size)
+            if b.size > bins[key].size:  # a code past the names: kept, as one pass counts it
+                bins[key] = np.r_[bins[key], np.zeros(b.size - bins[key].size, dtype=np.int64)]
+            bins[key] += b
 
+        for sl in flows.row_blocks(len(a)):
+            m = np.asarray(a["is_attempt"][sl])
+            sums["attempts"] += int(m.sum())
+            sums["established"] += int(a["established"][sl][m].sum())
+            add("conn_state", a["conn_state"][sl][m])
+            add("conn_state_midstream", a["conn_state"][sl][~m])
+            for col in voc:
+                add(col, a[col][sl][m])
+            n_syn = a["n_syn"][sl][m].astype(np.int64)
+            sums["syn_retried"] += int((n_syn > 1).sum())  # attempts that sent their SYN more than once
+            sums["syn_retransmissions"] += int(np.maximum(n_syn - 1, 0).sum())  # SYN packets
+            del n_syn
+            sums["reused"] += int((a["prev"][sl][m] >= 0).sum())
+            sums["reused_server_timewait"] += int(((a["prev_tw"][sl][m] == 2) & (a["reuse_age_s"][sl][m] < 60)).sum())
+
+        def cnt(key: str, names: tuple[str, ...]) -> dict[str, int]:
+            return {names[i]: int(c) for i, c in enumerate(bins[key].tolist()) if c and names[i]}
+
+        n = sums["attempts"]
         return {
             "packets": self.packets,
             "segments": len(a),
             "attempts": n,
             "midstream": len(a) - n,
-            "established": int(a["established"][m].sum()),
+            "established": sums["established"],
             "conn_state": cnt("conn_state", CONN_STATES),
-            "conn_state_midstream": cnt("conn_state", CONN_STATES, ~m),
+            "conn_state_midstream": cnt("conn_state_midstream", CONN_STATES),
             "answer": cnt("answer", ANSWERS),
-            "syn_retried": int((a["n_syn"][m] > 1).sum()),  # attempts that sent their SYN more than once
-            "syn_retransmissions": int(np.maximum(a["n_syn"][m].astype(np.int64) - 1, 0).sum()),  # SYN packets
-            "reused": int((a["prev"][m] >= 0).sum()),
-            "reused_server_timewait": int(((a["prev_tw"][m] == 2) & (a["reuse_age_s"][m] < 60)).sum()),
+            "syn_retried": sums["syn_retried"],
+            "syn_retransmissions": sums["syn_retransmissions"],
+            "reused": sums["reused"],
+            "reused_server_timewait": sums["reused_server_timewait"],
             "tw_verdict": cnt("tw_verdict", TW_VERDICTS),
             "tw_recycle": cnt("tw_recycle", RECYCLE),
             "closed_by": cnt("closed_by", WHO),

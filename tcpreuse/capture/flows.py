@@ -17,7 +17,7 @@ SYN-ACK). "client" and "server" in the output mean originator and responder.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -66,6 +66,18 @@ class Attempts:
 
     def history_str(self) -> list[str]:
         return [b.decode("ascii") for b in self.history.tolist()]
+
+
+ROW_BLOCK = 1 << 20  # attempt rows a pass over the whole table (counts, statistics) reads at once
+
+
+def row_blocks(n: int, step: int | None = None) -> Iterator[slice]:
+    """Slices of rows 0..n-1, ROW_BLOCK (or `step`) at a time: a pass that reads the
+    attempt table block by block holds a block's temporaries, and of a table in files
+    (spill.ColumnStore) only a block's pages."""
+    step = step or ROW_BLOCK
+    for s in range(0, n, step):
+        yield slice(s, min(n, s + step))
 
 
 def distinct(a: np.ndarray) -> np.ndarray:

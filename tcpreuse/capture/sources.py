@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .flows import ANSWERS, Attempts, capture_order, distinct, median, time_order
+from .flows import ANSWERS, Attempts, capture_order, distinct, median, row_blocks, time_order
 from .zeek import CONN_STATES
 
 TS_RATES = (1000.0, 250.0, 100.0, 300.0, 1024.0, 10.0, 1_000_000.0)
@@ -394,34 +394,64 @@ def _ts_note(s: SourceStats) -> str:
 
 
 def server_stats(a: Attempts, addr: Any) -> list[ServerStats]:
-    att = np.flatnonzero(a["is_attempt"])
-    if not att.size:
-        return []
-    key = a["resp"][att].astype(np.uint64) << np.uint64(16) | a["resp_port"][att].astype(np.uint64)
-    keys, inv = np.unique(key, return_inverse=True)
-    inv = inv.ravel()
-    grp = np.argsort(inv, kind="stable")
-    bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=keys.size))]
-    out = []
-    for i, k in enumerate(keys.tolist()):
-        r = att[grp[bounds[i]:bounds[i + 1]]]
-        an = a["answer"][r]
-        t_ok = a["t_synack"][r]
+    """Stats per server (address, port), busiest first: counts, the first and last
+    answer, distinct clients — aggregates, so the table is read ROW_BLOCK rows at a time."""
+    cnt_names = ("attempts", "answered", "refused", "old_ack", "unanswered", "syn_retried", "synack_retransmits",
+                 "established")
+    keys = np.zeros(0, dtype=np.uint64)
+    cnt = np.zeros((len(cnt_names), 0), dtype=np.int64)
+    t_first = np.zeros(0)
+    t_last = np.zeros(0)
+    clients: dict[int, np.ndarray] = {}
+    for sl in row_blocks(len(a)):
+        m = np.flatnonzero(a["is_attempt"][sl])
+        if not m.size:
+            continue
+        key = a["resp"][sl][m].astype(np.uint64) << np.uint64(16) | a["resp_port"][sl][m].astype(np.uint64)
+        bk, inv = np.unique(key, return_inverse=True)
+        del key
+        inv = inv.ravel()
+        new = np.union1d(keys, bk)  # the keys so far and this block's, sorted
+        if new.size > keys.size:  # widen the tallies to the new keys
+            at = np.searchsorted(new, keys)
+            grow = np.zeros((len(cnt_names), new.size), dtype=np.int64)
+            grow[:, at] = cnt
+            f, la = np.full(new.size, np.inf), np.full(new.size, -np.inf)
+            f[at], la[at] = t_first, t_last
+            keys, cnt, t_first, t_last = new, grow, f, la
+        g = np.searchsorted(keys, bk)[inv]  # each row's server
+        k = keys.size
+        an = a["answer"][sl][m]
+        t_ok = a["t_synack"][sl][m]
         ok = ~np.isnan(t_ok)
+        for j, sel in enumerate((None, ok, an == ANSWERS.index("rst"), an == ANSWERS.index("old_ack"),
+                                 an == ANSWERS.index("none"), a["n_syn"][sl][m] > 1, a["n_synack"][sl][m] > 1,
+                                 a["established"][sl][m])):
+            cnt[j] += np.bincount(g if sel is None else g[sel], minlength=k)
+        np.minimum.at(t_first, g[ok], t_ok[ok])
+        np.maximum.at(t_last, g[ok], t_ok[ok])
+        del an, t_ok, ok
+        orig = a["orig"][sl][m]
+        o = np.lexsort((orig, g))
+        go, oo = g[o], orig[o]
+        first = np.r_[True, (go[1:] != go[:-1]) | (oo[1:] != oo[:-1])]
+        go, oo = go[first], oo[first]
+        starts = np.flatnonzero(np.r_[True, go[1:] != go[:-1]])
+        for gi, part in zip(go[starts].tolist(), np.split(oo, starts[1:]), strict=True):
+            kk = int(keys[gi])
+            have = clients.get(kk)
+            clients[kk] = part if have is None else np.union1d(have, part)
+    out = []
+    for i, kk in enumerate(keys.tolist()):
+        c = {name: int(cnt[j, i]) for j, name in enumerate(cnt_names)}
+        answered = c["answered"] > 0
         out.append(ServerStats(
-            addr=addr(k >> 16),
-            port=k & 0xFFFF,
-            attempts=int(r.size),
-            clients=int(distinct(a["orig"][r]).size),
-            answered=int(ok.sum()),
-            refused=int((an == ANSWERS.index("rst")).sum()),
-            old_ack=int((an == ANSWERS.index("old_ack")).sum()),
-            unanswered=int((an == ANSWERS.index("none")).sum()),
-            syn_retried=int((a["n_syn"][r] > 1).sum()),
-            synack_retransmits=int((a["n_synack"][r] > 1).sum()),
-            established=int(a["established"][r].sum()),
-            first_answered_t=float(np.nanmin(t_ok)) if ok.any() else None,
-            last_answered_t=float(np.nanmax(t_ok)) if ok.any() else None,
+            addr=addr(kk >> 16),
+            port=kk & 0xFFFF,
+            clients=int(clients[kk].size),
+            first_answered_t=float(t_first[i]) if answered else None,
+            last_answered_t=float(t_last[i]) if answered else None,
+            **c,
         ))
     out.sort(key=lambda s: -s.attempts)
     return out
