@@ -250,14 +250,16 @@ def peak_rate(t: np.ndarray, mean: float) -> float:
     (a window as long as the capture when it is shorter, so that the peak of a 0.4 s
     capture is its rate, not the count of a calendar second). The mean counts the span
     between the first and last attempt, which a window may not reach at the edges of a
-    sparse capture; the peak is then the mean."""
+    sparse capture; the peak is then the mean. (Windows looked up ROW_BLOCK at a time.)"""
     if t.size == 0:
         return 0.0
     ts = np.sort(t)
     span = float(ts[-1] - ts[0])
     w = min(1.0, span) if span > 0 else 1.0
-    ends = np.searchsorted(ts, ts + w, side="right")
-    best = int((ends - np.arange(ts.size)).max())
+    best = 0
+    for sl in row_blocks(ts.size):
+        ends = np.searchsorted(ts, ts[sl] + w, side="right")
+        best = max(best, int((ends - np.arange(sl.start, sl.stop)).max()))
     return round(max(best / w, mean), 3)
 
 
@@ -297,42 +299,68 @@ def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
 
 
 def source_stats(a: Attempts, addr: Any) -> list[SourceStats]:
-    """Stats per client address, busiest first. `addr(key) -> str` formats addresses."""
-    att = np.flatnonzero(a["is_attempt"])
-    if not att.size:
+    """Stats per client address, busiest first. `addr(key) -> str` formats addresses.
+
+    The attempts are grouped by client ROW_BLOCK rows at a time (row numbers only, in
+    32 bits when they fit); each client's rows are then put in capture order (equal SYN
+    times keep the order they were captured in) and analysed by themselves, so what is
+    held at once is one client's rows and their temporaries."""
+    n = len(a)
+    idx = np.int32 if n < (1 << 31) else np.int64
+    parts: dict[int, list[np.ndarray]] = {}
+    for sl in row_blocks(n):
+        m = np.flatnonzero(a["is_attempt"][sl])
+        if not m.size:
+            continue
+        src = a["orig"][sl][m]
+        bk, inv = np.unique(src, return_inverse=True)
+        del src
+        inv = inv.ravel()
+        o = np.argsort(inv, kind="stable")
+        bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=bk.size))]
+        rows = (m[o] + sl.start).astype(idx)
+        del m, o, inv
+        for i, k in enumerate(bk.tolist()):
+            parts.setdefault(k, []).append(rows[bounds[i]:bounds[i + 1]].copy())
+        del rows
+    if not parts:
         return []
-    att = att[capture_order(a["pkt"][att])]  # equal SYN times keep the order they were captured in
-    src = a["orig"][att]
-    keys, inv, cnt = np.unique(src, return_inverse=True, return_counts=True)
-    inv = inv.ravel()
-    order = np.argsort(-cnt, kind="stable")
-    # group rows by source once
-    grp = np.argsort(inv, kind="stable")
-    bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=keys.size))]
+    keys = sorted(parts)
+    cnt = [sum(p.size for p in parts[k]) for k in keys]
+    order = sorted(range(len(keys)), key=lambda i: -cnt[i])  # busiest first, then by key
     out: list[SourceStats] = []
-    for rank, k in enumerate(order.tolist()):
-        rows = att[grp[bounds[k]:bounds[k + 1]]]
+    for rank, i in enumerate(order):
+        pl = parts.pop(keys[i])
+        rows = pl[0] if len(pl) == 1 else np.concatenate(pl)
+        del pl
+        rows = rows[capture_order(a["pkt"][rows])]
         out.append(_one_source(a, rows, addr, detail=rank < DETAIL_LIMIT and rows.size >= DETAIL_MIN))
+        del rows
     return out
 
 
 def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> SourceStats:
+    """One client's statistics from its attempt rows (capture order); each column is
+    read for these rows when needed and let go after."""
     t = a["t_syn"][rows]
     n = rows.size
     t0, t1 = float(t.min()), float(t.max())
     span = t1 - t0
     peak = peak_rate(t, n / span if span > 0 else float(n))
+    retried = a["n_syn"][rows] > 1
+    gap = (a["t_syn2"][rows[retried]] - t[retried]) * 1000
+    del t
     has_ts = a["syn_has_ts"][rows]
+    n_ts = int(has_ts.sum())
     age = a["reuse_age_s"][rows]
     server_tw = (a["prev_tw"][rows] == 2) & (age < 60)
-    retried = a["n_syn"][rows] > 1
-    gap = (a["t_syn2"][rows] - t)[retried] * 1000
+    del age
     s = SourceStats(
         addr=addr(a["orig"][rows[0]]),
         attempts=int(n),
         servers=int(distinct(a["resp"][rows]).size),
-        syn_with_ts=int(has_ts.sum()),
-        syn_without_ts=int(n - has_ts.sum()),
+        syn_with_ts=n_ts,
+        syn_without_ts=int(n - n_ts),
         rate_per_s=round(n / span, 3) if span > 0 else float(n),
         peak_per_s=peak,
         span_s=round(span, 3),
@@ -343,16 +371,22 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
         syn_retried=int(retried.sum()),
         first_retry_ms_median=round(median(gap), 1) if gap.size else None,
     )
+    del server_tw, retried, gap
     if not detail:
         return s
     # timestamp clocks per server address: the pair with separating evidence, else the most clocks
     tsr = rows[has_ts]
+    del has_ts
     if tsr.size:
         best: ClockFit | None = None
-        for dst in distinct(a["resp"][tsr]).tolist():
-            r = tsr[a["resp"][tsr] == dst]
+        resp = a["resp"][tsr]
+        pairs = [(dst, tsr[resp == dst]) for dst in distinct(resp).tolist()]
+        del resp, tsr
+        while pairs:
+            _dst, r = pairs.pop(0)
             tup = a["orig_port"][r].astype(np.int64) << 16 | a["resp_port"][r].astype(np.int64)
             fit = clock_fit(a["t_syn"][r], a["syn_tsval"][r], tup)
+            del tup, r
             if best is None or (fit.nat, fit.clocks) > (best.nat, best.clocks):
                 best = fit
         assert best is not None
@@ -361,16 +395,20 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
         s.ts_nat, s.ts_evidence = best.nat, best.why
         s.ts_shared_clocks, s.ts_reconnects, s.ts_off_clock = best.shared, best.steps, best.off_clock
         s.ts_note = _ts_note(s)
+    else:
+        del tsr
     # port patterns per destination
     dkey = a["resp"][rows].astype(np.uint64) << np.uint64(16) | a["resp_port"][rows].astype(np.uint64)
-    for dk in distinct(dkey).tolist():
-        r = rows[dkey == dk]
+    dests = [(dk, rows[dkey == dk]) for dk in distinct(dkey).tolist()]
+    del dkey
+    while dests:
+        dk, r = dests.pop(0)
         if r.size < DETAIL_MIN:
             continue
-        o = time_order(a["t_syn"][r])
-        r = r[o]
+        r = r[time_order(a["t_syn"][r])]
         dest = f"{addr(dk >> 16)}:{dk & 0xFFFF}"
         s.ports.append(_port_pattern(dest, a["t_syn"][r], a["orig_port"][r].astype(np.int64)))
+        del r
     s.ports.sort(key=lambda p: -p.attempts)
     del s.ports[5:]
     return s
@@ -419,7 +457,7 @@ def server_stats(a: Attempts, addr: Any) -> list[ServerStats]:
             f, la = np.full(new.size, np.inf), np.full(new.size, -np.inf)
             f[at], la[at] = t_first, t_last
             keys, cnt, t_first, t_last = new, grow, f, la
-        g = np.searchsorted(keys, bk)[inv]  # each row's server
+        g = np.asarray(np.searchsorted(keys, bk))[inv]  # each row's server
         k = keys.size
         an = a["answer"][sl][m]
         t_ok = a["t_synack"][sl][m]
