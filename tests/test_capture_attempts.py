@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers.captures import nat_two_clocks, windows_reuse
 
-from tcpreuse.capture import reuse, zeek
+from tcpreuse.capture import backend, reuse, zeek
 from tcpreuse.capture.analysis import CaptureAnalysis, analyze_packets
 from tcpreuse.capture.decode import decode
 from tcpreuse.capture.flows import Attempts
@@ -338,10 +338,15 @@ def recycle_reference(a: Any) -> np.ndarray:
 
 
 @pytest.mark.parametrize("v6", [False, True])
-def test_recycle_replay_on_selected_pairs_equals_all_rows(v6: bool) -> None:
+@pytest.mark.parametrize("window", [None, 1, 4, 25])
+@pytest.mark.parametrize("c_ext", [True, False], ids=["C", "reference"])
+def test_recycle_replay_on_selected_pairs_equals_all_rows(v6: bool, window: int | None, c_ext: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Two clocks behind one NAT address (drops), beside other clients and servers and
     IPv6 pairs (address keys past 32 bits): picking the SYNs by pair key and numbering
-    only their pairs gives the verdicts of numbering every row's pair."""
+    only their pairs gives the verdicts of numbering every row's pair — and so does the
+    replay in windows of a few events (RECYCLE_WINDOW), each pair's cache entry carried
+    from window to window, in the C pass and in the model's PeerCache."""
     segs = nat_two_clocks()
     for i in range(30):
         t = T0 + 0.5 + i * 0.2
@@ -352,3 +357,13 @@ def test_recycle_replay_on_selected_pairs_equals_all_rows(v6: bool) -> None:
     assert (int(max(a["orig"].max(), a["resp"].max())) >= 1 << 32) == v6  # which way pairs are matched
     ref = recycle_reference(a)
     assert (ref != 0).sum() > 5 and np.array_equal(a["tw_recycle"], ref)
+    if window is not None or not c_ext:
+        if window is not None:
+            monkeypatch.setattr(reuse, "RECYCLE_WINDOW", window)
+        if not c_ext:
+            monkeypatch.setattr(backend, "ACTIVE", backend.NumpyBackend())
+        elif backend.c_extension() is None:
+            pytest.skip("no C extension")
+        del a.cols["tw_recycle"]
+        reuse.recycle_verdicts(a)
+        assert np.array_equal(a["tw_recycle"], ref)
