@@ -192,13 +192,19 @@ def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
     span, t0 = float(t.max() - t.min()), float(t.min())
     # successive SYNs of one 4-tuple: a stable radix sort by 4-tuple keeps capture order
     o = capture_order(tup)
-    to, vo, ko = t[o], tsval[o].astype(np.uint32), tup[o]
+    ko = tup[o]
     same = ko[1:] == ko[:-1]
+    del ko
+    to = t[o]
+    vo = tsval[o].astype(np.uint32)
+    del o
     first = np.r_[True, ~same]
     dt = np.diff(to)[same]
     dv = np.diff(vo)[same].view(np.int32)  # uint32 differences wrap: as signed, s32(b - a)
+    del same
     keep = np.abs(dt) < STEP_MAX_S
     dt, dv = dt[keep], dv[keep]
+    del keep
     n_tup = int(first.sum())
     off = _off(dt, dv, rate)
     if off.any():
@@ -384,7 +390,9 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
         del resp, tsr
         while pairs:
             _dst, r = pairs.pop(0)
-            tup = a["orig_port"][r].astype(np.int64) << 16 | a["resp_port"][r].astype(np.int64)
+            tup = a["orig_port"][r].astype(np.int64)
+            tup <<= 16
+            tup |= a["resp_port"][r]
             fit = clock_fit(a["t_syn"][r], a["syn_tsval"][r], tup)
             del tup, r
             if best is None or (fit.nat, fit.clocks) > (best.nat, best.clocks):
