@@ -148,7 +148,8 @@ def capture_order(pkt: np.ndarray) -> np.ndarray:
     the order events were captured in, which breaks ties between equal times the way
     the kernel saw them (and independently of how flows happen to be hashed)."""
     top = int(pkt.max()) if pkt.size else 0
-    key = pkt.view(np.uint64) if pkt.dtype == np.int64 else pkt.astype(np.uint64)  # non-negative: the same bits
+    # non-negative: int64 rows as uint64 are the same bits; unsigned keys are taken as they are
+    key = pkt.view(np.uint64) if pkt.dtype == np.int64 else pkt if pkt.dtype.kind == "u" else pkt.astype(np.uint64)
     return _radix_order(key, max(16, top.bit_length()))
 
 

@@ -179,7 +179,17 @@ def _tol(rate: float, dt: np.ndarray | float) -> np.ndarray | float:
 
 
 def _off(dt: np.ndarray, dv: np.ndarray, rate: float) -> np.ndarray:
-    return np.abs(dv - rate * dt) > _tol(rate, dt)
+    """|dv - rate * dt| > _tol(rate, dt), the same operations in place (two temporaries)."""
+    x = dt * rate
+    np.subtract(dv, x, out=x)
+    np.abs(x, out=x)
+    tol = np.abs(dt)
+    tol *= rate
+    tol *= 2e-4
+    tol += rate * 0.05
+    tol += 2
+    np.greater(x, tol, out=tol)
+    return tol.astype(bool)
 
 
 def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
@@ -206,6 +216,8 @@ def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
     dt, dv = dt[keep], dv[keep]
     del keep
     n_tup = int(first.sum())
+    t_first, v_first = to[first], vo[first]  # each 4-tuple's first SYN
+    del to, vo, first
     off = _off(dt, dv, rate)
     if off.any():
         # the rate that keeps every 4-tuple on its own clock wins over the cluster count
@@ -221,7 +233,8 @@ def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
         others = [r for r in TS_RATES if r != rate and int((far & ~_off(dt, dv, r)).sum()) >= 2]
     # clocks, and those used by several 4-tuples, from each 4-tuple's first SYN; when every
     # 4-tuple kept its clock these are all the clocks (else all SYNs are counted)
-    k, shared = _clock_groups(to[first], vo[first], rate, span, t0)
+    k, shared = _clock_groups(t_first, v_first, rate, span, t0)
+    del t_first, v_first
     if off.any():
         k = _clusters(t, tsval, rate, span, t0)
     per_tuple = k > 1 and shared == 0
@@ -270,21 +283,28 @@ def peak_rate(t: np.ndarray, mean: float) -> float:
 
 
 def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
-    """Rows in time order. The cycle is the time between successive uses of one port."""
+    """Rows in time order. The cycle is the time between successive uses of one port.
+    (Ports are taken as 16-bit values: the temporaries are a quarter of int64 ones.)"""
+    port = np.asarray(port).astype(np.uint16, copy=False)
     n = port.size
     counts = np.bincount(port, minlength=65536)
     distinct = int(np.count_nonzero(counts))
-    even = float(np.mean(port % 2 == 0)) if n else 0.0
-    o = np.argsort(port.astype(np.uint16), kind="stable")  # by port, time order kept
-    ps, ts_ = port[o], t[o]
+    del counts
+    even = float(np.mean((port & 1) == 0)) if n else 0.0
+    o = np.argsort(port, kind="stable")  # by port, time order kept
+    ps = port[o]
     same = ps[1:] == ps[:-1]
+    del ps
+    ts_ = t[o]
+    del o
     cyc = (ts_[1:] - ts_[:-1])[same]
+    del ts_
     reuses = int(same.sum())
+    del same
     if n < 3:
         return PortPattern(dest, n, distinct, int(port.min()) if n else 0, int(port.max()) if n else 0,
                            "too few", None, 0.0, even, None, None, reuses)
-    d = np.diff(port)
-    d = (d + 32768) % 65536 - 32768
+    d = np.diff(port).view(np.int16)  # the step mod 65536, in -32768..32767
     fwd = (d > 0) & (d <= 16)
     seq_share = float(np.mean(fwd))
     med = int(median(d[fwd])) if fwd.any() else None
@@ -390,9 +410,9 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
         del resp, tsr
         while pairs:
             _dst, r = pairs.pop(0)
-            tup = a["orig_port"][r].astype(np.int64)
+            tup = a["orig_port"][r].astype(np.uint32)  # the 4-tuple of a pair: its two ports
             tup <<= 16
-            tup |= a["resp_port"][r]
+            tup |= a["resp_port"][r].astype(np.uint32)
             fit = clock_fit(a["t_syn"][r], a["syn_tsval"][r], tup)
             del tup, r
             if best is None or (fit.nat, fit.clocks) > (best.nat, best.clocks):
@@ -415,7 +435,7 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
             continue
         r = r[time_order(a["t_syn"][r])]
         dest = f"{addr(dk >> 16)}:{dk & 0xFFFF}"
-        s.ports.append(_port_pattern(dest, a["t_syn"][r], a["orig_port"][r].astype(np.int64)))
+        s.ports.append(_port_pattern(dest, a["t_syn"][r], a["orig_port"][r]))
         del r
     s.ports.sort(key=lambda p: -p.attempts)
     del s.ports[5:]
