@@ -569,6 +569,10 @@ def finish_analysis(att: Attempts, v6: list[bytes], reports: list[ReadReport], f
 
     src = sources.source_stats(att, fmt)
     srv = sources.server_stats(att, fmt)
+    if not isinstance(att.cols, dict):  # a table in files: the statistics' freed heap back to the kernel
+        from .chunked import release_freed
+
+        release_freed()
     timing["sources"] = time.perf_counter() - t
     return CaptureAnalysis(
         files=list(files),

@@ -721,14 +721,19 @@ def flow_ordered(att: Attempts, inplace: bool = False) -> Attempts:
     there are any) renumbered (`flow` is made when the rows come without it).
     `inplace`: `att`'s columns are replaced one by one (the peak is one column more
     than the table, not two tables)."""
-    e_o = (att["orig"].astype(np.uint64) << np.uint64(16)) | att["orig_port"].astype(np.uint64)
-    e_r = (att["resp"].astype(np.uint64) << np.uint64(16)) | att["resp_port"].astype(np.uint64)
-    lo = np.minimum(e_o, e_r)
-    hi = np.maximum(e_o, e_r, out=e_o)
-    del e_o, e_r
-    h = _flow_hash(lo, hi)
+    n = len(att)
+    lo = np.empty(n, dtype=np.uint64)
+    hi = np.empty(n, dtype=np.uint64)
+    h = np.empty(n, dtype=np.uint32)
+    for sl in row_blocks(n):  # the endpoints and their hash a block at a time (no full-size temporaries)
+        e_o = (att["orig"][sl].astype(np.uint64) << np.uint64(16)) | att["orig_port"][sl].astype(np.uint64)
+        e_r = (att["resp"][sl].astype(np.uint64) << np.uint64(16)) | att["resp_port"][sl].astype(np.uint64)
+        np.minimum(e_o, e_r, out=lo[sl])
+        np.maximum(e_o, e_r, out=hi[sl])
+        del e_o, e_r
+        h[sl] = _flow_hash(lo[sl], hi[sl])
     if backend.ACTIVE.name == "c":  # the C grouping orders flows by the masked hash
-        h = h & np.uint32(C_HASH_MASK)
+        h &= np.uint32(C_HASH_MASK)
     o = np.lexsort((hi, lo, h))
     del h
     # flow starts, before the columns are put in order (the endpoints then let go)
