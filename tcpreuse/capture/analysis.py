@@ -700,7 +700,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     way). `per_attempt` False: no per-attempt export will be asked of the result, so the
     attempt table keeps only the columns the counts, per-source statistics and findings
     read (:data:`.chunked.EXPORT_ONLY` and :data:`.chunked.REUSE_ONLY` left out, no Zeek
-    histories).
+    histories), in column files rather than in memory (:class:`.spill.ColumnStore`; the
+    passes over it read blocks of rows).
 
     Several files are one stream: file after file, their packets go to one
     :class:`.chunked.ChunkBuilder` (a 4-tuple reused across a file boundary is joined
