@@ -477,7 +477,7 @@ def server_stats(a: Attempts, addr: Any) -> list[ServerStats]:
         bk, inv = np.unique(key, return_inverse=True)
         del key
         inv = inv.ravel()
-        new = np.union1d(keys, bk)  # the keys so far and this block's, sorted
+        new = distinct(np.concatenate([keys, bk]))  # the keys so far and this block's, sorted
         if new.size > keys.size:  # widen the tallies to the new keys
             at = np.searchsorted(new, keys)
             grow = np.zeros((len(cnt_names), new.size), dtype=np.int64)
@@ -506,7 +506,7 @@ def server_stats(a: Attempts, addr: Any) -> list[ServerStats]:
         for gi, part in zip(go[starts].tolist(), np.split(oo, starts[1:]), strict=True):
             kk = int(keys[gi])
             have = clients.get(kk)
-            clients[kk] = part if have is None else np.union1d(have, part)
+            clients[kk] = part if have is None else distinct(np.concatenate([have, part]))
     out = []
     for i, kk in enumerate(keys.tolist()):
         c = {name: int(cnt[j, i]) for j, name in enumerate(cnt_names)}
