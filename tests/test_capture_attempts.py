@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from helpers.captures import nat_two_clocks, windows_reuse
 
-from tcpreuse.capture import reuse, zeek
+from tcpreuse.capture import backend, reuse, zeek
 from tcpreuse.capture.analysis import CaptureAnalysis, analyze_packets
 from tcpreuse.capture.decode import decode
+from tcpreuse.capture.flows import Attempts
 from tcpreuse.capture.formats import parse_frames
+from tcpreuse.capture.spill import ColumnStore
 from tcpreuse.capture.synth import Seg, frames_of, handshake, pcap_bytes
 from tcpreuse.diagnose.base import Evidence, diagnose
 
@@ -260,10 +262,15 @@ def tuple_reuse_reference(a: Any) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("which", ["windows", "nat", "mixed"])
-def test_tuple_reuse_slices_equal_the_gathering_form(which: str) -> None:
+@pytest.mark.parametrize("blocks", [None, (1, 1), (7, 2), (64, 5)])
+@pytest.mark.parametrize("spilled", [False, True])
+def test_tuple_reuse_slices_equal_the_gathering_form(which: str, blocks: tuple[int, int] | None, spilled: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Reused 4-tuples held by the client or the server, midstream segments, unanswered
     and refused attempts, 4-tuples seen from either side: the lean pass's columns are
-    those of the straightforward one, row for row (NaN where it has NaN)."""
+    those of the straightforward one, row for row (NaN where it has NaN) — with rows
+    taken a few at a time (a 4-tuple's segments cut between blocks, TIME_WAIT classes
+    met in several groups), and on a table kept in files (spill.ColumnStore)."""
     if which == "windows":
         segs = windows_reuse(n_conn=300, ports=40)
     elif which == "nat":
@@ -282,6 +289,19 @@ def test_tuple_reuse_slices_equal_the_gathering_form(which: str) -> None:
                                                                              "RA", 0, 6 + r)]
     a = analyse(segs).attempts
     ref = tuple_reuse_reference(a)
+    if blocks is not None or spilled:  # the pass again, in blocks and/or on the table in files
+        if blocks is not None:
+            monkeypatch.setattr(reuse, "REUSE_BLOCK", blocks[0])
+            monkeypatch.setattr(reuse, "TW_BLOCK", blocks[1])
+        if spilled:
+            store = ColumnStore()
+            for k, v in a.cols.items():
+                store[k] = v
+            a = Attempts(store, a.history)
+        for k in ref:
+            del a.cols[k]
+        reuse.tuple_reuse(a)
+        assert set(ref) <= set(a.cols) and isinstance(a.cols, ColumnStore) == spilled
     for k, v in ref.items():
         got = a[k]
         assert got.dtype == v.dtype, k
@@ -318,10 +338,15 @@ def recycle_reference(a: Any) -> np.ndarray:
 
 
 @pytest.mark.parametrize("v6", [False, True])
-def test_recycle_replay_on_selected_pairs_equals_all_rows(v6: bool) -> None:
+@pytest.mark.parametrize("window", [None, 1, 4, 25])
+@pytest.mark.parametrize("c_ext", [True, False], ids=["C", "reference"])
+def test_recycle_replay_on_selected_pairs_equals_all_rows(v6: bool, window: int | None, c_ext: bool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Two clocks behind one NAT address (drops), beside other clients and servers and
     IPv6 pairs (address keys past 32 bits): picking the SYNs by pair key and numbering
-    only their pairs gives the verdicts of numbering every row's pair."""
+    only their pairs gives the verdicts of numbering every row's pair — and so does the
+    replay in windows of a few events (RECYCLE_WINDOW), each pair's cache entry carried
+    from window to window, in the C pass and in the model's PeerCache."""
     segs = nat_two_clocks()
     for i in range(30):
         t = T0 + 0.5 + i * 0.2
@@ -332,3 +357,13 @@ def test_recycle_replay_on_selected_pairs_equals_all_rows(v6: bool) -> None:
     assert (int(max(a["orig"].max(), a["resp"].max())) >= 1 << 32) == v6  # which way pairs are matched
     ref = recycle_reference(a)
     assert (ref != 0).sum() > 5 and np.array_equal(a["tw_recycle"], ref)
+    if window is not None or not c_ext:
+        if window is not None:
+            monkeypatch.setattr(reuse, "RECYCLE_WINDOW", window)
+        if not c_ext:
+            monkeypatch.setattr(backend, "ACTIVE", backend.NumpyBackend())
+        elif backend.c_extension() is None:
+            pytest.skip("no C extension")
+        del a.cols["tw_recycle"]
+        reuse.recycle_verdicts(a)
+        assert np.array_equal(a["tw_recycle"], ref)

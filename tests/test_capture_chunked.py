@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers.captures import T0, many_flows, odd_captures
+from helpers.captures import T0, many_flows, nat_two_clocks, odd_captures
 
-from tcpreuse.capture import analysis, backend, chunked, formats
+from tcpreuse.capture import analysis, backend, chunked, flows, formats, reuse
 from tcpreuse.capture.analysis import analyze_packets, analyze_paths, analyze_streamed
 from tcpreuse.capture.decode import decode
 from tcpreuse.capture.formats import read_frames
+from tcpreuse.capture.spill import ColumnStore
 from tcpreuse.capture.synth import Seg, frames_of, handshake, pcap_bytes
 
 pytestmark = pytest.mark.skipif(backend.c_extension() is None, reason="the streamed read needs the C extension")
@@ -199,22 +200,16 @@ def test_long_span_streamed_and_far_times_use_one_pass(tmp_path: Path) -> None:
     assert one_pass(path).reports[0].bad_times == 1
 
 
-def test_compact_attempt_table_gives_the_same_report(tmp_path: Path) -> None:
+@pytest.mark.parametrize("blocks", [None, (5, 3), (1, 1)])
+def test_compact_attempt_table_gives_the_same_report(tmp_path: Path, blocks: tuple[int, int] | None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """No per-attempt output asked (the CLI without --csv/--parquet/--save/--html): the
-    attempt table leaves out the export-only and reuse-only columns, and the JSON,
-    the findings and the RunResult timeline are still those of the full analysis."""
+    attempt table leaves out the export-only and reuse-only columns and is kept in files
+    (spill.ColumnStore), which the reuse passes, counts and statistics read a block of
+    rows at a time (here also blocks of a few rows, and tw_recycle windows of a few
+    events), and the JSON, the findings and the RunResult timeline are still those of
+    the full analysis in memory."""
     from tcpreuse.diagnose.base import Evidence, diagnose
-
-    path = write(tmp_path, "reuse.pcap", pcap_bytes(frames_of(reuse_capture(rounds=8))))
-    full = one_pass(path)
-    small = analyze_streamed(str(path), 23, per_attempt=False)
-    assert small is not None
-    dropped = set(chunked.EXPORT_ONLY) | set(chunked.REUSE_ONLY)
-    assert dropped <= set(full.attempts.cols) and not dropped & set(small.attempts.cols)
-    assert small.attempts.history.dtype.itemsize == 1 < full.attempts.history.dtype.itemsize
-    for k in chunked.NARROW:  # counters in 32 bits, same values
-        assert small.attempts[k].dtype == np.int32 and full.attempts[k].dtype == np.int64
-        assert int(small.attempts[k].sum()) == int(full.attempts[k].sum())
 
     def report(an: analysis.CaptureAnalysis) -> dict[str, Any]:
         js = an.to_json()
@@ -223,7 +218,30 @@ def test_compact_attempt_table_gives_the_same_report(tmp_path: Path) -> None:
         return {"json": js, "findings": [f.to_json() for f in diagnose(Evidence(source="analyze", capture=an))],
                 "timeline": rr.timeline.to_json() if hasattr(rr.timeline, "to_json") else vars(rr.timeline)}
 
-    got, want = report(small), report(full)
+    path = write(tmp_path, "reuse.pcap", pcap_bytes(frames_of(sorted(reuse_capture(rounds=8) + nat_two_clocks(), key=lambda g: g.t))))
+    full = one_pass(path)  # in memory, default blocks
+    want = report(full)
+    if blocks is not None:
+        monkeypatch.setattr(flows, "ROW_BLOCK", blocks[0])
+        monkeypatch.setattr(reuse, "REUSE_BLOCK", blocks[0])
+        monkeypatch.setattr(reuse, "TW_BLOCK", blocks[1])
+        monkeypatch.setattr(reuse, "RECYCLE_WINDOW", blocks[1])
+    small = analyze_streamed(str(path), 23, per_attempt=False)
+    assert small is not None
+    store = small.attempts.cols
+    assert isinstance(store, ColumnStore) and isinstance(full.attempts.cols, dict)
+    assert len(list(store.path.iterdir())) == len(store) > 20  # one file a column
+    with pytest.raises(ValueError, match="read-only"):
+        small.attempts["t_syn"][0] = 0.0
+    assert (full.attempts["tw_recycle"] != 0).any()  # the replay has drops to carry between windows
+    dropped = set(chunked.EXPORT_ONLY) | set(chunked.REUSE_ONLY)
+    assert dropped <= set(full.attempts.cols) and not dropped & set(small.attempts.cols)
+    assert small.attempts.history.dtype.itemsize == 1 < full.attempts.history.dtype.itemsize
+    for k in chunked.NARROW:  # counters in 32 bits, same values
+        assert small.attempts[k].dtype == np.int32 and full.attempts[k].dtype == np.int64
+        assert int(small.attempts[k].sum()) == int(full.attempts[k].sum())
+
+    got = report(small)
     assert want["findings"], "the capture should give findings to compare"
     assert got == want
 

@@ -1488,16 +1488,19 @@ done:
  * writable int8 per check, set to 0 (keep), 1 (drop: TSval behind the fresh cached one)
  * or 2 (drop_4x: no TSval while a fresh entry exists). A write replaces the key's entry
  * as tcp_remember_stamp() decides (model.recycle.remember_wins); a check reads the entry left
- * by the key's writes before it. */
+ * by the key's writes before it. won (optional, writable int8 per write): 1 where the
+ * key's entry is the write's (TSval, stamp) after it, else 0 — a replay in time windows
+ * carries each key's entry (its last such write) to the next window. */
 static PyObject *recycle_checks(PyObject *self, PyObject *args)
 {
     PyObject *o[10];
     Py_ssize_t m;
     long long msl, window;
-    if (!PyArg_ParseTuple(args, "OnOOOOOOOLLO", &o[0], &m, &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &msl,
-                          &window, &o[8]))
+    o[9] = Py_None;
+    if (!PyArg_ParseTuple(args, "OnOOOOOOOLLO|O", &o[0], &m, &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7], &msl,
+                          &window, &o[8], &o[9]))
         return NULL;
-    Buf b[9];
+    Buf b[10];
     memset(b, 0, sizeof b);
     PyObject *res = NULL;
     if (buf_get(o[0], &b[0], 8, -1, 0, "order") < 0)
@@ -1512,6 +1515,12 @@ static PyObject *recycle_checks(PyObject *self, PyObject *args)
     for (int j = 0; j < 8; j++)
         if (buf_get(j < 7 ? o[1 + j] : o[8], &b[1 + j], j >= 6 ? 1 : 8, want[j], j == 7, names[j]) < 0)
             goto done;
+    int8_t *won = NULL;
+    if (o[9] != Py_None) {
+        if (buf_get(o[9], &b[9], 1, m, 1, "won") < 0)
+            goto done;
+        won = b[9].v.buf;
+    }
     const i64 *order = b[0].v.buf, *key = b[1].v.buf, *w_ts = b[2].v.buf, *w_st = b[3].v.buf, *w_now = b[4].v.buf;
     const i64 *c_now = b[5].v.buf, *c_tsval = b[6].v.buf;
     const u8 *c_has_ts = b[7].v.buf;
@@ -1540,6 +1549,8 @@ static PyObject *recycle_checks(PyObject *self, PyObject *args)
                 c_ts = t;
                 c_st = st;
             }
+            if (won)
+                won[e] = c_ts == t && c_st == st;
             have = 1;
         } else {
             Py_ssize_t c = e - m;
@@ -1556,7 +1567,7 @@ static PyObject *recycle_checks(PyObject *self, PyObject *args)
     Py_INCREF(Py_None);
     res = Py_None;
 done:
-    buf_release(b, 9);
+    buf_release(b, 10);
     return res;
 }
 

@@ -95,9 +95,11 @@ class CaptureAnalysis:
         cache = self.__dict__.setdefault("_keys", {})
         if not cache:
             a = self.attempts
-            if len(a):
-                for k in flows.distinct(np.concatenate([a["orig"], a["resp"]])).tolist():
-                    cache[self.addr(int(k))] = int(k)
+            keys = np.zeros(0, dtype=np.uint64)
+            for sl in flows.row_blocks(len(a)):
+                keys = flows.distinct(np.concatenate([keys, a["orig"][sl], a["resp"][sl]]))
+            for k in keys.tolist():
+                cache[self.addr(int(k))] = int(k)
         return cache.get(addr)
 
     @property
@@ -112,27 +114,54 @@ class CaptureAnalysis:
         return np.asarray(self.attempts["is_attempt"])
 
     def counts(self) -> dict[str, Any]:
+        """Counts over the attempt table, read ROW_BLOCK rows at a time."""
         a = self.attempts
-        m = self.attempt_mask()
-        n = int(m.sum())
+        sums = dict.fromkeys(("attempts", "established", "syn_retried", "syn_retransmissions", "reused",
+                              "reused_server_timewait"), 0)
+        bins = {"conn_state": np.zeros(len(CONN_STATES), dtype=np.int64),
+                "conn_state_midstream": np.zeros(len(CONN_STATES), dtype=np.int64)}
+        voc = {"answer": ANSWERS, "tw_verdict": TW_VERDICTS, "tw_recycle": RECYCLE, "closed_by": WHO, "close": CLOSES}
+        for col, names in voc.items():
+            bins[col] = np.zeros(len(names), dtype=np.int64)
 
-        def cnt(col: str, names: tuple[str, ...], mask: np.ndarray = m) -> dict[str, int]:
-            b = np.bincount(a[col][mask].astype(np.int64), minlength=len(names))
-            return {names[i]: int(c) for i, c in enumerate(b) if c and names[i]}
+        def add(key: str, codes: np.ndarray) -> None:
+            b = np.bincount(codes.astype(np.int64), minlength=bins[key].size)
+            if b.size > bins[key].size:  # a code past the names: kept, as one pass counts it
+                bins[key] = np.r_[bins[key], np.zeros(b.size - bins[key].size, dtype=np.int64)]
+            bins[key] += b
 
+        for sl in flows.row_blocks(len(a)):
+            m = np.asarray(a["is_attempt"][sl])
+            sums["attempts"] += int(m.sum())
+            sums["established"] += int(a["established"][sl][m].sum())
+            add("conn_state", a["conn_state"][sl][m])
+            add("conn_state_midstream", a["conn_state"][sl][~m])
+            for col in voc:
+                add(col, a[col][sl][m])
+            n_syn = a["n_syn"][sl][m].astype(np.int64)
+            sums["syn_retried"] += int((n_syn > 1).sum())  # attempts that sent their SYN more than once
+            sums["syn_retransmissions"] += int(np.maximum(n_syn - 1, 0).sum())  # SYN packets
+            del n_syn
+            sums["reused"] += int((a["prev"][sl][m] >= 0).sum())
+            sums["reused_server_timewait"] += int(((a["prev_tw"][sl][m] == 2) & (a["reuse_age_s"][sl][m] < 60)).sum())
+
+        def cnt(key: str, names: tuple[str, ...]) -> dict[str, int]:
+            return {names[i]: int(c) for i, c in enumerate(bins[key].tolist()) if c and names[i]}
+
+        n = sums["attempts"]
         return {
             "packets": self.packets,
             "segments": len(a),
             "attempts": n,
             "midstream": len(a) - n,
-            "established": int(a["established"][m].sum()),
+            "established": sums["established"],
             "conn_state": cnt("conn_state", CONN_STATES),
-            "conn_state_midstream": cnt("conn_state", CONN_STATES, ~m),
+            "conn_state_midstream": cnt("conn_state_midstream", CONN_STATES),
             "answer": cnt("answer", ANSWERS),
-            "syn_retried": int((a["n_syn"][m] > 1).sum()),  # attempts that sent their SYN more than once
-            "syn_retransmissions": int(np.maximum(a["n_syn"][m].astype(np.int64) - 1, 0).sum()),  # SYN packets
-            "reused": int((a["prev"][m] >= 0).sum()),
-            "reused_server_timewait": int(((a["prev_tw"][m] == 2) & (a["reuse_age_s"][m] < 60)).sum()),
+            "syn_retried": sums["syn_retried"],
+            "syn_retransmissions": sums["syn_retransmissions"],
+            "reused": sums["reused"],
+            "reused_server_timewait": sums["reused_server_timewait"],
             "tw_verdict": cnt("tw_verdict", TW_VERDICTS),
             "tw_recycle": cnt("tw_recycle", RECYCLE),
             "closed_by": cnt("closed_by", WHO),
@@ -541,6 +570,10 @@ def finish_analysis(att: Attempts, v6: list[bytes], reports: list[ReadReport], f
 
     src = sources.source_stats(att, fmt)
     srv = sources.server_stats(att, fmt)
+    if not isinstance(att.cols, dict):  # a table in files: the statistics' freed heap back to the kernel
+        from .chunked import release_freed
+
+        release_freed()
     timing["sources"] = time.perf_counter() - t
     return CaptureAnalysis(
         files=list(files),
@@ -685,7 +718,8 @@ def analyze_streamed(paths: str | Sequence[str], chunk_packets: int | None = Non
     way). `per_attempt` False: no per-attempt export will be asked of the result, so the
     attempt table keeps only the columns the counts, per-source statistics and findings
     read (:data:`.chunked.EXPORT_ONLY` and :data:`.chunked.REUSE_ONLY` left out, no Zeek
-    histories).
+    histories), in column files rather than in memory (:class:`.spill.ColumnStore`; the
+    passes over it read blocks of rows).
 
     Several files are one stream: file after file, their packets go to one
     :class:`.chunked.ChunkBuilder` (a 4-tuple reused across a file boundary is joined

@@ -63,9 +63,12 @@ class Backend(Protocol):
         ...
 
     def recycle_checks(self, order: np.ndarray, m: int, key: np.ndarray, w_ts: np.ndarray, w_stamp: np.ndarray,
-                       w_now: np.ndarray, c_now: np.ndarray, c_tsval: np.ndarray, c_has_ts: np.ndarray) -> np.ndarray:
+                       w_now: np.ndarray, c_now: np.ndarray, c_tsval: np.ndarray, c_has_ts: np.ndarray,
+                       won: np.ndarray | None = None) -> np.ndarray:
         """tcp_tw_recycle's cache replayed over `m` writes and the checks after them
-        (events in `order`: by key, then time); the verdict (RC_*) of each check."""
+        (events in `order`: by key, then time); the verdict (RC_*) of each check.
+        `won` (int8 per write, optional) is set to 1 where the key's entry is the
+        write's (TSval, stamp) after it, 0 otherwise."""
         ...
 
     def pad_strings(self, codes: np.ndarray, counts: np.ndarray, width: int) -> np.ndarray:
@@ -104,10 +107,11 @@ class NumpyBackend:
         return _facts_numpy(q, d, fstart)
 
     def recycle_checks(self, order: np.ndarray, m: int, key: np.ndarray, w_ts: np.ndarray, w_stamp: np.ndarray,
-                       w_now: np.ndarray, c_now: np.ndarray, c_tsval: np.ndarray, c_has_ts: np.ndarray) -> np.ndarray:
+                       w_now: np.ndarray, c_now: np.ndarray, c_tsval: np.ndarray, c_has_ts: np.ndarray,
+                       won: np.ndarray | None = None) -> np.ndarray:
         from .reuse import _recycle_checks_reference
 
-        return _recycle_checks_reference(order, m, key, w_ts, w_stamp, w_now, c_now, c_tsval, c_has_ts)
+        return _recycle_checks_reference(order, m, key, w_ts, w_stamp, w_now, c_now, c_tsval, c_has_ts, won)
 
     def pad_strings(self, codes: np.ndarray, counts: np.ndarray, width: int) -> np.ndarray:
         from .zeek import _pad_strings_numpy
@@ -159,15 +163,19 @@ class CBackend:
         return _facts_c(self.lib, q, d, fstart)
 
     def recycle_checks(self, order: np.ndarray, m: int, key: np.ndarray, w_ts: np.ndarray, w_stamp: np.ndarray,
-                       w_now: np.ndarray, c_now: np.ndarray, c_tsval: np.ndarray, c_has_ts: np.ndarray) -> np.ndarray:
+                       w_now: np.ndarray, c_now: np.ndarray, c_tsval: np.ndarray, c_has_ts: np.ndarray,
+                       won: np.ndarray | None = None) -> np.ndarray:
         from ..model.timewait import TCP_PAWS_MSL, TCP_PAWS_WINDOW
 
         res = np.zeros(c_now.size, dtype=np.int8)
         i8 = np.ascontiguousarray
-        self.lib.recycle_checks(i8(order, dtype=np.int64), m, i8(key, dtype=np.int64), i8(w_ts, dtype=np.int64),
-                                i8(w_stamp, dtype=np.int64), i8(w_now, dtype=np.int64), i8(c_now, dtype=np.int64),
-                                i8(c_tsval, dtype=np.int64), i8(c_has_ts, dtype=bool).view(np.uint8),
-                                TCP_PAWS_MSL, TCP_PAWS_WINDOW, res)
+        args = [i8(order, dtype=np.int64), m, i8(key, dtype=np.int64), i8(w_ts, dtype=np.int64),
+                i8(w_stamp, dtype=np.int64), i8(w_now, dtype=np.int64), i8(c_now, dtype=np.int64),
+                i8(c_tsval, dtype=np.int64), i8(c_has_ts, dtype=bool).view(np.uint8), TCP_PAWS_MSL, TCP_PAWS_WINDOW,
+                res]
+        if won is not None:
+            args.append(won)
+        self.lib.recycle_checks(*args)
         return res
 
     def pad_strings(self, codes: np.ndarray, counts: np.ndarray, width: int) -> np.ndarray:

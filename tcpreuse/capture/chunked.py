@@ -31,6 +31,7 @@ segment. Tests compare the two builds column by column (tests/test_capture_chunk
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from .decode import ACK, RST, SYN, Packets
 from .flows import Attempts, build, flow_ordered
+from .spill import ColumnStore
 
 # Attempt columns that only the per-attempt exports (--csv/--parquet, --save, --html) and
 # the build read: a builder told that no such output is asked for drops them from the
@@ -101,8 +103,14 @@ class ChunkBuilder:
     """Feed packet chunks in capture order (:meth:`add`), then take the attempts (:meth:`finish`)."""
 
     def __init__(self, closed_idle_s: float = CLOSED_IDLE_S, open_idle_s: float = OPEN_IDLE_S,
-                 per_attempt: bool = True) -> None:
+                 per_attempt: bool = True, spill: bool | None = None) -> None:
         self.per_attempt = per_attempt  # False: emitted rows without the EXPORT_ONLY columns and histories
+        # emitted rows appended to files (spill.ColumnStore) instead of kept in memory:
+        # by default when no per-attempt output is asked (TCPREUSE_CAPTURE_SPILL=0: never)
+        if spill is None:
+            spill = not per_attempt and os.environ.get("TCPREUSE_CAPTURE_SPILL", "1") != "0"
+        self.store: ColumnStore | None = ColumnStore() if spill else None
+        self.emitted = 0  # rows emitted (to parts or the store)
         self.closed_idle_s = closed_idle_s
         self.open_idle_s = open_idle_s
         self.carry: Packets | None = None
@@ -149,6 +157,11 @@ class ChunkBuilder:
             self.carry = None
             self._build(p, rows, len(p), final=True)
             del p
+        if self.store is not None and self.emitted:
+            # the columns stay in their files; put in order one at a time
+            att = Attempts(self.store, np.zeros(self.emitted, dtype="S1"))
+            self.store = None
+            return flow_ordered(att, inplace=True)
         if not self.parts:
             return build(Packets.empty())[0]
         # one column at a time, each part's column dropped once copied and its memory
@@ -226,7 +239,11 @@ class ChunkBuilder:
                     if c.size and int(c.max()) <= np.iinfo(np.int32).max and int(c.min()) >= 0:
                         a.cols[k] = c.astype(np.int32)
                 a.history = np.zeros(len(a), dtype="S1")
-            self.parts.append(a)
+            self.emitted += len(a)
+            if self.store is not None:
+                self._spill(a)
+            else:
+                self.parts.append(a)
 
         # carry the live flows' tails
         if live.any():
@@ -253,6 +270,21 @@ class ChunkBuilder:
                 self.r_d = np.concatenate([self.r_d, sd])
                 self.r_seq = np.concatenate([self.r_seq, p.seq[sr]])
                 self.r_t = np.concatenate([self.r_t, t_last[gone]])
+
+    def _spill(self, a: Attempts) -> None:
+        """Emitted rows appended to the store's columns (a counter narrowed in one part
+        and not in another is widened, as joining the parts would)."""
+        st = self.store
+        assert st is not None
+        for k, v in a.cols.items():
+            if k in st:
+                have = st.dtype(k)
+                if have != v.dtype:
+                    wide = np.result_type(have, v.dtype)
+                    if wide != have:
+                        st[k] = st[k].astype(wide)
+                    v = v.astype(wide)
+            st.append(k, v)
 
     def _check_retired(self, p: Packets, lo: np.ndarray, hi: np.ndarray, d_first: np.ndarray,
                        first_row: np.ndarray, new_flow: np.ndarray) -> None:

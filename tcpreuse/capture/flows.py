@@ -17,6 +17,8 @@ SYN-ACK). "client" and "server" in the output mean originator and responder.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -48,7 +50,7 @@ class Attempts:
     Row order: by flow, then time. `is_attempt` marks segments that began with a SYN.
     """
 
-    cols: dict[str, np.ndarray] = field(default_factory=dict)
+    cols: MutableMapping[str, np.ndarray] = field(default_factory=dict)  # or a spill.ColumnStore
     history: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="S1"))  # Zeek history, bytes
 
     def __len__(self) -> int:
@@ -65,6 +67,18 @@ class Attempts:
 
     def history_str(self) -> list[str]:
         return [b.decode("ascii") for b in self.history.tolist()]
+
+
+ROW_BLOCK = 1 << 20  # attempt rows a pass over the whole table (counts, statistics) reads at once
+
+
+def row_blocks(n: int, step: int | None = None) -> Iterator[slice]:
+    """Slices of rows 0..n-1, ROW_BLOCK (or `step`) at a time: a pass that reads the
+    attempt table block by block holds a block's temporaries, and of a table in files
+    (spill.ColumnStore) only a block's pages."""
+    step = step or ROW_BLOCK
+    for s in range(0, n, step):
+        yield slice(s, min(n, s + step))
 
 
 def distinct(a: np.ndarray) -> np.ndarray:
@@ -114,10 +128,18 @@ def _shift(a: np.ndarray, fill: Any) -> np.ndarray:
 def _radix_order(key: np.ndarray, bits: int) -> np.ndarray:
     """Stable argsort on the low `bits` of an unsigned `key`, 16 bits per pass (numpy
     sorts 16-bit keys with a radix sort, so each pass is linear)."""
+    words = None
+    if key.dtype.byteorder in "=|<" and sys.byteorder == "little" and key.dtype.itemsize % 2 == 0 \
+            and key.flags.c_contiguous and key.ndim == 1:
+        words = key.view(np.uint16).reshape(key.size, key.dtype.itemsize // 2)  # the 16-bit digits, as views
     order = np.argsort(key.astype(np.uint16), kind="stable")
     for shift in range(16, bits, 16):
-        dg = (key >> key.dtype.type(shift)).astype(np.uint16)
-        order = order[np.argsort(dg[order], kind="stable")]
+        if words is not None:
+            dg = words[:, shift // 16][order]
+        else:
+            dg = (key >> key.dtype.type(shift)).astype(np.uint16)[order]
+        order = order[np.argsort(dg, kind="stable")]
+        del dg
     return order
 
 
@@ -126,7 +148,9 @@ def capture_order(pkt: np.ndarray) -> np.ndarray:
     the order events were captured in, which breaks ties between equal times the way
     the kernel saw them (and independently of how flows happen to be hashed)."""
     top = int(pkt.max()) if pkt.size else 0
-    return _radix_order(pkt.astype(np.uint64), max(16, top.bit_length()))
+    # non-negative: int64 rows as uint64 are the same bits; unsigned keys are taken as they are
+    key = pkt.view(np.uint64) if pkt.dtype == np.int64 else pkt if pkt.dtype.kind == "u" else pkt.astype(np.uint64)
+    return _radix_order(key, max(16, top.bit_length()))
 
 
 def time_order(t: np.ndarray) -> np.ndarray:
@@ -697,14 +721,19 @@ def flow_ordered(att: Attempts, inplace: bool = False) -> Attempts:
     there are any) renumbered (`flow` is made when the rows come without it).
     `inplace`: `att`'s columns are replaced one by one (the peak is one column more
     than the table, not two tables)."""
-    e_o = (att["orig"].astype(np.uint64) << np.uint64(16)) | att["orig_port"].astype(np.uint64)
-    e_r = (att["resp"].astype(np.uint64) << np.uint64(16)) | att["resp_port"].astype(np.uint64)
-    lo = np.minimum(e_o, e_r)
-    hi = np.maximum(e_o, e_r, out=e_o)
-    del e_o, e_r
-    h = _flow_hash(lo, hi)
+    n = len(att)
+    lo = np.empty(n, dtype=np.uint64)
+    hi = np.empty(n, dtype=np.uint64)
+    h = np.empty(n, dtype=np.uint32)
+    for sl in row_blocks(n):  # the endpoints and their hash a block at a time (no full-size temporaries)
+        e_o = (att["orig"][sl].astype(np.uint64) << np.uint64(16)) | att["orig_port"][sl].astype(np.uint64)
+        e_r = (att["resp"][sl].astype(np.uint64) << np.uint64(16)) | att["resp_port"][sl].astype(np.uint64)
+        np.minimum(e_o, e_r, out=lo[sl])
+        np.maximum(e_o, e_r, out=hi[sl])
+        del e_o, e_r
+        h[sl] = _flow_hash(lo[sl], hi[sl])
     if backend.ACTIVE.name == "c":  # the C grouping orders flows by the masked hash
-        h = h & np.uint32(C_HASH_MASK)
+        h &= np.uint32(C_HASH_MASK)
     o = np.lexsort((hi, lo, h))
     del h
     # flow starts, before the columns are put in order (the endpoints then let go)

@@ -38,7 +38,8 @@ from ..model.timewait import (
     tcp_timewait_state_process,
 )
 from . import backend
-from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, distinct, time_order
+from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, row_blocks, time_order
+from .spill import column_writer
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
 V_NONE, V_ACCEPT, V_ACK_OLD, V_PAWS, V_RST, V_DROP = range(6)
@@ -47,42 +48,79 @@ RC_NONE, RC_DROP, RC_DROP_4X = RC_KEEP, RC_SYN_DROP, RC_SYN_DROP_TSLESS  # the m
 PREV_TW = ("", "client", "server")
 
 
+REUSE_BLOCK = 1 << 20  # rows compared with the rows before them at once
+TW_BLOCK = 1 << 18  # SYNs on a server TIME_WAIT whose model inputs are built at once
+
+
 def tuple_reuse(a: Attempts) -> None:
     """Adds: prev (index of the previous segment on the 4-tuple, -1), reuse_age_s,
     prev_tw (who held TIME_WAIT from it, in this attempt's roles), tw_verdict.
 
     A 4-tuple's segments are consecutive rows (flow order), so a segment's previous one
-    is the row before it: each row is compared with the one before through slices
-    (views), and the temporaries are one byte per row (booleans) but for one float
-    column — a few times less memory than gathering the previous rows' columns, which
-    matters at tens of millions of attempts (``tuple_reuse_reference`` in the tests is
-    the gathering form; they agree)."""
+    is the row before it: rows are compared with the rows before them REUSE_BLOCK at a
+    time, through slices (views), and each block's columns are written out
+    (:func:`.spill.column_writer`) before the next: the temporaries are a block's, not
+    the table's, and a table in files (:class:`.spill.ColumnStore`) is read a block at a
+    time (``tuple_reuse_reference`` in the tests is the gathering form over all rows;
+    they agree)."""
     n = len(a)
-    prev = np.arange(-1, n - 1, dtype=np.int64)
-    age = np.full(n, np.nan)
-    prev_tw = np.zeros(n, dtype=np.int8)
-    if n > 1:
-        same = a["flow"][1:] == a["flow"][:-1]  # row i + 1 follows row i on its 4-tuple
-        prev[1:][~same] = -1
-        t_syn = a["t_syn"][1:]
-        t_new = np.where(np.isnan(t_syn), a["t_start"][1:], t_syn)
-        np.subtract(t_new, a["t_end"][:-1], out=t_new)
-        np.copyto(age[1:], t_new, where=same)
-        del t_new
-        holder = np.where(same, a["tw_holder"][:-1], W_NONE)
-        orig, oport = a["orig"], a["orig_port"]
-        # the previous connection's holder (its originator or responder) is this attempt's client?
-        h_is_client = np.where(holder == W_ORIG, (orig[:-1] == orig[1:]) & (oport[:-1] == oport[1:]),
-                               (a["resp"][:-1] == orig[1:]) & (a["resp_port"][:-1] == oport[1:]))
-        prev_tw[1:] = np.where(holder == W_NONE, 0, np.where(h_is_client, 1, 2))
-        del holder, h_is_client
-    a["prev"] = prev
-    a["reuse_age_s"] = age
-    a["prev_tw"] = prev_tw
-    a["tw_verdict"] = _tw_verdicts(a, prev, age, prev_tw)
+    out = {k: column_writer(a.cols, k, n, dt) for k, dt in
+           (("prev", np.int64), ("reuse_age_s", np.float64), ("prev_tw", np.int8), ("tw_verdict", np.int8))}
+    known: dict[int, int] = {}  # TIME_WAIT input class -> verdict, over all blocks
+    for s in range(0, n, REUSE_BLOCK):
+        e = min(n, s + REUSE_BLOCK)
+        prev, age, prev_tw, same_client = _reuse_block(a, s, e)
+        out["prev"].put(prev)
+        out["reuse_age_s"].put(age)
+        out["prev_tw"].put(prev_tw)
+        out["tw_verdict"].put(_tw_verdicts(a, s, prev, same_client, known))
+    for w in out.values():
+        w.done()
 
 
-TW_BLOCK = 1 << 18  # SYNs on a server TIME_WAIT whose model inputs are built at once
+def _reuse_block(a: Attempts, s: int, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """prev, reuse_age_s, prev_tw of rows s..e-1, and which of them are SYNs of the same
+    client on a 4-tuple whose server held TIME_WAIT for less than TCP_TIMEWAIT_LEN."""
+    m = e - s
+    prev = np.arange(s - 1, e - 1, dtype=np.int64)
+    age = np.full(m, np.nan)
+    prev_tw = np.zeros(m, dtype=np.int8)
+    same_client = np.zeros(m, dtype=bool)
+    lo = max(s - 1, 0)
+    off = lo + 1 - s  # rows [off, m) have a row before them: pairs (lo + k, lo + k + 1)
+    if e - lo < 2:
+        prev[:] = -1
+        return prev, age, prev_tw, same_client
+
+    def pair(k: str) -> tuple[np.ndarray, np.ndarray]:
+        c = a[k]
+        return c[lo:e - 1], c[lo + 1:e]
+
+    f0, f1 = pair("flow")
+    same = f1 == f0  # the row follows the one before it on its 4-tuple
+    del f0, f1
+    prev[:off] = -1
+    prev[off:][~same] = -1
+    t_syn = a["t_syn"][lo + 1:e]
+    t_new = np.where(np.isnan(t_syn), a["t_start"][lo + 1:e], t_syn)
+    del t_syn
+    np.subtract(t_new, a["t_end"][lo:e - 1], out=t_new)
+    np.copyto(age[off:], t_new, where=same)
+    del t_new
+    holder = np.where(same, a["tw_holder"][lo:e - 1], W_NONE)
+    o0, o1 = pair("orig")
+    p0, p1 = pair("orig_port")
+    client_kept = (o0 == o1) & (p0 == p1)  # the previous connection's originator is this one's
+    # the previous connection's holder (its originator or responder) is this attempt's client?
+    h_is_client = np.where(holder == W_ORIG, client_kept,
+                           (a["resp"][lo:e - 1] == o1) & (a["resp_port"][lo:e - 1] == p1))
+    del o0, o1, p0, p1
+    prev_tw[off:] = np.where(holder == W_NONE, 0, np.where(h_is_client, 1, 2))
+    del holder, h_is_client
+    a_age = age[off:]
+    same_client[off:] = (same & client_kept & (prev_tw[off:] == 2) & (a_age < TCP_TIMEWAIT_LEN)
+                         & (a_age >= 0) & a["is_attempt"][lo + 1:e])
+    return prev, age, prev_tw, same_client
 
 
 def _s32(x: np.ndarray) -> np.ndarray:
@@ -91,8 +129,10 @@ def _s32(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0x80000000, x - 0x100000000, x)
 
 
-def _tw_verdicts(a: Attempts, prev: np.ndarray, age: np.ndarray, prev_tw: np.ndarray) -> np.ndarray:
-    """tcp_timewait_state_process() for every SYN that met a server TIME_WAIT.
+def _tw_verdicts(a: Attempts, s: int, prev: np.ndarray, same_client: np.ndarray,
+                 known: dict[int, int]) -> np.ndarray:
+    """tcp_timewait_state_process() for every SYN that met a server TIME_WAIT, of the
+    block of rows from `s` (`prev` and `same_client` are the block's).
 
     The model is called once per *equivalence class* of inputs: for a SYN in the
     TIME_WAIT substate the function reads only whether the SYN's TSval is parsed
@@ -100,25 +140,14 @@ def _tw_verdicts(a: Attempts, prev: np.ndarray, age: np.ndarray, prev_tw: np.nda
     s32(tw_ts_recent - tsval), whether ts_recent is 0, whether the 24-day PAWS limit
     passed, and where the SYN's sequence number lies relative to tw_rcv_nxt (after,
     equal, before). Every SYN of a class gets the verdict the model gives the class's
-    first member (of the first block of TW_BLOCK SYNs the class appears in), called
-    with that member's real values (tests check this equals a call per SYN)."""
-    n = len(a)
-    out = np.zeros(n, dtype=np.int8)
-    if n < 2:
-        return out
-    # prev is the row before (tuple_reuse): compare through slices, one byte per row
-    orig, oport = a["orig"], a["orig_port"]
-    same_client = (prev[1:] >= 0) & (orig[:-1] == orig[1:]) & (oport[:-1] == oport[1:])
-    same_client &= (prev_tw[1:] == 2) & (age[1:] < TCP_TIMEWAIT_LEN) & (age[1:] >= 0)
-    same_client &= a["is_attempt"][1:]
-    cand = np.flatnonzero(same_client) + 1
-    del same_client
-    if not cand.size:
-        return out
-    known: dict[int, int] = {}  # class -> verdict
-    for b in range(0, cand.size, TW_BLOCK):  # the inputs in blocks: their temporaries stay small
+    first member (of the first group of TW_BLOCK SYNs the class appears in; `known`
+    keeps them over the blocks), called with that member's real values (tests check
+    this equals a call per SYN)."""
+    out = np.zeros(prev.size, dtype=np.int8)
+    cand = np.flatnonzero(same_client)
+    for b in range(0, cand.size, TW_BLOCK):  # the inputs in groups: their temporaries stay small
         c = cand[b:b + TW_BLOCK]
-        inp = _tw_inputs(a, prev[c], c)
+        inp = _tw_inputs(a, prev[c], c + s)
         sig = _tw_signature(inp)
         classes, first_idx, inv = np.unique(sig, return_index=True, return_inverse=True)
         for k, i in zip(classes.tolist(), first_idx.tolist(), strict=True):
@@ -200,56 +229,140 @@ def recycle_verdicts(a: Attempts) -> None:
     The cache changes only when a connection enters TIME_WAIT at the server, so only
     those writes and the SYNs of the same address pairs are replayed, in one order (by
     key, then time, writes first): the model's PeerCache (tcpreuse.model.recycle) in
-    the numpy backend, one C pass in the C backend (tested against it)."""
+    the numpy backend, one C pass in the C backend (tested against it).
+
+    The replay runs in windows of whole seconds (RECYCLE_WINDOW events or so each, in
+    time order; :func:`_recycle_windows`), so its temporaries are a window's: each
+    address pair's entry at the end of a window (its last write that set it) is carried
+    to the next as a first write of that pair, which sets the entry as it was."""
+    a["tw_recycle"] = _recycle(a)  # set once made: a spilled column is written when set
+
+
+RECYCLE_WINDOW = 1 << 19  # TIME_WAIT writes and SYN checks replayed at once (about)
+_CARRIED_NOW = 1 << 62  # the `now` of a carried entry's write: past any stamp + TCP_PAWS_MSL, so it sets the entry
+
+
+def _events(a: Attempts, sl: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (in block `sl`) of the cache writes — the server entered TIME_WAIT for a
+    timestamped connection — and of the SYNs to check — attempts a TIME_WAIT did not accept."""
+    w = np.flatnonzero((a["tw_holder"][sl] == W_RESP) & a["syn_has_ts"][sl] & a["synack_has_ts"][sl]
+                       & a["orig_ts_seen"][sl] & ~np.isnan(a["t_tw_enter"][sl]))
+    c = np.flatnonzero(a["is_attempt"][sl] & (a["tw_verdict"][sl] != V_ACCEPT))
+    return w, c
+
+
+def _recycle(a: Attempts) -> np.ndarray:
+    from .spill import ColumnStore
+
     n = len(a)
     out = np.zeros(n, dtype=np.int8)
-    a["tw_recycle"] = out
-    upd = np.flatnonzero(
-        (a["tw_holder"] == W_RESP) & a["syn_has_ts"] & a["synack_has_ts"] & a["orig_ts_seen"]
-        & ~np.isnan(a["t_tw_enter"])
-    )
-    if not upd.size:
+    # the events' times: their span, then events per step (a second, or coarser over a long span)
+    lo, hi, writes = np.inf, -np.inf, 0
+    for sl in row_blocks(n):
+        w, c = _events(a, sl)
+        writes += w.size
+        for t in (a["t_tw_enter"][sl][w], a["t_syn"][sl][c]):
+            if t.size:
+                lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
+    if not writes:
+        return out
+    step = max(1.0, float(np.ceil((hi - lo) / (1 << 20))))
+    bins = np.zeros(int((hi - lo) // step) + 1, dtype=np.int64)
+
+    def bin_of(t: np.ndarray) -> np.ndarray:
+        return ((t - lo) // step).astype(np.int64)
+
+    for sl in row_blocks(n):
+        w, c = _events(a, sl)
+        for t in (a["t_tw_enter"][sl][w], a["t_syn"][sl][c]):
+            bins += np.bincount(bin_of(t), minlength=bins.size)
+    win = (np.cumsum(bins) - bins) // RECYCLE_WINDOW  # each step's window (equal times: one window)
+    del bins
+    # each window's rows, in files (a window's events are read back by themselves)
+    store = ColumnStore()
+    n_win = int(win[-1]) + 1
+    try:
+        for sl in row_blocks(n):
+            w, c = _events(a, sl)
+            for kind, rows, t in (("w", w, a["t_tw_enter"][sl][w]), ("c", c, a["t_syn"][sl][c])):
+                if not rows.size:
+                    continue
+                wid = win[bin_of(t)]
+                o = np.argsort(wid, kind="stable")
+                wid, rows = wid[o], rows[o] + sl.start
+                cut = np.flatnonzero(np.r_[True, wid[1:] != wid[:-1]])
+                for k, part in zip(wid[cut].tolist(), np.split(rows, cut[1:]), strict=True):
+                    store.append(f"{kind}{k}", part.astype(np.int64))
+        carried: dict[tuple[int, int], tuple[int, int]] = {}  # (client, server) -> (TSval, stamp)
+        for k in range(n_win):
+            upd = store.pop(f"w{k}") if f"w{k}" in store else np.zeros(0, np.int64)
+            chk = store.pop(f"c{k}") if f"c{k}" in store else np.zeros(0, np.int64)
+            _replay(a, np.asarray(upd), np.asarray(chk), carried, out)
+    finally:
+        store.close()
+    return out
+
+
+def _replay(a: Attempts, upd: np.ndarray, chk: np.ndarray, carried: dict[tuple[int, int], tuple[int, int]],
+            out: np.ndarray) -> None:
+    """One window's writes (`upd`) and SYN checks (`chk`), after the entries `carried`
+    from the windows before (updated here to this window's end); verdicts into `out`."""
+    if not upd.size and not (chk.size and carried):
         return
-    # the SYNs to check: attempts a TIME_WAIT did not accept, of an address pair with a
-    # write; pair ids (dense, in key order) of these rows and the writes only, which
-    # order the pairs as ids over all rows would, without a sort of every row
     orig, resp = a["orig"], a["resp"]
-    cand = np.flatnonzero(a["is_attempt"] & (a["tw_verdict"] != V_ACCEPT))
-    if max(int(orig.max()), int(resp.max())) < (1 << 32):
-        wkey = distinct((orig[upd] << np.uint64(32)) | resp[upd])
-        chk = cand[np.isin((orig[cand] << np.uint64(32)) | resp[cand], wkey)]
-    else:
-        pid_all = _pair_ids(orig, resp)
-        chk = cand[np.isin(pid_all[cand], pid_all[upd])]
-        del pid_all
-    del cand
-    if not chk.size:
-        return
-    # writes and checks in one order: by key, then time (writes first at equal times,
-    # then in capture order)
-    upd = upd[capture_order(a["pkt_tw_enter"][upd])]
-    chk = chk[capture_order(a["pkt"][chk])]
-    m = upd.size
+    # this window's address pairs (dense ids), and those among them with a carried entry
     rows = np.concatenate([upd, chk])
-    part = distinct(np.concatenate([upd, chk]))
-    key_all = _pair_ids(orig[part], resp[part])[np.searchsorted(part, rows)]
-    del part
-    t_all = np.concatenate([a["t_tw_enter"][upd], a["t_syn"][chk]])
-    order = time_order(t_all)  # stable: writes (first in the concatenation) first at equal times
-    if key_all.min() != key_all.max():
-        if int(key_all.max()) < (1 << 16):
-            order = order[np.argsort(key_all[order].astype(np.uint16), kind="stable")]
-        else:
-            order = order[np.argsort(key_all[order], kind="stable")]
+    pid = _pair_ids(orig[rows], resp[rows])
+    ids, first = np.unique(pid, return_index=True)
+    po, pr = orig[rows[first]].tolist(), resp[rows[first]].tolist()
+    c_ids = [i for i, x, y in zip(ids.tolist(), po, pr, strict=True) if (x, y) in carried]
+    c_ent = [carried[(po[i], pr[i])] for i in c_ids]
+    # the SYNs to check: of a pair with a write (this window's or carried)
+    w_pid = pid[:upd.size]
+    c_pid = pid[upd.size:]
+    has = np.isin(c_pid, np.concatenate([w_pid, np.asarray(c_ids, dtype=pid.dtype)]))
+    chk, c_pid = chk[has], c_pid[has]
+    if not chk.size and not upd.size:
+        return
+    # writes and checks in one order: by key, then time (the carried entries first, then
+    # writes first at equal times, then in capture order)
+    o = capture_order(a["pkt_tw_enter"][upd])
+    upd, w_pid = upd[o], w_pid[o]
+    o = capture_order(a["pkt"][chk])
+    chk, c_pid = chk[o], c_pid[o]
+    del o
+    nc = len(c_ids)
+    m = nc + upd.size
+    key_all = np.concatenate([np.asarray(c_ids, dtype=pid.dtype), w_pid, c_pid])
+    t_upd, t_chk = a["t_tw_enter"][upd], a["t_syn"][chk]
+    t0 = min(float(t_upd.min()) if t_upd.size else np.inf, float(t_chk.min()) if t_chk.size else np.inf)
+    t_all = np.concatenate([np.full(nc, t0 - 1.0), t_upd, t_chk])
+    order = time_order(t_all)  # stable: carried entries, then writes, first at equal times
+    del t_all
+    if key_all.size and key_all.min() != key_all.max():
+        order = order[np.argsort(key_all[order], kind="stable")]
+    w_ts = np.concatenate([np.asarray([e[0] for e in c_ent], dtype=np.int64),
+                           a["orig_last_tsval"][upd].astype(np.int64)])
+    w_stamp = np.concatenate([np.asarray([e[1] for e in c_ent], dtype=np.int64),
+                              np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64)])
+    w_now = np.concatenate([np.full(nc, _CARRIED_NOW, dtype=np.int64), t_upd.astype(np.int64)])
+    won = np.zeros(m, dtype=np.int8)
     out[chk] = backend.ACTIVE.recycle_checks(
-        order, m, key_all, a["orig_last_tsval"][upd].astype(np.int64),
-        np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64), a["t_tw_enter"][upd].astype(np.int64),
-        a["t_syn"][chk].astype(np.int64), a["syn_tsval"][chk].astype(np.int64), a["syn_has_ts"][chk])
+        order, m, key_all, w_ts, w_stamp, w_now, t_chk.astype(np.int64), a["syn_tsval"][chk].astype(np.int64),
+        a["syn_has_ts"][chk], won)
+    # each pair's entry at the end of the window: its last write (in replay order) that set it
+    wo = order[order < m]
+    wo = wo[won[wo] == 1]
+    if wo.size:
+        kk = key_all[wo]
+        last = np.flatnonzero(np.r_[kk[1:] != kk[:-1], True])  # writes come grouped by key
+        for e, i in zip(wo[last].tolist(), np.searchsorted(ids, kk[last]).tolist(), strict=True):
+            carried[(po[i], pr[i])] = (int(w_ts[e]), int(w_stamp[e]))
 
 
 def _recycle_checks_reference(order: np.ndarray, m: int, key: np.ndarray, w_ts: np.ndarray, w_stamp: np.ndarray,
                               w_now: np.ndarray, c_now: np.ndarray, c_tsval: np.ndarray,
-                              c_has_ts: np.ndarray) -> np.ndarray:
+                              c_has_ts: np.ndarray, won: np.ndarray | None = None) -> np.ndarray:
     """The numpy backend's recycle_checks: the model's cache
     (:class:`tcpreuse.model.recycle.PeerCache`, tcp_tw_recycle's per-peer cache of
     3.5-4.11 kernels, keyed here by the (client, server) address pair as tcp_metrics
@@ -263,6 +376,9 @@ def _recycle_checks_reference(order: np.ndarray, m: int, key: np.ndarray, w_ts: 
     for e in order.tolist():
         if e < m:
             cache.remember_stamp(0, keys[e], wts[e], wst[e], wnow[e])
+            if won is not None:  # the entry is now this write's
+                after = cache.entries[cache.key(0, keys[e])]
+                won[e] = after.ts == wts[e] and after.stamp == wst[e]
         else:
             c = e - m
             out[c] = cache.syn_verdict(0, keys[e], chas[c], cts[c], cnow[c], drops_tsless=True)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .flows import ANSWERS, Attempts, capture_order, distinct, median, time_order
+from .flows import ANSWERS, Attempts, capture_order, distinct, median, row_blocks, time_order
 from .zeek import CONN_STATES
 
 TS_RATES = (1000.0, 250.0, 100.0, 300.0, 1024.0, 10.0, 1_000_000.0)
@@ -179,7 +179,17 @@ def _tol(rate: float, dt: np.ndarray | float) -> np.ndarray | float:
 
 
 def _off(dt: np.ndarray, dv: np.ndarray, rate: float) -> np.ndarray:
-    return np.abs(dv - rate * dt) > _tol(rate, dt)
+    """|dv - rate * dt| > _tol(rate, dt), the same operations in place (two temporaries)."""
+    x = dt * rate
+    np.subtract(dv, x, out=x)
+    np.abs(x, out=x)
+    tol = np.abs(dt)
+    tol *= rate
+    tol *= 2e-4
+    tol += rate * 0.05
+    tol += 2
+    np.greater(x, tol, out=tol)
+    return tol.astype(bool)
 
 
 def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
@@ -192,14 +202,22 @@ def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
     span, t0 = float(t.max() - t.min()), float(t.min())
     # successive SYNs of one 4-tuple: a stable radix sort by 4-tuple keeps capture order
     o = capture_order(tup)
-    to, vo, ko = t[o], tsval[o].astype(np.uint32), tup[o]
+    ko = tup[o]
     same = ko[1:] == ko[:-1]
+    del ko
+    to = t[o]
+    vo = tsval[o].astype(np.uint32)
+    del o
     first = np.r_[True, ~same]
     dt = np.diff(to)[same]
     dv = np.diff(vo)[same].view(np.int32)  # uint32 differences wrap: as signed, s32(b - a)
+    del same
     keep = np.abs(dt) < STEP_MAX_S
     dt, dv = dt[keep], dv[keep]
+    del keep
     n_tup = int(first.sum())
+    t_first, v_first = to[first], vo[first]  # each 4-tuple's first SYN
+    del to, vo, first
     off = _off(dt, dv, rate)
     if off.any():
         # the rate that keeps every 4-tuple on its own clock wins over the cluster count
@@ -215,7 +233,8 @@ def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
         others = [r for r in TS_RATES if r != rate and int((far & ~_off(dt, dv, r)).sum()) >= 2]
     # clocks, and those used by several 4-tuples, from each 4-tuple's first SYN; when every
     # 4-tuple kept its clock these are all the clocks (else all SYNs are counted)
-    k, shared = _clock_groups(to[first], vo[first], rate, span, t0)
+    k, shared = _clock_groups(t_first, v_first, rate, span, t0)
+    del t_first, v_first
     if off.any():
         k = _clusters(t, tsval, rate, span, t0)
     per_tuple = k > 1 and shared == 0
@@ -250,33 +269,42 @@ def peak_rate(t: np.ndarray, mean: float) -> float:
     (a window as long as the capture when it is shorter, so that the peak of a 0.4 s
     capture is its rate, not the count of a calendar second). The mean counts the span
     between the first and last attempt, which a window may not reach at the edges of a
-    sparse capture; the peak is then the mean."""
+    sparse capture; the peak is then the mean. (Windows looked up ROW_BLOCK at a time.)"""
     if t.size == 0:
         return 0.0
     ts = np.sort(t)
     span = float(ts[-1] - ts[0])
     w = min(1.0, span) if span > 0 else 1.0
-    ends = np.searchsorted(ts, ts + w, side="right")
-    best = int((ends - np.arange(ts.size)).max())
+    best = 0
+    for sl in row_blocks(ts.size):
+        ends = np.searchsorted(ts, ts[sl] + w, side="right")
+        best = max(best, int((ends - np.arange(sl.start, sl.stop)).max()))
     return round(max(best / w, mean), 3)
 
 
 def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
-    """Rows in time order. The cycle is the time between successive uses of one port."""
+    """Rows in time order. The cycle is the time between successive uses of one port.
+    (Ports are taken as 16-bit values: the temporaries are a quarter of int64 ones.)"""
+    port = np.asarray(port).astype(np.uint16, copy=False)
     n = port.size
     counts = np.bincount(port, minlength=65536)
     distinct = int(np.count_nonzero(counts))
-    even = float(np.mean(port % 2 == 0)) if n else 0.0
-    o = np.argsort(port.astype(np.uint16), kind="stable")  # by port, time order kept
-    ps, ts_ = port[o], t[o]
+    del counts
+    even = float(np.mean((port & 1) == 0)) if n else 0.0
+    o = np.argsort(port, kind="stable")  # by port, time order kept
+    ps = port[o]
     same = ps[1:] == ps[:-1]
+    del ps
+    ts_ = t[o]
+    del o
     cyc = (ts_[1:] - ts_[:-1])[same]
+    del ts_
     reuses = int(same.sum())
+    del same
     if n < 3:
         return PortPattern(dest, n, distinct, int(port.min()) if n else 0, int(port.max()) if n else 0,
                            "too few", None, 0.0, even, None, None, reuses)
-    d = np.diff(port)
-    d = (d + 32768) % 65536 - 32768
+    d = np.diff(port).view(np.int16)  # the step mod 65536, in -32768..32767
     fwd = (d > 0) & (d <= 16)
     seq_share = float(np.mean(fwd))
     med = int(median(d[fwd])) if fwd.any() else None
@@ -297,42 +325,68 @@ def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
 
 
 def source_stats(a: Attempts, addr: Any) -> list[SourceStats]:
-    """Stats per client address, busiest first. `addr(key) -> str` formats addresses."""
-    att = np.flatnonzero(a["is_attempt"])
-    if not att.size:
+    """Stats per client address, busiest first. `addr(key) -> str` formats addresses.
+
+    The attempts are grouped by client ROW_BLOCK rows at a time (row numbers only, in
+    32 bits when they fit); each client's rows are then put in capture order (equal SYN
+    times keep the order they were captured in) and analysed by themselves, so what is
+    held at once is one client's rows and their temporaries."""
+    n = len(a)
+    idx = np.int32 if n < (1 << 31) else np.int64
+    parts: dict[int, list[np.ndarray]] = {}
+    for sl in row_blocks(n):
+        m = np.flatnonzero(a["is_attempt"][sl])
+        if not m.size:
+            continue
+        src = a["orig"][sl][m]
+        bk, inv = np.unique(src, return_inverse=True)
+        del src
+        inv = inv.ravel()
+        o = np.argsort(inv, kind="stable")
+        bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=bk.size))]
+        rows = (m[o] + sl.start).astype(idx)
+        del m, o, inv
+        for i, k in enumerate(bk.tolist()):
+            parts.setdefault(k, []).append(rows[bounds[i]:bounds[i + 1]].copy())
+        del rows
+    if not parts:
         return []
-    att = att[capture_order(a["pkt"][att])]  # equal SYN times keep the order they were captured in
-    src = a["orig"][att]
-    keys, inv, cnt = np.unique(src, return_inverse=True, return_counts=True)
-    inv = inv.ravel()
-    order = np.argsort(-cnt, kind="stable")
-    # group rows by source once
-    grp = np.argsort(inv, kind="stable")
-    bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=keys.size))]
+    keys = sorted(parts)
+    cnt = [sum(p.size for p in parts[k]) for k in keys]
+    order = sorted(range(len(keys)), key=lambda i: -cnt[i])  # busiest first, then by key
     out: list[SourceStats] = []
-    for rank, k in enumerate(order.tolist()):
-        rows = att[grp[bounds[k]:bounds[k + 1]]]
+    for rank, i in enumerate(order):
+        pl = parts.pop(keys[i])
+        rows = pl[0] if len(pl) == 1 else np.concatenate(pl)
+        del pl
+        rows = rows[capture_order(a["pkt"][rows])]
         out.append(_one_source(a, rows, addr, detail=rank < DETAIL_LIMIT and rows.size >= DETAIL_MIN))
+        del rows
     return out
 
 
 def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> SourceStats:
+    """One client's statistics from its attempt rows (capture order); each column is
+    read for these rows when needed and let go after."""
     t = a["t_syn"][rows]
     n = rows.size
     t0, t1 = float(t.min()), float(t.max())
     span = t1 - t0
     peak = peak_rate(t, n / span if span > 0 else float(n))
+    retried = a["n_syn"][rows] > 1
+    gap = (a["t_syn2"][rows[retried]] - t[retried]) * 1000
+    del t
     has_ts = a["syn_has_ts"][rows]
+    n_ts = int(has_ts.sum())
     age = a["reuse_age_s"][rows]
     server_tw = (a["prev_tw"][rows] == 2) & (age < 60)
-    retried = a["n_syn"][rows] > 1
-    gap = (a["t_syn2"][rows] - t)[retried] * 1000
+    del age
     s = SourceStats(
         addr=addr(a["orig"][rows[0]]),
         attempts=int(n),
         servers=int(distinct(a["resp"][rows]).size),
-        syn_with_ts=int(has_ts.sum()),
-        syn_without_ts=int(n - has_ts.sum()),
+        syn_with_ts=n_ts,
+        syn_without_ts=int(n - n_ts),
         rate_per_s=round(n / span, 3) if span > 0 else float(n),
         peak_per_s=peak,
         span_s=round(span, 3),
@@ -343,16 +397,24 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
         syn_retried=int(retried.sum()),
         first_retry_ms_median=round(median(gap), 1) if gap.size else None,
     )
+    del server_tw, retried, gap
     if not detail:
         return s
     # timestamp clocks per server address: the pair with separating evidence, else the most clocks
     tsr = rows[has_ts]
+    del has_ts
     if tsr.size:
         best: ClockFit | None = None
-        for dst in distinct(a["resp"][tsr]).tolist():
-            r = tsr[a["resp"][tsr] == dst]
-            tup = a["orig_port"][r].astype(np.int64) << 16 | a["resp_port"][r].astype(np.int64)
+        resp = a["resp"][tsr]
+        pairs = [(dst, tsr[resp == dst]) for dst in distinct(resp).tolist()]
+        del resp, tsr
+        while pairs:
+            _dst, r = pairs.pop(0)
+            tup = a["orig_port"][r].astype(np.uint32)  # the 4-tuple of a pair: its two ports
+            tup <<= 16
+            tup |= a["resp_port"][r].astype(np.uint32)
             fit = clock_fit(a["t_syn"][r], a["syn_tsval"][r], tup)
+            del tup, r
             if best is None or (fit.nat, fit.clocks) > (best.nat, best.clocks):
                 best = fit
         assert best is not None
@@ -361,16 +423,20 @@ def _one_source(a: Attempts, rows: np.ndarray, addr: Any, detail: bool) -> Sourc
         s.ts_nat, s.ts_evidence = best.nat, best.why
         s.ts_shared_clocks, s.ts_reconnects, s.ts_off_clock = best.shared, best.steps, best.off_clock
         s.ts_note = _ts_note(s)
+    else:
+        del tsr
     # port patterns per destination
     dkey = a["resp"][rows].astype(np.uint64) << np.uint64(16) | a["resp_port"][rows].astype(np.uint64)
-    for dk in distinct(dkey).tolist():
-        r = rows[dkey == dk]
+    dests = [(dk, rows[dkey == dk]) for dk in distinct(dkey).tolist()]
+    del dkey
+    while dests:
+        dk, r = dests.pop(0)
         if r.size < DETAIL_MIN:
             continue
-        o = time_order(a["t_syn"][r])
-        r = r[o]
+        r = r[time_order(a["t_syn"][r])]
         dest = f"{addr(dk >> 16)}:{dk & 0xFFFF}"
-        s.ports.append(_port_pattern(dest, a["t_syn"][r], a["orig_port"][r].astype(np.int64)))
+        s.ports.append(_port_pattern(dest, a["t_syn"][r], a["orig_port"][r]))
+        del r
     s.ports.sort(key=lambda p: -p.attempts)
     del s.ports[5:]
     return s
@@ -394,34 +460,64 @@ def _ts_note(s: SourceStats) -> str:
 
 
 def server_stats(a: Attempts, addr: Any) -> list[ServerStats]:
-    att = np.flatnonzero(a["is_attempt"])
-    if not att.size:
-        return []
-    key = a["resp"][att].astype(np.uint64) << np.uint64(16) | a["resp_port"][att].astype(np.uint64)
-    keys, inv = np.unique(key, return_inverse=True)
-    inv = inv.ravel()
-    grp = np.argsort(inv, kind="stable")
-    bounds = np.r_[0, np.cumsum(np.bincount(inv, minlength=keys.size))]
-    out = []
-    for i, k in enumerate(keys.tolist()):
-        r = att[grp[bounds[i]:bounds[i + 1]]]
-        an = a["answer"][r]
-        t_ok = a["t_synack"][r]
+    """Stats per server (address, port), busiest first: counts, the first and last
+    answer, distinct clients — aggregates, so the table is read ROW_BLOCK rows at a time."""
+    cnt_names = ("attempts", "answered", "refused", "old_ack", "unanswered", "syn_retried", "synack_retransmits",
+                 "established")
+    keys = np.zeros(0, dtype=np.uint64)
+    cnt = np.zeros((len(cnt_names), 0), dtype=np.int64)
+    t_first = np.zeros(0)
+    t_last = np.zeros(0)
+    clients: dict[int, np.ndarray] = {}
+    for sl in row_blocks(len(a)):
+        m = np.flatnonzero(a["is_attempt"][sl])
+        if not m.size:
+            continue
+        key = a["resp"][sl][m].astype(np.uint64) << np.uint64(16) | a["resp_port"][sl][m].astype(np.uint64)
+        bk, inv = np.unique(key, return_inverse=True)
+        del key
+        inv = inv.ravel()
+        new = distinct(np.concatenate([keys, bk]))  # the keys so far and this block's, sorted
+        if new.size > keys.size:  # widen the tallies to the new keys
+            at = np.searchsorted(new, keys)
+            grow = np.zeros((len(cnt_names), new.size), dtype=np.int64)
+            grow[:, at] = cnt
+            f, la = np.full(new.size, np.inf), np.full(new.size, -np.inf)
+            f[at], la[at] = t_first, t_last
+            keys, cnt, t_first, t_last = new, grow, f, la
+        g = np.asarray(np.searchsorted(keys, bk))[inv]  # each row's server
+        k = keys.size
+        an = a["answer"][sl][m]
+        t_ok = a["t_synack"][sl][m]
         ok = ~np.isnan(t_ok)
+        for j, sel in enumerate((None, ok, an == ANSWERS.index("rst"), an == ANSWERS.index("old_ack"),
+                                 an == ANSWERS.index("none"), a["n_syn"][sl][m] > 1, a["n_synack"][sl][m] > 1,
+                                 a["established"][sl][m])):
+            cnt[j] += np.bincount(g if sel is None else g[sel], minlength=k)
+        np.minimum.at(t_first, g[ok], t_ok[ok])
+        np.maximum.at(t_last, g[ok], t_ok[ok])
+        del an, t_ok, ok
+        orig = a["orig"][sl][m]
+        o = np.lexsort((orig, g))
+        go, oo = g[o], orig[o]
+        first = np.r_[True, (go[1:] != go[:-1]) | (oo[1:] != oo[:-1])]
+        go, oo = go[first], oo[first]
+        starts = np.flatnonzero(np.r_[True, go[1:] != go[:-1]])
+        for gi, part in zip(go[starts].tolist(), np.split(oo, starts[1:]), strict=True):
+            kk = int(keys[gi])
+            have = clients.get(kk)
+            clients[kk] = part if have is None else distinct(np.concatenate([have, part]))
+    out = []
+    for i, kk in enumerate(keys.tolist()):
+        c = {name: int(cnt[j, i]) for j, name in enumerate(cnt_names)}
+        answered = c["answered"] > 0
         out.append(ServerStats(
-            addr=addr(k >> 16),
-            port=k & 0xFFFF,
-            attempts=int(r.size),
-            clients=int(distinct(a["orig"][r]).size),
-            answered=int(ok.sum()),
-            refused=int((an == ANSWERS.index("rst")).sum()),
-            old_ack=int((an == ANSWERS.index("old_ack")).sum()),
-            unanswered=int((an == ANSWERS.index("none")).sum()),
-            syn_retried=int((a["n_syn"][r] > 1).sum()),
-            synack_retransmits=int((a["n_synack"][r] > 1).sum()),
-            established=int(a["established"][r].sum()),
-            first_answered_t=float(np.nanmin(t_ok)) if ok.any() else None,
-            last_answered_t=float(np.nanmax(t_ok)) if ok.any() else None,
+            addr=addr(kk >> 16),
+            port=kk & 0xFFFF,
+            clients=int(clients[kk].size),
+            first_answered_t=float(t_first[i]) if answered else None,
+            last_answered_t=float(t_last[i]) if answered else None,
+            **c,
         ))
     out.sort(key=lambda s: -s.attempts)
     return out

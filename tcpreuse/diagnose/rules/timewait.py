@@ -198,7 +198,9 @@ def from_capture(ev: Evidence) -> list[TimeWaitCollision]:
         n = rows.size
         model_ack = int(np.isin(a["tw_verdict"][rows], (reuse.V_ACK_OLD, reuse.V_PAWS)).sum())
         retried = rows[a["n_syn"][rows] > 1]
-        servers = sorted({f"{an.addr(int(a['resp'][r]))}:{int(a['resp_port'][r])}" for r in rows[:200].tolist()})
+        first = rows[:200]  # their columns read once (a table in files maps a column per read)
+        servers = sorted({f"{an.addr(k)}:{p}" for k, p in zip(a["resp"][first].tolist(), a["resp_port"][first].tolist(),
+                                                              strict=True)})
         os = os_guess(an, rows)
         out.append(TimeWaitCollision(
             "capture", hosts=(client,), peer=client, collisions=n, attempts=int(mine.sum()),

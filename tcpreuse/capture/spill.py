@@ -1,0 +1,156 @@
+"""Attempt columns kept in files instead of memory, each mapped read-only when read.
+
+A streamed analysis with no per-attempt output asked (:func:`.analysis.analyze_streamed`,
+``per_attempt=False``) emits attempt rows chunk after chunk; kept in memory they were
+the part of its footprint that grew with the capture (~165 bytes per attempt, ~1.7 GB
+at 100 M packets of short connections). :class:`ColumnStore` appends each emitted
+part's columns to one file per column in a temporary directory (deleted with the
+store), and gives a column back as a read-only array over a memory map of its file:
+only the pages a computation touches are resident, and only while that array (or a
+view of it) lives, so what the end passes, the statistics and the rules hold is their
+working set — the columns an expression reads and its temporaries — not the table.
+
+A column is replaced whole (``store[k] = array`` writes a new file); an array read from
+the store cannot be changed in place (it is read-only), so nothing written to a column
+after it was stored can be lost.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CaptureError
+
+
+class ColumnStore(MutableMapping[str, np.ndarray]):
+    """Columns of equal length, one file each, in a temporary directory of `dir`
+    (default: the system's temporary directory, ``TMPDIR``)."""
+
+    def __init__(self, dir: str | os.PathLike[str] | None = None) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="tcpreuse-attempts-", dir=dir)
+        self.path = Path(self._tmp.name)
+        self._cols: dict[str, tuple[np.dtype, int, Path]] = {}  # name -> (dtype, rows, file)
+        self._gen = 0
+
+    def _new_file(self, k: str) -> Path:
+        self._gen += 1
+        return self.path / f"{k}.{self._gen}"
+
+    def _write(self, path: Path, v: np.ndarray, mode: str) -> None:
+        try:
+            with open(path, mode) as fh:
+                fh.write(np.ascontiguousarray(v).data)
+        except OSError as e:
+            raise CaptureError(f"cannot write the attempt table to {self.path}: {e.strerror or e}",
+                               hint="set TMPDIR to a directory with more free space") from None
+
+    def append(self, k: str, v: np.ndarray) -> None:
+        """Rows `v` added at the end of column `k` (made with `v`'s dtype if new)."""
+        v = np.asarray(v)
+        if k not in self._cols:
+            self._cols[k] = (v.dtype, 0, self._new_file(k))
+        dt, n, path = self._cols[k]
+        if v.dtype != dt:
+            raise ValueError(f"column {k}: {v.dtype} rows appended to a {dt} column")
+        self._write(path, v, "ab")
+        self._cols[k] = (dt, n + v.size, path)
+
+    def __getitem__(self, k: str) -> np.ndarray:
+        dt, n, path = self._cols[k]
+        if not n or not dt.itemsize:
+            return np.zeros(n, dtype=dt)
+        with open(path, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), n * dt.itemsize, access=mmap.ACCESS_READ)
+        return np.frombuffer(mm, dtype=dt, count=n)  # unmapped when the array and its views go
+
+    def __setitem__(self, k: str, v: np.ndarray) -> None:
+        v = np.asarray(v)
+        if v.ndim != 1:
+            raise ValueError(f"column {k}: one dimension expected, not {v.shape}")
+        path = self._new_file(k)
+        self._write(path, v, "wb")
+        old = self._cols.get(k)
+        self._cols[k] = (v.dtype, v.size, path)  # an existing column keeps its place
+        if old is not None:
+            old[2].unlink(missing_ok=True)  # arrays still mapping it keep their pages
+
+    def __delitem__(self, k: str) -> None:
+        _dt, _n, path = self._cols.pop(k)
+        path.unlink(missing_ok=True)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._cols))
+
+    def __len__(self) -> int:
+        return len(self._cols)
+
+    def rename(self, old: str, new: str) -> None:
+        """Column `old` becomes `new` (replacing a column of that name, and taking its place)."""
+        if new in self._cols:
+            self._cols[new][2].unlink(missing_ok=True)
+            self._cols[new] = self._cols.pop(old)
+        else:
+            self._cols[new] = self._cols.pop(old)
+
+    def dtype(self, k: str) -> np.dtype:
+        return self._cols[k][0]
+
+    def rows(self) -> int:
+        """The length of the columns (0 without columns)."""
+        return next(iter(self._cols.values()))[1] if self._cols else 0
+
+    def nbytes(self) -> int:
+        return sum(dt.itemsize * n for dt, n, _ in self._cols.values())
+
+    def close(self) -> None:
+        """Delete the files (arrays still mapping them keep their pages)."""
+        self._cols.clear()
+        self._tmp.cleanup()
+
+
+class ColumnWriter:
+    """A column of `n` rows made in pieces, in order (:meth:`put`), then set (:meth:`done`):
+    in a :class:`ColumnStore`, appended to a file as they come; in a dict, copied into
+    one array (the pieces are let go as they are put)."""
+
+    def __init__(self, cols: MutableMapping[str, np.ndarray], k: str, n: int, dtype: type | np.dtype) -> None:
+        self.cols, self.k, self.n, self.dtype = cols, k, n, np.dtype(dtype)
+        self.at = 0
+        self.arr: np.ndarray | None = None
+        if isinstance(cols, ColumnStore):
+            self.tmp = f"{k}~"
+            cols.pop(self.tmp, None)
+            cols.append(self.tmp, np.zeros(0, dtype=self.dtype))
+        else:
+            self.arr = np.empty(n, dtype=self.dtype)
+
+    def put(self, v: np.ndarray) -> None:
+        v = np.asarray(v, dtype=self.dtype)
+        if self.at + v.size > self.n:
+            raise ValueError(f"column {self.k}: more than {self.n} rows")
+        if self.arr is not None:
+            self.arr[self.at:self.at + v.size] = v
+        else:
+            assert isinstance(self.cols, ColumnStore)
+            self.cols.append(self.tmp, v)
+        self.at += v.size
+
+    def done(self) -> None:
+        if self.at != self.n:
+            raise ValueError(f"column {self.k}: {self.at} rows of {self.n} made")
+        if self.arr is not None:
+            self.cols[self.k] = self.arr
+            self.arr = None
+        else:
+            assert isinstance(self.cols, ColumnStore)
+            self.cols.rename(self.tmp, self.k)
+
+
+def column_writer(cols: MutableMapping[str, np.ndarray], k: str, n: int, dtype: type | np.dtype) -> ColumnWriter:
+    return ColumnWriter(cols, k, n, dtype)
