@@ -1097,62 +1097,85 @@ def _epb_fields(buf: Any, w: _NgWalk) -> tuple[np.ndarray, ...]:
     return offs, sec_of, iid, tsh, tsl, cap, olen, bad
 
 
-def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Frames | None:
-    """Frames from a walk; None when an EPB fails validation on a non-careful walk."""
-    sections = w.sections
-    n_epb = len(w.epb)
-    offs, sec_of, iid, tsh, tsl, cap, olen, bad = _epb_fields(buf, w)
-    if bad.any():
-        if not careful:
-            return None
-        rep.skip("damaged packet block (lengths disagree)", int(bad.sum()))
-    good = ~bad
-    slow = w.slow
-    n = n_epb + len(slow)
-    data_off = np.empty(n, dtype=np.int64)
-    caplen = np.empty(n, dtype=np.int64)
-    origlen = np.empty(n, dtype=np.int64)
-    iface = np.empty(n, dtype=np.int64)
-    ts_hi = np.empty(n, dtype=np.uint64)
-    ts_lo = np.empty(n, dtype=np.uint64)
-    has_ts = np.ones(n, dtype=bool)
-    section = np.empty(n, dtype=np.int64)
-    ok = np.ones(n, dtype=bool)
-    is_slow = np.zeros(n, dtype=bool)
-    if slow:
-        is_slow[np.asarray(w.slow_pos, dtype=np.int64)] = True
-    epb_slots = np.flatnonzero(~is_slow)
-    slow_slots = np.flatnonzero(is_slow)
-    data_off[epb_slots] = offs + 28
-    caplen[epb_slots] = cap
-    origlen[epb_slots] = olen
-    iface[epb_slots] = iid
-    ts_hi[epb_slots] = tsh
-    ts_lo[epb_slots] = tsl
-    section[epb_slots] = sec_of
-    ok[epb_slots] = good
-    if slow:
-        sl = np.asarray(slow, dtype=np.int64)
-        data_off[slow_slots] = sl[:, 0]
-        caplen[slow_slots] = sl[:, 1]
-        origlen[slow_slots] = sl[:, 2]
-        iface[slow_slots] = sl[:, 3]
-        has_ts[slow_slots] = sl[:, 4] >= 0
-        ts_hi[slow_slots] = np.maximum(sl[:, 4], 0).astype(np.uint64)
-        ts_lo[slow_slots] = np.maximum(sl[:, 5], 0).astype(np.uint64)
-        section[slow_slots] = np.asarray(w.slow_sec, dtype=np.int64)
-    frame = np.arange(1, n + 1, dtype=np.int64)
-    # interface table, flattened over sections
-    base = np.zeros(len(sections) + 1, dtype=np.int64)
+class _Blocks:
+    """The packet blocks of a walk in file order: the EPBs' fields (from the buffer) and
+    the SPBs' and odd blocks' (from the walk) in one set of columns."""
+
+    def __init__(self, buf: Any, w: _NgWalk) -> None:
+        offs, sec_of, iid, tsh, tsl, cap, olen, self.bad = _epb_fields(buf, w)
+        slow = w.slow
+        self.n = n = len(w.epb) + len(slow)
+        self.data_off = np.empty(n, dtype=np.int64)
+        self.caplen = np.empty(n, dtype=np.int64)
+        self.origlen = np.empty(n, dtype=np.int64)
+        self.iface = np.empty(n, dtype=np.int64)
+        self.ts_hi = np.empty(n, dtype=np.uint64)
+        self.ts_lo = np.empty(n, dtype=np.uint64)
+        self.has_ts = np.ones(n, dtype=bool)
+        self.section = np.empty(n, dtype=np.int64)
+        is_slow = np.zeros(n, dtype=bool)
+        if slow:
+            is_slow[np.asarray(w.slow_pos, dtype=np.int64)] = True
+        self.epb_slots = e = np.flatnonzero(~is_slow)
+        self.data_off[e] = offs + 28
+        self.caplen[e] = cap
+        self.origlen[e] = olen
+        self.iface[e] = iid
+        self.ts_hi[e] = tsh
+        self.ts_lo[e] = tsl
+        self.section[e] = sec_of
+        if slow:
+            sl = np.asarray(slow, dtype=np.int64)
+            o = np.flatnonzero(is_slow)
+            self.data_off[o] = sl[:, 0]
+            self.caplen[o] = sl[:, 1]
+            self.origlen[o] = sl[:, 2]
+            self.iface[o] = sl[:, 3]
+            self.has_ts[o] = sl[:, 4] >= 0
+            self.ts_hi[o] = np.maximum(sl[:, 4], 0).astype(np.uint64)
+            self.ts_lo[o] = np.maximum(sl[:, 5], 0).astype(np.uint64)
+            self.section[o] = np.asarray(w.slow_sec, dtype=np.int64)
+
+
+def _iface_tables(sections: list[tuple[str, list[_Iface]]]) -> tuple[np.ndarray, list[int], list[float], list[int]]:
+    """Each section's first interface in the flattened tables, and the tables: link
+    type, time-unit divisor and time offset of every interface of every section."""
+    first = np.zeros(len(sections) + 1, dtype=np.int64)
     lt_tab: list[int] = []
     div_tab: list[float] = []
     off_tab: list[int] = []
     for s, (_e, ifs) in enumerate(sections):
-        base[s + 1] = base[s] + len(ifs)
+        first[s + 1] = first[s] + len(ifs)
         for f in ifs:
             lt_tab.append(f.linktype)
             div_tab.append(f.tsdiv)
             off_tab.append(f.tsoffset)
+    return first, lt_tab, div_tab, off_tab
+
+
+def _block_times(bl: _Blocks, div: np.ndarray, tso: np.ndarray) -> np.ndarray:
+    """Seconds of each block (NaN for a block with no time) from its 64-bit time in its
+    interface's units, exact to the unit before the float division."""
+    units = (bl.ts_hi << np.uint64(32)) | bl.ts_lo
+    divu = div.astype(np.uint64)  # 10^k and 2^k are both whole numbers
+    whole = units // divu
+    secs = whole.astype(np.float64) + (units - whole * divu).astype(np.float64) / div
+    return np.where(bl.has_ts, secs + tso, np.nan)
+
+
+def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Frames | None:
+    """Frames from a walk; None when an EPB fails validation on a non-careful walk."""
+    sections = w.sections
+    bl = _Blocks(buf, w)
+    if bl.bad.any():
+        if not careful:
+            return None
+        rep.skip("damaged packet block (lengths disagree)", int(bl.bad.sum()))
+    n, iface, section, has_ts = bl.n, bl.iface, bl.section, bl.has_ts
+    ok = np.ones(n, dtype=bool)
+    ok[bl.epb_slots] = ~bl.bad
+    frame = np.arange(1, n + 1, dtype=np.int64)
+    base, lt_tab, div_tab, off_tab = _iface_tables(sections)
     n_if = np.diff(base)
     known_if = (iface >= 0) & (iface < n_if[section])
     lost = ~known_if & ok
@@ -1165,11 +1188,7 @@ def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Fram
     lt = np.asarray(lt_tab or [0], dtype=np.int32)[gidx]
     div = np.asarray(div_tab or [1e6], dtype=np.float64)[gidx]
     tso = np.asarray(off_tab or [0], dtype=np.float64)[gidx]
-    units = (ts_hi << np.uint64(32)) | ts_lo
-    divu = div.astype(np.uint64)  # 10^k and 2^k are both whole numbers
-    whole = units // divu
-    secs = whole.astype(np.float64) + (units - whole * divu).astype(np.float64) / div
-    ts = np.where(has_ts, secs + tso, np.nan)
+    ts = _block_times(bl, div, tso)
     if not has_ts.all():
         ts = _ffill(ts)  # SPBs carry no time: the previous packet's time stands in
     sel = np.flatnonzero(ok)
@@ -1178,9 +1197,9 @@ def _pcapng_frames(buf: Any, rep: ReadReport, w: _NgWalk, careful: bool) -> Fram
         rep.linktypes[int(t)] = int(c)
     return Frames(
         buf=buf,
-        data_off=data_off[sel],
-        caplen=caplen[sel],
-        origlen=origlen[sel],
+        data_off=bl.data_off[sel],
+        caplen=bl.caplen[sel],
+        origlen=bl.origlen[sel],
         ts=ts[sel],
         linktype=lt[sel],
         frame=frame[sel],
@@ -1267,52 +1286,11 @@ def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, 
     whose offsets in `w` are those of `buf`, a window from file offset `base`; the
     frames' offsets are the file's."""
     sections = walker.sections
-    n_epb = len(w.epb)
-    offs, sec_of, iid, tsh, tsl, cap, olen, _bad = _epb_fields(buf, w)
-    slow = w.slow
-    n = n_epb + len(slow)
-    data_off = np.empty(n, dtype=np.int64)
-    caplen = np.empty(n, dtype=np.int64)
-    origlen = np.empty(n, dtype=np.int64)
-    iface = np.empty(n, dtype=np.int64)
-    ts_hi = np.empty(n, dtype=np.uint64)
-    ts_lo = np.empty(n, dtype=np.uint64)
-    has_ts = np.ones(n, dtype=bool)
-    section = np.empty(n, dtype=np.int64)
-    is_slow = np.zeros(n, dtype=bool)
-    if slow:
-        is_slow[np.asarray(w.slow_pos, dtype=np.int64)] = True
-    epb_slots = np.flatnonzero(~is_slow)
-    slow_slots = np.flatnonzero(is_slow)
-    data_off[epb_slots] = offs + 28
-    caplen[epb_slots] = cap
-    origlen[epb_slots] = olen
-    iface[epb_slots] = iid
-    ts_hi[epb_slots] = tsh
-    ts_lo[epb_slots] = tsl
-    section[epb_slots] = sec_of
-    if slow:
-        sl = np.asarray(slow, dtype=np.int64)
-        data_off[slow_slots] = sl[:, 0]
-        caplen[slow_slots] = sl[:, 1]
-        origlen[slow_slots] = sl[:, 2]
-        iface[slow_slots] = sl[:, 3]
-        has_ts[slow_slots] = sl[:, 4] >= 0
-        ts_hi[slow_slots] = np.maximum(sl[:, 4], 0).astype(np.uint64)
-        ts_lo[slow_slots] = np.maximum(sl[:, 5], 0).astype(np.uint64)
-        section[slow_slots] = np.asarray(w.slow_sec, dtype=np.int64)
+    bl = _Blocks(buf, w)
+    n, iface, section, has_ts = bl.n, bl.iface, bl.section, bl.has_ts
     frame = np.arange(carry.frames + 1, carry.frames + n + 1, dtype=np.int64)
     carry.frames += n
-    first = np.zeros(len(sections) + 1, dtype=np.int64)  # each section's first interface in the tables
-    lt_tab: list[int] = []
-    div_tab: list[float] = []
-    off_tab: list[int] = []
-    for s, (_e, ifs) in enumerate(sections):
-        first[s + 1] = first[s] + len(ifs)
-        for f in ifs:
-            lt_tab.append(f.linktype)
-            div_tab.append(f.tsdiv)
-            off_tab.append(f.tsoffset)
+    first, lt_tab, div_tab, off_tab = _iface_tables(sections)
     n_if = np.diff(first)
     known_if = (iface >= 0) & (iface < n_if[section]) if n else np.zeros(0, dtype=bool)
     lost = ~known_if
@@ -1324,11 +1302,7 @@ def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, 
     lt = np.asarray(lt_tab or [0], dtype=np.int32)[gidx]
     div = np.asarray(div_tab or [1e6], dtype=np.float64)[gidx]
     tso = np.asarray(off_tab or [0], dtype=np.float64)[gidx]
-    units = (ts_hi << np.uint64(32)) | ts_lo
-    divu = div.astype(np.uint64)
-    whole = units // divu
-    secs = whole.astype(np.float64) + (units - whole * divu).astype(np.float64) / div
-    ts = np.where(has_ts, secs + tso, np.nan)
+    ts = _block_times(bl, div, tso)
     if n and not has_ts.all():  # an SPB takes the previous packet's time, of this window or the last
         ts = _ffill(np.concatenate([[carry.last_ts], ts]))[1:]
     if n:
@@ -1337,7 +1311,7 @@ def _ng_window_frames(buf: Any, rep: ReadReport, walker: _NgWalker, w: _NgWalk, 
     carry.records += int(sel.size)
     for t, c in zip(*np.unique(lt[sel], return_counts=True), strict=True):
         carry.linktypes[int(t)] = carry.linktypes.get(int(t), 0) + int(c)
-    return Frames(buf=buf, data_off=data_off[sel] + base, caplen=caplen[sel], origlen=origlen[sel], ts=ts[sel],
+    return Frames(buf=buf, data_off=bl.data_off[sel] + base, caplen=bl.caplen[sel], origlen=bl.origlen[sel], ts=ts[sel],
                   linktype=lt[sel], frame=frame[sel], report=rep)
 
 
