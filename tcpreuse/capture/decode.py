@@ -219,6 +219,21 @@ _COLS = (("ts", np.float64), ("src", np.uint64), ("dst", np.uint64), ("sport", n
          ("opt_cut", bool), ("frame", np.int64))
 
 
+def renumber_v6(cols: tuple[np.ndarray, ...], v6: list[bytes], table: dict[bytes, int],
+                file_table: dict[bytes, int] | None = None) -> None:
+    """Give the IPv6 address keys of `cols` (src, dst; changed in place), numbered by the
+    decoder in the order of `v6`, their numbers in `table`, adding the addresses it lacks
+    (and to `file_table`, a file's own table, when given)."""
+    if file_table is not None:
+        for x in v6:
+            file_table.setdefault(x, len(file_table))
+    remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
+    for col in cols:
+        v = col >= V6_BASE
+        if v.any():
+            col[v] = V6_BASE + remap[(col[v] - V6_BASE).astype(np.int64)]
+
+
 def _columns(n: int) -> dict[str, np.ndarray]:
     """Empty per-packet columns of `n` rows, carved from one allocation: numpy asks for
     transparent huge pages only on arrays of 4 MB or more, so most columns (1-4 bytes a
@@ -311,12 +326,7 @@ def _decode_pcap_c(lib: Any, fr: Frames, out: dict[str, np.ndarray],
         if a:
             out["frame"][m:m + k] += a  # record numbers count from this window's first
         if v6:
-            remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
-            for c in ("src", "dst"):
-                col = out[c][m:m + k]
-                v = col >= V6_BASE
-                if v.any():
-                    col[v] = V6_BASE + remap[(col[v] - V6_BASE).astype(np.int64)]
+            renumber_v6((out["src"][m:m + k], out["dst"][m:m + k]), v6, table)
         for reason, cnt in events:
             fr.report.skip(SKIP_REASONS[reason], cnt)
         for lt, cnt in unsup:
@@ -668,14 +678,7 @@ def stream_pcap(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
         if base:
             cols["frame"] += base
         if v6:
-            if file_table is not None:
-                for x in v6:
-                    file_table.setdefault(x, len(file_table))
-            remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
-            for c in ("src", "dst"):
-                v = cols[c] >= V6_BASE
-                if v.any():
-                    cols[c][v] = V6_BASE + remap[(cols[c][v] - V6_BASE).astype(np.int64)]
+            renumber_v6((cols["src"], cols["dst"]), v6, table, file_table)
         for reason, cnt in events:
             rep.skip(SKIP_REASONS[reason], cnt)
         for lt, cnt in unsup:
@@ -736,14 +739,7 @@ def stream_pcapng(lib: Any, buf: Any, rep: ReadReport, file_index: int = 0,
         k = int(k)
         got = {c: a[:k] for c, a in out.items()}
         if v6:
-            if file_table is not None:
-                for x in v6:
-                    file_table.setdefault(x, len(file_table))
-            remap = np.asarray([table.setdefault(x, len(table)) for x in v6], dtype=np.uint64)
-            for c in ("src", "dst"):
-                v = got[c] >= V6_BASE
-                if v.any():
-                    got[c][v] = V6_BASE + remap[(got[c][v] - V6_BASE).astype(np.int64)]
+            renumber_v6((got["src"], got["dst"]), v6, table, file_table)
         for reason, cnt in events:
             skips[reason] = skips.get(reason, 0) + cnt
         for lt, cnt in unsup:
