@@ -76,6 +76,20 @@ def check(path: Path, chunk: int, closed_idle_s: float = chunked.CLOSED_IDLE_S,
     return b
 
 
+def spy_streamed(monkeypatch: pytest.MonkeyPatch, note: Any = lambda got: got is not None) -> list[Any]:
+    """analysis.analyze_streamed watched: the list gets note(its result) at each call."""
+    seen: list[Any] = []
+    real = analysis.analyze_streamed
+
+    def spy(*a: Any, **kw: Any) -> Any:
+        got = real(*a, **kw)
+        seen.append(note(got))
+        return got
+
+    monkeypatch.setattr(analysis, "analyze_streamed", spy)
+    return seen
+
+
 def terminal_and_json(cli: Any, args: list[str]) -> tuple[str, dict[str, Any]]:
     """`analyze ARGS` as the terminal shows it and as --json gives it (less its timings)."""
     code, text, err = cli(["analyze", *args])
@@ -250,16 +264,9 @@ def test_command_output_is_the_one_pass_output(seed_pcap: Path, cli: Any, monkey
     """`tcpreuse analyze FILE` (terminal and --json) on a file read in chunks, with the
     compact attempt table, says what the one-pass read says (files from
     STREAM_MIN_BYTES on are read in chunks; lowered here to take the seed capture)."""
-    used: list[bool] = []
-    real = analysis.analyze_streamed
-
-    def spy(*a: Any, **kw: Any) -> Any:
-        got = real(*a, **kw)
-        used.append(got is not None and "frame" not in got.attempts.cols)  # streamed, compact
-        return got
-
+    # streamed, and compact
+    used = spy_streamed(monkeypatch, lambda got: got is not None and "frame" not in got.attempts.cols)
     monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(analysis, "analyze_streamed", spy)
 
     chunked_out = terminal_and_json(cli, [str(seed_pcap)])
     assert used == [True, True]
@@ -406,16 +413,8 @@ def test_analyze_command_on_a_rotated_set(tmp_path: Path, cli: Any, monkeypatch:
     segs = reuse_capture(rounds=8)
     paths = rotated(tmp_path, segs, [len(segs) // 4, len(segs) // 2, 3 * len(segs) // 4])
     args = [str(p) for p in sorted(paths, key=lambda p: p.name)]
-    used: list[bool] = []
-    real = analysis.analyze_streamed
-
-    def spy(*a: Any, **kw: Any) -> Any:
-        got = real(*a, **kw)
-        used.append(got is not None)
-        return got
-
+    used = spy_streamed(monkeypatch)
     monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", 0)
-    monkeypatch.setattr(analysis, "analyze_streamed", spy)
 
     streamed = terminal_and_json(cli, args)
     assert used == [True, True]

@@ -25,6 +25,7 @@ from test_capture_chunked import (
     reuse_capture,
     reused_across_files,
     rotated,
+    spy_streamed,
     terminal_and_json,
 )
 
@@ -162,15 +163,7 @@ def test_command_streams_a_large_gzip(tmp_path: Path, cli: Any, monkeypatch: pyt
     """`tcpreuse analyze FILE.pcap.gz` (terminal and --json): streamed when its estimated
     inflated size reaches STREAM_MIN_BYTES, with the one-pass output."""
     p = gz(tmp_path / "reuse.pcap.gz", pcap_bytes(frames_of(reuse_capture(rounds=8))))
-    used: list[bool] = []
-    real = analysis.analyze_streamed
-
-    def spy(*a: Any, **kw: Any) -> Any:
-        got = real(*a, **kw)
-        used.append(got is not None)
-        return got
-
-    monkeypatch.setattr(analysis, "analyze_streamed", spy)
+    used = spy_streamed(monkeypatch)
     monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", capwin.capture_size(p))
     streamed = terminal_and_json(cli, [str(p)])
     assert used == [True, True]

@@ -20,7 +20,13 @@ import numpy as np
 import pytest
 from helpers.captures import SEEDS, mutated
 from hypothesis import HealthCheck, given, settings
-from test_capture_chunked import comparable, one_pass, reuse_capture, terminal_and_json
+from test_capture_chunked import (
+    comparable,
+    one_pass,
+    reuse_capture,
+    spy_streamed,
+    terminal_and_json,
+)
 
 from tcpreuse.capture import analysis, backend, chunked, formats
 from tcpreuse.capture import window as capwin
@@ -68,18 +74,27 @@ def frames_streamed(data: bytes, window: int) -> tuple[dict[str, list[Any]], dic
 def same_frames(data: bytes, windows: tuple[int, ...] = (1, 50, 333, 4096)) -> None:
     """The streamed walk, at every window, finds the one-pass read's records and report;
     or both refuse the file, or the streamed walk says it cannot tell (NotStreamable)."""
+    agree_over_windows(lambda: frames_one_pass(data), lambda w: frames_streamed(data, w), windows)
+
+
+def agree_over_windows(one_pass_read: Any, streamed_read: Any, windows: tuple[int, ...]) -> int:
+    """streamed_read(window) gives one_pass_read()'s result, or the same error, at every
+    window it can stream; returns how many windows were compared."""
     try:
-        want: Any = frames_one_pass(data)
+        want: Any = one_pass_read()
     except CaptureError as e:
         want = str(e)
+    compared = 0
     for w in windows:
         try:
-            got: Any = frames_streamed(data, w)
+            got: Any = streamed_read(w)
         except formats.NotStreamable:
             continue
         except CaptureError as e:
             got = str(e)
         assert got == want, w
+        compared += 1
+    return compared
 
 
 def write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -183,15 +198,7 @@ def test_command_streams_a_large_pcapng(tmp_path: Path, cli: Any, monkeypatch: p
     """`tcpreuse analyze FILE.pcapng` (terminal and --json) of STREAM_MIN_BYTES or more
     is streamed, with the one-pass output; in a set, pcapng is still read in one pass."""
     p = write(tmp_path, "sections.pcapng", sections())
-    used: list[bool] = []
-    real = analysis.analyze_streamed
-
-    def spy(*a: Any, **kw: Any) -> Any:
-        got = real(*a, **kw)
-        used.append(got is not None)
-        return got
-
-    monkeypatch.setattr(analysis, "analyze_streamed", spy)
+    used = spy_streamed(monkeypatch)
     monkeypatch.setattr(analysis, "STREAM_MIN_BYTES", 0)
     streamed = terminal_and_json(cli, [str(p)])
     assert used == [True, True]
@@ -248,22 +255,12 @@ def same_frames_gz(tmp_path: Path, data: bytes, windows: tuple[int, ...] = (1, 5
     `cut`): the one-pass read inflates it whole. Returns how many windows were compared."""
     raw = gzip.compress(data, mtime=0)
     path = write(tmp_path, "x.pcapng.gz", raw[:cut])
-    try:
+
+    def one_pass_read() -> tuple[dict[str, list[Any]], dict[str, Any]]:
         fr = formats.read_frames(path)
-        want: Any = ({c: getattr(fr, c).tolist() for c in COLS}, fr.report.to_json())
-    except CaptureError as e:
-        want = str(e)
-    compared = 0
-    for w in windows:
-        try:
-            got: Any = frames_streamed_gz(path, w)
-        except formats.NotStreamable:
-            continue
-        except CaptureError as e:
-            got = str(e)
-        assert got == want, w
-        compared += 1
-    return compared
+        return {c: getattr(fr, c).tolist() for c in COLS}, fr.report.to_json()
+
+    return agree_over_windows(one_pass_read, lambda w: frames_streamed_gz(path, w), windows)
 
 
 @pytest.fixture
