@@ -115,7 +115,8 @@ class L4LoadBalancer:
         if self.snat is not None:
             self._bitmap(s.backend, s.src).free(s.sport)
         if s.state == ACTIVE:
-            self.active[s.backend] -= 1
+            a = self.active  # (a[i] = a[i] - 1: `-=` on a list item is a generic op compiled)
+            a[s.backend] = a[s.backend] - 1
         s.state = -1
         if s.nq == 0:
             self.free.append(s)
@@ -190,7 +191,8 @@ class L4LoadBalancer:
             if s.expires > now:
                 if self.held_session_syn == "same_backend":
                     s.state = ACTIVE
-                    self.active[s.backend] += 1
+                    a = self.active
+                    a[s.backend] = a[s.backend] + 1
                     self.n_held_reused += 1
                     return s
                 if self.held_session_syn == "drop":
@@ -219,7 +221,8 @@ class L4LoadBalancer:
         self.sessions[key] = s
         if self.snat is not None:
             self._bitmap(b, src).take(sport)
-        self.active[b] += 1
+        a = self.active
+        a[b] = a[b] + 1
         self.n_sessions += 1
         return s
 
@@ -230,7 +233,8 @@ class L4LoadBalancer:
         if self.hold <= 0:
             self._remove(s)
             return
-        self.active[s.backend] -= 1
+        a = self.active
+        a[s.backend] = a[s.backend] - 1
         s.state = HELD
         s.expires = now + self.hold
         if self.exp_head >= len(self.expiry):
