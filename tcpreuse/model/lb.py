@@ -89,7 +89,10 @@ class L4LoadBalancer:
         self.exp_head = 0
         self.next_expiry = math.inf  # expiry[exp_head]'s time: expire() is one comparison until then
         self.active = [0] * len(backends)
-        self.free: list[Session] = []  # removed sessions no queue entry refers to
+        # Removed sessions no queue entry refers to: free[:n_free], a stack that never
+        # shrinks (list.pop() resizes the list as it shrinks, append() as it grows back).
+        self.free: list[Session] = []
+        self.n_free = 0
         self.n_sessions = self.n_snat_failed = self.n_held_reused = self.n_held_dropped = 0
 
     @property
@@ -119,7 +122,15 @@ class L4LoadBalancer:
             a[s.backend] = a[s.backend] - 1
         s.state = -1
         if s.nq == 0:
+            self._recycle(s)
+
+    def _recycle(self, s: Session) -> None:
+        n = self.n_free
+        if n < len(self.free):
+            self.free[n] = s
+        else:
             self.free.append(s)
+        self.n_free = n + 1
 
     def expire(self, now: float) -> None:
         if now < self.next_expiry:
@@ -136,7 +147,7 @@ class L4LoadBalancer:
             if s.state == HELD and s.expires <= exp:
                 self._remove(s)
             elif s.state < 0 and s.nq == 0:
-                self.free.append(s)  # removed earlier, while this entry still referred to it
+                self._recycle(s)  # removed earlier, while this entry still referred to it
         if i >= n:
             q.clear()
             qs.clear()
@@ -213,8 +224,9 @@ class L4LoadBalancer:
             src, sport = got
         else:
             src, sport = caddr, cport
-        if self.free:
-            s = self.free.pop()
+        if self.n_free:
+            self.n_free -= 1
+            s = self.free[self.n_free]
             s.renew(caddr, cport, b, src, sport, key)
         else:
             s = Session(caddr, cport, b, src, sport, ACTIVE, 0.0, key)
