@@ -148,3 +148,26 @@ def test_lb_snat_ports_are_held_after_close() -> None:
         b.close(s, 1.0)
     assert b.syn(1, 201, 3.0) is None  # still held (5 s)
     assert b.syn(1, 201, 6.5) is not None
+
+
+def test_lb_recycles_a_removed_session_as_a_new_life() -> None:
+    b = lb()
+    s1 = b.syn(1, 100, 0.0)
+    assert s1 is not None
+    gen = s1.gen
+    b.client_rst(s1, 0.5)  # rst_ends_session: removed at once
+    s2 = b.syn(1, 101, 1.0)
+    assert s2 is s1 and s2.gen == gen + 1 and (s2.cport, s2.state) == (101, 0)
+    assert b.sessions == {client_key(1, 101): s2} and sum(b.active) == 1
+
+
+def test_lb_keeps_a_removed_session_while_its_expiry_entry_is_pending() -> None:
+    b = lb(held_session_syn="drop_then_new")
+    s = b.syn(1, 100, 0.0)
+    assert s is not None
+    b.close(s, 1.0)  # held until 6.0, an expiry entry filed
+    assert b.syn(1, 100, 2.0) is None  # dropped, the session removed
+    other = b.syn(1, 101, 2.5)
+    assert other is not None and other is not s  # not reused: the entry still refers to it
+    again = b.syn(1, 102, 7.0)  # the entry consumed: now it is free
+    assert again is s and again.cport == 102 and b.stats["held_dropped"] == 1

@@ -27,9 +27,14 @@ def client_key(addr: int, port: int) -> int:
 
 
 class Session:
-    """One client tuple's session (a plain class: mypyc makes it a native struct)."""
+    """One client tuple's session (a plain class: mypyc makes it a native struct).
 
-    __slots__ = ("backend", "caddr", "cport", "expires", "key", "sport", "src", "state")
+    A removed session is recycled for a later SYN once no expiry-queue entry refers to it
+    (`nq`); `gen` counts its lives, so a holder that kept it past its removal (an attempt
+    whose session the LB dropped) compares the `gen` it saw with the current one and, if
+    they differ, leaves it alone, as it would leave a removed session."""
+
+    __slots__ = ("backend", "caddr", "cport", "expires", "gen", "key", "nq", "sport", "src", "state")
 
     def __init__(self, caddr: int, cport: int, backend: int, src: int, sport: int, state: int = ACTIVE,
                  expires: float = 0.0, key: object = None) -> None:
@@ -43,6 +48,17 @@ class Session:
         self.sport = sport
         self.state = state
         self.expires = expires
+        self.gen = 0
+        self.nq = 0  # entries of the LB's expiry queue that refer to this session
+
+    def renew(self, caddr: int, cport: int, backend: int, src: int, sport: int, key: object) -> None:
+        """The next life of a removed session, for a new SYN (an ordinary method: mypyc's
+        compiled __init__ would not release the old key)."""
+        self.caddr, self.cport, self.key = caddr, cport, key
+        self.backend, self.src, self.sport = backend, src, sport
+        self.state = ACTIVE
+        self.expires = 0.0
+        self.gen += 1
 
 
 class L4LoadBalancer:
@@ -52,6 +68,7 @@ class L4LoadBalancer:
                  drop_server_ack_to_syn: bool, rng: random.Random) -> None:
         self.backends = backends  # [(addr, port)]
         self.scheduler = scheduler
+        self.round_robin = scheduler == "round_robin"  # the common case: one bool test per SYN
         self.snat = snat
         self.snat_order = snat_port_order
         self.lo, self.hi = snat_port_range
@@ -72,6 +89,10 @@ class L4LoadBalancer:
         self.exp_head = 0
         self.next_expiry = math.inf  # expiry[exp_head]'s time: expire() is one comparison until then
         self.active = [0] * len(backends)
+        # Removed sessions no queue entry refers to: free[:n_free], a stack that never
+        # shrinks (list.pop() resizes the list as it shrinks, append() as it grows back).
+        self.free: list[Session] = []
+        self.n_free = 0
         self.n_sessions = self.n_snat_failed = self.n_held_reused = self.n_held_dropped = 0
 
     @property
@@ -90,15 +111,26 @@ class L4LoadBalancer:
     def _remove(self, s: Session) -> None:
         if s.state < 0:
             return
-        # (get and del: cheaper in compiled code than dict.pop(k, None), a generic call)
-        k = s.key
-        if self.sessions.get(k) is s:
-            del self.sessions[k]
+        # A live session (state >= 0) is always the one its key maps to: syn() files a new
+        # session only after returning or removing the one it found. So one `del`, no
+        # lookup first (dict.pop(k, None) would be a generic call in compiled code).
+        del self.sessions[s.key]
         if self.snat is not None:
             self._bitmap(s.backend, s.src).free(s.sport)
         if s.state == ACTIVE:
-            self.active[s.backend] -= 1
+            a = self.active  # (a[i] = a[i] - 1: `-=` on a list item is a generic op compiled)
+            a[s.backend] = a[s.backend] - 1
         s.state = -1
+        if s.nq == 0:
+            self._recycle(s)
+
+    def _recycle(self, s: Session) -> None:
+        n = self.n_free
+        if n < len(self.free):
+            self.free[n] = s
+        else:
+            self.free.append(s)
+        self.n_free = n + 1
 
     def expire(self, now: float) -> None:
         if now < self.next_expiry:
@@ -111,8 +143,11 @@ class L4LoadBalancer:
                 break
             s = qs[i]
             i += 1
+            s.nq -= 1
             if s.state == HELD and s.expires <= exp:
                 self._remove(s)
+            elif s.state < 0 and s.nq == 0:
+                self._recycle(s)  # removed earlier, while this entry still referred to it
         if i >= n:
             q.clear()
             qs.clear()
@@ -128,7 +163,7 @@ class L4LoadBalancer:
 
     def _schedule(self, caddr: int) -> int:
         n = len(self.backends)
-        if self.scheduler == "round_robin":
+        if self.round_robin:
             b = self.rr % n
             self.rr += 1
             return b
@@ -167,7 +202,8 @@ class L4LoadBalancer:
             if s.expires > now:
                 if self.held_session_syn == "same_backend":
                     s.state = ACTIVE
-                    self.active[s.backend] += 1
+                    a = self.active
+                    a[s.backend] = a[s.backend] + 1
                     self.n_held_reused += 1
                     return s
                 if self.held_session_syn == "drop":
@@ -188,11 +224,17 @@ class L4LoadBalancer:
             src, sport = got
         else:
             src, sport = caddr, cport
-        s = Session(caddr, cport, b, src, sport, ACTIVE, 0.0, key)
+        if self.n_free:
+            self.n_free -= 1
+            s = self.free[self.n_free]
+            s.renew(caddr, cport, b, src, sport, key)
+        else:
+            s = Session(caddr, cport, b, src, sport, ACTIVE, 0.0, key)
         self.sessions[key] = s
         if self.snat is not None:
             self._bitmap(b, src).take(sport)
-        self.active[b] += 1
+        a = self.active
+        a[b] = a[b] + 1
         self.n_sessions += 1
         return s
 
@@ -203,13 +245,15 @@ class L4LoadBalancer:
         if self.hold <= 0:
             self._remove(s)
             return
-        self.active[s.backend] -= 1
+        a = self.active
+        a[s.backend] = a[s.backend] - 1
         s.state = HELD
         s.expires = now + self.hold
         if self.exp_head >= len(self.expiry):
             self.next_expiry = s.expires
         self.expiry.append(s.expires)
         self.expiry_s.append(s)
+        s.nq += 1
 
     def client_rst(self, s: Session, now: float) -> None:
         if self.rst_ends_session:

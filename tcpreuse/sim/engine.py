@@ -127,6 +127,7 @@ class Attempt:
     r_dport: int
     nat: CtEntry | None
     lb: LbSession | None
+    lb_gen: int  # lb.gen when the LB gave this attempt its session (see _lb_session())
     s_isn: int
     ts_ok: bool
     sts_off: int
@@ -182,6 +183,7 @@ class Attempt:
         self.r_dport = 0
         self.nat = None
         self.lb = None
+        self.lb_gen = 0
         # the connection, once established
         self.s_isn = 0
         self.ts_ok = False
@@ -757,6 +759,7 @@ class Engine:
                 return "syn_dropped_lb"
             baddr, bport = self.lb.backends[s.backend]
             att.lb = s
+            att.lb_gen = s.gen
             att.srv = self.lb_backends[s.backend]
             att.r_saddr, att.r_sport, att.r_daddr, att.r_dport = s.src, s.sport, baddr, bport
             self._to_listener(att, att.srv)
@@ -990,8 +993,9 @@ class Engine:
             return
         c.inc("TcpOutRsts")
         t_rst = t + self.rtt + self.half
-        if att.lb is not None and self.lb is not None:
-            self.lb.client_rst(att.lb, t_rst)
+        lbs = _lb_session(att)
+        if lbs is not None and self.lb is not None:
+            self.lb.client_rst(lbs, t_rst)
         if att.nat is not None and self.nat is not None:
             self.nat.close(att.nat, t_rst, rst=True)
         srv = att.srv
@@ -1071,8 +1075,9 @@ class Engine:
                 self._release_bind(c, att.saddr, att.sport)
         c.inc("TcpAttemptFails")
         att.outcome, att.reason, att.cause = errno, reason, att.cause or reason
-        if att.lb is not None and self.lb is not None:
-            self.lb.close(att.lb, t)
+        lbs = _lb_session(att)
+        if lbs is not None and self.lb is not None:
+            self.lb.close(lbs, t)
         if att.nat is not None and self.nat is not None:
             self.nat.close(att.nat, t, rst=True)
         self._maybe_retry(att, t, reason)
@@ -1134,11 +1139,12 @@ class Engine:
                 c.inc("TcpEstabResets")  # tcp_set_state(ESTABLISHED -> CLOSE), as above
             elif policy == "server_rst":
                 c.inc("TcpEstabResets")
-        if att.lb is not None and self.lb is not None:
+        lbs = _lb_session(att)
+        if lbs is not None and self.lb is not None:
             if policy == "client_rst":
-                self.lb.client_rst(att.lb, t)
+                self.lb.client_rst(lbs, t)
             else:
-                self.lb.close(att.lb, t)
+                self.lb.close(lbs, t)
         if att.nat is not None and self.nat is not None:
             self.nat.close(att.nat, t, rst=rst)
         self._next_child(srv, t)
@@ -1174,8 +1180,9 @@ class Engine:
         if unhash(c.ehash, ckey, att):
             c.release_port(ckey)
         att.outcome, att.reason, att.cause = errno, reason, att.cause or reason
-        if att.lb is not None and self.lb is not None:
-            self.lb.client_rst(att.lb, t)
+        lbs = _lb_session(att)
+        if lbs is not None and self.lb is not None:
+            self.lb.client_rst(lbs, t)
         if att.nat is not None and self.nat is not None:
             self.nat.close(att.nat, t, rst=True)
 
@@ -1282,6 +1289,15 @@ class Engine:
         for h in self.hosts.values():
             self.purge(h, self.end_s)
             self.end_state[h.name] = {"time_wait": len(h.tw), "established": len(h.ehash)}
+
+
+def _lb_session(att: Attempt) -> LbSession | None:
+    """The attempt's LB session if it is still the life the LB gave it: the LB recycles a
+    removed session (model/lb.py), and a removed one takes no more closes or RSTs."""
+    s = att.lb
+    if s is not None and s.gen == att.lb_gen:
+        return s
+    return None
 
 
 def simulate(sc: Scenario, progress: Callable[[float, int], None] | None = None,
