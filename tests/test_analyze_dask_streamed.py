@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_analyze_dask import assert_same, make_fleet
+from helpers.fleet import assert_same, make_fleet
 
 from tcpreuse.capture import analysis, backend, distributed, flows
 from tcpreuse.capture.analysis import analyze_paths

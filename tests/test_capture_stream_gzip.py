@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers.captures import windows_reuse
-from test_capture_chunked import (
+from helpers.chunked import (
     check_set_fallback,
     comparable,
     one_pass,

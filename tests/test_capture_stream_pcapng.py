@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers.captures import SEEDS, mutated
-from hypothesis import HealthCheck, given, settings
-from test_capture_chunked import (
+from helpers.chunked import (
     comparable,
     one_pass,
     reuse_capture,
     spy_streamed,
     terminal_and_json,
 )
+from hypothesis import HealthCheck, given, settings
 
 from tcpreuse.capture import analysis, backend, chunked, formats
 from tcpreuse.capture import window as capwin
