@@ -130,17 +130,24 @@ def test_pcapng_streamed_is_the_one_pass_read(tmp_path: Path, chunk: int, window
     assert got.counts()["reused"] > 0 and got.reports[0].format == "pcapng"
 
 
+def bad_trailer(data: bytes) -> tuple[list[int], bytearray]:
+    """The offsets of the file's EPBs, and the file with one EPB's trailing length (a third
+    of the way in) not repeating its leading one."""
+    epbs = [m for m in range(len(data) - 8) if data[m:m + 4] == b"\x06\x00\x00\x00"
+            and struct.unpack_from("<I", data, m + 4)[0] in range(32, 400)]
+    bad = bytearray(data)
+    k = epbs[len(epbs) // 3]
+    blen = struct.unpack_from("<I", bad, k + 4)[0]
+    struct.pack_into("<I", bad, k + blen - 4, blen + 4)
+    return epbs, bad
+
+
 def test_damaged_and_truncated_pcapng(tmp_path: Path) -> None:
     """An EPB whose trailer does not repeat its length (the trusting run takes it: the
     window is walked again carefully), a block length that cannot be right
     (resynchronised), garbage between blocks, a file cut inside a block."""
     data = bytearray(sections())
-    epbs = [m for m in range(len(data) - 8) if data[m:m + 4] == b"\x06\x00\x00\x00"
-            and struct.unpack_from("<I", data, m + 4)[0] in range(32, 400)]
-    bad_tail = bytearray(data)
-    k = epbs[len(epbs) // 3]
-    blen = struct.unpack_from("<I", bad_tail, k + 4)[0]
-    struct.pack_into("<I", bad_tail, k + blen - 4, blen + 4)
+    epbs, bad_tail = bad_trailer(bytes(data))
     bad_len = bytearray(data)
     struct.pack_into("<I", bad_len, epbs[len(epbs) // 2] + 4, 0x7FFFFFF0)
     garbage = bytes(data[:epbs[10]]) + b"\x17" * 37 + bytes(data[epbs[10]:])
@@ -280,12 +287,7 @@ def test_gzip_pcapng_walked_in_windows(tmp_path: Path, small_steps: None, monkey
     assert same_frames_gz(tmp_path, data) == 4
     raw_len = len(gzip.compress(data, mtime=0))
     assert same_frames_gz(tmp_path, data, cut=raw_len * 2 // 3) == 4
-    epbs = [m for m in range(len(data) - 8) if data[m:m + 4] == b"\x06\x00\x00\x00"
-            and struct.unpack_from("<I", data, m + 4)[0] in range(32, 400)]
-    bad_tail = bytearray(data)
-    k = epbs[len(epbs) // 3]
-    blen = struct.unpack_from("<I", bad_tail, k + 4)[0]
-    struct.pack_into("<I", bad_tail, k + blen - 4, blen + 4)
+    epbs, bad_tail = bad_trailer(data)
     garbage = data[:epbs[10]] + b"\x17" * 37 + data[epbs[10]:]
     for case in (bytes(bad_tail), garbage):
         same_frames_gz(tmp_path, case)  # compared where it can be decided
