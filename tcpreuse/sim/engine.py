@@ -201,7 +201,7 @@ class Attempt:
         self.lst = None  # the listener its SYN reached (set with srv)
         self.t_ack = 0.0  # when its FINAL_ACK event is due, and that event's sequence number
         self.seq_ack = 0  # (set by Engine._established: the ACK lane holds attempts)
-        # Engine.live: the attempts started and not yet recorded, a doubly linked list in
+        # Engine.live_head: the attempts started and not yet recorded, a doubly linked list in
         # start order (no dict of boxed indexes to insert into and pop from per attempt).
         self.live = False
         self.lprev = None
