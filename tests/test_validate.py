@@ -183,6 +183,8 @@ def test_time_wait_series_is_compared_at_the_same_moment() -> None:
     # a miss by less than one socket past the slack (2 % of 130 = 2.6) is shown as such,
     # not as "off by 0"
     assert series_agree([127, 127], 1.0, [130, 130], 1.0, 0.0)[:2] == (False, 0.4)
+    # the rounding to 0.1 never turns a miss into "off by 0" (the slack is 3 * sqrt(100) = 30)
+    assert series_agree([70, 70], 1.0, [100.02, 100.02], 1.0, 0.0, by_chance=True)[:2] == (False, 0.1)  # type: ignore[list-item]
     # after the model's last sample its connections went on closing up to the end state
     # (1,200): a lab sample there is bracketed by the last sample and that end
     later = [150, 450, 750, 950, 1000, 1100, 1180]
