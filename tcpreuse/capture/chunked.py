@@ -158,10 +158,12 @@ class ChunkBuilder:
             self._build(p, rows, len(p), final=True)
             del p
         if self.store is not None and self.emitted:
-            # the columns stay in their files; put in order one at a time
+            # the columns stay in files: put in order a part of flows at a time
+            from .ordered import flow_ordered_in_parts
+
             att = Attempts(self.store, np.zeros(self.emitted, dtype="S1"))
             self.store = None
-            return flow_ordered(att, inplace=True)
+            return flow_ordered_in_parts(att)
         if not self.parts:
             return build(Packets.empty())[0]
         # one column at a time, each part's column dropped once copied and its memory
