@@ -27,7 +27,7 @@ from helpers.chunked import (
     write,
 )
 
-from tcpreuse.capture import analysis, backend, chunked, flows, formats, reuse
+from tcpreuse.capture import analysis, backend, bigclients, chunked, flows, formats, ordered, reuse
 from tcpreuse.capture.analysis import analyze_paths, analyze_streamed
 from tcpreuse.capture.spill import ColumnStore
 from tcpreuse.capture.synth import Seg, frames_of, handshake, pcap_bytes
@@ -183,6 +183,9 @@ def test_compact_attempt_table_gives_the_same_report(tmp_path: Path, blocks: tup
         monkeypatch.setattr(reuse, "REUSE_BLOCK", blocks[0])
         monkeypatch.setattr(reuse, "TW_BLOCK", blocks[1])
         monkeypatch.setattr(reuse, "RECYCLE_WINDOW", blocks[1])
+        monkeypatch.setattr(ordered, "PART_ROWS", blocks[1])  # the build order and the clients by parts
+        monkeypatch.setattr(ordered, "FINE", 16)
+        monkeypatch.setattr(bigclients, "BIG_CLIENT", blocks[0])  # clients streamed
     small = analyze_streamed(str(path), 23, per_attempt=False)
     assert small is not None
     store = small.attempts.cols

@@ -88,6 +88,14 @@ def distinct(a: np.ndarray) -> np.ndarray:
     return s[np.r_[True, s[1:] != s[:-1]]] if s.size else s
 
 
+def distinct_counts(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values, sorted; how many times each occurs), without np.unique (see
+    :func:`distinct`)."""
+    s = np.sort(a, axis=None)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]]) if s.size else np.zeros(0, dtype=np.int64)
+    return s[starts], np.diff(np.r_[starts, s.size])
+
+
 def median(a: np.ndarray) -> float:
     """float(np.median(a)) of a non-empty 1-D array, without np.median's masked-array
     check (which imports numpy.ma): the middle value, or the mean of the two middle ones.

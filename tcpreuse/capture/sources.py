@@ -34,7 +34,16 @@ from typing import Any
 
 import numpy as np
 
-from .flows import ANSWERS, Attempts, capture_order, distinct, median, row_blocks, time_order
+from .flows import (
+    ANSWERS,
+    Attempts,
+    capture_order,
+    distinct,
+    distinct_counts,
+    median,
+    row_blocks,
+    time_order,
+)
 from .zeek import CONN_STATES
 
 TS_RATES = (1000.0, 250.0, 100.0, 300.0, 1024.0, 10.0, 1_000_000.0)
@@ -237,20 +246,24 @@ def clock_fit(t: np.ndarray, tsval: np.ndarray, tup: np.ndarray) -> ClockFit:
     del t_first, v_first
     if off.any():
         k = _clusters(t, tsval, rate, span, t0)
+    return fit_of(k, rate, n_tup, shared, int(dt.size), int(off.sum()), backwards, tuple(others))
+
+
+def fit_of(k: int, rate: float, n_tup: int, shared: int, steps: int, n_off: int, backwards: int,
+           others: tuple[float, ...]) -> ClockFit:
+    """The ClockFit of these figures, with the evidence that separates hosts in words."""
     per_tuple = k > 1 and shared == 0
     why = []
     if shared >= 2:
         why.append(f"{shared} timestamp clocks each used by several 4-tuples (a host's clock each, or "
                    "one connection's, moved to other ports by a NAT)")
-    n_off = int(off.sum())
     if n_off >= 2:
-        why.append(f"{n_off:,} of {dt.size:,} reconnections on one 4-tuple left that 4-tuple's clock"
+        why.append(f"{n_off:,} of {steps:,} reconnections on one 4-tuple left that 4-tuple's clock"
                    + (f" ({backwards:,} went backwards)" if backwards else "")
                    + ": another host, or another source port a NAT translated onto it")
     if others:
         why.append("clocks ticking at different rates (" + ", ".join(f"{r:g}" for r in (rate, *others)) + " Hz)")
-    return ClockFit(k, rate, n_tup, shared, per_tuple, int(dt.size), n_off, backwards, tuple(others),
-                    bool(why), "; ".join(why))
+    return ClockFit(k, rate, n_tup, shared, per_tuple, steps, n_off, backwards, others, bool(why), "; ".join(why))
 
 
 def _clock_groups(t: np.ndarray, tsval: np.ndarray, rate: float, span: float, t0: float) -> tuple[int, int]:
@@ -327,18 +340,40 @@ def _port_pattern(dest: str, t: np.ndarray, port: np.ndarray) -> PortPattern:
 def source_stats(a: Attempts, addr: Any) -> list[SourceStats]:
     """Stats per client address, busiest first. `addr(key) -> str` formats addresses.
 
-    The attempts are grouped by client ROW_BLOCK rows at a time (row numbers only, in
-    32 bits when they fit); each client's rows are then put in capture order (equal SYN
-    times keep the order they were captured in) and analysed by themselves, so what is
-    held at once is one client's rows and their temporaries."""
+    The attempts are counted per client a block of rows at a time. A client with more
+    than :data:`.bigclients.BIG_CLIENT` attempts is analysed from its attempts streamed
+    in capture and time order, with state per server, destination, 4-tuple and port
+    (:func:`.bigclients.big_client_stats`, the same figures). The others' rows are
+    grouped by client ROW_BLOCK rows at a time (row numbers only, in 32 bits when they
+    fit); each client's rows are then put in capture order (equal SYN times keep the
+    order they were captured in) and analysed by themselves, so what is held at once is
+    one client's rows and their temporaries."""
     n = len(a)
+    counts: dict[int, int] = {}
+    for sl in row_blocks(n):
+        bk, c = distinct_counts(a["orig"][sl][np.asarray(a["is_attempt"][sl])])
+        for k, x in zip(bk.tolist(), c.tolist(), strict=True):
+            counts[k] = counts.get(k, 0) + x
+    if not counts:
+        return []
+    keys = sorted(counts)
+    order = sorted(range(len(keys)), key=lambda i: -counts[keys[i]])  # busiest first, then by key
+    detail = {keys[i]: rank < DETAIL_LIMIT and counts[keys[i]] >= DETAIL_MIN for rank, i in enumerate(order)}
+    from .bigclients import BIG_CLIENT, big_client_stats
+
+    big = {k: d for k, d in detail.items() if counts[k] > BIG_CLIENT}
+    streamed = big_client_stats(a, big, addr) if big else {}
     idx = np.int32 if n < (1 << 31) else np.int64
     parts: dict[int, list[np.ndarray]] = {}
-    for sl in row_blocks(n):
+    big_keys = np.asarray(sorted(big), dtype=np.uint64)
+    for sl in row_blocks(n) if len(big) < len(counts) else ():
         m = np.flatnonzero(a["is_attempt"][sl])
+        src = a["orig"][sl][m]
+        if big:
+            small = ~np.isin(src, big_keys)
+            m, src = m[small], src[small]
         if not m.size:
             continue
-        src = a["orig"][sl][m]
         bk, inv = np.unique(src, return_inverse=True)
         del src
         inv = inv.ravel()
@@ -349,18 +384,17 @@ def source_stats(a: Attempts, addr: Any) -> list[SourceStats]:
         for i, k in enumerate(bk.tolist()):
             parts.setdefault(k, []).append(rows[bounds[i]:bounds[i + 1]].copy())
         del rows
-    if not parts:
-        return []
-    keys = sorted(parts)
-    cnt = [sum(p.size for p in parts[k]) for k in keys]
-    order = sorted(range(len(keys)), key=lambda i: -cnt[i])  # busiest first, then by key
     out: list[SourceStats] = []
-    for rank, i in enumerate(order):
-        pl = parts.pop(keys[i])
+    for i in order:
+        k = keys[i]
+        if k in streamed:
+            out.append(streamed.pop(k))
+            continue
+        pl = parts.pop(k)
         rows = pl[0] if len(pl) == 1 else np.concatenate(pl)
         del pl
         rows = rows[capture_order(a["pkt"][rows])]
-        out.append(_one_source(a, rows, addr, detail=rank < DETAIL_LIMIT and rows.size >= DETAIL_MIN))
+        out.append(_one_source(a, rows, addr, detail=detail[k]))
         del rows
     return out
 

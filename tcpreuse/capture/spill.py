@@ -22,6 +22,7 @@ import os
 import tempfile
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -154,3 +155,79 @@ class ColumnWriter:
 
 def column_writer(cols: MutableMapping[str, np.ndarray], k: str, n: int, dtype: type | np.dtype) -> ColumnWriter:
     return ColumnWriter(cols, k, n, dtype)
+
+
+SPILL_VALUES = 1 << 20  # values a SpilledValues keeps in memory
+
+
+class SpilledValues:
+    """float64 values whose median, percentiles, smallest and largest are wanted, added
+    in pieces: in memory up to SPILL_VALUES, then in a temporary file, where an order
+    statistic is found exactly in bounded memory (:func:`.analysis.spilled_median`).
+    NaN values are counted apart (`nan`), as :func:`.flows.median` sees them."""
+
+    def __init__(self) -> None:
+        self.mem: list[np.ndarray] = []
+        self.n = 0  # values that are not NaN
+        self.nan = 0
+        self.fh: Any = None
+        self.lo, self.hi = np.inf, -np.inf
+
+    def add(self, v: np.ndarray) -> None:
+        v = np.asarray(v, dtype=np.float64)
+        bad = np.isnan(v)
+        if bad.any():
+            self.nan += int(bad.sum())
+            v = v[~bad]
+        if not v.size:
+            return
+        self.lo, self.hi = min(self.lo, float(v.min())), max(self.hi, float(v.max()))
+        self.n += v.size
+        if self.fh is None and self.n <= SPILL_VALUES:
+            self.mem.append(v.copy())
+            return
+        if self.fh is None:
+            self.fh = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+            for m in self.mem:
+                m.tofile(self.fh)
+            self.mem = []
+        np.ascontiguousarray(v).tofile(self.fh)
+
+    def rank(self, k: int) -> np.float64:
+        """The value of 0-based rank `k` in sorted order (NaN left out)."""
+        if self.fh is None:
+            v = np.concatenate(self.mem)
+            return np.float64(np.partition(v, k)[k])
+        from .analysis import _spilled_rank
+
+        self.fh.flush()
+        return np.float64(_spilled_rank(self.fh, k, self.lo, self.hi))
+
+    def median(self) -> float:
+        """:func:`.flows.median` of the values (NaN if any is NaN)."""
+        from . import flows
+
+        if self.nan:
+            return float("nan")
+        if self.fh is None:
+            return flows.median(np.concatenate(self.mem))
+        k = self.n // 2
+        if self.n % 2:
+            return float(self.rank(k))
+        return float((self.rank(k - 1) + self.rank(k)) / 2)
+
+    def percentile(self, q: float) -> float:
+        """:func:`.flows.percentile` of the values that are not NaN."""
+        idx = (self.n - 1) * (q / 100)
+        lo = int(idx)
+        hi = min(lo + 1, self.n - 1)
+        t = idx - lo
+        s_lo, s_hi = self.rank(lo), self.rank(hi)
+        d = s_hi - s_lo
+        return float(s_hi - d * (1 - t) if t >= 0.5 else s_lo + d * t)
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+        self.mem = []
