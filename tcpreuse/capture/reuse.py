@@ -39,7 +39,7 @@ from ..model.timewait import (
 )
 from . import backend
 from .flows import W_NONE, W_ORIG, W_RESP, Attempts, capture_order, row_blocks, time_order
-from .spill import column_writer
+from .spill import ColumnStore, column_writer
 
 TW_VERDICTS = ("", "accept", "ack_old", "paws_reject", "rst", "drop")
 V_NONE, V_ACCEPT, V_ACK_OLD, V_PAWS, V_RST, V_DROP = range(6)
@@ -252,8 +252,6 @@ def _events(a: Attempts, sl: slice) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _recycle(a: Attempts) -> np.ndarray:
-    from .spill import ColumnStore
-
     n = len(a)
     out = np.zeros(n, dtype=np.int8)
     # the events' times: their span, then events per step (a second, or coarser over a long span)
@@ -278,63 +276,80 @@ def _recycle(a: Attempts) -> np.ndarray:
             bins += np.bincount(bin_of(t), minlength=bins.size)
     win = (np.cumsum(bins) - bins) // RECYCLE_WINDOW  # each step's window (equal times: one window)
     del bins
-    # each window's rows, in files (a window's events are read back by themselves)
-    store = ColumnStore()
+    # each window's events, with the columns the replay reads, in files (a window's
+    # events are read back by themselves; gathering them from the table would read
+    # pages all over its columns)
+    from .ordered import Dealt
+
+    in_files = isinstance(a.cols, ColumnStore)
+    writes, checks = Dealt(in_files), Dealt(in_files)
     n_win = int(win[-1]) + 1
     try:
         for sl in row_blocks(n):
             w, c = _events(a, sl)
-            for kind, rows, t in (("w", w, a["t_tw_enter"][sl][w]), ("c", c, a["t_syn"][sl][c])):
-                if not rows.size:
-                    continue
-                wid = win[bin_of(t)]
-                o = np.argsort(wid, kind="stable")
-                wid, rows = wid[o], rows[o] + sl.start
-                cut = np.flatnonzero(np.r_[True, wid[1:] != wid[:-1]])
-                for k, part in zip(wid[cut].tolist(), np.split(rows, cut[1:]), strict=True):
-                    store.append(f"{kind}{k}", part.astype(np.int64))
+            for dealt, rows, t, names in ((writes, w, "t_tw_enter", _WRITE_COLS), (checks, c, "t_syn", _CHECK_COLS)):
+                if rows.size:
+                    got = {k: np.asarray(a[k][sl][rows]) for k in names}
+                    got["row"] = rows + sl.start
+                    dealt.add(win[bin_of(got[t])], got)
         carried: dict[tuple[int, int], tuple[int, int]] = {}  # (client, server) -> (TSval, stamp)
         for k in range(n_win):
-            upd = store.pop(f"w{k}") if f"w{k}" in store else np.zeros(0, np.int64)
-            chk = store.pop(f"c{k}") if f"c{k}" in store else np.zeros(0, np.int64)
-            _replay(a, np.asarray(upd), np.asarray(chk), carried, out)
+            _replay(writes.take(k), checks.take(k), carried, out)
     finally:
-        store.close()
+        writes.close()
+        checks.close()
     return out
 
 
-def _replay(a: Attempts, upd: np.ndarray, chk: np.ndarray, carried: dict[tuple[int, int], tuple[int, int]],
+_WRITE_COLS = ("orig", "resp", "pkt_tw_enter", "t_tw_enter", "orig_last_tsval", "t_orig_last_ts")
+_CHECK_COLS = ("orig", "resp", "pkt", "t_syn", "syn_tsval", "syn_has_ts")
+# a window without writes or without checks: its empty columns (the addresses' as the other kind has them)
+_WRITE_DTYPES = {"orig": np.uint64, "resp": np.uint64, "pkt_tw_enter": np.int64, "t_tw_enter": np.float64,
+                 "orig_last_tsval": np.uint32, "t_orig_last_ts": np.float64, "row": np.int64}
+_CHECK_DTYPES = {"orig": np.uint64, "resp": np.uint64, "pkt": np.int64, "t_syn": np.float64, "syn_tsval": np.uint32,
+                 "syn_has_ts": np.bool_, "row": np.int64}
+
+
+def _taken(d: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[idx] for k, v in d.items()}
+
+
+def _replay(w: dict[str, np.ndarray], c: dict[str, np.ndarray], carried: dict[tuple[int, int], tuple[int, int]],
             out: np.ndarray) -> None:
-    """One window's writes (`upd`) and SYN checks (`chk`), after the entries `carried`
-    from the windows before (updated here to this window's end); verdicts into `out`."""
-    if not upd.size and not (chk.size and carried):
+    """One window's writes (`w`) and SYN checks (`c`: their rows and columns), after the
+    entries `carried` from the windows before (updated here to this window's end);
+    verdicts into `out`."""
+    n_upd, n_chk = (w["row"].size if w else 0), (c["row"].size if c else 0)
+    if not n_upd and not (n_chk and carried):
         return
-    orig, resp = a["orig"], a["resp"]
+    w = w or {k: np.zeros(0, dtype=c[k].dtype if k in c else dt) for k, dt in _WRITE_DTYPES.items()}
+    c = c or {k: np.zeros(0, dtype=w[k].dtype if k in w else dt) for k, dt in _CHECK_DTYPES.items()}
     # this window's address pairs (dense ids), and those among them with a carried entry
-    rows = np.concatenate([upd, chk])
-    pid = _pair_ids(orig[rows], resp[rows])
+    orig, resp = np.concatenate([w["orig"], c["orig"]]), np.concatenate([w["resp"], c["resp"]])
+    pid = _pair_ids(orig, resp)
     ids, first = np.unique(pid, return_index=True)
-    po, pr = orig[rows[first]].tolist(), resp[rows[first]].tolist()
+    po, pr = orig[first].tolist(), resp[first].tolist()
+    del orig, resp
     c_ids = [i for i, x, y in zip(ids.tolist(), po, pr, strict=True) if (x, y) in carried]
     c_ent = [carried[(po[i], pr[i])] for i in c_ids]
     # the SYNs to check: of a pair with a write (this window's or carried)
-    w_pid = pid[:upd.size]
-    c_pid = pid[upd.size:]
+    w_pid = pid[:n_upd]
+    c_pid = pid[n_upd:]
     has = np.isin(c_pid, np.concatenate([w_pid, np.asarray(c_ids, dtype=pid.dtype)]))
-    chk, c_pid = chk[has], c_pid[has]
-    if not chk.size and not upd.size:
+    c, c_pid = _taken(c, has), c_pid[has]
+    if not c_pid.size and not n_upd:
         return
     # writes and checks in one order: by key, then time (the carried entries first, then
     # writes first at equal times, then in capture order)
-    o = capture_order(a["pkt_tw_enter"][upd])
-    upd, w_pid = upd[o], w_pid[o]
-    o = capture_order(a["pkt"][chk])
-    chk, c_pid = chk[o], c_pid[o]
+    o = capture_order(w["pkt_tw_enter"])
+    w, w_pid = _taken(w, o), w_pid[o]
+    o = capture_order(c["pkt"])
+    c, c_pid = _taken(c, o), c_pid[o]
     del o
     nc = len(c_ids)
-    m = nc + upd.size
+    m = nc + n_upd
     key_all = np.concatenate([np.asarray(c_ids, dtype=pid.dtype), w_pid, c_pid])
-    t_upd, t_chk = a["t_tw_enter"][upd], a["t_syn"][chk]
+    t_upd, t_chk = w["t_tw_enter"], c["t_syn"]
     t0 = min(float(t_upd.min()) if t_upd.size else np.inf, float(t_chk.min()) if t_chk.size else np.inf)
     t_all = np.concatenate([np.full(nc, t0 - 1.0), t_upd, t_chk])
     order = time_order(t_all)  # stable: carried entries, then writes, first at equal times
@@ -342,14 +357,14 @@ def _replay(a: Attempts, upd: np.ndarray, chk: np.ndarray, carried: dict[tuple[i
     if key_all.size and key_all.min() != key_all.max():
         order = order[np.argsort(key_all[order], kind="stable")]
     w_ts = np.concatenate([np.asarray([e[0] for e in c_ent], dtype=np.int64),
-                           a["orig_last_tsval"][upd].astype(np.int64)])
+                           w["orig_last_tsval"].astype(np.int64)])
     w_stamp = np.concatenate([np.asarray([e[1] for e in c_ent], dtype=np.int64),
-                              np.nan_to_num(a["t_orig_last_ts"][upd]).astype(np.int64)])
+                              np.nan_to_num(w["t_orig_last_ts"]).astype(np.int64)])
     w_now = np.concatenate([np.full(nc, _CARRIED_NOW, dtype=np.int64), t_upd.astype(np.int64)])
     won = np.zeros(m, dtype=np.int8)
-    out[chk] = backend.ACTIVE.recycle_checks(
-        order, m, key_all, w_ts, w_stamp, w_now, t_chk.astype(np.int64), a["syn_tsval"][chk].astype(np.int64),
-        a["syn_has_ts"][chk], won)
+    out[c["row"]] = backend.ACTIVE.recycle_checks(
+        order, m, key_all, w_ts, w_stamp, w_now, t_chk.astype(np.int64), c["syn_tsval"].astype(np.int64),
+        c["syn_has_ts"], won)
     # each pair's entry at the end of the window: its last write (in replay order) that set it
     wo = order[order < m]
     wo = wo[won[wo] == 1]
