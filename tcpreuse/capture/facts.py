@@ -2,15 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import flows
+from .spill import SpilledValues
 
 if TYPE_CHECKING:
     from .analysis import CaptureAnalysis
+
+
+class Block:
+    """A block of rows of the attempt table: ``b["col"]`` is that column's rows."""
+
+    def __init__(self, an: CaptureAnalysis, sl: slice) -> None:
+        self.a, self.sl = an.attempts, sl
+
+    def __getitem__(self, k: str) -> np.ndarray:
+        return np.asarray(self.a[k][self.sl])
+
+
+def rows_where(an: CaptureAnalysis, cond: Callable[[Block], np.ndarray]) -> np.ndarray:
+    """The rows where `cond` (a mask of a block's rows) holds, found a block of rows at a
+    time (:func:`.flows.row_blocks`): a rule's masks are a block's, and of a table in
+    files only a block's pages are read at once."""
+    found = [np.flatnonzero(cond(Block(an, sl))) + sl.start for sl in flows.row_blocks(len(an.attempts))]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+def values_where(an: CaptureAnalysis, cond: Callable[[Block], np.ndarray], col: str) -> SpilledValues:
+    """Column `col` where `cond` holds, kept as SpilledValues (for its percentiles), a
+    block of rows at a time. The caller closes it."""
+    out = SpilledValues()
+    for sl in flows.row_blocks(len(an.attempts)):
+        b = Block(an, sl)
+        out.add(b[col][cond(b)])
+    return out
+
+
+def count_where(an: CaptureAnalysis, cond: Callable[[Block], np.ndarray]) -> int:
+    """How many rows `cond` holds for, a block of rows at a time."""
+    return sum(int(np.count_nonzero(cond(Block(an, sl)))) for sl in flows.row_blocks(len(an.attempts)))
 
 
 def by_client(an: CaptureAnalysis, rows: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
@@ -48,13 +82,19 @@ def pct(x: float) -> str:
     return f"{x * 100:.2f} %" if x < 0.1 else f"{x * 100:.1f} %"
 
 
-def span(values: np.ndarray, unit: str = "s", nd: int = 1) -> str:
+def span(values: np.ndarray | SpilledValues, unit: str = "s", nd: int = 1) -> str:
     """'8–40 s' (10th to 90th percentile; one value if they agree); times under a
-    second in ms."""
-    v = values[~np.isnan(values)]
-    if not v.size:
-        return "?"
-    lo, hi = (flows.percentile(v, 10), flows.percentile(v, 90)) if v.size >= 5 else (v.min(), v.max())
+    second in ms. NaN values are left out."""
+    if isinstance(values, SpilledValues):
+        if not values.n:
+            return "?"
+        lo, hi = ((values.percentile(10), values.percentile(90)) if values.n >= 5
+                  else (np.float64(values.lo), np.float64(values.hi)))
+    else:
+        v = values[~np.isnan(values)]
+        if not v.size:
+            return "?"
+        lo, hi = (flows.percentile(v, 10), flows.percentile(v, 90)) if v.size >= 5 else (v.min(), v.max())
     if unit == "s" and hi < 1.0:
         lo, hi, unit, nd = lo * 1000, hi * 1000, "ms", 0 if hi >= 0.01 else 1
     a, b = f"{lo:.{nd}f}", f"{hi:.{nd}f}"

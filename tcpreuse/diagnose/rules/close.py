@@ -3,10 +3,8 @@ close() with unread data). Read from a capture."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from ...capture import flows
-from ...capture.facts import by_client, by_server, pct
+from ...capture.facts import by_client, by_server, count_where, pct, rows_where
 from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
 from ..base import Evidence, Mechanism
@@ -21,15 +19,15 @@ def from_capture(ev: Evidence) -> list[Finding]:
     """Established connections whose first close was a RST (abortive close)."""
     an = ev.require_capture()
     a = an.attempts
-    est = a["is_attempt"] & a["established"]
-    n_est = int(est.sum())
-    rst = est & (a["close"] == 2)
-    n = int(rst.sum())
+    n_est = count_where(an, lambda b: b["is_attempt"] & b["established"])
+    rst = rows_where(an, lambda b: b["is_attempt"] & b["established"] & (b["close"] == 2))
+    n = rst.size
     if not n or n < 0.01 * n_est:
         return []
     out = []
+    closed_by = a["closed_by"][rst]
     for who, label in ((flows.W_ORIG, "client"), (flows.W_RESP, "server")):
-        rows = np.flatnonzero(rst & (a["closed_by"] == who))
+        rows = rst[closed_by == who]
         if not rows.size:
             continue
         senders = (by_client(an, rows) if who == flows.W_ORIG else by_server(an, rows))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...capture import flows, reuse
-from ...capture.facts import by_server, pct
+from ...capture.facts import by_server, count_where, pct, rows_where
 from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
 from ..base import Evidence, Mechanism
@@ -106,16 +106,16 @@ def refused_from_capture(ev: Evidence) -> list[Finding]:
     """SYNs answered by RST: nothing listens on that port (or a firewall rejects)."""
     an = ev.require_capture()
     a = an.attempts
-    m = a["is_attempt"] & (a["answer"] == flows.A_RST) & np.isnan(a["t_synack"])
-    if not m.any():
+    m = rows_where(an, lambda b: b["is_attempt"] & (b["answer"] == flows.A_RST) & np.isnan(b["t_synack"]))
+    if not m.size:
         return []
     out = []
-    for server, rows in by_server(an, np.flatnonzero(m)):
+    for server, rows in by_server(an, m):
         k = rows.size
-        tot = int((a["is_attempt"] & (a["resp_port"] == a["resp_port"][rows[0]])
-                   & (a["resp"] == a["resp"][rows[0]])).sum())
-        answered = int((a["is_attempt"] & (a["resp"] == a["resp"][rows[0]])
-                        & (a["resp_port"] == a["resp_port"][rows[0]]) & ~np.isnan(a["t_synack"])).sum())
+        ra, rp = a["resp"][rows[0]], a["resp_port"][rows[0]]
+        tot = count_where(an, lambda b, ra=ra, rp=rp: b["is_attempt"] & (b["resp_port"] == rp) & (b["resp"] == ra))
+        answered = count_where(an, lambda b, ra=ra, rp=rp: b["is_attempt"] & (b["resp"] == ra)
+                         & (b["resp_port"] == rp) & ~np.isnan(b["t_synack"]))
         out.append(Finding(
             id="capture-refused",
             title=f"SYNs to {server} are refused with RST",
@@ -135,14 +135,14 @@ def unanswered_from_capture(ev: Evidence) -> list[Finding]:
     """SYNs never answered at all, with no better explanation."""
     an = ev.require_capture()
     a = an.attempts
-    att = a["is_attempt"]
-    never = att & (a["answer"] == flows.A_NONE) & (a["tw_recycle"] == reuse.RC_NONE)
-    # still in flight at the end of the capture: not evidence of anything
-    never &= (an.t_last - a["t_syn"]) >= 3.0
+    # not answered; still in flight at the end of the capture: not evidence of anything
+    never = rows_where(an, lambda b: b["is_attempt"] & (b["answer"] == flows.A_NONE) & (b["tw_recycle"] == reuse.RC_NONE)
+                  & ((an.t_last - b["t_syn"]) >= 3.0))
     out = []
-    for server, rows in by_server(an, np.flatnonzero(never)):
-        srv = att & (a["resp"] == a["resp"][rows[0]]) & (a["resp_port"] == a["resp_port"][rows[0]])
-        answered = int((srv & ~np.isnan(a["t_synack"])).sum())
+    for server, rows in by_server(an, never):
+        ra, rp = a["resp"][rows[0]], a["resp_port"][rows[0]]
+        answered = count_where(an, lambda b, ra=ra, rp=rp: b["is_attempt"] & (b["resp"] == ra)
+                         & (b["resp_port"] == rp) & ~np.isnan(b["t_synack"]))
         if answered:
             continue  # a live server: the listen-overflow rule speaks for it
         k = rows.size

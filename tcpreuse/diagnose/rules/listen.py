@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...capture import flows, reuse
-from ...capture.facts import by_server, median, retry_delay_text
+from ...capture.facts import Block, by_server, median, retry_delay_text, rows_where
 from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
 from ..base import SEEN, Evidence, Fact, Mechanism
@@ -155,33 +155,43 @@ WINDOW_S = 5.0  # "the same seconds": answered SYNs within this distance
 def from_capture(ev: Evidence) -> list[ListenOverflow]:
     an = ev.require_capture()
     a = an.attempts
-    att = a["is_attempt"]
-    # other explanations first: TIME_WAIT answers and recycle drops are not queue drops
-    explained = (a["answer"] == flows.A_OLD_ACK) | (a["tw_recycle"] != reuse.RC_NONE) | (a["answer"] == flows.A_RST)
-    t_ans, t2 = a["t_answer"], a["t_syn2"]
-    silent = att & (np.isnan(t_ans) | (~np.isnan(t2) & (t_ans >= t2))) & ~explained
-    synack_rtx = att & (a["n_synack"] > 1) & a["established"]
+
+    def silent(b: Block) -> np.ndarray:
+        # other explanations first: TIME_WAIT answers and recycle drops are not queue drops
+        explained = (b["answer"] == flows.A_OLD_ACK) | (b["tw_recycle"] != reuse.RC_NONE) | (b["answer"] == flows.A_RST)
+        t_ans, t2 = b["t_answer"], b["t_syn2"]
+        return b["is_attempt"] & (np.isnan(t_ans) | (~np.isnan(t2) & (t_ans >= t2))) & ~explained
+
+    def synack_rtx(b: Block) -> np.ndarray:
+        return b["is_attempt"] & (b["n_synack"] > 1) & b["established"]
+
+    silent_rows, rtx_rows = rows_where(an, silent), rows_where(an, synack_rtx)
     out = []
-    for server, rows in by_server(an, np.flatnonzero(silent | synack_rtx)):
-        srv_rows = np.flatnonzero(att & (a["resp"] == a["resp"][rows[0]]) & (a["resp_port"] == a["resp_port"][rows[0]]))
-        ok_t = np.sort(a["t_synack"][srv_rows][~np.isnan(a["t_synack"][srv_rows])])
-        live = rows[silent[rows]]
-        if live.size and ok_t.size:  # was another SYN answered within WINDOW_S of this one?
-            t = a["t_syn"][live]
-            i = np.searchsorted(ok_t, t)
-            near = np.zeros(t.size, dtype=bool)
-            for j in (i - 1, i):
-                near |= np.abs(ok_t[np.clip(j, 0, ok_t.size - 1)] - t) <= WINDOW_S
-            live = live[near]
-        elif live.size:
-            live = live[:0]  # nothing answered: not a live listener
-        x_rows = rows[synack_rtx[rows]]
+    for server, rows in by_server(an, flows.distinct(np.concatenate([silent_rows, rtx_rows]))):
+        ra, rp = a["resp"][rows[0]], a["resp_port"][rows[0]]
+        live = rows[np.isin(rows, silent_rows)]
+        # was another SYN to it answered within WINDOW_S of this one? (its answered SYNs a block at a time)
+        t = a["t_syn"][live]
+        near = np.zeros(t.size, dtype=bool)
+        n_srv = n_ok = 0
+        for sl in flows.row_blocks(len(a)):
+            srv = np.asarray(a["is_attempt"][sl]) & (a["resp"][sl] == ra) & (a["resp_port"][sl] == rp)
+            n_srv += int(srv.sum())
+            ok_t = np.asarray(a["t_synack"][sl][srv])
+            ok_t = np.sort(ok_t[~np.isnan(ok_t)])
+            n_ok += ok_t.size
+            if ok_t.size and t.size:
+                i = np.searchsorted(ok_t, t)
+                for j in (i - 1, i):
+                    near |= np.abs(ok_t[np.clip(j, 0, ok_t.size - 1)] - t) <= WINDOW_S
+        live = live[near] if n_ok else live[:0]  # nothing answered: not a live listener
+        x_rows = rows[np.isin(rows, rtx_rows)]
         if live.size + x_rows.size < 2:
             continue
         retried = live[a["n_syn"][live] > 1]
         out.append(ListenOverflow(
             "capture", where=server, hosts=(server.rpartition(":")[0],), syn_drops=live.size, answering=True,
-            ack_drops=x_rows.size, never=int(np.isnan(a["t_synack"][live]).sum()), attempts=srv_rows.size,
+            ack_drops=x_rows.size, never=int(np.isnan(a["t_synack"][live]).sum()), attempts=n_srv,
             retry_ms=median((a["t_syn2"][retried] - a["t_syn"][retried]) * 1000)))
     return out
 

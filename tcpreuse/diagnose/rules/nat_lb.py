@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...capture import flows
-from ...capture.facts import by_client, span
+from ...capture.facts import Block, by_client, rows_where, span
 from ...findings import EvidenceItem, Finding, Fix
 from ...model.nat import nat_evicts_timewait
 from .. import fixes as fx
@@ -220,14 +220,17 @@ def reuse_from_capture(ev: Evidence) -> list[Finding]:
     """SYNs answered by a challenge ACK: the previous connection on the 4-tuple was still open."""
     an = ev.require_capture()
     a = an.attempts
-    old = a["is_attempt"] & (a["answer"] == flows.A_OLD_ACK)
-    tw = old & (a["prev_tw"] == 2) & (a["reuse_age_s"] < 60)
+
+    def on_open_tuple(b: Block) -> np.ndarray:
+        old = b["is_attempt"] & (b["answer"] == flows.A_OLD_ACK)
+        tw = old & (b["prev_tw"] == 2) & (b["reuse_age_s"] < 60)
+        return old & ~tw & (b["prev"] >= 0) & (b["prev_tw"] == 0)
+
     out: list[Finding] = []
-    chal = old & ~tw & (a["prev"] >= 0) & (a["prev_tw"] == 0)
-    prev = np.where(a["prev"] >= 0, a["prev"], 0)
+    chal = rows_where(an, on_open_tuple)
+    prev = a["prev"][chal]
     still_open = (a["tw_holder"][prev] == 0) & np.isnan(a["t_rst_orig"][prev]) & np.isnan(a["t_rst_resp"][prev])
-    chal &= still_open
-    for client, rows in by_client(an, np.flatnonzero(chal)):
+    for client, rows in by_client(an, chal[still_open]):
         n = rows.size
         out.append(Finding(
             id="capture-syn-hit-established",

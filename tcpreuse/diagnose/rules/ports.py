@@ -8,15 +8,21 @@ trace (connect() returned EADDRNOTAVAIL).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ...capture import flows
+from ...capture.facts import Block
 from ...findings import EvidenceItem, Finding, Fix
 from .. import fixes as fx
 from ..base import Evidence, Mechanism, TupleUse
 from ..judge import linux_hosts, pressure, rate, tuple_label, windows_pool
 from ..runfacts import cause_stats, os_of, pct, tw_at
 from ..tracefacts import reasons, top, window
+
+if TYPE_CHECKING:
+    from ...capture.analysis import CaptureAnalysis
 
 PORTS = Mechanism("ports", "Port exhaustion", {
     "client-port-exhaustion": "a run's clients failed connect() for want of a free local port",
@@ -117,16 +123,15 @@ def capture_fixes() -> list[Fix]:
 @PORTS.rule("capture", ("capture-port-cycle", "capture-port-exhaustion"))
 def from_capture(ev: Evidence) -> list[Finding]:
     an = ev.require_capture()
-    a = an.attempts
     out: list[Finding] = []
     for s in an.sources:
         for pp in s.ports:
             if pp.attempts < 8:
                 continue
             dest = pp.destination
-            rows = _rows(an, s.addr, dest)
-            client_tw = float(np.mean(a["tw_holder"][rows] == flows.W_ORIG)) if rows.size else 0.0
-            server_tw = float(np.mean(a["tw_holder"][rows] == flows.W_RESP)) if rows.size else 0.0
+            n_rows, n_client_tw, n_server_tw, hurt, last_syn = _to_dest(an, s.addr, dest)
+            client_tw = n_client_tw / n_rows if n_rows else 0.0
+            server_tw = n_server_tw / n_rows if n_rows else 0.0
             block = pp.port_max - pp.port_min + 1
             step = 2 if pp.even_share in (0.0, 1.0) and block > 2 else 1
             density = pp.distinct_ports / max(block // step if step == 2 else block, 1)
@@ -146,8 +151,6 @@ def from_capture(ev: Evidence) -> list[Finding]:
                 holder = ("the server closed first, so these SYNs meet its TIME_WAIT"
                           if server_tw >= 0.5 else
                           "the client reuses its own TIME_WAIT (tcp_tw_reuse) or is not Linux")
-                client_rows = rows
-                hurt = int((a["answer"][client_rows] == flows.A_OLD_ACK).sum()) if rows.size else 0
                 out.append(Finding(
                     id="capture-port-cycle",
                     title=f"{s.addr} reuses source ports toward {dest} within {_s(pp.cycle_median_s)} "
@@ -162,7 +165,7 @@ def from_capture(ev: Evidence) -> list[Finding]:
                               " The server accepted every one (newer timestamps or sequence numbers).")),
                     evidence=ev_items, confidence=0.9, fixes=capture_fixes(), hosts=[s.addr]))
             elif client_tw >= 0.9 and density >= 0.9 and pp.distinct_ports >= 8:
-                quiet = an.t_last - float(np.nanmax(a["t_syn"][rows]))
+                quiet = an.t_last - last_syn
                 stopped = (f" After the last new connection the capture went on for {quiet:.1f} s without "
                            "another one from it." if quiet >= 1.0 else "")
                 out.append(Finding(
@@ -187,15 +190,29 @@ def _s(x: float | None) -> str:
     return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.1f} s"
 
 
-def _rows(an: object, client: str, dest: str) -> np.ndarray:
-    """Attempts from `client` to `dest` ("addr:port")."""
-    a = an.attempts  # type: ignore[attr-defined]
+def _to_dest(an: CaptureAnalysis, client: str, dest: str) -> tuple[int, int, int, int, float]:
+    """Of the attempts from `client` to `dest` ("addr:port"): how many, how many left
+    TIME_WAIT at the client and at the server, how many were answered by an ACK for the
+    old connection, and the last SYN's time (NaN without one); a block of rows at a time."""
     addr, _, port = dest.rpartition(":")
-    ck, sk = an.key_of(client), an.key_of(addr)  # type: ignore[attr-defined]
+    ck, sk = an.key_of(client), an.key_of(addr)
     if ck is None or sk is None:
-        return np.zeros(0, dtype=np.int64)
-    m = a["is_attempt"] & (a["orig"] == ck) & (a["resp"] == sk) & (a["resp_port"] == int(port))
-    return np.flatnonzero(m)
+        return 0, 0, 0, 0, float("nan")
+    n = c_tw = s_tw = old = 0
+    last = float("nan")
+    for sl in flows.row_blocks(len(an.attempts)):
+        b = Block(an, sl)
+        m = b["is_attempt"] & (b["orig"] == ck) & (b["resp"] == sk) & (b["resp_port"] == int(port))
+        n += int(m.sum())
+        holder = b["tw_holder"][m]
+        c_tw += int((holder == flows.W_ORIG).sum())
+        s_tw += int((holder == flows.W_RESP).sum())
+        old += int((b["answer"][m] == flows.A_OLD_ACK).sum())
+        t = b["t_syn"][m]
+        t = t[~np.isnan(t)]
+        if t.size:
+            last = float(t.max()) if last != last else max(last, float(t.max()))
+    return n, c_tw, s_tw, old, last
 
 
 TOP_TUPLES = 3

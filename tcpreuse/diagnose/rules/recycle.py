@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ...capture import reuse
-from ...capture.facts import by_client
+from ...capture import flows, reuse
+from ...capture.facts import Block, by_client, count_where
 from ...findings import EvidenceItem, Finding
 from ...model.profiles import Profile, get_profile
 from .. import fixes as fx
@@ -130,42 +130,52 @@ def from_run(ev: Evidence) -> RecycleDrop | None:
         fixes=tuple(fx.recycle_off(g.name) for g in on) or (fx.recycle_off(),))
 
 
-def _flagged(ev: Evidence) -> tuple[np.ndarray, np.ndarray, float, bool]:
-    """SYNs the recycle cache drops, those of them unanswered, the unanswered rate of the
-    others, and whether the drops are observed (unanswered far more often than the others)."""
-    a = ev.require_capture().attempts
-    att = a["is_attempt"]
-    flagged = att & (a["tw_recycle"] != reuse.RC_NONE)
-    t_ans = a["t_answer"]
-    unanswered = att & (np.isnan(t_ans) | (~np.isnan(a["t_syn2"]) & (t_ans >= a["t_syn2"])))
-    n_flag, n_drop = int(flagged.sum()), int((flagged & unanswered).sum())
-    rest = att & ~flagged
-    base_rate = float((unanswered & rest).sum()) / max(int(rest.sum()), 1)
-    return flagged, flagged & unanswered, base_rate, n_drop >= 3 and n_drop >= 0.5 * n_flag and \
-        n_drop / max(n_flag, 1) > 3 * base_rate
+def _flagged(ev: Evidence) -> tuple[int, np.ndarray, float, bool]:
+    """How many SYNs the recycle cache drops, those of them unanswered (rows), the
+    unanswered rate of the others, and whether the drops are observed (unanswered far
+    more often than the others); counted a block of rows at a time."""
+    an = ev.require_capture()
+    n_flag = n_rest = n_rest_unanswered = 0
+    dropped = []
+    for sl in flows.row_blocks(len(an.attempts)):
+        b = Block(an, sl)
+        att = b["is_attempt"]
+        flagged = att & (b["tw_recycle"] != reuse.RC_NONE)
+        t_ans = b["t_answer"]
+        unanswered = att & (np.isnan(t_ans) | (~np.isnan(b["t_syn2"]) & (t_ans >= b["t_syn2"])))
+        n_flag += int(flagged.sum())
+        dropped.append(np.flatnonzero(flagged & unanswered) + sl.start)
+        rest = att & ~flagged
+        n_rest += int(rest.sum())
+        n_rest_unanswered += int((unanswered & rest).sum())
+    rows = np.concatenate(dropped) if dropped else np.zeros(0, dtype=np.int64)
+    n_drop = rows.size
+    base_rate = float(n_rest_unanswered) / max(n_rest, 1)
+    return n_flag, rows, base_rate, n_drop >= 3 and n_drop >= 0.5 * n_flag and n_drop / max(n_flag, 1) > 3 * base_rate
 
 
 @RECYCLE.extractor("capture")
 def from_capture(ev: Evidence) -> list[RecycleDrop]:
     an = ev.require_capture()
     a = an.attempts
-    flagged, dropped, base_rate, observed = _flagged(ev)
+    n_flag, dropped, base_rate, observed = _flagged(ev)
     if not observed:
         return []
     sources = {s.addr: s for s in an.sources}
     out = []
-    for client, rows in by_client(an, np.flatnonzero(dropped)):
+    for client, rows in by_client(an, dropped):
         src = sources.get(client)
         clocks = src.ts_clocks if src else None
+        ck = a["orig"][rows[0]]
         out.append(RecycleDrop(
             "capture", hosts=(client,), peer=client, dropped=rows.size,
-            attempts=int((a["is_attempt"] & (a["orig"] == a["orig"][rows[0]])).sum()),
+            attempts=count_where(an, lambda b, ck=ck: b["is_attempt"] & (b["orig"] == ck)),
             failed=int(np.isnan(a["t_answer"][rows]).sum()), clocks=clocks,
             clocks_kind="" if src is None or clocks is None else "NAT" if src.ts_nat else
             "one per 4-tuple" if src.ts_per_connection else "",
             clocks_evidence=src.ts_evidence if src else "",
             no_ts=int((a["tw_recycle"][rows] == reuse.RC_DROP_4X).sum()), base_rate=base_rate,
-            drop_rate=int(dropped.sum()) / int(flagged.sum())))
+            drop_rate=dropped.size / n_flag))
     return out
 
 
@@ -173,9 +183,7 @@ def from_capture(ev: Evidence) -> list[RecycleDrop]:
 def risk_from_capture(ev: Evidence) -> list[Finding]:
     """What tw_recycle would do to this traffic, where the servers answered."""
     an = ev.require_capture()
-    a = an.attempts
-    flagged, _, _, observed = _flagged(ev)
-    n_flag = int(flagged.sum())
+    n_flag, _, _, observed = _flagged(ev)
     if observed or not n_flag:
         return []
     nat = [s for s in an.sources if s.ts_nat]
@@ -184,7 +192,7 @@ def risk_from_capture(ev: Evidence) -> list[Finding]:
         id="capture-tw-recycle-risk",
         title="A server with tcp_tw_recycle=1 would drop some of these SYNs",
         severity="info",
-        cause=(f"{n_flag:,} SYNs ({pct(n_flag / max(int(a['is_attempt'].sum()), 1))}) carry a TSval older than one "
+        cause=(f"{n_flag:,} SYNs ({pct(n_flag / max(count_where(an, lambda b: b['is_attempt']), 1))}) carry a TSval older than one "
                "the server saw from the same address less than 60 s earlier on a connection it closed. The "
                "servers here answered them, so they do not run tcp_tw_recycle; a server that did "
                "(kernels <= 4.11) would drop them silently."
@@ -196,7 +204,7 @@ def risk_from_capture(ev: Evidence) -> list[Finding]:
                   if per_conn_addrs else "")),
         evidence=[EvidenceItem("SYNs the recycle cache would drop", n_flag),
                   EvidenceItem("... of which without timestamps (3.x-4.11 only)",
-                               int((a["tw_recycle"] == reuse.RC_DROP_4X).sum()))],
+                               count_where(an, lambda b: b["tw_recycle"] == reuse.RC_DROP_4X))],
         confidence=0.6, fixes=fx.recycle_advice()[:1])]
 
 

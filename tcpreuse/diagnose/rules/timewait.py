@@ -16,7 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...capture import flows, reuse
-from ...capture.facts import by_client, median, os_guess, retry_delay_text, span
+from ...capture.facts import (
+    Block,
+    by_client,
+    count_where,
+    median,
+    os_guess,
+    retry_delay_text,
+    rows_where,
+    span,
+    values_where,
+)
 from ...findings import EvidenceItem, Finding, Fix
 from ...model.profiles import get_profile
 from ...model.stacks import port_range
@@ -190,11 +200,13 @@ def from_run(ev: Evidence) -> TimeWaitCollision | None:
 def from_capture(ev: Evidence) -> list[TimeWaitCollision]:
     an = ev.require_capture()
     a = an.attempts
-    att = a["is_attempt"]
-    met = att & (a["prev_tw"] == 2) & (a["reuse_age_s"] < 60)
+
+    def met(b: Block) -> np.ndarray:
+        return b["is_attempt"] & (b["prev_tw"] == 2) & (b["reuse_age_s"] < 60)
+
     out = []
-    for client, rows in by_client(an, np.flatnonzero(met & (a["answer"] == flows.A_OLD_ACK))):
-        mine = att & (a["orig"] == a["orig"][rows[0]])
+    for client, rows in by_client(an, rows_where(an, lambda b: met(b) & (b["answer"] == flows.A_OLD_ACK))):
+        ck = a["orig"][rows[0]]
         n = rows.size
         model_ack = int(np.isin(a["tw_verdict"][rows], (reuse.V_ACK_OLD, reuse.V_PAWS)).sum())
         retried = rows[a["n_syn"][rows] > 1]
@@ -203,8 +215,9 @@ def from_capture(ev: Evidence) -> list[TimeWaitCollision]:
                                                               strict=True)})
         os = os_guess(an, rows)
         out.append(TimeWaitCollision(
-            "capture", hosts=(client,), peer=client, collisions=n, attempts=int(mine.sum()),
-            met_timewait=int((mine & met).sum()), paws=int((a["tw_verdict"][rows] == reuse.V_PAWS).sum()),
+            "capture", hosts=(client,), peer=client, collisions=n,
+            attempts=count_where(an, lambda b, ck=ck: b["is_attempt"] & (b["orig"] == ck)),
+            met_timewait=count_where(an, lambda b, ck=ck: met(b) & (b["orig"] == ck)), paws=int((a["tw_verdict"][rows] == reuse.V_PAWS).sum()),
             failed=n - int((~np.isnan(a["t_synack"][rows])).sum()), age=span(a["reuse_age_s"][rows]),
             no_ts=int((~a["syn_has_ts"][rows]).sum()), model_agrees=model_ack,
             client_rst=int((a["n_rst_orig_pre"][rows] > 0).sum()),
@@ -233,14 +246,20 @@ def from_trace(ev: Evidence) -> TimeWaitCollision | None:
 def accepted_from_capture(ev: Evidence) -> list[Finding]:
     """Reuse of a server TIME_WAIT 4-tuple that Linux accepted: worth knowing, harmless."""
     an = ev.require_capture()
-    a = an.attempts
-    m = a["is_attempt"] & (a["prev_tw"] == 2) & (a["reuse_age_s"] < 60) & (a["answer"] == flows.A_SYNACK)
-    n = int(m.sum())
+
+    def m(b: Block) -> np.ndarray:
+        return b["is_attempt"] & (b["prev_tw"] == 2) & (b["reuse_age_s"] < 60) & (b["answer"] == flows.A_SYNACK)
+
+    n = count_where(an, m)
     if not n:
         return []
-    rows = np.flatnonzero(m)
-    acc = int((a["tw_verdict"][rows] == reuse.V_ACCEPT).sum())
-    with_ts = int(a["syn_has_ts"][rows].sum())
+    acc = count_where(an, lambda b: m(b) & (b["tw_verdict"] == reuse.V_ACCEPT))
+    with_ts = count_where(an, lambda b: m(b) & b["syn_has_ts"])
+    ages = values_where(an, m, "reuse_age_s")
+    try:
+        age = span(ages)
+    finally:
+        ages.close()
     if with_ts == n:
         why = ("all of them carried timestamps, and a newer TSval is accepted whatever the sequence number; "
                "this holds as long as the clients keep sending timestamps from one clock.")
@@ -255,7 +274,7 @@ def accepted_from_capture(ev: Evidence) -> list[Finding]:
         id="capture-timewait-reuse-accepted",
         title="Clients reuse 4-tuples the server still holds in TIME_WAIT; the server accepted them",
         severity="info",
-        cause=(f"{n:,} SYNs reused a 4-tuple the server had closed {span(a['reuse_age_s'][rows])} earlier "
+        cause=(f"{n:,} SYNs reused a 4-tuple the server had closed {age} earlier "
                f"(still in its 60 s TIME_WAIT) and were answered with a SYN-ACK. Linux accepts such a SYN "
                f"when its TSval is newer or its sequence number is after the old rcv_nxt; {why}"),
         evidence=[EvidenceItem("reused while in server TIME_WAIT, accepted", n),
