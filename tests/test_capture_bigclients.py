@@ -105,3 +105,38 @@ def test_rows_in_order_by_parts(monkeypatch: pytest.MonkeyPatch) -> None:
         assert i.tolist() == np.argsort(t, kind="stable").tolist()
         if isinstance(src, ColumnStore):
             src.close()
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_flow_order_by_parts_is_flow_ordered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, small: bool) -> None:
+    """ordered.flow_ordered_in_parts (a table in files) gives flows.flow_ordered's rows,
+    flow numbers, first packet positions and histories, from rows whose flows come in
+    another order (as chunks emit them), each flow's segments in time order."""
+    from tcpreuse.capture.decode import decode
+    from tcpreuse.capture.formats import read_frames
+
+    path = write_pcap(tmp_path / "c.pcap", reuse_capture(rounds=10) + windows_reuse(n_conn=300, ports=50))
+    att, _, _ = flows.build(decode(read_frames(path)))
+    flow = att["flow"]
+    key = np.random.default_rng(1).permutation(int(flow.max()) + 1)[flow]
+    o = np.argsort(key, kind="stable")  # flows shuffled, a flow's segments kept in order
+    mixed = att.take(o)
+    del mixed.cols["flow"]
+    want = flows.flow_ordered(Attempts(dict(mixed.cols), mixed.history))
+    if small:
+        monkeypatch.setattr(flows, "ROW_BLOCK", 11)
+        monkeypatch.setattr(ordered, "FINE", 16)
+        monkeypatch.setattr(ordered, "PART_ROWS", 7)
+    store = ColumnStore()
+    for k, v in mixed.cols.items():
+        store[k] = v
+    got = ordered.flow_ordered_in_parts(Attempts(store, mixed.history))
+    try:
+        assert list(got.cols) == list(want.cols)
+        for k in want.cols:
+            assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k], equal_nan=want[k].dtype.kind == "f"), k
+        assert got.history.tolist() == want.history.tolist()
+        assert np.array_equal(got["flow"], att["flow"]) and np.array_equal(got["first_pos"], att["first_pos"])
+    finally:
+        assert isinstance(got.cols, ColumnStore)
+        got.cols.close()
