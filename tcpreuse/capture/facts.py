@@ -24,6 +24,28 @@ class Block:
         return np.asarray(self.a[k][self.sl])
 
 
+Cond = Callable[[Block], np.ndarray]  # a mask of a block's rows
+
+
+def from_client(key: int) -> Cond:
+    """Attempts from the client with address key `key`."""
+    return lambda b: b["is_attempt"] & (b["orig"] == key)
+
+
+def at_server(key: int, port: int) -> Cond:
+    """Attempts to the server with address key `key` and `port`."""
+    return lambda b: b["is_attempt"] & (b["resp"] == key) & (b["resp_port"] == port)
+
+
+def answered(cond: Cond) -> Cond:
+    """Rows of `cond` that got a SYN-ACK."""
+    return lambda b: cond(b) & ~np.isnan(b["t_synack"])
+
+
+def both(c1: Cond, c2: Cond) -> Cond:
+    return lambda b: c1(b) & c2(b)
+
+
 def rows_where(an: CaptureAnalysis, cond: Callable[[Block], np.ndarray]) -> np.ndarray:
     """The rows where `cond` (a mask of a block's rows) holds, found a block of rows at a
     time (:func:`.flows.row_blocks`): a rule's masks are a block's, and of a table in

@@ -282,22 +282,22 @@ def _recycle(a: Attempts) -> np.ndarray:
     from .ordered import Dealt
 
     in_files = isinstance(a.cols, ColumnStore)
-    writes, checks = Dealt(in_files), Dealt(in_files)
+    w_dealt, c_dealt = Dealt(in_files), Dealt(in_files)
     n_win = int(win[-1]) + 1
     try:
         for sl in row_blocks(n):
             w, c = _events(a, sl)
-            for dealt, rows, t, names in ((writes, w, "t_tw_enter", _WRITE_COLS), (checks, c, "t_syn", _CHECK_COLS)):
+            for dealt, rows, t, names in ((w_dealt, w, "t_tw_enter", _WRITE_COLS), (c_dealt, c, "t_syn", _CHECK_COLS)):
                 if rows.size:
                     got = {k: np.asarray(a[k][sl][rows]) for k in names}
                     got["row"] = rows + sl.start
                     dealt.add(win[bin_of(got[t])], got)
         carried: dict[tuple[int, int], tuple[int, int]] = {}  # (client, server) -> (TSval, stamp)
         for k in range(n_win):
-            _replay(writes.take(k), checks.take(k), carried, out)
+            _replay(w_dealt.take(k), c_dealt.take(k), carried, out)
     finally:
-        writes.close()
-        checks.close()
+        w_dealt.close()
+        c_dealt.close()
     return out
 
 

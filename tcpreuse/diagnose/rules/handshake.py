@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...capture import flows, reuse
-from ...capture.facts import by_server, count_where, pct, rows_where
+from ...capture.facts import answered, at_server, by_server, count_where, pct, rows_where
 from ...findings import EvidenceItem, Finding
 from .. import fixes as fx
 from ..base import Evidence, Mechanism
@@ -113,19 +113,18 @@ def refused_from_capture(ev: Evidence) -> list[Finding]:
     for server, rows in by_server(an, m):
         k = rows.size
         ra, rp = a["resp"][rows[0]], a["resp_port"][rows[0]]
-        tot = count_where(an, lambda b, ra=ra, rp=rp: b["is_attempt"] & (b["resp_port"] == rp) & (b["resp"] == ra))
-        answered = count_where(an, lambda b, ra=ra, rp=rp: b["is_attempt"] & (b["resp"] == ra)
-                         & (b["resp_port"] == rp) & ~np.isnan(b["t_synack"]))
+        tot = count_where(an, at_server(ra, rp))
+        n_answered = count_where(an, answered(at_server(ra, rp)))
         out.append(Finding(
             id="capture-refused",
             title=f"SYNs to {server} are refused with RST",
             severity="warning",
             cause=(f"{k:,} of {tot:,} SYNs to {server} were answered with RST (Zeek REJ): no socket listened "
                    "on that port at that moment (service down or restarting, wrong port), or a firewall "
-                   "rejects them." + (f" {answered:,} other SYNs to it were accepted, so the listener "
-                                      "came and went." if answered else "")),
+                   "rejects them." + (f" {n_answered:,} other SYNs to it were accepted, so the listener "
+                                      "came and went." if n_answered else "")),
             evidence=[EvidenceItem("refused SYNs", k, pct(k / max(tot, 1))),
-                      EvidenceItem("accepted SYNs to the same port", answered)],
+                      EvidenceItem("accepted SYNs to the same port", n_answered)],
             confidence=0.85, hosts=[server.rpartition(":")[0]]))
     return out
 
@@ -141,9 +140,8 @@ def unanswered_from_capture(ev: Evidence) -> list[Finding]:
     out = []
     for server, rows in by_server(an, never):
         ra, rp = a["resp"][rows[0]], a["resp_port"][rows[0]]
-        answered = count_where(an, lambda b, ra=ra, rp=rp: b["is_attempt"] & (b["resp"] == ra)
-                         & (b["resp_port"] == rp) & ~np.isnan(b["t_synack"]))
-        if answered:
+        n_answered = count_where(an, answered(at_server(ra, rp)))
+        if n_answered:
             continue  # a live server: the listen-overflow rule speaks for it
         k = rows.size
         out.append(Finding(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...capture import flows, reuse
-from ...capture.facts import Block, by_client, count_where
+from ...capture.facts import Block, by_client, count_where, from_client
 from ...findings import EvidenceItem, Finding
 from ...model.profiles import Profile, get_profile
 from .. import fixes as fx
@@ -169,7 +169,7 @@ def from_capture(ev: Evidence) -> list[RecycleDrop]:
         ck = a["orig"][rows[0]]
         out.append(RecycleDrop(
             "capture", hosts=(client,), peer=client, dropped=rows.size,
-            attempts=count_where(an, lambda b, ck=ck: b["is_attempt"] & (b["orig"] == ck)),
+            attempts=count_where(an, from_client(ck)),
             failed=int(np.isnan(a["t_answer"][rows]).sum()), clocks=clocks,
             clocks_kind="" if src is None or clocks is None else "NAT" if src.ts_nat else
             "one per 4-tuple" if src.ts_per_connection else "",

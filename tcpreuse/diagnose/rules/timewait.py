@@ -18,8 +18,10 @@ import numpy as np
 from ...capture import flows, reuse
 from ...capture.facts import (
     Block,
+    both,
     by_client,
     count_where,
+    from_client,
     median,
     os_guess,
     retry_delay_text,
@@ -216,8 +218,8 @@ def from_capture(ev: Evidence) -> list[TimeWaitCollision]:
         os = os_guess(an, rows)
         out.append(TimeWaitCollision(
             "capture", hosts=(client,), peer=client, collisions=n,
-            attempts=count_where(an, lambda b, ck=ck: b["is_attempt"] & (b["orig"] == ck)),
-            met_timewait=count_where(an, lambda b, ck=ck: met(b) & (b["orig"] == ck)), paws=int((a["tw_verdict"][rows] == reuse.V_PAWS).sum()),
+            attempts=count_where(an, from_client(ck)),
+            met_timewait=count_where(an, both(met, from_client(ck))), paws=int((a["tw_verdict"][rows] == reuse.V_PAWS).sum()),
             failed=n - int((~np.isnan(a["t_synack"][rows])).sum()), age=span(a["reuse_age_s"][rows]),
             no_ts=int((~a["syn_has_ts"][rows]).sum()), model_agrees=model_ack,
             client_rst=int((a["n_rst_orig_pre"][rows] > 0).sum()),
