@@ -196,6 +196,31 @@ def test_a_fix_its_runs_never_consulted_is_the_same_run() -> None:
     assert why_same({"server:net.ipv4.tcp_tw_reuse": 0}, base) is None  # any other setting: simulated
 
 
+def test_what_a_run_consulted_is_judged_by_the_model() -> None:
+    """The engine hands over the figures (Engine.consulted(), typed), the model says what
+    they prove (model/recycle.py, model/lb.py), and the run's summary keeps them as they
+    are: a run whose LB translates sources is never shared with ignore-MSL (a held session
+    keeps its SNAT port), even when no SYN met a held session."""
+    from tcpreuse.model.lb import ignore_msl_consulted
+    from tcpreuse.model.recycle import PeerCache, recycle_consulted, stamps_remembered
+    from tcpreuse.scenario.loader import load_scenario
+    from tcpreuse.sim.engine import Engine
+    from tcpreuse.sweep.inert import evidence, why_same
+
+    assert stamps_remembered(None) == 0 and not recycle_consulted(0) and recycle_consulted(1)
+    cache = PeerCache("addr_pair")
+    cache.remember_stamp(1, 2, 100, 5, 5)
+    assert stamps_remembered(cache) == 1
+    assert not ignore_msl_consulted(0, False) and ignore_msl_consulted(1, False) and ignore_msl_consulted(0, True)
+
+    eng = Engine(load_scenario("seed", {**SMALL_SEED, "duration_s": 10, "lb.snat": True}), None, False)
+    eng.run()
+    got = eng.consulted()
+    assert got["lb_snat"] is True and got["lb_held_met"] == 0 and got["recycle_stamped"]["server"] == 0
+    assert evidence(eng) == got and why_same(IGNORE_MSL, {"evidence": got}) is None
+    assert why_same(RECYCLE_OFF, {"evidence": got}) is not None
+
+
 @pytest.mark.slow
 def test_shared_fix_runs_leave_the_capacity_table_as_it_was(tmp_path: Path) -> None:
     """The same search with every fix simulated on its own: the same probes, verdicts,

@@ -13,13 +13,27 @@ working set — the columns an expression reads and its temporaries — not the 
 A column is replaced whole (``store[k] = array`` writes a new file); an array read from
 the store cannot be changed in place (it is read-only), so nothing written to a column
 after it was stored can be lost.
+
+The directory is removed when the store is closed, at exit and on errors; a process
+killed outright (SIGKILL, the OOM killer, a power cut) leaves it behind, up to the whole
+table (~1.7 GB at 100 M packets). So it is named for its process
+(``tcpreuse-attempts-<pid>-<random>``) and held under an advisory lock (flock on the
+directory, released by the kernel when the process dies however it dies), and every
+new store first removes the directories of that form beside it whose process is gone
+(:func:`sweep_stale`): never one whose pid is alive or whose lock is held (a live
+process in another pid namespace sharing TMPDIR), nor anything else.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
+import re
+import shutil
+import stat
 import tempfile
+import weakref
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -28,14 +42,87 @@ import numpy as np
 
 from ..errors import CaptureError
 
+PREFIX = "tcpreuse-attempts-"
+_OURS = re.compile(re.escape(PREFIX) + r"([0-9]+)-[A-Za-z0-9_]+")  # PREFIX<pid>-<mkdtemp's suffix>
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def _lock(path: str) -> int | None:
+    """An exclusive flock on directory `path` (its descriptor), or None when another
+    process holds it or the file system cannot lock it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_stale(dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """Remove the attempt directories in `dir` (default: ``TMPDIR``) that a killed
+    analysis left behind; returns their paths. One is removed only if it is a directory
+    (not a link) of this user named ``tcpreuse-attempts-<pid>-...`` whose pid is not a
+    live process and whose lock (held by a live store) can be taken. Anything else —
+    other names, other users', a live process's, the unnamed ones of older versions —
+    is left alone. Errors are ignored: this must never fail an analysis."""
+    base = os.fspath(dir) if dir is not None else tempfile.gettempdir()
+    gone: list[str] = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return gone
+    me = os.getpid()
+    for name in names:
+        m = _OURS.fullmatch(name)
+        if m is None or int(m.group(1)) == me:
+            continue
+        path = os.path.join(base, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or _pid_alive(int(m.group(1))):
+            continue
+        fd = _lock(path)
+        if fd is None:
+            continue  # held: a live process (in another pid namespace) owns it
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
+        if not os.path.lexists(path):
+            gone.append(path)
+    return gone
+
 
 class ColumnStore(MutableMapping[str, np.ndarray]):
     """Columns of equal length, one file each, in a temporary directory of `dir`
-    (default: the system's temporary directory, ``TMPDIR``)."""
+    (default: the system's temporary directory, ``TMPDIR``), named for this process and
+    locked while the store lives; stale directories of killed processes there are
+    removed first (:func:`sweep_stale`)."""
 
     def __init__(self, dir: str | os.PathLike[str] | None = None) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="tcpreuse-attempts-", dir=dir)
+        sweep_stale(dir)
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-", dir=dir)
         self.path = Path(self._tmp.name)
+        # held until close() or the process ends; a store that is never closed lets it go
+        # when it is collected (its directory is removed then too)
+        self._lock_fd = _lock(self._tmp.name)
+        if self._lock_fd is not None:
+            self._unlock = weakref.finalize(self, os.close, self._lock_fd)
         self._cols: dict[str, tuple[np.dtype, int, Path]] = {}  # name -> (dtype, rows, file)
         self._gen = 0
 
@@ -113,6 +200,8 @@ class ColumnStore(MutableMapping[str, np.ndarray]):
         """Delete the files (arrays still mapping them keep their pages)."""
         self._cols.clear()
         self._tmp.cleanup()
+        if self._lock_fd is not None:
+            self._unlock()  # (once: a finalizer runs at most once)
 
 
 class ColumnWriter:

@@ -102,6 +102,11 @@ class L4LoadBalancer:
         return {"sessions": self.n_sessions, "snat_failed": self.n_snat_failed,
                 "held_reused": self.n_held_reused, "held_dropped": self.n_held_dropped}
 
+    def held_met(self) -> int:
+        """SYNs that met a session still held after close (re-used for its back end or
+        dropped by it): what :func:`ignore_msl_consulted` reads."""
+        return self.n_held_reused + self.n_held_dropped
+
     def _bitmap(self, backend: int, addr: int) -> PortBitmap:
         b = self.snat_used.get((backend, addr))
         if b is None:
@@ -261,3 +266,20 @@ class L4LoadBalancer:
                 self._remove(s)
         else:
             self.close(s, now)
+
+
+def ignore_msl_consulted(held_met: int, snat: bool) -> bool:
+    """Whether holding sessions after close decided anything in a run where `held_met`
+    SYNs met a held session (:meth:`L4LoadBalancer.held_met`) and the LB did (`snat`) or
+    did not translate source addresses. False: the same run with `ignore_msl` (no hold:
+    the session reclaimed at close) takes the same branch at every event.
+
+    A held session acts only through a SYN for its client tuple arriving before it
+    expires (:meth:`L4LoadBalancer.syn`: re-used for the same back end, or dropped, per
+    `held_session_syn`; counted), or through the SNAT port it keeps taken. Without
+    either: an expired held session is removed before the SYN is scheduled, the same as
+    no session; a RST or close on it is a no-op in both (:meth:`L4LoadBalancer.close`,
+    :meth:`L4LoadBalancer.client_rst` act on an ACTIVE session only); and a held session
+    is not active, so least-connection scheduling counts the same. (The hold is the A10's
+    "ignore-tcp-msl" off, vendor behaviour: docs/kernel.md §11.)"""
+    return held_met != 0 or snat

@@ -107,3 +107,31 @@ class PeerCache:
         if e is None or e.stamp == 0:
             return False
         return peer_verdict(e.ts, e.stamp, syn_has_ts, tsval, now_sec, drops_tsless) != RC_KEEP
+
+
+# -- whether tcp_tw_recycle acted at all in a run ---------------------------------------------
+
+def stamps_remembered(cache: PeerCache | None) -> int:
+    """The peers a host's cache remembered a timestamp for (0 with tcp_tw_recycle=0: no
+    cache): what :func:`recycle_consulted` reads."""
+    return 0 if cache is None else len(cache.entries)
+
+
+def recycle_consulted(stamps: int) -> bool:
+    """Whether tcp_tw_recycle=1 decided anything on a host whose cache held `stamps` entries
+    at the end of a run (or at the moment a stopped run stopped). False: the same run with
+    tcp_tw_recycle=0 takes the same branch at every event.
+
+    Its only two effects, in the model as in the kernel (<= 4.11, docs/kernel.md §6), go
+    through an entry of the per-peer cache:
+      * the short TIME_WAIT (3.5 x RTO, tw_lifetime() in model/timewait.py) needs
+        recycle_ok, which tcp_remember_stamp() returns only once it has filed an entry
+        (2.6.32 tcp_v4_remember_stamp(), net/ipv4/tcp_ipv4.c; 3.5-4.11
+        tcp_remember_stamp(), net/ipv4/tcp_metrics.c), and tcp_time_wait()
+        (net/ipv4/tcp_minisocks.c) calls it only for a connection that used timestamps;
+      * the passive PAWS check on a SYN at a listener (2.6.32 tcp_v4_conn_request(),
+        net/ipv4/tcp_ipv4.c; 3.x-4.11 tcp_peer_is_proven(), net/ipv4/tcp_metrics.c;
+        :meth:`PeerCache.syn_rejected`) drops a SYN only against an entry.
+    The model removes no entry during a run, so a cache empty at the end was empty at
+    every event before."""
+    return stamps != 0

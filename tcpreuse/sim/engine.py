@@ -27,6 +27,7 @@ from ..model.listener import COOKIE, DROP, Listener, conn_request, syn_recv_sock
 from ..model.nat import CtEntry, SourceNat
 from ..model.ports import PORT_BUSY, PORT_FREE, PORT_TW_REUSE, find_open_port
 from ..model.profiles import get_profile
+from ..model.recycle import stamps_remembered
 from ..model.seq import MASK32
 from ..model.stacks import linux_data_retry_j, syn_sent_expired
 from ..model.timewait import (
@@ -58,7 +59,7 @@ from .host import (
     server_sock_key,
     unhash,
 )
-from .record import build_result
+from .record import Consulted, build_result
 from .sink import Sink
 
 EV_ARRIVAL: Final = 0
@@ -1289,6 +1290,20 @@ class Engine:
         for h in self.hosts.values():
             self.purge(h, self.end_s)
             self.end_state[h.name] = {"time_wait": len(h.tw), "established": len(h.ehash)}
+
+    # ---- what the run consulted (sweep/inert.py) ---------------------------------------------
+    def consulted(self) -> Consulted:
+        """As things stand (at the end, or where a stopped run stopped): per host group, the
+        peers its hosts' tcp_tw_recycle caches remembered (model/recycle.py
+        recycle_consulted() says what that proves), and the SYNs that met a session the LB
+        held and whether it translates sources (model/lb.py ignore_msl_consulted())."""
+        stamped: dict[str, int] = {}
+        for h in self.hosts.values():
+            stamped[h.group] = stamped.get(h.group, 0) + stamps_remembered(h.recycle_cache)
+        lb = self.lb
+        if lb is None:
+            return {"recycle_stamped": stamped, "lb_held_met": None, "lb_snat": None}
+        return {"recycle_stamped": stamped, "lb_held_met": lb.held_met(), "lb_snat": lb.snat is not None}
 
 
 def _lb_session(att: Attempt) -> LbSession | None:

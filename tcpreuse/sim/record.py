@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -21,6 +21,17 @@ from .sink import ROW_DTYPES, ROW_FIELDS, counts, firsts
 
 if TYPE_CHECKING:
     from .engine import Engine
+
+
+class Consulted(TypedDict):
+    """What a run (whole, or up to where it was stopped) shows of two settings it may never
+    have consulted (Engine.consulted(); what the figures mean is model/recycle.py
+    recycle_consulted() and model/lb.py ignore_msl_consulted(); sweep/inert.py decides from
+    them which fixes' runs are this run). Kept as is in a sweep run's summary (`evidence`)."""
+
+    recycle_stamped: dict[str, int]  # per host group: peers its tcp_tw_recycle caches remembered
+    lb_held_met: int | None  # SYNs that met a session the LB held after close; None: no LB
+    lb_snat: bool | None  # whether the LB translates source addresses; None: no LB
 
 
 def _first_seen(cols: list[np.ndarray]) -> list[int]:
