@@ -267,6 +267,40 @@ class CaptureAnalysis:
             "timing_s": {k: round(v, 4) for k, v in self.timing.items()},
         }
 
+    def timeline(self) -> tuple[Timeline, float | None]:
+        """The RunResult's timeline (:meth:`to_run_result`) and when the first attempt
+        that failed began (s from the first packet; None: none failed), counted a block
+        of the attempt table at a time: the text report draws them without building the
+        per-attempt table (a table in files is read a block's pages at a time). The
+        first failure is the earliest one, whatever the order of the table's rows."""
+        a = self.attempts
+        blocks = [np.flatnonzero(a["is_attempt"][sl]) + sl.start for sl in flows.row_blocks(len(a))]
+        blocks = [m for m in blocks if m.size]
+        if not blocks:
+            return Timeline(step_s=1.0), None
+
+        def rel_t(m: np.ndarray) -> np.ndarray:
+            return np.asarray(np.nan_to_num(a["t_syn"][m] - self.t_first, nan=0.0))
+
+        lo = min(float(rel_t(m).min()) for m in blocks)
+        span = max(float((rel_t(m) - lo).max()) for m in blocks)
+        step = 1.0 if span < MAX_BUCKETS else float(np.ceil(span / MAX_BUCKETS))
+        size = int(np.floor(span / step)) + 1
+        attempts, failed, delayed = (np.zeros(size, dtype=np.int64) for _ in range(3))
+        onset: float | None = None
+        for m in blocks:
+            t = rel_t(m)
+            sec = np.floor((t - lo) / step).astype(np.int64)
+            synack, retried, reset = _answered(a, m)
+            fail = ~synack | reset
+            attempts += np.bincount(sec, minlength=size)
+            failed += np.bincount(sec[fail], minlength=size)
+            delayed += np.bincount(sec[synack & retried & ~reset], minlength=size)
+            if fail.any():
+                first = round(float(t[fail].min()), 6)
+                onset = first if onset is None else min(onset, first)
+        return _series(step, attempts, failed, delayed), onset
+
     # ---- RunResult ----------------------------------------------------------------------
     def to_run_result(self, scenario: str = "") -> RunResult:
         """The attempts (segments that began with a SYN) as a RunResult(source="analyze").
@@ -290,7 +324,7 @@ class CaptureAnalysis:
                 voc[vocab].append(name)
             return d[name]
 
-        synack = ~np.isnan(a["t_synack"][m])
+        synack, retried, reset_by_server = _answered(a, m)
         ans = a["answer"][m]
         refused = ~synack & (ans == flows.A_RST)
         # Still retrying when the capture ended? With exponential backoff the next SYN
@@ -298,8 +332,6 @@ class CaptureAnalysis:
         t_last_syn = np.where(np.isnan(a["t_syn_last"][m]), a["t_syn"][m], a["t_syn_last"][m])
         next_syn = t_last_syn + np.maximum(t_last_syn - a["t_syn"][m], 1.0) + 1.0
         in_flight = ~synack & ~refused & (self.t_last < next_syn)
-        reset_by_server = synack & (a["close"][m] == 2) & (a["closed_by"][m] == flows.W_RESP) & (
-            a["resp_bytes"][m] == 0)
         outcome = np.full(k, code("outcome", "ETIMEDOUT"), dtype=np.int16)
         outcome[synack] = code("outcome", "ok")
         outcome[refused] = code("outcome", "ECONNREFUSED")
@@ -307,7 +339,6 @@ class CaptureAnalysis:
         outcome[reset_by_server] = code("outcome", "ECONNRESET")
         # cause: the first problem the attempt met (even if it then succeeded)
         cause = np.full(k, -1, dtype=np.int16)
-        retried = a["n_syn"][m] > 1
         cause[retried] = code("reason", "syn_dropped_path")  # unanswered SYN, cause unknown
         cause[retried & _server_answered_nearby(a, m)] = code("reason", "syn_dropped_listen_overflow")
         cause[(a["tw_recycle"][m] != 0) & retried] = code("reason", "syn_dropped_recycle")
@@ -377,6 +408,16 @@ class CaptureAnalysis:
         return rr
 
 
+def _answered(a: Attempts, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For attempts in `m`: a SYN-ACK came (outcome ok, unless reset); more than one SYN
+    was sent; the server reset the connection before sending any data (ECONNRESET)."""
+    synack = ~np.isnan(a["t_synack"][m])
+    retried = a["n_syn"][m] > 1
+    reset_by_server = synack & (a["close"][m] == 2) & (a["closed_by"][m] == flows.W_RESP) & (
+        a["resp_bytes"][m] == 0)
+    return synack, retried, reset_by_server
+
+
 def _server_answered_nearby(a: Attempts, m: np.ndarray, window_s: float = 5.0) -> np.ndarray:
     """For attempts in `m`: did the same server (address, port) send a SYN-ACK to
     another attempt within `window_s` of this attempt's first SYN? Then it was alive and
@@ -422,14 +463,18 @@ def _timeline(t: AttemptTable) -> Timeline:
     step = 1.0 if span < MAX_BUCKETS else float(np.ceil(span / MAX_BUCKETS))
     sec = np.floor(rel / step).astype(np.int64)
     size = int(sec.max()) + 1
-    fail = t.failed_mask()
     delayed = t.cols["reason"] == t.code("reason", "ok_after_syn_retry")
+    return _series(step, np.bincount(sec, minlength=size), np.bincount(sec[t.failed_mask()], minlength=size),
+                   np.bincount(sec[delayed], minlength=size))
+
+
+def _series(step: float, attempts: np.ndarray, failed: np.ndarray, delayed: np.ndarray) -> Timeline:
     tl = Timeline(step_s=step)
-    tl.t = [float(i * step) for i in range(size)]
-    tl.attempts = np.bincount(sec, minlength=size).tolist()
-    tl.failed = np.bincount(sec[fail], minlength=size).tolist()
-    tl.ok = (np.asarray(tl.attempts) - np.asarray(tl.failed)).tolist()
-    tl.delayed = np.bincount(sec[delayed], minlength=size).tolist()
+    tl.t = [float(i * step) for i in range(attempts.size)]
+    tl.attempts = attempts.tolist()
+    tl.failed = failed.tolist()
+    tl.ok = (attempts - failed).tolist()
+    tl.delayed = delayed.tolist()
     return tl
 
 

@@ -102,7 +102,6 @@ def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_
         results = analyze_on_dask(files, scheduler, merge=not per_file, workers=jobs,
                                   progress=lambda m: click.echo(f"analyze: {m}", err=True))
     else:
-        # the text report's timeline reads the RunResult, which the compact table also gives
         per_attempt = bool(csv_path or parquet_path or save_path or html_path)
         results = analyze_paths(files, merge=not per_file, jobs=jobs, per_attempt=per_attempt)
     if csv_path or parquet_path or save_path or html_path:
@@ -137,9 +136,9 @@ def _run(files: tuple[Path, ...], as_json: bool, csv_path: Path | None, parquet_
                 con.rule(", ".join(Path(f).name for f in an.files))
             for part in render(an, findings, top=top):
                 con.print(part)
-            from ..report.terminal import timeline
+            from ..report.terminal import series_panel
 
-            con.print(timeline(an.to_run_result()))
+            con.print(series_panel(*an.timeline()))
     if as_json:
         click.echo(dumps(docs[0] if len(docs) == 1 else {"analyses": docs}))
     for an in results:

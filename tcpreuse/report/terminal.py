@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..findings import Finding, Fix
-from ..result import RunResult
+from ..result import RunResult, Timeline
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 SEV_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -79,7 +79,13 @@ def run_summary(run: RunResult, title: str = "") -> RenderableType:
 
 
 def timeline(run: RunResult, width: int = 60) -> RenderableType:
-    tl = run.timeline
+    onset = run.first_failure()
+    return series_panel(run.timeline, None if onset is None else float(onset["time_s"]), width)
+
+
+def series_panel(tl: Timeline, first_failure_s: float | None, width: int = 60) -> RenderableType:
+    """The timeline panel: per-second attempts, delayed and failed, TIME_WAIT and port
+    series, and when the first attempt failed (`first_failure_s`, None: none did)."""
     t = Table.grid(padding=(0, 1))
     t.add_column(style="bold", no_wrap=True)
     t.add_column(no_wrap=True)
@@ -101,10 +107,9 @@ def timeline(run: RunResult, width: int = 60) -> RenderableType:
             t.add_row(f"ports {p.host}->{p.dst}", Text(sparkline(p.in_use, width, top=p.budget), style="cyan"),
                       f"max {max(p.in_use):,}/{p.budget:,}")
     dur = tl.t[-1] + tl.step_s
-    onset = run.first_failure()
     cap = f"0 … {dur:g} s"
-    if onset:
-        cap += f"   first failure at {onset['time_s']:.1f} s"
+    if first_failure_s is not None:
+        cap += f"   first failure at {first_failure_s:.1f} s"
     return Panel(Group(t, Text(cap, style="dim")), title="timeline", title_align="left")
 
 
