@@ -10,11 +10,16 @@ bits, khash.hash32() (the same values, without building the tuple; model/khash.p
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Final
 
-from .khash import hash32, tuple_hash
+from . import khash
 from .profiles import Profile
 from .seq import MASK32
+
+# (Final: a C static in compiled code, where an imported name is a globals-dict lookup per call)
+hash32: Final[Callable[..., int]] = khash.hash32
+tuple_hash: Final[Callable[..., int]] = khash.tuple_hash
 
 INITIAL_JIFFIES_S: Final = -300  # include/linux/jiffies.h: INITIAL_JIFFIES = -300*HZ (wraps 5 min after boot)
 
