@@ -268,8 +268,10 @@ class Engine:
         self.live_tail: Attempt | None = None
         # Recorded attempts, re-initialised by the next _start(): once recorded, nothing
         # refers to an attempt (no event pending, unhashed) except an accept queue, and
-        # one that was queued is not put here.
+        # one that was queued is not put here. free[:n_free], a stack that never shrinks
+        # (list.pop() resizes the list as it shrinks, append() as it grows back).
         self.free: list[Attempt] = []
+        self.n_free = 0
         self.n_atts = 0
         self.started: Attempt | None = None  # the attempt the last _start() made
         self.events = 0
@@ -531,9 +533,9 @@ class Engine:
         self._start(t, wl, c, wl.retries, "")
 
     def _start(self, t: float, wl: WorkloadRT, c: SimHost, retries_left: int, retry_cause: str) -> None:
-        free = self.free
-        if free:
-            att = free.pop()
+        if self.n_free:
+            self.n_free -= 1
+            att = self.free[self.n_free]
             att.reset(wl, c, t)
         else:
             att = Attempt(wl, c, t)
@@ -652,7 +654,12 @@ class Engine:
             att.srv = None
             att.lst = None
             att.outcome = att.reason = att.cause = ""
-            self.free.append(att)
+            nf = self.n_free
+            if nf < len(self.free):
+                self.free[nf] = att
+            else:
+                self.free.append(att)
+            self.n_free = nf + 1
 
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
                        t: float) -> None:
