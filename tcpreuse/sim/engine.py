@@ -76,6 +76,14 @@ SYN_SENT: Final = 0
 ESTABLISHED: Final = 1
 DONE: Final = 2
 
+# workload.close, as WorkloadRT.close_code (an int test per close, not string comparisons)
+CLOSE_SERVER: Final = 0
+CLOSE_CLIENT: Final = 1
+CLOSE_CLIENT_RST: Final = 2
+CLOSE_SERVER_RST: Final = 3
+_CLOSE_CODES: Final = {"server": CLOSE_SERVER, "client": CLOSE_CLIENT, "client_rst": CLOSE_CLIENT_RST,
+                       "server_rst": CLOSE_SERVER_RST}
+
 
 class WorkloadRT:
     """A workload's values, copied out of the pydantic model for the hot loop."""
@@ -86,6 +94,7 @@ class WorkloadRT:
         # Interned: the hot loop compares these with literals, which is then a pointer test.
         self.index, self.name, self.clients = index, name, clients
         self.close, self.bind = sys.intern(close), sys.intern(bind)
+        self.close_code = _CLOSE_CODES[close]
         self.n_req, self.req_bytes, self.resp_bytes = n_req, req_bytes, resp_bytes
         self.connect_timeout, self.request_timeout = connect_timeout, request_timeout
         self.retries, self.retry_delay = retries, retry_delay
@@ -1105,25 +1114,25 @@ class Engine:
             return
         att.state = DONE
         wl = att.wl
-        policy = wl.close
+        policy = wl.close_code  # (workload.close: CLOSE_SERVER, ...)
         if timeout:
             att.outcome = c.errno_timeout
             att.reason, att.cause = "request_timeout", att.cause or "request_timeout"
-            policy = "client"  # the application gives up and closes
+            policy = CLOSE_CLIENT  # the application gives up and closes
         req, resp = wl.req_bytes * wl.n_req, wl.resp_bytes * wl.n_req
         c_snd_nxt = (att.isn + 1 + req + 1) & MASK32
         s_snd_nxt = (att.s_isn + 1 + resp + 1) & MASK32
-        rst = policy == "client_rst" or policy == "server_rst"
+        rst = policy in (CLOSE_CLIENT_RST, CLOSE_SERVER_RST)
         skey = att.sk
         # The server side goes away (or into TIME_WAIT) ...
         del srv.ehash[skey]
-        if policy == "server":
+        if policy == CLOSE_SERVER:
             self._time_wait(srv, skey, att.r_daddr, att.r_saddr, t, c_snd_nxt, s_snd_nxt,
                             ((c.tsval(t) + att.tsoff) & MASK32) if att.ts_ok else 0, att.ts_ok, att.sts_off,
                             None)
-        elif policy == "client_rst":
+        elif policy == CLOSE_CLIENT_RST:
             srv.inc("TcpEstabResets")
-        elif policy == "server_rst":
+        elif policy == CLOSE_SERVER_RST:
             # tcp_disconnect() from ESTABLISHED (or CLOSE_WAIT) -> TCP_CLOSE: tcp_set_state()
             # counts TCP_MIB_ESTABRESETS on the side that resets too (net/ipv4/tcp.c, 2.6.32-6.18).
             srv.inc("TcpExtTCPAbortOnData")
@@ -1132,7 +1141,7 @@ class Engine:
         # ... and the client side.
         ckey = att.ck
         if unhash(c.ehash, ckey, att):
-            if policy == "client":
+            if policy == CLOSE_CLIENT:
                 self._time_wait(c, ckey, att.saddr, att.daddr, t, s_snd_nxt, c_snd_nxt,
                                 ((srv.tsval(t) + att.sts_off) & MASK32) if att.ts_ok else 0, att.ts_ok,
                                 att.tsoff, c.dest(att.saddr, att.daddr, att.dport))
@@ -1140,15 +1149,15 @@ class Engine:
                 c.release_port(ckey)
             if att.bound:
                 self._release_bind(c, att.saddr, att.sport)
-            if policy == "client_rst":
+            if policy == CLOSE_CLIENT_RST:
                 c.inc("TcpExtTCPAbortOnData")
                 c.inc("TcpOutRsts")
                 c.inc("TcpEstabResets")  # tcp_set_state(ESTABLISHED -> CLOSE), as above
-            elif policy == "server_rst":
+            elif policy == CLOSE_SERVER_RST:
                 c.inc("TcpEstabResets")
         lbs = _lb_session(att)
         if lbs is not None and self.lb is not None:
-            if policy == "client_rst":
+            if policy == CLOSE_CLIENT_RST:
                 self.lb.client_rst(lbs, t)
             else:
                 self.lb.close(lbs, t)
