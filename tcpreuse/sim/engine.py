@@ -459,6 +459,17 @@ class Engine:
             elif src and tb <= ta:
                 ev = heap.pop()
                 t, kind, obj = ev.t, ev.kind, ev.obj
+            elif len(arr_t) == 1:
+                # One arrival process (left): its next time is ta, kept in a local (arr_t[0]
+                # is not read again: no process is added during a run).
+                t = ta
+                obj = arr_wl[0]
+                kind = EV_ARRIVAL
+                ta = arr_it[0].next()
+                if ta == inf:
+                    arr_t.pop()
+                    arr_wl.pop()
+                    arr_it.pop()
             else:
                 k = 0
                 for j in range(1, len(arr_t)):
