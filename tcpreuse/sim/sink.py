@@ -105,12 +105,21 @@ class Sink:
         self._ok_bits: bytearray = bytearray()
         self.ok_i = -1
         self.ok_byte = 0
+        # the same for successes that finish late (after SYN retries), which come in start
+        # order among themselves, behind the others
+        self.late_i = -1
+        self.late_byte = 0
         # Most attempts repeat the previous one's connect() time (a steady run's is one
         # RTT): the last and its tally are kept, so such an attempt is counted with a float
         # test, not a rounding and a dict lookup.
         self.last_mt = Tally(0)
         self.last_ms = math.nan
         self.last_k = math.nan
+        # ... and the one before (a run with SYN retries alternates between the steady time
+        # and the retried attempts' own)
+        self.prev_mt = Tally(0)
+        self.prev_ms = math.nan
+        self.prev_k = math.nan
         self.last_cause = "\0"
         self.last_ca = CauseAgg(0, 0.0, 0, 0, 0)
         self.last_out, self.last_out_t = "\0", Tally(0)  # the last outcome and reason counted
@@ -140,6 +149,9 @@ class Sink:
         if self.ok_byte:
             self._or_ok(self.ok_i, self.ok_byte)
             self.ok_byte = 0
+        if self.late_byte:
+            self._or_ok(self.late_i, self.late_byte)
+            self.late_byte = 0
 
     def _or_ok(self, i: int, bits: int) -> None:
         ob = self._ok_bits
@@ -204,15 +216,26 @@ class Sink:
             if i == self.ok_i:
                 self.ok_byte |= 1 << (idx & 7)
             elif i > self.ok_i:
-                self._flush_ok()
+                if self.ok_byte:
+                    self._or_ok(self.ok_i, self.ok_byte)
                 self.ok_i, self.ok_byte = i, 1 << (idx & 7)
-            else:  # one that finished late (after a later byte was started): set in place
-                self._or_ok(i, 1 << (idx & 7))
+            elif i == self.late_i:  # one that finished late (after a later byte was started)
+                self.late_byte |= 1 << (idx & 7)
+            else:
+                if self.late_byte:
+                    self._or_ok(self.late_i, self.late_byte)
+                self.late_i, self.late_byte = i, 1 << (idx & 7)
             if connect_ms == self.last_ms:  # (false for NaN)
                 k = self.last_k
                 self.last_mt.n += 1
+            elif connect_ms == self.prev_ms:
+                k = self.prev_k
+                self.prev_mt.n += 1
+                self.prev_ms, self.prev_k, self.prev_mt, self.last_ms, self.last_k, self.last_mt = (
+                    self.last_ms, self.last_k, self.last_mt, connect_ms, k, self.prev_mt)
             elif not math.isnan(connect_ms):
                 k = round3(connect_ms)
+                self.prev_ms, self.prev_k, self.prev_mt = self.last_ms, self.last_k, self.last_mt
                 self.last_ms, self.last_k, self.last_mt = connect_ms, k, _tally(self.ok_ms, k)
         if delayed:
             self.delayed += 1
