@@ -2,7 +2,9 @@
 
 The pure-Python source is the reference and stays importable; mypyc only makes it fast
 (bench/sim_speed.py measures both). The capture reader's loops are also a small optional C
-extension (tcpreuse/capture/_ccap.c; bench/analyze_speed.py). TCPREUSE_PURE_PYTHON=1 skips
+extension (tcpreuse/capture/_ccap.c; bench/analyze_speed.py), and the model's keyed-hash primitive
+(tcpreuse/model/_khash.c, the same value as its Python definition in model/khash.py).
+TCPREUSE_PURE_PYTHON=1 skips
 compilation; a failed compilation falls back to pure Python with a warning.
 """
 
@@ -43,6 +45,9 @@ if os.environ.get("TCPREUSE_PURE_PYTHON") != "1":
 # optional=True: a failed compilation warns and leaves the numpy reference (capture/backend.py).
 if os.environ.get("TCPREUSE_PURE_PYTHON") != "1":
     ext_modules.append(Extension("tcpreuse.capture._ccap", ["tcpreuse/capture/_ccap.c"], optional=True,
+                                 extra_compile_args=["-O3"]))
+    # hash() of a tuple of ints without the tuple (model/khash.py); without it the definition runs
+    ext_modules.append(Extension("tcpreuse.model._khash", ["tcpreuse/model/_khash.c"], optional=True,
                                  extra_compile_args=["-O3"]))
 
 setup(ext_modules=ext_modules)

@@ -3,16 +3,23 @@
 Secrets are per host, derived from the scenario seed, so runs are reproducible. Python's
 hash of a tuple of ints is stable across processes (only str/bytes hashing is salted), so
 it serves as the keyed hash (siphash / md5 in the kernel); its quality is ample for
-choosing offsets.
+choosing offsets. It is computed by khash.tuple_hash(secret, *ints) and, for its low 32
+bits, khash.hash32() (the same values, without building the tuple; model/khash.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Final
 
+from . import khash
 from .profiles import Profile
 from .seq import MASK32
+
+# (Final: a C static in compiled code, where an imported name is a globals-dict lookup per call)
+hash32: Final[Callable[..., int]] = khash.hash32
+tuple_hash: Final[Callable[..., int]] = khash.tuple_hash
 
 INITIAL_JIFFIES_S: Final = -300  # include/linux/jiffies.h: INITIAL_JIFFIES = -300*HZ (wraps 5 min after boot)
 
@@ -24,11 +31,11 @@ def derive_secret(*parts: object) -> int:
 
 
 def keyed32(secret: int, *vals: int) -> int:
-    return hash((secret, *vals)) & MASK32
+    return hash32(secret, *vals)
 
 
 def keyed64(secret: int, *vals: int) -> int:
-    return hash((secret, *vals)) & 0xFFFFFFFFFFFFFFFF
+    return tuple_hash(secret, *vals) & 0xFFFFFFFFFFFFFFFF
 
 
 def port_shuffle_epoch(jiffies: float, hz: int, period_s: float) -> int:
@@ -44,13 +51,13 @@ def linux_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, wall_
     """mirrors secure_tcp_seq(), net/core/secure_seq.c (4.x-6.x; md5 in 2.6.32):
     keyed hash of the 4-tuple + seq_scale(): ktime_get_real_ns() >> 6 (15.625 M/s),
     monotonic for one 4-tuple (RFC 6528)."""
-    # keyed32() spelled out: the same hash, without building the argument tuple twice
-    return (hash((secret, saddr, daddr, sport, dport)) + (int(wall_s * 1e9) >> 6)) & MASK32
+    # keyed32() spelled out: the same hash, without packing the arguments into a tuple
+    return (hash32(secret, saddr, daddr, sport, dport) + (int(wall_s * 1e9) >> 6)) & MASK32
 
 
 def rfc6528_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, t_s: float) -> int:
     """RFC 6528: ISN = M + F(4-tuple, secret), M a 4 microsecond timer (non-Linux stacks)."""
-    return (hash((secret, saddr, daddr, sport, dport)) + int(t_s * 250_000)) & MASK32
+    return (hash32(secret, saddr, daddr, sport, dport) + int(t_s * 250_000)) & MASK32
 
 
 def ts_offset(p: Profile, secret: int, timestamps_sysctl: int, saddr: int, daddr: int,
@@ -71,8 +78,8 @@ def ts_offset(p: Profile, secret: int, timestamps_sysctl: int, saddr: int, daddr
     if mode == "hostpair":
         if measured is not None:
             return measured & MASK32
-        return hash((secret, saddr, daddr)) & MASK32  # keyed32(), spelled out
-    return hash((secret ^ 0x5EED, saddr, daddr, sport, dport)) & MASK32
+        return hash32(secret, saddr, daddr)  # keyed32(), spelled out
+    return hash32(secret ^ 0x5EED, saddr, daddr, sport, dport)
 
 
 def tsval_clock(p: Profile, hz: int, uptime_s: float) -> tuple[float, float]:

@@ -270,13 +270,14 @@ class HostPortPool:
     TIME_WAIT"; BSD in_pcb_lport). `order` sequential (a rover) or random (probe from a
     random start) — an inference, a parameter."""
 
-    __slots__ = ("first", "holders", "last", "n", "order", "rng", "rover", "used")
+    __slots__ = ("first", "holders", "last", "n", "order", "rng", "rover", "sequential", "used")
 
     def __init__(self, first: int, num: int, order: str, rng: random.Random) -> None:
         self.first = first
         self.n = num
         self.last = first + num - 1
         self.order = order
+        self.sequential = order == "sequential"  # (a bool test per allocation, not a string comparison)
         self.rng = rng
         self.rover = 0
         self.holders = [0] * num  # [port - first]: sockets holding the port
@@ -291,7 +292,7 @@ class HostPortPool:
         n = self.n
         if self.used >= n:
             return None
-        start = self.rover if self.order == "sequential" else self.rng.randrange(n)
+        start = self.rover if self.sequential else self.rng.randrange(n)
         holders = self.holders
         for k in range(n):
             off = (start + k) % n

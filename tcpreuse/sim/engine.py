@@ -77,6 +77,14 @@ SYN_SENT: Final = 0
 ESTABLISHED: Final = 1
 DONE: Final = 2
 
+# workload.close, as WorkloadRT.close_code (an int test per close, not string comparisons)
+CLOSE_SERVER: Final = 0
+CLOSE_CLIENT: Final = 1
+CLOSE_CLIENT_RST: Final = 2
+CLOSE_SERVER_RST: Final = 3
+_CLOSE_CODES: Final = {"server": CLOSE_SERVER, "client": CLOSE_CLIENT, "client_rst": CLOSE_CLIENT_RST,
+                       "server_rst": CLOSE_SERVER_RST}
+
 
 class WorkloadRT:
     """A workload's values, copied out of the pydantic model for the hot loop."""
@@ -87,6 +95,7 @@ class WorkloadRT:
         # Interned: the hot loop compares these with literals, which is then a pointer test.
         self.index, self.name, self.clients = index, name, clients
         self.close, self.bind = sys.intern(close), sys.intern(bind)
+        self.close_code = _CLOSE_CODES[close]
         self.n_req, self.req_bytes, self.resp_bytes = n_req, req_bytes, resp_bytes
         self.connect_timeout, self.request_timeout = connect_timeout, request_timeout
         self.retries, self.retry_delay = retries, retry_delay
@@ -269,8 +278,10 @@ class Engine:
         self.live_tail: Attempt | None = None
         # Recorded attempts, re-initialised by the next _start(): once recorded, nothing
         # refers to an attempt (no event pending, unhashed) except an accept queue, and
-        # one that was queued is not put here.
+        # one that was queued is not put here. free[:n_free], a stack that never shrinks
+        # (list.pop() resizes the list as it shrinks, append() as it grows back).
         self.free: list[Attempt] = []
+        self.n_free = 0
         self.n_atts = 0
         self.started: Attempt | None = None  # the attempt the last _start() made
         self.events = 0
@@ -449,6 +460,17 @@ class Engine:
             elif src and tb <= ta:
                 ev = heap.pop()
                 t, kind, obj = ev.t, ev.kind, ev.obj
+            elif len(arr_t) == 1:
+                # One arrival process (left): its next time is ta, kept in a local (arr_t[0]
+                # is not read again: no process is added during a run).
+                t = ta
+                obj = arr_wl[0]
+                kind = EV_ARRIVAL
+                ta = arr_it[0].next()
+                if ta == inf:
+                    arr_t.pop()
+                    arr_wl.pop()
+                    arr_it.pop()
             else:
                 k = 0
                 for j in range(1, len(arr_t)):
@@ -532,9 +554,9 @@ class Engine:
         self._start(t, wl, c, wl.retries, "")
 
     def _start(self, t: float, wl: WorkloadRT, c: SimHost, retries_left: int, retry_cause: str) -> None:
-        free = self.free
-        if free:
-            att = free.pop()
+        if self.n_free:
+            self.n_free -= 1
+            att = self.free[self.n_free]
             att.reset(wl, c, t)
         else:
             att = Attempt(wl, c, t)
@@ -653,7 +675,12 @@ class Engine:
             att.srv = None
             att.lst = None
             att.outcome = att.reason = att.cause = ""
-            self.free.append(att)
+            nf = self.n_free
+            if nf < len(self.free):
+                self.free[nf] = att
+            else:
+                self.free.append(att)
+            self.n_free = nf + 1
 
     def _audit_connect(self, c: SimHost, key: Key, tw_taken: TimeWaitSock | None, att: Attempt,
                        t: float) -> None:
@@ -1099,25 +1126,25 @@ class Engine:
             return
         att.state = DONE
         wl = att.wl
-        policy = wl.close
+        policy = wl.close_code  # (workload.close: CLOSE_SERVER, ...)
         if timeout:
             att.outcome = c.errno_timeout
             att.reason, att.cause = "request_timeout", att.cause or "request_timeout"
-            policy = "client"  # the application gives up and closes
+            policy = CLOSE_CLIENT  # the application gives up and closes
         req, resp = wl.req_bytes * wl.n_req, wl.resp_bytes * wl.n_req
         c_snd_nxt = (att.isn + 1 + req + 1) & MASK32
         s_snd_nxt = (att.s_isn + 1 + resp + 1) & MASK32
-        rst = policy == "client_rst" or policy == "server_rst"
+        rst = policy in (CLOSE_CLIENT_RST, CLOSE_SERVER_RST)
         skey = att.sk
         # The server side goes away (or into TIME_WAIT) ...
         del srv.ehash[skey]
-        if policy == "server":
+        if policy == CLOSE_SERVER:
             self._time_wait(srv, skey, att.r_daddr, att.r_saddr, t, c_snd_nxt, s_snd_nxt,
                             ((c.tsval(t) + att.tsoff) & MASK32) if att.ts_ok else 0, att.ts_ok, att.sts_off,
                             None)
-        elif policy == "client_rst":
+        elif policy == CLOSE_CLIENT_RST:
             srv.inc("TcpEstabResets")
-        elif policy == "server_rst":
+        elif policy == CLOSE_SERVER_RST:
             # tcp_disconnect() from ESTABLISHED (or CLOSE_WAIT) -> TCP_CLOSE: tcp_set_state()
             # counts TCP_MIB_ESTABRESETS on the side that resets too (net/ipv4/tcp.c, 2.6.32-6.18).
             srv.inc("TcpExtTCPAbortOnData")
@@ -1126,7 +1153,7 @@ class Engine:
         # ... and the client side.
         ckey = att.ck
         if unhash(c.ehash, ckey, att):
-            if policy == "client":
+            if policy == CLOSE_CLIENT:
                 self._time_wait(c, ckey, att.saddr, att.daddr, t, s_snd_nxt, c_snd_nxt,
                                 ((srv.tsval(t) + att.sts_off) & MASK32) if att.ts_ok else 0, att.ts_ok,
                                 att.tsoff, c.dest(att.saddr, att.daddr, att.dport))
@@ -1134,15 +1161,15 @@ class Engine:
                 c.release_port(ckey)
             if att.bound:
                 self._release_bind(c, att.saddr, att.sport)
-            if policy == "client_rst":
+            if policy == CLOSE_CLIENT_RST:
                 c.inc("TcpExtTCPAbortOnData")
                 c.inc("TcpOutRsts")
                 c.inc("TcpEstabResets")  # tcp_set_state(ESTABLISHED -> CLOSE), as above
-            elif policy == "server_rst":
+            elif policy == CLOSE_SERVER_RST:
                 c.inc("TcpEstabResets")
         lbs = _lb_session(att)
         if lbs is not None and self.lb is not None:
-            if policy == "client_rst":
+            if policy == CLOSE_CLIENT_RST:
                 self.lb.client_rst(lbs, t)
             else:
                 self.lb.close(lbs, t)

@@ -79,8 +79,14 @@ class Sink:
         self.codes: dict[str, int] = {}  # outcome and reason names -> codes in `buf` ("" is -1)
         # aggregates
         self.step = step
+        self.unit_step = step == 1.0
         self.nsteps = nsteps
-        self.tl_attempts: list[int] = [0] * nsteps
+        self._tl_attempts: list[int] = [0] * nsteps  # (read through tl_attempts)
+        # Attempts are recorded about in start order, so most land in the second the last
+        # one did: they are counted in a plain field and added to the list when the second
+        # changes (a list item update boxes a new int each time).
+        self.tl_b = -1
+        self.tl_n = 0
         self.tl_failed: list[int] = [0] * nsteps
         self.tl_delayed: list[int] = [0] * nsteps
         self.outcomes: dict[str, Tally] = {}  # counts() and firsts() read them
@@ -93,19 +99,65 @@ class Sink:
         self.ff_outcome = ""
         self.ff_reason = ""
         self.causes: dict[str, CauseAgg] = {}
-        self.ok_bits: bytearray = bytearray()  # bit idx: attempt idx succeeded (successes before a problem's first)
+        # bit idx: attempt idx succeeded (successes before a problem's first); read through
+        # ok_bits. The byte the last success fell in is kept in a field and or-ed in when
+        # another byte is touched (indexing a bytearray is a generic operation compiled).
+        self._ok_bits: bytearray = bytearray()
+        self.ok_i = -1
+        self.ok_byte = 0
+        # the same for successes that finish late (after SYN retries), which come in start
+        # order among themselves, behind the others
+        self.late_i = -1
+        self.late_byte = 0
         # Most attempts repeat the previous one's connect() time (a steady run's is one
         # RTT): the last and its tally are kept, so such an attempt is counted with a float
         # test, not a rounding and a dict lookup.
         self.last_mt = Tally(0)
         self.last_ms = math.nan
         self.last_k = math.nan
+        # ... and the one before (a run with SYN retries alternates between the steady time
+        # and the retried attempts' own)
+        self.prev_mt = Tally(0)
+        self.prev_ms = math.nan
+        self.prev_k = math.nan
         self.last_cause = "\0"
         self.last_ca = CauseAgg(0, 0.0, 0, 0, 0)
         self.last_out, self.last_out_t = "\0", Tally(0)  # the last outcome and reason counted
         self.last_rsn, self.last_rsn_t = "\0", Tally(0)
         self.last_codes = ("\0", "\0", "\0")
         self.last_code_vals = (0, 0, 0)
+
+    @property
+    def tl_attempts(self) -> list[int]:
+        """Attempts per timeline step (by start time)."""
+        self._flush_tl()
+        return self._tl_attempts
+
+    @property
+    def ok_bits(self) -> bytearray:
+        """Bit idx is set when attempt idx succeeded."""
+        self._flush_ok()
+        return self._ok_bits
+
+    def _flush_tl(self) -> None:
+        if self.tl_n:
+            tl, b = self._tl_attempts, self.tl_b
+            tl[b] = tl[b] + self.tl_n
+            self.tl_n = 0
+
+    def _flush_ok(self) -> None:
+        if self.ok_byte:
+            self._or_ok(self.ok_i, self.ok_byte)
+            self.ok_byte = 0
+        if self.late_byte:
+            self._or_ok(self.late_i, self.late_byte)
+            self.late_byte = 0
+
+    def _or_ok(self, i: int, bits: int) -> None:
+        ob = self._ok_bits
+        if i >= len(ob):
+            ob.extend(bytes(i + 1 - len(ob) + 4096))
+        ob[i] = ob[i] | bits
 
     def code(self, name: str) -> int:
         if not name:
@@ -129,15 +181,17 @@ class Sink:
             self.buf += ROW.pack(idx, t0, connect_ms, tries, co, cr, cc, workload, client, server,
                                  saddr, daddr, r_saddr, r_daddr, sport, dport, r_sport, r_dport)
             return
-        b = int(t0 // self.step)
+        # (int(t0) is t0 // 1.0 for t0 >= 0, and below 0 both are clamped to 0; a float `//`
+        # is an fmod() call)
+        b = int(t0) if self.unit_step else int(t0 // self.step)
         if b < 0:
             b = 0
         elif b >= self.nsteps:
             b = self.nsteps - 1
-        # (x[i] = x[i] + 1 rather than x[i] += 1: compiled code makes the augmented form a
-        # generic operation)
-        tl = self.tl_attempts
-        tl[b] = tl[b] + 1
+        if b != self.tl_b:
+            self._flush_tl()
+            self.tl_b = b
+        self.tl_n += 1
         failed = outcome != "ok"
         delayed = reason == "ok_after_syn_retry" or reason == "ok_after_app_retry"
         if outcome is self.last_out:  # (interned names: the steady run's repeat is a pointer test)
@@ -151,21 +205,37 @@ class Sink:
         k = math.nan  # connect() ms rounded to 1 us (successes), computed once for ok_ms and causes
         if failed:
             self.failed += 1
+            # (x[i] = x[i] + 1 rather than x[i] += 1: compiled code makes the augmented form a
+            # generic operation)
             tl = self.tl_failed
             tl[b] = tl[b] + 1
             if self.ff_idx < 0 or idx < self.ff_idx:
                 self.ff_idx, self.ff_t, self.ff_outcome, self.ff_reason = idx, t0, outcome, reason
         else:
             i = idx >> 3
-            ob = self.ok_bits
-            if i >= len(ob):
-                ob.extend(bytes(i + 1 - len(ob) + 4096))
-            ob[i] = ob[i] | (1 << (idx & 7))
+            if i == self.ok_i:
+                self.ok_byte |= 1 << (idx & 7)
+            elif i > self.ok_i:
+                if self.ok_byte:
+                    self._or_ok(self.ok_i, self.ok_byte)
+                self.ok_i, self.ok_byte = i, 1 << (idx & 7)
+            elif i == self.late_i:  # one that finished late (after a later byte was started)
+                self.late_byte |= 1 << (idx & 7)
+            else:
+                if self.late_byte:
+                    self._or_ok(self.late_i, self.late_byte)
+                self.late_i, self.late_byte = i, 1 << (idx & 7)
             if connect_ms == self.last_ms:  # (false for NaN)
                 k = self.last_k
                 self.last_mt.n += 1
+            elif connect_ms == self.prev_ms:
+                k = self.prev_k
+                self.prev_mt.n += 1
+                self.prev_ms, self.prev_k, self.prev_mt, self.last_ms, self.last_k, self.last_mt = (
+                    self.last_ms, self.last_k, self.last_mt, connect_ms, k, self.prev_mt)
             elif not math.isnan(connect_ms):
                 k = round3(connect_ms)
+                self.prev_ms, self.prev_k, self.prev_mt = self.last_ms, self.last_k, self.last_mt
                 self.last_ms, self.last_k, self.last_mt = connect_ms, k, _tally(self.ok_ms, k)
         if delayed:
             self.delayed += 1
