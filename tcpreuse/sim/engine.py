@@ -1258,9 +1258,12 @@ class Engine:
         q.push(tw.expires, key, tw)
 
     def _kill_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
-        """Early removal (RST, SYN accepted): not counted as TW before 5.18."""
+        """Early removal (RST, SYN accepted) of `tw`, which the caller found filed under
+        `key` while handling this segment (so one `del`, no lookup first): not counted as
+        TW before 5.18."""
         tw.alive = False
-        if unhash(h.tw, key, tw) and h.is_client:
+        del h.tw[key]
+        if h.is_client:
             h.release_port(key)
 
     def expire_tw(self, h: SimHost, key: Key, tw: TimeWaitSock) -> None:
