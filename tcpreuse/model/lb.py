@@ -17,11 +17,7 @@ from .ports import PortBitmap
 
 ACTIVE: Final = 0
 HELD: Final = 1
-# The hold is over: the session holds nothing any more (its SNAT port is free, it is not
-# active) and no close or RST acts on it, as on a removed one; it only stays filed under
-# its key until that tuple's next SYN, which gives it its next life in place (a delete
-# and an insert fewer per connection than removing it and filing a new one).
-EXPIRED: Final = 2
+
 
 
 def client_key(addr: int, port: int) -> int:
@@ -34,10 +30,9 @@ class Session:
     """One client tuple's session (a plain class: mypyc makes it a native struct).
 
     A removed session is recycled for a later SYN once no expiry-queue entry refers to it
-    (`nq`), an EXPIRED one by its own tuple's next SYN; `gen` counts its lives, so a holder
-    that kept it past its removal (an attempt whose session the LB dropped) compares the
-    `gen` it saw with the current one and, if they differ, leaves it alone, as it would
-    leave a removed session."""
+    (`nq`); `gen` counts its lives, so a holder that kept it past its removal (an attempt
+    whose session the LB dropped) compares the `gen` it saw with the current one and, if
+    they differ, leaves it alone, as it would leave a removed session."""
 
     __slots__ = ("backend", "caddr", "cport", "expires", "gen", "key", "nq", "sport", "src", "state")
 
@@ -57,8 +52,8 @@ class Session:
         self.nq = 0  # entries of the LB's expiry queue that refer to this session
 
     def renew(self, caddr: int, cport: int, backend: int, src: int, sport: int, key: object) -> None:
-        """The next life of a removed or EXPIRED session, for a new SYN (an ordinary method:
-        mypyc's compiled __init__ would not release the old key)."""
+        """The next life of a removed session, for a new SYN (an ordinary method: mypyc's
+        compiled __init__ would not release the old key)."""
         self.caddr, self.cport, self.key = caddr, cport, key
         self.backend, self.src, self.sport = backend, src, sport
         self.state = ACTIVE
@@ -126,7 +121,7 @@ class L4LoadBalancer:
         # session only after returning or removing the one it found. So one `del`, no
         # lookup first (dict.pop(k, None) would be a generic call in compiled code).
         del self.sessions[s.key]
-        if self.snat is not None and s.state != EXPIRED:
+        if self.snat is not None:
             self._bitmap(s.backend, s.src).free(s.sport)
         if s.state == ACTIVE:
             a = self.active  # (a[i] = a[i] - 1: `-=` on a list item is a generic op compiled)
@@ -160,7 +155,7 @@ class L4LoadBalancer:
             s.nq -= 1
             if s.nq == 0:
                 if s.state == HELD:
-                    self._end_hold(s)
+                    self._remove(s)
                 elif s.state < 0:
                     self._recycle(s)  # removed earlier, while this entry still referred to it
         if i >= n:
@@ -173,13 +168,6 @@ class L4LoadBalancer:
                 del qs[:i]
                 i = 0
         self.exp_head = i
-
-    def _end_hold(self, s: Session) -> None:
-        """A held session's hold is over: it frees its SNAT port and is EXPIRED (still filed:
-        see EXPIRED; no expiry-queue entry refers to it any more)."""
-        if self.snat is not None:
-            self._bitmap(s.backend, s.src).free(s.sport)
-        s.state = EXPIRED
 
     def _schedule(self, caddr: int) -> int:
         n = len(self.backends)
@@ -217,11 +205,10 @@ class L4LoadBalancer:
             self.expire(now)
         key: object = client_key(caddr, cport)  # boxed once for both table operations
         s = self.sessions.get(key)
-        again: Session | None = None  # an EXPIRED session filed under the key: renewed in place
         if s is not None:
             if s.state == ACTIVE:
                 return s  # a retransmission, or a new SYN on a tuple the LB thinks is open
-            if s.state == HELD and s.expires > now:
+            if s.expires > now:
                 if self.held_session_syn == "same_backend":
                     s.state = ACTIVE
                     a = self.active
@@ -236,10 +223,7 @@ class L4LoadBalancer:
                     self.n_held_dropped += 1
                     self._remove(s)
                     return None
-            if s.state == EXPIRED:
-                again = s
-            else:
-                self._remove(s)
+            self._remove(s)
         if self.round_robin:  # _schedule()'s first case, without the call
             b = self.rr
             self.rr = b + 1 if b + 1 < len(self.backends) else 0
@@ -253,17 +237,13 @@ class L4LoadBalancer:
             src, sport = got
         else:
             src, sport = caddr, cport
-        if again is not None:
-            s = again
-            s.renew(caddr, cport, b, src, sport, s.key)  # (the key object the table holds)
+        if self.n_free:
+            self.n_free -= 1
+            s = self.free[self.n_free]
+            s.renew(caddr, cport, b, src, sport, key)
         else:
-            if self.n_free:
-                self.n_free -= 1
-                s = self.free[self.n_free]
-                s.renew(caddr, cport, b, src, sport, key)
-            else:
-                s = Session(caddr, cport, b, src, sport, ACTIVE, 0.0, key)
-            self.sessions[key] = s
+            s = Session(caddr, cport, b, src, sport, ACTIVE, 0.0, key)
+        self.sessions[key] = s
         if self.snat is not None:
             self._bitmap(b, src).take(sport)
         a = self.active
@@ -304,8 +284,8 @@ def ignore_msl_consulted(held_met: int, snat: bool) -> bool:
     A held session acts only through a SYN for its client tuple arriving before it
     expires (:meth:`L4LoadBalancer.syn`: re-used for the same back end, or dropped, per
     `held_session_syn`; counted), or through the SNAT port it keeps taken. Without
-    either: a held session whose hold is over is EXPIRED before the SYN is scheduled and
-    renewed as a new session would be made, the same as no session; a RST or close on it is a no-op in both (:meth:`L4LoadBalancer.close`,
+    either: an expired held session is removed before the SYN is scheduled, the same as
+    no session; a RST or close on it is a no-op in both (:meth:`L4LoadBalancer.close`,
     :meth:`L4LoadBalancer.client_rst` act on an ACTIVE session only); and a held session
     is not active, so least-connection scheduling counts the same. (The hold is the A10's
     "ignore-tcp-msl" off, vendor behaviour: docs/kernel.md §11.)"""
