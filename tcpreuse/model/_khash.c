@@ -45,6 +45,67 @@ hash_items(PyObject *const *args, Py_ssize_t nargs)
     return (Py_hash_t)acc;
 }
 
+/* hash32(secret, a, b, p, q) for ap = (a << 16) | p and bq = (b << 16) | q with 0 <= p, q < 2**16:
+ * a 4-tuple's two (address, port) pairs packed as one int each, so that compiled callers box
+ * three ints for the call, not five (khash.hash32_pairs_ref is the definition). The lanes are
+ * the items' hashes as in hash_items(): hash(x) == x for 0 <= x < 2**61 - 1, which holds for
+ * a, b < 2**47 and p, q; any other ap or bq is split with Python's own operators. */
+static PyObject *
+hash32_pairs(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "hash32_pairs() takes exactly 3 arguments");
+        return NULL;
+    }
+    /* (PyLong_AsLongLongAndOverflow reads the digits; PyLong_AsUnsignedLongLong goes
+     * through a byte array, several times slower) */
+    int over_a = 0, over_b = 0;
+    long long ap = PyLong_Check(args[1]) ? PyLong_AsLongLongAndOverflow(args[1], &over_a) : -1;
+    long long bq = PyLong_Check(args[2]) ? PyLong_AsLongLongAndOverflow(args[2], &over_b) : -1;
+    Py_hash_t h;
+    if (ap < 0 || bq < 0 || over_a || over_b) {
+        /* negative, 2**63 or more, or not an int: the definition's split, item by item */
+        PyObject *shift = PyLong_FromLong(16), *mask = PyLong_FromLong(0xFFFF);
+        PyObject *items[5] = {args[0], NULL, NULL, NULL, NULL};
+        if (shift != NULL && mask != NULL) {
+            items[1] = PyNumber_Rshift(args[1], shift);
+            items[2] = items[1] ? PyNumber_Rshift(args[2], shift) : NULL;
+            items[3] = items[2] ? PyNumber_And(args[1], mask) : NULL;
+            items[4] = items[3] ? PyNumber_And(args[2], mask) : NULL;
+        }
+        h = items[4] != NULL ? hash_items(items, 5) : -1;
+        for (int i = 1; i < 5; i++) {
+            Py_XDECREF(items[i]);
+        }
+        Py_XDECREF(shift);
+        Py_XDECREF(mask);
+        if (h == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    else {
+        Py_uhash_t lanes[5];
+        Py_hash_t s = PyObject_Hash(args[0]);
+        if (s == -1) {
+            return NULL;
+        }
+        lanes[0] = (Py_uhash_t)s;
+        lanes[1] = (Py_uhash_t)(ap >> 16);  /* < 2**47: its own hash */
+        lanes[2] = (Py_uhash_t)(bq >> 16);
+        lanes[3] = (Py_uhash_t)(ap & 0xFFFF);
+        lanes[4] = (Py_uhash_t)(bq & 0xFFFF);
+        Py_uhash_t acc = XXPRIME_5;
+        for (int i = 0; i < 5; i++) {
+            acc += lanes[i] * XXPRIME_2;
+            acc = XXROTATE(acc);
+            acc *= XXPRIME_1;
+        }
+        acc += (Py_uhash_t)5 ^ (XXPRIME_5 ^ 3527539UL);
+        h = acc == (Py_uhash_t)-1 ? 1546275796 : (Py_hash_t)acc;
+    }
+    return PyLong_FromUnsignedLong((unsigned long)((Py_uhash_t)h & 0xFFFFFFFFUL));
+}
+
 static PyObject *
 tuple_hash(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -72,6 +133,8 @@ static PyMethodDef methods[] = {
      "tuple_hash(*items) -> hash(items), without building the tuple"},
     {"hash32", (PyCFunction)(void (*)(void))hash32, METH_FASTCALL,
      "hash32(*items) -> hash(items) & 0xFFFFFFFF, without building the tuple"},
+    {"hash32_pairs", (PyCFunction)(void (*)(void))hash32_pairs, METH_FASTCALL,
+     "hash32_pairs(secret, a << 16 | p, b << 16 | q) -> hash32(secret, a, b, p, q)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -20,6 +20,7 @@ from .seq import MASK32
 # (Final: a C static in compiled code, where an imported name is a globals-dict lookup per call)
 hash32: Final[Callable[..., int]] = khash.hash32
 tuple_hash: Final[Callable[..., int]] = khash.tuple_hash
+hash32_pairs: Final[Callable[[int, int, int], int]] = khash.hash32_pairs
 
 INITIAL_JIFFIES_S: Final = -300  # include/linux/jiffies.h: INITIAL_JIFFIES = -300*HZ (wraps 5 min after boot)
 
@@ -51,13 +52,16 @@ def linux_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, wall_
     """mirrors secure_tcp_seq(), net/core/secure_seq.c (4.x-6.x; md5 in 2.6.32):
     keyed hash of the 4-tuple + seq_scale(): ktime_get_real_ns() >> 6 (15.625 M/s),
     monotonic for one 4-tuple (RFC 6528)."""
-    # keyed32() spelled out: the same hash, without packing the arguments into a tuple
-    return (hash32(secret, saddr, daddr, sport, dport) + (int(wall_s * 1e9) >> 6)) & MASK32
+    # keyed32(secret, saddr, daddr, sport, dport) spelled out: the same hash, without packing
+    # the arguments into a tuple, the two (address, port) pairs one int each (khash.hash32_pairs)
+    h = hash32_pairs(secret, (saddr << 16) | sport, (daddr << 16) | dport)
+    return (h + (int(wall_s * 1e9) >> 6)) & MASK32
 
 
 def rfc6528_isn(secret: int, saddr: int, daddr: int, sport: int, dport: int, t_s: float) -> int:
     """RFC 6528: ISN = M + F(4-tuple, secret), M a 4 microsecond timer (non-Linux stacks)."""
-    return (hash32(secret, saddr, daddr, sport, dport) + int(t_s * 250_000)) & MASK32
+    h = hash32_pairs(secret, (saddr << 16) | sport, (daddr << 16) | dport)  # keyed32() of the 4-tuple
+    return (h + int(t_s * 250_000)) & MASK32
 
 
 def ts_offset(p: Profile, secret: int, timestamps_sysctl: int, saddr: int, daddr: int,

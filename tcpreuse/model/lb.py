@@ -81,13 +81,14 @@ class L4LoadBalancer:
         self.rover: dict[int, int] = {}
         self.sessions: dict[object, Session] = {}  # client_key() -> session
         self.snat_used: dict[tuple[int, ...], PortBitmap] = {}  # (backend, snat addr) -> ports
-        # Held sessions in order of closing, as parallel lists of expiry and session (no
-        # tuple per entry); lists read from `exp_head` on (compacted now and then) are
-        # cheaper than a deque in compiled code.
-        self.expiry: list[float] = []
+        # Held sessions in order of closing (so in order of expiry: the hold is constant),
+        # one entry per close, read from `exp_head` on (a list and an index, compacted now
+        # and then: cheaper than a deque in compiled code). An entry keeps no time of its
+        # own: the session's last entry is due at its `expires`, and an earlier one (the
+        # session was re-used and closed again: `nq` > 1) is stale.
         self.expiry_s: list[Session] = []
         self.exp_head = 0
-        self.next_expiry = math.inf  # expiry[exp_head]'s time: expire() is one comparison until then
+        self.next_expiry = math.inf  # expiry_s[exp_head]'s time: expire() is one comparison until then
         self.active = [0] * len(backends)
         # Removed sessions no queue entry refers to: free[:n_free], a stack that never
         # shrinks (list.pop() resizes the list as it shrinks, append() as it grows back).
@@ -138,30 +139,32 @@ class L4LoadBalancer:
         self.n_free = n + 1
 
     def expire(self, now: float) -> None:
+        """Remove the held sessions whose hold ended by `now`."""
         if now < self.next_expiry:
             return
-        q, qs = self.expiry, self.expiry_s
-        i, n = self.exp_head, len(q)
+        qs = self.expiry_s
+        i, n = self.exp_head, len(qs)
         while i < n:
-            exp = q[i]
-            if exp > now:
-                break
             s = qs[i]
+            # The session's last entry is due at its expiry. An earlier one is stale (the
+            # session was re-used and closed again; its later entry decides), and does
+            # nothing when consumed but count down `nq`, so it is consumed at once.
+            if s.nq == 1 and s.expires > now:
+                break
             i += 1
             s.nq -= 1
-            if s.state == HELD and s.expires <= exp:
-                self._remove(s)
-            elif s.state < 0 and s.nq == 0:
-                self._recycle(s)  # removed earlier, while this entry still referred to it
+            if s.nq == 0:
+                if s.state == HELD:
+                    self._remove(s)
+                elif s.state < 0:
+                    self._recycle(s)  # removed earlier, while this entry still referred to it
         if i >= n:
-            q.clear()
             qs.clear()
             i = 0
             self.next_expiry = math.inf
         else:
-            self.next_expiry = q[i]
+            self.next_expiry = qs[i].expires
             if i >= 4096 and 2 * i >= n:
-                del q[:i]
                 del qs[:i]
                 i = 0
         self.exp_head = i
@@ -169,8 +172,8 @@ class L4LoadBalancer:
     def _schedule(self, caddr: int) -> int:
         n = len(self.backends)
         if self.round_robin:
-            b = self.rr % n
-            self.rr += 1
+            b = self.rr  # (kept below n: no division per SYN)
+            self.rr = b + 1 if b + 1 < n else 0
             return b
         if self.scheduler == "random":
             return self.rng.randrange(n)
@@ -198,7 +201,8 @@ class L4LoadBalancer:
     def syn(self, caddr: int, cport: int, now: float) -> Session | None:
         """A client SYN to the VIP from (caddr, cport): the session it belongs to, or None
         (dropped)."""
-        self.expire(now)
+        if now >= self.next_expiry:  # (expire()'s own first test, without the call)
+            self.expire(now)
         key: object = client_key(caddr, cport)  # boxed once for both table operations
         s = self.sessions.get(key)
         if s is not None:
@@ -220,7 +224,11 @@ class L4LoadBalancer:
                     self._remove(s)
                     return None
             self._remove(s)
-        b = self._schedule(caddr)
+        if self.round_robin:  # _schedule()'s first case, without the call
+            b = self.rr
+            self.rr = b + 1 if b + 1 < len(self.backends) else 0
+        else:
+            b = self._schedule(caddr)
         if self.snat is not None:
             got = self._snat_port(b, caddr, cport)
             if got is None:
@@ -254,9 +262,8 @@ class L4LoadBalancer:
         a[s.backend] = a[s.backend] - 1
         s.state = HELD
         s.expires = now + self.hold
-        if self.exp_head >= len(self.expiry):
+        if self.exp_head >= len(self.expiry_s):
             self.next_expiry = s.expires
-        self.expiry.append(s.expires)
         self.expiry_s.append(s)
         s.nq += 1
 
