@@ -235,7 +235,7 @@ class PortCheck:
         if port in c.bound_ports:
             return PORT_BUSY
         key = client_sock_key(self.d, port)
-        if c.has_sock(key):
+        if key in c.ehash:
             return PORT_BUSY
         tw = c.tw.get(key)
         if tw is None:
@@ -602,7 +602,7 @@ class Engine:
                 d0 = c.find_dest(saddr, daddr, dport)
                 key = client_sock_key(d0, got) if d0 is not None else NO_KEY
                 tw = c.tw.get(key)
-                if c.has_sock(key) or (tw is not None and not tcp_twsk_unique(
+                if key in c.ehash or (tw is not None and not tcp_twsk_unique(
                         tw, True, c.ms(t), c.sec(t), rule=c.reuse_rule, tw_reuse=c.tw_reuse,
                         tw_reuse_delay_ms=c.tw_reuse_delay)):
                     self._release_bind(c, saddr, got)
@@ -640,7 +640,7 @@ class Engine:
         else:
             att.isn = self._client_isn(c, saddr, att.sport, daddr, dport, t)
         c.hold_port(key)
-        c.hash_sock(key, att)
+        c.ehash[key] = att
         att.ts = c.offers_ts
         if att.ts:
             att.tsoff = clocks.ts_offset(c.p, c.ts_secret, c.timestamps, saddr, daddr, att.sport, dport,
@@ -691,7 +691,7 @@ class Engine:
         actually taken)."""
         v = self.violations
         four = (att.saddr, att.sport, att.daddr, att.dport)
-        if c.has_sock(key):
+        if key in c.ehash:
             v.append(f"t={t:.6f} {c.name}: 4-tuple {four} already has a live socket")
         tw = c.tw.get(key)
         if tw is not None and tw.expires > t and tw is not tw_taken:
@@ -1097,7 +1097,7 @@ class Engine:
         c = att.client
         att.state = DONE
         key = att.ck
-        if c.unhash_sock(key, att):
+        if unhash(c.ehash, key, att):
             c.release_port(key)
             if att.bound:
                 self._release_bind(c, att.saddr, att.sport)
@@ -1152,7 +1152,7 @@ class Engine:
             srv.inc("TcpEstabResets")
         # ... and the client side.
         ckey = att.ck
-        if c.unhash_sock(ckey, att):
+        if unhash(c.ehash, ckey, att):
             if policy == CLOSE_CLIENT:
                 self._time_wait(c, ckey, att.saddr, att.daddr, t, s_snd_nxt, c_snd_nxt,
                                 ((srv.tsval(t) + att.sts_off) & MASK32) if att.ts_ok else 0, att.ts_ok,
@@ -1195,7 +1195,7 @@ class Engine:
         assert srv is not None
         srv.ehash.pop(att.sk, None)
         ckey = att.ck
-        if c.unhash_sock(ckey, att):
+        if unhash(c.ehash, ckey, att):
             c.release_port(ckey)
         att.state = DONE
         att.outcome = c.errno_reset
@@ -1205,7 +1205,7 @@ class Engine:
         c = att.client
         att.state = DONE
         ckey = att.ck
-        if c.unhash_sock(ckey, att):
+        if unhash(c.ehash, ckey, att):
             c.release_port(ckey)
         att.outcome, att.reason, att.cause = errno, reason, att.cause or reason
         lbs = _lb_session(att)
@@ -1303,7 +1303,7 @@ class Engine:
             self.purge(h, ts)
             s = self.samples[h.name]
             s["time_wait"].append(len(h.tw))
-            s["established"].append(h.n_established())
+            s["established"].append(len(h.ehash))
             if h.role == "client":
                 for (la, ra, rp), d in h.dests.items():
                     k = (h.name, la, ra, rp)
@@ -1319,7 +1319,7 @@ class Engine:
     def _record_end_state(self) -> None:
         for h in self.hosts.values():
             self.purge(h, self.end_s)
-            self.end_state[h.name] = {"time_wait": len(h.tw), "established": h.n_established()}
+            self.end_state[h.name] = {"time_wait": len(h.tw), "established": len(h.ehash)}
 
     # ---- what the run consulted (sweep/inert.py) ---------------------------------------------
     def consulted(self) -> Consulted:

@@ -199,11 +199,7 @@ class SimHost:
         # The counters moved once or twice per connection are plain fields during the run
         # (a str-keyed dict update each time is measurable); flush_counters() adds them in.
         self.n_active_opens = self.n_passive_opens = self.n_tw = self.n_tw_killed = 0
-        # Sockets connecting or established, by key (hash_sock(): a client with a host-wide
-        # port pool keeps them in `socks` instead), and TIME_WAIT mini-sockets by key.
         self.ehash: dict[Key, Any] = {}
-        self.socks: list[Any] = []
-        self.n_socks = 0
         self.tw: dict[Key, TimeWaitSock] = {}
         self.tw_fifo: dict[float, TwQueue] = {}
         self.tw_next = math.inf  # the earliest tw_fifo head: purge() has nothing to do before it
@@ -286,7 +282,6 @@ class SimHost:
             else:
                 self.pool = HostPortPool(self.low, self.high - self.low + 1,
                                          str(params.get("port_order", "sequential")), rng)
-                self.socks = [None] * self.pool.n
         # server side
         self.endpoints: dict[int, Endpoint] = {}  # listen_key(addr, port) -> endpoint
         self._ep_last: Endpoint | None = None  # endpoint()'s last answer, for these two
@@ -352,40 +347,6 @@ class SimHost:
         v = c.get(name)
         if v is not None:
             c[name] = v + n
-
-    # ---- sockets (connecting or established; TIME_WAIT sockets are in `tw`) ---------------
-    # A client with a host-wide port pool (Windows, BSD) holds a local port for one socket
-    # at a time, TIME_WAIT included (HostPortPool), so its sockets are a list by local port,
-    # `socks[port - low]`, with no hashing; every other host files them in `ehash` by key.
-    def hash_sock(self, key: Key, sk: object) -> None:
-        """File socket `sk` under `key`."""
-        if self.pool is not None:
-            self.socks[(cast(int, key) & 0xFFFF) - self.low] = sk
-            self.n_socks += 1
-        else:
-            self.ehash[key] = sk
-
-    def unhash_sock(self, key: Key, sk: object) -> bool:
-        """Remove socket `sk` if it is the one filed under `key`; True if it was."""
-        if self.pool is not None:
-            i = (cast(int, key) & 0xFFFF) - self.low
-            if self.socks[i] is sk:
-                self.socks[i] = None
-                self.n_socks -= 1
-                return True
-            return False
-        return unhash(self.ehash, key, sk)
-
-    def has_sock(self, key: Key) -> bool:
-        """Whether a socket is filed under `key` (with a host-wide pool: on its local port,
-        which carries one socket at a time there)."""
-        if self.pool is not None:
-            return self.socks[(cast(int, key) & 0xFFFF) - self.low] is not None
-        return key in self.ehash
-
-    def n_established(self) -> int:
-        """Sockets connecting or established."""
-        return self.n_socks if self.pool is not None else len(self.ehash)
 
     # ---- local port accounting (clients) ---------------------------------------------------
     def dest(self, la: int, ra: int, rp: int) -> DestPorts:
