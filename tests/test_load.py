@@ -338,7 +338,10 @@ def test_an_overloaded_open_loop_finishes_connections_as_fast_as_it_starts_them(
                   "--force", "--drain", "5")
     g = s["generator"]
     started = s["attempts"]
-    assert s["not_started"] > 0 and s["start_lag"]["late_starts"] > 0  # it did fall behind
+    # it did fall behind: late starts (whether some due attempts were never started before
+    # the duration ran out depends on the machine's speed: a quiet CI run started all 60,000)
+    assert s["start_lag"]["late_starts"] > 0
+    assert s["attempts"] + s["not_started"] == 60_000
     assert started > 1000 and s["ok"] == started  # and still finished what it started
     # How many stay open at once depends on the machine as much as on the worker (a server
     # that overflows its queue holds SYNs for a second: 15,016 of 31,385 in one CI run, 4,408
