@@ -3,14 +3,15 @@
 Three reports made from real runs: the seed incident simulated, a lab run on the running
 kernel (root only), and a capture analysis. For each: no console error or uncaught
 exception, every plot has drawn data with a laid-out box, the topology diagram has its
-nodes, no external resource, and a full-page screenshot is kept under
-tmp/test-artifacts/ (never committed) for a person to look at.
+nodes, no external resource, and a full-page screenshot is kept in
+the test's temporary directory, or to TCPREUSE_TEST_ARTIFACTS for a person to look at.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from helpers.scenarios import native_lab
 
 from tcpreuse.report.browser import check_page, find_chromium
 
-ARTIFACTS = Path(os.environ.get("TCPREUSE_TEST_ARTIFACTS", Path(__file__).parent.parent / "tmp" / "test-artifacts"))
+# screenshots: beside each test's page (its tmp_path), or kept in TCPREUSE_TEST_ARTIFACTS
+ARTIFACTS = os.environ.get("TCPREUSE_TEST_ARTIFACTS")
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(find_chromium() is None, reason="needs chromium (scripts/system-deps.sh)")]
@@ -28,7 +30,7 @@ pytestmark = [pytest.mark.slow,
 
 def opened(html: Path, name: str) -> dict[str, dict[str, float]]:
     """Open `html`, assert it renders cleanly, return the plots by key."""
-    res = check_page(html, ARTIFACTS / f"{name}.png")
+    res = check_page(html, Path(ARTIFACTS or html.parent) / f"{name}.png")
     assert res.problems() == [], res.problems()
     assert not [c for c in res.console if c.startswith(("error", "exception"))]
     assert res.scripts == 0 and res.external == []
@@ -111,3 +113,21 @@ def test_validate_report_in_chromium(cli: Cli, tmp_path: Path) -> None:
     plots = opened(html, "validate")
     assert "simlab-0" in plots and plots["simlab-0"]["groups"] >= 4  # two series for each side
     assert "tolerance" in html.read_text()
+
+
+def test_chromium_leaves_nothing_in_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The browser's own temporary files (its singleton socket directory) go into its
+    profile, which is removed: before, every check left an org.chromium.Chromium.*
+    directory in TMPDIR."""
+    # a short path: a unix socket's path (the singleton socket, under TMPDIR) has at most
+    # 107 bytes, which tmp_path's depth would exceed
+    tmp = Path(tempfile.mkdtemp(prefix="tcpr-bt-"))
+    try:
+        monkeypatch.setenv("TMPDIR", str(tmp))
+        monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+        page = tmp_path / "page.html"
+        page.write_text("<!doctype html><title>t</title><p>hello</p>")
+        check_page(page, tmp_path / "page.png")
+        assert list(tmp.iterdir()) == []
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

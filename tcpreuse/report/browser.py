@@ -14,6 +14,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -113,9 +114,12 @@ def check_page(path: str | Path, screenshot: str | Path | None = None, timeout: 
         raise TcpreuseError("no Chromium found", hint="apt-get install chromium (scripts/system-deps.sh)")
     url = Path(path).resolve().as_uri()
     profile = tempfile.mkdtemp(prefix="tcpr-chromium-")
+    # Chromium's own temporary files (its singleton socket directory,
+    # org.chromium.Chromium.*) go into the profile, removed below: in TMPDIR they outlived
+    # a terminated browser
     proc = subprocess.Popen([exe, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},900",
                              "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, "TMPDIR": profile})
     try:
         port = _devtools_port(Path(profile), proc, timeout)
         return asyncio.run(asyncio.wait_for(_drive(port, url, screenshot, width), timeout))
