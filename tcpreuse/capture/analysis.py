@@ -299,7 +299,11 @@ class CaptureAnalysis:
             if fail.any():
                 first = round(float(t[fail].min()), 6)
                 onset = first if onset is None else min(onset, first)
-        return _series(step, attempts, failed, delayed), onset
+        tl = Timeline(step_s=step)
+        tl.t = [float(i * step) for i in range(size)]
+        tl.attempts, tl.failed, tl.delayed = attempts.tolist(), failed.tolist(), delayed.tolist()
+        tl.ok = (attempts - failed).tolist()
+        return tl, onset
 
     # ---- RunResult ----------------------------------------------------------------------
     def to_run_result(self, scenario: str = "") -> RunResult:
@@ -399,7 +403,7 @@ class CaptureAnalysis:
             scenario=scenario or ",".join(Path(f).name for f in self.files),
             duration_s=round(self.t_last - self.t_first, 6) if self.packets else 0.0,
             attempts=table,
-            timeline=_timeline(table),
+            timeline=self.timeline()[0],
             hosts=hosts,
             notes=self.warnings,
             meta={"files": [r.to_json() for r in self.reports], "packets": self.packets,
@@ -450,32 +454,6 @@ def _prev_still_open(a: Attempts, m: np.ndarray) -> np.ndarray:
 
 
 MAX_BUCKETS = 100_000
-
-
-def _timeline(t: AttemptTable) -> Timeline:
-    """Per-second counts (coarser steps for captures longer than MAX_BUCKETS seconds)."""
-    n = len(t)
-    if not n:
-        return Timeline(step_s=1.0)
-    rel = np.nan_to_num(t.cols["t"], nan=0.0)
-    rel = rel - rel.min()
-    span = float(rel.max())
-    step = 1.0 if span < MAX_BUCKETS else float(np.ceil(span / MAX_BUCKETS))
-    sec = np.floor(rel / step).astype(np.int64)
-    size = int(sec.max()) + 1
-    delayed = t.cols["reason"] == t.code("reason", "ok_after_syn_retry")
-    return _series(step, np.bincount(sec, minlength=size), np.bincount(sec[t.failed_mask()], minlength=size),
-                   np.bincount(sec[delayed], minlength=size))
-
-
-def _series(step: float, attempts: np.ndarray, failed: np.ndarray, delayed: np.ndarray) -> Timeline:
-    tl = Timeline(step_s=step)
-    tl.t = [float(i * step) for i in range(attempts.size)]
-    tl.attempts = attempts.tolist()
-    tl.failed = failed.tolist()
-    tl.ok = (attempts - failed).tolist()
-    tl.delayed = delayed.tolist()
-    return tl
 
 
 # --------------------------------------------------------------------------------------
